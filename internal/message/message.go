@@ -1,0 +1,295 @@
+// Package message is the wire format producers publish on mail.send.<account>
+// (DESIGN.md §3), its validation and its rendering into an RFC 5322 message.
+//
+// Validation happens twice on purpose: a producer validates before publishing
+// so a person gets the error at once, and the worker validates again because
+// anything on the subject may have been published by `nats pub`. A message
+// that fails in the worker is never dropped: the worker dead-letters it with
+// the *Invalid error's text as the reason.
+//
+// Every header value that reaches the rendered message passes through one
+// check for CR and LF (RFC 5322 §2.2: a header field is one line unless
+// folded), so no producer can inject headers or recipients.
+package message
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/mail"
+	"net/textproto"
+	"regexp"
+	"strings"
+)
+
+// Office 365 limits (OFFICE365.md §3).
+const (
+	// MaxRecipients is Office 365's default recipient limit per message.
+	MaxRecipients = 500
+	// MaxSize is the default mailbox send limit, measured after encoding.
+	MaxSize = 35 << 20
+)
+
+// Message is one notification as producers publish it (JSON).
+type Message struct {
+	ID          string            `json:"id,omitempty"`
+	Account     string            `json:"account,omitempty"`
+	From        string            `json:"from,omitempty"`
+	ReplyTo     []string          `json:"reply_to,omitempty"`
+	To          []string          `json:"to,omitempty"`
+	Cc          []string          `json:"cc,omitempty"`
+	Bcc         []string          `json:"bcc,omitempty"`
+	Subject     string            `json:"subject,omitempty"`
+	Text        string            `json:"text,omitempty"`
+	HTML        string            `json:"html,omitempty"`
+	Headers     map[string]string `json:"headers,omitempty"`
+	Attachments []Attachment      `json:"attachments,omitempty"`
+	// Raw is a complete RFC 5322 message (base64 in JSON) sent as is,
+	// instead of the fields above. Envelope recipients come from To, Cc
+	// and Bcc when given, else from the raw message's To and Cc headers.
+	Raw []byte `json:"raw,omitempty"`
+}
+
+// Attachment is one file attached to the message (Data is base64 in JSON).
+type Attachment struct {
+	Filename    string `json:"filename"`
+	ContentType string `json:"content_type,omitempty"`
+	Data        []byte `json:"data"`
+}
+
+// Invalid is the error for input that can never be sent. Its text is the
+// reason recorded on the dead-lettered copy.
+type Invalid struct {
+	Field  string
+	Reason string
+}
+
+func (e *Invalid) Error() string {
+	if e.Field == "" {
+		return "invalid message: " + e.Reason
+	}
+	return fmt.Sprintf("invalid message: %s: %s", e.Field, e.Reason)
+}
+
+func invalid(field, format string, args ...any) error {
+	return &Invalid{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// IsInvalid reports whether err says the input itself is bad.
+func IsInvalid(err error) bool {
+	var inv *Invalid
+	return errors.As(err, &inv)
+}
+
+// Decode parses JSON strictly (unknown fields are an error: a typo such as
+// "subjet" must not silently send an empty subject).
+func Decode(data []byte) (*Message, error) {
+	var m Message
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return nil, invalid("", "bad JSON: %v", err)
+	}
+	if dec.More() {
+		return nil, invalid("", "bad JSON: trailing data after the object")
+	}
+	return &m, nil
+}
+
+// Encode returns the JSON form of m.
+func (m *Message) Encode() ([]byte, error) { return json.Marshal(m) }
+
+// NewID returns a random message id, used when the producer gives none.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+var (
+	// accountRE matches an account alias: it is also a NATS subject token.
+	accountRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	// headerNameRE is RFC 5322 §3.6.8 field-name: printable US-ASCII but ':'.
+	headerNameRE = regexp.MustCompile(`^[!-9;-~]+$`)
+)
+
+// reservedHeaders are written by the renderer; a producer may not set them
+// through Headers (they have fields of their own, or must stay ours).
+var reservedHeaders = map[string]bool{
+	"From": true, "Sender": true, "Reply-To": true, "To": true, "Cc": true, "Bcc": true,
+	"Subject": true, "Date": true, "Message-Id": true, "Mime-Version": true,
+	"Content-Type": true, "Content-Transfer-Encoding": true, "Return-Path": true,
+}
+
+// ValidAccount reports whether alias can name an account.
+func ValidAccount(alias string) bool { return accountRE.MatchString(alias) }
+
+// Validate checks everything that can be checked without the account
+// registry. It fills ID when empty.
+func (m *Message) Validate() error {
+	if m.ID == "" {
+		m.ID = NewID()
+	}
+	if err := checkLine("id", m.ID); err != nil {
+		return err
+	}
+	if len(m.ID) > 256 {
+		return invalid("id", "longer than 256 characters")
+	}
+	if !ValidAccount(m.Account) {
+		return invalid("account", "%q is not an account alias (lower-case letters, digits, '-' and '_')", m.Account)
+	}
+	if m.From != "" {
+		if _, err := ParseAddress("from", m.From); err != nil {
+			return err
+		}
+	}
+	for _, list := range []struct {
+		name  string
+		addrs []string
+	}{{"reply_to", m.ReplyTo}, {"to", m.To}, {"cc", m.Cc}, {"bcc", m.Bcc}} {
+		for _, a := range list.addrs {
+			if _, err := ParseAddress(list.name, a); err != nil {
+				return err
+			}
+		}
+	}
+	if len(m.Raw) > 0 {
+		return m.validateRaw()
+	}
+	n := len(m.To) + len(m.Cc) + len(m.Bcc)
+	if n == 0 {
+		return invalid("to", "no recipients (give at least one of to, cc, bcc)")
+	}
+	if n > MaxRecipients {
+		return invalid("to", "%d recipients, Office 365 accepts at most %d per message", n, MaxRecipients)
+	}
+	if err := checkLine("subject", m.Subject); err != nil {
+		return err
+	}
+	for name, value := range m.Headers {
+		if !headerNameRE.MatchString(name) {
+			return invalid("headers", "%q is not a header field name", name)
+		}
+		if reservedHeaders[canonical(name)] {
+			return invalid("headers", "%s is set by the relay; use the message field instead", canonical(name))
+		}
+		if err := checkLine("headers."+name, value); err != nil {
+			return err
+		}
+	}
+	for i, a := range m.Attachments {
+		field := fmt.Sprintf("attachments[%d]", i)
+		if a.Filename == "" {
+			return invalid(field, "filename is empty")
+		}
+		if err := checkLine(field+".filename", a.Filename); err != nil {
+			return err
+		}
+		if a.ContentType != "" {
+			if err := checkLine(field+".content_type", a.ContentType); err != nil {
+				return err
+			}
+			if _, _, err := mime.ParseMediaType(a.ContentType); err != nil {
+				return invalid(field+".content_type", "%v", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *Message) validateRaw() error {
+	if m.Text != "" || m.HTML != "" || m.Subject != "" || len(m.Headers) > 0 || len(m.Attachments) > 0 {
+		return invalid("raw", "raw replaces subject, text, html, headers and attachments; give one or the other")
+	}
+	if len(m.Raw) > MaxSize {
+		return invalid("raw", "%d bytes, Office 365 accepts at most %d", len(m.Raw), MaxSize)
+	}
+	rcpts, err := m.Recipients()
+	if err != nil {
+		return err
+	}
+	if len(rcpts) == 0 {
+		return invalid("to", "no recipients (give to/cc/bcc or To/Cc headers in raw)")
+	}
+	if len(rcpts) > MaxRecipients {
+		return invalid("to", "%d recipients, Office 365 accepts at most %d per message", len(rcpts), MaxRecipients)
+	}
+	return nil
+}
+
+// Recipients returns the envelope recipients (bare addresses), in order,
+// without duplicates.
+func (m *Message) Recipients() ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	add := func(field string, addrs []*mail.Address) {
+		for _, a := range addrs {
+			k := strings.ToLower(a.Address)
+			if !seen[k] {
+				seen[k] = true
+				out = append(out, a.Address)
+			}
+		}
+	}
+	if len(m.To)+len(m.Cc)+len(m.Bcc) == 0 && len(m.Raw) > 0 {
+		msg, err := mail.ReadMessage(strings.NewReader(string(m.Raw)))
+		if err != nil {
+			return nil, invalid("raw", "not an RFC 5322 message: %v", err)
+		}
+		for _, h := range []string{"To", "Cc"} {
+			if msg.Header.Get(h) == "" {
+				continue
+			}
+			list, err := msg.Header.AddressList(h)
+			if err != nil {
+				return nil, invalid("raw", "%s header: %v", h, err)
+			}
+			add(h, list)
+		}
+		return out, nil
+	}
+	for _, list := range []struct {
+		name  string
+		addrs []string
+	}{{"to", m.To}, {"cc", m.Cc}, {"bcc", m.Bcc}} {
+		for _, s := range list.addrs {
+			a, err := ParseAddress(list.name, s)
+			if err != nil {
+				return nil, err
+			}
+			add(list.name, []*mail.Address{a})
+		}
+	}
+	return out, nil
+}
+
+// ParseAddress parses one RFC 5322 address ("Name <a@b>" or "a@b") and
+// rejects anything that could break a header or an SMTP command.
+func ParseAddress(field, s string) (*mail.Address, error) {
+	if err := checkLine(field, s); err != nil {
+		return nil, err
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil {
+		return nil, invalid(field, "%q is not an address: %v", s, err)
+	}
+	// The envelope (RFC 5321 §4.1.2) has no room for these.
+	if strings.ContainsAny(a.Address, " <>\"\\") || !strings.Contains(a.Address, "@") {
+		return nil, invalid(field, "%q is not a deliverable address", s)
+	}
+	return a, nil
+}
+
+// checkLine rejects CR, LF and NUL in a value that becomes a header line.
+func checkLine(field, v string) error {
+	if i := strings.IndexAny(v, "\r\n\x00"); i >= 0 {
+		return invalid(field, "contains a line break or NUL at byte %d (header injection)", i)
+	}
+	return nil
+}
+
+func canonical(name string) string { return textproto.CanonicalMIMEHeaderKey(name) }

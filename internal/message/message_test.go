@@ -1,0 +1,260 @@
+package message
+
+import (
+	"bytes"
+	"flag"
+	"mime"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+func valid() *Message {
+	return &Message{ID: "m1", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "CPU high", Text: "body"}
+}
+
+func TestValidate(t *testing.T) {
+	many := make([]string, MaxRecipients+1)
+	for i := range many {
+		many[i] = "u@contoso.com"
+	}
+	tests := []struct {
+		name   string
+		mutate func(m *Message)
+		field  string // "" means valid
+	}{
+		{"valid", func(m *Message) {}, ""},
+		{"no recipients", func(m *Message) { m.To = nil }, "to"},
+		{"bcc only is fine", func(m *Message) { m.To = nil; m.Bcc = []string{"x@y.com"} }, ""},
+		{"bad address", func(m *Message) { m.To = []string{"not an address"} }, "to"},
+		{"CRLF in subject", func(m *Message) { m.Subject = "hi\r\nBcc: victim@evil.com" }, "subject"},
+		{"LF in header value", func(m *Message) { m.Headers = map[string]string{"X-A": "a\nb"} }, "headers.X-A"},
+		{"CR in address", func(m *Message) { m.Cc = []string{"a@b.com\r\nRCPT TO:<x@y>"} }, "cc"},
+		{"CR in from", func(m *Message) { m.From = "A <a@b.com>\rX: y" }, "from"},
+		{"bad header name", func(m *Message) { m.Headers = map[string]string{"X A": "v"} }, "headers"},
+		{"reserved header", func(m *Message) { m.Headers = map[string]string{"bcc": "v"} }, "headers"},
+		{"bad account", func(m *Message) { m.Account = "Alerts.Prod" }, "account"},
+		{"missing account", func(m *Message) { m.Account = "" }, "account"},
+		{"too many recipients", func(m *Message) { m.To = many }, "to"},
+		{"attachment without name", func(m *Message) { m.Attachments = []Attachment{{Data: []byte("x")}} }, "attachments[0]"},
+		{"attachment bad type", func(m *Message) {
+			m.Attachments = []Attachment{{Filename: "a", ContentType: "image/png; x", Data: []byte("x")}}
+		}, "attachments[0].content_type"},
+		{"raw plus fields", func(m *Message) { m.Raw = []byte("To: a@b.com\r\n\r\nx") }, "raw"},
+		{"raw ok", func(m *Message) {
+			m.Subject, m.Text, m.To = "", "", nil
+			m.Raw = []byte("To: a@b.com\r\nSubject: x\r\n\r\nbody\r\n")
+		}, ""},
+		{"raw without recipients", func(m *Message) {
+			m.Subject, m.Text, m.To = "", "", nil
+			m.Raw = []byte("Subject: x\r\n\r\nbody\r\n")
+		}, "to"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := valid()
+			tc.mutate(m)
+			err := m.Validate()
+			if tc.field == "" {
+				if err != nil {
+					t.Fatalf("want valid, got %v", err)
+				}
+				return
+			}
+			inv, ok := err.(*Invalid)
+			if !ok {
+				t.Fatalf("want *Invalid on %s, got %v", tc.field, err)
+			}
+			if inv.Field != tc.field {
+				t.Fatalf("field = %q, want %q (%v)", inv.Field, tc.field, err)
+			}
+		})
+	}
+}
+
+func TestValidateFillsID(t *testing.T) {
+	m := valid()
+	m.ID = ""
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.ID) != 32 {
+		t.Fatalf("generated id %q", m.ID)
+	}
+}
+
+func TestDecode(t *testing.T) {
+	if _, err := Decode([]byte(`{"to":["a@b.com"]`)); !IsInvalid(err) {
+		t.Fatalf("truncated JSON: %v", err)
+	}
+	if _, err := Decode([]byte(`{"subjet":"typo"}`)); !IsInvalid(err) || !strings.Contains(err.Error(), "subjet") {
+		t.Fatalf("unknown field: %v", err)
+	}
+	if _, err := Decode([]byte(`{} {}`)); !IsInvalid(err) {
+		t.Fatalf("trailing data: %v", err)
+	}
+	m, err := Decode([]byte(`{"account":"a","to":["x@y.com"],"attachments":[{"filename":"f","data":"aGk="}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(m.Attachments[0].Data) != "hi" {
+		t.Fatalf("attachment data %q", m.Attachments[0].Data)
+	}
+}
+
+func TestRecipientsDedupe(t *testing.T) {
+	m := &Message{To: []string{"A <a@x.com>", "b@x.com"}, Cc: []string{"a@X.com"}, Bcc: []string{"c@x.com"}}
+	got, err := m.Recipients()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "a@x.com,b@x.com,c@x.com" {
+		t.Fatalf("recipients %v", got)
+	}
+}
+
+func TestFromPolicy(t *testing.T) {
+	tests := []struct {
+		name      string
+		from      string
+		policy    FromPolicy
+		sendAs    []string
+		wantFrom  string
+		wantReply string
+		wantErr   bool
+	}{
+		{"empty from is the mailbox", "", PolicyRewrite, nil, "<alerts@contoso.com>", "", false},
+		{"rewrite keeps name, moves address", "Ops Alerts <noreply@contoso.com>", PolicyRewrite, nil, `"Ops Alerts" <alerts@contoso.com>`, `"Ops Alerts" <noreply@contoso.com>`, false},
+		{"mailbox itself passes", "Me <Alerts@contoso.com>", PolicyReject, nil, `"Me" <Alerts@contoso.com>`, "", false},
+		{"allow in send-as", "noreply@contoso.com", PolicyAllow, []string{"NoReply@contoso.com"}, "<noreply@contoso.com>", "", false},
+		{"allow not in send-as", "other@contoso.com", PolicyAllow, []string{"noreply@contoso.com"}, "", "", true},
+		{"reject", "other@contoso.com", PolicyReject, nil, "", "", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := valid()
+			m.From = tc.from
+			r, err := Render(m, Sender{Mailbox: "alerts@contoso.com", Policy: tc.policy, SendAs: tc.sendAs}, time.Unix(0, 0))
+			if tc.wantErr {
+				if !IsInvalid(err) {
+					t.Fatalf("want Invalid, got %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.MailFrom != "alerts@contoso.com" {
+				t.Fatalf("MAIL FROM %q", r.MailFrom)
+			}
+			msg, err := mail.ReadMessage(bytes.NewReader(r.Data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := msg.Header.Get("From"); got != tc.wantFrom {
+				t.Fatalf("From %q, want %q", got, tc.wantFrom)
+			}
+			if got := msg.Header.Get("Reply-To"); got != tc.wantReply {
+				t.Fatalf("Reply-To %q, want %q", got, tc.wantReply)
+			}
+		})
+	}
+}
+
+func TestRenderGolden(t *testing.T) {
+	tests := map[string]*Message{
+		"text": valid(),
+		"alternative_utf8": {ID: "m2", Account: "alerts", From: "Équipe Ops <noreply@contoso.com>",
+			To: []string{"Zoë <zoe@contoso.com>"}, Cc: []string{"cc@contoso.com"}, Bcc: []string{"hidden@contoso.com"},
+			Subject: "Température élevée sur web-3", Text: "Température: 92°C\nline two", HTML: "<p>92&deg;C</p>",
+			Headers: map[string]string{"X-Alert-Id": "7f3a", "X-Note": "naïve"}},
+		"attachments": {ID: "m3", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "graph",
+			Text: "see graph", Attachments: []Attachment{
+				{Filename: "graph.png", ContentType: "image/png", Data: bytes.Repeat([]byte{0, 1, 2, 250}, 40)},
+				{Filename: "résumé.txt", Data: []byte("hello")},
+			}},
+	}
+	for name, m := range tests {
+		t.Run(name, func(t *testing.T) {
+			if err := m.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(r.Data, []byte("hidden@contoso.com")) {
+				t.Fatal("Bcc recipient leaked into the headers")
+			}
+			if bytes.Contains(bytes.ReplaceAll(r.Data, []byte("\r\n"), nil), []byte("\n")) {
+				t.Fatal("bare LF in rendered message")
+			}
+			msg, err := mail.ReadMessage(bytes.NewReader(r.Data))
+			if err != nil {
+				t.Fatalf("rendered message does not parse: %v", err)
+			}
+			subj, err := new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject"))
+			if err != nil || subj != m.Subject {
+				t.Fatalf("subject round trip %q, %v", subj, err)
+			}
+			golden := filepath.Join("testdata", name+".eml")
+			if *update {
+				os.WriteFile(golden, r.Data, 0o644)
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test -update once)", err)
+			}
+			if !bytes.Equal(r.Data, want) {
+				t.Fatalf("rendered message differs from %s:\n%s", golden, r.Data)
+			}
+		})
+	}
+}
+
+func TestMessageIDStable(t *testing.T) {
+	a := MessageID("alerts", "x", "alerts@contoso.com")
+	if a != MessageID("alerts", "x", "alerts@contoso.com") || a == MessageID("alerts", "y", "alerts@contoso.com") {
+		t.Fatal("Message-ID must be a function of account and id")
+	}
+	if !strings.HasSuffix(a, "@contoso.com>") {
+		t.Fatalf("Message-ID %s", a)
+	}
+}
+
+func FuzzDecodeValidateRender(f *testing.F) {
+	f.Add([]byte(`{"id":"a","account":"alerts","to":["a@b.com"],"subject":"s","text":"t"}`))
+	f.Add([]byte(`{"account":"a","to":["A <a@b.com>"],"html":"<p>x</p>","text":"y","headers":{"X-A":"v"}}`))
+	f.Add([]byte(`{"account":"a","raw":"VG86IGFAYi5jb20NCg0KeA=="}`))
+	f.Add([]byte(`{"account":"a","to":["a@b.com\r\nX: y"]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Decode(data)
+		if err != nil {
+			return
+		}
+		if m.Validate() != nil {
+			return
+		}
+		r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, time.Unix(0, 0))
+		if err != nil {
+			return
+		}
+		if len(m.Raw) > 0 {
+			return
+		}
+		// A valid message renders to one that parses, whose headers have
+		// no line a producer injected.
+		msg, err := mail.ReadMessage(bytes.NewReader(r.Data))
+		if err != nil {
+			t.Fatalf("rendered message does not parse: %v\n%q", err, r.Data)
+		}
+		if msg.Header.Get("Bcc") != "" {
+			t.Fatalf("Bcc header injected: %q", r.Data)
+		}
+	})
+}

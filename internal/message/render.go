@@ -1,0 +1,303 @@
+package message
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"mime"
+	"mime/multipart"
+	"mime/quotedprintable"
+	"net/mail"
+	"net/textproto"
+	"sort"
+	"strings"
+	"time"
+)
+
+// FromPolicy says what happens to a From that is not the consented mailbox
+// (OFFICE365.md §5: Office 365 answers 550 5.7.60 to a From the mailbox may
+// not send as).
+type FromPolicy string
+
+const (
+	// PolicyRewrite makes the mailbox the From, keeps the display name and
+	// moves the original address to Reply-To. The default.
+	PolicyRewrite FromPolicy = "rewrite"
+	// PolicyAllow lets From be the mailbox or an address of the send-as list.
+	PolicyAllow FromPolicy = "allow"
+	// PolicyReject lets From be the mailbox only.
+	PolicyReject FromPolicy = "reject"
+)
+
+// Valid reports whether p names a policy ("" means the default).
+func (p FromPolicy) Valid() bool {
+	switch p {
+	case "", PolicyRewrite, PolicyAllow, PolicyReject:
+		return true
+	}
+	return false
+}
+
+// Sender is what rendering needs to know of the account that sends.
+type Sender struct {
+	Mailbox string
+	Policy  FromPolicy
+	SendAs  []string
+}
+
+// Rendered is a message ready for SMTP: the envelope and the bytes of DATA.
+type Rendered struct {
+	MailFrom string
+	Rcpts    []string
+	Data     []byte
+}
+
+// Render applies the From policy and builds the RFC 5322 message with CRLF
+// line endings. The Message-ID is derived from the account and message id,
+// so a redelivered message carries the same Message-ID and recipients'
+// clients thread or drop it as one.
+func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
+	rcpts, err := m.Recipients()
+	if err != nil {
+		return nil, err
+	}
+	r := &Rendered{MailFrom: s.Mailbox, Rcpts: rcpts}
+	if len(m.Raw) > 0 {
+		// Raw messages are sent byte for byte; only the envelope is ours.
+		r.Data = m.Raw
+		return r, nil
+	}
+	from, replyTo, err := applyPolicy(m, s)
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	h := headerWriter{&b}
+	h.field("From", from.String())
+	if len(replyTo) > 0 {
+		h.field("Reply-To", joinAddrs(replyTo))
+	}
+	if err := h.addrList("To", m.To); err != nil {
+		return nil, err
+	}
+	if err := h.addrList("Cc", m.Cc); err != nil {
+		return nil, err
+	}
+	h.field("Subject", mime.QEncoding.Encode("utf-8", m.Subject))
+	h.field("Date", now.Format(time.RFC1123Z))
+	h.field("Message-ID", MessageID(m.Account, m.ID, s.Mailbox))
+	h.field("MIME-Version", "1.0")
+	names := make([]string, 0, len(m.Headers))
+	for k := range m.Headers {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		h.field(textproto.CanonicalMIMEHeaderKey(k), mime.QEncoding.Encode("utf-8", m.Headers[k]))
+	}
+	if err := writeBody(&b, m); err != nil {
+		return nil, err
+	}
+	if b.Len() > MaxSize {
+		return nil, invalid("", "%d bytes after encoding, Office 365 accepts at most %d", b.Len(), MaxSize)
+	}
+	r.Data = b.Bytes()
+	return r, nil
+}
+
+// MessageID is the stable Message-ID header value for a message id.
+func MessageID(account, id, mailbox string) string {
+	sum := sha256.Sum256([]byte(account + "\x00" + id))
+	domain := "relay365.invalid"
+	if at := strings.LastIndexByte(mailbox, '@'); at >= 0 && at < len(mailbox)-1 {
+		domain = mailbox[at+1:]
+	}
+	return "<" + hex.EncodeToString(sum[:16]) + "@" + domain + ">"
+}
+
+func applyPolicy(m *Message, s Sender) (from *mail.Address, replyTo []*mail.Address, err error) {
+	mailbox := &mail.Address{Address: s.Mailbox}
+	for _, a := range m.ReplyTo {
+		ra, err := ParseAddress("reply_to", a)
+		if err != nil {
+			return nil, nil, err
+		}
+		replyTo = append(replyTo, ra)
+	}
+	if m.From == "" {
+		return mailbox, replyTo, nil
+	}
+	orig, err := ParseAddress("from", m.From)
+	if err != nil {
+		return nil, nil, err
+	}
+	if strings.EqualFold(orig.Address, s.Mailbox) {
+		return orig, replyTo, nil
+	}
+	switch s.Policy {
+	case PolicyAllow:
+		for _, a := range s.SendAs {
+			if strings.EqualFold(a, orig.Address) {
+				return orig, replyTo, nil
+			}
+		}
+		return nil, nil, invalid("from", "%s is not the mailbox %s nor in its send-as list (from policy allow)", orig.Address, s.Mailbox)
+	case PolicyReject:
+		return nil, nil, invalid("from", "%s is not the mailbox %s (from policy reject)", orig.Address, s.Mailbox)
+	default: // rewrite
+		if len(replyTo) == 0 {
+			replyTo = []*mail.Address{orig}
+		}
+		return &mail.Address{Name: orig.Name, Address: s.Mailbox}, replyTo, nil
+	}
+}
+
+func writeBody(b *bytes.Buffer, m *Message) error {
+	if len(m.Attachments) == 0 {
+		return writeAlternative(b, m)
+	}
+	mw := multipart.NewWriter(b)
+	if err := mw.SetBoundary(boundary(m, "mixed")); err != nil {
+		return err
+	}
+	fmt.Fprintf(b, "Content-Type: multipart/mixed; boundary=%q\r\n\r\n", mw.Boundary())
+	// The text part is itself a header block plus body: write it into the
+	// first part with an empty MIME header of ours.
+	var inner bytes.Buffer
+	if err := writeAlternative(&inner, m); err != nil {
+		return err
+	}
+	hdr, body, _ := bytes.Cut(inner.Bytes(), []byte("\r\n\r\n"))
+	pw, err := mw.CreatePart(parseHeaderBlock(hdr))
+	if err != nil {
+		return err
+	}
+	pw.Write(body)
+	for _, a := range m.Attachments {
+		ct := a.ContentType
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		ph := textproto.MIMEHeader{}
+		ph.Set("Content-Type", ct)
+		ph.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": a.Filename}))
+		ph.Set("Content-Transfer-Encoding", "base64")
+		pw, err := mw.CreatePart(ph)
+		if err != nil {
+			return err
+		}
+		writeBase64Lines(pw, a.Data)
+	}
+	return mw.Close()
+}
+
+// writeAlternative writes the Content-Type header block and body for the
+// text and HTML parts: one part alone, or multipart/alternative with both.
+func writeAlternative(b *bytes.Buffer, m *Message) error {
+	switch {
+	case m.HTML == "":
+		writeQPPart(b, "text/plain; charset=utf-8", m.Text)
+	case m.Text == "":
+		writeQPPart(b, "text/html; charset=utf-8", m.HTML)
+	default:
+		mw := multipart.NewWriter(b)
+		if err := mw.SetBoundary(boundary(m, "alt")); err != nil {
+			return err
+		}
+		fmt.Fprintf(b, "Content-Type: multipart/alternative; boundary=%q\r\n\r\n", mw.Boundary())
+		for _, p := range []struct{ ct, body string }{{"text/plain; charset=utf-8", m.Text}, {"text/html; charset=utf-8", m.HTML}} {
+			w, err := mw.CreatePart(textproto.MIMEHeader{
+				"Content-Type":              {p.ct},
+				"Content-Transfer-Encoding": {"quoted-printable"},
+			})
+			if err != nil {
+				return err
+			}
+			qp := quotedprintable.NewWriter(w)
+			qp.Write([]byte(p.body))
+			qp.Close()
+		}
+		return mw.Close()
+	}
+	return nil
+}
+
+func writeQPPart(b *bytes.Buffer, ct, body string) {
+	fmt.Fprintf(b, "Content-Type: %s\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n", ct)
+	qp := quotedprintable.NewWriter(b)
+	qp.Write([]byte(body))
+	qp.Close()
+}
+
+// writeBase64Lines writes base64 in lines of 76 characters (RFC 2045 §6.8).
+func writeBase64Lines(w interface{ Write([]byte) (int, error) }, data []byte) {
+	enc := base64.StdEncoding.EncodeToString(data)
+	for len(enc) > 76 {
+		w.Write([]byte(enc[:76] + "\r\n"))
+		enc = enc[76:]
+	}
+	w.Write([]byte(enc + "\r\n"))
+}
+
+func parseHeaderBlock(block []byte) textproto.MIMEHeader {
+	h := textproto.MIMEHeader{}
+	for _, line := range strings.Split(string(block), "\r\n") {
+		if k, v, ok := strings.Cut(line, ": "); ok {
+			h.Add(k, v)
+		}
+	}
+	return h
+}
+
+// boundary is derived from the content so rendering is deterministic (golden
+// tests) while a producer cannot plant the boundary in its own body.
+func boundary(m *Message, kind string) string {
+	sum := sha256.Sum256([]byte(kind + "\x00" + m.ID + "\x00" + m.Text + "\x00" + m.HTML))
+	return "relay365-" + kind + "-" + hex.EncodeToString(sum[:12])
+}
+
+type headerWriter struct{ b *bytes.Buffer }
+
+// field writes "Name: value" folded at spaces to keep lines near 78
+// characters (RFC 5322 §2.2.3).
+func (h headerWriter) field(name, value string) {
+	line := name + ":"
+	col := len(line)
+	h.b.WriteString(line)
+	for i, word := range strings.Split(value, " ") {
+		if i > 0 && col+1+len(word) > 78 {
+			h.b.WriteString("\r\n")
+			col = 0
+		}
+		h.b.WriteByte(' ')
+		h.b.WriteString(word)
+		col += 1 + len(word)
+	}
+	h.b.WriteString("\r\n")
+}
+
+func (h headerWriter) addrList(name string, list []string) error {
+	if len(list) == 0 {
+		return nil
+	}
+	addrs := make([]*mail.Address, 0, len(list))
+	for _, s := range list {
+		a, err := ParseAddress(strings.ToLower(name), s)
+		if err != nil {
+			return err
+		}
+		addrs = append(addrs, a)
+	}
+	h.field(name, joinAddrs(addrs))
+	return nil
+}
+
+func joinAddrs(addrs []*mail.Address) string {
+	parts := make([]string, len(addrs))
+	for i, a := range addrs {
+		parts[i] = a.String()
+	}
+	return strings.Join(parts, ", ")
+}

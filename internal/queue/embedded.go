@@ -1,0 +1,81 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedConfig configures the in-process JetStream server used when no
+// RELAY_NATS_URL is given (and by every test).
+type EmbeddedConfig struct {
+	// Listen is host:port for NATS clients; port -1 picks a free one
+	// (port 0 would mean 4222 to nats-server).
+	Listen string
+	// StoreDir holds the JetStream file store. Required.
+	StoreDir string
+	// Sync is "always" (fsync before every acknowledgement, the default)
+	// or a duration between syncs, trading crash safety for speed.
+	Sync string
+}
+
+// ParseSync checks a --nats-sync value.
+func ParseSync(s string) (always bool, every time.Duration, err error) {
+	if s == "" || s == "always" {
+		return true, 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return false, 0, fmt.Errorf("--nats-sync %q: want \"always\" or a positive duration such as 1s", s)
+	}
+	return false, d, nil
+}
+
+// StartEmbedded starts a JetStream-enabled nats-server and waits until it
+// accepts connections.
+func StartEmbedded(c EmbeddedConfig) (*server.Server, error) {
+	if c.StoreDir == "" {
+		return nil, errors.New("embedded NATS: a store directory is required")
+	}
+	host, portStr, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--nats-listen %q: want host:port: %v", c.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < -1 || port > 65535 {
+		return nil, fmt.Errorf("--nats-listen %q: bad port", c.Listen)
+	}
+	if port == 0 {
+		port = -1 // nats-server reads 0 as 4222
+	}
+	always, every, err := ParseSync(c.Sync)
+	if err != nil {
+		return nil, err
+	}
+	opts := &server.Options{
+		ServerName:   "relay365-embedded",
+		Host:         host,
+		Port:         port,
+		JetStream:    true,
+		StoreDir:     c.StoreDir,
+		SyncAlways:   always,
+		SyncInterval: every,
+		NoSigs:       true,
+		NoLog:        true,
+		MaxPayload:   64 << 20, // a 35 MB message plus base64 and JSON overhead
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded NATS did not start listening on %s (is the port in use?)", c.Listen)
+	}
+	return ns, nil
+}
