@@ -1,0 +1,248 @@
+package account
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func validAccount() Account {
+	return Account{
+		Alias:    "alerts",
+		Mailbox:  "alerts@contoso.com",
+		Tenant:   "contoso.onmicrosoft.com",
+		ClientID: "11111111-2222-3333-4444-555555555555",
+	}
+}
+
+func TestNormalizeDefaults(t *testing.T) {
+	a := validAccount()
+	a.Normalize()
+	if a.Authority != DefaultAuthority || a.SMTPAddr != DefaultSMTPAddr || a.FromPolicy != FromRewrite {
+		t.Fatalf("defaults not applied: %+v", a)
+	}
+	if a.PerMinute != 30 || a.PerDay != 10000 || a.MaxConns != 3 {
+		t.Fatalf("limits not defaulted: %+v", a)
+	}
+	if !slices.Equal(a.Scopes, []string{ScopeSMTPSend, ScopeOfflineAccess}) {
+		t.Fatalf("delegated scopes = %v", a.Scopes)
+	}
+	if a.CreatedAt.IsZero() {
+		t.Fatal("CreatedAt not set")
+	}
+	if err := a.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	app := validAccount()
+	app.AppOnly = true
+	app.Normalize()
+	if !slices.Equal(app.Scopes, []string{ScopeAppOnly}) {
+		t.Fatalf("app-only scopes = %v", app.Scopes)
+	}
+	if err := app.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Idempotent and keeps explicit values.
+	b := validAccount()
+	b.PerMinute, b.SMTPAddr, b.Authority = 10, "smtp.office365.us:587", "https://login.microsoftonline.us/"
+	b.Normalize()
+	c := b
+	c.Normalize()
+	if b.PerMinute != 10 || b.SMTPAddr != "smtp.office365.us:587" || b.Authority != "https://login.microsoftonline.us" {
+		t.Fatalf("explicit values changed: %+v", b)
+	}
+	if !slices.Equal(b.Scopes, c.Scopes) || b.CreatedAt != c.CreatedAt {
+		t.Fatal("Normalize is not idempotent")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Account)
+		want   string // substring of the error; "" = valid
+	}{
+		{"valid", func(*Account) {}, ""},
+		{"alias empty", func(a *Account) { a.Alias = "" }, "alias is empty"},
+		{"alias upper", func(a *Account) { a.Alias = "Alerts" }, `alias "Alerts" is invalid`},
+		{"alias dot", func(a *Account) { a.Alias = "a.b" }, "alias"},
+		{"alias wildcard", func(a *Account) { a.Alias = "a*" }, "alias"},
+		{"alias leading dash", func(a *Account) { a.Alias = "-a" }, "alias"},
+		{"alias 64 chars", func(a *Account) { a.Alias = strings.Repeat("a", 64) }, "alias"},
+		{"alias 63 chars", func(a *Account) { a.Alias = strings.Repeat("a", 63) }, ""},
+		{"mailbox empty", func(a *Account) { a.Mailbox = "" }, "mailbox"},
+		{"mailbox display name", func(a *Account) { a.Mailbox = "Ops <ops@contoso.com>" }, "mailbox"},
+		{"tenant empty", func(a *Account) { a.Tenant = "" }, "tenant is empty"},
+		{"tenant slash", func(a *Account) { a.Tenant = "a/b" }, "tenant"},
+		{"tenant common app-only", func(a *Account) { a.Tenant = "common"; a.AppOnly = true; a.Scopes = nil }, "app_only"},
+		{"client id empty", func(a *Account) { a.ClientID = "" }, "client_id is empty"},
+		{"authority http", func(a *Account) { a.Authority = "http://login.example.com" }, "authority"},
+		{"token url loopback http ok", func(a *Account) { a.TokenURL = "http://127.0.0.1:9999/token" }, ""},
+		{"token url relative", func(a *Account) { a.TokenURL = "/token" }, "token_url"},
+		{"delegated without offline_access", func(a *Account) { a.Scopes = []string{ScopeSMTPSend} }, "offline_access"},
+		{"app-only wrong scope", func(a *Account) { a.AppOnly = true; a.Scopes = []string{ScopeSMTPSend} }, ".default"},
+		{"smtp addr no port", func(a *Account) { a.SMTPAddr = "smtp.office365.com" }, "smtp_addr"},
+		{"smtp addr bad port", func(a *Account) { a.SMTPAddr = "smtp.office365.com:0" }, "smtp_addr"},
+		{"from policy unknown", func(a *Account) { a.FromPolicy = "maybe" }, "from_policy"},
+		{"allow without send_as", func(a *Account) { a.FromPolicy = FromAllow }, "send_as is empty"},
+		{"allow with send_as", func(a *Account) { a.FromPolicy = FromAllow; a.SendAs = []string{"noreply@contoso.com"} }, ""},
+		{"send_as bad", func(a *Account) { a.FromPolicy = FromAllow; a.SendAs = []string{"nope"} }, "send_as"},
+		{"negative per_minute", func(a *Account) { a.PerMinute = -1 }, "per_minute"},
+		{"negative per_day", func(a *Account) { a.PerDay = -1 }, "per_day"},
+		{"negative max_conns", func(a *Account) { a.MaxConns = -1 }, "max_conns"},
+		{"proxy bad scheme", func(a *Account) { a.ProxyURL = "ftp://proxy:21" }, "proxy_url"},
+		{"proxy ok", func(a *Account) { a.ProxyURL = "http://proxy.corp:3128" }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := validAccount()
+			tt.mutate(&a)
+			a.Normalize()
+			err := a.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestValidateReportsAllProblems(t *testing.T) {
+	err := Account{Alias: "x"}.Validate()
+	if err == nil {
+		t.Fatal("want error")
+	}
+	for _, want := range []string{"mailbox", "tenant", "client_id", "smtp_addr"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestEndpoints(t *testing.T) {
+	a := validAccount()
+	au, tu, du := a.Endpoints() // works before Normalize too
+	base := "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/"
+	if au != base+"authorize" || tu != base+"token" || du != base+"devicecode" {
+		t.Fatalf("derived endpoints: %s %s %s", au, tu, du)
+	}
+	a.Authority = "https://login.microsoftonline.us/"
+	a.TokenURL = "http://127.0.0.1:1/token"
+	au, tu, _ = a.Endpoints()
+	if au != "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/v2.0/authorize" || tu != "http://127.0.0.1:1/token" {
+		t.Fatalf("override endpoints: %s %s", au, tu)
+	}
+}
+
+func TestRegistry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js := startJetStream(t)
+	reg, err := OpenRegistry(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Opening twice is fine (CreateOrUpdate).
+	if _, err := OpenRegistry(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.History() != 5 {
+		t.Fatalf("history = %d, want 5", st.History())
+	}
+
+	list, err := reg.List(ctx)
+	if err != nil || list == nil || len(list) != 0 {
+		t.Fatalf("empty List = %v, %v; want empty non-nil slice and no error", list, err)
+	}
+	if _, err := reg.Get(ctx, "alerts"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get missing: %v, want ErrNotFound", err)
+	}
+	if err := reg.Delete(ctx, "alerts"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Delete missing: %v, want ErrNotFound", err)
+	}
+
+	bad := validAccount()
+	bad.Mailbox = "nope"
+	if err := reg.Put(ctx, bad); err == nil || !strings.Contains(err.Error(), "mailbox") {
+		t.Fatalf("Put invalid: %v", err)
+	}
+	if _, err := reg.Get(ctx, "alerts"); !errors.Is(err, ErrNotFound) {
+		t.Fatal("invalid account was stored")
+	}
+
+	a := validAccount()
+	if err := reg.Put(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	b := validAccount()
+	b.Alias, b.Mailbox, b.AppOnly = "billing", "billing@contoso.com", true
+	if err := reg.Put(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.Get(ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Mailbox != a.Mailbox || got.SMTPAddr != DefaultSMTPAddr || got.PerMinute != 30 || got.CreatedAt.IsZero() {
+		t.Fatalf("Get returned %+v", got)
+	}
+	list, err = reg.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].Alias != "alerts" || list[1].Alias != "billing" {
+		t.Fatalf("List = %+v", list)
+	}
+	if !list[1].AppOnly || list[1].Scopes[0] != ScopeAppOnly {
+		t.Fatalf("app-only account round trip: %+v", list[1])
+	}
+
+	if err := reg.Delete(ctx, "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Get(ctx, "alerts"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get after Delete: %v", err)
+	}
+	list, err = reg.List(ctx)
+	if err != nil || len(list) != 1 || list[0].Alias != "billing" {
+		t.Fatalf("List after delete = %+v, %v", list, err)
+	}
+	if _, err := reg.Get(ctx, "Not.Valid"); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get invalid alias: %v", err)
+	}
+}
+
+func TestListCorruptRecordNamesAlias(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js := startJetStream(t)
+	reg, err := OpenRegistry(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, _ := js.KeyValue(ctx, Bucket)
+	if _, err := kv.Put(ctx, "broken", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.List(ctx); err == nil || !strings.Contains(err.Error(), "broken") {
+		t.Fatalf("List with corrupt record: %v", err)
+	}
+}

@@ -1,0 +1,138 @@
+package account
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket is the KV bucket holding one Account per alias.
+const Bucket = "relay_accounts"
+
+// bucketHistory is how many revisions of each account the bucket keeps.
+const bucketHistory = 5
+
+// ErrNotFound is wrapped by Get and Delete when the alias is not registered.
+var ErrNotFound = errors.New("account not found")
+
+// Registry reads and writes accounts in the relay_accounts bucket. It is
+// safe for concurrent use; it holds no state besides the bucket handle.
+type Registry struct {
+	kv jetstream.KeyValue
+}
+
+// OpenRegistry creates the bucket if needed (file storage, history 5) and
+// returns a registry on it. Existing buckets are updated to this config.
+func OpenRegistry(ctx context.Context, js jetstream.JetStream) (*Registry, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "Relay365 sending accounts (no secrets)",
+		History:     bucketHistory,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open account registry (KV bucket %s): %w", Bucket, err)
+	}
+	return &Registry{kv: kv}, nil
+}
+
+// Put normalises and validates a, then stores it under its alias,
+// replacing any previous version.
+func (r *Registry) Put(ctx context.Context, a Account) error {
+	a.Normalize()
+	if err := a.Validate(); err != nil {
+		return err
+	}
+	b, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("encode account %s: %w", a.Alias, err)
+	}
+	if _, err := r.kv.Put(ctx, a.Alias, b); err != nil {
+		return fmt.Errorf("store account %s: %w", a.Alias, err)
+	}
+	return nil
+}
+
+// Get returns the account stored under alias; a missing alias gives an
+// error wrapping ErrNotFound.
+func (r *Registry) Get(ctx context.Context, alias string) (Account, error) {
+	if err := ValidateAlias(alias); err != nil {
+		return Account{}, err
+	}
+	e, err := r.kv.Get(ctx, alias)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return Account{}, fmt.Errorf("account %s: %w (register it with: authtool login --account %s)", alias, ErrNotFound, alias)
+		}
+		return Account{}, fmt.Errorf("read account %s: %w", alias, err)
+	}
+	return decode(alias, e.Value())
+}
+
+// List returns all accounts sorted by alias; an empty bucket gives an
+// empty slice and no error.
+func (r *Registry) List(ctx context.Context) ([]Account, error) {
+	keys, err := r.kv.Keys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, fmt.Errorf("list accounts: %w", err)
+	}
+	// Keys stops early without an error when ctx ends: do not return a
+	// silently truncated list.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list accounts: %w", err)
+	}
+	out := make([]Account, 0, len(keys)) // Keys returns them sorted
+	for _, k := range keys {
+		e, err := r.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // deleted between listing and reading
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list accounts: read %s: %w", k, err)
+		}
+		a, err := decode(k, e.Value())
+		if err != nil {
+			return nil, fmt.Errorf("list accounts: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// Delete removes the account; a missing alias gives an error wrapping
+// ErrNotFound. Its sealed tokens live elsewhere (token.Store.Delete).
+func (r *Registry) Delete(ctx context.Context, alias string) error {
+	if err := ValidateAlias(alias); err != nil {
+		return err
+	}
+	e, err := r.kv.Get(ctx, alias)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return fmt.Errorf("account %s: %w", alias, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("delete account %s: %w", alias, err)
+	}
+	// Delete only the revision we saw, so a concurrent re-registration is
+	// not removed by mistake.
+	if err := r.kv.Delete(ctx, alias, jetstream.LastRevision(e.Revision())); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return fmt.Errorf("delete account %s: it was changed concurrently, look again and retry", alias)
+		}
+		return fmt.Errorf("delete account %s: %w", alias, err)
+	}
+	return nil
+}
+
+func decode(alias string, b []byte) (Account, error) {
+	var a Account
+	if err := json.Unmarshal(b, &a); err != nil {
+		return Account{}, fmt.Errorf("account %s: stored record is not valid JSON (%v): re-register it with authtool", alias, err)
+	}
+	if a.Alias == "" {
+		a.Alias = alias
+	}
+	return a, nil
+}

@@ -1,0 +1,569 @@
+package token
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+
+	"relay365/internal/account"
+)
+
+// AccessToken is a usable access token for one mailbox. Printing it with
+// fmt (any verb) or logging it with zerolog never shows the token.
+type AccessToken struct {
+	Token   string
+	Expiry  time.Time
+	Mailbox string
+}
+
+// String is a redacted description.
+func (t AccessToken) String() string {
+	return fmt.Sprintf("AccessToken{mailbox=%s expiry=%s token=%s}", t.Mailbox, t.Expiry.UTC().Format(time.RFC3339), redacted(t.Token))
+}
+
+// GoString keeps %#v redacted.
+func (t AccessToken) GoString() string { return t.String() }
+
+// Format makes every fmt verb print String.
+func (t AccessToken) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, t.String()) }
+
+// MarshalZerologObject logs the token's metadata only.
+func (t AccessToken) MarshalZerologObject(e *zerolog.Event) {
+	e.Str("mailbox", t.Mailbox).Time("expiry", t.Expiry)
+}
+
+// SourceConfig configures a Source.
+type SourceConfig struct {
+	Store    *Store
+	Accounts *account.Registry
+	// Margin: tokens expiring within it are refreshed (default 5m).
+	Margin time.Duration
+	// HTTPClient for the token endpoint (default: 30s timeout, proxy from
+	// HTTPS_PROXY/NO_PROXY). An account's ProxyURL overrides the proxy.
+	HTTPClient *http.Client
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	Log zerolog.Logger
+	// LeaseTTL bounds how long one refresher may hold an account's refresh
+	// before others take over (default 60s).
+	LeaseTTL time.Duration
+}
+
+const (
+	defaultMargin   = 5 * time.Minute
+	defaultLeaseTTL = 60 * time.Second
+	defaultHTTPTime = 30 * time.Second
+	maxRounds       = 8
+	backoffBase     = 2 * time.Second
+	backoffMax      = 5 * time.Minute
+)
+
+// Source hands out valid access tokens, refreshing them through the
+// identity platform when they come within Margin of expiry. See the
+// package documentation for the protocol. It is safe for concurrent use.
+type Source struct {
+	store    *Store
+	accounts *account.Registry
+	margin   time.Duration
+	leaseTTL time.Duration
+	hc       *http.Client
+	now      func() time.Time
+	log      zerolog.Logger
+
+	mu      sync.Mutex
+	flights map[flightKey]*flight
+
+	proxyMu sync.Mutex
+	proxies map[string]*http.Client
+}
+
+type flightKey struct {
+	alias string
+	force bool
+}
+
+type flight struct {
+	done chan struct{}
+	tok  AccessToken
+	err  error
+}
+
+// NewSource builds a Source. Store and Accounts are required.
+func NewSource(cfg SourceConfig) *Source {
+	if cfg.Store == nil || cfg.Accounts == nil {
+		panic("token.NewSource: Store and Accounts are required")
+	}
+	s := &Source{
+		store:    cfg.Store,
+		accounts: cfg.Accounts,
+		margin:   cfg.Margin,
+		leaseTTL: cfg.LeaseTTL,
+		hc:       cfg.HTTPClient,
+		now:      cfg.Now,
+		log:      cfg.Log.With().Str("component", "token").Logger(),
+		flights:  map[flightKey]*flight{},
+		proxies:  map[string]*http.Client{},
+	}
+	if s.margin <= 0 {
+		s.margin = defaultMargin
+	}
+	if s.leaseTTL <= 0 {
+		s.leaseTTL = defaultLeaseTTL
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.hc == nil {
+		var rt http.RoundTripper = http.DefaultTransport
+		if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+			tr := dt.Clone()
+			tr.Proxy = http.ProxyFromEnvironment
+			rt = tr
+		}
+		s.hc = &http.Client{Timeout: defaultHTTPTime, Transport: rt}
+	}
+	return s
+}
+
+// Token returns a valid access token for the account, refreshing it if it
+// expires within Margin. For an account in needs_consent or config_error
+// it returns the *IdentityError at once without calling the identity
+// platform. After a transient failure it keeps handing out the old token
+// while it is still valid.
+func (s *Source) Token(ctx context.Context, alias string) (AccessToken, error) {
+	acct, err := s.accounts.Get(ctx, alias)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	rec, _, err := s.store.Get(ctx, alias)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	if tok, done, err := s.decide(rec, acct, s.now(), false, time.Time{}); done {
+		return tok, err
+	}
+	return s.join(ctx, flightKey{alias: alias}, time.Time{})
+}
+
+// ForceRefresh refreshes now even though the stored token looks valid
+// (e.g. after SMTP 535 5.7.3), unless another refresh finished after this
+// call started, whose token it then returns. Blocked accounts return their
+// *IdentityError without calling the identity platform.
+func (s *Source) ForceRefresh(ctx context.Context, alias string) (AccessToken, error) {
+	since := s.now()
+	acct, err := s.accounts.Get(ctx, alias)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	rec, _, err := s.store.Get(ctx, alias)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	if rec.State.Blocking() {
+		return AccessToken{}, blockedError(rec, acct)
+	}
+	return s.join(ctx, flightKey{alias: alias, force: true}, since)
+}
+
+// join runs at most one refresh per (account, force) in this process; late
+// callers wait for the running one. The refresh itself is detached from
+// the callers' cancellation (bounded by the lease), so a cancelled caller
+// never leaves a rotated refresh token unwritten.
+func (s *Source) join(ctx context.Context, key flightKey, since time.Time) (AccessToken, error) {
+	s.mu.Lock()
+	f, ok := s.flights[key]
+	if !ok {
+		f = &flight{done: make(chan struct{})}
+		s.flights[key] = f
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.leaseTTL+30*time.Second)
+		go func() {
+			defer cancel()
+			f.tok, f.err = s.refresh(fctx, key.alias, key.force, since)
+			s.mu.Lock()
+			delete(s.flights, key)
+			s.mu.Unlock()
+			close(f.done)
+		}()
+	}
+	s.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.tok, f.err
+	case <-ctx.Done():
+		return AccessToken{}, ctx.Err()
+	}
+}
+
+func usable(rec Record, now time.Time, margin time.Duration) bool {
+	return rec.AccessToken != "" && rec.Expiry.After(now.Add(margin))
+}
+
+func stillValid(rec Record, now time.Time) bool {
+	return rec.AccessToken != "" && rec.Expiry.After(now)
+}
+
+func tokenOf(rec Record, acct account.Account) AccessToken {
+	return AccessToken{Token: rec.AccessToken, Expiry: rec.Expiry, Mailbox: acct.Mailbox}
+}
+
+// decide answers from the stored record alone when it can; done=false
+// means the identity platform has to be asked.
+func (s *Source) decide(rec Record, acct account.Account, now time.Time, force bool, since time.Time) (AccessToken, bool, error) {
+	switch {
+	case rec.State.Blocking():
+		return AccessToken{}, true, blockedError(rec, acct)
+	case !force && usable(rec, now, s.margin):
+		return tokenOf(rec, acct), true, nil
+	case force && rec.LastRefresh.After(since) && stillValid(rec, now):
+		return tokenOf(rec, acct), true, nil // refreshed by someone after the caller asked
+	case !force && now.Before(rec.NextAttempt):
+		// Backing off after a transient failure.
+		if stillValid(rec, now) {
+			return tokenOf(rec, acct), true, nil
+		}
+		return AccessToken{}, true, transientError(rec, acct, now)
+	}
+	return AccessToken{}, false, nil
+}
+
+func blockedError(rec Record, acct account.Account) *IdentityError {
+	e := &IdentityError{Err: rec.ErrorName, Codes: rec.ErrorCodes, Class: rec.State}
+	e.Remedy = remedy(e, acct.Alias, acct.AppOnly)
+	return e
+}
+
+func transientError(rec Record, acct account.Account, now time.Time) *IdentityError {
+	e := &IdentityError{Err: rec.ErrorName, Codes: rec.ErrorCodes, Class: StateTransient, RetryAfter: rec.NextAttempt.Sub(now)}
+	e.Remedy = remedy(e, acct.Alias, acct.AppOnly)
+	return e
+}
+
+// refresh is the body of one flight: re-read, take the lease with a
+// compare-and-set, call the identity platform, write the result with a
+// compare-and-set on the lease revision.
+func (s *Source) refresh(ctx context.Context, alias string, force bool, since time.Time) (AccessToken, error) {
+	acct, err := s.accounts.Get(ctx, alias)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	for range maxRounds {
+		rec, rev, err := s.store.Get(ctx, alias)
+		if err != nil {
+			return AccessToken{}, err
+		}
+		now := s.now()
+		if tok, done, err := s.decide(rec, acct, now, force, since); done {
+			return tok, err
+		}
+		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+			// Another process is refreshing: never spend the same refresh
+			// token twice. Use the old token while valid, else wait for
+			// the holder's write (KV watch) or the lease's end.
+			if !force && stillValid(rec, now) {
+				return tokenOf(rec, acct), nil
+			}
+			s.log.Debug().Str("account", alias).Time("lease_until", rec.LeaseUntil).Msg("refresh in progress elsewhere, waiting")
+			wctx, cancel := context.WithTimeout(ctx, rec.LeaseUntil.Sub(now))
+			_, _, werr := s.store.WaitChange(wctx, alias, rev)
+			cancel()
+			if werr != nil && ctx.Err() != nil {
+				return AccessToken{}, fmt.Errorf("waiting for the token refresh of account %s: %w", alias, ctx.Err())
+			}
+			continue
+		}
+		owner := newLeaseID()
+		leased := rec
+		leased.LeaseOwner, leased.LeaseUntil = owner, now.Add(s.leaseTTL)
+		lrev, err := s.store.Update(ctx, leased, rev)
+		if errors.Is(err, ErrConflict) {
+			continue // someone else wrote first: re-read and decide again
+		}
+		if err != nil {
+			return AccessToken{}, err
+		}
+		return s.exchangeAndStore(ctx, acct, rec, lrev, force)
+	}
+	return AccessToken{}, fmt.Errorf("token refresh of account %s did not settle: the record kept changing or another process holds the refresh (transient, retry later)", alias)
+}
+
+func newLeaseID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// exchangeAndStore calls the identity platform for rec (whose lease we hold
+// at revision lrev) and writes the outcome.
+func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec Record, lrev uint64, force bool) (AccessToken, error) {
+	log := s.log.With().Str("account", acct.Alias).Logger()
+	start := s.now()
+	ectx, cancel := context.WithTimeout(ctx, max(s.leaseTTL-5*time.Second, s.leaseTTL/2))
+	tok, err := s.exchange(ectx, acct, rec)
+	cancel()
+	if err != nil {
+		return s.recordFailure(ctx, acct, rec, lrev, Classify(err), force)
+	}
+
+	next := rec
+	next.AccessToken = tok.AccessToken
+	if tok.RefreshToken != "" {
+		next.RefreshToken = tok.RefreshToken // rotated; keep only the newest
+	}
+	next.Expiry = start.Add(lifetime(tok))
+	next.LastRefresh = s.now()
+	next.State, next.LastError, next.FailCount = StateHealthy, "", 0
+	next.ErrorName, next.ErrorCodes, next.NextAttempt = "", nil, time.Time{}
+	next.LeaseOwner, next.LeaseUntil = "", time.Time{}
+	at := AccessToken{Token: next.AccessToken, Expiry: next.Expiry, Mailbox: acct.Mailbox}
+	rotated := tok.RefreshToken != "" && tok.RefreshToken != rec.RefreshToken
+
+	rev := lrev
+	for range 3 {
+		_, err := s.store.Update(ctx, next, rev)
+		if err == nil {
+			log.Info().Time("expiry", next.Expiry).Bool("rotated", rotated).Bool("forced", force).
+				Str("key_id", s.store.keys.CurrentID()).Msg("token refreshed")
+			return at, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			// The old refresh token stays valid in Entra for a while, so the
+			// next refresh recovers; the new access token is usable now.
+			log.Error().Err(err).Msg("token refreshed but the result could not be stored; the next refresh uses the previous refresh token")
+			return at, nil
+		}
+		cur, crev, gerr := s.store.Get(ctx, acct.Alias)
+		if gerr != nil {
+			log.Error().Err(gerr).Msg("token refreshed, store conflict, and re-read failed")
+			return at, nil
+		}
+		now := s.now()
+		switch {
+		case usable(cur, now, s.margin) && !cur.State.Blocking():
+			log.Info().Msg("token refreshed concurrently elsewhere; using the stored one")
+			return tokenOf(cur, acct), nil
+		case cur.RefreshToken == rec.RefreshToken:
+			// Only lease/state fields changed (e.g. our lease expired and
+			// another process recorded a failure): our result is newer.
+			rev = crev
+			continue
+		default:
+			// A newer refresh token was stored (consent, another refresher)
+			// without a usable access token: do not overwrite it.
+			log.Warn().Msg("token refreshed but a newer refresh token was stored meanwhile; keeping the stored one")
+			return at, nil
+		}
+	}
+	log.Error().Msg("token refreshed but the record kept changing; result not stored")
+	return at, nil
+}
+
+// recordFailure stores the classified failure on the record (CAS on the
+// lease revision, which also releases the lease) and decides what the
+// caller gets.
+func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Record, lrev uint64, ie *IdentityError, force bool) (AccessToken, error) {
+	now := s.now()
+	f := rec
+	f.LeaseOwner, f.LeaseUntil = "", time.Time{}
+	f.FailCount++
+	f.ErrorName, f.ErrorCodes = ie.Err, ie.Codes
+	if ie.Class.Blocking() {
+		f.State, f.NextAttempt = ie.Class, time.Time{}
+	} else {
+		ie.Class = StateTransient
+		ie.RetryAfter = backoff(f.FailCount, ie.RetryAfter)
+		f.NextAttempt = now.Add(ie.RetryAfter)
+		// Healthy until the access token actually expires.
+		if stillValid(rec, now) {
+			f.State = StateHealthy
+		} else {
+			f.State = StateTransient
+		}
+	}
+	ie.Remedy = remedy(ie, acct.Alias, acct.AppOnly)
+	f.LastError = ie.Error()
+
+	ev := s.log.Warn()
+	if ie.Class.Blocking() {
+		ev = s.log.Error()
+	}
+	ev.Str("account", acct.Alias).Str("class", string(ie.Class)).Str("oauth_error", ie.Err).Ints("error_codes", ie.Codes).
+		Int("http_status", ie.Status).Int("fail_count", f.FailCount).Str("state", string(f.State)).
+		Dur("retry_in", ie.RetryAfter).Str("trace_id", ie.TraceID).Str("correlation_id", ie.CorrelationID).
+		Str("error", f.LastError).Msg("token refresh failed")
+
+	if _, err := s.store.Update(ctx, f, lrev); err != nil {
+		s.log.Warn().Str("account", acct.Alias).Err(err).Msg("could not record the refresh failure")
+	}
+	if !ie.Class.Blocking() && !force && stillValid(rec, now) {
+		return tokenOf(rec, acct), nil
+	}
+	return AccessToken{}, ie
+}
+
+// backoff is the wait after the n-th consecutive transient failure:
+// exponential from 2s to 5m with jitter, never below Retry-After.
+func backoff(n int, retryAfter time.Duration) time.Duration {
+	d := backoffMax
+	if n < 20 {
+		d = min(backoffBase<<max(n-1, 0), backoffMax)
+	}
+	d = d/2 + mrand.N(d/2+1)
+	return max(d, retryAfter)
+}
+
+// lifetime is the token's lifetime as announced by expires_in, measured
+// from before the request (conservative, and independent of clock skew).
+func lifetime(tok *oauth2.Token) time.Duration {
+	if tok.ExpiresIn > 0 {
+		return time.Duration(tok.ExpiresIn) * time.Second
+	}
+	switch v := tok.Extra("expires_in").(type) {
+	case float64:
+		if v > 0 {
+			return time.Duration(v) * time.Second
+		}
+	case string:
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			return time.Duration(n) * time.Second
+		}
+	}
+	if !tok.Expiry.IsZero() {
+		if d := time.Until(tok.Expiry); d > 0 {
+			return d
+		}
+	}
+	return time.Hour
+}
+
+// exchange performs one token request. Local impossibilities (no refresh
+// token, no client secret) come back as IdentityErrors too.
+func (s *Source) exchange(ctx context.Context, acct account.Account, rec Record) (*oauth2.Token, error) {
+	tokenURL := rec.TokenURL
+	if tokenURL == "" {
+		_, tokenURL, _ = acct.Endpoints()
+	}
+	scopes := rec.Scopes
+	if len(scopes) == 0 {
+		scopes = acct.Scopes
+	}
+	hc := s.clientFor(acct)
+	if acct.AppOnly {
+		if rec.ClientSecret == "" {
+			return nil, &IdentityError{Err: "no_client_secret", Class: StateConfigError}
+		}
+		cc := clientcredentials.Config{
+			ClientID: acct.ClientID, ClientSecret: rec.ClientSecret, TokenURL: tokenURL,
+			Scopes: scopes, AuthStyle: oauth2.AuthStyleInParams,
+		}
+		return cc.Token(context.WithValue(ctx, oauth2.HTTPClient, hc))
+	}
+	if rec.RefreshToken == "" {
+		return nil, &IdentityError{Err: "no_refresh_token", Class: StateNeedsConsent}
+	}
+	cfg := oauth2.Config{
+		ClientID: acct.ClientID, ClientSecret: rec.ClientSecret, Scopes: scopes,
+		Endpoint: oauth2.Endpoint{TokenURL: tokenURL, AuthStyle: oauth2.AuthStyleInParams},
+	}
+	// x/oauth2 does not send scope on refresh; the Microsoft identity
+	// platform wants it, so the client adds it to the form.
+	hc = withRefreshScope(hc, scopes)
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, hc)
+	return cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: rec.RefreshToken, Expiry: time.Unix(1, 0)}).Token()
+}
+
+// clientFor returns the HTTP client for acct: the configured one, or a copy
+// whose transport uses the account's proxy.
+func (s *Source) clientFor(acct account.Account) *http.Client {
+	if acct.ProxyURL == "" {
+		return s.hc
+	}
+	s.proxyMu.Lock()
+	defer s.proxyMu.Unlock()
+	if c, ok := s.proxies[acct.ProxyURL]; ok {
+		return c
+	}
+	u, err := url.Parse(acct.ProxyURL)
+	if err != nil {
+		s.log.Warn().Str("account", acct.Alias).Msg("proxy_url does not parse; using the default proxy settings")
+		return s.hc
+	}
+	base := s.hc.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	tr, ok := base.(*http.Transport)
+	if !ok {
+		s.log.Warn().Str("account", acct.Alias).Str("proxy", u.Redacted()).Msg("custom HTTP transport: cannot apply the account's proxy_url")
+		return s.hc
+	}
+	tr = tr.Clone()
+	tr.Proxy = http.ProxyURL(u)
+	c := *s.hc
+	c.Transport = tr
+	s.proxies[acct.ProxyURL] = &c
+	return &c
+}
+
+func withRefreshScope(hc *http.Client, scopes []string) *http.Client {
+	if len(scopes) == 0 {
+		return hc
+	}
+	base := hc.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	c := *hc
+	c.Transport = &scopeTransport{base: base, scope: strings.Join(scopes, " ")}
+	return &c
+}
+
+// scopeTransport adds scope= to refresh_token grant requests that lack it.
+type scopeTransport struct {
+	base  http.RoundTripper
+	scope string
+}
+
+func (t *scopeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPost || req.Body == nil || req.GetBody == nil ||
+		!strings.HasPrefix(req.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+		return t.base.RoundTrip(req)
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return t.base.RoundTrip(req)
+	}
+	raw, err := io.ReadAll(io.LimitReader(body, 1<<20))
+	body.Close()
+	if err != nil {
+		return t.base.RoundTrip(req)
+	}
+	form, err := url.ParseQuery(string(raw))
+	if err != nil || form.Get("grant_type") != "refresh_token" || form.Has("scope") {
+		return t.base.RoundTrip(req)
+	}
+	form.Set("scope", t.scope)
+	enc := []byte(form.Encode())
+	r2 := req.Clone(req.Context())
+	if req.Body != nil {
+		_ = req.Body.Close() // we own it now; the clone carries the new body
+	}
+	r2.Body = io.NopCloser(bytes.NewReader(enc))
+	r2.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(enc)), nil }
+	r2.ContentLength = int64(len(enc))
+	return t.base.RoundTrip(r2)
+}

@@ -1,0 +1,325 @@
+package token
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+)
+
+// Bucket is the KV bucket holding one sealed Record per account alias.
+const Bucket = "relay_tokens"
+
+const bucketHistory = 5
+
+// State is the health of an account's tokens.
+type State string
+
+const (
+	// StateHealthy: tokens work (or a transient failure happened while the
+	// access token is still valid).
+	StateHealthy State = "healthy"
+	// StateNeedsConsent: the refresh token is dead or a person must sign in
+	// (MFA, conditional access, consent). Only authtool login clears it.
+	StateNeedsConsent State = "needs_consent"
+	// StateConfigError: the app registration, secret or tenant is wrong.
+	// Only an operator fix (authtool app/login) clears it.
+	StateConfigError State = "config_error"
+	// StateTransient: the last refresh failed temporarily and no valid
+	// access token is left; refreshes are retried with backoff.
+	StateTransient State = "transient"
+)
+
+// Blocking reports whether the state stops all refreshes until a new
+// record is written by consent.
+func (s State) Blocking() bool { return s == StateNeedsConsent || s == StateConfigError }
+
+var (
+	// ErrNotFound is wrapped when no record is stored for an account.
+	ErrNotFound = errors.New("no tokens stored")
+	// ErrConflict is wrapped by Update when the record changed since the
+	// revision given (compare-and-set lost).
+	ErrConflict = errors.New("token record changed concurrently")
+)
+
+// Record is what the token store keeps per account. It is sealed as a whole
+// before it reaches the bucket. Printing it with fmt redacts the secrets.
+type Record struct {
+	Account      string    `json:"account"`
+	RefreshToken string    `json:"refresh_token,omitempty"`
+	AccessToken  string    `json:"access_token,omitempty"`
+	Expiry       time.Time `json:"expiry"`
+	Scopes       []string  `json:"scopes,omitempty"`
+	TokenURL     string    `json:"token_url"`
+	ClientSecret string    `json:"client_secret,omitempty"` // app-only accounts
+	LastRefresh  time.Time `json:"last_refresh"`
+	State        State     `json:"state"`
+	LastError    string    `json:"last_error,omitempty"` // AADSTS code + remedy, never secrets
+	FailCount    int       `json:"fail_count,omitempty"`
+
+	// ErrorName and ErrorCodes are the identity platform's error and
+	// error_codes of the last failure, so a blocked account's typed error
+	// can be rebuilt without calling the platform again.
+	ErrorName  string `json:"error,omitempty"`
+	ErrorCodes []int  `json:"error_codes,omitempty"`
+	// NextAttempt is the earliest time of the next refresh after a
+	// transient failure (backoff shared by all processes).
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	// LeaseOwner/LeaseUntil mark a refresh in progress somewhere in the
+	// cluster; others wait for its result instead of spending the same
+	// refresh token. The expiry is inside the value because per-key TTLs
+	// do not survive Update.
+	LeaseOwner string    `json:"lease_owner,omitempty"`
+	LeaseUntil time.Time `json:"lease_until,omitzero"`
+
+	// KeyID is the id of the key the loaded value was sealed with (set by
+	// Get; not stored).
+	KeyID string `json:"-"`
+}
+
+// String describes the record without secrets.
+func (r Record) String() string {
+	return fmt.Sprintf("token.Record{account=%s state=%s expiry=%s last_refresh=%s fail_count=%d refresh_token=%s access_token=%s client_secret=%s key=%s}",
+		r.Account, r.State, r.Expiry.Format(time.RFC3339), r.LastRefresh.Format(time.RFC3339), r.FailCount,
+		redacted(r.RefreshToken), redacted(r.AccessToken), redacted(r.ClientSecret), r.KeyID)
+}
+
+// Format makes every fmt verb (%v, %+v, %#v, %s, %d, ...) print String.
+func (r Record) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(r.String())) }
+
+// MarshalZerologObject logs the record's metadata only, so
+// log.Interface("rec", rec) cannot write the tokens.
+func (r Record) MarshalZerologObject(e *zerolog.Event) {
+	e.Str("account", r.Account).Str("state", string(r.State)).Time("expiry", r.Expiry).
+		Time("last_refresh", r.LastRefresh).Int("fail_count", r.FailCount).Str("key_id", r.KeyID)
+}
+
+func redacted(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return "[REDACTED]"
+}
+
+// Store keeps sealed token records in the relay_tokens bucket. Values are
+// sealed with the key ring's current key and the additional data
+// "relay_tokens/<account>", so a value copied under another key does not
+// open. It is safe for concurrent use.
+type Store struct {
+	kv   jetstream.KeyValue
+	keys *Keyring
+}
+
+// OpenStore creates the bucket if needed (file storage, history 5).
+func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keyring) (*Store, error) {
+	if keys == nil {
+		return nil, errors.New("open token store: no key ring")
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "Relay365 OAuth tokens, AES-256-GCM sealed",
+		History:     bucketHistory,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open token store (KV bucket %s): %w", Bucket, err)
+	}
+	return &Store{kv: kv, keys: keys}, nil
+}
+
+// Keyring returns the store's key ring.
+func (s *Store) Keyring() *Keyring { return s.keys }
+
+// NeedsReseal reports whether a record sealed with keyID should be written
+// again under the current key (after a key rotation).
+func (s *Store) NeedsReseal(keyID string) bool { return keyID != s.keys.CurrentID() }
+
+func aadFor(acct string) []byte { return []byte(Bucket + "/" + acct) }
+
+// Get loads and opens the record of acct with its revision. A missing
+// record wraps ErrNotFound; one that does not open wraps ErrOpen (and
+// ErrUnknownKey when its key is missing from the key file). Record.KeyID
+// tells which key sealed it; see NeedsReseal.
+func (s *Store) Get(ctx context.Context, acct string) (Record, uint64, error) {
+	if err := account.ValidateAlias(acct); err != nil {
+		return Record{}, 0, err
+	}
+	e, err := s.kv.Get(ctx, acct)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return Record{}, 0, notFound(acct)
+	}
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("read tokens of account %s: %w", acct, err)
+	}
+	rec, err := s.decode(acct, e.Value())
+	return rec, e.Revision(), err
+}
+
+func notFound(acct string) error {
+	return fmt.Errorf("account %s: %w (run: authtool login --account %s)", acct, ErrNotFound, acct)
+}
+
+func (s *Store) decode(acct string, sealed []byte) (Record, error) {
+	pt, keyID, err := s.keys.Open(aadFor(acct), sealed)
+	if err != nil {
+		return Record{}, fmt.Errorf("cannot open sealed record for account %s: %w", acct, err)
+	}
+	defer clear(pt)
+	var rec Record
+	if err := json.Unmarshal(pt, &rec); err != nil {
+		// The JSON error text could quote plaintext: do not include it.
+		return Record{}, fmt.Errorf("sealed record for account %s opened but does not decode: %w", acct, ErrOpen)
+	}
+	if rec.Account != acct {
+		return Record{}, fmt.Errorf("cannot open sealed record for account %s: it names account %q: %w", acct, rec.Account, ErrOpen)
+	}
+	rec.KeyID = keyID
+	return rec, nil
+}
+
+func (s *Store) encode(rec Record) ([]byte, error) {
+	if err := account.ValidateAlias(rec.Account); err != nil {
+		return nil, fmt.Errorf("token record: %w", err)
+	}
+	if rec.State == "" {
+		rec.State = StateHealthy
+	}
+	pt, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("encode tokens of account %s: %w", rec.Account, err)
+	}
+	defer clear(pt)
+	sealed, err := s.keys.Seal(aadFor(rec.Account), pt)
+	if err != nil {
+		return nil, fmt.Errorf("seal tokens of account %s: %w", rec.Account, err)
+	}
+	return sealed, nil
+}
+
+// Put seals rec under the current key and stores it unconditionally (the
+// consent step). It returns the new revision.
+func (s *Store) Put(ctx context.Context, rec Record) (uint64, error) {
+	b, err := s.encode(rec)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.kv.Put(ctx, rec.Account, b)
+	if err != nil {
+		return 0, fmt.Errorf("store tokens of account %s: %w", rec.Account, err)
+	}
+	return rev, nil
+}
+
+// Update seals rec under the current key and stores it only if the stored
+// revision is still rev (compare-and-set). A lost race wraps ErrConflict.
+func (s *Store) Update(ctx context.Context, rec Record, rev uint64) (uint64, error) {
+	b, err := s.encode(rec)
+	if err != nil {
+		return 0, err
+	}
+	nrev, err := s.kv.Update(ctx, rec.Account, b, rev)
+	if err != nil {
+		if isConflict(err) {
+			return 0, fmt.Errorf("update tokens of account %s at revision %d: %w (%v)", rec.Account, rev, ErrConflict, err)
+		}
+		return 0, fmt.Errorf("update tokens of account %s: %w", rec.Account, err)
+	}
+	return nrev, nil
+}
+
+// isConflict recognises a lost compare-and-set. nats.go v1.55 wraps
+// "wrong last sequence" API errors (10071, or 10164 on replicated streams)
+// in ErrKeyRevisionMismatch; ErrKeyExists (which matches 10071) and the raw
+// API codes are checked as well so older/other paths are covered.
+func isConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return false
+}
+
+// Delete removes the account's tokens including the bucket's history of
+// sealed values (purge). Deleting a missing record is not an error.
+func (s *Store) Delete(ctx context.Context, acct string) error {
+	if err := account.ValidateAlias(acct); err != nil {
+		return err
+	}
+	if err := s.kv.Purge(ctx, acct); err != nil {
+		return fmt.Errorf("delete tokens of account %s: %w", acct, err)
+	}
+	return nil
+}
+
+// RawGet returns the stored sealed bytes (tests prove no plaintext leaks).
+func (s *Store) RawGet(ctx context.Context, acct string) ([]byte, error) {
+	e, err := s.kv.Get(ctx, acct)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, notFound(acct)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read tokens of account %s: %w", acct, err)
+	}
+	return e.Value(), nil
+}
+
+// Reseal rewrites the record under the current key if it was sealed with
+// an older one (used after a key rotation). It reports whether it wrote.
+func (s *Store) Reseal(ctx context.Context, acct string) (bool, error) {
+	rec, rev, err := s.Get(ctx, acct)
+	if err != nil {
+		return false, err
+	}
+	if !s.NeedsReseal(rec.KeyID) {
+		return false, nil
+	}
+	if _, err := s.Update(ctx, rec, rev); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// WaitChange blocks until the record of acct has a revision above
+// afterRev and returns it, or until ctx ends. A deletion wraps ErrNotFound.
+// It uses a KV watch, so no polling.
+func (s *Store) WaitChange(ctx context.Context, acct string, afterRev uint64) (Record, uint64, error) {
+	if err := account.ValidateAlias(acct); err != nil {
+		return Record{}, 0, err
+	}
+	w, err := s.kv.Watch(ctx, acct)
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("watch tokens of account %s: %w", acct, err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return Record{}, 0, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				if err := ctx.Err(); err != nil {
+					return Record{}, 0, err
+				}
+				return Record{}, 0, fmt.Errorf("watch tokens of account %s: watcher closed", acct)
+			}
+			if e == nil || e.Revision() <= afterRev {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				return Record{}, e.Revision(), notFound(acct)
+			}
+			rec, err := s.decode(acct, e.Value())
+			return rec, e.Revision(), err
+		}
+	}
+}
