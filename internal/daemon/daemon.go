@@ -1,0 +1,279 @@
+// Package daemon is `relay serve` as an importable whole: it connects to
+// (or embeds) NATS, opens the account registry and the sealed token store,
+// runs the workers and serves /metrics, /healthz, /readyz and /status.
+// Tests start it in process, exactly as the binary does.
+//
+// Start-up order matters: streams and buckets exist before workers bind, and
+// the HTTP server comes last so /readyz never reports ready for a half-built
+// daemon. Shutdown is the reverse: stop fetching, let in-flight sends finish
+// within the grace period, then close NATS and the embedded server (which
+// flushes the store).
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+	"relay365/internal/queue"
+	"relay365/internal/relay"
+	"relay365/internal/token"
+)
+
+// Config is everything `relay serve` reads from flags and environment.
+type Config struct {
+	NATSURL       string        // RELAY_NATS_URL; empty: run an embedded server
+	NATSListen    string        // embedded server's client address; default 127.0.0.1:4222
+	NATSSync      string        // embedded server's fsync policy: "always" (default) or a duration
+	DataDir       string        // RELAY_DATA_DIR; default ./data
+	KeyFile       string        // RELAY_TOKEN_KEY_FILE; required
+	HTTPAddr      string        // RELAY_HTTP_ADDR; default 127.0.0.1:9465; "off" disables
+	Replicas      int           // stream and bucket replicas; default 1
+	Workers       int           // concurrent deliveries; default 3
+	AckWait       time.Duration // default 60s
+	MaxDeliver    int           // default 50
+	RefreshMargin time.Duration // refresh access tokens this long before expiry; default 5m
+	ShutdownGrace time.Duration // default 30s
+	Retry, Pause  relay.Backoff // default relay.DefaultRetry, relay.DefaultPause
+
+	// Extra HTTP handlers (the sandbox adds /sandbox/messages).
+	Extra map[string]http.Handler
+	// Transport overrides the SMTP transport (tests set timeouts).
+	Transport *relay.Transport
+}
+
+// Defaults fills zero values.
+func (c *Config) Defaults() {
+	if c.NATSListen == "" {
+		c.NATSListen = "127.0.0.1:4222"
+	}
+	if c.NATSSync == "" {
+		c.NATSSync = "always"
+	}
+	if c.DataDir == "" {
+		c.DataDir = "data"
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = "127.0.0.1:9465"
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Workers == 0 {
+		// Office 365 allows 3 connections per mailbox; until sessions are
+		// pooled per account, 3 workers keep one mailbox within it.
+		c.Workers = 3
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 60 * time.Second
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = 50
+	}
+	if c.RefreshMargin == 0 {
+		c.RefreshMargin = 5 * time.Minute
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+}
+
+// Validate says what to fix, one problem per error.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.KeyFile == "" {
+		errs = append(errs, errors.New("no token key: set RELAY_TOKEN_KEY_FILE or --key-file (create one with: relay keygen --out data/token.key)"))
+	}
+	if c.NATSURL == "" {
+		if _, _, err := queue.ParseSync(c.NATSSync); err != nil {
+			errs = append(errs, err)
+		}
+		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
+			errs = append(errs, fmt.Errorf("--nats-listen %q: want host:port", c.NATSListen))
+		}
+	}
+	if c.HTTPAddr != "off" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--http-addr %q: want host:port or off", c.HTTPAddr))
+		}
+	}
+	if c.Replicas != 1 && c.Replicas != 3 && c.Replicas != 5 {
+		errs = append(errs, fmt.Errorf("--replicas %d: want 1, 3 or 5", c.Replicas))
+	}
+	if c.Workers < 1 || c.Workers > 1000 {
+		errs = append(errs, fmt.Errorf("--workers %d: want 1 to 1000", c.Workers))
+	}
+	if c.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("--ack-wait %s: want at least 1s", c.AckWait))
+	}
+	if c.MaxDeliver < 2 {
+		errs = append(errs, fmt.Errorf("--max-deliver %d: want at least 2 (it must be finite; the last delivery dead-letters)", c.MaxDeliver))
+	}
+	if c.RefreshMargin < time.Minute || c.RefreshMargin > 30*time.Minute {
+		errs = append(errs, fmt.Errorf("--refresh-margin %s: want 1m to 30m (access tokens live 60-90 minutes)", c.RefreshMargin))
+	}
+	return errors.Join(errs...)
+}
+
+// Daemon is a running relay.
+type Daemon struct {
+	cfg      Config
+	log      zerolog.Logger
+	ns       *server.Server // nil when using an external NATS
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	Accounts *account.Registry
+	Store    *token.Store
+	Tokens   *token.Source
+	Registry *prometheus.Registry
+	// HTTPAddr is the address the HTTP server listens on (resolved port).
+	HTTPAddr string
+	// NATSURL is the URL clients use to reach this daemon's NATS.
+	NATSURL string
+
+	http       *http.Server
+	stopWorker context.CancelFunc
+	workerDone chan error
+	closeOnce  sync.Once
+}
+
+// Start brings the daemon up and returns once workers are running.
+func Start(ctx context.Context, cfg Config, log zerolog.Logger) (d *Daemon, err error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	keys, err := token.LoadKeyring(cfg.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	d = &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	d.NATSURL = cfg.NATSURL
+	if d.NATSURL == "" {
+		storeDir := filepath.Join(cfg.DataDir, "jetstream")
+		if err := os.MkdirAll(storeDir, 0o700); err != nil {
+			return nil, fmt.Errorf("data dir: %w", err)
+		}
+		d.ns, err = queue.StartEmbedded(queue.EmbeddedConfig{Listen: cfg.NATSListen, StoreDir: storeDir, Sync: cfg.NATSSync})
+		if err != nil {
+			return nil, err
+		}
+		d.NATSURL = d.ns.ClientURL()
+		log.Info().Str("url", d.NATSURL).Str("store", storeDir).Str("sync", cfg.NATSSync).Msg("embedded NATS JetStream started")
+	}
+	d.NC, err = queue.Connect(d.NATSURL, "relay365-serve")
+	if err != nil {
+		return nil, err
+	}
+	if d.JS, err = jetstream.New(d.NC); err != nil {
+		return nil, err
+	}
+	if err := queue.EnsureStreams(ctx, d.JS, queue.StreamConfig{Replicas: cfg.Replicas}); err != nil {
+		return nil, err
+	}
+	if d.Accounts, err = account.OpenRegistry(ctx, d.JS); err != nil {
+		return nil, err
+	}
+	if d.Store, err = token.OpenStore(ctx, d.JS, keys); err != nil {
+		return nil, err
+	}
+	d.Tokens = token.NewSource(token.SourceConfig{Store: d.Store, Accounts: d.Accounts, Margin: cfg.RefreshMargin, Log: log})
+
+	w := relay.New(relay.Deps{
+		JS: d.JS, Accounts: d.Accounts, Tokens: d.Tokens, Transport: cfg.Transport,
+		Registry: d.Registry, Log: log,
+	}, relay.Config{
+		Workers: cfg.Workers, AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver,
+		Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace,
+	})
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.stopWorker = cancel
+	d.workerDone = make(chan error, 1)
+	go func() { d.workerDone <- w.Run(wctx) }()
+
+	if cfg.HTTPAddr != "off" {
+		if err := d.serveHTTP(); err != nil {
+			return nil, err
+		}
+	}
+	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Int("workers", cfg.Workers).Msg("relay serving")
+	return d, nil
+}
+
+func (d *Daemon) serveHTTP() error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{Registry: d.Registry}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", d.readyz)
+	mux.HandleFunc("GET /status", d.status)
+	for pattern, h := range d.cfg.Extra {
+		mux.Handle(pattern, h)
+	}
+	ln, err := net.Listen("tcp", d.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("--http-addr %s: %w", d.cfg.HTTPAddr, err)
+	}
+	d.HTTPAddr = ln.Addr().String()
+	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go d.http.Serve(ln)
+	return nil
+}
+
+// Close stops the daemon: workers first (in-flight sends get the grace
+// period), then HTTP, NATS and the embedded server. Safe to call twice.
+func (d *Daemon) Close() error {
+	var err error
+	d.closeOnce.Do(func() {
+		if d.stopWorker != nil {
+			d.stopWorker()
+			err = <-d.workerDone
+		}
+		if d.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			d.http.Shutdown(ctx)
+			cancel()
+		}
+		if d.NC != nil {
+			d.NC.Drain()
+			d.NC.Close()
+		}
+		if d.ns != nil {
+			d.ns.Shutdown()
+			d.ns.WaitForShutdown()
+		}
+	})
+	return err
+}
+
+// Run is `relay serve`: start, wait for ctx, stop.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	d, err := Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info().Msg("shutting down: finishing sends in flight")
+	return d.Close()
+}

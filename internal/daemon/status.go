@@ -1,0 +1,101 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"relay365/internal/queue"
+)
+
+// AccountStatus is one account on /status. It never holds a secret.
+type AccountStatus struct {
+	Alias       string    `json:"alias"`
+	Mailbox     string    `json:"mailbox"`
+	SMTP        string    `json:"smtp"`
+	Auth        string    `json:"auth"`
+	TokenState  string    `json:"token_state"`
+	TokenExpiry time.Time `json:"token_expiry,omitzero"`
+	LastRefresh time.Time `json:"last_refresh,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+}
+
+// Status is the /status document.
+type Status struct {
+	NATSConnected bool            `json:"nats_connected"`
+	QueueDepth    uint64          `json:"queue_depth"`
+	DLQSize       uint64          `json:"dlq_size"`
+	Accounts      []AccountStatus `json:"accounts"`
+}
+
+// Snapshot collects the status.
+func (d *Daemon) Snapshot(ctx context.Context) (Status, error) {
+	st := Status{NATSConnected: d.NC.Status() == nats.CONNECTED, Accounts: []AccountStatus{}}
+	for name, dst := range map[string]*uint64{queue.StreamMail: &st.QueueDepth, queue.StreamDLQ: &st.DLQSize} {
+		s, err := d.JS.Stream(ctx, name)
+		if err != nil {
+			return st, err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return st, err
+		}
+		*dst = info.State.Msgs
+	}
+	accts, err := d.Accounts.List(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, a := range accts {
+		as := AccountStatus{Alias: a.Alias, Mailbox: a.Mailbox, SMTP: a.SMTPAddr, Auth: "OAuth2 (XOAUTH2)", TokenState: "missing"}
+		if rec, _, err := d.Store.Get(ctx, a.Alias); err == nil {
+			as.TokenState, as.TokenExpiry, as.LastRefresh, as.LastError = string(rec.State), rec.Expiry, rec.LastRefresh, rec.LastError
+		} else {
+			as.LastError = err.Error()
+		}
+		st.Accounts = append(st.Accounts, as)
+	}
+	return st, nil
+}
+
+func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	st, err := d.Snapshot(ctx)
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(st)
+}
+
+// readyz: NATS connected, the consumer bound, at least one account usable.
+func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	st, err := d.Snapshot(ctx)
+	switch {
+	case err != nil:
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	case !st.NATSConnected:
+		http.Error(w, "not ready: NATS disconnected", http.StatusServiceUnavailable)
+		return
+	}
+	if _, err := d.JS.Consumer(ctx, queue.StreamMail, queue.Consumer); err != nil {
+		http.Error(w, "not ready: consumer not bound: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	for _, a := range st.Accounts {
+		if a.TokenState == "healthy" || a.TokenState == "transient" {
+			w.Write([]byte("ready\n"))
+			return
+		}
+	}
+	http.Error(w, "not ready: no account with a usable token (run authtool login)", http.StatusServiceUnavailable)
+}

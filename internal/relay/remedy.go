@@ -1,0 +1,36 @@
+package relay
+
+import "fmt"
+
+// Remedy says what a person does about a failed SMTP exchange, for the
+// log line, /status and authtool. mailbox is the sending mailbox.
+func Remedy(e *SMTPError, mailbox string) string {
+	switch {
+	case e.Code == 535 && e.Enhanced == "5.7.139":
+		return fmt.Sprintf("SMTP AUTH is disabled for the tenant or mailbox. An Exchange admin enables it with: "+
+			"Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false "+
+			"(and, if the tenant default is off: Set-TransportConfig -SmtpClientAuthenticationDisabled $false)", mailbox)
+	case e.Class == ClassAuth:
+		return "the mailbox refused the token: check that the signed-in user is " + mailbox +
+			", that the app has the SMTP.Send delegated permission (SMTP.SendAsApp and a mailbox permission for app-only), and re-run authtool login"
+	case e.Code == 421 && e.Enhanced == "4.7.66":
+		return "the server wants TLS 1.2 or newer"
+	case e.Class == ClassConfig && e.Code == 0:
+		return "check the account's SMTP address and CA file"
+	case e.Class == ClassConfig:
+		return "the server refused the XOAUTH2 exchange: check the account's SMTP host (smtp.office365.com:587 for Exchange Online)"
+	case e.Enhanced == "5.7.60" || e.Enhanced == "5.2.252":
+		return fmt.Sprintf("%s may not send as this From: use from policy rewrite, or grant SendAs with Add-RecipientPermission", mailbox)
+	case e.Class == ClassQuota:
+		return "the mailbox is over its sending limit (10,000 recipients a day, 30 messages a minute); mail waits for the window"
+	case e.Class == ClassAccount:
+		return "the sending mailbox is full: empty its Sent Items or raise its quota"
+	case e.Class == ClassTenant:
+		return "Microsoft blocked the tenant or sender: see the Microsoft 365 Defender restricted entities page"
+	case e.Class == ClassThrottle:
+		return "too many connections for this mailbox (Office 365 allows 3)"
+	case e.Class == ClassTransient:
+		return "temporary; the relay retries"
+	}
+	return "the server refused this message; see the reply"
+}
