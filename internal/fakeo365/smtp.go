@@ -1,0 +1,505 @@
+package fakeo365
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"mime"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Message is one message the fake accepted.
+type Message struct {
+	Mailbox    string    // authenticated user= mailbox
+	From       string    // MAIL FROM
+	To         []string  // RCPT TO
+	Data       []byte    // raw message bytes as received
+	Subject    string    // Subject header, RFC 2047 decoded
+	HeaderFrom string    // address of the (first) From header
+	Time       time.Time // Config.Now at acceptance
+}
+
+func (m Message) clone() Message {
+	m.To = slices.Clone(m.To)
+	m.Data = slices.Clone(m.Data)
+	return m
+}
+
+// Exchange Online replies (OFFICE365.md sections 1 and 4).
+var (
+	replyAuthDisabled     = smtpError(535, 5, 7, 139, "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.")
+	replyBasicDisabled    = smtpError(535, 5, 7, 139, "Authentication unsuccessful, basic authentication is disabled.")
+	replyBadXOAUTH2       = smtpError(501, 5, 5, 124, "Invalid XOAUTH2 client response.")
+	replyNotAuthenticated = smtpError(530, 5, 7, 57, "Client not authenticated to send mail.")
+	replyTooManyRcpts     = smtpError(452, 4, 5, 3, "Too many recipients")
+	replyTempError        = smtpError(451, 4, 7, 0, "Temporary server error. Please try again later. PRX4")
+	replyStoreFailed      = smtpError(451, 4, 3, 0, "Temporary server error. Please try again later. Could not store the message.")
+	replyThreadLimit      = smtpError(432, 4, 3, 2, "STOREDRV.ClientSubmit; sender thread limit exceeded")
+	replyQuota            = smtpError(554, 5, 2, 0, "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Message submission rate for this client has exceeded the configured limit.[EndDiagnosticData]")
+	replySendAs           = smtpError(550, 5, 7, 60, "SMTP; Client does not have permissions to send as this sender")
+)
+
+// errDropped ends a DATA whose connection DropNextData cut; no reply is sent.
+var errDropped = errors.New("fakeo365: connection dropped by DropNextData")
+
+// dropAfterBytes is how much of the message DropNextData reads before it
+// cuts the connection.
+const dropAfterBytes = 16
+
+func smtpError(code, class, subject, detail int, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: msg}
+}
+
+func (s *Server) replyAuthFailed() *smtp.SMTPError {
+	return smtpError(535, 5, 7, 3, "Authentication unsuccessful ["+s.cfg.Hostname+"]")
+}
+
+// replyKey renders the code and enhanced code of a reply, like "535 5.7.3".
+func replyKey(e *smtp.SMTPError) string {
+	ec := e.EnhancedCode
+	if ec == smtp.NoEnhancedCode || ec == smtp.EnhancedCodeNotSet {
+		return fmt.Sprint(e.Code)
+	}
+	return fmt.Sprintf("%d %d.%d.%d", e.Code, ec[0], ec[1], ec[2])
+}
+
+// submission is one accepted message in a mailbox's sending history.
+type submission struct {
+	at    time.Time
+	rcpts int
+}
+
+// mailState is the SMTP half of the Server state, guarded by Server.mu.
+type mailState struct {
+	sendAs        map[string]map[string]bool // mailbox → addresses it may send as
+	authDisabled  map[string]bool            // tenant → SMTP AUTH off
+	quotaExceeded map[string]bool            // mailbox → quota switch on
+	failData      int
+	dropData      int
+	sessions      map[string]int          // mailbox → authenticated connections
+	history       map[string][]submission // mailbox → accepted in the last 24h
+	messages      []Message
+	msgSignal     chan struct{} // closed and replaced whenever a message is captured
+	replies       map[string]int
+}
+
+func newMailState() mailState {
+	return mailState{
+		sendAs:        make(map[string]map[string]bool),
+		authDisabled:  make(map[string]bool),
+		quotaExceeded: make(map[string]bool),
+		sessions:      make(map[string]int),
+		history:       make(map[string][]submission),
+		msgSignal:     make(chan struct{}),
+		replies:       make(map[string]int),
+	}
+}
+
+func (s *Server) newSMTPServer(creds *tlsCredentials) *smtp.Server {
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &session{srv: s, conn: c}, nil
+	}))
+	srv.Domain = s.cfg.Hostname
+	srv.TLSConfig = creds.serverConfig()
+	srv.AllowInsecureAuth = false // AUTH is advertised and allowed only after STARTTLS
+	srv.MaxMessageBytes = maxMessageBytes
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.EnableBINARYMIME = true
+	srv.ReadTimeout = smtpIOTimeout
+	srv.WriteTimeout = smtpIOTimeout
+	srv.ErrorLog = logWriter{s.log}
+	return srv
+}
+
+// reject counts a non-2xx reply and returns it for go-smtp to send.
+func (s *Server) reject(e *smtp.SMTPError) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rejectLocked(e)
+}
+
+func (s *Server) rejectLocked(e *smtp.SMTPError) error {
+	s.replies[replyKey(e)]++
+	s.log.Debug().Int("code", e.Code).Str("reply", e.Message).Msg("SMTP reject")
+	return e
+}
+
+// ---- session ----------------------------------------------------------------
+
+// session is one SMTP session. go-smtp creates one per EHLO before and after
+// STARTTLS; AUTH is only possible on the second, so a session holds at most
+// one slot of the per-mailbox connection limit.
+type session struct {
+	srv  *Server
+	conn *smtp.Conn
+
+	user      string // authenticated user=, "" before AUTH
+	holdsSlot bool   // counted in srv.sessions; guarded by srv.mu because go-smtp may call Logout from Server.Close
+
+	from string
+	to   []string
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+func (ss *session) AuthMechanisms() []string { return []string{sasl.Login, "XOAUTH2"} }
+
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	switch strings.ToUpper(mech) {
+	case "XOAUTH2":
+		return &xoauth2Server{sess: ss}, nil
+	case sasl.Login:
+		return &loginServer{srv: ss.srv}, nil
+	}
+	return nil, ss.srv.reject(smtp.ErrAuthUnknownMechanism)
+}
+
+// authenticate checks an XOAUTH2 bearer token for user and takes a slot of
+// the mailbox's connection limit.
+func (ss *session) authenticate(user, token string) error {
+	s := ss.srv
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at := s.access[token]
+	if at != nil && s.authDisabled[key(at.tenant)] {
+		return s.rejectLocked(replyAuthDisabled)
+	}
+	if !s.tokenAuthorizesLocked(at, user) {
+		return s.rejectLocked(s.replyAuthFailed())
+	}
+	ss.user, ss.holdsSlot = user, true
+	s.sessions[key(user)]++
+	s.log.Info().Str("user", user).Str("tenant", at.tenant).Bool("app", at.mailbox == "").Msg("SMTP AUTH XOAUTH2 ok")
+	return nil
+}
+
+// tokenAuthorizesLocked: the token is live, meant for Exchange Online, and
+// either app-only (any user=) or delegated by user.
+func (s *Server) tokenAuthorizesLocked(at *accessToken, user string) bool {
+	switch {
+	case at == nil, s.now().After(at.expires), !at.outlook:
+		return false
+	case at.mailbox == "":
+		return true
+	default:
+		return strings.EqualFold(at.mailbox, user)
+	}
+}
+
+func (ss *session) Logout() error {
+	s := ss.srv
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss.holdsSlot {
+		s.sessions[key(ss.user)]--
+		ss.holdsSlot = false
+	}
+	return nil
+}
+
+func (ss *session) Reset() {
+	ss.from, ss.to = "", nil
+}
+
+func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	if ss.user == "" {
+		return ss.srv.reject(replyNotAuthenticated)
+	}
+	ss.from, ss.to = from, nil
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if ss.user == "" {
+		return ss.srv.reject(replyNotAuthenticated)
+	}
+	if limit := ss.srv.cfg.MaxRecipients; limit > 0 && len(ss.to) >= limit {
+		return ss.srv.reject(replyTooManyRcpts)
+	}
+	ss.to = append(ss.to, to)
+	return nil
+}
+
+// Data reads the whole message and only then decides, as Exchange Online
+// rejects for policy at the end of DATA.
+func (ss *session) Data(r io.Reader) error {
+	s := ss.srv
+	if s.takeDrop() {
+		io.CopyN(io.Discard, r, dropAfterBytes)
+		ss.conn.Conn().Close()
+		s.log.Info().Str("user", ss.user).Msg("SMTP DATA: connection dropped (fault injected)")
+		return errDropped
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) { // message too large
+			return s.reject(se)
+		}
+		return err
+	}
+	return s.submit(Message{Mailbox: ss.user, From: ss.from, To: slices.Clone(ss.to), Data: data})
+}
+
+func (s *Server) takeDrop() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return takeOne(&s.dropData)
+}
+
+// submit applies the end-of-DATA policy and captures msg if it passes.
+func (s *Server) submit(msg Message) error {
+	hdr := parseHeader(msg.Data)
+	msg.Subject = hdr.subject
+	if len(hdr.from) > 0 {
+		msg.HeaderFrom = hdr.from[0]
+	}
+	now := s.now()
+	msg.Time = now
+	mailbox := key(msg.Mailbox)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reply := s.policyLocked(mailbox, now, len(msg.To), hdr.from); reply != nil {
+		return s.rejectLocked(reply)
+	}
+	if err := s.writeEMLLocked(now, msg.Data); err != nil {
+		s.log.Error().Err(err).Msg("MailDir write failed")
+		return s.rejectLocked(replyStoreFailed)
+	}
+	s.history[mailbox] = append(s.history[mailbox], submission{at: now, rcpts: len(msg.To)})
+	s.messages = append(s.messages, msg)
+	close(s.msgSignal)
+	s.msgSignal = make(chan struct{})
+	s.log.Info().Str("mailbox", msg.Mailbox).Str("from", msg.HeaderFrom).Strs("to", msg.To).
+		Str("subject", msg.Subject).Int("bytes", len(msg.Data)).Msg("message accepted")
+	return nil
+}
+
+// policyLocked returns the end-of-DATA rejection for a message, or nil.
+func (s *Server) policyLocked(mailbox string, now time.Time, rcpts int, headerFrom []string) *smtp.SMTPError {
+	switch {
+	case takeOne(&s.failData):
+		return replyTempError
+	case s.cfg.MaxConns > 0 && s.sessions[mailbox] > s.cfg.MaxConns:
+		return replyThreadLimit
+	case s.quotaExceeded[mailbox], s.overRateLocked(mailbox, now, rcpts):
+		return replyQuota
+	case !s.maySendAsLocked(mailbox, headerFrom):
+		return replySendAs
+	}
+	return nil
+}
+
+// overRateLocked checks the rolling per-minute message and per-day
+// recipient limits, forgetting history older than a day.
+func (s *Server) overRateLocked(mailbox string, now time.Time, rcpts int) bool {
+	hist := slices.DeleteFunc(s.history[mailbox], func(h submission) bool {
+		return !h.at.After(now.Add(-24 * time.Hour))
+	})
+	s.history[mailbox] = hist
+	lastMinute, lastDayRcpts := 0, 0
+	for _, h := range hist {
+		if h.at.After(now.Add(-time.Minute)) {
+			lastMinute++
+		}
+		lastDayRcpts += h.rcpts
+	}
+	return (s.cfg.PerMinute > 0 && lastMinute >= s.cfg.PerMinute) ||
+		(s.cfg.PerDay > 0 && lastDayRcpts+rcpts > s.cfg.PerDay)
+}
+
+// maySendAsLocked: every From address is the mailbox itself or one it holds
+// SendAs on. A message without a parsable From is refused too.
+func (s *Server) maySendAsLocked(mailbox string, headerFrom []string) bool {
+	if len(headerFrom) == 0 {
+		return false
+	}
+	for _, addr := range headerFrom {
+		if a := key(addr); a != mailbox && !s.sendAs[mailbox][a] {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) writeEMLLocked(now time.Time, data []byte) error {
+	if s.cfg.MailDir == "" {
+		return nil
+	}
+	name := fmt.Sprintf("%d-%d.eml", now.UnixNano(), len(s.messages)+1)
+	return os.WriteFile(filepath.Join(s.cfg.MailDir, name), data, 0o644)
+}
+
+type headerInfo struct {
+	subject string
+	from    []string
+}
+
+// parseHeader extracts the decoded Subject and the From addresses; a
+// message whose header does not parse yields zero values.
+func parseHeader(data []byte) headerInfo {
+	m, err := mail.ReadMessage(bytes.NewReader(data))
+	if err != nil {
+		return headerInfo{}
+	}
+	dec := new(mime.WordDecoder)
+	var info headerInfo
+	raw := m.Header.Get("Subject")
+	if info.subject, err = dec.DecodeHeader(raw); err != nil {
+		info.subject = raw
+	}
+	parser := mail.AddressParser{WordDecoder: dec}
+	if list, err := parser.ParseList(m.Header.Get("From")); err == nil {
+		for _, a := range list {
+			info.from = append(info.from, a.Address)
+		}
+	}
+	return info
+}
+
+// ---- SASL servers -------------------------------------------------------------
+
+// xoauth2Server accepts both forms: the response on the AUTH line, or an
+// empty "334 " challenge followed by the response.
+type xoauth2Server struct {
+	sess     *session
+	prompted bool
+}
+
+func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
+	if response == nil && !x.prompted {
+		x.prompted = true
+		return []byte{}, false, nil
+	}
+	user, token, err := ParseXOAUTH2(response)
+	if err != nil {
+		return nil, false, x.sess.srv.reject(replyBadXOAUTH2)
+	}
+	if err := x.sess.authenticate(user, token); err != nil {
+		return nil, false, err
+	}
+	return nil, true, nil
+}
+
+// loginServer plays the AUTH LOGIN dialogue and then refuses: Basic
+// authentication is retired.
+type loginServer struct {
+	srv  *Server
+	step int // 0 start, 1 asked for the user name, 2 asked for the password
+}
+
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch {
+	case l.step == 0 && response == nil:
+		l.step = 1
+		return []byte("Username:"), false, nil
+	case l.step < 2:
+		l.step = 2
+		return []byte("Password:"), false, nil
+	}
+	return nil, false, l.srv.reject(replyBasicDisabled)
+}
+
+// ---- fault switches and observations ----------------------------------------
+
+// SetSendAs sets the addresses mailbox may use in From besides itself.
+func (s *Server) SetSendAs(mailbox string, addrs ...string) {
+	set := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		set[key(a)] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sendAs[key(mailbox)] = set
+}
+
+// DisableSMTPAuth switches SMTP AUTH off (535 5.7.139) for tokens of tenant.
+func (s *Server) DisableSMTPAuth(tenant string, disabled bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.authDisabled[key(tenant)] = disabled
+}
+
+// SetQuotaExceeded makes every end of DATA for mailbox answer 554 5.2.0
+// SubmissionQuotaExceededException.
+func (s *Server) SetQuotaExceeded(mailbox string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.quotaExceeded[key(mailbox)] = on
+}
+
+// FailNextData makes the next n ends of DATA answer 451 4.7.0.
+func (s *Server) FailNextData(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failData = n
+}
+
+// DropNextData makes the next n DATA commands read part of the message and
+// then close the connection without a reply.
+func (s *Server) DropNextData(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropData = n
+}
+
+// Messages returns a copy of the accepted messages, in order.
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.messagesLocked()
+}
+
+func (s *Server) messagesLocked() []Message {
+	out := make([]Message, len(s.messages))
+	for i, m := range s.messages {
+		out[i] = m.clone()
+	}
+	return out
+}
+
+// WaitMessages blocks until at least n messages were accepted and returns
+// them all. On ctx end or Close it returns what has arrived so far with the
+// error.
+func (s *Server) WaitMessages(ctx context.Context, n int) ([]Message, error) {
+	for {
+		s.mu.Lock()
+		if len(s.messages) >= n {
+			msgs := s.messagesLocked()
+			s.mu.Unlock()
+			return msgs, nil
+		}
+		signal := s.msgSignal
+		s.mu.Unlock()
+		select {
+		case <-signal:
+		case <-ctx.Done():
+			return s.Messages(), ctx.Err()
+		case <-s.done:
+			return s.Messages(), ErrClosed
+		}
+	}
+}
+
+// OpenConns is the number of open SMTP connections.
+func (s *Server) OpenConns() int { return s.smtpLn.open() }
+
+// Replies counts the non-2xx replies the fake decided, keyed like "535 5.7.3".
+func (s *Server) Replies() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.replies)
+}
