@@ -27,6 +27,7 @@ type Endpoint struct {
 // the seam where the pooled session engine plugs in later; today it opens
 // one session per message.
 type Transport struct {
+	LocalName      string        // EHLO name; default "localhost"
 	DialTimeout    time.Duration // default 15s
 	CommandTimeout time.Duration // default 60s per command
 	DataTimeout    time.Duration // default 5m for the reply to the end of DATA
@@ -97,6 +98,16 @@ func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtp.Client, error)
 			// go-smtp's own words for a server without STARTTLS.
 			return nil, &SMTPError{Stage: "tls", Class: ClassConfig, Err: errors.New("server does not offer STARTTLS; refusing to authenticate in plaintext")}
 		}
+		return nil, classifySMTP("tls", err)
+	}
+	// EHLO again, now inside TLS (RFC 3207 §4.2): this runs the handshake,
+	// so a certificate problem is reported here, before any AUTH.
+	name := t.LocalName
+	if name == "" {
+		name = "localhost"
+	}
+	if err := c.Hello(name); err != nil {
+		c.Close()
 		return nil, classifySMTP("tls", err)
 	}
 	conn.SetDeadline(time.Time{})

@@ -1,0 +1,115 @@
+package relaycmd
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"relay365/internal/message"
+	"relay365/internal/queue"
+	"relay365/producer"
+)
+
+type publishConfig struct {
+	NATSURL  string
+	File     string
+	HTMLFile string
+	Timeout  time.Duration
+	JSON     bool
+	Msg      message.Message
+}
+
+func runPublish(ctx context.Context, args []string, env Env) error {
+	fs := newFlags("publish", env)
+	var c publishConfig
+	var to, cc, bcc, replyTo listFlag
+	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env RELAY_NATS_URL)")
+	fs.StringVar(&c.File, "f", "", "read the message as JSON (DESIGN.md §3) from this file, - for stdin")
+	fs.StringVar(&c.Msg.Account, "account", "", "account alias to send through")
+	fs.Var(&to, "to", "recipient (repeatable, or comma-separated)")
+	fs.Var(&cc, "cc", "Cc recipient (repeatable)")
+	fs.Var(&bcc, "bcc", "Bcc recipient (repeatable)")
+	fs.Var(&replyTo, "reply-to", "Reply-To address (repeatable)")
+	fs.StringVar(&c.Msg.From, "from", "", "From (default: the account's mailbox)")
+	fs.StringVar(&c.Msg.Subject, "subject", "", "subject")
+	fs.StringVar(&c.Msg.Text, "text", "", "plain text body")
+	fs.StringVar(&c.HTMLFile, "html-file", "", "HTML body from this file")
+	fs.StringVar(&c.Msg.ID, "id", "", "message id, the idempotency key (default: generated)")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "give up publishing after this long")
+	fs.BoolVar(&c.JSON, "json", false, "print the result as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	m := &c.Msg
+	if c.File != "" {
+		fromFile, err := readMessageFile(c.File, env.Stdin)
+		if err != nil {
+			return err
+		}
+		// Flags given next to -f fill what the file left empty.
+		if fromFile.Account == "" {
+			fromFile.Account = m.Account
+		}
+		if fromFile.ID == "" {
+			fromFile.ID = m.ID
+		}
+		m = fromFile
+	} else {
+		m.To, m.Cc, m.Bcc, m.ReplyTo = to, cc, bcc, replyTo
+		if c.HTMLFile != "" {
+			b, err := os.ReadFile(c.HTMLFile)
+			if err != nil {
+				return usagef("--html-file: %v", err)
+			}
+			m.HTML = string(b)
+		}
+	}
+	if err := m.Validate(); err != nil {
+		return usageError{err}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	nc, err := queue.Connect(c.NATSURL, "relay-publish")
+	if err != nil {
+		return fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
+	}
+	defer nc.Close()
+	p, err := producer.New(nc)
+	if err != nil {
+		return err
+	}
+	res, err := p.Publish(ctx, m)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		return json.NewEncoder(env.Stdout).Encode(map[string]any{"id": res.ID, "seq": res.Seq, "duplicate": res.Duplicate, "account": m.Account})
+	}
+	if res.Duplicate {
+		fmt.Fprintf(env.Stdout, "duplicate: id %s was already queued as sequence %d; not queued again\n", res.ID, res.Seq)
+		return nil
+	}
+	fmt.Fprintf(env.Stdout, "queued: id %s, stream sequence %d, account %s\n", res.ID, res.Seq, m.Account)
+	return nil
+}
+
+func readMessageFile(path string, stdin io.Reader) (*message.Message, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, usagef("-f: %v", err)
+	}
+	m, err := message.Decode(data)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return m, nil
+}

@@ -1,0 +1,162 @@
+// Package relaycmd is the `relay` command line: flags and environment into
+// one config struct per subcommand, validated before anything starts, then
+// one call into the package that does the work. main stays a single line.
+//
+// Exit codes: 0 success, 1 failure while running (NATS unreachable, a
+// message refused), 2 bad usage or configuration (the message says what to
+// fix).
+package relaycmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// Exit codes.
+const (
+	ExitOK    = 0
+	ExitFail  = 1
+	ExitUsage = 2
+)
+
+// usageError marks errors that are the caller's to fix (exit 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// Env is the process environment and standard streams, so tests run the
+// command line in process.
+type Env struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+}
+
+// Main runs the relay command with the process's environment.
+func Main(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return Run(ctx, args, Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+}
+
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, args []string, env Env) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run the relay: workers, token refresh, metrics", runServe},
+		{"sandbox", "run everything locally against a fake Office 365", runSandbox},
+		{"publish", "queue one message for delivery", runPublish},
+		{"keygen", "create the token sealing key file", runKeygen},
+	}
+}
+
+const usageHead = `relay: Office 365 mail relay over NATS JetStream with OAuth2 (XOAUTH2)
+
+Usage: relay <command> [flags]   (relay <command> -h for its flags)
+
+Commands:
+`
+
+const usageTail = `
+Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_ADDR.
+Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration.
+`
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, usageHead)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, usageTail)
+}
+
+// Run runs one relay command and returns its exit code.
+func Run(ctx context.Context, args []string, env Env) int {
+	if env.Getenv == nil {
+		env.Getenv = func(string) string { return "" }
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(env.Stdout)
+		if len(args) == 0 {
+			return ExitUsage
+		}
+		return ExitOK
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(ctx, args[1:], env)
+		switch {
+		case err == nil:
+			return ExitOK
+		case errors.Is(err, flag.ErrHelp):
+			return ExitOK
+		case errors.As(err, new(usageError)):
+			fmt.Fprintf(env.Stderr, "relay %s: %v\n", c.name, err)
+			return ExitUsage
+		default:
+			fmt.Fprintf(env.Stderr, "relay %s: %v\n", c.name, err)
+			return ExitFail
+		}
+	}
+	fmt.Fprintf(env.Stderr, "relay: unknown command %q\n\n", args[0])
+	usage(env.Stderr)
+	return ExitUsage
+}
+
+// newFlags returns a flag set that reports errors instead of exiting.
+func newFlags(name string, env Env) *flag.FlagSet {
+	fs := flag.NewFlagSet("relay "+name, flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	return fs
+}
+
+// parse parses args and turns a flag error into a usage error; stray
+// positional arguments are refused rather than ignored.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// envOr returns the environment variable, or def when unset.
+func envOr(env Env, key, def string) string {
+	if v := env.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// listFlag is a repeatable string flag that also splits on commas.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}

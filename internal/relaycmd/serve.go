@@ -1,0 +1,85 @@
+package relaycmd
+
+import (
+	"context"
+	"flag"
+	"path/filepath"
+
+	"github.com/rs/zerolog"
+
+	"relay365/internal/daemon"
+	"relay365/internal/logging"
+	"relay365/internal/sandbox"
+)
+
+// logFlags are shared by every long-running command.
+type logFlags struct{ format, level string }
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.format, "log-format", "auto", "log format: auto (console on a terminal, else JSON), json, console")
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn, error")
+}
+
+func (l *logFlags) logger(env Env) (zerolog.Logger, error) {
+	log, err := logging.New(env.Stderr, l.format, l.level)
+	if err != nil {
+		return log, usageError{err}
+	}
+	return log, nil
+}
+
+// daemonFlags binds the daemon's config fields to flags, defaults from the
+// environment (DESIGN.md §4).
+func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
+	fs.StringVar(&c.NATSURL, "nats-url", env.Getenv("RELAY_NATS_URL"), "NATS server URL; empty runs an embedded JetStream server (env RELAY_NATS_URL)")
+	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server")
+	fs.StringVar(&c.NATSSync, "nats-sync", "always", "embedded server fsync: always (accepted mail survives power loss) or an interval like 1s")
+	fs.StringVar(&c.DataDir, "data-dir", envOr(env, "RELAY_DATA_DIR", "data"), "data directory for the embedded JetStream store (env RELAY_DATA_DIR)")
+	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "token sealing key file (env RELAY_TOKEN_KEY_FILE); create with relay keygen")
+	fs.StringVar(&c.HTTPAddr, "http-addr", envOr(env, "RELAY_HTTP_ADDR", "127.0.0.1:9465"), "metrics, health and status address, or off (env RELAY_HTTP_ADDR)")
+	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of streams and buckets (3 or 5 in a cluster)")
+	fs.IntVar(&c.Workers, "workers", 3, "concurrent deliveries (Office 365 allows 3 connections per mailbox)")
+	fs.DurationVar(&c.AckWait, "ack-wait", 60e9, "time a worker holds a message before JetStream redelivers it (heartbeats extend it)")
+	fs.IntVar(&c.MaxDeliver, "max-deliver", 50, "deliveries before a message is dead-lettered")
+	fs.DurationVar(&c.RefreshMargin, "refresh-margin", 5*60e9, "refresh access tokens this long before they expire")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 30e9, "time in-flight sends get to finish on shutdown")
+}
+
+func runServe(ctx context.Context, args []string, env Env) error {
+	fs := newFlags("serve", env)
+	var cfg daemon.Config
+	var lf logFlags
+	daemonFlags(fs, env, &cfg)
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(env)
+	if err != nil {
+		return err
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	return daemon.Run(ctx, cfg, log)
+}
+
+func runSandbox(ctx context.Context, args []string, env Env) error {
+	fs := newFlags("sandbox", env)
+	var cfg sandbox.Config
+	var lf logFlags
+	fs.StringVar(&cfg.DataDir, "data-dir", filepath.Join("data", "sandbox"), "data directory (JetStream store, key, captured mail)")
+	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9465", "metrics, health, status and /sandbox/messages address")
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(env)
+	if err != nil {
+		return err
+	}
+	cfg.Out = env.Stdout
+	return sandbox.Run(ctx, cfg, log)
+}
