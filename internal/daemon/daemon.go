@@ -153,7 +153,7 @@ type Daemon struct {
 }
 
 // Start brings the daemon up and returns once workers are running.
-func Start(ctx context.Context, cfg Config, log zerolog.Logger) (d *Daemon, err error) {
+func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -162,7 +162,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (d *Daemon, err 
 	if err != nil {
 		return nil, err
 	}
-	d = &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry()}
+	d := &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry()}
+	// On any failure below, undo what was started (the named result is
+	// nil by then, so close the local).
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -271,6 +273,9 @@ func (d *Daemon) Close() error {
 func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	d, err := Start(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted while starting: a clean stop
+		}
 		return err
 	}
 	<-ctx.Done()

@@ -122,10 +122,6 @@ func New(d Deps, cfg Config) *Worker {
 // deliveries finish within ShutdownGrace. Messages not yet started stay in
 // the stream for the next start.
 func (w *Worker) Run(ctx context.Context) error {
-	cons, err := queue.EnsureConsumer(ctx, w.js, w.consumer)
-	if err != nil {
-		return err
-	}
 	// In-flight sends outlive ctx by at most ShutdownGrace.
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSends()
@@ -143,7 +139,19 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}()
 
+	var cons jetstream.Consumer
 	for ctx.Err() == nil {
+		if cons == nil {
+			c, err := queue.EnsureConsumer(ctx, w.js, w.consumer)
+			if err != nil {
+				if ctx.Err() == nil {
+					w.log.Error().Err(err).Msg("cannot bind the consumer; retrying")
+					sleep(ctx, time.Second)
+				}
+				continue
+			}
+			cons = c
+		}
 		// Take one slot (waiting), then any others free: fetch only what
 		// can start now.
 		select {
@@ -171,11 +179,10 @@ func (w *Worker) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
+			// Missed heartbeats or a deleted consumer are not terminal
+			// (DESIGN.md §7): bind again.
 			w.log.Warn().Err(err).Msg("fetch failed; re-binding the consumer")
-			if c, err := queue.EnsureConsumer(ctx, w.js, w.consumer); err == nil {
-				cons = c
-			}
-			sleep(ctx, time.Second)
+			cons = nil
 			continue
 		}
 		started := 0

@@ -58,7 +58,8 @@ func runServe(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
-	cfg.Defaults()
+	// Every field came from a flag, so Validate sees what the user typed
+	// (Defaults would turn --workers 0 into 3).
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}

@@ -61,7 +61,7 @@ type Sandbox struct {
 }
 
 // Start brings everything up and connects the sandbox account.
-func Start(ctx context.Context, cfg Config, log zerolog.Logger) (s *Sandbox, err error) {
+func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err error) {
 	if cfg.DataDir == "" {
 		cfg.DataDir = filepath.Join("data", "sandbox")
 	}
@@ -77,7 +77,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (s *Sandbox, err
 			return nil, err
 		}
 	}
-	s = &Sandbox{}
+	s := &Sandbox{}
 	defer func() {
 		if err != nil {
 			s.Close()

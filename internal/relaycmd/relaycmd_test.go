@@ -1,0 +1,169 @@
+package relaycmd
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/message"
+	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, env map[string]string, stdin string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code := Run(ctx, args, Env{
+		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb,
+		Getenv: func(k string) string { return env[k] },
+	})
+	return result{code, out.String(), errb.String()}
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no command", nil, "Usage: relay"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"unknown flag", []string{"serve", "--nope"}, "flag provided but not defined: -nope"},
+		{"serve without key", []string{"serve", "--http-addr", "off"}, "relay keygen"},
+		{"serve bad workers", []string{"serve", "--key-file", "k", "--workers", "0"}, "--workers 0"},
+		{"serve bad sync", []string{"serve", "--key-file", "k", "--nats-sync", "sometimes"}, `--nats-sync "sometimes"`},
+		{"serve bad margin", []string{"serve", "--key-file", "k", "--refresh-margin", "2h"}, "--refresh-margin 2h0m0s"},
+		{"stray argument", []string{"publish", "extra"}, `unexpected argument "extra"`},
+		{"publish no recipients", []string{"publish", "--account", "alerts", "--subject", "x"}, "no recipients"},
+		{"publish CRLF subject", []string{"publish", "--account", "alerts", "--to", "a@b.com", "--subject", "a\r\nBcc: x@y.com"}, "header injection"},
+		{"publish bad account", []string{"publish", "--account", "Bad.Name", "--to", "a@b.com"}, "account"},
+		{"publish bad file", []string{"publish", "-f", "/nonexistent/msg.json"}, "-f:"},
+		{"keygen bad flag", []string{"keygen", "--size", "3"}, "flag provided but not defined"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := run(t, nil, "", tc.args...)
+			if r.code != ExitUsage {
+				t.Fatalf("exit %d, want %d; stderr: %s", r.code, ExitUsage, r.stderr)
+			}
+			if !strings.Contains(r.stdout+r.stderr, tc.want) {
+				t.Fatalf("output lacks %q:\n%s%s", tc.want, r.stdout, r.stderr)
+			}
+		})
+	}
+}
+
+func TestPublishNATSUnreachable(t *testing.T) {
+	r := run(t, map[string]string{"RELAY_NATS_URL": "nats://127.0.0.1:1"}, "", "publish", "--account", "alerts", "--to", "a@b.com", "--subject", "x")
+	if r.code != ExitFail || !strings.Contains(r.stderr, "is relay serve or relay sandbox running") {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+}
+
+func TestPublishFlagsAndFile(t *testing.T) {
+	env := queuetest.Start(t)
+	ctx := context.Background()
+	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{"RELAY_NATS_URL": env.URL}
+	html := filepath.Join(t.TempDir(), "body.html")
+	os.WriteFile(html, []byte("<p>hi</p>"), 0o644)
+	r := run(t, vars, "", "publish", "--account", "alerts", "--to", "a@b.com,b@b.com", "--cc", "c@b.com",
+		"--subject", "CPU high", "--text", "load", "--html-file", html, "--id", "cli-1")
+	if r.code != 0 || !strings.Contains(r.stdout, "queued: id cli-1, stream sequence 1") {
+		t.Fatalf("exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	r = run(t, vars, "", "publish", "--account", "alerts", "--to", "a@b.com", "--id", "cli-1")
+	if r.code != 0 || !strings.Contains(r.stdout, "duplicate: id cli-1") {
+		t.Fatalf("second publish: exit %d: %s", r.code, r.stdout)
+	}
+	r = run(t, vars, `{"to":["ops@contoso.com"],"subject":"from stdin"}`, "publish", "-f", "-", "--account", "alerts", "--json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"seq":2`) {
+		t.Fatalf("stdin publish: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	stream, _ := env.JS.Stream(ctx, queue.StreamMail)
+	first, err := stream.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := message.Decode(first.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Subject != "mail.send.alerts" || first.Header.Get(jetstream.MsgIDHeader) != "cli-1" ||
+		len(m.To) != 2 || m.Cc[0] != "c@b.com" || m.HTML != "<p>hi</p>" || m.Text != "load" {
+		t.Fatalf("published message: %s %v %+v", first.Subject, first.Header, m)
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "token.key")
+	r := run(t, nil, "", "keygen", "--out", path)
+	if r.code != 0 || !strings.Contains(r.stdout, "export RELAY_TOKEN_KEY_FILE=") {
+		t.Fatalf("exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", st, err)
+	}
+	key, _ := os.ReadFile(path)
+	if strings.Contains(r.stdout+r.stderr, strings.TrimSpace(string(key))) {
+		t.Fatal("keygen printed the key")
+	}
+	if r := run(t, nil, "", "keygen", "--out", path); r.code == 0 {
+		t.Fatal("keygen overwrote an existing key")
+	}
+}
+
+func TestServeStartsAndStops(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "token.key")
+	if r := run(t, nil, "", "keygen", "--out", key); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var errb bytes.Buffer
+	logw := &syncBuffer{b: &errb}
+	errb2 := func(*bytes.Buffer) string { return logw.String() }
+	done := make(chan int)
+	go func() {
+		done <- Run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"},
+			Env{Stdout: &bytes.Buffer{}, Stderr: logw, Getenv: func(k string) string {
+				return map[string]string{"RELAY_TOKEN_KEY_FILE": key}[k]
+			}})
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(errb2(&errb), `"message":"relay serving"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not come up: %s", errb2(&errb))
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("serve exited %d before serving: %s", code, errb2(&errb))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cancel() // what SIGTERM does through signal.NotifyContext
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("serve exit %d: %s", code, logw.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop after cancel")
+	}
+}
