@@ -14,6 +14,7 @@ import (
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/testutil"
 )
 
 type result struct {
@@ -136,9 +137,7 @@ func TestServeStartsAndStops(t *testing.T) {
 		t.Fatal(r.stderr)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var errb bytes.Buffer
-	logw := &syncBuffer{b: &errb}
-	errb2 := func(*bytes.Buffer) string { return logw.String() }
+	logw := &testutil.Buffer{}
 	done := make(chan int)
 	go func() {
 		done <- Run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"},
@@ -146,17 +145,16 @@ func TestServeStartsAndStops(t *testing.T) {
 				return map[string]string{"RELAY_TOKEN_KEY_FILE": key}[k]
 			}})
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(errb2(&errb), `"message":"relay serving"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("serve did not come up: %s", errb2(&errb))
-		}
+	up, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stop()
+	testutil.Eventually(t, up, "serve to come up", func() bool {
 		select {
 		case code := <-done:
-			t.Fatalf("serve exited %d before serving: %s", code, errb2(&errb))
-		case <-time.After(10 * time.Millisecond):
+			t.Fatalf("serve exited %d before serving: %s", code, logw.String())
+		default:
 		}
-	}
+		return strings.Contains(logw.String(), `"message":"relay serving"`)
+	})
 	cancel() // what SIGTERM does through signal.NotifyContext
 	select {
 	case code := <-done:

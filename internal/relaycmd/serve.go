@@ -20,7 +20,12 @@ func (l *logFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn, error")
 }
 
-func (l *logFlags) logger(env Env) (zerolog.Logger, error) {
+// parse parses args (the log flags registered with the command's own) and
+// builds the logger.
+func (l *logFlags) parse(fs *flag.FlagSet, args []string, env Env) (zerolog.Logger, error) {
+	if err := parse(fs, args); err != nil {
+		return zerolog.Nop(), err
+	}
 	log, err := logging.New(env.Stderr, l.format, l.level)
 	if err != nil {
 		return log, usageError{err}
@@ -51,10 +56,7 @@ func runServe(ctx context.Context, args []string, env Env) error {
 	var lf logFlags
 	daemonFlags(fs, env, &cfg)
 	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := lf.logger(env)
+	log, err := lf.parse(fs, args, env)
 	if err != nil {
 		return err
 	}
@@ -74,10 +76,7 @@ func runSandbox(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9465", "metrics, health, status and /sandbox/messages address")
 	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := lf.logger(env)
+	log, err := lf.parse(fs, args, env)
 	if err != nil {
 		return err
 	}

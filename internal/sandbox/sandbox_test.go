@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,24 +23,16 @@ import (
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/sandbox"
+	"relay365/internal/testutil"
 	"relay365/producer"
 )
-
-// logBuf collects the logs of a test so they can be scanned for secrets.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // fast retries so a test sees a retried message within a second.
 var fastRetry = relay.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: 0.2}
 
-func start(t *testing.T, dataDir string) (*sandbox.Sandbox, *logBuf) {
+func start(t *testing.T, dataDir string) (*sandbox.Sandbox, *testutil.Buffer) {
 	t.Helper()
-	logs := &logBuf{}
+	logs := &testutil.Buffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := sandbox.Start(ctx, sandbox.Config{
@@ -82,20 +73,6 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// eventually waits for cond, checking every 10ms, until ctx ends.
-func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
-}
-
 // waitIdle waits until MAIL holds nothing: every message acked or
 // dead-lettered.
 func waitIdle(t *testing.T, ctx context.Context, js jetstream.JetStream) {
@@ -104,7 +81,7 @@ func waitIdle(t *testing.T, ctx context.Context, js jetstream.JetStream) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, ctx, "MAIL to drain", func() bool {
+	testutil.Eventually(t, ctx, "MAIL to drain", func() bool {
 		info, err := s.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	})
@@ -328,7 +305,7 @@ func TestRestartKeepsQueuedMessages(t *testing.T) {
 		}
 	}
 	// Wait until the relay has tried (and failed) at least once.
-	eventually(t, ctx, "a failed attempt", func() bool { return s.Fake.Replies()["451 4.7.0"] > 0 })
+	testutil.Eventually(t, ctx, "a failed attempt", func() bool { return s.Fake.Replies()["451 4.7.0"] > 0 })
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

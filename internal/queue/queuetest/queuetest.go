@@ -39,3 +39,19 @@ func Start(t testing.TB) *Env {
 	}
 	return &Env{Server: ns, NC: nc, JS: js, URL: ns.ClientURL()}
 }
+
+// Connect opens another client connection to url, as a second process
+// would, closed when the test ends.
+func Connect(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := queue.Connect(url, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
