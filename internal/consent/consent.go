@@ -1,21 +1,40 @@
-// Package consent is the one-time sign-in that gives Relay365 a refresh
-// token for a mailbox, and the rule that an account is stored only after it
-// has proved it can send: consent, then a test mail through Office 365 with
-// the new token, then (and only then) the account and its sealed tokens go
-// to the KV buckets. A failure at any step stores nothing.
+// Package consent is the one-time sign-in that gives Relay365 a token for a
+// mailbox, and the rule that an account is stored only after it has proved
+// it can send: consent, then a test mail through Office 365 with the new
+// token, then (and only then) the account and its sealed tokens go to the
+// KV buckets.
 //
-// The browser flow is the OAuth 2.0 authorization code grant with PKCE
-// (RFC 7636, S256) and a loopback redirect (RFC 8252 §7.3): a public client,
-// no secret on the operator's machine. `authtool login` and `relay sandbox`
-// both use it; the sandbox "opens the browser" by following the URL with an
-// HTTP client against the fake Office 365, which approves at once.
+// Four ways to a token, all ending in Enroller.Enroll:
+//
+//   - Browser: the OAuth 2.0 authorization code grant with PKCE (RFC 7636,
+//     S256) and a loopback redirect (RFC 8252 §7.3): a public client, no
+//     secret on the operator's machine. `authtool login` and `relay
+//     sandbox` use it; the sandbox "opens the browser" by following the URL
+//     with an HTTP client against the fake Office 365.
+//   - Device: the device authorization grant (RFC 8628) for hosts without
+//     a browser; it polls at the server's interval and handles
+//     authorization_pending, slow_down, authorization_declined,
+//     expired_token and bad_verification_code.
+//   - AppToken: client credentials (RFC 6749 §4.4) for app-only accounts.
+//   - Refresh: a refresh token brought from another tool, redeemed once.
+//
+// # Failure semantics
+//
+// Every failure is classified once into a typed error with a remedy a
+// person can act on: *AuthorizeError (the authorize redirect's error),
+// *DeviceError (a terminal device-flow answer), *token.IdentityError (the
+// token endpoint, AADSTS codes), *TestMailError (the SMTP reply, e.g. 535
+// 5.7.3 or 5.7.139 with the Exchange admin command). None of them stores
+// anything. Once the test mail is accepted, Enroll's two writes (tokens,
+// then account) run to their end even if the caller is interrupted, and a
+// failed account write deletes the tokens again, so an account is never
+// left half-stored.
 package consent
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -78,7 +97,7 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 			http.Error(w, "state does not match this sign-in; close this tab", http.StatusBadRequest)
 			return
 		case q.Get("error") != "":
-			res.err = &AuthorizeError{Code: q.Get("error"), Description: q.Get("error_description")}
+			res.err = newAuthorizeError(q.Get("error"), q.Get("error_description"))
 			fmt.Fprintf(w, "Sign-in failed: %s. You can close this tab.\n", q.Get("error"))
 		case q.Get("code") == "":
 			http.Error(w, "no code in the redirect", http.StatusBadRequest)
@@ -116,20 +135,41 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 		return nil, fmt.Errorf("exchanging the authorization code: %w", token.Classify(err))
 	}
 	if tok.RefreshToken == "" {
-		return nil, errors.New("the identity platform returned no refresh token: add the offline_access scope")
+		return nil, errNoRefreshToken
 	}
 	return tok, nil
 }
 
 // AuthorizeError is an error the authorization endpoint sent back through
-// the redirect (the person declined, or the tenant blocks the app).
+// the redirect (the person declined, or the tenant blocks the app),
+// classified once, by its error code (RFC 6749 §4.1.2.1), into a remedy.
 type AuthorizeError struct {
 	Code        string
-	Description string
+	Description string // the server's text (Entra: "AADSTS65004: User declined ..."); no secrets
+	Remedy      string
+}
+
+func newAuthorizeError(code, description string) *AuthorizeError {
+	e := &AuthorizeError{Code: code, Description: description}
+	switch code {
+	case "access_denied", "consent_required":
+		e.Remedy = "the sign-in was declined or the SMTP.Send permission was refused: run the command again and accept, " +
+			"or have an admin grant consent for the app (Entra admin center > Enterprise applications > the app > Permissions > Grant admin consent)"
+	case "interaction_required", "login_required":
+		e.Remedy = "the identity platform wants an interactive sign-in (MFA or conditional access): run the command again and finish the sign-in in the browser"
+	case "invalid_request", "unauthorized_client", "invalid_client", "unsupported_response_type":
+		e.Remedy = "the app registration refused the request: check --client-id and --tenant, and that http://localhost is a redirect URI " +
+			"of the app's \"Mobile and desktop applications\" platform"
+	case "temporarily_unavailable", "server_error":
+		e.Remedy = "the identity platform had a temporary problem: run the command again"
+	default:
+		e.Remedy = "see the identity platform's message; run the command again once it is fixed"
+	}
+	return e
 }
 
 func (e *AuthorizeError) Error() string {
-	return fmt.Sprintf("sign-in refused: %s: %s", e.Code, e.Description)
+	return fmt.Sprintf("sign-in refused: %s: %s; %s", e.Code, e.Description, e.Remedy)
 }
 
 func randomString() string {

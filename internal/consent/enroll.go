@@ -22,36 +22,66 @@ type Enroller struct {
 	Now       func() time.Time // default time.Now
 }
 
-// TestMailError is a failed test mail: nothing was stored.
+// TestMailError is a failed test mail; Enroll stored nothing.
 type TestMailError struct {
 	Err    *relay.SMTPError
 	Remedy string
 }
 
 func (e *TestMailError) Error() string {
-	return fmt.Sprintf("test mail refused, nothing stored: %v; %s", e.Err, e.Remedy)
+	return fmt.Sprintf("test mail refused: %v; %s", e.Err, e.Remedy)
 }
 
 func (e *TestMailError) Unwrap() error { return e.Err }
 
+// storeTimeout bounds the two KV writes that store an enrolled account.
+const storeTimeout = 15 * time.Second
+
 // Enroll sends a test mail to testTo (the mailbox itself when empty) with
-// tok and, when Office 365 accepts it, stores the sealed tokens and then
-// the account. The account is written last: its presence is what makes
-// workers use it.
+// tok and, when Office 365 accepts it, stores the sealed tokens (with
+// secret, for app-only accounts) and then the account. The account is
+// written last: its presence is what makes workers use it.
+//
+// All or nothing: once the test mail is accepted the writes run to their
+// end even if ctx is cancelled (Ctrl-C), under their own deadline; if the
+// account cannot be written, the tokens are deleted again. A failure before
+// that stores nothing.
 func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.Token, secret, testTo string) error {
 	acct.Normalize()
 	if err := acct.Validate(); err != nil {
 		return err
 	}
-	now := time.Now
-	if e.Now != nil {
-		now = e.Now
+	if err := e.SendTest(ctx, acct, tok.AccessToken, testTo); err != nil {
+		return err
 	}
-	if testTo == "" {
-		testTo = acct.Mailbox
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+	defer cancel()
+	_, tokenURL, _ := acct.Endpoints()
+	rec := token.Record{
+		Account: acct.Alias, RefreshToken: tok.RefreshToken, AccessToken: tok.AccessToken, Expiry: tok.Expiry,
+		Scopes: acct.Scopes, TokenURL: tokenURL, ClientSecret: secret, LastRefresh: e.now(), State: token.StateHealthy,
+	}
+	if _, err := e.Store.Put(sctx, rec); err != nil {
+		return fmt.Errorf("test mail accepted, but storing the tokens failed, nothing stored: %w", err)
+	}
+	if err := e.Accounts.Put(sctx, acct); err != nil {
+		if derr := e.Store.Delete(sctx, acct.Alias); derr != nil {
+			return fmt.Errorf("test mail accepted, but storing account %s failed (%w) and its tokens could not be removed again (%v): run authtool remove --account %s", acct.Alias, err, derr, acct.Alias)
+		}
+		return fmt.Errorf("test mail accepted, but storing account %s failed, its tokens were removed again: %w", acct.Alias, err)
+	}
+	return nil
+}
+
+// SendTest sends the test mail through acct with accessToken to `to` (the
+// mailbox itself when empty). A refusal is a *TestMailError whose remedy
+// says what to change; `authtool test` uses it on stored accounts.
+func (e Enroller) SendTest(ctx context.Context, acct account.Account, accessToken, to string) error {
+	if to == "" {
+		to = acct.Mailbox
 	}
 	m := &message.Message{
-		ID: "consent-test-" + message.NewID(), Account: acct.Alias, To: []string{testTo},
+		ID: "consent-test-" + message.NewID(), Account: acct.Alias, To: []string{to},
 		Subject: "Relay365: " + acct.Alias + " is connected",
 		Text: fmt.Sprintf("This test message proves that Relay365 can send as %s through %s with OAuth2.\n"+
 			"The account %q is stored only because this message was accepted.\n", acct.Mailbox, acct.SMTPAddr, acct.Alias),
@@ -59,28 +89,34 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	r, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox}, now())
+	r, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox}, e.now())
 	if err != nil {
 		return err
 	}
-	err = e.Transport.Send(ctx, relay.Endpoint{Addr: acct.SMTPAddr, CAFile: acct.CAFile}, acct.Mailbox, tok.AccessToken, r)
+	err = e.Transport.Send(ctx, relay.Endpoint{Addr: acct.SMTPAddr, CAFile: acct.CAFile}, acct.Mailbox, accessToken, r)
 	var se *relay.SMTPError
 	if errors.As(err, &se) {
-		return &TestMailError{Err: se, Remedy: relay.Remedy(se, acct.Mailbox)}
+		return &TestMailError{Err: se, Remedy: testMailRemedy(se, acct)}
 	}
-	if err != nil {
-		return err
+	return err
+}
+
+func (e Enroller) now() time.Time {
+	if e.Now != nil {
+		return e.Now()
 	}
-	_, tokenURL, _ := acct.Endpoints()
-	rec := token.Record{
-		Account: acct.Alias, RefreshToken: tok.RefreshToken, AccessToken: tok.AccessToken, Expiry: tok.Expiry,
-		Scopes: acct.Scopes, TokenURL: tokenURL, ClientSecret: secret, LastRefresh: now(), State: token.StateHealthy,
+	return time.Now()
+}
+
+// testMailRemedy is relay.Remedy, except that an app-only token refused by
+// the mailbox (535 5.7.3) gets the Exchange admin steps app-only needs.
+func testMailRemedy(se *relay.SMTPError, acct account.Account) string {
+	if acct.AppOnly && se.Class == relay.ClassAuth {
+		return fmt.Sprintf("the mailbox refused the app's token. The app needs the SMTP.SendAsApp application permission with admin consent, "+
+			"and an Exchange admin must register its service principal and give it the mailbox: "+
+			"New-ServicePrincipal -AppId %s -ObjectId <object ID of the app's Enterprise application>; "+
+			"Add-MailboxPermission -Identity %s -User <service principal ID from Get-ServicePrincipal> -AccessRights FullAccess; "+
+			"then run authtool app --account %s again", acct.ClientID, acct.Mailbox, acct.Alias)
 	}
-	if _, err := e.Store.Put(ctx, rec); err != nil {
-		return fmt.Errorf("storing tokens: %w", err)
-	}
-	if err := e.Accounts.Put(ctx, acct); err != nil {
-		return fmt.Errorf("storing account: %w", err)
-	}
-	return nil
+	return relay.Remedy(se, acct.Mailbox)
 }

@@ -25,7 +25,6 @@ const (
 
 const (
 	authCodeTTL    = 10 * time.Minute
-	deviceCodeTTL  = 900 * time.Second
 	devicePollSecs = 1
 	idTokenTTL     = time.Hour
 )
@@ -85,6 +84,7 @@ type identityState struct {
 	hangTokenCalls int
 	hangFor        time.Duration
 	denyConsent    bool
+	slowDownPolls  int
 }
 
 func newIdentityState() identityState {
@@ -214,7 +214,7 @@ func (s *Server) handleDeviceCode(w http.ResponseWriter, r *http.Request) {
 		DeviceCode:      newOpaqueToken(),
 		UserCode:        newUserCode(),
 		VerificationURI: s.authority + "/devicelogin",
-		ExpiresIn:       int(deviceCodeTTL / time.Second),
+		ExpiresIn:       int(s.cfg.DeviceCodeTTL / time.Second),
 		Interval:        devicePollSecs,
 	}
 	body.Message = fmt.Sprintf("To sign in, use a web browser to open the page %s and enter the code %s to authenticate.",
@@ -223,7 +223,7 @@ func (s *Server) handleDeviceCode(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.devices[body.DeviceCode] = &deviceCode{
 		principal: principal{tenant: r.PathValue("tenant"), clientID: clientID, mailbox: s.cfg.DefaultMailbox, scopes: strings.Fields(scope)},
-		expires:   s.now().Add(deviceCodeTTL),
+		expires:   s.now().Add(s.cfg.DeviceCodeTTL),
 	}
 	s.mu.Unlock()
 	s.log.Info().Str("client_id", clientID).Str("user_code", body.UserCode).Msg("device code issued")
@@ -482,6 +482,10 @@ func (s *Server) redeemDeviceCodeLocked(c client, form url.Values) (*tokenBody, 
 	case dc.declined || s.denyConsent:
 		dc.declined = true
 		return nil, errConsentDeclined("authorization_declined")
+	case takeOne(&s.slowDownPolls):
+		// RFC 8628 §3.5: the client must add 5 seconds to its interval.
+		return nil, newOAuthError(http.StatusBadRequest, "slow_down", 70016,
+			"OAuth 2.0 device flow error. The client is polling too quickly; slow down.")
 	case dc.polls < s.cfg.DeviceApproveAfter:
 		dc.polls++
 		return nil, newOAuthError(http.StatusBadRequest, "authorization_pending", 70016,
@@ -624,6 +628,14 @@ func (s *Server) DenyConsent(deny bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.denyConsent = deny
+}
+
+// SlowDownNextPolls makes the next n device-code polls that would otherwise
+// be pending or approved answer slow_down (RFC 8628 §3.5).
+func (s *Server) SlowDownNextPolls(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.slowDownPolls = n
 }
 
 // TokenCalls counts token-endpoint calls with that grant_type, whatever the

@@ -26,6 +26,7 @@ type Config struct {
 	StrictRotation     bool             // a refresh token used once answers invalid_grant AADSTS70008 on reuse
 	DefaultMailbox     string           // user signed in when authorize has no login_hint, and for the device flow; default "alerts@contoso.com"
 	DeviceApproveAfter int              // device flow: polls answering authorization_pending before approval; default 2, negative = approve on the first poll
+	DeviceCodeTTL      time.Duration    // device codes' lifetime (expires_in, whole seconds); default 900s
 	PerMinute          int              // messages per mailbox per rolling minute; default 30, negative = off
 	PerDay             int              // recipients per mailbox per rolling 24h; default 10000, negative = off
 	MaxConns           int              // concurrent authenticated SMTP connections per mailbox; default 3, negative = off
@@ -43,6 +44,7 @@ const (
 	defaultRefreshIdle   = 90 * 24 * time.Hour
 	defaultMailbox       = "alerts@contoso.com"
 	defaultDeviceApprove = 2
+	defaultDeviceCodeTTL = 900 * time.Second
 	defaultPerMinute     = 30
 	defaultPerDay        = 10000
 	defaultMaxConns      = 3
@@ -70,6 +72,8 @@ func (c Config) withDefaults() Config {
 	}
 	setDuration(&c.AccessTTL, defaultAccessTTL)
 	setDuration(&c.RefreshIdle, defaultRefreshIdle)
+	setDuration(&c.DeviceCodeTTL, defaultDeviceCodeTTL)
+	c.DeviceCodeTTL = max(c.DeviceCodeTTL.Truncate(time.Second), time.Second)
 	setLimit(&c.PerMinute, defaultPerMinute)
 	setLimit(&c.PerDay, defaultPerDay)
 	setLimit(&c.MaxConns, defaultMaxConns)

@@ -30,11 +30,11 @@ func New(w io.Writer, format, level string) (zerolog.Logger, error) {
 	}
 	switch format {
 	case FormatAuto, "":
-		if isTerminal(w) {
+		if IsTerminal(w) {
 			w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 		}
 	case FormatConsole:
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !IsTerminal(w)}
 	case FormatJSON:
 	default:
 		return zerolog.Nop(), fmt.Errorf("--log-format %q: want auto, json or console", format)
@@ -42,7 +42,9 @@ func New(w io.Writer, format, level string) (zerolog.Logger, error) {
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
 
-func isTerminal(w io.Writer) bool {
+// IsTerminal reports whether w is a terminal (a character device), where a
+// person reads: console logs, countdowns.
+func IsTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

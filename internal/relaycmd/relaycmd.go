@@ -4,26 +4,26 @@
 //
 // Exit codes: 0 success, 1 failure while running (NATS unreachable, a
 // message refused), 2 bad usage or configuration (the message says what to
-// fix).
+// fix), 130 interrupted (internal/cli).
 package relaycmd
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
+
+	"relay365/internal/cli"
 )
 
-// Exit codes.
+// Exit codes (shared with authtool, see internal/cli).
 const (
-	ExitOK    = 0
-	ExitFail  = 1
-	ExitUsage = 2
+	ExitOK    = cli.ExitOK
+	ExitFail  = cli.ExitFail
+	ExitUsage = cli.ExitUsage
 )
 
 // usageError marks errors that are the caller's to fix (exit 2).
@@ -31,16 +31,13 @@ type usageError struct{ err error }
 
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
+func (usageError) Usage() bool     { return true }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 // Env is the process environment and standard streams, so tests run the
 // command line in process.
-type Env struct {
-	Stdin          io.Reader
-	Stdout, Stderr io.Writer
-	Getenv         func(string) string
-}
+type Env = cli.Env
 
 // Main runs the relay command with the process's environment.
 func Main(args []string) int {
@@ -72,7 +69,7 @@ Commands:
 
 const usageTail = `
 Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_ADDR.
-Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration.
+Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted.
 `
 
 func usage(w io.Writer) {
@@ -88,75 +85,21 @@ func Run(ctx context.Context, args []string, env Env) int {
 	if env.Getenv == nil {
 		env.Getenv = func(string) string { return "" }
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(env.Stdout)
-		if len(args) == 0 {
-			return ExitUsage
-		}
-		return ExitOK
-	}
+	var cmds []cli.Command
 	for _, c := range commands() {
-		if c.name != args[0] {
-			continue
-		}
-		err := c.run(ctx, args[1:], env)
-		switch {
-		case err == nil:
-			return ExitOK
-		case errors.Is(err, flag.ErrHelp):
-			return ExitOK
-		case errors.As(err, new(usageError)):
-			fmt.Fprintf(env.Stderr, "relay %s: %v\n", c.name, err)
-			return ExitUsage
-		default:
-			fmt.Fprintf(env.Stderr, "relay %s: %v\n", c.name, err)
-			return ExitFail
-		}
+		cmds = append(cmds, cli.Command{Name: c.name, Summary: c.summary, Run: c.run})
 	}
-	fmt.Fprintf(env.Stderr, "relay: unknown command %q\n\n", args[0])
-	usage(env.Stderr)
-	return ExitUsage
+	return cli.Dispatch(ctx, "relay", cmds, usage, args, env)
 }
 
 // newFlags returns a flag set that reports errors instead of exiting.
-func newFlags(name string, env Env) *flag.FlagSet {
-	fs := flag.NewFlagSet("relay "+name, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	return fs
-}
+func newFlags(name string, env Env) *flag.FlagSet { return cli.NewFlags("relay "+name, env.Stderr) }
 
-// parse parses args and turns a flag error into a usage error; stray
-// positional arguments are refused rather than ignored.
-func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
-	}
-	return nil
-}
+// parse parses args; flag errors and stray arguments are usage errors.
+func parse(fs *flag.FlagSet, args []string) error { return cli.Parse(fs, args) }
 
 // envOr returns the environment variable, or def when unset.
-func envOr(env Env, key, def string) string {
-	if v := env.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
+func envOr(env Env, key, def string) string { return cli.EnvOr(env, key, def) }
 
 // listFlag is a repeatable string flag that also splits on commas.
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error {
-	for _, s := range strings.Split(v, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			*l = append(*l, s)
-		}
-	}
-	return nil
-}
+type listFlag = cli.ListFlag

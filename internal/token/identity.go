@@ -70,6 +70,14 @@ func (e *IdentityError) Error() string {
 // Unwrap returns the network or timeout error behind a transient failure.
 func (e *IdentityError) Unwrap() error { return e.cause }
 
+// ForAccount rewrites the remedy for the account it concerns, so the
+// command it names carries the real alias (authtool app for app-only
+// accounts). It returns e.
+func (e *IdentityError) ForAccount(alias string, appOnly bool) *IdentityError {
+	e.Remedy = remedy(e, alias, appOnly)
+	return e
+}
+
 // Temporary reports whether retrying later may succeed.
 func (e *IdentityError) Temporary() bool { return e.Class == StateTransient }
 
@@ -254,6 +262,8 @@ func remedy(e *IdentityError, alias string, appOnly bool) string {
 			return "client secret is wrong or expired: create a new secret in Entra and run: authtool app --account " + acct
 		case has(7000222):
 			return "client secret has expired: create a new secret in Entra and run: authtool app --account " + acct
+		case has(7000218):
+			return "the app registration is a confidential client: for sign-in without a secret turn on \"Allow public client flows\" under Authentication in Entra, or give the client secret"
 		case has(700016):
 			return "application not found in tenant: check --client-id and --tenant"
 		case has(90002):

@@ -94,6 +94,38 @@ func NewKeyring(keys ...NamedKey) (*Keyring, error) {
 	return k, nil
 }
 
+// Then returns a key ring that seals with k's current key and opens with
+// k's keys and then older's: the ring for re-sealing everything under a new
+// key (k) while records are still sealed with the keys in use (older). An
+// id in both rings must name the same key (the new key may already be
+// listed in the key file for opening); two different keys under one id are
+// refused.
+func (k *Keyring) Then(older *Keyring) (*Keyring, error) {
+	out := &Keyring{current: k.current, aeads: make(map[string]cipher.AEAD, len(k.ids)+len(older.ids))}
+	for _, r := range []*Keyring{k, older} {
+		for _, id := range r.ids {
+			if prev, dup := out.aeads[id]; dup {
+				if !sameKey(prev, r.aeads[id]) {
+					return nil, fmt.Errorf("key id %q names two different keys in the two key files: give the new key its own id (create one with relay keygen)", id)
+				}
+				continue
+			}
+			out.aeads[id] = r.aeads[id]
+			out.ids = append(out.ids, id)
+		}
+	}
+	return out, nil
+}
+
+// sameKey reports whether two AEADs hold the same key: what one seals, the
+// other opens.
+func sameKey(a, b cipher.AEAD) bool {
+	nonce := make([]byte, a.NonceSize())
+	probe := a.Seal(nil, nonce, []byte("relay365 key probe"), nil)
+	_, err := b.Open(nil, nonce, probe, nil)
+	return err == nil
+}
+
 // CurrentID is the id of the key new data is sealed with.
 func (k *Keyring) CurrentID() string { return k.current }
 

@@ -273,3 +273,38 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+func TestKeyringThen(t *testing.T) {
+	oldKey, newKey := randKey(t), randKey(t)
+	old, _ := NewKeyring(NamedKey{ID: "old", Key: oldKey})
+	next, _ := NewKeyring(NamedKey{ID: "new", Key: newKey})
+	aad := []byte("relay_tokens/alerts")
+	sealedOld, err := old.Seal(aad, []byte("record"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, err := next.Then(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ring.CurrentID() != "new" || strings.Join(ring.IDs(), ",") != "new,old" {
+		t.Fatalf("ring current %s ids %v", ring.CurrentID(), ring.IDs())
+	}
+	if pt, id, err := ring.Open(aad, sealedOld); err != nil || id != "old" || string(pt) != "record" {
+		t.Fatalf("old record through the merged ring: %q %s %v", pt, id, err)
+	}
+	sealedNew, _ := ring.Seal(aad, []byte("record"))
+	if id, _ := SealedKeyID(sealedNew); id != "new" {
+		t.Fatalf("merged ring seals with %s", id)
+	}
+	// The new key already listed in the old file (for opening): fine.
+	both, _ := NewKeyring(NamedKey{ID: "old", Key: oldKey}, NamedKey{ID: "new", Key: newKey})
+	if ring, err := next.Then(both); err != nil || len(ring.IDs()) != 2 {
+		t.Fatalf("same key under the same id: %v %v", ring, err)
+	}
+	// Another key under an id in use: refused.
+	clash, _ := NewKeyring(NamedKey{ID: "old", Key: randKey(t)})
+	if _, err := clash.Then(old); err == nil || !strings.Contains(err.Error(), "two different keys") {
+		t.Fatalf("clashing ids: %v", err)
+	}
+}

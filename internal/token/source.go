@@ -129,13 +129,7 @@ func NewSource(cfg SourceConfig) *Source {
 		s.now = time.Now
 	}
 	if s.hc == nil {
-		var rt http.RoundTripper = http.DefaultTransport
-		if dt, ok := http.DefaultTransport.(*http.Transport); ok {
-			tr := dt.Clone()
-			tr.Proxy = http.ProxyFromEnvironment
-			rt = tr
-		}
-		s.hc = &http.Client{Timeout: defaultHTTPTime, Transport: rt}
+		s.hc, _ = NewHTTPClient("") // no proxy URL: cannot fail
 	}
 	return s
 }
@@ -450,9 +444,18 @@ func lifetime(tok *oauth2.Token) time.Duration {
 	return time.Hour
 }
 
-// exchange performs one token request. Local impossibilities (no refresh
-// token, no client secret) come back as IdentityErrors too.
+// exchange performs one token request through the account's HTTP client.
 func (s *Source) exchange(ctx context.Context, acct account.Account, rec Record) (*oauth2.Token, error) {
+	return Exchange(ctx, s.clientFor(acct), acct, rec)
+}
+
+// Exchange performs one token request for acct with what rec holds: client
+// credentials (RFC 6749 §4.4) for app-only accounts, otherwise the refresh
+// token grant (§6) with the scope Microsoft wants. Local impossibilities
+// (no refresh token, no client secret) come back as IdentityErrors; other
+// errors are x/oauth2's, for Classify. authtool uses it to prove an app's
+// secret and an imported refresh token before anything is stored.
+func Exchange(ctx context.Context, hc *http.Client, acct account.Account, rec Record) (*oauth2.Token, error) {
 	tokenURL := rec.TokenURL
 	if tokenURL == "" {
 		_, tokenURL, _ = acct.Endpoints()
@@ -461,7 +464,6 @@ func (s *Source) exchange(ctx context.Context, acct account.Account, rec Record)
 	if len(scopes) == 0 {
 		scopes = acct.Scopes
 	}
-	hc := s.clientFor(acct)
 	if acct.AppOnly {
 		if rec.ClientSecret == "" {
 			return nil, &IdentityError{Err: "no_client_secret", Class: StateConfigError}
@@ -497,26 +499,51 @@ func (s *Source) clientFor(acct account.Account) *http.Client {
 	if c, ok := s.proxies[acct.ProxyURL]; ok {
 		return c
 	}
-	u, err := url.Parse(acct.ProxyURL)
+	c, err := WithProxy(s.hc, acct.ProxyURL)
 	if err != nil {
-		s.log.Warn().Str("account", acct.Alias).Msg("proxy_url does not parse; using the default proxy settings")
+		s.log.Warn().Str("account", acct.Alias).Err(err).Msg("cannot apply the account's proxy_url; using the default proxy settings")
 		return s.hc
 	}
-	base := s.hc.Transport
+	s.proxies[acct.ProxyURL] = c
+	return c
+}
+
+// NewHTTPClient returns an HTTP client for identity platform calls: a 30s
+// timeout, and proxyURL as proxy, or HTTPS_PROXY/NO_PROXY when it is empty.
+func NewHTTPClient(proxyURL string) (*http.Client, error) {
+	var rt http.RoundTripper = http.DefaultTransport
+	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+		tr := dt.Clone()
+		tr.Proxy = http.ProxyFromEnvironment
+		rt = tr
+	}
+	return WithProxy(&http.Client{Timeout: defaultHTTPTime, Transport: rt}, proxyURL)
+}
+
+// WithProxy returns a copy of hc whose transport goes through proxyURL
+// (http, https or socks5); hc itself when proxyURL is empty. Errors never
+// quote the URL, which may hold proxy credentials.
+func WithProxy(hc *http.Client, proxyURL string) (*http.Client, error) {
+	if proxyURL == "" {
+		return hc, nil
+	}
+	u, err := url.Parse(proxyURL)
+	if err != nil || u.Host == "" {
+		return nil, errors.New("proxy URL does not parse: use http://host:port, https://host:port or socks5://host:port")
+	}
+	base := hc.Transport
 	if base == nil {
 		base = http.DefaultTransport
 	}
 	tr, ok := base.(*http.Transport)
 	if !ok {
-		s.log.Warn().Str("account", acct.Alias).Str("proxy", u.Redacted()).Msg("custom HTTP transport: cannot apply the account's proxy_url")
-		return s.hc
+		return nil, fmt.Errorf("custom HTTP transport: cannot route through proxy %s", u.Redacted())
 	}
 	tr = tr.Clone()
 	tr.Proxy = http.ProxyURL(u)
-	c := *s.hc
+	c := *hc
 	c.Transport = tr
-	s.proxies[acct.ProxyURL] = &c
-	return &c
+	return &c, nil
 }
 
 func withRefreshScope(hc *http.Client, scopes []string) *http.Client {

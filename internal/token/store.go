@@ -261,6 +261,20 @@ func (s *Store) Delete(ctx context.Context, acct string) error {
 	return nil
 }
 
+// Aliases lists the accounts that have a token record, sorted; an empty
+// bucket gives an empty list. Records without a registered account (left by
+// an interrupted tool) are listed too, so key rotation misses nothing.
+func (s *Store) Aliases(ctx context.Context) ([]string, error) {
+	keys, err := s.kv.Keys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, fmt.Errorf("list token records: %w", err)
+	}
+	if err := ctx.Err(); err != nil { // Keys stops early, without an error, when ctx ends
+		return nil, fmt.Errorf("list token records: %w", err)
+	}
+	return append([]string{}, keys...), nil
+}
+
 // RawGet returns the stored sealed bytes (tests prove no plaintext leaks).
 func (s *Store) RawGet(ctx context.Context, acct string) ([]byte, error) {
 	e, err := s.kv.Get(ctx, acct)

@@ -1,0 +1,267 @@
+package authcmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/account"
+	"relay365/internal/cli"
+	"relay365/internal/queue"
+	"relay365/internal/token"
+)
+
+const defaultNATSURL = "nats://127.0.0.1:4222"
+
+// adminConfig is what list, test, remove and rotate-key share.
+type adminConfig struct {
+	store storeConfig
+	alias string
+	json  bool
+}
+
+// newAdminFlags registers the shared flags; withAccount adds --account,
+// which parse then requires.
+func newAdminFlags(name string, env Env, withAccount bool) (*flag.FlagSet, *adminConfig) {
+	fs := cli.NewFlags("authtool "+name, env.Stderr)
+	c := &adminConfig{}
+	c.store.register(fs, env)
+	if withAccount {
+		fs.StringVar(&c.alias, "account", "", "account alias; required")
+	}
+	fs.BoolVar(&c.json, "json", false, "print the result as JSON")
+	return fs, c
+}
+
+func (c *adminConfig) parse(fs *flag.FlagSet, args []string) error {
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.Lookup("account") == nil {
+		return nil
+	}
+	if err := account.ValidateAlias(c.alias); err != nil {
+		return cli.UsageError{Err: fmt.Errorf("--account: %w", err)}
+	}
+	return nil
+}
+
+// storeConfig is where the accounts and tokens live.
+type storeConfig struct {
+	NATSURL string
+	KeyFile string
+}
+
+func (c *storeConfig) register(fs *flag.FlagSet, env Env) {
+	fs.StringVar(&c.NATSURL, "nats-url", cli.EnvOr(env.Env, "RELAY_NATS_URL", defaultNATSURL), "NATS server of the relay (env RELAY_NATS_URL)")
+	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "the relay's token sealing key file (env RELAY_TOKEN_KEY_FILE)")
+}
+
+// keyring loads the sealing key; a missing or bad key file is a
+// configuration error (exit 2), found before anyone signs in.
+func (c storeConfig) keyring() (*token.Keyring, error) {
+	keys, err := token.LoadKeyring(c.KeyFile)
+	if err != nil {
+		return nil, cli.UsageError{Err: fmt.Errorf("%w (use the same key file as relay serve: --key-file or RELAY_TOKEN_KEY_FILE)", err)}
+	}
+	return keys, nil
+}
+
+// stores is an open connection to the relay's buckets.
+type stores struct {
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	accounts *account.Registry
+	tokens   *token.Store // nil when opened without a key ring
+}
+
+// open connects to NATS and opens the account registry and, with keys,
+// the sealed token store. Both buckets are created if the relay has not
+// run yet.
+func (c storeConfig) open(ctx context.Context, keys *token.Keyring) (*stores, error) {
+	nc, err := queue.Connect(c.NATSURL, "relay365-authtool")
+	if err != nil {
+		return nil, fmt.Errorf("%w (is relay serve running? set --nats-url or RELAY_NATS_URL)", err)
+	}
+	s := &stores{nc: nc}
+	if s.js, err = jetstream.New(nc); err != nil {
+		s.close()
+		return nil, err
+	}
+	if s.accounts, err = account.OpenRegistry(ctx, s.js); err != nil {
+		s.close()
+		return nil, err
+	}
+	if keys != nil {
+		if s.tokens, err = token.OpenStore(ctx, s.js, keys); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *stores) close() {
+	_ = s.nc.Drain()
+	s.nc.Close()
+}
+
+// enrollConfig is everything login, app and import need to define an
+// account and prove it.
+type enrollConfig struct {
+	store   storeConfig
+	acct    account.Account
+	scopes  string
+	sendAs  cli.ListFlag
+	testTo  string
+	timeout time.Duration
+	json    bool
+}
+
+// register binds the account flags. endpoints lists the endpoint override
+// flags that apply to the command (auth, token, device).
+func (c *enrollConfig) register(fs *flag.FlagSet, env Env, timeout time.Duration, endpoints ...string) {
+	c.store.register(fs, env)
+	a := &c.acct
+	fs.StringVar(&a.Alias, "account", "", "account alias: the name producers publish to (mail.send.<alias>); required")
+	fs.StringVar(&a.Mailbox, "mailbox", "", "the mailbox to send as, e.g. alerts@contoso.com; required")
+	fs.StringVar(&a.Tenant, "tenant", "", "Entra tenant ID (GUID) or verified domain, e.g. contoso.onmicrosoft.com; required")
+	fs.StringVar(&a.ClientID, "client-id", "", "application (client) ID of the app registration; required")
+	fs.StringVar(&a.Authority, "authority", account.DefaultAuthority, "identity platform; endpoints derive from it and the tenant the Entra way")
+	for _, ep := range endpoints {
+		switch ep {
+		case "auth":
+			fs.StringVar(&a.AuthURL, "auth-url", "", "authorization endpoint (default: derived from --authority and --tenant)")
+		case "token":
+			fs.StringVar(&a.TokenURL, "token-url", "", "token endpoint (default: derived from --authority and --tenant)")
+		case "device":
+			fs.StringVar(&a.DeviceURL, "device-url", "", "device authorization endpoint (default: derived from --authority and --tenant)")
+		}
+	}
+	fs.StringVar(&c.scopes, "scopes", "", "scopes, space or comma separated (default: "+strings.Join(account.DefaultDelegatedScopes(), " ")+
+		"; app: "+account.ScopeAppOnly+")")
+	fs.StringVar(&a.SMTPAddr, "smtp", account.DefaultSMTPAddr, "SMTP submission endpoint host:port")
+	fs.StringVar(&a.CAFile, "ca-file", "", "extra PEM CA bundle for the SMTP server's certificate (private TLS roots)")
+	fs.StringVar(&a.ProxyURL, "proxy", "", "HTTP(S) or SOCKS5 proxy for the identity platform (default: HTTPS_PROXY)")
+	fs.StringVar((*string)(&a.FromPolicy), "from-policy", string(account.FromRewrite), "From handling: rewrite (send as the mailbox, original to Reply-To), allow (--send-as list) or reject")
+	fs.Var(&c.sendAs, "send-as", "From address the mailbox may send as under --from-policy allow (repeatable)")
+	fs.IntVar(&a.PerMinute, "per-minute", account.DefaultPerMinute, "messages per minute for this mailbox (Office 365: 30)")
+	fs.IntVar(&a.PerDay, "per-day", account.DefaultPerDay, "recipients per 24 hours for this mailbox (Office 365: 10000)")
+	fs.IntVar(&a.MaxConns, "max-conns", account.DefaultMaxConns, "concurrent SMTP connections for this mailbox (Office 365: 3)")
+	fs.StringVar(&c.testTo, "test-to", "", "where the test mail goes (default: the mailbox itself)")
+	fs.DurationVar(&c.timeout, "timeout", timeout, "give up after this long")
+	fs.BoolVar(&c.json, "json", false, "print the result as JSON")
+}
+
+// parse parses args, then fills defaults and checks everything that can be
+// checked before anyone signs in; every problem is a usage error.
+func (c *enrollConfig) parse(fs *flag.FlagSet, args []string, appOnly bool) error {
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	return c.validate(appOnly)
+}
+
+func (c *enrollConfig) validate(appOnly bool) error {
+	a := &c.acct
+	a.AppOnly = appOnly
+	a.Scopes = strings.FieldsFunc(c.scopes, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' })
+	a.SendAs = c.sendAs
+	a.Normalize()
+	var errs []error
+	if err := a.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if a.CAFile != "" {
+		abs, err := filepath.Abs(a.CAFile)
+		if err == nil {
+			_, err = os.Stat(abs)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--ca-file: %v", err))
+		}
+		a.CAFile = abs // the relay reads it too, from its own working directory
+	}
+	if c.testTo != "" && !strings.Contains(c.testTo, "@") {
+		errs = append(errs, fmt.Errorf("--test-to %q is not an e-mail address", c.testTo))
+	}
+	if c.timeout <= 0 {
+		errs = append(errs, fmt.Errorf("--timeout %s: want a positive duration", c.timeout))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cli.UsageError{Err: err}
+	}
+	return nil
+}
+
+// httpClient is the client for identity platform calls: the account's
+// proxy, else HTTPS_PROXY.
+func (c *enrollConfig) httpClient() (*http.Client, error) {
+	hc, err := token.NewHTTPClient(c.acct.ProxyURL)
+	if err != nil {
+		return nil, cli.UsageError{Err: fmt.Errorf("--proxy: %w", err)}
+	}
+	return hc, nil
+}
+
+// secretFlags read a secret from a file or an environment variable, never
+// from a flag value (shell history, ps).
+type secretFlags struct {
+	required                 bool
+	name, what, file, envVar string
+}
+
+func (s *secretFlags) register(fs *flag.FlagSet, name, what string) {
+	s.name, s.what = name, what
+	if s.required {
+		what += " (required)"
+	}
+	fs.StringVar(&s.file, name+"-file", "", "read the "+what+" from this file (- for stdin)")
+	fs.StringVar(&s.envVar, name+"-env", "", "read the "+what+" from this environment variable")
+}
+
+// read returns the secret; "" when neither source is given and the secret
+// is optional.
+func (s secretFlags) read(env Env) (string, error) {
+	var v string
+	switch {
+	case s.file == "" && s.envVar == "" && s.required:
+		return "", cli.Usagef("the %s is required: --%s-file FILE (- for stdin) or --%s-env VAR (never a flag value)", s.what, s.name, s.name)
+	case s.file != "" && s.envVar != "":
+		return "", cli.Usagef("give the %s either as a file or as an environment variable, not both", s.what)
+	case s.file == "-":
+		b, err := io.ReadAll(io.LimitReader(env.Stdin, 64<<10))
+		if err != nil {
+			return "", cli.Usagef("reading the %s from stdin: %v", s.what, err)
+		}
+		v = string(b)
+	case s.file != "":
+		b, err := os.ReadFile(s.file)
+		if err != nil {
+			return "", cli.Usagef("reading the %s: %v", s.what, err)
+		}
+		v = string(b)
+	case s.envVar != "":
+		v = env.Getenv(s.envVar)
+		if v == "" {
+			return "", cli.Usagef("environment variable %s (the %s) is empty or unset", s.envVar, s.what)
+		}
+	default:
+		return "", nil
+	}
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return "", cli.Usagef("the %s is empty", s.what)
+	}
+	return v, nil
+}

@@ -1,0 +1,144 @@
+// Package cli holds what Relay365's command lines share: the process
+// environment as a value (so tests run a whole command in process), the
+// exit codes, flag parsing that reports instead of exiting, and the
+// dispatch from a command name to its function.
+//
+// Exit codes are the same for every binary: 0 success, 1 failure while
+// running (the message says what failed and what to do), 2 bad usage or
+// configuration (the message says what to fix; nothing was started), 130
+// interrupted (Ctrl-C or SIGTERM while the command was running).
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Exit codes.
+const (
+	ExitOK          = 0
+	ExitFail        = 1
+	ExitUsage       = 2
+	ExitInterrupted = 130
+)
+
+// Env is the process environment and standard streams.
+type Env struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+}
+
+// UsageError marks errors that are the caller's to fix (exit 2). Any error
+// type with a method Usage() bool that returns true counts as one too.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
+// Usage marks the error as the caller's to fix.
+func (UsageError) Usage() bool { return true }
+
+// IsUsage reports whether err or an error it wraps is a usage error.
+func IsUsage(err error) bool {
+	var u interface{ Usage() bool }
+	return errors.As(err, &u) && u.Usage()
+}
+
+// Usagef builds a UsageError.
+func Usagef(format string, args ...any) error { return UsageError{Err: fmt.Errorf(format, args...)} }
+
+// Command is one subcommand.
+type Command struct {
+	Name, Summary string
+	Run           func(ctx context.Context, args []string, env Env) error
+}
+
+// Dispatch runs the command named by args[0] and turns its error into an
+// exit code, printing it as "<prog> <command>: <error>". No command, -h,
+// --help or help print usage. An error after ctx ended is an interruption.
+func Dispatch(ctx context.Context, prog string, cmds []Command, usage func(io.Writer), args []string, env Env) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(env.Stdout)
+		if len(args) == 0 {
+			return ExitUsage
+		}
+		return ExitOK
+	}
+	for _, c := range cmds {
+		if c.Name != args[0] {
+			continue
+		}
+		err := c.Run(ctx, args[1:], env)
+		switch {
+		case err == nil:
+			return ExitOK
+		case errors.Is(err, flag.ErrHelp):
+			return ExitOK
+		case IsUsage(err):
+			fmt.Fprintf(env.Stderr, "%s %s: %v\n", prog, c.Name, err)
+			return ExitUsage
+		case ctx.Err() != nil && errors.Is(err, context.Canceled):
+			fmt.Fprintf(env.Stderr, "%s %s: interrupted: %v\n", prog, c.Name, err)
+			return ExitInterrupted
+		default:
+			fmt.Fprintf(env.Stderr, "%s %s: %v\n", prog, c.Name, err)
+			return ExitFail
+		}
+	}
+	fmt.Fprintf(env.Stderr, "%s: unknown command %q\n\n", prog, args[0])
+	usage(env.Stderr)
+	return ExitUsage
+}
+
+// NewFlags returns a flag set named name that reports errors to w instead
+// of exiting.
+func NewFlags(name string, w io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(w)
+	return fs
+}
+
+// Parse parses args and turns a flag error into a UsageError; stray
+// positional arguments are refused rather than ignored.
+func Parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return UsageError{Err: err}
+	}
+	if fs.NArg() > 0 {
+		return Usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// EnvOr returns the environment variable key, or def when it is unset.
+func EnvOr(env Env, key, def string) string {
+	if env.Getenv != nil {
+		if v := env.Getenv(key); v != "" {
+			return v
+		}
+	}
+	return def
+}
+
+// ListFlag is a repeatable string flag that also splits on commas.
+type ListFlag []string
+
+func (l *ListFlag) String() string { return strings.Join(*l, ",") }
+
+// Set adds the comma-separated values of v.
+func (l *ListFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}

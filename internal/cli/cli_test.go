@@ -1,0 +1,68 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestDispatchExitCodes(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	cmds := []Command{
+		{Name: "ok", Run: func(context.Context, []string, Env) error { return nil }},
+		{Name: "usage", Run: func(context.Context, []string, Env) error { return Usagef("--x: bad") }},
+		{Name: "fail", Run: func(context.Context, []string, Env) error { return errors.New("boom") }},
+		{Name: "help", Run: func(context.Context, []string, Env) error { return flag.ErrHelp }},
+		{Name: "stop", Run: func(ctx context.Context, _ []string, _ Env) error { return fmt.Errorf("waiting: %w", ctx.Err()) }},
+	}
+	tests := []struct {
+		ctx    context.Context
+		args   []string
+		code   int
+		stderr string
+	}{
+		{context.Background(), []string{"ok"}, ExitOK, ""},
+		{context.Background(), []string{"usage"}, ExitUsage, "prog usage: --x: bad"},
+		{context.Background(), []string{"fail"}, ExitFail, "prog fail: boom"},
+		{context.Background(), []string{"help"}, ExitOK, ""},
+		{cancelled, []string{"stop"}, ExitInterrupted, "prog stop: interrupted: waiting: context canceled"},
+		{context.Background(), []string{"nope"}, ExitUsage, `unknown command "nope"`},
+		{context.Background(), nil, ExitUsage, ""},
+		{context.Background(), []string{"--help"}, ExitOK, ""},
+	}
+	for _, tt := range tests {
+		var out, errb bytes.Buffer
+		code := Dispatch(tt.ctx, "prog", cmds, func(w io.Writer) { io.WriteString(w, "USAGE") }, tt.args, Env{Stdout: &out, Stderr: &errb})
+		if code != tt.code || !strings.Contains(errb.String(), tt.stderr) {
+			t.Errorf("%v: exit %d stderr %q, want %d and %q", tt.args, code, errb.String(), tt.code, tt.stderr)
+		}
+	}
+}
+
+func TestParseAndListFlag(t *testing.T) {
+	fs := NewFlags("prog x", io.Discard)
+	var l ListFlag
+	fs.Var(&l, "to", "")
+	if err := Parse(fs, []string{"--to", "a@x, b@x", "--to", "c@x"}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(l, []string{"a@x", "b@x", "c@x"}) {
+		t.Fatalf("list %v", l)
+	}
+	if err := Parse(NewFlags("prog x", io.Discard), []string{"stray"}); !IsUsage(err) {
+		t.Fatalf("stray argument: %v", err)
+	}
+	if err := Parse(NewFlags("prog x", io.Discard), []string{"--unknown"}); !IsUsage(err) {
+		t.Fatalf("unknown flag: %v", err)
+	}
+	if got := EnvOr(Env{Getenv: func(string) string { return "" }}, "K", "def"); got != "def" {
+		t.Fatalf("EnvOr = %q", got)
+	}
+}
