@@ -47,6 +47,9 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 	if e.Now != nil {
 		now = e.Now
 	}
+	// The token's lifetime counts from here, on the relay's clock (the
+	// token service decides expiry on the same clock).
+	expiry := now().Add(token.Lifetime(tok))
 	if testTo == "" {
 		testTo = acct.Mailbox
 	}
@@ -73,7 +76,7 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 	}
 	_, tokenURL, _ := acct.Endpoints()
 	rec := token.Record{
-		Account: acct.Alias, RefreshToken: tok.RefreshToken, AccessToken: tok.AccessToken, Expiry: tok.Expiry,
+		Account: acct.Alias, RefreshToken: tok.RefreshToken, AccessToken: tok.AccessToken, Expiry: expiry,
 		Scopes: acct.Scopes, TokenURL: tokenURL, ClientSecret: secret, LastRefresh: now(), State: token.StateHealthy,
 	}
 	if _, err := e.Store.Put(ctx, rec); err != nil {

@@ -422,7 +422,7 @@ func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec
 	if tok.RefreshToken != "" {
 		next.RefreshToken = tok.RefreshToken // rotated; keep only the newest
 	}
-	next.Expiry = start.Add(lifetime(tok))
+	next.Expiry = start.Add(Lifetime(tok))
 	next.LastRefresh = s.now()
 	next.State, next.LastError, next.FailCount = StateHealthy, "", 0
 	next.ErrorName, next.ErrorCodes, next.NextAttempt = "", nil, time.Time{}
@@ -537,9 +537,10 @@ func backoff(n int, retryAfter time.Duration) time.Duration {
 	return max(d, retryAfter)
 }
 
-// lifetime is the token's lifetime as announced by expires_in, measured
-// from before the request (conservative, and independent of clock skew).
-func lifetime(tok *oauth2.Token) time.Duration {
+// Lifetime is the token's lifetime as announced by expires_in, to be
+// measured from before the request (conservative, and independent of clock
+// skew). Without expires_in it falls back to Expiry, then to one hour.
+func Lifetime(tok *oauth2.Token) time.Duration {
 	if tok.ExpiresIn > 0 {
 		return time.Duration(tok.ExpiresIn) * time.Second
 	}
