@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,27 +20,19 @@ import (
 
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
+	"relay365/internal/logging/logtest"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/sandbox"
 	"relay365/producer"
 )
 
-// logBuf collects the logs of a test so they can be scanned for secrets.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // fast retries so a test sees a retried message within a second.
 var fastRetry = relay.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: 0.2}
 
-func start(t *testing.T, dataDir string) (*sandbox.Sandbox, *logBuf) {
+func start(t *testing.T, dataDir string) (*sandbox.Sandbox, *logtest.Buffer) {
 	t.Helper()
-	logs := &logBuf{}
+	logs := &logtest.Buffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := sandbox.Start(ctx, sandbox.Config{

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"relay365/internal/account"
+	"relay365/internal/flight"
 )
 
 // AccessToken is a usable access token for one mailbox. Printing it with
@@ -130,8 +131,7 @@ type Source struct {
 	base   context.Context
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	flights map[flightKey]*flight
+	flights flight.Group[flightKey, AccessToken]
 
 	proxyMu sync.Mutex
 	proxies map[string]*http.Client
@@ -140,12 +140,6 @@ type Source struct {
 type flightKey struct {
 	alias string
 	force bool
-}
-
-type flight struct {
-	done chan struct{}
-	tok  AccessToken
-	err  error
 }
 
 // NewSource builds a Source. Store and Accounts are required.
@@ -163,7 +157,6 @@ func NewSource(cfg SourceConfig) *Source {
 		log:      cfg.Log.With().Str("component", "token").Logger(),
 		instance: cfg.Instance,
 		observe:  cfg.OnRefresh,
-		flights:  map[flightKey]*flight{},
 		proxies:  map[string]*http.Client{},
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
@@ -257,28 +250,11 @@ func (s *Source) ForceRefreshSince(ctx context.Context, alias string, since time
 // the callers' cancellation (bounded by the lease and by Close), so a
 // cancelled caller never leaves a rotated refresh token unwritten.
 func (s *Source) join(ctx context.Context, key flightKey, since time.Time) (AccessToken, error) {
-	s.mu.Lock()
-	f, ok := s.flights[key]
-	if !ok {
-		f = &flight{done: make(chan struct{})}
-		s.flights[key] = f
+	return s.flights.Do(ctx, key, func() (AccessToken, error) {
 		fctx, cancel := context.WithTimeout(s.base, s.leaseTTL+30*time.Second)
-		go func() {
-			defer cancel()
-			f.tok, f.err = s.refresh(fctx, key.alias, key.force, since)
-			s.mu.Lock()
-			delete(s.flights, key)
-			s.mu.Unlock()
-			close(f.done)
-		}()
-	}
-	s.mu.Unlock()
-	select {
-	case <-f.done:
-		return f.tok, f.err
-	case <-ctx.Done():
-		return AccessToken{}, ctx.Err()
-	}
+		defer cancel()
+		return s.refresh(fctx, key.alias, key.force, since)
+	})
 }
 
 func usable(rec Record, now time.Time, margin time.Duration) bool {

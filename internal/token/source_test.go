@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/logging/logtest"
 )
 
 // fakeIdP is a minimal Microsoft identity platform token endpoint:
@@ -177,23 +178,6 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is one "process": its own NATS connection, registry, store, source.
 type env struct {
 	js    jetstream.JetStream
@@ -207,14 +191,14 @@ type harness struct {
 	ctx   context.Context
 	idp   *fakeIdP
 	clock *fakeClock
-	logs  *syncBuffer
+	logs  *logtest.Buffer
 	keys  *Keyring
 	url   string
 }
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{t: t, ctx: testCtx(t), idp: newFakeIdP(t), clock: newClock(), logs: &syncBuffer{}, keys: testKeyring(t, "k1")}
+	h := &harness{t: t, ctx: testCtx(t), idp: newFakeIdP(t), clock: newClock(), logs: &logtest.Buffer{}, keys: testKeyring(t, "k1")}
 	h.url = startServer(t)
 	t.Cleanup(func() { h.assertNoSecretsLogged() })
 	return h

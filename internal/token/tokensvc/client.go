@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"relay365/internal/flight"
 	"relay365/internal/token"
 )
 
@@ -45,18 +46,12 @@ type Client struct {
 
 	mu    sync.Mutex
 	cache map[string]token.AccessToken
-	calls map[callKey]*call
+	calls flight.Group[callKey, token.AccessToken]
 }
 
 type callKey struct {
 	alias string
 	force bool
-}
-
-type call struct {
-	done chan struct{}
-	tok  token.AccessToken
-	err  error
 }
 
 // NewClient builds a client; NC is required.
@@ -66,7 +61,7 @@ func NewClient(cfg ClientConfig) *Client {
 	}
 	c := &Client{
 		nc: cfg.NC, margin: cfg.Margin, timeout: cfg.Timeout, now: cfg.Now,
-		cache: map[string]token.AccessToken{}, calls: map[callKey]*call{},
+		cache: map[string]token.AccessToken{},
 	}
 	if c.margin <= 0 {
 		c.margin = 150 * time.Second
@@ -117,39 +112,33 @@ func (c *Client) Status(ctx context.Context) (StatusReply, error) {
 	return st, nil
 }
 
-// do runs one request per key at a time; callers arriving meanwhile wait
-// for it. The request itself is detached from the first caller's
-// cancellation so the others are not failed by it.
+// do runs one request per key at a time; callers arriving meanwhile share
+// it (package flight: a caller giving up does not fail the others).
 func (c *Client) do(ctx context.Context, key callKey, subject string, r Request) (token.AccessToken, error) {
-	c.mu.Lock()
-	cl, ok := c.calls[key]
-	if !ok {
-		cl = &call{done: make(chan struct{})}
-		c.calls[key] = cl
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
-		go func() {
-			defer cancel()
-			cl.tok, cl.err = c.fetch(rctx, subject, r)
-			c.mu.Lock()
-			delete(c.calls, key)
-			switch {
-			case cl.err == nil:
-				if cur, ok := c.cache[r.Account]; !ok || !cur.Issued.After(cl.tok.Issued) {
-					c.cache[r.Account] = cl.tok
-				}
-			case errors.As(cl.err, new(*token.IdentityError)):
-				delete(c.cache, r.Account)
-			}
-			c.mu.Unlock()
-			close(cl.done)
-		}()
+	tok, err := c.calls.Do(ctx, key, func() (token.AccessToken, error) {
+		rctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		defer cancel()
+		tok, err := c.fetch(rctx, subject, r)
+		c.remember(r.Account, tok, err)
+		return tok, err
+	})
+	if err != nil && ctx.Err() != nil {
+		return tok, fmt.Errorf("token service: waiting for the token of account %s: %w", r.Account, err)
 	}
-	c.mu.Unlock()
-	select {
-	case <-cl.done:
-		return cl.tok, cl.err
-	case <-ctx.Done():
-		return token.AccessToken{}, fmt.Errorf("token service: waiting for the token of account %s: %w", r.Account, ctx.Err())
+	return tok, err
+}
+
+// remember caches a newer token; an identity error drops the cached one.
+func (c *Client) remember(alias string, tok token.AccessToken, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err == nil:
+		if cur, ok := c.cache[alias]; !ok || !cur.Issued.After(tok.Issued) {
+			c.cache[alias] = tok
+		}
+	case errors.As(err, new(*token.IdentityError)):
+		delete(c.cache, alias)
 	}
 }
 

@@ -75,7 +75,10 @@ func (r *refresher) run(ctx context.Context) {
 			}
 			if err != nil {
 				r.log.Warn().Err(err).Msg("cannot watch accounts and tokens; retrying")
-				sleepReal(ctx, idleBase)
+				select { // wall time: NATS trouble, not token time
+				case <-ctx.Done():
+				case <-time.After(idleBase):
+				}
 				continue
 			}
 		}
@@ -239,14 +242,4 @@ func idleDelay(n int) time.Duration {
 		d = min(idleBase<<max(n-1, 0), idleMax)
 	}
 	return time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
-}
-
-// sleepReal waits d of wall time (error paths only) or until ctx ends.
-func sleepReal(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"relay365/internal/logging/logtest"
 	"relay365/internal/token"
 )
 
@@ -98,27 +99,8 @@ func (s *Secrets) Check(t testing.TB, surface string, text []byte) {
 	}
 }
 
-// Buffer collects output (logs, events) written from many goroutines.
-type Buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *Buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-// Bytes is a copy of everything written so far.
-func (b *Buffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.b.Bytes())
-}
-
-// String is everything written so far.
-func (b *Buffer) String() string { return string(b.Bytes()) }
+// Buffer collects logs or events written from many goroutines.
+type Buffer = logtest.Buffer
 
 // Metric returns the value of the series name{labels} (a gauge or a
 // counter; labels not given match anything), or -1 when there is none.
