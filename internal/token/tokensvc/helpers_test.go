@@ -98,11 +98,17 @@ func (e *env) conn(name string) *nats.Conn {
 // metrics registry.
 func (e *env) replica(name string) (*Service, *prometheus.Registry) {
 	e.t.Helper()
+	return e.replicaWith(Config{Instance: name})
+}
+
+// replicaWith starts a replica with cfg's identity settings (HTTPClient,
+// LeaseTTL) on the test's buckets and clock.
+func (e *env) replicaWith(cfg Config) (*Service, *prometheus.Registry) {
+	e.t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := Start(Config{
-		NC: e.conn(name), Store: e.store, Accounts: e.reg, Clock: e.clock, Instance: name,
-		Registerer: reg, Log: zerolog.New(e.logs).With().Str("replica", name).Logger(),
-	})
+	cfg.NC, cfg.Store, cfg.Accounts, cfg.Clock, cfg.Registerer = e.conn(cfg.Instance), e.store, e.reg, e.clock, reg
+	cfg.Log = zerolog.New(e.logs).With().Str("replica", cfg.Instance).Logger()
+	s, err := Start(cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

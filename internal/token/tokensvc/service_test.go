@@ -2,6 +2,7 @@ package tokensvc
 
 import (
 	"encoding/json"
+	"net/http"
 	"errors"
 	"strings"
 	"sync"
@@ -270,5 +271,34 @@ func TestRefresherFollowsTheRegistry(t *testing.T) {
 	e.clock.Advance(48 * time.Hour)
 	if n := e.fake.TokenCalls(fakeo365.GrantRefreshToken); n != 1 {
 		t.Fatalf("%d refreshes, want 1 (none after removal)", n)
+	}
+}
+
+func TestIdentityCallsTimeOut(t *testing.T) {
+	e := newEnv(t)
+	_, reg := e.replicaWith(Config{Instance: "r1", HTTPClient: &http.Client{Timeout: 200 * time.Millisecond}})
+	e.consent("alerts")
+	old := e.record("alerts")
+	e.fake.HangNextTokenCalls(1, time.Minute) // an identity platform that does not answer
+
+	due, err := e.clock.WaitTimer(e.ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Set(due)
+	e.eventually("the timed-out attempt to be recorded", func() bool { return e.record("alerts").FailCount == 1 })
+	rec := e.record("alerts")
+	if rec.State != token.StateHealthy || rec.AccessToken != old.AccessToken || !strings.Contains(rec.LastError, "timeout") {
+		t.Fatalf("after a timeout: %v last_error=%q", rec, rec.LastError)
+	}
+	if got := tokentest.Metric(t, reg, "relay_token_refresh_total", map[string]string{"account": "alerts", "result": "transient"}); got != 1 {
+		t.Fatalf("transient count %v", got)
+	}
+	// The abandoned request never spent the refresh token: the retry works
+	// in strict rotation mode.
+	e.clock.Set(rec.NextAttempt)
+	e.eventually("the retry", func() bool { return e.record("alerts").AccessToken != old.AccessToken })
+	if r := e.fake.RefreshReuses(); r != 0 {
+		t.Fatalf("%d reused refresh tokens", r)
 	}
 }
