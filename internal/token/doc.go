@@ -80,11 +80,14 @@
 // a person has to run authtool login again. The same holds if the KV write
 // fails for another reason (logged as an error).
 //
-// Source.Close abandons refreshes in flight, as a crash would: the HTTP
-// request is cancelled and nothing is written, so the lease simply expires
+// Source.Close abandons refreshes in flight, as a crash would: a request
+// still waiting for the identity platform is cancelled and nothing is
+// written, so the refresh token was never spent, the lease simply expires
 // and another token service takes over (internal/token/tokensvc's
-// refresher waits for LeaseUntil). If the identity platform had already
-// issued the new token, the crash window above applies.
+// refresher waits for LeaseUntil). A refresh whose answer has already
+// arrived is still stored (with its own short deadline), so a graceful
+// stop never loses a rotated refresh token; only a real crash has the
+// window above.
 //
 // # Seam
 //

@@ -107,6 +107,7 @@ const (
 	defaultMargin   = 5 * time.Minute
 	defaultLeaseTTL = 60 * time.Second
 	defaultHTTPTime = 30 * time.Second
+	storeTimeout    = 10 * time.Second
 	maxRounds       = 8
 	backoffBase     = 2 * time.Second
 	backoffMax      = 5 * time.Minute
@@ -404,7 +405,11 @@ func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec
 	next.ErrorName, next.ErrorCodes, next.NextAttempt = "", nil, time.Time{}
 	next.LeaseOwner, next.LeaseUntil = "", time.Time{}
 	rotated := tok.RefreshToken != "" && tok.RefreshToken != rec.RefreshToken
-	at := s.storeResult(ctx, log, acct, rec, next, lrev, rotated, force)
+	// The rotated refresh token must reach the store even if the service
+	// is being stopped right now (Close): only a crash may lose it.
+	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+	at := s.storeResult(wctx, log, acct, rec, next, lrev, rotated, force)
+	wcancel()
 	s.observe(Outcome{Account: acct.Alias, From: rec.State, To: StateHealthy, Expiry: next.Expiry,
 		Forced: force, Rotated: rotated, AppOnly: acct.AppOnly})
 	return at, nil

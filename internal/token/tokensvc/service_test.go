@@ -2,8 +2,8 @@ package tokensvc
 
 import (
 	"encoding/json"
-	"net/http"
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
