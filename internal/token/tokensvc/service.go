@@ -30,7 +30,7 @@ type Config struct {
 	// (jittered, see refresher.go); default 5m.
 	Margin time.Duration
 	// LeaseTTL bounds one refresh before another process may take over;
-	// default 60s. It must stay well below Margin.
+	// default 60s, or a third of Margin if that is shorter.
 	LeaseTTL time.Duration
 	// HTTPClient for the identity platform (default: 30s timeout,
 	// HTTPS_PROXY/NO_PROXY; an account's proxy_url overrides the proxy).
@@ -77,6 +77,11 @@ func Start(cfg Config) (*Service, error) {
 	}
 	if cfg.Margin <= 0 {
 		cfg.Margin = 5 * time.Minute
+	}
+	if cfg.LeaseTTL <= 0 {
+		// A dead refresher's lease must end well inside the margin, so a
+		// survivor refreshes before the token expires.
+		cfg.LeaseTTL = min(60*time.Second, cfg.Margin/3)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
@@ -188,12 +193,7 @@ func (s *Service) dispatch(h func(context.Context, micro.Request)) micro.Handler
 	}
 }
 
-func requestTimeout(leaseTTL time.Duration) time.Duration {
-	if leaseTTL <= 0 {
-		leaseTTL = 60 * time.Second
-	}
-	return leaseTTL + 30*time.Second
-}
+func requestTimeout(leaseTTL time.Duration) time.Duration { return leaseTTL + 30*time.Second }
 
 func (s *Service) parse(req micro.Request) (Request, error) {
 	var r Request
