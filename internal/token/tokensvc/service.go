@@ -134,8 +134,7 @@ func Start(cfg Config) (*Service, error) {
 	return s, nil
 }
 
-// Source is the service's in-process token source (for the daemon's own
-// status page and tests).
+// Source is the service's in-process token source.
 func (s *Service) Source() *token.Source { return s.src }
 
 // Instance is the name of this replica.
