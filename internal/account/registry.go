@@ -7,6 +7,8 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/kvwatch"
 )
 
 // Bucket is the KV bucket holding one Account per alias.
@@ -135,4 +137,25 @@ func decode(alias string, b []byte) (Account, error) {
 		a.Alias = alias
 	}
 	return a, nil
+}
+
+// Change is one update of the registry seen by Watch.
+type Change struct {
+	Alias   string
+	Deleted bool
+	Account Account // when !Deleted and Err == nil
+	Err     error   // the stored record does not decode
+}
+
+// Watch delivers every registered account, then every change, until ctx
+// ends; then the channel is closed. Token services use it to find the
+// accounts to keep refreshed.
+func (r *Registry) Watch(ctx context.Context) (<-chan Change, error) {
+	return kvwatch.Watch(ctx, r.kv, func(e kvwatch.Entry) Change {
+		c := Change{Alias: e.Key, Deleted: e.Deleted}
+		if !c.Deleted {
+			c.Account, c.Err = decode(e.Key, e.Value)
+		}
+		return c
+	})
 }

@@ -51,6 +51,9 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 	if err := acct.Validate(); err != nil {
 		return err
 	}
+	// The token's lifetime counts from here, on the relay's clock (the
+	// token service decides expiry on the same clock).
+	expiry := e.now().Add(token.Lifetime(tok))
 	if err := e.SendTest(ctx, acct, tok.AccessToken, testTo); err != nil {
 		return err
 	}
@@ -58,7 +61,7 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 	defer cancel()
 	_, tokenURL, _ := acct.Endpoints()
 	rec := token.Record{
-		Account: acct.Alias, RefreshToken: tok.RefreshToken, AccessToken: tok.AccessToken, Expiry: tok.Expiry,
+		Account: acct.Alias, RefreshToken: tok.RefreshToken, AccessToken: tok.AccessToken, Expiry: expiry,
 		Scopes: acct.Scopes, TokenURL: tokenURL, ClientSecret: secret, LastRefresh: e.now(), State: token.StateHealthy,
 	}
 	if _, err := e.Store.Put(sctx, rec); err != nil {

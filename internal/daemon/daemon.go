@@ -1,7 +1,15 @@
 // Package daemon is `relay serve` as an importable whole: it connects to
 // (or embeds) NATS, opens the account registry and the sealed token store,
-// runs the workers and serves /metrics, /healthz, /readyz and /status.
-// Tests start it in process, exactly as the binary does.
+// runs the roles it is given and serves /metrics, /healthz, /readyz and
+// /status. Tests start it in process, exactly as the binary does.
+//
+// Roles (--roles, default both): "tokens" runs a replica of the token
+// service relay-tokens (internal/token/tokensvc: the micro endpoints and
+// the proactive refresher; it needs the sealing key); "workers" runs the
+// delivery workers, which get tokens only through the token service's
+// client. Any number of processes may run either role against one NATS
+// cluster; the token service's leases keep it to one refresh per account
+// per expiry.
 //
 // Start-up order matters: streams and buckets exist before workers bind, and
 // the HTTP server comes last so /readyz never reports ready for a half-built
@@ -18,6 +26,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,9 +40,17 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/clock"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/token"
+	"relay365/internal/token/tokensvc"
+)
+
+// Roles a process can run (--roles).
+const (
+	RoleTokens  = "tokens"
+	RoleWorkers = "workers"
 )
 
 // Config is everything `relay serve` reads from flags and environment.
@@ -41,7 +59,8 @@ type Config struct {
 	NATSListen    string        // embedded server's client address; default 127.0.0.1:4222
 	NATSSync      string        // embedded server's fsync policy: "always" (default) or a duration
 	DataDir       string        // RELAY_DATA_DIR; default ./data
-	KeyFile       string        // RELAY_TOKEN_KEY_FILE; required
+	KeyFile       string        // RELAY_TOKEN_KEY_FILE; required for the tokens role
+	Roles         string        // --roles: "tokens", "workers" or both comma-separated; default both
 	HTTPAddr      string        // RELAY_HTTP_ADDR; default 127.0.0.1:9465; "off" disables
 	Replicas      int           // stream and bucket replicas; default 1
 	Workers       int           // concurrent deliveries; default 3
@@ -55,6 +74,34 @@ type Config struct {
 	Extra map[string]http.Handler
 	// Transport overrides the SMTP transport (tests set timeouts).
 	Transport *relay.Transport
+	// Clock drives token expiry and the refresh schedule (tests use a
+	// fake); default real time.
+	Clock clock.Clock
+	// Instance names this process in token leases, events and status;
+	// default <hostname>-<pid>.
+	Instance string
+}
+
+// RoleList is the validated list of roles (after Defaults).
+func (c *Config) RoleList() ([]string, error) {
+	var out []string
+	for _, r := range strings.Split(c.Roles, ",") {
+		r = strings.TrimSpace(r)
+		switch {
+		case r != RoleTokens && r != RoleWorkers:
+			return nil, fmt.Errorf("--roles %q: unknown role %q: want tokens, workers or tokens,workers", c.Roles, r)
+		case slices.Contains(out, r):
+			return nil, fmt.Errorf("--roles %q: %s given twice", c.Roles, r)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Has reports whether the process runs role.
+func (c *Config) Has(role string) bool {
+	roles, _ := c.RoleList()
+	return slices.Contains(roles, role)
 }
 
 // Defaults fills zero values.
@@ -67,6 +114,12 @@ func (c *Config) Defaults() {
 	}
 	if c.DataDir == "" {
 		c.DataDir = "data"
+	}
+	if strings.TrimSpace(c.Roles) == "" {
+		c.Roles = RoleTokens + "," + RoleWorkers
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real()
 	}
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = "127.0.0.1:9465"
@@ -96,8 +149,10 @@ func (c *Config) Defaults() {
 // Validate says what to fix, one problem per error.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.KeyFile == "" {
-		errs = append(errs, errors.New("no token key: set RELAY_TOKEN_KEY_FILE or --key-file (create one with: relay keygen --out data/token.key)"))
+	if _, err := c.RoleList(); err != nil {
+		errs = append(errs, err)
+	} else if c.KeyFile == "" && c.Has(RoleTokens) {
+		errs = append(errs, errors.New("no token key: set RELAY_TOKEN_KEY_FILE or --key-file (create one with: relay keygen --out data/token.key); only processes with --roles workers can do without"))
 	}
 	if c.NATSURL == "" {
 		if _, _, err := queue.ParseSync(c.NATSSync); err != nil {
@@ -138,9 +193,15 @@ type Daemon struct {
 	NC       *nats.Conn
 	JS       jetstream.JetStream
 	Accounts *account.Registry
-	Store    *token.Store
-	Tokens   *token.Source
-	Registry *prometheus.Registry
+	// Store is the sealed token store; nil in a workers-only process
+	// started without a key file.
+	Store *token.Store
+	// TokenService is this process's token service replica (role tokens).
+	TokenService *tokensvc.Service
+	// TokenClient is the workers' client of the token service (role
+	// workers; in every process, for /status without a key).
+	TokenClient *tokensvc.Client
+	Registry    *prometheus.Registry
 	// HTTPAddr is the address the HTTP server listens on (resolved port).
 	HTTPAddr string
 	// NATSURL is the URL clients use to reach this daemon's NATS.
@@ -158,9 +219,11 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	keys, err := token.LoadKeyring(cfg.KeyFile)
-	if err != nil {
-		return nil, err
+	var keys *token.Keyring
+	if cfg.KeyFile != "" {
+		if keys, err = token.LoadKeyring(cfg.KeyFile); err != nil {
+			return nil, err
+		}
 	}
 	d := &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry()}
 	// On any failure below, undo what was started (the named result is
@@ -198,29 +261,44 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	if d.Accounts, err = account.OpenRegistry(ctx, d.JS); err != nil {
 		return nil, err
 	}
-	if d.Store, err = token.OpenStore(ctx, d.JS, keys); err != nil {
-		return nil, err
+	if keys != nil {
+		if d.Store, err = token.OpenStore(ctx, d.JS, keys); err != nil {
+			return nil, err
+		}
 	}
-	d.Tokens = token.NewSource(token.SourceConfig{Store: d.Store, Accounts: d.Accounts, Margin: cfg.RefreshMargin, Log: log})
+	if cfg.Has(RoleTokens) {
+		d.TokenService, err = tokensvc.Start(tokensvc.Config{
+			NC: d.NC, Store: d.Store, Accounts: d.Accounts, Margin: cfg.RefreshMargin,
+			Clock: cfg.Clock, Instance: cfg.Instance, Registerer: d.Registry, Log: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	// Workers ask again at half the refresh margin: by then the
+	// refresher has normally renewed the token and nobody waits.
+	d.TokenClient = tokensvc.NewClient(tokensvc.ClientConfig{NC: d.NC, Margin: cfg.RefreshMargin / 2, Now: cfg.Clock.Now})
 
-	w := relay.New(relay.Deps{
-		JS: d.JS, Accounts: d.Accounts, Tokens: d.Tokens, Transport: cfg.Transport,
-		Registry: d.Registry, Log: log,
-	}, relay.Config{
-		Workers: cfg.Workers, AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver,
-		Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace,
-	})
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d.stopWorker = cancel
-	d.workerDone = make(chan error, 1)
-	go func() { d.workerDone <- w.Run(wctx) }()
+	if cfg.Has(RoleWorkers) {
+		w := relay.New(relay.Deps{
+			JS: d.JS, Accounts: d.Accounts, Tokens: d.TokenClient, Transport: cfg.Transport,
+			Registry: d.Registry, Log: log,
+		}, relay.Config{
+			Workers: cfg.Workers, AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver,
+			Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace,
+		})
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		d.stopWorker = cancel
+		d.workerDone = make(chan error, 1)
+		go func() { d.workerDone <- w.Run(wctx) }()
+	}
 
 	if cfg.HTTPAddr != "off" {
 		if err := d.serveHTTP(); err != nil {
 			return nil, err
 		}
 	}
-	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Int("workers", cfg.Workers).Msg("relay serving")
+	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Str("roles", cfg.Roles).Int("workers", cfg.Workers).Msg("relay serving")
 	return d, nil
 }
 
@@ -244,13 +322,18 @@ func (d *Daemon) serveHTTP() error {
 }
 
 // Close stops the daemon: workers first (in-flight sends get the grace
-// period), then HTTP, NATS and the embedded server. Safe to call twice.
+// period), then the token service (refreshes in flight are abandoned; their
+// leases expire and another replica takes over), HTTP, NATS and the
+// embedded server. Safe to call twice.
 func (d *Daemon) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
 		if d.stopWorker != nil {
 			d.stopWorker()
 			err = <-d.workerDone
+		}
+		if d.TokenService != nil {
+			err = errors.Join(err, d.TokenService.Close())
 		}
 		if d.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

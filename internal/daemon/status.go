@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"relay365/internal/queue"
+	"relay365/internal/token/tokensvc"
 )
 
 // AccountStatus is one account on /status. It never holds a secret.
@@ -17,10 +18,13 @@ type AccountStatus struct {
 	Mailbox     string    `json:"mailbox"`
 	SMTP        string    `json:"smtp"`
 	Auth        string    `json:"auth"`
-	TokenState  string    `json:"token_state"`
+	TokenState  string    `json:"token_state"` // healthy, needs_consent, config_error, transient, missing, unreadable, unknown
 	TokenExpiry time.Time `json:"token_expiry,omitzero"`
 	LastRefresh time.Time `json:"last_refresh,omitzero"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
+	ErrorCodes  []int     `json:"error_codes,omitempty"` // AADSTS codes of the last failure
+	Remedy      string    `json:"remedy,omitempty"`
 }
 
 // Status is the /status document.
@@ -49,16 +53,41 @@ func (d *Daemon) Snapshot(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, err
 	}
+	tokens, terr := d.tokenStates(ctx)
 	for _, a := range accts {
-		as := AccountStatus{Alias: a.Alias, Mailbox: a.Mailbox, SMTP: a.SMTPAddr, Auth: "OAuth2 (XOAUTH2)", TokenState: "missing"}
-		if rec, _, err := d.Store.Get(ctx, a.Alias); err == nil {
-			as.TokenState, as.TokenExpiry, as.LastRefresh, as.LastError = string(rec.State), rec.Expiry, rec.LastRefresh, rec.LastError
-		} else {
-			as.LastError = err.Error()
+		auth := "OAuth2 delegated (XOAUTH2)"
+		if a.AppOnly {
+			auth = "OAuth2 app-only (XOAUTH2)"
+		}
+		as := AccountStatus{Alias: a.Alias, Mailbox: a.Mailbox, SMTP: a.SMTPAddr, Auth: auth, TokenState: "unknown"}
+		if t, ok := tokens[a.Alias]; ok {
+			as.TokenState, as.TokenExpiry, as.LastRefresh, as.NextAttempt = t.State, t.Expiry, t.LastRefresh, t.NextAttempt
+			as.LastError, as.ErrorCodes, as.Remedy = t.LastError, t.ErrorCodes, t.Remedy
+		} else if terr != nil {
+			as.LastError = terr.Error()
 		}
 		st.Accounts = append(st.Accounts, as)
 	}
 	return st, nil
+}
+
+// tokenStates reads token states from the store when this process holds
+// the key, else asks the token service.
+func (d *Daemon) tokenStates(ctx context.Context) (map[string]tokensvc.AccountStatus, error) {
+	var list []tokensvc.AccountStatus
+	var err error
+	if d.Store != nil {
+		list, err = tokensvc.Collect(ctx, d.Accounts, d.Store, d.cfg.Clock.Now())
+	} else {
+		var rep tokensvc.StatusReply
+		rep, err = d.TokenClient.Status(ctx)
+		list = rep.Accounts
+	}
+	out := make(map[string]tokensvc.AccountStatus, len(list))
+	for _, a := range list {
+		out[a.Account] = a
+	}
+	return out, err
 }
 
 func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
@@ -87,9 +116,11 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not ready: NATS disconnected", http.StatusServiceUnavailable)
 		return
 	}
-	if _, err := d.JS.Consumer(ctx, queue.StreamMail, queue.Consumer); err != nil {
-		http.Error(w, "not ready: consumer not bound: "+err.Error(), http.StatusServiceUnavailable)
-		return
+	if d.cfg.Has(RoleWorkers) {
+		if _, err := d.JS.Consumer(ctx, queue.StreamMail, queue.Consumer); err != nil {
+			http.Error(w, "not ready: consumer not bound: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 	}
 	for _, a := range st.Accounts {
 		if a.TokenState == "healthy" || a.TokenState == "transient" {

@@ -8,13 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
+
+	"relay365/internal/testutil"
 )
 
 func TestSMTPCapabilities(t *testing.T) {
@@ -415,26 +416,8 @@ func TestOpenConnsAndClose(t *testing.T) {
 	}
 }
 
-// lockedBuffer is an io.Writer safe for the server's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestActivityLogHasNoSecrets(t *testing.T) {
-	var logs lockedBuffer
+	var logs testutil.Buffer
 	logger := zerolog.New(&logs).Level(zerolog.DebugLevel)
 	s := startServer(t, Config{Logger: &logger})
 	tok := signIn(t, oauthConfig(s, smtpScope, "offline_access"), testMailbox)

@@ -13,6 +13,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,8 +25,11 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
 
 	"relay365/internal/account"
+	"relay365/internal/clock"
 	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
@@ -58,6 +62,7 @@ type Config struct {
 type Sandbox struct {
 	Fake   *fakeo365.Server
 	Daemon *daemon.Daemon
+	clock  clock.Clock
 }
 
 // Start brings everything up and connects the sandbox account.
@@ -77,7 +82,10 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 			return nil, err
 		}
 	}
-	s := &Sandbox{}
+	s := &Sandbox{clock: cfg.Daemon.Clock}
+	if s.clock == nil {
+		s.clock = clock.Real()
+	}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -88,6 +96,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 	fc.MailDir = filepath.Join(cfg.DataDir, "mail")
 	if fc.DefaultMailbox == "" {
 		fc.DefaultMailbox = Mailbox
+	}
+	if fc.Now == nil {
+		fc.Now = s.clock.Now // one clock for the fake and the token service
 	}
 	if err := os.MkdirAll(fc.Dir, 0o700); err != nil {
 		return nil, err
@@ -106,44 +117,62 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 	if s.Daemon, err = daemon.Start(ctx, dc, log); err != nil {
 		return nil, err
 	}
-	if err := s.connect(ctx); err != nil {
+	if err := s.Connect(ctx); err != nil {
 		return nil, fmt.Errorf("connecting the sandbox account: %w", err)
 	}
 	log.Info().Str("account", Account).Str("mailbox", Mailbox).Msg("sandbox account connected through consent and a test mail")
 	return s, nil
 }
 
-// connect runs the real consent path against the fake: the "browser" is an
+// Connect runs the real consent path against the fake: the "browser" is an
 // HTTP client that follows the authorization URL to our redirect listener.
-func (s *Sandbox) connect(ctx context.Context) error {
-	acct := account.Account{
-		Alias: Account, Mailbox: Mailbox, Tenant: Tenant, Authority: s.Fake.AuthorityURL(),
-		ClientID: ClientID, SMTPAddr: s.Fake.SMTPAddr(), CAFile: s.Fake.CAFile(),
-	}
-	acct.Normalize()
+// Start does it once; calling it again is a re-consent (after a
+// revocation), which workers pick up without a restart.
+func (s *Sandbox) Connect(ctx context.Context) error {
+	acct := s.account(Account, Mailbox, false)
 	authURL, tokenURL, _ := acct.Endpoints()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	tok, err := consent.Browser{
 		ClientID: ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: Mailbox,
-	}.Run(ctx, func(u string) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return fmt.Errorf("following the sign-in URL: %w", err)
-		}
-		resp.Body.Close()
-		return nil
-	})
+	}.Run(ctx, s.Fake.SignIn(ctx))
 	if err != nil {
 		return err
 	}
+	return s.enroller().Enroll(ctx, acct, tok, "", "")
+}
+
+// ConnectApp adds an app-only account (client credentials) sending as
+// mailbox: it registers a confidential app with a fresh secret in the fake,
+// takes a token, and enrolls the account with the secret sealed in its
+// token record, as `authtool app` does.
+func (s *Sandbox) ConnectApp(ctx context.Context, alias, mailbox string) error {
+	acct := s.account(alias, mailbox, true)
+	acct.ClientID = "app-" + alias
+	secret := rand.Text()
+	s.Fake.RegisterApp(acct.ClientID, secret)
+	_, tokenURL, _ := acct.Endpoints()
+	cc := clientcredentials.Config{ClientID: acct.ClientID, ClientSecret: secret, TokenURL: tokenURL, Scopes: acct.Scopes, AuthStyle: oauth2.AuthStyleInParams}
+	tok, err := cc.Token(ctx)
+	if err != nil {
+		return err
+	}
+	return s.enroller().Enroll(ctx, acct, tok, secret, "")
+}
+
+func (s *Sandbox) account(alias, mailbox string, appOnly bool) account.Account {
+	acct := account.Account{
+		Alias: alias, Mailbox: mailbox, Tenant: Tenant, Authority: s.Fake.AuthorityURL(), AppOnly: appOnly,
+		ClientID: ClientID, SMTPAddr: s.Fake.SMTPAddr(), CAFile: s.Fake.CAFile(),
+	}
+	acct.Normalize()
+	return acct
+}
+
+func (s *Sandbox) enroller() consent.Enroller {
 	return consent.Enroller{
-		Accounts: s.Daemon.Accounts, Store: s.Daemon.Store, Transport: &relay.Transport{},
-	}.Enroll(ctx, acct, tok, "", "")
+		Accounts: s.Daemon.Accounts, Store: s.Daemon.Store, Transport: &relay.Transport{}, Now: s.clock.Now,
+	}
 }
 
 // Captured is one message on GET /sandbox/messages.

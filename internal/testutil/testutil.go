@@ -24,12 +24,15 @@ func (b *Buffer) Write(p []byte) (int, error) {
 	return b.b.Write(p)
 }
 
-// String returns what was written so far.
-func (b *Buffer) String() string {
+// Bytes is a copy of everything written so far.
+func (b *Buffer) Bytes() []byte {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.b.String()
+	return bytes.Clone(b.b.Bytes())
 }
+
+// String is everything written so far.
+func (b *Buffer) String() string { return string(b.Bytes()) }
 
 // Eventually checks cond every 10ms until it holds, failing the test when
 // ctx ends first.

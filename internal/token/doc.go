@@ -80,9 +80,19 @@
 // a person has to run authtool login again. The same holds if the KV write
 // fails for another reason (logged as an error).
 //
+// Source.Close abandons refreshes in flight, as a crash would: a request
+// still waiting for the identity platform is cancelled and nothing is
+// written, so the refresh token was never spent, the lease simply expires
+// and another token service takes over (internal/token/tokensvc's
+// refresher waits for LeaseUntil). A refresh whose answer has already
+// arrived is still stored (with its own short deadline), so a graceful
+// stop never loses a rotated refresh token; only a real crash has the
+// window above.
+//
 // # Seam
 //
-// Source is in-process. The NATS micro service relay-tokens will wrap it
-// (Token/ForceRefresh per account) and workers will use its client through
-// the same two methods.
+// Source is in-process. The NATS micro service relay-tokens
+// (internal/token/tokensvc) wraps it: token.get is Token, token.refresh is
+// ForceRefreshSince; SourceConfig.OnRefresh feeds its metrics and events.
+// Workers use tokensvc.Client through the same two methods.
 package token

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"relay365/internal/account"
+	"relay365/internal/flight"
 )
 
 // AccessToken is a usable access token for one mailbox. Printing it with
@@ -29,6 +30,10 @@ type AccessToken struct {
 	Token   string
 	Expiry  time.Time
 	Mailbox string
+	// Issued is when the token was obtained (the record's LastRefresh). A
+	// caller whose token was refused passes it to ForceRefreshSince, so a
+	// refresh that happened after it is reused instead of repeated.
+	Issued time.Time
 }
 
 // String is a redacted description.
@@ -62,12 +67,47 @@ type SourceConfig struct {
 	// LeaseTTL bounds how long one refresher may hold an account's refresh
 	// before others take over (default 60s).
 	LeaseTTL time.Duration
+	// Instance names this process in leases (LeaseOwner is
+	// "<instance>/<random>") and logs; default "relay".
+	Instance string
+	// OnRefresh, if set, is called after every call to the identity
+	// platform that got an answer (or a network failure), with what it
+	// changed. It runs on the refreshing goroutine: keep it short.
+	OnRefresh func(Outcome)
+}
+
+// Outcome is one refresh attempt as reported to SourceConfig.OnRefresh.
+// It holds no secrets.
+type Outcome struct {
+	Account string
+	// Err is nil when the identity platform issued a token; otherwise the
+	// classified failure (Class is the result).
+	Err *IdentityError
+	// From and To are the record's state before and after.
+	From, To State
+	// Expiry of the access token stored after the attempt.
+	Expiry time.Time
+	// FailCount and NextAttempt after the attempt (transient backoff).
+	FailCount   int
+	NextAttempt time.Time
+	Forced      bool
+	Rotated     bool // a new refresh token was issued and kept
+	AppOnly     bool
+}
+
+// Result is the bounded label of the outcome: "ok" or the failure class.
+func (o Outcome) Result() string {
+	if o.Err == nil {
+		return "ok"
+	}
+	return string(o.Err.Class)
 }
 
 const (
 	defaultMargin   = 5 * time.Minute
 	defaultLeaseTTL = 60 * time.Second
 	defaultHTTPTime = 30 * time.Second
+	storeTimeout    = 10 * time.Second
 	maxRounds       = 8
 	backoffBase     = 2 * time.Second
 	backoffMax      = 5 * time.Minute
@@ -84,9 +124,15 @@ type Source struct {
 	hc       *http.Client
 	now      func() time.Time
 	log      zerolog.Logger
+	instance string
+	observe  func(Outcome)
 
-	mu      sync.Mutex
-	flights map[flightKey]*flight
+	// base bounds every refresh; Close cancels it (a stopping process
+	// abandons its refreshes rather than finishing them unobserved).
+	base   context.Context
+	cancel context.CancelFunc
+
+	flights flight.Group[flightKey, AccessToken]
 
 	proxyMu sync.Mutex
 	proxies map[string]*http.Client
@@ -95,12 +141,6 @@ type Source struct {
 type flightKey struct {
 	alias string
 	force bool
-}
-
-type flight struct {
-	done chan struct{}
-	tok  AccessToken
-	err  error
 }
 
 // NewSource builds a Source. Store and Accounts are required.
@@ -116,8 +156,16 @@ func NewSource(cfg SourceConfig) *Source {
 		hc:       cfg.HTTPClient,
 		now:      cfg.Now,
 		log:      cfg.Log.With().Str("component", "token").Logger(),
-		flights:  map[flightKey]*flight{},
+		instance: cfg.Instance,
+		observe:  cfg.OnRefresh,
 		proxies:  map[string]*http.Client{},
+	}
+	s.base, s.cancel = context.WithCancel(context.Background())
+	if s.instance == "" {
+		s.instance = "relay"
+	}
+	if s.observe == nil {
+		s.observe = func(Outcome) {}
 	}
 	if s.margin <= 0 {
 		s.margin = defaultMargin
@@ -154,12 +202,30 @@ func (s *Source) Token(ctx context.Context, alias string) (AccessToken, error) {
 	return s.join(ctx, flightKey{alias: alias}, time.Time{})
 }
 
+// Close abandons refreshes in flight (their callers get an error; a lease
+// taken stays until it expires, exactly as if the process had crashed) and
+// makes later refreshes fail at once. Reads of valid tokens still work.
+func (s *Source) Close() { s.cancel() }
+
+// Margin is how long before expiry a token is refreshed.
+func (s *Source) Margin() time.Duration { return s.margin }
+
 // ForceRefresh refreshes now even though the stored token looks valid
 // (e.g. after SMTP 535 5.7.3), unless another refresh finished after this
 // call started, whose token it then returns. Blocked accounts return their
 // *IdentityError without calling the identity platform.
 func (s *Source) ForceRefresh(ctx context.Context, alias string) (AccessToken, error) {
-	since := s.now()
+	return s.ForceRefreshSince(ctx, alias, time.Time{})
+}
+
+// ForceRefreshSince is ForceRefresh for a caller whose token, issued at
+// since (AccessToken.Issued), was refused: a token refreshed after since is
+// returned without another refresh, so many workers refused at once cause
+// one refresh. A zero or future since means "now".
+func (s *Source) ForceRefreshSince(ctx context.Context, alias string, since time.Time) (AccessToken, error) {
+	if now := s.now(); since.IsZero() || since.After(now) {
+		since = now
+	}
 	acct, err := s.accounts.Get(ctx, alias)
 	if err != nil {
 		return AccessToken{}, err
@@ -176,31 +242,14 @@ func (s *Source) ForceRefresh(ctx context.Context, alias string) (AccessToken, e
 
 // join runs at most one refresh per (account, force) in this process; late
 // callers wait for the running one. The refresh itself is detached from
-// the callers' cancellation (bounded by the lease), so a cancelled caller
-// never leaves a rotated refresh token unwritten.
+// the callers' cancellation (bounded by the lease and by Close), so a
+// cancelled caller never leaves a rotated refresh token unwritten.
 func (s *Source) join(ctx context.Context, key flightKey, since time.Time) (AccessToken, error) {
-	s.mu.Lock()
-	f, ok := s.flights[key]
-	if !ok {
-		f = &flight{done: make(chan struct{})}
-		s.flights[key] = f
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.leaseTTL+30*time.Second)
-		go func() {
-			defer cancel()
-			f.tok, f.err = s.refresh(fctx, key.alias, key.force, since)
-			s.mu.Lock()
-			delete(s.flights, key)
-			s.mu.Unlock()
-			close(f.done)
-		}()
-	}
-	s.mu.Unlock()
-	select {
-	case <-f.done:
-		return f.tok, f.err
-	case <-ctx.Done():
-		return AccessToken{}, ctx.Err()
-	}
+	return s.flights.Do(ctx, key, func() (AccessToken, error) {
+		fctx, cancel := context.WithTimeout(s.base, s.leaseTTL+30*time.Second)
+		defer cancel()
+		return s.refresh(fctx, key.alias, key.force, since)
+	})
 }
 
 func usable(rec Record, now time.Time, margin time.Duration) bool {
@@ -212,7 +261,7 @@ func stillValid(rec Record, now time.Time) bool {
 }
 
 func tokenOf(rec Record, acct account.Account) AccessToken {
-	return AccessToken{Token: rec.AccessToken, Expiry: rec.Expiry, Mailbox: acct.Mailbox}
+	return AccessToken{Token: rec.AccessToken, Expiry: rec.Expiry, Mailbox: acct.Mailbox, Issued: rec.LastRefresh}
 }
 
 // decide answers from the stored record alone when it can; done=false
@@ -242,9 +291,22 @@ func blockedError(rec Record, acct account.Account) *IdentityError {
 }
 
 func transientError(rec Record, acct account.Account, now time.Time) *IdentityError {
-	e := &IdentityError{Err: rec.ErrorName, Codes: rec.ErrorCodes, Class: StateTransient, RetryAfter: rec.NextAttempt.Sub(now)}
+	e := &IdentityError{Err: rec.ErrorName, Codes: rec.ErrorCodes, Class: StateTransient, RetryAfter: max(rec.NextAttempt.Sub(now), 0)}
 	e.Remedy = remedy(e, acct.Alias, acct.AppOnly)
 	return e
+}
+
+// Problem is the failure recorded on r as the typed error callers get,
+// with the remedy for acct (for status pages and the token.status
+// endpoint); nil when the last refresh succeeded.
+func (r Record) Problem(acct account.Account, now time.Time) *IdentityError {
+	switch {
+	case r.State.Blocking():
+		return blockedError(r, acct)
+	case r.FailCount > 0 || r.State == StateTransient:
+		return transientError(r, acct, now)
+	}
+	return nil
 }
 
 // refresh is the body of one flight: re-read, take the lease with a
@@ -280,7 +342,7 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 			}
 			continue
 		}
-		owner := newLeaseID()
+		owner := s.newLeaseID()
 		leased := rec
 		leased.LeaseOwner, leased.LeaseUntil = owner, now.Add(s.leaseTTL)
 		lrev, err := s.store.Update(ctx, leased, rev)
@@ -295,10 +357,17 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 	return AccessToken{}, fmt.Errorf("token refresh of account %s did not settle: the record kept changing or another process holds the refresh (transient, retry later)", alias)
 }
 
-func newLeaseID() string {
+func (s *Source) newLeaseID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return s.instance + "/" + hex.EncodeToString(b[:])
+}
+
+// LeaseInstance is the Instance of the process holding a record's lease
+// ("" when none is recorded).
+func LeaseInstance(rec Record) string {
+	inst, _, _ := strings.Cut(rec.LeaseOwner, "/")
+	return inst
 }
 
 // exchangeAndStore calls the identity platform for rec (whose lease we hold
@@ -309,6 +378,12 @@ func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec
 	ectx, cancel := context.WithTimeout(ctx, max(s.leaseTTL-5*time.Second, s.leaseTTL/2))
 	tok, err := s.exchange(ectx, acct, rec)
 	cancel()
+	if err != nil && ctx.Err() != nil {
+		// Closing: leave the lease to expire, as a crash would, and report
+		// nothing (no answer was learnt).
+		log.Warn().Msg("token refresh abandoned: the token service is stopping; another one takes over when the lease ends")
+		return AccessToken{}, fmt.Errorf("token refresh of account %s abandoned: %w", acct.Alias, ctx.Err())
+	}
 	if err != nil {
 		return s.recordFailure(ctx, acct, rec, lrev, Classify(err), force)
 	}
@@ -318,38 +393,52 @@ func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec
 	if tok.RefreshToken != "" {
 		next.RefreshToken = tok.RefreshToken // rotated; keep only the newest
 	}
-	next.Expiry = start.Add(lifetime(tok))
+	next.Expiry = start.Add(Lifetime(tok))
 	next.LastRefresh = s.now()
 	next.State, next.LastError, next.FailCount = StateHealthy, "", 0
 	next.ErrorName, next.ErrorCodes, next.NextAttempt = "", nil, time.Time{}
 	next.LeaseOwner, next.LeaseUntil = "", time.Time{}
-	at := AccessToken{Token: next.AccessToken, Expiry: next.Expiry, Mailbox: acct.Mailbox}
 	rotated := tok.RefreshToken != "" && tok.RefreshToken != rec.RefreshToken
+	// The rotated refresh token must reach the store even if the service
+	// is being stopped right now (Close): only a crash may lose it.
+	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+	at := s.storeResult(wctx, log, acct, rec, next, lrev, rotated, force)
+	wcancel()
+	s.observe(Outcome{Account: acct.Alias, From: rec.State, To: StateHealthy, Expiry: next.Expiry,
+		Forced: force, Rotated: rotated, AppOnly: acct.AppOnly})
+	return at, nil
+}
 
+// storeResult writes a successful refresh (next) over rec, whose lease we
+// hold at lrev, and returns the token callers get: ours, or a newer one
+// stored concurrently. A failed write is logged, not returned: the new
+// access token is usable now.
+func (s *Source) storeResult(ctx context.Context, log zerolog.Logger, acct account.Account, rec, next Record, lrev uint64, rotated, force bool) AccessToken {
+	at := tokenOf(next, acct)
 	rev := lrev
 	for range 3 {
 		_, err := s.store.Update(ctx, next, rev)
 		if err == nil {
 			log.Info().Time("expiry", next.Expiry).Bool("rotated", rotated).Bool("forced", force).
 				Str("key_id", s.store.keys.CurrentID()).Msg("token refreshed")
-			return at, nil
+			return at
 		}
 		if !errors.Is(err, ErrConflict) {
 			// The old refresh token stays valid in Entra for a while, so the
 			// next refresh recovers; the new access token is usable now.
 			log.Error().Err(err).Msg("token refreshed but the result could not be stored; the next refresh uses the previous refresh token")
-			return at, nil
+			return at
 		}
 		cur, crev, gerr := s.store.Get(ctx, acct.Alias)
 		if gerr != nil {
 			log.Error().Err(gerr).Msg("token refreshed, store conflict, and re-read failed")
-			return at, nil
+			return at
 		}
 		now := s.now()
 		switch {
 		case usable(cur, now, s.margin) && !cur.State.Blocking():
 			log.Info().Msg("token refreshed concurrently elsewhere; using the stored one")
-			return tokenOf(cur, acct), nil
+			return tokenOf(cur, acct)
 		case cur.RefreshToken == rec.RefreshToken:
 			// Only lease/state fields changed (e.g. our lease expired and
 			// another process recorded a failure): our result is newer.
@@ -359,11 +448,11 @@ func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec
 			// A newer refresh token was stored (consent, another refresher)
 			// without a usable access token: do not overwrite it.
 			log.Warn().Msg("token refreshed but a newer refresh token was stored meanwhile; keeping the stored one")
-			return at, nil
+			return at
 		}
 	}
 	log.Error().Msg("token refreshed but the record kept changing; result not stored")
-	return at, nil
+	return at
 }
 
 // recordFailure stores the classified failure on the record (CAS on the
@@ -397,12 +486,15 @@ func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Re
 	}
 	ev.Str("account", acct.Alias).Str("class", string(ie.Class)).Str("oauth_error", ie.Err).Ints("error_codes", ie.Codes).
 		Int("http_status", ie.Status).Int("fail_count", f.FailCount).Str("state", string(f.State)).
-		Dur("retry_in", ie.RetryAfter).Str("trace_id", ie.TraceID).Str("correlation_id", ie.CorrelationID).
+		Str("prev_state", string(rec.State)).Dur("retry_in", ie.RetryAfter).Str("trace_id", ie.TraceID).
+		Str("correlation_id", ie.CorrelationID).Str("remedy", ie.Remedy).
 		Str("error", f.LastError).Msg("token refresh failed")
 
 	if _, err := s.store.Update(ctx, f, lrev); err != nil {
 		s.log.Warn().Str("account", acct.Alias).Err(err).Msg("could not record the refresh failure")
 	}
+	s.observe(Outcome{Account: acct.Alias, Err: ie, From: rec.State, To: f.State, Expiry: rec.Expiry,
+		FailCount: f.FailCount, NextAttempt: f.NextAttempt, Forced: force, AppOnly: acct.AppOnly})
 	if !ie.Class.Blocking() && !force && stillValid(rec, now) {
 		return tokenOf(rec, acct), nil
 	}
@@ -420,9 +512,10 @@ func backoff(n int, retryAfter time.Duration) time.Duration {
 	return max(d, retryAfter)
 }
 
-// lifetime is the token's lifetime as announced by expires_in, measured
-// from before the request (conservative, and independent of clock skew).
-func lifetime(tok *oauth2.Token) time.Duration {
+// Lifetime is the token's lifetime as announced by expires_in, to be
+// measured from before the request (conservative, and independent of clock
+// skew). Without expires_in it falls back to Expiry, then to one hour.
+func Lifetime(tok *oauth2.Token) time.Duration {
 	if tok.ExpiresIn > 0 {
 		return time.Duration(tok.ExpiresIn) * time.Second
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -19,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/testutil"
 )
 
 // fakeIdP is a minimal Microsoft identity platform token endpoint:
@@ -177,23 +179,6 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is one "process": its own NATS connection, registry, store, source.
 type env struct {
 	js    jetstream.JetStream
@@ -207,14 +192,14 @@ type harness struct {
 	ctx   context.Context
 	idp   *fakeIdP
 	clock *fakeClock
-	logs  *syncBuffer
+	logs  *testutil.Buffer
 	keys  *Keyring
 	url   string
 }
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{t: t, ctx: testCtx(t), idp: newFakeIdP(t), clock: newClock(), logs: &syncBuffer{}, keys: testKeyring(t, "k1")}
+	h := &harness{t: t, ctx: testCtx(t), idp: newFakeIdP(t), clock: newClock(), logs: &testutil.Buffer{}, keys: testKeyring(t, "k1")}
 	h.url = startServer(t)
 	t.Cleanup(func() { h.assertNoSecretsLogged() })
 	return h
@@ -735,5 +720,55 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 	_, err := p.src.Token(h.ctx, "alerts")
 	if err == nil || strings.Contains(err.Error(), "SECRET") {
 		t.Fatalf("error: %v", err)
+	}
+}
+
+// closeOnBody runs onClose when the response body is closed, i.e. once the
+// token endpoint's answer has been read.
+type closeOnBody struct {
+	base    http.RoundTripper
+	onClose func()
+}
+
+func (c closeOnBody) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.base.RoundTrip(r)
+	if err == nil {
+		resp.Body = &hookBody{ReadCloser: resp.Body, onClose: c.onClose}
+	}
+	return resp, err
+}
+
+type hookBody struct {
+	io.ReadCloser
+	onClose func()
+}
+
+func (b *hookBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.onClose()
+	return err
+}
+
+func TestCloseAfterTheAnswerStillStoresTheRotatedToken(t *testing.T) {
+	h := newHarness(t)
+	p := h.process()
+	old := h.consent(p, "alerts", false, h.clock.Now().Add(-time.Minute))
+	var src *Source
+	src = NewSource(SourceConfig{
+		Store: p.store, Accounts: p.reg, Now: h.clock.Now, Log: zerolog.New(h.logs),
+		HTTPClient: &http.Client{Transport: closeOnBody{base: http.DefaultTransport, onClose: func() { src.Close() }}},
+	})
+	tok, err := src.Token(h.ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _, _ := p.store.Get(h.ctx, "alerts")
+	if rec.RefreshToken == old.RefreshToken || rec.AccessToken != tok.Token || rec.LeaseOwner != "" {
+		t.Fatalf("stopping after the answer lost the rotated refresh token: %v", rec)
+	}
+	// Closed: no more refreshes.
+	h.clock.Advance(2 * time.Hour)
+	if _, err := src.Token(h.ctx, "alerts"); err == nil || h.idp.calls.Load() != 1 {
+		t.Fatalf("a closed Source refreshed: %v calls=%d", err, h.idp.calls.Load())
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/kvwatch"
 )
 
 // Bucket is the KV bucket holding one sealed Record per account alias.
@@ -336,4 +337,26 @@ func (s *Store) WaitChange(ctx context.Context, acct string, afterRev uint64) (R
 			return rec, e.Revision(), err
 		}
 	}
+}
+
+// Update is one change of the relay_tokens bucket seen by Watch.
+type Update struct {
+	Account  string
+	Revision uint64
+	Deleted  bool   // the record was deleted or purged
+	Record   Record // the opened record, when !Deleted and Err == nil
+	Err      error  // the value does not open (wrong key, moved, tampered)
+}
+
+// Watch delivers every stored record, then every change, until ctx ends;
+// then the channel is closed. Token services use it to keep gauges and
+// refresh schedules current without polling.
+func (s *Store) Watch(ctx context.Context) (<-chan Update, error) {
+	return kvwatch.Watch(ctx, s.kv, func(e kvwatch.Entry) Update {
+		u := Update{Account: e.Key, Revision: e.Revision, Deleted: e.Deleted}
+		if !u.Deleted {
+			u.Record, u.Err = s.decode(e.Key, e.Value)
+		}
+		return u
+	})
 }

@@ -1,0 +1,171 @@
+package tokensvc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"relay365/internal/flight"
+	"relay365/internal/token"
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	NC *nats.Conn
+	// Margin: a cached token expiring within it is asked for again. Keep
+	// it below the service's refresh margin (the daemon uses half), so the
+	// service has normally refreshed already when a worker asks. Default
+	// 150s.
+	Margin time.Duration
+	// Timeout bounds one request (a refresh may take up to the lease);
+	// default 90s. A shorter caller deadline wins.
+	Timeout time.Duration
+	// Now is the clock for cache expiry (default time.Now).
+	Now func() time.Time
+}
+
+// Client is the workers' view of the token service: it implements
+// relay.Tokens. Tokens are cached in memory per account and asked for
+// again only when they come within Margin of expiry or after ForceRefresh
+// (an authentication failure). Concurrent callers for one account share
+// one request. Errors are typed as the service sent them: a
+// *token.IdentityError (needs_consent, config_error, transient),
+// account.ErrNotFound or token.ErrNotFound; anything else (no token
+// service running, timeout) is temporary.
+type Client struct {
+	nc      *nats.Conn
+	margin  time.Duration
+	timeout time.Duration
+	now     func() time.Time
+
+	mu    sync.Mutex
+	cache map[string]token.AccessToken
+	calls flight.Group[callKey, token.AccessToken]
+}
+
+type callKey struct {
+	alias string
+	force bool
+}
+
+// NewClient builds a client; NC is required.
+func NewClient(cfg ClientConfig) *Client {
+	if cfg.NC == nil {
+		panic("tokensvc.NewClient: NC is required")
+	}
+	c := &Client{
+		nc: cfg.NC, margin: cfg.Margin, timeout: cfg.Timeout, now: cfg.Now,
+		cache: map[string]token.AccessToken{},
+	}
+	if c.margin <= 0 {
+		c.margin = 150 * time.Second
+	}
+	if c.timeout <= 0 {
+		c.timeout = 90 * time.Second
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return c
+}
+
+// Token returns a valid access token for the account.
+func (c *Client) Token(ctx context.Context, alias string) (token.AccessToken, error) {
+	c.mu.Lock()
+	tok, ok := c.cache[alias]
+	c.mu.Unlock()
+	if ok && tok.Expiry.After(c.now().Add(c.margin)) {
+		return tok, nil
+	}
+	return c.do(ctx, callKey{alias: alias}, SubjectGet, Request{Account: alias})
+}
+
+// ForceRefresh drops the cached token and asks the service for a new one
+// (after SMTP 535 5.7.3). The service refreshes at most once for all
+// callers refused with the same token.
+func (c *Client) ForceRefresh(ctx context.Context, alias string) (token.AccessToken, error) {
+	c.mu.Lock()
+	since := c.cache[alias].Issued
+	delete(c.cache, alias)
+	c.mu.Unlock()
+	return c.do(ctx, callKey{alias: alias, force: true}, SubjectRefresh, Request{Account: alias, Since: since})
+}
+
+// Status asks one token service replica for every account's token state.
+func (c *Client) Status(ctx context.Context) (StatusReply, error) {
+	var st StatusReply
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	msg, err := c.request(ctx, SubjectStatus, []byte("{}"))
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(msg.Data, &st); err != nil {
+		return st, fmt.Errorf("token service: token.status reply does not decode: %w", err)
+	}
+	return st, nil
+}
+
+// do runs one request per key at a time; callers arriving meanwhile share
+// it (package flight: a caller giving up does not fail the others).
+func (c *Client) do(ctx context.Context, key callKey, subject string, r Request) (token.AccessToken, error) {
+	tok, err := c.calls.Do(ctx, key, func() (token.AccessToken, error) {
+		rctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		defer cancel()
+		tok, err := c.fetch(rctx, subject, r)
+		c.remember(r.Account, tok, err)
+		return tok, err
+	})
+	if err != nil && ctx.Err() != nil {
+		return tok, fmt.Errorf("token service: waiting for the token of account %s: %w", r.Account, err)
+	}
+	return tok, err
+}
+
+// remember caches a newer token; an identity error drops the cached one.
+func (c *Client) remember(alias string, tok token.AccessToken, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err == nil:
+		if cur, ok := c.cache[alias]; !ok || !cur.Issued.After(tok.Issued) {
+			c.cache[alias] = tok
+		}
+	case errors.As(err, new(*token.IdentityError)):
+		delete(c.cache, alias)
+	}
+}
+
+func (c *Client) fetch(ctx context.Context, subject string, r Request) (token.AccessToken, error) {
+	body, _ := json.Marshal(r)
+	msg, err := c.request(ctx, subject, body)
+	if err != nil {
+		return token.AccessToken{}, err
+	}
+	var rep TokenReply
+	if err := json.Unmarshal(msg.Data, &rep); err != nil || rep.AccessToken == "" {
+		return token.AccessToken{}, fmt.Errorf("token service: %s reply for account %s does not decode", subject, r.Account)
+	}
+	return token.AccessToken{Token: rep.AccessToken, Expiry: rep.Expiry, Mailbox: rep.Mailbox, Issued: rep.Issued}, nil
+}
+
+// request sends one request and turns an error reply into its typed error.
+func (c *Client) request(ctx context.Context, subject string, body []byte) (*nats.Msg, error) {
+	msg, err := c.nc.RequestWithContext(ctx, subject, body)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, fmt.Errorf("token service: no replica answers %s (is a relay serve with --roles tokens running?): %w", subject, err)
+	case err != nil:
+		return nil, fmt.Errorf("token service: %s: %w", subject, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return nil, decodeError(code, msg.Header.Get(micro.ErrorHeader), msg.Data)
+	}
+	return msg, nil
+}
