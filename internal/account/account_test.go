@@ -246,3 +246,58 @@ func TestListCorruptRecordNamesAlias(t *testing.T) {
 		t.Fatalf("List with corrupt record: %v", err)
 	}
 }
+
+func TestWatch(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js := startJetStream(t)
+	reg, err := OpenRegistry(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := validAccount()
+	if err := reg.Put(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := reg.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() Change {
+		t.Helper()
+		select {
+		case c := <-changes:
+			return c
+		case <-ctx.Done():
+			t.Fatal("no change arrived")
+		}
+		return Change{}
+	}
+	// The existing account first, then what happens after.
+	if c := next(); c.Alias != "alerts" || c.Deleted || c.Err != nil || c.Account.Mailbox != a.Mailbox {
+		t.Fatalf("initial: %+v", c)
+	}
+	a.PerMinute = 10
+	if err := reg.Put(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Account.PerMinute != 10 {
+		t.Fatalf("update: %+v", c)
+	}
+	if err := reg.Delete(ctx, "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Alias != "alerts" || !c.Deleted {
+		t.Fatalf("delete: %+v", c)
+	}
+	kv, _ := js.KeyValue(ctx, Bucket)
+	if _, err := kv.Put(ctx, "broken", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Alias != "broken" || c.Err == nil {
+		t.Fatalf("corrupt record: %+v", c)
+	}
+	cancel()
+	for range changes {
+	}
+}

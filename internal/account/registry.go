@@ -126,6 +126,54 @@ func (r *Registry) Delete(ctx context.Context, alias string) error {
 	return nil
 }
 
+// Change is one event of Watch: an account written (Account set) or
+// removed (Deleted), or a record that does not decode (Err, with Alias).
+type Change struct {
+	Alias   string
+	Account Account
+	Deleted bool
+	Err     error
+}
+
+// Watch sends every account as it is now, then every change, until ctx
+// ends; then it closes the channel. It rides on a KV watch (an ordered
+// consumer that survives reconnects), so no polling. Workers use it to
+// start and stop per-account delivery as accounts come and go.
+func (r *Registry) Watch(ctx context.Context) (<-chan Change, error) {
+	w, err := r.kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch accounts: %w", err)
+	}
+	out := make(chan Change)
+	go func() {
+		defer close(out)
+		defer func() { _ = w.Stop() }()
+		for {
+			var e jetstream.KeyValueEntry
+			select {
+			case <-ctx.Done():
+				return
+			case e = <-w.Updates():
+			}
+			if e == nil {
+				continue // end of the initial values
+			}
+			c := Change{Alias: e.Key()}
+			if e.Operation() == jetstream.KeyValuePut {
+				c.Account, c.Err = decode(e.Key(), e.Value())
+			} else {
+				c.Deleted = true
+			}
+			select {
+			case out <- c:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
 func decode(alias string, b []byte) (Account, error) {
 	var a Account
 	if err := json.Unmarshal(b, &a); err != nil {
