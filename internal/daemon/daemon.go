@@ -1,6 +1,7 @@
 // Package daemon is `relay serve` as an importable whole: it connects to
 // (or embeds) NATS, opens the account registry and the sealed token store,
-// runs the workers and serves /metrics, /healthz, /readyz and /status.
+// runs the delivery engine (internal/relay) and serves /metrics, /healthz,
+// /readyz and /status.
 // Tests start it in process, exactly as the binary does.
 //
 // Start-up order matters: streams and buckets exist before workers bind, and
@@ -44,9 +45,9 @@ type Config struct {
 	KeyFile       string        // RELAY_TOKEN_KEY_FILE; required
 	HTTPAddr      string        // RELAY_HTTP_ADDR; default 127.0.0.1:9465; "off" disables
 	Replicas      int           // stream and bucket replicas; default 1
-	Workers       int           // concurrent deliveries; default 3
 	AckWait       time.Duration // default 60s
 	MaxDeliver    int           // default 50
+	MaxAckPending int           // per account; default 1000
 	RefreshMargin time.Duration // refresh access tokens this long before expiry; default 5m
 	ShutdownGrace time.Duration // default 30s
 	Retry, Pause  relay.Backoff // default relay.DefaultRetry, relay.DefaultPause
@@ -74,16 +75,20 @@ func (c *Config) Defaults() {
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
-	if c.Workers == 0 {
-		// Office 365 allows 3 connections per mailbox; until sessions are
-		// pooled per account, 3 workers keep one mailbox within it.
-		c.Workers = 3
-	}
 	if c.AckWait == 0 {
 		c.AckWait = 60 * time.Second
 	}
 	if c.MaxDeliver == 0 {
 		c.MaxDeliver = 50
+	}
+	if c.MaxAckPending == 0 {
+		c.MaxAckPending = 1000
+	}
+	if c.Retry.Base == 0 {
+		c.Retry = relay.DefaultRetry
+	}
+	if c.Pause.Base == 0 {
+		c.Pause = relay.DefaultPause
 	}
 	if c.RefreshMargin == 0 {
 		c.RefreshMargin = 5 * time.Minute
@@ -115,14 +120,20 @@ func (c *Config) Validate() error {
 	if c.Replicas != 1 && c.Replicas != 3 && c.Replicas != 5 {
 		errs = append(errs, fmt.Errorf("--replicas %d: want 1, 3 or 5", c.Replicas))
 	}
-	if c.Workers < 1 || c.Workers > 1000 {
-		errs = append(errs, fmt.Errorf("--workers %d: want 1 to 1000", c.Workers))
-	}
 	if c.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("--ack-wait %s: want at least 1s", c.AckWait))
 	}
 	if c.MaxDeliver < 2 {
 		errs = append(errs, fmt.Errorf("--max-deliver %d: want at least 2 (it must be finite; the last delivery dead-letters)", c.MaxDeliver))
+	}
+	if c.MaxAckPending < 1 {
+		errs = append(errs, fmt.Errorf("--max-ack-pending %d: want at least 1", c.MaxAckPending))
+	}
+	if err := c.Retry.Validate("--retry"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Pause.Validate("--pause"); err != nil {
+		errs = append(errs, err)
 	}
 	if c.RefreshMargin < time.Minute || c.RefreshMargin > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("--refresh-margin %s: want 1m to 30m (access tokens live 60-90 minutes)", c.RefreshMargin))
@@ -140,6 +151,7 @@ type Daemon struct {
 	Accounts *account.Registry
 	Store    *token.Store
 	Tokens   *token.Source
+	Engine   *relay.Engine
 	Registry *prometheus.Registry
 	// HTTPAddr is the address the HTTP server listens on (resolved port).
 	HTTPAddr string
@@ -201,24 +213,32 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (d *Daemon, err 
 	}
 	d.Tokens = token.NewSource(token.SourceConfig{Store: d.Store, Accounts: d.Accounts, Margin: cfg.RefreshMargin, Log: log})
 
-	w := relay.New(relay.Deps{
-		JS: d.JS, Accounts: d.Accounts, Tokens: d.Tokens, Transport: cfg.Transport,
+	d.Engine = relay.NewEngine(relay.Deps{
+		JS: d.JS, Accounts: d.Accounts, Tokens: d.Tokens, TokenStates: d.Store, Transport: cfg.Transport,
 		Registry: d.Registry, Log: log,
 	}, relay.Config{
-		Workers: cfg.Workers, AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver,
+		AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending,
 		Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace,
 	})
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.stopWorker = cancel
 	d.workerDone = make(chan error, 1)
-	go func() { d.workerDone <- w.Run(wctx) }()
+	go func() { d.workerDone <- d.Engine.Run(wctx) }()
+	select {
+	case <-d.Engine.Ready():
+	case err := <-d.workerDone:
+		d.workerDone <- err // for Close
+		return nil, fmt.Errorf("delivery engine: %w", err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 
 	if cfg.HTTPAddr != "off" {
 		if err := d.serveHTTP(); err != nil {
 			return nil, err
 		}
 	}
-	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Int("workers", cfg.Workers).Msg("relay serving")
+	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Msg("relay serving")
 	return d, nil
 }
 
@@ -241,8 +261,9 @@ func (d *Daemon) serveHTTP() error {
 	return nil
 }
 
-// Close stops the daemon: workers first (in-flight sends get the grace
-// period), then HTTP, NATS and the embedded server. Safe to call twice.
+// Close stops the daemon: delivery first (no more pulls; in-flight sends
+// get the grace period to finish and be acked), then HTTP, NATS and the
+// embedded server. Safe to call twice.
 func (d *Daemon) Close() error {
 	var err error
 	d.closeOnce.Do(func() {

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"relay365/internal/queue"
+	"relay365/internal/relay"
 )
 
 // AccountStatus is one account on /status. It never holds a secret.
@@ -21,6 +22,8 @@ type AccountStatus struct {
 	TokenExpiry time.Time `json:"token_expiry,omitzero"`
 	LastRefresh time.Time `json:"last_refresh,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
+	// Delivery is the account's lane: consumer, pause, connections.
+	Delivery *relay.LaneStatus `json:"delivery,omitempty"`
 }
 
 // Status is the /status document.
@@ -49,12 +52,21 @@ func (d *Daemon) Snapshot(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, err
 	}
+	lanes := map[string]relay.LaneStatus{}
+	if d.Engine != nil {
+		for _, l := range d.Engine.Status() {
+			lanes[l.Account] = l
+		}
+	}
 	for _, a := range accts {
 		as := AccountStatus{Alias: a.Alias, Mailbox: a.Mailbox, SMTP: a.SMTPAddr, Auth: "OAuth2 (XOAUTH2)", TokenState: "missing"}
 		if rec, _, err := d.Store.Get(ctx, a.Alias); err == nil {
 			as.TokenState, as.TokenExpiry, as.LastRefresh, as.LastError = string(rec.State), rec.Expiry, rec.LastRefresh, rec.LastError
 		} else {
 			as.LastError = err.Error()
+		}
+		if l, ok := lanes[a.Alias]; ok {
+			as.Delivery = &l
 		}
 		st.Accounts = append(st.Accounts, as)
 	}
@@ -74,7 +86,8 @@ func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
 	enc.Encode(st)
 }
 
-// readyz: NATS connected, the consumer bound, at least one account usable.
+// readyz: NATS connected, delivery running, at least one account with a
+// usable token whose consumer is bound.
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
@@ -87,15 +100,23 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not ready: NATS disconnected", http.StatusServiceUnavailable)
 		return
 	}
-	if _, err := d.JS.Consumer(ctx, queue.StreamMail, queue.Consumer); err != nil {
-		http.Error(w, "not ready: consumer not bound: "+err.Error(), http.StatusServiceUnavailable)
+	if !d.Engine.Running() {
+		http.Error(w, "not ready: delivery not running", http.StatusServiceUnavailable)
 		return
 	}
+	usable := false
 	for _, a := range st.Accounts {
 		if a.TokenState == "healthy" || a.TokenState == "transient" {
-			w.Write([]byte("ready\n"))
-			return
+			usable = true
+			if a.Delivery != nil && a.Delivery.Bound {
+				w.Write([]byte("ready\n"))
+				return
+			}
 		}
+	}
+	if usable {
+		http.Error(w, "not ready: no account's consumer bound yet", http.StatusServiceUnavailable)
+		return
 	}
 	http.Error(w, "not ready: no account with a usable token (run authtool login)", http.StatusServiceUnavailable)
 }

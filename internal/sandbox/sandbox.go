@@ -58,6 +58,7 @@ type Config struct {
 type Sandbox struct {
 	Fake   *fakeo365.Server
 	Daemon *daemon.Daemon
+	fake   fakeo365.Config
 }
 
 // Start brings everything up and connects the sandbox account.
@@ -77,7 +78,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (s *Sandbox, err
 			return nil, err
 		}
 	}
-	s = &Sandbox{}
+	s = &Sandbox{fake: cfg.Fake}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -109,6 +110,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (s *Sandbox, err
 	if err := s.connect(ctx); err != nil {
 		return nil, fmt.Errorf("connecting the sandbox account: %w", err)
 	}
+	if err := s.Daemon.Engine.WaitBound(ctx, Account); err != nil {
+		return nil, err
+	}
 	log.Info().Str("account", Account).Str("mailbox", Mailbox).Msg("sandbox account connected through consent and a test mail")
 	return s, nil
 }
@@ -119,6 +123,18 @@ func (s *Sandbox) connect(ctx context.Context) error {
 	acct := account.Account{
 		Alias: Account, Mailbox: Mailbox, Tenant: Tenant, Authority: s.Fake.AuthorityURL(),
 		ClientID: ClientID, SMTPAddr: s.Fake.SMTPAddr(), CAFile: s.Fake.CAFile(),
+		PerMinute: s.fake.PerMinute, PerDay: s.fake.PerDay, MaxConns: s.fake.MaxConns,
+	}
+	// The account's limits are the fake's, so the relay paces exactly as
+	// it would for Office 365; a limit the fake switched off (negative)
+	// is as good as none.
+	for _, n := range []*int{&acct.PerMinute, &acct.PerDay} {
+		if *n < 0 {
+			*n = 1 << 20
+		}
+	}
+	if acct.MaxConns < 0 {
+		acct.MaxConns = 10
 	}
 	acct.Normalize()
 	authURL, tokenURL, _ := acct.Endpoints()
