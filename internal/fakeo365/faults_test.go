@@ -101,7 +101,11 @@ func TestRevokeMailbox(t *testing.T) {
 	conf := oauthConfig(s, smtpScope, "offline_access")
 	revoked := signIn(t, conf, testMailbox)
 	other := signIn(t, conf, "ops@contoso.com")
+	open := authedClient(t, s, testMailbox, revoked.AccessToken)
 	s.RevokeMailbox(testMailbox)
+	if err := open.Noop(); err == nil {
+		t.Error("an authenticated connection of the revoked mailbox is still usable")
+	}
 
 	c := dialTLS(t, s)
 	wantSMTPError(t, c.Auth(&xoauth2Client{user: testMailbox, token: revoked.AccessToken}), 535, smtp.EnhancedCode{5, 7, 3})

@@ -95,6 +95,7 @@ type mailState struct {
 	randomFail    float64
 	randomDrop    float64
 	sessions      map[string]int          // mailbox → authenticated connections
+	authed        map[*session]struct{}   // the authenticated sessions themselves
 	history       map[string][]submission // mailbox → accepted in the last 24h
 	messages      []Message
 	msgSignal     chan struct{} // closed and replaced whenever a message is captured
@@ -107,6 +108,7 @@ func newMailState() mailState {
 		authDisabled:  make(map[string]bool),
 		quotaExceeded: make(map[string]bool),
 		sessions:      make(map[string]int),
+		authed:        make(map[*session]struct{}),
 		history:       make(map[string][]submission),
 		msgSignal:     make(chan struct{}),
 		replies:       make(map[string]int),
@@ -225,6 +227,7 @@ func (ss *session) authenticate(user, token string) error {
 	}
 	ss.user, ss.holdsSlot = user, true
 	s.sessions[key(user)]++
+	s.authed[ss] = struct{}{}
 	s.log.Info().Str("user", user).Str("tenant", at.tenant).Bool("app", at.mailbox == "").Msg("SMTP AUTH XOAUTH2 ok")
 	return nil
 }
@@ -250,6 +253,7 @@ func (ss *session) Logout() error {
 		s.sessions[key(ss.user)]--
 		ss.holdsSlot = false
 	}
+	delete(s.authed, ss)
 	return nil
 }
 

@@ -43,6 +43,8 @@ type setup struct {
 	engine    relay.Config
 	clock     *relaytest.Compressed // nil: wall clock
 	transport *relay.Transport
+	// beforeStart runs on the stream before the engine starts.
+	beforeStart func(ctx context.Context, js jetstream.JetStream)
 }
 
 // harness is a real embedded JetStream, the fake Office 365, the account
@@ -101,6 +103,11 @@ func newHarness(t *testing.T, s setup) *harness {
 
 	fc := s.fake
 	fc.Dir = t.TempDir()
+	if fc.PerMinute == 0 {
+		// The consent test mails count at the fake, not in the engine's
+		// pacer; tests that are about pacing set the limit explicitly.
+		fc.PerMinute = -1
+	}
 	if s.clock != nil {
 		fc.Now = s.clock.Now
 	}
@@ -137,6 +144,9 @@ func newHarness(t *testing.T, s setup) *harness {
 		deps.Clock = s.clock
 	}
 	h.engine = relay.NewEngine(deps, ec)
+	if s.beforeStart != nil {
+		s.beforeStart(ctx, h.js)
+	}
 	h.start()
 	t.Cleanup(func() {
 		h.stop()
@@ -305,4 +315,9 @@ func subject(format string, args ...any) string { return fmt.Sprintf(format, arg
 
 func msgFor(alias, id, subject string) *message.Message {
 	return &message.Message{ID: id, Account: alias, To: []string{"ops@fabrikam.com"}, Subject: subject, Text: "body of " + id}
+}
+
+// relaytestEnroll consents a again (after a revocation).
+func relaytestEnroll(h *harness, a account.Account) error {
+	return relaytest.Enroll(h.ctx, h.fake, h.accounts, h.store, a)
 }
