@@ -25,7 +25,7 @@ type attempt struct {
 	first     time.Time
 	started   time.Time // on the engine's clock
 	probe     bool      // the paused lane's probe message
-	duplicate bool // every transaction was already accepted earlier
+	duplicate bool      // every transaction was already accepted earlier
 }
 
 // messageID is the message's idempotency key: the JSON id, else the id a

@@ -161,4 +161,3 @@ func TestRevokedAccountDoesNotDelayOthers(t *testing.T) {
 		}
 	}
 }
-

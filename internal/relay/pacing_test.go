@@ -179,4 +179,3 @@ func TestPacerWindowsSurviveARestart(t *testing.T) {
 		t.Fatalf("a day later the whole budget is back: wait %s, %v", wait, err)
 	}
 }
-

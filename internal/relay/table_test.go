@@ -65,7 +65,9 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 		{reply: "504 5.7.4", act: actPause, class: relay.ClassConfig, inject: auth(reply(504, 5, 7, 4, "Unrecognized authentication type"), 1)},
 		{reply: "501 5.5.124", act: actPause, class: relay.ClassConfig, inject: auth(reply(501, 5, 5, 124, "Invalid XOAUTH2 client response."), 1)},
 		{reply: "530 5.7.57", act: actReconnect, class: relay.ClassSession,
-			inject: func(account.Account) { h.fake.SetNextMailReply(1, reply(530, 5, 7, 57, "Client not authenticated to send mail.")) }},
+			inject: func(account.Account) {
+				h.fake.SetNextMailReply(1, reply(530, 5, 7, 57, "Client not authenticated to send mail."))
+			}},
 		{reply: "421 4.7.66", act: actPause, class: relay.ClassConfig, inject: auth(reply(421, 4, 7, 66, "TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2."), 1)},
 		{reply: "432 4.3.2", act: actThrottle, class: relay.ClassThrottle, inject: data(reply(432, 4, 3, 2, "STOREDRV.ClientSubmit; sender thread limit exceeded"))},
 		{reply: "554 5.2.0 SubmissionQuotaExceeded", act: actPause, class: relay.ClassQuota,
@@ -74,9 +76,13 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 		{reply: "550 5.1.90", act: actPause, class: relay.ClassQuota, inject: data(reply(550, 5, 1, 90, "Your message can't be sent because you've reached your daily limit for message recipients"))},
 		{reply: "554 5.2.2", act: actPause, class: relay.ClassAccount, inject: data(reply(554, 5, 2, 2, "mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException"))},
 		{reply: "550 5.7.60 (policy rewrite)", act: actRewrite,
-			msg: func(a account.Account, subj string) (string, account.FromPolicy) { return "Ops <noreply@contoso.com>", account.FromRewrite }},
+			msg: func(a account.Account, subj string) (string, account.FromPolicy) {
+				return "Ops <noreply@contoso.com>", account.FromRewrite
+			}},
 		{reply: "550 5.7.60 (policy allow, no SendAs)", act: actDeadLetter, class: relay.ClassMessage,
-			msg: func(a account.Account, subj string) (string, account.FromPolicy) { return "Ops <noreply@contoso.com>", account.FromAllow }},
+			msg: func(a account.Account, subj string) (string, account.FromPolicy) {
+				return "Ops <noreply@contoso.com>", account.FromAllow
+			}},
 		{reply: "554 5.2.252", act: actDeadLetter, class: relay.ClassMessage, inject: data(reply(554, 5, 2, 252, "SendAsDenied; alerts@contoso.com not allowed to send as noreply@contoso.com"))},
 		{reply: "550 5.7.708", act: actTenant, class: relay.ClassTenant, inject: data(reply(550, 5, 7, 708, "Service unavailable. Access denied, traffic not accepted from this IP."))},
 		{reply: "550 5.7.705", act: actPause, class: relay.ClassTenant, inject: data(reply(550, 5, 7, 705, "Access denied, tenant has exceeded threshold."))},

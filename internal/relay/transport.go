@@ -60,9 +60,9 @@ type Session struct {
 	ep         Endpoint
 	user       string
 	token      string
-	pipelining bool      // the server offered PIPELINING (RFC 2920)
-	lastUsed   time.Time // for idle close
-	dirty      bool      // a transaction failed: RSET before the next (RFC 5321 §4.1.1.5)
+	pipelining bool        // the server offered PIPELINING (RFC 2920)
+	lastUsed   time.Time   // for idle close
+	dirty      bool        // a transaction failed: RSET before the next (RFC 5321 §4.1.1.5)
 	broken     atomic.Bool // the connection can no longer be trusted
 }
 
