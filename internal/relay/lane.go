@@ -69,7 +69,10 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 		done: make(chan struct{}), wake: make(chan struct{}, 1),
 		firstSeen: map[uint64]time.Time{},
 	}
-	l.pool = newPool(e.tr, e.cfg.IdleTimeout, func() { e.metrics.connections.WithLabelValues(a.Alias).Inc() })
+	l.pool = newPool(e.tr, e.cfg.IdleTimeout, func(s *Session) {
+		e.metrics.connections.WithLabelValues(a.Alias).Inc()
+		l.log.Debug().Bool("pipelining_offered", s.pipelining).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
+	})
 	e.metrics.paused.WithLabelValues(a.Alias).Set(0)
 	l.setAccount(a)
 	return l

@@ -24,7 +24,7 @@ var errPoolClosed = errors.New("session pool closed")
 type pool struct {
 	tr     *Transport
 	idle   time.Duration
-	onDial func()
+	onDial func(*Session)
 
 	mu     sync.Mutex
 	ep     Endpoint
@@ -36,7 +36,7 @@ type pool struct {
 	timer  *time.Timer
 }
 
-func newPool(tr *Transport, idle time.Duration, onDial func()) *pool {
+func newPool(tr *Transport, idle time.Duration, onDial func(*Session)) *pool {
 	return &pool{tr: tr, idle: idle, onDial: onDial}
 }
 
@@ -88,7 +88,7 @@ func (p *pool) get(ctx context.Context, token string) (*Session, error) {
 			return nil, err
 		}
 		if p.onDial != nil {
-			p.onDial()
+			p.onDial(s)
 		}
 		return s, nil
 	}

@@ -59,6 +59,7 @@ func commands() []command {
 		{"serve", "run the relay: workers, token refresh, metrics", runServe},
 		{"sandbox", "run everything locally against a fake Office 365", runSandbox},
 		{"publish", "queue one message for delivery", runPublish},
+		{"dlq", "list, show, replay or purge dead letters", runDLQ},
 		{"keygen", "create the token sealing key file", runKeygen},
 	}
 }
