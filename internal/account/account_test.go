@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func validAccount() Account {
@@ -144,14 +146,21 @@ func TestEndpoints(t *testing.T) {
 	}
 }
 
-func TestRegistry(t *testing.T) {
+// openRegistry opens a registry on a fresh JetStream server.
+func openRegistry(t *testing.T) (context.Context, jetstream.JetStream, *Registry) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	js := startJetStream(t)
 	reg, err := OpenRegistry(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ctx, js, reg
+}
+
+func TestRegistry(t *testing.T) {
+	ctx, js, reg := openRegistry(t)
 	// Opening twice is fine (CreateOrUpdate).
 	if _, err := OpenRegistry(ctx, js); err != nil {
 		t.Fatal(err)
@@ -231,13 +240,7 @@ func TestRegistry(t *testing.T) {
 }
 
 func TestListCorruptRecordNamesAlias(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	js := startJetStream(t)
-	reg, err := OpenRegistry(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, reg := openRegistry(t)
 	kv, _ := js.KeyValue(ctx, Bucket)
 	if _, err := kv.Put(ctx, "broken", []byte("{not json")); err != nil {
 		t.Fatal(err)
@@ -248,13 +251,9 @@ func TestListCorruptRecordNamesAlias(t *testing.T) {
 }
 
 func TestWatch(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, js, reg := openRegistry(t)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	js := startJetStream(t)
-	reg, err := OpenRegistry(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
 	a := validAccount()
 	if err := reg.Put(ctx, a); err != nil {
 		t.Fatal(err)

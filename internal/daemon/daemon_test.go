@@ -14,12 +14,11 @@ import (
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
-	"relay365/internal/relay"
 	"relay365/internal/relay/relaytest"
 	"relay365/internal/token"
 )
 
-var fast = relay.Backoff{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: 0.2}
+var fast = relaytest.FastRetry
 
 func startDaemon(t *testing.T, ctx context.Context, dir, keyFile string) *daemon.Daemon {
 	t.Helper()

@@ -76,17 +76,6 @@ func TestEmbeddedConfigErrors(t *testing.T) {
 	}
 }
 
-func setup(t *testing.T) (*queuetest.Env, context.Context) {
-	t.Helper()
-	env := queuetest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	return env, ctx
-}
-
 func next(t *testing.T, cons jetstream.Consumer) jetstream.Msg {
 	t.Helper()
 	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
@@ -97,7 +86,7 @@ func next(t *testing.T, cons jetstream.Consumer) jetstream.Msg {
 }
 
 func TestPerAccountConsumersAndLegacyRemoval(t *testing.T) {
-	env, ctx := setup(t)
+	env, ctx := queuetest.StartMail(t)
 	// An earlier version's catch-all consumer blocks per-account ones: a
 	// WorkQueue stream refuses overlapping filters.
 	if _, err := env.JS.CreateOrUpdateConsumer(ctx, queue.StreamMail, jetstream.ConsumerConfig{
@@ -145,7 +134,7 @@ func TestPerAccountConsumersAndLegacyRemoval(t *testing.T) {
 }
 
 func TestRequeueKeepsIDWithFreshDeliveryCount(t *testing.T) {
-	env, ctx := setup(t)
+	env, ctx := queuetest.StartMail(t)
 	if _, err := queue.Publish(ctx, env.JS, "alerts", "id-1", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +164,7 @@ func TestRequeueKeepsIDWithFreshDeliveryCount(t *testing.T) {
 }
 
 func TestDeadLetterListShowReplayPurge(t *testing.T) {
-	env, ctx := setup(t)
+	env, ctx := queuetest.StartMail(t)
 	cons := map[string]jetstream.Consumer{}
 	for _, a := range []string{"alerts", "billing"} {
 		c, err := queue.EnsureAccountConsumer(ctx, env.JS, a, queue.ConsumerConfig{})
@@ -186,14 +175,9 @@ func TestDeadLetterListShowReplayPurge(t *testing.T) {
 	}
 	dead := func(account, id, reason string) {
 		t.Helper()
-		if _, err := queue.Publish(ctx, env.JS, account, id, []byte(id)); err != nil {
-			t.Fatal(err)
-		}
-		if err := queue.MoveToDLQ(ctx, env.JS, next(t, cons[account]), queue.DeadLetter{
+		env.DeadLetter(t, ctx, account, id, []byte(id), queue.DeadLetter{
 			ID: id, Account: account, Reason: reason, Class: "message", LastReply: "550 5.7.60 no",
-		}); err != nil {
-			t.Fatal(err)
-		}
+		})
 	}
 	dead("alerts", "a1", "smtp data: 550 5.7.60 send-as")
 	dead("alerts", "a2", "invalid message: to: no recipients")

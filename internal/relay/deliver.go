@@ -47,7 +47,7 @@ func (l *lane) handle(msg jetstream.Msg, probe bool) {
 		return
 	}
 	a := &attempt{msg: msg, meta: meta, probe: probe, id: messageID("", msg, meta.Sequence.Stream), started: l.e.clock.Now()}
-	a.first = l.firstAttempt(meta.Sequence.Stream)
+	a.first = l.firstAttempt(meta.Sequence.Stream, meta.NumDelivered)
 	a.log = l.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).Str("msg_id", a.id).Logger()
 
 	stopBeat := heartbeat(l.e.sendCtx, msg, l.e.cfg.AckWait/3)

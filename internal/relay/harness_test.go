@@ -19,14 +19,13 @@ import (
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
 	"relay365/internal/relay/relaytest"
 	"relay365/internal/token"
 )
 
-// fast schedules, so a retried or paused message comes back within
-// milliseconds.
-var fast = relay.Backoff{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: 0.2}
+var fast = relaytest.FastRetry
 
 // logBuf collects a test's logs (dumped when it fails, scanned for secrets).
 type logBuf struct {
@@ -70,17 +69,8 @@ func newHarness(t *testing.T, s setup) *harness {
 	h := &harness{t: t, ctx: ctx, logs: &logBuf{}}
 	// Fsync every few seconds instead of before every ack: these tests
 	// are about delivery, not power loss, and run on shared cores.
-	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Sync: "5s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := queue.Connect(ns.ClientURL(), "relay-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	h.js, _ = jetstream.New(nc)
+	h.js = queuetest.StartSync(t, "5s").JS
+	var err error
 	if err := queue.EnsureStreams(ctx, h.js, queue.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +140,7 @@ func newHarness(t *testing.T, s setup) *harness {
 	h.start()
 	t.Cleanup(func() {
 		h.stop()
+		h.assertNoSecretsLogged()
 		if t.Failed() {
 			t.Logf("relay logs:\n%s", h.logs.String())
 		}
@@ -320,4 +311,36 @@ func msgFor(alias, id, subject string) *message.Message {
 // relaytestEnroll consents a again (after a revocation).
 func relaytestEnroll(h *harness, a account.Account) error {
 	return relaytest.Enroll(h.ctx, h.fake, h.accounts, h.store, a)
+}
+
+// assertNoSecretsLogged: the live tokens of every account appear nowhere
+// in the logs, the metrics or the engine's status.
+func (h *harness) assertNoSecretsLogged() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	accts, err := h.accounts.List(ctx)
+	if err != nil {
+		h.t.Error(err)
+		return
+	}
+	var metrics strings.Builder
+	families, _ := h.reg.Gather()
+	for _, f := range families {
+		metrics.WriteString(f.String())
+	}
+	status, _ := json.Marshal(h.engine.Status())
+	surfaces := map[string]string{"logs": h.logs.String(), "metrics": metrics.String(), "status": string(status)}
+	for _, a := range accts {
+		rec, _, err := h.store.Get(ctx, a.Alias)
+		if err != nil {
+			continue
+		}
+		for name, text := range surfaces {
+			for _, secret := range []string{rec.AccessToken, rec.RefreshToken} {
+				if secret != "" && strings.Contains(text, secret) {
+					h.t.Errorf("the %s hold a token of %s", name, a.Alias)
+				}
+			}
+		}
+	}
 }

@@ -451,15 +451,28 @@ func (l *lane) recoverThrottle() {
 	l.signal()
 }
 
-// firstAttempt remembers when this process first tried a stream message,
-// for the dead letter's Relay-First-Attempt.
-func (l *lane) firstAttempt(seq uint64) time.Time {
+// firstAttempt is when this message was first tried: now for a first
+// delivery (remembered for later attempts here), what was remembered, or
+// zero if the first attempt happened elsewhere (another process, before a
+// restart); the dead letter then records when the message was queued.
+func (l *lane) firstAttempt(seq uint64, delivered uint64) time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if t, ok := l.firstSeen[seq]; ok {
 		return t
 	}
+	if delivered > 1 {
+		return time.Time{}
+	}
 	now := time.Now()
+	if len(l.firstSeen) >= maxFirstSeen {
+		// Entries of messages finished by another process: forget the old.
+		for s, t := range l.firstSeen {
+			if now.Sub(t) > 24*time.Hour {
+				delete(l.firstSeen, s)
+			}
+		}
+	}
 	if len(l.firstSeen) < maxFirstSeen {
 		l.firstSeen[seq] = now
 	}

@@ -88,9 +88,9 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	nc, err := queue.Connect(c.NATSURL, "relay-dlq")
+	nc, err := connectNATS(c.NATSURL, "relay-dlq")
 	if err != nil {
-		return fmt.Errorf("%w (is relay serve running? set --nats-url or RELAY_NATS_URL)", err)
+		return err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

@@ -28,31 +28,14 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // deadLetters puts three messages into MAIL_DLQ the way the worker does.
 func deadLetters(t *testing.T) (*queuetest.Env, context.Context) {
 	t.Helper()
-	env := queuetest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
-		t.Fatal(err)
-	}
+	env, ctx := queuetest.StartMail(t)
 	for _, d := range []struct{ account, id, reason, class, reply string }{
 		{"alerts", "a-1", "smtp data: 550 5.7.60 SMTP; Client does not have permissions to send as this sender", "message", "550 5.7.60 SMTP; Client does not have permissions to send as this sender"},
 		{"alerts", "a-2", "invalid message: to: no recipients (give at least one of to, cc, bcc)", "invalid", ""},
 		{"billing", "b-1", "smtp data: 552 5.3.4 Message size exceeds fixed maximum message size", "message", "552 5.3.4 Message size exceeds fixed maximum message size"},
 	} {
-		if _, err := queue.Publish(ctx, env.JS, d.account, d.id, []byte(`{"id":"`+d.id+`","subject":"s"}`)); err != nil {
-			t.Fatal(err)
-		}
-		cons, err := queue.EnsureAccountConsumer(ctx, env.JS, d.account, queue.ConsumerConfig{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := queue.MoveToDLQ(ctx, env.JS, msg, queue.DeadLetter{ID: d.id, Account: d.account, Reason: d.reason, Class: d.class, LastReply: d.reply}); err != nil {
-			t.Fatal(err)
-		}
+		env.DeadLetter(t, ctx, d.account, d.id, []byte(`{"id":"`+d.id+`","subject":"s"}`),
+			queue.DeadLetter{ID: d.id, Account: d.account, Reason: d.reason, Class: d.class, LastReply: d.reply})
 	}
 	return env, ctx
 }

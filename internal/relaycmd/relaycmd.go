@@ -17,6 +17,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/nats-io/nats.go"
+
+	"relay365/internal/queue"
 )
 
 // Exit codes.
@@ -160,4 +164,13 @@ func (l *listFlag) Set(v string) error {
 		}
 	}
 	return nil
+}
+
+// connectNATS connects a short-lived command to the relay's NATS.
+func connectNATS(url, name string) (*nats.Conn, error) {
+	nc, err := queue.Connect(url, name)
+	if err != nil {
+		return nil, fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
+	}
+	return nc, nil
 }

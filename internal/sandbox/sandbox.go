@@ -142,18 +142,7 @@ func (s *Sandbox) connect(ctx context.Context) error {
 	defer cancel()
 	tok, err := consent.Browser{
 		ClientID: ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: Mailbox,
-	}.Run(ctx, func(u string) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return fmt.Errorf("following the sign-in URL: %w", err)
-		}
-		resp.Body.Close()
-		return nil
-	})
+	}.Run(ctx, consent.FollowURL(ctx))
 	if err != nil {
 		return err
 	}

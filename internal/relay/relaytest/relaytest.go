@@ -5,8 +5,6 @@ package relaytest
 
 import (
 	"context"
-	"fmt"
-	"net/http"
 	"time"
 
 	"relay365/internal/account"
@@ -15,6 +13,10 @@ import (
 	"relay365/internal/relay"
 	"relay365/internal/token"
 )
+
+// FastRetry is a retry and probe schedule for tests: a retried or paused
+// message comes back within milliseconds.
+var FastRetry = relay.Backoff{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: 0.2}
 
 // ClientID is the app registration the tests consent with.
 const ClientID = "00000000-0000-0000-0000-0000relaytest"
@@ -36,18 +38,7 @@ func Enroll(ctx context.Context, fake *fakeo365.Server, accounts *account.Regist
 	authURL, tokenURL, _ := acct.Endpoints()
 	tok, err := consent.Browser{
 		ClientID: acct.ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: acct.Mailbox,
-	}.Run(ctx, func(u string) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return fmt.Errorf("following the sign-in URL: %w", err)
-		}
-		resp.Body.Close()
-		return nil
-	})
+	}.Run(ctx, consent.FollowURL(ctx))
 	if err != nil {
 		return err
 	}
