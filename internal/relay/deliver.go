@@ -212,12 +212,9 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*Session, error
 func (l *lane) finish(a *attempt, err error) {
 	ctx := l.e.sendCtx
 	seq := a.meta.Sequence.Stream
+	// Outcomes are counted before the stream is told, so whoever sees the
+	// message leave the stream also sees it counted.
 	if err == nil {
-		if ackErr := a.msg.DoubleAck(ctx); ackErr != nil {
-			// The marker is written, so a redelivery is acked as duplicate.
-			a.log.Warn().Err(ackErr).Msg("sent, but the ack failed; a redelivery will be recognised as sent")
-		}
-		l.forget(seq)
 		if a.duplicate {
 			l.e.metrics.outcome(l.alias, outcomeDuplicate)
 			a.log.Info().Msg("already sent (idempotency marker): acked without sending")
@@ -225,6 +222,11 @@ func (l *lane) finish(a *attempt, err error) {
 			l.e.metrics.outcome(l.alias, outcomeSent)
 			a.log.Info().Int("smtp_code", 250).Msg("sent")
 		}
+		if ackErr := a.msg.DoubleAck(ctx); ackErr != nil {
+			// The marker is written, so a redelivery is acked as duplicate.
+			a.log.Warn().Err(ackErr).Msg("sent, but the ack failed; a redelivery will be recognised as sent")
+		}
+		l.forget(seq)
 		l.sent(a.started, a.probe)
 		l.recoverThrottle()
 		return
@@ -260,8 +262,8 @@ func (l *lane) finish(a *attempt, err error) {
 			return
 		}
 		delay := l.e.cfg.Retry.Delay(1)
-		_ = a.msg.NakWithDelay(delay)
 		l.e.metrics.outcome(l.alias, outcomePaused)
+		_ = a.msg.NakWithDelay(delay)
 		ev.Dur("retry_in", delay).Msg("account cannot send now; message kept queued")
 		return
 	case ActionRetry:
@@ -270,8 +272,8 @@ func (l *lane) finish(a *attempt, err error) {
 		}
 		if !last {
 			delay := l.e.cfg.Retry.Delay(int(a.meta.NumDelivered))
-			_ = a.msg.NakWithDelay(delay)
 			l.e.metrics.outcome(l.alias, outcomeRetried)
+			_ = a.msg.NakWithDelay(delay)
 			ev.Dur("retry_in", delay).Msg("temporary failure; will retry")
 			if a.probe {
 				l.probeDone()

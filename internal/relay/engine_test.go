@@ -239,3 +239,17 @@ func TestLegacyConsumerIsReplaced(t *testing.T) {
 	h.publish("upgraded", "u-1", "after upgrade")
 	h.waitFor("delivery", func() bool { return h.delivered()["after upgrade"] == 1 })
 }
+
+// TestSlowServerDoesNotCauseRedelivery: a transaction that outlasts
+// AckWait is kept by InProgress heartbeats, so JetStream does not hand the
+// message to another attempt that would send it again.
+func TestSlowServerDoesNotCauseRedelivery(t *testing.T) {
+	h := newHarness(t, setup{engine: relay.Config{AckWait: time.Second}})
+	h.enroll("slow", "slow@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.DelayNextData(1, 2500*time.Millisecond)
+	h.publish("slow", "slow-1", "slow server")
+	h.waitFor("delivery and ack", func() bool { return h.delivered()["slow server"] == 1 && h.queued() == 0 })
+	if n := h.outcome("slow", "sent"); n != 1 || h.outcome("slow", "duplicate") != 0 {
+		t.Fatalf("sent %v duplicate %v: the message was redelivered during the slow send", n, h.outcome("slow", "duplicate"))
+	}
+}
