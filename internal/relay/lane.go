@@ -148,7 +148,8 @@ func (l *lane) run() {
 		case allow == 0:
 			l.give(n, probe)
 			if wait > maxHold {
-				l.pause(ClassQuota, &PaceError{Wait: wait, Reason: "the mailbox's daily recipient budget is spent"}, wait, false)
+				// A probe finding no room extends the pause it probes.
+				l.pause(ClassQuota, &PaceError{Wait: wait, Reason: "the mailbox's daily recipient budget is spent"}, wait, probe)
 			} else {
 				sleepOn(l.ctx, l.e.clock, wait, l.wake)
 			}
