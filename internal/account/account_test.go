@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func validAccount() Account {
@@ -144,14 +146,21 @@ func TestEndpoints(t *testing.T) {
 	}
 }
 
-func TestRegistry(t *testing.T) {
+// openRegistry opens a registry on a fresh JetStream server.
+func openRegistry(t *testing.T) (context.Context, jetstream.JetStream, *Registry) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	js := startJetStream(t)
 	reg, err := OpenRegistry(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ctx, js, reg
+}
+
+func TestRegistry(t *testing.T) {
+	ctx, js, reg := openRegistry(t)
 	// Opening twice is fine (CreateOrUpdate).
 	if _, err := OpenRegistry(ctx, js); err != nil {
 		t.Fatal(err)
@@ -231,18 +240,63 @@ func TestRegistry(t *testing.T) {
 }
 
 func TestListCorruptRecordNamesAlias(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	js := startJetStream(t)
-	reg, err := OpenRegistry(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, reg := openRegistry(t)
 	kv, _ := js.KeyValue(ctx, Bucket)
 	if _, err := kv.Put(ctx, "broken", []byte("{not json")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := reg.List(ctx); err == nil || !strings.Contains(err.Error(), "broken") {
 		t.Fatalf("List with corrupt record: %v", err)
+	}
+}
+
+func TestWatch(t *testing.T) {
+	ctx, js, reg := openRegistry(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a := validAccount()
+	if err := reg.Put(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := reg.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() Change {
+		t.Helper()
+		select {
+		case c := <-changes:
+			return c
+		case <-ctx.Done():
+			t.Fatal("no change arrived")
+		}
+		return Change{}
+	}
+	// The existing account first, then what happens after.
+	if c := next(); c.Alias != "alerts" || c.Deleted || c.Err != nil || c.Account.Mailbox != a.Mailbox {
+		t.Fatalf("initial: %+v", c)
+	}
+	a.PerMinute = 10
+	if err := reg.Put(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Account.PerMinute != 10 {
+		t.Fatalf("update: %+v", c)
+	}
+	if err := reg.Delete(ctx, "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Alias != "alerts" || !c.Deleted {
+		t.Fatalf("delete: %+v", c)
+	}
+	kv, _ := js.KeyValue(ctx, Bucket)
+	if _, err := kv.Put(ctx, "broken", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Alias != "broken" || c.Err == nil {
+		t.Fatalf("corrupt record: %+v", c)
+	}
+	cancel()
+	for range changes {
 	}
 }

@@ -177,3 +177,22 @@ func randomString() string {
 	_, _ = rand.Read(b[:])
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
+
+// FollowURL is an opener for Browser.Run that visits the sign-in URL with
+// an HTTP client instead of a person's browser. It suits an identity
+// platform that signs in without a page (the fake Office 365 of the
+// sandbox and the tests), never the real one.
+func FollowURL(ctx context.Context) func(authURL string) error {
+	return func(u string) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("following the sign-in URL: %w", err)
+		}
+		resp.Body.Close()
+		return nil
+	}
+}

@@ -6,8 +6,8 @@
 // Roles (--roles, default both): "tokens" runs a replica of the token
 // service relay-tokens (internal/token/tokensvc: the micro endpoints and
 // the proactive refresher; it needs the sealing key); "workers" runs the
-// delivery workers, which get tokens only through the token service's
-// client. Any number of processes may run either role against one NATS
+// delivery engine (internal/relay), which gets tokens only through the
+// token service's client. Any number of processes may run either role against one NATS
 // cluster; the token service's leases keep it to one refresh per account
 // per expiry.
 //
@@ -63,9 +63,9 @@ type Config struct {
 	Roles         string        // --roles: "tokens", "workers" or both comma-separated; default both
 	HTTPAddr      string        // RELAY_HTTP_ADDR; default 127.0.0.1:9465; "off" disables
 	Replicas      int           // stream and bucket replicas; default 1
-	Workers       int           // concurrent deliveries; default 3
 	AckWait       time.Duration // default 60s
 	MaxDeliver    int           // default 50
+	MaxAckPending int           // per account; default 1000
 	RefreshMargin time.Duration // refresh access tokens this long before expiry; default 5m
 	ShutdownGrace time.Duration // default 30s
 	Retry, Pause  relay.Backoff // default relay.DefaultRetry, relay.DefaultPause
@@ -127,16 +127,20 @@ func (c *Config) Defaults() {
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
-	if c.Workers == 0 {
-		// Office 365 allows 3 connections per mailbox; until sessions are
-		// pooled per account, 3 workers keep one mailbox within it.
-		c.Workers = 3
-	}
 	if c.AckWait == 0 {
 		c.AckWait = 60 * time.Second
 	}
 	if c.MaxDeliver == 0 {
 		c.MaxDeliver = 50
+	}
+	if c.MaxAckPending == 0 {
+		c.MaxAckPending = 1000
+	}
+	if c.Retry.Base == 0 {
+		c.Retry = relay.DefaultRetry
+	}
+	if c.Pause.Base == 0 {
+		c.Pause = relay.DefaultPause
 	}
 	if c.RefreshMargin == 0 {
 		c.RefreshMargin = 5 * time.Minute
@@ -170,14 +174,20 @@ func (c *Config) Validate() error {
 	if c.Replicas != 1 && c.Replicas != 3 && c.Replicas != 5 {
 		errs = append(errs, fmt.Errorf("--replicas %d: want 1, 3 or 5", c.Replicas))
 	}
-	if c.Workers < 1 || c.Workers > 1000 {
-		errs = append(errs, fmt.Errorf("--workers %d: want 1 to 1000", c.Workers))
-	}
 	if c.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("--ack-wait %s: want at least 1s", c.AckWait))
 	}
 	if c.MaxDeliver < 2 {
 		errs = append(errs, fmt.Errorf("--max-deliver %d: want at least 2 (it must be finite; the last delivery dead-letters)", c.MaxDeliver))
+	}
+	if c.MaxAckPending < 1 {
+		errs = append(errs, fmt.Errorf("--max-ack-pending %d: want at least 1", c.MaxAckPending))
+	}
+	if err := c.Retry.Validate("--retry"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Pause.Validate("--pause"); err != nil {
+		errs = append(errs, err)
 	}
 	if c.RefreshMargin < time.Minute || c.RefreshMargin > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("--refresh-margin %s: want 1m to 30m (access tokens live 60-90 minutes)", c.RefreshMargin))
@@ -201,7 +211,9 @@ type Daemon struct {
 	// TokenClient is the workers' client of the token service (role
 	// workers; in every process, for /status without a key).
 	TokenClient *tokensvc.Client
-	Registry    *prometheus.Registry
+	// Engine is the delivery engine (role workers).
+	Engine   *relay.Engine
+	Registry *prometheus.Registry
 	// HTTPAddr is the address the HTTP server listens on (resolved port).
 	HTTPAddr string
 	// NATSURL is the URL clients use to reach this daemon's NATS.
@@ -280,17 +292,30 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	d.TokenClient = tokensvc.NewClient(tokensvc.ClientConfig{NC: d.NC, Margin: cfg.RefreshMargin / 2, Now: cfg.Clock.Now})
 
 	if cfg.Has(RoleWorkers) {
-		w := relay.New(relay.Deps{
+		deps := relay.Deps{
 			JS: d.JS, Accounts: d.Accounts, Tokens: d.TokenClient, Transport: cfg.Transport,
 			Registry: d.Registry, Log: log,
-		}, relay.Config{
-			Workers: cfg.Workers, AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver,
+		}
+		if d.Store != nil {
+			// Re-consent shows as a change of the account's record.
+			deps.TokenStates = d.Store
+		}
+		d.Engine = relay.NewEngine(deps, relay.Config{
+			AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending,
 			Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace,
 		})
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		d.stopWorker = cancel
 		d.workerDone = make(chan error, 1)
-		go func() { d.workerDone <- w.Run(wctx) }()
+		go func() { d.workerDone <- d.Engine.Run(wctx) }()
+		select {
+		case <-d.Engine.Ready():
+		case err := <-d.workerDone:
+			d.workerDone <- err // for Close
+			return nil, fmt.Errorf("delivery engine: %w", err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 
 	if cfg.HTTPAddr != "off" {
@@ -298,7 +323,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 			return nil, err
 		}
 	}
-	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Str("roles", cfg.Roles).Int("workers", cfg.Workers).Msg("relay serving")
+	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Str("roles", cfg.Roles).Msg("relay serving")
 	return d, nil
 }
 
@@ -321,9 +346,10 @@ func (d *Daemon) serveHTTP() error {
 	return nil
 }
 
-// Close stops the daemon: workers first (in-flight sends get the grace
-// period), then the token service (refreshes in flight are abandoned; their
-// leases expire and another replica takes over), HTTP, NATS and the
+// Close stops the daemon: delivery first (no more pulls; in-flight sends
+// get the grace period to finish and be acked), then the token service
+// (refreshes in flight are abandoned; their leases expire and another
+// replica takes over), HTTP, NATS and the
 // embedded server. Safe to call twice.
 func (d *Daemon) Close() error {
 	var err error

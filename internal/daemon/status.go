@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"relay365/internal/queue"
+	"relay365/internal/relay"
 	"relay365/internal/token/tokensvc"
 )
 
@@ -25,6 +26,8 @@ type AccountStatus struct {
 	LastError   string    `json:"last_error,omitempty"`
 	ErrorCodes  []int     `json:"error_codes,omitempty"` // AADSTS codes of the last failure
 	Remedy      string    `json:"remedy,omitempty"`
+	// Delivery is the account's lane: consumer, pause, connections.
+	Delivery *relay.LaneStatus `json:"delivery,omitempty"`
 }
 
 // Status is the /status document.
@@ -54,6 +57,12 @@ func (d *Daemon) Snapshot(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	tokens, terr := d.tokenStates(ctx)
+	lanes := map[string]relay.LaneStatus{}
+	if d.Engine != nil {
+		for _, l := range d.Engine.Status() {
+			lanes[l.Account] = l
+		}
+	}
 	for _, a := range accts {
 		auth := "OAuth2 delegated (XOAUTH2)"
 		if a.AppOnly {
@@ -65,6 +74,9 @@ func (d *Daemon) Snapshot(ctx context.Context) (Status, error) {
 			as.LastError, as.ErrorCodes, as.Remedy = t.LastError, t.ErrorCodes, t.Remedy
 		} else if terr != nil {
 			as.LastError = terr.Error()
+		}
+		if l, ok := lanes[a.Alias]; ok {
+			as.Delivery = &l
 		}
 		st.Accounts = append(st.Accounts, as)
 	}
@@ -103,7 +115,8 @@ func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
 	enc.Encode(st)
 }
 
-// readyz: NATS connected, the consumer bound, at least one account usable.
+// readyz: NATS connected, delivery running, at least one account with a
+// usable token whose consumer is bound.
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
@@ -116,17 +129,24 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not ready: NATS disconnected", http.StatusServiceUnavailable)
 		return
 	}
-	if d.cfg.Has(RoleWorkers) {
-		if _, err := d.JS.Consumer(ctx, queue.StreamMail, queue.Consumer); err != nil {
-			http.Error(w, "not ready: consumer not bound: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
+	workers := d.cfg.Has(RoleWorkers)
+	if workers && !d.Engine.Running() {
+		http.Error(w, "not ready: delivery not running", http.StatusServiceUnavailable)
+		return
 	}
+	usable := false
 	for _, a := range st.Accounts {
 		if a.TokenState == "healthy" || a.TokenState == "transient" {
-			w.Write([]byte("ready\n"))
-			return
+			usable = true
+			if !workers || (a.Delivery != nil && a.Delivery.Bound) {
+				w.Write([]byte("ready\n"))
+				return
+			}
 		}
+	}
+	if usable {
+		http.Error(w, "not ready: no account's consumer bound yet", http.StatusServiceUnavailable)
+		return
 	}
 	http.Error(w, "not ready: no account with a usable token (run authtool login)", http.StatusServiceUnavailable)
 }

@@ -14,6 +14,7 @@ type connTracker struct {
 
 	mu     sync.Mutex
 	conns  map[*trackedConn]struct{}
+	total  int
 	closed bool
 }
 
@@ -34,6 +35,7 @@ func (l *connTracker) Accept() (net.Conn, error) {
 		return nil, net.ErrClosed
 	}
 	l.conns[tc] = struct{}{}
+	l.total++
 	return tc, nil
 }
 
@@ -72,6 +74,12 @@ func (l *connTracker) open() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.conns)
+}
+
+func (l *connTracker) accepted() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.total
 }
 
 func (l *connTracker) forget(c *trackedConn) {

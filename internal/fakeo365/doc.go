@@ -45,7 +45,13 @@
 //
 // Fault injection and observation methods (FailNextTokenCalls, DropNextData,
 // Replies, WaitMessages, ...) let tests steer the fake and check what a client
-// did without parsing logs. Replies counts the non-2xx replies the fake itself
+// did without parsing logs. Replies a correct client never provokes are
+// injected per stage (SetNextAuthReply, SetNextMailReply, SetNextDataReply);
+// DelayNextData makes a slow server; SetRandomFaults draws 451s and dropped
+// connections from a seeded generator for load tests; RevokeMailbox kills
+// one mailbox's tokens (refresh and, as continuous access evaluation does,
+// access); Connections counts accepted connections, so session reuse can
+// be checked. Replies counts the non-2xx replies the fake itself
 // decides (all the Office 365 specific ones); pure protocol errors generated
 // inside go-smtp (bad syntax, commands out of order) are not counted.
 package fakeo365

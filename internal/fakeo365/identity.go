@@ -622,6 +622,37 @@ func (s *Server) RevokeAll() {
 	}
 }
 
+// RevokeMailbox revokes the refresh tokens (invalid_grant AADSTS50173) and
+// the access tokens of one mailbox, as an admin's session revocation does
+// for Exchange Online with continuous access evaluation: its authenticated
+// SMTP connections are closed, and SMTP AUTH with a token issued before
+// answers 535 5.7.3. Other mailboxes keep working.
+func (s *Server) RevokeMailbox(mailbox string) {
+	s.mu.Lock()
+	var drop []*session
+	for ss := range s.authed {
+		if key(ss.user) == key(mailbox) {
+			drop = append(drop, ss)
+		}
+	}
+	defer func() {
+		for _, ss := range drop {
+			ss.conn.Conn().Close()
+		}
+	}()
+	defer s.mu.Unlock()
+	for _, rt := range s.refresh {
+		if key(rt.mailbox) == key(mailbox) {
+			rt.revoked = true
+		}
+	}
+	for tok, at := range s.access {
+		if key(at.mailbox) == key(mailbox) {
+			delete(s.access, tok)
+		}
+	}
+}
+
 // DenyConsent makes authorize redirect with error=access_denied (AADSTS65004)
 // and device-code polls answer authorization_declined.
 func (s *Server) DenyConsent(deny bool) {

@@ -268,21 +268,3 @@ func (w logWriter) Write(p []byte) (int, error) {
 
 func (w logWriter) Printf(format string, v ...any) { w.l.Debug().Msgf(format, v...) }
 func (w logWriter) Println(v ...any)               { w.l.Debug().Msg(strings.TrimSpace(fmt.Sprintln(v...))) }
-
-// SignIn is a "browser" for consent.Browser.Run against this fake: it
-// follows the authorization URL, and the fake redirects straight back with
-// a code (sign-in is automatic), which completes the flow.
-func (s *Server) SignIn(ctx context.Context) func(authURL string) error {
-	return func(authURL string) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, authURL, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return fmt.Errorf("following the sign-in URL: %w", err)
-		}
-		resp.Body.Close()
-		return nil
-	}
-}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"mime"
 	"net/mail"
 	"os"
@@ -87,7 +88,14 @@ type mailState struct {
 	quotaExceeded map[string]bool            // mailbox → quota switch on
 	failData      int
 	dropData      int
+	nextReply     map[stage]*injected // stage → reply for the next n commands of that stage
+	delayData     int                 // the next n ends of DATA wait delayFor
+	delayFor      time.Duration
+	random        *rand.Rand // SetRandomFaults; nil when off
+	randomFail    float64
+	randomDrop    float64
 	sessions      map[string]int          // mailbox → authenticated connections
+	authed        map[*session]struct{}   // the authenticated sessions themselves
 	history       map[string][]submission // mailbox → accepted in the last 24h
 	messages      []Message
 	msgSignal     chan struct{} // closed and replaced whenever a message is captured
@@ -100,10 +108,45 @@ func newMailState() mailState {
 		authDisabled:  make(map[string]bool),
 		quotaExceeded: make(map[string]bool),
 		sessions:      make(map[string]int),
+		authed:        make(map[*session]struct{}),
 		history:       make(map[string][]submission),
 		msgSignal:     make(chan struct{}),
 		replies:       make(map[string]int),
+		nextReply:     make(map[stage]*injected),
 	}
+}
+
+// stage is where an injected reply replaces the fake's own answer.
+type stage int
+
+const (
+	stageAuth stage = iota // AUTH XOAUTH2, before the token is checked
+	stageMail              // MAIL FROM
+	stageData              // end of DATA, after the message was read
+)
+
+// injected is a reply to give n more times.
+type injected struct {
+	n     int
+	reply *smtp.SMTPError
+}
+
+// takeInjectedLocked returns the reply injected for st, if one is due.
+func (s *Server) takeInjectedLocked(st stage) *smtp.SMTPError {
+	in := s.nextReply[st]
+	if in == nil || !takeOne(&in.n) {
+		return nil
+	}
+	return in.reply
+}
+
+func (s *Server) takeInjected(st stage) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.takeInjectedLocked(st); r != nil {
+		return s.rejectLocked(r)
+	}
+	return nil
 }
 
 func (s *Server) newSMTPServer(creds *tlsCredentials) *smtp.Server {
@@ -172,6 +215,9 @@ func (ss *session) authenticate(user, token string) error {
 	s := ss.srv
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if r := s.takeInjectedLocked(stageAuth); r != nil {
+		return s.rejectLocked(r)
+	}
 	at := s.access[token]
 	if at != nil && s.authDisabled[key(at.tenant)] {
 		return s.rejectLocked(replyAuthDisabled)
@@ -181,6 +227,7 @@ func (ss *session) authenticate(user, token string) error {
 	}
 	ss.user, ss.holdsSlot = user, true
 	s.sessions[key(user)]++
+	s.authed[ss] = struct{}{}
 	s.log.Info().Str("user", user).Str("tenant", at.tenant).Bool("app", at.mailbox == "").Msg("SMTP AUTH XOAUTH2 ok")
 	return nil
 }
@@ -206,6 +253,7 @@ func (ss *session) Logout() error {
 		s.sessions[key(ss.user)]--
 		ss.holdsSlot = false
 	}
+	delete(s.authed, ss)
 	return nil
 }
 
@@ -216,6 +264,9 @@ func (ss *session) Reset() {
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.user == "" {
 		return ss.srv.reject(replyNotAuthenticated)
+	}
+	if err := ss.srv.takeInjected(stageMail); err != nil {
+		return err
 	}
 	ss.from, ss.to = from, nil
 	return nil
@@ -250,13 +301,34 @@ func (ss *session) Data(r io.Reader) error {
 		}
 		return err
 	}
+	if d := s.takeDelay(); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-s.done:
+			return errDropped
+		}
+	}
 	return s.submit(Message{Mailbox: ss.user, From: ss.from, To: slices.Clone(ss.to), Data: data})
 }
 
 func (s *Server) takeDrop() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return takeOne(&s.dropData)
+	return takeOne(&s.dropData) || s.rollLocked(s.randomDrop)
+}
+
+func (s *Server) takeDelay() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if takeOne(&s.delayData) {
+		return s.delayFor
+	}
+	return 0
+}
+
+// rollLocked draws from the seeded random faults: true with probability p.
+func (s *Server) rollLocked(p float64) bool {
+	return s.random != nil && p > 0 && s.random.Float64() < p
 }
 
 // submit applies the end-of-DATA policy and captures msg if it passes.
@@ -290,8 +362,11 @@ func (s *Server) submit(msg Message) error {
 
 // policyLocked returns the end-of-DATA rejection for a message, or nil.
 func (s *Server) policyLocked(mailbox string, now time.Time, rcpts int, headerFrom []string) *smtp.SMTPError {
+	if r := s.takeInjectedLocked(stageData); r != nil {
+		return r
+	}
 	switch {
-	case takeOne(&s.failData):
+	case takeOne(&s.failData), s.rollLocked(s.randomFail):
 		return replyTempError
 	case s.cfg.MaxConns > 0 && s.sessions[mailbox] > s.cfg.MaxConns:
 		return replyThreadLimit
@@ -455,6 +530,53 @@ func (s *Server) DropNextData(n int) {
 	defer s.mu.Unlock()
 	s.dropData = n
 }
+
+// SetNextAuthReply makes the next n AUTH XOAUTH2 exchanges answer reply
+// instead of checking the token: for the replies a correct client never
+// provokes (504 5.7.4, 501 5.5.124, 421 4.7.66, ...). n = 0 clears it.
+func (s *Server) SetNextAuthReply(n int, reply *smtp.SMTPError) { s.inject(stageAuth, n, reply) }
+
+// SetNextMailReply makes the next n MAIL FROM commands of authenticated
+// sessions answer reply (530 5.7.57 when Exchange lost the session, ...).
+func (s *Server) SetNextMailReply(n int, reply *smtp.SMTPError) { s.inject(stageMail, n, reply) }
+
+// SetNextDataReply makes the next n ends of DATA answer reply after the
+// message was read, before any other policy: for every end-of-DATA reply of
+// OFFICE365.md §4 the fake has no switch of its own for.
+func (s *Server) SetNextDataReply(n int, reply *smtp.SMTPError) { s.inject(stageData, n, reply) }
+
+func (s *Server) inject(st stage, n int, reply *smtp.SMTPError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextReply[st] = &injected{n: n, reply: reply}
+}
+
+// DelayNextData makes the next n ends of DATA wait d after reading the
+// message and before answering: a slow server, or with a client timeout
+// shorter than d, a timeout.
+func (s *Server) DelayNextData(n int, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.delayData, s.delayFor = n, d
+}
+
+// SetRandomFaults makes every following DATA drop the connection (as
+// DropNextData) with probability drop, and every following end of DATA
+// answer 451 4.7.0 with probability fail. The draws come from a generator
+// seeded with seed, so the sequence of decisions repeats; which message
+// meets which decision depends on arrival order. fail = drop = 0 turns it off.
+func (s *Server) SetRandomFaults(seed uint64, fail, drop float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.random, s.randomFail, s.randomDrop = nil, fail, drop
+	if fail > 0 || drop > 0 {
+		s.random = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	}
+}
+
+// Connections is the number of SMTP connections accepted since Start: a
+// client that pools sessions opens few.
+func (s *Server) Connections() int { return s.smtpLn.accepted() }
 
 // Messages returns a copy of the accepted messages, in order.
 func (s *Server) Messages() []Message {

@@ -27,8 +27,15 @@ import (
 
 // Office 365 limits (OFFICE365.md §3).
 const (
-	// MaxRecipients is Office 365's default recipient limit per message.
-	MaxRecipients = 500
+	// RecipientsPerTransaction is Office 365's default recipient limit per
+	// message, that is per SMTP transaction. The relay sends a message with
+	// more recipients as several transactions of at most this many
+	// (Rendered.Batches), each paced on its own.
+	RecipientsPerTransaction = 500
+	// MaxRecipients is the most recipients one message may have: a whole
+	// day's budget of one mailbox (10,000 per rolling 24 hours). A message
+	// with more could never be sent within Office 365's limits.
+	MaxRecipients = 10000
 	// MaxSize is the default mailbox send limit, measured after encoding.
 	MaxSize = 35 << 20
 )
@@ -165,7 +172,7 @@ func (m *Message) Validate() error {
 		return invalid("to", "no recipients (give at least one of to, cc, bcc)")
 	}
 	if n > MaxRecipients {
-		return invalid("to", "%d recipients, Office 365 accepts at most %d per message", n, MaxRecipients)
+		return invalid("to", "%d recipients, more than a mailbox may send to in a day (%d)", n, MaxRecipients)
 	}
 	if err := checkLine("subject", m.Subject); err != nil {
 		return err
@@ -216,7 +223,7 @@ func (m *Message) validateRaw() error {
 		return invalid("to", "no recipients (give to/cc/bcc or To/Cc headers in raw)")
 	}
 	if len(rcpts) > MaxRecipients {
-		return invalid("to", "%d recipients, Office 365 accepts at most %d per message", len(rcpts), MaxRecipients)
+		return invalid("to", "%d recipients, more than a mailbox may send to in a day (%d)", len(rcpts), MaxRecipients)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package message
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"mime"
 	"net/mail"
 	"os"
@@ -23,6 +24,11 @@ func TestValidate(t *testing.T) {
 	for i := range many {
 		many[i] = "u@contoso.com"
 	}
+	// More than one transaction's worth is fine: the relay splits it.
+	split := make([]string, RecipientsPerTransaction+100)
+	for i := range split {
+		split[i] = fmt.Sprintf("u%d@contoso.com", i)
+	}
 	tests := []struct {
 		name   string
 		mutate func(m *Message)
@@ -41,6 +47,7 @@ func TestValidate(t *testing.T) {
 		{"bad account", func(m *Message) { m.Account = "Alerts.Prod" }, "account"},
 		{"missing account", func(m *Message) { m.Account = "" }, "account"},
 		{"too many recipients", func(m *Message) { m.To = many }, "to"},
+		{"600 recipients go in batches", func(m *Message) { m.To = split }, ""},
 		{"attachment without name", func(m *Message) { m.Attachments = []Attachment{{Data: []byte("x")}} }, "attachments[0]"},
 		{"attachment bad type", func(m *Message) {
 			m.Attachments = []Attachment{{Filename: "a", ContentType: "image/png; x", Data: []byte("x")}}
@@ -74,6 +81,38 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("field = %q, want %q (%v)", inv.Field, tc.field, err)
 			}
 		})
+	}
+}
+
+func TestBatches(t *testing.T) {
+	rcpts := make([]string, 1201)
+	for i := range rcpts {
+		rcpts[i] = fmt.Sprintf("u%d@contoso.com", i)
+	}
+	r := &Rendered{Rcpts: rcpts}
+	tests := []struct {
+		size int
+		want []int
+	}{
+		{0, []int{500, 500, 201}},    // default: Office 365's 500
+		{500, []int{500, 500, 201}},  //
+		{1000, []int{500, 500, 201}}, // never above 500
+		{400, []int{400, 400, 400, 1}},
+	}
+	for _, tc := range tests {
+		got := r.Batches(tc.size)
+		var sizes []int
+		var joined []string
+		for _, b := range got {
+			sizes = append(sizes, len(b))
+			joined = append(joined, b...)
+		}
+		if fmt.Sprint(sizes) != fmt.Sprint(tc.want) || fmt.Sprint(joined) != fmt.Sprint(rcpts) {
+			t.Errorf("Batches(%d) sizes %v, want %v (and every recipient once, in order)", tc.size, sizes, tc.want)
+		}
+	}
+	if got := (&Rendered{Rcpts: rcpts[:3]}).Batches(0); len(got) != 1 || len(got[0]) != 3 {
+		t.Errorf("3 recipients: %v", got)
 	}
 }
 

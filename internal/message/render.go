@@ -54,6 +54,24 @@ type Rendered struct {
 	Data     []byte
 }
 
+// Batches splits the envelope recipients into groups of at most size, in
+// order: one SMTP transaction each, all with the same Data (Office 365
+// accepts at most RecipientsPerTransaction recipients per message). The
+// split is deterministic, so a redelivered message yields the same batches
+// and the relay can tell which of them were already sent.
+func (r *Rendered) Batches(size int) [][]string {
+	if size <= 0 || size > RecipientsPerTransaction {
+		size = RecipientsPerTransaction
+	}
+	var out [][]string
+	for rest := r.Rcpts; len(rest) > 0; {
+		n := min(size, len(rest))
+		out = append(out, rest[:n:n])
+		rest = rest[n:]
+	}
+	return out
+}
+
 // Render applies the From policy and builds the RFC 5322 message with CRLF
 // line endings. The Message-ID is derived from the account and message id,
 // so a redelivered message carries the same Message-ID and recipients'

@@ -1,6 +1,7 @@
 // Package queue owns everything JetStream: the embedded server, the MAIL and
-// MAIL_DLQ streams, the workers' durable consumer, publishing with dedupe and
-// dead-lettering.
+// MAIL_DLQ streams, the per-account durable consumers, publishing with
+// dedupe, dead-lettering and the dead-letter tools (list, show, replay,
+// purge).
 //
 // The rules it follows are DESIGN.md §7:
 //   - MAIL is a WorkQueue stream on file storage; a message leaves it only
@@ -11,8 +12,18 @@
 //     is the original terminated (Term deletes it from a WorkQueue stream), so
 //     a crash between the two leaves a duplicate dead letter (deduplicated by
 //     Nats-Msg-Id "<id>:dlq"), never a lost one.
+//   - Each account has its own durable pull consumer, relay-mail-<alias>,
+//     filtered on mail.send.<alias>, so a paused account's messages wait in
+//     the stream with their delivery count untouched while other accounts'
+//     mail flows. A WorkQueue stream refuses overlapping filters, so the
+//     catch-all consumer of earlier versions (relay-workers on mail.send.>)
+//     is removed by RemoveLegacyConsumer before the first account binds.
 //   - Publishing retries with the same Nats-Msg-Id, inside the dedupe window,
 //     so a publish that failed during a leader election is not sent twice.
+//   - A message keeps its message id (the idempotency key) across dead
+//     letter, replay and requeue in the header Relay-Message-Id, while each
+//     new stream copy gets its own Nats-Msg-Id (<id>:replay:<dlq-seq>,
+//     <id>:requeue:<seq>) so JetStream's dedupe window does not swallow it.
 //   - The embedded server syncs to disk before acknowledging (SyncAlways),
 //     because a mail relay promises that accepted mail survives a crash.
 package queue
@@ -34,7 +45,10 @@ const (
 	StreamDLQ     = "MAIL_DLQ"
 	SubjectPrefix = "mail.send."
 	DLQPrefix     = "mail.dlq."
-	Consumer      = "relay-workers"
+	// ConsumerPrefix + alias names an account's durable consumer.
+	ConsumerPrefix = "relay-mail-"
+	// LegacyConsumer is the catch-all consumer of earlier versions.
+	LegacyConsumer = "relay-workers"
 	// DedupeWindow is how long JetStream remembers a Nats-Msg-Id.
 	DedupeWindow = 24 * time.Hour
 )
@@ -49,7 +63,13 @@ const (
 	HdrOrigSeq      = "Relay-Original-Seq"
 	HdrFirstAttempt = "Relay-First-Attempt"
 	HdrLastAttempt  = "Relay-Last-Attempt"
+	// HdrMessageID carries the message id on copies whose Nats-Msg-Id is
+	// not the id itself (dead letters, replays, requeues).
+	HdrMessageID = "Relay-Message-Id"
 )
+
+// deadLetterHeaders are the headers MoveToDLQ adds; a replay drops them.
+var deadLetterHeaders = []string{HdrReason, HdrClass, HdrAttempts, HdrLastReply, HdrOrigSubject, HdrOrigSeq, HdrFirstAttempt, HdrLastAttempt}
 
 // Subject is the subject messages for account are published on.
 func Subject(account string) string { return SubjectPrefix + account }
@@ -102,14 +122,15 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	return nil
 }
 
-// ConsumerConfig tunes the workers' durable pull consumer.
+// ConsumerConfig tunes the per-account durable pull consumers.
 type ConsumerConfig struct {
 	AckWait       time.Duration // default 60s; workers heartbeat with InProgress at AckWait/3
 	MaxDeliver    int           // default 50; the worker dead-letters at the last delivery
-	MaxAckPending int           // default 1000
+	MaxAckPending int           // default 1000, per account
 }
 
-func (c *ConsumerConfig) defaults() {
+// Defaults fills zero values.
+func (c *ConsumerConfig) Defaults() {
 	if c.AckWait == 0 {
 		c.AckWait = 60 * time.Second
 	}
@@ -121,22 +142,54 @@ func (c *ConsumerConfig) defaults() {
 	}
 }
 
-// EnsureConsumer creates or updates the durable consumer the workers share.
-func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c ConsumerConfig) (jetstream.Consumer, error) {
-	c.defaults()
+// AccountConsumer is the durable consumer name of an account.
+func AccountConsumer(alias string) string { return ConsumerPrefix + alias }
+
+// EnsureAccountConsumer creates or updates the durable consumer of one
+// account, filtered on mail.send.<alias>. Every worker process binds the
+// same one, so they share the account's queue.
+func EnsureAccountConsumer(ctx context.Context, js jetstream.JetStream, alias string, c ConsumerConfig) (jetstream.Consumer, error) {
+	c.Defaults()
+	name := AccountConsumer(alias)
 	cons, err := js.CreateOrUpdateConsumer(ctx, StreamMail, jetstream.ConsumerConfig{
-		Durable:       Consumer,
-		Description:   "Relay365 workers",
+		Durable:       name,
+		Description:   "Relay365 delivery for account " + alias,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
-		FilterSubject: SubjectPrefix + ">",
+		FilterSubject: Subject(alias),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create consumer %s on %s: %w", Consumer, StreamMail, err)
+		return nil, fmt.Errorf("create consumer %s on %s: %w", name, StreamMail, err)
 	}
 	return cons, nil
+}
+
+// DeleteAccountConsumer removes an account's consumer; its messages stay
+// in the stream. A missing consumer is not an error.
+func DeleteAccountConsumer(ctx context.Context, js jetstream.JetStream, alias string) error {
+	err := js.DeleteConsumer(ctx, StreamMail, AccountConsumer(alias))
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("delete consumer %s: %w", AccountConsumer(alias), err)
+	}
+	return nil
+}
+
+// RemoveLegacyConsumer deletes the catch-all consumer relay-workers
+// (filter mail.send.>) of earlier versions, whose filter overlaps every
+// per-account consumer. Messages it held unacknowledged return to the
+// stream. It reports whether there was one to remove.
+func RemoveLegacyConsumer(ctx context.Context, js jetstream.JetStream) (bool, error) {
+	err := js.DeleteConsumer(ctx, StreamMail, LegacyConsumer)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return false, nil
+	default:
+		return false, fmt.Errorf("remove the shared consumer %s of an earlier version: %w", LegacyConsumer, err)
+	}
 }
 
 // PublishResult says where a message went.
@@ -192,12 +245,12 @@ func retryable(err error) bool {
 
 // DeadLetter describes why a message is being given up on.
 type DeadLetter struct {
-	ID        string // message id, for the copy's Nats-Msg-Id
-	Account   string
+	ID        string // message id (Relay-Message-Id on the copy)
+	Account   string // the DLQ subject's last token; "" means "unknown"
 	Reason    string
 	Class     string
 	LastReply string
-	First     time.Time
+	First     time.Time // first attempt; zero: the time it was queued
 }
 
 // MoveToDLQ publishes a copy of msg to MAIL_DLQ with the reason in headers,
@@ -220,12 +273,20 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 	if id == "" {
 		id = "seq-" + strconv.FormatUint(md.Sequence.Stream, 10)
 	}
+	// The copy's dedupe key follows the stream message it copies: "<id>:dlq"
+	// for an original, "<id>:replay:<n>:dlq" for a replayed copy, so a
+	// replay that fails again is dead-lettered again rather than deduped.
+	dedupe := id
+	if nid := msg.Headers().Get(jetstream.MsgIDHeader); nid != "" {
+		dedupe = nid
+	}
 	now := time.Now().UTC()
 	first := dl.First
 	if first.IsZero() {
 		first = md.Timestamp
 	}
-	out.Header.Set(jetstream.MsgIDHeader, id+":dlq")
+	out.Header.Set(jetstream.MsgIDHeader, dedupe+":dlq")
+	out.Header.Set(HdrMessageID, id)
 	out.Header.Set(HdrReason, dl.Reason)
 	out.Header.Set(HdrClass, dl.Class)
 	out.Header.Set(HdrAttempts, strconv.FormatUint(md.NumDelivered, 10))
@@ -250,4 +311,43 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n]
+}
+
+// Requeue puts a fresh copy of msg at the end of its subject (delivery
+// count 1, Nats-Msg-Id "<id>:requeue:<stream seq>", the id kept in
+// Relay-Message-Id), waits for the PubAck, then terminates the original.
+// The worker uses it for a message of a paused account that reached its
+// last delivery: waiting for an account must never dead-letter mail. A
+// crash between the two steps leaves the original, whose next requeue is
+// deduplicated.
+func Requeue(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, id string) (PublishResult, error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return PublishResult{}, fmt.Errorf("requeue: message metadata: %w", err)
+	}
+	out := copyForRepublish(msg.Subject(), msg.Data(), msg.Headers(), id, fmt.Sprintf("%s:requeue:%d", id, md.Sequence.Stream))
+	res, err := publishMsg(ctx, js, out)
+	if err != nil {
+		return res, fmt.Errorf("requeue: copy not stored, original kept: %w", err)
+	}
+	if err := msg.TermWithReason("requeued as a fresh message"); err != nil {
+		return res, fmt.Errorf("requeue: copy stored, terminating original: %w", err)
+	}
+	return res, nil
+}
+
+// copyForRepublish builds a new stream message from a stored one: same
+// subject, data and producer headers, without the dead-letter headers, with
+// its own Nats-Msg-Id and the message id kept in Relay-Message-Id.
+func copyForRepublish(subject string, data []byte, hdr nats.Header, id, msgID string) *nats.Msg {
+	out := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	for k, v := range hdr {
+		out.Header[k] = v
+	}
+	for _, h := range deadLetterHeaders {
+		out.Header.Del(h)
+	}
+	out.Header.Set(jetstream.MsgIDHeader, msgID)
+	out.Header.Set(HdrMessageID, id)
+	return out
 }

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,7 +33,7 @@ func TestPublishDedupeAndDLQ(t *testing.T) {
 		t.Fatalf("second publish must be a duplicate of seq %d: %+v %v", r1.Seq, r2, err)
 	}
 
-	cons, err := queue.EnsureConsumer(ctx, env.JS, queue.ConsumerConfig{})
+	cons, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +58,7 @@ func TestPublishDedupeAndDLQ(t *testing.T) {
 	h := got.Header
 	if h.Get(queue.HdrReason) != "invalid message: to: no recipients" || h.Get(queue.HdrOrigSubject) != "mail.send.alerts" ||
 		h.Get(queue.HdrOrigSeq) != strconv.FormatUint(r1.Seq, 10) || h.Get(queue.HdrAttempts) != "1" ||
-		h.Get(jetstream.MsgIDHeader) != "id-1:dlq" || string(got.Data) != `{"x":1}` {
+		h.Get(jetstream.MsgIDHeader) != "id-1:dlq" || h.Get(queue.HdrMessageID) != "id-1" || string(got.Data) != `{"x":1}` {
 		t.Fatalf("dead letter headers/data wrong: %v %q", h, got.Data)
 	}
 }
@@ -72,5 +73,170 @@ func TestEmbeddedConfigErrors(t *testing.T) {
 			ns.Shutdown()
 			t.Fatalf("%+v: want an error", c)
 		}
+	}
+}
+
+func next(t *testing.T, cons jetstream.Consumer) jetstream.Msg {
+	t.Helper()
+	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg
+}
+
+func TestPerAccountConsumersAndLegacyRemoval(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	// An earlier version's catch-all consumer blocks per-account ones: a
+	// WorkQueue stream refuses overlapping filters.
+	if _, err := env.JS.CreateOrUpdateConsumer(ctx, queue.StreamMail, jetstream.ConsumerConfig{
+		Durable: queue.LegacyConsumer, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: queue.SubjectPrefix + ">",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{}); err == nil {
+		t.Fatal("a per-account consumer next to the catch-all one must fail on a WorkQueue stream")
+	}
+	if removed, err := queue.RemoveLegacyConsumer(ctx, env.JS); err != nil || !removed {
+		t.Fatalf("RemoveLegacyConsumer = %v, %v", removed, err)
+	}
+	if removed, err := queue.RemoveLegacyConsumer(ctx, env.JS); err != nil || removed {
+		t.Fatalf("second RemoveLegacyConsumer = %v, %v; want nothing to remove", removed, err)
+	}
+	for _, a := range []string{"alerts", "billing"} {
+		if _, err := queue.Publish(ctx, env.JS, a, "m-"+a, []byte(a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alerts, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{MaxDeliver: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := queue.EnsureAccountConsumer(ctx, env.JS, "billing", queue.ConsumerConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := alerts.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Name != "relay-mail-alerts" || info.Config.FilterSubject != "mail.send.alerts" || info.Config.MaxDeliver != 7 || info.NumPending != 1 {
+		t.Fatalf("consumer %+v", info.Config)
+	}
+	if m := next(t, alerts); string(m.Data()) != "alerts" {
+		t.Fatalf("alerts consumer got %q", m.Data())
+	}
+	if err := queue.DeleteAccountConsumer(ctx, env.JS, "billing"); err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.DeleteAccountConsumer(ctx, env.JS, "billing"); err != nil {
+		t.Fatalf("deleting a missing consumer: %v", err)
+	}
+}
+
+func TestRequeueKeepsIDWithFreshDeliveryCount(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	if _, err := queue.Publish(ctx, env.JS, "alerts", "id-1", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	cons, _ := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{})
+	m := next(t, cons)
+	if err := m.NakWithDelay(0); err != nil {
+		t.Fatal(err)
+	}
+	m = next(t, cons)
+	if md, _ := m.Metadata(); md.NumDelivered != 2 {
+		t.Fatalf("delivered %d times", md.NumDelivered)
+	}
+	res, err := queue.Requeue(ctx, env.JS, m, "id-1")
+	if err != nil || res.Duplicate {
+		t.Fatal(res, err)
+	}
+	m = next(t, cons)
+	md, _ := m.Metadata()
+	if md.NumDelivered != 1 || md.Sequence.Stream != res.Seq || m.Headers().Get(queue.HdrMessageID) != "id-1" ||
+		m.Headers().Get(jetstream.MsgIDHeader) != "id-1:requeue:1" || string(m.Data()) != "x" {
+		t.Fatalf("requeued copy: delivered %d seq %d headers %v", md.NumDelivered, md.Sequence.Stream, m.Headers())
+	}
+	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
+	if info, _ := mail.Info(ctx); info.State.Msgs != 1 {
+		t.Fatalf("MAIL holds %d, want only the copy", info.State.Msgs)
+	}
+}
+
+func TestDeadLetterListShowReplayPurge(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	cons := map[string]jetstream.Consumer{}
+	for _, a := range []string{"alerts", "billing"} {
+		c, err := queue.EnsureAccountConsumer(ctx, env.JS, a, queue.ConsumerConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cons[a] = c
+	}
+	dead := func(account, id, reason string) {
+		t.Helper()
+		env.DeadLetter(t, ctx, account, id, []byte(id), queue.DeadLetter{
+			ID: id, Account: account, Reason: reason, Class: "message", LastReply: "550 5.7.60 no",
+		})
+	}
+	dead("alerts", "a1", "smtp data: 550 5.7.60 send-as")
+	dead("alerts", "a2", "invalid message: to: no recipients")
+	dead("billing", "b1", "smtp data: 552 5.3.4 too large")
+
+	all, err := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{})
+	if err != nil || len(all) != 3 {
+		t.Fatalf("list all: %d %v", len(all), err)
+	}
+	e := all[0]
+	if e.Seq != 1 || e.Account != "alerts" || e.ID != "a1" || e.Class != "message" || e.Attempts != 1 ||
+		e.OrigSubject != "mail.send.alerts" || e.OrigSeq != 1 || e.LastReply != "550 5.7.60 no" ||
+		e.FirstAttempt.IsZero() || e.LastAttempt.IsZero() {
+		t.Fatalf("entry %+v", e)
+	}
+	if got, _ := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{Account: "alerts"}); len(got) != 2 {
+		t.Fatalf("--account alerts: %d", len(got))
+	}
+	if got, _ := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{Reason: "NO RECIPIENTS"}); len(got) != 1 || got[0].ID != "a2" {
+		t.Fatalf("--reason: %+v", got)
+	}
+	if got, _ := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{Account: "nobody"}); len(got) != 0 {
+		t.Fatalf("unknown account: %+v", got)
+	}
+	if _, err := queue.GetDeadLetter(ctx, env.JS, 99); err == nil || !strings.Contains(err.Error(), "no dead letter with sequence 99") {
+		t.Fatalf("show missing: %v", err)
+	}
+
+	// Replay: a new message with a fresh count, then gone from the DLQ.
+	res, err := queue.ReplayDeadLetter(ctx, env.JS, 1)
+	if err != nil || res.Duplicate {
+		t.Fatal(res, err)
+	}
+	m := next(t, cons["alerts"])
+	md, _ := m.Metadata()
+	if md.NumDelivered != 1 || m.Headers().Get(queue.HdrMessageID) != "a1" || m.Headers().Get(jetstream.MsgIDHeader) != "a1:replay:1" ||
+		m.Headers().Get(queue.HdrReason) != "" || string(m.Data()) != "a1" {
+		t.Fatalf("replayed copy: %d %v", md.NumDelivered, m.Headers())
+	}
+	if _, err := queue.GetDeadLetter(ctx, env.JS, 1); err == nil {
+		t.Fatal("replayed dead letter still in MAIL_DLQ")
+	}
+	// Failing again, it is dead-lettered again, not swallowed by dedupe.
+	if err := queue.MoveToDLQ(ctx, env.JS, m, queue.DeadLetter{ID: "a1", Account: "alerts", Reason: "again", Class: "message"}); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{Reason: "again"})
+	if len(again) != 1 || again[0].ID != "a1" || again[0].Header.Get(jetstream.MsgIDHeader) != "a1:replay:1:dlq" {
+		t.Fatalf("second dead letter: %+v", again)
+	}
+
+	n, err := queue.PurgeDeadLetters(ctx, env.JS, "billing")
+	if err != nil || n != 1 {
+		t.Fatalf("purge billing: %d %v", n, err)
+	}
+	if left, _ := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{}); len(left) != 2 {
+		t.Fatalf("after purging billing: %d left", len(left))
+	}
+	if n, err := queue.PurgeDeadLetters(ctx, env.JS, ""); err != nil || n != 2 {
+		t.Fatalf("purge all: %d %v", n, err)
 	}
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"time"
 )
@@ -41,4 +42,18 @@ func (b Backoff) Delay(attempt int) time.Duration {
 		d = time.Duration(float64(d) * f)
 	}
 	return d
+}
+
+// Validate says what is wrong with a schedule given by flags; name is the
+// flag prefix, e.g. "--retry".
+func (b Backoff) Validate(name string) error {
+	switch {
+	case b.Base < 10*time.Millisecond:
+		return fmt.Errorf("%s-base %s: want at least 10ms (a shorter wait is a hot loop)", name, b.Base)
+	case b.Max < b.Base:
+		return fmt.Errorf("%s-max %s: want at least %s-base (%s)", name, b.Max, name, b.Base)
+	case b.Jitter < 0 || b.Jitter >= 1:
+		return fmt.Errorf("%s jitter %g: want 0 to under 1", name, b.Jitter)
+	}
+	return nil
 }

@@ -4,8 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"relay365/internal/message"
+	"relay365/internal/token"
 )
 
 // Class is what a failed delivery means for the relay. It is decided once,
@@ -15,7 +19,7 @@ type Class string
 
 const (
 	ClassTransient Class = "transient" // 451, other 4xx, network: retry with backoff
-	ClassAuth      Class = "auth"      // 535 5.7.3: refresh the token once, then retry
+	ClassAuth      Class = "auth"      // 535 5.7.3: refresh the token once and retry; if it stays, pause the account
 	ClassConfig    Class = "config"    // 535 5.7.139, 504 5.7.4, 501 5.5.124, 421 4.7.66: pause the account
 	ClassSession   Class = "session"   // 530 5.7.57: reconnect and authenticate
 	ClassThrottle  Class = "throttle"  // 432 4.3.2: too many connections, back off
@@ -27,13 +31,16 @@ const (
 	ClassIdentity  Class = "identity"  // no access token (needs consent, config error, identity down)
 )
 
+// classes lists every class, for tests and documentation.
+var classes = []Class{ClassTransient, ClassAuth, ClassConfig, ClassSession, ClassThrottle, ClassQuota, ClassAccount, ClassTenant, ClassMessage, ClassInvalid, ClassIdentity}
+
 // Action is what the worker does with a message after an attempt.
 type Action int
 
 const (
 	ActionAck        Action = iota // 250: done
 	ActionRetry                    // NakWithDelay on the retry schedule
-	ActionPause                    // the account is unusable for now: retry after a long delay
+	ActionPause                    // the account is unusable for now: stop its lane, probe until it clears
 	ActionDeadLetter               // never deliverable: MAIL_DLQ with the reason
 )
 
@@ -46,19 +53,43 @@ func (c Class) Action() Action {
 	switch c {
 	case ClassMessage, ClassInvalid:
 		return ActionDeadLetter
-	case ClassConfig, ClassAccount, ClassTenant, ClassQuota, ClassIdentity:
+	case ClassConfig, ClassAccount, ClassTenant, ClassQuota, ClassIdentity, ClassAuth:
+		// ClassAuth reaches here only after its one forced refresh failed
+		// too (the lane refreshes before it reports the class).
 		return ActionPause
 	default:
-		// transient, auth (after its one refresh), session, throttle, and
-		// anything unknown: mail is never dropped on a guess.
+		// transient, session, throttle, and anything unknown: mail is
+		// never dropped on a guess.
 		return ActionRetry
+	}
+}
+
+// probe is how a paused account finds out that its condition cleared.
+type probe int
+
+const (
+	probeNone  probe = iota // the pause ends by itself (the pacer's window)
+	probeToken              // ask for an access token (consent, identity platform)
+	probeAuth               // open a session: STARTTLS + AUTH, no message
+	probeSend               // send one message; the rest wait for its result
+)
+
+// probe returns how an account paused for class c is probed.
+func (c Class) probe() probe {
+	switch c {
+	case ClassIdentity:
+		return probeToken
+	case ClassAuth, ClassConfig:
+		return probeAuth
+	default: // quota, account, tenant: only a real message tells
+		return probeSend
 	}
 }
 
 // SMTPError is a failed SMTP exchange: the reply (or the network error
 // where there was no reply), the stage it happened in, and its class.
 type SMTPError struct {
-	Stage    string // dial, tls, auth, mail, rcpt, data
+	Stage    string // dial, tls, auth, rset, mail, rcpt, data
 	Code     int    // 0 when there was no reply
 	Enhanced string // "5.7.3", "" when absent
 	Text     string
@@ -139,4 +170,55 @@ func ClassifyReply(code int, enhanced, text string) Class {
 	default:
 		return ClassTransient // 451, 421, other 4xx, anything unexpected
 	}
+}
+
+// PaceError says the account's own budget (Office 365's limits, kept by the
+// pacer) has no room for this transaction for a while: the account pauses
+// until then instead of provoking a quota reply.
+type PaceError struct {
+	Wait   time.Duration
+	Reason string
+}
+
+func (e *PaceError) Error() string {
+	return fmt.Sprintf("paced: %s; room again in %s", e.Reason, e.Wait.Round(time.Second))
+}
+
+// errStopping: the worker is shutting down before this message's SMTP
+// transaction started; it goes back to the stream untouched.
+var errStopping = errors.New("worker stopping before the send started")
+
+// classify turns any delivery error into its class, once. The reply (nil
+// when there was none) is recorded on dead letters and in metrics.
+func classify(err error) (Class, *SMTPError) {
+	var se *SMTPError
+	var ie *token.IdentityError
+	var pe *PaceError
+	switch {
+	case errors.As(err, &se):
+		return se.Class, se
+	case message.IsInvalid(err):
+		return ClassInvalid, nil
+	case errors.As(err, &ie), errors.Is(err, token.ErrNotFound):
+		// No access token: needs consent, config error, the identity
+		// platform down with the token expired, or no tokens stored.
+		return ClassIdentity, nil
+	case errors.As(err, &pe):
+		return ClassQuota, nil
+	default:
+		return ClassTransient, nil // unknown errors count as temporary
+	}
+}
+
+// pauseHint is how long the error itself says to wait (0: unknown).
+func pauseHint(err error) time.Duration {
+	var ie *token.IdentityError
+	var pe *PaceError
+	switch {
+	case errors.As(err, &pe):
+		return pe.Wait
+	case errors.As(err, &ie):
+		return ie.RetryAfter
+	}
+	return 0
 }

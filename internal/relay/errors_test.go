@@ -17,7 +17,7 @@ func TestClassifyOffice365Replies(t *testing.T) {
 		class  Class
 		action Action
 	}{
-		{&smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful [host]"}, ClassAuth, ActionRetry},
+		{&smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful [host]"}, ClassAuth, ActionPause},
 		{&smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."}, ClassConfig, ActionPause},
 		{&smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 7, 4}, Message: "Unrecognized authentication type"}, ClassConfig, ActionPause},
 		{&smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 124}, Message: "XOAUTH2 data wrong"}, ClassConfig, ActionPause},

@@ -6,33 +6,58 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the worker's Prometheus series. Labels are bounded: account
+// Metrics are the engine's Prometheus series. Labels are bounded: account
 // is a configured alias (or "unknown"), outcome and class are closed sets,
 // code is an SMTP reply code.
 type Metrics struct {
-	messages *prometheus.CounterVec
-	replies  *prometheus.CounterVec
-	duration prometheus.Histogram
+	messages    *prometheus.CounterVec
+	replies     *prometheus.CounterVec
+	duration    prometheus.Histogram
+	connections *prometheus.CounterVec
+	paused      *prometheus.GaugeVec
+	pauses      *prometheus.CounterVec
 }
 
-// NewMetrics registers the worker's series on reg.
+// Outcomes of one delivery attempt (relay_messages_total).
+const (
+	outcomeSent         = "sent"          // Office 365 answered 250 for every transaction
+	outcomeDuplicate    = "duplicate"     // already sent (idempotency marker): acked without sending
+	outcomeRetried      = "retried"       // NakWithDelay on the retry schedule
+	outcomePaused       = "paused"        // the account paused; the message waits
+	outcomeRequeued     = "requeued"      // paused at its last delivery: put back as a fresh message
+	outcomeDeadLettered = "dead_lettered" // copied to MAIL_DLQ with the reason
+)
+
+// NewMetrics registers the engine's series on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_messages_total",
-			Help: "Messages handled by the workers, by account and outcome (sent, retried, paused, dead_lettered, duplicate).",
+			Help: "Delivery attempts by account and outcome (sent, duplicate, retried, paused, requeued, dead_lettered).",
 		}, []string{"account", "outcome"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_smtp_replies_total",
-			Help: "Final SMTP replies and network failures per delivery attempt, by account, reply code (0: no reply) and class.",
+			Help: "Final SMTP replies and network failures per transaction or AUTH, by account, reply code (0: no reply) and class.",
 		}, []string{"account", "code", "class"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "relay_send_duration_seconds",
-			Help:    "Time of one delivery attempt: token, connect, STARTTLS, AUTH, transaction.",
+			Help:    "Time of one delivery attempt: pacing, token, session, transactions.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_smtp_connections_total",
+			Help: "SMTP sessions opened (connect, STARTTLS, AUTH) by account; pooled sessions carry many messages each.",
+		}, []string{"account"}),
+		paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "relay_account_paused",
+			Help: "1 while an account's delivery is paused (it cannot send; its mail waits queued), else 0.",
+		}, []string{"account"}),
+		pauses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_account_pauses_total",
+			Help: "Times an account's delivery was paused, by class of the condition.",
+		}, []string{"account", "class"}),
 	}
-	reg.MustRegister(m.messages, m.replies, m.duration)
+	reg.MustRegister(m.messages, m.replies, m.duration, m.connections, m.paused, m.pauses)
 	return m
 }
 

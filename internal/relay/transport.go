@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -23,9 +24,9 @@ type Endpoint struct {
 	CAFile string // extra trusted roots (PEM), on top of the system's
 }
 
-// Transport submits messages over SMTP with STARTTLS and AUTH XOAUTH2. It is
-// the seam where the pooled session engine plugs in later; today it opens
-// one session per message.
+// Transport opens authenticated SMTP sessions over STARTTLS with AUTH
+// XOAUTH2. The delivery engine keeps them in per-account pools; Send is the
+// one-shot form the consent step uses for its test mail.
 type Transport struct {
 	LocalName      string        // EHLO name; default "localhost"
 	DialTimeout    time.Duration // default 15s
@@ -36,42 +37,152 @@ type Transport struct {
 	pools map[string]*x509.CertPool // CA file → roots, read once
 }
 
-// Send delivers r as user with an access token. STARTTLS is mandatory: a
-// server that does not offer it gets no AUTH and no mail (RFC 3207 §4 lets a
-// client refuse; with a bearer token in AUTH we must). The returned error is
-// always an *SMTPError.
+// quitTimeout bounds the QUIT of a session being closed.
+const quitTimeout = 2 * time.Second
+
+// Send delivers r as user with an access token on a session of its own,
+// then quits. The returned error is always an *SMTPError.
 func (t *Transport) Send(ctx context.Context, ep Endpoint, user, token string, r *message.Rendered) error {
-	c, err := t.open(ctx, ep)
+	s, err := t.Dial(ctx, ep, user, token)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer s.Close()
+	return s.Send(ctx, r.MailFrom, r.Rcpts, r.Data)
+}
+
+// Session is one SMTP connection that passed STARTTLS and AUTH XOAUTH2. It
+// is used by one goroutine at a time. It remembers the access token it
+// authenticated with (never printed), so a pool can tell a session opened
+// with a token that has since been replaced.
+type Session struct {
+	c          *smtp.Client
+	ep         Endpoint
+	user       string
+	token      string
+	pipelining bool        // the server offered PIPELINING (RFC 2920)
+	lastUsed   time.Time   // for idle close
+	dirty      bool        // a transaction failed: RSET before the next (RFC 5321 §4.1.1.5)
+	broken     atomic.Bool // the connection can no longer be trusted
+}
+
+// Dial connects, upgrades with STARTTLS and authenticates with XOAUTH2.
+// STARTTLS is mandatory: a server that does not offer it gets no AUTH and no
+// mail (RFC 3207 §4 lets a client refuse; with a bearer token in AUTH we
+// must). Errors are *SMTPError.
+func (t *Transport) Dial(ctx context.Context, ep Endpoint, user, token string) (*Session, error) {
+	c, err := t.open(ctx, ep)
+	if err != nil {
+		return nil, err
+	}
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-
 	if err := c.Auth(NewXOAUTH2(user, token)); err != nil {
-		return classifySMTP("auth", err)
+		c.Close()
+		return nil, classifySMTP("auth", err)
 	}
-	if err := c.Mail(r.MailFrom, nil); err != nil {
+	// go-smtp's client sends one command at a time; PIPELINING is recorded
+	// for /status and logs, not used (see the package documentation).
+	pipelining, _ := c.Extension("PIPELINING")
+	return &Session{c: c, ep: ep, user: user, token: token, pipelining: pipelining, lastUsed: time.Now()}, nil
+}
+
+// Send runs one mail transaction (RFC 5321 §3.3): MAIL, RCPT for each
+// recipient, DATA. On a reused session a failed previous transaction is
+// cleared with RSET first. A cancelled ctx closes the connection. Errors
+// are *SMTPError; after one, Reusable says whether the session may serve
+// another message.
+func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []byte) (err error) {
+	stop := context.AfterFunc(ctx, func() { s.broken.Store(true); s.c.Close() })
+	defer stop()
+	defer func() {
+		s.lastUsed = time.Now()
+		if err != nil {
+			s.dirty = true
+			if !keepSession(err) {
+				s.broken.Store(true)
+			}
+		}
+	}()
+	if s.dirty {
+		if err := s.c.Reset(); err != nil {
+			return classifySMTP("rset", err)
+		}
+		s.dirty = false
+	}
+	if err := s.c.Mail(from, nil); err != nil {
 		return classifySMTP("mail", err)
 	}
-	for _, rcpt := range r.Rcpts {
-		if err := c.Rcpt(rcpt, nil); err != nil {
+	for _, rcpt := range rcpts {
+		if err := s.c.Rcpt(rcpt, nil); err != nil {
 			return classifySMTP("rcpt", err)
 		}
 	}
-	w, err := c.Data()
+	w, err := s.c.Data()
 	if err != nil {
 		return classifySMTP("data", err)
 	}
-	if _, err := w.Write(r.Data); err != nil {
+	if _, err := w.Write(data); err != nil {
 		return classifySMTP("data", err)
 	}
 	if _, err := w.CloseWithResponse(); err != nil {
 		return classifySMTP("data", err)
 	}
-	_ = c.Quit() // the message is accepted; a failed QUIT changes nothing
 	return nil
+}
+
+// Reset sends RSET on an idle session before it is reused: it clears any
+// transaction state and proves the connection is still alive, before a
+// message is committed to it.
+func (s *Session) Reset(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.broken.Store(true); s.c.Close() })
+	defer stop()
+	if err := s.c.Reset(); err != nil {
+		s.broken.Store(true)
+		return classifySMTP("rset", err)
+	}
+	s.dirty = false
+	return nil
+}
+
+// Reusable reports whether the session may carry another message.
+func (s *Session) Reusable() bool { return !s.broken.Load() }
+
+// Close sends QUIT (bounded by a short deadline) and closes the connection.
+func (s *Session) Close() {
+	if s.broken.Load() {
+		s.c.Close()
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if s.c.Quit() != nil {
+			s.c.Close()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(quitTimeout):
+		s.c.Close()
+		<-done
+	}
+}
+
+// keepSession: after a reply that refuses only this message the connection
+// is fine (RSET clears it); after a network error, a 421 (the server closes,
+// RFC 5321 §3.8), or a reply about the session, authentication or the
+// connection count, it is not.
+func keepSession(err error) bool {
+	var se *SMTPError
+	if !errors.As(err, &se) || se.Code == 0 || se.Code == 421 {
+		return false
+	}
+	switch se.Class {
+	case ClassSession, ClassAuth, ClassConfig, ClassThrottle:
+		return false
+	}
+	return true
 }
 
 func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtp.Client, error) {
@@ -88,6 +199,8 @@ func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtp.Client, error)
 	if err != nil {
 		return nil, classifySMTP("dial", err)
 	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	// NewClientStartTLS reads the greeting, sends EHLO, fails unless
 	// STARTTLS is offered, and upgrades. The deadline bounds all of it.
 	conn.SetDeadline(time.Now().Add(durationOr(t.CommandTimeout, 60*time.Second)))

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"relay365/internal/message"
-	"relay365/internal/queue"
 	"relay365/producer"
 )
 
@@ -72,9 +71,9 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	nc, err := queue.Connect(c.NATSURL, "relay-publish")
+	nc, err := connectNATS(c.NATSURL, "relay-publish")
 	if err != nil {
-		return fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
+		return err
 	}
 	defer nc.Close()
 	p, err := producer.New(nc)

@@ -16,7 +16,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/nats-io/nats.go"
+
 	"relay365/internal/cli"
+	"relay365/internal/queue"
 )
 
 // Exit codes (shared with authtool, see internal/cli).
@@ -56,6 +59,7 @@ func commands() []command {
 		{"serve", "run the relay: workers, token refresh, metrics", runServe},
 		{"sandbox", "run everything locally against a fake Office 365", runSandbox},
 		{"publish", "queue one message for delivery", runPublish},
+		{"dlq", "list, show, replay or purge dead letters", runDLQ},
 		{"keygen", "create the token sealing key file", runKeygen},
 	}
 }
@@ -103,3 +107,12 @@ func envOr(env Env, key, def string) string { return cli.EnvOr(env, key, def) }
 
 // listFlag is a repeatable string flag that also splits on commas.
 type listFlag = cli.ListFlag
+
+// connectNATS connects a short-lived command to the relay's NATS.
+func connectNATS(url, name string) (*nats.Conn, error) {
+	nc, err := queue.Connect(url, name)
+	if err != nil {
+		return nil, fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
+	}
+	return nc, nil
+}

@@ -44,7 +44,7 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"unknown flag", []string{"serve", "--nope"}, "flag provided but not defined: -nope"},
 		{"serve without key", []string{"serve", "--http-addr", "off"}, "relay keygen"},
-		{"serve bad workers", []string{"serve", "--key-file", "k", "--workers", "0"}, "--workers 0"},
+		{"serve bad max-deliver", []string{"serve", "--key-file", "k", "--max-deliver", "1"}, "--max-deliver 1"},
 		{"serve bad sync", []string{"serve", "--key-file", "k", "--nats-sync", "sometimes"}, `--nats-sync "sometimes"`},
 		{"serve bad margin", []string{"serve", "--key-file", "k", "--refresh-margin", "2h"}, "--refresh-margin 2h0m0s"},
 		{"stray argument", []string{"publish", "extra"}, `unexpected argument "extra"`},

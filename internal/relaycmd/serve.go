@@ -9,6 +9,7 @@ import (
 
 	"relay365/internal/daemon"
 	"relay365/internal/logging"
+	"relay365/internal/relay"
 	"relay365/internal/sandbox"
 )
 
@@ -44,9 +45,14 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.StringVar(&c.Roles, "roles", "tokens,workers", "what this process runs: tokens (token service replica and proactive refresh), workers (deliveries), or both")
 	fs.StringVar(&c.HTTPAddr, "http-addr", envOr(env, "RELAY_HTTP_ADDR", "127.0.0.1:9465"), "metrics, health and status address, or off (env RELAY_HTTP_ADDR)")
 	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of streams and buckets (3 or 5 in a cluster)")
-	fs.IntVar(&c.Workers, "workers", 3, "concurrent deliveries (Office 365 allows 3 connections per mailbox)")
 	fs.DurationVar(&c.AckWait, "ack-wait", 60e9, "time a worker holds a message before JetStream redelivers it (heartbeats extend it)")
-	fs.IntVar(&c.MaxDeliver, "max-deliver", 50, "deliveries before a message is dead-lettered")
+	fs.IntVar(&c.MaxDeliver, "max-deliver", 50, "deliveries before a message that keeps failing is dead-lettered")
+	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 1000, "messages per account handed out and not yet acked (waiting retries count)")
+	c.Retry, c.Pause = relay.DefaultRetry, relay.DefaultPause
+	fs.DurationVar(&c.Retry.Base, "retry-base", relay.DefaultRetry.Base, "first wait before retrying a temporary failure (doubles each time, ±20% jitter)")
+	fs.DurationVar(&c.Retry.Max, "retry-max", relay.DefaultRetry.Max, "longest wait between retries")
+	fs.DurationVar(&c.Pause.Base, "pause-base", relay.DefaultPause.Base, "first wait before probing a paused account (doubles each time, ±20% jitter)")
+	fs.DurationVar(&c.Pause.Max, "pause-max", relay.DefaultPause.Max, "longest wait between probes of a paused account")
 	fs.DurationVar(&c.RefreshMargin, "refresh-margin", 5*60e9, "refresh access tokens this long before they expire")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 30e9, "time in-flight sends get to finish on shutdown")
 }

@@ -63,6 +63,7 @@ type Sandbox struct {
 	Fake   *fakeo365.Server
 	Daemon *daemon.Daemon
 	clock  clock.Clock
+	fake   fakeo365.Config
 }
 
 // Start brings everything up and connects the sandbox account.
@@ -82,7 +83,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 			return nil, err
 		}
 	}
-	s := &Sandbox{clock: cfg.Daemon.Clock}
+	s := &Sandbox{clock: cfg.Daemon.Clock, fake: cfg.Fake}
 	if s.clock == nil {
 		s.clock = clock.Real()
 	}
@@ -120,6 +121,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 	if err := s.Connect(ctx); err != nil {
 		return nil, fmt.Errorf("connecting the sandbox account: %w", err)
 	}
+	if err := s.Daemon.Engine.WaitBound(ctx, Account); err != nil {
+		return nil, err
+	}
 	log.Info().Str("account", Account).Str("mailbox", Mailbox).Msg("sandbox account connected through consent and a test mail")
 	return s, nil
 }
@@ -135,7 +139,7 @@ func (s *Sandbox) Connect(ctx context.Context) error {
 	defer cancel()
 	tok, err := consent.Browser{
 		ClientID: ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: Mailbox,
-	}.Run(ctx, s.Fake.SignIn(ctx))
+	}.Run(ctx, consent.FollowURL(ctx))
 	if err != nil {
 		return err
 	}
@@ -164,6 +168,18 @@ func (s *Sandbox) account(alias, mailbox string, appOnly bool) account.Account {
 	acct := account.Account{
 		Alias: alias, Mailbox: mailbox, Tenant: Tenant, Authority: s.Fake.AuthorityURL(), AppOnly: appOnly,
 		ClientID: ClientID, SMTPAddr: s.Fake.SMTPAddr(), CAFile: s.Fake.CAFile(),
+		PerMinute: s.fake.PerMinute, PerDay: s.fake.PerDay, MaxConns: s.fake.MaxConns,
+	}
+	// The account's limits are the fake's, so the relay paces exactly as
+	// it would for Office 365; a limit the fake switched off (negative)
+	// is as good as none.
+	for _, n := range []*int{&acct.PerMinute, &acct.PerDay} {
+		if *n < 0 {
+			*n = 1 << 20
+		}
+	}
+	if acct.MaxConns < 0 {
+		acct.MaxConns = 10
 	}
 	acct.Normalize()
 	return acct

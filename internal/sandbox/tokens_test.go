@@ -565,8 +565,19 @@ func TestTokenRevocationNeedsConsentThenReconsent(t *testing.T) {
 	c.clock.Set(old.Expiry.Add(time.Minute))
 	before := len(c.sb.Fake.Messages())
 	subjects := []string{c.send(sandbox.Account), c.send(sandbox.Account), c.send(sandbox.Account)}
-	c.eventually("the worker to pause each message at least twice", func() bool {
-		return metricOf(t, c.sb.Daemon.Registry, "relay_messages_total", map[string]string{"account": sandbox.Account, "outcome": "paused"}) >= 6
+	// The account's lane pauses (it pulls nothing more, so the messages
+	// keep their delivery counts) and probes on the pause schedule.
+	c.eventually("the account's lane to pause for its token", func() bool {
+		for _, l := range c.sb.Daemon.Engine.Status() {
+			if l.Account == sandbox.Account && l.Paused && l.PauseClass == "identity" {
+				return true
+			}
+		}
+		return false
+	})
+	c.eventually("the worker to find the account unusable more than once", func() bool {
+		return metricOf(t, c.sb.Daemon.Registry, "relay_messages_total", map[string]string{"account": sandbox.Account, "outcome": "paused"}) >= 1 &&
+			strings.Count(c.logs.String(), `"message":"account paused: its mail stays queued"`) >= 2
 	})
 	if n := c.streamMsgs(queue.StreamMail); n != 3 {
 		t.Fatalf("MAIL holds %d messages, want the 3 queued", n)

@@ -2,7 +2,9 @@
 package queuetest
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -21,9 +23,14 @@ type Env struct {
 
 // Start runs a JetStream server with its store in t.TempDir() on a free
 // loopback port; everything is shut down when the test ends.
-func Start(t testing.TB) *Env {
+func Start(t testing.TB) *Env { return StartSync(t, "always") }
+
+// StartSync is Start with the server's fsync policy: "always" (what
+// production does), or an interval such as "5s" for tests that publish
+// and ack thousands of messages on shared cores.
+func StartSync(t testing.TB, sync string) *Env {
 	t.Helper()
-	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir()})
+	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Sync: sync})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,4 +61,38 @@ func Connect(t testing.TB, url string) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// StartMail is Start plus the MAIL and MAIL_DLQ streams, and a context
+// that ends with the test (or after 30 seconds).
+func StartMail(t testing.TB) (*Env, context.Context) {
+	t.Helper()
+	env := Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	return env, ctx
+}
+
+// DeadLetter queues data for account under id and dead-letters it the way
+// the worker does (its consumer hands it out, MoveToDLQ copies and ends
+// it). The streams must exist.
+func (e *Env) DeadLetter(t testing.TB, ctx context.Context, account, id string, data []byte, dl queue.DeadLetter) {
+	t.Helper()
+	if _, err := queue.Publish(ctx, e.JS, account, id, data); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := queue.EnsureAccountConsumer(ctx, e.JS, account, queue.ConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.MoveToDLQ(ctx, e.JS, msg, dl); err != nil {
+		t.Fatal(err)
+	}
 }

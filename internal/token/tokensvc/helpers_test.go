@@ -131,7 +131,7 @@ func (e *env) consent(alias string) {
 	acct.Normalize()
 	authURL, tokenURL, _ := acct.Endpoints()
 	tok, err := consent.Browser{ClientID: acct.ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: acct.Mailbox}.
-		Run(e.ctx, e.fake.SignIn(e.ctx))
+		Run(e.ctx, consent.FollowURL(e.ctx))
 	if err != nil {
 		e.t.Fatal(err)
 	}

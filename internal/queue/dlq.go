@@ -1,0 +1,195 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DeadLetterEntry is one message in MAIL_DLQ with its dead-letter headers
+// decoded.
+type DeadLetterEntry struct {
+	Seq          uint64    // sequence in MAIL_DLQ
+	Stored       time.Time // when it was dead-lettered
+	Account      string    // from the subject mail.dlq.<account>
+	ID           string    // message id
+	Reason       string
+	Class        string
+	LastReply    string
+	Attempts     int
+	OrigSubject  string
+	OrigSeq      uint64
+	FirstAttempt time.Time
+	LastAttempt  time.Time
+	Header       nats.Header
+	Data         []byte
+}
+
+// DeadLetterFilter selects dead letters; empty fields match all.
+type DeadLetterFilter struct {
+	Account string // exact alias
+	Reason  string // case-insensitive substring of the reason
+}
+
+func (f DeadLetterFilter) subject() string {
+	if f.Account == "" {
+		return DLQPrefix + ">"
+	}
+	return DLQPrefix + f.Account
+}
+
+func (f DeadLetterFilter) match(e DeadLetterEntry) bool {
+	return f.Reason == "" || strings.Contains(strings.ToLower(e.Reason), strings.ToLower(f.Reason))
+}
+
+func newEntry(seq uint64, stored time.Time, subject string, hdr nats.Header, data []byte) DeadLetterEntry {
+	e := DeadLetterEntry{
+		Seq: seq, Stored: stored, Account: strings.TrimPrefix(subject, DLQPrefix),
+		ID: hdr.Get(HdrMessageID), Reason: hdr.Get(HdrReason), Class: hdr.Get(HdrClass),
+		LastReply: hdr.Get(HdrLastReply), OrigSubject: hdr.Get(HdrOrigSubject),
+		Header: hdr, Data: data,
+	}
+	if e.ID == "" { // dead-lettered by an earlier version
+		e.ID = strings.TrimSuffix(hdr.Get(jetstream.MsgIDHeader), ":dlq")
+	}
+	e.Attempts, _ = strconv.Atoi(hdr.Get(HdrAttempts))
+	e.OrigSeq, _ = strconv.ParseUint(hdr.Get(HdrOrigSeq), 10, 64)
+	e.FirstAttempt, _ = time.Parse(time.RFC3339Nano, hdr.Get(HdrFirstAttempt))
+	e.LastAttempt, _ = time.Parse(time.RFC3339Nano, hdr.Get(HdrLastAttempt))
+	return e
+}
+
+// ListDeadLetters returns the dead letters matching f, oldest first. It
+// reads MAIL_DLQ with an ordered consumer (no state left on the server).
+func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFilter) ([]DeadLetterEntry, error) {
+	pending, err := countDeadLetters(ctx, js, f)
+	if err != nil {
+		return nil, err
+	}
+	out := []DeadLetterEntry{}
+	if pending == 0 {
+		return out, nil
+	}
+	cons, err := js.OrderedConsumer(ctx, StreamDLQ, jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.subject()}})
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
+	}
+	for pending > 0 {
+		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			md, err := m.Metadata()
+			if err != nil {
+				return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
+			}
+			pending = md.NumPending
+			if e := newEntry(md.Sequence.Stream, md.Timestamp, m.Subject(), m.Headers(), m.Data()); f.match(e) {
+				out = append(out, e)
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
+		}
+		if got == 0 {
+			return nil, fmt.Errorf("read %s: %d dead letters announced, none arrived", StreamDLQ, pending)
+		}
+	}
+	return out, nil
+}
+
+// GetDeadLetter returns the dead letter at seq.
+func GetDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (DeadLetterEntry, error) {
+	s, err := js.Stream(ctx, StreamDLQ)
+	if err != nil {
+		return DeadLetterEntry{}, fmt.Errorf("open %s: %w", StreamDLQ, err)
+	}
+	m, err := s.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return DeadLetterEntry{}, fmt.Errorf("no dead letter with sequence %d in %s (see relay dlq list)", seq, StreamDLQ)
+	}
+	if err != nil {
+		return DeadLetterEntry{}, fmt.Errorf("read %s sequence %d: %w", StreamDLQ, seq, err)
+	}
+	return newEntry(m.Sequence, m.Time, m.Subject, m.Header, m.Data), nil
+}
+
+// ReplayDeadLetter publishes the dead letter at seq again on
+// mail.send.<account> as a new message, with a fresh delivery count and
+// Nats-Msg-Id "<id>:replay:<seq>" (the message id, and so its Message-ID
+// and idempotency marker, stay the same), waits for the PubAck, and only
+// then deletes it from MAIL_DLQ. If the delete fails the replayed copy is
+// already queued; replaying the same seq again within the dedupe window is
+// then recognised as a duplicate, not queued twice.
+func ReplayDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (PublishResult, error) {
+	e, err := GetDeadLetter(ctx, js, seq)
+	if err != nil {
+		return PublishResult{}, err
+	}
+	subject := e.OrigSubject
+	if !strings.HasPrefix(subject, SubjectPrefix) {
+		subject = Subject(e.Account)
+	}
+	out := copyForRepublish(subject, e.Data, e.Header, e.ID, fmt.Sprintf("%s:replay:%d", e.ID, seq))
+	res, err := publishMsg(ctx, js, out)
+	if err != nil {
+		return res, fmt.Errorf("replay %d: %w (the dead letter is kept)", seq, err)
+	}
+	s, err := js.Stream(ctx, StreamDLQ)
+	if err == nil {
+		err = s.DeleteMsg(ctx, seq)
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return res, fmt.Errorf("replay %d: queued as %s sequence %d, but not removed from %s: %w", seq, StreamMail, res.Seq, StreamDLQ, err)
+	}
+	return res, nil
+}
+
+// PurgeDeadLetters deletes the dead letters of account ("" for all) and
+// returns how many there were.
+func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, account string) (uint64, error) {
+	f := DeadLetterFilter{Account: account}
+	n, err := countDeadLetters(ctx, js, f)
+	if err != nil {
+		return 0, err
+	}
+	s, err := js.Stream(ctx, StreamDLQ)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", StreamDLQ, err)
+	}
+	var opts []jetstream.StreamPurgeOpt
+	if account != "" {
+		opts = append(opts, jetstream.WithPurgeSubject(f.subject()))
+	}
+	if err := s.Purge(ctx, opts...); err != nil {
+		return 0, fmt.Errorf("purge %s: %w", StreamDLQ, err)
+	}
+	return n, nil
+}
+
+// countDeadLetters counts the dead letters on f's subject (the reason
+// filter is not applied).
+func countDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFilter) (uint64, error) {
+	s, err := js.Stream(ctx, StreamDLQ)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", StreamDLQ, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(f.subject()))
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", StreamDLQ, err)
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n, nil
+}

@@ -1,0 +1,321 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+)
+
+// attempt is one delivery of one stream message.
+type attempt struct {
+	msg       jetstream.Msg
+	meta      *jetstream.MsgMetadata
+	id        string
+	log       zerolog.Logger
+	first     time.Time
+	started   time.Time // on the engine's clock
+	probe     bool      // the paused lane's probe message
+	duplicate bool      // every transaction was already accepted earlier
+}
+
+// messageID is the message's idempotency key: the JSON id, else the id a
+// dead letter, replay or requeue carried along, else the Nats-Msg-Id, else
+// (a bare `nats pub`) the stream sequence — stable across redeliveries.
+func messageID(jsonID string, msg jetstream.Msg, seq uint64) string {
+	for _, id := range []string{jsonID, msg.Headers().Get(queue.HdrMessageID), msg.Headers().Get(jetstream.MsgIDHeader)} {
+		if id != "" {
+			return id
+		}
+	}
+	return "seq-" + strconv.FormatUint(seq, 10)
+}
+
+func (l *lane) handle(msg jetstream.Msg, probe bool) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		l.log.Error().Err(err).Msg("message without metadata; leaving it for redelivery")
+		return
+	}
+	a := &attempt{msg: msg, meta: meta, probe: probe, id: messageID("", msg, meta.Sequence.Stream), started: l.e.clock.Now()}
+	a.first = l.firstAttempt(meta.Sequence.Stream, meta.NumDelivered)
+	a.log = l.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).Str("msg_id", a.id).Logger()
+
+	stopBeat := heartbeat(l.e.sendCtx, msg, l.e.cfg.AckWait/3)
+	start := time.Now()
+	err = l.deliver(a)
+	stopBeat()
+	l.e.metrics.duration.Observe(time.Since(start).Seconds())
+	l.finish(a, err)
+}
+
+// deliver runs one attempt: decode, validate, render, then one SMTP
+// transaction per recipient batch not yet accepted. nil means every batch
+// is accepted (now or before).
+func (l *lane) deliver(a *attempt) error {
+	acct := l.account()
+	m, err := message.Decode(a.msg.Data())
+	if err != nil {
+		return err
+	}
+	if m.ID != "" && m.ID != a.id {
+		a.id = m.ID
+		a.log = a.log.With().Str("msg_id", a.id).Logger()
+	}
+	m.ID = a.id
+	if m.Account == "" {
+		m.Account = l.alias
+	}
+	if m.Account != l.alias {
+		return &message.Invalid{Field: "account", Reason: fmt.Sprintf("%q does not match the subject's account %q", m.Account, l.alias)}
+	}
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	r, err := message.Render(m, message.Sender{
+		Mailbox: acct.Mailbox, Policy: message.FromPolicy(acct.FromPolicy), SendAs: acct.SendAs,
+	}, l.e.clock.Now())
+	if err != nil {
+		return err
+	}
+	batches := r.Batches(batchSize(acct))
+	var todo []int
+	for i := range batches {
+		sent, err := l.e.sent.Sent(l.e.sendCtx, l.alias, a.id, i)
+		if err != nil {
+			return err
+		}
+		if !sent {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		a.duplicate = true
+		return nil
+	}
+	for _, i := range todo {
+		if l.ctx.Err() != nil {
+			return errStopping // batches sent so far are marked
+		}
+		if err := l.transaction(a, acct, r, i, len(batches), batches[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// transaction sends one recipient batch: pace, session, MAIL/RCPT/DATA,
+// then the idempotency marker right after the 250.
+func (l *lane) transaction(a *attempt, acct account.Account, r *message.Rendered, batch, batches int, rcpts []string) error {
+	t, err := l.reserve(acct, len(rcpts))
+	if err != nil {
+		return err
+	}
+	ctx := l.e.sendCtx
+	s, err := l.session(ctx, a.log)
+	if err != nil {
+		l.release(t, a.log)
+		return err
+	}
+	err = s.Send(ctx, r.MailFrom, rcpts, r.Data)
+	l.pool.put(s)
+	if err != nil {
+		var se *SMTPError
+		if errors.As(err, &se) {
+			l.e.metrics.reply(l.alias, se.Code, se.Class)
+			if se.Code != 0 { // a definite refusal: Office 365 did not count it
+				l.release(t, a.log)
+			}
+		}
+		return err
+	}
+	// The crash window: between the 250 above and this write, a crash
+	// means a redelivery sends the batch again (package documentation).
+	if err := l.e.sent.Mark(ctx, l.alias, a.id, batch, batches, len(rcpts), l.e.clock.Now()); err != nil {
+		a.log.Error().Err(err).Msg("sent, but the idempotency marker was not written: a redelivery would send it again")
+	}
+	if err := l.e.pacer.Confirm(ctx, t); err != nil {
+		a.log.Warn().Err(err).Msg("pacing confirmation not written; the reservation counts instead")
+	}
+	l.e.metrics.reply(l.alias, 250, "sent")
+	if batches > 1 {
+		a.log.Info().Int("batch", batch+1).Int("batches", batches).Int("recipients", len(rcpts)).Msg("batch accepted")
+	}
+	return nil
+}
+
+// reserve waits for the pacer (holding the message, heartbeats running)
+// when the wait is short; a longer one pauses the account instead.
+func (l *lane) reserve(acct account.Account, rcpts int) (Ticket, error) {
+	for {
+		t, wait, err := l.e.pacer.Reserve(l.ctx, acct.Mailbox, rcpts, limits(acct))
+		switch {
+		case l.ctx.Err() != nil:
+			return Ticket{}, errStopping
+		case err != nil:
+			return Ticket{}, err
+		case wait == 0:
+			return t, nil
+		case wait > maxHold:
+			return Ticket{}, &PaceError{Wait: wait, Reason: fmt.Sprintf("%d recipients do not fit the mailbox's remaining daily budget", rcpts)}
+		}
+		if !sleepOn(l.ctx, l.e.clock, wait, nil) {
+			return Ticket{}, errStopping
+		}
+	}
+}
+
+func (l *lane) release(t Ticket, log zerolog.Logger) {
+	if err := l.e.pacer.Release(l.e.sendCtx, t); err != nil {
+		log.Warn().Err(err).Msg("pacing reservation not given back; it counts until it ages out")
+	}
+}
+
+// session takes a pooled session for the current access token. 535 5.7.3
+// means the token was refused: one forced refresh and one more try
+// (OFFICE365.md §4); a second refusal is returned as it is (class auth:
+// the account pauses).
+func (l *lane) session(ctx context.Context, log zerolog.Logger) (*Session, error) {
+	tok, err := l.e.tokens.Token(ctx, l.alias)
+	if err != nil {
+		return nil, err
+	}
+	s, err := l.pool.get(ctx, tok.Token)
+	var se *SMTPError
+	if errors.As(err, &se) && se.Class == ClassAuth {
+		l.e.metrics.reply(l.alias, se.Code, se.Class)
+		log.Warn().Int("smtp_code", se.Code).Str("reply", se.Reply()).Msg("authentication refused; refreshing the token once")
+		if tok, err = l.e.tokens.ForceRefresh(ctx, l.alias); err != nil {
+			return nil, err
+		}
+		s, err = l.pool.get(ctx, tok.Token)
+	}
+	if errors.As(err, &se) { // connect, STARTTLS or AUTH failed
+		l.e.metrics.reply(l.alias, se.Code, se.Class)
+	}
+	if errors.Is(err, errPoolClosed) {
+		return nil, errStopping
+	}
+	return s, err
+}
+
+// finish acts on the attempt's result: ack, retry, pause, dead-letter.
+func (l *lane) finish(a *attempt, err error) {
+	ctx := l.e.sendCtx
+	seq := a.meta.Sequence.Stream
+	// Outcomes are counted before the stream is told, so whoever sees the
+	// message leave the stream also sees it counted.
+	if err == nil {
+		if a.duplicate {
+			l.e.metrics.outcome(l.alias, outcomeDuplicate)
+			a.log.Info().Msg("already sent (idempotency marker): acked without sending")
+		} else {
+			l.e.metrics.outcome(l.alias, outcomeSent)
+			a.log.Info().Int("smtp_code", 250).Msg("sent")
+		}
+		if ackErr := a.msg.DoubleAck(ctx); ackErr != nil {
+			// The marker is written, so a redelivery is acked as duplicate.
+			a.log.Warn().Err(ackErr).Msg("sent, but the ack failed; a redelivery will be recognised as sent")
+		}
+		l.forget(seq)
+		l.sent(a.started, a.probe)
+		l.recoverThrottle()
+		return
+	}
+	if errors.Is(err, errStopping) {
+		_ = a.msg.Nak() // not started: straight back for the next worker
+		return
+	}
+	class, se := classify(err)
+	action := class.Action()
+	reply := ""
+	ev := a.log.Warn().Err(err).Str("class", string(class))
+	if se != nil {
+		reply = se.Reply()
+		ev = ev.Int("smtp_code", se.Code)
+	}
+	last := a.meta.NumDelivered >= uint64(l.e.cfg.MaxDeliver)
+	switch action {
+	case ActionPause:
+		l.pause(class, err, pauseHint(err), a.probe)
+		if class == ClassTenant {
+			l.e.pauseTenant(l.account().Tenant, class, err)
+		}
+		if last {
+			// Waiting for an account never dead-letters mail.
+			if _, rqErr := queue.Requeue(ctx, l.e.js, a.msg, a.id); rqErr != nil {
+				ev.AnErr("requeue", rqErr).Msg("account paused at the message's last delivery; requeue failed, it stays queued")
+				return
+			}
+			l.forget(seq)
+			l.e.metrics.outcome(l.alias, outcomeRequeued)
+			ev.Msg("account paused at the message's last delivery: requeued as a fresh message")
+			return
+		}
+		delay := l.e.cfg.Retry.Delay(1)
+		l.e.metrics.outcome(l.alias, outcomePaused)
+		_ = a.msg.NakWithDelay(delay)
+		ev.Dur("retry_in", delay).Msg("account cannot send now; message kept queued")
+		return
+	case ActionRetry:
+		if class == ClassThrottle {
+			l.throttle()
+		}
+		if !last {
+			delay := l.e.cfg.Retry.Delay(int(a.meta.NumDelivered))
+			l.e.metrics.outcome(l.alias, outcomeRetried)
+			_ = a.msg.NakWithDelay(delay)
+			ev.Dur("retry_in", delay).Msg("temporary failure; will retry")
+			if a.probe {
+				l.probeDone()
+			}
+			return
+		}
+		err = fmt.Errorf("gave up after %d attempts: %w", a.meta.NumDelivered, err)
+	}
+	dlErr := queue.MoveToDLQ(ctx, l.e.js, a.msg, queue.DeadLetter{
+		ID: a.id, Account: l.alias, Reason: err.Error(), Class: string(class), LastReply: reply, First: a.first,
+	})
+	if a.probe {
+		l.probeDone()
+	}
+	if dlErr != nil {
+		ev.AnErr("dlq", dlErr).Msg("dead-lettering failed; the message stays queued")
+		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
+		return
+	}
+	l.forget(seq)
+	l.e.metrics.outcome(l.alias, outcomeDeadLettered)
+	ev.Msg("dead-lettered")
+}
+
+// heartbeat tells JetStream the message is still being worked on, every
+// interval, until the returned stop is called (DESIGN.md §7).
+func heartbeat(ctx context.Context, msg jetstream.Msg, interval time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var once sync.Once
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { once.Do(func() { close(done) }) }
+}

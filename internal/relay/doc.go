@@ -1,0 +1,119 @@
+// Package relay is the delivery engine: it takes messages from the MAIL
+// stream, validates and renders them, submits them to Office 365 over
+// pooled STARTTLS + AUTH XOAUTH2 sessions within the mailbox's limits, and
+// then acks, retries, pauses the account or dead-letters.
+//
+// # Lanes: one per account, no head-of-line blocking
+//
+// The Engine follows the account registry (a KV watch on relay_accounts)
+// and runs one lane per account. A lane owns:
+//   - a durable pull consumer relay-mail-<alias> filtered on
+//     mail.send.<alias> (every worker process binds the same one);
+//   - a session pool of at most MaxConns connections (Office 365 allows 3
+//     per mailbox), lowered by one after each 432 4.3.2 and raised again
+//     one step per ThrottleRecover without one;
+//   - the account's pause state.
+//
+// A lane pulls only what it can start now (DESIGN.md §7): free connection
+// slots, capped by the pacer's room in the current minute. A paused lane
+// pulls nothing, so its messages wait in the stream with their delivery
+// count untouched, and no account's trouble — paused, throttled, slow or
+// broken — delays another account, whose lane has its own consumer, pool
+// and budget. The catch-all consumer relay-workers of earlier versions is
+// deleted at start, since a WorkQueue stream refuses overlapping filters.
+//
+// Mail for an alias that is not registered has no lane. A sweeper looks
+// for such subjects every SweepEvery (stream info with a subject filter)
+// and, after UnknownGrace (so an account being created does not lose its
+// first messages to the race with its lane starting), dead-letters them
+// with reason `unknown account "<alias>"` through a temporary consumer on
+// that exact subject.
+//
+// # Sessions
+//
+// STARTTLS is mandatory (TLS 1.2 or newer, system roots plus the account's
+// CA file): a server that does not offer it gets no AUTH and no mail. A
+// session authenticates once with XOAUTH2 and then carries many messages,
+// with RSET before each reuse (it also proves the connection is alive). A
+// session is never reused with another token than the one it
+// authenticated with — a refreshed token means a new session — and is
+// rebuilt after any error that leaves it in doubt (network errors, 421,
+// 530, 432). Idle sessions close after IdleTimeout. The server's
+// PIPELINING is recorded but commands go one at a time: go-smtp's client
+// does not pipeline, and at 30 messages a minute per mailbox the round
+// trips cost nothing that matters; we do not hand-roll RFC 2920.
+//
+// # Pacing
+//
+// Office 365 allows a mailbox 30 messages a minute and 10,000 recipients a
+// rolling day (account.Account PerMinute, PerDay). The Pacer keeps both
+// windows in KV bucket relay_pacing (one key per mailbox, compare-and-set),
+// so a restart or a second worker does not reset them: a transaction
+// reserves before it starts and moves its reservation to its acceptance
+// time after the 250, so the relay's windows always contain Office 365's
+// and neither 432 nor a quota reply is provoked. A short wait (within the
+// minute) holds the message, heartbeats running; a longer one (the day's
+// budget spent) pauses the account until the window has room. A message
+// with more than 500 recipients is sent as several transactions of at
+// most 500 (or the daily budget, if smaller), each paced on its own. The
+// Clock is injectable: tests compress time for the pacer and the fake
+// Office 365 alike.
+//
+// # Failure semantics
+//
+// Every error is classified once (classify, ClassifyReply; OFFICE365.md
+// §4) and its class alone picks the action:
+//   - 250 for every batch: DoubleAck (the server confirmed the ack).
+//   - retry (transient 4xx, network, timeouts, 530 5.7.57 with a new
+//     session, 432 4.3.2 with one connection fewer, anything unknown):
+//     NakWithDelay on the Retry schedule (jittered, capped exponential),
+//     never a plain Nak, which burns MaxDeliver in milliseconds. At the
+//     last delivery (MaxDeliver) a still-failing message is dead-lettered
+//     with the last reply, since JetStream would leave it in the WorkQueue
+//     stream unseen.
+//   - 535 5.7.3: one forced token refresh and a new session; refused
+//     again, the class is auth and the account pauses.
+//   - pause (no usable token, SMTP AUTH disabled, XOAUTH2 refused, TLS too
+//     old, quota, mailbox full, tenant blocked): the lane stops pulling;
+//     the messages in flight go back with a short delay. The pause is
+//     probed on the Pause schedule: a token request for identity
+//     problems, a session (STARTTLS + AUTH, no message) for
+//     authentication and configuration, one real message for quota,
+//     mailbox full and tenant blocks — the rest wait for its result. A
+//     needs_consent or rejected token also watches the account's
+//     relay_tokens record (TokenStates), so mail flows as soon as the
+//     account is consented again. A tenant block pauses every account of
+//     the tenant. A message whose last delivery meets a pause is requeued
+//     as a fresh message, never dead-lettered: waiting for an account is
+//     not a reason to give mail up. The pause is per process; another
+//     worker finds the condition on its own first attempt.
+//   - dead-letter (the message itself can never go: bad input, 550 5.7.60
+//     send-as refused under policy allow, 552, other 5xx): a copy with the
+//     reason, class, attempts, last reply, original subject and sequence,
+//     first and last attempt time goes to MAIL_DLQ, its PubAck is awaited,
+//     then the original is terminated (queue.MoveToDLQ). The first attempt
+//     time is the first this process saw; a message first tried by
+//     another process or before a restart records when it was queued.
+//
+// # Idempotency
+//
+// Right after each 250 a marker is written to KV relay_sent (key from the
+// account, the message id and the batch); before each transaction the
+// marker is checked. A redelivered message whose batches are all marked is
+// acked without sending (outcome "duplicate"); a partly sent one sends
+// only the rest. The message id is the producer's id (kept across dead
+// letter, replay and requeue in Relay-Message-Id), so the Message-ID
+// header, derived from it, is stable too. One window remains: a crash (or
+// a failed KV write) between Office 365's 250 and the marker write sends
+// that batch again on redelivery. No protocol closes it — SMTP has no
+// two-phase commit — so it is kept to one KV write.
+//
+// # Shutdown
+//
+// When Run's context ends, lanes stop pulling at once; a message not yet
+// in its SMTP transaction goes straight back (Nak); sends in flight get
+// ShutdownGrace to finish, write their marker and be acked; whatever is
+// still running after that is cut and redelivered later (the markers catch
+// any that went). Long transactions heartbeat with InProgress at AckWait/3
+// so a slow server does not cause a redelivery under their feet.
+package relay

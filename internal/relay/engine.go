@@ -1,0 +1,350 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+	"relay365/internal/token"
+)
+
+// Tokens gives access tokens; the token service's client implements it.
+type Tokens interface {
+	Token(ctx context.Context, account string) (token.AccessToken, error)
+	ForceRefresh(ctx context.Context, account string) (token.AccessToken, error)
+}
+
+// Accounts is the account registry as the engine uses it.
+type Accounts interface {
+	Get(ctx context.Context, alias string) (account.Account, error)
+	Watch(ctx context.Context) (<-chan account.Change, error)
+}
+
+// TokenStates lets a paused account wait for its token record to change
+// (a new consent), instead of polling. *token.Store implements it.
+type TokenStates interface {
+	Get(ctx context.Context, acct string) (token.Record, uint64, error)
+	WaitChange(ctx context.Context, acct string, afterRev uint64) (token.Record, uint64, error)
+}
+
+// Config tunes the engine. Zero values take the defaults.
+type Config struct {
+	AckWait         time.Duration // consumers' AckWait; heartbeats at a third of it; default 60s
+	MaxDeliver      int           // consumers' MaxDeliver; default 50
+	MaxAckPending   int           // per account consumer; default 1000
+	Retry           Backoff       // temporary failures; default DefaultRetry
+	Pause           Backoff       // probes of a paused account; default DefaultPause
+	ShutdownGrace   time.Duration // how long in-flight sends may finish after stop; default 30s
+	IdleTimeout     time.Duration // idle SMTP sessions are closed after this; default 30s
+	ThrottleRecover time.Duration // after a 432, concurrency climbs back one step per period; default 5m
+	FetchWait       time.Duration // how long one pull waits for messages; default 5s
+	SweepEvery      time.Duration // how often subjects without an account are looked for; default 1s
+	UnknownGrace    time.Duration // age before a message of an unknown account is dead-lettered; default 3s
+}
+
+func (c *Config) defaults() {
+	setDur := func(d *time.Duration, def time.Duration) {
+		if *d <= 0 {
+			*d = def
+		}
+	}
+	setDur(&c.AckWait, 60*time.Second)
+	setDur(&c.ShutdownGrace, 30*time.Second)
+	setDur(&c.IdleTimeout, 30*time.Second)
+	setDur(&c.ThrottleRecover, 5*time.Minute)
+	setDur(&c.FetchWait, 5*time.Second)
+	setDur(&c.SweepEvery, time.Second)
+	setDur(&c.UnknownGrace, 3*time.Second)
+	if c.MaxDeliver <= 0 {
+		c.MaxDeliver = 50
+	}
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = 1000
+	}
+	if c.Retry.Base <= 0 {
+		c.Retry = DefaultRetry
+	}
+	if c.Pause.Base <= 0 {
+		c.Pause = DefaultPause
+	}
+}
+
+// Deps are the engine's collaborators.
+type Deps struct {
+	JS          jetstream.JetStream
+	Accounts    Accounts
+	Tokens      Tokens
+	TokenStates TokenStates // optional: without it a needs_consent account is probed on the pause schedule only
+	Transport   *Transport  // default: a Transport with default timeouts
+	Registry    prometheus.Registerer
+	Log         zerolog.Logger
+	Clock       Clock // default WallClock
+}
+
+// Engine delivers the MAIL stream: one lane per account, each with its own
+// durable consumer, session pool, pacer budget and pause state. See the
+// package documentation for the design.
+type Engine struct {
+	cfg      Config
+	js       jetstream.JetStream
+	accounts Accounts
+	tokens   Tokens
+	states   TokenStates
+	tr       *Transport
+	metrics  *Metrics
+	log      zerolog.Logger
+	clock    Clock
+	consumer queue.ConsumerConfig
+
+	// Set by Run before any lane starts.
+	pacer   *Pacer
+	sent    *SentMarkers
+	sendCtx context.Context // in-flight SMTP work: outlives Run's ctx by ShutdownGrace
+
+	ready chan struct{} // closed once Run watches the registry
+
+	mu      sync.Mutex
+	lanes   map[string]*lane
+	running bool
+	changed chan struct{} // closed and replaced when a lane's binding changes
+}
+
+// NewEngine builds an engine; Run starts it.
+func NewEngine(d Deps, cfg Config) *Engine {
+	cfg.defaults()
+	if d.Transport == nil {
+		d.Transport = &Transport{}
+	}
+	if d.Clock == nil {
+		d.Clock = WallClock{}
+	}
+	return &Engine{
+		cfg: cfg, js: d.JS, accounts: d.Accounts, tokens: d.Tokens, states: d.TokenStates, tr: d.Transport,
+		metrics: NewMetrics(d.Registry), log: d.Log, clock: d.Clock, lanes: map[string]*lane{},
+		ready: make(chan struct{}), changed: make(chan struct{}),
+		consumer: queue.ConsumerConfig{AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending},
+	}
+}
+
+// Run delivers until ctx ends. Then every lane stops pulling, in-flight
+// sends get ShutdownGrace to finish and be acked, sessions quit, and Run
+// returns. Messages not started stay in the stream for the next start.
+func (e *Engine) Run(ctx context.Context) error {
+	removed, err := queue.RemoveLegacyConsumer(ctx, e.js)
+	if err != nil {
+		return err
+	}
+	if removed {
+		e.log.Warn().Str("consumer", queue.LegacyConsumer).Msg("removed the shared consumer of an earlier version; each account now has its own")
+	}
+	if e.pacer, err = OpenPacer(ctx, e.js, e.clock); err != nil {
+		return err
+	}
+	if e.sent, err = OpenSentMarkers(ctx, e.js); err != nil {
+		return err
+	}
+	changes, err := e.accounts.Watch(ctx)
+	if err != nil {
+		return err
+	}
+	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSends()
+	e.sendCtx = sendCtx
+	e.mu.Lock()
+	e.running = true
+	e.mu.Unlock()
+	close(e.ready)
+
+	var bg sync.WaitGroup
+	bg.Go(func() { e.sweepLoop(ctx) })
+	for ctx.Err() == nil {
+		select {
+		case c, ok := <-changes:
+			if ok {
+				e.apply(ctx, c)
+				continue
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			e.log.Warn().Msg("account watch ended; watching again")
+			sleepOn(ctx, WallClock{}, time.Second, nil)
+			if w, err := e.accounts.Watch(ctx); err == nil {
+				changes = w
+			}
+		case <-ctx.Done():
+		}
+	}
+
+	// Shutdown: lanes stopped pulling when ctx ended; wait for their
+	// in-flight sends, then cut what is left after the grace period (those
+	// messages are redelivered; the markers catch any that went).
+	e.mu.Lock()
+	e.running = false
+	lanes := make([]*lane, 0, len(e.lanes))
+	for _, l := range e.lanes {
+		lanes = append(lanes, l)
+	}
+	e.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		for _, l := range lanes {
+			l.wait()
+		}
+		bg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(e.cfg.ShutdownGrace):
+		e.log.Warn().Msg("shutdown grace over; cancelling sends still in flight (they will be redelivered)")
+		cancelSends()
+		<-done
+	}
+	for _, l := range lanes {
+		l.pool.close()
+	}
+	return nil
+}
+
+// apply starts, updates or stops a lane for one registry change.
+func (e *Engine) apply(ctx context.Context, c account.Change) {
+	if c.Err != nil {
+		e.log.Error().Err(c.Err).Str("account", c.Alias).Msg("account record unreadable; its mail waits")
+		return
+	}
+	e.mu.Lock()
+	l := e.lanes[c.Alias]
+	switch {
+	case c.Deleted && l != nil:
+		delete(e.lanes, c.Alias)
+		e.mu.Unlock()
+		l.stop()
+		go func() {
+			l.wait()
+			l.pool.close()
+			if err := queue.DeleteAccountConsumer(context.WithoutCancel(ctx), e.js, c.Alias); err != nil {
+				e.log.Warn().Err(err).Str("account", c.Alias).Msg("account removed; its consumer stays")
+			}
+			e.metrics.paused.DeleteLabelValues(c.Alias)
+		}()
+		e.log.Info().Str("account", c.Alias).Msg("account removed: delivery stopped; queued mail is dead-lettered as unknown account")
+		return
+	case c.Deleted:
+	case l != nil:
+		l.setAccount(c.Account)
+	default:
+		l = newLane(ctx, e, c.Account)
+		e.lanes[c.Alias] = l
+		close(e.changed)
+		e.changed = make(chan struct{})
+		go l.run()
+		e.log.Info().Str("account", c.Alias).Str("mailbox", c.Account.Mailbox).Msg("account delivery started")
+	}
+	e.mu.Unlock()
+}
+
+func (e *Engine) hasLane(alias string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.lanes[alias]
+	return ok
+}
+
+// pauseTenant pauses every account of tenant: Microsoft blocked the
+// tenant, IP or sender, so its other mailboxes would meet the same reply.
+func (e *Engine) pauseTenant(tenant string, class Class, err error) {
+	e.mu.Lock()
+	var same []*lane
+	for _, l := range e.lanes {
+		if strings.EqualFold(l.account().Tenant, tenant) {
+			same = append(same, l)
+		}
+	}
+	e.mu.Unlock()
+	for _, l := range same {
+		l.pause(class, err, 0, false)
+	}
+}
+
+// LaneStatus is one account's delivery state, for /status and tests. It
+// holds no secret.
+type LaneStatus struct {
+	Account     string    `json:"account"`
+	Bound       bool      `json:"consumer_bound"`
+	Paused      bool      `json:"paused"`
+	PauseClass  string    `json:"pause_class,omitempty"`
+	PauseReason string    `json:"pause_reason,omitempty"`
+	PausedUntil time.Time `json:"next_probe,omitzero"`
+	ConnLimit   int       `json:"connection_limit"`
+	InFlight    int       `json:"in_flight"`
+	Sessions    int       `json:"sessions"`
+}
+
+// Status lists the lanes, sorted by account.
+func (e *Engine) Status() []LaneStatus {
+	e.mu.Lock()
+	lanes := make([]*lane, 0, len(e.lanes))
+	for _, l := range e.lanes {
+		lanes = append(lanes, l)
+	}
+	e.mu.Unlock()
+	out := make([]LaneStatus, 0, len(lanes))
+	for _, l := range lanes {
+		out = append(out, l.status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Account < out[j].Account })
+	return out
+}
+
+// Ready is closed once Run has removed the legacy consumer, opened its
+// buckets and watches the registry.
+func (e *Engine) Ready() <-chan struct{} { return e.ready }
+
+// WaitBound waits until the account's lane has bound its consumer.
+func (e *Engine) WaitBound(ctx context.Context, alias string) error {
+	for {
+		e.mu.Lock()
+		l, ch := e.lanes[alias], e.changed
+		e.mu.Unlock()
+		if l != nil && l.status().Bound {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("account %s: consumer not bound: %w", alias, ctx.Err())
+		}
+	}
+}
+
+// laneChanged wakes WaitBound.
+func (e *Engine) laneChanged() {
+	e.mu.Lock()
+	close(e.changed)
+	e.changed = make(chan struct{})
+	e.mu.Unlock()
+}
+
+// Running reports whether Run is between start-up and shutdown.
+func (e *Engine) Running() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.running
+}
+
+// unknownAccount is the reason a message for no registered account is
+// dead-lettered with.
+func unknownAccount(alias string) error {
+	return &message.Invalid{Field: "account", Reason: fmt.Sprintf("unknown account %q (add it with authtool login)", alias)}
+}

@@ -1,0 +1,255 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/mail"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/account"
+	"relay365/internal/fakeo365"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+	"relay365/internal/relay"
+)
+
+func TestSessionsArePooledAndReauthenticated(t *testing.T) {
+	h := newHarness(t, setup{engine: relay.Config{IdleTimeout: 300 * time.Millisecond}})
+	a := h.enroll("pooled", "pooled@contoso.com", "contoso.onmicrosoft.com", nil)
+	base := h.fake.Connections() // the consent test mail's
+	for i := range 30 {
+		h.publish("pooled", fmt.Sprintf("pool-%02d", i), fmt.Sprintf("pool %02d", i))
+	}
+	h.waitFor("30 delivered", func() bool { return len(h.delivered()) == 30 })
+	if n := h.fake.Connections() - base; n < 1 || n > a.MaxConns {
+		t.Fatalf("30 messages over %d connections, want at most %d (pooled)", n, a.MaxConns)
+	}
+	// A new access token: sessions authenticated with the old one are not
+	// reused (XOAUTH2 cannot re-authenticate), new ones are opened.
+	before := h.fake.Connections()
+	if _, err := h.tokens.ForceRefresh(h.ctx, "pooled"); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("pooled", "after-refresh", "after refresh")
+	h.waitFor("delivery with the new token", func() bool { return h.delivered()["after refresh"] == 1 })
+	if h.fake.Connections() == before {
+		t.Fatal("a session authenticated with the old token was reused")
+	}
+	// Idle sessions are closed.
+	h.waitFor("idle sessions to close", func() bool { return h.fake.OpenConns() == 0 })
+	if s := h.lane("pooled").Sessions; s != 0 {
+		t.Fatalf("the pool still counts %d sessions", s)
+	}
+}
+
+func TestRedeliveredSentMessageIsAckedNotSent(t *testing.T) {
+	h := newHarness(t, setup{})
+	h.enroll("once", "once@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.publish("once", "alert-1", "only once")
+	h.waitFor("delivery", func() bool { return h.delivered()["only once"] == 1 })
+	h.waitFor("the ack", func() bool { return h.queued() == 0 })
+	// The same message again, past JetStream's dedupe (another
+	// Nats-Msg-Id): as after a lost ack, or a crash after the marker.
+	b, _ := msgFor("once", "alert-1", "only once").Encode()
+	if _, err := h.js.PublishMsg(h.ctx, &nats.Msg{Subject: queue.Subject("once"), Data: b, Header: nats.Header{jetstream.MsgIDHeader: {"alert-1-redelivered"}}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the duplicate to be acked", func() bool { return h.outcome("once", "duplicate") == 1 })
+	if n := h.delivered()["only once"]; n != 1 {
+		t.Fatalf("delivered %d times", n)
+	}
+	if h.queued() != 0 {
+		t.Fatal("the duplicate was not acked")
+	}
+}
+
+func TestManyRecipientsGoInBatches(t *testing.T) {
+	h := newHarness(t, setup{fake: fakeo365.Config{PerMinute: -1}})
+	a := h.enroll("bulk", "bulk@contoso.com", "contoso.onmicrosoft.com", nil)
+	rcpts := make([]string, 1201)
+	for i := range rcpts {
+		rcpts[i] = fmt.Sprintf("user%04d@fabrikam.com", i)
+	}
+	m := &message.Message{ID: "bulk-1", Account: "bulk", Bcc: rcpts, Subject: "to everyone", Text: "x"}
+	base := len(h.fake.Messages())
+	// The second transaction fails once (451); the retry must send the
+	// second and third, not the first again.
+	h.fake.DelayNextData(2, 300*time.Millisecond)
+	h.publishMsg(m)
+	if _, err := h.fake.WaitMessages(h.ctx, base+1); err != nil {
+		t.Fatal(err)
+	}
+	h.fake.SetNextDataReply(1, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary server error"})
+	h.waitFor("all batches", func() bool { return h.queued() == 0 && h.delivered()["to everyone"] >= 3 })
+	var sizes []int
+	seen := map[string]int{}
+	ids := map[string]bool{}
+	for _, c := range h.fake.Messages() {
+		if c.Subject != "to everyone" {
+			continue
+		}
+		sizes = append(sizes, len(c.To))
+		for _, r := range c.To {
+			seen[r]++
+		}
+		parsed, _ := mail.ReadMessage(bytes.NewReader(c.Data))
+		ids[parsed.Header.Get("Message-Id")] = true
+	}
+	slices.Sort(sizes)
+	if fmt.Sprint(sizes) != "[201 500 500]" {
+		t.Fatalf("transactions of %v recipients, want 500, 500, 201 (each once)", sizes)
+	}
+	for _, r := range rcpts {
+		if seen[r] != 1 {
+			t.Fatalf("%s got the message %d times", r, seen[r])
+		}
+	}
+	if len(ids) != 1 || !ids[message.MessageID("bulk", "bulk-1", a.Mailbox)] {
+		t.Fatalf("Message-IDs %v, want the one stable id", ids)
+	}
+	if h.outcome("bulk", "retried") != 1 || h.outcome("bulk", "sent") != 1 {
+		t.Fatalf("retried %v sent %v", h.outcome("bulk", "retried"), h.outcome("bulk", "sent"))
+	}
+}
+
+func TestUnknownAccountsAreSwept(t *testing.T) {
+	h := newHarness(t, setup{engine: relay.Config{UnknownGrace: 1500 * time.Millisecond}})
+	// Published a moment before its account exists: within the grace,
+	// so it is delivered once the account arrives.
+	h.publish("late", "late-1", "late account")
+	h.enroll("late", "late@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.publish("ghost", "ghost-1", "nobody")
+	b, _ := msgFor("x", "odd-1", "odd").Encode()
+	if _, err := h.js.PublishMsg(h.ctx, &nats.Msg{Subject: "mail.send.not.an.alias", Data: b}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the late account's message", func() bool { return h.delivered()["late account"] == 1 })
+	h.waitFor("the unknown accounts' mail to leave MAIL", func() bool { return h.queued() == 0 })
+	for _, c := range []struct{ dlqAccount, id, reason string }{
+		{"ghost", "ghost-1", `invalid message: account: unknown account "ghost" (add it with authtool login)`},
+		{"unknown", "seq-3", `unknown account "not.an.alias"`},
+	} {
+		dl := h.deadLetters(c.dlqAccount)
+		if len(dl) != 1 || dl[0].ID != c.id || !strings.Contains(dl[0].Reason, c.reason) || dl[0].Class != "invalid" {
+			t.Fatalf("dead letters of %s: %+v", c.dlqAccount, dl)
+		}
+	}
+	if h.outcome("unknown", "dead_lettered") != 2 {
+		t.Fatalf("metric: %v", h.outcome("unknown", "dead_lettered"))
+	}
+
+	// A removed account: its lane and consumer go, its new mail is swept.
+	if err := h.accounts.Delete(h.ctx, "late"); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the consumer to go", func() bool {
+		_, err := h.js.Consumer(h.ctx, queue.StreamMail, queue.AccountConsumer("late"))
+		return err != nil
+	})
+	h.publish("late", "late-2", "after removal")
+	h.waitFor("the removed account's mail to be swept", func() bool { return len(h.deadLetters("late")) == 1 })
+}
+
+func TestPausedAccountNeverDeadLettersAtLastDelivery(t *testing.T) {
+	h := newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
+	a := h.enroll("quota", "quota@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.SetQuotaExceeded(a.Mailbox, true)
+	h.publish("quota", "q-1", "over quota")
+	h.waitFor("a requeue", func() bool { return h.outcome("quota", "requeued") >= 1 })
+	h.fake.SetQuotaExceeded(a.Mailbox, false)
+	h.waitFor("delivery", func() bool { return h.delivered()["over quota"] == 1 && h.queued() == 0 })
+	if dl := h.deadLetters(""); len(dl) != 0 {
+		t.Fatalf("dead letters: %+v", dl)
+	}
+}
+
+func TestThrottledMailboxUsesFewerConnections(t *testing.T) {
+	// Exchange allows this mailbox one connection; the account says 3.
+	h := newHarness(t, setup{fake: fakeo365.Config{MaxConns: 1, PerMinute: -1}})
+	h.enroll("narrow", "narrow@contoso.com", "contoso.onmicrosoft.com", nil)
+	for i := range 30 {
+		h.publish("narrow", fmt.Sprintf("n-%02d", i), fmt.Sprintf("narrow %02d", i))
+	}
+	h.waitFor("delivery", func() bool { return h.queued() == 0 })
+	for subj, n := range h.delivered() {
+		if n != 1 {
+			t.Fatalf("%s delivered %d times", subj, n)
+		}
+	}
+	if len(h.delivered()) != 30 || len(h.deadLetters("")) != 0 {
+		t.Fatalf("%d delivered, %d dead letters", len(h.delivered()), len(h.deadLetters("")))
+	}
+	if h.fake.Replies()["432 4.3.2"] == 0 {
+		t.Fatal("the fake never refused a connection; the test proves nothing")
+	}
+	if l := h.lane("narrow"); l.ConnLimit != 1 {
+		t.Fatalf("connection limit %d, want 1", l.ConnLimit)
+	}
+}
+
+func TestDeadLetterReplayDelivers(t *testing.T) {
+	h := newHarness(t, setup{})
+	a := h.enroll("sendas", "sendas@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
+		a.FromPolicy, a.SendAs = account.FromAllow, []string{"noreply@contoso.com"}
+	})
+	m := msgFor("sendas", "replay-me", "replayed")
+	m.From = "noreply@contoso.com"
+	h.publishMsg(m)
+	h.waitFor("the dead letter", func() bool { return len(h.deadLetters("sendas")) == 1 })
+	dl := h.deadLetters("sendas")[0]
+	if !strings.HasPrefix(dl.LastReply, "550 5.7.60") {
+		t.Fatalf("dead letter %+v", dl)
+	}
+	// The admin grants SendAs; the operator replays.
+	h.fake.SetSendAs(a.Mailbox, "noreply@contoso.com")
+	res, err := queue.ReplayDeadLetter(h.ctx, h.js, dl.Seq)
+	if err != nil || res.Duplicate {
+		t.Fatal(res, err)
+	}
+	h.waitFor("the replay's delivery", func() bool { return h.delivered()["replayed"] == 1 && h.queued() == 0 })
+	if left := h.deadLetters(""); len(left) != 0 {
+		t.Fatalf("dead letters after the replay: %+v", left)
+	}
+	got := capturedBySubject(t, h.fake, "replayed")
+	if got.Header.Get("Message-Id") != message.MessageID("sendas", "replay-me", a.Mailbox) || got.Header.Get("From") != "<noreply@contoso.com>" {
+		t.Fatalf("replayed message headers %v", got.Header)
+	}
+}
+
+func TestLegacyConsumerIsReplaced(t *testing.T) {
+	h := newHarness(t, setup{beforeStart: func(ctx context.Context, js jetstream.JetStream) {
+		if _, err := js.CreateOrUpdateConsumer(ctx, queue.StreamMail, jetstream.ConsumerConfig{
+			Durable: queue.LegacyConsumer, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: queue.SubjectPrefix + ">",
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}})
+	if _, err := h.js.Consumer(h.ctx, queue.StreamMail, queue.LegacyConsumer); err == nil {
+		t.Fatal("the catch-all consumer of the earlier version is still there")
+	}
+	h.enroll("upgraded", "upgraded@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.publish("upgraded", "u-1", "after upgrade")
+	h.waitFor("delivery", func() bool { return h.delivered()["after upgrade"] == 1 })
+}
+
+// TestSlowServerDoesNotCauseRedelivery: a transaction that outlasts
+// AckWait is kept by InProgress heartbeats, so JetStream does not hand the
+// message to another attempt that would send it again.
+func TestSlowServerDoesNotCauseRedelivery(t *testing.T) {
+	h := newHarness(t, setup{engine: relay.Config{AckWait: time.Second}})
+	h.enroll("slow", "slow@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.DelayNextData(1, 2500*time.Millisecond)
+	h.publish("slow", "slow-1", "slow server")
+	h.waitFor("delivery and ack", func() bool { return h.delivered()["slow server"] == 1 && h.queued() == 0 })
+	if n := h.outcome("slow", "sent"); n != 1 || h.outcome("slow", "duplicate") != 0 {
+		t.Fatalf("sent %v duplicate %v: the message was redelivered during the slow send", n, h.outcome("slow", "duplicate"))
+	}
+}

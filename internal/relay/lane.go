@@ -1,0 +1,501 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+)
+
+// maxHold is the longest a fetched message waits for the pacer before the
+// account pauses instead (it covers the per-minute window; heartbeats keep
+// the message ours meanwhile).
+const maxHold = 90 * time.Second
+
+// maxFirstSeen bounds the per-lane memory of first attempt times.
+const maxFirstSeen = 10000
+
+// lane delivers one account's mail: its durable consumer, session pool,
+// concurrency limit and pause state. Its loop pulls only what it may start
+// now: free connection slots, the pacer's per-minute room, one probe
+// message while paused, nothing at all while paused otherwise.
+type lane struct {
+	e        *Engine
+	alias    string
+	log      zerolog.Logger
+	ctx      context.Context // stops pulling and waiting (shutdown, account removed)
+	cancel   context.CancelFunc
+	pool     *pool
+	handlers sync.WaitGroup
+	done     chan struct{} // closed when the loop has returned
+	wake     chan struct{} // a slot freed, the account changed, a pause ended
+
+	mu        sync.Mutex
+	acct      account.Account
+	limit     int       // connections now (≤ acct.MaxConns; lowered after 432)
+	throttled time.Time // last 432; zero when the limit is back to MaxConns
+	inflight  int       // slots taken by fetches and handlers
+	bound     bool
+	p         pauseState
+	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
+}
+
+// pauseState is why and until when an account does not send.
+type pauseState struct {
+	on       bool
+	since    time.Time // on the engine's clock
+	class    Class
+	reason   string
+	until    time.Time // on the engine's clock: next probe
+	count    int       // pauses since the last resume, for the probe schedule
+	kind     probe
+	armed    bool               // probeSend: one message may be fetched
+	probeOut bool               // the probe message is in flight
+	unwatch  context.CancelFunc // stops the token record watch
+}
+
+func newLane(parent context.Context, e *Engine, a account.Account) *lane {
+	ctx, cancel := context.WithCancel(parent)
+	l := &lane{
+		e: e, alias: a.Alias, ctx: ctx, cancel: cancel,
+		log:  e.log.With().Str("account", a.Alias).Logger(),
+		done: make(chan struct{}), wake: make(chan struct{}, 1),
+		firstSeen: map[uint64]time.Time{},
+	}
+	l.pool = newPool(e.tr, e.cfg.IdleTimeout, func(s *Session) {
+		e.metrics.connections.WithLabelValues(a.Alias).Inc()
+		l.log.Debug().Bool("pipelining_offered", s.pipelining).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
+	})
+	e.metrics.paused.WithLabelValues(a.Alias).Set(0)
+	l.setAccount(a)
+	return l
+}
+
+func (l *lane) signal() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (l *lane) account() account.Account {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acct
+}
+
+// setAccount applies a registry change: endpoint, mailbox, limits.
+func (l *lane) setAccount(a account.Account) {
+	a.Normalize() // defaults for records written by older versions
+	l.mu.Lock()
+	l.acct = a
+	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {
+		l.limit = a.MaxConns
+	}
+	l.pool.configure(Endpoint{Addr: a.SMTPAddr, CAFile: a.CAFile}, a.Mailbox, l.limit)
+	l.mu.Unlock()
+	l.signal()
+}
+
+func limits(a account.Account) Limits { return Limits{PerMinute: a.PerMinute, PerDay: a.PerDay} }
+
+// batchSize: Office 365's 500, or less if the whole day's budget is less.
+func batchSize(a account.Account) int {
+	if a.PerDay > 0 {
+		return min(message.RecipientsPerTransaction, a.PerDay)
+	}
+	return message.RecipientsPerTransaction
+}
+
+func (l *lane) stop() { l.cancel() }
+
+// wait returns when the loop and every handler have finished.
+func (l *lane) wait() {
+	<-l.done
+	l.handlers.Wait()
+}
+
+// run is the lane's loop.
+func (l *lane) run() {
+	defer close(l.done)
+	cons := l.bind()
+	for cons != nil && l.ctx.Err() == nil {
+		if !l.waitReady() {
+			return
+		}
+		n, probe := l.take()
+		if n == 0 {
+			sleepOn(l.ctx, WallClock{}, time.Minute, l.wake)
+			continue
+		}
+		acct := l.account()
+		allow, wait, err := l.e.pacer.Peek(l.ctx, acct.Mailbox, limits(acct))
+		switch {
+		case err != nil:
+			l.give(n, probe)
+			if l.ctx.Err() == nil {
+				l.log.Warn().Err(err).Msg("pacing state unreadable; trying again")
+				sleepOn(l.ctx, WallClock{}, time.Second, nil)
+			}
+			continue
+		case allow == 0:
+			l.give(n, probe)
+			if wait > maxHold {
+				// A probe finding no room extends the pause it probes.
+				l.pause(ClassQuota, &PaceError{Wait: wait, Reason: "the mailbox's daily recipient budget is spent"}, wait, probe)
+			} else {
+				sleepOn(l.ctx, l.e.clock, wait, l.wake)
+			}
+			continue
+		case allow < n:
+			l.give(n-allow, false)
+			n = allow
+		}
+		fctx, cancel := context.WithTimeout(l.ctx, l.e.cfg.FetchWait)
+		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			l.give(n, probe)
+			if l.ctx.Err() == nil {
+				l.log.Warn().Err(err).Msg("fetch failed; binding the consumer again")
+				l.setBound(false)
+				cons = l.bind()
+			}
+			continue
+		}
+		started := 0
+		for msg := range batch.Messages() {
+			started++
+			l.start(msg, probe)
+		}
+		cancel()
+		if err := batch.Error(); err != nil && l.ctx.Err() == nil && !isFetchTimeout(err) {
+			l.log.Warn().Err(err).Msg("fetch ended with an error; binding the consumer again")
+			l.setBound(false)
+			cons = l.bind()
+		}
+		if started < n {
+			l.give(n-started, probe && started == 0)
+		}
+	}
+}
+
+func isFetchTimeout(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, jetstream.ErrNoMessages)
+}
+
+// bind creates or updates the account's consumer, retrying (a sweeper's
+// temporary consumer on the same subject, or NATS restarting) until it
+// works or the lane stops.
+func (l *lane) bind() jetstream.Consumer {
+	for attempt := 1; ; attempt++ {
+		cons, err := queue.EnsureAccountConsumer(l.ctx, l.e.js, l.alias, l.e.consumer)
+		if err == nil {
+			l.setBound(true)
+			return cons
+		}
+		if l.ctx.Err() != nil {
+			return nil
+		}
+		ev := l.log.Debug()
+		if attempt%10 == 3 {
+			ev = l.log.Warn()
+		}
+		ev.Err(err).Int("attempt", attempt).Msg("consumer not bound yet; retrying")
+		sleepOn(l.ctx, WallClock{}, min(time.Duration(attempt)*100*time.Millisecond, 5*time.Second), nil)
+	}
+}
+
+func (l *lane) setBound(b bool) {
+	l.mu.Lock()
+	l.bound = b
+	l.mu.Unlock()
+	l.e.laneChanged()
+}
+
+// take reserves the slots the next fetch may fill: free connections, or
+// one probe message while paused.
+func (l *lane) take() (n int, probe bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.p.on && l.p.armed && !l.p.probeOut && l.inflight == 0:
+		l.p.probeOut = true
+		n, probe = 1, true
+	case l.p.on:
+		return 0, false
+	default:
+		n = l.limit - l.inflight
+	}
+	if n < 0 {
+		n = 0
+	}
+	l.inflight += n
+	return n, probe
+}
+
+// give returns slots; probeUnused says the probe slot found no message.
+func (l *lane) give(n int, probeUnused bool) {
+	l.mu.Lock()
+	l.inflight -= n
+	if probeUnused {
+		l.p.probeOut = false
+	}
+	l.mu.Unlock()
+	l.signal()
+}
+
+func (l *lane) start(msg jetstream.Msg, probe bool) {
+	l.handlers.Add(1)
+	go func() {
+		defer l.handlers.Done()
+		defer l.give(1, false)
+		l.handle(msg, probe)
+	}()
+}
+
+// waitReady returns when the lane may pull (not paused, or a probe message
+// is allowed), running the due probes; false when the lane stops.
+func (l *lane) waitReady() bool {
+	for l.ctx.Err() == nil {
+		l.mu.Lock()
+		p := l.p
+		l.mu.Unlock()
+		if !p.on || p.armed {
+			return true
+		}
+		if d := p.until.Sub(l.e.clock.Now()); d > 0 {
+			sleepOn(l.ctx, l.e.clock, d, l.wake)
+			continue
+		}
+		switch p.kind {
+		case probeNone:
+			l.resume("the wait is over")
+		case probeToken:
+			if _, err := l.e.tokens.Token(l.ctx, l.alias); err != nil {
+				l.pause(ClassIdentity, err, pauseHint(err), true)
+			} else {
+				l.resume("an access token is available again")
+			}
+		case probeAuth:
+			if err := l.probeSession(); err != nil {
+				class, _ := classify(err)
+				l.pause(class, err, pauseHint(err), true)
+			} else {
+				l.resume("a session authenticated again")
+			}
+		case probeSend:
+			l.mu.Lock()
+			l.p.armed = true
+			l.mu.Unlock()
+		}
+	}
+	return false
+}
+
+// probeSession opens a session (STARTTLS + AUTH, with the one forced
+// refresh on 535 5.7.3) and keeps it in the pool.
+func (l *lane) probeSession() error {
+	s, err := l.session(l.ctx, l.log)
+	if err != nil {
+		return err
+	}
+	l.pool.put(s)
+	return nil
+}
+
+// pause stops the lane's pulling because the account cannot send. A lane
+// already paused ignores further reports of in-flight messages (they met
+// the same condition); a failed probe (fromProbe) extends the pause on the
+// probe schedule. hint is a wait the condition itself announced.
+func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool) {
+	now := l.e.clock.Now()
+	l.mu.Lock()
+	if l.p.on && !fromProbe {
+		l.mu.Unlock()
+		return
+	}
+	p := pauseState{on: true, since: l.p.since, class: class, reason: err.Error(), count: l.p.count + 1, kind: class.probe(), unwatch: l.p.unwatch}
+	if !l.p.on {
+		p.since = now
+	}
+	var pe *PaceError
+	if errors.As(err, &pe) {
+		p.kind = probeNone // the pacer's own window: no need to ask Office 365
+		p.until = now.Add(pe.Wait)
+	} else {
+		p.until = now.Add(max(hint, l.e.cfg.Pause.Delay(p.count)))
+	}
+	watch := p.unwatch == nil && l.e.states != nil && (p.kind == probeToken || p.kind == probeAuth)
+	if watch {
+		var wctx context.Context
+		wctx, p.unwatch = context.WithCancel(l.ctx)
+		go l.watchTokens(wctx, p.kind)
+	}
+	first := !l.p.on
+	l.p = p
+	l.mu.Unlock()
+
+	if first {
+		l.e.metrics.paused.WithLabelValues(l.alias).Set(1)
+	}
+	l.e.metrics.pauses.WithLabelValues(l.alias, string(class)).Inc()
+	ev := l.log.Warn().Str("class", string(class)).Err(err).Time("next_probe", p.until)
+	var se *SMTPError
+	if errors.As(err, &se) {
+		ev = ev.Int("smtp_code", se.Code).Str("remedy", Remedy(se, l.account().Mailbox))
+	}
+	ev.Msg("account paused: its mail stays queued")
+}
+
+// watchTokens ends a token or authentication pause as soon as the token
+// record changes to a usable state (a new consent, a refresh), instead of
+// waiting for the next scheduled probe.
+func (l *lane) watchTokens(ctx context.Context, kind probe) {
+	rec, rev, err := l.e.states.Get(ctx, l.alias)
+	if err == nil && kind == probeToken && !rec.State.Blocking() {
+		l.probeNow() // consent landed between the failure and this watch
+	}
+	for ctx.Err() == nil {
+		rec, r, err := l.e.states.WaitChange(ctx, l.alias, rev)
+		rev = max(rev, r)
+		switch {
+		case err == nil && !rec.State.Blocking():
+			l.probeNow()
+		case err != nil && ctx.Err() == nil:
+			sleepOn(ctx, WallClock{}, time.Second, nil)
+		}
+	}
+}
+
+// probeNow moves the next probe to now.
+func (l *lane) probeNow() {
+	l.mu.Lock()
+	if l.p.on && !l.p.armed {
+		l.p.until = l.e.clock.Now()
+	}
+	l.mu.Unlock()
+	l.signal()
+}
+
+// resume ends a pause.
+func (l *lane) resume(why string) {
+	l.mu.Lock()
+	was := l.p
+	if was.unwatch != nil {
+		was.unwatch()
+	}
+	l.p = pauseState{}
+	l.mu.Unlock()
+	if was.on {
+		l.e.metrics.paused.WithLabelValues(l.alias).Set(0)
+		l.log.Info().Str("class", string(was.class)).Str("why", why).Msg("account resumed")
+	}
+	l.signal()
+}
+
+// sent ends a pause when a message that started after the pause began went
+// through: whatever held the account has cleared. (A fetch open when the
+// pause began may still hand the lane a message; it is tried like any
+// other, and is as good a probe as the armed one.)
+func (l *lane) sent(started time.Time, probe bool) {
+	l.mu.Lock()
+	clears := l.p.on && (probe || !started.Before(l.p.since))
+	l.mu.Unlock()
+	if clears {
+		l.resume("a message went through")
+	}
+}
+
+// probeDone: the probe message ended without deciding (retried or
+// dead-lettered for a reason of its own); the next message probes.
+func (l *lane) probeDone() {
+	l.mu.Lock()
+	l.p.probeOut = false
+	l.mu.Unlock()
+	l.signal()
+}
+
+// throttle lowers the connection limit after 432 4.3.2 (OFFICE365.md §4).
+func (l *lane) throttle() {
+	l.mu.Lock()
+	if l.limit > 1 {
+		l.limit--
+	}
+	l.throttled = l.e.clock.Now()
+	limit := l.limit
+	l.pool.configure(Endpoint{Addr: l.acct.SMTPAddr, CAFile: l.acct.CAFile}, l.acct.Mailbox, limit)
+	l.mu.Unlock()
+	l.log.Warn().Int("connections", limit).Msg("too many connections for this mailbox (432 4.3.2): using fewer")
+}
+
+// recoverThrottle raises the limit one step per ThrottleRecover without a 432.
+func (l *lane) recoverThrottle() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.throttled.IsZero() || l.e.clock.Now().Sub(l.throttled) < l.e.cfg.ThrottleRecover {
+		return
+	}
+	l.limit++
+	l.throttled = l.e.clock.Now()
+	if l.limit >= l.acct.MaxConns {
+		l.limit, l.throttled = l.acct.MaxConns, time.Time{}
+	}
+	l.pool.configure(Endpoint{Addr: l.acct.SMTPAddr, CAFile: l.acct.CAFile}, l.acct.Mailbox, l.limit)
+	l.signal()
+}
+
+// firstAttempt is when this message was first tried: now for a first
+// delivery (remembered for later attempts here), what was remembered, or
+// zero if the first attempt happened elsewhere (another process, before a
+// restart); the dead letter then records when the message was queued.
+func (l *lane) firstAttempt(seq uint64, delivered uint64) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.firstSeen[seq]; ok {
+		return t
+	}
+	if delivered > 1 {
+		return time.Time{}
+	}
+	now := time.Now()
+	if len(l.firstSeen) >= maxFirstSeen {
+		// Entries of messages finished by another process: forget the old.
+		for s, t := range l.firstSeen {
+			if now.Sub(t) > 24*time.Hour {
+				delete(l.firstSeen, s)
+			}
+		}
+	}
+	if len(l.firstSeen) < maxFirstSeen {
+		l.firstSeen[seq] = now
+	}
+	return now
+}
+
+func (l *lane) forget(seq uint64) {
+	l.mu.Lock()
+	delete(l.firstSeen, seq)
+	l.mu.Unlock()
+}
+
+func (l *lane) status() LaneStatus {
+	l.mu.Lock()
+	st := LaneStatus{
+		Account: l.alias, Bound: l.bound, Paused: l.p.on, ConnLimit: l.limit,
+		InFlight: l.inflight,
+	}
+	if l.p.on {
+		st.PauseClass, st.PauseReason, st.PausedUntil = string(l.p.class), l.p.reason, l.p.until
+	}
+	l.mu.Unlock()
+	st.Sessions = l.pool.size()
+	return st
+}

@@ -1,0 +1,294 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// PacingBucket is the KV bucket with each mailbox's recent sends.
+const PacingBucket = "relay_pacing"
+
+// The rolling windows of Office 365's limits (OFFICE365.md §3) and the
+// slots the pacer counts them in. Counting in slots is conservative: a
+// slot counts until its end has left the window, so the pacer never sees
+// fewer sends than Office 365 does.
+const (
+	minuteWindow = time.Minute
+	minuteSlot   = time.Second
+	dayWindow    = 24 * time.Hour
+	daySlot      = 10 * time.Minute
+)
+
+// casAttempts bounds the compare-and-set retries of one pacer update.
+const casAttempts = 50
+
+// Limits are one mailbox's budgets; 0 or less means no limit.
+type Limits struct {
+	PerMinute int // messages (transactions) per rolling minute
+	PerDay    int // recipients per rolling 24 hours
+}
+
+// Pacer keeps Office 365's per-mailbox limits from the relay's side, so
+// the fake (and Office 365) never has to answer 432 or a quota error.
+//
+// Every transaction reserves one message and its recipients before it
+// starts (Reserve), then, after the 250, moves the reservation to the time
+// of acceptance (Confirm) — later than Office 365's own timestamp, so the
+// pacer's windows always contain Office 365's. A definite refusal gives
+// the reservation back (Release); a lost connection keeps it, since the
+// server may have counted it.
+//
+// The counts live in KV bucket relay_pacing, one key per mailbox, updated
+// with compare-and-set: a restart or a second worker continues the same
+// windows. Keys expire a day after their last write, when nothing in them
+// counts any more.
+type Pacer struct {
+	kv    jetstream.KeyValue
+	clock Clock
+}
+
+// OpenPacer creates the bucket if needed.
+func OpenPacer(ctx context.Context, js jetstream.JetStream, clock Clock) (*Pacer, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      PacingBucket,
+		Description: "Relay365 per-mailbox sending counts (Office 365 limits)",
+		History:     1,
+		TTL:         dayWindow + time.Hour,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open pacing bucket %s: %w", PacingBucket, err)
+	}
+	if clock == nil {
+		clock = WallClock{}
+	}
+	return &Pacer{kv: kv, clock: clock}, nil
+}
+
+// Ticket is one reservation.
+type Ticket struct {
+	mailbox string
+	at      time.Time
+	rcpts   int
+}
+
+// paceSlot counts what happened in the slot starting at T (Unix seconds).
+type paceSlot struct {
+	T int64 `json:"t"`
+	N int   `json:"n"`
+}
+
+// paceRecord is the stored value: messages per second over the last
+// minute, recipients per ten minutes over the last day.
+type paceRecord struct {
+	Msgs  []paceSlot `json:"msgs,omitempty"`
+	Rcpts []paceSlot `json:"rcpts,omitempty"`
+}
+
+type window struct {
+	slot, span time.Duration
+}
+
+var (
+	perMinute = window{slot: minuteSlot, span: minuteWindow}
+	perDay    = window{slot: daySlot, span: dayWindow}
+)
+
+// exit is when a slot stops counting.
+func (w window) exit(s paceSlot) time.Time {
+	return time.Unix(s.T, 0).Add(w.slot + w.span)
+}
+
+func (w window) prune(slots []paceSlot, now time.Time) []paceSlot {
+	return slices.DeleteFunc(slots, func(s paceSlot) bool { return !w.exit(s).After(now) || s.N <= 0 })
+}
+
+func (w window) total(slots []paceSlot, now time.Time) int {
+	n := 0
+	for _, s := range slots {
+		if w.exit(s).After(now) {
+			n += s.N
+		}
+	}
+	return n
+}
+
+// add adds n (which may be negative) to the slot holding t.
+func (w window) add(slots []paceSlot, t time.Time, n int) []paceSlot {
+	start := t.Truncate(w.slot).Unix()
+	i, found := slices.BinarySearchFunc(slots, start, func(s paceSlot, t int64) int { return int(s.T - t) })
+	if found {
+		slots[i].N = max(0, slots[i].N+n)
+		return slots
+	}
+	if n <= 0 {
+		return slots
+	}
+	return slices.Insert(slots, i, paceSlot{T: start, N: n})
+}
+
+// room is how long until total+need fits within limit (0: it fits now).
+func (w window) room(slots []paceSlot, now time.Time, limit, need int) time.Duration {
+	if limit <= 0 {
+		return 0
+	}
+	over := w.total(slots, now) + need - limit
+	for _, s := range slots { // sorted oldest first
+		if over <= 0 {
+			break
+		}
+		if exit := w.exit(s); exit.After(now) {
+			over -= s.N
+			if over <= 0 {
+				return exit.Sub(now)
+			}
+		}
+	}
+	if over > 0 {
+		return w.span // more than the whole budget: never; callers keep batches smaller
+	}
+	return 0
+}
+
+// Peek says how many transactions may start now under the per-minute
+// budget (and none if the day's recipients are spent), and if none, how
+// long until one may. It does not reserve anything.
+func (p *Pacer) Peek(ctx context.Context, mailbox string, lim Limits) (allow int, wait time.Duration, err error) {
+	r, _, err := p.get(ctx, mailbox)
+	if err != nil {
+		return 0, 0, err
+	}
+	now := p.clock.Now()
+	allow = 1 << 30
+	if lim.PerMinute > 0 {
+		allow = lim.PerMinute - perMinute.total(r.Msgs, now)
+	}
+	if allow <= 0 {
+		wait = perMinute.room(r.Msgs, now, lim.PerMinute, 1)
+	}
+	if d := perDay.room(r.Rcpts, now, lim.PerDay, 1); d > 0 {
+		allow, wait = 0, max(wait, d)
+	}
+	return max(allow, 0), wait, nil
+}
+
+// Reserve takes one message and rcpts recipients from the budgets, or, if
+// they do not fit now, reserves nothing and says how long until they do.
+func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limits) (Ticket, time.Duration, error) {
+	var t Ticket
+	var wait time.Duration
+	err := p.update(ctx, mailbox, func(r *paceRecord, now time.Time) bool {
+		wait = max(perMinute.room(r.Msgs, now, lim.PerMinute, 1), perDay.room(r.Rcpts, now, lim.PerDay, rcpts))
+		if wait > 0 {
+			return false
+		}
+		r.Msgs = perMinute.add(r.Msgs, now, 1)
+		r.Rcpts = perDay.add(r.Rcpts, now, rcpts)
+		t = Ticket{mailbox: mailbox, at: now, rcpts: rcpts}
+		return true
+	})
+	return t, wait, err
+}
+
+// Confirm moves a reservation to now, after Office 365 accepted the
+// transaction.
+func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
+	return p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
+		r.Msgs = perMinute.add(perMinute.add(r.Msgs, t.at, -1), now, 1)
+		r.Rcpts = perDay.add(perDay.add(r.Rcpts, t.at, -t.rcpts), now, t.rcpts)
+		return true
+	})
+}
+
+// Release gives a reservation back after a definite refusal.
+func (p *Pacer) Release(ctx context.Context, t Ticket) error {
+	return p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
+		r.Msgs = perMinute.add(r.Msgs, t.at, -1)
+		r.Rcpts = perDay.add(r.Rcpts, t.at, -t.rcpts)
+		return true
+	})
+}
+
+func (p *Pacer) get(ctx context.Context, mailbox string) (paceRecord, uint64, error) {
+	var r paceRecord
+	e, err := p.kv.Get(ctx, pacingKey(mailbox))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return r, 0, nil
+	}
+	if err != nil {
+		return r, 0, fmt.Errorf("read pacing of %s: %w", mailbox, err)
+	}
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		// A record we cannot read is replaced; counting restarts, which
+		// Office 365's own limits then backstop.
+		return paceRecord{}, e.Revision(), nil
+	}
+	return r, e.Revision(), nil
+}
+
+// update applies fn to the current record with compare-and-set, retrying
+// when another worker wrote in between.
+func (p *Pacer) update(ctx context.Context, mailbox string, fn func(r *paceRecord, now time.Time) bool) error {
+	key := pacingKey(mailbox)
+	for range casAttempts {
+		r, rev, err := p.get(ctx, mailbox)
+		if err != nil {
+			return err
+		}
+		now := p.clock.Now()
+		r.Msgs, r.Rcpts = perMinute.prune(r.Msgs, now), perDay.prune(r.Rcpts, now)
+		if !fn(&r, now) {
+			return nil
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			_, err = p.kv.Create(ctx, key, b)
+		} else {
+			_, err = p.kv.Update(ctx, key, b, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if !casLost(err) {
+			return fmt.Errorf("write pacing of %s: %w", mailbox, err)
+		}
+	}
+	return fmt.Errorf("write pacing of %s: %d compare-and-set races lost in a row", mailbox, casAttempts)
+}
+
+// casLost recognises a lost compare-and-set on a KV key (DESIGN.md §7:
+// the error differs between Create, Update and replicated buckets).
+func casLost(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
+		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
+}
+
+// pacingKey makes a KV key of a mailbox address, readable and unique:
+// lower case, '@' as '=', and bytes outside [a-z0-9.-] as _XX.
+func pacingKey(mailbox string) string {
+	var b strings.Builder
+	for _, c := range []byte(strings.ToLower(mailbox)) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '.', c == '-':
+			b.WriteByte(c)
+		case c == '@':
+			b.WriteByte('=')
+		default:
+			b.WriteString("_" + strconv.FormatUint(uint64(c)|0x100, 16)[1:])
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,181 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"relay365/internal/account"
+	"relay365/internal/fakeo365"
+	"relay365/internal/queue/queuetest"
+	"relay365/internal/relay"
+	"relay365/internal/relay/relaytest"
+)
+
+// TestPacingOnCompressedClock offers ten times what Office 365 allows and
+// checks the fake never had to refuse: no 432 (connections) and no quota
+// reply, every message delivered once, and the acceptances spread out as
+// the limits demand. The relay and the fake share one compressed clock.
+func TestPacingOnCompressedClock(t *testing.T) {
+	t.Run("30 messages a minute", func(t *testing.T) {
+		clock := relaytest.NewCompressed(120) // a minute passes in half a second
+		h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{PerMinute: 30, AccessTTL: 365 * 24 * time.Hour}})
+		h.enroll("paced", "paced@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
+			a.PerMinute, a.PerDay = 0, 0 // Office 365's defaults: 30 a minute, 10,000 a day
+		})
+		// The consent step's test mail is not the engine's to count: let
+		// it leave Office 365's window first.
+		<-clock.After(time.Minute)
+		// 10x the allowed rate: 300 a minute, for half a minute.
+		const n = 150
+		for i := range n {
+			h.publish("paced", fmt.Sprintf("p-%03d", i), fmt.Sprintf("paced %03d", i))
+			<-clock.After(200 * time.Millisecond)
+		}
+		h.waitFor("all delivered", func() bool { return h.queued() == 0 })
+		checkPaced(t, h, n, time.Minute, 30)
+	})
+	t.Run("10,000 recipients a day, here 20", func(t *testing.T) {
+		clock := relaytest.NewCompressed(86400) // a day passes in a second
+		h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{PerMinute: 30, PerDay: 20, AccessTTL: 365 * 24 * time.Hour}})
+		h.enroll("daily", "daily@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
+			a.PerMinute, a.PerDay = 0, 20
+		})
+		<-clock.After(24 * time.Hour) // the consent test mail, as above
+		// 80 recipients at once: four days' budget.
+		const n = 20
+		for i := range n {
+			m := msgFor("daily", fmt.Sprintf("d-%03d", i), fmt.Sprintf("daily %03d", i))
+			m.To = []string{"a@fabrikam.com", "b@fabrikam.com", "c@fabrikam.com", "d@fabrikam.com"}
+			h.publishMsg(m)
+		}
+		h.waitFor("all delivered", func() bool { return h.queued() == 0 })
+		checkPaced(t, h, n, 24*time.Hour, 5)
+		if h.metric("relay_account_pauses_total", "account", "daily", "class", "quota") < 1 {
+			t.Fatal("a spent daily budget must pause the account")
+		}
+	})
+}
+
+// checkPaced: n messages delivered once each, no refusal for rate or
+// connections, and no more than limit accepted in any window.
+func checkPaced(t *testing.T, h *harness, n int, window time.Duration, limit int) {
+	t.Helper()
+	for k, c := range h.fake.Replies() {
+		if k == "432 4.3.2" || k == "554 5.2.0" || k == "550 5.1.90" {
+			t.Fatalf("the fake answered %s %d times", k, c)
+		}
+	}
+	var times []time.Time
+	for subj, c := range h.delivered() {
+		if c != 1 {
+			t.Fatalf("%s delivered %d times", subj, c)
+		}
+	}
+	if got := len(h.delivered()); got != n {
+		t.Fatalf("%d delivered, want %d", got, n)
+	}
+	for _, m := range h.fake.Messages() {
+		if m.Subject[:8] != "Relay365" {
+			times = append(times, m.Time)
+		}
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	for i := range times {
+		if i+limit < len(times) && times[i+limit].Sub(times[i]) < window {
+			t.Fatalf("%d messages within %s", limit+1, times[i+limit].Sub(times[i]))
+		}
+	}
+	span := times[len(times)-1].Sub(times[0])
+	if min := time.Duration(n/limit-1) * window; span < min {
+		t.Fatalf("%d messages in %s: not paced (want at least %s)", n, span, min)
+	}
+	t.Logf("%d messages accepted over %s of the compressed clock", n, span.Round(time.Second))
+}
+
+// manualClock is advanced by hand.
+type manualClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *manualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *manualClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+func (c *manualClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func TestPacerWindowsSurviveARestart(t *testing.T) {
+	env := queuetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	clock := &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}
+	p, err := relay.OpenPacer(ctx, env.JS, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := relay.Limits{PerMinute: 3, PerDay: 10}
+	const mbx = "Alerts+ops@Contoso.com"
+	var tickets []relay.Ticket
+	for i := range 3 {
+		tk, wait, err := p.Reserve(ctx, mbx, 2, lim)
+		if err != nil || wait != 0 {
+			t.Fatalf("reservation %d: wait %s, %v", i, wait, err)
+		}
+		tickets = append(tickets, tk)
+		clock.Advance(10 * time.Second)
+	}
+	// The minute is full: the first reservation (at 0s) leaves the
+	// window at 61s (its one-second slot plus the minute), now is 30s.
+	if allow, wait, _ := p.Peek(ctx, mbx, lim); allow != 0 || wait != 31*time.Second {
+		t.Fatalf("Peek = %d, %s; want 0, 31s", allow, wait)
+	}
+	// A second process (or a restart) sees the same window.
+	p2, err := relay.OpenPacer(ctx, env.JS, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, wait, _ := p2.Reserve(ctx, "alerts+ops@contoso.com", 1, lim); wait != 31*time.Second {
+		t.Fatalf("after a restart: wait %s, want 31s", wait)
+	}
+	// A refused transaction gives its reservation back.
+	if err := p2.Release(ctx, tickets[2]); err != nil {
+		t.Fatal(err)
+	}
+	if allow, _, _ := p2.Peek(ctx, mbx, lim); allow != 1 {
+		t.Fatalf("after a release: allow %d, want 1", allow)
+	}
+	// Confirming moves a reservation to the time of acceptance: the one
+	// made at 0s, accepted at 30s, now counts until 91s.
+	if err := p.Confirm(ctx, tickets[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, wait, _ := p.Reserve(ctx, mbx, 1, relay.Limits{PerMinute: 2, PerDay: 10}); wait != 41*time.Second {
+		t.Fatalf("after a confirm: wait %s, want 41s (the reservation from 10s)", wait)
+	}
+	// The day: 4 of 10 recipients are used; 7 more do not fit until the
+	// oldest ten-minute slot leaves the 24 hours.
+	clock.Advance(time.Hour)
+	_, wait, _ := p.Reserve(ctx, mbx, 7, lim)
+	if wait <= 22*time.Hour || wait > 24*time.Hour {
+		t.Fatalf("day budget: wait %s, want about 23h", wait)
+	}
+	if _, wait, _ := p.Reserve(ctx, mbx, 6, lim); wait != 0 {
+		t.Fatalf("6 recipients fit the day's remaining 6: wait %s", wait)
+	}
+	clock.Advance(24*time.Hour + 10*time.Minute) // the day plus the last slot
+	if tk, wait, err := p.Reserve(ctx, mbx, 10, lim); wait != 0 || err != nil || tk == (relay.Ticket{}) {
+		t.Fatalf("a day later the whole budget is back: wait %s, %v", wait, err)
+	}
+}

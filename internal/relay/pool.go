@@ -1,0 +1,180 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// errPoolClosed: the account's lane stopped.
+var errPoolClosed = errors.New("session pool closed")
+
+// pool keeps one account's SMTP sessions. The lane bounds how many are in
+// use (at most its concurrency limit, Office 365's 3 by default); the pool
+// keeps the idle ones, most recently used first, and:
+//   - reuses an idle session after RSET (which also proves it is alive),
+//   - opens a new one (STARTTLS + AUTH) when none is idle,
+//   - never reuses a session authenticated with another token than the
+//     current one (XOAUTH2 cannot re-authenticate a session, RFC 4954 §4),
+//     nor one for an old endpoint or mailbox: those are closed and
+//     replaced,
+//   - closes a session after an error that leaves it in doubt,
+//   - closes sessions idle for longer than idle, and those above max.
+type pool struct {
+	tr     *Transport
+	idle   time.Duration
+	onDial func(*Session)
+
+	mu     sync.Mutex
+	ep     Endpoint
+	user   string
+	max    int
+	free   []*Session // idle, least recently used first
+	open   int        // idle + in use
+	closed bool
+	timer  *time.Timer
+}
+
+func newPool(tr *Transport, idle time.Duration, onDial func(*Session)) *pool {
+	return &pool{tr: tr, idle: idle, onDial: onDial}
+}
+
+// configure sets where and as whom sessions are opened and how many may be
+// kept. Idle sessions that no longer fit are closed.
+func (p *pool) configure(ep Endpoint, user string, max int) {
+	p.mu.Lock()
+	p.ep, p.user, p.max = ep, user, max
+	var stale []*Session
+	p.free = keep(p.free, func(s *Session) bool {
+		if s.ep != ep || s.user != user {
+			stale = append(stale, s)
+			return false
+		}
+		return true
+	})
+	p.open -= len(stale)
+	p.mu.Unlock()
+	closeAll(stale)
+}
+
+// get returns a ready session for token.
+func (p *pool) get(ctx context.Context, token string) (*Session, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, errPoolClosed
+		}
+		if n := len(p.free); n > 0 {
+			s := p.free[n-1]
+			p.free = p.free[:n-1]
+			fits := s.token == token && s.ep == p.ep && s.user == p.user && time.Since(s.lastUsed) < p.idle
+			p.mu.Unlock()
+			if fits && s.Reset(ctx) == nil {
+				return s, nil
+			}
+			p.discard(s)
+			continue
+		}
+		p.open++
+		ep, user := p.ep, p.user
+		p.mu.Unlock()
+		s, err := p.tr.Dial(ctx, ep, user, token)
+		if err != nil {
+			p.mu.Lock()
+			p.open--
+			p.mu.Unlock()
+			return nil, err
+		}
+		if p.onDial != nil {
+			p.onDial(s)
+		}
+		return s, nil
+	}
+}
+
+// put returns a session after use.
+func (p *pool) put(s *Session) {
+	p.mu.Lock()
+	if p.closed || !s.Reusable() || p.open > p.max {
+		p.mu.Unlock()
+		p.discard(s)
+		return
+	}
+	p.free = append(p.free, s)
+	if p.timer == nil {
+		p.timer = time.AfterFunc(p.idle, p.reap)
+	}
+	p.mu.Unlock()
+}
+
+// discard closes a session that was taken out of the pool.
+func (p *pool) discard(s *Session) {
+	p.mu.Lock()
+	p.open--
+	p.mu.Unlock()
+	s.Close()
+}
+
+// reap closes sessions idle for longer than p.idle and re-arms itself
+// while idle sessions remain.
+func (p *pool) reap() {
+	p.mu.Lock()
+	now := time.Now()
+	var old []*Session
+	p.free = keep(p.free, func(s *Session) bool {
+		if now.Sub(s.lastUsed) >= p.idle {
+			old = append(old, s)
+			return false
+		}
+		return true
+	})
+	p.open -= len(old)
+	p.timer = nil
+	if len(p.free) > 0 && !p.closed {
+		p.timer = time.AfterFunc(p.idle-now.Sub(p.free[0].lastUsed), p.reap)
+	}
+	p.mu.Unlock()
+	closeAll(old)
+}
+
+// close quits every idle session; sessions in use are closed when put back.
+func (p *pool) close() {
+	p.mu.Lock()
+	p.closed = true
+	free := p.free
+	p.free = nil
+	p.open -= len(free)
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.mu.Unlock()
+	closeAll(free)
+}
+
+// size is the number of open sessions (idle and in use).
+func (p *pool) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.open
+}
+
+func keep(ss []*Session, ok func(*Session) bool) []*Session {
+	out := ss[:0]
+	for _, s := range ss {
+		if ok(s) {
+			out = append(out, s)
+		}
+	}
+	clear(ss[len(out):])
+	return out
+}
+
+func closeAll(ss []*Session) {
+	var wg sync.WaitGroup
+	for _, s := range ss {
+		wg.Go(s.Close)
+	}
+	wg.Wait()
+}

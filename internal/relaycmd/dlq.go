@@ -1,0 +1,330 @@
+package relaycmd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/message"
+	"relay365/internal/queue"
+)
+
+const dlqUsage = `Usage: relay dlq <command> [flags]
+
+Dead letters are messages that could not be sent; MAIL_DLQ keeps each with
+its reason, class, attempts, last reply, original subject and sequence.
+
+  list   [--account A] [--reason TEXT]        list dead letters, oldest first
+  show   SEQ                                  headers and body of one dead letter
+  replay SEQ | --all [--account A] [--reason TEXT]
+                                              queue again as new messages (fresh attempt count)
+  purge  --yes [--account A]                  delete dead letters for good
+`
+
+// dlqConfig is what every dlq subcommand takes.
+type dlqConfig struct {
+	NATSURL string
+	Account string
+	Reason  string
+	All     bool
+	Yes     bool
+	JSON    bool
+	Timeout time.Duration
+}
+
+func runDLQ(ctx context.Context, args []string, env Env) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(env.Stdout, dlqUsage)
+		if len(args) == 0 {
+			return usagef("a dlq command is required: list, show, replay or purge")
+		}
+		return nil
+	}
+	sub, args := args[0], args[1:]
+	var c dlqConfig
+	fs := newFlags("dlq "+sub, env)
+	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env RELAY_NATS_URL)")
+	fs.DurationVar(&c.Timeout, "timeout", time.Minute, "give up after this long")
+	var run func(context.Context, jetstream.JetStream, dlqConfig, []string, Env) error
+	switch sub {
+	case "list":
+		fs.StringVar(&c.Account, "account", "", "only this account's dead letters")
+		fs.StringVar(&c.Reason, "reason", "", "only dead letters whose reason contains this text (case-insensitive)")
+		fs.BoolVar(&c.JSON, "json", false, "print JSON lines instead of a table")
+		run = dlqList
+	case "show":
+		fs.BoolVar(&c.JSON, "json", false, "print JSON")
+		run = dlqShow
+	case "replay":
+		fs.BoolVar(&c.All, "all", false, "replay every dead letter (narrowed by --account and --reason)")
+		fs.StringVar(&c.Account, "account", "", "with --all: only this account's dead letters")
+		fs.StringVar(&c.Reason, "reason", "", "with --all: only dead letters whose reason contains this text")
+		run = dlqReplay
+	case "purge":
+		fs.BoolVar(&c.Yes, "yes", false, "confirm: the dead letters are deleted for good")
+		fs.StringVar(&c.Account, "account", "", "only this account's dead letters")
+		run = dlqPurge
+	default:
+		fmt.Fprint(env.Stderr, dlqUsage)
+		return usagef("unknown dlq command %q", sub)
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := checkDLQArgs(sub, c, pos); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	nc, err := connectNATS(c.NATSURL, "relay-dlq")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	return run(ctx, js, c, pos, env)
+}
+
+// parseInterspersed parses flags before and after positional arguments
+// ("show 17 --json") and returns the positional ones.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// checkDLQArgs refuses what cannot be meant, before connecting.
+func checkDLQArgs(sub string, c dlqConfig, pos []string) error {
+	switch sub {
+	case "list", "purge":
+		if len(pos) > 0 {
+			return usagef("unexpected argument %q", pos[0])
+		}
+		if sub == "purge" && !c.Yes {
+			return usagef("purge deletes dead letters for good: add --yes (and --account to limit it)")
+		}
+	case "show":
+		if len(pos) != 1 {
+			return usagef("give one dead letter sequence number (see relay dlq list)")
+		}
+	case "replay":
+		switch {
+		case c.All && len(pos) > 0:
+			return usagef("give a sequence number or --all, not both")
+		case !c.All && len(pos) != 1:
+			return usagef("give one dead letter sequence number, or --all")
+		case !c.All && (c.Account != "" || c.Reason != ""):
+			return usagef("--account and --reason narrow --all; a sequence number names one dead letter already")
+		}
+	}
+	for _, p := range pos {
+		if _, err := parseSeq(p); err != nil {
+			return err
+		}
+	}
+	if c.Account != "" && !message.ValidAccount(c.Account) {
+		return usagef("--account %q is not an account alias", c.Account)
+	}
+	return nil
+}
+
+func parseSeq(s string) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n == 0 {
+		return 0, usagef("%q is not a dead letter sequence number (see relay dlq list)", s)
+	}
+	return n, nil
+}
+
+func dlqList(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []string, env Env) error {
+	list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason})
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(env.Stdout)
+		for _, e := range list {
+			if err := enc.Encode(entryJSON(e)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(list) == 0 {
+		fmt.Fprintln(env.Stdout, "no dead letters")
+		return nil
+	}
+	tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tDEAD-LETTERED\tACCOUNT\tID\tCLASS\tATTEMPTS\tREASON")
+	for _, e := range list {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339), e.Account, e.ID, e.Class, e.Attempts, shorten(e.Reason, 100))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%d dead letters (relay dlq show SEQ for one, relay dlq replay SEQ to send it again)\n", len(list))
+	return nil
+}
+
+func dlqShow(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []string, env Env) error {
+	seq, _ := parseSeq(pos[0])
+	e, err := queue.GetDeadLetter(ctx, js, seq)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(entryJSON(e))
+	}
+	fmt.Fprintf(env.Stdout, "Sequence: %d\nDead-lettered: %s\nAccount: %s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339), e.Account)
+	keys := make([]string, 0, len(e.Header))
+	for k := range e.Header {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		for _, v := range e.Header[k] {
+			fmt.Fprintf(env.Stdout, "%s: %s\n", k, v)
+		}
+	}
+	fmt.Fprintln(env.Stdout)
+	writeBody(env.Stdout, e.Data)
+	return nil
+}
+
+// writeBody prints the message: indented when it is JSON, as is otherwise.
+func writeBody(w io.Writer, data []byte) {
+	var out bytes.Buffer
+	if json.Indent(&out, data, "", "  ") == nil {
+		data = out.Bytes()
+	}
+	w.Write(data)
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		fmt.Fprintln(w)
+	}
+}
+
+func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []string, env Env) error {
+	var seqs []uint64
+	if c.All {
+		list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason})
+		if err != nil {
+			return err
+		}
+		for _, e := range list {
+			seqs = append(seqs, e.Seq)
+		}
+		if len(seqs) == 0 {
+			fmt.Fprintln(env.Stdout, "no dead letters to replay")
+			return nil
+		}
+	} else {
+		seq, _ := parseSeq(pos[0])
+		seqs = []uint64{seq}
+	}
+	var failed []string
+	for i, seq := range seqs {
+		res, err := queue.ReplayDeadLetter(ctx, js, seq)
+		if err != nil {
+			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d: FAILED: %v\n", i+1, len(seqs), seq, err)
+			failed = append(failed, strconv.FormatUint(seq, 10))
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		note := ""
+		if res.Duplicate {
+			note = " (already queued by an earlier replay)"
+		}
+		fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d queued again as %s sequence %d%s\n", i+1, len(seqs), seq, queue.StreamMail, res.Seq, note)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d not replayed (kept in %s): %s", len(failed), len(seqs), queue.StreamDLQ, strings.Join(failed, ", "))
+	}
+	fmt.Fprintf(env.Stdout, "replayed %d dead letters; each is a new message with a fresh attempt count\n", len(seqs))
+	return nil
+}
+
+func dlqPurge(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []string, env Env) error {
+	n, err := queue.PurgeDeadLetters(ctx, js, c.Account)
+	if err != nil {
+		return err
+	}
+	which := "all accounts"
+	if c.Account != "" {
+		which = "account " + c.Account
+	}
+	fmt.Fprintf(env.Stdout, "purged %d dead letters of %s\n", n, which)
+	return nil
+}
+
+// deadLetterJSON is the --json form of a dead letter.
+type deadLetterJSON struct {
+	Seq          uint64            `json:"seq"`
+	DeadLettered time.Time         `json:"dead_lettered"`
+	Account      string            `json:"account"`
+	ID           string            `json:"id"`
+	Reason       string            `json:"reason"`
+	Class        string            `json:"class"`
+	Attempts     int               `json:"attempts"`
+	LastReply    string            `json:"last_reply,omitempty"`
+	OrigSubject  string            `json:"original_subject"`
+	OrigSeq      uint64            `json:"original_seq"`
+	FirstAttempt time.Time         `json:"first_attempt,omitzero"`
+	LastAttempt  time.Time         `json:"last_attempt,omitzero"`
+	Headers      map[string]string `json:"headers,omitempty"`
+	Message      json.RawMessage   `json:"message,omitempty"`
+	Raw          []byte            `json:"raw,omitempty"`
+}
+
+func entryJSON(e queue.DeadLetterEntry) deadLetterJSON {
+	out := deadLetterJSON{
+		Seq: e.Seq, DeadLettered: e.Stored, Account: e.Account, ID: e.ID, Reason: e.Reason, Class: e.Class,
+		Attempts: e.Attempts, LastReply: e.LastReply, OrigSubject: e.OrigSubject, OrigSeq: e.OrigSeq,
+		FirstAttempt: e.FirstAttempt, LastAttempt: e.LastAttempt, Headers: map[string]string{},
+	}
+	for k := range e.Header {
+		out.Headers[k] = e.Header.Get(k)
+	}
+	if json.Valid(e.Data) {
+		out.Message = e.Data
+	} else {
+		out.Raw = e.Data
+	}
+	return out
+}
+
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}

@@ -1,0 +1,122 @@
+package relaycmd_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
+	"relay365/internal/relaycmd"
+)
+
+// run runs the relay command line in process.
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	code = relaycmd.Run(ctx, args, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut})
+	return code, out.String(), errOut.String()
+}
+
+// deadLetters puts three messages into MAIL_DLQ the way the worker does.
+func deadLetters(t *testing.T) (*queuetest.Env, context.Context) {
+	t.Helper()
+	env, ctx := queuetest.StartMail(t)
+	for _, d := range []struct{ account, id, reason, class, reply string }{
+		{"alerts", "a-1", "smtp data: 550 5.7.60 SMTP; Client does not have permissions to send as this sender", "message", "550 5.7.60 SMTP; Client does not have permissions to send as this sender"},
+		{"alerts", "a-2", "invalid message: to: no recipients (give at least one of to, cc, bcc)", "invalid", ""},
+		{"billing", "b-1", "smtp data: 552 5.3.4 Message size exceeds fixed maximum message size", "message", "552 5.3.4 Message size exceeds fixed maximum message size"},
+	} {
+		env.DeadLetter(t, ctx, d.account, d.id, []byte(`{"id":"`+d.id+`","subject":"s"}`),
+			queue.DeadLetter{ID: d.id, Account: d.account, Reason: d.reason, Class: d.class, LastReply: d.reply})
+	}
+	return env, ctx
+}
+
+func TestDLQListAndShow(t *testing.T) {
+	env, _ := deadLetters(t)
+	code, out, errOut := run(t, "dlq", "list", "--nats-url", env.URL)
+	if code != 0 || !strings.Contains(out, "3 dead letters") || !strings.Contains(out, "a-2") || !strings.Contains(out, "552 5.3.4") {
+		t.Fatalf("list: %d\n%s%s", code, out, errOut)
+	}
+	if _, out, _ := run(t, "dlq", "list", "--nats-url", env.URL, "--account", "alerts"); !strings.Contains(out, "2 dead letters") || strings.Contains(out, "b-1") {
+		t.Fatalf("list --account:\n%s", out)
+	}
+	code, out, _ = run(t, "dlq", "list", "--nats-url", env.URL, "--reason", "SEND AS", "--json")
+	var e struct {
+		Seq       uint64          `json:"seq"`
+		ID        string          `json:"id"`
+		LastReply string          `json:"last_reply"`
+		Message   json.RawMessage `json:"message"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &e) != nil || e.ID != "a-1" || e.Seq != 1 || !strings.HasPrefix(e.LastReply, "550 5.7.60") || len(e.Message) == 0 {
+		t.Fatalf("list --reason --json: %d %q", code, out)
+	}
+	code, out, _ = run(t, "dlq", "show", "3", "--nats-url", env.URL)
+	for _, want := range []string{"Sequence: 3", "Account: billing", "Relay-Reason: smtp data: 552 5.3.4", "Relay-Class: message",
+		"Relay-Attempts: 1", "Relay-Original-Subject: mail.send.billing", "Relay-First-Attempt: ", "Relay-Last-Attempt: ", `"id": "b-1"`} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Fatalf("show lacks %q:\n%s", want, out)
+		}
+	}
+	if code, _, errOut := run(t, "dlq", "show", "99", "--nats-url", env.URL); code != 1 || !strings.Contains(errOut, "no dead letter with sequence 99") {
+		t.Fatalf("show 99: %d %s", code, errOut)
+	}
+}
+
+func TestDLQReplayAndPurge(t *testing.T) {
+	env, ctx := deadLetters(t)
+	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
+	if code != 0 || !strings.Contains(out, "[1/1] dead letter 1 queued again as MAIL sequence 4") {
+		t.Fatalf("replay 1: %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = run(t, "dlq", "replay", "--all", "--account", "alerts", "--nats-url", env.URL)
+	if code != 0 || !strings.Contains(out, "[1/1] dead letter 2") || !strings.Contains(out, "replayed 1 dead letters") {
+		t.Fatalf("replay --all --account alerts: %d\n%s", code, out)
+	}
+	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
+	info, _ := mail.Info(ctx)
+	if info.State.Msgs != 2 {
+		t.Fatalf("MAIL holds %d after two replays", info.State.Msgs)
+	}
+	m, err := mail.GetMsg(ctx, 4)
+	if err != nil || m.Subject != "mail.send.alerts" || m.Header.Get(jetstream.MsgIDHeader) != "a-1:replay:1" || m.Header.Get(queue.HdrReason) != "" {
+		t.Fatalf("replayed message: %+v %v", m, err)
+	}
+	// Purge wants a confirmation.
+	if code, _, errOut := run(t, "dlq", "purge", "--nats-url", env.URL); code != 2 || !strings.Contains(errOut, "--yes") {
+		t.Fatalf("purge without --yes: %d %s", code, errOut)
+	}
+	if code, out, _ := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL); code != 0 || !strings.Contains(out, "purged 1 dead letters of all accounts") {
+		t.Fatalf("purge: %d %s", code, out)
+	}
+	if _, out, _ := run(t, "dlq", "list", "--nats-url", env.URL); !strings.Contains(out, "no dead letters") {
+		t.Fatalf("after purge:\n%s", out)
+	}
+}
+
+func TestDLQUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"dlq"},
+		{"dlq", "resend"},
+		{"dlq", "show"},
+		{"dlq", "show", "x"},
+		{"dlq", "replay"},
+		{"dlq", "replay", "3", "--all"},
+		{"dlq", "replay", "3", "--account", "alerts"},
+		{"dlq", "list", "extra"},
+		{"dlq", "list", "--account", "Not.An.Alias"},
+	} {
+		// No server: a usage error must be found before connecting.
+		if code, _, errOut := run(t, append(args, "--nats-url", "nats://127.0.0.1:1")...); code != 2 || errOut == "" {
+			t.Errorf("%v: exit %d, stderr %q; want 2 with the reason", args, code, errOut)
+		}
+	}
+}
