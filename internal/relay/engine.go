@@ -287,7 +287,7 @@ type LaneStatus struct {
 	PauseReason string    `json:"pause_reason,omitempty"`
 	PausedUntil time.Time `json:"next_probe,omitzero"`
 	ConnLimit   int       `json:"connection_limit"`
-	InFlight    int       `json:"in_flight"`
+	InFlight    int       `json:"slots_taken"` // by an open fetch or a send in progress
 	Sessions    int       `json:"sessions"`
 }
 
