@@ -127,15 +127,9 @@ func (c *Config) Defaults() {
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
-	if c.AckWait == 0 {
-		c.AckWait = 60 * time.Second
-	}
-	if c.MaxDeliver == 0 {
-		c.MaxDeliver = 50
-	}
-	if c.MaxAckPending == 0 {
-		c.MaxAckPending = 1000
-	}
+	consumer := queue.ConsumerConfig{AckWait: c.AckWait, MaxDeliver: c.MaxDeliver, MaxAckPending: c.MaxAckPending}
+	consumer.Defaults()
+	c.AckWait, c.MaxDeliver, c.MaxAckPending = consumer.AckWait, consumer.MaxDeliver, consumer.MaxAckPending
 	if c.Retry.Base == 0 {
 		c.Retry = relay.DefaultRetry
 	}

@@ -129,16 +129,23 @@ type ConsumerConfig struct {
 	MaxAckPending int           // default 1000, per account
 }
 
+// Consumer defaults, shared with relay serve's flags.
+const (
+	DefaultAckWait       = 60 * time.Second
+	DefaultMaxDeliver    = 50
+	DefaultMaxAckPending = 1000
+)
+
 // Defaults fills zero values.
 func (c *ConsumerConfig) Defaults() {
 	if c.AckWait == 0 {
-		c.AckWait = 60 * time.Second
+		c.AckWait = DefaultAckWait
 	}
 	if c.MaxDeliver == 0 {
-		c.MaxDeliver = 50
+		c.MaxDeliver = DefaultMaxDeliver
 	}
 	if c.MaxAckPending == 0 {
-		c.MaxAckPending = 1000
+		c.MaxAckPending = DefaultMaxAckPending
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"relay365/internal/daemon"
 	"relay365/internal/logging"
+	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/sandbox"
 )
@@ -45,9 +46,9 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.StringVar(&c.Roles, "roles", "tokens,workers", "what this process runs: tokens (token service replica and proactive refresh), workers (deliveries), or both")
 	fs.StringVar(&c.HTTPAddr, "http-addr", envOr(env, "RELAY_HTTP_ADDR", "127.0.0.1:9465"), "metrics, health and status address, or off (env RELAY_HTTP_ADDR)")
 	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of streams and buckets (3 or 5 in a cluster)")
-	fs.DurationVar(&c.AckWait, "ack-wait", 60e9, "time a worker holds a message before JetStream redelivers it (heartbeats extend it)")
-	fs.IntVar(&c.MaxDeliver, "max-deliver", 50, "deliveries before a message that keeps failing is dead-lettered")
-	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 1000, "messages per account handed out and not yet acked (waiting retries count)")
+	fs.DurationVar(&c.AckWait, "ack-wait", queue.DefaultAckWait, "time a worker holds a message before JetStream redelivers it (heartbeats extend it)")
+	fs.IntVar(&c.MaxDeliver, "max-deliver", queue.DefaultMaxDeliver, "deliveries before a message that keeps failing is dead-lettered")
+	fs.IntVar(&c.MaxAckPending, "max-ack-pending", queue.DefaultMaxAckPending, "messages per account handed out and not yet acked (waiting retries count)")
 	c.Retry, c.Pause = relay.DefaultRetry, relay.DefaultPause
 	fs.DurationVar(&c.Retry.Base, "retry-base", relay.DefaultRetry.Base, "first wait before retrying a temporary failure (doubles each time, ±20% jitter)")
 	fs.DurationVar(&c.Retry.Max, "retry-max", relay.DefaultRetry.Max, "longest wait between retries")
