@@ -273,6 +273,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	if d.Accounts, err = account.OpenRegistry(ctx, d.JS); err != nil {
 		return nil, err
 	}
+	d.Registry.MustRegister(buildInfo(), newQueueCollector(d.JS, d.Accounts, log))
 	if keys != nil {
 		if d.Store, err = token.OpenStore(ctx, d.JS, keys); err != nil {
 			return nil, err

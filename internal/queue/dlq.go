@@ -193,3 +193,26 @@ func countDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterF
 	}
 	return n, nil
 }
+
+// CountByAccount counts the messages in stream (StreamMail or StreamDLQ)
+// per account alias, from the stream's per-subject state: one request,
+// however many messages are stored.
+func CountByAccount(ctx context.Context, js jetstream.JetStream, stream string) (map[string]uint64, error) {
+	prefix := SubjectPrefix
+	if stream == StreamDLQ {
+		prefix = DLQPrefix
+	}
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", stream, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", stream, err)
+	}
+	out := make(map[string]uint64, len(info.State.Subjects))
+	for subj, n := range info.State.Subjects {
+		out[strings.TrimPrefix(subj, prefix)] += n
+	}
+	return out, nil
+}
