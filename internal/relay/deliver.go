@@ -166,7 +166,7 @@ func (l *lane) reserve(acct account.Account, rcpts int) (Ticket, error) {
 		case err != nil:
 			return Ticket{}, err
 		case wait == 0:
-			l.e.metrics.pacingWait.Observe(waited.Seconds())
+			l.e.metrics.pacingWait.WithLabelValues(l.alias).Observe(waited.Seconds())
 			return t, nil
 		case wait > maxHold:
 			return Ticket{}, &PaceError{Wait: wait, Reason: fmt.Sprintf("%d recipients do not fit the mailbox's remaining daily budget", rcpts)}

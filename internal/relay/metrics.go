@@ -13,7 +13,7 @@ type Metrics struct {
 	messages    *prometheus.CounterVec
 	replies     *prometheus.CounterVec
 	duration    prometheus.Histogram
-	pacingWait  prometheus.Histogram
+	pacingWait  *prometheus.HistogramVec
 	connections *prometheus.CounterVec
 	paused      *prometheus.GaugeVec
 	pauses      *prometheus.CounterVec
@@ -48,11 +48,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time of one delivery attempt: pacing, token, session, transactions.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
-		pacingWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+		pacingWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "relay_pacing_wait_seconds",
-			Help:    "Time one SMTP transaction waited for the mailbox's pacing budget (0 when it had room at once); a wait beyond a minute pauses the account instead.",
+			Help:    "Time one SMTP transaction waited for the mailbox's pacing budget (0 when it had room at once), by account; a wait beyond a minute pauses the account instead.",
 			Buckets: []float64{0, .5, 1, 2.5, 5, 10, 20, 30, 60},
-		}),
+		}, []string{"account"}),
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_smtp_connections_total",
 			Help: "SMTP sessions opened (connect, STARTTLS, AUTH) by account; pooled sessions carry many messages each.",
@@ -84,6 +84,7 @@ func (m *Metrics) setPaused(account string, class Class) {
 // forget drops a removed account's gauges.
 func (m *Metrics) forget(account string) {
 	m.paused.DeletePartialMatch(prometheus.Labels{"account": account})
+	m.pacingWait.DeletePartialMatch(prometheus.Labels{"account": account})
 }
 
 func (m *Metrics) outcome(account, outcome string) {

@@ -18,7 +18,7 @@ var contractMetrics = []string{
 	"relay_messages_total", "relay_send_duration_seconds", "relay_smtp_replies_total",
 	"relay_queue_pending", "relay_queue_ack_pending", "relay_dlq_messages",
 	"relay_smtp_sessions", "relay_pacing_wait_seconds", "relay_account_paused",
-	"relay_token_state", "relay_token_expiry_timestamp_seconds", "relay_token_refresh_total",
+	"relay_token_state", "relay_token_expiry_timestamp_seconds", "relay_token_refresh_total", "relay_token_last_refresh_timestamp_seconds",
 	"relay_build_info", "go_goroutines", "process_resident_memory_bytes",
 }
 
