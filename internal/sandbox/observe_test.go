@@ -25,7 +25,7 @@ var contractMetrics = []string{
 func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 	s, logs := start(t, t.TempDir())
 	ctx := testCtx(t)
-	sandboxtest.Exercise(t, ctx, s)
+	sandboxtest.Exercise(t, ctx, s, nil)
 	reg := s.Daemon.Registry
 
 	mfs, err := reg.Gather()

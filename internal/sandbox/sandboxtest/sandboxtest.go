@@ -69,8 +69,11 @@ const (
 // through the sandbox account, revokes the second account and sends it a
 // message, and returns once all of it has happened: mail delivered, the
 // invalid message in MAIL_DLQ, the revoked account needs_consent and
-// paused with its message queued.
-func Exercise(t testing.TB, ctx context.Context, s *sandbox.Sandbox) {
+// paused with its message queued. settle, if not nil, runs before the
+// revocation, when the second account exists and the good traffic has
+// been delivered (a test waits there for a scrape, so counters are seen
+// before and after the failure).
+func Exercise(t testing.TB, ctx context.Context, s *sandbox.Sandbox, settle func()) {
 	t.Helper()
 	if err := s.ConnectMailbox(ctx, Revoked, RevokedMailbox); err != nil {
 		t.Fatal(err)
@@ -104,6 +107,9 @@ func Exercise(t testing.TB, ctx context.Context, s *sandbox.Sandbox) {
 		return err == nil && n[sandbox.Account] == Invalid
 	})
 
+	if settle != nil {
+		settle()
+	}
 	// A session revocation: the next SMTP AUTH answers 535 5.7.3, the
 	// forced refresh invalid_grant.
 	s.Fake.RevokeMailbox(RevokedMailbox)
