@@ -83,16 +83,9 @@ func Exercise(t testing.TB, ctx context.Context, s *sandbox.Sandbox, settle func
 	}
 	before := len(s.Fake.Messages())
 	js := s.Daemon.JS
-	p, err := producer.New(s.Daemon.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s.Fake.FailNextData(1) // 451 4.7.0 once: a retried attempt
 	for i := range Sent {
-		if _, err := p.Publish(ctx, &producer.Message{ID: fmt.Sprint("exercise-", i), Account: sandbox.Account,
-			To: []string{"ops@contoso.com"}, Subject: fmt.Sprint("alert ", i), Text: "load 17.2"}); err != nil {
-			t.Fatal(err)
-		}
+		Send(t, ctx, s, fmt.Sprint("exercise-", i))
 	}
 	for i := range Invalid {
 		if _, err := queue.Publish(ctx, js, sandbox.Account, fmt.Sprint("invalid-", i), []byte(`{"account":"sandbox","subject":"no recipients","text":"x"}`)); err != nil {
@@ -113,10 +106,8 @@ func Exercise(t testing.TB, ctx context.Context, s *sandbox.Sandbox, settle func
 	// A session revocation: the next SMTP AUTH answers 535 5.7.3, the
 	// forced refresh invalid_grant.
 	s.Fake.RevokeMailbox(RevokedMailbox)
-	if _, err := p.Publish(ctx, &producer.Message{ID: "for-revoked", Account: Revoked,
-		To: []string{"ops@contoso.com"}, Subject: "waits for consent", Text: "x"}); err != nil {
-		t.Fatal(err)
-	}
+	publish(t, ctx, s, &producer.Message{ID: "for-revoked", Account: Revoked,
+		To: []string{"ops@contoso.com"}, Subject: "waits for consent", Text: "x"})
 	testutil.Eventually(t, ctx, "the revoked account needs consent and is paused", func() bool {
 		rec, _, err := s.Daemon.Store.Get(ctx, Revoked)
 		if err != nil || rec.State != token.StateNeedsConsent {
@@ -137,4 +128,22 @@ func Exercise(t testing.TB, ctx context.Context, s *sandbox.Sandbox, settle func
 		info, err := mail.Info(ctx, jetstream.WithSubjectFilter(queue.SubjectPrefix+">"))
 		return err == nil && info.State.Msgs == 1 && info.State.Subjects[queue.Subject(Revoked)] == 1
 	})
+}
+
+// Send publishes one good message with id for the sandbox account.
+func Send(t testing.TB, ctx context.Context, s *sandbox.Sandbox, id string) {
+	t.Helper()
+	publish(t, ctx, s, &producer.Message{ID: id, Account: sandbox.Account,
+		To: []string{"ops@contoso.com"}, Subject: "alert " + id, Text: "load 17.2"})
+}
+
+func publish(t testing.TB, ctx context.Context, s *sandbox.Sandbox, m *producer.Message) {
+	t.Helper()
+	p, err := producer.New(s.Daemon.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Publish(ctx, m); err != nil {
+		t.Fatal(err)
+	}
 }
