@@ -179,16 +179,15 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, account strin
 // countDeadLetters counts the dead letters on f's subject (the reason
 // filter is not applied).
 func countDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFilter) (uint64, error) {
-	s, err := js.Stream(ctx, StreamDLQ)
+	counts, err := CountByAccount(ctx, js, StreamDLQ)
 	if err != nil {
-		return 0, fmt.Errorf("open %s: %w", StreamDLQ, err)
+		return 0, err
 	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(f.subject()))
-	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", StreamDLQ, err)
+	if f.Account != "" {
+		return counts[f.Account], nil
 	}
 	var n uint64
-	for _, c := range info.State.Subjects {
+	for _, c := range counts {
 		n += c
 	}
 	return n, nil

@@ -7,8 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	"relay365/internal/queue"
 	"relay365/internal/sandbox"
 	"relay365/internal/sandbox/sandboxtest"
+	"relay365/internal/testutil"
 	"relay365/internal/token/tokentest"
 )
 
@@ -25,8 +27,22 @@ var contractMetrics = []string{
 func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 	s, logs := start(t, t.TempDir())
 	ctx := testCtx(t)
-	sandboxtest.Exercise(t, ctx, s, nil)
 	reg := s.Daemon.Registry
+	// Mail for an alias nobody registered counts under account="unknown"
+	// (a bounded label), first waiting, then dead-lettered by the sweeper.
+	if _, err := queue.Publish(ctx, s.Daemon.JS, "nobody-1", "stray", []byte(`{"to":["ops@contoso.com"],"subject":"x","text":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := tokentest.Metric(t, reg, "relay_queue_pending", map[string]string{"account": "unknown"}); got != 1 {
+		t.Errorf("relay_queue_pending{account=unknown} = %v, want 1", got)
+	}
+	testutil.Eventually(t, ctx, "the stray message dead-lettered as unknown", func() bool {
+		return tokentest.Metric(t, reg, "relay_dlq_messages", map[string]string{"account": "unknown"}) == 1
+	})
+	if got := tokentest.Metric(t, reg, "relay_dlq_messages", map[string]string{"account": "nobody-1"}); got != -1 {
+		t.Errorf("an unregistered alias became a label value: %v", got)
+	}
+	sandboxtest.Exercise(t, ctx, s, nil)
 
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -50,7 +66,8 @@ func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 		want   float64
 	}{
 		{"relay_dlq_messages", map[string]string{"account": sandbox.Account}, sandboxtest.Invalid},
-		{"relay_dlq_messages", map[string]string{"account": "unknown"}, 0},
+		{"relay_dlq_messages", map[string]string{"account": "unknown"}, 1},
+		{"relay_queue_pending", map[string]string{"account": "unknown"}, 0},
 		{"relay_queue_pending", map[string]string{"account": sandbox.Account}, 0},
 		{"relay_queue_ack_pending", map[string]string{"account": sandbox.Account}, 0},
 		{"relay_account_paused", map[string]string{"account": sandbox.Account, "reason": "none"}, 0},
@@ -88,7 +105,7 @@ func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 		`id="account-sandbox"`, sandbox.Mailbox, `id="account-billing"`, sandboxtest.RevokedMailbox,
 		s.Fake.SMTPAddr(), "OAuth2 delegated (XOAUTH2)", `class="state healthy"`, `class="state needs_consent"`,
 		"AADSTS50173", "Remedy: ", "authtool login --account billing", "paused: ",
-		`id="dlq-size">Dead letters<b>1</b>`, `id="queue-depth">Queue depth<b>1</b>`,
+		`id="dlq-size">Dead letters<b>2</b>`, `id="queue-depth">Queue depth<b>1</b>`,
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("HTML /status lacks %q", want)
