@@ -63,7 +63,7 @@ func TestObservabilityEndToEnd(t *testing.T) {
 
 	s, _ := sandboxtest.Start(t, t.TempDir())
 	prom := startPrometheus(t, ctx, promBin, promtool, s.Daemon.HTTPAddr)
-	prom.waitFor(t, ctx, "a first scrape of the sandbox", `up{job="relay-sandbox"} == 1`)
+	prom.waitFor(t, ctx, "a first scrape of the sandbox", `up{job="relay"} == 1`)
 	prom.waitFor(t, ctx, "the sandbox's dead-letter gauge at 0", `relay_dlq_messages{account="sandbox"} == 0`)
 
 	sandboxtest.Exercise(t, ctx, s, func() {
@@ -185,7 +185,8 @@ func startPrometheus(t *testing.T, ctx context.Context, bin, promtool, target st
 	cfg["global"] = map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"}
 	cfg["rule_files"] = []string{rules}
 	cfg["scrape_configs"] = []any{map[string]any{
-		"job_name": "relay-sandbox", "static_configs": []any{map[string]any{"targets": []string{target}}},
+		"job_name": "relay", // the job RelayDown watches
+		"static_configs": []any{map[string]any{"targets": []string{target}}},
 	}}
 	dir := t.TempDir()
 	cfgFile := filepath.Join(dir, "prometheus.yml")
