@@ -185,7 +185,7 @@ func startPrometheus(t *testing.T, ctx context.Context, bin, promtool, target st
 	cfg["global"] = map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"}
 	cfg["rule_files"] = []string{rules}
 	cfg["scrape_configs"] = []any{map[string]any{
-		"job_name": "relay", // the job RelayDown watches
+		"job_name":       "relay", // the job RelayDown watches
 		"static_configs": []any{map[string]any{"targets": []string{target}}},
 	}}
 	dir := t.TempDir()
