@@ -3,6 +3,15 @@
 // runs the roles it is given and serves /metrics, /healthz, /readyz and
 // /status. Tests start it in process, exactly as the binary does.
 //
+// /metrics holds, besides the engine's and the token service's series,
+// relay_build_info and the queue gauges relay_queue_pending,
+// relay_queue_ack_pending and relay_dlq_messages (metrics.go), which are
+// read from JetStream on each scrape: every process reports the same
+// values, and a scrape that cannot read them omits them and counts
+// relay_queue_collect_errors_total instead of failing. /status is JSON,
+// or an HTML page (html/template, escaped, no JavaScript) for clients
+// that prefer text/html; neither holds a secret.
+//
 // Roles (--roles, default both): "tokens" runs a replica of the token
 // service relay-tokens (internal/token/tokensvc: the micro endpoints and
 // the proactive refresher; it needs the sealing key); "workers" runs the
@@ -267,6 +276,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	if d.Accounts, err = account.OpenRegistry(ctx, d.JS); err != nil {
 		return nil, err
 	}
+	d.Registry.MustRegister(buildInfo(), newQueueCollector(d.JS, d.Accounts, log))
 	if keys != nil {
 		if d.Store, err = token.OpenStore(ctx, d.JS, keys); err != nil {
 			return nil, err

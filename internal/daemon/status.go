@@ -1,9 +1,13 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	_ "embed"
 	"encoding/json"
+	"html/template"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -102,17 +106,83 @@ func (d *Daemon) tokenStates(ctx context.Context) (map[string]tokensvc.AccountSt
 	return out, err
 }
 
+//go:embed status.html
+var statusHTML string
+
+// statusPage is /status for people. html/template escapes every value
+// (an account's last error is text from Microsoft or an SMTP server).
+var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{"until": until}).Parse(statusHTML))
+
+// statusView is what the page shows: the snapshot, when it was taken,
+// and what could not be read.
+type statusView struct {
+	Status
+	Now   time.Time
+	Error string
+}
+
+// until says how far t is from now, for people: "in 53m", "2m ago".
+func until(now, t time.Time) string {
+	d := t.Sub(now).Round(time.Second)
+	if d < 0 {
+		return (-d).String() + " ago"
+	}
+	return "in " + d.String()
+}
+
+// status serves the snapshot as JSON (the default, for scripts) or as an
+// HTML page when the client prefers text/html (a browser), or when asked
+// with ?format=html; ?format=json forces JSON.
 func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	st, err := d.Snapshot(ctx)
-	w.Header().Set("Content-Type", "application/json")
+	code := http.StatusOK
 	if err != nil {
-		w.WriteHeader(http.StatusServiceUnavailable)
+		code = http.StatusServiceUnavailable
 	}
+	w.Header().Set("Vary", "Accept")
+	if wantsHTML(r) {
+		page := statusView{Status: st, Now: d.cfg.Clock.Now()}
+		if err != nil {
+			page.Error = err.Error()
+		}
+		var buf bytes.Buffer
+		if terr := statusPage.Execute(&buf, page); terr != nil {
+			http.Error(w, terr.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(code)
+		w.Write(buf.Bytes())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(st)
+}
+
+// wantsHTML: ?format= decides if given; else text/html must come before
+// any JSON type in Accept (browsers list it first; curl sends */*).
+func wantsHTML(r *http.Request) bool {
+	switch r.URL.Query().Get("format") {
+	case "html":
+		return true
+	case "json":
+		return false
+	}
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		mt, _, _ := strings.Cut(strings.TrimSpace(part), ";")
+		switch strings.TrimSpace(mt) {
+		case "text/html", "application/xhtml+xml":
+			return true
+		case "application/json":
+			return false
+		}
+	}
+	return false
 }
 
 // readyz: NATS connected, delivery running, at least one account with a

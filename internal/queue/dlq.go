@@ -179,17 +179,39 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, account strin
 // countDeadLetters counts the dead letters on f's subject (the reason
 // filter is not applied).
 func countDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFilter) (uint64, error) {
-	s, err := js.Stream(ctx, StreamDLQ)
+	counts, err := CountByAccount(ctx, js, StreamDLQ)
 	if err != nil {
-		return 0, fmt.Errorf("open %s: %w", StreamDLQ, err)
+		return 0, err
 	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(f.subject()))
-	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", StreamDLQ, err)
+	if f.Account != "" {
+		return counts[f.Account], nil
 	}
 	var n uint64
-	for _, c := range info.State.Subjects {
+	for _, c := range counts {
 		n += c
 	}
 	return n, nil
+}
+
+// CountByAccount counts the messages in stream (StreamMail or StreamDLQ)
+// per account alias, from the stream's per-subject state: one request,
+// however many messages are stored.
+func CountByAccount(ctx context.Context, js jetstream.JetStream, stream string) (map[string]uint64, error) {
+	prefix := SubjectPrefix
+	if stream == StreamDLQ {
+		prefix = DLQPrefix
+	}
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", stream, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", stream, err)
+	}
+	out := make(map[string]uint64, len(info.State.Subjects))
+	for subj, n := range info.State.Subjects {
+		out[strings.TrimPrefix(subj, prefix)] += n
+	}
+	return out, nil
 }

@@ -155,7 +155,9 @@ func (l *lane) transaction(a *attempt, acct account.Account, r *message.Rendered
 
 // reserve waits for the pacer (holding the message, heartbeats running)
 // when the wait is short; a longer one pauses the account instead.
+// The time waited (on the engine's clock) is relay_pacing_wait_seconds.
 func (l *lane) reserve(acct account.Account, rcpts int) (Ticket, error) {
+	var waited time.Duration
 	for {
 		t, wait, err := l.e.pacer.Reserve(l.ctx, acct.Mailbox, rcpts, limits(acct))
 		switch {
@@ -164,6 +166,7 @@ func (l *lane) reserve(acct account.Account, rcpts int) (Ticket, error) {
 		case err != nil:
 			return Ticket{}, err
 		case wait == 0:
+			l.e.metrics.pacingWait.WithLabelValues(l.alias).Observe(waited.Seconds())
 			return t, nil
 		case wait > maxHold:
 			return Ticket{}, &PaceError{Wait: wait, Reason: fmt.Sprintf("%d recipients do not fit the mailbox's remaining daily budget", rcpts)}
@@ -171,6 +174,7 @@ func (l *lane) reserve(acct account.Account, rcpts int) (Ticket, error) {
 		if !sleepOn(l.ctx, l.e.clock, wait, nil) {
 			return Ticket{}, errStopping
 		}
+		waited += wait
 	}
 }
 

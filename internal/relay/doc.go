@@ -116,4 +116,15 @@
 // still running after that is cut and redelivered later (the markers catch
 // any that went). Long transactions heartbeat with InProgress at AckWait/3
 // so a slow server does not cause a redelivery under their feet.
+//
+// # Metrics
+//
+// metrics.go: relay_messages_total{account,outcome},
+// relay_smtp_replies_total{account,code,class}, relay_send_duration_seconds,
+// relay_pacing_wait_seconds{account} (time each transaction waited for the
+// pacer, on the engine's clock), relay_smtp_connections_total{account},
+// relay_account_paused{account,reason} (one series per account: 1 with the
+// pause class, or 0 with reason "none"), relay_account_pauses_total and
+// relay_smtp_sessions{account}, which is read from the pools on each
+// scrape so it cannot drift from them.
 package relay

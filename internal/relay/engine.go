@@ -128,12 +128,14 @@ func NewEngine(d Deps, cfg Config) *Engine {
 	if d.Clock == nil {
 		d.Clock = WallClock{}
 	}
-	return &Engine{
+	e := &Engine{
 		cfg: cfg, js: d.JS, accounts: d.Accounts, tokens: d.Tokens, states: d.TokenStates, tr: d.Transport,
 		metrics: NewMetrics(d.Registry), log: d.Log, clock: d.Clock, lanes: map[string]*lane{},
 		ready: make(chan struct{}), changed: make(chan struct{}),
 		consumer: queue.ConsumerConfig{AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending},
 	}
+	d.Registry.MustRegister(laneCollector{e})
+	return e
 }
 
 // Run delivers until ctx ends. Then every lane stops pulling, in-flight
@@ -236,7 +238,7 @@ func (e *Engine) apply(ctx context.Context, c account.Change) {
 			if err := queue.DeleteAccountConsumer(context.WithoutCancel(ctx), e.js, c.Alias); err != nil {
 				e.log.Warn().Err(err).Str("account", c.Alias).Msg("account removed; its consumer stays")
 			}
-			e.metrics.paused.DeleteLabelValues(c.Alias)
+			e.metrics.forget(c.Alias)
 		}()
 		e.log.Info().Str("account", c.Alias).Msg("account removed: delivery stopped; queued mail is dead-lettered as unknown account")
 		return

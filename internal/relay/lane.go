@@ -73,7 +73,7 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 		e.metrics.connections.WithLabelValues(a.Alias).Inc()
 		l.log.Debug().Bool("pipelining_offered", s.pipelining).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
 	})
-	e.metrics.paused.WithLabelValues(a.Alias).Set(0)
+	e.metrics.setPaused(a.Alias, "")
 	l.setAccount(a)
 	return l
 }
@@ -339,13 +339,10 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 		wctx, p.unwatch = context.WithCancel(l.ctx)
 		go l.watchTokens(wctx, p.kind)
 	}
-	first := !l.p.on
 	l.p = p
 	l.mu.Unlock()
 
-	if first {
-		l.e.metrics.paused.WithLabelValues(l.alias).Set(1)
-	}
+	l.e.metrics.setPaused(l.alias, class) // a probe may find another cause
 	l.e.metrics.pauses.WithLabelValues(l.alias, string(class)).Inc()
 	ev := l.log.Warn().Str("class", string(class)).Err(err).Time("next_probe", p.until)
 	var se *SMTPError
@@ -395,7 +392,7 @@ func (l *lane) resume(why string) {
 	l.p = pauseState{}
 	l.mu.Unlock()
 	if was.on {
-		l.e.metrics.paused.WithLabelValues(l.alias).Set(0)
+		l.e.metrics.setPaused(l.alias, "")
 		l.log.Info().Str("class", string(was.class)).Str("why", why).Msg("account resumed")
 	}
 	l.signal()

@@ -7,16 +7,20 @@ import (
 )
 
 // Metrics are the engine's Prometheus series. Labels are bounded: account
-// is a configured alias (or "unknown"), outcome and class are closed sets,
-// code is an SMTP reply code.
+// is a configured alias (or "unknown"), outcome, class and reason are
+// closed sets, code is an SMTP reply code.
 type Metrics struct {
 	messages    *prometheus.CounterVec
 	replies     *prometheus.CounterVec
 	duration    prometheus.Histogram
+	pacingWait  *prometheus.HistogramVec
 	connections *prometheus.CounterVec
 	paused      *prometheus.GaugeVec
 	pauses      *prometheus.CounterVec
 }
+
+// notPaused is relay_account_paused's reason while an account sends.
+const notPaused = "none"
 
 // Outcomes of one delivery attempt (relay_messages_total).
 const (
@@ -44,21 +48,43 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time of one delivery attempt: pacing, token, session, transactions.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
+		pacingWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "relay_pacing_wait_seconds",
+			Help:    "Time one SMTP transaction waited for the mailbox's pacing budget (0 when it had room at once), by account; a wait beyond a minute pauses the account instead.",
+			Buckets: []float64{0, .5, 1, 2.5, 5, 10, 20, 30, 60},
+		}, []string{"account"}),
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_smtp_connections_total",
 			Help: "SMTP sessions opened (connect, STARTTLS, AUTH) by account; pooled sessions carry many messages each.",
 		}, []string{"account"}),
 		paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relay_account_paused",
-			Help: "1 while an account's delivery is paused (it cannot send; its mail waits queued), else 0.",
-		}, []string{"account"}),
+			Help: "1 while an account's delivery is paused (it cannot send; its mail waits queued), with reason the class of the condition; one series per account, reason \"none\" and value 0 while it sends.",
+		}, []string{"account", "reason"}),
 		pauses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_account_pauses_total",
 			Help: "Times an account's delivery was paused, by class of the condition.",
 		}, []string{"account", "class"}),
 	}
-	reg.MustRegister(m.messages, m.replies, m.duration, m.connections, m.paused, m.pauses)
+	reg.MustRegister(m.messages, m.replies, m.duration, m.pacingWait, m.connections, m.paused, m.pauses)
 	return m
+}
+
+// setPaused makes the account's one relay_account_paused series say
+// whether it is paused and why (class; "" when it sends).
+func (m *Metrics) setPaused(account string, class Class) {
+	m.paused.DeletePartialMatch(prometheus.Labels{"account": account})
+	if class == "" {
+		m.paused.WithLabelValues(account, notPaused).Set(0)
+		return
+	}
+	m.paused.WithLabelValues(account, string(class)).Set(1)
+}
+
+// forget drops a removed account's gauges.
+func (m *Metrics) forget(account string) {
+	m.paused.DeletePartialMatch(prometheus.Labels{"account": account})
+	m.pacingWait.DeletePartialMatch(prometheus.Labels{"account": account})
 }
 
 func (m *Metrics) outcome(account, outcome string) {
@@ -67,4 +93,21 @@ func (m *Metrics) outcome(account, outcome string) {
 
 func (m *Metrics) reply(account string, code int, class Class) {
 	m.replies.WithLabelValues(account, strconv.Itoa(code), string(class)).Inc()
+}
+
+// sessionsDesc is relay_smtp_sessions, read from the lanes on each scrape.
+var sessionsDesc = prometheus.NewDesc("relay_smtp_sessions",
+	"SMTP sessions open now (idle in the pool or sending) by account; at most the account's connection limit.",
+	[]string{"account"}, nil)
+
+// laneCollector reports the lanes' live state on scrape, so the gauge can
+// never drift from the pools it describes.
+type laneCollector struct{ e *Engine }
+
+func (c laneCollector) Describe(ch chan<- *prometheus.Desc) { ch <- sessionsDesc }
+
+func (c laneCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, l := range c.e.Status() {
+		ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(l.Sessions), l.Account)
+	}
 }

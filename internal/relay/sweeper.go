@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,16 +33,12 @@ func (e *Engine) sweepLoop(ctx context.Context) {
 // being created from losing its first messages to the race between the
 // registry write and its lane starting.
 func (e *Engine) sweep(ctx context.Context) {
-	s, err := e.js.Stream(ctx, queue.StreamMail)
+	counts, err := queue.CountByAccount(ctx, e.js, queue.StreamMail)
 	if err != nil {
 		return
 	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(queue.SubjectPrefix+">"))
-	if err != nil {
-		return
-	}
-	for subject := range info.State.Subjects {
-		alias := strings.TrimPrefix(subject, queue.SubjectPrefix)
+	for alias := range counts {
+		subject := queue.Subject(alias)
 		if e.hasLane(alias) {
 			continue
 		}

@@ -133,12 +133,18 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 // Start does it once; calling it again is a re-consent (after a
 // revocation), which workers pick up without a restart.
 func (s *Sandbox) Connect(ctx context.Context) error {
-	acct := s.account(Account, Mailbox, false)
+	return s.ConnectMailbox(ctx, Account, Mailbox)
+}
+
+// ConnectMailbox connects another delegated account the way Connect does
+// (the fake signs in whichever mailbox the login hint names).
+func (s *Sandbox) ConnectMailbox(ctx context.Context, alias, mailbox string) error {
+	acct := s.account(alias, mailbox, false)
 	authURL, tokenURL, _ := acct.Endpoints()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	tok, err := consent.Browser{
-		ClientID: ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: Mailbox,
+		ClientID: ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: mailbox,
 	}.Run(ctx, consent.FollowURL(ctx))
 	if err != nil {
 		return err

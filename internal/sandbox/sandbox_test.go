@@ -16,40 +16,19 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	"relay365/internal/daemon"
-	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
-	"relay365/internal/relay"
 	"relay365/internal/sandbox"
+	"relay365/internal/sandbox/sandboxtest"
 	"relay365/internal/testutil"
 	"relay365/producer"
 )
 
-// fast retries so a test sees a retried message within a second.
-var fastRetry = relay.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: 0.2}
+var fastRetry = sandboxtest.FastRetry
 
 func start(t *testing.T, dataDir string) (*sandbox.Sandbox, *testutil.Buffer) {
-	t.Helper()
-	logs := &testutil.Buffer{}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := sandbox.Start(ctx, sandbox.Config{
-		DataDir: dataDir, NATSListen: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Daemon: daemon.Config{Retry: fastRetry, Pause: fastRetry, AckWait: 5 * time.Second, ShutdownGrace: 5 * time.Second},
-		Fake:   fakeo365.Config{PerMinute: -1},
-	}, zerolog.New(logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.Close()
-		if t.Failed() {
-			t.Logf("relay logs:\n%s", logs.String())
-		}
-	})
-	return s, logs
+	return sandboxtest.Start(t, dataDir)
 }
 
 func connect(t *testing.T, s *sandbox.Sandbox) (*nats.Conn, jetstream.JetStream, *producer.Producer) {

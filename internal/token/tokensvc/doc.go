@@ -49,8 +49,9 @@
 // relay.events.token.refreshed or relay.events.token.refresh_failed (plus
 // relay.events.account.consent_required on entering needs_consent); a
 // state change is logged with its AADSTS codes and remedy. The gauges
-// relay_token_state{account,state} and
-// relay_token_expiry_timestamp_seconds{account} follow the store, so every
+// relay_token_state{account,state},
+// relay_token_expiry_timestamp_seconds{account} and
+// relay_token_last_refresh_timestamp_seconds{account} follow the store, so every
 // replica shows the same state, including a re-consent written by authtool.
 //
 // # Failure semantics of the client

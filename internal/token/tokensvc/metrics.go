@@ -17,6 +17,7 @@ var results = []string{"ok", string(token.StateNeedsConsent), string(token.State
 type Metrics struct {
 	state   *prometheus.GaugeVec
 	expiry  *prometheus.GaugeVec
+	issued  *prometheus.GaugeVec
 	refresh *prometheus.CounterVec
 }
 
@@ -30,12 +31,16 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "relay_token_expiry_timestamp_seconds",
 			Help: "Unix time at which the account's stored access token expires.",
 		}, []string{"account"}),
+		issued: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "relay_token_last_refresh_timestamp_seconds",
+			Help: "Unix time at which the account's stored access token was obtained (by a refresh or a consent). It is read from the token record, so unlike relay_token_refresh_total it survives restarts.",
+		}, []string{"account"}),
 		refresh: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_token_refresh_total",
 			Help: "Calls to the identity platform made by this process, by account and result (ok, needs_consent, config_error, transient).",
 		}, []string{"account", "result"}),
 	}
-	reg.MustRegister(m.state, m.expiry, m.refresh)
+	reg.MustRegister(m.state, m.expiry, m.issued, m.refresh)
 	return m
 }
 
@@ -49,6 +54,9 @@ func (m *Metrics) setRecord(rec token.Record) {
 		m.state.WithLabelValues(rec.Account, string(s)).Set(v)
 	}
 	m.expiry.WithLabelValues(rec.Account).Set(float64(rec.Expiry.Unix()))
+	if !rec.LastRefresh.IsZero() {
+		m.issued.WithLabelValues(rec.Account).Set(float64(rec.LastRefresh.Unix()))
+	}
 	for _, r := range results {
 		m.refresh.WithLabelValues(rec.Account, r) // start every series at 0
 	}
@@ -66,6 +74,7 @@ func (m *Metrics) forget(alias string) {
 	l := prometheus.Labels{"account": alias}
 	m.state.DeletePartialMatch(l)
 	m.expiry.DeletePartialMatch(l)
+	m.issued.DeletePartialMatch(l)
 	m.refresh.DeletePartialMatch(l)
 }
 

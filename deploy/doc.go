@@ -1,0 +1,15 @@
+// Package deploy holds no code: it is the deployment files and their
+// tests. docker-compose.yml (at the repository root) runs NATS, the relay,
+// Prometheus with prometheus/prometheus.yml and the alert rules in
+// prometheus/alerts.yml, and Grafana provisioned from grafana/provisioning
+// with the dashboard grafana/dashboards/relay.json; nats/nats.conf
+// configures NATS.
+//
+// The tests here parse those files, as CI has no Docker engine: the
+// compose file's services, images and builds, volumes and that every file
+// it mounts exists; the dashboard's structure and datasource; the alert
+// rules' shape. promtool checks and unit-tests the rules
+// (prometheus/alerts_test.yml). With the build tag integration,
+// observability_test.go runs the sandbox, a real Prometheus scraping it
+// and headless Chromium on the status page.
+package deploy

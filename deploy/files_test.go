@@ -1,0 +1,305 @@
+package deploy_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// root is the repository root (tests run in deploy/).
+const root = ".."
+
+func path(rel string) string { return filepath.Join(root, filepath.FromSlash(rel)) }
+
+func readYAML(t testing.TB, rel string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path(rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", rel, err)
+	}
+}
+
+// compose is the part of the Compose specification the checks read.
+type compose struct {
+	Services map[string]struct {
+		Image       string         `yaml:"image"`
+		Build       any            `yaml:"build"`
+		Command     any            `yaml:"command"`
+		Profiles    []string       `yaml:"profiles"`
+		Ports       []string       `yaml:"ports"`
+		Volumes     []string       `yaml:"volumes"`
+		Secrets     []string       `yaml:"secrets"`
+		Environment map[string]any `yaml:"environment"`
+		DependsOn   any            `yaml:"depends_on"`
+	} `yaml:"services"`
+	Volumes map[string]any `yaml:"volumes"`
+	Secrets map[string]struct {
+		File string `yaml:"file"`
+	} `yaml:"secrets"`
+}
+
+// Dashboard is the part of a Grafana dashboard the checks read.
+type Dashboard struct {
+	UID        string `json:"uid"`
+	Title      string `json:"title"`
+	Templating struct {
+		List []struct {
+			Name       string `json:"name"`
+			Datasource struct{ UID string }
+		} `json:"list"`
+	} `json:"templating"`
+	Panels []Panel `json:"panels"`
+}
+
+// Panel is one dashboard panel.
+type Panel struct {
+	ID         int    `json:"id"`
+	Type       string `json:"type"`
+	Title      string `json:"title"`
+	Datasource struct {
+		Type string `json:"type"`
+		UID  string `json:"uid"`
+	} `json:"datasource"`
+	GridPos struct{ X, Y, W, H int } `json:"gridPos"`
+	Targets []struct {
+		RefID string `json:"refId"`
+		Expr  string `json:"expr"`
+	} `json:"targets"`
+}
+
+func readDashboard(t testing.TB) Dashboard {
+	t.Helper()
+	b, err := os.ReadFile(path("deploy/grafana/dashboards/relay.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d Dashboard
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("relay.json: %v", err)
+	}
+	return d
+}
+
+// Rules is an alert rules file.
+type Rules struct {
+	Groups []struct {
+		Name  string `yaml:"name"`
+		Rules []Rule `yaml:"rules"`
+	} `yaml:"groups"`
+}
+
+// Rule is one alerting rule.
+type Rule struct {
+	Alert       string            `yaml:"alert"`
+	Expr        string            `yaml:"expr"`
+	For         string            `yaml:"for"`
+	Labels      map[string]string `yaml:"labels"`
+	Annotations map[string]string `yaml:"annotations"`
+}
+
+func readRules(t testing.TB) []Rule {
+	t.Helper()
+	var f Rules
+	readYAML(t, "deploy/prometheus/alerts.yml", &f)
+	var out []Rule
+	for _, g := range f.Groups {
+		out = append(out, g.Rules...)
+	}
+	return out
+}
+
+// The compose file parses, has the services the README promises with an
+// image or a build each, declares its named volumes, binds its ports to
+// localhost, and every file or directory it mounts exists.
+func TestComposeFile(t *testing.T) {
+	var c compose
+	readYAML(t, "docker-compose.yml", &c)
+	for _, name := range []string{"nats", "relay", "sandbox", "prometheus", "grafana"} {
+		s, ok := c.Services[name]
+		if !ok {
+			t.Errorf("service %s missing", name)
+			continue
+		}
+		if (s.Image == "") == (s.Build == nil) {
+			t.Errorf("service %s: want exactly one of image and build", name)
+		}
+	}
+	if p := c.Services["sandbox"].Profiles; !slices.Contains(p, "sandbox") {
+		t.Errorf("sandbox service profiles %v, want the sandbox profile", p)
+	}
+	if _, err := os.Stat(path("Dockerfile")); err != nil {
+		t.Error("services build . but there is no Dockerfile")
+	}
+	mounts := map[string]string{} // container path -> host path
+	for name, s := range c.Services {
+		for _, p := range s.Ports {
+			if !strings.HasPrefix(p, "127.0.0.1:") {
+				t.Errorf("service %s publishes %s beyond localhost", name, p)
+			}
+		}
+		for _, v := range s.Volumes {
+			parts := strings.Split(v, ":")
+			if len(parts) < 2 {
+				t.Errorf("service %s: volume %q: want source:target", name, v)
+				continue
+			}
+			src, dst := parts[0], parts[1]
+			if strings.HasPrefix(src, ".") || strings.HasPrefix(src, "/") {
+				if _, err := os.Stat(path(src)); err != nil {
+					t.Errorf("service %s mounts %s, which does not exist", name, src)
+				}
+				mounts[dst] = filepath.ToSlash(filepath.Clean(src))
+			} else if _, ok := c.Volumes[src]; !ok {
+				t.Errorf("service %s uses volume %s, not declared under volumes:", name, src)
+			}
+		}
+		for _, sec := range s.Secrets {
+			if _, ok := c.Secrets[sec]; !ok {
+				t.Errorf("service %s uses secret %s, not declared under secrets:", name, sec)
+			}
+		}
+	}
+
+	// Prometheus: its config and rules are mounted where the config says.
+	var prom struct {
+		RuleFiles     []string `yaml:"rule_files"`
+		ScrapeConfigs []struct {
+			JobName       string `yaml:"job_name"`
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	readYAML(t, "deploy/prometheus/prometheus.yml", &prom)
+	if mounts["/etc/prometheus/prometheus.yml"] != "deploy/prometheus/prometheus.yml" {
+		t.Errorf("prometheus does not mount deploy/prometheus/prometheus.yml at /etc/prometheus/prometheus.yml: %v", mounts)
+	}
+	for _, rf := range prom.RuleFiles {
+		if mounts["/etc/prometheus/"+rf] != "deploy/prometheus/"+rf {
+			t.Errorf("rule file %s is not mounted beside the config", rf)
+		}
+	}
+	targets := map[string]bool{}
+	for _, sc := range prom.ScrapeConfigs {
+		for _, st := range sc.StaticConfigs {
+			for _, tg := range st.Targets {
+				targets[tg] = true
+				host, _, _ := strings.Cut(tg, ":")
+				if _, ok := c.Services[host]; !ok && host != "localhost" {
+					t.Errorf("scrape target %s is no compose service", tg)
+				}
+			}
+		}
+	}
+	for _, svc := range []string{"relay", "sandbox"} {
+		if !targets[svc+":9465"] {
+			t.Errorf("Prometheus does not scrape %s:9465", svc)
+		}
+		if cmd, _ := json.Marshal(c.Services[svc].Command); !strings.Contains(string(cmd), `"--http-addr","0.0.0.0:9465"`) {
+			t.Errorf("service %s does not serve /metrics on 0.0.0.0:9465: %s", svc, cmd)
+		}
+	}
+
+	// Grafana: provisioning and dashboards mounted where the provider
+	// looks, the datasource is the compose Prometheus, and the dashboard
+	// uses the provisioned datasource.
+	if mounts["/var/lib/grafana/dashboards"] != "deploy/grafana/dashboards" {
+		t.Errorf("grafana does not mount deploy/grafana/dashboards: %v", mounts)
+	}
+	for _, dir := range []string{"datasources", "dashboards"} {
+		if mounts["/etc/grafana/provisioning/"+dir] != "deploy/grafana/provisioning/"+dir {
+			t.Errorf("grafana does not mount deploy/grafana/provisioning/%s", dir)
+		}
+	}
+	var provider struct {
+		Providers []struct {
+			Options struct{ Path string } `yaml:"options"`
+		} `yaml:"providers"`
+	}
+	readYAML(t, "deploy/grafana/provisioning/dashboards/relay.yml", &provider)
+	if len(provider.Providers) != 1 || provider.Providers[0].Options.Path != "/var/lib/grafana/dashboards" {
+		t.Errorf("dashboard provider %+v, want path /var/lib/grafana/dashboards", provider)
+	}
+	var ds struct {
+		Datasources []struct {
+			UID, Type, URL string
+		} `yaml:"datasources"`
+	}
+	readYAML(t, "deploy/grafana/provisioning/datasources/prometheus.yml", &ds)
+	if len(ds.Datasources) != 1 || ds.Datasources[0].Type != "prometheus" || ds.Datasources[0].URL != "http://prometheus:9090" {
+		t.Fatalf("datasources %+v, want the compose Prometheus", ds)
+	}
+	d := readDashboard(t)
+	for _, p := range d.Panels {
+		if p.Datasource.UID != ds.Datasources[0].UID {
+			t.Errorf("panel %q uses datasource %q, provisioned is %q", p.Title, p.Datasource.UID, ds.Datasources[0].UID)
+		}
+	}
+}
+
+// The dashboard shows what the issue lists, every panel has a query, and
+// the account variable exists.
+func TestDashboard(t *testing.T) {
+	d := readDashboard(t)
+	if d.UID == "" || d.Title == "" {
+		t.Fatal("dashboard without uid or title")
+	}
+	if len(d.Templating.List) != 1 || d.Templating.List[0].Name != "account" {
+		t.Errorf("want one variable, account: %+v", d.Templating.List)
+	}
+	ids := map[int]bool{}
+	all := ""
+	for _, p := range d.Panels {
+		if ids[p.ID] {
+			t.Errorf("panel id %d twice", p.ID)
+		}
+		ids[p.ID] = true
+		if p.GridPos.W == 0 || p.GridPos.H == 0 || len(p.Targets) == 0 {
+			t.Errorf("panel %q: no size or no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			if strings.TrimSpace(tg.Expr) == "" {
+				t.Errorf("panel %q target %s: empty expression", p.Title, tg.RefID)
+			}
+			all += tg.Expr + "\n"
+		}
+	}
+	for _, want := range []string{
+		"relay_messages_total", "relay_smtp_replies_total", "histogram_quantile(0.5,", "histogram_quantile(0.95,",
+		"histogram_quantile(0.99,", "relay_queue_pending", "relay_dlq_messages", "relay_token_expiry_timestamp_seconds",
+		"relay_token_state", "relay_pacing_wait_seconds", `account=~"$account"`,
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no panel queries %s", want)
+		}
+	}
+}
+
+// The alert rules the issue asks for exist, each with a severity and a
+// summary.
+func TestAlertRules(t *testing.T) {
+	rules := readRules(t)
+	names := map[string]bool{}
+	for _, r := range rules {
+		names[r.Alert] = true
+		if r.Expr == "" || r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
+			t.Errorf("rule %s: want expr, severity and summary", r.Alert)
+		}
+	}
+	for _, want := range []string{
+		"RelayTokenExpiringWithoutRefresh", "RelayTokenRefreshFailing", "RelayAccountNeedsConsent",
+		"RelayDLQGrowing", "RelayQueueBacklogGrowing", "RelayNoSendsWhileQueued",
+	} {
+		if !names[want] {
+			t.Errorf("no alert %s", want)
+		}
+	}
+}
