@@ -24,7 +24,6 @@ const (
 )
 
 const (
-	authCodeTTL    = 10 * time.Minute
 	devicePollSecs = 1
 	idTokenTTL     = time.Hour
 )
@@ -148,7 +147,7 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		principal:   principal{tenant: r.PathValue("tenant"), clientID: clientID, mailbox: mailbox, scopes: strings.Fields(q.Get("scope"))},
 		redirectURI: rawRedirect,
 		challenge:   q.Get("code_challenge"),
-		expires:     s.now().Add(authCodeTTL),
+		expires:     s.now().Add(s.cfg.AuthCodeTTL),
 	}
 	s.mu.Unlock()
 	s.log.Debug().Str("client_id", clientID).Str("mailbox", mailbox).Msg("authorize: code issued")

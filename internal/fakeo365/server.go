@@ -27,6 +27,7 @@ type Config struct {
 	DefaultMailbox     string           // user signed in when authorize has no login_hint, and for the device flow; default "alerts@contoso.com"
 	DeviceApproveAfter int              // device flow: polls answering authorization_pending before approval; default 2, negative = approve on the first poll
 	DeviceCodeTTL      time.Duration    // device codes' lifetime (expires_in, whole seconds); default 900s
+	AuthCodeTTL        time.Duration    // authorization codes' lifetime; default 10m (tests on a compressed clock lengthen it)
 	PerMinute          int              // messages per mailbox per rolling minute; default 30, negative = off
 	PerDay             int              // recipients per mailbox per rolling 24h; default 10000, negative = off
 	MaxConns           int              // concurrent authenticated SMTP connections per mailbox; default 3, negative = off
@@ -45,6 +46,7 @@ const (
 	defaultMailbox       = "alerts@contoso.com"
 	defaultDeviceApprove = 2
 	defaultDeviceCodeTTL = 900 * time.Second
+	defaultAuthCodeTTL   = 10 * time.Minute
 	defaultPerMinute     = 30
 	defaultPerDay        = 10000
 	defaultMaxConns      = 3
@@ -73,6 +75,7 @@ func (c Config) withDefaults() Config {
 	setDuration(&c.AccessTTL, defaultAccessTTL)
 	setDuration(&c.RefreshIdle, defaultRefreshIdle)
 	setDuration(&c.DeviceCodeTTL, defaultDeviceCodeTTL)
+	setDuration(&c.AuthCodeTTL, defaultAuthCodeTTL)
 	c.DeviceCodeTTL = max(c.DeviceCodeTTL.Truncate(time.Second), time.Second)
 	setLimit(&c.PerMinute, defaultPerMinute)
 	setLimit(&c.PerDay, defaultPerDay)

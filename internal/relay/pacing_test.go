@@ -22,7 +22,7 @@ import (
 func TestPacingOnCompressedClock(t *testing.T) {
 	t.Run("30 messages a minute", func(t *testing.T) {
 		clock := relaytest.NewCompressed(120) // a minute passes in half a second
-		h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{PerMinute: 30, AccessTTL: 365 * 24 * time.Hour}})
+		h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{PerMinute: 30, AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
 		h.enroll("paced", "paced@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
 			a.PerMinute, a.PerDay = 0, 0 // Office 365's defaults: 30 a minute, 10,000 a day
 		})
@@ -40,7 +40,7 @@ func TestPacingOnCompressedClock(t *testing.T) {
 	})
 	t.Run("10,000 recipients a day, here 20", func(t *testing.T) {
 		clock := relaytest.NewCompressed(86400) // a day passes in a second
-		h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{PerMinute: 30, PerDay: 20, AccessTTL: 365 * 24 * time.Hour}})
+		h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{PerMinute: 30, PerDay: 20, AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
 		h.enroll("daily", "daily@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
 			a.PerMinute, a.PerDay = 0, 20
 		})
