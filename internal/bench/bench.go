@@ -46,7 +46,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"relay365/internal/queue"
@@ -100,7 +99,8 @@ func (c *Config) Defaults() {
 	}
 }
 
-// Validate says what to fix in a bad configuration.
+// Validate says what to fix in a bad configuration. Zero values other than
+// Latency's are errors: call it before Defaults on flag values.
 func (c *Config) Validate() error {
 	var errs []error
 	if c.Messages < 1 || c.Messages > maxMessage {
@@ -117,8 +117,8 @@ func (c *Config) Validate() error {
 	if c.Rate < 1 || c.Rate > maxRate {
 		errs = append(errs, fmt.Errorf("--rate %d: want 1 to %d messages/s", c.Rate, maxRate))
 	}
-	if c.Latency < 1 {
-		errs = append(errs, fmt.Errorf("latency messages %d: want at least 1", c.Latency))
+	if c.Latency < 0 {
+		errs = append(errs, fmt.Errorf("--latency-messages %d: want at least 1 (0: 5 s at --rate)", c.Latency))
 	}
 	for _, s := range c.Sync {
 		if _, _, err := queue.ParseSync(s); err != nil {
@@ -179,7 +179,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Result, error) {
 			return all, fmt.Errorf("sync %s: %w", sync, err)
 		}
 	}
-	return all, p.flush()
+	return all, nil
 }
 
 // runSync runs every connection count against one environment.
@@ -268,21 +268,17 @@ func peakRSSMB() float64 {
 	return float64(ru.Maxrss) / 1024
 }
 
-// printer writes results as a table or JSON lines.
+// printer writes results as a table or JSON lines, one line per result as
+// it comes (a long run shows progress).
 type printer struct {
 	json bool
 	out  io.Writer
-	tw   *tabwriter.Writer
 	head sync.Once
 }
 
-func newPrinter(out io.Writer, asJSON bool) *printer {
-	p := &printer{json: asJSON, out: out}
-	if !asJSON {
-		p.tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	}
-	return p
-}
+func newPrinter(out io.Writer, asJSON bool) *printer { return &printer{json: asJSON, out: out} }
+
+const tableRow = "%-7s %5v %8v %10v %9v %6v %8v %8v %8v %9v %8v %12v\n"
 
 func (p *printer) print(r Result) error {
 	if p.json {
@@ -294,20 +290,14 @@ func (p *printer) print(r Result) error {
 		return err
 	}
 	p.head.Do(func() {
-		fmt.Fprintln(p.tw, "sync\tconns\tmessages\tceiling/s\trelay/s\tratio\tp50 ms\tp95 ms\tp99 ms\tcpu s/1k\tpeak RSS MB\ttoken.get p99 ms\t")
+		fmt.Fprintf(p.out, tableRow, "sync", "conns", "messages", "ceiling/s", "relay/s", "ratio",
+			"p50 ms", "p95 ms", "p99 ms", "cpu s/1k", "RSS MB", "token p99 ms")
 	})
-	fmt.Fprintf(p.tw, "%s\t%d\t%d\t%.0f\t%.0f\t%.2f\t%.1f\t%.1f\t%.1f\t%.3f\t%.0f\t%.4f\t\n",
-		r.Sync, r.Conns, r.Messages, r.CeilingMsgsPerS, r.RelayMsgsPerS, r.Ratio, r.P50Ms, r.P95Ms, r.P99Ms,
-		r.CPUSPer1kMsgs, r.PeakRSSMB, r.TokenGetP99Ms)
-	// Flushed per line so a long run shows progress.
-	return p.tw.Flush()
-}
-
-func (p *printer) flush() error {
-	if p.tw != nil {
-		return p.tw.Flush()
-	}
-	return nil
+	f := func(format string, v float64) string { return fmt.Sprintf(format, v) }
+	_, err := fmt.Fprintf(p.out, tableRow, r.Sync, r.Conns, r.Messages, f("%.0f", r.CeilingMsgsPerS), f("%.0f", r.RelayMsgsPerS),
+		f("%.2f", r.Ratio), f("%.1f", r.P50Ms), f("%.1f", r.P95Ms), f("%.1f", r.P99Ms), f("%.3f", r.CPUSPer1kMsgs),
+		f("%.0f", r.PeakRSSMB), f("%.4f", r.TokenGetP99Ms))
+	return err
 }
 
 // latencies collects publish→250 times of one latency run, keyed by the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -177,5 +178,54 @@ func TestPacerWindowsSurviveARestart(t *testing.T) {
 	clock.Advance(24*time.Hour + 10*time.Minute) // the day plus the last slot
 	if tk, wait, err := p.Reserve(ctx, mbx, 10, lim); wait != 0 || err != nil || tk == (relay.Ticket{}) {
 		t.Fatalf("a day later the whole budget is back: wait %s, %v", wait, err)
+	}
+}
+
+// TestPacerConcurrentReservationsAreExact: two pacers (two processes) and
+// many sessions reserving at once. Each process group-commits its own
+// sessions' updates and loses compare-and-set races to the other; still
+// exactly the budget is handed out, no more and no less.
+func TestPacerConcurrentReservationsAreExact(t *testing.T) {
+	env := queuetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	clock := &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}
+	var pacers []*relay.Pacer
+	for range 2 {
+		p, err := relay.OpenPacer(ctx, env.JS, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pacers = append(pacers, p)
+	}
+	const budget, sessions = 25, 40
+	lim := relay.Limits{PerMinute: budget, PerDay: 1000}
+	var granted, refused atomic.Int32
+	var wg sync.WaitGroup
+	for i := range sessions {
+		wg.Go(func() {
+			_, wait, err := pacers[i%2].Reserve(ctx, "alerts@contoso.com", 1, lim)
+			switch {
+			case err != nil:
+				t.Error(err)
+			case wait == 0:
+				granted.Add(1)
+			default:
+				refused.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if granted.Load() != budget || refused.Load() != sessions-budget {
+		t.Fatalf("granted %d, refused %d; want %d and %d", granted.Load(), refused.Load(), budget, sessions-budget)
+	}
+	// Peek may use a remembered record up to a second old (another
+	// process's writes show after that); a fresh pacer reads the key.
+	fresh, err := relay.OpenPacer(ctx, env.JS, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allow, _, err := fresh.Peek(ctx, "alerts@contoso.com", lim); err != nil || allow != 0 {
+		t.Fatalf("Peek allows %d (%v), want 0", allow, err)
 	}
 }

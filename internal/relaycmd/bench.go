@@ -32,7 +32,6 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	for _, s := range strings.Split(syncs, ",") {
 		c.Sync = append(c.Sync, strings.TrimSpace(s))
 	}
-	c.Defaults()
 	if err := c.Validate(); err != nil {
 		return usageError{err}
 	}
