@@ -141,6 +141,9 @@ var (
 	perDay    = window{slot: daySlot, span: dayWindow}
 )
 
+// sameSlot says whether a and b are counted in the same slot.
+func (w window) sameSlot(a, b time.Time) bool { return a.Truncate(w.slot).Equal(b.Truncate(w.slot)) }
+
 // exit is when a slot stops counting.
 func (w window) exit(s paceSlot) time.Time {
 	return time.Unix(s.T, 0).Add(w.slot + w.span)
@@ -238,9 +241,14 @@ func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limi
 }
 
 // Confirm moves a reservation to now, after Office 365 accepted the
-// transaction.
+// transaction. Accepted within the slots it was reserved in (the same
+// second, the same ten minutes), the record would not change, and nothing
+// is written.
 func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
 	return p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
+		if perMinute.sameSlot(t.at, now) && perDay.sameSlot(t.at, now) {
+			return false
+		}
 		r.Msgs = perMinute.add(perMinute.add(r.Msgs, t.at, -1), now, 1)
 		r.Rcpts = perDay.add(perDay.add(r.Rcpts, t.at, -t.rcpts), now, t.rcpts)
 		return true

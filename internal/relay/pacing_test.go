@@ -229,3 +229,53 @@ func TestPacerConcurrentReservationsAreExact(t *testing.T) {
 		t.Fatalf("Peek allows %d (%v), want 0", allow, err)
 	}
 }
+
+// TestPacerConfirmInTheSameSlotWritesNothing: a transaction accepted in
+// the second (and ten minutes) it was reserved in leaves the record as it
+// was, so Confirm costs no write; a later acceptance moves it.
+func TestPacerConfirmInTheSameSlotWritesNothing(t *testing.T) {
+	env := queuetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	clock := &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}
+	p, err := relay.OpenPacer(ctx, env.JS, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := env.JS.KeyValue(ctx, relay.PacingBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revision := func() uint64 {
+		e, err := kv.Get(ctx, "alerts=contoso.com")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision()
+	}
+	lim := relay.Limits{PerMinute: 30, PerDay: 100}
+	tk, _, err := p.Reserve(ctx, "alerts@contoso.com", 1, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := revision()
+	clock.Advance(300 * time.Millisecond)
+	if err := p.Confirm(ctx, tk); err != nil {
+		t.Fatal(err)
+	}
+	if got := revision(); got != rev {
+		t.Fatalf("Confirm in the same second wrote (revision %d → %d)", rev, got)
+	}
+	tk, _, err = p.Reserve(ctx, "alerts@contoso.com", 1, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev = revision()
+	clock.Advance(2 * time.Second)
+	if err := p.Confirm(ctx, tk); err != nil {
+		t.Fatal(err)
+	}
+	if got := revision(); got == rev {
+		t.Fatal("Confirm two seconds later wrote nothing")
+	}
+}
