@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"relay365/internal/account"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue/queuetest"
@@ -117,15 +119,33 @@ func (c *manualClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func TestPacerWindowsSurviveARestart(t *testing.T) {
-	env := queuetest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	clock := &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}
-	p, err := relay.OpenPacer(ctx, env.JS, clock)
+// pacerTest is a JetStream, a manual clock and a way to open pacers on
+// them (each one as another process would).
+type pacerTest struct {
+	t     *testing.T
+	ctx   context.Context
+	js    jetstream.JetStream
+	clock *manualClock
+}
+
+func newPacerTest(t *testing.T) *pacerTest {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return &pacerTest{t: t, ctx: ctx, js: queuetest.Start(t).JS, clock: &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}}
+}
+
+func (pt *pacerTest) open() *relay.Pacer {
+	pt.t.Helper()
+	p, err := relay.OpenPacer(pt.ctx, pt.js, pt.clock)
 	if err != nil {
-		t.Fatal(err)
+		pt.t.Fatal(err)
 	}
+	return p
+}
+
+func TestPacerWindowsSurviveARestart(t *testing.T) {
+	pt := newPacerTest(t)
+	ctx, clock, p := pt.ctx, pt.clock, pt.open()
 	lim := relay.Limits{PerMinute: 3, PerDay: 10}
 	const mbx = "Alerts+ops@Contoso.com"
 	var tickets []relay.Ticket
@@ -143,10 +163,7 @@ func TestPacerWindowsSurviveARestart(t *testing.T) {
 		t.Fatalf("Peek = %d, %s; want 0, 31s", allow, wait)
 	}
 	// A second process (or a restart) sees the same window.
-	p2, err := relay.OpenPacer(ctx, env.JS, clock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p2 := pt.open()
 	if _, wait, _ := p2.Reserve(ctx, "alerts+ops@contoso.com", 1, lim); wait != 31*time.Second {
 		t.Fatalf("after a restart: wait %s, want 31s", wait)
 	}
@@ -186,18 +203,9 @@ func TestPacerWindowsSurviveARestart(t *testing.T) {
 // sessions' updates and loses compare-and-set races to the other; still
 // exactly the budget is handed out, no more and no less.
 func TestPacerConcurrentReservationsAreExact(t *testing.T) {
-	env := queuetest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	clock := &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}
-	var pacers []*relay.Pacer
-	for range 2 {
-		p, err := relay.OpenPacer(ctx, env.JS, clock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pacers = append(pacers, p)
-	}
+	pt := newPacerTest(t)
+	ctx := pt.ctx
+	pacers := []*relay.Pacer{pt.open(), pt.open()}
 	const budget, sessions = 25, 40
 	lim := relay.Limits{PerMinute: budget, PerDay: 1000}
 	var granted, refused atomic.Int32
@@ -221,11 +229,7 @@ func TestPacerConcurrentReservationsAreExact(t *testing.T) {
 	}
 	// Peek may use a remembered record up to a second old (another
 	// process's writes show after that); a fresh pacer reads the key.
-	fresh, err := relay.OpenPacer(ctx, env.JS, clock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if allow, _, err := fresh.Peek(ctx, "alerts@contoso.com", lim); err != nil || allow != 0 {
+	if allow, _, err := pt.open().Peek(ctx, "alerts@contoso.com", lim); err != nil || allow != 0 {
 		t.Fatalf("Peek allows %d (%v), want 0", allow, err)
 	}
 }
@@ -234,15 +238,9 @@ func TestPacerConcurrentReservationsAreExact(t *testing.T) {
 // the second (and ten minutes) it was reserved in leaves the record as it
 // was, so Confirm costs no write; a later acceptance moves it.
 func TestPacerConfirmInTheSameSlotWritesNothing(t *testing.T) {
-	env := queuetest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	clock := &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}
-	p, err := relay.OpenPacer(ctx, env.JS, clock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := env.JS.KeyValue(ctx, relay.PacingBucket)
+	pt := newPacerTest(t)
+	ctx, clock, p := pt.ctx, pt.clock, pt.open()
+	kv, err := pt.js.KeyValue(ctx, relay.PacingBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
