@@ -61,8 +61,12 @@ type Limits struct {
 // it last read or wrote, so an update needs no read first; a lost
 // compare-and-set (another process wrote) reads the key again and applies
 // the batch again. Every update still reaches the KV before its caller
-// goes on. Peek reads that remembered record when it is under peekFresh
-// old: Peek only sizes a fetch, Reserve decides.
+// goes on. A batch is written under the context of the caller that
+// writes it; if that one ends (a lane stopping) the batch fails, which
+// only ever over-counts: a failed Confirm or Release leaves the
+// reservation counting, a failed Reserve reserves nothing. Peek reads the
+// remembered record when it is under peekFresh old: Peek only sizes a
+// fetch, Reserve decides.
 type Pacer struct {
 	kv    jetstream.KeyValue
 	clock Clock
