@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"relay365/internal/account"
+	"relay365/internal/message"
 )
 
 // TestRunSmoke runs the whole bench with tiny numbers: every line has
@@ -105,5 +108,20 @@ func TestPercentile(t *testing.T) {
 	}
 	if percentile(nil, 99) != 0 {
 		t.Error("percentile of nothing is not 0")
+	}
+}
+
+// TestMessageSize: the rendered messages are about --size bytes.
+func TestMessageSize(t *testing.T) {
+	acct := account.Account{Alias: "bench-c1", Mailbox: "bench-c1@contoso.com"}
+	for _, size := range []int{minSize, 2048, 64 << 10} {
+		e := &env{cfg: Config{Size: size}}
+		r, err := message.Render(e.newMessage(acct, "relay-bench-c1-12345", "relay 12345"), message.Sender{Mailbox: acct.Mailbox}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(r.Data); got < size*9/10 || got > size*11/10 {
+			t.Errorf("--size %d: rendered %d bytes", size, got)
+		}
 	}
 }

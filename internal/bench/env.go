@@ -48,6 +48,9 @@ type env struct {
 	nc   *nats.Conn // the producer's own connection
 	js   jetstream.JetStream
 	lat  atomic.Pointer[latencies]
+
+	overheadOnce sync.Once
+	overhead     int // rendered size minus text size
 }
 
 func startEnv(ctx context.Context, cfg Config, syncSetting string) (_ *env, err error) {
@@ -127,18 +130,20 @@ func (e *env) enroll(ctx context.Context, c int) (account.Account, error) {
 	return a, nil
 }
 
-// newMessage is message i of a run, its text sized so the rendered
+// newMessage is a message of a run, its text sized so the rendered
 // message is about Config.Size bytes.
 func (e *env) newMessage(acct account.Account, id, subject string) *message.Message {
-	return &message.Message{
-		ID: id, Account: acct.Alias, To: []string{recipient}, Subject: subject,
-		Text: filler(e.cfg.Size - renderOverhead),
-	}
+	m := &message.Message{ID: id, Account: acct.Alias, To: []string{recipient}, Subject: subject, Text: "."}
+	e.overheadOnce.Do(func() {
+		// What rendering adds to the text: headers and MIME structure.
+		e.overhead = 400
+		if r, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox}, time.Now()); err == nil {
+			e.overhead = len(r.Data) - len(m.Text)
+		}
+	})
+	m.Text = filler(max(e.cfg.Size-e.overhead, 1))
+	return m
 }
-
-// renderOverhead is roughly what rendering adds to the text: headers and
-// the MIME structure.
-const renderOverhead = 420
 
 var (
 	fillerMu    sync.Mutex
