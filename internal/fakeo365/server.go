@@ -37,6 +37,13 @@ type Config struct {
 	Hostname           string           // SMTP host name in replies and the certificate; default "fake.outlook.office365.test"
 	Dir                string           // where ca.pem is written; required
 	Logger             *zerolog.Logger  // optional activity log (nil = silent)
+	// OnAccept, if set, is called with every accepted message after it was
+	// captured, outside the server's lock (relay bench measures latency
+	// with it).
+	OnAccept func(Message)
+	// CountOnly keeps no accepted message: Messages returns none and
+	// WaitMessages only counts (relay bench sends tens of thousands).
+	CountOnly bool
 }
 
 // Office 365 defaults (OFFICE365.md sections 2 and 3).

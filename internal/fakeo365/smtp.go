@@ -98,6 +98,7 @@ type mailState struct {
 	authed        map[*session]struct{}   // the authenticated sessions themselves
 	history       map[string][]submission // mailbox → accepted in the last 24h
 	messages      []Message
+	accepted      int           // messages accepted, kept or not (Config.CountOnly)
 	msgSignal     chan struct{} // closed and replaced whenever a message is captured
 	replies       map[string]int
 }
@@ -342,17 +343,35 @@ func (s *Server) submit(msg Message) error {
 	msg.Time = now
 	mailbox := key(msg.Mailbox)
 
+	if err := s.captureAccepted(mailbox, now, hdr.from, msg); err != nil {
+		return err
+	}
+	if s.cfg.OnAccept != nil {
+		s.cfg.OnAccept(msg)
+	}
+	return nil
+}
+
+// captureAccepted applies the policy and, if msg passes, records it.
+func (s *Server) captureAccepted(mailbox string, now time.Time, headerFrom []string, msg Message) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if reply := s.policyLocked(mailbox, now, len(msg.To), hdr.from); reply != nil {
+	if reply := s.policyLocked(mailbox, now, len(msg.To), headerFrom); reply != nil {
 		return s.rejectLocked(reply)
 	}
 	if err := s.writeEMLLocked(now, msg.Data); err != nil {
 		s.log.Error().Err(err).Msg("MailDir write failed")
 		return s.rejectLocked(replyStoreFailed)
 	}
-	s.history[mailbox] = append(s.history[mailbox], submission{at: now, rcpts: len(msg.To)})
-	s.messages = append(s.messages, msg)
+	if s.cfg.PerMinute > 0 || s.cfg.PerDay > 0 {
+		// Only the rate limits read the history; with both off it would
+		// only grow (and be scanned on every message).
+		s.history[mailbox] = append(s.history[mailbox], submission{at: now, rcpts: len(msg.To)})
+	}
+	s.accepted++
+	if !s.cfg.CountOnly {
+		s.messages = append(s.messages, msg)
+	}
 	close(s.msgSignal)
 	s.msgSignal = make(chan struct{})
 	s.log.Info().Str("mailbox", msg.Mailbox).Str("from", msg.HeaderFrom).Strs("to", msg.To).
@@ -414,7 +433,7 @@ func (s *Server) writeEMLLocked(now time.Time, data []byte) error {
 	if s.cfg.MailDir == "" {
 		return nil
 	}
-	name := fmt.Sprintf("%d-%d.eml", now.UnixNano(), len(s.messages)+1)
+	name := fmt.Sprintf("%d-%d.eml", now.UnixNano(), s.accepted+1)
 	return os.WriteFile(filepath.Join(s.cfg.MailDir, name), data, 0o644)
 }
 
@@ -593,13 +612,21 @@ func (s *Server) messagesLocked() []Message {
 	return out
 }
 
+// Accepted is the number of messages accepted since Start, including
+// those Config.CountOnly did not keep.
+func (s *Server) Accepted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.accepted
+}
+
 // WaitMessages blocks until at least n messages were accepted and returns
-// them all. On ctx end or Close it returns what has arrived so far with the
-// error.
+// them all (none under Config.CountOnly). On ctx end or Close it returns
+// what has arrived so far with the error.
 func (s *Server) WaitMessages(ctx context.Context, n int) ([]Message, error) {
 	for {
 		s.mu.Lock()
-		if len(s.messages) >= n {
+		if s.accepted >= n {
 			msgs := s.messagesLocked()
 			s.mu.Unlock()
 			return msgs, nil

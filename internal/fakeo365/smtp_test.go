@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -433,5 +434,35 @@ func TestActivityLogHasNoSecrets(t *testing.T) {
 		if strings.Contains(out, secret) {
 			t.Errorf("log contains a token:\n%s", out)
 		}
+	}
+}
+
+// TestCountOnly: a sink for many messages keeps none, counts them all,
+// calls OnAccept with each, and WaitMessages still waits for the count.
+func TestCountOnly(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	s := startServer(t, Config{PerMinute: -1, PerDay: -1, CountOnly: true, OnAccept: func(m Message) {
+		mu.Lock()
+		seen = append(seen, m.Subject)
+		mu.Unlock()
+	}})
+	c := authedClient(t, s, "alerts@contoso.com", delegatedToken(t, s, "alerts@contoso.com"))
+	for range 3 {
+		if err := send(c, "alerts@contoso.com"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Reset(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs, err := s.WaitMessages(testContext(t), 3)
+	if err != nil || len(msgs) != 0 || s.Accepted() != 3 || len(s.Messages()) != 0 {
+		t.Fatalf("WaitMessages: %d messages, %v; Accepted %d; Messages %d: want 0 kept of 3 accepted", len(msgs), err, s.Accepted(), len(s.Messages()))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 || seen[0] != "alert" {
+		t.Fatalf("OnAccept saw %q", seen)
 	}
 }

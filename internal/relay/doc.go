@@ -15,7 +15,11 @@
 //   - the account's pause state.
 //
 // A lane pulls only what it can start now (DESIGN.md §7): free connection
-// slots, capped by the pacer's room in the current minute. A paused lane
+// slots, capped by the pacer's room in the current minute. A slot is free
+// again as soon as its message's last batch is accepted and the session
+// is back in the pool; the marker, the pacing confirmation and the ack
+// are then written while the slot carries the next message (the handler
+// still ends only after them, and shutdown waits for handlers). A paused lane
 // pulls nothing, so its messages wait in the stream with their delivery
 // count untouched, and no account's trouble — paused, throttled, slow or
 // broken — delays another account, whose lane has its own consumer, pool
@@ -51,7 +55,9 @@
 // so a restart or a second worker does not reset them: a transaction
 // reserves before it starts and moves its reservation to its acceptance
 // time after the 250, so the relay's windows always contain Office 365's
-// and neither 432 nor a quota reply is provoked. A short wait (within the
+// and neither 432 nor a quota reply is provoked. Concurrent updates of one
+// mailbox in a process are group-committed: one compare-and-set carries
+// every update that arrived while the previous write was in flight. A short wait (within the
 // minute) holds the message, heartbeats running; a longer one (the day's
 // budget spent) pauses the account until the window has room. A message
 // with more than 500 recipients is sent as several transactions of at

@@ -41,7 +41,7 @@ type lane struct {
 	acct      account.Account
 	limit     int       // connections now (≤ acct.MaxConns; lowered after 432)
 	throttled time.Time // last 432; zero when the limit is back to MaxConns
-	inflight  int       // slots taken by fetches and handlers
+	inflight  int       // slots taken by fetches and handlers holding a session
 	bound     bool
 	p         pauseState
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
@@ -254,10 +254,15 @@ func (l *lane) give(n int, probeUnused bool) {
 
 func (l *lane) start(msg jetstream.Msg, probe bool) {
 	l.handlers.Add(1)
+	// The slot is the message's SMTP session: it is given back as soon as
+	// the session is back in the pool (after the last 250), so the next
+	// message is fetched and sent while this one's marker and ack are
+	// written, or at the end of the handler whatever happened.
+	release := sync.OnceFunc(func() { l.give(1, false) })
 	go func() {
 		defer l.handlers.Done()
-		defer l.give(1, false)
-		l.handle(msg, probe)
+		defer release()
+		l.handle(msg, probe, release)
 	}()
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,9 +51,51 @@ type Limits struct {
 // with compare-and-set: a restart or a second worker continues the same
 // windows. Keys expire a day after their last write, when nothing in them
 // counts any more.
+//
+// Within a process the updates of one mailbox are group-committed: the
+// sessions of a lane reserve and confirm concurrently, and instead of each
+// reading the key and racing the others' compare-and-set (which at 16
+// sessions lost most races and retried), the updates waiting while one
+// write is in flight are applied together, in arrival order, and written
+// with one compare-and-set. The process remembers the record and revision
+// it last read or wrote, so an update needs no read first; a lost
+// compare-and-set (another process wrote) reads the key again and applies
+// the batch again. Every update still reaches the KV before its caller
+// goes on. A batch is written under the context of the caller that
+// writes it; if that one ends (a lane stopping) the batch fails, which
+// only ever over-counts: a failed Confirm or Release leaves the
+// reservation counting, a failed Reserve reserves nothing. Peek reads the
+// remembered record when it is under peekFresh old: Peek only sizes a
+// fetch, Reserve decides.
 type Pacer struct {
 	kv    jetstream.KeyValue
 	clock Clock
+
+	mu    sync.Mutex
+	boxes map[string]*paceState
+}
+
+// peekFresh is how old a remembered record may be for Peek.
+const peekFresh = time.Second
+
+// paceState is one mailbox's record as this process last read or wrote
+// it, and the updates waiting for the next write.
+type paceState struct {
+	mu    sync.Mutex // guards rec, rev, known, read; held for a whole commit
+	rec   paceRecord
+	rev   uint64
+	known bool      // rec and rev are current as far as this process knows
+	read  time.Time // wall time rec was read or written
+
+	qmu     sync.Mutex // guards queue and writing
+	queue   []*paceOp
+	writing bool // a goroutine is committing; it will take the queue too
+}
+
+// paceOp is one waiting update.
+type paceOp struct {
+	fn   func(r *paceRecord, now time.Time) bool
+	done chan error
 }
 
 // OpenPacer creates the bucket if needed.
@@ -70,7 +113,7 @@ func OpenPacer(ctx context.Context, js jetstream.JetStream, clock Clock) (*Pacer
 	if clock == nil {
 		clock = WallClock{}
 	}
-	return &Pacer{kv: kv, clock: clock}, nil
+	return &Pacer{kv: kv, clock: clock, boxes: map[string]*paceState{}}, nil
 }
 
 // Ticket is one reservation.
@@ -101,6 +144,9 @@ var (
 	perMinute = window{slot: minuteSlot, span: minuteWindow}
 	perDay    = window{slot: daySlot, span: dayWindow}
 )
+
+// sameSlot says whether a and b are counted in the same slot.
+func (w window) sameSlot(a, b time.Time) bool { return a.Truncate(w.slot).Equal(b.Truncate(w.slot)) }
 
 // exit is when a slot stops counting.
 func (w window) exit(s paceSlot) time.Time {
@@ -162,7 +208,7 @@ func (w window) room(slots []paceSlot, now time.Time, limit, need int) time.Dura
 // budget (and none if the day's recipients are spent), and if none, how
 // long until one may. It does not reserve anything.
 func (p *Pacer) Peek(ctx context.Context, mailbox string, lim Limits) (allow int, wait time.Duration, err error) {
-	r, _, err := p.get(ctx, mailbox)
+	r, err := p.peekRecord(ctx, mailbox)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -199,9 +245,14 @@ func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limi
 }
 
 // Confirm moves a reservation to now, after Office 365 accepted the
-// transaction.
+// transaction. Accepted within the slots it was reserved in (the same
+// second, the same ten minutes), the record would not change, and nothing
+// is written.
 func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
 	return p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
+		if perMinute.sameSlot(t.at, now) && perDay.sameSlot(t.at, now) {
+			return false
+		}
 		r.Msgs = perMinute.add(perMinute.add(r.Msgs, t.at, -1), now, 1)
 		r.Rcpts = perDay.add(perDay.add(r.Rcpts, t.at, -t.rcpts), now, t.rcpts)
 		return true
@@ -234,32 +285,107 @@ func (p *Pacer) get(ctx context.Context, mailbox string) (paceRecord, uint64, er
 	return r, e.Revision(), nil
 }
 
-// update applies fn to the current record with compare-and-set, retrying
-// when another worker wrote in between.
-func (p *Pacer) update(ctx context.Context, mailbox string, fn func(r *paceRecord, now time.Time) bool) error {
-	key := pacingKey(mailbox)
-	for range casAttempts {
+// peekRecord is the remembered record if it is fresh, else the stored one.
+func (p *Pacer) peekRecord(ctx context.Context, mailbox string) (paceRecord, error) {
+	st := p.state(mailbox)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.known || time.Since(st.read) >= peekFresh {
 		r, rev, err := p.get(ctx, mailbox)
 		if err != nil {
-			return err
+			return r, err
+		}
+		st.rec, st.rev, st.known, st.read = r, rev, true, time.Now()
+	}
+	return st.rec, nil
+}
+
+func (p *Pacer) state(mailbox string) *paceState {
+	key := pacingKey(mailbox)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st, ok := p.boxes[key]
+	if !ok {
+		st = &paceState{}
+		p.boxes[key] = st
+	}
+	return st
+}
+
+// update applies fn to the current record with compare-and-set. fn
+// returns false to leave the record as it is; it may run more than once
+// (after a lost compare-and-set) and must not keep state between runs.
+// Concurrent updates of one mailbox are written together (see Pacer).
+func (p *Pacer) update(ctx context.Context, mailbox string, fn func(r *paceRecord, now time.Time) bool) error {
+	st := p.state(mailbox)
+	op := &paceOp{fn: fn, done: make(chan error, 1)}
+	st.qmu.Lock()
+	st.queue = append(st.queue, op)
+	lead := !st.writing
+	st.writing = true
+	st.qmu.Unlock()
+	if lead {
+		// This caller writes until the queue is empty, its own update in
+		// the first batch.
+		for {
+			st.qmu.Lock()
+			ops := st.queue
+			st.queue = nil
+			if len(ops) == 0 {
+				st.writing = false
+				st.qmu.Unlock()
+				break
+			}
+			st.qmu.Unlock()
+			err := p.commit(ctx, mailbox, st, ops)
+			for _, o := range ops {
+				o.done <- err
+			}
+		}
+	}
+	return <-op.done
+}
+
+// commit applies ops, in order, to the record and writes it once,
+// retrying when another process wrote in between.
+func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops []*paceOp) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	key := pacingKey(mailbox)
+	for range casAttempts {
+		if !st.known {
+			r, rev, err := p.get(ctx, mailbox)
+			if err != nil {
+				return err
+			}
+			st.rec, st.rev, st.known, st.read = r, rev, true, time.Now()
 		}
 		now := p.clock.Now()
-		r.Msgs, r.Rcpts = perMinute.prune(r.Msgs, now), perDay.prune(r.Rcpts, now)
-		if !fn(&r, now) {
+		r := paceRecord{Msgs: perMinute.prune(slices.Clone(st.rec.Msgs), now), Rcpts: perDay.prune(slices.Clone(st.rec.Rcpts), now)}
+		changed := false
+		for _, o := range ops {
+			if o.fn(&r, now) {
+				changed = true
+			}
+		}
+		if !changed {
 			return nil
 		}
 		b, err := json.Marshal(r)
 		if err != nil {
 			return err
 		}
-		if rev == 0 {
-			_, err = p.kv.Create(ctx, key, b)
+		var rev uint64
+		if st.rev == 0 {
+			rev, err = p.kv.Create(ctx, key, b)
 		} else {
-			_, err = p.kv.Update(ctx, key, b, rev)
+			rev, err = p.kv.Update(ctx, key, b, st.rev)
 		}
 		if err == nil {
+			st.rec, st.rev, st.read = r, rev, time.Now()
 			return nil
 		}
+		st.known = false // read it again before the next try
 		if !casLost(err) {
 			return fmt.Errorf("write pacing of %s: %w", mailbox, err)
 		}

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/account"
 	"relay365/internal/fakeo365"
@@ -116,15 +119,33 @@ func (c *manualClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func TestPacerWindowsSurviveARestart(t *testing.T) {
-	env := queuetest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	clock := &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}
-	p, err := relay.OpenPacer(ctx, env.JS, clock)
+// pacerTest is a JetStream, a manual clock and a way to open pacers on
+// them (each one as another process would).
+type pacerTest struct {
+	t     *testing.T
+	ctx   context.Context
+	js    jetstream.JetStream
+	clock *manualClock
+}
+
+func newPacerTest(t *testing.T) *pacerTest {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return &pacerTest{t: t, ctx: ctx, js: queuetest.Start(t).JS, clock: &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}}
+}
+
+func (pt *pacerTest) open() *relay.Pacer {
+	pt.t.Helper()
+	p, err := relay.OpenPacer(pt.ctx, pt.js, pt.clock)
 	if err != nil {
-		t.Fatal(err)
+		pt.t.Fatal(err)
 	}
+	return p
+}
+
+func TestPacerWindowsSurviveARestart(t *testing.T) {
+	pt := newPacerTest(t)
+	ctx, clock, p := pt.ctx, pt.clock, pt.open()
 	lim := relay.Limits{PerMinute: 3, PerDay: 10}
 	const mbx = "Alerts+ops@Contoso.com"
 	var tickets []relay.Ticket
@@ -142,10 +163,7 @@ func TestPacerWindowsSurviveARestart(t *testing.T) {
 		t.Fatalf("Peek = %d, %s; want 0, 31s", allow, wait)
 	}
 	// A second process (or a restart) sees the same window.
-	p2, err := relay.OpenPacer(ctx, env.JS, clock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p2 := pt.open()
 	if _, wait, _ := p2.Reserve(ctx, "alerts+ops@contoso.com", 1, lim); wait != 31*time.Second {
 		t.Fatalf("after a restart: wait %s, want 31s", wait)
 	}
@@ -177,5 +195,85 @@ func TestPacerWindowsSurviveARestart(t *testing.T) {
 	clock.Advance(24*time.Hour + 10*time.Minute) // the day plus the last slot
 	if tk, wait, err := p.Reserve(ctx, mbx, 10, lim); wait != 0 || err != nil || tk == (relay.Ticket{}) {
 		t.Fatalf("a day later the whole budget is back: wait %s, %v", wait, err)
+	}
+}
+
+// TestPacerConcurrentReservationsAreExact: two pacers (two processes) and
+// many sessions reserving at once. Each process group-commits its own
+// sessions' updates and loses compare-and-set races to the other; still
+// exactly the budget is handed out, no more and no less.
+func TestPacerConcurrentReservationsAreExact(t *testing.T) {
+	pt := newPacerTest(t)
+	ctx := pt.ctx
+	pacers := []*relay.Pacer{pt.open(), pt.open()}
+	const budget, sessions = 25, 40
+	lim := relay.Limits{PerMinute: budget, PerDay: 1000}
+	var granted, refused atomic.Int32
+	var wg sync.WaitGroup
+	for i := range sessions {
+		wg.Go(func() {
+			_, wait, err := pacers[i%2].Reserve(ctx, "alerts@contoso.com", 1, lim)
+			switch {
+			case err != nil:
+				t.Error(err)
+			case wait == 0:
+				granted.Add(1)
+			default:
+				refused.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if granted.Load() != budget || refused.Load() != sessions-budget {
+		t.Fatalf("granted %d, refused %d; want %d and %d", granted.Load(), refused.Load(), budget, sessions-budget)
+	}
+	// Peek may use a remembered record up to a second old (another
+	// process's writes show after that); a fresh pacer reads the key.
+	if allow, _, err := pt.open().Peek(ctx, "alerts@contoso.com", lim); err != nil || allow != 0 {
+		t.Fatalf("Peek allows %d (%v), want 0", allow, err)
+	}
+}
+
+// TestPacerConfirmInTheSameSlotWritesNothing: a transaction accepted in
+// the second (and ten minutes) it was reserved in leaves the record as it
+// was, so Confirm costs no write; a later acceptance moves it.
+func TestPacerConfirmInTheSameSlotWritesNothing(t *testing.T) {
+	pt := newPacerTest(t)
+	ctx, clock, p := pt.ctx, pt.clock, pt.open()
+	kv, err := pt.js.KeyValue(ctx, relay.PacingBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revision := func() uint64 {
+		e, err := kv.Get(ctx, "alerts=contoso.com")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision()
+	}
+	lim := relay.Limits{PerMinute: 30, PerDay: 100}
+	tk, _, err := p.Reserve(ctx, "alerts@contoso.com", 1, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := revision()
+	clock.Advance(300 * time.Millisecond)
+	if err := p.Confirm(ctx, tk); err != nil {
+		t.Fatal(err)
+	}
+	if got := revision(); got != rev {
+		t.Fatalf("Confirm in the same second wrote (revision %d → %d)", rev, got)
+	}
+	tk, _, err = p.Reserve(ctx, "alerts@contoso.com", 1, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev = revision()
+	clock.Advance(2 * time.Second)
+	if err := p.Confirm(ctx, tk); err != nil {
+		t.Fatal(err)
+	}
+	if got := revision(); got == rev {
+		t.Fatal("Confirm two seconds later wrote nothing")
 	}
 }

@@ -61,6 +61,7 @@ func commands() []command {
 		{"publish", "queue one message for delivery", runPublish},
 		{"dlq", "list, show, replay or purge dead letters", runDLQ},
 		{"keygen", "create the token sealing key file", runKeygen},
+		{"bench", "measure the relay against the SMTP ceiling (in one process)", runBench},
 	}
 }
 

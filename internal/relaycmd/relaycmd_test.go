@@ -53,6 +53,13 @@ func TestUsageErrors(t *testing.T) {
 		{"publish bad account", []string{"publish", "--account", "Bad.Name", "--to", "a@b.com"}, "account"},
 		{"publish bad file", []string{"publish", "-f", "/nonexistent/msg.json"}, "-f:"},
 		{"keygen bad flag", []string{"keygen", "--size", "3"}, "flag provided but not defined"},
+		{"bench bad conns", []string{"bench", "--conns", "1,x"}, `--conns "1,x"`},
+		{"bench zero conns", []string{"bench", "--conns", "0"}, "--conns: 0 connections"},
+		{"bench conns twice", []string{"bench", "--conns", "4,4"}, "4 given twice"},
+		{"bench small size", []string{"bench", "--size", "10"}, "--size 10"},
+		{"bench bad rate", []string{"bench", "--rate", "0"}, "--rate 0"},
+		{"bench bad messages", []string{"bench", "--messages", "-5"}, "--messages -5"},
+		{"bench bad sync", []string{"bench", "--sync", "always,never"}, `--nats-sync "never"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,127 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"relay365/internal/account"
+	"relay365/internal/message"
+)
+
+// TestRunSmoke runs the whole bench with tiny numbers: every line has
+// every field, with sane values. No figure is compared with a target
+// (figures come from `relay bench`, not from tests).
+func TestRunSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	cfg := Config{Messages: 50, Conns: []int{1, 2}, Size: 1024, Rate: 200, Latency: 20, Sync: []string{"always", "2m"}, JSON: true, Dir: t.TempDir()}
+	results, err := Run(ctx, cfg, &out)
+	if err != nil {
+		t.Fatalf("Run: %v\noutput:\n%s", err, out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 4 || len(results) != 4 {
+		t.Fatalf("want 4 lines (2 sync settings × 2 connection counts), got %d lines, %d results:\n%s", len(lines), len(results), out.String())
+	}
+	fields := []string{"conns", "messages", "ceiling_msgs_per_s", "relay_msgs_per_s", "ratio", "p50_ms", "p95_ms", "p99_ms",
+		"cpu_s_per_1k_msgs", "peak_rss_mb", "token_get_p99_ms", "sync"}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %d is not JSON: %v: %s", i, err, line)
+		}
+		for _, f := range fields {
+			if _, ok := m[f]; !ok {
+				t.Errorf("line %d has no %q: %s", i, f, line)
+			}
+		}
+		r := results[i]
+		wantConns, wantSync := cfg.Conns[i%2], cfg.Sync[i/2]
+		switch {
+		case r.Conns != wantConns || r.Sync != wantSync || r.Messages != 50:
+			t.Errorf("line %d: conns %d sync %s messages %d, want %d %s 50", i, r.Conns, r.Sync, r.Messages, wantConns, wantSync)
+		case r.CeilingMsgsPerS <= 0 || r.RelayMsgsPerS <= 0 || r.Ratio <= 0:
+			t.Errorf("line %d: throughputs not positive: %s", i, line)
+		case r.P50Ms <= 0 || r.P50Ms > r.P95Ms || r.P95Ms > r.P99Ms:
+			t.Errorf("line %d: percentiles not ordered: %s", i, line)
+		case r.CPUSPer1kMsgs <= 0 || r.PeakRSSMB <= 0 || r.TokenGetP99Ms <= 0:
+			t.Errorf("line %d: cpu, rss or token figure missing: %s", i, line)
+		}
+	}
+}
+
+// TestTable: without --json a header and one row per result.
+func TestTable(t *testing.T) {
+	var out bytes.Buffer
+	p := newPrinter(&out, false)
+	for _, c := range []int{1, 16} {
+		if err := p.print(Result{Sync: "always", Conns: c, Messages: 20000, CeilingMsgsPerS: 3000, RelayMsgsPerS: 2700, Ratio: 0.9}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "sync") || !strings.Contains(lines[2], " 16 ") || !strings.Contains(lines[2], "0.90") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(c *Config)
+		want string
+	}{
+		{"ok", func(c *Config) {}, ""},
+		{"messages", func(c *Config) { c.Messages = -1 }, "--messages -1"},
+		{"conns", func(c *Config) { c.Conns = []int{1, 65} }, "--conns: 65 connections"},
+		{"size", func(c *Config) { c.Size = 100 }, "--size 100"},
+		{"rate", func(c *Config) { c.Rate = -3 }, "--rate -3"},
+		{"sync", func(c *Config) { c.Sync = []string{"sometimes"} }, `"sometimes"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var c Config
+			c.Defaults()
+			tc.mod(&c)
+			err := c.Validate()
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("Validate: %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 100; i >= 1; i-- {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	for p, want := range map[int]time.Duration{50: 50 * time.Millisecond, 95: 95 * time.Millisecond, 99: 99 * time.Millisecond, 100: 100 * time.Millisecond} {
+		if got := percentile(d, p); got != want {
+			t.Errorf("p%d = %v, want %v", p, got, want)
+		}
+	}
+	if percentile(nil, 99) != 0 {
+		t.Error("percentile of nothing is not 0")
+	}
+}
+
+// TestMessageSize: the rendered messages are about --size bytes.
+func TestMessageSize(t *testing.T) {
+	acct := account.Account{Alias: "bench-c1", Mailbox: "bench-c1@contoso.com"}
+	for _, size := range []int{minSize, 2048, 64 << 10} {
+		e := &env{cfg: Config{Size: size}}
+		r, err := message.Render(e.newMessage(acct, "relay-bench-c1-12345", "relay 12345"), message.Sender{Mailbox: acct.Mailbox}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(r.Data); got < size*9/10 || got > size*11/10 {
+			t.Errorf("--size %d: rendered %d bytes", size, got)
+		}
+	}
+}

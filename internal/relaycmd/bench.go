@@ -1,0 +1,51 @@
+package relaycmd
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"strings"
+
+	"relay365/internal/bench"
+)
+
+func runBench(ctx context.Context, args []string, env Env) error {
+	fs := newFlags("bench", env)
+	var c bench.Config
+	var conns, syncs, cpuProfile string
+	fs.IntVar(&c.Messages, "messages", 20000, "messages per ceiling and relay run")
+	fs.StringVar(&conns, "conns", "1,4,16", "connection counts, comma-separated")
+	fs.IntVar(&c.Size, "size", 2048, "message size in bytes (rendered)")
+	fs.IntVar(&c.Rate, "rate", 200, "offered rate of the latency run, messages/s")
+	fs.IntVar(&c.Latency, "latency-messages", 0, "messages in each latency run (default 5 s at --rate, at most --messages)")
+	fs.StringVar(&syncs, "sync", "always,2m", "embedded JetStream fsync settings to run, comma-separated (\"always\" or a duration)")
+	fs.BoolVar(&c.JSON, "json", false, "one JSON object per line")
+	fs.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the whole bench to this file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if c.Conns, err = bench.ParseConns(conns); err != nil {
+		return usageError{err}
+	}
+	for _, s := range strings.Split(syncs, ",") {
+		c.Sync = append(c.Sync, strings.TrimSpace(s))
+	}
+	if err := c.Validate(); err != nil {
+		return usageError{err}
+	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return usagef("--cpuprofile: %v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	_, err = bench.Run(ctx, c, env.Stdout)
+	return err
+}
