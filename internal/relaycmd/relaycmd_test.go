@@ -53,6 +53,10 @@ func TestUsageErrors(t *testing.T) {
 		{"publish bad account", []string{"publish", "--account", "Bad.Name", "--to", "a@b.com"}, "account"},
 		{"publish bad file", []string{"publish", "-f", "/nonexistent/msg.json"}, "-f:"},
 		{"keygen bad flag", []string{"keygen", "--size", "3"}, "flag provided but not defined"},
+		{"publish NATS user without password", []string{"publish", "--account", "alerts", "--to", "a@b.com", "--nats-user", "u"}, "--nats-password-file FILE or RELAY_NATS_PASSWORD"},
+		{"dlq missing creds file", []string{"dlq", "list", "--nats-creds", "/nonexistent/relay.creds"}, "--nats-creds"},
+		{"serve NATS auth without URL", []string{"serve", "--key-file", "k", "--nats-creds", "/nonexistent/relay.creds"}, "set --nats-url"},
+		{"serve NATS password as a flag", []string{"serve", "--key-file", "k", "--nats-password", "x"}, "flag provided but not defined: -nats-password"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
