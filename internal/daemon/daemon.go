@@ -272,9 +272,13 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	if err != nil {
 		return nil, err
 	}
-	if d.JS, err = jetstream.New(d.NC); err != nil {
+	js, err := jetstream.New(d.NC)
+	if err != nil {
 		return nil, err
 	}
+	// Every bucket opened below (accounts, tokens, pacing, sent) gets
+	// the streams' replicas.
+	d.JS = queue.WithReplicas(js, cfg.Replicas)
 	if err := queue.EnsureStreams(ctx, d.JS, queue.StreamConfig{Replicas: cfg.Replicas}); err != nil {
 		return nil, err
 	}
