@@ -1,3 +1,5 @@
+//go:build crash
+
 package daemon_test
 
 // The crash test (issue 8): `relay serve` as a separate process, killed
@@ -7,8 +9,10 @@ package daemon_test
 // its unacked deliveries, never the store. The fake Office 365 runs here
 // too and counts what arrives.
 //
-// It takes 20-40 seconds (building the binary, redelivery after each
-// kill), so -short skips it.
+// It takes 20-60 seconds (building the binary, redelivery after each
+// kill), so it runs behind the build tag crash, in its own .ci/run step:
+//
+//	go test -tags crash -run TestCrash -v ./internal/daemon
 
 import (
 	"bytes"
@@ -38,9 +42,6 @@ func TestCrashSIGKILLThreeTimesLosesNothing(t *testing.T) {
 		maxConns = 6
 		kills    = 3
 	)
-	if testing.Short() {
-		t.Skip("builds and runs the relay binary; skipped with -short")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
