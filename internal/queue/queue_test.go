@@ -11,6 +11,7 @@ import (
 
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/testutil"
 )
 
 func TestPublishDedupeAndDLQ(t *testing.T) {
@@ -44,12 +45,13 @@ func TestPublishDedupeAndDLQ(t *testing.T) {
 	if err := queue.MoveToDLQ(ctx, env.JS, msg, queue.DeadLetter{ID: "id-1", Account: "alerts", Reason: "invalid message: to: no recipients", Class: "invalid"}); err != nil {
 		t.Fatal(err)
 	}
-	// The original is gone from the work queue, the copy is in the DLQ.
+	// The original is gone from the work queue (the Term is not
+	// acknowledged, so wait for it), the copy is in the DLQ.
 	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
-	info, _ := mail.Info(ctx)
-	if info.State.Msgs != 0 {
-		t.Fatalf("MAIL still holds %d messages after dead-lettering", info.State.Msgs)
-	}
+	testutil.Eventually(t, ctx, "MAIL to be empty after dead-lettering", func() bool {
+		info, err := mail.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
 	dlq, _ := env.JS.Stream(ctx, queue.StreamDLQ)
 	got, err := dlq.GetLastMsgForSubject(ctx, queue.DLQPrefix+"alerts")
 	if err != nil {
