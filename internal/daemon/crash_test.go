@@ -26,14 +26,12 @@ import (
 	"testing"
 	"time"
 
-	"relay365/internal/account"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay/relaytest"
 	"relay365/internal/testutil"
-	"relay365/internal/token"
 )
 
 func TestCrashSIGKILLThreeTimesLosesNothing(t *testing.T) {
@@ -60,22 +58,7 @@ func TestCrashSIGKILLThreeTimesLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fake.Close()
-	keyFile := filepath.Join(dir, "token.key")
-	if _, err := token.GenerateKeyFile(keyFile); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := token.LoadKeyring(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	accounts, err := account.OpenRegistry(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := token.OpenStore(ctx, env.JS, keys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keyFile, accounts, store := relaytest.OpenStores(t, ctx, env.JS)
 	a := relaytest.Account(fake, "crash", "crash@contoso.com", "contoso.onmicrosoft.com")
 	a.PerMinute, a.PerDay, a.MaxConns = 1<<20, 1<<20, maxConns
 	if err := relaytest.Enroll(ctx, fake, accounts, store, a); err != nil {

@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"relay365/internal/account"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
@@ -70,11 +69,6 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fake.Close()
-	keyFile := filepath.Join(dir, "token.key")
-	if _, err := token.GenerateKeyFile(keyFile); err != nil {
-		t.Fatal(err)
-	}
-
 	// authtool's connection: creates the buckets and enrols.
 	admin, err := queue.ConnectWith(url, "admin", as["relay-admin"])
 	if err != nil {
@@ -82,18 +76,7 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 	}
 	defer admin.Close()
 	adminJS, _ := jetstream.New(admin)
-	accounts, err := account.OpenRegistry(ctx, adminJS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := token.LoadKeyring(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := token.OpenStore(ctx, adminJS, keys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keyFile, accounts, store := relaytest.OpenStores(t, ctx, adminJS)
 
 	tokensOpts := as["relay-tokens"]
 	tokensOpts.InboxPrefix = "_INBOX_relay_tokens"

@@ -18,6 +18,7 @@ import (
 
 	"relay365/internal/pki"
 	"relay365/internal/queue"
+	"relay365/internal/testutil"
 )
 
 // startAuthServer runs a plain (no JetStream) nats-server with opts on a
@@ -35,15 +36,6 @@ func startAuthServer(t *testing.T, opts *server.Options) *server.Server {
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	return ns
-}
-
-func writeFile(t *testing.T, name, content string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // operatorServer sets up operator (JWT) mode with one account and returns
@@ -87,7 +79,7 @@ func operatorServer(t *testing.T) (*server.Options, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &server.Options{TrustedOperators: []*jwt.OperatorClaims{op}, AccountResolver: resolver}, writeFile(t, "worker.creds", string(creds))
+	return &server.Options{TrustedOperators: []*jwt.OperatorClaims{op}, AccountResolver: resolver}, testutil.WriteFile(t, "worker.creds", string(creds))
 }
 
 // TestConnectAuthMethods: each method connects with the right credentials
@@ -109,20 +101,20 @@ func TestConnectAuthMethods(t *testing.T) {
 		{
 			name:   "user and password file",
 			server: &server.Options{Users: []*server.User{{Username: "relay", Password: "s3cret-pw"}}},
-			good:   queue.ConnectOptions{User: "relay", PasswordFile: writeFile(t, "pw", "s3cret-pw\n")},
+			good:   queue.ConnectOptions{User: "relay", PasswordFile: testutil.WriteFile(t, "pw", "s3cret-pw\n")},
 			bad:    queue.ConnectOptions{User: "relay", Password: "wrong"},
 		},
 		{
 			name:   "token from the environment",
 			server: &server.Options{Authorization: "tok-123456"},
 			good:   queue.ConnectOptions{Token: "tok-123456"},
-			bad:    queue.ConnectOptions{TokenFile: writeFile(t, "tok", "nope")},
+			bad:    queue.ConnectOptions{TokenFile: testutil.WriteFile(t, "tok", "nope")},
 		},
 		{
 			name:   "nkey seed file",
 			server: &server.Options{Nkeys: []*server.NkeyUser{{Nkey: upub}}},
-			good:   queue.ConnectOptions{NKeyFile: writeFile(t, "user.nk", string(useed))},
-			bad:    queue.ConnectOptions{NKeyFile: writeFile(t, "other.nk", string(otherSeed))},
+			good:   queue.ConnectOptions{NKeyFile: testutil.WriteFile(t, "user.nk", string(useed))},
+			bad:    queue.ConnectOptions{NKeyFile: testutil.WriteFile(t, "other.nk", string(otherSeed))},
 		},
 		{
 			name:   "creds file (operator mode)",
@@ -231,7 +223,7 @@ func TestConnectTLS(t *testing.T) {
 // fields, and the password and token are never flag values.
 func TestConnectOptionsValidate(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
-	pw := writeFile(t, "pw", "x")
+	pw := testutil.WriteFile(t, "pw", "x")
 	for _, tt := range []struct {
 		o    queue.ConnectOptions
 		want string
