@@ -16,6 +16,12 @@
 // is an error here rather than a dead letter later. The message id becomes
 // the Nats-Msg-Id, so a retried publish inside the 24 h dedupe window is
 // recognised as a duplicate (Result.Duplicate) and delivered once.
+//
+// The connection is yours, with whatever authentication your NATS wants
+// (nats.UserCredentials, nats.UserInfo, nats.RootCAs, nats.ClientCert...).
+// A producer needs only permission to publish mail.send.> and to
+// subscribe to its inbox (_INBOX.>) for the JetStream acknowledgement;
+// deploy/nats/auth.conf has that user.
 package producer
 
 import (

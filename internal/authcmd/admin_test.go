@@ -14,6 +14,7 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
+	"relay365/internal/testutil"
 	"relay365/internal/token"
 )
 
@@ -32,7 +33,7 @@ func (w *world) connectApp(alias, mbox string) {
 	w.t.Helper()
 	w.fake.RegisterApp("99999999-0000-0000-0000-000000000001", appSecret)
 	args := append(w.target("app", alias, mbox), "--client-id", "99999999-0000-0000-0000-000000000001",
-		"--client-secret-file", writeFile(w.t, "secret", appSecret+"\n"))
+		"--client-secret-file", testutil.WriteFile(w.t, "secret", appSecret+"\n"))
 	if r := w.run(person{}, args...); r.code != cli.ExitOK {
 		w.t.Fatalf("app %s: exit %d", alias, r.code)
 	}
@@ -91,7 +92,7 @@ func TestImport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rtFile := writeFile(t, "rt", other.RefreshToken+"\n")
+	rtFile := testutil.WriteFile(t, "rt", other.RefreshToken+"\n")
 	r := w.run(person{}, append(w.target("import", "alerts", mailbox), "--refresh-token-file", rtFile)...)
 	if r.code != cli.ExitOK {
 		t.Fatalf("exit %d", r.code)
@@ -109,7 +110,7 @@ func TestImport(t *testing.T) {
 	noSecrets(t, []token.Record{rec, {RefreshToken: other.RefreshToken}}, r.stdout, r.stderr)
 
 	// A dead refresh token: the remedy, and nothing stored.
-	dead := writeFile(t, "dead", "not-a-refresh-token")
+	dead := testutil.WriteFile(t, "dead", "not-a-refresh-token")
 	r = w.run(person{}, append(w.target("import", "ops", "ops@contoso.com"), "--refresh-token-file", dead)...)
 	if r.code != cli.ExitFail || !strings.Contains(r.stderr, "invalid_grant") || !strings.Contains(r.stderr, "run: authtool login --account ops") ||
 		!strings.Contains(r.stderr, "nothing was stored") {
@@ -241,7 +242,7 @@ func TestRotateKey(t *testing.T) {
 	// accounts still send.
 	newRaw, _ := os.ReadFile(newFile)
 	oldRaw, _ := os.ReadFile(w.keyFile)
-	merged := writeFile(t, "merged.key", string(newRaw)+string(oldRaw))
+	merged := testutil.WriteFile(t, "merged.key", string(newRaw)+string(oldRaw))
 	r = w.run(person{env: map[string]string{"RELAY_TOKEN_KEY_FILE": merged}}, "test", "--account", "billing")
 	if r.code != cli.ExitOK {
 		t.Fatalf("test after rotation: exit %d", r.code)
@@ -257,7 +258,7 @@ func TestRotateKey(t *testing.T) {
 		t.Fatalf("rotating again: exit %d %s", again.code, again.stdout)
 	}
 	// A different key under an id already in use is refused.
-	clash := writeFile(t, "clash.key", newID+":"+base64.StdEncoding.EncodeToString(make([]byte, token.KeySize))+"\n")
+	clash := testutil.WriteFile(t, "clash.key", newID+":"+base64.StdEncoding.EncodeToString(make([]byte, token.KeySize))+"\n")
 	r2 := w.run(person{env: map[string]string{"RELAY_TOKEN_KEY_FILE": merged}}, "rotate-key", "--new-key-file", clash)
 	if r2.code != cli.ExitUsage || !strings.Contains(r2.stderr, "two different keys") {
 		t.Fatalf("clashing key id: exit %d", r2.code)

@@ -47,6 +47,9 @@ func (c *adminConfig) parse(fs *flag.FlagSet, args []string) error {
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
+	if err := c.store.NATS.Validate(); err != nil {
+		return cli.UsageError{Err: err}
+	}
 	if fs.Lookup("account") == nil {
 		return nil
 	}
@@ -59,11 +62,13 @@ func (c *adminConfig) parse(fs *flag.FlagSet, args []string) error {
 // storeConfig is where the accounts and tokens live.
 type storeConfig struct {
 	NATSURL string
+	NATS    queue.ConnectOptions
 	KeyFile string
 }
 
 func (c *storeConfig) register(fs *flag.FlagSet, env Env) {
 	fs.StringVar(&c.NATSURL, "nats-url", cli.EnvOr(env.Env, "RELAY_NATS_URL", defaultNATSURL), "NATS server of the relay (env RELAY_NATS_URL)")
+	c.NATS.Register(fs, env.Getenv)
 	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "the relay's token sealing key file (env RELAY_TOKEN_KEY_FILE)")
 }
 
@@ -89,7 +94,10 @@ type stores struct {
 // the sealed token store. Both buckets are created if the relay has not
 // run yet.
 func (c storeConfig) open(ctx context.Context, keys *token.Keyring) (*stores, error) {
-	nc, err := queue.Connect(c.NATSURL, "relay365-authtool")
+	if err := c.NATS.Validate(); err != nil {
+		return nil, cli.UsageError{Err: err}
+	}
+	nc, err := queue.ConnectWith(c.NATSURL, "relay365-authtool", c.NATS)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is relay serve running? set --nats-url or RELAY_NATS_URL)", err)
 	}
@@ -181,6 +189,9 @@ func (c *enrollConfig) validate(appOnly bool) error {
 	var errs []error
 	if err := a.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.store.NATS.Validate(); err != nil {
+		errs = append(errs, err) // before anyone signs in
 	}
 	if a.CAFile != "" {
 		abs, err := filepath.Abs(a.CAFile)

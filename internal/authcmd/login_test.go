@@ -240,6 +240,8 @@ func TestUsageErrors(t *testing.T) {
 		{"missing key file", person{env: map[string]string{"RELAY_TOKEN_KEY_FILE": noKey}}, w.login("alerts", mailbox), cli.ExitUsage, "relay keygen"},
 		{"import without token", person{}, w.target("import", "alerts", mailbox), cli.ExitUsage, "refresh token to import is required"},
 		{"rotate without new key", person{}, []string{"rotate-key"}, cli.ExitUsage, "--new-key-file is required"},
+		{"NATS user without password", person{}, append(w.login("alerts", mailbox), "--nats-user", "relay-admin"), cli.ExitUsage, "RELAY_NATS_PASSWORD"},
+		{"list with a missing NATS CA", person{}, []string{"list", "--nats-tls-ca", noKey}, cli.ExitUsage, "--nats-tls-ca"},
 		{"unknown command", person{}, []string{"frobnicate"}, cli.ExitUsage, `unknown command "frobnicate"`},
 		{"NATS unreachable", person{env: map[string]string{"RELAY_NATS_URL": "nats://127.0.0.1:1"}}, w.login("alerts", mailbox), cli.ExitFail, "is relay serve running?"},
 	}

@@ -64,20 +64,21 @@ const (
 
 // Config is everything `relay serve` reads from flags and environment.
 type Config struct {
-	NATSURL       string        // RELAY_NATS_URL; empty: run an embedded server
-	NATSListen    string        // embedded server's client address; default 127.0.0.1:4222
-	NATSSync      string        // embedded server's fsync policy: "always" (default) or a duration
-	DataDir       string        // RELAY_DATA_DIR; default ./data
-	KeyFile       string        // RELAY_TOKEN_KEY_FILE; required for the tokens role
-	Roles         string        // --roles: "tokens", "workers" or both comma-separated; default both
-	HTTPAddr      string        // RELAY_HTTP_ADDR; default 127.0.0.1:9465; "off" disables
-	Replicas      int           // stream and bucket replicas; default 1
-	AckWait       time.Duration // default 60s
-	MaxDeliver    int           // default 50
-	MaxAckPending int           // per account; default 1000
-	RefreshMargin time.Duration // refresh access tokens this long before expiry; default 5m
-	ShutdownGrace time.Duration // default 30s
-	Retry, Pause  relay.Backoff // default relay.DefaultRetry, relay.DefaultPause
+	NATSURL       string               // RELAY_NATS_URL; empty: run an embedded server
+	NATS          queue.ConnectOptions // authentication and TLS for NATSURL
+	NATSListen    string               // embedded server's client address; default 127.0.0.1:4222
+	NATSSync      string               // embedded server's fsync policy: "always" (default) or a duration
+	DataDir       string               // RELAY_DATA_DIR; default ./data
+	KeyFile       string               // RELAY_TOKEN_KEY_FILE; required for the tokens role
+	Roles         string               // --roles: "tokens", "workers" or both comma-separated; default both
+	HTTPAddr      string               // RELAY_HTTP_ADDR; default 127.0.0.1:9465; "off" disables
+	Replicas      int                  // stream and bucket replicas; default 1
+	AckWait       time.Duration        // default 60s
+	MaxDeliver    int                  // default 50
+	MaxAckPending int                  // per account; default 1000
+	RefreshMargin time.Duration        // refresh access tokens this long before expiry; default 5m
+	ShutdownGrace time.Duration        // default 30s
+	Retry, Pause  relay.Backoff        // default relay.DefaultRetry, relay.DefaultPause
 
 	// Extra HTTP handlers (the sandbox adds /sandbox/messages).
 	Extra map[string]http.Handler
@@ -160,6 +161,13 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	} else if c.KeyFile == "" && c.Has(RoleTokens) {
 		errs = append(errs, errors.New("no token key: set RELAY_TOKEN_KEY_FILE or --key-file (create one with: relay keygen --out data/token.key); only processes with --roles workers can do without"))
+	}
+	if c.NATSURL != "" {
+		if err := c.NATS.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if !c.NATS.IsZero() {
+		errs = append(errs, errors.New("NATS authentication and TLS options apply to an external server: set --nats-url (RELAY_NATS_URL), or unset them for the embedded server"))
 	}
 	if c.NATSURL == "" {
 		if _, _, err := queue.ParseSync(c.NATSSync); err != nil {
@@ -263,13 +271,17 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		d.NATSURL = d.ns.ClientURL()
 		log.Info().Str("url", d.NATSURL).Str("store", storeDir).Str("sync", cfg.NATSSync).Msg("embedded NATS JetStream started")
 	}
-	d.NC, err = queue.Connect(d.NATSURL, "relay365-serve")
+	d.NC, err = queue.ConnectWith(d.NATSURL, "relay365-serve", cfg.NATS)
 	if err != nil {
 		return nil, err
 	}
-	if d.JS, err = jetstream.New(d.NC); err != nil {
+	js, err := jetstream.New(d.NC)
+	if err != nil {
 		return nil, err
 	}
+	// Every bucket opened below (accounts, tokens, pacing, sent) gets
+	// the streams' replicas.
+	d.JS = queue.WithReplicas(js, cfg.Replicas)
 	if err := queue.EnsureStreams(ctx, d.JS, queue.StreamConfig{Replicas: cfg.Replicas}); err != nil {
 		return nil, err
 	}

@@ -233,14 +233,18 @@ func (m *Message) validateRaw() error {
 func (m *Message) Recipients() ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
-	add := func(field string, addrs []*mail.Address) {
+	add := func(field string, addrs []*mail.Address) error {
 		for _, a := range addrs {
+			if err := deliverable(field, a.Address, a.Address); err != nil {
+				return err
+			}
 			k := strings.ToLower(a.Address)
 			if !seen[k] {
 				seen[k] = true
 				out = append(out, a.Address)
 			}
 		}
+		return nil
 	}
 	if len(m.To)+len(m.Cc)+len(m.Bcc) == 0 && len(m.Raw) > 0 {
 		msg, err := mail.ReadMessage(strings.NewReader(string(m.Raw)))
@@ -255,7 +259,9 @@ func (m *Message) Recipients() ([]string, error) {
 			if err != nil {
 				return nil, invalid("raw", "%s header: %v", h, err)
 			}
-			add(h, list)
+			if err := add("raw", list); err != nil {
+				return nil, err
+			}
 		}
 		return out, nil
 	}
@@ -268,7 +274,9 @@ func (m *Message) Recipients() ([]string, error) {
 			if err != nil {
 				return nil, err
 			}
-			add(list.name, []*mail.Address{a})
+			if err := add(list.name, []*mail.Address{a}); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return out, nil
@@ -284,11 +292,21 @@ func ParseAddress(field, s string) (*mail.Address, error) {
 	if err != nil {
 		return nil, invalid(field, "%q is not an address: %v", s, err)
 	}
-	// The envelope (RFC 5321 §4.1.2) has no room for these.
-	if strings.ContainsAny(a.Address, " <>\"\\") || !strings.Contains(a.Address, "@") {
-		return nil, invalid(field, "%q is not a deliverable address", s)
+	if err := deliverable(field, s, a.Address); err != nil {
+		return nil, err
 	}
 	return a, nil
+}
+
+// deliverable rejects a parsed address (from input s) that the SMTP
+// envelope (RFC 5321 §4.1.2, MAIL FROM and RCPT TO) has no room for: a
+// quoted local part may hold spaces, angle brackets or line breaks that
+// would end or split the command.
+func deliverable(field, s, addr string) error {
+	if strings.ContainsAny(addr, " <>\"\\\r\n\x00") || !strings.Contains(addr, "@") {
+		return invalid(field, "%q is not a deliverable address", s)
+	}
+	return nil
 }
 
 // checkLine rejects CR, LF and NUL in a value that becomes a header line.

@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -292,13 +293,15 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 	if first.IsZero() {
 		first = md.Timestamp
 	}
-	out.Header.Set(jetstream.MsgIDHeader, dedupe+":dlq")
-	out.Header.Set(HdrMessageID, id)
-	out.Header.Set(HdrReason, dl.Reason)
-	out.Header.Set(HdrClass, dl.Class)
+	// The id, the reason (which quotes the input) and the server's reply
+	// come from outside: setHeader keeps them to one header line.
+	setHeader(out.Header, jetstream.MsgIDHeader, dedupe+":dlq")
+	setHeader(out.Header, HdrMessageID, id)
+	setHeader(out.Header, HdrReason, dl.Reason)
+	setHeader(out.Header, HdrClass, dl.Class)
 	out.Header.Set(HdrAttempts, strconv.FormatUint(md.NumDelivered, 10))
 	if dl.LastReply != "" {
-		out.Header.Set(HdrLastReply, dl.LastReply)
+		setHeader(out.Header, HdrLastReply, dl.LastReply)
 	}
 	out.Header.Set(HdrOrigSubject, msg.Subject())
 	out.Header.Set(HdrOrigSeq, strconv.FormatUint(md.Sequence.Stream, 10))
@@ -354,7 +357,21 @@ func copyForRepublish(subject string, data []byte, hdr nats.Header, id, msgID st
 	for _, h := range deadLetterHeaders {
 		out.Header.Del(h)
 	}
-	out.Header.Set(jetstream.MsgIDHeader, msgID)
-	out.Header.Set(HdrMessageID, id)
+	setHeader(out.Header, jetstream.MsgIDHeader, msgID)
+	setHeader(out.Header, HdrMessageID, id)
 	return out
+}
+
+// setHeader sets a NATS header to v with CR, LF and NUL replaced by
+// spaces. NATS headers are MIME-style lines (like HTTP/1 headers), so a
+// line break in a value taken from a message or an SMTP reply would end
+// the header or add one of its own (a multi-line SMTP reply, RFC 5321
+// §4.2.1, arrives with line breaks).
+func setHeader(h nats.Header, key, v string) {
+	h.Set(key, strings.TrimSpace(strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == 0 {
+			return ' '
+		}
+		return r
+	}, v)))
 }

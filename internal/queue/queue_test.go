@@ -11,6 +11,7 @@ import (
 
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/testutil"
 )
 
 func TestPublishDedupeAndDLQ(t *testing.T) {
@@ -44,12 +45,13 @@ func TestPublishDedupeAndDLQ(t *testing.T) {
 	if err := queue.MoveToDLQ(ctx, env.JS, msg, queue.DeadLetter{ID: "id-1", Account: "alerts", Reason: "invalid message: to: no recipients", Class: "invalid"}); err != nil {
 		t.Fatal(err)
 	}
-	// The original is gone from the work queue, the copy is in the DLQ.
+	// The original is gone from the work queue (the Term is not
+	// acknowledged, so wait for it), the copy is in the DLQ.
 	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
-	info, _ := mail.Info(ctx)
-	if info.State.Msgs != 0 {
-		t.Fatalf("MAIL still holds %d messages after dead-lettering", info.State.Msgs)
-	}
+	testutil.Eventually(t, ctx, "MAIL to be empty after dead-lettering", func() bool {
+		info, err := mail.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
 	dlq, _ := env.JS.Stream(ctx, queue.StreamDLQ)
 	got, err := dlq.GetLastMsgForSubject(ctx, queue.DLQPrefix+"alerts")
 	if err != nil {
@@ -238,5 +240,53 @@ func TestDeadLetterListShowReplayPurge(t *testing.T) {
 	}
 	if n, err := queue.PurgeDeadLetters(ctx, env.JS, ""); err != nil || n != 2 {
 		t.Fatalf("purge all: %d %v", n, err)
+	}
+}
+
+// TestDeadLetterHeadersCannotBeInjected: the id, the reason and a
+// multi-line SMTP reply become single header lines on the dead letter and
+// on its replay; no value adds a header or splits one.
+func TestDeadLetterHeadersCannotBeInjected(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	evilID := "id\r\nRelay-Class: none"
+	env.DeadLetter(t, ctx, "alerts", "plain-id", []byte("{}"), queue.DeadLetter{
+		ID: evilID, Account: "alerts", Class: "message",
+		Reason:    "invalid message: id: \"x\r\nRelay-Attempts: 99\"",
+		LastReply: "550-5.7.1 first line\r\n550 5.7.1 Relay-Reason: forged\n",
+	})
+	list, err := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("list: %d %v", len(list), err)
+	}
+	check := func(what string, h map[string][]string) {
+		t.Helper()
+		for k, vs := range h {
+			if strings.HasPrefix(k, "Relay-Class") && len(vs) != 1 {
+				t.Errorf("%s: %s has %d values", what, k, len(vs))
+			}
+			for _, v := range vs {
+				if strings.ContainsAny(k+v, "\r\n") {
+					t.Errorf("%s: header %s: %q has a line break", what, k, v)
+				}
+			}
+		}
+	}
+	e := list[0]
+	check("dead letter", e.Header)
+	if e.Class != "message" || e.Attempts != 1 || e.ID != "id  Relay-Class: none" ||
+		e.LastReply != "550-5.7.1 first line  550 5.7.1 Relay-Reason: forged" {
+		t.Fatalf("entry %+v", e)
+	}
+	if _, err := queue.ReplayDeadLetter(ctx, env.JS, e.Seq); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := next(t, cons)
+	check("replay", m.Headers())
+	if got := m.Headers().Get(queue.HdrMessageID); got != e.ID {
+		t.Fatalf("replay id %q", got)
 	}
 }

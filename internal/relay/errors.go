@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -130,6 +131,14 @@ func classifySMTP(stage string, err error) *SMTPError {
 		return already
 	}
 	e := &SMTPError{Stage: stage, Err: err, Class: ClassTransient}
+	var cv *tls.CertificateVerificationError
+	if errors.As(err, &cv) {
+		// An untrusted, expired or mismatched certificate does not heal
+		// by retrying the message: the account pauses until it is fixed
+		// (or the interception ends). Verification is never skipped.
+		e.Class = ClassConfig
+		return e
+	}
 	var se *smtp.SMTPError
 	if !errors.As(err, &se) {
 		return e // network errors, timeouts, TLS failures: temporary

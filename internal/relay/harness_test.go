@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -74,20 +73,7 @@ func newHarness(t *testing.T, s setup) *harness {
 	if err := queue.EnsureStreams(ctx, h.js, queue.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	if h.accounts, err = account.OpenRegistry(ctx, h.js); err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "token.key")
-	if _, err := token.GenerateKeyFile(keyFile); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := token.LoadKeyring(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if h.store, err = token.OpenStore(ctx, h.js, keys); err != nil {
-		t.Fatal(err)
-	}
+	_, h.accounts, h.store = relaytest.OpenStores(t, ctx, h.js)
 	log := zerolog.New(h.logs)
 	h.tokens = token.NewSource(token.SourceConfig{Store: h.store, Accounts: h.accounts, Log: log})
 

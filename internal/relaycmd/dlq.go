@@ -35,6 +35,7 @@ its reason, class, attempts, last reply, original subject and sequence.
 // dlqConfig is what every dlq subcommand takes.
 type dlqConfig struct {
 	NATSURL string
+	NATS    queue.ConnectOptions
 	Account string
 	Reason  string
 	All     bool
@@ -55,6 +56,7 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	var c dlqConfig
 	fs := newFlags("dlq "+sub, env)
 	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env RELAY_NATS_URL)")
+	c.NATS.Register(fs, env.Getenv)
 	fs.DurationVar(&c.Timeout, "timeout", time.Minute, "give up after this long")
 	var run func(context.Context, jetstream.JetStream, dlqConfig, []string, Env) error
 	switch sub {
@@ -88,7 +90,7 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	nc, err := connectNATS(c.NATSURL, "relay-dlq")
+	nc, err := connectNATS(c.NATSURL, "relay-dlq", c.NATS)
 	if err != nil {
 		return err
 	}

@@ -9,11 +9,13 @@ import (
 	"time"
 
 	"relay365/internal/message"
+	"relay365/internal/queue"
 	"relay365/producer"
 )
 
 type publishConfig struct {
 	NATSURL  string
+	NATS     queue.ConnectOptions
 	File     string
 	HTMLFile string
 	Timeout  time.Duration
@@ -26,6 +28,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	var c publishConfig
 	var to, cc, bcc, replyTo listFlag
 	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env RELAY_NATS_URL)")
+	c.NATS.Register(fs, env.Getenv)
 	fs.StringVar(&c.File, "f", "", "read the message as JSON (DESIGN.md §3) from this file, - for stdin")
 	fs.StringVar(&c.Msg.Account, "account", "", "account alias to send through")
 	fs.Var(&to, "to", "recipient (repeatable, or comma-separated)")
@@ -71,7 +74,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	nc, err := connectNATS(c.NATSURL, "relay-publish")
+	nc, err := connectNATS(c.NATSURL, "relay-publish", c.NATS)
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,8 @@ Commands:
 `
 
 const usageTail = `
-Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_ADDR.
+Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_ADDR;
+NATS authentication: ` + queue.ConnectEnv + `.
 Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted.
 `
 
@@ -110,8 +111,11 @@ func envOr(env Env, key, def string) string { return cli.EnvOr(env, key, def) }
 type listFlag = cli.ListFlag
 
 // connectNATS connects a short-lived command to the relay's NATS.
-func connectNATS(url, name string) (*nats.Conn, error) {
-	nc, err := queue.Connect(url, name)
+func connectNATS(url, name string, o queue.ConnectOptions) (*nats.Conn, error) {
+	if err := o.Validate(); err != nil {
+		return nil, usageError{err}
+	}
+	nc, err := queue.ConnectWith(url, name, o)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
 	}

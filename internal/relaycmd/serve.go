@@ -39,6 +39,7 @@ func (l *logFlags) parse(fs *flag.FlagSet, args []string, env Env) (zerolog.Logg
 // environment (DESIGN.md §4).
 func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.StringVar(&c.NATSURL, "nats-url", env.Getenv("RELAY_NATS_URL"), "NATS server URL; empty runs an embedded JetStream server (env RELAY_NATS_URL)")
+	c.NATS.Register(fs, env.Getenv)
 	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server")
 	fs.StringVar(&c.NATSSync, "nats-sync", "always", "embedded server fsync: always (accepted mail survives power loss) or an interval like 1s")
 	fs.StringVar(&c.DataDir, "data-dir", envOr(env, "RELAY_DATA_DIR", "data"), "data directory for the embedded JetStream store (env RELAY_DATA_DIR)")

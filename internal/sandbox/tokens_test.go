@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -174,6 +175,19 @@ func (c *tokenCluster) scan() {
 		c.secrets.Check(c.t, "token.status", b)
 	}
 	c.secrets.Check(c.t, "events", c.rawEv.Bytes())
+	// Dead letters carry the failure's reason and the server's last reply.
+	dead, err := queue.ListDeadLetters(ctx, c.sb.Daemon.JS, queue.DeadLetterFilter{})
+	if err != nil {
+		c.t.Error(err)
+	}
+	for _, e := range dead {
+		var b strings.Builder
+		for k, vs := range e.Header {
+			fmt.Fprintf(&b, "%s: %s\n", k, strings.Join(vs, ", "))
+		}
+		b.Write(e.Data)
+		c.secrets.Check(c.t, fmt.Sprintf("dead letter %d", e.Seq), []byte(b.String()))
+	}
 	if c.secrets.Len() < 3 {
 		c.t.Errorf("the secret scan knows only %d secrets", c.secrets.Len())
 	}
@@ -518,6 +532,11 @@ func TestTokenRevocationNeedsConsentThenReconsent(t *testing.T) {
 	c := startTokenCluster(t, 2, fakeo365.Config{})
 	old := c.record(sandbox.Account)
 	c.waitDelivered(c.send(sandbox.Account))
+	// A permanent refusal, so the secret scan at the end reads a dead
+	// letter's headers too.
+	c.sb.Fake.SetNextDataReply(1, &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "refused for the scan"})
+	c.send(sandbox.Account)
+	c.eventually("a dead letter", func() bool { return c.streamMsgs(queue.StreamDLQ) == 1 })
 
 	c.sb.Fake.RevokeAll() // password reset: invalid_grant AADSTS50173
 	due := c.nextTimer()
@@ -582,8 +601,8 @@ func TestTokenRevocationNeedsConsentThenReconsent(t *testing.T) {
 	if n := c.streamMsgs(queue.StreamMail); n != 3 {
 		t.Fatalf("MAIL holds %d messages, want the 3 queued", n)
 	}
-	if n := c.streamMsgs(queue.StreamDLQ); n != 0 {
-		t.Fatalf("%d messages dead-lettered while the account needs consent", n)
+	if n := c.streamMsgs(queue.StreamDLQ); n != 1 {
+		t.Fatalf("%d messages dead-lettered while the account needs consent (1 was refused before)", n-1)
 	}
 	if len(c.sb.Fake.Messages()) != before {
 		t.Fatal("mail was delivered for an account that needs consent")
@@ -595,8 +614,8 @@ func TestTokenRevocationNeedsConsentThenReconsent(t *testing.T) {
 	}
 	c.waitDelivered(subjects...)
 	waitIdle(t, c.ctx, c.js)
-	if n := c.streamMsgs(queue.StreamDLQ); n != 0 {
-		t.Fatalf("%d messages dead-lettered", n)
+	if n := c.streamMsgs(queue.StreamDLQ); n != 1 {
+		t.Fatalf("%d messages dead-lettered besides the one refused", n-1)
 	}
 	c.eventually("the healthy gauge after re-consent", func() bool {
 		return c.sum("relay_token_state", map[string]string{"account": sandbox.Account, "state": "healthy"}) == 2

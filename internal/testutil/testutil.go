@@ -1,11 +1,13 @@
 // Package testutil holds the few helpers tests across packages share:
-// a goroutine-safe buffer for capturing logs, and waiting on a condition
-// with a deadline (never a blind sleep).
+// a goroutine-safe buffer for capturing logs, waiting on a condition
+// with a deadline (never a blind sleep), and small files for secrets.
 package testutil
 
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -47,4 +49,16 @@ func Eventually(t testing.TB, ctx context.Context, what string, cond func() bool
 		case <-tick.C:
 		}
 	}
+}
+
+// WriteFile writes content to a file named name in a fresh t.TempDir(),
+// readable by the owner only (key, password and token files), and returns
+// its path.
+func WriteFile(t testing.TB, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

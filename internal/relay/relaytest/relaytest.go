@@ -5,7 +5,11 @@ package relaytest
 
 import (
 	"context"
+	"path/filepath"
+	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/account"
 	"relay365/internal/consent"
@@ -70,4 +74,27 @@ func (c *Compressed) After(d time.Duration) <-chan time.Time {
 	out := make(chan time.Time, 1)
 	time.AfterFunc(time.Duration(float64(d)/c.Factor), func() { out <- c.Now() })
 	return out
+}
+
+// OpenStores is what authtool does before it enrols: a new key file in
+// t.TempDir(), the account registry and the sealed token store on js.
+func OpenStores(t testing.TB, ctx context.Context, js jetstream.JetStream) (string, *account.Registry, *token.Store) {
+	t.Helper()
+	keyFile := filepath.Join(t.TempDir(), "token.key")
+	if _, err := token.GenerateKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := token.LoadKeyring(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts, err := account.OpenRegistry(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := token.OpenStore(ctx, js, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keyFile, accounts, store
 }

@@ -1,0 +1,184 @@
+package queue
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ConnectOptions is how a Relay365 process proves itself to a NATS server
+// it does not run: one of user/password, token, nkey seed or credentials
+// file, and optionally TLS with a private CA and a client certificate. Every
+// command that connects (relay serve, publish, dlq; authtool) binds the same
+// flags with Register, so the spelling and the environment variables are
+// the same everywhere.
+//
+// Secrets are never flag values (shell history, ps): the password and the
+// token come from a file or an environment variable; nkeys and credentials
+// are files by nature.
+type ConnectOptions struct {
+	User         string // --nats-user, RELAY_NATS_USER
+	Password     string // RELAY_NATS_PASSWORD (environment only)
+	PasswordFile string // --nats-password-file, RELAY_NATS_PASSWORD_FILE
+	Token        string // RELAY_NATS_TOKEN (environment only)
+	TokenFile    string // --nats-token-file, RELAY_NATS_TOKEN_FILE
+	NKeyFile     string // --nats-nkey, RELAY_NATS_NKEY: a file holding an nkey user seed (SU...)
+	CredsFile    string // --nats-creds, RELAY_NATS_CREDS: a .creds file (user JWT and seed)
+	TLSCA        string // --nats-tls-ca, RELAY_NATS_TLS_CA: PEM roots that verify the server
+	TLSCert      string // --nats-tls-cert, RELAY_NATS_TLS_CERT: client certificate (PEM)
+	TLSKey       string // --nats-tls-key, RELAY_NATS_TLS_KEY: its private key (PEM)
+	// InboxPrefix replaces _INBOX for replies to this client (--nats-inbox-prefix,
+	// RELAY_NATS_INBOX_PREFIX), so a server can let only this user
+	// subscribe to them: token replies carry access tokens, and a user
+	// allowed to subscribe _INBOX.> would see every other user's replies.
+	InboxPrefix string
+}
+
+// ConnectEnv lists the environment variables Register reads, for usage texts.
+const ConnectEnv = "RELAY_NATS_USER, RELAY_NATS_PASSWORD(_FILE), RELAY_NATS_TOKEN(_FILE), RELAY_NATS_NKEY, RELAY_NATS_CREDS, RELAY_NATS_TLS_CA, RELAY_NATS_TLS_CERT, RELAY_NATS_TLS_KEY, RELAY_NATS_INBOX_PREFIX"
+
+// Register binds the NATS authentication flags, defaulting to the
+// environment. The password and token values themselves are read only from
+// the environment (RELAY_NATS_PASSWORD, RELAY_NATS_TOKEN), never from flags.
+func (o *ConnectOptions) Register(fs *flag.FlagSet, getenv func(string) string) {
+	o.Password = getenv("RELAY_NATS_PASSWORD")
+	o.Token = getenv("RELAY_NATS_TOKEN")
+	fs.StringVar(&o.User, "nats-user", getenv("RELAY_NATS_USER"), "NATS user name; the password from --nats-password-file or RELAY_NATS_PASSWORD (env RELAY_NATS_USER)")
+	fs.StringVar(&o.PasswordFile, "nats-password-file", getenv("RELAY_NATS_PASSWORD_FILE"), "file holding the NATS user's password (env RELAY_NATS_PASSWORD_FILE)")
+	fs.StringVar(&o.TokenFile, "nats-token-file", getenv("RELAY_NATS_TOKEN_FILE"), "file holding a NATS authentication token; or RELAY_NATS_TOKEN (env RELAY_NATS_TOKEN_FILE)")
+	fs.StringVar(&o.NKeyFile, "nats-nkey", getenv("RELAY_NATS_NKEY"), "file holding an nkey user seed (env RELAY_NATS_NKEY)")
+	fs.StringVar(&o.CredsFile, "nats-creds", getenv("RELAY_NATS_CREDS"), "NATS credentials file: user JWT and seed (env RELAY_NATS_CREDS)")
+	fs.StringVar(&o.TLSCA, "nats-tls-ca", getenv("RELAY_NATS_TLS_CA"), "PEM CA bundle that verifies the NATS server's certificate (env RELAY_NATS_TLS_CA)")
+	fs.StringVar(&o.TLSCert, "nats-tls-cert", getenv("RELAY_NATS_TLS_CERT"), "client certificate for NATS TLS, PEM (env RELAY_NATS_TLS_CERT)")
+	fs.StringVar(&o.TLSKey, "nats-tls-key", getenv("RELAY_NATS_TLS_KEY"), "private key of --nats-tls-cert, PEM (env RELAY_NATS_TLS_KEY)")
+	fs.StringVar(&o.InboxPrefix, "nats-inbox-prefix", getenv("RELAY_NATS_INBOX_PREFIX"), "reply subject prefix instead of _INBOX, for per-user subscribe permissions (env RELAY_NATS_INBOX_PREFIX)")
+}
+
+// IsZero reports whether no authentication or TLS option is set.
+func (o ConnectOptions) IsZero() bool { return o == ConnectOptions{} }
+
+// Validate checks the combination and that every named file is readable;
+// the messages name the flag to fix.
+func (o ConnectOptions) Validate() error {
+	var errs []error
+	var methods []string
+	if o.User != "" {
+		methods = append(methods, "--nats-user")
+	}
+	if o.Token != "" || o.TokenFile != "" {
+		methods = append(methods, "a token (--nats-token-file or RELAY_NATS_TOKEN)")
+	}
+	if o.NKeyFile != "" {
+		methods = append(methods, "--nats-nkey")
+	}
+	if o.CredsFile != "" {
+		methods = append(methods, "--nats-creds")
+	}
+	if len(methods) > 1 {
+		errs = append(errs, fmt.Errorf("NATS authentication: give one of %s", strings.Join(methods, ", ")))
+	}
+	switch {
+	case o.User != "" && o.Password == "" && o.PasswordFile == "":
+		errs = append(errs, errors.New("--nats-user needs a password: --nats-password-file FILE or RELAY_NATS_PASSWORD"))
+	case o.User == "" && (o.Password != "" || o.PasswordFile != ""):
+		errs = append(errs, errors.New("a NATS password without --nats-user (RELAY_NATS_USER)"))
+	case o.Password != "" && o.PasswordFile != "":
+		errs = append(errs, errors.New("give the NATS password either in --nats-password-file or in RELAY_NATS_PASSWORD, not both"))
+	case o.Token != "" && o.TokenFile != "":
+		errs = append(errs, errors.New("give the NATS token either in --nats-token-file or in RELAY_NATS_TOKEN, not both"))
+	}
+	if o.InboxPrefix != "" && (strings.ContainsAny(o.InboxPrefix, "*> \t") || strings.HasSuffix(o.InboxPrefix, ".")) {
+		errs = append(errs, fmt.Errorf("--nats-inbox-prefix %q: want a subject prefix without wildcards, spaces or a trailing dot, e.g. _INBOX_relay_workers", o.InboxPrefix))
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	}
+	for _, f := range []struct{ flag, path string }{
+		{"--nats-password-file", o.PasswordFile}, {"--nats-token-file", o.TokenFile},
+		{"--nats-nkey", o.NKeyFile}, {"--nats-creds", o.CredsFile},
+		{"--nats-tls-ca", o.TLSCA}, {"--nats-tls-cert", o.TLSCert}, {"--nats-tls-key", o.TLSKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %v", f.flag, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Options turns the settings into nats.go options. It reads the password,
+// token and nkey seed files now, so a bad file fails before the dial.
+func (o ConnectOptions) Options() ([]nats.Option, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	var opts []nats.Option
+	if o.User != "" {
+		pw, err := secretValue(o.Password, o.PasswordFile, "--nats-password-file")
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserInfo(o.User, pw))
+	}
+	if o.Token != "" || o.TokenFile != "" {
+		tok, err := secretValue(o.Token, o.TokenFile, "--nats-token-file")
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Token(tok))
+	}
+	if o.NKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(o.NKeyFile)
+		if err != nil {
+			// nats.go's message names the file, never the seed.
+			return nil, fmt.Errorf("--nats-nkey: %w", err)
+		}
+		opts = append(opts, opt)
+	}
+	if o.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	}
+	if o.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(o.TLSCA))
+	}
+	if o.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(o.TLSCert, o.TLSKey))
+	}
+	if o.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(o.InboxPrefix))
+	}
+	// Both TLS options turn TLS on with verification; there is no switch
+	// to skip it.
+	return opts, nil
+}
+
+// secretValue is value, or the trimmed content of file.
+func secretValue(value, file, flagName string) (string, error) {
+	if file == "" {
+		return value, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s: %v", flagName, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("%s: %s is empty", flagName, file)
+	}
+	return v, nil
+}
+
+// ConnectWith is Connect with the authentication and TLS options.
+func ConnectWith(url, name string, o ConnectOptions) (*nats.Conn, error) {
+	opts, err := o.Options()
+	if err != nil {
+		return nil, err
+	}
+	return Connect(url, name, opts...)
+}

@@ -1,0 +1,138 @@
+package relay_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"relay365/internal/pki"
+	. "relay365/internal/relay"
+)
+
+// recordingSMTP is a hand-written SMTP server that records every command
+// line it receives (in plaintext or, after STARTTLS, decrypted). It
+// advertises AUTH PLAIN LOGIN XOAUTH2 to tempt a client.
+type recordingSMTP struct {
+	ln       net.Listener
+	starttls *tls.Config // nil: STARTTLS not offered
+	mu       sync.Mutex
+	lines    []string
+	done     chan struct{}
+}
+
+func startRecordingSMTP(t *testing.T, starttls *tls.Config) *recordingSMTP {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &recordingSMTP{ln: ln, starttls: starttls, done: make(chan struct{})}
+	go s.serve()
+	t.Cleanup(func() { ln.Close(); <-s.done })
+	return s
+}
+
+func (s *recordingSMTP) serve() {
+	defer close(s.done)
+	conn, err := s.ln.Accept()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	var c net.Conn = conn
+	r := bufio.NewReader(c)
+	write := func(l string) { c.Write([]byte(l + "\r\n")) }
+	write("220 recorder ESMTP")
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimRight(line, "\r\n")
+		s.mu.Lock()
+		s.lines = append(s.lines, line)
+		s.mu.Unlock()
+		switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); cmd {
+		case "EHLO", "HELO":
+			write("250-recorder")
+			if s.starttls != nil {
+				write("250-STARTTLS")
+			}
+			write("250 AUTH PLAIN LOGIN XOAUTH2")
+		case "STARTTLS":
+			if s.starttls == nil {
+				write("502 no")
+				continue
+			}
+			write("220 go ahead")
+			tc := tls.Server(conn, s.starttls)
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			c, r = tc, bufio.NewReader(tc)
+		case "QUIT":
+			write("221 bye")
+			return
+		default:
+			write("250 ok") // accept anything, AUTH included
+		}
+	}
+}
+
+func (s *recordingSMTP) received() []string {
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.lines...)
+}
+
+// TestNoPlaintextAuthEver: a server that offers AUTH PLAIN, LOGIN and
+// XOAUTH2 without STARTTLS, or STARTTLS with a certificate the relay does
+// not trust, receives no AUTH command and not one byte of the token, and
+// the error is a configuration error (the account pauses, nothing is
+// retried in a loop).
+func TestNoPlaintextAuthEver(t *testing.T) {
+	ca, err := pki.NewCA("someone else's CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tokenValue = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.c2VjcmV0.plaintext-probe"
+	for name, tc := range map[string]struct {
+		starttls *tls.Config
+		want     string
+	}{
+		"no STARTTLS":           {nil, "STARTTLS"},
+		"untrusted certificate": {&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, "certificate"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := startRecordingSMTP(t, tc.starttls)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			err := (&Transport{}).Send(ctx, Endpoint{Addr: srv.ln.Addr().String()}, "alerts@contoso.com", tokenValue, rendered(t))
+			var se *SMTPError
+			if !errors.As(err, &se) || se.Class != ClassConfig || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want a config error about %s, got %v", tc.want, err)
+			}
+			lines := srv.received()
+			for _, l := range lines {
+				if strings.HasPrefix(strings.ToUpper(l), "AUTH") || strings.Contains(l, "c2VjcmV0") || strings.HasPrefix(strings.ToUpper(l), "MAIL") {
+					t.Fatalf("the server received %q; all lines: %q", l, lines)
+				}
+			}
+			if len(lines) == 0 {
+				t.Fatal("the recorder saw no EHLO; the test proves nothing")
+			}
+		})
+	}
+}
