@@ -188,11 +188,7 @@ func NewSource(cfg SourceConfig) *Source {
 // platform. After a transient failure it keeps handing out the old token
 // while it is still valid.
 func (s *Source) Token(ctx context.Context, alias string) (AccessToken, error) {
-	acct, err := s.accounts.Get(ctx, alias)
-	if err != nil {
-		return AccessToken{}, err
-	}
-	rec, _, err := s.store.Get(ctx, alias)
+	acct, rec, err := s.load(ctx, alias)
 	if err != nil {
 		return AccessToken{}, err
 	}
@@ -200,6 +196,16 @@ func (s *Source) Token(ctx context.Context, alias string) (AccessToken, error) {
 		return tok, err
 	}
 	return s.join(ctx, flightKey{alias: alias}, time.Time{})
+}
+
+// load reads the account's configuration and its token record.
+func (s *Source) load(ctx context.Context, alias string) (account.Account, Record, error) {
+	acct, err := s.accounts.Get(ctx, alias)
+	if err != nil {
+		return account.Account{}, Record{}, err
+	}
+	rec, _, err := s.store.Get(ctx, alias)
+	return acct, rec, err
 }
 
 // Close abandons refreshes in flight (their callers get an error; a lease
@@ -226,11 +232,7 @@ func (s *Source) ForceRefreshSince(ctx context.Context, alias string, since time
 	if now := s.now(); since.IsZero() || since.After(now) {
 		since = now
 	}
-	acct, err := s.accounts.Get(ctx, alias)
-	if err != nil {
-		return AccessToken{}, err
-	}
-	rec, _, err := s.store.Get(ctx, alias)
+	acct, rec, err := s.load(ctx, alias)
 	if err != nil {
 		return AccessToken{}, err
 	}

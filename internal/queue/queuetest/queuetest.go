@@ -35,21 +35,19 @@ func StartSync(t testing.TB, sync string) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := queue.Connect(ns.ClientURL(), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := connect(t, ns.ClientURL())
 	return &Env{Server: ns, NC: nc, JS: js, URL: ns.ClientURL()}
 }
 
 // Connect opens another client connection to url, as a second process
 // would, closed when the test ends.
 func Connect(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	_, js := connect(t, url)
+	return js
+}
+
+func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	nc, err := queue.Connect(url, "test")
 	if err != nil {
@@ -60,7 +58,7 @@ func Connect(t testing.TB, url string) jetstream.JetStream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return js
+	return nc, js
 }
 
 // StartMail is Start plus the MAIL and MAIL_DLQ streams, and a context
