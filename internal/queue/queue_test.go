@@ -159,10 +159,12 @@ func TestRequeueKeepsIDWithFreshDeliveryCount(t *testing.T) {
 		m.Headers().Get(jetstream.MsgIDHeader) != "id-1:requeue:1" || string(m.Data()) != "x" {
 		t.Fatalf("requeued copy: delivered %d seq %d headers %v", md.NumDelivered, md.Sequence.Stream, m.Headers())
 	}
+	// Term is not acknowledged by the server: wait for it to land.
 	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
-	if info, _ := mail.Info(ctx); info.State.Msgs != 1 {
-		t.Fatalf("MAIL holds %d, want only the copy", info.State.Msgs)
-	}
+	testutil.Eventually(t, ctx, "MAIL to hold only the copy", func() bool {
+		info, err := mail.Info(ctx)
+		return err == nil && info.State.Msgs == 1
+	})
 }
 
 func TestDeadLetterListShowReplayPurge(t *testing.T) {
