@@ -17,6 +17,7 @@ import (
 	"relay365/internal/consent"
 	"relay365/internal/relay"
 	"relay365/internal/token"
+	"relay365/internal/token/tokensvc"
 )
 
 // listItem is one account in `authtool list`. It holds no secret: only
@@ -90,22 +91,20 @@ func runList(ctx context.Context, args []string, env Env) error {
 	return tw.Flush()
 }
 
-// describe reads an account's token record for its state, never its secrets.
+// describe is the account as the token service reports it (state, expiry,
+// last error; never a secret), for listing.
 func describe(ctx context.Context, st *stores, a account.Account) listItem {
 	it := listItem{Account: a.Alias, Mailbox: a.Mailbox, Tenant: a.Tenant, ClientID: a.ClientID, AppOnly: a.AppOnly,
 		SMTP: a.SMTPAddr, FromPolicy: string(a.FromPolicy), State: "unknown", CreatedAt: a.CreatedAt}
 	if st.tokens == nil {
 		return it
 	}
-	rec, _, err := st.tokens.Get(ctx, a.Alias)
-	switch {
-	case errors.Is(err, token.ErrNotFound):
-		it.State, it.LastError = "missing", "no tokens stored: run authtool login --account "+a.Alias
-	case err != nil:
-		it.State, it.LastError = "unreadable", err.Error()
-	default:
-		it.State, it.TokenExpiry, it.LastRefresh, it.LastError, it.KeyID = string(rec.State), rec.Expiry, rec.LastRefresh, rec.LastError, rec.KeyID
+	ts, err := tokensvc.Describe(ctx, st.tokens, a, time.Now())
+	if err != nil {
+		it.State, it.LastError = tokensvc.StatusUnreadable, err.Error()
+		return it
 	}
+	it.State, it.TokenExpiry, it.LastRefresh, it.LastError, it.KeyID = ts.State, ts.Expiry, ts.LastRefresh, ts.LastError, ts.KeyID
 	return it
 }
 

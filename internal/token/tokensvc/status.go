@@ -42,28 +42,39 @@ func Collect(ctx context.Context, accounts *account.Registry, store *token.Store
 	}
 	out := make([]AccountStatus, 0, len(accts))
 	for _, a := range accts {
-		st := AccountStatus{Account: a.Alias, Mailbox: a.Mailbox, AppOnly: a.AppOnly}
-		rec, _, err := store.Get(ctx, a.Alias)
-		switch {
-		case errors.Is(err, token.ErrNotFound):
-			st.State, st.LastError = StatusMissing, err.Error()
-			st.Remedy = "no tokens stored: run: authtool login --account " + a.Alias
-		case errors.Is(err, token.ErrOpen):
-			st.State, st.LastError = StatusUnreadable, err.Error()
-			st.Remedy = "the sealed record does not open with RELAY_TOKEN_KEY_FILE: use the key file it was sealed with (the error names its key id), or run authtool login again"
-		case err != nil:
+		st, err := Describe(ctx, store, a, now)
+		if err != nil {
 			return nil, err
-		default:
-			st.State, st.Expiry, st.LastRefresh = string(rec.State), rec.Expiry, rec.LastRefresh
-			st.NextAttempt, st.FailCount, st.LastError, st.KeyID = rec.NextAttempt, rec.FailCount, rec.LastError, rec.KeyID
-			if rec.LeaseUntil.After(now) {
-				st.RefreshingOn = token.LeaseInstance(rec)
-			}
-			if p := rec.Problem(a, now); p != nil {
-				st.ErrorCodes, st.Remedy = p.Codes, p.Remedy
-			}
 		}
 		out = append(out, st)
 	}
 	return out, nil
+}
+
+// Describe reads one account's token record for its state, never its
+// secrets. A missing or unopenable record is a state (missing, unreadable)
+// with its remedy; only a failure to reach the store is an error.
+func Describe(ctx context.Context, store *token.Store, a account.Account, now time.Time) (AccountStatus, error) {
+	st := AccountStatus{Account: a.Alias, Mailbox: a.Mailbox, AppOnly: a.AppOnly}
+	rec, _, err := store.Get(ctx, a.Alias)
+	switch {
+	case errors.Is(err, token.ErrNotFound):
+		st.State, st.LastError = StatusMissing, err.Error()
+		st.Remedy = "no tokens stored: run: authtool login --account " + a.Alias
+	case errors.Is(err, token.ErrOpen):
+		st.State, st.LastError = StatusUnreadable, err.Error()
+		st.Remedy = "the sealed record does not open with RELAY_TOKEN_KEY_FILE: use the key file it was sealed with (the error names its key id), or run authtool login again"
+	case err != nil:
+		return st, err
+	default:
+		st.State, st.Expiry, st.LastRefresh = string(rec.State), rec.Expiry, rec.LastRefresh
+		st.NextAttempt, st.FailCount, st.LastError, st.KeyID = rec.NextAttempt, rec.FailCount, rec.LastError, rec.KeyID
+		if rec.LeaseUntil.After(now) {
+			st.RefreshingOn = token.LeaseInstance(rec)
+		}
+		if p := rec.Problem(a, now); p != nil {
+			st.ErrorCodes, st.Remedy = p.Codes, p.Remedy
+		}
+	}
+	return st, nil
 }
