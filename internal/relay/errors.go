@@ -32,9 +32,6 @@ const (
 	ClassIdentity  Class = "identity"  // no access token (needs consent, config error, identity down)
 )
 
-// classes lists every class, for tests and documentation.
-var classes = []Class{ClassTransient, ClassAuth, ClassConfig, ClassSession, ClassThrottle, ClassQuota, ClassAccount, ClassTenant, ClassMessage, ClassInvalid, ClassIdentity}
-
 // Action is what the worker does with a message after an attempt.
 type Action int
 

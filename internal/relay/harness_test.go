@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -287,8 +286,6 @@ func (h *harness) lane(alias string) relay.LaneStatus {
 	h.t.Fatalf("no lane for %s", alias)
 	return relay.LaneStatus{}
 }
-
-func subject(format string, args ...any) string { return fmt.Sprintf(format, args...) }
 
 func msgFor(alias, id, subject string) *message.Message {
 	return &message.Message{ID: id, Account: alias, To: []string{"ops@fabrikam.com"}, Subject: subject, Text: "body of " + id}
