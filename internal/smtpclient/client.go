@@ -1,0 +1,474 @@
+// Package smtpclient is the relay's SMTP submission client: one connection
+// to a submission server (Office 365's smtp.office365.com:587), upgraded
+// with STARTTLS, authenticated once, then carrying many mail transactions.
+//
+// # Why our own client
+//
+// go-smtp's client sends each command and waits for its reply. Office 365
+// offers PIPELINING (RFC 2920), and a relay in front of it spends its time
+// in round trips: MAIL, RCPT per recipient, DATA, the content, and the RSET
+// that clears a failed transaction are five or more. With PIPELINING this
+// client sends [RSET,] MAIL, every RCPT and DATA in one write and reads
+// their replies in order (RFC 2920 §3.1), then sends the content: two
+// round trips per message whatever the number of recipients. The server
+// side of the project (the fake Office 365) stays on go-smtp, and replies
+// come back as go-smtp's *smtp.SMTPError, so the relay classifies one type.
+//
+// CHUNKING (RFC 3030, BDAT) would save one more round trip, but with BDAT
+// pipelined behind the RCPTs a server that refused one recipient and took
+// another delivers the message to a part of its recipients, and the relay
+// would then retry it for all of them. With DATA the client sees every RCPT
+// reply before any content leaves, so a message goes to all of its
+// recipients or to none.
+//
+// # Failure semantics
+//
+// Every error a method returns is an *Error naming the command it failed
+// at; its Err is a *smtp.SMTPError when the server replied, or the network
+// or TLS error when it did not. Until the content of a message is sent
+// (Command "message"), nothing was delivered: the caller may run the same
+// transaction on another connection. After the content, an error without a
+// reply (a timeout, a dropped connection) leaves it unknown whether the
+// server accepted the message.
+//
+// STARTTLS is mandatory (RFC 3207): a server that does not offer it gets
+// no AUTH and no mail, ever (ErrNoStartTLS); the TLS configuration is the
+// caller's (the relay asks for TLS 1.2 or newer).
+//
+// A Client is used by one goroutine at a time. A cancelled context closes
+// the connection: the Client is then unusable.
+package smtpclient
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Config is how a Client talks.
+type Config struct {
+	LocalName      string        // the EHLO name; default "localhost"
+	TLS            *tls.Config   // for STARTTLS; required
+	CommandTimeout time.Duration // for each exchange; default 60s
+	DataTimeout    time.Duration // for the reply to the end of the content; default 5m
+}
+
+// ErrNoStartTLS: the server does not offer STARTTLS, so nothing is sent.
+var ErrNoStartTLS = errors.New("server does not offer STARTTLS; refusing to authenticate in plaintext")
+
+// ErrNotSendable marks a transaction this server can never take as it is
+// (an address that needs SMTPUTF8 the server lacks, 8-bit content without
+// 8BITMIME, a line break in an address). Nothing was sent.
+var ErrNotSendable = errors.New("not sendable")
+
+// Error is a failed command.
+type Error struct {
+	// Command is the SMTP command whose reply was refused or never came:
+	// "greeting", "EHLO", "STARTTLS", "AUTH", "RSET", "MAIL", "RCPT", "DATA",
+	// "message" (the content and the reply to its end), "QUIT".
+	Command string
+	Err     error // *smtp.SMTPError for a reply
+}
+
+func (e *Error) Error() string { return e.Command + ": " + e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Reply returns the server's refusal, nil when the server did not reply.
+func (e *Error) Reply() *smtp.SMTPError {
+	var se *smtp.SMTPError
+	if errors.As(e.Err, &se) {
+		return se
+	}
+	return nil
+}
+
+// Client is one SMTP connection after STARTTLS.
+type Client struct {
+	conn  net.Conn
+	r     *textproto.Reader
+	br    *bufio.Reader
+	w     *bufio.Writer
+	cfg   Config
+	ext   map[string]string // EHLO keywords (upper case) → parameters
+	dirty bool              // a transaction may be open: RSET first (RFC 5321 §4.1.1.5)
+}
+
+// StartTLS takes a fresh connection to a submission server: it reads the
+// greeting, sends EHLO, and upgrades with STARTTLS if (and only if) the
+// server offers it, then sends EHLO again inside TLS (RFC 3207 §4.2). The
+// TLS handshake runs before StartTLS returns, so a certificate problem is
+// reported here, before any credential is sent. On error conn is closed.
+func StartTLS(ctx context.Context, conn net.Conn, cfg Config) (*Client, error) {
+	if cfg.TLS == nil {
+		conn.Close()
+		return nil, errors.New("smtpclient: Config.TLS is required")
+	}
+	if cfg.LocalName == "" {
+		cfg.LocalName = "localhost"
+	}
+	cfg.CommandTimeout = durationOr(cfg.CommandTimeout, 60*time.Second)
+	cfg.DataTimeout = durationOr(cfg.DataTimeout, 5*time.Minute)
+	c := newClient(conn, cfg)
+	err := c.guard(ctx, cfg.CommandTimeout, func() error {
+		if _, err := c.expect("greeting", 220); err != nil {
+			return err
+		}
+		if err := c.hello(); err != nil {
+			return err
+		}
+		if _, ok := c.ext["STARTTLS"]; !ok {
+			return &Error{Command: "STARTTLS", Err: ErrNoStartTLS}
+		}
+		if err := c.cmd("STARTTLS", 220, "STARTTLS"); err != nil {
+			return err
+		}
+		tc := tls.Client(conn, cfg.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return &Error{Command: "STARTTLS", Err: err}
+		}
+		// RFC 3207 §4.2: forget what was learnt before TLS.
+		c.setConn(tc)
+		return c.hello()
+	})
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func newClient(conn net.Conn, cfg Config) *Client {
+	c := &Client{cfg: cfg}
+	c.setConn(conn)
+	return c
+}
+
+func (c *Client) setConn(conn net.Conn) {
+	c.conn = conn
+	c.br = bufio.NewReader(conn)
+	c.r = textproto.NewReader(c.br)
+	c.w = bufio.NewWriter(conn)
+	c.ext = nil
+}
+
+// Extension reports whether the server offered an EHLO keyword, and its
+// parameters.
+func (c *Client) Extension(name string) (bool, string) {
+	v, ok := c.ext[strings.ToUpper(name)]
+	return ok, v
+}
+
+// Pipelining reports whether transactions are pipelined (the server offered
+// PIPELINING).
+func (c *Client) Pipelining() bool {
+	_, ok := c.ext["PIPELINING"]
+	return ok
+}
+
+// Auth authenticates with a SASL mechanism. The initial response goes on
+// the AUTH line (RFC 4954 §4); a challenge (334) is answered by the
+// mechanism until the server's final reply.
+func (c *Client) Auth(ctx context.Context, a sasl.Client) error {
+	return c.guard(ctx, c.cfg.CommandTimeout, func() error {
+		mech, resp, err := a.Start()
+		if err != nil {
+			return &Error{Command: "AUTH", Err: err}
+		}
+		line := "AUTH " + mech
+		if resp != nil {
+			line += " " + encode64(resp) // "=" for an empty one (RFC 4954 §4)
+		}
+		for {
+			c.write(line)
+			if err := c.flush("AUTH"); err != nil {
+				return err
+			}
+			r, err := c.reply("AUTH")
+			if err != nil {
+				return err
+			}
+			switch {
+			case r.code == 235:
+				return nil
+			case r.code != 334:
+				return &Error{Command: "AUTH", Err: r.err()}
+			}
+			challenge, err := base64.StdEncoding.DecodeString(r.text)
+			if err == nil {
+				resp, err = a.Next(challenge)
+			}
+			if err != nil {
+				line = "*" // cancel the exchange (RFC 4954 §4)
+				continue
+			}
+			line = base64.StdEncoding.EncodeToString(resp)
+		}
+	})
+}
+
+func encode64(b []byte) string {
+	if len(b) == 0 {
+		return "="
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// Send runs one mail transaction (RFC 5321 §3.3): MAIL FROM, RCPT TO for
+// each recipient, DATA, the content. data is the message with CRLF line
+// endings; it is dot-stuffed here (RFC 5321 §4.5.2).
+//
+// With PIPELINING the commands up to DATA go in one write and their replies
+// are read in order, every one of them (RFC 2920 §3.1); the first refusal
+// is the error. The content is sent only when every command was accepted:
+// if DATA was accepted (354) after a refused RCPT, the connection is closed
+// instead, since the server discards a transaction whose content never
+// ended (RFC 5321 §3.8), and a message goes to all of its recipients or to
+// none. Without PIPELINING each command waits for its reply.
+func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []byte) error {
+	cmds, err := c.transaction(from, rcpts, data)
+	if err != nil {
+		return err
+	}
+	err = c.guard(ctx, c.cfg.CommandTimeout, func() error {
+		c.dirty = true
+		if !c.Pipelining() {
+			for _, cmd := range cmds {
+				if err := c.cmd(cmd.name, cmd.want, cmd.line); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		for _, cmd := range cmds {
+			c.write(cmd.line)
+		}
+		if err := c.flush(cmds[0].name); err != nil {
+			return err
+		}
+		var refused error
+		for _, cmd := range cmds {
+			r, err := c.reply(cmd.name)
+			if err != nil { // the connection is gone
+				if refused != nil {
+					return refused
+				}
+				return err
+			}
+			if r.code != cmd.want && refused == nil {
+				refused = &Error{Command: cmd.name, Err: r.err()}
+			}
+			if cmd.name == "DATA" && r.code == 354 && refused != nil {
+				c.conn.Close()
+			}
+		}
+		return refused
+	})
+	if err != nil {
+		return err
+	}
+	// The content and the final reply (RFC 5321 §4.1.1.4), which may take
+	// the server a while: DataTimeout.
+	return c.guard(ctx, c.cfg.DataTimeout, func() error {
+		dw := textproto.NewWriter(c.w).DotWriter()
+		if _, err := dw.Write(data); err != nil {
+			return &Error{Command: "message", Err: err}
+		}
+		if err := dw.Close(); err != nil { // ".\r\n" and a flush
+			return &Error{Command: "message", Err: err}
+		}
+		if _, err := c.expect("message", 250); err != nil {
+			return err
+		}
+		c.dirty = false
+		return nil
+	})
+}
+
+type command struct {
+	name string
+	line string
+	want int
+}
+
+// transaction builds the commands of one transaction, refusing locally
+// what the server could never take.
+func (c *Client) transaction(from string, rcpts []string, data []byte) ([]command, error) {
+	if len(rcpts) == 0 {
+		return nil, &Error{Command: "RCPT", Err: fmt.Errorf("%w: no recipient", ErrNotSendable)}
+	}
+	utf8 := !isASCII(from)
+	for _, a := range append([]string{from}, rcpts...) {
+		if strings.ContainsAny(a, "\r\n<>") {
+			return nil, &Error{Command: "MAIL", Err: fmt.Errorf("%w: address %q holds a line break or angle bracket", ErrNotSendable, a)}
+		}
+		utf8 = utf8 || !isASCII(a)
+	}
+	var mail strings.Builder
+	mail.WriteString("MAIL FROM:<")
+	mail.WriteString(from)
+	mail.WriteString(">")
+	if _, ok := c.ext["SIZE"]; ok {
+		mail.WriteString(" SIZE=" + strconv.Itoa(len(data))) // RFC 1870 §6
+	}
+	if !isASCII(string(data)) {
+		if _, ok := c.ext["8BITMIME"]; !ok {
+			return nil, &Error{Command: "MAIL", Err: fmt.Errorf("%w: 8-bit content and the server does not offer 8BITMIME", ErrNotSendable)}
+		}
+		mail.WriteString(" BODY=8BITMIME") // RFC 6152 §3
+	}
+	if utf8 {
+		if _, ok := c.ext["SMTPUTF8"]; !ok {
+			return nil, &Error{Command: "MAIL", Err: fmt.Errorf("%w: an address is not ASCII and the server does not offer SMTPUTF8", ErrNotSendable)}
+		}
+		mail.WriteString(" SMTPUTF8") // RFC 6531 §3.4
+	}
+	cmds := make([]command, 0, len(rcpts)+3)
+	if c.dirty {
+		// RFC 2920 §3.1: RSET may open a pipelined group.
+		cmds = append(cmds, command{"RSET", "RSET", 250})
+	}
+	cmds = append(cmds, command{"MAIL", mail.String(), 250})
+	for _, r := range rcpts {
+		cmds = append(cmds, command{"RCPT", "RCPT TO:<" + r + ">", 250})
+	}
+	return append(cmds, command{"DATA", "DATA", 354}), nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// Reset sends RSET: it clears any transaction and proves the connection
+// answers.
+func (c *Client) Reset(ctx context.Context) error {
+	return c.guard(ctx, c.cfg.CommandTimeout, func() error {
+		if err := c.cmd("RSET", 250, "RSET"); err != nil {
+			return err
+		}
+		c.dirty = false
+		return nil
+	})
+}
+
+// Quit sends QUIT and closes the connection (RFC 5321 §4.1.1.10).
+func (c *Client) Quit(ctx context.Context) error {
+	err := c.guard(ctx, c.cfg.CommandTimeout, func() error { return c.cmd("QUIT", 221, "QUIT") })
+	c.Close()
+	return err
+}
+
+// Close closes the connection without QUIT.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// guard runs one exchange under a deadline; a cancelled ctx closes the
+// connection and is what the error then says.
+func (c *Client) guard(ctx context.Context, timeout time.Duration, f func() error) error {
+	if err := ctx.Err(); err != nil {
+		return &Error{Command: "connection", Err: err}
+	}
+	stop := context.AfterFunc(ctx, func() { c.conn.Close() })
+	c.conn.SetDeadline(time.Now().Add(timeout))
+	err := f()
+	if !stop() && ctx.Err() != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Reply() == nil {
+			e.Err = fmt.Errorf("%w (%v)", ctx.Err(), e.Err)
+		}
+	}
+	return err
+}
+
+// hello sends EHLO and records the extensions (RFC 5321 §4.1.1.1). HELO is
+// not tried: a server without EHLO has no STARTTLS or AUTH either.
+func (c *Client) hello() error {
+	c.write("EHLO " + c.cfg.LocalName)
+	if err := c.flush("EHLO"); err != nil {
+		return err
+	}
+	r, err := c.expect("EHLO", 250)
+	if err != nil {
+		return err
+	}
+	c.ext = ParseEHLO(r.text)
+	return nil
+}
+
+// cmd sends one command and waits for its reply.
+func (c *Client) cmd(name string, want int, line string) error {
+	c.write(line)
+	if err := c.flush(name); err != nil {
+		return err
+	}
+	_, err := c.expect(name, want)
+	return err
+}
+
+// write queues a command line; flush sends what is queued.
+func (c *Client) write(line string) {
+	c.w.WriteString(line)
+	c.w.WriteString("\r\n")
+}
+
+func (c *Client) flush(name string) error {
+	if err := c.w.Flush(); err != nil {
+		return &Error{Command: name, Err: err}
+	}
+	return nil
+}
+
+// expect reads a reply and refuses every code but want.
+func (c *Client) expect(name string, want int) (reply, error) {
+	r, err := c.reply(name)
+	if err == nil && r.code != want {
+		err = &Error{Command: name, Err: r.err()}
+	}
+	return r, err
+}
+
+type reply struct {
+	code int
+	text string // lines joined by "\n", without the codes
+}
+
+func (r reply) err() *smtp.SMTPError { return ParseReply(r.code, r.text) }
+
+// reply reads one (possibly multiline) reply (RFC 5321 §4.2.1). A
+// malformed reply or a network error is an *Error without a reply.
+func (c *Client) reply(name string) (reply, error) {
+	code, text, err := c.r.ReadResponse(0) // 0: any code; the caller decides
+	if err != nil {
+		var pe *textproto.Error
+		if errors.As(err, &pe) {
+			return reply{}, &Error{Command: name, Err: ParseReply(pe.Code, pe.Msg)}
+		}
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return reply{}, &Error{Command: name, Err: err}
+	}
+	return reply{code: code, text: text}, nil
+}
+
+func durationOr(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}

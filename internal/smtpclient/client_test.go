@@ -1,0 +1,509 @@
+package smtpclient
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"relay365/internal/pki"
+)
+
+// The tests talk to a scripted server over real TCP and TLS: each test
+// writes the server's side of the dialogue, so it can check what arrives
+// and when (before or after a reply), which go-smtp's server hides.
+
+// peer is the server's end of one connection.
+type peer struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+	tls  *tls.Config
+}
+
+func (p *peer) send(lines ...string) {
+	p.t.Helper()
+	for _, l := range lines {
+		if _, err := io.WriteString(p.conn, l+"\r\n"); err != nil {
+			p.t.Errorf("server write %q: %v", l, err)
+		}
+	}
+}
+
+// line reads one command line; "" with an error at EOF or timeout.
+func (p *peer) line() (string, error) {
+	p.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	s, err := p.r.ReadString('\n')
+	return strings.TrimSuffix(s, "\r\n"), err
+}
+
+func (p *peer) expect(prefix string) string {
+	p.t.Helper()
+	l, err := p.line()
+	if err != nil || !strings.HasPrefix(l, prefix) {
+		p.t.Errorf("server: want %q, got %q (%v)", prefix, l, err)
+	}
+	return l
+}
+
+// handshake plays greeting, EHLO, STARTTLS and EHLO with ext offered in
+// TLS. It returns false when the client gave up.
+func (p *peer) handshake(ext ...string) bool {
+	p.t.Helper()
+	p.send("220 fake.test ESMTP")
+	p.expect("EHLO ")
+	p.send("250-fake.test Hello", "250-SIZE 1000000", "250 STARTTLS")
+	p.expect("STARTTLS")
+	p.send("220 2.0.0 SMTP server ready")
+	tc := tls.Server(p.conn, p.tls)
+	if err := tc.Handshake(); err != nil {
+		p.t.Errorf("server TLS handshake: %v", err)
+		return false
+	}
+	p.conn, p.r = tc, bufio.NewReader(tc)
+	p.expect("EHLO ")
+	lines := []string{"250-fake.test Hello"}
+	for _, e := range ext {
+		lines = append(lines, "250-"+e)
+	}
+	lines = append(lines, "250 SIZE 1000000")
+	p.send(lines...)
+	return true
+}
+
+// content reads the message content up to the lone dot.
+func (p *peer) content() (string, error) {
+	var b strings.Builder
+	for {
+		l, err := p.line()
+		if err != nil {
+			return b.String(), err
+		}
+		if l == "." {
+			return b.String(), nil
+		}
+		b.WriteString(l + "\n")
+	}
+}
+
+// serve starts a server running script on its first connection and
+// returns a connected client for it (nil if StartTLS failed, with the
+// error) and a wait for the script to end.
+func serve(t *testing.T, cfg Config, script func(p *peer)) (*Client, error, func()) {
+	t.Helper()
+	ca, err := pki.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Server("fake.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		conn, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			return
+		}
+		defer conn.Close()
+		script(&peer{t: t, conn: conn, r: bufio.NewReader(conn), tls: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	}()
+	wait := func() {
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the server script did not end")
+		}
+	}
+	t.Cleanup(func() { ln.Close() })
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS == nil {
+		cfg.TLS = &tls.Config{ServerName: "fake.test", RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}
+	}
+	c, err := StartTLS(context.Background(), conn, cfg)
+	if c != nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err, wait
+}
+
+const body = "Subject: hi\r\n\r\nline one\r\n.starts with a dot\r\n"
+
+func TestPipelinedTransactionIsOneGroup(t *testing.T) {
+	var group []string
+	var got string
+	c, err, wait := serve(t, Config{}, func(p *peer) {
+		if !p.handshake("PIPELINING", "8BITMIME") {
+			return
+		}
+		// No reply until DATA has arrived: a client that waits for the
+		// reply to MAIL never sends the rest, and the read times out.
+		for len(group) == 0 || group[len(group)-1] != "DATA" {
+			l, err := p.line()
+			if err != nil {
+				p.t.Errorf("server read the group %q, then: %v (the client waited for a reply)", group, err)
+				return
+			}
+			group = append(group, l)
+		}
+		p.send("250 2.1.0 Sender OK", "250 2.1.5 Recipient OK", "250 2.1.5 Recipient OK", "354 Start mail input; end with <CRLF>.<CRLF>")
+		got, _ = p.content()
+		p.send("250 2.0.0 OK <id@fake.test> [Hostname=fake]")
+		p.expect("QUIT")
+		p.send("221 2.0.0 Service closing transmission channel")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Pipelining() {
+		t.Fatal("PIPELINING offered but not seen")
+	}
+	if err := c.Send(context.Background(), "a@fake.test", []string{"b@fake.test", "c@fake.test"}, []byte(body)); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if err := c.Quit(context.Background()); err != nil {
+		t.Fatalf("quit: %v", err)
+	}
+	wait()
+	want := []string{"MAIL FROM:<a@fake.test> SIZE=45", "RCPT TO:<b@fake.test>", "RCPT TO:<c@fake.test>", "DATA"}
+	if strings.Join(group, "|") != strings.Join(want, "|") {
+		t.Errorf("group = %q, want %q", group, want)
+	}
+	// RFC 5321 §4.5.2: a line starting with a dot gets one more.
+	if wantBody := "Subject: hi\n\nline one\n..starts with a dot\n"; got != wantBody {
+		t.Errorf("content = %q, want %q", got, wantBody)
+	}
+}
+
+func TestLockstepWithoutPipelining(t *testing.T) {
+	var early []string
+	c, err, wait := serve(t, Config{}, func(p *peer) {
+		if !p.handshake() {
+			return
+		}
+		for _, reply := range []string{"250 2.1.0 OK", "250 2.1.5 OK", "354 go ahead"} {
+			l := p.expect("")
+			if p.r.Buffered() > 0 {
+				early = append(early, l)
+			}
+			p.send(reply)
+		}
+		p.content()
+		p.send("250 2.0.0 OK")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Pipelining() {
+		t.Fatal("PIPELINING not offered but used")
+	}
+	if err := c.Send(context.Background(), "a@fake.test", []string{"b@fake.test"}, []byte(body)); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	wait()
+	if len(early) > 0 {
+		t.Errorf("commands sent before the previous reply came, after %q", early)
+	}
+}
+
+func TestRefusedRecipientSendsNoContent(t *testing.T) {
+	var after []string
+	c, err, wait := serve(t, Config{}, func(p *peer) {
+		if !p.handshake("PIPELINING") {
+			return
+		}
+		for range 4 {
+			p.expect("")
+		}
+		// A server that accepts DATA although a recipient was refused
+		// (RFC 2920 §3.1 tells clients to expect it).
+		p.send("250 2.1.0 OK", "250 2.1.5 OK", "550 5.1.1 User unknown", "354 go ahead")
+		for {
+			l, err := p.line()
+			if err != nil {
+				return // the client closed: the transaction is void
+			}
+			after = append(after, l)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Send(context.Background(), "a@fake.test", []string{"b@fake.test", "nobody@fake.test"}, []byte(body))
+	var e *Error
+	if !errors.As(err, &e) || e.Command != "RCPT" || e.Reply() == nil || e.Reply().Code != 550 || e.Reply().EnhancedCode != (smtp.EnhancedCode{5, 1, 1}) {
+		t.Fatalf("err = %v, want the RCPT's 550 5.1.1", err)
+	}
+	wait()
+	if len(after) > 0 {
+		t.Errorf("content sent after a refused recipient: %q", after)
+	}
+}
+
+func TestRefusedMailThenRSETOpensTheNextGroup(t *testing.T) {
+	var second []string
+	c, err, wait := serve(t, Config{}, func(p *peer) {
+		if !p.handshake("PIPELINING") {
+			return
+		}
+		for range 3 {
+			p.expect("")
+		}
+		p.send("451 4.3.0 Temporary server error", "503 5.5.1 Need MAIL first", "503 5.5.1 No valid recipients")
+		for len(second) == 0 || second[len(second)-1] != "DATA" {
+			l, err := p.line()
+			if err != nil {
+				p.t.Errorf("second group: %v", err)
+				return
+			}
+			second = append(second, l)
+		}
+		p.send("250 2.0.0 Reset", "250 2.1.0 OK", "250 2.1.5 OK", "354 go ahead")
+		p.content()
+		p.send("250 2.0.0 OK")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Send(context.Background(), "a@fake.test", []string{"b@fake.test"}, []byte(body))
+	var e *Error
+	if !errors.As(err, &e) || e.Command != "MAIL" || e.Reply() == nil || e.Reply().Code != 451 || e.Reply().Message != "Temporary server error" {
+		t.Fatalf("err = %v, want MAIL's 451", err)
+	}
+	if err := c.Send(context.Background(), "a@fake.test", []string{"b@fake.test"}, []byte(body)); err != nil {
+		t.Fatalf("second send: %v", err)
+	}
+	wait()
+	if len(second) == 0 || second[0] != "RSET" {
+		t.Errorf("second group = %q, want RSET first", second)
+	}
+}
+
+func TestNoSTARTTLSNoAuth(t *testing.T) {
+	var after []string
+	_, err, wait := serve(t, Config{}, func(p *peer) {
+		p.send("220 fake.test ESMTP")
+		p.expect("EHLO ")
+		p.send("250-fake.test Hello", "250-AUTH XOAUTH2 PLAIN", "250 PIPELINING")
+		for {
+			l, err := p.line()
+			if err != nil {
+				return
+			}
+			after = append(after, l)
+		}
+	})
+	if !errors.Is(err, ErrNoStartTLS) {
+		t.Fatalf("err = %v, want ErrNoStartTLS", err)
+	}
+	wait()
+	if len(after) > 0 {
+		t.Errorf("sent to a server without STARTTLS: %q", after)
+	}
+}
+
+func TestUntrustedCertificateFailsBeforeAuth(t *testing.T) {
+	other, err := pki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err, wait := serve(t, Config{TLS: &tls.Config{ServerName: "fake.test", RootCAs: other.Pool}}, func(p *peer) {
+		p.send("220 fake.test ESMTP")
+		p.expect("EHLO ")
+		p.send("250-fake.test Hello", "250 STARTTLS")
+		p.expect("STARTTLS")
+		p.send("220 2.0.0 ready")
+		tls.Server(p.conn, p.tls).Handshake() // fails: the client refuses
+	})
+	var cv *tls.CertificateVerificationError
+	if !errors.As(err, &cv) {
+		t.Fatalf("err = %v, want a certificate verification error", err)
+	}
+	wait()
+}
+
+// challenger is a SASL client whose server answers with a challenge.
+type challenger struct{ next [][]byte }
+
+func (c *challenger) Start() (string, []byte, error) { return "XOAUTH2", []byte("user=a\x01\x01"), nil }
+func (c *challenger) Next(ch []byte) ([]byte, error) {
+	c.next = append(c.next, ch)
+	return []byte{}, nil
+}
+
+func TestAuthChallengeThenRefusal(t *testing.T) {
+	var lines []string
+	c, err, wait := serve(t, Config{}, func(p *peer) {
+		if !p.handshake("AUTH XOAUTH2") {
+			return
+		}
+		lines = append(lines, p.expect("AUTH XOAUTH2 "))
+		p.send("334 " + base64.StdEncoding.EncodeToString([]byte(`{"status":"401"}`)))
+		l, _ := p.line()
+		lines = append(lines, l)
+		p.send("535 5.7.3 Authentication unsuccessful")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &challenger{}
+	err = c.Auth(context.Background(), sc)
+	var e *Error
+	if !errors.As(err, &e) || e.Command != "AUTH" || e.Reply() == nil || e.Reply().Code != 535 || e.Reply().EnhancedCode != (smtp.EnhancedCode{5, 7, 3}) {
+		t.Fatalf("err = %v, want AUTH's 535 5.7.3", err)
+	}
+	wait()
+	if want := "AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user=a\x01\x01")); len(lines) != 2 || lines[0] != want || lines[1] != "" {
+		t.Errorf("client lines = %q, want the initial response, then an empty line", lines)
+	}
+	if len(sc.next) != 1 || string(sc.next[0]) != `{"status":"401"}` {
+		t.Errorf("challenges = %q", sc.next)
+	}
+}
+
+func TestNotSendableLocally(t *testing.T) {
+	tests := []struct {
+		name  string
+		ext   []string
+		from  string
+		rcpts []string
+		data  string
+		mail  string // the MAIL line when sendable
+	}{
+		{"non-ASCII address without SMTPUTF8", []string{"PIPELINING"}, "jörg@fake.test", []string{"b@fake.test"}, body, ""},
+		{"non-ASCII address with SMTPUTF8", []string{"PIPELINING", "SMTPUTF8"}, "jörg@fake.test", []string{"b@fake.test"}, body, "MAIL FROM:<jörg@fake.test> SIZE=45 SMTPUTF8"},
+		{"8-bit content without 8BITMIME", []string{"PIPELINING"}, "a@fake.test", []string{"b@fake.test"}, "Subject: é\r\n\r\n", ""},
+		{"8-bit content with 8BITMIME", []string{"PIPELINING", "8BITMIME"}, "a@fake.test", []string{"b@fake.test"}, "Subject: é\r\n\r\n", "MAIL FROM:<a@fake.test> SIZE=15 BODY=8BITMIME"},
+		{"line break in an address", []string{"PIPELINING"}, "a@fake.test", []string{"b@fake.test>\r\nDATA"}, body, ""},
+		{"no recipient", []string{"PIPELINING"}, "a@fake.test", nil, body, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got string
+			c, err, wait := serve(t, Config{}, func(p *peer) {
+				if !p.handshake(tt.ext...) {
+					return
+				}
+				l, err := p.line()
+				if err != nil {
+					return // nothing sent, the client closed
+				}
+				got = l
+				for range len(tt.rcpts) + 1 {
+					p.expect("")
+				}
+				p.send("250 OK")
+				for range tt.rcpts {
+					p.send("250 OK")
+				}
+				p.send("354 go ahead")
+				p.content()
+				p.send("250 OK")
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Send(context.Background(), tt.from, tt.rcpts, []byte(tt.data))
+			c.Close()
+			wait()
+			if tt.mail == "" {
+				if !errors.Is(err, ErrNotSendable) || got != "" {
+					t.Errorf("err = %v, server got %q; want ErrNotSendable and nothing sent", err, got)
+				}
+				return
+			}
+			if err != nil || got != tt.mail {
+				t.Errorf("err = %v, MAIL = %q; want %q", err, got, tt.mail)
+			}
+		})
+	}
+}
+
+func TestServerSilence(t *testing.T) {
+	t.Run("command timeout", func(t *testing.T) {
+		c, err, wait := serve(t, Config{CommandTimeout: 200 * time.Millisecond}, func(p *peer) {
+			if p.handshake("PIPELINING") {
+				p.line() // MAIL, never answered; then EOF when the client gives up
+				for _, err := p.line(); err == nil; _, err = p.line() {
+				}
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Send(context.Background(), "a@fake.test", []string{"b@fake.test"}, []byte(body))
+		var ne net.Error
+		var e *Error
+		if !errors.As(err, &ne) || !ne.Timeout() || !errors.As(err, &e) || e.Command != "MAIL" || e.Reply() != nil {
+			t.Fatalf("err = %v, want a timeout at MAIL without a reply", err)
+		}
+		c.Close()
+		wait()
+	})
+	t.Run("cancelled context", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		c, err, wait := serve(t, Config{}, func(p *peer) {
+			if p.handshake("PIPELINING") {
+				p.line()
+				cancel() // instead of a reply
+				for _, err := p.line(); err == nil; _, err = p.line() {
+				}
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Send(ctx, "a@fake.test", []string{"b@fake.test"}, []byte(body))
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+		wait()
+	})
+}
+
+func TestConnectionLostBeforeRepliesIsNoReply(t *testing.T) {
+	// An idle connection the server gave up on: it says 421 and closes
+	// while the client's group is on its way.
+	c, err, wait := serve(t, Config{}, func(p *peer) {
+		if p.handshake("PIPELINING") {
+			p.send("421 4.4.2 fake.test Connection dropped due to timeout")
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait()
+	err = c.Send(context.Background(), "a@fake.test", []string{"b@fake.test"}, []byte(body))
+	var e *Error
+	if !errors.As(err, &e) || e.Command == "message" {
+		t.Fatalf("err = %v, want a failure before the content", err)
+	}
+	if r := e.Reply(); r != nil && r.Code != 421 {
+		t.Fatalf("reply = %v, want 421 or none", r)
+	}
+}
+
+func ExampleParseReply() {
+	e := ParseReply(535, "5.7.3 Authentication unsuccessful [SN4PR0601CA0003.namprd06.prod.outlook.com]")
+	fmt.Println(e.Code, e.EnhancedCode, e.Message)
+	// Output: 535 [5 7 3] Authentication unsuccessful [SN4PR0601CA0003.namprd06.prod.outlook.com]
+}

@@ -1,0 +1,67 @@
+package smtpclient
+
+import (
+	"strings"
+
+	"github.com/emersion/go-smtp"
+)
+
+// ParseReply turns a reply's code and text (lines joined by "\n", codes
+// removed) into an *smtp.SMTPError, taking the enhanced status code off the
+// front of the text where there is one (RFC 2034 §4: "5.7.3 Authentication
+// unsuccessful"). RFC 2034 puts the code on every line of a multiline
+// reply; the repeats are removed from the message too.
+func ParseReply(code int, text string) *smtp.SMTPError {
+	e := &smtp.SMTPError{Code: code, Message: text}
+	first, rest, _ := strings.Cut(text, " ")
+	ec, ok := parseEnhanced(first)
+	if !ok {
+		return e
+	}
+	e.EnhancedCode = ec
+	e.Message = strings.ReplaceAll(rest, "\n"+first+" ", "\n")
+	return e
+}
+
+// parseEnhanced parses "class.subject.detail" (RFC 3463 §2): class 2, 4 or
+// 5, subject and detail of one to three digits.
+func parseEnhanced(s string) (smtp.EnhancedCode, bool) {
+	var ec smtp.EnhancedCode
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return ec, false
+	}
+	for i, p := range parts {
+		if len(p) < 1 || len(p) > 3 || (i == 0 && len(p) != 1) {
+			return ec, false
+		}
+		n := 0
+		for _, d := range []byte(p) {
+			if d < '0' || d > '9' {
+				return ec, false
+			}
+			n = n*10 + int(d-'0')
+		}
+		ec[i] = n
+	}
+	if c := ec[0]; c != 2 && c != 4 && c != 5 {
+		return ec, false
+	}
+	return ec, true
+}
+
+// ParseEHLO reads the text of a 250 reply to EHLO (RFC 5321 §4.1.1.1): the
+// first line greets, each further line is a keyword and its parameters.
+// Keywords are returned in upper case (they are case-insensitive).
+func ParseEHLO(text string) map[string]string {
+	ext := map[string]string{}
+	lines := strings.Split(text, "\n")
+	for _, line := range lines[1:] {
+		kw, params, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if kw == "" {
+			continue
+		}
+		ext[strings.ToUpper(kw)] = strings.TrimSpace(params)
+	}
+	return ext
+}
