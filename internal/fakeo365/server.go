@@ -32,6 +32,7 @@ type Config struct {
 	PerDay             int              // recipients per mailbox per rolling 24h; default 10000, negative = off
 	MaxConns           int              // concurrent authenticated SMTP connections per mailbox; default 3, negative = off
 	MaxRecipients      int              // RCPT TO per message before 452 4.5.3; default 500, negative = off
+	IdleTimeout        time.Duration    // an SMTP session silent this long gets "421 4.4.2" and is closed; default 2m
 	MailDir            string           // if set, each accepted message is also written as <MailDir>/<unix-nanos>-<n>.eml
 	Now                func() time.Time // clock for token expiry, refresh idle, device codes and pacing; default time.Now
 	Hostname           string           // SMTP host name in replies and the certificate; default "fake.outlook.office365.test"
@@ -81,6 +82,7 @@ func (c Config) withDefaults() Config {
 	}
 	setDuration(&c.AccessTTL, defaultAccessTTL)
 	setDuration(&c.RefreshIdle, defaultRefreshIdle)
+	setDuration(&c.IdleTimeout, smtpIOTimeout)
 	setDuration(&c.DeviceCodeTTL, defaultDeviceCodeTTL)
 	setDuration(&c.AuthCodeTTL, defaultAuthCodeTTL)
 	c.DeviceCodeTTL = max(c.DeviceCodeTTL.Truncate(time.Second), time.Second)

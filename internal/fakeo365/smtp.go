@@ -161,7 +161,7 @@ func (s *Server) newSMTPServer(creds *tlsCredentials) *smtp.Server {
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.EnableBINARYMIME = true
-	srv.ReadTimeout = smtpIOTimeout
+	srv.ReadTimeout = s.cfg.IdleTimeout // go-smtp answers a silent client "421 4.4.2" and closes
 	srv.WriteTimeout = smtpIOTimeout
 	srv.ErrorLog = logWriter{s.log}
 	return srv

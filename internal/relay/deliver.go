@@ -122,13 +122,11 @@ func (l *lane) transaction(a *attempt, acct account.Account, r *message.Rendered
 		return err
 	}
 	ctx := l.e.sendCtx
-	s, err := l.session(ctx, a.log)
-	if err != nil {
+	tried, err := l.send(ctx, a.log, r.MailFrom, rcpts, r.Data)
+	if !tried {
 		l.release(t, a.log)
 		return err
 	}
-	err = s.Send(ctx, r.MailFrom, rcpts, r.Data)
-	l.pool.put(s)
 	if err == nil && batch == batches-1 {
 		// The last batch is accepted and its session is back in the pool:
 		// the slot may carry the next message while the bookkeeping below
@@ -194,6 +192,28 @@ func (l *lane) reserve(acct account.Account, rcpts int) (Ticket, error) {
 func (l *lane) release(t Ticket, log zerolog.Logger) {
 	if err := l.e.pacer.Release(l.e.sendCtx, t); err != nil {
 		log.Warn().Err(err).Msg("pacing reservation not given back; it counts until it ages out")
+	}
+}
+
+// send runs one transaction on a pooled session and puts the session back;
+// tried is false when no session could be had (nothing was sent). A reused
+// session found dead before the server took any of the transaction (closed
+// while idle, or 421 as Office 365 closes idle sessions) costs no retry
+// delay: the transaction runs once more on a new session.
+func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, data []byte) (tried bool, err error) {
+	for try := 0; ; try++ {
+		s, err := l.session(ctx, log)
+		if err != nil {
+			return false, err // the first try's failure, if any, sent nothing either
+		}
+		err = s.Send(ctx, from, rcpts, data)
+		again := try == 0 && notStarted(s, err)
+		l.pool.put(s)
+		if again {
+			log.Debug().Err(err).Msg("pooled session was closed while idle; sending on a new one")
+			continue
+		}
+		return true, err
 	}
 }
 

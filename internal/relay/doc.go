@@ -37,15 +37,19 @@
 //
 // STARTTLS is mandatory (TLS 1.2 or newer, system roots plus the account's
 // CA file): a server that does not offer it gets no AUTH and no mail. A
-// session authenticates once with XOAUTH2 and then carries many messages,
-// with RSET before each reuse (it also proves the connection is alive). A
-// session is never reused with another token than the one it
-// authenticated with — a refreshed token means a new session — and is
-// rebuilt after any error that leaves it in doubt (network errors, 421,
-// 530, 432). Idle sessions close after IdleTimeout. The server's
-// PIPELINING is recorded but commands go one at a time: go-smtp's client
-// does not pipeline, and at 30 messages a minute per mailbox the round
-// trips cost nothing that matters; we do not hand-roll RFC 2920.
+// session authenticates once with XOAUTH2 and then carries many messages.
+// Transactions are pipelined when the server offers PIPELINING, as Office
+// 365 does (package smtpclient): MAIL, every RCPT and DATA in one write,
+// then the content, so a message costs two round trips; a failed
+// transaction leaves the session dirty and the next group starts with RSET.
+// An idle session is reused without a liveness round trip: if Office 365
+// closed it meanwhile (421 4.4.2, or the connection is simply gone), the
+// next transaction fails before the server took any of it, and lane.send
+// runs it once more on a new session — no retry delay, no copy. A session
+// is never reused with another token than the one it authenticated with —
+// a refreshed token means a new session — and is rebuilt after any error
+// that leaves it in doubt (network errors, 421, 530, 432). Idle sessions
+// close after IdleTimeout.
 //
 // # Pacing
 //

@@ -54,6 +54,41 @@ func TestSessionsArePooledAndReauthenticated(t *testing.T) {
 	}
 }
 
+func TestIdleClosedSessionIsReplacedWithoutRetry(t *testing.T) {
+	// Office 365 closes a silent session ("421 4.4.2 ... timeout"); the
+	// pool still holds it. The next message finds it dead before the
+	// server took any of it and goes at once on a new session: no retry,
+	// no delay, no second copy. The pool keeps sessions for a minute,
+	// the fake only for half a second.
+	h := newHarness(t, setup{
+		fake:   fakeo365.Config{IdleTimeout: 500 * time.Millisecond},
+		engine: relay.Config{IdleTimeout: time.Minute},
+	})
+	h.enroll("idle", "idle@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.publish("idle", "idle-1", "first")
+	h.waitFor("the first message", func() bool { return h.delivered()["first"] == 1 })
+	h.waitFor("the fake to close the idle session", func() bool { return h.fake.OpenConns() == 0 })
+	if s := h.lane("idle").Sessions; s != 1 {
+		t.Fatalf("the pool holds %d sessions, want the 1 the fake closed", s)
+	}
+	before := h.fake.Connections()
+	h.publish("idle", "idle-2", "second")
+	h.waitFor("the second message", func() bool { return h.delivered()["second"] == 1 })
+	if n := h.outcome("idle", "retried"); n != 0 {
+		t.Fatalf("%v retries, want none: a dead pooled session is replaced at once", n)
+	}
+	if n := h.fake.Connections() - before; n != 1 {
+		t.Fatalf("%d new connections for the second message, want 1", n)
+	}
+	if d := h.delivered(); len(d) != 2 || d["first"] != 1 || d["second"] != 1 {
+		t.Fatalf("delivered %v, want each message once", d)
+	}
+	// The fake offers PIPELINING, as Office 365 does, and the sessions use it.
+	if !strings.Contains(h.logs.String(), `"pipelining":true`) {
+		t.Fatal("sessions did not pipeline against a server offering PIPELINING")
+	}
+}
+
 func TestRedeliveredSentMessageIsAckedNotSent(t *testing.T) {
 	h := newHarness(t, setup{})
 	h.enroll("once", "once@contoso.com", "contoso.onmicrosoft.com", nil)

@@ -10,6 +10,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relay365/internal/message"
+	"relay365/internal/smtpclient"
 	"relay365/internal/token"
 )
 
@@ -87,7 +88,7 @@ func (c Class) probe() probe {
 // SMTPError is a failed SMTP exchange: the reply (or the network error
 // where there was no reply), the stage it happened in, and its class.
 type SMTPError struct {
-	Stage    string // dial, tls, auth, rset, mail, rcpt, data
+	Stage    string // dial, tls, auth, rset, mail, rcpt, data, message (the content and the reply to its end)
 	Code     int    // 0 when there was no reply
 	Enhanced string // "5.7.3", "" when absent
 	Text     string
@@ -118,7 +119,8 @@ func (e *SMTPError) Reply() string {
 // Temporary reports whether the message may still go later.
 func (e *SMTPError) Temporary() bool { return e.Class.Action() != ActionDeadLetter }
 
-// classifySMTP turns what go-smtp returned at stage into an *SMTPError.
+// classifySMTP turns what the SMTP client returned into an *SMTPError; the
+// stage is the failed command's unless the caller names one (dial, tls).
 func classifySMTP(stage string, err error) *SMTPError {
 	if err == nil {
 		return nil
@@ -127,9 +129,23 @@ func classifySMTP(stage string, err error) *SMTPError {
 	if errors.As(err, &already) {
 		return already
 	}
+	var ce *smtpclient.Error
+	if errors.As(err, &ce) {
+		if stage == "" {
+			stage = strings.ToLower(ce.Command)
+		}
+		err = ce.Err
+	}
 	e := &SMTPError{Stage: stage, Err: err, Class: ClassTransient}
 	var cv *tls.CertificateVerificationError
-	if errors.As(err, &cv) {
+	switch {
+	case errors.Is(err, smtpclient.ErrNoStartTLS):
+		e.Class = ClassConfig // never AUTH in plaintext: pause until fixed
+		return e
+	case errors.Is(err, smtpclient.ErrNotSendable):
+		e.Class = ClassMessage // this message, as it is, can never go
+		return e
+	case errors.As(err, &cv):
 		// An untrusted, expired or mismatched certificate does not heal
 		// by retrying the message: the account pauses until it is fixed
 		// (or the interception ends). Verification is never skipped.

@@ -71,7 +71,7 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 	}
 	l.pool = newPool(e.tr, e.cfg.IdleTimeout, func(s *Session) {
 		e.metrics.connections.WithLabelValues(a.Alias).Inc()
-		l.log.Debug().Bool("pipelining_offered", s.pipelining).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
+		l.log.Debug().Bool("pipelining", s.Pipelining()).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
 	})
 	e.metrics.setPaused(a.Alias, "")
 	l.setAccount(a)

@@ -13,7 +13,10 @@ var errPoolClosed = errors.New("session pool closed")
 // pool keeps one account's SMTP sessions. The lane bounds how many are in
 // use (at most its concurrency limit, Office 365's 3 by default); the pool
 // keeps the idle ones, most recently used first, and:
-//   - reuses an idle session after RSET (which also proves it is alive),
+//   - reuses an idle session as it is: no RSET round trip first (a
+//     failed transaction's RSET opens the next pipelined group); a
+//     session found dead by its next transaction before the server took
+//     any of it is replaced and the transaction run again (lane.send),
 //   - opens a new one (STARTTLS + AUTH) when none is idle,
 //   - never reuses a session authenticated with another token than the
 //     current one (XOAUTH2 cannot re-authenticate a session, RFC 4954 §4),
@@ -71,7 +74,8 @@ func (p *pool) get(ctx context.Context, token string) (*Session, error) {
 			p.free = p.free[:n-1]
 			fits := s.token == token && s.ep == p.ep && s.user == p.user && time.Since(s.lastUsed) < p.idle
 			p.mu.Unlock()
-			if fits && s.Reset(ctx) == nil {
+			if fits {
+				s.reused = true
 				return s, nil
 			}
 			p.discard(s)

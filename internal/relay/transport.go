@@ -8,14 +8,12 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"relay365/internal/message"
+	"relay365/internal/smtpclient"
 )
 
 // Endpoint is where and how an account's mail is submitted.
@@ -56,14 +54,13 @@ func (t *Transport) Send(ctx context.Context, ep Endpoint, user, token string, r
 // authenticated with (never printed), so a pool can tell a session opened
 // with a token that has since been replaced.
 type Session struct {
-	c          *smtp.Client
-	ep         Endpoint
-	user       string
-	token      string
-	pipelining bool        // the server offered PIPELINING (RFC 2920)
-	lastUsed   time.Time   // for idle close
-	dirty      bool        // a transaction failed: RSET before the next (RFC 5321 §4.1.1.5)
-	broken     atomic.Bool // the connection can no longer be trusted
+	c        *smtpclient.Client
+	ep       Endpoint
+	user     string
+	token    string
+	lastUsed time.Time   // for idle close
+	reused   bool        // carried a transaction before (set by the pool)
+	broken   atomic.Bool // the connection can no longer be trusted
 }
 
 // Dial connects, upgrades with STARTTLS and authenticates with XOAUTH2.
@@ -75,74 +72,33 @@ func (t *Transport) Dial(ctx context.Context, ep Endpoint, user, token string) (
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	if err := c.Auth(NewXOAUTH2(user, token)); err != nil {
+	if err := c.Auth(ctx, NewXOAUTH2(user, token)); err != nil {
 		c.Close()
 		return nil, classifySMTP("auth", err)
 	}
-	// go-smtp's client sends one command at a time; PIPELINING is recorded
-	// for /status and logs, not used (see the package documentation).
-	pipelining, _ := c.Extension("PIPELINING")
-	return &Session{c: c, ep: ep, user: user, token: token, pipelining: pipelining, lastUsed: time.Now()}, nil
+	return &Session{c: c, ep: ep, user: user, token: token, lastUsed: time.Now()}, nil
 }
+
+// Pipelining reports whether the session pipelines its transactions (the
+// server offered PIPELINING, RFC 2920).
+func (s *Session) Pipelining() bool { return s.c.Pipelining() }
 
 // Send runs one mail transaction (RFC 5321 §3.3): MAIL, RCPT for each
-// recipient, DATA. On a reused session a failed previous transaction is
-// cleared with RSET first. A cancelled ctx closes the connection. Errors
-// are *SMTPError; after one, Reusable says whether the session may serve
-// another message.
-func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []byte) (err error) {
-	stop := context.AfterFunc(ctx, func() { s.broken.Store(true); s.c.Close() })
-	defer stop()
-	defer func() {
-		s.lastUsed = time.Now()
-		if err != nil {
-			s.dirty = true
-			if !keepSession(err) {
-				s.broken.Store(true)
-			}
-		}
-	}()
-	if s.dirty {
-		if err := s.c.Reset(); err != nil {
-			return classifySMTP("rset", err)
-		}
-		s.dirty = false
+// recipient, DATA, pipelined when the server offers it (smtpclient). After
+// a failed transaction the next one starts with RSET. A cancelled ctx
+// closes the connection. Errors are *SMTPError; after one, Reusable says
+// whether the session may serve another message.
+func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []byte) error {
+	err := s.c.Send(ctx, from, rcpts, data)
+	s.lastUsed = time.Now()
+	if err == nil {
+		return nil
 	}
-	if err := s.c.Mail(from, nil); err != nil {
-		return classifySMTP("mail", err)
-	}
-	for _, rcpt := range rcpts {
-		if err := s.c.Rcpt(rcpt, nil); err != nil {
-			return classifySMTP("rcpt", err)
-		}
-	}
-	w, err := s.c.Data()
-	if err != nil {
-		return classifySMTP("data", err)
-	}
-	if _, err := w.Write(data); err != nil {
-		return classifySMTP("data", err)
-	}
-	if _, err := w.CloseWithResponse(); err != nil {
-		return classifySMTP("data", err)
-	}
-	return nil
-}
-
-// Reset sends RSET on an idle session before it is reused: it clears any
-// transaction state and proves the connection is still alive, before a
-// message is committed to it.
-func (s *Session) Reset(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { s.broken.Store(true); s.c.Close() })
-	defer stop()
-	if err := s.c.Reset(); err != nil {
+	se := classifySMTP("", err)
+	if !keepSession(se) {
 		s.broken.Store(true)
-		return classifySMTP("rset", err)
 	}
-	s.dirty = false
-	return nil
+	return se
 }
 
 // Reusable reports whether the session may carry another message.
@@ -154,28 +110,17 @@ func (s *Session) Close() {
 		s.c.Close()
 		return
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if s.c.Quit() != nil {
-			s.c.Close()
-		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(quitTimeout):
-		s.c.Close()
-		<-done
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), quitTimeout)
+	defer cancel()
+	s.c.Quit(ctx)
 }
 
 // keepSession: after a reply that refuses only this message the connection
 // is fine (RSET clears it); after a network error, a 421 (the server closes,
 // RFC 5321 §3.8), or a reply about the session, authentication or the
 // connection count, it is not.
-func keepSession(err error) bool {
-	var se *SMTPError
-	if !errors.As(err, &se) || se.Code == 0 || se.Code == 421 {
+func keepSession(se *SMTPError) bool {
+	if se.Code == 0 || se.Code == 421 {
 		return false
 	}
 	switch se.Class {
@@ -185,7 +130,16 @@ func keepSession(err error) bool {
 	return true
 }
 
-func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtp.Client, error) {
+// notStarted reports whether a transaction failed on a reused session
+// before the server took any of it: the connection was lost (or closed
+// with 421, as Office 365 does to idle sessions) before the content was
+// sent, so the message can go at once on a new session.
+func notStarted(s *Session, err error) bool {
+	var se *SMTPError
+	return s.reused && errors.As(err, &se) && se.Stage != "message" && (se.Code == 0 || se.Code == 421)
+}
+
+func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtpclient.Client, error) {
 	host, _, err := net.SplitHostPort(ep.Addr)
 	if err != nil {
 		return nil, &SMTPError{Stage: "dial", Class: ClassConfig, Err: fmt.Errorf("smtp address %q: %w", ep.Addr, err)}
@@ -199,33 +153,17 @@ func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtp.Client, error)
 	if err != nil {
 		return nil, classifySMTP("dial", err)
 	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	// NewClientStartTLS reads the greeting, sends EHLO, fails unless
-	// STARTTLS is offered, and upgrades. The deadline bounds all of it.
-	conn.SetDeadline(time.Now().Add(durationOr(t.CommandTimeout, 60*time.Second)))
-	c, err := smtp.NewClientStartTLS(conn, tlsConf)
+	// Greeting, EHLO, STARTTLS, the TLS handshake and EHLO again: a
+	// certificate problem is reported here, before any AUTH.
+	c, err := smtpclient.StartTLS(ctx, conn, smtpclient.Config{
+		LocalName:      t.LocalName,
+		TLS:            tlsConf,
+		CommandTimeout: t.CommandTimeout,
+		DataTimeout:    t.DataTimeout,
+	})
 	if err != nil {
-		conn.Close()
-		if strings.Contains(err.Error(), "support STARTTLS") {
-			// go-smtp's own words for a server without STARTTLS.
-			return nil, &SMTPError{Stage: "tls", Class: ClassConfig, Err: errors.New("server does not offer STARTTLS; refusing to authenticate in plaintext")}
-		}
 		return nil, classifySMTP("tls", err)
 	}
-	// EHLO again, now inside TLS (RFC 3207 §4.2): this runs the handshake,
-	// so a certificate problem is reported here, before any AUTH.
-	name := t.LocalName
-	if name == "" {
-		name = "localhost"
-	}
-	if err := c.Hello(name); err != nil {
-		c.Close()
-		return nil, classifySMTP("tls", err)
-	}
-	conn.SetDeadline(time.Time{})
-	c.CommandTimeout = durationOr(t.CommandTimeout, 60*time.Second)
-	c.SubmissionTimeout = durationOr(t.DataTimeout, 5*time.Minute)
 	return c, nil
 }
 
