@@ -64,7 +64,7 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 // memoryLimitFlag registers --memory-limit (every long-running command).
 func memoryLimitFlag(fs *flag.FlagSet, l *memlimit.Limit) {
 	*l = memlimit.Default
-	fs.Var(l, "memory-limit", "soft memory limit of this process, as GOMEMLIMIT (e.g. 64MiB, 1GiB, off); GOMEMLIMIT wins when set")
+	fs.Var(l, "memory-limit", "soft memory limit of this process: a `SIZE` as in GOMEMLIMIT (64MiB, 1GiB) or off; GOMEMLIMIT wins when set")
 }
 
 // applyMemoryLimit sets the process's soft memory limit (memlimit.Apply)
