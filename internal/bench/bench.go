@@ -48,6 +48,7 @@ import (
 	"syscall"
 	"time"
 
+	"relay365/internal/memlimit"
 	"relay365/internal/queue"
 )
 
@@ -63,6 +64,10 @@ type Config struct {
 	Dir      string   // where the temporary directory goes; default os.TempDir()
 	// Timeout bounds one run (ceiling, relay or latency); default 10m.
 	Timeout time.Duration
+	// MemoryLimit is the process's soft memory limit (--memory-limit;
+	// default memlimit.Default), applied by the command before Run: the
+	// peak RSS figure depends on it.
+	MemoryLimit memlimit.Limit
 }
 
 // Limits of the flags.
@@ -97,6 +102,9 @@ func (c *Config) Defaults() {
 	if c.Timeout <= 0 {
 		c.Timeout = 10 * time.Minute
 	}
+	if c.MemoryLimit == 0 {
+		c.MemoryLimit = memlimit.Default
+	}
 }
 
 // Validate says what to fix in a bad configuration. Zero values other than
@@ -124,6 +132,9 @@ func (c *Config) Validate() error {
 		if _, _, err := queue.ParseSync(s); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := c.MemoryLimit.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

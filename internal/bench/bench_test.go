@@ -82,6 +82,7 @@ func TestValidate(t *testing.T) {
 		{"size", func(c *Config) { c.Size = 100 }, "--size 100"},
 		{"rate", func(c *Config) { c.Rate = -3 }, "--rate -3"},
 		{"sync", func(c *Config) { c.Sync = []string{"sometimes"} }, `"sometimes"`},
+		{"memory limit", func(c *Config) { c.MemoryLimit = 8 << 20 }, "--memory-limit 8MiB"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -50,6 +50,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/clock"
+	"relay365/internal/memlimit"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/token"
@@ -78,7 +79,12 @@ type Config struct {
 	MaxAckPending int                  // per account; default 1000
 	RefreshMargin time.Duration        // refresh access tokens this long before expiry; default 5m
 	ShutdownGrace time.Duration        // default 30s
-	Retry, Pause  relay.Backoff        // default relay.DefaultRetry, relay.DefaultPause
+	// MemoryLimit is the process's soft memory limit (--memory-limit;
+	// default memlimit.Default). The command applies it before Start
+	// (memlimit.Apply): it is process-wide, and Start also runs inside
+	// tests, the sandbox and the bench, which must not get it.
+	MemoryLimit  memlimit.Limit
+	Retry, Pause relay.Backoff // default relay.DefaultRetry, relay.DefaultPause
 
 	// Extra HTTP handlers (the sandbox adds /sandbox/messages).
 	Extra map[string]http.Handler
@@ -152,6 +158,9 @@ func (c *Config) Defaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 30 * time.Second
 	}
+	if c.MemoryLimit == 0 {
+		c.MemoryLimit = memlimit.Default
+	}
 }
 
 // Validate says what to fix, one problem per error.
@@ -202,6 +211,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RefreshMargin < time.Minute || c.RefreshMargin > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("--refresh-margin %s: want 1m to 30m (access tokens live 60-90 minutes)", c.RefreshMargin))
+	}
+	if err := c.MemoryLimit.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

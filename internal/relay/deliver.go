@@ -89,38 +89,80 @@ func (l *lane) deliver(a *attempt) error {
 		return err
 	}
 	batches := r.Batches(batchSize(acct))
-	var todo []int
-	for i := range batches {
-		sent, err := l.e.sent.Sent(l.e.sendCtx, l.alias, a.id, i)
-		if err != nil {
-			return err
-		}
-		if !sent {
-			todo = append(todo, i)
-		}
+	todo, first, err := l.lookupAndReserve(a, acct, batches)
+	if err != nil {
+		return err
 	}
 	if len(todo) == 0 {
 		a.duplicate = true
 		return nil
 	}
-	for _, i := range todo {
+	for k, i := range todo {
+		t := first
+		if k > 0 {
+			if t, err = l.reserve(l.ctx, acct, len(batches[i])); err != nil {
+				return err
+			}
+		}
 		if l.ctx.Err() != nil {
+			l.release(t, a.log)
 			return errStopping // batches sent so far are marked
 		}
-		if err := l.transaction(a, acct, r, i, len(batches), batches[i]); err != nil {
+		if err := l.transaction(a, r, i, len(batches), batches[i], t); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// transaction sends one recipient batch: pace, session, MAIL/RCPT/DATA,
-// then the idempotency marker right after the 250.
-func (l *lane) transaction(a *attempt, acct account.Account, r *message.Rendered, batch, batches int, rcpts []string) error {
-	t, err := l.reserve(acct, len(rcpts))
-	if err != nil {
-		return err
+// lookupAndReserve checks the idempotency markers of every batch and
+// reserves the pacing of the first batch not yet sent. The two are
+// independent round trips (a KV read, a KV write), so they go side by
+// side: the reservation is made for batch 0, which is the first unsent
+// one for every message but a redelivered, partly sent one. If the
+// markers say batch 0 was sent, the reservation is cancelled or given
+// back and the first unsent batch reserves on its own. The markers are
+// still read before any batch is sent, and a reservation still precedes
+// every transaction. It returns the unsent batches and the first one's
+// reservation (zero when there is nothing to send).
+func (l *lane) lookupAndReserve(a *attempt, acct account.Account, batches [][]string) ([]int, Ticket, error) {
+	type reservation struct {
+		t   Ticket
+		err error
 	}
+	if len(batches) == 0 { // Validate refuses it; nothing is acked unsent
+		return nil, Ticket{}, &message.Invalid{Field: "to", Reason: "no recipients"}
+	}
+	rctx, cancel := context.WithCancel(l.ctx)
+	defer cancel()
+	reserved := make(chan reservation, 1)
+	go func() {
+		t, err := l.reserve(rctx, acct, len(batches[0]))
+		reserved <- reservation{t, err}
+	}()
+	todo, err := l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, len(batches))
+	useFirst := err == nil && len(todo) > 0 && todo[0] == 0
+	if !useFirst {
+		cancel() // a pacing wait need not run out
+	}
+	res := <-reserved
+	if useFirst {
+		return todo, res.t, res.err
+	}
+	if res.err == nil {
+		l.release(res.t, a.log)
+	}
+	if err != nil || len(todo) == 0 {
+		return todo, Ticket{}, err
+	}
+	t, err := l.reserve(l.ctx, acct, len(batches[todo[0]]))
+	return todo, t, err
+}
+
+// transaction sends one recipient batch, its pacing reserved (t):
+// session, MAIL/RCPT/DATA, then the idempotency marker right after the
+// 250.
+func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, rcpts []string, t Ticket) error {
 	ctx := l.e.sendCtx
 	tried, err := l.send(ctx, a.log, r.MailFrom, rcpts, r.Data)
 	if !tried {
@@ -167,22 +209,24 @@ func (l *lane) transaction(a *attempt, acct account.Account, r *message.Rendered
 // reserve waits for the pacer (holding the message, heartbeats running)
 // when the wait is short; a longer one pauses the account instead.
 // The time waited (on the engine's clock) is relay_pacing_wait_seconds.
-func (l *lane) reserve(acct account.Account, rcpts int) (Ticket, error) {
+func (l *lane) reserve(ctx context.Context, acct account.Account, rcpts int) (Ticket, error) {
 	var waited time.Duration
 	for {
-		t, wait, err := l.e.pacer.Reserve(l.ctx, acct.Mailbox, rcpts, limits(acct))
+		t, wait, err := l.e.pacer.Reserve(ctx, acct.Mailbox, rcpts, limits(acct))
 		switch {
-		case l.ctx.Err() != nil:
+		case err == nil && wait == 0:
+			// Returned even if ctx has just ended: the reservation is
+			// written, and the caller gives it back.
+			l.e.metrics.pacingWait.WithLabelValues(l.alias).Observe(waited.Seconds())
+			return t, nil
+		case ctx.Err() != nil:
 			return Ticket{}, errStopping
 		case err != nil:
 			return Ticket{}, err
-		case wait == 0:
-			l.e.metrics.pacingWait.WithLabelValues(l.alias).Observe(waited.Seconds())
-			return t, nil
 		case wait > maxHold:
 			return Ticket{}, &PaceError{Wait: wait, Reason: fmt.Sprintf("%d recipients do not fit the mailbox's remaining daily budget", rcpts)}
 		}
-		if !sleepOn(l.ctx, l.e.clock, wait, nil) {
+		if !sleepOn(ctx, l.e.clock, wait, nil) {
 			return Ticket{}, errStopping
 		}
 		waited += wait

@@ -111,7 +111,11 @@
 // account, the message id and the batch); before each transaction the
 // marker is checked. A redelivered message whose batches are all marked is
 // acked without sending (outcome "duplicate"); a partly sent one sends
-// only the rest. The message id is the producer's id (kept across dead
+// only the rest. The lookups of all of a message's batches go out
+// together, beside the first batch's pacing reservation (a read and a
+// write that do not depend on each other, so one round trip instead of
+// two); when the markers show that batch already sent, the reservation is
+// given back. The message id is the producer's id (kept across dead
 // letter, replay and requeue in Relay-Message-Id), so the Message-ID
 // header, derived from it, is stable too. One window remains: a crash (or
 // a failed KV write) between Office 365's 250 and the marker write sends

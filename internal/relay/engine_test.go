@@ -108,6 +108,11 @@ func TestRedeliveredSentMessageIsAckedNotSent(t *testing.T) {
 	if h.queued() != 0 {
 		t.Fatal("the duplicate was not acked")
 	}
+	// The duplicate's pacing reservation, made beside the marker lookup,
+	// was given back: the record counts the one message sent.
+	if msgs, rcpts := h.paced("once=contoso.com"); msgs != 1 || rcpts != 1 {
+		t.Fatalf("pacing counts %d messages and %d recipients, want 1 and 1", msgs, rcpts)
+	}
 }
 
 func TestManyRecipientsGoInBatches(t *testing.T) {
@@ -156,6 +161,12 @@ func TestManyRecipientsGoInBatches(t *testing.T) {
 	}
 	if h.outcome("bulk", "retried") != 1 || h.outcome("bulk", "sent") != 1 {
 		t.Fatalf("retried %v sent %v", h.outcome("bulk", "retried"), h.outcome("bulk", "sent"))
+	}
+	// The retry found batch 0 marked: the reservation made for it beside
+	// the lookups was given back, as was the refused one's; the record
+	// counts the three accepted transactions and nothing else.
+	if msgs, n := h.paced("bulk=contoso.com"); msgs != 3 || n != len(rcpts) {
+		t.Fatalf("pacing counts %d messages and %d recipients, want 3 and %d", msgs, n, len(rcpts))
 	}
 }
 

@@ -218,6 +218,31 @@ func (h *harness) waitFor(what string, cond func() bool) {
 	}
 }
 
+// paced sums what the pacing record of key (a mailbox as relay_pacing
+// spells it, "box=contoso.com") counts: messages and recipients.
+func (h *harness) paced(key string) (msgs, rcpts int) {
+	h.t.Helper()
+	kv, err := h.js.KeyValue(h.ctx, relay.PacingBucket)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	e, err := kv.Get(h.ctx, key)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var rec struct{ Msgs, Rcpts []struct{ N int } }
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		h.t.Fatal(err)
+	}
+	for _, s := range rec.Msgs {
+		msgs += s.N
+	}
+	for _, s := range rec.Rcpts {
+		rcpts += s.N
+	}
+	return msgs, rcpts
+}
+
 // queued is the number of messages in MAIL.
 func (h *harness) queued() uint64 {
 	s, err := h.js.Stream(h.ctx, queue.StreamMail)

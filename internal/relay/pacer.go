@@ -65,8 +65,8 @@ type Limits struct {
 // writes it; if that one ends (a lane stopping) the batch fails, which
 // only ever over-counts: a failed Confirm or Release leaves the
 // reservation counting, a failed Reserve reserves nothing. Peek reads the
-// remembered record when it is under peekFresh old: Peek only sizes a
-// fetch, Reserve decides.
+// remembered record when it is under peekFresh old, without waiting for a
+// commit in flight: Peek only sizes a fetch, Reserve decides.
 type Pacer struct {
 	kv    jetstream.KeyValue
 	clock Clock
@@ -81,15 +81,40 @@ const peekFresh = time.Second
 // paceState is one mailbox's record as this process last read or wrote
 // it, and the updates waiting for the next write.
 type paceState struct {
-	mu    sync.Mutex // guards rec, rev, known, read; held for a whole commit
+	mu    sync.Mutex // guards rec, rev, known; held for a whole commit
 	rec   paceRecord
 	rev   uint64
-	known bool      // rec and rev are current as far as this process knows
-	read  time.Time // wall time rec was read or written
+	known bool // rec and rev are current as far as this process knows
+
+	// seen is the newest record read or written, for Peek. It has a lock
+	// of its own so that Peek, which sizes the lane's next fetch, never
+	// waits for a commit in flight (a KV write, an fsync under sync
+	// always) before the fetch can go out.
+	smu  sync.Mutex
+	seen paceSeen
 
 	qmu     sync.Mutex // guards queue and writing
 	queue   []*paceOp
 	writing bool // a goroutine is committing; it will take the queue too
+}
+
+// paceSeen is a record with its revision and the wall time it was read
+// or written.
+type paceSeen struct {
+	rec paceRecord
+	rev uint64
+	at  time.Time
+}
+
+// remember keeps r as the record Peek sees unless a newer revision is
+// kept already (and still fresh: a key that expired starts again at
+// revision 0). r is never modified afterwards (commit works on copies).
+func (st *paceState) remember(r paceRecord, rev uint64) {
+	st.smu.Lock()
+	if rev >= st.seen.rev || time.Since(st.seen.at) >= peekFresh {
+		st.seen = paceSeen{rec: r, rev: rev, at: time.Now()}
+	}
+	st.smu.Unlock()
 }
 
 // paceOp is one waiting update.
@@ -288,16 +313,18 @@ func (p *Pacer) get(ctx context.Context, mailbox string) (paceRecord, uint64, er
 // peekRecord is the remembered record if it is fresh, else the stored one.
 func (p *Pacer) peekRecord(ctx context.Context, mailbox string) (paceRecord, error) {
 	st := p.state(mailbox)
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if !st.known || time.Since(st.read) >= peekFresh {
-		r, rev, err := p.get(ctx, mailbox)
-		if err != nil {
-			return r, err
-		}
-		st.rec, st.rev, st.known, st.read = r, rev, true, time.Now()
+	st.smu.Lock()
+	seen := st.seen
+	st.smu.Unlock()
+	if !seen.at.IsZero() && time.Since(seen.at) < peekFresh {
+		return seen.rec, nil
 	}
-	return st.rec, nil
+	r, rev, err := p.get(ctx, mailbox)
+	if err != nil {
+		return r, err
+	}
+	st.remember(r, rev)
+	return r, nil
 }
 
 func (p *Pacer) state(mailbox string) *paceState {
@@ -358,7 +385,8 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 			if err != nil {
 				return err
 			}
-			st.rec, st.rev, st.known, st.read = r, rev, true, time.Now()
+			st.rec, st.rev, st.known = r, rev, true
+			st.remember(r, rev)
 		}
 		now := p.clock.Now()
 		r := paceRecord{Msgs: perMinute.prune(slices.Clone(st.rec.Msgs), now), Rcpts: perDay.prune(slices.Clone(st.rec.Rcpts), now)}
@@ -382,7 +410,8 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 			rev, err = p.kv.Update(ctx, key, b, st.rev)
 		}
 		if err == nil {
-			st.rec, st.rev, st.read = r, rev, time.Now()
+			st.rec, st.rev = r, rev
+			st.remember(r, rev)
 			return nil
 		}
 		st.known = false // read it again before the next try

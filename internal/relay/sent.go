@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,6 +71,35 @@ func (s *SentMarkers) Sent(ctx context.Context, alias, id string, batch int) (bo
 	default:
 		return false, fmt.Errorf("read idempotency marker: %w", err)
 	}
+}
+
+// Unsent returns the batches (of batches) of message id that have no
+// marker yet, in order. The lookups of a message with several batches go
+// out together, so the message waits for one round trip, not one per
+// batch; any failed lookup fails the whole answer (nothing is sent on a
+// guess).
+func (s *SentMarkers) Unsent(ctx context.Context, alias, id string, batches int) ([]int, error) {
+	sent := make([]bool, batches)
+	errs := make([]error, batches)
+	var wg sync.WaitGroup
+	for i := range batches {
+		if i == batches-1 {
+			sent[i], errs[i] = s.Sent(ctx, alias, id, i) // the last one on this goroutine
+			break
+		}
+		wg.Go(func() { sent[i], errs[i] = s.Sent(ctx, alias, id, i) })
+	}
+	wg.Wait()
+	var todo []int
+	for i, done := range sent {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		if !done {
+			todo = append(todo, i)
+		}
+	}
+	return todo, nil
 }
 
 // Mark records that batch (of batches, with rcpts recipients) of message

@@ -5,12 +5,14 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/memlimit"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
@@ -63,6 +65,10 @@ func TestUsageErrors(t *testing.T) {
 		{"publish NATS user without password", []string{"publish", "--account", "alerts", "--to", "a@b.com", "--nats-user", "u"}, "--nats-password-file FILE or RELAY_NATS_PASSWORD"},
 		{"dlq missing creds file", []string{"dlq", "list", "--nats-creds", "/nonexistent/relay.creds"}, "--nats-creds"},
 		{"serve NATS auth without URL", []string{"serve", "--key-file", "k", "--nats-creds", "/nonexistent/relay.creds"}, "set --nats-url"},
+		{"serve memory limit too small", []string{"serve", "--key-file", "k", "--memory-limit", "8MiB"}, "--memory-limit 8MiB: want at least 32MiB"},
+		{"serve memory limit not a size", []string{"serve", "--key-file", "k", "--memory-limit", "64MB"}, `--memory-limit "64MB": want a size such as 64MiB`},
+		{"sandbox memory limit too small", []string{"sandbox", "--memory-limit", "1000"}, "--memory-limit 1000B: want at least 32MiB"},
+		{"bench memory limit not a size", []string{"bench", "--memory-limit", "lots"}, `--memory-limit "lots"`},
 		{"serve NATS password as a flag", []string{"serve", "--key-file", "k", "--nats-password", "x"}, "flag provided but not defined: -nats-password"},
 	}
 	for _, tc := range tests {
@@ -141,7 +147,11 @@ func TestKeygen(t *testing.T) {
 	}
 }
 
+// TestServeStartsAndStops also checks that serve applies --memory-limit
+// to the process (GOMEMLIMIT unset: it would win).
 func TestServeStartsAndStops(t *testing.T) {
+	t.Setenv(memlimit.EnvVar, "")
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
 	dir := t.TempDir()
 	key := filepath.Join(dir, "token.key")
 	if r := run(t, nil, "", "keygen", "--out", key); r.code != 0 {
@@ -151,7 +161,7 @@ func TestServeStartsAndStops(t *testing.T) {
 	logw := &testutil.Buffer{}
 	done := make(chan int)
 	go func() {
-		done <- Run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"},
+		done <- Run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json", "--memory-limit", "96MiB"},
 			Env{Stdout: &bytes.Buffer{}, Stderr: logw, Getenv: func(k string) string {
 				return map[string]string{"RELAY_TOKEN_KEY_FILE": key}[k]
 			}})
@@ -166,6 +176,12 @@ func TestServeStartsAndStops(t *testing.T) {
 		}
 		return strings.Contains(logw.String(), `"message":"relay serving"`)
 	})
+	if got := debug.SetMemoryLimit(-1); got != 96<<20 {
+		t.Errorf("soft memory limit %d, want 96MiB from --memory-limit", got)
+	}
+	if !strings.Contains(logw.String(), `"memory_limit":"96MiB","from":"--memory-limit"`) {
+		t.Errorf("the limit in effect is not logged: %s", logw.String())
+	}
 	cancel() // what SIGTERM does through signal.NotifyContext
 	select {
 	case code := <-done:

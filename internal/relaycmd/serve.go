@@ -9,6 +9,7 @@ import (
 
 	"relay365/internal/daemon"
 	"relay365/internal/logging"
+	"relay365/internal/memlimit"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/sandbox"
@@ -57,6 +58,20 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.DurationVar(&c.Pause.Max, "pause-max", relay.DefaultPause.Max, "longest wait between probes of a paused account")
 	fs.DurationVar(&c.RefreshMargin, "refresh-margin", 5*60e9, "refresh access tokens this long before they expire")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 30e9, "time in-flight sends get to finish on shutdown")
+	memoryLimitFlag(fs, &c.MemoryLimit)
+}
+
+// memoryLimitFlag registers --memory-limit (every long-running command).
+func memoryLimitFlag(fs *flag.FlagSet, l *memlimit.Limit) {
+	*l = memlimit.Default
+	fs.Var(l, "memory-limit", "soft memory limit of this process: a `SIZE` as in GOMEMLIMIT (64MiB, 1GiB) or off; GOMEMLIMIT wins when set")
+}
+
+// applyMemoryLimit sets the process's soft memory limit (memlimit.Apply)
+// once the command's configuration is valid, and says which is in effect.
+func applyMemoryLimit(l memlimit.Limit, log zerolog.Logger) {
+	eff, from := memlimit.Apply(l)
+	log.Info().Str("memory_limit", eff.String()).Str("from", from).Msg("soft memory limit")
 }
 
 func runServe(ctx context.Context, args []string, env Env) error {
@@ -74,6 +89,7 @@ func runServe(ctx context.Context, args []string, env Env) error {
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
+	applyMemoryLimit(cfg.MemoryLimit, log)
 	return daemon.Run(ctx, cfg, log)
 }
 
@@ -84,11 +100,16 @@ func runSandbox(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&cfg.DataDir, "data-dir", filepath.Join("data", "sandbox"), "data directory (JetStream store, key, captured mail)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9465", "metrics, health, status and /sandbox/messages address")
+	memoryLimitFlag(fs, &cfg.Daemon.MemoryLimit)
 	lf.register(fs)
 	log, err := lf.parse(fs, args, env)
 	if err != nil {
 		return err
 	}
+	if err := cfg.Daemon.MemoryLimit.Validate(); err != nil {
+		return usageError{err}
+	}
+	applyMemoryLimit(cfg.Daemon.MemoryLimit, log)
 	cfg.Out = env.Stdout
 	return sandbox.Run(ctx, cfg, log)
 }
