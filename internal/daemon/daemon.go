@@ -283,7 +283,14 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		d.NATSURL = d.ns.ClientURL()
 		log.Info().Str("url", d.NATSURL).Str("store", storeDir).Str("sync", cfg.NATSSync).Msg("embedded NATS JetStream started")
 	}
-	d.NC, err = queue.ConnectWith(d.NATSURL, "relay365-serve", cfg.NATS)
+	var inProcess []nats.Option
+	if d.ns != nil {
+		// The embedded server is in this process: talk to it over an
+		// in-memory pipe, not TCP (no syscalls per message; producers and
+		// the nats CLI still use the listener).
+		inProcess = append(inProcess, nats.InProcessServer(d.ns))
+	}
+	d.NC, err = queue.ConnectWith(d.NATSURL, "relay365-serve", cfg.NATS, inProcess...)
 	if err != nil {
 		return nil, err
 	}

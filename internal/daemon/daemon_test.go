@@ -12,6 +12,7 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/daemon"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/queue"
 	"relay365/internal/token"
 )
 
@@ -86,5 +87,29 @@ func TestWorkersOnlyProcessNeedsNoKey(t *testing.T) {
 	tok, err := workers.TokenClient.Token(ctx, "alerts")
 	if err != nil || tok.Token != "AT-SECRET" || tok.Mailbox != "alerts@contoso.com" {
 		t.Fatalf("token through the service: %v %v", tok, err)
+	}
+}
+
+// With the embedded server the daemon's own connection is in process (an
+// in-memory pipe, no TCP per message); the listener still serves
+// producers.
+func TestEmbeddedServerConnectionIsInProcess(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	keyFile := filepath.Join(t.TempDir(), "token.key")
+	if _, err := token.GenerateKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, ctx, t.TempDir(), keyFile)
+	if addr := d.NC.ConnectedAddr(); addr != "pipe" {
+		t.Fatalf("daemon connected to %q, want the in-process pipe", addr)
+	}
+	nc, err := queue.Connect(d.NATSURL, "producer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.FlushWithContext(ctx); err != nil || nc.ConnectedAddr() == "pipe" {
+		t.Fatalf("a producer over the listener: %q, %v", nc.ConnectedAddr(), err)
 	}
 }

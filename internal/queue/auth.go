@@ -175,10 +175,10 @@ func secretValue(value, file, flagName string) (string, error) {
 }
 
 // ConnectWith is Connect with the authentication and TLS options.
-func ConnectWith(url, name string, o ConnectOptions) (*nats.Conn, error) {
+func ConnectWith(url, name string, o ConnectOptions, extra ...nats.Option) (*nats.Conn, error) {
 	opts, err := o.Options()
 	if err != nil {
 		return nil, err
 	}
-	return Connect(url, name, opts...)
+	return Connect(url, name, append(opts, extra...)...)
 }
