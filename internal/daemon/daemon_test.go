@@ -11,8 +11,8 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/daemon"
-	"relay365/internal/queue/queuetest"
 	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/token"
 )
 
