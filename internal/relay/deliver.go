@@ -180,7 +180,10 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 		var se *SMTPError
 		if errors.As(err, &se) {
 			l.e.metrics.reply(l.alias, se.Code, se.Class)
-			if se.Code != 0 { // a definite refusal: Office 365 did not count it
+			if se.Code != 0 || se.Stage != "message" {
+				// A refusal, or a failure before the content left:
+				// Office 365 did not count it. (Without a reply to the
+				// content it may have: the reservation stays.)
 				l.release(t, a.log)
 			}
 		}
@@ -212,14 +215,17 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 func (l *lane) reserve(ctx context.Context, acct account.Account, rcpts int) (Ticket, error) {
 	var waited time.Duration
 	for {
-		t, wait, err := l.e.pacer.Reserve(ctx, acct.Mailbox, rcpts, limits(acct))
+		// The write runs on the lane's context, not ctx: a caller that
+		// no longer wants the reservation (ctx ended) must still learn
+		// whether it was written, to give it back; ctx ends only the
+		// waits. (A write cut short by the lane stopping may still land
+		// and then over-counts until it ages out, the safe direction.)
+		t, wait, err := l.e.pacer.Reserve(l.ctx, acct.Mailbox, rcpts, limits(acct))
 		switch {
 		case err == nil && wait == 0:
-			// Returned even if ctx has just ended: the reservation is
-			// written, and the caller gives it back.
 			l.e.metrics.pacingWait.WithLabelValues(l.alias).Observe(waited.Seconds())
 			return t, nil
-		case ctx.Err() != nil:
+		case l.ctx.Err() != nil:
 			return Ticket{}, errStopping
 		case err != nil:
 			return Ticket{}, err
@@ -243,21 +249,26 @@ func (l *lane) release(t Ticket, log zerolog.Logger) {
 // tried is false when no session could be had (nothing was sent). A reused
 // session found dead before the server took any of the transaction (closed
 // while idle, or 421 as Office 365 closes idle sessions) costs no retry
-// delay: the transaction runs once more on a new session.
+// delay: the transaction runs again on the next session. Each such failure
+// discards a pooled session, and a new session is not "reused", so this
+// ends after at most the pool's idle sessions and one fresh one.
 func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, data []byte) (tried bool, err error) {
-	for try := 0; ; try++ {
+	for {
 		s, err := l.session(ctx, log)
 		if err != nil {
-			return false, err // the first try's failure, if any, sent nothing either
+			return false, err // a failure before, if any, sent nothing either
 		}
 		err = s.Send(ctx, from, rcpts, data)
-		again := try == 0 && notStarted(s, err)
+		again := notStarted(s, err)
 		l.pool.put(s)
-		if again {
-			log.Debug().Err(err).Msg("pooled session was closed while idle; sending on a new one")
-			continue
+		if !again {
+			return true, err
 		}
-		return true, err
+		var se *SMTPError
+		if errors.As(err, &se) {
+			l.e.metrics.reply(l.alias, se.Code, se.Class)
+		}
+		log.Debug().Err(err).Msg("pooled session was closed while idle; sending on the next one")
 	}
 }
 

@@ -161,6 +161,12 @@ func classifySMTP(stage string, err error) *SMTPError {
 		e.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
 	}
 	e.Class = ClassifyReply(e.Code, e.Enhanced, e.Text)
+	if e.Class == ClassMessage && (stage == "dial" || stage == "tls" || stage == "auth") {
+		// A permanent reply before any message was named (a greeting,
+		// EHLO or AUTH refused) is about the account or the server,
+		// never this message: pause and probe, do not dead-letter.
+		e.Class = ClassConfig
+	}
 	return e
 }
 

@@ -95,7 +95,7 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 		return nil
 	}
 	se := classifySMTP("", err)
-	if !keepSession(se) {
+	if s.c.Broken() || !keepSession(se) {
 		s.broken.Store(true)
 	}
 	return se
@@ -115,12 +115,14 @@ func (s *Session) Close() {
 	s.c.Quit(ctx)
 }
 
-// keepSession: after a reply that refuses only this message the connection
-// is fine (RSET clears it); after a network error, a 421 (the server closes,
-// RFC 5321 §3.8), or a reply about the session, authentication or the
-// connection count, it is not.
+// keepSession: after a reply that refuses only this message, or a local
+// refusal (nothing sent), the connection is fine (RSET clears it); after a
+// 421 (the server closes, RFC 5321 §3.8), or a reply about the session,
+// authentication or the connection count, it is not. Network errors and
+// anything that put the client out of step with the server break the
+// client itself (smtpclient.Client.Broken).
 func keepSession(se *SMTPError) bool {
-	if se.Code == 0 || se.Code == 421 {
+	if se.Code == 421 {
 		return false
 	}
 	switch se.Class {
@@ -131,12 +133,15 @@ func keepSession(se *SMTPError) bool {
 }
 
 // notStarted reports whether a transaction failed on a reused session
-// before the server took any of it: the connection was lost (or closed
-// with 421, as Office 365 does to idle sessions) before the content was
-// sent, so the message can go at once on a new session.
+// through no fault of the message, before the server took any of it: the
+// connection was lost, closed with 421 (as Office 365 does to idle
+// sessions) or refused the RSET that clears the last transaction, all
+// before the content was sent. The message can go at once on another
+// session.
 func notStarted(s *Session, err error) bool {
 	var se *SMTPError
-	return s.reused && errors.As(err, &se) && se.Stage != "message" && (se.Code == 0 || se.Code == 421)
+	return s.reused && s.c.Broken() && errors.As(err, &se) && se.Stage != "message" &&
+		(se.Stage == "rset" || se.Code == 0 || se.Code == 421)
 }
 
 func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtpclient.Client, error) {

@@ -96,13 +96,32 @@ func (e *Error) Reply() *smtp.SMTPError {
 
 // Client is one SMTP connection after STARTTLS.
 type Client struct {
-	conn  net.Conn
-	r     *textproto.Reader
-	br    *bufio.Reader
-	w     *bufio.Writer
-	cfg   Config
-	ext   map[string]string // EHLO keywords (upper case) → parameters
-	dirty bool              // a transaction may be open: RSET first (RFC 5321 §4.1.1.5)
+	conn   net.Conn
+	r      *textproto.Reader
+	br     *bufio.Reader
+	w      *bufio.Writer
+	cfg    Config
+	ext    map[string]string // EHLO keywords (upper case) → parameters
+	dirty  bool              // a transaction may be open: RSET first (RFC 5321 §4.1.1.5)
+	broken bool              // closed: out of step with the server, or gone
+}
+
+// Broken reports whether the connection was closed because it can no
+// longer be trusted: a reply that never came (so a late one would be read
+// as the next command's), a write that failed, a refused RSET, a
+// transaction abandoned after 354, a cancelled context. Every later call
+// fails without writing.
+func (c *Client) Broken() bool { return c.broken }
+
+// lost closes the connection for good and returns err as name's *Error.
+func (c *Client) lost(name string, err error) error {
+	c.broken = true
+	c.conn.Close()
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return &Error{Command: name, Err: err}
 }
 
 // StartTLS takes a fresh connection to a submission server: it reads the
@@ -133,6 +152,11 @@ func StartTLS(ctx context.Context, conn net.Conn, cfg Config) (*Client, error) {
 		}
 		if err := c.cmd("STARTTLS", 220, "STARTTLS"); err != nil {
 			return err
+		}
+		if c.br.Buffered() > 0 {
+			// Plaintext after the 220 would be read as if it came
+			// inside TLS: a command injection attempt (RFC 3207 §6).
+			return c.lost("STARTTLS", errors.New("server sent data after its STARTTLS reply"))
 		}
 		tc := tls.Client(conn, cfg.TLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -190,6 +214,7 @@ func (c *Client) Auth(ctx context.Context, a sasl.Client) error {
 		if resp != nil {
 			line += " " + encode64(resp) // "=" for an empty one (RFC 4954 §4)
 		}
+		var cancelled error
 		for {
 			c.write(line)
 			if err := c.flush("AUTH"); err != nil {
@@ -200,8 +225,12 @@ func (c *Client) Auth(ctx context.Context, a sasl.Client) error {
 				return err
 			}
 			switch {
-			case r.code == 235:
+			case r.code == 235 && cancelled == nil:
 				return nil
+			case r.code == 334 && cancelled != nil, r.code == 235:
+				// After "*" the server must end the exchange with an
+				// error (RFC 4954 §4); it did not.
+				return c.lost("AUTH", fmt.Errorf("server went on after the exchange was cancelled: %w", cancelled))
 			case r.code != 334:
 				return &Error{Command: "AUTH", Err: r.err()}
 			}
@@ -210,6 +239,7 @@ func (c *Client) Auth(ctx context.Context, a sasl.Client) error {
 				resp, err = a.Next(challenge)
 			}
 			if err != nil {
+				cancelled = err
 				line = "*" // cancel the exchange (RFC 4954 §4)
 				continue
 			}
@@ -246,34 +276,52 @@ func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []b
 		if !c.Pipelining() {
 			for _, cmd := range cmds {
 				if err := c.cmd(cmd.name, cmd.want, cmd.line); err != nil {
-					return err
+					return c.afterRefusal(cmd.name, err)
 				}
 			}
 			return nil
 		}
-		for _, cmd := range cmds {
-			c.write(cmd.line)
-		}
-		if err := c.flush(cmds[0].name); err != nil {
-			return err
-		}
+		// At most maxGroup commands go before their replies are read:
+		// the server's replies to a long group must not fill the
+		// client's receive buffer while the client is still writing
+		// (RFC 2920 §3.1 warns of that deadlock).
 		var refused error
-		for _, cmd := range cmds {
-			r, err := c.reply(cmd.name)
-			if err != nil { // the connection is gone
-				if refused != nil {
-					return refused
-				}
+		for len(cmds) > 0 {
+			group := cmds[:min(len(cmds), maxGroup)]
+			cmds = cmds[len(group):]
+			for _, cmd := range group {
+				c.write(cmd.line)
+			}
+			if err := c.flush(group[0].name); err != nil {
 				return err
 			}
-			if r.code != cmd.want && refused == nil {
-				refused = &Error{Command: cmd.name, Err: r.err()}
-			}
-			if cmd.name == "DATA" && r.code == 354 && refused != nil {
-				c.conn.Close()
+			for _, cmd := range group {
+				r, err := c.reply(cmd.name)
+				if err != nil {
+					// The rest of the replies may still come and
+					// would be read as the next transaction's:
+					// reply closed the connection. A refusal read
+					// before says more than the silence after it.
+					if refused != nil {
+						return refused
+					}
+					return err
+				}
+				if r.code != cmd.want && refused == nil {
+					refused = &Error{Command: cmd.name, Err: r.err()}
+				}
+				if cmd.name == "DATA" && r.code == 354 && refused != nil {
+					// A refused recipient, yet the server waits for
+					// content: none is sent, and a transaction whose
+					// content never ended is discarded (RFC 5321 §3.8).
+					return c.lost("DATA", refused)
+				}
 			}
 		}
-		return refused
+		if refused != nil {
+			return c.afterRefusal("", refused)
+		}
+		return nil
 	})
 	if err != nil {
 		return err
@@ -283,10 +331,10 @@ func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []b
 	return c.guard(ctx, c.cfg.DataTimeout, func() error {
 		dw := textproto.NewWriter(c.w).DotWriter()
 		if _, err := dw.Write(data); err != nil {
-			return &Error{Command: "message", Err: err}
+			return c.lost("message", err)
 		}
 		if err := dw.Close(); err != nil { // ".\r\n" and a flush
-			return &Error{Command: "message", Err: err}
+			return c.lost("message", err)
 		}
 		if _, err := c.expect("message", 250); err != nil {
 			return err
@@ -294,6 +342,19 @@ func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []b
 		c.dirty = false
 		return nil
 	})
+}
+
+// maxGroup is the most commands written before their replies are read.
+const maxGroup = 100
+
+// afterRefusal: a refused RSET leaves the session in an unknown state, so
+// the connection is closed; any other refusal concerns this message only.
+func (c *Client) afterRefusal(name string, err error) error {
+	var e *Error
+	if errors.As(err, &e) && e.Command == "RSET" && e.Reply() != nil {
+		return c.lost("RSET", err)
+	}
+	return err
 }
 
 type command struct {
@@ -322,7 +383,7 @@ func (c *Client) transaction(from string, rcpts []string, data []byte) ([]comman
 	if _, ok := c.ext["SIZE"]; ok {
 		mail.WriteString(" SIZE=" + strconv.Itoa(len(data))) // RFC 1870 §6
 	}
-	if !isASCII(string(data)) {
+	if !isASCII(data) {
 		if _, ok := c.ext["8BITMIME"]; !ok {
 			return nil, &Error{Command: "MAIL", Err: fmt.Errorf("%w: 8-bit content and the server does not offer 8BITMIME", ErrNotSendable)}
 		}
@@ -346,7 +407,7 @@ func (c *Client) transaction(from string, rcpts []string, data []byte) ([]comman
 	return append(cmds, command{"DATA", "DATA", 354}), nil
 }
 
-func isASCII(s string) bool {
+func isASCII[T string | []byte](s T) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= 0x80 {
 			return false
@@ -380,13 +441,18 @@ func (c *Client) Close() error { return c.conn.Close() }
 // guard runs one exchange under a deadline; a cancelled ctx closes the
 // connection and is what the error then says.
 func (c *Client) guard(ctx context.Context, timeout time.Duration, f func() error) error {
-	if err := ctx.Err(); err != nil {
-		return &Error{Command: "connection", Err: err}
+	if c.broken {
+		return &Error{Command: "connection", Err: net.ErrClosed}
 	}
-	stop := context.AfterFunc(ctx, func() { c.conn.Close() })
-	c.conn.SetDeadline(time.Now().Add(timeout))
+	if err := ctx.Err(); err != nil {
+		return c.lost("connection", err)
+	}
+	conn := c.conn // the TCP connection, or TLS over it: closing either ends both
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(timeout))
 	err := f()
 	if !stop() && ctx.Err() != nil {
+		c.broken = true
 		var e *Error
 		if errors.As(err, &e) && e.Reply() == nil {
 			e.Err = fmt.Errorf("%w (%v)", ctx.Err(), e.Err)
@@ -428,7 +494,7 @@ func (c *Client) write(line string) {
 
 func (c *Client) flush(name string) error {
 	if err := c.w.Flush(); err != nil {
-		return &Error{Command: name, Err: err}
+		return c.lost(name, err)
 	}
 	return nil
 }
@@ -454,14 +520,12 @@ func (r reply) err() *smtp.SMTPError { return ParseReply(r.code, r.text) }
 func (c *Client) reply(name string) (reply, error) {
 	code, text, err := c.r.ReadResponse(0) // 0: any code; the caller decides
 	if err != nil {
-		var pe *textproto.Error
-		if errors.As(err, &pe) {
-			return reply{}, &Error{Command: name, Err: ParseReply(pe.Code, pe.Msg)}
-		}
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return reply{}, &Error{Command: name, Err: err}
+		// No reply, or one that cannot be read: from here on replies
+		// cannot be matched to commands.
+		return reply{}, c.lost(name, err)
 	}
 	return reply{code: code, text: text}, nil
 }

@@ -257,6 +257,90 @@ func TestRefusedRecipientSendsNoContent(t *testing.T) {
 	if len(after) > 0 {
 		t.Errorf("content sent after a refused recipient: %q", after)
 	}
+	if !c.Broken() {
+		t.Error("the abandoned transaction's connection is not marked broken")
+	}
+}
+
+func TestLateRepliesAfterARefusalBreakTheConnection(t *testing.T) {
+	// MAIL and the first RCPT are answered at once, the rest only after
+	// the client gave up. Reading those late replies as the next
+	// transaction's would deliver its content to this one's recipients.
+	var after []string
+	c, err, wait := serve(t, Config{CommandTimeout: 300 * time.Millisecond}, func(p *peer) {
+		if !p.handshake("PIPELINING") {
+			return
+		}
+		for range 4 {
+			p.expect("")
+		}
+		p.send("250 2.1.0 OK", "550 5.1.1 User unknown")
+		for {
+			l, err := p.line()
+			if err != nil {
+				io.WriteString(p.conn, "250 2.1.5 OK\r\n354 go ahead\r\n") // too late: the client closed
+				return
+			}
+			after = append(after, l)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Send(context.Background(), "a@fake.test", []string{"nobody@fake.test", "b@fake.test"}, []byte(body))
+	var e *Error
+	if !errors.As(err, &e) || e.Command != "RCPT" || e.Reply() == nil || e.Reply().Code != 550 {
+		t.Fatalf("err = %v, want the RCPT's 550", err)
+	}
+	if !c.Broken() {
+		t.Fatal("replies still owed, yet the connection is not broken")
+	}
+	if err := c.Send(context.Background(), "a@fake.test", []string{"b@fake.test"}, []byte(body)); err == nil {
+		t.Fatal("a broken connection sent another message")
+	}
+	wait()
+	if len(after) > 0 {
+		t.Errorf("sent on a connection out of step: %q", after)
+	}
+}
+
+func TestRefusedRSETBreaksTheConnection(t *testing.T) {
+	var after []string
+	c, err, wait := serve(t, Config{}, func(p *peer) {
+		if !p.handshake("PIPELINING") {
+			return
+		}
+		for range 3 {
+			p.expect("")
+		}
+		p.send("451 4.3.0 try later", "503 5.5.1 Need MAIL", "503 5.5.1 No recipients")
+		for range 4 {
+			p.expect("")
+		}
+		p.send("500 5.5.1 RSET refused", "250 2.1.0 OK", "250 2.1.5 OK", "354 go ahead")
+		for {
+			l, err := p.line()
+			if err != nil {
+				return
+			}
+			after = append(after, l)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(context.Background(), "a@fake.test", []string{"b@fake.test"}, []byte(body)); err == nil {
+		t.Fatal("the first transaction should be refused")
+	}
+	err = c.Send(context.Background(), "a@fake.test", []string{"b@fake.test"}, []byte(body))
+	var e *Error
+	if !errors.As(err, &e) || e.Command != "RSET" || !c.Broken() {
+		t.Fatalf("err = %v, broken %v; want the RSET refusal and a broken connection", err, c.Broken())
+	}
+	wait()
+	if len(after) > 0 {
+		t.Errorf("content sent after a refused RSET: %q", after)
+	}
 }
 
 func TestRefusedMailThenRSETOpensTheNextGroup(t *testing.T) {
@@ -350,6 +434,37 @@ func (c *challenger) Next(ch []byte) ([]byte, error) {
 	return []byte{}, nil
 }
 
+// canceller cannot answer challenges.
+type canceller struct{}
+
+func (canceller) Start() (string, []byte, error) { return "XOAUTH2", []byte("user=a\x01\x01"), nil }
+func (canceller) Next([]byte) ([]byte, error)    { return nil, errors.New("no answer") }
+
+func TestAuthCancelledThenServerGoesOn(t *testing.T) {
+	var cancel string
+	c, err, wait := serve(t, Config{}, func(p *peer) {
+		if !p.handshake("AUTH XOAUTH2") {
+			return
+		}
+		p.expect("AUTH XOAUTH2 ")
+		p.send("334 e30=")
+		cancel, _ = p.line()
+		p.send("334 e30=") // should have been a 501
+		p.line()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Auth(context.Background(), canceller{})
+	if err == nil || !c.Broken() {
+		t.Fatalf("err = %v, broken %v; want an error and a broken connection", err, c.Broken())
+	}
+	wait()
+	if cancel != "*" {
+		t.Errorf("client answered the challenge with %q, want the cancel *", cancel)
+	}
+}
+
 func TestAuthChallengeThenRefusal(t *testing.T) {
 	var lines []string
 	c, err, wait := serve(t, Config{}, func(p *peer) {
@@ -426,7 +541,7 @@ func TestNotSendableLocally(t *testing.T) {
 			c.Close()
 			wait()
 			if tt.mail == "" {
-				if !errors.Is(err, ErrNotSendable) || got != "" {
+				if !errors.Is(err, ErrNotSendable) || got != "" || c.Broken() {
 					t.Errorf("err = %v, server got %q; want ErrNotSendable and nothing sent", err, got)
 				}
 				return

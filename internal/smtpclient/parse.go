@@ -15,7 +15,9 @@ func ParseReply(code int, text string) *smtp.SMTPError {
 	e := &smtp.SMTPError{Code: code, Message: text}
 	first, rest, _ := strings.Cut(text, " ")
 	ec, ok := parseEnhanced(first)
-	if !ok {
+	if !ok || ec[0] != code/100 {
+		// RFC 3463 §2: the class repeats the reply's first digit; a
+		// code that does not is not an enhanced status code.
 		return e
 	}
 	e.EnhancedCode = ec
