@@ -31,6 +31,12 @@
 // reply (a timeout, a dropped connection) leaves it unknown whether the
 // server accepted the message.
 //
+// A connection whose replies can no longer be matched to its commands — a
+// reply that did not come in time or could not be read, a failed write, a
+// refused RSET, a transaction abandoned after 354, a cancelled context — is
+// closed at once and the Client reports Broken: a late reply must never be
+// read as the answer to the next transaction's commands.
+//
 // STARTTLS is mandatory (RFC 3207): a server that does not offer it gets
 // no AUTH and no mail, ever (ErrNoStartTLS); the TLS configuration is the
 // caller's (the relay asks for TLS 1.2 or newer).
