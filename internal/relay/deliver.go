@@ -116,10 +116,11 @@ func (l *lane) deliver(a *attempt) error {
 }
 
 // lookupAndReserve checks the idempotency markers of every batch and
-// reserves the pacing of the first batch not yet sent. The two are
-// independent round trips (a KV read, a KV write), so they go side by
-// side: the reservation is made for batch 0, which is the first unsent
-// one for every message but a redelivered, partly sent one. If the
+// reserves the pacing of the first batch not yet sent. On a first
+// delivery the two are independent round trips (a KV read, a KV write),
+// so they go side by side: the reservation is made for batch 0, which is
+// the first unsent one for every such message (a redelivery, replay or
+// requeue looks first, then reserves). If the
 // markers say batch 0 was sent, the reservation is cancelled or given
 // back and the first unsent batch reserves on its own. The markers are
 // still read before any batch is sent, and a reservation still precedes
@@ -132,6 +133,18 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, batches [][]st
 	}
 	if len(batches) == 0 { // Validate refuses it; nothing is acked unsent
 		return nil, Ticket{}, &message.Invalid{Field: "to", Reason: "no recipients"}
+	}
+	if a.meta.NumDelivered > 1 || a.msg.Headers().Get(queue.HdrMessageID) != "" {
+		// A redelivery, replay or requeue may well be sent already: a
+		// reservation for it, even given back a moment later, could make
+		// another message see the budget spent and pause the account.
+		// Look first, then reserve.
+		todo, err := l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, len(batches))
+		if err != nil || len(todo) == 0 {
+			return todo, Ticket{}, err
+		}
+		t, err := l.reserve(l.ctx, acct, len(batches[todo[0]]))
+		return todo, t, err
 	}
 	rctx, cancel := context.WithCancel(l.ctx)
 	defer cancel()
@@ -268,7 +281,7 @@ func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts 
 		if errors.As(err, &se) {
 			l.e.metrics.reply(l.alias, se.Code, se.Class)
 		}
-		log.Debug().Err(err).Msg("pooled session was closed while idle; sending on the next one")
+		log.Debug().Err(err).Msg("pooled session failed before the message left; sending on the next one")
 	}
 }
 

@@ -112,7 +112,8 @@
 // marker is checked. A redelivered message whose batches are all marked is
 // acked without sending (outcome "duplicate"); a partly sent one sends
 // only the rest. The lookups of all of a message's batches go out
-// together, beside the first batch's pacing reservation (a read and a
+// together, on a first delivery beside the first batch's pacing
+// reservation (a read and a
 // write that do not depend on each other, so one round trip instead of
 // two); when the markers show that batch already sent, the reservation is
 // given back. The message id is the producer's id (kept across dead

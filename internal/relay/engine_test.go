@@ -120,6 +120,20 @@ func TestRedeliveredSentMessageIsAckedNotSent(t *testing.T) {
 	if msgs, rcpts := h.paced("once=contoso.com"); msgs != 1 || rcpts != 1 {
 		t.Fatalf("pacing counts %d messages and %d recipients, want 1 and 1", msgs, rcpts)
 	}
+	// A copy that says it was sent before (a replay or requeue carries
+	// the id along) looks at the markers first and reserves nothing, not
+	// even for a moment: a reservation near the daily limit could make
+	// other messages see the budget spent and pause the account.
+	rev := h.pacingRevision("once=contoso.com")
+	if _, err := h.js.PublishMsg(h.ctx, &nats.Msg{Subject: queue.Subject("once"), Data: b, Header: nats.Header{
+		jetstream.MsgIDHeader: {"alert-1-replayed"}, queue.HdrMessageID: {"alert-1"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the replayed copy to be acked", func() bool { return h.outcome("once", "duplicate") == 2 })
+	if got := h.pacingRevision("once=contoso.com"); got != rev {
+		t.Fatalf("the pacing record was written for a copy already sent (revision %d → %d)", rev, got)
+	}
 }
 
 func TestManyRecipientsGoInBatches(t *testing.T) {

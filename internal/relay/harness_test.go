@@ -220,6 +220,20 @@ func (h *harness) waitFor(what string, cond func() bool) {
 
 // paced sums what the pacing record of key (a mailbox as relay_pacing
 // spells it, "box=contoso.com") counts: messages and recipients.
+// pacingRevision is the KV revision of a mailbox's pacing record.
+func (h *harness) pacingRevision(key string) uint64 {
+	h.t.Helper()
+	kv, err := h.js.KeyValue(h.ctx, relay.PacingBucket)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	e, err := kv.Get(h.ctx, key)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return e.Revision()
+}
+
 func (h *harness) paced(key string) (msgs, rcpts int) {
 	h.t.Helper()
 	kv, err := h.js.KeyValue(h.ctx, relay.PacingBucket)

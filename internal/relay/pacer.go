@@ -107,8 +107,9 @@ type paceSeen struct {
 }
 
 // remember keeps r as the record Peek sees unless a newer revision is
-// kept already (and still fresh: a key that expired starts again at
-// revision 0). r is never modified afterwards (commit works on copies).
+// kept already and still fresh (revision 0 means the key was not found;
+// the freshness fallback also covers a recreated bucket). r is never
+// modified afterwards (commit works on copies).
 func (st *paceState) remember(r paceRecord, rev uint64) {
 	st.smu.Lock()
 	if rev >= st.seen.rev || time.Since(st.seen.at) >= peekFresh {

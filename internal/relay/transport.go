@@ -140,8 +140,8 @@ func keepSession(se *SMTPError) bool {
 // session.
 func notStarted(s *Session, err error) bool {
 	var se *SMTPError
-	return s.reused && s.c.Broken() && errors.As(err, &se) && se.Stage != "message" &&
-		(se.Stage == "rset" || se.Code == 0 || se.Code == 421)
+	return s.reused && errors.As(err, &se) && se.Stage != "message" &&
+		(se.Code == 421 || s.c.Broken() && (se.Stage == "rset" || se.Code == 0))
 }
 
 func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtpclient.Client, error) {
