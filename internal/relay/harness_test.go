@@ -220,8 +220,8 @@ func (h *harness) waitFor(what string, cond func() bool) {
 
 // paced sums what the pacing record of key (a mailbox as relay_pacing
 // spells it, "box=contoso.com") counts: messages and recipients.
-// pacingRevision is the KV revision of a mailbox's pacing record.
-func (h *harness) pacingRevision(key string) uint64 {
+// pacing is a mailbox's pacing record as stored.
+func (h *harness) pacing(key string) jetstream.KeyValueEntry {
 	h.t.Helper()
 	kv, err := h.js.KeyValue(h.ctx, relay.PacingBucket)
 	if err != nil {
@@ -231,19 +231,15 @@ func (h *harness) pacingRevision(key string) uint64 {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	return e.Revision()
+	return e
 }
+
+// pacingRevision is the KV revision of a mailbox's pacing record.
+func (h *harness) pacingRevision(key string) uint64 { return h.pacing(key).Revision() }
 
 func (h *harness) paced(key string) (msgs, rcpts int) {
 	h.t.Helper()
-	kv, err := h.js.KeyValue(h.ctx, relay.PacingBucket)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	e, err := kv.Get(h.ctx, key)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	e := h.pacing(key)
 	var rec struct{ Msgs, Rcpts []struct{ N int } }
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		h.t.Fatal(err)
