@@ -402,7 +402,10 @@ func (d *Daemon) Close() error {
 			cancel()
 		}
 		if d.NC != nil {
-			d.NC.Drain()
+			// Everything that subscribed has stopped: send what is
+			// buffered (events, acks), then close. (Drain is
+			// asynchronous; a Close right after it cut it short.)
+			d.NC.FlushTimeout(2 * time.Second)
 			d.NC.Close()
 		}
 		if d.ns != nil {
