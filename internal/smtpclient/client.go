@@ -193,13 +193,6 @@ func (c *Client) setConn(conn net.Conn) {
 	c.ext = nil
 }
 
-// Extension reports whether the server offered an EHLO keyword, and its
-// parameters.
-func (c *Client) Extension(name string) (bool, string) {
-	v, ok := c.ext[strings.ToUpper(name)]
-	return ok, v
-}
-
 // Pipelining reports whether transactions are pipelined (the server offered
 // PIPELINING).
 func (c *Client) Pipelining() bool {
@@ -282,7 +275,7 @@ func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []b
 		if !c.Pipelining() {
 			for _, cmd := range cmds {
 				if err := c.cmd(cmd.name, cmd.want, cmd.line); err != nil {
-					return c.afterRefusal(cmd.name, err)
+					return c.afterRefusal(err)
 				}
 			}
 			return nil
@@ -325,7 +318,7 @@ func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []b
 			}
 		}
 		if refused != nil {
-			return c.afterRefusal("", refused)
+			return c.afterRefusal(refused)
 		}
 		return nil
 	})
@@ -355,7 +348,7 @@ const maxGroup = 100
 
 // afterRefusal: a refused RSET leaves the session in an unknown state, so
 // the connection is closed; any other refusal concerns this message only.
-func (c *Client) afterRefusal(name string, err error) error {
+func (c *Client) afterRefusal(err error) error {
 	var e *Error
 	if errors.As(err, &e) && e.Command == "RSET" && e.Reply() != nil {
 		return c.lost("RSET", err)
@@ -420,18 +413,6 @@ func isASCII[T string | []byte](s T) bool {
 		}
 	}
 	return true
-}
-
-// Reset sends RSET: it clears any transaction and proves the connection
-// answers.
-func (c *Client) Reset(ctx context.Context) error {
-	return c.guard(ctx, c.cfg.CommandTimeout, func() error {
-		if err := c.cmd("RSET", 250, "RSET"); err != nil {
-			return err
-		}
-		c.dirty = false
-		return nil
-	})
 }
 
 // Quit sends QUIT and closes the connection (RFC 5321 §4.1.1.10).
