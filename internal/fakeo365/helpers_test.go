@@ -10,12 +10,13 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 	"golang.org/x/oauth2"
+
+	"relay365/internal/clock"
 )
 
 const (
@@ -27,27 +28,8 @@ const (
 	appScope     = "https://outlook.office365.com/.default"
 )
 
-// fakeClock is a manually advanced Config.Now.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+// newFakeClock is a manually advanced Config.Now.
+func newFakeClock() *clock.Fake { return clock.NewFake(time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
 func startServer(t *testing.T, cfg Config) *Server {
 	t.Helper()

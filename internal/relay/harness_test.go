@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
@@ -20,19 +19,11 @@ import (
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
 	"relay365/internal/relay/relaytest"
+	"relay365/internal/testutil"
 	"relay365/internal/token"
 )
 
 var fast = relaytest.FastRetry
-
-// logBuf collects a test's logs (dumped when it fails, scanned for secrets).
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // setup is what a test changes from the harness defaults.
 type setup struct {
@@ -56,15 +47,15 @@ type harness struct {
 	tokens   *token.Source
 	engine   *relay.Engine
 	reg      *prometheus.Registry
-	logs     *logBuf
-	stop     func() // stops the engine (graceful) and waits for it
+	logs     *testutil.Buffer // dumped when the test fails, scanned for secrets
+	stop     func()           // stops the engine (graceful) and waits for it
 }
 
 func newHarness(t *testing.T, s setup) *harness {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
-	h := &harness{t: t, ctx: ctx, logs: &logBuf{}}
+	h := &harness{t: t, ctx: ctx, logs: &testutil.Buffer{}}
 	// Fsync every few seconds instead of before every ack: these tests
 	// are about delivery, not power loss, and run on shared cores.
 	h.js = queuetest.StartSync(t, "5s").JS

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/account"
+	"relay365/internal/clock"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
@@ -99,25 +100,10 @@ func checkPaced(t *testing.T, h *harness, n int, window time.Duration, limit int
 	t.Logf("%d messages accepted over %s of the compressed clock", n, span.Round(time.Second))
 }
 
-// manualClock is advanced by hand.
-type manualClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
+// manualClock is advanced by hand; its waits are real ones.
+type manualClock struct{ *clock.Fake }
 
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
-func (c *manualClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+func (manualClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // pacerTest is a JetStream, a manual clock and a way to open pacers on
 // them (each one as another process would).
@@ -125,13 +111,13 @@ type pacerTest struct {
 	t     *testing.T
 	ctx   context.Context
 	js    jetstream.JetStream
-	clock *manualClock
+	clock manualClock
 }
 
 func newPacerTest(t *testing.T) *pacerTest {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	return &pacerTest{t: t, ctx: ctx, js: queuetest.Start(t).JS, clock: &manualClock{now: time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)}}
+	return &pacerTest{t: t, ctx: ctx, js: queuetest.Start(t).JS, clock: manualClock{clock.NewFake(time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC))}}
 }
 
 func (pt *pacerTest) open() *relay.Pacer {

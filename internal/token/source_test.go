@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/clock"
 	"relay365/internal/testutil"
 )
 
@@ -161,23 +162,8 @@ func (f *fakeIdP) snapshot() (reuse int, lastAT string) {
 	return f.reuse, f.lastAT
 }
 
-// fakeClock is a settable clock shared by Sources in a test.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)} }
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// newClock is a settable clock shared by Sources in a test.
+func newClock() *clock.Fake { return clock.NewFake(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)) }
 
 // env is one "process": its own NATS connection, registry, store, source.
 type env struct {
@@ -191,7 +177,7 @@ type harness struct {
 	t     *testing.T
 	ctx   context.Context
 	idp   *fakeIdP
-	clock *fakeClock
+	clock *clock.Fake
 	logs  *testutil.Buffer
 	keys  *Keyring
 	url   string
