@@ -255,9 +255,21 @@ func TestTemporaryFailureRetriedPermanentDeadLettered(t *testing.T) {
 	acct, _ := s.Daemon.Accounts.Get(ctx, sandbox.Account)
 	acct.FromPolicy = "allow"
 	acct.SendAs = []string{"noreply@contoso.com"}
+	// The lane takes registry changes from a KV watch; the connection
+	// limit, changed in the same record, shows when it has this one (a
+	// message published before would still be rewritten and sent).
+	acct.MaxConns = 2
 	if err := s.Daemon.Accounts.Put(ctx, acct); err != nil {
 		t.Fatal(err)
 	}
+	testutil.Eventually(t, ctx, "the lane to take the new policy", func() bool {
+		for _, l := range s.Daemon.Engine.Status() {
+			if l.Account == sandbox.Account {
+				return l.ConnLimit == 2
+			}
+		}
+		return false
+	})
 	if _, err := p.Publish(ctx, &producer.Message{ID: "sendas", Account: sandbox.Account, From: "noreply@contoso.com", To: []string{"ops@contoso.com"}, Subject: "send-as", Text: "x"}); err != nil {
 		t.Fatal(err)
 	}
