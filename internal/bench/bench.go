@@ -5,7 +5,9 @@
 // # Method
 //
 // For each JetStream sync setting (Config.Sync: "always", the default of
-// `relay serve`, and a lazy interval) one environment is started: the whole
+// `relay serve`, and a lazy interval) and each connection count, one
+// environment is started (a fresh store per line, so no line depends on
+// the ones before it): the whole
 // `relay serve` (internal/daemon: embedded JetStream on a temporary
 // directory, the token service, the delivery engine) and the fake Office 365
 // (internal/fakeo365) as the SMTP sink with STARTTLS and XOAUTH2, its pacing
@@ -193,16 +195,16 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Result, error) {
 	return all, nil
 }
 
-// runSync runs every connection count against one environment.
+// runSync runs every connection count, each against an environment of its
+// own: a line's figures must not depend on which lines ran before it. (In
+// one shared store the later runs started with the earlier runs' idempotency
+// markers, ~230 bytes of subject index each in the embedded server's heap;
+// 40,000 of them made the collector work against the soft memory limit and
+// halved the last run's throughput. BENCHMARKS.md has the figures.)
 func runSync(ctx context.Context, cfg Config, syncSetting string, p *printer) ([]Result, error) {
-	e, err := startEnv(ctx, cfg, syncSetting)
-	if err != nil {
-		return nil, err
-	}
-	defer e.close()
 	var results []Result
 	for _, c := range cfg.Conns {
-		r, err := e.runConns(ctx, c)
+		r, err := runOne(ctx, cfg, syncSetting, c)
 		if err != nil {
 			return results, fmt.Errorf("%d connections: %w", c, err)
 		}
@@ -212,6 +214,16 @@ func runSync(ctx context.Context, cfg Config, syncSetting string, p *printer) ([
 		}
 	}
 	return results, nil
+}
+
+// runOne starts an environment, runs one line in it and tears it down.
+func runOne(ctx context.Context, cfg Config, syncSetting string, c int) (Result, error) {
+	e, err := startEnv(ctx, cfg, syncSetting)
+	if err != nil {
+		return Result{}, err
+	}
+	defer e.close()
+	return e.runConns(ctx, c)
 }
 
 // runConns is one line: ceiling, relay and latency at c connections.

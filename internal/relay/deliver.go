@@ -26,7 +26,7 @@ type attempt struct {
 	started   time.Time // on the engine's clock
 	probe     bool      // the paused lane's probe message
 	duplicate bool      // every transaction was already accepted earlier
-	release   func()    // gives the lane's slot back; more calls do nothing
+	slot      *slot     // the message's claim on the lane's sessions
 }
 
 // messageID is the message's idempotency key: the JSON id, else the id a
@@ -41,13 +41,13 @@ func messageID(jsonID string, msg jetstream.Msg, seq uint64) string {
 	return "seq-" + strconv.FormatUint(seq, 10)
 }
 
-func (l *lane) handle(msg jetstream.Msg, probe bool, release func()) {
+func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		l.log.Error().Err(err).Msg("message without metadata; leaving it for redelivery")
 		return
 	}
-	a := &attempt{msg: msg, meta: meta, probe: probe, release: release, id: messageID("", msg, meta.Sequence.Stream), started: l.e.clock.Now()}
+	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg, meta.Sequence.Stream), started: l.e.clock.Now()}
 	a.first = l.firstAttempt(meta.Sequence.Stream, meta.NumDelivered)
 	a.log = l.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).Str("msg_id", a.id).Logger()
 
@@ -107,6 +107,11 @@ func (l *lane) deliver(a *attempt) error {
 		if l.ctx.Err() != nil {
 			l.release(t, a.log)
 			return errStopping // batches sent so far are marked
+		}
+		// A message fetched ahead waits here, prepared, for a session.
+		if err := a.slot.acquire(a.probe); err != nil {
+			l.release(t, a.log)
+			return err
 		}
 		if err := l.transaction(a, r, i, len(batches), batches[i], t); err != nil {
 			return err
@@ -187,7 +192,7 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 		// the slot may carry the next message while the bookkeeping below
 		// (marker, pacing, ack) is written. Sessions in use stay within
 		// the account's MaxConns.
-		a.release()
+		a.slot.release()
 	}
 	if err != nil {
 		var se *SMTPError
@@ -340,6 +345,11 @@ func (l *lane) finish(a *attempt, err error) {
 		_ = a.msg.Nak() // not started: straight back for the next worker
 		return
 	}
+	last := a.meta.NumDelivered >= uint64(l.e.cfg.MaxDeliver)
+	if errors.Is(err, errPausedAhead) {
+		l.keepQueued(a, a.log.Info().Err(err), last)
+		return
+	}
 	class, se := classify(err)
 	action := class.Action()
 	reply := ""
@@ -348,28 +358,13 @@ func (l *lane) finish(a *attempt, err error) {
 		reply = se.Reply()
 		ev = ev.Int("smtp_code", se.Code)
 	}
-	last := a.meta.NumDelivered >= uint64(l.e.cfg.MaxDeliver)
 	switch action {
 	case ActionPause:
 		l.pause(class, err, pauseHint(err), a.probe)
 		if class == ClassTenant {
 			l.e.pauseTenant(l.account().Tenant, class, err)
 		}
-		if last {
-			// Waiting for an account never dead-letters mail.
-			if _, rqErr := queue.Requeue(ctx, l.e.js, a.msg, a.id); rqErr != nil {
-				ev.AnErr("requeue", rqErr).Msg("account paused at the message's last delivery; requeue failed, it stays queued")
-				return
-			}
-			l.forget(seq)
-			l.e.metrics.outcome(l.alias, outcomeRequeued)
-			ev.Msg("account paused at the message's last delivery: requeued as a fresh message")
-			return
-		}
-		delay := l.e.cfg.Retry.Delay(1)
-		l.e.metrics.outcome(l.alias, outcomePaused)
-		_ = a.msg.NakWithDelay(delay)
-		ev.Dur("retry_in", delay).Msg("account cannot send now; message kept queued")
+		l.keepQueued(a, ev, last)
 		return
 	case ActionRetry:
 		if class == ClassThrottle {
@@ -401,6 +396,26 @@ func (l *lane) finish(a *attempt, err error) {
 	l.forget(seq)
 	l.e.metrics.outcome(l.alias, outcomeDeadLettered)
 	ev.Msg("dead-lettered")
+}
+
+// keepQueued gives back a message its paused account cannot send now:
+// retried after the first retry delay or, at its last delivery, requeued
+// as a fresh message. Waiting for an account never dead-letters mail.
+func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool) {
+	if last {
+		if _, rqErr := queue.Requeue(l.e.sendCtx, l.e.js, a.msg, a.id); rqErr != nil {
+			ev.AnErr("requeue", rqErr).Msg("account paused at the message's last delivery; requeue failed, it stays queued")
+			return
+		}
+		l.forget(a.meta.Sequence.Stream)
+		l.e.metrics.outcome(l.alias, outcomeRequeued)
+		ev.Msg("account paused at the message's last delivery: requeued as a fresh message")
+		return
+	}
+	delay := l.e.cfg.Retry.Delay(1)
+	l.e.metrics.outcome(l.alias, outcomePaused)
+	_ = a.msg.NakWithDelay(delay)
+	ev.Dur("retry_in", delay).Msg("account cannot send now; message kept queued")
 }
 
 // heartbeat tells JetStream the message is still being worked on, every

@@ -14,12 +14,20 @@
 //     one step per ThrottleRecover without one;
 //   - the account's pause state.
 //
-// A lane pulls only what it can start now (DESIGN.md §7): free connection
-// slots, capped by the pacer's room in the current minute. A slot is free
-// again as soon as its message's last batch is accepted and the session
-// is back in the pool; the marker, the pacing confirmation and the ack
-// are then written while the slot carries the next message (the handler
-// still ends only after them, and shutdown waits for handlers). A paused lane
+// A lane pulls about what it can start (DESIGN.md §7): free connection
+// slots plus a small lookahead (16 messages, at most 1 MiB held), capped
+// by the pacer's room in the current minute. A message fetched ahead is
+// prepared at once — decoded, rendered, its markers read and its pacing
+// reserved, heartbeats running — and waits for a session; preparing
+// costs NATS round trips that take longer than a pipelined transaction,
+// so without the lookahead a session idled through them (lane.go has the
+// measurements). A waiting message whose account pauses goes back to the
+// stream unsent, its reservation given back; so does one at shutdown. A
+// slot is free again as soon as its message's last batch is accepted and
+// the session is back in the pool; the marker, the pacing confirmation
+// and the ack are then written while the slot carries the next message
+// (the handler still ends only after them, and shutdown waits for
+// handlers). Sessions in use never exceed the lane's limit. A paused lane
 // pulls nothing, so its messages wait in the stream with their delivery
 // count untouched, and no account's trouble — paused, throttled, slow or
 // broken — delays another account, whose lane has its own consumer, pool

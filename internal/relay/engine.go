@@ -50,6 +50,8 @@ type Config struct {
 	FetchWait       time.Duration // how long one pull waits for messages; default 5s
 	SweepEvery      time.Duration // how often subjects without an account are looked for; default 1s
 	UnknownGrace    time.Duration // age before a message of an unknown account is dead-lettered; default 3s
+	Lookahead       int           // messages a lane holds prepared beyond its sessions (lane.go); default 16, negative for none
+	LookaheadBytes  int           // a lane fetches ahead only while it holds fewer bytes of messages; default 1 MiB
 }
 
 func (c *Config) defaults() {
@@ -70,6 +72,15 @@ func (c *Config) defaults() {
 	}
 	if c.MaxAckPending <= 0 {
 		c.MaxAckPending = 1000
+	}
+	switch {
+	case c.Lookahead == 0:
+		c.Lookahead = DefaultLookahead
+	case c.Lookahead < 0:
+		c.Lookahead = 0
+	}
+	if c.LookaheadBytes <= 0 {
+		c.LookaheadBytes = DefaultLookaheadBytes
 	}
 	if c.Retry.Base <= 0 {
 		c.Retry = DefaultRetry
@@ -289,7 +300,7 @@ type LaneStatus struct {
 	PauseReason string    `json:"pause_reason,omitempty"`
 	PausedUntil time.Time `json:"next_probe,omitzero"`
 	ConnLimit   int       `json:"connection_limit"`
-	InFlight    int       `json:"slots_taken"` // by an open fetch or a send in progress
+	InFlight    int       `json:"in_flight"` // messages fetched and not yet accepted: sending, or prepared and waiting for a session
 	Sessions    int       `json:"sessions"`
 }
 

@@ -216,6 +216,10 @@ func (e *PaceError) Error() string {
 // transaction started; it goes back to the stream untouched.
 var errStopping = errors.New("worker stopping before the send started")
 
+// errPausedAhead: the account paused while this message, fetched ahead,
+// waited for a session; it goes back to the stream unsent.
+var errPausedAhead = errors.New("account paused before the message's turn came")
+
 // classify turns any delivery error into its class, once. The reply (nil
 // when there was none) is recorded on dead letters and in metrics.
 func classify(err error) (Class, *SMTPError) {

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,10 +23,38 @@ const maxHold = 90 * time.Second
 // maxFirstSeen bounds the per-lane memory of first attempt times.
 const maxFirstSeen = 10000
 
+// Lookahead: a lane holds up to Config.Lookahead messages beyond its sessions,
+// fetched, decoded, rendered, their markers read and pacing reserved,
+// waiting (heartbeats running) for the next free session. Preparing a
+// message costs NATS round trips (the fetch, the marker lookup beside the
+// pacing reservation) that take longer than its pipelined SMTP
+// transaction; without messages ready, a session that finished a
+// transaction sat idle through them. With one message ready the chain
+// was still the preparation's; with several they overlap one another,
+// and one fetch brings several messages. Measured with `relay bench`
+// (one connection, sync 2m): ratio to the ceiling 0.45 without, 0.65
+// with 1, 0.81 with 4, 0.95 with 8, 1.19 with 16 (BENCHMARKS.md).
+//
+// Messages that wait are bounded twice: by count, and by the bytes the
+// lane holds (Config.LookaheadBytes), so a burst of large messages waits in the
+// stream, not in memory. A fetch for free sessions has no byte limit (a
+// free session always takes the next message, whatever its size); a
+// fetch for the lookahead asks the server for at most the bytes left,
+// and a message that does not fit stays in the stream for a session.
+// DESIGN.md §7 asks to pull about what the workers can start and to
+// heartbeat what waits: a waiting message is at most Lookahead/limit
+// transactions (milliseconds) from its turn, and its heartbeat runs from
+// the fetch.
+const (
+	DefaultLookahead      = 16
+	DefaultLookaheadBytes = 1 << 20
+)
+
 // lane delivers one account's mail: its durable consumer, session pool,
 // concurrency limit and pause state. Its loop pulls only what it may start
-// now: free connection slots, the pacer's per-minute room, one probe
-// message while paused, nothing at all while paused otherwise.
+// now: free connection slots plus the lookahead, the pacer's per-minute
+// room, one probe message while paused, nothing at all while paused
+// otherwise.
 type lane struct {
 	e        *Engine
 	alias    string
@@ -39,9 +68,15 @@ type lane struct {
 
 	mu        sync.Mutex
 	acct      account.Account
-	limit     int       // connections now (≤ acct.MaxConns; lowered after 432)
-	throttled time.Time // last 432; zero when the limit is back to MaxConns
-	inflight  int       // slots taken by fetches and handlers holding a session
+	limit     int           // connections now (≤ acct.MaxConns; lowered after 432)
+	throttled time.Time     // last 432; zero when the limit is back to MaxConns
+	inflight  int           // fetched messages not yet past their last 250 (≤ limit+Lookahead)
+	sending   int           // of those, the ones that may hold a session (≤ limit)
+	msgs      int           // fetched messages not yet past their last 250 (the status's InFlight)
+	queue     []*slot       // those waiting for a session, in fetch order
+	held      int           // bytes of the fetched messages
+	aheadFull bool          // a lookahead fetch came back short: the next waits for a slot
+	freed     chan struct{} // closed, and replaced, when a sending slot frees
 	bound     bool
 	p         pauseState
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
@@ -67,7 +102,7 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 		e: e, alias: a.Alias, ctx: ctx, cancel: cancel,
 		log:  e.log.With().Str("account", a.Alias).Logger(),
 		done: make(chan struct{}), wake: make(chan struct{}, 1),
-		firstSeen: map[uint64]time.Time{},
+		firstSeen: map[uint64]time.Time{}, freed: make(chan struct{}),
 	}
 	l.pool = newPool(e.tr, e.cfg.IdleTimeout, func(s *Session) {
 		e.metrics.connections.WithLabelValues(a.Alias).Inc()
@@ -130,7 +165,7 @@ func (l *lane) run() {
 		if !l.waitReady() {
 			return
 		}
-		n, probe := l.take()
+		n, maxBytes, probe := l.take()
 		if n == 0 {
 			sleepOn(l.ctx, WallClock{}, time.Minute, l.wake)
 			continue
@@ -159,7 +194,11 @@ func (l *lane) run() {
 			n = allow
 		}
 		fctx, cancel := context.WithTimeout(l.ctx, l.e.cfg.FetchWait)
-		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+		opts := []jetstream.FetchOpt{jetstream.FetchContext(fctx)}
+		if maxBytes > 0 {
+			opts = append(opts, jetstream.FetchMaxBytes(maxBytes))
+		}
+		batch, err := cons.Fetch(n, opts...)
 		if err != nil {
 			cancel()
 			l.give(n, probe)
@@ -182,7 +221,10 @@ func (l *lane) run() {
 			cons = l.bind()
 		}
 		if started < n {
-			l.give(n-started, probe && started == 0)
+			// A lookahead fetch that came back short may have met a
+			// message over its byte budget: the next lookahead fetch
+			// waits for a slot to free (a free session takes any size).
+			l.giveShort(n-started, probe && started == 0, maxBytes > 0)
 		}
 	}
 }
@@ -220,9 +262,10 @@ func (l *lane) setBound(b bool) {
 	l.e.laneChanged()
 }
 
-// take reserves the slots the next fetch may fill: free connections, or
-// one probe message while paused.
-func (l *lane) take() (n int, probe bool) {
+// take reserves the slots the next fetch may fill: free sessions (any
+// message size), else the lookahead within its byte budget (maxBytes > 0),
+// or one probe message while paused.
+func (l *lane) take() (n, maxBytes int, probe bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -230,23 +273,32 @@ func (l *lane) take() (n int, probe bool) {
 		l.p.probeOut = true
 		n, probe = 1, true
 	case l.p.on:
-		return 0, false
-	default:
+		return 0, 0, false
+	case l.inflight < l.limit:
 		n = l.limit - l.inflight
+	case l.e.cfg.Lookahead > 0 && !l.aheadFull && l.held < l.e.cfg.LookaheadBytes:
+		n, maxBytes = l.limit+l.e.cfg.Lookahead-l.inflight, l.e.cfg.LookaheadBytes-l.held
 	}
 	if n < 0 {
 		n = 0
 	}
 	l.inflight += n
-	return n, probe
+	return n, maxBytes, probe
 }
 
 // give returns slots; probeUnused says the probe slot found no message.
-func (l *lane) give(n int, probeUnused bool) {
+func (l *lane) give(n int, probeUnused bool) { l.giveShort(n, probeUnused, false) }
+
+// giveShort returns slots a fetch did not fill; aheadShort says it was a
+// lookahead fetch, which then waits for a slot to free.
+func (l *lane) giveShort(n int, probeUnused, aheadShort bool) {
 	l.mu.Lock()
 	l.inflight -= n
 	if probeUnused {
 		l.p.probeOut = false
+	}
+	if aheadShort {
+		l.aheadFull = true
 	}
 	l.mu.Unlock()
 	l.signal()
@@ -254,16 +306,87 @@ func (l *lane) give(n int, probeUnused bool) {
 
 func (l *lane) start(msg jetstream.Msg, probe bool) {
 	l.handlers.Add(1)
-	// The slot is the message's SMTP session: it is given back as soon as
-	// the session is back in the pool (after the last 250), so the next
-	// message is fetched and sent while this one's marker and ack are
-	// written, or at the end of the handler whatever happened.
-	release := sync.OnceFunc(func() { l.give(1, false) })
+	sl := &slot{l: l, bytes: len(msg.Data())}
+	l.mu.Lock()
+	l.held += sl.bytes
+	l.msgs++
+	l.queue = append(l.queue, sl)
+	l.mu.Unlock()
 	go func() {
 		defer l.handlers.Done()
-		defer release()
-		l.handle(msg, probe, release)
+		defer sl.release()
+		l.handle(msg, probe, sl)
 	}()
+}
+
+// slot is one fetched message's claim on its lane: counted in inflight
+// from the fetch, in the lane's queue until it may take a session, then
+// in sending. It is given back as soon as the last batch is accepted and
+// the session is back in the pool, so the next message is sent while this
+// one's marker and ack are written, or at the end of the handler
+// whatever happened. Only the handler's goroutine uses a slot.
+type slot struct {
+	l       *lane
+	bytes   int // the message's data, counted in the lane's held bytes
+	sending bool
+	done    bool
+}
+
+// acquire waits until the message may take a session: fewer than limit of
+// the lane's messages hold one, and the messages fetched before it that
+// still wait fill none of the free ones (sessions go in fetch order, so
+// one connection sends in stream order, as without the lookahead). It
+// fails with errStopping when the lane stops and, for anything but the
+// probe, with errPausedAhead when the account paused while it waited.
+func (s *slot) acquire(probe bool) error {
+	l := s.l
+	for !s.sending {
+		l.mu.Lock()
+		switch {
+		case l.p.on && !probe:
+			l.mu.Unlock()
+			return errPausedAhead
+		case probe || l.sending+slices.Index(l.queue, s) < l.limit:
+			l.sending++
+			s.sending = true
+			l.queue = slices.DeleteFunc(l.queue, func(q *slot) bool { return q == s })
+			l.mu.Unlock()
+			return nil
+		}
+		freed := l.freed
+		l.mu.Unlock()
+		select {
+		case <-freed:
+		case <-l.ctx.Done():
+			return errStopping
+		}
+	}
+	return nil
+}
+
+// release gives the slot back; more calls do nothing.
+func (s *slot) release() {
+	if s.done {
+		return
+	}
+	s.done = true
+	l := s.l
+	l.mu.Lock()
+	l.inflight--
+	l.msgs--
+	l.held -= s.bytes
+	l.aheadFull = false
+	if s.sending {
+		l.sending--
+	} else {
+		// Finished without a session (a duplicate, a refusal before
+		// sending): the messages behind it move up.
+		l.queue = slices.DeleteFunc(l.queue, func(q *slot) bool { return q == s })
+	}
+	close(l.freed)
+	l.freed = make(chan struct{})
+	l.mu.Unlock()
+	l.signal()
 }
 
 // waitReady returns when the lane may pull (not paused, or a probe message
@@ -492,7 +615,7 @@ func (l *lane) status() LaneStatus {
 	l.mu.Lock()
 	st := LaneStatus{
 		Account: l.alias, Bound: l.bound, Paused: l.p.on, ConnLimit: l.limit,
-		InFlight: l.inflight,
+		InFlight: l.msgs,
 	}
 	if l.p.on {
 		st.PauseClass, st.PauseReason, st.PausedUntil = string(l.p.class), l.p.reason, l.p.until

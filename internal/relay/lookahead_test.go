@@ -1,0 +1,168 @@
+package relay_test
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"relay365/internal/account"
+	"relay365/internal/message"
+	"relay365/internal/relay"
+)
+
+// watchLane samples the lane's status until stop is called and returns
+// the largest InFlight and Sessions it saw.
+func watchLane(h *harness, alias string) (stop func() (inFlight, sessions int)) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var maxIn, maxSess int
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, l := range h.engine.Status() {
+				if l.Account == alias {
+					maxIn, maxSess = max(maxIn, l.InFlight), max(maxSess, l.Sessions)
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() (int, int) {
+		close(done)
+		wg.Wait()
+		return maxIn, maxSess
+	}
+}
+
+func TestLookaheadHoldsPreparedMessagesWithinTheLimits(t *testing.T) {
+	const conns, ahead, n = 2, 4, 20
+	h := newHarness(t, setup{engine: relay.Config{Lookahead: ahead}})
+	h.enroll("ahead", "ahead@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns = conns })
+	stop := watchLane(h, "ahead")
+	// Slow transactions, so the lane fills its sessions and its lookahead.
+	h.fake.DelayNextData(n, 50*time.Millisecond)
+	for i := range n {
+		h.publish("ahead", fmt.Sprintf("ahead-%02d", i), fmt.Sprintf("ahead %02d", i))
+	}
+	h.waitFor("the lookahead to fill", func() bool { return h.lane("ahead").InFlight == conns+ahead })
+	h.waitFor("every message delivered and acked", func() bool { return len(h.delivered()) == n && h.queued() == 0 })
+	maxIn, maxSess := stop()
+	if maxIn > conns+ahead {
+		t.Errorf("the lane held %d messages, want at most %d sessions + %d ahead", maxIn, conns, ahead)
+	}
+	if maxSess > conns {
+		t.Errorf("%d sessions open, want at most MaxConns %d: waiting messages must not take sessions", maxSess, conns)
+	}
+	for subject, k := range h.delivered() {
+		if k != 1 {
+			t.Errorf("%q delivered %d times", subject, k)
+		}
+	}
+	if sent := h.outcome("ahead", "sent"); sent != n {
+		t.Errorf("%v sent, want %d", sent, n)
+	}
+	if msgs, _ := h.paced("ahead=contoso.com"); msgs != n {
+		t.Errorf("the pacing record counts %d messages, want %d", msgs, n)
+	}
+}
+
+func TestLookaheadStopsAtItsByteBudget(t *testing.T) {
+	// 40 KB messages against a 64 KiB budget: with one in its session
+	// the next does not fit, so none waits in memory; the 100 KB one,
+	// over the whole budget, still goes through a free session.
+	h := newHarness(t, setup{engine: relay.Config{Lookahead: 8, LookaheadBytes: 64 << 10}})
+	h.enroll("bytes", "bytes@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns = 1 })
+	stop := watchLane(h, "bytes")
+	h.fake.DelayNextData(6, 30*time.Millisecond)
+	sizes := []int{40 << 10, 40 << 10, 100 << 10, 40 << 10, 40 << 10, 40 << 10}
+	for i, size := range sizes {
+		h.publishMsg(&message.Message{ID: fmt.Sprintf("big-%d", i), Account: "bytes", To: []string{"ops@fabrikam.com"},
+			Subject: fmt.Sprintf("big %d", i), Text: strings.Repeat("x", size)})
+	}
+	h.waitFor("every message delivered and acked", func() bool { return len(h.delivered()) == len(sizes) && h.queued() == 0 })
+	if maxIn, _ := stop(); maxIn != 1 {
+		t.Errorf("the lane held up to %d messages; 40 KB ones against a 64 KiB budget allow 1", maxIn)
+	}
+	if sent := h.outcome("bytes", "sent"); sent != float64(len(sizes)) {
+		t.Errorf("%v sent, want %d", sent, len(sizes))
+	}
+
+	// Small messages against the same budget do wait ahead.
+	stop = watchLane(h, "bytes")
+	h.fake.DelayNextData(10, 30*time.Millisecond)
+	for i := range 10 {
+		h.publish("bytes", fmt.Sprintf("small-%d", i), fmt.Sprintf("small %d", i))
+	}
+	h.waitFor("the small ones delivered", func() bool { return len(h.delivered()) == len(sizes)+10 && h.queued() == 0 })
+	if maxIn, _ := stop(); maxIn < 2 {
+		t.Errorf("small messages: the lane held at most %d, want some waiting ahead", maxIn)
+	}
+}
+
+func TestWaitingMessagesGoBackWhenTheAccountPauses(t *testing.T) {
+	const ahead = 4
+	h := newHarness(t, setup{engine: relay.Config{Lookahead: ahead}})
+	h.enroll("halt", "halt@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns = 1 })
+	// The first transaction is slow; while it runs, the others wait
+	// prepared. It then meets the quota reply and the account pauses.
+	h.fake.DelayNextData(1, time.Second)
+	for i := range 1 + ahead {
+		h.publish("halt", fmt.Sprintf("halt-%d", i), fmt.Sprintf("halt %d", i))
+	}
+	h.waitFor("one sending and the lookahead full", func() bool { return h.lane("halt").InFlight == 1+ahead })
+	h.fake.SetQuotaExceeded("halt@contoso.com", true)
+	h.waitFor("the waiting messages back in the stream", func() bool {
+		return strings.Count(h.logs.String(), "account paused before the message's turn came") == ahead
+	})
+	if d := len(h.delivered()); d != 0 {
+		t.Fatalf("%d delivered while the account was paused", d)
+	}
+	if msgs, _ := h.paced("halt=contoso.com"); msgs != 0 {
+		t.Errorf("the pacing record counts %d messages; every reservation should be given back", msgs)
+	}
+	h.fake.SetQuotaExceeded("halt@contoso.com", false)
+	h.waitFor("every message delivered after the pause", func() bool { return len(h.delivered()) == 1+ahead && h.queued() == 0 })
+	for subject, k := range h.delivered() {
+		if k != 1 {
+			t.Errorf("%q delivered %d times", subject, k)
+		}
+	}
+	if dl := h.deadLetters("halt"); len(dl) != 0 {
+		t.Errorf("%d dead letters; a pause never dead-letters", len(dl))
+	}
+}
+
+func TestShutdownGivesWaitingMessagesBack(t *testing.T) {
+	const ahead = 3
+	h := newHarness(t, setup{engine: relay.Config{Lookahead: ahead}})
+	h.enroll("quit", "quit@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns = 1 })
+	h.fake.DelayNextData(1, 500*time.Millisecond)
+	for i := range 1 + ahead {
+		h.publish("quit", fmt.Sprintf("quit-%d", i), fmt.Sprintf("quit %d", i))
+	}
+	// A session open means the first message is in its transaction (the
+	// fake holds its DATA): the stop lets it finish.
+	h.waitFor("one sending and the lookahead full", func() bool {
+		l := h.lane("quit")
+		return l.InFlight == 1+ahead && l.Sessions == 1
+	})
+	h.stop() // graceful: the transaction in flight finishes
+	if d := len(h.delivered()); d != 1 {
+		t.Fatalf("%d delivered, want the one in flight at the stop", d)
+	}
+	if q := h.queued(); q != ahead {
+		t.Errorf("%d queued after the stop, want the %d that waited", q, ahead)
+	}
+	if msgs, _ := h.paced("quit=contoso.com"); msgs != 1 {
+		t.Errorf("the pacing record counts %d messages, want 1: the waiting ones' reservations given back", msgs)
+	}
+}
