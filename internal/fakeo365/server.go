@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -113,6 +114,8 @@ type Server struct {
 	cfg  Config
 	log  zerolog.Logger
 	done chan struct{} // closed by Close; wakes hanging token calls and waiters
+
+	dataHeld atomic.Int64 // ends of DATA waiting out DelayNextData now
 
 	authority string // http://127.0.0.1:PORT
 	caFile    string

@@ -303,11 +303,14 @@ func (ss *session) Data(r io.Reader) error {
 		return err
 	}
 	if d := s.takeDelay(); d > 0 {
+		s.dataHeld.Add(1)
 		select {
 		case <-time.After(d):
 		case <-s.done:
+			s.dataHeld.Add(-1)
 			return errDropped
 		}
+		s.dataHeld.Add(-1)
 	}
 	return s.submit(Message{Mailbox: ss.user, From: ss.from, To: slices.Clone(ss.to), Data: data})
 }
@@ -578,6 +581,10 @@ func (s *Server) DelayNextData(n int, d time.Duration) {
 	defer s.mu.Unlock()
 	s.delayData, s.delayFor = n, d
 }
+
+// DataInProgress is how many ends of DATA the server holds now, waiting
+// out DelayNextData: transactions that are surely under way.
+func (s *Server) DataInProgress() int { return int(s.dataHeld.Load()) }
 
 // SetRandomFaults makes every following DATA drop the connection (as
 // DropNextData) with probability drop, and every following end of DATA

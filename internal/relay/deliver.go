@@ -63,7 +63,7 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 // transaction per recipient batch not yet accepted. nil means every batch
 // is accepted (now or before).
 func (l *lane) deliver(a *attempt) error {
-	acct := l.account()
+	acct, gen := l.accountGen()
 	m, err := message.Decode(a.msg.Data())
 	if err != nil {
 		return err
@@ -109,9 +109,18 @@ func (l *lane) deliver(a *attempt) error {
 			return errStopping // batches sent so far are marked
 		}
 		// A message fetched ahead waits here, prepared, for a session.
-		if err := a.slot.acquire(a.probe); err != nil {
+		if err := a.slot.acquire(a.probe, gen); err != nil {
 			l.release(t, a.log)
 			return err
+		}
+		if k == 0 && l.e.clock.Now().Sub(t.at) > staleReservation {
+			// It waited long (slow transactions ahead of it): a
+			// reservation that old is leaving the minute window the
+			// pacer checks others against, so it is made again.
+			l.release(t, a.log)
+			if t, err = l.reserve(l.ctx, acct, len(batches[i])); err != nil {
+				return err
+			}
 		}
 		if err := l.transaction(a, r, i, len(batches), batches[i], t); err != nil {
 			return err
@@ -227,19 +236,26 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 	return nil
 }
 
+// staleReservation is the age at which a prepared message's reservation is
+// made again before its transaction: well inside the minute window.
+const staleReservation = 30 * time.Second
+
 // reserve waits for the pacer (holding the message, heartbeats running)
 // when the wait is short; a longer one pauses the account instead.
 // The time waited (on the engine's clock) is relay_pacing_wait_seconds.
 func (l *lane) reserve(ctx context.Context, acct account.Account, rcpts int) (Ticket, error) {
 	var waited time.Duration
 	for {
-		// The write runs on the lane's context, not ctx: a caller that
-		// no longer wants the reservation (ctx ended) must still learn
-		// whether it was written, to give it back; ctx ends only the
-		// waits. (A write cut short by the lane stopping may still land
-		// and then over-counts until it ages out, the safe direction.)
-		t, wait, err := l.e.pacer.Reserve(l.ctx, acct.Mailbox, rcpts, limits(acct))
+		// The write runs on the engine's send context, not ctx nor the
+		// lane's: a caller that no longer wants the reservation, or a
+		// lane that stops, must still learn whether it was written, to
+		// give it back (a write cut short could land unknown, and count
+		// against the day's budget for a day); ctx ends only the waits.
+		t, wait, err := l.e.pacer.Reserve(l.e.sendCtx, acct.Mailbox, rcpts, limits(acct))
 		switch {
+		case err == nil && wait == 0 && l.ctx.Err() != nil:
+			l.release(t, l.log)
+			return Ticket{}, errStopping
 		case err == nil && wait == 0:
 			l.e.metrics.pacingWait.WithLabelValues(l.alias).Observe(waited.Seconds())
 			return t, nil
@@ -346,8 +362,12 @@ func (l *lane) finish(a *attempt, err error) {
 		return
 	}
 	last := a.meta.NumDelivered >= uint64(l.e.cfg.MaxDeliver)
-	if errors.Is(err, errPausedAhead) {
-		l.keepQueued(a, a.log.Info().Err(err), last)
+	switch {
+	case errors.Is(err, errPausedAhead):
+		l.keepQueued(a, a.log.Info().Err(err), last, l.e.cfg.Retry.Delay(1))
+		return
+	case errors.Is(err, errAccountChanged):
+		l.keepQueued(a, a.log.Info().Err(err), last, 0)
 		return
 	}
 	class, se := classify(err)
@@ -360,11 +380,20 @@ func (l *lane) finish(a *attempt, err error) {
 	}
 	switch action {
 	case ActionPause:
+		var pe *PaceError
+		if errors.As(err, &pe) && !a.probe && l.othersInFlight() {
+			// The day's budget ran out under this message while others
+			// of the lane hold reservations: they go first, and the
+			// lane pauses when the last message finds no room, so the
+			// pause is measured without their reservations in it.
+			l.keepQueued(a, ev, last, l.e.cfg.Retry.Delay(1))
+			return
+		}
 		l.pause(class, err, pauseHint(err), a.probe)
 		if class == ClassTenant {
 			l.e.pauseTenant(l.account().Tenant, class, err)
 		}
-		l.keepQueued(a, ev, last)
+		l.keepQueued(a, ev, last, l.e.cfg.Retry.Delay(1))
 		return
 	case ActionRetry:
 		if class == ClassThrottle {
@@ -398,10 +427,11 @@ func (l *lane) finish(a *attempt, err error) {
 	ev.Msg("dead-lettered")
 }
 
-// keepQueued gives back a message its paused account cannot send now:
-// retried after the first retry delay or, at its last delivery, requeued
-// as a fresh message. Waiting for an account never dead-letters mail.
-func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool) {
+// keepQueued gives back a message its account cannot send now: retried
+// after delay (a pause; counted as outcome "paused"), or at once (delay 0:
+// the account changed under it) or, at its last delivery, requeued as a
+// fresh message. Waiting for an account never dead-letters mail.
+func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool, delay time.Duration) {
 	if last {
 		if _, rqErr := queue.Requeue(l.e.sendCtx, l.e.js, a.msg, a.id); rqErr != nil {
 			ev.AnErr("requeue", rqErr).Msg("account paused at the message's last delivery; requeue failed, it stays queued")
@@ -412,7 +442,11 @@ func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool) {
 		ev.Msg("account paused at the message's last delivery: requeued as a fresh message")
 		return
 	}
-	delay := l.e.cfg.Retry.Delay(1)
+	if delay == 0 {
+		_ = a.msg.Nak()
+		ev.Msg("message goes back to the stream, to be prepared again")
+		return
+	}
 	l.e.metrics.outcome(l.alias, outcomePaused)
 	_ = a.msg.NakWithDelay(delay)
 	ev.Dur("retry_in", delay).Msg("account cannot send now; message kept queued")

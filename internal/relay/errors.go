@@ -220,6 +220,11 @@ var errStopping = errors.New("worker stopping before the send started")
 // waited for a session; it goes back to the stream unsent.
 var errPausedAhead = errors.New("account paused before the message's turn came")
 
+// errAccountChanged: the account changed (mailbox, sender policy, limits)
+// while this message, rendered and paced for the old one, waited for a
+// session; it goes back to the stream to be prepared again.
+var errAccountChanged = errors.New("account changed before the message's turn came")
+
 // classify turns any delivery error into its class, once. The reply (nil
 // when there was none) is recorded on dead letters and in metrics.
 func classify(err error) (Class, *SMTPError) {

@@ -74,6 +74,7 @@ type lane struct {
 	sending   int           // of those, the ones that may hold a session (≤ limit)
 	msgs      int           // fetched messages not yet past their last 250 (the status's InFlight)
 	queue     []*slot       // those waiting for a session, in fetch order
+	gen       uint64        // bumped by every account change: messages prepared before it are prepared again
 	held      int           // bytes of the fetched messages
 	aheadFull bool          // a lookahead fetch came back short: the next waits for a slot
 	freed     chan struct{} // closed, and replaced, when a sending slot frees
@@ -121,9 +122,35 @@ func (l *lane) signal() {
 }
 
 func (l *lane) account() account.Account {
+	a, _ := l.accountGen()
+	return a
+}
+
+// accountGen is the account and its generation, which a message prepared
+// with it must still find when its session comes.
+func (l *lane) accountGen() (account.Account, uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.acct
+	return l.acct, l.gen
+}
+
+// inFlight is the number of messages fetched and not yet past their last
+// 250.
+func (l *lane) inFlight() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.msgs
+}
+
+// othersInFlight says whether messages besides the caller's are fetched
+// and not yet past their last 250.
+func (l *lane) othersInFlight() bool { return l.inFlight() > 1 }
+
+// wakeWaitersLocked wakes the messages waiting for a session, to look
+// again: a session freed, the limit rose, the account paused or changed.
+func (l *lane) wakeWaitersLocked() {
+	close(l.freed)
+	l.freed = make(chan struct{})
 }
 
 // setAccount applies a registry change: endpoint, mailbox, limits.
@@ -131,6 +158,8 @@ func (l *lane) setAccount(a account.Account) {
 	a.Normalize() // defaults for records written by older versions
 	l.mu.Lock()
 	l.acct = a
+	l.gen++
+	l.wakeWaitersLocked()
 	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {
 		l.limit = a.MaxConns
 	}
@@ -172,6 +201,13 @@ func (l *lane) run() {
 		}
 		acct := l.account()
 		allow, wait, err := l.e.pacer.Peek(l.ctx, acct.Mailbox, limits(acct))
+		held := l.inFlight()
+		room := allow
+		if maxBytes > 0 {
+			// A lookahead fetch: the messages held may not have
+			// reserved yet, so the pacer's room is theirs first.
+			room -= held
+		}
 		switch {
 		case err != nil:
 			l.give(n, probe)
@@ -180,18 +216,23 @@ func (l *lane) run() {
 				sleepOn(l.ctx, WallClock{}, time.Second, nil)
 			}
 			continue
-		case allow == 0:
+		case room <= 0:
 			l.give(n, probe)
-			if wait > maxHold {
-				// A probe finding no room extends the pause it probes.
+			switch {
+			case allow == 0 && wait > maxHold && held == 0:
+				// The day's budget is spent and none of it is held by
+				// a message of this lane that may yet give it back. A
+				// probe finding no room extends the pause it probes.
 				l.pause(ClassQuota, &PaceError{Wait: wait, Reason: "the mailbox's daily recipient budget is spent"}, wait, probe)
-			} else {
+			case allow == 0 && wait <= maxHold:
 				sleepOn(l.ctx, l.e.clock, wait, l.wake)
+			default:
+				sleepOn(l.ctx, WallClock{}, time.Minute, l.wake) // until a message of this lane ends
 			}
 			continue
-		case allow < n:
-			l.give(n-allow, false)
-			n = allow
+		case room < n:
+			l.give(n-room, false)
+			n = room
 		}
 		fctx, cancel := context.WithTimeout(l.ctx, l.e.cfg.FetchWait)
 		opts := []jetstream.FetchOpt{jetstream.FetchContext(fctx)}
@@ -336,13 +377,21 @@ type slot struct {
 // the lane's messages hold one, and the messages fetched before it that
 // still wait fill none of the free ones (sessions go in fetch order, so
 // one connection sends in stream order, as without the lookahead). It
-// fails with errStopping when the lane stops and, for anything but the
-// probe, with errPausedAhead when the account paused while it waited.
-func (s *slot) acquire(probe bool) error {
+// fails with errStopping when the lane stops, with errAccountChanged when
+// the account changed since the message was prepared with it (gen), and,
+// for anything but the probe, with errPausedAhead when the account paused
+// while it waited.
+func (s *slot) acquire(probe bool, gen uint64) error {
 	l := s.l
 	for !s.sending {
 		l.mu.Lock()
 		switch {
+		case l.ctx.Err() != nil:
+			l.mu.Unlock()
+			return errStopping
+		case l.gen != gen:
+			l.mu.Unlock()
+			return errAccountChanged
 		case l.p.on && !probe:
 			l.mu.Unlock()
 			return errPausedAhead
@@ -383,8 +432,7 @@ func (s *slot) release() {
 		// sending): the messages behind it move up.
 		l.queue = slices.DeleteFunc(l.queue, func(q *slot) bool { return q == s })
 	}
-	close(l.freed)
-	l.freed = make(chan struct{})
+	l.wakeWaitersLocked()
 	l.mu.Unlock()
 	l.signal()
 }
@@ -468,6 +516,7 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 		go l.watchTokens(wctx, p.kind)
 	}
 	l.p = p
+	l.wakeWaitersLocked() // messages waiting for a session go back
 	l.mu.Unlock()
 
 	l.e.metrics.setPaused(l.alias, class) // a probe may find another cause
@@ -527,9 +576,10 @@ func (l *lane) resume(why string) {
 }
 
 // sent ends a pause when a message that started after the pause began went
-// through: whatever held the account has cleared. (A fetch open when the
-// pause began may still hand the lane a message; it is tried like any
-// other, and is as good a probe as the armed one.)
+// through: whatever held the account has cleared. (A message fetched
+// before the pause, or by a fetch still open when it began, is not tried:
+// it goes back to the stream when it would take a session,
+// errPausedAhead. One already in its transaction may go through.)
 func (l *lane) sent(started time.Time, probe bool) {
 	l.mu.Lock()
 	clears := l.p.on && (probe || !started.Before(l.p.since))
@@ -574,6 +624,7 @@ func (l *lane) recoverThrottle() {
 		l.limit, l.throttled = l.acct.MaxConns, time.Time{}
 	}
 	l.pool.configure(Endpoint{Addr: l.acct.SMTPAddr, CAFile: l.acct.CAFile}, l.acct.Mailbox, l.limit)
+	l.wakeWaitersLocked()
 	l.signal()
 }
 

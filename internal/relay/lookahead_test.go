@@ -149,11 +149,14 @@ func TestShutdownGivesWaitingMessagesBack(t *testing.T) {
 	for i := range 1 + ahead {
 		h.publish("quit", fmt.Sprintf("quit-%d", i), fmt.Sprintf("quit %d", i))
 	}
-	// A session open means the first message is in its transaction (the
-	// fake holds its DATA): the stop lets it finish.
-	h.waitFor("one sending and the lookahead full", func() bool {
-		l := h.lane("quit")
-		return l.InFlight == 1+ahead && l.Sessions == 1
+	// Every message prepared (its reservation written) and the first one's
+	// DATA held by the fake: the stop lets that one finish.
+	h.waitFor("one sending and the lookahead prepared", func() bool {
+		if h.lane("quit").InFlight != 1+ahead || h.fake.DataInProgress() != 1 {
+			return false // (and the pacing record may not exist yet)
+		}
+		msgs, _ := h.paced("quit=contoso.com")
+		return msgs == 1+ahead
 	})
 	h.stop() // graceful: the transaction in flight finishes
 	if d := len(h.delivered()); d != 1 {
@@ -164,5 +167,84 @@ func TestShutdownGivesWaitingMessagesBack(t *testing.T) {
 	}
 	if msgs, _ := h.paced("quit=contoso.com"); msgs != 1 {
 		t.Errorf("the pacing record counts %d messages, want 1: the waiting ones' reservations given back", msgs)
+	}
+}
+
+func TestOneConnectionSendsInStreamOrder(t *testing.T) {
+	h := newHarness(t, setup{})
+	h.enroll("order", "order@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns = 1 })
+	const n = 40
+	h.fake.DelayNextData(n, 5*time.Millisecond) // so the lookahead fills
+	for i := range n {
+		h.publish("order", fmt.Sprintf("order-%02d", i), fmt.Sprintf("order %02d", i))
+	}
+	h.waitFor("every message delivered", func() bool { return len(h.delivered()) == n })
+	var got []string
+	for _, m := range h.fake.Messages() {
+		if strings.HasPrefix(m.Subject, "order ") {
+			got = append(got, m.Subject)
+		}
+	}
+	for i, subject := range got {
+		if want := fmt.Sprintf("order %02d", i); subject != want {
+			t.Fatalf("message %d to arrive was %q, want %q: one connection must keep stream order\n%v", i, subject, want, got)
+		}
+	}
+}
+
+func TestLookaheadStopsAtTheDaysBudget(t *testing.T) {
+	// 10 recipients left today and 30 messages queued: exactly 10 go,
+	// then the account pauses for the day; the lookahead must not take
+	// messages the budget cannot carry and pause with budget unspent.
+	h := newHarness(t, setup{})
+	h.enroll("daily", "daily@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
+		a.MaxConns, a.PerDay = 1, 10
+	})
+	h.fake.DelayNextData(30, 5*time.Millisecond)
+	for i := range 30 {
+		h.publish("daily", fmt.Sprintf("daily-%02d", i), fmt.Sprintf("daily %02d", i))
+	}
+	h.waitFor("the day's budget spent and the account paused", func() bool {
+		l := h.lane("daily")
+		return l.Paused && l.PauseClass == "quota"
+	})
+	if d := len(h.delivered()); d != 10 {
+		t.Errorf("%d delivered before the pause, want the 10 the day's budget allows", d)
+	}
+	if _, rcpts := h.paced("daily=contoso.com"); rcpts != 10 {
+		t.Errorf("the pacing record counts %d recipients, want 10", rcpts)
+	}
+	if dl := h.deadLetters("daily"); len(dl) != 0 {
+		t.Errorf("%d dead letters; a spent budget never dead-letters", len(dl))
+	}
+}
+
+func TestAccountChangeSendsWaitingMessagesBackToBePreparedAgain(t *testing.T) {
+	const ahead = 4
+	h := newHarness(t, setup{engine: relay.Config{Lookahead: ahead}})
+	a := h.enroll("moved", "moved@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns = 1 })
+	h.fake.DelayNextData(1, time.Second)
+	for i := range 1 + ahead {
+		h.publish("moved", fmt.Sprintf("moved-%d", i), fmt.Sprintf("moved %d", i))
+	}
+	h.waitFor("one sending and the lookahead prepared", func() bool {
+		return h.lane("moved").InFlight == 1+ahead && h.fake.DataInProgress() == 1
+	})
+	// A new per-minute pace (any change) while four messages wait.
+	a.PerMinute = 1 << 19
+	if err := h.accounts.Put(h.ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("every message delivered", func() bool { return len(h.delivered()) == 1+ahead && h.queued() == 0 })
+	if n := strings.Count(h.logs.String(), "account changed before the message's turn came"); n != ahead {
+		t.Errorf("%d messages went back to be prepared again, want the %d that waited", n, ahead)
+	}
+	for subject, k := range h.delivered() {
+		if k != 1 {
+			t.Errorf("%q delivered %d times", subject, k)
+		}
+	}
+	if msgs, _ := h.paced("moved=contoso.com"); msgs != 1+ahead {
+		t.Errorf("the pacing record counts %d messages, want %d: reservations of the old preparation given back", msgs, 1+ahead)
 	}
 }

@@ -248,6 +248,10 @@ func (p *Pacer) Peek(ctx context.Context, mailbox string, lim Limits) (allow int
 	}
 	if d := perDay.room(r.Rcpts, now, lim.PerDay, 1); d > 0 {
 		allow, wait = 0, max(wait, d)
+	} else if lim.PerDay > 0 {
+		// Every message has a recipient: no more messages than the
+		// day's recipients left (a lane fetches ahead by this).
+		allow = min(allow, lim.PerDay-perDay.total(r.Rcpts, now))
 	}
 	return max(allow, 0), wait, nil
 }
