@@ -36,11 +36,17 @@ const maxFirstSeen = 10000
 // with 1, 0.81 with 4, 0.95 with 8, 1.19 with 16 (BENCHMARKS.md).
 //
 // Messages that wait are bounded twice: by count, and by the bytes the
-// lane holds (Config.LookaheadBytes), so a burst of large messages waits in the
-// stream, not in memory. A fetch for free sessions has no byte limit (a
-// free session always takes the next message, whatever its size); a
-// fetch for the lookahead asks the server for at most the bytes left,
-// and a message that does not fit stays in the stream for a session.
+// lane holds (Config.LookaheadBytes, per lane), so a burst of large
+// messages waits in the stream, not in memory. A fetch for free sessions
+// has no byte limit (a free session always takes the next message,
+// whatever its size); a fetch for the lookahead asks the server for at
+// most the bytes left, and a message that does not fit stays in the
+// stream for a session. A prepared message is in memory about three
+// times (its JSON, the decoded message, the rendered MIME), so a lane's
+// waiting messages take at most about 3 MiB, and an idle lane none.
+// A lookahead fetch also leaves the pacer's room to the messages already
+// held (they may not have reserved yet), and a lane pauses for a spent
+// day's budget only when none of its own messages holds part of it.
 // DESIGN.md §7 asks to pull about what the workers can start and to
 // heartbeat what waits: a waiting message is at most Lookahead/limit
 // transactions (milliseconds) from its turn, and its heartbeat runs from
