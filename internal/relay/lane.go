@@ -57,10 +57,10 @@ const (
 )
 
 // lane delivers one account's mail: its durable consumer, session pool,
-// concurrency limit and pause state. Its loop pulls only what it may start
-// now: free connection slots plus the lookahead, the pacer's per-minute
-// room, one probe message while paused, nothing at all while paused
-// otherwise.
+// concurrency limit and pause state. Its loop pulls what it may start now
+// and the lookahead: free connection slots plus up to Lookahead prepared
+// messages, within the pacer's room; one probe message while paused,
+// nothing at all while paused otherwise.
 type lane struct {
 	e        *Engine
 	alias    string
