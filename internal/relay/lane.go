@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -163,9 +164,11 @@ func (l *lane) wakeWaitersLocked() {
 func (l *lane) setAccount(a account.Account) {
 	a.Normalize() // defaults for records written by older versions
 	l.mu.Lock()
-	l.acct = a
-	l.gen++
-	l.wakeWaitersLocked()
+	if !reflect.DeepEqual(l.acct, a) { // a watch may deliver the same record again
+		l.acct = a
+		l.gen++
+		l.wakeWaitersLocked()
+	}
 	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {
 		l.limit = a.MaxConns
 	}
