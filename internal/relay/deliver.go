@@ -90,6 +90,7 @@ func (l *lane) deliver(a *attempt) error {
 	}
 	batches := r.Batches(batchSize(acct))
 	todo, first, err := l.lookupAndReserve(a, acct, batches)
+	a.slot.setPrepared()
 	if err != nil {
 		return err
 	}
@@ -113,13 +114,22 @@ func (l *lane) deliver(a *attempt) error {
 			l.release(t, a.log)
 			return err
 		}
-		if k == 0 && l.e.clock.Now().Sub(t.at) > staleReservation {
+		if age := l.e.clock.Now().Sub(t.at); k == 0 && age > staleReservation {
 			// It waited long (slow transactions ahead of it): a
-			// reservation that old is leaving the minute window the
-			// pacer checks others against, so it is made again.
-			l.release(t, a.log)
-			if t, err = l.reserve(l.ctx, acct, len(batches[i])); err != nil {
-				return err
+			// reservation that old is about to leave the minute window
+			// the pacer checks others against. Within the minute it is
+			// counted in every window that holds now, so it moves to
+			// now; past it, it is made again.
+			if age < time.Minute {
+				if t, err = l.e.pacer.Restamp(l.e.sendCtx, t); err != nil {
+					l.release(t, a.log) // t as it was
+					return err
+				}
+			} else {
+				l.release(t, a.log)
+				if t, err = l.reserve(l.ctx, acct, len(batches[i])); err != nil {
+					return err
+				}
 			}
 		}
 		if err := l.transaction(a, r, i, len(batches), batches[i], t); err != nil {
@@ -368,6 +378,9 @@ func (l *lane) finish(a *attempt, err error) {
 		return
 	case errors.Is(err, errAccountChanged):
 		l.keepQueued(a, a.log.Info().Err(err), last, 0)
+		if a.probe {
+			l.probeDone() // the next message probes
+		}
 		return
 	}
 	class, se := classify(err)
@@ -383,9 +396,9 @@ func (l *lane) finish(a *attempt, err error) {
 		var pe *PaceError
 		if errors.As(err, &pe) && !a.probe && l.othersInFlight() {
 			// The day's budget ran out under this message while others
-			// of the lane hold reservations: they go first, and the
-			// lane pauses when the last message finds no room, so the
-			// pause is measured without their reservations in it.
+			// of the lane hold reservations: they go first, the lane
+			// fetches nothing more, and it pauses when they are done.
+			l.holdForDay(pe.Wait)
 			l.keepQueued(a, ev, last, l.e.cfg.Retry.Delay(1))
 			return
 		}
@@ -434,12 +447,12 @@ func (l *lane) finish(a *attempt, err error) {
 func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool, delay time.Duration) {
 	if last {
 		if _, rqErr := queue.Requeue(l.e.sendCtx, l.e.js, a.msg, a.id); rqErr != nil {
-			ev.AnErr("requeue", rqErr).Msg("account paused at the message's last delivery; requeue failed, it stays queued")
+			ev.AnErr("requeue", rqErr).Msg("not sendable now at the message's last delivery; requeue failed, it stays queued")
 			return
 		}
 		l.forget(a.meta.Sequence.Stream)
 		l.e.metrics.outcome(l.alias, outcomeRequeued)
-		ev.Msg("account paused at the message's last delivery: requeued as a fresh message")
+		ev.Msg("not sendable now at the message's last delivery: requeued as a fresh message")
 		return
 	}
 	if delay == 0 {

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -82,6 +81,8 @@ type lane struct {
 	msgs      int           // fetched messages not yet past their last 250 (the status's InFlight)
 	queue     []*slot       // those waiting for a session, in fetch order
 	gen       uint64        // bumped by every account change: messages prepared before it are prepared again
+	preparing int           // fetched messages that have not reserved their pacing yet
+	dayHold   time.Duration // a message found the day\'s budget spent while others held part of it: fetch nothing, pause when they are done
 	held      int           // bytes of the fetched messages
 	aheadFull bool          // a lookahead fetch came back short: the next waits for a slot
 	freed     chan struct{} // closed, and replaced, when a sending slot frees
@@ -144,9 +145,37 @@ func (l *lane) accountGen() (account.Account, uint64) {
 // inFlight is the number of messages fetched and not yet past their last
 // 250.
 func (l *lane) inFlight() int {
+	held, _ := l.counts()
+	return held
+}
+
+// counts is the messages in flight, and of those the ones still to reserve.
+func (l *lane) counts() (held, preparing int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.msgs
+	return l.msgs, l.preparing
+}
+
+// holdForDay: a message found the day's budget spent while other messages
+// of the lane held part of it. The lane fetches nothing more; when the
+// last of them is done it pauses for the longest such wait (dayPause), so
+// the pause is measured with their reservations settled, not given back.
+func (l *lane) holdForDay(wait time.Duration) {
+	l.mu.Lock()
+	l.dayHold = max(l.dayHold, wait)
+	l.mu.Unlock()
+}
+
+// dayPause returns and clears the day hold once no message is in flight.
+func (l *lane) dayPause() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dayHold == 0 || l.msgs > 0 {
+		return 0
+	}
+	d := l.dayHold
+	l.dayHold = 0
+	return d
 }
 
 // othersInFlight says whether messages besides the caller's are fetched
@@ -164,7 +193,7 @@ func (l *lane) wakeWaitersLocked() {
 func (l *lane) setAccount(a account.Account) {
 	a.Normalize() // defaults for records written by older versions
 	l.mu.Lock()
-	if !reflect.DeepEqual(l.acct, a) { // a watch may deliver the same record again
+	if !samePreparation(l.acct, a) {
 		l.acct = a
 		l.gen++
 		l.wakeWaitersLocked()
@@ -175,6 +204,15 @@ func (l *lane) setAccount(a account.Account) {
 	l.pool.configure(Endpoint{Addr: a.SMTPAddr, CAFile: a.CAFile}, a.Mailbox, l.limit)
 	l.mu.Unlock()
 	l.signal()
+}
+
+// samePreparation says whether a message prepared (rendered, paced) for
+// account a can still be sent for b: the same mailbox, sender policy and
+// limits. A watch may deliver the same record again, and most edits
+// (connections, scopes, endpoints) leave prepared messages valid.
+func samePreparation(a, b account.Account) bool {
+	return a.Mailbox == b.Mailbox && a.FromPolicy == b.FromPolicy && slices.Equal(a.SendAs, b.SendAs) &&
+		a.PerMinute == b.PerMinute && a.PerDay == b.PerDay
 }
 
 func limits(a account.Account) Limits { return Limits{PerMinute: a.PerMinute, PerDay: a.PerDay} }
@@ -203,6 +241,10 @@ func (l *lane) run() {
 		if !l.waitReady() {
 			return
 		}
+		if d := l.dayPause(); d > 0 {
+			l.pause(ClassQuota, &PaceError{Wait: d, Reason: "the mailbox's daily recipient budget is spent"}, d, false)
+			continue
+		}
 		n, maxBytes, probe := l.take()
 		if n == 0 {
 			sleepOn(l.ctx, WallClock{}, time.Minute, l.wake)
@@ -210,12 +252,12 @@ func (l *lane) run() {
 		}
 		acct := l.account()
 		allow, wait, err := l.e.pacer.Peek(l.ctx, acct.Mailbox, limits(acct))
-		held := l.inFlight()
+		held, preparing := l.counts()
 		room := allow
 		if maxBytes > 0 {
-			// A lookahead fetch: the messages held may not have
-			// reserved yet, so the pacer's room is theirs first.
-			room -= held
+			// A lookahead fetch: the messages held that have not
+			// reserved yet will take the pacer's room first.
+			room -= preparing
 		}
 		switch {
 		case err != nil:
@@ -322,7 +364,7 @@ func (l *lane) take() (n, maxBytes int, probe bool) {
 	case l.p.on && l.p.armed && !l.p.probeOut && l.inflight == 0:
 		l.p.probeOut = true
 		n, probe = 1, true
-	case l.p.on:
+	case l.p.on, l.dayHold > 0:
 		return 0, 0, false
 	case l.inflight < l.limit:
 		n = l.limit - l.inflight
@@ -351,7 +393,8 @@ func (l *lane) giveShort(n int, probeUnused, aheadShort bool) {
 		l.aheadFull = true
 	}
 	l.mu.Unlock()
-	l.signal()
+	// No signal: only the loop gives slots back, and waking itself would
+	// turn its next wait (for the pacer, for a slot) into a spin.
 }
 
 func (l *lane) start(msg jetstream.Msg, probe bool) {
@@ -360,6 +403,7 @@ func (l *lane) start(msg jetstream.Msg, probe bool) {
 	l.mu.Lock()
 	l.held += sl.bytes
 	l.msgs++
+	l.preparing++
 	l.queue = append(l.queue, sl)
 	l.mu.Unlock()
 	go func() {
@@ -376,10 +420,23 @@ func (l *lane) start(msg jetstream.Msg, probe bool) {
 // one's marker and ack are written, or at the end of the handler
 // whatever happened. Only the handler's goroutine uses a slot.
 type slot struct {
-	l       *lane
-	bytes   int // the message's data, counted in the lane's held bytes
-	sending bool
-	done    bool
+	l        *lane
+	bytes    int // the message's data, counted in the lane's held bytes
+	prepared bool
+	sending  bool
+	done     bool
+}
+
+// prepared says the message has reserved its pacing (or needs none); the
+// lane's lookahead fetches no longer leave room for it.
+func (s *slot) setPrepared() {
+	if s.prepared {
+		return
+	}
+	s.prepared = true
+	s.l.mu.Lock()
+	s.l.preparing--
+	s.l.mu.Unlock()
 }
 
 // acquire waits until the message may take a session: fewer than limit of
@@ -433,6 +490,10 @@ func (s *slot) release() {
 	l.inflight--
 	l.msgs--
 	l.held -= s.bytes
+	if !s.prepared {
+		s.prepared = true
+		l.preparing--
+	}
 	l.aheadFull = false
 	if s.sending {
 		l.sending--

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"relay365/internal/account"
+	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/relay"
+	"relay365/internal/relay/relaytest"
 )
 
 // watchLane samples the lane's status until stop is called and returns
@@ -246,5 +248,59 @@ func TestAccountChangeSendsWaitingMessagesBackToBePreparedAgain(t *testing.T) {
 	}
 	if msgs, _ := h.paced("moved=contoso.com"); msgs != 1+ahead {
 		t.Errorf("the pacing record counts %d messages, want %d: reservations of the old preparation given back", msgs, 1+ahead)
+	}
+}
+
+func TestLaneWaitingForThePacerDoesNotSpin(t *testing.T) {
+	// 2 messages a minute, a minute passing in half a second: the lane
+	// spends most of the run waiting for the next minute. It must sleep
+	// through it, not ask the pacer over and over (it once did, a CPU
+	// core per waiting lane, since giving its slots back woke itself).
+	clock := relaytest.NewCompressed(120)
+	h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
+	h.enroll("slowpace", "slowpace@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
+		a.MaxConns, a.PerMinute = 1, 2
+	})
+	const n = 8 // four compressed minutes, about 2 s
+	for i := range n {
+		h.publish("slowpace", fmt.Sprintf("sp-%d", i), fmt.Sprintf("slow pace %d", i))
+	}
+	h.waitFor("every message delivered", func() bool { return len(h.delivered()) == n })
+	if peeks := h.engine.PacerPeeks(); peeks > 50*n {
+		t.Fatalf("the lane asked the pacer %d times for %d messages: it spins while it waits", peeks, n)
+	}
+}
+
+func TestManyRecipientsAtTheDaysEndPauseOnceWithoutLosingBudget(t *testing.T) {
+	// 11 recipients a day and messages of 6: one fits, then the lane
+	// pauses for the day. Messages that met the spent budget while
+	// others held reservations go back without a pause of their own,
+	// and the lane fetches nothing more until it pauses.
+	h := newHarness(t, setup{})
+	h.enroll("six", "six@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns, a.PerDay = 3, 11 })
+	h.fake.DelayNextData(1, 200*time.Millisecond)
+	for i := range 40 {
+		m := msgFor("six", fmt.Sprintf("six-%02d", i), fmt.Sprintf("six %02d", i))
+		m.To = []string{"a@fabrikam.com", "b@fabrikam.com", "c@fabrikam.com", "d@fabrikam.com", "e@fabrikam.com", "f@fabrikam.com"}
+		h.publishMsg(m)
+	}
+	h.waitFor("the account paused for the day, nothing in flight", func() bool {
+		l := h.lane("six")
+		return l.Paused && l.PauseClass == "quota" && l.InFlight == 0
+	})
+	if d := len(h.delivered()); d != 1 {
+		t.Errorf("%d delivered, want the 1 that fits 11 recipients", d)
+	}
+	if _, rcpts := h.paced("six=contoso.com"); rcpts != 6 {
+		t.Errorf("the pacing record counts %d recipients, want 6", rcpts)
+	}
+	if p := h.metric("relay_account_pauses_total", "account", "six"); p != 1 {
+		t.Errorf("%v pauses, want 1", p)
+	}
+	if back := h.outcome("six", "paused"); back > 3+relay.DefaultLookahead {
+		t.Errorf("%v messages went back, more than the lane can hold", back)
+	}
+	if dl := h.deadLetters("six"); len(dl) != 0 {
+		t.Errorf("%d dead letters; a spent budget never dead-letters", len(dl))
 	}
 }

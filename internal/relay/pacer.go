@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,6 +71,7 @@ type Limits struct {
 type Pacer struct {
 	kv    jetstream.KeyValue
 	clock Clock
+	peeks atomic.Int64 // Peek calls, for tests that a waiting lane does not spin
 
 	mu    sync.Mutex
 	boxes map[string]*paceState
@@ -234,6 +236,7 @@ func (w window) room(slots []paceSlot, now time.Time, limit, need int) time.Dura
 // budget (and none if the day's recipients are spent), and if none, how
 // long until one may. It does not reserve anything.
 func (p *Pacer) Peek(ctx context.Context, mailbox string, lim Limits) (allow int, wait time.Duration, err error) {
+	p.peeks.Add(1)
 	r, err := p.peekRecord(ctx, mailbox)
 	if err != nil {
 		return 0, 0, err
@@ -279,7 +282,19 @@ func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limi
 // second, the same ten minutes), the record would not change, and nothing
 // is written.
 func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
-	return p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
+	_, err := p.Restamp(ctx, t)
+	return err
+}
+
+// Restamp moves a reservation to now and returns it moved (Confirm is
+// Restamp after the 250). Before a transaction it serves a message that
+// waited, so its reservation does not age out of the minute window first;
+// t must then be under a minute old (counted in every window that holds
+// now already, so moving it keeps every limit). On error t is unchanged.
+func (p *Pacer) Restamp(ctx context.Context, t Ticket) (Ticket, error) {
+	var moved Ticket
+	err := p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
+		moved = Ticket{mailbox: t.mailbox, at: now, rcpts: t.rcpts}
 		if perMinute.sameSlot(t.at, now) && perDay.sameSlot(t.at, now) {
 			return false
 		}
@@ -287,6 +302,10 @@ func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
 		r.Rcpts = perDay.add(perDay.add(r.Rcpts, t.at, -t.rcpts), now, t.rcpts)
 		return true
 	})
+	if err != nil {
+		return t, err
+	}
+	return moved, nil
 }
 
 // Release gives a reservation back after a definite refusal.
