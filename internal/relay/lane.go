@@ -76,14 +76,14 @@ type lane struct {
 	acct      account.Account
 	limit     int           // connections now (≤ acct.MaxConns; lowered after 432)
 	throttled time.Time     // last 432; zero when the limit is back to MaxConns
-	inflight  int           // fetched messages not yet past their last 250 (≤ limit+Lookahead)
+	inflight  int           // slots taken by an open fetch or a message not yet past its last 250 (≤ limit+Lookahead)
 	sending   int           // of those, the ones that may hold a session (≤ limit)
 	msgs      int           // fetched messages not yet past their last 250 (the status's InFlight)
 	queue     []*slot       // those waiting for a session, in fetch order
 	gen       uint64        // bumped by every account change: messages prepared before it are prepared again
 	preparing int           // fetched messages that have not reserved their pacing yet
-	dayHold   time.Duration // a message found the day\'s budget spent while others held part of it: fetch nothing, pause when they are done
-	held      int           // bytes of the fetched messages
+	dayHold   time.Duration // a message found the day's budget spent while others held part of it: fetch nothing, pause when they are done
+	heldBytes int           // data of the messages in flight
 	aheadFull bool          // a lookahead fetch came back short: the next waits for a slot
 	freed     chan struct{} // closed, and replaced, when a sending slot frees
 	bound     bool
@@ -194,10 +194,10 @@ func (l *lane) setAccount(a account.Account) {
 	a.Normalize() // defaults for records written by older versions
 	l.mu.Lock()
 	if !samePreparation(l.acct, a) {
-		l.acct = a
 		l.gen++
 		l.wakeWaitersLocked()
 	}
+	l.acct = a
 	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {
 		l.limit = a.MaxConns
 	}
@@ -368,8 +368,8 @@ func (l *lane) take() (n, maxBytes int, probe bool) {
 		return 0, 0, false
 	case l.inflight < l.limit:
 		n = l.limit - l.inflight
-	case l.e.cfg.Lookahead > 0 && !l.aheadFull && l.held < l.e.cfg.LookaheadBytes:
-		n, maxBytes = l.limit+l.e.cfg.Lookahead-l.inflight, l.e.cfg.LookaheadBytes-l.held
+	case l.e.cfg.Lookahead > 0 && !l.aheadFull && l.heldBytes < l.e.cfg.LookaheadBytes:
+		n, maxBytes = l.limit+l.e.cfg.Lookahead-l.inflight, l.e.cfg.LookaheadBytes-l.heldBytes
 	}
 	if n < 0 {
 		n = 0
@@ -401,7 +401,7 @@ func (l *lane) start(msg jetstream.Msg, probe bool) {
 	l.handlers.Add(1)
 	sl := &slot{l: l, bytes: len(msg.Data())}
 	l.mu.Lock()
-	l.held += sl.bytes
+	l.heldBytes += sl.bytes
 	l.msgs++
 	l.preparing++
 	l.queue = append(l.queue, sl)
@@ -489,7 +489,7 @@ func (s *slot) release() {
 	l.mu.Lock()
 	l.inflight--
 	l.msgs--
-	l.held -= s.bytes
+	l.heldBytes -= s.bytes
 	if !s.prepared {
 		s.prepared = true
 		l.preparing--

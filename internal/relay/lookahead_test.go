@@ -304,3 +304,22 @@ func TestManyRecipientsAtTheDaysEndPauseOnceWithoutLosingBudget(t *testing.T) {
 		t.Errorf("%d dead letters; a spent budget never dead-letters", len(dl))
 	}
 }
+
+func TestAccountEditThatKeepsPreparedMessagesStillApplies(t *testing.T) {
+	// A change prepared messages do not depend on (connections here)
+	// sends nothing back, but the lane takes the new record all the same.
+	h := newHarness(t, setup{})
+	a := h.enroll("edit", "edit@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns = 1 })
+	a.MaxConns = 2
+	if err := h.accounts.Put(h.ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the lane to take the new record", func() bool {
+		return h.engine.LaneAccount("edit").MaxConns == 2 && h.lane("edit").ConnLimit == 2
+	})
+	h.publish("edit", "edit-1", "after the edit")
+	h.waitFor("delivery", func() bool { return h.delivered()["after the edit"] == 1 })
+	if strings.Contains(h.logs.String(), "account changed before the message's turn came") {
+		t.Error("a change of connections sent a prepared message back")
+	}
+}
