@@ -427,16 +427,19 @@ type slot struct {
 	done     bool
 }
 
-// prepared says the message has reserved its pacing (or needs none); the
-// lane's lookahead fetches no longer leave room for it.
+// setPrepared says the message has reserved its pacing (or needs none);
+// the lane's lookahead fetches no longer leave room for it.
 func (s *slot) setPrepared() {
-	if s.prepared {
-		return
-	}
-	s.prepared = true
 	s.l.mu.Lock()
-	s.l.preparing--
+	s.preparedLocked()
 	s.l.mu.Unlock()
+}
+
+func (s *slot) preparedLocked() {
+	if !s.prepared {
+		s.prepared = true
+		s.l.preparing--
+	}
 }
 
 // acquire waits until the message may take a session: fewer than limit of
@@ -490,10 +493,7 @@ func (s *slot) release() {
 	l.inflight--
 	l.msgs--
 	l.heldBytes -= s.bytes
-	if !s.prepared {
-		s.prepared = true
-		l.preparing--
-	}
+	s.preparedLocked()
 	l.aheadFull = false
 	if s.sending {
 		l.sending--
