@@ -55,6 +55,27 @@ func (p *peer) expect(prefix string) string {
 	return l
 }
 
+// skip reads n command lines, whatever they are (a pipelined group).
+func (p *peer) skip(n int) {
+	p.t.Helper()
+	for range n {
+		p.expect("")
+	}
+}
+
+// rest reads command lines until the client closes (or goes silent) and
+// returns them: what a client sent that it should not have.
+func (p *peer) rest() []string {
+	var lines []string
+	for {
+		l, err := p.line()
+		if err != nil {
+			return lines
+		}
+		lines = append(lines, l)
+	}
+}
+
 // handshake plays greeting, EHLO, STARTTLS and EHLO with ext offered in
 // TLS. It returns false when the client gave up.
 func (p *peer) handshake(ext ...string) bool {
@@ -231,19 +252,11 @@ func TestRefusedRecipientSendsNoContent(t *testing.T) {
 		if !p.handshake("PIPELINING") {
 			return
 		}
-		for range 4 {
-			p.expect("")
-		}
+		p.skip(4)
 		// A server that accepts DATA although a recipient was refused
 		// (RFC 2920 §3.1 tells clients to expect it).
 		p.send("250 2.1.0 OK", "250 2.1.5 OK", "550 5.1.1 User unknown", "354 go ahead")
-		for {
-			l, err := p.line()
-			if err != nil {
-				return // the client closed: the transaction is void
-			}
-			after = append(after, l)
-		}
+		after = p.rest() // the client closed: the transaction is void
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -271,18 +284,10 @@ func TestLateRepliesAfterARefusalBreakTheConnection(t *testing.T) {
 		if !p.handshake("PIPELINING") {
 			return
 		}
-		for range 4 {
-			p.expect("")
-		}
+		p.skip(4)
 		p.send("250 2.1.0 OK", "550 5.1.1 User unknown")
-		for {
-			l, err := p.line()
-			if err != nil {
-				io.WriteString(p.conn, "250 2.1.5 OK\r\n354 go ahead\r\n") // too late: the client closed
-				return
-			}
-			after = append(after, l)
-		}
+		after = p.rest()
+		io.WriteString(p.conn, "250 2.1.5 OK\r\n354 go ahead\r\n") // too late: the client closed
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -310,21 +315,11 @@ func TestRefusedRSETBreaksTheConnection(t *testing.T) {
 		if !p.handshake("PIPELINING") {
 			return
 		}
-		for range 3 {
-			p.expect("")
-		}
+		p.skip(3)
 		p.send("451 4.3.0 try later", "503 5.5.1 Need MAIL", "503 5.5.1 No recipients")
-		for range 4 {
-			p.expect("")
-		}
+		p.skip(4)
 		p.send("500 5.5.1 RSET refused", "250 2.1.0 OK", "250 2.1.5 OK", "354 go ahead")
-		for {
-			l, err := p.line()
-			if err != nil {
-				return
-			}
-			after = append(after, l)
-		}
+		after = p.rest()
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -349,9 +344,7 @@ func TestRefusedMailThenRSETOpensTheNextGroup(t *testing.T) {
 		if !p.handshake("PIPELINING") {
 			return
 		}
-		for range 3 {
-			p.expect("")
-		}
+		p.skip(3)
 		p.send("451 4.3.0 Temporary server error", "503 5.5.1 Need MAIL first", "503 5.5.1 No valid recipients")
 		for len(second) == 0 || second[len(second)-1] != "DATA" {
 			l, err := p.line()
@@ -388,13 +381,7 @@ func TestNoSTARTTLSNoAuth(t *testing.T) {
 		p.send("220 fake.test ESMTP")
 		p.expect("EHLO ")
 		p.send("250-fake.test Hello", "250-AUTH XOAUTH2 PLAIN", "250 PIPELINING")
-		for {
-			l, err := p.line()
-			if err != nil {
-				return
-			}
-			after = append(after, l)
-		}
+		after = p.rest()
 	})
 	if !errors.Is(err, ErrNoStartTLS) {
 		t.Fatalf("err = %v, want ErrNoStartTLS", err)
@@ -558,8 +545,7 @@ func TestServerSilence(t *testing.T) {
 		c, err, wait := serve(t, Config{CommandTimeout: 200 * time.Millisecond}, func(p *peer) {
 			if p.handshake("PIPELINING") {
 				p.line() // MAIL, never answered; then EOF when the client gives up
-				for _, err := p.line(); err == nil; _, err = p.line() {
-				}
+				p.rest()
 			}
 		})
 		if err != nil {
@@ -580,8 +566,7 @@ func TestServerSilence(t *testing.T) {
 			if p.handshake("PIPELINING") {
 				p.line()
 				cancel() // instead of a reply
-				for _, err := p.line(); err == nil; _, err = p.line() {
-				}
+				p.rest()
 			}
 		})
 		if err != nil {
