@@ -22,6 +22,7 @@ func FuzzParseAddress(f *testing.F) {
 		"ops@contoso.com", "Ops Team <ops@contoso.com>", `"Ops, Team" <ops@contoso.com>`,
 		"=?utf-8?q?J=C3=B6rg?= <j@contoso.com>", "a@b\r\nBcc: x@y.com", `"a b"@contoso.com`,
 		"<@route:a@b.com>", "a@[127.0.0.1]", "Jörg <jörg@münchen.de>", "", "@", "a@",
+		`"\\°" <0@0>`, // Q-encoded, the backslash broke the phrase (RFC 2047 §5(3))
 	} {
 		f.Add(s)
 	}

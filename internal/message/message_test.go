@@ -297,3 +297,28 @@ func FuzzDecodeValidateRender(f *testing.F) {
 		}
 	})
 }
+
+// A non-ASCII display name with an RFC 5322 special in it must come out
+// as an encoded-word a reader can parse (RFC 2047 §5(3)); net/mail's own
+// Address.String gets this wrong.
+func TestDisplayNameEncodingReadsBack(t *testing.T) {
+	for _, in := range []string{
+		`"\\°" <a@contoso.com>`,
+		`"Jörg, Ops" <a@contoso.com>`,
+		`"Jörg \"J\" (ops)" <a@contoso.com>`,
+		`Jörg <a@contoso.com>`,
+		`"Ops, Team" <a@contoso.com>`,
+	} {
+		want, err := mail.ParseAddress(in)
+		if err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		got, err := mail.ParseAddress(formatAddress(want))
+		if err != nil {
+			t.Fatalf("%q formatted as %q does not parse: %v", in, formatAddress(want), err)
+		}
+		if got.Name != want.Name || got.Address != want.Address {
+			t.Errorf("%q formatted as %q reads back as %q <%s>", in, formatAddress(want), got.Name, got.Address)
+		}
+	}
+}

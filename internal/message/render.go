@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // FromPolicy says what happens to a From that is not the consented mailbox
@@ -93,7 +94,7 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 	}
 	var b bytes.Buffer
 	h := headerWriter{&b}
-	h.field("From", from.String())
+	h.field("From", formatAddress(from))
 	if len(replyTo) > 0 {
 		h.field("Reply-To", joinAddrs(replyTo))
 	}
@@ -315,7 +316,46 @@ func (h headerWriter) addrList(name string, list []string) error {
 func joinAddrs(addrs []*mail.Address) string {
 	parts := make([]string, len(addrs))
 	for i, a := range addrs {
-		parts[i] = a.String()
+		parts[i] = formatAddress(a)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// formatAddress writes a as a mailbox (RFC 5322 §3.4). It is
+// mail.Address.String except for one case: a display name with
+// non-ASCII characters becomes an encoded-word, and RFC 2047 §5(3)
+// allows only letters, digits and !*+-/=_ inside an encoded-word that
+// stands in a phrase. Q-encoding leaves other ASCII specials such as
+// '\' or '"' as they are, which no parser (net/mail included) reads
+// back; such a name is B-encoded, which uses only safe characters.
+func formatAddress(a *mail.Address) string {
+	if a.Name == "" || isASCII(a.Name) || qPhraseSafe(a.Name) {
+		return a.String()
+	}
+	return mime.BEncoding.Encode("utf-8", a.Name) + " <" + a.Address + ">"
+}
+
+// qPhraseSafe reports whether the Q-encoding of name (mime.QEncoding
+// leaves printable ASCII other than '=', '?' and '_' as it is, and writes
+// a space as '_') holds only characters RFC 2047 §5(3) allows in a phrase.
+func qPhraseSafe(name string) bool {
+	for _, r := range name {
+		switch {
+		case r >= utf8.RuneSelf, r == ' ', r == '=', r == '?', r == '_':
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
+		case strings.ContainsRune("!*+-/", r):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
