@@ -42,6 +42,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +73,12 @@ type Config struct {
 	// default memlimit.Default), applied by the command before Run: the
 	// peak RSS figure depends on it.
 	MemoryLimit memlimit.Limit
+	// HeapProfile, if set, is a file the heap profile (pprof) is written
+	// to at the end of every relay run, while that line's environment (the
+	// server, its stores, the engine) is still up; each line overwrites the
+	// last, so the file holds the last line's. After the bench, with every
+	// environment torn down, the live heap would be near empty.
+	HeapProfile string
 }
 
 // Limits of the flags.
@@ -247,6 +256,11 @@ func (e *env) runConns(ctx context.Context, c int) (Result, error) {
 	r.CPUSPer1kMsgs = (cpuTime() - cpu0).Seconds() / float64(e.cfg.Messages) * 1000
 	r.RelayMsgsPerS = float64(e.cfg.Messages) / elapsed.Seconds()
 	r.Ratio = r.RelayMsgsPerS / r.CeilingMsgsPerS
+	if e.cfg.HeapProfile != "" {
+		if err := writeHeapProfile(e.cfg.HeapProfile); err != nil {
+			return r, err
+		}
+	}
 
 	lat, err := e.latencyRun(ctx, acct)
 	if err != nil {
@@ -330,4 +344,19 @@ type latencies struct {
 	pub    []atomic.Int64 // unix nanos just before the publish
 	mu     sync.Mutex
 	got    []time.Duration
+}
+
+// writeHeapProfile writes the heap profile (live and allocated since the
+// start) after a collection, so in-use figures are the live data.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	runtime.GC()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return f.Close()
 }

@@ -2,8 +2,12 @@ package bench
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,11 +23,13 @@ func TestRunSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	cfg := Config{Messages: 50, Conns: []int{1, 2}, Size: 1024, Rate: 200, Latency: 20, Sync: []string{"always", "2m"}, JSON: true, Dir: t.TempDir()}
+	heap := filepath.Join(t.TempDir(), "heap.pprof")
+	cfg := Config{Messages: 50, Conns: []int{1, 2}, Size: 1024, Rate: 200, Latency: 20, Sync: []string{"always", "2m"}, JSON: true, Dir: t.TempDir(), HeapProfile: heap}
 	results, err := Run(ctx, cfg, &out)
 	if err != nil {
 		t.Fatalf("Run: %v\noutput:\n%s", err, out.String())
 	}
+	checkHeapProfile(t, heap)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(lines) != 4 || len(results) != 4 {
 		t.Fatalf("want 4 lines (2 sync settings × 2 connection counts), got %d lines, %d results:\n%s", len(lines), len(results), out.String())
@@ -52,6 +58,28 @@ func TestRunSmoke(t *testing.T) {
 		case r.CPUSPer1kMsgs <= 0 || r.PeakRSSMB <= 0 || r.TokenGetP99Ms <= 0:
 			t.Errorf("line %d: cpu, rss or token figure missing: %s", i, line)
 		}
+	}
+}
+
+// checkHeapProfile: path holds a pprof heap profile (gzipped protobuf)
+// whose samples name the embedded server's code.
+func checkHeapProfile(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("heap profile: %v", err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("heap profile is not a gzipped pprof: %v", err)
+	}
+	b, err := io.ReadAll(z)
+	if err != nil {
+		t.Fatalf("heap profile: %v", err)
+	}
+	if !bytes.Contains(b, []byte("nats-server")) {
+		t.Errorf("heap profile (%d bytes) names no nats-server function", len(b))
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"runtime/pprof"
 	"strings"
 
@@ -16,7 +15,7 @@ import (
 func runBench(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("bench", env)
 	var c bench.Config
-	var conns, syncs, cpuProfile, memProfile string
+	var conns, syncs, cpuProfile string
 	fs.IntVar(&c.Messages, "messages", 20000, "messages per ceiling and relay run")
 	fs.StringVar(&conns, "conns", "1,4,16", "connection counts, comma-separated")
 	fs.IntVar(&c.Size, "size", 2048, "message size in bytes (rendered)")
@@ -25,7 +24,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&syncs, "sync", "always,2m", "embedded JetStream fsync settings to run, comma-separated (\"always\" or a duration)")
 	fs.BoolVar(&c.JSON, "json", false, "one JSON object per line")
 	fs.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the whole bench to this file")
-	fs.StringVar(&memProfile, "memprofile", "", "write a heap profile (pprof) to this file at the end of the bench")
+	fs.StringVar(&c.HeapProfile, "memprofile", "", "write a heap profile (pprof) to this file at the end of each relay run, with that line's server still up (the last line's stays)")
 	memoryLimitFlag(fs, &c.MemoryLimit)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -52,23 +51,6 @@ func runBench(ctx context.Context, args []string, env Env) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if _, err = bench.Run(ctx, c, env.Stdout); err != nil || memProfile == "" {
-		return err
-	}
-	return writeHeapProfile(memProfile)
-}
-
-// writeHeapProfile writes the heap profile (live and allocated since the
-// start) after a collection, so in-use figures are the live data.
-func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("--memprofile: %w", err)
-	}
-	runtime.GC()
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		f.Close()
-		return fmt.Errorf("--memprofile: %w", err)
-	}
-	return f.Close()
+	_, err = bench.Run(ctx, c, env.Stdout)
+	return err
 }
