@@ -304,6 +304,8 @@ func FuzzDecodeValidateRender(f *testing.F) {
 func TestDisplayNameEncodingReadsBack(t *testing.T) {
 	for _, in := range []string{
 		`"\\°" <a@contoso.com>`,
+		"a@contoso.com (\x0f\\\\)", // a comment stands for the name
+		`"°\\" <"a..b"@contoso.com>`,
 		`"Jörg, Ops" <a@contoso.com>`,
 		`"Jörg \"J\" (ops)" <a@contoso.com>`,
 		`Jörg <a@contoso.com>`,

@@ -14,7 +14,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // FromPolicy says what happens to a From that is not the consented mailbox
@@ -322,40 +321,16 @@ func joinAddrs(addrs []*mail.Address) string {
 }
 
 // formatAddress writes a as a mailbox (RFC 5322 §3.4). It is
-// mail.Address.String except for one case: a display name with
-// non-ASCII characters becomes an encoded-word, and RFC 2047 §5(3)
-// allows only letters, digits and !*+-/=_ inside an encoded-word that
-// stands in a phrase. Q-encoding leaves other ASCII specials such as
-// '\' or '"' as they are, which no parser (net/mail included) reads
-// back; such a name is B-encoded, which uses only safe characters.
+// mail.Address.String except for one case. String turns a display name
+// that is not all printable ASCII into an encoded-word, and B-encodes it
+// when it holds a character RFC 2047 §5(3) forbids inside an encoded-word
+// in a phrase, but its list of those misses '\'. Q-encoding leaves '\' as
+// it is, and no parser (net/mail included) reads the name back; such a
+// name is B-encoded here, which uses only safe characters.
 func formatAddress(a *mail.Address) string {
-	if a.Name == "" || isASCII(a.Name) || qPhraseSafe(a.Name) {
+	encoded := strings.IndexFunc(a.Name, func(r rune) bool { return (r < ' ' && r != '\t') || r > '~' }) >= 0
+	if !encoded || !strings.ContainsRune(a.Name, '\\') {
 		return a.String()
 	}
-	return mime.BEncoding.Encode("utf-8", a.Name) + " <" + a.Address + ">"
-}
-
-// qPhraseSafe reports whether the Q-encoding of name (mime.QEncoding
-// leaves printable ASCII other than '=', '?' and '_' as it is, and writes
-// a space as '_') holds only characters RFC 2047 §5(3) allows in a phrase.
-func qPhraseSafe(name string) bool {
-	for _, r := range name {
-		switch {
-		case r >= utf8.RuneSelf, r == ' ', r == '=', r == '?', r == '_':
-		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
-		case strings.ContainsRune("!*+-/", r):
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
+	return mime.BEncoding.Encode("utf-8", a.Name) + " " + (&mail.Address{Address: a.Address}).String()
 }
