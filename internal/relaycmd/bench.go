@@ -51,6 +51,15 @@ func runBench(ctx context.Context, args []string, env Env) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if c.HeapProfile != "" {
+		// The profile is first written after a whole relay run; a path
+		// that cannot be written fails now, not minutes into the bench.
+		f, err := os.Create(c.HeapProfile)
+		if err != nil {
+			return usagef("--memprofile: %v", err)
+		}
+		f.Close()
+	}
 	_, err = bench.Run(ctx, c, env.Stdout)
 	return err
 }

@@ -62,6 +62,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bench bad rate", []string{"bench", "--rate", "0"}, "--rate 0"},
 		{"bench bad messages", []string{"bench", "--messages", "-5"}, "--messages -5"},
 		{"bench bad sync", []string{"bench", "--sync", "always,never"}, `--nats-sync "never"`},
+		{"bench memprofile not writable", []string{"bench", "--memprofile", "/nonexistent/heap.pprof"}, "--memprofile: open /nonexistent/heap.pprof"},
 		{"publish NATS user without password", []string{"publish", "--account", "alerts", "--to", "a@b.com", "--nats-user", "u"}, "--nats-password-file FILE or RELAY_NATS_PASSWORD"},
 		{"dlq missing creds file", []string{"dlq", "list", "--nats-creds", "/nonexistent/relay.creds"}, "--nats-creds"},
 		{"serve NATS auth without URL", []string{"serve", "--key-file", "k", "--nats-creds", "/nonexistent/relay.creds"}, "set --nats-url"},
