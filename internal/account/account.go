@@ -7,26 +7,11 @@ import (
 	"net/mail"
 	"net/url"
 	"regexp"
+	"relay365/internal/message"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-)
-
-// FromPolicy decides what the relay does with a message whose From is not
-// the consented mailbox.
-type FromPolicy string
-
-const (
-	// FromRewrite replaces the From address by the consented mailbox, keeps
-	// the display name and moves the original address to Reply-To
-	// (default: Office 365 answers 5.7.60 otherwise).
-	FromRewrite FromPolicy = "rewrite"
-	// FromAllow lets through From addresses listed in SendAs (the mailbox
-	// must hold SendAs rights on them in Exchange).
-	FromAllow FromPolicy = "allow"
-	// FromReject dead-letters messages whose From is not the mailbox.
-	FromReject FromPolicy = "reject"
 )
 
 // Defaults applied by Normalize.
@@ -75,8 +60,8 @@ type Account struct {
 	// CAFile is an extra PEM CA bundle for the SMTP server (sandbox, proxies).
 	CAFile string `json:"ca_file,omitempty"`
 	// FromPolicy: rewrite (default), allow or reject.
-	FromPolicy FromPolicy `json:"from_policy,omitempty"`
-	// SendAs lists the From addresses allowed under FromAllow.
+	FromPolicy message.FromPolicy `json:"from_policy,omitempty"`
+	// SendAs lists the From addresses allowed under message.PolicyAllow.
 	SendAs []string `json:"send_as,omitempty"`
 	// PerMinute is the message pace for this mailbox (Office 365: 30).
 	PerMinute int `json:"per_minute,omitempty"`
@@ -138,9 +123,9 @@ func (a *Account) Normalize() {
 		a.SMTPAddr = DefaultSMTPAddr
 	}
 	a.CAFile = strings.TrimSpace(a.CAFile)
-	a.FromPolicy = FromPolicy(strings.ToLower(strings.TrimSpace(string(a.FromPolicy))))
+	a.FromPolicy = message.FromPolicy(strings.ToLower(strings.TrimSpace(string(a.FromPolicy))))
 	if a.FromPolicy == "" {
-		a.FromPolicy = FromRewrite
+		a.FromPolicy = message.PolicyRewrite
 	}
 	var sendAs []string
 	for _, s := range a.SendAs {
@@ -225,8 +210,8 @@ func (a Account) Validate() error {
 		add("smtp_addr: %v: use host:port such as %s", err, DefaultSMTPAddr)
 	}
 	switch a.FromPolicy {
-	case FromRewrite, FromReject, "":
-	case FromAllow:
+	case message.PolicyRewrite, message.PolicyReject, "":
+	case message.PolicyAllow:
 		if len(a.SendAs) == 0 {
 			add("send_as is empty but from_policy is allow: list the From addresses the mailbox may send as, or use from_policy rewrite")
 		}

@@ -3,6 +3,7 @@ package account
 import (
 	"context"
 	"errors"
+	"relay365/internal/message"
 	"slices"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ func validAccount() Account {
 func TestNormalizeDefaults(t *testing.T) {
 	a := validAccount()
 	a.Normalize()
-	if a.Authority != DefaultAuthority || a.SMTPAddr != DefaultSMTPAddr || a.FromPolicy != FromRewrite {
+	if a.Authority != DefaultAuthority || a.SMTPAddr != DefaultSMTPAddr || a.FromPolicy != message.PolicyRewrite {
 		t.Fatalf("defaults not applied: %+v", a)
 	}
 	if a.PerMinute != 30 || a.PerDay != 10000 || a.MaxConns != 3 {
@@ -91,9 +92,9 @@ func TestValidate(t *testing.T) {
 		{"smtp addr no port", func(a *Account) { a.SMTPAddr = "smtp.office365.com" }, "smtp_addr"},
 		{"smtp addr bad port", func(a *Account) { a.SMTPAddr = "smtp.office365.com:0" }, "smtp_addr"},
 		{"from policy unknown", func(a *Account) { a.FromPolicy = "maybe" }, "from_policy"},
-		{"allow without send_as", func(a *Account) { a.FromPolicy = FromAllow }, "send_as is empty"},
-		{"allow with send_as", func(a *Account) { a.FromPolicy = FromAllow; a.SendAs = []string{"noreply@contoso.com"} }, ""},
-		{"send_as bad", func(a *Account) { a.FromPolicy = FromAllow; a.SendAs = []string{"nope"} }, "send_as"},
+		{"allow without send_as", func(a *Account) { a.FromPolicy = message.PolicyAllow }, "send_as is empty"},
+		{"allow with send_as", func(a *Account) { a.FromPolicy = message.PolicyAllow; a.SendAs = []string{"noreply@contoso.com"} }, ""},
+		{"send_as bad", func(a *Account) { a.FromPolicy = message.PolicyAllow; a.SendAs = []string{"nope"} }, "send_as"},
 		{"negative per_minute", func(a *Account) { a.PerMinute = -1 }, "per_minute"},
 		{"negative per_day", func(a *Account) { a.PerDay = -1 }, "per_day"},
 		{"negative max_conns", func(a *Account) { a.MaxConns = -1 }, "max_conns"},

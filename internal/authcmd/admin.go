@@ -15,7 +15,6 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/cli"
 	"relay365/internal/consent"
-	"relay365/internal/relay"
 	"relay365/internal/token"
 	"relay365/internal/token/tokensvc"
 )
@@ -168,7 +167,7 @@ func runTest(ctx context.Context, args []string, env Env) error {
 		to = a.Mailbox
 	}
 	fmt.Fprintf(env.Stderr, "Sending a test mail as %s to %s through %s...\n", a.Mailbox, to, a.SMTPAddr)
-	if err := (consent.Enroller{Transport: &relay.Transport{}}).SendTest(ctx, a, at.Token, to); err != nil {
+	if err := (consent.Enroller{}).SendTest(ctx, a, at.Token, to); err != nil {
 		return err
 	}
 	if asJSON {

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"relay365/internal/cli"
+	"relay365/internal/queue"
 )
 
 // Env is the process environment plus the seams a test needs.
@@ -105,7 +106,7 @@ Examples:
   authtool list --json
 
 Environment:
-  RELAY_NATS_URL        NATS of the relay (default nats://127.0.0.1:4222, where relay serve listens)
+  RELAY_NATS_URL        NATS of the relay (default ` + queue.DefaultURL + `, where relay serve listens)
   RELAY_TOKEN_KEY_FILE  the relay's token sealing key file (relay keygen creates one)
   HTTPS_PROXY, NO_PROXY proxy for the identity platform (--proxy overrides)
 

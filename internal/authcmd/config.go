@@ -17,11 +17,10 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/cli"
+	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/token"
 )
-
-const defaultNATSURL = "nats://127.0.0.1:4222"
 
 // adminConfig is what list, test, remove and rotate-key share.
 type adminConfig struct {
@@ -67,7 +66,7 @@ type storeConfig struct {
 }
 
 func (c *storeConfig) register(fs *flag.FlagSet, env Env) {
-	fs.StringVar(&c.NATSURL, "nats-url", cli.EnvOr(env.Env, "RELAY_NATS_URL", defaultNATSURL), "NATS server of the relay (env RELAY_NATS_URL)")
+	fs.StringVar(&c.NATSURL, "nats-url", cli.EnvOr(env.Env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server of the relay (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
 	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "the relay's token sealing key file (env RELAY_TOKEN_KEY_FILE)")
 }
@@ -161,7 +160,7 @@ func (c *enrollConfig) register(fs *flag.FlagSet, env Env, timeout time.Duration
 	fs.StringVar(&a.SMTPAddr, "smtp", account.DefaultSMTPAddr, "SMTP submission endpoint host:port")
 	fs.StringVar(&a.CAFile, "ca-file", "", "extra PEM CA bundle for the SMTP server's certificate (private TLS roots)")
 	fs.StringVar(&a.ProxyURL, "proxy", "", "HTTP(S) or SOCKS5 proxy for the identity platform (default: HTTPS_PROXY)")
-	fs.StringVar((*string)(&a.FromPolicy), "from-policy", string(account.FromRewrite), "From handling: rewrite (send as the mailbox, original to Reply-To), allow (--send-as list) or reject")
+	fs.StringVar((*string)(&a.FromPolicy), "from-policy", string(message.PolicyRewrite), "From handling: rewrite (send as the mailbox, original to Reply-To), allow (--send-as list) or reject")
 	fs.Var(&c.sendAs, "send-as", "From address the mailbox may send as under --from-policy allow (repeatable)")
 	fs.IntVar(&a.PerMinute, "per-minute", account.DefaultPerMinute, "messages per minute for this mailbox (Office 365: 30)")
 	fs.IntVar(&a.PerDay, "per-day", account.DefaultPerDay, "recipients per 24 hours for this mailbox (Office 365: 10000)")

@@ -15,7 +15,6 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/cli"
 	"relay365/internal/consent"
-	"relay365/internal/relay"
 	"relay365/internal/token"
 )
 
@@ -157,7 +156,7 @@ func enroll(ctx context.Context, env Env, c *enrollConfig, flow, secret string, 
 		testTo = a.Mailbox
 	}
 	fmt.Fprintf(env.Stderr, "Token received. Sending a test mail as %s to %s through %s...\n", a.Mailbox, testTo, a.SMTPAddr)
-	en := consent.Enroller{Accounts: st.accounts, Store: st.tokens, Transport: &relay.Transport{}}
+	en := consent.Enroller{Accounts: st.accounts, Store: st.tokens}
 	if err := en.Enroll(ctx, a, tok, secret, testTo); err != nil {
 		var tm *consent.TestMailError
 		if errors.As(err, &tm) || ctx.Err() != nil {

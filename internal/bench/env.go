@@ -20,12 +20,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
-	"relay365/internal/relay"
-	"relay365/internal/relay/relaytest"
+	"relay365/internal/submit"
 	"relay365/internal/token"
 )
 
@@ -116,11 +116,11 @@ func (e *env) close() {
 // and pacing limits far above the run, and waits for its lane.
 func (e *env) enroll(ctx context.Context, c int) (account.Account, error) {
 	alias := fmt.Sprintf("bench-c%d", c)
-	a := relaytest.Account(e.fake, alias, alias+"@contoso.com", tenant)
+	a := e.fake.Account(alias, alias+"@contoso.com", tenant)
 	a.PerMinute, a.PerDay, a.MaxConns = 1<<30, 1<<30, c
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	if err := relaytest.Enroll(ctx, e.fake, e.d.Accounts, e.d.Store, a); err != nil {
+	if err := (consent.Enroller{Accounts: e.d.Accounts, Store: e.d.Store}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
 		return a, fmt.Errorf("enroll %s: %w", alias, err)
 	}
 	if err := e.d.Engine.WaitBound(ctx, alias); err != nil {
@@ -219,7 +219,7 @@ func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	if err := c.Auth(relay.NewXOAUTH2(user, tok)); err != nil {
+	if err := c.Auth(submit.NewXOAUTH2(user, tok)); err != nil {
 		return err
 	}
 	for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {

@@ -33,20 +33,17 @@ type Env struct {
 	Getenv         func(string) string
 }
 
-// UsageError marks errors that are the caller's to fix (exit 2). Any error
-// type with a method Usage() bool that returns true counts as one too.
+// UsageError marks errors that are the caller's to fix (exit 2): a bad
+// flag, a missing file, an invalid configuration. It is the one usage
+// error of every Relay365 command line.
 type UsageError struct{ Err error }
 
 func (e UsageError) Error() string { return e.Err.Error() }
 func (e UsageError) Unwrap() error { return e.Err }
 
-// Usage marks the error as the caller's to fix.
-func (UsageError) Usage() bool { return true }
-
 // IsUsage reports whether err or an error it wraps is a usage error.
 func IsUsage(err error) bool {
-	var u interface{ Usage() bool }
-	return errors.As(err, &u) && u.Usage()
+	return errors.As(err, new(UsageError))
 }
 
 // Usagef builds a UsageError.

@@ -1,11 +1,14 @@
-// Package clock is the time source of the token service: Now and timers.
-// Production code uses Real; tests use a Fake they move forward by hand, so
-// token lifetimes, refresh margins, backoffs and a whole simulated year run
-// in seconds without sleeping.
+// Package clock is the one time source of Relay365: the token service's
+// refresh schedule, the delivery engine's pacing and pauses, and the fake
+// Office 365 all read it. Production code uses Real. Tests use a Fake they
+// move forward by hand, so token lifetimes, refresh margins, backoffs and
+// a whole simulated year run in seconds without sleeping, or a Compressed
+// clock that runs many times faster than the wall, so minutes of pacing
+// pass in seconds for a relay running unattended.
 //
 // # Design
 //
-// Only what the refresh scheduler needs: Now, and a one-shot Timer whose
+// Only what the schedulers need: Now, and a one-shot Timer whose
 // channel receives once the clock has reached the deadline. A Fake fires a
 // timer during the Advance/Set that reaches its deadline, and a timer
 // created with a deadline already reached fires at once, so a scheduler

@@ -10,7 +10,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/message"
-	"relay365/internal/relay"
+	"relay365/internal/submit"
 	"relay365/internal/token"
 )
 
@@ -18,13 +18,13 @@ import (
 type Enroller struct {
 	Accounts  *account.Registry
 	Store     *token.Store
-	Transport *relay.Transport
-	Now       func() time.Time // default time.Now
+	Transport *submit.Transport // default: a Transport with default timeouts
+	Now       func() time.Time  // default time.Now
 }
 
 // TestMailError is a failed test mail; Enroll stored nothing.
 type TestMailError struct {
-	Err    *relay.SMTPError
+	Err    *submit.SMTPError
 	Remedy string
 }
 
@@ -96,12 +96,35 @@ func (e Enroller) SendTest(ctx context.Context, acct account.Account, accessToke
 	if err != nil {
 		return err
 	}
-	err = e.Transport.Send(ctx, relay.Endpoint{Addr: acct.SMTPAddr, CAFile: acct.CAFile}, acct.Mailbox, accessToken, r)
-	var se *relay.SMTPError
+	err = e.transport().Send(ctx, submit.Endpoint{Addr: acct.SMTPAddr, CAFile: acct.CAFile}, acct.Mailbox, accessToken, r)
+	var se *submit.SMTPError
 	if errors.As(err, &se) {
 		return &TestMailError{Err: se, Remedy: testMailRemedy(se, acct)}
 	}
 	return err
+}
+
+// SignIn connects acct's mailbox with the authorization code flow (PKCE),
+// handing the sign-in URL to open, then enrols it as Enroll does. The
+// sandbox, the bench and the tests use it against the fake Office 365,
+// with FollowURL as the browser.
+func (e Enroller) SignIn(ctx context.Context, acct account.Account, open func(authURL string) error) error {
+	acct.Normalize()
+	authURL, tokenURL, _ := acct.Endpoints()
+	tok, err := Browser{
+		ClientID: acct.ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: acct.Mailbox,
+	}.Run(ctx, open)
+	if err != nil {
+		return err
+	}
+	return e.Enroll(ctx, acct, tok, "", "")
+}
+
+func (e Enroller) transport() *submit.Transport {
+	if e.Transport != nil {
+		return e.Transport
+	}
+	return &submit.Transport{}
 }
 
 func (e Enroller) now() time.Time {
@@ -111,15 +134,15 @@ func (e Enroller) now() time.Time {
 	return time.Now()
 }
 
-// testMailRemedy is relay.Remedy, except that an app-only token refused by
+// testMailRemedy is submit.Remedy, except that an app-only token refused by
 // the mailbox (535 5.7.3) gets the Exchange admin steps app-only needs.
-func testMailRemedy(se *relay.SMTPError, acct account.Account) string {
-	if acct.AppOnly && se.Class == relay.ClassAuth {
+func testMailRemedy(se *submit.SMTPError, acct account.Account) string {
+	if acct.AppOnly && se.Class == submit.ClassAuth {
 		return fmt.Sprintf("the mailbox refused the app's token. The app needs the SMTP.SendAsApp application permission with admin consent, "+
 			"and an Exchange admin must register its service principal and give it the mailbox: "+
 			"New-ServicePrincipal -AppId %s -ObjectId <object ID of the app's Enterprise application>; "+
 			"Add-MailboxPermission -Identity %s -User <service principal ID from Get-ServicePrincipal> -AccessRights FullAccess; "+
 			"then run authtool app --account %s again", acct.ClientID, acct.Mailbox, acct.Alias)
 	}
-	return relay.Remedy(se, acct.Mailbox)
+	return submit.Remedy(se, acct.Mailbox)
 }

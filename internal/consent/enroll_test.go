@@ -10,7 +10,7 @@ import (
 	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue/queuetest"
-	"relay365/internal/relay"
+	"relay365/internal/submit"
 	"relay365/internal/token"
 )
 
@@ -42,7 +42,7 @@ func TestEnrollRollsBackTokensWhenAccountWriteFails(t *testing.T) {
 	}
 	acct := account.Account{Alias: "alerts", Mailbox: mailbox, Tenant: tenant, ClientID: clientID,
 		Authority: f.AuthorityURL(), SMTPAddr: f.SMTPAddr(), CAFile: f.CAFile()}
-	en := consent.Enroller{Accounts: reg, Store: store, Transport: &relay.Transport{CommandTimeout: 10 * time.Second}}
+	en := consent.Enroller{Accounts: reg, Store: store, Transport: &submit.Transport{CommandTimeout: 10 * time.Second}}
 	err = en.Enroll(ctx, acct, tok, "", "")
 	if err == nil || !strings.Contains(err.Error(), "its tokens were removed again") {
 		t.Fatalf("Enroll = %v, want the failed account write reported with the rollback", err)

@@ -2,7 +2,7 @@
 
 package daemon_test
 
-// The cluster test (issue 8, build tag cluster; .ci/run runs it): three
+// The cluster test (build tag cluster; .ci/run runs it): three
 // nats-servers clustered on loopback with JetStream, streams and every KV
 // bucket at 3 replicas, and a daemon connected to all three. One server
 // stops mid-stream and comes back; later another restarts. Every message
@@ -26,12 +26,12 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/clock"
+	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
-	"relay365/internal/relay/relaytest"
 	"relay365/internal/testutil"
 	"relay365/internal/token"
 )
@@ -170,9 +170,9 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 		}
 	}
 
-	a := relaytest.Account(fake, "alerts", "alerts@contoso.com", "contoso.onmicrosoft.com")
+	a := fake.Account("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com")
 	a.PerMinute, a.PerDay = 1<<20, 1<<20
-	if err := relaytest.Enroll(ctx, fake, d.Accounts, d.Store, a); err != nil {
+	if err := (consent.Enroller{Accounts: d.Accounts, Store: d.Store}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Engine.WaitBound(ctx, "alerts"); err != nil {

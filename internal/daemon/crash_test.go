@@ -2,7 +2,7 @@
 
 package daemon_test
 
-// The crash test (issue 8): `relay serve` as a separate process, killed
+// The crash test: `relay serve` as a separate process, killed
 // with SIGKILL three times at random points of a 5,000-message stream and
 // restarted. NATS runs in the test process (an external server, as in
 // production), so a kill loses the relay's memory, its SMTP sessions and
@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
@@ -59,9 +60,9 @@ func TestCrashSIGKILLThreeTimesLosesNothing(t *testing.T) {
 	}
 	defer fake.Close()
 	keyFile, accounts, store := relaytest.OpenStores(t, ctx, env.JS)
-	a := relaytest.Account(fake, "crash", "crash@contoso.com", "contoso.onmicrosoft.com")
+	a := fake.Account("crash", "crash@contoso.com", "contoso.onmicrosoft.com")
 	a.PerMinute, a.PerDay, a.MaxConns = 1<<20, 1<<20, maxConns
-	if err := relaytest.Enroll(ctx, fake, accounts, store, a); err != nil {
+	if err := (consent.Enroller{Accounts: accounts, Store: store}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
 		t.Fatal(err)
 	}
 	base := len(fake.Messages()) // the consent test mail

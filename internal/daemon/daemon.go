@@ -53,6 +53,7 @@ import (
 	"relay365/internal/memlimit"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
+	"relay365/internal/submit"
 	"relay365/internal/token"
 	"relay365/internal/token/tokensvc"
 )
@@ -61,6 +62,13 @@ import (
 const (
 	RoleTokens  = "tokens"
 	RoleWorkers = "workers"
+)
+
+// Defaults of relay serve, shared by its flags and Config.Defaults.
+const (
+	DefaultDataDir  = "data"
+	DefaultHTTPAddr = "127.0.0.1:9465"
+	DefaultRoles    = RoleTokens + "," + RoleWorkers
 )
 
 // Config is everything `relay serve` reads from flags and environment.
@@ -89,7 +97,7 @@ type Config struct {
 	// Extra HTTP handlers (the sandbox adds /sandbox/messages).
 	Extra map[string]http.Handler
 	// Transport overrides the SMTP transport (tests set timeouts).
-	Transport *relay.Transport
+	Transport *submit.Transport
 	// Clock drives token expiry and the refresh schedule (tests use a
 	// fake); default real time.
 	Clock clock.Clock
@@ -123,22 +131,22 @@ func (c *Config) Has(role string) bool {
 // Defaults fills zero values.
 func (c *Config) Defaults() {
 	if c.NATSListen == "" {
-		c.NATSListen = "127.0.0.1:4222"
+		c.NATSListen = queue.DefaultListen
 	}
 	if c.NATSSync == "" {
-		c.NATSSync = "always"
+		c.NATSSync = queue.DefaultSync
 	}
 	if c.DataDir == "" {
-		c.DataDir = "data"
+		c.DataDir = DefaultDataDir
 	}
 	if strings.TrimSpace(c.Roles) == "" {
-		c.Roles = RoleTokens + "," + RoleWorkers
+		c.Roles = DefaultRoles
 	}
 	if c.Clock == nil {
 		c.Clock = clock.Real()
 	}
 	if c.HTTPAddr == "" {
-		c.HTTPAddr = "127.0.0.1:9465"
+		c.HTTPAddr = DefaultHTTPAddr
 	}
 	if c.Replicas == 0 {
 		c.Replicas = 1
@@ -153,10 +161,10 @@ func (c *Config) Defaults() {
 		c.Pause = relay.DefaultPause
 	}
 	if c.RefreshMargin == 0 {
-		c.RefreshMargin = 5 * time.Minute
+		c.RefreshMargin = token.DefaultMargin
 	}
 	if c.ShutdownGrace == 0 {
-		c.ShutdownGrace = 30 * time.Second
+		c.ShutdownGrace = relay.DefaultShutdownGrace
 	}
 	if c.MemoryLimit == 0 {
 		c.MemoryLimit = memlimit.Default
@@ -327,13 +335,12 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	d.TokenClient = tokensvc.NewClient(tokensvc.ClientConfig{NC: d.NC, Margin: cfg.RefreshMargin / 2, Now: cfg.Clock.Now})
 
 	if cfg.Has(RoleWorkers) {
+		// Workers learn of tokens only from the token service: token.get
+		// and token.refresh for access tokens, token.stored and
+		// token.status for a paused account's re-consent.
 		deps := relay.Deps{
-			JS: d.JS, Accounts: d.Accounts, Tokens: d.TokenClient, Transport: cfg.Transport,
-			Registry: d.Registry, Log: log,
-		}
-		if d.Store != nil {
-			// Re-consent shows as a change of the account's record.
-			deps.TokenStates = d.Store
+			JS: d.JS, Accounts: d.Accounts, Tokens: d.TokenClient, TokenEvents: d.TokenClient,
+			Transport: cfg.Transport, Registry: d.Registry, Log: log,
 		}
 		d.Engine = relay.NewEngine(deps, relay.Config{
 			AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending,

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
@@ -96,8 +97,8 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 	start(daemon.RoleTokens, tokensOpts, keyFile)
 	worker := start(daemon.RoleWorkers, workerOpts, "")
 
-	acct := relaytest.Account(fake, "alerts", "alerts@contoso.com", "contoso.onmicrosoft.com")
-	if err := relaytest.Enroll(ctx, fake, accounts, store, acct); err != nil {
+	acct := fake.Account("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com")
+	if err := (consent.Enroller{Accounts: accounts, Store: store}).SignIn(ctx, acct, consent.FollowURL(ctx)); err != nil {
 		t.Fatal(err)
 	}
 	if err := worker.Engine.WaitBound(ctx, "alerts"); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
@@ -61,9 +62,9 @@ func TestShutdownMidStreamLosesAndDuplicatesNothing(t *testing.T) {
 	}
 
 	d := startDaemon(t, ctx, dir, keyFile)
-	a := relaytest.Account(fake, "steady", "steady@contoso.com", "contoso.onmicrosoft.com")
+	a := fake.Account("steady", "steady@contoso.com", "contoso.onmicrosoft.com")
 	a.PerMinute = 1 << 20
-	if err := relaytest.Enroll(ctx, fake, d.Accounts, d.Store, a); err != nil {
+	if err := (consent.Enroller{Accounts: d.Accounts, Store: d.Store}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Engine.WaitBound(ctx, "steady"); err != nil {

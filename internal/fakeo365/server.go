@@ -17,6 +17,9 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+	"relay365/internal/message"
 )
 
 // Config tunes the fake. The zero value of every field except Dir means the
@@ -48,7 +51,7 @@ type Config struct {
 	CountOnly bool
 }
 
-// Office 365 defaults (OFFICE365.md sections 2 and 3).
+// Office 365 defaults (docs/office365.md §2 and §3).
 const (
 	defaultAccessTTL     = 3599 * time.Second
 	defaultRefreshIdle   = 90 * 24 * time.Hour
@@ -56,10 +59,6 @@ const (
 	defaultDeviceApprove = 2
 	defaultDeviceCodeTTL = 900 * time.Second
 	defaultAuthCodeTTL   = 10 * time.Minute
-	defaultPerMinute     = 30
-	defaultPerDay        = 10000
-	defaultMaxConns      = 3
-	defaultMaxRecipients = 500
 	defaultHostname      = "fake.outlook.office365.test"
 
 	maxMessageBytes = 157286400
@@ -87,10 +86,11 @@ func (c Config) withDefaults() Config {
 	setDuration(&c.DeviceCodeTTL, defaultDeviceCodeTTL)
 	setDuration(&c.AuthCodeTTL, defaultAuthCodeTTL)
 	c.DeviceCodeTTL = max(c.DeviceCodeTTL.Truncate(time.Second), time.Second)
-	setLimit(&c.PerMinute, defaultPerMinute)
-	setLimit(&c.PerDay, defaultPerDay)
-	setLimit(&c.MaxConns, defaultMaxConns)
-	setLimit(&c.MaxRecipients, defaultMaxRecipients)
+	// Office 365's limits, the same constants the relay paces by.
+	setLimit(&c.PerMinute, account.DefaultPerMinute)
+	setLimit(&c.PerDay, account.DefaultPerDay)
+	setLimit(&c.MaxConns, account.DefaultMaxConns)
+	setLimit(&c.MaxRecipients, message.RecipientsPerTransaction)
 	switch {
 	case c.DeviceApproveAfter == 0:
 		c.DeviceApproveAfter = defaultDeviceApprove
@@ -263,6 +263,21 @@ func (s *Server) SMTPAddr() string { return s.smtpLn.Addr().String() }
 
 // CAFile is the path of the PEM CA certificate that signed the SMTP certificate.
 func (s *Server) CAFile() string { return s.caFile }
+
+// ClientID is the public client (app registration) that accounts made by
+// Account sign in with; the fake accepts any client ID for public clients.
+const ClientID = "00000000-0000-0000-0000-00000000r365"
+
+// Account is an account record of mailbox in tenant that signs in at this
+// fake's identity platform (as ClientID) and sends through its SMTP
+// endpoint, trusting its CA. Limits and policy are left to Normalize's
+// defaults, Office 365's.
+func (s *Server) Account(alias, mailbox, tenant string) account.Account {
+	return account.Account{
+		Alias: alias, Mailbox: mailbox, Tenant: tenant, Authority: s.AuthorityURL(),
+		ClientID: ClientID, SMTPAddr: s.SMTPAddr(), CAFile: s.CAFile(),
+	}
+}
 
 // CertPool holds the CA that signed the SMTP certificate.
 func (s *Server) CertPool() *x509.CertPool { return s.caPool.Clone() }

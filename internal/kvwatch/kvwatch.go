@@ -2,8 +2,8 @@
 // values, for the relay's buckets (accounts, tokens) whose readers react to
 // changes instead of polling.
 //
-// Failure semantics: the channel first carries every current key, then each
-// change, and is closed when ctx ends or the watcher stops. Deletes and
+// Failure semantics: the channel first carries every current key (Initial
+// set), then each change, and is closed when ctx ends or the watcher stops. Deletes and
 // purges arrive as entries with Deleted set and no value. Decoding errors
 // are the decoder's to report inside T; the stream goes on.
 package kvwatch
@@ -21,6 +21,9 @@ type Entry struct {
 	Revision uint64
 	Deleted  bool   // deleted or purged
 	Value    []byte // nil when Deleted
+	// Initial marks the values the watch found when it started, as
+	// opposed to changes made while it watched.
+	Initial bool
 }
 
 // Watch watches every key of kv and sends decode(entry) for each change.
@@ -33,6 +36,7 @@ func Watch[T any](ctx context.Context, kv jetstream.KeyValue, decode func(Entry)
 	go func() {
 		defer close(out)
 		defer func() { _ = w.Stop() }()
+		initial := true
 		for {
 			var e jetstream.KeyValueEntry
 			select {
@@ -45,9 +49,10 @@ func Watch[T any](ctx context.Context, kv jetstream.KeyValue, decode func(Entry)
 				e = entry
 			}
 			if e == nil {
-				continue // end of the initial values
+				initial = false // end of the initial values
+				continue
 			}
-			ent := Entry{Key: e.Key(), Revision: e.Revision(), Deleted: e.Operation() != jetstream.KeyValuePut}
+			ent := Entry{Key: e.Key(), Revision: e.Revision(), Deleted: e.Operation() != jetstream.KeyValuePut, Initial: initial}
 			if !ent.Deleted {
 				ent.Value = e.Value()
 			}

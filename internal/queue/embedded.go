@@ -10,6 +10,17 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
+// Defaults of the embedded server, shared by relay serve's flags, the
+// daemon's Config.Defaults and the clients that reach it on one host.
+const (
+	// DefaultListen is the embedded server's client address: loopback.
+	DefaultListen = "127.0.0.1:4222"
+	// DefaultURL is where clients on the same host find it.
+	DefaultURL = "nats://" + DefaultListen
+	// DefaultSync fsyncs before every acknowledgement (docs/design.md §7).
+	DefaultSync = "always"
+)
+
 // EmbeddedConfig configures the in-process JetStream server used when no
 // RELAY_NATS_URL is given (and by every test).
 type EmbeddedConfig struct {
@@ -25,7 +36,7 @@ type EmbeddedConfig struct {
 
 // ParseSync checks a --nats-sync value.
 func ParseSync(s string) (always bool, every time.Duration, err error) {
-	if s == "" || s == "always" {
+	if s == "" || s == DefaultSync {
 		return true, 0, nil
 	}
 	d, err := time.ParseDuration(s)

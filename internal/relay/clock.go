@@ -3,34 +3,26 @@ package relay
 import (
 	"context"
 	"time"
+
+	"relay365/internal/clock"
 )
 
-// Clock is the time the engine paces and pauses by. Production uses the
-// wall clock; tests run the engine and the fake Office 365 on one
-// compressed clock, so minutes of pacing pass in seconds and both sides
-// agree on every rolling window.
-type Clock interface {
-	Now() time.Time
-	// After is time.After measured on this clock.
-	After(d time.Duration) <-chan time.Time
-}
-
-// WallClock is the real time.
-type WallClock struct{}
-
-func (WallClock) Now() time.Time                         { return time.Now() }
-func (WallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+// wall is the real time, for waits that are about NATS or the lane's own
+// bookkeeping rather than Office 365's windows (those use Engine.clock).
+var wall = clock.Real()
 
 // sleepOn waits d on clk; it returns false if ctx ended first, and early
 // (true) when wake fires.
-func sleepOn(ctx context.Context, clk Clock, d time.Duration, wake <-chan struct{}) bool {
+func sleepOn(ctx context.Context, clk clock.Clock, d time.Duration, wake <-chan struct{}) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
+	t := clk.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-clk.After(d):
+	case <-t.C():
 	case <-wake:
 	}
 	return true

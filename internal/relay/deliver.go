@@ -14,6 +14,7 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/submit"
 )
 
 // attempt is one delivery of one stream message.
@@ -83,7 +84,7 @@ func (l *lane) deliver(a *attempt) error {
 		return err
 	}
 	r, err := message.Render(m, message.Sender{
-		Mailbox: acct.Mailbox, Policy: message.FromPolicy(acct.FromPolicy), SendAs: acct.SendAs,
+		Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs,
 	}, l.e.clock.Now())
 	if err != nil {
 		return err
@@ -214,7 +215,7 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 		a.slot.release()
 	}
 	if err != nil {
-		var se *SMTPError
+		var se *submit.SMTPError
 		if errors.As(err, &se) {
 			l.e.metrics.reply(l.alias, se.Code, se.Class)
 			if se.Code != 0 || se.Stage != "message" {
@@ -303,12 +304,12 @@ func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts 
 			return false, err // a failure before, if any, sent nothing either
 		}
 		err = s.Send(ctx, from, rcpts, data)
-		again := notStarted(s, err)
-		l.pool.put(s)
+		again := s.NotStarted(err)
+		l.pool.Put(s)
 		if !again {
 			return true, err
 		}
-		var se *SMTPError
+		var se *submit.SMTPError
 		if errors.As(err, &se) {
 			l.e.metrics.reply(l.alias, se.Code, se.Class)
 		}
@@ -318,27 +319,27 @@ func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts 
 
 // session takes a pooled session for the current access token. 535 5.7.3
 // means the token was refused: one forced refresh and one more try
-// (OFFICE365.md §4); a second refusal is returned as it is (class auth:
+// (docs/office365.md §4); a second refusal is returned as it is (class auth:
 // the account pauses).
-func (l *lane) session(ctx context.Context, log zerolog.Logger) (*Session, error) {
+func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session, error) {
 	tok, err := l.e.tokens.Token(ctx, l.alias)
 	if err != nil {
 		return nil, err
 	}
-	s, err := l.pool.get(ctx, tok.Token)
-	var se *SMTPError
-	if errors.As(err, &se) && se.Class == ClassAuth {
+	s, err := l.pool.Get(ctx, tok.Token)
+	var se *submit.SMTPError
+	if errors.As(err, &se) && se.Class == submit.ClassAuth {
 		l.e.metrics.reply(l.alias, se.Code, se.Class)
 		log.Warn().Int("smtp_code", se.Code).Str("reply", se.Reply()).Msg("authentication refused; refreshing the token once")
 		if tok, err = l.e.tokens.ForceRefresh(ctx, l.alias); err != nil {
 			return nil, err
 		}
-		s, err = l.pool.get(ctx, tok.Token)
+		s, err = l.pool.Get(ctx, tok.Token)
 	}
 	if errors.As(err, &se) { // connect, STARTTLS or AUTH failed
 		l.e.metrics.reply(l.alias, se.Code, se.Class)
 	}
-	if errors.Is(err, errPoolClosed) {
+	if errors.Is(err, submit.ErrPoolClosed) {
 		return nil, errStopping
 	}
 	return s, err
@@ -384,7 +385,7 @@ func (l *lane) finish(a *attempt, err error) {
 		return
 	}
 	class, se := classify(err)
-	action := class.Action()
+	action := ActionFor(class)
 	reply := ""
 	ev := a.log.Warn().Err(err).Str("class", string(class))
 	if se != nil {
@@ -403,13 +404,13 @@ func (l *lane) finish(a *attempt, err error) {
 			return
 		}
 		l.pause(class, err, pauseHint(err), a.probe)
-		if class == ClassTenant {
+		if class == submit.ClassTenant {
 			l.e.pauseTenant(l.account().Tenant, class, err)
 		}
 		l.keepQueued(a, ev, last, l.e.cfg.Retry.Delay(1))
 		return
 	case ActionRetry:
-		if class == ClassThrottle {
+		if class == submit.ClassThrottle {
 			l.throttle()
 		}
 		if !last {
@@ -466,7 +467,7 @@ func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool, delay time.D
 }
 
 // heartbeat tells JetStream the message is still being worked on, every
-// interval, until the returned stop is called (DESIGN.md §7).
+// interval, until the returned stop is called (docs/design.md §7).
 func heartbeat(ctx context.Context, msg jetstream.Msg, interval time.Duration) (stop func()) {
 	done := make(chan struct{})
 	var once sync.Once

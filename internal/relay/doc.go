@@ -14,7 +14,7 @@
 //     one step per ThrottleRecover without one;
 //   - the account's pause state.
 //
-// A lane pulls about what it can start (DESIGN.md §7): free connection
+// A lane pulls about what it can start (docs/design.md §7): free connection
 // slots plus a small lookahead (16 messages, at most 1 MiB held), capped
 // by the pacer's room in the current minute. A message fetched ahead is
 // prepared at once — decoded, rendered, its markers read and its pacing
@@ -43,21 +43,14 @@
 //
 // # Sessions
 //
-// STARTTLS is mandatory (TLS 1.2 or newer, system roots plus the account's
-// CA file): a server that does not offer it gets no AUTH and no mail. A
-// session authenticates once with XOAUTH2 and then carries many messages.
-// Transactions are pipelined when the server offers PIPELINING, as Office
-// 365 does (package smtpclient): MAIL, every RCPT and DATA in one write,
-// then the content, so a message costs two round trips; a failed
-// transaction leaves the session dirty and the next group starts with RSET.
-// An idle session is reused without a liveness round trip: if Office 365
-// closed it meanwhile (421 4.4.2, or the connection is simply gone), the
-// next transaction fails before the server took any of it, and lane.send
-// runs it once more on a new session — no retry delay, no copy. A session
-// is never reused with another token than the one it authenticated with —
-// a refreshed token means a new session — and is rebuilt after any error
-// that leaves it in doubt (network errors, 421, 530, 432). Idle sessions
-// close after IdleTimeout.
+// The SMTP session layer is package submit: STARTTLS (mandatory),
+// AUTH XOAUTH2, pipelined transactions, the session pool and the typed
+// SMTP error with its class. Each lane keeps a submit.Pool sized to its
+// connection limit and never reuses a session with another token than
+// the current one. A pooled session that Office 365 closed while idle is
+// noticed by the next transaction before the server took any of it
+// (Session.NotStarted), and lane.send runs that transaction once more on
+// another session — no retry delay, no copy.
 //
 // # Pacing
 //
@@ -74,13 +67,15 @@
 // budget spent) pauses the account until the window has room. A message
 // with more than 500 recipients is sent as several transactions of at
 // most 500 (or the daily budget, if smaller), each paced on its own. The
-// Clock is injectable: tests compress time for the pacer and the fake
+// clock (internal/clock) is injectable: tests compress time for the pacer and the fake
 // Office 365 alike.
 //
 // # Failure semantics
 //
-// Every error is classified once (classify, ClassifyReply; OFFICE365.md
-// §4) and its class alone picks the action:
+// Every error is classified once (submit.Classify at the SMTP boundary,
+// token.IdentityError at the identity boundary, classify here for the
+// rest; docs/office365.md §4) and its class alone picks the action
+// (ActionFor):
 //   - 250 for every batch: DoubleAck (the server confirmed the ack).
 //   - retry (transient 4xx, network, timeouts, 530 5.7.57 with a new
 //     session, 432 4.3.2 with one connection fewer, anything unknown):
@@ -98,8 +93,9 @@
 //     problems, a session (STARTTLS + AUTH, no message) for
 //     authentication and configuration, one real message for quota,
 //     mailbox full and tenant blocks — the rest wait for its result. A
-//     needs_consent or rejected token also watches the account's
-//     relay_tokens record (TokenStates), so mail flows as soon as the
+//     needs_consent or rejected token also listens for the token
+//     service's announcements (TokenEvents: token.stored; workers never
+//     read relay_tokens themselves), so mail flows as soon as the
 //     account is consented again. A tenant block pauses every account of
 //     the tenant. A message whose last delivery meets a pause is requeued
 //     as a fresh message, never dead-lettered: waiting for an account is

@@ -13,8 +13,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/clock"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/submit"
 	"relay365/internal/token"
 )
 
@@ -30,21 +32,26 @@ type Accounts interface {
 	Watch(ctx context.Context) (<-chan account.Change, error)
 }
 
-// TokenStates lets a paused account wait for its token record to change
-// (a new consent), instead of polling. *token.Store implements it.
-type TokenStates interface {
-	Get(ctx context.Context, acct string) (token.Record, uint64, error)
-	WaitChange(ctx context.Context, acct string, afterRev uint64) (token.Record, uint64, error)
+// TokenEvents lets a paused account learn from the token service that a
+// usable token exists again (a new consent, a refresh), instead of waiting
+// for its next probe. Workers never read relay_tokens themselves; the
+// token service's client (*tokensvc.Client) implements it.
+type TokenEvents interface {
+	// WatchStored receives whenever a new usable access token is stored
+	// for the account, until ctx ends.
+	WatchStored(ctx context.Context, account string) (<-chan struct{}, error)
+	// Usable asks whether the account has a usable token now.
+	Usable(ctx context.Context, account string) (bool, error)
 }
 
 // Config tunes the engine. Zero values take the defaults.
 type Config struct {
-	AckWait         time.Duration // consumers' AckWait; heartbeats at a third of it; default 60s
-	MaxDeliver      int           // consumers' MaxDeliver; default 50
-	MaxAckPending   int           // per account consumer; default 1000
+	AckWait         time.Duration // consumers' AckWait; heartbeats at a third of it; default queue.DefaultAckWait
+	MaxDeliver      int           // consumers' MaxDeliver; default queue.DefaultMaxDeliver
+	MaxAckPending   int           // per account consumer; default queue.DefaultMaxAckPending
 	Retry           Backoff       // temporary failures; default DefaultRetry
 	Pause           Backoff       // probes of a paused account; default DefaultPause
-	ShutdownGrace   time.Duration // how long in-flight sends may finish after stop; default 30s
+	ShutdownGrace   time.Duration // how long in-flight sends may finish after stop; default DefaultShutdownGrace
 	IdleTimeout     time.Duration // idle SMTP sessions are closed after this; default 30s
 	ThrottleRecover time.Duration // after a 432, concurrency climbs back one step per period; default 5m
 	FetchWait       time.Duration // how long one pull waits for messages; default 5s
@@ -54,25 +61,25 @@ type Config struct {
 	LookaheadBytes  int           // a lane fetches ahead only while it holds fewer bytes of messages; default 1 MiB
 }
 
+// DefaultShutdownGrace is how long sends in flight may finish after the
+// engine is told to stop (relay serve --shutdown-grace).
+const DefaultShutdownGrace = 30 * time.Second
+
 func (c *Config) defaults() {
 	setDur := func(d *time.Duration, def time.Duration) {
 		if *d <= 0 {
 			*d = def
 		}
 	}
-	setDur(&c.AckWait, 60*time.Second)
-	setDur(&c.ShutdownGrace, 30*time.Second)
+	setDur(&c.ShutdownGrace, DefaultShutdownGrace)
 	setDur(&c.IdleTimeout, 30*time.Second)
 	setDur(&c.ThrottleRecover, 5*time.Minute)
 	setDur(&c.FetchWait, 5*time.Second)
 	setDur(&c.SweepEvery, time.Second)
 	setDur(&c.UnknownGrace, 3*time.Second)
-	if c.MaxDeliver <= 0 {
-		c.MaxDeliver = 50
-	}
-	if c.MaxAckPending <= 0 {
-		c.MaxAckPending = 1000
-	}
+	consumer := queue.ConsumerConfig{AckWait: c.AckWait, MaxDeliver: c.MaxDeliver, MaxAckPending: c.MaxAckPending}
+	consumer.Defaults()
+	c.AckWait, c.MaxDeliver, c.MaxAckPending = consumer.AckWait, consumer.MaxDeliver, consumer.MaxAckPending
 	switch {
 	case c.Lookahead == 0:
 		c.Lookahead = DefaultLookahead
@@ -95,11 +102,11 @@ type Deps struct {
 	JS          jetstream.JetStream
 	Accounts    Accounts
 	Tokens      Tokens
-	TokenStates TokenStates // optional: without it a needs_consent account is probed on the pause schedule only
-	Transport   *Transport  // default: a Transport with default timeouts
+	TokenEvents TokenEvents       // optional: without it a needs_consent account is probed on the pause schedule only
+	Transport   *submit.Transport // default: a Transport with default timeouts
 	Registry    prometheus.Registerer
 	Log         zerolog.Logger
-	Clock       Clock // default WallClock
+	Clock       clock.Clock // default clock.Real()
 }
 
 // Engine delivers the MAIL stream: one lane per account, each with its own
@@ -110,11 +117,11 @@ type Engine struct {
 	js       jetstream.JetStream
 	accounts Accounts
 	tokens   Tokens
-	states   TokenStates
-	tr       *Transport
+	events   TokenEvents
+	tr       *submit.Transport
 	metrics  *Metrics
 	log      zerolog.Logger
-	clock    Clock
+	clock    clock.Clock
 	consumer queue.ConsumerConfig
 
 	// Set by Run before any lane starts.
@@ -134,13 +141,13 @@ type Engine struct {
 func NewEngine(d Deps, cfg Config) *Engine {
 	cfg.defaults()
 	if d.Transport == nil {
-		d.Transport = &Transport{}
+		d.Transport = &submit.Transport{}
 	}
 	if d.Clock == nil {
-		d.Clock = WallClock{}
+		d.Clock = wall
 	}
 	e := &Engine{
-		cfg: cfg, js: d.JS, accounts: d.Accounts, tokens: d.Tokens, states: d.TokenStates, tr: d.Transport,
+		cfg: cfg, js: d.JS, accounts: d.Accounts, tokens: d.Tokens, events: d.TokenEvents, tr: d.Transport,
 		metrics: NewMetrics(d.Registry), log: d.Log, clock: d.Clock, lanes: map[string]*lane{},
 		ready: make(chan struct{}), changed: make(chan struct{}),
 		consumer: queue.ConsumerConfig{AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending},
@@ -191,7 +198,7 @@ func (e *Engine) Run(ctx context.Context) error {
 				break
 			}
 			e.log.Warn().Msg("account watch ended; watching again")
-			sleepOn(ctx, WallClock{}, time.Second, nil)
+			sleepOn(ctx, wall, time.Second, nil)
 			if w, err := e.accounts.Watch(ctx); err == nil {
 				changes = w
 			}
@@ -225,7 +232,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		<-done
 	}
 	for _, l := range lanes {
-		l.pool.close()
+		l.pool.Close()
 	}
 	return nil
 }
@@ -245,7 +252,7 @@ func (e *Engine) apply(ctx context.Context, c account.Change) {
 		l.stop()
 		go func() {
 			l.wait()
-			l.pool.close()
+			l.pool.Close()
 			if err := queue.DeleteAccountConsumer(context.WithoutCancel(ctx), e.js, c.Alias); err != nil {
 				e.log.Warn().Err(err).Str("account", c.Alias).Msg("account removed; its consumer stays")
 			}

@@ -269,7 +269,7 @@ func TestThrottledMailboxUsesFewerConnections(t *testing.T) {
 func TestDeadLetterReplayDelivers(t *testing.T) {
 	h := newHarness(t, setup{})
 	a := h.enroll("sendas", "sendas@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
-		a.FromPolicy, a.SendAs = account.FromAllow, []string{"noreply@contoso.com"}
+		a.FromPolicy, a.SendAs = message.PolicyAllow, []string{"noreply@contoso.com"}
 	})
 	m := msgFor("sendas", "replay-me", "replayed")
 	m.From = "noreply@contoso.com"

@@ -1,36 +1,26 @@
 package relay
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"relay365/internal/message"
-	"relay365/internal/smtpclient"
+	"relay365/internal/submit"
 	"relay365/internal/token"
 )
 
-// Class is what a failed delivery means for the relay. It is decided once,
-// at the SMTP boundary, from the reply (OFFICE365.md §4), and it alone
-// decides the action. It is also a metric label, so the set is closed.
-type Class string
+// Class is what a failed delivery means, decided once at each boundary:
+// submit classifies SMTP replies and network failures (docs/office365.md
+// §4); the engine adds the two classes of failures found before any SMTP
+// exchange. The class alone picks the action, and it is a metric label,
+// so the set is closed.
+type Class = submit.Class
 
+// Classes of failures found before any SMTP exchange.
 const (
-	ClassTransient Class = "transient" // 451, other 4xx, network: retry with backoff
-	ClassAuth      Class = "auth"      // 535 5.7.3: refresh the token once and retry; if it stays, pause the account
-	ClassConfig    Class = "config"    // 535 5.7.139, 504 5.7.4, 501 5.5.124, 421 4.7.66: pause the account
-	ClassSession   Class = "session"   // 530 5.7.57: reconnect and authenticate
-	ClassThrottle  Class = "throttle"  // 432 4.3.2: too many connections, back off
-	ClassQuota     Class = "quota"     // 554 5.2.0 SubmissionQuotaExceeded, 550 5.1.90: wait for the window
-	ClassAccount   Class = "account"   // 554 5.2.2 sending mailbox full: pause the account
-	ClassTenant    Class = "tenant"    // 550 5.7.708/705/750, 550 5.1.8: tenant blocked, pause
-	ClassMessage   Class = "message"   // 550 5.7.60, 552, other 5xx: this message can never go
-	ClassInvalid   Class = "invalid"   // bad input, found before SMTP
-	ClassIdentity  Class = "identity"  // no access token (needs consent, config error, identity down)
+	ClassInvalid  Class = "invalid"  // bad input: dead-letter
+	ClassIdentity Class = "identity" // no access token (needs consent, config error, identity platform down): pause
 )
 
 // Action is what the worker does with a message after an attempt.
@@ -47,13 +37,13 @@ func (a Action) String() string {
 	return [...]string{"ack", "retry", "pause", "dead_letter"}[a]
 }
 
-// Action maps a class to what the worker does.
-func (c Class) Action() Action {
+// ActionFor maps a class to what the worker does.
+func ActionFor(c Class) Action {
 	switch c {
-	case ClassMessage, ClassInvalid:
+	case submit.ClassMessage, ClassInvalid:
 		return ActionDeadLetter
-	case ClassConfig, ClassAccount, ClassTenant, ClassQuota, ClassIdentity, ClassAuth:
-		// ClassAuth reaches here only after its one forced refresh failed
+	case submit.ClassConfig, submit.ClassAccount, submit.ClassTenant, submit.ClassQuota, ClassIdentity, submit.ClassAuth:
+		// submit.ClassAuth reaches here only after its one forced refresh failed
 		// too (the lane refreshes before it reports the class).
 		return ActionPause
 	default:
@@ -73,130 +63,15 @@ const (
 	probeSend               // send one message; the rest wait for its result
 )
 
-// probe returns how an account paused for class c is probed.
-func (c Class) probe() probe {
+// probeFor returns how an account paused for class c is probed.
+func probeFor(c Class) probe {
 	switch c {
 	case ClassIdentity:
 		return probeToken
-	case ClassAuth, ClassConfig:
+	case submit.ClassAuth, submit.ClassConfig:
 		return probeAuth
 	default: // quota, account, tenant: only a real message tells
 		return probeSend
-	}
-}
-
-// SMTPError is a failed SMTP exchange: the reply (or the network error
-// where there was no reply), the stage it happened in, and its class.
-type SMTPError struct {
-	Stage    string // dial, tls, auth, rset, mail, rcpt, data, message (the content and the reply to its end)
-	Code     int    // 0 when there was no reply
-	Enhanced string // "5.7.3", "" when absent
-	Text     string
-	Class    Class
-	Err      error // the underlying error
-}
-
-func (e *SMTPError) Error() string {
-	if e.Code == 0 {
-		return fmt.Sprintf("smtp %s: %v", e.Stage, e.Err)
-	}
-	return fmt.Sprintf("smtp %s: %s", e.Stage, e.Reply())
-}
-
-func (e *SMTPError) Unwrap() error { return e.Err }
-
-// Reply is the server's reply line as Office 365 wrote it, "" if none.
-func (e *SMTPError) Reply() string {
-	if e.Code == 0 {
-		return ""
-	}
-	if e.Enhanced == "" {
-		return fmt.Sprintf("%d %s", e.Code, e.Text)
-	}
-	return fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Text)
-}
-
-// Temporary reports whether the message may still go later.
-func (e *SMTPError) Temporary() bool { return e.Class.Action() != ActionDeadLetter }
-
-// classifySMTP turns what the SMTP client returned into an *SMTPError; the
-// stage is the failed command's unless the caller names one (dial, tls).
-func classifySMTP(stage string, err error) *SMTPError {
-	if err == nil {
-		return nil
-	}
-	var already *SMTPError
-	if errors.As(err, &already) {
-		return already
-	}
-	var ce *smtpclient.Error
-	if errors.As(err, &ce) {
-		if stage == "" {
-			stage = strings.ToLower(ce.Command)
-		}
-		err = ce.Err
-	}
-	e := &SMTPError{Stage: stage, Err: err, Class: ClassTransient}
-	var cv *tls.CertificateVerificationError
-	switch {
-	case errors.Is(err, smtpclient.ErrNoStartTLS):
-		e.Class = ClassConfig // never AUTH in plaintext: pause until fixed
-		return e
-	case errors.Is(err, smtpclient.ErrNotSendable):
-		e.Class = ClassMessage // this message, as it is, can never go
-		return e
-	case errors.As(err, &cv):
-		// An untrusted, expired or mismatched certificate does not heal
-		// by retrying the message: the account pauses until it is fixed
-		// (or the interception ends). Verification is never skipped.
-		e.Class = ClassConfig
-		return e
-	}
-	var se *smtp.SMTPError
-	if !errors.As(err, &se) {
-		return e // network errors, timeouts, TLS failures: temporary
-	}
-	e.Code, e.Text = se.Code, se.Message
-	if ec := se.EnhancedCode; ec != smtp.NoEnhancedCode && ec != smtp.EnhancedCodeNotSet {
-		e.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
-	}
-	e.Class = ClassifyReply(e.Code, e.Enhanced, e.Text)
-	if e.Class == ClassMessage && (stage == "dial" || stage == "tls" || stage == "auth") {
-		// A permanent reply before any message was named (a greeting,
-		// EHLO or AUTH refused) is about the account or the server,
-		// never this message: pause and probe, do not dead-letter.
-		e.Class = ClassConfig
-	}
-	return e
-}
-
-// ClassifyReply maps an SMTP reply to its class per OFFICE365.md §4.
-// Enhanced codes (RFC 3463) decide where Office 365 gives them; the text is
-// read only where one enhanced code covers different conditions (5.2.0).
-func ClassifyReply(code int, enhanced, text string) Class {
-	switch {
-	case code == 535 && enhanced == "5.7.139":
-		return ClassConfig
-	case code == 535:
-		return ClassAuth
-	case code == 504 && enhanced == "5.7.4", code == 501 && enhanced == "5.5.124":
-		return ClassConfig
-	case code == 530 && enhanced == "5.7.57":
-		return ClassSession
-	case code == 421 && enhanced == "4.7.66":
-		return ClassConfig
-	case code == 432 && enhanced == "4.3.2":
-		return ClassThrottle
-	case enhanced == "5.2.2":
-		return ClassAccount
-	case enhanced == "5.2.0" && strings.Contains(text, "SubmissionQuotaExceeded"), enhanced == "5.1.90":
-		return ClassQuota
-	case enhanced == "5.7.708", enhanced == "5.7.705", enhanced == "5.7.750", enhanced == "5.1.8":
-		return ClassTenant
-	case code >= 500 && code < 600:
-		return ClassMessage // 5.7.60 send-as, 552 size, and every other permanent reply
-	default:
-		return ClassTransient // 451, 421, other 4xx, anything unexpected
 	}
 }
 
@@ -227,8 +102,8 @@ var errAccountChanged = errors.New("account changed before the message's turn ca
 
 // classify turns any delivery error into its class, once. The reply (nil
 // when there was none) is recorded on dead letters and in metrics.
-func classify(err error) (Class, *SMTPError) {
-	var se *SMTPError
+func classify(err error) (Class, *submit.SMTPError) {
+	var se *submit.SMTPError
 	var ie *token.IdentityError
 	var pe *PaceError
 	switch {
@@ -241,9 +116,9 @@ func classify(err error) (Class, *SMTPError) {
 		// platform down with the token expired, or no tokens stored.
 		return ClassIdentity, nil
 	case errors.As(err, &pe):
-		return ClassQuota, nil
+		return submit.ClassQuota, nil
 	default:
-		return ClassTransient, nil // unknown errors count as temporary
+		return submit.ClassTransient, nil // unknown errors count as temporary
 	}
 }
 

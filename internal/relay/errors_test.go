@@ -2,62 +2,54 @@ package relay
 
 import (
 	"errors"
-	"io"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"relay365/internal/submit"
 )
 
-// TestClassifyOffice365Replies is OFFICE365.md §4, row by row.
+// TestClassifyOffice365Replies is docs/office365.md §4, row by row: the
+// class submit gives each reply and the action the engine takes for it.
 func TestClassifyOffice365Replies(t *testing.T) {
 	tests := []struct {
 		reply  *smtp.SMTPError
 		class  Class
 		action Action
 	}{
-		{&smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful [host]"}, ClassAuth, ActionPause},
-		{&smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."}, ClassConfig, ActionPause},
-		{&smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 7, 4}, Message: "Unrecognized authentication type"}, ClassConfig, ActionPause},
-		{&smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 124}, Message: "XOAUTH2 data wrong"}, ClassConfig, ActionPause},
-		{&smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 57}, Message: "Client not authenticated to send mail."}, ClassSession, ActionRetry},
-		{&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 66}, Message: "TLS 1.0 and 1.1 are not supported"}, ClassConfig, ActionPause},
-		{&smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"}, ClassThrottle, ActionRetry},
-		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0}, Message: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed"}, ClassQuota, ActionPause},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 90}, Message: "Your message can't be sent because you've reached your daily limit"}, ClassQuota, ActionPause},
-		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException"}, ClassAccount, ActionPause},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}, ClassMessage, ActionDeadLetter},
-		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252}, Message: "SendAsDenied"}, ClassMessage, ActionDeadLetter},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 708}, Message: "Service unavailable. Access denied, traffic not accepted from this IP."}, ClassTenant, ActionPause},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 705}, Message: "tenant exceeded threshold"}, ClassTenant, ActionPause},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 750}, Message: "unregistered domain"}, ClassTenant, ActionPause},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 8}, Message: "Access denied, bad outbound sender"}, ClassTenant, ActionPause},
-		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary server error. Please try again later. PRX4"}, ClassTransient, ActionRetry},
-		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 111}, Message: "server fault"}, ClassTransient, ActionRetry},
-		{&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service not available, closing transmission channel"}, ClassTransient, ActionRetry},
-		{&smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message size exceeds fixed maximum message size"}, ClassMessage, ActionDeadLetter},
-		{&smtp.SMTPError{Code: 552, EnhancedCode: smtp.NoEnhancedCode, Message: "too large"}, ClassMessage, ActionDeadLetter},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 10}, Message: "RESOLVER.ADR.RecipientNotFound"}, ClassMessage, ActionDeadLetter},
-		{&smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "try later"}, ClassTransient, ActionRetry},
-		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0}, Message: "STOREDRV.Submission.Exception:OtherException"}, ClassMessage, ActionDeadLetter},
+		{&smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful [host]"}, submit.ClassAuth, ActionPause},
+		{&smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."}, submit.ClassConfig, ActionPause},
+		{&smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 7, 4}, Message: "Unrecognized authentication type"}, submit.ClassConfig, ActionPause},
+		{&smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 124}, Message: "XOAUTH2 data wrong"}, submit.ClassConfig, ActionPause},
+		{&smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 57}, Message: "Client not authenticated to send mail."}, submit.ClassSession, ActionRetry},
+		{&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 66}, Message: "TLS 1.0 and 1.1 are not supported"}, submit.ClassConfig, ActionPause},
+		{&smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"}, submit.ClassThrottle, ActionRetry},
+		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0}, Message: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed"}, submit.ClassQuota, ActionPause},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 90}, Message: "Your message can't be sent because you've reached your daily limit"}, submit.ClassQuota, ActionPause},
+		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException"}, submit.ClassAccount, ActionPause},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}, submit.ClassMessage, ActionDeadLetter},
+		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252}, Message: "SendAsDenied"}, submit.ClassMessage, ActionDeadLetter},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 708}, Message: "Service unavailable. Access denied, traffic not accepted from this IP."}, submit.ClassTenant, ActionPause},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 705}, Message: "tenant exceeded threshold"}, submit.ClassTenant, ActionPause},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 750}, Message: "unregistered domain"}, submit.ClassTenant, ActionPause},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 8}, Message: "Access denied, bad outbound sender"}, submit.ClassTenant, ActionPause},
+		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary server error. Please try again later. PRX4"}, submit.ClassTransient, ActionRetry},
+		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 111}, Message: "server fault"}, submit.ClassTransient, ActionRetry},
+		{&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service not available, closing transmission channel"}, submit.ClassTransient, ActionRetry},
+		{&smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message size exceeds fixed maximum message size"}, submit.ClassMessage, ActionDeadLetter},
+		{&smtp.SMTPError{Code: 552, EnhancedCode: smtp.NoEnhancedCode, Message: "too large"}, submit.ClassMessage, ActionDeadLetter},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 10}, Message: "RESOLVER.ADR.RecipientNotFound"}, submit.ClassMessage, ActionDeadLetter},
+		{&smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "try later"}, submit.ClassTransient, ActionRetry},
+		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0}, Message: "STOREDRV.Submission.Exception:OtherException"}, submit.ClassMessage, ActionDeadLetter},
 	}
 	for _, tc := range tests {
-		e := classifySMTP("data", tc.reply)
-		if e.Class != tc.class || e.Class.Action() != tc.action {
-			t.Errorf("%d %v %q: class %s action %s, want %s %s", tc.reply.Code, tc.reply.EnhancedCode, tc.reply.Message, e.Class, e.Class.Action(), tc.class, tc.action)
+		e := submit.Classify("data", tc.reply)
+		if e.Class != tc.class || ActionFor(e.Class) != tc.action {
+			t.Errorf("%d %v %q: class %s action %s, want %s %s", tc.reply.Code, tc.reply.EnhancedCode, tc.reply.Message, e.Class, ActionFor(e.Class), tc.class, tc.action)
 		}
 		if !errors.Is(e, tc.reply) {
 			t.Errorf("%d: the SMTP error must unwrap to the reply", tc.reply.Code)
-		}
-	}
-}
-
-func TestClassifyNetworkErrorsAreTemporary(t *testing.T) {
-	for _, err := range []error{io.EOF, &net.OpError{Op: "dial", Err: errors.New("connection refused")}, errors.New("something new")} {
-		e := classifySMTP("dial", err)
-		if e.Class != ClassTransient || !e.Temporary() || e.Reply() != "" {
-			t.Errorf("%v: %+v", err, e)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"relay365/internal/fakeo365"
 	"relay365/internal/relay"
+	"relay365/internal/submit"
 )
 
 // TestFaultStormNoHotLoopNoLeaks: replies slower than the data timeout,
@@ -30,7 +31,7 @@ func TestFaultStormNoHotLoopNoLeaks(t *testing.T) {
 		// (TestThrottledMailboxUsesFewerConnections covers 432).
 		fake:      fakeo365.Config{MaxConns: -1},
 		engine:    relay.Config{IdleTimeout: 200 * time.Millisecond},
-		transport: &relay.Transport{DataTimeout: 300 * time.Millisecond, CommandTimeout: 2 * time.Second},
+		transport: &submit.Transport{DataTimeout: 300 * time.Millisecond, CommandTimeout: 2 * time.Second},
 	})
 	h.enroll("storm", "storm@contoso.com", "contoso.onmicrosoft.com", nil)
 	h.waitFor("idle sessions closed", func() bool { return h.fake.OpenConns() == 0 })

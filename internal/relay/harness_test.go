@@ -13,14 +13,18 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/clock"
+	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
 	"relay365/internal/relay/relaytest"
+	"relay365/internal/submit"
 	"relay365/internal/testutil"
 	"relay365/internal/token"
+	"relay365/internal/token/tokensvc"
 )
 
 var fast = relaytest.FastRetry
@@ -29,8 +33,8 @@ var fast = relaytest.FastRetry
 type setup struct {
 	fake      fakeo365.Config
 	engine    relay.Config
-	clock     *relaytest.Compressed // nil: wall clock
-	transport *relay.Transport
+	clock     *clock.Compressed // nil: wall clock
+	transport *submit.Transport
 	// beforeStart runs on the stream before the engine starts.
 	beforeStart func(ctx context.Context, js jetstream.JetStream)
 }
@@ -44,7 +48,7 @@ type harness struct {
 	js       jetstream.JetStream
 	accounts *account.Registry
 	store    *token.Store
-	tokens   *token.Source
+	tokens   *tokensvc.Client // the workers' client of a token service replica on the same NATS
 	engine   *relay.Engine
 	reg      *prometheus.Registry
 	logs     *testutil.Buffer // dumped when the test fails, scanned for secrets
@@ -58,14 +62,20 @@ func newHarness(t *testing.T, s setup) *harness {
 	h := &harness{t: t, ctx: ctx, logs: &testutil.Buffer{}}
 	// Fsync every few seconds instead of before every ack: these tests
 	// are about delivery, not power loss, and run on shared cores.
-	h.js = queuetest.StartSync(t, "5s").JS
+	env := queuetest.StartSync(t, "5s")
+	h.js = env.JS
 	var err error
 	if err := queue.EnsureStreams(ctx, h.js, queue.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
 	_, h.accounts, h.store = relaytest.OpenStores(t, ctx, h.js)
 	log := zerolog.New(h.logs)
-	h.tokens = token.NewSource(token.SourceConfig{Store: h.store, Accounts: h.accounts, Log: log})
+	svc, err := tokensvc.Start(tokensvc.Config{NC: env.NC, Store: h.store, Accounts: h.accounts, Registerer: prometheus.NewRegistry(), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	h.tokens = tokensvc.NewClient(tokensvc.ClientConfig{NC: env.NC})
 
 	fc := s.fake
 	fc.Dir = t.TempDir()
@@ -105,7 +115,7 @@ func newHarness(t *testing.T, s setup) *harness {
 		ec.UnknownGrace = 300 * time.Millisecond
 	}
 	h.reg = prometheus.NewRegistry()
-	deps := relay.Deps{JS: h.js, Accounts: h.accounts, Tokens: h.tokens, TokenStates: h.store, Transport: s.transport, Registry: h.reg, Log: log}
+	deps := relay.Deps{JS: h.js, Accounts: h.accounts, Tokens: h.tokens, TokenEvents: h.tokens, Transport: s.transport, Registry: h.reg, Log: log}
 	if s.clock != nil {
 		deps.Clock = s.clock
 	}
@@ -151,12 +161,12 @@ func (h *harness) start() {
 // pacing effectively off unless mod sets limits, and waits for its lane.
 func (h *harness) enroll(alias, mailbox, tenant string, mod func(a *account.Account)) account.Account {
 	h.t.Helper()
-	a := relaytest.Account(h.fake, alias, mailbox, tenant)
+	a := h.fake.Account(alias, mailbox, tenant)
 	a.PerMinute, a.PerDay = 1<<20, 1<<24
 	if mod != nil {
 		mod(&a)
 	}
-	if err := relaytest.Enroll(h.ctx, h.fake, h.accounts, h.store, a); err != nil {
+	if err := (consent.Enroller{Accounts: h.accounts, Store: h.store}).SignIn(h.ctx, a, consent.FollowURL(h.ctx)); err != nil {
 		h.t.Fatalf("enroll %s: %v", alias, err)
 	}
 	if err := h.engine.WaitBound(h.ctx, alias); err != nil {
@@ -319,7 +329,7 @@ func msgFor(alias, id, subject string) *message.Message {
 
 // relaytestEnroll consents a again (after a revocation).
 func relaytestEnroll(h *harness, a account.Account) error {
-	return relaytest.Enroll(h.ctx, h.fake, h.accounts, h.store, a)
+	return (consent.Enroller{Accounts: h.accounts, Store: h.store}).SignIn(h.ctx, a, consent.FollowURL(h.ctx))
 }
 
 // assertNoSecretsLogged: the live tokens of every account appear nowhere

@@ -13,6 +13,7 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/submit"
 )
 
 // maxHold is the longest a fetched message waits for the pacer before the
@@ -47,7 +48,7 @@ const maxFirstSeen = 10000
 // A lookahead fetch also leaves the pacer's room to the messages already
 // held (they may not have reserved yet), and a lane pauses for a spent
 // day's budget only when none of its own messages holds part of it.
-// DESIGN.md §7 asks to pull about what the workers can start and to
+// docs/design.md §7 asks to pull about what the workers can start and to
 // heartbeat what waits: a waiting message is at most Lookahead/limit
 // transactions (milliseconds) from its turn, and its heartbeat runs from
 // the fetch.
@@ -67,7 +68,7 @@ type lane struct {
 	log      zerolog.Logger
 	ctx      context.Context // stops pulling and waiting (shutdown, account removed)
 	cancel   context.CancelFunc
-	pool     *pool
+	pool     *submit.Pool
 	handlers sync.WaitGroup
 	done     chan struct{} // closed when the loop has returned
 	wake     chan struct{} // a slot freed, the account changed, a pause ended
@@ -113,7 +114,7 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 		done: make(chan struct{}), wake: make(chan struct{}, 1),
 		firstSeen: map[uint64]time.Time{}, freed: make(chan struct{}),
 	}
-	l.pool = newPool(e.tr, e.cfg.IdleTimeout, func(s *Session) {
+	l.pool = submit.NewPool(e.tr, e.cfg.IdleTimeout, func(s *submit.Session) {
 		e.metrics.connections.WithLabelValues(a.Alias).Inc()
 		l.log.Debug().Bool("pipelining", s.Pipelining()).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
 	})
@@ -201,7 +202,7 @@ func (l *lane) setAccount(a account.Account) {
 	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {
 		l.limit = a.MaxConns
 	}
-	l.pool.configure(Endpoint{Addr: a.SMTPAddr, CAFile: a.CAFile}, a.Mailbox, l.limit)
+	l.pool.Configure(submit.Endpoint{Addr: a.SMTPAddr, CAFile: a.CAFile}, a.Mailbox, l.limit)
 	l.mu.Unlock()
 	l.signal()
 }
@@ -242,12 +243,12 @@ func (l *lane) run() {
 			return
 		}
 		if d := l.dayPause(); d > 0 {
-			l.pause(ClassQuota, &PaceError{Wait: d, Reason: "the mailbox's daily recipient budget is spent"}, d, false)
+			l.pause(submit.ClassQuota, &PaceError{Wait: d, Reason: "the mailbox's daily recipient budget is spent"}, d, false)
 			continue
 		}
 		n, maxBytes, probe := l.take()
 		if n == 0 {
-			sleepOn(l.ctx, WallClock{}, time.Minute, l.wake)
+			sleepOn(l.ctx, wall, time.Minute, l.wake)
 			continue
 		}
 		acct := l.account()
@@ -264,7 +265,7 @@ func (l *lane) run() {
 			l.give(n, probe)
 			if l.ctx.Err() == nil {
 				l.log.Warn().Err(err).Msg("pacing state unreadable; trying again")
-				sleepOn(l.ctx, WallClock{}, time.Second, nil)
+				sleepOn(l.ctx, wall, time.Second, nil)
 			}
 			continue
 		case room <= 0:
@@ -274,11 +275,11 @@ func (l *lane) run() {
 				// The day's budget is spent and none of it is held by
 				// a message of this lane that may yet give it back. A
 				// probe finding no room extends the pause it probes.
-				l.pause(ClassQuota, &PaceError{Wait: wait, Reason: "the mailbox's daily recipient budget is spent"}, wait, probe)
+				l.pause(submit.ClassQuota, &PaceError{Wait: wait, Reason: "the mailbox's daily recipient budget is spent"}, wait, probe)
 			case allow == 0 && wait <= maxHold:
 				sleepOn(l.ctx, l.e.clock, wait, l.wake)
 			default:
-				sleepOn(l.ctx, WallClock{}, time.Minute, l.wake) // until a message of this lane ends
+				sleepOn(l.ctx, wall, time.Minute, l.wake) // until a message of this lane ends
 			}
 			continue
 		case room < n:
@@ -343,7 +344,7 @@ func (l *lane) bind() jetstream.Consumer {
 			ev = l.log.Warn()
 		}
 		ev.Err(err).Int("attempt", attempt).Msg("consumer not bound yet; retrying")
-		sleepOn(l.ctx, WallClock{}, min(time.Duration(attempt)*100*time.Millisecond, 5*time.Second), nil)
+		sleepOn(l.ctx, wall, min(time.Duration(attempt)*100*time.Millisecond, 5*time.Second), nil)
 	}
 }
 
@@ -553,7 +554,7 @@ func (l *lane) probeSession() error {
 	if err != nil {
 		return err
 	}
-	l.pool.put(s)
+	l.pool.Put(s)
 	return nil
 }
 
@@ -568,7 +569,7 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 		l.mu.Unlock()
 		return
 	}
-	p := pauseState{on: true, since: l.p.since, class: class, reason: err.Error(), count: l.p.count + 1, kind: class.probe(), unwatch: l.p.unwatch}
+	p := pauseState{on: true, since: l.p.since, class: class, reason: err.Error(), count: l.p.count + 1, kind: probeFor(class), unwatch: l.p.unwatch}
 	if !l.p.on {
 		p.since = now
 	}
@@ -579,7 +580,7 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 	} else {
 		p.until = now.Add(max(hint, l.e.cfg.Pause.Delay(p.count)))
 	}
-	watch := p.unwatch == nil && l.e.states != nil && (p.kind == probeToken || p.kind == probeAuth)
+	watch := p.unwatch == nil && l.e.events != nil && (p.kind == probeToken || p.kind == probeAuth)
 	if watch {
 		var wctx context.Context
 		wctx, p.unwatch = context.WithCancel(l.ctx)
@@ -592,29 +593,38 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 	l.e.metrics.setPaused(l.alias, class) // a probe may find another cause
 	l.e.metrics.pauses.WithLabelValues(l.alias, string(class)).Inc()
 	ev := l.log.Warn().Str("class", string(class)).Err(err).Time("next_probe", p.until)
-	var se *SMTPError
+	var se *submit.SMTPError
 	if errors.As(err, &se) {
-		ev = ev.Int("smtp_code", se.Code).Str("remedy", Remedy(se, l.account().Mailbox))
+		ev = ev.Int("smtp_code", se.Code).Str("remedy", submit.Remedy(se, l.account().Mailbox))
 	}
 	ev.Msg("account paused: its mail stays queued")
 }
 
 // watchTokens ends a token or authentication pause as soon as the token
-// record changes to a usable state (a new consent, a refresh), instead of
-// waiting for the next scheduled probe.
+// service announces a new usable token for the account (a new consent, a
+// refresh), instead of waiting for the next scheduled probe.
 func (l *lane) watchTokens(ctx context.Context, kind probe) {
-	rec, rev, err := l.e.states.Get(ctx, l.alias)
-	if err == nil && kind == probeToken && !rec.State.Blocking() {
-		l.probeNow() // consent landed between the failure and this watch
-	}
+	var stored <-chan struct{}
 	for ctx.Err() == nil {
-		rec, r, err := l.e.states.WaitChange(ctx, l.alias, rev)
-		rev = max(rev, r)
-		switch {
-		case err == nil && !rec.State.Blocking():
+		var err error
+		if stored, err = l.e.events.WatchStored(ctx, l.alias); err == nil {
+			break
+		}
+		l.log.Debug().Err(err).Msg("cannot watch for new tokens; retrying")
+		sleepOn(ctx, wall, time.Second, nil)
+	}
+	if kind == probeToken {
+		// A consent may have landed between the failure and the watch.
+		if ok, err := l.e.events.Usable(ctx, l.alias); err == nil && ok {
 			l.probeNow()
-		case err != nil && ctx.Err() == nil:
-			sleepOn(ctx, WallClock{}, time.Second, nil)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stored:
+			l.probeNow()
 		}
 	}
 }
@@ -668,7 +678,7 @@ func (l *lane) probeDone() {
 	l.signal()
 }
 
-// throttle lowers the connection limit after 432 4.3.2 (OFFICE365.md §4).
+// throttle lowers the connection limit after 432 4.3.2 (docs/office365.md §4).
 func (l *lane) throttle() {
 	l.mu.Lock()
 	if l.limit > 1 {
@@ -676,7 +686,7 @@ func (l *lane) throttle() {
 	}
 	l.throttled = l.e.clock.Now()
 	limit := l.limit
-	l.pool.configure(Endpoint{Addr: l.acct.SMTPAddr, CAFile: l.acct.CAFile}, l.acct.Mailbox, limit)
+	l.pool.Configure(submit.Endpoint{Addr: l.acct.SMTPAddr, CAFile: l.acct.CAFile}, l.acct.Mailbox, limit)
 	l.mu.Unlock()
 	l.log.Warn().Int("connections", limit).Msg("too many connections for this mailbox (432 4.3.2): using fewer")
 }
@@ -693,7 +703,7 @@ func (l *lane) recoverThrottle() {
 	if l.limit >= l.acct.MaxConns {
 		l.limit, l.throttled = l.acct.MaxConns, time.Time{}
 	}
-	l.pool.configure(Endpoint{Addr: l.acct.SMTPAddr, CAFile: l.acct.CAFile}, l.acct.Mailbox, l.limit)
+	l.pool.Configure(submit.Endpoint{Addr: l.acct.SMTPAddr, CAFile: l.acct.CAFile}, l.acct.Mailbox, l.limit)
 	l.wakeWaitersLocked()
 	l.signal()
 }
@@ -742,6 +752,6 @@ func (l *lane) status() LaneStatus {
 		st.PauseClass, st.PauseReason, st.PausedUntil = string(l.p.class), l.p.reason, l.p.until
 	}
 	l.mu.Unlock()
-	st.Sessions = l.pool.size()
+	st.Sessions = l.pool.Size()
 	return st
 }

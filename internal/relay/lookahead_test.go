@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"relay365/internal/account"
+	"relay365/internal/clock"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/relay"
-	"relay365/internal/relay/relaytest"
 )
 
 // watchLane samples the lane's status until stop is called and returns
@@ -256,8 +256,8 @@ func TestLaneWaitingForThePacerDoesNotSpin(t *testing.T) {
 	// spends most of the run waiting for the next minute. It must sleep
 	// through it, not ask the pacer over and over (it once did, a CPU
 	// core per waiting lane, since giving its slots back woke itself).
-	clock := relaytest.NewCompressed(120)
-	h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
+	clk := clock.NewCompressed(120)
+	h := newHarness(t, setup{clock: clk, fake: fakeo365.Config{AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
 	h.enroll("slowpace", "slowpace@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
 		a.MaxConns, a.PerMinute = 1, 2
 	})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"relay365/internal/clock"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,7 +19,7 @@ import (
 // PacingBucket is the KV bucket with each mailbox's recent sends.
 const PacingBucket = "relay_pacing"
 
-// The rolling windows of Office 365's limits (OFFICE365.md §3) and the
+// The rolling windows of Office 365's limits (docs/office365.md §3) and the
 // slots the pacer counts them in. Counting in slots is conservative: a
 // slot counts until its end has left the window, so the pacer never sees
 // fewer sends than Office 365 does.
@@ -70,7 +71,7 @@ type Limits struct {
 // commit in flight: Peek only sizes a fetch, Reserve decides.
 type Pacer struct {
 	kv    jetstream.KeyValue
-	clock Clock
+	clock clock.Clock
 	peeks atomic.Int64 // Peek calls, for tests that a waiting lane does not spin
 
 	mu    sync.Mutex
@@ -127,7 +128,7 @@ type paceOp struct {
 }
 
 // OpenPacer creates the bucket if needed.
-func OpenPacer(ctx context.Context, js jetstream.JetStream, clock Clock) (*Pacer, error) {
+func OpenPacer(ctx context.Context, js jetstream.JetStream, clk clock.Clock) (*Pacer, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      PacingBucket,
 		Description: "Relay365 per-mailbox sending counts (Office 365 limits)",
@@ -138,10 +139,10 @@ func OpenPacer(ctx context.Context, js jetstream.JetStream, clock Clock) (*Pacer
 	if err != nil {
 		return nil, fmt.Errorf("open pacing bucket %s: %w", PacingBucket, err)
 	}
-	if clock == nil {
-		clock = WallClock{}
+	if clk == nil {
+		clk = wall
 	}
-	return &Pacer{kv: kv, clock: clock, boxes: map[string]*paceState{}}, nil
+	return &Pacer{kv: kv, clock: clk, boxes: map[string]*paceState{}}, nil
 }
 
 // Ticket is one reservation.
@@ -446,7 +447,7 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 	return fmt.Errorf("write pacing of %s: %d compare-and-set races lost in a row", mailbox, casAttempts)
 }
 
-// casLost recognises a lost compare-and-set on a KV key (DESIGN.md §7:
+// casLost recognises a lost compare-and-set on a KV key (docs/design.md §7:
 // the error differs between Create, Update and replicated buckets).
 func casLost(err error) bool {
 	var apiErr *jetstream.APIError

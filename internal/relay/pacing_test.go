@@ -16,7 +16,6 @@ import (
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
-	"relay365/internal/relay/relaytest"
 )
 
 // TestPacingOnCompressedClock offers ten times what Office 365 allows and
@@ -25,30 +24,30 @@ import (
 // the limits demand. The relay and the fake share one compressed clock.
 func TestPacingOnCompressedClock(t *testing.T) {
 	t.Run("30 messages a minute", func(t *testing.T) {
-		clock := relaytest.NewCompressed(120) // a minute passes in half a second
-		h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{PerMinute: 30, AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
+		clk := clock.NewCompressed(120) // a minute passes in half a second
+		h := newHarness(t, setup{clock: clk, fake: fakeo365.Config{PerMinute: 30, AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
 		h.enroll("paced", "paced@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
 			a.PerMinute, a.PerDay = 0, 0 // Office 365's defaults: 30 a minute, 10,000 a day
 		})
 		// The consent step's test mail is not the engine's to count: let
 		// it leave Office 365's window first.
-		<-clock.After(time.Minute)
+		<-clk.NewTimer(time.Minute).C()
 		// 10x the allowed rate: 300 a minute, for half a minute.
 		const n = 150
 		for i := range n {
 			h.publish("paced", fmt.Sprintf("p-%03d", i), fmt.Sprintf("paced %03d", i))
-			<-clock.After(200 * time.Millisecond)
+			<-clk.NewTimer(200 * time.Millisecond).C()
 		}
 		h.waitFor("all delivered", func() bool { return h.queued() == 0 })
 		checkPaced(t, h, n, time.Minute, 30)
 	})
 	t.Run("10,000 recipients a day, here 20", func(t *testing.T) {
-		clock := relaytest.NewCompressed(86400) // a day passes in a second
-		h := newHarness(t, setup{clock: clock, fake: fakeo365.Config{PerMinute: 30, PerDay: 20, AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
+		clk := clock.NewCompressed(86400) // a day passes in a second
+		h := newHarness(t, setup{clock: clk, fake: fakeo365.Config{PerMinute: 30, PerDay: 20, AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
 		h.enroll("daily", "daily@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
 			a.PerMinute, a.PerDay = 0, 20
 		})
-		<-clock.After(24 * time.Hour) // the consent test mail, as above
+		<-clk.NewTimer(24 * time.Hour).C() // the consent test mail, as above
 		// 80 recipients at once: four days' budget.
 		const n = 20
 		for i := range n {
@@ -100,10 +99,8 @@ func checkPaced(t *testing.T, h *harness, n int, window time.Duration, limit int
 	t.Logf("%d messages accepted over %s of the compressed clock", n, span.Round(time.Second))
 }
 
-// manualClock is advanced by hand; its waits are real ones.
+// manualClock is advanced by hand.
 type manualClock struct{ *clock.Fake }
-
-func (manualClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // pacerTest is a JetStream, a manual clock and a way to open pacers on
 // them (each one as another process would).

@@ -14,14 +14,16 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/fakeo365"
+	"relay365/internal/message"
 	"relay365/internal/relay"
+	"relay365/internal/submit"
 )
 
 func reply(code, class, subj, detail int, text string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subj, detail}, Message: text}
 }
 
-// The actions of OFFICE365.md §4, as a test observes them.
+// The actions of docs/office365.md §4, as a test observes them.
 const (
 	actRefresh    = "refresh the token once, then retry the session"
 	actRetry      = "retry with backoff"
@@ -33,14 +35,14 @@ const (
 	actDeadLetter = "dead-letter with the reply"
 )
 
-// TestOffice365RepliesEndToEnd is OFFICE365.md §4 row by row, through the
+// TestOffice365RepliesEndToEnd is docs/office365.md §4 row by row, through the
 // engine against the fake: each reply is produced by the fake (its own
 // switches where it has them, an injected reply at the stage Office 365
 // gives it otherwise) and the test checks the action the relay took.
 func TestOffice365RepliesEndToEnd(t *testing.T) {
 	h := newHarness(t, setup{
 		// A short DATA timeout for the "timeout" row.
-		transport: &relay.Transport{DataTimeout: time.Second},
+		transport: &submit.Transport{DataTimeout: time.Second},
 	})
 	type row struct {
 		reply  string
@@ -48,7 +50,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 		class  relay.Class
 		inject func(a account.Account) // nil: the row's message itself provokes it
 		clear  func(a account.Account) // for switches that stay on
-		msg    func(a account.Account, subj string) (from string, policy account.FromPolicy)
+		msg    func(a account.Account, subj string) (from string, policy message.FromPolicy)
 	}
 	auth := func(r *smtp.SMTPError, n int) func(account.Account) {
 		return func(account.Account) { h.fake.SetNextAuthReply(n, r) }
@@ -58,48 +60,48 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 	}
 	rows := []row{
 		{reply: "535 5.7.3", act: actRefresh, inject: auth(reply(535, 5, 7, 3, "Authentication unsuccessful [host]"), 1)},
-		{reply: "535 5.7.3 after the refresh", act: actPause, class: relay.ClassAuth, inject: auth(reply(535, 5, 7, 3, "Authentication unsuccessful [host]"), 2)},
-		{reply: "535 5.7.139", act: actPause, class: relay.ClassConfig,
+		{reply: "535 5.7.3 after the refresh", act: actPause, class: submit.ClassAuth, inject: auth(reply(535, 5, 7, 3, "Authentication unsuccessful [host]"), 2)},
+		{reply: "535 5.7.139", act: actPause, class: submit.ClassConfig,
 			inject: func(a account.Account) { h.fake.DisableSMTPAuth(a.Tenant, true) },
 			clear:  func(a account.Account) { h.fake.DisableSMTPAuth(a.Tenant, false) }},
-		{reply: "504 5.7.4", act: actPause, class: relay.ClassConfig, inject: auth(reply(504, 5, 7, 4, "Unrecognized authentication type"), 1)},
-		{reply: "501 5.5.124", act: actPause, class: relay.ClassConfig, inject: auth(reply(501, 5, 5, 124, "Invalid XOAUTH2 client response."), 1)},
-		{reply: "530 5.7.57", act: actReconnect, class: relay.ClassSession,
+		{reply: "504 5.7.4", act: actPause, class: submit.ClassConfig, inject: auth(reply(504, 5, 7, 4, "Unrecognized authentication type"), 1)},
+		{reply: "501 5.5.124", act: actPause, class: submit.ClassConfig, inject: auth(reply(501, 5, 5, 124, "Invalid XOAUTH2 client response."), 1)},
+		{reply: "530 5.7.57", act: actReconnect, class: submit.ClassSession,
 			inject: func(account.Account) {
 				h.fake.SetNextMailReply(1, reply(530, 5, 7, 57, "Client not authenticated to send mail."))
 			}},
-		{reply: "421 4.7.66", act: actPause, class: relay.ClassConfig, inject: auth(reply(421, 4, 7, 66, "TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2."), 1)},
-		{reply: "432 4.3.2", act: actThrottle, class: relay.ClassThrottle, inject: data(reply(432, 4, 3, 2, "STOREDRV.ClientSubmit; sender thread limit exceeded"))},
-		{reply: "554 5.2.0 SubmissionQuotaExceeded", act: actPause, class: relay.ClassQuota,
+		{reply: "421 4.7.66", act: actPause, class: submit.ClassConfig, inject: auth(reply(421, 4, 7, 66, "TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2."), 1)},
+		{reply: "432 4.3.2", act: actThrottle, class: submit.ClassThrottle, inject: data(reply(432, 4, 3, 2, "STOREDRV.ClientSubmit; sender thread limit exceeded"))},
+		{reply: "554 5.2.0 SubmissionQuotaExceeded", act: actPause, class: submit.ClassQuota,
 			inject: func(a account.Account) { h.fake.SetQuotaExceeded(a.Mailbox, true) },
 			clear:  func(a account.Account) { h.fake.SetQuotaExceeded(a.Mailbox, false) }},
-		{reply: "550 5.1.90", act: actPause, class: relay.ClassQuota, inject: data(reply(550, 5, 1, 90, "Your message can't be sent because you've reached your daily limit for message recipients"))},
-		{reply: "554 5.2.2", act: actPause, class: relay.ClassAccount, inject: data(reply(554, 5, 2, 2, "mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException"))},
+		{reply: "550 5.1.90", act: actPause, class: submit.ClassQuota, inject: data(reply(550, 5, 1, 90, "Your message can't be sent because you've reached your daily limit for message recipients"))},
+		{reply: "554 5.2.2", act: actPause, class: submit.ClassAccount, inject: data(reply(554, 5, 2, 2, "mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException"))},
 		{reply: "550 5.7.60 (policy rewrite)", act: actRewrite,
-			msg: func(a account.Account, subj string) (string, account.FromPolicy) {
-				return "Ops <noreply@contoso.com>", account.FromRewrite
+			msg: func(a account.Account, subj string) (string, message.FromPolicy) {
+				return "Ops <noreply@contoso.com>", message.PolicyRewrite
 			}},
-		{reply: "550 5.7.60 (policy allow, no SendAs)", act: actDeadLetter, class: relay.ClassMessage,
-			msg: func(a account.Account, subj string) (string, account.FromPolicy) {
-				return "Ops <noreply@contoso.com>", account.FromAllow
+		{reply: "550 5.7.60 (policy allow, no SendAs)", act: actDeadLetter, class: submit.ClassMessage,
+			msg: func(a account.Account, subj string) (string, message.FromPolicy) {
+				return "Ops <noreply@contoso.com>", message.PolicyAllow
 			}},
-		{reply: "554 5.2.252", act: actDeadLetter, class: relay.ClassMessage, inject: data(reply(554, 5, 2, 252, "SendAsDenied; alerts@contoso.com not allowed to send as noreply@contoso.com"))},
-		{reply: "550 5.7.708", act: actTenant, class: relay.ClassTenant, inject: data(reply(550, 5, 7, 708, "Service unavailable. Access denied, traffic not accepted from this IP."))},
-		{reply: "550 5.7.705", act: actPause, class: relay.ClassTenant, inject: data(reply(550, 5, 7, 705, "Access denied, tenant has exceeded threshold."))},
-		{reply: "550 5.7.750", act: actPause, class: relay.ClassTenant, inject: data(reply(550, 5, 7, 750, "Service unavailable. Client blocked from sending from unregistered domains."))},
-		{reply: "550 5.1.8", act: actPause, class: relay.ClassTenant, inject: data(reply(550, 5, 1, 8, "Access denied, bad outbound sender."))},
-		{reply: "451 4.7.0", act: actRetry, class: relay.ClassTransient, inject: func(account.Account) { h.fake.FailNextData(1) }},
-		{reply: "451 4.3.111", act: actRetry, class: relay.ClassTransient, inject: data(reply(451, 4, 3, 111, "Temporary server error"))},
-		{reply: "421 (other)", act: actRetry, class: relay.ClassTransient, inject: data(reply(421, 4, 3, 2, "Service not available, closing transmission channel"))},
-		{reply: "connection reset", act: actRetry, class: relay.ClassTransient, inject: func(account.Account) { h.fake.DropNextData(1) }},
-		{reply: "timeout", act: actRetry, class: relay.ClassTransient, inject: func(account.Account) { h.fake.DelayNextData(1, 3*time.Second) }},
-		{reply: "552 5.3.4", act: actDeadLetter, class: relay.ClassMessage, inject: data(reply(552, 5, 3, 4, "Message size exceeds fixed maximum message size"))},
-		{reply: "552", act: actDeadLetter, class: relay.ClassMessage,
+		{reply: "554 5.2.252", act: actDeadLetter, class: submit.ClassMessage, inject: data(reply(554, 5, 2, 252, "SendAsDenied; alerts@contoso.com not allowed to send as noreply@contoso.com"))},
+		{reply: "550 5.7.708", act: actTenant, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 708, "Service unavailable. Access denied, traffic not accepted from this IP."))},
+		{reply: "550 5.7.705", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 705, "Access denied, tenant has exceeded threshold."))},
+		{reply: "550 5.7.750", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 750, "Service unavailable. Client blocked from sending from unregistered domains."))},
+		{reply: "550 5.1.8", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 1, 8, "Access denied, bad outbound sender."))},
+		{reply: "451 4.7.0", act: actRetry, class: submit.ClassTransient, inject: func(account.Account) { h.fake.FailNextData(1) }},
+		{reply: "451 4.3.111", act: actRetry, class: submit.ClassTransient, inject: data(reply(451, 4, 3, 111, "Temporary server error"))},
+		{reply: "421 (other)", act: actRetry, class: submit.ClassTransient, inject: data(reply(421, 4, 3, 2, "Service not available, closing transmission channel"))},
+		{reply: "connection reset", act: actRetry, class: submit.ClassTransient, inject: func(account.Account) { h.fake.DropNextData(1) }},
+		{reply: "timeout", act: actRetry, class: submit.ClassTransient, inject: func(account.Account) { h.fake.DelayNextData(1, 3*time.Second) }},
+		{reply: "552 5.3.4", act: actDeadLetter, class: submit.ClassMessage, inject: data(reply(552, 5, 3, 4, "Message size exceeds fixed maximum message size"))},
+		{reply: "552", act: actDeadLetter, class: submit.ClassMessage,
 			inject: func(account.Account) {
 				h.fake.SetNextDataReply(1, &smtp.SMTPError{Code: 552, EnhancedCode: smtp.NoEnhancedCode, Message: "Requested mail action aborted: exceeded storage allocation"})
 			}},
-		{reply: "other 5xx: 550 5.1.10", act: actDeadLetter, class: relay.ClassMessage, inject: data(reply(550, 5, 1, 10, "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"))},
-		{reply: "other 4xx: 450 4.2.1", act: actRetry, class: relay.ClassTransient, inject: data(reply(450, 4, 2, 1, "The recipient has exceeded their limit, try again later"))},
+		{reply: "other 5xx: 550 5.1.10", act: actDeadLetter, class: submit.ClassMessage, inject: data(reply(550, 5, 1, 10, "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"))},
+		{reply: "other 4xx: 450 4.2.1", act: actRetry, class: submit.ClassTransient, inject: data(reply(450, 4, 2, 1, "The recipient has exceeded their limit, try again later"))},
 	}
 	for i, r := range rows {
 		t.Run(r.reply, func(t *testing.T) {
@@ -110,14 +112,14 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 			mailbox := alias + "@contoso.com"
 			tenant := alias + ".onmicrosoft.com"
 			var from string
-			policy := account.FromRewrite
+			policy := message.PolicyRewrite
 			subj := "row " + r.reply
 			if r.msg != nil {
 				from, policy = r.msg(account.Account{}, subj)
 			}
 			a := h.enroll(alias, mailbox, tenant, func(a *account.Account) {
 				a.FromPolicy = policy
-				if policy == account.FromAllow {
+				if policy == message.PolicyAllow {
 					a.SendAs = []string{"noreply@contoso.com"} // allowed by the relay, not by Exchange
 				}
 			})
@@ -152,7 +154,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 					return h.metric("relay_account_pauses_total", "account", alias, "class", string(r.class)) >= 1
 				})
 				if r.act == actTenant {
-					if h.metric("relay_account_pauses_total", "account", sibling.Alias, "class", string(relay.ClassTenant)) != 1 {
+					if h.metric("relay_account_pauses_total", "account", sibling.Alias, "class", string(submit.ClassTenant)) != 1 {
 						t.Fatal("the other account of the blocked tenant was not paused")
 					}
 					if h.metric("relay_account_pauses_total", "account", stranger.Alias) != 0 {
@@ -183,7 +185,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 					t.Fatal("the one refresh happens inside the attempt: no pause, no retry")
 				}
 			case actPause, actTenant:
-				if r.class == relay.ClassAuth {
+				if r.class == submit.ClassAuth {
 					if got := h.fake.TokenCalls(fakeo365.GrantRefreshToken) - refreshes; got != 1 {
 						t.Fatalf("%d refreshes, want one (then hold the account)", got)
 					}

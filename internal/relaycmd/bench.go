@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/bench"
+	"relay365/internal/cli"
 )
 
 func runBench(ctx context.Context, args []string, env Env) error {
@@ -31,19 +32,19 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	}
 	var err error
 	if c.Conns, err = bench.ParseConns(conns); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	for _, s := range strings.Split(syncs, ",") {
 		c.Sync = append(c.Sync, strings.TrimSpace(s))
 	}
 	if err := c.Validate(); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	applyMemoryLimit(c.MemoryLimit, zerolog.New(env.Stderr))
 	if cpuProfile != "" {
 		f, err := os.Create(cpuProfile)
 		if err != nil {
-			return usagef("--cpuprofile: %v", err)
+			return cli.Usagef("--cpuprofile: %v", err)
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
@@ -56,7 +57,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 		// that cannot be written fails now, not minutes into the bench.
 		f, err := os.Create(c.HeapProfile)
 		if err != nil {
-			return usagef("--memprofile: %v", err)
+			return cli.Usagef("--memprofile: %v", err)
 		}
 		f.Close()
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/cli"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 )
@@ -48,14 +49,14 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(env.Stdout, dlqUsage)
 		if len(args) == 0 {
-			return usagef("a dlq command is required: list, show, replay or purge")
+			return cli.Usagef("a dlq command is required: list, show, replay or purge")
 		}
 		return nil
 	}
 	sub, args := args[0], args[1:]
 	var c dlqConfig
 	fs := newFlags("dlq "+sub, env)
-	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env RELAY_NATS_URL)")
+	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
 	fs.DurationVar(&c.Timeout, "timeout", time.Minute, "give up after this long")
 	var run func(context.Context, jetstream.JetStream, dlqConfig, []string, Env) error
@@ -79,7 +80,7 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 		run = dlqPurge
 	default:
 		fmt.Fprint(env.Stderr, dlqUsage)
-		return usagef("unknown dlq command %q", sub)
+		return cli.Usagef("unknown dlq command %q", sub)
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -111,7 +112,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			return nil, usageError{err}
+			return nil, cli.UsageError{Err: err}
 		}
 		if fs.NArg() == 0 {
 			return pos, nil
@@ -126,23 +127,23 @@ func checkDLQArgs(sub string, c dlqConfig, pos []string) error {
 	switch sub {
 	case "list", "purge":
 		if len(pos) > 0 {
-			return usagef("unexpected argument %q", pos[0])
+			return cli.Usagef("unexpected argument %q", pos[0])
 		}
 		if sub == "purge" && !c.Yes {
-			return usagef("purge deletes dead letters for good: add --yes (and --account to limit it)")
+			return cli.Usagef("purge deletes dead letters for good: add --yes (and --account to limit it)")
 		}
 	case "show":
 		if len(pos) != 1 {
-			return usagef("give one dead letter sequence number (see relay dlq list)")
+			return cli.Usagef("give one dead letter sequence number (see relay dlq list)")
 		}
 	case "replay":
 		switch {
 		case c.All && len(pos) > 0:
-			return usagef("give a sequence number or --all, not both")
+			return cli.Usagef("give a sequence number or --all, not both")
 		case !c.All && len(pos) != 1:
-			return usagef("give one dead letter sequence number, or --all")
+			return cli.Usagef("give one dead letter sequence number, or --all")
 		case !c.All && (c.Account != "" || c.Reason != ""):
-			return usagef("--account and --reason narrow --all; a sequence number names one dead letter already")
+			return cli.Usagef("--account and --reason narrow --all; a sequence number names one dead letter already")
 		}
 	}
 	for _, p := range pos {
@@ -151,7 +152,7 @@ func checkDLQArgs(sub string, c dlqConfig, pos []string) error {
 		}
 	}
 	if c.Account != "" && !message.ValidAccount(c.Account) {
-		return usagef("--account %q is not an account alias", c.Account)
+		return cli.Usagef("--account %q is not an account alias", c.Account)
 	}
 	return nil
 }
@@ -159,7 +160,7 @@ func checkDLQArgs(sub string, c dlqConfig, pos []string) error {
 func parseSeq(s string) (uint64, error) {
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil || n == 0 {
-		return 0, usagef("%q is not a dead letter sequence number (see relay dlq list)", s)
+		return 0, cli.Usagef("%q is not a dead letter sequence number (see relay dlq list)", s)
 	}
 	return n, nil
 }

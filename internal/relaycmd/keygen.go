@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"relay365/internal/daemon"
 	"relay365/internal/token"
 )
 
 func runKeygen(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("keygen", env)
-	out := fs.String("out", envOr(env, "RELAY_TOKEN_KEY_FILE", filepath.Join("data", "token.key")), "where to write the key (mode 0600; never overwritten)")
+	out := fs.String("out", envOr(env, "RELAY_TOKEN_KEY_FILE", filepath.Join(daemon.DefaultDataDir, "token.key")), "where to write the key (mode 0600; never overwritten)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

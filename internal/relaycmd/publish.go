@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"relay365/internal/cli"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/producer"
@@ -27,9 +28,9 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("publish", env)
 	var c publishConfig
 	var to, cc, bcc, replyTo listFlag
-	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env RELAY_NATS_URL)")
+	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
-	fs.StringVar(&c.File, "f", "", "read the message as JSON (DESIGN.md §3) from this file, - for stdin")
+	fs.StringVar(&c.File, "f", "", "read the message as JSON (docs/design.md §3) from this file, - for stdin")
 	fs.StringVar(&c.Msg.Account, "account", "", "account alias to send through")
 	fs.Var(&to, "to", "recipient (repeatable, or comma-separated)")
 	fs.Var(&cc, "cc", "Cc recipient (repeatable)")
@@ -64,13 +65,13 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 		if c.HTMLFile != "" {
 			b, err := os.ReadFile(c.HTMLFile)
 			if err != nil {
-				return usagef("--html-file: %v", err)
+				return cli.Usagef("--html-file: %v", err)
 			}
 			m.HTML = string(b)
 		}
 	}
 	if err := m.Validate(); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
@@ -107,11 +108,11 @@ func readMessageFile(path string, stdin io.Reader) (*message.Message, error) {
 		data, err = os.ReadFile(path)
 	}
 	if err != nil {
-		return nil, usagef("-f: %v", err)
+		return nil, cli.Usagef("-f: %v", err)
 	}
 	m, err := message.Decode(data)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, cli.UsageError{Err: err}
 	}
 	return m, nil
 }

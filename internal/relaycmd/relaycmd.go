@@ -29,15 +29,6 @@ const (
 	ExitUsage = cli.ExitUsage
 )
 
-// usageError marks errors that are the caller's to fix (exit 2).
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
-func (usageError) Usage() bool     { return true }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
-
 // Env is the process environment and standard streams, so tests run the
 // command line in process.
 type Env = cli.Env
@@ -113,7 +104,7 @@ type listFlag = cli.ListFlag
 // connectNATS connects a short-lived command to the relay's NATS.
 func connectNATS(url, name string, o queue.ConnectOptions) (*nats.Conn, error) {
 	if err := o.Validate(); err != nil {
-		return nil, usageError{err}
+		return nil, cli.UsageError{Err: err}
 	}
 	nc, err := queue.ConnectWith(url, name, o)
 	if err != nil {

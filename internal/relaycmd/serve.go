@@ -3,16 +3,17 @@ package relaycmd
 import (
 	"context"
 	"flag"
-	"path/filepath"
 
 	"github.com/rs/zerolog"
 
+	"relay365/internal/cli"
 	"relay365/internal/daemon"
 	"relay365/internal/logging"
 	"relay365/internal/memlimit"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/sandbox"
+	"relay365/internal/token"
 )
 
 // logFlags are shared by every long-running command.
@@ -31,22 +32,22 @@ func (l *logFlags) parse(fs *flag.FlagSet, args []string, env Env) (zerolog.Logg
 	}
 	log, err := logging.New(env.Stderr, l.format, l.level)
 	if err != nil {
-		return log, usageError{err}
+		return log, cli.UsageError{Err: err}
 	}
 	return log, nil
 }
 
 // daemonFlags binds the daemon's config fields to flags, defaults from the
-// environment (DESIGN.md §4).
+// environment (docs/design.md §4).
 func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.StringVar(&c.NATSURL, "nats-url", env.Getenv("RELAY_NATS_URL"), "NATS server URL; empty runs an embedded JetStream server (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
-	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server")
-	fs.StringVar(&c.NATSSync, "nats-sync", "always", "embedded server fsync: always (accepted mail survives power loss) or an interval like 1s")
-	fs.StringVar(&c.DataDir, "data-dir", envOr(env, "RELAY_DATA_DIR", "data"), "data directory for the embedded JetStream store (env RELAY_DATA_DIR)")
+	fs.StringVar(&c.NATSListen, "nats-listen", queue.DefaultListen, "client address of the embedded NATS server")
+	fs.StringVar(&c.NATSSync, "nats-sync", queue.DefaultSync, "embedded server fsync: always (accepted mail survives power loss) or an interval like 1s")
+	fs.StringVar(&c.DataDir, "data-dir", envOr(env, "RELAY_DATA_DIR", daemon.DefaultDataDir), "data directory for the embedded JetStream store (env RELAY_DATA_DIR)")
 	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "token sealing key file (env RELAY_TOKEN_KEY_FILE); create with relay keygen; needed by the tokens role")
-	fs.StringVar(&c.Roles, "roles", "tokens,workers", "what this process runs: tokens (token service replica and proactive refresh), workers (deliveries), or both")
-	fs.StringVar(&c.HTTPAddr, "http-addr", envOr(env, "RELAY_HTTP_ADDR", "127.0.0.1:9465"), "metrics, health and status address, or off (env RELAY_HTTP_ADDR)")
+	fs.StringVar(&c.Roles, "roles", daemon.DefaultRoles, "what this process runs: tokens (token service replica and proactive refresh), workers (deliveries), or both")
+	fs.StringVar(&c.HTTPAddr, "http-addr", envOr(env, "RELAY_HTTP_ADDR", daemon.DefaultHTTPAddr), "metrics, health and status address, or off (env RELAY_HTTP_ADDR)")
 	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of streams and buckets (3 or 5 in a cluster)")
 	fs.DurationVar(&c.AckWait, "ack-wait", queue.DefaultAckWait, "time a worker holds a message before JetStream redelivers it (heartbeats extend it)")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", queue.DefaultMaxDeliver, "deliveries before a message that keeps failing is dead-lettered")
@@ -56,8 +57,8 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.DurationVar(&c.Retry.Max, "retry-max", relay.DefaultRetry.Max, "longest wait between retries")
 	fs.DurationVar(&c.Pause.Base, "pause-base", relay.DefaultPause.Base, "first wait before probing a paused account (doubles each time, ±20% jitter)")
 	fs.DurationVar(&c.Pause.Max, "pause-max", relay.DefaultPause.Max, "longest wait between probes of a paused account")
-	fs.DurationVar(&c.RefreshMargin, "refresh-margin", 5*60e9, "refresh access tokens this long before they expire")
-	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 30e9, "time in-flight sends get to finish on shutdown")
+	fs.DurationVar(&c.RefreshMargin, "refresh-margin", token.DefaultMargin, "refresh access tokens this long before they expire")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", relay.DefaultShutdownGrace, "time in-flight sends get to finish on shutdown")
 	memoryLimitFlag(fs, &c.MemoryLimit)
 }
 
@@ -87,7 +88,7 @@ func runServe(ctx context.Context, args []string, env Env) error {
 	// Every field came from a flag, so Validate sees what the user typed
 	// (Defaults would turn --workers 0 into 3).
 	if err := cfg.Validate(); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	applyMemoryLimit(cfg.MemoryLimit, log)
 	return daemon.Run(ctx, cfg, log)
@@ -97,9 +98,9 @@ func runSandbox(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("sandbox", env)
 	var cfg sandbox.Config
 	var lf logFlags
-	fs.StringVar(&cfg.DataDir, "data-dir", filepath.Join("data", "sandbox"), "data directory (JetStream store, key, captured mail)")
-	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server")
-	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9465", "metrics, health, status and /sandbox/messages address")
+	fs.StringVar(&cfg.DataDir, "data-dir", sandbox.DefaultDataDir, "data directory (JetStream store, key, captured mail)")
+	fs.StringVar(&cfg.NATSListen, "nats-listen", queue.DefaultListen, "client address of the embedded NATS server")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", daemon.DefaultHTTPAddr, "metrics, health, status and /sandbox/messages address")
 	memoryLimitFlag(fs, &cfg.Daemon.MemoryLimit)
 	lf.register(fs)
 	log, err := lf.parse(fs, args, env)
@@ -107,7 +108,7 @@ func runSandbox(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	if err := cfg.Daemon.MemoryLimit.Validate(); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	applyMemoryLimit(cfg.Daemon.MemoryLimit, log)
 	cfg.Out = env.Stdout

@@ -33,7 +33,6 @@ import (
 	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
-	"relay365/internal/relay"
 	"relay365/internal/token"
 )
 
@@ -42,14 +41,17 @@ const (
 	Account  = "sandbox"
 	Mailbox  = "alerts@contoso.com"
 	Tenant   = "contoso.onmicrosoft.com"
-	ClientID = "00000000-0000-0000-0000-00000000r365"
+	ClientID = fakeo365.ClientID
 )
+
+// DefaultDataDir is where the sandbox keeps its store, key and mail.
+var DefaultDataDir = filepath.Join(daemon.DefaultDataDir, "sandbox")
 
 // Config is what `relay sandbox` takes.
 type Config struct {
-	DataDir    string    // default data/sandbox
-	NATSListen string    // default 127.0.0.1:4222
-	HTTPAddr   string    // default 127.0.0.1:9465
+	DataDir    string    // default DefaultDataDir
+	NATSListen string    // default queue.DefaultListen
+	HTTPAddr   string    // default daemon.DefaultHTTPAddr
 	Out        io.Writer // the banner; default io.Discard
 	// Daemon overrides for tests (retry schedule, workers); DataDir,
 	// KeyFile, NATS and HTTP fields are set by the sandbox.
@@ -69,7 +71,7 @@ type Sandbox struct {
 // Start brings everything up and connects the sandbox account.
 func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err error) {
 	if cfg.DataDir == "" {
-		cfg.DataDir = filepath.Join("data", "sandbox")
+		cfg.DataDir = DefaultDataDir
 	}
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
@@ -139,17 +141,9 @@ func (s *Sandbox) Connect(ctx context.Context) error {
 // ConnectMailbox connects another delegated account the way Connect does
 // (the fake signs in whichever mailbox the login hint names).
 func (s *Sandbox) ConnectMailbox(ctx context.Context, alias, mailbox string) error {
-	acct := s.account(alias, mailbox, false)
-	authURL, tokenURL, _ := acct.Endpoints()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	tok, err := consent.Browser{
-		ClientID: ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: mailbox,
-	}.Run(ctx, consent.FollowURL(ctx))
-	if err != nil {
-		return err
-	}
-	return s.enroller().Enroll(ctx, acct, tok, "", "")
+	return s.enroller().SignIn(ctx, s.account(alias, mailbox, false), consent.FollowURL(ctx))
 }
 
 // ConnectApp adds an app-only account (client credentials) sending as
@@ -171,11 +165,9 @@ func (s *Sandbox) ConnectApp(ctx context.Context, alias, mailbox string) error {
 }
 
 func (s *Sandbox) account(alias, mailbox string, appOnly bool) account.Account {
-	acct := account.Account{
-		Alias: alias, Mailbox: mailbox, Tenant: Tenant, Authority: s.Fake.AuthorityURL(), AppOnly: appOnly,
-		ClientID: ClientID, SMTPAddr: s.Fake.SMTPAddr(), CAFile: s.Fake.CAFile(),
-		PerMinute: s.fake.PerMinute, PerDay: s.fake.PerDay, MaxConns: s.fake.MaxConns,
-	}
+	acct := s.Fake.Account(alias, mailbox, Tenant)
+	acct.AppOnly = appOnly
+	acct.PerMinute, acct.PerDay, acct.MaxConns = s.fake.PerMinute, s.fake.PerDay, s.fake.MaxConns
 	// The account's limits are the fake's, so the relay paces exactly as
 	// it would for Office 365; a limit the fake switched off (negative)
 	// is as good as none.
@@ -193,7 +185,7 @@ func (s *Sandbox) account(alias, mailbox string, appOnly bool) account.Account {
 
 func (s *Sandbox) enroller() consent.Enroller {
 	return consent.Enroller{
-		Accounts: s.Daemon.Accounts, Store: s.Daemon.Store, Transport: &relay.Transport{}, Now: s.clock.Now,
+		Accounts: s.Daemon.Accounts, Store: s.Daemon.Store, Now: s.clock.Now,
 	}
 }
 
@@ -264,7 +256,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	dataDir := cfg.DataDir
 	if dataDir == "" {
-		dataDir = filepath.Join("data", "sandbox")
+		dataDir = DefaultDataDir
 	}
 	fmt.Fprint(cfg.Out, s.Banner(dataDir))
 	<-ctx.Done()

@@ -103,8 +103,13 @@ func (o Outcome) Result() string {
 	return string(o.Err.Class)
 }
 
+// DefaultMargin is how long before expiry an access token is refreshed
+// (relay serve --refresh-margin): well inside the 60-90 minutes an access
+// token lives, and long enough for a refresh that waits out a replica's
+// lease.
+const DefaultMargin = 5 * time.Minute
+
 const (
-	defaultMargin   = 5 * time.Minute
 	defaultLeaseTTL = 60 * time.Second
 	defaultHTTPTime = 30 * time.Second
 	storeTimeout    = 10 * time.Second
@@ -168,7 +173,7 @@ func NewSource(cfg SourceConfig) *Source {
 		s.observe = func(Outcome) {}
 	}
 	if s.margin <= 0 {
-		s.margin = defaultMargin
+		s.margin = DefaultMargin
 	}
 	if s.leaseTTL <= 0 {
 		s.leaseTTL = defaultLeaseTTL

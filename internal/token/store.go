@@ -346,6 +346,7 @@ type Update struct {
 	Deleted  bool   // the record was deleted or purged
 	Record   Record // the opened record, when !Deleted and Err == nil
 	Err      error  // the value does not open (wrong key, moved, tampered)
+	Initial  bool   // found when the watch started, not changed while it watched
 }
 
 // Watch delivers every stored record, then every change, until ctx ends;
@@ -353,7 +354,7 @@ type Update struct {
 // refresh schedules current without polling.
 func (s *Store) Watch(ctx context.Context) (<-chan Update, error) {
 	return kvwatch.Watch(ctx, s.kv, func(e kvwatch.Entry) Update {
-		u := Update{Account: e.Key, Revision: e.Revision, Deleted: e.Deleted}
+		u := Update{Account: e.Key, Revision: e.Revision, Deleted: e.Deleted, Initial: e.Initial}
 		if !u.Deleted {
 			u.Record, u.Err = s.decode(e.Key, e.Value)
 		}

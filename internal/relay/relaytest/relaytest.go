@@ -12,8 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/account"
-	"relay365/internal/consent"
-	"relay365/internal/fakeo365"
 	"relay365/internal/relay"
 	"relay365/internal/token"
 )
@@ -21,33 +19,6 @@ import (
 // FastRetry is a retry and probe schedule for tests: a retried or paused
 // message comes back within milliseconds.
 var FastRetry = relay.Backoff{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: 0.2}
-
-// ClientID is the app registration the tests consent with.
-const ClientID = "00000000-0000-0000-0000-0000relaytest"
-
-// Account is an account of mailbox in tenant, pointing at the fake.
-func Account(fake *fakeo365.Server, alias, mailbox, tenant string) account.Account {
-	return account.Account{
-		Alias: alias, Mailbox: mailbox, Tenant: tenant, Authority: fake.AuthorityURL(),
-		ClientID: ClientID, SMTPAddr: fake.SMTPAddr(), CAFile: fake.CAFile(),
-	}
-}
-
-// Enroll connects acct through the real consent path: authorization code
-// with PKCE against the fake (which signs acct.Mailbox in at once), a test
-// mail, then the sealed tokens and the account. The test mail's subject is
-// "Relay365: <alias> is connected".
-func Enroll(ctx context.Context, fake *fakeo365.Server, accounts *account.Registry, store *token.Store, acct account.Account) error {
-	acct.Normalize()
-	authURL, tokenURL, _ := acct.Endpoints()
-	tok, err := consent.Browser{
-		ClientID: acct.ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: acct.Scopes, LoginHint: acct.Mailbox,
-	}.Run(ctx, consent.FollowURL(ctx))
-	if err != nil {
-		return err
-	}
-	return consent.Enroller{Accounts: accounts, Store: store, Transport: &relay.Transport{}}.Enroll(ctx, acct, tok, "", "")
-}
 
 // Compressed is a clock that runs Factor times faster than the wall clock
 // from the moment it is made. It implements relay.Clock; its Now also

@@ -10,7 +10,7 @@ import (
 	"relay365/internal/token"
 )
 
-// Names of the service and its endpoints (DESIGN.md §4).
+// Names of the service and its endpoints (docs/design.md §4).
 const (
 	ServiceName    = "relay-tokens"
 	ServiceVersion = "1.0.0"
@@ -38,6 +38,12 @@ type TokenReply struct {
 	AccessToken string    `json:"access_token"`
 	Expiry      time.Time `json:"expiry"`
 	Issued      time.Time `json:"issued"`
+}
+
+// StatusRequest is the body of token.status: {} for every account, or one
+// account by alias.
+type StatusRequest struct {
+	Account string `json:"account,omitempty"`
 }
 
 // StatusReply answers token.status. It holds no secrets.

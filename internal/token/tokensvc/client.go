@@ -47,6 +47,11 @@ type Client struct {
 	mu    sync.Mutex
 	cache map[string]token.AccessToken
 	calls flight.Group[callKey, token.AccessToken]
+
+	// token.stored watchers: one subscription for every account.
+	watchMu  sync.Mutex
+	storedSb *nats.Subscription
+	watchers map[string]map[chan struct{}]struct{}
 }
 
 type callKey struct {
@@ -99,10 +104,27 @@ func (c *Client) ForceRefresh(ctx context.Context, alias string) (token.AccessTo
 
 // Status asks one token service replica for every account's token state.
 func (c *Client) Status(ctx context.Context) (StatusReply, error) {
+	return c.status(ctx, StatusRequest{})
+}
+
+// StatusOf asks one token service replica for one account's token state.
+func (c *Client) StatusOf(ctx context.Context, alias string) (AccountStatus, error) {
+	st, err := c.status(ctx, StatusRequest{Account: alias})
+	switch {
+	case err != nil:
+		return AccountStatus{}, err
+	case len(st.Accounts) != 1 || st.Accounts[0].Account != alias:
+		return AccountStatus{}, fmt.Errorf("token service: token.status for account %s answered %d accounts", alias, len(st.Accounts))
+	}
+	return st.Accounts[0], nil
+}
+
+func (c *Client) status(ctx context.Context, r StatusRequest) (StatusReply, error) {
 	var st StatusReply
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	msg, err := c.request(ctx, SubjectStatus, []byte("{}"))
+	body, _ := json.Marshal(r)
+	msg, err := c.request(ctx, SubjectStatus, body)
 	if err != nil {
 		return st, err
 	}
@@ -110,6 +132,64 @@ func (c *Client) Status(ctx context.Context) (StatusReply, error) {
 		return st, fmt.Errorf("token service: token.status reply does not decode: %w", err)
 	}
 	return st, nil
+}
+
+// Usable reports whether the account has a usable token now, by the token
+// service's word (token.status): a paused worker asks once, after it
+// started to watch for token.stored, in case the token came in between.
+func (c *Client) Usable(ctx context.Context, alias string) (bool, error) {
+	st, err := c.StatusOf(ctx, alias)
+	if err != nil {
+		return false, err
+	}
+	return st.State == string(token.StateHealthy) || st.State == string(token.StateTransient), nil
+}
+
+// WatchStored returns a channel that receives whenever the token service
+// announces a new usable access token for the account (token.stored: a
+// refresh, or a new consent), until ctx ends. Announcements that arrive
+// while the last one is unread are merged. Workers learn of a new consent
+// this way instead of reading relay_tokens, which they may not.
+func (c *Client) WatchStored(ctx context.Context, alias string) (<-chan struct{}, error) {
+	ch := make(chan struct{}, 1)
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	if c.storedSb == nil {
+		sub, err := c.nc.Subscribe(SubjectStored, c.onStored)
+		if err != nil {
+			return nil, fmt.Errorf("token service: subscribe %s: %w", SubjectStored, err)
+		}
+		c.storedSb, c.watchers = sub, map[string]map[chan struct{}]struct{}{}
+	}
+	if c.watchers[alias] == nil {
+		c.watchers[alias] = map[chan struct{}]struct{}{}
+	}
+	c.watchers[alias][ch] = struct{}{}
+	context.AfterFunc(ctx, func() {
+		c.watchMu.Lock()
+		defer c.watchMu.Unlock()
+		delete(c.watchers[alias], ch)
+		if len(c.watchers[alias]) == 0 {
+			delete(c.watchers, alias)
+		}
+	})
+	return ch, nil
+}
+
+// onStored hands a token.stored event to the account's watchers.
+func (c *Client) onStored(msg *nats.Msg) {
+	var ev Event
+	if json.Unmarshal(msg.Data, &ev) != nil {
+		return
+	}
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	for ch := range c.watchers[ev.Account] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // do runs one request per key at a time; callers arriving meanwhile share

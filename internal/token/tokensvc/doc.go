@@ -14,7 +14,8 @@
 //	               → same reply; a forced refresh (after SMTP 535 5.7.3),
 //	               coalesced with any refresh in flight, and skipped when a
 //	               token issued after "since" exists
-//	token.status   {} → {"instance","accounts":[AccountStatus...]}
+//	token.status   {} or {"account":"alerts"}
+//	               → {"instance","accounts":[AccountStatus...]}
 //	               state, expiry, last refresh, last error, AADSTS codes,
 //	               remedy; never a token or secret
 //

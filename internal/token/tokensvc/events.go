@@ -7,20 +7,26 @@ import (
 	"relay365/internal/token"
 )
 
-// Event subjects (DESIGN.md §4). Events are plain NATS messages (not
+// Event subjects (docs/design.md §4). Events are plain NATS messages (not
 // JetStream): subscribe with `nats sub 'relay.events.>'`; nobody listening
 // means nobody is told, and nothing is stored.
 const (
 	SubjectRefreshed       = "relay.events.token.refreshed"
 	SubjectRefreshFailed   = "relay.events.token.refresh_failed"
 	SubjectConsentRequired = "relay.events.account.consent_required"
+	// SubjectStored says that a new usable access token is in the store
+	// for an account: a refresh by any replica, or a consent written by
+	// authtool. Every token service replica that sees the write publishes
+	// it (the store's watch), so workers hear of a new consent without
+	// reading relay_tokens themselves.
+	SubjectStored = "relay.events.token.stored"
 )
 
 // Event is the JSON body of every token event. It holds no secrets: no
 // tokens, no client secret, no description text from the identity
 // platform.
 type Event struct {
-	Kind        string    `json:"kind"` // token.refreshed, token.refresh_failed, account.consent_required
+	Kind        string    `json:"kind"` // token.refreshed, token.refresh_failed, account.consent_required, token.stored
 	Account     string    `json:"account"`
 	Time        time.Time `json:"time"`
 	Instance    string    `json:"instance"` // the token service that made the call
@@ -65,6 +71,11 @@ func events(o token.Outcome, instance string, now time.Time) []published {
 		out = append(out, published{SubjectConsentRequired, cr})
 	}
 	return out
+}
+
+// storedEvent is token.stored for a record this replica saw written.
+func storedEvent(rec token.Record, instance string, now time.Time) Event {
+	return Event{Kind: "token.stored", Account: rec.Account, Time: now, Instance: instance, State: string(rec.State), Expiry: rec.Expiry}
 }
 
 func encodeEvent(ev Event) []byte {

@@ -17,7 +17,7 @@ import (
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
-	"relay365/internal/relay"
+	"relay365/internal/submit"
 	"relay365/internal/token"
 	"relay365/internal/token/tokentest"
 )
@@ -135,7 +135,7 @@ func (e *env) consent(alias string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	err = consent.Enroller{Accounts: e.reg, Store: e.store, Transport: &relay.Transport{}, Now: e.clock.Now}.Enroll(e.ctx, acct, tok, "", "")
+	err = consent.Enroller{Accounts: e.reg, Store: e.store, Transport: &submit.Transport{}, Now: e.clock.Now}.Enroll(e.ctx, acct, tok, "", "")
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -44,8 +44,12 @@ type refresher struct {
 	margin   time.Duration
 	metrics  *Metrics
 	log      zerolog.Logger
+	// stored publishes token.stored for a record written while this
+	// replica watched.
+	stored func(token.Record)
 
-	wg sync.WaitGroup
+	wg     sync.WaitGroup
+	issued map[string]time.Time // account → LastRefresh of the record last seen (run's goroutine only)
 }
 
 type accountLoop struct {
@@ -132,16 +136,28 @@ func (r *refresher) account(ctx context.Context, loops map[string]*accountLoop, 
 	}
 }
 
-// record keeps the gauges in step with the store.
+// record keeps the gauges in step with the store, and announces a new
+// usable access token (token.stored) when one is written while it watches:
+// a record whose token was obtained at another time than the last one
+// seen. Leases, failures and the values found at start announce nothing.
 func (r *refresher) record(u token.Update) {
+	if r.issued == nil {
+		r.issued = map[string]time.Time{}
+	}
 	switch {
 	case u.Deleted:
+		delete(r.issued, u.Account)
 		r.metrics.forget(u.Account)
 	case u.Err != nil:
 		r.metrics.unknown(u.Account)
 		r.log.Error().Str("account", u.Account).Err(u.Err).Msg("token record does not open")
 	default:
 		r.metrics.setRecord(u.Record)
+		last, seen := r.issued[u.Account]
+		r.issued[u.Account] = u.Record.LastRefresh
+		if !u.Initial && !u.Record.State.Blocking() && (!seen || !last.Equal(u.Record.LastRefresh)) && r.stored != nil {
+			r.stored(u.Record)
+		}
 	}
 }
 

@@ -76,7 +76,7 @@ func Start(cfg Config) (*Service, error) {
 		return nil, errors.New("tokensvc.Start: NC, Store, Accounts and Registerer are required")
 	}
 	if cfg.Margin <= 0 {
-		cfg.Margin = 5 * time.Minute
+		cfg.Margin = token.DefaultMargin
 	}
 	if cfg.LeaseTTL <= 0 {
 		// A dead refresher's lease must end well inside the margin, so a
@@ -124,7 +124,7 @@ func Start(cfg Config) (*Service, error) {
 	}
 	s.ref = &refresher{
 		src: s.src, store: cfg.Store, accounts: cfg.Accounts, clock: cfg.Clock, margin: s.src.Margin(),
-		metrics: s.metrics, log: s.log,
+		metrics: s.metrics, log: s.log, stored: s.announceStored,
 	}
 	go func() {
 		defer close(s.refDone)
@@ -266,7 +266,23 @@ func (s *Service) refresh(ctx context.Context, req micro.Request) {
 }
 
 func (s *Service) status(ctx context.Context, req micro.Request) {
-	st, err := Collect(ctx, s.cfg.Accounts, s.cfg.Store, s.cfg.Clock.Now())
+	var r StatusRequest
+	if len(req.Data()) > 0 && json.Unmarshal(req.Data(), &r) != nil {
+		s.respondError(req, fmt.Errorf("%w: body must be {} or {\"account\":\"alerts\"}", errBadRequest))
+		return
+	}
+	var st []AccountStatus
+	var err error
+	if r.Account == "" {
+		st, err = Collect(ctx, s.cfg.Accounts, s.cfg.Store, s.cfg.Clock.Now())
+	} else {
+		var a account.Account
+		if a, err = s.cfg.Accounts.Get(ctx, r.Account); err == nil {
+			var one AccountStatus
+			one, err = Describe(ctx, s.cfg.Store, a, s.cfg.Clock.Now())
+			st = []AccountStatus{one}
+		}
+	}
 	if err != nil {
 		s.respondError(req, err)
 		return
@@ -296,6 +312,13 @@ func (s *Service) respondError(req micro.Request, err error) {
 	desc := strings.NewReplacer("\r", " ", "\n", " ").Replace(err.Error())
 	if rerr := req.Error(code, desc, data); rerr != nil {
 		s.log.Warn().Err(rerr).Msg("token service error reply failed")
+	}
+}
+
+// announceStored publishes token.stored (events.go).
+func (s *Service) announceStored(rec token.Record) {
+	if err := s.cfg.NC.Publish(SubjectStored, encodeEvent(storedEvent(rec, s.cfg.Instance, s.cfg.Clock.Now()))); err != nil {
+		s.log.Warn().Str("account", rec.Account).Str("subject", SubjectStored).Err(err).Msg("event not published")
 	}
 }
 

@@ -1,9 +1,9 @@
-package relay
+package submit
 
 import "github.com/emersion/go-sasl"
 
 // XOAUTH2 is the SASL mechanism Office 365 takes for OAuth2 on SMTP
-// (OFFICE365.md §1; the format is Google's, which Microsoft adopted).
+// (docs/office365.md §1; the format is Google's, which Microsoft adopted).
 const XOAUTH2 = "XOAUTH2"
 
 // xoauth2Client is a sasl.Client for XOAUTH2. The initial response goes on

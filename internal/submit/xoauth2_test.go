@@ -1,4 +1,4 @@
-package relay_test
+package submit_test
 
 import (
 	"bytes"
@@ -18,7 +18,7 @@ import (
 	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
-	. "relay365/internal/relay"
+	. "relay365/internal/submit"
 )
 
 func TestXOAUTH2InitialResponse(t *testing.T) {

@@ -1,4 +1,4 @@
-package relay
+package submit
 
 import (
 	"context"
@@ -74,7 +74,7 @@ func (t *Transport) Dial(ctx context.Context, ep Endpoint, user, token string) (
 	}
 	if err := c.Auth(ctx, NewXOAUTH2(user, token)); err != nil {
 		c.Close()
-		return nil, classifySMTP("auth", err)
+		return nil, Classify("auth", err)
 	}
 	return &Session{c: c, ep: ep, user: user, token: token, lastUsed: time.Now()}, nil
 }
@@ -94,7 +94,7 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 	if err == nil {
 		return nil
 	}
-	se := classifySMTP("", err)
+	se := Classify("", err)
 	if s.c.Broken() || !keepSession(se) {
 		s.broken.Store(true)
 	}
@@ -132,13 +132,13 @@ func keepSession(se *SMTPError) bool {
 	return true
 }
 
-// notStarted reports whether a transaction failed on a reused session
+// NotStarted reports whether a transaction failed on a reused session
 // through no fault of the message, before the server took any of it: the
 // connection was lost, closed with 421 (as Office 365 does to idle
 // sessions) or refused the RSET that clears the last transaction, all
 // before the content was sent. The message can go at once on another
 // session.
-func notStarted(s *Session, err error) bool {
+func (s *Session) NotStarted(err error) bool {
 	var se *SMTPError
 	return s.reused && errors.As(err, &se) && se.Stage != "message" &&
 		(se.Code == 421 || s.c.Broken() && (se.Stage == "rset" || se.Code == 0))
@@ -156,7 +156,7 @@ func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtpclient.Client, 
 	d := net.Dialer{Timeout: durationOr(t.DialTimeout, 15*time.Second)}
 	conn, err := d.DialContext(ctx, "tcp", ep.Addr)
 	if err != nil {
-		return nil, classifySMTP("dial", err)
+		return nil, Classify("dial", err)
 	}
 	// Greeting, EHLO, STARTTLS, the TLS handshake and EHLO again: a
 	// certificate problem is reported here, before any AUTH.
@@ -167,7 +167,7 @@ func (t *Transport) open(ctx context.Context, ep Endpoint) (*smtpclient.Client, 
 		DataTimeout:    t.DataTimeout,
 	})
 	if err != nil {
-		return nil, classifySMTP("tls", err)
+		return nil, Classify("tls", err)
 	}
 	return c, nil
 }

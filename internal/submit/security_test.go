@@ -1,4 +1,4 @@
-package relay_test
+package submit_test
 
 import (
 	"bufio"
@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"relay365/internal/pki"
-	. "relay365/internal/relay"
+	"relay365/internal/submit"
 )
 
 // recordingSMTP is a hand-written SMTP server that records every command
@@ -119,9 +119,9 @@ func TestNoPlaintextAuthEver(t *testing.T) {
 			srv := startRecordingSMTP(t, tc.starttls)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			err := (&Transport{}).Send(ctx, Endpoint{Addr: srv.ln.Addr().String()}, "alerts@contoso.com", tokenValue, rendered(t))
-			var se *SMTPError
-			if !errors.As(err, &se) || se.Class != ClassConfig || !strings.Contains(err.Error(), tc.want) {
+			err := (&submit.Transport{}).Send(ctx, submit.Endpoint{Addr: srv.ln.Addr().String()}, "alerts@contoso.com", tokenValue, rendered(t))
+			var se *submit.SMTPError
+			if !errors.As(err, &se) || se.Class != submit.ClassConfig || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("want a config error about %s, got %v", tc.want, err)
 			}
 			lines := srv.received()

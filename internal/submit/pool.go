@@ -1,4 +1,4 @@
-package relay
+package submit
 
 import (
 	"context"
@@ -7,16 +7,16 @@ import (
 	"time"
 )
 
-// errPoolClosed: the account's lane stopped.
-var errPoolClosed = errors.New("session pool closed")
+// ErrPoolClosed: the pool was closed (its account's lane stopped).
+var ErrPoolClosed = errors.New("session pool closed")
 
-// pool keeps one account's SMTP sessions. The lane bounds how many are in
+// Pool keeps one account's SMTP sessions. Its user bounds how many are in
 // use (at most its concurrency limit, Office 365's 3 by default); the pool
 // keeps the idle ones, most recently used first, and:
 //   - reuses an idle session as it is: no RSET round trip first (a
 //     failed transaction's RSET opens the next pipelined group); a
 //     session found dead by its next transaction before the server took
-//     any of it is replaced and the transaction run again (lane.send),
+//     any of it is replaced and the transaction run again (the delivery engine does this),
 //   - opens a new one (STARTTLS + AUTH) when none is idle,
 //   - never reuses a session authenticated with another token than the
 //     current one (XOAUTH2 cannot re-authenticate a session, RFC 4954 §4),
@@ -24,7 +24,7 @@ var errPoolClosed = errors.New("session pool closed")
 //     replaced,
 //   - closes a session after an error that leaves it in doubt,
 //   - closes sessions idle for longer than idle, and those above max.
-type pool struct {
+type Pool struct {
 	tr     *Transport
 	idle   time.Duration
 	onDial func(*Session)
@@ -39,13 +39,13 @@ type pool struct {
 	timer  *time.Timer
 }
 
-func newPool(tr *Transport, idle time.Duration, onDial func(*Session)) *pool {
-	return &pool{tr: tr, idle: idle, onDial: onDial}
+func NewPool(tr *Transport, idle time.Duration, onDial func(*Session)) *Pool {
+	return &Pool{tr: tr, idle: idle, onDial: onDial}
 }
 
-// configure sets where and as whom sessions are opened and how many may be
+// Configure sets where and as whom sessions are opened and how many may be
 // kept. Idle sessions that no longer fit are closed.
-func (p *pool) configure(ep Endpoint, user string, max int) {
+func (p *Pool) Configure(ep Endpoint, user string, max int) {
 	p.mu.Lock()
 	p.ep, p.user, p.max = ep, user, max
 	var stale []*Session
@@ -61,13 +61,13 @@ func (p *pool) configure(ep Endpoint, user string, max int) {
 	closeAll(stale)
 }
 
-// get returns a ready session for token.
-func (p *pool) get(ctx context.Context, token string) (*Session, error) {
+// Get returns a ready session for token.
+func (p *Pool) Get(ctx context.Context, token string) (*Session, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			return nil, errPoolClosed
+			return nil, ErrPoolClosed
 		}
 		if n := len(p.free); n > 0 {
 			s := p.free[n-1]
@@ -98,8 +98,8 @@ func (p *pool) get(ctx context.Context, token string) (*Session, error) {
 	}
 }
 
-// put returns a session after use.
-func (p *pool) put(s *Session) {
+// Put returns a session after use.
+func (p *Pool) Put(s *Session) {
 	p.mu.Lock()
 	if p.closed || !s.Reusable() || p.open > p.max {
 		p.mu.Unlock()
@@ -114,7 +114,7 @@ func (p *pool) put(s *Session) {
 }
 
 // discard closes a session that was taken out of the pool.
-func (p *pool) discard(s *Session) {
+func (p *Pool) discard(s *Session) {
 	p.mu.Lock()
 	p.open--
 	p.mu.Unlock()
@@ -123,7 +123,7 @@ func (p *pool) discard(s *Session) {
 
 // reap closes sessions idle for longer than p.idle and re-arms itself
 // while idle sessions remain.
-func (p *pool) reap() {
+func (p *Pool) reap() {
 	p.mu.Lock()
 	now := time.Now()
 	var old []*Session
@@ -143,8 +143,8 @@ func (p *pool) reap() {
 	closeAll(old)
 }
 
-// close quits every idle session; sessions in use are closed when put back.
-func (p *pool) close() {
+// Close quits every idle session; sessions in use are closed when put back.
+func (p *Pool) Close() {
 	p.mu.Lock()
 	p.closed = true
 	free := p.free
@@ -157,8 +157,8 @@ func (p *pool) close() {
 	closeAll(free)
 }
 
-// size is the number of open sessions (idle and in use).
-func (p *pool) size() int {
+// Size is the number of open sessions (idle and in use).
+func (p *Pool) Size() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.open

@@ -1,0 +1,148 @@
+package submit
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+
+	"relay365/internal/smtpclient"
+)
+
+// Class is what a failed SMTP exchange means for the sender, decided once,
+// here at the SMTP boundary, from the reply (docs/office365.md §4). The
+// delivery engine maps each class to an action (ack, retry, pause,
+// dead-letter) and adds the classes of failures found before any SMTP
+// exchange; the set is closed, because the class is also a metric label.
+type Class string
+
+const (
+	ClassTransient Class = "transient" // 451, other 4xx, network: try again later
+	ClassAuth      Class = "auth"      // 535 5.7.3: the token was refused (refresh it once)
+	ClassConfig    Class = "config"    // 535 5.7.139, 504 5.7.4, 501 5.5.124, 421 4.7.66, no STARTTLS, bad certificate
+	ClassSession   Class = "session"   // 530 5.7.57: reconnect and authenticate
+	ClassThrottle  Class = "throttle"  // 432 4.3.2: too many connections
+	ClassQuota     Class = "quota"     // 554 5.2.0 SubmissionQuotaExceeded, 550 5.1.90: the day's budget is spent
+	ClassAccount   Class = "account"   // 554 5.2.2 sending mailbox full
+	ClassTenant    Class = "tenant"    // 550 5.7.708/705/750, 550 5.1.8: tenant, IP or sender blocked
+	ClassMessage   Class = "message"   // 550 5.7.60, 552, other 5xx: this message, as it is, can never go
+)
+
+// SMTPError is a failed SMTP exchange: the reply (or the network error
+// where there was no reply), the stage it happened in, and its class.
+type SMTPError struct {
+	Stage    string // dial, tls, auth, rset, mail, rcpt, data, message (the content and the reply to its end)
+	Code     int    // 0 when there was no reply
+	Enhanced string // "5.7.3", "" when absent
+	Text     string
+	Class    Class
+	Err      error // the underlying error
+}
+
+func (e *SMTPError) Error() string {
+	if e.Code == 0 {
+		return fmt.Sprintf("smtp %s: %v", e.Stage, e.Err)
+	}
+	return fmt.Sprintf("smtp %s: %s", e.Stage, e.Reply())
+}
+
+func (e *SMTPError) Unwrap() error { return e.Err }
+
+// Reply is the server's reply line as Office 365 wrote it, "" if none.
+func (e *SMTPError) Reply() string {
+	if e.Code == 0 {
+		return ""
+	}
+	if e.Enhanced == "" {
+		return fmt.Sprintf("%d %s", e.Code, e.Text)
+	}
+	return fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Text)
+}
+
+// Temporary reports whether the message may still go later: every class
+// but ClassMessage is about the session, the account or the server.
+func (e *SMTPError) Temporary() bool { return e.Class != ClassMessage }
+
+// Classify turns what the SMTP client returned into an *SMTPError; the
+// stage is the failed command's unless the caller names one (dial, tls).
+// An *SMTPError is returned as it is.
+func Classify(stage string, err error) *SMTPError {
+	if err == nil {
+		return nil
+	}
+	var already *SMTPError
+	if errors.As(err, &already) {
+		return already
+	}
+	var ce *smtpclient.Error
+	if errors.As(err, &ce) {
+		if stage == "" {
+			stage = strings.ToLower(ce.Command)
+		}
+		err = ce.Err
+	}
+	e := &SMTPError{Stage: stage, Err: err, Class: ClassTransient}
+	var cv *tls.CertificateVerificationError
+	switch {
+	case errors.Is(err, smtpclient.ErrNoStartTLS):
+		e.Class = ClassConfig // never AUTH in plaintext: pause until fixed
+		return e
+	case errors.Is(err, smtpclient.ErrNotSendable):
+		e.Class = ClassMessage // this message, as it is, can never go
+		return e
+	case errors.As(err, &cv):
+		// An untrusted, expired or mismatched certificate does not heal
+		// by retrying the message: the account pauses until it is fixed
+		// (or the interception ends). Verification is never skipped.
+		e.Class = ClassConfig
+		return e
+	}
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		return e // network errors, timeouts, TLS failures: temporary
+	}
+	e.Code, e.Text = se.Code, se.Message
+	if ec := se.EnhancedCode; ec != smtp.NoEnhancedCode && ec != smtp.EnhancedCodeNotSet {
+		e.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
+	}
+	e.Class = ClassifyReply(e.Code, e.Enhanced, e.Text)
+	if e.Class == ClassMessage && (stage == "dial" || stage == "tls" || stage == "auth") {
+		// A permanent reply before any message was named (a greeting,
+		// EHLO or AUTH refused) is about the account or the server,
+		// never this message: pause and probe, do not dead-letter.
+		e.Class = ClassConfig
+	}
+	return e
+}
+
+// ClassifyReply maps an SMTP reply to its class (docs/office365.md §4).
+// Enhanced codes (RFC 3463) decide where Office 365 gives them; the text is
+// read only where one enhanced code covers different conditions (5.2.0).
+func ClassifyReply(code int, enhanced, text string) Class {
+	switch {
+	case code == 535 && enhanced == "5.7.139":
+		return ClassConfig
+	case code == 535:
+		return ClassAuth
+	case code == 504 && enhanced == "5.7.4", code == 501 && enhanced == "5.5.124":
+		return ClassConfig
+	case code == 530 && enhanced == "5.7.57":
+		return ClassSession
+	case code == 421 && enhanced == "4.7.66":
+		return ClassConfig
+	case code == 432 && enhanced == "4.3.2":
+		return ClassThrottle
+	case enhanced == "5.2.2":
+		return ClassAccount
+	case enhanced == "5.2.0" && strings.Contains(text, "SubmissionQuotaExceeded"), enhanced == "5.1.90":
+		return ClassQuota
+	case enhanced == "5.7.708", enhanced == "5.7.705", enhanced == "5.7.750", enhanced == "5.1.8":
+		return ClassTenant
+	case code >= 500 && code < 600:
+		return ClassMessage // 5.7.60 send-as, 552 size, and every other permanent reply
+	default:
+		return ClassTransient // 451, 421, other 4xx, anything unexpected
+	}
+}
