@@ -35,7 +35,7 @@ import (
 	"relay365/internal/queue"
 )
 
-// Message is the JSON document of DESIGN.md §3.
+// Message is the JSON document of docs/design.md §3.
 type Message = message.Message
 
 // Attachment is one attached file.

@@ -2,7 +2,7 @@
 // Relay365 talks to: the Microsoft identity platform (Entra ID OAuth 2.0 v2
 // endpoints, over HTTP) and the Exchange Online SMTP submission endpoint
 // (smtp.office365.com:587, over TCP with STARTTLS and XOAUTH2). The tests and
-// `relay sandbox` use it; its behaviour follows /work/shared/OFFICE365.md.
+// `relay sandbox` use it; its behaviour follows docs/office365.md.
 //
 // # Design
 //

@@ -37,7 +37,7 @@ func (m Message) clone() Message {
 	return m
 }
 
-// Exchange Online replies (OFFICE365.md sections 1 and 4).
+// Exchange Online replies (docs/office365.md §1 and §4).
 var (
 	replyAuthDisabled     = smtpError(535, 5, 7, 139, "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.")
 	replyBasicDisabled    = smtpError(535, 5, 7, 139, "Authentication unsuccessful, basic authentication is disabled.")
@@ -564,7 +564,7 @@ func (s *Server) SetNextMailReply(n int, reply *smtp.SMTPError) { s.inject(stage
 
 // SetNextDataReply makes the next n ends of DATA answer reply after the
 // message was read, before any other policy: for every end-of-DATA reply of
-// OFFICE365.md §4 the fake has no switch of its own for.
+// docs/office365.md §4 the fake has no switch of its own for.
 func (s *Server) SetNextDataReply(n int, reply *smtp.SMTPError) { s.inject(stageData, n, reply) }
 
 func (s *Server) inject(st stage, n int, reply *smtp.SMTPError) {

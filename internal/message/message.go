@@ -1,5 +1,5 @@
 // Package message is the wire format producers publish on mail.send.<account>
-// (DESIGN.md §3), its validation and its rendering into an RFC 5322 message.
+// (docs/design.md §3), its validation and its rendering into an RFC 5322 message.
 //
 // Validation happens twice on purpose: a producer validates before publishing
 // so a person gets the error at once, and the worker validates again because
@@ -25,7 +25,7 @@ import (
 	"strings"
 )
 
-// Office 365 limits (OFFICE365.md §3).
+// Office 365 limits (docs/office365.md §3).
 const (
 	// RecipientsPerTransaction is Office 365's default recipient limit per
 	// message, that is per SMTP transaction. The relay sends a message with

@@ -17,7 +17,7 @@ import (
 )
 
 // FromPolicy says what happens to a From that is not the consented mailbox
-// (OFFICE365.md §5: Office 365 answers 550 5.7.60 to a From the mailbox may
+// (docs/office365.md §5: Office 365 answers 550 5.7.60 to a From the mailbox may
 // not send as).
 type FromPolicy string
 

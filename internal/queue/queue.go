@@ -3,7 +3,7 @@
 // dedupe, dead-lettering and the dead-letter tools (list, show, replay,
 // purge).
 //
-// The rules it follows are DESIGN.md §7:
+// The rules it follows are docs/design.md §7:
 //   - MAIL is a WorkQueue stream on file storage; a message leaves it only
 //     when a worker acks it after Office 365 answered 250, or after its copy
 //     is safely in MAIL_DLQ.
@@ -40,7 +40,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Names users and dashboards rely on (DESIGN.md §4).
+// Names users and dashboards rely on (docs/design.md §4).
 const (
 	StreamMail    = "MAIL"
 	StreamDLQ     = "MAIL_DLQ"
@@ -208,7 +208,7 @@ type PublishResult struct {
 
 // Publish puts one message on mail.send.<account> with id as Nats-Msg-Id,
 // retrying with the same id while the stream has no leader or the server is
-// briefly unreachable (DESIGN.md §7), until ctx ends.
+// briefly unreachable (docs/design.md §7), until ctx ends.
 func Publish(ctx context.Context, js jetstream.JetStream, account, id string, data []byte) (PublishResult, error) {
 	msg := &nats.Msg{Subject: Subject(account), Data: data, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, id)

@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// SentBucket is the KV bucket of idempotency markers (DESIGN.md §4).
+// SentBucket is the KV bucket of idempotency markers (docs/design.md §4).
 const SentBucket = "relay_sent"
 
 // SentTTL is how long a marker is kept: as long as MAIL keeps a message

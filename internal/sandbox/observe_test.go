@@ -14,7 +14,7 @@ import (
 	"relay365/internal/token/tokentest"
 )
 
-// The metric names the dashboards and alert rules rely on (issue #6): each
+// The metric names the dashboards and alert rules rely on: each
 // must be exported once traffic, a failure and a revoked account happened.
 var contractMetrics = []string{
 	"relay_messages_total", "relay_send_duration_seconds", "relay_smtp_replies_total",

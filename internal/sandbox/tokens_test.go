@@ -1,6 +1,6 @@
 package sandbox_test
 
-// Acceptance tests of the token service (issue 3), end to end: the fake
+// Acceptance tests of the token service end to end: the fake
 // Office 365 in strict rotation mode on a fake clock, the sandbox's
 // embedded NATS and a workers-only daemon, and token service replicas as
 // separate daemons with --roles tokens. Every test's logs, events,

@@ -50,7 +50,7 @@
 // # Failure semantics
 //
 // Identity platform errors are classified once, by Classify, into an
-// *IdentityError whose Class follows OFFICE365.md §2, branching on error
+// *IdentityError whose Class follows docs/office365.md §2, branching on error
 // and error_codes only (never the description text):
 //
 //   - needs_consent (refresh token dead, MFA/conditional access, consent

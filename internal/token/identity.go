@@ -81,7 +81,7 @@ func (e *IdentityError) ForAccount(alias string, appOnly bool) *IdentityError {
 // Temporary reports whether retrying later may succeed.
 func (e *IdentityError) Temporary() bool { return e.Class == StateTransient }
 
-// codeClass is the table of OFFICE365.md §2, keyed by AADSTS code.
+// codeClass is the table of docs/office365.md §2, keyed by AADSTS code.
 var codeClass = map[int]State{
 	// invalid_grant: refresh token expired/revoked, sign-in frequency
 	70000: StateNeedsConsent, 70008: StateNeedsConsent, 700082: StateNeedsConsent,

@@ -23,7 +23,7 @@ func errBody(errName string, codes ...int) string {
 		errName, desc, strings.Join(cs, ","))
 }
 
-// TestClassifyTable covers every row of OFFICE365.md §2.
+// TestClassifyTable covers every row of docs/office365.md §2.
 func TestClassifyTable(t *testing.T) {
 	type row struct {
 		name   string
