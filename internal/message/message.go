@@ -13,6 +13,7 @@
 package message
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -54,9 +55,11 @@ type Message struct {
 	HTML        string            `json:"html,omitempty"`
 	Headers     map[string]string `json:"headers,omitempty"`
 	Attachments []Attachment      `json:"attachments,omitempty"`
-	// Raw is a complete RFC 5322 message (base64 in JSON) sent as is,
-	// instead of the fields above. Envelope recipients come from To, Cc
-	// and Bcc when given, else from the raw message's To and Cc headers.
+	// Raw is a complete RFC 5322 message (base64 in JSON) sent as it is
+	// but for the rules of raw.go (CRLF line endings, the From policy, no
+	// Bcc field, Date and Message-ID when missing), instead of the fields
+	// above. Envelope recipients come from To, Cc and Bcc when given, else
+	// from the raw message's To, Cc and Bcc fields.
 	Raw []byte `json:"raw,omitempty"`
 }
 
@@ -220,7 +223,7 @@ func (m *Message) validateRaw() error {
 		return err
 	}
 	if len(rcpts) == 0 {
-		return invalid("to", "no recipients (give to/cc/bcc or To/Cc headers in raw)")
+		return invalid("to", "no recipients (give to/cc/bcc or To/Cc/Bcc fields in raw)")
 	}
 	if len(rcpts) > MaxRecipients {
 		return invalid("to", "%d recipients, more than a mailbox may send to in a day (%d)", len(rcpts), MaxRecipients)
@@ -247,11 +250,15 @@ func (m *Message) Recipients() ([]string, error) {
 		return nil
 	}
 	if len(m.To)+len(m.Cc)+len(m.Bcc) == 0 && len(m.Raw) > 0 {
-		msg, err := mail.ReadMessage(strings.NewReader(string(m.Raw)))
+		raw, err := NormalizeRaw(m.Raw) // a bare CR ends a line too
+		if err != nil {
+			return nil, err
+		}
+		msg, err := mail.ReadMessage(bytes.NewReader(raw))
 		if err != nil {
 			return nil, invalid("raw", "not an RFC 5322 message: %v", err)
 		}
-		for _, h := range []string{"To", "Cc"} {
+		for _, h := range []string{"To", "Cc", "Bcc"} {
 			if msg.Header.Get(h) == "" {
 				continue
 			}

@@ -83,8 +83,14 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 	}
 	r := &Rendered{MailFrom: s.Mailbox, Rcpts: rcpts}
 	if len(m.Raw) > 0 {
-		// Raw messages are sent byte for byte; only the envelope is ours.
-		r.Data = m.Raw
+		// Raw messages are sent as they came but for line endings, the
+		// From policy, Bcc, and a missing Date or Message-ID (raw.go).
+		if r.Data, err = renderRaw(m, s, now); err != nil {
+			return nil, err
+		}
+		if len(r.Data) > MaxSize {
+			return nil, invalid("raw", "%d bytes, Office 365 accepts at most %d", len(r.Data), MaxSize)
+		}
 		return r, nil
 	}
 	from, replyTo, err := applyPolicy(m, s)

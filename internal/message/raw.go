@@ -1,0 +1,227 @@
+package message
+
+import (
+	"bytes"
+	"net/mail"
+	"strings"
+	"time"
+)
+
+// Raw messages — a complete RFC 5322 message from the SMTP front door,
+// relay sendmail or a producer's "raw" field — are kept as sent, with four
+// exceptions, applied when the message is rendered for Office 365:
+//
+//   - line endings are CRLF (RFC 5322 §2.1, RFC 5321 §2.3.8): a bare LF
+//     or a bare CR becomes CRLF, as sendmail's input and many scripts end
+//     lines with LF alone; a NUL makes the message invalid (RFC 5322
+//     §3.5 allows none);
+//   - the account's From policy applies to the From and Sender fields as
+//     it does to a JSON message's from (docs/office365.md §5);
+//   - Bcc fields are removed (the envelope carries those recipients,
+//     RFC 5322 §3.6.3), as is Return-Path, which only the final delivery
+//     writes (RFC 5321 §4.4);
+//   - Date and Message-ID are added when missing (RFC 5322 §3.6 requires
+//     the one and recommends the other), the Message-ID derived from the
+//     account and message id so every delivery of the message carries the
+//     same one.
+
+// NormalizeRaw returns raw with every line ending as CRLF. It fails on a
+// NUL byte. Already canonical input is returned as it is.
+func NormalizeRaw(raw []byte) ([]byte, error) {
+	if i := bytes.IndexByte(raw, 0); i >= 0 {
+		return nil, invalid("raw", "contains a NUL byte at offset %d", i)
+	}
+	if !needsCRLF(raw) {
+		return raw, nil
+	}
+	out := make([]byte, 0, len(raw)+len(raw)/32)
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; c {
+		case '\r':
+			out = append(out, '\r', '\n')
+			if i+1 < len(raw) && raw[i+1] == '\n' {
+				i++
+			}
+		case '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// needsCRLF reports whether raw holds a bare CR or a bare LF.
+func needsCRLF(raw []byte) bool {
+	for i, c := range raw {
+		switch {
+		case c == '\n' && (i == 0 || raw[i-1] != '\r'):
+			return true
+		case c == '\r' && (i+1 == len(raw) || raw[i+1] != '\n'):
+			return true
+		}
+	}
+	return false
+}
+
+// rawField is one header field of a raw message, its lines as received
+// (folded lines keep their CRLF and leading white space).
+type rawField struct {
+	name string // as written
+	raw  []byte // "Name: value\r\n" including continuation lines
+}
+
+// value is the unfolded field body (RFC 5322 §2.2.3).
+func (f rawField) value() string {
+	_, v, _ := bytes.Cut(f.raw, []byte(":"))
+	v = bytes.ReplaceAll(v, []byte("\r\n"), nil)
+	return strings.TrimSpace(string(v))
+}
+
+// splitRaw cuts a CRLF message into its header fields and its body (after
+// the empty line; nil when there is none). Lines before the first field
+// that are not fields, or a header block without a field name, make the
+// message invalid.
+func splitRaw(raw []byte) ([]rawField, []byte, error) {
+	var fields []rawField
+	rest := raw
+	for len(rest) > 0 {
+		line, after, found := bytes.Cut(rest, []byte("\r\n"))
+		if !found {
+			line, after = rest, nil
+		}
+		if len(line) == 0 { // the empty line: the body follows
+			return fields, after, nil
+		}
+		// A message that ends inside its header block still gets a CRLF
+		// after its last field.
+		full := append(append([]byte(nil), line...), '\r', '\n')
+		if line[0] == ' ' || line[0] == '\t' {
+			if len(fields) == 0 {
+				return nil, nil, invalid("raw", "the message starts with a continuation line, not a header field")
+			}
+			f := &fields[len(fields)-1]
+			f.raw = append(f.raw, full...)
+		} else {
+			name, _, ok := bytes.Cut(line, []byte(":"))
+			if !ok || !headerNameRE.Match(name) {
+				return nil, nil, invalid("raw", "line %q is not a header field (no body separator before it?)", truncateLine(line))
+			}
+			fields = append(fields, rawField{name: string(name), raw: full})
+		}
+		rest = after
+	}
+	return fields, nil, nil
+}
+
+func truncateLine(b []byte) string {
+	if len(b) > 40 {
+		return string(b[:40]) + "…"
+	}
+	return string(b)
+}
+
+// renderRaw applies the rules above to m.Raw for sender s.
+func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
+	raw, err := NormalizeRaw(m.Raw)
+	if err != nil {
+		return nil, err
+	}
+	fields, body, err := splitRaw(raw)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		out                        bytes.Buffer
+		from, sender               *mail.Address
+		hasReplyTo, hasDate, hasID bool
+	)
+	for _, f := range fields {
+		switch canonical(f.name) {
+		case "From":
+			if from != nil {
+				return nil, invalid("raw", "more than one From field")
+			}
+			list, err := mail.ParseAddressList(f.value())
+			if err != nil || len(list) != 1 {
+				return nil, invalid("raw", "From field %q is not one address", f.value())
+			}
+			from = list[0]
+		case "Sender":
+			a, err := mail.ParseAddress(f.value())
+			if err != nil {
+				return nil, invalid("raw", "Sender field %q is not an address", f.value())
+			}
+			sender = a
+		case "Reply-To":
+			hasReplyTo = true
+		case "Date":
+			hasDate = true
+		case "Message-Id":
+			hasID = true
+		}
+	}
+	// The From policy decides the From (and, for rewrite, a Reply-To
+	// carrying the original); a Sender that is neither the mailbox nor
+	// the resulting From would make Office 365 check send-on-behalf
+	// rights, so it is held to the same policy.
+	pm := &Message{}
+	if from != nil {
+		pm.From = formatAddress(from)
+	}
+	newFrom, replyTo, err := applyPolicy(pm, s)
+	if err != nil {
+		return nil, err
+	}
+	rewritten := from == nil || !strings.EqualFold(newFrom.Address, from.Address)
+	keepSender := sender != nil && !rewritten && senderAllowed(sender, s)
+	if sender != nil && !rewritten && !keepSender && s.Policy != PolicyRewrite && s.Policy != "" {
+		return nil, invalid("raw", "Sender %s is not the mailbox %s nor in its send-as list (from policy %s)", sender.Address, s.Mailbox, s.Policy)
+	}
+	h := headerWriter{&out}
+	for _, f := range fields {
+		switch canonical(f.name) {
+		case "Bcc", "Return-Path":
+			continue
+		case "From":
+			if rewritten {
+				h.field("From", formatAddress(newFrom))
+				if !hasReplyTo && len(replyTo) > 0 {
+					h.field("Reply-To", joinAddrs(replyTo))
+				}
+				continue
+			}
+		case "Sender":
+			if !keepSender {
+				continue
+			}
+		}
+		out.Write(f.raw)
+	}
+	if from == nil {
+		h.field("From", formatAddress(newFrom))
+	}
+	if !hasDate {
+		h.field("Date", now.Format(time.RFC1123Z))
+	}
+	if !hasID {
+		h.field("Message-ID", MessageID(m.Account, m.ID, s.Mailbox))
+	}
+	out.WriteString("\r\n")
+	out.Write(body)
+	return out.Bytes(), nil
+}
+
+// senderAllowed says whether a Sender field may stay: it names the mailbox
+// or an address of the send-as list.
+func senderAllowed(a *mail.Address, s Sender) bool {
+	if strings.EqualFold(a.Address, s.Mailbox) {
+		return true
+	}
+	for _, sa := range s.SendAs {
+		if strings.EqualFold(sa, a.Address) {
+			return s.Policy == PolicyAllow
+		}
+	}
+	return false
+}

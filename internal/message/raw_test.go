@@ -1,0 +1,166 @@
+package message
+
+import (
+	"bytes"
+	"net/mail"
+	"strings"
+	"testing"
+	"time"
+)
+
+var rawNow = time.Date(2026, 12, 5, 9, 30, 0, 0, time.UTC)
+
+func renderRawString(t *testing.T, raw string, s Sender) (string, error) {
+	t.Helper()
+	m := &Message{ID: "raw-1", Account: "alerts", Raw: []byte(raw)}
+	if err := m.Validate(); err != nil {
+		return "", err
+	}
+	r, err := Render(m, s, rawNow)
+	if err != nil {
+		return "", err
+	}
+	return string(r.Data), nil
+}
+
+func TestRenderRaw(t *testing.T) {
+	mailbox := Sender{Mailbox: "alerts@contoso.com"}
+	allow := Sender{Mailbox: "alerts@contoso.com", Policy: PolicyAllow, SendAs: []string{"noreply@contoso.com"}}
+	reject := Sender{Mailbox: "alerts@contoso.com", Policy: PolicyReject}
+	for _, tc := range []struct {
+		name   string
+		raw    string
+		sender Sender
+		want   string // the whole rendered message; "" when an error is wanted
+		err    string
+	}{
+		{
+			name:   "LF line endings, rewrite, Bcc dropped, Date and Message-ID added",
+			raw:    "From: Alertmanager <am@example.org>\nTo: ops@contoso.com\nBcc: boss@contoso.com\nSubject: [FIRING:1] HighLoad\n\nload 17\n",
+			sender: mailbox,
+			want: "From: \"Alertmanager\" <alerts@contoso.com>\r\n" +
+				"Reply-To: \"Alertmanager\" <am@example.org>\r\n" +
+				"To: ops@contoso.com\r\nSubject: [FIRING:1] HighLoad\r\n" +
+				"Date: Sat, 05 Dec 2026 09:30:00 +0000\r\n" +
+				"Message-ID: " + MessageID("alerts", "raw-1", "alerts@contoso.com") + "\r\n\r\nload 17\r\n",
+		},
+		{
+			name:   "bare CR, a kept Reply-To, folded lines kept, Sender dropped under rewrite",
+			raw:    "From: am@example.org\r\nSender: other@example.org\rTo: ops@contoso.com\nReply-To: team@example.org\r\nSubject: a\r\n long subject\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nbody",
+			sender: mailbox,
+			want: "From: <alerts@contoso.com>\r\nTo: ops@contoso.com\r\nReply-To: team@example.org\r\nSubject: a\r\n long subject\r\n" +
+				"Date: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nbody",
+		},
+		{
+			name:   "no From at all: the mailbox",
+			raw:    "To: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+			sender: mailbox,
+			want:   "To: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\nFrom: <alerts@contoso.com>\r\n\r\nhi\r\n",
+		},
+		{
+			name:   "allow: a send-as From and Sender stay",
+			raw:    "From: No Reply <noreply@contoso.com>\r\nSender: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+			sender: allow,
+			want:   "From: No Reply <noreply@contoso.com>\r\nSender: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+		},
+		{name: "allow: a From outside the list", raw: "From: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "send-as"},
+		{name: "allow: a Sender outside the list", raw: "From: noreply@contoso.com\r\nSender: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "Sender x@example.org"},
+		{name: "reject: another From", raw: "From: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: reject, err: "from policy reject"},
+		{name: "NUL", raw: "To: ops@contoso.com\r\n\r\nh\x00i", sender: mailbox, err: "NUL"},
+		{name: "two From fields", raw: "From: a@b.com\r\nFrom: c@d.com\r\nTo: ops@contoso.com\r\n\r\nhi", sender: mailbox, err: "more than one From"},
+		{name: "not a header", raw: "To: ops@contoso.com\r\nthis is not a field\r\n\r\nhi", sender: mailbox, err: "header"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := renderRawString(t, tc.raw, tc.sender)
+			if tc.err != "" {
+				if err == nil || !IsInvalid(err) || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("want an invalid-message error about %q, got %v", tc.err, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("rendered:\n%q\nwant:\n%q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRawBccRecipientsAreEnvelopeOnly(t *testing.T) {
+	m := &Message{ID: "b", Account: "alerts", Raw: []byte("To: a@contoso.com\nCc: b@contoso.com\nBcc: c@contoso.com\n\nx\n")}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, rawNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(r.Rcpts, ",") != "a@contoso.com,b@contoso.com,c@contoso.com" {
+		t.Fatalf("envelope %v", r.Rcpts)
+	}
+	if bytes.Contains(bytes.ToLower(r.Data), []byte("bcc")) || bytes.Contains(r.Data, []byte("c@contoso.com")) {
+		t.Fatalf("the Bcc recipient shows in the message:\n%s", r.Data)
+	}
+}
+
+func TestNormalizeRaw(t *testing.T) {
+	for in, want := range map[string]string{
+		"a\r\nb\r\n": "a\r\nb\r\n",
+		"a\nb\n":     "a\r\nb\r\n",
+		"a\rb\r":     "a\r\nb\r\n",
+		"a\r\r\nb":   "a\r\n\r\nb",
+		"\n\r":       "\r\n\r\n",
+	} {
+		got, err := NormalizeRaw([]byte(in))
+		if err != nil || string(got) != want {
+			t.Errorf("NormalizeRaw(%q) = %q %v, want %q", in, got, err, want)
+		}
+	}
+}
+
+// FuzzRenderRaw: whatever a producer hands over as raw, the relay either
+// refuses it as invalid or sends a message with CRLF line endings only, no
+// Bcc field, and one From that is the mailbox (policy rewrite), which
+// net/mail reads back.
+func FuzzRenderRaw(f *testing.F) {
+	for _, s := range []string{
+		"From: a@b.com\nTo: c@d.com\n\nx",
+		"From: \"N\" <a@b.com>\r\nBcc: e@f.com\r\nSubject: s\r\n s2\r\n\r\nbody\r\n",
+		"To: c@d.com\r\n\r\n",
+		"Sender: z@y.com\rFrom: a@b.com\r\n\r\n.",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		m := &Message{ID: "f", Account: "a", Raw: raw, To: []string{"c@d.com"}}
+		if err := m.Validate(); err != nil {
+			return
+		}
+		r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, rawNow)
+		if err != nil {
+			if !IsInvalid(err) {
+				t.Fatalf("not an invalid-message error: %v", err)
+			}
+			return
+		}
+		if needsCRLF(r.Data) {
+			t.Fatalf("bare CR or LF in %q", r.Data)
+		}
+		msg, err := mail.ReadMessage(bytes.NewReader(r.Data))
+		if err != nil {
+			t.Fatalf("rendered message does not parse: %v\n%q", err, r.Data)
+		}
+		if _, ok := msg.Header["Bcc"]; ok {
+			t.Fatalf("Bcc field left in %q", r.Data)
+		}
+		if len(msg.Header["From"]) != 1 {
+			t.Fatalf("%d From fields in %q", len(msg.Header["From"]), r.Data)
+		}
+		from, err := mail.ParseAddress(msg.Header.Get("From"))
+		if err != nil || !strings.EqualFold(from.Address, "alerts@contoso.com") {
+			t.Fatalf("From %q (%v), want the mailbox", msg.Header.Get("From"), err)
+		}
+	})
+}
