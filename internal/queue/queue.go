@@ -237,7 +237,36 @@ func publishMsg(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (Pub
 	}
 }
 
+// JetStream error codes (nats-server's errors.json) that mean the stream
+// or the server has no room: a store that refused the write (max
+// messages, max bytes, disk), insufficient resources, or the account's
+// storage limits.
+const (
+	errCodeStoreFailed           = 10077
+	errCodeInsufficientResources = 10023
+	errCodeAccountResources      = 10002
+	errCodeStorageResources      = 10047
+)
+
+// IsFull reports whether a publish failed because the stream or server has
+// no room for the message: retrying at once will not help, the producer
+// should try again later (SMTP 452 4.3.1).
+func IsFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case errCodeStoreFailed, errCodeInsufficientResources, errCodeAccountResources, errCodeStorageResources:
+		return true
+	}
+	return false
+}
+
 func retryable(err error) bool {
+	if IsFull(err) {
+		return false // a full stream stays full for longer than a leader election
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrNoStreamResponse),
 		errors.Is(err, nats.ErrNoResponders),

@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -290,5 +291,40 @@ func TestDeadLetterHeadersCannotBeInjected(t *testing.T) {
 	check("replay", m.Headers())
 	if got := m.Headers().Get(queue.HdrMessageID); got != e.ID {
 		t.Fatalf("replay id %q", got)
+	}
+}
+
+// TestFullStreamIsReportedNotRetried: a MAIL stream with no room answers
+// at once with an error IsFull recognises (the SMTP front door answers 452
+// with it); Publish does not spin on it until its deadline as it does for a
+// leader election.
+func TestFullStreamIsReportedNotRetried(t *testing.T) {
+	env := queuetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := env.JS.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxMsgs = 1
+	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := queue.Publish(ctx, env.JS, "alerts", "first", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = queue.Publish(ctx, env.JS, "alerts", "second", []byte("{}"))
+	if !queue.IsFull(err) {
+		t.Fatalf("second publish into a full stream: %v, want IsFull", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Publish retried a full stream until its deadline")
+	}
+	if queue.IsFull(errors.New("nats: timeout")) {
+		t.Fatal("IsFull took a timeout for a full stream")
 	}
 }
