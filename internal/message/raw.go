@@ -176,7 +176,7 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 	rewritten := from == nil || !strings.EqualFold(newFrom.Address, from.Address)
 	keepSender := sender != nil && !rewritten && senderAllowed(sender, s)
 	if sender != nil && !rewritten && !keepSender && s.Policy != PolicyRewrite && s.Policy != "" {
-		return nil, invalid("raw", "Sender %s is not the mailbox %s nor in its send-as list (from policy %s)", sender.Address, s.Mailbox, s.Policy)
+		return nil, invalid("sender", "%s is not the mailbox %s nor in its send-as list (from policy %s)", sender.Address, s.Mailbox, s.Policy)
 	}
 	h := headerWriter{&out}
 	for _, f := range fields {

@@ -64,7 +64,7 @@ func TestRenderRaw(t *testing.T) {
 			want:   "From: No Reply <noreply@contoso.com>\r\nSender: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
 		},
 		{name: "allow: a From outside the list", raw: "From: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "send-as"},
-		{name: "allow: a Sender outside the list", raw: "From: noreply@contoso.com\r\nSender: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "Sender x@example.org"},
+		{name: "allow: a Sender outside the list", raw: "From: noreply@contoso.com\r\nSender: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "sender: x@example.org"},
 		{name: "reject: another From", raw: "From: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: reject, err: "from policy reject"},
 		{name: "NUL", raw: "To: ops@contoso.com\r\n\r\nh\x00i", sender: mailbox, err: "NUL"},
 		{name: "two From fields", raw: "From: a@b.com\r\nFrom: c@d.com\r\nTo: ops@contoso.com\r\n\r\nhi", sender: mailbox, err: "more than one From"},

@@ -1,0 +1,68 @@
+// Package ingress is Relay365's SMTP front door: the submission listener
+// that Alertmanager, Grafana, Zabbix, printers and anything else that can
+// only speak SMTP hand their mail to, and the producer identities that
+// may use it. Behind it the mail goes the way every message goes: into
+// the MAIL stream, through the account's lane, pacing, markers and
+// dead letters.
+//
+// # The session
+//
+// The server is emersion/go-smtp. It offers PIPELINING (RFC 2920),
+// 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES (RFC 2034, RFC 3463), SIZE
+// (RFC 1870) with Office 365's 35 MB limit, CHUNKING (RFC 3030) and
+// STARTTLS (RFC 3207); the second listener speaks implicit TLS (RFC 8314
+// §3.3). AUTH PLAIN (RFC 4616) and LOGIN are offered only over TLS. A
+// producer authenticates as a name from KV relay_producers, whose
+// password is kept only as an argon2id hash; it may send only through the
+// accounts it lists.
+//
+// Which account carries a message: the producer's account whose mailbox
+// or send-as list holds the envelope sender, else the From field's
+// address, else the producer's first account. An address that belongs to
+// an account the producer may not use is refused (550 5.7.1). The
+// message is kept as the client sent it — raw RFC 5322 with a Received
+// trace field added, recipients from the envelope (so Bcc stays blind) —
+// and the account's From policy applies when it is rendered, as for JSON
+// messages. Before anything is queued the message is rendered once as the
+// worker will render it, so a message that could never go (a From the
+// policy refuses, no parseable header) is refused now, to the client that
+// can still do something about it, instead of being dead-lettered later.
+//
+// # Replies and what they promise
+//
+//	250 2.0.0          the message is in the MAIL stream: JetStream's PubAck came
+//	                   (with the embedded server's default, after an fsync)
+//	451 4.3.0          NATS did not answer within the publish timeout: try again
+//	452 4.3.1          the MAIL stream is full: try again later
+//	451 4.7.1          none of the producer's accounts is registered yet
+//	530 5.7.0          MAIL before AUTH (RFC 4954 §6)
+//	535 5.7.8          wrong name or password
+//	454 4.7.0          too many failed logins from this address or for this name
+//	550 5.7.1          an account or From the producer may not use
+//	552 5.3.4          larger than Office 365 accepts (also at MAIL with SIZE=)
+//	554 5.6.0          the message cannot be parsed
+//	421 4.7.0          too many connections (in all, or from this address)
+//
+// Nothing is acknowledged before it is stored, and nothing stored is
+// refused: a client that gets no 250 (a timeout, a dropped connection, a
+// relay killed mid-DATA) sends the message again, so mail is never lost,
+// at the cost, rarely, of a copy (RFC 5321 §6.1, the duplicate problem
+// every SMTP hop has).
+//
+// # Abuse
+//
+// Connections are bounded in all and per client address, and every
+// command has a read and write timeout, so a client that holds
+// connections without sending cannot exhaust the relay. Failed logins are
+// counted per client address and per producer name with an exponential
+// lockout (auth.go); argon2id runs at most twice at once, and a password
+// that matched is remembered as an HMAC for the life of the process, so a
+// client that connects for every message costs one hash, not one per
+// mail. Passwords are never logged.
+//
+// # Metrics
+//
+// relay_ingress_messages_total{producer,result},
+// relay_ingress_auth_failures_total{reason}, relay_ingress_sessions and
+// relay_ingress_refused_connections_total.
+package ingress

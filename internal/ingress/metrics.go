@@ -1,0 +1,58 @@
+package ingress
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// result is what became of one message handed over by SMTP: a closed set,
+// as it is a metric label.
+type result string
+
+const (
+	resultAccepted    result = "accepted"    // queued: 250 after the PubAck
+	resultTooLarge    result = "too_large"   // 552 5.3.4
+	resultNotAllowed  result = "not_allowed" // 550 5.7.1: account or From the producer may not use
+	resultInvalid     result = "invalid"     // 554 5.6.0: cannot be parsed or can never be sent
+	resultUnavailable result = "unavailable" // 451: NATS down, or no account registered yet
+	resultFull        result = "full"        // 452 4.3.1: the MAIL stream has no room
+)
+
+type metrics struct {
+	messages     *prometheus.CounterVec
+	authFailures *prometheus.CounterVec
+	refusedConns prometheus.Counter
+	reg          prometheus.Registerer
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		reg: reg,
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_ingress_messages_total",
+			Help: "Messages handed over by SMTP submission, by producer (a registered name, or none) and result (accepted, too_large, not_allowed, invalid, unavailable, full).",
+		}, []string{"producer", "result"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_ingress_auth_failures_total",
+			Help: "Failed SMTP AUTH attempts: bad_credentials (unknown producer or wrong password) or locked_out (refused during the backoff).",
+		}, []string{"reason"}),
+		refusedConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingress_refused_connections_total",
+			Help: "SMTP connections refused with 421 because of the connection limits.",
+		}),
+	}
+	reg.MustRegister(m.messages, m.authFailures, m.refusedConns)
+	for _, r := range []string{"bad_credentials", "locked_out"} {
+		m.authFailures.WithLabelValues(r)
+	}
+	return m
+}
+
+// sessionsFunc registers relay_ingress_sessions, read from the server.
+func (m *metrics) sessionsFunc(f func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "relay_ingress_sessions",
+		Help: "SMTP submission sessions open now (past EHLO).",
+	}, f))
+}
+
+func (m *metrics) message(producer string, r result) {
+	m.messages.WithLabelValues(producer, string(r)).Inc()
+}

@@ -1,0 +1,205 @@
+package ingress
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/crypto/argon2"
+
+	"relay365/internal/kvwatch"
+	"relay365/internal/message"
+)
+
+// ProducersBucket is the KV bucket of SMTP producer identities
+// (docs/design.md §4): one key per producer name, the password only as an
+// argon2id hash.
+const ProducersBucket = "relay_producers"
+
+// ErrNoProducer: no producer of that name is registered.
+var ErrNoProducer = errors.New("no such producer")
+
+// Producer is one identity that may submit mail over SMTP (AUTH) through
+// the accounts it lists. It holds no password, only its hash.
+type Producer struct {
+	Name     string    `json:"name"`
+	Accounts []string  `json:"accounts"`
+	Hash     string    `json:"hash"` // PHC string: $argon2id$v=19$m=…,t=…,p=…$salt$key
+	Created  time.Time `json:"created"`
+}
+
+// May reports whether the producer may send through account alias.
+func (p Producer) May(alias string) bool { return slices.Contains(p.Accounts, alias) }
+
+// Argon2id parameters: RFC 9106 §4's second recommended option is 64 MiB;
+// OWASP's minimum (19 MiB, 2 passes) keeps a burst of logins — and a
+// password guesser — from costing the relay hundreds of megabytes, and
+// Server verifies at most a few at once and caches a success.
+const (
+	argonTime    = 2
+	argonMemory  = 19 * 1024 // KiB
+	argonThreads = 1
+	argonKeyLen  = 32
+	saltLen      = 16
+)
+
+// HashPassword returns the PHC string of an argon2id hash of password
+// with a fresh salt.
+func HashPassword(password string) string {
+	salt := make([]byte, saltLen)
+	_, _ = rand.Read(salt)
+	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	b64 := base64.RawStdEncoding
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads, b64.EncodeToString(salt), b64.EncodeToString(key))
+}
+
+// CheckPassword reports whether password matches a HashPassword string.
+// The comparison takes the same time whatever the mismatch.
+func CheckPassword(hash, password string) bool {
+	parts := strings.Split(hash, "$")
+	if len(parts) != 6 || parts[1] != "argon2id" {
+		return false
+	}
+	var version int
+	var memory, passes uint32
+	var threads uint8
+	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
+		return false
+	}
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &memory, &passes, &threads); err != nil || passes == 0 || threads == 0 || memory > 1<<20 {
+		return false
+	}
+	b64 := base64.RawStdEncoding
+	salt, err1 := b64.DecodeString(parts[4])
+	key, err2 := b64.DecodeString(parts[5])
+	if err1 != nil || err2 != nil || len(key) == 0 {
+		return false
+	}
+	got := argon2.IDKey([]byte(password), salt, passes, memory, threads, uint32(len(key)))
+	return subtle.ConstantTimeCompare(got, key) == 1
+}
+
+// NewPassword returns a random password of 32 URL-safe characters (192
+// bits), for `relay producer add` without --password-file.
+func NewPassword() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// ValidName reports whether name can name a producer (and so be a KV key
+// and a metric label): the same rule as an account alias.
+func ValidName(name string) bool { return message.ValidAccount(name) }
+
+// Producers is the producer registry on KV relay_producers.
+type Producers struct {
+	kv jetstream.KeyValue
+}
+
+// OpenProducers creates the bucket if needed.
+func OpenProducers(ctx context.Context, js jetstream.JetStream) (*Producers, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      ProducersBucket,
+		Description: "Relay365 SMTP producer identities (argon2id password hashes)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open producer bucket %s: %w", ProducersBucket, err)
+	}
+	return &Producers{kv: kv}, nil
+}
+
+// Put stores (or replaces) producer name with its accounts and the hash
+// of password.
+func (p *Producers) Put(ctx context.Context, name string, accounts []string, password string) (Producer, error) {
+	switch {
+	case !ValidName(name):
+		return Producer{}, fmt.Errorf("producer name %q: use lower-case letters, digits, '-' and '_' (at most 63)", name)
+	case len(accounts) == 0:
+		return Producer{}, errors.New("a producer needs at least one account (--accounts A,B)")
+	case len(password) < 12:
+		return Producer{}, errors.New("the password is shorter than 12 characters")
+	}
+	for _, a := range accounts {
+		if !message.ValidAccount(a) {
+			return Producer{}, fmt.Errorf("account %q is not an account alias", a)
+		}
+	}
+	pr := Producer{Name: name, Accounts: slices.Compact(slices.Clone(accounts)), Hash: HashPassword(password), Created: time.Now().UTC()}
+	b, _ := json.Marshal(pr)
+	if _, err := p.kv.Put(ctx, name, b); err != nil {
+		return Producer{}, fmt.Errorf("store producer %s: %w", name, err)
+	}
+	return pr, nil
+}
+
+// Get reads one producer.
+func (p *Producers) Get(ctx context.Context, name string) (Producer, error) {
+	if !ValidName(name) {
+		return Producer{}, fmt.Errorf("%w: %q", ErrNoProducer, name)
+	}
+	e, err := p.kv.Get(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return Producer{}, fmt.Errorf("%w: %s", ErrNoProducer, name)
+	case err != nil:
+		return Producer{}, fmt.Errorf("read producer %s: %w", name, err)
+	}
+	return decodeProducer(e.Value())
+}
+
+// List returns every producer, by name.
+func (p *Producers) List(ctx context.Context) ([]Producer, error) {
+	lister, err := p.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list producers: %w", err)
+	}
+	var out []Producer
+	for name := range lister.Keys() {
+		pr, err := p.Get(ctx, name)
+		if errors.Is(err, ErrNoProducer) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, pr)
+	}
+	slices.SortFunc(out, func(a, b Producer) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// Remove deletes producer name; its sessions already authenticated end
+// with their connections, new AUTH fails at once.
+func (p *Producers) Remove(ctx context.Context, name string) error {
+	if _, err := p.Get(ctx, name); err != nil {
+		return err
+	}
+	if err := p.kv.Purge(ctx, name); err != nil {
+		return fmt.Errorf("remove producer %s: %w", name, err)
+	}
+	return nil
+}
+
+func decodeProducer(b []byte) (Producer, error) {
+	var pr Producer
+	if err := json.Unmarshal(b, &pr); err != nil {
+		return pr, fmt.Errorf("producer record does not decode: %w", err)
+	}
+	return pr, nil
+}
+
+// watch delivers every producer change (deletions with Deleted set) until
+// ctx ends; the Server keeps a copy in memory with it.
+func (p *Producers) watch(ctx context.Context) (<-chan kvwatch.Entry, error) {
+	return kvwatch.Watch(ctx, p.kv, func(e kvwatch.Entry) kvwatch.Entry { return e })
+}

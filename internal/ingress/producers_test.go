@@ -1,0 +1,57 @@
+package ingress_test
+
+import (
+	"strings"
+	"testing"
+
+	"relay365/internal/ingress"
+)
+
+func TestPasswordHash(t *testing.T) {
+	h := ingress.HashPassword("a long enough password")
+	if !strings.HasPrefix(h, "$argon2id$v=19$m=19456,t=2,p=1$") || strings.Contains(h, "a long enough password") {
+		t.Fatalf("hash %q", h)
+	}
+	if h == ingress.HashPassword("a long enough password") {
+		t.Fatal("two hashes of one password are equal: no salt")
+	}
+	for pw, want := range map[string]bool{"a long enough password": true, "a long enough passwort": false, "": false} {
+		if got := ingress.CheckPassword(h, pw); got != want {
+			t.Errorf("CheckPassword(%q) = %v", pw, got)
+		}
+	}
+	for _, bad := range []string{"", "$argon2id$v=19$m=1,t=1,p=1$$", "$bcrypt$x", "$argon2id$v=18$m=19456,t=2,p=1$AAAA$AAAA", "$argon2id$v=19$m=99999999,t=1,p=1$AAAA$AAAA"} {
+		if ingress.CheckPassword(bad, "x") {
+			t.Errorf("CheckPassword accepted hash %q", bad)
+		}
+	}
+	if p := ingress.NewPassword(); len(p) != 32 || p == ingress.NewPassword() {
+		t.Fatalf("NewPassword %q", p)
+	}
+}
+
+func TestProducerRegistry(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	for name, tc := range map[string]struct {
+		name     string
+		accounts []string
+		password string
+		err      string
+	}{
+		"bad name":       {"Bad Name", []string{"alerts"}, "long enough password", "producer name"},
+		"no accounts":    {"cron", nil, "long enough password", "at least one account"},
+		"short password": {"cron", []string{"alerts"}, "short", "shorter than 12"},
+		"bad account":    {"cron", []string{"A B"}, "long enough password", "not an account alias"},
+	} {
+		if _, err := f.prods.Put(f.ctx, tc.name, tc.accounts, tc.password); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: %v, want %q", name, err, tc.err)
+		}
+	}
+	list, err := f.prods.List(f.ctx)
+	if err != nil || len(list) != 2 || list[0].Name != "alertmanager" || list[1].Name != "ghost" {
+		t.Fatalf("List = %+v %v", list, err)
+	}
+	if err := f.prods.Remove(f.ctx, "nobody"); err == nil {
+		t.Fatal("removing a producer that does not exist succeeded")
+	}
+}

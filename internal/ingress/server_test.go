@@ -1,0 +1,478 @@
+package ingress_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+	"relay365/internal/clock"
+	"relay365/internal/ingress"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
+	rtestutil "relay365/internal/testutil"
+)
+
+const (
+	alertsPassword = "correct horse battery staple"
+	otherPassword  = "another long password"
+)
+
+// frontDoor is a real embedded JetStream, the account and producer
+// registries, and the SMTP front door on loopback with its own CA.
+type frontDoor struct {
+	t        *testing.T
+	ctx      context.Context
+	env      *queuetest.Env
+	accounts *account.Registry
+	prods    *ingress.Producers
+	srv      *ingress.Server
+	reg      *prometheus.Registry
+	clock    *clock.Fake
+	roots    *x509.CertPool
+	logs     *rtestutil.Buffer
+}
+
+func startFrontDoor(t *testing.T, mod func(*ingress.Config)) *frontDoor {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	f := &frontDoor{t: t, ctx: ctx, env: queuetest.Start(t), reg: prometheus.NewRegistry(),
+		clock: clock.NewFake(time.Now()), logs: &rtestutil.Buffer{}}
+	if err := queue.EnsureStreams(ctx, f.env.JS, queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if f.accounts, err = account.OpenRegistry(ctx, f.env.JS); err != nil {
+		t.Fatal(err)
+	}
+	if f.prods, err = ingress.OpenProducers(ctx, f.env.JS); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []account.Account{
+		{Alias: "alerts", Mailbox: "alerts@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"},
+		{Alias: "billing", Mailbox: "billing@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"},
+		{Alias: "strict", Mailbox: "strict@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", FromPolicy: message.PolicyReject},
+	} {
+		a.Normalize()
+		if err := f.accounts.Put(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.prods.Put(ctx, "alertmanager", []string{"alerts", "strict"}, alertsPassword); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.prods.Put(ctx, "ghost", []string{"nobody"}, otherPassword); err != nil {
+		t.Fatal(err)
+	}
+	tlsConf, caFile, err := ingress.LoopbackTLS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.roots = x509.NewCertPool()
+	f.roots.AppendCertsFromPEM(pem)
+	cfg := ingress.Config{Listen: "127.0.0.1:0", ListenTLS: "127.0.0.1:0", TLS: tlsConf, Hostname: "relay.test", PublishTimeout: 2 * time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	f.srv, err = ingress.Start(ctx, cfg, ingress.Deps{
+		JS: f.env.JS, Accounts: f.accounts, Producers: f.prods, Registry: f.reg,
+		Log: zerolog.New(f.logs), Clock: f.clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.srv.Close()
+		if strings.Contains(f.logs.String(), alertsPassword) || strings.Contains(f.logs.String(), otherPassword) {
+			t.Error("a password is in the logs")
+		}
+		if t.Failed() {
+			t.Logf("logs:\n%s", f.logs.String())
+		}
+	})
+	return f
+}
+
+func (f *frontDoor) addr() string    { return f.srv.Addrs()[0].String() }
+func (f *frontDoor) tlsAddr() string { return f.srv.Addrs()[1].String() }
+
+func (f *frontDoor) tlsConfig() *tls.Config {
+	return &tls.Config{RootCAs: f.roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+}
+
+// dial connects with STARTTLS, from local address from ("" for any).
+func (f *frontDoor) dial(from string) *smtp.Client {
+	f.t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if from != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+	}
+	conn, err := d.Dial("tcp", f.addr())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	c, err := smtp.NewClientStartTLS(conn, f.tlsConfig())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// login dials and authenticates with PLAIN.
+func (f *frontDoor) login(name, password string) *smtp.Client {
+	f.t.Helper()
+	c := f.dial("")
+	if err := c.Auth(sasl.NewPlainClient("", name, password)); err != nil {
+		f.t.Fatalf("AUTH as %s: %v", name, err)
+	}
+	return c
+}
+
+// send runs one transaction and returns the final error.
+func send(c *smtp.Client, from string, to []string, data string) error {
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write([]byte(data)); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// queued reads every message in MAIL.
+func (f *frontDoor) queued() []jetstream.RawStreamMsg {
+	f.t.Helper()
+	s, err := f.env.JS.Stream(f.ctx, queue.StreamMail)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	info, err := s.Info(f.ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var out []jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(f.ctx, seq)
+		if err != nil {
+			continue
+		}
+		out = append(out, *m)
+	}
+	return out
+}
+
+func wantReply(t *testing.T, what string, err error, code int, enhanced string) {
+	t.Helper()
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		t.Fatalf("%s: want %d %s, got %v", what, code, enhanced, err)
+	}
+	got := fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	if se.Code != code || got != enhanced {
+		t.Fatalf("%s: got %d %s %q, want %d %s", what, se.Code, got, se.Message, code, enhanced)
+	}
+}
+
+const alertmanagerMail = "From: Alertmanager <alertmanager@example.org>\r\n" +
+	"To: ops@contoso.com\r\nSubject: [FIRING:1] HighLoad web-3\r\n" +
+	"Date: Sat, 05 Dec 2026 09:30:00 +0000\r\nMessage-Id: <am-1@example.org>\r\n\r\nload 17.2\r\n"
+
+func TestSubmissionIsQueuedAsSentWithTheEnvelope(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.login("alertmanager", alertsPassword)
+	if err := send(c, "alertmanager@example.org", []string{"ops@contoso.com", "hidden@contoso.com"}, alertmanagerMail); err != nil {
+		t.Fatalf("DATA: %v", err)
+	}
+	msgs := f.queued()
+	if len(msgs) != 1 || msgs[0].Subject != "mail.send.alerts" {
+		t.Fatalf("queued %d messages (%v), want one on mail.send.alerts", len(msgs), msgs)
+	}
+	m, err := message.Decode(msgs[0].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Account != "alerts" || strings.Join(m.To, ",") != "ops@contoso.com,hidden@contoso.com" || msgs[0].Header.Get(jetstream.MsgIDHeader) != m.ID {
+		t.Fatalf("queued message %+v, header %v", m, msgs[0].Header)
+	}
+	raw := string(m.Raw)
+	if !strings.HasPrefix(raw, "Received: from ") || !strings.Contains(raw, "by relay.test (Relay365) with ESMTPSA id "+m.ID) || !strings.HasSuffix(raw, alertmanagerMail) {
+		t.Fatalf("queued raw message is not the one sent plus a Received field:\n%s", raw)
+	}
+	// As the worker renders it: From policy rewrite, the original to Reply-To.
+	r, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(r.Data), "From: \"Alertmanager\" <alerts@contoso.com>\r\nReply-To: \"Alertmanager\" <alertmanager@example.org>\r\n") {
+		t.Fatalf("rendered:\n%s", r.Data)
+	}
+	if n := ingressCount(t, f.reg, "alertmanager", "accepted"); n != 1 {
+		t.Fatalf("relay_ingress_messages_total{accepted} = %v", n)
+	}
+}
+
+// ingressCount is relay_ingress_messages_total{producer,result}.
+func ingressCount(t *testing.T, reg *prometheus.Registry, producer, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "relay_ingress_messages_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["producer"] == producer && labels["result"] == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func TestImplicitTLSAndLOGIN(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c, err := smtp.DialTLS(f.tlsAddr(), f.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewLoginClient("alertmanager", alertsPassword)); err != nil {
+		t.Fatalf("AUTH LOGIN: %v", err)
+	}
+	if err := send(c, "", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.queued()); n != 1 {
+		t.Fatalf("%d queued", n)
+	}
+}
+
+func TestCapabilitiesAndNoAuthBeforeTLS(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c, err := smtp.Dial(f.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	for _, ext := range []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "STARTTLS", "SIZE"} {
+		if ok, _ := c.Extension(ext); !ok {
+			t.Errorf("EHLO lacks %s", ext)
+		}
+	}
+	if _, size := c.Extension("SIZE"); size != fmt.Sprint(message.MaxSize) {
+		t.Errorf("SIZE %q, want %d (Office 365's limit)", size, message.MaxSize)
+	}
+	if ok, _ := c.Extension("AUTH"); ok {
+		t.Fatal("AUTH offered before TLS")
+	}
+	if err := c.Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword)); err == nil {
+		t.Fatal("AUTH accepted before TLS")
+	}
+	after := f.dial("")
+	if ok, mechs := after.Extension("AUTH"); !ok || !strings.Contains(mechs, "PLAIN") || !strings.Contains(mechs, "LOGIN") {
+		t.Fatalf("after STARTTLS AUTH = %v %q", ok, mechs)
+	}
+}
+
+func TestReplies(t *testing.T) {
+	f := startFrontDoor(t, func(c *ingress.Config) { c.MaxMessageBytes = 4096 })
+	t.Run("MAIL before AUTH: 530 5.7.0", func(t *testing.T) {
+		c := f.dial("")
+		wantReply(t, "MAIL", c.Mail("a@example.org", nil), 530, "5.7.0")
+	})
+	t.Run("wrong password: 535 5.7.8", func(t *testing.T) {
+		c := f.dial("127.0.0.9") // its own address: the backoff of this test stays its own
+		wantReply(t, "AUTH", c.Auth(sasl.NewPlainClient("", "alertmanager", "wrong")), 535, "5.7.8")
+	})
+	t.Run("the envelope sender is an account the producer may not use: 550 5.7.1", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		wantReply(t, "MAIL", c.Mail("billing@contoso.com", nil), 550, "5.7.1")
+	})
+	t.Run("the From field is an account the producer may not use: 550 5.7.1", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, "From: billing@contoso.com\r\nTo: ops@contoso.com\r\n\r\nx\r\n"), 550, "5.7.1")
+	})
+	t.Run("the account's From policy refuses the From: 550 5.7.1", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		// The envelope picks account strict (policy reject), whose mailbox is not the From.
+		wantReply(t, "DATA", send(c, "strict@contoso.com", []string{"ops@contoso.com"}, "From: other@example.org\r\nTo: ops@contoso.com\r\n\r\nx\r\n"), 550, "5.7.1")
+	})
+	t.Run("SIZE over the limit at MAIL: 552 5.3.4", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		wantReply(t, "MAIL", c.Mail("a@example.org", &smtp.MailOptions{Size: 5000}), 552, "5.3.4")
+	})
+	t.Run("DATA over the limit: 552 5.3.4", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		big := "To: ops@contoso.com\r\n\r\n" + strings.Repeat("x", 70) + "\r\n"
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, strings.Repeat(big, 80)), 552, "5.3.4")
+	})
+	t.Run("a message that cannot be parsed: 554 5.6.0", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, "this is no header\r\n\r\nbody\r\n"), 554, "5.6.0")
+	})
+	t.Run("a bad recipient address: 501 5.1.3", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		if err := c.Mail("", nil); err != nil {
+			t.Fatal(err)
+		}
+		wantReply(t, "RCPT", c.Rcpt(`"a b"@contoso.com`, nil), 501, "5.1.3")
+	})
+	t.Run("no account of the producer is registered: 451 4.7.1", func(t *testing.T) {
+		c := f.login("ghost", otherPassword)
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, alertmanagerMail), 451, "4.7.1")
+	})
+	t.Run("the stream is full: 452 4.3.1", func(t *testing.T) {
+		s, err := f.env.JS.Stream(f.ctx, queue.StreamMail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := f.login("alertmanager", alertsPassword)
+		if err := send(c, "", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		cfg.MaxMsgs = 1
+		if _, err := f.env.JS.UpdateStream(f.ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, alertmanagerMail), 452, "4.3.1")
+		cfg.MaxMsgs = -1
+		if _, err := f.env.JS.UpdateStream(f.ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Purge(f.ctx); err != nil { // the one accepted before
+			t.Fatal(err)
+		}
+	})
+	if n := len(f.queued()); n != 0 {
+		t.Fatalf("%d messages queued by refused transactions", n)
+	}
+	for result, want := range map[string]float64{"not_allowed": 3, "too_large": 1, "invalid": 1, "unavailable": 1, "full": 1} {
+		if n := ingressCount(t, f.reg, "alertmanager", result) + ingressCount(t, f.reg, "ghost", result); n != want {
+			t.Errorf("relay_ingress_messages_total{result=%q} = %v, want %v", result, n, want)
+		}
+	}
+	t.Run("NATS is down: 451 4.3.0", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		f.env.Server.Shutdown()
+		f.env.Server.WaitForShutdown()
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, alertmanagerMail), 451, "4.3.0")
+	})
+}
+
+// TestFailedLoginsBackOff: three wrong passwords lock the client's address
+// and the producer's name; while locked even the right password gets 454
+// without being checked; the lock ends on its own.
+func TestFailedLoginsBackOff(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	attempt := func(from, name, password string) error {
+		return f.dial(from).Auth(sasl.NewPlainClient("", name, password))
+	}
+	for i := range 3 {
+		wantReply(t, fmt.Sprintf("failure %d", i+1), attempt("127.0.0.2", "alertmanager", "guess"), 535, "5.7.8")
+	}
+	// Locked: the address, whatever the name, and the name, whatever the address.
+	wantReply(t, "right password from the locked address", attempt("127.0.0.2", "alertmanager", alertsPassword), 454, "4.7.0")
+	wantReply(t, "another producer from the locked address", attempt("127.0.0.2", "ghost", otherPassword), 454, "4.7.0")
+	wantReply(t, "the locked name from another address", attempt("127.0.0.3", "alertmanager", alertsPassword), 454, "4.7.0")
+	if err := attempt("127.0.0.3", "ghost", otherPassword); err != nil {
+		t.Fatalf("an unrelated producer from an unrelated address is refused: %v", err)
+	}
+	f.clock.Advance(2 * time.Second) // the first lock is one second
+	if err := attempt("127.0.0.2", "alertmanager", alertsPassword); err != nil {
+		t.Fatalf("after the lockout the right password is refused: %v", err)
+	}
+	// The success cleared the counts: one more failure does not lock.
+	wantReply(t, "a failure after success", attempt("127.0.0.2", "alertmanager", "guess"), 535, "5.7.8")
+	if err := attempt("127.0.0.2", "alertmanager", alertsPassword); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	f := startFrontDoor(t, func(c *ingress.Config) { c.MaxConnsPerIP = 2 })
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", f.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		buf := make([]byte, 64)
+		if n, err := c.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "220 ") {
+			t.Fatalf("greeting %q %v", buf[:n], err)
+		}
+	}
+	third, err := net.Dial("tcp", f.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	buf := make([]byte, 128)
+	n, _ := third.Read(buf)
+	if !strings.HasPrefix(string(buf[:n]), "421 4.7.0 too many connections from your address") {
+		t.Fatalf("third connection got %q", buf[:n])
+	}
+	// Another address still gets in; a freed slot is usable again.
+	f.dial("127.0.0.4")
+	held[0].Close()
+	rtestutil.Eventually(t, f.ctx, "a freed slot", func() bool {
+		c, err := net.Dial("tcp", f.addr())
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		n, _ := c.Read(buf)
+		return strings.HasPrefix(string(buf[:n]), "220 ")
+	})
+}
+
+func TestRemovedProducerCannotLogIn(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	f.login("alertmanager", alertsPassword)
+	if err := f.prods.Remove(f.ctx, "alertmanager"); err != nil {
+		t.Fatal(err)
+	}
+	rtestutil.Eventually(t, f.ctx, "the removal seen", func() bool {
+		err := f.dial("127.0.0.5").Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword))
+		return err != nil
+	})
+}
