@@ -50,6 +50,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/clock"
+	"relay365/internal/ingress"
 	"relay365/internal/memlimit"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
@@ -93,6 +94,13 @@ type Config struct {
 	// tests, the sandbox and the bench, which must not get it.
 	MemoryLimit  memlimit.Limit
 	Retry, Pause relay.Backoff // default relay.DefaultRetry, relay.DefaultPause
+
+	// SMTP is the submission front door (--smtp-listen, --smtps-listen);
+	// off when neither address is set. Its TLS comes from SMTPTLSCert and
+	// SMTPTLSKey, or, for loopback listeners without them, from a
+	// certificate the daemon makes in <data-dir>/smtp-tls.
+	SMTP                    ingress.Config
+	SMTPTLSCert, SMTPTLSKey string
 
 	// Extra HTTP handlers (the sandbox adds /sandbox/messages).
 	Extra map[string]http.Handler
@@ -223,6 +231,12 @@ func (c *Config) Validate() error {
 	if err := c.MemoryLimit.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if (c.SMTPTLSCert == "") != (c.SMTPTLSKey == "") {
+		errs = append(errs, errors.New("--smtp-tls-cert and --smtp-tls-key go together"))
+	}
+	if err := c.SMTP.Validate(c.SMTPTLSCert != ""); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -249,6 +263,13 @@ type Daemon struct {
 	HTTPAddr string
 	// NATSURL is the URL clients use to reach this daemon's NATS.
 	NATSURL string
+	// Ingress is the SMTP front door (nil when off); Producers its
+	// identities.
+	Ingress   *ingress.Server
+	Producers *ingress.Producers
+	// SMTPCAFile is the CA of the daemon's own loopback SMTP certificate
+	// ("" when the operator gave one, or SMTP is off).
+	SMTPCAFile string
 
 	http       *http.Server
 	stopWorker context.CancelFunc
@@ -360,6 +381,12 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		}
 	}
 
+	if cfg.SMTP.Enabled() {
+		if err := d.startIngress(ctx); err != nil {
+			return nil, err
+		}
+	}
+
 	if cfg.HTTPAddr != "off" {
 		if err := d.serveHTTP(); err != nil {
 			return nil, err
@@ -367,6 +394,34 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	}
 	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Str("roles", cfg.Roles).Msg("relay serving")
 	return d, nil
+}
+
+// startIngress opens the SMTP front door: its certificate, the producer
+// registry, the listeners.
+func (d *Daemon) startIngress(ctx context.Context) error {
+	sc := d.cfg.SMTP
+	var err error
+	if d.cfg.SMTPTLSCert != "" {
+		sc.TLS, err = ingress.LoadTLS(d.cfg.SMTPTLSCert, d.cfg.SMTPTLSKey)
+	} else {
+		sc.TLS, d.SMTPCAFile, err = ingress.LoopbackTLS(filepath.Join(d.cfg.DataDir, "smtp-tls"))
+	}
+	if err != nil {
+		return err
+	}
+	if d.Producers, err = ingress.OpenProducers(ctx, d.JS); err != nil {
+		return err
+	}
+	d.Ingress, err = ingress.Start(ctx, sc, ingress.Deps{
+		JS: d.JS, Accounts: d.Accounts, Producers: d.Producers, Registry: d.Registry, Log: d.log, Clock: d.cfg.Clock,
+	})
+	if err != nil {
+		return err
+	}
+	if d.SMTPCAFile != "" {
+		d.log.Info().Str("ca_file", d.SMTPCAFile).Msg("SMTP submission uses the relay's own loopback certificate; local clients trust this CA file")
+	}
+	return nil
 }
 
 func (d *Daemon) serveHTTP() error {
@@ -396,9 +451,14 @@ func (d *Daemon) serveHTTP() error {
 func (d *Daemon) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
+		if d.Ingress != nil {
+			// No more 250s: a message in DATA now is not acknowledged,
+			// so its client sends it again.
+			err = d.Ingress.Close()
+		}
 		if d.stopWorker != nil {
 			d.stopWorker()
-			err = <-d.workerDone
+			err = errors.Join(err, <-d.workerDone)
 		}
 		if d.TokenService != nil {
 			err = errors.Join(err, d.TokenService.Close())

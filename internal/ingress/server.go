@@ -101,7 +101,7 @@ type Server struct {
 	accounts *cache[account.Account]
 	prods    *cache[Producer]
 	smtp     *smtp.Server
-	addrs    []net.Addr
+	addrs    [2]net.Addr // STARTTLS, implicit TLS; nil when off
 	cancel   context.CancelFunc
 	sessions atomic.Int64
 	done     sync.WaitGroup
@@ -143,7 +143,7 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 	srv.AllowInsecureAuth = false // AUTH only after STARTTLS or on the implicit TLS listener
 	srv.ErrorLog = zlogAdapter{s.log}
 	s.smtp = srv
-	for _, l := range []struct {
+	for i, l := range []struct {
 		addr     string
 		implicit bool
 	}{{cfg.Listen, false}, {cfg.ListenTLS, true}} {
@@ -154,7 +154,7 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("SMTP listener %s: %w", l.addr, err)
 		}
-		s.addrs = append(s.addrs, ln.Addr())
+		s.addrs[i] = ln.Addr()
 		var lim net.Listener = newLimitListener(ln, cfg.MaxConns, cfg.MaxConnsPerIP, func(reason string) {
 			s.metrics.refusedConns.Inc()
 			s.log.Warn().Str("reason", reason).Msg("SMTP connection refused")
@@ -172,8 +172,11 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 	return s, nil
 }
 
-// Addrs are the listening addresses (resolved ports), STARTTLS first.
-func (s *Server) Addrs() []net.Addr { return s.addrs }
+// Addr is the STARTTLS listener's address (resolved port); nil when off.
+func (s *Server) Addr() net.Addr { return s.addrs[0] }
+
+// TLSAddr is the implicit TLS listener's address; nil when off.
+func (s *Server) TLSAddr() net.Addr { return s.addrs[1] }
 
 // Close stops accepting and closes every connection; a message whose
 // PubAck has not come yet gets no 250, so its client tries again.

@@ -112,8 +112,8 @@ func startFrontDoor(t *testing.T, mod func(*ingress.Config)) *frontDoor {
 	return f
 }
 
-func (f *frontDoor) addr() string    { return f.srv.Addrs()[0].String() }
-func (f *frontDoor) tlsAddr() string { return f.srv.Addrs()[1].String() }
+func (f *frontDoor) addr() string    { return f.srv.Addr().String() }
+func (f *frontDoor) tlsAddr() string { return f.srv.TLSAddr().String() }
 
 func (f *frontDoor) tlsConfig() *tls.Config {
 	return &tls.Config{RootCAs: f.roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}

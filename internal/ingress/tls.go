@@ -89,7 +89,7 @@ func (c Config) Validate(certGiven bool) error {
 			errs = append(errs, fmt.Errorf("%s %s reaches other hosts: give it a certificate with --smtp-tls-cert and --smtp-tls-key (passwords and mail never cross a network in clear text)", l.flag, l.addr))
 		}
 	}
-	if c.Listen != "" && c.Listen == c.ListenTLS {
+	if _, port, _ := net.SplitHostPort(c.Listen); c.Listen != "" && c.Listen == c.ListenTLS && port != "0" {
 		errs = append(errs, fmt.Errorf("--smtp-listen and --smtps-listen are both %s", c.Listen))
 	}
 	return errors.Join(errs...)

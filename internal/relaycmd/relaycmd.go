@@ -51,6 +51,7 @@ func commands() []command {
 		{"sandbox", "run everything locally against a fake Office 365", runSandbox},
 		{"publish", "queue one message for delivery", runPublish},
 		{"dlq", "list, show, replay or purge dead letters", runDLQ},
+		{"producer", "add, list or remove SMTP producer identities", runProducer},
 		{"keygen", "create the token sealing key file", runKeygen},
 		{"bench", "measure the relay against the SMTP ceiling (in one process)", runBench},
 	}

@@ -71,6 +71,15 @@ func TestUsageErrors(t *testing.T) {
 		{"sandbox memory limit too small", []string{"sandbox", "--memory-limit", "1000"}, "--memory-limit 1000B: want at least 32MiB"},
 		{"bench memory limit not a size", []string{"bench", "--memory-limit", "lots"}, `--memory-limit "lots"`},
 		{"serve NATS password as a flag", []string{"serve", "--key-file", "k", "--nats-password", "x"}, "flag provided but not defined: -nats-password"},
+		{"serve SMTP on all interfaces without a certificate", []string{"serve", "--key-file", "k", "--smtp-listen", ":587"}, "--smtp-listen :587 reaches other hosts: give it a certificate"},
+		{"serve SMTPS on a LAN address without a certificate", []string{"serve", "--key-file", "k", "--smtps-listen", "10.0.0.5:465"}, "--smtps-listen 10.0.0.5:465 reaches other hosts"},
+		{"serve SMTP certificate without key", []string{"serve", "--key-file", "k", "--smtp-listen", ":587", "--smtp-tls-cert", "c.pem"}, "--smtp-tls-cert and --smtp-tls-key go together"},
+		{"serve SMTP bad address", []string{"serve", "--key-file", "k", "--smtp-listen", "587"}, `--smtp-listen "587": want host:port`},
+		{"producer without command", []string{"producer"}, "add, list or remove"},
+		{"producer add without accounts", []string{"producer", "add", "cron"}, "--accounts is required"},
+		{"producer add bad name", []string{"producer", "add", "Cron Jobs", "--accounts", "alerts"}, `producer name "Cron Jobs"`},
+		{"producer add short password", []string{"producer", "add", "cron", "--accounts", "alerts", "--password-file", "-"}, "shorter than 12"},
+		{"producer remove without name", []string{"producer", "remove"}, "takes 1 argument(s), got 0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 
 	"relay365/internal/cli"
 	"relay365/internal/daemon"
+	"relay365/internal/ingress"
 	"relay365/internal/logging"
 	"relay365/internal/memlimit"
 	"relay365/internal/queue"
@@ -60,6 +61,13 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.DurationVar(&c.RefreshMargin, "refresh-margin", token.DefaultMargin, "refresh access tokens this long before they expire")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", relay.DefaultShutdownGrace, "time in-flight sends get to finish on shutdown")
 	memoryLimitFlag(fs, &c.MemoryLimit)
+	fs.StringVar(&c.SMTP.Listen, "smtp-listen", env.Getenv("RELAY_SMTP_LISTEN"), "SMTP submission with STARTTLS, e.g. 127.0.0.1:2525 or :587; off when empty (env RELAY_SMTP_LISTEN)")
+	fs.StringVar(&c.SMTP.ListenTLS, "smtps-listen", env.Getenv("RELAY_SMTPS_LISTEN"), "SMTP submission over implicit TLS, e.g. :465; off when empty (env RELAY_SMTPS_LISTEN)")
+	fs.StringVar(&c.SMTPTLSCert, "smtp-tls-cert", env.Getenv("RELAY_SMTP_TLS_CERT"), "PEM certificate chain of the SMTP listeners; required unless they listen on loopback (env RELAY_SMTP_TLS_CERT)")
+	fs.StringVar(&c.SMTPTLSKey, "smtp-tls-key", env.Getenv("RELAY_SMTP_TLS_KEY"), "PEM private key of --smtp-tls-cert (env RELAY_SMTP_TLS_KEY)")
+	fs.StringVar(&c.SMTP.Hostname, "smtp-hostname", env.Getenv("RELAY_SMTP_HOSTNAME"), "name in the SMTP greeting and Received fields; default the host name (env RELAY_SMTP_HOSTNAME)")
+	fs.IntVar(&c.SMTP.MaxConns, "smtp-max-conns", ingress.DefaultMaxConns, "SMTP connections open at once")
+	fs.IntVar(&c.SMTP.MaxConnsPerIP, "smtp-max-conns-per-ip", ingress.DefaultMaxConnsPerIP, "SMTP connections open at once from one client address")
 }
 
 // memoryLimitFlag registers --memory-limit (every long-running command).
@@ -101,6 +109,8 @@ func runSandbox(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&cfg.DataDir, "data-dir", sandbox.DefaultDataDir, "data directory (JetStream store, key, captured mail)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", queue.DefaultListen, "client address of the embedded NATS server")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", daemon.DefaultHTTPAddr, "metrics, health, status and /sandbox/messages address")
+	fs.StringVar(&cfg.SMTPListen, "smtp-listen", sandbox.DefaultSMTPListen, "SMTP submission with STARTTLS, or off")
+	fs.StringVar(&cfg.SMTPSListen, "smtps-listen", sandbox.DefaultSMTPSListen, "SMTP submission over implicit TLS, or off")
 	memoryLimitFlag(fs, &cfg.Daemon.MemoryLimit)
 	lf.register(fs)
 	log, err := lf.parse(fs, args, env)

@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -33,6 +34,7 @@ import (
 	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
+	"relay365/internal/ingress"
 	"relay365/internal/token"
 )
 
@@ -47,12 +49,23 @@ const (
 // DefaultDataDir is where the sandbox keeps its store, key and mail.
 var DefaultDataDir = filepath.Join(daemon.DefaultDataDir, "sandbox")
 
+// The sandbox's SMTP front door, on by default, and its producer.
+const (
+	DefaultSMTPListen  = "127.0.0.1:2525"
+	DefaultSMTPSListen = "127.0.0.1:2465"
+	Producer           = "sandbox"
+)
+
 // Config is what `relay sandbox` takes.
 type Config struct {
-	DataDir    string    // default DefaultDataDir
-	NATSListen string    // default queue.DefaultListen
-	HTTPAddr   string    // default daemon.DefaultHTTPAddr
-	Out        io.Writer // the banner; default io.Discard
+	DataDir    string // default DefaultDataDir
+	NATSListen string // default queue.DefaultListen
+	HTTPAddr   string // default daemon.DefaultHTTPAddr
+	// SMTPListen and SMTPSListen are the SMTP front door's addresses
+	// (STARTTLS and implicit TLS); "off" turns one off. Defaults
+	// DefaultSMTPListen and DefaultSMTPSListen.
+	SMTPListen, SMTPSListen string
+	Out                     io.Writer // the banner; default io.Discard
 	// Daemon overrides for tests (retry schedule, workers); DataDir,
 	// KeyFile, NATS and HTTP fields are set by the sandbox.
 	Daemon daemon.Config
@@ -64,8 +77,11 @@ type Config struct {
 type Sandbox struct {
 	Fake   *fakeo365.Server
 	Daemon *daemon.Daemon
-	clock  clock.Clock
-	fake   fakeo365.Config
+	// SMTPPassword is the password of the producer "sandbox", made anew
+	// at every start (empty when the SMTP front door is off).
+	SMTPPassword string
+	clock        clock.Clock
+	fake         fakeo365.Config
 }
 
 // Start brings everything up and connects the sandbox account.
@@ -117,6 +133,8 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 	dc.KeyFile = keyFile
 	dc.HTTPAddr = cfg.HTTPAddr
 	dc.Extra = map[string]http.Handler{"GET /sandbox/messages": http.HandlerFunc(s.messages)}
+	dc.SMTP.Listen = onOff(cfg.SMTPListen, DefaultSMTPListen)
+	dc.SMTP.ListenTLS = onOff(cfg.SMTPSListen, DefaultSMTPSListen)
 	if s.Daemon, err = daemon.Start(ctx, dc, log); err != nil {
 		return nil, err
 	}
@@ -125,6 +143,12 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 	}
 	if err := s.Daemon.Engine.WaitBound(ctx, Account); err != nil {
 		return nil, err
+	}
+	if s.Daemon.Producers != nil {
+		s.SMTPPassword = ingress.NewPassword()
+		if _, err := s.Daemon.Producers.Put(ctx, Producer, []string{Account}, s.SMTPPassword); err != nil {
+			return nil, err
+		}
 	}
 	log.Info().Str("account", Account).Str("mailbox", Mailbox).Msg("sandbox account connected through consent and a test mail")
 	return s, nil
@@ -162,6 +186,17 @@ func (s *Sandbox) ConnectApp(ctx context.Context, alias, mailbox string) error {
 		return err
 	}
 	return s.enroller().Enroll(ctx, acct, tok, secret, "")
+}
+
+// onOff is v, def when v is empty, or "" (off) when v is "off".
+func onOff(v, def string) string {
+	switch v {
+	case "":
+		return def
+	case "off":
+		return ""
+	}
+	return v
 }
 
 func (s *Sandbox) account(alias, mailbox string, appOnly bool) account.Account {
@@ -223,9 +258,10 @@ func (s *Sandbox) Close() error {
 }
 
 // Banner is what a person reads after start: what runs where, and the
-// command that sends a first message.
+// commands that send a first message.
 func (s *Sandbox) Banner(dataDir string) string {
-	return fmt.Sprintf(`
+	var b strings.Builder
+	fmt.Fprintf(&b, `
 Relay365 sandbox is running.
 
   NATS JetStream   %s  (embedded, store in %s)
@@ -233,19 +269,44 @@ Relay365 sandbox is running.
   account          %q = %s (consented, test mail accepted)
   HTTP             http://%s/metrics  /status  /sandbox/messages
   captured mail    %s
-
+`, s.Daemon.NATSURL, filepath.Join(dataDir, "jetstream"), s.Fake.SMTPAddr(), s.Fake.AuthorityURL(),
+		Account, Mailbox, s.Daemon.HTTPAddr, filepath.Join(dataDir, "mail"))
+	if s.Daemon.Ingress != nil {
+		fmt.Fprintf(&b, "  SMTP submission  %s, user %q, password %s\n                   (CA file %s)\n",
+			s.smtpListeners(), Producer, s.SMTPPassword, s.Daemon.SMTPCAFile)
+	}
+	fmt.Fprintf(&b, `
 Send a message from a second terminal:
 
   go run ./cmd/relay publish --nats-url %s --account %s --to ops@contoso.com --subject "CPU high on web-3" --text "load 17.2"
+`, s.Daemon.NATSURL, Account)
+	if s.Daemon.Ingress != nil && s.Daemon.Ingress.Addr() != nil {
+		fmt.Fprintf(&b, `
+or over SMTP, as Alertmanager or Grafana would (any client with STARTTLS and AUTH PLAIN):
 
+  swaks --server %s --tls --tls-ca-path %s --auth PLAIN --auth-user %s --auth-password %s --from alertmanager@example.org --to ops@contoso.com
+`, s.Daemon.Ingress.Addr(), s.Daemon.SMTPCAFile, Producer, s.SMTPPassword)
+	}
+	fmt.Fprintf(&b, `
 then see it arrive:
 
   curl -s http://%s/sandbox/messages
 
 Ctrl-C stops; queued messages are kept for the next start.
-`, s.Daemon.NATSURL, filepath.Join(dataDir, "jetstream"), s.Fake.SMTPAddr(), s.Fake.AuthorityURL(),
-		Account, Mailbox, s.Daemon.HTTPAddr, filepath.Join(dataDir, "mail"),
-		s.Daemon.NATSURL, Account, s.Daemon.HTTPAddr)
+`, s.Daemon.HTTPAddr)
+	return b.String()
+}
+
+// smtpListeners says where the SMTP front door listens.
+func (s *Sandbox) smtpListeners() string {
+	var parts []string
+	if a := s.Daemon.Ingress.Addr(); a != nil {
+		parts = append(parts, a.String()+" (STARTTLS)")
+	}
+	if a := s.Daemon.Ingress.TLSAddr(); a != nil {
+		parts = append(parts, a.String()+" (implicit TLS)")
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Run is `relay sandbox`: start, print the banner, wait for ctx, stop.

@@ -77,7 +77,7 @@ func startTokenCluster(t *testing.T, n int, fc fakeo365.Config) *tokenCluster {
 	fc.StrictRotation, fc.PerMinute = true, -1
 	var err error
 	c.sb, err = sandbox.Start(ctx, sandbox.Config{
-		DataDir: dir, NATSListen: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		DataDir: dir, NATSListen: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPListen: "off", SMTPSListen: "off",
 		Daemon: daemon.Config{
 			Roles: daemon.RoleWorkers, Clock: c.clock, Instance: "worker", NATSSync: "1s",
 			Retry: fastRetry, Pause: fastPause, AckWait: 5 * time.Second, ShutdownGrace: 5 * time.Second,

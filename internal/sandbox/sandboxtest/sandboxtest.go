@@ -36,7 +36,7 @@ func Start(t testing.TB, dataDir string) (*sandbox.Sandbox, *testutil.Buffer) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := sandbox.Start(ctx, sandbox.Config{
-		DataDir: dataDir, NATSListen: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		DataDir: dataDir, NATSListen: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPListen: "127.0.0.1:0", SMTPSListen: "127.0.0.1:0",
 		Daemon: daemon.Config{Retry: FastRetry, Pause: FastRetry, AckWait: 5 * time.Second, ShutdownGrace: 5 * time.Second},
 		Fake:   fakeo365.Config{PerMinute: -1},
 	}, zerolog.New(logs))
