@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/kvwatch"
+	"relay365/internal/queue"
 )
 
 // Bucket is the KV bucket holding one Account per alias.
@@ -29,7 +30,7 @@ type Registry struct {
 // OpenRegistry creates the bucket if needed (file storage, history 5) and
 // returns a registry on it. Existing buckets are updated to this config.
 func OpenRegistry(ctx context.Context, js jetstream.JetStream) (*Registry, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := queue.OpenKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      Bucket,
 		Description: "Relay365 sending accounts (no secrets)",
 		History:     bucketHistory,

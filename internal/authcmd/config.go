@@ -19,6 +19,7 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 	"relay365/internal/token"
 )
 
@@ -62,12 +63,14 @@ func (c *adminConfig) parse(fs *flag.FlagSet, args []string) error {
 type storeConfig struct {
 	NATSURL string
 	NATS    queue.ConnectOptions
+	DataDir string // the relay's: its nkeys/admin.nk is used when no credentials are named
 	KeyFile string
 }
 
 func (c *storeConfig) register(fs *flag.FlagSet, env Env) {
 	fs.StringVar(&c.NATSURL, "nats-url", cli.EnvOr(env.Env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server of the relay (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
+	fs.StringVar(&c.DataDir, "data-dir", cli.EnvOr(env.Env, "RELAY_DATA_DIR", cli.DefaultDataDir), "the relay's data directory: its nkeys/admin.nk is used when no NATS credentials are given (env RELAY_DATA_DIR)")
 	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "the relay's token sealing key file (env RELAY_TOKEN_KEY_FILE)")
 }
 
@@ -93,6 +96,7 @@ type stores struct {
 // the sealed token store. Both buckets are created if the relay has not
 // run yet.
 func (c storeConfig) open(ctx context.Context, keys *token.Keyring) (*stores, error) {
+	roles.Default(&c.NATS, c.DataDir, roles.Admin)
 	if err := c.NATS.Validate(); err != nil {
 		return nil, cli.UsageError{Err: err}
 	}

@@ -11,6 +11,7 @@ import (
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 	"relay365/internal/token"
 	"relay365/producer"
 )
@@ -33,11 +34,11 @@ func TestRunningRelayDeliversForNewAccount(t *testing.T) {
 	}
 	t.Cleanup(func() { d.Close() })
 
-	env := map[string]string{"RELAY_NATS_URL": d.NATSURL, "RELAY_TOKEN_KEY_FILE": keyFile}
+	env := map[string]string{"RELAY_NATS_URL": d.NATSURL, "RELAY_TOKEN_KEY_FILE": keyFile, "RELAY_DATA_DIR": dir}
 	if r := w.run(person{follow: true, env: env}, w.login("alerts", mailbox)...); r.code != cli.ExitOK {
 		t.Fatalf("login: exit %d", r.code)
 	}
-	nc, err := queue.Connect(d.NATSURL, "test-producer")
+	nc, err := queue.ConnectWith(d.NATSURL, "test-producer", d.ClientOptions(roles.Producer))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 	"relay365/internal/submit"
 	"relay365/internal/token"
 )
@@ -90,7 +91,7 @@ func startEnv(ctx context.Context, cfg Config, syncSetting string) (_ *env, err 
 	if err != nil {
 		return nil, fmt.Errorf("relay serve: %w", err)
 	}
-	if e.nc, err = queue.Connect(e.d.NATSURL, "relay-bench-producer"); err != nil {
+	if e.nc, err = queue.ConnectWith(e.d.NATSURL, "relay-bench-producer", e.d.ClientOptions(roles.Producer)); err != nil {
 		return nil, err
 	}
 	if e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(publishWindow)); err != nil {

@@ -26,6 +26,11 @@ const (
 	ExitInterrupted = 130
 )
 
+// DefaultDataDir is the relay's data directory unless --data-dir or
+// RELAY_DATA_DIR says otherwise: the embedded store, the nkey seeds the
+// commands on the same host use, the SMTP front door's own certificate.
+const DefaultDataDir = "data"
+
 // Env is the process environment and standard streams.
 type Env struct {
 	Stdin          io.Reader

@@ -28,7 +28,10 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -49,11 +52,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/cli"
 	"relay365/internal/clock"
 	"relay365/internal/ingress"
 	"relay365/internal/memlimit"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
+	"relay365/internal/roles"
 	"relay365/internal/submit"
 	"relay365/internal/token"
 	"relay365/internal/token/tokensvc"
@@ -67,27 +72,30 @@ const (
 
 // Defaults of relay serve, shared by its flags and Config.Defaults.
 const (
-	DefaultDataDir  = "data"
+	DefaultDataDir  = cli.DefaultDataDir
 	DefaultHTTPAddr = "127.0.0.1:9465"
 	DefaultRoles    = RoleTokens + "," + RoleWorkers
 )
 
 // Config is everything `relay serve` reads from flags and environment.
 type Config struct {
-	NATSURL       string               // RELAY_NATS_URL; empty: run an embedded server
-	NATS          queue.ConnectOptions // authentication and TLS for NATSURL
-	NATSListen    string               // embedded server's client address; default 127.0.0.1:4222
-	NATSSync      string               // embedded server's fsync policy: "always" (default) or a duration
-	DataDir       string               // RELAY_DATA_DIR; default ./data
-	KeyFile       string               // RELAY_TOKEN_KEY_FILE; required for the tokens role
-	Roles         string               // --roles: "tokens", "workers" or both comma-separated; default both
-	HTTPAddr      string               // RELAY_HTTP_ADDR; default 127.0.0.1:9465; "off" disables
-	Replicas      int                  // stream and bucket replicas; default 1
-	AckWait       time.Duration        // default 60s
-	MaxDeliver    int                  // default 50
-	MaxAckPending int                  // per account; default 1000
-	RefreshMargin time.Duration        // refresh access tokens this long before expiry; default 5m
-	ShutdownGrace time.Duration        // default 30s
+	NATSURL    string               // RELAY_NATS_URL; empty: run an embedded server
+	NATS       queue.ConnectOptions // authentication and TLS for NATSURL
+	NATSListen string               // embedded server's client address; default 127.0.0.1:4222
+	NATSSync   string               // embedded server's fsync policy: "always" (default) or a duration
+	// NATSServerTLSCert and NATSServerTLSKey give the embedded server's
+	// client listener TLS; required when it listens beyond loopback.
+	NATSServerTLSCert, NATSServerTLSKey string
+	DataDir                             string        // RELAY_DATA_DIR; default ./data
+	KeyFile                             string        // RELAY_TOKEN_KEY_FILE; required for the tokens role
+	Roles                               string        // --roles: "tokens", "workers" or both comma-separated; default both
+	HTTPAddr                            string        // RELAY_HTTP_ADDR; default 127.0.0.1:9465; "off" disables
+	Replicas                            int           // stream and bucket replicas; default 1
+	AckWait                             time.Duration // default 60s
+	MaxDeliver                          int           // default 50
+	MaxAckPending                       int           // per account; default 1000
+	RefreshMargin                       time.Duration // refresh access tokens this long before expiry; default 5m
+	ShutdownGrace                       time.Duration // default 30s
 	// MemoryLimit is the process's soft memory limit (--memory-limit;
 	// default memlimit.Default). The command applies it before Start
 	// (memlimit.Apply): it is process-wide, and Start also runs inside
@@ -200,6 +208,11 @@ func (c *Config) Validate() error {
 		}
 		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
 			errs = append(errs, fmt.Errorf("--nats-listen %q: want host:port", c.NATSListen))
+		} else if !queue.IsLoopback(c.NATSListen) && c.NATSServerTLSCert == "" {
+			errs = append(errs, fmt.Errorf("--nats-listen %s reaches other hosts: give the embedded server a certificate with --nats-server-tls-cert and --nats-server-tls-key (clients then use --nats-tls-ca)", c.NATSListen))
+		}
+		if (c.NATSServerTLSCert == "") != (c.NATSServerTLSKey == "") {
+			errs = append(errs, errors.New("--nats-server-tls-cert and --nats-server-tls-key go together"))
 		}
 	}
 	if c.HTTPAddr != "off" {
@@ -300,25 +313,43 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	d.NATSURL = cfg.NATSURL
+	var inProcess []nats.Option
 	if d.NATSURL == "" {
 		storeDir := filepath.Join(cfg.DataDir, "jetstream")
 		if err := os.MkdirAll(storeDir, 0o700); err != nil {
 			return nil, fmt.Errorf("data dir: %w", err)
 		}
-		d.ns, err = queue.StartEmbedded(queue.EmbeddedConfig{Listen: cfg.NATSListen, StoreDir: storeDir, Sync: cfg.NATSSync})
+		// Closed to strangers: the roles' seeds in <data-dir>/nkeys for
+		// clients on this host, and a user of this process's own.
+		users, err := roles.EnsureSeeds(cfg.DataDir)
 		if err != nil {
 			return nil, err
 		}
+		self, kp, err := roles.Internal()
+		if err != nil {
+			return nil, err
+		}
+		ec := queue.EmbeddedConfig{Listen: cfg.NATSListen, StoreDir: storeDir, Sync: cfg.NATSSync, Users: append(users, self)}
+		if cfg.NATSServerTLSCert != "" {
+			cert, err := tls.LoadX509KeyPair(cfg.NATSServerTLSCert, cfg.NATSServerTLSKey)
+			if err != nil {
+				return nil, fmt.Errorf("--nats-server-tls-cert/--nats-server-tls-key: %w", err)
+			}
+			ec.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+			// The server asks the in-process pipe for TLS too: this
+			// process trusts exactly its own certificate there.
+			inProcess = append(inProcess, nats.Secure(pinned(cert)))
+		}
+		if d.ns, err = queue.StartEmbedded(ec); err != nil {
+			return nil, err
+		}
+		inProcess = append(inProcess, nats.InProcessServer(d.ns), nats.Nkey(self.Nkey, kp.Sign))
 		d.NATSURL = d.ns.ClientURL()
 		log.Info().Str("url", d.NATSURL).Str("store", storeDir).Str("sync", cfg.NATSSync).Msg("embedded NATS JetStream started")
 	}
-	var inProcess []nats.Option
-	if d.ns != nil {
-		// The embedded server is in this process: talk to it over an
-		// in-memory pipe, not TCP (no syscalls per message; producers and
-		// the nats CLI still use the listener).
-		inProcess = append(inProcess, nats.InProcessServer(d.ns))
-	}
+	// With the embedded server the daemon talks to it over an in-memory
+	// pipe, not TCP (no syscalls per message; producers and the nats CLI
+	// still use the listener).
 	d.NC, err = queue.ConnectWith(d.NATSURL, "relay365-serve", cfg.NATS, inProcess...)
 	if err != nil {
 		return nil, err
@@ -330,13 +361,20 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	// Every bucket opened below (accounts, tokens, pacing, sent) gets
 	// the streams' replicas.
 	d.JS = queue.WithReplicas(js, cfg.Replicas)
-	if err := queue.EnsureStreams(ctx, d.JS, queue.StreamConfig{Replicas: cfg.Replicas}); err != nil {
-		return nil, err
+	// The mail streams are the workers' (a token service may not even
+	// look at them under deploy/nats/auth.conf).
+	if cfg.Has(RoleWorkers) {
+		if err := queue.EnsureStreams(ctx, d.JS, queue.StreamConfig{Replicas: cfg.Replicas}); err != nil {
+			return nil, err
+		}
 	}
 	if d.Accounts, err = account.OpenRegistry(ctx, d.JS); err != nil {
 		return nil, err
 	}
-	d.Registry.MustRegister(buildInfo(), newQueueCollector(d.JS, d.Accounts, log))
+	d.Registry.MustRegister(buildInfo())
+	if cfg.Has(RoleWorkers) {
+		d.Registry.MustRegister(newQueueCollector(d.JS, d.Accounts, log))
+	}
 	if keys != nil {
 		if d.Store, err = token.OpenStore(ctx, d.JS, keys); err != nil {
 			return nil, err
@@ -483,6 +521,34 @@ func (d *Daemon) Close() error {
 	return err
 }
 
+// pinned is a client TLS configuration that accepts one certificate, the
+// process's own, whatever its chain: for the daemon's in-memory pipe to
+// its own embedded server.
+func pinned(own tls.Certificate) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the exact comparison below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 || !bytes.Equal(raw[0], own.Certificate[0]) {
+				return errors.New("embedded NATS server: not this process's certificate")
+			}
+			return nil
+		},
+	}
+}
+
+// ClientOptions are what a client of role r on this host uses to reach
+// the daemon's embedded server: the role's seed in the data directory and
+// its reply prefix (roles.Default). With an external server they are
+// empty but for the prefix.
+func (d *Daemon) ClientOptions(r roles.Role) queue.ConnectOptions {
+	var o queue.ConnectOptions
+	if d.ns != nil {
+		roles.Default(&o, d.cfg.DataDir, r)
+	}
+	return o
+}
+
 // Run is `relay serve`: start, wait for ctx, stop.
 func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	d, err := Start(ctx, cfg, log)
@@ -495,4 +561,29 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	<-ctx.Done()
 	log.Info().Msg("shutting down: finishing sends in flight")
 	return d.Close()
+}
+
+// Setup makes (or brings up to date) every stream and bucket the relay
+// uses, as `relay setup` does with the admin's credentials before workers
+// and token services start under users that may not create them
+// (deploy/nats/auth.conf). A relay on its embedded server does it itself.
+func Setup(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	js = queue.WithReplicas(js, replicas)
+	if err := queue.EnsureStreams(ctx, js, queue.StreamConfig{Replicas: replicas}); err != nil {
+		return err
+	}
+	if _, err := account.OpenRegistry(ctx, js); err != nil {
+		return err
+	}
+	if err := token.EnsureBucket(ctx, js); err != nil {
+		return err
+	}
+	if _, err := relay.OpenSentMarkers(ctx, js); err != nil {
+		return err
+	}
+	if _, err := relay.OpenPacer(ctx, js, nil); err != nil {
+		return err
+	}
+	_, err := ingress.OpenProducers(ctx, js)
+	return err
 }

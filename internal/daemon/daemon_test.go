@@ -13,6 +13,7 @@ import (
 	"relay365/internal/daemon"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/roles"
 	"relay365/internal/token"
 )
 
@@ -104,7 +105,7 @@ func TestEmbeddedServerConnectionIsInProcess(t *testing.T) {
 	if addr := d.NC.ConnectedAddr(); addr != "pipe" {
 		t.Fatalf("daemon connected to %q, want the in-process pipe", addr)
 	}
-	nc, err := queue.Connect(d.NATSURL, "producer")
+	nc, err := queue.ConnectWith(d.NATSURL, "producer", d.ClientOptions(roles.Producer))
 	if err != nil {
 		t.Fatal(err)
 	}

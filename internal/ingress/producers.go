@@ -17,6 +17,7 @@ import (
 
 	"relay365/internal/kvwatch"
 	"relay365/internal/message"
+	"relay365/internal/queue"
 )
 
 // ProducersBucket is the KV bucket of SMTP producer identities
@@ -106,7 +107,7 @@ type Producers struct {
 
 // OpenProducers creates the bucket if needed.
 func OpenProducers(ctx context.Context, js jetstream.JetStream) (*Producers, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := queue.OpenKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      ProducersBucket,
 		Description: "Relay365 SMTP producer identities (argon2id password hashes)",
 		History:     1,

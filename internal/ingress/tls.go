@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"relay365/internal/pki"
+	"relay365/internal/queue"
 )
 
 // LoadTLS reads the listener's certificate chain and key (PEM files).
@@ -59,20 +60,6 @@ func LoopbackTLS(dir string) (cfg *tls.Config, caFile string, err error) {
 	return serverTLS(cert), caFile, nil
 }
 
-// IsLoopback reports whether addr (host:port) listens on loopback only.
-// An empty host or an unspecified address listens on every interface.
-func IsLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 // Validate says what is wrong with the listener settings; certGiven says
 // whether the operator named a certificate.
 func (c Config) Validate(certGiven bool) error {
@@ -85,7 +72,7 @@ func (c Config) Validate(certGiven bool) error {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port", l.flag, l.addr))
 			continue
 		}
-		if !certGiven && !IsLoopback(l.addr) {
+		if !certGiven && !queue.IsLoopback(l.addr) {
 			errs = append(errs, fmt.Errorf("%s %s reaches other hosts: give it a certificate with --smtp-tls-cert and --smtp-tls-key (passwords and mail never cross a network in clear text)", l.flag, l.addr))
 		}
 	}

@@ -58,6 +58,12 @@ func (o *ConnectOptions) Register(fs *flag.FlagSet, getenv func(string) string) 
 	fs.StringVar(&o.InboxPrefix, "nats-inbox-prefix", getenv("RELAY_NATS_INBOX_PREFIX"), "reply subject prefix instead of _INBOX, for per-user subscribe permissions (env RELAY_NATS_INBOX_PREFIX)")
 }
 
+// HasAuth reports whether a way to authenticate is named (user, token,
+// nkey or credentials).
+func (o ConnectOptions) HasAuth() bool {
+	return o.User != "" || o.Token != "" || o.TokenFile != "" || o.NKeyFile != "" || o.CredsFile != ""
+}
+
 // IsZero reports whether no authentication or TLS option is set.
 func (o ConnectOptions) IsZero() bool { return o == ConnectOptions{} }
 

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -32,6 +33,27 @@ type EmbeddedConfig struct {
 	// Sync is "always" (fsync before every acknowledgement, the default)
 	// or a duration between syncs, trading crash safety for speed.
 	Sync string
+	// Users are the nkey users the server admits, with their
+	// permissions. With none, it admits anyone (tests of other
+	// packages); the daemon always gives them (roles.EnsureSeeds).
+	Users []*server.NkeyUser
+	// TLS, when set, is the client listener's certificate: clients must
+	// speak TLS. A listener other hosts can reach requires it.
+	TLS *tls.Config
+}
+
+// IsLoopback reports whether addr (host:port) listens on loopback only.
+// An empty host or an unspecified address listens on every interface.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // ParseSync checks a --nats-sync value.
@@ -78,6 +100,11 @@ func StartEmbedded(c EmbeddedConfig) (*server.Server, error) {
 		NoSigs:       true,
 		NoLog:        true,
 		MaxPayload:   64 << 20, // a 35 MB message plus base64 and JSON overhead
+		Nkeys:        c.Users,
+	}
+	if c.TLS != nil {
+		opts.TLSConfig, opts.TLS = c.TLS, true
+		opts.TLSTimeout = 5 // seconds
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

@@ -82,7 +82,8 @@ type StreamConfig struct {
 	DLQAge   time.Duration // how long dead letters are kept; default 30 days
 }
 
-// EnsureStreams creates or updates MAIL and MAIL_DLQ.
+// EnsureStreams opens MAIL and MAIL_DLQ, creating or updating them when
+// they are missing or differ (open.go).
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) error {
 	if c.Replicas == 0 {
 		c.Replicas = 1
@@ -93,7 +94,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	if c.DLQAge == 0 {
 		c.DLQAge = 30 * 24 * time.Hour
 	}
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	err := openStream(ctx, js, jetstream.StreamConfig{
 		Name:        StreamMail,
 		Description: "Relay365 outgoing mail, one subject per account",
 		Subjects:    []string{SubjectPrefix + ">"},
@@ -105,9 +106,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Discard:     jetstream.DiscardNew,
 	})
 	if err != nil {
-		return fmt.Errorf("create stream %s: %w", StreamMail, err)
+		return err
 	}
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return openStream(ctx, js, jetstream.StreamConfig{
 		Name:        StreamDLQ,
 		Description: "Relay365 dead letters: mail that cannot be sent, with the reason in headers",
 		Subjects:    []string{DLQPrefix + ">"},
@@ -117,10 +118,6 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		MaxAge:      c.DLQAge,
 		Duplicates:  DedupeWindow,
 	})
-	if err != nil {
-		return fmt.Errorf("create stream %s: %w", StreamDLQ, err)
-	}
-	return nil
 }
 
 // ConsumerConfig tunes the per-account durable pull consumers.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"relay365/internal/clock"
+	"relay365/internal/queue"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,7 +130,7 @@ type paceOp struct {
 
 // OpenPacer creates the bucket if needed.
 func OpenPacer(ctx context.Context, js jetstream.JetStream, clk clock.Clock) (*Pacer, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := queue.OpenKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      PacingBucket,
 		Description: "Relay365 per-mailbox sending counts (Office 365 limits)",
 		History:     1,

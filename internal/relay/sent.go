@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"relay365/internal/queue"
 	"strconv"
 	"sync"
 	"time"
@@ -33,7 +34,7 @@ type SentMarkers struct {
 
 // OpenSentMarkers creates the bucket if needed.
 func OpenSentMarkers(ctx context.Context, js jetstream.JetStream) (*SentMarkers, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := queue.OpenKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      SentBucket,
 		Description: "Relay365 idempotency markers: transactions Office 365 accepted",
 		History:     1,

@@ -19,6 +19,7 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 )
 
 const dlqUsage = `Usage: relay dlq <command> [flags]
@@ -37,6 +38,7 @@ its reason, class, attempts, last reply, original subject and sequence.
 type dlqConfig struct {
 	NATSURL string
 	NATS    queue.ConnectOptions
+	DataDir string
 	Account string
 	Reason  string
 	All     bool
@@ -58,6 +60,7 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("dlq "+sub, env)
 	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
+	dataDirFlag(fs, env, &c.DataDir)
 	fs.DurationVar(&c.Timeout, "timeout", time.Minute, "give up after this long")
 	var run func(context.Context, jetstream.JetStream, dlqConfig, []string, Env) error
 	switch sub {
@@ -91,6 +94,7 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
+	roles.Default(&c.NATS, c.DataDir, roles.Admin)
 	nc, err := connectNATS(c.NATSURL, "relay-dlq", c.NATS)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/ingress"
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 )
 
 const producerUsage = `Usage: relay producer <command> [flags]
@@ -32,6 +33,7 @@ accounts it may send through.
 type producerConfig struct {
 	NATSURL      string
 	NATS         queue.ConnectOptions
+	DataDir      string
 	Accounts     listFlag
 	PasswordFile string
 	JSON         bool
@@ -51,6 +53,7 @@ func runProducer(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("producer "+sub, env)
 	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
+	dataDirFlag(fs, env, &c.DataDir)
 	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "give up after this long")
 	want := 1
 	switch sub {
@@ -86,6 +89,7 @@ func runProducer(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
+	roles.Default(&c.NATS, c.DataDir, roles.Admin)
 	nc, err := connectNATS(c.NATSURL, "relay-producer", c.NATS)
 	if err != nil {
 		return err

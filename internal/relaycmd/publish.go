@@ -11,12 +11,14 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 	"relay365/producer"
 )
 
 type publishConfig struct {
 	NATSURL  string
 	NATS     queue.ConnectOptions
+	DataDir  string
 	File     string
 	HTMLFile string
 	Timeout  time.Duration
@@ -30,6 +32,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	var to, cc, bcc, replyTo listFlag
 	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
+	dataDirFlag(fs, env, &c.DataDir)
 	fs.StringVar(&c.File, "f", "", "read the message as JSON (docs/design.md §3) from this file, - for stdin")
 	fs.StringVar(&c.Msg.Account, "account", "", "account alias to send through")
 	fs.Var(&to, "to", "recipient (repeatable, or comma-separated)")
@@ -75,6 +78,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
+	roles.Default(&c.NATS, c.DataDir, roles.Producer)
 	nc, err := connectNATS(c.NATSURL, "relay-publish", c.NATS)
 	if err != nil {
 		return err

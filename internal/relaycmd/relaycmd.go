@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"relay365/internal/cli"
+	"relay365/internal/daemon"
 	"relay365/internal/queue"
 )
 
@@ -52,6 +53,7 @@ func commands() []command {
 		{"publish", "queue one message for delivery", runPublish},
 		{"dlq", "list, show, replay or purge dead letters", runDLQ},
 		{"producer", "add, list or remove SMTP producer identities", runProducer},
+		{"setup", "create the streams and buckets (as the NATS admin, before restricted relays start)", runSetup},
 		{"keygen", "create the token sealing key file", runKeygen},
 		{"bench", "measure the relay against the SMTP ceiling (in one process)", runBench},
 	}
@@ -101,6 +103,12 @@ func envOr(env Env, key, def string) string { return cli.EnvOr(env, key, def) }
 
 // listFlag is a repeatable string flag that also splits on commas.
 type listFlag = cli.ListFlag
+
+// dataDirFlag binds --data-dir for the commands that find the relay's
+// nkey seeds there (<data-dir>/nkeys) when no NATS credentials are named.
+func dataDirFlag(fs *flag.FlagSet, env Env, dir *string) {
+	fs.StringVar(dir, "data-dir", envOr(env, "RELAY_DATA_DIR", daemon.DefaultDataDir), "the relay's data directory: its nkeys/ seeds are used when no NATS credentials are given (env RELAY_DATA_DIR)")
+}
 
 // connectNATS connects a short-lived command to the relay's NATS.
 func connectNATS(url, name string, o queue.ConnectOptions) (*nats.Conn, error) {

@@ -44,6 +44,8 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.StringVar(&c.NATSURL, "nats-url", env.Getenv("RELAY_NATS_URL"), "NATS server URL; empty runs an embedded JetStream server (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
 	fs.StringVar(&c.NATSListen, "nats-listen", queue.DefaultListen, "client address of the embedded NATS server")
+	fs.StringVar(&c.NATSServerTLSCert, "nats-server-tls-cert", env.Getenv("RELAY_NATS_SERVER_TLS_CERT"), "PEM certificate of the embedded server's client listener; required when --nats-listen is not loopback (env RELAY_NATS_SERVER_TLS_CERT)")
+	fs.StringVar(&c.NATSServerTLSKey, "nats-server-tls-key", env.Getenv("RELAY_NATS_SERVER_TLS_KEY"), "PEM private key of --nats-server-tls-cert (env RELAY_NATS_SERVER_TLS_KEY)")
 	fs.StringVar(&c.NATSSync, "nats-sync", queue.DefaultSync, "embedded server fsync: always (accepted mail survives power loss) or an interval like 1s")
 	fs.StringVar(&c.DataDir, "data-dir", envOr(env, "RELAY_DATA_DIR", daemon.DefaultDataDir), "data directory for the embedded JetStream store (env RELAY_DATA_DIR)")
 	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "token sealing key file (env RELAY_TOKEN_KEY_FILE); create with relay keygen; needed by the tokens role")

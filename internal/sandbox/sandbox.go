@@ -35,6 +35,7 @@ import (
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/ingress"
+	"relay365/internal/roles"
 	"relay365/internal/token"
 )
 
@@ -278,8 +279,9 @@ Relay365 sandbox is running.
 	fmt.Fprintf(&b, `
 Send a message from a second terminal:
 
-  go run ./cmd/relay publish --nats-url %s --account %s --to ops@contoso.com --subject "CPU high on web-3" --text "load 17.2"
-`, s.Daemon.NATSURL, Account)
+  go run ./cmd/relay publish --nats-url %s --nats-nkey %s \
+    --account %s --to ops@contoso.com --subject "CPU high on web-3" --text "load 17.2"
+`, s.Daemon.NATSURL, roles.SeedFile(dataDir, roles.Producer), Account)
 	if s.Daemon.Ingress != nil && s.Daemon.Ingress.Addr() != nil {
 		fmt.Fprintf(&b, `
 or over SMTP, as Alertmanager or Grafana would (any client with STARTTLS and AUTH PLAIN):

@@ -19,6 +19,7 @@ import (
 
 	"relay365/internal/daemon"
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 	"relay365/internal/sandbox"
 	"relay365/internal/sandbox/sandboxtest"
 	"relay365/internal/testutil"
@@ -31,14 +32,17 @@ func start(t *testing.T, dataDir string) (*sandbox.Sandbox, *testutil.Buffer) {
 	return sandboxtest.Start(t, dataDir)
 }
 
+// connect is a producer as producers connect (its seed, its permissions:
+// mail.send.> only), and the relay's own JetStream for what the test
+// checks in the streams and buckets.
 func connect(t *testing.T, s *sandbox.Sandbox) (*nats.Conn, jetstream.JetStream, *producer.Producer) {
 	t.Helper()
-	nc, err := queue.Connect(s.Daemon.NATSURL, "test-producer")
+	nc, err := queue.ConnectWith(s.Daemon.NATSURL, "test-producer", s.Daemon.ClientOptions(roles.Producer))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	js := s.Daemon.JS
 	p, err := producer.New(nc)
 	if err != nil {
 		t.Fatal(err)

@@ -31,6 +31,7 @@ import (
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
+	"relay365/internal/roles"
 	"relay365/internal/sandbox"
 	"relay365/internal/testutil"
 	"relay365/internal/token"
@@ -90,7 +91,9 @@ func startTokenCluster(t *testing.T, n int, fc fakeo365.Config) *tokenCluster {
 	t.Cleanup(c.close)
 	c.secrets = tokentest.Watch(t, c.sb.Daemon.Store)
 	c.secrets.AddKeyFile(t, c.keyFile)
-	c.nc, c.js, c.p = connect(t, c.sb)
+	_, c.js, c.p = connect(t, c.sb)
+	// The test watches events and asks for tokens as the relay itself.
+	c.nc = c.sb.Daemon.NC
 	_, err = c.nc.Subscribe("relay.events.>", func(m *nats.Msg) {
 		var ev tokensvc.Event
 		if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Kind == "" || m.Subject != "relay.events."+ev.Kind {
@@ -114,7 +117,7 @@ func startTokenCluster(t *testing.T, n int, fc fakeo365.Config) *tokenCluster {
 func (c *tokenCluster) startReplica(name string) *daemon.Daemon {
 	c.t.Helper()
 	d, err := daemon.Start(c.ctx, daemon.Config{
-		NATSURL: c.sb.Daemon.NATSURL, KeyFile: c.keyFile, HTTPAddr: "127.0.0.1:0", DataDir: c.t.TempDir(),
+		NATSURL: c.sb.Daemon.NATSURL, NATS: c.sb.Daemon.ClientOptions(roles.Tokens), KeyFile: c.keyFile, HTTPAddr: "127.0.0.1:0", DataDir: c.t.TempDir(),
 		Roles: daemon.RoleTokens, Clock: c.clock, Instance: name,
 	}, zerolog.New(c.logs).With().Str("process", name).Logger())
 	if err != nil {

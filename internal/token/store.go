@@ -12,6 +12,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/kvwatch"
+	"relay365/internal/queue"
 )
 
 // Bucket is the KV bucket holding one sealed Record per account alias.
@@ -122,16 +123,31 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keyring) (*Sto
 	if keys == nil {
 		return nil, errors.New("open token store: no key ring")
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := openBucket(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{kv: kv, keys: keys}, nil
+}
+
+// EnsureBucket makes the bucket (relay setup does, as the admin, for the
+// token service that may only read and write it).
+func EnsureBucket(ctx context.Context, js jetstream.JetStream) error {
+	_, err := openBucket(ctx, js)
+	return err
+}
+
+func openBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	kv, err := queue.OpenKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      Bucket,
 		Description: "Relay365 OAuth tokens, AES-256-GCM sealed",
 		History:     bucketHistory,
 		Storage:     jetstream.FileStorage,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open token store (KV bucket %s): %w", Bucket, err)
+		return nil, fmt.Errorf("open token store: %w", err)
 	}
-	return &Store{kv: kv, keys: keys}, nil
+	return kv, nil
 }
 
 // Keyring returns the store's key ring.

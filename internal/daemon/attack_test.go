@@ -1,0 +1,169 @@
+package daemon_test
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"relay365/internal/queue"
+	"relay365/internal/roles"
+	"relay365/internal/testutil"
+)
+
+// prober is a client of one role that records the permission violations
+// the server reports to it.
+type prober struct {
+	t    *testing.T
+	role roles.Role
+	nc   *nats.Conn
+	mu   sync.Mutex
+	errs []string
+}
+
+func newProber(t *testing.T, url string, r roles.Role, o queue.ConnectOptions) *prober {
+	t.Helper()
+	p := &prober{t: t, role: r}
+	opts, err := o.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.nc, err = queue.Connect(url, "attacker-"+string(r), append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		p.mu.Lock()
+		p.errs = append(p.errs, err.Error())
+		p.mu.Unlock()
+	}))...)
+	if err != nil {
+		t.Fatalf("%s connects: %v", r, err)
+	}
+	t.Cleanup(p.nc.Close)
+	return p
+}
+
+func (p *prober) violated(kind, subject string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	want := `Permissions Violation for ` + kind + ` to "` + subject + `"`
+	for _, e := range p.errs {
+		if strings.Contains(e, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// attack is one thing a role must not be able to do on the bus.
+type attack struct {
+	what    string
+	subject string
+	body    any  // a request's JSON body; nil for a plain publish
+	sub     bool // a subscription, not a publish
+	roles   []roles.Role
+	control roles.Role // a role allowed to do it: proves the request is well formed ("" for none)
+}
+
+// attacks is the list every test of the bus runs, against the embedded
+// server and against deploy/nats/auth.conf: SECURITY.md's promises, tried.
+var attacks = []attack{
+	{what: "ask the token service for a live access token", subject: "token.get", body: map[string]string{"account": "alerts"},
+		roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}, control: roles.Worker},
+	{what: "force a token refresh", subject: "token.refresh", body: map[string]string{"account": "alerts"},
+		roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}},
+	{what: "mirror relay_tokens into a stream of its own", subject: "$JS.API.STREAM.CREATE.STEAL",
+		body:  map[string]any{"name": "STEAL", "mirror": map[string]string{"name": "KV_relay_tokens"}, "storage": "memory"},
+		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}, control: roles.Admin},
+	{what: "source MAIL into relay_accounts with a subject transform", subject: "$JS.API.STREAM.CREATE.REWRITE",
+		body: map[string]any{"name": "REWRITE", "storage": "memory", "sources": []any{map[string]any{
+			"name": "MAIL", "subject_transforms": []any{map[string]string{"src": "mail.send.>", "dest": "$KV.relay_accounts.alerts"}}}}},
+		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
+	{what: "cut MAIL_DLQ to one message (stream update)", subject: "$JS.API.STREAM.UPDATE.MAIL_DLQ",
+		body:  map[string]any{"name": "MAIL_DLQ", "subjects": []string{"mail.dlq.>"}, "max_msgs": 1, "storage": "file"},
+		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
+	{what: "purge MAIL_DLQ", subject: "$JS.API.STREAM.PURGE.MAIL_DLQ", body: map[string]any{},
+		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
+	{what: "delete MAIL_DLQ", subject: "$JS.API.STREAM.DELETE.MAIL_DLQ", body: map[string]any{},
+		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
+	{what: "delete MAIL", subject: "$JS.API.STREAM.DELETE.MAIL", body: map[string]any{},
+		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
+	{what: "read a sealed token record (direct get)", subject: "$JS.API.DIRECT.GET.KV_relay_tokens.$KV.relay_tokens.alerts", body: map[string]any{},
+		roles: []roles.Role{roles.Producer, roles.Worker}, control: roles.Tokens},
+	{what: "read a sealed token record (stream get)", subject: "$JS.API.STREAM.MSG.GET.KV_relay_tokens", body: map[string]any{"last_by_subj": "$KV.relay_tokens.alerts"},
+		roles: []roles.Role{roles.Producer, roles.Worker}},
+	{what: "rewrite an account record", subject: "$KV.relay_accounts.alerts", roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
+	{what: "read the mail queue with a consumer of its own", subject: "$JS.API.CONSUMER.CREATE.MAIL",
+		body: map[string]any{"stream_name": "MAIL", "config": map[string]any{"ack_policy": "explicit"}}, roles: []roles.Role{roles.Producer, roles.Tokens}},
+	{what: "write a dead letter", subject: "mail.dlq.alerts", roles: []roles.Role{roles.Producer, roles.Tokens}},
+	{what: "queue mail", subject: "mail.send.alerts", roles: []roles.Role{roles.Tokens}},
+	{what: "pose as the token service", subject: "token.get", sub: true, roles: []roles.Role{roles.Producer, roles.Worker, roles.Admin}},
+	{what: "read every reply", subject: "_INBOX.>", sub: true, roles: roles.All},
+	{what: "read the workers' replies (access tokens)", subject: "_INBOX_relay_workers.>", sub: true,
+		roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}},
+	{what: "read the admins' replies (dead letters, sealed records)", subject: "_INBOX_admin.>", sub: true,
+		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
+	{what: "read token events", subject: "relay.events.>", sub: true, roles: []roles.Role{roles.Producer, roles.Admin}},
+}
+
+// tryAttacks runs every attack as every role it names on the server at
+// url and asserts each is refused by a permission; where a control role
+// is named, the same request from it gets an answer.
+func tryAttacks(t *testing.T, ctx context.Context, url string, opts map[roles.Role]queue.ConnectOptions) {
+	t.Helper()
+	probers := map[roles.Role]*prober{}
+	for _, r := range roles.All {
+		probers[r] = newProber(t, url, r, opts[r])
+	}
+	for _, a := range attacks {
+		for _, r := range a.roles {
+			p := probers[r]
+			kind := "Publish"
+			if a.sub {
+				kind = "Subscription"
+				if _, err := p.nc.SubscribeSync(a.subject); err != nil {
+					t.Fatal(err)
+				}
+				_ = p.nc.Flush()
+			} else {
+				// Publish the request with a reply inbox of the role's
+				// own and wait for whichever comes: the server's refusal,
+				// or (the attack worked) an answer.
+				inbox := p.nc.NewInbox()
+				replies, err := p.nc.SubscribeSync(inbox)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body := []byte(`{"alias":"alerts","smtp_addr":"evil.example:587"}`)
+				if a.body != nil {
+					body, _ = json.Marshal(a.body)
+				}
+				if err := p.nc.PublishRequest(a.subject, inbox, body); err != nil {
+					t.Fatal(err)
+				}
+				_ = p.nc.Flush()
+				testutil.Eventually(t, ctx, "an answer or a refusal for a "+string(r)+" to "+a.what, func() bool {
+					if m, err := replies.NextMsg(0); err == nil {
+						t.Errorf("a %s could %s (%s): answered %q", r, a.what, a.subject, m.Data)
+						return true
+					}
+					return p.violated(kind, a.subject)
+				})
+				replies.Unsubscribe()
+				continue
+			}
+			testutil.Eventually(t, ctx, "the server to refuse a "+string(r)+" to "+a.what, func() bool { return p.violated(kind, a.subject) })
+		}
+		if a.control != "" && !slices.Contains(a.roles, a.control) {
+			body, _ := json.Marshal(a.body)
+			if _, err := probers[a.control].nc.Request(a.subject, body, 5*time.Second); err != nil {
+				t.Errorf("control: a %s may %s (%s) but got %v: the attack request is malformed", a.control, a.what, a.subject, err)
+			}
+			if a.subject == "$JS.API.STREAM.CREATE.STEAL" {
+				_, _ = probers[a.control].nc.Request("$JS.API.STREAM.DELETE.STEAL", nil, 5*time.Second)
+			}
+		}
+	}
+}

@@ -1,0 +1,73 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Streams and buckets are opened, not made, when they are already as the
+// relay wants them. Under deploy/nats/auth.conf a worker or the token
+// service may read and write its buckets but not create or change a
+// stream (that right is what a mirror of relay_tokens or a rewritten
+// bucket would need), so their processes must find everything in place:
+// the relay makes it on its embedded server, and `relay setup` makes it on
+// a cluster as the admin. Whoever has the right and finds a setting that
+// differs (an upgrade, a new --replicas) updates it.
+
+// OpenKeyValue opens the bucket c names, creating or updating it only when
+// it is missing or its history, TTL, storage or size limit differ from c.
+func OpenKeyValue(ctx context.Context, js jetstream.JetStream, c jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if kv, err := js.KeyValue(ctx, c.Bucket); err == nil {
+		if st, err := kv.Status(ctx); err == nil && kvMatches(st, c) {
+			return kv, nil
+		}
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("KV bucket %s: %w%s", c.Bucket, err, setupHint(err))
+	}
+	return kv, nil
+}
+
+func kvMatches(st jetstream.KeyValueStatus, c jetstream.KeyValueConfig) bool {
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return false
+	}
+	cfg := bs.StreamInfo().Config
+	history := max(int64(c.History), 1)
+	return st.History() == history && st.TTL() == c.TTL && cfg.Storage == c.Storage &&
+		(c.MaxBytes == 0 || cfg.MaxBytes == c.MaxBytes)
+}
+
+// openStream is OpenKeyValue for a stream: the settings that decide what it
+// keeps and for how long.
+func openStream(ctx context.Context, js jetstream.JetStream, c jetstream.StreamConfig) error {
+	if s, err := js.Stream(ctx, c.Name); err == nil {
+		have := s.CachedInfo().Config
+		if slices.Equal(have.Subjects, c.Subjects) && have.Retention == c.Retention && have.Storage == c.Storage &&
+			have.MaxAge == c.MaxAge && have.Duplicates == c.Duplicates && have.Discard == c.Discard &&
+			(c.MaxBytes == 0 || have.MaxBytes == c.MaxBytes) {
+			return nil
+		}
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
+		return fmt.Errorf("create stream %s: %w%s", c.Name, err, setupHint(err))
+	}
+	return nil
+}
+
+// setupHint says what to do when the NATS user may not make or change a
+// stream.
+func setupHint(err error) string {
+	if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+		return " (this NATS user may not create or change streams: run `relay setup` with the admin credentials first)"
+	}
+	return ""
+}

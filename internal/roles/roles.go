@@ -1,0 +1,268 @@
+// Package roles says who may do what on the NATS bus. It is the one
+// definition of the four roles outside the relay itself — producer,
+// worker, tokens, admin — with the subjects each may publish and
+// subscribe to, and its own reply prefix. The embedded server enforces
+// these permissions on the nkey seeds the relay writes for each role, and
+// deploy/nats/auth.conf spells the same lists for an external server (a
+// test parses that file and compares). docs/design.md §8 explains them.
+//
+// The lists are explicit allow lists: no role but admin has the JetStream
+// API as a wildcard, so no worker or token credential can create or
+// update a stream (a mirror of relay_tokens, a source with a subject
+// transform into relay_accounts), purge or delete one, or read a bucket
+// it has no business with. Replies go to a prefix per role (RFC-less NATS
+// practice: a custom inbox prefix) that only that role may subscribe to,
+// because replies carry access tokens (to workers), dead letters and
+// sealed records (to admins).
+package roles
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"relay365/internal/queue"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+)
+
+// Role is a kind of client of the relay's NATS.
+type Role string
+
+const (
+	Producer Role = "producer" // hands mail over: relay publish, relay sendmail, the Go package, nats pub
+	Worker   Role = "worker"   // relay serve --roles workers: delivery and the SMTP front door
+	Tokens   Role = "tokens"   // relay serve --roles tokens: the token service
+	Admin    Role = "admin"    // authtool, relay dlq, relay producer, relay setup: the operator
+)
+
+// All lists the roles in a stable order.
+var All = []Role{Producer, Worker, Tokens, Admin}
+
+// Names of the streams and buckets the roles are granted (each package
+// owns its constant; roles_test checks these equal them).
+const (
+	streamMail      = "MAIL"
+	streamDLQ       = "MAIL_DLQ"
+	bucketAccounts  = "relay_accounts"
+	bucketTokens    = "relay_tokens"
+	bucketSent      = "relay_sent"
+	bucketPacing    = "relay_pacing"
+	bucketProducers = "relay_producers"
+)
+
+// InboxPrefix is where the role's replies go; only the role may subscribe
+// there.
+func (r Role) InboxPrefix() string {
+	switch r {
+	case Worker:
+		return "_INBOX_relay_workers"
+	case Tokens:
+		return "_INBOX_relay_tokens"
+	default:
+		return "_INBOX_" + string(r)
+	}
+}
+
+// User is the role's user name in deploy/nats/auth.conf.
+func (r Role) User() string {
+	switch r {
+	case Worker:
+		return "relay-worker"
+	case Tokens:
+		return "relay-tokens"
+	case Admin:
+		return "relay-admin"
+	}
+	return string(r)
+}
+
+// kvRead is what reading a KV bucket takes: its info (opening it), a get
+// (direct, or through the stream API on servers without direct get), and
+// a watch or key listing (an ordered consumer, deleted when it stops).
+func kvRead(bucket string) []string {
+	s := "KV_" + bucket
+	return []string{
+		"$JS.API.STREAM.INFO." + s,
+		"$JS.API.DIRECT.GET." + s + ".>",
+		"$JS.API.STREAM.MSG.GET." + s,
+		"$JS.API.CONSUMER.CREATE." + s + ".>",
+		"$JS.API.CONSUMER.DELETE." + s + ".>",
+	}
+}
+
+// kvWrite adds putting values (compare-and-set included: a header).
+func kvWrite(bucket string) []string {
+	return append(kvRead(bucket), "$KV."+bucket+".>")
+}
+
+func concat(lists ...[]string) []string {
+	var out []string
+	for _, l := range lists {
+		out = append(out, l...)
+	}
+	return out
+}
+
+// Permissions are the role's publish and subscribe allow lists.
+func (r Role) Permissions() *server.Permissions {
+	inbox := r.InboxPrefix() + ".>"
+	switch r {
+	case Producer:
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"mail.send.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
+		}
+	case Worker:
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: concat([]string{
+				"$JS.API.INFO",
+				"$JS.API.STREAM.INFO." + streamMail, "$JS.API.STREAM.INFO." + streamDLQ,
+				// its consumers on MAIL (one per account, the sweeper's)
+				"$JS.API.CONSUMER.CREATE." + streamMail + ".>",
+				"$JS.API.CONSUMER.INFO." + streamMail + ".>",
+				"$JS.API.CONSUMER.MSG.NEXT." + streamMail + ".>",
+				"$JS.API.CONSUMER.DELETE." + streamMail + ".>",
+				"$JS.ACK." + streamMail + ".>", // acks, naks, heartbeats, terms
+				"$JS.FC.>",                     // flow control of its watches
+				"mail.send.>",                  // a requeue, and the SMTP front door
+				"mail.dlq.>",                   // dead letters
+				"token.get", "token.refresh", "token.status",
+			}, kvRead(bucketAccounts), kvRead(bucketProducers), kvWrite(bucketSent), kvWrite(bucketPacing))},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox, "relay.events.token.stored"}},
+		}
+	case Tokens:
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: concat([]string{
+				"$JS.API.INFO",
+				"$JS.FC.>",
+				"relay.events.>",
+			}, kvRead(bucketAccounts), kvWrite(bucketTokens))},
+			// its endpoints, micro's discovery, its replies; it answers
+			// requests through allow_responses, with no publish right on
+			// anyone's inbox.
+			Subscribe: &server.SubjectPermission{Allow: []string{"token.>", "$SRV.>", inbox}},
+			Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+		}
+	case Admin:
+		// The operator: streams and buckets (relay setup), accounts and
+		// sealed tokens (authtool, which refreshes in process with the
+		// key), producers, dead letters and their replay. Only its own
+		// replies, and no token.* request: it never needs a live access
+		// token from the token service.
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{
+				"$JS.API.>", "$KV.>", "$JS.ACK.>", "$JS.FC.>", "mail.send.>",
+			}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
+		}
+	}
+	return &server.Permissions{Publish: &server.SubjectPermission{}, Subscribe: &server.SubjectPermission{}}
+}
+
+// SeedFile is where the relay keeps the role's nkey seed for clients on
+// its host: <dataDir>/nkeys/<role>.nk.
+func SeedFile(dataDir string, r Role) string {
+	return filepath.Join(dataDir, "nkeys", string(r)+".nk")
+}
+
+// EnsureSeeds makes an nkey user seed for every role in dataDir (mode
+// 0600, in a 0700 folder) unless one is there, and returns the roles' NATS
+// users for the embedded server: each public key with its permissions.
+func EnsureSeeds(dataDir string) ([]*server.NkeyUser, error) {
+	if err := os.MkdirAll(filepath.Join(dataDir, "nkeys"), 0o700); err != nil {
+		return nil, fmt.Errorf("nkeys folder: %w", err)
+	}
+	var users []*server.NkeyUser
+	for _, r := range All {
+		kp, err := seed(SeedFile(dataDir, r))
+		if err != nil {
+			return nil, err
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return nil, err
+		}
+		users = append(users, &server.NkeyUser{Nkey: pub, Permissions: r.Permissions()})
+	}
+	return users, nil
+}
+
+// seed reads the seed in file, or makes one there.
+func seed(file string) (nkeys.KeyPair, error) {
+	b, err := os.ReadFile(file)
+	switch {
+	case err == nil:
+		kp, err := nkeys.FromSeed(trimSpace(b))
+		if err != nil {
+			// The error is nkeys' own and never holds the seed.
+			return nil, fmt.Errorf("%s does not hold an nkey user seed: %w", file, err)
+		}
+		return kp, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	}
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	s, err := kp.Seed()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("write %s: %w", file, err)
+	}
+	if _, err := f.Write(append(s, '\n')); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return kp, f.Close()
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Internal is a user of the relay's own process on its embedded server,
+// made anew at every start and never written down: it may do everything,
+// as the relay itself is the one party trusted with all of it.
+func Internal() (*server.NkeyUser, nkeys.KeyPair, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, nil, err
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &server.NkeyUser{Nkey: pub}, kp, nil
+}
+
+// Default readies a client of role r: it names the role's seed in
+// dataDir when o names no other way to authenticate and the seed is there
+// (a command on the relay's own host, so the README's commands need no
+// credentials flag), and the role's reply prefix when o names none (which
+// is also what deploy/nats/auth.conf expects of an external server).
+func Default(o *queue.ConnectOptions, dataDir string, r Role) {
+	if !o.HasAuth() && dataDir != "" {
+		if f := SeedFile(dataDir, r); fileExists(f) {
+			o.NKeyFile = f
+		}
+	}
+	if o.InboxPrefix == "" {
+		o.InboxPrefix = r.InboxPrefix()
+	}
+}
+
+func fileExists(name string) bool {
+	st, err := os.Stat(name)
+	return err == nil && st.Mode().IsRegular()
+}
