@@ -11,5 +11,7 @@
 // rules' shape. promtool checks and unit-tests the rules
 // (prometheus/alerts_test.yml). With the build tag integration,
 // observability_test.go runs the sandbox, a real Prometheus scraping it
-// and headless Chromium on the status page.
+// and headless Chromium on the status page, and alertmanager_test.go has
+// a real Alertmanager and swaks send mail through the sandbox's SMTP
+// front door (Debian's packages, which .ci/run installs).
 package deploy

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -141,15 +139,6 @@ func TestObservabilityEndToEnd(t *testing.T) {
 	})
 }
 
-func lookPath(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not installed (Debian: apt-get install -y --no-install-recommends prometheus chromium): %v", name, err)
-	}
-	return p
-}
-
 // selectorRE finds metric selectors: a relay_ metric or up, with optional
 // label matchers.
 var selectorRE = regexp.MustCompile(`\b(relay_[a-z_]+|up)(\{[^}]*\})?`)
@@ -201,48 +190,11 @@ func startPrometheus(t *testing.T, ctx context.Context, bin, promtool, target st
 	run(t, ctx, promtool, "test", "rules", path("deploy/prometheus/alerts_test.yml"))
 
 	addr := freeAddr(t)
-	var logs testutil.Buffer
-	cmd := exec.Command(bin, "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+	startServer(t, bin, "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--log.level=warn")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("prometheus output:\n%s", logs.String())
-		}
-	})
 	p := &promServer{base: "http://" + addr}
-	testutil.Eventually(t, ctx, "prometheus ready", func() bool {
-		resp, err := http.Get(p.base + "/-/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitReady(t, ctx, "prometheus", p.base)
 	return p
-}
-
-func run(t *testing.T, ctx context.Context, name string, args ...string) {
-	t.Helper()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (p *promServer) api(t *testing.T, ctx context.Context, path string, out any) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"encoding/base32"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -88,12 +89,17 @@ func CheckPassword(hash, password string) bool {
 	return subtle.ConstantTimeCompare(got, key) == 1
 }
 
-// NewPassword returns a random password of 32 URL-safe characters (192
-// bits), for `relay producer add` without --password-file.
+// NewPassword returns a random password of 32 characters, A–Z and 2–7
+// (base32 of 160 random bits), for `relay producer add` without
+// --password-file and the sandbox. Letters and digits only: a password
+// pasted after a command-line flag must not begin with "-" (swaks, whose
+// --auth-password takes an optional argument, reads "--auth-password -x…"
+// as an unknown option -x…, even as --auth-password=-x…), and none of
+// these characters means anything to a shell, YAML, an ini file or a URL.
 func NewPassword() string {
-	b := make([]byte, 24)
+	b := make([]byte, 20)
 	_, _ = rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
+	return base32.StdEncoding.EncodeToString(b)
 }
 
 // ValidName reports whether name can name a producer (and so be a KV key

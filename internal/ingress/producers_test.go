@@ -28,6 +28,13 @@ func TestPasswordHash(t *testing.T) {
 	if p := ingress.NewPassword(); len(p) != 32 || p == ingress.NewPassword() {
 		t.Fatalf("NewPassword %q", p)
 	}
+	// Letters and digits only: never a leading "-" a command line reads
+	// as an option, nothing a shell or YAML would interpret.
+	for range 200 {
+		if p := ingress.NewPassword(); strings.Trim(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") != "" {
+			t.Fatalf("NewPassword %q has characters beyond A-Z and 2-7", p)
+		}
+	}
 }
 
 func TestProducerRegistry(t *testing.T) {

@@ -286,7 +286,7 @@ Send a message from a second terminal:
 		fmt.Fprintf(&b, `
 or over SMTP, as Alertmanager or Grafana would (any client with STARTTLS and AUTH PLAIN):
 
-  swaks --server %s --tls --tls-ca-path %s --auth PLAIN --auth-user %s --auth-password %s --from alertmanager@example.org --to ops@contoso.com
+  swaks --server %s --tls --tls-verify --tls-ca-path %s --auth PLAIN --auth-user %s --auth-password %s --from alertmanager@example.org --to ops@contoso.com
 `, s.Daemon.Ingress.Addr(), s.Daemon.SMTPCAFile, Producer, s.SMTPPassword)
 	}
 	fmt.Fprintf(&b, `
