@@ -1,8 +1,13 @@
 package relaycmd
 
 import (
+	"bytes"
+	"errors"
 	"flag"
 	"fmt"
+	"net/mail"
+	"net/textproto"
+	"regexp"
 	"strings"
 	"time"
 
@@ -194,4 +199,293 @@ func unknownOption(a string, fs *flag.FlagSet) error {
 		return cli.Usagef("unknown option %s (long options take two dashes: -%s)", a, a)
 	}
 	return cli.Usagef("unknown option %s", a)
+}
+
+// endAtDot cuts data at its first line of a single dot: without -i that
+// line ends the message, as sendmail(8) reads its input ("-i: Ignore dots
+// alone on lines by themselves in incoming messages").
+func endAtDot(data []byte) []byte {
+	for i := 0; i < len(data); {
+		line, _, found := bytes.Cut(data[i:], []byte("\n"))
+		if string(bytes.TrimSuffix(line, []byte("\r"))) == "." {
+			return data[:i]
+		}
+		if !found {
+			break
+		}
+		i += len(line) + 1
+	}
+	return data
+}
+
+// buildSendmail turns the bytes read into the message to queue, as the
+// SMTP front door does (raw, envelope recipients as To, a fresh id). The
+// header is mended first as sendmail would (tidyHeader); every error
+// means the message can never be sent as it is (exit 65).
+func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
+	raw, err := message.NormalizeRaw(data) // CRLF; refuses a NUL
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) == 0 {
+		raw = []byte("\r\n") // an empty message still has an (empty) header and body
+	}
+	raw = tidyHeader(raw, c.Domain)
+	msg, err := mail.ReadMessage(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("the header does not parse: %v", err)
+	}
+	// -f is never the envelope sender: the relay sends as the account's
+	// mailbox. It only gives a message without a From field one, which
+	// the account's From policy then rewrites (the address goes to
+	// Reply-To) or refuses. An -f that is no address ("<>") gives none.
+	if len(msg.Header["From"]) == 0 && c.Sender != "" {
+		if from, err := parseAddresses(c.Sender, c.Domain); err == nil && len(from) == 1 {
+			from[0].Name = c.FullName
+			raw = append([]byte("From: "+from[0].String()+"\r\n"), raw...)
+		}
+	}
+	// The worker refuses a From or Sender that is not an address; say
+	// now, and say what to do when all it lacks is a domain.
+	for _, h := range []string{"From", "Sender"} {
+		for _, v := range msg.Header[h] {
+			if _, err := parseAddresses(v, c.Domain); err != nil {
+				return nil, fmt.Errorf("%s field: %v", h, err)
+			}
+		}
+	}
+	var rcpts []string
+	seen := map[string]bool{}
+	add := func(what, list string) error {
+		addrs, err := parseAddresses(list, c.Domain)
+		if err != nil {
+			return fmt.Errorf("%s: %v", what, err)
+		}
+		for _, a := range addrs {
+			if k := strings.ToLower(a.Address); !seen[k] {
+				seen[k] = true
+				rcpts = append(rcpts, a.Address)
+			}
+		}
+		return nil
+	}
+	if c.FromHeader {
+		// -t: the To, Cc and Bcc fields, plus the arguments (as Postfix
+		// does; sendmail 8 would drop the arguments instead). The Bcc
+		// field itself is removed when the worker renders the message.
+		for _, h := range []string{"To", "Cc", "Bcc"} {
+			for _, v := range msg.Header[h] {
+				if strings.TrimSpace(v) == "" {
+					continue // "Bcc:" with nobody: legal, names no one
+				}
+				if err := add(h+" field", v); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	for _, r := range c.Rcpts {
+		if err := add("recipient", r); err != nil {
+			return nil, err
+		}
+	}
+	if len(rcpts) == 0 {
+		return nil, errors.New("no recipients in the To, Cc and Bcc fields (-t)")
+	}
+	m := &message.Message{ID: message.NewID(), Account: c.Account, To: rcpts, Raw: raw}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	// Render it as the worker will, but for the account's From policy,
+	// which only the worker knows (the registry is not a producer's to
+	// read): what no account could send (a From that is not one address,
+	// too large once rendered) is refused now, to a caller that can still
+	// say so, instead of being dead-lettered later.
+	if _, err := message.Render(m, message.Sender{Mailbox: "postmaster@relay365.invalid", Policy: message.PolicyRewrite}, time.Now()); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// parseAddresses parses an address list (an argument, a field's value),
+// qualifying addresses without a domain with domain when that is what
+// keeps them from parsing.
+func parseAddresses(s, domain string) ([]*mail.Address, error) {
+	list, err := mail.ParseAddressList(s)
+	if err == nil {
+		return list, nil
+	}
+	if domain != "" {
+		if list, err := mail.ParseAddressList(qualify(s, domain)); err == nil {
+			return list, nil
+		}
+	} else if _, err := mail.ParseAddressList(qualify(s, "relay365.invalid")); err == nil {
+		return nil, fmt.Errorf("%q has no domain: set RELAY_SENDMAIL_DOMAIN or give --domain (root becomes root@DOMAIN), or give a full address", s)
+	}
+	return nil, fmt.Errorf("%q: %v", s, err)
+}
+
+// addressFields are the header fields that hold addresses (RFC 5322
+// §3.6.2, §3.6.3); tidyHeader qualifies them.
+var addressFields = map[string]bool{"From": true, "Sender": true, "Reply-To": true, "To": true, "Cc": true, "Bcc": true}
+
+// fieldName is RFC 5322 §3.6.8's field-name: printable US-ASCII but ':'.
+var fieldName = regexp.MustCompile(`^[!-9;-~]+$`)
+
+// tidyHeader mends a CRLF message's header the way sendmail does before
+// it queues, and leaves everything else byte for byte:
+//   - a line that is not a header field ends the header (sendmail and
+//     Postfix both read it so): "echo disk full | sendmail root" sends
+//     "disk full" as the body, behind the blank line it lacked;
+//   - with a domain, an address field that does not parse because an
+//     address has no domain is written again with the addresses
+//     qualified. cronie writes From: "(Cron Daemon)" <root> and To: root,
+//     mdadm From: mdadm monitoring <root>; sendmail appends its own
+//     domain to such local names, and net/mail, the worker and Office 365
+//     accept only full addresses.
+func tidyHeader(raw []byte, domain string) []byte {
+	var out bytes.Buffer
+	rest := raw
+	for len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) {
+		end := len(rest) // the field: its line and the continuation lines after it
+		for i := 0; i < len(rest); {
+			j := bytes.Index(rest[i:], []byte("\r\n"))
+			if j < 0 {
+				break
+			}
+			i += j + 2
+			if i == len(rest) || (rest[i] != ' ' && rest[i] != '\t') {
+				end = i
+				break
+			}
+		}
+		field := rest[:end]
+		name, value, ok := bytes.Cut(field, []byte(":"))
+		if !ok || !fieldName.Match(name) {
+			out.WriteString("\r\n") // not a field: the body starts here
+			break
+		}
+		rest = rest[end:]
+		if domain != "" && addressFields[textproto.CanonicalMIMEHeaderKey(string(name))] {
+			v := strings.TrimSpace(strings.ReplaceAll(string(value), "\r\n", ""))
+			if _, err := mail.ParseAddressList(v); err != nil {
+				if list, err := mail.ParseAddressList(qualify(v, domain)); err == nil {
+					writeAddressField(&out, string(name), list)
+					continue
+				}
+			}
+		}
+		out.Write(field)
+	}
+	out.Write(rest)
+	return out.Bytes()
+}
+
+// writeAddressField writes "Name: a, b\r\n", folded before an address
+// that would take the line past 78 characters (RFC 5322 §2.1.1).
+func writeAddressField(out *bytes.Buffer, name string, list []*mail.Address) {
+	out.WriteString(name + ":")
+	n := len(name) + 1
+	for i, a := range list {
+		s := a.String()
+		if i > 0 {
+			out.WriteString(",")
+			n++
+			if n+1+len(s) > 78 {
+				out.WriteString("\r\n")
+				n = 0
+			}
+		}
+		out.WriteString(" " + s)
+		n += 1 + len(s)
+	}
+	out.WriteString("\r\n")
+}
+
+// qualify appends "@"+domain to each address of the list s that has no
+// domain: root, root (Cron Daemon), "(Cron Daemon)" <root>. It only edits
+// text (quoted strings and comments untouched); the caller parses the
+// result.
+func qualify(s, domain string) string {
+	plain := plainBytes(s)
+	var parts []string
+	start, angle := 0, false
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) { // a comma ends an address unless quoted, in a comment or in <>
+			if plain[i] && s[i] == '<' {
+				angle = true
+			}
+			if plain[i] && s[i] == '>' {
+				angle = false
+			}
+			if !plain[i] || s[i] != ',' || angle {
+				continue
+			}
+		}
+		parts = append(parts, qualifyOne(s[start:i], plain[start:i], domain))
+		start = i + 1
+	}
+	return strings.Join(parts, ",")
+}
+
+// qualifyOne qualifies one address of a list (see qualify).
+func qualifyOne(e string, plain []bool, domain string) string {
+	lt, gt, last := -1, -1, -1
+	for i := 0; i < len(e); i++ {
+		if !plain[i] {
+			continue
+		}
+		switch e[i] {
+		case '@', ':':
+			return e // has a domain, or is a group: the parser's to judge
+		case '<':
+			if lt < 0 {
+				lt = i
+			}
+		case '>':
+			if lt >= 0 && gt < 0 {
+				gt = i
+			}
+		}
+		if e[i] != ' ' && e[i] != '\t' {
+			last = i
+		}
+	}
+	switch {
+	case lt >= 0 && gt > lt+1: // Name <root>
+		return e[:gt] + "@" + domain + e[gt:]
+	case lt < 0 && last >= 0: // root, root (Cron Daemon)
+		return e[:last+1] + "@" + domain + e[last+1:]
+	}
+	return e
+}
+
+// plainBytes marks the bytes of s that are outside quoted strings and
+// comments (RFC 5322 §3.2.4, §3.2.2), where an address's own characters are.
+func plainBytes(s string) []bool {
+	plain := make([]bool, len(s))
+	quoted, escaped, comment := false, false, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case escaped:
+			escaped = false
+		case (quoted || comment > 0) && c == '\\':
+			escaped = true
+		case quoted:
+			quoted = c != '"'
+		case comment > 0:
+			if c == '(' {
+				comment++
+			} else if c == ')' {
+				comment--
+			}
+		case c == '"':
+			quoted = true
+		case c == '(':
+			comment = 1
+		default:
+			plain[i] = true
+		}
+	}
+	return plain
 }

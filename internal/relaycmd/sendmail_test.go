@@ -131,3 +131,137 @@ func TestParseSendmailErrors(t *testing.T) {
 		t.Fatalf("--help: %v\n%s", err, out.String())
 	}
 }
+
+func TestEndAtDot(t *testing.T) {
+	for in, want := range map[string]string{
+		"a\n.\nb\n":       "a\n",
+		"a\r\n.\r\nb\r\n": "a\r\n",
+		".\n":             "",
+		"a\n.":            "a\n",
+		"a\n..\nb\n":      "a\n..\nb\n", // not a single dot
+		"a\n. \nb\n":      "a\n. \nb\n",
+		"a.\n.b\n":        "a.\n.b\n",
+		"":                "",
+	} {
+		if got := string(endAtDot([]byte(in))); got != want {
+			t.Errorf("endAtDot(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestQualify(t *testing.T) {
+	for in, want := range map[string]string{
+		"root":                          "root@contoso.com",
+		"root (Cron Daemon)":            "root@contoso.com (Cron Daemon)",
+		`"(Cron Daemon)" <root>`:        `"(Cron Daemon)" <root@contoso.com>`,
+		"mdadm monitoring <root>":       "mdadm monitoring <root@contoso.com>",
+		"root, ops@fabrikam.com, admin": "root@contoso.com, ops@fabrikam.com, admin@contoso.com",
+		`"Doe, John" <jdoe>, root`:      `"Doe, John" <jdoe@contoso.com>, root@contoso.com`,
+		"<jdoe> (a, b)":                 "<jdoe@contoso.com> (a, b)",
+		"ops@fabrikam.com":              "ops@fabrikam.com",
+		"<>":                            "<>",
+		"undisclosed-recipients:;":      "undisclosed-recipients:;",
+	} {
+		if got := qualify(in, "contoso.com"); got != want {
+			t.Errorf("qualify(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestTidyHeader(t *testing.T) {
+	tests := []struct{ name, domain, in, want string }{
+		{"cronie", "contoso.com",
+			"From: \"(Cron Daemon)\" <root>\r\nTo: root\r\nSubject: Cron <root@web-3> backup\r\nMIME-Version: 1.0\r\n\r\nroot: done\r\n",
+			"From: \"(Cron Daemon)\" <root@contoso.com>\r\nTo: <root@contoso.com>\r\nSubject: Cron <root@web-3> backup\r\nMIME-Version: 1.0\r\n\r\nroot: done\r\n"},
+		{"folded, any case", "contoso.com",
+			"to: root,\r\n\tadmin\r\nreply-to: Ops <ops>\r\nCc: Ops <ops@fabrikam.com>\r\n\r\n",
+			"to: <root@contoso.com>, <admin@contoso.com>\r\nreply-to: \"Ops\" <ops@contoso.com>\r\nCc: Ops <ops@fabrikam.com>\r\n\r\n"},
+		{"long lists fold", "contoso.com",
+			"To: alpha, bravo, charlie, delta, echo, foxtrot\r\n\r\n",
+			"To: <alpha@contoso.com>, <bravo@contoso.com>, <charlie@contoso.com>,\r\n <delta@contoso.com>, <echo@contoso.com>, <foxtrot@contoso.com>\r\n\r\n"},
+		{"no domain: kept", "", "To: root\r\n\r\nx\r\n", "To: root\r\n\r\nx\r\n"},
+		{"no header", "", "disk /dev/sda failing\r\n", "\r\ndisk /dev/sda failing\r\n"},
+		{"header then text", "", "Subject: smartd\r\ndisk /dev/sda failing\r\n", "Subject: smartd\r\n\r\ndisk /dev/sda failing\r\n"},
+		{"starts folded", "", " x: y\r\n", "\r\n x: y\r\n"},
+		{"header only", "", "Subject: x\r\n", "Subject: x\r\n"},
+		{"unparseable even qualified: kept", "contoso.com", "To: <<<\r\n\r\n", "To: <<<\r\n\r\n"},
+	}
+	for _, tt := range tests {
+		if got := string(tidyHeader([]byte(tt.in), tt.domain)); got != tt.want {
+			t.Errorf("%s:\n got %q\nwant %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestBuildSendmail: the message queued for an input, or why none is.
+func TestBuildSendmail(t *testing.T) {
+	cfg := func(edit func(c *sendmailConfig)) sendmailConfig {
+		c := sendmailConfig{Account: "alerts", Domain: "contoso.com"}
+		edit(&c)
+		return c
+	}
+	tests := []struct {
+		name     string
+		c        sendmailConfig
+		in       string
+		to       []string
+		rawHas   string // a line the queued raw message holds
+		rawLacks string
+		err      string
+	}{
+		{name: "cronie", c: cfg(func(c *sendmailConfig) { c.FullName, c.Rcpts = "CronDaemon", []string{"root"} }),
+			in: "From: \"(Cron Daemon)\" <root>\nTo: root\nSubject: Cron <root@web-3> backup\n\ndone\n",
+			to: []string{"root@contoso.com"}, rawHas: "From: \"(Cron Daemon)\" <root@contoso.com>\r\n"},
+		{name: "-t", c: cfg(func(c *sendmailConfig) {
+			c.FromHeader, c.Rcpts = true, []string{"extra@fabrikam.com", "OPS@contoso.com"}
+		}),
+			in: "To: ops@contoso.com, root\nCc: Audit <audit@fabrikam.com>\nBcc: secret@fabrikam.com\nBcc:\nSubject: x\n\nbody\n",
+			to: []string{"ops@contoso.com", "root@contoso.com", "audit@fabrikam.com", "secret@fabrikam.com", "extra@fabrikam.com"}},
+		{name: "-f and -F add a From line", c: cfg(func(c *sendmailConfig) {
+			c.Sender, c.FullName, c.Rcpts = "smartd", "SMART Daemon", []string{"ops@contoso.com"}
+		}),
+			in: "Subject: disk\n\nfailing\n", to: []string{"ops@contoso.com"}, rawHas: "From: \"SMART Daemon\" <smartd@contoso.com>\r\n"},
+		{name: "-f does not replace a From", c: cfg(func(c *sendmailConfig) { c.Sender, c.Rcpts = "smartd@contoso.com", []string{"ops@contoso.com"} }),
+			in: "From: Backup <backup@contoso.com>\n\nx\n", to: []string{"ops@contoso.com"}, rawLacks: "smartd"},
+		{name: "-f <> adds nothing", c: cfg(func(c *sendmailConfig) { c.Sender, c.Rcpts = "<>", []string{"ops@contoso.com"} }),
+			in: "Subject: x\n\nx\n", to: []string{"ops@contoso.com"}, rawLacks: "From:"},
+		{name: "no header", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "disk full\n", to: []string{"ops@contoso.com"}, rawHas: "\r\ndisk full\r\n"},
+		{name: "empty input", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "", to: []string{"ops@contoso.com"}},
+		{name: "NUL", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "Subject: x\n\na\x00b\n", err: "NUL"},
+		{name: "-t without recipients", c: cfg(func(c *sendmailConfig) { c.FromHeader = true }),
+			in: "Subject: x\n\nx\n", err: "no recipients in the To, Cc and Bcc fields"},
+		{name: "local recipient without a domain", c: sendmailConfig{Account: "alerts", Rcpts: []string{"root"}},
+			in: "Subject: x\n\nx\n", err: `recipient: "root" has no domain: set RELAY_SENDMAIL_DOMAIN`},
+		{name: "local From without a domain", c: sendmailConfig{Account: "alerts", Rcpts: []string{"ops@contoso.com"}},
+			in: "From: mdadm monitoring <root>\n\nx\n", err: "From field: \"mdadm monitoring <root>\" has no domain"},
+		{name: "From that is no address", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "From: <<<\n\nx\n", err: "From field"},
+		{name: "two From fields", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "From: a@contoso.com\nFrom: b@contoso.com\n\nx\n", err: "more than one From field"},
+		{name: "bad recipient", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"a b@contoso.com"} }),
+			in: "Subject: x\n\nx\n", err: "recipient"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := buildSendmail(tt.c, []byte(tt.in))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("got %v, want an error containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw := string(m.Raw)
+			if m.Account != "alerts" || len(m.ID) != 32 || !reflect.DeepEqual(m.To, tt.to) ||
+				!strings.Contains(raw, tt.rawHas) || (tt.rawLacks != "" && strings.Contains(raw, tt.rawLacks)) ||
+				strings.Contains(strings.ReplaceAll(raw, "\r\n", ""), "\n") {
+				t.Fatalf("queued %+v\nraw %q", m, raw)
+			}
+		})
+	}
+}
