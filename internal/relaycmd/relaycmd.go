@@ -4,7 +4,8 @@
 //
 // Exit codes: 0 success, 1 failure while running (NATS unreachable, a
 // message refused), 2 bad usage or configuration (the message says what to
-// fix), 130 interrupted (internal/cli).
+// fix), 130 interrupted (internal/cli). relay sendmail alone exits with
+// sysexits.h's codes, which its callers expect of /usr/sbin/sendmail.
 package relaycmd
 
 import (
@@ -52,6 +53,7 @@ func commands() []command {
 		{"publish", "queue one message for delivery", runPublish},
 		{"dlq", "list, show, replay or purge dead letters", runDLQ},
 		{"producer", "add, list or remove SMTP producer identities", runProducer},
+		{"sendmail", "queue a message from stdin, as /usr/sbin/sendmail does", runSendmail},
 		{"keygen", "create the token sealing key file", runKeygen},
 		{"bench", "measure the relay against the SMTP ceiling (in one process)", runBench},
 	}
@@ -67,7 +69,8 @@ Commands:
 const usageTail = `
 Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_ADDR;
 NATS authentication: ` + queue.ConnectEnv + `.
-Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted.
+Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted;
+relay sendmail: sysexits.h (relay sendmail -h).
 `
 
 func usage(w io.Writer) {
@@ -102,12 +105,13 @@ func envOr(env Env, key, def string) string { return cli.EnvOr(env, key, def) }
 // listFlag is a repeatable string flag that also splits on commas.
 type listFlag = cli.ListFlag
 
-// connectNATS connects a short-lived command to the relay's NATS.
-func connectNATS(url, name string, o queue.ConnectOptions) (*nats.Conn, error) {
+// connectNATS connects a short-lived command to the relay's NATS; extra
+// options come after the relay's own and so win.
+func connectNATS(url, name string, o queue.ConnectOptions, extra ...nats.Option) (*nats.Conn, error) {
 	if err := o.Validate(); err != nil {
 		return nil, cli.UsageError{Err: err}
 	}
-	nc, err := queue.ConnectWith(url, name, o)
+	nc, err := queue.ConnectWith(url, name, o, extra...)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
 	}

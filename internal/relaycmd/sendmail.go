@@ -2,14 +2,19 @@ package relaycmd
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/mail"
 	"net/textproto"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/cli"
 	"relay365/internal/message"
@@ -67,10 +72,120 @@ it on mail.send.<account>. Prints nothing on success.
 
 Exit codes (sysexits.h): 0 queued, 64 usage, 65 the message cannot be sent,
 70 internal error, 75 NATS unreachable or the queue full (try again later),
-77 NATS refused the credentials.
+77 NATS refused the credentials or the account's subject.
 
 Long options take two dashes:
 `
+
+// runSendmail is relay sendmail. It prints nothing when the message is
+// queued; every error carries its sysexits.h code (cli.ExitError).
+func runSendmail(ctx context.Context, args []string, env Env) error {
+	c, err := parseSendmail(args, env)
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	if err != nil {
+		return cli.ExitError{Code: exUsage, Err: err}
+	}
+	// Unreadable credential files are found before the message is read.
+	if _, err := c.NATS.Options(); err != nil {
+		return cli.ExitError{Code: exUsage, Err: err}
+	}
+	// To the end of the input, but never more than one byte past what
+	// Office 365 takes: that byte says the message is too large.
+	data, err := io.ReadAll(io.LimitReader(env.Stdin, message.MaxSize+1))
+	if err != nil {
+		return cli.ExitError{Code: exSoftware, Err: fmt.Errorf("read the message: %w", err)}
+	}
+	if !c.IgnoreDots {
+		data = endAtDot(data)
+	}
+	if len(data) > message.MaxSize {
+		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("the message is larger than %d bytes, what Office 365 accepts", message.MaxSize)}
+	}
+	m, err := buildSendmail(c, data)
+	if err != nil {
+		return cli.ExitError{Code: exDataErr, Err: err}
+	}
+	payload, err := m.Encode()
+	if err != nil {
+		return cli.ExitError{Code: exSoftware, Err: err}
+	}
+	return publishSendmail(ctx, c, m, payload)
+}
+
+// publishSendmail queues the message within c.Timeout, connecting
+// included, and says with the exit code whether trying again can help.
+func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message, payload []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	// A publish the server does not permit gets no reply, only an
+	// asynchronous -ERR: end the wait with it instead of at the timeout.
+	ctx, refuse := context.WithCancelCause(ctx)
+	defer refuse(nil)
+	nc, err := connectNATS(c.NATSURL, "relay-sendmail", c.NATS,
+		nats.Timeout(min(c.Timeout, 5*time.Second)),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				refuse(err)
+			}
+		}))
+	switch {
+	case cli.IsUsage(err):
+		return cli.ExitError{Code: exUsage, Err: err}
+	case refused(err):
+		return cli.ExitError{Code: exNoPerm, Err: err}
+	case err != nil: // refused, dead, unknown or silent: NATS is unreachable
+		return cli.ExitError{Code: exTempFail, Err: err}
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return cli.ExitError{Code: exSoftware, Err: err}
+	}
+	if _, err = queue.Publish(ctx, js, m.Account, m.ID, payload); err == nil {
+		return nil
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+		err = fmt.Errorf("%w (%v)", cause, err)
+	}
+	switch {
+	case queue.IsFull(err):
+		err = fmt.Errorf("the MAIL stream is full: %w", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		err = fmt.Errorf("JetStream did not answer within --timeout %v (is the MAIL stream there? relay serve creates it): %w", c.Timeout, err)
+	}
+	return cli.ExitError{Code: sendmailCode(err), Err: fmt.Errorf("not queued: %w", err)}
+}
+
+// refused reports whether NATS refused the credentials or the subject.
+func refused(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired) ||
+		errors.Is(err, nats.ErrPermissionViolation)
+}
+
+// sendmailCode is the exit code for a failed publish.
+func sendmailCode(err error) int {
+	var apiErr *jetstream.APIError
+	switch {
+	case refused(err):
+		return exNoPerm
+	case errors.Is(err, nats.ErrMaxPayload):
+		return exDataErr // larger than the server's max_payload: no retry helps
+	case queue.IsFull(err),
+		// NATS gone or silent, JetStream without a stream or a leader
+		// (queue.Publish retries those until the timeout).
+		errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.As(err, &apiErr) && apiErr.Code == 503:
+		return exTempFail
+	}
+	return exSoftware
+}
 
 // parseSendmail reads sendmail's command line by hand: the flag package
 // cannot read sendmail's attached values (-fuser@x, -FCronDaemon, -oi,

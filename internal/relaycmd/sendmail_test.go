@@ -1,16 +1,25 @@
 package relaycmd
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"io"
+	"net"
+	"net/mail"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"relay365/internal/cli"
+	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
+	"relay365/internal/testutil"
 )
 
 // TestParseSendmail: the command lines real callers write, in sendmail's
@@ -261,6 +270,279 @@ func TestBuildSendmail(t *testing.T) {
 				!strings.Contains(raw, tt.rawHas) || (tt.rawLacks != "" && strings.Contains(raw, tt.rawLacks)) ||
 				strings.Contains(strings.ReplaceAll(raw, "\r\n", ""), "\n") {
 				t.Fatalf("queued %+v\nraw %q", m, raw)
+			}
+		})
+	}
+}
+
+// queued returns the message at seq in MAIL, decoded.
+func queued(t *testing.T, ctx context.Context, js jetstream.JetStream, seq uint64) (*jetstream.RawStreamMsg, *message.Message) {
+	t.Helper()
+	stream, err := js.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := stream.GetMsg(ctx, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := message.Decode(raw.Data)
+	if err != nil {
+		t.Fatalf("queued JSON %s: %v", raw.Data, err)
+	}
+	return raw, m
+}
+
+// mailCount is the number of messages in MAIL.
+func mailCount(t *testing.T, ctx context.Context, js jetstream.JetStream) uint64 {
+	t.Helper()
+	stream, err := js.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// cronMail is what cronie pipes into sendmail after a job printed
+// something: its own header (unqualified local names), LF line endings,
+// 8-bit text, and output that holds a line of a single dot.
+const cronMail = `From: "(Cron Daemon)" <root>
+To: root
+Subject: Cron <root@web-3> /usr/local/bin/backup
+MIME-Version: 1.0
+Content-Type: text/plain; charset=UTF-8
+Content-Transfer-Encoding: 8bit
+X-Cron-Env: <SHELL=/bin/sh>
+
+backup done: 3 files
+.
+résumé: ok
+`
+
+// TestSendmailCron: cronie's invocation with its LF input queues one
+// message on mail.send.<account>: To the recipient qualified with the
+// domain, Raw the message with CRLF (the dot line kept: -i), the local
+// names in From and To qualified, nothing printed.
+func TestSendmailCron(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts", "RELAY_SENDMAIL_DOMAIN": "contoso.com"}
+	r := run(t, vars, cronMail, "sendmail", "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root")
+	if r.code != 0 || r.stdout != "" || r.stderr != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if n := mailCount(t, ctx, env.JS); n != 1 {
+		t.Fatalf("%d messages in MAIL, want 1", n)
+	}
+	sm, m := queued(t, ctx, env.JS, 1)
+	want := strings.ReplaceAll(cronMail, "\n", "\r\n")
+	want = strings.Replace(want, `From: "(Cron Daemon)" <root>`, `From: "(Cron Daemon)" <root@contoso.com>`, 1)
+	want = strings.Replace(want, "To: root\r\n", "To: <root@contoso.com>\r\n", 1)
+	if sm.Subject != "mail.send.alerts" || sm.Header.Get(jetstream.MsgIDHeader) != m.ID || m.Account != "alerts" || len(m.ID) != 32 ||
+		!reflect.DeepEqual(m.To, []string{"root@contoso.com"}) || m.Subject != "" || m.Text != "" {
+		t.Fatalf("queued on %s (%v): %+v", sm.Subject, sm.Header, m)
+	}
+	if string(m.Raw) != want {
+		t.Fatalf("raw\n got %q\nwant %q", m.Raw, want)
+	}
+	// As the worker renders it: From the mailbox with cron's display
+	// name, cron's address as Reply-To.
+	rendered, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com", Policy: message.PolicyRewrite}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := renderedHeader(t, rendered.Data)
+	if hdr.Get("From") != `"(Cron Daemon)" <alerts@contoso.com>` || replyTo(t, hdr) != "root@contoso.com" || rendered.MailFrom != "alerts@contoso.com" {
+		t.Fatalf("rendered header %v, MAIL FROM %s", hdr, rendered.MailFrom)
+	}
+}
+
+// replyTo is the one address of the Reply-To field.
+func replyTo(t *testing.T, hdr mail.Header) string {
+	t.Helper()
+	list, err := hdr.AddressList("Reply-To")
+	if err != nil || len(list) != 1 {
+		t.Fatalf("Reply-To %q: %v", hdr.Get("Reply-To"), err)
+	}
+	return list[0].Address
+}
+
+func renderedHeader(t *testing.T, data []byte) mail.Header {
+	t.Helper()
+	msg, err := mail.ReadMessage(strings.NewReader(string(data)))
+	if err != nil {
+		t.Fatalf("rendered message does not parse: %v\n%s", err, data)
+	}
+	return msg.Header
+}
+
+// TestSendmailHeaderRecipients: -t takes the recipients from To, Cc and
+// Bcc (as mdadm and logwatch call it, without -i: a single dot ends the
+// message); rendered for the account, From is the mailbox and the Bcc
+// field is gone while its address stays in the envelope.
+func TestSendmailHeaderRecipients(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+	in := "From: Backup Job <backup@web-3.contoso.com>\nTo: ops@contoso.com, Dev <dev@contoso.com>\nCc: audit@fabrikam.com\nBcc: secret@fabrikam.com\nSubject: nightly backup\n\nall good\n.\nnot part of the message\n"
+	r := run(t, vars, in, "sendmail", "-t")
+	if r.code != 0 || r.stdout != "" || r.stderr != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	_, m := queued(t, ctx, env.JS, 1)
+	if want := []string{"ops@contoso.com", "dev@contoso.com", "audit@fabrikam.com", "secret@fabrikam.com"}; !reflect.DeepEqual(m.To, want) {
+		t.Fatalf("To %v, want %v", m.To, want)
+	}
+	if !strings.HasSuffix(string(m.Raw), "\r\n\r\nall good\r\n") {
+		t.Fatalf("raw does not end at the dot: %q", m.Raw)
+	}
+	rendered, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com", Policy: message.PolicyRewrite}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := renderedHeader(t, rendered.Data)
+	from, err := hdr.AddressList("From")
+	if err != nil || len(from) != 1 || from[0].Address != "alerts@contoso.com" || from[0].Name != "Backup Job" {
+		t.Fatalf("rendered From %v (%v)", from, err)
+	}
+	if _, ok := hdr["Bcc"]; ok || strings.Contains(string(rendered.Data), "secret@") {
+		t.Fatalf("the Bcc field was sent:\n%s", rendered.Data)
+	}
+	if replyTo(t, hdr) != "backup@web-3.contoso.com" || !reflect.DeepEqual(rendered.Rcpts, m.To) {
+		t.Fatalf("Reply-To %q, envelope %v", hdr.Get("Reply-To"), rendered.Rcpts)
+	}
+}
+
+// TestSendmailExitCodes: sysexits.h codes, with the reason on stderr,
+// and nothing queued when the answer is not 0.
+func TestSendmailExitCodes(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	good := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+	tests := []struct {
+		name   string
+		vars   map[string]string
+		stdin  string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"no account", map[string]string{"RELAY_NATS_URL": env.URL}, "Subject: x\n\nx\n", []string{"ops@contoso.com"}, 64, "relay sendmail: no account: set RELAY_ACCOUNT"},
+		{"bad flag", good, "", []string{"-q1h"}, 64, "unknown option -q1h"},
+		{"no recipients", good, "Subject: x\n\nx\n", []string{"-i"}, 64, "no recipients"},
+		{"unreadable NATS password file", good, "", []string{"--nats-user", "u", "--nats-password-file", "/nonexistent/pw", "ops@contoso.com"}, 64, "--nats-password-file"},
+		{"NUL", good, "Subject: x\n\na\x00b\n", []string{"ops@contoso.com"}, 65, "NUL byte"},
+		{"-t without recipients", good, "Subject: x\n\nx\n", []string{"-t"}, 65, "no recipients in the To, Cc and Bcc fields"},
+		{"unparseable From", good, "From: <<<\nSubject: x\n\nx\n", []string{"ops@contoso.com"}, 65, "From field"},
+		{"root without a domain", good, "Subject: x\n\nx\n", []string{"root"}, 65, "set RELAY_SENDMAIL_DOMAIN"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := run(t, tt.vars, tt.stdin, append([]string{"sendmail"}, tt.args...)...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.stderr) || r.stdout != "" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want %d and %q", r.code, r.stdout, r.stderr, tt.code, tt.stderr)
+			}
+		})
+	}
+	if n := mailCount(t, ctx, env.JS); n != 0 {
+		t.Fatalf("%d messages queued by refused invocations", n)
+	}
+	if r := run(t, nil, "", "--help"); !strings.Contains(r.stdout, "sendmail  queue a message from stdin") {
+		t.Fatalf("relay usage does not list sendmail:\n%s", r.stdout)
+	}
+}
+
+// TestSendmailTempFail: whatever a later try may cure exits 75, within
+// --timeout: NATS not listening, a server that never answers, JetStream
+// without the MAIL stream, and a full stream.
+func TestSendmailTempFail(t *testing.T) {
+	msg := "Subject: x\n\nx\n"
+	tempfail := func(t *testing.T, vars map[string]string, want string, args ...string) {
+		t.Helper()
+		start := time.Now()
+		r := run(t, vars, msg, append([]string{"sendmail"}, args...)...)
+		if r.code != 75 || !strings.Contains(r.stderr, want) {
+			t.Fatalf("exit %d, stderr %q; want 75 and %q", r.code, r.stderr, want)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Fatalf("took %v", d)
+		}
+	}
+	t.Run("NATS not listening", func(t *testing.T) {
+		tempfail(t, map[string]string{"RELAY_NATS_URL": "nats://127.0.0.1:1", "RELAY_ACCOUNT": "alerts"}, "is relay serve or relay sandbox running", "ops@contoso.com")
+	})
+	t.Run("NATS silent", func(t *testing.T) {
+		// The kernel completes the handshake of a listener nobody
+		// accepts on, so the client waits for an INFO that never comes.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		tempfail(t, map[string]string{"RELAY_NATS_URL": "nats://" + ln.Addr().String(), "RELAY_ACCOUNT": "alerts"}, "connect to NATS", "--timeout", "1s", "ops@contoso.com")
+	})
+	t.Run("no MAIL stream", func(t *testing.T) {
+		env := queuetest.Start(t)
+		tempfail(t, map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}, "not queued", "--timeout", "1s", "ops@contoso.com")
+	})
+	t.Run("stream full", func(t *testing.T) {
+		env, ctx := queuetest.StartMail(t)
+		vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+		if r := run(t, vars, msg, "sendmail", "ops@contoso.com"); r.code != 0 {
+			t.Fatalf("first message: exit %d: %s", r.code, r.stderr)
+		}
+		stream, err := env.JS.Stream(ctx, queue.StreamMail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := stream.CachedInfo().Config
+		cfg.MaxMsgs = 1
+		if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		tempfail(t, vars, "the MAIL stream is full", "ops@contoso.com")
+		if n := mailCount(t, ctx, env.JS); n != 1 {
+			t.Fatalf("%d messages in MAIL, want 1", n)
+		}
+	})
+}
+
+// TestSendmailNoPerm: a NATS server that refuses the login, or the
+// subject, exits 77 at once (not after --timeout).
+func TestSendmailNoPerm(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, Users: []*server.User{
+		{Username: "cron", Password: "cron-password-1", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{"mail.send.billing"}},
+		}},
+	}}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	pw := testutil.WriteFile(t, "pw", "cron-password-1\n")
+	for _, tt := range []struct {
+		name, want string
+		vars       map[string]string
+	}{
+		{"no credentials", "Authorization Violation", map[string]string{"RELAY_ACCOUNT": "alerts"}},
+		{"wrong password", "Authorization Violation", map[string]string{"RELAY_ACCOUNT": "alerts", "RELAY_NATS_USER": "cron", "RELAY_NATS_PASSWORD": "wrong"}},
+		{"subject not permitted", "permissions violation", map[string]string{"RELAY_ACCOUNT": "alerts", "RELAY_NATS_USER": "cron", "RELAY_NATS_PASSWORD_FILE": pw}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.vars["RELAY_NATS_URL"] = ns.ClientURL()
+			start := time.Now()
+			r := run(t, tt.vars, "Subject: x\n\nx\n", "sendmail", "--timeout", "20s", "ops@contoso.com")
+			if r.code != 77 || !strings.Contains(strings.ToLower(r.stderr), strings.ToLower(tt.want)) {
+				t.Fatalf("exit %d, stderr %q; want 77 and %q", r.code, r.stderr, tt.want)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Fatalf("took %v: waited for the timeout", d)
 			}
 		})
 	}
