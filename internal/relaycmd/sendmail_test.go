@@ -511,20 +511,11 @@ func TestSendmailTempFail(t *testing.T) {
 // TestSendmailNoPerm: a NATS server that refuses the login, or the
 // subject, exits 77 at once (not after --timeout).
 func TestSendmailNoPerm(t *testing.T) {
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, Users: []*server.User{
+	ns := startPlainNATS(t, &server.Options{Users: []*server.User{
 		{Username: "cron", Password: "cron-password-1", Permissions: &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{"mail.send.billing"}},
 		}},
-	}}
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
+	}})
 	pw := testutil.WriteFile(t, "pw", "cron-password-1\n")
 	for _, tt := range []struct {
 		name, want string
@@ -546,4 +537,33 @@ func TestSendmailNoPerm(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSendmailMaxPayload: a message larger than the NATS server takes
+// (an external server's max_payload is 1 MiB unless raised) can never be
+// queued there: 65, not a retry.
+func TestSendmailMaxPayload(t *testing.T) {
+	ns := startPlainNATS(t, &server.Options{MaxPayload: 4096})
+	big := "Subject: logwatch\n\n" + strings.Repeat("x", 8000) + "\n"
+	r := run(t, map[string]string{"RELAY_NATS_URL": ns.ClientURL(), "RELAY_ACCOUNT": "alerts"}, big, "sendmail", "ops@contoso.com")
+	if r.code != 65 || !strings.Contains(r.stderr, "maximum payload exceeded") {
+		t.Fatalf("exit %d, stderr %q; want 65", r.code, r.stderr)
+	}
+}
+
+// startPlainNATS runs a nats-server without JetStream on a free loopback
+// port: enough to see logins, permissions and payload limits enforced.
+func startPlainNATS(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	return ns
 }
