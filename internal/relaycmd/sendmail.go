@@ -25,7 +25,7 @@ import (
 // Relay365: cron, mdadm, smartd, logwatch and scripts pipe one message
 // into it, and it queues that message on mail.send.<account> as the SMTP
 // front door (internal/ingress) does: raw, with the envelope recipients
-// as To and a fresh message id.
+// as To and a fresh message id (docs/design.md §10).
 
 // Exit codes of relay sendmail. They are sysexits.h's (sysexits(3)), as
 // sendmail(8) returns them ("RETURN VALUES") and as its callers read them:
