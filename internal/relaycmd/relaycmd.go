@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/nats-io/nats.go"
@@ -38,7 +39,17 @@ type Env = cli.Env
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return Run(ctx, args, Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+	return Run(ctx, commandLine(os.Args[0], args), Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+}
+
+// commandLine is args, behind "sendmail" when the binary runs under that
+// name: installed as a symlink /usr/sbin/sendmail -> relay, it is called
+// as sendmail is (sendmail -t -i), as Postfix's and msmtp's are.
+func commandLine(argv0 string, args []string) []string {
+	if filepath.Base(argv0) == "sendmail" {
+		return append([]string{"sendmail"}, args...)
+	}
+	return args
 }
 
 type command struct {

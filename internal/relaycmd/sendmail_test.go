@@ -567,3 +567,23 @@ func startPlainNATS(t *testing.T, opts *server.Options) *server.Server {
 	}
 	return ns
 }
+
+// TestCommandLineAsSendmail: a symlink named sendmail runs relay sendmail
+// with the arguments as given; under any other name nothing changes.
+func TestCommandLineAsSendmail(t *testing.T) {
+	for _, tt := range []struct {
+		argv0 string
+		args  []string
+		want  []string
+	}{
+		{"/usr/sbin/sendmail", []string{"-t", "-i"}, []string{"sendmail", "-t", "-i"}},
+		{"sendmail", nil, []string{"sendmail"}},
+		{"/usr/lib/sendmail", []string{"-oi", "root"}, []string{"sendmail", "-oi", "root"}},
+		{"/usr/local/bin/relay", []string{"publish", "-f", "-"}, []string{"publish", "-f", "-"}},
+		{"relay", []string{"sendmail", "root"}, []string{"sendmail", "root"}},
+	} {
+		if got := commandLine(tt.argv0, tt.args); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("commandLine(%q, %q) = %q, want %q", tt.argv0, tt.args, got, tt.want)
+		}
+	}
+}
