@@ -6,7 +6,9 @@
 // Exit codes are the same for every binary: 0 success, 1 failure while
 // running (the message says what failed and what to do), 2 bad usage or
 // configuration (the message says what to fix; nothing was started), 130
-// interrupted (Ctrl-C or SIGTERM while the command was running).
+// interrupted (Ctrl-C or SIGTERM while the command was running). A command
+// whose callers expect other codes returns an ExitError instead (relay
+// sendmail speaks sysexits.h, as /usr/sbin/sendmail does).
 package cli
 
 import (
@@ -54,6 +56,25 @@ func IsUsage(err error) bool {
 // Usagef builds a UsageError.
 func Usagef(format string, args ...any) error { return UsageError{Err: fmt.Errorf(format, args...)} }
 
+// ExitError makes Dispatch exit with Code instead of the codes above, for a
+// command whose callers expect codes of their own (relay sendmail: the
+// sysexits.h codes cron and mail tools act on). Err, when not nil, is
+// printed as any other error is; Code wins over every other rule, even an
+// interruption, because the command chose it.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+func (e ExitError) Unwrap() error { return e.Err }
+
 // Command is one subcommand.
 type Command struct {
 	Name, Summary string
@@ -63,6 +84,7 @@ type Command struct {
 // Dispatch runs the command named by args[0] and turns its error into an
 // exit code, printing it as "<prog> <command>: <error>". No command, -h,
 // --help or help print usage. An error after ctx ended is an interruption.
+// An ExitError sets the code itself.
 func Dispatch(ctx context.Context, prog string, cmds []Command, usage func(io.Writer), args []string, env Env) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(env.Stdout)
@@ -76,9 +98,15 @@ func Dispatch(ctx context.Context, prog string, cmds []Command, usage func(io.Wr
 			continue
 		}
 		err := c.Run(ctx, args[1:], env)
+		var exit ExitError
 		switch {
 		case err == nil:
 			return ExitOK
+		case errors.As(err, &exit):
+			if exit.Err != nil {
+				fmt.Fprintf(env.Stderr, "%s %s: %v\n", prog, c.Name, err)
+			}
+			return exit.Code
 		case errors.Is(err, flag.ErrHelp):
 			return ExitOK
 		case IsUsage(err):

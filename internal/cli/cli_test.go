@@ -21,6 +21,13 @@ func TestDispatchExitCodes(t *testing.T) {
 		{Name: "fail", Run: func(context.Context, []string, Env) error { return errors.New("boom") }},
 		{Name: "help", Run: func(context.Context, []string, Env) error { return flag.ErrHelp }},
 		{Name: "stop", Run: func(ctx context.Context, _ []string, _ Env) error { return fmt.Errorf("waiting: %w", ctx.Err()) }},
+		{Name: "tempfail", Run: func(context.Context, []string, Env) error { return ExitError{Code: 75, Err: errors.New("NATS down")} }},
+		{Name: "wrapped", Run: func(context.Context, []string, Env) error {
+			return fmt.Errorf("queue: %w", ExitError{Code: 77, Err: errors.New("authorization violation")})
+		}},
+		{Name: "silent", Run: func(context.Context, []string, Env) error { return ExitError{Code: 3} }},
+		{Name: "usage64", Run: func(context.Context, []string, Env) error { return ExitError{Code: 64, Err: Usagef("-x: unknown")} }},
+		{Name: "stop75", Run: func(ctx context.Context, _ []string, _ Env) error { return ExitError{Code: 75, Err: ctx.Err()} }},
 	}
 	tests := []struct {
 		ctx    context.Context
@@ -36,12 +43,21 @@ func TestDispatchExitCodes(t *testing.T) {
 		{context.Background(), []string{"nope"}, ExitUsage, `unknown command "nope"`},
 		{context.Background(), nil, ExitUsage, ""},
 		{context.Background(), []string{"--help"}, ExitOK, ""},
+		// ExitError: the command's own code wins over every other rule.
+		{context.Background(), []string{"tempfail"}, 75, "prog tempfail: NATS down"},
+		{context.Background(), []string{"wrapped"}, 77, "prog wrapped: queue: authorization violation"},
+		{context.Background(), []string{"silent"}, 3, ""},
+		{context.Background(), []string{"usage64"}, 64, "prog usage64: -x: unknown"},
+		{cancelled, []string{"stop75"}, 75, "prog stop75: context canceled"},
 	}
 	for _, tt := range tests {
 		var out, errb bytes.Buffer
 		code := Dispatch(tt.ctx, "prog", cmds, func(w io.Writer) { io.WriteString(w, "USAGE") }, tt.args, Env{Stdout: &out, Stderr: &errb})
 		if code != tt.code || !strings.Contains(errb.String(), tt.stderr) {
 			t.Errorf("%v: exit %d stderr %q, want %d and %q", tt.args, code, errb.String(), tt.code, tt.stderr)
+		}
+		if tt.stderr == "" && len(tt.args) > 0 && tt.args[0] != "nope" && errb.Len() > 0 {
+			t.Errorf("%v: stderr %q, want nothing", tt.args, errb.String())
 		}
 	}
 }

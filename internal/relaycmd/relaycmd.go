@@ -4,7 +4,8 @@
 //
 // Exit codes: 0 success, 1 failure while running (NATS unreachable, a
 // message refused), 2 bad usage or configuration (the message says what to
-// fix), 130 interrupted (internal/cli).
+// fix), 130 interrupted (internal/cli). relay sendmail alone exits with
+// sysexits.h's codes, which its callers expect of /usr/sbin/sendmail.
 package relaycmd
 
 import (
@@ -14,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/nats-io/nats.go"
@@ -38,7 +40,17 @@ type Env = cli.Env
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return Run(ctx, args, Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+	return Run(ctx, commandLine(os.Args[0], args), Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+}
+
+// commandLine is args, behind "sendmail" when the binary runs under that
+// name: installed as a symlink /usr/sbin/sendmail -> relay, it is called
+// as sendmail is (sendmail -t -i), as Postfix's and msmtp's are.
+func commandLine(argv0 string, args []string) []string {
+	if filepath.Base(argv0) == "sendmail" {
+		return append([]string{"sendmail"}, args...)
+	}
+	return args
 }
 
 type command struct {
@@ -53,6 +65,7 @@ func commands() []command {
 		{"publish", "queue one message for delivery", runPublish},
 		{"dlq", "list, show, replay or purge dead letters", runDLQ},
 		{"producer", "add, list or remove SMTP producer identities", runProducer},
+		{"sendmail", "queue a message from stdin, as /usr/sbin/sendmail does", runSendmail},
 		{"setup", "create the streams and buckets (as the NATS admin, before restricted relays start)", runSetup},
 		{"keygen", "create the token sealing key file", runKeygen},
 		{"bench", "measure the relay against the SMTP ceiling (in one process)", runBench},
@@ -69,7 +82,8 @@ Commands:
 const usageTail = `
 Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_ADDR;
 NATS authentication: ` + queue.ConnectEnv + `.
-Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted.
+Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted;
+relay sendmail: sysexits.h (relay sendmail -h).
 `
 
 func usage(w io.Writer) {
@@ -110,12 +124,13 @@ func dataDirFlag(fs *flag.FlagSet, env Env, dir *string) {
 	fs.StringVar(dir, "data-dir", envOr(env, "RELAY_DATA_DIR", daemon.DefaultDataDir), "the relay's data directory: its nkeys/ seeds are used when no NATS credentials are given (env RELAY_DATA_DIR)")
 }
 
-// connectNATS connects a short-lived command to the relay's NATS.
-func connectNATS(url, name string, o queue.ConnectOptions) (*nats.Conn, error) {
+// connectNATS connects a short-lived command to the relay's NATS; extra
+// options come after the relay's own and so win.
+func connectNATS(url, name string, o queue.ConnectOptions, extra ...nats.Option) (*nats.Conn, error) {
 	if err := o.Validate(); err != nil {
 		return nil, cli.UsageError{Err: err}
 	}
-	nc, err := queue.ConnectWith(url, name, o)
+	nc, err := queue.ConnectWith(url, name, o, extra...)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
 	}

@@ -1,0 +1,612 @@
+package relaycmd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/mail"
+	"net/textproto"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/cli"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+	"relay365/internal/roles"
+)
+
+// relay sendmail is /usr/sbin/sendmail for hosts whose mail goes through
+// Relay365: cron, mdadm, smartd, logwatch and scripts pipe one message
+// into it, and it queues that message on mail.send.<account> as the SMTP
+// front door (internal/ingress) does: raw, with the envelope recipients
+// as To and a fresh message id (docs/design.md §10).
+
+// Exit codes of relay sendmail. They are sysexits.h's (sysexits(3)), as
+// sendmail(8) returns them ("RETURN VALUES") and as its callers read them:
+// cron and mail(1) report any code but 0, and a caller that can retry
+// (a script, a monitoring agent) retries EX_TEMPFAIL only. So they differ
+// on purpose from the 0/1/2 of the other relay commands (internal/cli).
+const (
+	exUsage    = 64 // EX_USAGE: bad flags, no account, no recipients without -t
+	exDataErr  = 65 // EX_DATAERR: the message can never be sent as it is
+	exSoftware = 70 // EX_SOFTWARE: anything unexpected
+	exTempFail = 75 // EX_TEMPFAIL: NATS or JetStream unreachable, silent or full: try again later
+	exNoPerm   = 77 // EX_NOPERM: NATS refused the credentials or the subject
+)
+
+// sendmailConfig is one relay sendmail invocation.
+type sendmailConfig struct {
+	Account string
+	NATSURL string
+	NATS    queue.ConnectOptions
+	DataDir string
+	Timeout time.Duration
+	// Domain qualifies addresses without one (root becomes root@Domain),
+	// as sendmail qualifies local names with its own domain: cron,
+	// mdadm and smartd write "root", which Office 365 cannot deliver.
+	Domain     string
+	FromHeader bool   // -t: recipients from the To, Cc and Bcc fields, and the arguments
+	IgnoreDots bool   // -i, -oi: a line of a single dot is text, not the end of the message
+	Sender     string // -f, -r: not the envelope sender (always the mailbox), only a From line the message lacks
+	FullName   string // -F: the display name of that From line
+	Rcpts      []string
+}
+
+const sendmailUsage = `Usage: relay sendmail [-t] [-i] [-f FROM] [-F NAME] [--account A] [RECIPIENT...]
+
+Reads one message on standard input, as /usr/sbin/sendmail does, and queues
+it on mail.send.<account>. Prints nothing on success.
+
+  -t        recipients from the To, Cc and Bcc fields as well (Bcc is not sent)
+  -i, -oi   a line of a single "." does not end the message
+  -f FROM   a From line for a message that has none (the relay sends as the
+            account's mailbox; its From policy decides what becomes of it)
+  -F NAME   the display name of that From line
+  accepted and ignored: -oem -oee -om -odi -odb and any other -oX, -B TYPE,
+  -N DSN, -R RET, -V ENVID, -v, -bm
+
+Exit codes (sysexits.h): 0 queued, 64 usage, 65 the message cannot be sent,
+70 internal error, 75 NATS unreachable or the queue full (try again later),
+77 NATS refused the credentials or the account's subject.
+
+Long options take two dashes:
+`
+
+// runSendmail is relay sendmail. It prints nothing when the message is
+// queued; every error carries its sysexits.h code (cli.ExitError).
+func runSendmail(ctx context.Context, args []string, env Env) error {
+	c, err := parseSendmail(args, env)
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	if err != nil {
+		return cli.ExitError{Code: exUsage, Err: err}
+	}
+	// The producer seed of a relay on this host, when no credentials are
+	// named; unreadable credential files are found before the message is
+	// read.
+	roles.Default(&c.NATS, c.DataDir, roles.Producer)
+	if _, err := c.NATS.Options(); err != nil {
+		return cli.ExitError{Code: exUsage, Err: err}
+	}
+	// To the end of the input, but never more than one byte past what
+	// Office 365 takes: that byte says the message is too large.
+	data, err := io.ReadAll(io.LimitReader(env.Stdin, message.MaxSize+1))
+	if err != nil {
+		return cli.ExitError{Code: exSoftware, Err: fmt.Errorf("read the message: %w", err)}
+	}
+	if !c.IgnoreDots {
+		data = endAtDot(data)
+	}
+	if len(data) > message.MaxSize {
+		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("the message is larger than %d bytes, what Office 365 accepts", message.MaxSize)}
+	}
+	m, err := buildSendmail(c, data)
+	if err != nil {
+		return cli.ExitError{Code: exDataErr, Err: err}
+	}
+	payload, err := m.Encode()
+	if err != nil {
+		return cli.ExitError{Code: exSoftware, Err: err}
+	}
+	return publishSendmail(ctx, c, m, payload)
+}
+
+// publishSendmail queues the message within c.Timeout, connecting
+// included, and says with the exit code whether trying again can help.
+func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message, payload []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	// A publish the server does not permit gets no reply, only an
+	// asynchronous -ERR: end the wait with it instead of at the timeout.
+	ctx, refuse := context.WithCancelCause(ctx)
+	defer refuse(nil)
+	nc, err := connectNATS(c.NATSURL, "relay-sendmail", c.NATS,
+		nats.Timeout(min(c.Timeout, 5*time.Second)),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				refuse(err)
+			}
+		}))
+	switch {
+	case cli.IsUsage(err):
+		return cli.ExitError{Code: exUsage, Err: err}
+	case refused(err):
+		return cli.ExitError{Code: exNoPerm, Err: err}
+	case err != nil: // refused, dead, unknown or silent: NATS is unreachable
+		return cli.ExitError{Code: exTempFail, Err: err}
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return cli.ExitError{Code: exSoftware, Err: err}
+	}
+	if _, err = queue.Publish(ctx, js, m.Account, m.ID, payload); err == nil {
+		return nil
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+		err = fmt.Errorf("%w (%v)", cause, err)
+	}
+	switch {
+	case queue.IsFull(err):
+		err = fmt.Errorf("the MAIL stream is full: %w", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		err = fmt.Errorf("JetStream did not answer within --timeout %v (is the MAIL stream there? relay serve creates it): %w", c.Timeout, err)
+	}
+	return cli.ExitError{Code: sendmailCode(err), Err: fmt.Errorf("not queued: %w", err)}
+}
+
+// refused reports whether NATS refused the credentials or the subject.
+func refused(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired) ||
+		errors.Is(err, nats.ErrPermissionViolation)
+}
+
+// sendmailCode is the exit code for a failed publish.
+func sendmailCode(err error) int {
+	var apiErr *jetstream.APIError
+	switch {
+	case refused(err):
+		return exNoPerm
+	case errors.Is(err, nats.ErrMaxPayload):
+		return exDataErr // larger than the server's max_payload: no retry helps
+	case queue.IsFull(err),
+		// NATS gone or silent, JetStream without a stream or a leader
+		// (queue.Publish retries those until the timeout).
+		errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.As(err, &apiErr) && apiErr.Code == 503:
+		return exTempFail
+	}
+	return exSoftware
+}
+
+// parseSendmail reads sendmail's command line by hand: the flag package
+// cannot read sendmail's attached values (-fuser@x, -FCronDaemon, -oi,
+// -B8BITMIME). Options end at "--" or at the first recipient, as POSIX
+// getopt and Postfix's sendmail(1) have it. Long options (--account,
+// --nats-url, the NATS options) are handed to a flag set as usual.
+func parseSendmail(args []string, env Env) (sendmailConfig, error) {
+	var c sendmailConfig
+	fs := newFlags("sendmail", env)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), sendmailUsage)
+		fs.VisitAll(func(f *flag.Flag) {
+			name, usage := flag.UnquoteUsage(f)
+			fmt.Fprintf(fs.Output(), "  --%s %s\n    \t%s\n", f.Name, name, usage)
+		})
+	}
+	fs.StringVar(&c.Account, "account", envOr(env, "RELAY_ACCOUNT", ""), "account alias to send through (env RELAY_ACCOUNT)")
+	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
+	c.NATS.Register(fs, env.Getenv)
+	dataDirFlag(fs, env, &c.DataDir)
+	fs.StringVar(&c.Domain, "domain", envOr(env, "RELAY_SENDMAIL_DOMAIN", ""), "domain for addresses without one: root becomes root@DOMAIN (env RELAY_SENDMAIL_DOMAIN)")
+	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "give up connecting and publishing after this long (exit 75)")
+
+	var long []string
+	i := 0
+	for ; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			i++
+			break
+		}
+		if a == "-h" || a == "--help" {
+			fs.Usage()
+			return c, flag.ErrHelp
+		}
+		if name, ok := strings.CutPrefix(a, "--"); ok {
+			name, _, hasValue := strings.Cut(name, "=")
+			f := fs.Lookup(name)
+			if f == nil {
+				return c, cli.Usagef("unknown option %s", a)
+			}
+			long = append(long, a)
+			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !hasValue && !(ok && b.IsBoolFlag()) {
+				if i+1 == len(args) {
+					return c, cli.Usagef("%s needs a value", a)
+				}
+				i++
+				long = append(long, args[i])
+			}
+			continue
+		}
+		if len(a) < 2 || a[0] != '-' {
+			break // the first recipient
+		}
+		letter, value := a[1], a[2:]
+		switch letter {
+		case 't', 'i', 'v': // -v asks for sendmail's transcript: there is none to show
+			if value != "" {
+				return c, cli.Usagef("unknown option %s (give one-letter options apart: -t -i)", a)
+			}
+			c.FromHeader = c.FromHeader || letter == 't'
+			c.IgnoreDots = c.IgnoreDots || letter == 'i'
+			continue
+		case 'b', 'B', 'f', 'r', 'F', 'N', 'R', 'V', 'o':
+		default:
+			return c, unknownOption(a, fs)
+		}
+		// These take a value, attached (-fuser) or as the next argument.
+		if value == "" {
+			if i+1 == len(args) {
+				return c, cli.Usagef("-%c needs a value", letter)
+			}
+			i++
+			value = args[i]
+		}
+		switch letter {
+		case 'b':
+			// -bm (deliver a message) is what sendmail does by default;
+			// the other modes (-bs SMTP on stdin, -bp the queue, -bi
+			// aliases, -bd a daemon) are not a relay client's to play.
+			if value != "m" {
+				return c, cli.Usagef("-b%s: only -bm (read a message on stdin) is supported; for SMTP use the relay's SMTP front door (relay serve --smtp-listen)", value)
+			}
+		case 'f', 'r': // -r is sendmail's obsolete spelling of -f
+			c.Sender = value
+		case 'F':
+			c.FullName = value
+		case 'o':
+			// -oi is IgnoreDots; sendmail ignores options it does not
+			// know, and -oem, -oee, -om, -odi, -odb (error reporting,
+			// me too, delivery mode) mean nothing once the message is in
+			// JetStream.
+			c.IgnoreDots = c.IgnoreDots || value == "i"
+		}
+		// -B (body type), -N, -R, -V (DSN notify, return, envelope id):
+		// accepted and ignored; the relay sends 8BITMIME where Office 365
+		// takes it and asks for no DSNs.
+	}
+	c.Rcpts = append([]string(nil), args[i:]...)
+	if err := parse(fs, long); err != nil {
+		return c, err
+	}
+	switch {
+	case c.Account == "":
+		return c, cli.Usagef("no account: set RELAY_ACCOUNT or give --account")
+	case !message.ValidAccount(c.Account):
+		return c, cli.Usagef("--account %q: want an account alias (lower-case letters, digits, '-' and '_')", c.Account)
+	case c.Timeout <= 0:
+		return c, cli.Usagef("--timeout %v: want a positive duration", c.Timeout)
+	case !c.FromHeader && len(c.Rcpts) == 0:
+		return c, cli.Usagef("no recipients: give them as arguments, or -t to take them from the To, Cc and Bcc fields")
+	}
+	c.Domain = strings.TrimPrefix(c.Domain, "@")
+	if c.Domain != "" {
+		if _, err := message.ParseAddress("domain", "postmaster@"+c.Domain); err != nil {
+			return c, cli.Usagef("--domain %q: want a domain such as contoso.com", c.Domain)
+		}
+	}
+	return c, nil
+}
+
+// unknownOption is the usage error for a - option sendmail's callers do
+// not use; a long option given with one dash gets a hint.
+func unknownOption(a string, fs *flag.FlagSet) error {
+	name, _, _ := strings.Cut(a[1:], "=")
+	if fs.Lookup(name) != nil {
+		return cli.Usagef("unknown option %s (long options take two dashes: -%s)", a, a)
+	}
+	return cli.Usagef("unknown option %s", a)
+}
+
+// endAtDot cuts data at its first line of a single dot: without -i that
+// line ends the message, as sendmail(8) reads its input ("-i: Ignore dots
+// alone on lines by themselves in incoming messages").
+func endAtDot(data []byte) []byte {
+	for i := 0; i < len(data); {
+		line, _, found := bytes.Cut(data[i:], []byte("\n"))
+		if string(bytes.TrimSuffix(line, []byte("\r"))) == "." {
+			return data[:i]
+		}
+		if !found {
+			break
+		}
+		i += len(line) + 1
+	}
+	return data
+}
+
+// buildSendmail turns the bytes read into the message to queue, as the
+// SMTP front door does (raw, envelope recipients as To, a fresh id). The
+// header is mended first as sendmail would (tidyHeader); every error
+// means the message can never be sent as it is (exit 65).
+func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
+	raw, err := message.NormalizeRaw(data) // CRLF; refuses a NUL
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) == 0 {
+		raw = []byte("\r\n") // an empty message still has an (empty) header and body
+	}
+	raw = tidyHeader(raw, c.Domain)
+	msg, err := mail.ReadMessage(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("the header does not parse: %v", err)
+	}
+	// -f is never the envelope sender: the relay sends as the account's
+	// mailbox. It only gives a message without a From field one, which
+	// the account's From policy then rewrites (the address goes to
+	// Reply-To) or refuses. An -f that is no address ("<>") gives none.
+	if len(msg.Header["From"]) == 0 && c.Sender != "" {
+		if from, err := parseAddresses(c.Sender, c.Domain); err == nil && len(from) == 1 {
+			from[0].Name = c.FullName
+			raw = append([]byte("From: "+from[0].String()+"\r\n"), raw...)
+		}
+	}
+	// The worker refuses a From or Sender that is not an address; say
+	// now, and say what to do when all it lacks is a domain.
+	for _, h := range []string{"From", "Sender"} {
+		for _, v := range msg.Header[h] {
+			if _, err := parseAddresses(v, c.Domain); err != nil {
+				return nil, fmt.Errorf("%s field: %v", h, err)
+			}
+		}
+	}
+	var rcpts []string
+	seen := map[string]bool{}
+	add := func(what, list string) error {
+		addrs, err := parseAddresses(list, c.Domain)
+		if err != nil {
+			return fmt.Errorf("%s: %v", what, err)
+		}
+		for _, a := range addrs {
+			if k := strings.ToLower(a.Address); !seen[k] {
+				seen[k] = true
+				rcpts = append(rcpts, a.Address)
+			}
+		}
+		return nil
+	}
+	if c.FromHeader {
+		// -t: the To, Cc and Bcc fields, plus the arguments (as Postfix
+		// does; sendmail 8 would drop the arguments instead). The Bcc
+		// field itself is removed when the worker renders the message.
+		for _, h := range []string{"To", "Cc", "Bcc"} {
+			for _, v := range msg.Header[h] {
+				if strings.TrimSpace(v) == "" {
+					continue // "Bcc:" with nobody: legal, names no one
+				}
+				if err := add(h+" field", v); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	for _, r := range c.Rcpts {
+		if err := add("recipient", r); err != nil {
+			return nil, err
+		}
+	}
+	if len(rcpts) == 0 {
+		return nil, errors.New("no recipients in the To, Cc and Bcc fields (-t)")
+	}
+	m := &message.Message{ID: message.NewID(), Account: c.Account, To: rcpts, Raw: raw}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	// Render it as the worker will, but for the account's From policy,
+	// which only the worker knows (the registry is not a producer's to
+	// read): what no account could send (a From that is not one address,
+	// too large once rendered) is refused now, to a caller that can still
+	// say so, instead of being dead-lettered later.
+	if _, err := message.Render(m, message.Sender{Mailbox: "postmaster@relay365.invalid", Policy: message.PolicyRewrite}, time.Now()); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// parseAddresses parses an address list (an argument, a field's value),
+// qualifying addresses without a domain with domain when that is what
+// keeps them from parsing.
+func parseAddresses(s, domain string) ([]*mail.Address, error) {
+	list, err := mail.ParseAddressList(s)
+	if err == nil {
+		return list, nil
+	}
+	if domain != "" {
+		if list, err := mail.ParseAddressList(qualify(s, domain)); err == nil {
+			return list, nil
+		}
+	} else if _, err := mail.ParseAddressList(qualify(s, "relay365.invalid")); err == nil {
+		return nil, fmt.Errorf("%q has no domain: set RELAY_SENDMAIL_DOMAIN or give --domain (root becomes root@DOMAIN), or give a full address", s)
+	}
+	return nil, fmt.Errorf("%q: %v", s, err)
+}
+
+// addressFields are the header fields that hold addresses (RFC 5322
+// §3.6.2, §3.6.3); tidyHeader qualifies them.
+var addressFields = map[string]bool{"From": true, "Sender": true, "Reply-To": true, "To": true, "Cc": true, "Bcc": true}
+
+// fieldName is RFC 5322 §3.6.8's field-name: printable US-ASCII but ':'.
+var fieldName = regexp.MustCompile(`^[!-9;-~]+$`)
+
+// tidyHeader mends a CRLF message's header the way sendmail does before
+// it queues, and leaves everything else byte for byte:
+//   - a line that is not a header field ends the header (sendmail and
+//     Postfix both read it so): "echo disk full | sendmail root" sends
+//     "disk full" as the body, behind the blank line it lacked;
+//   - with a domain, an address field that does not parse because an
+//     address has no domain is written again with the addresses
+//     qualified. cronie writes From: "(Cron Daemon)" <root> and To: root,
+//     mdadm From: mdadm monitoring <root>; sendmail appends its own
+//     domain to such local names, and net/mail, the worker and Office 365
+//     accept only full addresses.
+func tidyHeader(raw []byte, domain string) []byte {
+	var out bytes.Buffer
+	rest := raw
+	for len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) {
+		end := len(rest) // the field: its line and the continuation lines after it
+		for i := 0; i < len(rest); {
+			j := bytes.Index(rest[i:], []byte("\r\n"))
+			if j < 0 {
+				break
+			}
+			i += j + 2
+			if i == len(rest) || (rest[i] != ' ' && rest[i] != '\t') {
+				end = i
+				break
+			}
+		}
+		field := rest[:end]
+		name, value, ok := bytes.Cut(field, []byte(":"))
+		if !ok || !fieldName.Match(name) {
+			out.WriteString("\r\n") // not a field: the body starts here
+			break
+		}
+		rest = rest[end:]
+		if domain != "" && addressFields[textproto.CanonicalMIMEHeaderKey(string(name))] {
+			v := strings.TrimSpace(strings.ReplaceAll(string(value), "\r\n", ""))
+			if _, err := mail.ParseAddressList(v); err != nil {
+				if list, err := mail.ParseAddressList(qualify(v, domain)); err == nil {
+					writeAddressField(&out, string(name), list)
+					continue
+				}
+			}
+		}
+		out.Write(field)
+	}
+	out.Write(rest)
+	return out.Bytes()
+}
+
+// writeAddressField writes "Name: a, b\r\n", folded before an address
+// that would take the line past 78 characters (RFC 5322 §2.1.1).
+func writeAddressField(out *bytes.Buffer, name string, list []*mail.Address) {
+	out.WriteString(name + ":")
+	n := len(name) + 1
+	for i, a := range list {
+		s := a.String()
+		if i > 0 {
+			out.WriteString(",")
+			n++
+			if n+1+len(s) > 78 {
+				out.WriteString("\r\n")
+				n = 0
+			}
+		}
+		out.WriteString(" " + s)
+		n += 1 + len(s)
+	}
+	out.WriteString("\r\n")
+}
+
+// qualify appends "@"+domain to each address of the list s that has no
+// domain: root, root (Cron Daemon), "(Cron Daemon)" <root>. It only edits
+// text (quoted strings and comments untouched); the caller parses the
+// result.
+func qualify(s, domain string) string {
+	plain := plainBytes(s)
+	var parts []string
+	start, angle := 0, false
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) { // a comma ends an address unless quoted, in a comment or in <>
+			if plain[i] && s[i] == '<' {
+				angle = true
+			}
+			if plain[i] && s[i] == '>' {
+				angle = false
+			}
+			if !plain[i] || s[i] != ',' || angle {
+				continue
+			}
+		}
+		parts = append(parts, qualifyOne(s[start:i], plain[start:i], domain))
+		start = i + 1
+	}
+	return strings.Join(parts, ",")
+}
+
+// qualifyOne qualifies one address of a list (see qualify).
+func qualifyOne(e string, plain []bool, domain string) string {
+	lt, gt, last := -1, -1, -1
+	for i := 0; i < len(e); i++ {
+		if !plain[i] {
+			continue
+		}
+		switch e[i] {
+		case '@', ':':
+			return e // has a domain, or is a group: the parser's to judge
+		case '<':
+			if lt < 0 {
+				lt = i
+			}
+		case '>':
+			if lt >= 0 && gt < 0 {
+				gt = i
+			}
+		}
+		if e[i] != ' ' && e[i] != '\t' {
+			last = i
+		}
+	}
+	switch {
+	case lt >= 0 && gt > lt+1: // Name <root>
+		return e[:gt] + "@" + domain + e[gt:]
+	case lt < 0 && last >= 0: // root, root (Cron Daemon)
+		return e[:last+1] + "@" + domain + e[last+1:]
+	}
+	return e
+}
+
+// plainBytes marks the bytes of s that are outside quoted strings and
+// comments (RFC 5322 §3.2.4, §3.2.2), where an address's own characters are.
+func plainBytes(s string) []bool {
+	plain := make([]bool, len(s))
+	quoted, escaped, comment := false, false, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case escaped:
+			escaped = false
+		case (quoted || comment > 0) && c == '\\':
+			escaped = true
+		case quoted:
+			quoted = c != '"'
+		case comment > 0:
+			if c == '(' {
+				comment++
+			} else if c == ')' {
+				comment--
+			}
+		case c == '"':
+			quoted = true
+		case c == '(':
+			comment = 1
+		default:
+			plain[i] = true
+		}
+	}
+	return plain
+}

@@ -1,0 +1,622 @@
+package relaycmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"net"
+	"net/mail"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"relay365/internal/cli"
+	"relay365/internal/daemon"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
+	"relay365/internal/testutil"
+	"relay365/internal/token"
+)
+
+// TestParseSendmail: the command lines real callers write, in sendmail's
+// syntax (attached and separate values, -o options, --), and the long
+// options as Go flags.
+func TestParseSendmail(t *testing.T) {
+	base := map[string]string{"RELAY_ACCOUNT": "alerts"}
+	want := func(edit func(c *sendmailConfig)) sendmailConfig {
+		c := sendmailConfig{Account: "alerts", NATSURL: queue.DefaultURL, DataDir: cli.DefaultDataDir, Timeout: 30 * time.Second}
+		edit(&c)
+		return c
+	}
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want sendmailConfig
+	}{
+		{"cronie", base, []string{"-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"},
+			want(func(c *sendmailConfig) { c.FullName, c.IgnoreDots, c.Rcpts = "CronDaemon", true, []string{"root"} })},
+		{"busybox crond, mdadm, logwatch", base, []string{"-t", "-oem", "-i"},
+			want(func(c *sendmailConfig) { c.FromHeader, c.IgnoreDots = true, true })},
+		{"PHP mail()", base, []string{"-t", "-i"},
+			want(func(c *sendmailConfig) { c.FromHeader, c.IgnoreDots = true, true })},
+		{"mutt", base, []string{"-oem", "-oi", "--", "ops@contoso.com"},
+			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
+		{"attached values", base, []string{"-fcron@web-3.contoso.com", "-FCron Daemon", "-Nnever", "-Rhdrs", "-Vid-1", "a@contoso.com", "b@contoso.com"},
+			want(func(c *sendmailConfig) {
+				c.Sender, c.FullName, c.Rcpts = "cron@web-3.contoso.com", "Cron Daemon", []string{"a@contoso.com", "b@contoso.com"}
+			})},
+		{"separate values", base, []string{"-f", "cron@web-3.contoso.com", "-F", "Cron Daemon", "-B", "8BITMIME", "-N", "never", "-o", "i", "-bm", "-v", "a@contoso.com"},
+			want(func(c *sendmailConfig) {
+				c.Sender, c.FullName, c.IgnoreDots, c.Rcpts = "cron@web-3.contoso.com", "Cron Daemon", true, []string{"a@contoso.com"}
+			})},
+		{"-r is -f", base, []string{"-r", "smartd@contoso.com", "root"},
+			want(func(c *sendmailConfig) { c.Sender, c.Rcpts = "smartd@contoso.com", []string{"root"} })},
+		{"-o options without -oi keep dots", base, []string{"-odi", "-odb", "-oee", "-om", "-oQ/var/spool/mqueue", "root"},
+			want(func(c *sendmailConfig) { c.Rcpts = []string{"root"} })},
+		{"-t with recipients too", base, []string{"-t", "extra@contoso.com"},
+			want(func(c *sendmailConfig) { c.FromHeader, c.Rcpts = true, []string{"extra@contoso.com"} })},
+		{"options end at the first recipient", base, []string{"root", "-i"},
+			want(func(c *sendmailConfig) { c.Rcpts = []string{"root", "-i"} })},
+		{"-- ends options", base, []string{"-i", "--", "-odd@contoso.com"},
+			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"-odd@contoso.com"} })},
+		{"long options", nil, []string{"--account", "billing", "--nats-url=nats://nats.contoso.com:4222", "--timeout", "5s", "--domain", "@contoso.com", "-i", "root"},
+			want(func(c *sendmailConfig) {
+				c.Account, c.NATSURL, c.Timeout, c.Domain, c.IgnoreDots, c.Rcpts = "billing", "nats://nats.contoso.com:4222", 5*time.Second, "contoso.com", true, []string{"root"}
+			})},
+		{"NATS options as flags", base, []string{"--nats-user", "producer", "--nats-password-file", "/etc/relay/pw", "--nats-tls-ca=/etc/relay/ca.pem", "root"},
+			want(func(c *sendmailConfig) {
+				c.NATS = queue.ConnectOptions{User: "producer", PasswordFile: "/etc/relay/pw", TLSCA: "/etc/relay/ca.pem"}
+				c.Rcpts = []string{"root"}
+			})},
+		{"environment", map[string]string{"RELAY_ACCOUNT": "ops", "RELAY_NATS_URL": "nats://10.0.0.5:4222", "RELAY_SENDMAIL_DOMAIN": "contoso.com", "RELAY_NATS_CREDS": "/etc/relay/producer.creds"}, []string{"root"},
+			want(func(c *sendmailConfig) {
+				c.Account, c.NATSURL, c.Domain, c.Rcpts = "ops", "nats://10.0.0.5:4222", "contoso.com", []string{"root"}
+				c.NATS.CredsFile = "/etc/relay/producer.creds"
+			})},
+		{"flags win over the environment", base, []string{"--account", "billing", "root"},
+			want(func(c *sendmailConfig) { c.Account, c.Rcpts = "billing", []string{"root"} })},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseSendmail(tt.args, Env{Stderr: io.Discard, Getenv: func(k string) string { return tt.env[k] }})
+			if err != nil {
+				t.Fatalf("%q: %v", tt.args, err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("%q:\n got %+v\nwant %+v", tt.args, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestParseSendmailErrors: what is refused, each a usage error (exit 64)
+// whose message says what to fix.
+func TestParseSendmailErrors(t *testing.T) {
+	base := map[string]string{"RELAY_ACCOUNT": "alerts"}
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"unknown option", base, []string{"-x", "root"}, "unknown option -x"},
+		{"combined flags", base, []string{"-ti"}, "unknown option -ti (give one-letter options apart"},
+		{"long option with one dash", base, []string{"-nats-url", "nats://h:4222", "root"}, "long options take two dashes: --nats-url"},
+		{"unknown long option", base, []string{"--frobnicate", "root"}, "unknown option --frobnicate"},
+		{"-f without a value", base, []string{"-f"}, "-f needs a value"},
+		{"after a recipient an option is an address", base, []string{"root", "-o"}, ""}, // refused later, as an address
+		{"long option without a value", base, []string{"--account"}, "--account needs a value"},
+		{"SMTP on stdin", base, []string{"-bs"}, "-bs: only -bm"},
+		{"the queue", base, []string{"-bp"}, "-bp: only -bm"},
+		{"no account", nil, []string{"root"}, "no account: set RELAY_ACCOUNT or give --account"},
+		{"bad account", base, []string{"--account", "Bad.Name", "root"}, `--account "Bad.Name"`},
+		{"no recipients without -t", base, []string{"-i"}, "no recipients: give them as arguments, or -t"},
+		{"bad timeout", base, []string{"--timeout", "soon", "root"}, "invalid value"},
+		{"zero timeout", base, []string{"--timeout", "0s", "root"}, "--timeout 0s"},
+		{"bad domain", base, []string{"--domain", "contoso com", "root"}, `--domain "contoso com"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseSendmail(tt.args, Env{Stderr: io.Discard, Getenv: func(k string) string { return tt.env[k] }})
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("%q: %v", tt.args, err)
+				}
+				return
+			}
+			if !cli.IsUsage(err) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("%q: got %v, want a usage error containing %q", tt.args, err, tt.want)
+			}
+		})
+	}
+	var out strings.Builder
+	if _, err := parseSendmail([]string{"--help"}, Env{Stderr: &out, Getenv: func(string) string { return "" }}); !errors.Is(err, flag.ErrHelp) ||
+		!strings.Contains(out.String(), "Usage: relay sendmail") || !strings.Contains(out.String(), "  --nats-url string") {
+		t.Fatalf("--help: %v\n%s", err, out.String())
+	}
+}
+
+func TestEndAtDot(t *testing.T) {
+	for in, want := range map[string]string{
+		"a\n.\nb\n":       "a\n",
+		"a\r\n.\r\nb\r\n": "a\r\n",
+		".\n":             "",
+		"a\n.":            "a\n",
+		"a\n..\nb\n":      "a\n..\nb\n", // not a single dot
+		"a\n. \nb\n":      "a\n. \nb\n",
+		"a.\n.b\n":        "a.\n.b\n",
+		"":                "",
+	} {
+		if got := string(endAtDot([]byte(in))); got != want {
+			t.Errorf("endAtDot(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestQualify(t *testing.T) {
+	for in, want := range map[string]string{
+		"root":                          "root@contoso.com",
+		"root (Cron Daemon)":            "root@contoso.com (Cron Daemon)",
+		`"(Cron Daemon)" <root>`:        `"(Cron Daemon)" <root@contoso.com>`,
+		"mdadm monitoring <root>":       "mdadm monitoring <root@contoso.com>",
+		"root, ops@fabrikam.com, admin": "root@contoso.com, ops@fabrikam.com, admin@contoso.com",
+		`"Doe, John" <jdoe>, root`:      `"Doe, John" <jdoe@contoso.com>, root@contoso.com`,
+		"<jdoe> (a, b)":                 "<jdoe@contoso.com> (a, b)",
+		"ops@fabrikam.com":              "ops@fabrikam.com",
+		"<>":                            "<>",
+		"undisclosed-recipients:;":      "undisclosed-recipients:;",
+	} {
+		if got := qualify(in, "contoso.com"); got != want {
+			t.Errorf("qualify(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestTidyHeader(t *testing.T) {
+	tests := []struct{ name, domain, in, want string }{
+		{"cronie", "contoso.com",
+			"From: \"(Cron Daemon)\" <root>\r\nTo: root\r\nSubject: Cron <root@web-3> backup\r\nMIME-Version: 1.0\r\n\r\nroot: done\r\n",
+			"From: \"(Cron Daemon)\" <root@contoso.com>\r\nTo: <root@contoso.com>\r\nSubject: Cron <root@web-3> backup\r\nMIME-Version: 1.0\r\n\r\nroot: done\r\n"},
+		{"folded, any case", "contoso.com",
+			"to: root,\r\n\tadmin\r\nreply-to: Ops <ops>\r\nCc: Ops <ops@fabrikam.com>\r\n\r\n",
+			"to: <root@contoso.com>, <admin@contoso.com>\r\nreply-to: \"Ops\" <ops@contoso.com>\r\nCc: Ops <ops@fabrikam.com>\r\n\r\n"},
+		{"long lists fold", "contoso.com",
+			"To: alpha, bravo, charlie, delta, echo, foxtrot\r\n\r\n",
+			"To: <alpha@contoso.com>, <bravo@contoso.com>, <charlie@contoso.com>,\r\n <delta@contoso.com>, <echo@contoso.com>, <foxtrot@contoso.com>\r\n\r\n"},
+		{"no domain: kept", "", "To: root\r\n\r\nx\r\n", "To: root\r\n\r\nx\r\n"},
+		{"no header", "", "disk /dev/sda failing\r\n", "\r\ndisk /dev/sda failing\r\n"},
+		{"header then text", "", "Subject: smartd\r\ndisk /dev/sda failing\r\n", "Subject: smartd\r\n\r\ndisk /dev/sda failing\r\n"},
+		{"starts folded", "", " x: y\r\n", "\r\n x: y\r\n"},
+		{"header only", "", "Subject: x\r\n", "Subject: x\r\n"},
+		{"unparseable even qualified: kept", "contoso.com", "To: <<<\r\n\r\n", "To: <<<\r\n\r\n"},
+	}
+	for _, tt := range tests {
+		if got := string(tidyHeader([]byte(tt.in), tt.domain)); got != tt.want {
+			t.Errorf("%s:\n got %q\nwant %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestBuildSendmail: the message queued for an input, or why none is.
+func TestBuildSendmail(t *testing.T) {
+	cfg := func(edit func(c *sendmailConfig)) sendmailConfig {
+		c := sendmailConfig{Account: "alerts", Domain: "contoso.com"}
+		edit(&c)
+		return c
+	}
+	tests := []struct {
+		name     string
+		c        sendmailConfig
+		in       string
+		to       []string
+		rawHas   string // a line the queued raw message holds
+		rawLacks string
+		err      string
+	}{
+		{name: "cronie", c: cfg(func(c *sendmailConfig) { c.FullName, c.Rcpts = "CronDaemon", []string{"root"} }),
+			in: "From: \"(Cron Daemon)\" <root>\nTo: root\nSubject: Cron <root@web-3> backup\n\ndone\n",
+			to: []string{"root@contoso.com"}, rawHas: "From: \"(Cron Daemon)\" <root@contoso.com>\r\n"},
+		{name: "-t", c: cfg(func(c *sendmailConfig) {
+			c.FromHeader, c.Rcpts = true, []string{"extra@fabrikam.com", "OPS@contoso.com"}
+		}),
+			in: "To: ops@contoso.com, root\nCc: Audit <audit@fabrikam.com>\nBcc: secret@fabrikam.com\nBcc:\nSubject: x\n\nbody\n",
+			to: []string{"ops@contoso.com", "root@contoso.com", "audit@fabrikam.com", "secret@fabrikam.com", "extra@fabrikam.com"}},
+		{name: "-f and -F add a From line", c: cfg(func(c *sendmailConfig) {
+			c.Sender, c.FullName, c.Rcpts = "smartd", "SMART Daemon", []string{"ops@contoso.com"}
+		}),
+			in: "Subject: disk\n\nfailing\n", to: []string{"ops@contoso.com"}, rawHas: "From: \"SMART Daemon\" <smartd@contoso.com>\r\n"},
+		{name: "-f does not replace a From", c: cfg(func(c *sendmailConfig) { c.Sender, c.Rcpts = "smartd@contoso.com", []string{"ops@contoso.com"} }),
+			in: "From: Backup <backup@contoso.com>\n\nx\n", to: []string{"ops@contoso.com"}, rawLacks: "smartd"},
+		{name: "-f <> adds nothing", c: cfg(func(c *sendmailConfig) { c.Sender, c.Rcpts = "<>", []string{"ops@contoso.com"} }),
+			in: "Subject: x\n\nx\n", to: []string{"ops@contoso.com"}, rawLacks: "From:"},
+		{name: "no header", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "disk full\n", to: []string{"ops@contoso.com"}, rawHas: "\r\ndisk full\r\n"},
+		{name: "empty input", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "", to: []string{"ops@contoso.com"}},
+		{name: "NUL", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "Subject: x\n\na\x00b\n", err: "NUL"},
+		{name: "-t without recipients", c: cfg(func(c *sendmailConfig) { c.FromHeader = true }),
+			in: "Subject: x\n\nx\n", err: "no recipients in the To, Cc and Bcc fields"},
+		{name: "local recipient without a domain", c: sendmailConfig{Account: "alerts", Rcpts: []string{"root"}},
+			in: "Subject: x\n\nx\n", err: `recipient: "root" has no domain: set RELAY_SENDMAIL_DOMAIN`},
+		{name: "local From without a domain", c: sendmailConfig{Account: "alerts", Rcpts: []string{"ops@contoso.com"}},
+			in: "From: mdadm monitoring <root>\n\nx\n", err: "From field: \"mdadm monitoring <root>\" has no domain"},
+		{name: "From that is no address", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "From: <<<\n\nx\n", err: "From field"},
+		{name: "two From fields", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "From: a@contoso.com\nFrom: b@contoso.com\n\nx\n", err: "more than one From field"},
+		{name: "bad recipient", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"a b@contoso.com"} }),
+			in: "Subject: x\n\nx\n", err: "recipient"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := buildSendmail(tt.c, []byte(tt.in))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("got %v, want an error containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw := string(m.Raw)
+			if m.Account != "alerts" || len(m.ID) != 32 || !reflect.DeepEqual(m.To, tt.to) ||
+				!strings.Contains(raw, tt.rawHas) || (tt.rawLacks != "" && strings.Contains(raw, tt.rawLacks)) ||
+				strings.Contains(strings.ReplaceAll(raw, "\r\n", ""), "\n") {
+				t.Fatalf("queued %+v\nraw %q", m, raw)
+			}
+		})
+	}
+}
+
+// queued returns the message at seq in MAIL, decoded.
+func queued(t *testing.T, ctx context.Context, js jetstream.JetStream, seq uint64) (*jetstream.RawStreamMsg, *message.Message) {
+	t.Helper()
+	stream, err := js.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := stream.GetMsg(ctx, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := message.Decode(raw.Data)
+	if err != nil {
+		t.Fatalf("queued JSON %s: %v", raw.Data, err)
+	}
+	return raw, m
+}
+
+// mailCount is the number of messages in MAIL.
+func mailCount(t *testing.T, ctx context.Context, js jetstream.JetStream) uint64 {
+	t.Helper()
+	stream, err := js.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// cronMail is what cronie pipes into sendmail after a job printed
+// something: its own header (unqualified local names), LF line endings,
+// 8-bit text, and output that holds a line of a single dot.
+const cronMail = `From: "(Cron Daemon)" <root>
+To: root
+Subject: Cron <root@web-3> /usr/local/bin/backup
+MIME-Version: 1.0
+Content-Type: text/plain; charset=UTF-8
+Content-Transfer-Encoding: 8bit
+X-Cron-Env: <SHELL=/bin/sh>
+
+backup done: 3 files
+.
+résumé: ok
+`
+
+// TestSendmailCron: cronie's invocation with its LF input queues one
+// message on mail.send.<account>: To the recipient qualified with the
+// domain, Raw the message with CRLF (the dot line kept: -i), the local
+// names in From and To qualified, nothing printed.
+func TestSendmailCron(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts", "RELAY_SENDMAIL_DOMAIN": "contoso.com"}
+	r := run(t, vars, cronMail, "sendmail", "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root")
+	if r.code != 0 || r.stdout != "" || r.stderr != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if n := mailCount(t, ctx, env.JS); n != 1 {
+		t.Fatalf("%d messages in MAIL, want 1", n)
+	}
+	sm, m := queued(t, ctx, env.JS, 1)
+	want := strings.ReplaceAll(cronMail, "\n", "\r\n")
+	want = strings.Replace(want, `From: "(Cron Daemon)" <root>`, `From: "(Cron Daemon)" <root@contoso.com>`, 1)
+	want = strings.Replace(want, "To: root\r\n", "To: <root@contoso.com>\r\n", 1)
+	if sm.Subject != "mail.send.alerts" || sm.Header.Get(jetstream.MsgIDHeader) != m.ID || m.Account != "alerts" || len(m.ID) != 32 ||
+		!reflect.DeepEqual(m.To, []string{"root@contoso.com"}) || m.Subject != "" || m.Text != "" {
+		t.Fatalf("queued on %s (%v): %+v", sm.Subject, sm.Header, m)
+	}
+	if string(m.Raw) != want {
+		t.Fatalf("raw\n got %q\nwant %q", m.Raw, want)
+	}
+	// As the worker renders it: From the mailbox with cron's display
+	// name, cron's address as Reply-To.
+	rendered, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com", Policy: message.PolicyRewrite}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := renderedHeader(t, rendered.Data)
+	if hdr.Get("From") != `"(Cron Daemon)" <alerts@contoso.com>` || replyTo(t, hdr) != "root@contoso.com" || rendered.MailFrom != "alerts@contoso.com" {
+		t.Fatalf("rendered header %v, MAIL FROM %s", hdr, rendered.MailFrom)
+	}
+}
+
+// replyTo is the one address of the Reply-To field.
+func replyTo(t *testing.T, hdr mail.Header) string {
+	t.Helper()
+	list, err := hdr.AddressList("Reply-To")
+	if err != nil || len(list) != 1 {
+		t.Fatalf("Reply-To %q: %v", hdr.Get("Reply-To"), err)
+	}
+	return list[0].Address
+}
+
+func renderedHeader(t *testing.T, data []byte) mail.Header {
+	t.Helper()
+	msg, err := mail.ReadMessage(strings.NewReader(string(data)))
+	if err != nil {
+		t.Fatalf("rendered message does not parse: %v\n%s", err, data)
+	}
+	return msg.Header
+}
+
+// TestSendmailHeaderRecipients: -t takes the recipients from To, Cc and
+// Bcc (as mdadm and logwatch call it, without -i: a single dot ends the
+// message); rendered for the account, From is the mailbox and the Bcc
+// field is gone while its address stays in the envelope.
+func TestSendmailHeaderRecipients(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+	in := "From: Backup Job <backup@web-3.contoso.com>\nTo: ops@contoso.com, Dev <dev@contoso.com>\nCc: audit@fabrikam.com\nBcc: secret@fabrikam.com\nSubject: nightly backup\n\nall good\n.\nnot part of the message\n"
+	r := run(t, vars, in, "sendmail", "-t")
+	if r.code != 0 || r.stdout != "" || r.stderr != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	_, m := queued(t, ctx, env.JS, 1)
+	if want := []string{"ops@contoso.com", "dev@contoso.com", "audit@fabrikam.com", "secret@fabrikam.com"}; !reflect.DeepEqual(m.To, want) {
+		t.Fatalf("To %v, want %v", m.To, want)
+	}
+	if !strings.HasSuffix(string(m.Raw), "\r\n\r\nall good\r\n") {
+		t.Fatalf("raw does not end at the dot: %q", m.Raw)
+	}
+	rendered, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com", Policy: message.PolicyRewrite}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := renderedHeader(t, rendered.Data)
+	from, err := hdr.AddressList("From")
+	if err != nil || len(from) != 1 || from[0].Address != "alerts@contoso.com" || from[0].Name != "Backup Job" {
+		t.Fatalf("rendered From %v (%v)", from, err)
+	}
+	if _, ok := hdr["Bcc"]; ok || strings.Contains(string(rendered.Data), "secret@") {
+		t.Fatalf("the Bcc field was sent:\n%s", rendered.Data)
+	}
+	if replyTo(t, hdr) != "backup@web-3.contoso.com" || !reflect.DeepEqual(rendered.Rcpts, m.To) {
+		t.Fatalf("Reply-To %q, envelope %v", hdr.Get("Reply-To"), rendered.Rcpts)
+	}
+}
+
+// TestSendmailExitCodes: sysexits.h codes, with the reason on stderr,
+// and nothing queued when the answer is not 0.
+func TestSendmailExitCodes(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	good := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+	tests := []struct {
+		name   string
+		vars   map[string]string
+		stdin  string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"no account", map[string]string{"RELAY_NATS_URL": env.URL}, "Subject: x\n\nx\n", []string{"ops@contoso.com"}, 64, "relay sendmail: no account: set RELAY_ACCOUNT"},
+		{"bad flag", good, "", []string{"-q1h"}, 64, "unknown option -q1h"},
+		{"no recipients", good, "Subject: x\n\nx\n", []string{"-i"}, 64, "no recipients"},
+		{"unreadable NATS password file", good, "", []string{"--nats-user", "u", "--nats-password-file", "/nonexistent/pw", "ops@contoso.com"}, 64, "--nats-password-file"},
+		{"NUL", good, "Subject: x\n\na\x00b\n", []string{"ops@contoso.com"}, 65, "NUL byte"},
+		{"-t without recipients", good, "Subject: x\n\nx\n", []string{"-t"}, 65, "no recipients in the To, Cc and Bcc fields"},
+		{"unparseable From", good, "From: <<<\nSubject: x\n\nx\n", []string{"ops@contoso.com"}, 65, "From field"},
+		{"root without a domain", good, "Subject: x\n\nx\n", []string{"root"}, 65, "set RELAY_SENDMAIL_DOMAIN"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := run(t, tt.vars, tt.stdin, append([]string{"sendmail"}, tt.args...)...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.stderr) || r.stdout != "" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want %d and %q", r.code, r.stdout, r.stderr, tt.code, tt.stderr)
+			}
+		})
+	}
+	if n := mailCount(t, ctx, env.JS); n != 0 {
+		t.Fatalf("%d messages queued by refused invocations", n)
+	}
+	if r := run(t, nil, "", "--help"); !strings.Contains(r.stdout, "sendmail  queue a message from stdin") {
+		t.Fatalf("relay usage does not list sendmail:\n%s", r.stdout)
+	}
+}
+
+// TestSendmailTempFail: whatever a later try may cure exits 75, within
+// --timeout: NATS not listening, a server that never answers, JetStream
+// without the MAIL stream, and a full stream.
+func TestSendmailTempFail(t *testing.T) {
+	msg := "Subject: x\n\nx\n"
+	tempfail := func(t *testing.T, vars map[string]string, want string, args ...string) {
+		t.Helper()
+		start := time.Now()
+		r := run(t, vars, msg, append([]string{"sendmail"}, args...)...)
+		if r.code != 75 || !strings.Contains(r.stderr, want) {
+			t.Fatalf("exit %d, stderr %q; want 75 and %q", r.code, r.stderr, want)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Fatalf("took %v", d)
+		}
+	}
+	t.Run("NATS not listening", func(t *testing.T) {
+		tempfail(t, map[string]string{"RELAY_NATS_URL": "nats://127.0.0.1:1", "RELAY_ACCOUNT": "alerts"}, "is relay serve or relay sandbox running", "ops@contoso.com")
+	})
+	t.Run("NATS silent", func(t *testing.T) {
+		// The kernel completes the handshake of a listener nobody
+		// accepts on, so the client waits for an INFO that never comes.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		tempfail(t, map[string]string{"RELAY_NATS_URL": "nats://" + ln.Addr().String(), "RELAY_ACCOUNT": "alerts"}, "connect to NATS", "--timeout", "1s", "ops@contoso.com")
+	})
+	t.Run("no MAIL stream", func(t *testing.T) {
+		env := queuetest.Start(t)
+		tempfail(t, map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}, "not queued", "--timeout", "1s", "ops@contoso.com")
+	})
+	t.Run("stream full", func(t *testing.T) {
+		env, ctx := queuetest.StartMail(t)
+		vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+		if r := run(t, vars, msg, "sendmail", "ops@contoso.com"); r.code != 0 {
+			t.Fatalf("first message: exit %d: %s", r.code, r.stderr)
+		}
+		stream, err := env.JS.Stream(ctx, queue.StreamMail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := stream.CachedInfo().Config
+		cfg.MaxMsgs = 1
+		if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		tempfail(t, vars, "the MAIL stream is full", "ops@contoso.com")
+		if n := mailCount(t, ctx, env.JS); n != 1 {
+			t.Fatalf("%d messages in MAIL, want 1", n)
+		}
+	})
+}
+
+// TestSendmailNoPerm: a NATS server that refuses the login, or the
+// subject, exits 77 at once (not after --timeout).
+func TestSendmailNoPerm(t *testing.T) {
+	ns := startPlainNATS(t, &server.Options{Users: []*server.User{
+		{Username: "cron", Password: "cron-password-1", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{"mail.send.billing"}},
+		}},
+	}})
+	pw := testutil.WriteFile(t, "pw", "cron-password-1\n")
+	for _, tt := range []struct {
+		name, want string
+		vars       map[string]string
+	}{
+		{"no credentials", "Authorization Violation", map[string]string{"RELAY_ACCOUNT": "alerts"}},
+		{"wrong password", "Authorization Violation", map[string]string{"RELAY_ACCOUNT": "alerts", "RELAY_NATS_USER": "cron", "RELAY_NATS_PASSWORD": "wrong"}},
+		{"subject not permitted", "permissions violation", map[string]string{"RELAY_ACCOUNT": "alerts", "RELAY_NATS_USER": "cron", "RELAY_NATS_PASSWORD_FILE": pw}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.vars["RELAY_NATS_URL"] = ns.ClientURL()
+			start := time.Now()
+			r := run(t, tt.vars, "Subject: x\n\nx\n", "sendmail", "--timeout", "20s", "ops@contoso.com")
+			if r.code != 77 || !strings.Contains(strings.ToLower(r.stderr), strings.ToLower(tt.want)) {
+				t.Fatalf("exit %d, stderr %q; want 77 and %q", r.code, r.stderr, tt.want)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Fatalf("took %v: waited for the timeout", d)
+			}
+		})
+	}
+}
+
+// TestSendmailMaxPayload: a message larger than the NATS server takes
+// (an external server's max_payload is 1 MiB unless raised) can never be
+// queued there: 65, not a retry.
+func TestSendmailMaxPayload(t *testing.T) {
+	ns := startPlainNATS(t, &server.Options{MaxPayload: 4096})
+	big := "Subject: logwatch\n\n" + strings.Repeat("x", 8000) + "\n"
+	r := run(t, map[string]string{"RELAY_NATS_URL": ns.ClientURL(), "RELAY_ACCOUNT": "alerts"}, big, "sendmail", "ops@contoso.com")
+	if r.code != 65 || !strings.Contains(r.stderr, "maximum payload exceeded") {
+		t.Fatalf("exit %d, stderr %q; want 65", r.code, r.stderr)
+	}
+}
+
+// startPlainNATS runs a nats-server without JetStream on a free loopback
+// port: enough to see logins, permissions and payload limits enforced.
+func startPlainNATS(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	return ns
+}
+
+// TestCommandLineAsSendmail: a symlink named sendmail runs relay sendmail
+// with the arguments as given; under any other name nothing changes.
+func TestCommandLineAsSendmail(t *testing.T) {
+	for _, tt := range []struct {
+		argv0 string
+		args  []string
+		want  []string
+	}{
+		{"/usr/sbin/sendmail", []string{"-t", "-i"}, []string{"sendmail", "-t", "-i"}},
+		{"sendmail", nil, []string{"sendmail"}},
+		{"/usr/lib/sendmail", []string{"-oi", "root"}, []string{"sendmail", "-oi", "root"}},
+		{"/usr/local/bin/relay", []string{"publish", "-f", "-"}, []string{"publish", "-f", "-"}},
+		{"relay", []string{"sendmail", "root"}, []string{"sendmail", "root"}},
+	} {
+		if got := commandLine(tt.argv0, tt.args); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("commandLine(%q, %q) = %q, want %q", tt.argv0, tt.args, got, tt.want)
+		}
+	}
+}
+
+// TestSendmailOnTheRelaysHost: against relay serve's embedded server,
+// which admits no stranger, sendmail finds the producer seed in
+// --data-dir (RELAY_DATA_DIR) by itself; without it NATS refuses (77).
+func TestSendmailOnTheRelaysHost(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "token.key")
+	if _, err := token.GenerateKeyFile(key); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	d, err := daemon.Start(ctx, daemon.Config{NATSListen: "127.0.0.1:0", DataDir: dir, KeyFile: key, HTTPAddr: "off"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	vars := map[string]string{"RELAY_NATS_URL": d.NATSURL, "RELAY_ACCOUNT": "alerts", "RELAY_DATA_DIR": dir}
+	if r := run(t, vars, "Subject: disk\n\n92% full\n", "sendmail", "-i", "ops@contoso.com"); r.code != 0 {
+		t.Fatalf("with the relay's data dir: exit %d, %s", r.code, r.stderr)
+	}
+	if n := mailCount(t, ctx, d.JS); n != 1 {
+		t.Fatalf("%d messages in MAIL, want 1", n)
+	}
+	vars["RELAY_DATA_DIR"] = t.TempDir()
+	if r := run(t, vars, "Subject: disk\n\n92% full\n", "sendmail", "-i", "ops@contoso.com"); r.code != exNoPerm {
+		t.Fatalf("without a seed: exit %d, want %d (%s)", r.code, exNoPerm, r.stderr)
+	}
+}
