@@ -36,8 +36,8 @@ func runLogin(ctx context.Context, args []string, env Env) error {
 	fs := cli.NewFlags("authtool login", env.Stderr)
 	var c loginConfig
 	c.register(fs, env, 10*time.Minute, "auth", "token", "device")
-	fs.StringVar(&c.flow, "flow", flowBrowser, "sign-in flow: browser (authorization code + PKCE, redirect to http://localhost) or device (code to enter on another device)")
-	fs.IntVar(&c.redirectPort, "redirect-port", 0, "browser flow: port of the http://localhost redirect (default: a free port)")
+	fs.StringVar(&c.flow, "flow", flowBrowser, "sign-in flow: browser (authorization code + PKCE, redirect to http://127.0.0.1) or device (code to enter on another device)")
+	fs.IntVar(&c.redirectPort, "redirect-port", 0, "browser flow: port of the http://127.0.0.1 redirect (default: a free port)")
 	fs.BoolVar(&c.noBrowser, "no-browser", false, "browser flow: print the sign-in URL but do not open a browser")
 	c.secret.register(fs, "client-secret", "client secret (only for an app registration that is a confidential client)")
 	if err := c.parse(fs, args, false); err != nil {
@@ -159,7 +159,8 @@ func enroll(ctx context.Context, env Env, c *enrollConfig, flow, secret string, 
 	en := consent.Enroller{Accounts: st.accounts, Store: st.tokens}
 	if err := en.Enroll(ctx, a, tok, secret, testTo); err != nil {
 		var tm *consent.TestMailError
-		if errors.As(err, &tm) || ctx.Err() != nil {
+		var wm *consent.WrongMailboxError
+		if errors.As(err, &tm) || errors.As(err, &wm) || ctx.Err() != nil {
 			return nothingStored(err, a)
 		}
 		return err // Enroll says exactly what was stored
@@ -202,7 +203,7 @@ func browserSignIn(ctx context.Context, env Env, c loginConfig, hc *http.Client)
 	}.Run(ctx, func(u string) error {
 		fmt.Fprintf(env.Stderr, "Sign in as %s to connect account %q; open this URL in a browser on this machine:\n\n  %s\n\n", a.Mailbox, a.Alias, u)
 		if c.noBrowser {
-			fmt.Fprintf(env.Stderr, "(--no-browser. Over SSH, forward the redirect port first: ssh -L %s:localhost:%s <this host>; or use --flow device.)\n",
+			fmt.Fprintf(env.Stderr, "(--no-browser. Over SSH, forward the redirect port first: ssh -L %s:127.0.0.1:%s <this host>; or use --flow device.)\n",
 				redirectPort(u), redirectPort(u))
 		} else if err := openBrowser(env, u); err != nil {
 			fmt.Fprintf(env.Stderr, "Could not open a browser (%v): open the URL above yourself.\n", err)

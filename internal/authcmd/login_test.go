@@ -23,7 +23,7 @@ func TestLoginBrowser(t *testing.T) {
 	}
 	u, err := url.Parse(r.signInURL)
 	if err != nil || u.Query().Get("code_challenge_method") != "S256" || u.Query().Get("code_challenge") == "" ||
-		u.Query().Get("login_hint") != mailbox || !strings.HasPrefix(u.Query().Get("redirect_uri"), "http://localhost:") {
+		u.Query().Get("login_hint") != mailbox || !strings.HasPrefix(u.Query().Get("redirect_uri"), "http://127.0.0.1:") {
 		t.Fatalf("printed sign-in URL %q lacks PKCE S256, login_hint or the loopback redirect", r.signInURL)
 	}
 	// The fake checked the PKCE verifier when the code was redeemed.
@@ -97,12 +97,17 @@ func TestLoginFailuresStoreNothing(t *testing.T) {
 		setup func(w *world) (person, []string)
 		want  []string // all in stderr
 	}{
-		{"535 5.7.3 signed in as another mailbox", func(w *world) (person, []string) {
-			// The person signs in with another account than --mailbox.
+		{"signed in as another mailbox (browser)", func(w *world) (person, []string) {
+			// The person signs in with another account than --mailbox:
+			// the ID token says so before any test mail.
 			return person{follow: true, rewrite: func(u string) string {
 				return strings.Replace(u, url.QueryEscape(mailbox), url.QueryEscape("someone@contoso.com"), 1)
 			}}, w.login("alerts", mailbox)
-		}, []string{"535 5.7.3", "check that the signed-in user is " + mailbox}},
+		}, []string{"signed in as someone@contoso.com, but --mailbox is " + mailbox}},
+		{"signed in as another mailbox (device)", func(w *world) (person, []string) {
+			w.fake.SignInAs("someone@contoso.com")
+			return person{}, w.login("alerts", mailbox, "--flow", "device")
+		}, []string{"signed in as someone@contoso.com, but --mailbox is " + mailbox}},
 		{"535 5.7.139 SMTP AUTH disabled", func(w *world) (person, []string) {
 			w.fake.DisableSMTPAuth(tenant, true)
 			return person{follow: true}, w.login("alerts", mailbox)

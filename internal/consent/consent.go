@@ -57,10 +57,15 @@ type Browser struct {
 	HTTPClient   *http.Client // for the token exchange; nil: http.DefaultClient
 }
 
-// Run listens on http://localhost:<port>/, hands the authorization URL to
+// Run listens on http://127.0.0.1:<port>/, hands the authorization URL to
 // open (print it, start a browser, or follow it), and waits for the redirect
-// carrying the code, checking state, then exchanges the code with the PKCE
-// verifier. It returns when ctx ends, too.
+// carrying the code, checking state and, when the response names one, the
+// issuer (RFC 9207), then exchanges the code with the PKCE verifier. It
+// returns when ctx ends, too.
+//
+// The redirect names the loopback address, not "localhost" (RFC 8252
+// §8.3): another local process could have bound localhost's other
+// address (::1) and received the code.
 func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oauth2.Token, error) {
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(b.RedirectPort)))
 	if err != nil {
@@ -71,8 +76,8 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 	conf := &oauth2.Config{
 		ClientID:    b.ClientID,
 		Endpoint:    oauth2.Endpoint{AuthURL: b.AuthURL, TokenURL: b.TokenURL, AuthStyle: oauth2.AuthStyleInParams},
-		RedirectURL: fmt.Sprintf("http://localhost:%d/", port),
-		Scopes:      b.Scopes,
+		RedirectURL: fmt.Sprintf("http://127.0.0.1:%d/", port),
+		Scopes:      withIdentityScopes(b.Scopes),
 	}
 	state := randomString()
 	verifier := oauth2.GenerateVerifier()
@@ -90,12 +95,16 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		var res result
+		issErr := checkIssuer(q.Get("iss"), b.AuthURL)
 		switch {
 		case q.Get("state") != state:
 			// Not ours (a stale tab, or a forged redirect): ignore it and
 			// keep waiting for the real one.
 			http.Error(w, "state does not match this sign-in; close this tab", http.StatusBadRequest)
 			return
+		case issErr != nil:
+			res.err = issErr
+			http.Error(w, "this answer names another sign-in server; close this tab", http.StatusBadRequest)
 		case q.Get("error") != "":
 			res.err = newAuthorizeError(q.Get("error"), q.Get("error_description"))
 			fmt.Fprintf(w, "Sign-in failed: %s. You can close this tab.\n", q.Get("error"))
@@ -158,7 +167,7 @@ func newAuthorizeError(code, description string) *AuthorizeError {
 	case "interaction_required", "login_required":
 		e.Remedy = "the identity platform wants an interactive sign-in (MFA or conditional access): run the command again and finish the sign-in in the browser"
 	case "invalid_request", "unauthorized_client", "invalid_client", "unsupported_response_type":
-		e.Remedy = "the app registration refused the request: check --client-id and --tenant, and that http://localhost is a redirect URI " +
+		e.Remedy = "the app registration refused the request: check --client-id and --tenant, and that http://127.0.0.1 is a redirect URI " +
 			"of the app's \"Mobile and desktop applications\" platform"
 	case "temporarily_unavailable", "server_error":
 		e.Remedy = "the identity platform had a temporary problem: run the command again"

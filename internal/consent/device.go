@@ -118,7 +118,7 @@ func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.T
 		hc = http.DefaultClient
 	}
 	conf := &oauth2.Config{
-		ClientID: d.ClientID, Scopes: d.Scopes,
+		ClientID: d.ClientID, Scopes: withIdentityScopes(d.Scopes),
 		Endpoint: oauth2.Endpoint{DeviceAuthURL: d.DeviceURL, TokenURL: d.TokenURL, AuthStyle: oauth2.AuthStyleInParams},
 	}
 	da, err := conf.DeviceAuth(context.WithValue(ctx, oauth2.HTTPClient, hc))
@@ -243,11 +243,15 @@ func pollToken(ctx context.Context, hc *http.Client, tokenURL string, form url.V
 		TokenType    string `json:"token_type"`
 		RefreshToken string `json:"refresh_token"`
 		ExpiresIn    int64  `json:"expires_in"`
+		IDToken      string `json:"id_token"`
 	}
 	if err := json.Unmarshal(body, &tb); err != nil || tb.AccessToken == "" {
 		return nil, errBadTokenAnswer
 	}
 	tok := &oauth2.Token{AccessToken: tb.AccessToken, TokenType: tb.TokenType, RefreshToken: tb.RefreshToken, ExpiresIn: tb.ExpiresIn}
+	if tb.IDToken != "" {
+		tok = tok.WithExtra(map[string]any{"id_token": tb.IDToken}) // who signed in (SignedInAs)
+	}
 	if tb.ExpiresIn > 0 {
 		tok.Expiry = time.Now().Add(time.Duration(tb.ExpiresIn) * time.Second)
 	}

@@ -51,6 +51,13 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 	if err := acct.Validate(); err != nil {
 		return err
 	}
+	// A person may sign in with another account than the mailbox (a
+	// browser already signed in): the tokens would send as someone else.
+	if !acct.AppOnly {
+		if err := checkSignedIn(tok, acct.Mailbox); err != nil {
+			return err
+		}
+	}
 	// The token's lifetime counts from here, on the relay's clock (the
 	// token service decides expiry on the same clock).
 	expiry := e.now().Add(token.Lifetime(tok))

@@ -84,6 +84,8 @@ type identityState struct {
 	hangFor        time.Duration
 	denyConsent    bool
 	slowDownPolls  int
+	signInAs       string // a person who signs in with another account than the hint
+	issuer         string // iss in the authorization response (RFC 9207); "" none
 }
 
 func newIdentityState() identityState {
@@ -141,6 +143,15 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	if mailbox == "" {
 		mailbox = s.cfg.DefaultMailbox
 	}
+	s.mu.Lock()
+	if s.signInAs != "" {
+		mailbox = s.signInAs
+	}
+	iss := s.issuer
+	s.mu.Unlock()
+	if iss == "tenant" {
+		iss = s.authority + "/" + r.PathValue("tenant") + "/v2.0"
+	}
 	code := newOpaqueToken()
 	s.mu.Lock()
 	s.codes[code] = &authCode{
@@ -155,6 +166,9 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	params := url.Values{"code": {code}}
 	if state != "" {
 		params.Set("state", state)
+	}
+	if iss != "" {
+		params.Set("iss", iss)
 	}
 	redirectWith(w, r, redirect, params)
 }
@@ -221,7 +235,7 @@ func (s *Server) handleDeviceCode(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	s.devices[body.DeviceCode] = &deviceCode{
-		principal: principal{tenant: r.PathValue("tenant"), clientID: clientID, mailbox: s.cfg.DefaultMailbox, scopes: strings.Fields(scope)},
+		principal: principal{tenant: r.PathValue("tenant"), clientID: clientID, mailbox: s.deviceMailboxLocked(), scopes: strings.Fields(scope)},
 		expires:   s.now().Add(s.cfg.DeviceCodeTTL),
 	}
 	s.mu.Unlock()
@@ -650,6 +664,32 @@ func (s *Server) RevokeMailbox(mailbox string) {
 			delete(s.access, tok)
 		}
 	}
+}
+
+// SignInAs makes the person at the sign-in page use mailbox, whatever the
+// login hint (authorize) or DefaultMailbox (device flow) says, as a person
+// signed in to the browser with another account would; "" undoes it.
+func (s *Server) SignInAs(mailbox string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.signInAs = mailbox
+}
+
+func (s *Server) deviceMailboxLocked() string {
+	if s.signInAs != "" {
+		return s.signInAs
+	}
+	return s.cfg.DefaultMailbox
+}
+
+// AuthorizationIssuer makes authorize add iss to its redirect (RFC 9207):
+// "tenant" for the issuer of the tenant in the request, as Entra's
+// authority names it, any other value as it is (a mix-up attacker's
+// issuer), "" for none.
+func (s *Server) AuthorizationIssuer(iss string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.issuer = iss
 }
 
 // DenyConsent makes authorize redirect with error=access_denied (AADSTS65004)

@@ -1,0 +1,137 @@
+package consent_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+
+	"golang.org/x/oauth2"
+
+	"relay365/internal/account"
+	"relay365/internal/consent"
+	"relay365/internal/fakeo365"
+	"relay365/internal/queue/queuetest"
+	"relay365/internal/token"
+)
+
+func jwt(claims map[string]any) string {
+	b, _ := json.Marshal(claims)
+	return "eyJhbGciOiJub25lIn0." + base64.RawURLEncoding.EncodeToString(b) + "."
+}
+
+func TestSignedInAs(t *testing.T) {
+	for name, tc := range map[string]struct {
+		tok  *oauth2.Token
+		user string
+		ok   bool
+	}{
+		"id token preferred_username": {(&oauth2.Token{AccessToken: "opaque"}).WithExtra(map[string]any{"id_token": jwt(map[string]any{"preferred_username": "alerts@contoso.com"})}), "alerts@contoso.com", true},
+		"access token upn (Entra)":    {&oauth2.Token{AccessToken: jwt(map[string]any{"upn": "Alerts@Contoso.com", "aud": "https://outlook.office.com"})}, "Alerts@Contoso.com", true},
+		"opaque tokens":               {&oauth2.Token{AccessToken: "EwBAA.opaque"}, "", false},
+		"a claim without a domain":    {&oauth2.Token{AccessToken: jwt(map[string]any{"preferred_username": "alerts"})}, "", false},
+	} {
+		user, ok := consent.SignedInAs(tc.tok)
+		if user != tc.user || ok != tc.ok {
+			t.Errorf("%s: %q %v, want %q %v", name, user, ok, tc.user, tc.ok)
+		}
+	}
+}
+
+// TestSignInAsAnotherUserStoresNothing: a person signs in with another
+// account than --mailbox (the browser was already signed in): the error
+// names both, no test mail goes, nothing is stored.
+func TestSignInAsAnotherUserStoresNothing(t *testing.T) {
+	ctx := testCtx(t)
+	f := startFake(t, fakeo365.Config{})
+	f.SignInAs("someone.else@contoso.com")
+	q := queuetest.Start(t)
+	reg, store := stores(t, ctx, q)
+	acct := f.Account("alerts", mailbox, tenant)
+	err := consent.Enroller{Accounts: reg, Store: store}.SignIn(ctx, acct, consent.FollowURL(ctx))
+	var wrong *consent.WrongMailboxError
+	if !errors.As(err, &wrong) || !strings.Contains(err.Error(), "signed in as someone.else@contoso.com, but --mailbox is "+mailbox) {
+		t.Fatalf("SignIn = %v, want a WrongMailboxError naming both", err)
+	}
+	if n := len(f.Messages()); n != 0 {
+		t.Fatalf("%d test mails sent for the wrong user", n)
+	}
+	if _, err := reg.Get(ctx, "alerts"); err == nil {
+		t.Fatal("the account was stored")
+	}
+	f.SignInAs("")
+	if err := (consent.Enroller{Accounts: reg, Store: store}).SignIn(ctx, acct, consent.FollowURL(ctx)); err != nil {
+		t.Fatalf("signing in as the mailbox: %v", err)
+	}
+}
+
+// TestAuthorizationResponseIssuer (RFC 9207): an iss naming the server the
+// person was sent to passes; one naming another server stops the sign-in
+// before the code is redeemed.
+func TestAuthorizationResponseIssuer(t *testing.T) {
+	ctx := testCtx(t)
+	f := startFake(t, fakeo365.Config{})
+	q := queuetest.Start(t)
+	reg, store := stores(t, ctx, q)
+	acct := f.Account("alerts", mailbox, tenant)
+	f.AuthorizationIssuer("tenant")
+	if err := (consent.Enroller{Accounts: reg, Store: store}).SignIn(ctx, acct, consent.FollowURL(ctx)); err != nil {
+		t.Fatalf("the right issuer: %v", err)
+	}
+	before := f.TokenCalls("authorization_code")
+	f.AuthorizationIssuer("https://login.attacker.example/" + tenant + "/v2.0")
+	err := consent.Enroller{Accounts: reg, Store: store}.SignIn(ctx, acct, consent.FollowURL(ctx))
+	var mix *consent.IssuerMismatchError
+	if !errors.As(err, &mix) {
+		t.Fatalf("another issuer: %v, want an IssuerMismatchError", err)
+	}
+	if f.TokenCalls("authorization_code") != before {
+		t.Fatal("the code was redeemed despite the wrong issuer")
+	}
+}
+
+// TestRedirectIsTheLoopbackAddress: the redirect_uri the person's browser
+// is sent back to is http://127.0.0.1:<port>/ (RFC 8252 §8.3), never
+// localhost, which another process could hold on ::1.
+func TestRedirectIsTheLoopbackAddress(t *testing.T) {
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	var redirect string
+	_, _ = consent.Browser{ClientID: clientID, AuthURL: "http://127.0.0.1:1/" + tenant + "/oauth2/v2.0/authorize", TokenURL: "http://127.0.0.1:1/token",
+		Scopes: []string{"https://outlook.office.com/SMTP.Send", "offline_access"}}.Run(ctx, func(u string) error {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return err
+		}
+		redirect = pu.Query().Get("redirect_uri")
+		if sc := pu.Query().Get("scope"); !strings.Contains(sc, "openid") || !strings.Contains(sc, "profile") {
+			t.Errorf("scope %q lacks openid profile (who signed in)", sc)
+		}
+		cancel()
+		return nil
+	})
+	ru, err := url.Parse(redirect)
+	if err != nil || ru.Scheme != "http" || !strings.HasPrefix(ru.Host, "127.0.0.1:") || ru.Path != "/" {
+		t.Fatalf("redirect_uri %q, want http://127.0.0.1:<port>/", redirect)
+	}
+}
+
+func stores(t *testing.T, ctx context.Context, q *queuetest.Env) (*account.Registry, *token.Store) {
+	t.Helper()
+	reg, err := account.OpenRegistry(ctx, q.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := token.NewKeyring(token.NamedKey{ID: "k1", Key: make([]byte, token.KeySize)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := token.OpenStore(ctx, q.JS, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, store
+}
