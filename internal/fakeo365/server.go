@@ -163,7 +163,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("fakeo365: write CA: %w", err)
 	}
 	if cfg.MailDir != "" {
-		if err := os.MkdirAll(cfg.MailDir, 0o755); err != nil {
+		if err := os.MkdirAll(cfg.MailDir, 0o700); err != nil {
 			return nil, fmt.Errorf("fakeo365: create MailDir: %w", err)
 		}
 	}

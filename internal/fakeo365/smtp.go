@@ -437,7 +437,8 @@ func (s *Server) writeEMLLocked(now time.Time, data []byte) error {
 		return nil
 	}
 	name := fmt.Sprintf("%d-%d.eml", now.UnixNano(), s.accepted+1)
-	return os.WriteFile(filepath.Join(s.cfg.MailDir, name), data, 0o644)
+	// Captured mail is mail: readable by the sandbox's user only.
+	return os.WriteFile(filepath.Join(s.cfg.MailDir, name), data, 0o600)
 }
 
 type headerInfo struct {

@@ -379,6 +379,12 @@ func TestCapturedMessage(t *testing.T) {
 	if eml, err := os.ReadFile(files[0]); err != nil || !bytes.Equal(eml, data) {
 		t.Errorf("eml content %q, %v", eml, err)
 	}
+	if st, err := os.Stat(files[0]); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("eml file mode %v %v, want 0600: captured mail is readable by the sandbox's user only", st.Mode(), err)
+	}
+	if st, err := os.Stat(mailDir); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("mail folder mode %v %v, want 0700", st.Mode(), err)
+	}
 
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
