@@ -350,6 +350,16 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	// With the embedded server the daemon talks to it over an in-memory
 	// pipe, not TCP (no syscalls per message; producers and the nats CLI
 	// still use the listener).
+	if d.ns == nil && cfg.NATS.InboxPrefix == "" {
+		// On an external server a process of one role replies on its
+		// role's prefix, as deploy/nats/auth.conf expects.
+		switch rs, _ := cfg.RoleList(); {
+		case len(rs) == 1 && rs[0] == RoleWorkers:
+			cfg.NATS.InboxPrefix = roles.Worker.InboxPrefix()
+		case len(rs) == 1 && rs[0] == RoleTokens:
+			cfg.NATS.InboxPrefix = roles.Tokens.InboxPrefix()
+		}
+	}
 	d.NC, err = queue.ConnectWith(d.NATSURL, "relay365-serve", cfg.NATS, inProcess...)
 	if err != nil {
 		return nil, err

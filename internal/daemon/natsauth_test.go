@@ -77,7 +77,9 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 		t.Fatalf("relay setup as the admin: %v", err)
 	}
 	keyFile, accounts, store := relaytest.OpenStores(t, ctx, adminJS)
+	// relay serve picks its role's reply prefix by itself.
 	tokensOpts, workerOpts := as[roles.Tokens], as[roles.Worker]
+	tokensOpts.InboxPrefix, workerOpts.InboxPrefix = "", ""
 	start := func(roles string, o queue.ConnectOptions, key string) *daemon.Daemon {
 		d, err := daemon.Start(ctx, daemon.Config{
 			NATSURL: url, NATS: o, KeyFile: key, Roles: roles, HTTPAddr: "off", DataDir: t.TempDir(),
