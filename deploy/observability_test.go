@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -200,7 +199,7 @@ func startPrometheus(t *testing.T, ctx context.Context, bin, promtool, target st
 	run(t, ctx, promtool, "check", "config", cfgFile)
 	run(t, ctx, promtool, "test", "rules", path("deploy/prometheus/alerts_test.yml"))
 
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	var logs testutil.Buffer
 	cmd := exec.Command(bin, "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--log.level=warn")
@@ -233,16 +232,6 @@ func run(t *testing.T, ctx context.Context, name string, args ...string) {
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (p *promServer) api(t *testing.T, ctx context.Context, path string, out any) {
