@@ -10,7 +10,11 @@ package daemon_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
@@ -147,4 +151,30 @@ func (r *crashRig) mailDrained() bool {
 	}
 	info, err := mail.Info(r.ctx)
 	return err == nil && info.State.Msgs == 0
+}
+
+// smtpTLS waits until the relay's SMTP front door answers on addr and
+// returns the TLS a local client uses: trust in the loopback CA the relay
+// made in <data-dir>/smtp-tls/ca.pem. The relay makes the CA before it
+// listens, so once the port answers the file is whole; later runs keep
+// it.
+func (r *crashRig) smtpTLS(addr string) *tls.Config {
+	r.t.Helper()
+	testutil.Eventually(r.t, r.ctx, "the SMTP front door to listen", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	pem, err := os.ReadFile(filepath.Join(r.dataDir, "smtp-tls", "ca.pem"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		r.t.Fatal("the relay's smtp-tls/ca.pem holds no certificate")
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	return &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12}
 }
