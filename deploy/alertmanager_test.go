@@ -78,7 +78,7 @@ receivers:
 	}
 	run(t, ctx, amtool, "check-config", cfgFile)
 
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	startServer(t, bin, "--config.file="+cfgFile, "--storage.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--cluster.listen-address=", "--log.level=debug")
 	base := "http://" + addr

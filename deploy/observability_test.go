@@ -189,7 +189,7 @@ func startPrometheus(t *testing.T, ctx context.Context, bin, promtool, target st
 	run(t, ctx, promtool, "check", "config", cfgFile)
 	run(t, ctx, promtool, "test", "rules", path("deploy/prometheus/alerts_test.yml"))
 
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	startServer(t, bin, "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--log.level=warn")
 	p := &promServer{base: "http://" + addr}

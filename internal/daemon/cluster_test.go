@@ -15,7 +15,6 @@ package daemon_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,22 +41,12 @@ type natsCluster struct {
 	servers []*server.Server
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // startNATSCluster starts n JetStream servers s1..sn routed to each other.
 func startNATSCluster(t *testing.T, n int) *natsCluster {
 	c := &natsCluster{t: t, servers: make([]*server.Server, n)}
 	ports := make([]int, n)
 	for i := range ports {
-		ports[i] = freePort(t)
+		ports[i] = testutil.FreePort(t)
 	}
 	var routes []string
 	for _, p := range ports {
@@ -65,7 +54,7 @@ func startNATSCluster(t *testing.T, n int) *natsCluster {
 	}
 	for i := range n {
 		o := &server.Options{
-			ServerName: fmt.Sprintf("s%d", i+1), Host: "127.0.0.1", Port: freePort(t),
+			ServerName: fmt.Sprintf("s%d", i+1), Host: "127.0.0.1", Port: testutil.FreePort(t),
 			JetStream: true, StoreDir: t.TempDir(), SyncInterval: time.Second,
 			Cluster: server.ClusterOpts{Name: "relay365", Host: "127.0.0.1", Port: ports[i]},
 			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),

@@ -1,11 +1,14 @@
 // Package testutil holds the few helpers tests across packages share:
 // a goroutine-safe buffer for capturing logs, waiting on a condition
-// with a deadline (never a blind sleep), and small files for secrets.
+// with a deadline (never a blind sleep), small files for secrets, and
+// free loopback ports for servers a test starts.
 package testutil
 
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -61,4 +64,24 @@ func WriteFile(t testing.TB, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// FreePort is a loopback TCP port free now, for a server the test starts
+// that must be told its port in advance (another process, a restart on
+// the same address). Another program may take it meanwhile, which on a
+// test machine does not happen in practice.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// FreeAddr is FreePort as host:port on 127.0.0.1.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 }
