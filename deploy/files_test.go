@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -122,7 +123,7 @@ func readRules(t testing.TB) []Rule {
 func TestComposeFile(t *testing.T) {
 	var c compose
 	readYAML(t, "docker-compose.yml", &c)
-	for _, name := range []string{"nats", "relay", "sandbox", "prometheus", "grafana"} {
+	for _, name := range []string{"nats", "relay-setup", "relay-tokens", "relay-worker", "sandbox", "prometheus", "grafana"} {
 		s, ok := c.Services[name]
 		if !ok {
 			t.Errorf("service %s missing", name)
@@ -199,7 +200,7 @@ func TestComposeFile(t *testing.T) {
 			}
 		}
 	}
-	for _, svc := range []string{"relay", "sandbox"} {
+	for _, svc := range []string{"relay-tokens", "relay-worker", "sandbox"} {
 		if !targets[svc+":9465"] {
 			t.Errorf("Prometheus does not scrape %s:9465", svc)
 		}
@@ -300,6 +301,42 @@ func TestAlertRules(t *testing.T) {
 	} {
 		if !names[want] {
 			t.Errorf("no alert %s", want)
+		}
+	}
+}
+
+// TestComposeUsesTheRoles: NATS in compose loads deploy/nats/auth.conf
+// (nats-server itself parses nats.conf, include and all), and each relay
+// service connects as the user of its role, no service as a user with
+// more than it needs; the token key goes only to the token service.
+func TestComposeUsesTheRoles(t *testing.T) {
+	for _, v := range []string{"RELAY_PRODUCER_PASSWORD", "RELAY_WORKER_PASSWORD", "RELAY_TOKENS_PASSWORD", "RELAY_ADMIN_PASSWORD"} {
+		t.Setenv(v, "pw")
+	}
+	opts, err := server.ProcessConfigFile(path("deploy/nats/nats.conf"))
+	if err != nil {
+		t.Fatalf("nats.conf: %v", err)
+	}
+	if len(opts.Users) != 4 || !opts.JetStream || !opts.SyncAlways {
+		t.Fatalf("nats.conf: %d users, JetStream %v, sync always %v; want auth.conf's four users, JetStream synced before every ack", len(opts.Users), opts.JetStream, opts.SyncAlways)
+	}
+	var c compose
+	readYAML(t, "docker-compose.yml", &c)
+	for svc, want := range map[string]struct{ user, roles string }{
+		"relay-setup":  {"relay-admin", ""},
+		"relay-tokens": {"relay-tokens", "tokens"},
+		"relay-worker": {"relay-worker", "workers"},
+	} {
+		s := c.Services[svc]
+		if got := s.Environment["RELAY_NATS_USER"]; got != want.user {
+			t.Errorf("%s connects as %v, want %s", svc, got, want.user)
+		}
+		cmd, _ := json.Marshal(s.Command)
+		if want.roles != "" && !strings.Contains(string(cmd), `"--roles","`+want.roles+`"`) {
+			t.Errorf("%s runs %s, want --roles %s", svc, cmd, want.roles)
+		}
+		if hasKey := slices.Contains(s.Secrets, "token_key"); hasKey != (svc == "relay-tokens") {
+			t.Errorf("%s has the token key: %v (only the token service needs it)", svc, hasKey)
 		}
 	}
 }
