@@ -518,7 +518,7 @@ func (s *Server) issueLocked(p principal, withRefresh bool) *tokenBody {
 		Scope:        grantedScope(p.scopes),
 		ExpiresIn:    ttl,
 		ExtExpiresIn: ttl,
-		AccessToken:  newOpaqueToken(),
+		AccessToken:  newAccessToken(),
 	}
 	s.access[body.AccessToken] = &accessToken{
 		principal: p,
@@ -755,6 +755,16 @@ func randomBytes(n int) []byte {
 
 // newOpaqueToken returns 32 random bytes, base64url encoded.
 func newOpaqueToken() string { return base64.RawURLEncoding.EncodeToString(randomBytes(32)) }
+
+// accessTokenBytes makes access tokens as long as Office 365's (1.5-2.5
+// KB, docs/office365.md §1), so every XOAUTH2 exchange with the fake
+// carries an initial response too long for a 512-octet AUTH line.
+const accessTokenBytes = 1500
+
+// newAccessToken is an opaque token of an Office 365 access token's size.
+func newAccessToken() string {
+	return "EwB" + base64.RawURLEncoding.EncodeToString(randomBytes(accessTokenBytes*3/4))
+}
 
 func newUUID() string { return uuidFrom(randomBytes(16)) }
 

@@ -37,6 +37,14 @@ type Config struct {
 	MaxConns           int              // concurrent authenticated SMTP connections per mailbox; default 3, negative = off
 	MaxRecipients      int              // RCPT TO per message before 452 4.5.3; default 500, negative = off
 	IdleTimeout        time.Duration    // an SMTP session silent this long gets "421 4.4.2" and is closed; default 2m
+	// Strict makes the SMTP side keep SMTP's limits as servers other than
+	// Office 365 do: a command line longer than 512 octets (RFC 5321
+	// §4.5.3.1.4; the XOAUTH2 initial response on the AUTH line) is
+	// refused 500 5.5.2, a message with a line longer than 998 octets
+	// (§4.5.3.1.6, RFC 5322 §2.1.1) or a bare CR or LF (RFC 5322 §2.3)
+	// 554 5.6.0. Office 365 tolerates all three; the relay must not
+	// depend on that.
+	Strict bool
 	MailDir            string           // if set, each accepted message is also written as <MailDir>/<unix-nanos>-<n>.eml
 	Now                func() time.Time // clock for token expiry, refresh idle, device codes and pacing; default time.Now
 	Hostname           string           // SMTP host name in replies and the certificate; default "fake.outlook.office365.test"

@@ -3,6 +3,7 @@ package fakeo365
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -158,6 +159,10 @@ func (s *Server) newSMTPServer(creds *tlsCredentials) *smtp.Server {
 	srv.TLSConfig = creds.serverConfig()
 	srv.AllowInsecureAuth = false // AUTH is advertised and allowed only after STARTTLS
 	srv.MaxMessageBytes = maxMessageBytes
+	// Office 365 takes an XOAUTH2 response of 2-3 KB on the AUTH line;
+	// go-smtp's default would refuse lines over 2,000. (Config.Strict
+	// keeps the limits by itself.)
+	srv.MaxLineLength = 16 << 10
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.EnableBINARYMIME = true
@@ -301,6 +306,11 @@ func (ss *session) Data(r io.Reader) error {
 			return s.reject(se)
 		}
 		return err
+	}
+	if s.cfg.Strict {
+		if why := badText(data); why != "" {
+			return s.reject(&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message refused: " + why})
+		}
 	}
 	if d := s.takeDelay(); d > 0 {
 		s.dataHeld.Add(1)
@@ -470,6 +480,37 @@ func parseHeader(data []byte) headerInfo {
 
 // ---- SASL servers -------------------------------------------------------------
 
+// SMTP's line limits (RFC 5321 §4.5.3.1.4, §4.5.3.1.6), for Config.Strict.
+const (
+	maxCommandLine = 512  // octets, CRLF included
+	maxTextLine    = 1000 // octets, CRLF included: 998 of text
+)
+
+var replyLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
+
+// badText says what breaks RFC 5322's line rules in a message (as the
+// client sent it, dot-stuffing removed), "" when nothing does.
+func badText(data []byte) string {
+	start := 0
+	for i, c := range data {
+		switch {
+		case c == '\n' && (i == 0 || data[i-1] != '\r'):
+			return fmt.Sprintf("bare LF at octet %d", i)
+		case c == '\r' && (i+1 == len(data) || data[i+1] != '\n'):
+			return fmt.Sprintf("bare CR at octet %d", i)
+		case c == '\n':
+			if i+1-start > maxTextLine {
+				return fmt.Sprintf("a line of %d octets (at most 998 and CRLF)", i+1-start-2)
+			}
+			start = i + 1
+		}
+	}
+	if len(data)-start > maxTextLine-2 {
+		return fmt.Sprintf("a line of %d octets (at most 998 and CRLF)", len(data)-start)
+	}
+	return ""
+}
+
 // xoauth2Server accepts both forms: the response on the AUTH line, or an
 // empty "334 " challenge followed by the response.
 type xoauth2Server struct {
@@ -481,6 +522,10 @@ func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
 	if response == nil && !x.prompted {
 		x.prompted = true
 		return []byte{}, false, nil
+	}
+	if !x.prompted && x.sess.srv.cfg.Strict && len("AUTH XOAUTH2 ")+base64.StdEncoding.EncodedLen(len(response))+2 > maxCommandLine {
+		// The response came on the AUTH line, and that line was too long.
+		return nil, false, x.sess.srv.reject(replyLineTooLong)
 	}
 	user, token, err := ParseXOAUTH2(response)
 	if err != nil {

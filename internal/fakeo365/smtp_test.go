@@ -472,3 +472,60 @@ func TestCountOnly(t *testing.T) {
 		t.Fatalf("OnAccept saw %q", seen)
 	}
 }
+
+// TestStrictLineLimits: in strict mode the fake keeps SMTP's limits as
+// servers other than Office 365 do. An Office 365 sized token on the AUTH
+// line (a 2 KB command) is refused 500 5.5.2 there and accepted in the
+// default, tolerant mode; after an empty 334 it is fine either way; a
+// message with a bare LF or a line over 998 octets is refused 554 5.6.0.
+func TestStrictLineLimits(t *testing.T) {
+	// A bare LF cannot be sent with go-smtp's client (it writes CRLF for
+	// it); badText is checked on its own for that.
+	for in, want := range map[string]string{
+		"a\r\nb\r\n": "", "a\nb": "bare LF at octet 1", "a\rb": "bare CR at octet 1", "\n": "bare LF at octet 0",
+		strings.Repeat("x", 998) + "\r\n": "", strings.Repeat("x", 999) + "\r\n": "a line of 999 octets (at most 998 and CRLF)",
+		strings.Repeat("x", 999): "a line of 999 octets (at most 998 and CRLF)",
+	} {
+		if got := badText([]byte(in)); got != want {
+			t.Errorf("badText(%.20q…) = %q, want %q", in, got, want)
+		}
+	}
+	for _, strict := range []bool{false, true} {
+		s := startServer(t, Config{Strict: strict})
+		token := delegatedToken(t, s, testMailbox)
+		if len(token) < 1000 {
+			t.Fatalf("access token of %d characters: Office 365's are 1.5-2.5 KB", len(token))
+		}
+		err := dialTLS(t, s).Auth(&xoauth2Client{user: testMailbox, token: token})
+		switch {
+		case strict:
+			wantSMTPError(t, err, 500, smtp.EnhancedCode{5, 5, 2})
+		case err != nil:
+			t.Fatalf("tolerant: the long AUTH line is refused: %v", err)
+		}
+		c := dialTLS(t, s)
+		if err := c.Auth(&xoauth2Client{user: testMailbox, token: token, twoStep: true}); err != nil {
+			t.Fatalf("strict=%v: the two-step form: %v", strict, err)
+		}
+		for name, data := range map[string][]byte{
+			"bare CR":     []byte("From: " + testMailbox + "\r\nSubject: x\r\n\r\nbo\rdy\r\n"),
+			"999 octets":  []byte("From: " + testMailbox + "\r\nSubject: x\r\n\r\n" + strings.Repeat("x", 999) + "\r\n"),
+			"long header": []byte("From: " + testMailbox + "\r\nSubject: " + strings.Repeat("y", 1990) + "\r\n\r\nbody\r\n"),
+		} {
+			err := sendMessage(c, testMailbox, []string{"ops@contoso.com"}, data)
+			if !strict {
+				if err != nil {
+					t.Fatalf("tolerant: %s refused: %v", name, err)
+				}
+				continue
+			}
+			if se := (&smtp.SMTPError{}); !errors.As(err, &se) || se.Code != 554 {
+				t.Errorf("strict: %s: %v, want 554 5.6.0", name, err)
+			}
+		}
+		ok := []byte("From: " + testMailbox + "\r\nSubject: x\r\n\r\n" + strings.Repeat("x", 998) + "\r\n")
+		if err := sendMessage(c, testMailbox, []string{"ops@contoso.com"}, ok); err != nil {
+			t.Fatalf("strict=%v: a 998-octet line is refused: %v", strict, err)
+		}
+	}
+}

@@ -210,8 +210,20 @@ func (c *Client) Auth(ctx context.Context, a sasl.Client) error {
 			return &Error{Command: "AUTH", Err: err}
 		}
 		line := "AUTH " + mech
+		var initial []byte // sent after the server's first, empty challenge
 		if resp != nil {
-			line += " " + encode64(resp) // "=" for an empty one (RFC 4954 §4)
+			// RFC 4954 §4: the initial response goes on the AUTH line
+			// ("=" for an empty one) unless the line would pass SMTP's
+			// 512 octets, CRLF included (RFC 5321 §4.5.3.1.4); then the
+			// client MUST send it after an empty 334 instead (RFC 4422
+			// §5.1). An Office 365 access token makes an XOAUTH2 response
+			// of 2-3 KB: Office 365 tolerates the long line, servers
+			// that keep to the limit answer 500 5.5.2.
+			if withIR := line + " " + encode64(resp); len(withIR)+2 <= maxCommandLine {
+				line = withIR
+			} else {
+				initial = resp
+			}
 		}
 		var cancelled error
 		for {
@@ -233,6 +245,12 @@ func (c *Client) Auth(ctx context.Context, a sasl.Client) error {
 			case r.code != 334:
 				return &Error{Command: "AUTH", Err: r.err()}
 			}
+			if initial != nil {
+				// The server's empty challenge that asks for the initial
+				// response held back (RFC 4422 §5.1).
+				line, initial = base64.StdEncoding.EncodeToString(initial), nil
+				continue
+			}
 			challenge, err := base64.StdEncoding.DecodeString(r.text)
 			if err == nil {
 				resp, err = a.Next(challenge)
@@ -246,6 +264,10 @@ func (c *Client) Auth(ctx context.Context, a sasl.Client) error {
 		}
 	})
 }
+
+// maxCommandLine is the longest command line, CRLF included (RFC 5321
+// §4.5.3.1.4).
+const maxCommandLine = 512
 
 func encode64(b []byte) string {
 	if len(b) == 0 {

@@ -607,3 +607,67 @@ func ExampleParseReply() {
 	fmt.Println(e.Code, e.EnhancedCode, e.Message)
 	// Output: 535 [5 7 3] Authentication unsuccessful [SN4PR0601CA0003.namprd06.prod.outlook.com]
 }
+
+// longToken is an initial response the size an Office 365 access token
+// makes (2-3 KB of XOAUTH2 response).
+type longToken struct{ ir []byte }
+
+func (l longToken) Start() (string, []byte, error) { return "XOAUTH2", l.ir, nil }
+func (longToken) Next([]byte) ([]byte, error)      { return []byte{}, nil }
+
+// TestAuthLongInitialResponseTwoStep (RFC 4954 §4): an initial response
+// that would make the AUTH line longer than 512 octets (RFC 5321
+// §4.5.3.1.4) is not put on it: "AUTH XOAUTH2" alone, then the response
+// after the server's empty 334. One that fits stays on the line (one round
+// trip), up to exactly 512 octets with CRLF.
+func TestAuthLongInitialResponseTwoStep(t *testing.T) {
+	// "AUTH XOAUTH2 " is 13 octets: 372 bytes encode to 496 characters, a
+	// line of 509 + CRLF = 511; 375 bytes to 500, 513 + CRLF.
+	for _, tc := range []struct {
+		name    string
+		irLen   int // bytes before base64
+		oneLine bool
+	}{
+		{"short", 30, true},
+		{"the longest that fits", 372, true},
+		{"one base64 quantum over", 375, false},
+		{"an Office 365 sized token", 2400, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ir := []byte(strings.Repeat("a", tc.irLen))
+			encoded := base64.StdEncoding.EncodeToString(ir)
+			fits := tc.oneLine
+			var lines []string
+			c, err, wait := serve(t, Config{}, func(p *peer) {
+				if !p.handshake("AUTH XOAUTH2") {
+					return
+				}
+				l, _ := p.line()
+				lines = append(lines, l)
+				if len(l)+2 > 512 {
+					p.send("500 5.5.2 Line too long") // what a server that keeps the limit says
+					return
+				}
+				if l == "AUTH XOAUTH2" {
+					p.send("334 ")
+					l, _ = p.line()
+					lines = append(lines, l)
+				}
+				p.send("235 2.7.0 Authentication successful")
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Auth(context.Background(), longToken{ir}); err != nil {
+				t.Fatalf("AUTH: %v (lines %q)", err, lines)
+			}
+			wait()
+			switch {
+			case fits && (len(lines) != 1 || lines[0] != "AUTH XOAUTH2 "+encoded):
+				t.Errorf("a response that fits: lines %q, want it on the AUTH line", lines)
+			case !fits && (len(lines) != 2 || lines[0] != "AUTH XOAUTH2" || lines[1] != encoded):
+				t.Errorf("a long response: lines %q, want AUTH XOAUTH2, then the response after 334", lines)
+			}
+		})
+	}
+}

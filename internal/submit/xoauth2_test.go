@@ -171,3 +171,23 @@ func (plainSession) Logout() error                        { return nil }
 func (plainSession) Mail(string, *smtp.MailOptions) error { return nil }
 func (plainSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
 func (plainSession) Data(r io.Reader) error               { _, err := io.Copy(io.Discard, r); return err }
+
+// TestStrictServerTakesTheLongToken: a server that keeps SMTP's 512-octet
+// command line (the fake in strict mode answers 500 5.5.2 to a longer
+// one) gets the Office 365 sized XOAUTH2 response after an empty 334
+// (RFC 4954 §4), from the relay's sessions and from the consent step's
+// test mail alike (both are Transport).
+func TestStrictServerTakesTheLongToken(t *testing.T) {
+	fake := startFake(t, fakeo365.Config{Strict: true})
+	tok := fakeToken(t, fake, "alerts@contoso.com")
+	if len(tok) < 1000 {
+		t.Fatalf("token of %d characters; the test needs an Office 365 sized one", len(tok))
+	}
+	ep := Endpoint{Addr: fake.SMTPAddr(), CAFile: fake.CAFile()}
+	if err := (&Transport{}).Send(context.Background(), ep, "alerts@contoso.com", tok, rendered(t)); err != nil {
+		t.Fatalf("send through a strict server: %v", err)
+	}
+	if n := len(fake.Messages()); n != 1 {
+		t.Fatalf("%d messages captured", n)
+	}
+}
