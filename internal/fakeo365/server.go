@@ -25,18 +25,18 @@ import (
 // Config tunes the fake. The zero value of every field except Dir means the
 // Office 365 default; for the limits a negative value switches the limit off.
 type Config struct {
-	AccessTTL          time.Duration    // access-token lifetime; default 3599s
-	RefreshIdle        time.Duration    // refresh token dies after this inactivity (invalid_grant AADSTS700082); default 90 days
-	StrictRotation     bool             // a refresh token used once answers invalid_grant AADSTS70008 on reuse
-	DefaultMailbox     string           // user signed in when authorize has no login_hint, and for the device flow; default "alerts@contoso.com"
-	DeviceApproveAfter int              // device flow: polls answering authorization_pending before approval; default 2, negative = approve on the first poll
-	DeviceCodeTTL      time.Duration    // device codes' lifetime (expires_in, whole seconds); default 900s
-	AuthCodeTTL        time.Duration    // authorization codes' lifetime; default 10m (tests on a compressed clock lengthen it)
-	PerMinute          int              // messages per mailbox per rolling minute; default 30, negative = off
-	PerDay             int              // recipients per mailbox per rolling 24h; default 10000, negative = off
-	MaxConns           int              // concurrent authenticated SMTP connections per mailbox; default 3, negative = off
-	MaxRecipients      int              // RCPT TO per message before 452 4.5.3; default 500, negative = off
-	IdleTimeout        time.Duration    // an SMTP session silent this long gets "421 4.4.2" and is closed; default 2m
+	AccessTTL          time.Duration // access-token lifetime; default 3599s
+	RefreshIdle        time.Duration // refresh token dies after this inactivity (invalid_grant AADSTS700082); default 90 days
+	StrictRotation     bool          // a refresh token used once answers invalid_grant AADSTS70008 on reuse
+	DefaultMailbox     string        // user signed in when authorize has no login_hint, and for the device flow; default "alerts@contoso.com"
+	DeviceApproveAfter int           // device flow: polls answering authorization_pending before approval; default 2, negative = approve on the first poll
+	DeviceCodeTTL      time.Duration // device codes' lifetime (expires_in, whole seconds); default 900s
+	AuthCodeTTL        time.Duration // authorization codes' lifetime; default 10m (tests on a compressed clock lengthen it)
+	PerMinute          int           // messages per mailbox per rolling minute; default 30, negative = off
+	PerDay             int           // recipients per mailbox per rolling 24h; default 10000, negative = off
+	MaxConns           int           // concurrent authenticated SMTP connections per mailbox; default 3, negative = off
+	MaxRecipients      int           // RCPT TO per message before 452 4.5.3; default 500, negative = off
+	IdleTimeout        time.Duration // an SMTP session silent this long gets "421 4.4.2" and is closed; default 2m
 	// Strict makes the SMTP side keep SMTP's limits as servers other than
 	// Office 365 do: a command line longer than 512 octets (RFC 5321
 	// §4.5.3.1.4; the XOAUTH2 initial response on the AUTH line) is
@@ -44,12 +44,12 @@ type Config struct {
 	// (§4.5.3.1.6, RFC 5322 §2.1.1) or a bare CR or LF (RFC 5322 §2.3)
 	// 554 5.6.0. Office 365 tolerates all three; the relay must not
 	// depend on that.
-	Strict bool
-	MailDir            string           // if set, each accepted message is also written as <MailDir>/<unix-nanos>-<n>.eml
-	Now                func() time.Time // clock for token expiry, refresh idle, device codes and pacing; default time.Now
-	Hostname           string           // SMTP host name in replies and the certificate; default "fake.outlook.office365.test"
-	Dir                string           // where ca.pem is written; required
-	Logger             *zerolog.Logger  // optional activity log (nil = silent)
+	Strict   bool
+	MailDir  string           // if set, each accepted message is also written as <MailDir>/<unix-nanos>-<n>.eml
+	Now      func() time.Time // clock for token expiry, refresh idle, device codes and pacing; default time.Now
+	Hostname string           // SMTP host name in replies and the certificate; default "fake.outlook.office365.test"
+	Dir      string           // where ca.pem is written; required
+	Logger   *zerolog.Logger  // optional activity log (nil = silent)
 	// OnAccept, if set, is called with every accepted message after it was
 	// captured, outside the server's lock (relay bench measures latency
 	// with it).
