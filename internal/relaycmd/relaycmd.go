@@ -53,7 +53,7 @@ func commands() []command {
 		{"dlq", "list, show, replay or purge dead letters", runDLQ},
 		{"producer", "add, list or remove SMTP producer identities", runProducer},
 		{"keygen", "create the token sealing key file", runKeygen},
-		{"bench", "measure the relay against the SMTP ceiling (in one process)", runBench},
+		{"bench", "measure the relay against the SMTP ceiling, or with --ingress the SMTP front door (in one process)", runBench},
 	}
 }
 
