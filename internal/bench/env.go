@@ -325,9 +325,7 @@ func (e *env) latencyRun(ctx context.Context, acct account.Account) ([]time.Dura
 	if _, err := e.fake.WaitMessages(ctx, base+n); err != nil {
 		return nil, fmt.Errorf("%d of %d relayed: %w", e.fake.Accepted()-base, n, err)
 	}
-	lat.mu.Lock()
-	defer lat.mu.Unlock()
-	return lat.got, nil
+	return lat.waitAll(ctx, n)
 }
 
 // accepted is the sink's OnAccept hook: it times latency-run messages.
