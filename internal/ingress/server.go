@@ -424,6 +424,7 @@ func (ss *session) queue(raw []byte) (result, error) {
 	}
 	if acct == nil {
 		if acct, err = ss.first(); err != nil {
+			ss.log.Warn().Err(err).Int("smtp_code", 451).Msg("message not queued: none of the producer's accounts is connected")
 			return resultUnavailable, err
 		}
 	}
