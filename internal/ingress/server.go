@@ -348,15 +348,22 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 // 5.7.1); an address of no account leaves the choice open (nil).
 func (ss *session) pick(addr string) (*account.Account, error) {
 	p := ss.producer
+	var mine *account.Account
 	var other string
-	for _, a := range ss.s.accounts.all() {
+	ss.s.accounts.each(func(a account.Account) bool {
 		if !sendsAs(a, addr) {
-			continue
+			return true
 		}
 		if p.May(a.Alias) {
-			return &a, nil
+			found := a // only the match is copied to the heap
+			mine = &found
+			return false
 		}
 		other = a.Alias
+		return true
+	})
+	if mine != nil {
+		return mine, nil
 	}
 	if other != "" {
 		return nil, errNotAllowed(fmt.Sprintf("producer %s may not send through account %s (%s)", p.Name, other, addr))
