@@ -28,7 +28,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&syncs, "sync", "always,2m", "embedded JetStream fsync settings to run, comma-separated (\"always\" or a duration)")
 	fs.BoolVar(&c.JSON, "json", false, "one JSON object per line")
 	fs.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the whole bench to this file")
-	fs.StringVar(&c.HeapProfile, "memprofile", "", "write a heap profile (pprof) to this file at the end of each relay run, with that line's server still up (the last line's stays)")
+	fs.StringVar(&c.HeapProfile, "memprofile", "", "write a heap profile (pprof) to this file at the end of each relay run (with --ingress: each load run), with that line's server still up (the last line's stays)")
 	memoryLimitFlag(fs, &c.MemoryLimit)
 	if err := parse(fs, args); err != nil {
 		return err
