@@ -240,6 +240,9 @@ func TestComposeFile(t *testing.T) {
 	}
 	d := readDashboard(t)
 	for _, p := range d.Panels {
+		if p.Type == "row" {
+			continue // a section heading: no query, no datasource
+		}
 		if p.Datasource.UID != ds.Datasources[0].UID {
 			t.Errorf("panel %q uses datasource %q, provisioned is %q", p.Title, p.Datasource.UID, ds.Datasources[0].UID)
 		}
@@ -247,7 +250,8 @@ func TestComposeFile(t *testing.T) {
 }
 
 // The dashboard shows what the issue lists, every panel has a query, and
-// the account variable exists.
+// the account variable exists. Rows are section headings: a title, no
+// query.
 func TestDashboard(t *testing.T) {
 	d := readDashboard(t)
 	if d.UID == "" || d.Title == "" {
@@ -258,11 +262,19 @@ func TestDashboard(t *testing.T) {
 	}
 	ids := map[int]bool{}
 	all := ""
+	var rows []string
 	for _, p := range d.Panels {
 		if ids[p.ID] {
 			t.Errorf("panel id %d twice", p.ID)
 		}
 		ids[p.ID] = true
+		if p.Type == "row" {
+			rows = append(rows, p.Title)
+			if len(p.Targets) != 0 || p.GridPos.W != 24 {
+				t.Errorf("row %q: want a full-width heading without queries", p.Title)
+			}
+			continue
+		}
 		if p.GridPos.W == 0 || p.GridPos.H == 0 || len(p.Targets) == 0 {
 			t.Errorf("panel %q: no size or no query", p.Title)
 		}
@@ -277,10 +289,15 @@ func TestDashboard(t *testing.T) {
 		"relay_messages_total", "relay_smtp_replies_total", "histogram_quantile(0.5,", "histogram_quantile(0.95,",
 		"histogram_quantile(0.99,", "relay_queue_pending", "relay_dlq_messages", "relay_token_expiry_timestamp_seconds",
 		"relay_token_state", "relay_pacing_wait_seconds", `account=~"$account"`,
+		"relay_ingress_messages_total", "relay_ingress_auth_failures_total", "relay_ingress_sessions",
+		"relay_ingress_refused_connections_total",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no panel queries %s", want)
 		}
+	}
+	if !slices.Contains(rows, "SMTP front door") {
+		t.Errorf("no row \"SMTP front door\" (rows: %q)", rows)
 	}
 }
 
@@ -298,6 +315,7 @@ func TestAlertRules(t *testing.T) {
 	for _, want := range []string{
 		"RelayTokenExpiringWithoutRefresh", "RelayTokenRefreshFailing", "RelayAccountNeedsConsent",
 		"RelayDLQGrowing", "RelayQueueBacklogGrowing", "RelayNoSendsWhileQueued",
+		"RelayIngressAuthFailures", "RelayIngressRefusingMail",
 	} {
 		if !names[want] {
 			t.Errorf("no alert %s", want)

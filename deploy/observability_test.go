@@ -29,7 +29,9 @@ import (
 // with the shipped alert rules, and headless Chromium on the status page.
 //
 // Traffic and failures come from sandboxtest.Exercise: mail sent (one
-// attempt answered 451 and retried), an invalid message dead-lettered, a
+// attempt answered 451 and retried, one submitted over SMTP after a
+// wrong password), an invalid message dead-lettered, a submission refused
+// 451 for a producer without a connected account (here sent twice), a
 // second account revoked so it needs consent, is paused and keeps a
 // message queued. Prometheus scrapes before, between and after, so
 // counters and gauges have samples on both sides of each change.
@@ -41,10 +43,12 @@ import (
 // account must give a value). Every alert rule
 // expression is evaluated the same way and must be a valid query; the
 // rules whose condition the exercise makes true (needs consent, paused,
-// refresh failing, DLQ growing, no sends while queued) must return data,
-// and the three whose condition is false here (relay down, token
-// expiring without a refresh, backlog growing: they need a dead scrape
-// target, hours of time or a hundred queued messages) must return none,
+// refresh failing, DLQ growing, no sends while queued, the front door
+// refusing a producer's mail) must return data, and the four whose
+// condition is false here (relay down, token expiring without a refresh,
+// backlog growing, AUTH failures: they need a dead scrape target, hours
+// of time, a hundred queued messages or a burst of wrong passwords) must
+// return none,
 // and each metric selector in them must exist in Prometheus (so they read
 // real series, not typos). Their logic is proven by promtool test rules
 // (prometheus/alerts_test.yml), which this test also runs, with promtool
@@ -71,6 +75,15 @@ func TestObservabilityEndToEnd(t *testing.T) {
 	prom.waitFor(t, ctx, "needs_consent", `relay_token_state{account="billing",state="needs_consent"} == 1`)
 	prom.waitFor(t, ctx, "the revoked account's refresh failure", `relay_token_refresh_total{account="billing",result="needs_consent"} == 1`)
 	prom.waitFor(t, ctx, "the paused account", `relay_account_paused{account="billing"} == 1`)
+	// The producer without a connected account tries again: its refusal
+	// counter has a sample before the increase, so increase() sees it
+	// (the first refusal created the series at 1).
+	prom.waitFor(t, ctx, "the refused SMTP submission", `relay_ingress_messages_total{producer="misconfigured",result="unavailable"} == 1`)
+	if err := sandboxtest.SubmitSMTP(ctx, s, sandboxtest.Misconfigured, sandboxtest.MisconfiguredPassword, "alertmanager@example.org",
+		"Subject: again\r\n\r\nx\r\n"); err == nil || !strings.Contains(err.Error(), "451") {
+		t.Fatalf("second submission by the producer without a connected account: %v, want 451", err)
+	}
+	prom.waitFor(t, ctx, "the second refusal", `relay_ingress_messages_total{producer="misconfigured",result="unavailable"} == 2`)
 	// Mail across several scrapes, so rates and latency quantiles have
 	// increases to work with.
 	sendUntil(t, ctx, s, prom, `sum(rate(relay_messages_total{outcome="sent"}[30s])) > 0 and sum(rate(relay_send_duration_seconds_count[30s])) > 0`)
@@ -97,8 +110,9 @@ func TestObservabilityEndToEnd(t *testing.T) {
 	t.Run("alerts", func(t *testing.T) {
 		wantData := map[string]bool{
 			"RelayAccountNeedsConsent": true, "RelayAccountPaused": true, "RelayTokenRefreshFailing": true,
-			"RelayDLQGrowing": true, "RelayNoSendsWhileQueued": true,
+			"RelayDLQGrowing": true, "RelayNoSendsWhileQueued": true, "RelayIngressRefusingMail": true,
 			"RelayDown": false, "RelayTokenExpiringWithoutRefresh": false, "RelayQueueBacklogGrowing": false,
+			"RelayIngressAuthFailures": false,
 		}
 		rules := readRules(t)
 		if len(rules) != len(wantData) {

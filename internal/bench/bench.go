@@ -31,6 +31,11 @@
 // token figure is the p99 of the workers' cached token client (Token) after
 // the runs.
 //
+// With --ingress (RunIngress, ingress.go) the bench measures the SMTP
+// front door end to end instead: messages submitted over C submission
+// connections (STARTTLS, AUTH PLAIN) until the sink's 250 for the
+// delivered copy; ingress.go describes its runs.
+//
 // Failure semantics: any error (a message refused, a run not finishing
 // within its deadline) ends the bench with that error; the environment is
 // always torn down and the temporary directory removed.
@@ -79,6 +84,9 @@ type Config struct {
 	// last, so the file holds the last line's. After the bench, with every
 	// environment torn down, the live heap would be near empty.
 	HeapProfile string
+	// Ingress switches the environment's SMTP front door on (RunIngress
+	// sets it: `relay bench --ingress`, ingress.go).
+	Ingress bool
 }
 
 // Limits of the flags.

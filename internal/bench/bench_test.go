@@ -154,3 +154,81 @@ func TestMessageSize(t *testing.T) {
 		}
 	}
 }
+
+// TestRunIngressSmoke runs the ingress mode with tiny numbers: messages
+// submitted over SMTP (STARTTLS, AUTH PLAIN) reach the sink, and every
+// line has every field with sane values.
+func TestRunIngressSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	heap := filepath.Join(t.TempDir(), "heap.pprof")
+	cfg := Config{Messages: 50, Conns: []int{1, 3}, Size: 1024, Rate: 200, Latency: 20, JSON: true, Dir: t.TempDir(), HeapProfile: heap}
+	results, err := RunIngress(ctx, cfg, &out)
+	if err != nil {
+		t.Fatalf("RunIngress: %v\noutput:\n%s", err, out.String())
+	}
+	checkHeapProfile(t, heap)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || len(results) != 2 {
+		t.Fatalf("want 2 lines (sync always × 2 connection counts), got %d lines, %d results:\n%s", len(lines), len(results), out.String())
+	}
+	fields := []string{"mode", "sync", "conns", "messages", "size", "msgs_per_s", "accept_msgs_per_s", "load_p50_ms", "load_p99_ms",
+		"rate", "latency_messages", "p50_ms", "p95_ms", "p99_ms", "accept_p99_ms", "cpu_s_per_1k_msgs", "peak_rss_mb"}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %d is not JSON: %v: %s", i, err, line)
+		}
+		for _, f := range fields {
+			if _, ok := m[f]; !ok {
+				t.Errorf("line %d has no %q: %s", i, f, line)
+			}
+		}
+		r := results[i]
+		switch {
+		case r.Mode != "ingress" || r.Conns != cfg.Conns[i] || r.Sync != "always" || r.Messages != 50 || r.LatencyMessages != 20:
+			t.Errorf("line %d: mode %s conns %d sync %s messages %d latency messages %d, want ingress %d always 50 20",
+				i, r.Mode, r.Conns, r.Sync, r.Messages, r.LatencyMessages, cfg.Conns[i])
+		case r.MsgsPerS <= 0 || r.AcceptMsgsPerS < r.MsgsPerS:
+			t.Errorf("line %d: throughputs not positive, or delivery ended before acceptance: %s", i, line)
+		case r.LoadP50Ms <= 0 || r.LoadP50Ms > r.LoadP99Ms || r.AcceptP99Ms <= 0:
+			t.Errorf("line %d: load percentiles: %s", i, line)
+		case r.P50Ms <= 0 || r.P50Ms > r.P95Ms || r.P95Ms > r.P99Ms:
+			t.Errorf("line %d: percentiles not ordered: %s", i, line)
+		case r.CPUSPer1kMsgs <= 0 || r.PeakRSSMB <= 0:
+			t.Errorf("line %d: cpu or rss figure missing: %s", i, line)
+		}
+	}
+}
+
+// TestIngressTable: without --json a header and one row per result.
+func TestIngressTable(t *testing.T) {
+	var out bytes.Buffer
+	p := &ingressPrinter{out: &out}
+	for _, c := range []int{1, 16} {
+		if err := p.print(IngressResult{Mode: "ingress", Sync: "always", Conns: c, Messages: 20000, MsgsPerS: 612.4, P99Ms: 7.25}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "sync") || !strings.Contains(lines[0], "msgs/s") ||
+		!strings.Contains(lines[2], " 16 ") || !strings.Contains(lines[2], " 612 ") || !strings.Contains(lines[2], " 7.2") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+}
+
+// TestIngressDefaults: 16 submission connections and the durable sync
+// unless given.
+func TestIngressDefaults(t *testing.T) {
+	var c Config
+	c.IngressDefaults()
+	if len(c.Conns) != 1 || c.Conns[0] != 16 || len(c.Sync) != 1 || c.Sync[0] != "always" {
+		t.Fatalf("ingress defaults: conns %v sync %v", c.Conns, c.Sync)
+	}
+	c = Config{Conns: []int{4}, Sync: []string{"2m"}}
+	c.IngressDefaults()
+	if c.Conns[0] != 4 || c.Sync[0] != "2m" {
+		t.Fatalf("ingress defaults replaced given values: conns %v sync %v", c.Conns, c.Sync)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
+	"relay365/internal/ingress"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/roles"
@@ -84,10 +86,19 @@ func startEnv(ctx context.Context, cfg Config, syncSetting string) (_ *env, err 
 	// Logs are encoded as in production (info level) and thrown away, so
 	// their cost is in the figures.
 	log := zerolog.New(io.Discard).Level(zerolog.InfoLevel)
-	e.d, err = daemon.Start(ctx, daemon.Config{
+	dc := daemon.Config{
 		NATSListen: "127.0.0.1:-1", NATSSync: syncSetting, DataDir: filepath.Join(dir, "data"),
 		KeyFile: keyFile, HTTPAddr: "off",
-	}, log)
+	}
+	if cfg.Ingress {
+		// The SMTP front door on loopback with the daemon's own CA; every
+		// bench connection comes from 127.0.0.1, so the per-address limit
+		// is the bench's largest connection count.
+		dc.SMTP.Listen = "127.0.0.1:0"
+		dc.SMTP.MaxConnsPerIP = max(slices.Max(cfg.Conns), ingress.DefaultMaxConnsPerIP)
+		dc.SMTP.MaxConns = max(dc.SMTP.MaxConnsPerIP, ingress.DefaultMaxConns)
+	}
+	e.d, err = daemon.Start(ctx, dc, log)
 	if err != nil {
 		return nil, fmt.Errorf("relay serve: %w", err)
 	}
@@ -315,9 +326,7 @@ func (e *env) latencyRun(ctx context.Context, acct account.Account) ([]time.Dura
 	if _, err := e.fake.WaitMessages(ctx, base+n); err != nil {
 		return nil, fmt.Errorf("%d of %d relayed: %w", e.fake.Accepted()-base, n, err)
 	}
-	lat.mu.Lock()
-	defer lat.mu.Unlock()
-	return lat.got, nil
+	return lat.waitAll(ctx, n)
 }
 
 // accepted is the sink's OnAccept hook: it times latency-run messages.

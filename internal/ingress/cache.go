@@ -32,14 +32,18 @@ func (c *cache[T]) get(key string) (T, bool) {
 	return v, ok
 }
 
-func (c *cache[T]) all() []T {
+// each calls f with every record under the read lock, until f returns
+// false; f must not call the cache. Unlike a list of all records, it
+// allocates nothing, so a lookup per message costs the same whatever the
+// number of records.
+func (c *cache[T]) each(f func(T) bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	out := make([]T, 0, len(c.m))
 	for _, v := range c.m {
-		out = append(out, v)
+		if !f(v) {
+			return
+		}
 	}
-	return out
 }
 
 // followAccounts copies the account registry; the watch runs on wctx, the

@@ -348,15 +348,22 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 // 5.7.1); an address of no account leaves the choice open (nil).
 func (ss *session) pick(addr string) (*account.Account, error) {
 	p := ss.producer
+	var mine *account.Account
 	var other string
-	for _, a := range ss.s.accounts.all() {
+	ss.s.accounts.each(func(a account.Account) bool {
 		if !sendsAs(a, addr) {
-			continue
+			return true
 		}
 		if p.May(a.Alias) {
-			return &a, nil
+			found := a // only the match is copied to the heap
+			mine = &found
+			return false
 		}
 		other = a.Alias
+		return true
+	})
+	if mine != nil {
+		return mine, nil
 	}
 	if other != "" {
 		return nil, errNotAllowed(fmt.Sprintf("producer %s may not send through account %s (%s)", p.Name, other, addr))
@@ -406,55 +413,14 @@ func (ss *session) Data(r io.Reader) error {
 // checked first (a message that could never go is refused now, never
 // dead-lettered later), then 250 only after JetStream's PubAck.
 func (ss *session) queue(raw []byte) (result, error) {
-	raw, err := message.NormalizeRaw(raw)
+	p, res, err := ss.prepare(ss.conn.Hostname(), raw)
 	if err != nil {
-		return resultInvalid, errUnparseable(err.Error())
+		return res, err
 	}
-	hdr, err := mail.ReadMessage(bytes.NewReader(raw))
-	if err != nil {
-		return resultInvalid, errUnparseable(err.Error())
-	}
-	acct := ss.acct
-	if acct == nil {
-		if from, err := mail.ParseAddress(hdr.Header.Get("From")); err == nil {
-			if acct, err = ss.pick(from.Address); err != nil {
-				return resultNotAllowed, err
-			}
-		}
-	}
-	if acct == nil {
-		if acct, err = ss.first(); err != nil {
-			return resultUnavailable, err
-		}
-	}
-	id := message.NewID()
-	m := &message.Message{ID: id, Account: acct.Alias, To: ss.rcpts, Raw: ss.received(id, raw)}
-	log := ss.log.With().Str("account", acct.Alias).Str("msg_id", id).Logger()
-	if err := m.Validate(); err != nil {
-		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
-		return resultInvalid, errUnparseable(err.Error())
-	}
-	// Render it as the worker will, with the account's From policy: a
-	// From the account may not use is refused now, not dead-lettered.
-	if _, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs}, ss.s.deps.Clock.Now()); err != nil {
-		var inv *message.Invalid
-		switch {
-		case errors.As(err, &inv) && (inv.Field == "from" || inv.Field == "sender"):
-			log.Info().Err(err).Int("smtp_code", 550).Msg("SMTP message refused by the account's From policy")
-			return resultNotAllowed, errNotAllowed(err.Error())
-		case strings.Contains(err.Error(), "accepts at most"):
-			return resultTooLarge, errTooLarge
-		}
-		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
-		return resultInvalid, errUnparseable(err.Error())
-	}
-	data, err := m.Encode()
-	if err != nil {
-		return resultInvalid, errUnparseable(err.Error())
-	}
+	log := p.log
 	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
 	defer cancel()
-	res, err := queue.Publish(ctx, ss.s.deps.JS, acct.Alias, id, data)
+	pub, err := queue.Publish(ctx, ss.s.deps.JS, p.acct.Alias, p.id, p.data)
 	switch {
 	case queue.IsFull(err):
 		log.Warn().Err(err).Int("smtp_code", 452).Msg("MAIL stream full; message refused for now")
@@ -463,19 +429,82 @@ func (ss *session) queue(raw []byte) (result, error) {
 		log.Warn().Err(err).Int("smtp_code", 451).Msg("message not queued; the client will try again")
 		return resultUnavailable, errQueueDown
 	}
-	log.Info().Uint64("stream_seq", res.Seq).Int("recipients", len(ss.rcpts)).Int("bytes", len(raw)).Int("smtp_code", 250).Msg("queued from SMTP")
+	log.Info().Uint64("stream_seq", pub.Seq).Int("recipients", len(ss.rcpts)).Int("bytes", p.size).Int("smtp_code", 250).Msg("queued from SMTP")
 	return resultAccepted, nil
+}
+
+// prepared is a message ready to publish.
+type prepared struct {
+	acct *account.Account
+	id   string
+	data []byte // the encoded message.Message
+	size int    // the raw message's size as received, normalized
+	log  zerolog.Logger
+}
+
+// prepare is queue's work before the publish: parse, pick the account,
+// validate and render as the worker will; helo is what the client said at
+// EHLO. An error is the reply to give.
+func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
+	raw, err := message.NormalizeRaw(raw)
+	if err != nil {
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	hdr, err := mail.ReadMessage(bytes.NewReader(raw))
+	if err != nil {
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	acct := ss.acct
+	if acct == nil {
+		if from, err := mail.ParseAddress(hdr.Header.Get("From")); err == nil {
+			if acct, err = ss.pick(from.Address); err != nil {
+				return prepared{}, resultNotAllowed, err
+			}
+		}
+	}
+	if acct == nil {
+		if acct, err = ss.first(); err != nil {
+			ss.log.Warn().Err(err).Int("smtp_code", 451).Msg("message not queued: none of the producer's accounts is connected")
+			return prepared{}, resultUnavailable, err
+		}
+	}
+	id := message.NewID()
+	m := &message.Message{ID: id, Account: acct.Alias, To: ss.rcpts, Raw: ss.received(id, helo, raw)}
+	log := ss.log.With().Str("account", acct.Alias).Str("msg_id", id).Logger()
+	if err := m.Validate(); err != nil {
+		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	// Render it as the worker will, with the account's From policy: a
+	// From the account may not use is refused now, not dead-lettered.
+	if _, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs}, ss.s.deps.Clock.Now()); err != nil {
+		var inv *message.Invalid
+		switch {
+		case errors.As(err, &inv) && (inv.Field == "from" || inv.Field == "sender"):
+			log.Info().Err(err).Int("smtp_code", 550).Msg("SMTP message refused by the account's From policy")
+			return prepared{}, resultNotAllowed, errNotAllowed(err.Error())
+		case strings.Contains(err.Error(), "accepts at most"):
+			return prepared{}, resultTooLarge, errTooLarge
+		}
+		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	data, err := m.Encode()
+	if err != nil {
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	return prepared{acct: acct, id: id, data: data, size: len(raw), log: log}, "", nil
 }
 
 // received prepends the trace field every SMTP server adds (RFC 5321
 // §4.4; "ESMTPSA": ESMTP with STARTTLS or TLS and AUTH, RFC 3848).
-func (ss *session) received(id string, raw []byte) []byte {
-	helo := strings.Map(func(r rune) rune {
+func (ss *session) received(id, helo string, raw []byte) []byte {
+	helo = strings.Map(func(r rune) rune {
 		if r <= ' ' || r > '~' || r == '(' || r == ')' || r == ';' {
 			return -1
 		}
 		return r
-	}, ss.conn.Hostname())
+	}, helo)
 	trace := fmt.Sprintf("Received: from %s ([%s])\r\n\tby %s (Relay365) with ESMTPSA id %s;\r\n\t%s\r\n",
 		helo, ss.remote, ss.s.cfg.Hostname, id, ss.s.deps.Clock.Now().Format(time.RFC1123Z))
 	return append([]byte(trace), raw...)

@@ -2,6 +2,7 @@ package relaycmd
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"runtime/pprof"
@@ -17,26 +18,37 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("bench", env)
 	var c bench.Config
 	var conns, syncs, cpuProfile string
-	fs.IntVar(&c.Messages, "messages", 20000, "messages per ceiling and relay run")
-	fs.StringVar(&conns, "conns", "1,4,16", "connection counts, comma-separated")
+	var ingressMode bool
+	fs.BoolVar(&ingressMode, "ingress", false, "measure the SMTP front door end to end instead: submissions over --conns connections (default 16, --sync default always) to the sink's 250")
+	fs.IntVar(&c.Messages, "messages", 20000, "messages per ceiling and relay run (with --ingress: per load run)")
+	fs.StringVar(&conns, "conns", "1,4,16", "connection counts, comma-separated (with --ingress: submission connections, default 16)")
 	fs.IntVar(&c.Size, "size", 2048, "message size in bytes (rendered)")
 	fs.IntVar(&c.Rate, "rate", 200, "offered rate of the latency run, messages/s")
 	fs.IntVar(&c.Latency, "latency-messages", 0, "messages in each latency run (default 5 s at --rate, at most --messages)")
 	fs.StringVar(&syncs, "sync", "always,2m", "embedded JetStream fsync settings to run, comma-separated (\"always\" or a duration)")
 	fs.BoolVar(&c.JSON, "json", false, "one JSON object per line")
 	fs.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the whole bench to this file")
-	fs.StringVar(&c.HeapProfile, "memprofile", "", "write a heap profile (pprof) to this file at the end of each relay run, with that line's server still up (the last line's stays)")
+	fs.StringVar(&c.HeapProfile, "memprofile", "", "write a heap profile (pprof) to this file at the end of each relay run (with --ingress: each load run), with that line's server still up (the last line's stays)")
 	memoryLimitFlag(fs, &c.MemoryLimit)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
+	if ingressMode && !set["conns"] {
+		conns = "16"
+	}
+	if ingressMode && !set["sync"] {
+		syncs = "always"
+	}
 	if c.Conns, err = bench.ParseConns(conns); err != nil {
 		return cli.UsageError{Err: err}
 	}
 	for _, s := range strings.Split(syncs, ",") {
 		c.Sync = append(c.Sync, strings.TrimSpace(s))
 	}
+	c.Ingress = ingressMode
 	if err := c.Validate(); err != nil {
 		return cli.UsageError{Err: err}
 	}
@@ -60,6 +72,10 @@ func runBench(ctx context.Context, args []string, env Env) error {
 			return cli.Usagef("--memprofile: %v", err)
 		}
 		f.Close()
+	}
+	if ingressMode {
+		_, err = bench.RunIngress(ctx, c, env.Stdout)
+		return err
 	}
 	_, err = bench.Run(ctx, c, env.Stdout)
 	return err

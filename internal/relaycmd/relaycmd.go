@@ -68,7 +68,7 @@ func commands() []command {
 		{"sendmail", "queue a message from stdin, as /usr/sbin/sendmail does", runSendmail},
 		{"setup", "create the streams and buckets (as the NATS admin, before restricted relays start)", runSetup},
 		{"keygen", "create the token sealing key file", runKeygen},
-		{"bench", "measure the relay against the SMTP ceiling (in one process)", runBench},
+		{"bench", "measure the relay against the SMTP ceiling, or with --ingress the SMTP front door (in one process)", runBench},
 	}
 }
 

@@ -70,6 +70,13 @@ func TestUsageErrors(t *testing.T) {
 		{"serve memory limit not a size", []string{"serve", "--key-file", "k", "--memory-limit", "64MB"}, `--memory-limit "64MB": want a size such as 64MiB`},
 		{"sandbox memory limit too small", []string{"sandbox", "--memory-limit", "1000"}, "--memory-limit 1000B: want at least 32MiB"},
 		{"bench memory limit not a size", []string{"bench", "--memory-limit", "lots"}, `--memory-limit "lots"`},
+		{"bench ingress zero conns", []string{"bench", "--ingress", "--conns", "0"}, "--conns: 0 connections"},
+		{"bench ingress too many conns", []string{"bench", "--ingress", "--conns", "16,65"}, "--conns: 65 connections"},
+		{"bench ingress bad sync", []string{"bench", "--ingress", "--sync", "never"}, `--nats-sync "never"`},
+		{"bench ingress small size", []string{"bench", "--ingress", "--size", "10"}, "--size 10"},
+		{"bench ingress bad messages", []string{"bench", "--ingress", "--messages", "0"}, "--messages 0"},
+		{"bench ingress not a boolean", []string{"bench", "--ingress=maybe"}, `invalid boolean value "maybe" for -ingress`},
+		{"bench ingress memprofile not writable", []string{"bench", "--ingress", "--memprofile", "/nonexistent/heap.pprof"}, "--memprofile: open /nonexistent/heap.pprof"},
 		{"serve NATS password as a flag", []string{"serve", "--key-file", "k", "--nats-password", "x"}, "flag provided but not defined: -nats-password"},
 		{"serve SMTP on all interfaces without a certificate", []string{"serve", "--key-file", "k", "--smtp-listen", ":587"}, "--smtp-listen :587 reaches other hosts: give it a certificate"},
 		{"serve SMTPS on a LAN address without a certificate", []string{"serve", "--key-file", "k", "--smtps-listen", "10.0.0.5:465"}, "--smtps-listen 10.0.0.5:465 reaches other hosts"},
@@ -203,5 +210,23 @@ func TestServeStartsAndStops(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not stop after cancel")
+	}
+}
+
+// TestBenchIngressDefaults: `relay bench --ingress` measures 16 submission
+// connections with sync always unless told otherwise, one JSON line each.
+func TestBenchIngressDefaults(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	code := Run(ctx, []string{"bench", "--ingress", "--messages", "40", "--latency-messages", "10", "--size", "512", "--json", "--memory-limit", "off"},
+		Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
+	if code != 0 {
+		t.Fatalf("exit %d: %s%s", code, out.String(), errb.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], `"mode":"ingress","sync":"always","conns":16,"messages":40,`) {
+		t.Fatalf("want one line for 16 connections, sync always:\n%s", out.String())
 	}
 }

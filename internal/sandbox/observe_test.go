@@ -22,6 +22,8 @@ var contractMetrics = []string{
 	"relay_smtp_sessions", "relay_pacing_wait_seconds", "relay_account_paused",
 	"relay_token_state", "relay_token_expiry_timestamp_seconds", "relay_token_refresh_total", "relay_token_last_refresh_timestamp_seconds",
 	"relay_build_info", "go_goroutines", "process_resident_memory_bytes",
+	"relay_ingress_messages_total", "relay_ingress_auth_failures_total", "relay_ingress_sessions",
+	"relay_ingress_refused_connections_total",
 }
 
 func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
@@ -43,6 +45,9 @@ func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 		t.Errorf("an unregistered alias became a label value: %v", got)
 	}
 	sandboxtest.Exercise(t, ctx, s, nil)
+	testutil.Eventually(t, ctx, "the SMTP submission sessions closed", func() bool {
+		return tokentest.Metric(t, reg, "relay_ingress_sessions", nil) == 0
+	})
 
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -76,6 +81,13 @@ func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 		{"relay_messages_total", map[string]string{"account": sandbox.Account, "outcome": "dead_lettered"}, sandboxtest.Invalid},
 		{"relay_token_state", map[string]string{"account": sandboxtest.Revoked, "state": "needs_consent"}, 1},
 		{"relay_build_info", map[string]string{"goversion": runtime.Version()}, 1},
+		// The SMTP front door: the last good message, the wrong password,
+		// the producer without a connected account; no connection refused.
+		{"relay_ingress_messages_total", map[string]string{"producer": sandbox.Producer, "result": "accepted"}, 1},
+		{"relay_ingress_messages_total", map[string]string{"producer": sandboxtest.Misconfigured, "result": "unavailable"}, 1},
+		{"relay_ingress_auth_failures_total", map[string]string{"reason": "bad_credentials"}, 1},
+		{"relay_ingress_auth_failures_total", map[string]string{"reason": "locked_out"}, 0},
+		{"relay_ingress_refused_connections_total", nil, 0},
 	} {
 		if got := metric(c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

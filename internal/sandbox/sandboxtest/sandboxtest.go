@@ -7,10 +7,17 @@ package sandboxtest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -59,15 +66,26 @@ const (
 	Revoked        = "billing"
 	RevokedMailbox = "billing@contoso.com"
 	// Sent messages go through the sandbox account, one of them after a
-	// 451; Invalid of them are dead-lettered.
+	// 451 and the last one submitted over SMTP; Invalid of them are
+	// dead-lettered.
 	Sent    = 5
 	Invalid = 1
+	// Misconfigured is a producer whose only account (NoAccount) was
+	// never connected: its submission is refused 451 4.7.1, counted as
+	// relay_ingress_messages_total{result="unavailable"}. Before the
+	// sandbox producer's submission one AUTH with a wrong password is
+	// refused (relay_ingress_auth_failures_total{reason="bad_credentials"}).
+	Misconfigured         = "misconfigured"
+	MisconfiguredPassword = "misconfigured-producer-test-password"
+	NoAccount             = "nobody"
 )
 
 // Exercise connects the second account, sends Sent good messages (the
-// first DATA answered 451 4.7.0 and retried) and Invalid invalid ones
-// through the sandbox account, revokes the second account and sends it a
-// message, and returns once all of it has happened: mail delivered, the
+// first DATA answered 451 4.7.0 and retried, the last one submitted over
+// SMTP after an AUTH with a wrong password) and Invalid invalid ones
+// through the sandbox account, submits a message over SMTP for the
+// Misconfigured producer (refused 451), revokes the second account and
+// sends it a message, and returns once all of it has happened: mail delivered, the
 // invalid message in MAIL_DLQ, the revoked account needs_consent and
 // paused with its message queued. settle, if not nil, runs before the
 // revocation, when the second account exists and the good traffic has
@@ -84,9 +102,10 @@ func Exercise(t testing.TB, ctx context.Context, s *sandbox.Sandbox, settle func
 	before := len(s.Fake.Messages())
 	js := s.Daemon.JS
 	s.Fake.FailNextData(1) // 451 4.7.0 once: a retried attempt
-	for i := range Sent {
+	for i := range Sent - 1 {
 		Send(t, ctx, s, fmt.Sprint("exercise-", i))
 	}
+	exerciseSMTP(t, ctx, s)
 	for i := range Invalid {
 		if _, err := queue.Publish(ctx, js, sandbox.Account, fmt.Sprint("invalid-", i), []byte(`{"account":"sandbox","subject":"no recipients","text":"x"}`)); err != nil {
 			t.Fatal(err)
@@ -146,4 +165,55 @@ func publish(t testing.TB, ctx context.Context, s *sandbox.Sandbox, m *producer.
 	if _, err := p.Publish(ctx, m); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// exerciseSMTP drives the SMTP front door: a wrong password, the last
+// good message as Alertmanager would submit it, and a producer whose
+// account is not connected.
+func exerciseSMTP(t testing.TB, ctx context.Context, s *sandbox.Sandbox) {
+	t.Helper()
+	body := "From: Alertmanager <alertmanager@example.org>\r\nTo: ops@contoso.com\r\n" +
+		"Subject: [FIRING:1] exercise over SMTP\r\n\r\nload 17.2\r\n"
+	var se *smtp.SMTPError
+	err := SubmitSMTP(ctx, s, sandbox.Producer, "not-the-password", "alertmanager@example.org", body)
+	if !errors.As(err, &se) || se.Code != 535 {
+		t.Fatalf("AUTH with a wrong password: %v, want 535", err)
+	}
+	if err := SubmitSMTP(ctx, s, sandbox.Producer, s.SMTPPassword, "alertmanager@example.org", body); err != nil {
+		t.Fatalf("SMTP submission: %v", err)
+	}
+	if _, err := s.Daemon.Producers.Put(ctx, Misconfigured, []string{NoAccount}, MisconfiguredPassword); err != nil {
+		t.Fatal(err)
+	}
+	err = SubmitSMTP(ctx, s, Misconfigured, MisconfiguredPassword, "alertmanager@example.org", body)
+	if !errors.As(err, &se) || se.Code != 451 {
+		t.Fatalf("submission by a producer without a connected account: %v, want 451", err)
+	}
+}
+
+// SubmitSMTP submits one message to the sandbox's SMTP front door as a
+// producer would: STARTTLS (trusting the sandbox's CA), AUTH PLAIN, MAIL
+// from, RCPT ops@contoso.com, DATA body. It returns go-smtp's error (an
+// *smtp.SMTPError for a reply).
+func SubmitSMTP(ctx context.Context, s *sandbox.Sandbox, user, password, from, body string) error {
+	pem, err := os.ReadFile(s.Daemon.SMTPCAFile)
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	c, err := smtp.DialStartTLS(s.Daemon.Ingress.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if err := c.Auth(sasl.NewPlainClient("", user, password)); err != nil {
+		return err
+	}
+	if err := c.SendMail(from, []string{"ops@contoso.com"}, strings.NewReader(body)); err != nil {
+		return err
+	}
+	return c.Quit()
 }
