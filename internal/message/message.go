@@ -22,7 +22,9 @@ import (
 	"mime"
 	"net/mail"
 	"net/textproto"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -61,6 +63,10 @@ type Message struct {
 	// above. Envelope recipients come from To, Cc and Bcc when given, else
 	// from the raw message's To, Cc and Bcc fields.
 	Raw []byte `json:"raw,omitempty"`
+
+	// Unknown lists the JSON fields Decode found and ignored (never
+	// encoded).
+	Unknown []string `json:"-"`
 }
 
 // Attachment is one file attached to the message (Data is base64 in JSON).
@@ -94,19 +100,70 @@ func IsInvalid(err error) bool {
 	return errors.As(err, &inv)
 }
 
-// Decode parses JSON strictly (unknown fields are an error: a typo such as
-// "subjet" must not silently send an empty subject).
+// Decode parses JSON. A field the relay does not know is ignored, not
+// refused: a producer on a newer schema, or one that adds a field of its
+// own, must not lose alerts. The names of such fields are in m.Unknown
+// (attachment fields as "attachments[].name"), for the worker to count
+// and log. (So a misspelled field, "subjet", goes unnoticed by the
+// decoder: the worker logs it, relay publish warns about it.) Field names
+// match case-insensitively, as encoding/json matches them.
 func Decode(data []byte) (*Message, error) {
 	var m Message
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	dec.DisallowUnknownFields()
+	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&m); err != nil {
 		return nil, invalid("", "bad JSON: %v", err)
 	}
 	if dec.More() {
 		return nil, invalid("", "bad JSON: trailing data after the object")
 	}
+	m.Unknown = unknownFields(data)
 	return &m, nil
+}
+
+var (
+	messageFields    = jsonFields(reflect.TypeFor[Message]())
+	attachmentFields = jsonFields(reflect.TypeFor[Attachment]())
+)
+
+// jsonFields lists the JSON names of t's fields.
+func jsonFields(t reflect.Type) []string {
+	var out []string
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// unknownFields names the object's fields (and its attachments') that no
+// field of Message (Attachment) takes, sorted.
+func unknownFields(data []byte) []string {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(data, &top) != nil {
+		return nil
+	}
+	var out []string
+	for k, v := range top {
+		if !slices.ContainsFunc(messageFields, func(f string) bool { return strings.EqualFold(f, k) }) {
+			out = append(out, k)
+			continue
+		}
+		if strings.EqualFold(k, "attachments") {
+			var atts []map[string]json.RawMessage
+			_ = json.Unmarshal(v, &atts)
+			for _, a := range atts {
+				for ak := range a {
+					if !slices.ContainsFunc(attachmentFields, func(f string) bool { return strings.EqualFold(f, ak) }) {
+						out = append(out, "attachments[]."+ak)
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Encode returns the JSON form of m.

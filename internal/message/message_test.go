@@ -131,13 +131,19 @@ func TestDecode(t *testing.T) {
 	if _, err := Decode([]byte(`{"to":["a@b.com"]`)); !IsInvalid(err) {
 		t.Fatalf("truncated JSON: %v", err)
 	}
-	if _, err := Decode([]byte(`{"subjet":"typo"}`)); !IsInvalid(err) || !strings.Contains(err.Error(), "subjet") {
-		t.Fatalf("unknown field: %v", err)
+	// Unknown fields are ignored and named, not refused: a producer on a
+	// newer schema must not lose alerts.
+	m, err := Decode([]byte(`{"account":"a","To":["x@y.com"],"subjet":"typo","x-team":"ops","attachments":[{"filename":"f","data":"aGk=","inline":true}]}`))
+	if err != nil || strings.Join(m.Unknown, ",") != "attachments[].inline,subjet,x-team" || len(m.To) != 1 {
+		t.Fatalf("unknown fields: %+v %v", m, err)
+	}
+	if b, _ := m.Encode(); strings.Contains(string(b), "subjet") || strings.Contains(string(b), "nknown") {
+		t.Fatalf("unknown field names encoded: %s", b)
 	}
 	if _, err := Decode([]byte(`{} {}`)); !IsInvalid(err) {
 		t.Fatalf("trailing data: %v", err)
 	}
-	m, err := Decode([]byte(`{"account":"a","to":["x@y.com"],"attachments":[{"filename":"f","data":"aGk="}]}`))
+	m, err = Decode([]byte(`{"account":"a","to":["x@y.com"],"attachments":[{"filename":"f","data":"aGk="}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}

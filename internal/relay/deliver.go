@@ -69,6 +69,9 @@ func (l *lane) deliver(a *attempt) error {
 	if err != nil {
 		return err
 	}
+	if len(m.Unknown) > 0 {
+		l.unknownFields(m.Unknown)
+	}
 	if m.ID != "" && m.ID != a.id {
 		a.id = m.ID
 		a.log = a.log.With().Str("msg_id", a.id).Logger()

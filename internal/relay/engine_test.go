@@ -324,3 +324,28 @@ func TestSlowServerDoesNotCauseRedelivery(t *testing.T) {
 		t.Fatalf("sent %v duplicate %v: the message was redelivered during the slow send", n, h.outcome("slow", "duplicate"))
 	}
 }
+
+// TestUnknownJSONFieldsAreDeliveredAndCounted: a message from a producer
+// on a newer schema (or with a field of its own, or a typo) is delivered,
+// not dead-lettered; each unknown field is counted and each name logged
+// once per account.
+func TestUnknownJSONFieldsAreDeliveredAndCounted(t *testing.T) {
+	h := newHarness(t, setup{})
+	h.enroll("newer", "newer@contoso.com", "contoso.onmicrosoft.com", nil)
+	for i := range 3 {
+		body := fmt.Sprintf(`{"id":"u-%d","account":"newer","to":["ops@fabrikam.com"],"subject":"schema %d","text":"x","priority":"high","subjet":"typo"}`, i, i)
+		if _, err := queue.Publish(h.ctx, h.js, "newer", fmt.Sprintf("u-%d", i), []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.waitFor("all three delivered", func() bool { return h.delivered()["schema 0"]+h.delivered()["schema 1"]+h.delivered()["schema 2"] == 3 })
+	if n := len(h.deadLetters("newer")); n != 0 {
+		t.Fatalf("%d dead letters, want none", n)
+	}
+	if n := h.metric("relay_message_unknown_fields_total", "account", "newer"); n != 6 {
+		t.Fatalf("relay_message_unknown_fields_total = %v, want 6 (2 fields × 3 messages)", n)
+	}
+	if c := strings.Count(h.logs.String(), "JSON fields the relay does not know"); c != 1 || !strings.Contains(h.logs.String(), `"fields":["priority","subjet"]`) {
+		t.Fatalf("the unknown names were logged %d times (want once, naming both):\n%s", c, h.logs.String())
+	}
+}

@@ -90,6 +90,7 @@ type lane struct {
 	bound     bool
 	p         pauseState
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
+	unknown   map[string]bool      // JSON field names already logged as unknown
 }
 
 // pauseState is why and until when an account does not send.
@@ -706,6 +707,33 @@ func (l *lane) recoverThrottle() {
 	l.pool.Configure(submit.Endpoint{Addr: l.acct.SMTPAddr, CAFile: l.acct.CAFile}, l.acct.Mailbox, l.limit)
 	l.wakeWaitersLocked()
 	l.signal()
+}
+
+// maxUnknownLogged bounds the unknown field names a lane remembers having
+// logged (a producer could send a new name with every message).
+const maxUnknownLogged = 100
+
+// unknownFields counts the JSON fields of a message the relay does not
+// know (relay_message_unknown_fields_total) and logs each name once per
+// account: a producer on a newer schema loses no mail, and a misspelled
+// field ("subjet") is visible.
+func (l *lane) unknownFields(names []string) {
+	l.e.metrics.unknown.WithLabelValues(l.alias).Add(float64(len(names)))
+	var fresh []string
+	l.mu.Lock()
+	for _, n := range names {
+		if !l.unknown[n] && len(l.unknown) < maxUnknownLogged {
+			if l.unknown == nil {
+				l.unknown = map[string]bool{}
+			}
+			l.unknown[n] = true
+			fresh = append(fresh, n)
+		}
+	}
+	l.mu.Unlock()
+	if len(fresh) > 0 {
+		l.log.Warn().Strs("fields", fresh).Msg("messages carry JSON fields the relay does not know; they are ignored (a misspelled field name?)")
+	}
 }
 
 // firstAttempt is when this message was first tried: now for a first

@@ -17,6 +17,7 @@ type Metrics struct {
 	connections *prometheus.CounterVec
 	paused      *prometheus.GaugeVec
 	pauses      *prometheus.CounterVec
+	unknown     *prometheus.CounterVec
 }
 
 // notPaused is relay_account_paused's reason while an account sends.
@@ -53,6 +54,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time one SMTP transaction waited for the mailbox's pacing budget (0 when it had room at once), by account; a wait beyond a minute pauses the account instead.",
 			Buckets: []float64{0, .5, 1, 2.5, 5, 10, 20, 30, 60},
 		}, []string{"account"}),
+		unknown: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_message_unknown_fields_total",
+			Help: "JSON fields of published messages the relay does not know and ignored, by account (the names are logged once per account and field).",
+		}, []string{"account"}),
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_smtp_connections_total",
 			Help: "SMTP sessions opened (connect, STARTTLS, AUTH) by account; pooled sessions carry many messages each.",
@@ -66,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Times an account's delivery was paused, by class of the condition.",
 		}, []string{"account", "class"}),
 	}
-	reg.MustRegister(m.messages, m.replies, m.duration, m.pacingWait, m.connections, m.paused, m.pauses)
+	reg.MustRegister(m.messages, m.replies, m.duration, m.pacingWait, m.connections, m.paused, m.pauses, m.unknown)
 	return m
 }
 
@@ -85,6 +90,7 @@ func (m *Metrics) setPaused(account string, class Class) {
 func (m *Metrics) forget(account string) {
 	m.paused.DeletePartialMatch(prometheus.Labels{"account": account})
 	m.pacingWait.DeletePartialMatch(prometheus.Labels{"account": account})
+	m.unknown.DeletePartialMatch(prometheus.Labels{"account": account})
 }
 
 func (m *Metrics) outcome(account, outcome string) {

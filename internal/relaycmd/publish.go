@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"relay365/internal/cli"
@@ -54,6 +55,11 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 		fromFile, err := readMessageFile(c.File, env.Stdin)
 		if err != nil {
 			return err
+		}
+		if len(fromFile.Unknown) > 0 {
+			// The relay ignores them too; a misspelled field would
+			// otherwise go unnoticed ("subjet" sends no subject).
+			fmt.Fprintf(env.Stderr, "relay publish: warning: fields the relay does not know are ignored: %s\n", strings.Join(fromFile.Unknown, ", "))
 		}
 		// Flags given next to -f fill what the file left empty.
 		if fromFile.Account == "" {

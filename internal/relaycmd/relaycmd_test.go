@@ -133,6 +133,10 @@ func TestPublishFlagsAndFile(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, `"seq":2`) {
 		t.Fatalf("stdin publish: exit %d: %s %s", r.code, r.stdout, r.stderr)
 	}
+	r = run(t, vars, `{"to":["ops@contoso.com"],"subjet":"typo"}`, "publish", "-f", "-", "--account", "alerts")
+	if r.code != 0 || !strings.Contains(r.stderr, "warning: fields the relay does not know are ignored: subjet") {
+		t.Fatalf("a misspelled field: exit %d, stderr %q; want it queued with a warning", r.code, r.stderr)
+	}
 	stream, _ := env.JS.Stream(ctx, queue.StreamMail)
 	first, err := stream.GetMsg(ctx, 1)
 	if err != nil {
