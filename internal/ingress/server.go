@@ -139,6 +139,10 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 	srv.TLSConfig = cfg.TLS
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = message.MaxRecipients
+	// A line longer than SMTP allows reaches the renderer, which refuses
+	// it with a reason (554 5.6.0) or folds it (a header), instead of
+	// go-smtp's bare "line too long" at 2,000.
+	srv.MaxLineLength = 64 << 10
 	srv.ReadTimeout, srv.WriteTimeout = cfg.Timeout, cfg.Timeout
 	srv.AllowInsecureAuth = false // AUTH only after STARTTLS or on the implicit TLS listener
 	srv.ErrorLog = zlogAdapter{s.log}

@@ -348,6 +348,10 @@ func TestReplies(t *testing.T) {
 		c := f.login("alertmanager", alertsPassword)
 		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, "this is no header\r\n\r\nbody\r\n"), 554, "5.6.0")
 	})
+	t.Run("a body line over 998 octets: 554 5.6.0", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, "To: ops@contoso.com\r\n\r\n"+strings.Repeat("z", 1500)+"\r\n"), 554, "5.6.0")
+	})
 	t.Run("a bad recipient address: 501 5.1.3", func(t *testing.T) {
 		c := f.login("alertmanager", alertsPassword)
 		if err := c.Mail("", nil); err != nil {
@@ -385,7 +389,7 @@ func TestReplies(t *testing.T) {
 	if n := len(f.queued()); n != 0 {
 		t.Fatalf("%d messages queued by refused transactions", n)
 	}
-	for result, want := range map[string]float64{"not_allowed": 3, "too_large": 1, "invalid": 1, "unavailable": 1, "full": 1} {
+	for result, want := range map[string]float64{"not_allowed": 3, "too_large": 1, "invalid": 2, "unavailable": 1, "full": 1} {
 		if n := ingressCount(t, f.reg, "alertmanager", result) + ingressCount(t, f.reg, "ghost", result); n != want {
 			t.Errorf("relay_ingress_messages_total{result=%q} = %v, want %v", result, n, want)
 		}

@@ -277,6 +277,7 @@ func FuzzDecodeValidateRender(f *testing.F) {
 	f.Add([]byte(`{"account":"a","to":["A <a@b.com>"],"html":"<p>x</p>","text":"y","headers":{"X-A":"v"}}`))
 	f.Add([]byte(`{"account":"a","raw":"VG86IGFAYi5jb20NCg0KeA=="}`))
 	f.Add([]byte(`{"account":"a","to":["a@b.com\r\nX: y"]}`))
+	f.Add([]byte(`{"account":"a","to":["a@b.com"],"subject":"` + strings.Repeat("A", 1200) + `","headers":{"X-L":"` + strings.Repeat("h ", 600) + `"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Decode(data)
 		if err != nil {
@@ -288,6 +289,13 @@ func FuzzDecodeValidateRender(f *testing.F) {
 		r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, time.Unix(0, 0))
 		if err != nil {
 			return
+		}
+		// No line of any rendered message passes SMTP's 998 octets
+		// (RFC 5322 §2.1.1): a server other than Office 365 would refuse it.
+		for _, l := range bytes.Split(r.Data, []byte("\r\n")) {
+			if len(l) > 998 {
+				t.Fatalf("a rendered line of %d octets: %.80q", len(l), l)
+			}
 		}
 		if len(m.Raw) > 0 {
 			return

@@ -178,6 +178,16 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 	if sender != nil && !rewritten && !keepSender && s.Policy != PolicyRewrite && s.Policy != "" {
 		return nil, invalid("sender", "%s is not the mailbox %s nor in its send-as list (from policy %s)", sender.Address, s.Mailbox, s.Policy)
 	}
+	for i, f := range fields {
+		if folded, ok := foldRaw(f.raw); ok {
+			fields[i].raw = folded
+		} else {
+			return nil, invalid("raw", "the %s field has a line longer than 998 octets with no space to fold it at (RFC 5322 §2.1.1)", f.name)
+		}
+	}
+	if n, line := longestLine(body); n > lineHard {
+		return nil, invalid("raw", "line %d of the body is %d octets long, more than SMTP carries (998, RFC 5322 §2.1.1): encode long lines quoted-printable or base64", line, n)
+	}
 	h := headerWriter{&out}
 	for _, f := range fields {
 		switch canonical(f.name) {
@@ -210,6 +220,19 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 	out.WriteString("\r\n")
 	out.Write(body)
 	return out.Bytes(), nil
+}
+
+// longestLine returns the length of the longest line of a CRLF text (CRLF
+// not counted) and its number, from 1.
+func longestLine(b []byte) (n, line int) {
+	for i := 1; len(b) > 0; i++ {
+		l, rest, _ := bytes.Cut(b, []byte("\r\n"))
+		if len(l) > n {
+			n, line = len(l), i
+		}
+		b = rest
+	}
+	return n, line
 }
 
 // senderAllowed says whether a Sender field may stay: it names the mailbox

@@ -148,6 +148,9 @@ func FuzzRenderRaw(f *testing.F) {
 		if needsCRLF(r.Data) {
 			t.Fatalf("bare CR or LF in %q", r.Data)
 		}
+		if n, _ := longestLine(r.Data); n > 998 {
+			t.Fatalf("a line of %d octets in the rendered message", n)
+		}
 		msg, err := mail.ReadMessage(bytes.NewReader(r.Data))
 		if err != nil {
 			t.Fatalf("rendered message does not parse: %v\n%q", err, r.Data)

@@ -109,7 +109,7 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 	if err := h.addrList("Cc", m.Cc); err != nil {
 		return nil, err
 	}
-	h.field("Subject", mime.QEncoding.Encode("utf-8", m.Subject))
+	h.field("Subject", unstructured(m.Subject))
 	h.field("Date", now.Format(time.RFC1123Z))
 	h.field("Message-ID", MessageID(m.Account, m.ID, s.Mailbox))
 	h.field("MIME-Version", "1.0")
@@ -119,7 +119,7 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		h.field(textproto.CanonicalMIMEHeaderKey(k), mime.QEncoding.Encode("utf-8", m.Headers[k]))
+		h.field(textproto.CanonicalMIMEHeaderKey(k), unstructured(m.Headers[k]))
 	}
 	if err := writeBody(&b, m); err != nil {
 		return nil, err
@@ -186,7 +186,8 @@ func writeBody(b *bytes.Buffer, m *Message) error {
 	if err := mw.SetBoundary(boundary(m, "mixed")); err != nil {
 		return err
 	}
-	fmt.Fprintf(b, "Content-Type: multipart/mixed; boundary=%q\r\n\r\n", mw.Boundary())
+	fold(b, "Content-Type", fmt.Sprintf("multipart/mixed; boundary=%q", mw.Boundary()))
+	b.WriteString("\r\n")
 	// The text part is itself a header block plus body: write it into the
 	// first part with an empty MIME header of ours.
 	var inner bytes.Buffer
@@ -206,7 +207,7 @@ func writeBody(b *bytes.Buffer, m *Message) error {
 		}
 		ph := textproto.MIMEHeader{}
 		ph.Set("Content-Type", ct)
-		ph.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": a.Filename}))
+		ph.Set("Content-Disposition", attachmentDisposition(a.Filename))
 		ph.Set("Content-Transfer-Encoding", "base64")
 		pw, err := mw.CreatePart(ph)
 		if err != nil {
@@ -230,7 +231,8 @@ func writeAlternative(b *bytes.Buffer, m *Message) error {
 		if err := mw.SetBoundary(boundary(m, "alt")); err != nil {
 			return err
 		}
-		fmt.Fprintf(b, "Content-Type: multipart/alternative; boundary=%q\r\n\r\n", mw.Boundary())
+		fold(b, "Content-Type", fmt.Sprintf("multipart/alternative; boundary=%q", mw.Boundary()))
+		b.WriteString("\r\n")
 		for _, p := range []struct{ ct, body string }{{"text/plain; charset=utf-8", m.Text}, {"text/html; charset=utf-8", m.HTML}} {
 			w, err := mw.CreatePart(textproto.MIMEHeader{
 				"Content-Type":              {p.ct},
@@ -265,10 +267,21 @@ func writeBase64Lines(w interface{ Write([]byte) (int, error) }, data []byte) {
 	w.Write([]byte(enc + "\r\n"))
 }
 
+// parseHeaderBlock reads a header block the renderer wrote, folded lines
+// included (RFC 5322 §2.2.3: a line that starts with white space goes on
+// the field before it), for a part whose header multipart writes again.
 func parseHeaderBlock(block []byte) textproto.MIMEHeader {
 	h := textproto.MIMEHeader{}
+	var fields []string
 	for _, line := range strings.Split(string(block), "\r\n") {
-		if k, v, ok := strings.Cut(line, ": "); ok {
+		if (strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t")) && len(fields) > 0 {
+			fields[len(fields)-1] += "\r\n" + line // kept folded
+			continue
+		}
+		fields = append(fields, line)
+	}
+	for _, f := range fields {
+		if k, v, ok := strings.Cut(f, ": "); ok {
 			h.Add(k, v)
 		}
 	}
@@ -284,23 +297,8 @@ func boundary(m *Message, kind string) string {
 
 type headerWriter struct{ b *bytes.Buffer }
 
-// field writes "Name: value" folded at spaces to keep lines near 78
-// characters (RFC 5322 §2.2.3).
-func (h headerWriter) field(name, value string) {
-	line := name + ":"
-	col := len(line)
-	h.b.WriteString(line)
-	for i, word := range strings.Split(value, " ") {
-		if i > 0 && col+1+len(word) > 78 {
-			h.b.WriteString("\r\n")
-			col = 0
-		}
-		h.b.WriteByte(' ')
-		h.b.WriteString(word)
-		col += 1 + len(word)
-	}
-	h.b.WriteString("\r\n")
-}
+// field writes "Name: value" folded (fold.go).
+func (h headerWriter) field(name, value string) { fold(h.b, name, value) }
 
 func (h headerWriter) addrList(name string, list []string) error {
 	if len(list) == 0 {

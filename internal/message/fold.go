@@ -1,0 +1,140 @@
+package message
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"mime"
+	"net/url"
+	"strings"
+	"unicode/utf8"
+)
+
+// Header lines have two limits (RFC 5322 §2.1.1): a line SHOULD be at
+// most 78 characters and MUST be at most 998, CRLF not counted. Servers
+// other than Office 365 refuse a message that passes 998 ("554 ... line
+// too long"), and Alertmanager's default subject, which lists every label
+// of every alert, easily does. Every header the renderer writes is folded
+// at white space to 78 where it can be (RFC 5322 §2.2.3); a word too long
+// for a line of its own becomes several RFC 2047 encoded-words of at most
+// 75 characters each (§2), which decode back to the same word (§6.2: the
+// white space between adjacent encoded-words is not part of the text).
+const (
+	lineSoft      = 78 // RFC 5322 §2.1.1 SHOULD
+	lineHard      = 998
+	maxEncodedLen = 75 // RFC 2047 §2
+)
+
+// unstructured prepares an unstructured field body (Subject, a producer's
+// header): RFC 2047 encoding where it needs it, and every word that
+// cannot fit a folded line of its own cut into encoded-words.
+func unstructured(s string) string {
+	words := strings.Split(mime.QEncoding.Encode("utf-8", s), " ")
+	for i, w := range words {
+		if len(w) > lineSoft-1 && !isEncodedWord(w) {
+			words[i] = strings.Join(encodedWords(w), " ")
+		}
+	}
+	return strings.Join(words, " ")
+}
+
+func isEncodedWord(w string) bool {
+	return strings.HasPrefix(w, "=?") && strings.HasSuffix(w, "?=") && len(w) <= maxEncodedLen
+}
+
+// encodedWords B-encodes s (UTF-8) as encoded-words of at most 75
+// characters, cut between runes (RFC 2047 §5(3): each encoded-word must
+// hold whole characters).
+func encodedWords(s string) []string {
+	const overhead = len("=?utf-8?b??=")
+	maxRaw := (maxEncodedLen - overhead) / 4 * 3 // bytes that encode to at most 63 characters
+	var out []string
+	for len(s) > 0 {
+		n := min(maxRaw, len(s))
+		for n < len(s) && n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		out = append(out, "=?utf-8?b?"+base64.StdEncoding.EncodeToString([]byte(s[:n]))+"?=")
+		s = s[n:]
+	}
+	return out
+}
+
+// fold writes "name: value" with CRLF, folding at spaces so lines stay
+// within 78 characters where the words allow (RFC 5322 §2.2.3).
+func fold(b *bytes.Buffer, name, value string) {
+	b.WriteString(name)
+	b.WriteByte(':')
+	col := len(name) + 1
+	for _, word := range strings.Split(value, " ") {
+		// Even the first word may go on a line of its own (after the
+		// white space that follows the colon, RFC 5322 §2.2.3).
+		if col+1+len(word) > lineSoft && col > 0 {
+			b.WriteString("\r\n")
+			col = 0
+		}
+		b.WriteByte(' ')
+		b.WriteString(word)
+		col += 1 + len(word)
+	}
+	b.WriteString("\r\n")
+}
+
+// attachmentDisposition is the Content-Disposition of an attachment named
+// filename (RFC 2183), folded. A name that fits is one parameter as
+// mime.FormatMediaType writes it; a longer one is split into RFC 2231 §3
+// continuations (filename*0*=utf-8”…; filename*1*=…), percent-encoded
+// (§4), each on a line of its own.
+func attachmentDisposition(filename string) string {
+	if v := mime.FormatMediaType("attachment", map[string]string{"filename": filename}); len("Content-Disposition: ")+len(v) <= lineSoft {
+		return v
+	}
+	enc := strings.ReplaceAll(url.PathEscape(filename), "'", "%27")
+	var parts []string
+	const chunk = 60
+	for i := 0; len(enc) > 0; i++ {
+		n := min(chunk, len(enc))
+		// Never cut a %XX escape in two.
+		if p := strings.LastIndexByte(enc[:n], '%'); p >= 0 && p > n-3 && n < len(enc) {
+			n = p
+		}
+		prefix := ""
+		if i == 0 {
+			prefix = "utf-8''"
+		}
+		parts = append(parts, fmt.Sprintf("filename*%d*=%s%s", i, prefix, enc[:n]))
+		enc = enc[n:]
+	}
+	return "attachment;\r\n " + strings.Join(parts, ";\r\n ")
+}
+
+// foldRaw folds a raw header field (name, colon, body, CRLF; possibly
+// already folded) whose physical lines pass 998 characters, at the last
+// space or tab before the limit of each such line. A line without one it
+// cannot fold: false.
+func foldRaw(field []byte) ([]byte, bool) {
+	var out []byte
+	rest := field
+	for len(rest) > 0 {
+		i := strings.Index(string(rest), "\r\n")
+		line, next := rest, []byte(nil)
+		if i >= 0 {
+			line, next = rest[:i], rest[i+2:]
+		}
+		for len(line) > lineHard {
+			cut := strings.LastIndexAny(string(line[:lineHard]), " \t")
+			if cut <= 0 {
+				return nil, false
+			}
+			out = append(out, line[:cut]...)
+			out = append(out, "\r\n"...)
+			line = line[cut:] // the white space begins the continuation line
+		}
+		out = append(out, line...)
+		if i >= 0 {
+			out = append(out, "\r\n"...)
+		}
+		rest = next
+	}
+	return out, true
+}

@@ -1,0 +1,187 @@
+package message
+
+import (
+	"bytes"
+	"mime"
+	"mime/multipart"
+	"net/mail"
+	"strings"
+	"testing"
+	"time"
+)
+
+// lines splits a CRLF message's header block into its physical lines.
+func headerLines(t *testing.T, data []byte) []string {
+	t.Helper()
+	hdr, _, ok := bytes.Cut(data, []byte("\r\n\r\n"))
+	if !ok {
+		t.Fatalf("no header block in %q", data)
+	}
+	return strings.Split(string(hdr), "\r\n")
+}
+
+// alertmanagerSubject is what Alertmanager's default template makes of a
+// group of alerts: every label of every alert, easily past 998.
+func alertmanagerSubject() string {
+	var b strings.Builder
+	b.WriteString("[FIRING:40] HighLoad (")
+	for i := range 40 {
+		b.WriteString("instance=web-")
+		b.WriteString(strings.Repeat("x", i%7))
+		b.WriteString(".prod.contoso.com:9100 job=node severity=page ")
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// TestLongHeadersFold: whatever a producer puts in a subject, a header or
+// an attachment's name, every rendered header line is at most 78
+// characters where words allow it and never past 998 (RFC 5322 §2.1.1),
+// and reading the message back gives exactly what was sent.
+func TestLongHeadersFold(t *testing.T) {
+	for name, tc := range map[string]struct{ subject, header, filename string }{
+		"Alertmanager's default subject": {alertmanagerSubject(), "", ""},
+		"a 2,000 character word":         {strings.Repeat("A", 2000), strings.Repeat("h", 1500), ""},
+		"non-ASCII, long":                {strings.Repeat("Störung im Rechenzentrum Köln ", 70), "Grüße " + strings.Repeat("ä", 600), ""},
+		"a long attachment name":         {"report", "", strings.Repeat("grafana-dashboard-export-", 12) + "ü.pdf"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			m := &Message{ID: "fold", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: tc.subject, Text: "x"}
+			if tc.header != "" {
+				m.Headers = map[string]string{"X-Alert-Labels": tc.header}
+			}
+			if tc.filename != "" {
+				m.Attachments = []Attachment{{Filename: tc.filename, ContentType: "application/pdf", Data: []byte("%PDF-1.7")}}
+			}
+			if err := m.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range strings.Split(string(r.Data), "\r\n") {
+				if len(l) > lineHard {
+					t.Fatalf("a line of %d characters: %.60q…", len(l), l)
+				}
+			}
+			for _, l := range headerLines(t, r.Data) {
+				// A word of more than 78 characters that is not an
+				// encoded-word would mean the folding gave up.
+				if len(l) > lineSoft && strings.Contains(strings.TrimSpace(l), " ") {
+					t.Errorf("a header line of %d characters that could fold: %q", len(l), l)
+				}
+			}
+			msg, err := mail.ReadMessage(bytes.NewReader(r.Data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dec := new(mime.WordDecoder)
+			if got, err := dec.DecodeHeader(msg.Header.Get("Subject")); err != nil || got != tc.subject {
+				t.Fatalf("subject read back %q (%v), want the one sent", got, err)
+			}
+			if tc.header != "" {
+				if got, err := dec.DecodeHeader(msg.Header.Get("X-Alert-Labels")); err != nil || got != tc.header {
+					t.Fatalf("header read back %q (%v)", got, err)
+				}
+			}
+			if tc.filename != "" {
+				i := bytes.Index(r.Data, []byte("Content-Disposition: "))
+				end := bytes.Index(r.Data[i:], []byte("\r\nContent-Transfer-Encoding"))
+				value := strings.ReplaceAll(string(r.Data[i+len("Content-Disposition: "):i+end]), "\r\n", "")
+				_, params, err := mime.ParseMediaType(value)
+				if err != nil || params["filename"] != tc.filename {
+					t.Fatalf("attachment name read back %q (%v) from %q", params["filename"], err, value)
+				}
+			}
+		})
+	}
+}
+
+func TestEncodedWords(t *testing.T) {
+	for _, s := range []string{strings.Repeat("a", 1000), strings.Repeat("€", 300), "x"} {
+		words := encodedWords(s)
+		var got strings.Builder
+		for _, w := range words {
+			if len(w) > maxEncodedLen {
+				t.Fatalf("an encoded-word of %d characters", len(w))
+			}
+			d, err := new(mime.WordDecoder).Decode(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got.WriteString(d)
+		}
+		if got.String() != s {
+			t.Fatalf("decoded %q, want %q", got.String(), s)
+		}
+	}
+}
+
+// TestRawLongLines: a raw message's header line past 998 is folded at its
+// white space; one with none, and a body line past 998, are refused with a
+// reason that says what to do.
+func TestRawLongLines(t *testing.T) {
+	long := alertmanagerSubject()
+	got, err := renderRawString(t, "To: ops@contoso.com\r\nSubject: "+long+"\r\n\r\nbody\r\n", Sender{Mailbox: "alerts@contoso.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(got, "\r\n") {
+		if len(l) > lineHard {
+			t.Fatalf("a line of %d octets left", len(l))
+		}
+	}
+	msg, err := mail.ReadMessage(strings.NewReader(got))
+	if err != nil || msg.Header.Get("Subject") != long {
+		t.Fatalf("folded subject reads back as %q (%v)", msg.Header.Get("Subject"), err)
+	}
+	for raw, want := range map[string]string{
+		"To: ops@contoso.com\r\nSubject: " + strings.Repeat("x", 1200) + "\r\n\r\nbody\r\n":   "no space to fold it at",
+		"To: ops@contoso.com\r\nSubject: s\r\n\r\nok\r\n" + strings.Repeat("y", 999) + "\r\n": "line 2 of the body is 999 octets long",
+	} {
+		if _, err := renderRawString(t, raw, Sender{Mailbox: "alerts@contoso.com"}); !IsInvalid(err) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%.50q…: %v, want an invalid-message error about %q", raw, err, want)
+		}
+	}
+}
+
+// TestFoldedInnerHeaderKeepsItsBoundary: text, HTML and an attachment make
+// a multipart/alternative inside multipart/mixed, whose folded
+// Content-Type (the boundary on its own line) must survive being written
+// again as the first part's header; every part reads back.
+func TestFoldedInnerHeaderKeepsItsBoundary(t *testing.T) {
+	m := &Message{ID: "nested", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "s",
+		Text: "plain", HTML: "<p>html</p>", Attachments: []Attachment{{Filename: "a.txt", Data: []byte("hi")}}}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(r.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, params, err := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	first, err := mr.NextPart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, inner, err := mime.ParseMediaType(first.Header.Get("Content-Type"))
+	if err != nil || ct != "multipart/alternative" || inner["boundary"] == "" {
+		t.Fatalf("first part Content-Type %q (%v): the folded boundary was lost", first.Header.Get("Content-Type"), err)
+	}
+	ir := multipart.NewReader(first, inner["boundary"])
+	for _, want := range []string{"text/plain", "text/html"} {
+		p, err := ir.NextPart()
+		if err != nil || !strings.HasPrefix(p.Header.Get("Content-Type"), want) {
+			t.Fatalf("inner part %v %v, want %s", p, err, want)
+		}
+	}
+}
