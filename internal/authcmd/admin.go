@@ -293,7 +293,7 @@ func runRotateKey(ctx context.Context, args []string, env Env) error {
 // with the new one until their key file lists it.
 func rotationSteps(keyFile, newKeyFile string) []string {
 	return []string{
-		"Next: the relay must know the new key. Make " + keyFile + " list the new key first (it seals) and the old key after it (it still opens older records and history):",
+		"Next: the relay must know the new key. Make " + keyFile + " list the new key first (it seals) and the old key after it (it still opens records the running relays seal before they restart):",
 		"  cat " + newKeyFile + " " + keyFile + " > " + keyFile + ".next && chmod 600 " + keyFile + ".next && mv " + keyFile + ".next " + keyFile,
 		"then restart every relay serve and use the same file for authtool. Until they restart they cannot open the re-sealed tokens: mail for those accounts waits in the queue, nothing is lost.",
 		"To avoid that pause: first append the new key to the key file as its last line and restart the relays, then run rotate-key, then move the new key to the first line and restart again.",

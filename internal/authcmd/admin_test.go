@@ -14,8 +14,10 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/testutil"
 	"relay365/internal/token"
+	"relay365/internal/token/tokentest"
 )
 
 // connect stores a delegated account through authtool login (device flow).
@@ -205,6 +207,46 @@ func TestRemove(t *testing.T) {
 	if r.code != cli.ExitFail || !strings.Contains(r.stderr, "no account alerts") {
 		t.Fatalf("second remove: exit %d", r.code)
 	}
+}
+
+// rotate-key must leave nothing readable under the retired key: not the
+// current records, and not their earlier revisions, which hold refresh
+// tokens Microsoft has not revoked.
+func TestRotateKeyLeavesNoRevisionUnderTheOldKey(t *testing.T) {
+	w := newWorld(t, fakeo365.Config{DeviceApproveAfter: -1})
+	w.connect("alerts", mailbox)
+	w.connectApp("billing", "billing@contoso.com")
+	ctx := testCtx(t)
+	// The token service's refreshes before the rotation: more revisions
+	// under the old key.
+	for range 3 {
+		for _, alias := range []string{"alerts", "billing"} {
+			rec, rev, err := w.tokens.Get(ctx, alias)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec.FailCount++
+			if _, err := w.tokens.Update(ctx, rec, rev); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	oldKeys, err := token.LoadKeyring(w.keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newFile := filepath.Join(t.TempDir(), "new.key")
+	if _, err := token.GenerateKeyFile(newFile); err != nil {
+		t.Fatal(err)
+	}
+	if r := w.run(person{}, "rotate-key", "--new-key-file", newFile); r.code != cli.ExitOK {
+		t.Fatalf("rotate-key: exit %d\n%s", r.code, r.stderr)
+	}
+	left := tokentest.SealedValues(t, ctx, queuetest.Connect(t, w.natsURL))
+	if len(left) == 0 {
+		t.Fatal("the bucket's stream holds no value at all")
+	}
+	tokentest.NoneOpens(t, oldKeys, left)
 }
 
 func TestRotateKey(t *testing.T) {

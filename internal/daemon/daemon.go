@@ -54,6 +54,7 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/cli"
 	"relay365/internal/clock"
+	"relay365/internal/connlimit"
 	"relay365/internal/ingress"
 	"relay365/internal/memlimit"
 	"relay365/internal/queue"
@@ -75,6 +76,15 @@ const (
 	DefaultDataDir  = cli.DefaultDataDir
 	DefaultHTTPAddr = "127.0.0.1:9465"
 	DefaultRoles    = RoleTokens + "," + RoleWorkers
+
+	// The HTTP server's bounds (Config.HTTPReadTimeout and the others).
+	// A request is headers only (every route is a GET); /status takes up
+	// to 5 s to gather; Prometheus scrapes keep their connection between
+	// scrapes when the interval is under the idle timeout.
+	DefaultHTTPReadTimeout  = 10 * time.Second
+	DefaultHTTPWriteTimeout = 30 * time.Second
+	DefaultHTTPIdleTimeout  = 60 * time.Second
+	DefaultHTTPMaxConns     = 64
 )
 
 // Config is everything `relay serve` reads from flags and environment.
@@ -110,6 +120,14 @@ type Config struct {
 	SMTP                    ingress.Config
 	SMTPTLSCert, SMTPTLSKey string
 
+	// The HTTP server's bounds (/status, /metrics, /healthz, /readyz):
+	// how long a request may take to arrive and its answer to leave, how
+	// long a kept-alive connection may sit idle, and how many connections
+	// may be open at once (one more is answered 503 and closed). Not
+	// flags; defaults DefaultHTTPReadTimeout, DefaultHTTPWriteTimeout,
+	// DefaultHTTPIdleTimeout and DefaultHTTPMaxConns.
+	HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
+	HTTPMaxConns                                       int
 	// Extra HTTP handlers (the sandbox adds /sandbox/messages).
 	Extra map[string]http.Handler
 	// Transport overrides the SMTP transport (tests set timeouts).
@@ -167,6 +185,18 @@ func (c *Config) Defaults() {
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
+	if c.HTTPReadTimeout == 0 {
+		c.HTTPReadTimeout = DefaultHTTPReadTimeout
+	}
+	if c.HTTPWriteTimeout == 0 {
+		c.HTTPWriteTimeout = DefaultHTTPWriteTimeout
+	}
+	if c.HTTPIdleTimeout == 0 {
+		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
+	}
+	if c.HTTPMaxConns == 0 {
+		c.HTTPMaxConns = DefaultHTTPMaxConns
+	}
 	consumer := queue.ConsumerConfig{AckWait: c.AckWait, MaxDeliver: c.MaxDeliver, MaxAckPending: c.MaxAckPending}
 	consumer.Defaults()
 	c.AckWait, c.MaxDeliver, c.MaxAckPending = consumer.AckWait, consumer.MaxDeliver, consumer.MaxAckPending
@@ -219,6 +249,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			errs = append(errs, fmt.Errorf("--http-addr %q: want host:port or off", c.HTTPAddr))
 		}
+	}
+	if c.HTTPReadTimeout < 0 || c.HTTPWriteTimeout < 0 || c.HTTPIdleTimeout < 0 || c.HTTPMaxConns < 0 {
+		errs = append(errs, errors.New("the HTTP server's timeouts and connection limit must be positive"))
 	}
 	if c.Replicas != 1 && c.Replicas != 3 && c.Replicas != 5 {
 		errs = append(errs, fmt.Errorf("--replicas %d: want 1, 3 or 5", c.Replicas))
@@ -486,8 +519,8 @@ func (d *Daemon) serveHTTP() error {
 		return fmt.Errorf("--http-addr %s: %w", d.cfg.HTTPAddr, err)
 	}
 	d.HTTPAddr = ln.Addr().String()
-	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go d.http.Serve(ln)
+	d.http = newHTTPServer(d.cfg, mux)
+	go d.http.Serve(connlimit.New(ln, connlimit.Config{Max: d.cfg.HTTPMaxConns, Refuse: refuseHTTP}))
 	return nil
 }
 

@@ -18,18 +18,14 @@ import (
 	"relay365/internal/queue"
 	"relay365/internal/relay/relaytest"
 	"relay365/internal/roles"
+	"relay365/internal/token"
 	"relay365/producer"
 )
 
-// TestLeastPrivilegeUsers runs a whole relay under deploy/nats/auth.conf,
-// the permissions the README recommends: relay setup and authtool's path
-// as relay-admin make the streams and buckets and enrol an account, a
-// token service as relay-tokens and workers as relay-worker (which may
-// not create a stream) deliver what a producer publishes. Then every
-// attack of attacks is tried as every role it names, and refused.
-func TestLeastPrivilegeUsers(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+// startAuthConf runs nats-server with deploy/nats/auth.conf and returns
+// its URL and each role's connect options.
+func startAuthConf(t *testing.T) (string, map[roles.Role]queue.ConnectOptions) {
+	t.Helper()
 	dir := t.TempDir()
 	as := map[roles.Role]queue.ConnectOptions{}
 	for _, r := range roles.All {
@@ -54,11 +50,23 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server did not start")
 	}
-	url := ns.ClientURL()
+	return ns.ClientURL(), as
+}
+
+// TestLeastPrivilegeUsers runs a whole relay under deploy/nats/auth.conf,
+// the permissions the README recommends: relay setup and authtool's path
+// as relay-admin make the streams and buckets and enrol an account, a
+// token service as relay-tokens and workers as relay-worker (which may
+// not create a stream) deliver what a producer publishes. Then every
+// attack of attacks is tried as every role it names, and refused.
+func TestLeastPrivilegeUsers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	url, as := startAuthConf(t)
 
 	fake, err := fakeo365.Start(fakeo365.Config{Dir: t.TempDir(), PerMinute: -1})
 	if err != nil {
@@ -123,4 +131,59 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 		t.Fatalf("delivered %q", got)
 	}
 	tryAttacks(t, ctx, url, as)
+}
+
+// An upgrade over a relay_tokens bucket made with history 5: a token
+// service, which may not change a bucket, refuses to start and names
+// relay setup; relay setup as the admin brings the bucket to history 1
+// (dropping the older revisions) and the token service starts.
+func TestTokenServiceWaitsForSetupOnAnOlderTokenBucket(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	url, as := startAuthConf(t)
+	admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	adminJS, _ := jetstream.New(admin)
+	if err := daemon.Setup(ctx, adminJS, 1); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := adminJS.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: token.Bucket, History: 5, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := kv.Put(ctx, "alerts", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyFile := filepath.Join(t.TempDir(), "token.key")
+	if _, err := token.GenerateKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	cfg := daemon.Config{NATSURL: url, NATS: as[roles.Tokens], KeyFile: keyFile, Roles: daemon.RoleTokens, HTTPAddr: "off", DataDir: t.TempDir()}
+	// The server never answers the refused update: the start gives up
+	// when its context ends (here after a few seconds) and says why.
+	sctx, scancel := context.WithTimeout(ctx, 4*time.Second)
+	defer scancel()
+	if d, err := daemon.Start(sctx, cfg, zerolog.Nop()); err == nil {
+		d.Close()
+		t.Fatal("the token service started on a bucket it may not bring up to date")
+	} else if !strings.Contains(err.Error(), "history 5, want 1") || !strings.Contains(err.Error(), "run `relay setup` with the admin credentials") {
+		t.Fatalf("the refusal does not say what differs and what to do: %v", err)
+	}
+	if err := daemon.Setup(ctx, adminJS, 1); err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil || st.History() != 1 || st.Values() != 1 {
+		t.Fatalf("after relay setup: %v %v", st, err)
+	}
+	d, err := daemon.Start(ctx, cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("token service after relay setup: %v", err)
+	}
+	d.Close()
 }

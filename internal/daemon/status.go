@@ -130,11 +130,15 @@ func until(now, t time.Time) string {
 	return "in " + d.String()
 }
 
+// statusTimeout bounds the snapshot behind /status and /readyz; the HTTP
+// server's write timeout is longer.
+const statusTimeout = 5 * time.Second
+
 // status serves the snapshot as JSON (the default, for scripts) or as an
 // HTML page when the client prefers text/html (a browser), or when asked
 // with ?format=html; ?format=json forces JSON.
 func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
 	st, err := d.Snapshot(ctx)
 	code := http.StatusOK
@@ -188,7 +192,7 @@ func wantsHTML(r *http.Request) bool {
 // readyz: NATS connected, delivery running, at least one account with a
 // usable token whose consumer is bound.
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
 	st, err := d.Snapshot(ctx)
 	switch {

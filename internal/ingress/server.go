@@ -23,6 +23,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/clock"
+	"relay365/internal/connlimit"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 )
@@ -159,10 +160,7 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 			return nil, fmt.Errorf("SMTP listener %s: %w", l.addr, err)
 		}
 		s.addrs[i] = ln.Addr()
-		var lim net.Listener = newLimitListener(ln, cfg.MaxConns, cfg.MaxConnsPerIP, func(reason string) {
-			s.metrics.refusedConns.Inc()
-			s.log.Warn().Str("reason", reason).Msg("SMTP connection refused")
-		})
+		var lim net.Listener = connlimit.New(ln, connlimit.Config{Max: cfg.MaxConns, PerIP: cfg.MaxConnsPerIP, Refuse: s.refuse})
 		if l.implicit {
 			lim = tls.NewListener(lim, cfg.TLS)
 		}
@@ -236,7 +234,7 @@ func oneLine(s string) string {
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	s.sessions.Add(1)
-	ss := &session{s: s, conn: c, remote: remoteIP(c.Conn().RemoteAddr())}
+	ss := &session{s: s, conn: c, remote: connlimit.RemoteIP(c.Conn().RemoteAddr())}
 	ss.log = s.log.With().Str("remote", ss.remote).Logger()
 	return ss, nil
 }
@@ -526,3 +524,14 @@ type zlogAdapter struct{ log zerolog.Logger }
 
 func (z zlogAdapter) Printf(format string, v ...any) { z.log.Debug().Msgf(format, v...) }
 func (z zlogAdapter) Println(v ...any)               { z.log.Debug().Msg(fmt.Sprint(v...)) }
+
+// refuse answers a connection over a limit as RFC 5321 §3.8 says a server
+// that cannot serve does (421, then close), never waiting long on a client
+// that does not read.
+func (s *Server) refuse(c net.Conn, reason string) {
+	s.metrics.refusedConns.Inc()
+	s.log.Warn().Str("reason", reason).Msg("SMTP connection refused")
+	_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_, _ = c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
+	_ = c.Close()
+}

@@ -26,6 +26,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"relay365/internal/termsafe"
 )
 
 // Office 365 limits (docs/office365.md §3).
@@ -203,6 +205,9 @@ func (m *Message) Validate() error {
 	if err := checkLine("id", m.ID); err != nil {
 		return err
 	}
+	if err := CheckID(m.ID); err != nil {
+		return err
+	}
 	if len(m.ID) > 256 {
 		return invalid("id", "longer than 256 characters")
 	}
@@ -369,6 +374,17 @@ func ParseAddress(field, s string) (*mail.Address, error) {
 func deliverable(field, s, addr string) error {
 	if strings.ContainsAny(addr, " <>\"\\\r\n\x00") || !strings.Contains(addr, "@") {
 		return invalid(field, "%q is not a deliverable address", s)
+	}
+	return nil
+}
+
+// CheckID refuses an id that holds a control character (C0, DEL or C1:
+// ESC [ … would drive the terminal of whoever lists dead letters), a
+// bidirectional control or invalid UTF-8. Validate applies it to every
+// message; it does not quote the id, so its error is safe to print.
+func CheckID(id string) error {
+	if i := termsafe.Index(id); i >= 0 {
+		return invalid("id", "contains a control character or invalid UTF-8 at byte %d (ids are printed in terminals and logs)", i)
 	}
 	return nil
 }

@@ -116,6 +116,35 @@ func TestBatches(t *testing.T) {
 	}
 }
 
+// An id is shown in terminals (relay dlq list and show), logs and
+// headers: control sequences in it are refused, wherever it came from.
+func TestValidateRefusesControlCharactersInID(t *testing.T) {
+	for _, id := range []string{
+		"\x1b[2J\x1b]0;pwned\x07", // clear the screen, retitle the window
+		"a\tb", "bell\x07", "del\x7f", "csi\u009b2J", "nel\u0085", "rtl\u202eevil", "bad\xffutf8",
+		"crlf\r\nX: y", "nul\x00",
+	} {
+		m := valid()
+		m.ID = id
+		err := m.Validate()
+		inv, ok := err.(*Invalid)
+		if !ok || inv.Field != "id" {
+			t.Errorf("id %q: %v, want it refused", id, err)
+			continue
+		}
+		if strings.ContainsAny(err.Error(), "\x1b\x07\x7f\t\r\n\x00") || strings.Contains(err.Error(), "\u009b") {
+			t.Errorf("id %q: the error quotes it raw: %q", id, err)
+		}
+	}
+	for _, id := range []string{"alert-7f3a", "a b", `C:\x`, "ünïcödé-42", "seq-17:replay:3"} {
+		m := valid()
+		m.ID = id
+		if err := m.Validate(); err != nil {
+			t.Errorf("id %q: %v", id, err)
+		}
+	}
+}
+
 func TestValidateFillsID(t *testing.T) {
 	m := valid()
 	m.ID = ""

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -22,11 +23,28 @@ import (
 
 // OpenKeyValue opens the bucket c names, creating or updating it only when
 // it is missing or its history, TTL, storage or size limit differ from c.
+// An update of a bucket that exists is bounded by updateTimeout: a NATS
+// user without the right to change streams gets no answer to it (the
+// server only reports the violation asynchronously), and the error then
+// says what differs and to run relay setup, instead of hanging until ctx
+// ends.
 func OpenKeyValue(ctx context.Context, js jetstream.JetStream, c jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	differs := ""
 	if kv, err := js.KeyValue(ctx, c.Bucket); err == nil {
-		if st, err := kv.Status(ctx); err == nil && kvMatches(st, c) {
-			return kv, nil
+		if st, err := kv.Status(ctx); err == nil {
+			if differs = kvDiff(st, c); differs == "" {
+				return kv, nil
+			}
 		}
+	}
+	if differs != "" {
+		uctx, cancel := context.WithTimeout(ctx, updateTimeout)
+		defer cancel()
+		kv, err := js.CreateOrUpdateKeyValue(uctx, c)
+		if err != nil {
+			return nil, fmt.Errorf("KV bucket %s has settings this version changes (%s) and could not be updated: %w (a NATS user that may not change streams cannot: run `relay setup` with the admin credentials first)", c.Bucket, differs, err)
+		}
+		return kv, nil
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, c)
 	if err != nil {
@@ -35,15 +53,32 @@ func OpenKeyValue(ctx context.Context, js jetstream.JetStream, c jetstream.KeyVa
 	return kv, nil
 }
 
-func kvMatches(st jetstream.KeyValueStatus, c jetstream.KeyValueConfig) bool {
+// updateTimeout bounds the update of an existing bucket; an allowed one
+// is answered in milliseconds.
+const updateTimeout = 10 * time.Second
+
+// kvDiff says how the bucket differs from c ("history 5, want 1"), or ""
+// when it is as c wants it.
+func kvDiff(st jetstream.KeyValueStatus, c jetstream.KeyValueConfig) string {
 	bs, ok := st.(*jetstream.KeyValueBucketStatus)
 	if !ok {
-		return false
+		return "unknown settings"
 	}
 	cfg := bs.StreamInfo().Config
-	history := max(int64(c.History), 1)
-	return st.History() == history && st.TTL() == c.TTL && cfg.Storage == c.Storage &&
-		(c.MaxBytes == 0 || cfg.MaxBytes == c.MaxBytes)
+	var d []string
+	if history := max(int64(c.History), 1); st.History() != history {
+		d = append(d, fmt.Sprintf("history %d, want %d", st.History(), history))
+	}
+	if st.TTL() != c.TTL {
+		d = append(d, fmt.Sprintf("TTL %s, want %s", st.TTL(), c.TTL))
+	}
+	if cfg.Storage != c.Storage {
+		d = append(d, fmt.Sprintf("storage %s, want %s", cfg.Storage, c.Storage))
+	}
+	if c.MaxBytes != 0 && cfg.MaxBytes != c.MaxBytes {
+		d = append(d, fmt.Sprintf("max bytes %d, want %d", cfg.MaxBytes, c.MaxBytes))
+	}
+	return strings.Join(d, "; ")
 }
 
 // openStream is OpenKeyValue for a stream: the settings that decide what it

@@ -38,6 +38,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/termsafe"
 )
 
 // Names users and dashboards rely on (docs/design.md §4).
@@ -320,9 +322,11 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 		first = md.Timestamp
 	}
 	// The id, the reason (which quotes the input) and the server's reply
-	// come from outside: setHeader keeps them to one header line.
-	setHeader(out.Header, jetstream.MsgIDHeader, dedupe+":dlq")
-	setHeader(out.Header, HdrMessageID, id)
+	// come from outside: setHeader keeps them to one header line, and
+	// setID escapes what would drive a terminal in the ids (a message is
+	// usually dead-lettered here because Validate refused its id).
+	setID(out.Header, jetstream.MsgIDHeader, dedupe+":dlq")
+	setID(out.Header, HdrMessageID, id)
 	setHeader(out.Header, HdrReason, dl.Reason)
 	setHeader(out.Header, HdrClass, dl.Class)
 	out.Header.Set(HdrAttempts, strconv.FormatUint(md.NumDelivered, 10))
@@ -383,10 +387,16 @@ func copyForRepublish(subject string, data []byte, hdr nats.Header, id, msgID st
 	for _, h := range deadLetterHeaders {
 		out.Header.Del(h)
 	}
-	setHeader(out.Header, jetstream.MsgIDHeader, msgID)
-	setHeader(out.Header, HdrMessageID, id)
+	setID(out.Header, jetstream.MsgIDHeader, msgID)
+	setID(out.Header, HdrMessageID, id)
 	return out
 }
+
+// setID sets an id header with control characters, bidirectional
+// controls and invalid UTF-8 written as visible escapes (termsafe.Line):
+// ids come from producers' headers as well as from validated JSON, and
+// relay dlq, `nats stream get` and logs print them.
+func setID(h nats.Header, key, id string) { setHeader(h, key, termsafe.Line(id)) }
 
 // setHeader sets a NATS header to v with CR, LF and NUL replaced by
 // spaces. NATS headers are MIME-style lines (like HTTP/1 headers), so a

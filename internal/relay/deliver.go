@@ -33,6 +33,10 @@ type attempt struct {
 // messageID is the message's idempotency key: the JSON id, else the id a
 // dead letter, replay or requeue carried along, else the Nats-Msg-Id, else
 // (a bare `nats pub`) the stream sequence — stable across redeliveries.
+// An id taken from a header is not trusted more than a JSON one:
+// Validate refuses control characters in it (message.CheckID), so the
+// message is dead-lettered as invalid, and queue.MoveToDLQ stores the id
+// escaped; logs quote it (zerolog escapes control characters).
 func messageID(jsonID string, msg jetstream.Msg, seq uint64) string {
 	for _, id := range []string{jsonID, msg.Headers().Get(queue.HdrMessageID), msg.Headers().Get(jetstream.MsgIDHeader)} {
 		if id != "" {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -20,6 +21,7 @@ import (
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/roles"
+	"relay365/internal/termsafe"
 )
 
 const dlqUsage = `Usage: relay dlq <command> [flags]
@@ -175,9 +177,8 @@ func dlqList(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []strin
 		return err
 	}
 	if c.JSON {
-		enc := json.NewEncoder(env.Stdout)
 		for _, e := range list {
-			if err := enc.Encode(entryJSON(e)); err != nil {
+			if err := writeJSON(env.Stdout, entryJSON(e), false); err != nil {
 				return err
 			}
 		}
@@ -187,10 +188,14 @@ func dlqList(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []strin
 		fmt.Fprintln(env.Stdout, "no dead letters")
 		return nil
 	}
+	// Every field comes from outside (the producer, the SMTP server, the
+	// subject): escaped, it can neither drive the terminal nor break the
+	// table's columns with a tab or a newline.
 	tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SEQ\tDEAD-LETTERED\tACCOUNT\tID\tCLASS\tATTEMPTS\tREASON")
 	for _, e := range list {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339), e.Account, e.ID, e.Class, e.Attempts, shorten(e.Reason, 100))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339),
+			termsafe.Line(e.Account), termsafe.Line(e.ID), termsafe.Line(e.Class), e.Attempts, shorten(termsafe.Line(e.Reason), 100))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -206,11 +211,11 @@ func dlqShow(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []str
 		return err
 	}
 	if c.JSON {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(entryJSON(e))
+		return writeJSON(env.Stdout, entryJSON(e), true)
 	}
-	fmt.Fprintf(env.Stdout, "Sequence: %d\nDead-lettered: %s\nAccount: %s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339), e.Account)
+	// Headers and body as stored, with what would drive the terminal
+	// escaped (termsafe).
+	fmt.Fprintf(env.Stdout, "Sequence: %d\nDead-lettered: %s\nAccount: %s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339), termsafe.Line(e.Account))
 	keys := make([]string, 0, len(e.Header))
 	for k := range e.Header {
 		keys = append(keys, k)
@@ -218,7 +223,7 @@ func dlqShow(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []str
 	slices.Sort(keys)
 	for _, k := range keys {
 		for _, v := range e.Header[k] {
-			fmt.Fprintf(env.Stdout, "%s: %s\n", k, v)
+			fmt.Fprintf(env.Stdout, "%s: %s\n", termsafe.Line(k), termsafe.Line(v))
 		}
 	}
 	fmt.Fprintln(env.Stdout)
@@ -226,16 +231,36 @@ func dlqShow(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []str
 	return nil
 }
 
-// writeBody prints the message: indented when it is JSON, as is otherwise.
+// writeBody prints the message: indented when it is JSON, as text
+// otherwise (CRLF as LF), with what would drive the terminal escaped.
 func writeBody(w io.Writer, data []byte) {
 	var out bytes.Buffer
 	if json.Indent(&out, data, "", "  ") == nil {
-		data = out.Bytes()
+		data = termsafe.JSON(out.Bytes())
+	} else {
+		data = []byte(termsafe.Text(string(data)))
 	}
 	w.Write(data)
 	if len(data) > 0 && data[len(data)-1] != '\n' {
 		fmt.Fprintln(w)
 	}
+}
+
+// writeJSON prints v as one JSON document (indented or one line).
+// encoding/json escapes C0 controls but not DEL, C1 or bidirectional
+// controls, nor a RawMessage's invalid bytes: termsafe.JSON escapes those
+// too, and the output still decodes to the same values.
+func writeJSON(w io.Writer, v any, indent bool) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	if indent {
+		enc.SetIndent("", "  ")
+	}
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := w.Write(termsafe.JSON(buf.Bytes()))
+	return err
 }
 
 func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []string, env Env) error {
@@ -329,9 +354,15 @@ func entryJSON(e queue.DeadLetterEntry) deadLetterJSON {
 	return out
 }
 
+// shorten keeps at most n-1 bytes of s and marks the cut with "…",
+// never cutting inside a UTF-8 sequence.
 func shorten(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n-1] + "…"
+	cut := n - 1
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

@@ -23,12 +23,14 @@
 // # Store
 //
 // Store keeps one sealed Record per account in bucket relay_tokens
-// (history 5, file storage). Whole records are sealed, so the bucket holds
+// (history 1, file storage). Whole records are sealed, so the bucket holds
 // no plaintext at all: not the tokens, not the client secret, not even
-// the state. Update is a compare-and-set on the KV revision and reports a
-// lost race as ErrConflict; Put is unconditional and is the consent
-// step's write. Delete purges the key's history so old sealed tokens do
-// not linger.
+// the state. Every write replaces the record's one revision, so no earlier
+// refresh token, and after a key rotation nothing sealed under the
+// retired key, lingers in the bucket. Update is a compare-and-set on the
+// KV revision and reports a lost race as ErrConflict; Put is
+// unconditional and is the consent step's write. Delete purges the key,
+// leaving only a marker.
 //
 // # Refresh protocol
 //

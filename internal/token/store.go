@@ -18,7 +18,17 @@ import (
 // Bucket is the KV bucket holding one sealed Record per account alias.
 const Bucket = "relay_tokens"
 
-const bucketHistory = 5
+// bucketHistory is 1: the bucket keeps only each account's current
+// record. An earlier revision holds an earlier refresh token (which
+// Microsoft does not revoke when it issues the next) sealed under
+// whatever key was current then, so after a key rotation it would stay
+// readable to whoever holds the retired key. Nothing reads older
+// revisions: the refresh lease's compare-and-set and WaitChange need only
+// the current revision. A bucket made with more history is brought to 1
+// (and its older revisions dropped by the server) when it is opened by
+// someone allowed to change it (the relay on its embedded server, relay
+// setup, authtool).
+const bucketHistory = 1
 
 // State is the health of an account's tokens.
 type State string
@@ -118,7 +128,8 @@ type Store struct {
 	keys *Keyring
 }
 
-// OpenStore creates the bucket if needed (file storage, history 5).
+// OpenStore creates the bucket if needed, or brings an existing one to the
+// settings below (file storage, history 1).
 func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keyring) (*Store, error) {
 	if keys == nil {
 		return nil, errors.New("open token store: no key ring")

@@ -8,11 +8,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -137,4 +139,59 @@ func labelValue(m *dto.Metric, name string) string {
 		}
 	}
 	return ""
+}
+
+// Sealed is one value still held by the relay_tokens bucket's stream: a
+// current record or an older revision of one.
+type Sealed struct {
+	Account string
+	Seq     uint64 // the stream sequence, which is the KV revision
+	Value   []byte
+}
+
+// SealedValues reads every message left in the bucket's stream
+// (KV_relay_tokens), sequence by sequence, and returns those holding a
+// value: what a holder of a retired key could still read through the
+// JetStream API, whatever the KV layer shows as current. Delete and purge
+// markers are left out.
+func SealedValues(t testing.TB, ctx context.Context, js jetstream.JetStream) []Sealed {
+	t.Helper()
+	s, err := js.Stream(ctx, "KV_"+token.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []Sealed
+	if info.State.Msgs == 0 {
+		return out
+	}
+	prefix := "$KV." + token.Bucket + "."
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // removed: a gap in the sequence
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+			continue
+		}
+		out = append(out, Sealed{Account: strings.TrimPrefix(m.Subject, prefix), Seq: m.Sequence, Value: m.Data})
+	}
+	return out
+}
+
+// NoneOpens fails the test for every value in vals that keys can open: a
+// revision readable under a retired key.
+func NoneOpens(t testing.TB, keys *token.Keyring, vals []Sealed) {
+	t.Helper()
+	for _, v := range vals {
+		if _, id, err := keys.Open([]byte(token.Bucket+"/"+v.Account), v.Value); err == nil {
+			t.Errorf("revision %d of account %s still opens with key %s", v.Seq, v.Account, id)
+		}
+	}
 }

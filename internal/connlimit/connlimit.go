@@ -1,0 +1,121 @@
+// Package connlimit bounds the connections a listener has open at once, in
+// all and per client address, so that clients holding connections open
+// without sending (slowloris) cannot use up a server's goroutines and file
+// descriptors. The SMTP front door and the HTTP status server share it.
+package connlimit
+
+import (
+	"net"
+	"sync"
+)
+
+// Reasons given to Config.Refuse.
+const (
+	ReasonTotal = "too many connections"
+	ReasonPerIP = "too many connections from your address"
+)
+
+// Config is a Listener's limits and what it does with a connection over
+// one.
+type Config struct {
+	// Max is how many connections may be open at once in all (> 0).
+	Max int
+	// PerIP is how many may be open at once from one client address;
+	// 0 leaves only Max.
+	PerIP int
+	// Refuse answers a connection over a limit in the server's protocol
+	// and closes it. It runs on a goroutine of its own, so a client that
+	// does not read cannot hold up Accept; it should bound its writes with
+	// a deadline. nil closes the connection at once.
+	Refuse func(c net.Conn, reason string)
+}
+
+// Listener is a net.Listener whose Accept hands out connections only while
+// they are within the limits; one over a limit is given to Config.Refuse
+// and Accept goes on waiting for the next. A connection's slot is freed
+// when it is closed.
+type Listener struct {
+	net.Listener
+	cfg Config
+
+	mu   sync.Mutex
+	open int
+	byIP map[string]int
+}
+
+// New wraps ln.
+func New(ln net.Listener, cfg Config) *Listener {
+	return &Listener{Listener: ln, cfg: cfg, byIP: map[string]int{}}
+}
+
+// Accept returns the next connection within the limits.
+func (l *Listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip := RemoteIP(c.RemoteAddr())
+		l.mu.Lock()
+		reason := ""
+		switch {
+		case l.open >= l.cfg.Max:
+			reason = ReasonTotal
+		case l.cfg.PerIP > 0 && l.byIP[ip] >= l.cfg.PerIP:
+			reason = ReasonPerIP
+		default:
+			l.open++
+			l.byIP[ip]++
+		}
+		l.mu.Unlock()
+		if reason == "" {
+			return &conn{Conn: c, l: l, ip: ip}, nil
+		}
+		if l.cfg.Refuse == nil {
+			_ = c.Close()
+			continue
+		}
+		go l.cfg.Refuse(c, reason)
+	}
+}
+
+// Open is the number of connections open now.
+func (l *Listener) Open() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open
+}
+
+func (l *Listener) release(ip string) {
+	l.mu.Lock()
+	l.open--
+	if l.byIP[ip]--; l.byIP[ip] <= 0 {
+		delete(l.byIP, ip)
+	}
+	l.mu.Unlock()
+}
+
+type conn struct {
+	net.Conn
+	l    *Listener
+	ip   string
+	once sync.Once
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.l.release(c.ip) })
+	return err
+}
+
+// RemoteIP is the address part of a, without the port.
+func RemoteIP(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}

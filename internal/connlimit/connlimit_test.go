@@ -1,0 +1,127 @@
+package connlimit_test
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"relay365/internal/connlimit"
+)
+
+// serve runs l's accept loop and hands every accepted connection to the
+// test.
+func serve(t *testing.T, cfg connlimit.Config) (*connlimit.Listener, <-chan net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := connlimit.New(ln, cfg)
+	t.Cleanup(func() { l.Close() })
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	return l, accepted
+}
+
+func dialFrom(t *testing.T, local, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func accept(t *testing.T, accepted <-chan net.Conn) net.Conn {
+	t.Helper()
+	select {
+	case c := <-accepted:
+		t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection accepted")
+		return nil
+	}
+}
+
+// refused reads what the listener told c, to the end (it closes).
+func refused(t *testing.T, c net.Conn) string {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the refusal: %v", err)
+	}
+	return string(b)
+}
+
+func refuseWithReason(c net.Conn, reason string) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write([]byte(reason))
+	_ = c.Close()
+}
+
+func TestTotalLimit(t *testing.T) {
+	l, accepted := serve(t, connlimit.Config{Max: 2, Refuse: refuseWithReason})
+	addr := l.Addr().String()
+	dialFrom(t, "127.0.0.1", addr)
+	first := accept(t, accepted)
+	dialFrom(t, "127.0.0.2", addr)
+	accept(t, accepted)
+	if n := l.Open(); n != 2 {
+		t.Fatalf("open %d, want 2", n)
+	}
+	if got := refused(t, dialFrom(t, "127.0.0.3", addr)); got != connlimit.ReasonTotal {
+		t.Fatalf("third connection got %q", got)
+	}
+	// A closed connection frees its slot; closing twice frees one.
+	first.Close()
+	first.Close()
+	if n := l.Open(); n != 1 {
+		t.Fatalf("open %d after a close, want 1", n)
+	}
+	dialFrom(t, "127.0.0.3", addr)
+	accept(t, accepted)
+	if got := refused(t, dialFrom(t, "127.0.0.4", addr)); got != connlimit.ReasonTotal {
+		t.Fatalf("over the limit again: %q", got)
+	}
+}
+
+func TestPerIPLimit(t *testing.T) {
+	l, accepted := serve(t, connlimit.Config{Max: 10, PerIP: 1, Refuse: refuseWithReason})
+	addr := l.Addr().String()
+	dialFrom(t, "127.0.0.1", addr)
+	accept(t, accepted)
+	if got := refused(t, dialFrom(t, "127.0.0.1", addr)); got != connlimit.ReasonPerIP {
+		t.Fatalf("second connection from one address got %q", got)
+	}
+	dialFrom(t, "127.0.0.2", addr)
+	accept(t, accepted)
+}
+
+// Without Refuse a connection over the limit is closed at once, and
+// Accept goes on.
+func TestNoRefuseCloses(t *testing.T) {
+	l, accepted := serve(t, connlimit.Config{Max: 1})
+	addr := l.Addr().String()
+	dialFrom(t, "127.0.0.1", addr)
+	held := accept(t, accepted)
+	if got := refused(t, dialFrom(t, "127.0.0.1", addr)); got != "" {
+		t.Fatalf("refused connection got %q", got)
+	}
+	held.Close()
+	dialFrom(t, "127.0.0.1", addr)
+	accept(t, accepted)
+}
