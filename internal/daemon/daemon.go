@@ -104,6 +104,7 @@ type Config struct {
 	AckWait                             time.Duration // default 60s
 	MaxDeliver                          int           // default 50
 	MaxAckPending                       int           // per account; default 1000
+	QueueLifetime                       time.Duration // undelivered mail older than this is dead-lettered as expired; default queue.DefaultQueueLifetime
 	RefreshMargin                       time.Duration // refresh access tokens this long before expiry; default 5m
 	ShutdownGrace                       time.Duration // default 30s
 	// MemoryLimit is the process's soft memory limit (--memory-limit;
@@ -209,6 +210,9 @@ func (c *Config) Defaults() {
 	if c.RefreshMargin == 0 {
 		c.RefreshMargin = token.DefaultMargin
 	}
+	if c.QueueLifetime == 0 {
+		c.QueueLifetime = queue.DefaultQueueLifetime
+	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = relay.DefaultShutdownGrace
 	}
@@ -270,6 +274,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Pause.Validate("--pause"); err != nil {
 		errs = append(errs, err)
+	}
+	if c.QueueLifetime < queue.MinQueueLifetime {
+		errs = append(errs, fmt.Errorf("--queue-lifetime %s: want at least %s", c.QueueLifetime, queue.MinQueueLifetime))
 	}
 	if c.RefreshMargin < time.Minute || c.RefreshMargin > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("--refresh-margin %s: want 1m to 30m (access tokens live 60-90 minutes)", c.RefreshMargin))
@@ -407,7 +414,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	// The mail streams are the workers' (a token service may not even
 	// look at them under deploy/nats/auth.conf).
 	if cfg.Has(RoleWorkers) {
-		if err := queue.EnsureStreams(ctx, d.JS, queue.StreamConfig{Replicas: cfg.Replicas}); err != nil {
+		if err := queue.EnsureStreams(ctx, d.JS, queue.StreamConfig{Replicas: cfg.Replicas, Lifetime: cfg.QueueLifetime}); err != nil {
 			return nil, err
 		}
 	}
@@ -446,7 +453,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		}
 		d.Engine = relay.NewEngine(deps, relay.Config{
 			AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending,
-			Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace,
+			Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace, QueueLifetime: cfg.QueueLifetime,
 		})
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		d.stopWorker = cancel
@@ -610,9 +617,10 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 // uses, as `relay setup` does with the admin's credentials before workers
 // and token services start under users that may not create them
 // (deploy/nats/auth.conf). A relay on its embedded server does it itself.
-func Setup(ctx context.Context, js jetstream.JetStream, replicas int) error {
+// lifetime is the queue lifetime the relays run with (0: the default).
+func Setup(ctx context.Context, js jetstream.JetStream, replicas int, lifetime time.Duration) error {
 	js = queue.WithReplicas(js, replicas)
-	if err := queue.EnsureStreams(ctx, js, queue.StreamConfig{Replicas: replicas}); err != nil {
+	if err := queue.EnsureStreams(ctx, js, queue.StreamConfig{Replicas: replicas, Lifetime: lifetime}); err != nil {
 		return err
 	}
 	if _, err := account.OpenRegistry(ctx, js); err != nil {

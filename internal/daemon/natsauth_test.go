@@ -81,7 +81,7 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 	}
 	defer admin.Close()
 	adminJS, _ := jetstream.New(admin)
-	if err := daemon.Setup(ctx, adminJS, 1); err != nil {
+	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
 		t.Fatalf("relay setup as the admin: %v", err)
 	}
 	keyFile, accounts, store := relaytest.OpenStores(t, ctx, adminJS)
@@ -147,7 +147,7 @@ func TestTokenServiceWaitsForSetupOnAnOlderTokenBucket(t *testing.T) {
 	}
 	defer admin.Close()
 	adminJS, _ := jetstream.New(admin)
-	if err := daemon.Setup(ctx, adminJS, 1); err != nil {
+	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
 		t.Fatal(err)
 	}
 	kv, err := adminJS.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: token.Bucket, History: 5, Storage: jetstream.FileStorage})
@@ -174,7 +174,7 @@ func TestTokenServiceWaitsForSetupOnAnOlderTokenBucket(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "history 5, want 1") || !strings.Contains(err.Error(), "run `relay setup` with the admin credentials") {
 		t.Fatalf("the refusal does not say what differs and what to do: %v", err)
 	}
-	if err := daemon.Setup(ctx, adminJS, 1); err != nil {
+	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
 		t.Fatal(err)
 	}
 	st, err := kv.Status(ctx)

@@ -66,6 +66,9 @@ const (
 	HdrOrigSeq      = "Relay-Original-Seq"
 	HdrFirstAttempt = "Relay-First-Attempt"
 	HdrLastAttempt  = "Relay-Last-Attempt"
+	// HdrQueued is when a requeued message was first queued (RFC 3339):
+	// its queue lifetime counts from then, not from the requeue.
+	HdrQueued = "Relay-Queued"
 	// HdrMessageID carries the message id on copies whose Nats-Msg-Id is
 	// not the id itself (dead letters, replays, requeues).
 	HdrMessageID = "Relay-Message-Id"
@@ -77,10 +80,36 @@ var deadLetterHeaders = []string{HdrReason, HdrClass, HdrAttempts, HdrLastReply,
 // Subject is the subject messages for account are published on.
 func Subject(account string) string { return SubjectPrefix + account }
 
+// The queue lifetime (relay serve --queue-lifetime): how long mail may
+// wait undelivered before the relay gives it up to MAIL_DLQ with reason
+// "expired" — an account waiting for consent, a server refusing for days
+// — as Postfix bounces after maximal_queue_lifetime. JetStream's MaxAge
+// on MAIL is set a margin above it (MaxAgeFor), so the relay has moved a
+// message long before JetStream would drop it unseen.
+const (
+	DefaultQueueLifetime = 5 * 24 * time.Hour
+	MinQueueLifetime     = 10 * time.Second
+)
+
+// MaxAgeFor is MAIL's MaxAge for a queue lifetime: two fifths more, at
+// least a minute (5 days: 7).
+func MaxAgeFor(lifetime time.Duration) time.Duration {
+	return lifetime + max(lifetime*2/5, time.Minute)
+}
+
+// QueuedAt is when a message was first queued: its Relay-Queued header
+// (a requeue keeps it), else when the stream stored this copy.
+func QueuedAt(hdr nats.Header, stored time.Time) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, hdr.Get(HdrQueued)); err == nil && t.Before(stored) {
+		return t
+	}
+	return stored
+}
+
 // StreamConfig sizes the streams. Zero values take the defaults.
 type StreamConfig struct {
 	Replicas int           // 1 on one machine, 3 in a cluster
-	MaxAge   time.Duration // how long undeliverable mail is kept; default 7 days
+	Lifetime time.Duration // the queue lifetime; MAIL's MaxAge is MaxAgeFor it; default DefaultQueueLifetime
 	DLQAge   time.Duration // how long dead letters are kept; default 30 days
 }
 
@@ -90,8 +119,8 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
-	if c.MaxAge == 0 {
-		c.MaxAge = 7 * 24 * time.Hour
+	if c.Lifetime == 0 {
+		c.Lifetime = DefaultQueueLifetime
 	}
 	if c.DLQAge == 0 {
 		c.DLQAge = 30 * 24 * time.Hour
@@ -103,8 +132,8 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    c.Replicas,
-		MaxAge:      c.MaxAge,
-		Duplicates:  DedupeWindow,
+		MaxAge:      MaxAgeFor(c.Lifetime),
+		Duplicates:  min(DedupeWindow, MaxAgeFor(c.Lifetime)), // JetStream: never longer than MaxAge
 		Discard:     jetstream.DiscardNew,
 	})
 	if err != nil {
@@ -297,29 +326,62 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 	if err != nil {
 		return fmt.Errorf("dead-letter: message metadata: %w", err)
 	}
+	out := deadLetterCopy(msg.Subject(), msg.Data(), msg.Headers(), md.Sequence.Stream, md.NumDelivered, md.Timestamp, dl)
+	if _, err := publishMsg(ctx, js, out); err != nil {
+		return fmt.Errorf("dead-letter copy not stored, original kept: %w", err)
+	}
+	if err := msg.TermWithReason(truncate(dl.Reason, 200)); err != nil {
+		return fmt.Errorf("dead-letter copy stored, terminating original: %w", err)
+	}
+	return nil
+}
+
+// ExpireToDLQ is MoveToDLQ for a message read from the stream rather than
+// delivered to a consumer (a paused account's expired mail, which its
+// lane does not fetch): the copy, its PubAck, then the original deleted
+// by sequence. A crash between the two leaves the original, whose next
+// expiry is deduplicated by the copy's Nats-Msg-Id.
+func ExpireToDLQ(ctx context.Context, js jetstream.JetStream, m *jetstream.RawStreamMsg, dl DeadLetter) error {
+	out := deadLetterCopy(m.Subject, m.Data, m.Header, m.Sequence, 0, m.Time, dl)
+	if _, err := publishMsg(ctx, js, out); err != nil {
+		return fmt.Errorf("dead-letter copy not stored, original kept: %w", err)
+	}
+	s, err := js.Stream(ctx, StreamMail)
+	if err == nil {
+		err = s.DeleteMsg(ctx, m.Sequence)
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("dead-letter copy stored, deleting original %d: %w", m.Sequence, err)
+	}
+	return nil
+}
+
+// deadLetterCopy is the MAIL_DLQ copy of stream message seq (stored at
+// stored, delivered delivered times).
+func deadLetterCopy(subject string, data []byte, hdr nats.Header, seq, delivered uint64, stored time.Time, dl DeadLetter) *nats.Msg {
 	account := dl.Account
 	if account == "" {
 		account = "unknown"
 	}
-	out := &nats.Msg{Subject: DLQPrefix + account, Data: msg.Data(), Header: nats.Header{}}
-	for k, v := range msg.Headers() {
+	out := &nats.Msg{Subject: DLQPrefix + account, Data: data, Header: nats.Header{}}
+	for k, v := range hdr {
 		out.Header[k] = v
 	}
 	id := dl.ID
 	if id == "" {
-		id = "seq-" + strconv.FormatUint(md.Sequence.Stream, 10)
+		id = "seq-" + strconv.FormatUint(seq, 10)
 	}
 	// The copy's dedupe key follows the stream message it copies: "<id>:dlq"
 	// for an original, "<id>:replay:<n>:dlq" for a replayed copy, so a
 	// replay that fails again is dead-lettered again rather than deduped.
 	dedupe := id
-	if nid := msg.Headers().Get(jetstream.MsgIDHeader); nid != "" {
+	if nid := hdr.Get(jetstream.MsgIDHeader); nid != "" {
 		dedupe = nid
 	}
 	now := time.Now().UTC()
 	first := dl.First
 	if first.IsZero() {
-		first = md.Timestamp
+		first = stored
 	}
 	// The id, the reason (which quotes the input) and the server's reply
 	// come from outside: setHeader keeps them to one header line, and
@@ -329,21 +391,15 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 	setID(out.Header, HdrMessageID, id)
 	setHeader(out.Header, HdrReason, dl.Reason)
 	setHeader(out.Header, HdrClass, dl.Class)
-	out.Header.Set(HdrAttempts, strconv.FormatUint(md.NumDelivered, 10))
+	out.Header.Set(HdrAttempts, strconv.FormatUint(delivered, 10))
 	if dl.LastReply != "" {
 		setHeader(out.Header, HdrLastReply, dl.LastReply)
 	}
-	out.Header.Set(HdrOrigSubject, msg.Subject())
-	out.Header.Set(HdrOrigSeq, strconv.FormatUint(md.Sequence.Stream, 10))
+	out.Header.Set(HdrOrigSubject, subject)
+	out.Header.Set(HdrOrigSeq, strconv.FormatUint(seq, 10))
 	out.Header.Set(HdrFirstAttempt, first.UTC().Format(time.RFC3339Nano))
 	out.Header.Set(HdrLastAttempt, now.Format(time.RFC3339Nano))
-	if _, err := publishMsg(ctx, js, out); err != nil {
-		return fmt.Errorf("dead-letter copy not stored, original kept: %w", err)
-	}
-	if err := msg.TermWithReason(truncate(dl.Reason, 200)); err != nil {
-		return fmt.Errorf("dead-letter copy stored, terminating original: %w", err)
-	}
-	return nil
+	return out
 }
 
 func truncate(s string, n int) string {
@@ -366,6 +422,8 @@ func Requeue(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, id 
 		return PublishResult{}, fmt.Errorf("requeue: message metadata: %w", err)
 	}
 	out := copyForRepublish(msg.Subject(), msg.Data(), msg.Headers(), id, fmt.Sprintf("%s:requeue:%d", id, md.Sequence.Stream))
+	// The queue lifetime counts from the first queueing, not this copy.
+	out.Header.Set(HdrQueued, QueuedAt(msg.Headers(), md.Timestamp).UTC().Format(time.RFC3339Nano))
 	res, err := publishMsg(ctx, js, out)
 	if err != nil {
 		return res, fmt.Errorf("requeue: copy not stored, original kept: %w", err)
@@ -387,6 +445,7 @@ func copyForRepublish(subject string, data []byte, hdr nats.Header, id, msgID st
 	for _, h := range deadLetterHeaders {
 		out.Header.Del(h)
 	}
+	out.Header.Del(HdrQueued) // a replay starts a fresh lifetime; Requeue sets it again
 	setID(out.Header, jetstream.MsgIDHeader, msgID)
 	setID(out.Header, HdrMessageID, id)
 	return out

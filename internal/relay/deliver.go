@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -37,8 +38,8 @@ type attempt struct {
 // Validate refuses control characters in it (message.CheckID), so the
 // message is dead-lettered as invalid, and queue.MoveToDLQ stores the id
 // escaped; logs quote it (zerolog escapes control characters).
-func messageID(jsonID string, msg jetstream.Msg, seq uint64) string {
-	for _, id := range []string{jsonID, msg.Headers().Get(queue.HdrMessageID), msg.Headers().Get(jetstream.MsgIDHeader)} {
+func messageID(jsonID string, hdr nats.Header, seq uint64) string {
+	for _, id := range []string{jsonID, hdr.Get(queue.HdrMessageID), hdr.Get(jetstream.MsgIDHeader)} {
 		if id != "" {
 			return id
 		}
@@ -52,9 +53,13 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 		l.log.Error().Err(err).Msg("message without metadata; leaving it for redelivery")
 		return
 	}
-	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg, meta.Sequence.Stream), started: l.e.clock.Now()}
+	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg.Headers(), meta.Sequence.Stream), started: l.e.clock.Now()}
 	a.first = l.firstAttempt(meta.Sequence.Stream, meta.NumDelivered)
 	a.log = l.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).Str("msg_id", a.id).Logger()
+	if queued := queue.QueuedAt(msg.Headers(), meta.Timestamp); l.e.expired(queued) {
+		l.expire(a, queued)
+		return
+	}
 
 	stopBeat := heartbeat(l.e.sendCtx, msg, l.e.cfg.AckWait/3)
 	start := time.Now()
@@ -399,6 +404,14 @@ func (l *lane) finish(a *attempt, err error) {
 		reply = se.Reply()
 		ev = ev.Int("smtp_code", se.Code)
 	}
+	if action != ActionDeadLetter {
+		// Kept queued: if it expires, its dead letter says why it waited.
+		why := reply
+		if why == "" {
+			why = err.Error()
+		}
+		l.failed(a.meta.Sequence.Stream, why)
+	}
 	switch action {
 	case ActionPause:
 		var pe *PaceError
@@ -446,6 +459,29 @@ func (l *lane) finish(a *attempt, err error) {
 	l.forget(seq)
 	l.e.metrics.outcome(l.alias, outcomeDeadLettered)
 	ev.Msg("dead-lettered")
+}
+
+// expire gives up a message older than the queue lifetime: a copy in
+// MAIL_DLQ with reason "expired after <lifetime> undelivered" and the last
+// failure this process saw, then the original terminated. (JetStream's
+// MaxAge would drop it unseen a margin later.)
+func (l *lane) expire(a *attempt, queued time.Time) {
+	seq := a.meta.Sequence.Stream
+	reason, last := l.e.expiryReason(l.lastFailure(seq), l.pauseReply())
+	err := queue.MoveToDLQ(l.e.sendCtx, l.e.js, a.msg, queue.DeadLetter{
+		ID: a.id, Account: l.alias, Reason: reason, Class: classExpired, LastReply: last, First: a.first,
+	})
+	if a.probe {
+		l.probeDone()
+	}
+	if err != nil {
+		a.log.Error().Err(err).Msg("expired, but dead-lettering failed; the message stays queued")
+		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(1))
+		return
+	}
+	l.forget(seq)
+	l.e.metrics.outcome(l.alias, outcomeExpired)
+	a.log.Warn().Time("queued", queued).Str("reason", reason).Msg("expired: dead-lettered undelivered")
 }
 
 // keepQueued gives back a message its account cannot send now: retried

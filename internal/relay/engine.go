@@ -59,6 +59,8 @@ type Config struct {
 	UnknownGrace    time.Duration // age before a message of an unknown account is dead-lettered; default 3s
 	Lookahead       int           // messages a lane holds prepared beyond its sessions (lane.go); default 16, negative for none
 	LookaheadBytes  int           // a lane fetches ahead only while it holds fewer bytes of messages; default 1 MiB
+	QueueLifetime   time.Duration // mail older than this is dead-lettered as expired (expire.go); default queue.DefaultQueueLifetime, negative for never
+	ExpiryEvery     time.Duration // how often paused lanes' expired mail is looked for; default a tenth of QueueLifetime, 1s to 1m
 }
 
 // DefaultShutdownGrace is how long sends in flight may finish after the
@@ -88,6 +90,15 @@ func (c *Config) defaults() {
 	}
 	if c.LookaheadBytes <= 0 {
 		c.LookaheadBytes = DefaultLookaheadBytes
+	}
+	switch {
+	case c.QueueLifetime == 0:
+		c.QueueLifetime = queue.DefaultQueueLifetime
+	case c.QueueLifetime < 0:
+		c.QueueLifetime = 0
+	}
+	if c.ExpiryEvery <= 0 {
+		c.ExpiryEvery = min(max(c.QueueLifetime/10, time.Second), time.Minute)
 	}
 	if c.Retry.Base <= 0 {
 		c.Retry = DefaultRetry
@@ -187,6 +198,7 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	var bg sync.WaitGroup
 	bg.Go(func() { e.sweepLoop(ctx) })
+	bg.Go(func() { e.expireLoop(ctx) })
 	for ctx.Err() == nil {
 		select {
 		case c, ok := <-changes:

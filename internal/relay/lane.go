@@ -90,6 +90,7 @@ type lane struct {
 	bound     bool
 	p         pauseState
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
+	lastFail  map[uint64]string    // stream seq → the last failure seen here (a reply, or the error), for an expiry
 	unknown   map[string]bool      // JSON field names already logged as unknown
 }
 
@@ -767,7 +768,27 @@ func (l *lane) firstAttempt(seq uint64, delivered uint64) time.Time {
 func (l *lane) forget(seq uint64) {
 	l.mu.Lock()
 	delete(l.firstSeen, seq)
+	delete(l.lastFail, seq)
 	l.mu.Unlock()
+}
+
+// failed remembers the last failure of a message that stays queued, for
+// the dead letter it becomes if it expires.
+func (l *lane) failed(seq uint64, why string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lastFail == nil {
+		l.lastFail = map[uint64]string{}
+	}
+	if _, ok := l.lastFail[seq]; ok || len(l.lastFail) < maxFirstSeen {
+		l.lastFail[seq] = why
+	}
+}
+
+func (l *lane) lastFailure(seq uint64) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastFail[seq]
 }
 
 func (l *lane) status() LaneStatus {

@@ -31,6 +31,7 @@ const (
 	outcomePaused       = "paused"        // the account paused; the message waits
 	outcomeRequeued     = "requeued"      // paused at its last delivery: put back as a fresh message
 	outcomeDeadLettered = "dead_lettered" // copied to MAIL_DLQ with the reason
+	outcomeExpired      = "expired"       // older than the queue lifetime: copied to MAIL_DLQ, reason "expired after …"
 )
 
 // NewMetrics registers the engine's series on reg.
@@ -38,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_messages_total",
-			Help: "Delivery attempts by account and outcome (sent, duplicate, retried, paused, requeued, dead_lettered).",
+			Help: "Delivery attempts by account and outcome (sent, duplicate, retried, paused, requeued, dead_lettered, expired).",
 		}, []string{"account", "outcome"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_smtp_replies_total",

@@ -86,7 +86,7 @@ func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
 			if err != nil || time.Since(md.Timestamp) < e.cfg.UnknownGrace {
 				continue // young: left for its account, if one appears
 			}
-			id := messageID("", msg, md.Sequence.Stream)
+			id := messageID("", msg.Headers(), md.Sequence.Stream)
 			err = queue.MoveToDLQ(ctx, e.js, msg, queue.DeadLetter{ID: id, Account: dlqAccount, Reason: reason, Class: string(ClassInvalid)})
 			if err != nil {
 				e.log.Warn().Err(err).Str("msg_id", id).Uint64("stream_seq", md.Sequence.Stream).Msg("sweeper: dead-lettering failed; the message stays queued")

@@ -548,7 +548,7 @@ func TestSendmailNoPerm(t *testing.T) {
 // queued there: 65, not a retry.
 func TestSendmailMaxPayload(t *testing.T) {
 	ns := startPlainNATS(t, &server.Options{MaxPayload: 4096})
-	big := "Subject: logwatch\n\n" + strings.Repeat("x", 8000) + "\n"
+	big := "Subject: logwatch\n\n" + strings.Repeat(strings.Repeat("x", 79)+"\n", 100)
 	r := run(t, map[string]string{"RELAY_NATS_URL": ns.ClientURL(), "RELAY_ACCOUNT": "alerts"}, big, "sendmail", "ops@contoso.com")
 	if r.code != 65 || !strings.Contains(r.stderr, "maximum payload exceeded") {
 		t.Fatalf("exit %d, stderr %q; want 65", r.code, r.stderr)

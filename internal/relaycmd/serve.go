@@ -3,6 +3,7 @@ package relaycmd
 import (
 	"context"
 	"flag"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -54,6 +55,11 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of streams and buckets (3 or 5 in a cluster)")
 	fs.DurationVar(&c.AckWait, "ack-wait", queue.DefaultAckWait, "time a worker holds a message before JetStream redelivers it (heartbeats extend it)")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", queue.DefaultMaxDeliver, "deliveries before a message that keeps failing is dead-lettered")
+	c.QueueLifetime = queue.DefaultQueueLifetime
+	if v := env.Getenv("RELAY_QUEUE_LIFETIME"); v != "" {
+		c.QueueLifetime, _ = time.ParseDuration(v) // an unparsable value is 0, which Validate refuses by name
+	}
+	fs.DurationVar(&c.QueueLifetime, "queue-lifetime", c.QueueLifetime, "undelivered mail older than this is moved to MAIL_DLQ as expired, at least 10s (env RELAY_QUEUE_LIFETIME); relay setup must use the same value")
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", queue.DefaultMaxAckPending, "messages per account handed out and not yet acked (waiting retries count)")
 	c.Retry, c.Pause = relay.DefaultRetry, relay.DefaultPause
 	fs.DurationVar(&c.Retry.Base, "retry-base", relay.DefaultRetry.Base, "first wait before retrying a temporary failure (doubles each time, ±20% jitter)")

@@ -24,12 +24,14 @@ func runSetup(ctx context.Context, args []string, env Env) error {
 		o        queue.ConnectOptions
 		dataDir  string
 		replicas int
+		lifetime time.Duration
 		timeout  time.Duration
 	)
 	fs.StringVar(&url, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
 	o.Register(fs, env.Getenv)
 	dataDirFlag(fs, env, &dataDir)
 	fs.IntVar(&replicas, "replicas", 1, "replicas of streams and buckets (3 or 5 in a cluster)")
+	fs.DurationVar(&lifetime, "queue-lifetime", queue.DefaultQueueLifetime, "the queue lifetime relay serve runs with (MAIL keeps mail a margin longer); the same value on both")
 	fs.DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -49,7 +51,10 @@ func runSetup(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
-	if err := daemon.Setup(ctx, js, replicas); err != nil {
+	if lifetime < queue.MinQueueLifetime {
+		return cli.Usagef("--queue-lifetime %s: want at least %s", lifetime, queue.MinQueueLifetime)
+	}
+	if err := daemon.Setup(ctx, js, replicas, lifetime); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "streams MAIL and MAIL_DLQ and the relay's KV buckets are in place (%d replicas)\n", replicas)

@@ -126,6 +126,8 @@ func (r Role) Permissions() *server.Permissions {
 				"$JS.API.CONSUMER.INFO." + streamMail + ".>",
 				"$JS.API.CONSUMER.MSG.NEXT." + streamMail + ".>",
 				"$JS.API.CONSUMER.DELETE." + streamMail + ".>",
+				// a paused account's expired mail: read, then delete after its dead letter
+				"$JS.API.STREAM.MSG.GET." + streamMail, "$JS.API.STREAM.MSG.DELETE." + streamMail,
 				"$JS.ACK." + streamMail + ".>", // acks, naks, heartbeats, terms
 				"$JS.FC.>",                     // flow control of its watches
 				"mail.send.>",                  // a requeue, and the SMTP front door

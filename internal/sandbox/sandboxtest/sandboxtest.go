@@ -39,14 +39,24 @@ var FastRetry = relay.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Milli
 // test failed.
 func Start(t testing.TB, dataDir string) (*sandbox.Sandbox, *testutil.Buffer) {
 	t.Helper()
+	return StartWith(t, dataDir, nil)
+}
+
+// StartWith is Start with the configuration changed by mod first.
+func StartWith(t testing.TB, dataDir string, mod func(*sandbox.Config)) (*sandbox.Sandbox, *testutil.Buffer) {
+	t.Helper()
 	logs := &testutil.Buffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := sandbox.Start(ctx, sandbox.Config{
+	cfg := sandbox.Config{
 		DataDir: dataDir, NATSListen: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPListen: "127.0.0.1:0", SMTPSListen: "127.0.0.1:0",
 		Daemon: daemon.Config{Retry: FastRetry, Pause: FastRetry, AckWait: 5 * time.Second, ShutdownGrace: 5 * time.Second},
 		Fake:   fakeo365.Config{PerMinute: -1},
-	}, zerolog.New(logs))
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := sandbox.Start(ctx, cfg, zerolog.New(logs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,60 @@
+package relay_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"relay365/internal/relay"
+)
+
+// TestExpiredMailIsDeadLetteredNotDropped: with a queue lifetime, mail
+// that could not be sent in time goes to MAIL_DLQ with reason "expired
+// after … undelivered" and its last failure, counted as outcome expired;
+// nothing vanishes. Two ways to wait: a server that drops every
+// connection (the lane keeps retrying), and an account paused for consent
+// (the lane fetches nothing; the engine reads its expired mail from the
+// stream).
+func TestExpiredMailIsDeadLetteredNotDropped(t *testing.T) {
+	const lifetime = 2 * time.Second
+	t.Run("retrying", func(t *testing.T) {
+		h := newHarness(t, setup{engine: relay.Config{QueueLifetime: lifetime}})
+		h.enroll("down", "down@contoso.com", "contoso.onmicrosoft.com", nil)
+		h.fake.DropNextData(1 << 20) // every DATA: the connection drops
+		for i := range 5 {
+			h.publish("down", fmt.Sprintf("r-%d", i), fmt.Sprintf("retrying %d", i))
+		}
+		checkExpired(t, h, "down", 5, "smtp message")
+	})
+	t.Run("paused", func(t *testing.T) {
+		h := newHarness(t, setup{engine: relay.Config{QueueLifetime: lifetime, ExpiryEvery: 100 * time.Millisecond}})
+		a := h.enroll("revoked", "revoked@contoso.com", "contoso.onmicrosoft.com", nil)
+		h.fake.RevokeMailbox(a.Mailbox)
+		h.publish("revoked", "p-0", "paused 0")
+		h.waitFor("the account to pause", func() bool { return h.lane("revoked").Paused })
+		for i := 1; i < 5; i++ {
+			h.publish("revoked", fmt.Sprintf("p-%d", i), fmt.Sprintf("paused %d", i))
+		}
+		checkExpired(t, h, "revoked", 5, "")
+	})
+}
+
+func checkExpired(t *testing.T, h *harness, account string, n int, lastFailure string) {
+	t.Helper()
+	h.waitFor("every message dead-lettered as expired", func() bool { return len(h.deadLetters(account)) == n })
+	h.waitFor("MAIL empty", func() bool { return h.queued() == 0 })
+	for _, d := range h.deadLetters(account) {
+		if d.Class != "expired" || !strings.HasPrefix(d.Reason, "expired after 2s undelivered") || !strings.Contains(d.Reason, lastFailure) {
+			t.Errorf("dead letter %s: class %q reason %q", d.ID, d.Class, d.Reason)
+		}
+	}
+	if got := h.outcome(account, "expired"); got != float64(n) {
+		t.Fatalf("relay_messages_total{outcome=expired} = %v, want %d", got, n)
+	}
+	for subj := range h.delivered() {
+		if strings.HasPrefix(subj, "retrying") || strings.HasPrefix(subj, "paused") {
+			t.Fatalf("%q was delivered as well as expired", subj)
+		}
+	}
+}
