@@ -41,6 +41,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -325,6 +326,8 @@ type Daemon struct {
 	SMTPCAFile string
 
 	http       *http.Server
+	started    atomic.Bool  // Start finished: /readyz and /status may look at everything
+	phase      atomic.Value // string: what Start is doing, for /readyz meanwhile
 	stopWorker context.CancelFunc
 	workerDone chan error
 	closeOnce  sync.Once
@@ -351,6 +354,14 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		}
 	}()
 	d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// HTTP first: while NATS is not reachable yet, /healthz says the
+	// process lives and /readyz says what it waits for.
+	d.phase.Store("starting")
+	if cfg.HTTPAddr != "off" {
+		if err := d.serveHTTP(); err != nil {
+			return nil, err
+		}
+	}
 
 	d.NATSURL = cfg.NATSURL
 	var inProcess []nats.Option
@@ -400,10 +411,11 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 			cfg.NATS.InboxPrefix = roles.Tokens.InboxPrefix()
 		}
 	}
-	d.NC, err = queue.ConnectWith(d.NATSURL, "relay365-serve", cfg.NATS, inProcess...)
-	if err != nil {
+	d.phase.Store("connecting to NATS at " + d.NATSURL)
+	if d.NC, err = d.connect(ctx, cfg.NATS, append(inProcess, d.connectionLog()...)); err != nil {
 		return nil, err
 	}
+	d.phase.Store("opening streams and buckets")
 	js, err := jetstream.New(d.NC)
 	if err != nil {
 		return nil, err
@@ -475,13 +487,58 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		}
 	}
 
-	if cfg.HTTPAddr != "off" {
-		if err := d.serveHTTP(); err != nil {
-			return nil, err
-		}
-	}
+	d.started.Store(true)
 	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Str("roles", cfg.Roles).Msg("relay serving")
 	return d, nil
+}
+
+// The start-up retry schedule, written down: a NATS server that is not up
+// yet (a cluster starting beside the relay, a container started first) is
+// tried again after 1s, 2s, 4s … at most 30s, jittered ±20%, until it
+// answers or ctx ends; every failure is logged. A refused login is not
+// retried: it will not heal by waiting.
+const (
+	connectBase = time.Second
+	connectMax  = 30 * time.Second
+)
+
+// connect dials NATS, waiting for it with the schedule above.
+func (d *Daemon) connect(ctx context.Context, o queue.ConnectOptions, extra []nats.Option) (*nats.Conn, error) {
+	retry := relay.Backoff{Base: connectBase, Max: connectMax, Jitter: 0.2}
+	for attempt := 1; ; attempt++ {
+		nc, err := queue.ConnectWith(d.NATSURL, "relay365-serve", o, extra...)
+		if err == nil {
+			if attempt > 1 {
+				d.log.Info().Str("url", d.NATSURL).Int("attempt", attempt).Msg("NATS reachable: starting")
+			}
+			return nc, nil
+		}
+		if errors.Is(err, nats.ErrAuthorization) || d.ns != nil {
+			return nil, err
+		}
+		wait := retry.Delay(attempt)
+		d.log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", wait).Msg("NATS not reachable yet; /readyz stays false until it is")
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (gave up waiting for NATS: %v)", err, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+// connectionLog logs every loss and return of the NATS connection, so an
+// operator sees a flapping server in the relay's log.
+func (d *Daemon) connectionLog() []nats.Option {
+	return []nats.Option{
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				d.log.Warn().Err(err).Msg("NATS connection lost; reconnecting (sends wait, nothing is lost)")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			d.log.Info().Str("url", nc.ConnectedUrl()).Msg("NATS reconnected")
+		}),
+	}
 }
 
 // startIngress opens the SMTP front door: its certificate, the producer

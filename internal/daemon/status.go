@@ -137,7 +137,21 @@ const statusTimeout = 5 * time.Second
 // status serves the snapshot as JSON (the default, for scripts) or as an
 // HTML page when the client prefers text/html (a browser), or when asked
 // with ?format=html; ?format=json forces JSON.
+// starting answers 503 with what Start is doing until it is done; it
+// reports whether it did.
+func (d *Daemon) starting(w http.ResponseWriter) bool {
+	if d.started.Load() {
+		return false
+	}
+	phase, _ := d.phase.Load().(string)
+	http.Error(w, "not ready: "+phase, http.StatusServiceUnavailable)
+	return true
+}
+
 func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
+	if d.starting(w) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
 	st, err := d.Snapshot(ctx)
@@ -192,6 +206,9 @@ func wantsHTML(r *http.Request) bool {
 // readyz: NATS connected, delivery running, at least one account with a
 // usable token whose consumer is bound.
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
+	if d.starting(w) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
 	st, err := d.Snapshot(ctx)

@@ -107,7 +107,13 @@ func runServe(ctx context.Context, args []string, env Env) error {
 		return cli.UsageError{Err: err}
 	}
 	applyMemoryLimit(cfg.MemoryLimit, log)
-	return daemon.Run(ctx, cfg, log)
+	if err := daemon.Run(ctx, cfg, log); err != nil {
+		// The last line of the log says why the relay stopped, in the
+		// log's own format (JSON by default), not only on stderr.
+		log.Error().Err(err).Msg("relay serve stopped")
+		return err
+	}
+	return nil
 }
 
 func runSandbox(ctx context.Context, args []string, env Env) error {

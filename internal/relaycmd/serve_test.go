@@ -3,8 +3,15 @@ package relaycmd
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"relay365/internal/token"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 func TestServeRefusesBadRoles(t *testing.T) {
@@ -17,5 +24,32 @@ func TestServeRefusesBadRoles(t *testing.T) {
 		if code != ExitUsage || !strings.Contains(stderr.String(), "roles") {
 			t.Errorf("%v: exit %d, stderr %q", args, code, stderr.String())
 		}
+	}
+}
+
+// TestServeLogsItsFatalError: when relay serve stops for good (here NATS
+// refuses its login, which waiting does not heal), the last line of its
+// log says why, as JSON like every other line.
+func TestServeLogsItsFatalError(t *testing.T) {
+	ns := startPlainNATS(t, &server.Options{Username: "relay", Password: "right-password", JetStream: true, StoreDir: t.TempDir()})
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("wrong-password"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "token.key")
+	if _, err := token.GenerateKeyFile(key); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, nil, "", "serve", "--nats-url", ns.ClientURL(), "--nats-user", "relay", "--nats-password-file", pw,
+		"--key-file", key, "--http-addr", "off", "--log-format", "json", "--data-dir", t.TempDir())
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	var last map[string]any
+	for i := len(lines) - 1; i >= 0 && last == nil; i-- {
+		if strings.HasPrefix(lines[i], "{") {
+			_ = json.Unmarshal([]byte(lines[i]), &last)
+		}
+	}
+	if r.code != 1 || last["message"] != "relay serve stopped" || last["level"] != "error" || !strings.Contains(fmt.Sprint(last["error"]), "Authorization Violation") {
+		t.Fatalf("exit %d, last JSON log line %v; stderr:\n%s", r.code, last, r.stderr)
 	}
 }
