@@ -40,7 +40,10 @@ const storeTimeout = 15 * time.Second
 // Enroll sends a test mail to testTo (the mailbox itself when empty) with
 // tok and, when Office 365 accepts it, stores the sealed tokens (with
 // secret, for app-only accounts) and then the account. The account is
-// written last: its presence is what makes workers use it.
+// written last: its presence is what makes workers use it. The sealed
+// record binds the tokens to the account's SMTP endpoint, CA file and
+// client id (token.Binding): workers refuse an account record that later
+// disagrees.
 //
 // All or nothing: once the test mail is accepted the writes run to their
 // end even if ctx is cancelled (Ctrl-C), under their own deadline; if the
@@ -63,6 +66,7 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 	rec := token.Record{
 		Account: acct.Alias, RefreshToken: tok.RefreshToken, AccessToken: tok.AccessToken, Expiry: expiry,
 		Scopes: acct.Scopes, TokenURL: tokenURL, ClientSecret: secret, LastRefresh: e.now(), State: token.StateHealthy,
+		Binding: token.BindingOf(acct),
 	}
 	if _, err := e.Store.Put(sctx, rec); err != nil {
 		return fmt.Errorf("test mail accepted, but storing the tokens failed, nothing stored: %w", err)

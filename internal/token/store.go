@@ -80,6 +80,13 @@ type Record struct {
 	LeaseOwner string    `json:"lease_owner,omitempty"`
 	LeaseUntil time.Time `json:"lease_until,omitzero"`
 
+	// Binding is where the tokens may be used (SMTP endpoint, its CA
+	// file, the app's client id), copied from the account at consent;
+	// workers refuse an account record that disagrees (binding.go).
+	// Records of earlier versions have none until the token service
+	// binds them to the account record as it finds it (Source.load).
+	Binding Binding `json:"binding,omitzero"`
+
 	// KeyID is the id of the key the loaded value was sealed with (set by
 	// Get; not stored).
 	KeyID string `json:"-"`
@@ -87,9 +94,9 @@ type Record struct {
 
 // String describes the record without secrets.
 func (r Record) String() string {
-	return fmt.Sprintf("token.Record{account=%s state=%s expiry=%s last_refresh=%s fail_count=%d refresh_token=%s access_token=%s client_secret=%s key=%s}",
+	return fmt.Sprintf("token.Record{account=%s state=%s expiry=%s last_refresh=%s fail_count=%d refresh_token=%s access_token=%s client_secret=%s smtp_addr=%s client_id=%s key=%s}",
 		r.Account, r.State, r.Expiry.Format(time.RFC3339), r.LastRefresh.Format(time.RFC3339), r.FailCount,
-		redacted(r.RefreshToken), redacted(r.AccessToken), redacted(r.ClientSecret), r.KeyID)
+		redacted(r.RefreshToken), redacted(r.AccessToken), redacted(r.ClientSecret), r.Binding.SMTPAddr, r.Binding.ClientID, r.KeyID)
 }
 
 // Format makes every fmt verb (%v, %+v, %#v, %s, %d, ...) print String.
@@ -99,7 +106,8 @@ func (r Record) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(r.String()))
 // log.Interface("rec", rec) cannot write the tokens.
 func (r Record) MarshalZerologObject(e *zerolog.Event) {
 	e.Str("account", r.Account).Str("state", string(r.State)).Time("expiry", r.Expiry).
-		Time("last_refresh", r.LastRefresh).Int("fail_count", r.FailCount).Str("key_id", r.KeyID)
+		Time("last_refresh", r.LastRefresh).Int("fail_count", r.FailCount).Str("key_id", r.KeyID).
+		Str("smtp_addr", r.Binding.SMTPAddr).Str("client_id", r.Binding.ClientID)
 }
 
 func redacted(s string) string {
