@@ -232,7 +232,7 @@ func (c *Client) fetch(ctx context.Context, subject string, r Request) (token.Ac
 	if err := json.Unmarshal(msg.Data, &rep); err != nil || rep.AccessToken == "" {
 		return token.AccessToken{}, fmt.Errorf("token service: %s reply for account %s does not decode", subject, r.Account)
 	}
-	return token.AccessToken{Token: rep.AccessToken, Expiry: rep.Expiry, Mailbox: rep.Mailbox, Issued: rep.Issued}, nil
+	return rep.accessToken(), nil
 }
 
 // request sends one request and turns an error reply into its typed error.
