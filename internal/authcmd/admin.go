@@ -163,6 +163,10 @@ func runTest(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return fmt.Errorf("no access token for account %s: %w", alias, err)
 	}
+	// As a worker does: a token goes only where its binding says.
+	if err := at.Binding.Check(a); err != nil {
+		return err
+	}
 	if to == "" {
 		to = a.Mailbox
 	}

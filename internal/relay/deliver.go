@@ -15,6 +15,7 @@ import (
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/submit"
+	"relay365/internal/token"
 )
 
 // attempt is one delivery of one stream message.
@@ -326,7 +327,7 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session
 	if err != nil {
 		return nil, err
 	}
-	s, err := l.pool.Get(ctx, tok.Token)
+	s, err := l.sessionFor(ctx, log, tok)
 	var se *submit.SMTPError
 	if errors.As(err, &se) && se.Class == submit.ClassAuth {
 		l.e.metrics.reply(l.alias, se.Code, se.Class)
@@ -334,7 +335,7 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session
 		if tok, err = l.e.tokens.ForceRefresh(ctx, l.alias); err != nil {
 			return nil, err
 		}
-		s, err = l.pool.Get(ctx, tok.Token)
+		s, err = l.sessionFor(ctx, log, tok)
 	}
 	if errors.As(err, &se) { // connect, STARTTLS or AUTH failed
 		l.e.metrics.reply(l.alias, se.Code, se.Class)
@@ -343,6 +344,41 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session
 		return nil, errStopping
 	}
 	return s, err
+}
+
+// sessionFor takes a pooled session for tok, if the account record the
+// lane has agrees with the binding sealed with the token (its SMTP
+// endpoint, CA file and client id): a rewritten record gets no connection
+// and no token, only a *token.BindingError (class config: the account
+// pauses), an error log line and relay_account_binding_mismatch_total.
+// The session is asked for at the bound endpoint only, so an account
+// change between the check and the dial cannot redirect the token either.
+func (l *lane) sessionFor(ctx context.Context, log zerolog.Logger, tok token.AccessToken) (*submit.Session, error) {
+	if !tok.Binding.Bound() {
+		l.unbound.Do(func() {
+			l.log.Warn().Msg("the token service sent a token without a binding (an earlier version): the account record is not checked against it; upgrade the token services")
+		})
+		return l.pool.Get(ctx, tok.Token)
+	}
+	ep := submit.Endpoint{Addr: tok.Binding.SMTPAddr, CAFile: tok.Binding.CAFile}
+	for range 3 {
+		if err := tok.Binding.Check(l.account()); err != nil {
+			l.e.metrics.bindingMismatch(l.alias)
+			ev := log.Error().Err(err)
+			var be *token.BindingError
+			if errors.As(err, &be) {
+				ev = ev.Str("fields", be.FieldNames())
+			}
+			ev.Msg("account record disagrees with the binding sealed with its tokens: no SMTP session opened, no token sent")
+			return nil, err
+		}
+		s, err := l.pool.GetFor(ctx, tok.Token, ep)
+		if !errors.Is(err, submit.ErrEndpointChanged) {
+			return s, err
+		}
+		// The account changed between the check and the pool: check again.
+	}
+	return nil, errAccountChanged
 }
 
 // finish acts on the attempt's result: ack, retry, pause, dead-letter.

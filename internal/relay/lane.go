@@ -14,6 +14,7 @@ import (
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/submit"
+	"relay365/internal/token"
 )
 
 // maxHold is the longest a fetched message waits for the pacer before the
@@ -90,6 +91,8 @@ type lane struct {
 	bound     bool
 	p         pauseState
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
+
+	unbound sync.Once // warns once about tokens without a binding
 }
 
 // pauseState is why and until when an account does not send.
@@ -119,6 +122,7 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 		l.log.Debug().Bool("pipelining", s.Pipelining()).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
 	})
 	e.metrics.setPaused(a.Alias, "")
+	e.metrics.lane(a.Alias)
 	l.setAccount(a)
 	return l
 }
@@ -190,13 +194,19 @@ func (l *lane) wakeWaitersLocked() {
 	l.freed = make(chan struct{})
 }
 
-// setAccount applies a registry change: endpoint, mailbox, limits.
+// setAccount applies a registry change: endpoint, mailbox, limits. A
+// change of the endpoint or client id of an account paused for its
+// configuration (a binding mismatch, a certificate that does not verify)
+// is probed at once: it may be the fix.
 func (l *lane) setAccount(a account.Account) {
 	a.Normalize() // defaults for records written by older versions
 	l.mu.Lock()
 	if !samePreparation(l.acct, a) {
 		l.gen++
 		l.wakeWaitersLocked()
+	}
+	if l.p.on && !l.p.armed && l.p.class == submit.ClassConfig && token.BindingOf(l.acct) != token.BindingOf(a) {
+		l.p.until = l.e.clock.Now()
 	}
 	l.acct = a
 	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {
