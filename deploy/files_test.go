@@ -296,7 +296,7 @@ func TestAlertRules(t *testing.T) {
 	}
 	for _, want := range []string{
 		"RelayTokenExpiringWithoutRefresh", "RelayTokenRefreshFailing", "RelayAccountNeedsConsent",
-		"RelayDLQGrowing", "RelayQueueBacklogGrowing", "RelayNoSendsWhileQueued",
+		"RelayAccountBindingMismatch", "RelayDLQGrowing", "RelayQueueBacklogGrowing", "RelayNoSendsWhileQueued",
 	} {
 		if !names[want] {
 			t.Errorf("no alert %s", want)

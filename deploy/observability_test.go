@@ -42,9 +42,10 @@ import (
 // expression is evaluated the same way and must be a valid query; the
 // rules whose condition the exercise makes true (needs consent, paused,
 // refresh failing, DLQ growing, no sends while queued) must return data,
-// and the three whose condition is false here (relay down, token
-// expiring without a refresh, backlog growing: they need a dead scrape
-// target, hours of time or a hundred queued messages) must return none,
+// and the four whose condition is false here (relay down, token
+// expiring without a refresh, backlog growing, binding mismatch: they
+// need a dead scrape target, hours of time, a hundred queued messages or
+// a rewritten account record) must return none,
 // and each metric selector in them must exist in Prometheus (so they read
 // real series, not typos). Their logic is proven by promtool test rules
 // (prometheus/alerts_test.yml), which this test also runs, with promtool
@@ -99,6 +100,8 @@ func TestObservabilityEndToEnd(t *testing.T) {
 			"RelayAccountNeedsConsent": true, "RelayAccountPaused": true, "RelayTokenRefreshFailing": true,
 			"RelayDLQGrowing": true, "RelayNoSendsWhileQueued": true,
 			"RelayDown": false, "RelayTokenExpiringWithoutRefresh": false, "RelayQueueBacklogGrowing": false,
+			// No account record is rewritten here; its series exist at 0.
+			"RelayAccountBindingMismatch": false,
 		}
 		rules := readRules(t)
 		if len(rules) != len(wantData) {
