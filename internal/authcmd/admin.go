@@ -65,6 +65,12 @@ func runList(ctx context.Context, args []string, env Env) error {
 	for _, a := range accts {
 		items = append(items, describe(ctx, st, a))
 	}
+	for _, a := range accts {
+		if account.ProxyHasCredentials(a.ProxyURL) {
+			fmt.Fprintf(env.Stderr, "Account %s: its proxy_url in %s holds credentials in plain text (stored by an earlier version); connect it again (authtool login, app or import --account %s --proxy ...) to seal them with its tokens.\n",
+				a.Alias, account.Bucket, a.Alias)
+		}
+	}
 	if keys == nil {
 		fmt.Fprintln(env.Stderr, "No key file (RELAY_TOKEN_KEY_FILE or --key-file): token states are unknown.")
 	} else if orphans := orphanTokens(ctx, st, accts); len(orphans) > 0 {

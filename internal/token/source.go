@@ -63,7 +63,8 @@ type SourceConfig struct {
 	// Margin: tokens expiring within it are refreshed (default 5m).
 	Margin time.Duration
 	// HTTPClient for the token endpoint (default: 30s timeout, proxy from
-	// HTTPS_PROXY/NO_PROXY). An account's ProxyURL overrides the proxy.
+	// HTTPS_PROXY/NO_PROXY). The proxy URL sealed in an account's record
+	// overrides the proxy.
 	HTTPClient *http.Client
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -241,18 +242,21 @@ func (s *Source) Bind(ctx context.Context, alias string) (bool, error) {
 
 // bind is trust on first use for records stored before bindings existed:
 // it binds rec (at revision rev) to the account record as it is now (its
-// SMTP endpoint, CA file and client id), with a compare-and-set, and logs
-// that it did. From then on a
+// SMTP endpoint, CA file and client id) and seals the account's proxy URL
+// with it, with a compare-and-set, and logs that it did. From then on a
 // worker refuses an account record that differs. What was rewritten
 // before this first use is trusted; docs/design.md §9.6.
 func (s *Source) bind(ctx context.Context, acct account.Account, rec Record, rev uint64) (Record, error) {
 	for range maxRounds {
 		next := rec
 		next.Binding = BindingOf(acct)
+		if next.ProxyURL == "" {
+			next.ProxyURL = acct.ProxyURL
+		}
 		_, err := s.store.Update(ctx, next, rev)
 		if err == nil {
 			s.log.Warn().Str("account", acct.Alias).Str("smtp_addr", next.Binding.SMTPAddr).Str("ca_file", next.Binding.CAFile).
-				Str("client_id", next.Binding.ClientID).
+				Str("client_id", next.Binding.ClientID).Str("proxy", account.RedactProxy(next.ProxyURL)).
 				Msg("token record had no binding (stored by an earlier version): bound to the account record as it is now (trust on first use); run authtool login again if that record is not what you configured")
 			return next, nil
 		}
@@ -513,7 +517,7 @@ func (s *Source) storeResult(ctx context.Context, log zerolog.Logger, acct accou
 			// Only lease/state fields changed (e.g. our lease expired and
 			// another process recorded a failure, or bound the record):
 			// our result is newer, with the binding as stored.
-			next.Binding = cur.Binding
+			next.Binding, next.ProxyURL = cur.Binding, cur.ProxyURL
 			at.Binding = cur.Binding
 			rev = crev
 			continue
@@ -612,7 +616,7 @@ func Lifetime(tok *oauth2.Token) time.Duration {
 
 // exchange performs one token request through the account's HTTP client.
 func (s *Source) exchange(ctx context.Context, acct account.Account, rec Record) (*oauth2.Token, error) {
-	return Exchange(ctx, s.clientFor(acct), acct, rec)
+	return Exchange(ctx, s.clientFor(acct.Alias, rec.ProxyURL), acct, rec)
 }
 
 // Exchange performs one token request for acct with what rec holds: client
@@ -661,23 +665,26 @@ func Exchange(ctx context.Context, hc *http.Client, acct account.Account, rec Re
 	return cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: rec.RefreshToken, Expiry: time.Unix(1, 0)}).Token()
 }
 
-// clientFor returns the HTTP client for acct: the configured one, or a copy
-// whose transport uses the account's proxy.
-func (s *Source) clientFor(acct account.Account) *http.Client {
-	if acct.ProxyURL == "" {
+// clientFor returns the HTTP client for an account whose sealed record
+// names proxyURL: the configured one, or a copy whose transport uses that
+// proxy (credentials included). The account record's proxy_url is only
+// its credential-free form for display; a record of an earlier version
+// took the account's when it was bound (Source.load).
+func (s *Source) clientFor(alias, proxyURL string) *http.Client {
+	if proxyURL == "" {
 		return s.hc
 	}
 	s.proxyMu.Lock()
 	defer s.proxyMu.Unlock()
-	if c, ok := s.proxies[acct.ProxyURL]; ok {
+	if c, ok := s.proxies[proxyURL]; ok {
 		return c
 	}
-	c, err := WithProxy(s.hc, acct.ProxyURL)
+	c, err := WithProxy(s.hc, proxyURL)
 	if err != nil {
-		s.log.Warn().Str("account", acct.Alias).Err(err).Msg("cannot apply the account's proxy_url; using the default proxy settings")
+		s.log.Warn().Str("account", alias).Err(err).Msg("cannot apply the account's proxy URL; using the default proxy settings")
 		return s.hc
 	}
-	s.proxies[acct.ProxyURL] = c
+	s.proxies[proxyURL] = c
 	return c
 }
 

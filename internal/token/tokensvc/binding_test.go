@@ -97,7 +97,7 @@ func TestReplicaBindsRecordsOfAnEarlierVersionAtStart(t *testing.T) {
 	e := newEnv(t)
 	e.consent("legacy")
 	rec := e.record("legacy")
-	rec.Binding = token.Binding{}
+	rec.Binding, rec.ProxyURL = token.Binding{}, ""
 	if _, err := e.store.Put(e.ctx, rec); err != nil { // as an earlier version stored it
 		t.Fatal(err)
 	}
