@@ -58,9 +58,13 @@
 // relay_accounts against it (lane.sessionFor): a record rewritten after
 // consent gets no connection and no token, but a *token.BindingError
 // naming the fields — class config, so the account pauses and its mail
-// waits — an error log line and relay_account_binding_mismatch_total. The
-// session is asked for at the bound endpoint (Pool.GetFor), so an account
-// change between the check and the dial cannot redirect the token. A
+// waits — an error log line and relay_account_binding_mismatch_total. A
+// difference is confirmed only after asking the token service again
+// (Tokens.Reload: a new consent may have bound new values since the token
+// was cached) and waiting up to two seconds for the account record
+// (consent writes it right after the token record). The session is asked
+// for at the bound endpoint (Pool.GetFor), so an account change between
+// the check and the dial cannot redirect the token. A
 // change of the endpoint or client id of an account paused for its
 // configuration is probed at once: restoring the record resumes delivery.
 // A token without a binding (a token service of an earlier version) is

@@ -93,6 +93,10 @@ type lane struct {
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
 
 	unbound sync.Once // warns once about tokens without a binding
+	// rebound is closed, and replaced, when the account's smtp_addr,
+	// ca_file or client_id change (a session waiting to see whether a
+	// consent's account write follows its token write).
+	rebound chan struct{}
 }
 
 // pauseState is why and until when an account does not send.
@@ -115,7 +119,7 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 		e: e, alias: a.Alias, ctx: ctx, cancel: cancel,
 		log:  e.log.With().Str("account", a.Alias).Logger(),
 		done: make(chan struct{}), wake: make(chan struct{}, 1),
-		firstSeen: map[uint64]time.Time{}, freed: make(chan struct{}),
+		firstSeen: map[uint64]time.Time{}, freed: make(chan struct{}), rebound: make(chan struct{}),
 	}
 	l.pool = submit.NewPool(e.tr, e.cfg.IdleTimeout, func(s *submit.Session) {
 		e.metrics.connections.WithLabelValues(a.Alias).Inc()
@@ -137,6 +141,14 @@ func (l *lane) signal() {
 func (l *lane) account() account.Account {
 	a, _ := l.accountGen()
 	return a
+}
+
+// accountRebound is the account and a channel closed when its binding
+// fields (smtp_addr, ca_file, client_id) change.
+func (l *lane) accountRebound() (account.Account, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acct, l.rebound
 }
 
 // accountGen is the account and its generation, which a message prepared
@@ -205,8 +217,12 @@ func (l *lane) setAccount(a account.Account) {
 		l.gen++
 		l.wakeWaitersLocked()
 	}
-	if l.p.on && !l.p.armed && l.p.class == submit.ClassConfig && token.BindingOf(l.acct) != token.BindingOf(a) {
-		l.p.until = l.e.clock.Now()
+	if token.BindingOf(l.acct) != token.BindingOf(a) {
+		close(l.rebound)
+		l.rebound = make(chan struct{})
+		if l.p.on && !l.p.armed && l.p.class == submit.ClassConfig {
+			l.p.until = l.e.clock.Now()
+		}
 	}
 	l.acct = a
 	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {

@@ -123,3 +123,31 @@ func TestReplicaBindsRecordsOfAnEarlierVersionAtStart(t *testing.T) {
 		t.Fatalf("the account fails its own binding: %v", err)
 	}
 }
+
+// Reload bypasses the client's cache: a consent that bound new values
+// since the token was cached is seen at once.
+func TestClientReloadSeesANewBinding(t *testing.T) {
+	e := newEnv(t)
+	e.replica("r1")
+	e.consent("alerts")
+	c := e.client()
+	old, err := c.Token(e.ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := e.record("alerts")
+	rec.Binding.SMTPAddr = "smtp.contoso.com:587"
+	if _, err := e.store.Put(e.ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if cached, err := c.Token(e.ctx, "alerts"); err != nil || cached.Binding != old.Binding {
+		t.Fatalf("Token: binding %+v (%v), want the cached %+v", cached.Binding, err, old.Binding)
+	}
+	fresh, err := c.Reload(e.ctx, "alerts")
+	if err != nil || fresh.Binding != rec.Binding {
+		t.Fatalf("Reload: binding %+v (%v), want the stored %+v", fresh.Binding, err, rec.Binding)
+	}
+	if again, err := c.Token(e.ctx, "alerts"); err != nil || again.Binding != rec.Binding {
+		t.Fatalf("Token after Reload: binding %+v (%v), want the stored %+v", again.Binding, err, rec.Binding)
+	}
+}

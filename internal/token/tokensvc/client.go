@@ -91,6 +91,17 @@ func (c *Client) Token(ctx context.Context, alias string) (token.AccessToken, er
 	return c.do(ctx, callKey{alias: alias}, SubjectGet, Request{Account: alias})
 }
 
+// Reload drops the cached token and asks the service for the one stored
+// now (token.get: no refresh unless it is due). A worker whose account
+// record disagrees with the binding of its cached token uses it: a new
+// consent may have bound new values since the token was cached.
+func (c *Client) Reload(ctx context.Context, alias string) (token.AccessToken, error) {
+	c.mu.Lock()
+	delete(c.cache, alias)
+	c.mu.Unlock()
+	return c.do(ctx, callKey{alias: alias}, SubjectGet, Request{Account: alias})
+}
+
 // ForceRefresh drops the cached token and asks the service for a new one
 // (after SMTP 535 5.7.3). The service refreshes at most once for all
 // callers refused with the same token.
