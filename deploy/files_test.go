@@ -314,7 +314,7 @@ func TestAlertRules(t *testing.T) {
 	}
 	for _, want := range []string{
 		"RelayTokenExpiringWithoutRefresh", "RelayTokenRefreshFailing", "RelayAccountNeedsConsent",
-		"RelayDLQGrowing", "RelayQueueBacklogGrowing", "RelayNoSendsWhileQueued",
+		"RelayAccountBindingMismatch", "RelayDLQGrowing", "RelayQueueBacklogGrowing", "RelayNoSendsWhileQueued",
 		"RelayIngressAuthFailures", "RelayIngressRefusingMail",
 	} {
 		if !names[want] {

@@ -44,11 +44,11 @@ import (
 // expression is evaluated the same way and must be a valid query; the
 // rules whose condition the exercise makes true (needs consent, paused,
 // refresh failing, DLQ growing, no sends while queued, the front door
-// refusing a producer's mail) must return data, and the four whose
+// refusing a producer's mail) must return data, and the five whose
 // condition is false here (relay down, token expiring without a refresh,
-// backlog growing, AUTH failures: they need a dead scrape target, hours
-// of time, a hundred queued messages or a burst of wrong passwords) must
-// return none,
+// backlog growing, AUTH failures, binding mismatch: they need a dead
+// scrape target, hours of time, a hundred queued messages, a burst of
+// wrong passwords or a rewritten account record) must return none,
 // and each metric selector in them must exist in Prometheus (so they read
 // real series, not typos). Their logic is proven by promtool test rules
 // (prometheus/alerts_test.yml), which this test also runs, with promtool
@@ -113,6 +113,8 @@ func TestObservabilityEndToEnd(t *testing.T) {
 			"RelayDLQGrowing": true, "RelayNoSendsWhileQueued": true, "RelayIngressRefusingMail": true,
 			"RelayDown": false, "RelayTokenExpiringWithoutRefresh": false, "RelayQueueBacklogGrowing": false,
 			"RelayIngressAuthFailures": false,
+			// No account record is rewritten here; its series exist at 0.
+			"RelayAccountBindingMismatch": false,
 		}
 		rules := readRules(t)
 		if len(rules) != len(wantData) {

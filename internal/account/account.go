@@ -70,7 +70,10 @@ type Account struct {
 	// MaxConns is the concurrent SMTP sessions for this mailbox (Office 365: 3).
 	MaxConns int `json:"max_conns,omitempty"`
 	// ProxyURL is an HTTP(S) or SOCKS5 proxy for identity platform calls of
-	// this account; it overrides HTTPS_PROXY.
+	// this account; it overrides HTTPS_PROXY. Consent seals the URL as
+	// given (credentials included) with the tokens, which is what the
+	// token service uses, and stores only its credential-free form
+	// (RedactProxy) here, for display: Registry.Put refuses credentials.
 	ProxyURL string `json:"proxy_url,omitempty"`
 	// CreatedAt is set by Normalize when zero.
 	CreatedAt time.Time `json:"created_at"`
@@ -313,6 +316,28 @@ func validateProxy(s string) error {
 		return nil
 	}
 	return fmt.Errorf("scheme %q is not supported: use http, https or socks5", u.Scheme)
+}
+
+// RedactProxy is the credential-free form of a proxy URL,
+// scheme://host[:port]: no user name, password, path or query. It is what
+// relay_accounts, logs and status may show. An empty URL gives "", one
+// that does not parse "(invalid proxy URL)".
+func RedactProxy(s string) string {
+	if s == "" {
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return "(invalid proxy URL)"
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
+}
+
+// ProxyHasCredentials reports whether a proxy URL carries a user name or
+// password (http://user:password@proxy:3128).
+func ProxyHasCredentials(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.User != nil
 }
 
 func validateHostPort(s string) error {

@@ -301,3 +301,46 @@ func TestWatch(t *testing.T) {
 	for range changes {
 	}
 }
+
+// A proxy URL's credential-free form keeps scheme, host and port only;
+// credentials are detected whether a password is given or not.
+func TestRedactProxy(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		creds    bool
+	}{
+		{"", "", false},
+		{"http://proxy.contoso.com:3128", "http://proxy.contoso.com:3128", false},
+		{"http://relay:s3cret@proxy.contoso.com:3128", "http://proxy.contoso.com:3128", true},
+		{"https://relay:s3cret@proxy.contoso.com/path?x=y#f", "https://proxy.contoso.com", true},
+		{"socks5://relay@[::1]:1080", "socks5://[::1]:1080", true},
+		{"http://%zz@proxy", "(invalid proxy URL)", false},
+	} {
+		if got := RedactProxy(tc.in); got != tc.want || strings.Contains(got, "s3cret") {
+			t.Errorf("RedactProxy(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+		if got := ProxyHasCredentials(tc.in); got != tc.creds {
+			t.Errorf("ProxyHasCredentials(%q) = %t, want %t", tc.in, got, tc.creds)
+		}
+	}
+}
+
+// Credentials never reach relay_accounts through the registry: Put refuses
+// a proxy URL holding them, without quoting them, and stores the
+// credential-free form.
+func TestRegistryRefusesProxyCredentials(t *testing.T) {
+	ctx, _, reg := openRegistry(t)
+	a := validAccount()
+	a.ProxyURL = "http://relay:s3cret@proxy.contoso.com:3128"
+	err := reg.Put(ctx, a)
+	if err == nil || !strings.Contains(err.Error(), "proxy_url holds credentials") || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("Put with proxy credentials: %v", err)
+	}
+	if _, err := reg.Get(ctx, a.Alias); !errors.Is(err, ErrNotFound) {
+		t.Fatal("the account was stored")
+	}
+	a.ProxyURL = RedactProxy(a.ProxyURL)
+	if err := reg.Put(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+}

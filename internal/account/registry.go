@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -25,6 +26,7 @@ var ErrNotFound = errors.New("account not found")
 // safe for concurrent use; it holds no state besides the bucket handle.
 type Registry struct {
 	kv jetstream.KeyValue
+	js jetstream.JetStream
 }
 
 // OpenRegistry creates the bucket if needed (file storage, history 5) and
@@ -39,15 +41,20 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream) (*Registry, error
 	if err != nil {
 		return nil, fmt.Errorf("open account registry (KV bucket %s): %w", Bucket, err)
 	}
-	return &Registry{kv: kv}, nil
+	return &Registry{kv: kv, js: js}, nil
 }
 
 // Put normalises and validates a, then stores it under its alias,
-// replacing any previous version.
+// replacing any previous version. A proxy_url with credentials is refused:
+// they belong sealed with the tokens (consent stores RedactProxy's form
+// here).
 func (r *Registry) Put(ctx context.Context, a Account) error {
 	a.Normalize()
 	if err := a.Validate(); err != nil {
 		return err
+	}
+	if ProxyHasCredentials(a.ProxyURL) {
+		return fmt.Errorf("account %s: proxy_url holds credentials: they are sealed with the tokens, never stored in %s; store %s instead", a.Alias, Bucket, RedactProxy(a.ProxyURL))
 	}
 	b, err := json.Marshal(a)
 	if err != nil {
@@ -127,6 +134,42 @@ func (r *Registry) Delete(ctx context.Context, alias string) error {
 		return fmt.Errorf("delete account %s: %w", alias, err)
 	}
 	return nil
+}
+
+// ScrubProxyCredentials takes the proxy credentials that earlier versions
+// stored in plain text out of the bucket's history of alias: when an
+// earlier revision of the record holds them, every revision but the
+// current one is purged (KV streams refuse the deletion of single
+// messages), so a KV history or a stream read cannot bring them back. The
+// current revision is left alone (Put refuses credentials, and consent
+// replaces a record of an earlier version before it calls this). It needs
+// the admin's right to purge, and reports how many revisions it removed.
+func (r *Registry) ScrubProxyCredentials(ctx context.Context, alias string) (int, error) {
+	if err := ValidateAlias(alias); err != nil {
+		return 0, err
+	}
+	hist, err := r.kv.History(ctx, alias)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("history of account %s: %w", alias, err)
+	}
+	earlier := hist[:max(len(hist)-1, 0)]
+	if !slices.ContainsFunc(earlier, func(e jetstream.KeyValueEntry) bool {
+		var a Account
+		return e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &a) == nil && ProxyHasCredentials(a.ProxyURL)
+	}) {
+		return 0, nil
+	}
+	stream, err := r.js.Stream(ctx, "KV_"+Bucket)
+	if err == nil {
+		err = stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+Bucket+"."+alias), jetstream.WithPurgeKeep(1))
+	}
+	if err != nil {
+		return 0, fmt.Errorf("purging the history of account %s: %w", alias, err)
+	}
+	return len(earlier), nil
 }
 
 func decode(alias string, b []byte) (Account, error) {

@@ -65,6 +65,12 @@ func runList(ctx context.Context, args []string, env Env) error {
 	for _, a := range accts {
 		items = append(items, describe(ctx, st, a))
 	}
+	for _, a := range accts {
+		if account.ProxyHasCredentials(a.ProxyURL) {
+			fmt.Fprintf(env.Stderr, "Account %s: its proxy_url in %s holds credentials in plain text (stored by an earlier version); connect it again (authtool login, app or import --account %s --proxy ...) to seal them with its tokens.\n",
+				a.Alias, account.Bucket, a.Alias)
+		}
+	}
 	if keys == nil {
 		fmt.Fprintln(env.Stderr, "No key file (RELAY_TOKEN_KEY_FILE or --key-file): token states are unknown.")
 	} else if orphans := orphanTokens(ctx, st, accts); len(orphans) > 0 {
@@ -162,6 +168,10 @@ func runTest(ctx context.Context, args []string, env Env) error {
 	at, err := src.Token(ctx, alias)
 	if err != nil {
 		return fmt.Errorf("no access token for account %s: %w", alias, err)
+	}
+	// As a worker does: a token goes only where its binding says.
+	if err := at.Binding.Check(a); err != nil {
+		return err
 	}
 	if to == "" {
 		to = a.Mailbox

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"relay365/internal/account"
 	"relay365/internal/authcmd"
 	"relay365/internal/cli"
@@ -36,6 +38,7 @@ type world struct {
 	keyFile  string
 	accounts *account.Registry
 	tokens   *token.Store
+	js       jetstream.JetStream // to read the buckets' raw bytes
 }
 
 // clock is a settable offset from the real time, for the fake's Now.
@@ -47,7 +50,7 @@ func (c *clock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 func newWorld(t *testing.T, cfg fakeo365.Config) *world {
 	t.Helper()
 	q := queuetest.Start(t)
-	w := &world{t: t, clock: &clock{}, natsURL: q.URL}
+	w := &world{t: t, clock: &clock{}, natsURL: q.URL, js: q.JS}
 	w.keyFile = filepath.Join(t.TempDir(), "token.key")
 	if _, err := token.GenerateKeyFile(w.keyFile); err != nil {
 		t.Fatal(err)

@@ -42,6 +42,12 @@ const storeTimeout = 15 * time.Second
 // secret, for app-only accounts) and then the account. The account is
 // written last: its presence is what makes workers use it.
 //
+// The sealed record binds the tokens to the account's SMTP endpoint, CA
+// file and client id (token.Binding: workers refuse an account record
+// that later disagrees) and holds the account's proxy URL as given,
+// credentials included; the account record keeps only the proxy's
+// credential-free form (account.RedactProxy).
+//
 // All or nothing: once the test mail is accepted the writes run to their
 // end even if ctx is cancelled (Ctrl-C), under their own deadline; if the
 // account cannot be written, the tokens are deleted again. A failure before
@@ -70,15 +76,23 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 	rec := token.Record{
 		Account: acct.Alias, RefreshToken: tok.RefreshToken, AccessToken: tok.AccessToken, Expiry: expiry,
 		Scopes: acct.Scopes, TokenURL: tokenURL, ClientSecret: secret, LastRefresh: e.now(), State: token.StateHealthy,
+		Binding: token.BindingOf(acct), ProxyURL: acct.ProxyURL,
 	}
 	if _, err := e.Store.Put(sctx, rec); err != nil {
 		return fmt.Errorf("test mail accepted, but storing the tokens failed, nothing stored: %w", err)
 	}
+	acct.ProxyURL = account.RedactProxy(acct.ProxyURL) // the credentials are sealed above
 	if err := e.Accounts.Put(sctx, acct); err != nil {
 		if derr := e.Store.Delete(sctx, acct.Alias); derr != nil {
 			return fmt.Errorf("test mail accepted, but storing account %s failed (%w) and its tokens could not be removed again (%v): run authtool remove --account %s", acct.Alias, err, derr, acct.Alias)
 		}
 		return fmt.Errorf("test mail accepted, but storing account %s failed, its tokens were removed again: %w", acct.Alias, err)
+	}
+	// A record this one replaces may hold proxy credentials in plain text
+	// (an earlier version's): take them out of the bucket's history too.
+	if _, err := e.Accounts.ScrubProxyCredentials(sctx, acct.Alias); err != nil {
+		return fmt.Errorf("account %s is connected and stored, but earlier revisions of its record in %s that hold proxy credentials in plain text could not be removed: %w "+
+			"(as the NATS admin: nats stream purge KV_%s --subject '$KV.%s.%s' --keep 1)", acct.Alias, account.Bucket, err, account.Bucket, account.Bucket, acct.Alias)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/submit"
+	"relay365/internal/token"
 )
 
 // attempt is one delivery of one stream message.
@@ -338,7 +339,7 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session
 	if err != nil {
 		return nil, err
 	}
-	s, err := l.pool.Get(ctx, tok.Token)
+	s, err := l.sessionFor(ctx, log, tok)
 	var se *submit.SMTPError
 	if errors.As(err, &se) && se.Class == submit.ClassAuth {
 		l.e.metrics.reply(l.alias, se.Code, se.Class)
@@ -346,7 +347,7 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session
 		if tok, err = l.e.tokens.ForceRefresh(ctx, l.alias); err != nil {
 			return nil, err
 		}
-		s, err = l.pool.Get(ctx, tok.Token)
+		s, err = l.sessionFor(ctx, log, tok)
 	}
 	if errors.As(err, &se) { // connect, STARTTLS or AUTH failed
 		l.e.metrics.reply(l.alias, se.Code, se.Class)
@@ -356,6 +357,73 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session
 	}
 	return s, err
 }
+
+// sessionFor takes a pooled session for tok, if the account record the
+// lane has agrees with the binding sealed with the token (its SMTP
+// endpoint, CA file and client id): a rewritten record gets no connection
+// and no token, only a *token.BindingError (class config: the account
+// pauses), an error log line and relay_account_binding_mismatch_total.
+// The session is asked for at the bound endpoint only, so an account
+// change between the check and the dial cannot redirect the token either.
+//
+// A consent that binds new values writes the token record, then the
+// account record, and a worker may hold a token cached before it: so a
+// difference is confirmed only after asking the token service again
+// (Reload) and, if it persists, after waiting up to bindingSettle for the
+// account record to change.
+func (l *lane) sessionFor(ctx context.Context, log zerolog.Logger, tok token.AccessToken) (*submit.Session, error) {
+	reload, waited := true, false
+	for range 8 {
+		if !tok.Binding.Bound() {
+			l.unbound.Do(func() {
+				l.log.Warn().Msg("the token service sent a token without a binding (an earlier version): the account record is not checked against it; upgrade the token services")
+			})
+			return l.pool.Get(ctx, tok.Token)
+		}
+		acct, rebound := l.accountRebound()
+		err := tok.Binding.Check(acct)
+		switch {
+		case err == nil:
+			s, err := l.pool.GetFor(ctx, tok.Token, submit.Endpoint{Addr: tok.Binding.SMTPAddr, CAFile: tok.Binding.CAFile})
+			if !errors.Is(err, submit.ErrEndpointChanged) {
+				return s, err
+			}
+			continue // the account changed between the check and the pool: check again
+		case reload:
+			reload = false
+			if tok, err = l.e.tokens.Reload(ctx, l.alias); err != nil {
+				return nil, err
+			}
+			continue
+		case !waited:
+			waited = true
+			log.Debug().Err(err).Msg("account record disagrees with its token binding; waiting briefly for an account write to follow")
+			if !sleepOn(ctx, wall, bindingSettle, rebound) {
+				return nil, ctx.Err()
+			}
+			select {
+			case <-rebound:
+				reload = true
+				continue
+			default:
+			}
+		}
+		l.e.metrics.bindingMismatch(l.alias)
+		ev := log.Error().Err(err)
+		var be *token.BindingError
+		if errors.As(err, &be) {
+			ev = ev.Str("fields", be.FieldNames())
+		}
+		ev.Msg("account record disagrees with the binding sealed with its tokens: no SMTP session opened, no token sent")
+		return nil, err
+	}
+	return nil, errAccountChanged
+}
+
+// bindingSettle is how long a session waits, after a binding mismatch
+// that asking the token service again did not clear, for the account
+// record to change: consent writes it right after the token record.
+const bindingSettle = 2 * time.Second
 
 // finish acts on the attempt's result: ack, retry, pause, dead-letter.
 func (l *lane) finish(a *attempt, err error) {

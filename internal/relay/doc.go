@@ -52,6 +52,24 @@
 // (Session.NotStarted), and lane.send runs that transaction once more on
 // another session — no retry delay, no copy.
 //
+// Every access token comes with the binding sealed with it at consent
+// (token.Binding: SMTP endpoint, CA file, client id). Before a session is
+// taken, pooled or new, the lane checks the account record it has from
+// relay_accounts against it (lane.sessionFor): a record rewritten after
+// consent gets no connection and no token, but a *token.BindingError
+// naming the fields — class config, so the account pauses and its mail
+// waits — an error log line and relay_account_binding_mismatch_total. A
+// difference is confirmed only after asking the token service again
+// (Tokens.Reload: a new consent may have bound new values since the token
+// was cached) and waiting up to two seconds for the account record
+// (consent writes it right after the token record). The session is asked
+// for at the bound endpoint (Pool.GetFor), so an account change between
+// the check and the dial cannot redirect the token. A
+// change of the endpoint or client id of an account paused for its
+// configuration is probed at once: restoring the record resumes delivery.
+// A token without a binding (a token service of an earlier version) is
+// used as before, with a warning.
+//
 // # Pacing
 //
 // Office 365 allows a mailbox 30 messages a minute and 10,000 recipients a
@@ -143,7 +161,9 @@
 // relay_pacing_wait_seconds{account} (time each transaction waited for the
 // pacer, on the engine's clock), relay_smtp_connections_total{account},
 // relay_account_paused{account,reason} (one series per account: 1 with the
-// pause class, or 0 with reason "none"), relay_account_pauses_total and
+// pause class, or 0 with reason "none"), relay_account_pauses_total,
+// relay_account_binding_mismatch_total{account} (at 0 from the lane's
+// start, so an alert's increase() sees the first mismatch) and
 // relay_smtp_sessions{account}, which is read from the pools on each
 // scrape so it cannot drift from them.
 package relay

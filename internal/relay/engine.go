@@ -24,6 +24,10 @@ import (
 type Tokens interface {
 	Token(ctx context.Context, account string) (token.AccessToken, error)
 	ForceRefresh(ctx context.Context, account string) (token.AccessToken, error)
+	// Reload bypasses any cache: the token as stored now, with its
+	// binding (asked when the account record disagrees with a cached
+	// token's binding, which a new consent may have changed).
+	Reload(ctx context.Context, account string) (token.AccessToken, error)
 }
 
 // Accounts is the account registry as the engine uses it.

@@ -106,9 +106,15 @@ func classify(err error) (Class, *submit.SMTPError) {
 	var se *submit.SMTPError
 	var ie *token.IdentityError
 	var pe *PaceError
+	var be *token.BindingError
 	switch {
 	case errors.As(err, &se):
 		return se.Class, se
+	case errors.As(err, &be):
+		// The account record disagrees with its token binding: nothing
+		// was dialled; the account pauses until the record is restored
+		// or the account is connected again.
+		return submit.ClassConfig, nil
 	case message.IsInvalid(err):
 		return ClassInvalid, nil
 	case errors.As(err, &ie), errors.Is(err, token.ErrNotFound):

@@ -2,12 +2,14 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"relay365/internal/submit"
+	"relay365/internal/token"
 )
 
 // TestClassifyOffice365Replies is docs/office365.md §4, row by row: the
@@ -69,5 +71,16 @@ func TestBackoffSchedule(t *testing.T) {
 		if d < base*8/10 || d > base*12/10 {
 			t.Fatalf("attempt %d: %s outside ±20%% of %s", attempt, d, base)
 		}
+	}
+}
+
+// An account record that disagrees with its token binding is a
+// configuration problem: the account pauses (class config, probed by
+// opening a session), and the message waits; nothing is dead-lettered.
+func TestBindingMismatchPausesWithClassConfig(t *testing.T) {
+	err := fmt.Errorf("delivery: %w", &token.BindingError{Account: "alerts", Fields: []token.FieldMismatch{{Field: "smtp_addr", Record: "evil:587", Bound: "smtp.office365.com:587"}}})
+	class, se := classify(err)
+	if class != submit.ClassConfig || se != nil || ActionFor(class) != ActionPause || probeFor(class) != probeAuth {
+		t.Fatalf("binding mismatch: class %s (reply %v), action %s; want config, pause, probed by a session", class, se, ActionFor(class))
 	}
 }

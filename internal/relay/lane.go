@@ -14,6 +14,7 @@ import (
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/submit"
+	"relay365/internal/token"
 )
 
 // maxHold is the longest a fetched message waits for the pacer before the
@@ -92,6 +93,12 @@ type lane struct {
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
 	lastFail  map[uint64]string    // stream seq → the last failure seen here (a reply, or the error), for an expiry
 	unknown   map[string]bool      // JSON field names already logged as unknown
+
+	unbound sync.Once // warns once about tokens without a binding
+	// rebound is closed, and replaced, when the account's smtp_addr,
+	// ca_file or client_id change (a session waiting to see whether a
+	// consent's account write follows its token write).
+	rebound chan struct{}
 }
 
 // pauseState is why and until when an account does not send.
@@ -114,13 +121,14 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 		e: e, alias: a.Alias, ctx: ctx, cancel: cancel,
 		log:  e.log.With().Str("account", a.Alias).Logger(),
 		done: make(chan struct{}), wake: make(chan struct{}, 1),
-		firstSeen: map[uint64]time.Time{}, freed: make(chan struct{}),
+		firstSeen: map[uint64]time.Time{}, freed: make(chan struct{}), rebound: make(chan struct{}),
 	}
 	l.pool = submit.NewPool(e.tr, e.cfg.IdleTimeout, func(s *submit.Session) {
 		e.metrics.connections.WithLabelValues(a.Alias).Inc()
 		l.log.Debug().Bool("pipelining", s.Pipelining()).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
 	})
 	e.metrics.setPaused(a.Alias, "")
+	e.metrics.lane(a.Alias)
 	l.setAccount(a)
 	return l
 }
@@ -135,6 +143,14 @@ func (l *lane) signal() {
 func (l *lane) account() account.Account {
 	a, _ := l.accountGen()
 	return a
+}
+
+// accountRebound is the account and a channel closed when its binding
+// fields (smtp_addr, ca_file, client_id) change.
+func (l *lane) accountRebound() (account.Account, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acct, l.rebound
 }
 
 // accountGen is the account and its generation, which a message prepared
@@ -192,13 +208,23 @@ func (l *lane) wakeWaitersLocked() {
 	l.freed = make(chan struct{})
 }
 
-// setAccount applies a registry change: endpoint, mailbox, limits.
+// setAccount applies a registry change: endpoint, mailbox, limits. A
+// change of the endpoint or client id of an account paused for its
+// configuration (a binding mismatch, a certificate that does not verify)
+// is probed at once: it may be the fix.
 func (l *lane) setAccount(a account.Account) {
 	a.Normalize() // defaults for records written by older versions
 	l.mu.Lock()
 	if !samePreparation(l.acct, a) {
 		l.gen++
 		l.wakeWaitersLocked()
+	}
+	if token.BindingOf(l.acct) != token.BindingOf(a) {
+		close(l.rebound)
+		l.rebound = make(chan struct{})
+		if l.p.on && !l.p.armed && l.p.class == submit.ClassConfig {
+			l.p.until = l.e.clock.Now()
+		}
 	}
 	l.acct = a
 	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {

@@ -18,6 +18,7 @@ type Metrics struct {
 	paused      *prometheus.GaugeVec
 	pauses      *prometheus.CounterVec
 	unknown     *prometheus.CounterVec
+	mismatches  *prometheus.CounterVec
 }
 
 // notPaused is relay_account_paused's reason while an account sends.
@@ -71,9 +72,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "relay_account_pauses_total",
 			Help: "Times an account's delivery was paused, by class of the condition.",
 		}, []string{"account", "class"}),
+		mismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_account_binding_mismatch_total",
+			Help: "SMTP sessions not opened because the account record in relay_accounts disagrees with the binding sealed with its tokens (smtp_addr, ca_file, client_id): the record was rewritten after consent. Every account has a series from the start, so the first refusal is an increase.",
+		}, []string{"account"}),
 	}
-	reg.MustRegister(m.messages, m.replies, m.duration, m.pacingWait, m.connections, m.paused, m.pauses, m.unknown)
+	reg.MustRegister(m.messages, m.replies, m.duration, m.pacingWait, m.connections, m.paused, m.pauses, m.unknown, m.mismatches)
 	return m
+}
+
+// lane makes the per-account counters that alerts take increase() of
+// exist at 0, so their first event counts.
+func (m *Metrics) lane(account string) {
+	m.mismatches.WithLabelValues(account)
+}
+
+func (m *Metrics) bindingMismatch(account string) {
+	m.mismatches.WithLabelValues(account).Inc()
 }
 
 // setPaused makes the account's one relay_account_paused series say

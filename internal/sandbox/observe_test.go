@@ -19,7 +19,7 @@ import (
 var contractMetrics = []string{
 	"relay_messages_total", "relay_send_duration_seconds", "relay_smtp_replies_total",
 	"relay_queue_pending", "relay_queue_ack_pending", "relay_dlq_messages",
-	"relay_smtp_sessions", "relay_pacing_wait_seconds", "relay_account_paused",
+	"relay_smtp_sessions", "relay_pacing_wait_seconds", "relay_account_paused", "relay_account_binding_mismatch_total",
 	"relay_token_state", "relay_token_expiry_timestamp_seconds", "relay_token_refresh_total", "relay_token_last_refresh_timestamp_seconds",
 	"relay_build_info", "go_goroutines", "process_resident_memory_bytes",
 	"relay_ingress_messages_total", "relay_ingress_auth_failures_total", "relay_ingress_sessions",
@@ -76,6 +76,10 @@ func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 		{"relay_queue_pending", map[string]string{"account": sandbox.Account}, 0},
 		{"relay_queue_ack_pending", map[string]string{"account": sandbox.Account}, 0},
 		{"relay_account_paused", map[string]string{"account": sandbox.Account, "reason": "none"}, 0},
+		// At 0 from the lane's start, so the alert's increase() sees the
+		// first mismatch.
+		{"relay_account_binding_mismatch_total", map[string]string{"account": sandbox.Account}, 0},
+		{"relay_account_binding_mismatch_total", map[string]string{"account": sandboxtest.Revoked}, 0},
 		{"relay_messages_total", map[string]string{"account": sandbox.Account, "outcome": "sent"}, sandboxtest.Sent},
 		{"relay_messages_total", map[string]string{"account": sandbox.Account, "outcome": "retried"}, 1},
 		{"relay_messages_total", map[string]string{"account": sandbox.Account, "outcome": "dead_lettered"}, sandboxtest.Invalid},

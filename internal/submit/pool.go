@@ -10,6 +10,11 @@ import (
 // ErrPoolClosed: the pool was closed (its account's lane stopped).
 var ErrPoolClosed = errors.New("session pool closed")
 
+// ErrEndpointChanged: GetFor was asked for an endpoint the pool is no
+// longer configured for (the account changed meanwhile); nothing was
+// dialled.
+var ErrEndpointChanged = errors.New("session pool configured for another endpoint")
+
 // Pool keeps one account's SMTP sessions. Its user bounds how many are in
 // use (at most its concurrency limit, Office 365's 3 by default); the pool
 // keeps the idle ones, most recently used first, and:
@@ -63,11 +68,26 @@ func (p *Pool) Configure(ep Endpoint, user string, max int) {
 
 // Get returns a ready session for token.
 func (p *Pool) Get(ctx context.Context, token string) (*Session, error) {
+	return p.get(ctx, token, nil)
+}
+
+// GetFor is Get for a token that may be presented to endpoint ep only: if
+// the pool is configured for another endpoint (a concurrent Configure), it
+// returns ErrEndpointChanged without dialling or handing out a session.
+func (p *Pool) GetFor(ctx context.Context, token string, ep Endpoint) (*Session, error) {
+	return p.get(ctx, token, &ep)
+}
+
+func (p *Pool) get(ctx context.Context, token string, want *Endpoint) (*Session, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
 			return nil, ErrPoolClosed
+		}
+		if want != nil && *want != p.ep {
+			p.mu.Unlock()
+			return nil, ErrEndpointChanged
 		}
 		if n := len(p.free); n > 0 {
 			s := p.free[n-1]

@@ -34,11 +34,15 @@ type AccessToken struct {
 	// caller whose token was refused passes it to ForceRefreshSince, so a
 	// refresh that happened after it is reused instead of repeated.
 	Issued time.Time
+	// Binding is where the token may be used, from the sealed record; a
+	// worker checks its account record against it before it dials.
+	// Zero from a token service of an earlier version.
+	Binding Binding
 }
 
 // String is a redacted description.
 func (t AccessToken) String() string {
-	return fmt.Sprintf("AccessToken{mailbox=%s expiry=%s token=%s}", t.Mailbox, t.Expiry.UTC().Format(time.RFC3339), redacted(t.Token))
+	return fmt.Sprintf("AccessToken{mailbox=%s expiry=%s smtp_addr=%s token=%s}", t.Mailbox, t.Expiry.UTC().Format(time.RFC3339), t.Binding.SMTPAddr, redacted(t.Token))
 }
 
 // GoString keeps %#v redacted.
@@ -59,7 +63,8 @@ type SourceConfig struct {
 	// Margin: tokens expiring within it are refreshed (default 5m).
 	Margin time.Duration
 	// HTTPClient for the token endpoint (default: 30s timeout, proxy from
-	// HTTPS_PROXY/NO_PROXY). An account's ProxyURL overrides the proxy.
+	// HTTPS_PROXY/NO_PROXY). The proxy URL sealed in an account's record
+	// overrides the proxy.
 	HTTPClient *http.Client
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -203,14 +208,69 @@ func (s *Source) Token(ctx context.Context, alias string) (AccessToken, error) {
 	return s.join(ctx, flightKey{alias: alias}, time.Time{})
 }
 
-// load reads the account's configuration and its token record.
+// load reads the account's configuration and its token record, binding a
+// record of an earlier version first (Bind).
 func (s *Source) load(ctx context.Context, alias string) (account.Account, Record, error) {
 	acct, err := s.accounts.Get(ctx, alias)
 	if err != nil {
 		return account.Account{}, Record{}, err
 	}
-	rec, _, err := s.store.Get(ctx, alias)
+	rec, rev, err := s.store.Get(ctx, alias)
+	if err == nil && !rec.Binding.Bound() {
+		rec, err = s.bind(ctx, acct, rec, rev)
+	}
 	return acct, rec, err
+}
+
+// Bind gives the account's token record a binding if it has none (a
+// record stored before bindings existed), and reports whether it wrote.
+// The token service calls it for every record it finds unbound, so the
+// records of a running installation are bound at the upgrade, without
+// anyone signing in again.
+func (s *Source) Bind(ctx context.Context, alias string) (bool, error) {
+	acct, err := s.accounts.Get(ctx, alias)
+	if err != nil {
+		return false, err
+	}
+	rec, rev, err := s.store.Get(ctx, alias)
+	if err != nil || rec.Binding.Bound() {
+		return false, err
+	}
+	_, err = s.bind(ctx, acct, rec, rev)
+	return err == nil, err
+}
+
+// bind is trust on first use for records stored before bindings existed:
+// it binds rec (at revision rev) to the account record as it is now (its
+// SMTP endpoint, CA file and client id) and seals the account's proxy URL
+// with it, with a compare-and-set, and logs that it did. From then on a
+// worker refuses an account record that differs. What was rewritten
+// before this first use is trusted; docs/design.md §9.6.
+func (s *Source) bind(ctx context.Context, acct account.Account, rec Record, rev uint64) (Record, error) {
+	for range maxRounds {
+		next := rec
+		next.Binding = BindingOf(acct)
+		if next.ProxyURL == "" {
+			next.ProxyURL = acct.ProxyURL
+		}
+		_, err := s.store.Update(ctx, next, rev)
+		if err == nil {
+			s.log.Warn().Str("account", acct.Alias).Str("smtp_addr", next.Binding.SMTPAddr).Str("ca_file", next.Binding.CAFile).
+				Str("client_id", next.Binding.ClientID).Str("proxy", account.RedactProxy(next.ProxyURL)).
+				Msg("token record had no binding (stored by an earlier version): bound to the account record as it is now (trust on first use); run authtool login again if that record is not what you configured")
+			return next, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return Record{}, fmt.Errorf("binding the token record of account %s: %w", acct.Alias, err)
+		}
+		if rec, rev, err = s.store.Get(ctx, acct.Alias); err != nil {
+			return Record{}, err
+		}
+		if rec.Binding.Bound() {
+			return rec, nil // another replica bound it
+		}
+	}
+	return Record{}, fmt.Errorf("binding the token record of account %s did not settle: the record kept changing (transient, retry later)", acct.Alias)
 }
 
 // Close abandons refreshes in flight (their callers get an error; a lease
@@ -268,7 +328,7 @@ func stillValid(rec Record, now time.Time) bool {
 }
 
 func tokenOf(rec Record, acct account.Account) AccessToken {
-	return AccessToken{Token: rec.AccessToken, Expiry: rec.Expiry, Mailbox: acct.Mailbox, Issued: rec.LastRefresh}
+	return AccessToken{Token: rec.AccessToken, Expiry: rec.Expiry, Mailbox: acct.Mailbox, Issued: rec.LastRefresh, Binding: rec.Binding}
 }
 
 // decide answers from the stored record alone when it can; done=false
@@ -328,6 +388,13 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 		rec, rev, err := s.store.Get(ctx, alias)
 		if err != nil {
 			return AccessToken{}, err
+		}
+		if !rec.Binding.Bound() {
+			// Written meanwhile by a token service of an earlier version.
+			if _, err := s.bind(ctx, acct, rec, rev); err != nil {
+				return AccessToken{}, err
+			}
+			continue
 		}
 		now := s.now()
 		if tok, done, err := s.decide(rec, acct, now, force, since); done {
@@ -448,7 +515,10 @@ func (s *Source) storeResult(ctx context.Context, log zerolog.Logger, acct accou
 			return tokenOf(cur, acct)
 		case cur.RefreshToken == rec.RefreshToken:
 			// Only lease/state fields changed (e.g. our lease expired and
-			// another process recorded a failure): our result is newer.
+			// another process recorded a failure, or bound the record):
+			// our result is newer, with the binding as stored.
+			next.Binding, next.ProxyURL = cur.Binding, cur.ProxyURL
+			at.Binding = cur.Binding
 			rev = crev
 			continue
 		default:
@@ -546,19 +616,26 @@ func Lifetime(tok *oauth2.Token) time.Duration {
 
 // exchange performs one token request through the account's HTTP client.
 func (s *Source) exchange(ctx context.Context, acct account.Account, rec Record) (*oauth2.Token, error) {
-	return Exchange(ctx, s.clientFor(acct), acct, rec)
+	return Exchange(ctx, s.clientFor(acct.Alias, rec.ProxyURL), acct, rec)
 }
 
 // Exchange performs one token request for acct with what rec holds: client
 // credentials (RFC 6749 §4.4) for app-only accounts, otherwise the refresh
-// token grant (§6) with the scope Microsoft wants. Local impossibilities
-// (no refresh token, no client secret) come back as IdentityErrors; other
-// errors are x/oauth2's, for Classify. authtool uses it to prove an app's
-// secret and an imported refresh token before anything is stored.
+// token grant (§6) with the scope Microsoft wants. What rec holds wins over
+// the account: the token endpoint, the scopes and the client id of the
+// binding, so a rewritten account record does not change where the refresh
+// token or client secret goes. Local impossibilities (no refresh token, no
+// client secret) come back as IdentityErrors; other errors are x/oauth2's,
+// for Classify. authtool uses it to prove an app's secret and an imported
+// refresh token before anything is stored.
 func Exchange(ctx context.Context, hc *http.Client, acct account.Account, rec Record) (*oauth2.Token, error) {
 	tokenURL := rec.TokenURL
 	if tokenURL == "" {
 		_, tokenURL, _ = acct.Endpoints()
+	}
+	clientID := rec.Binding.ClientID
+	if clientID == "" {
+		clientID = acct.ClientID
 	}
 	scopes := rec.Scopes
 	if len(scopes) == 0 {
@@ -569,7 +646,7 @@ func Exchange(ctx context.Context, hc *http.Client, acct account.Account, rec Re
 			return nil, &IdentityError{Err: "no_client_secret", Class: StateConfigError}
 		}
 		cc := clientcredentials.Config{
-			ClientID: acct.ClientID, ClientSecret: rec.ClientSecret, TokenURL: tokenURL,
+			ClientID: clientID, ClientSecret: rec.ClientSecret, TokenURL: tokenURL,
 			Scopes: scopes, AuthStyle: oauth2.AuthStyleInParams,
 		}
 		return cc.Token(context.WithValue(ctx, oauth2.HTTPClient, hc))
@@ -578,7 +655,7 @@ func Exchange(ctx context.Context, hc *http.Client, acct account.Account, rec Re
 		return nil, &IdentityError{Err: "no_refresh_token", Class: StateNeedsConsent}
 	}
 	cfg := oauth2.Config{
-		ClientID: acct.ClientID, ClientSecret: rec.ClientSecret, Scopes: scopes,
+		ClientID: clientID, ClientSecret: rec.ClientSecret, Scopes: scopes,
 		Endpoint: oauth2.Endpoint{TokenURL: tokenURL, AuthStyle: oauth2.AuthStyleInParams},
 	}
 	// x/oauth2 does not send scope on refresh; the Microsoft identity
@@ -588,23 +665,26 @@ func Exchange(ctx context.Context, hc *http.Client, acct account.Account, rec Re
 	return cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: rec.RefreshToken, Expiry: time.Unix(1, 0)}).Token()
 }
 
-// clientFor returns the HTTP client for acct: the configured one, or a copy
-// whose transport uses the account's proxy.
-func (s *Source) clientFor(acct account.Account) *http.Client {
-	if acct.ProxyURL == "" {
+// clientFor returns the HTTP client for an account whose sealed record
+// names proxyURL: the configured one, or a copy whose transport uses that
+// proxy (credentials included). The account record's proxy_url is only
+// its credential-free form for display; a record of an earlier version
+// took the account's when it was bound (Source.load).
+func (s *Source) clientFor(alias, proxyURL string) *http.Client {
+	if proxyURL == "" {
 		return s.hc
 	}
 	s.proxyMu.Lock()
 	defer s.proxyMu.Unlock()
-	if c, ok := s.proxies[acct.ProxyURL]; ok {
+	if c, ok := s.proxies[proxyURL]; ok {
 		return c
 	}
-	c, err := WithProxy(s.hc, acct.ProxyURL)
+	c, err := WithProxy(s.hc, proxyURL)
 	if err != nil {
-		s.log.Warn().Str("account", acct.Alias).Err(err).Msg("cannot apply the account's proxy_url; using the default proxy settings")
+		s.log.Warn().Str("account", alias).Err(err).Msg("cannot apply the account's proxy URL; using the default proxy settings")
 		return s.hc
 	}
-	s.proxies[acct.ProxyURL] = c
+	s.proxies[proxyURL] = c
 	return c
 }
 

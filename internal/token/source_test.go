@@ -664,11 +664,22 @@ func TestAccountProxy(t *testing.T) {
 	u, _ := url.Parse(proxy.URL)
 	u.User = url.UserPassword("proxyuser", "PROXY-SECRET")
 	acct.ProxyURL = u.String()
-	if err := p.reg.Put(h.ctx, acct); err != nil {
+	// The account record as an earlier version wrote it, credentials in
+	// proxy_url (Registry.Put refuses them now), and a token record
+	// without a binding: the first use seals the proxy with the tokens.
+	b, _ := json.Marshal(acct)
+	kv, err := p.js.KeyValue(h.ctx, account.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(h.ctx, "alerts", b); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.src.Token(h.ctx, "alerts"); err != nil {
 		t.Fatal(err)
+	}
+	if rec, _, err := p.store.Get(h.ctx, "alerts"); err != nil || rec.ProxyURL != acct.ProxyURL {
+		t.Fatalf("the account's proxy URL was not sealed with the tokens (%v)", err)
 	}
 	if proxied.Load() != 1 || h.idp.calls.Load() != 1 {
 		t.Fatalf("proxied=%d idp=%d", proxied.Load(), h.idp.calls.Load())

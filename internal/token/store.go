@@ -90,16 +90,30 @@ type Record struct {
 	LeaseOwner string    `json:"lease_owner,omitempty"`
 	LeaseUntil time.Time `json:"lease_until,omitzero"`
 
+	// Binding is where the tokens may be used (SMTP endpoint, its CA
+	// file, the app's client id), copied from the account at consent;
+	// workers refuse an account record that disagrees (binding.go).
+	// Records of earlier versions have none until the token service
+	// binds them to the account record as it finds it (Source.load).
+	Binding Binding `json:"binding,omitzero"`
+	// ProxyURL is the account's proxy for identity platform calls as
+	// given at consent, credentials included; relay_accounts keeps only
+	// its credential-free form (account.RedactProxy). Only the token
+	// service uses it.
+	ProxyURL string `json:"proxy_url,omitempty"`
+
 	// KeyID is the id of the key the loaded value was sealed with (set by
 	// Get; not stored).
 	KeyID string `json:"-"`
 }
 
-// String describes the record without secrets.
+// String describes the record without secrets (the proxy URL without its
+// credentials).
 func (r Record) String() string {
-	return fmt.Sprintf("token.Record{account=%s state=%s expiry=%s last_refresh=%s fail_count=%d refresh_token=%s access_token=%s client_secret=%s key=%s}",
+	return fmt.Sprintf("token.Record{account=%s state=%s expiry=%s last_refresh=%s fail_count=%d refresh_token=%s access_token=%s client_secret=%s smtp_addr=%s client_id=%s proxy=%s key=%s}",
 		r.Account, r.State, r.Expiry.Format(time.RFC3339), r.LastRefresh.Format(time.RFC3339), r.FailCount,
-		redacted(r.RefreshToken), redacted(r.AccessToken), redacted(r.ClientSecret), r.KeyID)
+		redacted(r.RefreshToken), redacted(r.AccessToken), redacted(r.ClientSecret), r.Binding.SMTPAddr, r.Binding.ClientID,
+		account.RedactProxy(r.ProxyURL), r.KeyID)
 }
 
 // Format makes every fmt verb (%v, %+v, %#v, %s, %d, ...) print String.
@@ -109,7 +123,8 @@ func (r Record) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(r.String()))
 // log.Interface("rec", rec) cannot write the tokens.
 func (r Record) MarshalZerologObject(e *zerolog.Event) {
 	e.Str("account", r.Account).Str("state", string(r.State)).Time("expiry", r.Expiry).
-		Time("last_refresh", r.LastRefresh).Int("fail_count", r.FailCount).Str("key_id", r.KeyID)
+		Time("last_refresh", r.LastRefresh).Int("fail_count", r.FailCount).Str("key_id", r.KeyID).
+		Str("smtp_addr", r.Binding.SMTPAddr).Str("client_id", r.Binding.ClientID).Str("proxy", account.RedactProxy(r.ProxyURL))
 }
 
 func redacted(s string) string {

@@ -32,12 +32,36 @@ type Request struct {
 // TokenReply answers token.get and token.refresh. It carries the access
 // token: only token clients (the workers) may subscribe to the replies —
 // see the README's NATS permissions note.
+//
+// SMTPAddr, CAFile and ClientID are the binding sealed with the token
+// (token.Binding): a worker opens a session only when its account record
+// says the same. A reply of an earlier version has none of them and
+// decodes to an unbound token.
 type TokenReply struct {
 	Account     string    `json:"account"`
 	Mailbox     string    `json:"mailbox"`
 	AccessToken string    `json:"access_token"`
 	Expiry      time.Time `json:"expiry"`
 	Issued      time.Time `json:"issued"`
+	SMTPAddr    string    `json:"smtp_addr,omitempty"`
+	CAFile      string    `json:"ca_file,omitempty"`
+	ClientID    string    `json:"client_id,omitempty"`
+}
+
+// replyOf is the reply carrying tok.
+func replyOf(alias string, tok token.AccessToken) TokenReply {
+	return TokenReply{
+		Account: alias, Mailbox: tok.Mailbox, AccessToken: tok.Token, Expiry: tok.Expiry, Issued: tok.Issued,
+		SMTPAddr: tok.Binding.SMTPAddr, CAFile: tok.Binding.CAFile, ClientID: tok.Binding.ClientID,
+	}
+}
+
+// accessToken is the token a reply carries, with its binding.
+func (r TokenReply) accessToken() token.AccessToken {
+	return token.AccessToken{
+		Token: r.AccessToken, Expiry: r.Expiry, Mailbox: r.Mailbox, Issued: r.Issued,
+		Binding: token.Binding{SMTPAddr: r.SMTPAddr, CAFile: r.CAFile, ClientID: r.ClientID},
+	}
 }
 
 // StatusRequest is the body of token.status: {} for every account, or one

@@ -91,6 +91,17 @@ func (c *Client) Token(ctx context.Context, alias string) (token.AccessToken, er
 	return c.do(ctx, callKey{alias: alias}, SubjectGet, Request{Account: alias})
 }
 
+// Reload drops the cached token and asks the service for the one stored
+// now (token.get: no refresh unless it is due). A worker whose account
+// record disagrees with the binding of its cached token uses it: a new
+// consent may have bound new values since the token was cached.
+func (c *Client) Reload(ctx context.Context, alias string) (token.AccessToken, error) {
+	c.mu.Lock()
+	delete(c.cache, alias)
+	c.mu.Unlock()
+	return c.do(ctx, callKey{alias: alias}, SubjectGet, Request{Account: alias})
+}
+
 // ForceRefresh drops the cached token and asks the service for a new one
 // (after SMTP 535 5.7.3). The service refreshes at most once for all
 // callers refused with the same token.
@@ -232,7 +243,7 @@ func (c *Client) fetch(ctx context.Context, subject string, r Request) (token.Ac
 	if err := json.Unmarshal(msg.Data, &rep); err != nil || rep.AccessToken == "" {
 		return token.AccessToken{}, fmt.Errorf("token service: %s reply for account %s does not decode", subject, r.Account)
 	}
-	return token.AccessToken{Token: rep.AccessToken, Expiry: rep.Expiry, Mailbox: rep.Mailbox, Issued: rep.Issued}, nil
+	return rep.accessToken(), nil
 }
 
 // request sends one request and turns an error reply into its typed error.

@@ -8,8 +8,12 @@
 // one replica:
 //
 //	token.get      {"account":"alerts"}
-//	               → {"account","mailbox","access_token","expiry","issued"}
-//	               refreshing first when the token is inside the margin
+//	               → {"account","mailbox","access_token","expiry","issued",
+//	                  "smtp_addr","ca_file","client_id"}
+//	               refreshing first when the token is inside the margin;
+//	               smtp_addr, ca_file and client_id are the binding sealed
+//	               with the token, which the worker checks its account
+//	               record against before it dials
 //	token.refresh  {"account":"alerts","since":"<issued of the refused token>"}
 //	               → same reply; a forced refresh (after SMTP 535 5.7.3),
 //	               coalesced with any refresh in flight, and skipped when a

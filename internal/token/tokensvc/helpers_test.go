@@ -122,11 +122,17 @@ func (e *env) client() *Client {
 
 // consent connects alias (mailbox alias@contoso.com) through the real
 // consent path against the fake: auth code + PKCE, test mail, store.
-func (e *env) consent(alias string) {
+func (e *env) consent(alias string) { e.consentWith(alias, nil) }
+
+// consentWith is consent with an account changed by mod first (a proxy).
+func (e *env) consentWith(alias string, mod func(*account.Account)) {
 	e.t.Helper()
 	acct := account.Account{
 		Alias: alias, Mailbox: alias + "@contoso.com", Tenant: "contoso.onmicrosoft.com", Authority: e.fake.AuthorityURL(),
 		ClientID: "client-" + alias, SMTPAddr: e.fake.SMTPAddr(), CAFile: e.fake.CAFile(),
+	}
+	if mod != nil {
+		mod(&acct)
 	}
 	acct.Normalize()
 	authURL, tokenURL, _ := acct.Endpoints()

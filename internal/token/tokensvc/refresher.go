@@ -24,6 +24,8 @@ import (
 //   - not before LeaseUntil while another process holds the refresh lease:
 //     if it dies, we take over when its lease ends (LeaseTTL, well inside
 //     the margin);
+//   - a record of an earlier version without a binding is bound first
+//     (token.Source.Bind: trust on first use, logged);
 //   - needs_consent / config_error: nothing until the record changes;
 //   - an attempt that leaves the record unchanged (store unreachable) is
 //     retried after 1s, 2s, 4s … at most 1m, jittered ±20%, never a hot loop.
@@ -183,6 +185,16 @@ func (r *refresher) runAccount(ctx context.Context, alias string, poke <-chan st
 			idle++
 			wait = idleDelay(idle)
 			r.log.Warn().Str("account", alias).Err(err).Dur("retry_in", wait).Msg("proactive refresh cannot read the token record")
+		case !rec.Binding.Bound():
+			// A record of an earlier version: bind it now, at the
+			// upgrade, rather than at its next use (Source.Bind).
+			_, err := r.src.Bind(ctx, alias)
+			if err == nil || ctx.Err() != nil {
+				continue
+			}
+			idle++
+			wait = idleDelay(idle)
+			r.log.Warn().Str("account", alias).Err(err).Dur("retry_in", wait).Msg("cannot bind the token record of an earlier version")
 		default:
 			if !rec.Expiry.Equal(jitterFor) {
 				jitterFor, jitter = rec.Expiry, mrand.N(r.margin/jitterFraction+1)

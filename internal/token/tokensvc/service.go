@@ -293,7 +293,7 @@ func (s *Service) status(ctx context.Context, req micro.Request) {
 }
 
 func (s *Service) respondToken(req micro.Request, alias string, tok token.AccessToken) {
-	err := req.RespondJSON(TokenReply{Account: alias, Mailbox: tok.Mailbox, AccessToken: tok.Token, Expiry: tok.Expiry, Issued: tok.Issued})
+	err := req.RespondJSON(replyOf(alias, tok))
 	if err != nil {
 		s.log.Warn().Str("account", alias).Err(err).Msg("token reply failed")
 	}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -28,8 +29,8 @@ type Secrets struct {
 	set map[string]string // secret → what it is
 }
 
-// Watch collects every access token, refresh token and client secret
-// written to store until the test ends.
+// Watch collects every access token, refresh token, client secret and
+// proxy password written to store until the test ends.
 func Watch(t testing.TB, store *token.Store) *Secrets {
 	t.Helper()
 	s := &Secrets{set: map[string]string{}}
@@ -47,6 +48,7 @@ func Watch(t testing.TB, store *token.Store) *Secrets {
 			s.Add("access token of "+u.Account, u.Record.AccessToken)
 			s.Add("refresh token of "+u.Account, u.Record.RefreshToken)
 			s.Add("client secret of "+u.Account, u.Record.ClientSecret)
+			s.AddProxy("proxy of "+u.Account, u.Record.ProxyURL)
 		}
 	}()
 	return s
@@ -60,6 +62,19 @@ func (s *Secrets) Add(what, secret string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.set[secret] = what
+}
+
+// AddProxy remembers the password of a proxy URL (and the user and
+// password together as they appear in it); a URL without one adds nothing.
+func (s *Secrets) AddProxy(what, proxyURL string) {
+	u, err := url.Parse(proxyURL)
+	if err != nil || u.User == nil {
+		return
+	}
+	if pw, ok := u.User.Password(); ok {
+		s.Add("password of the "+what, pw)
+		s.Add("credentials of the "+what, u.User.String())
+	}
 }
 
 // AddKeyFile remembers the keys of a RELAY_TOKEN_KEY_FILE, as written and
