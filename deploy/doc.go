@@ -13,5 +13,10 @@
 // observability_test.go runs the sandbox, a real Prometheus scraping it
 // and headless Chromium on the status page, and alertmanager_test.go has
 // a real Alertmanager and swaks send mail through the sandbox's SMTP
-// front door (Debian's packages, which .ci/run installs).
+// front door (Debian's packages, which .ci/run installs), and
+// thirdparty_test.go connects a mailbox with authtool and delivers with
+// relay serve through servers this project did not write: Debian's
+// postfix and Dovecot checking XOAUTH2, and oidc-provider (npm; its
+// configuration and locked versions are in thirdparty/) as the OpenID
+// Provider.
 package deploy

@@ -19,7 +19,9 @@ var debianPackage = map[string]string{
 	"prometheus": "prometheus", "promtool": "prometheus",
 	"chromium":                "chromium",
 	"prometheus-alertmanager": "prometheus-alertmanager", "amtool": "prometheus-alertmanager",
-	"swaks": "swaks",
+	"swaks":   "swaks",
+	"postfix": "postfix", "dovecot": "dovecot-core",
+	"node": "nodejs",
 }
 
 func lookPath(t *testing.T, name string) string {
@@ -46,17 +48,24 @@ func run(t *testing.T, ctx context.Context, name string, args ...string) {
 // as it grows.
 func startServer(t *testing.T, bin string, args ...string) *testutil.Buffer {
 	t.Helper()
+	return startServerCmd(t, exec.Command(bin, args...), func(cmd *exec.Cmd) { cmd.Process.Signal(syscall.SIGTERM) })
+}
+
+// startServerCmd is startServer for a prepared command (environment,
+// directory) and a server that stops its own way: stop asks it to, then
+// the cleanup waits for the command to exit.
+func startServerCmd(t *testing.T, cmd *exec.Cmd, stop func(*exec.Cmd)) *testutil.Buffer {
+	t.Helper()
 	var logs testutil.Buffer
-	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
+		stop(cmd)
 		cmd.Wait()
 		if t.Failed() {
-			t.Logf("%s output:\n%s", bin, logs.String())
+			t.Logf("%s output:\n%s", cmd.Path, logs.String())
 		}
 	})
 	return &logs

@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -84,6 +85,9 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 	opts := []oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier)}
 	if b.LoginHint != "" {
 		opts = append(opts, oauth2.SetAuthURLParam("login_hint", b.LoginHint))
+	}
+	if consentPrompt(b.AuthURL, conf.Scopes) {
+		opts = append(opts, oauth2.SetAuthURLParam("prompt", "consent"))
 	}
 	authURL := conf.AuthCodeURL(state, opts...)
 
@@ -147,6 +151,24 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 		return nil, errNoRefreshToken
 	}
 	return tok, nil
+}
+
+// consentPrompt reports whether an authorization request for scopes must
+// carry prompt=consent to be given a refresh token. OpenID Connect Core
+// §11: a request for offline_access "MUST" use prompt=consent, and
+// providers that keep to it (oidc-provider, for one) silently drop
+// offline_access without it, so the code redeems to no refresh token.
+// Entra issues refresh tokens without it, and there prompt=consent would
+// show its consent page at every sign-in, which a user who may not
+// consent to apps cannot pass even after an admin granted consent: it is
+// sent to every authorize endpoint but Entra's
+// (<authority>/<tenant>/oauth2/v2.0/authorize).
+func consentPrompt(authURL string, scopes []string) bool {
+	if !hasScope(scopes, "offline_access") {
+		return false
+	}
+	u, err := url.Parse(authURL)
+	return err != nil || !entraAuthorize.MatchString(u.Path)
 }
 
 // AuthorizeError is an error the authorization endpoint sent back through

@@ -198,7 +198,7 @@ func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.T
 }
 
 var (
-	errNoRefreshToken = errors.New("the identity platform returned no refresh token: add the offline_access scope")
+	errNoRefreshToken = errors.New("the identity platform returned no refresh token: --scopes must include offline_access, and the app must be allowed the refresh_token grant")
 	errBadTokenAnswer = errors.New("the token endpoint answered 2xx without a usable access token: is --token-url an OAuth2 token endpoint?")
 )
 

@@ -119,6 +119,42 @@ func TestRedirectIsTheLoopbackAddress(t *testing.T) {
 	}
 }
 
+// TestConsentPromptOutsideEntra: an authorization request that asks for
+// offline_access says prompt=consent to any server but Entra, since
+// OpenID Connect Core §11 requires it and strict providers (oidc-provider)
+// drop offline_access, and so the refresh token, without it; Entra's
+// endpoints never get it (it would show the consent page at every sign-in
+// and stop users who may not consent to apps).
+func TestConsentPromptOutsideEntra(t *testing.T) {
+	offline := []string{"smtp", "offline_access"}
+	for _, tc := range []struct {
+		name, authURL string
+		scopes        []string
+		prompt        string
+	}{
+		{"Entra", "https://login.microsoftonline.com/" + tenant + "/oauth2/v2.0/authorize", []string{"https://outlook.office.com/SMTP.Send", "offline_access"}, ""},
+		{"Entra, national cloud", "https://login.microsoftonline.us/organizations/oauth2/v2.0/authorize", []string{"https://outlook.office365.us/SMTP.Send", "offline_access"}, ""},
+		{"another OpenID Provider", "http://127.0.0.1:1/auth", offline, "consent"},
+		{"Keycloak's layout", "https://sso.example.org/realms/mail/protocol/openid-connect/auth", offline, "consent"},
+		{"no offline_access asked", "http://127.0.0.1:1/auth", []string{"smtp"}, ""},
+	} {
+		ctx, cancel := context.WithCancel(testCtx(t))
+		var got *url.URL
+		_, _ = consent.Browser{ClientID: clientID, AuthURL: tc.authURL, TokenURL: "http://127.0.0.1:1/token", Scopes: tc.scopes}.Run(ctx, func(u string) error {
+			got, _ = url.Parse(u)
+			cancel()
+			return nil
+		})
+		cancel()
+		if got == nil {
+			t.Fatalf("%s: no authorization URL", tc.name)
+		}
+		if p := got.Query().Get("prompt"); p != tc.prompt {
+			t.Errorf("%s: prompt=%q, want %q (%s)", tc.name, p, tc.prompt, got)
+		}
+	}
+}
+
 func stores(t *testing.T, ctx context.Context, q *queuetest.Env) (*account.Registry, *token.Store) {
 	t.Helper()
 	reg, err := account.OpenRegistry(ctx, q.JS)

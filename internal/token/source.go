@@ -319,8 +319,28 @@ func (s *Source) join(ctx context.Context, key flightKey, since time.Time) (Acce
 	})
 }
 
+// usable reports whether rec's access token is outside margin, as
+// EffectiveMargin shortens it for short-lived tokens.
 func usable(rec Record, now time.Time, margin time.Duration) bool {
-	return rec.AccessToken != "" && rec.Expiry.After(now.Add(margin))
+	return rec.AccessToken != "" && rec.Expiry.After(now.Add(EffectiveMargin(margin, rec)))
+}
+
+// EffectiveMargin is how long before rec's expiry its access token is
+// refreshed: margin, or half the token's life (LastRefresh to Expiry)
+// when that is shorter. Entra's tokens live 60-90 minutes, far beyond
+// the margin; an identity platform whose tokens live less than twice the
+// margin (Keycloak's default is 5 minutes, the default margin too) would
+// otherwise issue each token already inside the margin, and the token
+// would be refreshed again at once, on every request and by the
+// proactive refresher, without end.
+func EffectiveMargin(margin time.Duration, rec Record) time.Duration {
+	if rec.LastRefresh.IsZero() {
+		return margin
+	}
+	if half := rec.Expiry.Sub(rec.LastRefresh) / 2; half > 0 && half < margin {
+		return half
+	}
+	return margin
 }
 
 func stillValid(rec Record, now time.Time) bool {

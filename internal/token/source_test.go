@@ -228,7 +228,9 @@ func (h *harness) consent(e *env, alias string, appOnly bool, exp time.Time) Rec
 	}
 	acct.Normalize()
 	rec := Record{Account: alias, AccessToken: "AT-SECRET-consent-" + alias, Expiry: exp, Scopes: acct.Scopes,
-		TokenURL: h.idp.tokenURL(), LastRefresh: h.clock.Now(), State: StateHealthy}
+		// An hour's life, as Entra issues, so that exp decides where the
+		// token stands against the margin (EffectiveMargin).
+		TokenURL: h.idp.tokenURL(), LastRefresh: exp.Add(-time.Hour), State: StateHealthy}
 	if appOnly {
 		rec.ClientSecret = h.idp.clientSecret
 	} else {
@@ -767,5 +769,28 @@ func TestCloseAfterTheAnswerStillStoresTheRotatedToken(t *testing.T) {
 	h.clock.Advance(2 * time.Hour)
 	if _, err := src.Token(h.ctx, "alerts"); err == nil || h.idp.calls.Load() != 1 {
 		t.Fatalf("a closed Source refreshed: %v calls=%d", err, h.idp.calls.Load())
+	}
+}
+
+func TestEffectiveMargin(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		life time.Duration // Expiry - LastRefresh; 0 = LastRefresh unknown
+		want time.Duration
+	}{
+		{"entra hour", time.Hour, 5 * time.Minute},
+		{"exactly twice the margin", 10 * time.Minute, 5 * time.Minute},
+		{"keycloak five minutes", 5 * time.Minute, 150 * time.Second},
+		{"one minute", time.Minute, 30 * time.Second},
+		{"last refresh unknown", 0, 5 * time.Minute},
+	} {
+		rec := Record{Expiry: t0.Add(tc.life)}
+		if tc.life != 0 {
+			rec.LastRefresh = t0
+		}
+		if got := EffectiveMargin(5*time.Minute, rec); got != tc.want {
+			t.Errorf("%s: margin = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -43,11 +43,18 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvAccessTTL(t, 0)
+}
+
+// newEnvAccessTTL is newEnv with the fake's access tokens living ttl (0:
+// its default, about an hour).
+func newEnvAccessTTL(t *testing.T, ttl time.Duration) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	e := &env{t: t, ctx: ctx, nats: queuetest.Start(t), clock: clock.NewFake(t0), logs: &tokentest.Buffer{}, events: &tokentest.Buffer{}}
 	var err error
-	e.fake, err = fakeo365.Start(fakeo365.Config{Dir: t.TempDir(), StrictRotation: true, Now: e.clock.Now, PerMinute: -1})
+	e.fake, err = fakeo365.Start(fakeo365.Config{Dir: t.TempDir(), StrictRotation: true, Now: e.clock.Now, PerMinute: -1, AccessTTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,8 @@ import (
 //   - due = expiry − margin + jitter, jitter uniform in [0, margin/5),
 //     drawn once per access token: inside the margin, so the Source does
 //     refresh, and spread so replicas and accounts do not all fire at once;
+//     margin is token.EffectiveMargin: half the token's life when that is
+//     shorter than the configured margin;
 //   - not before NextAttempt (the transient backoff recorded by whoever
 //     failed last, honouring Retry-After);
 //   - not before LeaseUntil while another process holds the refresh lease:
@@ -197,7 +199,7 @@ func (r *refresher) runAccount(ctx context.Context, alias string, poke <-chan st
 			r.log.Warn().Str("account", alias).Err(err).Dur("retry_in", wait).Msg("cannot bind the token record of an earlier version")
 		default:
 			if !rec.Expiry.Equal(jitterFor) {
-				jitterFor, jitter = rec.Expiry, mrand.N(r.margin/jitterFraction+1)
+				jitterFor, jitter = rec.Expiry, mrand.N(token.EffectiveMargin(r.margin, rec)/jitterFraction+1)
 			}
 			due, ok := r.due(rec, jitter)
 			switch {
@@ -226,7 +228,7 @@ func (r *refresher) due(rec token.Record, jitter time.Duration) (time.Time, bool
 	if rec.State.Blocking() {
 		return time.Time{}, false
 	}
-	due := rec.Expiry.Add(-r.margin + jitter)
+	due := rec.Expiry.Add(-token.EffectiveMargin(r.margin, rec) + jitter)
 	if rec.NextAttempt.After(due) {
 		due = rec.NextAttempt
 	}

@@ -274,6 +274,46 @@ func TestRefresherFollowsTheRegistry(t *testing.T) {
 	}
 }
 
+// TestShortLivedTokensRefreshAtHalfTheirLife: an identity platform whose
+// access tokens live less than twice the refresh margin (Keycloak's live
+// 5 minutes by default, the margin's default too) gets each token
+// refreshed at half its life, once, and token.get answers from the store
+// in between; with the margin alone every token would be inside it as
+// soon as issued, and the refresher would refresh again at once, without
+// end.
+func TestShortLivedTokensRefreshAtHalfTheirLife(t *testing.T) {
+	e := newEnvAccessTTL(t, 4*time.Minute)
+	_, reg := e.replica("r1")
+	e.consent("alerts")
+	c := e.client()
+	rec := e.record("alerts")
+	for i := range 3 {
+		now := e.clock.Now()
+		due, err := e.clock.WaitTimer(e.ctx, func(d time.Time) bool { return d.After(now) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		half := rec.Expiry.Sub(rec.LastRefresh) / 2
+		if due.Before(rec.Expiry.Add(-half)) || due.After(rec.Expiry.Add(-half*4/5)) {
+			t.Fatalf("refresh %d due %v for a token from %v to %v: want at half its life (jitter a fifth of that)", i+1, due, rec.LastRefresh, rec.Expiry)
+		}
+		if n := e.fake.TokenCalls(fakeo365.GrantRefreshToken); n != i {
+			t.Fatalf("%d refreshes before refresh %d was due; want %d", n, i+1, i)
+		}
+		if tok, err := c.Token(e.ctx, "alerts"); err != nil || tok.Token != rec.AccessToken {
+			t.Fatalf("token.get before the refresh: %v, %v; want the stored token", tok, err)
+		}
+		e.clock.Set(due)
+		e.eventually("the proactive refresh", func() bool {
+			return tokentest.Metric(t, reg, "relay_token_refresh_total", map[string]string{"account": "alerts", "result": "ok"}) == float64(i+1)
+		})
+		rec = e.record("alerts")
+	}
+	if n := e.fake.TokenCalls(fakeo365.GrantRefreshToken); n != 3 {
+		t.Fatalf("%d refreshes; want 3", n)
+	}
+}
+
 func TestIdentityCallsTimeOut(t *testing.T) {
 	e := newEnv(t)
 	_, reg := e.replicaWith(Config{Instance: "r1", HTTPClient: &http.Client{Timeout: 200 * time.Millisecond}})
