@@ -21,7 +21,7 @@ import (
 // of login, test or list shows the password.
 func TestLoginProxyCredentialsAreSealed(t *testing.T) {
 	// Access tokens within the 5-minute refresh margin from the start, so
-	// authtool test refreshes.
+	// authtool test refreshes (once LastRefresh says they lived an hour).
 	w := newWorld(t, fakeo365.Config{DeviceApproveAfter: -1, AccessTTL: 4 * time.Minute})
 	const password = "pr0xy-Pa55w0rd-7f3a"
 	proxy := testutil.StartProxy(t)
@@ -55,6 +55,18 @@ func TestLoginProxyCredentialsAreSealed(t *testing.T) {
 		if bytes.Contains(e.Value(), []byte(password)) {
 			t.Errorf("relay_accounts revision %d holds the proxy password", e.Revision())
 		}
+	}
+
+	// Date the sign-in an hour before the token expires, as for an
+	// Entra token near its end: a 4-minute token fresh from the sign-in
+	// is not due yet (token.EffectiveMargin, half its life).
+	rec, _, err := w.tokens.Get(testCtx(t), "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.LastRefresh = rec.Expiry.Add(-time.Hour)
+	if _, err := w.tokens.Put(testCtx(t), rec); err != nil {
+		t.Fatal(err)
 	}
 
 	test := w.run(person{}, "test", "--account", "alerts")
