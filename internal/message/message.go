@@ -65,6 +65,11 @@ type Message struct {
 	// above. Envelope recipients come from To, Cc and Bcc when given, else
 	// from the raw message's To, Cc and Bcc fields.
 	Raw []byte `json:"raw,omitempty"`
+	// Body names a raw message kept in the body store, for one too large
+	// to travel inside the JSON (body.go). It is set by producers, not
+	// people: it replaces raw and the content fields, and the envelope
+	// recipients (to, cc, bcc) must be given.
+	Body *BodyRef `json:"body,omitempty"`
 
 	// Unknown lists the JSON fields Decode found and ignored (never
 	// encoded).
@@ -229,6 +234,9 @@ func (m *Message) Validate() error {
 			}
 		}
 	}
+	if m.Body != nil {
+		return m.validateBody()
+	}
 	if len(m.Raw) > 0 {
 		return m.validateRaw()
 	}
@@ -269,6 +277,23 @@ func (m *Message) Validate() error {
 				return invalid(field+".content_type", "%v", err)
 			}
 		}
+	}
+	return nil
+}
+
+func (m *Message) validateBody() error {
+	if len(m.Raw) > 0 || m.Text != "" || m.HTML != "" || m.Subject != "" || len(m.Headers) > 0 || len(m.Attachments) > 0 || m.From != "" || len(m.ReplyTo) > 0 {
+		return invalid("body", "a stored body replaces raw, from, reply_to, subject, text, html, headers and attachments")
+	}
+	if err := m.Body.validate(); err != nil {
+		return err
+	}
+	n := len(m.To) + len(m.Cc) + len(m.Bcc)
+	if n == 0 {
+		return invalid("to", "no recipients: a message with a stored body names its envelope in to, cc or bcc")
+	}
+	if n > MaxRecipients {
+		return invalid("to", "%d recipients, more than a mailbox may send to in a day (%d)", n, MaxRecipients)
 	}
 	return nil
 }

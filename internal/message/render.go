@@ -52,6 +52,11 @@ type Rendered struct {
 	MailFrom string
 	Rcpts    []string
 	Data     []byte
+	// Body, for a message whose content is in the body store: the
+	// content after Data is that object from BodyOffset (past its own
+	// header section, which Data replaces) to its end.
+	Body       *BodyRef
+	BodyOffset int64
 }
 
 // Batches splits the envelope recipients into groups of at most size, in
@@ -77,6 +82,9 @@ func (r *Rendered) Batches(size int) [][]string {
 // so a redelivered message carries the same Message-ID and recipients'
 // clients thread or drop it as one.
 func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
+	if m.Body != nil {
+		return nil, invalid("body", "the content is in the body store: render with RenderBody")
+	}
 	rcpts, err := m.Recipients()
 	if err != nil {
 		return nil, err
@@ -97,9 +105,57 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 	if err != nil {
 		return nil, err
 	}
+	data, err := renderFields(m, from, replyTo, func(h headerWriter) {
+		h.field("Date", now.Format(time.RFC1123Z))
+		h.field("Message-ID", MessageID(m.Account, m.ID, s.Mailbox))
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxSize {
+		return nil, invalid("", "%d bytes after encoding, Office 365 accepts at most %d", len(data), MaxSize)
+	}
+	r.Data = data
+	return r, nil
+}
+
+// RenderUnsent renders a JSON message as its producer hands it over when
+// its content goes to the body store (body.go): the From and Reply-To as
+// given, for the worker to hold to the account's From policy, and no Date
+// or Message-ID, which the worker adds as for every raw message (the same
+// Message-ID Render would write). The envelope stays in m's to, cc and
+// bcc.
+func RenderUnsent(m *Message) ([]byte, error) {
+	if len(m.Raw) > 0 {
+		return NormalizeRaw(m.Raw)
+	}
+	var from *mail.Address
+	if m.From != "" {
+		f, err := ParseAddress("from", m.From)
+		if err != nil {
+			return nil, err
+		}
+		from = f
+	}
+	var replyTo []*mail.Address
+	for _, a := range m.ReplyTo {
+		ra, err := ParseAddress("reply_to", a)
+		if err != nil {
+			return nil, err
+		}
+		replyTo = append(replyTo, ra)
+	}
+	return renderFields(m, from, replyTo, func(headerWriter) {})
+}
+
+// renderFields writes the JSON message's header section (From when from is
+// not nil, then the fields dated writes) and body.
+func renderFields(m *Message, from *mail.Address, replyTo []*mail.Address, dated func(headerWriter)) ([]byte, error) {
 	var b bytes.Buffer
 	h := headerWriter{&b}
-	h.field("From", formatAddress(from))
+	if from != nil {
+		h.field("From", formatAddress(from))
+	}
 	if len(replyTo) > 0 {
 		h.field("Reply-To", joinAddrs(replyTo))
 	}
@@ -110,8 +166,7 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 		return nil, err
 	}
 	h.field("Subject", unstructured(m.Subject))
-	h.field("Date", now.Format(time.RFC1123Z))
-	h.field("Message-ID", MessageID(m.Account, m.ID, s.Mailbox))
+	dated(h)
 	h.field("MIME-Version", "1.0")
 	names := make([]string, 0, len(m.Headers))
 	for k := range m.Headers {
@@ -124,11 +179,7 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 	if err := writeBody(&b, m); err != nil {
 		return nil, err
 	}
-	if b.Len() > MaxSize {
-		return nil, invalid("", "%d bytes after encoding, Office 365 accepts at most %d", b.Len(), MaxSize)
-	}
-	r.Data = b.Bytes()
-	return r, nil
+	return b.Bytes(), nil
 }
 
 // MessageID is the stable Message-ID header value for a message id.

@@ -52,6 +52,9 @@ const (
 	ConsumerPrefix = "relay-mail-"
 	// LegacyConsumer is the catch-all consumer of earlier versions.
 	LegacyConsumer = "relay-workers"
+	// BodyBucket is the Object Store bucket of large messages' bodies
+	// (internal/body).
+	BodyBucket = "relay_bodies"
 	// DedupeWindow is how long JetStream remembers a Nats-Msg-Id.
 	DedupeWindow = 24 * time.Hour
 )
@@ -113,8 +116,8 @@ type StreamConfig struct {
 	DLQAge   time.Duration // how long dead letters are kept; default 30 days
 }
 
-// EnsureStreams opens MAIL and MAIL_DLQ, creating or updating them when
-// they are missing or differ (open.go).
+// EnsureStreams opens MAIL, MAIL_DLQ and the body bucket (BodyBucket),
+// creating or updating them when they are missing or differ (open.go).
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) error {
 	if c.Replicas == 0 {
 		c.Replicas = 1
@@ -137,6 +140,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Discard:     jetstream.DiscardNew,
 	})
 	if err != nil {
+		return err
+	}
+	if err := ensureBodies(ctx, js, c.Replicas); err != nil {
 		return err
 	}
 	return openStream(ctx, js, jetstream.StreamConfig{
@@ -469,4 +475,27 @@ func setHeader(h nats.Header, key, v string) {
 		}
 		return r
 	}, v)))
+}
+
+// ensureBodies opens the body bucket, creating or updating it when its
+// replicas differ: the same replicas and file storage as MAIL, no TTL
+// (bodies are deleted by the relay, never aged out under a queued
+// message).
+func ensureBodies(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	replicas = max(replicas, 1)
+	if obs, err := js.ObjectStore(ctx, BodyBucket); err == nil {
+		if st, err := obs.Status(ctx); err == nil && st.Replicas() == replicas && st.Storage() == jetstream.FileStorage && st.TTL() == 0 {
+			return nil
+		}
+	}
+	_, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      BodyBucket,
+		Description: "Relay365 bodies of large messages, named by the MAIL messages that carry them",
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("object store %s: %w%s", BodyBucket, err, setupHint(err))
+	}
+	return nil
 }

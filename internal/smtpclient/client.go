@@ -288,7 +288,16 @@ func encode64(b []byte) string {
 // ended (RFC 5321 §3.8), and a message goes to all of its recipients or to
 // none. Without PIPELINING each command waits for its reply.
 func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []byte) error {
-	cmds, err := c.transaction(from, rcpts, data)
+	return c.SendContent(ctx, from, rcpts, Bytes(data))
+}
+
+// SendContent is Send for content read from a reader (Content), opened
+// only once every command before it was accepted. A failure to read it is
+// a *ContentError inside the *Error of the "message" stage; the
+// connection is then closed without ending the content, so the server
+// discards the transaction (RFC 5321 §3.8): nothing is delivered.
+func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, content Content) error {
+	cmds, err := c.transaction(from, rcpts, content)
 	if err != nil {
 		return err
 	}
@@ -350,8 +359,16 @@ func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []b
 	// The content and the final reply (RFC 5321 §4.1.1.4), which may take
 	// the server a while: DataTimeout.
 	return c.guard(ctx, c.cfg.DataTimeout, func() error {
+		rc, err := content.Open()
+		if err != nil {
+			return c.lost("message", &ContentError{Err: err})
+		}
+		defer rc.Close()
 		dw := textproto.NewWriter(c.w).DotWriter()
-		if _, err := dw.Write(data); err != nil {
+		// A read error comes back as a *ContentError, a write error as
+		// it is; either way the DotWriter is not closed, so no final "."
+		// leaves.
+		if _, err := io.Copy(dw, &countingReader{r: rc, want: content.Size}); err != nil {
 			return c.lost("message", err)
 		}
 		if err := dw.Close(); err != nil { // ".\r\n" and a flush
@@ -386,7 +403,7 @@ type command struct {
 
 // transaction builds the commands of one transaction, refusing locally
 // what the server could never take.
-func (c *Client) transaction(from string, rcpts []string, data []byte) ([]command, error) {
+func (c *Client) transaction(from string, rcpts []string, content Content) ([]command, error) {
 	if len(rcpts) == 0 {
 		return nil, &Error{Command: "RCPT", Err: fmt.Errorf("%w: no recipient", ErrNotSendable)}
 	}
@@ -402,9 +419,9 @@ func (c *Client) transaction(from string, rcpts []string, data []byte) ([]comman
 	mail.WriteString(from)
 	mail.WriteString(">")
 	if _, ok := c.ext["SIZE"]; ok {
-		mail.WriteString(" SIZE=" + strconv.Itoa(len(data))) // RFC 1870 §6
+		mail.WriteString(" SIZE=" + strconv.FormatInt(content.Size, 10)) // RFC 1870 §6
 	}
-	if !isASCII(data) {
+	if content.EightBit {
 		if _, ok := c.ext["8BITMIME"]; !ok {
 			return nil, &Error{Command: "MAIL", Err: fmt.Errorf("%w: 8-bit content and the server does not offer 8BITMIME", ErrNotSendable)}
 		}

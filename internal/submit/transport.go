@@ -89,10 +89,24 @@ func (s *Session) Pipelining() bool { return s.c.Pipelining() }
 // closes the connection. Errors are *SMTPError; after one, Reusable says
 // whether the session may serve another message.
 func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []byte) error {
-	err := s.c.Send(ctx, from, rcpts, data)
+	return s.SendContent(ctx, from, rcpts, smtpclient.Bytes(data))
+}
+
+// SendContent is Send for content streamed from where it is kept. A
+// failure to read it is returned as the *smtpclient.ContentError itself,
+// not an *SMTPError: no reply was had, the server discarded the
+// transaction (nothing was delivered), and what the failure means (a body
+// gone for good, a store that did not answer) is the caller's to say.
+func (s *Session) SendContent(ctx context.Context, from string, rcpts []string, content smtpclient.Content) error {
+	err := s.c.SendContent(ctx, from, rcpts, content)
 	s.lastUsed = time.Now()
 	if err == nil {
 		return nil
+	}
+	var ce *smtpclient.ContentError
+	if errors.As(err, &ce) {
+		s.broken.Store(true)
+		return ce
 	}
 	se := Classify("", err)
 	if s.c.Broken() || !keepSession(se) {

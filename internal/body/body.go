@@ -1,0 +1,210 @@
+// Package body keeps the content of large messages in a JetStream Object
+// Store bucket, relay_bodies, so that a message of up to Office 365's
+// 35 MB can be queued at all (a NATS message is 1 MiB by default) and
+// sent without holding it in memory (docs/design.md §3.3).
+//
+// # Order of writes, and what a crash leaves
+//
+// A producer stores the body first (Put: chunks, then the object's
+// metadata with its size and SHA-256 digest), then publishes the MAIL
+// message that names it (message.BodyRef). The worker reads it in chunks
+// into SMTP DATA, checking size and digest before the content's end is
+// sent, and deletes it only after the MAIL message is acked. A dead letter
+// keeps the body (its copy names the same object); `relay dlq replay`
+// republishes the same reference, `relay dlq purge` deletes the bodies of
+// the dead letters it purges.
+//
+// A crash between the two writes of a producer leaves a body no message
+// names; one between the worker's ack and its delete leaves a body whose
+// message is gone. Sweep removes both: a body older than the dedupe window
+// (a producer that retries its publish does so within it) that no message
+// in MAIL or MAIL_DLQ names. Nothing is ever deleted that a message in
+// either stream names, so no crash loses mail, and no orphan stays longer
+// than the window plus one sweep interval.
+//
+// # Limits
+//
+// Put counts the octets it stores and stops with a *TooLarge past the
+// limit, so a producer learns of an oversized message at once (SMTP 552,
+// exit 1) and never through a dead letter.
+package body
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/message"
+	"relay365/internal/queue"
+)
+
+// Bucket is the Object Store bucket of message bodies; its stream is
+// StreamName.
+const (
+	Bucket     = queue.BodyBucket // made by queue.EnsureStreams
+	StreamName = "OBJ_" + Bucket
+)
+
+// Store reads and writes bodies.
+type Store struct {
+	obs jetstream.ObjectStore
+}
+
+// Open opens the bucket, which relay serve (or relay setup) creates.
+func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	obs, err := js.ObjectStore(ctx, Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("object store %s: %w (is relay serve running, or relay setup done?)", Bucket, err)
+	}
+	return &Store{obs: obs}, nil
+}
+
+// TooLarge is a message over the size limit, found while storing it.
+type TooLarge struct {
+	Size  int64 // octets read so far (at least Limit+1)
+	Limit int64
+}
+
+func (e *TooLarge) Error() string {
+	return fmt.Sprintf("message is more than %d bytes (%.1f MB), over the limit of %d bytes (%.1f MB)", e.Size-1, mb(e.Size-1), e.Limit, mb(e.Limit))
+}
+
+func mb(n int64) float64 { return float64(n) / (1 << 20) }
+
+// NewName returns a fresh object name ("b-" and 32 hex digits).
+func NewName() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "b-" + hex.EncodeToString(b[:])
+}
+
+// Put stores the raw message read from r, its line endings made CRLF and
+// checked as message.CRLFWriter does, under a new name, and returns its
+// reference. Past limit octets it stops with a *TooLarge; on any error
+// what was stored is deleted.
+func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.BodyRef, error) {
+	name := NewName()
+	pr, pw := io.Pipe()
+	cw := message.NewCRLFWriter(&limitWriter{w: pw, limit: limit})
+	go func() {
+		_, err := io.Copy(cw, r)
+		if err == nil {
+			err = cw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{Name: name}, pr)
+	pr.CloseWithError(errors.New("stopped")) // ends the copy when Put stopped early
+	if err != nil {
+		// Put deletes its chunks when the reader fails; a failure after
+		// the chunks (the metadata write) may leave them: gone too.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = s.Delete(dctx, name)
+		cancel()
+		var tl *TooLarge
+		var inv *message.Invalid
+		switch {
+		case errors.As(err, &tl):
+			return message.BodyRef{}, tl
+		case errors.As(err, &inv):
+			return message.BodyRef{}, inv
+		}
+		return message.BodyRef{}, fmt.Errorf("store the body in %s: %w", Bucket, err)
+	}
+	if info.Size == 0 {
+		_ = s.Delete(ctx, name)
+		return message.BodyRef{}, &message.Invalid{Field: "body", Reason: "the message is empty"}
+	}
+	return message.BodyRef{Object: name, Size: int64(info.Size), Digest: info.Digest, EightBit: cw.EightBit}, nil
+}
+
+// limitWriter fails with a *TooLarge past limit octets.
+type limitWriter struct {
+	w     io.Writer
+	n     int64
+	limit int64
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if l.n+int64(len(p)) > l.limit {
+		return 0, &TooLarge{Size: l.limit + 1, Limit: l.limit}
+	}
+	n, err := l.w.Write(p)
+	l.n += int64(n)
+	return n, err
+}
+
+// Open returns a reader of the body ref names, from its start. The body
+// must be the one the reference was made for: a missing object, or one
+// whose size or digest differ, is a *message.Invalid (the message can
+// never be sent as it was handed over: a dead letter); the reader's own
+// digest check at the end is one too. Other errors (the store did not
+// answer) are temporary.
+func (s *Store) Open(ctx context.Context, ref message.BodyRef) (io.ReadCloser, error) {
+	res, err := s.obs.Get(ctx, ref.Object)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is not in %s (deleted, or purged with its dead letter)", ref.Object, Bucket)}
+	case err != nil:
+		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
+	}
+	info, err := res.Info()
+	if err != nil {
+		res.Close()
+		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
+	}
+	if int64(info.Size) != ref.Size || info.Digest != ref.Digest {
+		res.Close()
+		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is not the body the message was queued with (size %d, want %d; digest %s, want %s)", ref.Object, info.Size, ref.Size, info.Digest, ref.Digest)}
+	}
+	return &checkedReader{res: res, name: ref.Object}, nil
+}
+
+// checkedReader turns the store's digest mismatch into an Invalid.
+type checkedReader struct {
+	res  jetstream.ObjectResult
+	name string
+}
+
+func (c *checkedReader) Read(p []byte) (int, error) {
+	n, err := c.res.Read(p)
+	if errors.Is(err, jetstream.ErrDigestMismatch) {
+		return n, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s does not match its digest: changed since it was queued", c.name)}
+	}
+	return n, err
+}
+
+func (c *checkedReader) Close() error { return c.res.Close() }
+
+// Delete removes a body; one already gone is no error.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	err := s.obs.Delete(ctx, name)
+	if err == nil || errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil
+	}
+	return fmt.Errorf("delete body %s: %w", name, err)
+}
+
+// Names lists the bodies stored before cutoff.
+func (s *Store) Names(ctx context.Context, cutoff time.Time) ([]string, error) {
+	list, err := s.obs.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", Bucket, err)
+	}
+	var out []string
+	for _, info := range list {
+		if info.ModTime.Before(cutoff) {
+			out = append(out, info.Name)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,188 @@
+package body_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"relay365/internal/body"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
+)
+
+// bigRaw is a raw message of about n octets, base64 lines of 76.
+func bigRaw(t *testing.T, n int) []byte {
+	t.Helper()
+	bin := make([]byte, n*3/4)
+	if _, err := rand.Read(bin); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	b.WriteString("From: a@contoso.com\r\nTo: b@contoso.com\r\nSubject: big\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	enc := base64.StdEncoding.EncodeToString(bin)
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n")
+	return b.Bytes()
+}
+
+func TestPutOpenRoundTrip(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	s, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := bigRaw(t, 3<<20)
+	ref, err := s.Put(ctx, bytes.NewReader(raw), message.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref.Size != int64(len(raw)) || !strings.HasPrefix(ref.Digest, "SHA-256=") || ref.EightBit {
+		t.Fatalf("ref = %+v", ref)
+	}
+	m := &message.Message{Account: "alerts", To: []string{"b@contoso.com"}, Body: &ref}
+	if err := m.Validate(); err != nil {
+		t.Fatalf("a message naming the body does not validate: %v", err)
+	}
+	for range 2 { // a retry reads it afresh
+		rc, err := s.Open(ctx, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, raw) {
+			t.Fatalf("read back %d bytes (err %v), want the %d stored", len(got), err, len(raw))
+		}
+	}
+}
+
+func TestPutNormalizesAndRefuses(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	s, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := s.Put(ctx, strings.NewReader("Subject: x\n\nline\rr\xc3\xa9\n"), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := s.Open(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if want := "Subject: x\r\n\r\nline\r\nr\xc3\xa9\r\n"; string(got) != want || !ref.EightBit {
+		t.Errorf("stored %q (8bit %v), want %q with 8bit", got, ref.EightBit, want)
+	}
+
+	_, err = s.Put(ctx, bytes.NewReader(bigRaw(t, 2<<20)), 1<<20)
+	var tl *body.TooLarge
+	if !errors.As(err, &tl) || tl.Limit != 1<<20 || !strings.Contains(err.Error(), "over the limit of 1048576 bytes") {
+		t.Fatalf("oversized: %v, want a *TooLarge naming the limit", err)
+	}
+	_, err = s.Put(ctx, strings.NewReader("Subject: x\r\n\r\nnul\x00\r\n"), 1000)
+	if !message.IsInvalid(err) {
+		t.Fatalf("NUL: %v, want Invalid", err)
+	}
+	_, err = s.Put(ctx, strings.NewReader("Subject: x\r\n\r\n"+strings.Repeat("x", 999)+"\r\n"), 5000)
+	if !message.IsInvalid(err) || !strings.Contains(err.Error(), "998") {
+		t.Fatalf("long body line: %v, want Invalid naming 998", err)
+	}
+	// Nothing of the refused ones stays behind.
+	names, err := s.Names(ctx, time.Now().Add(time.Hour))
+	if err != nil || len(names) != 1 || names[0] != ref.Object {
+		t.Fatalf("bodies left: %v (%v), want only %s", names, err, ref.Object)
+	}
+}
+
+// A body replaced under its name (a rewritten object) is never sent as
+// the message: Open refuses it as Invalid, so the message is dead-lettered.
+func TestOpenRefusesAReplacedBody(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	s, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := s.Put(ctx, strings.NewReader("Subject: x\r\n\r\nthe real one\r\n"), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := env.JS.ObjectStore(ctx, body.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := obs.PutString(ctx, ref.Object, "Subject: x\r\n\r\na forgery!!!\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open(ctx, ref); !message.IsInvalid(err) {
+		t.Fatalf("replaced body: %v, want Invalid", err)
+	}
+	if err := s.Delete(ctx, ref.Object); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open(ctx, ref); !message.IsInvalid(err) || !strings.Contains(err.Error(), "not in relay_bodies") {
+		t.Fatalf("deleted body: %v, want Invalid", err)
+	}
+	if err := s.Delete(ctx, ref.Object); err != nil {
+		t.Fatalf("deleting twice: %v", err)
+	}
+}
+
+// Sweep deletes what nothing names and keeps what a queued message or a
+// dead letter names, however old.
+func TestSweepDeletesOnlyOrphans(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	s, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func() message.BodyRef {
+		ref, err := s.Put(ctx, strings.NewReader("Subject: x\r\n\r\nbody\r\n"), 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ref
+	}
+	queued, dead, orphan := put(), put(), put()
+	publish := func(ref message.BodyRef) []byte {
+		m := &message.Message{Account: "alerts", To: []string{"b@contoso.com"}, Body: &ref}
+		if err := m.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := m.Encode()
+		return data
+	}
+	if _, err := queue.Publish(ctx, env.JS, "alerts", "m1", publish(queued)); err != nil {
+		t.Fatal(err)
+	}
+	env.DeadLetter(t, ctx, "other", "m2", publish(dead), queue.DeadLetter{Reason: "test"})
+
+	// Young bodies are never swept, named or not.
+	if n, err := s.Sweep(ctx, env.JS, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("young sweep deleted %d (%v)", n, err)
+	}
+	n, err := s.Sweep(ctx, env.JS, time.Now().Add(time.Hour))
+	if err != nil || n != 1 {
+		t.Fatalf("sweep deleted %d (%v), want the one orphan", n, err)
+	}
+	if _, err := s.Open(ctx, orphan); !message.IsInvalid(err) {
+		t.Errorf("the orphan is still there: %v", err)
+	}
+	for _, ref := range []message.BodyRef{queued, dead} {
+		rc, err := s.Open(ctx, ref)
+		if err != nil {
+			t.Fatalf("a named body was swept: %v", err)
+		}
+		rc.Close()
+	}
+}

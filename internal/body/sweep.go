@@ -1,0 +1,98 @@
+package body
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/queue"
+)
+
+// OrphanAge is how old an unnamed body must be before Sweep deletes it:
+// the dedupe window, inside which a producer may still be retrying the
+// publish that names it.
+const OrphanAge = queue.DedupeWindow
+
+// Sweep deletes the bodies stored before cutoff that no message in MAIL
+// or MAIL_DLQ names, and returns how many it deleted. The streams are
+// read DLQ, MAIL, DLQ: a message moving between them while it reads
+// (dead-lettered: copied to MAIL_DLQ, then removed from MAIL; replayed:
+// copied to MAIL, then removed from MAIL_DLQ) is seen in one of the
+// three passes, since each copy is written before the original goes.
+func (s *Store) Sweep(ctx context.Context, js jetstream.JetStream, cutoff time.Time) (int, error) {
+	names, err := s.Names(ctx, cutoff)
+	if err != nil || len(names) == 0 {
+		return 0, err
+	}
+	orphans := make(map[string]bool, len(names))
+	for _, n := range names {
+		orphans[n] = true
+	}
+	for _, stream := range []string{queue.StreamDLQ, queue.StreamMail, queue.StreamDLQ} {
+		if err := scan(ctx, js, stream, func(data []byte) { forNames(data, func(n string) { delete(orphans, n) }) }); err != nil {
+			return 0, err // unsure what is named: delete nothing
+		}
+		if len(orphans) == 0 {
+			return 0, nil
+		}
+	}
+	deleted := 0
+	for n := range orphans {
+		if err := s.Delete(ctx, n); err != nil {
+			return deleted, err
+		}
+		deleted++
+	}
+	return deleted, nil
+}
+
+// scan calls f with every message of stream, in order, to its end as it
+// is when scan gets there.
+func scan(ctx context.Context, js jetstream.JetStream, stream string, f func([]byte)) error {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("sweep: stream %s: %w", stream, err)
+	}
+	for seq := uint64(1); ; {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(">"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("sweep: read %s: %w", stream, err)
+		}
+		f(m.Data)
+		seq = m.Sequence + 1
+	}
+}
+
+// forNames calls f with every body object name in data.
+func forNames(data []byte, f func(string)) {
+	const n = 2 + 32
+	for i := 0; ; {
+		j := bytes.Index(data[i:], []byte("b-"))
+		if j < 0 {
+			return
+		}
+		i += j
+		if i+n <= len(data) && isHex(data[i+2:i+n]) && (i+n == len(data) || !isHexDigit(data[i+n])) {
+			f(string(data[i : i+n]))
+		}
+		i += 2
+	}
+}
+
+func isHex(b []byte) bool {
+	for _, c := range b {
+		if !isHexDigit(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func isHexDigit(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }

@@ -1,0 +1,247 @@
+package message
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"time"
+)
+
+// Large messages (docs/design.md §3.3). A message whose JSON would be
+// larger than InlineMax travels in two parts: its content, as a raw RFC
+// 5322 message with CRLF line endings, in the body store (an Object Store
+// bucket, internal/body), and on the MAIL subject a small JSON document
+// with the envelope and a BodyRef in place of raw. The worker reads the
+// header section to apply the raw rules of raw.go (From policy, Bcc,
+// Date, Message-ID) and streams the rest into DATA, checking each line as
+// it goes (CheckBody), so a 35 MB message costs it a buffer, not 35 MB.
+
+// InlineMax is the largest encoded JSON message published as it is; a
+// larger one's content goes to the body store. 256 KiB stays well below
+// NATS's default 1 MiB payload limit, and keeps the messages a lane holds
+// ahead (LookaheadBytes) many.
+const InlineMax = 256 << 10
+
+// BodyRef names a message's content in the body store: the object, its
+// exact size and its SHA-256 digest as the store reports it
+// ("SHA-256=<base64url>"), checked when it is read, so a body that was
+// replaced or cut is never sent as this message.
+type BodyRef struct {
+	Object   string `json:"object"`
+	Size     int64  `json:"size"`
+	Digest   string `json:"digest"`
+	EightBit bool   `json:"eight_bit,omitempty"` // an octet above 127: BODY=8BITMIME
+}
+
+// objectRE: body objects are named by the relay ("b-" and 32 hex digits);
+// anything else was not stored by a Relay365 producer.
+var objectRE = regexp.MustCompile(`^b-[0-9a-f]{32}$`)
+
+func (b *BodyRef) validate() error {
+	if !objectRE.MatchString(b.Object) {
+		return invalid("body.object", "%q is not a body object name", b.Object)
+	}
+	if b.Size <= 0 {
+		return invalid("body.size", "%d is not a size", b.Size)
+	}
+	if b.Size > MaxSize {
+		return invalid("body.size", "%d bytes, Office 365 accepts at most %d", b.Size, MaxSize)
+	}
+	if len(b.Digest) < 10 || len(b.Digest) > 100 {
+		return invalid("body.digest", "%q is not a digest", b.Digest)
+	}
+	return nil
+}
+
+// MaxHeaderSection bounds the header section of a stored body, read into
+// memory by the worker (the rest streams).
+const MaxHeaderSection = 1 << 20
+
+// ReadHeaderSection reads r up to and including the empty line that ends
+// the header section (RFC 5322 §2.1), and returns it. A body without one
+// (all header) or whose header section is larger than MaxHeaderSection is
+// invalid.
+func ReadHeaderSection(r io.Reader) ([]byte, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var head []byte
+	for {
+		line, err := br.ReadSlice('\n')
+		head = append(head, line...)
+		if len(head) > MaxHeaderSection {
+			return nil, invalid("body", "header section longer than %d bytes", MaxHeaderSection)
+		}
+		if bytes.Equal(line, []byte("\r\n")) {
+			return head, nil
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case err == io.EOF:
+			return nil, invalid("body", "no empty line ends the header section")
+		case err != nil:
+			return nil, err
+		}
+	}
+}
+
+// RenderBody renders a message whose content is in the body store: head
+// is the stored header section (ReadHeaderSection). The Rendered's Data is
+// the header section to send, Body the rest of the object from BodyOffset,
+// and Size the whole.
+func RenderBody(m *Message, s Sender, now time.Time, head []byte) (*Rendered, error) {
+	if m.Body == nil {
+		return nil, errors.New("message has no body reference")
+	}
+	rcpts, err := m.Recipients()
+	if err != nil {
+		return nil, err
+	}
+	hm := *m
+	hm.Raw, hm.Body = head, nil
+	data, err := renderRaw(&hm, s, now)
+	if err != nil {
+		return nil, err
+	}
+	r := &Rendered{MailFrom: s.Mailbox, Rcpts: rcpts, Data: data, Body: m.Body, BodyOffset: int64(len(head))}
+	if size := r.Size(); size > MaxSize {
+		return nil, invalid("body", "%d bytes, Office 365 accepts at most %d", size, MaxSize)
+	}
+	return r, nil
+}
+
+// Size is the rendered message's size in octets.
+func (r *Rendered) Size() int64 {
+	if r.Body == nil {
+		return int64(len(r.Data))
+	}
+	return int64(len(r.Data)) + r.Body.Size - r.BodyOffset
+}
+
+// CheckBody passes r through, failing with an *Invalid on what SMTP
+// cannot carry as it is: a NUL (RFC 5322 §3.5), a CR or LF not in a CRLF
+// pair (RFC 5321 §2.3.8), a line longer than 998 octets (RFC 5322
+// §2.1.1). Producers store bodies already checked; this is the worker's
+// guard against one stored by other means, and it fails before the
+// content's end is sent, so nothing is delivered.
+func CheckBody(r io.Reader) io.Reader { return &bodyChecker{r: r} }
+
+type bodyChecker struct {
+	r      io.Reader
+	line   int   // octets in the current line so far
+	n      int64 // octets read
+	lineNo int
+	cr     bool // the last octet was CR
+}
+
+func (c *bodyChecker) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	for i, b := range p[:n] {
+		off := c.n + int64(i)
+		switch {
+		case b == 0:
+			return i, invalid("body", "a NUL byte at offset %d", off)
+		case c.cr && b != '\n':
+			return i, invalid("body", "a bare CR at offset %d", off-1)
+		case b == '\n' && !c.cr:
+			return i, invalid("body", "a bare LF at offset %d", off)
+		case b == '\n':
+			c.lineNo++
+			c.line = 0
+		case b != '\r':
+			c.line++
+			if c.line > lineHard {
+				return i, invalid("body", "line %d of the body is longer than 998 octets (RFC 5322 §2.1.1)", c.lineNo+1)
+			}
+		}
+		c.cr = b == '\r'
+	}
+	c.n += int64(n)
+	if err == io.EOF && c.cr {
+		return n, invalid("body", "ends with a bare CR")
+	}
+	return n, err
+}
+
+// CRLFWriter writes to w what is written to it with every line ending
+// made CRLF (a bare LF or CR becomes CRLF, as NormalizeRaw does), failing
+// on a NUL or on a body line longer than 998 octets, and counting the octets
+// written and whether any is above 127: what a producer stores as a body.
+// Close flushes a trailing bare CR.
+type CRLFWriter struct {
+	w        io.Writer
+	N        int64 // octets written to w
+	EightBit bool
+	line     int
+	lineNo   int
+	cr       bool
+	body     bool // past the header section
+	buf      []byte
+}
+
+// NewCRLFWriter returns a CRLFWriter writing to w.
+func NewCRLFWriter(w io.Writer) *CRLFWriter { return &CRLFWriter{w: w} }
+
+func (c *CRLFWriter) Write(p []byte) (int, error) {
+	c.buf = c.buf[:0]
+	for _, b := range p {
+		switch {
+		case b == 0:
+			return 0, invalid("raw", "contains a NUL byte at offset %d", c.N+int64(len(c.buf)))
+		case b == '\n':
+			if !c.cr {
+				c.buf = append(c.buf, '\r')
+			}
+			c.buf = append(c.buf, '\n')
+			c.endLine()
+			c.cr = false
+			continue
+		case c.cr: // a bare CR ended the line
+			c.buf = append(c.buf, '\n')
+			c.endLine()
+		}
+		c.cr = b == '\r'
+		c.buf = append(c.buf, b)
+		if b != '\r' {
+			c.line++
+			if c.body && c.line > lineHard {
+				return 0, invalid("raw", "line %d is longer than 998 octets (RFC 5322 §2.1.1): encode long lines quoted-printable or base64", c.lineNo+1)
+			}
+			if b >= 0x80 {
+				c.EightBit = true
+			}
+		}
+	}
+	n, err := c.w.Write(c.buf)
+	c.N += int64(n)
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// endLine: an empty line ends the header section, whose long lines the
+// worker folds (raw.go); the body's it cannot.
+func (c *CRLFWriter) endLine() {
+	if c.line == 0 {
+		c.body = true
+	}
+	c.line = 0
+	c.lineNo++
+}
+
+// Close ends a final bare CR with LF.
+func (c *CRLFWriter) Close() error {
+	if !c.cr {
+		return nil
+	}
+	c.cr = false
+	n, err := c.w.Write([]byte("\n"))
+	c.N += int64(n)
+	if err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	return nil
+}
