@@ -25,12 +25,15 @@
 package producer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 )
@@ -51,7 +54,14 @@ type Result struct {
 // Producer publishes messages.
 type Producer struct {
 	js jetstream.JetStream
+	// MaxSize is the largest message, counted after encoding, that
+	// Publish takes; larger ones are refused with a *TooLarge before
+	// anything is queued. Default message.MaxSize, Office 365's 35 MB.
+	MaxSize int64
 }
+
+// TooLarge is the error for a message over Producer.MaxSize.
+type TooLarge = body.TooLarge
 
 // New wraps a NATS connection. The MAIL stream must exist (relay serve
 // creates it); otherwise Publish fails with a message that says so.
@@ -66,6 +76,12 @@ func New(nc *nats.Conn) (*Producer, error) {
 // Publish validates m (filling m.ID when empty) and publishes it on
 // mail.send.<account>, retrying with the same id while JetStream is
 // briefly unavailable, until ctx ends.
+//
+// A message whose JSON is larger than message.InlineMax (256 KiB: large
+// attachments, a big raw message) is rendered here and its content stored
+// in the relay's body bucket first; the message published names it
+// (docs/design.md §3.3). Its size is checked against MaxSize while it is
+// stored.
 func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err := m.Validate(); err != nil {
 		return Result{}, err
@@ -74,9 +90,78 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if len(data) > message.InlineMax && m.Body == nil {
+		if data, err = p.store(ctx, m); err != nil {
+			return Result{}, err
+		}
+	}
 	res, err := queue.Publish(ctx, p.js, m.Account, m.ID, data)
 	if err != nil {
+		// A stored body nothing names is the sweeper's (a producer may
+		// not delete bodies).
 		return Result{}, fmt.Errorf("%w (is relay serve running and the MAIL stream created?)", err)
 	}
 	return Result{ID: m.ID, Seq: res.Seq, Duplicate: res.Duplicate}, nil
+}
+
+// PublishRaw publishes a complete RFC 5322 message read from r (the
+// content of sendmail's stdin, say) to the given envelope recipients
+// through account, streaming it into the body store when it is large.
+// Line endings are made CRLF.
+//
+// The message is read into memory first (at most MaxSize and one octet):
+// it is checked whole before anything is stored, because a producer may
+// store bodies but not delete them, and a store that failed half-way
+// would leave chunks behind.
+func (p *Producer) PublishRaw(ctx context.Context, account, id string, rcpts []string, r io.Reader) (Result, error) {
+	raw, err := io.ReadAll(io.LimitReader(r, p.maxSize()+1))
+	if err != nil {
+		return Result{}, err
+	}
+	return p.Publish(ctx, &Message{ID: id, Account: account, To: rcpts, Raw: raw})
+}
+
+func (p *Producer) maxSize() int64 {
+	if p.MaxSize > 0 {
+		return p.MaxSize
+	}
+	return message.MaxSize
+}
+
+// store renders m, stores its content and returns the JSON of the message
+// that names it.
+func (p *Producer) store(ctx context.Context, m *Message) ([]byte, error) {
+	rcpts, err := m.Recipients()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := message.RenderUnsent(m)
+	if err != nil {
+		return nil, err
+	}
+	// Checked whole before anything is stored: a producer may store
+	// bodies but not delete them, so a Put must not fail on the content.
+	if int64(len(raw)) > p.maxSize() {
+		return nil, &TooLarge{Size: int64(len(raw)), Limit: p.maxSize()}
+	}
+	cw := message.NewCRLFWriter(io.Discard)
+	if _, err := cw.Write(raw); err != nil {
+		return nil, err
+	}
+	s, err := body.Open(ctx, p.js)
+	if err != nil {
+		return nil, err
+	}
+	ref, err := s.Put(ctx, bytes.NewReader(raw), p.maxSize())
+	if err != nil {
+		return nil, err
+	}
+	bm := &Message{ID: m.ID, Account: m.Account, To: m.To, Cc: m.Cc, Bcc: m.Bcc, Body: &ref}
+	if len(bm.To)+len(bm.Cc)+len(bm.Bcc) == 0 {
+		bm.To = rcpts // a raw message's own To, Cc and Bcc fields
+	}
+	if err := bm.Validate(); err != nil {
+		return nil, err
+	}
+	return bm.Encode()
 }

@@ -65,14 +65,14 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	return &Store{obs: obs}, nil
 }
 
-// TooLarge is a message over the size limit, found while storing it.
+// TooLarge is a message over the size limit.
 type TooLarge struct {
-	Size  int64 // octets read so far (at least Limit+1)
+	Size  int64 // its size, or as much as was read of it (Limit+1)
 	Limit int64
 }
 
 func (e *TooLarge) Error() string {
-	return fmt.Sprintf("message is more than %d bytes (%.1f MB), over the limit of %d bytes (%.1f MB)", e.Size-1, mb(e.Size-1), e.Limit, mb(e.Limit))
+	return fmt.Sprintf("message of %d bytes (%.1f MB) or more is over the size limit of %d bytes (%.1f MB)", e.Size, mb(e.Size), e.Limit, mb(e.Limit))
 }
 
 func mb(n int64) float64 { return float64(n) / (1 << 20) }

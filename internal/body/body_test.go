@@ -87,7 +87,7 @@ func TestPutNormalizesAndRefuses(t *testing.T) {
 
 	_, err = s.Put(ctx, bytes.NewReader(bigRaw(t, 2<<20)), 1<<20)
 	var tl *body.TooLarge
-	if !errors.As(err, &tl) || tl.Limit != 1<<20 || !strings.Contains(err.Error(), "over the limit of 1048576 bytes") {
+	if !errors.As(err, &tl) || tl.Limit != 1<<20 || !strings.Contains(err.Error(), "over the size limit of 1048576 bytes") {
 		t.Fatalf("oversized: %v, want a *TooLarge naming the limit", err)
 	}
 	_, err = s.Put(ctx, strings.NewReader("Subject: x\r\n\r\nnul\x00\r\n"), 1000)

@@ -15,6 +15,7 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/smtpclient"
 	"relay365/internal/submit"
 	"relay365/internal/token"
 )
@@ -26,10 +27,11 @@ type attempt struct {
 	id        string
 	log       zerolog.Logger
 	first     time.Time
-	started   time.Time // on the engine's clock
-	probe     bool      // the paused lane's probe message
-	duplicate bool      // every transaction was already accepted earlier
-	slot      *slot     // the message's claim on the lane's sessions
+	started   time.Time        // on the engine's clock
+	probe     bool             // the paused lane's probe message
+	duplicate bool             // every transaction was already accepted earlier
+	slot      *slot            // the message's claim on the lane's sessions
+	body      *message.BodyRef // the stored content, deleted once acked
 }
 
 // messageID is the message's idempotency key: the JSON id, else the id a
@@ -96,12 +98,17 @@ func (l *lane) deliver(a *attempt) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	r, err := message.Render(m, message.Sender{
-		Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs,
-	}, l.e.clock.Now())
+	sender := message.Sender{Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs}
+	var r *message.Rendered
+	if m.Body != nil {
+		r, err = l.renderStored(m, sender)
+	} else {
+		r, err = message.Render(m, sender, l.e.clock.Now())
+	}
 	if err != nil {
 		return err
 	}
+	a.body = m.Body
 	batches := r.Batches(batchSize(acct))
 	todo, first, err := l.lookupAndReserve(a, acct, batches)
 	a.slot.setPrepared()
@@ -215,8 +222,14 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, batches [][]st
 // 250.
 func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, rcpts []string, t Ticket) error {
 	ctx := l.e.sendCtx
-	tried, err := l.send(ctx, a.log, r.MailFrom, rcpts, r.Data)
-	if !tried {
+	tried, err := l.send(ctx, a.log, r.MailFrom, rcpts, l.content(r))
+	var ce *smtpclient.ContentError
+	if !tried || errors.As(err, &ce) {
+		// Nothing sent, or the content could not be read: the server
+		// discarded the transaction (smtpclient), Office 365 counted
+		// nothing. What the read error means decides (classify): a body
+		// gone or changed is Invalid, a store that did not answer is
+		// temporary.
 		l.release(t, a.log)
 		return err
 	}
@@ -310,13 +323,13 @@ func (l *lane) release(t Ticket, log zerolog.Logger) {
 // delay: the transaction runs again on the next session. Each such failure
 // discards a pooled session, and a new session is not "reused", so this
 // ends after at most the pool's idle sessions and one fresh one.
-func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, data []byte) (tried bool, err error) {
+func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, content smtpclient.Content) (tried bool, err error) {
 	for {
 		s, err := l.session(ctx, log)
 		if err != nil {
 			return false, err // a failure before, if any, sent nothing either
 		}
-		err = s.Send(ctx, from, rcpts, data)
+		err = s.SendContent(ctx, from, rcpts, content)
 		again := s.NotStarted(err)
 		l.pool.Put(s)
 		if !again {
@@ -441,7 +454,10 @@ func (l *lane) finish(a *attempt, err error) {
 		}
 		if ackErr := a.msg.DoubleAck(ctx); ackErr != nil {
 			// The marker is written, so a redelivery is acked as duplicate.
+			// The body stays for it (the sweeper takes it after).
 			a.log.Warn().Err(ackErr).Msg("sent, but the ack failed; a redelivery will be recognised as sent")
+		} else {
+			l.deleteBody(a.body, a.log)
 		}
 		l.forget(seq)
 		l.sent(a.started, a.probe)

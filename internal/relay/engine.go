@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/body"
 	"relay365/internal/clock"
 	"relay365/internal/message"
 	"relay365/internal/queue"
@@ -65,6 +66,8 @@ type Config struct {
 	LookaheadBytes  int           // a lane fetches ahead only while it holds fewer bytes of messages; default 1 MiB
 	QueueLifetime   time.Duration // mail older than this is dead-lettered as expired (expire.go); default queue.DefaultQueueLifetime, negative for never
 	ExpiryEvery     time.Duration // how often paused lanes' expired mail is looked for; default a tenth of QueueLifetime, 1s to 1m
+	BodySweepEvery  time.Duration // how often orphaned bodies are looked for (bodies.go); default 1h
+	BodyOrphanAge   time.Duration // an unnamed body older than this is deleted; default body.OrphanAge (the dedupe window)
 }
 
 // DefaultShutdownGrace is how long sends in flight may finish after the
@@ -83,6 +86,8 @@ func (c *Config) defaults() {
 	setDur(&c.FetchWait, 5*time.Second)
 	setDur(&c.SweepEvery, time.Second)
 	setDur(&c.UnknownGrace, 3*time.Second)
+	setDur(&c.BodySweepEvery, time.Hour)
+	setDur(&c.BodyOrphanAge, body.OrphanAge)
 	consumer := queue.ConsumerConfig{AckWait: c.AckWait, MaxDeliver: c.MaxDeliver, MaxAckPending: c.MaxAckPending}
 	consumer.Defaults()
 	c.AckWait, c.MaxDeliver, c.MaxAckPending = consumer.AckWait, consumer.MaxDeliver, consumer.MaxAckPending
@@ -142,6 +147,7 @@ type Engine struct {
 	// Set by Run before any lane starts.
 	pacer   *Pacer
 	sent    *SentMarkers
+	bodies  *body.Store
 	sendCtx context.Context // in-flight SMTP work: outlives Run's ctx by ShutdownGrace
 
 	ready chan struct{} // closed once Run watches the registry
@@ -188,6 +194,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.sent, err = OpenSentMarkers(ctx, e.js); err != nil {
 		return err
 	}
+	if e.bodies, err = body.Open(ctx, e.js); err != nil {
+		return err
+	}
 	changes, err := e.accounts.Watch(ctx)
 	if err != nil {
 		return err
@@ -203,6 +212,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	var bg sync.WaitGroup
 	bg.Go(func() { e.sweepLoop(ctx) })
 	bg.Go(func() { e.expireLoop(ctx) })
+	bg.Go(func() { e.bodySweepLoop(ctx) })
 	for ctx.Err() == nil {
 		select {
 		case c, ok := <-changes:

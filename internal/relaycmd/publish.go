@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"mime"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -30,7 +32,7 @@ type publishConfig struct {
 func runPublish(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("publish", env)
 	var c publishConfig
-	var to, cc, bcc, replyTo listFlag
+	var to, cc, bcc, replyTo, attach listFlag
 	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
 	dataDirFlag(fs, env, &c.DataDir)
@@ -44,6 +46,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&c.Msg.Subject, "subject", "", "subject")
 	fs.StringVar(&c.Msg.Text, "text", "", "plain text body")
 	fs.StringVar(&c.HTMLFile, "html-file", "", "HTML body from this file")
+	fs.Var(&attach, "attach", "attach this file (repeatable; content type from its name); large messages go through the body store")
 	fs.StringVar(&c.Msg.ID, "id", "", "message id, the idempotency key (default: generated)")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "give up publishing after this long")
 	fs.BoolVar(&c.JSON, "json", false, "print the result as JSON")
@@ -78,6 +81,13 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 			}
 			m.HTML = string(b)
 		}
+	}
+	for _, path := range attach {
+		a, err := attachment(path)
+		if err != nil {
+			return err
+		}
+		m.Attachments = append(m.Attachments, a)
 	}
 	if err := m.Validate(); err != nil {
 		return cli.UsageError{Err: err}
@@ -125,4 +135,18 @@ func readMessageFile(path string, stdin io.Reader) (*message.Message, error) {
 		return nil, cli.UsageError{Err: err}
 	}
 	return m, nil
+}
+
+// attachment reads path as an attachment, its content type guessed from
+// its extension (mime.TypeByExtension), else application/octet-stream.
+func attachment(path string) (message.Attachment, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return message.Attachment{}, cli.Usagef("--attach: %v", err)
+	}
+	ct := mime.TypeByExtension(filepath.Ext(path))
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	return message.Attachment{Filename: filepath.Base(path), ContentType: ct, Data: data}, nil
 }

@@ -52,6 +52,8 @@ const (
 	bucketSent      = "relay_sent"
 	bucketPacing    = "relay_pacing"
 	bucketProducers = "relay_producers"
+	bucketBodies    = "relay_bodies"
+	streamBodies    = "OBJ_" + bucketBodies
 )
 
 // InboxPrefix is where the role's replies go; only the role may subscribe
@@ -113,7 +115,16 @@ func (r Role) Permissions() *server.Permissions {
 	switch r {
 	case Producer:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: []string{"mail.send.>"}},
+			Publish: &server.SubjectPermission{Allow: []string{
+				"mail.send.>",
+				// a large message's body: stored in relay_bodies
+				// (chunks, then its metadata), after the look-up of
+				// its name that Put makes; never read back, listed,
+				// purged or deleted
+				"$JS.API.STREAM.INFO." + streamBodies,
+				"$JS.API.DIRECT.GET." + streamBodies + ".$O." + bucketBodies + ".M.>",
+				"$O." + bucketBodies + ".C.>", "$O." + bucketBodies + ".M.>",
+			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
 		}
 	case Worker:
@@ -133,6 +144,17 @@ func (r Role) Permissions() *server.Permissions {
 				"mail.send.>",                  // a requeue, and the SMTP front door
 				"mail.dlq.>",                   // dead letters
 				"token.get", "token.refresh", "token.status",
+				// dead letters read by the body sweeper
+				"$JS.API.STREAM.MSG.GET." + streamDLQ,
+				// relay_bodies: stored (the SMTP front door), read,
+				// deleted after the ack, orphans swept
+				"$JS.API.STREAM.INFO." + streamBodies,
+				"$JS.API.DIRECT.GET." + streamBodies + ".>",
+				"$JS.API.STREAM.MSG.GET." + streamBodies,
+				"$JS.API.STREAM.PURGE." + streamBodies,
+				"$JS.API.CONSUMER.CREATE." + streamBodies, "$JS.API.CONSUMER.CREATE." + streamBodies + ".>",
+				"$JS.API.CONSUMER.DELETE." + streamBodies + ".>",
+				"$O." + bucketBodies + ".>",
 			}, kvRead(bucketAccounts), kvRead(bucketProducers), kvWrite(bucketSent), kvWrite(bucketPacing))},
 			Subscribe: &server.SubjectPermission{Allow: []string{inbox, "relay.events.token.stored"}},
 		}

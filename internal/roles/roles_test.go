@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"relay365/internal/account"
+	"relay365/internal/body"
 	"relay365/internal/ingress"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
@@ -21,6 +22,7 @@ func TestNamesAreTheirPackages(t *testing.T) {
 		streamMail: queue.StreamMail, streamDLQ: queue.StreamDLQ,
 		bucketAccounts: account.Bucket, bucketTokens: token.Bucket, bucketSent: relay.SentBucket,
 		bucketPacing: relay.PacingBucket, bucketProducers: ingress.ProducersBucket,
+		bucketBodies: body.Bucket, streamBodies: body.StreamName,
 	} {
 		if have != want {
 			t.Errorf("roles grants %q, the package names it %q", have, want)
