@@ -20,6 +20,7 @@ import (
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/roles"
+	"relay365/producer"
 )
 
 // relay sendmail is /usr/sbin/sendmail for hosts whose mail goes through
@@ -112,16 +113,15 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return cli.ExitError{Code: exDataErr, Err: err}
 	}
-	payload, err := m.Encode()
-	if err != nil {
-		return cli.ExitError{Code: exSoftware, Err: err}
-	}
-	return publishSendmail(ctx, c, m, payload)
+	return publishSendmail(ctx, c, m)
 }
 
 // publishSendmail queues the message within c.Timeout, connecting
 // included, and says with the exit code whether trying again can help.
-func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message, payload []byte) error {
+//
+// It publishes through the producer package, so a message over
+// message.InlineMax has its content stored in the body store first.
+func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	// A publish the server does not permit gets no reply, only an
@@ -144,12 +144,15 @@ func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message, 
 		return cli.ExitError{Code: exTempFail, Err: err}
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	p, err := producer.New(nc)
 	if err != nil {
 		return cli.ExitError{Code: exSoftware, Err: err}
 	}
-	if _, err = queue.Publish(ctx, js, m.Account, m.ID, payload); err == nil {
+	if _, err = p.Publish(ctx, m); err == nil {
 		return nil
+	}
+	if message.IsInvalid(err) {
+		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("not queued: %w", err)}
 	}
 	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
 		err = fmt.Errorf("%w (%v)", cause, err)
