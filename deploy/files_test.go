@@ -482,3 +482,36 @@ func TestComposeStartsCleanly(t *testing.T) {
 		}
 	}
 }
+
+// TestRunbook: every alert has a runbook_url pointing at a section of
+// docs/runbook.md that exists (a "## Name" heading: GitHub's anchor is
+// the name in lower case), every section is an alert, and no rule picks
+// relays by a job name (operators name their jobs).
+func TestRunbook(t *testing.T) {
+	b, err := os.ReadFile(path("docs/runbook.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if h, ok := strings.CutPrefix(line, "## "); ok {
+			anchors[strings.ToLower(strings.TrimSpace(h))] = true
+		}
+	}
+	alerts := map[string]bool{}
+	for _, r := range readRules(t) {
+		alerts[strings.ToLower(r.Alert)] = true
+		doc, anchor, _ := strings.Cut(r.Annotations["runbook_url"], "#")
+		if !strings.HasSuffix(doc, "docs/runbook.md") || !anchors[anchor] || anchor != strings.ToLower(r.Alert) {
+			t.Errorf("alert %s: runbook_url %q, want docs/runbook.md#%s with that section present", r.Alert, r.Annotations["runbook_url"], strings.ToLower(r.Alert))
+		}
+		if strings.Contains(r.Expr, "job=") || strings.Contains(r.Expr, "job =") {
+			t.Errorf("alert %s selects a job: %s", r.Alert, r.Expr)
+		}
+	}
+	for a := range anchors {
+		if !alerts[a] {
+			t.Errorf("runbook section %q is no alert", a)
+		}
+	}
+}
