@@ -255,8 +255,8 @@ func TestComposeFile(t *testing.T) {
 		if p.Type == "row" {
 			continue // a section heading: no query, no datasource
 		}
-		if p.Datasource.UID != ds.Datasources[0].UID {
-			t.Errorf("panel %q uses datasource %q, provisioned is %q", p.Title, p.Datasource.UID, ds.Datasources[0].UID)
+		if p.Datasource.UID != "${datasource}" || p.Datasource.Type != ds.Datasources[0].Type {
+			t.Errorf("panel %q uses datasource %+v, want the datasource variable of type %s", p.Title, p.Datasource, ds.Datasources[0].Type)
 		}
 	}
 }
@@ -269,8 +269,8 @@ func TestDashboard(t *testing.T) {
 	if d.UID == "" || d.Title == "" {
 		t.Fatal("dashboard without uid or title")
 	}
-	if len(d.Templating.List) != 1 || d.Templating.List[0].Name != "account" {
-		t.Errorf("want one variable, account: %+v", d.Templating.List)
+	if len(d.Templating.List) != 2 || d.Templating.List[0].Name != "datasource" || d.Templating.List[1].Name != "account" {
+		t.Errorf("want two variables, datasource and account: %+v", d.Templating.List)
 	}
 	ids := map[int]bool{}
 	all := ""
@@ -513,5 +513,74 @@ func TestRunbook(t *testing.T) {
 		if !alerts[a] {
 			t.Errorf("runbook section %q is no alert", a)
 		}
+	}
+}
+
+// TestDashboardDatasourceVariable: the dashboard works in a Grafana whose
+// Prometheus has any uid: a variable "datasource" of type datasource
+// (query prometheus) that every panel, every query and the account
+// variable use, __inputs for the import dialog, and no datasource uid
+// written into the file.
+func TestDashboardDatasourceVariable(t *testing.T) {
+	b, err := os.ReadFile(path("deploy/grafana/dashboards/relay.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Inputs []struct {
+			Name, Type, PluginID string
+		} `json:"__inputs"`
+		Templating struct {
+			List []struct {
+				Name, Type string
+				Query      any
+				Datasource *struct{ Type, UID string }
+			}
+		}
+		Panels []struct {
+			Title      string
+			Type       string
+			Datasource *struct{ Type, UID string }
+			Targets    []struct {
+				RefID      string
+				Datasource *struct{ Type, UID string }
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Inputs) != 1 || d.Inputs[0].Name != "DS_PROMETHEUS" || d.Inputs[0].Type != "datasource" || d.Inputs[0].PluginID != "prometheus" {
+		t.Errorf("__inputs %+v, want DS_PROMETHEUS, a prometheus datasource", d.Inputs)
+	}
+	uses := func(what string, ds *struct{ Type, UID string }) {
+		t.Helper()
+		if ds == nil || ds.Type != "prometheus" || ds.UID != "${datasource}" {
+			t.Errorf("%s: datasource %+v, want {prometheus ${datasource}}", what, ds)
+		}
+	}
+	found := false
+	for _, v := range d.Templating.List {
+		switch {
+		case v.Name == "datasource":
+			found = v.Type == "datasource" && v.Query == "prometheus"
+		case v.Type == "query":
+			uses("variable "+v.Name, v.Datasource)
+		}
+	}
+	if !found {
+		t.Error("no variable datasource of type datasource with query prometheus")
+	}
+	for _, p := range d.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		uses("panel "+p.Title, p.Datasource)
+		for _, tg := range p.Targets {
+			uses("panel "+p.Title+" target "+tg.RefID, tg.Datasource)
+		}
+	}
+	if strings.Contains(string(b), `"uid": "prometheus"`) {
+		t.Error("the dashboard names the datasource uid prometheus")
 	}
 }
