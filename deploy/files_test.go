@@ -40,6 +40,18 @@ type compose struct {
 		Secrets     []string       `yaml:"secrets"`
 		Environment map[string]any `yaml:"environment"`
 		DependsOn   any            `yaml:"depends_on"`
+		Entrypoint  []string       `yaml:"entrypoint"`
+		Healthcheck *struct {
+			Test []string `yaml:"test"`
+		} `yaml:"healthcheck"`
+		Deploy struct {
+			Resources struct {
+				Limits struct {
+					CPUs   string `yaml:"cpus"`
+					Memory string `yaml:"memory"`
+				} `yaml:"limits"`
+			} `yaml:"resources"`
+		} `yaml:"deploy"`
 	} `yaml:"services"`
 	Volumes map[string]any `yaml:"volumes"`
 	Secrets map[string]struct {
@@ -123,7 +135,7 @@ func readRules(t testing.TB) []Rule {
 func TestComposeFile(t *testing.T) {
 	var c compose
 	readYAML(t, "docker-compose.yml", &c)
-	for _, name := range []string{"nats", "relay-setup", "relay-tokens", "relay-worker", "sandbox", "prometheus", "grafana"} {
+	for _, name := range []string{"nats", "relay-setup", "relay-keygen", "authtool", "relay-tokens", "relay-worker", "sandbox", "prometheus", "grafana", "alertmanager"} {
 		s, ok := c.Services[name]
 		if !ok {
 			t.Errorf("service %s missing", name)
@@ -243,8 +255,8 @@ func TestComposeFile(t *testing.T) {
 		if p.Type == "row" {
 			continue // a section heading: no query, no datasource
 		}
-		if p.Datasource.UID != ds.Datasources[0].UID {
-			t.Errorf("panel %q uses datasource %q, provisioned is %q", p.Title, p.Datasource.UID, ds.Datasources[0].UID)
+		if p.Datasource.UID != "${datasource}" || p.Datasource.Type != ds.Datasources[0].Type {
+			t.Errorf("panel %q uses datasource %+v, want the datasource variable of type %s", p.Title, p.Datasource, ds.Datasources[0].Type)
 		}
 	}
 }
@@ -257,8 +269,8 @@ func TestDashboard(t *testing.T) {
 	if d.UID == "" || d.Title == "" {
 		t.Fatal("dashboard without uid or title")
 	}
-	if len(d.Templating.List) != 1 || d.Templating.List[0].Name != "account" {
-		t.Errorf("want one variable, account: %+v", d.Templating.List)
+	if len(d.Templating.List) != 2 || d.Templating.List[0].Name != "datasource" || d.Templating.List[1].Name != "account" {
+		t.Errorf("want two variables, datasource and account: %+v", d.Templating.List)
 	}
 	ids := map[int]bool{}
 	all := ""
@@ -353,8 +365,222 @@ func TestComposeUsesTheRoles(t *testing.T) {
 		if want.roles != "" && !strings.Contains(string(cmd), `"--roles","`+want.roles+`"`) {
 			t.Errorf("%s runs %s, want --roles %s", svc, cmd, want.roles)
 		}
-		if hasKey := slices.Contains(s.Secrets, "token_key"); hasKey != (svc == "relay-tokens") {
+		if hasKey := slices.Contains(s.Volumes, "relay-key:/var/lib/relay/key:ro"); hasKey != (svc == "relay-tokens") {
 			t.Errorf("%s has the token key: %v (only the token service needs it)", svc, hasKey)
 		}
+	}
+}
+
+// TestComposeStartsCleanly: the long-running services have resource
+// limits; NATS and both relays have health checks (the relays through
+// relay health, the image having no curl) and what depends on them waits
+// for service_healthy; the key is made in the image into the relay-key
+// volume and authtool runs from the same image with it; Alertmanager
+// mails through the relay worker's SMTP listener with a password file;
+// images are pinned to an exact tag, NATS to the minor version of the
+// nats-server in go.mod.
+func TestComposeStartsCleanly(t *testing.T) {
+	var c compose
+	readYAML(t, "docker-compose.yml", &c)
+	for _, name := range []string{"nats", "relay-tokens", "relay-worker", "prometheus", "grafana", "alertmanager"} {
+		l := c.Services[name].Deploy.Resources.Limits
+		if l.CPUs == "" || l.Memory == "" {
+			t.Errorf("service %s has no cpu and memory limits", name)
+		}
+	}
+	for _, name := range []string{"relay-tokens", "relay-worker"} {
+		hc := c.Services[name].Healthcheck
+		if hc == nil || !slices.Equal(hc.Test, []string{"CMD", "/usr/local/bin/relay", "health"}) {
+			t.Errorf("service %s: healthcheck %+v, want relay health", name, hc)
+		}
+	}
+	if hc := c.Services["nats"].Healthcheck; hc == nil {
+		t.Error("nats has no healthcheck")
+	}
+	dependsHealthy := func(svc, on string) {
+		t.Helper()
+		m, _ := c.Services[svc].DependsOn.(map[string]any)
+		d, _ := m[on].(map[string]any)
+		if d["condition"] != "service_healthy" {
+			t.Errorf("%s depends on %s with %v, want condition service_healthy", svc, on, m[on])
+		}
+	}
+	dependsHealthy("relay-setup", "nats")
+	dependsHealthy("relay-worker", "relay-tokens")
+	dependsHealthy("alertmanager", "relay-worker")
+
+	if cmd, _ := json.Marshal(c.Services["relay-keygen"].Command); string(cmd) != `["keygen","--out","/var/lib/relay/key/token.key"]` {
+		t.Errorf("relay-keygen runs %s", cmd)
+	}
+	for _, svc := range []string{"relay-keygen", "authtool"} {
+		if !slices.Contains(c.Services[svc].Profiles, "tools") || !slices.ContainsFunc(c.Services[svc].Volumes, func(v string) bool { return strings.HasPrefix(v, "relay-key:/var/lib/relay/key") }) {
+			t.Errorf("%s: want profile tools and the relay-key volume", svc)
+		}
+	}
+	if ep := c.Services["authtool"].Entrypoint; !slices.Equal(ep, []string{"/usr/local/bin/authtool"}) {
+		t.Errorf("authtool entrypoint %v", ep)
+	}
+	if c.Services["relay-tokens"].Environment["RELAY_KEY_FILE"] != "/var/lib/relay/key/token.key" {
+		t.Error("relay-tokens does not read the key from the relay-key volume")
+	}
+
+	// Alertmanager: mounted config, smarthost = the worker's SMTP listener.
+	if !slices.Contains(c.Services["alertmanager"].Volumes, "./deploy/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro") {
+		t.Error("alertmanager does not mount deploy/alertmanager/alertmanager.yml")
+	}
+	var am struct {
+		Global struct {
+			Smarthost    string `yaml:"smtp_smarthost"`
+			User         string `yaml:"smtp_auth_username"`
+			PasswordFile string `yaml:"smtp_auth_password_file"`
+			RequireTLS   bool   `yaml:"smtp_require_tls"`
+		} `yaml:"global"`
+	}
+	readYAML(t, "deploy/alertmanager/alertmanager.yml", &am)
+	listen, _ := c.Services["relay-worker"].Environment["RELAY_SMTP_LISTEN"].(string)
+	_, port, _ := strings.Cut(listen, ":")
+	if am.Global.Smarthost != "relay-worker:"+port || port == "" {
+		t.Errorf("alertmanager smarthost %q, relay-worker listens on %q", am.Global.Smarthost, listen)
+	}
+	if am.Global.User == "" || !strings.HasPrefix(am.Global.PasswordFile, "/run/secrets/") || !am.Global.RequireTLS {
+		t.Errorf("alertmanager SMTP auth %+v: want a user, a password file from a secret, TLS", am.Global)
+	}
+	if !slices.Contains(c.Services["alertmanager"].Secrets, strings.TrimPrefix(am.Global.PasswordFile, "/run/secrets/")) {
+		t.Errorf("alertmanager does not get the secret %s", am.Global.PasswordFile)
+	}
+
+	// Exact image tags; NATS at the embedded server's minor version.
+	for name, s := range c.Services {
+		if s.Image != "" && (!strings.Contains(s.Image, ":") || strings.HasSuffix(s.Image, ":latest")) {
+			t.Errorf("service %s image %s is not pinned to a tag", name, s.Image)
+		}
+	}
+	gomod, err := os.ReadFile(path("go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var minor string
+	for _, line := range strings.Split(string(gomod), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "github.com/nats-io/nats-server/v2" {
+			parts := strings.Split(strings.TrimPrefix(f[1], "v"), ".")
+			minor = parts[0] + "." + parts[1] + "."
+		}
+	}
+	if img := c.Services["nats"].Image; minor == "" || !strings.HasPrefix(img, "nats:"+minor) {
+		t.Errorf("nats image %s, want the minor version %s of go.mod's nats-server", img, minor)
+	}
+
+	// The image: health check through relay health, metrics on the
+	// container's interface, the relay's user.
+	df, err := os.ReadFile(path("Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`CMD ["/usr/local/bin/relay", "health"]`, "ENV RELAY_HTTP_ADDR=:9465", "USER 65532:65532", "--chown=65532:65532"} {
+		if !strings.Contains(string(df), want) {
+			t.Errorf("Dockerfile has no %s", want)
+		}
+	}
+}
+
+// TestRunbook: every alert has a runbook_url pointing at a section of
+// docs/runbook.md that exists (a "## Name" heading: GitHub's anchor is
+// the name in lower case), every section is an alert, and no rule picks
+// relays by a job name (operators name their jobs).
+func TestRunbook(t *testing.T) {
+	b, err := os.ReadFile(path("docs/runbook.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if h, ok := strings.CutPrefix(line, "## "); ok {
+			anchors[strings.ToLower(strings.TrimSpace(h))] = true
+		}
+	}
+	alerts := map[string]bool{}
+	for _, r := range readRules(t) {
+		alerts[strings.ToLower(r.Alert)] = true
+		doc, anchor, _ := strings.Cut(r.Annotations["runbook_url"], "#")
+		if !strings.HasSuffix(doc, "docs/runbook.md") || !anchors[anchor] || anchor != strings.ToLower(r.Alert) {
+			t.Errorf("alert %s: runbook_url %q, want docs/runbook.md#%s with that section present", r.Alert, r.Annotations["runbook_url"], strings.ToLower(r.Alert))
+		}
+		if strings.Contains(r.Expr, "job=") || strings.Contains(r.Expr, "job =") {
+			t.Errorf("alert %s selects a job: %s", r.Alert, r.Expr)
+		}
+	}
+	for a := range anchors {
+		if !alerts[a] {
+			t.Errorf("runbook section %q is no alert", a)
+		}
+	}
+}
+
+// TestDashboardDatasourceVariable: the dashboard works in a Grafana whose
+// Prometheus has any uid: a variable "datasource" of type datasource
+// (query prometheus) that every panel, every query and the account
+// variable use, __inputs for the import dialog, and no datasource uid
+// written into the file.
+func TestDashboardDatasourceVariable(t *testing.T) {
+	b, err := os.ReadFile(path("deploy/grafana/dashboards/relay.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Inputs []struct {
+			Name, Type, PluginID string
+		} `json:"__inputs"`
+		Templating struct {
+			List []struct {
+				Name, Type string
+				Query      any
+				Datasource *struct{ Type, UID string }
+			}
+		}
+		Panels []struct {
+			Title      string
+			Type       string
+			Datasource *struct{ Type, UID string }
+			Targets    []struct {
+				RefID      string
+				Datasource *struct{ Type, UID string }
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Inputs) != 1 || d.Inputs[0].Name != "DS_PROMETHEUS" || d.Inputs[0].Type != "datasource" || d.Inputs[0].PluginID != "prometheus" {
+		t.Errorf("__inputs %+v, want DS_PROMETHEUS, a prometheus datasource", d.Inputs)
+	}
+	uses := func(what string, ds *struct{ Type, UID string }) {
+		t.Helper()
+		if ds == nil || ds.Type != "prometheus" || ds.UID != "${datasource}" {
+			t.Errorf("%s: datasource %+v, want {prometheus ${datasource}}", what, ds)
+		}
+	}
+	found := false
+	for _, v := range d.Templating.List {
+		switch {
+		case v.Name == "datasource":
+			found = v.Type == "datasource" && v.Query == "prometheus"
+		case v.Type == "query":
+			uses("variable "+v.Name, v.Datasource)
+		}
+	}
+	if !found {
+		t.Error("no variable datasource of type datasource with query prometheus")
+	}
+	for _, p := range d.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		uses("panel "+p.Title, p.Datasource)
+		for _, tg := range p.Targets {
+			uses("panel "+p.Title+" target "+tg.RefID, tg.Datasource)
+		}
+	}
+	if strings.Contains(string(b), `"uid": "prometheus"`) {
+		t.Error("the dashboard names the datasource uid prometheus")
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"syscall"
 	"time"
 
+	"relay365/internal/buildinfo"
 	"relay365/internal/cli"
 	"relay365/internal/queue"
 )
@@ -61,6 +62,10 @@ func Run(ctx context.Context, args []string, env Env) int {
 	if env.Stdin == nil {
 		env.Stdin = eofReader{}
 	}
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		fmt.Fprintf(env.Stdout, "authtool %s\n", buildinfo.Read())
+		return cli.ExitOK
+	}
 	// The countdown writes from its own goroutine: serialise stderr.
 	env.Stderr = &syncWriter{w: env.Stderr}
 	return cli.Dispatch(ctx, "authtool", commands(env), usage, args, env.Env)
@@ -87,7 +92,7 @@ func commands(env Env) []cli.Command {
 
 const usageHead = `authtool: connect Office 365 mailboxes to Relay365 with OAuth2
 
-Usage: authtool <command> [flags]   (authtool <command> -h for its flags)
+Usage: authtool <command> [flags]   (authtool <command> -h for its flags; authtool --version)
 
 A person signs in once, a test mail proves the token works, and only then
 are the account and its sealed tokens stored (in NATS, where relay serve

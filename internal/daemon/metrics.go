@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"runtime/debug"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -11,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/buildinfo"
 	"relay365/internal/queue"
 )
 
@@ -142,24 +142,14 @@ func (c *queueCollector) read(ctx context.Context) (queueGauges, error) {
 }
 
 // buildInfo is relay_build_info: constant 1, with the module version, VCS
-// revision and Go version this binary was built from.
+// revision and Go version this binary was built from (the same as `relay
+// version` prints).
 func buildInfo() prometheus.Collector {
-	version, revision, goversion := "unknown", "unknown", "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		goversion = bi.GoVersion
-		if bi.Main.Version != "" {
-			version = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				revision = s.Value
-			}
-		}
-	}
+	bi := buildinfo.Read()
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "relay_build_info",
 		Help:        "Always 1; the labels say which build runs (module version, VCS revision, Go version).",
-		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": goversion},
+		ConstLabels: prometheus.Labels{"version": bi.Version, "revision": bi.Revision, "goversion": bi.GoVersion},
 	})
 	g.Set(1)
 	return g

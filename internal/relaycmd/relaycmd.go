@@ -68,6 +68,8 @@ func commands() []command {
 		{"sendmail", "queue a message from stdin, as /usr/sbin/sendmail does", runSendmail},
 		{"setup", "create the streams and buckets (as the NATS admin, before restricted relays start)", runSetup},
 		{"keygen", "create the token sealing key file", runKeygen},
+		{"health", "ask a running relay serve whether it is healthy (a container's HEALTHCHECK)", runHealth},
+		{"version", "print the version, commit and build date (also --version)", runVersion},
 		{"bench", "measure the relay against the SMTP ceiling, or with --ingress the SMTP front door (in one process)", runBench},
 	}
 }
@@ -81,6 +83,7 @@ Commands:
 
 const usageTail = `
 Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_ADDR;
+relay serve: every flag also as RELAY_<FLAG> (--smtp-listen: RELAY_SMTP_LISTEN; relay serve -h);
 NATS authentication: ` + queue.ConnectEnv + `.
 Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted;
 relay sendmail: sysexits.h (relay sendmail -h).
@@ -98,6 +101,9 @@ func usage(w io.Writer) {
 func Run(ctx context.Context, args []string, env Env) int {
 	if env.Getenv == nil {
 		env.Getenv = func(string) string { return "" }
+	}
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	var cmds []cli.Command
 	for _, c := range commands() {

@@ -3,7 +3,6 @@ package relaycmd
 import (
 	"context"
 	"flag"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -49,17 +48,13 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.StringVar(&c.NATSServerTLSKey, "nats-server-tls-key", env.Getenv("RELAY_NATS_SERVER_TLS_KEY"), "PEM private key of --nats-server-tls-cert (env RELAY_NATS_SERVER_TLS_KEY)")
 	fs.StringVar(&c.NATSSync, "nats-sync", queue.DefaultSync, "embedded server fsync: always (accepted mail survives power loss) or an interval like 1s")
 	fs.StringVar(&c.DataDir, "data-dir", envOr(env, "RELAY_DATA_DIR", daemon.DefaultDataDir), "data directory for the embedded JetStream store (env RELAY_DATA_DIR)")
-	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "token sealing key file (env RELAY_TOKEN_KEY_FILE); create with relay keygen; needed by the tokens role")
+	fs.StringVar(&c.KeyFile, "key-file", env.Getenv("RELAY_TOKEN_KEY_FILE"), "token sealing key file (env RELAY_KEY_FILE, or RELAY_TOKEN_KEY_FILE as authtool reads it); create with relay keygen; needed by the tokens role")
 	fs.StringVar(&c.Roles, "roles", daemon.DefaultRoles, "what this process runs: tokens (token service replica and proactive refresh), workers (deliveries), or both")
 	fs.StringVar(&c.HTTPAddr, "http-addr", envOr(env, "RELAY_HTTP_ADDR", daemon.DefaultHTTPAddr), "metrics, health and status address, or off (env RELAY_HTTP_ADDR)")
 	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of streams and buckets (3 or 5 in a cluster)")
 	fs.DurationVar(&c.AckWait, "ack-wait", queue.DefaultAckWait, "time a worker holds a message before JetStream redelivers it (heartbeats extend it)")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", queue.DefaultMaxDeliver, "deliveries before a message that keeps failing is dead-lettered")
-	c.QueueLifetime = queue.DefaultQueueLifetime
-	if v := env.Getenv("RELAY_QUEUE_LIFETIME"); v != "" {
-		c.QueueLifetime, _ = time.ParseDuration(v) // an unparsable value is 0, which Validate refuses by name
-	}
-	fs.DurationVar(&c.QueueLifetime, "queue-lifetime", c.QueueLifetime, "undelivered mail older than this is moved to MAIL_DLQ as expired, at least 10s (env RELAY_QUEUE_LIFETIME); relay setup must use the same value")
+	fs.DurationVar(&c.QueueLifetime, "queue-lifetime", queue.DefaultQueueLifetime, "undelivered mail older than this is moved to MAIL_DLQ as expired, at least 10s (env RELAY_QUEUE_LIFETIME); relay setup must use the same value")
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", queue.DefaultMaxAckPending, "messages per account handed out and not yet acked (waiting retries count)")
 	c.Retry, c.Pause = relay.DefaultRetry, relay.DefaultPause
 	fs.DurationVar(&c.Retry.Base, "retry-base", relay.DefaultRetry.Base, "first wait before retrying a temporary failure (doubles each time, ±20% jitter)")
@@ -97,6 +92,9 @@ func runServe(ctx context.Context, args []string, env Env) error {
 	var lf logFlags
 	daemonFlags(fs, env, &cfg)
 	lf.register(fs)
+	if err := flagsFromEnv(fs, env); err != nil {
+		return err
+	}
 	log, err := lf.parse(fs, args, env)
 	if err != nil {
 		return err

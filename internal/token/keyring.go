@@ -228,7 +228,7 @@ func LoadKeyring(path string) (*Keyring, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("token key file %s is not a regular file; %s", path, hint)
 	}
-	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 && !mountedSecret(fi) {
 		return nil, fmt.Errorf("token key file %s has mode %04o and is readable by group or others: run chmod 600 %s", path, fi.Mode().Perm(), path)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))

@@ -1,0 +1,255 @@
+package deploy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/yaml"
+)
+
+var update = flag.Bool("update", false, "rewrite deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/alerts.yml")
+
+// kinds are the API types the manifests may hold, by apiVersion/kind.
+var kinds = map[string]func() any{
+	"v1/Namespace":                            func() any { return new(corev1.Namespace) },
+	"v1/Service":                              func() any { return new(corev1.Service) },
+	"apps/v1/StatefulSet":                     func() any { return new(appsv1.StatefulSet) },
+	"apps/v1/Deployment":                      func() any { return new(appsv1.Deployment) },
+	"batch/v1/Job":                            func() any { return new(batchv1.Job) },
+	"policy/v1/PodDisruptionBudget":           func() any { return new(policyv1.PodDisruptionBudget) },
+	"networking.k8s.io/v1/NetworkPolicy":      func() any { return new(networkingv1.NetworkPolicy) },
+	"monitoring.coreos.com/v1/ServiceMonitor": func() any { return new(monitoringv1.ServiceMonitor) },
+	"monitoring.coreos.com/v1/PrometheusRule": func() any { return new(monitoringv1.PrometheusRule) },
+}
+
+// strictDecode decodes one YAML document into v, refusing fields v's
+// type does not have (a typo in a manifest fails here).
+func strictDecode(doc []byte, v any) error {
+	j, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// manifests decodes every document of every resource in
+// deploy/kubernetes/kustomization.yaml into its API type.
+func manifests(t *testing.T) map[string]any {
+	t.Helper()
+	var k struct {
+		Resources          []string `json:"resources"`
+		ConfigMapGenerator []struct {
+			Name  string   `json:"name"`
+			Files []string `json:"files"`
+		} `json:"configMapGenerator"`
+	}
+	b, err := os.ReadFile(path("deploy/kubernetes/kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.UnmarshalStrict(b, &k); err != nil {
+		// The kustomization has more fields than this struct: decode it
+		// leniently here; kustomize itself is not run in CI.
+		if err := yaml.Unmarshal(b, &k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, _ := os.ReadDir(path("deploy/kubernetes"))
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".yaml") && e.Name() != "kustomization.yaml" && !slices.Contains(k.Resources, e.Name()) {
+			t.Errorf("deploy/kubernetes/%s is not in the kustomization's resources", e.Name())
+		}
+	}
+	for _, g := range k.ConfigMapGenerator {
+		for _, f := range g.Files {
+			_, file, ok := strings.Cut(f, "=")
+			if !ok {
+				file = f
+			}
+			if _, err := os.Stat(path("deploy/kubernetes/" + file)); err != nil || strings.Contains(file, "..") {
+				t.Errorf("configMapGenerator %s: file %s: %v", g.Name, file, err)
+			}
+		}
+	}
+	objs := map[string]any{}
+	for _, r := range k.Resources {
+		b, err := os.ReadFile(path("deploy/kubernetes/" + r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, doc := range strings.Split(string(b), "\n---\n") {
+			var meta struct {
+				APIVersion string `json:"apiVersion"`
+				Kind       string `json:"kind"`
+				Metadata   struct {
+					Name string `json:"name"`
+				} `json:"metadata"`
+			}
+			if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+				t.Fatalf("%s document %d: %v", r, i, err)
+			}
+			newObj, ok := kinds[meta.APIVersion+"/"+meta.Kind]
+			if !ok {
+				t.Errorf("%s document %d: unexpected %s/%s", r, i, meta.APIVersion, meta.Kind)
+				continue
+			}
+			obj := newObj()
+			if err := strictDecode([]byte(doc), obj); err != nil {
+				t.Errorf("%s document %d (%s %s): %v", r, i, meta.Kind, meta.Metadata.Name, err)
+				continue
+			}
+			objs[meta.Kind+"/"+meta.Metadata.Name] = obj
+		}
+	}
+	return objs
+}
+
+// TestKubernetesManifests: every manifest decodes strictly into its
+// Kubernetes API type, and they hold what operators need: a 3-node NATS
+// JetStream StatefulSet loading the per-role users (the copy of
+// auth.conf equal to deploy/nats/auth.conf), the relays with 2+
+// replicas, streams of 3 replicas, probes on /healthz and /readyz,
+// disruption budgets, network policies for NATS's client port and
+// /metrics, the key from a Secret, a ServiceMonitor.
+func TestKubernetesManifests(t *testing.T) {
+	objs := manifests(t)
+	get := func(key string) any {
+		t.Helper()
+		o, ok := objs[key]
+		if !ok {
+			t.Fatalf("no %s in deploy/kubernetes", key)
+		}
+		return o
+	}
+	a, _ := os.ReadFile(path("deploy/nats/auth.conf"))
+	b, _ := os.ReadFile(path("deploy/kubernetes/nats-auth.conf"))
+	if len(a) == 0 || !bytes.Equal(a, b) {
+		t.Error("deploy/kubernetes/nats-auth.conf differs from deploy/nats/auth.conf: cp deploy/nats/auth.conf deploy/kubernetes/nats-auth.conf")
+	}
+	conf, _ := os.ReadFile(path("deploy/kubernetes/nats.conf"))
+	for _, want := range []string{"sync_interval: always", "include ./auth.conf", "nats-2.nats-cluster:6222"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("deploy/kubernetes/nats.conf has no %s", want)
+		}
+	}
+	nats := get("StatefulSet/nats").(*appsv1.StatefulSet)
+	if nats.Spec.Replicas == nil || *nats.Spec.Replicas != 3 || len(nats.Spec.VolumeClaimTemplates) != 1 {
+		t.Errorf("nats: want 3 replicas with a volume claim each")
+	}
+	var c compose
+	readYAML(t, "docker-compose.yml", &c)
+	if img := nats.Spec.Template.Spec.Containers[0].Image; img != c.Services["nats"].Image {
+		t.Errorf("nats image %s, compose runs %s", img, c.Services["nats"].Image)
+	}
+
+	for _, name := range []string{"relay-tokens", "relay-worker"} {
+		d := get("Deployment/" + name).(*appsv1.Deployment)
+		if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+			t.Errorf("%s: want 2 or more replicas", name)
+		}
+		ctr := d.Spec.Template.Spec.Containers[0]
+		env := map[string]string{}
+		for _, e := range ctr.Env {
+			env[e.Name] = e.Value
+		}
+		if env["RELAY_REPLICAS"] != "3" || env["RELAY_HTTP_ADDR"] != ":9465" {
+			t.Errorf("%s: RELAY_REPLICAS %q, RELAY_HTTP_ADDR %q; want 3 and :9465", name, env["RELAY_REPLICAS"], env["RELAY_HTTP_ADDR"])
+		}
+		if p := ctr.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" {
+			t.Errorf("%s: liveness probe %+v, want /healthz", name, p)
+		}
+		if p := ctr.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" {
+			t.Errorf("%s: readiness probe %+v, want /readyz", name, p)
+		}
+		if sc := d.Spec.Template.Spec.SecurityContext; sc == nil || sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
+			t.Errorf("%s: want runAsUser 65532", name)
+		}
+		pdb := get("PodDisruptionBudget/" + name).(*policyv1.PodDisruptionBudget)
+		if !reflect.DeepEqual(pdb.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels) {
+			t.Errorf("PodDisruptionBudget %s selects %v, the Deployment %v", name, pdb.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels)
+		}
+		hasKey := false
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			hasKey = hasKey || (v.Secret != nil && v.Secret.SecretName == "relay-token-key")
+		}
+		if hasKey != (name == "relay-tokens") {
+			t.Errorf("%s has the key Secret: %v; only the token service should", name, hasKey)
+		}
+	}
+	if get("Job/relay-setup").(*batchv1.Job).Spec.Template.Spec.Containers[0].Args[2] != "3" {
+		t.Error("relay-setup does not make streams with 3 replicas")
+	}
+
+	np := get("NetworkPolicy/nats").(*networkingv1.NetworkPolicy)
+	clientFrom := ""
+	for _, r := range np.Spec.Ingress {
+		for _, p := range r.Ports {
+			if p.Port.IntValue() == 4222 {
+				clientFrom = r.From[0].PodSelector.String()
+			}
+		}
+	}
+	if !strings.Contains(clientFrom, "relay365/nats-client") {
+		t.Errorf("NATS's client port is open to %q, want only pods labelled relay365/nats-client", clientFrom)
+	}
+	rp := get("NetworkPolicy/relay").(*networkingv1.NetworkPolicy)
+	for _, r := range rp.Spec.Ingress {
+		for _, p := range r.Ports {
+			if p.Port.IntValue() == 9465 && (len(r.From) != 1 || r.From[0].PodSelector == nil || r.From[0].PodSelector.MatchLabels["app.kubernetes.io/name"] != "prometheus") {
+				t.Errorf("/metrics is open to %+v, want only Prometheus", r.From)
+			}
+		}
+	}
+	sm := get("ServiceMonitor/relay").(*monitoringv1.ServiceMonitor)
+	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "http" || sm.Spec.Endpoints[0].Path != "/metrics" {
+		t.Errorf("ServiceMonitor endpoints %+v", sm.Spec.Endpoints)
+	}
+}
+
+// TestKubernetesPrometheusRule: the PrometheusRule is
+// deploy/prometheus/alerts.yml, rule for rule; -update rewrites it.
+func TestKubernetesPrometheusRule(t *testing.T) {
+	alerts, err := os.ReadFile(path("deploy/prometheus/alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec monitoringv1.PrometheusRuleSpec
+	if err := strictDecode(alerts, &spec); err != nil {
+		t.Fatalf("alerts.yml as a PrometheusRule spec: %v", err)
+	}
+	if *update {
+		want := monitoringv1.PrometheusRule{Spec: spec}
+		want.APIVersion, want.Kind = "monitoring.coreos.com/v1", "PrometheusRule"
+		want.Name, want.Labels = "relay", map[string]string{"release": "prometheus"}
+		out, err := yaml.Marshal(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := "# Generated from deploy/prometheus/alerts.yml by\n# go test ./deploy -run TestKubernetesPrometheusRule -args -update; do not edit.\n"
+		out = bytes.Replace(out, []byte("  creationTimestamp: null\n"), nil, 1)
+		if err := os.WriteFile(path("deploy/kubernetes/prometheusrule.yaml"), append([]byte(head), out...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pr, ok := manifests(t)["PrometheusRule/relay"].(*monitoringv1.PrometheusRule)
+	if !ok {
+		t.Fatal("no PrometheusRule relay in deploy/kubernetes")
+	}
+	if !reflect.DeepEqual(pr.Spec, spec) {
+		t.Error("deploy/kubernetes/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: go test ./deploy -run TestKubernetesPrometheusRule -args -update")
+	}
+}

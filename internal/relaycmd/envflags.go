@@ -1,0 +1,38 @@
+package relaycmd
+
+import (
+	"flag"
+	"strings"
+
+	"relay365/internal/cli"
+)
+
+// envName is the environment variable of a flag: RELAY_ and the flag's
+// name upper-cased with - as _ (--smtp-max-conns: RELAY_SMTP_MAX_CONNS).
+func envName(flagName string) string {
+	return "RELAY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// flagsFromEnv gives every flag of fs its environment variable, so a
+// container or a systemd unit configures `relay serve` without editing
+// its command line: each flag's help names its variable, and a variable
+// that is set becomes the flag's value unless the command line sets the
+// flag too (call it before parsing). A value the flag refuses stops the
+// command with a message naming the variable.
+func flagsFromEnv(fs *flag.FlagSet, env Env) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		if !strings.Contains(f.Usage, name) {
+			f.Usage += " (env " + name + ")"
+		}
+		v := env.Getenv(name)
+		if v == "" || err != nil {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = cli.Usagef("environment variable %s: %v", name, e)
+		}
+	})
+	return err
+}
