@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/body"
 	"relay365/internal/clock"
 	"relay365/internal/connlimit"
 	"relay365/internal/message"
@@ -495,6 +496,13 @@ func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
 	if err != nil {
 		return prepared{}, resultInvalid, errUnparseable(err.Error())
 	}
+	if len(data) > message.InlineMax {
+		// Too large for a NATS message: the content goes to the body
+		// store, the message names it (internal/body).
+		if data, err = ss.storeBody(m, log); err != nil {
+			return prepared{}, resultUnavailable, errQueueDown
+		}
+	}
 	return prepared{acct: acct, id: id, data: data, size: len(raw), log: log}, "", nil
 }
 
@@ -535,3 +543,26 @@ func (s *Server) refuse(c net.Conn, reason string) {
 	_, _ = c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
 	_ = c.Close()
 }
+
+// storeBody stores a large message's content and returns the JSON of the
+// message that names it, with the envelope of the session. A body stored
+// whose publish then fails is the sweeper's.
+func (ss *session) storeBody(m *message.Message, log zerolog.Logger) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
+	defer cancel()
+	store, err := body.Open(ctx, ss.s.deps.JS)
+	if err != nil {
+		log.Warn().Err(err).Int("smtp_code", 451).Msg("body store unavailable; message not queued")
+		return nil, err
+	}
+	ref, err := store.Put(ctx, bytes.NewReader(m.Raw), message.MaxSize+MaxReceivedHeader)
+	if err != nil {
+		log.Warn().Err(err).Int("smtp_code", 451).Msg("body not stored; message not queued")
+		return nil, err
+	}
+	bm := &message.Message{ID: m.ID, Account: m.Account, To: m.To, Body: &ref}
+	return bm.Encode()
+}
+
+// MaxReceivedHeader bounds the trace field the front door prepends.
+const MaxReceivedHeader = 1024

@@ -3,12 +3,15 @@ package sandbox_test
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/mail"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +20,9 @@ import (
 	"relay365/internal/sandbox"
 	"relay365/internal/testutil"
 	"relay365/producer"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 )
 
 // A 30 MB message with attachments goes through the whole relay (a
@@ -129,3 +135,90 @@ func decodeBase64Lines(b []byte) ([]byte, error) {
 }
 
 func base64Decoder(r io.Reader) io.Reader { return base64.NewDecoder(base64.StdEncoding, r) }
+
+// A 5 MB message submitted over SMTP (go-smtp's client, STARTTLS, AUTH
+// PLAIN) is too large for a NATS message: the front door stores its body
+// and the relay delivers it unchanged, 36 MB gets 552 at once.
+func TestLargeSMTPSubmission(t *testing.T) {
+	s, _ := start(t, t.TempDir())
+	ctx := testCtx(t)
+	_, js, _ := connect(t, s)
+	pem, err := os.ReadFile(s.Daemon.SMTPCAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	dial := func() *smtp.Client {
+		c, err := smtp.DialStartTLS(s.Daemon.Ingress.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := c.Auth(sasl.NewPlainClient("", sandbox.Producer, s.SMTPPassword)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	bin := make([]byte, 4<<20)
+	rand.Read(bin)
+	var b strings.Builder
+	b.WriteString("From: Grafana <grafana@example.org>\r\nTo: ops@contoso.com\r\nSubject: big over SMTP\r\n" +
+		"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	enc := base64.StdEncoding.EncodeToString(bin)
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n")
+	if err := dial().SendMail("grafana@example.org", []string{"ops@contoso.com"}, strings.NewReader(b.String())); err != nil {
+		t.Fatalf("submission: %v", err)
+	}
+	var got []byte
+	testutil.Eventually(t, ctx, "the large message at the fake Office 365", func() bool {
+		for _, m := range s.Fake.Messages() {
+			if m.Subject == "big over SMTP" {
+				got = m.Data
+				return true
+			}
+		}
+		return false
+	})
+	msg, err := mail.ReadMessage(bytes.NewReader(got))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, err := decodeBase64Lines(mustReadAll(t, msg.Body))
+	if err != nil || !bytes.Equal(dec, bin) {
+		t.Fatalf("delivered body decodes to %d bytes (%v), want the %d sent", len(dec), err, len(bin))
+	}
+	waitIdle(t, ctx, js)
+
+	err = dial().SendMail("grafana@example.org", []string{"ops@contoso.com"}, io.LimitReader(zeroLines{}, 36<<20))
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 552 {
+		t.Fatalf("36 MB: %v, want 552", err)
+	}
+}
+
+func mustReadAll(t *testing.T, r io.Reader) []byte {
+	t.Helper()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// zeroLines is an endless message body of short lines.
+type zeroLines struct{}
+
+func (zeroLines) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+		if i%70 == 69 {
+			p[i] = '\n'
+		}
+	}
+	return len(p), nil
+}
