@@ -106,6 +106,23 @@ var attacks = []attack{
 	{what: "read the admins' replies (dead letters, sealed records)", subject: "_INBOX_admin.>", sub: true,
 		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
 	{what: "read token events", subject: "relay.events.>", sub: true, roles: []roles.Role{roles.Producer, roles.Admin}},
+	// A producer stores large bodies but never reads, lists, purges or
+	// deletes one (anyone's mail): only the metadata look-up Put needs.
+	{what: "read stored bodies with a consumer of its own", subject: "$JS.API.CONSUMER.CREATE.OBJ_relay_bodies",
+		body:  map[string]any{"stream_name": "OBJ_relay_bodies", "config": map[string]any{"ack_policy": "none", "deliver_policy": "all"}},
+		roles: []roles.Role{roles.Producer, roles.Tokens}},
+	{what: "read a body's chunk by sequence (direct get)", subject: "$JS.API.DIRECT.GET.OBJ_relay_bodies", body: map[string]any{"seq": 1},
+		roles: []roles.Role{roles.Producer, roles.Tokens}},
+	{what: "read a body's chunks by subject (direct get)", subject: "$JS.API.DIRECT.GET.OBJ_relay_bodies.$O.relay_bodies.C.x", body: map[string]any{},
+		roles: []roles.Role{roles.Producer, roles.Tokens}},
+	{what: "read a body's chunk (stream get)", subject: "$JS.API.STREAM.MSG.GET.OBJ_relay_bodies", body: map[string]any{"seq": 1},
+		roles: []roles.Role{roles.Producer, roles.Tokens}},
+	{what: "purge stored bodies", subject: "$JS.API.STREAM.PURGE.OBJ_relay_bodies", body: map[string]any{},
+		roles: []roles.Role{roles.Producer, roles.Tokens}},
+	{what: "delete the body store", subject: "$JS.API.STREAM.DELETE.OBJ_relay_bodies", body: map[string]any{},
+		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
+	{what: "read dead letters", subject: "$JS.API.STREAM.MSG.GET.MAIL_DLQ", body: map[string]any{"seq": 1},
+		roles: []roles.Role{roles.Producer, roles.Tokens}},
 }
 
 // tryAttacks runs every attack as every role it names on the server at

@@ -12,12 +12,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"relay365/internal/body"
 	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
 	"relay365/internal/relay/relaytest"
 	"relay365/internal/roles"
+	"relay365/internal/testutil"
 	"relay365/internal/token"
 	"relay365/producer"
 )
@@ -130,6 +132,30 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 	if got := msgs[base].Subject; got != "under least privilege" {
 		t.Fatalf("delivered %q", got)
 	}
+	// A large message: the producer stores its body, the worker reads it
+	// into DATA and deletes it, each with only its own permissions.
+	big := make([]byte, 2<<20)
+	for i := range big {
+		big[i] = byte('a' + i%26)
+	}
+	if _, err := p.Publish(ctx, &producer.Message{Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "large, least privilege", Text: "x",
+		Attachments: []producer.Attachment{{Filename: "a.txt", Data: big}}}); err != nil {
+		t.Fatalf("producer publish of a large message: %v", err)
+	}
+	if msgs, err = fake.WaitMessages(ctx, base+2); err != nil {
+		t.Fatal(err)
+	}
+	if got := msgs[base+1]; got.Subject != "large, least privilege" || len(got.Data) < len(big) {
+		t.Fatalf("delivered %q, %d bytes", got.Subject, len(got.Data))
+	}
+	bodies, err := body.Open(ctx, adminJS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, ctx, "the worker to delete the sent body", func() bool {
+		names, err := bodies.Names(ctx, time.Now().Add(time.Hour))
+		return err == nil && len(names) == 0
+	})
 	tryAttacks(t, ctx, url, as)
 }
 
