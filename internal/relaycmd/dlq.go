@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/body"
 	"relay365/internal/cli"
 	"relay365/internal/message"
 	"relay365/internal/queue"
@@ -226,9 +227,22 @@ func dlqShow(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []str
 			fmt.Fprintf(env.Stdout, "%s: %s\n", termsafe.Line(k), termsafe.Line(v))
 		}
 	}
+	if ref := storedBody(e.Data); ref != nil {
+		fmt.Fprintf(env.Stdout, "Stored-Body: %s, %d bytes (%.1f MB)\n", ref.Object, ref.Size, float64(ref.Size)/(1<<20))
+	}
 	fmt.Fprintln(env.Stdout)
 	writeBody(env.Stdout, e.Data)
 	return nil
+}
+
+// storedBody is the body reference of a dead letter whose content is in
+// the body store, nil for any other.
+func storedBody(data []byte) *message.BodyRef {
+	m, err := message.Decode(data)
+	if err != nil {
+		return nil
+	}
+	return m.Body
 }
 
 // writeBody prints the message: indented when it is JSON, as text
@@ -306,9 +320,32 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 }
 
 func dlqPurge(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []string, env Env) error {
+	// The bodies of large dead letters go with them: named first, deleted
+	// after the purge (a crash between leaves orphans for the sweeper).
+	entries, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account})
+	if err != nil {
+		return err
+	}
+	var bodies []string
+	for _, e := range entries {
+		if ref := storedBody(e.Data); ref != nil {
+			bodies = append(bodies, ref.Object)
+		}
+	}
 	n, err := queue.PurgeDeadLetters(ctx, js, c.Account)
 	if err != nil {
 		return err
+	}
+	if len(bodies) > 0 {
+		store, err := body.Open(ctx, js)
+		if err != nil {
+			return err
+		}
+		for _, name := range bodies {
+			if err := store.Delete(ctx, name); err != nil {
+				return fmt.Errorf("dead letters purged, but not all of their bodies (the sweeper deletes the rest within a day): %w", err)
+			}
+		}
 	}
 	which := "all accounts"
 	if c.Account != "" {

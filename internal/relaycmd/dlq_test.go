@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/body"
+	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relaycmd"
@@ -118,5 +122,55 @@ func TestDLQUsageErrors(t *testing.T) {
 		if code, _, errOut := run(t, append(args, "--nats-url", "nats://127.0.0.1:1")...); code != 2 || errOut == "" {
 			t.Errorf("%v: exit %d, stderr %q; want 2 with the reason", args, code, errOut)
 		}
+	}
+}
+
+// A dead letter whose content is in the body store: show prints its size,
+// replay keeps the body (the replayed message names it), purge deletes
+// the bodies of what it purges and no other.
+func TestDLQStoredBodies(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func() message.BodyRef {
+		ref, err := store.Put(ctx, strings.NewReader("Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", 50000)), message.MaxSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ref
+	}
+	kept, replayed, purged := put(), put(), put()
+	for i, ref := range []message.BodyRef{replayed, purged} {
+		id := fmt.Sprintf("big-%d", i)
+		m := &message.Message{ID: id, Account: "alerts", To: []string{"ops@contoso.com"}, Body: &ref}
+		data, _ := m.Encode()
+		env.DeadLetter(t, ctx, "alerts", id, data, queue.DeadLetter{ID: id, Account: "alerts", Reason: "test", Class: "transient"})
+	}
+	m := &message.Message{ID: "queued", Account: "alerts", To: []string{"ops@contoso.com"}, Body: &kept}
+	data, _ := m.Encode()
+	if _, err := queue.Publish(ctx, env.JS, "alerts", "queued", data); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := run(t, "dlq", "show", "1", "--nats-url", env.URL)
+	if want := fmt.Sprintf("Stored-Body: %s, %d bytes (0.6 MB)", replayed.Object, replayed.Size); code != 0 || !strings.Contains(out, want) {
+		t.Fatalf("show lacks %q:\n%s", want, out)
+	}
+	if code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL); code != 0 {
+		t.Fatalf("replay: %d %s%s", code, out, errOut)
+	}
+	if code, out, _ := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL); code != 0 || !strings.Contains(out, "purged 1 dead letters") {
+		t.Fatalf("purge: %d %s", code, out)
+	}
+	names, err := store.Names(ctx, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	want := []string{kept.Object, replayed.Object}
+	slices.Sort(want)
+	if !slices.Equal(names, want) {
+		t.Fatalf("bodies after purge %v, want the queued and the replayed one %v", names, want)
 	}
 }
