@@ -86,14 +86,15 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err := m.Validate(); err != nil {
 		return Result{}, err
 	}
-	data, err := m.Encode()
+	var data []byte
+	var err error
+	if m.Body == nil && message.LargeContent(m) {
+		data, err = p.store(ctx, m) // its JSON would be too large: not made
+	} else if data, err = m.Encode(); err == nil && len(data) > message.InlineMax && m.Body == nil {
+		data, err = p.store(ctx, m)
+	}
 	if err != nil {
 		return Result{}, err
-	}
-	if len(data) > message.InlineMax && m.Body == nil {
-		if data, err = p.store(ctx, m); err != nil {
-			return Result{}, err
-		}
 	}
 	res, err := queue.Publish(ctx, p.js, m.Account, m.ID, data)
 	if err != nil {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -189,12 +190,17 @@ func (e *env) ceiling(ctx context.Context, acct account.Account, c int) (time.Du
 		return 0, err
 	}
 	// The same rendered messages the relay sends (a ring of them).
-	ring := make([]*message.Rendered, 16)
-	for i := range ring {
+	var ring []content
+	if e.cfg.large() {
+		ring = e.largeRing(acct)
+	}
+	for i := 0; len(ring) < 16 && !e.cfg.large(); i++ {
 		m := e.newMessage(acct, fmt.Sprintf("ceiling-%d", i), fmt.Sprintf("ceiling %d", i))
-		if ring[i], err = message.Render(m, message.Sender{Mailbox: acct.Mailbox}, time.Now()); err != nil {
+		r, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox}, time.Now())
+		if err != nil {
 			return 0, err
 		}
+		ring = append(ring, content{from: r.MailFrom, rcpts: r.Rcpts, open: func() io.Reader { return bytes.NewReader(r.Data) }})
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
@@ -221,9 +227,16 @@ func (e *env) ceiling(ctx context.Context, acct account.Account, c int) (time.Du
 	return elapsed, nil
 }
 
+// content is one message of the ceiling's ring.
+type content struct {
+	from  string
+	rcpts []string
+	open  func() io.Reader
+}
+
 // sendDirect is one ceiling connection: STARTTLS and AUTH XOAUTH2 once,
 // then MAIL/RCPT/DATA/RSET until the shared counter reaches n.
-func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok string, ring []*message.Rendered, next *atomic.Int64, n int64) error {
+func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok string, ring []content, next *atomic.Int64, n int64) error {
 	c, err := smtp.DialStartTLS(addr, tlsConf)
 	if err != nil {
 		return err
@@ -236,10 +249,10 @@ func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok
 	}
 	for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
 		r := ring[i%int64(len(ring))]
-		if err := c.Mail(r.MailFrom, nil); err != nil {
+		if err := c.Mail(r.from, nil); err != nil {
 			return err
 		}
-		for _, rcpt := range r.Rcpts {
+		for _, rcpt := range r.rcpts {
 			if err := c.Rcpt(rcpt, nil); err != nil {
 				return err
 			}
@@ -248,7 +261,7 @@ func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok
 		if err != nil {
 			return err
 		}
-		if _, err := w.Write(r.Data); err != nil {
+		if _, err := io.Copy(w, r.open()); err != nil {
 			return err
 		}
 		if err := w.Close(); err != nil {
@@ -265,6 +278,9 @@ func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok
 // unacknowledged at most) and waits for the sink to accept them all: the
 // time from the first publish to the last 250.
 func (e *env) relayRun(ctx context.Context, acct account.Account) (time.Duration, error) {
+	if e.cfg.large() {
+		return e.largeRelayRun(ctx, acct)
+	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	base := e.fake.Accepted()

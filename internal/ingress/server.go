@@ -492,11 +492,13 @@ func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
 		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
 		return prepared{}, resultInvalid, errUnparseable(err.Error())
 	}
-	data, err := m.Encode()
-	if err != nil {
-		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	var data []byte
+	if !message.LargeContent(m) {
+		if data, err = m.Encode(); err != nil {
+			return prepared{}, resultInvalid, errUnparseable(err.Error())
+		}
 	}
-	if len(data) > message.InlineMax {
+	if data == nil || len(data) > message.InlineMax {
 		// Too large for a NATS message: the content goes to the body
 		// store, the message names it (internal/body).
 		if data, err = ss.storeBody(m, log); err != nil {

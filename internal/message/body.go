@@ -25,6 +25,18 @@ import (
 // ahead (LookaheadBytes) many.
 const InlineMax = 256 << 10
 
+// LargeContent reports whether m's content alone (raw and attachments
+// base64 in JSON, four octets for three; text and HTML at least as long)
+// passes InlineMax, so its JSON need not be made to know it goes to the
+// body store.
+func LargeContent(m *Message) bool {
+	n := len(m.Raw)
+	for _, a := range m.Attachments {
+		n += len(a.Data)
+	}
+	return n/3*4+len(m.Text)+len(m.HTML) > InlineMax
+}
+
 // BodyRef names a message's content in the body store: the object, its
 // exact size and its SHA-256 digest as the store reports it
 // ("SHA-256=<base64url>"), checked when it is read, so a body that was
