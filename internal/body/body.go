@@ -32,9 +32,11 @@ package body
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"time"
 
@@ -53,6 +55,7 @@ const (
 
 // Store reads and writes bodies.
 type Store struct {
+	js  jetstream.JetStream
 	obs jetstream.ObjectStore
 }
 
@@ -62,7 +65,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("object store %s: %w (is relay serve running, or relay setup done?)", Bucket, err)
 	}
-	return &Store{obs: obs}, nil
+	return &Store{js: js, obs: obs}, nil
 }
 
 // TooLarge is a message over the size limit.
@@ -147,40 +150,79 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 // digest check at the end is one too. Other errors (the store did not
 // answer) are temporary.
 func (s *Store) Open(ctx context.Context, ref message.BodyRef) (io.ReadCloser, error) {
-	res, err := s.obs.Get(ctx, ref.Object)
+	info, err := s.obs.GetInfo(ctx, ref.Object)
 	switch {
 	case errors.Is(err, jetstream.ErrObjectNotFound):
 		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is not in %s (deleted, or purged with its dead letter)", ref.Object, Bucket)}
 	case err != nil:
 		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
 	}
-	info, err := res.Info()
-	if err != nil {
-		res.Close()
-		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
-	}
 	if int64(info.Size) != ref.Size || info.Digest != ref.Digest {
-		res.Close()
 		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is not the body the message was queued with (size %d, want %d; digest %s, want %s)", ref.Object, info.Size, ref.Size, info.Digest, ref.Digest)}
 	}
-	return &checkedReader{res: res, name: ref.Object}, nil
-}
-
-// checkedReader turns the store's digest mismatch into an Invalid.
-type checkedReader struct {
-	res  jetstream.ObjectResult
-	name string
-}
-
-func (c *checkedReader) Read(p []byte) (int, error) {
-	n, err := c.res.Read(p)
-	if errors.Is(err, jetstream.ErrDigestMismatch) {
-		return n, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s does not match its digest: changed since it was queued", c.name)}
+	// The chunks are pulled a few at a time by an ordered consumer of
+	// their own subject, not pushed (nats.go's ObjectStore.Get lets the
+	// server push up to the subscription's 64 MB pending limit): a
+	// reader slower than the store, as SMTP is, holds at most
+	// readAhead chunks.
+	cons, err := s.js.OrderedConsumer(ctx, StreamName, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{fmt.Sprintf("$O.%s.C.%s", Bucket, info.NUID)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
 	}
-	return n, err
+	it, err := cons.Messages(jetstream.PullMaxMessages(readAhead))
+	if err != nil {
+		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	return &chunkReader{it: it, stop: stop, name: ref.Object, left: ref.Size, digest: ref.Digest, h: sha256.New()}, nil
 }
 
-func (c *checkedReader) Close() error { return c.res.Close() }
+// readAhead is how many chunks (128 KiB each) a reader buffers.
+const readAhead = 4
+
+// chunkReader reads an object's chunks in order, checking its size and
+// digest at the end: a body that does not match is an Invalid.
+type chunkReader struct {
+	it     jetstream.MessagesContext
+	stop   func() bool
+	name   string
+	buf    []byte
+	left   int64
+	digest string
+	h      hash.Hash
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for len(c.buf) == 0 {
+		if c.left == 0 {
+			if got := jetstream.GetObjectDigestValue(c.h); got != c.digest {
+				return 0, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s does not match its digest: changed since it was queued", c.name)}
+			}
+			return 0, io.EOF
+		}
+		m, err := c.it.Next()
+		if err != nil {
+			return 0, fmt.Errorf("read body %s: %w", c.name, err)
+		}
+		c.buf = m.Data()
+		if int64(len(c.buf)) > c.left {
+			return 0, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is longer than its size: changed since it was queued", c.name)}
+		}
+		c.left -= int64(len(c.buf))
+		c.h.Write(c.buf)
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	return n, nil
+}
+
+func (c *chunkReader) Close() error {
+	c.stop()
+	c.it.Stop()
+	return nil
+}
 
 // Delete removes a body; one already gone is no error.
 func (s *Store) Delete(ctx context.Context, name string) error {

@@ -153,7 +153,7 @@ func (r Role) Permissions() *server.Permissions {
 				"$JS.API.STREAM.MSG.GET." + streamBodies,
 				"$JS.API.STREAM.PURGE." + streamBodies,
 				"$JS.API.CONSUMER.CREATE." + streamBodies, "$JS.API.CONSUMER.CREATE." + streamBodies + ".>",
-				"$JS.API.CONSUMER.DELETE." + streamBodies + ".>",
+				"$JS.API.CONSUMER.DELETE." + streamBodies + ".>", "$JS.API.CONSUMER.MSG.NEXT." + streamBodies + ".>",
 				"$O." + bucketBodies + ".>",
 			}, kvRead(bucketAccounts), kvRead(bucketProducers), kvWrite(bucketSent), kvWrite(bucketPacing))},
 			Subscribe: &server.SubjectPermission{Allow: []string{inbox, "relay.events.token.stored"}},
