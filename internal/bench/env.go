@@ -278,17 +278,21 @@ func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok
 // unacknowledged at most) and waits for the sink to accept them all: the
 // time from the first publish to the last 250.
 func (e *env) relayRun(ctx context.Context, acct account.Account) (time.Duration, error) {
-	if e.cfg.large() {
-		return e.largeRelayRun(ctx, acct)
-	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
+	payload := func(id, subject string) ([]byte, error) { return e.newMessage(acct, id, subject).Encode() }
+	if e.cfg.large() {
+		var err error
+		if payload, err = e.largePayload(ctx, acct); err != nil {
+			return 0, err
+		}
+	}
 	base := e.fake.Accepted()
 	subject := queue.Subject(acct.Alias)
 	start := time.Now()
 	for i := range e.cfg.Messages {
 		id := fmt.Sprintf("relay-%s-%d", acct.Alias, i)
-		data, err := e.newMessage(acct, id, fmt.Sprintf("relay %d", i)).Encode()
+		data, err := payload(id, fmt.Sprintf("relay %d", i))
 		if err != nil {
 			return 0, err
 		}

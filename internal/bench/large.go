@@ -5,14 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/account"
 	"relay365/internal/body"
 	"relay365/internal/message"
-	"relay365/internal/queue"
 )
 
 // Large messages (--size above message.InlineMax): the relay run stores
@@ -65,39 +61,18 @@ func (e *env) largeRing(acct account.Account) []content {
 	}}}
 }
 
-// largeRelayRun stores and publishes Messages large messages as the
-// producer package does (body first, then the reference) and waits for
-// the sink to accept them all.
-func (e *env) largeRelayRun(ctx context.Context, acct account.Account) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
-	defer cancel()
+// largePayload returns the relay run's messages for large sizes: each
+// body stored as the producer package stores it, then a message naming it.
+func (e *env) largePayload(ctx context.Context, acct account.Account) (func(id, subject string) ([]byte, error), error) {
 	store, err := body.Open(ctx, e.js)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	base := e.fake.Accepted()
-	start := time.Now()
-	for i := range e.cfg.Messages {
-		id := fmt.Sprintf("relay-%s-%d", acct.Alias, i)
-		ref, err := store.Put(ctx, largeContent(acct.Mailbox, fmt.Sprintf("relay %d", i), e.cfg.Size), message.MaxSize)
+	return func(id, subject string) ([]byte, error) {
+		ref, err := store.Put(ctx, largeContent(acct.Mailbox, subject, e.cfg.Size), message.MaxSize)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		data, err := (&message.Message{ID: id, Account: acct.Alias, To: []string{recipient}, Body: &ref}).Encode()
-		if err != nil {
-			return 0, err
-		}
-		if _, err := e.js.PublishAsync(queue.Subject(acct.Alias), data, jetstream.WithMsgID(id), jetstream.WithStallWait(e.cfg.Timeout)); err != nil {
-			return 0, fmt.Errorf("publish: %w", err)
-		}
-	}
-	select {
-	case <-e.js.PublishAsyncComplete():
-	case <-ctx.Done():
-		return 0, fmt.Errorf("publishing: %w", ctx.Err())
-	}
-	if _, err := e.fake.WaitMessages(ctx, base+e.cfg.Messages); err != nil {
-		return 0, fmt.Errorf("%d of %d relayed: %w", e.fake.Accepted()-base, e.cfg.Messages, err)
-	}
-	return time.Since(start), nil
+		return (&message.Message{ID: id, Account: acct.Alias, To: []string{recipient}, Body: &ref}).Encode()
+	}, nil
 }
