@@ -80,17 +80,14 @@ func New(nc *nats.Conn) (*Producer, error) {
 // A message whose JSON is larger than message.InlineMax (256 KiB: large
 // attachments, a big raw message) is rendered here and its content stored
 // in the relay's body bucket first; the message published names it
-// (docs/design.md §3.3). Its size is checked against MaxSize while it is
+// (docs/design.md §3.5). Its size is checked against MaxSize while it is
 // stored.
 func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err := m.Validate(); err != nil {
 		return Result{}, err
 	}
-	var data []byte
-	var err error
-	if m.Body == nil && message.LargeContent(m) {
-		data, err = p.store(ctx, m) // its JSON would be too large: not made
-	} else if data, err = m.Encode(); err == nil && len(data) > message.InlineMax && m.Body == nil {
+	data, inline, err := message.EncodeInline(m)
+	if err == nil && !inline {
 		data, err = p.store(ctx, m)
 	}
 	if err != nil {
@@ -107,7 +104,7 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 
 // PublishRaw publishes a complete RFC 5322 message read from r (the
 // content of sendmail's stdin, say) to the given envelope recipients
-// through account, streaming it into the body store when it is large.
+// through account, its content in the body store when it is large.
 // Line endings are made CRLF.
 //
 // The message is read into memory first (at most MaxSize and one octet):
@@ -153,16 +150,9 @@ func (p *Producer) store(ctx context.Context, m *Message) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	ref, err := s.Put(ctx, bytes.NewReader(raw), p.maxSize())
-	if err != nil {
-		return nil, err
+	env := &Message{ID: m.ID, Account: m.Account, To: m.To, Cc: m.Cc, Bcc: m.Bcc}
+	if len(env.To)+len(env.Cc)+len(env.Bcc) == 0 {
+		env.To = rcpts // a raw message's own To, Cc and Bcc fields
 	}
-	bm := &Message{ID: m.ID, Account: m.Account, To: m.To, Cc: m.Cc, Bcc: m.Bcc, Body: &ref}
-	if len(bm.To)+len(bm.Cc)+len(bm.Bcc) == 0 {
-		bm.To = rcpts // a raw message's own To, Cc and Bcc fields
-	}
-	if err := bm.Validate(); err != nil {
-		return nil, err
-	}
-	return bm.Encode()
+	return s.StoreMessage(ctx, env, bytes.NewReader(raw), p.maxSize())
 }

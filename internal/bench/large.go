@@ -69,10 +69,7 @@ func (e *env) largePayload(ctx context.Context, acct account.Account) (func(id, 
 		return nil, err
 	}
 	return func(id, subject string) ([]byte, error) {
-		ref, err := store.Put(ctx, largeContent(acct.Mailbox, subject, e.cfg.Size), message.MaxSize)
-		if err != nil {
-			return nil, err
-		}
-		return (&message.Message{ID: id, Account: acct.Alias, To: []string{recipient}, Body: &ref}).Encode()
+		env := &message.Message{ID: id, Account: acct.Alias, To: []string{recipient}}
+		return store.StoreMessage(ctx, env, largeContent(acct.Mailbox, subject, e.cfg.Size), message.MaxSize)
 	}, nil
 }

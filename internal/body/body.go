@@ -1,7 +1,7 @@
 // Package body keeps the content of large messages in a JetStream Object
 // Store bucket, relay_bodies, so that a message of up to Office 365's
 // 35 MB can be queued at all (a NATS message is 1 MiB by default) and
-// sent without holding it in memory (docs/design.md §3.3).
+// sent without holding it in memory (docs/design.md §3.5).
 //
 // # Order of writes, and what a crash leaves
 //
@@ -125,6 +125,21 @@ func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.Body
 		return message.BodyRef{}, &message.Invalid{Field: "body", Reason: "the message is empty"}
 	}
 	return message.BodyRef{Object: name, Size: int64(info.Size), Digest: info.Digest, EightBit: cw.EightBit}, nil
+}
+
+// StoreMessage stores the raw message read from r (Put) as env's body and
+// returns the JSON of the message that names it: env's id, account and
+// envelope, with the reference.
+func (s *Store) StoreMessage(ctx context.Context, env *message.Message, r io.Reader, limit int64) ([]byte, error) {
+	ref, err := s.Put(ctx, r, limit)
+	if err != nil {
+		return nil, err
+	}
+	m := &message.Message{ID: env.ID, Account: env.Account, To: env.To, Cc: env.Cc, Bcc: env.Bcc, Body: &ref}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m.Encode()
 }
 
 // limitWriter fails with a *TooLarge past limit octets.

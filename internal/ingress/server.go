@@ -492,13 +492,11 @@ func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
 		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
 		return prepared{}, resultInvalid, errUnparseable(err.Error())
 	}
-	var data []byte
-	if !message.LargeContent(m) {
-		if data, err = m.Encode(); err != nil {
-			return prepared{}, resultInvalid, errUnparseable(err.Error())
-		}
+	data, inline, err := message.EncodeInline(m)
+	if err != nil {
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
 	}
-	if data == nil || len(data) > message.InlineMax {
+	if !inline {
 		// Too large for a NATS message: the content goes to the body
 		// store, the message names it (internal/body).
 		if data, err = ss.storeBody(m, log); err != nil {
@@ -557,13 +555,11 @@ func (ss *session) storeBody(m *message.Message, log zerolog.Logger) ([]byte, er
 		log.Warn().Err(err).Int("smtp_code", 451).Msg("body store unavailable; message not queued")
 		return nil, err
 	}
-	ref, err := store.Put(ctx, bytes.NewReader(m.Raw), message.MaxSize+MaxReceivedHeader)
+	data, err := store.StoreMessage(ctx, m, bytes.NewReader(m.Raw), message.MaxSize+MaxReceivedHeader)
 	if err != nil {
 		log.Warn().Err(err).Int("smtp_code", 451).Msg("body not stored; message not queued")
-		return nil, err
 	}
-	bm := &message.Message{ID: m.ID, Account: m.Account, To: m.To, Body: &ref}
-	return bm.Encode()
+	return data, err
 }
 
 // MaxReceivedHeader bounds the trace field the front door prepends.

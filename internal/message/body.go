@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// Large messages (docs/design.md §3.3). A message whose JSON would be
+// Large messages (docs/design.md §3.5). A message whose JSON would be
 // larger than InlineMax travels in two parts: its content, as a raw RFC
 // 5322 message with CRLF line endings, in the body store (an Object Store
 // bucket, internal/body), and on the MAIL subject a small JSON document
@@ -25,16 +25,27 @@ import (
 // ahead (LookaheadBytes) many.
 const InlineMax = 256 << 10
 
-// LargeContent reports whether m's content alone (raw and attachments
+// EncodeInline returns m's JSON when it fits in InlineMax; inline is
+// false when m's content must go to the body store instead. The JSON of a
+// message whose content alone passes InlineMax (raw and attachments
 // base64 in JSON, four octets for three; text and HTML at least as long)
-// passes InlineMax, so its JSON need not be made to know it goes to the
-// body store.
-func LargeContent(m *Message) bool {
+// is not made at all.
+func EncodeInline(m *Message) (data []byte, inline bool, err error) {
+	if m.Body != nil {
+		data, err = m.Encode() // a reference is small
+		return data, true, err
+	}
 	n := len(m.Raw)
 	for _, a := range m.Attachments {
 		n += len(a.Data)
 	}
-	return n/3*4+len(m.Text)+len(m.HTML) > InlineMax
+	if n/3*4+len(m.Text)+len(m.HTML) > InlineMax {
+		return nil, false, nil
+	}
+	if data, err = m.Encode(); err != nil {
+		return nil, false, err
+	}
+	return data, len(data) <= InlineMax, nil
 }
 
 // BodyRef names a message's content in the body store: the object, its
@@ -179,12 +190,12 @@ func (c *bodyChecker) Read(p []byte) (int, error) {
 
 // CRLFWriter writes to w what is written to it with every line ending
 // made CRLF (a bare LF or CR becomes CRLF, as NormalizeRaw does), failing
-// on a NUL or on a body line longer than 998 octets, and counting the octets
-// written and whether any is above 127: what a producer stores as a body.
+// on a NUL or on a body line longer than 998 octets, and noting whether
+// any octet is above 127: what a producer stores as a body.
 // Close flushes a trailing bare CR.
 type CRLFWriter struct {
 	w        io.Writer
-	N        int64 // octets written to w
+	n        int64 // octets written to w
 	EightBit bool
 	line     int
 	lineNo   int
@@ -201,7 +212,7 @@ func (c *CRLFWriter) Write(p []byte) (int, error) {
 	for _, b := range p {
 		switch {
 		case b == 0:
-			return 0, invalid("raw", "contains a NUL byte at offset %d", c.N+int64(len(c.buf)))
+			return 0, invalid("raw", "contains a NUL byte at offset %d", c.n+int64(len(c.buf)))
 		case b == '\n':
 			if !c.cr {
 				c.buf = append(c.buf, '\r')
@@ -227,7 +238,7 @@ func (c *CRLFWriter) Write(p []byte) (int, error) {
 		}
 	}
 	n, err := c.w.Write(c.buf)
-	c.N += int64(n)
+	c.n += int64(n)
 	if err != nil {
 		return 0, err
 	}
@@ -251,7 +262,7 @@ func (c *CRLFWriter) Close() error {
 	}
 	c.cr = false
 	n, err := c.w.Write([]byte("\n"))
-	c.N += int64(n)
+	c.n += int64(n)
 	if err != nil {
 		return fmt.Errorf("write: %w", err)
 	}

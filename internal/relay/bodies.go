@@ -43,7 +43,7 @@ func (l *lane) content(r *message.Rendered) smtpclient.Content {
 	ref, head, off := *r.Body, r.Data, r.BodyOffset
 	return smtpclient.Content{
 		Size:     r.Size(),
-		EightBit: ref.EightBit || !isASCII(head),
+		EightBit: ref.EightBit || smtpclient.EightBit(head),
 		Open: func() (io.ReadCloser, error) {
 			rc, err := l.e.bodies.Open(l.e.sendCtx, ref)
 			if err != nil {
@@ -59,15 +59,6 @@ func (l *lane) content(r *message.Rendered) smtpclient.Content {
 			}{io.MultiReader(bytes.NewReader(head), message.CheckBody(rc)), rc}, nil
 		},
 	}
-}
-
-func isASCII(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 {
-			return false
-		}
-	}
-	return true
 }
 
 // deleteBody removes an acked message's body; a failure leaves an orphan

@@ -23,10 +23,14 @@ type Content struct {
 func Bytes(data []byte) Content {
 	return Content{
 		Size:     int64(len(data)),
-		EightBit: !isASCII(data),
+		EightBit: EightBit(data),
 		Open:     func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
 	}
 }
+
+// EightBit reports whether data holds an octet above 127, which the
+// content may carry only with BODY=8BITMIME (RFC 6152 §3).
+func EightBit(data []byte) bool { return !isASCII(data) }
 
 // ContentError is a failure to read the message's content while sending
 // it: the server was never told the content ended (no final ".", RFC
