@@ -207,12 +207,28 @@ type CRLFWriter struct {
 // NewCRLFWriter returns a CRLFWriter writing to w.
 func NewCRLFWriter(w io.Writer) *CRLFWriter { return &CRLFWriter{w: w} }
 
+// crlfChunk bounds the writer's buffer: a large Write (io.Copy from a
+// bytes.Reader hands over the whole message at once) is taken a piece at
+// a time, so normalising costs a small buffer, not a second copy.
+const crlfChunk = 64 << 10
+
 func (c *CRLFWriter) Write(p []byte) (int, error) {
+	for done := 0; done < len(p); {
+		piece := p[done:min(len(p), done+crlfChunk)]
+		if err := c.write(piece); err != nil {
+			return done, err
+		}
+		done += len(piece)
+	}
+	return len(p), nil
+}
+
+func (c *CRLFWriter) write(p []byte) error {
 	c.buf = c.buf[:0]
 	for _, b := range p {
 		switch {
 		case b == 0:
-			return 0, invalid("raw", "contains a NUL byte at offset %d", c.n+int64(len(c.buf)))
+			return invalid("raw", "contains a NUL byte at offset %d", c.n+int64(len(c.buf)))
 		case b == '\n':
 			if !c.cr {
 				c.buf = append(c.buf, '\r')
@@ -230,7 +246,7 @@ func (c *CRLFWriter) Write(p []byte) (int, error) {
 		if b != '\r' {
 			c.line++
 			if c.body && c.line > lineHard {
-				return 0, invalid("raw", "line %d is longer than 998 octets (RFC 5322 §2.1.1): encode long lines quoted-printable or base64", c.lineNo+1)
+				return invalid("raw", "line %d is longer than 998 octets (RFC 5322 §2.1.1): encode long lines quoted-printable or base64", c.lineNo+1)
 			}
 			if b >= 0x80 {
 				c.EightBit = true
@@ -239,10 +255,7 @@ func (c *CRLFWriter) Write(p []byte) (int, error) {
 	}
 	n, err := c.w.Write(c.buf)
 	c.n += int64(n)
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return err
 }
 
 // endLine: an empty line ends the header section, whose long lines the
