@@ -69,6 +69,11 @@ type Account struct {
 	PerDay int `json:"per_day,omitempty"`
 	// MaxConns is the concurrent SMTP sessions for this mailbox (Office 365: 3).
 	MaxConns int `json:"max_conns,omitempty"`
+	// MaxMessageBytes is the largest message this mailbox may send, in
+	// octets as sent (after base64 and the headers the relay adds):
+	// Office 365's 35 MB (message.MaxSize) unless the tenant set the
+	// mailbox's MaxSendSize lower. Producers learn it before queuing.
+	MaxMessageBytes int64 `json:"max_message_bytes,omitempty"`
 	// ProxyURL is an HTTP(S) or SOCKS5 proxy for identity platform calls of
 	// this account; it overrides HTTPS_PROXY. Consent seals the URL as
 	// given (credentials included) with the tokens, which is what the
@@ -146,6 +151,9 @@ func (a *Account) Normalize() {
 	}
 	if a.MaxConns == 0 {
 		a.MaxConns = DefaultMaxConns
+	}
+	if a.MaxMessageBytes == 0 {
+		a.MaxMessageBytes = message.MaxSize
 	}
 	a.ProxyURL = strings.TrimSpace(a.ProxyURL)
 	if a.CreatedAt.IsZero() {
@@ -234,6 +242,9 @@ func (a Account) Validate() error {
 	}
 	if a.MaxConns < 0 {
 		add("max_conns is %d: must be positive (Office 365 allows 3 connections per mailbox)", a.MaxConns)
+	}
+	if a.MaxMessageBytes < 0 || a.MaxMessageBytes > message.MaxSize {
+		add("max_message_bytes is %d: must be between 1 and %d (Office 365 accepts at most 35 MB over SMTP submission)", a.MaxMessageBytes, int64(message.MaxSize))
 	}
 	if a.ProxyURL != "" {
 		if err := validateProxy(a.ProxyURL); err != nil {
@@ -361,4 +372,14 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// SizeLimit is the largest message the account may send, in octets as
+// sent: MaxMessageBytes, or Office 365's 35 MB for an account stored
+// before the field existed.
+func (a Account) SizeLimit() int64 {
+	if a.MaxMessageBytes > 0 {
+		return a.MaxMessageBytes
+	}
+	return message.MaxSize
 }

@@ -98,6 +98,8 @@ func TestValidate(t *testing.T) {
 		{"negative per_minute", func(a *Account) { a.PerMinute = -1 }, "per_minute"},
 		{"negative per_day", func(a *Account) { a.PerDay = -1 }, "per_day"},
 		{"negative max_conns", func(a *Account) { a.MaxConns = -1 }, "max_conns"},
+		{"negative max_message_bytes", func(a *Account) { a.MaxMessageBytes = -1 }, "max_message_bytes"},
+		{"max_message_bytes over 35 MB", func(a *Account) { a.MaxMessageBytes = 36 << 20 }, "max_message_bytes"},
 		{"proxy bad scheme", func(a *Account) { a.ProxyURL = "ftp://proxy:21" }, "proxy_url"},
 		{"proxy ok", func(a *Account) { a.ProxyURL = "http://proxy.corp:3128" }, ""},
 	}
