@@ -123,7 +123,8 @@ type Server struct {
 	log  zerolog.Logger
 	done chan struct{} // closed by Close; wakes hanging token calls and waiters
 
-	dataHeld atomic.Int64 // ends of DATA waiting out DelayNextData now
+	dataHeld atomic.Int64  // ends of DATA waiting out DelayNextData now
+	connSeq  atomic.Uint64 // numbers SMTP connections (Message.Conn)
 
 	authority string // http://127.0.0.1:PORT
 	caFile    string

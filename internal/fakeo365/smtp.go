@@ -30,6 +30,7 @@ type Message struct {
 	Subject    string    // Subject header, RFC 2047 decoded
 	HeaderFrom string    // address of the (first) From header
 	Time       time.Time // Config.Now at acceptance
+	Conn       uint64    // the SMTP connection it came on, numbered from 1 in order of connection
 }
 
 func (m Message) clone() Message {
@@ -153,7 +154,7 @@ func (s *Server) takeInjected(st stage) error {
 
 func (s *Server) newSMTPServer(creds *tlsCredentials) *smtp.Server {
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &session{srv: s, conn: c}, nil
+		return &session{srv: s, conn: c, id: s.connSeq.Add(1)}, nil
 	}))
 	srv.Domain = s.cfg.Hostname
 	srv.TLSConfig = creds.serverConfig()
@@ -193,6 +194,7 @@ func (s *Server) rejectLocked(e *smtp.SMTPError) error {
 type session struct {
 	srv  *Server
 	conn *smtp.Conn
+	id   uint64 // Message.Conn
 
 	user      string // authenticated user=, "" before AUTH
 	holdsSlot bool   // counted in srv.sessions; guarded by srv.mu because go-smtp may call Logout from Server.Close
@@ -337,7 +339,7 @@ func (ss *session) Data(r io.Reader) error {
 		}
 		s.dataHeld.Add(-1)
 	}
-	return s.submit(Message{Mailbox: ss.user, From: ss.from, To: slices.Clone(ss.to), Data: data})
+	return s.submit(Message{Mailbox: ss.user, From: ss.from, To: slices.Clone(ss.to), Data: data, Conn: ss.id})
 }
 
 func (s *Server) takeDrop() bool {

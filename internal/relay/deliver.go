@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"sync"
 	"time"
@@ -222,7 +223,8 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, batches [][]st
 // 250.
 func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, rcpts []string, t Ticket) error {
 	ctx := l.e.sendCtx
-	tried, err := l.send(ctx, a.log, r.MailFrom, rcpts, l.content(r))
+	tried, settled, err := l.send(ctx, a.log, r.MailFrom, rcpts, l.content(r))
+	defer settled()
 	var ce *smtpclient.ContentError
 	if !tried || errors.As(err, &ce) {
 		// Nothing sent, or the content could not be read: the server
@@ -263,6 +265,7 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 	if err := l.e.sent.Mark(ctx, l.alias, a.id, batch, batches, len(rcpts), l.e.clock.Now()); err != nil {
 		a.log.Error().Err(err).Msg("sent, but the idempotency marker was not written: a redelivery would send it again")
 	}
+	settled() // the session's next transaction may end now
 	if err := <-confirmed; err != nil {
 		a.log.Warn().Err(err).Msg("pacing confirmation not written; the reservation counts instead")
 	}
@@ -323,24 +326,74 @@ func (l *lane) release(t Ticket, log zerolog.Logger) {
 // delay: the transaction runs again on the next session. Each such failure
 // discards a pooled session, and a new session is not "reused", so this
 // ends after at most the pool's idle sessions and one fresh one.
-func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, content smtpclient.Content) (tried bool, err error) {
+//
+// settled must be called once the transaction's idempotency marker is
+// written (or its write failed, or nothing was accepted): the session's
+// next transaction holds its final "." until then (holdEnd), so a crash
+// finds at most one accepted message per session without its marker.
+// That is the duplicate window of the package documentation.
+func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, content smtpclient.Content) (tried bool, settled func(), err error) {
 	for {
 		s, err := l.session(ctx, log)
 		if err != nil {
-			return false, err // a failure before, if any, sent nothing either
+			return false, func() {}, err // a failure before, if any, sent nothing either
 		}
-		err = s.SendContent(ctx, from, rcpts, content)
+		done := make(chan struct{})
+		prev := s.Follow(done)
+		err = s.SendContent(ctx, from, rcpts, holdEnd(ctx, content, prev))
 		again := s.NotStarted(err)
 		l.pool.Put(s)
 		if !again {
-			return true, err
+			return true, sync.OnceFunc(func() { close(done) }), err
 		}
+		close(done)
 		var se *submit.SMTPError
 		if errors.As(err, &se) {
 			l.e.metrics.reply(l.alias, se.Code, se.Class)
 		}
 		log.Debug().Err(err).Msg("pooled session failed before the message left; sending on the next one")
 	}
+}
+
+// holdEnd returns content whose reader, at its end, waits for prev (the
+// session's previous transaction settled) before reporting it: the
+// client's final "." (RFC 5321 §4.1.1.4), and so Office 365's 250, come
+// only after the previous message's marker is written. Everything before
+// the end still overlaps with that write. A context ending while it waits
+// is a read error: the client closes without the ".", and the server
+// discards the transaction (RFC 5321 §3.8).
+func holdEnd(ctx context.Context, content smtpclient.Content, prev <-chan struct{}) smtpclient.Content {
+	if prev == nil {
+		return content
+	}
+	open := content.Open
+	content.Open = func() (io.ReadCloser, error) {
+		rc, err := open()
+		if err != nil {
+			return nil, err
+		}
+		return &endHold{ReadCloser: rc, ctx: ctx, prev: prev}, nil
+	}
+	return content
+}
+
+type endHold struct {
+	io.ReadCloser
+	ctx  context.Context
+	prev <-chan struct{}
+}
+
+func (h *endHold) Read(p []byte) (int, error) {
+	n, err := h.ReadCloser.Read(p)
+	if err == io.EOF && h.prev != nil {
+		select {
+		case <-h.prev:
+			h.prev = nil
+		case <-h.ctx.Done():
+			return n, fmt.Errorf("waiting for the previous message's marker: %w", h.ctx.Err())
+		}
+	}
+	return n, err
 }
 
 // session takes a pooled session for the current access token. 535 5.7.3

@@ -143,7 +143,11 @@
 // header, derived from it, is stable too. One window remains: a crash (or
 // a failed KV write) between Office 365's 250 and the marker write sends
 // that batch again on redelivery. No protocol closes it — SMTP has no
-// two-phase commit — so it is kept to one KV write.
+// two-phase commit — so it is kept to one KV write per session: the
+// session's next transaction may start while that marker is written, but
+// its content's end (the final ".", after which Office 365 accepts) waits
+// until the write is confirmed (lane.send, holdEnd). A crash thus repeats
+// at most one message per session in use.
 //
 // # Shutdown
 //

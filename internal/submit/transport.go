@@ -61,6 +61,20 @@ type Session struct {
 	lastUsed time.Time   // for idle close
 	reused   bool        // carried a transaction before (set by the pool)
 	broken   atomic.Bool // the connection can no longer be trusted
+	// settled is closed when the bookkeeping of the session's last
+	// accepted transaction is done (Follow); nil when there is none.
+	settled <-chan struct{}
+}
+
+// Follow hands the session the signal of its new transaction (done, closed
+// by the caller when the transaction's bookkeeping is written) and returns
+// the previous transaction's, nil if there is none. A session carries one
+// transaction at a time, so this needs no lock. The relay holds the end of
+// a transaction's content until the previous one's idempotency marker is
+// written: a crash can then repeat at most one message per session.
+func (s *Session) Follow(done <-chan struct{}) (prev <-chan struct{}) {
+	prev, s.settled = s.settled, done
+	return prev
 }
 
 // Dial connects, upgrades with STARTTLS and authenticates with XOAUTH2.
