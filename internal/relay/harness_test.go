@@ -35,6 +35,8 @@ type setup struct {
 	engine    relay.Config
 	clock     *clock.Compressed // nil: wall clock
 	transport *submit.Transport
+	// sync is the embedded server's sync interval; default 5s.
+	sync string
 	// beforeStart runs on the stream before the engine starts.
 	beforeStart func(ctx context.Context, js jetstream.JetStream)
 }
@@ -42,7 +44,7 @@ type setup struct {
 // harness is a real embedded JetStream, the fake Office 365, the account
 // registry, the sealed token store with in-process refresh, and the engine.
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	ctx      context.Context // the test's deadline
 	fake     *fakeo365.Server
 	js       jetstream.JetStream
@@ -55,14 +57,17 @@ type harness struct {
 	stop     func()           // stops the engine (graceful) and waits for it
 }
 
-func newHarness(t *testing.T, s setup) *harness {
+func newHarness(t testing.TB, s setup) *harness {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
 	h := &harness{t: t, ctx: ctx, logs: &testutil.Buffer{}}
 	// Fsync every few seconds instead of before every ack: these tests
 	// are about delivery, not power loss, and run on shared cores.
-	env := queuetest.StartSync(t, "5s")
+	if s.sync == "" {
+		s.sync = "5s"
+	}
+	env := queuetest.StartSync(t, s.sync)
 	h.js = env.JS
 	var err error
 	if err := queue.EnsureStreams(ctx, h.js, queue.StreamConfig{}); err != nil {
