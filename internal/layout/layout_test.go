@@ -1,8 +1,8 @@
 // Package layout holds no code: its tests keep the house in order. They
 // check the arrows between packages (the data path runs ingress → queue →
-// relay → submit → token, and nothing shipped leans on a test kit) and
-// that the repository stands on its own (no built binaries, nothing that
-// points outside it).
+// relay → submit → token, and nothing shipped leans on a test kit), that
+// the shipped build's crash points are no-ops, and that the repository
+// stands on its own (no built binaries, nothing that points outside it).
 package layout
 
 import (
