@@ -16,11 +16,16 @@
 //
 // A crash between the two writes of a producer leaves a body no message
 // names; one between the worker's ack and its delete leaves a body whose
-// message is gone. Sweep removes both: a body older than the dedupe window
-// (a producer that retries its publish does so within it) that no message
-// in MAIL or MAIL_DLQ names. Nothing is ever deleted that a message in
-// either stream names, so no crash loses mail, and no orphan stays longer
-// than the window plus one sweep interval.
+// message is gone. Sweep removes both: a body older than the orphan age
+// that no message in MAIL or MAIL_DLQ names. The orphan age (relay serve
+// --body-orphan-age, default OrphanAge) is never shorter than MAIL's
+// duplicate window (queue.DuplicatesFor), because a producer that retries
+// its publish does so within it: a body swept sooner could go before its
+// message arrives. Nothing is ever deleted that a message in either
+// stream names, so no crash loses mail, and no orphan stays longer than
+// the orphan age plus one sweep interval (--body-sweep-every). The crash
+// tests in internal/daemon kill relay serve inside both windows
+// (internal/crashpoint).
 //
 // # Limits
 //

@@ -12,9 +12,10 @@ import (
 	"relay365/internal/queue"
 )
 
-// OrphanAge is how old an unnamed body must be before Sweep deletes it:
-// the dedupe window, inside which a producer may still be retrying the
-// publish that names it.
+// OrphanAge is how old an unnamed body must be before Sweep deletes it,
+// by default: the dedupe window, inside which a producer may still be
+// retrying the publish that names it. relay serve --body-orphan-age may
+// set it no shorter than MAIL's duplicate window.
 const OrphanAge = queue.DedupeWindow
 
 // Sweep deletes the bodies stored before cutoff that no message in MAIL

@@ -17,10 +17,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
 	"relay365/internal/consent"
+	"relay365/internal/crashpoint"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
@@ -47,13 +49,15 @@ type crashRig struct {
 // startCrashRig builds the relay, starts NATS with the MAIL streams and
 // the fake Office 365 (its limits off), and enrols account alias
 // (mailbox) through the real consent code with maxConns SMTP sessions.
+// The relay is built with the given build tags: "crashpoints" gives it
+// the crash points that serveCrashing arms (internal/crashpoint).
 // Whatever the test leaves running is killed when it ends, and the
 // relay's logs are printed if it failed.
-func startCrashRig(t *testing.T, ctx context.Context, alias, mailbox string, maxConns int) *crashRig {
+func startCrashRig(t *testing.T, ctx context.Context, alias, mailbox string, maxConns int, tags ...string) *crashRig {
 	t.Helper()
 	dir := t.TempDir()
 	r := &crashRig{t: t, ctx: ctx, bin: filepath.Join(dir, "relay"), dataDir: filepath.Join(dir, "data")}
-	build := exec.CommandContext(ctx, "go", "build", "-o", r.bin, "relay365/cmd/relay")
+	build := exec.CommandContext(ctx, "go", "build", "-tags", strings.Join(tags, ","), "-o", r.bin, "relay365/cmd/relay")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -94,6 +98,20 @@ func startCrashRig(t *testing.T, ctx context.Context, alias, mailbox string, max
 // and redelivery settings, extra flags appended.
 func (r *crashRig) serve(extra ...string) {
 	r.t.Helper()
+	r.serveEnv(nil, extra...)
+}
+
+// serveCrashing starts `relay serve` as serve does, armed to kill itself
+// at the crash point (RELAY_CRASHPOINT: a name, or name:N for the N-th
+// hit); the rig must have built it with the crashpoints tag. waitKilled
+// then waits for it to die.
+func (r *crashRig) serveCrashing(point string, extra ...string) {
+	r.t.Helper()
+	r.serveEnv([]string{crashpoint.Env + "=" + point}, extra...)
+}
+
+func (r *crashRig) serveEnv(env []string, extra ...string) {
+	r.t.Helper()
 	if r.cmd != nil {
 		r.t.Fatal("serve: a relay is already running")
 	}
@@ -103,6 +121,7 @@ func (r *crashRig) serve(extra ...string) {
 		"--pause-base", "50ms", "--pause-max", "500ms", "--shutdown-grace", "5s", "--log-format", "json", "--log-level", "warn"},
 		extra...)
 	cmd := exec.Command(r.bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	fmt.Fprintf(&r.logs, "---- run %d\n", r.runs)
 	cmd.Stdout, cmd.Stderr = &r.logs, &r.logs
 	if err := cmd.Start(); err != nil {
@@ -119,6 +138,27 @@ func (r *crashRig) kill() {
 	}
 	r.cmd.Wait()
 	r.cmd = nil
+}
+
+// waitKilled waits until the running relay dies by itself, as one armed
+// at a crash point does, and fails the test unless SIGKILL ended it.
+func (r *crashRig) waitKilled() {
+	r.t.Helper()
+	cmd := r.cmd
+	r.cmd = nil
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			r.t.Fatalf("relay serve ended with %v, want killed by SIGKILL at its crash point", err)
+		}
+	case <-r.ctx.Done():
+		cmd.Process.Kill()
+		<-exited
+		r.t.Fatal("relay serve did not reach its crash point before the deadline")
+	}
 }
 
 // stop ends the running relay with SIGTERM, which must exit cleanly.

@@ -53,6 +53,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/body"
 	"relay365/internal/cli"
 	"relay365/internal/clock"
 	"relay365/internal/connlimit"
@@ -107,7 +108,13 @@ type Config struct {
 	MaxAckPending                       int           // per account; default 1000
 	QueueLifetime                       time.Duration // undelivered mail older than this is dead-lettered as expired; default queue.DefaultQueueLifetime
 	RefreshMargin                       time.Duration // refresh access tokens this long before expiry; default 5m
-	ShutdownGrace                       time.Duration // default 30s
+	// BodyOrphanAge: a stored body no message names is deleted once this
+	// old (--body-orphan-age; default body.OrphanAge, 24h); at least
+	// MAIL's duplicate window, queue.DuplicatesFor(QueueLifetime).
+	// BodySweepEvery: how often the sweeper looks (--body-sweep-every;
+	// default relay.DefaultBodySweepEvery, 1h; at least 1s).
+	BodyOrphanAge, BodySweepEvery time.Duration
+	ShutdownGrace                 time.Duration // default 30s
 	// MemoryLimit is the process's soft memory limit (--memory-limit;
 	// default memlimit.Default). The command applies it before Start
 	// (memlimit.Apply): it is process-wide, and Start also runs inside
@@ -217,6 +224,12 @@ func (c *Config) Defaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = relay.DefaultShutdownGrace
 	}
+	if c.BodyOrphanAge == 0 {
+		c.BodyOrphanAge = body.OrphanAge
+	}
+	if c.BodySweepEvery == 0 {
+		c.BodySweepEvery = relay.DefaultBodySweepEvery
+	}
 	if c.MemoryLimit == 0 {
 		c.MemoryLimit = memlimit.Default
 	}
@@ -278,6 +291,15 @@ func (c *Config) Validate() error {
 	}
 	if c.QueueLifetime < queue.MinQueueLifetime {
 		errs = append(errs, fmt.Errorf("--queue-lifetime %s: want at least %s", c.QueueLifetime, queue.MinQueueLifetime))
+	}
+	if dup := queue.DuplicatesFor(c.QueueLifetime); c.BodyOrphanAge < dup {
+		// A producer may retry the publish naming a body it stored for as
+		// long as JetStream recognises the retry (internal/body): a body
+		// swept sooner could go before its message arrives.
+		errs = append(errs, fmt.Errorf("--body-orphan-age %s: want at least MAIL's duplicate window, %s with --queue-lifetime %s (a producer may still publish the message naming a body that long after storing it)", c.BodyOrphanAge, dup, c.QueueLifetime))
+	}
+	if c.BodySweepEvery < time.Second {
+		errs = append(errs, fmt.Errorf("--body-sweep-every %s: want at least 1s (each sweep reads MAIL and MAIL_DLQ whole)", c.BodySweepEvery))
 	}
 	if c.RefreshMargin < time.Minute || c.RefreshMargin > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("--refresh-margin %s: want 1m to 30m (access tokens live 60-90 minutes)", c.RefreshMargin))
@@ -466,6 +488,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		d.Engine = relay.NewEngine(deps, relay.Config{
 			AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending,
 			Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace, QueueLifetime: cfg.QueueLifetime,
+			BodyOrphanAge: cfg.BodyOrphanAge, BodySweepEvery: cfg.BodySweepEvery,
 		})
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		d.stopWorker = cancel

@@ -25,6 +25,7 @@ import (
 	"relay365/internal/body"
 	"relay365/internal/clock"
 	"relay365/internal/connlimit"
+	"relay365/internal/crashpoint"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 )
@@ -502,6 +503,9 @@ func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
 		if data, err = ss.storeBody(m, log); err != nil {
 			return prepared{}, resultUnavailable, errQueueDown
 		}
+		// Stored, not yet published: a crash here leaves a body no
+		// message names (the sweeper's), and the client no reply.
+		crashpoint.Hit(crashpoint.IngressBodyStored)
 	}
 	return prepared{acct: acct, id: id, data: data, size: len(raw), log: log}, "", nil
 }

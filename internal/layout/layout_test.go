@@ -1,8 +1,8 @@
 // Package layout holds no code: its tests keep the house in order. They
 // check the arrows between packages (the data path runs ingress → queue →
-// relay → submit → token, and nothing shipped leans on a test kit) and
-// that the repository stands on its own (no built binaries, nothing that
-// points outside it).
+// relay → submit → token, and nothing shipped leans on a test kit), that
+// the shipped build's crash points are no-ops, and that the repository
+// stands on its own (no built binaries, nothing that points outside it).
 package layout
 
 import (
@@ -41,6 +41,33 @@ func TestImportArrows(t *testing.T) {
 		if slices.Contains(deps(t, tc.pkg), tc.mustNot) {
 			t.Errorf("%s depends on %s: %s", tc.pkg, tc.mustNot, tc.why)
 		}
+	}
+}
+
+// TestCrashPointsOnlyWithTheirTag: the shipped relay has the crash
+// points (internal/crashpoint) compiled as no-ops: in a build without
+// the crashpoints tag the package is its no-op file alone and imports
+// nothing, so nothing in it can read RELAY_CRASHPOINT or signal the
+// process. A build with the tag has the hook, and relay uses the package,
+// so the check is about the binary that ships.
+func TestCrashPointsOnlyWithTheirTag(t *testing.T) {
+	const pkg = "relay365/internal/crashpoint"
+	if !slices.Contains(deps(t, "relay365/cmd/relay"), pkg) {
+		t.Fatalf("relay365/cmd/relay no longer uses %s: move this check with the crash points", pkg)
+	}
+	list := func(tags string) (files, imports []string) {
+		out, err := exec.Command("go", "list", "-tags", tags, "-f", `{{join .GoFiles ","}};{{join .Imports ","}}`, pkg).Output()
+		if err != nil {
+			t.Fatalf("go list -tags %q %s: %v", tags, pkg, err)
+		}
+		f, i, _ := strings.Cut(strings.TrimSpace(string(out)), ";")
+		return strings.Split(f, ","), strings.FieldsFunc(i, func(r rune) bool { return r == ',' })
+	}
+	if files, imports := list(""); !slices.Equal(files, []string{"doc.go", "off.go"}) || len(imports) != 0 {
+		t.Errorf("%s without build tags: files %v importing %v, want doc.go and off.go importing nothing", pkg, files, imports)
+	}
+	if files, imports := list("crashpoints"); !slices.Contains(files, "on.go") || !slices.Contains(imports, "os") {
+		t.Errorf("%s with -tags crashpoints: files %v importing %v, want on.go, which reads the environment", pkg, files, imports)
 	}
 }
 

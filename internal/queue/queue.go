@@ -100,6 +100,14 @@ func MaxAgeFor(lifetime time.Duration) time.Duration {
 	return lifetime + max(lifetime*2/5, time.Minute)
 }
 
+// DuplicatesFor is MAIL's duplicate window for a queue lifetime: the
+// dedupe window, cut to MaxAgeFor(lifetime) (JetStream keeps ids no
+// longer than the messages). A producer that retries a publish does so
+// inside it; body.OrphanAge may not be shorter.
+func DuplicatesFor(lifetime time.Duration) time.Duration {
+	return min(DedupeWindow, MaxAgeFor(lifetime))
+}
+
 // QueuedAt is when a message was first queued: its Relay-Queued header
 // (a requeue keeps it), else when the stream stored this copy.
 func QueuedAt(hdr nats.Header, stored time.Time) time.Time {
@@ -136,7 +144,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Storage:     jetstream.FileStorage,
 		Replicas:    c.Replicas,
 		MaxAge:      MaxAgeFor(c.Lifetime),
-		Duplicates:  min(DedupeWindow, MaxAgeFor(c.Lifetime)), // JetStream: never longer than MaxAge
+		Duplicates:  DuplicatesFor(c.Lifetime),
 		Discard:     jetstream.DiscardNew,
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relay365/internal/crashpoint"
 	"relay365/internal/message"
 	"relay365/internal/smtpclient"
 )
@@ -67,6 +68,9 @@ func (l *lane) deleteBody(ref *message.BodyRef, log zerolog.Logger) {
 	if ref == nil {
 		return
 	}
+	// Acked, not yet deleted: a crash here leaves a body whose message is
+	// gone (the sweeper's), and nothing to send again.
+	crashpoint.Hit(crashpoint.WorkerAcked)
 	if err := l.e.bodies.Delete(l.e.sendCtx, ref.Object); err != nil {
 		log.Warn().Err(err).Str("object", ref.Object).Msg("sent, but its body was not deleted; the sweeper will")
 	}

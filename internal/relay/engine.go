@@ -66,13 +66,17 @@ type Config struct {
 	LookaheadBytes  int           // a lane fetches ahead only while it holds fewer bytes of messages; default 1 MiB
 	QueueLifetime   time.Duration // mail older than this is dead-lettered as expired (expire.go); default queue.DefaultQueueLifetime, negative for never
 	ExpiryEvery     time.Duration // how often paused lanes' expired mail is looked for; default a tenth of QueueLifetime, 1s to 1m
-	BodySweepEvery  time.Duration // how often orphaned bodies are looked for (bodies.go); default 1h
+	BodySweepEvery  time.Duration // how often orphaned bodies are looked for (bodies.go); default DefaultBodySweepEvery
 	BodyOrphanAge   time.Duration // an unnamed body older than this is deleted; default body.OrphanAge (the dedupe window)
 }
 
 // DefaultShutdownGrace is how long sends in flight may finish after the
 // engine is told to stop (relay serve --shutdown-grace).
 const DefaultShutdownGrace = 30 * time.Second
+
+// DefaultBodySweepEvery is how often orphaned bodies are looked for
+// (relay serve --body-sweep-every).
+const DefaultBodySweepEvery = time.Hour
 
 func (c *Config) defaults() {
 	setDur := func(d *time.Duration, def time.Duration) {
@@ -86,7 +90,7 @@ func (c *Config) defaults() {
 	setDur(&c.FetchWait, 5*time.Second)
 	setDur(&c.SweepEvery, time.Second)
 	setDur(&c.UnknownGrace, 3*time.Second)
-	setDur(&c.BodySweepEvery, time.Hour)
+	setDur(&c.BodySweepEvery, DefaultBodySweepEvery)
 	setDur(&c.BodyOrphanAge, body.OrphanAge)
 	consumer := queue.ConsumerConfig{AckWait: c.AckWait, MaxDeliver: c.MaxDeliver, MaxAckPending: c.MaxAckPending}
 	consumer.Defaults()

@@ -92,6 +92,11 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 			t.Errorf("%s=%s: exit %d, stderr %q", kv[0], kv[1], r.code, r.stderr)
 		}
 	}
+	// A value that parses but is out of range: refused as the flag would be.
+	r := run(t, map[string]string{"RELAY_BODY_ORPHAN_AGE": "1m", "RELAY_KEY_FILE": "k"}, "", "serve")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "--body-orphan-age 1m0s: want at least") {
+		t.Errorf("RELAY_BODY_ORPHAN_AGE=1m: exit %d, stderr %q", r.code, r.stderr)
+	}
 }
 
 // TestVersion: relay version and relay --version print the build

@@ -6,6 +6,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relay365/internal/body"
 	"relay365/internal/cli"
 	"relay365/internal/daemon"
 	"relay365/internal/ingress"
@@ -63,6 +64,8 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.DurationVar(&c.Pause.Max, "pause-max", relay.DefaultPause.Max, "longest wait between probes of a paused account")
 	fs.DurationVar(&c.RefreshMargin, "refresh-margin", token.DefaultMargin, "refresh access tokens this long before they expire")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", relay.DefaultShutdownGrace, "time in-flight sends get to finish on shutdown")
+	fs.DurationVar(&c.BodyOrphanAge, "body-orphan-age", body.OrphanAge, "a large message's stored body that no queued or dead-lettered message names is deleted once this old (left by a crash between storing and publishing, or between sending and deleting); at least MAIL's duplicate window (24h, or --queue-lifetime x1.4 and at least 1m more when that is shorter), since a producer may publish the message naming a body that long after storing it")
+	fs.DurationVar(&c.BodySweepEvery, "body-sweep-every", relay.DefaultBodySweepEvery, "how often orphaned bodies are looked for (each look reads MAIL and MAIL_DLQ), at least 1s")
 	memoryLimitFlag(fs, &c.MemoryLimit)
 	fs.StringVar(&c.SMTP.Listen, "smtp-listen", "", "SMTP submission with STARTTLS, e.g. 127.0.0.1:2525 or :587; off when empty (env RELAY_SMTP_LISTEN)")
 	fs.StringVar(&c.SMTP.ListenTLS, "smtps-listen", "", "SMTP submission over implicit TLS, e.g. :465; off when empty (env RELAY_SMTPS_LISTEN)")
