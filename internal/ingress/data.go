@@ -48,6 +48,11 @@ func (ss *session) Data(r io.Reader) error {
 	if ss.producer == nil {
 		return errAuthRequired
 	}
+	return ss.data(ss.conn.Hostname(), r)
+}
+
+// data takes one message from DATA; helo is what the client said at EHLO.
+func (ss *session) data(helo string, r io.Reader) error {
 	label := ss.producerLabel()
 	buf := make([]byte, streamBuffer)
 	n, err := io.ReadFull(r, buf)
@@ -55,7 +60,6 @@ func (ss *session) Data(r io.Reader) error {
 		p   prepared
 		res result
 	)
-	helo := ss.conn.Hostname()
 	switch {
 	case err == io.EOF || err == io.ErrUnexpectedEOF: // it ended within the buffer
 		p, res, err = ss.prepare(helo, buf[:n])
