@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/mail"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,15 +55,14 @@ func (ss *session) Data(r io.Reader) error {
 // data takes one message from DATA; helo is what the client said at EHLO.
 func (ss *session) data(helo string, r io.Reader) error {
 	label := ss.producerLabel()
-	buf := make([]byte, streamBuffer)
-	n, err := io.ReadFull(r, buf)
+	buf, full, err := readUpTo(r, streamBuffer)
 	var (
 		p   prepared
 		res result
 	)
 	switch {
-	case err == io.EOF || err == io.ErrUnexpectedEOF: // it ended within the buffer
-		p, res, err = ss.prepare(helo, buf[:n])
+	case err == nil && !full: // it ended within the buffer
+		p, res, err = ss.prepare(helo, buf)
 	case err == nil: // more to come
 		p, res, err = ss.prepareStream(helo, buf, r)
 	case errors.Is(err, smtp.ErrDataTooLarge):
@@ -78,6 +78,26 @@ func (ss *session) data(helo string, r io.Reader) error {
 	}
 	ss.s.metrics.message(label, res)
 	return err
+}
+
+// readUpTo reads r to its end or to n octets (full). The buffer grows
+// with what comes, doubling, so a small message costs a small buffer.
+func readUpTo(r io.Reader, n int) (buf []byte, full bool, err error) {
+	buf = make([]byte, 0, 8<<10)
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(cap(buf), n-len(buf)))
+		}
+		m, err := r.Read(buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, false, nil
+		}
+		if err != nil {
+			return buf, false, err
+		}
+	}
+	return buf, true, nil
 }
 
 // publish queues a prepared message: 250 only after JetStream's PubAck.
