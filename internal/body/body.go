@@ -95,12 +95,14 @@ func NewName() string {
 // Put stores the raw message read from r, its line endings made CRLF and
 // checked as message.CRLFWriter does, under a new name, and returns its
 // reference. Past limit octets it stops with a *TooLarge; on any error
-// what was stored is deleted.
+// what was stored is deleted. It has stopped reading r when it returns.
 func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.BodyRef, error) {
 	name := NewName()
 	pr, pw := io.Pipe()
 	cw := message.NewCRLFWriter(&limitWriter{w: pw, limit: limit})
+	copied := make(chan struct{})
 	go func() {
+		defer close(copied)
 		_, err := io.Copy(cw, r)
 		if err == nil {
 			err = cw.Close()
@@ -109,6 +111,9 @@ func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.Body
 	}()
 	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{Name: name}, pr)
 	pr.CloseWithError(errors.New("stopped")) // ends the copy when Put stopped early
+	// Put returns only once it has stopped reading r, so its caller may
+	// read on (the SMTP front door drains a refused DATA to its end).
+	<-copied
 	if err != nil {
 		// Put deletes its chunks when the reader fails; a failure after
 		// the chunks (the metadata write) may leave them: gone too.

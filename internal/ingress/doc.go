@@ -28,6 +28,27 @@
 // policy refuses, no parseable header) is refused now, to the client that
 // can still do something about it, instead of being dead-lettered later.
 //
+// # Large messages: streamed, and held to the account's limit
+//
+// A session holds at most streamBuffer (InlineMax + 64 KiB) of a DATA
+// (data.go). A message that ends within it is checked whole and published
+// inline, or past InlineMax stored from that buffer. A longer one must
+// have its header section within the buffer: the checks above run on the
+// header section alone, rendered as the worker renders a stored body
+// (message.RenderBody), then the Received field, the buffer and the rest
+// of DATA stream through body.Store.Put into the body store. So a 35 MB
+// message costs the relay a bounded buffer, not 35 MB.
+//
+// Every message is held to its account's size limit
+// (account.Account.SizeLimit, max_message_bytes, default 35 MB) counted
+// as the worker will send it: the rendered header section plus the rest,
+// which is what message.Rendered.Size gives the worker, so a message
+// accepted here is never dead-lettered for its size. Put stops at the
+// limit less what rendering adds; the rest of DATA is then read to its
+// end to say the size in the 552, and the partial body is deleted. A
+// SIZE= over the limit is refused at MAIL: the limit of the account the
+// envelope sender picks, else the largest of the producer's accounts.
+//
 // # Replies and what they promise
 //
 //	250 2.0.0          the message is in the MAIL stream: JetStream's PubAck came
@@ -39,8 +60,11 @@
 //	535 5.7.8          wrong name or password
 //	454 4.7.0          too many failed logins from this address or for this name
 //	550 5.7.1          an account or From the producer may not use
-//	552 5.3.4          larger than Office 365 accepts (also at MAIL with SIZE=)
-//	554 5.6.0          the message cannot be parsed
+//	552 5.3.4          larger than the account's max_message_bytes as it would
+//	                   be sent, or than the server's SIZE; says the size and
+//	                   the limit (also at MAIL with SIZE=, RFC 1870 §6.1)
+//	554 5.6.0          the message cannot be parsed, or its header section
+//	                   does not end within the session's buffer
 //	421 4.7.0          too many connections (in all, or from this address)
 //
 // Nothing is acknowledged before it is stored, and nothing stored is

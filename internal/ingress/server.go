@@ -1,14 +1,11 @@
 package ingress
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/mail"
 	"os"
 	"strings"
 	"sync"
@@ -22,12 +19,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
-	"relay365/internal/body"
 	"relay365/internal/clock"
 	"relay365/internal/connlimit"
-	"relay365/internal/crashpoint"
 	"relay365/internal/message"
-	"relay365/internal/queue"
 )
 
 // Defaults of the SMTP front door, shared with relay serve's flags.
@@ -210,8 +204,19 @@ var (
 	}
 	errQueueDown = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Queue unavailable, try again later"}
 	errQueueFull = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Queue full, try again later"}
-	errTooLarge  = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big for Office 365"}
-	errBadRcpt   = func(why string) *smtp.SMTPError {
+	// errTooLarge: RFC 1870 §6.1 (552 at MAIL with SIZE=, or at the end of
+	// DATA), RFC 3463 §3.4 (X.3.4 message too big for system).
+	errTooLarge = func(why string) *smtp.SMTPError {
+		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: oneLine(why)}
+	}
+	// errHeaderTooLarge: a header section that does not end within the
+	// part of DATA a session holds is refused as content the relay cannot
+	// handle (RFC 5321 §4.2.3 554 transaction failed; RFC 3463 §3.7 X.6.0
+	// other media error), not as a message too big (552 5.3.4 would tell
+	// the producer to send less, when the fix is a shorter header).
+	errHeaderTooLarge = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: fmt.Sprintf("Message cannot be parsed: no empty line ends the header section within its first %d bytes; keep the header section shorter (large content belongs in the body)", maxHeaderSection)}
+	errBadRcpt = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: oneLine(why)}
 	}
 	errNoAccount = func(why string) *smtp.SMTPError {
@@ -316,23 +321,48 @@ func (ss *session) producerLabel() string {
 	return ss.producer.Name
 }
 
-// Mail starts a transaction. (A SIZE= over the limit never gets here:
-// go-smtp answers it 552 5.3.4 itself, RFC 1870 §6.1.)
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+// Mail starts a transaction. A SIZE= over the server's limit never gets
+// here: go-smtp answers it 552 5.3.4 itself (RFC 1870 §6.1). One over the
+// account's own limit is refused here the same way: the account the
+// envelope sender picks, or, while the From field is still to decide, the
+// largest limit of the producer's accounts.
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.producer == nil {
 		return errAuthRequired
 	}
 	ss.envFrom, ss.acct, ss.rcpts = from, nil, nil
-	if from == "" {
-		return nil // the null sender: the From field decides
+	if from != "" { // the null sender: the From field decides
+		a, err := ss.pick(from)
+		if err != nil {
+			ss.s.metrics.message(ss.producerLabel(), resultNotAllowed)
+			return err
+		}
+		ss.acct = a
 	}
-	a, err := ss.pick(from)
-	if err != nil {
-		ss.s.metrics.message(ss.producerLabel(), resultNotAllowed)
-		return err
+	if opts != nil && opts.Size > 0 {
+		if alias, limit := ss.declaredLimit(); limit > 0 && opts.Size > limit {
+			ss.s.metrics.message(ss.producerLabel(), resultTooLarge)
+			ss.log.Info().Str("account", alias).Int64("size", opts.Size).Int64("limit", limit).Int("smtp_code", 552).Msg("SMTP MAIL refused: declared SIZE over the account's limit")
+			ss.acct = nil
+			return errTooLarge(fmt.Sprintf("declared size of %d bytes is over the size limit of %d bytes of account %s (max_message_bytes)", opts.Size, limit, alias))
+		}
 	}
-	ss.acct = a
 	return nil
+}
+
+// declaredLimit is the size limit a SIZE= parameter is held to: the
+// account the envelope sender picked, else the largest of the producer's
+// registered accounts (0 when none is registered: DATA answers that).
+func (ss *session) declaredLimit() (alias string, limit int64) {
+	if ss.acct != nil {
+		return ss.acct.Alias, ss.acct.SizeLimit()
+	}
+	for _, name := range ss.producer.Accounts {
+		if a, ok := ss.s.accounts.get(name); ok && a.SizeLimit() > limit {
+			alias, limit = a.Alias, a.SizeLimit()
+		}
+	}
+	return alias, limit
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
@@ -397,133 +427,6 @@ func (ss *session) first() (*account.Account, error) {
 	return nil, errNoAccount(fmt.Sprintf("none of producer %s's accounts (%s) is registered; connect one with authtool login", ss.producer.Name, strings.Join(ss.producer.Accounts, ", ")))
 }
 
-func (ss *session) Data(r io.Reader) error {
-	if ss.producer == nil {
-		return errAuthRequired
-	}
-	label := ss.producerLabel()
-	raw, err := io.ReadAll(r)
-	if err != nil {
-		// go-smtp's limit reader: 552 5.3.4, or the connection failed.
-		ss.s.metrics.message(label, resultTooLarge)
-		return err
-	}
-	res, err := ss.queue(raw)
-	ss.s.metrics.message(label, res)
-	return err
-}
-
-// queue turns one DATA into a queued message: the account's rules are
-// checked first (a message that could never go is refused now, never
-// dead-lettered later), then 250 only after JetStream's PubAck.
-func (ss *session) queue(raw []byte) (result, error) {
-	p, res, err := ss.prepare(ss.conn.Hostname(), raw)
-	if err != nil {
-		return res, err
-	}
-	log := p.log
-	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
-	defer cancel()
-	pub, err := queue.Publish(ctx, ss.s.deps.JS, p.acct.Alias, p.id, p.data)
-	switch {
-	case queue.IsFull(err):
-		log.Warn().Err(err).Int("smtp_code", 452).Msg("MAIL stream full; message refused for now")
-		return resultFull, errQueueFull
-	case err != nil:
-		log.Warn().Err(err).Int("smtp_code", 451).Msg("message not queued; the client will try again")
-		return resultUnavailable, errQueueDown
-	}
-	log.Info().Uint64("stream_seq", pub.Seq).Int("recipients", len(ss.rcpts)).Int("bytes", p.size).Int("smtp_code", 250).Msg("queued from SMTP")
-	return resultAccepted, nil
-}
-
-// prepared is a message ready to publish.
-type prepared struct {
-	acct *account.Account
-	id   string
-	data []byte // the encoded message.Message
-	size int    // the raw message's size as received, normalized
-	log  zerolog.Logger
-}
-
-// prepare is queue's work before the publish: parse, pick the account,
-// validate and render as the worker will; helo is what the client said at
-// EHLO. An error is the reply to give.
-func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
-	raw, err := message.NormalizeRaw(raw)
-	if err != nil {
-		return prepared{}, resultInvalid, errUnparseable(err.Error())
-	}
-	hdr, err := mail.ReadMessage(bytes.NewReader(raw))
-	if err != nil {
-		return prepared{}, resultInvalid, errUnparseable(err.Error())
-	}
-	acct := ss.acct
-	if acct == nil {
-		if from, err := mail.ParseAddress(hdr.Header.Get("From")); err == nil {
-			if acct, err = ss.pick(from.Address); err != nil {
-				return prepared{}, resultNotAllowed, err
-			}
-		}
-	}
-	if acct == nil {
-		if acct, err = ss.first(); err != nil {
-			ss.log.Warn().Err(err).Int("smtp_code", 451).Msg("message not queued: none of the producer's accounts is connected")
-			return prepared{}, resultUnavailable, err
-		}
-	}
-	id := message.NewID()
-	m := &message.Message{ID: id, Account: acct.Alias, To: ss.rcpts, Raw: ss.received(id, helo, raw)}
-	log := ss.log.With().Str("account", acct.Alias).Str("msg_id", id).Logger()
-	if err := m.Validate(); err != nil {
-		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
-		return prepared{}, resultInvalid, errUnparseable(err.Error())
-	}
-	// Render it as the worker will, with the account's From policy: a
-	// From the account may not use is refused now, not dead-lettered.
-	if _, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs}, ss.s.deps.Clock.Now()); err != nil {
-		var inv *message.Invalid
-		switch {
-		case errors.As(err, &inv) && (inv.Field == "from" || inv.Field == "sender"):
-			log.Info().Err(err).Int("smtp_code", 550).Msg("SMTP message refused by the account's From policy")
-			return prepared{}, resultNotAllowed, errNotAllowed(err.Error())
-		case strings.Contains(err.Error(), "accepts at most"):
-			return prepared{}, resultTooLarge, errTooLarge
-		}
-		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
-		return prepared{}, resultInvalid, errUnparseable(err.Error())
-	}
-	data, inline, err := message.EncodeInline(m)
-	if err != nil {
-		return prepared{}, resultInvalid, errUnparseable(err.Error())
-	}
-	if !inline {
-		// Too large for a NATS message: the content goes to the body
-		// store, the message names it (internal/body).
-		if data, err = ss.storeBody(m, log); err != nil {
-			return prepared{}, resultUnavailable, errQueueDown
-		}
-		// Stored, not yet published: a crash here leaves a body no
-		// message names (the sweeper's), and the client no reply.
-		crashpoint.Hit(crashpoint.IngressBodyStored)
-	}
-	return prepared{acct: acct, id: id, data: data, size: len(raw), log: log}, "", nil
-}
-
-// received prepends the trace field every SMTP server adds (RFC 5321
-// §4.4; "ESMTPSA": ESMTP with STARTTLS or TLS and AUTH, RFC 3848).
-func (ss *session) received(id, helo string, raw []byte) []byte {
-	helo = strings.Map(func(r rune) rune {
-		if r <= ' ' || r > '~' || r == '(' || r == ')' || r == ';' {
-			return -1
-		}
-		return r
-	}, helo)
-	trace := fmt.Sprintf("Received: from %s ([%s])\r\n\tby %s (Relay365) with ESMTPSA id %s;\r\n\t%s\r\n",
-		helo, ss.remote, ss.s.cfg.Hostname, id, ss.s.deps.Clock.Now().Format(time.RFC1123Z))
-	return append([]byte(trace), raw...)
-}
-
 func (ss *session) Reset() { ss.envFrom, ss.acct, ss.rcpts = "", nil, nil }
 
 func (ss *session) Logout() error {
@@ -547,24 +450,3 @@ func (s *Server) refuse(c net.Conn, reason string) {
 	_, _ = c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
 	_ = c.Close()
 }
-
-// storeBody stores a large message's content and returns the JSON of the
-// message that names it, with the envelope of the session. A body stored
-// whose publish then fails is the sweeper's.
-func (ss *session) storeBody(m *message.Message, log zerolog.Logger) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
-	defer cancel()
-	store, err := body.Open(ctx, ss.s.deps.JS)
-	if err != nil {
-		log.Warn().Err(err).Int("smtp_code", 451).Msg("body store unavailable; message not queued")
-		return nil, err
-	}
-	data, err := store.StoreMessage(ctx, m, bytes.NewReader(m.Raw), message.MaxSize+MaxReceivedHeader)
-	if err != nil {
-		log.Warn().Err(err).Int("smtp_code", 451).Msg("body not stored; message not queued")
-	}
-	return data, err
-}
-
-// MaxReceivedHeader bounds the trace field the front door prepends.
-const MaxReceivedHeader = 1024

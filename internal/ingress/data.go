@@ -1,0 +1,378 @@
+package ingress
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/mail"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+	"relay365/internal/body"
+	"relay365/internal/crashpoint"
+	"relay365/internal/message"
+	"relay365/internal/queue"
+)
+
+// DATA, streamed (docs/design.md §3.5). A session holds at most
+// streamBuffer octets of a message. One that ends within them is handled
+// whole (prepare): checked, then published inline or, past InlineMax,
+// stored from that buffer. A longer one (prepareStream) must have its
+// header section within the buffer: the same checks run on the header
+// section alone, rendered as the worker renders a stored body
+// (message.RenderBody renders the header section and streams the rest),
+// and then the Received field, the buffer and the rest of DATA are copied
+// through body.Store.Put, which makes the line endings CRLF in a small
+// buffer of its own and stops at the account's size limit. A 35 MB
+// message costs a session the buffer, not 35 MB.
+
+// streamBuffer is the part of DATA a session holds in memory: InlineMax
+// and room for a message that will go to the body store anyway to be
+// handled whole.
+const streamBuffer = message.InlineMax + 64<<10
+
+// maxHeaderSection bounds the header section of a streamed message: it
+// must end within the buffer, as the checks run on it before the rest is
+// read. (The worker allows a stored body message.MaxHeaderSection.)
+const maxHeaderSection = streamBuffer
+
+// MaxReceivedHeader bounds the trace field the front door prepends.
+const MaxReceivedHeader = 1024
+
+func (ss *session) Data(r io.Reader) error {
+	if ss.producer == nil {
+		return errAuthRequired
+	}
+	return ss.data(ss.conn.Hostname(), r)
+}
+
+// data takes one message from DATA; helo is what the client said at EHLO.
+func (ss *session) data(helo string, r io.Reader) error {
+	label := ss.producerLabel()
+	buf, full, err := readUpTo(r, streamBuffer)
+	var (
+		p   prepared
+		res result
+	)
+	switch {
+	case err == nil && !full: // it ended within the buffer
+		p, res, err = ss.prepare(helo, buf)
+	case err == nil: // more to come
+		p, res, err = ss.prepareStream(helo, buf, r)
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		// go-smtp's limit reader (Config.MaxMessageBytes).
+		ss.s.metrics.message(label, resultTooLarge)
+		return errTooLarge(fmt.Sprintf("message of more than %d bytes is over the size limit of %d bytes", ss.s.cfg.MaxMessageBytes, ss.s.cfg.MaxMessageBytes))
+	default: // the connection failed
+		ss.s.metrics.message(label, resultUnavailable)
+		return err
+	}
+	if err == nil {
+		res, err = ss.publish(p)
+	}
+	ss.s.metrics.message(label, res)
+	return err
+}
+
+// readUpTo reads r to its end or to n octets (full). The buffer grows
+// with what comes, doubling, so a small message costs a small buffer.
+func readUpTo(r io.Reader, n int) (buf []byte, full bool, err error) {
+	buf = make([]byte, 0, 8<<10)
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(cap(buf), n-len(buf)))
+		}
+		m, err := r.Read(buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, false, nil
+		}
+		if err != nil {
+			return buf, false, err
+		}
+	}
+	return buf, true, nil
+}
+
+// publish queues a prepared message: 250 only after JetStream's PubAck.
+// A body stored for a message whose publish fails is the sweeper's (the
+// PubAck may be lost, not the message: deleting the body now could lose
+// a queued message).
+func (ss *session) publish(p prepared) (result, error) {
+	log := p.log
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
+	defer cancel()
+	pub, err := queue.Publish(ctx, ss.s.deps.JS, p.acct.Alias, p.id, p.data)
+	switch {
+	case queue.IsFull(err):
+		log.Warn().Err(err).Int("smtp_code", 452).Msg("MAIL stream full; message refused for now")
+		return resultFull, errQueueFull
+	case err != nil:
+		log.Warn().Err(err).Int("smtp_code", 451).Msg("message not queued; the client will try again")
+		return resultUnavailable, errQueueDown
+	}
+	log.Info().Uint64("stream_seq", pub.Seq).Int("recipients", len(ss.rcpts)).Int64("bytes", p.size).Int("smtp_code", 250).Msg("queued from SMTP")
+	return resultAccepted, nil
+}
+
+// prepared is a message ready to publish.
+type prepared struct {
+	acct *account.Account
+	id   string
+	data []byte // the encoded message.Message
+	size int64  // the message's size as stored: the Received field and the content, normalized
+	log  zerolog.Logger
+}
+
+// prepare is the work before the publish for a message held whole: the
+// account's rules (check), the account's size limit, and the encoding,
+// its content going to the body store when the JSON would pass
+// InlineMax; helo is what the client said at EHLO. An error is the reply
+// to give.
+func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
+	raw, err := message.NormalizeRaw(raw)
+	if err != nil {
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	c, res, err := ss.check(helo, raw)
+	if err != nil {
+		return prepared{}, res, err
+	}
+	if c.sent > c.acct.SizeLimit() {
+		return prepared{}, resultTooLarge, c.tooLarge(c.sent, false)
+	}
+	data, inline, err := message.EncodeInline(c.m)
+	if err != nil {
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	if !inline {
+		// Too large for a NATS message: the content goes to the body
+		// store, the message names it (internal/body).
+		if data, res, err = ss.storeBody(c, bytes.NewReader(c.m.Raw), nil); err != nil {
+			return prepared{}, res, err
+		}
+	}
+	return prepared{acct: c.acct, id: c.m.ID, data: data, size: int64(len(c.m.Raw)), log: c.log}, "", nil
+}
+
+// prepareStream is prepare for a message longer than the buffer: buf is
+// its first streamBuffer octets, rest the remainder of DATA. The header
+// section must end within buf; it is checked alone, then the whole goes
+// to the body store as it is read.
+func (ss *session) prepareStream(helo string, buf []byte, rest io.Reader) (prepared, result, error) {
+	in := &dataReader{r: rest}
+	norm, err := message.NormalizeRaw(buf) // a copy of buf only when line endings need it
+	if err != nil {
+		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	head, err := message.ReadHeaderSection(bytes.NewReader(norm))
+	if err != nil {
+		// No end of the header section within the buffer. A message
+		// that is too large as well learns that first (the relay's own
+		// limit: no account is known without a header).
+		if in.drain(); errors.Is(in.err, smtp.ErrDataTooLarge) {
+			return prepared{}, resultTooLarge, errTooLarge(fmt.Sprintf("message of more than %d bytes is over the size limit of %d bytes", ss.s.cfg.MaxMessageBytes, ss.s.cfg.MaxMessageBytes))
+		}
+		ss.log.Info().Int("smtp_code", 554).Int("header_limit", maxHeaderSection).Msg("SMTP message refused: header section too long")
+		return prepared{}, resultInvalid, errHeaderTooLarge
+	}
+	c, res, err := ss.check(helo, head)
+	if err != nil {
+		return prepared{}, res, err
+	}
+	trace := c.m.Raw[:c.trace]
+	data, res, err := ss.storeBody(c, io.MultiReader(bytes.NewReader(trace), bytes.NewReader(buf), in), in)
+	if err != nil {
+		return prepared{}, res, err
+	}
+	return prepared{acct: c.acct, id: c.m.ID, data: data, size: int64(len(trace)+len(buf)) + in.n, log: c.log}, "", nil
+}
+
+// checked is a message that passed the account's rules, before its
+// content is encoded or stored.
+type checked struct {
+	acct  *account.Account
+	m     *message.Message // Raw: the Received field, then the message or (streamed) its header section
+	trace int              // the Received field's length, at the start of m.Raw
+	sent  int64            // m.Raw's size as the worker will send it (rendered)
+	log   zerolog.Logger
+}
+
+// check runs the account's rules on raw (CRLF line endings), a whole
+// message or the header section of one: the account is picked (by the
+// envelope sender at MAIL, else the From field, else the producer's
+// first), the envelope validated, and the Received field added; then it
+// is rendered as the worker will render it, with the account's From
+// policy, so a message that could never go is refused now, not
+// dead-lettered later. The worker renders a stored body's header section
+// alone (message.RenderBody), which is what a streamed raw is.
+func (ss *session) check(helo string, raw []byte) (checked, result, error) {
+	hdr, err := mail.ReadMessage(bytes.NewReader(raw))
+	if err != nil {
+		return checked{}, resultInvalid, errUnparseable(err.Error())
+	}
+	acct := ss.acct
+	if acct == nil {
+		if from, err := mail.ParseAddress(hdr.Header.Get("From")); err == nil {
+			if acct, err = ss.pick(from.Address); err != nil {
+				return checked{}, resultNotAllowed, err
+			}
+		}
+	}
+	if acct == nil {
+		if acct, err = ss.first(); err != nil {
+			ss.log.Warn().Err(err).Int("smtp_code", 451).Msg("message not queued: none of the producer's accounts is connected")
+			return checked{}, resultUnavailable, err
+		}
+	}
+	id := message.NewID()
+	trace := ss.received(id, helo)
+	m := &message.Message{ID: id, Account: acct.Alias, To: ss.rcpts, Raw: append(append(make([]byte, 0, len(trace)+len(raw)), trace...), raw...)}
+	log := ss.log.With().Str("account", acct.Alias).Str("msg_id", id).Logger()
+	if err := m.Validate(); err != nil {
+		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
+		return checked{}, resultInvalid, errUnparseable(err.Error())
+	}
+	r, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs}, ss.s.deps.Clock.Now())
+	if err != nil {
+		var inv *message.Invalid
+		switch {
+		case errors.As(err, &inv) && (inv.Field == "from" || inv.Field == "sender"):
+			log.Info().Err(err).Int("smtp_code", 550).Msg("SMTP message refused by the account's From policy")
+			return checked{}, resultNotAllowed, errNotAllowed(err.Error())
+		case strings.Contains(err.Error(), "accepts at most"):
+			log.Info().Err(err).Int("smtp_code", 552).Msg("SMTP message refused: too large")
+			return checked{}, resultTooLarge, errTooLarge(err.Error())
+		}
+		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
+		return checked{}, resultInvalid, errUnparseable(err.Error())
+	}
+	return checked{acct: acct, m: m, trace: len(trace), sent: int64(len(r.Data)), log: log}, "", nil
+}
+
+// storeLimit is how many octets of content (the Received field included)
+// the body store may take for c: the account's size limit, less what
+// rendering adds to the header section (m.Raw) or plus what it removes.
+// A body of that size renders (message.Rendered.Size) to the limit.
+func (c checked) storeLimit() int64 { return c.acct.SizeLimit() - c.sent + int64(len(c.m.Raw)) }
+
+// tooLarge is the 552 for a message of size octets as it would be sent
+// (at least that many when atLeast), logged.
+func (c checked) tooLarge(size int64, atLeast bool) error {
+	limit := c.acct.SizeLimit()
+	what := fmt.Sprintf("%d bytes", size)
+	if atLeast {
+		what = "more than " + what
+	}
+	c.log.Info().Int64("size", size).Int64("limit", limit).Int("smtp_code", 552).Msg("SMTP message refused: over the account's size limit")
+	return errTooLarge(fmt.Sprintf("message of %s (%.1f MB) as sent is over the size limit of %d bytes (%.1f MB) of account %s (max_message_bytes)",
+		what, mb(size), limit, mb(limit), c.acct.Alias))
+}
+
+func mb(n int64) float64 { return float64(n) / (1 << 20) }
+
+// storeBody stores c's content, read from content, and returns the JSON
+// of the message that names it, with the envelope of the session. in is
+// the rest of DATA within content (nil when content is in memory): past
+// the account's limit it is read to its end, so the 552 says the size. A
+// body that fails midway is deleted (body.Put); one stored whose publish
+// then fails is the sweeper's.
+func (ss *session) storeBody(c checked, content io.Reader, in *dataReader) ([]byte, result, error) {
+	// The store may take as long as the client takes to send; it fails
+	// when neither side moves for the session timeout and the publish
+	// timeout, so a NATS that stops answering ends it.
+	idle := ss.s.cfg.Timeout + ss.s.cfg.PublishTimeout
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stall := time.AfterFunc(idle, cancel)
+	defer stall.Stop()
+	if in != nil {
+		in.progress = func() { stall.Reset(idle) }
+	}
+	store, err := body.Open(ctx, ss.s.deps.JS)
+	if err != nil {
+		c.log.Warn().Err(err).Int("smtp_code", 451).Msg("body store unavailable; message not queued")
+		return nil, resultUnavailable, errQueueDown
+	}
+	data, err := store.StoreMessage(ctx, c.m, content, c.storeLimit())
+	if err == nil {
+		// Stored, not yet published: a crash here leaves a body no
+		// message names (the sweeper's), and the client no reply.
+		crashpoint.Hit(crashpoint.IngressBodyStored)
+		return data, "", nil
+	}
+	var (
+		tl  *body.TooLarge
+		inv *message.Invalid
+	)
+	switch {
+	case in != nil && errors.Is(in.err, smtp.ErrDataTooLarge):
+		// go-smtp's own limit, past the account's: as much as was read.
+		return nil, resultTooLarge, c.tooLarge(c.sent-int64(len(c.m.Raw))+int64(c.trace+streamBuffer)+in.n, true)
+	case errors.As(err, &tl):
+		if in == nil {
+			return nil, resultTooLarge, c.tooLarge(tl.Size, true)
+		}
+		in.drain()
+		size := c.sent - int64(len(c.m.Raw)) + int64(c.trace+streamBuffer) + in.n
+		return nil, resultTooLarge, c.tooLarge(size, in.err != nil)
+	case errors.As(err, &inv):
+		c.log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")
+		return nil, resultInvalid, errUnparseable(err.Error())
+	case in != nil && in.err != nil:
+		// The client went away or stopped sending: no reply reaches it.
+		c.log.Info().Err(in.err).Msg("DATA ended early; message not queued")
+		return nil, resultUnavailable, in.err
+	}
+	c.log.Warn().Err(err).Int("smtp_code", 451).Msg("body not stored; message not queued")
+	return nil, resultUnavailable, errQueueDown
+}
+
+// dataReader is the rest of DATA past the buffer: it counts what it
+// reads, keeps the error that ended it, and tells the store's stall timer
+// that the client is sending.
+type dataReader struct {
+	r        io.Reader
+	n        int64
+	err      error
+	progress func()
+}
+
+func (d *dataReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	d.n += int64(n)
+	if err != nil && err != io.EOF {
+		d.err = err
+	}
+	if n > 0 && d.progress != nil {
+		d.progress()
+	}
+	return n, err
+}
+
+// drain reads the rest of DATA, counting it, so a refusal can say the
+// message's size (go-smtp would discard it anyway before replying).
+func (d *dataReader) drain() {
+	d.progress = nil
+	_, _ = io.Copy(io.Discard, d)
+}
+
+// received returns the trace field every SMTP server adds (RFC 5321
+// §4.4; "ESMTPSA": ESMTP with STARTTLS or TLS and AUTH, RFC 3848).
+func (ss *session) received(id, helo string) []byte {
+	helo = strings.Map(func(r rune) rune {
+		if r <= ' ' || r > '~' || r == '(' || r == ')' || r == ';' {
+			return -1
+		}
+		return r
+	}, helo)
+	return fmt.Appendf(nil, "Received: from %s ([%s])\r\n\tby %s (Relay365) with ESMTPSA id %s;\r\n\t%s\r\n",
+		helo, ss.remote, ss.s.cfg.Hostname, id, ss.s.deps.Clock.Now().Format(time.RFC1123Z))
+}
