@@ -1,3 +1,83 @@
+// Package bench is `relay bench`: it measures relay serve against the
+// fastest the SMTP sink can go and prints the figures, each part in its
+// own process so that CPU is shared as in a deployment. Figures come from
+// here, never from timed assertions in tests.
+//
+// # Processes
+//
+// The bench re-executes its own binary (proc.go) for:
+//
+//   - the sink: `relay bench-child sink` (child.go), the fake Office 365
+//     (internal/fakeo365) with STARTTLS and XOAUTH2 as in production and
+//     its pacing, per-mailbox connection limit and message retention off.
+//     Its first stdout line (JSON) says where it listens; a control API on
+//     loopback answers the bench's counts and the acceptance times of the
+//     timed messages;
+//   - relay serve itself, with its real flags (--data-dir, --key-file,
+//     --nats-listen on a free loopback port, --nats-sync of the line, JSON
+//     logs, --memory-limit, and for --ingress --smtp-listen): the embedded
+//     JetStream, the token service and the engine, as deployed. The
+//     bench's RELAY_ variables are not passed on. Its log says where it
+//     listens;
+//   - the ceiling client: `relay bench-child ceiling`, plain go-smtp
+//     clients, its job (with the access token) on stdin, its time on
+//     stdout.
+//
+// The publisher is the bench process itself: it needs each message's
+// publish time for the latency figures, and a producer is a separate
+// process in a deployment too. It connects to relay serve's NATS with the
+// producer seed relay serve writes in its data directory, and as the
+// operator (the admin seed, as authtool and relay producer do on the
+// relay's host) to enroll accounts, add the --ingress producer and read
+// JetStream's accounting; the embedded server stays closed to strangers.
+// Children are started under the bench's context (killed when it ends),
+// asked to die with the bench (Pdeathsig on Linux), and stopped (SIGTERM,
+// then SIGKILL after 10 s) and waited for on every way out of a line.
+//
+// # Method
+//
+// For each JetStream sync setting (Config.Sync: "always", the default of
+// relay serve, and lazy intervals) and each connection count C, a fresh
+// sink and relay serve (a fresh store, so no line depends on the ones
+// before it). Account bench-c<C> is connected through the real consent
+// path (authorization code with PKCE against the sink, a test mail, sealed
+// tokens) with MaxConns C and pacing limits far above the run, and one
+// message is relayed through it (the lane is up). Then:
+//
+//  1. ceiling: the ceiling child sends Messages rendered messages (the
+//     relay's renderer, size and sender) straight to the sink over C
+//     connections (STARTTLS and AUTH XOAUTH2 once per connection, then
+//     MAIL/RCPT/DATA/RSET);
+//  2. relay: Messages messages are published on mail.send.bench-c<C>
+//     (asynchronously, at most 256 unacknowledged) and relayed with C
+//     sessions, timed from the first publish to the sink's acceptance of
+//     the last;
+//  3. latency: messages published one at a time at Rate per second (open
+//     loop), each timed from just before its publish to its acceptance at
+//     the sink (both wall-clock times on one machine).
+//
+// Per line: relay serve's user+system CPU over the relay run, read from
+// /proc/<pid>/stat before the first publish and after the relay acked the
+// last message (MAIL empty); the ceiling child's CPU over its whole life
+// (the kernel's rusage once it exited, its start-up included); relay
+// serve's peak RSS (VmHWM in /proc/<pid>/status) at the line's end; and
+// JetStream store writes per message over the relay run, counted by the
+// bench from JetStream's own accounting (writes.go says exactly what):
+// one per message stored in any stream, one per message removed from MAIL
+// by an ack. With sync always, each of those is a write the file store
+// fsyncs before it answers.
+//
+// With --ingress (RunIngress, ingress.go) the bench measures the SMTP
+// front door end to end instead, with the same children (no ceiling):
+// messages submitted over C submission connections (STARTTLS, AUTH PLAIN)
+// until the sink's 250 for the delivered copy. With --size above the
+// inline limit (large.go) bodies go through the body store; there is no
+// latency run.
+//
+// Failure semantics: any error (a message refused, a child that stops or
+// does not answer, a run not finishing within its deadline) ends the bench
+// with that error and the child's last log lines; the children are always
+// stopped and the temporary directory removed.
 package bench
 
 import (
