@@ -1,44 +1,83 @@
-// Package bench is `relay bench`: it measures the relay against the fastest
-// the SMTP sink can go, in one process, and prints the figures. Figures
-// come from here, never from timed assertions in tests.
+// Package bench is `relay bench`: it measures relay serve against the
+// fastest the SMTP sink can go and prints the figures, each part in its
+// own process so that CPU is shared as in a deployment. Figures come from
+// here, never from timed assertions in tests.
+//
+// # Processes
+//
+// The bench re-executes its own binary (proc.go) for:
+//
+//   - the sink: `relay bench-child sink` (child.go), the fake Office 365
+//     (internal/fakeo365) with STARTTLS and XOAUTH2 as in production and
+//     its pacing, per-mailbox connection limit and message retention off.
+//     Its first stdout line (JSON) says where it listens; a control API on
+//     loopback answers the bench's counts and the acceptance times of the
+//     timed messages;
+//   - relay serve itself, with its real flags (--data-dir, --key-file,
+//     --nats-listen on a free loopback port, --nats-sync of the line, JSON
+//     logs, --memory-limit, and for --ingress --smtp-listen): the embedded
+//     JetStream, the token service and the engine, as deployed. The
+//     bench's RELAY_ variables are not passed on. Its log says where it
+//     listens;
+//   - the ceiling client: `relay bench-child ceiling`, plain go-smtp
+//     clients, its job (with the access token) on stdin, its time on
+//     stdout.
+//
+// The publisher is the bench process itself: it needs each message's
+// publish time for the latency figures, and a producer is a separate
+// process in a deployment too. It connects to relay serve's NATS with the
+// producer seed relay serve writes in its data directory, and as the
+// operator (the admin seed, as authtool and relay producer do on the
+// relay's host) to enroll accounts, add the --ingress producer and read
+// JetStream's accounting; the embedded server stays closed to strangers.
+// Children are started under the bench's context (killed when it ends),
+// asked to die with the bench (Pdeathsig on Linux), and stopped (SIGTERM,
+// then SIGKILL after 10 s) and waited for on every way out of a line.
 //
 // # Method
 //
 // For each JetStream sync setting (Config.Sync: "always", the default of
-// `relay serve`, and a lazy interval) and each connection count, one
-// environment is started (a fresh store per line, so no line depends on
-// the ones before it): the whole
-// `relay serve` (internal/daemon: embedded JetStream on a temporary
-// directory, the token service, the delivery engine) and the fake Office 365
-// (internal/fakeo365) as the SMTP sink with STARTTLS and XOAUTH2, its pacing
-// and per-mailbox limits switched off. For each connection count C an
-// account bench-c<C> is connected through the real consent path with
-// MaxConns = C and pacing limits far above the run, so the engine opens C
-// sessions to one mailbox. Then, per C:
+// relay serve, and lazy intervals) and each connection count C, a fresh
+// sink and relay serve (a fresh store, so no line depends on the ones
+// before it). Account bench-c<C> is connected through the real consent
+// path (authorization code with PKCE against the sink, a test mail, sealed
+// tokens) with MaxConns C and pacing limits far above the run, and one
+// message is relayed through it (the lane is up). Then:
 //
-//  1. ceiling: plain go-smtp clients send the same rendered messages
-//     straight to the sink over C connections (STARTTLS and AUTH XOAUTH2
-//     once per connection, then MAIL/RCPT/DATA/RSET);
-//  2. relay: Messages messages are published on mail.send.bench-c<C> and
-//     relayed with C sessions, timed from the first publish to the sink's
-//     last 250;
-//  3. latency: messages published at Rate per second, each timed from just
-//     before its publish to the sink's acceptance (publish→250).
+//  1. ceiling: the ceiling child sends Messages rendered messages (the
+//     relay's renderer, size and sender) straight to the sink over C
+//     connections (STARTTLS and AUTH XOAUTH2 once per connection, then
+//     MAIL/RCPT/DATA/RSET);
+//  2. relay: Messages messages are published on mail.send.bench-c<C>
+//     (asynchronously, at most 256 unacknowledged) and relayed with C
+//     sessions, timed from the first publish to the sink's acceptance of
+//     the last;
+//  3. latency: messages published one at a time at Rate per second (open
+//     loop), each timed from just before its publish to its acceptance at
+//     the sink (both wall-clock times on one machine).
 //
-// CPU (user+system from getrusage) is counted over the relay run and
-// covers the whole process: the engine, the embedded NATS server and the
-// fake sink. Peak RSS is the process's maximum resident set so far. The
-// token figure is the p99 of the workers' cached token client (Token) after
-// the runs.
+// Per line: relay serve's user+system CPU over the relay run, read from
+// /proc/<pid>/stat before the first publish and after the relay acked the
+// last message (MAIL empty); the ceiling child's CPU over its whole life
+// (the kernel's rusage once it exited, its start-up included); relay
+// serve's peak RSS (VmHWM in /proc/<pid>/status) at the line's end; and
+// JetStream store writes per message over the relay run, counted by the
+// bench from JetStream's own accounting (writes.go says exactly what):
+// one per message stored in any stream, one per message removed from MAIL
+// by an ack. With sync always, each of those is a write the file store
+// fsyncs before it answers.
 //
 // With --ingress (RunIngress, ingress.go) the bench measures the SMTP
-// front door end to end instead: messages submitted over C submission
-// connections (STARTTLS, AUTH PLAIN) until the sink's 250 for the
-// delivered copy; ingress.go describes its runs.
+// front door end to end instead, with the same children (no ceiling):
+// messages submitted over C submission connections (STARTTLS, AUTH PLAIN)
+// until the sink's 250 for the delivered copy. With --size above the
+// inline limit (large.go) bodies go through the body store; there is no
+// latency run.
 //
-// Failure semantics: any error (a message refused, a run not finishing
-// within its deadline) ends the bench with that error; the environment is
-// always torn down and the temporary directory removed.
+// Failure semantics: any error (a message refused, a child that stops or
+// does not answer, a run not finishing within its deadline) ends the bench
+// with that error and the child's last log lines; the children are always
+// stopped and the temporary directory removed.
 package bench
 
 import (
@@ -47,15 +86,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"relay365/internal/memlimit"
@@ -75,16 +109,17 @@ type Config struct {
 	Dir      string   // where the temporary directory goes; default os.TempDir()
 	// Timeout bounds one run (ceiling, relay or latency); default 10m.
 	Timeout time.Duration
-	// MemoryLimit is the process's soft memory limit (--memory-limit;
-	// default memlimit.Default), applied by the command before Run: the
-	// peak RSS figure depends on it.
+	// MemoryLimit is relay serve's soft memory limit (its --memory-limit;
+	// default memlimit.Default): the peak RSS figure depends on it.
 	MemoryLimit memlimit.Limit
-	// HeapProfile, if set, is a file the heap profile (pprof) is written
-	// to at the end of every relay run, while that line's environment (the
-	// server, its stores, the engine) is still up; each line overwrites the
-	// last, so the file holds the last line's. After the bench, with every
-	// environment torn down, the live heap would be near empty.
-	HeapProfile string
+	// Exe is the binary the children run (the sink and ceiling client as
+	// `Exe bench-child …`, the relay as `Exe serve …`); default the
+	// bench's own (os.Executable). Tests give a test binary whose
+	// TestMain runs the relay command line when ChildEnv is set.
+	Exe string
+	// OnChild, if set, is called with each child's process ID as it
+	// starts (the test that no child outlives the bench uses it).
+	OnChild func(pid int)
 	// Ingress switches the environment's SMTP front door on (RunIngress
 	// sets it: `relay bench --ingress`, ingress.go).
 	Ingress bool
@@ -189,9 +224,17 @@ type Result struct {
 	P50Ms           float64 `json:"p50_ms"`
 	P95Ms           float64 `json:"p95_ms"`
 	P99Ms           float64 `json:"p99_ms"`
-	CPUSPer1kMsgs   float64 `json:"cpu_s_per_1k_msgs"`
-	PeakRSSMB       float64 `json:"peak_rss_mb"`
-	TokenGetP99Ms   float64 `json:"token_get_p99_ms"`
+	// RelayCPUSPer1kMsgs: relay serve's user+system CPU over the relay
+	// run (and its acks), per 1,000 messages.
+	RelayCPUSPer1kMsgs float64 `json:"relay_cpu_s_per_1k_msgs"`
+	// CeilingCPUSPer1kMsgs: the ceiling client process's CPU, its whole
+	// life, per 1,000 messages.
+	CeilingCPUSPer1kMsgs float64 `json:"ceiling_cpu_s_per_1k_msgs"`
+	// PeakRSSMB: relay serve's peak resident set (VmHWM) at the line's end.
+	PeakRSSMB float64 `json:"peak_rss_mb"`
+	// WritesPerMsg: JetStream store writes per message over the relay
+	// run (writes.go); with sync always, each is fsynced.
+	WritesPerMsg float64 `json:"store_writes_per_msg"`
 }
 
 // Run runs the bench and writes the results to out as they come (a table
@@ -251,25 +294,24 @@ func (e *env) runConns(ctx context.Context, c int) (Result, error) {
 	if err != nil {
 		return r, err
 	}
-	elapsed, err := e.ceiling(ctx, acct, c)
+	elapsed, cpu, err := e.ceiling(ctx, acct, c)
 	if err != nil {
 		return r, fmt.Errorf("ceiling: %w", err)
 	}
 	r.CeilingMsgsPerS = float64(e.cfg.Messages) / elapsed.Seconds()
+	r.CeilingCPUSPer1kMsgs = per1k(cpu, e.cfg.Messages)
 
-	cpu0 := cpuTime()
-	elapsed, err = e.relayRun(ctx, acct)
+	fig, err := e.measure(ctx, func() (err error) {
+		elapsed, err = e.relayRun(ctx, acct)
+		return err
+	})
 	if err != nil {
 		return r, fmt.Errorf("relay: %w", err)
 	}
-	r.CPUSPer1kMsgs = (cpuTime() - cpu0).Seconds() / float64(e.cfg.Messages) * 1000
 	r.RelayMsgsPerS = float64(e.cfg.Messages) / elapsed.Seconds()
 	r.Ratio = r.RelayMsgsPerS / r.CeilingMsgsPerS
-	if e.cfg.HeapProfile != "" {
-		if err := writeHeapProfile(e.cfg.HeapProfile); err != nil {
-			return r, err
-		}
-	}
+	r.RelayCPUSPer1kMsgs = per1k(fig.cpu, e.cfg.Messages)
+	r.WritesPerMsg = float64(fig.writes) / float64(e.cfg.Messages)
 
 	if !e.cfg.large() { // large messages: throughput and memory only
 		lat, err := e.latencyRun(ctx, acct)
@@ -280,12 +322,14 @@ func (e *env) runConns(ctx context.Context, c int) (Result, error) {
 	} else {
 		r.LatencyMessages = 0
 	}
-	if r.TokenGetP99Ms, err = e.tokenGetP99(ctx, acct.Alias); err != nil {
-		return r, fmt.Errorf("token.get: %w", err)
+	if r.PeakRSSMB, err = procPeakRSSMB(e.relay.pid()); err != nil {
+		return r, fmt.Errorf("relay serve's peak RSS: %w", err)
 	}
-	r.PeakRSSMB = peakRSSMB()
 	return r, nil
 }
+
+// per1k is CPU seconds per 1,000 of n messages.
+func per1k(cpu time.Duration, n int) float64 { return cpu.Seconds() / float64(n) * 1000 }
 
 // percentile of sorted-in-place durations (nearest rank).
 func percentile(d []time.Duration, p int) time.Duration {
@@ -299,25 +343,6 @@ func percentile(d []time.Duration, p int) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// cpuTime is the process's user plus system CPU time (getrusage).
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// peakRSSMB is the process's maximum resident set size (Linux reports
-// ru_maxrss in KiB).
-func peakRSSMB() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return float64(ru.Maxrss) / 1024
-}
-
 // printer writes results as a table or JSON lines, one line per result as
 // it comes (a long run shows progress).
 type printer struct {
@@ -328,7 +353,7 @@ type printer struct {
 
 func newPrinter(out io.Writer, asJSON bool) *printer { return &printer{json: asJSON, out: out} }
 
-const tableRow = "%-7s %5v %8v %10v %9v %6v %8v %8v %8v %9v %8v %12v\n"
+const tableRow = "%-7s %5v %8v %10v %9v %6v %8v %8v %8v %13v %15v %7v %10v\n"
 
 func (p *printer) print(r Result) error {
 	if p.json {
@@ -341,35 +366,11 @@ func (p *printer) print(r Result) error {
 	}
 	p.head.Do(func() {
 		fmt.Fprintf(p.out, tableRow, "sync", "conns", "messages", "ceiling/s", "relay/s", "ratio",
-			"p50 ms", "p95 ms", "p99 ms", "cpu s/1k", "RSS MB", "token p99 ms")
+			"p50 ms", "p95 ms", "p99 ms", "relay cpu s/1k", "ceiling cpu s/1k", "RSS MB", "writes/msg")
 	})
 	f := func(format string, v float64) string { return fmt.Sprintf(format, v) }
 	_, err := fmt.Fprintf(p.out, tableRow, r.Sync, r.Conns, r.Messages, f("%.0f", r.CeilingMsgsPerS), f("%.0f", r.RelayMsgsPerS),
-		f("%.2f", r.Ratio), f("%.1f", r.P50Ms), f("%.1f", r.P95Ms), f("%.1f", r.P99Ms), f("%.3f", r.CPUSPer1kMsgs),
-		f("%.0f", r.PeakRSSMB), f("%.4f", r.TokenGetP99Ms))
+		f("%.2f", r.Ratio), f("%.1f", r.P50Ms), f("%.1f", r.P95Ms), f("%.1f", r.P99Ms), f("%.3f", r.RelayCPUSPer1kMsgs),
+		f("%.3f", r.CeilingCPUSPer1kMsgs), f("%.0f", r.PeakRSSMB), f("%.2f", r.WritesPerMsg))
 	return err
-}
-
-// latencies collects publish→250 times of one latency run, keyed by the
-// message's number in its subject.
-type latencies struct {
-	prefix string
-	pub    []atomic.Int64 // unix nanos just before the publish
-	mu     sync.Mutex
-	got    []time.Duration
-}
-
-// writeHeapProfile writes the heap profile (live and allocated since the
-// start) after a collection, so in-use figures are the live data.
-func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("heap profile: %w", err)
-	}
-	runtime.GC()
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		f.Close()
-		return fmt.Errorf("heap profile: %w", err)
-	}
-	return f.Close()
 }

@@ -2,84 +2,106 @@ package bench
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
-	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
-	"relay365/internal/account"
 	"relay365/internal/message"
 )
 
-// TestRunSmoke runs the whole bench with tiny numbers: every line has
-// every field, with sane values. No figure is compared with a target
-// (figures come from `relay bench`, not from tests).
+// TestRunSmoke runs one small line, each part in its own process: relay
+// serve delivered every message, and every figure is there and sane. No
+// figure is compared with a target (figures come from `relay bench`, not
+// from tests).
 func TestRunSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	heap := filepath.Join(t.TempDir(), "heap.pprof")
-	cfg := Config{Messages: 50, Conns: []int{1, 2}, Size: 1024, Rate: 200, Latency: 20, Sync: []string{"always", "2m"}, JSON: true, Dir: t.TempDir(), HeapProfile: heap}
+	var pids []int
+	cfg := Config{Messages: 200, Conns: []int{1}, Size: 2048, Rate: 200, Latency: 20, Sync: []string{"always"}, JSON: true, Dir: t.TempDir(),
+		OnChild: func(pid int) { pids = append(pids, pid) }}
 	results, err := Run(ctx, cfg, &out)
 	if err != nil {
 		t.Fatalf("Run: %v\noutput:\n%s", err, out.String())
 	}
-	checkHeapProfile(t, heap)
+	// The sink, relay serve and the ceiling client, each its own process.
+	if len(pids) != 3 || slices.Contains(pids, os.Getpid()) || pids[0] == pids[1] || pids[1] == pids[2] {
+		t.Errorf("children %v, want 3 processes (sink, relay serve, ceiling client)", pids)
+	}
+	checkGone(t, pids)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 4 || len(results) != 4 {
-		t.Fatalf("want 4 lines (2 sync settings × 2 connection counts), got %d lines, %d results:\n%s", len(lines), len(results), out.String())
+	if len(lines) != 1 || len(results) != 1 {
+		t.Fatalf("want 1 line, got %d lines, %d results:\n%s", len(lines), len(results), out.String())
 	}
 	fields := []string{"conns", "messages", "ceiling_msgs_per_s", "relay_msgs_per_s", "ratio", "p50_ms", "p95_ms", "p99_ms",
-		"cpu_s_per_1k_msgs", "peak_rss_mb", "token_get_p99_ms", "sync"}
-	for i, line := range lines {
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			t.Fatalf("line %d is not JSON: %v: %s", i, err, line)
+		"relay_cpu_s_per_1k_msgs", "ceiling_cpu_s_per_1k_msgs", "peak_rss_mb", "store_writes_per_msg", "sync"}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
+		t.Fatalf("not JSON: %v: %s", err, lines[0])
+	}
+	for _, f := range fields {
+		if _, ok := m[f]; !ok {
+			t.Errorf("no %q: %s", f, lines[0])
 		}
-		for _, f := range fields {
-			if _, ok := m[f]; !ok {
-				t.Errorf("line %d has no %q: %s", i, f, line)
-			}
-		}
-		r := results[i]
-		wantConns, wantSync := cfg.Conns[i%2], cfg.Sync[i/2]
-		switch {
-		case r.Conns != wantConns || r.Sync != wantSync || r.Messages != 50:
-			t.Errorf("line %d: conns %d sync %s messages %d, want %d %s 50", i, r.Conns, r.Sync, r.Messages, wantConns, wantSync)
-		case r.CeilingMsgsPerS <= 0 || r.RelayMsgsPerS <= 0 || r.Ratio <= 0:
-			t.Errorf("line %d: throughputs not positive: %s", i, line)
-		case r.P50Ms <= 0 || r.P50Ms > r.P95Ms || r.P95Ms > r.P99Ms:
-			t.Errorf("line %d: percentiles not ordered: %s", i, line)
-		case r.CPUSPer1kMsgs <= 0 || r.PeakRSSMB <= 0 || r.TokenGetP99Ms <= 0:
-			t.Errorf("line %d: cpu, rss or token figure missing: %s", i, line)
-		}
+	}
+	r := results[0]
+	if r.Conns != 1 || r.Sync != "always" || r.Messages != 200 {
+		t.Errorf("conns %d sync %s messages %d, want 1 always 200", r.Conns, r.Sync, r.Messages)
+	}
+	if r.CeilingMsgsPerS <= 0 || r.RelayMsgsPerS <= 0 || r.Ratio <= 0 {
+		t.Errorf("throughputs not positive: %s", lines[0])
+	}
+	if r.P50Ms <= 0 || r.P50Ms > r.P95Ms || r.P95Ms > r.P99Ms {
+		t.Errorf("percentiles not ordered: %s", lines[0])
+	}
+	if r.RelayCPUSPer1kMsgs <= 0 || r.CeilingCPUSPer1kMsgs <= 0 || r.PeakRSSMB <= 0 {
+		t.Errorf("cpu or rss figure missing: %s", lines[0])
+	}
+	// Each message is stored in MAIL and removed by its ack: at least two
+	// writes, whatever else the relay stores.
+	if r.WritesPerMsg < 2 {
+		t.Errorf("store writes per message %.2f, want at least 2 (stored, then removed by the ack): %s", r.WritesPerMsg, lines[0])
 	}
 }
 
-// checkHeapProfile: path holds a pprof heap profile (gzipped protobuf)
-// whose samples name the embedded server's code.
-func checkHeapProfile(t *testing.T, path string) {
+// TestCancelLeavesNoChild cancels the bench while its children run: Run
+// returns the cancellation, and none of the processes it started is left.
+func TestCancelLeavesNoChild(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var pids []int
+	cfg := Config{Messages: 100000, Conns: []int{1}, Sync: []string{"always"}, Dir: t.TempDir(),
+		OnChild: func(pid int) {
+			pids = append(pids, pid)
+			if len(pids) == 3 { // the ceiling client started: all three are up
+				cancel()
+			}
+		}}
+	_, err := Run(ctx, cfg, io.Discard)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run: %v, want the cancellation", err)
+	}
+	if len(pids) != 3 {
+		t.Fatalf("children %v, want 3 started before the cancel", pids)
+	}
+	checkGone(t, pids)
+}
+
+// checkGone: no process of pids exists any more (each was waited for, so
+// not even a zombie is left).
+func checkGone(t *testing.T, pids []int) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("heap profile: %v", err)
-	}
-	defer f.Close()
-	z, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatalf("heap profile is not a gzipped pprof: %v", err)
-	}
-	b, err := io.ReadAll(z)
-	if err != nil {
-		t.Fatalf("heap profile: %v", err)
-	}
-	if !bytes.Contains(b, []byte("nats-server")) {
-		t.Errorf("heap profile (%d bytes) names no nats-server function", len(b))
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("child %d still exists (kill 0: %v)", pid, err)
+		}
 	}
 }
 
@@ -111,6 +133,7 @@ func TestValidate(t *testing.T) {
 		{"rate", func(c *Config) { c.Rate = -3 }, "--rate -3"},
 		{"sync", func(c *Config) { c.Sync = []string{"sometimes"} }, `"sometimes"`},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 8 << 20 }, "--memory-limit 8MiB"},
+		{"latency", func(c *Config) { c.Latency = -1 }, "--latency-messages -1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,10 +165,9 @@ func TestPercentile(t *testing.T) {
 
 // TestMessageSize: the rendered messages are about --size bytes.
 func TestMessageSize(t *testing.T) {
-	acct := account.Account{Alias: "bench-c1", Mailbox: "bench-c1@contoso.com"}
+	mailbox := "bench-c1@contoso.com"
 	for _, size := range []int{minSize, 2048, 64 << 10} {
-		e := &env{cfg: Config{Size: size}}
-		r, err := message.Render(e.newMessage(acct, "relay-bench-c1-12345", "relay 12345"), message.Sender{Mailbox: acct.Mailbox}, time.Now())
+		r, err := message.Render(newMessage(mailbox, size, "relay-bench-c1-12345", "relay 12345"), message.Sender{Mailbox: mailbox}, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,19 +184,23 @@ func TestRunIngressSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	heap := filepath.Join(t.TempDir(), "heap.pprof")
-	cfg := Config{Messages: 50, Conns: []int{1, 3}, Size: 1024, Rate: 200, Latency: 20, JSON: true, Dir: t.TempDir(), HeapProfile: heap}
+	var pids []int
+	cfg := Config{Messages: 50, Conns: []int{3}, Size: 1024, Rate: 200, Latency: 20, JSON: true, Dir: t.TempDir(),
+		OnChild: func(pid int) { pids = append(pids, pid) }}
 	results, err := RunIngress(ctx, cfg, &out)
 	if err != nil {
 		t.Fatalf("RunIngress: %v\noutput:\n%s", err, out.String())
 	}
-	checkHeapProfile(t, heap)
+	if len(pids) != 2 {
+		t.Errorf("children %v, want 2 (sink, relay serve)", pids)
+	}
+	checkGone(t, pids)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 2 || len(results) != 2 {
-		t.Fatalf("want 2 lines (sync always × 2 connection counts), got %d lines, %d results:\n%s", len(lines), len(results), out.String())
+	if len(lines) != 1 || len(results) != 1 {
+		t.Fatalf("want 1 line (sync always × 1 connection count), got %d lines, %d results:\n%s", len(lines), len(results), out.String())
 	}
 	fields := []string{"mode", "sync", "conns", "messages", "size", "msgs_per_s", "accept_msgs_per_s", "load_p50_ms", "load_p99_ms",
-		"rate", "latency_messages", "p50_ms", "p95_ms", "p99_ms", "accept_p99_ms", "cpu_s_per_1k_msgs", "peak_rss_mb"}
+		"rate", "latency_messages", "p50_ms", "p95_ms", "p99_ms", "accept_p99_ms", "relay_cpu_s_per_1k_msgs", "peak_rss_mb", "store_writes_per_msg"}
 	for i, line := range lines {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
@@ -196,8 +222,8 @@ func TestRunIngressSmoke(t *testing.T) {
 			t.Errorf("line %d: load percentiles: %s", i, line)
 		case r.P50Ms <= 0 || r.P50Ms > r.P95Ms || r.P95Ms > r.P99Ms:
 			t.Errorf("line %d: percentiles not ordered: %s", i, line)
-		case r.CPUSPer1kMsgs <= 0 || r.PeakRSSMB <= 0:
-			t.Errorf("line %d: cpu or rss figure missing: %s", i, line)
+		case r.RelayCPUSPer1kMsgs <= 0 || r.PeakRSSMB <= 0 || r.WritesPerMsg < 2:
+			t.Errorf("line %d: cpu, rss or store writes figure missing: %s", i, line)
 		}
 	}
 }

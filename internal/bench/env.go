@@ -1,161 +1,330 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
+	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
-	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
 	"relay365/internal/consent"
-	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/ingress"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/roles"
-	"relay365/internal/submit"
 	"relay365/internal/token"
 )
 
 const (
 	tenant    = "contoso.onmicrosoft.com"
 	recipient = "ops@fabrikam.com"
-	// tokenCalls is how many cached Token calls the token figure is over.
-	tokenCalls = 10000
 	// publishWindow bounds the relay run's unacknowledged async publishes.
 	publishWindow = 256
 )
 
-// env is one environment: `relay serve` in process against the fake sink.
+// env is one line's world: the sink and `relay serve` as children, and
+// the bench's own connections to the relay's NATS (as a producer, to
+// publish, and as the operator, to enroll and to read JetStream's
+// accounting), through the seeds relay serve wrote in its data directory.
 type env struct {
-	cfg  Config
-	sync string
-	dir  string
-	fake *fakeo365.Server
-	d    *daemon.Daemon
-	nc   *nats.Conn // the producer's own connection
-	js   jetstream.JetStream
-	lat  atomic.Pointer[latencies]
+	cfg      Config
+	sync     string
+	dir      string
+	children []*child
 
-	overheadOnce sync.Once
-	overhead     int // rendered size minus text size
+	sink    sinkReady
+	relay   *child
+	relayIs relayAddrs
+	http    *http.Client
+
+	nc    *nats.Conn // producer
+	js    jetstream.JetStream
+	admin *nats.Conn // operator
+	ajs   jetstream.JetStream
+
+	accounts *account.Registry
+	store    *token.Store
 }
 
+// relayAddrs is what relay serve's log says about where it listens.
+type relayAddrs struct {
+	mu      sync.Mutex
+	nats    string // "relay serving": its NATS URL
+	smtp    string // "SMTP submission listening": the STARTTLS front door
+	smtpCA  string // the front door's loopback CA file
+	serving chan struct{}
+}
+
+// onLine reads relay serve's JSON log lines for the addresses.
+func (r *relayAddrs) onLine(line []byte) {
+	if !strings.Contains(string(line), "listening") && !strings.Contains(string(line), "serving") && !strings.Contains(string(line), "ca_file") {
+		return
+	}
+	var l struct {
+		Message  string `json:"message"`
+		NATS     string `json:"nats"`
+		Addr     string `json:"addr"`
+		Implicit bool   `json:"implicit_tls"`
+		CAFile   string `json:"ca_file"`
+	}
+	if json.Unmarshal(line, &l) != nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case l.Message == "SMTP submission listening" && !l.Implicit:
+		r.smtp = l.Addr
+	case l.CAFile != "":
+		r.smtpCA = l.CAFile
+	case l.Message == "relay serving" && r.nats == "":
+		r.nats = l.NATS
+		close(r.serving)
+	}
+}
+
+// startEnv starts the line's sink and relay and connects to the relay.
 func startEnv(ctx context.Context, cfg Config, syncSetting string) (_ *env, err error) {
 	dir, err := os.MkdirTemp(cfg.Dir, "relay-bench-")
 	if err != nil {
 		return nil, err
 	}
-	e := &env{cfg: cfg, sync: syncSetting, dir: dir}
+	e := &env{cfg: cfg, sync: syncSetting, dir: dir, http: &http.Client{}, relayIs: relayAddrs{serving: make(chan struct{})}}
 	defer func() {
 		if err != nil {
 			e.close()
 		}
 	}()
-	fakeDir := filepath.Join(dir, "fake")
-	if err := os.Mkdir(fakeDir, 0o700); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := e.startSink(ctx, sctx); err != nil {
 		return nil, err
 	}
-	// The sink: no pacing, no per-mailbox connection limit, nothing kept
-	// but a count (and the latency hook).
-	e.fake, err = fakeo365.Start(fakeo365.Config{
-		Dir: fakeDir, PerMinute: -1, PerDay: -1, MaxConns: -1, CountOnly: true, OnAccept: e.accepted,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("fake Office 365: %w", err)
-	}
-	keyFile := filepath.Join(dir, "token.key")
-	if _, err := token.GenerateKeyFile(keyFile); err != nil {
-		return nil, err
-	}
-	// Logs are encoded as in production (info level) and thrown away, so
-	// their cost is in the figures.
-	log := zerolog.New(io.Discard).Level(zerolog.InfoLevel)
-	dc := daemon.Config{
-		NATSListen: "127.0.0.1:-1", NATSSync: syncSetting, DataDir: filepath.Join(dir, "data"),
-		KeyFile: keyFile, HTTPAddr: "off",
-	}
-	if cfg.Ingress {
-		// The SMTP front door on loopback with the daemon's own CA; every
-		// bench connection comes from 127.0.0.1, so the per-address limit
-		// is the bench's largest connection count.
-		dc.SMTP.Listen = "127.0.0.1:0"
-		dc.SMTP.MaxConnsPerIP = max(slices.Max(cfg.Conns), ingress.DefaultMaxConnsPerIP)
-		dc.SMTP.MaxConns = max(dc.SMTP.MaxConnsPerIP, ingress.DefaultMaxConns)
-	}
-	e.d, err = daemon.Start(ctx, dc, log)
-	if err != nil {
-		return nil, fmt.Errorf("relay serve: %w", err)
-	}
-	if e.nc, err = queue.ConnectWith(e.d.NATSURL, "relay-bench-producer", e.d.ClientOptions(roles.Producer)); err != nil {
-		return nil, err
-	}
-	if e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(publishWindow)); err != nil {
+	if err := e.startRelay(ctx, sctx); err != nil {
 		return nil, err
 	}
 	return e, nil
 }
 
+// startSink starts `relay bench-child sink` and reads where it listens.
+func (e *env) startSink(ctx, sctx context.Context) error {
+	dir := filepath.Join(e.dir, "sink")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	c, err := e.startChild(ctx, "the sink", []string{ChildCommand, "sink", dir}, true, nil)
+	if err != nil {
+		return err
+	}
+	return c.readLine(sctx, &e.sink)
+}
+
+// serveArgs is relay serve's command line for the line: the durable
+// default except for the line's sync setting, and what the bench needs to
+// find it (loopback ports the kernel picks, JSON logs).
+func (e *env) serveArgs(keyFile string) []string {
+	args := []string{"serve",
+		"--data-dir", filepath.Join(e.dir, "data"), "--key-file", keyFile,
+		"--nats-listen", "127.0.0.1:-1", "--nats-sync", e.sync,
+		"--http-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "info",
+		"--memory-limit", e.cfg.MemoryLimit.String(),
+	}
+	if e.cfg.Ingress {
+		// The SMTP front door on loopback with the relay's own CA; every
+		// bench connection comes from 127.0.0.1, so the per-address limit
+		// is the bench's largest connection count.
+		perIP := max(slices.Max(e.cfg.Conns), ingress.DefaultMaxConnsPerIP)
+		args = append(args, "--smtp-listen", "127.0.0.1:0",
+			"--smtp-max-conns-per-ip", strconv.Itoa(perIP), "--smtp-max-conns", strconv.Itoa(max(perIP, ingress.DefaultMaxConns)))
+	}
+	return args
+}
+
+// startRelay starts relay serve as deployed, waits for its "relay
+// serving" line, and connects as a producer and as the operator.
+func (e *env) startRelay(ctx, sctx context.Context) error {
+	keyFile := filepath.Join(e.dir, "token.key")
+	if _, err := token.GenerateKeyFile(keyFile); err != nil {
+		return err
+	}
+	keys, err := token.LoadKeyring(keyFile)
+	if err != nil {
+		return err
+	}
+	if e.relay, err = e.startChild(ctx, "relay serve", e.serveArgs(keyFile), false, e.relayIs.onLine); err != nil {
+		return err
+	}
+	select {
+	case <-e.relayIs.serving:
+	case <-e.relay.done:
+		return e.relay.failed(errors.New("stopped before serving"))
+	case <-sctx.Done():
+		return e.relay.failed(fmt.Errorf("not serving: %w", sctx.Err()))
+	}
+	e.relayIs.mu.Lock()
+	natsURL := e.relayIs.nats
+	e.relayIs.mu.Unlock()
+	dataDir := filepath.Join(e.dir, "data")
+	connect := func(name string, r roles.Role) (*nats.Conn, error) {
+		var o queue.ConnectOptions
+		roles.Default(&o, dataDir, r)
+		return queue.ConnectWith(natsURL, name, o)
+	}
+	if e.nc, err = connect("relay-bench-producer", roles.Producer); err != nil {
+		return err
+	}
+	if e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(publishWindow)); err != nil {
+		return err
+	}
+	if e.admin, err = connect("relay-bench-admin", roles.Admin); err != nil {
+		return err
+	}
+	if e.ajs, err = jetstream.New(e.admin); err != nil {
+		return err
+	}
+	if e.accounts, err = account.OpenRegistry(sctx, e.ajs); err != nil {
+		return err
+	}
+	if e.store, err = token.OpenStore(sctx, e.ajs, keys); err != nil {
+		return err
+	}
+	return nil
+}
+
+// close stops the connections and every child (the relay first, so it
+// does not spend its shutdown on a sink that is gone), and removes the
+// temporary directory.
 func (e *env) close() {
 	if e.nc != nil {
 		e.nc.Close()
 	}
-	if e.d != nil {
-		_ = e.d.Close()
+	if e.admin != nil {
+		e.admin.Close()
 	}
-	if e.fake != nil {
-		_ = e.fake.Close()
+	for _, c := range slices.Backward(e.children) {
+		c.stop()
 	}
 	_ = os.RemoveAll(e.dir)
 }
 
-// enroll connects account bench-c<c> through consent with c connections
-// and pacing limits far above the run, and waits for its lane.
+// enroll connects account bench-c<c> through consent (authorization code
+// with PKCE against the sink's identity platform, a test mail, sealed
+// tokens) with c connections and pacing limits far above the run, then
+// relays one message through it: once that arrived, the relay's lane for
+// the account is up.
 func (e *env) enroll(ctx context.Context, c int) (account.Account, error) {
 	alias := fmt.Sprintf("bench-c%d", c)
-	a := e.fake.Account(alias, alias+"@contoso.com", tenant)
+	a := account.Account{
+		Alias: alias, Mailbox: alias + "@contoso.com", Tenant: tenant, Authority: e.sink.Authority,
+		ClientID: fakeo365.ClientID, SMTPAddr: e.sink.SMTP, CAFile: e.sink.CAFile,
+	}
 	a.PerMinute, a.PerDay, a.MaxConns = 1<<30, 1<<30, c
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	if err := (consent.Enroller{Accounts: e.d.Accounts, Store: e.d.Store}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
+	if err := (consent.Enroller{Accounts: e.accounts, Store: e.store}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
 		return a, fmt.Errorf("enroll %s: %w", alias, err)
 	}
-	if err := e.d.Engine.WaitBound(ctx, alias); err != nil {
+	a.Normalize()
+	base, err := e.sinkCount(ctx)
+	if err != nil {
 		return a, err
 	}
-	a.Normalize()
+	data, err := newMessage(a.Mailbox, e.cfg.Size, "warm-up-"+alias, "warm-up").Encode()
+	if err != nil {
+		return a, err
+	}
+	if _, err := queue.Publish(ctx, e.js, alias, "warm-up-"+alias, data); err != nil {
+		return a, fmt.Errorf("warm-up: %w", err)
+	}
+	if _, err := e.sinkWait(ctx, base+1); err != nil {
+		return a, fmt.Errorf("warm-up message: %w", err)
+	}
 	return a, nil
 }
 
+// sinkGet asks the sink's control API.
+func (e *env) sinkGet(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.sink.Control+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := e.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("the sink: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("the sink: %s %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// sinkCount is the number of messages the sink accepted so far.
+func (e *env) sinkCount(ctx context.Context) (int, error) {
+	var c sinkCount
+	err := e.sinkGet(ctx, "/count", &c)
+	return c.Accepted, err
+}
+
+// sinkWait waits until the sink accepted n messages in all and returns
+// the time it accepted the last (the nth, when nothing else is sent).
+func (e *env) sinkWait(ctx context.Context, n int) (time.Time, error) {
+	var c sinkCount
+	if err := e.sinkGet(ctx, "/wait?n="+strconv.Itoa(n), &c); err != nil {
+		got, _ := e.sinkCount(context.WithoutCancel(ctx))
+		return time.Time{}, fmt.Errorf("the sink accepted %d of %d: %w", got, n, err)
+	}
+	return time.Unix(0, c.LastNs), nil
+}
+
+// sinkTimes is the acceptance time of each timed subject with prefix.
+func (e *env) sinkTimes(ctx context.Context, prefix string) (map[string]int64, error) {
+	var t map[string]int64
+	err := e.sinkGet(ctx, "/times?prefix="+url.QueryEscape(prefix), &t)
+	return t, err
+}
+
 // newMessage is a message of a run, its text sized so the rendered
-// message is about Config.Size bytes.
-func (e *env) newMessage(acct account.Account, id, subject string) *message.Message {
-	m := &message.Message{ID: id, Account: acct.Alias, To: []string{recipient}, Subject: subject, Text: "."}
-	e.overheadOnce.Do(func() {
-		// What rendering adds to the text: headers and MIME structure.
-		e.overhead = 400
-		if r, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox}, time.Now()); err == nil {
-			e.overhead = len(r.Data) - len(m.Text)
-		}
-	})
-	m.Text = filler(max(e.cfg.Size-e.overhead, 1))
+// message is about size bytes.
+func newMessage(mailbox string, size int, id, subject string) *message.Message {
+	m := &message.Message{ID: id, Account: strings.SplitN(mailbox, "@", 2)[0], To: []string{recipient}, Subject: subject}
+	m.Text = filler(max(size-renderOverhead(mailbox), 1))
 	return m
+}
+
+var (
+	overheadMu sync.Mutex
+	overheads  = map[string]int{}
+)
+
+// renderOverhead is what rendering adds to a message's text (headers and
+// MIME structure) for mailbox.
+func renderOverhead(mailbox string) int {
+	overheadMu.Lock()
+	defer overheadMu.Unlock()
+	if n, ok := overheads[mailbox]; ok {
+		return n
+	}
+	n := 400
+	m := &message.Message{ID: "relay-bench-c1-12345", To: []string{recipient}, Subject: "relay 12345", Text: "."}
+	if r, err := message.Render(m, message.Sender{Mailbox: mailbox}, time.Now()); err == nil {
+		n = len(r.Data) - len(m.Text)
+	}
+	overheads[mailbox] = n
+	return n
 }
 
 var (
@@ -182,96 +351,79 @@ func filler(n int) string {
 	return fillerCache[n]
 }
 
-// ceiling sends Messages rendered messages straight to the sink over c
-// plain go-smtp connections and returns the time it took.
-func (e *env) ceiling(ctx context.Context, acct account.Account, c int) (time.Duration, error) {
-	tok, err := e.d.TokenClient.Token(ctx, acct.Alias)
+// ceiling runs the ceiling child: Messages rendered messages straight to
+// the sink over c plain go-smtp connections, with the access token the
+// consent stored. It returns the child's time and its CPU (its whole
+// life, from the kernel's accounting once it exited).
+func (e *env) ceiling(ctx context.Context, acct account.Account, c int) (time.Duration, time.Duration, error) {
+	rec, _, err := e.store.Get(ctx, acct.Alias)
 	if err != nil {
-		return 0, err
-	}
-	// The same rendered messages the relay sends (a ring of them).
-	var ring []content
-	if e.cfg.large() {
-		ring = e.largeRing(acct)
-	}
-	for i := 0; len(ring) < 16 && !e.cfg.large(); i++ {
-		m := e.newMessage(acct, fmt.Sprintf("ceiling-%d", i), fmt.Sprintf("ceiling %d", i))
-		r, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox}, time.Now())
-		if err != nil {
-			return 0, err
-		}
-		ring = append(ring, content{from: r.MailFrom, rcpts: r.Rcpts, open: func() io.Reader { return bytes.NewReader(r.Data) }})
+		return 0, 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	host, _, _ := net.SplitHostPort(e.fake.SMTPAddr())
-	tlsConf := &tls.Config{RootCAs: e.fake.CertPool(), ServerName: host, MinVersion: tls.VersionTLS12}
-	var next atomic.Int64
-	errs := make(chan error, c)
-	base := e.fake.Accepted()
-	start := time.Now()
-	for range c {
-		go func() {
-			errs <- sendDirect(ctx, e.fake.SMTPAddr(), tlsConf, acct.Mailbox, tok.Token, ring, &next, int64(e.cfg.Messages))
-		}()
-	}
-	for range c {
-		if err := <-errs; err != nil {
-			return 0, err
-		}
-	}
-	elapsed := time.Since(start)
-	if got := e.fake.Accepted() - base; got != e.cfg.Messages {
-		return 0, fmt.Errorf("the sink accepted %d of %d messages", got, e.cfg.Messages)
-	}
-	return elapsed, nil
-}
-
-// content is one message of the ceiling's ring.
-type content struct {
-	from  string
-	rcpts []string
-	open  func() io.Reader
-}
-
-// sendDirect is one ceiling connection: STARTTLS and AUTH XOAUTH2 once,
-// then MAIL/RCPT/DATA/RSET until the shared counter reaches n.
-func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok string, ring []content, next *atomic.Int64, n int64) error {
-	c, err := smtp.DialStartTLS(addr, tlsConf)
+	base, err := e.sinkCount(ctx)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	if err := c.Auth(submit.NewXOAUTH2(user, tok)); err != nil {
-		return err
+	ch, err := e.startChild(ctx, "the ceiling client", []string{ChildCommand, "ceiling"}, true, nil)
+	if err != nil {
+		return 0, 0, err
 	}
-	for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
-		r := ring[i%int64(len(ring))]
-		if err := c.Mail(r.from, nil); err != nil {
-			return err
-		}
-		for _, rcpt := range r.rcpts {
-			if err := c.Rcpt(rcpt, nil); err != nil {
-				return err
-			}
-		}
-		w, err := c.Data()
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(w, r.open()); err != nil {
-			return err
-		}
-		if err := w.Close(); err != nil {
-			return err
-		}
-		if err := c.Reset(); err != nil {
-			return err
-		}
+	job := ceilingJob{Addr: e.sink.SMTP, CAFile: e.sink.CAFile, Mailbox: acct.Mailbox, Token: rec.AccessToken,
+		Conns: c, Messages: e.cfg.Messages, Size: e.cfg.Size}
+	if err := json.NewEncoder(ch.stdin).Encode(job); err != nil {
+		return 0, 0, ch.failed(err)
 	}
-	return c.Quit()
+	ch.stdin.Close()
+	var done ceilingDone
+	if err := ch.readLine(ctx, &done); err != nil {
+		return 0, 0, err
+	}
+	if err := ch.wait(ctx); err != nil {
+		return 0, 0, err
+	}
+	cpu := ch.cmd.ProcessState.UserTime() + ch.cmd.ProcessState.SystemTime()
+	if got, err := e.sinkCount(ctx); err != nil || got-base != e.cfg.Messages {
+		return 0, 0, fmt.Errorf("the sink accepted %d of %d messages (%v)", got-base, e.cfg.Messages, err)
+	}
+	return time.Duration(done.ElapsedNs), cpu, nil
+}
+
+// relayFigures are what relay serve cost over a run.
+type relayFigures struct {
+	cpu    time.Duration // user+system CPU of the relay process
+	writes int64         // JetStream store writes (writes.go)
+}
+
+// measure runs f and returns relay serve's CPU (from /proc/<pid>/stat)
+// and JetStream's store writes over it; f returns once the sink has every
+// message, and measure then waits for the relay's acks (MAIL empty) so
+// both figures hold the whole of the run's work.
+func (e *env) measure(ctx context.Context, f func() error) (relayFigures, error) {
+	w0, err := e.storeWrites(ctx)
+	if err != nil {
+		return relayFigures{}, err
+	}
+	cpu0, err := procCPU(e.relay.pid())
+	if err != nil {
+		return relayFigures{}, fmt.Errorf("relay serve's CPU: %w", err)
+	}
+	if err := f(); err != nil {
+		return relayFigures{}, err
+	}
+	if err := e.waitMailEmpty(ctx); err != nil {
+		return relayFigures{}, err
+	}
+	cpu1, err := procCPU(e.relay.pid())
+	if err != nil {
+		return relayFigures{}, fmt.Errorf("relay serve's CPU: %w", err)
+	}
+	w1, err := e.storeWrites(ctx)
+	if err != nil {
+		return relayFigures{}, err
+	}
+	return relayFigures{cpu: cpu1 - cpu0, writes: w1.since(w0)}, nil
 }
 
 // relayRun publishes Messages messages (asynchronously, publishWindow
@@ -280,14 +432,19 @@ func sendDirect(ctx context.Context, addr string, tlsConf *tls.Config, user, tok
 func (e *env) relayRun(ctx context.Context, acct account.Account) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	payload := func(id, subject string) ([]byte, error) { return e.newMessage(acct, id, subject).Encode() }
+	payload := func(id, subject string) ([]byte, error) {
+		return newMessage(acct.Mailbox, e.cfg.Size, id, subject).Encode()
+	}
 	if e.cfg.large() {
 		var err error
 		if payload, err = e.largePayload(ctx, acct); err != nil {
 			return 0, err
 		}
 	}
-	base := e.fake.Accepted()
+	base, err := e.sinkCount(ctx)
+	if err != nil {
+		return 0, err
+	}
 	subject := queue.Subject(acct.Alias)
 	start := time.Now()
 	for i := range e.cfg.Messages {
@@ -305,10 +462,11 @@ func (e *env) relayRun(ctx context.Context, acct account.Account) (time.Duration
 	case <-ctx.Done():
 		return 0, fmt.Errorf("publishing: %w", ctx.Err())
 	}
-	if _, err := e.fake.WaitMessages(ctx, base+e.cfg.Messages); err != nil {
-		return 0, fmt.Errorf("%d of %d relayed: %w", e.fake.Accepted()-base, e.cfg.Messages, err)
+	last, err := e.sinkWait(ctx, base+e.cfg.Messages)
+	if err != nil {
+		return 0, err
 	}
-	return time.Since(start), nil
+	return last.Sub(start), nil
 }
 
 // latencyRun publishes Latency messages at Rate per second, one publish at
@@ -317,10 +475,12 @@ func (e *env) latencyRun(ctx context.Context, acct account.Account) ([]time.Dura
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	n := e.cfg.Latency
-	lat := &latencies{prefix: "latency ", pub: make([]atomic.Int64, n), got: make([]time.Duration, 0, n)}
-	e.lat.Store(lat)
-	defer e.lat.Store(nil)
-	base := e.fake.Accepted()
+	const prefix = "latency "
+	pub := make([]int64, n)
+	base, err := e.sinkCount(ctx)
+	if err != nil {
+		return nil, err
+	}
 	interval := time.Second / time.Duration(e.cfg.Rate)
 	start := time.Now()
 	for i := range n {
@@ -334,50 +494,35 @@ func (e *env) latencyRun(ctx context.Context, acct account.Account) ([]time.Dura
 			}
 		}
 		id := fmt.Sprintf("latency-%s-%d", acct.Alias, i)
-		data, err := e.newMessage(acct, id, lat.prefix+strconv.Itoa(i)).Encode()
+		data, err := newMessage(acct.Mailbox, e.cfg.Size, id, prefix+strconv.Itoa(i)).Encode()
 		if err != nil {
 			return nil, err
 		}
-		lat.pub[i].Store(time.Now().UnixNano())
+		pub[i] = time.Now().UnixNano()
 		if _, err := queue.Publish(ctx, e.js, acct.Alias, id, data); err != nil {
 			return nil, err
 		}
 	}
-	if _, err := e.fake.WaitMessages(ctx, base+n); err != nil {
-		return nil, fmt.Errorf("%d of %d relayed: %w", e.fake.Accepted()-base, n, err)
+	if _, err := e.sinkWait(ctx, base+n); err != nil {
+		return nil, err
 	}
-	return lat.waitAll(ctx, n)
+	return e.timed(ctx, prefix, pub)
 }
 
-// accepted is the sink's OnAccept hook: it times latency-run messages.
-func (e *env) accepted(m fakeo365.Message) {
-	lat := e.lat.Load()
-	if lat == nil {
-		return
+// timed pairs the sink's acceptance times of the subjects prefix+i with
+// their start times pub[i].
+func (e *env) timed(ctx context.Context, prefix string, pub []int64) ([]time.Duration, error) {
+	times, err := e.sinkTimes(ctx, prefix)
+	if err != nil {
+		return nil, err
 	}
-	rest, ok := strings.CutPrefix(m.Subject, lat.prefix)
-	if !ok {
-		return
-	}
-	i, err := strconv.Atoi(rest)
-	if err != nil || i < 0 || i >= len(lat.pub) {
-		return
-	}
-	d := m.Time.Sub(time.Unix(0, lat.pub[i].Load()))
-	lat.mu.Lock()
-	lat.got = append(lat.got, d)
-	lat.mu.Unlock()
-}
-
-// tokenGetP99 times the workers' cached token client.
-func (e *env) tokenGetP99(ctx context.Context, alias string) (float64, error) {
-	d := make([]time.Duration, tokenCalls)
-	for i := range d {
-		start := time.Now()
-		if _, err := e.d.TokenClient.Token(ctx, alias); err != nil {
-			return 0, err
+	out := make([]time.Duration, 0, len(pub))
+	for i, t0 := range pub {
+		t1, ok := times[prefix+strconv.Itoa(i)]
+		if !ok {
+			return nil, fmt.Errorf("the sink has no time for %q", prefix+strconv.Itoa(i))
 		}
-		d[i] = time.Since(start)
+		out = append(out, time.Duration(t1-t0))
 	}
-	return ms(percentile(d, 99)), nil
+	return out, nil
 }

@@ -1,8 +1,11 @@
 package bench
 
 // `relay bench --ingress`: the SMTP front door end to end. Everything the
-// mode needs is in this file (plus the listener switched on in startEnv),
-// so it can move with the rest of the bench.
+// mode needs is in this file (plus the listener switched on in
+// serveArgs), so it can move with the rest of the bench. The processes are
+// the relay mode's: relay serve (here with --smtp-listen) and the sink as
+// children; the submission clients run in the bench process, which plays
+// the producers (there is no ceiling client).
 //
 // For each sync setting and connection count C, in a fresh environment:
 // an account bench-c<C> connected through consent (max_conns C towards the
@@ -24,7 +27,9 @@ package bench
 //     sink's acceptance.
 //
 // The front door answers 250 only after JetStream's PubAck, so with sync
-// "always" every accepted message was fsynced before its 250.
+// "always" every accepted message was fsynced before its 250. CPU, peak
+// RSS and store writes are relay serve's, as in the relay mode, over the
+// load run.
 
 import (
 	"context"
@@ -75,9 +80,12 @@ type IngressResult struct {
 	P99Ms           float64 `json:"p99_ms"`
 	// AcceptP99Ms: MAIL → the front door's 250 (PubAck included) in the
 	// load run.
-	AcceptP99Ms   float64 `json:"accept_p99_ms"`
-	CPUSPer1kMsgs float64 `json:"cpu_s_per_1k_msgs"`
-	PeakRSSMB     float64 `json:"peak_rss_mb"`
+	AcceptP99Ms float64 `json:"accept_p99_ms"`
+	// RelayCPUSPer1kMsgs, PeakRSSMB, WritesPerMsg: relay serve's, as in
+	// Result; CPU and writes over the load run.
+	RelayCPUSPer1kMsgs float64 `json:"relay_cpu_s_per_1k_msgs"`
+	PeakRSSMB          float64 `json:"peak_rss_mb"`
+	WritesPerMsg       float64 `json:"store_writes_per_msg"`
 }
 
 // IngressDefaults fills what the ingress mode defaults differently from
@@ -130,18 +138,27 @@ func runIngressOne(ctx context.Context, cfg Config, syncSetting string, c int) (
 func (e *env) ingressConns(ctx context.Context, c int) (IngressResult, error) {
 	r := IngressResult{Mode: "ingress", Sync: e.sync, Conns: c, Messages: e.cfg.Messages, Size: e.cfg.Size,
 		Rate: e.cfg.Rate, LatencyMessages: e.cfg.Latency}
-	if e.d.Ingress == nil || e.d.Ingress.Addr() == nil {
-		return r, errors.New("the SMTP front door is off")
+	e.relayIs.mu.Lock()
+	addr, caFile := e.relayIs.smtp, e.relayIs.smtpCA
+	e.relayIs.mu.Unlock()
+	if addr == "" || caFile == "" {
+		return r, errors.New("relay serve's log named no SMTP front door, or no CA file for it")
 	}
 	acct, err := e.enroll(ctx, c)
 	if err != nil {
 		return r, err
 	}
-	password := ingress.NewPassword()
-	if _, err := e.d.Producers.Put(ctx, benchProducer, []string{acct.Alias}, password); err != nil {
+	// As `relay producer add` does: the producer's record in
+	// relay_producers, written as the operator.
+	producers, err := ingress.OpenProducers(ctx, e.ajs)
+	if err != nil {
 		return r, err
 	}
-	subs, err := e.dialIngress(ctx, c, acct, password)
+	password := ingress.NewPassword()
+	if _, err := producers.Put(ctx, benchProducer, []string{acct.Alias}, password); err != nil {
+		return r, err
+	}
+	subs, err := e.dialIngress(ctx, addr, caFile, c, acct, password)
 	defer func() {
 		for _, s := range subs {
 			s.close()
@@ -154,28 +171,29 @@ func (e *env) ingressConns(ctx context.Context, c int) (IngressResult, error) {
 		return r, fmt.Errorf("first submission: %w", err)
 	}
 
-	cpu0 := cpuTime()
-	load, err := e.ingressLoad(ctx, subs)
+	var load loadFigures
+	fig, err := e.measure(ctx, func() (err error) {
+		load, err = e.ingressLoad(ctx, subs)
+		return err
+	})
 	if err != nil {
 		return r, fmt.Errorf("load: %w", err)
 	}
-	r.CPUSPer1kMsgs = (cpuTime() - cpu0).Seconds() / float64(e.cfg.Messages) * 1000
+	r.RelayCPUSPer1kMsgs = per1k(fig.cpu, e.cfg.Messages)
+	r.WritesPerMsg = float64(fig.writes) / float64(e.cfg.Messages)
 	r.MsgsPerS = float64(e.cfg.Messages) / load.elapsed.Seconds()
 	r.AcceptMsgsPerS = float64(e.cfg.Messages) / load.accepted.Seconds()
 	r.LoadP50Ms, r.LoadP99Ms = ms(percentile(load.lat, 50)), ms(percentile(load.lat, 99))
 	r.AcceptP99Ms = ms(percentile(load.accept, 99))
-	if e.cfg.HeapProfile != "" {
-		if err := writeHeapProfile(e.cfg.HeapProfile); err != nil {
-			return r, err
-		}
-	}
 
 	lat, err := e.ingressLatency(ctx, subs)
 	if err != nil {
 		return r, fmt.Errorf("latency: %w", err)
 	}
 	r.P50Ms, r.P95Ms, r.P99Ms = ms(percentile(lat, 50)), ms(percentile(lat, 95)), ms(percentile(lat, 99))
-	r.PeakRSSMB = peakRSSMB()
+	if r.PeakRSSMB, err = procPeakRSSMB(e.relay.pid()); err != nil {
+		return r, fmt.Errorf("relay serve's peak RSS: %w", err)
+	}
 	return r, nil
 }
 
@@ -188,21 +206,21 @@ type submitter struct {
 }
 
 // dialIngress opens c submission connections: STARTTLS (trusting the
-// daemon's loopback CA) and AUTH PLAIN as the bench producer.
-func (e *env) dialIngress(ctx context.Context, c int, acct account.Account, password string) ([]*submitter, error) {
-	pem, err := os.ReadFile(e.d.SMTPCAFile)
+// relay's loopback CA) and AUTH PLAIN as the bench producer.
+func (e *env) dialIngress(ctx context.Context, addr, caFile string, c int, acct account.Account, password string) ([]*submitter, error) {
+	pem, err := os.ReadFile(caFile)
 	if err != nil {
 		return nil, fmt.Errorf("the front door's CA: %w", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("the front door's CA %s holds no certificate", e.d.SMTPCAFile)
+		return nil, fmt.Errorf("the front door's CA %s holds no certificate", caFile)
 	}
 	tlsConf := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 	body := []byte(crlf(filler(max(e.cfg.Size-ingressHeaderBytes, 1))) + "\r\n")
 	subs := make([]*submitter, 0, c)
 	for range c {
-		cl, err := smtp.DialStartTLS(e.d.Ingress.Addr().String(), tlsConf)
+		cl, err := smtp.DialStartTLS(addr, tlsConf)
 		if err != nil {
 			return subs, err
 		}
@@ -267,7 +285,10 @@ func (s *submitter) close() {
 func (e *env) warmUp(ctx context.Context, s *submitter) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	base := e.fake.Accepted()
+	base, err := e.sinkCount(ctx)
+	if err != nil {
+		return err
+	}
 	for {
 		err := s.send("warm-up")
 		var se *smtp.SMTPError
@@ -283,10 +304,8 @@ func (e *env) warmUp(ctx context.Context, s *submitter) error {
 			return fmt.Errorf("%w (last reply: %v)", ctx.Err(), err)
 		}
 	}
-	if _, err := e.fake.WaitMessages(ctx, base+1); err != nil {
-		return err
-	}
-	return nil
+	_, err = e.sinkWait(ctx, base+1)
+	return err
 }
 
 // loadFigures are the load run's measurements.
@@ -304,11 +323,13 @@ func (e *env) ingressLoad(ctx context.Context, subs []*submitter) (loadFigures, 
 	stop := closeOnDone(ctx, subs)
 	defer stop()
 	n := e.cfg.Messages
-	lat := &latencies{prefix: "load ", pub: make([]atomic.Int64, n), got: make([]time.Duration, 0, n)}
-	e.lat.Store(lat)
-	defer e.lat.Store(nil)
+	const prefix = "load "
+	pub := make([]int64, n) // each index written by one connection
 	accept := make([]time.Duration, n)
-	base := e.fake.Accepted()
+	base, err := e.sinkCount(ctx)
+	if err != nil {
+		return loadFigures{}, err
+	}
 	var next atomic.Int64
 	var lastAck atomic.Int64
 	errs := make(chan error, len(subs))
@@ -317,8 +338,8 @@ func (e *env) ingressLoad(ctx context.Context, subs []*submitter) (loadFigures, 
 		go func() {
 			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
 				t0 := time.Now()
-				lat.pub[i].Store(t0.UnixNano())
-				if err := s.send(lat.prefix + strconv.FormatInt(i, 10)); err != nil {
+				pub[i] = t0.UnixNano()
+				if err := s.send(prefix + strconv.FormatInt(i, 10)); err != nil {
 					errs <- fmt.Errorf("message %d: %w", i, err)
 					return
 				}
@@ -345,11 +366,12 @@ func (e *env) ingressLoad(ctx context.Context, subs []*submitter) (loadFigures, 
 		return loadFigures{}, firstErr
 	}
 	accepted := time.Unix(0, lastAck.Load()).Sub(start)
-	if _, err := e.fake.WaitMessages(ctx, base+n); err != nil {
-		return loadFigures{}, fmt.Errorf("%d of %d delivered: %w", e.fake.Accepted()-base, n, err)
+	last, err := e.sinkWait(ctx, base+n)
+	if err != nil {
+		return loadFigures{}, err
 	}
-	elapsed := time.Since(start)
-	got, err := lat.waitAll(ctx, n)
+	elapsed := last.Sub(start)
+	got, err := e.timed(ctx, prefix, pub)
 	if err != nil {
 		return loadFigures{}, err
 	}
@@ -365,10 +387,12 @@ func (e *env) ingressLatency(ctx context.Context, subs []*submitter) ([]time.Dur
 	stop := closeOnDone(ctx, subs)
 	defer stop()
 	n := e.cfg.Latency
-	lat := &latencies{prefix: "latency ", pub: make([]atomic.Int64, n), got: make([]time.Duration, 0, n)}
-	e.lat.Store(lat)
-	defer e.lat.Store(nil)
-	base := e.fake.Accepted()
+	const prefix = "latency "
+	pub := make([]int64, n) // written before the index is handed out
+	base, err := e.sinkCount(ctx)
+	if err != nil {
+		return nil, err
+	}
 	due := make(chan int, n)
 	interval := time.Second / time.Duration(e.cfg.Rate)
 	errs := make(chan error, len(subs)+1)
@@ -383,7 +407,7 @@ func (e *env) ingressLatency(ctx context.Context, subs []*submitter) ([]time.Dur
 					return
 				}
 			}
-			lat.pub[i].Store(time.Now().UnixNano())
+			pub[i] = time.Now().UnixNano()
 			due <- i
 		}
 	}()
@@ -393,7 +417,7 @@ func (e *env) ingressLatency(ctx context.Context, subs []*submitter) ([]time.Dur
 		go func() {
 			defer wg.Done()
 			for i := range due {
-				if err := s.send(lat.prefix + strconv.Itoa(i)); err != nil {
+				if err := s.send(prefix + strconv.Itoa(i)); err != nil {
 					errs <- fmt.Errorf("message %d: %w", i, err)
 					cancel()
 					return
@@ -410,30 +434,10 @@ func (e *env) ingressLatency(ctx context.Context, subs []*submitter) ([]time.Dur
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if _, err := e.fake.WaitMessages(ctx, base+n); err != nil {
-		return nil, fmt.Errorf("%d of %d delivered: %w", e.fake.Accepted()-base, n, err)
+	if _, err := e.sinkWait(ctx, base+n); err != nil {
+		return nil, err
 	}
-	return lat.waitAll(ctx, n)
-}
-
-// waitAll returns the n latencies once the sink's hook has recorded them
-// all: it runs just after the sink counts a message, so the count can be
-// reached a moment before the last time is in.
-func (l *latencies) waitAll(ctx context.Context, n int) ([]time.Duration, error) {
-	for {
-		l.mu.Lock()
-		got := len(l.got)
-		if got >= n {
-			defer l.mu.Unlock()
-			return l.got, nil
-		}
-		l.mu.Unlock()
-		select {
-		case <-time.After(time.Millisecond):
-		case <-ctx.Done():
-			return nil, fmt.Errorf("timed %d of %d delivered messages: %w", got, n, ctx.Err())
-		}
-	}
+	return e.timed(ctx, prefix, pub)
 }
 
 // closeOnDone closes the connections when ctx ends, so a client waiting
@@ -453,7 +457,7 @@ type ingressPrinter struct {
 	head sync.Once
 }
 
-const ingressRow = "%-7s %5v %8v %8v %9v %11v %11v %9v %6v %6v %6v %13v %8v %6v\n"
+const ingressRow = "%-7s %5v %8v %8v %9v %11v %11v %9v %6v %6v %6v %13v %14v %6v %10v\n"
 
 func (p *ingressPrinter) print(r IngressResult) error {
 	if p.json {
@@ -466,11 +470,11 @@ func (p *ingressPrinter) print(r IngressResult) error {
 	}
 	p.head.Do(func() {
 		fmt.Fprintf(p.out, ingressRow, "sync", "conns", "messages", "msgs/s", "accept/s", "load p50 ms", "load p99 ms",
-			"rate", "p50 ms", "p95 ms", "p99 ms", "accept p99 ms", "cpu s/1k", "RSS MB")
+			"rate", "p50 ms", "p95 ms", "p99 ms", "accept p99 ms", "relay cpu s/1k", "RSS MB", "writes/msg")
 	})
 	f := func(format string, v float64) string { return fmt.Sprintf(format, v) }
 	_, err := fmt.Fprintf(p.out, ingressRow, r.Sync, r.Conns, r.Messages, f("%.0f", r.MsgsPerS), f("%.0f", r.AcceptMsgsPerS),
 		f("%.1f", r.LoadP50Ms), f("%.1f", r.LoadP99Ms), r.Rate, f("%.1f", r.P50Ms), f("%.1f", r.P95Ms), f("%.1f", r.P99Ms),
-		f("%.1f", r.AcceptP99Ms), f("%.3f", r.CPUSPer1kMsgs), f("%.0f", r.PeakRSSMB))
+		f("%.1f", r.AcceptP99Ms), f("%.3f", r.RelayCPUSPer1kMsgs), f("%.0f", r.PeakRSSMB), f("%.2f", r.WritesPerMsg))
 	return err
 }

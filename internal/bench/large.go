@@ -14,12 +14,13 @@ import (
 // Large messages (--size above message.InlineMax): the relay run stores
 // each body in the body store as a producer does and publishes the
 // reference; the ceiling client streams the same content. Both generate
-// the content as they send it (largeContent), so the process's peak RSS
-// is the relay's (and its embedded server's) working memory, not copies
-// of 30 MB messages held by the bench. There is no latency run.
+// the content as they send it (largeContent). There is no latency run.
 
 // large reports whether the bench's messages go through the body store.
-func (c Config) large() bool { return c.Size > message.InlineMax }
+func (c Config) large() bool { return large(c.Size) }
+
+// large reports whether messages of size go through the body store.
+func large(size int) bool { return size > message.InlineMax }
 
 // largeContent is a raw message of about size octets: a header section
 // and 7-bit filler lines, made as it is read.
@@ -52,13 +53,6 @@ func (f *fillerReader) Read(p []byte) (int, error) {
 		p[n-2], p[n-1] = '\r', '\n'
 	}
 	return n, nil
-}
-
-// largeRing is the ceiling's messages for --size above the inline limit.
-func (e *env) largeRing(acct account.Account) []content {
-	return []content{{from: acct.Mailbox, rcpts: []string{recipient}, open: func() io.Reader {
-		return largeContent(acct.Mailbox, "ceiling large", e.cfg.Size)
-	}}}
 }
 
 // largePayload returns the relay run's messages for large sizes: each

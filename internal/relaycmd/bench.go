@@ -5,12 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"math"
-	"os"
-	"runtime/pprof"
 	"strconv"
 	"strings"
-
-	"github.com/rs/zerolog"
 
 	"relay365/internal/bench"
 	"relay365/internal/cli"
@@ -19,7 +15,7 @@ import (
 func runBench(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("bench", env)
 	var c bench.Config
-	var conns, syncs, cpuProfile string
+	var conns, syncs string
 	var ingressMode bool
 	fs.BoolVar(&ingressMode, "ingress", false, "measure the SMTP front door end to end instead: submissions over --conns connections (default 16, --sync default always) to the sink's 250")
 	fs.IntVar(&c.Messages, "messages", 20000, "messages per ceiling and relay run (with --ingress: per load run)")
@@ -30,9 +26,8 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	fs.IntVar(&c.Latency, "latency-messages", 0, "messages in each latency run (default 5 s at --rate, at most --messages)")
 	fs.StringVar(&syncs, "sync", "always,2m", "embedded JetStream fsync settings to run, comma-separated (\"always\" or a duration)")
 	fs.BoolVar(&c.JSON, "json", false, "one JSON object per line")
-	fs.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the whole bench to this file")
-	fs.StringVar(&c.HeapProfile, "memprofile", "", "write a heap profile (pprof) to this file at the end of each relay run (with --ingress: each load run), with that line's server still up (the last line's stays)")
 	memoryLimitFlag(fs, &c.MemoryLimit)
+	fs.Lookup("memory-limit").Usage = "relay serve's soft memory limit (its --memory-limit): a `SIZE` as in GOMEMLIMIT (64MiB, 1GiB) or off; GOMEMLIMIT wins when set"
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -55,33 +50,18 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	if err := c.Validate(); err != nil {
 		return cli.UsageError{Err: err}
 	}
-	applyMemoryLimit(c.MemoryLimit, zerolog.New(env.Stderr))
-	if cpuProfile != "" {
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return cli.Usagef("--cpuprofile: %v", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
-	}
-	if c.HeapProfile != "" {
-		// The profile is first written after a whole relay run; a path
-		// that cannot be written fails now, not minutes into the bench.
-		f, err := os.Create(c.HeapProfile)
-		if err != nil {
-			return cli.Usagef("--memprofile: %v", err)
-		}
-		f.Close()
-	}
 	if ingressMode {
 		_, err = bench.RunIngress(ctx, c, env.Stdout)
 		return err
 	}
 	_, err = bench.Run(ctx, c, env.Stdout)
 	return err
+}
+
+// runBenchChild is `relay bench-child sink|ceiling`, a child of relay
+// bench (internal/bench/child.go).
+func runBenchChild(ctx context.Context, args []string, env Env) error {
+	return bench.RunChild(ctx, args, env.Stdin, env.Stdout)
 }
 
 // byteSize is a size flag: "2048", "256KB", "30MB" (KB and MB are 1024

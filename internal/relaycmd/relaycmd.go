@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"relay365/internal/bench"
 	"relay365/internal/cli"
 	"relay365/internal/daemon"
 	"relay365/internal/queue"
@@ -70,7 +71,7 @@ func commands() []command {
 		{"keygen", "create the token sealing key file", runKeygen},
 		{"health", "ask a running relay serve whether it is healthy (a container's HEALTHCHECK)", runHealth},
 		{"version", "print the version, commit and build date (also --version)", runVersion},
-		{"bench", "measure the relay against the SMTP ceiling, or with --ingress the SMTP front door (in one process)", runBench},
+		{"bench", "measure relay serve against the SMTP ceiling, or with --ingress the SMTP front door (each part in its own process)", runBench},
 	}
 }
 
@@ -104,6 +105,11 @@ func Run(ctx context.Context, args []string, env Env) int {
 	}
 	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
 		args = append([]string{"version"}, args[1:]...)
+	}
+	if len(args) > 0 && args[0] == bench.ChildCommand {
+		// relay bench's children (the sink, the ceiling client): hidden
+		// from the usage, as nobody but the bench starts them.
+		return cli.Dispatch(ctx, "relay", []cli.Command{{Name: bench.ChildCommand, Run: runBenchChild}}, usage, args, env)
 	}
 	var cmds []cli.Command
 	for _, c := range commands() {
