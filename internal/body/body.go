@@ -84,10 +84,16 @@ func (e *TooLarge) Error() string {
 	if e.Account != "" {
 		whose = " of account " + e.Account
 	}
-	return fmt.Sprintf("message of %d bytes (%.1f MB)%s is over the size limit of %d bytes (%.1f MB)%s", e.Size, mb(e.Size), more, e.Limit, mb(e.Limit), whose)
+	return fmt.Sprintf("message of %d bytes (%s)%s is over the size limit of %d bytes (%s)%s", e.Size, human(e.Size), more, e.Limit, human(e.Limit), whose)
 }
 
-func mb(n int64) float64 { return float64(n) / (1 << 20) }
+// human is n in MB (1024²), or in KB below one MB.
+func human(n int64) string {
+	if n < 1<<20 {
+		return fmt.Sprintf("%.1f KB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+}
 
 // NewName returns a fresh object name ("b-" and 32 hex digits).
 func NewName() string {
