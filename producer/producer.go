@@ -17,23 +17,48 @@
 // the Nats-Msg-Id, so a retried publish inside the 24 h dedupe window is
 // recognised as a duplicate (Result.Duplicate) and delivered once.
 //
+// # Size limits
+//
+// Each account has a size limit (its max_message_bytes: Office 365's
+// 35 MB unless the mailbox's is lower), counted after encoding: the
+// message as Publish hands it over, MIME-encoded, base64 attachments and
+// all (message.CountedSize, which is what the relay's worker checks
+// too). Publish refuses a larger message with a *TooLarge naming its size,
+// the limit and the account, before anything is queued or stored.
+//
+// A producer may not read the account registry; it asks relay serve
+// (request relay.v1.limits.<account>, internal/limits) once per account
+// and keeps the answer for LimitTTL. When nothing answers (relay serve
+// down: the queue is durable, so publishing still works), or the account
+// is unknown to the relay, Publish assumes 35 MB, says so in a debug log
+// (Log) and asks again after FallbackTTL; the worker still dead-letters a
+// message over a lower limit.
+//
 // The connection is yours, with whatever authentication your NATS wants
 // (nats.UserCredentials, nats.UserInfo, nats.RootCAs, nats.ClientCert...).
-// A producer needs only permission to publish mail.send.> and to
-// subscribe to its inbox (_INBOX.>) for the JetStream acknowledgement;
-// deploy/nats/auth.conf has that user.
+// A producer needs only permission to publish mail.send.> and
+// relay.v1.limits.*, and to subscribe to its inbox (_INBOX.>) for the
+// JetStream acknowledgement and the limits answer; deploy/nats/auth.conf
+// has that user. The relay answers limits requests only on a reply
+// subject under _INBOX. or _INBOX_producer.; with another inbox prefix,
+// Publish falls back to 35 MB as above.
 package producer
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"relay365/internal/body"
+	"relay365/internal/limits"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 )
@@ -51,16 +76,42 @@ type Result struct {
 	Duplicate bool   // the id was already published inside the dedupe window
 }
 
-// Producer publishes messages.
+// Producer publishes messages. It is safe for concurrent use once its
+// fields are set.
 type Producer struct {
+	nc *nats.Conn
 	js jetstream.JetStream
 	// MaxSize is the largest message, counted after encoding, that
-	// Publish takes; larger ones are refused with a *TooLarge before
-	// anything is queued. Default message.MaxSize, Office 365's 35 MB.
+	// Publish takes whatever the account's limit; larger ones are refused
+	// with a *TooLarge before anything is queued. Default
+	// message.MaxSize, Office 365's 35 MB.
 	MaxSize int64
+	// Log receives debug notes: a limit assumed because relay serve did
+	// not answer. Default: none.
+	Log zerolog.Logger
+
+	mu     sync.Mutex
+	limits map[string]cachedLimit
 }
 
-// TooLarge is the error for a message over Producer.MaxSize.
+// How long an account's limit is kept: as relay serve gave it, and as
+// assumed when it did not answer.
+const (
+	LimitTTL    = time.Minute
+	FallbackTTL = 10 * time.Second
+)
+
+// lookupTimeout bounds the question to relay serve (which answers from
+// one registry read).
+const lookupTimeout = 2 * time.Second
+
+type cachedLimit struct {
+	limit int64
+	until time.Time
+}
+
+// TooLarge is the error for a message over its account's size limit (or
+// Producer.MaxSize): Size and Limit in octets, and the Account.
 type TooLarge = body.TooLarge
 
 // New wraps a NATS connection. The MAIL stream must exist (relay serve
@@ -70,7 +121,49 @@ func New(nc *nats.Conn) (*Producer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Producer{js: js}, nil
+	return &Producer{nc: nc, js: js}, nil
+}
+
+// Limit is the size limit Publish holds account's messages to: the
+// account's own as relay serve tells it (asked at most once per LimitTTL),
+// never more than MaxSize; 35 MB when relay serve does not answer or does
+// not know the account.
+func (p *Producer) Limit(ctx context.Context, account string) int64 {
+	now := time.Now()
+	p.mu.Lock()
+	c, ok := p.limits[account]
+	p.mu.Unlock()
+	if !ok || !now.Before(c.until) {
+		c = p.lookup(ctx, account, now)
+		p.mu.Lock()
+		if p.limits == nil {
+			p.limits = map[string]cachedLimit{}
+		}
+		p.limits[account] = c
+		p.mu.Unlock()
+	}
+	return min(c.limit, p.maxSize())
+}
+
+// lookup asks relay serve; any failure is the 35 MB default for a
+// shorter while, never an error: the queue is durable, and a worker
+// checks the limit again.
+func (p *Producer) lookup(ctx context.Context, account string, now time.Time) cachedLimit {
+	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	n, err := limits.Lookup(lctx, p.nc, account)
+	if err == nil {
+		return cachedLimit{limit: n, until: now.Add(LimitTTL)}
+	}
+	ev := p.Log.Debug().Err(err).Str("account", account).Int64("limit", limits.Default)
+	var unknown *limits.UnknownAccount
+	switch {
+	case errors.As(err, &unknown):
+		ev.Msg("relay serve does not know the account: assuming the 35 MB limit (the worker will dead-letter the message if the account stays unknown)")
+	default:
+		ev.Msg("no answer from relay serve about the account's size limit: assuming 35 MB (publishing works without it; the worker checks the limit)")
+	}
+	return cachedLimit{limit: limits.Default, until: now.Add(FallbackTTL)}
 }
 
 // Publish validates m (filling m.ID when empty) and publishes it on
@@ -80,15 +173,24 @@ func New(nc *nats.Conn) (*Producer, error) {
 // A message whose JSON is larger than message.InlineMax (256 KiB: large
 // attachments, a big raw message) is rendered here and its content stored
 // in the relay's body bucket first; the message published names it
-// (docs/design.md §3.5). Its size is checked against MaxSize while it is
-// stored.
+// (docs/design.md §3.5).
+//
+// A message over its account's size limit (Limit) is a *TooLarge, and
+// nothing is stored or queued (docs/design.md §3.6).
 func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err := m.Validate(); err != nil {
 		return Result{}, err
 	}
+	limit := p.Limit(ctx, m.Account)
 	data, inline, err := message.EncodeInline(m)
-	if err == nil && !inline {
-		data, err = p.store(ctx, m)
+	switch {
+	case err == nil && !inline:
+		data, err = p.store(ctx, m, limit)
+	case err == nil && limit < message.MaxSize && m.Body == nil:
+		// An inline message (JSON at most 256 KiB) cannot pass 35 MB
+		// whatever its encoding: it is rendered to be counted only for
+		// an account with a lower limit.
+		err = checkSize(m, limit)
 	}
 	if err != nil {
 		return Result{}, err
@@ -126,9 +228,21 @@ func (p *Producer) maxSize() int64 {
 	return message.MaxSize
 }
 
+// checkSize counts m as the worker does (message.CountedSize).
+func checkSize(m *Message, limit int64) error {
+	n, err := message.CountedSize(m)
+	if err != nil {
+		return err
+	}
+	if n > limit {
+		return &TooLarge{Size: n, Limit: limit, Account: m.Account}
+	}
+	return nil
+}
+
 // store renders m, stores its content and returns the JSON of the message
 // that names it.
-func (p *Producer) store(ctx context.Context, m *Message) ([]byte, error) {
+func (p *Producer) store(ctx context.Context, m *Message, limit int64) ([]byte, error) {
 	rcpts, err := m.Recipients()
 	if err != nil {
 		return nil, err
@@ -139,8 +253,9 @@ func (p *Producer) store(ctx context.Context, m *Message) ([]byte, error) {
 	}
 	// Checked whole before anything is stored: a producer may store
 	// bodies but not delete them, so a Put must not fail on the content.
-	if int64(len(raw)) > p.maxSize() {
-		return nil, &TooLarge{Size: int64(len(raw)), Limit: p.maxSize()}
+	// The stored object is these octets: message.CountedSize.
+	if int64(len(raw)) > limit {
+		return nil, &TooLarge{Size: int64(len(raw)), Limit: limit, Account: m.Account}
 	}
 	cw := message.NewCRLFWriter(io.Discard)
 	if _, err := cw.Write(raw); err != nil {
@@ -154,5 +269,5 @@ func (p *Producer) store(ctx context.Context, m *Message) ([]byte, error) {
 	if len(env.To)+len(env.Cc)+len(env.Bcc) == 0 {
 		env.To = rcpts // a raw message's own To, Cc and Bcc fields
 	}
-	return s.StoreMessage(ctx, env, bytes.NewReader(raw), p.maxSize())
+	return s.StoreMessage(ctx, env, bytes.NewReader(raw), limit)
 }

@@ -22,19 +22,21 @@ import (
 // listItem is one account in `authtool list`. It holds no secret: only
 // registry fields and the token record's metadata.
 type listItem struct {
-	Account     string    `json:"account"`
-	Mailbox     string    `json:"mailbox"`
-	Tenant      string    `json:"tenant"`
-	ClientID    string    `json:"client_id"`
-	AppOnly     bool      `json:"app_only"`
-	SMTP        string    `json:"smtp"`
-	FromPolicy  string    `json:"from_policy"`
-	State       string    `json:"state"` // healthy, needs_consent, config_error, transient, missing, unreadable, unknown
-	TokenExpiry time.Time `json:"token_expiry,omitzero"`
-	LastRefresh time.Time `json:"last_refresh,omitzero"`
-	LastError   string    `json:"last_error,omitempty"`
-	KeyID       string    `json:"key_id,omitempty"`
-	CreatedAt   time.Time `json:"created_at,omitzero"`
+	Account    string `json:"account"`
+	Mailbox    string `json:"mailbox"`
+	Tenant     string `json:"tenant"`
+	ClientID   string `json:"client_id"`
+	AppOnly    bool   `json:"app_only"`
+	SMTP       string `json:"smtp"`
+	FromPolicy string `json:"from_policy"`
+	// MaxMessageBytes is the account's size limit, after encoding.
+	MaxMessageBytes int64     `json:"max_message_bytes"`
+	State           string    `json:"state"` // healthy, needs_consent, config_error, transient, missing, unreadable, unknown
+	TokenExpiry     time.Time `json:"token_expiry,omitzero"`
+	LastRefresh     time.Time `json:"last_refresh,omitzero"`
+	LastError       string    `json:"last_error,omitempty"`
+	KeyID           string    `json:"key_id,omitempty"`
+	CreatedAt       time.Time `json:"created_at,omitzero"`
 }
 
 func runList(ctx context.Context, args []string, env Env) error {
@@ -84,13 +86,14 @@ func runList(ctx context.Context, args []string, env Env) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACCOUNT\tMAILBOX\tTYPE\tSTATE\tTOKEN EXPIRES\tLAST REFRESH\tKEY\tLAST ERROR")
+	fmt.Fprintln(tw, "ACCOUNT\tMAILBOX\tTYPE\tMAX SIZE\tSTATE\tTOKEN EXPIRES\tLAST REFRESH\tKEY\tLAST ERROR")
 	for _, it := range items {
 		kind := "delegated"
 		if it.AppOnly {
 			kind = "app-only"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", it.Account, it.Mailbox, kind, it.State,
+		size := cli.ByteSize(it.MaxMessageBytes)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", it.Account, it.Mailbox, kind, size.String(), it.State,
 			when(it.TokenExpiry), when(it.LastRefresh), orDash(it.KeyID), orDash(it.LastError))
 	}
 	return tw.Flush()
@@ -100,7 +103,7 @@ func runList(ctx context.Context, args []string, env Env) error {
 // last error; never a secret), for listing.
 func describe(ctx context.Context, st *stores, a account.Account) listItem {
 	it := listItem{Account: a.Alias, Mailbox: a.Mailbox, Tenant: a.Tenant, ClientID: a.ClientID, AppOnly: a.AppOnly,
-		SMTP: a.SMTPAddr, FromPolicy: string(a.FromPolicy), State: "unknown", CreatedAt: a.CreatedAt}
+		SMTP: a.SMTPAddr, FromPolicy: string(a.FromPolicy), MaxMessageBytes: a.SizeLimit(), State: "unknown", CreatedAt: a.CreatedAt}
 	if st.tokens == nil {
 		return it
 	}

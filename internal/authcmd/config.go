@@ -134,6 +134,7 @@ type enrollConfig struct {
 	acct    account.Account
 	scopes  string
 	sendAs  cli.ListFlag
+	maxSize cli.ByteSize
 	testTo  string
 	timeout time.Duration
 	json    bool
@@ -169,6 +170,8 @@ func (c *enrollConfig) register(fs *flag.FlagSet, env Env, timeout time.Duration
 	fs.IntVar(&a.PerMinute, "per-minute", account.DefaultPerMinute, "messages per minute for this mailbox (Office 365: 30)")
 	fs.IntVar(&a.PerDay, "per-day", account.DefaultPerDay, "recipients per 24 hours for this mailbox (Office 365: 10000)")
 	fs.IntVar(&a.MaxConns, "max-conns", account.DefaultMaxConns, "concurrent SMTP connections for this mailbox (Office 365: 3)")
+	c.maxSize = message.MaxSize
+	fs.Var(&c.maxSize, "max-message-size", "largest message this mailbox may send, counted after encoding: bytes, KB or MB (1024-based; Office 365: 35MB, or the mailbox's MaxSendSize if lower); producers are refused above it")
 	fs.StringVar(&c.testTo, "test-to", "", "where the test mail goes (default: the mailbox itself)")
 	fs.DurationVar(&c.timeout, "timeout", timeout, "give up after this long")
 	fs.BoolVar(&c.json, "json", false, "print the result as JSON")
@@ -188,8 +191,13 @@ func (c *enrollConfig) validate(appOnly bool) error {
 	a.AppOnly = appOnly
 	a.Scopes = strings.FieldsFunc(c.scopes, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' })
 	a.SendAs = c.sendAs
-	a.Normalize()
 	var errs []error
+	if c.maxSize < 1 || c.maxSize > message.MaxSize {
+		errs = append(errs, fmt.Errorf("--max-message-size %s: want 1 byte to 35MB (Office 365's limit; a mailbox's MaxSendSize may be lower)", c.maxSize.String()))
+	} else {
+		a.MaxMessageBytes = int64(c.maxSize)
+	}
+	a.Normalize()
 	if err := a.Validate(); err != nil {
 		errs = append(errs, err)
 	}

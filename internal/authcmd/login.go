@@ -115,6 +115,8 @@ type enrollResult struct {
 	TestTo      string    `json:"test_to"`
 	TokenExpiry time.Time `json:"token_expiry,omitzero"`
 	Replaced    bool      `json:"replaced"`
+	// MaxMessageBytes is the account's size limit (--max-message-size).
+	MaxMessageBytes int64 `json:"max_message_bytes"`
 }
 
 // enroll is the part login, app and import share: key and NATS first (so a
@@ -166,7 +168,7 @@ func enroll(ctx context.Context, env Env, c *enrollConfig, flow, secret string, 
 		return err // Enroll says exactly what was stored
 	}
 	res := enrollResult{Account: a.Alias, Mailbox: a.Mailbox, Tenant: a.Tenant, AppOnly: a.AppOnly, Flow: flow,
-		TestTo: testTo, TokenExpiry: tok.Expiry, Replaced: replaced}
+		TestTo: testTo, TokenExpiry: tok.Expiry, Replaced: replaced, MaxMessageBytes: a.SizeLimit()}
 	if c.json {
 		return json.NewEncoder(env.Stdout).Encode(res)
 	}
@@ -174,8 +176,9 @@ func enroll(ctx context.Context, env Env, c *enrollConfig, flow, secret string, 
 	if a.AppOnly {
 		kind = "app-only"
 	}
-	fmt.Fprintf(env.Stdout, "connected: account %s sends as %s (%s, %s); test mail to %s accepted; account and sealed tokens stored\n",
-		a.Alias, a.Mailbox, kind, flow, testTo)
+	limit := cli.ByteSize(a.SizeLimit())
+	fmt.Fprintf(env.Stdout, "connected: account %s sends as %s (%s, %s; messages up to %s); test mail to %s accepted; account and sealed tokens stored\n",
+		a.Alias, a.Mailbox, kind, flow, limit.String(), testTo)
 	fmt.Fprintf(env.Stderr, "A running relay uses it now. Try: relay publish --account %s --to %s --subject test --text hello\n", a.Alias, testTo)
 	return nil
 }

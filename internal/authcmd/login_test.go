@@ -17,7 +17,7 @@ import (
 
 func TestLoginBrowser(t *testing.T) {
 	w := newWorld(t, fakeo365.Config{})
-	r := w.run(person{follow: true}, w.login("alerts", mailbox, "--per-minute", "12", "--test-to", "ops@contoso.com")...)
+	r := w.run(person{follow: true}, w.login("alerts", mailbox, "--per-minute", "12", "--max-message-size", "10MB", "--test-to", "ops@contoso.com")...)
 	if r.code != cli.ExitOK {
 		t.Fatalf("exit %d", r.code)
 	}
@@ -37,14 +37,14 @@ func TestLoginBrowser(t *testing.T) {
 	if len(msgs) != 1 || msgs[0].Mailbox != mailbox || msgs[0].To[0] != "ops@contoso.com" || !strings.Contains(msgs[0].Subject, "alerts is connected") {
 		t.Fatalf("want the test mail captured, got %+v", msgs)
 	}
-	if !strings.HasPrefix(r.stdout, "connected: account alerts sends as "+mailbox) {
+	if !strings.HasPrefix(r.stdout, "connected: account alerts sends as "+mailbox) || !strings.Contains(r.stdout, "messages up to 10MB") {
 		t.Fatalf("stdout %q", r.stdout)
 	}
 	a, err := w.accounts.Get(testCtx(t), "alerts")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Mailbox != mailbox || a.SMTPAddr != w.fake.SMTPAddr() || a.CAFile != w.fake.CAFile() || a.PerMinute != 12 || a.AppOnly {
+	if a.Mailbox != mailbox || a.SMTPAddr != w.fake.SMTPAddr() || a.CAFile != w.fake.CAFile() || a.PerMinute != 12 || a.MaxMessageBytes != 10<<20 || a.AppOnly {
 		t.Fatalf("stored account %+v", a)
 	}
 	rec := w.record("alerts")
@@ -274,5 +274,32 @@ func TestHelpDocumentsExitCodes(t *testing.T) {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("help lacks %q", want)
 		}
+	}
+}
+
+// --max-message-size takes 1 byte to 35MB; above, or not a size, is a
+// usage error before anyone signs in, and nothing is stored. Without it
+// the account gets Office 365's 35 MB, which list shows.
+func TestMaxMessageSizeFlag(t *testing.T) {
+	w := newWorld(t, fakeo365.Config{})
+	for _, v := range []string{"36MB", "0", "ten"} {
+		r := w.run(person{}, w.login("alerts", mailbox, "--max-message-size", v)...)
+		if r.code != cli.ExitUsage || !strings.Contains(r.stderr, "max-message-size") {
+			t.Fatalf("--max-message-size %s: exit %d, %s", v, r.code, r.stderr)
+		}
+		w.mustBeEmpty("alerts")
+	}
+	if r := w.run(person{follow: true}, w.login("alerts", mailbox)...); r.code != cli.ExitOK || !strings.Contains(r.stdout, "messages up to 35MB") {
+		t.Fatalf("login: exit %d, %s", r.code, r.stdout)
+	}
+	r := w.run(person{}, "list", "--json")
+	var items []struct {
+		MaxMessageBytes int64 `json:"max_message_bytes"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &items); err != nil || len(items) != 1 || items[0].MaxMessageBytes != 35<<20 {
+		t.Fatalf("list --json %q (%v): want max_message_bytes 36700160", r.stdout, err)
+	}
+	if table := w.run(person{}, "list"); !strings.Contains(table.stdout, "MAX SIZE") || !strings.Contains(table.stdout, "35MB") {
+		t.Fatalf("list:\n%s", table.stdout)
 	}
 }

@@ -77,13 +77,28 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 type TooLarge struct {
 	Size  int64 // its size, or as much as was read of it (Limit+1)
 	Limit int64
+	// Account, when the limit is the account's own (max_message_bytes).
+	Account string
 }
 
 func (e *TooLarge) Error() string {
-	return fmt.Sprintf("message of %d bytes (%.1f MB) or more is over the size limit of %d bytes (%.1f MB)", e.Size, mb(e.Size), e.Limit, mb(e.Limit))
+	more, whose := "", ""
+	if e.Size == e.Limit+1 {
+		more = " or more" // reading stopped one octet past the limit
+	}
+	if e.Account != "" {
+		whose = " of account " + e.Account
+	}
+	return fmt.Sprintf("message of %d bytes (%s)%s is over the size limit of %d bytes (%s)%s", e.Size, human(e.Size), more, e.Limit, human(e.Limit), whose)
 }
 
-func mb(n int64) float64 { return float64(n) / (1 << 20) }
+// human is n in MB (1024²), or in KB below one MB.
+func human(n int64) string {
+	if n < 1<<20 {
+		return fmt.Sprintf("%.1f KB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+}
 
 // NewName returns a fresh object name ("b-" and 32 hex digits).
 func NewName() string {

@@ -17,6 +17,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
+	"strconv"
 	"strings"
 )
 
@@ -170,5 +172,42 @@ func (l *ListFlag) Set(v string) error {
 			*l = append(*l, s)
 		}
 	}
+	return nil
+}
+
+// ByteSize is a size flag: "2048", "256KB", "30MB" (KB and MB are 1024
+// and 1024², as the relay's limits are: 35 MB is 35 << 20). It prints
+// back in the largest unit that divides it.
+type ByteSize int
+
+func (b *ByteSize) String() string {
+	switch n := int(*b); {
+	case n > 0 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + "MB"
+	case n > 0 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + "KB"
+	default:
+		return strconv.Itoa(n)
+	}
+}
+
+// Set reads a size: digits, then KB, KiB, MB, MiB or B.
+func (b *ByteSize) Set(s string) error {
+	mult := 1
+	num := strings.TrimSpace(s)
+	for _, u := range []struct {
+		suffix string
+		mult   int
+	}{{"KB", 1 << 10}, {"KiB", 1 << 10}, {"MB", 1 << 20}, {"MiB", 1 << 20}, {"B", 1}} {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.Atoi(num)
+	if err != nil || n < 0 || n > math.MaxInt32/mult {
+		return fmt.Errorf("%q is not a size (2048, 256KB, 30MB)", s)
+	}
+	*b = ByteSize(n * mult)
 	return nil
 }

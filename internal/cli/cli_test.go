@@ -82,3 +82,26 @@ func TestParseAndListFlag(t *testing.T) {
 		t.Fatalf("EnvOr = %q", got)
 	}
 }
+
+// ByteSize reads bytes, KB and MB (1024-based) and prints back the
+// largest unit that divides; anything else is an error naming the value.
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]int{"2048": 2048, "256KB": 256 << 10, "30MB": 30 << 20, " 35 MiB": 35 << 20, "7B": 7, "1KiB": 1024} {
+		var b ByteSize
+		if err := b.Set(in); err != nil || int(b) != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for in, want := range map[int]string{35 << 20: "35MB", 4096: "4KB", 1000: "1000", 0: "0"} {
+		b := ByteSize(in)
+		if got := b.String(); got != want {
+			t.Errorf("%d prints %q, want %q", in, got, want)
+		}
+	}
+	for _, in := range []string{"ten", "-1", "5GB", "99999999MB"} {
+		var b ByteSize
+		if err := b.Set(in); err == nil || !strings.Contains(err.Error(), in) {
+			t.Errorf("Set(%q): %v, want an error naming it", in, err)
+		}
+	}
+}

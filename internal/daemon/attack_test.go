@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/limits"
 	"relay365/internal/queue"
 	"relay365/internal/roles"
 	"relay365/internal/testutil"
@@ -123,6 +125,59 @@ var attacks = []attack{
 		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}},
 	{what: "read dead letters", subject: "$JS.API.STREAM.MSG.GET.MAIL_DLQ", body: map[string]any{"seq": 1},
 		roles: []roles.Role{roles.Producer, roles.Tokens}},
+	// An account's size limit: producers ask relay serve's workers, who
+	// alone may answer; nobody else needs it.
+	{what: "ask an account's size limit", subject: "relay.v1.limits.alerts", roles: []roles.Role{roles.Tokens, roles.Admin}, control: roles.Producer},
+	{what: "pose as the limits service", subject: "relay.v1.limits.alerts", sub: true, roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}},
+	{what: "pose as the limits service to micro's discovery", subject: "$SRV.INFO.relay-limits", sub: true, roles: []roles.Role{roles.Producer, roles.Admin}},
+	{what: "ask the limits service about more than an alias", subject: "relay.v1.limits.alerts.mailbox", roles: []roles.Role{roles.Producer}},
+	{what: "read an account record through the limits permission", subject: "$JS.API.DIRECT.GET.KV_relay_accounts.$KV.relay_accounts.alerts", body: map[string]any{},
+		roles: []roles.Role{roles.Producer}, control: roles.Worker},
+}
+
+// tryLimitsReplies: a producer may ask the limits service, but it cannot
+// make the service answer anywhere but an inbox: requests whose reply
+// subjects are the JetStream API's deletion of MAIL, a dead-letter
+// subject and the workers' inbox are not answered (the worker's
+// allow_responses, or the relay's own connection on its embedded server,
+// would publish there). The answer itself holds the alias and the limit
+// only.
+func tryLimitsReplies(t *testing.T, ctx context.Context, url string, o queue.ConnectOptions, js jetstream.JetStream, alias string) {
+	t.Helper()
+	p := newProber(t, url, roles.Producer, o)
+	dlq, err := js.Stream(ctx, queue.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := dlq.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reply := range []string{"$JS.API.STREAM.DELETE." + queue.StreamMail, "mail.dlq." + alias, roles.Worker.InboxPrefix() + ".x.y"} {
+		if err := p.nc.PublishRequest(limits.Subject(alias), reply, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One worker answers in order: once a later request is answered, the
+	// ones before it were handled.
+	msg, err := p.nc.Request(limits.Subject(alias), nil, 10*time.Second)
+	if err != nil {
+		t.Fatalf("a producer asks the limits of %s: %v", alias, err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(msg.Data, &got); err != nil || len(got) != 2 || got["account"] != alias || got["max_message_bytes"] == nil {
+		t.Fatalf("limits answer %s (%v): want the alias and the limit only", msg.Data, err)
+	}
+	if _, err := js.Stream(ctx, queue.StreamMail); err != nil {
+		t.Fatalf("MAIL after a limits request replying to its deletion: %v", err)
+	}
+	after, err := dlq.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.State.Msgs != before.State.Msgs {
+		t.Fatalf("MAIL_DLQ holds %d messages, %d before a limits request replying to mail.dlq.%s", after.State.Msgs, before.State.Msgs, alias)
+	}
 }
 
 // tryAttacks runs every attack as every role it names on the server at

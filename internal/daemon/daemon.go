@@ -16,7 +16,8 @@
 // service relay-tokens (internal/token/tokensvc: the micro endpoints and
 // the proactive refresher; it needs the sealing key); "workers" runs the
 // delivery engine (internal/relay), which gets tokens only through the
-// token service's client. Any number of processes may run either role against one NATS
+// token service's client, and a replica of relay-limits
+// (internal/limits), which tells producers an account's size limit. Any number of processes may run either role against one NATS
 // cluster; the token service's leases keep it to one refresh per account
 // per expiry.
 //
@@ -58,6 +59,7 @@ import (
 	"relay365/internal/clock"
 	"relay365/internal/connlimit"
 	"relay365/internal/ingress"
+	"relay365/internal/limits"
 	"relay365/internal/memlimit"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
@@ -333,7 +335,9 @@ type Daemon struct {
 	// workers; in every process, for /status without a key).
 	TokenClient *tokensvc.Client
 	// Engine is the delivery engine (role workers).
-	Engine   *relay.Engine
+	Engine *relay.Engine
+	// Limits answers producers' relay.v1.limits.<alias> (role workers).
+	Limits   *limits.Service
 	Registry *prometheus.Registry
 	// HTTPAddr is the address the HTTP server listens on (resolved port).
 	HTTPAddr string
@@ -490,6 +494,11 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 			Retry: cfg.Retry, Pause: cfg.Pause, ShutdownGrace: cfg.ShutdownGrace, QueueLifetime: cfg.QueueLifetime,
 			BodyOrphanAge: cfg.BodyOrphanAge, BodySweepEvery: cfg.BodySweepEvery,
 		})
+		// Producers learn an account's size limit from the workers, who
+		// hold every message to it anyway (internal/limits).
+		if d.Limits, err = limits.Start(d.NC, d.Accounts, cfg.Instance, log); err != nil {
+			return nil, err
+		}
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		d.stopWorker = cancel
 		d.workerDone = make(chan error, 1)
@@ -623,6 +632,9 @@ func (d *Daemon) Close() error {
 			// No more 250s: a message in DATA now is not acknowledged,
 			// so its client sends it again.
 			err = d.Ingress.Close()
+		}
+		if d.Limits != nil {
+			err = errors.Join(err, d.Limits.Close())
 		}
 		if d.stopWorker != nil {
 			d.stopWorker()

@@ -157,6 +157,7 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 		return err == nil && len(names) == 0
 	})
 	tryAttacks(t, ctx, url, as)
+	tryLimitsReplies(t, ctx, url, as[roles.Producer], adminJS, "alerts")
 }
 
 // An upgrade over a relay_tokens bucket made with history 5: a token

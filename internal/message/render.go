@@ -148,6 +148,24 @@ func RenderUnsent(m *Message) ([]byte, error) {
 	return renderFields(m, from, replyTo, func(headerWriter) {})
 }
 
+// CountedSize is a message's size as an account's limit counts it
+// (account.Account.MaxMessageBytes): its content after encoding, as its
+// producer hands it over, which is RenderUnsent's octets, and for a
+// message in the body store the stored object's. The fields a worker adds
+// when it renders (Date, Message-ID, the From policy's; a few hundred
+// octets) are not counted, so a producer counts exactly what a worker
+// checks.
+func CountedSize(m *Message) (int64, error) {
+	if m.Body != nil {
+		return m.Body.Size, nil
+	}
+	raw, err := RenderUnsent(m)
+	if err != nil {
+		return 0, err
+	}
+	return int64(len(raw)), nil
+}
+
 // renderFields writes the JSON message's header section (From when from is
 // not nil, then the fields dated writes) and body.
 func renderFields(m *Message, from *mail.Address, replyTo []*mail.Address, dated func(headerWriter)) ([]byte, error) {

@@ -109,6 +109,9 @@ func (l *lane) deliver(a *attempt) error {
 	if err != nil {
 		return err
 	}
+	if err := checkSize(m, r, acct); err != nil {
+		return err
+	}
 	a.body = m.Body
 	batches := r.Batches(batchSize(acct))
 	todo, first, err := l.lookupAndReserve(a, acct, batches)
@@ -159,6 +162,25 @@ func (l *lane) deliver(a *attempt) error {
 		}
 	}
 	return nil
+}
+
+// checkSize holds a message to its account's size limit. Producers check
+// it before queuing (the limits service tells them the limit); a message
+// queued past that check (a plain nats pub, a producer that found no
+// relay to ask) and over the limit can never be sent as it is: a dead
+// letter that says so. The limit counts what the producer counts
+// (message.CountedSize), measured only when the message as sent is over.
+func checkSize(m *message.Message, r *message.Rendered, acct account.Account) error {
+	limit := acct.SizeLimit()
+	if r.Size() <= limit {
+		return nil
+	}
+	n, err := message.CountedSize(m)
+	if err != nil || n <= limit {
+		return err
+	}
+	return &message.Invalid{Field: "size", Reason: fmt.Sprintf("%d bytes after encoding (%.1f MB) is over the size limit of %d bytes (%.1f MB) of account %s (max_message_bytes)",
+		n, float64(n)/(1<<20), limit, float64(limit)/(1<<20), acct.Alias)}
 }
 
 // lookupAndReserve checks the idempotency markers of every batch and

@@ -3,9 +3,6 @@ package relaycmd
 import (
 	"context"
 	"flag"
-	"fmt"
-	"math"
-	"strconv"
 	"strings"
 
 	"relay365/internal/bench"
@@ -21,7 +18,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	fs.IntVar(&c.Messages, "messages", 20000, "messages per ceiling and relay run (with --ingress: per load run)")
 	fs.StringVar(&conns, "conns", "1,4,16", "connection counts, comma-separated (with --ingress: submission connections, default 16)")
 	c.Size = 2048
-	fs.Var((*byteSize)(&c.Size), "size", "message size (rendered): bytes, or with KB or MB (1024-based: 30MB, 256KB); above 256KB through the body store")
+	fs.Var((*cli.ByteSize)(&c.Size), "size", "message size (rendered): bytes, or with KB or MB (1024-based: 30MB, 256KB); above 256KB through the body store")
 	fs.IntVar(&c.Rate, "rate", 200, "offered rate of the latency run, messages/s")
 	fs.IntVar(&c.Latency, "latency-messages", 0, "messages in each latency run (default 5 s at --rate, at most --messages)")
 	fs.StringVar(&syncs, "sync", "always,2m", "embedded JetStream fsync settings to run, comma-separated (\"always\" or a duration)")
@@ -62,30 +59,4 @@ func runBench(ctx context.Context, args []string, env Env) error {
 // bench (internal/bench/child.go).
 func runBenchChild(ctx context.Context, args []string, env Env) error {
 	return bench.RunChild(ctx, args, env.Stdin, env.Stdout)
-}
-
-// byteSize is a size flag: "2048", "256KB", "30MB" (KB and MB are 1024
-// and 1024², as the relay's limits are: 35 MB is 35 << 20).
-type byteSize int
-
-func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
-
-func (b *byteSize) Set(s string) error {
-	mult := 1
-	num := strings.TrimSpace(s)
-	for _, u := range []struct {
-		suffix string
-		mult   int
-	}{{"KB", 1 << 10}, {"KiB", 1 << 10}, {"MB", 1 << 20}, {"MiB", 1 << 20}, {"B", 1}} {
-		if n, ok := strings.CutSuffix(num, u.suffix); ok {
-			num, mult = strings.TrimSpace(n), u.mult
-			break
-		}
-	}
-	n, err := strconv.Atoi(num)
-	if err != nil || n < 0 || n > math.MaxInt32/mult {
-		return fmt.Errorf("%q is not a size (2048, 256KB, 30MB)", s)
-	}
-	*b = byteSize(n * mult)
-	return nil
 }

@@ -151,7 +151,9 @@ func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message) 
 	if _, err = p.Publish(ctx, m); err == nil {
 		return nil
 	}
-	if message.IsInvalid(err) {
+	var tl *producer.TooLarge
+	if message.IsInvalid(err) || errors.As(err, &tl) {
+		// Over the account's size limit included: never sendable as it is.
 		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("not queued: %w", err)}
 	}
 	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {

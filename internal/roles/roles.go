@@ -54,6 +54,8 @@ const (
 	bucketProducers = "relay_producers"
 	bucketBodies    = "relay_bodies"
 	streamBodies    = "OBJ_" + bucketBodies
+	limitsRequests  = "relay.v1.limits.*"
+	limitsService   = "relay-limits"
 )
 
 // InboxPrefix is where the role's replies go; only the role may subscribe
@@ -124,6 +126,9 @@ func (r Role) Permissions() *server.Permissions {
 				"$JS.API.STREAM.INFO." + streamBodies,
 				"$JS.API.DIRECT.GET." + streamBodies + ".$O." + bucketBodies + ".M.>",
 				"$O." + bucketBodies + ".C.>", "$O." + bucketBodies + ".M.>",
+				// an account's size limit, asked of the workers: the
+				// answer holds that and the alias, nothing else
+				limitsRequests,
 			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
 		}
@@ -156,7 +161,12 @@ func (r Role) Permissions() *server.Permissions {
 				"$JS.API.CONSUMER.DELETE." + streamBodies + ".>", "$JS.API.CONSUMER.MSG.NEXT." + streamBodies + ".>",
 				"$O." + bucketBodies + ".>",
 			}, kvRead(bucketAccounts), kvRead(bucketProducers), kvWrite(bucketSent), kvWrite(bucketPacing))},
-			Subscribe: &server.SubjectPermission{Allow: []string{inbox, "relay.events.token.stored"}},
+			// the relay-limits service: its endpoint and micro's
+			// discovery of it, answered through allow_responses (only to
+			// reply inboxes: internal/limits)
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox, "relay.events.token.stored",
+				limitsRequests, "$SRV.*", "$SRV.*." + limitsService, "$SRV.*." + limitsService + ".>"}},
+			Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 		}
 	case Tokens:
 		return &server.Permissions{

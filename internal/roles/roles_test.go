@@ -12,6 +12,7 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/body"
 	"relay365/internal/ingress"
+	"relay365/internal/limits"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/token"
@@ -23,6 +24,7 @@ func TestNamesAreTheirPackages(t *testing.T) {
 		bucketAccounts: account.Bucket, bucketTokens: token.Bucket, bucketSent: relay.SentBucket,
 		bucketPacing: relay.PacingBucket, bucketProducers: ingress.ProducersBucket,
 		bucketBodies: body.Bucket, streamBodies: body.StreamName,
+		limitsRequests: limits.SubjectPrefix + ".*", limitsService: limits.ServiceName,
 	} {
 		if have != want {
 			t.Errorf("roles grants %q, the package names it %q", have, want)

@@ -1,0 +1,62 @@
+package relaycmd
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"relay365/internal/account"
+	"relay365/internal/limits"
+	"relay365/internal/queue/queuetest"
+)
+
+// relay publish and relay sendmail against an account whose limit is
+// 4 KiB (relay serve's limits service answering): over it, publish exits
+// 1 and sendmail 65 (EX_DATAERR: never sendable as it is), each naming
+// the size, the limit and the account, and nothing is queued; under it,
+// both queue.
+func TestCommandsRefuseOverTheAccountLimit(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	reg, err := account.OpenRegistry(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Put(ctx, account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: 4 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "small"}
+	long := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n", 128) // 8 KiB
+	wants := []string{"is over the size limit of 4096 bytes (4.0 KB) of account small", "message of "}
+
+	r := run(t, vars, "", "publish", "--nats-url", env.URL, "--account", "small", "--to", "ops@contoso.com", "--subject", "big", "--text", long)
+	if r.code != 1 {
+		t.Fatalf("publish over the limit: exit %d, %s", r.code, r.stderr)
+	}
+	r2 := run(t, vars, "Subject: big\n\n"+long+"\n", "sendmail", "-i", "ops@contoso.com")
+	if r2.code != exDataErr {
+		t.Fatalf("sendmail over the limit: exit %d, want %d: %s", r2.code, exDataErr, r2.stderr)
+	}
+	for _, w := range wants {
+		if !strings.Contains(r.stderr, w) || !strings.Contains(r2.stderr, w) {
+			t.Errorf("publish %q / sendmail %q: want %q", r.stderr, r2.stderr, w)
+		}
+	}
+	if n := mailCount(t, ctx, env.JS); n != 0 {
+		t.Fatalf("%d queued after the refusals", n)
+	}
+	if r := run(t, vars, "", "publish", "--nats-url", env.URL, "--account", "small", "--to", "ops@contoso.com", "--subject", "short", "--text", "ok"); r.code != 0 {
+		t.Fatalf("publish under the limit: exit %d, %s", r.code, r.stderr)
+	}
+	if r := run(t, vars, "Subject: short\n\nok\n", "sendmail", "-i", "ops@contoso.com"); r.code != 0 {
+		t.Fatalf("sendmail under the limit: exit %d, %s", r.code, r.stderr)
+	}
+	if n := mailCount(t, ctx, env.JS); n != 2 {
+		t.Fatalf("%d queued, want 2", n)
+	}
+}
