@@ -38,6 +38,7 @@ import (
 // bench --accounts N` measures relay serve alone in its own process.
 var (
 	scaleAccounts = flag.Int("scale.accounts", 2000, "mailboxes (accounts), each sent 30 messages a minute")
+	scaleSettle   = flag.Duration("scale.settle", 40*time.Second, "wait after every lane is bound before the idle period (idle lanes' pulls lengthen to IdleFetchWait)")
 	scaleIdle     = flag.Duration("scale.idle", 30*time.Second, "idle time measured after every lane is bound")
 	scaleIdleProf = flag.String("scale.idleprofile", "", "write a CPU profile of the idle period to this file")
 	scaleDuration = flag.Duration("scale.duration", time.Minute, "sustained load: every mailbox at 30 messages a minute")
@@ -112,7 +113,8 @@ func BenchmarkManyMailboxes(b *testing.B) {
 	bound := time.Since(start)
 	report(b, "lanes bound", bound.Seconds(), "s-bound")
 
-	// Idle: every lane bound, nothing queued.
+	// Idle: every lane bound, nothing queued, the pulls at their longest.
+	time.Sleep(*scaleSettle) // a settling period, not waiting for a condition
 	runtime.GC()
 	cpu0, t0 := cpuTime(), time.Now()
 	if *scaleIdleProf != "" {
