@@ -88,7 +88,7 @@ func openStream(ctx context.Context, js jetstream.JetStream, c jetstream.StreamC
 		have := s.CachedInfo().Config
 		if slices.Equal(have.Subjects, c.Subjects) && have.Retention == c.Retention && have.Storage == c.Storage &&
 			have.MaxAge == c.MaxAge && have.Duplicates == c.Duplicates && have.Discard == c.Discard &&
-			(c.MaxBytes == 0 || have.MaxBytes == c.MaxBytes) {
+			(c.MaxBytes == 0 || have.MaxBytes == c.MaxBytes) && (c.MaxConsumers == 0 || have.MaxConsumers == c.MaxConsumers) {
 			return nil
 		}
 	}

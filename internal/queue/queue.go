@@ -57,6 +57,12 @@ const (
 	BodyBucket = "relay_bodies"
 	// DedupeWindow is how long JetStream remembers a Nats-Msg-Id.
 	DedupeWindow = 24 * time.Hour
+	// MailMaxConsumers is MAIL's consumer limit: one durable consumer per
+	// account plus the sweeper's temporary ones. Set on the stream because
+	// nats-server (2.12 and later) otherwise applies its default of 1,000
+	// consumers per stream (JetStream's default_max_consumers; -1 on the
+	// stream does not lift it), and the 1,001st account would never bind.
+	MailMaxConsumers = 100_000
 )
 
 // Headers on a dead-lettered copy.
@@ -137,15 +143,16 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		c.DLQAge = 30 * 24 * time.Hour
 	}
 	err := openStream(ctx, js, jetstream.StreamConfig{
-		Name:        StreamMail,
-		Description: "Relay365 outgoing mail, one subject per account",
-		Subjects:    []string{SubjectPrefix + ">"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    c.Replicas,
-		MaxAge:      MaxAgeFor(c.Lifetime),
-		Duplicates:  DuplicatesFor(c.Lifetime),
-		Discard:     jetstream.DiscardNew,
+		Name:         StreamMail,
+		Description:  "Relay365 outgoing mail, one subject per account",
+		Subjects:     []string{SubjectPrefix + ">"},
+		Retention:    jetstream.WorkQueuePolicy,
+		Storage:      jetstream.FileStorage,
+		Replicas:     c.Replicas,
+		MaxAge:       MaxAgeFor(c.Lifetime),
+		Duplicates:   DuplicatesFor(c.Lifetime),
+		Discard:      jetstream.DiscardNew,
+		MaxConsumers: MailMaxConsumers,
 	})
 	if err != nil {
 		return err

@@ -330,3 +330,31 @@ func TestFullStreamIsReportedNotRetried(t *testing.T) {
 		t.Fatal("IsFull took a timeout for a full stream")
 	}
 }
+
+// TestMailAllowsAConsumerPerAccountBeyondTheServerDefault: nats-server
+// limits a stream to 1,000 consumers unless the stream sets its own
+// limit, which would leave the 1,001st account unbound. EnsureStreams sets
+// MAIL's, and raises it on a stream an earlier version made without it.
+func TestMailAllowsAConsumerPerAccountBeyondTheServerDefault(t *testing.T) {
+	env := queuetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// MAIL as an earlier version made it: no consumer limit of its own.
+	if _, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{
+		Name: queue.StreamMail, Subjects: []string{queue.SubjectPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
+		Storage: jetstream.FileStorage, MaxAge: queue.MaxAgeFor(queue.DefaultQueueLifetime),
+		Duplicates: queue.DedupeWindow, Discard: jetstream.DiscardNew,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := env.JS.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxConsumers; got != queue.MailMaxConsumers {
+		t.Fatalf("MAIL MaxConsumers = %d, want %d", got, queue.MailMaxConsumers)
+	}
+}

@@ -34,6 +34,21 @@
 // and budget. The catch-all consumer relay-workers of earlier versions is
 // deleted at start, since a WorkQueue stream refuses overlapping filters.
 //
+// Many accounts (issue 18: 2,000 on one relay). An idle lane costs what
+// its pulls cost, so each pull that comes back empty doubles the next
+// one's wait, from FetchWait (5s) to IdleFetchWait (30s), and a message
+// resets it; the server hands a stored message to the waiting pull at
+// once, so a long pull delays nothing. A pause ends the open pull. With
+// 2,000 idle lanes the process (engine, embedded NATS, token service)
+// then uses about 3 % of a core instead of 16 %. MAIL allows 100,000
+// consumers (queue.MailMaxConsumers): nats-server's default limit of
+// 1,000 per stream would leave the 1,001st account unbound. What one
+// consumer per account still costs is in nats-server: every ack on a
+// WorkQueue stream asks each of its consumers whether it still needs the
+// message, under the stream's lock, so at 1,000 msg/s over 2,000
+// consumers a third of the process's CPU went there (BENCHMARKS.md,
+// "Many mailboxes").
+//
 // Mail for an alias that is not registered has no lane. A sweeper looks
 // for such subjects every SweepEvery (stream info with a subject filter)
 // and, after UnknownGrace (so an account being created does not lose its

@@ -60,6 +60,7 @@ type Config struct {
 	IdleTimeout     time.Duration // idle SMTP sessions are closed after this; default 30s
 	ThrottleRecover time.Duration // after a 432, concurrency climbs back one step per period; default 5m
 	FetchWait       time.Duration // how long one pull waits for messages; default 5s
+	IdleFetchWait   time.Duration // an idle lane's pulls wait longer, doubling up to this (lane.go); default 30s, never below FetchWait
 	SweepEvery      time.Duration // how often subjects without an account are looked for; default 1s
 	UnknownGrace    time.Duration // age before a message of an unknown account is dead-lettered; default 3s
 	Lookahead       int           // messages a lane holds prepared beyond its sessions (lane.go); default 16, negative for none
@@ -88,6 +89,8 @@ func (c *Config) defaults() {
 	setDur(&c.IdleTimeout, 30*time.Second)
 	setDur(&c.ThrottleRecover, 5*time.Minute)
 	setDur(&c.FetchWait, 5*time.Second)
+	setDur(&c.IdleFetchWait, DefaultIdleFetchWait)
+	c.IdleFetchWait = max(c.IdleFetchWait, c.FetchWait)
 	setDur(&c.SweepEvery, time.Second)
 	setDur(&c.UnknownGrace, 3*time.Second)
 	setDur(&c.BodySweepEvery, DefaultBodySweepEvery)

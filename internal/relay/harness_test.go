@@ -39,6 +39,10 @@ type setup struct {
 	sync string
 	// beforeStart runs on the stream before the engine starts.
 	beforeStart func(ctx context.Context, js jetstream.JetStream)
+	// timeout is the test's deadline (h.ctx); default 90s.
+	timeout time.Duration
+	// manualStart leaves the engine stopped until the test calls h.start.
+	manualStart bool
 }
 
 // harness is a real embedded JetStream, the fake Office 365, the account
@@ -59,7 +63,10 @@ type harness struct {
 
 func newHarness(t testing.TB, s setup) *harness {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	if s.timeout == 0 {
+		s.timeout = 90 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	t.Cleanup(cancel)
 	h := &harness{t: t, ctx: ctx, logs: &testutil.Buffer{}}
 	// Fsync every few seconds instead of before every ack: these tests
@@ -128,7 +135,10 @@ func newHarness(t testing.TB, s setup) *harness {
 	if s.beforeStart != nil {
 		s.beforeStart(ctx, h.js)
 	}
-	h.start()
+	h.stop = func() {}
+	if !s.manualStart {
+		h.start()
+	}
 	t.Cleanup(func() {
 		h.stop()
 		h.assertNoSecretsLogged()

@@ -58,6 +58,19 @@ const (
 	DefaultLookaheadBytes = 1 << 20
 )
 
+// DefaultIdleFetchWait is how long an idle lane's pull waits at most.
+// Each empty pull doubles the next one's wait, from FetchWait up to
+// Config.IdleFetchWait; a pull that brings a message resets it. A pull
+// that waits costs nothing but its open request (the server delivers a
+// message the moment it is stored, into the waiting pull), while every
+// pull that expires costs a request, an expiry status and the pacer's
+// peek: 2,000 idle lanes at 5s made 400 of each a second and 16 % of a
+// core (BENCHMARKS.md, "Many mailboxes"). A pause ends the open pull at
+// once (lane.pause), so a paused account's messages are not fetched only
+// to go back. Pulls of 10s or more carry idle heartbeats at a third of
+// their wait, so a lost connection is still noticed.
+const DefaultIdleFetchWait = 30 * time.Second
+
 // lane delivers one account's mail: its durable consumer, session pool,
 // concurrency limit and pause state. Its loop pulls what it may start now
 // and the lookahead: free connection slots plus up to Lookahead prepared
@@ -89,6 +102,7 @@ type lane struct {
 	aheadFull bool          // a lookahead fetch came back short: the next waits for a slot
 	freed     chan struct{} // closed, and replaced, when a sending slot frees
 	bound     bool
+	endFetch  context.CancelFunc // ends the open pull (a pause); nil when none is open
 	p         pauseState
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
 	lastFail  map[uint64]string    // stream seq → the last failure seen here (a reply, or the error), for an expiry
@@ -266,6 +280,7 @@ func (l *lane) wait() {
 func (l *lane) run() {
 	defer close(l.done)
 	cons := l.bind()
+	fetchWait := l.e.cfg.FetchWait // grows while pulls come back empty (DefaultIdleFetchWait)
 	for cons != nil && l.ctx.Err() == nil {
 		if !l.waitReady() {
 			return
@@ -314,13 +329,22 @@ func (l *lane) run() {
 			l.give(n-room, false)
 			n = room
 		}
-		fctx, cancel := context.WithTimeout(l.ctx, l.e.cfg.FetchWait)
+		fctx, cancel := context.WithTimeout(l.ctx, fetchWait)
 		opts := []jetstream.FetchOpt{jetstream.FetchContext(fctx)}
+		if fetchWait >= 10*time.Second {
+			opts = append(opts, jetstream.FetchHeartbeat(fetchWait/3))
+		}
 		if maxBytes > 0 {
 			opts = append(opts, jetstream.FetchMaxBytes(maxBytes))
 		}
+		if !l.setFetch(cancel) {
+			cancel() // paused since take: no pull
+			l.give(n, probe)
+			continue
+		}
 		batch, err := cons.Fetch(n, opts...)
 		if err != nil {
+			l.setFetch(nil)
 			cancel()
 			l.give(n, probe)
 			if l.ctx.Err() == nil {
@@ -335,7 +359,13 @@ func (l *lane) run() {
 			started++
 			l.start(msg, probe)
 		}
+		l.setFetch(nil)
 		cancel()
+		if started > 0 {
+			fetchWait = l.e.cfg.FetchWait
+		} else {
+			fetchWait = min(2*fetchWait, l.e.cfg.IdleFetchWait)
+		}
 		if err := batch.Error(); err != nil && l.ctx.Err() == nil && !isFetchTimeout(err) {
 			l.log.Warn().Err(err).Msg("fetch ended with an error; binding the consumer again")
 			l.setBound(false)
@@ -348,6 +378,19 @@ func (l *lane) run() {
 			l.giveShort(n-started, probe && started == 0, maxBytes > 0)
 		}
 	}
+}
+
+// setFetch records the open pull's cancel (nil: none open). It refuses
+// one while the lane is paused without a probe to make, which take allowed
+// before the pause began.
+func (l *lane) setFetch(cancel context.CancelFunc) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cancel != nil && l.p.on && !l.p.armed {
+		return false
+	}
+	l.endFetch = cancel
+	return true
 }
 
 func isFetchTimeout(err error) bool {
@@ -616,6 +659,13 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 	}
 	l.p = p
 	l.wakeWaitersLocked() // messages waiting for a session go back
+	if l.endFetch != nil && !fromProbe {
+		// The open pull would only bring messages that go back: end it
+		// (the server drops a pull whose inbox is gone). A probe's own
+		// pull ends with its message.
+		l.endFetch()
+		l.endFetch = nil
+	}
 	l.mu.Unlock()
 
 	l.e.metrics.setPaused(l.alias, class) // a probe may find another cause
