@@ -118,6 +118,13 @@ func Start(nc *nats.Conn, accounts *account.Registry, instance string, log zerol
 		return nil, fmt.Errorf("%s endpoint %s.*: %w", ServiceName, SubjectPrefix, err)
 	}
 	s.micro = svc
+	// The server has the endpoint's subscription once this returns: a
+	// producer asking right after is answered, not told there are no
+	// responders (and left to the 35 MB fallback).
+	if err := nc.Flush(); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("start %s: %w", ServiceName, err)
+	}
 	return s, nil
 }
 

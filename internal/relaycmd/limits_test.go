@@ -30,6 +30,11 @@ func TestCommandsRefuseOverTheAccountLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Close()
+	// The service answers before the commands ask (they give it 2 s and
+	// then assume 35 MB, which is not what this test is about).
+	if n, err := limits.Lookup(ctx, env.NC, "small"); err != nil || n != 4<<10 {
+		t.Fatalf("limits service: %d, %v", n, err)
+	}
 	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "small"}
 	long := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n", 128) // 8 KiB
 	wants := []string{"is over the size limit of 4096 bytes (4.0 KB) of account small", "message of "}
