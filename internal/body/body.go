@@ -75,16 +75,18 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 
 // TooLarge is a message over the size limit.
 type TooLarge struct {
-	Size  int64 // its size, or as much as was read of it (Limit+1)
+	Size  int64 // its size, or as much as was read of it (AtLeast)
 	Limit int64
+	// AtLeast: reading stopped at Size, so the message is that or more.
+	AtLeast bool
 	// Account, when the limit is the account's own (max_message_bytes).
 	Account string
 }
 
 func (e *TooLarge) Error() string {
 	more, whose := "", ""
-	if e.Size == e.Limit+1 {
-		more = " or more" // reading stopped one octet past the limit
+	if e.AtLeast {
+		more = " or more"
 	}
 	if e.Account != "" {
 		whose = " of account " + e.Account
@@ -176,7 +178,7 @@ type limitWriter struct {
 
 func (l *limitWriter) Write(p []byte) (int, error) {
 	if l.n+int64(len(p)) > l.limit {
-		return 0, &TooLarge{Size: l.limit + 1, Limit: l.limit}
+		return 0, &TooLarge{Size: l.limit + 1, Limit: l.limit, AtLeast: true}
 	}
 	n, err := l.w.Write(p)
 	l.n += int64(n)

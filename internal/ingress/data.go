@@ -267,16 +267,10 @@ func (c checked) storeLimit() int64 { return c.acct.SizeLimit() - c.sent + int64
 // (at least that many when atLeast), logged.
 func (c checked) tooLarge(size int64, atLeast bool) error {
 	limit := c.acct.SizeLimit()
-	what := fmt.Sprintf("%d bytes", size)
-	if atLeast {
-		what = "more than " + what
-	}
 	c.log.Info().Int64("size", size).Int64("limit", limit).Int("smtp_code", 552).Msg("SMTP message refused: over the account's size limit")
-	return errTooLarge(fmt.Sprintf("message of %s (%.1f MB) as sent is over the size limit of %d bytes (%.1f MB) of account %s (max_message_bytes)",
-		what, mb(size), limit, mb(limit), c.acct.Alias))
+	tl := &body.TooLarge{Size: size, Limit: limit, AtLeast: atLeast, Account: c.acct.Alias}
+	return errTooLarge(tl.Error() + " as sent (max_message_bytes)")
 }
-
-func mb(n int64) float64 { return float64(n) / (1 << 20) }
 
 // storeBody stores c's content, read from content, and returns the JSON
 // of the message that names it, with the envelope of the session. in is

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
+	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/smtpclient"
@@ -179,8 +180,8 @@ func checkSize(m *message.Message, r *message.Rendered, acct account.Account) er
 	if err != nil || n <= limit {
 		return err
 	}
-	return &message.Invalid{Field: "size", Reason: fmt.Sprintf("%d bytes after encoding (%.1f MB) is over the size limit of %d bytes (%.1f MB) of account %s (max_message_bytes)",
-		n, float64(n)/(1<<20), limit, float64(limit)/(1<<20), acct.Alias)}
+	tl := &body.TooLarge{Size: n, Limit: limit, Account: acct.Alias}
+	return &message.Invalid{Field: "size", Reason: tl.Error() + " (max_message_bytes)"}
 }
 
 // lookupAndReserve checks the idempotency markers of every batch and
