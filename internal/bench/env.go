@@ -242,7 +242,11 @@ func (e *env) enroll(ctx context.Context, c int) (account.Account, error) {
 	if err != nil {
 		return a, err
 	}
-	data, err := newMessage(a.Mailbox, e.cfg.Size, "warm-up-"+alias, "warm-up").Encode()
+	payload, err := e.payload(ctx, a)
+	if err != nil {
+		return a, err
+	}
+	data, err := payload("warm-up-"+alias, "warm-up")
 	if err != nil {
 		return a, err
 	}
@@ -426,20 +430,29 @@ func (e *env) measure(ctx context.Context, f func() error) (relayFigures, error)
 	return relayFigures{cpu: cpu1 - cpu0, writes: w1.since(w0)}, nil
 }
 
+// payload returns how the relay run's messages (and the warm-up) are
+// made: inline JSON, or for large sizes a stored body and a message naming
+// it (largePayload), as a producer hands them over. A 30 MB warm-up
+// published inline would cost relay serve three copies of it while it is
+// decoded, and its peak RSS would measure that, not the run.
+func (e *env) payload(ctx context.Context, acct account.Account) (func(id, subject string) ([]byte, error), error) {
+	if e.cfg.large() {
+		return e.largePayload(ctx, acct)
+	}
+	return func(id, subject string) ([]byte, error) {
+		return newMessage(acct.Mailbox, e.cfg.Size, id, subject).Encode()
+	}, nil
+}
+
 // relayRun publishes Messages messages (asynchronously, publishWindow
 // unacknowledged at most) and waits for the sink to accept them all: the
 // time from the first publish to the last 250.
 func (e *env) relayRun(ctx context.Context, acct account.Account) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	payload := func(id, subject string) ([]byte, error) {
-		return newMessage(acct.Mailbox, e.cfg.Size, id, subject).Encode()
-	}
-	if e.cfg.large() {
-		var err error
-		if payload, err = e.largePayload(ctx, acct); err != nil {
-			return 0, err
-		}
+	payload, err := e.payload(ctx, acct)
+	if err != nil {
+		return 0, err
 	}
 	base, err := e.sinkCount(ctx)
 	if err != nil {
