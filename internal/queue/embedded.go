@@ -20,6 +20,16 @@ const (
 	DefaultURL = "nats://" + DefaultListen
 	// DefaultSync fsyncs before every acknowledgement (docs/design.md §7).
 	DefaultSync = "always"
+	// MaxPayload is the embedded server's max_payload: the largest NATS
+	// message, and so the largest inline JSON message a plain `nats pub`
+	// can queue. Larger messages go through the body store (docs/design.md
+	// §3.5), which every producer of the project uses above 256 KiB. A
+	// worker decodes an inline message whole (its NATS copy, the JSON
+	// reader's buffer, the decoded body: about three times its size), so
+	// this bounds what one inline message can cost the relay's memory.
+	// 8 MiB is the largest value NATS recommends; the default, 1 MiB,
+	// would refuse inline messages the relay used to take.
+	MaxPayload = 8 << 20
 )
 
 // EmbeddedConfig configures the in-process JetStream server used when no
@@ -99,7 +109,7 @@ func StartEmbedded(c EmbeddedConfig) (*server.Server, error) {
 		SyncInterval: every,
 		NoSigs:       true,
 		NoLog:        true,
-		MaxPayload:   64 << 20, // a 35 MB message plus base64 and JSON overhead
+		MaxPayload:   MaxPayload,
 		Nkeys:        c.Users,
 	}
 	if c.TLS != nil {

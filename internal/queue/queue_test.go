@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/queue"
@@ -76,6 +77,23 @@ func TestEmbeddedConfigErrors(t *testing.T) {
 			ns.Shutdown()
 			t.Fatalf("%+v: want an error", c)
 		}
+	}
+}
+
+// TestEmbeddedRefusesInlineOverMaxPayload: inline JSON larger than
+// MaxPayload is refused by the embedded server when published, with the
+// error `nats pub` prints, so one inline message cannot cost the relay
+// more than a few times MaxPayload; one that fits is queued.
+func TestEmbeddedRefusesInlineOverMaxPayload(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	fits := []byte(`{"x":"` + strings.Repeat("y", queue.MaxPayload-1024) + `"}`)
+	if _, err := env.JS.Publish(ctx, queue.Subject("alerts"), fits); err != nil {
+		t.Fatalf("inline message under MaxPayload: %v", err)
+	}
+	over := []byte(`{"x":"` + strings.Repeat("y", queue.MaxPayload) + `"}`)
+	_, err := env.JS.Publish(ctx, queue.Subject("alerts"), over)
+	if !errors.Is(err, nats.ErrMaxPayload) || !strings.Contains(err.Error(), "maximum payload exceeded") {
+		t.Fatalf("inline message over MaxPayload: err %v, want nats.ErrMaxPayload", err)
 	}
 }
 
