@@ -2,13 +2,18 @@ package body_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/body"
 	"relay365/internal/message"
@@ -184,5 +189,63 @@ func TestSweepDeletesOnlyOrphans(t *testing.T) {
 			t.Fatalf("a named body was swept: %v", err)
 		}
 		rc.Close()
+	}
+}
+
+// TestBodiesAreStoredInSmallBlocks: the body stream is made so that
+// nats-server stores it in blocks of at most 4 MiB (not its default 8 MiB
+// for a stream without limits), because the server holds a block being
+// written or read in memory whole (queue.BodyMaxChunksPerObject). The
+// block files on disk show the size it chose. A bucket made by an earlier
+// version, with nats.go's CreateObjectStore, gets the chunk limit when the
+// streams are ensured.
+func TestBodiesAreStoredInSmallBlocks(t *testing.T) {
+	env := queuetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := env.JS.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: body.Bucket, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := env.JS.Stream(ctx, body.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.CachedInfo().Config.MaxMsgsPerSubject; got != queue.BodyMaxChunksPerObject {
+		t.Fatalf("an earlier version's bucket: MaxMsgsPerSubject %d after EnsureStreams, want %d", got, queue.BodyMaxChunksPerObject)
+	}
+
+	fresh, ctx := queuetest.StartMail(t)
+	s, err := body.Open(ctx, fresh.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := bigRaw(t, 12<<20)
+	ref, err := s.Put(ctx, bytes.NewReader(raw), message.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks, err := filepath.Glob(filepath.Join(fresh.Server.StoreDir(), "*", "streams", body.StreamName, "msgs", "*.blk"))
+	if err != nil || len(blocks) < 3 {
+		t.Fatalf("%d block files for a %d-octet body (err %v): want at least 3 of at most 4 MiB", len(blocks), len(raw), err)
+	}
+	for _, b := range blocks {
+		fi, err := os.Stat(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() > 4<<20+200<<10 { // a block ends with the record that crossed 4 MiB
+			t.Errorf("block %s is %d octets: the server chose blocks larger than 4 MiB", filepath.Base(b), fi.Size())
+		}
+	}
+	rc, err := s.Open(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("read back %d octets (err %v), want the %d stored", len(got), err, len(raw))
 	}
 }

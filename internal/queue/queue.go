@@ -492,24 +492,54 @@ func setHeader(h nats.Header, key, v string) {
 	}, v)))
 }
 
-// ensureBodies opens the body bucket, creating or updating it when its
-// replicas differ: the same replicas and file storage as MAIL, no TTL
-// (bodies are deleted by the relay, never aged out under a queued
-// message).
+// BodyMaxChunksPerObject is the body stream's MaxMsgsPerSubject. Every
+// object's chunks share one subject, so this is a limit on chunks per
+// object that is never reached: 1,048,576 chunks of 128 KiB, against the
+// 280 of a 35 MB body. It is set for what it does to storage: nats-server
+// sizes a new stream's file blocks from its limits, and with no size limit
+// but a per-subject one it takes 4 MiB blocks (the key-value size) instead
+// of 8 MiB. A block being written or read is held in memory whole, and
+// three 30 MB bodies stored and read at once kept about fourteen of them:
+// 4 MiB blocks took relay serve's peak from 150–182 MB to 118–124 MB in
+// `relay bench --size 30MB --conns 3`, and its CPU per message down by a
+// third (BENCHMARKS.md, "Large messages").
+const BodyMaxChunksPerObject = 1 << 20
+
+// bodyStream is the body bucket's stream: the layout nats.go's Object
+// Store makes (its name, chunk and metadata subjects, discard new,
+// rollup and direct get), so jetstream.ObjectStore binds to it and reads
+// and writes it as its own; the same replicas and file storage as MAIL;
+// no age limit (bodies are deleted by the relay, never aged out under a
+// queued message); and BodyMaxChunksPerObject.
+func bodyStream(replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              "OBJ_" + BodyBucket,
+		Description:       "Relay365 bodies of large messages, named by the MAIL messages that carry them",
+		Subjects:          []string{"$O." + BodyBucket + ".C.>", "$O." + BodyBucket + ".M.>"},
+		MaxBytes:          -1,
+		MaxMsgsPerSubject: BodyMaxChunksPerObject,
+		Storage:           jetstream.FileStorage,
+		Replicas:          max(replicas, 1),
+		Discard:           jetstream.DiscardNew,
+		AllowRollup:       true,
+		AllowDirect:       true,
+	}
+}
+
+// ensureBodies opens the body bucket's stream (bodyStream), creating it,
+// or updating it when its replicas, age limit or chunk limit differ (a
+// bucket made by an earlier version, with nats.go's CreateObjectStore,
+// has no chunk limit: its new blocks are 4 MiB from the server's next
+// start).
 func ensureBodies(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	replicas = max(replicas, 1)
-	if obs, err := js.ObjectStore(ctx, BodyBucket); err == nil {
-		if st, err := obs.Status(ctx); err == nil && st.Replicas() == replicas && st.Storage() == jetstream.FileStorage && st.TTL() == 0 {
+	c := bodyStream(replicas)
+	if s, err := js.Stream(ctx, c.Name); err == nil {
+		have := s.CachedInfo().Config
+		if have.Replicas == c.Replicas && have.Storage == c.Storage && have.MaxAge == 0 && have.MaxMsgsPerSubject == c.MaxMsgsPerSubject {
 			return nil
 		}
 	}
-	_, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      BodyBucket,
-		Description: "Relay365 bodies of large messages, named by the MAIL messages that carry them",
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
-	if err != nil {
+	if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
 		return fmt.Errorf("object store %s: %w%s", BodyBucket, err, setupHint(err))
 	}
 	return nil
