@@ -341,6 +341,15 @@ func percentile(d []time.Duration, p int) time.Duration {
 	return d[min(max(i-1, 0), len(d)-1)]
 }
 
+// rate prints messages a second: whole numbers, but a tenth below 10 (30 MB
+// messages go at a few a second, and "1" would hide a 0.6).
+func rate(v float64) string {
+	if v < 10 {
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // printer writes results as a table or JSON lines, one line per result as
@@ -369,7 +378,7 @@ func (p *printer) print(r Result) error {
 			"p50 ms", "p95 ms", "p99 ms", "relay cpu s/1k", "ceiling cpu s/1k", "RSS MB", "writes/msg")
 	})
 	f := func(format string, v float64) string { return fmt.Sprintf(format, v) }
-	_, err := fmt.Fprintf(p.out, tableRow, r.Sync, r.Conns, r.Messages, f("%.0f", r.CeilingMsgsPerS), f("%.0f", r.RelayMsgsPerS),
+	_, err := fmt.Fprintf(p.out, tableRow, r.Sync, r.Conns, r.Messages, rate(r.CeilingMsgsPerS), rate(r.RelayMsgsPerS),
 		f("%.2f", r.Ratio), f("%.1f", r.P50Ms), f("%.1f", r.P95Ms), f("%.1f", r.P99Ms), f("%.3f", r.RelayCPUSPer1kMsgs),
 		f("%.3f", r.CeilingCPUSPer1kMsgs), f("%.0f", r.PeakRSSMB), f("%.2f", r.WritesPerMsg))
 	return err
