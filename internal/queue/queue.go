@@ -531,16 +531,32 @@ func bodyStream(replicas int) jetstream.StreamConfig {
 // bucket made by an earlier version, with nats.go's CreateObjectStore,
 // has no chunk limit: its new blocks are 4 MiB from the server's next
 // start).
+//
+// An update is bounded by updateTimeout, as OpenKeyValue's: a NATS user
+// that may not change streams (a worker under deploy/nats/auth.conf,
+// upgraded before `relay setup` was run again) gets no answer to it.
 func ensureBodies(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	c := bodyStream(replicas)
-	if s, err := js.Stream(ctx, c.Name); err == nil {
-		have := s.CachedInfo().Config
-		if have.Replicas == c.Replicas && have.Storage == c.Storage && have.MaxAge == 0 && have.MaxMsgsPerSubject == c.MaxMsgsPerSubject {
-			return nil
+	s, err := js.Stream(ctx, c.Name)
+	if err != nil {
+		if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
+			return fmt.Errorf("object store %s: %w%s", BodyBucket, err, setupHint(err))
 		}
+		return nil
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
-		return fmt.Errorf("object store %s: %w%s", BodyBucket, err, setupHint(err))
+	have := s.CachedInfo().Config
+	if have.Replicas == c.Replicas && have.Storage == c.Storage && have.MaxAge == 0 && have.MaxMsgsPerSubject == c.MaxMsgsPerSubject {
+		return nil
+	}
+	uctx, cancel := context.WithTimeout(ctx, updateTimeout)
+	defer cancel()
+	if _, err := js.CreateOrUpdateStream(uctx, c); err != nil {
+		chunks := "no chunk limit"
+		if have.MaxMsgsPerSubject > 0 {
+			chunks = fmt.Sprintf("%d chunks per object", have.MaxMsgsPerSubject)
+		}
+		return fmt.Errorf("object store %s has settings this version changes (replicas %d, max age %s, %s; want %d, none, %d chunks per object) and could not be updated: %w (a NATS user that may not change streams cannot: run `relay setup` with the admin credentials first)",
+			BodyBucket, have.Replicas, have.MaxAge, chunks, c.Replicas, c.MaxMsgsPerSubject, err)
 	}
 	return nil
 }
