@@ -215,52 +215,68 @@ func TestTokenServiceWaitsForSetupOnAnOlderTokenBucket(t *testing.T) {
 	d.Close()
 }
 
-// An upgrade over a body bucket made by an earlier version (nats.go's
-// Object Store layout, no chunk limit, so 8 MiB blocks): a worker, which
-// may not change a stream, refuses to start and names relay setup; relay
-// setup as the admin adds the limit and the worker starts.
-func TestWorkerWaitsForSetupOnAnOlderBodyBucket(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	url, as := startAuthConf(t)
-	admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
-	if err != nil {
-		t.Fatal(err)
+// An upgrade over streams made by an earlier version: a body bucket in
+// nats.go's Object Store layout (no chunk limit, so 8 MiB blocks), and
+// MAIL without its consumer limit. A worker, which may not change a
+// stream, refuses to start and names relay setup instead of waiting for
+// an answer that never comes; relay setup as the admin brings the stream
+// up to date and the worker starts.
+func TestWorkerWaitsForSetupOnOlderStreams(t *testing.T) {
+	for _, tc := range []struct {
+		stream string
+		older  func(c *jetstream.StreamConfig)
+		says   string
+		check  func(c jetstream.StreamConfig) bool
+	}{
+		{body.StreamName, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 0 }, "no chunk limit; want 1, none, 1048576 chunks per object",
+			func(c jetstream.StreamConfig) bool { return c.MaxMsgsPerSubject == queue.BodyMaxChunksPerObject }},
+		{queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxConsumers = 1000 }, "stream MAIL has settings this version changes",
+			func(c jetstream.StreamConfig) bool { return c.MaxConsumers == queue.MailMaxConsumers }},
+	} {
+		t.Run(tc.stream, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			url, as := startAuthConf(t)
+			admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer admin.Close()
+			adminJS, _ := jetstream.New(admin)
+			if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
+				t.Fatal(err)
+			}
+			st, err := adminJS.Stream(ctx, tc.stream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			older := st.CachedInfo().Config
+			tc.older(&older)
+			if _, err := adminJS.UpdateStream(ctx, older); err != nil {
+				t.Fatal(err)
+			}
+			workerOpts := as[roles.Worker]
+			workerOpts.InboxPrefix = ""
+			cfg := daemon.Config{NATSURL: url, NATS: workerOpts, Roles: daemon.RoleWorkers, HTTPAddr: "off", DataDir: t.TempDir()}
+			sctx, scancel := context.WithTimeout(ctx, 4*time.Second)
+			defer scancel()
+			if d, err := daemon.Start(sctx, cfg, zerolog.Nop()); err == nil {
+				d.Close()
+				t.Fatal("a worker started on a stream it may not bring up to date")
+			} else if !strings.Contains(err.Error(), tc.says) || !strings.Contains(err.Error(), "run `relay setup` with the admin credentials") {
+				t.Fatalf("the refusal does not say what differs and what to do: %v", err)
+			}
+			if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
+				t.Fatal(err)
+			}
+			if st, err = adminJS.Stream(ctx, tc.stream); err != nil || !tc.check(st.CachedInfo().Config) {
+				t.Fatalf("after relay setup: %v", err)
+			}
+			d, err := daemon.Start(ctx, cfg, zerolog.Nop())
+			if err != nil {
+				t.Fatalf("worker after relay setup: %v", err)
+			}
+			d.Close()
+		})
 	}
-	defer admin.Close()
-	adminJS, _ := jetstream.New(admin)
-	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
-		t.Fatal(err)
-	}
-	st, err := adminJS.Stream(ctx, body.StreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	older := st.CachedInfo().Config
-	older.MaxMsgsPerSubject = 0
-	if _, err := adminJS.UpdateStream(ctx, older); err != nil {
-		t.Fatal(err)
-	}
-	workerOpts := as[roles.Worker]
-	workerOpts.InboxPrefix = ""
-	cfg := daemon.Config{NATSURL: url, NATS: workerOpts, Roles: daemon.RoleWorkers, HTTPAddr: "off", DataDir: t.TempDir()}
-	sctx, scancel := context.WithTimeout(ctx, 4*time.Second)
-	defer scancel()
-	if d, err := daemon.Start(sctx, cfg, zerolog.Nop()); err == nil {
-		d.Close()
-		t.Fatal("a worker started on a body bucket it may not bring up to date")
-	} else if !strings.Contains(err.Error(), "no chunk limit; want 1, none, 1048576 chunks per object") || !strings.Contains(err.Error(), "run `relay setup` with the admin credentials") {
-		t.Fatalf("the refusal does not say what differs and what to do: %v", err)
-	}
-	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
-		t.Fatal(err)
-	}
-	if st, err = adminJS.Stream(ctx, body.StreamName); err != nil || st.CachedInfo().Config.MaxMsgsPerSubject != queue.BodyMaxChunksPerObject {
-		t.Fatalf("after relay setup: %v", err)
-	}
-	d, err := daemon.Start(ctx, cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatalf("worker after relay setup: %v", err)
-	}
-	d.Close()
 }

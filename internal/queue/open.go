@@ -91,6 +91,14 @@ func openStream(ctx context.Context, js jetstream.JetStream, c jetstream.StreamC
 			(c.MaxBytes == 0 || have.MaxBytes == c.MaxBytes) && (c.MaxConsumers == 0 || have.MaxConsumers == c.MaxConsumers) {
 			return nil
 		}
+		// It exists and differs: an update, bounded as OpenKeyValue's
+		// (a user that may not change streams gets no answer).
+		uctx, cancel := context.WithTimeout(ctx, updateTimeout)
+		defer cancel()
+		if _, err := js.CreateOrUpdateStream(uctx, c); err != nil {
+			return fmt.Errorf("stream %s has settings this version changes and could not be updated: %w (a NATS user that may not change streams cannot: run `relay setup` with the admin credentials first)", c.Name, err)
+		}
+		return nil
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
 		return fmt.Errorf("create stream %s: %w%s", c.Name, err, setupHint(err))
