@@ -203,7 +203,8 @@ func TestIdlePullsLengthen(t *testing.T) {
 
 // TestPauseEndsOpenPull: a lane that pauses ends its open pull at once,
 // not at its expiry, so the server hands it nothing more, and it pulls
-// nothing until the pause is over (the probe's one message first).
+// nothing until the pause is over (the probe's one message first). A
+// pull of 10s or more carries idle heartbeats at a third of its wait.
 func TestPauseEndsOpenPull(t *testing.T) {
 	const (
 		fetchWait = 30 * time.Second // a 30s pull is open when the pause comes
@@ -212,10 +213,15 @@ func TestPauseEndsOpenPull(t *testing.T) {
 		// well under its 30s expiry, and under the pause, after which
 		// the probe opens a pull of its own.
 		dropped = 5 * time.Second
+		// retry holds the failed message back past the pull's drop and
+		// the pause: redelivered into a pull left open, it would fill
+		// the pull and end it too. The probe sends the second message.
+		retry = 10 * time.Second
 	)
 	h := newHarness(t, setup{engine: relay.Config{
 		FetchWait: fetchWait, IdleFetchWait: fetchWait,
 		Pause: relay.Backoff{Base: pause, Max: pause},
+		Retry: relay.Backoff{Base: retry, Max: retry},
 	}})
 	const alias = "paused"
 	w := watchPulls(h, alias, false) // no inbox interest: the server must see the pull's go
@@ -253,9 +259,9 @@ func TestPauseEndsOpenPull(t *testing.T) {
 
 	h.publish(alias, "id-2", "queued during the pause")
 	info := h.consumerInfo(h.ctx, alias)
-	if time.Now().Before(until) && (info.NumPending != 1 || info.NumWaiting != 0) {
-		t.Fatalf("during the pause: %d messages not handed out, %d pulls waiting; want the new message in the stream, no pull",
-			info.NumPending, info.NumWaiting)
+	if time.Now().Before(until) && (info.NumPending != 1 || info.NumWaiting != 0 || info.Delivered.Consumer != 1) {
+		t.Fatalf("during the pause: %d messages not handed out, %d pulls waiting, %d deliveries; want the new message in the stream, no pull, the first message's one delivery",
+			info.NumPending, info.NumWaiting, info.Delivered.Consumer)
 	}
 
 	h.waitFor("both deliveries", func() bool {
@@ -263,6 +269,11 @@ func TestPauseEndsOpenPull(t *testing.T) {
 		return d["meets the pause"] == 1 && d["queued during the pause"] == 1
 	})
 	h.waitFor("the account to settle", func() bool { return h.queued() == 0 && !h.lane(alias).Paused })
+	// Each message handed out once, and the first once more after its
+	// retry wait: none fetched only to go back.
+	if n := h.consumerInfo(h.ctx, alias).Delivered.Consumer; n != 3 {
+		t.Fatalf("%d deliveries of 2 messages, want 3 (the failed one twice)", n)
+	}
 	pulls := w.pulls()
 	if len(pulls) < 2 {
 		t.Fatalf("pulls %v: want the probe's after the first", pulls)
