@@ -25,7 +25,7 @@ import (
 //
 // The expiry on the wire is not the lane's wait itself: nats.go's
 // FetchContext derives it from the context deadline's remaining time,
-// keeping a tenth of it (at most 1s) as the client's margin. askedWait
+// keeping a tenth of it (at most 1s) as the client's margin. asked
 // undoes that, and the tests accept a wait a quarter below the one they
 // expect (the time between the lane's WithTimeout and Fetch): far from the
 // next step of a doubling, so a wait that failed to double or to reset
@@ -37,7 +37,6 @@ type pullReq struct {
 	at        time.Time
 	Batch     int           `json:"batch"`
 	Expires   time.Duration `json:"expires"`
-	MaxBytes  int           `json:"max_bytes"`
 	Heartbeat time.Duration `json:"idle_heartbeat"`
 }
 
