@@ -63,6 +63,7 @@ type env struct {
 type relayAddrs struct {
 	mu      sync.Mutex
 	nats    string // "relay serving": its NATS URL
+	http    string // "relay serving": its /metrics and /status address
 	smtp    string // "SMTP submission listening": the STARTTLS front door
 	smtpCA  string // the front door's loopback CA file
 	serving chan struct{}
@@ -76,6 +77,7 @@ func (r *relayAddrs) onLine(line []byte) {
 	var l struct {
 		Message  string `json:"message"`
 		NATS     string `json:"nats"`
+		HTTP     string `json:"http"`
 		Addr     string `json:"addr"`
 		Implicit bool   `json:"implicit_tls"`
 		CAFile   string `json:"ca_file"`
@@ -91,7 +93,7 @@ func (r *relayAddrs) onLine(line []byte) {
 	case l.CAFile != "":
 		r.smtpCA = l.CAFile
 	case l.Message == "relay serving" && r.nats == "":
-		r.nats = l.NATS
+		r.nats, r.http = l.NATS, l.HTTP
 		close(r.serving)
 	}
 }
@@ -125,7 +127,11 @@ func (e *env) startSink(ctx, sctx context.Context) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
 	}
-	c, err := e.startChild(ctx, "the sink", []string{ChildCommand, "sink", dir}, true, nil)
+	args := []string{ChildCommand, "sink", dir}
+	if e.cfg.Accounts > 0 {
+		args = append(args, sinkO365) // Office 365's limits: the mode counts violations
+	}
+	c, err := e.startChild(ctx, "the sink", args, true, nil)
 	if err != nil {
 		return err
 	}
@@ -157,8 +163,10 @@ func (e *env) serveArgs(keyFile string) []string {
 // serving" line, and connects as a producer and as the operator.
 func (e *env) startRelay(ctx, sctx context.Context) error {
 	keyFile := filepath.Join(e.dir, "token.key")
-	if _, err := token.GenerateKeyFile(keyFile); err != nil {
-		return err
+	if _, err := os.Stat(keyFile); errors.Is(err, os.ErrNotExist) { // a restart keeps the key
+		if _, err := token.GenerateKeyFile(keyFile); err != nil {
+			return err
+		}
 	}
 	keys, err := token.LoadKeyring(keyFile)
 	if err != nil {

@@ -233,19 +233,25 @@ func procCPU(pid int) (time.Duration, error) {
 
 // procPeakRSSMB is a running process's peak resident set (VmHWM in
 // /proc/<pid>/status), in MiB.
-func procPeakRSSMB(pid int) (float64, error) {
+func procPeakRSSMB(pid int) (float64, error) { return procStatusMB(pid, "VmHWM") }
+
+// procRSSMB is a running process's resident set now (VmRSS), in MiB.
+func procRSSMB(pid int) (float64, error) { return procStatusMB(pid, "VmRSS") }
+
+// procStatusMB reads a kB field of /proc/<pid>/status, in MiB.
+func procStatusMB(pid int, field string) (float64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
 	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
 			if err != nil {
-				return 0, fmt.Errorf("VmHWM: %w", err)
+				return 0, fmt.Errorf("%s: %w", field, err)
 			}
 			return kb / 1024, nil
 		}
 	}
-	return 0, errors.New("/proc/pid/status: no VmHWM")
+	return 0, fmt.Errorf("/proc/pid/status: no %s", field)
 }
