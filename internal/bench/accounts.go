@@ -13,8 +13,10 @@ package bench
 //     with Office 365's default limits (30 messages a minute, 10,000
 //     recipients a day, 3 connections). relay serve runs meanwhile and
 //     starts a lane, and its durable consumer, for each;
-//  2. bind: relay serve is stopped (SIGTERM) and started again on the same
-//     data directory, as after an upgrade. "Bound" is relay_lanes_bound =
+//  2. bind: relay serve is stopped (SIGTERM; the time until it exited is
+//     a figure too, its shutdown with N lanes just started, allowed
+//     restartGrace) and started again on the same data directory, as
+//     after an upgrade. "Bound" is relay_lanes_bound =
 //     N on its /metrics, polled every bindPoll; the figure is the time
 //     from just before the new process was started to the first poll that
 //     saw N (an upper bound by at most one poll);
@@ -68,6 +70,10 @@ const (
 	publishWorkers = 32
 	// bindPoll is how often relay_lanes_bound is read after the restart.
 	bindPoll = 100 * time.Millisecond
+	// restartGrace is how long relay serve gets to exit after SIGTERM
+	// before the restart: its engine alone may take ShutdownGrace
+	// (relay.DefaultShutdownGrace, 30 s) for sends in flight.
+	restartGrace = 2 * time.Minute
 	// latePublish: a publish that starts later than this behind its
 	// schedule is counted late (the offered rate was not kept).
 	latePublish = 10 * time.Millisecond
@@ -81,7 +87,10 @@ type AccountsResult struct {
 	Mode     string `json:"mode"` // "accounts"
 	Sync     string `json:"sync"`
 	Accounts int    `json:"accounts"`
-	// BindS: relay serve's start to every lane bound (relay_lanes_bound).
+	// StopS: SIGTERM to the exit of the relay serve that enrolled them
+	// (its shutdown with N lanes); BindS: the next one's start to every
+	// lane bound (relay_lanes_bound).
+	StopS float64 `json:"stop_s"`
 	BindS float64 `json:"bind_s"`
 	// IdleCPUPct: relay serve's CPU over the idle period, % of one core;
 	// IdleRSSMB its resident set at the end of it.
@@ -152,7 +161,8 @@ func (e *env) runAccounts(ctx context.Context) (AccountsResult, error) {
 	if err != nil {
 		return r, err
 	}
-	bind, err := e.restartRelay(ctx, n)
+	stop, bind, err := e.restartRelay(ctx, n)
+	r.StopS = stop.Seconds()
 	if err != nil {
 		return r, err
 	}
@@ -233,30 +243,33 @@ func (e *env) enrolMany(ctx context.Context, n int) ([]account.Account, error) {
 	return accts, nil
 }
 
-// restartRelay stops relay serve (SIGTERM, as a service manager does),
-// starts it again on the same data directory and key, and returns the time
+// restartRelay stops relay serve (SIGTERM, as a service manager does,
+// waiting up to restartGrace for it to exit), starts it again on the same
+// data directory and key, and returns how long the stop took and the time
 // from just before the start to the first read of relay_lanes_bound that
 // says n.
-func (e *env) restartRelay(ctx context.Context, n int) (time.Duration, error) {
+func (e *env) restartRelay(ctx context.Context, n int) (stopped, bound time.Duration, err error) {
 	e.nc.Close()
 	e.admin.Close()
 	e.nc, e.admin = nil, nil
-	e.relay.stop()
+	stopping := time.Now()
+	e.relay.stopWithin(restartGrace)
+	stopped = time.Since(stopping)
 	if ps := e.relay.cmd.ProcessState; ps == nil || !ps.Exited() {
-		return 0, e.relay.failed(errors.New("did not exit after SIGTERM"))
+		return stopped, 0, e.relay.failed(fmt.Errorf("did not exit within %v of SIGTERM", restartGrace))
 	}
 	e.relayIs = relayAddrs{serving: make(chan struct{})}
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	start := time.Now()
 	if err := e.startRelay(ctx, sctx); err != nil {
-		return 0, fmt.Errorf("restart: %w", err)
+		return stopped, 0, fmt.Errorf("restart: %w", err)
 	}
 	e.relayIs.mu.Lock()
 	addr := e.relayIs.http
 	e.relayIs.mu.Unlock()
 	if addr == "" {
-		return 0, errors.New("relay serve's log named no HTTP address")
+		return stopped, 0, errors.New("relay serve's log named no HTTP address")
 	}
 	tick := time.NewTicker(bindPoll)
 	defer tick.Stop()
@@ -264,18 +277,18 @@ func (e *env) restartRelay(ctx context.Context, n int) (time.Duration, error) {
 	for {
 		got, err := e.lanesBound(sctx, addr)
 		if err != nil {
-			return 0, err
+			return stopped, 0, err
 		}
 		if got >= n {
-			return time.Since(start), nil
+			return stopped, time.Since(start), nil
 		}
 		last = got
 		select {
 		case <-tick.C:
 		case <-e.relay.done:
-			return 0, e.relay.failed(errors.New("stopped while its lanes bound"))
+			return stopped, 0, e.relay.failed(errors.New("stopped while its lanes bound"))
 		case <-sctx.Done():
-			return 0, fmt.Errorf("%d of %d lanes bound: %w", last, n, sctx.Err())
+			return stopped, 0, fmt.Errorf("%d of %d lanes bound: %w", last, n, sctx.Err())
 		}
 	}
 }
@@ -459,7 +472,7 @@ func classifyRefusals(replies map[string]int) (pacing, other int) {
 	return pacing, other
 }
 
-const accountsRow = "%8v %7v %10v %10v %10v %11v %10v %7v %7v %10v %8v %12v %10v\n"
+const accountsRow = "%8v %7v %7v %10v %11v %10v %11v %10v %7v %7v %10v %8v %10v %11v\n"
 
 // printAccounts writes the line as a table (with its header) or JSON.
 func printAccounts(out io.Writer, asJSON bool, r AccountsResult) error {
@@ -472,9 +485,9 @@ func printAccounts(out io.Writer, asJSON bool, r AccountsResult) error {
 		return err
 	}
 	f := func(format string, v float64) string { return fmt.Sprintf(format, v) }
-	fmt.Fprintf(out, accountsRow, "accounts", "bind s", "idle cpu %", "idle RSS MB", "offered/s", "published/s", "accepted/s",
+	fmt.Fprintf(out, accountsRow, "accounts", "stop s", "bind s", "idle cpu %", "idle RSS MB", "offered/s", "published/s", "accepted/s",
 		"p50 ms", "p99 ms", "violations", "refused", "load cpu %", "peak RSS MB")
-	_, err := fmt.Fprintf(out, accountsRow, r.Accounts, f("%.2f", r.BindS), f("%.1f", r.IdleCPUPct), f("%.0f", r.IdleRSSMB),
+	_, err := fmt.Fprintf(out, accountsRow, r.Accounts, f("%.1f", r.StopS), f("%.2f", r.BindS), f("%.1f", r.IdleCPUPct), f("%.0f", r.IdleRSSMB),
 		rate(r.OfferedMsgsPerS), rate(r.PublishedMsgsPerS), rate(r.AcceptedMsgsPerS), f("%.1f", r.P50Ms), f("%.1f", r.P99Ms),
 		r.PacingViolations, r.OtherRefusals, f("%.1f", r.LoadCPUPct), f("%.0f", r.PeakRSSMB))
 	return err

@@ -44,7 +44,7 @@ func TestRunAccountsSmoke(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
 		t.Fatalf("not JSON: %v: %s", err, lines[0])
 	}
-	for _, f := range []string{"mode", "sync", "accounts", "bind_s", "idle_cpu_pct", "idle_rss_mb", "load_s", "messages",
+	for _, f := range []string{"mode", "sync", "accounts", "stop_s", "bind_s", "idle_cpu_pct", "idle_rss_mb", "load_s", "messages",
 		"offered_msgs_per_s", "published_msgs_per_s", "late_publishes", "accepted_msgs_per_s", "p50_ms", "p99_ms",
 		"pacing_violations", "other_refusals", "load_cpu_pct", "peak_rss_mb"} {
 		if _, ok := m[f]; !ok {
@@ -56,8 +56,8 @@ func TestRunAccountsSmoke(t *testing.T) {
 	case r.Mode != "accounts" || r.Sync != "always" || r.Accounts != 20 || r.Messages != 60 || r.OfferedMsgsPerS != 10:
 		t.Errorf("mode %s sync %s accounts %d messages %d offered %v, want accounts always 20 60 10: %s",
 			r.Mode, r.Sync, r.Accounts, r.Messages, r.OfferedMsgsPerS, lines[0])
-	case r.BindS <= 0:
-		t.Errorf("bind time not positive: %s", lines[0])
+	case r.StopS <= 0 || r.BindS <= 0:
+		t.Errorf("stop or bind time not positive: %s", lines[0])
 	case r.IdleCPUPct < 0 || r.IdleRSSMB <= 0 || r.LoadCPUPct <= 0 || r.PeakRSSMB < r.IdleRSSMB:
 		t.Errorf("cpu or rss figures: %s", lines[0])
 	case r.PublishedMsgsPerS <= 0 || r.AcceptedMsgsPerS <= 0:

@@ -143,7 +143,10 @@ func (c *child) wait(ctx context.Context) error {
 
 // stop asks the child to stop (closing its stdin, and SIGTERM), waits
 // stopGrace, then kills it; it returns once the child was waited for.
-func (c *child) stop() {
+func (c *child) stop() { c.stopWithin(stopGrace) }
+
+// stopWithin is stop with another grace.
+func (c *child) stopWithin(grace time.Duration) {
 	select {
 	case <-c.done:
 		return
@@ -155,7 +158,7 @@ func (c *child) stop() {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.done:
-	case <-time.After(stopGrace):
+	case <-time.After(grace):
 		_ = c.cmd.Process.Kill()
 		<-c.done
 	}
