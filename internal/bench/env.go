@@ -162,25 +162,43 @@ func (e *env) serveArgs(keyFile string) []string {
 // startRelay starts relay serve as deployed, waits for its "relay
 // serving" line, and connects as a producer and as the operator.
 func (e *env) startRelay(ctx, sctx context.Context) error {
-	keyFile := filepath.Join(e.dir, "token.key")
-	if _, err := os.Stat(keyFile); errors.Is(err, os.ErrNotExist) { // a restart keeps the key
+	if err := e.startRelayProcess(ctx, sctx); err != nil {
+		return err
+	}
+	return e.connectRelay(sctx)
+}
+
+// startRelayProcess starts relay serve (with a new key, or the one a
+// restart keeps) and waits for its "relay serving" line.
+func (e *env) startRelayProcess(ctx, sctx context.Context) error {
+	keyFile := e.keyFile()
+	if _, err := os.Stat(keyFile); errors.Is(err, os.ErrNotExist) {
 		if _, err := token.GenerateKeyFile(keyFile); err != nil {
 			return err
 		}
 	}
-	keys, err := token.LoadKeyring(keyFile)
-	if err != nil {
-		return err
-	}
+	var err error
 	if e.relay, err = e.startChild(ctx, "relay serve", e.serveArgs(keyFile), false, e.relayIs.onLine); err != nil {
 		return err
 	}
 	select {
 	case <-e.relayIs.serving:
+		return nil
 	case <-e.relay.done:
 		return e.relay.failed(errors.New("stopped before serving"))
 	case <-sctx.Done():
 		return e.relay.failed(fmt.Errorf("not serving: %w", sctx.Err()))
+	}
+}
+
+func (e *env) keyFile() string { return filepath.Join(e.dir, "token.key") }
+
+// connectRelay connects to the serving relay as a producer and as the
+// operator.
+func (e *env) connectRelay(sctx context.Context) error {
+	keys, err := token.LoadKeyring(e.keyFile())
+	if err != nil {
+		return err
 	}
 	e.relayIs.mu.Lock()
 	natsURL := e.relayIs.nats
