@@ -134,6 +134,12 @@ func TestValidate(t *testing.T) {
 		{"sync", func(c *Config) { c.Sync = []string{"sometimes"} }, `"sometimes"`},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 8 << 20 }, "--memory-limit 8MiB"},
 		{"latency", func(c *Config) { c.Latency = -1 }, "--latency-messages -1"},
+		{"accounts ok", func(c *Config) { c.Accounts, c.Sync = 2000, []string{"always"} }, ""},
+		{"accounts", func(c *Config) { c.Accounts = -2 }, "--accounts -2"},
+		{"accounts settle", func(c *Config) { c.Accounts, c.Sync, c.AccountsSettle = 20, []string{"always"}, -time.Second }, "--accounts-settle -1s"},
+		{"accounts idle", func(c *Config) { c.Accounts, c.Sync, c.AccountsIdle = 20, []string{"always"}, 0 }, "--accounts-idle 0s"},
+		{"accounts duration", func(c *Config) { c.Accounts, c.Sync, c.AccountsDuration = 20, []string{"always"}, -time.Minute }, "--accounts-duration -1m0s"},
+		{"accounts one sync", func(c *Config) { c.Accounts = 20 }, "--sync always,2m: --accounts runs one sync setting"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

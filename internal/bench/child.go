@@ -60,10 +60,13 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stdout io.Wri
 	}
 	switch args[0] {
 	case "sink":
-		if len(args) != 2 {
-			return errors.New("bench-child sink: want the sink's directory")
+		switch {
+		case len(args) == 2:
+			return runSink(ctx, args[1], false, stdin, stdout)
+		case len(args) == 3 && args[2] == sinkO365:
+			return runSink(ctx, args[1], true, stdin, stdout)
 		}
-		return runSink(ctx, args[1], stdin, stdout)
+		return errors.New("bench-child sink: want the sink's directory, and " + sinkO365 + " for Office 365's limits")
 	case "ceiling":
 		return runCeiling(ctx, stdin, stdout)
 	}
@@ -99,15 +102,22 @@ type sinkCount struct {
 	LastNs   int64 `json:"last_ns"`
 }
 
-// runSink runs the fake Office 365 with its limits off until stdin
-// closes (the bench closes it, or dies) or ctx ends.
-func runSink(ctx context.Context, dir string, stdin io.Reader, stdout io.Writer) error {
+// sinkO365 is the sink's optional argument for Office 365's limits.
+const sinkO365 = "o365"
+
+// runSink runs the fake Office 365 until stdin closes (the bench closes
+// it, or dies) or ctx ends: with its limits off, or with o365 Office 365's
+// (30 messages a minute and 3 connections per mailbox, the fake's
+// defaults) for `relay bench --accounts`, which counts the refusals.
+func runSink(ctx context.Context, dir string, o365 bool, stdin io.Reader, stdout io.Writer) error {
 	st := &sinkState{times: map[string]int64{}, changed: make(chan struct{})}
-	// No pacing, no per-mailbox connection limit, nothing kept but the
-	// count and the timed subjects' acceptance times.
-	fake, err := fakeo365.Start(fakeo365.Config{
-		Dir: dir, PerMinute: -1, PerDay: -1, MaxConns: -1, CountOnly: true, OnAccept: st.accept,
-	})
+	// Nothing kept but the count and the timed subjects' acceptance times.
+	cfg := fakeo365.Config{Dir: dir, CountOnly: true, OnAccept: st.accept}
+	if !o365 {
+		// No pacing, no per-mailbox connection limit.
+		cfg.PerMinute, cfg.PerDay, cfg.MaxConns = -1, -1, -1
+	}
+	fake, err := fakeo365.Start(cfg)
 	if err != nil {
 		return fmt.Errorf("fake Office 365: %w", err)
 	}
@@ -160,6 +170,11 @@ func runSink(ctx context.Context, dir string, stdin io.Reader, stdout io.Writer)
 		}
 		st.mu.Unlock()
 		_ = json.NewEncoder(w).Encode(out)
+	})
+	// GET /replies: the non-2xx replies the fake decided so far, by code
+	// and enhanced code ("432 4.3.2": 1).
+	mux.HandleFunc("GET /replies", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(fake.Replies())
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)

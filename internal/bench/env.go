@@ -63,6 +63,7 @@ type env struct {
 type relayAddrs struct {
 	mu      sync.Mutex
 	nats    string // "relay serving": its NATS URL
+	http    string // "relay serving": its /metrics and /status address
 	smtp    string // "SMTP submission listening": the STARTTLS front door
 	smtpCA  string // the front door's loopback CA file
 	serving chan struct{}
@@ -76,6 +77,7 @@ func (r *relayAddrs) onLine(line []byte) {
 	var l struct {
 		Message  string `json:"message"`
 		NATS     string `json:"nats"`
+		HTTP     string `json:"http"`
 		Addr     string `json:"addr"`
 		Implicit bool   `json:"implicit_tls"`
 		CAFile   string `json:"ca_file"`
@@ -91,7 +93,7 @@ func (r *relayAddrs) onLine(line []byte) {
 	case l.CAFile != "":
 		r.smtpCA = l.CAFile
 	case l.Message == "relay serving" && r.nats == "":
-		r.nats = l.NATS
+		r.nats, r.http = l.NATS, l.HTTP
 		close(r.serving)
 	}
 }
@@ -125,7 +127,11 @@ func (e *env) startSink(ctx, sctx context.Context) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
 	}
-	c, err := e.startChild(ctx, "the sink", []string{ChildCommand, "sink", dir}, true, nil)
+	args := []string{ChildCommand, "sink", dir}
+	if e.cfg.Accounts > 0 {
+		args = append(args, sinkO365) // Office 365's limits: the mode counts violations
+	}
+	c, err := e.startChild(ctx, "the sink", args, true, nil)
 	if err != nil {
 		return err
 	}
@@ -156,23 +162,43 @@ func (e *env) serveArgs(keyFile string) []string {
 // startRelay starts relay serve as deployed, waits for its "relay
 // serving" line, and connects as a producer and as the operator.
 func (e *env) startRelay(ctx, sctx context.Context) error {
-	keyFile := filepath.Join(e.dir, "token.key")
-	if _, err := token.GenerateKeyFile(keyFile); err != nil {
+	if err := e.startRelayProcess(ctx, sctx); err != nil {
 		return err
 	}
-	keys, err := token.LoadKeyring(keyFile)
-	if err != nil {
-		return err
+	return e.connectRelay(sctx)
+}
+
+// startRelayProcess starts relay serve (with a new key, or the one a
+// restart keeps) and waits for its "relay serving" line.
+func (e *env) startRelayProcess(ctx, sctx context.Context) error {
+	keyFile := e.keyFile()
+	if _, err := os.Stat(keyFile); errors.Is(err, os.ErrNotExist) {
+		if _, err := token.GenerateKeyFile(keyFile); err != nil {
+			return err
+		}
 	}
+	var err error
 	if e.relay, err = e.startChild(ctx, "relay serve", e.serveArgs(keyFile), false, e.relayIs.onLine); err != nil {
 		return err
 	}
 	select {
 	case <-e.relayIs.serving:
+		return nil
 	case <-e.relay.done:
 		return e.relay.failed(errors.New("stopped before serving"))
 	case <-sctx.Done():
 		return e.relay.failed(fmt.Errorf("not serving: %w", sctx.Err()))
+	}
+}
+
+func (e *env) keyFile() string { return filepath.Join(e.dir, "token.key") }
+
+// connectRelay connects to the serving relay as a producer and as the
+// operator.
+func (e *env) connectRelay(sctx context.Context) error {
+	keys, err := token.LoadKeyring(e.keyFile())
+	if err != nil {
+		return err
 	}
 	e.relayIs.mu.Lock()
 	natsURL := e.relayIs.nats

@@ -143,7 +143,10 @@ func (c *child) wait(ctx context.Context) error {
 
 // stop asks the child to stop (closing its stdin, and SIGTERM), waits
 // stopGrace, then kills it; it returns once the child was waited for.
-func (c *child) stop() {
+func (c *child) stop() { c.stopWithin(stopGrace) }
+
+// stopWithin is stop with another grace.
+func (c *child) stopWithin(grace time.Duration) {
 	select {
 	case <-c.done:
 		return
@@ -155,7 +158,7 @@ func (c *child) stop() {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.done:
-	case <-time.After(stopGrace):
+	case <-time.After(grace):
 		_ = c.cmd.Process.Kill()
 		<-c.done
 	}
@@ -233,19 +236,25 @@ func procCPU(pid int) (time.Duration, error) {
 
 // procPeakRSSMB is a running process's peak resident set (VmHWM in
 // /proc/<pid>/status), in MiB.
-func procPeakRSSMB(pid int) (float64, error) {
+func procPeakRSSMB(pid int) (float64, error) { return procStatusMB(pid, "VmHWM") }
+
+// procRSSMB is a running process's resident set now (VmRSS), in MiB.
+func procRSSMB(pid int) (float64, error) { return procStatusMB(pid, "VmRSS") }
+
+// procStatusMB reads a kB field of /proc/<pid>/status, in MiB.
+func procStatusMB(pid int, field string) (float64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
 	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
 			if err != nil {
-				return 0, fmt.Errorf("VmHWM: %w", err)
+				return 0, fmt.Errorf("%s: %w", field, err)
 			}
 			return kb / 1024, nil
 		}
 	}
-	return 0, errors.New("/proc/pid/status: no VmHWM")
+	return 0, fmt.Errorf("/proc/pid/status: no %s", field)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/account"
+	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
 	"relay365/internal/queue"
@@ -347,5 +348,53 @@ func TestUnknownJSONFieldsAreDeliveredAndCounted(t *testing.T) {
 	}
 	if c := strings.Count(h.logs.String(), "JSON fields the relay does not know"); c != 1 || !strings.Contains(h.logs.String(), `"fields":["priority","subjet"]`) {
 		t.Fatalf("the unknown names were logged %d times (want once, naming both):\n%s", c, h.logs.String())
+	}
+}
+
+// TestLaneGauges: relay_lanes and relay_lanes_bound count the engine's
+// lanes and those whose consumer is bound, one series each without an
+// account label (`relay bench --accounts` reads "every lane bound" from
+// them), and follow accounts as they come and go.
+func TestLaneGauges(t *testing.T) {
+	h := newHarness(t, setup{manualStart: true})
+	enrol := consent.Enroller{Accounts: h.accounts, Store: h.store, SkipTestMail: true}
+	aliases := []string{"one", "two", "three"}
+	for _, alias := range aliases {
+		a := h.fake.Account(alias, alias+"@contoso.com", "contoso.onmicrosoft.com")
+		if err := enrol.SignIn(h.ctx, a, consent.FollowURL(h.ctx)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The engine has not started: accounts, but no lane yet.
+	if lanes, bound := h.metric("relay_lanes"), h.metric("relay_lanes_bound"); lanes != 0 || bound != 0 {
+		t.Fatalf("before start: relay_lanes %v relay_lanes_bound %v, want 0 0", lanes, bound)
+	}
+	h.start()
+	for _, alias := range aliases {
+		if err := h.engine.WaitBound(h.ctx, alias); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if lanes, bound := h.metric("relay_lanes"), h.metric("relay_lanes_bound"); lanes != 3 || bound != 3 {
+		t.Fatalf("every lane bound: relay_lanes %v relay_lanes_bound %v, want 3 3", lanes, bound)
+	}
+	families, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if name := f.GetName(); name == "relay_lanes" || name == "relay_lanes_bound" {
+			if len(f.GetMetric()) != 1 || len(f.GetMetric()[0].GetLabel()) != 0 {
+				t.Errorf("%s: %d series, labels %v; want one series without labels", name, len(f.GetMetric()), f.GetMetric()[0].GetLabel())
+			}
+		}
+	}
+	// A removed account's lane goes, and with it its count.
+	if err := h.accounts.Delete(h.ctx, "two"); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the removed account's lane to go", func() bool { return h.metric("relay_lanes") == 2 })
+	if bound := h.metric("relay_lanes_bound"); bound != 2 {
+		t.Fatalf("after removing an account: relay_lanes_bound %v, want 2", bound)
 	}
 }

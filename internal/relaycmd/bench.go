@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"strings"
+	"time"
 
 	"relay365/internal/bench"
 	"relay365/internal/cli"
@@ -14,6 +15,10 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	var c bench.Config
 	var conns, syncs string
 	var ingressMode bool
+	fs.IntVar(&c.Accounts, "accounts", 0, "many mailboxes instead (issue 18): enroll `N` accounts at Office 365's limits, restart relay serve, time until every lane is bound, measure it idle, then load every mailbox at 30 a minute (N/2 msg/s); one --sync setting (default always)")
+	fs.DurationVar(&c.AccountsSettle, "accounts-settle", 40*time.Second, "with --accounts: wait after every lane is bound before the idle period (idle pulls lengthen)")
+	fs.DurationVar(&c.AccountsIdle, "accounts-idle", 30*time.Second, "with --accounts: idle period whose CPU is measured")
+	fs.DurationVar(&c.AccountsDuration, "accounts-duration", 5*time.Minute, "with --accounts: length of the load at 30 messages a minute per mailbox")
 	fs.BoolVar(&ingressMode, "ingress", false, "measure the SMTP front door end to end instead: submissions over --conns connections (default 16, --sync default always) to the sink's 250")
 	fs.IntVar(&c.Messages, "messages", 20000, "messages per ceiling and relay run (with --ingress: per load run)")
 	fs.StringVar(&conns, "conns", "1,4,16", "connection counts, comma-separated (with --ingress: submission connections, default 16)")
@@ -34,7 +39,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	if ingressMode && !set["conns"] {
 		conns = "16"
 	}
-	if ingressMode && !set["sync"] {
+	if (ingressMode || c.Accounts > 0) && !set["sync"] {
 		syncs = "always"
 	}
 	if c.Conns, err = bench.ParseConns(conns); err != nil {
@@ -46,6 +51,10 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	c.Ingress = ingressMode
 	if err := c.Validate(); err != nil {
 		return cli.UsageError{Err: err}
+	}
+	if c.Accounts > 0 {
+		_, err = bench.RunAccounts(ctx, c, env.Stdout)
+		return err
 	}
 	if ingressMode {
 		_, err = bench.RunIngress(ctx, c, env.Stdout)

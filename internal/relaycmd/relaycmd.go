@@ -71,7 +71,7 @@ func commands() []command {
 		{"keygen", "create the token sealing key file", runKeygen},
 		{"health", "ask a running relay serve whether it is healthy (a container's HEALTHCHECK)", runHealth},
 		{"version", "print the version, commit and build date (also --version)", runVersion},
-		{"bench", "measure relay serve against the SMTP ceiling, or with --ingress the SMTP front door (each part in its own process)", runBench},
+		{"bench", "measure relay serve against the SMTP ceiling, with --ingress the SMTP front door, with --accounts N many mailboxes (each part in its own process)", runBench},
 	}
 }
 
