@@ -25,8 +25,14 @@
 // refused at start (it would make the collector run constantly), as is
 // anything that does not parse.
 //
+// The limit from the flag is a floor, not a ceiling the collector must
+// fight: Follow raises the soft limit to a quarter above the live heap
+// whenever that is more (follow.go, Above, says why: a limit under the
+// live heap made an idle relay of 2,000 mailboxes collect on a whole
+// core), and lowers it back to the floor as the heap shrinks.
+//
 // GOMEMLIMIT wins when it is set: the Go runtime has applied it at start,
-// and Apply leaves it alone.
+// and Apply and Follow leave it alone.
 package memlimit
 
 import (

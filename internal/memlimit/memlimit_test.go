@@ -1,10 +1,16 @@
 package memlimit
 
 import (
+	"context"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"relay365/internal/testutil"
 )
 
 func TestParseAndValidate(t *testing.T) {
@@ -84,4 +90,92 @@ func TestGOMEMLIMITWins(t *testing.T) {
 	if math.MaxInt64 != int64(Off) {
 		t.Fatal("Off is not the runtime's no-limit value")
 	}
+}
+
+func TestAbove(t *testing.T) {
+	for _, tc := range []struct {
+		floor          Limit
+		live, overhead uint64
+		want           Limit
+	}{
+		{Default, 20 << 20, 8 << 20, Default},       // well under the floor: the floor
+		{Default, 48 << 20, 16 << 20, 76 << 20},     // idle lanes: a quarter above the heap, plus their stacks
+		{Default, 160 << 20, 40 << 20, 240 << 20},   // many lanes: the limit follows
+		{256 << 20, 160 << 20, 40 << 20, 256 << 20}, // an operator's larger floor stays
+		{Off, 1 << 30, 0, Off},
+	} {
+		if got := Above(tc.floor, tc.live, tc.overhead); got != tc.want {
+			t.Errorf("Above(%s, %d MiB, %d MiB) = %s, want %s", tc.floor, tc.live>>20, tc.overhead>>20, got, tc.want)
+		}
+	}
+}
+
+// TestFollowRaisesTheLimitOverALiveHeap: with a live heap above the floor
+// the soft limit rises to a quarter above it (so the collector does not
+// run after every allocation), and goes back to the floor once the heap
+// is freed.
+func TestFollowRaisesTheLimitOverALiveHeap(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	floor := Limit(32 << 20)
+	debug.SetMemoryLimit(int64(floor))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Follow(ctx, floor, 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	live := make([]byte, 96<<20)
+	for i := range live {
+		live[i] = byte(i)
+	}
+	waitLimit(t, "over 96 MiB live", func(l int64) bool { return l >= 120<<20 })
+	runtime.KeepAlive(live)
+	live = nil
+	waitLimit(t, "back at the floor", func(l int64) bool { return l == int64(floor) })
+}
+
+// waitLimit collects (the live heap is counted at the end of a
+// collection) until the soft limit satisfies ok, for 5 s at most.
+func waitLimit(t *testing.T, what string, ok func(int64) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	testutil.Eventually(t, ctx, what, func() bool {
+		runtime.GC()
+		return ok(debug.SetMemoryLimit(-1))
+	})
+}
+
+// TestFollowCountsGoroutineStacks: the soft limit counts goroutine stacks
+// as well as the heap, so Follow keeps them above it too. 2,000 parked
+// goroutines with 32 KiB stacks (about 64 MiB, as many idle lanes) and a
+// small heap raise a 32 MiB floor past the stacks.
+func TestFollowCountsGoroutineStacks(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	floor := Limit(32 << 20)
+	debug.SetMemoryLimit(int64(floor))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Follow(ctx, floor, 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	release := make(chan struct{})
+	var parked sync.WaitGroup
+	for range 2000 {
+		parked.Add(1)
+		go deepStack(&parked, release)
+	}
+	parked.Wait()
+	defer close(release)
+	waitLimit(t, "2,000 goroutines of 32 KiB", func(l int64) bool { return l >= 56<<20 })
+}
+
+// deepStack parks with a 32 KiB frame on its stack.
+//
+//go:noinline
+func deepStack(parked *sync.WaitGroup, release chan struct{}) {
+	var frame [32 << 10]byte
+	frame[len(frame)-1] = 1
+	parked.Done()
+	<-release
+	runtime.KeepAlive(frame)
 }

@@ -84,9 +84,14 @@ func memoryLimitFlag(fs *flag.FlagSet, l *memlimit.Limit) {
 
 // applyMemoryLimit sets the process's soft memory limit (memlimit.Apply)
 // once the command's configuration is valid, and says which is in effect.
-func applyMemoryLimit(l memlimit.Limit, log zerolog.Logger) {
+// A limit from the flag is a floor that follows the live heap until ctx
+// ends (memlimit.Follow); GOMEMLIMIT is left as the operator set it.
+func applyMemoryLimit(ctx context.Context, l memlimit.Limit, log zerolog.Logger) {
 	eff, from := memlimit.Apply(l)
 	log.Info().Str("memory_limit", eff.String()).Str("from", from).Msg("soft memory limit")
+	if from != memlimit.EnvVar && eff != memlimit.Off {
+		go memlimit.Follow(ctx, eff, memlimit.FollowEvery)
+	}
 }
 
 func runServe(ctx context.Context, args []string, env Env) error {
@@ -107,7 +112,7 @@ func runServe(ctx context.Context, args []string, env Env) error {
 	if err := cfg.Validate(); err != nil {
 		return cli.UsageError{Err: err}
 	}
-	applyMemoryLimit(cfg.MemoryLimit, log)
+	applyMemoryLimit(ctx, cfg.MemoryLimit, log)
 	if err := daemon.Run(ctx, cfg, log); err != nil {
 		// The last line of the log says why the relay stopped, in the
 		// log's own format (JSON by default), not only on stderr.
@@ -135,7 +140,7 @@ func runSandbox(ctx context.Context, args []string, env Env) error {
 	if err := cfg.Daemon.MemoryLimit.Validate(); err != nil {
 		return cli.UsageError{Err: err}
 	}
-	applyMemoryLimit(cfg.Daemon.MemoryLimit, log)
+	applyMemoryLimit(ctx, cfg.Daemon.MemoryLimit, log)
 	cfg.Out = env.Stdout
 	return sandbox.Run(ctx, cfg, log)
 }
