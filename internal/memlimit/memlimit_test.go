@@ -115,13 +115,8 @@ func TestAbove(t *testing.T) {
 // run after every allocation), and goes back to the floor once the heap
 // is freed.
 func TestFollowRaisesTheLimitOverALiveHeap(t *testing.T) {
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
 	floor := Limit(32 << 20)
-	debug.SetMemoryLimit(int64(floor))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { Follow(ctx, floor, 10*time.Millisecond); close(done) }()
-	defer func() { cancel(); <-done }()
+	followFrom(t, floor)
 
 	live := make([]byte, 96<<20)
 	for i := range live {
@@ -131,6 +126,16 @@ func TestFollowRaisesTheLimitOverALiveHeap(t *testing.T) {
 	runtime.KeepAlive(live)
 	live = nil
 	waitLimit(t, "back at the floor", func(l int64) bool { return l == int64(floor) })
+}
+
+// followFrom sets the soft limit to floor and runs Follow every 10 ms
+// until the test ends, then puts the limit back.
+func followFrom(t *testing.T, floor Limit) {
+	before := debug.SetMemoryLimit(int64(floor))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Follow(ctx, floor, 10*time.Millisecond); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; debug.SetMemoryLimit(before) })
 }
 
 // waitLimit collects (the live heap is counted at the end of a
@@ -150,13 +155,8 @@ func waitLimit(t *testing.T, what string, ok func(int64) bool) {
 // goroutines with 32 KiB stacks (about 64 MiB, as many idle lanes) and a
 // small heap raise a 32 MiB floor past the stacks.
 func TestFollowCountsGoroutineStacks(t *testing.T) {
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
 	floor := Limit(32 << 20)
-	debug.SetMemoryLimit(int64(floor))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { Follow(ctx, floor, 10*time.Millisecond); close(done) }()
-	defer func() { cancel(); <-done }()
+	followFrom(t, floor)
 
 	release := make(chan struct{})
 	var parked sync.WaitGroup
