@@ -81,29 +81,53 @@ func kvDiff(st jetstream.KeyValueStatus, c jetstream.KeyValueConfig) string {
 	return strings.Join(d, "; ")
 }
 
-// openStream is OpenKeyValue for a stream: the settings that decide what it
-// keeps and for how long.
-func openStream(ctx context.Context, js jetstream.JetStream, c jetstream.StreamConfig) error {
-	if s, err := js.Stream(ctx, c.Name); err == nil {
-		have := s.CachedInfo().Config
-		if slices.Equal(have.Subjects, c.Subjects) && have.Retention == c.Retention && have.Storage == c.Storage &&
-			have.MaxAge == c.MaxAge && have.Duplicates == c.Duplicates && have.Discard == c.Discard &&
-			(c.MaxBytes == 0 || have.MaxBytes == c.MaxBytes) && (c.MaxConsumers == 0 || have.MaxConsumers == c.MaxConsumers) {
-			return nil
-		}
-		// It exists and differs: an update, bounded as OpenKeyValue's
-		// (a user that may not change streams gets no answer).
-		uctx, cancel := context.WithTimeout(ctx, updateTimeout)
-		defer cancel()
-		if _, err := js.CreateOrUpdateStream(uctx, c); err != nil {
-			return fmt.Errorf("stream %s has settings this version changes and could not be updated: %w (a NATS user that may not change streams cannot: run `relay setup` with the admin credentials first)", c.Name, err)
+// openStream is OpenKeyValue for a stream: it creates c's stream when it
+// is missing, and when differs says how the stream found differs from c
+// ("" when it does not), updates it. The update is bounded by
+// updateTimeout, as OpenKeyValue's (a user that may not change streams
+// gets no answer), and its error says what differs and to run relay
+// setup.
+func openStream(ctx context.Context, js jetstream.JetStream, c jetstream.StreamConfig, differs func(have jetstream.StreamConfig) string) error {
+	s, err := js.Stream(ctx, c.Name)
+	if err != nil {
+		if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
+			return fmt.Errorf("create stream %s: %w%s", c.Name, err, setupHint(err))
 		}
 		return nil
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
-		return fmt.Errorf("create stream %s: %w%s", c.Name, err, setupHint(err))
+	d := differs(s.CachedInfo().Config)
+	if d == "" {
+		return nil
+	}
+	uctx, cancel := context.WithTimeout(ctx, updateTimeout)
+	defer cancel()
+	if _, err := js.CreateOrUpdateStream(uctx, c); err != nil {
+		return fmt.Errorf("stream %s has settings this version changes (%s) and could not be updated: %w (a NATS user that may not change streams cannot: run `relay setup` with the admin credentials first)", c.Name, d, err)
 	}
 	return nil
+}
+
+// keepingDiff is the differs of MAIL and MAIL_DLQ: the settings that
+// decide what the stream keeps and for how long (a MaxBytes or
+// MaxConsumers of 0 in c is not compared).
+func keepingDiff(c jetstream.StreamConfig) func(have jetstream.StreamConfig) string {
+	return func(have jetstream.StreamConfig) string {
+		var d []string
+		add := func(differ bool, what string, h, w any) {
+			if differ {
+				d = append(d, fmt.Sprintf("%s %v, want %v", what, h, w))
+			}
+		}
+		add(!slices.Equal(have.Subjects, c.Subjects), "subjects", have.Subjects, c.Subjects)
+		add(have.Retention != c.Retention, "retention", have.Retention, c.Retention)
+		add(have.Storage != c.Storage, "storage", have.Storage, c.Storage)
+		add(have.MaxAge != c.MaxAge, "max age", have.MaxAge, c.MaxAge)
+		add(have.Duplicates != c.Duplicates, "duplicate window", have.Duplicates, c.Duplicates)
+		add(have.Discard != c.Discard, "discard", have.Discard, c.Discard)
+		add(c.MaxBytes != 0 && have.MaxBytes != c.MaxBytes, "max bytes", have.MaxBytes, c.MaxBytes)
+		add(c.MaxConsumers != 0 && have.MaxConsumers != c.MaxConsumers, "max consumers", have.MaxConsumers, c.MaxConsumers)
+		return strings.Join(d, "; ")
+	}
 }
 
 // setupHint says what to do when the NATS user may not make or change a

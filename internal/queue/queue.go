@@ -142,7 +142,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	if c.DLQAge == 0 {
 		c.DLQAge = 30 * 24 * time.Hour
 	}
-	err := openStream(ctx, js, jetstream.StreamConfig{
+	mail := jetstream.StreamConfig{
 		Name:         StreamMail,
 		Description:  "Relay365 outgoing mail, one subject per account",
 		Subjects:     []string{SubjectPrefix + ">"},
@@ -153,14 +153,15 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Duplicates:   DuplicatesFor(c.Lifetime),
 		Discard:      jetstream.DiscardNew,
 		MaxConsumers: MailMaxConsumers,
-	})
-	if err != nil {
+	}
+	if err := openStream(ctx, js, mail, keepingDiff(mail)); err != nil {
 		return err
 	}
-	if err := ensureBodies(ctx, js, c.Replicas); err != nil {
+	bodies := bodyStream(c.Replicas)
+	if err := openStream(ctx, js, bodies, bodyDiff(bodies)); err != nil {
 		return err
 	}
-	return openStream(ctx, js, jetstream.StreamConfig{
+	dlq := jetstream.StreamConfig{
 		Name:        StreamDLQ,
 		Description: "Relay365 dead letters: mail that cannot be sent, with the reason in headers",
 		Subjects:    []string{DLQPrefix + ">"},
@@ -169,7 +170,8 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Replicas:    c.Replicas,
 		MaxAge:      c.DLQAge,
 		Duplicates:  DedupeWindow,
-	})
+	}
+	return openStream(ctx, js, dlq, keepingDiff(dlq))
 }
 
 // ConsumerConfig tunes the per-account durable pull consumers.
@@ -526,37 +528,20 @@ func bodyStream(replicas int) jetstream.StreamConfig {
 	}
 }
 
-// ensureBodies opens the body bucket's stream (bodyStream), creating it,
-// or updating it when its replicas, age limit or chunk limit differ (a
-// bucket made by an earlier version, with nats.go's CreateObjectStore,
-// has no chunk limit: its new blocks are 4 MiB from the server's next
-// start).
-//
-// An update is bounded by updateTimeout, as OpenKeyValue's: a NATS user
-// that may not change streams (a worker under deploy/nats/auth.conf,
-// upgraded before `relay setup` was run again) gets no answer to it.
-func ensureBodies(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	c := bodyStream(replicas)
-	s, err := js.Stream(ctx, c.Name)
-	if err != nil {
-		if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
-			return fmt.Errorf("object store %s: %w%s", BodyBucket, err, setupHint(err))
+// bodyDiff is the body stream's differs (openStream): its replicas, age
+// limit or chunk limit. A bucket made by an earlier version, with nats.go's
+// CreateObjectStore, has no chunk limit; its new blocks are 4 MiB from the
+// server's next start after the update.
+func bodyDiff(c jetstream.StreamConfig) func(have jetstream.StreamConfig) string {
+	return func(have jetstream.StreamConfig) string {
+		if have.Replicas == c.Replicas && have.Storage == c.Storage && have.MaxAge == 0 && have.MaxMsgsPerSubject == c.MaxMsgsPerSubject {
+			return ""
 		}
-		return nil
-	}
-	have := s.CachedInfo().Config
-	if have.Replicas == c.Replicas && have.Storage == c.Storage && have.MaxAge == 0 && have.MaxMsgsPerSubject == c.MaxMsgsPerSubject {
-		return nil
-	}
-	uctx, cancel := context.WithTimeout(ctx, updateTimeout)
-	defer cancel()
-	if _, err := js.CreateOrUpdateStream(uctx, c); err != nil {
 		chunks := "no chunk limit"
 		if have.MaxMsgsPerSubject > 0 {
 			chunks = fmt.Sprintf("%d chunks per object", have.MaxMsgsPerSubject)
 		}
-		return fmt.Errorf("object store %s has settings this version changes (replicas %d, max age %s, %s; want %d, none, %d chunks per object) and could not be updated: %w (a NATS user that may not change streams cannot: run `relay setup` with the admin credentials first)",
-			BodyBucket, have.Replicas, have.MaxAge, chunks, c.Replicas, c.MaxMsgsPerSubject, err)
+		return fmt.Sprintf("replicas %d, max age %s, %s; want %d, none, %d chunks per object",
+			have.Replicas, have.MaxAge, chunks, c.Replicas, c.MaxMsgsPerSubject)
 	}
-	return nil
 }
