@@ -336,8 +336,9 @@ func parseGauge(r io.Reader, name string) (int, error) {
 	return 0, fmt.Errorf("relay serve's /metrics has no %s", name)
 }
 
-// pause waits d, a measured or settling period (not a condition), or
-// until ctx ends.
+// pause waits d (a measured or settling period, or an open-loop
+// schedule's next slot; not a condition), or until ctx ends. A d of 0 or
+// less returns at once.
 func pause(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()

@@ -525,12 +525,8 @@ func (e *env) latencyRun(ctx context.Context, acct account.Account) ([]time.Dura
 	for i := range n {
 		// Open loop: message i is due at start + i×interval whatever the
 		// relay does (a late publish goes at once).
-		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
+		if err := pause(ctx, time.Until(start.Add(time.Duration(i)*interval))); err != nil {
+			return nil, err
 		}
 		id := fmt.Sprintf("latency-%s-%d", acct.Alias, i)
 		data, err := newMessage(acct.Mailbox, e.cfg.Size, id, prefix+strconv.Itoa(i)).Encode()

@@ -400,12 +400,8 @@ func (e *env) ingressLatency(ctx context.Context, subs []*submitter) ([]time.Dur
 		defer close(due)
 		start := time.Now()
 		for i := range n {
-			if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
-				select {
-				case <-time.After(wait):
-				case <-ctx.Done():
-					return
-				}
+			if pause(ctx, time.Until(start.Add(time.Duration(i)*interval))) != nil {
+				return
 			}
 			pub[i] = time.Now().UnixNano()
 			due <- i
