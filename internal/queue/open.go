@@ -126,6 +126,7 @@ func keepingDiff(c jetstream.StreamConfig) func(have jetstream.StreamConfig) str
 		add(have.Discard != c.Discard, "discard", have.Discard, c.Discard)
 		add(c.MaxBytes != 0 && have.MaxBytes != c.MaxBytes, "max bytes", have.MaxBytes, c.MaxBytes)
 		add(c.MaxConsumers != 0 && have.MaxConsumers != c.MaxConsumers, "max consumers", have.MaxConsumers, c.MaxConsumers)
+		add(have.AllowAtomicPublish != c.AllowAtomicPublish, "atomic batch publish", have.AllowAtomicPublish, c.AllowAtomicPublish)
 		return strings.Join(d, "; ")
 	}
 }

@@ -153,6 +153,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Duplicates:   DuplicatesFor(c.Lifetime),
 		Discard:      jetstream.DiscardNew,
 		MaxConsumers: MailMaxConsumers,
+		// Producers may hand over many messages in one atomic batch:
+		// one synced write for the batch (batch.go).
+		AllowAtomicPublish: true,
 	}
 	if err := openStream(ctx, js, mail, keepingDiff(mail)); err != nil {
 		return err
@@ -261,9 +264,16 @@ type PublishResult struct {
 // retrying with the same id while the stream has no leader or the server is
 // briefly unreachable (docs/design.md §7), until ctx ends.
 func Publish(ctx context.Context, js jetstream.JetStream, account, id string, data []byte) (PublishResult, error) {
+	return publishMsg(ctx, js, mailMsg(account, id, data))
+}
+
+// mailMsg is the NATS message for one mail: on mail.send.<account>, with
+// id as Nats-Msg-Id, so a publish retried, alone or in a batch, is
+// recognised.
+func mailMsg(account, id string, data []byte) *nats.Msg {
 	msg := &nats.Msg{Subject: Subject(account), Data: data, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, id)
-	return publishMsg(ctx, js, msg)
+	return msg
 }
 
 // retrySchedule is the wait between publish attempts: short first, capped,
