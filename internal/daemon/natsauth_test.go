@@ -148,6 +148,18 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 	if got := msgs[base+1]; got.Subject != "large, least privilege" || len(got.Data) < len(big) {
 		t.Fatalf("delivered %q, %d bytes", got.Subject, len(got.Data))
 	}
+	// Many messages at once: an atomic batch needs nothing a single
+	// publish does not (its commit is acknowledged on the inbox).
+	batch := []*producer.Message{
+		{Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "batched 1, least privilege", Text: "x"},
+		{Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "batched 2, least privilege", Text: "x"},
+	}
+	if res, err := p.PublishBatch(ctx, batch); err != nil || len(res) != 2 || res[1].Seq != res[0].Seq+1 {
+		t.Fatalf("producer batch publish: %+v, %v; want two contiguous sequences", res, err)
+	}
+	if msgs, err = fake.WaitMessages(ctx, base+4); err != nil {
+		t.Fatal(err)
+	}
 	bodies, err := body.Open(ctx, adminJS)
 	if err != nil {
 		t.Fatal(err)
