@@ -1,6 +1,7 @@
 package relaycmd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -36,7 +37,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
 	c.NATS.Register(fs, env.Getenv)
 	dataDirFlag(fs, env, &c.DataDir)
-	fs.StringVar(&c.File, "f", "", "read the message as JSON (docs/design.md §3) from this file, - for stdin")
+	fs.StringVar(&c.File, "f", "", "read the message as JSON (docs/design.md §3) from this file, - for stdin; several messages one after another (JSON lines) are queued in atomic batches")
 	fs.StringVar(&c.Msg.Account, "account", "", "account alias to send through")
 	fs.Var(&to, "to", "recipient (repeatable, or comma-separated)")
 	fs.Var(&cc, "cc", "Cc recipient (repeatable)")
@@ -59,19 +60,27 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 		if err != nil {
 			return err
 		}
-		if len(fromFile.Unknown) > 0 {
-			// The relay ignores them too; a misspelled field would
-			// otherwise go unnoticed ("subjet" sends no subject).
-			fmt.Fprintf(env.Stderr, "relay publish: warning: fields the relay does not know are ignored: %s\n", strings.Join(fromFile.Unknown, ", "))
+		for _, f := range fromFile {
+			if len(f.Unknown) > 0 {
+				// The relay ignores them too; a misspelled field would
+				// otherwise go unnoticed ("subjet" sends no subject).
+				fmt.Fprintf(env.Stderr, "relay publish: warning: fields the relay does not know are ignored: %s\n", strings.Join(f.Unknown, ", "))
+			}
+			// Flags given next to -f fill what the file left empty.
+			if f.Account == "" {
+				f.Account = m.Account
+			}
 		}
-		// Flags given next to -f fill what the file left empty.
-		if fromFile.Account == "" {
-			fromFile.Account = m.Account
+		if len(fromFile) > 1 {
+			if m.ID != "" || len(attach) > 0 {
+				return cli.Usagef("-f holds %d messages: --id and --attach name one message; put them in the file's JSON", len(fromFile))
+			}
+			return publishMany(ctx, c, fromFile, env)
 		}
-		if fromFile.ID == "" {
-			fromFile.ID = m.ID
+		if fromFile[0].ID == "" {
+			fromFile[0].ID = m.ID
 		}
-		m = fromFile
+		m = fromFile[0]
 	} else {
 		m.To, m.Cc, m.Bcc, m.ReplyTo = to, cc, bcc, replyTo
 		if c.HTMLFile != "" {
@@ -94,32 +103,80 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	roles.Default(&c.NATS, c.DataDir, roles.Producer)
-	nc, err := connectNATS(c.NATSURL, "relay-publish", c.NATS)
+	p, closeNATS, err := publishProducer(c)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	p, err := producer.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeNATS()
 	res, err := p.Publish(ctx, m)
 	if err != nil {
 		return err
 	}
-	if c.JSON {
-		return json.NewEncoder(env.Stdout).Encode(map[string]any{"id": res.ID, "seq": res.Seq, "duplicate": res.Duplicate, "account": m.Account})
+	return printPublished(env.Stdout, c.JSON, m.Account, res)
+}
+
+// publishProducer connects as the producer role (unless the flags name
+// another user) and returns a Producer and what closes its connection.
+func publishProducer(c publishConfig) (*producer.Producer, func(), error) {
+	roles.Default(&c.NATS, c.DataDir, roles.Producer)
+	nc, err := connectNATS(c.NATSURL, "relay-publish", c.NATS)
+	if err != nil {
+		return nil, nil, err
 	}
-	if res.Duplicate {
-		fmt.Fprintf(env.Stdout, "duplicate: id %s was already queued as sequence %d; not queued again\n", res.ID, res.Seq)
-		return nil
+	p, err := producer.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
 	}
-	fmt.Fprintf(env.Stdout, "queued: id %s, stream sequence %d, account %s\n", res.ID, res.Seq, m.Account)
+	return p, nc.Close, nil
+}
+
+// publishMany queues the messages of a file that holds several, in
+// atomic batches (producer.PublishBatch): all are validated first, and
+// one invalid message queues none.
+func publishMany(ctx context.Context, c publishConfig, ms []*message.Message, env Env) error {
+	for i, m := range ms {
+		if err := m.Validate(); err != nil {
+			return cli.Usagef("message %d of %d: %v", i+1, len(ms), err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	p, closeNATS, err := publishProducer(c)
+	if err != nil {
+		return err
+	}
+	defer closeNATS()
+	res, err := p.PublishBatch(ctx, ms)
+	for i, r := range res {
+		if perr := printPublished(env.Stdout, c.JSON, ms[i].Account, r); perr != nil {
+			return perr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%d of %d messages queued (printed above; publishing the file again is safe, ids make copies duplicates): %w", len(res), len(ms), err)
+	}
 	return nil
 }
 
-func readMessageFile(path string, stdin io.Reader) (*message.Message, error) {
+// printPublished prints one publish's result: a line for people, or a
+// JSON object per line with --json.
+func printPublished(w io.Writer, asJSON bool, account string, res producer.Result) error {
+	if asJSON {
+		return json.NewEncoder(w).Encode(map[string]any{"id": res.ID, "seq": res.Seq, "duplicate": res.Duplicate, "account": account})
+	}
+	if res.Duplicate {
+		_, err := fmt.Fprintf(w, "duplicate: id %s was already queued as sequence %d; not queued again\n", res.ID, res.Seq)
+		return err
+	}
+	_, err := fmt.Fprintf(w, "queued: id %s, stream sequence %d, account %s\n", res.ID, res.Seq, account)
+	return err
+}
+
+// readMessageFile reads the JSON messages of path (- for stdin): one
+// object, or several one after another (JSON lines, or objects
+// concatenated).
+func readMessageFile(path string, stdin io.Reader) ([]*message.Message, error) {
 	var data []byte
 	var err error
 	if path == "-" {
@@ -130,11 +187,25 @@ func readMessageFile(path string, stdin io.Reader) (*message.Message, error) {
 	if err != nil {
 		return nil, cli.Usagef("-f: %v", err)
 	}
-	m, err := message.Decode(data)
-	if err != nil {
-		return nil, cli.UsageError{Err: err}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var ms []*message.Message
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err == io.EOF {
+			break
+		} else if err != nil {
+			return nil, cli.Usagef("-f: message %d: %v", len(ms)+1, err)
+		}
+		m, err := message.Decode(raw)
+		if err != nil {
+			return nil, cli.Usagef("-f: message %d: %v", len(ms)+1, err)
+		}
+		ms = append(ms, m)
 	}
-	return m, nil
+	if len(ms) == 0 {
+		return nil, cli.Usagef("-f: no message in %s", path)
+	}
+	return ms, nil
 }
 
 // attachment reads path as an attachment, its content type guessed from

@@ -3,6 +3,7 @@ package relaycmd
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -159,6 +160,46 @@ func TestPublishFlagsAndFile(t *testing.T) {
 	if first.Subject != "mail.send.alerts" || first.Header.Get(jetstream.MsgIDHeader) != "cli-1" ||
 		len(m.To) != 2 || m.Cc[0] != "c@b.com" || m.HTML != "<p>hi</p>" || m.Text != "load" {
 		t.Fatalf("published message: %s %v %+v", first.Subject, first.Header, m)
+	}
+}
+
+// TestPublishManyFromFile: -f with several JSON messages queues them
+// all in atomic batches, one line per message; an invalid one among them
+// queues none and names it.
+func TestPublishManyFromFile(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL}
+	var lines strings.Builder
+	for i := range 150 {
+		fmt.Fprintf(&lines, `{"id":"many-%d","to":["ops@contoso.com"],"subject":"many %d"}`+"\n", i, i)
+	}
+	r := run(t, vars, lines.String(), "publish", "-f", "-", "--account", "alerts")
+	if r.code != 0 || strings.Count(r.stdout, "queued: id many-") != 150 || !strings.Contains(r.stdout, "queued: id many-149, stream sequence 150, account alerts") {
+		t.Fatalf("exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	r = run(t, vars, lines.String(), "publish", "-f", "-", "--account", "alerts", "--json")
+	if r.code != 0 || strings.Count(r.stdout, `"duplicate":true`) != 150 {
+		t.Fatalf("the same file again: exit %d, want 150 duplicates: %s %s", r.code, r.stdout, r.stderr)
+	}
+	bad := `{"id":"x-1","to":["ops@contoso.com"],"subject":"fine"}` + "\n" + `{"id":"x-2","subject":"no recipient"}`
+	r = run(t, vars, bad, "publish", "-f", "-", "--account", "alerts")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "message 2 of 2") {
+		t.Fatalf("a file with an invalid second message: exit %d, stderr %q; want a usage error naming message 2", r.code, r.stderr)
+	}
+	r = run(t, vars, lines.String(), "publish", "-f", "-", "--account", "alerts", "--id", "one")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "--id and --attach name one message") {
+		t.Fatalf("--id with several messages: exit %d, stderr %q", r.code, r.stderr)
+	}
+	stream, err := env.JS.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 150 {
+		t.Fatalf("MAIL holds %d, want the 150 of the first file only", info.State.Msgs)
 	}
 }
 
