@@ -49,9 +49,10 @@
 //     connections (STARTTLS and AUTH XOAUTH2 once per connection, then
 //     MAIL/RCPT/DATA/RSET);
 //  2. relay: Messages messages are published on mail.send.bench-c<C>
-//     (asynchronously, at most 256 unacknowledged) and relayed with C
-//     sessions, timed from the first publish to the sink's acceptance of
-//     the last;
+//     in atomic batches of Batch (queue.PublishBatch, two batches in
+//     flight), or with Batch 1 each on its own (asynchronously, at most
+//     256 unacknowledged), and relayed with C sessions, timed from the
+//     first publish to the sink's acceptance of the last;
 //  3. latency: messages published one at a time at Rate per second (open
 //     loop), each timed from just before its publish to its acceptance at
 //     the sink (both wall-clock times on one machine).
@@ -118,6 +119,11 @@ type Config struct {
 	Size     int      // rendered message size in bytes; default 2048; above message.InlineMax through the body store (large.go)
 	Rate     int      // offered rate of the latency run, messages/s; default 200
 	Latency  int      // messages in each latency run; default Rate*5, at most Messages
+	// Batch is how the relay run hands its messages over: in atomic
+	// batches of Batch (producer.PublishBatch, as a producer with many
+	// messages at hand would), or with 1 each on its own, asynchronously
+	// (at most 256 unacknowledged). Default queue.BatchSize.
+	Batch int
 	Sync     []string // JetStream sync settings; default always and 2m
 	JSON     bool     // one JSON object per line instead of a table
 	Dir      string   // where the temporary directory goes; default os.TempDir()
@@ -176,6 +182,9 @@ func (c *Config) Defaults() {
 	if c.Latency == 0 {
 		c.Latency = min(c.Rate*5, c.Messages)
 	}
+	if c.Batch == 0 {
+		c.Batch = queue.BatchSize
+	}
 	if len(c.Sync) == 0 {
 		c.Sync = []string{"always", "2m"}
 	}
@@ -210,6 +219,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Size < minSize || c.Size > maxSize {
 		errs = append(errs, fmt.Errorf("--size %d: want %d to %d bytes", c.Size, minSize, maxSize))
+	}
+	if c.Batch < 1 || c.Batch > queue.BatchSize {
+		errs = append(errs, fmt.Errorf("--publish-batch %d: want 1 (each message on its own) to %d", c.Batch, queue.BatchSize))
 	}
 	if c.Rate < 1 || c.Rate > maxRate {
 		errs = append(errs, fmt.Errorf("--rate %d: want 1 to %d messages/s", c.Rate, maxRate))
@@ -269,6 +281,7 @@ type Result struct {
 	Conns           int     `json:"conns"`
 	Messages        int     `json:"messages"`
 	Size            int     `json:"size"`
+	Batch           int     `json:"publish_batch"`
 	CeilingMsgsPerS float64 `json:"ceiling_msgs_per_s"`
 	RelayMsgsPerS   float64 `json:"relay_msgs_per_s"`
 	Ratio           float64 `json:"ratio"`
@@ -342,7 +355,7 @@ func runOne(ctx context.Context, cfg Config, syncSetting string, c int) (Result,
 
 // runConns is one line: ceiling, relay and latency at c connections.
 func (e *env) runConns(ctx context.Context, c int) (Result, error) {
-	r := Result{Sync: e.sync, Conns: c, Messages: e.cfg.Messages, Size: e.cfg.Size, Rate: e.cfg.Rate, LatencyMessages: e.cfg.Latency}
+	r := Result{Sync: e.sync, Conns: c, Messages: e.cfg.Messages, Size: e.cfg.Size, Batch: e.cfg.Batch, Rate: e.cfg.Rate, LatencyMessages: e.cfg.Latency}
 	acct, err := e.enroll(ctx, c)
 	if err != nil {
 		return r, err

@@ -41,7 +41,7 @@ func TestRunSmoke(t *testing.T) {
 		t.Fatalf("want 1 line, got %d lines, %d results:\n%s", len(lines), len(results), out.String())
 	}
 	fields := []string{"conns", "messages", "ceiling_msgs_per_s", "relay_msgs_per_s", "ratio", "p50_ms", "p95_ms", "p99_ms",
-		"relay_cpu_s_per_1k_msgs", "ceiling_cpu_s_per_1k_msgs", "peak_rss_mb", "store_writes_per_msg", "sync"}
+		"relay_cpu_s_per_1k_msgs", "ceiling_cpu_s_per_1k_msgs", "peak_rss_mb", "store_writes_per_msg", "sync", "publish_batch"}
 	var m map[string]any
 	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
 		t.Fatalf("not JSON: %v: %s", err, lines[0])
@@ -52,8 +52,8 @@ func TestRunSmoke(t *testing.T) {
 		}
 	}
 	r := results[0]
-	if r.Conns != 1 || r.Sync != "always" || r.Messages != 200 {
-		t.Errorf("conns %d sync %s messages %d, want 1 always 200", r.Conns, r.Sync, r.Messages)
+	if r.Conns != 1 || r.Sync != "always" || r.Messages != 200 || r.Batch != 100 {
+		t.Errorf("conns %d sync %s messages %d batch %d, want 1 always 200 100 (the default: atomic batches)", r.Conns, r.Sync, r.Messages, r.Batch)
 	}
 	if r.CeilingMsgsPerS <= 0 || r.RelayMsgsPerS <= 0 || r.Ratio <= 0 {
 		t.Errorf("throughputs not positive: %s", lines[0])
@@ -134,6 +134,8 @@ func TestValidate(t *testing.T) {
 		{"sync", func(c *Config) { c.Sync = []string{"sometimes"} }, `"sometimes"`},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 8 << 20 }, "--memory-limit 8MiB"},
 		{"latency", func(c *Config) { c.Latency = -1 }, "--latency-messages -1"},
+		{"batch of one", func(c *Config) { c.Batch = 1 }, ""},
+		{"batch", func(c *Config) { c.Batch = 101 }, "--publish-batch 101: want 1 (each message on its own) to 100"},
 		{"accounts ok", func(c *Config) { c.Accounts, c.Sync = 2000, []string{"always"} }, ""},
 		{"accounts", func(c *Config) { c.Accounts = -2 }, "--accounts -2"},
 		{"accounts settle", func(c *Config) { c.Accounts, c.Sync, c.AccountsSettle = 20, []string{"always"}, -time.Second }, "--accounts-settle -1s"},

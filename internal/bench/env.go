@@ -470,9 +470,8 @@ func (e *env) payload(ctx context.Context, acct account.Account) (func(id, subje
 	}, nil
 }
 
-// relayRun publishes Messages messages (asynchronously, publishWindow
-// unacknowledged at most) and waits for the sink to accept them all: the
-// time from the first publish to the last 250.
+// relayRun publishes Messages messages (publish) and waits for the sink
+// to accept them all: the time from the first publish to the last 250.
 func (e *env) relayRun(ctx context.Context, acct account.Account) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
@@ -484,28 +483,89 @@ func (e *env) relayRun(ctx context.Context, acct account.Account) (time.Duration
 	if err != nil {
 		return 0, err
 	}
-	subject := queue.Subject(acct.Alias)
 	start := time.Now()
-	for i := range e.cfg.Messages {
-		id := fmt.Sprintf("relay-%s-%d", acct.Alias, i)
-		data, err := payload(id, fmt.Sprintf("relay %d", i))
-		if err != nil {
-			return 0, err
-		}
-		if _, err := e.js.PublishAsync(subject, data, jetstream.WithMsgID(id), jetstream.WithStallWait(e.cfg.Timeout)); err != nil {
-			return 0, fmt.Errorf("publish: %w", err)
-		}
-	}
-	select {
-	case <-e.js.PublishAsyncComplete():
-	case <-ctx.Done():
-		return 0, fmt.Errorf("publishing: %w", ctx.Err())
+	if err := e.publish(ctx, acct.Alias, payload); err != nil {
+		return 0, err
 	}
 	last, err := e.sinkWait(ctx, base+e.cfg.Messages)
 	if err != nil {
 		return 0, err
 	}
 	return last.Sub(start), nil
+}
+
+// batchesInFlight is how many atomic batches the relay run's publisher
+// keeps in flight: the next batch is staged while the last commits.
+const batchesInFlight = 2
+
+// publish hands the relay run's messages over: in atomic batches of
+// cfg.Batch, batchesInFlight at a time, or with a batch of 1 each on
+// its own, asynchronously (publishWindow unacknowledged at most).
+func (e *env) publish(ctx context.Context, alias string, payload func(id, subject string) ([]byte, error)) error {
+	n := e.cfg.Messages
+	item := func(i int) (queue.BatchItem, error) {
+		id := fmt.Sprintf("relay-%s-%d", alias, i)
+		data, err := payload(id, fmt.Sprintf("relay %d", i))
+		return queue.BatchItem{Account: alias, ID: id, Data: data}, err
+	}
+	if e.cfg.Batch <= 1 {
+		for i := range n {
+			it, err := item(i)
+			if err != nil {
+				return err
+			}
+			if _, err := e.js.PublishAsync(queue.Subject(alias), it.Data, jetstream.WithMsgID(it.ID), jetstream.WithStallWait(e.cfg.Timeout)); err != nil {
+				return fmt.Errorf("publish: %w", err)
+			}
+		}
+		select {
+		case <-e.js.PublishAsyncComplete():
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("publishing: %w", ctx.Err())
+		}
+	}
+	next := make(chan []queue.BatchItem)
+	errs := make(chan error, batchesInFlight)
+	for range batchesInFlight {
+		go func() {
+			for items := range next {
+				if _, err := queue.PublishBatch(ctx, e.js, items); err != nil {
+					errs <- fmt.Errorf("publish a batch: %w", err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	err := func() error {
+		defer close(next)
+		for lo := 0; lo < n; lo += e.cfg.Batch {
+			items := make([]queue.BatchItem, 0, min(e.cfg.Batch, n-lo))
+			for i := lo; i < lo+cap(items); i++ {
+				it, err := item(i)
+				if err != nil {
+					return err
+				}
+				items = append(items, it)
+			}
+			select {
+			case next <- items:
+			case err := <-errs:
+				errs <- err // for the count below
+				return err
+			case <-ctx.Done():
+				return fmt.Errorf("publishing: %w", ctx.Err())
+			}
+		}
+		return nil
+	}()
+	for range batchesInFlight {
+		if werr := <-errs; werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return err
 }
 
 // latencyRun publishes Latency messages at Rate per second, one publish at

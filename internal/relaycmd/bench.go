@@ -3,6 +3,7 @@ package relaycmd
 import (
 	"context"
 	"flag"
+	"relay365/internal/queue"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&conns, "conns", "1,4,16", "connection counts, comma-separated (with --ingress: submission connections, default 16)")
 	c.Size = 2048
 	fs.Var((*cli.ByteSize)(&c.Size), "size", "message size (rendered): bytes, or with KB or MB (1024-based: 30MB, 256KB); above 256KB through the body store")
+	fs.IntVar(&c.Batch, "publish-batch", queue.BatchSize, "relay run: messages per atomic batch the publisher hands over (1: each on its own, asynchronously)")
 	fs.IntVar(&c.Rate, "rate", 200, "offered rate of the latency run, messages/s")
 	fs.IntVar(&c.Latency, "latency-messages", 0, "messages in each latency run (default 5 s at --rate, at most --messages)")
 	fs.StringVar(&syncs, "sync", "always,2m", "embedded JetStream fsync settings to run, comma-separated (\"always\" or a duration)")

@@ -65,6 +65,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bench conns twice", []string{"bench", "--conns", "4,4"}, "4 given twice"},
 		{"bench small size", []string{"bench", "--size", "10"}, "--size 10"},
 		{"bench bad rate", []string{"bench", "--rate", "0"}, "--rate 0"},
+		{"bench bad publish batch", []string{"bench", "--publish-batch", "0"}, "--publish-batch 0"},
 		{"bench bad messages", []string{"bench", "--messages", "-5"}, "--messages -5"},
 		{"bench bad sync", []string{"bench", "--sync", "always,never"}, `--nats-sync "never"`},
 		{"publish NATS user without password", []string{"publish", "--account", "alerts", "--to", "a@b.com", "--nats-user", "u"}, "--nats-password-file FILE or RELAY_NATS_PASSWORD"},
