@@ -114,19 +114,19 @@ import (
 
 // Config is what `relay bench` takes.
 type Config struct {
-	Messages int      // messages per ceiling and relay run; default 20000
-	Conns    []int    // connection counts; default 1,4,16
-	Size     int      // rendered message size in bytes; default 2048; above message.InlineMax through the body store (large.go)
-	Rate     int      // offered rate of the latency run, messages/s; default 200
-	Latency  int      // messages in each latency run; default Rate*5, at most Messages
+	Messages int   // messages per ceiling and relay run; default 20000
+	Conns    []int // connection counts; default 1,4,16
+	Size     int   // rendered message size in bytes; default 2048; above message.InlineMax through the body store (large.go)
+	Rate     int   // offered rate of the latency run, messages/s; default 200
+	Latency  int   // messages in each latency run; default Rate*5, at most Messages
 	// Batch is how the relay run hands its messages over: in atomic
 	// batches of Batch (producer.PublishBatch, as a producer with many
 	// messages at hand would), or with 1 each on its own, asynchronously
 	// (at most 256 unacknowledged). Default queue.BatchSize.
 	Batch int
-	Sync     []string // JetStream sync settings; default always and 2m
-	JSON     bool     // one JSON object per line instead of a table
-	Dir      string   // where the temporary directory goes; default os.TempDir()
+	Sync  []string // JetStream sync settings; default always and 2m
+	JSON  bool     // one JSON object per line instead of a table
+	Dir   string   // where the temporary directory goes; default os.TempDir()
 	// Timeout bounds one run (ceiling, relay or latency); default 10m.
 	Timeout time.Duration
 	// MemoryLimit is relay serve's soft memory limit (its --memory-limit;
