@@ -455,16 +455,6 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		if err := queue.EnsureStreams(ctx, d.JS, queue.StreamConfig{Replicas: cfg.Replicas, Lifetime: cfg.QueueLifetime}); err != nil {
 			return nil, err
 		}
-		if d.ns != nil {
-			// On its own server the relay is its own relay setup: the
-			// markers share synced writes (relay.SentMarkers).
-			if _, err := relay.OpenSentMarkers(ctx, d.JS); err != nil {
-				return nil, err
-			}
-			if err := relay.AllowSentBatches(ctx, d.JS); err != nil {
-				return nil, err
-			}
-		}
 	}
 	if d.Accounts, err = account.OpenRegistry(ctx, d.JS); err != nil {
 		return nil, err
@@ -732,9 +722,6 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int, lifetime t
 		return err
 	}
 	if _, err := relay.OpenSentMarkers(ctx, js); err != nil {
-		return err
-	}
-	if err := relay.AllowSentBatches(ctx, js); err != nil {
 		return err
 	}
 	if _, err := relay.OpenPacer(ctx, js, nil); err != nil {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"strconv"
 	"time"
 
@@ -108,16 +107,13 @@ func PublishBatch(ctx context.Context, js jetstream.JetStream, items []BatchItem
 // publishChunk publishes one batch, retrying on the errors Publish
 // retries on, each time under a new batch id.
 func publishChunk(ctx context.Context, js jetstream.JetStream, items []BatchItem) ([]PublishResult, error) {
-	msgs := make([]*nats.Msg, len(items))
-	for i, it := range items {
-		msgs[i] = mailMsg(it.Account, it.ID, it.Data)
-	}
 	for attempt := 0; ; attempt++ {
-		res, err := CommitBatch(ctx, js.Conn(), msgs)
+		res, err := publishAtomic(ctx, js.Conn(), items)
+		var fb *fallbackError
 		switch {
 		case err == nil:
 			return res, nil
-		case IsBatchRefused(err):
+		case errors.As(err, &fb):
 			return publishEach(ctx, js, items)
 		case !retryable(err) || ctx.Err() != nil:
 			return nil, fmt.Errorf("publish a batch of %d: %w", len(items), err)
@@ -137,16 +133,6 @@ type fallbackError struct{ why string }
 
 func (e *fallbackError) Error() string { return "batch not taken whole: " + e.why }
 
-// IsBatchRefused reports whether CommitBatch's error means the server
-// would not take the batch whole for a reason that is not the messages'
-// own (fallbackCodes, or a server without atomic batches): nothing of it
-// was committed as a batch, and the messages should be published one at
-// a time.
-func IsBatchRefused(err error) bool {
-	var fb *fallbackError
-	return errors.As(err, &fb)
-}
-
 // batchAck is the commit's answer: a PubAck with the batch's id and
 // count, or an error.
 type batchAck struct {
@@ -157,20 +143,17 @@ type batchAck struct {
 	Count    int                 `json:"count,omitempty"`
 }
 
-// CommitBatch sends msgs, all for one stream, as one atomic batch under a
-// new batch id (the batch headers are set here, on copies) and returns
-// their sequences. It does not retry. Its error is IsBatchRefused when
-// the batch should be published one message at a time instead.
-func CommitBatch(ctx context.Context, nc *nats.Conn, msgs []*nats.Msg) ([]PublishResult, error) {
+// publishAtomic sends items as one atomic batch and returns their
+// sequences.
+func publishAtomic(ctx context.Context, nc *nats.Conn, items []BatchItem) ([]PublishResult, error) {
 	// At most 64 characters (the server's limit); unique per attempt, so
 	// a retry never continues a batch the server may still stage.
 	id := rand.Text()
-	for i, msg := range msgs {
-		m := &nats.Msg{Subject: msg.Subject, Data: msg.Data, Header: nats.Header{}}
-		maps.Copy(m.Header, msg.Header)
+	for i, it := range items {
+		m := mailMsg(it.Account, it.ID, it.Data)
 		m.Header.Set(hdrBatchID, id)
 		m.Header.Set(hdrBatchSeq, strconv.Itoa(i+1))
-		if i < len(msgs)-1 {
+		if i < len(items)-1 {
 			if err := nc.PublishMsg(m); err != nil {
 				return nil, err
 			}
@@ -181,7 +164,7 @@ func CommitBatch(ctx context.Context, nc *nats.Conn, msgs []*nats.Msg) ([]Publis
 		if err != nil {
 			return nil, err
 		}
-		return readBatchAck(resp.Data, id, len(msgs))
+		return readBatchAck(resp.Data, id, len(items))
 	}
 	return nil, nil
 }
@@ -226,34 +209,4 @@ func publishEach(ctx context.Context, js jetstream.JetStream, items []BatchItem)
 		res[i] = r
 	}
 	return res, nil
-}
-
-// AllowBatches turns on atomic batch publish on stream (a KV bucket's
-// stream is KV_<bucket>) when it is off, bounded by updateTimeout: only a
-// user that may change streams can (relay setup, the embedded relay).
-func AllowBatches(ctx context.Context, js jetstream.JetStream, stream string) error {
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", stream, err)
-	}
-	cfg := s.CachedInfo().Config
-	if cfg.AllowAtomicPublish {
-		return nil
-	}
-	cfg.AllowAtomicPublish = true
-	uctx, cancel := context.WithTimeout(ctx, updateTimeout)
-	defer cancel()
-	if _, err := js.UpdateStream(uctx, cfg); err != nil {
-		return fmt.Errorf("allow atomic batches on stream %s: %w%s", stream, err, setupHint(err))
-	}
-	return nil
-}
-
-// BatchesAllowed reports whether stream takes atomic batches.
-func BatchesAllowed(ctx context.Context, js jetstream.JetStream, stream string) (bool, error) {
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return false, fmt.Errorf("stream %s: %w", stream, err)
-	}
-	return s.CachedInfo().Config.AllowAtomicPublish, nil
 }

@@ -80,14 +80,6 @@ func newHarness(t testing.TB, s setup) *harness {
 	if err := queue.EnsureStreams(ctx, h.js, queue.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	// As relay serve on its own server: markers group-committed in
-	// atomic batches.
-	if _, err := relay.OpenSentMarkers(ctx, h.js); err != nil {
-		t.Fatal(err)
-	}
-	if err := relay.AllowSentBatches(ctx, h.js); err != nil {
-		t.Fatal(err)
-	}
 	_, h.accounts, h.store = relaytest.OpenStores(t, ctx, h.js)
 	log := zerolog.New(h.logs)
 	svc, err := tokensvc.Start(tokensvc.Config{NC: env.NC, Store: h.store, Accounts: h.accounts, Registerer: prometheus.NewRegistry(), Log: log})
