@@ -200,7 +200,8 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 // to 100 (JetStream's atomic batch publish): on a durable relay each
 // batch costs MAIL one synced write where Publish costs one a message,
 // so a producer with many messages at hand (a report run, a backlog)
-// should use it. A batch the server will not take whole — a message id
+// should use it. Fewer than queue.MinBatch (16) are published one at a
+// time: the server's staging of a batch costs more than that saves. A batch the server will not take whole — a message id
 // already published among them, say — is published one message at a
 // time, so Result.Duplicate means what it means for Publish.
 //

@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -150,14 +151,15 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 	}
 	// Many messages at once: an atomic batch needs nothing a single
 	// publish does not (its commit is acknowledged on the inbox).
-	batch := []*producer.Message{
-		{Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "batched 1, least privilege", Text: "x"},
-		{Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "batched 2, least privilege", Text: "x"},
+	var batch []*producer.Message
+	for i := range queue.MinBatch {
+		batch = append(batch, &producer.Message{Account: "alerts", To: []string{"ops@contoso.com"}, Subject: fmt.Sprintf("batched %d, least privilege", i), Text: "x"})
 	}
-	if res, err := p.PublishBatch(ctx, batch); err != nil || len(res) != 2 || res[1].Seq != res[0].Seq+1 {
-		t.Fatalf("producer batch publish: %+v, %v; want two contiguous sequences", res, err)
+	res, err := p.PublishBatch(ctx, batch)
+	if err != nil || len(res) != len(batch) || res[len(res)-1].Seq != res[0].Seq+uint64(len(batch)-1) {
+		t.Fatalf("producer batch publish: %+v, %v; want %d contiguous sequences", res, err, len(batch))
 	}
-	if msgs, err = fake.WaitMessages(ctx, base+4); err != nil {
+	if msgs, err = fake.WaitMessages(ctx, base+2+len(batch)); err != nil {
 		t.Fatal(err)
 	}
 	bodies, err := body.Open(ctx, adminJS)

@@ -58,6 +58,16 @@ import (
 // PubAck short.
 const BatchSize = 100
 
+// MinBatch is the fewest messages PublishBatch sends as an atomic batch;
+// fewer are published one at a time. nats-server stages every atomic
+// batch of a one-replica file stream in a file store of its own
+// (directories, files, a sync) before the commit, a few milliseconds
+// whatever the batch's size: BenchmarkPublishBatch (sync always) put a
+// batch of 4 at about 4 ms, a batch of 16 at 7 ms and a batch of 100 at
+// 9 ms, against 0.5 ms for one single publish. Below about 16 messages a
+// batch costs more than it saves.
+const MinBatch = 16
+
 // Header names of the atomic batch protocol.
 const (
 	hdrBatchID     = "Nats-Batch-Id"
@@ -85,21 +95,30 @@ type BatchItem struct {
 }
 
 // PublishBatch puts items on MAIL in atomic batches of at most BatchSize,
-// in order, and returns one result per item. It retries as Publish does
+// in order, and returns one result per item (fewer than MinBatch items
+// are published one at a time). It retries as Publish does
 // (no leader, a timeout) until ctx ends. With an error it returns the
 // results of the items known to be stored, a prefix of items; the rest
 // may or may not be stored, and publishing them again is safe (their ids
 // make any copy already stored a duplicate).
 func PublishBatch(ctx context.Context, js jetstream.JetStream, items []BatchItem) ([]PublishResult, error) {
 	res := make([]PublishResult, 0, len(items))
-	for len(items) > 0 {
-		n := min(len(items), BatchSize)
-		r, err := publishChunk(ctx, js, items[:n])
+	// As few batches as BatchSize allows, of even sizes (105 messages:
+	// 53 and 52, not 100 and 5).
+	k := (len(items) + BatchSize - 1) / BatchSize
+	for i := range k {
+		chunk := items[i*len(items)/k : (i+1)*len(items)/k]
+		var r []PublishResult
+		var err error
+		if len(chunk) < MinBatch {
+			r, err = publishEach(ctx, js, chunk)
+		} else {
+			r, err = publishChunk(ctx, js, chunk)
+		}
 		res = append(res, r...)
 		if err != nil {
 			return res, err
 		}
-		items = items[n:]
 	}
 	return res, nil
 }

@@ -91,6 +91,7 @@ func checkStored(t *testing.T, ctx context.Context, js jetstream.JetStream, item
 func TestPublishBatchCommitsWholeBatches(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
 	w := watchWire(t, env.NC)
+	// 250: three batches of 83 or 84.
 	items := append(batchItems("alerts", "a", 130), batchItems("reports", "r", 120)...)
 	res, err := queue.PublishBatch(ctx, env.JS, items)
 	if err != nil {
@@ -124,7 +125,8 @@ func TestPublishBatchWithADuplicate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	items := batchItems("alerts", "b", 6)
+	w := watchWire(t, env.NC)
+	items := batchItems("alerts", "b", queue.MinBatch)
 	res, err := queue.PublishBatch(ctx, env.JS, items)
 	if err != nil {
 		t.Fatal(err)
@@ -138,12 +140,15 @@ func TestPublishBatchWithADuplicate(t *testing.T) {
 	if res[3].Seq != first.Seq {
 		t.Fatalf("duplicate reported at seq %d, first copy is at %d", res[3].Seq, first.Seq)
 	}
+	if b, s := w.counts(t, env.NC); b != len(items) || s != len(items) {
+		t.Fatalf("on the wire: %d batched, %d single; want the batch refused, then %d single publishes", b, s, len(items))
+	}
 	info, err := mustStream(t, ctx, env.JS).Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != 6 {
-		t.Fatalf("MAIL holds %d messages, want 6 (one publish, five new)", info.State.Msgs)
+	if info.State.Msgs != uint64(len(items)) {
+		t.Fatalf("MAIL holds %d messages, want %d (one publish, the rest new)", info.State.Msgs, len(items))
 	}
 
 	// The same batch again: every message is a duplicate, none stored.
@@ -170,7 +175,7 @@ func TestPublishBatchIntoAnOlderMail(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := watchWire(t, env.NC)
-	items := batchItems("alerts", "o", 4)
+	items := batchItems("alerts", "o", queue.MinBatch)
 	res, err := queue.PublishBatch(ctx, env.JS, items)
 	if err != nil {
 		t.Fatal(err)
@@ -192,19 +197,35 @@ func TestPublishBatchIntoAnOlderMail(t *testing.T) {
 	}
 }
 
+// TestPublishBatchOfAFewIsPublishedSingly: below MinBatch a batch would
+// cost more than it saves; the messages go one at a time.
+func TestPublishBatchOfAFewIsPublishedSingly(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	w := watchWire(t, env.NC)
+	items := batchItems("alerts", "s", queue.MinBatch-1)
+	res, err := queue.PublishBatch(ctx, env.JS, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStored(t, ctx, env.JS, items, res)
+	if b, s := w.counts(t, env.NC); b != 0 || s != len(items) {
+		t.Fatalf("on the wire: %d batched, %d single; want %d single", b, s, len(items))
+	}
+}
+
 // TestPublishBatchRefusesWhatPublishRefuses: a batch into a full MAIL is
 // an error, as a single publish is, and nothing is reported stored.
 func TestPublishBatchRefusesWhatPublishRefuses(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
 	s := mustStream(t, ctx, env.JS)
 	cfg := s.CachedInfo().Config
-	cfg.MaxMsgs = 3
+	cfg.MaxMsgs = queue.MinBatch - 1
 	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	res, perr := queue.PublishBatch(ctx, env.JS, batchItems("alerts", "f", 5))
+	res, perr := queue.PublishBatch(ctx, env.JS, batchItems("alerts", "f", queue.MinBatch))
 	if perr == nil || len(res) != 0 {
-		t.Fatalf("a batch of 5 into a MAIL that holds 3: %v, %v; want an error and no results", res, perr)
+		t.Fatalf("a batch into a MAIL that holds one message fewer: %v, %v; want an error and no results", res, perr)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
