@@ -656,8 +656,20 @@ func (d *Daemon) Close() error {
 			d.NC.Close()
 		}
 		if d.ns != nil {
+			// With many accounts this is most of the stop: nats-server
+			// (v2.15.1 and later) stops a stream's consumers one after
+			// another and sleeps at least 10 ms in each one's
+			// consumerFileStore.Stop (waitOnFlusher), so 2,000 lanes'
+			// consumers take 20 s or more (BENCHMARKS.md). Logged so an
+			// operator sees where a slow stop went.
+			consumers := 0
+			if jsz, jerr := d.ns.Jsz(nil); jerr == nil {
+				consumers = jsz.Consumers
+			}
+			began := time.Now()
 			d.ns.Shutdown()
 			d.ns.WaitForShutdown()
+			d.log.Info().Int("consumers", consumers).Dur("took", time.Since(began)).Msg("embedded NATS server stopped")
 		}
 	})
 	return err

@@ -2,8 +2,10 @@ package daemon_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"relay365/internal/testutil"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +166,60 @@ func TestConfigValidation(t *testing.T) {
 		err := c.Validate()
 		t.Fatalf("defaults: %v", err)
 	}
+}
+
+// TestCloseLogsTheEmbeddedServerStop: with many accounts most of a stop is
+// the embedded nats-server stopping their consumers one by one (about
+// 10 ms each, BENCHMARKS.md); Close says so in its log, with how many
+// consumers it stopped and how long that took.
+func TestCloseLogsTheEmbeddedServerStop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fake, err := fakeo365.Start(fakeo365.Config{Dir: t.TempDir(), PerMinute: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "token.key")
+	if _, err := token.GenerateKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	logs := &testutil.Buffer{}
+	d, err := daemon.Start(ctx, daemon.Config{
+		DataDir: dir, KeyFile: keyFile, HTTPAddr: "off", NATSListen: "127.0.0.1:0", NATSSync: "1s", Retry: fast, Pause: fast,
+	}, zerolog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	const accounts = 3
+	enrol := consent.Enroller{Accounts: d.Accounts, Store: d.Store, SkipTestMail: true}
+	for i := range accounts {
+		alias := fmt.Sprintf("box%d", i)
+		if err := enrol.SignIn(ctx, fake.Account(alias, alias+"@contoso.com", "contoso"), consent.FollowURL(ctx)); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Engine.WaitBound(ctx, alias); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(logs.String()) {
+		var e struct {
+			Message   string   `json:"message"`
+			Consumers *int     `json:"consumers"`
+			Took      *float64 `json:"took"`
+		}
+		if json.Unmarshal([]byte(line), &e) != nil || e.Message != "embedded NATS server stopped" {
+			continue
+		}
+		if e.Consumers == nil || *e.Consumers < accounts || e.Took == nil {
+			t.Fatalf("stop logged as %s; want consumers ≥ %d (one per lane) and took", line, accounts)
+		}
+		return
+	}
+	t.Fatalf("no \"embedded NATS server stopped\" in the log:\n%s", logs.String())
 }
