@@ -145,7 +145,9 @@ type Config struct {
 	Ingress bool
 	// Accounts, above 0, is the many-mailboxes mode (RunAccounts,
 	// accounts.go): that many mailboxes at Office 365's 30 a minute each,
-	// one sync setting. AccountsSettle (default 40s) and AccountsIdle
+	// one sync setting. AccountsSettle (default 80s: an idle lane's pulls
+	// lengthen 5, 10, 20, 40 s until they reach the engine's 60 s
+	// IdleFetchWait) and AccountsIdle
 	// (default 30s) are the wait after every lane is bound and the idle
 	// period measured after it; AccountsDuration (default 5m) the load.
 	Accounts         int
@@ -195,7 +197,7 @@ func (c *Config) Defaults() {
 		c.MemoryLimit = memlimit.Default
 	}
 	if c.AccountsSettle == 0 {
-		c.AccountsSettle = 40 * time.Second
+		c.AccountsSettle = 80 * time.Second
 	}
 	if c.AccountsIdle == 0 {
 		c.AccountsIdle = 30 * time.Second

@@ -38,7 +38,7 @@ import (
 // bench --accounts N` measures relay serve alone in its own process.
 var (
 	scaleAccounts = flag.Int("scale.accounts", 2000, "mailboxes (accounts), each sent 30 messages a minute")
-	scaleSettle   = flag.Duration("scale.settle", 40*time.Second, "wait after every lane is bound before the idle period (idle lanes' pulls lengthen to IdleFetchWait)")
+	scaleSettle   = flag.Duration("scale.settle", 80*time.Second, "wait after every lane is bound before the idle period (idle lanes' pulls lengthen to IdleFetchWait)")
 	scaleIdle     = flag.Duration("scale.idle", 30*time.Second, "idle time measured after every lane is bound")
 	scaleIdleProf = flag.String("scale.idleprofile", "", "write a CPU profile of the idle period to this file")
 	scaleDuration = flag.Duration("scale.duration", time.Minute, "sustained load: every mailbox at 30 messages a minute")
