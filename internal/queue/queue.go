@@ -210,10 +210,20 @@ func AccountConsumer(alias string) string { return ConsumerPrefix + alias }
 // EnsureAccountConsumer creates or updates the durable consumer of one
 // account, filtered on mail.send.<alias>. Every worker process binds the
 // same one, so they share the account's queue.
+//
+// A consumer that already exists as wanted is bound as it is, by its
+// info: nothing is written. nats-server handles every create, even one
+// that changes nothing, by checking the filter against each other
+// consumer of the WorkQueue stream (partitionUnique) and rewriting the
+// consumer's meta file, fsynced under sync always. A relay restarting
+// with 2,000 accounts paid that 2,000 times, quadratic in the accounts:
+// 12.9 s to bind them all, most of it those creates (BENCHMARKS.md, "Many
+// mailboxes"). A consumer missing or configured otherwise (flags changed
+// since) is created or updated as before.
 func EnsureAccountConsumer(ctx context.Context, js jetstream.JetStream, alias string, c ConsumerConfig) (jetstream.Consumer, error) {
 	c.Defaults()
 	name := AccountConsumer(alias)
-	cons, err := js.CreateOrUpdateConsumer(ctx, StreamMail, jetstream.ConsumerConfig{
+	want := jetstream.ConsumerConfig{
 		Durable:       name,
 		Description:   "Relay365 delivery for account " + alias,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -221,11 +231,33 @@ func EnsureAccountConsumer(ctx context.Context, js jetstream.JetStream, alias st
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
 		FilterSubject: Subject(alias),
-	})
+	}
+	cons, err := js.Consumer(ctx, StreamMail, name)
+	switch {
+	case err == nil && consumerAsWanted(cons.CachedInfo().Config, want):
+		return cons, nil
+	case err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound):
+		return nil, fmt.Errorf("look up consumer %s on %s: %w", name, StreamMail, err)
+	}
+	cons, err = js.CreateOrUpdateConsumer(ctx, StreamMail, want)
 	if err != nil {
 		return nil, fmt.Errorf("create consumer %s on %s: %w", name, StreamMail, err)
 	}
 	return cons, nil
+}
+
+// consumerAsWanted reports whether an existing consumer's configuration
+// (as the server reports it, its defaults filled in) has every field
+// EnsureAccountConsumer sets as want has it.
+func consumerAsWanted(have, want jetstream.ConsumerConfig) bool {
+	return have.Durable == want.Durable &&
+		have.Description == want.Description &&
+		have.AckPolicy == want.AckPolicy &&
+		have.AckWait == want.AckWait &&
+		have.MaxDeliver == want.MaxDeliver &&
+		have.MaxAckPending == want.MaxAckPending &&
+		have.FilterSubject == want.FilterSubject &&
+		len(have.FilterSubjects) == 0
 }
 
 // DeleteAccountConsumer removes an account's consumer; its messages stay
