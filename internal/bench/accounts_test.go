@@ -53,7 +53,7 @@ func TestRunAccountsSmoke(t *testing.T) {
 	}
 	// 20 mailboxes at 30 a minute: 10 msg/s, one every 100 ms, 60 in 6 s.
 	switch {
-	case r.Mode != "accounts" || r.Sync != "always" || r.Accounts != 20 || r.Messages != 60 || r.OfferedMsgsPerS != 10:
+	case r.Mode != "accounts" || r.Sync != "always" || r.Accounts != 20 || r.Messages != 60 || r.NotPublished != 0 || r.OfferedMsgsPerS != 10:
 		t.Errorf("mode %s sync %s accounts %d messages %d offered %v, want accounts always 20 60 10: %s",
 			r.Mode, r.Sync, r.Accounts, r.Messages, r.OfferedMsgsPerS, lines[0])
 	case r.StopS <= 0 || r.BindS <= 0:
