@@ -45,6 +45,23 @@ func queued(t *testing.T, ctx context.Context, d *daemon.Daemon) uint64 {
 	return st.QueueDepth
 }
 
+// shutdownSetup starts an unpaced fake Office 365 (closed when the test
+// ends) and makes a data directory with a sealing key for the daemon.
+func shutdownSetup(t *testing.T) (fake *fakeo365.Server, dir, keyFile string) {
+	t.Helper()
+	fake, err := fakeo365.Start(fakeo365.Config{Dir: t.TempDir(), PerMinute: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fake.Close() })
+	dir = t.TempDir()
+	keyFile = filepath.Join(dir, "token.key")
+	if _, err := token.GenerateKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	return fake, dir, keyFile
+}
+
 // TestShutdownMidStreamLosesAndDuplicatesNothing stops the daemon (what
 // SIGTERM does: its context ends, then Close) while sends are in flight to
 // a slow server, starts it again on the same data directory, and checks
@@ -52,16 +69,7 @@ func queued(t *testing.T, ctx context.Context, d *daemon.Daemon) uint64 {
 func TestShutdownMidStreamLosesAndDuplicatesNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	fake, err := fakeo365.Start(fakeo365.Config{Dir: t.TempDir(), PerMinute: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "token.key")
-	if _, err := token.GenerateKeyFile(keyFile); err != nil {
-		t.Fatal(err)
-	}
+	fake, dir, keyFile := shutdownSetup(t)
 
 	d := startDaemon(t, ctx, dir, keyFile)
 	a := fake.Account("steady", "steady@contoso.com", "contoso.onmicrosoft.com")
@@ -175,16 +183,7 @@ func TestConfigValidation(t *testing.T) {
 func TestCloseLogsTheEmbeddedServerStop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	fake, err := fakeo365.Start(fakeo365.Config{Dir: t.TempDir(), PerMinute: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "token.key")
-	if _, err := token.GenerateKeyFile(keyFile); err != nil {
-		t.Fatal(err)
-	}
+	fake, dir, keyFile := shutdownSetup(t)
 	logs := &testutil.Buffer{}
 	d, err := daemon.Start(ctx, daemon.Config{
 		DataDir: dir, KeyFile: keyFile, HTTPAddr: "off", NATSListen: "127.0.0.1:0", NATSSync: "1s", Retry: fast, Pause: fast,

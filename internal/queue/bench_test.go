@@ -13,6 +13,19 @@ import (
 	"relay365/internal/queue/queuetest"
 )
 
+// benchStreams starts a server with the fsync setting sync and the
+// relay's streams on it, with a context for the benchmark.
+func benchStreams(b *testing.B, sync string) (*queuetest.Env, context.Context) {
+	b.Helper()
+	env := queuetest.StartSync(b, sync)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	b.Cleanup(cancel)
+	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
+		b.Fatal(err)
+	}
+	return env, ctx
+}
+
 // BenchmarkPublish is what the MAIL stream of the embedded server accepts
 // per second, for each fsync setting: 2 KB messages with a Nats-Msg-Id,
 // published asynchronously, as `relay bench` publishes. Under "always" each acknowledged publish is on disk first, so
@@ -21,12 +34,7 @@ import (
 func BenchmarkPublish(b *testing.B) {
 	for _, sync := range []string{"always", "2m"} {
 		b.Run("sync="+sync, func(b *testing.B) {
-			env := queuetest.StartSync(b, sync)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			defer cancel()
-			if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
-				b.Fatal(err)
-			}
+			env, ctx := benchStreams(b, sync)
 			data := make([]byte, 2048)
 			subject := queue.Subject("bench")
 			b.ReportAllocs()
@@ -57,12 +65,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 	for _, sync := range []string{"always", "2m"} {
 		for _, n := range []int{1, 4, 16, 100} {
 			b.Run(fmt.Sprintf("sync=%s/n=%d", sync, n), func(b *testing.B) {
-				env := queuetest.StartSync(b, sync)
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-				defer cancel()
-				if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
-					b.Fatal(err)
-				}
+				env, ctx := benchStreams(b, sync)
 				data := make([]byte, 2048)
 				items := make([]queue.BatchItem, 0, b.N)
 				for i := range b.N {
