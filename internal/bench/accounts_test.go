@@ -54,8 +54,8 @@ func TestRunAccountsSmoke(t *testing.T) {
 	// 20 mailboxes at 30 a minute: 10 msg/s, one every 100 ms, 60 in 6 s.
 	switch {
 	case r.Mode != "accounts" || r.Sync != "always" || r.Accounts != 20 || r.Messages != 60 || r.NotPublished != 0 || r.OfferedMsgsPerS != 10:
-		t.Errorf("mode %s sync %s accounts %d messages %d offered %v, want accounts always 20 60 10: %s",
-			r.Mode, r.Sync, r.Accounts, r.Messages, r.OfferedMsgsPerS, lines[0])
+		t.Errorf("mode %s sync %s accounts %d messages %d not published %d offered %v, want accounts always 20 60 0 10: %s",
+			r.Mode, r.Sync, r.Accounts, r.Messages, r.NotPublished, r.OfferedMsgsPerS, lines[0])
 	case r.StopS <= 0 || r.BindS <= 0:
 		t.Errorf("stop or bind time not positive: %s", lines[0])
 	case r.IdleCPUPct < 0 || r.IdleRSSMB <= 0 || r.LoadCPUPct <= 0 || r.PeakRSSMB < r.IdleRSSMB:

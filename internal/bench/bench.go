@@ -145,16 +145,21 @@ type Config struct {
 	Ingress bool
 	// Accounts, above 0, is the many-mailboxes mode (RunAccounts,
 	// accounts.go): that many mailboxes at Office 365's 30 a minute each,
-	// one sync setting. AccountsSettle (default 80s: an idle lane's pulls
-	// lengthen 5, 10, 20, 40 s until they reach the engine's 60 s
-	// IdleFetchWait) and AccountsIdle
-	// (default 30s) are the wait after every lane is bound and the idle
-	// period measured after it; AccountsDuration (default 5m) the load.
+	// one sync setting. AccountsSettle (default DefaultAccountsSettle)
+	// and AccountsIdle (default 30s) are the wait after every lane is
+	// bound and the idle period measured after it; AccountsDuration
+	// (default 5m) the load.
 	Accounts         int
 	AccountsSettle   time.Duration
 	AccountsIdle     time.Duration
 	AccountsDuration time.Duration
 }
+
+// DefaultAccountsSettle is the wait before the idle period of
+// --accounts: an idle lane's pulls lengthen 5, 10, 20, 40 s until they
+// reach the engine's relay.DefaultIdleFetchWait (60 s), and the idle
+// period should see only those. Change it with that constant.
+const DefaultAccountsSettle = 80 * time.Second
 
 // Limits of the flags.
 const (
@@ -197,7 +202,7 @@ func (c *Config) Defaults() {
 		c.MemoryLimit = memlimit.Default
 	}
 	if c.AccountsSettle == 0 {
-		c.AccountsSettle = 80 * time.Second
+		c.AccountsSettle = DefaultAccountsSettle
 	}
 	if c.AccountsIdle == 0 {
 		c.AccountsIdle = 30 * time.Second

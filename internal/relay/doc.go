@@ -40,9 +40,10 @@
 // resets it; the server hands a stored message to the waiting pull at
 // once, so a long pull delays nothing. A pause ends the open pull. With
 // 2,000 idle lanes relay serve (engine, embedded NATS, token service)
-// then uses about 2 % of a core (5.4 % with 30 s pulls, 16 % with 5 s). MAIL allows 100,000
-// consumers (queue.MailMaxConsumers): nats-server's default limit of
-// 1,000 per stream would leave the 1,001st account unbound. What one
+// then uses about 2 % of a core (5.4 % with 30 s pulls, 16 % with 5 s).
+// MAIL allows 100,000 consumers (queue.MailMaxConsumers): nats-server's
+// default limit of 1,000 per stream would leave the 1,001st account
+// unbound. What one
 // consumer per account still costs is in nats-server: every ack on a
 // WorkQueue stream asks each of its consumers whether it still needs the
 // message, under the stream's lock, so at 1,000 msg/s over 2,000

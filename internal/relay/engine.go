@@ -60,7 +60,7 @@ type Config struct {
 	IdleTimeout     time.Duration // idle SMTP sessions are closed after this; default 30s
 	ThrottleRecover time.Duration // after a 432, concurrency climbs back one step per period; default 5m
 	FetchWait       time.Duration // how long one pull waits for messages; default 5s
-	IdleFetchWait   time.Duration // an idle lane's pulls wait longer, doubling up to this (lane.go); default 30s, never below FetchWait
+	IdleFetchWait   time.Duration // an idle lane's pulls wait longer, doubling up to this (lane.go); default DefaultIdleFetchWait (60s), never below FetchWait
 	SweepEvery      time.Duration // how often subjects without an account are looked for; default 1s
 	UnknownGrace    time.Duration // age before a message of an unknown account is dead-lettered; default 3s
 	Lookahead       int           // messages a lane holds prepared beyond its sessions (lane.go); default 16, negative for none

@@ -66,12 +66,13 @@ const (
 // pull that expires costs a request, an expiry status and the pacer's
 // peek: 2,000 idle lanes at 5s made 400 of each a second and 16 % of a
 // core; at 30s relay serve idled at 5.4 % of a core, at 60s 2.2 %
-// (BENCHMARKS.md, "Many mailboxes"). Longer would save little more: a
-// lost pull (the server restarted, the consumer deleted) is noticed by
-// its missing heartbeats, and those come at a third of the wait. A pause ends the open pull at
-// once (lane.pause), so a paused account's messages are not fetched only
-// to go back. Pulls of 10s or more carry idle heartbeats at a third of
-// their wait, so a lost connection is still noticed.
+// (BENCHMARKS.md, "Many mailboxes"). A pause ends the open pull at once
+// (lane.pause), so a paused account's messages are not fetched only to
+// go back. Pulls of 10s or more carry idle heartbeats at a third of
+// their wait, so a lost pull (the server restarted, the consumer
+// deleted, the connection lost) is still noticed within the wait.
+// relay bench --accounts waits for idle pulls to lengthen to this
+// (bench.DefaultAccountsSettle).
 const DefaultIdleFetchWait = 60 * time.Second
 
 // lane delivers one account's mail: its durable consumer, session pool,

@@ -17,7 +17,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	var conns, syncs string
 	var ingressMode bool
 	fs.IntVar(&c.Accounts, "accounts", 0, "many mailboxes instead (issue 18): enroll `N` accounts at Office 365's limits, restart relay serve, time until every lane is bound, measure it idle, then load every mailbox at 30 a minute (N/2 msg/s); one --sync setting (default always)")
-	fs.DurationVar(&c.AccountsSettle, "accounts-settle", 80*time.Second, "with --accounts: wait after every lane is bound before the idle period (idle pulls lengthen)")
+	fs.DurationVar(&c.AccountsSettle, "accounts-settle", bench.DefaultAccountsSettle, "with --accounts: wait after every lane is bound before the idle period (idle pulls lengthen)")
 	fs.DurationVar(&c.AccountsIdle, "accounts-idle", 30*time.Second, "with --accounts: idle period whose CPU is measured")
 	fs.DurationVar(&c.AccountsDuration, "accounts-duration", 5*time.Minute, "with --accounts: length of the load at 30 messages a minute per mailbox")
 	fs.BoolVar(&ingressMode, "ingress", false, "measure the SMTP front door end to end instead: submissions over --conns connections (default 16, --sync default always) to the sink's 250")
