@@ -96,8 +96,12 @@
 // time after the 250, so the relay's windows always contain Office 365's
 // and neither 432 nor a quota reply is provoked. Concurrent updates of one
 // mailbox in a process are group-committed: one compare-and-set carries
-// every update that arrived while the previous write was in flight. A short wait (within the
-// minute) holds the message, heartbeats running; a longer one (the day's
+// every update that arrived while the previous write was in flight. The
+// minute is counted in 1 s slots, each until its last acceptance (to the
+// millisecond) has left the window when the process saw all of the slot's
+// messages accepted, else until its end: so a mailbox offered exactly its
+// 30 a minute does not fall further behind every minute (see pacer.go).
+// A short wait (within the minute) holds the message, heartbeats running; a longer one (the day's
 // budget spent) pauses the account until the window has room. A message
 // with more than 500 recipients is sent as several transactions of at
 // most 500 (or the daily budget, if smaller), each paced on its own. The

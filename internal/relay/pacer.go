@@ -24,6 +24,16 @@ const PacingBucket = "relay_pacing"
 // slots the pacer counts them in. Counting in slots is conservative: a
 // slot counts until its end has left the window, so the pacer never sees
 // fewer sends than Office 365 does.
+//
+// A slot of the minute window whose every message this process has seen
+// accepted counts, in this process, only until the last acceptance has
+// left the window (paceSlot.L, to the millisecond), not until the slot's
+// end. A mailbox offered exactly its 30 a minute would otherwise wait,
+// from its 31st message on, for the rest of the second in which the
+// message 30 before was accepted, and that wait would carry into the next
+// minute and grow by as much again (at the limit, a backlog that never
+// drains). Counted to the acceptance, a message waits only for the
+// transaction time of the one 30 before it.
 const (
 	minuteWindow = time.Minute
 	minuteSlot   = time.Second
@@ -100,6 +110,49 @@ type paceState struct {
 	qmu     sync.Mutex // guards queue and writing
 	queue   []*paceOp
 	writing bool // a goroutine is committing; it will take the queue too
+
+	// accepted counts, per minute slot (its start, Unix seconds), the
+	// messages this process confirmed there and the last acceptance.
+	amu      sync.Mutex
+	accepted map[int64]acceptedSlot
+}
+
+// acceptedSlot is what this process confirmed in one minute slot.
+type acceptedSlot struct {
+	n    int
+	last int64 // Unix milliseconds, rounded up
+}
+
+// accept notes a confirmation at t (on the pacer's clock) and forgets
+// slots that no longer count anywhere.
+func (st *paceState) accept(t time.Time) {
+	st.amu.Lock()
+	defer st.amu.Unlock()
+	if st.accepted == nil {
+		st.accepted = map[int64]acceptedSlot{}
+	}
+	for start := range st.accepted {
+		if !perMinute.exit(paceSlot{T: start}).After(t) {
+			delete(st.accepted, start)
+		}
+	}
+	start := t.Truncate(minuteSlot).Unix()
+	a := st.accepted[start]
+	st.accepted[start] = acceptedSlot{n: a.n + 1, last: max(a.last, lastMilli(t))}
+}
+
+// refine counts each minute slot of r whose every message this process
+// confirmed until its last acceptance (see paceSlot). A slot's count
+// equal to the confirmations means nobody else added to it: what others
+// add, and reservations not yet accepted, count in N too.
+func (st *paceState) refine(r *paceRecord) {
+	st.amu.Lock()
+	defer st.amu.Unlock()
+	for i, s := range r.Msgs {
+		if a, ok := st.accepted[s.T]; ok && s.N > 0 && a.n == s.N {
+			r.Msgs[i].L = a.last
+		}
+	}
 }
 
 // paceSeen is a record with its revision and the wall time it was read
@@ -154,9 +207,29 @@ type Ticket struct {
 }
 
 // paceSlot counts what happened in the slot starting at T (Unix seconds).
+//
+// L, when set, is the last acceptance (Unix milliseconds, rounded up) of
+// everything the slot counts, and the slot counts until L, not its end,
+// has left the window. Only a process that confirmed every message in the
+// slot sets it (Pacer.refine), and it then travels in that process's next
+// write. L lies within the slot, so a worker that does not know the field
+// (an older version, which also drops it when it rewrites the record)
+// counts the slot until its end: longer, never shorter. Anything added to
+// a slot clears it.
 type paceSlot struct {
 	T int64 `json:"t"`
 	N int   `json:"n"`
+	L int64 `json:"l,omitempty"`
+}
+
+// lastMilli is t in Unix milliseconds, rounded up: a moment counted to the
+// millisecond is never counted shorter than it happened.
+func lastMilli(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if t.After(time.UnixMilli(ms)) {
+		ms++
+	}
+	return ms
 }
 
 // paceRecord is the stored value: messages per second over the last
@@ -180,6 +253,9 @@ func (w window) sameSlot(a, b time.Time) bool { return a.Truncate(w.slot).Equal(
 
 // exit is when a slot stops counting.
 func (w window) exit(s paceSlot) time.Time {
+	if s.L > 0 {
+		return time.UnixMilli(s.L).Add(w.span)
+	}
 	return time.Unix(s.T, 0).Add(w.slot + w.span)
 }
 
@@ -202,6 +278,9 @@ func (w window) add(slots []paceSlot, t time.Time, n int) []paceSlot {
 	start := t.Truncate(w.slot).Unix()
 	i, found := slices.BinarySearchFunc(slots, start, func(s paceSlot, t int64) int { return int(s.T - t) })
 	if found {
+		if n > 0 {
+			slots[i].L = 0 // not accepted yet: counted to the slot's end
+		}
 		slots[i].N = max(0, slots[i].N+n)
 		return slots
 	}
@@ -243,6 +322,8 @@ func (p *Pacer) Peek(ctx context.Context, mailbox string, lim Limits) (allow int
 	if err != nil {
 		return 0, 0, err
 	}
+	r.Msgs = slices.Clone(r.Msgs) // the remembered record is shared
+	p.state(mailbox).refine(&r)
 	now := p.clock.Now()
 	allow = 1 << 30
 	if lim.PerMinute > 0 {
@@ -284,7 +365,10 @@ func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limi
 // second, the same ten minutes), the record would not change, and nothing
 // is written.
 func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
-	_, err := p.Restamp(ctx, t)
+	moved, err := p.Restamp(ctx, t)
+	if err == nil {
+		p.state(t.mailbox).accept(moved.at)
+	}
 	return err
 }
 
@@ -415,7 +499,9 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 			st.remember(r, rev)
 		}
 		now := p.clock.Now()
-		r := paceRecord{Msgs: perMinute.prune(slices.Clone(st.rec.Msgs), now), Rcpts: perDay.prune(slices.Clone(st.rec.Rcpts), now)}
+		r := paceRecord{Msgs: slices.Clone(st.rec.Msgs), Rcpts: perDay.prune(slices.Clone(st.rec.Rcpts), now)}
+		st.refine(&r)
+		r.Msgs = perMinute.prune(r.Msgs, now)
 		changed := false
 		for _, o := range ops {
 			if o.fn(&r, now) {

@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"sync"
@@ -258,5 +259,154 @@ func TestPacerConfirmInTheSameSlotWritesNothing(t *testing.T) {
 	}
 	if got := revision(); got == rev {
 		t.Fatal("Confirm two seconds later wrote nothing")
+	}
+}
+
+// TestPacerAtExactlyTheLimitDoesNotFallBehind offers a mailbox exactly
+// its 30 messages a minute for five minutes, each transaction taking 7 ms
+// from reservation to the 250. Every message may start only when the one
+// 30 before it, counted from its 250, has left the minute (what keeps
+// Office 365's window, whose timestamp lies between the two, within the
+// limit); and none may wait much longer than that. Counted in whole
+// seconds, the wait grew by up to a second every minute.
+func TestPacerAtExactlyTheLimitDoesNotFallBehind(t *testing.T) {
+	pt := newPacerTest(t)
+	ctx, clock, p := pt.ctx, pt.clock, pt.open()
+	const (
+		limit = 30
+		n     = 150 // five minutes
+		every = 2 * time.Second
+		txn   = 7 * time.Millisecond
+	)
+	lim := relay.Limits{PerMinute: limit, PerDay: 10000}
+	arrive := clock.Now().Add(400 * time.Millisecond) // not on a second
+	var reserved, accepted []time.Time
+	var worst time.Duration
+	for k := range n {
+		if clock.Now().Before(arrive) {
+			clock.Set(arrive)
+		}
+		var tk relay.Ticket
+		for {
+			var wait time.Duration
+			var err error
+			tk, wait, err = p.Reserve(ctx, "alerts@contoso.com", 1, lim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if wait == 0 {
+				break
+			}
+			clock.Advance(wait)
+		}
+		reserved = append(reserved, clock.Now())
+		worst = max(worst, clock.Now().Sub(arrive))
+		clock.Advance(txn)
+		if err := p.Confirm(ctx, tk); err != nil {
+			t.Fatal(err)
+		}
+		accepted = append(accepted, clock.Now())
+		if k >= limit {
+			if gap := reserved[k].Sub(accepted[k-limit]); gap < time.Minute {
+				t.Fatalf("message %d started %s after the 250 of message %d: within the minute", k, gap, k-limit)
+			}
+		}
+		arrive = arrive.Add(every)
+	}
+	// Each minute adds at most one transaction time to the wait.
+	if bound := (n/limit)*txn + 10*time.Millisecond; worst > bound {
+		t.Fatalf("a message waited %s for the pacer, want at most %s", worst, bound)
+	}
+	t.Logf("longest wait over %d messages at exactly %d a minute: %s", n, limit, worst)
+
+	// What was written keeps each slot's last acceptance within its
+	// second, so a worker that ignores the field counts the slot longer.
+	kv, err := pt.js.KeyValue(ctx, relay.PacingBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "alerts=contoso.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Msgs []struct{ T, N, L int64 } `json:"msgs"`
+	}
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	exact := 0
+	for _, s := range rec.Msgs {
+		if s.L != 0 {
+			exact++
+			if s.L <= s.T*1000 || s.L > (s.T+1)*1000 {
+				t.Fatalf("slot %d counted to %d ms: outside its second", s.T, s.L)
+			}
+		}
+	}
+	if exact == 0 {
+		t.Fatalf("no slot of %s written with its last acceptance", e.Value())
+	}
+}
+
+// TestPacerCountsToTheSlotEndWhatOthersShare: a slot that another process
+// (or a reservation not yet accepted) added to is counted to its end,
+// whatever this process confirmed in it; only a slot all of whose messages
+// this process saw accepted is counted to the last acceptance.
+func TestPacerCountsToTheSlotEndWhatOthersShare(t *testing.T) {
+	pt := newPacerTest(t)
+	ctx, clock := pt.ctx, pt.clock
+	a, b := pt.open(), pt.open()
+	lim := relay.Limits{PerMinute: 2, PerDay: 100}
+	reserve := func(p *relay.Pacer) (relay.Ticket, time.Duration) {
+		t.Helper()
+		tk, wait, err := p.Reserve(ctx, "alerts@contoso.com", 1, lim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tk, wait
+	}
+	start := clock.Now() // on a second
+	clock.Advance(100 * time.Millisecond)
+	ta, _ := reserve(a)
+	clock.Advance(5 * time.Millisecond)
+	if err := a.Confirm(ctx, ta); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(100 * time.Millisecond)
+	tb, _ := reserve(b) // the same second, another process
+	clock.Advance(700 * time.Millisecond)
+	if err := b.Confirm(ctx, tb); err != nil { // accepted at 0.905 s
+		t.Fatal(err)
+	}
+	// At 60.5 s the message accepted at 0.905 s is still in the minute:
+	// counting the slot to a's own acceptance (0.105 s) would let a third
+	// message out.
+	clock.Set(start.Add(time.Minute + 500*time.Millisecond))
+	for name, p := range map[string]*relay.Pacer{"a": a, "b": b} {
+		if _, wait, err := p.Reserve(ctx, "alerts@contoso.com", 1, lim); err != nil || wait < 400*time.Millisecond {
+			t.Fatalf("%s: a third message in the minute granted (wait %s, %v)", name, wait, err)
+		}
+	}
+
+	// Alone in its slot and accepted, a message counts until its
+	// acceptance leaves the minute, also after the record is rewritten.
+	clock.Set(start.Add(3*time.Minute + 200*time.Millisecond))
+	t1, _ := reserve(a)
+	clock.Advance(5 * time.Millisecond)
+	if err := a.Confirm(ctx, t1); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(2 * time.Second)
+	t2, _ := reserve(a) // written with the first slot's last acceptance
+	if err := a.Confirm(ctx, t2); err != nil {
+		t.Fatal(err)
+	}
+	clock.Set(start.Add(4*time.Minute + 300*time.Millisecond))
+	// A new process reads it from the record a wrote with t2.
+	for name, p := range map[string]*relay.Pacer{"a": a, "a new process": pt.open()} {
+		if allow, wait, err := p.Peek(ctx, "alerts@contoso.com", lim); err != nil || allow != 1 {
+			t.Fatalf("%s: the message accepted at 3:00.205 still counts at 4:00.300 (allow %d, wait %s, %v)", name, allow, wait, err)
+		}
 	}
 }
