@@ -57,6 +57,7 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -368,7 +369,9 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 		// A read error comes back as a *ContentError, a write error as
 		// it is; either way the DotWriter is not closed, so no final "."
 		// leaves.
-		if _, err := io.Copy(dw, &countingReader{r: rc, want: content.Size}); err != nil {
+		buf := copyBuffers.Get().(*[]byte)
+		defer copyBuffers.Put(buf)
+		if _, err := io.CopyBuffer(dw, &countingReader{r: rc, want: content.Size}, *buf); err != nil {
 			return c.lost("message", err)
 		}
 		if err := dw.Close(); err != nil { // ".\r\n" and a flush
@@ -381,6 +384,13 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 		return nil
 	})
 }
+
+// copyBuffers hold the buffers content is copied through. io.Copy would
+// make a 32 KiB one for every message (neither the content's reader nor
+// the DotWriter offers a shortcut), and with many mailboxes that garbage
+// kept the collector busy (BENCHMARKS.md, "Many mailboxes"); a buffer per
+// session instead would hold 32 KiB for every idle pooled session.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // maxGroup is the most commands written before their replies are read.
 const maxGroup = 100
