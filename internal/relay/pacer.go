@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"relay365/internal/clock"
 	"relay365/internal/queue"
 	"slices"
@@ -75,9 +76,13 @@ type Limits struct {
 // compare-and-set (another process wrote) reads the key again and applies
 // the batch again. Every update still reaches the KV before its caller
 // goes on. A batch is written under the context of the caller that
-// writes it; if that one ends (a lane stopping) the batch fails, which
-// only ever over-counts: a failed Confirm or Release leaves the
-// reservation counting, a failed Reserve reserves nothing. Peek reads the
+// writes it; if that one ends (a lane stopping) the batch fails: a failed
+// Release leaves the reservation counting, a failed Reserve reserves
+// nothing, and a failed Confirm leaves the reservation counting from
+// where it was made, which falls short of Office 365's count by whatever
+// of the transaction outlasted the second it was reserved in (the one
+// case where the pacer can count less than Office 365; the process is
+// then stopping or has lost NATS). Peek reads the
 // remembered record when it is under peekFresh old, without waiting for a
 // commit in flight: Peek only sizes a fetch, Reserve decides.
 type Pacer struct {
@@ -112,8 +117,10 @@ type paceState struct {
 	writing bool // a goroutine is committing; it will take the queue too
 
 	// accepted counts, per minute slot (its start, Unix seconds), the
-	// messages this process confirmed there and the last acceptance.
+	// messages this process confirmed there and the last acceptance, in
+	// the record of lineage epoch (paceRecord.E).
 	amu      sync.Mutex
+	epoch    string
 	accepted map[int64]acceptedSlot
 }
 
@@ -123,13 +130,15 @@ type acceptedSlot struct {
 	last int64 // Unix milliseconds, rounded up
 }
 
-// accept notes a confirmation at t (on the pacer's clock) and forgets
-// slots that no longer count anywhere.
-func (st *paceState) accept(t time.Time) {
+// accept notes a confirmation at t (on the pacer's clock) of a message
+// counted in the record of lineage epoch, and forgets slots that no
+// longer count anywhere. Confirmations in another lineage are forgotten:
+// the record they were counted in is gone.
+func (st *paceState) accept(epoch string, t time.Time) {
 	st.amu.Lock()
 	defer st.amu.Unlock()
-	if st.accepted == nil {
-		st.accepted = map[int64]acceptedSlot{}
+	if st.accepted == nil || st.epoch != epoch {
+		st.accepted, st.epoch = map[int64]acceptedSlot{}, epoch
 	}
 	for start := range st.accepted {
 		if !perMinute.exit(paceSlot{T: start}).After(t) {
@@ -144,10 +153,17 @@ func (st *paceState) accept(t time.Time) {
 // refine counts each minute slot of r whose every message this process
 // confirmed until its last acceptance (see paceSlot). A slot's count
 // equal to the confirmations means nobody else added to it: what others
-// add, and reservations not yet accepted, count in N too.
+// add, and reservations not yet accepted, count in N too. That holds only
+// within one lineage of the record: a record deleted or replaced (an
+// operator, an unreadable value) and made again holds others' messages
+// where this process's were, so its confirmations count only in r if r
+// is the record they were counted in.
 func (st *paceState) refine(r *paceRecord) {
 	st.amu.Lock()
 	defer st.amu.Unlock()
+	if r.E == "" || r.E != st.epoch {
+		return
+	}
 	for i, s := range r.Msgs {
 		if a, ok := st.accepted[s.T]; ok && s.N > 0 && a.n == s.N {
 			r.Msgs[i].L = a.last
@@ -204,6 +220,7 @@ type Ticket struct {
 	mailbox string
 	at      time.Time
 	rcpts   int
+	epoch   string // the lineage of the record it is counted in (paceRecord.E)
 }
 
 // paceSlot counts what happened in the slot starting at T (Unix seconds).
@@ -234,10 +251,19 @@ func lastMilli(t time.Time) int64 {
 
 // paceRecord is the stored value: messages per second over the last
 // minute, recipients per ten minutes over the last day.
+//
+// E names the record's lineage: drawn when the record is written without
+// one (new, made again after its key was deleted, replaced after an
+// unreadable value, or rewritten by an older version, which drops it).
+// A process's confirmations refine only the lineage they were counted in.
 type paceRecord struct {
+	E     string     `json:"e,omitempty"`
 	Msgs  []paceSlot `json:"msgs,omitempty"`
 	Rcpts []paceSlot `json:"rcpts,omitempty"`
 }
+
+// newEpoch draws a record lineage: unique, not secret.
+func newEpoch() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 type window struct {
 	slot, span time.Duration
@@ -354,7 +380,7 @@ func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limi
 		}
 		r.Msgs = perMinute.add(r.Msgs, now, 1)
 		r.Rcpts = perDay.add(r.Rcpts, now, rcpts)
-		t = Ticket{mailbox: mailbox, at: now, rcpts: rcpts}
+		t = Ticket{mailbox: mailbox, at: now, rcpts: rcpts, epoch: r.E}
 		return true
 	})
 	return t, wait, err
@@ -367,7 +393,7 @@ func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limi
 func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
 	moved, err := p.Restamp(ctx, t)
 	if err == nil {
-		p.state(t.mailbox).accept(moved.at)
+		p.state(t.mailbox).accept(moved.epoch, moved.at)
 	}
 	return err
 }
@@ -380,10 +406,11 @@ func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
 func (p *Pacer) Restamp(ctx context.Context, t Ticket) (Ticket, error) {
 	var moved Ticket
 	err := p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
-		moved = Ticket{mailbox: t.mailbox, at: now, rcpts: t.rcpts}
+		moved = Ticket{mailbox: t.mailbox, at: now, rcpts: t.rcpts, epoch: t.epoch}
 		if perMinute.sameSlot(t.at, now) && perDay.sameSlot(t.at, now) {
-			return false
+			return false // still counted where it was, in t's lineage
 		}
+		moved.epoch = r.E
 		r.Msgs = perMinute.add(perMinute.add(r.Msgs, t.at, -1), now, 1)
 		r.Rcpts = perDay.add(perDay.add(r.Rcpts, t.at, -t.rcpts), now, t.rcpts)
 		return true
@@ -499,7 +526,10 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 			st.remember(r, rev)
 		}
 		now := p.clock.Now()
-		r := paceRecord{Msgs: slices.Clone(st.rec.Msgs), Rcpts: perDay.prune(slices.Clone(st.rec.Rcpts), now)}
+		r := paceRecord{E: st.rec.E, Msgs: slices.Clone(st.rec.Msgs), Rcpts: perDay.prune(slices.Clone(st.rec.Rcpts), now)}
+		if r.E == "" {
+			r.E = newEpoch()
+		}
 		st.refine(&r)
 		r.Msgs = perMinute.prune(r.Msgs, now)
 		changed := false

@@ -410,3 +410,65 @@ func TestPacerCountsToTheSlotEndWhatOthersShare(t *testing.T) {
 		}
 	}
 }
+
+// TestPacerRecordMadeAgainForgetsOldConfirmations: the record is replaced
+// (its key deleted by an operator, or an unreadable value replaced) while
+// process A remembers a confirmation in the current second. B's message
+// then sits alone in that slot, as many as A confirmed there: counted to
+// A's own 250, B's would leave the minute early. The record's lineage
+// (paceRecord.E) tells A its confirmations belong to a record now gone.
+// Found by review; fails without the lineage.
+func TestPacerRecordMadeAgainForgetsOldConfirmations(t *testing.T) {
+	for _, how := range []string{"deleted", "unreadable"} {
+		t.Run(how, func(t *testing.T) {
+			pt := newPacerTest(t)
+			ctx, clock := pt.ctx, pt.clock
+			a, b := pt.open(), pt.open()
+			const mbx = "alerts@contoso.com"
+			lim := relay.Limits{PerMinute: 2, PerDay: 100}
+			kv, err := pt.js.KeyValue(ctx, relay.PacingBucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := clock.Now() // on a second, S
+			clock.Set(start.Add(50 * time.Millisecond))
+			c, wait, err := a.Reserve(ctx, mbx, 1, lim)
+			if err != nil || wait != 0 {
+				t.Fatal(wait, err)
+			}
+			clock.Set(start.Add(100 * time.Millisecond))
+			if err := a.Confirm(ctx, c); err != nil { // C accepted at S+0.1 (same slot, no write)
+				t.Fatal(err)
+			}
+			clock.Set(start.Add(200 * time.Millisecond))
+			if how == "deleted" {
+				err = kv.Delete(ctx, "alerts=contoso.com")
+			} else {
+				_, err = kv.Put(ctx, "alerts=contoso.com", []byte("not json"))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// B: Office 365 counts C (S+0.1) and now Y: 2, within the limit.
+			clock.Set(start.Add(300 * time.Millisecond))
+			y, wait, err := b.Reserve(ctx, mbx, 1, lim)
+			if err != nil || wait != 0 {
+				t.Fatal(wait, err)
+			}
+			clock.Set(start.Add(900 * time.Millisecond))
+			if err := b.Confirm(ctx, y); err != nil { // Y accepted at S+0.9 (no write)
+				t.Fatal(err)
+			}
+			// S+60.2: C has left Office 365's minute, Y has not: one more fits.
+			clock.Set(start.Add(time.Minute + 200*time.Millisecond))
+			if _, wait, err := a.Reserve(ctx, mbx, 1, lim); err != nil || wait != 0 {
+				t.Fatal(wait, err)
+			}
+			// S+60.5: Y (until S+60.9) and Z count: nothing more may start.
+			clock.Set(start.Add(time.Minute + 500*time.Millisecond))
+			if _, wait, err := a.Reserve(ctx, mbx, 1, lim); err != nil || wait == 0 {
+				t.Fatalf("a third message granted at S+60.5 while Y (accepted at S+0.9) and Z still count (wait %s, %v)", wait, err)
+			}
+		})
+	}
+}
