@@ -271,10 +271,18 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 			l.e.metrics.reply(l.alias, se.Code, se.Class)
 			if se.Code != 0 || se.Stage != "message" {
 				// A refusal, or a failure before the content left:
-				// Office 365 did not count it. (Without a reply to the
-				// content it may have: the reservation stays.)
+				// Office 365 did not count it.
 				l.release(t, a.log)
+				return err
 			}
+		}
+		// No reply to the content: Office 365 may have counted it, as
+		// late as now. The reservation stays and moves to now, as after
+		// a 250: left where it was reserved, it could stop counting
+		// before Office 365's count does when the transaction outlasted
+		// the second it was reserved in.
+		if cerr := l.e.pacer.Confirm(ctx, t); cerr != nil {
+			a.log.Warn().Err(cerr).Msg("pacing reservation of a lost transaction not moved; it counts from its reservation")
 		}
 		return err
 	}

@@ -58,8 +58,8 @@ type Limits struct {
 // starts (Reserve), then, after the 250, moves the reservation to the time
 // of acceptance (Confirm) — later than Office 365's own timestamp, so the
 // pacer's windows always contain Office 365's. A definite refusal gives
-// the reservation back (Release); a lost connection keeps it, since the
-// server may have counted it.
+// the reservation back (Release); a lost connection keeps it and moves it
+// to that moment too (Confirm), since the server may have counted it.
 //
 // The counts live in KV bucket relay_pacing, one key per mailbox, updated
 // with compare-and-set: a restart or a second worker continues the same
