@@ -17,6 +17,7 @@ import (
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
+	"relay365/internal/submit"
 )
 
 // TestPacingOnCompressedClock offers ten times what Office 365 allows and
@@ -470,5 +471,42 @@ func TestPacerRecordMadeAgainForgetsOldConfirmations(t *testing.T) {
 				t.Fatalf("a third message granted at S+60.5 while Y (accepted at S+0.9) and Z still count (wait %s, %v)", wait, err)
 			}
 		})
+	}
+}
+
+// TestLostTransactionCountsUntilItWasLost: a transaction whose connection
+// is lost after the content (here the relay's wait for the reply ends)
+// may have been counted by Office 365 as late as that moment, so its
+// reservation moves there. Left where it was made, it would stop counting
+// early whenever the transaction outlasted that second. On the compressed
+// clock the 2 s the relay waits for the reply are four minutes, so the
+// moved reservation lies minutes after the publish, whatever the delays
+// before the transaction.
+func TestLostTransactionCountsUntilItWasLost(t *testing.T) {
+	clk := clock.NewCompressed(120)
+	h := newHarness(t, setup{
+		clock:     clk,
+		fake:      fakeo365.Config{MaxConns: -1, AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour},
+		engine:    relay.Config{Retry: relay.Backoff{Base: time.Hour, Max: time.Hour}}, // no retry within the test
+		transport: &submit.Transport{DataTimeout: 2 * time.Second, CommandTimeout: 5 * time.Second},
+	})
+	h.enroll("slow", "slow@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.DelayNextData(1, 4*time.Second)
+	published := clk.Now()
+	h.publish("slow", "s-0", "slow 0")
+	h.waitFor("the lost transaction to go back", func() bool { return h.outcome("slow", "retried") == 1 })
+	var rec struct{ Msgs []struct{ T, N int64 } }
+	if err := json.Unmarshal(h.pacing("slow=contoso.com").Value(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	n, last := int64(0), int64(0)
+	for _, s := range rec.Msgs {
+		if s.N > 0 {
+			n, last = n+s.N, s.T
+		}
+	}
+	if n != 1 || last < published.Add(2*time.Minute).Unix() {
+		t.Fatalf("the lost transaction counts %d in the slot at %+d s after the publish; want 1, moved at least two minutes on",
+			n, last-published.Unix())
 	}
 }
