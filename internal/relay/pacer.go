@@ -82,9 +82,9 @@ type Limits struct {
 // where it was made, which falls short of Office 365's count by whatever
 // of the transaction outlasted the second it was reserved in (the one
 // case where the pacer can count less than Office 365; the process is
-// then stopping or has lost NATS). Peek reads the
-// remembered record when it is under peekFresh old, without waiting for a
-// commit in flight: Peek only sizes a fetch, Reserve decides.
+// then stopping or has lost NATS). Peek reads the remembered record when
+// it is under peekFresh old, without waiting for a commit in flight: Peek
+// only sizes a fetch, Reserve decides.
 type Pacer struct {
 	kv    jetstream.KeyValue
 	clock clock.Clock
@@ -344,12 +344,13 @@ func (w window) room(slots []paceSlot, now time.Time, limit, need int) time.Dura
 // long until one may. It does not reserve anything.
 func (p *Pacer) Peek(ctx context.Context, mailbox string, lim Limits) (allow int, wait time.Duration, err error) {
 	p.peeks.Add(1)
-	r, err := p.peekRecord(ctx, mailbox)
+	st := p.state(mailbox)
+	r, err := p.peekRecord(ctx, mailbox, st)
 	if err != nil {
 		return 0, 0, err
 	}
 	r.Msgs = slices.Clone(r.Msgs) // the remembered record is shared
-	p.state(mailbox).refine(&r)
+	st.refine(&r)
 	now := p.clock.Now()
 	allow = 1 << 30
 	if lim.PerMinute > 0 {
@@ -448,8 +449,7 @@ func (p *Pacer) get(ctx context.Context, mailbox string) (paceRecord, uint64, er
 }
 
 // peekRecord is the remembered record if it is fresh, else the stored one.
-func (p *Pacer) peekRecord(ctx context.Context, mailbox string) (paceRecord, error) {
-	st := p.state(mailbox)
+func (p *Pacer) peekRecord(ctx context.Context, mailbox string, st *paceState) (paceRecord, error) {
 	st.smu.Lock()
 	seen := st.seen
 	st.smu.Unlock()
