@@ -43,12 +43,11 @@
 // then uses about 2 % of a core (5.4 % with 30 s pulls, 16 % with 5 s).
 // MAIL allows 100,000 consumers (queue.MailMaxConsumers): nats-server's
 // default limit of 1,000 per stream would leave the 1,001st account
-// unbound. What one
-// consumer per account still costs is in nats-server: every ack on a
-// WorkQueue stream asks each of its consumers whether it still needs the
-// message, under the stream's lock, so at 1,000 msg/s over 2,000
-// consumers a third of the process's CPU went there (BENCHMARKS.md,
-// "Many mailboxes").
+// unbound. What one consumer per account still costs is in nats-server:
+// every ack on a WorkQueue stream asks each of its consumers whether it
+// still needs the message, under the stream's lock, so at 1,000 msg/s
+// over 2,000 consumers a third of the process's CPU went there
+// (BENCHMARKS.md, "Many mailboxes").
 //
 // Mail for an alias that is not registered has no lane. A sweeper looks
 // for such subjects every SweepEvery (stream info with a subject filter)
@@ -101,8 +100,8 @@
 // millisecond) has left the window when the process saw all of the slot's
 // messages accepted, else until its end: so a mailbox offered exactly its
 // 30 a minute does not fall further behind every minute (see pacer.go).
-// A short wait (within the minute) holds the message, heartbeats running; a longer one (the day's
-// budget spent) pauses the account until the window has room. A message
+// A short wait (within the minute) holds the message, heartbeats
+// running; a longer one (the day's budget spent) pauses the account until the window has room. A message
 // with more than 500 recipients is sent as several transactions of at
 // most 500 (or the daily budget, if smaller), each paced on its own. The
 // clock (internal/clock) is injectable: tests compress time for the pacer and the fake
