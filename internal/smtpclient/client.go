@@ -365,9 +365,9 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 			return c.lost("message", &ContentError{Err: err})
 		}
 		defer rc.Close()
-		dw := textproto.NewWriter(c.w).DotWriter()
+		dw := newDotWriter(c.w)
 		// A read error comes back as a *ContentError, a write error as
-		// it is; either way the DotWriter is not closed, so no final "."
+		// it is; either way the dotWriter is not closed, so no final "."
 		// leaves.
 		buf := copyBuffers.Get().(*[]byte)
 		defer copyBuffers.Put(buf)
@@ -387,7 +387,7 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 
 // copyBuffers hold the buffers content is copied through. io.Copy would
 // make a 32 KiB one for every message (neither the content's reader nor
-// the DotWriter offers a shortcut), and with many mailboxes that garbage
+// the dotWriter offers a shortcut), and with many mailboxes that garbage
 // kept the collector busy (BENCHMARKS.md, "Many mailboxes"); a buffer per
 // session instead would hold 32 KiB for every idle pooled session.
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
