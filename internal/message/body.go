@@ -161,31 +161,69 @@ type bodyChecker struct {
 
 func (c *bodyChecker) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	for i, b := range p[:n] {
-		off := c.n + int64(i)
-		switch {
-		case b == 0:
-			return i, invalid("body", "a NUL byte at offset %d", off)
-		case c.cr && b != '\n':
-			return i, invalid("body", "a bare CR at offset %d", off-1)
-		case b == '\n' && !c.cr:
-			return i, invalid("body", "a bare LF at offset %d", off)
-		case b == '\n':
-			c.lineNo++
-			c.line = 0
-		case b != '\r':
-			c.line++
-			if c.line > lineHard {
-				return i, invalid("body", "line %d of the body is longer than 998 octets (RFC 5322 §2.1.1)", c.lineNo+1)
-			}
-		}
-		c.cr = b == '\r'
+	if i, bad := c.check(p[:n]); bad != nil {
+		return i, bad
 	}
 	c.n += int64(n)
 	if err == io.EOF && c.cr {
 		return n, invalid("body", "ends with a bare CR")
 	}
 	return n, err
+}
+
+// check checks b, which follows the c.n octets already checked, a line at
+// a time (a body is read at hundreds of MB/s; an octet at a time was 6 %
+// of relay serve's CPU sending 30 MB messages). It returns the offset in
+// b of the first octet in error with the error, as an octet-by-octet
+// scan finds it (FuzzCheckBody compares the two).
+func (c *bodyChecker) check(b []byte) (int, error) {
+	for i := 0; i < len(b); {
+		if c.cr { // the octet after a CR must be its LF
+			if b[i] == 0 {
+				return i, invalid("body", "a NUL byte at offset %d", c.n+int64(i))
+			}
+			if b[i] != '\n' {
+				return i, invalid("body", "a bare CR at offset %d", c.n+int64(i)-1)
+			}
+			c.cr = false
+			c.lineNo++
+			c.line = 0
+			i++
+			continue
+		}
+		// The line's text: up to its CR, or the end of b.
+		end := len(b)
+		if j := bytes.IndexByte(b[i:], '\r'); j >= 0 {
+			end = i + j
+		}
+		text := b[i:end]
+		bad := len(text) // the first NUL or LF in text, if any
+		if j := bytes.IndexByte(text, 0); j >= 0 {
+			bad = j
+		}
+		if j := bytes.IndexByte(text[:bad], '\n'); j >= 0 {
+			bad = j
+		}
+		// The octet that takes the line past 998 counts only if it
+		// comes before the NUL or LF.
+		if long := lineHard - c.line; long < bad {
+			return i + long, invalid("body", "line %d of the body is longer than 998 octets (RFC 5322 §2.1.1)", c.lineNo+1)
+		}
+		if bad < len(text) {
+			off := c.n + int64(i+bad)
+			if text[bad] == 0 {
+				return i + bad, invalid("body", "a NUL byte at offset %d", off)
+			}
+			return i + bad, invalid("body", "a bare LF at offset %d", off)
+		}
+		c.line += len(text)
+		i = end
+		if i < len(b) {
+			c.cr = true // b[i] is the CR
+			i++
+		}
+	}
+	return len(b), nil
 }
 
 // CRLFWriter writes to w what is written to it with every line ending
