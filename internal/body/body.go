@@ -126,7 +126,7 @@ func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.Body
 		}
 		pw.CloseWithError(err)
 	}()
-	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{Name: name}, pr)
+	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: ChunkSize}}, fullChunks{pr})
 	pr.CloseWithError(errors.New("stopped")) // ends the copy when Put stopped early
 	// Put returns only once it has stopped reading r, so its caller may
 	// read on (the SMTP front door drains a refused DATA to its end).
@@ -167,6 +167,30 @@ func (s *Store) StoreMessage(ctx context.Context, env *message.Message, r io.Rea
 		return nil, err
 	}
 	return m.Encode()
+}
+
+// ChunkSize is the size of a body's chunks, each a message of the
+// bucket's stream with its own store write and its own delivery to the
+// reader: 256 KiB, where nats.go's default is 128 KiB. For 30 MB bodies
+// half the chunks took relay serve's CPU per message down by about a
+// tenth; 512 KiB and 1 MiB saved little more and held more in memory (a
+// reader buffers readAhead of them; BENCHMARKS.md, "Large messages").
+// Bodies stored with other sizes read the same.
+const ChunkSize = 256 << 10
+
+// fullChunks fills each Read's buffer before it returns. ObjectStore.Put
+// stores what one Read returns as one chunk, and a pipe's Read returns
+// one Write: without it a body copied 32 KiB at a time (io.Copy) was
+// stored in chunks of 32 KiB, each with its own store write, and one
+// from a DATA reader in smaller ones still.
+type fullChunks struct{ r io.Reader }
+
+func (f fullChunks) Read(p []byte) (int, error) {
+	n, err := io.ReadFull(f.r, p)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	return n, err
 }
 
 // limitWriter fails with a *TooLarge past limit octets.
@@ -221,7 +245,7 @@ func (s *Store) Open(ctx context.Context, ref message.BodyRef) (io.ReadCloser, e
 	return &chunkReader{it: it, stop: stop, name: ref.Object, left: ref.Size, digest: ref.Digest, h: sha256.New()}, nil
 }
 
-// readAhead is how many chunks (128 KiB each) a reader buffers.
+// readAhead is how many chunks (ChunkSize each) a reader buffers.
 const readAhead = 4
 
 // chunkReader reads an object's chunks in order, checking its size and

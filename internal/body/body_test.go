@@ -70,6 +70,50 @@ func TestPutOpenRoundTrip(t *testing.T) {
 	}
 }
 
+// smallReads hands out at most n octets a Read, as a DATA reader does.
+type smallReads struct {
+	r io.Reader
+	n int
+}
+
+func (s smallReads) Read(p []byte) (int, error) { return s.r.Read(p[:min(len(p), s.n)]) }
+
+// TestPutStoresFullChunks: however the producer's reads come, a body is
+// stored in chunks of ChunkSize, each a message with its own store write
+// (before, a chunk was whatever one read returned: 32 KiB or less).
+func TestPutStoresFullChunks(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	s, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := bigRaw(t, 2<<20)
+	ref, err := s.Put(ctx, smallReads{bytes.NewReader(raw), 1000}, message.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := env.JS.ObjectStore(ctx, body.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := obs.GetInfo(ctx, ref.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (len(raw) + body.ChunkSize - 1) / body.ChunkSize; int(info.Chunks) != want {
+		t.Fatalf("%d octets stored in %d chunks, want %d of %d", len(raw), info.Chunks, want, body.ChunkSize)
+	}
+	rc, err := s.Open(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("read back %d bytes (err %v), want the %d stored", len(got), err, len(raw))
+	}
+}
+
 func TestPutNormalizesAndRefuses(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
 	s, err := body.Open(ctx, env.JS)

@@ -111,7 +111,7 @@ func (g *meteredMail) Read(p []byte) (int, error) {
 
 // streamBound is what a session may hold of a streamed DATA: its buffer,
 // and the pieces in flight between DATA and the store (the CRLF writer's
-// 64 KiB, a 128 KiB object chunk, the copy's buffers), with room.
+// 64 KiB, a 256 KiB object chunk, the copy's buffers), with room.
 const streamBound = 2 << 20
 
 // TestStreamedDataHoldsABoundedPart: a 20 MB DATA is queued while the

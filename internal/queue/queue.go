@@ -538,11 +538,11 @@ func setHeader(h nats.Header, key, v string) {
 
 // BodyMaxChunksPerObject is the body stream's MaxMsgsPerSubject. Every
 // object's chunks share one subject, so this is a limit on chunks per
-// object that is never reached: 1,048,576 chunks of 128 KiB, against the
-// 280 of a 35 MB body. It is set for what it does to storage: nats-server
-// sizes a new stream's file blocks from its limits, and with no size limit
-// but a per-subject one it takes 4 MiB blocks (the key-value size) instead
-// of 8 MiB. A block being written or read is held in memory whole, and
+// object that is never reached: 1,048,576 chunks of 256 KiB
+// (body.ChunkSize), against the 140 of a 35 MB body. It is set for what
+// it does to storage: nats-server sizes a new stream's file blocks from
+// its limits, and with no size limit but a per-subject one it takes 4 MiB
+// blocks (the key-value size) instead of 8 MiB. A block being written or read is held in memory whole, and
 // three 30 MB bodies stored and read at once kept about fourteen of them:
 // 4 MiB blocks took relay serve's peak from 150–182 MB to 118–124 MB in
 // `relay bench --size 30MB --conns 3`, and its CPU per message down by a
