@@ -17,9 +17,14 @@ import (
 // an SMTP server nobody can deliver to (every connection drops at DATA):
 // every message published ends in MAIL_DLQ as expired, none vanishes, and
 // MAIL keeps mail a margin longer than the lifetime (JetStream's MaxAge
-// never gets to drop it).
+// never gets to drop it). The lifetime, not --max-deliver, must end the
+// retries: with the sandbox's short retry delays a message can be tried
+// 50 times (the default) within 10 s and be dead-lettered as transient.
 func TestQueueLifetimeTenSeconds(t *testing.T) {
-	s, _ := sandboxtest.StartWith(t, t.TempDir(), func(c *sandbox.Config) { c.Daemon.QueueLifetime = 10 * time.Second })
+	s, _ := sandboxtest.StartWith(t, t.TempDir(), func(c *sandbox.Config) {
+		c.Daemon.QueueLifetime = 10 * time.Second
+		c.Daemon.MaxDeliver = 100_000
+	})
 	ctx := testCtx(t)
 	stream, err := s.Daemon.JS.Stream(ctx, queue.StreamMail)
 	if err != nil {
