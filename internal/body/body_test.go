@@ -58,15 +58,21 @@ func TestPutOpenRoundTrip(t *testing.T) {
 		t.Fatalf("a message naming the body does not validate: %v", err)
 	}
 	for range 2 { // a retry reads it afresh
-		rc, err := s.Open(ctx, ref)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil || !bytes.Equal(got, raw) {
-			t.Fatalf("read back %d bytes (err %v), want the %d stored", len(got), err, len(raw))
-		}
+		readBack(t, s, ref, raw)
+	}
+}
+
+// readBack reads the body ref names and checks it is raw.
+func readBack(t *testing.T, s *body.Store, ref message.BodyRef, raw []byte) {
+	t.Helper()
+	rc, err := s.Open(t.Context(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("read back %d bytes (err %v), want the %d stored", len(got), err, len(raw))
 	}
 }
 
@@ -103,15 +109,7 @@ func TestPutStoresFullChunks(t *testing.T) {
 	if want := (len(raw) + body.ChunkSize - 1) / body.ChunkSize; int(info.Chunks) != want {
 		t.Fatalf("%d octets stored in %d chunks, want %d of %d", len(raw), info.Chunks, want, body.ChunkSize)
 	}
-	rc, err := s.Open(ctx, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil || !bytes.Equal(got, raw) {
-		t.Fatalf("read back %d bytes (err %v), want the %d stored", len(got), err, len(raw))
-	}
+	readBack(t, s, ref, raw)
 }
 
 func TestPutNormalizesAndRefuses(t *testing.T) {
