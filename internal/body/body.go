@@ -182,15 +182,21 @@ const ChunkSize = 256 << 10
 // stores what one Read returns as one chunk, and a pipe's Read returns
 // one Write: without it a body copied 32 KiB at a time (io.Copy) was
 // stored in chunks of 32 KiB, each with its own store write, and one
-// from a DATA reader in smaller ones still.
+// from a DATA reader in smaller ones still. The reader's error is passed
+// on as it is: only io.EOF ends a body, and an io.ErrUnexpectedEOF (a
+// client that hung up inside DATA) must fail Put, not store what came.
 type fullChunks struct{ r io.Reader }
 
 func (f fullChunks) Read(p []byte) (int, error) {
-	n, err := io.ReadFull(f.r, p)
-	if err == io.ErrUnexpectedEOF {
-		err = io.EOF
+	n := 0
+	for n < len(p) {
+		m, err := f.r.Read(p[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
 	}
-	return n, err
+	return n, nil
 }
 
 // limitWriter fails with a *TooLarge past limit octets.

@@ -112,6 +112,48 @@ func TestPutStoresFullChunks(t *testing.T) {
 	readBack(t, s, ref, raw)
 }
 
+// cutOff returns its first n octets, then err: a client gone inside DATA.
+type cutOff struct {
+	r   io.Reader
+	n   int
+	err error
+}
+
+func (c *cutOff) Read(p []byte) (int, error) {
+	if c.n == 0 {
+		return 0, c.err
+	}
+	m, err := c.r.Read(p[:min(len(p), c.n)])
+	c.n -= m
+	return m, err
+}
+
+// TestPutFailsOnAReaderCutOff: a body whose reader fails before its end
+// is not stored, whatever the failure, even io.ErrUnexpectedEOF (what
+// go-smtp's DATA reader says when the client hangs up before the final
+// "."), and even when the cut falls inside a chunk: a message cut short
+// must never be queued.
+func TestPutFailsOnAReaderCutOff(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	s, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := bigRaw(t, 1<<20)
+	for _, cut := range []error{io.ErrUnexpectedEOF, errors.New("connection reset")} {
+		for _, n := range []int{body.ChunkSize, body.ChunkSize + 1000} {
+			ref, err := s.Put(ctx, &cutOff{r: bytes.NewReader(raw), n: n, err: cut}, message.MaxSize)
+			if !errors.Is(err, cut) {
+				t.Fatalf("cut after %d octets with %v: ref %+v, error %v; want the reader's error", n, cut, ref, err)
+			}
+		}
+	}
+	names, err := s.Names(ctx, time.Now().Add(time.Hour))
+	if err != nil || len(names) != 0 {
+		t.Fatalf("bodies left: %v (%v), want none", names, err)
+	}
+}
+
 func TestPutNormalizesAndRefuses(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
 	s, err := body.Open(ctx, env.JS)

@@ -3,6 +3,7 @@ package ingress
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"testing"
@@ -135,6 +136,53 @@ func TestStreamedDataHoldsABoundedPart(t *testing.T) {
 		t.Fatalf("the body store holds %d octets of a %d-octet message", got, g.size)
 	}
 	t.Logf("%d octets streamed; at most %d handed over and not yet stored", g.size, g.held)
+}
+
+// hangUp reads r until n octets, then fails as go-smtp's DATA reader does
+// when the client closes the connection before the final ".".
+type hangUp struct {
+	r io.Reader
+	n int64
+}
+
+func (h *hangUp) Read(p []byte) (int, error) {
+	if h.n <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	m, err := h.r.Read(p[:min(int64(len(p)), h.n)])
+	h.n -= int64(m)
+	return m, err
+}
+
+// TestStreamedDataCutOffIsNotQueued: a client that hangs up inside a
+// large DATA gets nothing queued, and no part of its body stays in the
+// store (a store that took io.ErrUnexpectedEOF for the end once queued
+// the part that came).
+func TestStreamedDataCutOffIsNotQueued(t *testing.T) {
+	ss, from, stored := streamSession(t)
+	if err := ss.Mail(from, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ss.Rcpt("ops@fabrikam.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	err := ss.data("client.example.org", &hangUp{r: newMeteredMail(from, 4<<20, 0, nil), n: 2<<20 + 1000})
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("DATA cut off: %v, want the client's io.ErrUnexpectedEOF", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mail, err := ss.s.deps.JS.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := mail.Info(ctx)
+	if err != nil || info.State.Msgs != 0 {
+		t.Fatalf("MAIL holds %d messages after a cut-off DATA (%v), want none", info.State.Msgs, err)
+	}
+	if got := stored(); got != 0 {
+		t.Fatalf("the body store holds %d octets after a cut-off DATA, want none", got)
+	}
 }
 
 // BenchmarkStreamedSubmission is the front door's work for one 8 MB
