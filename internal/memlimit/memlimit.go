@@ -26,7 +26,7 @@
 // anything that does not parse.
 //
 // The limit from the flag is a floor, not a ceiling the collector must
-// fight: Follow raises the soft limit to a quarter above the live heap
+// fight: Follow raises the soft limit to half above the live heap
 // whenever that is more (follow.go, Above, says why: a limit under the
 // live heap made an idle relay of 2,000 mailboxes collect on a whole
 // core), and lowers it back to the floor as the heap shrinks.

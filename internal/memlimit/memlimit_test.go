@@ -99,9 +99,9 @@ func TestAbove(t *testing.T) {
 		want           Limit
 	}{
 		{Default, 20 << 20, 8 << 20, Default},       // well under the floor: the floor
-		{Default, 48 << 20, 16 << 20, 76 << 20},     // idle lanes: a quarter above the heap, plus their stacks
-		{Default, 160 << 20, 40 << 20, 240 << 20},   // many lanes: the limit follows
-		{256 << 20, 160 << 20, 40 << 20, 256 << 20}, // an operator's larger floor stays
+		{Default, 40 << 20, 16 << 20, 76 << 20},     // idle lanes: half above the heap, plus their stacks
+		{Default, 160 << 20, 40 << 20, 280 << 20},   // many lanes: the limit follows
+		{256 << 20, 140 << 20, 40 << 20, 256 << 20}, // an operator's larger floor stays
 		{Off, 1 << 30, 0, Off},
 	} {
 		if got := Above(tc.floor, tc.live, tc.overhead); got != tc.want {
@@ -111,7 +111,7 @@ func TestAbove(t *testing.T) {
 }
 
 // TestFollowRaisesTheLimitOverALiveHeap: with a live heap above the floor
-// the soft limit rises to a quarter above it (so the collector does not
+// the soft limit rises to half above it (so the collector does not
 // run after every allocation), and goes back to the floor once the heap
 // is freed.
 func TestFollowRaisesTheLimitOverALiveHeap(t *testing.T) {
