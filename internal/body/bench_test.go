@@ -5,19 +5,13 @@ import (
 	"io"
 	"testing"
 
-	"relay365/internal/body"
 	"relay365/internal/message"
-	"relay365/internal/queue/queuetest"
 )
 
 // BenchmarkPut and BenchmarkOpenRead: storing and reading back a 30 MB
 // body on an embedded server with the durable default (sync always).
 func BenchmarkPut(b *testing.B) {
-	env, ctx := queuetest.StartMail(b)
-	s, err := body.Open(ctx, env.JS)
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, ctx, s := startStore(b)
 	raw := bigRawB(b, 30<<20)
 	b.SetBytes(int64(len(raw)))
 	for b.Loop() {
@@ -32,11 +26,7 @@ func BenchmarkPut(b *testing.B) {
 }
 
 func BenchmarkOpenRead(b *testing.B) {
-	env, ctx := queuetest.StartMail(b)
-	s, err := body.Open(ctx, env.JS)
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, ctx, s := startStore(b)
 	raw := bigRawB(b, 30<<20)
 	ref, err := s.Put(ctx, bytes.NewReader(raw), message.MaxSize)
 	if err != nil {

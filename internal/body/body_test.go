@@ -21,6 +21,18 @@ import (
 	"relay365/internal/queue/queuetest"
 )
 
+// startStore starts a JetStream server with the relay's streams and opens
+// the body store on it.
+func startStore(tb testing.TB) (*queuetest.Env, context.Context, *body.Store) {
+	tb.Helper()
+	env, ctx := queuetest.StartMail(tb)
+	s, err := body.Open(ctx, env.JS)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return env, ctx, s
+}
+
 // bigRaw is a raw message of about n octets, base64 lines of 76.
 func bigRaw(t *testing.T, n int) []byte {
 	t.Helper()
@@ -40,11 +52,7 @@ func bigRaw(t *testing.T, n int) []byte {
 }
 
 func TestPutOpenRoundTrip(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
-	s, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ctx, s := startStore(t)
 	raw := bigRaw(t, 3<<20)
 	ref, err := s.Put(ctx, bytes.NewReader(raw), message.MaxSize)
 	if err != nil {
@@ -88,11 +96,7 @@ func (s smallReads) Read(p []byte) (int, error) { return s.r.Read(p[:min(len(p),
 // stored in chunks of ChunkSize, each a message with its own store write
 // (before, a chunk was whatever one read returned: 32 KiB or less).
 func TestPutStoresFullChunks(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
-	s, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	env, ctx, s := startStore(t)
 	raw := bigRaw(t, 2<<20)
 	ref, err := s.Put(ctx, smallReads{bytes.NewReader(raw), 1000}, message.MaxSize)
 	if err != nil {
@@ -134,11 +138,7 @@ func (c *cutOff) Read(p []byte) (int, error) {
 // "."), and even when the cut falls inside a chunk: a message cut short
 // must never be queued.
 func TestPutFailsOnAReaderCutOff(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
-	s, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ctx, s := startStore(t)
 	raw := bigRaw(t, 1<<20)
 	for _, cut := range []error{io.ErrUnexpectedEOF, errors.New("connection reset")} {
 		for _, n := range []int{body.ChunkSize, body.ChunkSize + 1000} {
@@ -155,11 +155,7 @@ func TestPutFailsOnAReaderCutOff(t *testing.T) {
 }
 
 func TestPutNormalizesAndRefuses(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
-	s, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ctx, s := startStore(t)
 	ref, err := s.Put(ctx, strings.NewReader("Subject: x\n\nline\rr\xc3\xa9\n"), 1000)
 	if err != nil {
 		t.Fatal(err)
@@ -197,11 +193,7 @@ func TestPutNormalizesAndRefuses(t *testing.T) {
 // A body replaced under its name (a rewritten object) is never sent as
 // the message: Open refuses it as Invalid, so the message is dead-lettered.
 func TestOpenRefusesAReplacedBody(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
-	s, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	env, ctx, s := startStore(t)
 	ref, err := s.Put(ctx, strings.NewReader("Subject: x\r\n\r\nthe real one\r\n"), 1000)
 	if err != nil {
 		t.Fatal(err)
@@ -230,11 +222,7 @@ func TestOpenRefusesAReplacedBody(t *testing.T) {
 // Sweep deletes what nothing names and keeps what a queued message or a
 // dead letter names, however old.
 func TestSweepDeletesOnlyOrphans(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
-	s, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	env, ctx, s := startStore(t)
 	put := func() message.BodyRef {
 		ref, err := s.Put(ctx, strings.NewReader("Subject: x\r\n\r\nbody\r\n"), 1000)
 		if err != nil {
