@@ -28,12 +28,7 @@ func BenchmarkSubmission(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(raw)))
 			for b.Loop() {
-				if err := ss.Mail(from, nil); err != nil {
-					b.Fatal(err)
-				}
-				if err := ss.Rcpt("ops@fabrikam.com", nil); err != nil {
-					b.Fatal(err)
-				}
+				envelope(b, ss, from)
 				if _, res, err := ss.prepare("client.example.org", raw); err != nil {
 					b.Fatal(res, err)
 				}
@@ -48,18 +43,25 @@ func BenchmarkSubmission(b *testing.B) {
 // sender of an account the producer may not use is refused.
 func TestPrepareUsesTheEnvelopeSendersAccount(t *testing.T) {
 	ss, from := benchSession(50)
-	if err := ss.Mail(from, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ss.Rcpt("ops@fabrikam.com", nil); err != nil {
-		t.Fatal(err)
-	}
+	envelope(t, ss, from)
 	p, _, err := ss.prepare("client.example.org", benchRaw(from, 1024))
 	if err != nil || p.acct.Alias != "acct-49" {
 		t.Fatalf("prepare: %v, account %+v", err, p.acct)
 	}
 	if err := ss.Mail("acct-3@contoso.com", nil); err == nil {
 		t.Fatal("MAIL from another account's mailbox accepted")
+	}
+}
+
+// envelope starts a transaction on ss from the account's mailbox to
+// ops@fabrikam.com.
+func envelope(tb testing.TB, ss *session, from string) {
+	tb.Helper()
+	if err := ss.Mail(from, nil); err != nil {
+		tb.Fatal(err)
+	}
+	if err := ss.Rcpt("ops@fabrikam.com", nil); err != nil {
+		tb.Fatal(err)
 	}
 }
 

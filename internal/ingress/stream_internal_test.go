@@ -122,12 +122,7 @@ const streamBound = 2 << 20
 // on the heap, which the embedded NATS server in this process shares.)
 func TestStreamedDataHoldsABoundedPart(t *testing.T) {
 	ss, from, stored := streamSession(t)
-	if err := ss.Mail(from, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ss.Rcpt("ops@fabrikam.com", nil); err != nil {
-		t.Fatal(err)
-	}
+	envelope(t, ss, from)
 	g := newMeteredMail(from, 20<<20, streamBound, stored)
 	if err := ss.data("client.example.org", g); err != nil {
 		t.Fatalf("DATA: %v", err)
@@ -160,12 +155,7 @@ func (h *hangUp) Read(p []byte) (int, error) {
 // the part that came).
 func TestStreamedDataCutOffIsNotQueued(t *testing.T) {
 	ss, from, stored := streamSession(t)
-	if err := ss.Mail(from, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ss.Rcpt("ops@fabrikam.com", nil); err != nil {
-		t.Fatal(err)
-	}
+	envelope(t, ss, from)
 	err := ss.data("client.example.org", &hangUp{r: newMeteredMail(from, 4<<20, 0, nil), n: 2<<20 + 1000})
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("DATA cut off: %v, want the client's io.ErrUnexpectedEOF", err)
@@ -203,12 +193,7 @@ func BenchmarkStreamedSubmission(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(size)
 	for b.Loop() {
-		if err := ss.Mail(from, nil); err != nil {
-			b.Fatal(err)
-		}
-		if err := ss.Rcpt("ops@fabrikam.com", nil); err != nil {
-			b.Fatal(err)
-		}
+		envelope(b, ss, from)
 		if err := ss.data("client.example.org", newMeteredMail(from, size, 0, nil)); err != nil {
 			b.Fatal(err)
 		}
