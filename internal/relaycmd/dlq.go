@@ -39,9 +39,7 @@ its reason, class, attempts, last reply, original subject and sequence.
 
 // dlqConfig is what every dlq subcommand takes.
 type dlqConfig struct {
-	NATSURL string
-	NATS    queue.ConnectOptions
-	DataDir string
+	NATS    natsClient
 	Account string
 	Reason  string
 	All     bool
@@ -51,19 +49,13 @@ type dlqConfig struct {
 }
 
 func runDLQ(ctx context.Context, args []string, env Env) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(env.Stdout, dlqUsage)
-		if len(args) == 0 {
-			return cli.Usagef("a dlq command is required: list, show, replay or purge")
-		}
-		return nil
+	sub, args, ok, err := subcommand(args, "dlq", "list, show, replay or purge", dlqUsage, env)
+	if !ok {
+		return err
 	}
-	sub, args := args[0], args[1:]
 	var c dlqConfig
 	fs := newFlags("dlq "+sub, env)
-	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
-	c.NATS.Register(fs, env.Getenv)
-	dataDirFlag(fs, env, &c.DataDir)
+	c.NATS.register(fs, env)
 	fs.DurationVar(&c.Timeout, "timeout", time.Minute, "give up after this long")
 	var run func(context.Context, jetstream.JetStream, dlqConfig, []string, Env) error
 	switch sub {
@@ -97,16 +89,11 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	roles.Default(&c.NATS, c.DataDir, roles.Admin)
-	nc, err := connectNATS(c.NATSURL, "relay-dlq", c.NATS)
+	nc, js, err := c.NATS.jetStream("relay-dlq", roles.Admin)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	return run(ctx, js, c, pos, env)
 }
 

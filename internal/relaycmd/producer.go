@@ -10,11 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"relay365/internal/cli"
 	"relay365/internal/ingress"
-	"relay365/internal/queue"
 	"relay365/internal/roles"
 )
 
@@ -31,9 +28,7 @@ accounts it may send through.
 `
 
 type producerConfig struct {
-	NATSURL      string
-	NATS         queue.ConnectOptions
-	DataDir      string
+	NATS         natsClient
 	Accounts     listFlag
 	PasswordFile string
 	JSON         bool
@@ -41,19 +36,13 @@ type producerConfig struct {
 }
 
 func runProducer(ctx context.Context, args []string, env Env) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(env.Stdout, producerUsage)
-		if len(args) == 0 {
-			return cli.Usagef("a producer command is required: add, list or remove")
-		}
-		return nil
+	sub, args, ok, err := subcommand(args, "producer", "add, list or remove", producerUsage, env)
+	if !ok {
+		return err
 	}
-	sub, args := args[0], args[1:]
 	var c producerConfig
 	fs := newFlags("producer "+sub, env)
-	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
-	c.NATS.Register(fs, env.Getenv)
-	dataDirFlag(fs, env, &c.DataDir)
+	c.NATS.register(fs, env)
 	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "give up after this long")
 	want := 1
 	switch sub {
@@ -89,16 +78,11 @@ func runProducer(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	roles.Default(&c.NATS, c.DataDir, roles.Admin)
-	nc, err := connectNATS(c.NATSURL, "relay-producer", c.NATS)
+	nc, js, err := c.NATS.jetStream("relay-producer", roles.Admin)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	prods, err := ingress.OpenProducers(ctx, js)
 	if err != nil {
 		return err

@@ -14,15 +14,12 @@ import (
 
 	"relay365/internal/cli"
 	"relay365/internal/message"
-	"relay365/internal/queue"
 	"relay365/internal/roles"
 	"relay365/producer"
 )
 
 type publishConfig struct {
-	NATSURL  string
-	NATS     queue.ConnectOptions
-	DataDir  string
+	NATS     natsClient
 	File     string
 	HTMLFile string
 	Timeout  time.Duration
@@ -34,9 +31,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("publish", env)
 	var c publishConfig
 	var to, cc, bcc, replyTo, attach listFlag
-	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
-	c.NATS.Register(fs, env.Getenv)
-	dataDirFlag(fs, env, &c.DataDir)
+	c.NATS.register(fs, env)
 	fs.StringVar(&c.File, "f", "", "read the message as JSON (docs/design.md §3) from this file, - for stdin; several messages one after another (JSON lines) are queued in atomic batches")
 	fs.StringVar(&c.Msg.Account, "account", "", "account alias to send through")
 	fs.Var(&to, "to", "recipient (repeatable, or comma-separated)")
@@ -118,8 +113,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 // publishProducer connects as the producer role (unless the flags name
 // another user) and returns a Producer and what closes its connection.
 func publishProducer(c publishConfig) (*producer.Producer, func(), error) {
-	roles.Default(&c.NATS, c.DataDir, roles.Producer)
-	nc, err := connectNATS(c.NATSURL, "relay-publish", c.NATS)
+	nc, err := c.NATS.connect("relay-publish", roles.Producer)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -19,11 +19,13 @@ import (
 	"syscall"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/bench"
 	"relay365/internal/cli"
 	"relay365/internal/daemon"
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 )
 
 // Exit codes (shared with authtool, see internal/cli).
@@ -130,21 +132,66 @@ func envOr(env Env, key, def string) string { return cli.EnvOr(env, key, def) }
 // listFlag is a repeatable string flag that also splits on commas.
 type listFlag = cli.ListFlag
 
-// dataDirFlag binds --data-dir for the commands that find the relay's
-// nkey seeds there (<data-dir>/nkeys) when no NATS credentials are named.
-func dataDirFlag(fs *flag.FlagSet, env Env, dir *string) {
-	fs.StringVar(dir, "data-dir", envOr(env, "RELAY_DATA_DIR", daemon.DefaultDataDir), "the relay's data directory: its nkeys/ seeds are used when no NATS credentials are given (env RELAY_DATA_DIR)")
+// natsClient is what every command that reaches the relay's NATS as a
+// client takes: the server's URL, the credentials, and the relay's data
+// directory, whose nkeys/ seed of the command's role stands in when no
+// credentials are named (a command on the relay's own host needs none).
+type natsClient struct {
+	URL     string
+	Opts    queue.ConnectOptions
+	DataDir string
 }
 
-// connectNATS connects a short-lived command to the relay's NATS; extra
-// options come after the relay's own and so win.
-func connectNATS(url, name string, o queue.ConnectOptions, extra ...nats.Option) (*nats.Conn, error) {
-	if err := o.Validate(); err != nil {
+// register binds --nats-url, the credential flags and --data-dir.
+func (n *natsClient) register(fs *flag.FlagSet, env Env) {
+	fs.StringVar(&n.URL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
+	n.Opts.Register(fs, env.Getenv)
+	fs.StringVar(&n.DataDir, "data-dir", envOr(env, "RELAY_DATA_DIR", daemon.DefaultDataDir), "the relay's data directory: its nkeys/ seeds are used when no NATS credentials are given (env RELAY_DATA_DIR)")
+}
+
+// as readies the options for role (roles.Default): its seed in the data
+// directory when no credentials are named, and its reply prefix.
+func (n *natsClient) as(role roles.Role) { roles.Default(&n.Opts, n.DataDir, role) }
+
+// connect connects a short-lived command as role; extra options come
+// after the relay's own and so win. Bad credential flags are usage errors.
+func (n natsClient) connect(name string, role roles.Role, extra ...nats.Option) (*nats.Conn, error) {
+	n.as(role)
+	if err := n.Opts.Validate(); err != nil {
 		return nil, cli.UsageError{Err: err}
 	}
-	nc, err := queue.ConnectWith(url, name, o, extra...)
+	nc, err := queue.ConnectWith(n.URL, name, n.Opts, extra...)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
 	}
 	return nc, nil
+}
+
+// jetStream connects as role and opens JetStream on the connection, which
+// the caller closes.
+func (n natsClient) jetStream(name string, role roles.Role) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := n.connect(name, role)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// subcommand splits "CMD SUB ARGS..." for a command made of subcommands
+// (dlq, producer): with no SUB it prints usage and fails, naming the
+// choices; with a help flag it prints usage, and ok is false with no error.
+func subcommand(args []string, cmd, choices, usage string, env Env) (sub string, rest []string, ok bool, err error) {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(env.Stdout, usage)
+		if len(args) == 0 {
+			return "", nil, false, cli.Usagef("a %s command is required: %s", cmd, choices)
+		}
+		return "", nil, false, nil
+	}
+	return args[0], args[1:], true, nil
 }

@@ -45,9 +45,7 @@ const (
 // sendmailConfig is one relay sendmail invocation.
 type sendmailConfig struct {
 	Account string
-	NATSURL string
-	NATS    queue.ConnectOptions
-	DataDir string
+	NATS    natsClient
 	Timeout time.Duration
 	// Domain qualifies addresses without one (root becomes root@Domain),
 	// as sendmail qualifies local names with its own domain: cron,
@@ -93,8 +91,8 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 	// The producer seed of a relay on this host, when no credentials are
 	// named; unreadable credential files are found before the message is
 	// read.
-	roles.Default(&c.NATS, c.DataDir, roles.Producer)
-	if _, err := c.NATS.Options(); err != nil {
+	c.NATS.as(roles.Producer)
+	if _, err := c.NATS.Opts.Options(); err != nil {
 		return cli.ExitError{Code: exUsage, Err: err}
 	}
 	// To the end of the input, but never more than one byte past what
@@ -128,7 +126,7 @@ func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message) 
 	// asynchronous -ERR: end the wait with it instead of at the timeout.
 	ctx, refuse := context.WithCancelCause(ctx)
 	defer refuse(nil)
-	nc, err := connectNATS(c.NATSURL, "relay-sendmail", c.NATS,
+	nc, err := c.NATS.connect("relay-sendmail", roles.Producer,
 		nats.Timeout(min(c.Timeout, 5*time.Second)),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
@@ -213,9 +211,7 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 		})
 	}
 	fs.StringVar(&c.Account, "account", envOr(env, "RELAY_ACCOUNT", ""), "account alias to send through (env RELAY_ACCOUNT)")
-	fs.StringVar(&c.NATSURL, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
-	c.NATS.Register(fs, env.Getenv)
-	dataDirFlag(fs, env, &c.DataDir)
+	c.NATS.register(fs, env)
 	fs.StringVar(&c.Domain, "domain", envOr(env, "RELAY_SENDMAIL_DOMAIN", ""), "domain for addresses without one: root becomes root@DOMAIN (env RELAY_SENDMAIL_DOMAIN)")
 	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "give up connecting and publishing after this long (exit 75)")
 

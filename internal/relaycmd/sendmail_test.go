@@ -32,7 +32,7 @@ import (
 func TestParseSendmail(t *testing.T) {
 	base := map[string]string{"RELAY_ACCOUNT": "alerts"}
 	want := func(edit func(c *sendmailConfig)) sendmailConfig {
-		c := sendmailConfig{Account: "alerts", NATSURL: queue.DefaultURL, DataDir: cli.DefaultDataDir, Timeout: 30 * time.Second}
+		c := sendmailConfig{Account: "alerts", NATS: natsClient{URL: queue.DefaultURL, DataDir: cli.DefaultDataDir}, Timeout: 30 * time.Second}
 		edit(&c)
 		return c
 	}
@@ -70,17 +70,17 @@ func TestParseSendmail(t *testing.T) {
 			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"-odd@contoso.com"} })},
 		{"long options", nil, []string{"--account", "billing", "--nats-url=nats://nats.contoso.com:4222", "--timeout", "5s", "--domain", "@contoso.com", "-i", "root"},
 			want(func(c *sendmailConfig) {
-				c.Account, c.NATSURL, c.Timeout, c.Domain, c.IgnoreDots, c.Rcpts = "billing", "nats://nats.contoso.com:4222", 5*time.Second, "contoso.com", true, []string{"root"}
+				c.Account, c.NATS.URL, c.Timeout, c.Domain, c.IgnoreDots, c.Rcpts = "billing", "nats://nats.contoso.com:4222", 5*time.Second, "contoso.com", true, []string{"root"}
 			})},
 		{"NATS options as flags", base, []string{"--nats-user", "producer", "--nats-password-file", "/etc/relay/pw", "--nats-tls-ca=/etc/relay/ca.pem", "root"},
 			want(func(c *sendmailConfig) {
-				c.NATS = queue.ConnectOptions{User: "producer", PasswordFile: "/etc/relay/pw", TLSCA: "/etc/relay/ca.pem"}
+				c.NATS.Opts = queue.ConnectOptions{User: "producer", PasswordFile: "/etc/relay/pw", TLSCA: "/etc/relay/ca.pem"}
 				c.Rcpts = []string{"root"}
 			})},
 		{"environment", map[string]string{"RELAY_ACCOUNT": "ops", "RELAY_NATS_URL": "nats://10.0.0.5:4222", "RELAY_SENDMAIL_DOMAIN": "contoso.com", "RELAY_NATS_CREDS": "/etc/relay/producer.creds"}, []string{"root"},
 			want(func(c *sendmailConfig) {
-				c.Account, c.NATSURL, c.Domain, c.Rcpts = "ops", "nats://10.0.0.5:4222", "contoso.com", []string{"root"}
-				c.NATS.CredsFile = "/etc/relay/producer.creds"
+				c.Account, c.NATS.URL, c.Domain, c.Rcpts = "ops", "nats://10.0.0.5:4222", "contoso.com", []string{"root"}
+				c.NATS.Opts.CredsFile = "/etc/relay/producer.creds"
 			})},
 		{"flags win over the environment", base, []string{"--account", "billing", "root"},
 			want(func(c *sendmailConfig) { c.Account, c.Rcpts = "billing", []string{"root"} })},

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"relay365/internal/cli"
 	"relay365/internal/daemon"
 	"relay365/internal/queue"
@@ -20,16 +18,12 @@ import (
 func runSetup(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("setup", env)
 	var (
-		url      string
-		o        queue.ConnectOptions
-		dataDir  string
+		client   natsClient
 		replicas int
 		lifetime time.Duration
 		timeout  time.Duration
 	)
-	fs.StringVar(&url, "nats-url", envOr(env, "RELAY_NATS_URL", queue.DefaultURL), "NATS server URL (env RELAY_NATS_URL)")
-	o.Register(fs, env.Getenv)
-	dataDirFlag(fs, env, &dataDir)
+	client.register(fs, env)
 	fs.IntVar(&replicas, "replicas", 1, "replicas of streams and buckets (3 or 5 in a cluster)")
 	fs.DurationVar(&lifetime, "queue-lifetime", queue.DefaultQueueLifetime, "the queue lifetime relay serve runs with (MAIL keeps mail a margin longer); the same value on both")
 	fs.DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
@@ -39,21 +33,16 @@ func runSetup(ctx context.Context, args []string, env Env) error {
 	if replicas != 1 && replicas != 3 && replicas != 5 {
 		return cli.Usagef("--replicas %d: want 1, 3 or 5", replicas)
 	}
-	roles.Default(&o, dataDir, roles.Admin)
+	if lifetime < queue.MinQueueLifetime {
+		return cli.Usagef("--queue-lifetime %s: want at least %s", lifetime, queue.MinQueueLifetime)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	nc, err := connectNATS(url, "relay-setup", o)
+	nc, js, err := client.jetStream("relay-setup", roles.Admin)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	if lifetime < queue.MinQueueLifetime {
-		return cli.Usagef("--queue-lifetime %s: want at least %s", lifetime, queue.MinQueueLifetime)
-	}
 	if err := daemon.Setup(ctx, js, replicas, lifetime); err != nil {
 		return err
 	}
