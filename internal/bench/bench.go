@@ -318,46 +318,43 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Result, error) {
 		return nil, err
 	}
 	p := newPrinter(out, cfg.JSON)
-	var all []Result
-	for _, sync := range cfg.Sync {
-		res, err := runSync(ctx, cfg, sync, p)
-		all = append(all, res...)
-		if err != nil {
-			return all, fmt.Errorf("sync %s: %w", sync, err)
-		}
-	}
-	return all, nil
+	return runLines(ctx, cfg, (*env).runConns, p.print)
 }
 
-// runSync runs every connection count, each against an environment of its
-// own: a line's figures must not depend on which lines ran before it. (In
-// one shared store the later runs started with the earlier runs' idempotency
-// markers, ~230 bytes of subject index each in the embedded server's heap;
-// 40,000 of them made the collector work against the soft memory limit and
-// halved the last run's throughput. BENCHMARKS.md has the figures.)
-func runSync(ctx context.Context, cfg Config, syncSetting string, p *printer) ([]Result, error) {
-	var results []Result
-	for _, c := range cfg.Conns {
-		r, err := runOne(ctx, cfg, syncSetting, c)
-		if err != nil {
-			return results, fmt.Errorf("%d connections: %w", c, err)
-		}
-		results = append(results, r)
-		if err := p.print(r); err != nil {
-			return results, err
+// runLines runs line at every sync setting and connection count of cfg,
+// each against an environment of its own, and prints each result as it
+// comes: a line's figures must not depend on which lines ran before it.
+// (In one shared store the later runs started with the earlier runs'
+// idempotency markers, ~230 bytes of subject index each in the embedded
+// server's heap; 40,000 of them made the collector work against the soft
+// memory limit and halved the last run's throughput. BENCHMARKS.md has
+// the figures.)
+func runLines[R any](ctx context.Context, cfg Config, line func(*env, context.Context, int) (R, error), print func(R) error) ([]R, error) {
+	var results []R
+	for _, syncSetting := range cfg.Sync {
+		for _, c := range cfg.Conns {
+			r, err := runOne(ctx, cfg, syncSetting, c, line)
+			if err != nil {
+				return results, fmt.Errorf("sync %s: %d connections: %w", syncSetting, c, err)
+			}
+			results = append(results, r)
+			if err := print(r); err != nil {
+				return results, err
+			}
 		}
 	}
 	return results, nil
 }
 
 // runOne starts an environment, runs one line in it and tears it down.
-func runOne(ctx context.Context, cfg Config, syncSetting string, c int) (Result, error) {
+func runOne[R any](ctx context.Context, cfg Config, syncSetting string, c int, line func(*env, context.Context, int) (R, error)) (R, error) {
 	e, err := startEnv(ctx, cfg, syncSetting)
 	if err != nil {
-		return Result{}, err
+		var zero R
+		return zero, err
 	}
 	defer e.close()
-	return e.runConns(ctx, c)
+	return line(e, ctx, c)
 }
 
 // runConns is one line: ceiling, relay and latency at c connections.

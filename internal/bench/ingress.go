@@ -109,29 +109,7 @@ func RunIngress(ctx context.Context, cfg Config, out io.Writer) ([]IngressResult
 		return nil, err
 	}
 	p := &ingressPrinter{json: cfg.JSON, out: out}
-	var all []IngressResult
-	for _, syncSetting := range cfg.Sync {
-		for _, c := range cfg.Conns {
-			r, err := runIngressOne(ctx, cfg, syncSetting, c)
-			if err != nil {
-				return all, fmt.Errorf("sync %s: %d connections: %w", syncSetting, c, err)
-			}
-			all = append(all, r)
-			if err := p.print(r); err != nil {
-				return all, err
-			}
-		}
-	}
-	return all, nil
-}
-
-func runIngressOne(ctx context.Context, cfg Config, syncSetting string, c int) (IngressResult, error) {
-	e, err := startEnv(ctx, cfg, syncSetting)
-	if err != nil {
-		return IngressResult{}, err
-	}
-	defer e.close()
-	return e.ingressConns(ctx, c)
+	return runLines(ctx, cfg, (*env).ingressConns, p.print)
 }
 
 // ingressConns is one line of the ingress mode.
