@@ -446,6 +446,9 @@ func (l *lane) take() (n, maxBytes int, probe bool) {
 		n = l.limit - l.inflight
 	case l.e.cfg.Lookahead > 0 && !l.aheadFull && l.heldBytes < l.e.cfg.LookaheadBytes:
 		n, maxBytes = l.limit+l.e.cfg.Lookahead-l.inflight, l.e.cfg.LookaheadBytes-l.heldBytes
+		if n < refill(l.e.cfg.Lookahead) {
+			n, maxBytes = 0, 0
+		}
 	}
 	if n < 0 {
 		n = 0
@@ -453,6 +456,14 @@ func (l *lane) take() (n, maxBytes int, probe bool) {
 	l.inflight += n
 	return n, maxBytes, probe
 }
+
+// refill is how many lookahead slots must be free before a lookahead
+// fetch: every session is busy and the lane still holds prepared messages,
+// so it tops the lookahead up in groups rather than a message at a time.
+// A group's pacing reservations go out together and share one write
+// (Pacer group commit), and it takes one pull request instead of one a
+// message.
+func refill(lookahead int) int { return max(1, lookahead/2) }
 
 // give returns slots; probeUnused says the probe slot found no message.
 func (l *lane) give(n int, probeUnused bool) { l.giveShort(n, probeUnused, false) }

@@ -323,3 +323,23 @@ func TestAccountEditThatKeepsPreparedMessagesStillApplies(t *testing.T) {
 		t.Error("a change of connections sent a prepared message back")
 	}
 }
+
+func TestLookaheadRefillsInGroups(t *testing.T) {
+	// One session, the lookahead full: as each message ends, the lane
+	// must not pull (and reserve pacing for) the next one on its own,
+	// but wait until half the lookahead is free and take those together,
+	// so their reservations share a write. Each pull asks the pacer once.
+	const ahead, n = 16, 96
+	h := newHarness(t, setup{engine: relay.Config{Lookahead: ahead}})
+	h.enroll("groups", "groups@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.MaxConns = 1 })
+	h.fake.DelayNextData(n, 2*time.Millisecond) // so the lookahead fills
+	for i := range n {
+		h.publish("groups", fmt.Sprintf("groups-%02d", i), fmt.Sprintf("groups %02d", i))
+	}
+	h.waitFor("every message delivered and acked", func() bool { return len(h.delivered()) == n && h.queued() == 0 })
+	// One pull for the session and the first lookahead, then one for
+	// every ahead/2 messages sent: about n/8 with room for a few more.
+	if peeks := h.engine.PacerPeeks(); peeks > n/3 {
+		t.Fatalf("the lane pulled %d times for %d messages: it refills the lookahead a message at a time", peeks, n)
+	}
+}
