@@ -247,9 +247,20 @@ func (s *Store) Open(ctx context.Context, ref message.BodyRef) (io.ReadCloser, e
 	if err != nil {
 		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
 	}
+	// A chunk gone from the store would leave the reader waiting for it
+	// for ever (and the message's heartbeat keeping it from redelivery):
+	// the consumer counts the chunks there are when it starts.
+	if ci := cons.CachedInfo(); ci != nil && ci.NumPending < uint64(info.Chunks) {
+		it.Stop()
+		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s has %d of its %d chunks in %s: changed since it was queued", ref.Object, ci.NumPending, info.Chunks, Bucket)}
+	}
 	stop := context.AfterFunc(ctx, it.Stop)
 	return &chunkReader{it: it, stop: stop, name: ref.Object, left: ref.Size, digest: ref.Digest, h: sha256.New()}, nil
 }
+
+// ChunkWait is how long a reader waits for the store to deliver the next
+// chunk of a body before it fails (temporarily).
+const ChunkWait = 30 * time.Second
 
 // readAhead is how many chunks (ChunkSize each) a reader buffers.
 const readAhead = 4
@@ -274,7 +285,11 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 			}
 			return 0, io.EOF
 		}
-		m, err := c.it.Next()
+		// A chunk that does not come (the store stopped answering, or
+		// the chunk was removed after Open counted them) is a temporary
+		// error, not a wait for ever; the next attempt's Open tells a
+		// removed chunk apart.
+		m, err := c.it.Next(jetstream.NextMaxWait(ChunkWait))
 		if err != nil {
 			return 0, fmt.Errorf("read body %s: %w", c.name, err)
 		}

@@ -219,6 +219,47 @@ func TestOpenRefusesAReplacedBody(t *testing.T) {
 	}
 }
 
+// A body with a chunk gone from the store (its record, size and digest
+// untouched) is refused at Open: a reader would otherwise wait for the
+// chunk for ever, and the message's heartbeat would keep it from ever
+// being delivered again.
+func TestOpenRefusesABodyMissingAChunk(t *testing.T) {
+	env, ctx, s := startStore(t)
+	ref, err := s.Put(ctx, bytes.NewReader(bigRaw(t, 3*body.ChunkSize)), message.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := env.JS.ObjectStore(ctx, body.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := obs.GetInfo(ctx, ref.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Chunks < 3 {
+		t.Fatalf("%d chunks, want at least 3", info.Chunks)
+	}
+	st, err := env.JS.Stream(ctx, body.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := st.GetLastMsgForSubject(ctx, "$O."+body.Bucket+".C."+info.NUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteMsg(ctx, last.Sequence-1); err != nil { // one in the middle
+		t.Fatal(err)
+	}
+	r, err := s.Open(ctx, ref)
+	if err == nil {
+		r.Close()
+	}
+	if !message.IsInvalid(err) || !strings.Contains(err.Error(), "chunks") {
+		t.Fatalf("body missing a chunk: %v, want Invalid naming the chunks", err)
+	}
+}
+
 // Sweep deletes what nothing names and keeps what a queued message or a
 // dead letter names, however old.
 func TestSweepDeletesOnlyOrphans(t *testing.T) {

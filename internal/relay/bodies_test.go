@@ -102,3 +102,48 @@ func TestReplacedBodyDeadLettered(t *testing.T) {
 		t.Errorf("%d sent", n)
 	}
 }
+
+// A body missing one of its chunks (record, size and digest untouched)
+// is dead-lettered as invalid; it once held its message and a session
+// for ever, the reader waiting for the chunk and the heartbeat keeping
+// the message from redelivery.
+func TestBodyMissingAChunkDeadLettered(t *testing.T) {
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	store, err := body.Open(h.ctx, h.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := "Subject: big\r\n\r\n" + strings.Repeat("a line of the body that fills it up\r\n", 3*body.ChunkSize/37)
+	ref, err := store.Put(h.ctx, strings.NewReader(raw), message.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := h.js.ObjectStore(h.ctx, body.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := obs.GetInfo(h.ctx, ref.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.js.Stream(h.ctx, body.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := st.GetLastMsgForSubject(h.ctx, "$O."+body.Bucket+".C."+info.NUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteMsg(h.ctx, last.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	h.publishMsg(&message.Message{ID: "m-1", Account: "alerts", To: []string{"ops@contoso.com"}, Body: &ref})
+	h.waitFor("the message to be dead-lettered", func() bool { return len(h.deadLetters("alerts")) == 1 })
+	if dl := h.deadLetters("alerts")[0]; dl.Class != "invalid" || !strings.Contains(dl.Reason, "chunks") {
+		t.Errorf("dead letter class %q reason %q", dl.Class, dl.Reason)
+	}
+	if n := h.delivered()["big"]; n != 0 {
+		t.Errorf("%d sent", n)
+	}
+}
