@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 )
@@ -63,5 +65,31 @@ func TestEnsureAccountConsumerBindsAnUnchangedOneWithoutWriting(t *testing.T) {
 	}
 	if os.SameFile(created, consumerMeta(t, env, "alerts")) {
 		t.Fatal("the update did not write the consumer's configuration: this test cannot see a write")
+	}
+}
+
+// A consumer made by an earlier version, with the delivery limit on the
+// server, is updated to none: the worker counts deliveries itself, and a
+// server limit would strand a message whose last delivery could not end
+// it (docs/design.md §7.5).
+func TestEnsureAccountConsumerLiftsAServerDeliveryLimit(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	old := jetstream.ConsumerConfig{
+		Durable: queue.AccountConsumer("alerts"), AckPolicy: jetstream.AckExplicitPolicy,
+		MaxDeliver: 50, FilterSubject: queue.Subject("alerts"),
+	}
+	if _, err := env.JS.CreateOrUpdateConsumer(ctx, queue.StreamMail, old); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{MaxDeliver: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxDeliver != queue.ServerMaxDeliver {
+		t.Fatalf("MaxDeliver on the server %d, want %d (none)", info.Config.MaxDeliver, queue.ServerMaxDeliver)
 	}
 }

@@ -180,7 +180,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 // ConsumerConfig tunes the per-account durable pull consumers.
 type ConsumerConfig struct {
 	AckWait       time.Duration // default 60s; workers heartbeat with InProgress at AckWait/3
-	MaxDeliver    int           // default 50; the worker dead-letters at the last delivery
+	MaxDeliver    int           // default 50; the worker dead-letters at the last delivery (the server's consumer has no limit: ServerMaxDeliver)
 	MaxAckPending int           // default 1000, per account
 }
 
@@ -203,6 +203,14 @@ func (c *ConsumerConfig) Defaults() {
 		c.MaxAckPending = DefaultMaxAckPending
 	}
 }
+
+// ServerMaxDeliver is the MaxDeliver of the account consumers on the
+// server: none. The worker counts deliveries itself (ConsumerConfig's
+// MaxDeliver) and acts at the last one; a server limit would stop
+// delivering a message whose last delivery could not end it (the dead
+// letter or the requeue refused, the worker gone) and leave it in the
+// WorkQueue stream unseen (docs/design.md §7.5).
+const ServerMaxDeliver = -1
 
 // AccountConsumer is the durable consumer name of an account.
 func AccountConsumer(alias string) string { return ConsumerPrefix + alias }
@@ -228,7 +236,7 @@ func EnsureAccountConsumer(ctx context.Context, js jetstream.JetStream, alias st
 		Description:   "Relay365 delivery for account " + alias,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.AckWait,
-		MaxDeliver:    c.MaxDeliver,
+		MaxDeliver:    ServerMaxDeliver,
 		MaxAckPending: c.MaxAckPending,
 		FilterSubject: Subject(alias),
 	}

@@ -140,7 +140,7 @@ func TestPerAccountConsumersAndLegacyRemoval(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Name != "relay-mail-alerts" || info.Config.FilterSubject != "mail.send.alerts" || info.Config.MaxDeliver != 7 || info.NumPending != 1 {
+	if info.Name != "relay-mail-alerts" || info.Config.FilterSubject != "mail.send.alerts" || info.Config.MaxDeliver != queue.ServerMaxDeliver || info.NumPending != 1 {
 		t.Fatalf("consumer %+v", info.Config)
 	}
 	if m := next(t, alerts); string(m.Data()) != "alerts" {

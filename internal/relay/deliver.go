@@ -65,6 +65,19 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 		l.expire(a, queued)
 		return
 	}
+	if meta.NumDelivered >= uint64(2*l.e.cfg.MaxDeliver) {
+		if l.pausedNow() {
+			// Its requeues were refused: waiting for an account never
+			// dead-letters mail, so it is requeued (or tried again).
+			l.keepQueued(a, a.log.Warn(), true, l.e.cfg.Retry.Delay(1))
+			if a.probe {
+				l.probeDone() // the next message probes
+			}
+			return
+		}
+		l.giveUp(a)
+		return
+	}
 
 	stopBeat := heartbeat(l.e.sendCtx, msg, l.e.cfg.AckWait/3)
 	start := time.Now()
@@ -620,6 +633,7 @@ func (l *lane) finish(a *attempt, err error) {
 		l.probeDone()
 	}
 	if dlErr != nil {
+		l.failed(seq, fmt.Sprintf("%v (its dead letter was refused: %v)", err, dlErr))
 		ev.AnErr("dlq", dlErr).Msg("dead-lettering failed; the message stays queued")
 		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
 		return
@@ -652,6 +666,35 @@ func (l *lane) expire(a *attempt, queued time.Time) {
 	a.log.Warn().Time("queued", queued).Str("reason", reason).Msg("expired: dead-lettered undelivered")
 }
 
+// giveUp dead-letters, without trying it, a message delivered twice
+// --max-deliver times. Deliveries past the last one are expected only
+// when the last could not end it (its dead letter or requeue refused:
+// each is tried again at the next delivery); this many means they keep
+// ending without an outcome, as when the message stops the worker every
+// time it is tried. The server sets no delivery limit
+// (queue.ServerMaxDeliver), so this is what bounds them.
+func (l *lane) giveUp(a *attempt) {
+	why := l.lastFailure(a.meta.Sequence.Stream)
+	if why == "" {
+		why = "its deliveries ended without an outcome (the worker stopped while trying it?)"
+	}
+	reason := fmt.Sprintf("gave up after %d deliveries (twice --max-deliver): %s", a.meta.NumDelivered, why)
+	err := queue.MoveToDLQ(l.e.sendCtx, l.e.js, a.msg, queue.DeadLetter{
+		ID: a.id, Account: l.alias, Reason: reason, Class: string(submit.ClassTransient), First: a.first,
+	})
+	if a.probe {
+		l.probeDone()
+	}
+	if err != nil {
+		a.log.Error().Err(err).Msg("giving up, but dead-lettering failed; the message stays queued")
+		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
+		return
+	}
+	l.forget(a.meta.Sequence.Stream)
+	l.e.metrics.outcome(l.alias, outcomeDeadLettered)
+	a.log.Warn().Str("reason", reason).Msg("dead-lettered")
+}
+
 // keepQueued gives back a message its account cannot send now: retried
 // after delay (a pause; counted as outcome "paused"), or at once (delay 0:
 // the account changed under it) or, at its last delivery, requeued as a
@@ -659,6 +702,9 @@ func (l *lane) expire(a *attempt, queued time.Time) {
 func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool, delay time.Duration) {
 	if last {
 		if _, rqErr := queue.Requeue(l.e.sendCtx, l.e.js, a.msg, a.id); rqErr != nil {
+			// Delivered again after the delay (the server sets no
+			// delivery limit), when the requeue is tried again.
+			_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
 			ev.AnErr("requeue", rqErr).Msg("not sendable now at the message's last delivery; requeue failed, it stays queued")
 			return
 		}

@@ -118,9 +118,13 @@
 //     session, 432 4.3.2 with one connection fewer, anything unknown):
 //     NakWithDelay on the Retry schedule (jittered, capped exponential),
 //     never a plain Nak, which burns MaxDeliver in milliseconds. At the
-//     last delivery (MaxDeliver) a still-failing message is dead-lettered
-//     with the last reply, since JetStream would leave it in the WorkQueue
-//     stream unseen.
+//     last delivery (MaxDeliver, counted here: the server's consumer has
+//     no limit, queue.ServerMaxDeliver) a still-failing message is
+//     dead-lettered with the last reply. If the dead letter (or a paused
+//     account's requeue) is refused, the message is nak'ed and delivered
+//     again to try once more; a server limit would have left it in the
+//     WorkQueue stream unseen. From twice MaxDeliver on, a message is
+//     dead-lettered without being tried (giveUp).
 //   - 535 5.7.3: one forced token refresh and a new session; refused
 //     again, the class is auth and the account pauses.
 //   - pause (no usable token, SMTP AUTH disabled, XOAUTH2 refused, TLS too

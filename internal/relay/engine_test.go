@@ -243,6 +243,108 @@ func TestPausedAccountNeverDeadLettersAtLastDelivery(t *testing.T) {
 	}
 }
 
+// refuseStream makes stream refuse new messages (full, discard new)
+// until the returned restore is called: a store whose disk or limits are
+// spent.
+func refuseStream(t *testing.T, h *harness, stream string) (restore func()) {
+	t.Helper()
+	s, err := h.js.Stream(h.ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := s.CachedInfo().Config
+	if s.CachedInfo().State.Msgs == 0 {
+		// MaxMsgs 0 is "no limit": hold one message to be full at one.
+		if _, err := h.js.Publish(h.ctx, queue.DLQPrefix+"filler", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full := orig
+	full.MaxMsgs, full.Discard = int64(max(1, s.CachedInfo().State.Msgs)), jetstream.DiscardNew
+	if _, err := h.js.UpdateStream(h.ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if _, err := h.js.UpdateStream(h.ctx, orig); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// deliveries is how many times the account's consumer has delivered
+// messages, redeliveries included.
+func deliveries(t *testing.T, h *harness, alias string) uint64 {
+	t.Helper()
+	c, err := h.js.Consumer(h.ctx, queue.StreamMail, queue.AccountConsumer(alias))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Delivered.Consumer
+}
+
+func TestDeadLetterRefusedAtLastDeliveryIsTriedAgain(t *testing.T) {
+	// MAIL_DLQ refuses the copy at the message's last delivery (MaxDeliver
+	// 2). With the limit on the server the message was never delivered
+	// again and stayed in MAIL unseen; it must be delivered again, and
+	// dead-lettered once the DLQ takes it.
+	h := newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	restore := refuseStream(t, h, queue.StreamDLQ)
+	h.fake.SetNextMailReply(1000, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "refused"})
+	h.publish("alerts", "m-1", "doomed")
+	h.waitFor("a delivery past the last", func() bool { return h.fake.Replies()["550 5.7.1"] >= 3 })
+	restore()
+	h.waitFor("the dead letter", func() bool { return len(h.deadLetters("alerts")) == 1 && h.queued() == 0 })
+	if n := h.delivered()["doomed"]; n != 0 {
+		t.Fatalf("sent %d times", n)
+	}
+}
+
+func TestMessageDeliveredTwiceMaxDeliverIsDeadLetteredUntried(t *testing.T) {
+	// Every delivery ends without an outcome (here its dead letter is
+	// refused each time): from twice MaxDeliver on the message is no
+	// longer tried, and it is dead-lettered as soon as the DLQ takes it,
+	// saying why.
+	h := newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	restore := refuseStream(t, h, queue.StreamDLQ)
+	h.fake.SetNextMailReply(1000, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "refused"})
+	h.publish("alerts", "m-1", "doomed")
+	h.waitFor("five deliveries", func() bool { return deliveries(t, h, "alerts") >= 5 })
+	restore()
+	h.waitFor("the dead letter", func() bool { return len(h.deadLetters("alerts")) == 1 && h.queued() == 0 })
+	if tried := h.fake.Replies()["550 5.7.1"]; tried != 3 {
+		t.Errorf("tried %d times over SMTP, want 3: deliveries from the 4th (twice MaxDeliver) on are not tried", tried)
+	}
+	dl := h.deadLetters("alerts")[0]
+	if !strings.Contains(dl.Reason, "twice --max-deliver") || !strings.Contains(dl.Reason, "550 5.7.1") || !strings.Contains(dl.Reason, "dead letter was refused") {
+		t.Errorf("dead letter reason %q: want the bound, the last reply and why it stayed", dl.Reason)
+	}
+}
+
+func TestRequeueRefusedAtLastDeliveryIsTriedAgain(t *testing.T) {
+	// A paused account's message at its last delivery is requeued; MAIL
+	// refuses the copy. It must be delivered again (not stranded) and
+	// sent when the account can send, never dead-lettered.
+	h := newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
+	a := h.enroll("quota", "quota@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.SetQuotaExceeded(a.Mailbox, true)
+	h.publish("quota", "q-1", "over quota")
+	h.waitFor("the last delivery", func() bool { return deliveries(t, h, "quota") >= 1 })
+	restore := refuseStream(t, h, queue.StreamMail)
+	h.waitFor("deliveries past the last", func() bool { return deliveries(t, h, "quota") >= 3 })
+	restore()
+	h.fake.SetQuotaExceeded(a.Mailbox, false)
+	h.waitFor("delivery", func() bool { return h.delivered()["over quota"] == 1 && h.queued() == 0 })
+	if dl := h.deadLetters(""); len(dl) != 0 {
+		t.Fatalf("dead letters: %+v", dl)
+	}
+}
+
 func TestThrottledMailboxUsesFewerConnections(t *testing.T) {
 	// Exchange allows this mailbox one connection; the account says 3.
 	h := newHarness(t, setup{fake: fakeo365.Config{MaxConns: 1, PerMinute: -1}})

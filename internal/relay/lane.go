@@ -215,6 +215,14 @@ func (l *lane) dayPause() time.Duration {
 	return d
 }
 
+// pausedNow reports whether the lane is paused (its messages wait for the
+// account).
+func (l *lane) pausedNow() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.p.on
+}
+
 // othersInFlight says whether messages besides the caller's are fetched
 // and not yet past their last 250.
 func (l *lane) othersInFlight() bool { return l.inFlight() > 1 }
