@@ -127,8 +127,7 @@ func (l *lane) deliver(a *attempt) error {
 		return err
 	}
 	a.body = m.Body
-	batches := r.Batches(batchSize(acct))
-	todo, first, err := l.lookupAndReserve(a, acct, batches)
+	batches, todo, first, err := l.lookupAndReserve(a, acct, r)
 	a.slot.setPrepared()
 	if err != nil {
 		return err
@@ -208,50 +207,70 @@ func checkSize(m *message.Message, r *message.Rendered, acct account.Account) er
 // still read before any batch is sent, and a reservation still precedes
 // every transaction. It returns the unsent batches and the first one's
 // reservation (zero when there is nothing to send).
-func (l *lane) lookupAndReserve(a *attempt, acct account.Account, batches [][]string) ([]int, Ticket, error) {
+func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Rendered) ([][]string, []int, Ticket, error) {
 	type reservation struct {
 		t   Ticket
 		err error
 	}
+	batches := r.Batches(batchSize(acct))
 	if len(batches) == 0 { // Validate refuses it; nothing is acked unsent
-		return nil, Ticket{}, &message.Invalid{Field: "to", Reason: "no recipients"}
+		return nil, nil, Ticket{}, &message.Invalid{Field: "to", Reason: "no recipients"}
 	}
 	if a.meta.NumDelivered > 1 || a.msg.Headers().Get(queue.HdrMessageID) != "" {
 		// A redelivery, replay or requeue may well be sent already: a
 		// reservation for it, even given back a moment later, could make
 		// another message see the budget spent and pause the account.
 		// Look first, then reserve.
-		todo, err := l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, len(batches))
+		batches, todo, err := l.unsent(a, r, batches)
 		if err != nil || len(todo) == 0 {
-			return todo, Ticket{}, err
+			return batches, todo, Ticket{}, err
 		}
 		t, err := l.reserve(l.ctx, acct, len(batches[todo[0]]))
-		return todo, t, err
+		return batches, todo, t, err
 	}
 	rctx, cancel := context.WithCancel(l.ctx)
 	defer cancel()
 	reserved := make(chan reservation, 1)
+	first := len(batches[0])
 	go func() {
-		t, err := l.reserve(rctx, acct, len(batches[0]))
+		t, err := l.reserve(rctx, acct, first)
 		reserved <- reservation{t, err}
 	}()
-	todo, err := l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, len(batches))
-	useFirst := err == nil && len(todo) > 0 && todo[0] == 0
+	batches, todo, err := l.unsent(a, r, batches)
+	useFirst := err == nil && len(todo) > 0 && todo[0] == 0 && len(batches[0]) == first
 	if !useFirst {
 		cancel() // a pacing wait need not run out
 	}
 	res := <-reserved
 	if useFirst {
-		return todo, res.t, res.err
+		return batches, todo, res.t, res.err
 	}
 	if res.err == nil {
 		l.release(res.t, a.log)
 	}
 	if err != nil || len(todo) == 0 {
-		return todo, Ticket{}, err
+		return batches, todo, Ticket{}, err
 	}
 	t, err := l.reserve(l.ctx, acct, len(batches[todo[0]]))
-	return todo, t, err
+	return batches, todo, t, err
+}
+
+// unsent returns the message's batches and those of them not yet sent
+// (SentMarkers.Unsent). A message partly sent with another split (the
+// account's per_day changed since) keeps that split.
+func (l *lane) unsent(a *attempt, r *message.Rendered, batches [][]string) ([][]string, []int, error) {
+	todo, resplit, err := l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, batches)
+	if err != nil || resplit == 0 {
+		return batches, todo, err
+	}
+	a.log.Info().Int("batch_rcpts", resplit).Int("now_rcpts", len(batches[0])).
+		Msg("partly sent with another batch size (per_day changed since): the rest goes as that split")
+	batches = r.Batches(resplit)
+	todo, resplit, err = l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, batches)
+	if err == nil && resplit != 0 {
+		err = fmt.Errorf("idempotency markers of message %s disagree about its split", a.id)
+	}
+	return batches, todo, err
 }
 
 // transaction sends one recipient batch, its pacing reserved (t):

@@ -243,6 +243,53 @@ func TestPausedAccountNeverDeadLettersAtLastDelivery(t *testing.T) {
 	}
 }
 
+func TestPartlySentMessageKeepsItsSplitWhenPerDayChanges(t *testing.T) {
+	// per_day 300: 600 recipients go as two batches of 300, and the
+	// second does not fit the day. The operator raises per_day to 10,000
+	// (authtool login --per-day), which would split them 500 + 100: the
+	// message must keep the split its first batch was sent with, so each
+	// recipient gets it once (batch 0's marker once covered recipients
+	// 0-499, and 300-499 never got it).
+	h := newHarness(t, setup{fake: fakeo365.Config{PerMinute: -1, PerDay: -1}})
+	h.enroll("bulk", "bulk@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.PerDay = 300 })
+	rcpts := make([]string, 600)
+	for i := range rcpts {
+		rcpts[i] = fmt.Sprintf("user%04d@fabrikam.com", i)
+	}
+	h.publishMsg(&message.Message{ID: "bulk-1", Account: "bulk", Bcc: rcpts, Subject: "to everyone", Text: "x"})
+	h.waitFor("the first batch and the day's pause", func() bool { return h.delivered()["to everyone"] == 1 && h.lane("bulk").Paused })
+	a, err := h.accounts.Get(h.ctx, "bulk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.PerDay = 10000
+	if err := h.accounts.Put(h.ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the message to leave MAIL", func() bool { return h.queued() == 0 })
+	var sizes []int
+	seen := map[string]int{}
+	for _, c := range h.fake.Messages() {
+		if c.Subject == "to everyone" {
+			sizes = append(sizes, len(c.To))
+			for _, r := range c.To {
+				seen[r]++
+			}
+		}
+	}
+	if fmt.Sprint(sizes) != "[300 300]" {
+		t.Errorf("transactions of %v recipients, want 300 and 300", sizes)
+	}
+	for _, r := range rcpts {
+		if seen[r] != 1 {
+			t.Fatalf("%s got the message %d times, want once", r, seen[r])
+		}
+	}
+	if dl := h.deadLetters(""); len(dl) != 0 {
+		t.Fatalf("dead letters: %+v", dl)
+	}
+}
+
 // refuseStream makes stream refuse new messages (full, discard new)
 // until the returned restore is called: a store whose disk or limits are
 // spent.

@@ -236,8 +236,9 @@ func (l *lane) wakeWaitersLocked() {
 
 // setAccount applies a registry change: endpoint, mailbox, limits. A
 // change of the endpoint or client id of an account paused for its
-// configuration (a binding mismatch, a certificate that does not verify)
-// is probed at once: it may be the fix.
+// configuration (a binding mismatch, a certificate that does not verify),
+// or of the limits of one paused for its quota, is probed at once: it may
+// be the fix.
 func (l *lane) setAccount(a account.Account) {
 	a.Normalize() // defaults for records written by older versions
 	l.mu.Lock()
@@ -251,6 +252,11 @@ func (l *lane) setAccount(a account.Account) {
 		if l.p.on && !l.p.armed && l.p.class == submit.ClassConfig {
 			l.p.until = l.e.clock.Now()
 		}
+	}
+	if limits(l.acct) != limits(a) && l.p.on && !l.p.armed && l.p.class == submit.ClassQuota {
+		// New limits (authtool login --per-day): the budget the pause
+		// waits for may be there now; a probe finds out.
+		l.p.until = l.e.clock.Now()
 	}
 	l.acct = a
 	if l.throttled.IsZero() || l.limit > a.MaxConns || l.limit < 1 {

@@ -61,46 +61,72 @@ func sentKey(alias, id string, batch int) string {
 	return alias + "." + hex.EncodeToString(sum[:16]) + "." + strconv.Itoa(batch)
 }
 
-// Sent reports whether batch of message id was already accepted.
+// Sent reports whether batch of message id was already accepted, with
+// the marker when it was.
 func (s *SentMarkers) Sent(ctx context.Context, alias, id string, batch int) (bool, error) {
-	_, err := s.kv.Get(ctx, sentKey(alias, id, batch))
+	m, err := s.marker(ctx, alias, id, batch)
+	return m != nil, err
+}
+
+// marker reads one batch's marker; nil when there is none.
+func (s *SentMarkers) marker(ctx context.Context, alias, id string, batch int) (*sentMarker, error) {
+	e, err := s.kv.Get(ctx, sentKey(alias, id, batch))
 	switch {
 	case err == nil:
-		return true, nil
+		var m sentMarker
+		if json.Unmarshal(e.Value(), &m) != nil {
+			// Written by no version of the relay; it still says sent.
+			return &sentMarker{ID: id, Batch: batch}, nil
+		}
+		return &m, nil
 	case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
-		return false, nil
+		return nil, nil
 	default:
-		return false, fmt.Errorf("read idempotency marker: %w", err)
+		return nil, fmt.Errorf("read idempotency marker: %w", err)
 	}
 }
 
-// Unsent returns the batches (of batches) of message id that have no
-// marker yet, in order. The lookups of a message with several batches go
-// out together, so the message waits for one round trip, not one per
-// batch; any failed lookup fails the whole answer (nothing is sent on a
-// guess).
-func (s *SentMarkers) Unsent(ctx context.Context, alias, id string, batches int) ([]int, error) {
-	sent := make([]bool, batches)
-	errs := make([]error, batches)
+// Unsent returns the batches of message id, split as batches is, that
+// have no marker yet, in order. The lookups of a message with several
+// batches go out together, so the message waits for one round trip, not
+// one per batch; any failed lookup fails the whole answer (nothing is sent
+// on a guess).
+//
+// A marker is kept by batch index, so a message must be split the same
+// way at every delivery (docs/design.md §3.4). The split follows the
+// account's per_day, which may change between deliveries: then batch 0's
+// marker, written with the split of its time, disagrees with batches
+// (how many batches, or how many recipients in the first), and Unsent
+// returns that split's batch size as resplit, with no todo: the caller
+// splits again with it and asks again. (Taking the markers of one split
+// for the batches of another would skip recipients never sent, or send
+// some twice.)
+func (s *SentMarkers) Unsent(ctx context.Context, alias, id string, batches [][]string) (todo []int, resplit int, err error) {
+	marks := make([]*sentMarker, len(batches))
+	errs := make([]error, len(batches))
 	var wg sync.WaitGroup
 	for i := range batches {
-		if i == batches-1 {
-			sent[i], errs[i] = s.Sent(ctx, alias, id, i) // the last one on this goroutine
+		if i == len(batches)-1 {
+			marks[i], errs[i] = s.marker(ctx, alias, id, i) // the last one on this goroutine
 			break
 		}
-		wg.Go(func() { sent[i], errs[i] = s.Sent(ctx, alias, id, i) })
+		wg.Go(func() { marks[i], errs[i] = s.marker(ctx, alias, id, i) })
 	}
 	wg.Wait()
-	var todo []int
-	for i, done := range sent {
-		if errs[i] != nil {
-			return nil, errs[i]
+	for _, err := range errs {
+		if err != nil {
+			return nil, 0, err
 		}
-		if !done {
+	}
+	if m := marks[0]; m != nil && m.Rcpts > 0 && (m.Batches != len(batches) || m.Rcpts != len(batches[0])) {
+		return nil, m.Rcpts, nil
+	}
+	for i, m := range marks {
+		if m == nil {
 			todo = append(todo, i)
 		}
 	}
-	return todo, nil
+	return todo, 0, nil
 }
 
 // Mark records that batch (of batches, with rcpts recipients) of message
