@@ -338,7 +338,7 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 					}
 					return err
 				}
-				if r.code != cmd.want && refused == nil {
+				if !accepts(cmd.name, cmd.want, r.code) && refused == nil {
 					refused = &Error{Command: cmd.name, Err: r.err()}
 				}
 				if cmd.name == "DATA" && r.code == 354 && refused != nil {
@@ -538,10 +538,22 @@ func (c *Client) flush(name string) error {
 // expect reads a reply and refuses every code but want.
 func (c *Client) expect(name string, want int) (reply, error) {
 	r, err := c.reply(name)
-	if err == nil && r.code != want {
+	if err == nil && !accepts(name, want, r.code) {
 		err = &Error{Command: name, Err: r.err()}
 	}
 	return r, err
+}
+
+// accepts says whether code answers command name as wanted. A recipient
+// is accepted by any positive completion reply (RFC 5321 §4.2.1), not
+// only 250: 251 "user not local; will forward" (§4.1.1.3, §3.4) and 252
+// (§3.5.3) take the message too. Every other command wants its reply
+// exactly.
+func accepts(name string, want, code int) bool {
+	if name == "RCPT" {
+		return code >= 200 && code < 300
+	}
+	return code == want
 }
 
 type reply struct {

@@ -288,6 +288,70 @@ func TestLockstepWithoutPipelining(t *testing.T) {
 	}
 }
 
+// Any positive completion reply accepts a recipient (RFC 5321 §4.2.1):
+// 251 "user not local; will forward" (§4.1.1.3) and 252 as well as 250,
+// with and without pipelining. Other codes are refusals.
+func TestRecipientAcceptedByAnyPositiveReply(t *testing.T) {
+	for _, tt := range []struct {
+		reply string
+		ok    bool
+	}{
+		{"250 2.1.5 Recipient OK", true},
+		{"251 2.1.5 User not local; will forward", true},
+		{"252 2.1.5 Cannot verify, will attempt delivery", true},
+		{"450 4.2.1 Try later", false},
+		{"550 5.1.1 No such user", false},
+	} {
+		for _, pipelining := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%.3s pipelining=%v", tt.reply, pipelining), func(t *testing.T) {
+				var got string
+				c, err, wait := serve(t, Config{}, func(p *peer) {
+					var ext []string
+					if pipelining {
+						ext = append(ext, "PIPELINING")
+					}
+					if !p.handshake(ext...) {
+						return
+					}
+					p.expect("MAIL FROM:")
+					if !pipelining {
+						p.send("250 2.1.0 Sender OK")
+					}
+					p.expect("RCPT TO:")
+					if !pipelining {
+						p.send(tt.reply)
+						if !tt.ok {
+							return
+						}
+					}
+					p.expect("DATA")
+					if pipelining {
+						p.send("250 2.1.0 Sender OK", tt.reply)
+					}
+					p.send("354 Go ahead")
+					if !tt.ok {
+						p.rest()
+						return
+					}
+					got, _ = p.content()
+					p.send("250 2.0.0 OK")
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = c.Send(context.Background(), "a@fake.test", []string{"b@elsewhere.test"}, []byte(body))
+				wait()
+				if tt.ok && (err != nil || got == "") {
+					t.Fatalf("RCPT answered %q: %v (content %q), want the message sent", tt.reply, err, got)
+				}
+				if !tt.ok && err == nil {
+					t.Fatalf("RCPT answered %q: sent, want a refusal", tt.reply)
+				}
+			})
+		}
+	}
+}
+
 func TestRefusedRecipientSendsNoContent(t *testing.T) {
 	var after []string
 	c, err, wait := serve(t, Config{}, func(p *peer) {
