@@ -108,6 +108,18 @@ func Classify(stage string, err error) *SMTPError {
 		e.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
 	}
 	e.Class = ClassifyReply(e.Code, e.Enhanced, e.Text)
+	if stage == "rcpt" {
+		switch {
+		case e.Code == 552:
+			// RFC 5321 §4.5.3.1.10: a 552 to RCPT (too many
+			// recipients, historically) SHOULD be taken as temporary.
+			e.Class = ClassTransient
+		case e.Class == ClassAccount:
+			// X.2.2 to RCPT is the recipient's mailbox (RFC 3463
+			// §3.3), not the sending one's: this message.
+			e.Class = ClassMessage
+		}
+	}
 	if e.Class == ClassMessage && (stage == "dial" || stage == "tls" || stage == "auth") {
 		// A permanent reply before any message was named (a greeting,
 		// EHLO or AUTH refused) is about the account or the server,
@@ -128,7 +140,9 @@ func ClassifyReply(code int, enhanced, text string) Class {
 		return ClassAuth
 	case code == 504 && enhanced == "5.7.4", code == 501 && enhanced == "5.5.124":
 		return ClassConfig
-	case code == 530 && enhanced == "5.7.57":
+	case code == 530:
+		// 5.7.57 from Office 365; 5.7.0 "authentication required"
+		// elsewhere (RFC 4954 §6): the session, not the message.
 		return ClassSession
 	case code == 421 && enhanced == "4.7.66":
 		return ClassConfig

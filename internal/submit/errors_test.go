@@ -4,7 +4,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"relay365/internal/smtpclient"
 )
 
 func TestClassifyNetworkErrorsAreTemporary(t *testing.T) {
@@ -12,6 +17,35 @@ func TestClassifyNetworkErrorsAreTemporary(t *testing.T) {
 		e := Classify("dial", err)
 		if e.Class != ClassTransient || !e.Temporary() || e.Reply() != "" {
 			t.Errorf("%v: %+v", err, e)
+		}
+	}
+}
+
+// The same reply means different things at different commands; these
+// are the cases where the stage decides (RFC 5321 §4.5.3.1.10, RFC 3463
+// §3.3, RFC 4954 §6), with the stage-free rows beside them for contrast.
+func TestClassifyByStage(t *testing.T) {
+	for _, tt := range []struct {
+		stage string
+		code  int
+		ec    smtp.EnhancedCode
+		want  Class
+	}{
+		{"rcpt", 552, smtp.EnhancedCode{5, 5, 3}, ClassTransient}, // too many recipients: temporary
+		{"rcpt", 552, smtp.NoEnhancedCode, ClassTransient},
+		{"data", 552, smtp.EnhancedCode{5, 3, 4}, ClassMessage}, // too large
+		{"rcpt", 550, smtp.EnhancedCode{5, 2, 2}, ClassMessage}, // the recipient's mailbox is full
+		{"rcpt", 552, smtp.EnhancedCode{5, 2, 2}, ClassTransient},
+		{"data", 554, smtp.EnhancedCode{5, 2, 2}, ClassAccount}, // the sending mailbox is full (Office 365)
+		{"mail", 530, smtp.EnhancedCode{5, 7, 0}, ClassSession}, // authentication required
+		{"mail", 530, smtp.EnhancedCode{5, 7, 57}, ClassSession},
+		{"rcpt", 550, smtp.EnhancedCode{5, 1, 1}, ClassMessage},
+		{"rcpt", 452, smtp.EnhancedCode{4, 5, 3}, ClassTransient},
+		{"auth", 550, smtp.EnhancedCode{5, 7, 1}, ClassConfig},
+	} {
+		err := &smtpclient.Error{Command: strings.ToUpper(tt.stage), Err: &smtp.SMTPError{Code: tt.code, EnhancedCode: tt.ec, Message: "reply"}}
+		if got := Classify("", err).Class; got != tt.want {
+			t.Errorf("%d %v to %s: class %s, want %s", tt.code, tt.ec, tt.stage, got, tt.want)
 		}
 	}
 }
