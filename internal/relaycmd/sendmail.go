@@ -360,12 +360,19 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 	// -f is never the envelope sender: the relay sends as the account's
 	// mailbox. It only gives a message without a From field one, which
 	// the account's From policy then rewrites (the address goes to
-	// Reply-To) or refuses. An -f that is no address ("<>") gives none.
-	if len(msg.Header["From"]) == 0 && c.Sender != "" {
-		if from, err := parseAddresses(c.Sender, c.Domain); err == nil && len(from) == 1 {
-			from[0].Name = c.FullName
-			raw = append([]byte("From: "+from[0].String()+"\r\n"), raw...)
+	// Reply-To) or refuses. The null sender ("<>") gives none; any
+	// other -f that is not one address is refused, as a From field
+	// would be, rather than dropped without a word.
+	if len(msg.Header["From"]) == 0 && c.Sender != "" && c.Sender != "<>" {
+		from, err := parseAddresses(c.Sender, c.Domain)
+		if err == nil && len(from) != 1 {
+			err = fmt.Errorf("%q is %d addresses, want one", c.Sender, len(from))
 		}
+		if err != nil {
+			return nil, fmt.Errorf("-f: %v", err)
+		}
+		from[0].Name = c.FullName
+		raw = append([]byte("From: "+from[0].String()+"\r\n"), raw...)
 	}
 	// The worker refuses a From or Sender that is not an address; say
 	// now, and say what to do when all it lacks is a domain.
