@@ -102,7 +102,7 @@ func (c storeConfig) open(ctx context.Context, keys *token.Keyring) (*stores, er
 	}
 	nc, err := queue.ConnectWith(c.NATSURL, "relay365-authtool", c.NATS)
 	if err != nil {
-		return nil, fmt.Errorf("%w (is relay serve running? set --nats-url or RELAY_NATS_URL)", err)
+		return nil, fmt.Errorf("%w (%s)", err, queue.ConnectHint(err))
 	}
 	s := &stores{nc: nc}
 	if s.js, err = jetstream.New(nc); err != nil {

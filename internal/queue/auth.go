@@ -180,6 +180,16 @@ func secretValue(value, file, flagName string) (string, error) {
 	return v, nil
 }
 
+// ConnectHint is what a command that could not connect tells its user to
+// do: name credentials when NATS refused the ones given (or none), else
+// check that the server runs where the URL says.
+func ConnectHint(err error) string {
+	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) {
+		return "NATS refused this command's credentials: name them (--nats-nkey, --nats-creds or --nats-user), or the relay's data directory whose nkeys/ seeds it reads (--data-dir or RELAY_DATA_DIR; the sandbox's is data/sandbox)"
+	}
+	return "is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL"
+}
+
 // ConnectWith is Connect with the authentication and TLS options.
 func ConnectWith(url, name string, o ConnectOptions, extra ...nats.Option) (*nats.Conn, error) {
 	opts, err := o.Options()

@@ -162,7 +162,7 @@ func (n natsClient) connect(name string, role roles.Role, extra ...nats.Option) 
 	}
 	nc, err := queue.ConnectWith(n.URL, name, n.Opts, extra...)
 	if err != nil {
-		return nil, fmt.Errorf("%w (is relay serve or relay sandbox running? set --nats-url or RELAY_NATS_URL)", err)
+		return nil, fmt.Errorf("%w (%s)", err, queue.ConnectHint(err))
 	}
 	return nc, nil
 }

@@ -625,4 +625,12 @@ func TestSendmailOnTheRelaysHost(t *testing.T) {
 	if r := run(t, vars, "Subject: disk\n\n92% full\n", "sendmail", "-i", "ops@contoso.com"); r.code != exNoPerm {
 		t.Fatalf("without a seed: exit %d, want %d (%s)", r.code, exNoPerm, r.stderr)
 	}
+	// The other commands say why NATS refused them and what to name,
+	// not to check that a running relay runs.
+	for _, args := range [][]string{{"dlq", "list"}, {"publish", "--account", "alerts", "--to", "ops@contoso.com", "--subject", "x", "--text", "y"}} {
+		r := run(t, vars, "", args...)
+		if r.code == 0 || !strings.Contains(r.stderr, "refused this command's credentials") || !strings.Contains(r.stderr, "--data-dir") {
+			t.Errorf("%s without a seed: exit %d, %q: want the credentials named as the cause", args[0], r.code, r.stderr)
+		}
+	}
 }

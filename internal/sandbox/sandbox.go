@@ -294,8 +294,12 @@ then see it arrive:
 
   curl -s http://%s/sandbox/messages
 
+and what could not be sent (the admin seed is in the sandbox's data directory):
+
+  go run ./cmd/relay dlq list --nats-url %s --data-dir %s
+
 Ctrl-C stops; queued messages are kept for the next start.
-`, s.Daemon.HTTPAddr)
+`, s.Daemon.HTTPAddr, s.Daemon.NATSURL, dataDir)
 	return b.String()
 }
 
