@@ -368,7 +368,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	var keys *token.Keyring
 	if cfg.KeyFile != "" {
 		if keys, err = token.LoadKeyring(cfg.KeyFile); err != nil {
-			return nil, err
+			// Missing, unreadable, open to others, not a key: the
+			// operator's to fix, like a bad flag (exit 2).
+			return nil, cli.UsageError{Err: err}
 		}
 	}
 	d := &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry()}

@@ -27,6 +27,34 @@ func TestServeRefusesBadRoles(t *testing.T) {
 	}
 }
 
+// A key file that is missing, open to others or not a key stops relay
+// serve at start with exit 2, as a bad flag does (README), saying what
+// to fix.
+func TestServeRefusesABadKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open.key")
+	if _, err := token.GenerateKeyFile(open); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(dir, "junk.key")
+	if err := os.WriteFile(junk, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ file, says string }{
+		{filepath.Join(dir, "missing.key"), "does not exist"},
+		{open, "chmod 600"},
+		{junk, junk},
+	} {
+		r := run(t, nil, "", "serve", "--key-file", tt.file, "--nats-listen", "127.0.0.1:0", "--http-addr", "off", "--data-dir", t.TempDir())
+		if r.code != ExitUsage || !strings.Contains(r.stderr, tt.says) {
+			t.Errorf("--key-file %s: exit %d, want %d saying %q; stderr:\n%s", tt.file, r.code, ExitUsage, tt.says, r.stderr)
+		}
+	}
+}
+
 // TestServeLogsItsFatalError: when relay serve stops for good (here NATS
 // refuses its login, which waiting does not heal), the last line of its
 // log says why, as JSON like every other line.
