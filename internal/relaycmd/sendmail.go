@@ -105,7 +105,7 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 		data = endAtDot(data)
 	}
 	if len(data) > message.MaxSize {
-		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("the message is larger than %d bytes, what Office 365 accepts", message.MaxSize)}
+		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("the message is larger than %d bytes (35 MB), what Office 365 accepts (reading stopped there)", message.MaxSize)}
 	}
 	m, err := buildSendmail(c, data)
 	if err != nil {
