@@ -710,13 +710,20 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	d, err := Start(ctx, cfg, log)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil // interrupted while starting: a clean stop
+			// Interrupted while starting (waiting for NATS, say): a
+			// clean stop, and the log's last line says so.
+			log.Info().Msg("relay serve stopped: asked to stop before it was ready")
+			return nil
 		}
 		return err
 	}
 	<-ctx.Done()
 	log.Info().Msg("shutting down: finishing sends in flight")
-	return d.Close()
+	if err := d.Close(); err != nil {
+		return err // the caller logs why
+	}
+	log.Info().Msg("relay serve stopped: asked to stop")
+	return nil
 }
 
 // Setup makes (or brings up to date) every stream and bucket the relay

@@ -99,3 +99,33 @@ func startNATS(t *testing.T, dir string, port int) *server.Server {
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	return ns
 }
+
+// TestRunStoppedWhileWaitingForNATSSaysSo: stopped while it still waits
+// for NATS, relay serve ends cleanly and its log's last line says why it
+// stopped (README: the last line says why), as it does after a run.
+func TestRunStoppedWhileWaitingForNATSSaysSo(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	key := filepath.Join(dir, "token.key")
+	if _, err := token.GenerateKeyFile(key); err != nil {
+		t.Fatal(err)
+	}
+	logs := &testutil.Buffer{}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- daemon.Run(runCtx, daemon.Config{
+			NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", testutil.FreePort(t)), KeyFile: key, HTTPAddr: "off", DataDir: dir,
+		}, zerolog.New(logs))
+	}()
+	testutil.Eventually(t, ctx, "a logged retry", func() bool { return strings.Contains(logs.String(), "NATS not reachable yet") })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v, want a clean stop", err)
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, "relay serve stopped") {
+		t.Fatalf("last log line %s: want it to say the relay stopped", last)
+	}
+}
