@@ -180,7 +180,7 @@ func runTest(ctx context.Context, args []string, env Env) error {
 		to = a.Mailbox
 	}
 	fmt.Fprintf(env.Stderr, "Sending a test mail as %s to %s through %s...\n", a.Mailbox, to, a.SMTPAddr)
-	if err := (consent.Enroller{}).SendTest(ctx, a, at.Token, to); err != nil {
+	if err := (consent.Enroller{Pacing: st.pacer}).SendTest(ctx, a, at.Token, to); err != nil {
 		return err
 	}
 	if asJSON {

@@ -19,6 +19,7 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/relay"
 	"relay365/internal/roles"
 	"relay365/internal/token"
 )
@@ -90,6 +91,7 @@ type stores struct {
 	js       jetstream.JetStream
 	accounts *account.Registry
 	tokens   *token.Store // nil when opened without a key ring
+	pacer    *relay.Pacer // counts test mails in the mailbox's budget
 }
 
 // open connects to NATS and opens the account registry and, with keys,
@@ -110,6 +112,10 @@ func (c storeConfig) open(ctx context.Context, keys *token.Keyring) (*stores, er
 		return nil, err
 	}
 	if s.accounts, err = account.OpenRegistry(ctx, s.js); err != nil {
+		s.close()
+		return nil, err
+	}
+	if s.pacer, err = relay.OpenPacer(ctx, s.js, nil); err != nil {
 		s.close()
 		return nil, err
 	}

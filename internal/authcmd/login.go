@@ -158,7 +158,7 @@ func enroll(ctx context.Context, env Env, c *enrollConfig, flow, secret string, 
 		testTo = a.Mailbox
 	}
 	fmt.Fprintf(env.Stderr, "Token received. Sending a test mail as %s to %s through %s...\n", a.Mailbox, testTo, a.SMTPAddr)
-	en := consent.Enroller{Accounts: st.accounts, Store: st.tokens}
+	en := consent.Enroller{Accounts: st.accounts, Store: st.tokens, Pacing: st.pacer}
 	if err := en.Enroll(ctx, a, tok, secret, testTo); err != nil {
 		var tm *consent.TestMailError
 		var wm *consent.WrongMailboxError

@@ -25,6 +25,13 @@ type Enroller struct {
 	// fake Office 365 (the sign-in and token exchange still run over
 	// HTTP). authtool never sets it.
 	SkipTestMail bool
+	// Pacing, when set, counts each accepted test mail in the mailbox's
+	// pacing budget (relay.Pacer): Office 365 counts it against the 30 a
+	// minute, and a burst right after consent would otherwise meet a
+	// quota refusal the relay's pacing exists to avoid.
+	Pacing interface {
+		Record(ctx context.Context, mailbox string, rcpts int) error
+	}
 }
 
 // TestMailError is a failed test mail; Enroll stored nothing.
@@ -128,6 +135,11 @@ func (e Enroller) SendTest(ctx context.Context, acct account.Account, accessToke
 	var se *submit.SMTPError
 	if errors.As(err, &se) {
 		return &TestMailError{Err: se, Remedy: testMailRemedy(se, acct)}
+	}
+	if err == nil && e.Pacing != nil {
+		// Sent: a count that fails to be written costs at most one
+		// message of the minute's budget, never the enrolment.
+		_ = e.Pacing.Record(context.WithoutCancel(ctx), acct.Mailbox, 1)
 	}
 	return err
 }

@@ -387,6 +387,17 @@ func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limi
 	return t, wait, err
 }
 
+// Record counts a message of rcpts recipients that Office 365 accepted
+// just now outside the relay's sessions (authtool's consent and test
+// mails): Office 365 counts it, so the budget must, whatever room is left.
+func (p *Pacer) Record(ctx context.Context, mailbox string, rcpts int) error {
+	return p.update(ctx, mailbox, func(r *paceRecord, now time.Time) bool {
+		r.Msgs = perMinute.add(r.Msgs, now, 1)
+		r.Rcpts = perDay.add(r.Rcpts, now, rcpts)
+		return true
+	})
+}
+
 // Confirm moves a reservation to now, after Office 365 accepted the
 // transaction. Accepted within the slots it was reserved in (the same
 // second, the same ten minutes), the record would not change, and nothing

@@ -14,6 +14,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/clock"
+	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
@@ -508,5 +509,24 @@ func TestLostTransactionCountsUntilItWasLost(t *testing.T) {
 	if n != 1 || last < published.Add(2*time.Minute).Unix() {
 		t.Fatalf("the lost transaction counts %d in the slot at %+d s after the publish; want 1, moved at least two minutes on",
 			n, last-published.Unix())
+	}
+}
+
+// The consent test mail is counted in the mailbox's budget: Office 365
+// counts it against the 30 a minute, and a burst right after consent
+// (authtool login, authtool test, a sandbox start) met a quota refusal
+// at its 30th message.
+func TestConsentTestMailCountsInThePacing(t *testing.T) {
+	h := newHarness(t, setup{})
+	p, err := relay.OpenPacer(h.ctx, h.js, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := h.fake.Account("counted", "counted@contoso.com", "contoso.onmicrosoft.com")
+	if err := (consent.Enroller{Accounts: h.accounts, Store: h.store, Pacing: p}).SignIn(h.ctx, a, consent.FollowURL(h.ctx)); err != nil {
+		t.Fatal(err)
+	}
+	if msgs, rcpts := h.paced("counted=contoso.com"); msgs != 1 || rcpts != 1 {
+		t.Fatalf("pacing record after consent: %d messages, %d recipients; want the test mail, 1 and 1", msgs, rcpts)
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/ingress"
+	"relay365/internal/relay"
 	"relay365/internal/roles"
 	"relay365/internal/token"
 )
@@ -83,6 +84,7 @@ type Sandbox struct {
 	SMTPPassword string
 	clock        clock.Clock
 	fake         fakeo365.Config
+	pacer        *relay.Pacer // counts the consent test mails, as authtool does
 }
 
 // Start brings everything up and connects the sandbox account.
@@ -137,6 +139,10 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 	dc.SMTP.Listen = onOff(cfg.SMTPListen, DefaultSMTPListen)
 	dc.SMTP.ListenTLS = onOff(cfg.SMTPSListen, DefaultSMTPSListen)
 	if s.Daemon, err = daemon.Start(ctx, dc, log); err != nil {
+		return nil, err
+	}
+	if s.pacer, err = relay.OpenPacer(ctx, s.Daemon.JS, s.clock); err != nil {
+		s.Daemon.Close()
 		return nil, err
 	}
 	if err := s.Connect(ctx); err != nil {
@@ -221,7 +227,7 @@ func (s *Sandbox) account(alias, mailbox string, appOnly bool) account.Account {
 
 func (s *Sandbox) enroller() consent.Enroller {
 	return consent.Enroller{
-		Accounts: s.Daemon.Accounts, Store: s.Daemon.Store, Now: s.clock.Now,
+		Accounts: s.Daemon.Accounts, Store: s.Daemon.Store, Now: s.clock.Now, Pacing: s.pacer,
 	}
 }
 
