@@ -70,6 +70,12 @@ func (ss *session) data(helo string, r io.Reader) error {
 		// go-smtp's limit reader (Config.MaxMessageBytes).
 		ss.s.metrics.message(label, resultTooLarge)
 		return errTooLarge(fmt.Sprintf("message of more than %d bytes is over the size limit of %d bytes", ss.s.cfg.MaxMessageBytes, ss.s.cfg.MaxMessageBytes))
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// A line past the listener's MaxLineLength (64 KiB; SMTP allows
+		// 1,000 octets, RFC 5321 §4.5.3.1.6): go-smtp stops reading, and
+		// the reply says why rather than its bare "too long a line".
+		ss.s.metrics.message(label, resultInvalid)
+		return errUnparseable(fmt.Sprintf("a line longer than %d bytes (SMTP allows 1,000)", maxLineLength))
 	default: // the connection failed
 		ss.s.metrics.message(label, resultUnavailable)
 		return err

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -139,7 +140,7 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 	// A line longer than SMTP allows reaches the renderer, which refuses
 	// it with a reason (554 5.6.0) or folds it (a header), instead of
 	// go-smtp's bare "line too long" at 2,000.
-	srv.MaxLineLength = 64 << 10
+	srv.MaxLineLength = maxLineLength
 	srv.ReadTimeout, srv.WriteTimeout = cfg.Timeout, cfg.Timeout
 	srv.AllowInsecureAuth = false // AUTH only after STARTTLS or on the implicit TLS listener
 	srv.ErrorLog = zlogAdapter{s.log}
@@ -193,6 +194,10 @@ func (s *Server) Close() error {
 	return err
 }
 
+// maxLineLength is the longest line the listener reads (go-smtp's
+// MaxLineLength); a longer one in DATA is refused with 554 5.6.0.
+const maxLineLength = 64 << 10
+
 // Replies, each citing what it means (RFC 3463 enhanced codes).
 var (
 	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"} // RFC 4954 §6
@@ -218,6 +223,13 @@ var (
 		Message: fmt.Sprintf("Message cannot be parsed: no empty line ends the header section within its first %d bytes; keep the header section shorter (large content belongs in the body)", maxHeaderSection)}
 	errBadRcpt = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: oneLine(why)}
+	}
+	// errNonASCII: an address that is not ASCII, from a client that did
+	// not ask for SMTPUTF8 (this server does not offer it): RFC 6531 §3.4
+	// forbids sending one then, and §3.5 names 553 5.6.7 for it.
+	errNonASCII = func(what, addr string) *smtp.SMTPError {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
+			Message: oneLine(fmt.Sprintf("%s %q is not ASCII, and this server does not offer SMTPUTF8", what, addr))}
 	}
 	errNoAccount = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: oneLine(why)}
@@ -331,6 +343,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return errAuthRequired
 	}
 	ss.envFrom, ss.acct, ss.rcpts = from, nil, nil
+	if !isASCII(from) {
+		return errNonASCII("sender", from)
+	}
 	if from != "" { // the null sender: the From field decides
 		a, err := ss.pick(from)
 		if err != nil {
@@ -368,6 +383,9 @@ func (ss *session) declaredLimit() (alias string, limit int64) {
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if ss.producer == nil {
 		return errAuthRequired
+	}
+	if !isASCII(to) {
+		return errNonASCII("recipient", to)
 	}
 	if _, err := message.ParseAddress("recipient", to); err != nil {
 		return errBadRcpt(err.Error())
@@ -449,4 +467,9 @@ func (s *Server) refuse(c net.Conn, reason string) {
 	_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	_, _ = c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
 	_ = c.Close()
+}
+
+// isASCII reports whether s is 7-bit: an address without SMTPUTF8.
+func isASCII(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return r > unicode.MaxASCII })
 }

@@ -312,6 +312,18 @@ func TestCapabilitiesAndNoAuthBeforeTLS(t *testing.T) {
 	}
 }
 
+// A line longer than the listener reads (64 KiB; SMTP allows 1,000) is
+// refused saying so, not with go-smtp's bare "too long a line".
+func TestLineOverTheListenersLimit(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.login("alertmanager", alertsPassword)
+	err := send(c, "", []string{"ops@contoso.com"}, "To: ops@contoso.com\r\nX-Long: "+strings.Repeat("y", 70<<10)+"\r\n\r\nbody\r\n")
+	wantReply(t, "DATA", err, 554, "5.6.0")
+	if !strings.Contains(err.Error(), "a line longer than") {
+		t.Errorf("reply %v: want it to name the long line", err)
+	}
+}
+
 func TestReplies(t *testing.T) {
 	f := startFrontDoor(t, func(c *ingress.Config) { c.MaxMessageBytes = 4096 })
 	t.Run("MAIL before AUTH: 530 5.7.0", func(t *testing.T) {
@@ -358,6 +370,14 @@ func TestReplies(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantReply(t, "RCPT", c.Rcpt(`"a b"@contoso.com`, nil), 501, "5.1.3")
+	})
+	t.Run("a non-ASCII address without SMTPUTF8: 553 5.6.7", func(t *testing.T) {
+		c := f.login("alertmanager", alertsPassword)
+		wantReply(t, "MAIL", c.Mail("jörg@contoso.com", nil), 553, "5.6.7")
+		if err := c.Mail("", nil); err != nil {
+			t.Fatal(err)
+		}
+		wantReply(t, "RCPT", c.Rcpt("jörg@contoso.com", nil), 553, "5.6.7")
 	})
 	t.Run("no account of the producer is registered: 451 4.7.1", func(t *testing.T) {
 		c := f.login("ghost", otherPassword)
