@@ -85,10 +85,11 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 		}
 	})
 
-	// A bad value: exit 2, the variable named.
+	// A bad value: exit 2, the variable, the value and the flag named.
 	for _, kv := range [][2]string{{"RELAY_REPLICAS", "three"}, {"RELAY_ACK_WAIT", "soon"}, {"RELAY_QUEUE_LIFETIME", "forever"}, {"RELAY_MEMORY_LIMIT", "lots"}} {
 		r := run(t, map[string]string{kv[0]: kv[1], "RELAY_KEY_FILE": "k"}, "", "serve")
-		if r.code != ExitUsage || !strings.Contains(r.stderr, "environment variable "+kv[0]) {
+		if r.code != ExitUsage || !strings.Contains(r.stderr, "environment variable "+kv[0]) || !strings.Contains(r.stderr, `"`+kv[1]+`"`) ||
+			!strings.Contains(r.stderr, "--"+strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(kv[0], "RELAY_")), "_", "-")) {
 			t.Errorf("%s=%s: exit %d, stderr %q", kv[0], kv[1], r.code, r.stderr)
 		}
 	}

@@ -31,7 +31,13 @@ func flagsFromEnv(fs *flag.FlagSet, env Env) error {
 			return
 		}
 		if e := fs.Set(f.Name, v); e != nil {
-			err = cli.Usagef("environment variable %s: %v", name, e)
+			// As the flag package says it for the flag: the value and
+			// what the flag takes, not only "parse error".
+			kind, _ := flag.UnquoteUsage(f)
+			if kind != "" {
+				kind = " (" + kind + ")"
+			}
+			err = cli.Usagef("environment variable %s: invalid value %q for --%s%s: %v", name, v, f.Name, kind, e)
 		}
 	})
 	return err
