@@ -99,6 +99,9 @@ type stores struct {
 // run yet.
 func (c storeConfig) open(ctx context.Context, keys *token.Keyring) (*stores, error) {
 	roles.Default(&c.NATS, c.DataDir, roles.Admin)
+	if err := queue.CheckURL(c.NATSURL); err != nil {
+		return nil, cli.UsageError{Err: fmt.Errorf("--nats-url: %w", err)}
+	}
 	if err := c.NATS.Validate(); err != nil {
 		return nil, cli.UsageError{Err: err}
 	}

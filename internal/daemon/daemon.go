@@ -246,6 +246,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("no token key: set RELAY_TOKEN_KEY_FILE or --key-file (create one with: relay keygen --out data/token.key); only processes with --roles workers can do without"))
 	}
 	if c.NATSURL != "" {
+		if err := queue.CheckURL(c.NATSURL); err != nil {
+			errs = append(errs, fmt.Errorf("--nats-url: %w", err))
+		}
 		if err := c.NATS.Validate(); err != nil {
 			errs = append(errs, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 
@@ -178,6 +179,35 @@ func secretValue(value, file, flagName string) (string, error) {
 		return "", fmt.Errorf("%s: %s is empty", flagName, file)
 	}
 	return v, nil
+}
+
+// CheckURL refuses a NATS server URL (or comma-separated list) that no
+// connection could ever use: nats.go reports one only when it dials, and
+// a relay waiting for its server would wait for ever. Each entry is
+// [scheme://][user@]host[:port], the scheme nats, tls, ws or wss.
+func CheckURL(urls string) error {
+	for _, u := range strings.Split(urls, ",") {
+		u = strings.TrimSpace(u)
+		full := u
+		if !strings.Contains(full, "://") {
+			full = "nats://" + full
+		}
+		p, err := url.Parse(full)
+		if err == nil && p.Hostname() == "" {
+			err = errors.New("no host")
+		}
+		if err == nil {
+			switch p.Scheme {
+			case "nats", "tls", "ws", "wss":
+			default:
+				err = fmt.Errorf("scheme %s: want nats, tls, ws or wss", p.Scheme)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("NATS URL %q: %v (e.g. nats://nats.contoso.com:4222)", u, err)
+		}
+	}
+	return nil
 }
 
 // ConnectHint is what a command that could not connect tells its user to

@@ -260,3 +260,25 @@ func TestConnectOptionsValidate(t *testing.T) {
 		}
 	})
 }
+
+func TestCheckURL(t *testing.T) {
+	for _, tt := range []struct {
+		url string
+		ok  bool
+	}{
+		{"nats://127.0.0.1:4222", true},
+		{"127.0.0.1:4222", true},
+		{"nats.contoso.com", true},
+		{"tls://nats.contoso.com:4443", true},
+		{"nats://a:4222, nats://b:4222", true},
+		{"nats://relay@nats.contoso.com:4222", true},
+		{"nats://127.0.0.1:4222x", false},
+		{"http://nats.contoso.com:4222", false},
+		{"nats://:4222", false},
+		{"nats://a:4222,", false},
+	} {
+		if err := queue.CheckURL(tt.url); (err == nil) != tt.ok {
+			t.Errorf("CheckURL(%q) = %v, want ok %v", tt.url, err, tt.ok)
+		}
+	}
+}

@@ -157,6 +157,9 @@ func (n *natsClient) as(role roles.Role) { roles.Default(&n.Opts, n.DataDir, rol
 // after the relay's own and so win. Bad credential flags are usage errors.
 func (n natsClient) connect(name string, role roles.Role, extra ...nats.Option) (*nats.Conn, error) {
 	n.as(role)
+	if err := queue.CheckURL(n.URL); err != nil {
+		return nil, cli.UsageError{Err: fmt.Errorf("--nats-url: %w", err)}
+	}
 	if err := n.Opts.Validate(); err != nil {
 		return nil, cli.UsageError{Err: err}
 	}

@@ -55,6 +55,21 @@ func TestServeRefusesABadKeyFile(t *testing.T) {
 	}
 }
 
+// A NATS URL no connection could use stops relay serve at start (it
+// once waited for that server for ever), and the other commands too.
+func TestMalformedNATSURLIsAUsageError(t *testing.T) {
+	for _, args := range [][]string{
+		{"serve", "--nats-url", "nats://127.0.0.1:4222x", "--key-file", "k", "--http-addr", "off"},
+		{"dlq", "list", "--nats-url", "nats://127.0.0.1:4222x"},
+		{"publish", "--nats-url", "http://nats.contoso.com", "--account", "a", "--to", "b@contoso.com", "--subject", "s", "--text", "t"},
+	} {
+		r := run(t, nil, "", args...)
+		if r.code != ExitUsage || !strings.Contains(r.stderr, "--nats-url") {
+			t.Errorf("%v: exit %d, want %d naming --nats-url; stderr %q", args, r.code, ExitUsage, r.stderr)
+		}
+	}
+}
+
 // TestServeLogsItsFatalError: when relay serve stops for good (here NATS
 // refuses its login, which waiting does not heal), the last line of its
 // log says why, as JSON like every other line.
