@@ -233,8 +233,26 @@ func storedBody(data []byte) *message.BodyRef {
 }
 
 // writeBody prints the message: indented when it is JSON, as text
-// otherwise (CRLF as LF), with what would drive the terminal escaped.
+// otherwise (CRLF as LF), with what would drive the terminal escaped. A
+// message handed over whole (the SMTP front door, relay sendmail: "raw",
+// base64 in the JSON) is shown as the JSON without it, then the message
+// itself as text.
 func writeBody(w io.Writer, data []byte) {
+	var fields map[string]json.RawMessage
+	var raw []byte
+	if json.Unmarshal(data, &fields) == nil && json.Unmarshal(fields["raw"], &raw) == nil && len(raw) > 0 {
+		delete(fields, "raw")
+		if rest, err := json.Marshal(fields); err == nil {
+			writeText(w, rest)
+			fmt.Fprintf(w, "\nraw message, %d bytes:\n\n", len(raw))
+			data = raw
+		}
+	}
+	writeText(w, data)
+}
+
+// writeText prints data as writeBody says, JSON indented.
+func writeText(w io.Writer, data []byte) {
 	var out bytes.Buffer
 	if json.Indent(&out, data, "", "  ") == nil {
 		data = termsafe.JSON(out.Bytes())

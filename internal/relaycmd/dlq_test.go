@@ -70,6 +70,18 @@ func TestDLQListAndShow(t *testing.T) {
 			t.Fatalf("show lacks %q:\n%s", want, out)
 		}
 	}
+	// A message handed over whole (SMTP, sendmail) shows as text, not base64.
+	raw := "From: cron@contoso.com\r\nSubject: backup failed\r\n\r\nexit 3\r\n"
+	rawJSON, err := json.Marshal(map[string]any{"id": "r-1", "account": "alerts", "to": []string{"ops@contoso.com"}, "raw": []byte(raw)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.DeadLetter(t, context.Background(), "alerts", "r-1", rawJSON, queue.DeadLetter{ID: "r-1", Account: "alerts", Reason: "r", Class: "message"})
+	code, out, _ = run(t, "dlq", "show", "4", "--nats-url", env.URL)
+	if code != 0 || !strings.Contains(out, "Subject: backup failed\nexit 3") && !strings.Contains(out, "Subject: backup failed\n\nexit 3") ||
+		!strings.Contains(out, `"id": "r-1"`) || strings.Contains(out, `"raw"`) {
+		t.Fatalf("show of a raw message:\n%s", out)
+	}
 	if code, _, errOut := run(t, "dlq", "show", "99", "--nats-url", env.URL); code != 1 || !strings.Contains(errOut, "no dead letter with sequence 99") {
 		t.Fatalf("show 99: %d %s", code, errOut)
 	}
