@@ -554,7 +554,7 @@ func (d *Daemon) connect(ctx context.Context, o queue.ConnectOptions, extra []na
 			return nil, err
 		}
 		wait := retry.Delay(attempt)
-		d.log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", wait).Msg("NATS not reachable yet; /readyz stays false until it is")
+		d.log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in_ms", wait).Msg("NATS not reachable yet; /readyz stays false until it is")
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w (gave up waiting for NATS: %v)", err, ctx.Err())
@@ -674,7 +674,7 @@ func (d *Daemon) Close() error {
 			began := time.Now()
 			d.ns.Shutdown()
 			d.ns.WaitForShutdown()
-			d.log.Info().Int("consumers", consumers).Dur("took", time.Since(began)).Msg("embedded NATS server stopped")
+			d.log.Info().Int("consumers", consumers).Dur("took_ms", time.Since(began)).Msg("embedded NATS server stopped")
 		}
 	})
 	return err

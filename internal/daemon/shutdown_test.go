@@ -210,7 +210,7 @@ func TestCloseLogsTheEmbeddedServerStop(t *testing.T) {
 		var e struct {
 			Message   string   `json:"message"`
 			Consumers *int     `json:"consumers"`
-			Took      *float64 `json:"took"`
+			Took      *float64 `json:"took_ms"`
 		}
 		if json.Unmarshal([]byte(line), &e) != nil || e.Message != "embedded NATS server stopped" {
 			continue

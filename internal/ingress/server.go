@@ -295,7 +295,7 @@ func (ss *session) login(name, password string) error {
 	keys := []string{"ip:" + ss.remote, "name:" + name}
 	if wait := s.lockout.locked(keys...); wait > 0 {
 		s.metrics.authFailures.WithLabelValues("locked_out").Inc()
-		ss.log.Warn().Str("producer", name).Dur("locked_for", wait).Msg("SMTP AUTH refused: too many failures")
+		ss.log.Warn().Str("producer", name).Dur("locked_for_ms", wait).Msg("SMTP AUTH refused: too many failures")
 		return errLockedOut(wait)
 	}
 	p, ok := s.prods.get(name)

@@ -637,7 +637,7 @@ func (l *lane) finish(a *attempt, err error) {
 			delay := l.e.cfg.Retry.Delay(int(a.meta.NumDelivered))
 			l.e.metrics.outcome(l.alias, outcomeRetried)
 			_ = a.msg.NakWithDelay(delay)
-			ev.Dur("retry_in", delay).Msg("temporary failure; will retry")
+			ev.Dur("retry_in_ms", delay).Msg("temporary failure; will retry")
 			if a.probe {
 				l.probeDone()
 			}
@@ -739,7 +739,7 @@ func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool, delay time.D
 	}
 	l.e.metrics.outcome(l.alias, outcomePaused)
 	_ = a.msg.NakWithDelay(delay)
-	ev.Dur("retry_in", delay).Msg("account cannot send now; message kept queued")
+	ev.Dur("retry_in_ms", delay).Msg("account cannot send now; message kept queued")
 }
 
 // heartbeat tells JetStream the message is still being worked on, every

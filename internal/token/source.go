@@ -583,7 +583,7 @@ func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Re
 	}
 	ev.Str("account", acct.Alias).Str("class", string(ie.Class)).Str("oauth_error", ie.Err).Ints("error_codes", ie.Codes).
 		Int("http_status", ie.Status).Int("fail_count", f.FailCount).Str("state", string(f.State)).
-		Str("prev_state", string(rec.State)).Dur("retry_in", ie.RetryAfter).Str("trace_id", ie.TraceID).
+		Str("prev_state", string(rec.State)).Dur("retry_in_ms", ie.RetryAfter).Str("trace_id", ie.TraceID).
 		Str("correlation_id", ie.CorrelationID).Str("remedy", ie.Remedy).
 		Str("error", f.LastError).Msg("token refresh failed")
 

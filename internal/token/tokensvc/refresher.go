@@ -186,7 +186,7 @@ func (r *refresher) runAccount(ctx context.Context, alias string, poke <-chan st
 		case err != nil:
 			idle++
 			wait = idleDelay(idle)
-			r.log.Warn().Str("account", alias).Err(err).Dur("retry_in", wait).Msg("proactive refresh cannot read the token record")
+			r.log.Warn().Str("account", alias).Err(err).Dur("retry_in_ms", wait).Msg("proactive refresh cannot read the token record")
 		case !rec.Binding.Bound():
 			// A record of an earlier version: bind it now, at the
 			// upgrade, rather than at its next use (Source.Bind).
@@ -196,7 +196,7 @@ func (r *refresher) runAccount(ctx context.Context, alias string, poke <-chan st
 			}
 			idle++
 			wait = idleDelay(idle)
-			r.log.Warn().Str("account", alias).Err(err).Dur("retry_in", wait).Msg("cannot bind the token record of an earlier version")
+			r.log.Warn().Str("account", alias).Err(err).Dur("retry_in_ms", wait).Msg("cannot bind the token record of an earlier version")
 		default:
 			if !rec.Expiry.Equal(jitterFor) {
 				jitterFor, jitter = rec.Expiry, mrand.N(token.EffectiveMargin(r.margin, rec)/jitterFraction+1)

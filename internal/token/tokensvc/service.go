@@ -130,7 +130,7 @@ func Start(cfg Config) (*Service, error) {
 		defer close(s.refDone)
 		s.ref.run(s.ctx)
 	}()
-	s.log.Info().Dur("refresh_margin", s.src.Margin()).Msg("token service started")
+	s.log.Info().Dur("refresh_margin_ms", s.src.Margin()).Msg("token service started")
 	return s, nil
 }
 
