@@ -76,6 +76,11 @@ type Result struct {
 	ID        string // the message id (generated when the Message had none)
 	Seq       uint64 // stream sequence in MAIL
 	Duplicate bool   // the id was already published inside the dedupe window
+	// UnknownAccount says relay serve answered that it knows no account
+	// by that alias: the message is queued, and dead-lettered within
+	// seconds unless the account is added (a typo in the alias, most
+	// likely). False when relay serve did not answer.
+	UnknownAccount bool
 }
 
 // Producer publishes messages. It is safe for concurrent use once its
@@ -108,8 +113,9 @@ const (
 const lookupTimeout = 2 * time.Second
 
 type cachedLimit struct {
-	limit int64
-	until time.Time
+	limit   int64
+	until   time.Time
+	unknown bool // relay serve said it knows no such account
 }
 
 // TooLarge is the error for a message over its account's size limit (or
@@ -147,6 +153,14 @@ func (p *Producer) Limit(ctx context.Context, account string) int64 {
 	return min(c.limit, p.maxSize())
 }
 
+// unknown says whether relay serve answered, on the last lookup, that it
+// knows no account by that alias.
+func (p *Producer) unknown(account string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.limits[account].unknown
+}
+
 // lookup asks relay serve; any failure is the 35 MB default for a
 // shorter while, never an error: the queue is durable, and a worker
 // checks the limit again.
@@ -162,6 +176,7 @@ func (p *Producer) lookup(ctx context.Context, account string, now time.Time) ca
 	switch {
 	case errors.As(err, &unknown):
 		ev.Msg("relay serve does not know the account: assuming the 35 MB limit (the worker will dead-letter the message if the account stays unknown)")
+		return cachedLimit{limit: limits.Default, until: now.Add(FallbackTTL), unknown: true}
 	default:
 		ev.Msg("no answer from relay serve about the account's size limit: assuming 35 MB (publishing works without it; the worker checks the limit)")
 	}
@@ -191,7 +206,7 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err != nil {
 		return Result{}, notQueued(err)
 	}
-	return Result{ID: m.ID, Seq: res.Seq, Duplicate: res.Duplicate}, nil
+	return Result{ID: m.ID, Seq: res.Seq, Duplicate: res.Duplicate, UnknownAccount: p.unknown(m.Account)}, nil
 }
 
 // PublishBatch publishes many messages, in order, and returns one Result
@@ -230,7 +245,7 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 	qr, err := queue.PublishBatch(ctx, p.js, items)
 	res := make([]Result, len(qr))
 	for i, r := range qr {
-		res[i] = Result{ID: ms[i].ID, Seq: r.Seq, Duplicate: r.Duplicate}
+		res[i] = Result{ID: ms[i].ID, Seq: r.Seq, Duplicate: r.Duplicate, UnknownAccount: p.unknown(ms[i].Account)}
 	}
 	if err != nil {
 		return res, notQueued(err)

@@ -65,3 +65,36 @@ func TestCommandsRefuseOverTheAccountLimit(t *testing.T) {
 		t.Fatalf("%d queued, want 2", n)
 	}
 }
+
+// relay publish to an alias relay serve does not know queues the message
+// (an account being added keeps its first messages) but says so, once: a
+// typo in --account otherwise looked like success.
+func TestPublishWarnsOfAnUnknownAccount(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	reg, err := account.OpenRegistry(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Put(ctx, account.Account{Alias: "alerts", Mailbox: "alerts@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	if _, err := limits.Lookup(ctx, env.NC, "alerts"); err != nil {
+		t.Fatalf("limits service: %v", err)
+	}
+	r := run(t, nil, "", "publish", "--nats-url", env.URL, "--account", "alerst", "--to", "ops@contoso.com", "--subject", "s", "--text", "t")
+	if r.code != 0 || !strings.Contains(r.stderr, `knows no account "alerst"`) || !strings.Contains(r.stdout, "queued") {
+		t.Fatalf("publish to an unknown account: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = run(t, nil, "", "publish", "--nats-url", env.URL, "--account", "alerts", "--to", "ops@contoso.com", "--subject", "s", "--text", "t")
+	if r.code != 0 || strings.Contains(r.stderr, "warning") {
+		t.Fatalf("publish to a known account: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if n := mailCount(t, ctx, env.JS); n != 2 {
+		t.Fatalf("%d queued, want 2", n)
+	}
+}

@@ -107,6 +107,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
+	warnUnknown(env.Stderr, m.Account, res)
 	return printPublished(env.Stdout, c.JSON, m.Account, res)
 }
 
@@ -142,7 +143,11 @@ func publishMany(ctx context.Context, c publishConfig, ms []*message.Message, en
 	}
 	defer closeNATS()
 	res, err := p.PublishBatch(ctx, ms)
+	warned := map[string]bool{}
 	for i, r := range res {
+		if !warned[ms[i].Account] {
+			warned[ms[i].Account] = warnUnknown(env.Stderr, ms[i].Account, r)
+		}
 		if perr := printPublished(env.Stdout, c.JSON, ms[i].Account, r); perr != nil {
 			return perr
 		}
@@ -151,6 +156,16 @@ func publishMany(ctx context.Context, c publishConfig, ms []*message.Message, en
 		return fmt.Errorf("%d of %d messages queued (printed above; publishing the file again is safe, ids make copies duplicates): %w", len(res), len(ms), err)
 	}
 	return nil
+}
+
+// warnUnknown says on w, once, that relay serve knows no such account
+// (the message is queued all the same: an account being added keeps its
+// first messages), and reports whether it did.
+func warnUnknown(w io.Writer, account string, res producer.Result) bool {
+	if res.UnknownAccount {
+		fmt.Fprintf(w, "warning: relay serve knows no account %q: the message is queued, and dead-lettered within seconds unless the account is added (authtool login); a typo in --account?\n", account)
+	}
+	return res.UnknownAccount
 }
 
 // printPublished prints one publish's result: a line for people, or a
