@@ -3,6 +3,7 @@ package relay_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/mail"
 	"slices"
@@ -287,6 +288,65 @@ func TestPartlySentMessageKeepsItsSplitWhenPerDayChanges(t *testing.T) {
 	}
 	if dl := h.deadLetters(""); len(dl) != 0 {
 		t.Fatalf("dead letters: %+v", dl)
+	}
+}
+
+// republish queues m under another Nats-Msg-Id: the same message id
+// published again after MAIL's 24-hour duplicate window.
+func republish(t *testing.T, h *harness, m *message.Message) {
+	t.Helper()
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := &nats.Msg{Subject: queue.Subject(m.Account), Data: b, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, m.ID+"-after-the-window")
+	if _, err := h.js.PublishMsg(h.ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSameIDWithOtherRecipientsIsADuplicate(t *testing.T) {
+	// An id published again within the markers' 7 days is not sent again
+	// (docs/design.md §7.10), whatever its recipients: batch 0's marker
+	// does not look like another split of this message, so the message
+	// keeps its own split and is acked as a duplicate (it was once
+	// re-split by the marker's count and dead-lettered).
+	for _, n := range []int{2, 30} {
+		t.Run(fmt.Sprint(n, " recipients"), func(t *testing.T) {
+			h := newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
+			h.enroll("reuse", "reuse@contoso.com", "contoso.onmicrosoft.com", nil)
+			h.publishMsg(&message.Message{ID: "weekly", Account: "reuse", To: []string{"a@fabrikam.com", "b@fabrikam.com", "c@fabrikam.com"}, Subject: "first", Text: "x"})
+			h.waitFor("the first sent", func() bool { return h.delivered()["first"] == 1 && h.queued() == 0 })
+			var to []string
+			for i := range n {
+				to = append(to, fmt.Sprintf("r%02d@fabrikam.com", i))
+			}
+			republish(t, h, &message.Message{ID: "weekly", Account: "reuse", To: to, Subject: "second", Text: "y"})
+			h.waitFor("the second to leave MAIL", func() bool { return h.queued() == 0 })
+			if dl := h.deadLetters(""); len(dl) != 0 {
+				t.Fatalf("dead-lettered %q, want acked as a duplicate", dl[0].Reason)
+			}
+			if sent := h.delivered()["second"]; sent != 0 || h.outcome("reuse", "duplicate") != 1 {
+				t.Fatalf("sent %d times, %v duplicates; want none sent, one duplicate", sent, h.outcome("reuse", "duplicate"))
+			}
+		})
+	}
+}
+
+func TestAuthRequiredAtAuthPausesTheAccount(t *testing.T) {
+	// A 530 to AUTH itself is about the account (docs/office365.md §4: any
+	// 5xx before a message is named pauses), not a session to open again:
+	// the account pauses and the message waits, never dead-lettered.
+	h := newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
+	h.enroll("a530", "a530@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.SetNextAuthReply(1000, &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"})
+	h.publish("a530", "m-1", "five-thirty")
+	h.waitFor("the pause", func() bool { return h.lane("a530").Paused })
+	h.fake.SetNextAuthReply(0, nil)
+	h.waitFor("delivery after the probe", func() bool { return h.delivered()["five-thirty"] == 1 && h.queued() == 0 })
+	if dl := h.deadLetters("a530"); len(dl) != 0 {
+		t.Fatalf("dead-lettered: %s", dl[0].Reason)
 	}
 }
 

@@ -118,7 +118,7 @@ func (s *SentMarkers) Unsent(ctx context.Context, alias, id string, batches [][]
 			return nil, 0, err
 		}
 	}
-	if m := marks[0]; m != nil && m.Rcpts > 0 && (m.Batches != len(batches) || m.Rcpts != len(batches[0])) {
+	if m := marks[0]; m != nil && splitOf(m, batches) && (m.Batches != len(batches) || m.Rcpts != len(batches[0])) {
 		return nil, m.Rcpts, nil
 	}
 	for i, m := range marks {
@@ -127,6 +127,27 @@ func (s *SentMarkers) Unsent(ctx context.Context, alias, id string, batches [][]
 		}
 	}
 	return todo, 0, nil
+}
+
+// splitOf says whether batch 0's marker m can be of this message split
+// another way: its recipient count, as batch 0 of a split, gives as many
+// batches as m records for this message's recipients. An id published
+// again with other recipients (after MAIL's duplicate window, within the
+// markers' 7 days) fails it: its markers stand by index, as they always
+// did, and the message is a duplicate (docs/design.md §7.10).
+func splitOf(m *sentMarker, batches [][]string) bool {
+	total := 0
+	for _, b := range batches {
+		total += len(b)
+	}
+	switch {
+	case m.Rcpts <= 0 || m.Batches <= 0:
+		return false // an older marker, or none of this shape
+	case m.Batches == 1:
+		return m.Rcpts == total
+	default:
+		return m.Rcpts < total && (total+m.Rcpts-1)/m.Rcpts == m.Batches
+	}
 }
 
 // Mark records that batch (of batches, with rcpts recipients) of message

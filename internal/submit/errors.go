@@ -108,8 +108,18 @@ func Classify(stage string, err error) *SMTPError {
 		e.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
 	}
 	e.Class = ClassifyReply(e.Code, e.Enhanced, e.Text)
+	beforeMail := stage == "dial" || stage == "tls" || stage == "auth"
+	if e.Code == 530 && !beforeMail {
+		// 5.7.57 from Office 365; 5.7.0 "authentication required"
+		// elsewhere (RFC 4954 §6): the session, not the message. Before
+		// MAIL (at AUTH itself) it is the account's: config, below.
+		e.Class = ClassSession
+	}
 	if stage == "rcpt" {
 		switch {
+		case e.Code == 552 && e.Enhanced == "5.3.4":
+			// Message too big (RFC 3463 §3.4), against the SIZE this
+			// recipient takes: permanent for this message.
 		case e.Code == 552:
 			// RFC 5321 §4.5.3.1.10: a 552 to RCPT (too many
 			// recipients, historically) SHOULD be taken as temporary.
@@ -120,7 +130,7 @@ func Classify(stage string, err error) *SMTPError {
 			e.Class = ClassMessage
 		}
 	}
-	if e.Class == ClassMessage && (stage == "dial" || stage == "tls" || stage == "auth") {
+	if e.Class == ClassMessage && beforeMail {
 		// A permanent reply before any message was named (a greeting,
 		// EHLO or AUTH refused) is about the account or the server,
 		// never this message: pause and probe, do not dead-letter.
@@ -140,10 +150,8 @@ func ClassifyReply(code int, enhanced, text string) Class {
 		return ClassAuth
 	case code == 504 && enhanced == "5.7.4", code == 501 && enhanced == "5.5.124":
 		return ClassConfig
-	case code == 530:
-		// 5.7.57 from Office 365; 5.7.0 "authentication required"
-		// elsewhere (RFC 4954 §6): the session, not the message.
-		return ClassSession
+	case code == 530 && enhanced == "5.7.57":
+		return ClassSession // other 530s by stage: Classify
 	case code == 421 && enhanced == "4.7.66":
 		return ClassConfig
 	case code == 432 && enhanced == "4.3.2":
