@@ -184,17 +184,24 @@ func secretValue(value, file, flagName string) (string, error) {
 // CheckURL refuses a NATS server URL (or comma-separated list) that no
 // connection could ever use: nats.go reports one only when it dials, and
 // a relay waiting for its server would wait for ever. Each entry is
-// [scheme://][user@]host[:port], the scheme nats, tls, ws or wss.
+// [scheme://][user@][host][:port], the scheme nats, tls, ws or wss; empty
+// entries are skipped, as nats.go skips them, and a missing host is
+// nats.go's localhost.
 func CheckURL(urls string) error {
+	n := 0
 	for _, u := range strings.Split(urls, ",") {
 		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		n++
 		full := u
 		if !strings.Contains(full, "://") {
 			full = "nats://" + full
 		}
 		p, err := url.Parse(full)
-		if err == nil && p.Hostname() == "" {
-			err = errors.New("no host")
+		if err == nil && p.Host == "" {
+			err = errors.New("no host or port")
 		}
 		if err == nil {
 			switch p.Scheme {
@@ -206,6 +213,9 @@ func CheckURL(urls string) error {
 		if err != nil {
 			return fmt.Errorf("NATS URL %q: %v (e.g. nats://nats.contoso.com:4222)", u, err)
 		}
+	}
+	if n == 0 {
+		return fmt.Errorf("no NATS URL in %q (e.g. nats://nats.contoso.com:4222)", urls)
 	}
 	return nil
 }

@@ -274,8 +274,13 @@ func TestCheckURL(t *testing.T) {
 		{"nats://relay@nats.contoso.com:4222", true},
 		{"nats://127.0.0.1:4222x", false},
 		{"http://nats.contoso.com:4222", false},
-		{"nats://:4222", false},
-		{"nats://a:4222,", false},
+		{"nats://a:4222,", true}, // nats.go skips empty entries
+		{"nats://a:4222,,nats://b:4222", true},
+		{":4222", true}, // nats.go's localhost
+		{"[::1]:4222", true},
+		{"nats://user:pass@h:4222", true},
+		{" , ", false},
+		{"nats://", false},
 	} {
 		if err := queue.CheckURL(tt.url); (err == nil) != tt.ok {
 			t.Errorf("CheckURL(%q) = %v, want ok %v", tt.url, err, tt.ok)

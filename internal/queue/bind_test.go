@@ -69,17 +69,43 @@ func TestEnsureAccountConsumerBindsAnUnchangedOneWithoutWriting(t *testing.T) {
 }
 
 // A consumer made by an earlier version, with the delivery limit on the
-// server, is updated to none: the worker counts deliveries itself, and a
-// server limit would strand a message whose last delivery could not end
-// it (docs/design.md §7.5).
-func TestEnsureAccountConsumerLiftsAServerDeliveryLimit(t *testing.T) {
+// server, is replaced by one with none, and a message the old one had
+// stopped delivering (its deliveries spent) is delivered again: an update
+// alone lifts the limit but leaves that message unseen (docs/design.md
+// §7.5).
+func TestEnsureAccountConsumerReplacesAServerDeliveryLimit(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
-	old := jetstream.ConsumerConfig{
+	old, err := env.JS.CreateOrUpdateConsumer(ctx, queue.StreamMail, jetstream.ConsumerConfig{
 		Durable: queue.AccountConsumer("alerts"), AckPolicy: jetstream.AckExplicitPolicy,
-		MaxDeliver: 50, FilterSubject: queue.Subject("alerts"),
-	}
-	if _, err := env.JS.CreateOrUpdateConsumer(ctx, queue.StreamMail, old); err != nil {
+		MaxDeliver: 2, FilterSubject: queue.Subject("alerts"),
+	})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := queue.Publish(ctx, env.JS, "alerts", "m-1", []byte("stranded")); err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(c jetstream.Consumer) jetstream.Msg {
+		b, err := c.Fetch(1, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range b.Messages() {
+			return m
+		}
+		return nil
+	}
+	for range 2 {
+		m := fetch(old)
+		if m == nil {
+			t.Fatal("the old consumer did not deliver its message")
+		}
+		if err := m.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := fetch(old); m != nil {
+		t.Fatal("delivered a third time with MaxDeliver 2: the test cannot see the strand")
 	}
 	cons, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{MaxDeliver: 50})
 	if err != nil {
@@ -91,5 +117,9 @@ func TestEnsureAccountConsumerLiftsAServerDeliveryLimit(t *testing.T) {
 	}
 	if info.Config.MaxDeliver != queue.ServerMaxDeliver {
 		t.Fatalf("MaxDeliver on the server %d, want %d (none)", info.Config.MaxDeliver, queue.ServerMaxDeliver)
+	}
+	m := fetch(cons)
+	if m == nil || string(m.Data()) != "stranded" {
+		t.Fatalf("after the replacement: %v, want the stranded message delivered again", m)
 	}
 }

@@ -244,6 +244,16 @@ func EnsureAccountConsumer(ctx context.Context, js jetstream.JetStream, alias st
 	switch {
 	case err == nil && consumerAsWanted(cons.CachedInfo().Config, want):
 		return cons, nil
+	case err == nil && cons.CachedInfo().Config.MaxDeliver > 0:
+		// An earlier version's consumer, with the delivery limit on the
+		// server: the messages it stopped delivering stay undelivered
+		// after an update lifts the limit. Made anew, the consumer
+		// starts at the stream's first message and delivers them; what
+		// it had delivered and not acked goes out again, and the
+		// idempotency markers recognise any of it that was sent.
+		if err := js.DeleteConsumer(ctx, StreamMail, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("replace consumer %s of an earlier version on %s: %w", name, StreamMail, err)
+		}
 	case err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return nil, fmt.Errorf("look up consumer %s on %s: %w", name, StreamMail, err)
 	}
