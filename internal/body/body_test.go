@@ -33,6 +33,20 @@ func startStore(tb testing.TB) (*queuetest.Env, context.Context, *body.Store) {
 	return env, ctx, s
 }
 
+// objectInfo is the body store's record of the body ref names.
+func objectInfo(t *testing.T, ctx context.Context, env *queuetest.Env, ref message.BodyRef) *jetstream.ObjectInfo {
+	t.Helper()
+	obs, err := env.JS.ObjectStore(ctx, body.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := obs.GetInfo(ctx, ref.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
 // bigRaw is a raw message of about n octets, base64 lines of 76.
 func bigRaw(t *testing.T, n int) []byte {
 	t.Helper()
@@ -102,14 +116,7 @@ func TestPutStoresFullChunks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obs, err := env.JS.ObjectStore(ctx, body.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := obs.GetInfo(ctx, ref.Object)
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := objectInfo(t, ctx, env, ref)
 	if want := (len(raw) + body.ChunkSize - 1) / body.ChunkSize; int(info.Chunks) != want {
 		t.Fatalf("%d octets stored in %d chunks, want %d of %d", len(raw), info.Chunks, want, body.ChunkSize)
 	}
@@ -229,14 +236,7 @@ func TestOpenRefusesABodyMissingAChunk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obs, err := env.JS.ObjectStore(ctx, body.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := obs.GetInfo(ctx, ref.Object)
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := objectInfo(t, ctx, env, ref)
 	if info.Chunks < 3 {
 		t.Fatalf("%d chunks, want at least 3", info.Chunks)
 	}

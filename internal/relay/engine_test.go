@@ -393,16 +393,24 @@ func deliveries(t *testing.T, h *harness, alias string) uint64 {
 	return info.Delivered.Consumer
 }
 
+// doomedBehindAFullDLQ queues message "doomed" of account alerts
+// (MaxDeliver 2), which every MAIL FROM refuses for good (550 5.7.1), while
+// MAIL_DLQ refuses its dead letter until restore.
+func doomedBehindAFullDLQ(t *testing.T) (h *harness, restore func()) {
+	h = newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	restore = refuseStream(t, h, queue.StreamDLQ)
+	h.fake.SetNextMailReply(1000, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "refused"})
+	h.publish("alerts", "m-1", "doomed")
+	return h, restore
+}
+
 func TestDeadLetterRefusedAtLastDeliveryIsTriedAgain(t *testing.T) {
 	// MAIL_DLQ refuses the copy at the message's last delivery (MaxDeliver
 	// 2). With the limit on the server the message was never delivered
 	// again and stayed in MAIL unseen; it must be delivered again, and
 	// dead-lettered once the DLQ takes it.
-	h := newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
-	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
-	restore := refuseStream(t, h, queue.StreamDLQ)
-	h.fake.SetNextMailReply(1000, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "refused"})
-	h.publish("alerts", "m-1", "doomed")
+	h, restore := doomedBehindAFullDLQ(t)
 	h.waitFor("a delivery past the last", func() bool { return h.fake.Replies()["550 5.7.1"] >= 3 })
 	restore()
 	h.waitFor("the dead letter", func() bool { return len(h.deadLetters("alerts")) == 1 && h.queued() == 0 })
@@ -416,11 +424,7 @@ func TestMessageDeliveredTwiceMaxDeliverIsDeadLetteredUntried(t *testing.T) {
 	// refused each time): from twice MaxDeliver on the message is no
 	// longer tried, and it is dead-lettered as soon as the DLQ takes it,
 	// saying why.
-	h := newHarness(t, setup{engine: relay.Config{MaxDeliver: 2}})
-	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
-	restore := refuseStream(t, h, queue.StreamDLQ)
-	h.fake.SetNextMailReply(1000, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "refused"})
-	h.publish("alerts", "m-1", "doomed")
+	h, restore := doomedBehindAFullDLQ(t)
 	h.waitFor("five deliveries", func() bool { return deliveries(t, h, "alerts") >= 5 })
 	restore()
 	h.waitFor("the dead letter", func() bool { return len(h.deadLetters("alerts")) == 1 && h.queued() == 0 })
