@@ -39,7 +39,7 @@ func TestClassifyByStage(t *testing.T) {
 		{"data", 554, smtp.EnhancedCode{5, 2, 2}, ClassAccount}, // the sending mailbox is full (Office 365)
 		{"mail", 530, smtp.EnhancedCode{5, 7, 0}, ClassSession}, // authentication required
 		{"mail", 530, smtp.EnhancedCode{5, 7, 57}, ClassSession},
-		{"auth", 530, smtp.EnhancedCode{5, 7, 0}, ClassConfig}, // at AUTH itself: the account's, pause
+		{"auth", 530, smtp.EnhancedCode{5, 7, 0}, ClassConfig},  // at AUTH itself: the account's, pause
 		{"rcpt", 552, smtp.EnhancedCode{5, 3, 4}, ClassMessage}, // too big for this recipient: permanent
 		{"rcpt", 550, smtp.EnhancedCode{5, 1, 1}, ClassMessage},
 		{"rcpt", 452, smtp.EnhancedCode{4, 5, 3}, ClassTransient},
