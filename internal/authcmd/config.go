@@ -18,8 +18,8 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/cli"
 	"relay365/internal/message"
+	"relay365/internal/pacing"
 	"relay365/internal/queue"
-	"relay365/internal/relay"
 	"relay365/internal/roles"
 	"relay365/internal/token"
 )
@@ -90,8 +90,8 @@ type stores struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	accounts *account.Registry
-	tokens   *token.Store // nil when opened without a key ring
-	pacer    *relay.Pacer // counts test mails in the mailbox's budget
+	tokens   *token.Store  // nil when opened without a key ring
+	pacer    *pacing.Pacer // counts test mails in the mailbox's budget
 }
 
 // open connects to NATS and opens the account registry and, with keys,
@@ -118,7 +118,7 @@ func (c storeConfig) open(ctx context.Context, keys *token.Keyring) (*stores, er
 		s.close()
 		return nil, err
 	}
-	if s.pacer, err = relay.OpenPacer(ctx, s.js, nil); err != nil {
+	if s.pacer, err = pacing.Open(ctx, s.js, nil); err != nil {
 		s.close()
 		return nil, err
 	}

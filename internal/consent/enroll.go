@@ -26,7 +26,7 @@ type Enroller struct {
 	// HTTP). authtool never sets it.
 	SkipTestMail bool
 	// Pacing, when set, counts each accepted test mail in the mailbox's
-	// pacing budget (relay.Pacer): Office 365 counts it against the 30 a
+	// pacing budget (pacing.Pacer): Office 365 counts it against the 30 a
 	// minute, and a burst right after consent would otherwise meet a
 	// quota refusal the relay's pacing exists to avoid.
 	Pacing interface {

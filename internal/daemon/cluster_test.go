@@ -29,6 +29,7 @@ import (
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
+	"relay365/internal/pacing"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/testutil"
@@ -167,7 +168,7 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 	if err := d.Engine.WaitBound(ctx, "alerts"); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"KV_" + relay.PacingBucket, "KV_" + relay.SentBucket} {
+	for _, name := range []string{"KV_" + pacing.Bucket, "KV_" + relay.SentBucket} {
 		s, err := d.JS.Stream(ctx, name)
 		if err != nil {
 			t.Fatal(err)

@@ -61,6 +61,7 @@ import (
 	"relay365/internal/ingress"
 	"relay365/internal/limits"
 	"relay365/internal/memlimit"
+	"relay365/internal/pacing"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/roles"
@@ -748,7 +749,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int, lifetime t
 	if _, err := relay.OpenSentMarkers(ctx, js); err != nil {
 		return err
 	}
-	if _, err := relay.OpenPacer(ctx, js, nil); err != nil {
+	if _, err := pacing.Open(ctx, js, nil); err != nil {
 		return err
 	}
 	_, err := ingress.OpenProducers(ctx, js)

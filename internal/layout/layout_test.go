@@ -34,6 +34,7 @@ func TestImportArrows(t *testing.T) {
 		{"relay365/cmd/authtool", "relay365/internal/relay", "authtool sends one test mail through the session layer, not the delivery engine"},
 		{"relay365/internal/consent", "relay365/internal/relay", "consent uses the session layer (submit), not the engine"},
 		{"relay365/internal/submit", "relay365/internal/relay", "the session layer sits below the engine"},
+		{"relay365/internal/pacing", "relay365/internal/relay", "the pacing budget is shared with the consent step: it sits below the engine"},
 		{"relay365/internal/submit", "relay365/internal/queue", "the session layer knows nothing of queues"},
 		{"relay365/internal/relay", "relay365/internal/consent", "the engine does not reach back up to the consent step"},
 		{"relay365/internal/relay/relaytest", "relay365/internal/consent", "the engine's test kit does not reach back up to the consent step"},

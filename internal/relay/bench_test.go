@@ -7,6 +7,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/fakeo365"
+	"relay365/internal/pacing"
 	"relay365/internal/relay"
 )
 
@@ -31,7 +32,7 @@ func BenchmarkDeliver(b *testing.B) {
 	}
 }
 
-var countedStreams = []string{"MAIL", "KV_" + relay.SentBucket, "KV_" + relay.PacingBucket}
+var countedStreams = []string{"MAIL", "KV_" + relay.SentBucket, "KV_" + pacing.Bucket}
 
 func benchDeliver(b *testing.B, sync string, conns int) {
 	h := newHarness(b, setup{sync: sync, fake: fakeo365.Config{CountOnly: true, MaxConns: -1}})

@@ -16,6 +16,7 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/body"
 	"relay365/internal/message"
+	"relay365/internal/pacing"
 	"relay365/internal/queue"
 	"relay365/internal/smtpclient"
 	"relay365/internal/submit"
@@ -152,7 +153,7 @@ func (l *lane) deliver(a *attempt) error {
 			l.release(t, a.log)
 			return err
 		}
-		if age := l.e.clock.Now().Sub(t.at); k == 0 && age > staleReservation {
+		if age := l.e.clock.Now().Sub(t.At()); k == 0 && age > staleReservation {
 			// It waited long (slow transactions ahead of it): a
 			// reservation that old is about to leave the minute window
 			// the pacer checks others against. Within the minute it is
@@ -207,14 +208,14 @@ func checkSize(m *message.Message, r *message.Rendered, acct account.Account) er
 // still read before any batch is sent, and a reservation still precedes
 // every transaction. It returns the unsent batches and the first one's
 // reservation (zero when there is nothing to send).
-func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Rendered) ([][]string, []int, Ticket, error) {
+func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Rendered) ([][]string, []int, pacing.Ticket, error) {
 	type reservation struct {
-		t   Ticket
+		t   pacing.Ticket
 		err error
 	}
 	batches := r.Batches(batchSize(acct))
 	if len(batches) == 0 { // Validate refuses it; nothing is acked unsent
-		return nil, nil, Ticket{}, &message.Invalid{Field: "to", Reason: "no recipients"}
+		return nil, nil, pacing.Ticket{}, &message.Invalid{Field: "to", Reason: "no recipients"}
 	}
 	if a.meta.NumDelivered > 1 || a.msg.Headers().Get(queue.HdrMessageID) != "" {
 		// A redelivery, replay or requeue may well be sent already: a
@@ -223,7 +224,7 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Ren
 		// Look first, then reserve.
 		batches, todo, err := l.unsent(a, r, batches)
 		if err != nil || len(todo) == 0 {
-			return batches, todo, Ticket{}, err
+			return batches, todo, pacing.Ticket{}, err
 		}
 		t, err := l.reserve(l.ctx, acct, len(batches[todo[0]]))
 		return batches, todo, t, err
@@ -249,7 +250,7 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Ren
 		l.release(res.t, a.log)
 	}
 	if err != nil || len(todo) == 0 {
-		return batches, todo, Ticket{}, err
+		return batches, todo, pacing.Ticket{}, err
 	}
 	t, err := l.reserve(l.ctx, acct, len(batches[todo[0]]))
 	return batches, todo, t, err
@@ -276,7 +277,7 @@ func (l *lane) unsent(a *attempt, r *message.Rendered, batches [][]string) ([][]
 // transaction sends one recipient batch, its pacing reserved (t):
 // session, MAIL/RCPT/DATA, then the idempotency marker right after the
 // 250.
-func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, rcpts []string, t Ticket) error {
+func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, rcpts []string, t pacing.Ticket) error {
 	ctx := l.e.sendCtx
 	tried, settled, err := l.send(ctx, a.log, r.MailFrom, rcpts, l.content(r))
 	defer settled()
@@ -346,7 +347,7 @@ const staleReservation = 30 * time.Second
 // reserve waits for the pacer (holding the message, heartbeats running)
 // when the wait is short; a longer one pauses the account instead.
 // The time waited (on the engine's clock) is relay_pacing_wait_seconds.
-func (l *lane) reserve(ctx context.Context, acct account.Account, rcpts int) (Ticket, error) {
+func (l *lane) reserve(ctx context.Context, acct account.Account, rcpts int) (pacing.Ticket, error) {
 	var waited time.Duration
 	for {
 		// The write runs on the engine's send context, not ctx nor the
@@ -358,25 +359,25 @@ func (l *lane) reserve(ctx context.Context, acct account.Account, rcpts int) (Ti
 		switch {
 		case err == nil && wait == 0 && l.ctx.Err() != nil:
 			l.release(t, l.log)
-			return Ticket{}, errStopping
+			return pacing.Ticket{}, errStopping
 		case err == nil && wait == 0:
 			l.e.metrics.pacingWait.WithLabelValues(l.alias).Observe(waited.Seconds())
 			return t, nil
 		case l.ctx.Err() != nil:
-			return Ticket{}, errStopping
+			return pacing.Ticket{}, errStopping
 		case err != nil:
-			return Ticket{}, err
+			return pacing.Ticket{}, err
 		case wait > maxHold:
-			return Ticket{}, &PaceError{Wait: wait, Reason: fmt.Sprintf("%d recipients do not fit the mailbox's remaining daily budget", rcpts)}
+			return pacing.Ticket{}, &PaceError{Wait: wait, Reason: fmt.Sprintf("%d recipients do not fit the mailbox's remaining daily budget", rcpts)}
 		}
 		if !sleepOn(ctx, l.e.clock, wait, nil) {
-			return Ticket{}, errStopping
+			return pacing.Ticket{}, errStopping
 		}
 		waited += wait
 	}
 }
 
-func (l *lane) release(t Ticket, log zerolog.Logger) {
+func (l *lane) release(t pacing.Ticket, log zerolog.Logger) {
 	if err := l.e.pacer.Release(l.e.sendCtx, t); err != nil {
 		log.Warn().Err(err).Msg("pacing reservation not given back; it counts until it ages out")
 	}

@@ -88,7 +88,7 @@
 // # Pacing
 //
 // Office 365 allows a mailbox 30 messages a minute and 10,000 recipients a
-// rolling day (account.Account PerMinute, PerDay). The Pacer keeps both
+// rolling day (account.Account PerMinute, PerDay). pacing.Pacer keeps both
 // windows in KV bucket relay_pacing (one key per mailbox, compare-and-set),
 // so a restart or a second worker does not reset them: a transaction
 // reserves before it starts and moves its reservation to its acceptance
@@ -99,7 +99,7 @@
 // minute is counted in 1 s slots, each until its last acceptance (to the
 // millisecond) has left the window when the process saw all of the slot's
 // messages accepted, else until its end: so a mailbox offered exactly its
-// 30 a minute does not fall further behind every minute (see pacer.go).
+// 30 a minute does not fall further behind every minute (see internal/pacing).
 // A short wait (within the minute) holds the message, heartbeats
 // running; a longer one (the day's budget spent) pauses the account until the window has room. A message
 // with more than 500 recipients is sent as several transactions of at

@@ -16,6 +16,7 @@ import (
 	"relay365/internal/body"
 	"relay365/internal/clock"
 	"relay365/internal/message"
+	"relay365/internal/pacing"
 	"relay365/internal/queue"
 	"relay365/internal/submit"
 	"relay365/internal/token"
@@ -152,7 +153,7 @@ type Engine struct {
 	consumer queue.ConsumerConfig
 
 	// Set by Run before any lane starts.
-	pacer   *Pacer
+	pacer   *pacing.Pacer
 	sent    *SentMarkers
 	bodies  *body.Store
 	sendCtx context.Context // in-flight SMTP work: outlives Run's ctx by ShutdownGrace
@@ -195,7 +196,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if removed {
 		e.log.Warn().Str("consumer", queue.LegacyConsumer).Msg("removed the shared consumer of an earlier version; each account now has its own")
 	}
-	if e.pacer, err = OpenPacer(ctx, e.js, e.clock); err != nil {
+	if e.pacer, err = pacing.Open(ctx, e.js, e.clock); err != nil {
 		return err
 	}
 	if e.sent, err = OpenSentMarkers(ctx, e.js); err != nil {

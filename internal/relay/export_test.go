@@ -4,7 +4,7 @@ import "relay365/internal/account"
 
 // PacerPeeks is how many times the engine's lanes have asked the pacer for
 // room: a lane waiting for the pacer or a slot must not ask in a loop.
-func (e *Engine) PacerPeeks() int64 { return e.pacer.peeks.Load() }
+func (e *Engine) PacerPeeks() int64 { return e.pacer.Peeks() }
 
 // LaneAccount is the account record a lane works with.
 func (e *Engine) LaneAccount(alias string) account.Account {

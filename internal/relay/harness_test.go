@@ -17,6 +17,7 @@ import (
 	"relay365/internal/consent"
 	"relay365/internal/fakeo365"
 	"relay365/internal/message"
+	"relay365/internal/pacing"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
@@ -239,7 +240,7 @@ func (h *harness) waitFor(what string, cond func() bool) {
 // pacing is a mailbox's pacing record as stored.
 func (h *harness) pacing(key string) jetstream.KeyValueEntry {
 	h.t.Helper()
-	kv, err := h.js.KeyValue(h.ctx, relay.PacingBucket)
+	kv, err := h.js.KeyValue(h.ctx, pacing.Bucket)
 	if err != nil {
 		h.t.Fatal(err)
 	}

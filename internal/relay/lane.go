@@ -12,6 +12,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/message"
+	"relay365/internal/pacing"
 	"relay365/internal/queue"
 	"relay365/internal/submit"
 	"relay365/internal/token"
@@ -276,7 +277,9 @@ func samePreparation(a, b account.Account) bool {
 		a.PerMinute == b.PerMinute && a.PerDay == b.PerDay
 }
 
-func limits(a account.Account) Limits { return Limits{PerMinute: a.PerMinute, PerDay: a.PerDay} }
+func limits(a account.Account) pacing.Limits {
+	return pacing.Limits{PerMinute: a.PerMinute, PerDay: a.PerDay}
+}
 
 // batchSize: Office 365's 500, or less if the whole day's budget is less.
 func batchSize(a account.Account) int {

@@ -13,6 +13,7 @@ import (
 	"relay365/internal/body"
 	"relay365/internal/ingress"
 	"relay365/internal/limits"
+	"relay365/internal/pacing"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/token"
@@ -22,7 +23,7 @@ func TestNamesAreTheirPackages(t *testing.T) {
 	for have, want := range map[string]string{
 		streamMail: queue.StreamMail, streamDLQ: queue.StreamDLQ,
 		bucketAccounts: account.Bucket, bucketTokens: token.Bucket, bucketSent: relay.SentBucket,
-		bucketPacing: relay.PacingBucket, bucketProducers: ingress.ProducersBucket,
+		bucketPacing: pacing.Bucket, bucketProducers: ingress.ProducersBucket,
 		bucketBodies: body.Bucket, streamBodies: body.StreamName,
 		limitsRequests: limits.SubjectPrefix + ".*", limitsService: limits.ServiceName,
 	} {

@@ -35,7 +35,7 @@ import (
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/ingress"
-	"relay365/internal/relay"
+	"relay365/internal/pacing"
 	"relay365/internal/roles"
 	"relay365/internal/token"
 )
@@ -84,7 +84,7 @@ type Sandbox struct {
 	SMTPPassword string
 	clock        clock.Clock
 	fake         fakeo365.Config
-	pacer        *relay.Pacer // counts the consent test mails, as authtool does
+	pacer        *pacing.Pacer // counts the consent test mails, as authtool does
 }
 
 // Start brings everything up and connects the sandbox account.
@@ -141,7 +141,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 	if s.Daemon, err = daemon.Start(ctx, dc, log); err != nil {
 		return nil, err
 	}
-	if s.pacer, err = relay.OpenPacer(ctx, s.Daemon.JS, s.clock); err != nil {
+	if s.pacer, err = pacing.Open(ctx, s.Daemon.JS, s.clock); err != nil {
 		s.Daemon.Close()
 		return nil, err
 	}

@@ -1,4 +1,10 @@
-package relay
+// Package pacing keeps Office 365's per-mailbox sending limits from the
+// relay's side, in KV bucket relay_pacing shared by every process that
+// sends as a mailbox: the delivery engine (internal/relay), which reserves
+// before each transaction, and the consent step (authtool, the sandbox),
+// which records its test mails. How the windows are counted, written
+// and shared is on Pacer.
+package pacing
 
 import (
 	"context"
@@ -18,8 +24,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// PacingBucket is the KV bucket with each mailbox's recent sends.
-const PacingBucket = "relay_pacing"
+// Bucket is the KV bucket with each mailbox's recent sends.
+const Bucket = "relay_pacing"
 
 // The rolling windows of Office 365's limits (docs/office365.md §3) and the
 // slots the pacer counts them in. Counting in slots is conservative: a
@@ -88,7 +94,7 @@ type Limits struct {
 type Pacer struct {
 	kv    jetstream.KeyValue
 	clock clock.Clock
-	peeks atomic.Int64 // Peek calls, for tests that a waiting lane does not spin
+	peeks atomic.Int64 // Peek calls (Peeks)
 
 	mu    sync.Mutex
 	boxes map[string]*paceState
@@ -197,20 +203,20 @@ type paceOp struct {
 	done chan error
 }
 
-// OpenPacer creates the bucket if needed.
-func OpenPacer(ctx context.Context, js jetstream.JetStream, clk clock.Clock) (*Pacer, error) {
+// Open creates the bucket if needed.
+func Open(ctx context.Context, js jetstream.JetStream, clk clock.Clock) (*Pacer, error) {
 	kv, err := queue.OpenKeyValue(ctx, js, jetstream.KeyValueConfig{
-		Bucket:      PacingBucket,
+		Bucket:      Bucket,
 		Description: "Relay365 per-mailbox sending counts (Office 365 limits)",
 		History:     1,
 		TTL:         dayWindow + time.Hour,
 		Storage:     jetstream.FileStorage,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open pacing bucket %s: %w", PacingBucket, err)
+		return nil, fmt.Errorf("open pacing bucket %s: %w", Bucket, err)
 	}
 	if clk == nil {
-		clk = wall
+		clk = clock.Real()
 	}
 	return &Pacer{kv: kv, clock: clk, boxes: map[string]*paceState{}}, nil
 }
@@ -222,6 +228,9 @@ type Ticket struct {
 	rcpts   int
 	epoch   string // the lineage of the record it is counted in (paceRecord.E)
 }
+
+// At is when the reservation counts: when it was made, or moved last.
+func (t Ticket) At() time.Time { return t.at }
 
 // paceSlot counts what happened in the slot starting at T (Unix seconds).
 //
@@ -338,6 +347,10 @@ func (w window) room(slots []paceSlot, now time.Time, limit, need int) time.Dura
 	}
 	return 0
 }
+
+// Peeks is how many times Peek was called: a lane waiting for the pacer
+// or a slot must not ask in a loop (the engine's tests count them).
+func (p *Pacer) Peeks() int64 { return p.peeks.Load() }
 
 // Peek says how many transactions may start now under the per-minute
 // budget (and none if the day's recipients are spent), and if none, how

@@ -1,4 +1,4 @@
-package relay_test
+package pacing_test
 
 import (
 	"flag"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"relay365/internal/relay"
+	"relay365/internal/pacing"
 )
 
 // pacerSeeds is how many random runs TestPacerModelNeverGrantsTooMany
@@ -30,7 +30,7 @@ func TestPacerModelNeverGrantsTooMany(t *testing.T) {
 
 type modelTicket struct {
 	p       int
-	tk      relay.Ticket
+	tk      pacing.Ticket
 	at      time.Time // reservation (or restamp) time
 	sending bool
 }
@@ -41,9 +41,9 @@ func runPacerModel(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	const mbx = "alerts@contoso.com"
 	limit := 2 + rng.IntN(3)
-	lim := relay.Limits{PerMinute: limit, PerDay: 1 << 20}
+	lim := pacing.Limits{PerMinute: limit, PerDay: 1 << 20}
 	np := 2 + rng.IntN(2)
-	pacers := make([]*relay.Pacer, np)
+	pacers := make([]*pacing.Pacer, np)
 	for i := range pacers {
 		pacers[i] = pt.open()
 	}
