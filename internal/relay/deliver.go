@@ -646,21 +646,33 @@ func (l *lane) finish(a *attempt, err error) {
 		}
 		err = fmt.Errorf("gave up after %d attempts: %w", a.meta.NumDelivered, err)
 	}
-	dlErr := queue.MoveToDLQ(ctx, l.e.js, a.msg, queue.DeadLetter{
-		ID: a.id, Account: l.alias, Reason: err.Error(), Class: string(class), LastReply: reply, First: a.first,
-	})
-	if a.probe {
-		l.probeDone()
-	}
-	if dlErr != nil {
+	dl := queue.DeadLetter{Reason: err.Error(), Class: string(class), LastReply: reply}
+	if dlErr := l.deadLetter(a, dl, outcomeDeadLettered); dlErr != nil {
 		l.failed(seq, fmt.Sprintf("%v (its dead letter was refused: %v)", err, dlErr))
 		ev.AnErr("dlq", dlErr).Msg("dead-lettering failed; the message stays queued")
 		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
 		return
 	}
-	l.forget(seq)
-	l.e.metrics.outcome(l.alias, outcomeDeadLettered)
 	ev.Msg("dead-lettered")
+}
+
+// deadLetter moves a's message to MAIL_DLQ with dl's reason, class and
+// last reply (queue.MoveToDLQ: copy, PubAck, then the original
+// terminated) and counts outcome. A probe is done either way; a copy
+// MAIL_DLQ refused is the caller's to log and nak, so that the next
+// delivery tries again.
+func (l *lane) deadLetter(a *attempt, dl queue.DeadLetter, outcome string) error {
+	dl.ID, dl.Account, dl.First = a.id, l.alias, a.first
+	err := queue.MoveToDLQ(l.e.sendCtx, l.e.js, a.msg, dl)
+	if a.probe {
+		l.probeDone()
+	}
+	if err != nil {
+		return err
+	}
+	l.forget(a.meta.Sequence.Stream)
+	l.e.metrics.outcome(l.alias, outcome)
+	return nil
 }
 
 // expire gives up a message older than the queue lifetime: a copy in
@@ -668,21 +680,12 @@ func (l *lane) finish(a *attempt, err error) {
 // failure this process saw, then the original terminated. (JetStream's
 // MaxAge would drop it unseen a margin later.)
 func (l *lane) expire(a *attempt, queued time.Time) {
-	seq := a.meta.Sequence.Stream
-	reason, last := l.e.expiryReason(l.lastFailure(seq), l.pauseReply())
-	err := queue.MoveToDLQ(l.e.sendCtx, l.e.js, a.msg, queue.DeadLetter{
-		ID: a.id, Account: l.alias, Reason: reason, Class: classExpired, LastReply: last, First: a.first,
-	})
-	if a.probe {
-		l.probeDone()
-	}
-	if err != nil {
+	reason, last := l.e.expiryReason(l.lastFailure(a.meta.Sequence.Stream), l.pauseReply())
+	if err := l.deadLetter(a, queue.DeadLetter{Reason: reason, Class: classExpired, LastReply: last}, outcomeExpired); err != nil {
 		a.log.Error().Err(err).Msg("expired, but dead-lettering failed; the message stays queued")
 		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(1))
 		return
 	}
-	l.forget(seq)
-	l.e.metrics.outcome(l.alias, outcomeExpired)
 	a.log.Warn().Time("queued", queued).Str("reason", reason).Msg("expired: dead-lettered undelivered")
 }
 
@@ -699,19 +702,11 @@ func (l *lane) giveUp(a *attempt) {
 		why = "its deliveries ended without an outcome (the worker stopped while trying it?)"
 	}
 	reason := fmt.Sprintf("gave up after %d deliveries (twice --max-deliver): %s", a.meta.NumDelivered, why)
-	err := queue.MoveToDLQ(l.e.sendCtx, l.e.js, a.msg, queue.DeadLetter{
-		ID: a.id, Account: l.alias, Reason: reason, Class: string(submit.ClassTransient), First: a.first,
-	})
-	if a.probe {
-		l.probeDone()
-	}
-	if err != nil {
+	if err := l.deadLetter(a, queue.DeadLetter{Reason: reason, Class: string(submit.ClassTransient)}, outcomeDeadLettered); err != nil {
 		a.log.Error().Err(err).Msg("giving up, but dead-lettering failed; the message stays queued")
 		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
 		return
 	}
-	l.forget(a.meta.Sequence.Stream)
-	l.e.metrics.outcome(l.alias, outcomeDeadLettered)
 	a.log.Warn().Str("reason", reason).Msg("dead-lettered")
 }
 
