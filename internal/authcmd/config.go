@@ -98,16 +98,9 @@ type stores struct {
 // the sealed token store. Both buckets are created if the relay has not
 // run yet.
 func (c storeConfig) open(ctx context.Context, keys *token.Keyring) (*stores, error) {
-	roles.Default(&c.NATS, c.DataDir, roles.Admin)
-	if err := queue.CheckURL(c.NATSURL); err != nil {
-		return nil, cli.UsageError{Err: fmt.Errorf("--nats-url: %w", err)}
-	}
-	if err := c.NATS.Validate(); err != nil {
-		return nil, cli.UsageError{Err: err}
-	}
-	nc, err := queue.ConnectWith(c.NATSURL, "relay365-authtool", c.NATS)
+	nc, err := roles.Connect(c.NATSURL, "relay365-authtool", c.NATS, c.DataDir, roles.Admin)
 	if err != nil {
-		return nil, fmt.Errorf("%w (%s)", err, queue.ConnectHint(err))
+		return nil, err
 	}
 	s := &stores{nc: nc}
 	if s.js, err = jetstream.New(nc); err != nil {

@@ -153,21 +153,9 @@ func (n *natsClient) register(fs *flag.FlagSet, env Env) {
 // directory when no credentials are named, and its reply prefix.
 func (n *natsClient) as(role roles.Role) { roles.Default(&n.Opts, n.DataDir, role) }
 
-// connect connects a short-lived command as role; extra options come
-// after the relay's own and so win. Bad credential flags are usage errors.
+// connect connects a short-lived command as role (roles.Connect).
 func (n natsClient) connect(name string, role roles.Role, extra ...nats.Option) (*nats.Conn, error) {
-	n.as(role)
-	if err := queue.CheckURL(n.URL); err != nil {
-		return nil, cli.UsageError{Err: fmt.Errorf("--nats-url: %w", err)}
-	}
-	if err := n.Opts.Validate(); err != nil {
-		return nil, cli.UsageError{Err: err}
-	}
-	nc, err := queue.ConnectWith(n.URL, name, n.Opts, extra...)
-	if err != nil {
-		return nil, fmt.Errorf("%w (%s)", err, queue.ConnectHint(err))
-	}
-	return nc, nil
+	return roles.Connect(n.URL, name, n.Opts, n.DataDir, role, extra...)
 }
 
 // jetStream connects as role and opens JetStream on the connection, which

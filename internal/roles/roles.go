@@ -22,10 +22,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"relay365/internal/cli"
 	"relay365/internal/queue"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
 
@@ -294,6 +296,27 @@ func Default(o *queue.ConnectOptions, dataDir string, r Role) {
 	if o.InboxPrefix == "" {
 		o.InboxPrefix = r.InboxPrefix()
 	}
+}
+
+// Connect connects a command (authtool, relay dlq, relay publish...) as
+// role r: the options readied by Default, then refused before any dial if
+// no connection could use them (a URL that does not parse, credential
+// flags that do not fit: cli.UsageError, exit 2), and a failed dial
+// answered with what to do (queue.ConnectHint). extra options come after
+// the relay's own and so win.
+func Connect(url, name string, o queue.ConnectOptions, dataDir string, r Role, extra ...nats.Option) (*nats.Conn, error) {
+	Default(&o, dataDir, r)
+	if err := queue.CheckURL(url); err != nil {
+		return nil, cli.UsageError{Err: fmt.Errorf("--nats-url: %w", err)}
+	}
+	if err := o.Validate(); err != nil {
+		return nil, cli.UsageError{Err: err}
+	}
+	nc, err := queue.ConnectWith(url, name, o, extra...)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%s)", err, queue.ConnectHint(err))
+	}
+	return nc, nil
 }
 
 func fileExists(name string) bool {
