@@ -12,8 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"relay365/internal/clock"
-	"relay365/internal/queue"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +20,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/clock"
+	"relay365/internal/queue"
 )
 
 // Bucket is the KV bucket with each mailbox's recent sends.
