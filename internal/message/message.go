@@ -114,16 +114,38 @@ func IsInvalid(err error) bool {
 // and log. (So a misspelled field, "subjet", goes unnoticed by the
 // decoder: the worker logs it, relay publish warns about it.) Field names
 // match case-insensitively, as encoding/json matches them.
+//
+// The usual message has no unknown field, and is decoded once with
+// unknown fields refused; only when that fails is it decoded again
+// leniently and its field names listed (a third pass). Both ways give the
+// same result (FuzzDecodeOnePass); the first halves the worker's decoding
+// time.
 func Decode(data []byte) (*Message, error) {
+	if m, err := decode(data, true); err == nil {
+		return m, nil
+	}
+	m, err := decode(data, false)
+	if err != nil {
+		return nil, err
+	}
+	m.Unknown = unknownFields(data)
+	return m, nil
+}
+
+// decode parses data as one JSON object, refusing fields Message does not
+// have when strict.
+func decode(data []byte, strict bool) (*Message, error) {
 	var m Message
 	dec := json.NewDecoder(bytes.NewReader(data))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(&m); err != nil {
 		return nil, invalid("", "bad JSON: %v", err)
 	}
 	if dec.More() {
 		return nil, invalid("", "bad JSON: trailing data after the object")
 	}
-	m.Unknown = unknownFields(data)
 	return &m, nil
 }
 
