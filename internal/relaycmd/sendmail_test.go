@@ -634,3 +634,26 @@ func TestSendmailOnTheRelaysHost(t *testing.T) {
 		}
 	}
 }
+
+// TestSendmailFromLine: a message that starts with an mbox "From " line
+// (formail, procmail, a script that cats a saved message: "formail -s
+// sendmail -oi -t < mbox") has that line dropped, as Postfix's and
+// Sendmail's sendmail drop it, instead of the line starting the body and
+// taking the whole header with it.
+func TestSendmailFromLine(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+	for i, in := range []string{
+		"From root@web-3.contoso.com  Mon Dec  7 03:00:00 2026\nTo: ops@contoso.com\nSubject: nightly backup\n\nall good\n",
+		">From root@web-3.contoso.com  Mon Dec  7 03:00:00 2026\nTo: ops@contoso.com\nSubject: nightly backup\n\nall good\n",
+	} {
+		r := run(t, vars, in, "sendmail", "-oi", "-t")
+		if r.code != 0 || r.stderr != "" {
+			t.Fatalf("%q: exit %d, stderr %q", in, r.code, r.stderr)
+		}
+		_, m := queued(t, ctx, env.JS, uint64(i+1))
+		if want := "To: ops@contoso.com\r\nSubject: nightly backup\r\n\r\nall good\r\n"; string(m.Raw) != want || !reflect.DeepEqual(m.To, []string{"ops@contoso.com"}) {
+			t.Fatalf("%q: queued To %v, raw\n got %q\nwant %q", in, m.To, m.Raw, want)
+		}
+	}
+}
