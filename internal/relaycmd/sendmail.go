@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"mime"
+	"mime/quotedprintable"
 	"net/mail"
 	"net/textproto"
 	"regexp"
@@ -354,6 +356,7 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 		raw = []byte("\r\n") // an empty message still has an (empty) header and body
 	}
 	raw = tidyHeader(raw, c.Domain)
+	raw = encodeLongLines(raw)
 	msg, err := mail.ReadMessage(bytes.NewReader(raw))
 	if err != nil {
 		return nil, fmt.Errorf("the header does not parse: %v", err)
@@ -468,6 +471,73 @@ func dropFromLines(raw []byte) []byte {
 		}
 		raw = rest
 	}
+}
+
+// maxLine is the longest line SMTP carries, CRLF not counted (RFC 5322
+// §2.1.1, RFC 5321 §4.5.3.1.6).
+const maxLine = 998
+
+// encodeLongLines sends the body of a single-part CRLF message
+// quoted-printable when a line of it is longer than SMTP carries: a job's
+// JSON or log line would otherwise make the message unsendable, where
+// Postfix and Sendmail accept it (and break the line). The body decodes
+// to what was read; the Content-Transfer-Encoding field is replaced, and
+// MIME-Version added when missing so the encoding is honoured. A
+// multipart message, or one already encoded, is left for the checks to
+// refuse: its parts are not the relay's to rewrite.
+func encodeLongLines(raw []byte) []byte {
+	header, body, found := bytes.Cut(raw, []byte("\r\n\r\n"))
+	if bytes.HasPrefix(raw, []byte("\r\n")) {
+		header, body, found = nil, raw[2:], true
+	} else {
+		header = append(header, "\r\n"...)
+	}
+	if !found || !hasLongLine(body) {
+		return raw
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(append(append([]byte(nil), header...), "\r\n"...)))
+	if err != nil {
+		return raw
+	}
+	if ct := msg.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || strings.HasPrefix(mt, "multipart/") || strings.HasPrefix(mt, "message/") {
+			return raw
+		}
+	}
+	switch strings.ToLower(strings.TrimSpace(msg.Header.Get("Content-Transfer-Encoding"))) {
+	case "", "7bit", "8bit", "binary":
+	default:
+		return raw
+	}
+	var out bytes.Buffer
+	skip := false // in a Content-Transfer-Encoding field, its continuation lines included
+	for line := range bytes.Lines(header) {
+		if line[0] != ' ' && line[0] != '\t' {
+			name, _, _ := bytes.Cut(line, []byte(":"))
+			skip = strings.EqualFold(strings.TrimSpace(string(name)), "Content-Transfer-Encoding")
+		}
+		if !skip {
+			out.Write(line)
+		}
+	}
+	if msg.Header.Get("Mime-Version") == "" {
+		out.WriteString("MIME-Version: 1.0\r\n")
+	}
+	out.WriteString("Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+	w := quotedprintable.NewWriter(&out)
+	w.Write(body) // a bytes.Buffer does not fail
+	w.Close()
+	return out.Bytes()
+}
+
+// hasLongLine reports whether a CRLF text has a line longer than maxLine.
+func hasLongLine(b []byte) bool {
+	for line := range bytes.Lines(b) {
+		if len(bytes.TrimSuffix(line, []byte("\r\n"))) > maxLine {
+			return true
+		}
+	}
+	return false
 }
 
 // addressFields are the header fields that hold addresses (RFC 5322

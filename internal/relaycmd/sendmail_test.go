@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"mime/quotedprintable"
 	"net"
 	"net/mail"
 	"path/filepath"
@@ -260,6 +261,11 @@ func TestBuildSendmail(t *testing.T) {
 			in: "From: <<<\n\nx\n", err: "From field"},
 		{name: "two From fields", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
 			in: "From: a@contoso.com\nFrom: b@contoso.com\n\nx\n", err: "more than one From field"},
+		{name: "long line, single part: quoted-printable", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "Subject: x\nContent-Transfer-Encoding: 8bit\n\n" + strings.Repeat("y", 1000) + "\n", to: []string{"ops@contoso.com"},
+			rawHas: "Content-Transfer-Encoding: quoted-printable\r\n\r\n" + strings.Repeat("y", 75) + "=\r\n", rawLacks: "8bit"},
+		{name: "long line in a multipart: not rewritten", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} }),
+			in: "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\n" + strings.Repeat("y", 1000) + "\n--b--\n", err: "more than SMTP carries"},
 		{name: "bad recipient", c: cfg(func(c *sendmailConfig) { c.Rcpts = []string{"a b@contoso.com"} }),
 			in: "Subject: x\n\nx\n", err: "recipient"},
 	}
@@ -654,6 +660,48 @@ func TestSendmailFromLine(t *testing.T) {
 		_, m := queued(t, ctx, env.JS, uint64(i+1))
 		if want := "To: ops@contoso.com\r\nSubject: nightly backup\r\n\r\nall good\r\n"; string(m.Raw) != want || !reflect.DeepEqual(m.To, []string{"ops@contoso.com"}) {
 			t.Fatalf("%q: queued To %v, raw\n got %q\nwant %q", in, m.To, m.Raw, want)
+		}
+	}
+}
+
+// TestSendmailLongBodyLine: a job that prints a line longer than SMTP
+// carries (998 octets: a JSON document, a long log line) still gets its
+// mail, as Postfix and Sendmail take it, instead of exit 65 and cron's
+// mail lost: a single-part message is sent quoted-printable, which
+// decodes to the output as printed.
+func TestSendmailLongBodyLine(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts", "RELAY_SENDMAIL_DOMAIN": "contoso.com"}
+	body := "report:\n{\"host\":\"web-3\",\"items\":[" + strings.Repeat(`"r\u00e9sum\u00e9 = ok",`, 120) + "\"end\"]}\n" + strings.Repeat("x", 2000) + "\n.\ndone\n"
+	body = strings.ReplaceAll(body, `\u00e9`, "é")
+	for _, hdr := range []string{
+		"From: \"(Cron Daemon)\" <root>\nTo: root\nSubject: Cron <root@web-3> report\n",
+		"From: \"(Cron Daemon)\" <root>\nTo: root\nSubject: Cron <root@web-3> report\nMIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n",
+	} {
+		n := mailCount(t, ctx, env.JS)
+		r := run(t, vars, hdr+"\n"+body, "sendmail", "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root")
+		if r.code != 0 || r.stderr != "" {
+			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+		}
+		_, m := queued(t, ctx, env.JS, n+1)
+		rendered, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com", Policy: message.PolicyRewrite}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := mail.ReadMessage(strings.NewReader(string(rendered.Data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.Header.Get("Content-Transfer-Encoding") != "quoted-printable" || msg.Header.Get("Mime-Version") != "1.0" ||
+			msg.Header.Get("Subject") != "Cron <root@web-3> report" || len(msg.Header["Content-Transfer-Encoding"]) != 1 {
+			t.Fatalf("rendered header %v", msg.Header)
+		}
+		got, err := io.ReadAll(quotedprintable.NewReader(msg.Body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.ReplaceAll(body, "\n", "\r\n"); string(got) != want {
+			t.Fatalf("decoded body\n got %q\nwant %q", got, want)
 		}
 	}
 }
