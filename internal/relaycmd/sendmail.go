@@ -71,7 +71,9 @@ it on mail.send.<account>. Prints nothing on success.
             account's mailbox; its From policy decides what becomes of it)
   -F NAME   the display name of that From line
   accepted and ignored: -oem -oee -om -odi -odb and any other -oX, -B TYPE,
-  -N DSN, -R RET, -V ENVID, -v, -bm
+  -N DSN, -R RET, -V ENVID, -O OPT (but -O IgnoreDots), -A X, -C FILE,
+  -L TAG, -X FILE, -v, -m, -U, -G, -bm
+  one-letter options may be given together, as getopt takes them: -ti
 
 Exit codes (sysexits.h): 0 queued, 64 usage, 65 the message cannot be sent,
 70 internal error, 75 NATS unreachable or the queue full (try again later),
@@ -248,49 +250,67 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 		if len(a) < 2 || a[0] != '-' {
 			break // the first recipient
 		}
-		letter, value := a[1], a[2:]
-		switch letter {
-		case 't', 'i', 'v': // -v asks for sendmail's transcript: there is none to show
-			if value != "" {
-				return c, cli.Usagef("unknown option %s (give one-letter options apart: -t -i)", a)
+		// One-letter options cluster as getopt(3), which both sendmails
+		// use, has them (-ti, -tf cron@x, -ioem): the letters that take a
+		// value take the rest of the argument, or the next one.
+		for opts := a[1:]; opts != ""; {
+			letter, value := opts[0], opts[1:]
+			switch letter {
+			case 't', 'i', 'v', 'm', 'U', 'G':
+				// -v asks for a transcript (there is none to show); -m
+				// (mailx's metoo), -U (initial submission), -G (gateway):
+				// ignored, as Postfix ignores them.
+				c.FromHeader = c.FromHeader || letter == 't'
+				c.IgnoreDots = c.IgnoreDots || letter == 'i'
+				opts = value
+				continue
+			case 'b', 'B', 'f', 'r', 'F', 'N', 'R', 'V', 'o', 'O', 'A', 'C', 'L', 'X':
+			default:
+				return c, unknownOption(a, fs)
 			}
-			c.FromHeader = c.FromHeader || letter == 't'
-			c.IgnoreDots = c.IgnoreDots || letter == 'i'
-			continue
-		case 'b', 'B', 'f', 'r', 'F', 'N', 'R', 'V', 'o':
-		default:
-			return c, unknownOption(a, fs)
-		}
-		// These take a value, attached (-fuser) or as the next argument.
-		if value == "" {
-			if i+1 == len(args) {
-				return c, cli.Usagef("-%c needs a value", letter)
+			opts = ""
+			// These take a value, attached (-fuser) or as the next argument.
+			if value == "" {
+				if i+1 == len(args) {
+					return c, cli.Usagef("-%c needs a value", letter)
+				}
+				i++
+				value = args[i]
 			}
-			i++
-			value = args[i]
-		}
-		switch letter {
-		case 'b':
-			// -bm (deliver a message) is what sendmail does by default;
-			// the other modes (-bs SMTP on stdin, -bp the queue, -bi
-			// aliases, -bd a daemon) are not a relay client's to play.
-			if value != "m" {
-				return c, cli.Usagef("-b%s: only -bm (read a message on stdin) is supported; for SMTP use the relay's SMTP front door (relay serve --smtp-listen)", value)
+			switch letter {
+			case 'b':
+				// -bm (deliver a message) is what sendmail does by default;
+				// the other modes (-bs SMTP on stdin, -bp the queue, -bi
+				// aliases, -bd a daemon) are not a relay client's to play.
+				if value != "m" {
+					return c, cli.Usagef("-b%s: only -bm (read a message on stdin) is supported; for SMTP use the relay's SMTP front door (relay serve --smtp-listen)", value)
+				}
+			case 'f', 'r': // -r is sendmail's obsolete spelling of -f
+				c.Sender = value
+			case 'F':
+				c.FullName = value
+			case 'o':
+				// -oi is IgnoreDots; sendmail ignores options it does not
+				// know, and -oem, -oee, -om, -odi, -odb (error reporting,
+				// me too, delivery mode) mean nothing once the message is in
+				// JetStream.
+				c.IgnoreDots = c.IgnoreDots || value == "i"
+			case 'O':
+				// Sendmail's long form of -o: -O IgnoreDots[=true].
+				name, v, _ := strings.Cut(value, "=")
+				if strings.EqualFold(strings.TrimSpace(name), "IgnoreDots") {
+					switch strings.ToLower(strings.TrimSpace(v)) {
+					case "", "t", "true", "y", "yes":
+						c.IgnoreDots = true
+					}
+				}
 			}
-		case 'f', 'r': // -r is sendmail's obsolete spelling of -f
-			c.Sender = value
-		case 'F':
-			c.FullName = value
-		case 'o':
-			// -oi is IgnoreDots; sendmail ignores options it does not
-			// know, and -oem, -oee, -om, -odi, -odb (error reporting,
-			// me too, delivery mode) mean nothing once the message is in
-			// JetStream.
-			c.IgnoreDots = c.IgnoreDots || value == "i"
+			// -B (body type), -N, -R, -V (DSN notify, return, envelope id):
+			// accepted and ignored; the relay sends 8BITMIME where Office 365
+			// takes it and asks for no DSNs. -A (submission or relay
+			// configuration), -C (sendmail.cf), -L (log
+			// label), -X (traffic log): ignored, as Postfix ignores them.
 		}
-		// -B (body type), -N, -R, -V (DSN notify, return, envelope id):
-		// accepted and ignored; the relay sends 8BITMIME where Office 365
-		// takes it and asks for no DSNs.
 	}
 	c.Rcpts = append([]string(nil), args[i:]...)
 	if err := parse(fs, long); err != nil {

@@ -85,6 +85,20 @@ func TestParseSendmail(t *testing.T) {
 			})},
 		{"flags win over the environment", base, []string{"--account", "billing", "root"},
 			want(func(c *sendmailConfig) { c.Account, c.Rcpts = "billing", []string{"root"} })},
+		// getopt(3), as both sendmails read their options: letters
+		// cluster, and the last of a cluster may take the rest as its value.
+		{"clustered -ti", base, []string{"-ti"},
+			want(func(c *sendmailConfig) { c.FromHeader, c.IgnoreDots = true, true })},
+		{"clustered -it", base, []string{"-it", "extra@contoso.com"},
+			want(func(c *sendmailConfig) {
+				c.FromHeader, c.IgnoreDots, c.Rcpts = true, true, []string{"extra@contoso.com"}
+			})},
+		{"clustered value", base, []string{"-tf", "cron@contoso.com", "-ioem"},
+			want(func(c *sendmailConfig) { c.FromHeader, c.IgnoreDots, c.Sender = true, true, "cron@contoso.com" })},
+		{"mailx with metoo, and other ignored options", base, []string{"-i", "-m", "-U", "-G", "-LCRON", "-Am", "-C/etc/mail/sendmail.cf", "-X", "/tmp/x", "-ODeliveryMode=b", "ops@contoso.com"},
+			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
+		{"-O IgnoreDots", base, []string{"-O", "IgnoreDots=True", "ops@contoso.com"},
+			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -110,7 +124,8 @@ func TestParseSendmailErrors(t *testing.T) {
 		want string
 	}{
 		{"unknown option", base, []string{"-x", "root"}, "unknown option -x"},
-		{"combined flags", base, []string{"-ti"}, "unknown option -ti (give one-letter options apart"},
+		{"unknown letter in a cluster", base, []string{"-tx"}, "unknown option -tx"},
+		{"long option with one dash, first letter known", base, []string{"-timeout", "5s", "root"}, "long options take two dashes: --timeout"},
 		{"long option with one dash", base, []string{"-nats-url", "nats://h:4222", "root"}, "long options take two dashes: --nats-url"},
 		{"unknown long option", base, []string{"--frobnicate", "root"}, "unknown option --frobnicate"},
 		{"-f without a value", base, []string{"-f"}, "-f needs a value"},
