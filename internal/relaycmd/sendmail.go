@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -542,6 +543,12 @@ func encodeLongLines(raw []byte) []byte {
 	}
 	if msg.Header.Get("Mime-Version") == "" {
 		out.WriteString("MIME-Version: 1.0\r\n")
+	}
+	// Without a Content-Type the body would now read as us-ascii (RFC
+	// 2045 §5.2), where before it went as 8-bit octets a reader could
+	// take for UTF-8; say what it is when it is valid UTF-8.
+	if msg.Header.Get("Content-Type") == "" && bytes.ContainsFunc(body, func(r rune) bool { return r >= utf8.RuneSelf }) && utf8.Valid(body) {
+		out.WriteString("Content-Type: text/plain; charset=utf-8\r\n")
 	}
 	out.WriteString("Content-Transfer-Encoding: quoted-printable\r\n\r\n")
 	w := quotedprintable.NewWriter(&out)

@@ -711,6 +711,11 @@ func TestSendmailLongBodyLine(t *testing.T) {
 			msg.Header.Get("Subject") != "Cron <root@web-3> report" || len(msg.Header["Content-Transfer-Encoding"]) != 1 {
 			t.Fatalf("rendered header %v", msg.Header)
 		}
+		// The UTF-8 body keeps a charset: the producer's, or utf-8 where
+		// it gave none (without one it would read as us-ascii).
+		if ct := msg.Header.Get("Content-Type"); !strings.Contains(strings.ToLower(ct), "charset=utf-8") || len(msg.Header["Content-Type"]) != 1 {
+			t.Fatalf("rendered Content-Type %q", msg.Header["Content-Type"])
+		}
 		got, err := io.ReadAll(quotedprintable.NewReader(msg.Body))
 		if err != nil {
 			t.Fatal(err)
