@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -188,10 +189,30 @@ func enroll(ctx context.Context, env Env, c *enrollConfig, flow, secret string, 
 func nothingStored(err error, a account.Account) error {
 	var ie *token.IdentityError
 	if errors.As(err, &ie) {
+		// A wrapping fmt.Errorf has already formatted ie: reword it there.
+		before := ie.Error()
 		ie.ForAccount(a.Alias, a.AppOnly)
+		if ie.Temporary() {
+			// The token service's remedy ("retrying with backoff") is not
+			// true here: authtool gives up and nothing is left to retry.
+			ie.Remedy = "a temporary failure of the identity platform; nothing is retried: run the command again"
+			if ie.RetryAfter > 0 {
+				ie.Remedy += " in " + ie.RetryAfter.Round(time.Second).String() + " or later"
+			}
+		}
+		err = reworded{msg: strings.Replace(err.Error(), before, ie.Error(), 1), err: err}
 	}
 	return fmt.Errorf("%w\nnothing was stored", err)
 }
+
+// reworded is err with its message rewritten.
+type reworded struct {
+	msg string
+	err error
+}
+
+func (r reworded) Error() string { return r.msg }
+func (r reworded) Unwrap() error { return r.err }
 
 // browserSignIn runs the authorization code flow with PKCE: print the URL,
 // open a browser unless told not to, count down while waiting.

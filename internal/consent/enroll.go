@@ -175,8 +175,19 @@ func (e Enroller) now() time.Time {
 }
 
 // testMailRemedy is submit.Remedy, except that an app-only token refused by
-// the mailbox (535 5.7.3) gets the Exchange admin steps app-only needs.
+// the mailbox (535 5.7.3) gets the Exchange admin steps app-only needs, and
+// that a temporary refusal says to run the command again: submit.Remedy
+// speaks of queued mail that the relay retries, but a test mail is sent
+// once and, refused, leaves nothing stored that anything could retry.
 func testMailRemedy(se *submit.SMTPError, acct account.Account) string {
+	switch {
+	case se.Code == 0 && se.Class == submit.ClassTransient:
+		return fmt.Sprintf("could not reach %s: check the SMTP address (--smtp) and the network, then run the command again", acct.SMTPAddr)
+	case se.Class == submit.ClassTransient || se.Class == submit.ClassThrottle:
+		return "a temporary refusal; the test mail is not retried: run the command again in a few minutes"
+	case se.Class == submit.ClassQuota:
+		return "the mailbox is over its sending limit (10,000 recipients a day, 30 messages a minute): run the command again once it has room"
+	}
 	if acct.AppOnly && se.Class == submit.ClassAuth {
 		return fmt.Sprintf("the mailbox refused the app's token. The app needs the SMTP.SendAsApp application permission with admin consent, "+
 			"and an Exchange admin must register its service principal and give it the mailbox: "+
