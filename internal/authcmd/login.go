@@ -152,6 +152,9 @@ func enroll(ctx context.Context, env Env, c *enrollConfig, flow, secret string, 
 	defer cancel()
 	tok, err := getToken(ctx, hc)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			err = fmt.Errorf("gave up after --timeout %s (run the command again, with a longer --timeout if the sign-in needs it): %w", c.timeout, err)
+		}
 		return nothingStored(err, a)
 	}
 	testTo := c.testTo

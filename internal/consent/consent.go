@@ -40,6 +40,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -96,6 +97,7 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 		err  error
 	}
 	got := make(chan result, 1)
+	var foreign atomic.Int32 // redirects that carried another sign-in's state
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		var res result
@@ -104,6 +106,7 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 		case q.Get("state") != state:
 			// Not ours (a stale tab, or a forged redirect): ignore it and
 			// keep waiting for the real one.
+			foreign.Add(1)
 			http.Error(w, "state does not match this sign-in; close this tab", http.StatusBadRequest)
 			return
 		case issErr != nil:
@@ -133,6 +136,10 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 	var res result
 	select {
 	case <-ctx.Done():
+		if n := foreign.Load(); n > 0 {
+			return nil, fmt.Errorf("waiting for the sign-in redirect: %w; %d redirect(s) did arrive, but with the state of another sign-in "+
+				"(a browser tab or sign-in URL of an earlier run) and were ignored: open the sign-in URL printed by this run", ctx.Err(), n)
+		}
 		return nil, fmt.Errorf("waiting for the sign-in redirect: %w", ctx.Err())
 	case res = <-got:
 	}
