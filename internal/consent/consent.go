@@ -22,7 +22,8 @@
 //
 // Every failure is classified once into a typed error with a remedy a
 // person can act on: *AuthorizeError (the authorize redirect's error),
-// *DeviceError (a terminal device-flow answer), *token.IdentityError (the
+// *DeviceError (a terminal device-flow answer), *CodeRefusedError (a code
+// refused at its redemption), *token.IdentityError (the
 // token endpoint, AADSTS codes), *TestMailError (the SMTP reply, e.g. 535
 // 5.7.3 or 5.7.139 with the Exchange admin command). None of them stores
 // anything. Once the test mail is accepted, Enroll's two writes (tokens,
@@ -39,7 +40,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -152,7 +155,7 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 	}
 	tok, err := conf.Exchange(context.WithValue(ctx, oauth2.HTTPClient, hc), res.code, oauth2.VerifierOption(verifier))
 	if err != nil {
-		return nil, fmt.Errorf("exchanging the authorization code: %w", token.Classify(err))
+		return nil, fmt.Errorf("exchanging the authorization code: %w", codeRefused("authorization code", token.Classify(err)))
 	}
 	if tok.RefreshToken == "" {
 		return nil, errNoRefreshToken
@@ -176,6 +179,42 @@ func consentPrompt(authURL string, scopes []string) bool {
 	}
 	u, err := url.Parse(authURL)
 	return err != nil || !entraAuthorize.MatchString(u.Path)
+}
+
+// CodeRefusedError is an authorization or device code that the token
+// endpoint refused with invalid_grant (AADSTS70008 expired, 54005 already
+// redeemed, 500112 another redirect URI, 501481 another PKCE verifier).
+// token.IdentityError's remedy for invalid_grant is about a refresh token
+// (expired, revoked by a password change), which is not what a person
+// signing in has to fix: a new sign-in is. It unwraps to the
+// *token.IdentityError.
+type CodeRefusedError struct {
+	Kind     string // "authorization code", "device code"
+	Identity *token.IdentityError
+}
+
+func (e *CodeRefusedError) Error() string {
+	var codes strings.Builder
+	for _, c := range e.Identity.Codes {
+		codes.WriteString(" AADSTS" + strconv.Itoa(c))
+	}
+	return fmt.Sprintf("the identity platform refused the %s: %s%s: it expired, was already redeemed, or does not match this sign-in "+
+		"(redirect URI, PKCE verifier): run the command again and finish the sign-in in one go", e.Kind, e.Identity.Err, codes.String())
+}
+
+func (e *CodeRefusedError) Unwrap() error { return e.Identity }
+
+// codeRefused is ie, or a *CodeRefusedError for an invalid_grant answer to
+// the redemption of a code, unless its codes say that consent (65001) or
+// MFA / conditional access (50076, 50079, 53003, 530035) is what is
+// missing: ie's remedy says so.
+func codeRefused(kind string, ie *token.IdentityError) error {
+	if ie.Err != "invalid_grant" || slices.ContainsFunc(ie.Codes, func(c int) bool {
+		return slices.Contains([]int{65001, 50076, 50079, 53003, 530035}, c)
+	}) {
+		return ie
+	}
+	return &CodeRefusedError{Kind: kind, Identity: ie}
 }
 
 // AuthorizeError is an error the authorization endpoint sent back through

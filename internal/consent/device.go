@@ -190,7 +190,7 @@ func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.T
 				return nil, de
 			}
 			if !ie.Temporary() {
-				return nil, ie
+				return nil, codeRefused("device code", ie)
 			}
 		}
 		timer.Reset(interval)
