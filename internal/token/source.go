@@ -284,7 +284,8 @@ func (s *Source) Margin() time.Duration { return s.margin }
 // ForceRefresh refreshes now even though the stored token looks valid
 // (e.g. after SMTP 535 5.7.3), unless another refresh finished after this
 // call started, whose token it then returns. Blocked accounts return their
-// *IdentityError without calling the identity platform.
+// *IdentityError without calling the identity platform, and so does an
+// account backing off after a transient failure (until NextAttempt).
 func (s *Source) ForceRefresh(ctx context.Context, alias string) (AccessToken, error) {
 	return s.ForceRefreshSince(ctx, alias, time.Time{})
 }
@@ -361,9 +362,10 @@ func (s *Source) decide(rec Record, acct account.Account, now time.Time, force b
 		return tokenOf(rec, acct), true, nil
 	case force && rec.LastRefresh.After(since) && stillValid(rec, now):
 		return tokenOf(rec, acct), true, nil // refreshed by someone after the caller asked
-	case !force && now.Before(rec.NextAttempt):
-		// Backing off after a transient failure.
-		if stillValid(rec, now) {
+	case now.Before(rec.NextAttempt):
+		// Backing off after a transient failure, forced refreshes too:
+		// never sooner than Retry-After, however many tokens are refused.
+		if !force && stillValid(rec, now) {
 			return tokenOf(rec, acct), true, nil
 		}
 		return AccessToken{}, true, transientError(rec, acct, now)
