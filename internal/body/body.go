@@ -35,16 +35,20 @@
 package body
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/message"
@@ -60,8 +64,9 @@ const (
 
 // Store reads and writes bodies.
 type Store struct {
-	js  jetstream.JetStream
-	obs jetstream.ObjectStore
+	js     jetstream.JetStream
+	obs    jetstream.ObjectStore
+	stream jetstream.Stream
 }
 
 // Open opens the bucket, which relay serve (or relay setup) creates.
@@ -70,7 +75,11 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("object store %s: %w (is relay serve running, or relay setup done?)", Bucket, err)
 	}
-	return &Store{js: js, obs: obs}, nil
+	st, err := js.Stream(ctx, StreamName)
+	if err != nil {
+		return nil, fmt.Errorf("object store %s: %w", Bucket, err)
+	}
+	return &Store{js: js, obs: obs, stream: st}, nil
 }
 
 // TooLarge is a message over the size limit.
@@ -126,7 +135,7 @@ func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.Body
 		}
 		pw.CloseWithError(err)
 	}()
-	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: ChunkSize}}, fullChunks{pr})
+	info, err := s.put(ctx, name, fullChunks{pr})
 	pr.CloseWithError(errors.New("stopped")) // ends the copy when Put stopped early
 	// Put returns only once it has stopped reading r, so its caller may
 	// read on (the SMTP front door drains a refused DATA to its end).
@@ -311,13 +320,123 @@ func (c *chunkReader) Close() error {
 	return nil
 }
 
-// Delete removes a body; one already gone is no error.
+// Delete removes a body; one already gone is no error. It does what
+// nats.go's ObjectStore.Delete does, without the rollup the stream
+// refuses (put): it writes a deletion marker as the object's metadata,
+// purges the earlier metadata (keeping the marker), then the chunks.
+// The name's metadata subject is never empty in between: a List that
+// saw it would otherwise wait for ever (nats.go's watcher looks for the
+// last metadata message, then waits for its consumer to deliver one).
 func (s *Store) Delete(ctx context.Context, name string) error {
-	err := s.obs.Delete(ctx, name)
-	if err == nil || errors.Is(err, jetstream.ErrObjectNotFound) {
+	info, err := s.obs.GetInfo(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil
 	}
-	return fmt.Errorf("delete body %s: %w", name, err)
+	if err == nil {
+		marker := *info
+		marker.Deleted, marker.Size, marker.Chunks, marker.Digest, marker.ModTime = true, 0, 0, "", time.Time{}
+		var data []byte
+		if data, err = json.Marshal(&marker); err == nil {
+			_, err = s.js.PublishMsg(ctx, &nats.Msg{Subject: metaSubject(name), Data: data})
+		}
+	}
+	if err == nil {
+		err = s.stream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(name)), jetstream.WithPurgeKeep(1))
+	}
+	if err == nil {
+		err = s.stream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(info.NUID)))
+	}
+	if err != nil {
+		return fmt.Errorf("delete body %s: %w", name, err)
+	}
+	return nil
+}
+
+func chunkSubject(nuid string) string { return fmt.Sprintf("$O.%s.C.%s", Bucket, nuid) }
+
+// metaSubject is where nats.go's Object Store keeps an object's metadata.
+func metaSubject(name string) string {
+	return fmt.Sprintf("$O.%s.M.%s", Bucket, base64.URLEncoding.EncodeToString([]byte(name)))
+}
+
+// put stores r's content as object name, in nats.go's Object Store
+// layout (chunks on a subject of a fresh NUID, then the metadata), so
+// that GetInfo and List read it. It is not ObjectStore.Put because that
+// marks the metadata with a Nats-Rollup header, which only a stream that
+// allows rollups accepts; and on a stream that allows rollups anyone who
+// may publish a chunk may publish one with "Nats-Rollup: all" and purge
+// every body (SECURITY.md: a producer may store bodies, never purge or
+// delete one). The name is fresh (NewName), so there is no earlier
+// metadata for a rollup to replace. On an error the chunks are purged
+// where the caller may (a producer may not: the sweep removes them).
+func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.ObjectInfo, error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:]) // a fresh subject for the chunks, as nats.go's NUID
+	subj := chunkSubject(id)
+	info := &jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: ChunkSize}}, Bucket: Bucket, NUID: id}
+	h := sha256.New()
+	var acks []jetstream.PubAckFuture
+	// wait waits for every chunk published so far (so that a purge
+	// after a failure comes after them all) and returns the first error.
+	wait := func() error {
+		var first error
+		for _, a := range acks {
+			select {
+			case <-a.Ok():
+			case err := <-a.Err():
+				first = cmp.Or(first, err)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		acks = acks[:0]
+		return first
+	}
+	fail := func(err error) (*jetstream.ObjectInfo, error) {
+		_ = wait()
+		_ = s.stream.Purge(context.WithoutCancel(ctx), jetstream.WithPurgeSubject(subj))
+		return nil, err
+	}
+	chunk := make([]byte, ChunkSize)
+	for {
+		n, err := r.Read(chunk)
+		if err != nil && err != io.EOF {
+			return fail(err)
+		}
+		if n > 0 {
+			h.Write(chunk[:n])
+			// One buffer for every chunk, as nats.go's Put: the
+			// publish copies it into the connection's buffer.
+			a, perr := s.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: chunk[:n]})
+			if perr != nil {
+				return fail(perr)
+			}
+			acks = append(acks, a)
+			info.Size += uint64(n)
+			info.Chunks++
+		}
+		if err == io.EOF {
+			break
+		}
+		if len(acks) >= readAhead*4 {
+			if err := wait(); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	info.Digest = jetstream.GetObjectDigestValue(h)
+	data, err := json.Marshal(info)
+	if err != nil {
+		return fail(err)
+	}
+	if err := wait(); err != nil {
+		return fail(err)
+	}
+	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: metaSubject(name), Data: data}); err != nil {
+		return fail(err)
+	}
+	return info, nil
 }
 
 // Names lists the bodies stored before cutoff.

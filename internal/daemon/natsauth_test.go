@@ -244,6 +244,10 @@ func TestWorkerWaitsForSetupOnOlderStreams(t *testing.T) {
 	}{
 		{body.StreamName, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 0 }, "no chunk limit; want 1, none, 1048576 chunks per object",
 			func(c jetstream.StreamConfig) bool { return c.MaxMsgsPerSubject == queue.BodyMaxChunksPerObject }},
+		// a body bucket that allows rollups, as nats.go makes it: a
+		// producer's "Nats-Rollup: all" would purge every body
+		{body.StreamName, func(c *jetstream.StreamConfig) { c.AllowRollup = true }, "rollups allowed (whoever may store a body could purge them all), want none",
+			func(c jetstream.StreamConfig) bool { return !c.AllowRollup }},
 		{queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxConsumers = 1000 }, "stream MAIL has settings this version changes",
 			func(c jetstream.StreamConfig) bool { return c.MaxConsumers == queue.MailMaxConsumers }},
 	} {

@@ -568,9 +568,10 @@ func setHeader(h nats.Header, key, v string) {
 const BodyMaxChunksPerObject = 1 << 20
 
 // bodyStream is the body bucket's stream: the layout nats.go's Object
-// Store makes (its name, chunk and metadata subjects, discard new,
-// rollup and direct get), so jetstream.ObjectStore binds to it and reads
-// and writes it as its own; the same replicas and file storage as MAIL;
+// Store makes (its name, chunk and metadata subjects, discard new and
+// direct get), so jetstream.ObjectStore binds to it and reads it as its
+// own, but without rollups (body.Store writes and deletes without
+// them); the same replicas and file storage as MAIL;
 // no age limit (bodies are deleted by the relay, never aged out under a
 // queued message); and BodyMaxChunksPerObject.
 func bodyStream(replicas int) jetstream.StreamConfig {
@@ -583,8 +584,12 @@ func bodyStream(replicas int) jetstream.StreamConfig {
 		Storage:           jetstream.FileStorage,
 		Replicas:          max(replicas, 1),
 		Discard:           jetstream.DiscardNew,
-		AllowRollup:       true,
-		AllowDirect:       true,
+		// No rollups: a rollup is a header, which no subject
+		// permission sees, and "Nats-Rollup: all" on any chunk
+		// subject a producer may publish to would purge every body.
+		// body.Store writes and deletes without them.
+		AllowRollup: false,
+		AllowDirect: true,
 	}
 }
 
@@ -594,14 +599,18 @@ func bodyStream(replicas int) jetstream.StreamConfig {
 // server's next start after the update.
 func bodyDiff(c jetstream.StreamConfig) func(have jetstream.StreamConfig) string {
 	return func(have jetstream.StreamConfig) string {
-		if have.Replicas == c.Replicas && have.Storage == c.Storage && have.MaxAge == 0 && have.MaxMsgsPerSubject == c.MaxMsgsPerSubject {
+		rollups := ""
+		if have.AllowRollup {
+			rollups = "; rollups allowed (whoever may store a body could purge them all), want none"
+		}
+		if have.Replicas == c.Replicas && have.Storage == c.Storage && have.MaxAge == 0 && have.MaxMsgsPerSubject == c.MaxMsgsPerSubject && !have.AllowRollup {
 			return ""
 		}
 		chunks := "no chunk limit"
 		if have.MaxMsgsPerSubject > 0 {
 			chunks = fmt.Sprintf("%d chunks per object", have.MaxMsgsPerSubject)
 		}
-		return fmt.Sprintf("replicas %d, max age %s, %s; want %d, none, %d chunks per object",
-			have.Replicas, have.MaxAge, chunks, c.Replicas, c.MaxMsgsPerSubject)
+		return fmt.Sprintf("replicas %d, max age %s, %s; want %d, none, %d chunks per object%s",
+			have.Replicas, have.MaxAge, chunks, c.Replicas, c.MaxMsgsPerSubject, rollups)
 	}
 }
