@@ -6,6 +6,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -134,5 +136,60 @@ func TestNoPlaintextAuthEver(t *testing.T) {
 				t.Fatal("the recorder saw no EHLO; the test proves nothing")
 			}
 		})
+	}
+}
+
+// TestNoAuthBelowTLS12: SECURITY.md promises TLS 1.2 or newer to Office
+// 365. A server whose certificate the relay trusts (its CA as the
+// account's ca_file) but that speaks only TLS 1.0 and 1.1 gets no AUTH
+// command and no byte of the token; the same server offering TLS 1.2
+// gets the AUTH (the control: the refusal is the version's, not the
+// certificate's).
+func TestNoAuthBelowTLS12(t *testing.T) {
+	ca, err := pki.NewCA("the account's private CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const tokenValue = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.c2VjcmV0.tls11-probe"
+	authed := func(lines []string) bool {
+		for _, l := range lines {
+			if strings.HasPrefix(strings.ToUpper(l), "AUTH") || strings.Contains(l, "c2VjcmV0") || strings.HasPrefix(strings.ToUpper(l), "MAIL") {
+				return true
+			}
+		}
+		return false
+	}
+	send := func(srv *recordingSMTP) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		return (&submit.Transport{}).Send(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", tokenValue, rendered(t))
+	}
+
+	old := startRecordingSMTP(t, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11})
+	err = send(old)
+	if err == nil || !strings.Contains(err.Error(), "version") {
+		t.Errorf("a TLS 1.1 server: %v, want a refusal about the protocol version", err)
+	}
+	// The failed handshake is classed transient (crypto/tls has no typed
+	// error for the version, Classify pauses only on certificates and a
+	// missing STARTTLS): the message is retried, never sent below 1.2.
+	if lines := old.received(); authed(lines) {
+		t.Fatalf("a TLS 1.1 server received the AUTH or the token: %q", lines)
+	} else if len(lines) == 0 {
+		t.Fatal("the recorder saw no EHLO; the test proves nothing")
+	}
+
+	current := startRecordingSMTP(t, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	_ = send(current) // the recorder's replies are no real SMTP; only what it received matters
+	if lines := current.received(); !authed(lines) {
+		t.Fatalf("control: a TLS 1.2 server with the trusted certificate got no AUTH: %q", lines)
 	}
 }
