@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -18,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/body"
+	"relay365/internal/body/bodytest"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
@@ -207,20 +206,7 @@ func TestOpenRefusesAReplacedBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The bucket refuses rollups (nats.go's ObjectStore.Put): the
-	// forgery is new chunks and metadata naming them, published after
-	// the original's, which is what a reader of the name finds.
-	info := objectInfo(t, ctx, env, ref)
-	forgery := []byte("Subject: x\r\n\r\na forgery!!!\r\n")
-	info.NUID = "forged"
-	h := sha256.New()
-	h.Write(forgery)
-	info.Size, info.Chunks, info.Digest = uint64(len(forgery)), 1, jetstream.GetObjectDigestValue(h)
-	meta, _ := json.Marshal(info)
-	if _, err := env.JS.Publish(ctx, "$O."+body.Bucket+".C.forged", forgery); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := env.JS.Publish(ctx, "$O."+body.Bucket+".M."+base64.URLEncoding.EncodeToString([]byte(ref.Object)), meta); err != nil {
+	if err := bodytest.Replace(ctx, env.JS, ref.Object, []byte("Subject: x\r\n\r\na forgery!!!\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Open(ctx, ref); !message.IsInvalid(err) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"relay365/internal/body"
+	"relay365/internal/body/bodytest"
 	"relay365/internal/message"
 	"relay365/internal/relay"
 )
@@ -85,11 +86,7 @@ func TestReplacedBodyDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obs, err := h.js.ObjectStore(h.ctx, body.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := obs.PutString(h.ctx, ref.Object, "Subject: forged\r\n\r\nsomething else\r\n"); err != nil {
+	if err := bodytest.Replace(h.ctx, h.js, ref.Object, []byte("Subject: forged\r\n\r\nsomething else\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	h.publishMsg(&message.Message{ID: "m-1", Account: "alerts", To: []string{"ops@contoso.com"}, Body: &ref})
