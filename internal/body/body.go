@@ -407,8 +407,13 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.O
 		if n > 0 {
 			h.Write(chunk[:n])
 			// One buffer for every chunk, as nats.go's Put: the
-			// publish copies it into the connection's buffer.
-			a, perr := s.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: chunk[:n]})
+			// publish copies it into the connection's buffer. No
+			// retries, unlike nats.go's Put: a retry (after "no
+			// responders", a stream leader being elected) would send
+			// the buffer again after the next chunk overwrote it, and
+			// the body would fail its digest at delivery. Refused, the
+			// Put fails whole and its caller tries again.
+			a, perr := s.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: chunk[:n]}, jetstream.WithRetryAttempts(0))
 			if perr != nil {
 				return fail(perr)
 			}
