@@ -60,6 +60,23 @@ func startAuthConf(t *testing.T) (string, map[roles.Role]queue.ConnectOptions) {
 	return ns.ClientURL(), as
 }
 
+// setUpAsAdmin starts nats-server with auth.conf and runs relay setup as
+// the admin, whose JetStream it returns (closed with the test).
+func setUpAsAdmin(t *testing.T, ctx context.Context) (string, map[roles.Role]queue.ConnectOptions, jetstream.JetStream) {
+	t.Helper()
+	url, as := startAuthConf(t)
+	admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+	adminJS, _ := jetstream.New(admin)
+	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
+		t.Fatalf("relay setup as the admin: %v", err)
+	}
+	return url, as, adminJS
+}
+
 // TestLeastPrivilegeUsers runs a whole relay under deploy/nats/auth.conf,
 // the permissions the README recommends: relay setup and authtool's path
 // as relay-admin make the streams and buckets and enrol an account, a
@@ -181,16 +198,7 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 func TestTokenServiceWaitsForSetupOnAnOlderTokenBucket(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	url, as := startAuthConf(t)
-	admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	adminJS, _ := jetstream.New(admin)
-	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
-		t.Fatal(err)
-	}
+	url, as, adminJS := setUpAsAdmin(t, ctx)
 	kv, err := adminJS.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: token.Bucket, History: 5, Storage: jetstream.FileStorage})
 	if err != nil {
 		t.Fatal(err)
@@ -254,16 +262,7 @@ func TestWorkerWaitsForSetupOnOlderStreams(t *testing.T) {
 		t.Run(tc.stream, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			url, as := startAuthConf(t)
-			admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer admin.Close()
-			adminJS, _ := jetstream.New(admin)
-			if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
-				t.Fatal(err)
-			}
+			url, as, adminJS := setUpAsAdmin(t, ctx)
 			st, err := adminJS.Stream(ctx, tc.stream)
 			if err != nil {
 				t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/body"
-	"relay365/internal/daemon"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/roles"
@@ -30,16 +29,7 @@ import (
 func TestRollupCannotPurge(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	url, as := startAuthConf(t)
-	admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	adminJS, _ := jetstream.New(admin)
-	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
-		t.Fatal(err)
-	}
+	url, as, adminJS := setUpAsAdmin(t, ctx)
 	js := map[roles.Role]jetstream.JetStream{}
 	for _, r := range []roles.Role{roles.Producer, roles.Worker} {
 		nc, err := queue.ConnectWith(url, "attacker-"+string(r), as[r])
