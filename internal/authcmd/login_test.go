@@ -146,22 +146,13 @@ func TestLoginFailuresStoreNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newWorld(t, fakeo365.Config{DeviceApproveAfter: 2})
 			p, args := tt.setup(w)
-			r := w.run(p, args...)
-			if r.code != cli.ExitFail {
-				t.Fatalf("exit %d, want %d", r.code, cli.ExitFail)
-			}
-			for _, want := range append(tt.want, "nothing was stored") {
-				if !strings.Contains(r.stderr, want) {
-					t.Errorf("stderr lacks %q", want)
-				}
-			}
+			r := w.failsStoringNothing(t, p, args, tt.want)
 			if r.stdout != "" {
 				t.Errorf("stdout %q, want nothing on failure", r.stdout)
 			}
 			if n := len(w.fake.Messages()); n != 0 {
 				t.Errorf("%d messages accepted, want none", n)
 			}
-			w.mustBeEmpty("alerts")
 		})
 	}
 }
@@ -302,4 +293,22 @@ func TestMaxMessageSizeFlag(t *testing.T) {
 	if table := w.run(person{}, "list"); !strings.Contains(table.stdout, "MAX SIZE") || !strings.Contains(table.stdout, "35MB") {
 		t.Fatalf("list:\n%s", table.stdout)
 	}
+}
+
+// failsStoringNothing runs authtool as p with args and checks that it
+// exits 1 saying each of want and "nothing was stored", and that nothing
+// is stored for alias alerts.
+func (w *world) failsStoringNothing(t *testing.T, p person, args, want []string) result {
+	t.Helper()
+	r := w.run(p, args...)
+	if r.code != cli.ExitFail {
+		t.Fatalf("exit %d, want %d", r.code, cli.ExitFail)
+	}
+	for _, want := range append(want, "nothing was stored") {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q", want)
+		}
+	}
+	w.mustBeEmpty("alerts")
+	return r
 }

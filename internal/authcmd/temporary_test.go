@@ -7,7 +7,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"relay365/internal/cli"
 	"relay365/internal/fakeo365"
 )
 
@@ -57,21 +56,12 @@ func TestConsentTemporaryFailuresSayRunAgain(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newWorld(t, fakeo365.Config{})
 			p, args := tt.setup(w)
-			r := w.run(p, args...)
-			if r.code != cli.ExitFail {
-				t.Fatalf("exit %d, want %d", r.code, cli.ExitFail)
-			}
-			for _, want := range append(tt.want, "nothing was stored") {
-				if !strings.Contains(r.stderr, want) {
-					t.Errorf("stderr lacks %q", want)
-				}
-			}
+			r := w.failsStoringNothing(t, p, args, tt.want)
 			for _, promise := range []string{"retrying", "the relay retries"} {
 				if strings.Contains(r.stderr, promise) {
 					t.Errorf("stderr promises a retry (%q), but authtool stored nothing and exited", promise)
 				}
 			}
-			w.mustBeEmpty("alerts")
 		})
 	}
 }
