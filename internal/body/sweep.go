@@ -29,6 +29,19 @@ func (s *Store) Sweep(ctx context.Context, js jetstream.JetStream, cutoff time.T
 	if err != nil || len(names) == 0 {
 		return 0, err
 	}
+	return s.DeleteUnnamed(ctx, js, names)
+}
+
+// DeleteUnnamed deletes those of names that no message in MAIL or
+// MAIL_DLQ names, read as Sweep reads them, and returns how many it
+// deleted. relay dlq purge deletes its dead letters' bodies with it: a
+// body is not only its dead letter's when a replay queued a copy that
+// names it (a replay whose removal from MAIL_DLQ failed, or one racing
+// the purge).
+func (s *Store) DeleteUnnamed(ctx context.Context, js jetstream.JetStream, names []string) (int, error) {
+	if len(names) == 0 {
+		return 0, nil
+	}
 	orphans := make(map[string]bool, len(names))
 	for _, n := range names {
 		orphans[n] = true
