@@ -107,6 +107,11 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFi
 	return out, nil
 }
 
+// ErrNoDeadLetter is GetDeadLetter's (and ReplayDeadLetter's) error for a
+// sequence MAIL_DLQ does not hold: never stored, or replayed or purged
+// since it was listed.
+var ErrNoDeadLetter = errors.New("no dead letter")
+
 // GetDeadLetter returns the dead letter at seq.
 func GetDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (DeadLetterEntry, error) {
 	s, err := js.Stream(ctx, StreamDLQ)
@@ -115,7 +120,7 @@ func GetDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (Dea
 	}
 	m, err := s.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return DeadLetterEntry{}, fmt.Errorf("no dead letter with sequence %d in %s (see relay dlq list)", seq, StreamDLQ)
+		return DeadLetterEntry{}, fmt.Errorf("%w with sequence %d in %s (see relay dlq list)", ErrNoDeadLetter, seq, StreamDLQ)
 	}
 	if err != nil {
 		return DeadLetterEntry{}, fmt.Errorf("read %s sequence %d: %w", StreamDLQ, seq, err)

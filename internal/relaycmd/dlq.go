@@ -300,27 +300,57 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 		seq, _ := parseSeq(pos[0])
 		seqs = []uint64{seq}
 	}
-	var failed []string
+	// Each dead letter ends as one of: queued (and removed), gone before
+	// its turn (another operator's replay or purge: --all only), queued
+	// but not removed, or not queued (kept). The summary names the last
+	// two, and every one not reached when the run was cut short.
+	var failed, stuck []string
+	gone := 0
+replay:
 	for i, seq := range seqs {
 		res, err := queue.ReplayDeadLetter(ctx, js, seq)
-		if err != nil {
+		switch {
+		case err == nil:
+			note := ""
+			if res.Duplicate {
+				note = " (already queued by an earlier replay)"
+			}
+			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d queued again as %s sequence %d%s\n", i+1, len(seqs), seq, queue.StreamMail, res.Seq, note)
+		case c.All && errors.Is(err, queue.ErrNoDeadLetter):
+			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d: gone already (replayed or purged since it was listed)\n", i+1, len(seqs), seq)
+			gone++
+		case res.Seq != 0:
+			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d: %v\n", i+1, len(seqs), seq, err)
+			stuck = append(stuck, strconv.FormatUint(seq, 10))
+		default:
 			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d: FAILED: %v\n", i+1, len(seqs), seq, err)
 			failed = append(failed, strconv.FormatUint(seq, 10))
 			if ctx.Err() != nil {
-				break
+				for _, rest := range seqs[i+1:] {
+					failed = append(failed, strconv.FormatUint(rest, 10))
+				}
+				fmt.Fprintf(env.Stdout, "stopped (%v): %d dead letters not tried\n", ctx.Err(), len(seqs)-i-1)
+				break replay
 			}
-			continue
 		}
-		note := ""
-		if res.Duplicate {
-			note = " (already queued by an earlier replay)"
-		}
-		fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d queued again as %s sequence %d%s\n", i+1, len(seqs), seq, queue.StreamMail, res.Seq, note)
 	}
+	var problems []string
 	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d not replayed (kept in %s): %s", len(failed), len(seqs), queue.StreamDLQ, strings.Join(failed, ", "))
+		problems = append(problems, fmt.Sprintf("%d of %d not replayed (kept in %s): %s", len(failed), len(seqs), queue.StreamDLQ, strings.Join(failed, ", ")))
 	}
-	fmt.Fprintf(env.Stdout, "replayed %d dead letters; each is a new message with a fresh attempt count\n", len(seqs))
+	if len(stuck) > 0 {
+		problems = append(problems, fmt.Sprintf("%d queued again but still in %s (replayed again within %.0f hours, each is recognised as a duplicate, not queued twice): %s",
+			len(stuck), queue.StreamDLQ, queue.DedupeWindow.Hours(), strings.Join(stuck, ", ")))
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	replayed := len(seqs) - gone
+	if gone > 0 {
+		fmt.Fprintf(env.Stdout, "replayed %d dead letters (%d gone already); each is a new message with a fresh attempt count\n", replayed, gone)
+		return nil
+	}
+	fmt.Fprintf(env.Stdout, "replayed %d dead letters; each is a new message with a fresh attempt count\n", replayed)
 	return nil
 }
 

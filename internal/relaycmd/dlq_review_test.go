@@ -1,7 +1,12 @@
 package relaycmd_test
 
 import (
+	"bytes"
+	"context"
+	"fmt"
+	"relay365/internal/relaycmd"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,5 +60,92 @@ func TestDLQPurgeKeepsBodyOfQueuedReplay(t *testing.T) {
 	names, _ := store.Names(ctx, time.Now().Add(time.Hour))
 	if len(names) != 1 || names[0] != ref.Object {
 		t.Fatalf("bodies after the purge %v, want %s", names, ref.Object)
+	}
+}
+
+// hookWriter collects output and runs f once, at the first write.
+type hookWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	once sync.Once
+	f    func()
+}
+
+func (w *hookWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	n, err := w.buf.Write(p)
+	w.mu.Unlock()
+	w.once.Do(w.f)
+	return n, err
+}
+
+func (w *hookWriter) String() string { w.mu.Lock(); defer w.mu.Unlock(); return w.buf.String() }
+
+// Two operators replay at the same time: one replays --all, the other
+// replays dead letter 2 after the first listed it. Every dead letter is
+// queued once; the --all run must not call dead letter 2 "not replayed,
+// kept in MAIL_DLQ" and fail, since it is neither.
+func TestDLQReplayAllBesideAnotherReplay(t *testing.T) {
+	env, ctx := deadLetters(t)
+	var other string
+	w := &hookWriter{f: func() {
+		code, out, errOut := run(t, "dlq", "replay", "2", "--nats-url", env.URL)
+		other = fmt.Sprintf("%d %s%s", code, out, errOut)
+	}}
+	var errOut bytes.Buffer
+	rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	code := relaycmd.Run(rctx, []string{"dlq", "replay", "--all", "--nats-url", env.URL}, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: w, Stderr: &errOut})
+	out := w.String()
+	t.Logf("other operator: %s\n--all: exit %d\n%s%s", other, code, out, errOut.String())
+	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
+	if info, _ := mail.Info(ctx); info.State.Msgs != 3 {
+		t.Fatalf("MAIL holds %d messages, want the 3 dead letters once each", info.State.Msgs)
+	}
+	dlq, _ := env.JS.Stream(ctx, queue.StreamDLQ)
+	if info, _ := dlq.Info(ctx); info.State.Msgs != 0 {
+		t.Fatalf("MAIL_DLQ holds %d, want none", info.State.Msgs)
+	}
+	if code != 0 || strings.Contains(out+errOut.String(), "kept in") || !strings.Contains(out, "dead letter 2: gone already") {
+		t.Fatalf("--all beside another replay: exit %d\n%s%s", code, out, errOut.String())
+	}
+}
+
+// A replay --all cut short (its --timeout, ^C) must name every dead letter
+// it did not replay, not only the one it was at.
+func TestDLQReplayAllInterruptedNamesTheRest(t *testing.T) {
+	env, ctx := deadLetters(t)
+	rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	w := &hookWriter{f: cancel}
+	var errOut bytes.Buffer
+	code := relaycmd.Run(rctx, []string{"dlq", "replay", "--all", "--nats-url", env.URL}, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: w, Stderr: &errOut})
+	out := w.String()
+	dlq, _ := env.JS.Stream(ctx, queue.StreamDLQ)
+	info, _ := dlq.Info(ctx)
+	t.Logf("exit %d, %d left in MAIL_DLQ\n%s%s", code, info.State.Msgs, out, errOut.String())
+	if code == 0 || info.State.Msgs != 2 || !strings.Contains(errOut.String(), "2 of 3 not replayed") || !strings.Contains(errOut.String(), ": 2, 3") {
+		t.Fatalf("interrupted --all: exit %d, %d left\n%s%s", code, info.State.Msgs, out, errOut.String())
+	}
+}
+
+// A replay that queued its copy but could not remove the dead letter must
+// say so, not "not replayed (kept in MAIL_DLQ)": the mail is queued, and
+// the operator who believes otherwise replays or purges it.
+func TestDLQReplayQueuedNotRemovedSaysQueued(t *testing.T) {
+	env, ctx := deadLetters(t)
+	dlq, err := env.JS.Stream(ctx, queue.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := dlq.CachedInfo().Config
+	cfg.DenyDelete = true
+	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
+	t.Logf("exit %d\n%s%s", code, out, errOut)
+	if code != 1 || strings.Contains(out+errOut, "not replayed") || !strings.Contains(errOut, "1 queued again but still in MAIL_DLQ") {
+		t.Fatalf("replay with the removal refused: exit %d\n%s%s", code, out, errOut)
 	}
 }
