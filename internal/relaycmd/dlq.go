@@ -30,12 +30,17 @@ const dlqUsage = `Usage: relay dlq <command> [flags]
 Dead letters are messages that could not be sent; MAIL_DLQ keeps each with
 its reason, class, attempts, last reply, original subject and sequence.
 
-  list   [--account A] [--reason TEXT]        list dead letters, oldest first
+  list   [--account A] [--reason TEXT] [--limit N]
+                                              list dead letters, oldest first (the table: 100 unless --limit)
   show   SEQ                                  headers and body of one dead letter
   replay SEQ | --all [--account A] [--reason TEXT]
                                               queue again as new messages (fresh attempt count)
   purge  --yes [--account A]                  delete dead letters for good
 `
+
+// defaultListLimit is how many dead letters list's table shows unless
+// --limit says otherwise.
+const defaultListLimit = 100
 
 // dlqConfig is what every dlq subcommand takes.
 type dlqConfig struct {
@@ -45,6 +50,7 @@ type dlqConfig struct {
 	All     bool
 	Yes     bool
 	JSON    bool
+	Limit   int
 	Timeout time.Duration
 }
 
@@ -62,7 +68,8 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	case "list":
 		fs.StringVar(&c.Account, "account", "", "only this account's dead letters")
 		fs.StringVar(&c.Reason, "reason", "", "only dead letters whose reason contains this text (case-insensitive)")
-		fs.BoolVar(&c.JSON, "json", false, "print JSON lines instead of a table")
+		fs.BoolVar(&c.JSON, "json", false, "print JSON lines instead of a table (every match, --limit aside)")
+		fs.IntVar(&c.Limit, "limit", defaultListLimit, "table: show at most this many, the oldest (0: all)")
 		run = dlqList
 	case "show":
 		fs.BoolVar(&c.JSON, "json", false, "print JSON")
@@ -123,6 +130,9 @@ func checkDLQArgs(sub string, c dlqConfig, pos []string) error {
 		if len(pos) > 0 {
 			return cli.Usagef("unexpected argument %q", pos[0])
 		}
+		if c.Limit < 0 {
+			return cli.Usagef("--limit %d: give a count, or 0 for all", c.Limit)
+		}
 		if sub == "purge" && !c.Yes {
 			return cli.Usagef("purge deletes dead letters for good: add --yes (and --account to limit it)")
 		}
@@ -179,14 +189,25 @@ func dlqList(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []strin
 	// Every field comes from outside (the producer, the SMTP server, the
 	// subject): escaped, it can neither drive the terminal nor break the
 	// table's columns with a tab or a newline.
+	//
+	// After an incident there are thousands: the table stops at --limit
+	// and says how many it left out.
+	shown := list
+	if c.Limit > 0 && len(shown) > c.Limit {
+		shown = shown[:c.Limit]
+	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SEQ\tDEAD-LETTERED\tACCOUNT\tID\tCLASS\tATTEMPTS\tREASON")
-	for _, e := range list {
+	for _, e := range shown {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339),
 			termsafe.Line(e.Account), termsafe.Line(e.ID), termsafe.Line(e.Class), e.Attempts, shorten(termsafe.Line(e.Reason), 100))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(shown) < len(list) {
+		fmt.Fprintf(env.Stdout, "showing the oldest %d of %d dead letters (--limit 0 for all, --json for scripts, --account and --reason to narrow)\n", len(shown), len(list))
+		return nil
 	}
 	fmt.Fprintf(env.Stdout, "%d dead letters (relay dlq show SEQ for one, relay dlq replay SEQ to send it again)\n", len(list))
 	return nil

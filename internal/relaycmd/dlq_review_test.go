@@ -149,3 +149,23 @@ func TestDLQReplayQueuedNotRemovedSaysQueued(t *testing.T) {
 		t.Fatalf("replay with the removal refused: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// After a bad deploy there are thousands of dead letters: the table is
+// bounded and says how many it left out; --limit 0 shows them all.
+func TestDLQListBounded(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	const n = 130
+	for i := range n {
+		id := fmt.Sprintf("d-%d", i)
+		env.DeadLetter(t, ctx, "alerts", id, []byte(`{"id":"`+id+`"}`), queue.DeadLetter{ID: id, Account: "alerts", Reason: "bad deploy", Class: "invalid"})
+	}
+	code, out, errOut := run(t, "dlq", "list", "--nats-url", env.URL)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) > 102 || !strings.Contains(out, "of 130 dead letters") || !strings.HasPrefix(lines[1], "1 ") {
+		t.Fatalf("list of %d: exit %d, %d lines, ends %q%s", n, code, len(lines), lines[len(lines)-1], errOut)
+	}
+	code, out, _ = run(t, "dlq", "list", "--limit", "0", "--nats-url", env.URL)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != n+2 || !strings.Contains(out, "130 dead letters") {
+		t.Fatalf("list --limit 0: exit %d, %d lines", code, len(lines))
+	}
+}
