@@ -4,16 +4,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"relay365/internal/relaycmd"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/relaycmd"
 )
 
 // A replay whose PubAck came but whose removal from MAIL_DLQ failed (the
@@ -34,15 +36,7 @@ func TestDLQPurgeKeepsBodyOfQueuedReplay(t *testing.T) {
 	data, _ := m.Encode()
 	env.DeadLetter(t, ctx, "alerts", "big-1", data, queue.DeadLetter{ID: "big-1", Account: "alerts", Reason: "test", Class: "transient"})
 
-	dlq, err := env.JS.Stream(ctx, queue.StreamDLQ)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := dlq.CachedInfo().Config
-	cfg.DenyDelete = true
-	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	denyDLQRemoval(t, ctx, env.JS)
 	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
 	t.Logf("replay with the removal refused: exit %d\n%s%s", code, out, errOut)
 	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
@@ -134,15 +128,7 @@ func TestDLQReplayAllInterruptedNamesTheRest(t *testing.T) {
 // the operator who believes otherwise replays or purges it.
 func TestDLQReplayQueuedNotRemovedSaysQueued(t *testing.T) {
 	env, ctx := deadLetters(t)
-	dlq, err := env.JS.Stream(ctx, queue.StreamDLQ)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := dlq.CachedInfo().Config
-	cfg.DenyDelete = true
-	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	denyDLQRemoval(t, ctx, env.JS)
 	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
 	t.Logf("exit %d\n%s%s", code, out, errOut)
 	if code != 1 || strings.Contains(out+errOut, "not replayed") || !strings.Contains(errOut, "1 queued again but still in MAIL_DLQ") {
@@ -167,5 +153,20 @@ func TestDLQListBounded(t *testing.T) {
 	code, out, _ = run(t, "dlq", "list", "--limit", "0", "--nats-url", env.URL)
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != n+2 || !strings.Contains(out, "130 dead letters") {
 		t.Fatalf("list --limit 0: exit %d, %d lines", code, len(lines))
+	}
+}
+
+// denyDLQRemoval makes MAIL_DLQ refuse to delete a message, as a replay's
+// removal can fail after its copy is queued.
+func denyDLQRemoval(t *testing.T, ctx context.Context, js jetstream.JetStream) {
+	t.Helper()
+	dlq, err := js.Stream(ctx, queue.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := dlq.CachedInfo().Config
+	cfg.DenyDelete = true
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
 	}
 }
