@@ -107,6 +107,20 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFi
 	return out, nil
 }
 
+// ReplaySubject is the subject a replay of e publishes on: the one it was
+// queued on, or its account's when that was not a mail subject.
+func (e DeadLetterEntry) ReplaySubject() string {
+	if strings.HasPrefix(e.OrigSubject, SubjectPrefix) {
+		return e.OrigSubject
+	}
+	return Subject(e.Account)
+}
+
+// ReplayAccount is the account a replay of e queues mail for.
+func (e DeadLetterEntry) ReplayAccount() string {
+	return strings.TrimPrefix(e.ReplaySubject(), SubjectPrefix)
+}
+
 // ErrNoDeadLetter is GetDeadLetter's (and ReplayDeadLetter's) error for a
 // sequence MAIL_DLQ does not hold: never stored, or replayed or purged
 // since it was listed.
@@ -140,11 +154,7 @@ func ReplayDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (
 	if err != nil {
 		return PublishResult{}, err
 	}
-	subject := e.OrigSubject
-	if !strings.HasPrefix(subject, SubjectPrefix) {
-		subject = Subject(e.Account)
-	}
-	out := copyForRepublish(subject, e.Data, e.Header, e.ID, fmt.Sprintf("%s:replay:%d", e.ID, seq))
+	out := copyForRepublish(e.ReplaySubject(), e.Data, e.Header, e.ID, fmt.Sprintf("%s:replay:%d", e.ID, seq))
 	res, err := publishMsg(ctx, js, out)
 	if err != nil {
 		return res, fmt.Errorf("replay %d: %w (the dead letter is kept)", seq, err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/account"
 	"relay365/internal/body"
 	"relay365/internal/cli"
 	"relay365/internal/message"
@@ -305,6 +306,7 @@ func writeJSON(w io.Writer, v any, indent bool) error {
 
 func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []string, env Env) error {
 	var seqs []uint64
+	target := map[uint64]string{} // the account each replay would queue for
 	if c.All {
 		list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason})
 		if err != nil {
@@ -312,6 +314,7 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 		}
 		for _, e := range list {
 			seqs = append(seqs, e.Seq)
+			target[e.Seq] = e.ReplayAccount()
 		}
 		if len(seqs) == 0 {
 			fmt.Fprintln(env.Stdout, "no dead letters to replay")
@@ -320,7 +323,14 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 	} else {
 		seq, _ := parseSeq(pos[0])
 		seqs = []uint64{seq}
+		if e, err := queue.GetDeadLetter(ctx, js, seq); err == nil {
+			target[seq] = e.ReplayAccount()
+		}
 	}
+	// Mail replayed for an account relay serve does not know would only
+	// come back as "no such account": it stays here until the account is
+	// connected. (Unread registry: no check, the replay goes ahead.)
+	known := configuredAccounts(ctx, js)
 	// Each dead letter ends as one of: queued (and removed), gone before
 	// its turn (another operator's replay or purge: --all only), queued
 	// but not removed, or not queued (kept). The summary names the last
@@ -329,6 +339,12 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 	gone := 0
 replay:
 	for i, seq := range seqs {
+		if alias, ok := target[seq]; ok && known != nil && !known[alias] {
+			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d: not replayed: no account %q is configured (relay serve would dead-letter it again); connect it with authtool login, or relay dlq purge it\n",
+				i+1, len(seqs), seq, termsafe.Line(alias))
+			failed = append(failed, strconv.FormatUint(seq, 10))
+			continue
+		}
 		res, err := queue.ReplayDeadLetter(ctx, js, seq)
 		switch {
 		case err == nil:
@@ -459,4 +475,22 @@ func shorten(s string, n int) string {
 		cut--
 	}
 	return s[:cut] + "…"
+}
+
+// configuredAccounts is the set of account aliases in relay_accounts, or
+// nil when the registry cannot be read.
+func configuredAccounts(ctx context.Context, js jetstream.JetStream) map[string]bool {
+	reg, err := account.OpenRegistry(ctx, js)
+	if err != nil {
+		return nil
+	}
+	list, err := reg.List(ctx)
+	if err != nil {
+		return nil
+	}
+	known := make(map[string]bool, len(list))
+	for _, a := range list {
+		known[a.Alias] = true
+	}
+	return known
 }

@@ -23,7 +23,7 @@ import (
 // letter beside its queued copy. A purge then must not delete the body
 // the queued copy names: that copy is mail the relay still has to send.
 func TestDLQPurgeKeepsBodyOfQueuedReplay(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
+	env, ctx := dlqEnv(t)
 	store, err := body.Open(ctx, env.JS)
 	if err != nil {
 		t.Fatal(err)

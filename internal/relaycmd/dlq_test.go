@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/account"
 	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
@@ -32,7 +34,7 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // deadLetters puts three messages into MAIL_DLQ the way the worker does.
 func deadLetters(t *testing.T) (*queuetest.Env, context.Context) {
 	t.Helper()
-	env, ctx := queuetest.StartMail(t)
+	env, ctx := dlqEnv(t)
 	for _, d := range []struct{ account, id, reason, class, reply string }{
 		{"alerts", "a-1", "smtp data: 550 5.7.60 SMTP; Client does not have permissions to send as this sender", "message", "550 5.7.60 SMTP; Client does not have permissions to send as this sender"},
 		{"alerts", "a-2", "invalid message: to: no recipients (give at least one of to, cc, bcc)", "invalid", ""},
@@ -42,6 +44,58 @@ func deadLetters(t *testing.T) (*queuetest.Env, context.Context) {
 			queue.DeadLetter{ID: d.id, Account: d.account, Reason: d.reason, Class: d.class, LastReply: d.reply})
 	}
 	return env, ctx
+}
+
+// dlqEnv starts NATS with the streams and the accounts the dead letters
+// of these tests belong to, alerts and billing (a replay for an account
+// that is not configured is refused).
+func dlqEnv(t *testing.T) (*queuetest.Env, context.Context) {
+	t.Helper()
+	env, ctx := queuetest.StartMail(t)
+	reg, err := account.OpenRegistry(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, alias := range []string{"alerts", "billing"} {
+		if err := reg.Put(ctx, account.Account{Alias: alias, Mailbox: alias + "@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return env, ctx
+}
+
+// A dead letter of an account since removed is not replayed (relay serve
+// would only dead-letter it again as "no such account"): it stays, and the
+// command says why and what to do; the others of --all are replayed.
+func TestDLQReplayRefusesAnAccountNotConfigured(t *testing.T) {
+	env, ctx := deadLetters(t)
+	reg, err := account.OpenRegistry(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Delete(ctx, "billing"); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "dlq", "replay", "--all", "--nats-url", env.URL)
+	if code != 1 || !strings.Contains(out, `no account "billing" is configured`) || !strings.Contains(out, "authtool login") ||
+		!strings.Contains(errOut, "1 of 3 not replayed (kept in MAIL_DLQ): 3") {
+		t.Fatalf("replay --all: exit %d\n%s%s", code, out, errOut)
+	}
+	left, err := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{})
+	if err != nil || len(left) != 1 || left[0].Account != "billing" {
+		t.Fatalf("dead letters left: %+v (%v), want billing's", left, err)
+	}
+	mail, err := env.JS.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := mail.Info(ctx); err != nil || info.State.Msgs != 2 {
+		t.Fatalf("MAIL: %+v (%v), want alerts' two messages", info, err)
+	}
+	code, out, errOut = run(t, "dlq", "replay", strconv.FormatUint(left[0].Seq, 10), "--nats-url", env.URL)
+	if code != 1 || !strings.Contains(out, `no account "billing" is configured`) {
+		t.Fatalf("replay SEQ: exit %d\n%s%s", code, out, errOut)
+	}
 }
 
 func TestDLQListAndShow(t *testing.T) {
@@ -141,7 +195,7 @@ func TestDLQUsageErrors(t *testing.T) {
 // replay keeps the body (the replayed message names it), purge deletes
 // the bodies of what it purges and no other.
 func TestDLQStoredBodies(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
+	env, ctx := dlqEnv(t)
 	store, err := body.Open(ctx, env.JS)
 	if err != nil {
 		t.Fatal(err)
