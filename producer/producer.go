@@ -119,8 +119,21 @@ type cachedLimit struct {
 }
 
 // TooLarge is the error for a message over its account's size limit (or
-// Producer.MaxSize): Size and Limit in octets, and the Account.
+// Producer.MaxSize): Size and Limit in octets, and the Account. Retrying
+// the same message cannot help.
 type TooLarge = body.TooLarge
+
+// Invalid is the error for a message that can never be sent as it is (no
+// recipients, a malformed address, CR or LF in a header field, a bad
+// account alias...): Field names the field and Reason says why. Retrying
+// the same message cannot help; errors.As finds it through wrapping.
+type Invalid = message.Invalid
+
+// ErrQueueFull is matched (errors.Is) by the error of a publish that the
+// MAIL stream refused for want of room: its MaxMsgs or MaxBytes reached,
+// or the server's storage. Nothing was queued; try again later, once the
+// relay has delivered some of the backlog.
+var ErrQueueFull = errors.New("the relay's MAIL queue is full")
 
 // New wraps a NATS connection. The MAIL stream must exist (relay serve
 // creates it); otherwise Publish fails with a message that says so.
@@ -257,6 +270,9 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 // body nothing names is the sweeper's (a producer may not delete
 // bodies).
 func notQueued(err error) error {
+	if queue.IsFull(err) {
+		return fmt.Errorf("%w (try again later): %w", ErrQueueFull, err)
+	}
 	return fmt.Errorf("%w (is relay serve running and the MAIL stream created?)", err)
 }
 
