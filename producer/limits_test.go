@@ -143,3 +143,48 @@ func TestPublishWithoutRelayServe(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// A publish whose context was already cancelled (a monitoring tool
+// shutting down, a per-alert deadline spent) fails; it must not leave
+// the 35 MB fallback cached in place of the account's own limit, or the
+// next publish, with a live context, queues a message over that limit
+// instead of refusing it.
+func TestCancelledPublishKeepsTheAccountLimit(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	reg, err := account.OpenRegistry(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const limit = 64 << 10
+	if err := reg.Put(ctx, account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: limit}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	p, err := producer.New(env.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	over := func() *producer.Message {
+		return &producer.Message{Account: "small", To: []string{"ops@contoso.com"}, Subject: "over", Text: strings.Repeat("x", 100<<10)}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := p.Publish(cctx, over()); !errors.Is(err, context.Canceled) {
+		t.Fatalf("publish with a cancelled context: %v, want context.Canceled", err)
+	}
+	_, err = p.Publish(ctx, over())
+	var tl *producer.TooLarge
+	if !errors.As(err, &tl) || tl.Limit != limit {
+		t.Fatalf("the next publish: %v, want a TooLarge over the account's %d", err, limit)
+	}
+	if got := p.Limit(ctx, "small"); got != limit {
+		t.Errorf("Limit(small) = %d, want %d", got, limit)
+	}
+	if n := queued(t, ctx, env.JS); n != 0 {
+		t.Fatalf("%d queued, want 0", n)
+	}
+}

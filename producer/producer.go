@@ -156,6 +156,12 @@ func (p *Producer) Limit(ctx context.Context, account string) int64 {
 	p.mu.Unlock()
 	if !ok || !now.Before(c.until) {
 		c = p.lookup(ctx, account, now)
+		if ctx.Err() != nil {
+			// The caller's context ended, not relay serve's answer:
+			// keep no fallback that would hide the account's limit
+			// from the next call.
+			return min(c.limit, p.maxSize())
+		}
 		p.mu.Lock()
 		if p.limits == nil {
 			p.limits = map[string]cachedLimit{}
