@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/queue"
@@ -106,6 +107,19 @@ func TestPublishErrorsTellRetryFromInvalid(t *testing.T) {
 	check("Publish, cancelled context", "cancelled", err)
 	if n := queued(t, ctx, env.JS); n != 0 {
 		t.Fatalf("%d queued after the failures, want 0", n)
+	}
+
+	closed, err := nats.Connect(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	pc, err := producer.New(closed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.Publish(ctx, alert("closed-1")); !errors.Is(err, nats.ErrConnectionClosed) {
+		t.Errorf("Publish on a closed connection: %v, want nats.ErrConnectionClosed", err)
 	}
 
 	limitMail(t, ctx, env.JS, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })

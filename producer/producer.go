@@ -19,6 +19,18 @@
 // the Nats-Msg-Id, so a retried publish inside the 24 h dedupe window is
 // recognised as a duplicate (Result.Duplicate) and delivered once.
 //
+// # Errors
+//
+// Errors wrap their cause; errors.As and errors.Is find it. Not worth
+// retrying unchanged: a *Invalid (the message can never be sent as it
+// is) and a *TooLarge. Worth retrying later, with the same id:
+// ErrQueueFull (MAIL has no room), and context.DeadlineExceeded or
+// context.Canceled: ctx ended, or a NATS server that is down did not
+// answer within ctx's deadline (without one, JetStream's default
+// timeout). A MAIL stream that does not exist is retried until ctx ends
+// (it is what a cluster electing a leader looks like): give ctx a
+// deadline. A closed connection is nats.ErrConnectionClosed.
+//
 // # Size limits
 //
 // Each account has a size limit (its max_message_bytes: Office 365's
@@ -135,8 +147,10 @@ type Invalid = message.Invalid
 // relay has delivered some of the backlog.
 var ErrQueueFull = errors.New("the relay's MAIL queue is full")
 
-// New wraps a NATS connection. The MAIL stream must exist (relay serve
-// creates it); otherwise Publish fails with a message that says so.
+// New wraps a NATS connection; it fails only when jetstream.New does. The
+// MAIL stream must exist (relay serve creates it); while it does not,
+// Publish retries until its context ends, then fails with an error that
+// asks whether it was created.
 func New(nc *nats.Conn) (*Producer, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -148,7 +162,8 @@ func New(nc *nats.Conn) (*Producer, error) {
 // Limit is the size limit Publish holds account's messages to: the
 // account's own as relay serve tells it (asked at most once per LimitTTL),
 // never more than MaxSize; 35 MB when relay serve does not answer or does
-// not know the account.
+// not know the account, or when ctx ends first (that answer is not
+// kept). It never fails, and is safe for concurrent use.
 func (p *Producer) Limit(ctx context.Context, account string) int64 {
 	now := time.Now()
 	p.mu.Lock()
@@ -213,6 +228,16 @@ func (p *Producer) lookup(ctx context.Context, account string, now time.Time) ca
 //
 // A message over its account's size limit (Limit) is a *TooLarge, and
 // nothing is stored or queued (docs/design.md §3.6).
+//
+// Errors are as the package documentation's Errors section says: a
+// *Invalid or a *TooLarge before anything is stored or queued;
+// ErrQueueFull; the context's error once ctx ends, NATS or MAIL having
+// not answered until then. A large message's body is stored before its
+// message is queued: when the queueing fails, or is a duplicate, that
+// body is named by nothing and stays in the body bucket until relay
+// serve's sweeper deletes it, once older than its orphan age (default
+// the 24 h dedupe window); retrying with the same id is safe. Publish is
+// safe for concurrent use.
 func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err := m.Validate(); err != nil {
 		return Result{}, err
@@ -246,7 +271,8 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 // messages before it are left to the relay's sweeper. When queueing
 // fails part-way, the Results returned are those of the messages
 // queued, a prefix; publishing the rest again (or all of them: ids make
-// copies duplicates) is safe.
+// copies duplicates) is safe. Errors are those of Publish; it is safe
+// for concurrent use.
 func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, error) {
 	for i, m := range ms {
 		if err := m.Validate(); err != nil {
@@ -308,7 +334,9 @@ func (p *Producer) prepare(ctx context.Context, m *Message) ([]byte, error) {
 // The message is read into memory first (at most MaxSize and one octet):
 // it is checked whole before anything is stored, because a producer may
 // store bodies but not delete them, and a store that failed half-way
-// would leave chunks behind.
+// would leave chunks behind. Its errors are r's, and those of Publish
+// (a message over MaxSize is a *TooLarge); it is safe for concurrent
+// use.
 func (p *Producer) PublishRaw(ctx context.Context, account, id string, rcpts []string, r io.Reader) (Result, error) {
 	raw, err := io.ReadAll(io.LimitReader(r, p.maxSize()+1))
 	if err != nil {
