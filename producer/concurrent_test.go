@@ -6,10 +6,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/rs/zerolog"
-
 	"relay365/internal/account"
-	"relay365/internal/limits"
 	"relay365/internal/queue/queuetest"
 	"relay365/producer"
 )
@@ -20,22 +17,7 @@ import (
 // of it is a duplicate.
 func TestPublishConcurrently(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
-	reg, err := account.OpenRegistry(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Put(ctx, account.Account{Alias: "alerts", Mailbox: "alerts@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"}); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	p, err := producer.New(env.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := withAccounts(t, ctx, env, account.Account{Alias: "alerts", Mailbox: "alerts@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"})
 	const workers, ids = 8, 20
 	var fresh, dups atomic.Int64
 	var wg sync.WaitGroup

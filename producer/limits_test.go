@@ -40,28 +40,10 @@ func queued(t *testing.T, ctx context.Context, js jetstream.JetStream) uint64 {
 // Another account keeps 35 MB.
 func TestPublishHoldsToTheAccountLimit(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
-	reg, err := account.OpenRegistry(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const limit = 64 << 10
-	for _, a := range []account.Account{
-		{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: limit},
-		{Alias: "plain", Mailbox: "plain@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"},
-	} {
-		if err := reg.Put(ctx, a); err != nil {
-			t.Fatal(err)
-		}
-	}
-	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	p, err := producer.New(env.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := withAccounts(t, ctx, env,
+		account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: limit},
+		account.Account{Alias: "plain", Mailbox: "plain@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"})
 	if got := p.Limit(ctx, "small"); got != limit {
 		t.Fatalf("Limit(small) = %d, want %d", got, limit)
 	}
@@ -151,23 +133,8 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 // instead of refusing it.
 func TestCancelledPublishKeepsTheAccountLimit(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
-	reg, err := account.OpenRegistry(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const limit = 64 << 10
-	if err := reg.Put(ctx, account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: limit}); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	p, err := producer.New(env.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := withAccounts(t, ctx, env, account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: limit})
 	over := func() *producer.Message {
 		return &producer.Message{Account: "small", To: []string{"ops@contoso.com"}, Subject: "over", Text: strings.Repeat("x", 100<<10)}
 	}
@@ -176,7 +143,7 @@ func TestCancelledPublishKeepsTheAccountLimit(t *testing.T) {
 	if _, err := p.Publish(cctx, over()); !errors.Is(err, context.Canceled) {
 		t.Fatalf("publish with a cancelled context: %v, want context.Canceled", err)
 	}
-	_, err = p.Publish(ctx, over())
+	_, err := p.Publish(ctx, over())
 	var tl *producer.TooLarge
 	if !errors.As(err, &tl) || tl.Limit != limit {
 		t.Fatalf("the next publish: %v, want a TooLarge over the account's %d", err, limit)
@@ -187,4 +154,30 @@ func TestCancelledPublishKeepsTheAccountLimit(t *testing.T) {
 	if n := queued(t, ctx, env.JS); n != 0 {
 		t.Fatalf("%d queued, want 0", n)
 	}
+}
+
+// withAccounts configures accounts in relay_accounts, starts the limits
+// service that answers for them (stopped with the test) and returns a
+// Producer on env's connection.
+func withAccounts(t *testing.T, ctx context.Context, env *queuetest.Env, accounts ...account.Account) *producer.Producer {
+	t.Helper()
+	reg, err := account.OpenRegistry(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range accounts {
+		if err := reg.Put(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	p, err := producer.New(env.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
