@@ -23,15 +23,7 @@ import (
 
 func queued(t *testing.T, ctx context.Context, js jetstream.JetStream) uint64 {
 	t.Helper()
-	s, err := js.Stream(ctx, queue.StreamMail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
+	return queuetest.Msgs(t, ctx, js, queue.StreamMail)
 }
 
 // An account whose limit is 64 KiB: a message over it, inline or large

@@ -14,6 +14,7 @@ import (
 	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/roles"
 )
 
@@ -59,15 +60,7 @@ func TestRollupCannotPurge(t *testing.T) {
 	}
 	msgs := func(stream string) uint64 {
 		t.Helper()
-		s, err := adminJS.Stream(ctx, stream)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return info.State.Msgs
+		return queuetest.Msgs(t, ctx, adminJS, stream)
 	}
 
 	for _, a := range []struct {

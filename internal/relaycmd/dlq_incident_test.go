@@ -39,9 +39,8 @@ func TestDLQPurgeKeepsBodyOfQueuedReplay(t *testing.T) {
 	denyDLQRemoval(t, ctx, env.JS)
 	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
 	t.Logf("replay with the removal refused: exit %d\n%s%s", code, out, errOut)
-	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
-	if info, _ := mail.Info(ctx); info.State.Msgs != 1 {
-		t.Fatalf("MAIL holds %d messages after the replay, want its copy", info.State.Msgs)
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 1 {
+		t.Fatalf("MAIL holds %d messages after the replay, want its copy", n)
 	}
 	if code, out, errOut := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL); code != 0 {
 		t.Fatalf("purge: %d %s%s", code, out, errOut)
@@ -92,13 +91,11 @@ func TestDLQReplayAllBesideAnotherReplay(t *testing.T) {
 	code := relaycmd.Run(rctx, []string{"dlq", "replay", "--all", "--nats-url", env.URL}, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: w, Stderr: &errOut})
 	out := w.String()
 	t.Logf("other operator: %s\n--all: exit %d\n%s%s", other, code, out, errOut.String())
-	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
-	if info, _ := mail.Info(ctx); info.State.Msgs != 3 {
-		t.Fatalf("MAIL holds %d messages, want the 3 dead letters once each", info.State.Msgs)
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 3 {
+		t.Fatalf("MAIL holds %d messages, want the 3 dead letters once each", n)
 	}
-	dlq, _ := env.JS.Stream(ctx, queue.StreamDLQ)
-	if info, _ := dlq.Info(ctx); info.State.Msgs != 0 {
-		t.Fatalf("MAIL_DLQ holds %d, want none", info.State.Msgs)
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamDLQ); n != 0 {
+		t.Fatalf("MAIL_DLQ holds %d, want none", n)
 	}
 	if code != 0 || strings.Contains(out+errOut.String(), "kept in") || !strings.Contains(out, "dead letter 2: gone already") {
 		t.Fatalf("--all beside another replay: exit %d\n%s%s", code, out, errOut.String())
@@ -115,11 +112,10 @@ func TestDLQReplayAllInterruptedNamesTheRest(t *testing.T) {
 	var errOut bytes.Buffer
 	code := relaycmd.Run(rctx, []string{"dlq", "replay", "--all", "--nats-url", env.URL}, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: w, Stderr: &errOut})
 	out := w.String()
-	dlq, _ := env.JS.Stream(ctx, queue.StreamDLQ)
-	info, _ := dlq.Info(ctx)
-	t.Logf("exit %d, %d left in MAIL_DLQ\n%s%s", code, info.State.Msgs, out, errOut.String())
-	if code == 0 || info.State.Msgs != 2 || !strings.Contains(errOut.String(), "2 of 3 not replayed") || !strings.Contains(errOut.String(), ": 2, 3") {
-		t.Fatalf("interrupted --all: exit %d, %d left\n%s%s", code, info.State.Msgs, out, errOut.String())
+	left := queuetest.Msgs(t, ctx, env.JS, queue.StreamDLQ)
+	t.Logf("exit %d, %d left in MAIL_DLQ\n%s%s", code, left, out, errOut.String())
+	if code == 0 || left != 2 || !strings.Contains(errOut.String(), "2 of 3 not replayed") || !strings.Contains(errOut.String(), ": 2, 3") {
+		t.Fatalf("interrupted --all: exit %d, %d left\n%s%s", code, left, out, errOut.String())
 	}
 }
 

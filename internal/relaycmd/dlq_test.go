@@ -85,12 +85,8 @@ func TestDLQReplayRefusesAnAccountNotConfigured(t *testing.T) {
 	if err != nil || len(left) != 1 || left[0].Account != "billing" {
 		t.Fatalf("dead letters left: %+v (%v), want billing's", left, err)
 	}
-	mail, err := env.JS.Stream(ctx, queue.StreamMail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info, err := mail.Info(ctx); err != nil || info.State.Msgs != 2 {
-		t.Fatalf("MAIL: %+v (%v), want alerts' two messages", info, err)
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 2 {
+		t.Fatalf("MAIL holds %d, want alerts' two messages", n)
 	}
 	code, out, errOut = run(t, "dlq", "replay", strconv.FormatUint(left[0].Seq, 10), "--nats-url", env.URL)
 	if code != 1 || !strings.Contains(out, `no account "billing" is configured`) {

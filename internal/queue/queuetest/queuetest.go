@@ -94,3 +94,17 @@ func (e *Env) DeadLetter(t testing.TB, ctx context.Context, account, id string, 
 		t.Fatal(err)
 	}
 }
+
+// Msgs is how many messages stream holds now.
+func Msgs(t testing.TB, ctx context.Context, js jetstream.JetStream, stream string) uint64 {
+	t.Helper()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
