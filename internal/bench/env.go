@@ -402,8 +402,8 @@ func (e *env) ceiling(ctx context.Context, acct account.Account, c int) (time.Du
 	}
 	job := ceilingJob{Addr: e.sink.SMTP, CAFile: e.sink.CAFile, Mailbox: acct.Mailbox, Token: rec.AccessToken,
 		Conns: c, Messages: e.cfg.Messages, Size: e.cfg.Size}
-	if err := json.NewEncoder(ch.stdin).Encode(job); err != nil {
-		return 0, 0, ch.failed(err)
+	if err := ch.send(ctx, job); err != nil {
+		return 0, 0, err
 	}
 	ch.stdin.Close()
 	var done ceilingDone

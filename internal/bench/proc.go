@@ -123,9 +123,35 @@ func (c *child) readLine(ctx context.Context, v any) error {
 	}
 }
 
-// failed wraps err with how the child ended and its last log lines.
+// failed wraps err with how the child ended (or that it still runs) and
+// its last log lines. c.err is read only once done is closed: the
+// goroutine that waits for the child writes it before closing done.
 func (c *child) failed(err error) error {
-	return fmt.Errorf("%s: %w (exit: %v)\n%s", c.name, err, c.err, c.logs.tail())
+	exit := "still running"
+	select {
+	case <-c.done:
+		exit = fmt.Sprint(c.err)
+	default:
+	}
+	return fmt.Errorf("%s: %w (exit: %s)\n%s", c.name, err, exit, c.logs.tail())
+}
+
+// send writes v as a JSON line to the child's stdin. A write that fails
+// because ctx ended (and took the child with it) is ctx's error, as
+// readLine's is; otherwise it waits for the child to end and names how.
+func (c *child) send(ctx context.Context, v any) error {
+	err := json.NewEncoder(c.stdin).Encode(v)
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", c.name, ctx.Err())
+	}
+	return c.failed(err)
 }
 
 // wait waits for the child to exit by itself.
