@@ -398,9 +398,10 @@ func TestTokenThreeReplicasFiftyRequestsOneRefresh(t *testing.T) {
 		t.Fatalf("strict rotation saw %d reused refresh tokens", got)
 	}
 	for _, name := range []string{"r1", "r2", "r3"} {
-		if reqs := endpointRequests(c.replica(name).TokenService, "get"); reqs < 1 {
-			t.Fatalf("replica %s answered no token.get: the test did not exercise three replicas", name)
-		}
+		// micro counts a request after its reply went out: wait for it.
+		svc := c.replica(name).TokenService
+		c.eventually("replica "+name+" to have answered a token.get (else the test did not exercise three replicas)",
+			func() bool { return endpointRequests(svc, "get") >= 1 })
 	}
 	c.refreshCount("ok", 1)
 	c.eventually("the token.refreshed event", func() bool { return len(c.eventsOf("token.refreshed")) == 1 })

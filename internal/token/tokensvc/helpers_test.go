@@ -3,6 +3,7 @@ package tokensvc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -174,6 +175,17 @@ func (e *env) eventually(what string, cond func() bool) {
 			e.t.Fatalf("timed out waiting for %s", what)
 		case <-tick.C:
 		}
+	}
+}
+
+// waitServed waits until the replica's endpoint has counted want
+// requests and fails if it counted more. nats.go's micro counts a request
+// after its handler returned, so after the reply arrived, not before.
+func (e *env) waitServed(s *Service, name string, want int) {
+	e.t.Helper()
+	e.eventually(fmt.Sprintf("%s to count %d requests", name, want), func() bool { return endpointRequests(s, name) >= want })
+	if n := endpointRequests(s, name); n != want {
+		e.t.Fatalf("%s served %d requests, want %d", name, n, want)
 	}
 }
 

@@ -36,9 +36,7 @@ func TestTokenGetCachedUntilNearExpiry(t *testing.T) {
 			t.Fatalf("cached token: %v %v", again, err)
 		}
 	}
-	if n := endpointRequests(svc, "get"); n != 1 {
-		t.Fatalf("token.get served %d requests, want 1 (the client caches)", n)
-	}
+	e.waitServed(svc, "get", 1) // the client caches
 	if n := e.fake.TokenCalls(fakeo365.GrantRefreshToken); n != 0 {
 		t.Fatalf("%d refreshes of a fresh token", n)
 	}
@@ -59,9 +57,7 @@ func TestTokenGetCachedUntilNearExpiry(t *testing.T) {
 	if n := e.fake.TokenCalls(fakeo365.GrantRefreshToken); n != 1 {
 		t.Fatalf("%d refresh calls, want exactly 1", n)
 	}
-	if n := endpointRequests(svc, "get"); n != 2 {
-		t.Fatalf("token.get served %d requests, want 2", n)
-	}
+	e.waitServed(svc, "get", 2)
 }
 
 func TestForceRefreshOnceForManyRefusals(t *testing.T) {
