@@ -169,26 +169,37 @@ func ReplayDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (
 	return res, nil
 }
 
-// PurgeDeadLetters deletes the dead letters of account ("" for all) and
-// returns how many there were.
-func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, account string) (uint64, error) {
+// PurgeDeadLetters deletes the dead letters of account ("" for all) up to
+// and including sequence through: those the caller listed (and showed),
+// not one dead-lettered since, which stays. It returns how many it purged
+// and how many of the account's stay (counted before and after: a replay
+// racing the purge makes the first an estimate).
+func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, account string, through uint64) (purged, kept uint64, err error) {
 	f := DeadLetterFilter{Account: account}
-	n, err := countDeadLetters(ctx, js, f)
-	if err != nil {
-		return 0, err
+	before, err := countDeadLetters(ctx, js, f)
+	if err != nil || through == 0 {
+		return 0, before, err
 	}
 	s, err := js.Stream(ctx, StreamDLQ)
 	if err != nil {
-		return 0, fmt.Errorf("open %s: %w", StreamDLQ, err)
+		return 0, before, fmt.Errorf("open %s: %w", StreamDLQ, err)
 	}
-	var opts []jetstream.StreamPurgeOpt
+	// A purge request's sequence purges the messages below it.
+	opts := []jetstream.StreamPurgeOpt{jetstream.WithPurgeSequence(through + 1)}
 	if account != "" {
 		opts = append(opts, jetstream.WithPurgeSubject(f.subject()))
 	}
 	if err := s.Purge(ctx, opts...); err != nil {
-		return 0, fmt.Errorf("purge %s: %w", StreamDLQ, err)
+		return 0, before, fmt.Errorf("purge %s: %w", StreamDLQ, err)
 	}
-	return n, nil
+	after, err := countDeadLetters(ctx, js, f)
+	if err != nil {
+		return 0, 0, fmt.Errorf("purged %s, but cannot count what is left: %w", StreamDLQ, err)
+	}
+	if after < before {
+		purged = before - after
+	}
+	return purged, after, nil
 }
 
 // countDeadLetters counts the dead letters on f's subject (the reason

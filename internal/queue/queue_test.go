@@ -252,15 +252,22 @@ func TestDeadLetterListShowReplayPurge(t *testing.T) {
 		t.Fatalf("second dead letter: %+v", again)
 	}
 
-	n, err := queue.PurgeDeadLetters(ctx, env.JS, "billing")
-	if err != nil || n != 1 {
-		t.Fatalf("purge billing: %d %v", n, err)
+	all, _ = queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{})
+	last := all[len(all)-1].Seq
+	n, kept, err := queue.PurgeDeadLetters(ctx, env.JS, "billing", last)
+	if err != nil || n != 1 || kept != 0 {
+		t.Fatalf("purge billing: %d (kept %d) %v", n, kept, err)
 	}
 	if left, _ := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{}); len(left) != 2 {
 		t.Fatalf("after purging billing: %d left", len(left))
 	}
-	if n, err := queue.PurgeDeadLetters(ctx, env.JS, ""); err != nil || n != 2 {
-		t.Fatalf("purge all: %d %v", n, err)
+	// A dead letter stored after the listing the purge went by stays.
+	env.DeadLetter(t, ctx, "alerts", "late", []byte("{}"), queue.DeadLetter{ID: "late", Account: "alerts", Reason: "late", Class: "message"})
+	if n, kept, err := queue.PurgeDeadLetters(ctx, env.JS, "", last); err != nil || n != 2 || kept != 1 {
+		t.Fatalf("purge all through %d: %d (kept %d) %v", last, n, kept, err)
+	}
+	if left, _ := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{}); len(left) != 1 || left[0].ID != "late" {
+		t.Fatalf("after purging through %d: %+v", last, left)
 	}
 }
 

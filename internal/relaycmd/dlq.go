@@ -399,12 +399,14 @@ func dlqPurge(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []stri
 		return err
 	}
 	var bodies []string
+	var through uint64 // the last dead letter listed: one stored since stays
 	for _, e := range entries {
 		if ref := storedBody(e.Data); ref != nil {
 			bodies = append(bodies, ref.Object)
 		}
+		through = max(through, e.Seq)
 	}
-	n, err := queue.PurgeDeadLetters(ctx, js, c.Account)
+	n, kept, err := queue.PurgeDeadLetters(ctx, js, c.Account, through)
 	if err != nil {
 		return err
 	}
@@ -425,6 +427,9 @@ func dlqPurge(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []stri
 		which = "account " + c.Account
 	}
 	fmt.Fprintf(env.Stdout, "purged %d dead letters of %s\n", n, which)
+	if kept > 0 {
+		fmt.Fprintf(env.Stdout, "kept %d dead-lettered while it ran (run it again to purge them)\n", kept)
+	}
 	return nil
 }
 
