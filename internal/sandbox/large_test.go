@@ -33,7 +33,7 @@ import (
 // and nothing is queued or left stored.
 func TestLargeMessageByteIdentical(t *testing.T) {
 	s, _ := start(t, t.TempDir())
-	ctx := testCtx(t)
+	ctx := largeCtx(t)
 	_, js, p := connect(t, s)
 
 	files := map[string][]byte{"report.pdf": make([]byte, 15<<20), "logs.tar.gz": make([]byte, 7<<20)}
@@ -143,7 +143,7 @@ func base64Decoder(r io.Reader) io.Reader { return base64.NewDecoder(base64.StdE
 // told before the missing header.
 func TestLargeSMTPSubmission(t *testing.T) {
 	s, _ := start(t, t.TempDir())
-	ctx := testCtx(t)
+	ctx := largeCtx(t)
 	_, js, _ := connect(t, s)
 	pem, err := os.ReadFile(s.Daemon.SMTPCAFile)
 	if err != nil {

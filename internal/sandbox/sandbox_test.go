@@ -50,8 +50,14 @@ func connect(t *testing.T, s *sandbox.Sandbox) (*nats.Conn, jetstream.JetStream,
 	return nc, js, p
 }
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+func testCtx(t *testing.T) context.Context { return ctxFor(t, 60*time.Second) }
+
+// largeCtx is the deadline of a test that moves 30 MB messages: under
+// -race on two busy cores one took over a minute.
+func largeCtx(t *testing.T) context.Context { return ctxFor(t, 4*time.Minute) }
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
