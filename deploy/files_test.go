@@ -183,7 +183,14 @@ func TestComposeFile(t *testing.T) {
 
 	// Prometheus: its config and rules are mounted where the config says.
 	var prom struct {
-		RuleFiles     []string `yaml:"rule_files"`
+		RuleFiles []string `yaml:"rule_files"`
+		Alerting  struct {
+			Alertmanagers []struct {
+				StaticConfigs []struct {
+					Targets []string `yaml:"targets"`
+				} `yaml:"static_configs"`
+			} `yaml:"alertmanagers"`
+		} `yaml:"alerting"`
 		ScrapeConfigs []struct {
 			JobName       string `yaml:"job_name"`
 			StaticConfigs []struct {
@@ -211,6 +218,17 @@ func TestComposeFile(t *testing.T) {
 				}
 			}
 		}
+	}
+	// Prometheus sends its alerts to the compose Alertmanager: without an
+	// alerting block the rules fire on /alerts only and nobody is mailed.
+	var ams []string
+	for _, am := range prom.Alerting.Alertmanagers {
+		for _, st := range am.StaticConfigs {
+			ams = append(ams, st.Targets...)
+		}
+	}
+	if !slices.Contains(ams, "alertmanager:9093") || !slices.Contains(c.Services["alertmanager"].Ports, "127.0.0.1:9093:9093") {
+		t.Errorf("Prometheus sends alerts to %v, want the alertmanager service on its port 9093 (ports %v)", ams, c.Services["alertmanager"].Ports)
 	}
 	for _, svc := range []string{"relay-tokens", "relay-worker", "sandbox"} {
 		if !targets[svc+":9465"] {

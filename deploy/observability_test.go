@@ -191,6 +191,7 @@ func startPrometheus(t *testing.T, ctx context.Context, bin, promtool, target st
 	}
 	cfg["global"] = map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"}
 	cfg["rule_files"] = []string{rules}
+	delete(cfg, "alerting") // compose's Alertmanager is not here
 	cfg["scrape_configs"] = []any{map[string]any{
 		"job_name":       "relay", // the job RelayDown watches
 		"static_configs": []any{map[string]any{"targets": []string{target}}},
