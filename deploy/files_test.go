@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
+	appsv1 "k8s.io/api/apps/v1"
 )
 
 // root is the repository root (tests run in deploy/).
@@ -600,5 +602,75 @@ func TestDashboardDatasourceVariable(t *testing.T) {
 	}
 	if strings.Contains(string(b), `"uid": "prometheus"`) {
 		t.Error("the dashboard names the datasource uid prometheus")
+	}
+}
+
+// TestRunbookCommands: the compose services, Deployments and pod labels
+// the runbook's docker compose and kubectl commands name exist, and a
+// container the runbook runs relay dlq or relay producer in (or any relay
+// command, when it names none) connects to NATS as relay-admin: those
+// commands reply on the admin's inbox and read MAIL_DLQ and
+// relay_producers, which NATS refuses to the worker's and token
+// service's users.
+func TestRunbookCommands(t *testing.T) {
+	b, err := os.ReadFile(path("docs/runbook.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	var c compose
+	readYAML(t, "docker-compose.yml", &c)
+	objs := manifests(t)
+	adminOnly := func(sub string) bool { return sub == "" || sub == "dlq" || sub == "producer" }
+
+	compose := regexp.MustCompile(`docker\s+compose\s+(?:exec|run\s+--rm(?:\s+--entrypoint\s+relay)?)\s+([a-z][a-z0-9-]*)(?:\s+relay)?(?:\s+([a-z]+))?`)
+	found := 0
+	for _, m := range compose.FindAllStringSubmatch(text, -1) {
+		found++
+		svc, sub := m[1], m[2]
+		s, ok := c.Services[svc]
+		if !ok {
+			t.Errorf("runbook: %q names no compose service", m[0])
+			continue
+		}
+		if user := s.Environment["RELAY_NATS_USER"]; adminOnly(sub) && user != "relay-admin" {
+			t.Errorf("runbook: %q runs relay commands as NATS user %v; relay dlq and relay producer need relay-admin", m[0], user)
+		}
+	}
+	kubectl := regexp.MustCompile("kubectl[^`]*")
+	deployRE := regexp.MustCompile(`\bdeploy/([a-z0-9-]+)(\s+--\s+relay(?:\s+([a-z]+))?)?`)
+	labelRE := regexp.MustCompile(`-l\s+([a-z0-9./-]+)=([a-z0-9.-]+)`)
+	for _, cmd := range kubectl.FindAllString(text, -1) {
+		found++
+		for _, m := range deployRE.FindAllStringSubmatch(cmd, -1) {
+			d, ok := objs["Deployment/"+m[1]].(*appsv1.Deployment)
+			if !ok {
+				t.Errorf("runbook: %q names no Deployment in deploy/kubernetes", cmd)
+				continue
+			}
+			user := ""
+			for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+				if e.Name == "RELAY_NATS_USER" {
+					user = e.Value
+				}
+			}
+			if m[2] != "" && adminOnly(m[3]) && user != "relay-admin" {
+				t.Errorf("runbook: %q runs relay commands as NATS user %q; relay dlq and relay producer need relay-admin", cmd, user)
+			}
+		}
+		for _, m := range labelRE.FindAllStringSubmatch(cmd, -1) {
+			matched := false
+			for key, o := range objs {
+				if d, ok := o.(*appsv1.Deployment); ok && strings.HasPrefix(key, "Deployment/") && d.Spec.Template.Labels[m[1]] == m[2] {
+					matched = true
+				}
+			}
+			if !matched {
+				t.Errorf("runbook: %q selects no relay pod (no Deployment's pods have %s=%s)", cmd, m[1], m[2])
+			}
+		}
+	}
+	if found == 0 {
+		t.Error("runbook: no docker compose or kubectl command found; this test reads nothing")
 	}
 }
