@@ -347,7 +347,7 @@ func TestAlertRules(t *testing.T) {
 	for _, want := range []string{
 		"RelayTokenExpiringWithoutRefresh", "RelayTokenRefreshFailing", "RelayAccountNeedsConsent",
 		"RelayAccountBindingMismatch", "RelayDLQGrowing", "RelayQueueBacklogGrowing", "RelayNoSendsWhileQueued",
-		"RelayIngressAuthFailures", "RelayIngressRefusingMail",
+		"RelayIngressAuthFailures", "RelayIngressRefusingMail", "RelayQueueUnreadable",
 	} {
 		if !names[want] {
 			t.Errorf("no alert %s", want)
@@ -660,13 +660,16 @@ func TestRunbookCommands(t *testing.T) {
 		}
 		for _, m := range labelRE.FindAllStringSubmatch(cmd, -1) {
 			matched := false
-			for key, o := range objs {
-				if d, ok := o.(*appsv1.Deployment); ok && strings.HasPrefix(key, "Deployment/") && d.Spec.Template.Labels[m[1]] == m[2] {
-					matched = true
+			for _, o := range objs {
+				switch w := o.(type) {
+				case *appsv1.Deployment:
+					matched = matched || w.Spec.Template.Labels[m[1]] == m[2]
+				case *appsv1.StatefulSet:
+					matched = matched || w.Spec.Template.Labels[m[1]] == m[2]
 				}
 			}
 			if !matched {
-				t.Errorf("runbook: %q selects no relay pod (no Deployment's pods have %s=%s)", cmd, m[1], m[2])
+				t.Errorf("runbook: %q selects no pod (no Deployment's or StatefulSet's pods have %s=%s)", cmd, m[1], m[2])
 			}
 		}
 	}
