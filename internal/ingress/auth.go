@@ -124,6 +124,12 @@ type verifier struct {
 
 	mu sync.Mutex
 	ok map[string]verified // producer name → the last password that matched
+
+	// decoy is the hash the password of a name that is no producer is
+	// checked against, so that an unknown name costs what a wrong password
+	// costs: how long AUTH takes to fail does not tell a guesser which
+	// producer names exist. Made at the first unknown name.
+	decoy func() string
 }
 
 type verified struct {
@@ -132,7 +138,8 @@ type verified struct {
 }
 
 func newVerifier(concurrent int) *verifier {
-	v := &verifier{sem: make(chan struct{}, concurrent), ok: map[string]verified{}}
+	v := &verifier{sem: make(chan struct{}, concurrent), ok: map[string]verified{},
+		decoy: sync.OnceValue(func() string { return HashPassword(NewPassword()) })}
 	_, _ = rand.Read(v.key[:])
 	return v
 }

@@ -79,7 +79,9 @@
 // command has a read and write timeout, so a client that holds
 // connections without sending cannot exhaust the relay. Failed logins are
 // counted per client address and per producer name with an exponential
-// lockout (auth.go); argon2id runs at most twice at once, and a password
+// lockout (auth.go); an unknown name is checked against a decoy hash, so
+// it fails as slowly as a wrong password and the time to fail does not
+// tell which names exist; argon2id runs at most twice at once, and a password
 // that matched is remembered as an HMAC for the life of the process, so a
 // client that connects for every message costs one hash, not one per
 // mail. Passwords are never logged.

@@ -308,12 +308,16 @@ func (ss *session) login(name, password string) error {
 			p, ok = pr, true
 		}
 	}
-	good := false
-	if ok {
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
-		good, _ = s.verify.check(ctx, p, password)
-		cancel()
+	// An unknown name is checked against a decoy hash, as slowly as a
+	// wrong password (auth.go), and fails however the check goes.
+	check := p
+	if !ok {
+		check = Producer{Hash: s.verify.decoy()}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+	good, _ := s.verify.check(ctx, check, password)
+	cancel()
+	good = good && ok
 	if !good {
 		s.lockout.fail(keys...)
 		s.metrics.authFailures.WithLabelValues("bad_credentials").Inc()
