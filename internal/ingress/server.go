@@ -341,40 +341,44 @@ func (ss *session) producerLabel() string {
 // here: go-smtp answers it 552 5.3.4 itself (RFC 1870 §6.1). One over the
 // account's own limit is refused here the same way: the account the
 // envelope sender picks, or, while the From field is still to decide, the
-// largest limit of the producer's accounts.
+// largest limit of the producer's accounts. A refused MAIL changes
+// nothing: the server "MUST stay in the same state" (RFC 5321 §4.1.4), as
+// go-smtp does, so a transaction open before keeps its sender, account and
+// the recipients go-smtp still counts.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.producer == nil {
 		return errAuthRequired
 	}
-	ss.envFrom, ss.acct, ss.rcpts = from, nil, nil
 	if !isASCII(from) {
 		return errNonASCII("sender", from)
 	}
+	var acct *account.Account
 	if from != "" { // the null sender: the From field decides
 		a, err := ss.pick(from)
 		if err != nil {
 			ss.s.metrics.message(ss.producerLabel(), resultNotAllowed)
 			return err
 		}
-		ss.acct = a
+		acct = a
 	}
 	if opts != nil && opts.Size > 0 {
-		if alias, limit := ss.declaredLimit(); limit > 0 && opts.Size > limit {
+		if alias, limit := ss.declaredLimit(acct); limit > 0 && opts.Size > limit {
 			ss.s.metrics.message(ss.producerLabel(), resultTooLarge)
 			ss.log.Info().Str("account", alias).Int64("size", opts.Size).Int64("limit", limit).Int("smtp_code", 552).Msg("SMTP MAIL refused: declared SIZE over the account's limit")
-			ss.acct = nil
 			return errTooLarge(fmt.Sprintf("declared size of %d bytes is over the size limit of %d bytes of account %s (max_message_bytes)", opts.Size, limit, alias))
 		}
 	}
+	ss.envFrom, ss.acct, ss.rcpts = from, acct, nil
 	return nil
 }
 
-// declaredLimit is the size limit a SIZE= parameter is held to: the
-// account the envelope sender picked, else the largest of the producer's
-// registered accounts (0 when none is registered: DATA answers that).
-func (ss *session) declaredLimit() (alias string, limit int64) {
-	if ss.acct != nil {
-		return ss.acct.Alias, ss.acct.SizeLimit()
+// declaredLimit is the size limit a SIZE= parameter is held to: that of
+// acct, the account the envelope sender picked, else the largest of the
+// producer's registered accounts (0 when none is registered: DATA
+// answers that).
+func (ss *session) declaredLimit(acct *account.Account) (alias string, limit int64) {
+	if acct != nil {
+		return acct.Alias, acct.SizeLimit()
 	}
 	for _, name := range ss.producer.Accounts {
 		if a, ok := ss.s.accounts.get(name); ok && a.SizeLimit() > limit {

@@ -423,6 +423,44 @@ func TestReplies(t *testing.T) {
 	})
 }
 
+// TestRefusedMAILKeepsTheTransaction: a MAIL refused inside a transaction
+// leaves it as it was (RFC 5321 §4.1.4, "MUST stay in the same state"), as
+// go-smtp keeps it: the DATA that follows goes to the recipients already
+// accepted, not refused for having none.
+func TestRefusedMAILKeepsTheTransaction(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.login("alertmanager", alertsPassword)
+	if err := c.Mail("alertmanager@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("ops@contoso.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantReply(t, "a second MAIL, not ASCII", c.Mail("jörg@example.org", nil), 553, "5.6.7")
+	wantReply(t, "a second MAIL, another producer's account", c.Mail("billing@contoso.com", nil), 550, "5.7.1")
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte(alertmanagerMail)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("DATA after the refused MAILs: %v", err)
+	}
+	msgs := f.queued()
+	if len(msgs) != 1 {
+		t.Fatalf("%d queued", len(msgs))
+	}
+	m, err := message.Decode(msgs[0].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(m.To, ",") != "ops@contoso.com" {
+		t.Fatalf("queued to %v, want the recipient of the transaction", m.To)
+	}
+}
+
 // TestFailedLoginsBackOff: three wrong passwords lock the client's address
 // and the producer's name; while locked even the right password gets 454
 // without being checked; the lock ends on its own.
