@@ -373,6 +373,16 @@ func (ss *session) received(id, helo string) []byte {
 		}
 		return r
 	}, helo)
-	return fmt.Appendf(nil, "Received: from %s ([%s])\r\n\tby %s (Relay365) with ESMTPSA id %s;\r\n\t%s\r\n",
-		helo, ss.remote, ss.s.cfg.Hostname, id, ss.s.deps.Clock.Now().Format(time.RFC1123Z))
+	// The client's address as an address literal (RFC 5321 §4.1.3): an
+	// IPv6 address is tagged "IPv6:". It also stands for a HELO name that
+	// had nothing left: FROM needs a domain or an address literal (§4.4).
+	lit := "[" + ss.remote + "]"
+	if strings.Contains(ss.remote, ":") {
+		lit = "[IPv6:" + ss.remote + "]"
+	}
+	if helo == "" {
+		helo = lit
+	}
+	return fmt.Appendf(nil, "Received: from %s (%s)\r\n\tby %s (Relay365) with ESMTPSA id %s;\r\n\t%s\r\n",
+		helo, lit, ss.s.cfg.Hostname, id, ss.s.deps.Clock.Now().Format(time.RFC1123Z))
 }

@@ -241,6 +241,44 @@ func TestSubmissionIsQueuedAsSentWithTheEnvelope(t *testing.T) {
 	}
 }
 
+// TestReceivedFromIPv6: the Received field names a client on IPv6 by an
+// IPv6 address literal, "[IPv6:::1]" (RFC 5321 §4.1.3, §4.4), and one
+// whose EHLO name has nothing usable by its address.
+func TestReceivedFromIPv6(t *testing.T) {
+	if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		ln.Close()
+	}
+	f := startFrontDoor(t, func(c *ingress.Config) { c.ListenTLS = "[::1]:0" })
+	conn, err := tls.Dial("tcp", f.tlsAddr(), f.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := smtp.NewClient(conn)
+	defer c.Close()
+	if err := c.Hello("(;)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword)); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(c, "", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+		t.Fatal(err)
+	}
+	msgs := f.queued()
+	if len(msgs) != 1 {
+		t.Fatalf("%d queued", len(msgs))
+	}
+	m, err := message.Decode(msgs[0].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "Received: from [IPv6:::1] ([IPv6:::1])\r\n\tby relay.test "; !strings.HasPrefix(string(m.Raw), want) {
+		t.Fatalf("queued raw begins %q, want %q", m.Raw[:min(len(m.Raw), 80)], want)
+	}
+}
+
 // ingressCount is relay_ingress_messages_total{producer,result}.
 func ingressCount(t *testing.T, reg *prometheus.Registry, producer, result string) float64 {
 	t.Helper()
