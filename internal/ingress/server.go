@@ -276,16 +276,32 @@ func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	switch mech {
 	case sasl.Plain:
-		return sasl.NewPlainServer(func(identity, username, password string) error {
+		return malformed{sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
 				return smtp.ErrAuthFailed // acting for someone else is not offered
 			}
 			return ss.login(username, password)
-		}), nil
+		})}, nil
 	case sasl.Login:
-		return newLoginServer(ss.login), nil
+		return malformed{newLoginServer(ss.login)}, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// malformed answers a response the mechanism cannot read (a PLAIN message
+// without its two NULs) 501 5.5.2, a syntax error the client must fix, as
+// RFC 4954 §4 answers one that is not base64: go-smtp would send any error
+// that is not an SMTP reply as 454 4.7.0, a temporary failure (§6) that
+// tells the client to try the same again later.
+type malformed struct{ sasl.Server }
+
+func (m malformed) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := m.Server.Next(response)
+	var reply *smtp.SMTPError
+	if err != nil && !errors.As(err, &reply) {
+		err = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: oneLine("Malformed AUTH response: " + err.Error())}
+	}
+	return challenge, done, err
 }
 
 // login checks a producer's name and password within the backoff rules

@@ -499,6 +499,24 @@ func TestRefusedMAILKeepsTheTransaction(t *testing.T) {
 	}
 }
 
+// rawSASL is a SASL client that sends one initial response as it is.
+type rawSASL struct{ mech, ir string }
+
+func (r rawSASL) Start() (string, []byte, error) { return r.mech, []byte(r.ir), nil }
+func (r rawSASL) Next([]byte) ([]byte, error)    { return nil, errors.New("no more") }
+
+// TestMalformedAUTHResponse: a PLAIN response without its NULs is the
+// client's syntax error, 501 5.5.2 (RFC 4954 §4), not 454 4.7.0, the
+// temporary failure that has a client try the same again later.
+func TestMalformedAUTHResponse(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.dial("127.0.0.6")
+	wantReply(t, "AUTH PLAIN without NULs", c.Auth(rawSASL{"PLAIN", "alertmanager " + alertsPassword}), 501, "5.5.2")
+	if err := c.Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword)); err != nil {
+		t.Fatalf("AUTH after the malformed one: %v", err)
+	}
+}
+
 // TestFailedLoginsBackOff: three wrong passwords lock the client's address
 // and the producer's name; while locked even the right password gets 454
 // without being checked; the lock ends on its own.
