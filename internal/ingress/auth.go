@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -130,6 +131,8 @@ type verifier struct {
 	// costs: how long AUTH takes to fail does not tell a guesser which
 	// producer names exist. Made at the first unknown name.
 	decoy func() string
+
+	hashes atomic.Int64 // argon2id checks run: what a failed login costs
 }
 
 type verified struct {
@@ -168,6 +171,7 @@ func (v *verifier) check(ctx context.Context, p Producer, password string) (bool
 	case <-ctx.Done():
 		return false, ctx.Err()
 	}
+	v.hashes.Add(1)
 	ok := CheckPassword(p.Hash, password)
 	<-v.sem
 	if ok {
