@@ -40,6 +40,27 @@ func TestExpiredMailIsDeadLetteredNotDropped(t *testing.T) {
 	})
 }
 
+// TestLaneCountersExistAtZero: the counters alert rules take increase()
+// of exist at 0 once an account's lane starts, so its first event counts
+// (RelayNoSendsWhileQueued ends at the first send, RelayDLQGrowing and
+// RelayMessagesExpired fire at the first dead letter).
+func TestLaneCountersExistAtZero(t *testing.T) {
+	h := newHarness(t, setup{})
+	h.enroll("quiet", "quiet@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.waitFor("the lane's counters", func() bool {
+		_, ok := h.series("relay_account_binding_mismatch_total", "account", "quiet")
+		return ok
+	})
+	for _, outcome := range []string{"sent", "dead_lettered", "expired"} {
+		if v, ok := h.series("relay_messages_total", "account", "quiet", "outcome", outcome); !ok || v != 0 {
+			t.Errorf("relay_messages_total{outcome=%q}: %v (exists %v), want 0", outcome, v, ok)
+		}
+	}
+	if v, ok := h.series("relay_account_binding_mismatch_total", "account", "quiet"); !ok || v != 0 {
+		t.Errorf("relay_account_binding_mismatch_total: %v (exists %v), want 0", v, ok)
+	}
+}
+
 func checkExpired(t *testing.T, h *harness, account string, n int, lastFailure string) {
 	t.Helper()
 	h.waitFor("every message dead-lettered as expired", func() bool { return len(h.deadLetters(account)) == n })

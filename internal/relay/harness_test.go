@@ -295,6 +295,14 @@ func (h *harness) deadLetters(account string) []queue.DeadLetterEntry {
 // metric reads one series from the engine's registry (0 when absent).
 func (h *harness) metric(name string, labels ...string) float64 {
 	h.t.Helper()
+	v, _ := h.series(name, labels...)
+	return v
+}
+
+// series is the value of the first series of name with labels, and
+// whether there is one.
+func (h *harness) series(name string, labels ...string) (float64, bool) {
+	h.t.Helper()
 	families, err := h.reg.Gather()
 	if err != nil {
 		h.t.Fatal(err)
@@ -316,13 +324,13 @@ func (h *harness) metric(name string, labels ...string) float64 {
 			}
 			switch {
 			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
+				return m.GetCounter().GetValue(), true
 			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
+				return m.GetGauge().GetValue(), true
 			}
 		}
 	}
-	return 0
+	return 0, false
 }
 
 func (h *harness) outcome(account, outcome string) float64 {

@@ -85,6 +85,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // exist at 0, so their first event counts.
 func (m *Metrics) lane(account string) {
 	m.mismatches.WithLabelValues(account)
+	m.messages.WithLabelValues(account, outcomeSent) // RelayNoSendsWhileQueued: the first send ends it
 	m.messages.WithLabelValues(account, outcomeDeadLettered)
 	m.messages.WithLabelValues(account, outcomeExpired)
 }
