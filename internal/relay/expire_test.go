@@ -70,6 +70,9 @@ func checkExpired(t *testing.T, h *harness, account string, n int, lastFailure s
 			t.Errorf("dead letter %s: class %q reason %q", d.ID, d.Class, d.Reason)
 		}
 	}
+	// An expiry is counted after its copy is in MAIL_DLQ and the original
+	// left MAIL (deadLetter, expirePaused): wait for the count.
+	h.waitFor("the expiries counted", func() bool { return h.outcome(account, "expired") >= float64(n) })
 	if got := h.outcome(account, "expired"); got != float64(n) {
 		t.Fatalf("relay_messages_total{outcome=expired} = %v, want %d", got, n)
 	}

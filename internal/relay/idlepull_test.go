@@ -257,7 +257,14 @@ func TestPauseEndsOpenPull(t *testing.T) {
 	}
 
 	h.publish(alias, "id-2", "queued during the pause")
-	info := h.consumerInfo(h.ctx, alias)
+	// The server sends the PubAck before it signals the stream's
+	// consumers (from a queue), and only that signal counts the message
+	// pending for the consumer: wait for it while the pause lasts.
+	var info *jetstream.ConsumerInfo
+	h.waitFor("the new message counted pending", func() bool {
+		info = h.consumerInfo(h.ctx, alias)
+		return info.NumPending >= 1 || !time.Now().Before(until)
+	})
 	if time.Now().Before(until) && (info.NumPending != 1 || info.NumWaiting != 0 || info.Delivered.Consumer != 1) {
 		t.Fatalf("during the pause: %d messages not handed out, %d pulls waiting, %d deliveries; want the new message in the stream, no pull, the first message's one delivery",
 			info.NumPending, info.NumWaiting, info.Delivered.Consumer)

@@ -141,9 +141,11 @@ func TestRevokedAccountDoesNotDelayOthers(t *testing.T) {
 	}
 	t.Logf("healthy account latency before the revocation: median %s max %s; while the other is revoked: median %s max %s",
 		before[len(before)/2], before[len(before)-1], during[len(during)/2], during[len(during)-1])
-	if h.metric("relay_account_pauses_total", "account", "revoked", "class", string(relay.ClassIdentity)) < 1 {
-		t.Fatal("the revoked account did not pause for its tokens")
-	}
+	// pause counts after the lane shows Paused (the count follows the
+	// state's lock): wait for it.
+	h.waitFor("the revoked account's pause for its tokens counted", func() bool {
+		return h.metric("relay_account_pauses_total", "account", "revoked", "class", string(relay.ClassIdentity)) >= 1
+	})
 	if got := h.outcome("revoked", "dead_lettered"); got != 0 {
 		t.Fatalf("%v of the revoked account's messages dead-lettered", got)
 	}

@@ -238,6 +238,11 @@ func TestAccountChangeSendsWaitingMessagesBackToBePreparedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.waitFor("every message delivered", func() bool { return len(h.delivered()) == 1+ahead && h.queued() == 0 })
+	// keepQueued logs a message's going back after its Nak, so possibly
+	// after its redelivery was sent and acked: wait for the lines.
+	h.waitFor("the waiting messages' going back logged", func() bool {
+		return strings.Count(h.logs.String(), "account changed before the message's turn came") >= ahead
+	})
 	if n := strings.Count(h.logs.String(), "account changed before the message's turn came"); n != ahead {
 		t.Errorf("%d messages went back to be prepared again, want the %d that waited", n, ahead)
 	}
@@ -294,6 +299,8 @@ func TestManyRecipientsAtTheDaysEndPauseOnceWithoutLosingBudget(t *testing.T) {
 	if _, rcpts := h.paced("six=contoso.com"); rcpts != 6 {
 		t.Errorf("the pacing record counts %d recipients, want 6", rcpts)
 	}
+	// pause counts after the lane shows Paused: wait for the count.
+	h.waitFor("the pause counted", func() bool { return h.metric("relay_account_pauses_total", "account", "six") >= 1 })
 	if p := h.metric("relay_account_pauses_total", "account", "six"); p != 1 {
 		t.Errorf("%v pauses, want 1", p)
 	}

@@ -154,6 +154,11 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 					return h.metric("relay_account_pauses_total", "account", alias, "class", string(r.class)) >= 1
 				})
 				if r.act == actTenant {
+					// The sibling pauses (pauseTenant) after the account
+					// counted its own pause: wait for its count.
+					h.waitFor("the other account of the blocked tenant to pause", func() bool {
+						return h.metric("relay_account_pauses_total", "account", sibling.Alias, "class", string(submit.ClassTenant)) >= 1
+					})
 					if h.metric("relay_account_pauses_total", "account", sibling.Alias, "class", string(submit.ClassTenant)) != 1 {
 						t.Fatal("the other account of the blocked tenant was not paused")
 					}
