@@ -327,6 +327,10 @@ func TestIdentityCallsTimeOut(t *testing.T) {
 	if rec.State != token.StateHealthy || rec.AccessToken != old.AccessToken || !strings.Contains(rec.LastError, "timeout") {
 		t.Fatalf("after a timeout: %v last_error=%q", rec, rec.LastError)
 	}
+	// The failure is counted after its record was written: wait for it.
+	e.eventually("the timed-out attempt to be counted", func() bool {
+		return tokentest.Metric(t, reg, "relay_token_refresh_total", map[string]string{"account": "alerts", "result": "transient"}) >= 1
+	})
 	if got := tokentest.Metric(t, reg, "relay_token_refresh_total", map[string]string{"account": "alerts", "result": "transient"}); got != 1 {
 		t.Fatalf("transient count %v", got)
 	}
