@@ -65,6 +65,23 @@ func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 	metric := func(name string, labels map[string]string) float64 {
 		return tokentest.Metric(t, reg, name, labels)
 	}
+	// Exercise waits for the store and the streams; these series follow
+	// them: the token state gauge is set from the token store's watch,
+	// after the record was written; the lane sets relay_account_paused
+	// after its status shows the pause; a dead letter is counted after
+	// its original left MAIL. Wait for each, then check them exactly.
+	revokedPaused := func() float64 {
+		paused := 0.0
+		for _, reason := range []string{"identity", "auth"} {
+			paused += max(0, metric("relay_account_paused", map[string]string{"account": sandboxtest.Revoked, "reason": reason}))
+		}
+		return paused
+	}
+	testutil.Eventually(t, ctx, "the token state gauge, the paused gauge and the dead letters' count", func() bool {
+		return metric("relay_token_state", map[string]string{"account": sandboxtest.Revoked, "state": "needs_consent"}) >= 1 &&
+			revokedPaused() >= 1 &&
+			metric("relay_messages_total", map[string]string{"account": sandbox.Account, "outcome": "dead_lettered"}) >= sandboxtest.Invalid
+	})
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
@@ -99,11 +116,7 @@ func TestObservabilityAfterTrafficAndFailures(t *testing.T) {
 	}
 	// The revoked account: one series, paused for a reason, its message
 	// waiting (not yet fetched, or fetched and put back).
-	paused := 0.0
-	for _, reason := range []string{"identity", "auth"} {
-		paused += max(0, metric("relay_account_paused", map[string]string{"account": sandboxtest.Revoked, "reason": reason}))
-	}
-	if paused != 1 || metric("relay_account_paused", map[string]string{"account": sandboxtest.Revoked, "reason": "none"}) != -1 {
+	if paused := revokedPaused(); paused != 1 || metric("relay_account_paused", map[string]string{"account": sandboxtest.Revoked, "reason": "none"}) != -1 {
 		t.Errorf("relay_account_paused for %s: want one series with value 1 and its reason", sandboxtest.Revoked)
 	}
 	if q := metric("relay_queue_pending", map[string]string{"account": sandboxtest.Revoked}) +

@@ -514,6 +514,10 @@ func TestTokenTransientFailuresBackOff(t *testing.T) {
 		t.Fatal("the retries outlived the access token")
 	}
 	d := c.replica("r1")
+	// The refresh is counted after its record was written: wait for it.
+	c.eventually("the refresh counted", func() bool {
+		return metricOf(t, d.Registry, "relay_token_refresh_total", map[string]string{"account": sandbox.Account, "result": "ok"}) >= 1
+	})
 	for result, want := range map[string]float64{"transient": 5, "ok": 1, "needs_consent": 0, "config_error": 0} {
 		if got := metricOf(t, d.Registry, "relay_token_refresh_total", map[string]string{"account": sandbox.Account, "result": result}); got != want {
 			t.Fatalf("relay_token_refresh_total{result=%s} = %v, want %v", result, got, want)
@@ -575,6 +579,9 @@ func TestTokenRevocationNeedsConsentThenReconsent(t *testing.T) {
 		})
 	}
 	c.refreshCount("needs_consent", 1)
+	// observe logs the state change after it counted the refresh and
+	// published the events the test waited for: wait for the line.
+	c.eventually("the token state change logged", func() bool { return strings.Contains(c.logs.String(), `"to":"needs_consent"`) })
 	logs := c.logs.String()
 	if !strings.Contains(logs, `"message":"token state changed"`) || !strings.Contains(logs, `"error_codes":[50173]`) ||
 		!strings.Contains(logs, `"to":"needs_consent"`) || !strings.Contains(logs, "authtool login --account sandbox") {
