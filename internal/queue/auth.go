@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 // ConnectOptions is how a Relay365 process proves itself to a NATS server
@@ -149,12 +152,39 @@ func (o ConnectOptions) Options() ([]nats.Option, error) {
 		opts = append(opts, opt)
 	}
 	if o.CredsFile != "" {
+		// nats.go reads the file only when it dials, and its error then
+		// looks like a server that is not up; read it now. The messages
+		// name the file, never its content.
+		b, err := os.ReadFile(o.CredsFile)
+		if err == nil {
+			if _, err = nkeys.ParseDecoratedJWT(b); err == nil {
+				var kp nkeys.KeyPair
+				if kp, err = nkeys.ParseDecoratedNKey(b); err == nil {
+					kp.Wipe()
+				}
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--nats-creds %s: not a NATS credentials file (user JWT and seed): %v", o.CredsFile, err)
+		}
 		opts = append(opts, nats.UserCredentials(o.CredsFile))
 	}
 	if o.TLSCA != "" {
+		// Read here too: nats.go's error comes from the dial, where a
+		// waiting relay takes it for a server that is not up yet.
+		b, err := os.ReadFile(o.TLSCA)
+		if err == nil && !x509.NewCertPool().AppendCertsFromPEM(b) {
+			err = errors.New("no PEM certificate in it")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--nats-tls-ca %s: %v", o.TLSCA, err)
+		}
 		opts = append(opts, nats.RootCAs(o.TLSCA))
 	}
 	if o.TLSCert != "" {
+		if _, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey); err != nil {
+			return nil, fmt.Errorf("--nats-tls-cert/--nats-tls-key: %v", err)
+		}
 		opts = append(opts, nats.ClientCert(o.TLSCert, o.TLSKey))
 	}
 	if o.InboxPrefix != "" {
@@ -211,13 +241,37 @@ func CheckURL(urls string) error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("NATS URL %q: %v (e.g. nats://nats.contoso.com:4222)", u, err)
+			return fmt.Errorf("NATS URL %q: %v (e.g. nats://nats.contoso.com:4222)", RedactURL(u), err)
 		}
 	}
 	if n == 0 {
 		return fmt.Errorf("no NATS URL in %q (e.g. nats://nats.contoso.com:4222)", urls)
 	}
 	return nil
+}
+
+// RedactURL is a NATS URL (or comma-separated list) fit for messages,
+// logs and the status page: a password in it (user:password@) or a token
+// (token@, as nats.go reads a user name without a password) is replaced
+// by "redacted".
+func RedactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, u := range parts {
+		start := strings.Index(u, "://") + 3
+		if start < 3 {
+			start = 0
+		}
+		at := strings.LastIndex(u, "@")
+		if at < start {
+			continue
+		}
+		userinfo := "redacted"
+		if user, _, ok := strings.Cut(u[start:at], ":"); ok {
+			userinfo = user + ":redacted"
+		}
+		parts[i] = u[:start] + userinfo + u[at:]
+	}
+	return strings.Join(parts, ",")
 }
 
 // ConnectHint is what a command that could not connect tells its user to

@@ -236,6 +236,9 @@ func TestConnectOptionsValidate(t *testing.T) {
 		{queue.ConnectOptions{CredsFile: missing}, "--nats-creds"},
 		{queue.ConnectOptions{TLSCA: missing}, "--nats-tls-ca"},
 		{queue.ConnectOptions{NKeyFile: pw}, "--nats-nkey"}, // not a seed: found by Options
+		{queue.ConnectOptions{CredsFile: pw}, "--nats-creds " + pw + ": not a NATS credentials file"},
+		{queue.ConnectOptions{TLSCA: pw}, "--nats-tls-ca " + pw + ": no PEM certificate"},
+		{queue.ConnectOptions{TLSCert: pw, TLSKey: pw}, "--nats-tls-cert/--nats-tls-key"},
 	} {
 		_, err := tt.o.Options()
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -261,6 +264,20 @@ func TestConnectOptionsValidate(t *testing.T) {
 	})
 }
 
+func TestRedactURL(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
+		{"nats://relay:s3cret@h:4222", "nats://relay:redacted@h:4222"},
+		{"nats://s3cret@h:4222", "nats://redacted@h:4222"}, // a token
+		{"relay:s3cret@h:4222", "relay:redacted@h:4222"},
+		{"nats://a:4222, tls://u:s3cret@b:4443", "nats://a:4222, tls://u:redacted@b:4443"},
+	} {
+		if got := queue.RedactURL(tt.in); got != tt.want {
+			t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
 func TestCheckURL(t *testing.T) {
 	for _, tt := range []struct {
 		url string
@@ -281,9 +298,13 @@ func TestCheckURL(t *testing.T) {
 		{"nats://user:pass@h:4222", true},
 		{" , ", false},
 		{"nats://", false},
+		{"http://relay:s3cret@nats.contoso.com:4222", false},
+		{"nats://a:4222,https://s3cret@b:4222", false},
 	} {
 		if err := queue.CheckURL(tt.url); (err == nil) != tt.ok {
 			t.Errorf("CheckURL(%q) = %v, want ok %v", tt.url, err, tt.ok)
+		} else if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("CheckURL(%q) = %v: the error shows the secret", tt.url, err)
 		}
 	}
 }

@@ -309,7 +309,9 @@ func Connect(url, name string, o queue.ConnectOptions, dataDir string, r Role, e
 	if err := queue.CheckURL(url); err != nil {
 		return nil, cli.UsageError{Err: fmt.Errorf("--nats-url: %w", err)}
 	}
-	if err := o.Validate(); err != nil {
+	// Options, not only Validate: a seed, password or token file that
+	// cannot be used is the caller's to fix, not a server to look for.
+	if _, err := o.Options(); err != nil {
 		return nil, cli.UsageError{Err: err}
 	}
 	nc, err := queue.ConnectWith(url, name, o, extra...)
