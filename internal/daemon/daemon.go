@@ -236,6 +236,12 @@ func (c *Config) Defaults() {
 	if c.MemoryLimit == 0 {
 		c.MemoryLimit = memlimit.Default
 	}
+	if c.SMTP.MaxConns == 0 {
+		c.SMTP.MaxConns = ingress.DefaultMaxConns
+	}
+	if c.SMTP.MaxConnsPerIP == 0 {
+		c.SMTP.MaxConnsPerIP = ingress.DefaultMaxConnsPerIP
+	}
 }
 
 // Validate says what to fix, one problem per error.
@@ -250,7 +256,10 @@ func (c *Config) Validate() error {
 		if err := queue.CheckURL(c.NATSURL); err != nil {
 			errs = append(errs, fmt.Errorf("--nats-url: %w", err))
 		}
-		if err := c.NATS.Validate(); err != nil {
+		// Options, not only Validate: it also reads the seed, password
+		// and token files, which are as much configuration as the flags
+		// (a bad seed is not a server that is not up yet).
+		if _, err := c.NATS.Options(); err != nil {
 			errs = append(errs, err)
 		}
 	} else if !c.NATS.IsZero() {
@@ -260,8 +269,12 @@ func (c *Config) Validate() error {
 		if _, _, err := queue.ParseSync(c.NATSSync); err != nil {
 			errs = append(errs, err)
 		}
-		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
-			errs = append(errs, fmt.Errorf("--nats-listen %q: want host:port", c.NATSListen))
+		listen := c.NATSListen
+		if host, port, err := net.SplitHostPort(listen); err == nil && port == "-1" {
+			listen = net.JoinHostPort(host, "0") // nats-server's own "any port" (StartEmbedded)
+		}
+		if err := queue.CheckListen(listen); err != nil {
+			errs = append(errs, fmt.Errorf("--nats-listen %q: %v", c.NATSListen, err))
 		} else if !queue.IsLoopback(c.NATSListen) && c.NATSServerTLSCert == "" {
 			errs = append(errs, fmt.Errorf("--nats-listen %s reaches other hosts: give the embedded server a certificate with --nats-server-tls-cert and --nats-server-tls-key (clients then use --nats-tls-ca)", c.NATSListen))
 		}
@@ -270,8 +283,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.HTTPAddr != "off" {
-		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
-			errs = append(errs, fmt.Errorf("--http-addr %q: want host:port or off", c.HTTPAddr))
+		if err := queue.CheckListen(c.HTTPAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--http-addr %q: %v, or off", c.HTTPAddr, err))
 		}
 	}
 	if c.HTTPReadTimeout < 0 || c.HTTPWriteTimeout < 0 || c.HTTPIdleTimeout < 0 || c.HTTPMaxConns < 0 {
@@ -310,8 +323,14 @@ func (c *Config) Validate() error {
 	if c.RefreshMargin < time.Minute || c.RefreshMargin > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("--refresh-margin %s: want 1m to 30m (access tokens live 60-90 minutes)", c.RefreshMargin))
 	}
+	if c.ShutdownGrace <= 0 {
+		errs = append(errs, fmt.Errorf("--shutdown-grace %s: want a duration above 0 such as 30s", c.ShutdownGrace))
+	}
 	if err := c.MemoryLimit.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.SMTP.MaxConns < 1 || c.SMTP.MaxConnsPerIP < 1 {
+		errs = append(errs, fmt.Errorf("--smtp-max-conns %d, --smtp-max-conns-per-ip %d: want at least 1 each", c.SMTP.MaxConns, c.SMTP.MaxConnsPerIP))
 	}
 	if (c.SMTPTLSCert == "") != (c.SMTPTLSKey == "") {
 		errs = append(errs, errors.New("--smtp-tls-cert and --smtp-tls-key go together"))
@@ -355,6 +374,7 @@ type Daemon struct {
 	// ("" when the operator gave one, or SMTP is off).
 	SMTPCAFile string
 
+	smtpTLS    *tls.Config // the operator's SMTP certificate, loaded by Start
 	http       *http.Server
 	started    atomic.Bool  // Start finished: /readyz and /status may look at everything
 	phase      atomic.Value // string: what Start is doing, for /readyz meanwhile
@@ -377,7 +397,27 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 			return nil, cli.UsageError{Err: err}
 		}
 	}
-	d := &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry()}
+	// The certificates and the data directory are configuration too:
+	// checked before anything listens (exit 2, as a bad flag).
+	var natsCert tls.Certificate
+	if cfg.NATSURL == "" && cfg.NATSServerTLSCert != "" {
+		if natsCert, err = tls.LoadX509KeyPair(cfg.NATSServerTLSCert, cfg.NATSServerTLSKey); err != nil {
+			return nil, cli.UsageError{Err: fmt.Errorf("--nats-server-tls-cert/--nats-server-tls-key: %w", err)}
+		}
+	}
+	var smtpTLS *tls.Config
+	if cfg.SMTP.Enabled() && cfg.SMTPTLSCert != "" {
+		if smtpTLS, err = ingress.LoadTLS(cfg.SMTPTLSCert, cfg.SMTPTLSKey); err != nil {
+			return nil, cli.UsageError{Err: err}
+		}
+	}
+	storeDir := filepath.Join(cfg.DataDir, "jetstream")
+	if cfg.NATSURL == "" {
+		if err := os.MkdirAll(storeDir, 0o700); err != nil {
+			return nil, cli.UsageError{Err: fmt.Errorf("--data-dir %s: %w", cfg.DataDir, err)}
+		}
+	}
+	d := &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry(), smtpTLS: smtpTLS}
 	// On any failure below, undo what was started (the named result is
 	// nil by then, so close the local).
 	defer func() {
@@ -398,10 +438,6 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	d.NATSURL = cfg.NATSURL
 	var inProcess []nats.Option
 	if d.NATSURL == "" {
-		storeDir := filepath.Join(cfg.DataDir, "jetstream")
-		if err := os.MkdirAll(storeDir, 0o700); err != nil {
-			return nil, fmt.Errorf("data dir: %w", err)
-		}
 		// Closed to strangers: the roles' seeds in <data-dir>/nkeys for
 		// clients on this host, and a user of this process's own.
 		users, err := roles.EnsureSeeds(cfg.DataDir)
@@ -414,10 +450,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		}
 		ec := queue.EmbeddedConfig{Listen: cfg.NATSListen, StoreDir: storeDir, Sync: cfg.NATSSync, Users: append(users, self)}
 		if cfg.NATSServerTLSCert != "" {
-			cert, err := tls.LoadX509KeyPair(cfg.NATSServerTLSCert, cfg.NATSServerTLSKey)
-			if err != nil {
-				return nil, fmt.Errorf("--nats-server-tls-cert/--nats-server-tls-key: %w", err)
-			}
+			cert := natsCert
 			ec.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 			// The server asks the in-process pipe for TLS too: this
 			// process trusts exactly its own certificate there.
@@ -443,7 +476,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 			cfg.NATS.InboxPrefix = roles.Tokens.InboxPrefix()
 		}
 	}
-	d.phase.Store("connecting to NATS at " + d.NATSURL)
+	d.phase.Store("connecting to NATS at " + queue.RedactURL(d.NATSURL))
 	if d.NC, err = d.connect(ctx, cfg.NATS, append(inProcess, d.connectionLog()...)); err != nil {
 		return nil, err
 	}
@@ -526,7 +559,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 	}
 
 	d.started.Store(true)
-	log.Info().Str("nats", d.NATSURL).Str("http", d.HTTPAddr).Str("roles", cfg.Roles).Msg("relay serving")
+	log.Info().Str("nats", queue.RedactURL(d.NATSURL)).Str("http", d.HTTPAddr).Str("roles", cfg.Roles).Msg("relay serving")
 	return d, nil
 }
 
@@ -547,7 +580,7 @@ func (d *Daemon) connect(ctx context.Context, o queue.ConnectOptions, extra []na
 		nc, err := queue.ConnectWith(d.NATSURL, "relay365-serve", o, extra...)
 		if err == nil {
 			if attempt > 1 {
-				d.log.Info().Str("url", d.NATSURL).Int("attempt", attempt).Msg("NATS reachable: starting")
+				d.log.Info().Str("url", queue.RedactURL(d.NATSURL)).Int("attempt", attempt).Msg("NATS reachable: starting")
 			}
 			return nc, nil
 		}
@@ -574,7 +607,7 @@ func (d *Daemon) connectionLog() []nats.Option {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			d.log.Info().Str("url", nc.ConnectedUrl()).Msg("NATS reconnected")
+			d.log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("NATS reconnected")
 		}),
 	}
 }
@@ -584,8 +617,8 @@ func (d *Daemon) connectionLog() []nats.Option {
 func (d *Daemon) startIngress(ctx context.Context) error {
 	sc := d.cfg.SMTP
 	var err error
-	if d.cfg.SMTPTLSCert != "" {
-		sc.TLS, err = ingress.LoadTLS(d.cfg.SMTPTLSCert, d.cfg.SMTPTLSKey)
+	if d.smtpTLS != nil {
+		sc.TLS = d.smtpTLS
 	} else {
 		sc.TLS, d.SMTPCAFile, err = ingress.LoopbackTLS(filepath.Join(d.cfg.DataDir, "smtp-tls"))
 	}

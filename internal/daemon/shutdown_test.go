@@ -163,6 +163,10 @@ func TestConfigValidation(t *testing.T) {
 		{func(c *daemon.Config) { c.MaxAckPending = -1 }, "--max-ack-pending"},
 		{func(c *daemon.Config) { c.MaxDeliver = 1 }, "--max-deliver"},
 		{func(c *daemon.Config) { c.AckWait = time.Millisecond }, "--ack-wait"},
+		{func(c *daemon.Config) { c.ShutdownGrace = -time.Second }, "--shutdown-grace"},
+		{func(c *daemon.Config) { c.SMTP.MaxConns = -1 }, "--smtp-max-conns"},
+		{func(c *daemon.Config) { c.HTTPAddr = "127.0.0.1:65536" }, "--http-addr"},
+		{func(c *daemon.Config) { c.NATSListen = "127.0.0.1:port" }, "--nats-listen"},
 	} {
 		c := base()
 		tc.mutate(&c)

@@ -68,8 +68,8 @@ func (c Config) Validate(certGiven bool) error {
 		if l.addr == "" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(l.addr); err != nil {
-			errs = append(errs, fmt.Errorf("%s %q: want host:port", l.flag, l.addr))
+		if err := queue.CheckListen(l.addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %v", l.flag, l.addr, err))
 			continue
 		}
 		if !certGiven && !queue.IsLoopback(l.addr) {

@@ -66,6 +66,21 @@ func IsLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// CheckListen checks a listener address as net.Listen reads it: host:port,
+// the port a number up to 65535 (0: any free port) or a service name, so a
+// bad one stops a command at start instead of after it has started other
+// listeners.
+func CheckListen(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q: want a number from 0 to 65535", port)
+	}
+	return nil
+}
+
 // ParseSync checks a --nats-sync value.
 func ParseSync(s string) (always bool, every time.Duration, err error) {
 	if s == "" || s == DefaultSync {

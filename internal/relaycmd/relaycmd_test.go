@@ -102,6 +102,27 @@ func TestUsageErrors(t *testing.T) {
 		{"producer add bad name", []string{"producer", "add", "Cron Jobs", "--accounts", "alerts"}, `producer name "Cron Jobs"`},
 		{"producer add short password", []string{"producer", "add", "cron", "--accounts", "alerts", "--password-file", "-"}, "shorter than 12"},
 		{"producer remove without name", []string{"producer", "remove"}, "takes 1 argument(s), got 0"},
+		// Found at start, before anything listens, not by net.Listen once
+		// the embedded server runs (that was exit 1).
+		{"serve HTTP port out of range", []string{"serve", "--roles", "workers", "--http-addr", "127.0.0.1:99999"}, `--http-addr "127.0.0.1:99999": port "99999": want a number from 0 to 65535`},
+		{"serve embedded NATS port out of range", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:70000"}, `--nats-listen "127.0.0.1:70000": port "70000"`},
+		{"serve SMTP port not a number", []string{"serve", "--roles", "workers", "--smtp-listen", "127.0.0.1:smtpx"}, `--smtp-listen "127.0.0.1:smtpx": port "smtpx"`},
+		{"sandbox NATS port out of range", []string{"sandbox", "--nats-listen", "127.0.0.1:70000"}, `--nats-listen "127.0.0.1:70000": port "70000"`},
+		{"serve negative shutdown grace", []string{"serve", "--roles", "workers", "--shutdown-grace", "-5s"}, "--shutdown-grace -5s: want a duration above 0"},
+		{"serve zero SMTP connections", []string{"serve", "--roles", "workers", "--smtp-max-conns", "0"}, "--smtp-max-conns 0, --smtp-max-conns-per-ip 20: want at least 1 each"},
+		{"serve negative SMTP connections per address", []string{"serve", "--roles", "workers", "--smtp-max-conns-per-ip", "-1"}, "--smtp-max-conns-per-ip -1: want at least 1 each"},
+		{"serve SMTP certificate missing", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:0", "--smtp-listen", "127.0.0.1:0", "--smtp-tls-cert", "/nonexistent/c.pem", "--smtp-tls-key", "/nonexistent/k.pem"}, "--smtp-tls-cert/--smtp-tls-key: open /nonexistent/c.pem"},
+		{"serve embedded NATS certificate missing", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:0", "--nats-server-tls-cert", "/nonexistent/c.pem", "--nats-server-tls-key", "/nonexistent/k.pem"}, "--nats-server-tls-cert/--nats-server-tls-key: open /nonexistent/c.pem"},
+		{"serve data dir a file", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:0", "--data-dir", "/dev/null"}, "--data-dir /dev/null: mkdir /dev/null: not a directory"},
+		// A file that cannot be used is not a server that is not up yet
+		// (relay serve waited for ever; the others said "is relay serve
+		// running?", exit 1).
+		{"serve nkey file not a seed", []string{"serve", "--roles", "workers", "--nats-url", "nats://127.0.0.1:1", "--nats-nkey", "/dev/null", "--http-addr", "off"}, "--nats-nkey: nkeys: no nkey seed found"},
+		{"serve creds file not credentials", []string{"serve", "--roles", "workers", "--nats-url", "nats://127.0.0.1:1", "--nats-creds", "/dev/null", "--http-addr", "off"}, "--nats-creds /dev/null: not a NATS credentials file"},
+		{"serve NATS CA file not PEM", []string{"serve", "--roles", "workers", "--nats-url", "nats://127.0.0.1:1", "--nats-tls-ca", "/dev/null", "--http-addr", "off"}, "--nats-tls-ca /dev/null: no PEM certificate in it"},
+		{"publish empty password file", []string{"publish", "--nats-url", "nats://127.0.0.1:1", "--nats-user", "u", "--nats-password-file", "/dev/null", "--account", "alerts", "--to", "a@b.com"}, "--nats-password-file: /dev/null is empty"},
+		{"dlq client certificate not PEM", []string{"dlq", "list", "--nats-url", "nats://127.0.0.1:1", "--nats-tls-cert", "/dev/null", "--nats-tls-key", "/dev/null"}, "--nats-tls-cert/--nats-tls-key: tls: failed to find any PEM data"},
+		{"publish zero timeout", []string{"publish", "--timeout", "0s", "--account", "alerts", "--to", "a@b.com"}, "--timeout 0s: want a duration above 0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,8 +138,9 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestPublishNATSUnreachable(t *testing.T) {
-	r := run(t, map[string]string{"RELAY_NATS_URL": "nats://127.0.0.1:1"}, "", "publish", "--account", "alerts", "--to", "a@b.com", "--subject", "x")
-	if r.code != ExitFail || !strings.Contains(r.stderr, "is relay serve or relay sandbox running") {
+	// A password in the URL stays out of the message.
+	r := run(t, map[string]string{"RELAY_NATS_URL": "nats://relay:s3cret-pw@127.0.0.1:1"}, "", "publish", "--account", "alerts", "--to", "a@b.com", "--subject", "x")
+	if r.code != ExitFail || !strings.Contains(r.stderr, "is relay serve or relay sandbox running") || strings.Contains(r.stderr, "s3cret-pw") {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"relay365/internal/account"
+	"relay365/internal/cli"
 	"relay365/internal/clock"
 	"relay365/internal/consent"
 	"relay365/internal/daemon"
@@ -95,10 +96,24 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
 	keyFile := filepath.Join(cfg.DataDir, "token.key")
+	dc := cfg.Daemon
+	dc.NATSURL = "" // the sandbox always embeds its server
+	dc.NATSListen = cfg.NATSListen
+	dc.DataDir = cfg.DataDir
+	dc.KeyFile = keyFile
+	dc.HTTPAddr = cfg.HTTPAddr
+	dc.SMTP.Listen = onOff(cfg.SMTPListen, DefaultSMTPListen)
+	dc.SMTP.ListenTLS = onOff(cfg.SMTPSListen, DefaultSMTPSListen)
+	// A bad address stops the sandbox before the fake listens (exit 2).
+	check := dc
+	check.Defaults()
+	if err := check.Validate(); err != nil {
+		return nil, cli.UsageError{Err: err}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, cli.UsageError{Err: fmt.Errorf("--data-dir %s: %w", cfg.DataDir, err)}
+	}
 	if _, err := os.Stat(keyFile); errors.Is(err, fs.ErrNotExist) {
 		if _, err := token.GenerateKeyFile(keyFile); err != nil {
 			return nil, err
@@ -129,15 +144,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Sandbox, err
 		return nil, fmt.Errorf("fake Office 365: %w", err)
 	}
 
-	dc := cfg.Daemon
-	dc.NATSURL = "" // the sandbox always embeds its server
-	dc.NATSListen = cfg.NATSListen
-	dc.DataDir = cfg.DataDir
-	dc.KeyFile = keyFile
-	dc.HTTPAddr = cfg.HTTPAddr
 	dc.Extra = map[string]http.Handler{"GET /sandbox/messages": http.HandlerFunc(s.messages)}
-	dc.SMTP.Listen = onOff(cfg.SMTPListen, DefaultSMTPListen)
-	dc.SMTP.ListenTLS = onOff(cfg.SMTPSListen, DefaultSMTPSListen)
 	if s.Daemon, err = daemon.Start(ctx, dc, log); err != nil {
 		return nil, err
 	}
