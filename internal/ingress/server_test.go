@@ -190,6 +190,21 @@ func (f *frontDoor) queued() []jetstream.RawStreamMsg {
 	return out
 }
 
+// onlyQueued is the one message in MAIL, decoded; it fails the test when
+// MAIL holds another number.
+func (f *frontDoor) onlyQueued() *message.Message {
+	f.t.Helper()
+	msgs := f.queued()
+	if len(msgs) != 1 {
+		f.t.Fatalf("%d queued, want 1", len(msgs))
+	}
+	m, err := message.Decode(msgs[0].Data)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return m
+}
+
 func wantReply(t *testing.T, what string, err error, code int, enhanced string) {
 	t.Helper()
 	var se *smtp.SMTPError
@@ -265,14 +280,7 @@ func TestReceivedFromIPv6(t *testing.T) {
 	if err := send(c, "", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
 		t.Fatal(err)
 	}
-	msgs := f.queued()
-	if len(msgs) != 1 {
-		t.Fatalf("%d queued", len(msgs))
-	}
-	m, err := message.Decode(msgs[0].Data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := f.onlyQueued()
 	if want := "Received: from [IPv6:::1] ([IPv6:::1])\r\n\tby relay.test "; !strings.HasPrefix(string(m.Raw), want) {
 		t.Fatalf("queued raw begins %q, want %q", m.Raw[:min(len(m.Raw), 80)], want)
 	}
@@ -485,14 +493,7 @@ func TestRefusedMAILKeepsTheTransaction(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatalf("DATA after the refused MAILs: %v", err)
 	}
-	msgs := f.queued()
-	if len(msgs) != 1 {
-		t.Fatalf("%d queued", len(msgs))
-	}
-	m, err := message.Decode(msgs[0].Data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := f.onlyQueued()
 	if strings.Join(m.To, ",") != "ops@contoso.com" {
 		t.Fatalf("queued to %v, want the recipient of the transaction", m.To)
 	}
