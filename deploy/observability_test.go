@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -85,8 +86,12 @@ func TestObservabilityEndToEnd(t *testing.T) {
 	}
 	prom.waitFor(t, ctx, "the second refusal", `relay_ingress_messages_total{producer="misconfigured",result="unavailable"} == 2`)
 	// Mail across several scrapes, so rates and latency quantiles have
-	// increases to work with.
-	sendUntil(t, ctx, s, prom, `sum(rate(relay_messages_total{outcome="sent"}[30s])) > 0 and sum(rate(relay_send_duration_seconds_count[30s])) > 0`)
+	// increases to work with: every histogram a panel takes a rate of.
+	// (The pacing wait is observed before the send, its duration after:
+	// a scrape between the two can put only the duration's increase in
+	// the window.)
+	at := sendUntil(t, ctx, s, prom, `sum(rate(relay_messages_total{outcome="sent"}[30s])) > 0 and sum(rate(relay_send_duration_seconds_count[30s])) > 0`+
+		` and sum(rate(relay_pacing_wait_seconds_count[30s])) > 0`)
 
 	t.Run("dashboard", func(t *testing.T) {
 		vars := strings.NewReplacer("$account", ".*", "$__rate_interval", "30s")
@@ -97,7 +102,7 @@ func TestObservabilityEndToEnd(t *testing.T) {
 					t.Errorf("panel %q: unknown variable in %s", p.Title, expr)
 					continue
 				}
-				res := prom.query(t, ctx, expr)
+				res := prom.queryAt(t, ctx, expr, at) // the windows sendUntil saw
 				if finite(res) == 0 {
 					t.Errorf("panel %q target %s returned no data (or only NaN): %s %v", p.Title, tg.RefID, expr, res)
 					continue
@@ -244,6 +249,17 @@ func (p *promServer) api(t *testing.T, ctx context.Context, path string, out any
 // query Prometheus refuses fails the test.
 func (p *promServer) query(t *testing.T, ctx context.Context, expr string) []string {
 	t.Helper()
+	return p.queryAt(t, ctx, expr, time.Time{})
+}
+
+// queryAt evaluates expr at a given time (now when zero), so several
+// queries can read the same windows.
+func (p *promServer) queryAt(t *testing.T, ctx context.Context, expr string, at time.Time) []string {
+	t.Helper()
+	q := "/api/v1/query?query=" + url.QueryEscape(expr)
+	if !at.IsZero() {
+		q += "&time=" + strconv.FormatFloat(float64(at.UnixMilli())/1000, 'f', 3, 64)
+	}
 	var data struct {
 		ResultType string `json:"resultType"`
 		Result     []struct {
@@ -251,7 +267,7 @@ func (p *promServer) query(t *testing.T, ctx context.Context, expr string) []str
 			Value  [2]any            `json:"value"`
 		} `json:"result"`
 	}
-	p.api(t, ctx, "/api/v1/query?query="+url.QueryEscape(expr), &data)
+	p.api(t, ctx, q, &data)
 	out := make([]string, len(data.Result))
 	for i, r := range data.Result {
 		out[i] = fmt.Sprintf("%v %v", r.Metric, r.Value[1])
@@ -322,9 +338,16 @@ func (p *promServer) firing(t *testing.T, ctx context.Context, alert, account st
 
 // sendUntil sends sandbox mail, one message at a time, until cond holds
 // in Prometheus.
-func sendUntil(t *testing.T, ctx context.Context, s *sandbox.Sandbox, p *promServer, cond string) {
+//
+// It returns the time cond held at: queries evaluated at that time read
+// the same windows, however long they take.
+func sendUntil(t *testing.T, ctx context.Context, s *sandbox.Sandbox, p *promServer, cond string) time.Time {
 	t.Helper()
-	for i := 0; len(p.query(t, ctx, cond)) == 0; i++ {
+	for i := 0; ; i++ {
+		at := time.Now()
+		if len(p.queryAt(t, ctx, cond, at)) > 0 {
+			return at
+		}
 		if ctx.Err() != nil {
 			t.Fatalf("%s never held in Prometheus", cond)
 		}
