@@ -43,7 +43,7 @@ func Example() {
 	}
 	url := ns.ClientURL() // os.Getenv("RELAY_NATS_URL") in the documentation
 
-	nc, _ := nats.Connect(url)
+	nc, _ := nats.Connect(url, nats.CustomInboxPrefix(producer.InboxPrefix)) // and your credentials
 	defer nc.Close()
 	p, _ := producer.New(nc)
 	for range 2 {

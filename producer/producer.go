@@ -2,7 +2,9 @@
 // Relay365: build a Message, Publish it, and JetStream holds it until a
 // relay worker has delivered it through Office 365 or dead-lettered it.
 //
-//	nc, _ := nats.Connect(os.Getenv("RELAY_NATS_URL"))
+//	seed, _ := nats.NkeyOptionFromSeed("producer.nk") // or your NATS's credentials
+//	nc, _ := nats.Connect(os.Getenv("RELAY_NATS_URL"), seed,
+//		nats.CustomInboxPrefix(producer.InboxPrefix)) // the producer role's inbox
 //	p, _ := producer.New(nc)
 //	res, err := p.Publish(ctx, &producer.Message{
 //		ID:      "alert-7f3a",           // idempotency key: publish twice, mail once
@@ -51,11 +53,16 @@
 // The connection is yours, with whatever authentication your NATS wants
 // (nats.UserCredentials, nats.UserInfo, nats.RootCAs, nats.ClientCert...).
 // A producer needs only permission to publish mail.send.> and
-// relay.v1.limits.*, and to subscribe to its inbox (_INBOX.>) for the
-// JetStream acknowledgement and the limits answer; deploy/nats/auth.conf
-// has that user. The relay answers limits requests only on a reply
-// subject under _INBOX. or _INBOX_producer.; with another inbox prefix,
-// Publish falls back to 35 MB as above.
+// relay.v1.limits.* (and chunks of large bodies into relay_bodies), and
+// to subscribe to its inbox for the JetStream acknowledgement and the
+// limits answer. The producer user of deploy/nats/auth.conf, and the
+// embedded server's producer.nk, may subscribe only under InboxPrefix:
+// connect with nats.CustomInboxPrefix(producer.InboxPrefix). With
+// nats.go's default _INBOX a publish under those permissions gets a
+// permissions violation for its inbox and waits out its context. The
+// relay answers limits requests only on a reply subject under _INBOX. or
+// _INBOX_producer.; with another inbox prefix, Publish falls back to
+// 35 MB as above.
 package producer
 
 import (
@@ -94,6 +101,11 @@ type Result struct {
 	// likely). False when relay serve did not answer.
 	UnknownAccount bool
 }
+
+// InboxPrefix is the inbox prefix the producer role may subscribe under
+// (deploy/nats/auth.conf, the embedded server's producer.nk): connect with
+// nats.CustomInboxPrefix(InboxPrefix).
+const InboxPrefix = "_INBOX_producer"
 
 // Producer publishes messages. It is safe for concurrent use once its
 // fields are set.

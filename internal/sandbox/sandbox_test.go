@@ -398,3 +398,50 @@ func assertNoSecrets(t *testing.T, s *sandbox.Sandbox, logs string) {
 		}
 	}
 }
+
+// TestGoProducerAsDocumented connects as the producer package's
+// documentation says a Go service does (the producer seed, the inbox
+// prefix producer.InboxPrefix) and publishes; the constant is the
+// producer role's prefix, and nats.go's default inbox is refused by the
+// role's permissions, which is why the documentation names it.
+func TestGoProducerAsDocumented(t *testing.T) {
+	if producer.InboxPrefix != roles.Producer.InboxPrefix() {
+		t.Fatalf("producer.InboxPrefix %q, the producer role's %q", producer.InboxPrefix, roles.Producer.InboxPrefix())
+	}
+	dir := t.TempDir()
+	s, _ := start(t, dir)
+	ctx := testCtx(t)
+	seed, err := nats.NkeyOptionFromSeed(roles.SeedFile(dir, roles.Producer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(id string, opts ...nats.Option) error {
+		nc, err := nats.Connect(s.Daemon.NATSURL, append([]nats.Option{seed}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		p, err := producer.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err = p.Publish(pctx, &producer.Message{ID: id, Account: sandbox.Account, To: []string{"ops@contoso.com"}, Subject: id, Text: "x"})
+		return err
+	}
+	if err := publish("documented", nats.CustomInboxPrefix(producer.InboxPrefix)); err != nil {
+		t.Fatalf("publish as documented: %v", err)
+	}
+	testutil.Eventually(t, ctx, "the documented producer's message delivered", func() bool {
+		for _, m := range s.Fake.Messages() {
+			if m.Subject == "documented" {
+				return true
+			}
+		}
+		return false
+	})
+	if err := publish("default-inbox"); err == nil {
+		t.Fatal("a publish with nats.go's default inbox succeeded under the producer role's permissions: the documentation's reason is gone")
+	}
+}
