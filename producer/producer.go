@@ -71,6 +71,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -260,7 +261,7 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	}
 	res, err := queue.Publish(ctx, p.js, m.Account, m.ID, data)
 	if err != nil {
-		return Result{}, notQueued(err)
+		return Result{}, p.notQueued(err)
 	}
 	return Result{ID: m.ID, Seq: res.Seq, Duplicate: res.Duplicate, UnknownAccount: p.unknown(m.Account)}, nil
 }
@@ -305,7 +306,7 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 		res[i] = Result{ID: ms[i].ID, Seq: r.Seq, Duplicate: r.Duplicate, UnknownAccount: p.unknown(ms[i].Account)}
 	}
 	if err != nil {
-		return res, notQueued(err)
+		return res, p.notQueued(err)
 	}
 	return res, nil
 }
@@ -313,9 +314,20 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 // notQueued is the error of a publish into MAIL that failed. A stored
 // body nothing names is the sweeper's (a producer may not delete
 // bodies).
-func notQueued(err error) error {
+func (p *Producer) notQueued(err error) error {
 	if queue.IsFull(err) {
 		return fmt.Errorf("%w (try again later): %w", ErrQueueFull, err)
+	}
+	// The server refused the connection's reply inbox: no acknowledgement
+	// could ever arrive, whatever relay serve does. Said instead of the
+	// usual guess, as nats.go reports it only asynchronously.
+	inbox := p.nc.Opts.InboxPrefix
+	if inbox == "" {
+		inbox = "_INBOX" // nats.go's default
+	}
+	if le := p.nc.LastError(); errors.Is(le, nats.ErrPermissionViolation) && strings.Contains(le.Error(), "Subscription to \""+inbox+".") {
+		return fmt.Errorf("%w (the NATS server refused this connection's reply inbox %s: connect with nats.CustomInboxPrefix(producer.InboxPrefix); the message may have been queued, so publish it again with the same id): %v",
+			err, inbox, le)
 	}
 	return fmt.Errorf("%w (is relay serve running and the MAIL stream created?)", err)
 }

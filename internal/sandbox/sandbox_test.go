@@ -441,7 +441,13 @@ func TestGoProducerAsDocumented(t *testing.T) {
 		}
 		return false
 	})
-	if err := publish("default-inbox"); err == nil {
+	// nats.go's default inbox: refused by the role's permissions, which is
+	// why the documentation names the prefix; the error says so.
+	err = publish("default-inbox")
+	if err == nil {
 		t.Fatal("a publish with nats.go's default inbox succeeded under the producer role's permissions: the documentation's reason is gone")
+	}
+	if !strings.Contains(err.Error(), "refused this connection's reply inbox _INBOX: connect with nats.CustomInboxPrefix(producer.InboxPrefix)") {
+		t.Fatalf("publish with the default inbox: %v, want the remedy", err)
 	}
 }
