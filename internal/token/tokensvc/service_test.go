@@ -335,7 +335,12 @@ func TestIdentityCallsTimeOut(t *testing.T) {
 		t.Fatalf("transient count %v", got)
 	}
 	// The abandoned request never spent the refresh token: the retry works
-	// in strict rotation mode.
+	// in strict rotation mode. The refresher arms its timer for the retry
+	// after it wrote the failure, concurrently with the waits above: wait
+	// until it is parked on next_attempt, else the step is lost on it.
+	if _, err := e.clock.WaitTimer(e.ctx, func(d time.Time) bool { return d.Equal(rec.NextAttempt) }); err != nil {
+		t.Fatal("the refresher never parked on next_attempt:", err)
+	}
 	e.clock.Set(rec.NextAttempt)
 	e.eventually("the retry", func() bool { return e.record("alerts").AccessToken != old.AccessToken })
 	if r := e.fake.RefreshReuses(); r != 0 {
