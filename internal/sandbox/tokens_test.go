@@ -448,7 +448,18 @@ func TestTokenRefreshingReplicaStoppedMidway(t *testing.T) {
 		t.Fatalf("stopping the holder changed the record: %v", rec)
 	}
 	// Another replica takes over when the lease ends (LeaseTTL 60s), long
-	// before the token expires (margin 5m).
+	// before the token expires (margin 5m). The two survivors park on the
+	// lease's end only after they read the lease (their own attempt, or
+	// the lease's write waking them): wait for both, else the step is lost.
+	c.eventually("both survivors to park on the lease's end", func() bool {
+		n := 0
+		for _, d := range c.clock.Pending() {
+			if d.Equal(leased.LeaseUntil) {
+				n++
+			}
+		}
+		return n == 2
+	})
 	c.clock.Set(leased.LeaseUntil.Add(time.Second))
 	var fresh token.Record
 	c.eventually("another replica to take over", func() bool {
