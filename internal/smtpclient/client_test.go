@@ -385,8 +385,10 @@ func TestLateRepliesAfterARefusalBreakTheConnection(t *testing.T) {
 	// MAIL and the first RCPT are answered at once, the rest only after
 	// the client gave up. Reading those late replies as the next
 	// transaction's would deliver its content to this one's recipients.
+	// The timeout also bounds the greeting, EHLOs and TLS handshake:
+	// short enough for the test, long enough for -race on busy cores.
 	var after []string
-	c, err, wait := serve(t, Config{CommandTimeout: 300 * time.Millisecond}, func(p *peer) {
+	c, err, wait := serve(t, Config{CommandTimeout: 2 * time.Second}, func(p *peer) {
 		if !p.handshake("PIPELINING") {
 			return
 		}
@@ -648,7 +650,9 @@ func TestNotSendableLocally(t *testing.T) {
 
 func TestServerSilence(t *testing.T) {
 	t.Run("command timeout", func(t *testing.T) {
-		c, err, wait := serve(t, Config{CommandTimeout: 200 * time.Millisecond}, func(p *peer) {
+		// The timeout also bounds the dial's greeting, EHLOs and TLS
+		// handshake: long enough for -race on busy cores.
+		c, err, wait := serve(t, Config{CommandTimeout: 2 * time.Second}, func(p *peer) {
 			if p.handshake("PIPELINING") {
 				p.line() // MAIL, never answered; then EOF when the client gives up
 				p.rest()
