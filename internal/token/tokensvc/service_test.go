@@ -312,7 +312,9 @@ func TestShortLivedTokensRefreshAtHalfTheirLife(t *testing.T) {
 
 func TestIdentityCallsTimeOut(t *testing.T) {
 	e := newEnv(t)
-	_, reg := e.replicaWith(Config{Instance: "r1", HTTPClient: &http.Client{Timeout: 200 * time.Millisecond}})
+	// The timeout ends the hanging call; the retry must beat it, so it is
+	// long enough for -race on busy cores.
+	_, reg := e.replicaWith(Config{Instance: "r1", HTTPClient: &http.Client{Timeout: 2 * time.Second}})
 	e.consent("alerts")
 	old := e.record("alerts")
 	e.fake.HangNextTokenCalls(1, time.Minute) // an identity platform that does not answer
