@@ -29,16 +29,19 @@ func TestFaultStormNoHotLoopNoLeaks(t *testing.T) {
 		// on stays open at the server until its slow reply, and counting
 		// the 432s that causes would blur "one retry per fault"
 		// (TestThrottledMailboxUsesFewerConnections covers 432).
-		fake:      fakeo365.Config{MaxConns: -1},
-		engine:    relay.Config{IdleTimeout: 200 * time.Millisecond},
-		transport: &submit.Transport{DataTimeout: 300 * time.Millisecond, CommandTimeout: 2 * time.Second},
+		fake:   fakeo365.Config{MaxConns: -1},
+		engine: relay.Config{IdleTimeout: 200 * time.Millisecond},
+		// Every other reply must beat DataTimeout (a late one is a
+		// duplicate): 2 s, where a loaded -race run stays far below; the
+		// slow replies come well after it.
+		transport: &submit.Transport{DataTimeout: 2 * time.Second, CommandTimeout: 2 * time.Second},
 	})
 	h.enroll("storm", "storm@contoso.com", "contoso.onmicrosoft.com", nil)
 	h.waitFor("idle sessions closed", func() bool { return h.fake.OpenConns() == 0 })
 	baseline := runtime.NumGoroutine()
 
 	const n, slow, storm, drops = 60, 3, 20, 5
-	h.fake.DelayNextData(slow, time.Second)
+	h.fake.DelayNextData(slow, 6*time.Second)
 	h.fake.SetNextDataReply(storm, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "storm"})
 	h.fake.DropNextData(drops)
 	for i := range n {
