@@ -217,7 +217,7 @@ func (r *refresher) runAccount(ctx context.Context, alias string, poke <-chan st
 				wait = idleDelay(idle)
 			}
 		}
-		if !r.sleep(ctx, wait, poke) {
+		if !r.sleep(ctx, now, wait, poke) {
 			return
 		}
 	}
@@ -247,13 +247,19 @@ func (r *refresher) refresh(ctx context.Context, alias string) {
 	}
 }
 
-// sleep waits d on the clock (d < 0: no timer), a poke or ctx; it reports
-// false when ctx ended.
-func (r *refresher) sleep(ctx context.Context, d time.Duration, poke <-chan struct{}) bool {
+// sleep waits until now+d on the clock (d < 0: no timer), a poke or ctx;
+// it reports false when ctx ended.
+func (r *refresher) sleep(ctx context.Context, now time.Time, d time.Duration, poke <-chan struct{}) bool {
 	var fire <-chan time.Time
 	if d >= 0 {
 		t := r.clock.NewTimer(d)
 		defer t.Stop()
+		// The timer counts d from the clock's time when it is armed: if
+		// the clock moved past now+d since now was read (a test's fake
+		// clock stepped between the two), it would wait a whole d more.
+		if !r.clock.Now().Before(now.Add(d)) {
+			return true
+		}
 		fire = t.C()
 	}
 	select {
