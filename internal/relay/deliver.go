@@ -35,6 +35,7 @@ type attempt struct {
 	duplicate bool             // every transaction was already accepted earlier
 	slot      *slot            // the message's claim on the lane's sessions
 	body      *message.BodyRef // the stored content, deleted once acked
+	unclaim   func()           // ends the handler's claim on the stream sequence (Engine.claim); more calls do nothing
 }
 
 // messageID is the message's idempotency key: the JSON id, else the id a
@@ -59,7 +60,31 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 		l.log.Error().Err(err).Msg("message without metadata; leaving it for redelivery")
 		return
 	}
-	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg.Headers(), meta.Sequence.Stream), started: l.e.clock.Now()}
+	if !l.e.claim(meta.Sequence.Stream) {
+		// JetStream delivered the message again while a handler of this
+		// process still has it: its AckWait ran out unrenewed (finish
+		// heartbeats nothing while a dead letter or a requeue waits for
+		// its PubAck; a NATS outage), or its consumer was made anew (an
+		// account removed and added again: the old lane deletes it under
+		// the new one, which makes it again from the stream's first
+		// message). This delivery must not send it (a second copy before
+		// the first's marker, or one the first is dead-lettering), nor
+		// ack, nak or term it: the server keys those by stream sequence,
+		// so they would end or requeue the message under its handler. It
+		// is left unanswered. The first handler's heartbeats, ack, nak or
+		// term apply to every delivery of the sequence; if its outcome is
+		// lost (the consumer deleted meanwhile), AckWait brings the
+		// message back once more, and the markers tell what was sent.
+		l.log.Warn().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).
+			Msg("delivered again while this process still handles it: left to that handler")
+		if probe {
+			l.probeDone() // the next message probes
+		}
+		return
+	}
+	unclaim := sync.OnceFunc(func() { l.e.unclaim(meta.Sequence.Stream) })
+	defer unclaim()
+	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg.Headers(), meta.Sequence.Stream), started: l.e.clock.Now(), unclaim: unclaim}
 	a.first = l.firstAttempt(meta.Sequence.Stream, meta.NumDelivered)
 	a.log = l.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).Str("msg_id", a.id).Logger()
 	if queued := queue.QueuedAt(msg.Headers(), meta.Timestamp); l.e.expired(queued) {
@@ -86,6 +111,37 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 	stopBeat()
 	l.e.metrics.duration.Observe(time.Since(start).Seconds())
 	l.finish(a, err)
+}
+
+// claim makes the caller the handler of stream message seq, until
+// unclaim; false when a handler of this process already has it.
+func (e *Engine) claim(seq uint64) bool {
+	e.hmu.Lock()
+	defer e.hmu.Unlock()
+	if _, ok := e.handling[seq]; ok {
+		return false
+	}
+	e.handling[seq] = struct{}{}
+	return true
+}
+
+func (e *Engine) unclaim(seq uint64) {
+	e.hmu.Lock()
+	delete(e.handling, seq)
+	e.hmu.Unlock()
+}
+
+// nak gives the message back to the stream after delay (0: at once). The
+// handler's claim on the stream sequence ends first: the delivery the nak
+// asks for is the next attempt, not a second one, and may arrive before
+// this handler has returned (a plain Nak, a short retry delay).
+func (a *attempt) nak(delay time.Duration) {
+	a.unclaim()
+	if delay <= 0 {
+		_ = a.msg.Nak()
+		return
+	}
+	_ = a.msg.NakWithDelay(delay)
 }
 
 // deliver runs one attempt: decode, validate, render, then one SMTP
@@ -582,7 +638,7 @@ func (l *lane) finish(a *attempt, err error) {
 		return
 	}
 	if errors.Is(err, errStopping) {
-		_ = a.msg.Nak() // not started: straight back for the next worker
+		a.nak(0) // not started: straight back for the next worker
 		return
 	}
 	last := a.meta.NumDelivered >= uint64(l.e.cfg.MaxDeliver)
@@ -637,7 +693,7 @@ func (l *lane) finish(a *attempt, err error) {
 		if !last {
 			delay := l.e.cfg.Retry.Delay(int(a.meta.NumDelivered))
 			l.e.metrics.outcome(l.alias, outcomeRetried)
-			_ = a.msg.NakWithDelay(delay)
+			a.nak(delay)
 			ev.Dur("retry_in_ms", delay).Msg("temporary failure; will retry")
 			if a.probe {
 				l.probeDone()
@@ -650,7 +706,7 @@ func (l *lane) finish(a *attempt, err error) {
 	if dlErr := l.deadLetter(a, dl, outcomeDeadLettered); dlErr != nil {
 		l.failed(seq, fmt.Sprintf("%v (its dead letter was refused: %v)", err, dlErr))
 		ev.AnErr("dlq", dlErr).Msg("dead-lettering failed; the message stays queued")
-		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
+		a.nak(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
 		return
 	}
 	ev.Msg("dead-lettered")
@@ -683,7 +739,7 @@ func (l *lane) expire(a *attempt, queued time.Time) {
 	reason, last := l.e.expiryReason(l.lastFailure(a.meta.Sequence.Stream), l.pauseReply())
 	if err := l.deadLetter(a, queue.DeadLetter{Reason: reason, Class: classExpired, LastReply: last}, outcomeExpired); err != nil {
 		a.log.Error().Err(err).Msg("expired, but dead-lettering failed; the message stays queued")
-		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(1))
+		a.nak(l.e.cfg.Retry.Delay(1))
 		return
 	}
 	a.log.Warn().Time("queued", queued).Str("reason", reason).Msg("expired: dead-lettered undelivered")
@@ -704,7 +760,7 @@ func (l *lane) giveUp(a *attempt) {
 	reason := fmt.Sprintf("gave up after %d deliveries (twice --max-deliver): %s", a.meta.NumDelivered, why)
 	if err := l.deadLetter(a, queue.DeadLetter{Reason: reason, Class: string(submit.ClassTransient)}, outcomeDeadLettered); err != nil {
 		a.log.Error().Err(err).Msg("giving up, but dead-lettering failed; the message stays queued")
-		_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
+		a.nak(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
 		return
 	}
 	a.log.Warn().Str("reason", reason).Msg("dead-lettered")
@@ -719,7 +775,7 @@ func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool, delay time.D
 		if _, rqErr := queue.Requeue(l.e.sendCtx, l.e.js, a.msg, a.id); rqErr != nil {
 			// Delivered again after the delay (the server sets no
 			// delivery limit), when the requeue is tried again.
-			_ = a.msg.NakWithDelay(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
+			a.nak(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
 			ev.AnErr("requeue", rqErr).Msg("not sendable now at the message's last delivery; requeue failed, it stays queued")
 			return
 		}
@@ -729,12 +785,12 @@ func (l *lane) keepQueued(a *attempt, ev *zerolog.Event, last bool, delay time.D
 		return
 	}
 	if delay == 0 {
-		_ = a.msg.Nak()
+		a.nak(0)
 		ev.Msg("message goes back to the stream, to be prepared again")
 		return
 	}
 	l.e.metrics.outcome(l.alias, outcomePaused)
-	_ = a.msg.NakWithDelay(delay)
+	a.nak(delay)
 	ev.Dur("retry_in_ms", delay).Msg("account cannot send now; message kept queued")
 }
 

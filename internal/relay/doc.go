@@ -172,6 +172,17 @@
 // until the write is confirmed (lane.send, holdEnd). A crash thus repeats
 // at most one message per session in use.
 //
+// One handler per stream message in a process (Engine.claim). JetStream
+// hands a message out again while a handler here still has it when its
+// AckWait ran out unrenewed (finish heartbeats nothing while a dead
+// letter or a requeue waits for its PubAck; a NATS outage) or its
+// consumer was made anew (an account removed and added again: the old
+// lane deletes the consumer under the new one). That delivery is left
+// unanswered: not sent — the first's marker may not be written yet —
+// and not acked, nak'ed or terminated, which the server applies by
+// stream sequence, to the first handler's message. The first handler's
+// outcome stands for every delivery of it.
+//
 // # Shutdown
 //
 // When Run's context ends, lanes stop pulling at once; a message not yet

@@ -164,6 +164,13 @@ type Engine struct {
 	lanes   map[string]*lane
 	running bool
 	changed chan struct{} // closed and replaced when a lane's binding changes
+
+	// handling is the MAIL stream sequences a handler of this process
+	// owns, from its delivery to its outcome (claim, lane.handle). Per
+	// engine, not per lane: an account removed and added again has two
+	// lanes for a while, the old one finishing its transactions.
+	hmu      sync.Mutex
+	handling map[uint64]struct{}
 }
 
 // NewEngine builds an engine; Run starts it.
@@ -178,7 +185,7 @@ func NewEngine(d Deps, cfg Config) *Engine {
 	e := &Engine{
 		cfg: cfg, js: d.JS, accounts: d.Accounts, tokens: d.Tokens, events: d.TokenEvents, tr: d.Transport,
 		metrics: NewMetrics(d.Registry), log: d.Log, clock: d.Clock, lanes: map[string]*lane{},
-		ready: make(chan struct{}), changed: make(chan struct{}),
+		ready: make(chan struct{}), changed: make(chan struct{}), handling: map[uint64]struct{}{},
 		consumer: queue.ConsumerConfig{AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending},
 	}
 	d.Registry.MustRegister(laneCollector{e})
