@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +96,17 @@ func TestConsumerMadeAnewUnderALaneDoesNotSendTwice(t *testing.T) {
 	}
 	if n := h.delivered()["after re-adding"]; n != 1 {
 		t.Errorf("again-2 delivered %d times, want 1", n)
+	}
+	// The old lane's end leaves the new lane its consumer and its series.
+	const kept, deleted = "account added again before its removal ended; its consumer is kept", "binding the consumer again"
+	h.waitFor("the old lane's removal to end", func() bool {
+		logs := h.logs.String()
+		return strings.Contains(logs, kept) || strings.Contains(logs, deleted)
+	})
+	if strings.Contains(h.logs.String(), deleted) {
+		t.Error("the new lane's consumer was deleted under it")
+	}
+	if _, ok := h.series("relay_account_paused", "account", "again"); !ok {
+		t.Error("relay_account_paused of the re-added account was dropped with the old lane")
 	}
 }

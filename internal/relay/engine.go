@@ -294,6 +294,17 @@ func (e *Engine) apply(ctx context.Context, c account.Change) {
 		go func() {
 			l.wait()
 			l.pool.Close()
+			// An account added again while this lane finished has a new
+			// lane on the same durable consumer: deleting it would take
+			// the new lane's messages in flight back to the stream (the
+			// consumer made anew hands them out again) and its metric
+			// series with it. A re-add after this check meets a deleted
+			// consumer, binds it again, and one handler per stream
+			// message (Engine.claim) keeps that from sending twice.
+			if e.hasLane(c.Alias) {
+				e.log.Info().Str("account", c.Alias).Msg("account added again before its removal ended; its consumer is kept")
+				return
+			}
 			if err := queue.DeleteAccountConsumer(context.WithoutCancel(ctx), e.js, c.Alias); err != nil {
 				e.log.Warn().Err(err).Str("account", c.Alias).Msg("account removed; its consumer stays")
 			}
