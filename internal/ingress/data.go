@@ -50,6 +50,9 @@ func (ss *session) Data(r io.Reader) error {
 	if ss.producer == nil {
 		return errAuthRequired
 	}
+	if err := ss.stillValid(); err != nil {
+		return err
+	}
 	return ss.data(ss.conn.Hostname(), r)
 }
 

@@ -2,3 +2,15 @@ package ingress
 
 // PasswordHashes is how many argon2id password checks s has run.
 func (s *Server) PasswordHashes() int64 { return s.verify.hashes.Load() }
+
+// ProducerHash is the password hash the front door's copy of the producer
+// registry holds for name ("" when it holds none): tests wait on it to know
+// that a change in relay_producers has reached the front door.
+func (s *Server) ProducerHash(name string) string {
+	p, _ := s.prods.get(name)
+	return p.Hash
+}
+
+// ForgetProducer drops name from the front door's copy of the registry, as
+// if its watch had not yet seen the producer being added.
+func (s *Server) ForgetProducer(name string) { s.prods.set(name, Producer{}, false) }

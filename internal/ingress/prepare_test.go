@@ -78,7 +78,10 @@ func benchSession(n int) (*session, string) {
 		s.accounts.set(a.Alias, a, true)
 	}
 	last := fmt.Sprintf("acct-%d", n-1)
-	ss := &session{s: s, remote: "127.0.0.1", log: log, producer: &Producer{Name: "bench", Accounts: []string{last}}}
+	// The producer is registered, as the one a session logged in as is.
+	pr := Producer{Name: "bench", Accounts: []string{last}, Hash: "$argon2id$bench"}
+	s.prods = &cache[Producer]{m: map[string]Producer{pr.Name: pr}}
+	ss := &session{s: s, remote: "127.0.0.1", log: log, producer: &pr}
 	return ss, last + "@contoso.com"
 }
 

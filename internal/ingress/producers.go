@@ -185,8 +185,9 @@ func (p *Producers) List(ctx context.Context) ([]Producer, error) {
 	return out, nil
 }
 
-// Remove deletes producer name; its sessions already authenticated end
-// with their connections, new AUTH fails at once.
+// Remove deletes producer name: new AUTH fails at once, and sessions that
+// authenticated before are refused their next MAIL or DATA (454 4.7.0)
+// once the front door's copy of the registry has seen the removal.
 func (p *Producers) Remove(ctx context.Context, name string) error {
 	if _, err := p.Get(ctx, name); err != nil {
 		return err

@@ -207,6 +207,11 @@ var (
 	errNotAllowed = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneLine(why)}
 	}
+	// errCredentialsChanged: RFC 4954 §6, 454 4.7.0 temporary
+	// authentication failure: the session's producer was removed or
+	// replaced after it authenticated.
+	errCredentialsChanged = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Credentials changed since this session authenticated: connect and authenticate again"}
 	errQueueDown = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Queue unavailable, try again later"}
 	errQueueFull = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Queue full, try again later"}
 	// errTooLarge: RFC 1870 §6.1 (552 at MAIL with SIZE=, or at the end of
@@ -269,6 +274,7 @@ type session struct {
 	acct     *account.Account // picked at MAIL when the envelope sender decides
 	rcpts    []string
 	loggedIn bool
+	revoked  bool // the producer changed after AUTH (stillValid)
 }
 
 func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
@@ -346,6 +352,41 @@ func (ss *session) login(name, password string) error {
 	return nil
 }
 
+// stillValid refuses a session whose producer was removed or replaced
+// (relay producer remove, or add again: a new password or other accounts)
+// after it authenticated. Removing a producer or giving it a new password
+// is how an operator shuts out a leaked password, so a session may not go
+// on sending on the credentials it logged in with for as long as its
+// client holds the connection open. Every add writes a fresh salt, so the
+// same hash is the same record. The reply is temporary, and every later
+// command of the session gets it too (go-smtp allows one AUTH per
+// connection): a client that knows the current password connects again.
+func (ss *session) stillValid() error {
+	if ss.revoked {
+		return errCredentialsChanged
+	}
+	cur, ok := ss.s.prods.get(ss.producer.Name)
+	if !ok {
+		// The watch may not have seen a producer added a moment ago (login
+		// read it from the bucket then): ask the bucket before refusing.
+		ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
+		pr, err := ss.s.deps.Producers.Get(ctx, ss.producer.Name)
+		cancel()
+		switch {
+		case err == nil:
+			cur, ok = pr, true
+		case !errors.Is(err, ErrNoProducer):
+			return errQueueDown // NATS did not answer: nothing could be queued anyway
+		}
+	}
+	if ok && cur.Hash == ss.producer.Hash {
+		return nil
+	}
+	ss.revoked = true
+	ss.log.Warn().Int("smtp_code", 454).Msg("SMTP session refused: its producer was removed or replaced after it authenticated")
+	return errCredentialsChanged
+}
+
 func (ss *session) producerLabel() string {
 	if ss.producer == nil {
 		return "none"
@@ -364,6 +405,9 @@ func (ss *session) producerLabel() string {
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.producer == nil {
 		return errAuthRequired
+	}
+	if err := ss.stillValid(); err != nil {
+		return err
 	}
 	if !isASCII(from) {
 		return errNonASCII("sender", from)

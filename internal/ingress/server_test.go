@@ -612,3 +612,79 @@ func TestRemovedProducerCannotLogIn(t *testing.T) {
 		return err != nil
 	})
 }
+
+// Removing a producer, or giving it a new password (relay producer add
+// again), is how an operator shuts out a leaked password. A session that
+// authenticated before must not keep sending on the old credentials for as
+// long as its client keeps the connection open.
+func TestRevokedProducerSessionCannotSend(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		revoke func(f *frontDoor) error
+	}{
+		{"removed", func(f *frontDoor) error { return f.prods.Remove(f.ctx, "alertmanager") }},
+		{"new password", func(f *frontDoor) error {
+			_, err := f.prods.Put(f.ctx, "alertmanager", []string{"alerts", "strict"}, "a brand new password")
+			return err
+		}},
+		{"fewer accounts", func(f *frontDoor) error {
+			_, err := f.prods.Put(f.ctx, "alertmanager", []string{"strict"}, alertsPassword)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFrontDoor(t, nil)
+			c := f.login("alertmanager", alertsPassword)
+			if err := send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+				t.Fatalf("before the change: %v", err)
+			}
+			// A transaction opened before the change, finished after it.
+			open := f.login("alertmanager", alertsPassword)
+			if err := open.Mail("alerts@contoso.com", nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := open.Rcpt("ops@contoso.com", nil); err != nil {
+				t.Fatal(err)
+			}
+			before := f.srv.ProducerHash("alertmanager")
+			if err := tc.revoke(f); err != nil {
+				t.Fatal(err)
+			}
+			rtestutil.Eventually(t, f.ctx, "the change seen by the front door", func() bool {
+				return f.srv.ProducerHash("alertmanager") != before
+			})
+			err := send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, alertmanagerMail)
+			wantReply(t, "MAIL on a session authenticated before the change", err, 454, "4.7.0")
+			w, err := open.Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write([]byte(alertmanagerMail)); err != nil {
+				t.Fatal(err)
+			}
+			wantReply(t, "DATA of a transaction opened before the change", w.Close(), 454, "4.7.0")
+			if n := len(f.queued()); n != 1 {
+				t.Fatalf("%d messages queued, want only the one sent before the change", n)
+			}
+		})
+	}
+}
+
+// A producer added a moment ago may not be in the front door's copy of the
+// registry yet: AUTH then reads the bucket, and so must the check that the
+// session's producer is still registered, or the new producer's first mail
+// is refused.
+func TestProducerNotYetSeenByTheWatchSends(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	// Once the watch has delivered a change made after the start, it has
+	// replayed the bucket's records too: nothing puts alertmanager back.
+	if _, err := f.prods.Put(f.ctx, "sentinel", []string{"alerts"}, otherPassword); err != nil {
+		t.Fatal(err)
+	}
+	rtestutil.Eventually(t, f.ctx, "the watch caught up", func() bool { return f.srv.ProducerHash("sentinel") != "" })
+	f.srv.ForgetProducer("alertmanager")
+	c := f.login("alertmanager", alertsPassword)
+	if err := send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+		t.Fatalf("first mail of a producer the watch has not seen: %v", err)
+	}
+}

@@ -22,9 +22,11 @@ Producers are the identities that submit mail over SMTP (relay serve
 accounts it may send through.
 
   add NAME --accounts A,B [--password-file F]   create or replace; prints a generated
-                                                password when no file is given
+                                                password when no file is given; sessions
+                                                logged in before must log in again
   list [--json]                                 names and accounts, never passwords
-  remove NAME                                   its next AUTH fails
+  remove NAME                                   its next AUTH fails, and so does the next
+                                                MAIL or DATA of a session logged in before
 `
 
 type producerConfig struct {
