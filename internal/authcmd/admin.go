@@ -276,7 +276,7 @@ func runRotateKey(ctx context.Context, args []string, env Env) error {
 			current = append(current, alias)
 		}
 	}
-	steps := rotationSteps(sc.KeyFile, newKeyFile)
+	steps := rotationSteps(sc.KeyFile, newKeyFile, ring.CurrentID())
 	if asJSON {
 		errs := make([]string, len(failed))
 		for i, e := range failed {
@@ -304,13 +304,16 @@ func runRotateKey(ctx context.Context, args []string, env Env) error {
 // rotationSteps explains what the operator does after re-sealing. The
 // running relays still seal with the old key and cannot open records sealed
 // with the new one until their key file lists it.
-func rotationSteps(keyFile, newKeyFile string) []string {
+func rotationSteps(keyFile, newKeyFile, newKeyID string) []string {
 	return []string{
 		"Next: the relay must know the new key. Make " + keyFile + " list the new key first (it seals) and the old key after it (it still opens records the running relays seal before they restart):",
 		"  cat " + newKeyFile + " " + keyFile + " > " + keyFile + ".next && chmod 600 " + keyFile + ".next && mv " + keyFile + ".next " + keyFile,
 		"then restart every relay serve and use the same file for authtool. Until they restart they cannot open the re-sealed tokens: mail for those accounts waits in the queue, nothing is lost.",
-		"To avoid that pause: first append the new key to the key file as its last line and restart the relays, then run rotate-key, then move the new key to the first line and restart again.",
-		"Keep the old key line until every record is re-sealed (authtool list shows key ids); delete " + newKeyFile + " once it is merged, and back the key file up.",
+		// The order matters: a relay that still seals with the old key
+		// (its first line) puts every token it refreshes back under the
+		// old key, undoing a re-seal made before it restarted.
+		"To avoid that pause: first append the new key to the key file as its last line and restart the relays, then make it the first line (the old key after it) and restart them again, then run rotate-key.",
+		"Until the relays seal with the new key they put each token they refresh back under the old one: keep the old key line until authtool list shows key " + newKeyID + " for every account (run rotate-key again if not); delete " + newKeyFile + " once it is merged, and back the key file up.",
 	}
 }
 

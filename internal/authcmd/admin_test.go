@@ -316,3 +316,83 @@ func TestRotateKey(t *testing.T) {
 		}
 	}
 }
+
+// The rotation procedure of SECURITY.md ("Key handling and rotation"), run
+// against a relay that keeps refreshing tokens between its steps, as a
+// running token service does every hour: at the end, with the old key
+// gone from the key file, every record must still open.
+func TestKeyRotationProcedureLosesNoRecord(t *testing.T) {
+	w := newWorld(t, fakeo365.Config{DeviceApproveAfter: -1})
+	w.connect("alerts", mailbox)
+	ctx := testCtx(t)
+	oldRaw, err := os.ReadFile(w.keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The running relay's token path with the key file it was started with.
+	refresh := func(keyFile string) {
+		t.Helper()
+		keys, err := token.LoadKeyring(keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := token.OpenStore(ctx, w.js, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := token.NewSource(token.SourceConfig{Store: st, Accounts: w.accounts})
+		defer src.Close()
+		if _, err := src.ForceRefresh(ctx, "alerts"); err != nil {
+			t.Fatalf("the relay's refresh: %v", err)
+		}
+	}
+	// 1. relay keygen --out new.key
+	newFile := filepath.Join(t.TempDir(), "new.key")
+	newID, err := token.GenerateKeyFile(newFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newRaw, err := os.ReadFile(newFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2. the new key as the last line of the key file; restart.
+	keyFile := testutil.WriteFile(t, "token.key", string(oldRaw)+string(newRaw))
+	refresh(keyFile)
+	// 3. the new key first, the old one after it; restart. (Running
+	// rotate-key before this step was the mistake: the relays, still
+	// sealing with the old key, put each record back under it at its next
+	// refresh, and the last step then lost it.)
+	keyFile = testutil.WriteFile(t, "token.key", string(newRaw)+string(oldRaw))
+	refresh(keyFile)
+	// 4. authtool rotate-key --new-key-file new.key, with the relays
+	// refreshing before and after it.
+	env := person{env: map[string]string{"RELAY_TOKEN_KEY_FILE": keyFile}}
+	if r := w.run(env, "rotate-key", "--new-key-file", newFile); r.code != cli.ExitOK {
+		t.Fatalf("rotate-key: exit %d\n%s", r.code, r.stderr)
+	}
+	refresh(keyFile)
+	// 5. authtool list shows the new key for every account; then the old
+	// key line goes, and the relays restart.
+	var items []struct {
+		Account string `json:"account"`
+		KeyID   string `json:"key_id"`
+	}
+	r := w.run(env, "list", "--json")
+	if r.code != cli.ExitOK || json.Unmarshal([]byte(r.stdout), &items) != nil || len(items) != 1 || items[0].KeyID != newID {
+		t.Fatalf("authtool list before removing the old key: exit %d %s, want key %s", r.code, r.stdout, newID)
+	}
+	final := testutil.WriteFile(t, "final.key", string(newRaw))
+	keys, err := token.LoadKeyring(final)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := w.tokens.RawGet(ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := token.SealedKeyID(raw)
+	if _, _, err := keys.Open([]byte(token.Bucket+"/alerts"), raw); err != nil {
+		t.Fatalf("after the procedure the record of alerts is sealed with key %s and does not open with the key file (new key %s): %v", id, newID, err)
+	}
+}
