@@ -141,12 +141,26 @@ func (p *Producers) Put(ctx context.Context, name string, accounts []string, pas
 			return Producer{}, fmt.Errorf("account %q is not an account alias", a)
 		}
 	}
-	pr := Producer{Name: name, Accounts: slices.Compact(slices.Clone(accounts)), Hash: HashPassword(password), Created: time.Now().UTC()}
+	pr := Producer{Name: name, Accounts: firstOfEach(accounts), Hash: HashPassword(password), Created: time.Now().UTC()}
 	b, _ := json.Marshal(pr)
 	if _, err := p.kv.Put(ctx, name, b); err != nil {
 		return Producer{}, fmt.Errorf("store producer %s: %w", name, err)
 	}
 	return pr, nil
+}
+
+// firstOfEach is accounts with each alias once, where it first appears:
+// the order is the operator's (`--accounts a,b,a` stores a, b).
+func firstOfEach(accounts []string) []string {
+	seen := make(map[string]bool, len(accounts))
+	out := make([]string, 0, len(accounts))
+	for _, a := range accounts {
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Get reads one producer.

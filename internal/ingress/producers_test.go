@@ -1,6 +1,7 @@
 package ingress_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,6 +58,17 @@ func TestProducerRegistry(t *testing.T) {
 	list, err := f.prods.List(f.ctx)
 	if err != nil || len(list) != 2 || list[0].Name != "alertmanager" || list[1].Name != "ghost" {
 		t.Fatalf("List = %+v %v", list, err)
+	}
+	// An account named twice is stored once, in the order first given.
+	pr, err := f.prods.Put(f.ctx, "cron", []string{"b", "a", "b", "a", "c"}, "long enough password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.prods.Get(f.ctx, "cron"); !slices.Equal(pr.Accounts, []string{"b", "a", "c"}) || !slices.Equal(got.Accounts, pr.Accounts) {
+		t.Errorf("accounts b,a,b,a,c stored as %v (read back %v), want [b a c]", pr.Accounts, got.Accounts)
+	}
+	if err := f.prods.Remove(f.ctx, "cron"); err != nil {
+		t.Fatal(err)
 	}
 	if err := f.prods.Remove(f.ctx, "nobody"); err == nil {
 		t.Fatal("removing a producer that does not exist succeeded")
