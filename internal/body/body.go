@@ -17,7 +17,10 @@
 // A crash between the two writes of a producer leaves a body no message
 // names; one between the worker's ack and its delete leaves a body whose
 // message is gone. Sweep removes both: a body older than the orphan age
-// that no message in MAIL or MAIL_DLQ names. The orphan age (relay serve
+// that no message in MAIL or MAIL_DLQ names. A Put that stops between
+// its chunks and its metadata (a producer's context ended: it may not
+// purge; a crash) leaves chunks no object lists; Sweep purges those too
+// once their last chunk is older than the orphan age. The orphan age (relay serve
 // --body-orphan-age, default OrphanAge) is never shorter than MAIL's
 // duplicate window (queue.DuplicatesFor), because a producer that retries
 // its publish does so within it: a body swept sooner could go before its

@@ -24,12 +24,85 @@ const OrphanAge = queue.DedupeWindow
 // (dead-lettered: copied to MAIL_DLQ, then removed from MAIL; replayed:
 // copied to MAIL, then removed from MAIL_DLQ) is seen in one of the
 // three passes, since each copy is written before the original goes.
+//
+// It also deletes the chunks of a Put that never finished (unfinished):
+// no object lists them, so the sweep of names above never sees them.
 func (s *Store) Sweep(ctx context.Context, js jetstream.JetStream, cutoff time.Time) (int, error) {
-	names, err := s.Names(ctx, cutoff)
-	if err != nil || len(names) == 0 {
+	// The chunk subjects are read before the objects are listed, so a
+	// Put that finishes in between is among the objects.
+	chunks, err := s.chunkSubjects(ctx)
+	if err != nil {
 		return 0, err
 	}
-	return s.DeleteUnnamed(ctx, js, names)
+	names, err := s.Names(ctx, cutoff)
+	if err != nil {
+		return 0, err
+	}
+	deleted, err := s.DeleteUnnamed(ctx, js, names)
+	if err != nil {
+		return deleted, err
+	}
+	n, err := s.deleteUnfinished(ctx, chunks, cutoff)
+	return deleted + n, err
+}
+
+// chunkSubjects lists the subjects that hold chunks ("$O.<bucket>.C.<nuid>").
+func (s *Store) chunkSubjects(ctx context.Context) ([]string, error) {
+	info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(chunkSubject(">")))
+	if err != nil {
+		return nil, fmt.Errorf("sweep: list the chunks of %s: %w", Bucket, err)
+	}
+	out := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		out = append(out, subj)
+	}
+	return out, nil
+}
+
+// deleteUnfinished purges those of chunks (subjects, as chunkSubjects
+// lists them) that no object's metadata names and whose last chunk was
+// stored before cutoff, and returns how many it purged. They are what a
+// Put leaves when it stops between its chunks and its metadata and may
+// not purge what it wrote: a producer (which may store a body, never
+// purge one: internal/roles) whose context ended midway, or any process
+// killed between two chunks. Without this they would stay for ever: no
+// metadata, so Names never lists them, and no message can name them.
+// The cutoff is the orphan age, as for named bodies: a Put still going
+// on has a chunk younger than that, and one that finishes after the
+// objects were read is spared by it too.
+func (s *Store) deleteUnfinished(ctx context.Context, chunks []string, cutoff time.Time) (int, error) {
+	if len(chunks) == 0 {
+		return 0, nil
+	}
+	list, err := s.obs.List(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return 0, fmt.Errorf("list %s: %w", Bucket, err)
+	}
+	named := make(map[string]bool, len(list))
+	for _, info := range list {
+		named[chunkSubject(info.NUID)] = true
+	}
+	purged := 0
+	for _, subj := range chunks {
+		if named[subj] {
+			continue
+		}
+		last, err := s.stream.GetLastMsgForSubject(ctx, subj)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // purged meanwhile (a Delete)
+		}
+		if err != nil {
+			return purged, fmt.Errorf("sweep: read %s: %w", subj, err)
+		}
+		if !last.Time.Before(cutoff) {
+			continue
+		}
+		if err := s.stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return purged, fmt.Errorf("sweep: purge the chunks on %s: %w", subj, err)
+		}
+		purged++
+	}
+	return purged, nil
 }
 
 // DeleteUnnamed deletes those of names that no message in MAIL or
