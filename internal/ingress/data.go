@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/mail"
 	"slices"
 	"strings"
@@ -53,7 +54,71 @@ func (ss *session) Data(r io.Reader) error {
 	if err := ss.stillValid(); err != nil {
 		return err
 	}
-	return ss.data(ss.conn.Hostname(), r)
+	err := ss.data(ss.conn.Hostname(), timedReader{r: r, conn: ss.conn.Conn(), timeout: ss.s.cfg.Timeout})
+	if isConnError(err) {
+		return ss.connFailed(err)
+	}
+	return err
+}
+
+// dataBlock is the most of DATA one read waits for (timedReader).
+const dataBlock = 16 << 10
+
+// timedReader applies the session timeout to each block of DATA instead
+// of to the whole of it. go-smtp sets the connection's read deadline once,
+// when it reads the DATA command line, so a message had to arrive whole
+// within the timeout: a client sending 35 MB more slowly than 300 KB/s
+// was cut off and answered 554. RFC 5321 §4.5.3.2.5 times each data block
+// ("DATA Block: 3 minutes", awaiting each TCP SEND), not the message,
+// and storeBody already lets a store take as long as the client keeps
+// sending. Each read asks for at most dataBlock octets (go-smtp's DATA
+// reader returns only once its buffer is full or the message ends), and
+// the deadline is moved before it. With BDAT the reads come from go-smtp's
+// pipe while it copies a chunk from the connection, so a chunk, too, may
+// take as long as it keeps coming.
+type timedReader struct {
+	r       io.Reader
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (t timedReader) Read(p []byte) (int, error) {
+	if len(p) > dataBlock {
+		p = p[:dataBlock]
+	}
+	_ = t.conn.SetReadDeadline(time.Now().Add(t.timeout))
+	return t.r.Read(p)
+}
+
+// isConnError reports whether err is the connection's failure inside
+// DATA (a timeout, a reset, a client gone: anything but a reply, the
+// end of BDAT by RSET or a closed session, or go-smtp's own limits).
+func isConnError(err error) bool {
+	var reply *smtp.SMTPError
+	return err != nil && !errors.As(err, &reply) && !errors.Is(err, smtp.ErrDataReset)
+}
+
+// errDataTimeout: the client stopped sending inside DATA for the session
+// timeout, or the connection failed there. RFC 5321 §4.2.2 421 (service
+// not available, closing the transmission channel: the client tries
+// again, §4.2.5), RFC 3463 §3.5 X.4.2 (bad connection).
+var errDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+	Message: "Timeout or connection error while reading the message: nothing was queued, send it again"}
+
+// connFailed answers a DATA whose reading failed and closes the
+// connection. go-smtp answers an error of Data that is not an SMTP reply
+// 554 5.0.0, permanent, which makes a client that is still there bounce
+// mail that was never refused; and it then reads on, taking the rest of
+// the message as commands. The reply is written here, before the close
+// (go-smtp's own write of it then fails, unseen): after a read timeout the
+// connection still writes. A client that is gone gets nothing either way.
+func (ss *session) connFailed(err error) error {
+	ss.log.Info().Err(err).Int("smtp_code", 421).Msg("DATA not read to its end; message not queued, connection closed")
+	c := ss.conn.Conn()
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = fmt.Fprintf(c, "%d %d.%d.%d %s\r\n", errDataTimeout.Code, errDataTimeout.EnhancedCode[0], errDataTimeout.EnhancedCode[1], errDataTimeout.EnhancedCode[2], errDataTimeout.Message)
+	_ = ss.conn.Close()
+	return errDataTimeout
 }
 
 // data takes one message from DATA; helo is what the client said at EHLO.

@@ -67,6 +67,9 @@
 //	554 5.6.0          the message cannot be parsed, or its header section
 //	                   does not end within the session's buffer
 //	421 4.7.0          too many connections (in all, or from this address)
+//	421 4.4.2          the client stopped sending inside DATA for the session
+//	                   timeout (which times each block, not the message), or
+//	                   the connection failed there; the connection closes
 //
 // Nothing is acknowledged before it is stored, and nothing stored is
 // refused: a client that gets no 250 (a timeout, a dropped connection, a

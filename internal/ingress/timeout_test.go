@@ -1,0 +1,127 @@
+package ingress_test
+
+import (
+	"crypto/tls"
+	"encoding/base64"
+	"net"
+	"net/textproto"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+
+	"relay365/internal/ingress"
+)
+
+// rawSession is a STARTTLS session driven line by line, authenticated
+// as alertmanager, with MAIL and RCPT done and DATA answered 354.
+func rawSession(t *testing.T, f *frontDoor) (*textproto.Conn, net.Conn) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", f.addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	tc := textproto.NewConn(conn)
+	expect := func(code int, format string, args ...any) {
+		t.Helper()
+		if format != "" {
+			if err := tc.PrintfLine(format, args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, msg, err := tc.ReadResponse(code); err != nil {
+			t.Fatalf("%q: %v %s", format, err, msg)
+		}
+	}
+	expect(220, "")
+	expect(250, "EHLO client.test")
+	expect(220, "STARTTLS")
+	tconn := tls.Client(conn, f.tlsConfig())
+	_ = tconn.SetDeadline(time.Now().Add(30 * time.Second))
+	tc = textproto.NewConn(tconn)
+	expect(250, "EHLO client.test")
+	_, ir, _ := sasl.NewPlainClient("", "alertmanager", alertsPassword).Start()
+	expect(235, "AUTH PLAIN %s", base64.StdEncoding.EncodeToString(ir))
+	expect(250, "MAIL FROM:<>")
+	expect(250, "RCPT TO:<ops@contoso.com>")
+	expect(354, "DATA")
+	return tc, tconn
+}
+
+// TestSlowDATAIsTimedPerBlock: the session timeout (Config.Timeout,
+// 2 minutes by default; "Commands time out after 2 minutes") bounds
+// each wait for the client, not the whole DATA: RFC 5321 §4.5.3.2.5
+// times a data block, not the message, and the front door's own store
+// "may take as long as the client takes to send" (storeBody). A client
+// that keeps sending, only slowly (a 35 MB message over a slow uplink),
+// must get its 250, not a permanent 554 when the DATA as a whole passes
+// the timeout.
+func TestSlowDATAIsTimedPerBlock(t *testing.T) {
+	const timeout = time.Second
+	f := startFrontDoor(t, func(c *ingress.Config) { c.Timeout = timeout })
+	tc, _ := rawSession(t, f)
+	w := tc.DotWriter()
+	if _, err := w.Write([]byte(alertmanagerMail)); err != nil {
+		t.Fatal(err)
+	}
+	// The client keeps sending, a block at a time, each well within the
+	// timeout, for three times the timeout in all: a slow link, which
+	// the pauses stand for (what is tested, not a wait for the server).
+	line := strings.Repeat("x", 76) + "\r\n"
+	block := strings.Repeat(line, 16<<10/len(line)+1)
+	for start := time.Now(); time.Since(start) < 3*timeout; time.Sleep(timeout / 4) {
+		if _, err := w.Write([]byte(block)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if code, msg, err := tc.ReadResponse(250); err != nil {
+		t.Fatalf("a slow but steady DATA: %d %s (%v), want 250", code, msg, err)
+	}
+	if m := f.onlyQueued(); m.Body == nil && len(m.Raw) == 0 {
+		t.Fatalf("queued without content: %+v", m)
+	}
+}
+
+// TestStalledDATAIsATemporaryFailure: a client that stops sending inside
+// DATA for longer than the timeout, but is still connected, gets a
+// temporary reply (RFC 5321 §4.2.5: the client may try again) and the
+// connection closes (421, §3.8), so that what it sends after is not read
+// as commands. Nothing is queued. go-smtp answers any error of Data that
+// is not an SMTP reply with a permanent 554 5.0.0, which makes a client
+// bounce mail it should have retried.
+func TestStalledDATAIsATemporaryFailure(t *testing.T) {
+	const timeout = time.Second
+	f := startFrontDoor(t, func(c *ingress.Config) { c.Timeout = timeout })
+	tc, conn := rawSession(t, f)
+	w := tc.DotWriter()
+	if _, err := w.Write([]byte(alertmanagerMail[:40])); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.W.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// The client stalls; the server's timeout answers (ReadResponse waits
+	// for that reply, up to the connection's 30 s deadline).
+	code, msg, err := tc.ReadResponse(4)
+	if err != nil || code/100 != 4 {
+		t.Fatalf("a stalled DATA: %d %s (%v), want a 4xx reply", code, msg, err)
+	}
+	if code != 421 {
+		t.Errorf("a stalled DATA: %d %s, want 421 (and the connection closed)", code, msg)
+	}
+	// The connection is closed: what the client sends next is not read
+	// as commands.
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := tc.ReadLine(); err == nil {
+		t.Errorf("the connection stayed open after the reply to a stalled DATA")
+	}
+	if n := len(f.queued()); n != 0 {
+		t.Fatalf("%d queued from a stalled DATA", n)
+	}
+}
