@@ -75,20 +75,26 @@ func TestLargeBodyNotQueuedIsSwept(t *testing.T) {
 
 // Without the MAIL stream, Publish retries (as it does while a cluster
 // elects a leader) until its context ends, then says what is missing: it
-// does not fail by itself, so ctx needs a deadline.
+// does not fail by itself, so ctx needs a deadline. A large message,
+// whose body bucket is missing as well, waits the same way.
 func TestPublishWithoutMailStreamWaitsForTheDeadline(t *testing.T) {
 	env := queuetest.Start(t)
 	p, err := producer.New(env.NC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_, err = p.Publish(ctx, alert("nostream-1"))
-	if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() == nil {
-		t.Fatalf("%v: want context.DeadlineExceeded once ctx ended", err)
-	}
-	if want := "MAIL stream"; !strings.Contains(err.Error(), want) {
-		t.Errorf("%q does not name the %s", err, want)
+	for _, m := range []*producer.Message{alert("nostream-1"), largeAlert("nostream-2")} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err = p.Publish(ctx, m)
+		if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() == nil {
+			t.Fatalf("%s: %v: want context.DeadlineExceeded once ctx ended", m.ID, err)
+		}
+		cancel()
+		if want := "MAIL stream"; m.Attachments == nil && !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not name the %s", err, want)
+		}
+		if want := body.Bucket; m.Attachments != nil && !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not name the bucket %s", err, want)
+		}
 	}
 }

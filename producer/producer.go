@@ -29,9 +29,9 @@
 // ErrQueueFull (MAIL has no room), and context.DeadlineExceeded or
 // context.Canceled: ctx ended, or a NATS server that is down did not
 // answer within ctx's deadline (without one, JetStream's default
-// timeout). A MAIL stream that does not exist is retried until ctx ends
-// (it is what a cluster electing a leader looks like): give ctx a
-// deadline. A closed connection is nats.ErrConnectionClosed.
+// timeout). A MAIL stream that does not exist (and, for a large message,
+// the body bucket) is retried until ctx ends (it is what a cluster
+// electing a leader looks like): give ctx a deadline. A closed connection is nats.ErrConnectionClosed.
 //
 // # Size limits
 //
@@ -409,7 +409,7 @@ func (p *Producer) store(ctx context.Context, m *Message, limit int64) ([]byte, 
 	if _, err := cw.Write(raw); err != nil {
 		return nil, err
 	}
-	s, err := body.Open(ctx, p.js)
+	s, err := openBodies(ctx, p.js)
 	if err != nil {
 		return nil, err
 	}
@@ -418,4 +418,28 @@ func (p *Producer) store(ctx context.Context, m *Message, limit int64) ([]byte, 
 		env.To = rcpts // a raw message's own To, Cc and Bcc fields
 	}
 	return s.StoreMessage(ctx, env, bytes.NewReader(raw), limit)
+}
+
+// openBodies opens the body store, retrying while its bucket is not there
+// until ctx ends, as queue.Publish retries a MAIL stream that is not
+// there: both are made by relay serve (or relay setup), and both missing
+// is what a relay not started yet, or a cluster electing a leader, looks
+// like. Failing at once made a large message's publish end with a bucket
+// error no caller treats as temporary (relay sendmail exited 70, not 75,
+// where a small message waited and exited 75), against the package's
+// promise that a missing MAIL stream is retried until ctx ends.
+func openBodies(ctx context.Context, js jetstream.JetStream) (*body.Store, error) {
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		s, err := body.Open(ctx, js)
+		if err == nil || !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return s, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
 }

@@ -521,6 +521,21 @@ func TestSendmailTempFail(t *testing.T) {
 		env := queuetest.Start(t)
 		tempfail(t, map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}, "not queued", "--timeout", "1s", "ops@contoso.com")
 	})
+	t.Run("no streams, a message for the body store", func(t *testing.T) {
+		// Over message.InlineMax: its content goes to the body store,
+		// whose bucket relay serve makes with MAIL. Not there yet is as
+		// temporary for it as for a small message.
+		env := queuetest.Start(t)
+		big := "Subject: x\n\n" + strings.Repeat(strings.Repeat("y", 70)+"\n", 5000)
+		start := time.Now()
+		r := run(t, map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}, big, "sendmail", "--timeout", "1s", "ops@contoso.com")
+		if r.code != 75 || !strings.Contains(r.stderr, "not queued") {
+			t.Fatalf("exit %d, stderr %q; want 75 and %q", r.code, r.stderr, "not queued")
+		}
+		if d := time.Since(start); d > 30*time.Second {
+			t.Fatalf("took %v", d)
+		}
+	})
 	t.Run("stream full", func(t *testing.T) {
 		env, ctx := queuetest.StartMail(t)
 		vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
