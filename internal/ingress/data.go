@@ -48,6 +48,12 @@ const maxHeaderSection = streamBuffer
 const MaxReceivedHeader = 1024
 
 func (ss *session) Data(r io.Reader) error {
+	done := make(chan struct{})
+	pipe, _ := r.(*io.PipeReader) // BDAT: go-smtp's goroutine feeds it
+	ss.dataMu.Lock()
+	ss.dataDone, ss.dataPipe = done, pipe
+	ss.dataMu.Unlock()
+	defer close(done) // Reset waits for it
 	if ss.producer == nil {
 		return errAuthRequired
 	}
@@ -112,12 +118,15 @@ var errDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{
 // the message as commands. The reply is written here, before the close
 // (go-smtp's own write of it then fails, unseen): after a read timeout the
 // connection still writes. A client that is gone gets nothing either way.
+// The network connection is closed, not go-smtp's Conn (whose lock its
+// reset holds while Reset waits for Data); go-smtp's next read fails and
+// it ends the session.
 func (ss *session) connFailed(err error) error {
 	ss.log.Info().Err(err).Int("smtp_code", 421).Msg("DATA not read to its end; message not queued, connection closed")
 	c := ss.conn.Conn()
 	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, _ = fmt.Fprintf(c, "%d %d.%d.%d %s\r\n", errDataTimeout.Code, errDataTimeout.EnhancedCode[0], errDataTimeout.EnhancedCode[1], errDataTimeout.EnhancedCode[2], errDataTimeout.Message)
-	_ = ss.conn.Close()
+	_ = c.Close()
 	return errDataTimeout
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -275,6 +276,10 @@ type session struct {
 	rcpts    []string
 	loggedIn bool
 	revoked  bool // the producer changed after AUTH (stillValid)
+
+	dataMu   sync.Mutex
+	dataDone chan struct{}  // closed when the latest Data returns (Reset)
+	dataPipe *io.PipeReader // the latest Data's input when it came by BDAT
 }
 
 func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
@@ -513,7 +518,42 @@ func (ss *session) first() (*account.Account, error) {
 	return nil, errNoAccount(fmt.Sprintf("none of producer %s's accounts (%s) is registered; connect one with authtool login", ss.producer.Name, strings.Join(ss.producer.Accounts, ", ")))
 }
 
-func (ss *session) Reset() { ss.envFrom, ss.acct, ss.rcpts = "", nil, nil }
+// Reset ends the transaction. With BDAT (RFC 3030) go-smtp runs Data in
+// a goroutine of its own, and a RSET (or EHLO, STARTTLS) between chunks
+// aborts it (§2: RSET clears the segments sent) while it may still be
+// winding up: a large message removing what it stored of its body.
+// go-smtp's goroutine then hands its result to whichever transaction is
+// current when it ends, so the next transaction's BDAT LAST was answered
+// with the aborted one's error, 554 5.0.0 "message transmission aborted"
+// (permanent: the client bounced a valid message, which was not queued).
+// Reset is called after go-smtp has cut the aborted Data's input off, so
+// waiting for that Data to return here is short, and its result goes to
+// its own transaction. It also keeps the aborted Data's reads of the
+// envelope from racing with the next transaction's writes.
+//
+// go-smtp's goroutine hands the result over after Data returns, and then
+// closes the pipe Data read from; so with BDAT, Reset also waits for that
+// close (a pipe closed by its reader reads io.ErrClosedPipe, one closed
+// only by its writer, go-smtp's reset, its writer's error).
+func (ss *session) Reset() {
+	ss.dataMu.Lock()
+	done, pipe := ss.dataDone, ss.dataPipe
+	ss.dataDone, ss.dataPipe = nil, nil
+	ss.dataMu.Unlock()
+	if done != nil {
+		<-done
+	}
+	if pipe != nil {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			// go-smtp closed the writer before calling Reset, so this
+			// read never blocks.
+			if _, err := pipe.Read(nil); errors.Is(err, io.ErrClosedPipe) {
+				break
+			}
+		}
+	}
+	ss.envFrom, ss.acct, ss.rcpts = "", nil, nil
+}
 
 func (ss *session) Logout() error {
 	ss.s.sessions.Add(-1)

@@ -18,6 +18,25 @@ import (
 // as alertmanager, with MAIL and RCPT done and DATA answered 354.
 func rawSession(t *testing.T, f *frontDoor) (*textproto.Conn, net.Conn) {
 	t.Helper()
+	tc, conn := rawLogin(t, f)
+	for _, c := range []struct {
+		cmd  string
+		code int
+	}{{"MAIL FROM:<>", 250}, {"RCPT TO:<ops@contoso.com>", 250}, {"DATA", 354}} {
+		if err := tc.PrintfLine("%s", c.cmd); err != nil {
+			t.Fatal(err)
+		}
+		if _, msg, err := tc.ReadResponse(c.code); err != nil {
+			t.Fatalf("%s: %v %s", c.cmd, err, msg)
+		}
+	}
+	return tc, conn
+}
+
+// rawLogin is a STARTTLS session driven line by line, authenticated as
+// alertmanager.
+func rawLogin(t *testing.T, f *frontDoor) (*textproto.Conn, net.Conn) {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", f.addr(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -45,9 +64,6 @@ func rawSession(t *testing.T, f *frontDoor) (*textproto.Conn, net.Conn) {
 	expect(250, "EHLO client.test")
 	_, ir, _ := sasl.NewPlainClient("", "alertmanager", alertsPassword).Start()
 	expect(235, "AUTH PLAIN %s", base64.StdEncoding.EncodeToString(ir))
-	expect(250, "MAIL FROM:<>")
-	expect(250, "RCPT TO:<ops@contoso.com>")
-	expect(354, "DATA")
 	return tc, tconn
 }
 
