@@ -611,21 +611,41 @@ func backoff(n int, retryAfter time.Duration) time.Duration {
 	return max(d, retryAfter)
 }
 
+// Bounds on an announced access token lifetime (Lifetime). Entra's access
+// tokens live 60-90 minutes, and a token lifetime policy can set 10
+// minutes to 1 day; a lifetime outside these bounds comes from a broken
+// identity platform or something in between, and believing it would break
+// the proactive refresh: decades meant never refreshing again (a quiet
+// account's refresh token dies of inactivity, and the expiry gauge keeps
+// RelayTokenExpiringWithoutRefresh quiet), a second meant a refresh twice
+// a second, forever (the refresh comes at half the life, EffectiveMargin).
+// A token the platform really ends sooner than believed is refused by
+// SMTP (535 5.7.3), which forces a refresh.
+const (
+	MinLifetime = time.Minute
+	MaxLifetime = 24 * time.Hour
+)
+
 // Lifetime is the token's lifetime as announced by expires_in, to be
 // measured from before the request (conservative, and independent of clock
-// skew). Without expires_in it falls back to Expiry, then to one hour.
+// skew), bounded to [MinLifetime, MaxLifetime]. Without expires_in it
+// falls back to Expiry, then to one hour.
 func Lifetime(tok *oauth2.Token) time.Duration {
+	return min(max(announcedLifetime(tok), MinLifetime), MaxLifetime)
+}
+
+func announcedLifetime(tok *oauth2.Token) time.Duration {
 	if tok.ExpiresIn > 0 {
-		return time.Duration(tok.ExpiresIn) * time.Second
+		return seconds(tok.ExpiresIn)
 	}
 	switch v := tok.Extra("expires_in").(type) {
 	case float64:
 		if v > 0 {
-			return time.Duration(v) * time.Second
+			return seconds(int64(min(v, float64(MaxLifetime/time.Second))))
 		}
 	case string:
-		if n, err := strconv.Atoi(v); err == nil && n > 0 {
-			return time.Duration(n) * time.Second
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+			return seconds(n)
 		}
 	}
 	if !tok.Expiry.IsZero() {
@@ -634,6 +654,12 @@ func Lifetime(tok *oauth2.Token) time.Duration {
 		}
 	}
 	return time.Hour
+}
+
+// seconds converts n > 0 seconds without overflowing: anything beyond
+// MaxLifetime is MaxLifetime.
+func seconds(n int64) time.Duration {
+	return time.Duration(min(n, int64(MaxLifetime/time.Second))) * time.Second
 }
 
 // exchange performs one token request through the account's HTTP client.
