@@ -602,12 +602,19 @@ func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Re
 
 // backoff is the wait after the n-th consecutive transient failure:
 // exponential from 2s to 5m with jitter, never below Retry-After.
+// Retry-After is jittered too, upwards by up to a fifth: a throttled
+// platform answers every account it throttled at once with the same
+// Retry-After, and without the jitter they would all come back at the
+// same instant, as the burst that was throttled.
 func backoff(n int, retryAfter time.Duration) time.Duration {
 	d := backoffMax
 	if n < 20 {
 		d = min(backoffBase<<max(n-1, 0), backoffMax)
 	}
 	d = d/2 + mrand.N(d/2+1)
+	if retryAfter > 0 {
+		retryAfter += mrand.N(retryAfter/5 + 1)
+	}
 	return max(d, retryAfter)
 }
 

@@ -23,6 +23,7 @@ type answerFront struct {
 	mu          sync.Mutex
 	status      int
 	contentType string
+	header      [2]string // one extra header of the answer
 	body        string
 	refreshes   int
 }
@@ -40,13 +41,16 @@ func newAnswerFront(e *env) *answerFront {
 			return
 		}
 		f.mu.Lock()
-		status, ctype, body := f.status, f.contentType, f.body
+		status, ctype, hdr, body := f.status, f.contentType, f.header, f.body
 		if r.PostForm.Get("grant_type") == "refresh_token" {
 			f.refreshes++
 		}
 		f.mu.Unlock()
 		if r.PostForm.Get("grant_type") == "refresh_token" && status != 0 {
 			w.Header().Set("Content-Type", ctype)
+			if hdr[0] != "" {
+				w.Header().Set(hdr[0], hdr[1])
+			}
 			w.WriteHeader(status)
 			_, _ = w.Write([]byte(body))
 			return
@@ -71,6 +75,12 @@ func (f *answerFront) answer(status int, contentType, body string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.status, f.contentType, f.body = status, contentType, body
+}
+
+func (f *answerFront) answerWithHeader(status int, contentType, body, name, value string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.status, f.contentType, f.body, f.header = status, contentType, body, [2]string{name, value}
 }
 
 func (f *answerFront) refreshCalls() int {
