@@ -255,13 +255,21 @@ func remedy(e *IdentityError, alias string, appOnly bool) string {
 			return "the refresh token expired or was revoked (password change, sign-in frequency, revocation): run: " + login
 		}
 	case StateConfigError:
+		// A new secret is stored by authtool app for an app-only account,
+		// and by authtool login --client-secret-file for a delegated one whose
+		// app registration is a confidential client (authtool app would
+		// make it app-only).
+		storeSecret := "authtool app --account " + acct
+		if !appOnly && alias != "" {
+			storeSecret = login + " --client-secret-file FILE"
+		}
 		switch {
 		case e.Err == "no_client_secret":
 			return "no client secret is stored for this app-only account: run: authtool app --account " + acct
 		case has(7000215):
-			return "client secret is wrong or expired: create a new secret in Entra and run: authtool app --account " + acct
+			return "client secret is wrong or expired: create a new secret in Entra and run: " + storeSecret
 		case has(7000222):
-			return "client secret has expired: create a new secret in Entra and run: authtool app --account " + acct
+			return "client secret has expired: create a new secret in Entra and run: " + storeSecret
 		case has(7000218):
 			return "the app registration is a confidential client: for sign-in without a secret turn on \"Allow public client flows\" under Authentication in Entra, or give the client secret"
 		case has(700016):
