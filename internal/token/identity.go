@@ -96,6 +96,11 @@ var codeClass = map[int]State{
 	7000215: StateConfigError, 7000222: StateConfigError,
 	// unauthorized_client: app or tenant not found, wrong tenant for the flow
 	700016: StateConfigError, 90002: StateConfigError, 9001023: StateConfigError,
+	// invalid_scope, and a resource the tenant does not have (Exchange
+	// Online not provisioned, a scope naming another resource): asking
+	// again gets the same answer until the account's configuration or the
+	// tenant changes
+	70011: StateConfigError, 500011: StateConfigError,
 	// transient
 	50033: StateTransient, 90006: StateTransient, 90024: StateTransient,
 	90033: StateTransient, 90055: StateTransient,
@@ -105,8 +110,9 @@ var codeClass = map[int]State{
 // codes win; then temporarily_unavailable, 5xx and 429 are transient; then
 // the OAuth error field alone decides for answers that always need a
 // person (invalid_grant, interaction_required, consent_required) or an
-// operator (invalid_client, unauthorized_client); anything else is
-// transient.
+// operator (invalid_client, unauthorized_client, invalid_scope: RFC 6749
+// §5.2 answers a scope that is invalid, unknown or malformed with it, and
+// no retry changes that); anything else is transient.
 func classify(errName string, codes []int, status int) State {
 	for _, c := range codes {
 		if cls, ok := codeClass[c]; ok {
@@ -119,7 +125,7 @@ func classify(errName string, codes []int, status int) State {
 	switch errName {
 	case "invalid_grant", "interaction_required", "consent_required":
 		return StateNeedsConsent
-	case "invalid_client", "unauthorized_client":
+	case "invalid_client", "unauthorized_client", "invalid_scope":
 		return StateConfigError
 	}
 	return StateTransient
@@ -276,6 +282,10 @@ func remedy(e *IdentityError, alias string, appOnly bool) string {
 			return "application not found in tenant: check --client-id and --tenant"
 		case has(90002):
 			return "tenant not found: check --tenant (tenant ID or verified domain)"
+		case has(70011) || e.Err == "invalid_scope":
+			return "the identity platform refused the account's scopes: check them (SMTP.Send and offline_access for a mailbox, https://outlook.office365.com/.default for an app), then run: " + login
+		case has(500011):
+			return "the tenant has no such resource (is Exchange Online provisioned for it, and is --tenant the mailbox's tenant?), then run: " + login
 		case has(9001023):
 			return "this flow is not supported on the tenant used (common/consumers): set --tenant to the tenant ID or domain"
 		case e.Err == "invalid_client":

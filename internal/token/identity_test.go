@@ -47,6 +47,9 @@ func TestClassifyTable(t *testing.T) {
 		row{"unauthorized_client 700016", 400, nil, errBody("unauthorized_client", 700016), StateConfigError},
 		row{"unauthorized_client 90002", 400, nil, errBody("unauthorized_client", 90002), StateConfigError},
 		row{"unauthorized_client 9001023", 400, nil, errBody("unauthorized_client", 9001023), StateConfigError},
+		row{"invalid_scope 70011", 400, nil, errBody("invalid_scope", 70011), StateConfigError},
+		row{"invalid_scope unknown code", 400, nil, errBody("invalid_scope", 99999), StateConfigError},
+		row{"invalid_resource 500011", 400, nil, errBody("invalid_resource", 500011), StateConfigError},
 		row{"temporarily_unavailable", 503, nil, errBody("temporarily_unavailable"), StateTransient},
 		row{"temporarily_unavailable 400", 400, nil, errBody("temporarily_unavailable"), StateTransient},
 	)
