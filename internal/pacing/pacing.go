@@ -81,7 +81,10 @@ type Limits struct {
 // with one compare-and-set. The process remembers the record and revision
 // it last read or wrote, so an update needs no read first; a lost
 // compare-and-set (another process wrote) reads the key again and applies
-// the batch again. Every update still reaches the KV before its caller
+// the batch again. A Reserve refused on the remembered record writes
+// nothing, so no compare-and-set can tell it another process released or
+// the key was deleted: it reads the key once and applies the batch again
+// before refusing. Every update still reaches the KV before its caller
 // goes on. A batch is written under the context of the caller that
 // writes it; if that one ends (a lane stopping) the batch fails: a failed
 // Release leaves the reservation counting, a failed Reserve reserves
@@ -200,9 +203,18 @@ func (st *paceState) remember(r paceRecord, rev uint64) {
 
 // paceOp is one waiting update.
 type paceOp struct {
-	fn   func(r *paceRecord, now time.Time) bool
+	fn   func(r *paceRecord, now time.Time) outcome
 	done chan error
 }
+
+// outcome is what an update made of the record.
+type outcome int
+
+const (
+	keep   outcome = iota // nothing to write
+	write                 // changed: write it
+	refuse                // nothing to write, but a refusal that holds only if the record is current
+)
 
 // Open creates the bucket if needed.
 func Open(ctx context.Context, js jetstream.JetStream, clk clock.Clock) (*Pacer, error) {
@@ -388,15 +400,15 @@ func (p *Pacer) Peek(ctx context.Context, mailbox string, lim Limits) (allow int
 func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limits) (Ticket, time.Duration, error) {
 	var t Ticket
 	var wait time.Duration
-	err := p.update(ctx, mailbox, func(r *paceRecord, now time.Time) bool {
+	err := p.update(ctx, mailbox, func(r *paceRecord, now time.Time) outcome {
 		wait = max(perMinute.room(r.Msgs, now, lim.PerMinute, 1), perDay.room(r.Rcpts, now, lim.PerDay, rcpts))
 		if wait > 0 {
-			return false
+			return refuse
 		}
 		r.Msgs = perMinute.add(r.Msgs, now, 1)
 		r.Rcpts = perDay.add(r.Rcpts, now, rcpts)
 		t = Ticket{mailbox: mailbox, at: now, rcpts: rcpts, epoch: r.E}
-		return true
+		return write
 	})
 	return t, wait, err
 }
@@ -405,10 +417,10 @@ func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limi
 // just now outside the relay's sessions (authtool's consent and test
 // mails): Office 365 counts it, so the budget must, whatever room is left.
 func (p *Pacer) Record(ctx context.Context, mailbox string, rcpts int) error {
-	return p.update(ctx, mailbox, func(r *paceRecord, now time.Time) bool {
+	return p.update(ctx, mailbox, func(r *paceRecord, now time.Time) outcome {
 		r.Msgs = perMinute.add(r.Msgs, now, 1)
 		r.Rcpts = perDay.add(r.Rcpts, now, rcpts)
-		return true
+		return write
 	})
 }
 
@@ -431,15 +443,15 @@ func (p *Pacer) Confirm(ctx context.Context, t Ticket) error {
 // now already, so moving it keeps every limit). On error t is unchanged.
 func (p *Pacer) Restamp(ctx context.Context, t Ticket) (Ticket, error) {
 	var moved Ticket
-	err := p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
+	err := p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) outcome {
 		moved = Ticket{mailbox: t.mailbox, at: now, rcpts: t.rcpts, epoch: t.epoch}
 		if perMinute.sameSlot(t.at, now) && perDay.sameSlot(t.at, now) {
-			return false // still counted where it was, in t's lineage
+			return keep // still counted where it was, in t's lineage
 		}
 		moved.epoch = r.E
 		r.Msgs = perMinute.add(perMinute.add(r.Msgs, t.at, -1), now, 1)
 		r.Rcpts = perDay.add(perDay.add(r.Rcpts, t.at, -t.rcpts), now, t.rcpts)
-		return true
+		return write
 	})
 	if err != nil {
 		return t, err
@@ -449,10 +461,10 @@ func (p *Pacer) Restamp(ctx context.Context, t Ticket) (Ticket, error) {
 
 // Release gives a reservation back after a definite refusal.
 func (p *Pacer) Release(ctx context.Context, t Ticket) error {
-	return p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) bool {
+	return p.update(ctx, t.mailbox, func(r *paceRecord, now time.Time) outcome {
 		r.Msgs = perMinute.add(r.Msgs, t.at, -1)
 		r.Rcpts = perDay.add(r.Rcpts, t.at, -t.rcpts)
-		return true
+		return write
 	})
 }
 
@@ -502,10 +514,11 @@ func (p *Pacer) state(mailbox string) *paceState {
 }
 
 // update applies fn to the current record with compare-and-set. fn
-// returns false to leave the record as it is; it may run more than once
+// returns keep or refuse to leave the record as it is (refuse when the
+// decision holds only for the current record); it may run more than once
 // (after a lost compare-and-set) and must not keep state between runs.
 // Concurrent updates of one mailbox are written together (see Pacer).
-func (p *Pacer) update(ctx context.Context, mailbox string, fn func(r *paceRecord, now time.Time) bool) error {
+func (p *Pacer) update(ctx context.Context, mailbox string, fn func(r *paceRecord, now time.Time) outcome) error {
 	st := p.state(mailbox)
 	op := &paceOp{fn: fn, done: make(chan error, 1)}
 	st.qmu.Lock()
@@ -542,7 +555,8 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 	defer st.mu.Unlock()
 	key := pacingKey(mailbox)
 	for range casAttempts {
-		if !st.known {
+		read := !st.known
+		if read {
 			r, rev, err := p.get(ctx, mailbox)
 			if err != nil {
 				return err
@@ -557,11 +571,26 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 		}
 		st.refine(&r)
 		r.Msgs = perMinute.prune(r.Msgs, now)
-		changed := false
+		changed, refused := false, false
 		for _, o := range ops {
-			if o.fn(&r, now) {
+			switch o.fn(&r, now) {
+			case write:
 				changed = true
+			case refuse:
+				refused = true
 			}
+		}
+		if !changed && refused && !read {
+			// A refusal writes nothing, so no lost compare-and-set
+			// would tell this process that the record it remembers is
+			// out of date: another process may have given reservations
+			// back, or the key was deleted. Refused on a remembered
+			// record, the key is read again and the batch applied
+			// again; otherwise a worker refused for a day from a record
+			// that had room (the account paused that long). A write
+			// needs no such read: its compare-and-set checks the record.
+			st.known = false
+			continue
 		}
 		if !changed {
 			return nil

@@ -387,3 +387,46 @@ func TestPacerRecordMadeAgainForgetsOldConfirmations(t *testing.T) {
 		})
 	}
 }
+
+// TestPacerRefusesOnlyOnTheCurrentRecord: a process that found the day's
+// budget spent remembers that record, and a later refusal needs no write,
+// so no lost compare-and-set tells it the record changed. When another
+// process gives its reservation back (a refused transaction) or the key
+// is deleted, the first process went on refusing from its remembered
+// record: at the relay, the account paused for most of a day (PaceError
+// with the day's wait) while the shared budget had room. Found by review;
+// fails without the re-read before a refusal.
+func TestPacerRefusesOnlyOnTheCurrentRecord(t *testing.T) {
+	for _, how := range []string{"released", "deleted"} {
+		t.Run(how, func(t *testing.T) {
+			pt := newPacerTest(t)
+			ctx := pt.ctx
+			a, b := pt.open(), pt.open()
+			const mbx = "alerts@contoso.com"
+			lim := pacing.Limits{PerMinute: 30, PerDay: 10}
+			tk, wait, err := a.Reserve(ctx, mbx, 10, lim)
+			if err != nil || wait != 0 {
+				t.Fatal(wait, err)
+			}
+			// B finds the day spent: right.
+			if _, wait, err := b.Reserve(ctx, mbx, 1, lim); err != nil || wait < 23*time.Hour {
+				t.Fatalf("B granted while A holds the whole day: wait %s, %v", wait, err)
+			}
+			if how == "released" {
+				err = a.Release(ctx, tk) // A's transaction was refused
+			} else {
+				var kv jetstream.KeyValue
+				if kv, err = pt.js.KeyValue(ctx, pacing.Bucket); err == nil {
+					err = kv.Delete(ctx, "alerts=contoso.com")
+				}
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			pt.clock.Advance(time.Second)
+			if _, wait, err := b.Reserve(ctx, mbx, 1, lim); err != nil || wait != 0 {
+				t.Fatalf("B refuses from its remembered record although the day is free again: wait %s, %v", wait, err)
+			}
+		})
+	}
+}
