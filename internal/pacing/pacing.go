@@ -62,7 +62,8 @@ type Limits struct {
 // the fake (and Office 365) never has to answer 432 or a quota error.
 //
 // Every transaction reserves one message and its recipients before it
-// starts (Reserve), then, after the 250, moves the reservation to the time
+// starts (Reserve), the engine moves it to now while the transaction runs
+// (Restamp, every 30 s), then, after the 250, moves the reservation to the time
 // of acceptance (Confirm) — later than Office 365's own timestamp, so the
 // pacer's windows always contain Office 365's. A definite refusal gives
 // the reservation back (Release); a lost connection keeps it and moves it

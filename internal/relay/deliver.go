@@ -335,7 +335,9 @@ func (l *lane) unsent(a *attempt, r *message.Rendered, batches [][]string) ([][]
 // 250.
 func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, rcpts []string, t pacing.Ticket) error {
 	ctx := l.e.sendCtx
+	stopKeeping := l.keepCounting(t, a.log)
 	tried, settled, err := l.send(ctx, a.log, r.MailFrom, rcpts, l.content(r))
+	t = stopKeeping()
 	defer settled()
 	var ce *smtpclient.ContentError
 	if !tried || errors.As(err, &ce) {
@@ -399,6 +401,43 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 // staleReservation is the age at which a prepared message's reservation is
 // made again before its transaction: well inside the minute window.
 const staleReservation = 30 * time.Second
+
+// keepCounting moves t to now every staleReservation while its
+// transaction runs, and the returned function stops that and returns t as
+// last moved. Office 365 counts a message at its acceptance, and the end
+// of DATA may come minutes after the reservation (a slow upload; the
+// relay waits DataTimeout, 5 minutes, for the reply): a reservation left
+// where it was made would leave the minute window while the transaction
+// is still under way, the next message would take its place, and Office
+// 365 would then count both in one minute and refuse one (554 5.2.0).
+// Moved while under a minute old, it keeps every limit (Pacer.Restamp).
+// A move that cannot be written leaves t as it was and is tried again.
+func (l *lane) keepCounting(t pacing.Ticket, log zerolog.Logger) func() pacing.Ticket {
+	stop := make(chan struct{})
+	last := make(chan pacing.Ticket, 1)
+	go func() {
+		for {
+			timer := l.e.clock.NewTimer(staleReservation)
+			select {
+			case <-stop:
+				timer.Stop()
+				last <- t
+				return
+			case <-timer.C():
+			}
+			moved, err := l.e.pacer.Restamp(l.e.sendCtx, t)
+			if err != nil {
+				log.Warn().Err(err).Msg("pacing reservation of a long transaction not moved; trying again")
+				continue
+			}
+			t = moved
+		}
+	}()
+	return func() pacing.Ticket {
+		close(stop)
+		return <-last
+	}
+}
 
 // reserve waits for the pacer (holding the message, heartbeats running)
 // when the wait is short; a longer one pauses the account instead.

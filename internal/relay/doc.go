@@ -91,8 +91,10 @@
 // rolling day (account.Account PerMinute, PerDay). pacing.Pacer keeps both
 // windows in KV bucket relay_pacing (one key per mailbox, compare-and-set),
 // so a restart or a second worker does not reset them: a transaction
-// reserves before it starts and moves its reservation to its acceptance
-// time after the 250, so the relay's windows always contain Office 365's
+// reserves before it starts, moves its reservation to now every 30 s
+// while it runs (Office 365 counts it only at the end of DATA, which may
+// come minutes later), and moves it to its acceptance time after the
+// 250, so the relay's windows always contain Office 365's
 // and neither 432 nor a quota reply is provoked. Concurrent updates of one
 // mailbox in a process are group-committed: one compare-and-set carries
 // every update that arrived while the previous write was in flight. The

@@ -152,3 +152,32 @@ func TestConsentTestMailCountsInThePacing(t *testing.T) {
 		t.Fatalf("pacing record after consent: %d messages, %d recipients; want the test mail, 1 and 1", msgs, rcpts)
 	}
 }
+
+// TestSlowTransactionKeepsCounting: Office 365 counts a message when it
+// accepts it, at the end of DATA, which may come minutes after the
+// relay's reservation (a slow upload, a slow reply: the relay waits up to
+// DataTimeout, 5 minutes). A reservation left where it was made stopped
+// counting a minute later while the transaction was still under way;
+// the next message then took its place, and when the slow one was
+// accepted Office 365 had both in its minute and refused one (554 5.2.0,
+// the account paused). Here one message a minute: A's end of DATA takes
+// 90 s, B may not be sent in the minute before A's 250. Found by review.
+func TestSlowTransactionKeepsCounting(t *testing.T) {
+	clk := clock.NewCompressed(120) // a minute passes in half a second
+	h := newHarness(t, setup{clock: clk, fake: fakeo365.Config{PerMinute: 1, AccessTTL: 365 * 24 * time.Hour, AuthCodeTTL: 365 * 24 * time.Hour}})
+	h.enroll("slow", "slow@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
+		a.PerMinute = 1
+	})
+	<-clk.NewTimer(2 * time.Minute).C()           // the consent test mail leaves the minute
+	h.fake.DelayNextData(1, 750*time.Millisecond) // 90 s on the compressed clock
+	h.publish("slow", "a", "slow message a")
+	h.waitFor("A's end of DATA held", func() bool { return h.fake.DataInProgress() == 1 })
+	h.publish("slow", "b", "slow message b")
+	h.waitFor("both delivered or a quota reply", func() bool {
+		return len(h.delivered()) == 2 || h.fake.Replies()["554 5.2.0"] > 0
+	})
+	if n := h.fake.Replies()["554 5.2.0"]; n > 0 {
+		t.Fatalf("the fake answered 554 5.2.0 %d times: a message was sent while the slow one, not yet accepted, no longer counted", n)
+	}
+	checkPaced(t, h, 2, time.Minute, 1)
+}
