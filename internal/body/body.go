@@ -449,6 +449,12 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.O
 
 // Names lists the bodies stored before cutoff.
 func (s *Store) Names(ctx context.Context, cutoff time.Time) ([]string, error) {
+	list, err := s.list(ctx)
+	return namesBefore(list, cutoff), err
+}
+
+// list is the bucket's objects (none when it holds none).
+func (s *Store) list(ctx context.Context) ([]*jetstream.ObjectInfo, error) {
 	list, err := s.obs.List(ctx)
 	if errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return nil, nil
@@ -456,11 +462,16 @@ func (s *Store) Names(ctx context.Context, cutoff time.Time) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", Bucket, err)
 	}
+	return list, nil
+}
+
+// namesBefore is the names of the objects of list stored before cutoff.
+func namesBefore(list []*jetstream.ObjectInfo, cutoff time.Time) []string {
 	var out []string
 	for _, info := range list {
 		if info.ModTime.Before(cutoff) {
 			out = append(out, info.Name)
 		}
 	}
-	return out, nil
+	return out
 }

@@ -29,20 +29,22 @@ const OrphanAge = queue.DedupeWindow
 // no object lists them, so the sweep of names above never sees them.
 func (s *Store) Sweep(ctx context.Context, js jetstream.JetStream, cutoff time.Time) (int, error) {
 	// The chunk subjects are read before the objects are listed, so a
-	// Put that finishes in between is among the objects.
+	// Put that finishes in between is among the objects. One listing
+	// serves both passes: an object DeleteUnnamed deletes has its chunks
+	// purged with it (or DeleteUnnamed fails and the sweep ends there).
 	chunks, err := s.chunkSubjects(ctx)
 	if err != nil {
 		return 0, err
 	}
-	names, err := s.Names(ctx, cutoff)
+	list, err := s.list(ctx)
 	if err != nil {
 		return 0, err
 	}
-	deleted, err := s.DeleteUnnamed(ctx, js, names)
+	deleted, err := s.DeleteUnnamed(ctx, js, namesBefore(list, cutoff))
 	if err != nil {
 		return deleted, err
 	}
-	n, err := s.deleteUnfinished(ctx, chunks, cutoff)
+	n, err := s.deleteUnfinished(ctx, chunks, list, cutoff)
 	return deleted + n, err
 }
 
@@ -60,7 +62,7 @@ func (s *Store) chunkSubjects(ctx context.Context) ([]string, error) {
 }
 
 // deleteUnfinished purges those of chunks (subjects, as chunkSubjects
-// lists them) that no object's metadata names and whose last chunk was
+// lists them) that no object of list names and whose last chunk was
 // stored before cutoff, and returns how many it purged. They are what a
 // Put leaves when it stops between its chunks and its metadata and may
 // not purge what it wrote: a producer (which may store a body, never
@@ -70,14 +72,7 @@ func (s *Store) chunkSubjects(ctx context.Context) ([]string, error) {
 // The cutoff is the orphan age, as for named bodies: a Put still going
 // on has a chunk younger than that, and one that finishes after the
 // objects were read is spared by it too.
-func (s *Store) deleteUnfinished(ctx context.Context, chunks []string, cutoff time.Time) (int, error) {
-	if len(chunks) == 0 {
-		return 0, nil
-	}
-	list, err := s.obs.List(ctx)
-	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
-		return 0, fmt.Errorf("list %s: %w", Bucket, err)
-	}
+func (s *Store) deleteUnfinished(ctx context.Context, chunks []string, list []*jetstream.ObjectInfo, cutoff time.Time) (int, error) {
 	named := make(map[string]bool, len(list))
 	for _, info := range list {
 		named[chunkSubject(info.NUID)] = true
