@@ -325,16 +325,7 @@ func (ss *session) login(name, password string) error {
 		ss.log.Warn().Str("producer", name).Dur("locked_for_ms", wait).Msg("SMTP AUTH refused: too many failures")
 		return errLockedOut(wait)
 	}
-	p, ok := s.prods.get(name)
-	if !ok {
-		// The watch may not have seen a producer added a moment ago.
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-		pr, err := s.deps.Producers.Get(ctx, name)
-		cancel()
-		if err == nil {
-			p, ok = pr, true
-		}
-	}
+	p, ok, _ := s.producer(name) // a bucket that does not answer: as unknown
 	// An unknown name is checked against a decoy hash, as slowly as a
 	// wrong password (auth.go), and fails however the check goes.
 	check := p
@@ -357,6 +348,26 @@ func (ss *session) login(name, password string) error {
 	return nil
 }
 
+// producer looks name up in the front door's copy of the registry, and in
+// the bucket when the copy does not have it: the watch may not have seen
+// a producer added a moment ago. err is set only when the bucket did not
+// answer; an unknown name is ok false.
+func (s *Server) producer(name string) (p Producer, ok bool, err error) {
+	if p, ok := s.prods.get(name); ok {
+		return p, true, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
+	p, err = s.deps.Producers.Get(ctx, name)
+	switch {
+	case err == nil:
+		return p, true, nil
+	case errors.Is(err, ErrNoProducer):
+		return Producer{}, false, nil
+	}
+	return Producer{}, false, err
+}
+
 // stillValid refuses a session whose producer was removed or replaced
 // (relay producer remove, or add again: a new password or other accounts)
 // after it authenticated. Removing a producer or giving it a new password
@@ -370,19 +381,9 @@ func (ss *session) stillValid() error {
 	if ss.revoked {
 		return errCredentialsChanged
 	}
-	cur, ok := ss.s.prods.get(ss.producer.Name)
-	if !ok {
-		// The watch may not have seen a producer added a moment ago (login
-		// read it from the bucket then): ask the bucket before refusing.
-		ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
-		pr, err := ss.s.deps.Producers.Get(ctx, ss.producer.Name)
-		cancel()
-		switch {
-		case err == nil:
-			cur, ok = pr, true
-		case !errors.Is(err, ErrNoProducer):
-			return errQueueDown // NATS did not answer: nothing could be queued anyway
-		}
+	cur, ok, err := ss.s.producer(ss.producer.Name)
+	if err != nil {
+		return errQueueDown // NATS did not answer: nothing could be queued anyway
 	}
 	if ok && cur.Hash == ss.producer.Hash {
 		return nil
