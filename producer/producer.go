@@ -421,20 +421,20 @@ func (p *Producer) store(ctx context.Context, m *Message, limit int64) ([]byte, 
 }
 
 // openBodies opens the body store, retrying while its bucket is not there
-// until ctx ends, as queue.Publish retries a MAIL stream that is not
-// there: both are made by relay serve (or relay setup), and both missing
-// is what a relay not started yet, or a cluster electing a leader, looks
-// like. Failing at once made a large message's publish end with a bucket
+// until ctx ends, on the schedule (queue.RetryWait) on which queue.Publish
+// retries a MAIL stream that is not there: relay serve (or relay setup)
+// makes both, and both missing is what a relay not started yet, or a
+// cluster electing a leader, looks like. Failing at once made a large message's publish end with a bucket
 // error no caller treats as temporary (relay sendmail exited 70, not 75,
 // where a small message waited and exited 75), against the package's
 // promise that a missing MAIL stream is retried until ctx ends.
 func openBodies(ctx context.Context, js jetstream.JetStream) (*body.Store, error) {
-	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+	for attempt := 0; ; attempt++ {
 		s, err := body.Open(ctx, js)
 		if err == nil || !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return s, err
 		}
-		t := time.NewTimer(wait)
+		t := time.NewTimer(queue.RetryWait(attempt))
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -137,7 +137,7 @@ func publishChunk(ctx context.Context, js jetstream.JetStream, items []BatchItem
 		case !retryable(err) || ctx.Err() != nil:
 			return nil, fmt.Errorf("publish a batch of %d: %w", len(items), err)
 		}
-		wait := retrySchedule[min(attempt, len(retrySchedule)-1)]
+		wait := RetryWait(attempt)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("publish a batch of %d: %w (last error: %v)", len(items), ctx.Err(), err)

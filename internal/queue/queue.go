@@ -330,6 +330,14 @@ func mailMsg(account, id string, data []byte) *nats.Msg {
 // because a leader election takes seconds, not minutes.
 var retrySchedule = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond, time.Second}
 
+// RetryWait is the wait after failed attempt (0 the first) to reach a
+// stream that is not there or not answering yet: the publish retry
+// schedule (docs/design.md §7.8), for whatever else waits out the same
+// leader election or relay not started yet.
+func RetryWait(attempt int) time.Duration {
+	return retrySchedule[min(attempt, len(retrySchedule)-1)]
+}
+
 func publishMsg(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (PublishResult, error) {
 	for attempt := 0; ; attempt++ {
 		ack, err := js.PublishMsg(ctx, msg)
@@ -339,7 +347,7 @@ func publishMsg(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (Pub
 		if !retryable(err) || ctx.Err() != nil {
 			return PublishResult{}, fmt.Errorf("publish to %s: %w", msg.Subject, err)
 		}
-		wait := retrySchedule[min(attempt, len(retrySchedule)-1)]
+		wait := RetryWait(attempt)
 		select {
 		case <-ctx.Done():
 			return PublishResult{}, fmt.Errorf("publish to %s: %w (last error: %v)", msg.Subject, ctx.Err(), err)
