@@ -278,7 +278,7 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Ren
 		// reservation for it, even given back a moment later, could make
 		// another message see the budget spent and pause the account.
 		// Look first, then reserve.
-		batches, todo, err := l.unsent(a, r, batches)
+		batches, todo, err := l.unsent(a, acct, r, batches)
 		if err != nil || len(todo) == 0 {
 			return batches, todo, pacing.Ticket{}, err
 		}
@@ -293,7 +293,7 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Ren
 		t, err := l.reserve(rctx, acct, first)
 		reserved <- reservation{t, err}
 	}()
-	batches, todo, err := l.unsent(a, r, batches)
+	batches, todo, err := l.unsent(a, acct, r, batches)
 	useFirst := err == nil && len(todo) > 0 && todo[0] == 0 && len(batches[0]) == first
 	if !useFirst {
 		cancel() // a pacing wait need not run out
@@ -314,11 +314,20 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Ren
 
 // unsent returns the message's batches and those of them not yet sent
 // (SentMarkers.Unsent). A message partly sent with another split (the
-// account's per_day changed since) keeps that split.
-func (l *lane) unsent(a *attempt, r *message.Rendered, batches [][]string) ([][]string, []int, error) {
+// account's per_day changed since) keeps that split, so that no recipient
+// gets it twice. If per_day fell below that split's batch size, the rest
+// can never fit a day's budget (the pacer would answer a whole day's
+// wait again and again): the message is dead-lettered, saying what to
+// raise; a replay after that sends only the batches not yet sent.
+func (l *lane) unsent(a *attempt, acct account.Account, r *message.Rendered, batches [][]string) ([][]string, []int, error) {
 	todo, resplit, err := l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, batches)
 	if err != nil || resplit == 0 {
 		return batches, todo, err
+	}
+	if acct.PerDay > 0 && resplit > acct.PerDay {
+		return batches, nil, &message.Invalid{Field: "to", Reason: fmt.Sprintf(
+			"partly sent in batches of %d recipients, more than the account's per_day of %d: the rest can never fit a day's budget; raise per_day to at least %d (authtool login --per-day) and replay it",
+			resplit, acct.PerDay, resplit)}
 	}
 	a.log.Info().Int("batch_rcpts", resplit).Int("now_rcpts", len(batches[0])).
 		Msg("partly sent with another batch size (per_day changed since): the rest goes as that split")

@@ -293,6 +293,38 @@ func TestPartlySentMessageKeepsItsSplitWhenPerDayChanges(t *testing.T) {
 	}
 }
 
+func TestPartlySentMessageOverALoweredPerDayIsDeadLettered(t *testing.T) {
+	// A message partly sent in batches of 300 (batch 0 of 2 marked), and
+	// per_day lowered to 200 since: its rest keeps the 300 split (no
+	// recipient may get it twice), which can never fit a day's budget.
+	// It is dead-lettered saying what to raise, instead of pausing the
+	// account for a whole day again and again.
+	h := newHarness(t, setup{fake: fakeo365.Config{PerMinute: -1, PerDay: -1}})
+	h.enroll("bulk", "bulk@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) { a.PerDay = 200 })
+	sent, err := relay.OpenSentMarkers(h.ctx, h.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sent.Mark(h.ctx, "bulk", "bulk-2", 0, 2, 300, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	rcpts := make([]string, 600)
+	for i := range rcpts {
+		rcpts[i] = fmt.Sprintf("user%04d@fabrikam.com", i)
+	}
+	h.publishMsg(&message.Message{ID: "bulk-2", Account: "bulk", Bcc: rcpts, Subject: "to everyone", Text: "x"})
+	h.waitFor("the dead letter", func() bool { return len(h.deadLetters("bulk")) == 1 && h.queued() == 0 })
+	dl := h.deadLetters("bulk")[0]
+	for _, want := range []string{"batches of 300", "per_day of 200", "at least 300"} {
+		if !strings.Contains(dl.Reason, want) || dl.Class != "invalid" {
+			t.Fatalf("dead letter %q (class %s): want class invalid and %q", dl.Reason, dl.Class, want)
+		}
+	}
+	if n := h.delivered()["to everyone"]; n != 0 {
+		t.Fatalf("sent %d transactions of the rest, want none", n)
+	}
+}
+
 // republish queues m under another Nats-Msg-Id: the same message id
 // published again after MAIL's 24-hour duplicate window.
 func republish(t *testing.T, h *harness, m *message.Message) {
