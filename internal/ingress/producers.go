@@ -125,8 +125,15 @@ func OpenProducers(ctx context.Context, js jetstream.JetStream) (*Producers, err
 	return &Producers{kv: kv}, nil
 }
 
+// ErrProducerChanged: another run stored or removed the same producer
+// between Put's read and its write; nothing was stored.
+var ErrProducerChanged = errors.New("changed by another run at the same time; nothing stored (run it again)")
+
 // Put stores (or replaces) producer name with its accounts and the hash
-// of password.
+// of password. The write is a compare-and-set against what Put read
+// first, so of two runs for one name at the same moment only one stores
+// its password and the other fails with ErrProducerChanged (both would
+// otherwise print a password, and only the later one would work).
 func (p *Producers) Put(ctx context.Context, name string, accounts []string, password string) (Producer, error) {
 	switch {
 	case !ValidName(name):
@@ -141,9 +148,25 @@ func (p *Producers) Put(ctx context.Context, name string, accounts []string, pas
 			return Producer{}, fmt.Errorf("account %q is not an account alias", a)
 		}
 	}
+	var rev uint64 // 0: no producer of that name (Create; a removed one's marker included)
+	switch e, err := p.kv.Get(ctx, name); {
+	case err == nil:
+		rev = e.Revision()
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return Producer{}, fmt.Errorf("read producer %s: %w", name, err)
+	}
 	pr := Producer{Name: name, Accounts: firstOfEach(accounts), Hash: HashPassword(password), Created: time.Now().UTC()}
 	b, _ := json.Marshal(pr)
-	if _, err := p.kv.Put(ctx, name, b); err != nil {
+	var err error
+	if rev == 0 {
+		_, err = p.kv.Create(ctx, name, b)
+	} else {
+		_, err = p.kv.Update(ctx, name, b, rev)
+	}
+	switch {
+	case queue.CASLost(err):
+		return Producer{}, fmt.Errorf("producer %s: %w", name, ErrProducerChanged)
+	case err != nil:
 		return Producer{}, fmt.Errorf("store producer %s: %w", name, err)
 	}
 	return pr, nil

@@ -1,8 +1,11 @@
 package ingress_test
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"relay365/internal/ingress"
@@ -72,5 +75,64 @@ func TestProducerRegistry(t *testing.T) {
 	}
 	if err := f.prods.Remove(f.ctx, "nobody"); err == nil {
 		t.Fatal("removing a producer that does not exist succeeded")
+	}
+}
+
+// TestConcurrentAddsStoreOnePassword: runs of relay producer add for one
+// name at the same moment each print the password they stored, so only
+// one of them may store: the others fail, nothing printed. Each run reads
+// the producer, spends an argon2id hash, then writes: the reads all come
+// before any write, so without a compare-and-set every run "succeeds" and
+// all but the last print a password that does not work.
+func TestConcurrentAddsStoreOnePassword(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	for _, existing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("existing=%v", existing), func(t *testing.T) {
+			name := fmt.Sprintf("twice-%v", existing)
+			if existing {
+				if _, err := f.prods.Put(f.ctx, name, []string{"alerts"}, "the first password"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			const runs = 3
+			errs := make([]error, runs)
+			var start, done sync.WaitGroup
+			start.Add(1)
+			for i := range runs {
+				done.Add(1)
+				go func() {
+					defer done.Done()
+					start.Wait()
+					_, errs[i] = f.prods.Put(f.ctx, name, []string{"alerts"}, fmt.Sprintf("password number %d", i))
+				}()
+			}
+			start.Done()
+			done.Wait()
+			var stored []int
+			for i, err := range errs {
+				switch {
+				case err == nil:
+					stored = append(stored, i)
+				case !errors.Is(err, ingress.ErrProducerChanged):
+					t.Fatalf("run %d: %v, want success or ErrProducerChanged", i, err)
+				}
+			}
+			if len(stored) == 0 || len(stored) == runs {
+				t.Fatalf("%d of %d runs stored their password, want at least one and not all (the others refused)", len(stored), runs)
+			}
+			pr, err := f.prods.Get(f.ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			works := 0
+			for _, i := range stored {
+				if ingress.CheckPassword(pr.Hash, fmt.Sprintf("password number %d", i)) {
+					works++
+				}
+			}
+			if works != 1 {
+				t.Fatalf("the stored hash matches %d of the stored runs' passwords, want 1", works)
+			}
+		})
 	}
 }

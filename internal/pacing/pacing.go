@@ -612,20 +612,11 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 			return nil
 		}
 		st.known = false // read it again before the next try
-		if !casLost(err) {
+		if !queue.CASLost(err) {
 			return fmt.Errorf("write pacing of %s: %w", mailbox, err)
 		}
 	}
 	return fmt.Errorf("write pacing of %s: %d compare-and-set races lost in a row", mailbox, casAttempts)
-}
-
-// casLost recognises a lost compare-and-set on a KV key (docs/design.md §7:
-// the error differs between Create, Update and replicated buckets).
-func casLost(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
-		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
 }
 
 // pacingKey makes a KV key of a mailbox address, readable and unique:

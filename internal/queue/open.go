@@ -139,3 +139,18 @@ func setupHint(err error) string {
 	}
 	return ""
 }
+
+// CASLost recognises a lost compare-and-set on a KV key: a Create whose
+// key exists, or an Update whose revision is no longer the last. The
+// error differs between Create, Update and replicated buckets: nats.go
+// wraps "wrong last sequence" (10071, or 10164 on a replicated stream) in
+// ErrKeyRevisionMismatch, ErrKeyExists matches 10071, and the raw API
+// codes are checked as well (docs/design.md §7).
+func CASLost(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}

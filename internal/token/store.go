@@ -268,28 +268,12 @@ func (s *Store) Update(ctx context.Context, rec Record, rev uint64) (uint64, err
 	}
 	nrev, err := s.kv.Update(ctx, rec.Account, b, rev)
 	if err != nil {
-		if isConflict(err) {
+		if queue.CASLost(err) {
 			return 0, fmt.Errorf("update tokens of account %s at revision %d: %w (%v)", rec.Account, rev, ErrConflict, err)
 		}
 		return 0, fmt.Errorf("update tokens of account %s: %w", rec.Account, err)
 	}
 	return nrev, nil
-}
-
-// isConflict recognises a lost compare-and-set. nats.go v1.55 wraps
-// "wrong last sequence" API errors (10071, or 10164 on replicated streams)
-// in ErrKeyRevisionMismatch; ErrKeyExists (which matches 10071) and the raw
-// API codes are checked as well so older/other paths are covered.
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-	}
-	return false
 }
 
 // Delete removes the account's tokens including the bucket's history of
