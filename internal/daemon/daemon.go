@@ -381,6 +381,9 @@ type Daemon struct {
 	stopWorker context.CancelFunc
 	workerDone chan error
 	closeOnce  sync.Once
+	// snapshots serves /status and /readyz: one Snapshot at a time for
+	// however many ask (coalescer).
+	snapshots coalescer[Status]
 }
 
 // Start brings the daemon up and returns once workers are running.
@@ -418,6 +421,11 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		}
 	}
 	d := &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry(), smtpTLS: smtpTLS}
+	d.snapshots.run = func() (Status, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+		defer cancel()
+		return d.Snapshot(ctx)
+	}
 	// On any failure below, undo what was started (the named result is
 	// nil by then, so close the local).
 	defer func() {

@@ -130,8 +130,8 @@ func until(now, t time.Time) string {
 	return "in " + d.String()
 }
 
-// statusTimeout bounds the snapshot behind /status and /readyz; the HTTP
-// server's write timeout is longer.
+// statusTimeout bounds the snapshot behind /status and /readyz, and a
+// request's wait for it; the HTTP server's write timeout is longer.
 const statusTimeout = 5 * time.Second
 
 // status serves the snapshot as JSON (the default, for scripts) or as an
@@ -154,7 +154,7 @@ func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
-	st, err := d.Snapshot(ctx)
+	st, err := d.snapshots.get(ctx)
 	code := http.StatusOK
 	if err != nil {
 		code = http.StatusServiceUnavailable
@@ -211,7 +211,7 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
-	st, err := d.Snapshot(ctx)
+	st, err := d.snapshots.get(ctx)
 	switch {
 	case err != nil:
 		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
