@@ -8,6 +8,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,7 +145,8 @@ type Server struct {
 }
 
 // Start generates the TLS material, writes Dir/ca.pem and starts both
-// services on 127.0.0.1 with kernel-chosen ports.
+// services on 127.0.0.1: on the ports they had the last time in Dir when
+// those are free, else on kernel-chosen ones (listenAgain).
 func Start(cfg Config) (*Server, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("fakeo365: Config.Dir is required")
@@ -177,11 +179,11 @@ func Start(cfg Config) (*Server, error) {
 		}
 	}
 
-	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	httpLn, err := listenAgain(cfg.Dir, "identity")
 	if err != nil {
 		return nil, fmt.Errorf("fakeo365: listen HTTP: %w", err)
 	}
-	rawSMTPLn, err := net.Listen("tcp", "127.0.0.1:0")
+	rawSMTPLn, err := listenAgain(cfg.Dir, "smtp")
 	if err != nil {
 		httpLn.Close()
 		return nil, fmt.Errorf("fakeo365: listen SMTP: %w", err)
@@ -307,3 +309,29 @@ func (w logWriter) Write(p []byte) (int, error) {
 
 func (w logWriter) Printf(format string, v ...any) { w.l.Debug().Msgf(format, v...) }
 func (w logWriter) Println(v ...any)               { w.l.Debug().Msg(strings.TrimSpace(fmt.Sprintln(v...))) }
+
+// listenAgain listens on 127.0.0.1 at the port Dir/<name>.addr names
+// (this fake's previous run in Dir), or at a kernel-chosen port if there
+// is none or it is taken, and writes down the port it got. A restarted
+// sandbox's stored accounts name the previous run's token endpoint and
+// SMTP server; with the same ports they work at once, before the sandbox
+// connects its account again, instead of failing and retrying.
+func listenAgain(dir, name string) (net.Listener, error) {
+	file := filepath.Join(dir, name+".addr")
+	if b, err := os.ReadFile(file); err == nil {
+		if ap, err := netip.ParseAddrPort(strings.TrimSpace(string(b))); err == nil && ap.Addr().IsLoopback() && ap.Port() != 0 {
+			if ln, err := net.Listen("tcp", ap.String()); err == nil {
+				return ln, nil
+			}
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(file, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
