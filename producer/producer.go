@@ -430,7 +430,7 @@ func (p *Producer) store(ctx context.Context, m *Message, limit int64) ([]byte, 
 // promise that a missing MAIL stream is retried until ctx ends.
 func openBodies(ctx context.Context, js jetstream.JetStream) (*body.Store, error) {
 	for attempt := 0; ; attempt++ {
-		s, err := body.Open(ctx, js)
+		s, err := body.OpenStoreOnly(ctx, js)
 		if err == nil || !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return s, err
 		}

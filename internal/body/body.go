@@ -70,6 +70,9 @@ type Store struct {
 	js     jetstream.JetStream
 	obs    jetstream.ObjectStore
 	stream jetstream.Stream
+	// storeOnly: the caller's role may store bodies but not remove them
+	// (OpenStoreOnly).
+	storeOnly bool
 }
 
 // Open opens the bucket, which relay serve (or relay setup) creates.
@@ -83,6 +86,20 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 		return nil, fmt.Errorf("object store %s: %w", Bucket, err)
 	}
 	return &Store{js: js, obs: obs, stream: st}, nil
+}
+
+// OpenStoreOnly opens the bucket for a role that may store bodies but
+// never remove one: the producer role (SECURITY.md). A Put that fails
+// then leaves what it stored to the sweep (Sweep, the orphan age) instead
+// of asking for a purge: the server refuses that request without an
+// answer (only an asynchronous permissions error), so the caller waited
+// out the request's whole timeout before it learned of the failure.
+func OpenStoreOnly(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	s, err := Open(ctx, js)
+	if s != nil {
+		s.storeOnly = true
+	}
+	return s, err
 }
 
 // TooLarge is a message over the size limit.
@@ -144,11 +161,14 @@ func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.Body
 	// read on (the SMTP front door drains a refused DATA to its end).
 	<-copied
 	if err != nil {
-		// Put deletes its chunks when the reader fails; a failure after
-		// the chunks (the metadata write) may leave them: gone too.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_ = s.Delete(dctx, name)
-		cancel()
+		// put deletes its chunks when the reader fails; a failure after
+		// the chunks (the metadata write) may leave them: gone too,
+		// unless the caller may not remove bodies (OpenStoreOnly).
+		if !s.storeOnly {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			_ = s.Delete(dctx, name)
+			cancel()
+		}
 		var tl *TooLarge
 		var inv *message.Invalid
 		switch {
@@ -160,7 +180,9 @@ func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.Body
 		return message.BodyRef{}, fmt.Errorf("store the body in %s: %w", Bucket, err)
 	}
 	if info.Size == 0 {
-		_ = s.Delete(ctx, name)
+		if !s.storeOnly {
+			_ = s.Delete(ctx, name)
+		}
 		return message.BodyRef{}, &message.Invalid{Field: "body", Reason: "the message is empty"}
 	}
 	return message.BodyRef{Object: name, Size: int64(info.Size), Digest: info.Digest, EightBit: cw.EightBit}, nil
@@ -371,7 +393,7 @@ func metaSubject(name string) string {
 // every body (SECURITY.md: a producer may store bodies, never purge or
 // delete one). The name is fresh (NewName), so there is no earlier
 // metadata for a rollup to replace. On an error the chunks are purged
-// where the caller may (a producer may not: the sweep removes them).
+// where the caller may (not with OpenStoreOnly: the sweep removes them).
 func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.ObjectInfo, error) {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
@@ -397,6 +419,9 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.O
 		return first
 	}
 	fail := func(err error) (*jetstream.ObjectInfo, error) {
+		if s.storeOnly {
+			return nil, err // the sweep removes the chunks
+		}
 		_ = wait()
 		_ = s.stream.Purge(context.WithoutCancel(ctx), jetstream.WithPurgeSubject(subj))
 		return nil, err

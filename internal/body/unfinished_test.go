@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/body"
@@ -59,12 +60,14 @@ func TestSweepDeletesChunksOfAnUnfinishedPut(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	js := map[roles.Role]jetstream.JetStream{}
+	ncs := map[roles.Role]*nats.Conn{}
 	for _, r := range []roles.Role{roles.Admin, roles.Worker, roles.Producer} {
 		nc, err := queue.ConnectWith(ns.ClientURL(), "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(dir, r), InboxPrefix: r.InboxPrefix()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(nc.Close)
+		ncs[r] = nc
 		js[r], _ = jetstream.New(nc)
 	}
 	if err := queue.EnsureStreams(ctx, js[roles.Admin], queue.StreamConfig{}); err != nil {
@@ -72,7 +75,7 @@ func TestSweepDeletesChunksOfAnUnfinishedPut(t *testing.T) {
 	}
 
 	// A body stored whole and queued: the sweep must keep it.
-	ps, err := body.Open(ctx, js[roles.Producer])
+	ps, err := body.OpenStoreOnly(ctx, js[roles.Producer])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +98,15 @@ func TestSweepDeletesChunksOfAnUnfinishedPut(t *testing.T) {
 	_, err = ps.Put(pctx, &cancelAfter{n: 2 * body.ChunkSize, cancel: pcancel}, message.MaxSize)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Put with its context cancelled midway: %v, want context.Canceled", err)
+	}
+	// It asked for nothing its role may not do: a purge (or the reads of
+	// a delete) would be refused with only an asynchronous permissions
+	// error, which the server sends before it answers the flush.
+	if err := ncs[roles.Producer].Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ncs[roles.Producer].LastError(); err != nil {
+		t.Fatalf("the failed Put asked for what the producer role may not do: %v", err)
 	}
 	chunks := func() uint64 {
 		t.Helper()
