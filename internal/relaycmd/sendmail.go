@@ -13,6 +13,7 @@ import (
 	"net/textproto"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -125,33 +126,80 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 // It publishes through the producer package, so a message over
 // message.InlineMax has its content stored in the body store first.
 func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message) error {
-	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	pctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	// A publish the server does not permit gets no reply, only an
-	// asynchronous -ERR: end the wait with it instead of at the timeout.
-	ctx, refuse := context.WithCancelCause(ctx)
-	defer refuse(nil)
+	sc, err := dialSendmail(c)
+	if err != nil {
+		return err
+	}
+	defer sc.close()
+	return sc.publish(pctx, m)
+}
+
+// sendmailConn is relay sendmail's connection to NATS, as the producer
+// role, and the producer that publishes on it: one message, or a spool
+// of them (spool.go).
+type sendmailConn struct {
+	nc      *nats.Conn
+	p       *producer.Producer
+	timeout time.Duration // --timeout, named in the error when JetStream did not answer
+
+	mu     sync.Mutex
+	refuse context.CancelCauseFunc // ends the publish under way; nil between publishes
+}
+
+// dialSendmail connects as the producer role. Its error is a
+// cli.ExitError: 64 for options that cannot work, 77 when NATS refused
+// the credentials, 75 when NATS is unreachable.
+func dialSendmail(c sendmailConfig) (*sendmailConn, error) {
+	sc := &sendmailConn{timeout: c.Timeout}
 	nc, err := c.NATS.connect("relay-sendmail", roles.Producer,
 		nats.Timeout(min(c.Timeout, 5*time.Second)),
+		// A publish the server does not permit gets no reply, only an
+		// asynchronous -ERR: end the wait with it instead of at the timeout.
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
-				refuse(err)
+				sc.mu.Lock()
+				if sc.refuse != nil {
+					sc.refuse(err)
+				}
+				sc.mu.Unlock()
 			}
 		}))
 	switch {
 	case cli.IsUsage(err):
-		return cli.ExitError{Code: exUsage, Err: err}
+		return nil, cli.ExitError{Code: exUsage, Err: err}
 	case refused(err):
-		return cli.ExitError{Code: exNoPerm, Err: err}
+		return nil, cli.ExitError{Code: exNoPerm, Err: err}
 	case err != nil: // refused, dead, unknown or silent: NATS is unreachable
-		return cli.ExitError{Code: exTempFail, Err: err}
+		return nil, cli.ExitError{Code: exTempFail, Err: err}
 	}
-	defer nc.Close()
 	p, err := producer.New(nc)
 	if err != nil {
-		return cli.ExitError{Code: exSoftware, Err: err}
+		nc.Close()
+		return nil, cli.ExitError{Code: exSoftware, Err: err}
 	}
-	if _, err = p.Publish(ctx, m); err == nil {
+	sc.nc, sc.p = nc, p
+	return sc, nil
+}
+
+func (sc *sendmailConn) close() { sc.nc.Close() }
+
+// publish queues m within ctx. Its error is a cli.ExitError whose code
+// says whether trying again can help (sendmailCode).
+func (sc *sendmailConn) publish(ctx context.Context, m *message.Message) error {
+	ctx, refuse := context.WithCancelCause(ctx)
+	defer refuse(nil)
+	sc.mu.Lock()
+	sc.refuse = refuse
+	sc.mu.Unlock()
+	defer func() {
+		sc.mu.Lock()
+		sc.refuse = nil
+		sc.mu.Unlock()
+	}()
+	_, err := sc.p.Publish(ctx, m)
+	if err == nil {
 		return nil
 	}
 	var tl *producer.TooLarge
@@ -166,7 +214,7 @@ func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message) 
 	case queue.IsFull(err):
 		err = fmt.Errorf("the MAIL stream is full: %w", err)
 	case errors.Is(err, context.DeadlineExceeded):
-		err = fmt.Errorf("JetStream did not answer within --timeout %v (is the MAIL stream there? relay serve creates it): %w", c.Timeout, err)
+		err = fmt.Errorf("JetStream did not answer within --timeout %v (is the MAIL stream there? relay serve creates it): %w", sc.timeout, err)
 	}
 	return cli.ExitError{Code: sendmailCode(err), Err: fmt.Errorf("not queued: %w", err)}
 }
