@@ -11,6 +11,7 @@ import (
 	"mime/quotedprintable"
 	"net/mail"
 	"net/textproto"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -60,6 +61,10 @@ type sendmailConfig struct {
 	Sender     string // -f, -r: not the envelope sender (always the mailbox), only a From line the message lacks
 	FullName   string // -F: the display name of that From line
 	Rcpts      []string
+	// Spool is the directory a message NATS cannot take now is kept in
+	// (spool.go), "" when off; used only when it exists.
+	Spool string
+	Queue bool // -q: publish what the spool holds, read no message
 }
 
 const sendmailUsage = `Usage: relay sendmail [-t] [-i] [-f FROM] [-F NAME] [--account A] [RECIPIENT...]
@@ -101,6 +106,9 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 	if _, err := c.NATS.Opts.Options(); err != nil {
 		return cli.ExitError{Code: exUsage, Err: err}
 	}
+	if c.Queue {
+		return runQueue(ctx, c, env)
+	}
 	// To the end of the input, but never more than one byte past what
 	// Office 365 takes: that byte says the message is too large.
 	data, err := io.ReadAll(io.LimitReader(env.Stdin, message.MaxSize+1))
@@ -117,15 +125,22 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return cli.ExitError{Code: exDataErr, Err: err}
 	}
-	return publishSendmail(ctx, c, m)
+	err = publishSendmail(ctx, c, m, env.Stderr)
+	if ee := (cli.ExitError{}); errors.As(err, &ee) && ee.Code == exTempFail {
+		return keepInSpool(c, m, err)
+	}
+	return err
 }
 
 // publishSendmail queues the message within c.Timeout, connecting
 // included, and says with the exit code whether trying again can help.
+// Once it is queued, what the spool holds is flushed on the same
+// connection, within another c.Timeout (drainSpool), which changes
+// nothing of the answer.
 //
 // It publishes through the producer package, so a message over
 // message.InlineMax has its content stored in the body store first.
-func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message) error {
+func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message, stderr io.Writer) error {
 	pctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	sc, err := dialSendmail(c)
@@ -133,7 +148,11 @@ func publishSendmail(ctx context.Context, c sendmailConfig, m *message.Message) 
 		return err
 	}
 	defer sc.close()
-	return sc.publish(pctx, m)
+	if err := sc.publish(pctx, m); err != nil {
+		return err
+	}
+	drainSpool(ctx, sc, c.Spool, c.Timeout, stderr)
+	return nil
 }
 
 // sendmailConn is relay sendmail's connection to NATS, as the producer
@@ -267,6 +286,7 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 	c.NATS.register(fs, env)
 	fs.StringVar(&c.Domain, "domain", envOr(env, "RELAY_SENDMAIL_DOMAIN", ""), "domain for addresses without one: root becomes root@DOMAIN (env RELAY_SENDMAIL_DOMAIN)")
 	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "give up connecting and publishing after this long (exit 75)")
+	fs.StringVar(&c.Spool, "spool", envOr(env, "RELAY_SENDMAIL_SPOOL", defaultSpool), "keep a message NATS cannot take now in this directory, if it exists, and exit 0; off: never (env RELAY_SENDMAIL_SPOOL)")
 
 	var long []string
 	i := 0
@@ -312,6 +332,15 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 				c.FromHeader = c.FromHeader || letter == 't'
 				c.IgnoreDots = c.IgnoreDots || letter == 'i'
 				opts = value
+				continue
+			case 'q':
+				// sendmail(8)'s -q processes the queue; -q1h (every hour),
+				// -qI, -qR and -qS (part of it) are a queue daemon's.
+				if value != "" {
+					return c, cli.Usagef("unknown option %s: only -q alone (send what the spool holds, once) is supported", a)
+				}
+				c.Queue = true
+				opts = ""
 				continue
 			case 'b', 'B', 'f', 'r', 'F', 'N', 'R', 'V', 'o', 'O', 'A', 'C', 'L', 'X':
 			default:
@@ -365,15 +394,29 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 	if err := parse(fs, long); err != nil {
 		return c, err
 	}
+	if c.Spool == "off" {
+		c.Spool = ""
+	}
 	switch {
-	case c.Account == "":
+	case c.Account == "" && !c.Queue: // -q: each spooled message names its account
 		return c, cli.Usagef("no account: set RELAY_ACCOUNT or give --account")
-	case !message.ValidAccount(c.Account):
+	case c.Account != "" && !message.ValidAccount(c.Account):
 		return c, cli.Usagef("--account %q: want an account alias (lower-case letters, digits, '-' and '_')", c.Account)
 	case c.Timeout <= 0:
 		return c, cli.Usagef("--timeout %v: want a positive duration", c.Timeout)
-	case !c.FromHeader && len(c.Rcpts) == 0:
+	case c.Queue && len(c.Rcpts) > 0:
+		return c, cli.Usagef("-q sends what the spool holds and takes no recipients")
+	case c.Queue && c.Spool == "":
+		return c, cli.Usagef("-q: the spool is off (--spool, RELAY_SENDMAIL_SPOOL)")
+	case !c.Queue && !c.FromHeader && len(c.Rcpts) == 0:
 		return c, cli.Usagef("no recipients: give them as arguments, or -t to take them from the To, Cc and Bcc fields")
+	}
+	if c.Spool != "" {
+		// A directory that is not there only leaves the spool unused;
+		// a file in its place is a mistake to say at once.
+		if fi, err := os.Stat(c.Spool); err == nil && !fi.IsDir() {
+			return c, cli.Usagef("--spool %s: not a directory (want the spool directory, or off)", c.Spool)
+		}
 	}
 	c.Domain = strings.TrimPrefix(c.Domain, "@")
 	if c.Domain != "" {

@@ -33,7 +33,7 @@ import (
 func TestParseSendmail(t *testing.T) {
 	base := map[string]string{"RELAY_ACCOUNT": "alerts"}
 	want := func(edit func(c *sendmailConfig)) sendmailConfig {
-		c := sendmailConfig{Account: "alerts", NATS: natsClient{URL: queue.DefaultURL, DataDir: cli.DefaultDataDir}, Timeout: 30 * time.Second}
+		c := sendmailConfig{Account: "alerts", NATS: natsClient{URL: queue.DefaultURL, DataDir: cli.DefaultDataDir}, Timeout: 30 * time.Second, Spool: defaultSpool}
 		edit(&c)
 		return c
 	}
@@ -97,6 +97,12 @@ func TestParseSendmail(t *testing.T) {
 			want(func(c *sendmailConfig) { c.FromHeader, c.IgnoreDots, c.Sender = true, true, "cron@contoso.com" })},
 		{"mailx with metoo, and other ignored options", base, []string{"-i", "-m", "-U", "-G", "-LCRON", "-Am", "-C/etc/mail/sendmail.cf", "-X", "/tmp/x", "-ODeliveryMode=b", "ops@contoso.com"},
 			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
+		{"-q: no account, no recipients", nil, []string{"-q"},
+			want(func(c *sendmailConfig) { c.Account, c.Queue = "", true })},
+		{"-q clustered, the spool named", map[string]string{"RELAY_SENDMAIL_SPOOL": "/srv/spool"}, []string{"-iq"},
+			want(func(c *sendmailConfig) { c.Account, c.Queue, c.IgnoreDots, c.Spool = "", true, true, "/srv/spool" })},
+		{"spool off", base, []string{"--spool", "off", "root"},
+			want(func(c *sendmailConfig) { c.Spool, c.Rcpts = "", []string{"root"} })},
 		{"-O IgnoreDots", base, []string{"-O", "IgnoreDots=True", "ops@contoso.com"},
 			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
 	}
@@ -138,6 +144,9 @@ func TestParseSendmailErrors(t *testing.T) {
 		{"no recipients without -t", base, []string{"-i"}, "no recipients: give them as arguments, or -t"},
 		{"bad timeout", base, []string{"--timeout", "soon", "root"}, "invalid value"},
 		{"zero timeout", base, []string{"--timeout", "0s", "root"}, "--timeout 0s"},
+		{"-q with an interval", base, []string{"-q1h"}, "unknown option -q1h: only -q alone"},
+		{"-q with recipients", base, []string{"-q", "root"}, "-q sends what the spool holds and takes no recipients"},
+		{"-q with the spool off", base, []string{"-q", "--spool", "off"}, "-q: the spool is off"},
 		{"bad domain", base, []string{"--domain", "contoso com", "root"}, `--domain "contoso com"`},
 	}
 	for _, tt := range tests {

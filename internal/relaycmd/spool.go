@@ -1,0 +1,330 @@
+package relaycmd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"relay365/internal/cli"
+	"relay365/internal/message"
+)
+
+// The spool of relay sendmail (docs/design.md §10): when NATS cannot take
+// a message now (exit 75), it is kept as a file in a local directory, as
+// Postfix keeps it in its maildrop and nullmailer in its queue, instead
+// of being lost by callers that never retry (cron, smartd, mdadm). A
+// later relay sendmail, or "relay sendmail -q", publishes it with its
+// original id.
+
+// defaultSpool is --spool's default. The spool is used only when this
+// directory exists: the operator makes it (install -d -m 1733 DIR).
+const defaultSpool = "/var/spool/relay365"
+
+// spoolSuffix ends the name of a spooled message, failedSuffix that of
+// one that can never be sent; a name starting with "." is a file being
+// written.
+const (
+	spoolSuffix  = ".msg"
+	failedSuffix = ".failed"
+)
+
+// maxSpoolFile is the largest spool file read: a 35 MB message in base64
+// inside JSON, with room to spare.
+const maxSpoolFile = 64 << 20
+
+// spoolFile is the JSON of one spooled message. Account is the account it
+// goes through, also in Message; Message keeps its id, which becomes the
+// Nats-Msg-Id when the spool is flushed.
+type spoolFile struct {
+	Account string           `json:"account"`
+	Message *message.Message `json:"message"`
+}
+
+// spoolDir says whether the spool is in use: dir is set and names an
+// existing directory. Otherwise why says how to make it so ("" when the
+// spool is off).
+func spoolDir(dir string) (ok bool, why string) {
+	if dir == "" {
+		return false, ""
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case err == nil && fi.IsDir():
+		return true, ""
+	case err == nil:
+		return false, fmt.Sprintf("--spool %s is not a directory", dir)
+	case errors.Is(err, fs.ErrNotExist):
+		return false, fmt.Sprintf("the spool %s does not exist; to keep such mail until NATS is back, create it: install -d -m 1733 %s (--spool, RELAY_SENDMAIL_SPOOL)", dir, dir)
+	}
+	return false, fmt.Sprintf("the spool is not usable: %v (--spool, RELAY_SENDMAIL_SPOOL)", err)
+}
+
+// keepInSpool is what runSendmail does with a message NATS could not take
+// now (notQueued, exit 75): write it to the spool and report success, as
+// sendmail(8) does once a message is in its queue. Without a spool, or
+// when writing it fails, the caller gets 75 and both reasons.
+func keepInSpool(c sendmailConfig, m *message.Message, notQueued error) error {
+	ok, why := spoolDir(c.Spool)
+	if !ok {
+		if why != "" {
+			notQueued = fmt.Errorf("%w; %s", notQueued, why)
+		}
+		return cli.ExitError{Code: exTempFail, Err: notQueued}
+	}
+	if err := writeSpool(c.Spool, m); err != nil {
+		return cli.ExitError{Code: exTempFail, Err: fmt.Errorf("%w; and not kept in the spool: %v", notQueued, err)}
+	}
+	return nil
+}
+
+// writeSpool writes m to dir as <id>.msg so that it survives a crash once
+// writeSpool returns nil: a temporary file of mode 0600 (in a sticky
+// directory, only its owner and root may read or remove it), written and
+// synced, renamed to its name, and the directory synced so that the name
+// is on disk too. On an error nothing is left behind.
+func writeSpool(dir string, m *message.Message) (err error) {
+	if err := message.CheckID(m.ID); err != nil || strings.ContainsAny(m.ID, `/\`) || strings.HasPrefix(m.ID, ".") {
+		return fmt.Errorf("message id %q cannot name a file", m.ID)
+	}
+	data, err := json.Marshal(spoolFile{Account: m.Account, Message: m})
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".tmp-*") // mode 0600
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	name := filepath.Join(dir, m.ID+spoolSuffix)
+	renamed := false
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+			if renamed {
+				// Its name may not be on disk: do not leave a message the
+				// caller was told is not kept, to be sent after a retry.
+				os.Remove(name)
+			}
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil { // whatever the umask
+		return err
+	}
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, name); err != nil {
+		return err
+	}
+	renamed = true
+	return syncDir(dir)
+}
+
+// syncDir makes the names in dir (a rename, a removal) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// errSkip is a spool file this process may not read, or one gone.
+var errSkip = errors.New("skipped")
+
+// listSpool returns the names of the spooled messages in dir, oldest
+// first (by modification time: the time it was spooled).
+func listSpool(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	type entry struct {
+		name string
+		mod  time.Time
+	}
+	var list []entry
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, spoolSuffix) || !e.Type().IsRegular() {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // gone: another flusher took it
+		}
+		list = append(list, entry{name, fi.ModTime()})
+	}
+	slices.SortFunc(list, func(a, b entry) int {
+		if c := a.mod.Compare(b.mod); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	names := make([]string, len(list))
+	for i, e := range list {
+		names[i] = e.name
+	}
+	return names, nil
+}
+
+// readSpool reads one spooled message. errSkip means another user's file
+// (mode 0600), one gone, or anything but a regular file; any other error
+// means the file can never be sent. account is what the file names, when
+// it names one.
+func readSpool(path string) (m *message.Message, account string, err error) {
+	// Not through a symbolic link, nor blocking on a FIFO: in a directory
+	// every user may write to, a name is only a name.
+	f, err := os.OpenFile(path, os.O_RDONLY|openNoFollow, 0)
+	if err != nil {
+		return nil, "", errSkip
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, "", errSkip
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxSpoolFile+1))
+	if err != nil {
+		return nil, "", errSkip
+	}
+	if len(data) > maxSpoolFile {
+		return nil, "", fmt.Errorf("larger than %d bytes: not a spooled message", maxSpoolFile)
+	}
+	var sf spoolFile
+	if err := json.Unmarshal(data, &sf); err != nil {
+		return nil, "", fmt.Errorf("not a spooled message: %v", err)
+	}
+	switch {
+	case sf.Message == nil:
+		return nil, sf.Account, errors.New("not a spooled message: no message")
+	case sf.Message.ID == "":
+		// A fresh id on every flush would defeat the dedupe.
+		return nil, sf.Account, errors.New("the spooled message has no id")
+	case sf.Message.Account == "":
+		sf.Message.Account = sf.Account
+	case sf.Message.Account != sf.Account:
+		return nil, sf.Account, fmt.Errorf("the file names account %q, its message %q", sf.Account, sf.Message.Account)
+	}
+	return sf.Message, sf.Account, nil
+}
+
+// flushSpool publishes the spooled messages names in dir, in order, with
+// their own ids: the id is the Nats-Msg-Id, so JetStream's duplicate
+// window absorbs a crash between the publish and the removal, and two
+// flushers at once. perMessage, when not 0, bounds each publish;
+// otherwise ctx bounds them all.
+//
+// A message queued is removed. A temporary failure (75) stops the flush,
+// the rest left for later, and is returned. A message that can never be
+// sent as it is (65, 77) is renamed <name>.failed, with a line on stderr,
+// and the flush goes on; the error returned then carries 77 if any was
+// refused, else 65. Files this process may not read are skipped.
+func flushSpool(ctx context.Context, sc *sendmailConn, dir string, names []string, perMessage time.Duration, stderr io.Writer) error {
+	var failed, refusedN int
+	for i, name := range names {
+		path := filepath.Join(dir, name)
+		m, account, err := readSpool(path)
+		if errors.Is(err, errSkip) {
+			continue
+		}
+		if err == nil {
+			pctx, cancel := ctx, context.CancelFunc(func() {})
+			if perMessage > 0 {
+				pctx, cancel = context.WithTimeout(ctx, perMessage)
+			}
+			err = sc.publish(pctx, m)
+			cancel()
+			if err == nil {
+				if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					fmt.Fprintf(stderr, "relay sendmail: %s: queued, but not removed from the spool (sent again, it is a duplicate JetStream drops for 24 h): %v\n", path, err)
+				}
+				syncDir(dir)
+				continue
+			}
+		} else {
+			err = cli.ExitError{Code: exDataErr, Err: err}
+		}
+		var ee cli.ExitError
+		if !errors.As(err, &ee) || (ee.Code != exDataErr && ee.Code != exNoPerm) {
+			return fmt.Errorf("spool %s: %d message(s) left for later: %w", dir, len(names)-i, err)
+		}
+		failed++
+		if ee.Code == exNoPerm {
+			refusedN++
+		}
+		where := "kept as " + name + failedSuffix
+		if rerr := os.Rename(path, path+failedSuffix); rerr != nil {
+			where = fmt.Sprintf("left as it is: %v", rerr)
+		} else {
+			syncDir(dir)
+		}
+		fmt.Fprintf(stderr, "relay sendmail: %s (account %q): %v; %s\n", path, account, err, where)
+	}
+	switch {
+	case refusedN > 0:
+		return cli.ExitError{Code: exNoPerm, Err: fmt.Errorf("spool %s: %d message(s) could not be sent (%d refused by NATS), kept as *%s", dir, failed, refusedN, failedSuffix)}
+	case failed > 0:
+		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("spool %s: %d message(s) could not be sent, kept as *%s", dir, failed, failedSuffix)}
+	}
+	return nil
+}
+
+// runQueue is "relay sendmail -q": sendmail(8)'s and Postfix sendmail(1)'s
+// -q, "process the queue" (once: an interval, -q1h, is a daemon's, which
+// relay sendmail is not). It reads no message and needs no --account:
+// each file names its account. A missing spool holds nothing.
+func runQueue(ctx context.Context, c sendmailConfig, env Env) error {
+	if ok, _ := spoolDir(c.Spool); !ok {
+		return nil
+	}
+	names, err := listSpool(c.Spool)
+	if err != nil {
+		code := exSoftware
+		if errors.Is(err, fs.ErrPermission) {
+			code = exNoPerm // a spool of mode 1733: only root may list it
+		}
+		return cli.ExitError{Code: code, Err: fmt.Errorf("read the spool: %w", err)}
+	}
+	if len(names) == 0 {
+		return nil // no connection to NATS for an empty spool: -q may run every minute
+	}
+	sc, err := dialSendmail(c)
+	if err != nil {
+		return fmt.Errorf("spool %s kept: %w", c.Spool, err)
+	}
+	defer sc.close()
+	return flushSpool(ctx, sc, c.Spool, names, c.Timeout, env.Stderr)
+}
+
+// drainSpool is the flush after a message was queued (publishSendmail):
+// best effort, within timeout, its failures no concern of the message
+// just queued (only messages renamed .failed are reported, on stderr). So
+// a host whose mail is all one user's (root's cron) drains by itself.
+func drainSpool(ctx context.Context, sc *sendmailConn, dir string, timeout time.Duration, stderr io.Writer) {
+	if ok, _ := spoolDir(dir); !ok {
+		return
+	}
+	names, err := listSpool(dir)
+	if err != nil || len(names) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	flushSpool(ctx, sc, dir, names, 0, stderr)
+}
