@@ -318,3 +318,28 @@ func TestSendmailSpoolUnwritable(t *testing.T) {
 		t.Fatalf("spool holds %q", names)
 	}
 }
+
+// TestSendmailSpoolSkipsUnreadable: a file this user may not read
+// (another user's, mode 0600, in a shared spool) is left to its owner or
+// root without a word; the rest is flushed.
+func TestSendmailSpoolSkipsUnreadable(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads a file of mode 0000")
+	}
+	dir := t.TempDir()
+	good, _ := spoolOne(t, dir, "Subject: x\n\nx\n", "ops@contoso.com")
+	theirs := filepath.Join(dir, message.NewID()+spoolSuffix)
+	if err := os.WriteFile(theirs, []byte("{}"), 0o000); err != nil {
+		t.Fatal(err)
+	}
+	env, ctx := queuetest.StartMail(t)
+	if r := run(t, map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_SENDMAIL_SPOOL": dir}, "", "sendmail", "-q"); r.code != 0 || r.stderr != "" {
+		t.Fatalf("-q: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if names := spoolNames(t, dir); !reflect.DeepEqual(names, []string{filepath.Base(theirs)}) {
+		t.Fatalf("spool holds %q, want only the unreadable file", names)
+	}
+	if _, q := queued(t, ctx, env.JS, 1); q.ID != good.ID {
+		t.Fatalf("queued %s, want %s", q.ID, good.ID)
+	}
+}
