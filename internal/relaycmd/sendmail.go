@@ -68,10 +68,18 @@ type sendmailConfig struct {
 }
 
 const sendmailUsage = `Usage: relay sendmail [-t] [-i] [-f FROM] [-F NAME] [--account A] [RECIPIENT...]
+       relay sendmail -q
 
 Reads one message on standard input, as /usr/sbin/sendmail does, and queues
 it on mail.send.<account>. Prints nothing on success.
 
+When NATS cannot take the message now and the spool directory exists
+(--spool, default /var/spool/relay365; make it with
+install -d -m 1733 /var/spool/relay365), the message is kept there and the
+exit is 0. The next message queued, or -q, sends what the spool holds.
+
+  -q        send what the spool holds (each file names its account), oldest
+            first; read no message
   -t        recipients from the To, Cc and Bcc fields as well (Bcc is not sent)
   -i, -oi   a line of a single "." does not end the message
   -f FROM   a From line for a message that has none (the relay sends as the
@@ -82,9 +90,11 @@ it on mail.send.<account>. Prints nothing on success.
   -L TAG, -X FILE, -v, -m, -U, -G, -bm
   one-letter options may be given together, as getopt takes them: -ti
 
-Exit codes (sysexits.h): 0 queued, 64 usage, 65 the message cannot be sent,
-70 internal error, 75 NATS unreachable or the queue full (try again later),
-77 NATS refused the credentials or the account's subject.
+Exit codes (sysexits.h): 0 queued or kept in the spool, 64 usage, 65 the
+message cannot be sent, 70 internal error, 75 NATS unreachable or the queue
+full (try again later), 77 NATS refused the credentials or the account's
+subject. With -q: 0 the spool sent, 75 NATS unreachable (the rest kept),
+65 or 77 some messages could not be sent (renamed *.failed, named on stderr).
 
 Long options take two dashes:
 `

@@ -252,7 +252,7 @@ func flushSpool(ctx context.Context, sc *sendmailConn, dir string, names []strin
 			cancel()
 			if err == nil {
 				if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					fmt.Fprintf(stderr, "relay sendmail: %s: queued, but not removed from the spool (sent again, it is a duplicate JetStream drops for 24 h): %v\n", path, err)
+					fmt.Fprintf(stderr, "relay sendmail: %s: queued, but not removed from the spool (sent again inside the duplicate window, it is dropped as a duplicate): %v\n", path, err)
 				}
 				syncDir(dir)
 				continue
