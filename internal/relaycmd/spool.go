@@ -34,7 +34,13 @@ const defaultSpool = "/var/spool/relay365"
 const (
 	spoolSuffix  = ".msg"
 	failedSuffix = ".failed"
+	tempPrefix   = ".tmp-"
 )
+
+// staleTemp is the age past which a temporary spool file is a leftover
+// of a relay sendmail that died while writing it: -q removes it. No
+// write takes this long (--timeout bounds the publish before it).
+const staleTemp = time.Hour
 
 // maxSpoolFile is the largest spool file read: a 35 MB message in base64
 // inside JSON, with room to spare.
@@ -98,7 +104,7 @@ func writeSpool(dir string, m *message.Message) (err error) {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".tmp-*") // mode 0600
+	f, err := os.CreateTemp(dir, tempPrefix+"*") // mode 0600
 	if err != nil {
 		return err
 	}
@@ -149,11 +155,19 @@ func syncDir(dir string) error {
 var errSkip = errors.New("skipped")
 
 // listSpool returns the names of the spooled messages in dir, oldest
-// first (by modification time: the time it was spooled).
+// first (by modification time: the time it was spooled). It removes the
+// temporary files older than staleTemp that it may remove.
 func listSpool(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tempPrefix) && e.Type().IsRegular() {
+			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
+				os.Remove(filepath.Join(dir, e.Name()))
+			}
+		}
 	}
 	type entry struct {
 		name string

@@ -118,6 +118,25 @@ func TestSendmailSpool(t *testing.T) {
 	if n := mailCount(t, ctx, env.JS); n != 1 {
 		t.Fatalf("%d messages in MAIL after flushing the same file twice, want 1", n)
 	}
+	// A temporary file left by a relay sendmail that died while writing
+	// is removed once stale; one being written now is not.
+	stale, fresh := filepath.Join(dir, tempPrefix+"1"), filepath.Join(dir, tempPrefix+"2")
+	for _, p := range []string{stale, fresh} {
+		if err := os.WriteFile(p, []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := time.Now().Add(-2 * staleTemp)
+	if err := os.Chtimes(stale, long, long); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, flush, "", "sendmail", "-q"); r.code != 0 || r.stderr != "" {
+		t.Fatalf("-q with temporary files: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if names := spoolNames(t, dir); !reflect.DeepEqual(names, []string{filepath.Base(fresh)}) {
+		t.Fatalf("spool holds %q, want only the fresh temporary file", names)
+	}
+	os.Remove(fresh)
 	// An empty spool: nothing to do, and no NATS needed for it.
 	if r := run(t, map[string]string{"RELAY_NATS_URL": natsDown, "RELAY_SENDMAIL_SPOOL": dir}, "", "sendmail", "-q"); r.code != 0 || r.stderr != "" {
 		t.Fatalf("-q, empty spool, NATS down: exit %d, stderr %q", r.code, r.stderr)
