@@ -7,6 +7,7 @@
 package pacing
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -606,6 +607,19 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 		} else {
 			rev, err = p.kv.Update(ctx, key, b, st.rev)
 		}
+		if err != nil && !queue.CASLost(err) {
+			// The outcome is unknown (no answer in time, the connection
+			// lost): the server may have written the record and its
+			// answer been lost. Taken as failed, a reservation that
+			// counts would have no ticket to give it back by, and a
+			// Restamp that moved one would leave its ticket where it was,
+			// so that a later Release or Confirm took the count from
+			// another reservation's slot: the pacer would count less than
+			// Office 365 does. Read the key again and decide.
+			if lrev, ok := p.landed(ctx, key, st.rev, b); ok {
+				rev, err = lrev, nil
+			}
+		}
 		if err == nil {
 			st.rec, st.rev = r, rev
 			st.remember(r, rev)
@@ -617,6 +631,25 @@ func (p *Pacer) commit(ctx context.Context, mailbox string, st *paceState, ops [
 		}
 	}
 	return fmt.Errorf("write pacing of %s: %d compare-and-set races lost in a row", mailbox, casAttempts)
+}
+
+// landedWait bounds the read that decides a write of unknown outcome.
+const landedWait = 5 * time.Second
+
+// landed reports whether a write of b over revision prev (0: a Create),
+// whose answer did not come, was made: the key holds exactly b, at the
+// next revision. b carries the record's epoch and timestamps, so no
+// other write makes the same bytes. When another write came after it,
+// or the read fails too, it cannot tell and reports false: the write
+// stays failed, as before.
+func (p *Pacer) landed(ctx context.Context, key string, prev uint64, b []byte) (uint64, bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), landedWait)
+	defer cancel()
+	e, err := p.kv.Get(ctx, key)
+	if err != nil || !bytes.Equal(e.Value(), b) || (prev != 0 && e.Revision() != prev+1) {
+		return 0, false
+	}
+	return e.Revision(), true
 }
 
 // pacingKey makes a KV key of a mailbox address, readable and unique:
