@@ -58,6 +58,7 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/clock"
 	"relay365/internal/connlimit"
+	"relay365/internal/flight"
 	"relay365/internal/ingress"
 	"relay365/internal/limits"
 	"relay365/internal/memlimit"
@@ -382,8 +383,8 @@ type Daemon struct {
 	workerDone chan error
 	closeOnce  sync.Once
 	// snapshots serves /status and /readyz: one Snapshot at a time for
-	// however many ask (coalescer).
-	snapshots coalescer[Status]
+	// however many ask, none older than its request (flight.Next).
+	snapshots flight.Next[Status]
 }
 
 // Start brings the daemon up and returns once workers are running.
@@ -421,7 +422,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		}
 	}
 	d := &Daemon{cfg: cfg, log: log, Registry: prometheus.NewRegistry(), smtpTLS: smtpTLS}
-	d.snapshots.run = func() (Status, error) {
+	d.snapshots.Run = func() (Status, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
 		defer cancel()
 		return d.Snapshot(ctx)

@@ -154,7 +154,7 @@ func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
-	st, err := d.snapshots.get(ctx)
+	st, err := d.snapshots.Do(ctx)
 	code := http.StatusOK
 	if err != nil {
 		code = http.StatusServiceUnavailable
@@ -211,7 +211,7 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
-	st, err := d.snapshots.get(ctx)
+	st, err := d.snapshots.Do(ctx)
 	switch {
 	case err != nil:
 		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)

@@ -1,4 +1,4 @@
-package daemon
+package flight
 
 import (
 	"context"
@@ -8,14 +8,14 @@ import (
 	"time"
 )
 
-// TestCoalescerRunsOnceForCallersMeanwhile: callers arriving while a run
+// TestNextRunsOnceForCallersMeanwhile: callers arriving while a run
 // is in progress share one run that starts after it, never its result
 // (taken before they asked), and a caller that leaves ends no run.
-func TestCoalescerRunsOnceForCallersMeanwhile(t *testing.T) {
+func TestNextRunsOnceForCallersMeanwhile(t *testing.T) {
 	var runs atomic.Int64
 	release := make(chan struct{})
 	started := make(chan int64, 10)
-	c := &coalescer[int64]{run: func() (int64, error) {
+	c := &Next[int64]{Run: func() (int64, error) {
 		n := runs.Add(1)
 		started <- n
 		<-release
@@ -26,7 +26,7 @@ func TestCoalescerRunsOnceForCallersMeanwhile(t *testing.T) {
 
 	first := make(chan int64, 1)
 	go func() {
-		v, err := c.get(ctx)
+		v, err := c.Do(ctx)
 		if err != nil {
 			t.Error(err)
 		}
@@ -49,7 +49,7 @@ func TestCoalescerRunsOnceForCallersMeanwhile(t *testing.T) {
 		}
 		go func() {
 			defer wg.Done()
-			got[i], errs[i] = c.get(cctx)
+			got[i], errs[i] = c.Do(cctx)
 		}()
 	}
 	// Wait, with a deadline, until every caller has joined run 2 before
@@ -90,7 +90,7 @@ func TestCoalescerRunsOnceForCallersMeanwhile(t *testing.T) {
 	}
 	// Nothing runs now: the next caller starts a run of its own.
 	go func() { release <- struct{}{} }()
-	if v, err := c.get(ctx); v != 3 || err != nil {
+	if v, err := c.Do(ctx); v != 3 || err != nil {
 		t.Fatalf("a caller after the runs got %d %v, want run 3", v, err)
 	}
 }
