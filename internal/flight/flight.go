@@ -49,6 +49,12 @@ func (g *Group[K, V]) Do(ctx context.Context, key K, fn func() (V, error)) (V, e
 	}
 	c.callers++
 	g.mu.Unlock()
+	return c.wait(ctx)
+}
+
+// wait returns the call's result once it is done, or ctx's error if ctx
+// ends first.
+func (c *call[V]) wait(ctx context.Context) (V, error) {
 	select {
 	case <-c.done:
 		return c.val, c.err

@@ -43,13 +43,7 @@ func (n *Next[V]) Do(ctx context.Context) (V, error) {
 	}
 	c.callers++
 	n.mu.Unlock()
-	select {
-	case <-c.done:
-		return c.val, c.err
-	case <-ctx.Done():
-		var zero V
-		return zero, ctx.Err()
-	}
+	return c.wait(ctx)
 }
 
 // run runs c, then the run that waited for it, if any.
