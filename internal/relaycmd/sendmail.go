@@ -137,6 +137,15 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 	}
 	err = publishSendmail(ctx, c, m, env.Stderr)
 	if ee := (cli.ExitError{}); errors.As(err, &ee) && ee.Code == exTempFail {
+		if ctx.Err() != nil {
+			// Interrupted (SIGINT, SIGTERM end Main's context): the
+			// caller asked that the message not be sent, as an
+			// interrupted sendmail(8) or Postfix sendmail drops it. Kept
+			// in the spool it would be sent later after an exit 0, and
+			// a caller killed by timeout(1) that sends again would have
+			// it twice, under two ids.
+			return cli.ExitError{Code: exTempFail, Err: fmt.Errorf("interrupted: %w; not kept in the spool", err)}
+		}
 		return keepInSpool(c, m, err)
 	}
 	return err

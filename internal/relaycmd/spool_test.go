@@ -1,6 +1,8 @@
 package relaycmd
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -360,5 +362,31 @@ func TestSendmailSpoolSkipsUnreadable(t *testing.T) {
 	}
 	if _, q := queued(t, ctx, env.JS, 1); q.ID != good.ID {
 		t.Fatalf("queued %s, want %s", q.ID, good.ID)
+	}
+}
+
+// TestSendmailInterruptedNotSpooled: a relay sendmail interrupted
+// (SIGINT, SIGTERM: Main's context ends) before its message is queued
+// does not keep it in the spool and claim success. Ctrl-C means "do not
+// send"; and a caller killed by timeout(1) that sends again would have
+// the spooled copy sent as well, under another id.
+func TestSendmailInterruptedNotSpooled(t *testing.T) {
+	env, _ := queuetest.StartMail(t)
+	for _, url := range []string{env.URL, natsDown} {
+		dir := t.TempDir()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // the signal came while the message was being read
+		var out, errb bytes.Buffer
+		vars := map[string]string{"RELAY_NATS_URL": url, "RELAY_ACCOUNT": "alerts", "RELAY_SENDMAIL_SPOOL": dir}
+		code := Run(ctx, []string{"sendmail", "--timeout", "5s", "ops@contoso.com"}, Env{
+			Stdin: strings.NewReader("Subject: x\n\nx\n"), Stdout: &out, Stderr: &errb,
+			Getenv: func(k string) string { return vars[k] },
+		})
+		if code != 75 || !strings.Contains(errb.String(), "interrupted") {
+			t.Fatalf("NATS %s, interrupted: exit %d, stderr %q; want 75 saying it was interrupted", url, code, errb.String())
+		}
+		if names := spoolNames(t, dir); len(names) != 0 {
+			t.Fatalf("NATS %s, interrupted: the spool holds %q", url, names)
+		}
 	}
 }
