@@ -15,6 +15,7 @@ import (
 
 	"relay365/internal/cli"
 	"relay365/internal/message"
+	"relay365/internal/termsafe"
 )
 
 // The spool of relay sendmail (docs/design.md §10): when NATS cannot take
@@ -266,7 +267,7 @@ func flushSpool(ctx context.Context, sc *sendmailConn, dir string, names []strin
 			cancel()
 			if err == nil {
 				if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					fmt.Fprintf(stderr, "relay sendmail: %s: queued, but not removed from the spool (sent again inside the duplicate window, it is dropped as a duplicate): %v\n", path, err)
+					report(stderr, "%s: queued, but not removed from the spool (sent again inside the duplicate window, it is dropped as a duplicate): %v", path, err)
 				}
 				syncDir(dir)
 				continue
@@ -288,7 +289,7 @@ func flushSpool(ctx context.Context, sc *sendmailConn, dir string, names []strin
 		} else {
 			syncDir(dir)
 		}
-		fmt.Fprintf(stderr, "relay sendmail: %s (account %q): %v; %s\n", path, account, err, where)
+		report(stderr, "%s (account %q): %v; %s", path, account, err, where)
 	}
 	switch {
 	case refusedN > 0:
@@ -297,6 +298,15 @@ func flushSpool(ctx context.Context, sc *sendmailConn, dir string, names []strin
 		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("spool %s: %d message(s) could not be sent, kept as *%s", dir, failed, failedSuffix)}
 	}
 	return nil
+}
+
+// report writes one line about a spool file on stderr. The file's name
+// is any user's choice (the spool is writable by all), and so is what
+// the reason quotes of its content: control characters, a newline
+// included, are escaped, so that a planted name can neither drive
+// root's terminal nor forge lines of the report cron mails.
+func report(stderr io.Writer, format string, args ...any) {
+	fmt.Fprintf(stderr, "relay sendmail: %s\n", termsafe.Line(fmt.Sprintf(format, args...)))
 }
 
 // runQueue is "relay sendmail -q": sendmail(8)'s and Postfix sendmail(1)'s

@@ -390,3 +390,25 @@ func TestSendmailInterruptedNotSpooled(t *testing.T) {
 		}
 	}
 }
+
+// TestSendmailSpoolHostileName: a file any user may plant in the spool,
+// named with a terminal control sequence and a newline, is named on
+// -q's stderr (root's terminal, or cron's mail) with those escaped:
+// it can neither drive the terminal nor forge a line of the report.
+func TestSendmailSpoolHostileName(t *testing.T) {
+	dir := t.TempDir()
+	name := "x\x1b]0;owned\x07\nrelay sendmail: all sent.msg"
+	if err := os.WriteFile(filepath.Join(dir, name), []byte("not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env, _ := queuetest.StartMail(t)
+	r := run(t, map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_SENDMAIL_SPOOL": dir}, "", "sendmail", "-q")
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if r.code != 65 || strings.ContainsAny(r.stderr, "\x1b\x07") || len(lines) != 2 ||
+		!strings.Contains(lines[0], `x\x1b]0;owned\a\nrelay sendmail: all sent.msg`) {
+		t.Fatalf("exit %d, stderr %q; want 65 and two lines, the name escaped", r.code, r.stderr)
+	}
+	if names := spoolNames(t, dir); len(names) != 1 || names[0] != name+failedSuffix {
+		t.Fatalf("spool holds %q", names)
+	}
+}
