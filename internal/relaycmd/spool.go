@@ -314,10 +314,21 @@ func report(stderr io.Writer, format string, args ...any) {
 // relay sendmail is not). It reads no message and needs no --account:
 // each file names its account. A missing spool holds nothing.
 func runQueue(ctx context.Context, c sendmailConfig, env Env) error {
-	if ok, _ := spoolDir(c.Spool); !ok {
+	// Only a spool that does not exist holds nothing. One that cannot be
+	// looked at (a parent this user may not search, a stale mount, a
+	// symbolic link loop) may hold mail: exit 0 would tell cron, every
+	// minute, that it was sent.
+	fi, err := os.Stat(c.Spool)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil
+	case err == nil && !fi.IsDir():
+		return cli.ExitError{Code: exUsage, Err: fmt.Errorf("--spool %s: not a directory (want the spool directory, or off)", c.Spool)}
 	}
-	names, err := listSpool(c.Spool)
+	var names []string
+	if err == nil {
+		names, err = listSpool(c.Spool)
+	}
 	if err != nil {
 		code := exSoftware
 		if errors.Is(err, fs.ErrPermission) {

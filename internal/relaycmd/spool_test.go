@@ -412,3 +412,35 @@ func TestSendmailSpoolHostileName(t *testing.T) {
 		t.Fatalf("spool holds %q", names)
 	}
 }
+
+// TestSendmailQueueSpoolUnusable: -q whose spool exists but cannot be
+// looked at (a symbolic link loop here; a parent this user may not
+// search, a stale network mount) fails, naming the spool, rather than
+// exit 0 as if the spool were sent; only a spool that does not exist
+// holds nothing.
+func TestSendmailQueueSpoolUnusable(t *testing.T) {
+	loop := filepath.Join(t.TempDir(), "relay365")
+	if err := os.Symlink(filepath.Base(loop), loop); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{"RELAY_NATS_URL": natsDown, "RELAY_SENDMAIL_SPOOL": loop}
+	if r := run(t, vars, "", "sendmail", "-q"); r.code != 70 || !strings.Contains(r.stderr, loop) {
+		t.Fatalf("-q, spool a symlink loop: exit %d, stderr %q; want 70 naming the spool", r.code, r.stderr)
+	}
+	if os.Geteuid() == 0 {
+		return // root searches a directory of mode 0000
+	}
+	parent := t.TempDir()
+	spool := filepath.Join(parent, "relay365")
+	if err := os.Mkdir(spool, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(parent, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Chmod(parent, 0o700) })
+	vars["RELAY_SENDMAIL_SPOOL"] = spool
+	if r := run(t, vars, "", "sendmail", "-q"); r.code != 77 || !strings.Contains(r.stderr, "permission denied") {
+		t.Fatalf("-q, spool in a parent this user may not search: exit %d, stderr %q; want 77", r.code, r.stderr)
+	}
+}
