@@ -201,7 +201,8 @@ func listSpool(dir string) ([]string, error) {
 
 // readSpool reads one spooled message. errSkip means another user's file
 // (mode 0600), one gone, or anything but a regular file; any other error
-// means the file can never be sent. account is what the file names, when
+// (a file with more than one name included) means the file can never be
+// sent. account is what the file names, when
 // it names one.
 func readSpool(path string) (m *message.Message, account string, err error) {
 	// Not through a symbolic link, nor blocking on a FIFO: in a directory
@@ -211,8 +212,18 @@ func readSpool(path string) (m *message.Message, account string, err error) {
 		return nil, "", errSkip
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
 		return nil, "", errSkip
+	}
+	// relay sendmail writes each file under one name (a temporary file
+	// renamed). A second name is a hard link someone planted, maybe to
+	// a file they may not read (where the kernel lets users link such
+	// files: BSD, macOS, Linux without fs.protected_hardlinks): root
+	// would read it and send it, or quote it in the report. Not read;
+	// renamed .failed (only this name) for the operator to see.
+	if n := linkCount(fi); n > 1 {
+		return nil, "", fmt.Errorf("the file has %d links, not the one name relay sendmail gives it: not read (a hard link planted in the spool?)", n)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxSpoolFile+1))
 	if err != nil {
