@@ -3,6 +3,8 @@ package relaycmd
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,6 +15,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue/queuetest"
 )
@@ -442,5 +445,69 @@ func TestSendmailQueueSpoolUnusable(t *testing.T) {
 	vars["RELAY_SENDMAIL_SPOOL"] = spool
 	if r := run(t, vars, "", "sendmail", "-q"); r.code != 77 || !strings.Contains(r.stderr, "permission denied") {
 		t.Fatalf("-q, spool in a parent this user may not search: exit %d, stderr %q; want 77", r.code, r.stderr)
+	}
+}
+
+// TestSendmailSpoolLarge: a message over message.InlineMax is spooled
+// whole and flushed through the body store: MAIL gets a reference,
+// the body store the message as it was read.
+func TestSendmailSpoolLarge(t *testing.T) {
+	dir := t.TempDir()
+	text := strings.Repeat("smartd: sector reallocated, see the attached log line\n", 8000) // ~430 KB
+	m, _ := spoolOne(t, dir, "Subject: disk\n\n"+text, "ops@contoso.com")
+	if len(m.Raw) <= message.InlineMax {
+		t.Fatalf("spooled %d bytes, want more than %d", len(m.Raw), message.InlineMax)
+	}
+	env, ctx := queuetest.StartMail(t)
+	if r := run(t, map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_SENDMAIL_SPOOL": dir}, "", "sendmail", "-q"); r.code != 0 || r.stderr != "" {
+		t.Fatalf("-q: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if names := spoolNames(t, dir); len(names) != 0 {
+		t.Fatalf("after -q the spool holds %q", names)
+	}
+	sm, q := queued(t, ctx, env.JS, 1)
+	if q.ID != m.ID || q.Body == nil || len(sm.Data) > 1024 {
+		t.Fatalf("queued %d bytes, %+v: want a reference for %s", len(sm.Data), q, m.ID)
+	}
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := store.Open(ctx, *q.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	stored, err := io.ReadAll(rc)
+	if err != nil || !bytes.Contains(stored, []byte(strings.ReplaceAll(text, "\n", "\r\n"))) {
+		t.Fatalf("the stored body (%d bytes, %v) lacks the text", len(stored), err)
+	}
+}
+
+// TestSendmailSpoolTwoFlushers: two -q at once (cron's, and one by
+// hand) each try every file; the ids make the second copy a duplicate,
+// so MAIL gets each message once, both succeed and the spool ends empty.
+func TestSendmailSpoolTwoFlushers(t *testing.T) {
+	dir := t.TempDir()
+	const n = 30
+	for i := range n {
+		spoolOne(t, dir, "Subject: x\n\nx\n", fmt.Sprintf("ops%d@contoso.com", i))
+	}
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_SENDMAIL_SPOOL": dir}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() { results <- run(t, vars, "", "sendmail", "-q") }()
+	}
+	for range 2 {
+		if r := <-results; r.code != 0 || r.stderr != "" {
+			t.Fatalf("-q: exit %d, stderr %q", r.code, r.stderr)
+		}
+	}
+	if names := spoolNames(t, dir); len(names) != 0 {
+		t.Fatalf("after two -q the spool holds %q", names)
+	}
+	if got := mailCount(t, ctx, env.JS); got != n {
+		t.Fatalf("%d messages in MAIL, want %d", got, n)
 	}
 }
