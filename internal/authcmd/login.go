@@ -56,9 +56,9 @@ func runLogin(ctx context.Context, args []string, env Env) error {
 	}
 	return enroll(ctx, env, &c.enrollConfig, c.flow, secret, func(ctx context.Context, hc *http.Client) (*oauth2.Token, error) {
 		if c.flow == flowDevice {
-			return deviceSignIn(ctx, env, c, hc)
+			return deviceSignIn(ctx, env, c, secret, hc)
 		}
-		return browserSignIn(ctx, env, c, hc)
+		return browserSignIn(ctx, env, c, secret, hc)
 	})
 }
 
@@ -219,13 +219,13 @@ func (r reworded) Unwrap() error { return r.err }
 
 // browserSignIn runs the authorization code flow with PKCE: print the URL,
 // open a browser unless told not to, count down while waiting.
-func browserSignIn(ctx context.Context, env Env, c loginConfig, hc *http.Client) (*oauth2.Token, error) {
+func browserSignIn(ctx context.Context, env Env, c loginConfig, secret string, hc *http.Client) (*oauth2.Token, error) {
 	a := c.acct
 	authURL, tokenURL, _ := a.Endpoints()
 	var wait waiting
 	defer wait.done()
 	return consent.Browser{
-		ClientID: a.ClientID, AuthURL: authURL, TokenURL: tokenURL, Scopes: a.Scopes, LoginHint: a.Mailbox,
+		ClientID: a.ClientID, ClientSecret: secret, AuthURL: authURL, TokenURL: tokenURL, Scopes: a.Scopes, LoginHint: a.Mailbox,
 		RedirectPort: c.redirectPort, HTTPClient: hc,
 	}.Run(ctx, func(u string) error {
 		fmt.Fprintf(env.Stderr, "Sign in as %s to connect account %q; open this URL in a browser on this machine:\n\n  %s\n\n", a.Mailbox, a.Alias, u)
@@ -259,13 +259,13 @@ func redirectPort(authURL string) string {
 
 // deviceSignIn runs the device code flow: show the code as Microsoft
 // words it, count down to its expiry while polling.
-func deviceSignIn(ctx context.Context, env Env, c loginConfig, hc *http.Client) (*oauth2.Token, error) {
+func deviceSignIn(ctx context.Context, env Env, c loginConfig, secret string, hc *http.Client) (*oauth2.Token, error) {
 	a := c.acct
 	_, tokenURL, deviceURL := a.Endpoints()
 	var wait waiting
 	defer wait.done()
 	return consent.Device{
-		ClientID: a.ClientID, DeviceURL: deviceURL, TokenURL: tokenURL, Scopes: a.Scopes, HTTPClient: hc,
+		ClientID: a.ClientID, ClientSecret: secret, DeviceURL: deviceURL, TokenURL: tokenURL, Scopes: a.Scopes, HTTPClient: hc,
 		Interval: env.DevicePoll,
 	}.Run(ctx, func(dc consent.DeviceCode) error {
 		fmt.Fprintf(env.Stderr, "%s\nSign in as %s to connect account %q.\n", dc.Message(), a.Mailbox, a.Alias)

@@ -53,7 +53,11 @@ import (
 
 // Browser describes one authorization code + PKCE sign-in.
 type Browser struct {
-	ClientID     string
+	ClientID string
+	// ClientSecret authenticates a confidential client at the code
+	// redemption (RFC 6749 §4.1.3, §2.3.1), on top of PKCE; "" for a
+	// public client.
+	ClientSecret string
 	AuthURL      string
 	TokenURL     string
 	Scopes       []string
@@ -79,10 +83,11 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
 	conf := &oauth2.Config{
-		ClientID:    b.ClientID,
-		Endpoint:    oauth2.Endpoint{AuthURL: b.AuthURL, TokenURL: b.TokenURL, AuthStyle: oauth2.AuthStyleInParams},
-		RedirectURL: fmt.Sprintf("http://127.0.0.1:%d/", port),
-		Scopes:      withIdentityScopes(b.Scopes),
+		ClientID:     b.ClientID,
+		ClientSecret: b.ClientSecret,
+		Endpoint:     oauth2.Endpoint{AuthURL: b.AuthURL, TokenURL: b.TokenURL, AuthStyle: oauth2.AuthStyleInParams},
+		RedirectURL:  fmt.Sprintf("http://127.0.0.1:%d/", port),
+		Scopes:       withIdentityScopes(b.Scopes),
 	}
 	state := randomString()
 	verifier := oauth2.GenerateVerifier()

@@ -37,11 +37,15 @@ const (
 // types the user code and signs in (MFA and conditional access included)
 // while this side polls the token endpoint.
 type Device struct {
-	ClientID   string
-	DeviceURL  string // device authorization endpoint (…/oauth2/v2.0/devicecode)
-	TokenURL   string
-	Scopes     []string
-	HTTPClient *http.Client // nil: http.DefaultClient
+	ClientID string
+	// ClientSecret authenticates a confidential client in the device
+	// authorization request and every poll (RFC 8628 §3.1 and §3.4: "as
+	// described in Section 3.2.1 of [RFC6749]"); "" for a public client.
+	ClientSecret string
+	DeviceURL    string // device authorization endpoint (…/oauth2/v2.0/devicecode)
+	TokenURL     string
+	Scopes       []string
+	HTTPClient   *http.Client // nil: http.DefaultClient
 	// Interval replaces the polling interval the server asks for. Tests
 	// only: a real server answers slow_down to, or blocks, a client that
 	// polls faster. 0: the server's interval (5 s when it gives none).
@@ -121,7 +125,13 @@ func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.T
 		ClientID: d.ClientID, Scopes: withIdentityScopes(d.Scopes),
 		Endpoint: oauth2.Endpoint{DeviceAuthURL: d.DeviceURL, TokenURL: d.TokenURL, AuthStyle: oauth2.AuthStyleInParams},
 	}
-	da, err := conf.DeviceAuth(context.WithValue(ctx, oauth2.HTTPClient, hc))
+	var authOpts []oauth2.AuthCodeOption
+	if d.ClientSecret != "" {
+		// x/oauth2's DeviceAuth sends only client_id: add the secret as
+		// AuthStyleInParams does at the token endpoint.
+		authOpts = append(authOpts, oauth2.SetAuthURLParam("client_secret", d.ClientSecret))
+	}
+	da, err := conf.DeviceAuth(context.WithValue(ctx, oauth2.HTTPClient, hc), authOpts...)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("requesting a device code: %w", ctx.Err())
@@ -155,6 +165,9 @@ func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.T
 	wctx, cancel := context.WithDeadline(ctx, code.Expires)
 	defer cancel()
 	form := url.Values{"grant_type": {grantDeviceCode}, "client_id": {d.ClientID}, "device_code": {da.DeviceCode}}
+	if d.ClientSecret != "" {
+		form.Set("client_secret", d.ClientSecret) // RFC 8628 §3.4, RFC 6749 §2.3.1
+	}
 	interval := code.Interval
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
