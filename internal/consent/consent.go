@@ -45,9 +45,11 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/oauth2"
 
+	"relay365/internal/termsafe"
 	"relay365/internal/token"
 )
 
@@ -232,7 +234,11 @@ type AuthorizeError struct {
 }
 
 func newAuthorizeError(code, description string) *AuthorizeError {
-	e := &AuthorizeError{Code: code, Description: description}
+	// Both are the server's text, carried by the browser's redirect, and
+	// end up on the operator's terminal: control sequences (ESC [ 2J, an
+	// OSC title, C1, bidirectional controls, CR to overwrite the line)
+	// are written as visible escapes, and the description is capped.
+	e := &AuthorizeError{Code: termsafe.Line(code), Description: termsafe.Line(shorten(description, maxDescription))}
 	switch code {
 	case "access_denied", "consent_required":
 		e.Remedy = "the sign-in was declined or the SMTP.Send permission was refused: run the command again and accept, " +
@@ -248,6 +254,22 @@ func newAuthorizeError(code, description string) *AuthorizeError {
 		e.Remedy = "see the identity platform's message; run the command again once it is fixed"
 	}
 	return e
+}
+
+// maxDescription caps an error_description that is printed: Entra's are
+// one or two sentences with trace and correlation ids.
+const maxDescription = 512
+
+// shorten cuts s to at most n bytes, on a rune boundary, marking the cut.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 func (e *AuthorizeError) Error() string {
