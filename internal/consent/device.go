@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"relay365/internal/termsafe"
 	"relay365/internal/token"
 )
 
@@ -141,9 +142,12 @@ func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.T
 	if da.DeviceCode == "" || da.UserCode == "" || da.VerificationURI == "" {
 		return nil, errors.New("the device authorization answer lacks device_code, user_code or verification_uri: is --device-url a device authorization endpoint?")
 	}
+	// The code and the URIs are the server's text and go to the
+	// operator's terminal: control sequences in them are escaped.
 	code := DeviceCode{
-		UserCode: da.UserCode, VerificationURI: da.VerificationURI, VerificationURIComplete: da.VerificationURIComplete,
-		Expires: da.Expiry, Interval: time.Duration(da.Interval) * time.Second,
+		UserCode: termsafe.Line(da.UserCode), VerificationURI: termsafe.Line(da.VerificationURI),
+		VerificationURIComplete: termsafe.Line(da.VerificationURIComplete),
+		Expires:                 da.Expiry, Interval: time.Duration(da.Interval) * time.Second,
 	}
 	if code.Expires.IsZero() {
 		code.Expires = time.Now().Add(defaultDeviceLife)

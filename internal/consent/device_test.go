@@ -3,6 +3,9 @@ package consent_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -174,5 +177,32 @@ func TestDeviceFlowCancelled(t *testing.T) {
 	_, err := device(f).Run(ctx, func(consent.DeviceCode) error { cancel(); return nil })
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+// The user code and verification URIs of the device authorization answer
+// (RFC 8628 §3.2) are printed for the person: control sequences in them
+// reach the terminal escaped.
+func TestDeviceCodeIsEscaped(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"device_code":"dc","user_code":"ABCD-EFGH\u001b[2J","verification_uri":"https://microsoft.com/devicelogin\u001b]0;owned\u0007",`+
+			`"verification_uri_complete":"https://microsoft.com/devicelogin?code=\u009b31m\u202e","expires_in":900,"interval":5}`)
+	}))
+	defer srv.Close()
+	d := consent.Device{ClientID: clientID, DeviceURL: srv.URL + "/devicecode", TokenURL: srv.URL + "/token", Scopes: account.DefaultDelegatedScopes()}
+	stop := errors.New("shown")
+	var shown consent.DeviceCode
+	if _, err := d.Run(testCtx(t), func(dc consent.DeviceCode) error { shown = dc; return stop }); !errors.Is(err, stop) {
+		t.Fatalf("err = %v", err)
+	}
+	printed := shown.Message() + shown.VerificationURIComplete
+	for _, bad := range []string{"\x1b", "\x07", "\u009b", "\u202e"} {
+		if strings.Contains(printed, bad) {
+			t.Errorf("%q holds %q raw", printed, bad)
+		}
+	}
+	if !strings.Contains(printed, `ABCD-EFGH\x1b[2J`) {
+		t.Errorf("%q: the user code is not shown escaped", printed)
 	}
 }
