@@ -140,7 +140,18 @@ type enrollConfig struct {
 	testTo  string
 	timeout time.Duration
 	json    bool
+
+	// set names the flags given on the command line: connecting an
+	// existing account again keeps its settings but for these (keep).
+	set map[string]bool
+	// needAccount: --mailbox, --tenant or --client-id is missing, which
+	// only an existing account of the alias can fill in.
+	needAccount bool
 }
+
+// requiredFlags are the account flags a new account cannot do without;
+// connecting an existing one again takes them from its record.
+var requiredFlags = []string{"mailbox", "tenant", "client-id"}
 
 // register binds the account flags. endpoints lists the endpoint override
 // flags that apply to the command (auth, token, device).
@@ -148,9 +159,9 @@ func (c *enrollConfig) register(fs *flag.FlagSet, env Env, timeout time.Duration
 	c.store.register(fs, env)
 	a := &c.acct
 	fs.StringVar(&a.Alias, "account", "", "account alias: the name producers publish to (mail.send.<alias>); required")
-	fs.StringVar(&a.Mailbox, "mailbox", "", "the mailbox to send as, e.g. alerts@contoso.com; required")
-	fs.StringVar(&a.Tenant, "tenant", "", "Entra tenant ID (GUID) or verified domain, e.g. contoso.onmicrosoft.com; required")
-	fs.StringVar(&a.ClientID, "client-id", "", "application (client) ID of the app registration; required")
+	fs.StringVar(&a.Mailbox, "mailbox", "", "the mailbox to send as, e.g. alerts@contoso.com; required for a new account")
+	fs.StringVar(&a.Tenant, "tenant", "", "Entra tenant ID (GUID) or verified domain, e.g. contoso.onmicrosoft.com; required for a new account")
+	fs.StringVar(&a.ClientID, "client-id", "", "application (client) ID of the app registration; required for a new account")
 	fs.StringVar(&a.Authority, "authority", account.DefaultAuthority, "identity platform; endpoints derive from it and the tenant the Entra way")
 	for _, ep := range endpoints {
 		switch ep {
@@ -185,7 +196,60 @@ func (c *enrollConfig) parse(fs *flag.FlagSet, args []string, appOnly bool) erro
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
+	c.set = make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = true })
 	return c.validate(appOnly)
+}
+
+// keep makes c connect old again: every account setting whose flag was
+// not given is old's (proxyURL: the proxy as sealed with old's tokens,
+// credentials included, "" to use old's record), and the result is
+// validated again. An account of the other kind (app-only or delegated)
+// is replaced, not kept: its settings do not fit.
+func (c *enrollConfig) keep(old account.Account, proxyURL string) error {
+	a := &c.acct
+	if old.AppOnly != a.AppOnly {
+		if c.needAccount {
+			kind := "a delegated"
+			if old.AppOnly {
+				kind = "an app-only"
+			}
+			return cli.Usagef("account %s is %s account: to replace it, give --mailbox, --tenant and --client-id", a.Alias, kind)
+		}
+		return nil
+	}
+	if proxyURL == "" {
+		proxyURL = old.ProxyURL
+	}
+	for name, keep := range map[string]func(){
+		"mailbox":          func() { a.Mailbox = old.Mailbox },
+		"tenant":           func() { a.Tenant = old.Tenant },
+		"client-id":        func() { a.ClientID = old.ClientID },
+		"authority":        func() { a.Authority = old.Authority },
+		"auth-url":         func() { a.AuthURL = old.AuthURL },
+		"token-url":        func() { a.TokenURL = old.TokenURL },
+		"device-url":       func() { a.DeviceURL = old.DeviceURL },
+		"scopes":           func() { a.Scopes = old.Scopes },
+		"smtp":             func() { a.SMTPAddr = old.SMTPAddr },
+		"ca-file":          func() { a.CAFile = old.CAFile },
+		"proxy":            func() { a.ProxyURL = proxyURL },
+		"from-policy":      func() { a.FromPolicy = old.FromPolicy },
+		"send-as":          func() { a.SendAs = old.SendAs },
+		"per-minute":       func() { a.PerMinute = old.PerMinute },
+		"per-day":          func() { a.PerDay = old.PerDay },
+		"max-conns":        func() { a.MaxConns = old.MaxConns },
+		"max-message-size": func() { a.MaxMessageBytes = old.MaxMessageBytes },
+	} {
+		if !c.set[name] {
+			keep()
+		}
+	}
+	c.needAccount = false
+	a.Normalize()
+	if err := a.Validate(); err != nil {
+		return cli.UsageError{Err: fmt.Errorf("connecting account %s again with its settings and the flags given: %w", a.Alias, err)}
+	}
+	return nil
 }
 
 func (c *enrollConfig) validate(appOnly bool) error {
@@ -200,7 +264,25 @@ func (c *enrollConfig) validate(appOnly bool) error {
 		a.MaxMessageBytes = int64(c.maxSize)
 	}
 	a.Normalize()
-	if err := a.Validate(); err != nil {
+	// Without --mailbox, --tenant or --client-id only an existing account
+	// can be meant (enroll checks): the flags given are checked now, with
+	// stand-ins for the missing ones.
+	check := *a
+	for _, name := range requiredFlags {
+		if c.set[name] {
+			continue
+		}
+		c.needAccount = true
+		switch name {
+		case "mailbox":
+			check.Mailbox = "mailbox@example.invalid"
+		case "tenant":
+			check.Tenant = "00000000-0000-0000-0000-000000000000"
+		case "client-id":
+			check.ClientID = "00000000-0000-0000-0000-000000000000"
+		}
+	}
+	if err := check.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.store.NATS.Validate(); err != nil {

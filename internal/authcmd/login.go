@@ -129,24 +129,41 @@ func enroll(ctx context.Context, env Env, c *enrollConfig, flow, secret string, 
 	if err != nil {
 		return err
 	}
-	hc, err := c.httpClient()
-	if err != nil {
-		return err
+	if _, err := c.httpClient(); err != nil {
+		return err // a bad --proxy is a usage error before NATS
 	}
 	st, err := c.store.open(ctx, keys)
 	if err != nil {
 		return err
 	}
 	defer st.close()
-	a := c.acct
-	_, err = st.accounts.Get(ctx, a.Alias)
+	old, err := st.accounts.Get(ctx, c.acct.Alias)
 	replaced := err == nil
 	switch {
 	case replaced:
-		fmt.Fprintf(env.Stderr, "Account %s exists; it is replaced only if the new test mail is accepted.\n", a.Alias)
+		// Connecting an account again (the remedy of needs_consent is
+		// "authtool login --account A") keeps what the flags do not
+		// change; the proxy as sealed, with its credentials.
+		var proxyURL string
+		if !c.set["proxy"] {
+			if rec, _, err := st.tokens.Get(ctx, old.Alias); err == nil {
+				proxyURL = rec.ProxyURL
+			}
+		}
+		if err := c.keep(old, proxyURL); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stderr, "Account %s exists: its settings are kept except for the flags given; it is replaced only if the new test mail is accepted.\n", c.acct.Alias)
 	case !errors.Is(err, account.ErrNotFound):
 		return err
+	case c.needAccount:
+		return cli.Usagef("account %s does not exist: --mailbox, --tenant and --client-id are required to connect it", c.acct.Alias)
 	}
+	hc, err := c.httpClient()
+	if err != nil {
+		return err
+	}
+	a := c.acct
 
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
