@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-smtp"
+
 	"relay365/internal/fakeo365"
 )
 
@@ -48,5 +50,18 @@ func TestAuthorizeErrorIsEscaped(t *testing.T) {
 				t.Error("a code was redeemed after an error redirect")
 			}
 		})
+	}
+}
+
+// The SMTP reply that refuses the test mail is the server's text too.
+func TestTestMailRefusalIsEscaped(t *testing.T) {
+	w := newWorld(t, fakeo365.Config{})
+	w.fake.SetNextDataReply(1, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+		Message: "Refused\x1b]0;owned\x07\x1b[2J\u202eevil"})
+	r := w.failsStoringNothing(t, person{follow: true}, w.login("alerts", mailbox), []string{"550 5.7.1 Refused", `\x1b]0;owned\a\x1b[2J`})
+	for _, bad := range []string{"\x1b", "\x07", "\u202e"} {
+		if strings.Contains(r.stderr, bad) {
+			t.Errorf("stderr holds %q raw", bad)
+		}
 	}
 }

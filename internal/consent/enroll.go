@@ -11,6 +11,7 @@ import (
 	"relay365/internal/account"
 	"relay365/internal/message"
 	"relay365/internal/submit"
+	"relay365/internal/termsafe"
 	"relay365/internal/token"
 )
 
@@ -40,8 +41,10 @@ type TestMailError struct {
 	Remedy string
 }
 
+// Error quotes the server's reply with its control characters escaped
+// (termsafe): it is printed on the operator's terminal.
 func (e *TestMailError) Error() string {
-	return fmt.Sprintf("test mail refused: %v; %s", e.Err, e.Remedy)
+	return fmt.Sprintf("test mail refused: %s; %s", termsafe.Line(e.Err.Error()), e.Remedy)
 }
 
 func (e *TestMailError) Unwrap() error { return e.Err }
