@@ -298,8 +298,12 @@ func (c *enrollConfig) validate(appOnly bool) error {
 		}
 		a.CAFile = abs // the relay reads it too, from its own working directory
 	}
-	if c.testTo != "" && !strings.Contains(c.testTo, "@") {
-		errs = append(errs, fmt.Errorf("--test-to %q is not an e-mail address", c.testTo))
+	if c.testTo != "" {
+		// The test mail's checks, now: found after the sign-in, a bad
+		// address would throw the person's consent away.
+		if _, err := message.ParseAddress("to", c.testTo); err != nil {
+			errs = append(errs, fmt.Errorf("--test-to %q: want one deliverable e-mail address", c.testTo))
+		}
 	}
 	if c.timeout <= 0 {
 		errs = append(errs, fmt.Errorf("--timeout %s: want a positive duration", c.timeout))

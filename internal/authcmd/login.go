@@ -49,6 +49,10 @@ func runLogin(ctx context.Context, args []string, env Env) error {
 		return cli.Usagef("--flow %q: want browser or device", c.flow)
 	case c.redirectPort < 0 || c.redirectPort > 65535:
 		return cli.Usagef("--redirect-port %d: want 1-65535, or 0 for a free port", c.redirectPort)
+	case c.flow == flowDevice && c.set["redirect-port"]:
+		// The device flow has no redirect: the person meant one flow or
+		// the other (--no-browser is true of both and passes).
+		return cli.Usagef("--redirect-port is for --flow browser; --flow device has no redirect")
 	}
 	secret, err := c.secret.read(env)
 	if err != nil {

@@ -230,6 +230,10 @@ func TestUsageErrors(t *testing.T) {
 		{"no account", person{}, []string{"login", "--mailbox", mailbox, "--tenant", tenant, "--client-id", clientID}, cli.ExitUsage, "alias is empty"},
 		{"bad flow", person{}, w.login("alerts", mailbox, "--flow", "carrier-pigeon"), cli.ExitUsage, `--flow "carrier-pigeon"`},
 		{"bad mailbox", person{}, w.login("alerts", "not-an-address"), cli.ExitUsage, "mailbox"},
+		// Found after the sign-in, these threw the person's consent away.
+		{"two test addresses", person{follow: true}, w.login("alerts", mailbox, "--test-to", "ops@contoso.com, it@contoso.com"), cli.ExitUsage, `--test-to "ops@contoso.com, it@contoso.com": want one deliverable e-mail address`},
+		{"test address with a space", person{follow: true}, w.login("alerts", mailbox, "--test-to", `"o ps"@contoso.com`), cli.ExitUsage, "--test-to"},
+		{"redirect port with the device flow", person{}, w.login("alerts", mailbox, "--flow", "device", "--redirect-port", "8400"), cli.ExitUsage, "--redirect-port is for --flow browser"},
 		{"secret as a flag value", person{}, append(w.target("app", "alerts", mailbox), "--client-secret", "hunter2"), cli.ExitUsage, "flag provided but not defined"},
 		{"app without secret", person{}, w.target("app", "alerts", mailbox), cli.ExitUsage, "client secret of the app registration is required"},
 		{"app with delegated scope", person{env: map[string]string{"S": "x"}}, append(w.target("app", "alerts", mailbox), "--client-secret-env", "S", "--scopes", account.ScopeSMTPSend), cli.ExitUsage, ".default"},
@@ -249,7 +253,7 @@ func TestUsageErrors(t *testing.T) {
 			}
 		})
 	}
-	if w.fake.TokenCalls(fakeo365.GrantAuthorizationCode)+w.fake.TokenCalls(fakeo365.GrantClientCredentials) != 0 {
+	if w.fake.TokenCalls(fakeo365.GrantAuthorizationCode)+w.fake.TokenCalls(fakeo365.GrantClientCredentials)+w.fake.TokenCalls(fakeo365.GrantDeviceCode) != 0 {
 		t.Fatal("a misconfigured command reached the identity platform")
 	}
 	w.mustBeEmpty("alerts")
