@@ -198,10 +198,12 @@ func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.T
 			continue // the select above reports why
 		}
 		ie := token.Classify(err)
+		wait := interval
 		switch ie.Err {
 		case "authorization_pending":
 		case "slow_down":
 			interval += step
+			wait = interval
 		default:
 			if de := deviceError(ie.Err, ie.Codes); de != nil {
 				return nil, de
@@ -209,8 +211,12 @@ func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.T
 			if !ie.Temporary() {
 				return nil, codeRefused("device code", ie)
 			}
+			// A throttled or unavailable server (429, 503) says when to
+			// come back (Retry-After, RFC 9110 §10.2.3): polling sooner
+			// only adds to its load. The interval itself stays.
+			wait = max(interval, ie.RetryAfter)
 		}
-		timer.Reset(interval)
+		timer.Reset(wait)
 	}
 }
 

@@ -206,3 +206,26 @@ func TestDeviceCodeIsEscaped(t *testing.T) {
 		t.Errorf("%q: the user code is not shown escaped", printed)
 	}
 }
+
+// A temporary refusal of a poll (503 or 429 with Retry-After) keeps the
+// sign-in going, and the next poll waits for Retry-After (1 s here), not
+// only the polling interval.
+func TestDeviceFlowHonoursRetryAfter(t *testing.T) {
+	f := startFake(t, fakeo365.Config{DeviceApproveAfter: -1})
+	d := device(f)
+	var failed time.Time
+	if _, err := d.Run(testCtx(t), func(consent.DeviceCode) error {
+		f.FailNextTokenCalls(1) // the first poll: 503, Retry-After: 1
+		failed = time.Now()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.TokenCalls(fakeo365.GrantDeviceCode); n != 2 {
+		t.Fatalf("device polls = %d, want 1 refused + 1 approved", n)
+	}
+	// Timers never fire early, so this lower bound cannot flake.
+	if el := time.Since(failed); el < time.Second {
+		t.Fatalf("approved %s after the refusal: the poll after it did not wait for Retry-After", el)
+	}
+}
