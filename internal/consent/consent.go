@@ -109,6 +109,14 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 	got := make(chan result, 1)
 	var foreign atomic.Int32 // redirects that carried another sign-in's state
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" || r.Method != http.MethodGet {
+			// Only the redirect URI registered above carries the
+			// authorization response (RFC 6749 §3.1.2, a query-mode GET;
+			// RFC 8252 §7.3): a favicon or another local client is not
+			// an answer, and not another sign-in's either.
+			http.NotFound(w, r)
+			return
+		}
 		q := r.URL.Query()
 		var res result
 		issErr := checkIssuer(q.Get("iss"), b.AuthURL)

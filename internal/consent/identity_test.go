@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -170,4 +171,40 @@ func stores(t *testing.T, ctx context.Context, q *queuetest.Env) (*account.Regis
 		t.Fatal(err)
 	}
 	return reg, store
+}
+
+// TestRedirectListenerAnswersOnlyTheRedirectURI: the loopback listener
+// takes the authorization response at the redirect URI it registered
+// (path "/", RFC 8252 §7.3, RFC 6749 §3.1.2) and nowhere else: a request
+// for another path (a favicon, another local client) gets 404 even when it
+// carries this sign-in's state and a code, and the sign-in goes on.
+func TestRedirectListenerAnswersOnlyTheRedirectURI(t *testing.T) {
+	f := startFake(t, fakeo365.Config{})
+	ctx := testCtx(t)
+	follow := consent.FollowURL(ctx)
+	tok, err := consent.Browser{ClientID: clientID, AuthURL: f.AuthURL(tenant), TokenURL: f.TokenURL(tenant),
+		Scopes: account.DefaultDelegatedScopes(), LoginHint: mailbox}.Run(ctx, func(u string) error {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return err
+		}
+		redirect, state := pu.Query().Get("redirect_uri"), pu.Query().Get("state")
+		for _, stray := range []string{"favicon.ico", "favicon.ico?" + url.Values{"state": {state}, "code": {"forged"}}.Encode()} {
+			resp, err := http.Get(redirect + stray)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusNotFound {
+				t.Errorf("GET %s: %s, want 404", stray, resp.Status)
+			}
+		}
+		return follow(u)
+	})
+	if err != nil {
+		t.Fatalf("the sign-in after stray requests: %v", err)
+	}
+	if tok.RefreshToken == "" {
+		t.Fatal("no refresh token")
+	}
 }
