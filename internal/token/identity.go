@@ -213,16 +213,30 @@ func Classify(err error) *IdentityError {
 	return e
 }
 
+// maxRetryAfter caps the wait a Retry-After may ask for.
+const maxRetryAfter = time.Hour
+
+// parseRetryAfter reads Retry-After (RFC 9110 §10.2.3): delay-seconds
+// (1*DIGIT) or an HTTP-date, as a wait within [0, maxRetryAfter].
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0
 	}
-	if n, err := strconv.Atoi(v); err == nil && n > 0 {
-		return min(time.Duration(n)*time.Second, time.Hour)
+	if !strings.ContainsFunc(v, func(r rune) bool { return r < '0' || r > '9' }) {
+		// delay-seconds is any number of digits: compare with the cap
+		// before converting, since n*time.Second overflows int64 from
+		// 9223372037 seconds on (a negative wait, or a small positive one
+		// after wrapping), and Atoi refuses numbers past int64 that are
+		// still a valid, very long delay.
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter
+		}
+		return time.Duration(n) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return min(t.Sub(now), time.Hour)
+		return min(t.Sub(now), maxRetryAfter)
 	}
 	return 0
 }
