@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -313,11 +314,16 @@ func (w window) prune(slots []paceSlot, now time.Time) []paceSlot {
 	return slices.DeleteFunc(slots, func(s paceSlot) bool { return !w.exit(s).After(now) || s.N <= 0 })
 }
 
+// total counts the slots still in the window. The record is read from the
+// bucket, where any process (or an operator) may have written it: a count
+// below zero counts nothing, and the sum stops at math.MaxInt instead of
+// wrapping, as three slots of a corrupt record could make it wrap to a
+// small number (2*MaxInt+2 is 0) and grant everything.
 func (w window) total(slots []paceSlot, now time.Time) int {
 	n := 0
 	for _, s := range slots {
-		if w.exit(s).After(now) {
-			n += s.N
+		if w.exit(s).After(now) && s.N > 0 {
+			n += min(s.N, math.MaxInt-n)
 		}
 	}
 	return n
@@ -331,7 +337,14 @@ func (w window) add(slots []paceSlot, t time.Time, n int) []paceSlot {
 		if n > 0 {
 			slots[i].L = 0 // not accepted yet: counted to the slot's end
 		}
-		slots[i].N = max(0, slots[i].N+n)
+		// Saturating: a count near math.MaxInt (a corrupt record) must
+		// not wrap to below zero and count nothing.
+		switch {
+		case n > 0 && slots[i].N > math.MaxInt-n:
+			slots[i].N = math.MaxInt
+		default:
+			slots[i].N = max(0, slots[i].N+n)
+		}
 		return slots
 	}
 	if n <= 0 {
@@ -345,12 +358,22 @@ func (w window) room(slots []paceSlot, now time.Time, limit, need int) time.Dura
 	if limit <= 0 {
 		return 0
 	}
-	over := w.total(slots, now) + need - limit
-	for _, s := range slots { // sorted oldest first
+	// Compared without total+need, which a corrupt record's count near
+	// math.MaxInt would make wrap.
+	total := w.total(slots, now)
+	if total <= limit-need {
+		return 0
+	}
+	if need > limit {
+		return w.span // more than the whole budget: never; callers keep batches smaller
+	}
+	// over is within (0, total]; slots are sorted oldest first.
+	over := total - (limit - need)
+	for _, s := range slots {
 		if over <= 0 {
 			break
 		}
-		if exit := w.exit(s); exit.After(now) {
+		if exit := w.exit(s); exit.After(now) && s.N > 0 {
 			over -= s.N
 			if over <= 0 {
 				return exit.Sub(now)
