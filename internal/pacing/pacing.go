@@ -303,11 +303,20 @@ var (
 func (w window) sameSlot(a, b time.Time) bool { return a.Truncate(w.slot).Equal(b.Truncate(w.slot)) }
 
 // exit is when a slot stops counting.
+//
+// L counts only where it lies within the slot, as paceSlot promises: a
+// stored record is read from the bucket, and an L past the slot (a
+// corrupt record) would otherwise keep the slot counting for as long as
+// it says, pausing the mailbox for days; ignored, the slot counts to its
+// end, which is never shorter than the truth.
 func (w window) exit(s paceSlot) time.Time {
+	end := time.Unix(s.T, 0).Add(w.slot)
 	if s.L > 0 {
-		return time.UnixMilli(s.L).Add(w.span)
+		if l := time.UnixMilli(s.L); !l.Before(time.Unix(s.T, 0)) && !l.After(end) {
+			return l.Add(w.span)
+		}
 	}
-	return time.Unix(s.T, 0).Add(w.slot + w.span)
+	return end.Add(w.span)
 }
 
 func (w window) prune(slots []paceSlot, now time.Time) []paceSlot {
