@@ -47,6 +47,11 @@ func FuzzParseSendmail(f *testing.F) {
 		{"", "alerts"},
 		{"--\x00--\x00-t", "alerts"},
 		{"--domain=\x00-t", "alerts"},
+		{"-q", ""},
+		{"-q\x00--spool=off", "alerts"},
+		{"-q\x00root", "alerts"},
+		{"-q1h", ""},
+		{"-qi\x00--spool\x00/nonexistent", ""},
 	} {
 		f.Add(s.args, s.account)
 	}
@@ -72,11 +77,19 @@ func FuzzParseSendmail(f *testing.F) {
 			}
 			return
 		}
-		if !message.ValidAccount(c.Account) {
-			t.Fatalf("account %q accepted", c.Account)
-		}
 		if c.Timeout <= 0 {
 			t.Fatalf("timeout %v accepted", c.Timeout)
+		}
+		if c.Queue {
+			// -q sends the spool: each file names its account, and no
+			// recipient or message is read.
+			if len(c.Rcpts) != 0 || c.Spool == "" || c.Account != "" && !message.ValidAccount(c.Account) {
+				t.Fatalf("-q accepted with recipients %q, spool %q, account %q", c.Rcpts, c.Spool, c.Account)
+			}
+			return
+		}
+		if !message.ValidAccount(c.Account) {
+			t.Fatalf("account %q accepted", c.Account)
 		}
 		if !c.FromHeader && len(c.Rcpts) == 0 {
 			t.Fatal("no recipients and no -t")
