@@ -213,11 +213,12 @@ func Classify(err error) *IdentityError {
 	return e
 }
 
-// maxRetryAfter caps the wait a Retry-After may ask for.
-const maxRetryAfter = time.Hour
+// MaxRetryAfter caps the wait a Retry-After may ask for, and the wait the
+// token service hands on with its answer (tokensvc).
+const MaxRetryAfter = time.Hour
 
 // parseRetryAfter reads Retry-After (RFC 9110 §10.2.3): delay-seconds
-// (1*DIGIT) or an HTTP-date, as a wait within [0, maxRetryAfter].
+// (1*DIGIT) or an HTTP-date, as a wait within [0, MaxRetryAfter].
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
 	if v == "" {
@@ -230,13 +231,13 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		// after wrapping), and Atoi refuses numbers past int64 that are
 		// still a valid, very long delay.
 		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter
+		if err != nil || n > int64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter
 		}
 		return time.Duration(n) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return min(t.Sub(now), maxRetryAfter)
+		return min(t.Sub(now), MaxRetryAfter)
 	}
 	return 0
 }

@@ -159,7 +159,7 @@ func decodeError(code, description string, data []byte) error {
 		}
 		return &token.IdentityError{
 			Err: b.OAuthError, Codes: b.ErrorCodes, Status: b.HTTPStatus, Class: class,
-			RetryAfter: time.Duration(b.RetryAfterMS) * time.Millisecond, Remedy: b.Remedy,
+			RetryAfter: retryAfter(b.RetryAfterMS), Remedy: b.Remedy,
 			Suberror: b.Suberror, TraceID: b.TraceID, CorrelationID: b.CorrelationID,
 		}
 	case b.Kind == KindAccountNotFound:
@@ -179,3 +179,11 @@ type sentinelError struct {
 
 func (e *sentinelError) Error() string { return "token service: " + e.description }
 func (e *sentinelError) Unwrap() error { return e.sentinel }
+
+// retryAfter is the wait an answer carries, held within [0,
+// token.MaxRetryAfter] before it is converted: a value out of range from
+// another version, or a damaged answer, would otherwise overflow into a
+// negative or a tiny wait, as an unchecked Retry-After once did.
+func retryAfter(ms int64) time.Duration {
+	return time.Duration(min(max(ms, 0), token.MaxRetryAfter.Milliseconds())) * time.Millisecond
+}

@@ -45,3 +45,21 @@ func TestRetryAfterIsJittered(t *testing.T) {
 		t.Fatalf("all %d throttled accounts retry at the same instant, %v after the 429: no jitter above Retry-After", n, waits)
 	}
 }
+
+// TestAnsweredRetryAfterIsBounded: the wait a token service answer
+// carries is held within [0, token.MaxRetryAfter] before it is converted,
+// so a value out of range cannot overflow into a negative or tiny wait.
+func TestAnsweredRetryAfterIsBounded(t *testing.T) {
+	for ms, want := range map[int64]time.Duration{
+		0:                     0,
+		1500:                  1500 * time.Millisecond,
+		-5:                    0,
+		3_600_000:             time.Hour,
+		9_223_372_036_854_775: time.Hour, // ×1e6 overflows int64 nanoseconds
+		1<<63 - 1:             time.Hour,
+	} {
+		if got := retryAfter(ms); got != want {
+			t.Errorf("retryAfter(%d) = %s, want %s", ms, got, want)
+		}
+	}
+}
