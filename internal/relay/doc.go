@@ -54,7 +54,14 @@
 // and, after UnknownGrace (so an account being created does not lose its
 // first messages to the race with its lane starting), dead-letters them
 // with reason `unknown account "<alias>"` through a temporary consumer on
-// that exact subject.
+// that exact subject, or, for a removed account, through its durable
+// consumer while that still exists. A removed account's consumer is
+// deleted only once it holds nothing (Engine.dropConsumer): another worker
+// process may still be sending a message of it, and a consumer deleted
+// under that process put the message back in mid-transaction, to be
+// dead-lettered as unknown although it was sent, or sent again by the
+// lane of the account added again. Through the durable consumer the
+// sweeper gets only what no live process holds.
 //
 // # Sessions
 //
@@ -179,7 +186,8 @@
 // AckWait ran out unrenewed (finish heartbeats nothing while a dead
 // letter or a requeue waits for its PubAck; a NATS outage) or its
 // consumer was made anew (an account removed and added again: the old
-// lane deletes the consumer under the new one). That delivery is left
+// lane's process deletes the consumer, holding nothing, just as the new
+// lane binds it). That delivery is left
 // unanswered: not sent — the first's marker may not be written yet —
 // and not acked, nak'ed or terminated, which the server applies by
 // stream sequence, to the first handler's message. The first handler's

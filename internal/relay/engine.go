@@ -305,10 +305,8 @@ func (e *Engine) apply(ctx context.Context, c account.Change) {
 				e.log.Info().Str("account", c.Alias).Msg("account added again before its removal ended; its consumer is kept")
 				return
 			}
-			if err := queue.DeleteAccountConsumer(context.WithoutCancel(ctx), e.js, c.Alias); err != nil {
-				e.log.Warn().Err(err).Str("account", c.Alias).Msg("account removed; its consumer stays")
-			}
 			e.metrics.forget(c.Alias)
+			e.dropConsumer(context.WithoutCancel(ctx), c.Alias)
 		}()
 		e.log.Info().Str("account", c.Alias).Msg("account removed: delivery stopped; queued mail is dead-lettered as unknown account")
 		return

@@ -53,6 +53,8 @@ type harness struct {
 	ctx      context.Context // the test's deadline
 	fake     *fakeo365.Server
 	js       jetstream.JetStream
+	url      string // the embedded server's client URL (a second replica connects there)
+	setup    setup  // what the harness was made with (a second replica copies it)
 	accounts *account.Registry
 	store    *token.Store
 	tokens   *tokensvc.Client // the workers' client of a token service replica on the same NATS
@@ -77,6 +79,7 @@ func newHarness(t testing.TB, s setup) *harness {
 	}
 	env := queuetest.StartSync(t, s.sync)
 	h.js = env.JS
+	h.url = env.URL
 	var err error
 	if err := queue.EnsureStreams(ctx, h.js, queue.StreamConfig{}); err != nil {
 		t.Fatal(err)
@@ -127,6 +130,8 @@ func newHarness(t testing.TB, s setup) *harness {
 	if ec.UnknownGrace == 0 {
 		ec.UnknownGrace = 300 * time.Millisecond
 	}
+	h.setup = s
+	h.setup.engine = ec
 	h.reg = prometheus.NewRegistry()
 	deps := relay.Deps{JS: h.js, Accounts: h.accounts, Tokens: h.tokens, TokenEvents: h.tokens, Transport: s.transport, Registry: h.reg, Log: log}
 	if s.clock != nil {

@@ -51,24 +51,47 @@ func (e *Engine) sweep(ctx context.Context) {
 	}
 }
 
-// sweepSubject reads one subject with a temporary consumer of its own. A
-// WorkQueue stream refuses it while an account consumer covers the subject
-// (the account appeared meanwhile): then there is nothing to sweep.
+// sweepSubject reads one subject with a temporary consumer of its own,
+// or, when the durable consumer of a removed account is still there,
+// through that one. A WorkQueue stream refuses a temporary consumer while
+// an account consumer covers the subject.
+//
+// The durable consumer of a removed account stays while any process holds
+// a message of it (dropConsumer): another worker process may still be
+// sending it, heartbeating it, and will ack it there. Read through that
+// consumer, the sweeper gets only what nobody holds (never delivered,
+// given back, or left by a process that died, after AckWait), so it never
+// dead-letters a message another process is sending. Once the consumer
+// holds nothing it is deleted.
 func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
-	cons, err := e.js.CreateConsumer(ctx, queue.StreamMail, jetstream.ConsumerConfig{
-		Description:       "Relay365 sweeper: mail for an unknown account",
-		FilterSubject:     subject,
-		AckPolicy:         jetstream.AckExplicitPolicy,
-		AckWait:           30 * time.Second,
-		InactiveThreshold: time.Minute,
-	})
-	if err != nil {
-		e.log.Debug().Err(err).Str("subject", subject).Msg("sweeper: subject not swept now")
-		return
+	durable := account.ValidateAlias(alias) == nil
+	var cons jetstream.Consumer
+	var err error
+	if durable {
+		cons, err = e.js.Consumer(ctx, queue.StreamMail, queue.AccountConsumer(alias))
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return
+		}
+		durable = err == nil
 	}
-	// Deleting the consumer returns every message it did not end to the
-	// stream (the young ones, if any).
-	defer e.js.DeleteConsumer(context.WithoutCancel(ctx), queue.StreamMail, cons.CachedInfo().Name)
+	if durable {
+		defer e.dropConsumer(context.WithoutCancel(ctx), alias)
+	} else {
+		cons, err = e.js.CreateConsumer(ctx, queue.StreamMail, jetstream.ConsumerConfig{
+			Description:       "Relay365 sweeper: mail for an unknown account",
+			FilterSubject:     subject,
+			AckPolicy:         jetstream.AckExplicitPolicy,
+			AckWait:           30 * time.Second,
+			InactiveThreshold: time.Minute,
+		})
+		if err != nil {
+			e.log.Debug().Err(err).Str("subject", subject).Msg("sweeper: subject not swept now")
+			return
+		}
+		// Deleting the consumer returns every message it did not end to the
+		// stream (the young ones, if any).
+		defer e.js.DeleteConsumer(context.WithoutCancel(ctx), queue.StreamMail, cons.CachedInfo().Name)
+	}
 	dlqAccount := "unknown"
 	if account.ValidateAlias(alias) == nil {
 		dlqAccount = alias
@@ -84,6 +107,11 @@ func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
 			n++
 			md, err := msg.Metadata()
 			if err != nil || time.Since(md.Timestamp) < e.cfg.UnknownGrace {
+				if durable {
+					// Back after the grace; a temporary consumer gives
+					// them back when it is deleted.
+					_ = msg.NakWithDelay(e.cfg.UnknownGrace)
+				}
 				continue // young: left for its account, if one appears
 			}
 			id := messageID("", msg.Headers(), md.Sequence.Stream)
@@ -98,5 +126,52 @@ func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
 		if n == 0 {
 			return
 		}
+	}
+}
+
+// dropConsumer deletes the durable consumer of a removed account once it
+// holds nothing: no message waiting for delivery, none delivered and not
+// yet acked. A process whose lane of the account has ended cannot tell
+// whether another worker process is still sending a message of it;
+// deleting the consumer under that process returned the message to the
+// stream in mid-transaction, where the sweeper dead-lettered it as "no
+// such account" although Office 365 accepted it a moment later, or, if
+// the account was added again meanwhile, a lane of another process got it
+// from the consumer made anew and sent it a second time. So the consumer
+// stays while it holds anything; the process that acks the last message
+// deletes it when its lane ends, and the sweeper (sweepSubject) reads
+// what is left through it and deletes it after. A process that died
+// holding messages leaves them to come back after AckWait, to the sweeper.
+//
+// The account is looked up just before: one added again meanwhile keeps
+// its consumer. (Between that look and the deletion remains the time of
+// one request.)
+func (e *Engine) dropConsumer(ctx context.Context, alias string) {
+	cons, err := e.js.Consumer(ctx, queue.StreamMail, queue.AccountConsumer(alias))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return
+	}
+	if err != nil {
+		e.log.Warn().Err(err).Str("account", alias).Msg("account removed; its consumer stays for now")
+		return
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		e.log.Warn().Err(err).Str("account", alias).Msg("account removed; its consumer stays for now")
+		return
+	}
+	if info.NumAckPending > 0 || info.NumPending > 0 {
+		e.log.Debug().Str("account", alias).Int("ack_pending", info.NumAckPending).Uint64("pending", info.NumPending).
+			Msg("account removed; its consumer stays while it holds messages (the sweeper ends them)")
+		return
+	}
+	if e.hasLane(alias) {
+		return
+	}
+	if _, err := e.accounts.Get(ctx, alias); !errors.Is(err, account.ErrNotFound) {
+		return // added again, or the registry cannot be read now
+	}
+	if err := queue.DeleteAccountConsumer(ctx, e.js, alias); err != nil {
+		e.log.Warn().Err(err).Str("account", alias).Msg("account removed; its consumer stays for now")
 	}
 }
