@@ -98,6 +98,11 @@ func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
 	}
 	reason := unknownAccount(alias).Error()
 	for ctx.Err() == nil {
+		if durable && e.accountBack(ctx, alias) {
+			// Added again: the account's lanes bind this consumer, and
+			// what it holds is theirs to send.
+			return
+		}
 		batch, err := cons.Fetch(100, jetstream.FetchMaxWait(200*time.Millisecond))
 		if err != nil {
 			return
@@ -165,13 +170,20 @@ func (e *Engine) dropConsumer(ctx context.Context, alias string) {
 			Msg("account removed; its consumer stays while it holds messages (the sweeper ends them)")
 		return
 	}
-	if e.hasLane(alias) {
+	if e.accountBack(ctx, alias) {
 		return
-	}
-	if _, err := e.accounts.Get(ctx, alias); !errors.Is(err, account.ErrNotFound) {
-		return // added again, or the registry cannot be read now
 	}
 	if err := queue.DeleteAccountConsumer(ctx, e.js, alias); err != nil {
 		e.log.Warn().Err(err).Str("account", alias).Msg("account removed; its consumer stays for now")
 	}
+}
+
+// accountBack says whether alias has a lane here or is in the registry
+// again (or the registry cannot be read now: then it may be).
+func (e *Engine) accountBack(ctx context.Context, alias string) bool {
+	if e.hasLane(alias) {
+		return true
+	}
+	_, err := e.accounts.Get(ctx, alias)
+	return !errors.Is(err, account.ErrNotFound)
 }
