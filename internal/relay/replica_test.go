@@ -279,3 +279,42 @@ func TestRemovedAccountsHeldMailIsSweptThroughItsConsumer(t *testing.T) {
 		return errors.Is(err, jetstream.ErrConsumerNotFound)
 	})
 }
+
+// TestQuotaRefusalPausesEachReplicaOnce: Office 365 refuses a mailbox
+// with 554 5.2.0 (submission quota). Pauses are per process (design §5.3),
+// so each replica meets the refusal on its own; but each then stops: with
+// probes an hour away the fake sees at most one refusal per session of
+// each replica, not one per queued message.
+func TestQuotaRefusalPausesEachReplicaOnce(t *testing.T) {
+	slow := relay.Backoff{Base: time.Hour, Max: time.Hour}
+	h := newHarness(t, setup{engine: relay.Config{Pause: slow}})
+	a := h.enroll("quota", "quota@contoso.com", "contoso.onmicrosoft.com", nil)
+	r := h.replica()
+	if err := r.engine.WaitBound(h.ctx, "quota"); err != nil {
+		t.Fatal(err)
+	}
+	h.fake.SetQuotaExceeded(a.Mailbox, true)
+	for i := range 60 {
+		h.publish("quota", fmt.Sprintf("q-%02d", i), fmt.Sprintf("quota %02d", i))
+	}
+	paused := func(e *relay.Engine) bool {
+		for _, l := range e.Status() {
+			if l.Account == "quota" {
+				return l.Paused && l.InFlight == 0
+			}
+		}
+		return false
+	}
+	h.waitFor("both replicas paused", func() bool { return paused(h.engine) && paused(r.engine) })
+	refusals := h.fake.Replies()["554 5.2.0"]
+	t.Logf("554 5.2.0 answered %d times; sent %v", refusals, h.outcome("quota", "paused")+r.outcome("quota", "paused"))
+	if refusals > 2*a.MaxConns {
+		t.Fatalf("the fake refused %d times; want at most %d (one per session of each replica)", refusals, 2*a.MaxConns)
+	}
+	if n := len(h.delivered()); n != 0 {
+		t.Fatalf("%d delivered over quota", n)
+	}
+	if dl := h.deadLetters("quota"); len(dl) != 0 {
+		t.Fatalf("dead letters: %q", dl[0].Reason)
+	}
+}
