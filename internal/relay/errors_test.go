@@ -35,7 +35,7 @@ func TestClassifyOffice365Replies(t *testing.T) {
 		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 708}, Message: "Service unavailable. Access denied, traffic not accepted from this IP."}, submit.ClassTenant, ActionPause},
 		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 705}, Message: "tenant exceeded threshold"}, submit.ClassTenant, ActionPause},
 		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 750}, Message: "unregistered domain"}, submit.ClassTenant, ActionPause},
-		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 8}, Message: "Access denied, bad outbound sender"}, submit.ClassTenant, ActionPause},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 8}, Message: "Access denied, bad outbound sender"}, submit.ClassAccount, ActionPause},
 		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary server error. Please try again later. PRX4"}, submit.ClassTransient, ActionRetry},
 		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 111}, Message: "server fault"}, submit.ClassTransient, ActionRetry},
 		{&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service not available, closing transmission channel"}, submit.ClassTransient, ActionRetry},

@@ -31,6 +31,7 @@ const (
 	actThrottle   = "back off with one connection fewer"
 	actPause      = "pause the account until a probe succeeds"
 	actTenant     = "pause every account of the tenant"
+	actSender     = "pause this account, not the others of its tenant"
 	actRewrite    = "rewrite From per policy"
 	actDeadLetter = "dead-letter with the reply"
 )
@@ -89,7 +90,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 		{reply: "550 5.7.708", act: actTenant, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 708, "Service unavailable. Access denied, traffic not accepted from this IP."))},
 		{reply: "550 5.7.705", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 705, "Access denied, tenant has exceeded threshold."))},
 		{reply: "550 5.7.750", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 750, "Service unavailable. Client blocked from sending from unregistered domains."))},
-		{reply: "550 5.1.8", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 1, 8, "Access denied, bad outbound sender."))},
+		{reply: "550 5.1.8", act: actSender, class: submit.ClassAccount, inject: data(reply(550, 5, 1, 8, "Access denied, bad outbound sender."))},
 		{reply: "451 4.7.0", act: actRetry, class: submit.ClassTransient, inject: func(account.Account) { h.fake.FailNextData(1) }},
 		{reply: "451 4.3.111", act: actRetry, class: submit.ClassTransient, inject: data(reply(451, 4, 3, 111, "Temporary server error"))},
 		{reply: "421 (other)", act: actRetry, class: submit.ClassTransient, inject: data(reply(421, 4, 3, 2, "Service not available, closing transmission channel"))},
@@ -124,7 +125,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 				}
 			})
 			var sibling, stranger account.Account
-			if r.act == actTenant {
+			if r.act == actTenant || r.act == actSender {
 				sibling = h.enroll(alias+"-sib", alias+"-sib@contoso.com", tenant, nil)
 				stranger = h.enroll(alias+"-other", alias+"-other@contoso.com", "elsewhere.onmicrosoft.com", nil)
 			}
@@ -149,7 +150,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 					t.Fatalf("dead-lettered message also delivered %d times", n)
 				}
 				return
-			case actPause, actTenant:
+			case actPause, actTenant, actSender:
 				h.waitFor("the pause", func() bool {
 					return h.metric("relay_account_pauses_total", "account", alias, "class", string(r.class)) >= 1
 				})
@@ -189,7 +190,12 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 				if pauses != 0 || h.outcome(alias, "retried") != 0 {
 					t.Fatal("the one refresh happens inside the attempt: no pause, no retry")
 				}
-			case actPause, actTenant:
+			case actPause, actTenant, actSender:
+				if r.act == actSender && h.metric("relay_account_pauses_total", "account", sibling.Alias) != 0 {
+					// Checked once the account has paused and resumed:
+					// a tenant pause would have been counted by now.
+					t.Fatal("a restricted sender paused the other accounts of its tenant")
+				}
 				if r.class == submit.ClassAuth {
 					if got := h.fake.TokenCalls(fakeo365.GrantRefreshToken) - refreshes; got != 1 {
 						t.Fatalf("%d refreshes, want one (then hold the account)", got)

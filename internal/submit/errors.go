@@ -25,8 +25,8 @@ const (
 	ClassSession   Class = "session"   // 530 5.7.57: reconnect and authenticate
 	ClassThrottle  Class = "throttle"  // 432 4.3.2: too many connections
 	ClassQuota     Class = "quota"     // 554 5.2.0 SubmissionQuotaExceeded, 550 5.1.90: the day's budget is spent
-	ClassAccount   Class = "account"   // 554 5.2.2 sending mailbox full
-	ClassTenant    Class = "tenant"    // 550 5.7.708/705/750, 550 5.1.8: tenant, IP or sender blocked
+	ClassAccount   Class = "account"   // 554 5.2.2 sending mailbox full, 550 5.1.8 sender restricted
+	ClassTenant    Class = "tenant"    // 550 5.7.708/705/750: tenant or its outbound IP blocked
 	ClassMessage   Class = "message"   // 550 5.7.60, 552, other 5xx: this message, as it is, can never go
 )
 
@@ -158,9 +158,18 @@ func ClassifyReply(code int, enhanced, text string) Class {
 		return ClassThrottle
 	case enhanced == "5.2.2":
 		return ClassAccount
+	case enhanced == "5.1.8":
+		// "Access denied, bad outbound sender": Microsoft put this one
+		// user on the Restricted entities page for outbound spam; it
+		// can still receive, and the tenant's other mailboxes still send
+		// (Microsoft, "Removing a user from the Restricted Users portal after
+		// sending spam email", https://docs.microsoft.com/en-us/office365/SecurityCompliance/removing-user-from-restricted-users-portal-after-spam).
+		// So the account pauses until a probe goes through, and its
+		// tenant's other accounts carry on.
+		return ClassAccount
 	case enhanced == "5.2.0" && strings.Contains(text, "SubmissionQuotaExceeded"), enhanced == "5.1.90":
 		return ClassQuota
-	case enhanced == "5.7.708", enhanced == "5.7.705", enhanced == "5.7.750", enhanced == "5.1.8":
+	case enhanced == "5.7.708", enhanced == "5.7.705", enhanced == "5.7.750":
 		return ClassTenant
 	case code >= 500 && code < 600:
 		return ClassMessage // 5.7.60 send-as, 552 size, and every other permanent reply

@@ -51,3 +51,27 @@ func TestClassifyByStage(t *testing.T) {
 		}
 	}
 }
+
+// Office 365's replies at the end of DATA, with the class each must get
+// (docs/office365.md §4). The rows here are those where the class turns
+// on who is blocked: one sender, or every mailbox of the tenant.
+func TestClassifyReplyWhoIsBlocked(t *testing.T) {
+	for _, tt := range []struct {
+		code int
+		ec   smtp.EnhancedCode
+		text string
+		want Class
+	}{
+		// A user on the Restricted entities page: that mailbox only.
+		{550, smtp.EnhancedCode{5, 1, 8}, "Access denied, bad outbound sender", ClassAccount},
+		// The tenant itself blocked.
+		{550, smtp.EnhancedCode{5, 7, 705}, "Access denied, tenant has exceeded threshold", ClassTenant},
+		{550, smtp.EnhancedCode{5, 7, 708}, "Access denied, traffic not accepted from this IP", ClassTenant},
+		{550, smtp.EnhancedCode{5, 7, 750}, "Client blocked from sending from unregistered domains", ClassTenant},
+	} {
+		err := &smtpclient.Error{Command: "message", Err: &smtp.SMTPError{Code: tt.code, EnhancedCode: tt.ec, Message: tt.text}}
+		if got := Classify("", err).Class; got != tt.want {
+			t.Errorf("%d %v %q: class %s, want %s", tt.code, tt.ec, tt.text, got, tt.want)
+		}
+	}
+}
