@@ -91,6 +91,8 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 		{reply: "550 5.7.705", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 705, "Access denied, tenant has exceeded threshold."))},
 		{reply: "550 5.7.750", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 750, "Service unavailable. Client blocked from sending from unregistered domains."))},
 		{reply: "550 5.1.8", act: actSender, class: submit.ClassAccount, inject: data(reply(550, 5, 1, 8, "Access denied, bad outbound sender."))},
+		{reply: "550 5.7.501", act: actPause, class: submit.ClassAccount, inject: data(reply(550, 5, 7, 501, "Access denied, spam abuse detected."))},
+		{reply: "554 5.2.0 OutboundSpamException", act: actPause, class: submit.ClassAccount, inject: data(reply(554, 5, 2, 0, "STOREDRV.Submission.Exception:OutboundSpamException; Failed to process message due to a permanent exception with message WASCL UserAction verdict is not None."))},
 		{reply: "451 4.7.0", act: actRetry, class: submit.ClassTransient, inject: func(account.Account) { h.fake.FailNextData(1) }},
 		{reply: "451 4.3.111", act: actRetry, class: submit.ClassTransient, inject: data(reply(451, 4, 3, 111, "Temporary server error"))},
 		{reply: "421 (other)", act: actRetry, class: submit.ClassTransient, inject: data(reply(421, 4, 3, 2, "Service not available, closing transmission channel"))},

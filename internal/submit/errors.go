@@ -25,7 +25,7 @@ const (
 	ClassSession   Class = "session"   // 530 5.7.57: reconnect and authenticate
 	ClassThrottle  Class = "throttle"  // 432 4.3.2: too many connections
 	ClassQuota     Class = "quota"     // 554 5.2.0 SubmissionQuotaExceeded, 550 5.1.90: the day's budget is spent
-	ClassAccount   Class = "account"   // 554 5.2.2 sending mailbox full, 550 5.1.8 sender restricted
+	ClassAccount   Class = "account"   // 554 5.2.2 sending mailbox full; 550 5.1.8, 5.7.501, 5.7.511, 5.2.0 OutboundSpamException: sender restricted
 	ClassTenant    Class = "tenant"    // 550 5.7.708/705/750: tenant or its outbound IP blocked
 	ClassMessage   Class = "message"   // 550 5.7.60, 552, other 5xx: this message, as it is, can never go
 )
@@ -141,7 +141,8 @@ func Classify(stage string, err error) *SMTPError {
 
 // ClassifyReply maps an SMTP reply to its class (docs/office365.md §4).
 // Enhanced codes (RFC 3463) decide where Office 365 gives them; the text is
-// read only where one enhanced code covers different conditions (5.2.0).
+// read only where one enhanced code covers different conditions (5.2.0:
+// SubmissionQuotaExceeded, OutboundSpamException, SendAsDenied, ...).
 func ClassifyReply(code int, enhanced, text string) Class {
 	switch {
 	case code == 535 && enhanced == "5.7.139":
@@ -166,6 +167,18 @@ func ClassifyReply(code int, enhanced, text string) Class {
 		// sending spam email", https://docs.microsoft.com/en-us/office365/SecurityCompliance/removing-user-from-restricted-users-portal-after-spam).
 		// So the account pauses until a probe goes through, and its
 		// tenant's other accounts carry on.
+		return ClassAccount
+	case enhanced == "5.7.501", enhanced == "5.7.511",
+		enhanced == "5.2.0" && strings.Contains(text, "OutboundSpamException"):
+		// The sending account banned for spam ("Access denied, spam abuse
+		// detected", "Access denied, banned sender"), or its submission
+		// refused by the outbound spam filter ("OutboundSpamException;
+		// ... WASCL UserAction verdict is not None", reported by SMTP AUTH
+		// users of smtp.office365.com whose account had been held until
+		// unblocked). None of them is about this message: each of the
+		// account's messages would get the same reply, so the account
+		// pauses and probes with one message instead of dead-lettering
+		// its mail one message at a time.
 		return ClassAccount
 	case enhanced == "5.2.0" && strings.Contains(text, "SubmissionQuotaExceeded"), enhanced == "5.1.90":
 		return ClassQuota

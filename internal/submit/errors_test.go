@@ -64,6 +64,14 @@ func TestClassifyReplyWhoIsBlocked(t *testing.T) {
 	}{
 		// A user on the Restricted entities page: that mailbox only.
 		{550, smtp.EnhancedCode{5, 1, 8}, "Access denied, bad outbound sender", ClassAccount},
+		// The sending account banned or held for spam: every message from
+		// it would meet the same reply, so it pauses instead of
+		// dead-lettering them one by one.
+		{550, smtp.EnhancedCode{5, 7, 501}, "Access denied, spam abuse detected.", ClassAccount},
+		{550, smtp.EnhancedCode{5, 7, 511}, "Access denied, banned sender[192.0.2.1].", ClassAccount},
+		{554, smtp.EnhancedCode{5, 2, 0}, "STOREDRV.Submission.Exception:OutboundSpamException; Failed to process message due to a permanent exception with message WASCL UserAction verdict is not None. Actual verdict is RefuseQuota, ShowTierUpgrade.", ClassAccount},
+		// Other 5.2.0 submission failures stay with the message.
+		{554, smtp.EnhancedCode{5, 2, 0}, "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message Cannot submit message.", ClassMessage},
 		// The tenant itself blocked.
 		{550, smtp.EnhancedCode{5, 7, 705}, "Access denied, tenant has exceeded threshold", ClassTenant},
 		{550, smtp.EnhancedCode{5, 7, 708}, "Access denied, traffic not accepted from this IP", ClassTenant},

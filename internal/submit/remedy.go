@@ -23,10 +23,10 @@ func Remedy(e *SMTPError, mailbox string) string {
 		return fmt.Sprintf("%s may not send as this From: use from policy rewrite, or grant SendAs with Add-RecipientPermission", mailbox)
 	case e.Class == ClassQuota:
 		return "the mailbox is over its sending limit (10,000 recipients a day, 30 messages a minute); mail waits for the window"
-	case e.Class == ClassAccount && e.Enhanced == "5.1.8":
+	case e.Class == ClassAccount && e.Enhanced != "5.2.2":
 		return fmt.Sprintf("Microsoft restricted %s from sending (suspected outbound spam): check that the account is not compromised, "+
 			"then an admin releases it on the Microsoft 365 Defender Restricted entities page; its mail waits", mailbox)
-	case e.Class == ClassAccount:
+	case e.Class == ClassAccount: // 5.2.2
 		return "the sending mailbox is full: empty its Sent Items or raise its quota"
 	case e.Class == ClassTenant:
 		return "Microsoft blocked the tenant or its outbound IP: see the Microsoft 365 Defender restricted entities page, or ask Microsoft support to lift the block"
