@@ -39,6 +39,7 @@ func TestClassifyOffice365Replies(t *testing.T) {
 		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 501}, Message: "Access denied, spam abuse detected."}, submit.ClassAccount, ActionPause},
 		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 511}, Message: "Access denied, banned sender[192.0.2.1]."}, submit.ClassAccount, ActionPause},
 		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0}, Message: "STOREDRV.Submission.Exception:OutboundSpamException; WASCL UserAction verdict is not None."}, submit.ClassAccount, ActionPause},
+		{&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 233}, Message: "Your message can't be sent because your tenant exceeded its daily limit for sending email to external recipients (tenant external recipient rate limit)"}, submit.ClassTenant, ActionPause},
 		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary server error. Please try again later. PRX4"}, submit.ClassTransient, ActionRetry},
 		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 111}, Message: "server fault"}, submit.ClassTransient, ActionRetry},
 		{&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service not available, closing transmission channel"}, submit.ClassTransient, ActionRetry},

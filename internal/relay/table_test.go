@@ -90,6 +90,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 		{reply: "550 5.7.708", act: actTenant, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 708, "Service unavailable. Access denied, traffic not accepted from this IP."))},
 		{reply: "550 5.7.705", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 705, "Access denied, tenant has exceeded threshold."))},
 		{reply: "550 5.7.750", act: actPause, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 750, "Service unavailable. Client blocked from sending from unregistered domains."))},
+		{reply: "550 5.7.233", act: actTenant, class: submit.ClassTenant, inject: data(reply(550, 5, 7, 233, "Your message can't be sent because your tenant exceeded its daily limit for sending email to external recipients (tenant external recipient rate limit)"))},
 		{reply: "550 5.1.8", act: actSender, class: submit.ClassAccount, inject: data(reply(550, 5, 1, 8, "Access denied, bad outbound sender."))},
 		{reply: "550 5.7.501", act: actPause, class: submit.ClassAccount, inject: data(reply(550, 5, 7, 501, "Access denied, spam abuse detected."))},
 		{reply: "554 5.2.0 OutboundSpamException", act: actPause, class: submit.ClassAccount, inject: data(reply(554, 5, 2, 0, "STOREDRV.Submission.Exception:OutboundSpamException; Failed to process message due to a permanent exception with message WASCL UserAction verdict is not None."))},

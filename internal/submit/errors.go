@@ -26,7 +26,7 @@ const (
 	ClassThrottle  Class = "throttle"  // 432 4.3.2: too many connections
 	ClassQuota     Class = "quota"     // 554 5.2.0 SubmissionQuotaExceeded, 550 5.1.90: the day's budget is spent
 	ClassAccount   Class = "account"   // 554 5.2.2 sending mailbox full; 550 5.1.8, 5.7.501, 5.7.511, 5.2.0 OutboundSpamException: sender restricted
-	ClassTenant    Class = "tenant"    // 550 5.7.708/705/750: tenant or its outbound IP blocked
+	ClassTenant    Class = "tenant"    // 550 5.7.708/705/750: tenant or its outbound IP blocked; 5.7.232/233: its external recipient limit
 	ClassMessage   Class = "message"   // 550 5.7.60, 552, other 5xx: this message, as it is, can never go
 )
 
@@ -183,6 +183,15 @@ func ClassifyReply(code int, enhanced, text string) Class {
 	case enhanced == "5.2.0" && strings.Contains(text, "SubmissionQuotaExceeded"), enhanced == "5.1.90":
 		return ClassQuota
 	case enhanced == "5.7.708", enhanced == "5.7.705", enhanced == "5.7.750":
+		return ClassTenant
+	case enhanced == "5.7.233", enhanced == "5.7.232":
+		// The tenant (5.7.232: a trial tenant) has sent to as many
+		// external recipients as Exchange Online allows it in a rolling
+		// 24 hours (the tenant external recipient rate limit). Microsoft's
+		// NDR table (https://learn.microsoft.com/troubleshoot/exchange/email-delivery/ndr/non-delivery-reports-in-exchange-online)
+		// says sending resumes once the window's count falls below the
+		// limit: a quota of the whole tenant, so every account of it
+		// pauses and probes with a real message; nothing is dead-lettered.
 		return ClassTenant
 	case code >= 500 && code < 600:
 		return ClassMessage // 5.7.60 send-as, 552 size, and every other permanent reply

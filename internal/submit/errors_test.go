@@ -76,6 +76,10 @@ func TestClassifyReplyWhoIsBlocked(t *testing.T) {
 		{550, smtp.EnhancedCode{5, 7, 705}, "Access denied, tenant has exceeded threshold", ClassTenant},
 		{550, smtp.EnhancedCode{5, 7, 708}, "Access denied, traffic not accepted from this IP", ClassTenant},
 		{550, smtp.EnhancedCode{5, 7, 750}, "Client blocked from sending from unregistered domains", ClassTenant},
+		// The tenant's daily external recipient limit (TERRL): every
+		// mailbox of the tenant, until the 24-hour window has room.
+		{550, smtp.EnhancedCode{5, 7, 233}, "Your message can't be sent because your tenant exceeded its daily limit for sending email to external recipients (tenant external recipient rate limit)", ClassTenant},
+		{550, smtp.EnhancedCode{5, 7, 232}, "Your message can't be sent because your trial tenant has exceeded its daily limit for sending email to external recipients (tenant external recipient rate limit)", ClassTenant},
 	} {
 		err := &smtpclient.Error{Command: "message", Err: &smtp.SMTPError{Code: tt.code, EnhancedCode: tt.ec, Message: tt.text}}
 		if got := Classify("", err).Class; got != tt.want {

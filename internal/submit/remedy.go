@@ -28,6 +28,8 @@ func Remedy(e *SMTPError, mailbox string) string {
 			"then an admin releases it on the Microsoft 365 Defender Restricted entities page; its mail waits", mailbox)
 	case e.Class == ClassAccount: // 5.2.2
 		return "the sending mailbox is full: empty its Sent Items or raise its quota"
+	case e.Class == ClassTenant && (e.Enhanced == "5.7.233" || e.Enhanced == "5.7.232"):
+		return "the tenant reached its daily limit of external recipients (tenant external recipient rate limit); the tenant's mail waits for the 24-hour window"
 	case e.Class == ClassTenant:
 		return "Microsoft blocked the tenant or its outbound IP: see the Microsoft 365 Defender restricted entities page, or ask Microsoft support to lift the block"
 	case e.Class == ClassThrottle:
