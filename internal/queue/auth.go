@@ -261,15 +261,24 @@ func RedactURL(urls string) string {
 		if start < 3 {
 			start = 0
 		}
-		at := strings.LastIndex(u, "@")
-		if at < start {
+		// The userinfo ends at the authority's last "@", and the
+		// authority at the first "/", "?" or "#" (RFC 3986 §3.2, as
+		// net/url and so nats.go read it): an "@" in a path, query or
+		// fragment is not the end of the userinfo, which would otherwise
+		// be left showing.
+		rest := u[start:]
+		if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+			rest = rest[:end]
+		}
+		at := strings.LastIndex(rest, "@")
+		if at < 0 {
 			continue
 		}
 		userinfo := "redacted"
-		if user, _, ok := strings.Cut(u[start:at], ":"); ok {
+		if user, _, ok := strings.Cut(rest[:at], ":"); ok {
 			userinfo = user + ":redacted"
 		}
-		parts[i] = u[:start] + userinfo + u[at:]
+		parts[i] = u[:start] + userinfo + u[start+at:]
 	}
 	return strings.Join(parts, ",")
 }

@@ -40,20 +40,21 @@ func FuzzRedactURL(f *testing.F) {
 			}
 		}
 
-		// The secret: the password, or the user when there is none (a token).
-		secret, userinfo := pass, user+":"+pass
+		userinfo := user + ":" + pass
 		if pass == "" {
-			secret, userinfo = user, user
+			userinfo = user
 		}
-		// Short secrets turn up by chance in "redacted", the scheme or the host.
-		if len(secret) < 4 || strings.ContainsAny(userinfo, ",/?#") {
+		if strings.ContainsAny(userinfo, ",/?#") {
 			return
 		}
 		u := userinfo + "@" + host
 		if scheme != "" {
 			u = scheme + "://" + u
 		}
-		// As nats.go reads it: a scheme is added when there is none.
+		// As nats.go reads it: a scheme is added when there is none, the
+		// userinfo ends at the last "@" (a host may hold one too), and
+		// the secret is the password, or the user when there is no
+		// password at all (a token); an empty password is no secret.
 		full := u
 		if !strings.Contains(full, "://") {
 			full = "nats://" + full
@@ -62,8 +63,13 @@ func FuzzRedactURL(f *testing.F) {
 		if err != nil || p.User == nil {
 			return
 		}
-		if got, ok := p.User.Password(); pass != "" && (!ok || got == "") || pass == "" && p.User.Username() == "" {
-			return // the text does not give nats.go this secret
+		secret := p.User.Username()
+		if pw, ok := p.User.Password(); ok {
+			secret = pw
+		}
+		// Short secrets turn up by chance in "redacted", the scheme or the host.
+		if len(secret) < 4 {
+			return
 		}
 		list := u
 		if other != "" {
