@@ -116,7 +116,7 @@ var attacks = []attack{
 		roles: []roles.Role{roles.Producer, roles.Worker, roles.Admin}},
 	{what: "read token events", subject: "relay.events.>", sub: true, roles: []roles.Role{roles.Producer, roles.Admin}},
 	// A producer stores large bodies but never reads, lists, purges or
-	// deletes one (anyone's mail): only the metadata look-up Put needs.
+	// deletes one (anyone's mail), nor learns a name (the metadata).
 	{what: "read stored bodies with a consumer of its own", subject: "$JS.API.CONSUMER.CREATE.OBJ_relay_bodies",
 		body:  map[string]any{"stream_name": "OBJ_relay_bodies", "config": map[string]any{"ack_policy": "none", "deliver_policy": "all"}},
 		roles: []roles.Role{roles.Producer, roles.Tokens}},
@@ -124,6 +124,8 @@ var attacks = []attack{
 		roles: []roles.Role{roles.Producer, roles.Tokens}},
 	{what: "read a body's chunks by subject (direct get)", subject: "$JS.API.DIRECT.GET.OBJ_relay_bodies.$O.relay_bodies.C.x", body: map[string]any{},
 		roles: []roles.Role{roles.Producer, roles.Tokens}},
+	{what: "learn the newest stored body's name (a wildcard as a direct get's key)", subject: "$JS.API.DIRECT.GET.OBJ_relay_bodies.$O.relay_bodies.M.>", body: map[string]any{},
+		roles: []roles.Role{roles.Producer, roles.Tokens}, control: roles.Worker},
 	{what: "read a body's chunk (stream get)", subject: "$JS.API.STREAM.MSG.GET.OBJ_relay_bodies", body: map[string]any{"seq": 1},
 		roles: []roles.Role{roles.Producer, roles.Tokens}},
 	{what: "delete a stored body's chunk", subject: "$JS.API.STREAM.MSG.DELETE.OBJ_relay_bodies", body: map[string]any{"seq": 1},

@@ -122,11 +122,15 @@ func (r Role) Permissions() *server.Permissions {
 			Publish: &server.SubjectPermission{Allow: []string{
 				"mail.send.>",
 				// a large message's body: stored in relay_bodies
-				// (chunks, then its metadata), after the look-up of
-				// its name that Put makes; never read back, listed,
-				// purged or deleted
+				// (chunks, then its metadata; body.Put looks nothing
+				// up); never read back, listed, purged or deleted. No
+				// direct get of metadata, not even by name: a subject
+				// ending in a wildcard ("….M.>") is taken as the key
+				// and answers the newest body's metadata, its random
+				// name included, and knowing a name a producer may
+				// publish a deletion marker as its metadata
+				// (TestProducerCannotFindAndDeleteAnotherBody).
 				"$JS.API.STREAM.INFO." + streamBodies,
-				"$JS.API.DIRECT.GET." + streamBodies + ".$O." + bucketBodies + ".M.>",
 				"$O." + bucketBodies + ".C.>", "$O." + bucketBodies + ".M.>",
 				// an account's size limit, asked of the workers: the
 				// answer holds that and the alias, nothing else
