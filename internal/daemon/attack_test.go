@@ -153,9 +153,19 @@ var attacks = []attack{
 // allow_responses, or the relay's own connection on its embedded server,
 // would publish there). The answer itself holds the alias and the limit
 // only.
-func tryLimitsReplies(t *testing.T, ctx context.Context, url string, o queue.ConnectOptions, js jetstream.JetStream, alias string) {
+func tryLimitsReplies(t *testing.T, ctx context.Context, url string, opts map[roles.Role]queue.ConnectOptions, js jetstream.JetStream, alias string) {
 	t.Helper()
-	p := newProber(t, url, roles.Producer, o)
+	p := newProber(t, url, roles.Producer, opts[roles.Producer])
+	// The workers' inbox: a worker listens where an answer would land
+	// (nothing in a stream would show it).
+	w := newProber(t, url, roles.Worker, opts[roles.Worker])
+	stolen, err := w.nc.SubscribeSync(roles.Worker.InboxPrefix() + ".x.y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	dlq, err := js.Stream(ctx, queue.StreamDLQ)
 	if err != nil {
 		t.Fatal(err)
@@ -188,6 +198,9 @@ func tryLimitsReplies(t *testing.T, ctx context.Context, url string, o queue.Con
 	}
 	if after.State.Msgs != before.State.Msgs {
 		t.Fatalf("MAIL_DLQ holds %d messages, %d before a limits request replying to mail.dlq.%s", after.State.Msgs, before.State.Msgs, alias)
+	}
+	if m, err := stolen.NextMsg(100 * time.Millisecond); err == nil {
+		t.Fatalf("a limits request replying to the workers' inbox was answered there: %q", m.Data)
 	}
 }
 

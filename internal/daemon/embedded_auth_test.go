@@ -58,7 +58,7 @@ func TestEmbeddedServerIsClosedToStrangers(t *testing.T) {
 		opts[r] = s.Daemon.ClientOptions(r)
 	}
 	tryAttacks(t, ctx, url, opts)
-	tryLimitsReplies(t, ctx, url, opts[roles.Producer], s.Daemon.JS, "sandbox")
+	tryLimitsReplies(t, ctx, url, opts, s.Daemon.JS, "sandbox")
 }
 
 // TestEmbeddedServerTLS: with --nats-server-tls-cert the embedded server

@@ -188,7 +188,7 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 		return err == nil && len(names) == 0
 	})
 	tryAttacks(t, ctx, url, as)
-	tryLimitsReplies(t, ctx, url, as[roles.Producer], adminJS, "alerts")
+	tryLimitsReplies(t, ctx, url, as, adminJS, "alerts")
 }
 
 // An upgrade over a relay_tokens bucket made with history 5: a token
