@@ -380,6 +380,13 @@ func TestReplies(t *testing.T) {
 		c := f.dial("127.0.0.9") // its own address: the backoff of this test stays its own
 		wantReply(t, "AUTH", c.Auth(sasl.NewPlainClient("", "alertmanager", "wrong")), 535, "5.7.8")
 	})
+	t.Run("AUTH PLAIN acting for another producer (authzid): 535 5.7.8", func(t *testing.T) {
+		// alertmanager's own password, asking to act as ghost: neither
+		// identity is granted, so no session may mix the two.
+		c := f.dial("127.0.0.10")
+		wantReply(t, "AUTH", c.Auth(sasl.NewPlainClient("ghost", "alertmanager", alertsPassword)), 535, "5.7.8")
+		wantReply(t, "MAIL after the refused AUTH", c.Mail("alerts@contoso.com", nil), 530, "5.7.0")
+	})
 	t.Run("the envelope sender is an account the producer may not use: 550 5.7.1", func(t *testing.T) {
 		c := f.login("alertmanager", alertsPassword)
 		wantReply(t, "MAIL", c.Mail("billing@contoso.com", nil), 550, "5.7.1")
