@@ -140,7 +140,8 @@ var attacks = []attack{
 	// alone may answer; nobody else needs it.
 	{what: "ask an account's size limit", subject: "relay.v1.limits.alerts", roles: []roles.Role{roles.Tokens, roles.Admin}, control: roles.Producer},
 	{what: "pose as the limits service", subject: "relay.v1.limits.alerts", sub: true, roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}},
-	{what: "pose as the limits service to micro's discovery", subject: "$SRV.INFO.relay-limits", sub: true, roles: []roles.Role{roles.Producer, roles.Admin}},
+	{what: "pose as the limits service to micro's discovery", subject: "$SRV.INFO.relay-limits", sub: true, roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}},
+	{what: "pose as the token service to micro's discovery", subject: "$SRV.INFO.relay-tokens", sub: true, roles: []roles.Role{roles.Producer, roles.Worker, roles.Admin}},
 	{what: "ask the limits service about more than an alias", subject: "relay.v1.limits.alerts.mailbox", roles: []roles.Role{roles.Producer}},
 	{what: "read an account record through the limits permission", subject: "$JS.API.DIRECT.GET.KV_relay_accounts.$KV.relay_accounts.alerts", body: map[string]any{},
 		roles: []roles.Role{roles.Producer}, control: roles.Worker},

@@ -58,6 +58,7 @@ const (
 	streamBodies    = "OBJ_" + bucketBodies
 	limitsRequests  = "relay.v1.limits.*"
 	limitsService   = "relay-limits"
+	tokensService   = "relay-tokens"
 )
 
 // InboxPrefix is where the role's replies go; only the role may subscribe
@@ -184,7 +185,9 @@ func (r Role) Permissions() *server.Permissions {
 			// its endpoints, micro's discovery, its replies; it answers
 			// requests through allow_responses, with no publish right on
 			// anyone's inbox.
-			Subscribe: &server.SubjectPermission{Allow: []string{"token.>", "$SRV.>", inbox}},
+			// Discovery only of its own service (relay-tokens): "$SRV.>"
+			// let it answer $SRV.INFO.relay-limits as the limits service.
+			Subscribe: &server.SubjectPermission{Allow: []string{"token.>", "$SRV.*", "$SRV.*." + tokensService, "$SRV.*." + tokensService + ".>", inbox}},
 			Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 		}
 	case Admin:

@@ -17,6 +17,7 @@ import (
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 	"relay365/internal/token"
+	"relay365/internal/token/tokensvc"
 )
 
 func TestNamesAreTheirPackages(t *testing.T) {
@@ -26,6 +27,7 @@ func TestNamesAreTheirPackages(t *testing.T) {
 		bucketPacing: pacing.Bucket, bucketProducers: ingress.ProducersBucket,
 		bucketBodies: body.Bucket, streamBodies: body.StreamName,
 		limitsRequests: limits.SubjectPrefix + ".*", limitsService: limits.ServiceName,
+		tokensService: tokensvc.ServiceName,
 	} {
 		if have != want {
 			t.Errorf("roles grants %q, the package names it %q", have, want)
