@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -46,10 +47,21 @@ func TestAdminCapturesWorkerRepliesWithAStream(t *testing.T) {
 	if _, err := worker.Request("token.get", []byte(`{"account":"alerts"}`), 5*time.Second); err != nil {
 		t.Fatalf("a worker's token.get: %v", err)
 	}
-	st, _ := adminJS.Stream(ctx, "CAPTURE")
-	m, err := st.GetLastMsgForSubject(ctx, roles.Worker.InboxPrefix()+".>")
+	// The server stores the captured reply beside delivering it to the
+	// worker, not before: wait for it, with the test's deadline.
+	st, err := adminJS.Stream(ctx, "CAPTURE")
 	if err != nil {
-		t.Fatalf("the admin's stream holds no reply: %v", err)
+		t.Fatal(err)
+	}
+	var m *jetstream.RawStreamMsg
+	for {
+		if m, err = st.GetLastMsgForSubject(ctx, roles.Worker.InboxPrefix()+".>"); err == nil {
+			break
+		}
+		if ctx.Err() != nil || !errors.Is(err, jetstream.ErrMsgNotFound) {
+			t.Fatalf("the admin's stream holds no reply: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if string(m.Data) != `{"access_token":"SECRET-ACCESS"}` {
 		t.Fatalf("captured %q", m.Data)
