@@ -109,11 +109,16 @@ func Classify(stage string, err error) *SMTPError {
 	}
 	e.Class = ClassifyReply(e.Code, e.Enhanced, e.Text)
 	beforeMail := stage == "dial" || stage == "tls" || stage == "auth"
-	if e.Code == 530 && !beforeMail {
+	switch {
+	case e.Code == 530 && !beforeMail:
 		// 5.7.57 from Office 365; 5.7.0 "authentication required"
-		// elsewhere (RFC 4954 §6): the session, not the message. Before
-		// MAIL (at AUTH itself) it is the account's: config, below.
+		// elsewhere (RFC 4954 §6): the session, not the message.
 		e.Class = ClassSession
+	case e.Code == 530:
+		// At AUTH itself (or before it) a new session would meet the
+		// same reply: the account's or the server's, whatever its
+		// enhanced code (5.7.57 included): pause and probe.
+		e.Class = ClassConfig
 	}
 	if stage == "rcpt" {
 		switch {

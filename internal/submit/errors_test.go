@@ -40,6 +40,7 @@ func TestClassifyByStage(t *testing.T) {
 		{"mail", 530, smtp.EnhancedCode{5, 7, 0}, ClassSession}, // authentication required
 		{"mail", 530, smtp.EnhancedCode{5, 7, 57}, ClassSession},
 		{"auth", 530, smtp.EnhancedCode{5, 7, 0}, ClassConfig},  // at AUTH itself: the account's, pause
+		{"auth", 530, smtp.EnhancedCode{5, 7, 57}, ClassConfig}, // at AUTH, Office 365's code too: not a reconnect loop
 		{"rcpt", 552, smtp.EnhancedCode{5, 3, 4}, ClassMessage}, // too big for this recipient: permanent
 		{"rcpt", 550, smtp.EnhancedCode{5, 1, 1}, ClassMessage},
 		{"rcpt", 452, smtp.EnhancedCode{4, 5, 3}, ClassTransient},
