@@ -64,6 +64,11 @@ func spoolDir(dir string) (ok bool, why string) {
 	}
 	fi, err := os.Stat(dir)
 	switch {
+	case err == nil && fi.IsDir() && fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0:
+		// Writable by every user without the sticky bit, any of them
+		// may remove or replace the mail kept there (the sticky bit
+		// lets only a file's owner and root do so): keep nothing in it.
+		return false, fmt.Sprintf("the spool %s is writable by every user without the sticky bit, so any of them could remove the mail kept there: chmod 1733 %s (--spool, RELAY_SENDMAIL_SPOOL)", dir, dir)
 	case err == nil && fi.IsDir():
 		return true, ""
 	case err == nil:

@@ -182,8 +182,9 @@ func TestSendmailSpoolFlushOrder(t *testing.T) {
 }
 
 // TestSendmailNoSpool: a spool directory that does not exist leaves
-// relay sendmail as it was (75) and says how to make one; one that is a
-// file is a usage error at once.
+// relay sendmail as it was (75) and says how to make one, and so does one
+// writable by all without the sticky bit (saying how to mend it); one
+// that is a file is a usage error at once.
 func TestSendmailNoSpool(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "relay365")
 	vars := map[string]string{"RELAY_NATS_URL": natsDown, "RELAY_ACCOUNT": "alerts", "RELAY_SENDMAIL_SPOOL": missing}
@@ -205,6 +206,24 @@ func TestSendmailNoSpool(t *testing.T) {
 	if r := run(t, vars, "", "sendmail", "-q"); r.code != 0 || r.stderr != "" {
 		t.Fatalf("-q, no spool: exit %d, stderr %q", r.code, r.stderr)
 	}
+
+	// Writable by all without the sticky bit: anyone could remove what
+	// it keeps, so nothing is kept there (75, saying how to mend it).
+	open := filepath.Join(t.TempDir(), "open")
+	if err := os.Mkdir(open, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	vars["RELAY_SENDMAIL_SPOOL"] = open
+	if r := run(t, vars, "Subject: x\n\nx\n", "sendmail", "--timeout", "5s", "ops@contoso.com"); r.code != 75 || !strings.Contains(r.stderr, "chmod 1733 "+open) {
+		t.Fatalf("spool 0777: exit %d, stderr %q; want 75 and how to mend it", r.code, r.stderr)
+	}
+	if n := len(spoolNames(t, open)); n != 0 {
+		t.Fatalf("%d files kept in a spool anyone may empty", n)
+	}
+	vars["RELAY_SENDMAIL_SPOOL"] = missing
 
 	file := filepath.Join(t.TempDir(), "spool")
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
