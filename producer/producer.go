@@ -421,7 +421,7 @@ func (p *Producer) store(ctx context.Context, m *Message, limit int64) ([]byte, 
 }
 
 // openBodies opens the body store, retrying while its bucket is not there
-// until ctx ends, on the schedule (queue.RetryWait) on which queue.Publish
+// until ctx ends, on the schedule (queue.AwaitRetry) on which queue.Publish
 // retries a MAIL stream that is not there: relay serve (or relay setup)
 // makes both, and both missing is what a relay not started yet, or a
 // cluster electing a leader, looks like. Failing at once made a large message's publish end with a bucket
@@ -434,12 +434,8 @@ func openBodies(ctx context.Context, js jetstream.JetStream) (*body.Store, error
 		if err == nil || !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return s, err
 		}
-		t := time.NewTimer(queue.RetryWait(attempt))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-t.C:
+		if err := queue.AwaitRetry(ctx, attempt, err); err != nil {
+			return nil, err
 		}
 	}
 }

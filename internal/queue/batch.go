@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -137,11 +136,8 @@ func publishChunk(ctx context.Context, js jetstream.JetStream, items []BatchItem
 		case !retryable(err) || ctx.Err() != nil:
 			return nil, fmt.Errorf("publish a batch of %d: %w", len(items), err)
 		}
-		wait := RetryWait(attempt)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("publish a batch of %d: %w (last error: %v)", len(items), ctx.Err(), err)
-		case <-time.After(wait):
+		if err := AwaitRetry(ctx, attempt, err); err != nil {
+			return nil, fmt.Errorf("publish a batch of %d: %w", len(items), err)
 		}
 	}
 }

@@ -330,12 +330,21 @@ func mailMsg(account, id string, data []byte) *nats.Msg {
 // because a leader election takes seconds, not minutes.
 var retrySchedule = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond, time.Second}
 
-// RetryWait is the wait after failed attempt (0 the first) to reach a
-// stream that is not there or not answering yet: the publish retry
-// schedule (docs/design.md §7.8), for whatever else waits out the same
-// leader election or relay not started yet.
-func RetryWait(attempt int) time.Duration {
-	return retrySchedule[min(attempt, len(retrySchedule)-1)]
+// AwaitRetry waits out the pause after failed attempt (0 the first) to
+// reach a stream that is not there or not answering yet, on the publish
+// retry schedule (docs/design.md §7.8), for whatever else waits out the
+// same leader election or relay not started yet. It returns nil once the
+// pause is over, or ctx's error, with last (the attempt's error) named,
+// if ctx ends first.
+func AwaitRetry(ctx context.Context, attempt int, last error) error {
+	t := time.NewTimer(retrySchedule[min(attempt, len(retrySchedule)-1)])
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
+	case <-t.C:
+		return nil
+	}
 }
 
 func publishMsg(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (PublishResult, error) {
@@ -347,11 +356,8 @@ func publishMsg(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (Pub
 		if !retryable(err) || ctx.Err() != nil {
 			return PublishResult{}, fmt.Errorf("publish to %s: %w", msg.Subject, err)
 		}
-		wait := RetryWait(attempt)
-		select {
-		case <-ctx.Done():
-			return PublishResult{}, fmt.Errorf("publish to %s: %w (last error: %v)", msg.Subject, ctx.Err(), err)
-		case <-time.After(wait):
+		if err := AwaitRetry(ctx, attempt, err); err != nil {
+			return PublishResult{}, fmt.Errorf("publish to %s: %w", msg.Subject, err)
 		}
 	}
 }
