@@ -45,7 +45,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/oauth2"
 
@@ -246,7 +245,7 @@ func newAuthorizeError(code, description string) *AuthorizeError {
 	// end up on the operator's terminal: control sequences (ESC [ 2J, an
 	// OSC title, C1, bidirectional controls, CR to overwrite the line)
 	// are written as visible escapes, and the description is capped.
-	e := &AuthorizeError{Code: termsafe.Line(code), Description: termsafe.Line(shorten(description, maxDescription))}
+	e := &AuthorizeError{Code: termsafe.Line(code), Description: termsafe.Line(termsafe.Shorten(description, maxDescription))}
 	switch code {
 	case "access_denied", "consent_required":
 		e.Remedy = "the sign-in was declined or the SMTP.Send permission was refused: run the command again and accept, " +
@@ -267,18 +266,6 @@ func newAuthorizeError(code, description string) *AuthorizeError {
 // maxDescription caps an error_description that is printed: Entra's are
 // one or two sentences with trace and correlation ids.
 const maxDescription = 512
-
-// shorten cuts s to at most n bytes, on a rune boundary, marking the cut.
-func shorten(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := n
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i] + "…"
-}
 
 func (e *AuthorizeError) Error() string {
 	return fmt.Sprintf("sign-in refused: %s: %s; %s", e.Code, e.Description, e.Remedy)

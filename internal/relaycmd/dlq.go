@@ -13,7 +13,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -201,7 +200,7 @@ func dlqList(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []strin
 	fmt.Fprintln(tw, "SEQ\tDEAD-LETTERED\tACCOUNT\tID\tCLASS\tATTEMPTS\tREASON")
 	for _, e := range shown {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339),
-			termsafe.Line(e.Account), termsafe.Line(e.ID), termsafe.Line(e.Class), e.Attempts, shorten(termsafe.Line(e.Reason), 100))
+			termsafe.Line(e.Account), termsafe.Line(e.ID), termsafe.Line(e.Class), e.Attempts, termsafe.Shorten(termsafe.Line(e.Reason), 100))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -467,19 +466,6 @@ func entryJSON(e queue.DeadLetterEntry) deadLetterJSON {
 		out.Raw = e.Data
 	}
 	return out
-}
-
-// shorten keeps at most n-1 bytes of s and marks the cut with "…",
-// never cutting inside a UTF-8 sequence.
-func shorten(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n - 1
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }
 
 // configuredAccounts is the set of account aliases in relay_accounts, or

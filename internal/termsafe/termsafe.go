@@ -126,3 +126,17 @@ func JSON(b []byte) []byte {
 	}
 	return out
 }
+
+// Shorten is s when it is at most n bytes long; else as much of its start
+// as fits in n-1 bytes without cutting a UTF-8 sequence, and "…" to mark
+// the cut: text from outside kept to a table cell or a line of a message.
+func Shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - 1
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}

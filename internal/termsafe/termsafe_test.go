@@ -91,3 +91,21 @@ func TestJSON(t *testing.T) {
 		t.Fatal("clean JSON changed")
 	}
 }
+
+func TestShorten(t *testing.T) {
+	for _, c := range []struct {
+		s    string
+		n    int
+		want string
+	}{
+		{"short", 5, "short"},
+		{"longer", 5, "long…"},
+		{"ééé", 5, "éé…"},
+		{"ééé", 4, "é…"}, // 3 bytes would end inside the second é: one é kept
+		{"", 1, ""},
+	} {
+		if got := termsafe.Shorten(c.s, c.n); got != c.want {
+			t.Errorf("Shorten(%q, %d) = %q, want %q", c.s, c.n, got, c.want)
+		}
+	}
+}
