@@ -434,7 +434,7 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 		// A directory that is not there only leaves the spool unused;
 		// a file in its place is a mistake to say at once.
 		if fi, err := os.Stat(c.Spool); err == nil && !fi.IsDir() {
-			return c, cli.Usagef("--spool %s: not a directory (want the spool directory, or off)", c.Spool)
+			return c, spoolNotDir(c.Spool)
 		}
 	}
 	c.Domain = strings.TrimPrefix(c.Domain, "@")

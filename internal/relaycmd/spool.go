@@ -79,6 +79,12 @@ func spoolDir(dir string) (ok bool, why string) {
 	return false, fmt.Sprintf("the spool is not usable: %v (--spool, RELAY_SENDMAIL_SPOOL)", err)
 }
 
+// spoolNotDir is the usage error of a --spool that names something other
+// than a directory (found at start, and again by -q if it changed since).
+func spoolNotDir(dir string) error {
+	return cli.Usagef("--spool %s: not a directory (want the spool directory, or off)", dir)
+}
+
 // keepInSpool is what runSendmail does with a message NATS could not take
 // now (notQueued, exit 75): write it to the spool and report success, as
 // sendmail(8) does once a message is in its queue. Without a spool, or
@@ -339,7 +345,7 @@ func runQueue(ctx context.Context, c sendmailConfig, env Env) error {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case err == nil && !fi.IsDir():
-		return cli.ExitError{Code: exUsage, Err: fmt.Errorf("--spool %s: not a directory (want the spool directory, or off)", c.Spool)}
+		return cli.ExitError{Code: exUsage, Err: spoolNotDir(c.Spool)}
 	}
 	var names []string
 	if err == nil {
