@@ -269,7 +269,7 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Ren
 		t   pacing.Ticket
 		err error
 	}
-	batches := r.Batches(batchSize(acct))
+	batches := r.Batches(l.batchSize(acct))
 	if len(batches) == 0 { // Validate refuses it; nothing is acked unsent
 		return nil, nil, pacing.Ticket{}, &message.Invalid{Field: "to", Reason: "no recipients"}
 	}
@@ -314,11 +314,13 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Ren
 
 // unsent returns the message's batches and those of them not yet sent
 // (SentMarkers.Unsent). A message partly sent with another split (the
-// account's per_day changed since) keeps that split, so that no recipient
-// gets it twice. If per_day fell below that split's batch size, the rest
-// can never fit a day's budget (the pacer would answer a whole day's
-// wait again and again): the message is dead-lettered, saying what to
-// raise; a replay after that sends only the batches not yet sent.
+// account's per_day, or the recipient limit the server answered with,
+// changed since) keeps that split, so that no recipient gets it twice. If
+// per_day fell below that split's batch size, the rest can never fit a
+// day's budget (the pacer would answer a whole day's wait again and
+// again); if the server's recipient limit did, it would refuse the rest
+// again and again: the message is dead-lettered, saying what to raise; a
+// replay after that sends only the batches not yet sent.
 func (l *lane) unsent(a *attempt, acct account.Account, r *message.Rendered, batches [][]string) ([][]string, []int, error) {
 	todo, resplit, err := l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, batches)
 	if err != nil || resplit == 0 {
@@ -329,8 +331,13 @@ func (l *lane) unsent(a *attempt, acct account.Account, r *message.Rendered, bat
 			"partly sent in batches of %d recipients, more than the account's per_day of %d: the rest can never fit a day's budget; raise per_day to at least %d (authtool login --per-day) and replay it",
 			resplit, acct.PerDay, resplit)}
 	}
+	if lim := int(l.rcptLimit.Load()); lim > 0 && resplit > lim {
+		return batches, nil, &message.Invalid{Field: "to", Reason: fmt.Sprintf(
+			"partly sent in batches of %d recipients, and the server now takes only %d in one message (452 4.5.3): the rest can never go as that split; raise the tenant's recipient limit to at least %d and replay it",
+			resplit, lim, resplit)}
+	}
 	a.log.Info().Int("batch_rcpts", resplit).Int("now_rcpts", len(batches[0])).
-		Msg("partly sent with another batch size (per_day changed since): the rest goes as that split")
+		Msg("partly sent with another batch size (per_day or the server's recipient limit changed since): the rest goes as that split")
 	batches = r.Batches(resplit)
 	todo, resplit, err = l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, batches)
 	if err == nil && resplit != 0 {
@@ -373,6 +380,12 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 				// A refusal, or a failure before the content left:
 				// Office 365 did not count it.
 				l.release(t, a.log)
+				if lim := se.RecipientLimit(); lim > 0 {
+					l.learnRcptLimit(lim, a.log)
+					if l.batchSize(l.account()) < len(rcpts) {
+						return fmt.Errorf("%w: %w", errRecipientLimit, err)
+					}
+				}
 				return err
 			}
 		}
@@ -694,7 +707,7 @@ func (l *lane) finish(a *attempt, err error) {
 	case errors.Is(err, errPausedAhead):
 		l.keepQueued(a, a.log.Info().Err(err), last, l.e.cfg.Retry.Delay(1))
 		return
-	case errors.Is(err, errAccountChanged):
+	case errors.Is(err, errAccountChanged), errors.Is(err, errRecipientLimit):
 		l.keepQueued(a, a.log.Info().Err(err), last, 0)
 		if a.probe {
 			l.probeDone() // the next message probes

@@ -645,3 +645,84 @@ func TestLaneGauges(t *testing.T) {
 		t.Fatalf("after removing an account: relay_lanes_bound %v, want 2", bound)
 	}
 }
+
+func TestRecipientLimitBelowOffice365sSplitsTheMessage(t *testing.T) {
+	// A tenant whose recipient limit is below Office 365's 500 answers
+	// 452 4.5.3 past it. The relay learns the limit from the recipients
+	// accepted before that reply and sends the message again at once in
+	// batches that fit, each recipient once; the next message is split
+	// that way from the start. It once retried the same batch until the
+	// message was dead-lettered hours later.
+	h := newHarness(t, setup{fake: fakeo365.Config{MaxRecipients: 3}})
+	h.enroll("small", "small@contoso.com", "contoso.onmicrosoft.com", nil)
+	var to []string
+	for i := range 7 {
+		to = append(to, fmt.Sprintf("r%d@fabrikam.com", i))
+	}
+	h.publishMsg(&message.Message{ID: "seven-1", Account: "small", To: to, Subject: "seven 1", Text: "x"})
+	h.waitFor("the first message sent", func() bool { return h.delivered()["seven 1"] == 3 && h.queued() == 0 })
+	refused := h.fake.Replies()["452 4.5.3"]
+	if refused == 0 {
+		t.Fatal("no 452 4.5.3: the limit was not reached")
+	}
+	h.publishMsg(&message.Message{ID: "seven-2", Account: "small", To: to, Subject: "seven 2", Text: "x"})
+	h.waitFor("the second message sent", func() bool { return h.delivered()["seven 2"] == 3 && h.queued() == 0 })
+	if dl := h.deadLetters(""); len(dl) != 0 {
+		t.Fatalf("dead-lettered %q", dl[0].Reason)
+	}
+	for _, subject := range []string{"seven 1", "seven 2"} {
+		got := map[string]int{}
+		var sizes []int
+		for _, m := range h.fake.Messages() {
+			if m.Subject == subject {
+				sizes = append(sizes, len(m.To))
+				for _, r := range m.To {
+					got[r]++
+				}
+			}
+		}
+		slices.Sort(sizes)
+		if len(got) != len(to) || !slices.Equal(sizes, []int{1, 3, 3}) {
+			t.Fatalf("%s: transactions of %v recipients reaching %v; want 3, 3 and 1 reaching all 7", subject, sizes, got)
+		}
+		for r, n := range got {
+			if n != 1 {
+				t.Fatalf("%s: %s got it %d times", subject, r, n)
+			}
+		}
+	}
+	if n := h.fake.Replies()["452 4.5.3"]; n != refused {
+		t.Fatalf("%d more replies 452 4.5.3 for the second message, want none: it is split from the start", n-refused)
+	}
+}
+
+func TestPartlySentOverTheServersRecipientLimitIsDeadLettered(t *testing.T) {
+	// A message partly sent in batches of 5 (batch 0 of 2 marked), and
+	// the server now takes 3 recipients a message: the rest keeps the
+	// split of 5 (no recipient may get it twice), which the server would
+	// refuse again and again. It is dead-lettered saying what to raise.
+	h := newHarness(t, setup{fake: fakeo365.Config{MaxRecipients: 3}})
+	h.enroll("split", "split@contoso.com", "contoso.onmicrosoft.com", nil)
+	sent, err := relay.OpenSentMarkers(h.ctx, h.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sent.Mark(h.ctx, "split", "ten", 0, 2, 5, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	var to []string
+	for i := range 10 {
+		to = append(to, fmt.Sprintf("r%d@fabrikam.com", i))
+	}
+	h.publishMsg(&message.Message{ID: "ten", Account: "split", To: to, Subject: "ten", Text: "x"})
+	h.waitFor("the dead letter", func() bool { return len(h.deadLetters("split")) == 1 && h.queued() == 0 })
+	dl := h.deadLetters("split")[0]
+	for _, want := range []string{"batches of 5", "only 3", "452 4.5.3", "at least 5"} {
+		if !strings.Contains(dl.Reason, want) || dl.Class != "invalid" {
+			t.Fatalf("dead letter %q (class %s): want class invalid and %q", dl.Reason, dl.Class, want)
+		}
+	}
+	if n := h.delivered()["ten"]; n != 0 {
+		t.Fatalf("sent %d transactions of the rest, want none", n)
+	}
+}

@@ -100,6 +100,11 @@ var errPausedAhead = errors.New("account paused before the message's turn came")
 // session; it goes back to the stream to be prepared again.
 var errAccountChanged = errors.New("account changed before the message's turn came")
 
+// errRecipientLimit: the server took fewer recipients in one transaction
+// than the batch held (learnRcptLimit). Nothing was sent; the message goes
+// back to the stream at once, to be split again in smaller batches.
+var errRecipientLimit = errors.New("too many recipients for one message; split again")
+
 // classify turns any delivery error into its class, once. The reply (nil
 // when there was none) is recorded on dead letters and in metrics.
 func classify(err error) (Class, *submit.SMTPError) {

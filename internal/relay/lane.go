@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -112,6 +113,10 @@ type lane struct {
 	firstSeen map[uint64]time.Time // stream seq → first attempt seen here
 	lastFail  map[uint64]string    // stream seq → the last failure seen here (a reply, or the error), for an expiry
 	unknown   map[string]bool      // JSON field names already logged as unknown
+
+	// rcptLimit is the most recipients the server took in one
+	// transaction before a 452 4.5.3 (learnRcptLimit); 0 until one.
+	rcptLimit atomic.Int32
 
 	unbound sync.Once // warns once about tokens without a binding
 	// rebound is closed, and replaced, when the account's smtp_addr,
@@ -281,12 +286,39 @@ func limits(a account.Account) pacing.Limits {
 	return pacing.Limits{PerMinute: a.PerMinute, PerDay: a.PerDay}
 }
 
-// batchSize: Office 365's 500, or less if the whole day's budget is less.
-func batchSize(a account.Account) int {
+// batchSize is the most recipients one transaction of the account takes:
+// Office 365's 500, or less if the whole day's budget is less, or less
+// again if the server answered 452 4.5.3 sooner (learnRcptLimit).
+func (l *lane) batchSize(a account.Account) int {
+	n := message.RecipientsPerTransaction
 	if a.PerDay > 0 {
-		return min(message.RecipientsPerTransaction, a.PerDay)
+		n = min(n, a.PerDay)
 	}
-	return message.RecipientsPerTransaction
+	if lim := int(l.rcptLimit.Load()); lim > 0 {
+		n = min(n, lim)
+	}
+	return n
+}
+
+// learnRcptLimit lowers the lane's batch size to n, the recipients the
+// server took before it answered that a transaction had too many
+// (submit.SMTPError.RecipientLimit). A tenant's administrator may set
+// its recipient limit below Office 365's 500; RFC 5321 §4.5.3.1.10 has
+// the client send the rest in later transactions, so the account's
+// messages go in batches of n from now on. The limit is kept until the
+// relay restarts (a tenant may raise it again), when one transaction
+// learns it anew.
+func (l *lane) learnRcptLimit(n int, log zerolog.Logger) {
+	for {
+		cur := l.rcptLimit.Load()
+		if cur != 0 && int(cur) <= n {
+			return
+		}
+		if l.rcptLimit.CompareAndSwap(cur, int32(n)) {
+			log.Warn().Int("recipients", n).Msg("the server takes no more recipients in one message (452 4.5.3): this account's messages now go in batches of that many until the relay restarts")
+			return
+		}
+	}
 }
 
 func (l *lane) stop() { l.cancel() }

@@ -87,6 +87,11 @@ type Error struct {
 	// "message" (the content and the reply to its end), "QUIT".
 	Command string
 	Err     error // *smtp.SMTPError for a reply
+	// Accepted is, for a refused RCPT, how many recipients of the
+	// transaction the server accepted before it. A 452 (or 552) there
+	// may be the server's limit on recipients per transaction (RFC 5321
+	// §4.5.3.1.10); the recipients accepted say what the limit is.
+	Accepted int
 }
 
 func (e *Error) Error() string { return e.Command + ": " + e.Err.Error() }
@@ -304,10 +309,23 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 	}
 	err = c.guard(ctx, c.cfg.CommandTimeout, func() error {
 		c.dirty = true
+		accepted := 0 // RCPTs accepted before the first refusal
+		refusal := func(cmd command, err error) error {
+			if cmd.name == "RCPT" {
+				var e *Error
+				if errors.As(err, &e) {
+					e.Accepted = accepted
+				}
+			}
+			return err
+		}
 		if !c.Pipelining() {
 			for _, cmd := range cmds {
 				if err := c.cmd(cmd.name, cmd.want, cmd.line); err != nil {
-					return c.afterRefusal(err)
+					return c.afterRefusal(refusal(cmd, err))
+				}
+				if cmd.name == "RCPT" {
+					accepted++
 				}
 			}
 			return nil
@@ -338,8 +356,12 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 					}
 					return err
 				}
-				if !accepts(cmd.name, cmd.want, r.code) && refused == nil {
-					refused = &Error{Command: cmd.name, Err: r.err()}
+				switch {
+				case refused != nil:
+				case !accepts(cmd.name, cmd.want, r.code):
+					refused = refusal(cmd, &Error{Command: cmd.name, Err: r.err()})
+				case cmd.name == "RCPT":
+					accepted++
 				}
 				if cmd.name == "DATA" && r.code == 354 && refused != nil {
 					// A refused recipient, yet the server waits for

@@ -781,3 +781,42 @@ func TestAuthLongInitialResponseTwoStep(t *testing.T) {
 		})
 	}
 }
+
+// A refused RCPT says how many of the transaction's recipients the server
+// accepted before it: with a recipient limit (RFC 5321 §4.5.3.1.10) that
+// is the limit, and the relay splits the rest by it.
+func TestRefusedRecipientCountsThoseAcceptedBefore(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprint("pipelining=", pipelining), func(t *testing.T) {
+			c, err, wait := serve(t, Config{}, func(p *peer) {
+				var ext []string
+				if pipelining {
+					ext = append(ext, "PIPELINING")
+				}
+				if !p.handshake(ext...) {
+					return
+				}
+				replies := []string{"250 2.1.0 OK", "250 2.1.5 OK", "250 2.1.5 OK", "452 4.5.3 Too many recipients", "452 4.5.3 Too many recipients", "354 go ahead"}
+				if pipelining {
+					p.skip(6)
+					p.send(replies...)
+					p.rest()
+					return
+				}
+				for _, r := range replies[:4] {
+					p.expect("")
+					p.send(r)
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Send(context.Background(), "a@fake.test", []string{"b@fake.test", "c@fake.test", "d@fake.test", "e@fake.test"}, []byte(body))
+			wait()
+			var e *Error
+			if !errors.As(err, &e) || e.Command != "RCPT" || e.Reply() == nil || e.Reply().Code != 452 || e.Accepted != 2 {
+				t.Fatalf("err = %v (%+v), want the third RCPT's 452 with 2 accepted before it", err, e)
+			}
+		})
+	}
+}

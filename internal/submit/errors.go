@@ -39,6 +39,24 @@ type SMTPError struct {
 	Text     string
 	Class    Class
 	Err      error // the underlying error
+	// Accepted is, at stage rcpt, how many of the transaction's
+	// recipients the server accepted before refusing (smtpclient.Error).
+	Accepted int
+}
+
+// RecipientLimit returns the most recipients the server takes in one
+// transaction when the refusal says it has such a limit, else 0: an
+// X.5.3 "too many recipients" (RFC 3463 §3.6) to a RCPT after others of
+// the transaction were accepted. RFC 5321 §4.5.3.1.10 has a server at
+// its limit answer 452 (or 552) and the client send the rest in a later
+// transaction; Office 365 answers "452 4.5.3 Too many recipients" past
+// the tenant's recipient limit, which an administrator may set below
+// 500.
+func (e *SMTPError) RecipientLimit() int {
+	if e.Stage != "rcpt" || e.Accepted < 1 || (e.Code != 452 && e.Code != 552) || !strings.HasSuffix(e.Enhanced, ".5.3") {
+		return 0
+	}
+	return e.Accepted
 }
 
 func (e *SMTPError) Error() string {
@@ -77,13 +95,14 @@ func Classify(stage string, err error) *SMTPError {
 		return already
 	}
 	var ce *smtpclient.Error
+	accepted := 0
 	if errors.As(err, &ce) {
 		if stage == "" {
 			stage = strings.ToLower(ce.Command)
 		}
-		err = ce.Err
+		err, accepted = ce.Err, ce.Accepted
 	}
-	e := &SMTPError{Stage: stage, Err: err, Class: ClassTransient}
+	e := &SMTPError{Stage: stage, Err: err, Class: ClassTransient, Accepted: accepted}
 	var cv *tls.CertificateVerificationError
 	switch {
 	case errors.Is(err, smtpclient.ErrNoStartTLS):

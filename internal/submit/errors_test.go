@@ -88,3 +88,30 @@ func TestClassifyReplyWhoIsBlocked(t *testing.T) {
 		}
 	}
 }
+
+// RecipientLimit reads a server's limit on recipients per transaction
+// from an X.5.3 refusal of a RCPT after others were accepted (RFC 5321
+// §4.5.3.1.10, RFC 3463 §3.6), and from nothing else.
+func TestRecipientLimit(t *testing.T) {
+	for _, tt := range []struct {
+		stage    string
+		code     int
+		ec       smtp.EnhancedCode
+		accepted int
+		want     int
+	}{
+		{"rcpt", 452, smtp.EnhancedCode{4, 5, 3}, 100, 100}, // Office 365 past the tenant's limit
+		{"rcpt", 552, smtp.EnhancedCode{5, 5, 3}, 3, 3},
+		{"rcpt", 452, smtp.EnhancedCode{4, 5, 3}, 0, 0},  // none accepted: no limit to learn
+		{"rcpt", 452, smtp.EnhancedCode{4, 3, 1}, 10, 0}, // out of storage, not a recipient limit
+		{"rcpt", 452, smtp.NoEnhancedCode, 10, 0},        // a plain 452 says no more than "later"
+		{"rcpt", 550, smtp.EnhancedCode{5, 1, 1}, 10, 0}, // this recipient
+		{"mail", 452, smtp.EnhancedCode{4, 5, 3}, 10, 0}, // not a recipient
+		{"data", 554, smtp.EnhancedCode{5, 5, 3}, 10, 0},
+	} {
+		err := &smtpclient.Error{Command: strings.ToUpper(tt.stage), Accepted: tt.accepted, Err: &smtp.SMTPError{Code: tt.code, EnhancedCode: tt.ec, Message: "reply"}}
+		if got := Classify("", err).RecipientLimit(); got != tt.want {
+			t.Errorf("%d %v to %s after %d accepted: limit %d, want %d", tt.code, tt.ec, tt.stage, tt.accepted, got, tt.want)
+		}
+	}
+}
