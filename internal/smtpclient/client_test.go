@@ -101,6 +101,15 @@ func (p *peer) handshake(ext ...string) bool {
 	return true
 }
 
+// handshakePipelining is handshake with PIPELINING offered or not.
+func (p *peer) handshakePipelining(on bool) bool {
+	p.t.Helper()
+	if on {
+		return p.handshake("PIPELINING")
+	}
+	return p.handshake()
+}
+
 // content reads the message content up to the lone dot.
 func (p *peer) content() (string, error) {
 	var b strings.Builder
@@ -306,11 +315,7 @@ func TestRecipientAcceptedByAnyPositiveReply(t *testing.T) {
 			t.Run(fmt.Sprintf("%.3s pipelining=%v", tt.reply, pipelining), func(t *testing.T) {
 				var got string
 				c, err, wait := serve(t, Config{}, func(p *peer) {
-					var ext []string
-					if pipelining {
-						ext = append(ext, "PIPELINING")
-					}
-					if !p.handshake(ext...) {
+					if !p.handshakePipelining(pipelining) {
 						return
 					}
 					p.expect("MAIL FROM:")
@@ -789,11 +794,7 @@ func TestRefusedRecipientCountsThoseAcceptedBefore(t *testing.T) {
 	for _, pipelining := range []bool{true, false} {
 		t.Run(fmt.Sprint("pipelining=", pipelining), func(t *testing.T) {
 			c, err, wait := serve(t, Config{}, func(p *peer) {
-				var ext []string
-				if pipelining {
-					ext = append(ext, "PIPELINING")
-				}
-				if !p.handshake(ext...) {
+				if !p.handshakePipelining(pipelining) {
 					return
 				}
 				replies := []string{"250 2.1.0 OK", "250 2.1.5 OK", "250 2.1.5 OK", "452 4.5.3 Too many recipients", "452 4.5.3 Too many recipients", "354 go ahead"}

@@ -46,8 +46,7 @@ func TestClassifyByStage(t *testing.T) {
 		{"rcpt", 452, smtp.EnhancedCode{4, 5, 3}, ClassTransient},
 		{"auth", 550, smtp.EnhancedCode{5, 7, 1}, ClassConfig},
 	} {
-		err := &smtpclient.Error{Command: strings.ToUpper(tt.stage), Err: &smtp.SMTPError{Code: tt.code, EnhancedCode: tt.ec, Message: "reply"}}
-		if got := Classify("", err).Class; got != tt.want {
+		if got := classifyReply(tt.stage, tt.code, tt.ec, 0).Class; got != tt.want {
 			t.Errorf("%d %v to %s: class %s, want %s", tt.code, tt.ec, tt.stage, got, tt.want)
 		}
 	}
@@ -109,9 +108,14 @@ func TestRecipientLimit(t *testing.T) {
 		{"mail", 452, smtp.EnhancedCode{4, 5, 3}, 10, 0}, // not a recipient
 		{"data", 554, smtp.EnhancedCode{5, 5, 3}, 10, 0},
 	} {
-		err := &smtpclient.Error{Command: strings.ToUpper(tt.stage), Accepted: tt.accepted, Err: &smtp.SMTPError{Code: tt.code, EnhancedCode: tt.ec, Message: "reply"}}
-		if got := Classify("", err).RecipientLimit(); got != tt.want {
+		if got := classifyReply(tt.stage, tt.code, tt.ec, tt.accepted).RecipientLimit(); got != tt.want {
 			t.Errorf("%d %v to %s after %d accepted: limit %d, want %d", tt.code, tt.ec, tt.stage, tt.accepted, got, tt.want)
 		}
 	}
+}
+
+// classifyReply classifies a reply to the command of stage as the client
+// returns it, accepted recipients before it.
+func classifyReply(stage string, code int, ec smtp.EnhancedCode, accepted int) *SMTPError {
+	return Classify("", &smtpclient.Error{Command: strings.ToUpper(stage), Accepted: accepted, Err: &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: "reply"}})
 }
