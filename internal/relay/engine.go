@@ -359,6 +359,10 @@ type LaneStatus struct {
 	ConnLimit   int       `json:"connection_limit"`
 	InFlight    int       `json:"in_flight"` // messages fetched and not yet accepted: sending, or prepared and waiting for a session
 	Sessions    int       `json:"sessions"`
+	// RcptLimit is the most recipients the server took in one message
+	// before answering 452 4.5.3 (the tenant's recipient limit): the
+	// account's messages go in batches of that many. 0 when none came.
+	RcptLimit int `json:"recipient_limit,omitempty"`
 }
 
 // Status lists the lanes, sorted by account.

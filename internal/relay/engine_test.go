@@ -665,6 +665,9 @@ func TestRecipientLimitBelowOffice365sSplitsTheMessage(t *testing.T) {
 	if refused == 0 {
 		t.Fatal("no 452 4.5.3: the limit was not reached")
 	}
+	if got := h.lane("small").RcptLimit; got != 3 {
+		t.Fatalf("status shows a recipient limit of %d, want 3", got)
+	}
 	h.publishMsg(&message.Message{ID: "seven-2", Account: "small", To: to, Subject: "seven 2", Text: "x"})
 	h.waitFor("the second message sent", func() bool { return h.delivered()["seven 2"] == 3 && h.queued() == 0 })
 	if dl := h.deadLetters(""); len(dl) != 0 {

@@ -942,5 +942,6 @@ func (l *lane) status() LaneStatus {
 	}
 	l.mu.Unlock()
 	st.Sessions = l.pool.Size()
+	st.RcptLimit = int(l.rcptLimit.Load())
 	return st
 }
