@@ -230,6 +230,9 @@ func CheckURL(urls string) error {
 			full = "nats://" + full
 		}
 		p, err := url.Parse(full)
+		if err != nil {
+			err = parseErrorRedacted(full)
+		}
 		if err == nil && p.Host == "" {
 			err = errors.New("no host or port")
 		}
@@ -248,6 +251,23 @@ func CheckURL(urls string) error {
 		return fmt.Errorf("no NATS URL in %q (e.g. nats://nats.contoso.com:4222)", urls)
 	}
 	return nil
+}
+
+// parseErrorRedacted says why url.Parse refused u without showing its
+// credentials: url.Parse's own error quotes the whole URL, password
+// included, and an escape it cannot read may be part of the password. So
+// the redacted URL is parsed again for the reason; when that one parses,
+// the fault was in the credentials, which are not shown.
+func parseErrorRedacted(u string) error {
+	_, err := url.Parse(RedactURL(u))
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return uerr.Err
+	}
+	if err != nil {
+		return err
+	}
+	return errors.New("the password or token in it cannot be read (write %, @, : or / in it as %XX, e.g. %25 for %)")
 }
 
 // RedactURL is a NATS URL (or comma-separated list) fit for messages,
