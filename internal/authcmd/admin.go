@@ -149,6 +149,9 @@ func runTest(ctx context.Context, args []string, env Env) error {
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
+	if err := cli.CheckTimeout(timeout); err != nil {
+		return err
+	}
 	sc, alias, asJSON := c.store, c.alias, c.json
 	keys, err := sc.keyring()
 	if err != nil {

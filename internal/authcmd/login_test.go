@@ -243,6 +243,7 @@ func TestUsageErrors(t *testing.T) {
 		{"NATS user without password", person{}, append(w.login("alerts", mailbox), "--nats-user", "relay-admin"), cli.ExitUsage, "RELAY_NATS_PASSWORD"},
 		{"list with a missing NATS CA", person{}, []string{"list", "--nats-tls-ca", noKey}, cli.ExitUsage, "--nats-tls-ca"},
 		{"unknown command", person{}, []string{"frobnicate"}, cli.ExitUsage, `unknown command "frobnicate"`},
+		{"test with a zero timeout", person{}, []string{"test", "--account", "alerts", "--timeout", "0s"}, cli.ExitUsage, "--timeout 0s: want a duration above 0"},
 		{"NATS unreachable", person{env: map[string]string{"RELAY_NATS_URL": "nats://127.0.0.1:1"}}, w.login("alerts", mailbox), cli.ExitFail, "is relay serve or relay sandbox running?"},
 	}
 	for _, tt := range tests {

@@ -20,6 +20,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Exit codes.
@@ -158,6 +159,17 @@ func EnvOr(env Env, key, def string) string {
 		}
 	}
 	return def
+}
+
+// CheckTimeout refuses a --timeout that has run out before the command
+// starts: the first call would fail with "context deadline exceeded",
+// exit 1, as if the server did not answer (relay health would call a
+// healthy relay unhealthy).
+func CheckTimeout(d time.Duration) error {
+	if d <= 0 {
+		return Usagef("--timeout %s: want a duration above 0 such as 10s", d)
+	}
+	return nil
 }
 
 // ListFlag is a repeatable string flag that also splits on commas.

@@ -94,6 +94,9 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	if err := checkDLQArgs(sub, c, pos); err != nil {
 		return err
 	}
+	if err := cli.CheckTimeout(c.Timeout); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	nc, js, err := c.NATS.jetStream("relay-dlq", roles.Admin)

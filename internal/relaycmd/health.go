@@ -27,6 +27,9 @@ func runHealth(ctx context.Context, args []string, env Env) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if err := cli.CheckTimeout(*timeout); err != nil {
+		return err
+	}
 	path := "/healthz"
 	if *ready {
 		path = "/readyz"

@@ -66,6 +66,9 @@ func runProducer(ctx context.Context, args []string, env Env) error {
 	if len(pos) != want {
 		return cli.Usagef("producer %s takes %d argument(s), got %d", sub, want, len(pos))
 	}
+	if err := cli.CheckTimeout(c.Timeout); err != nil {
+		return err
+	}
 	password := ""
 	if sub == "add" {
 		if !ingress.ValidName(pos[0]) {

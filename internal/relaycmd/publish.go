@@ -49,8 +49,8 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if c.Timeout <= 0 {
-		return cli.Usagef("--timeout %s: want a duration above 0 such as 10s", c.Timeout)
+	if err := cli.CheckTimeout(c.Timeout); err != nil {
+		return err
 	}
 	m := &c.Msg
 	if c.File != "" {

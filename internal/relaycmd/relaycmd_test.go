@@ -132,6 +132,13 @@ func TestUsageErrors(t *testing.T) {
 		{"publish empty password file", []string{"publish", "--nats-url", "nats://127.0.0.1:1", "--nats-user", "u", "--nats-password-file", "/dev/null", "--account", "alerts", "--to", "a@b.com"}, "--nats-password-file: /dev/null is empty"},
 		{"dlq client certificate not PEM", []string{"dlq", "list", "--nats-url", "nats://127.0.0.1:1", "--nats-tls-cert", "/dev/null", "--nats-tls-key", "/dev/null"}, "--nats-tls-cert/--nats-tls-key: tls: failed to find any PEM data"},
 		{"publish zero timeout", []string{"publish", "--timeout", "0s", "--account", "alerts", "--to", "a@b.com"}, "--timeout 0s: want a duration above 0"},
+		// A --timeout that has already run out failed the first call as
+		// "context deadline exceeded" (exit 1): relay health called a
+		// healthy relay unhealthy.
+		{"dlq zero timeout", []string{"dlq", "list", "--nats-url", "nats://127.0.0.1:1", "--timeout", "0s"}, "--timeout 0s: want a duration above 0"},
+		{"producer negative timeout", []string{"producer", "list", "--nats-url", "nats://127.0.0.1:1", "--timeout", "-1s"}, "--timeout -1s: want a duration above 0"},
+		{"setup zero timeout", []string{"setup", "--nats-url", "nats://127.0.0.1:1", "--timeout", "0s"}, "--timeout 0s: want a duration above 0"},
+		{"health zero timeout", []string{"health", "--http-addr", "127.0.0.1:1", "--timeout", "0s"}, "--timeout 0s: want a duration above 0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

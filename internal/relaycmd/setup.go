@@ -36,6 +36,9 @@ func runSetup(ctx context.Context, args []string, env Env) error {
 	if lifetime < queue.MinQueueLifetime {
 		return cli.Usagef("--queue-lifetime %s: want at least %s", lifetime, queue.MinQueueLifetime)
 	}
+	if err := cli.CheckTimeout(timeout); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	nc, js, err := client.jetStream("relay-setup", roles.Admin)
