@@ -12,6 +12,7 @@ import (
 
 	"relay365/internal/cli"
 	"relay365/internal/ingress"
+	"relay365/internal/message"
 	"relay365/internal/roles"
 )
 
@@ -76,6 +77,13 @@ func runProducer(ctx context.Context, args []string, env Env) error {
 		}
 		if len(c.Accounts) == 0 {
 			return cli.Usagef("--accounts is required: the accounts this producer may send through")
+		}
+		for _, a := range c.Accounts {
+			// Here, not only in Put: that runs after the connection, so a
+			// typo came back as exit 1, or as a NATS to look for.
+			if !message.ValidAccount(a) {
+				return cli.Usagef("--accounts: %q is not an account alias (lower-case letters, digits, '-' and '_')", a)
+			}
 		}
 		if password, err = readPassword(c.PasswordFile, env.Stdin); err != nil {
 			return err

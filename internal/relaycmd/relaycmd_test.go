@@ -111,6 +111,9 @@ func TestUsageErrors(t *testing.T) {
 		{"producer add bad name", []string{"producer", "add", "Cron Jobs", "--accounts", "alerts"}, `producer name "Cron Jobs"`},
 		{"producer add short password", []string{"producer", "add", "cron", "--accounts", "alerts", "--password-file", "-"}, "shorter than 12"},
 		{"producer remove without name", []string{"producer", "remove"}, "takes 1 argument(s), got 0"},
+		// Checked after connecting, this was exit 1 with NATS up and "is
+		// relay serve running?" with it down.
+		{"producer add bad account", []string{"producer", "add", "cron", "--accounts", "alerts,Ops!", "--nats-url", "nats://127.0.0.1:1"}, `--accounts: "Ops!" is not an account alias`},
 		// Found at start, before anything listens, not by net.Listen once
 		// the embedded server runs (that was exit 1).
 		{"serve HTTP port out of range", []string{"serve", "--roles", "workers", "--http-addr", "127.0.0.1:99999"}, `--http-addr "127.0.0.1:99999": port "99999": want a number from 0 to 65535`},
