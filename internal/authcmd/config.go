@@ -263,6 +263,17 @@ func (c *enrollConfig) validate(appOnly bool) error {
 	} else {
 		a.MaxMessageBytes = int64(c.maxSize)
 	}
+	// In the account record 0 is "unset" and Normalize makes it the
+	// default: given on the command line it would connect the mailbox at
+	// Office 365's pace without a word about the 0.
+	for _, f := range []struct {
+		name   string
+		v, def int
+	}{{"per-minute", a.PerMinute, account.DefaultPerMinute}, {"per-day", a.PerDay, account.DefaultPerDay}, {"max-conns", a.MaxConns, account.DefaultMaxConns}} {
+		if c.set[f.name] && f.v == 0 {
+			errs = append(errs, fmt.Errorf("--%s 0: want at least 1 (Office 365's: %d)", f.name, f.def))
+		}
+	}
 	a.Normalize()
 	// Without --mailbox, --tenant or --client-id only an existing account
 	// can be meant (enroll checks): the flags given are checked now, with

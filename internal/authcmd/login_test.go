@@ -243,6 +243,12 @@ func TestUsageErrors(t *testing.T) {
 		{"NATS user without password", person{}, append(w.login("alerts", mailbox), "--nats-user", "relay-admin"), cli.ExitUsage, "RELAY_NATS_PASSWORD"},
 		{"list with a missing NATS CA", person{}, []string{"list", "--nats-tls-ca", noKey}, cli.ExitUsage, "--nats-tls-ca"},
 		{"unknown command", person{}, []string{"frobnicate"}, cli.ExitUsage, `unknown command "frobnicate"`},
+		// The account record's 0 is "unset", its default: from the command
+		// line it connected a mailbox at 30 a minute, 10000 a day or 3
+		// connections without a word.
+		{"zero per-minute", person{follow: true}, w.login("alerts", mailbox, "--per-minute", "0"), cli.ExitUsage, "--per-minute 0: want at least 1"},
+		{"zero per-day", person{follow: true}, w.login("alerts", mailbox, "--per-day", "0"), cli.ExitUsage, "--per-day 0: want at least 1"},
+		{"zero max-conns", person{follow: true}, w.login("alerts", mailbox, "--max-conns", "0"), cli.ExitUsage, "--max-conns 0: want at least 1"},
 		{"test with a zero timeout", person{}, []string{"test", "--account", "alerts", "--timeout", "0s"}, cli.ExitUsage, "--timeout 0s: want a duration above 0"},
 		{"NATS unreachable", person{env: map[string]string{"RELAY_NATS_URL": "nats://127.0.0.1:1"}}, w.login("alerts", mailbox), cli.ExitFail, "is relay serve or relay sandbox running?"},
 	}
