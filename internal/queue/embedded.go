@@ -110,6 +110,17 @@ func StartEmbedded(c EmbeddedConfig) (*server.Server, error) {
 	if port == 0 {
 		port = -1 // nats-server reads 0 as 4222
 	}
+	if port > 0 {
+		// nats-server reports a port it cannot listen on only in its log,
+		// which is off here: the wait below would take 10 s and could
+		// only guess why. Listening once first gives the system's reason
+		// at once (a port in use, a privileged port).
+		l, err := net.Listen("tcp", net.JoinHostPort(host, portStr))
+		if err != nil {
+			return nil, fmt.Errorf("--nats-listen %s: %v (another relay serve or sandbox? choose another port with --nats-listen)", c.Listen, err)
+		}
+		l.Close()
+	}
 	always, every, err := ParseSync(c.Sync)
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -77,6 +78,30 @@ func TestEmbeddedConfigErrors(t *testing.T) {
 			ns.Shutdown()
 			t.Fatalf("%+v: want an error", c)
 		}
+	}
+}
+
+// TestEmbeddedPortInUse: a --nats-listen port another process holds is
+// reported at once with the system's reason. nats-server says it only in
+// its log, which is off: relay serve waited 10 s for a server that could
+// not listen and then only guessed why.
+func TestEmbeddedPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	start := time.Now()
+	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: l.Addr().String(), StoreDir: t.TempDir()})
+	if err == nil {
+		ns.Shutdown()
+		t.Fatal("started on a port in use")
+	}
+	if !strings.Contains(err.Error(), "--nats-listen "+l.Addr().String()) || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("error %q: want --nats-listen, the address and the system's reason", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %s to say so", d)
 	}
 }
 
