@@ -67,15 +67,17 @@ func IsLoopback(addr string) bool {
 }
 
 // CheckListen checks a listener address as net.Listen reads it: host:port,
-// the port a number up to 65535 (0: any free port) or a service name, so a
-// bad one stops a command at start instead of after it has started other
-// listeners.
+// the port a number up to 65535 (0: any free port), so a bad one stops a
+// command at start instead of after it has started other listeners.
 func CheckListen(addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return errors.New("want host:port")
 	}
-	if _, err := net.LookupPort("tcp", port); err != nil {
+	// A number, not net.LookupPort: that takes "" as 0 (any port) and
+	// service names, which the embedded server's own parse refuses after
+	// start-up has begun (exit 1) and which nobody means for these.
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		return fmt.Errorf("port %q: want a number from 0 to 65535", port)
 	}
 	return nil

@@ -119,6 +119,11 @@ func TestUsageErrors(t *testing.T) {
 		{"serve HTTP port out of range", []string{"serve", "--roles", "workers", "--http-addr", "127.0.0.1:99999"}, `--http-addr "127.0.0.1:99999": port "99999": want a number from 0 to 65535`},
 		{"serve embedded NATS port out of range", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:70000"}, `--nats-listen "127.0.0.1:70000": port "70000"`},
 		{"serve SMTP port not a number", []string{"serve", "--roles", "workers", "--smtp-listen", "127.0.0.1:smtpx"}, `--smtp-listen "127.0.0.1:smtpx": port "smtpx"`},
+		// Passed by the start-up check, then refused by the embedded
+		// server's own parse (exit 1), or taken as "any port".
+		{"serve embedded NATS without a port", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:", "--data-dir", "/dev/null"}, `--nats-listen "127.0.0.1:": port "": want a number from 0 to 65535`},
+		{"serve embedded NATS port a service name", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:http", "--data-dir", "/dev/null"}, `--nats-listen "127.0.0.1:http": port "http": want a number from 0 to 65535`},
+		{"serve HTTP without a port", []string{"serve", "--roles", "workers", "--http-addr", "127.0.0.1:", "--data-dir", "/dev/null"}, `--http-addr "127.0.0.1:": port ""`},
 		{"sandbox NATS port out of range", []string{"sandbox", "--nats-listen", "127.0.0.1:70000"}, `--nats-listen "127.0.0.1:70000": port "70000"`},
 		{"serve negative shutdown grace", []string{"serve", "--roles", "workers", "--shutdown-grace", "-5s"}, "--shutdown-grace -5s: want a duration above 0"},
 		{"serve zero SMTP connections", []string{"serve", "--roles", "workers", "--smtp-max-conns", "0"}, "--smtp-max-conns 0, --smtp-max-conns-per-ip 20: want at least 1 each"},
