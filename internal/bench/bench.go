@@ -238,7 +238,9 @@ func (c *Config) Validate() error {
 	}
 	for _, s := range c.Sync {
 		if _, _, err := queue.ParseSync(s); err != nil {
-			errs = append(errs, err)
+			// ParseSync names relay serve's --nats-sync; the bench's flag
+			// is --sync.
+			errs = append(errs, fmt.Errorf("--sync %q: want \"always\" or a positive duration such as 1s", s))
 		}
 	}
 	if err := c.MemoryLimit.Validate(); err != nil {
