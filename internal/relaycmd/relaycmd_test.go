@@ -124,6 +124,12 @@ func TestUsageErrors(t *testing.T) {
 		{"serve embedded NATS without a port", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:", "--data-dir", "/dev/null"}, `--nats-listen "127.0.0.1:": port "": want a number from 0 to 65535`},
 		{"serve embedded NATS port a service name", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:http", "--data-dir", "/dev/null"}, `--nats-listen "127.0.0.1:http": port "http": want a number from 0 to 65535`},
 		{"serve HTTP without a port", []string{"serve", "--roles", "workers", "--http-addr", "127.0.0.1:", "--data-dir", "/dev/null"}, `--http-addr "127.0.0.1:": port ""`},
+		// The sandbox's zero values are its defaults: an empty flag
+		// started it on 127.0.0.1:9465, data/sandbox or SMTP on 2525
+		// without a word.
+		{"sandbox empty HTTP address", []string{"sandbox", "--http-addr", "", "--nats-listen", "127.0.0.1:70000"}, "--http-addr is empty"},
+		{"sandbox empty SMTP address", []string{"sandbox", "--smtp-listen", "", "--nats-listen", "127.0.0.1:70000"}, "--smtp-listen is empty: give host:port, or off"},
+		{"sandbox empty data directory", []string{"sandbox", "--data-dir", "", "--nats-listen", "127.0.0.1:70000"}, "--data-dir is empty"},
 		{"sandbox NATS port out of range", []string{"sandbox", "--nats-listen", "127.0.0.1:70000"}, `--nats-listen "127.0.0.1:70000": port "70000"`},
 		{"serve negative shutdown grace", []string{"serve", "--roles", "workers", "--shutdown-grace", "-5s"}, "--shutdown-grace -5s: want a duration above 0"},
 		{"serve zero SMTP connections", []string{"serve", "--roles", "workers", "--smtp-max-conns", "0"}, "--smtp-max-conns 0, --smtp-max-conns-per-ip 20: want at least 1 each"},

@@ -2,7 +2,9 @@ package relaycmd
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 
 	"github.com/rs/zerolog"
 
@@ -136,6 +138,20 @@ func runSandbox(ctx context.Context, args []string, env Env) error {
 	log, err := lf.parse(fs, args, env)
 	if err != nil {
 		return err
+	}
+	// sandbox.Config's empty fields are its defaults (tests leave them
+	// out); on the command line an empty value is a mistake, which would
+	// otherwise start the sandbox where the user did not ask.
+	want := map[string]string{"data-dir": "a directory", "nats-listen": "host:port", "http-addr": "host:port",
+		"smtp-listen": "host:port, or off", "smtps-listen": "host:port, or off"}
+	var empty []error
+	fs.Visit(func(f *flag.Flag) {
+		if w, ok := want[f.Name]; ok && f.Value.String() == "" {
+			empty = append(empty, fmt.Errorf("--%s is empty: give %s", f.Name, w))
+		}
+	})
+	if err := errors.Join(empty...); err != nil {
+		return cli.UsageError{Err: err}
 	}
 	if err := cfg.Daemon.MemoryLimit.Validate(); err != nil {
 		return cli.UsageError{Err: err}
