@@ -282,6 +282,11 @@ func (c *Config) Validate() error {
 		if (c.NATSServerTLSCert == "") != (c.NATSServerTLSKey == "") {
 			errs = append(errs, errors.New("--nats-server-tls-cert and --nats-server-tls-key go together"))
 		}
+		if c.Replicas > 1 {
+			// JetStream would refuse the streams once the server runs
+			// ("replicas > 1 not supported in non-clustered mode").
+			errs = append(errs, fmt.Errorf("--replicas %d: the embedded NATS server is a single node; replicas need a NATS cluster (--nats-url), else use 1", c.Replicas))
+		}
 	}
 	if c.HTTPAddr != "off" {
 		if err := queue.CheckListen(c.HTTPAddr); err != nil {

@@ -106,6 +106,10 @@ func TestUsageErrors(t *testing.T) {
 		{"producer without command", []string{"producer"}, "add, list or remove"},
 		{"serve embedded NATS on all interfaces without TLS", []string{"serve", "--key-file", "k", "--nats-listen", "0.0.0.0:4222"}, "--nats-listen 0.0.0.0:4222 reaches other hosts: give the embedded server a certificate"},
 		{"serve embedded NATS TLS certificate without key", []string{"serve", "--key-file", "k", "--nats-server-tls-cert", "c.pem"}, "--nats-server-tls-cert and --nats-server-tls-key go together"},
+		// The embedded server is one node: JetStream refused the streams
+		// once it ran ("replicas > 1 not supported in non-clustered
+		// mode", exit 1).
+		{"serve replicas on the embedded server", []string{"serve", "--roles", "workers", "--http-addr", "off", "--nats-listen", "127.0.0.1:0", "--data-dir", "/dev/null", "--replicas", "3"}, "--replicas 3: the embedded NATS server is a single node"},
 		{"setup bad replicas", []string{"setup", "--replicas", "2"}, "--replicas 2"},
 		{"producer add without accounts", []string{"producer", "add", "cron"}, "--accounts is required"},
 		{"producer add bad name", []string{"producer", "add", "Cron Jobs", "--accounts", "alerts"}, `producer name "Cron Jobs"`},
