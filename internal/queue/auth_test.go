@@ -105,6 +105,14 @@ func TestConnectAuthMethods(t *testing.T) {
 			bad:    queue.ConnectOptions{User: "relay", Password: "wrong"},
 		},
 		{
+			// Passed as it is: not split on the comma as URL lists and
+			// list flags are, nor read as URL syntax.
+			name:   "password with a comma and URL characters, from the environment",
+			server: &server.Options{Users: []*server.User{{Username: "relay", Password: `a,b@c:d/e%41"f g`}}},
+			good:   queue.ConnectOptions{User: "relay", Password: `a,b@c:d/e%41"f g`},
+			bad:    queue.ConnectOptions{User: "relay", Password: "a"},
+		},
+		{
 			name:   "token from the environment",
 			server: &server.Options{Authorization: "tok-123456"},
 			good:   queue.ConnectOptions{Token: "tok-123456"},
