@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"regexp"
 	"relay365/internal/message"
+	"relay365/internal/queue"
 	"slices"
 	"strconv"
 	"strings"
@@ -300,9 +301,12 @@ func validTenant(t string) bool { return tenantRE.MatchString(t) }
 // validateEndpoint accepts https URLs, and http only on loopback hosts (the
 // sandbox and tests).
 func validateEndpoint(s string) error {
+	// authtool prints these errors: a user name and password, or a token,
+	// in the URL are not shown (queue.RedactURL reads any scheme).
+	shown := queue.RedactURL(s)
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" {
-		return fmt.Errorf("%q is not an absolute URL", s)
+		return fmt.Errorf("%q is not an absolute URL", shown)
 	}
 	switch u.Scheme {
 	case "https":
@@ -311,9 +315,9 @@ func validateEndpoint(s string) error {
 		if isLoopback(u.Hostname()) {
 			return nil
 		}
-		return fmt.Errorf("%q uses http: identity endpoints must use https (http is accepted only on localhost)", s)
+		return fmt.Errorf("%q uses http: identity endpoints must use https (http is accepted only on localhost)", shown)
 	default:
-		return fmt.Errorf("%q: scheme must be https", s)
+		return fmt.Errorf("%q: scheme must be https", shown)
 	}
 }
 

@@ -102,6 +102,11 @@ func TestValidate(t *testing.T) {
 		{"max_message_bytes over 35 MB", func(a *Account) { a.MaxMessageBytes = 36 << 20 }, "max_message_bytes"},
 		{"proxy bad scheme", func(a *Account) { a.ProxyURL = "ftp://proxy:21" }, "proxy_url"},
 		{"proxy ok", func(a *Account) { a.ProxyURL = "http://proxy.corp:3128" }, ""},
+		// authtool prints these errors: credentials in an endpoint URL
+		// stay out of them (the loop checks), as for the proxy and NATS.
+		{"authority with credentials not a URL", func(a *Account) { a.Authority = "http://u:s3cret@x y" }, "authority"},
+		{"token url with credentials over http", func(a *Account) { a.TokenURL = "http://u:s3cret@login.example.com/token" }, "token_url"},
+		{"auth url with a token over ftp", func(a *Account) { a.AuthURL = "ftp://s3cret@login.example.com/auth" }, "auth_url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,6 +114,9 @@ func TestValidate(t *testing.T) {
 			tt.mutate(&a)
 			a.Normalize()
 			err := a.Validate()
+			if err != nil && strings.Contains(err.Error(), "s3cret") {
+				t.Fatalf("error %q shows the credentials", err)
+			}
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
