@@ -66,7 +66,9 @@
 //     shared by all processes through the record. The state stays healthy
 //     and Token keeps returning the current access token while it is still
 //     valid; only once it has expired is the state transient and the
-//     error returned.
+//     error returned. A token that expires before the next attempt is
+//     due turns the state transient at its expiry (MarkLapsed, called
+//     by tokensvc's refresher), without a call.
 //
 // LastError holds the error, AADSTS codes, class and remedy — never tokens,
 // secrets or description text. Logs carry the same fields.

@@ -385,6 +385,45 @@ func transientError(rec Record, acct account.Account, now time.Time) *IdentityEr
 	return e
 }
 
+// Lapsed reports whether rec still says healthy although its access
+// token has expired after transient failures: a failure recorded while
+// the token was valid leaves the state healthy (the token is still
+// handed out), and nothing else writes the record before the next
+// attempt, which a Retry-After can put an hour away. MarkLapsed corrects
+// the state.
+func Lapsed(rec Record, now time.Time) bool {
+	return rec.State == StateHealthy && rec.FailCount > 0 && !stillValid(rec, now)
+}
+
+// MarkLapsed writes state transient into the record of an account whose
+// access token expired while its refreshes were failing (Lapsed), without
+// calling the identity platform, so the record, relay_token_state and
+// /status say that no valid token is left until the next attempt. It
+// leaves a record alone while another process holds its refresh lease
+// (that one writes the outcome) and reports whether it wrote; a record
+// changed meanwhile is not an error (the caller reads it again).
+func (s *Source) MarkLapsed(ctx context.Context, alias string) (bool, error) {
+	rec, rev, err := s.store.Get(ctx, alias)
+	if err != nil {
+		return false, err
+	}
+	now := s.now()
+	if !Lapsed(rec, now) || rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+		return false, nil
+	}
+	rec.State = StateTransient
+	if _, err := s.store.Update(ctx, rec, rev); err != nil {
+		if errors.Is(err, ErrConflict) {
+			return false, nil
+		}
+		return false, err
+	}
+	s.log.Warn().Str("account", alias).Str("from", string(StateHealthy)).Str("to", string(StateTransient)).
+		Int("fail_count", rec.FailCount).Time("next_attempt", rec.NextAttempt).
+		Msg("token state changed: the access token expired while refreshes fail; retrying at the next attempt")
+	return true, nil
+}
+
 // Problem is the failure recorded on r as the typed error callers get,
 // with the remedy for acct (for status pages and the token.status
 // endpoint); nil when the last refresh succeeded.

@@ -28,6 +28,9 @@ import (
 //     the margin);
 //   - a record of an earlier version without a binding is bound first
 //     (token.Source.Bind: trust on first use, logged);
+//   - a token that expires before then after transient failures (the
+//     state still healthy) wakes the schedule at its expiry, to record
+//     state transient (token.Source.MarkLapsed);
 //   - needs_consent / config_error: nothing until the record changes;
 //   - an attempt that leaves the record unchanged (store unreachable) is
 //     retried after 1s, 2s, 4s … at most 1m, jittered ±20%, never a hot loop.
@@ -205,8 +208,19 @@ func (r *refresher) runAccount(ctx context.Context, alias string, poke <-chan st
 			switch {
 			case !ok:
 				// Blocked: only a consent (a new record) helps.
+			case token.Lapsed(rec, now) && rev != triedRev:
+				// The token expired during a backoff: say so now rather
+				// than at the next attempt (Source.MarkLapsed).
+				triedRev, idle = rev, 0
+				if _, err := r.src.MarkLapsed(ctx, alias); err != nil && ctx.Err() == nil {
+					r.log.Warn().Str("account", alias).Err(err).Msg("cannot record that the access token expired")
+				}
+				continue
 			case due.After(now):
 				idle, wait = 0, due.Sub(now)
+				if rec.State == token.StateHealthy && rec.FailCount > 0 && rec.Expiry.After(now) && rec.Expiry.Before(due) {
+					wait = rec.Expiry.Sub(now) // to mark it lapsed then
+				}
 			case rev != triedRev:
 				triedRev, idle = rev, 0
 				r.refresh(ctx, alias)

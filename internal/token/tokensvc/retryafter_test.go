@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"relay365/internal/token"
+	"relay365/internal/token/tokentest"
 )
 
 // TestRetryAfterIsJittered: when the identity platform throttles (429
@@ -61,5 +62,48 @@ func TestAnsweredRetryAfterIsBounded(t *testing.T) {
 		if got := retryAfter(ms); got != want {
 			t.Errorf("retryAfter(%d) = %s, want %s", ms, got, want)
 		}
+	}
+}
+
+// TestStateTurnsTransientWhenTheTokenExpiresDuringABackoff: a refresh
+// that fails transiently while the access token is still valid leaves
+// the state healthy (office365.md §2.4), but once that token expires with
+// the next attempt still ahead (a Retry-After of an hour), no valid token
+// is left and workers are refused: the state must say transient then,
+// in the record, relay_token_state and /status, not only after the next
+// attempt an hour later. RelayTokenRefreshFailing's second half waits on
+// exactly that gauge.
+func TestStateTurnsTransientWhenTheTokenExpiresDuringABackoff(t *testing.T) {
+	e := newEnv(t)
+	f := newAnswerFront(e)
+	_, reg := e.replica("r1")
+	e.consentThrough(f, "alerts")
+	exp := e.record("alerts").Expiry
+	f.answerWithHeader(http.StatusTooManyRequests, "application/json", `{"error":"temporarily_unavailable"}`, "Retry-After", "3600")
+
+	e.clock.Set(exp.Add(-time.Minute)) // past the proactive refresh's due time
+	e.eventually("the throttled refresh to be recorded", func() bool { return e.record("alerts").FailCount == 1 })
+	if rec := e.record("alerts"); rec.State != token.StateHealthy || !rec.NextAttempt.After(exp) {
+		t.Fatalf("after the throttled refresh: state %s, next attempt %v; want healthy (token still valid), next attempt after the expiry %v", rec.State, rec.NextAttempt, exp)
+	}
+
+	e.clock.Set(exp.Add(time.Second))
+	transient := map[string]string{"account": "alerts", "state": string(token.StateTransient)}
+	e.eventually("the state to turn transient at the expiry", func() bool {
+		return e.record("alerts").State == token.StateTransient && tokentest.Metric(t, reg, "relay_token_state", transient) == 1
+	})
+	acct, err := e.reg.Get(e.ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Describe(e.ctx, e.store, acct, e.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != string(token.StateTransient) || st.NextAttempt.IsZero() {
+		t.Errorf("/status shows %s (next attempt %v), want transient with the next attempt", st.State, st.NextAttempt)
+	}
+	if n := f.refreshCalls(); n != 1 {
+		t.Errorf("%d refresh requests, want 1 (the next is after Retry-After)", n)
 	}
 }
