@@ -222,13 +222,18 @@ func (r *refresher) runAccount(ctx context.Context, alias string, poke <-chan st
 					wait = rec.Expiry.Sub(now) // to mark it lapsed then
 				}
 			case rev != triedRev:
-				triedRev, idle = rev, 0
+				triedRev = rev
 				r.refresh(ctx, alias)
 				continue
 			default:
-				// Tried at this revision and nothing changed.
+				// Tried at this revision and nothing changed (the store
+				// refused the write): try again after the pause. Without
+				// forgetting the revision tried, nothing but another
+				// write would ever wake the schedule again, and a quiet
+				// account's token would expire unrefreshed.
 				idle++
 				wait = idleDelay(idle)
+				triedRev = 0
 			}
 		}
 		if !r.sleep(ctx, now, wait, poke) {
@@ -254,11 +259,20 @@ func (r *refresher) due(rec token.Record, jitter time.Duration) (time.Time, bool
 
 // refresh asks the Source, which refreshes because the token is inside the
 // margin (or answers from the record when someone else just did). Failures
-// are already logged, counted and published by the Source's observer.
+// of the identity platform are already logged, counted and published by
+// the Source's observer; any other (the store refused a write) is
+// logged here, or nobody would hear of it.
 func (r *refresher) refresh(ctx context.Context, alias string) {
-	if _, err := r.src.Token(ctx, alias); err != nil && ctx.Err() == nil {
-		r.log.Debug().Str("account", alias).Err(err).Msg("proactive refresh did not yield a token")
+	_, err := r.src.Token(ctx, alias)
+	if err == nil || ctx.Err() != nil {
+		return
 	}
+	ev := r.log.Warn()
+	var ie *token.IdentityError
+	if errors.As(err, &ie) {
+		ev = r.log.Debug()
+	}
+	ev.Str("account", alias).Err(err).Msg("proactive refresh did not yield a token")
 }
 
 // sleep waits until now+d on the clock (d < 0: no timer), a poke or ctx;
