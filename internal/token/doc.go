@@ -81,8 +81,9 @@
 // issues the next one, so after LeaseUntil another refresher uses the
 // previous token and recovers. A strict server that revokes on rotation
 // would answer invalid_grant and the account would go to needs_consent:
-// a person has to run authtool login again. The same holds if the KV write
-// fails for another reason (logged as an error).
+// a person has to run authtool login again. The same holds if the store
+// refuses the write for longer than its timeout (10s; a refused write is
+// tried again meanwhile, and given up with an error in the log).
 //
 // Source.Close abandons refreshes in flight, as a crash would: a request
 // still waiting for the identity platform is cancelled and nothing is

@@ -118,6 +118,8 @@ const (
 	defaultLeaseTTL = 60 * time.Second
 	defaultHTTPTime = 30 * time.Second
 	storeTimeout    = 10 * time.Second
+	storeRetryBase  = 50 * time.Millisecond // a refused result write, again after
+	storeRetryMax   = time.Second
 	maxRounds       = 8
 	backoffBase     = 2 * time.Second
 	backoffMax      = 5 * time.Minute
@@ -546,12 +548,16 @@ func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec
 
 // storeResult writes a successful refresh (next) over rec, whose lease we
 // hold at lrev, and returns the token callers get: ours, or a newer one
-// stored concurrently. A failed write is logged, not returned: the new
-// access token is usable now.
+// stored concurrently. A write the store refuses is tried again until ctx
+// ends (storeTimeout): the rotated refresh token exists nowhere else, and
+// a platform that revokes the previous one when it issues the next would
+// refuse the refresh after this one. A write that never succeeds is
+// logged, not returned: the new access token is usable now.
 func (s *Source) storeResult(ctx context.Context, log zerolog.Logger, acct account.Account, rec, next Record, lrev uint64, rotated, force bool) AccessToken {
 	at := tokenOf(next, acct)
 	rev := lrev
-	for range 3 {
+	pause := storeRetryBase
+	for conflicts := 0; conflicts < 3; {
 		_, err := s.store.Update(ctx, next, rev)
 		if err == nil {
 			log.Info().Time("expiry", next.Expiry).Bool("rotated", rotated).Bool("forced", force).
@@ -559,11 +565,21 @@ func (s *Source) storeResult(ctx context.Context, log zerolog.Logger, acct accou
 			return at
 		}
 		if !errors.Is(err, ErrConflict) {
-			// The old refresh token stays valid in Entra for a while, so the
-			// next refresh recovers; the new access token is usable now.
-			log.Error().Err(err).Msg("token refreshed but the result could not be stored; the next refresh uses the previous refresh token")
-			return at
+			if pause == storeRetryBase {
+				log.Warn().Err(err).Bool("rotated", rotated).Msg("token refreshed but the store refused the result; trying again")
+			}
+			select { // wall time: NATS trouble, not token time
+			case <-ctx.Done():
+				// The old refresh token stays valid in Entra for a while, so
+				// the next refresh recovers; the new access token is usable now.
+				log.Error().Err(err).Bool("rotated", rotated).Msg("token refreshed but the result could not be stored; the next refresh uses the previous refresh token")
+				return at
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, storeRetryMax)
+			continue
 		}
+		conflicts++
 		cur, crev, gerr := s.store.Get(ctx, acct.Alias)
 		if gerr != nil {
 			log.Error().Err(gerr).Msg("token refreshed, store conflict, and re-read failed")

@@ -26,6 +26,8 @@ type answerFront struct {
 	header      [2]string // one extra header of the answer
 	body        string
 	refreshes   int
+	held        chan struct{} // set by hold: refresh requests wait for it to close
+	entered     chan struct{} // one value per held refresh request
 }
 
 func newAnswerFront(e *env) *answerFront {
@@ -42,10 +44,17 @@ func newAnswerFront(e *env) *answerFront {
 		}
 		f.mu.Lock()
 		status, ctype, hdr, body := f.status, f.contentType, f.header, f.body
+		held, entered := f.held, f.entered
 		if r.PostForm.Get("grant_type") == "refresh_token" {
 			f.refreshes++
+		} else {
+			held = nil
 		}
 		f.mu.Unlock()
+		if held != nil {
+			entered <- struct{}{}
+			<-held
+		}
 		if r.PostForm.Get("grant_type") == "refresh_token" && status != 0 {
 			w.Header().Set("Content-Type", ctype)
 			if hdr[0] != "" {
@@ -81,6 +90,17 @@ func (f *answerFront) answerWithHeader(status int, contentType, body, name, valu
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.status, f.contentType, f.body, f.header = status, contentType, body, [2]string{name, value}
+}
+
+// hold makes refresh requests wait, before they reach the identity
+// platform, until release is called; entered receives once per request
+// held.
+func (f *answerFront) hold() (entered <-chan struct{}, release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.held, f.entered = make(chan struct{}), make(chan struct{}, 16)
+	held := f.held
+	return f.entered, func() { close(held) }
 }
 
 func (f *answerFront) refreshCalls() int {

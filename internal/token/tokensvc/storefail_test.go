@@ -66,3 +66,52 @@ func TestRefresherRetriesAfterTheStoreRefusedAWrite(t *testing.T) {
 		return false
 	})
 }
+
+// TestRotatedRefreshTokenSurvivesAStoreThatRefusesAWhile: the identity
+// platform has answered with a rotated refresh token and the store
+// refuses the write for a moment (a leader election, a full disk being
+// cleared). The token service must keep trying within its store timeout
+// rather than drop the rotated token at the first refusal: a platform
+// that revokes a refresh token when it issues the next (the strict fake,
+// oidc-provider, Keycloak with refresh token revocation) would then
+// refuse the previous one, and the account would need a person to sign
+// in again.
+func TestRotatedRefreshTokenSurvivesAStoreThatRefusesAWhile(t *testing.T) {
+	e := newEnv(t)
+	f := newAnswerFront(e)
+	e.replica("r1")
+	e.consentThrough(f, "alerts")
+	before := e.record("alerts").RefreshToken
+	entered, release := f.hold()
+
+	e.clock.Advance(time.Minute)
+	got := make(chan error, 1)
+	go func() {
+		_, err := e.client().ForceRefresh(e.ctx, "alerts")
+		got <- err
+	}()
+	<-entered // the lease is written; the request waits at the front
+	restore := e.refuseWrites()
+	release()
+	e.eventually("the refused result write to be logged", func() bool {
+		return strings.Contains(e.logs.String(), "the store refused the result") ||
+			strings.Contains(e.logs.String(), "result could not be stored")
+	})
+	restore()
+	if err := <-got; err != nil {
+		t.Fatalf("forced refresh: %v", err)
+	}
+	e.eventually("the rotated refresh token to be stored", func() bool {
+		rec := e.record("alerts")
+		return rec.RefreshToken != before && rec.LeaseOwner == ""
+	})
+
+	// The stored refresh token is the one the platform holds valid.
+	e.clock.Advance(time.Minute)
+	if _, err := e.client().ForceRefresh(e.ctx, "alerts"); err != nil {
+		t.Fatalf("refresh with the stored refresh token: %v", err)
+	}
+	if st := e.record("alerts").State; st != token.StateHealthy {
+		t.Fatalf("state %s after the second refresh, want healthy", st)
+	}
+}
