@@ -27,6 +27,11 @@ const (
 	// WorkerAcked: a worker has sent a message with a stored body and
 	// JetStream has confirmed its ack; the body is not yet deleted.
 	WorkerAcked = "worker-acked"
+	// TokenAnswered: the token service has the identity platform's
+	// answer to a refresh (a rotated refresh token) and has not yet
+	// stored it; the record still holds the previous refresh token and
+	// this process's lease.
+	TokenAnswered = "token-answered"
 )
 
 // Env is the variable a crashpoints build reads.

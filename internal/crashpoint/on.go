@@ -41,8 +41,8 @@ func parse(s string) (*point, error) {
 		}
 		at = v
 	}
-	if name != IngressBodyStored && name != WorkerAcked {
-		return nil, fmt.Errorf("%q: unknown crash point %q (want %s or %s)", s, name, IngressBodyStored, WorkerAcked)
+	if name != IngressBodyStored && name != WorkerAcked && name != TokenAnswered {
+		return nil, fmt.Errorf("%q: unknown crash point %q (want %s, %s or %s)", s, name, IngressBodyStored, WorkerAcked, TokenAnswered)
 	}
 	return &point{name: name, at: at}, nil
 }

@@ -21,6 +21,7 @@ func TestParse(t *testing.T) {
 		{"", "", 0, ""},
 		{IngressBodyStored, IngressBodyStored, 1, ""},
 		{WorkerAcked + ":3", WorkerAcked, 3, ""},
+		{TokenAnswered, TokenAnswered, 1, ""},
 		{WorkerAcked + ":0", "", 0, "hit count from 1"},
 		{WorkerAcked + ":x", "", 0, "hit count from 1"},
 		{"nowhere", "", 0, `unknown crash point "nowhere"`},

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"relay365/internal/account"
+	"relay365/internal/crashpoint"
 	"relay365/internal/flight"
 )
 
@@ -524,6 +525,7 @@ func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec
 	if err != nil {
 		return s.recordFailure(ctx, acct, rec, lrev, Classify(err), force)
 	}
+	crashpoint.Hit(crashpoint.TokenAnswered) // the crash window of design.md §9.4
 
 	next := rec
 	next.AccessToken = tok.AccessToken
