@@ -80,6 +80,11 @@ func TestReplyOfAnEarlierVersionDecodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	// The client asks on another connection: only once the server has the
+	// subscription does the request find a responder.
+	if err := old.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	tok, err := e.client().Token(e.ctx, "alerts")
 	if err != nil {
 		t.Fatal(err)
