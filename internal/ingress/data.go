@@ -297,6 +297,12 @@ type checked struct {
 // dead-lettered later. The worker renders a stored body's header section
 // alone (message.RenderBody), which is what a streamed raw is.
 func (ss *session) check(helo string, raw []byte) (checked, result, error) {
+	if len(ss.rcpts) == 0 {
+		// go-smtp answers DATA without a recipient itself; this keeps the
+		// message's own To, Cc and Bcc fields from standing in for the
+		// envelope (message.Validate's rule for producers' raw messages).
+		return checked{}, resultInvalid, errNoRecipients
+	}
 	hdr, err := mail.ReadMessage(bytes.NewReader(raw))
 	if err != nil {
 		return checked{}, resultInvalid, errUnparseable(err.Error())

@@ -60,6 +60,8 @@
 //	535 5.7.8          wrong name or password
 //	454 4.7.0          too many failed logins from this address or for this name
 //	501 5.5.2          an AUTH response the mechanism cannot read (RFC 4954 §4)
+//	503 5.5.1          MAIL while a transaction is open (RFC 5321 §4.1.4); the
+//	                   transaction is kept, and its recipients are the envelope's
 //	550 5.7.1          an account or From the producer may not use
 //	552 5.3.4          larger than the account's max_message_bytes as it would
 //	                   be sent, or than the server's SIZE; says the size and

@@ -11,6 +11,7 @@ import (
 
 	"relay365/internal/account"
 	"relay365/internal/clock"
+	"relay365/internal/message"
 )
 
 // BenchmarkSubmission is the front door's own work for one message of a
@@ -50,6 +51,22 @@ func TestPrepareUsesTheEnvelopeSendersAccount(t *testing.T) {
 	}
 	if err := ss.Mail("acct-3@contoso.com", nil); err == nil {
 		t.Fatal("MAIL from another account's mailbox accepted")
+	}
+}
+
+// TestPrepareNeedsEnvelopeRecipients: an SMTP message goes to its
+// envelope's recipients; without any it is refused, not sent to the
+// addresses of its To, Cc and Bcc fields (what message.Validate does with
+// a producer's raw message that names no recipients).
+func TestPrepareNeedsEnvelopeRecipients(t *testing.T) {
+	ss, from := benchSession(1)
+	if err := ss.Mail(from, nil); err != nil {
+		t.Fatal(err)
+	}
+	raw := fmt.Appendf(nil, "From: <%s>\r\nTo: <header-to@fabrikam.com>\r\nBcc: <header-bcc@fabrikam.com>\r\n\r\nx\r\n", from)
+	if p, _, err := ss.prepare("client.example.org", raw); err == nil {
+		m, _ := message.Decode(p.data)
+		t.Fatalf("prepared with no envelope recipient (to %v: the worker would take the header fields' addresses)", m.To)
 	}
 }
 

@@ -240,6 +240,16 @@ var (
 	errNoAccount = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: oneLine(why)}
 	}
+	// errNestedMail: a MAIL while a transaction is open. RFC 5321 §4.1.4:
+	// MAIL "MUST NOT be sent if a mail transaction is already open", and
+	// commands out of order get 503, the server staying in the same state
+	// (RFC 3463 X.5.1 invalid command).
+	errNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "Nested MAIL command: a transaction is open; finish it with DATA or end it with RSET"}
+	// errNoRecipients: a message with no envelope recipient (RFC 5321
+	// §3.3: "no valid recipients", 554 at DATA). The recipients of an SMTP
+	// submission are the envelope's, never the message's header fields.
+	errNoRecipients = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
 )
 
 // oneLine keeps a reason to one reply line (RFC 5321 §4.2: a reply line
@@ -276,6 +286,7 @@ type session struct {
 	rcpts    []string
 	loggedIn bool
 	revoked  bool // the producer changed after AUTH (stillValid)
+	open     bool // a MAIL was accepted and its transaction not yet ended (Reset)
 
 	dataMu   sync.Mutex
 	dataDone chan struct{}  // closed when the latest Data returns (Reset)
@@ -408,6 +419,14 @@ func (ss *session) producerLabel() string {
 // nothing: the server "MUST stay in the same state" (RFC 5321 §4.1.4), as
 // go-smtp does, so a transaction open before keeps its sender, account and
 // the recipients go-smtp still counts.
+//
+// A MAIL inside an open transaction is refused too (503, errNestedMail).
+// go-smtp passes it on and, when it is accepted, keeps the recipients it
+// counted before, while the session would start afresh: the message then
+// went to the recipients given after the second MAIL only (those before
+// had been answered 250 and were dropped), or, with none after it, to the
+// addresses in the message's To, Cc and Bcc fields instead of the
+// envelope's.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.producer == nil {
 		return errAuthRequired
@@ -434,7 +453,10 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return errTooLarge(fmt.Sprintf("declared size of %d bytes is over the size limit of %d bytes of account %s (max_message_bytes)", opts.Size, limit, alias))
 		}
 	}
-	ss.envFrom, ss.acct, ss.rcpts = from, acct, nil
+	if ss.open {
+		return errNestedMail
+	}
+	ss.envFrom, ss.acct, ss.rcpts, ss.open = from, acct, nil, true
 	return nil
 }
 
@@ -553,7 +575,7 @@ func (ss *session) Reset() {
 			}
 		}
 	}
-	ss.envFrom, ss.acct, ss.rcpts = "", nil, nil
+	ss.envFrom, ss.acct, ss.rcpts, ss.open = "", nil, nil, false
 }
 
 func (ss *session) Logout() error {

@@ -506,6 +506,51 @@ func TestRefusedMAILKeepsTheTransaction(t *testing.T) {
 	}
 }
 
+// TestNestedMAILIsRefused: a MAIL while a transaction is open is out of
+// sequence (RFC 5321 §4.1.4) and refused 503 5.5.1, the transaction kept:
+// the message goes to every recipient accepted with 250, before and after
+// the refused MAIL, and never to the addresses of its header fields.
+// Found with a raw client (Python): go-smtp accepted the second MAIL and
+// the message went to the recipients given after it only, or, with none
+// after it, to its To and Bcc fields.
+func TestNestedMAILIsRefused(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.login("alertmanager", alertsPassword)
+	if err := c.Mail("alerts@contoso.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("first@contoso.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantReply(t, "a second MAIL in the open transaction", c.Mail("alerts@contoso.com", nil), 503, "5.5.1")
+	if err := c.Rcpt("second@contoso.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("To: header-to@contoso.com\r\nBcc: header-bcc@contoso.com\r\nSubject: x\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("DATA: %v", err)
+	}
+	if m := f.onlyQueued(); strings.Join(m.To, ",") != "first@contoso.com,second@contoso.com" {
+		t.Fatalf("queued to %v, want the envelope's first@ and second@", m.To)
+	}
+	// After DATA (and after RSET) a new transaction may start.
+	if err := c.Mail("alerts@contoso.com", nil); err != nil {
+		t.Fatalf("MAIL after DATA: %v", err)
+	}
+	if err := c.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("alerts@contoso.com", nil); err != nil {
+		t.Fatalf("MAIL after RSET: %v", err)
+	}
+}
+
 // rawSASL is a SASL client that sends one initial response as it is.
 type rawSASL struct{ mech, ir string }
 

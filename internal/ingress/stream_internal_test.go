@@ -197,6 +197,7 @@ func BenchmarkStreamedSubmission(b *testing.B) {
 		if err := ss.data("client.example.org", newMeteredMail(from, size, 0, nil)); err != nil {
 			b.Fatal(err)
 		}
+		ss.Reset() // as go-smtp does after DATA
 		b.StopTimer()
 		names, err := store.Names(ctx, time.Now().Add(time.Hour))
 		if err != nil {
