@@ -282,8 +282,8 @@ func (ss *session) prepareStream(helo string, buf []byte, rest io.Reader) (prepa
 // content is encoded or stored.
 type checked struct {
 	acct  *account.Account
-	m     *message.Message // Raw: the Received field, then the message or (streamed) its header section
-	trace int              // the Received field's length, at the start of m.Raw
+	m     *message.Message // Raw: the trace prefix, then the message or (streamed) its header section
+	trace int              // the length of the Received field, and of a Date field the message lacked, at the start of m.Raw
 	sent  int64            // m.Raw's size as the worker will send it (rendered)
 	log   zerolog.Logger
 }
@@ -323,6 +323,14 @@ func (ss *session) check(helo string, raw []byte) (checked, result, error) {
 	}
 	id := message.NewID()
 	trace := ss.received(id, helo)
+	if _, ok := hdr.Header["Date"]; !ok {
+		// The origination date is when the client handed the message
+		// over (RFC 5322 §3.6.1; RFC 6409 §8.2: the MSA may add a missing
+		// Date). Added here, after the Received field, not by the worker
+		// at each rendering: that would date the message hours late after
+		// a pause, and differently at each delivery.
+		trace = fmt.Appendf(trace, "Date: %s\r\n", ss.s.deps.Clock.Now().Format(time.RFC1123Z))
+	}
 	m := &message.Message{ID: id, Account: acct.Alias, To: ss.rcpts, Raw: append(append(make([]byte, 0, len(trace)+len(raw)), trace...), raw...)}
 	log := ss.log.With().Str("account", acct.Alias).Str("msg_id", id).Logger()
 	if err := m.Validate(); err != nil {

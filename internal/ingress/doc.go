@@ -21,7 +21,8 @@
 // address, else the producer's first account. An address that belongs to
 // an account the producer may not use is refused (550 5.7.1). The
 // message is kept as the client sent it — raw RFC 5322 with a Received
-// trace field added, recipients from the envelope (so Bcc stays blind) —
+// trace field added (and a Date field of the time of submission when it
+// has none), recipients from the envelope (so Bcc stays blind) —
 // and the account's From policy applies when it is rendered, as for JSON
 // messages. Before anything is queued the message is rendered once as the
 // worker will render it, so a message that could never go (a From the

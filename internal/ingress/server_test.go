@@ -255,6 +255,43 @@ func TestSubmissionIsQueuedAsSentWithTheEnvelope(t *testing.T) {
 	}
 }
 
+// TestDateIsTheSubmissionTime: a message submitted without a Date field
+// leaves with the time it was submitted, the origination date (RFC 5322
+// §3.6.1; RFC 6409 §8.2 lets the MSA add it), not the time a worker
+// renders it, which is hours later for an account paused that long and
+// differs between two deliveries of the same message. Found with Python's
+// smtplib, which adds no Date field.
+func TestDateIsTheSubmissionTime(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	submitted := f.clock.Now()
+	c := f.login("alertmanager", alertsPassword)
+	if err := send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, "To: ops@contoso.com\r\nSubject: no date\r\n\r\nx\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	m := f.onlyQueued()
+	r, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com"}, submitted.Add(5*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\r\nDate: " + submitted.Format(time.RFC1123Z) + "\r\n"
+	if got := string(r.Data); !strings.Contains(got, want) || strings.Count(got, "\r\nDate:") != 1 {
+		t.Fatalf("rendered five hours after the submission, want one Date field of the submission time %q:\n%s", want, got)
+	}
+	// A Date the client wrote is kept as it is, and none is added.
+	c = f.login("alertmanager", alertsPassword)
+	if err := send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+		t.Fatal(err)
+	}
+	msgs := f.queued()
+	m2, err := message.Decode(msgs[len(msgs)-1].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw := string(m2.Raw); strings.Count(raw, "Date:") != 1 || !strings.Contains(raw, "Date: Sat, 05 Dec 2026 09:30:00 +0000\r\n") {
+		t.Fatalf("the client's Date field not kept alone:\n%s", raw)
+	}
+}
+
 // TestReceivedFromIPv6: the Received field names a client on IPv6 by an
 // IPv6 address literal, "[IPv6:::1]" (RFC 5321 §4.1.3, §4.4), and one
 // whose EHLO name has nothing usable by its address.
