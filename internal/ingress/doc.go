@@ -82,9 +82,11 @@
 //
 // # Abuse
 //
-// Connections are bounded in all and per client address, and every
-// command has a read and write timeout, so a client that holds
-// connections without sending cannot exhaust the relay. Failed logins are
+// Connections are bounded in all and per client address, every
+// command has a read and write timeout, and a connection must
+// authenticate within that timeout of its opening (loginListener), so a
+// client that holds connections without sending, or sending only NOOPs,
+// cannot exhaust the relay. Failed logins are
 // counted per client address and per producer name with an exponential
 // lockout (auth.go); an unknown name is checked against a decoy hash, so
 // it fails as slowly as a wrong password and the time to fail does not

@@ -159,6 +159,7 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 		}
 		s.addrs[i] = ln.Addr()
 		var lim net.Listener = connlimit.New(ln, connlimit.Config{Max: cfg.MaxConns, PerIP: cfg.MaxConnsPerIP, Refuse: s.refuse})
+		lim = loginListener{Listener: lim, window: cfg.Timeout}
 		if l.implicit {
 			lim = tls.NewListener(lim, cfg.TLS)
 		}
@@ -354,6 +355,7 @@ func (ss *session) login(name, password string) error {
 		return smtp.ErrAuthFailed
 	}
 	s.lockout.succeed(keys...)
+	loggedIn(ss.conn)
 	ss.producer = &p
 	ss.log = ss.log.With().Str("producer", p.Name).Logger()
 	return nil
@@ -603,4 +605,63 @@ func (s *Server) refuse(c net.Conn, reason string) {
 // isASCII reports whether s is 7-bit: an address without SMTPUTF8.
 func isASCII(s string) bool {
 	return !strings.ContainsFunc(s, func(r rune) bool { return r > unicode.MaxASCII })
+}
+
+// loginListener gives each connection a time to authenticate in: the
+// session timeout from its opening. Until AUTH succeeds no read deadline
+// goes past it, so go-smtp, which moves the deadline at every command,
+// answers the next read there with its idle timeout (421 4.4.2) and
+// closes. Without it a client that never authenticates held a connection
+// for as long as it sent a NOOP (or RSET, VRFY, EHLO) within each
+// timeout, and a few such clients held every slot of the connection limit
+// (connlimit), shutting producers out: the timeouts of RFC 5321
+// §4.5.3.2 bound a wait for one command, not a session.
+type loginListener struct {
+	net.Listener
+	window time.Duration
+}
+
+func (l loginListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &loginConn{Conn: c, by: time.Now().Add(l.window)}, nil
+}
+
+// loginConn is a connection that must authenticate by a time.
+type loginConn struct {
+	net.Conn
+	by       time.Time
+	loggedIn atomic.Bool
+}
+
+func (c *loginConn) SetReadDeadline(t time.Time) error {
+	if !c.loggedIn.Load() && (t.IsZero() || t.After(c.by)) {
+		t = c.by
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *loginConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetDeadline(t); err != nil {
+		return err
+	}
+	return c.SetReadDeadline(t)
+}
+
+// loggedIn lifts the login deadline of the connection under c (a
+// loginConn, or TLS over one after STARTTLS or on the implicit TLS
+// listener).
+func loggedIn(c *smtp.Conn) {
+	if c == nil {
+		return
+	}
+	nc := c.Conn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if lc, ok := nc.(*loginConn); ok {
+		lc.loggedIn.Store(true)
+	}
 }

@@ -141,3 +141,54 @@ func TestStalledDATAIsATemporaryFailure(t *testing.T) {
 		t.Fatalf("%d queued from a stalled DATA", n)
 	}
 }
+
+// TestUnauthenticatedConnectionsEnd: a connection must authenticate within
+// the session timeout of its opening. A client that never does, but sends
+// a NOOP (or RSET, VRFY, EHLO) before each timeout runs out, held its
+// connection for as long as it liked: a few such clients (an address each,
+// or a few addresses of an IPv6 network) held every slot of
+// --smtp-max-conns and kept every producer out. It now gets 421 and the
+// connection closes; an authenticated session is not cut.
+func TestUnauthenticatedConnectionsEnd(t *testing.T) {
+	const timeout = time.Second
+	f := startFrontDoor(t, func(c *ingress.Config) { c.Timeout = timeout })
+	conn, err := net.DialTimeout("tcp", f.addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	tc := textproto.NewConn(conn)
+	if _, _, err := tc.ReadResponse(220); err != nil {
+		t.Fatal(err)
+	}
+	// The client sends a command well within the timeout each time (what
+	// is tested, not a wait for the server), for five times the timeout.
+	var code int
+	var msg string
+	for start := time.Now(); time.Since(start) < 5*timeout; time.Sleep(timeout / 10) {
+		if err = tc.PrintfLine("NOOP"); err != nil {
+			break // closed by the server
+		}
+		if code, msg, err = tc.ReadResponse(250); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		t.Fatalf("an unauthenticated client sending NOOPs kept its connection for %v, with a timeout of %v", 5*timeout, timeout)
+	}
+	if code != 421 {
+		t.Errorf("the end of an unauthenticated connection: %d %s (%v), want 421", code, msg, err)
+	}
+
+	// An authenticated session doing the same is not cut.
+	tc, _ = rawLogin(t, f)
+	for start := time.Now(); time.Since(start) < 3*timeout; time.Sleep(timeout / 10) {
+		if err := tc.PrintfLine("NOOP"); err != nil {
+			t.Fatal(err)
+		}
+		if code, msg, err := tc.ReadResponse(250); err != nil {
+			t.Fatalf("an authenticated session's NOOP after %v: %d %s (%v)", time.Since(start), code, msg, err)
+		}
+	}
+}
