@@ -143,7 +143,10 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 	// go-smtp's bare "line too long" at 2,000.
 	srv.MaxLineLength = maxLineLength
 	srv.ReadTimeout, srv.WriteTimeout = cfg.Timeout, cfg.Timeout
-	srv.AllowInsecureAuth = false // AUTH only after STARTTLS or on the implicit TLS listener
+	// AUTH only after STARTTLS or on the implicit TLS listener. The
+	// session refuses it before TLS (encrypted): go-smtp's own refusal,
+	// with AllowInsecureAuth false, is 523 5.7.10, not RFC 4954's 538.
+	srv.AllowInsecureAuth = true
 	srv.ErrorLog = zlogAdapter{s.log}
 	s.smtp = srv
 	for i, l := range []struct {
@@ -294,9 +297,35 @@ type session struct {
 	dataPipe *io.PipeReader // the latest Data's input when it came by BDAT
 }
 
-func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+// AuthMechanisms are offered in EHLO only over TLS: none before, so
+// EHLO has no AUTH then (go-smtp leaves it out when there is none).
+func (ss *session) AuthMechanisms() []string {
+	if !ss.encrypted() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+// encrypted reports whether the session runs over TLS (after STARTTLS,
+// which starts a new session, or on the implicit TLS listener).
+func (ss *session) encrypted() bool {
+	if ss.conn == nil {
+		return false
+	}
+	_, ok := ss.conn.TLSConnectionState()
+	return ok
+}
+
+// errEncryptionRequired: AUTH PLAIN or LOGIN before TLS, RFC 4954 §6
+// (538 5.7.11: the mechanism may only be used over an encrypted
+// connection). The password is not looked at.
+var errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
+	Message: "Encryption required for requested authentication mechanism: STARTTLS first"}
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if (mech == sasl.Plain || mech == sasl.Login) && !ss.encrypted() {
+		return nil, errEncryptionRequired
+	}
 	switch mech {
 	case sasl.Plain:
 		return malformed{sasl.NewPlainServer(func(identity, username, password string) error {

@@ -386,9 +386,14 @@ func TestCapabilitiesAndNoAuthBeforeTLS(t *testing.T) {
 	if ok, _ := c.Extension("AUTH"); ok {
 		t.Fatal("AUTH offered before TLS")
 	}
-	if err := c.Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword)); err == nil {
-		t.Fatal("AUTH accepted before TLS")
+	// RFC 4954 §6: 538 5.7.11, encryption required for the mechanism
+	// (go-smtp's own answer is 523 5.7.10, which RFC 4954 does not name).
+	wantReply(t, "AUTH PLAIN before TLS", c.Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword)), 538, "5.7.11")
+	wantReply(t, "AUTH LOGIN before TLS", c.Auth(sasl.NewLoginClient("alertmanager", alertsPassword)), 538, "5.7.11")
+	if n := f.srv.PasswordHashes(); n != 0 {
+		t.Fatalf("%d passwords checked before TLS", n)
 	}
+	wantReply(t, "MAIL after AUTH before TLS", c.Mail("alerts@contoso.com", nil), 530, "5.7.0")
 	after := f.dial("")
 	if ok, mechs := after.Extension("AUTH"); !ok || !strings.Contains(mechs, "PLAIN") || !strings.Contains(mechs, "LOGIN") {
 		t.Fatalf("after STARTTLS AUTH = %v %q", ok, mechs)
