@@ -36,6 +36,11 @@ type Config struct {
 // when it is closed.
 type Listener struct {
 	net.Listener
+	*limits
+}
+
+// limits are the counts a Listener, and those that Share it, hold to.
+type limits struct {
 	cfg Config
 
 	mu   sync.Mutex
@@ -45,7 +50,15 @@ type Listener struct {
 
 // New wraps ln.
 func New(ln net.Listener, cfg Config) *Listener {
-	return &Listener{Listener: ln, cfg: cfg, byIP: map[string]int{}}
+	return &Listener{Listener: ln, limits: &limits{cfg: cfg, byIP: map[string]int{}}}
+}
+
+// Share wraps ln with l's limits: the connections of both count toward
+// one Max and one PerIP, as a server with two listeners (the SMTP front
+// door's STARTTLS and implicit TLS ports) has one set of limits, not one
+// per listener.
+func (l *Listener) Share(ln net.Listener) *Listener {
+	return &Listener{Listener: ln, limits: l.limits}
 }
 
 // Accept returns the next connection within the limits.
@@ -79,7 +92,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 }
 
-// Open is the number of connections open now.
+// Open is the number of connections open now (on l and the listeners
+// that Share its limits).
 func (l *Listener) Open() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -125,3 +125,43 @@ func TestNoRefuseCloses(t *testing.T) {
 	dialFrom(t, "127.0.0.1", addr)
 	accept(t, accepted)
 }
+
+// TestShare: two listeners sharing limits count together, in all and
+// per address, and a slot freed on one is usable on the other.
+func TestShare(t *testing.T) {
+	l, accepted := serve(t, connlimit.Config{Max: 3, PerIP: 2, Refuse: refuseWithReason})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := l.Share(ln)
+	t.Cleanup(func() { other.Close() })
+	onOther := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := other.Accept()
+			if err != nil {
+				return
+			}
+			onOther <- c
+		}
+	}()
+	dialFrom(t, "127.0.0.1", l.Addr().String())
+	first := accept(t, accepted)
+	dialFrom(t, "127.0.0.1", other.Addr().String())
+	accept(t, onOther)
+	if got := refused(t, dialFrom(t, "127.0.0.1", other.Addr().String())); got != connlimit.ReasonPerIP {
+		t.Fatalf("a third connection from one address, on the second listener, got %q", got)
+	}
+	dialFrom(t, "127.0.0.2", other.Addr().String())
+	accept(t, onOther)
+	if got := refused(t, dialFrom(t, "127.0.0.3", l.Addr().String())); got != connlimit.ReasonTotal {
+		t.Fatalf("a fourth connection in all got %q", got)
+	}
+	if l.Open() != 3 || other.Open() != 3 {
+		t.Fatalf("open %d and %d, want 3 for both", l.Open(), other.Open())
+	}
+	first.Close()
+	dialFrom(t, "127.0.0.3", other.Addr().String())
+	accept(t, onOther)
+}

@@ -46,7 +46,7 @@ type Config struct {
 	TLS             *tls.Config // the listeners' certificate
 	Hostname        string      // greeting, EHLO and Received; default os.Hostname
 	MaxMessageBytes int64       // advertised with SIZE (RFC 1870); default DefaultMaxMessageBytes
-	MaxConns        int         // connections open at once; default DefaultMaxConns
+	MaxConns        int         // connections open at once, on both listeners together; default DefaultMaxConns
 	MaxConnsPerIP   int         // of those, from one client address; default DefaultMaxConnsPerIP
 	Timeout         time.Duration
 	PublishTimeout  time.Duration // how long a message may wait for JetStream's PubAck before 451
@@ -149,6 +149,7 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 	srv.AllowInsecureAuth = true
 	srv.ErrorLog = zlogAdapter{s.log}
 	s.smtp = srv
+	var limit *connlimit.Listener // both listeners share one set of limits
 	for i, l := range []struct {
 		addr     string
 		implicit bool
@@ -161,8 +162,12 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 			return nil, fmt.Errorf("SMTP listener %s: %w", l.addr, err)
 		}
 		s.addrs[i] = ln.Addr()
-		var lim net.Listener = connlimit.New(ln, connlimit.Config{Max: cfg.MaxConns, PerIP: cfg.MaxConnsPerIP, Refuse: s.refuse})
-		lim = loginListener{Listener: lim, window: cfg.Timeout}
+		if limit == nil {
+			limit = connlimit.New(ln, connlimit.Config{Max: cfg.MaxConns, PerIP: cfg.MaxConnsPerIP, Refuse: s.refuse})
+		} else {
+			limit = limit.Share(ln)
+		}
+		var lim net.Listener = loginListener{Listener: limit, window: cfg.Timeout}
 		if l.implicit {
 			lim = tls.NewListener(lim, cfg.TLS)
 		}

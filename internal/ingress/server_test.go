@@ -681,6 +681,17 @@ func TestConnectionLimits(t *testing.T) {
 	if !strings.HasPrefix(string(buf[:n]), "421 4.7.0 too many connections from your address") {
 		t.Fatalf("third connection got %q", buf[:n])
 	}
+	// The limits are the front door's, not each listener's: the implicit
+	// TLS listener refuses the address too (before TLS, as plain text).
+	viaTLS, err := net.Dial("tcp", f.tlsAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaTLS.Close()
+	_ = viaTLS.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, _ := viaTLS.Read(buf); !strings.HasPrefix(string(buf[:n]), "421 4.7.0 too many connections from your address") {
+		t.Fatalf("a third connection, to the implicit TLS listener, got %q: the limit counted each listener apart", buf[:n])
+	}
 	// Another address still gets in; a freed slot is usable again.
 	f.dial("127.0.0.4")
 	held[0].Close()
