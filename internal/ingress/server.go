@@ -236,7 +236,12 @@ var (
 	// the producer to send less, when the fix is a shorter header).
 	errHeaderTooLarge = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 		Message: fmt.Sprintf("Message cannot be parsed: no empty line ends the header section within its first %d bytes; keep the header section shorter (large content belongs in the body)", maxHeaderSection)}
-	errBadRcpt = func(why string) *smtp.SMTPError {
+	// errBadSender: a reverse-path with a control character, which RFC
+	// 5321 §4.1.2 allows nowhere in a Mailbox (not even quoted): a syntax
+	// error in MAIL's argument, 501 (§4.1.4), RFC 3463 X.1.7 bad sender's
+	// mailbox address syntax. The address is not quoted back.
+	errBadSender = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Sender address contains a control character"}
+	errBadRcpt   = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: oneLine(why)}
 	}
 	// errNonASCII: an address that is not ASCII, from a client that did
@@ -265,7 +270,7 @@ var (
 // ends at CRLF; the reason may quote the client's input).
 func oneLine(s string) string {
 	s = strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f {
+		if isControl(r) {
 			return ' '
 		}
 		return r
@@ -470,6 +475,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if err := ss.stillValid(); err != nil {
 		return err
 	}
+	if strings.ContainsFunc(from, isControl) {
+		return errBadSender
+	}
 	if !isASCII(from) {
 		return errNonASCII("sender", from)
 	}
@@ -635,6 +643,9 @@ func (s *Server) refuse(c net.Conn, reason string) {
 	_, _ = c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
 	_ = c.Close()
 }
+
+// isControl reports whether r is an ASCII control character (C0 or DEL).
+func isControl(r rune) bool { return r < ' ' || r == 0x7f }
 
 // isASCII reports whether s is 7-bit: an address without SMTPUTF8.
 func isASCII(s string) bool {

@@ -466,6 +466,18 @@ func TestReplies(t *testing.T) {
 		}
 		wantReply(t, "RCPT", c.Rcpt(`"a b"@contoso.com`, nil), 501, "5.1.3")
 	})
+	t.Run("a control character in the sender: 501 5.1.7", func(t *testing.T) {
+		// RFC 5321 §4.1.2 allows none in a Mailbox, quoted or not; go-smtp
+		// passes NUL, ESC and the like on (found with a raw client: it
+		// echoed them back in its 250).
+		c := f.login("alertmanager", alertsPassword)
+		for _, from := range []string{"a\x00b@example.org", "a@exam\x1bple.org", "\x7f@example.org"} {
+			wantReply(t, fmt.Sprintf("MAIL FROM:<%q>", from), c.Mail(from, nil), 501, "5.1.7")
+		}
+		if err := c.Mail("alertmanager@example.org", nil); err != nil {
+			t.Fatalf("MAIL after the refused ones: %v", err)
+		}
+	})
 	t.Run("a non-ASCII address without SMTPUTF8: 553 5.6.7", func(t *testing.T) {
 		c := f.login("alertmanager", alertsPassword)
 		wantReply(t, "MAIL", c.Mail("jörg@contoso.com", nil), 553, "5.6.7")
