@@ -458,11 +458,19 @@ func (d *dataReader) drain() {
 // received returns the trace field every SMTP server adds (RFC 5321
 // §4.4; "ESMTPSA": ESMTP with STARTTLS or TLS and AUTH, RFC 3848).
 func (ss *session) received(id, helo string) []byte {
+	// Of the EHLO argument, only what a domain or an address literal is
+	// made of (RFC 5321 §4.1.2, §4.1.3; '_' for printers' NetBIOS names):
+	// FROM takes one of those (§4.4), and a quote, backslash or
+	// parenthesis would begin a quoted-string or comment of RFC 5322's
+	// Received syntax (§3.6.7) that runs over the rest of the field.
 	helo = strings.Map(func(r rune) rune {
-		if r <= ' ' || r > '~' || r == '(' || r == ')' || r == ';' {
-			return -1
+		switch {
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
+			return r
+		case r == '.', r == '-', r == '_', r == '[', r == ']', r == ':':
+			return r
 		}
-		return r
+		return -1
 	}, helo)
 	// The client's address as an address literal (RFC 5321 §4.1.3): an
 	// IPv6 address is tagged "IPv6:". It also stands for a HELO name that

@@ -323,6 +323,28 @@ func TestReceivedFromIPv6(t *testing.T) {
 	}
 }
 
+// TestReceivedHELOIsADomain: the Received field's FROM clause holds a
+// domain or an address literal (RFC 5321 §4.4), so of an EHLO argument
+// only the characters those are made of are kept. A quote or a backslash
+// (found with a raw client's EHLO) began a quoted-string of RFC 5322's
+// received-token syntax (§3.6.7) that ran over the rest of the field.
+func TestReceivedHELOIsADomain(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.dial("")
+	if err := c.Hello(`Printer_3."b\\c<d>e@f,g!h`); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword)); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(c, "", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+		t.Fatal(err)
+	}
+	if want := "Received: from Printer_3.bcdefgh ([127.0.0.1])\r\n"; !strings.HasPrefix(string(f.onlyQueued().Raw), want) {
+		t.Fatalf("queued raw begins %q, want %q", f.onlyQueued().Raw[:80], want)
+	}
+}
+
 // ingressCount is relay_ingress_messages_total{producer,result}.
 func ingressCount(t *testing.T, reg *prometheus.Registry, producer, result string) float64 {
 	t.Helper()
