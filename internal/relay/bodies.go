@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -21,7 +22,7 @@ import (
 // is swept after BodyOrphanAge.
 
 // renderStored renders a message whose content is in the body store.
-func (l *lane) renderStored(m *message.Message, s message.Sender) (*message.Rendered, error) {
+func (l *lane) renderStored(m *message.Message, s message.Sender, dated time.Time) (*message.Rendered, error) {
 	rc, err := l.e.bodies.Open(l.e.sendCtx, *m.Body)
 	if err != nil {
 		return nil, err
@@ -31,7 +32,7 @@ func (l *lane) renderStored(m *message.Message, s message.Sender) (*message.Rend
 	if err != nil {
 		return nil, err
 	}
-	return message.RenderBody(m, s, l.e.clock.Now(), head)
+	return message.RenderBody(m, s, dated, head)
 }
 
 // content is what DATA carries for r: its bytes, or its header section

@@ -171,11 +171,17 @@ func (l *lane) deliver(a *attempt) error {
 		return err
 	}
 	sender := message.Sender{Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs}
+	// A message without a Date field is dated when it was queued, its
+	// origination (RFC 5322 §3.6.1: when the message was ready to be
+	// sent), not when it leaves: after a pause or retries the Date would
+	// be hours late, and a message partly sent before would carry another
+	// Date in each batch. The SMTP front door dates its messages itself.
+	dated := queue.QueuedAt(a.msg.Headers(), a.meta.Timestamp)
 	var r *message.Rendered
 	if m.Body != nil {
-		r, err = l.renderStored(m, sender)
+		r, err = l.renderStored(m, sender, dated)
 	} else {
-		r, err = message.Render(m, sender, l.e.clock.Now())
+		r, err = message.Render(m, sender, dated)
 	}
 	if err != nil {
 		return err

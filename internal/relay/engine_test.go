@@ -729,3 +729,41 @@ func TestPartlySentOverTheServersRecipientLimitIsDeadLettered(t *testing.T) {
 		t.Fatalf("sent %d transactions of the rest, want none", n)
 	}
 }
+
+func TestDateIsWhenQueued(t *testing.T) {
+	// A message without a Date field is dated when it was queued (its
+	// Relay-Queued header, which a requeue keeps), not when it leaves:
+	// after an hour's pause its Date was an hour late. JSON and raw alike.
+	h := newHarness(t, setup{})
+	h.enroll("dated", "dated@contoso.com", "contoso.onmicrosoft.com", nil)
+	queued := time.Now().Add(-time.Hour).Truncate(time.Second)
+	for _, m := range []*message.Message{
+		{ID: "dated-json", Account: "dated", To: []string{"ops@fabrikam.com"}, Subject: "json", Text: "x"},
+		{ID: "dated-raw", Account: "dated", To: []string{"ops@fabrikam.com"}, Raw: []byte("From: dated@contoso.com\r\nTo: ops@fabrikam.com\r\nSubject: raw\r\n\r\nx\r\n")},
+	} {
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := &nats.Msg{Subject: queue.Subject(m.Account), Data: b, Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, m.ID)
+		msg.Header.Set(queue.HdrQueued, queued.UTC().Format(time.RFC3339Nano))
+		if _, err := h.js.PublishMsg(h.ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.waitFor("both sent", func() bool { return h.delivered()["json"] == 1 && h.delivered()["raw"] == 1 })
+	for _, m := range h.fake.Messages() {
+		if m.Subject != "json" && m.Subject != "raw" {
+			continue
+		}
+		pm, err := mail.ReadMessage(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pm.Header.Date()
+		if err != nil || !got.Equal(queued) {
+			t.Errorf("%s: Date %q (%v), want the time it was queued, %s", m.Subject, pm.Header.Get("Date"), err, queued.Format(time.RFC1123Z))
+		}
+	}
+}
