@@ -347,7 +347,7 @@ func TestAlertRules(t *testing.T) {
 	for _, want := range []string{
 		"RelayTokenExpiringWithoutRefresh", "RelayTokenRefreshFailing", "RelayAccountNeedsConsent",
 		"RelayAccountBindingMismatch", "RelayDLQGrowing", "RelayQueueBacklogGrowing", "RelayNoSendsWhileQueued",
-		"RelayIngressAuthFailures", "RelayIngressRefusingMail", "RelayQueueUnreadable",
+		"RelayIngressAuthFailures", "RelayIngressRefusingMail", "RelayQueueUnreadable", "RelayTokenRecordUnreadable",
 	} {
 		if !names[want] {
 			t.Errorf("no alert %s", want)

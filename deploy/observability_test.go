@@ -124,6 +124,8 @@ func TestObservabilityEndToEnd(t *testing.T) {
 			"RelayMessagesExpired": false,
 			// NATS answers here; the counter exists at 0.
 			"RelayQueueUnreadable": false,
+			// Every record opens here; the unreadable series exist at 0.
+			"RelayTokenRecordUnreadable": false,
 		}
 		rules := readRules(t)
 		if len(rules) != len(wantData) {

@@ -9,6 +9,13 @@ import (
 // states is the closed set of token states (a label of relay_token_state).
 var states = []token.State{token.StateHealthy, token.StateNeedsConsent, token.StateConfigError, token.StateTransient}
 
+// unreadable is relay_token_state's state for a record that does not open
+// (another key file sealed it, or it was rewritten): no token state can
+// be read from it, and without a series of its own an account in that
+// plight, quiet until its refresh token dies of disuse, would raise no
+// alert (RelayTokenRecordUnreadable).
+const unreadable = StatusUnreadable
+
 // results is the closed set of relay_token_refresh_total's result label.
 var results = []string{"ok", string(token.StateNeedsConsent), string(token.StateConfigError), string(token.StateTransient)}
 
@@ -25,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relay_token_state",
-			Help: "Token state per account: 1 for the current state (healthy, needs_consent, config_error, transient), 0 for the others. Every token service exports it; aggregate with max.",
+			Help: "Token state per account: 1 for the current state (healthy, needs_consent, config_error, transient, or unreadable: the sealed record does not open), 0 for the others. Every token service exports it; aggregate with max.",
 		}, []string{"account", "state"}),
 		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relay_token_expiry_timestamp_seconds",
@@ -53,6 +60,7 @@ func (m *Metrics) setRecord(rec token.Record) {
 		}
 		m.state.WithLabelValues(rec.Account, string(s)).Set(v)
 	}
+	m.state.WithLabelValues(rec.Account, unreadable).Set(0)
 	m.expiry.WithLabelValues(rec.Account).Set(float64(rec.Expiry.Unix()))
 	if !rec.LastRefresh.IsZero() {
 		m.issued.WithLabelValues(rec.Account).Set(float64(rec.LastRefresh.Unix()))
@@ -62,11 +70,12 @@ func (m *Metrics) setRecord(rec token.Record) {
 	}
 }
 
-// unknown zeroes the state of an account whose record cannot be read.
-func (m *Metrics) unknown(alias string) {
+// markUnreadable marks the state of an account whose record does not open.
+func (m *Metrics) markUnreadable(alias string) {
 	for _, s := range states {
 		m.state.WithLabelValues(alias, string(s)).Set(0)
 	}
+	m.state.WithLabelValues(alias, unreadable).Set(1)
 }
 
 // forget removes a deleted account's series.

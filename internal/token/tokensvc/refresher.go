@@ -156,7 +156,7 @@ func (r *refresher) record(u token.Update) {
 		delete(r.issued, u.Account)
 		r.metrics.forget(u.Account)
 	case u.Err != nil:
-		r.metrics.unknown(u.Account)
+		r.metrics.markUnreadable(u.Account)
 		r.log.Error().Str("account", u.Account).Err(u.Err).Msg("token record does not open")
 	default:
 		r.metrics.setRecord(u.Record)

@@ -349,3 +349,29 @@ func TestIdentityCallsTimeOut(t *testing.T) {
 		t.Fatalf("%d reused refresh tokens", r)
 	}
 }
+
+// A record that does not open (sealed with another key file, or
+// rewritten) has a state of its own on relay_token_state, unreadable, so
+// RelayTokenRecordUnreadable can fire; before, every state was 0 and a
+// restarted replica exported no series for the account at all.
+func TestUnreadableRecordHasAState(t *testing.T) {
+	e := newEnv(t)
+	e.consent("sealed")
+	kv, err := e.nats.JS.KeyValue(e.ctx, token.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(e.ctx, "sealed", []byte("not a sealed record")); err != nil {
+		t.Fatal(err)
+	}
+	_, reg := e.replica("r1") // started after: the record is unreadable from the first
+	e.eventually("state unreadable", func() bool {
+		return tokentest.Metric(t, reg, "relay_token_state", map[string]string{"account": "sealed", "state": "unreadable"}) == 1 &&
+			tokentest.Metric(t, reg, "relay_token_state", map[string]string{"account": "sealed", "state": "healthy"}) == 0
+	})
+	e.consent("sealed") // a consent stores a record that opens
+	e.eventually("state healthy again", func() bool {
+		return tokentest.Metric(t, reg, "relay_token_state", map[string]string{"account": "sealed", "state": "unreadable"}) == 0 &&
+			tokentest.Metric(t, reg, "relay_token_state", map[string]string{"account": "sealed", "state": "healthy"}) == 1
+	})
+}
