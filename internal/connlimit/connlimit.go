@@ -1,5 +1,5 @@
 // Package connlimit bounds the connections a listener has open at once, in
-// all and per client address, so that clients holding connections open
+// all and per client address (an IPv6 client's /64: Client), so that clients holding connections open
 // without sending (slowloris) cannot use up a server's goroutines and file
 // descriptors. The SMTP front door and the HTTP status server share it.
 package connlimit
@@ -68,7 +68,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := RemoteIP(c.RemoteAddr())
+		ip := Client(c.RemoteAddr())
 		l.mu.Lock()
 		reason := ""
 		switch {
@@ -120,6 +120,19 @@ func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.l.release(c.ip) })
 	return err
+}
+
+// Client is what a per-address limit counts a peer as: its IPv4 address,
+// or the /64 network of its IPv6 address. One IPv6 host is commonly given
+// a whole /64 (RFC 4291 §2.5.1's interface identifiers, RFC 6177), and
+// counted address by address it could open connections, or try
+// passwords, without end.
+func Client(a net.Addr) string {
+	ip := net.ParseIP(RemoteIP(a))
+	if ip == nil || ip.To4() != nil {
+		return RemoteIP(a)
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }
 
 // RemoteIP is the address part of a, without the port.

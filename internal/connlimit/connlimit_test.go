@@ -165,3 +165,23 @@ func TestShare(t *testing.T) {
 	dialFrom(t, "127.0.0.3", other.Addr().String())
 	accept(t, onOther)
 }
+
+// An IPv6 client counts as its /64 (one host commonly has the whole
+// network), an IPv4 client as its address.
+func TestClient(t *testing.T) {
+	for _, tt := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 25}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 25}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2::1"), Port: 25}, "2001:db8:1:2::/64"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff:ffff:ffff:ffff"), Port: 25}, "2001:db8:1:2::/64"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:3::1"), Port: 25}, "2001:db8:1:3::/64"},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 25}, "::/64"},
+	} {
+		if got := connlimit.Client(tt.addr); got != tt.want {
+			t.Errorf("Client(%v) = %q, want %q", tt.addr, got, tt.want)
+		}
+	}
+}

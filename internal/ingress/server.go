@@ -283,7 +283,7 @@ func oneLine(s string) string {
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	s.sessions.Add(1)
-	ss := &session{s: s, conn: c, remote: connlimit.RemoteIP(c.Conn().RemoteAddr())}
+	ss := &session{s: s, conn: c, remote: connlimit.RemoteIP(c.Conn().RemoteAddr()), client: connlimit.Client(c.Conn().RemoteAddr())}
 	ss.log = s.log.With().Str("remote", ss.remote).Logger()
 	return ss, nil
 }
@@ -292,7 +292,8 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 type session struct {
 	s        *Server
 	conn     *smtp.Conn
-	remote   string
+	remote   string // the client's address (logs, Received)
+	client   string // what the lockout counts it as: connlimit.Client
 	log      zerolog.Logger
 	producer *Producer
 	envFrom  string
@@ -370,7 +371,7 @@ func (m malformed) Next(response []byte) ([]byte, bool, error) {
 // (auth.go). The password is never logged.
 func (ss *session) login(name, password string) error {
 	s := ss.s
-	keys := []string{"ip:" + ss.remote, "name:" + name}
+	keys := []string{"ip:" + ss.client, "name:" + name}
 	if wait := s.lockout.locked(keys...); wait > 0 {
 		s.metrics.authFailures.WithLabelValues("locked_out").Inc()
 		ss.log.Warn().Str("producer", name).Dur("locked_for_ms", wait).Msg("SMTP AUTH refused: too many failures")

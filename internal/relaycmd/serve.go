@@ -75,7 +75,7 @@ func daemonFlags(fs *flag.FlagSet, env Env, c *daemon.Config) {
 	fs.StringVar(&c.SMTPTLSKey, "smtp-tls-key", "", "PEM private key of --smtp-tls-cert (env RELAY_SMTP_TLS_KEY)")
 	fs.StringVar(&c.SMTP.Hostname, "smtp-hostname", "", "name in the SMTP greeting and Received fields; default the host name (env RELAY_SMTP_HOSTNAME)")
 	fs.IntVar(&c.SMTP.MaxConns, "smtp-max-conns", ingress.DefaultMaxConns, "SMTP connections open at once (both listeners together)")
-	fs.IntVar(&c.SMTP.MaxConnsPerIP, "smtp-max-conns-per-ip", ingress.DefaultMaxConnsPerIP, "SMTP connections open at once from one client address")
+	fs.IntVar(&c.SMTP.MaxConnsPerIP, "smtp-max-conns-per-ip", ingress.DefaultMaxConnsPerIP, "SMTP connections open at once from one client address (an IPv6 client: its /64)")
 }
 
 // memoryLimitFlag registers --memory-limit (every long-running command).
