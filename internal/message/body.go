@@ -63,6 +63,11 @@ type BodyRef struct {
 // anything else was not stored by a Relay365 producer.
 var objectRE = regexp.MustCompile(`^b-[0-9a-f]{32}$`)
 
+// ValidBodyObject reports whether name is a body object name the relay
+// could have stored (body.NewName): what a reference read from a stored
+// message, not validated, must be before it is printed or deleted.
+func ValidBodyObject(name string) bool { return objectRE.MatchString(name) }
+
 func (b *BodyRef) validate() error {
 	if !objectRE.MatchString(b.Object) {
 		return invalid("body.object", "%q is not a body object name", b.Object)

@@ -247,10 +247,16 @@ func dlqShow(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []str
 }
 
 // storedBody is the body reference of a dead letter whose content is in
-// the body store, nil for any other.
+// the body store, nil for any other. The reference comes from the
+// producer and was never validated (a dead letter is often one Validate
+// refused): one that names no object the relay could have stored is
+// none, so that show does not print its name raw (control sequences
+// included; the JSON below shows it escaped) and purge does not ask the
+// store to delete it (an empty name is an error there, failing the
+// purge).
 func storedBody(data []byte) *message.BodyRef {
 	m, err := message.Decode(data)
-	if err != nil {
+	if err != nil || m.Body == nil || !message.ValidBodyObject(m.Body.Object) {
 		return nil
 	}
 	return m.Body

@@ -2,6 +2,7 @@ package relaycmd_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -104,5 +105,32 @@ func TestDLQOutputIsTerminalSafe(t *testing.T) {
 	}
 	if len(ids) != 2 || ids[1] != hostile {
 		t.Errorf("list --json ids %q, want the raw dead letter's id exact", ids)
+	}
+}
+
+// A message's body reference comes from the producer like the rest of
+// it: a dead letter naming a "body object" that holds control sequences
+// (dead-lettered because Validate refused that name) must show them
+// escaped, and purging it must not try to delete such an object from the
+// body store (the relay never stored one under that name).
+func TestDLQHostileBodyReference(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	for i, object := range []string{hostile, ""} {
+		data, _ := json.Marshal(map[string]any{"id": "h", "to": []string{"ops@contoso.com"},
+			"body": map[string]any{"object": object, "size": 1, "digest": "SHA-256=" + hostile}})
+		id := fmt.Sprintf("h-%d", i)
+		env.DeadLetter(t, ctx, "alerts", id, data, queue.DeadLetter{ID: id, Account: "alerts", Reason: "invalid message: body.object", Class: "invalid"})
+	}
+	for _, args := range [][]string{{"dlq", "show", "1"}, {"dlq", "show", "2"}} {
+		what := strings.Join(args, " ")
+		code, out, errOut := run(t, append(args, "--nats-url", env.URL)...)
+		if code != 0 {
+			t.Fatalf("%s: exit %d\n%s", what, code, errOut)
+		}
+		terminalSafe(t, what, out)
+	}
+	code, out, errOut := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL)
+	if code != 0 || !strings.Contains(out, "purged 2 dead letters") {
+		t.Fatalf("purge of dead letters naming no body the relay stored: exit %d\n%s%s", code, out, errOut)
 	}
 }
