@@ -134,7 +134,7 @@ func GetDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (Dea
 	}
 	m, err := s.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return DeadLetterEntry{}, fmt.Errorf("%w with sequence %d in %s (see relay dlq list)", ErrNoDeadLetter, seq, StreamDLQ)
+		return DeadLetterEntry{}, fmt.Errorf("%w with sequence %d in %s: never stored, or replayed or purged since (see relay dlq list)", ErrNoDeadLetter, seq, StreamDLQ)
 	}
 	if err != nil {
 		return DeadLetterEntry{}, fmt.Errorf("read %s sequence %d: %w", StreamDLQ, seq, err)

@@ -331,7 +331,14 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 	} else {
 		seq, _ := parseSeq(pos[0])
 		seqs = []uint64{seq}
-		if e, err := queue.GetDeadLetter(ctx, js, seq); err == nil {
+		e, err := queue.GetDeadLetter(ctx, js, seq)
+		switch {
+		case errors.Is(err, queue.ErrNoDeadLetter):
+			// Nothing to replay and nothing kept (replayed or purged
+			// already, as by running the same replay twice): the
+			// summary's "not replayed (kept in MAIL_DLQ)" would be false.
+			return err
+		case err == nil:
 			target[seq] = e.ReplayAccount()
 		}
 	}
@@ -361,7 +368,10 @@ replay:
 				note = " (already queued by an earlier replay)"
 			}
 			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d queued again as %s sequence %d%s\n", i+1, len(seqs), seq, queue.StreamMail, res.Seq, note)
-		case c.All && errors.Is(err, queue.ErrNoDeadLetter):
+		case errors.Is(err, queue.ErrNoDeadLetter):
+			if !c.All {
+				return err // gone since it was read above: nothing kept either
+			}
 			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d: gone already (replayed or purged since it was listed)\n", i+1, len(seqs), seq)
 			gone++
 		case res.Seq != 0:

@@ -166,3 +166,23 @@ func denyDLQRemoval(t *testing.T, ctx context.Context, js jetstream.JetStream) {
 		t.Fatal(err)
 	}
 }
+
+// The same dead letter replayed twice (a command run again from the shell
+// history, two operators on one page): the second finds nothing and must
+// say so, not "not replayed (kept in MAIL_DLQ)", which sends the operator
+// looking for a dead letter that is gone and whose copy is queued.
+func TestDLQReplaySameSeqTwice(t *testing.T) {
+	env, ctx := deadLetters(t)
+	if code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL); code != 0 {
+		t.Fatalf("first replay: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
+	t.Logf("second replay: exit %d\n%s%s", code, out, errOut)
+	if code != 1 || strings.Contains(out+errOut, "kept in") || strings.Contains(out+errOut, "FAILED") ||
+		!strings.Contains(errOut, "no dead letter with sequence 1 in MAIL_DLQ") {
+		t.Fatalf("second replay of 1: exit %d\n%s%s", code, out, errOut)
+	}
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 1 {
+		t.Fatalf("MAIL holds %d messages, want the one replayed copy", n)
+	}
+}
