@@ -99,12 +99,14 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	nc, js, err := c.NATS.jetStream("relay-dlq", roles.Admin)
+	ctx, stop, onRefusal := endOnRefusal(ctx)
+	defer stop()
+	nc, js, err := c.NATS.jetStream("relay-dlq", roles.Admin, onRefusal)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	return run(ctx, js, c, pos, env)
+	return refusal(ctx, run(ctx, js, c, pos, env), roles.Admin)
 }
 
 // parseInterspersed parses flags before and after positional arguments
@@ -384,7 +386,7 @@ replay:
 				for _, rest := range seqs[i+1:] {
 					failed = append(failed, strconv.FormatUint(rest, 10))
 				}
-				fmt.Fprintf(env.Stdout, "stopped (%v): %d dead letters not tried\n", ctx.Err(), len(seqs)-i-1)
+				fmt.Fprintf(env.Stdout, "stopped (%v): %d dead letters not tried\n", context.Cause(ctx), len(seqs)-i-1)
 				break replay
 			}
 		}

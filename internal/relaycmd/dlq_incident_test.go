@@ -16,6 +16,7 @@ import (
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relaycmd"
+	"relay365/internal/roles"
 )
 
 // A replay whose PubAck came but whose removal from MAIL_DLQ failed (the
@@ -184,5 +185,70 @@ func TestDLQReplaySameSeqTwice(t *testing.T) {
 	}
 	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 1 {
 		t.Fatalf("MAIL holds %d messages, want the one replayed copy", n)
+	}
+}
+
+// relay dlq run with another role's credentials (the worker's seed, or a
+// producer's, at 3 a.m. on the wrong host): NATS refuses the requests
+// without answering them, only with an asynchronous permissions error.
+// The command must end at once and say so, not wait out --timeout and
+// report "context deadline exceeded"; a replay refused its removal from
+// MAIL_DLQ must still say that the copy is queued.
+func TestDLQWrongRoleEndsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	users, err := roles.EnsureSeeds(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	url := ns.ClientURL()
+	as := func(r roles.Role) jetstream.JetStream {
+		nc, err := queue.ConnectWith(url, "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(dir, r), InboxPrefix: r.InboxPrefix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		return js
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.EnsureStreams(ctx, as(roles.Admin), queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	// Dead-lettered the worker's way, with the worker's rights.
+	worker := &queuetest.Env{Server: ns, JS: as(roles.Worker), URL: url}
+	worker.DeadLetter(t, ctx, "alerts", "a-1", []byte(`{"id":"a-1"}`), queue.DeadLetter{ID: "a-1", Account: "alerts", Reason: "r", Class: "invalid"})
+
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		// The admin's reply inbox, which only relay-admin may subscribe to.
+		{"worker seed", []string{"list", "--nats-nkey", roles.SeedFile(dir, roles.Worker)}, "Permissions Violation"},
+		// Its own inbox: MAIL_DLQ is not the producer's to read.
+		{"producer", []string{"list", "--nats-nkey", roles.SeedFile(dir, roles.Producer), "--nats-inbox-prefix", roles.Producer.InboxPrefix()}, "Permissions Violation"},
+		// Its own inbox: the worker may read a dead letter, not do all a
+		// replay does; nothing is queued, the dead letter stays.
+		{"worker replay", []string{"replay", "1", "--nats-nkey", roles.SeedFile(dir, roles.Worker), "--nats-inbox-prefix", roles.Worker.InboxPrefix()}, "1 of 1 not replayed (kept in MAIL_DLQ): 1"},
+	} {
+		start := time.Now()
+		code, out, errOut := run(t, append(append([]string{"dlq"}, tt.args...), "--nats-url", url, "--timeout", "15s")...)
+		took := time.Since(start)
+		t.Logf("%s: exit %d after %v\n%s%s", tt.name, code, took.Round(time.Millisecond), out, errOut)
+		if code != 1 || took > 10*time.Second || !strings.Contains(errOut, tt.want) || !strings.Contains(errOut, "relay-admin") {
+			t.Errorf("%s: exit %d after %v, want 1 at once, naming %q and relay-admin:\n%s%s", tt.name, code, took, tt.want, out, errOut)
+		}
+	}
+	if n := queuetest.Msgs(t, ctx, as(roles.Admin), queue.StreamMail); n != 0 {
+		t.Errorf("MAIL holds %d messages after the refused replay, want none", n)
+	}
+	if n := queuetest.Msgs(t, ctx, as(roles.Admin), queue.StreamDLQ); n != 1 {
+		t.Errorf("MAIL_DLQ holds %d dead letters after the refused replay, want the one", n)
 	}
 }

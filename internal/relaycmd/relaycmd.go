@@ -10,6 +10,7 @@ package relaycmd
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -160,8 +161,8 @@ func (n natsClient) connect(name string, role roles.Role, extra ...nats.Option) 
 
 // jetStream connects as role and opens JetStream on the connection, which
 // the caller closes.
-func (n natsClient) jetStream(name string, role roles.Role) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := n.connect(name, role)
+func (n natsClient) jetStream(name string, role roles.Role, extra ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := n.connect(name, role, extra...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -171,6 +172,34 @@ func (n natsClient) jetStream(name string, role roles.Role) (*nats.Conn, jetstre
 		return nil, nil, err
 	}
 	return nc, js, nil
+}
+
+// endOnRefusal returns ctx ended, with the refusal as its cause
+// (context.Cause), at the first permissions violation NATS reports on the
+// connection the returned option is given to. NATS answers a request the
+// user may not make (a publish to the JetStream API, a subscription to
+// the reply inbox) with nothing but an asynchronous -ERR, so without this
+// a command run with another role's credentials waits out its whole
+// --timeout and reports only "context deadline exceeded".
+func endOnRefusal(ctx context.Context) (context.Context, context.CancelFunc, nats.Option) {
+	ctx, refuse := context.WithCancelCause(ctx)
+	return ctx, func() { refuse(nil) }, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			refuse(err)
+		}
+	})
+}
+
+// refusal is err with the permissions violation that ended ctx
+// (endOnRefusal) and what to do about it named, or err as it is when
+// nothing was refused.
+func refusal(ctx context.Context, err error, role roles.Role) error {
+	cause := context.Cause(ctx)
+	if err == nil || !errors.Is(cause, nats.ErrPermissionViolation) {
+		return err
+	}
+	return fmt.Errorf("%w; NATS refused this user: %v (this command needs %s, with the rights deploy/nats/auth.conf gives it: the relay's seed nkeys/%s.nk in --data-dir, or --nats-user %[3]s with its password)",
+		err, cause, role.User(), string(role))
 }
 
 // subcommand splits "CMD SUB ARGS..." for a command made of subcommands
