@@ -195,33 +195,8 @@ func TestDLQReplaySameSeqTwice(t *testing.T) {
 // report "context deadline exceeded"; a replay refused its removal from
 // MAIL_DLQ must still say that the copy is queued.
 func TestDLQWrongRoleEndsAtOnce(t *testing.T) {
-	dir := t.TempDir()
-	users, err := roles.EnsureSeeds(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Users: users})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	url := ns.ClientURL()
-	as := func(r roles.Role) jetstream.JetStream {
-		nc, err := queue.ConnectWith(url, "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(dir, r), InboxPrefix: r.InboxPrefix()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, _ := jetstream.New(nc)
-		return js
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := queue.EnsureStreams(ctx, as(roles.Admin), queue.StreamConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	// Dead-lettered the worker's way, with the worker's rights.
-	worker := &queuetest.Env{Server: ns, JS: as(roles.Worker), URL: url}
+	worker, dir, as, ctx := roleNATS(t)
+	url := worker.URL
 	worker.DeadLetter(t, ctx, "alerts", "a-1", []byte(`{"id":"a-1"}`), queue.DeadLetter{ID: "a-1", Account: "alerts", Reason: "r", Class: "invalid"})
 
 	for _, tt := range []struct {
@@ -250,5 +225,71 @@ func TestDLQWrongRoleEndsAtOnce(t *testing.T) {
 	}
 	if n := queuetest.Msgs(t, ctx, as(roles.Admin), queue.StreamDLQ); n != 1 {
 		t.Errorf("MAIL_DLQ holds %d dead letters after the refused replay, want the one", n)
+	}
+}
+
+// roleNATS starts JetStream as relay serve runs it, with the roles'
+// users and permissions (their seeds in dir, as in the relay's data
+// directory), and the streams. It returns the worker's client as an Env
+// (to dead-letter the worker's way, with its rights) and as, a client of
+// any role.
+func roleNATS(t *testing.T) (worker *queuetest.Env, dir string, as func(roles.Role) jetstream.JetStream, ctx context.Context) {
+	t.Helper()
+	dir = t.TempDir()
+	users, err := roles.EnsureSeeds(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	as = func(r roles.Role) jetstream.JetStream {
+		nc, err := queue.ConnectWith(ns.ClientURL(), "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(dir, r), InboxPrefix: r.InboxPrefix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		return js
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := queue.EnsureStreams(ctx, as(roles.Admin), queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	return &queuetest.Env{Server: ns, JS: as(roles.Worker), URL: ns.ClientURL()}, dir, as, ctx
+}
+
+// relay dlq purge as the runbook runs it, as relay-admin against a NATS
+// that enforces the roles: the bodies of the large dead letters it
+// purges are deleted with them (the tests above run without users, where
+// every subject is allowed).
+func TestDLQPurgeDeletesBodiesAsAdmin(t *testing.T) {
+	worker, dir, as, ctx := roleNATS(t)
+	store, err := body.OpenStoreOnly(ctx, as(roles.Producer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := store.Put(ctx, strings.NewReader("Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", 50000)), message.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &message.Message{ID: "big-1", Account: "alerts", To: []string{"ops@contoso.com"}, Body: &ref}
+	data, _ := m.Encode()
+	worker.DeadLetter(t, ctx, "alerts", "big-1", data, queue.DeadLetter{ID: "big-1", Account: "alerts", Reason: "test", Class: "message"})
+
+	code, out, errOut := run(t, "dlq", "purge", "--yes", "--nats-url", worker.URL, "--data-dir", dir, "--timeout", "15s")
+	t.Logf("purge: exit %d\n%s%s", code, out, errOut)
+	if code != 0 || !strings.Contains(out, "purged 1 dead letters") {
+		t.Fatalf("purge as relay-admin: exit %d\n%s%s", code, out, errOut)
+	}
+	admin, err := body.Open(ctx, as(roles.Admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names, err := admin.Names(ctx, time.Now().Add(time.Hour)); err != nil || len(names) != 0 {
+		t.Fatalf("bodies after the purge: %v (%v), want none", names, err)
 	}
 }
