@@ -460,10 +460,7 @@ func deadLetterCopy(subject string, data []byte, hdr nats.Header, seq, delivered
 	if account == "" {
 		account = "unknown"
 	}
-	out := &nats.Msg{Subject: DLQPrefix + account, Data: data, Header: nats.Header{}}
-	for k, v := range hdr {
-		out.Header[k] = v
-	}
+	out := &nats.Msg{Subject: DLQPrefix + account, Data: data, Header: producerHeaders(hdr)}
 	id := dl.ID
 	if id == "" {
 		id = "seq-" + strconv.FormatUint(seq, 10)
@@ -535,16 +532,38 @@ func Requeue(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, id 
 // subject, data and producer headers, without the dead-letter headers, with
 // its own Nats-Msg-Id and the message id kept in Relay-Message-Id.
 func copyForRepublish(subject string, data []byte, hdr nats.Header, id, msgID string) *nats.Msg {
-	out := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	for k, v := range hdr {
-		out.Header[k] = v
-	}
+	out := &nats.Msg{Subject: subject, Data: data, Header: producerHeaders(hdr)}
 	for _, h := range deadLetterHeaders {
 		out.Header.Del(h)
 	}
 	out.Header.Del(HdrQueued) // a replay starts a fresh lifetime; Requeue sets it again
 	setID(out.Header, jetstream.MsgIDHeader, msgID)
 	setID(out.Header, HdrMessageID, id)
+	return out
+}
+
+// producerHeaders is a copy of a stored message's headers for a new
+// publish of it (a dead letter, a requeue, a replay): all but JetStream's
+// own, "Nats-" and the rest of the name, which the server stores with the
+// message as it was published and would read again as instructions for
+// the copy. Nats-Batch-Id and Nats-Batch-Sequence, on every message of an
+// atomic batch (batch.go), made MAIL_DLQ refuse the dead letter (atomic
+// publish is disabled there, 10174) and MAIL take a requeue as the start
+// of a batch never committed; a producer's Nats-Expected-Stream: MAIL or
+// Nats-Expected-Last-Sequence failed the copy's check; Nats-TTL,
+// Nats-Rollup and Nats-Schedule ask for what the streams do not allow.
+// Either way the copy was never stored, and the message could not leave
+// MAIL but through MaxAge, unseen. The caller sets the copy's
+// Nats-Msg-Id. NATS header names are case-sensitive on the wire, but the
+// prefix is compared without case so that no spelling slips through.
+func producerHeaders(hdr nats.Header) nats.Header {
+	out := nats.Header{}
+	for k, v := range hdr {
+		if len(k) >= 5 && strings.EqualFold(k[:5], "Nats-") {
+			continue
+		}
+		out[k] = v
+	}
 	return out
 }
 

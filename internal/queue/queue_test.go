@@ -408,3 +408,69 @@ func TestMailAllowsAConsumerPerAccountBeyondTheServerDefault(t *testing.T) {
 		t.Fatalf("MAIL MaxConsumers = %d, want %d", got, queue.MailMaxConsumers)
 	}
 }
+
+// TestCopiesDropJetStreamPublishHeaders: a message keeps the headers it
+// was published with, JetStream's own included: Nats-Batch-Id and
+// Nats-Batch-Sequence on every message of an atomic batch (relay publish
+// -f, the producer package), a Nats-Expected-* check a producer added. Its
+// dead letter, requeue and replay are new publishes: carried over, those
+// headers made MAIL_DLQ refuse every dead letter of batched mail
+// ("atomic publish is disabled", 10174), so it could never leave MAIL and
+// was dropped unseen at MaxAge, and made a requeue a batch never
+// committed.
+func TestCopiesDropJetStreamPublishHeaders(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	var items []queue.BatchItem
+	for i := range queue.MinBatch {
+		items = append(items, queue.BatchItem{Account: "alerts", ID: "b-" + strconv.Itoa(i), Data: []byte("{}")})
+	}
+	if _, err := queue.PublishBatch(ctx, env.JS, items); err != nil {
+		t.Fatal(err)
+	}
+	checked := &nats.Msg{Subject: queue.Subject("alerts"), Data: []byte("{}"), Header: nats.Header{}}
+	checked.Header.Set(jetstream.MsgIDHeader, "checked")
+	checked.Header.Set(jetstream.ExpectedStreamHeader, queue.StreamMail)
+	checked.Header.Set(jetstream.ExpectedLastSeqHeader, strconv.Itoa(queue.MinBatch))
+	if _, err := env.JS.PublishMsg(ctx, checked); err != nil {
+		t.Fatal(err)
+	}
+	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
+	if m, err := mail.GetMsg(ctx, 1); err != nil || m.Header.Get("Nats-Batch-Id") == "" {
+		t.Fatalf("the first message was not stored as part of an atomic batch: %v %v", m, err)
+	}
+	clean := func(what string, h nats.Header) {
+		t.Helper()
+		for k := range h {
+			if strings.HasPrefix(k, "Nats-") && k != jetstream.MsgIDHeader {
+				t.Errorf("%s carries %s: %v", what, k, h)
+			}
+		}
+	}
+	cons, _ := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{})
+	m := next(t, cons)
+	res, err := queue.Requeue(ctx, env.JS, m, "b-0")
+	if err != nil {
+		t.Fatalf("requeue of a batched message: %v", err)
+	}
+	requeued, err := mail.GetMsg(ctx, res.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clean("requeued copy", requeued.Header)
+	for range queue.MinBatch { // the other 15, the checked one, the requeued copy
+		m := next(t, cons)
+		if err := queue.MoveToDLQ(ctx, env.JS, m, queue.DeadLetter{ID: "x", Account: "alerts", Reason: "r", Class: "invalid"}); err != nil {
+			t.Fatalf("dead-letter of %s: %v", m.Headers().Get(jetstream.MsgIDHeader), err)
+		}
+	}
+	list, err := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{})
+	if err != nil || len(list) != queue.MinBatch {
+		t.Fatalf("dead letters: %d %v, want %d", len(list), err, queue.MinBatch)
+	}
+	for _, e := range list {
+		clean("dead letter "+strconv.FormatUint(e.Seq, 10), e.Header)
+		if _, err := queue.ReplayDeadLetter(ctx, env.JS, e.Seq); err != nil {
+			t.Fatalf("replay of %d: %v", e.Seq, err)
+		}
+	}
+}
