@@ -80,8 +80,9 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFi
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
 	}
+	maxBytes := listPullBytes(js.Conn().MaxPayload())
 	for pending > 0 {
-		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxBytes(maxBytes), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
 		}
@@ -105,6 +106,22 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFi
 		}
 	}
 	return out, nil
+}
+
+// listPullBytes bounds the bytes of one pull of ListDeadLetters. MAIL
+// takes inline messages up to the server's max_payload (MaxPayload on the
+// embedded server), so 256 dead letters can weigh gigabytes: with more
+// sent at once than the server lets a client have pending (max_pending,
+// 64 MiB by default) the server closed the connection as a slow
+// consumer, the client reconnected, and the pull ended only at its
+// 5-second expiry, with what had arrived. 150 dead letters of 1 MiB took
+// 20 seconds so; a few hundred outlasted relay dlq's --timeout. A pull
+// that reaches the bound ends at once (JetStream's 409 "Message Size
+// Exceeds MaxBytes"), and the next goes on. The bound exceeds the largest
+// message the server takes, subject and headers included, or a pull
+// could not take even that one.
+func listPullBytes(maxPayload int64) int {
+	return int(max(16<<20, maxPayload+64<<10))
 }
 
 // ReplaySubject is the subject a replay of e publishes on: the one it was

@@ -474,3 +474,40 @@ func TestCopiesDropJetStreamPublishHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestListLargeDeadLettersPromptly: MAIL takes inline messages up to
+// MaxPayload (8 MiB), so after an incident MAIL_DLQ can hold many of a
+// megabyte or more. Listing them (relay dlq list, replay --all, purge)
+// asked for up to 256 in one pull: more bytes at once than the server
+// lets a client have pending (64 MiB), so it cut the connection as a slow
+// consumer and each pull ended only at its 5-second expiry: the listing
+// of a few hundred outlasted relay dlq's minute. Each pull is now bounded
+// in bytes too.
+func TestListLargeDeadLettersPromptly(t *testing.T) {
+	env := queuetest.StartSync(t, "5s")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 150
+	pad := strings.Repeat("a", 1<<20)
+	for i := range n {
+		id := "big-" + strconv.Itoa(i)
+		env.DeadLetter(t, ctx, "alerts", id, []byte(`{"id":"`+id+`","text":"`+pad+`"}`), queue.DeadLetter{ID: id, Account: "alerts", Reason: "r", Class: "invalid"})
+	}
+	// And one as large as a dead letter can be: the bound takes it.
+	huge := strings.Repeat("a", queue.MaxPayload-4<<10)
+	env.DeadLetter(t, ctx, "alerts", "huge", []byte(`{"id":"huge","text":"`+huge+`"}`), queue.DeadLetter{ID: "huge", Account: "alerts", Reason: "r", Class: "invalid"})
+	start := time.Now()
+	list, err := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{})
+	took := time.Since(start)
+	if err != nil || len(list) != n+1 || list[n].ID != "huge" {
+		t.Fatalf("listed %d (%v), want %d", len(list), err, n+1)
+	}
+	// Unbounded, the first pull alone waits out its 5-second expiry.
+	if took > 4*time.Second || env.NC.Stats().Reconnects != 0 {
+		t.Fatalf("listing %d dead letters of 1 MiB took %v; reconnects %d", n, took, env.NC.Stats().Reconnects)
+	}
+	t.Logf("listed %d dead letters of 1 MiB in %v", n, took)
+}
