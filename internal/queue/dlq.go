@@ -35,6 +35,12 @@ type DeadLetterEntry struct {
 type DeadLetterFilter struct {
 	Account string // exact alias
 	Reason  string // case-insensitive substring of the reason
+	// HeadersOnly leaves each entry's Data nil: JetStream sends the
+	// headers alone, for a caller that needs only what they say (relay
+	// dlq list's table, replay --all's choice). Dead letters can be as
+	// large as MAIL's inline messages (max_payload, 8 MiB), and after an
+	// incident there are thousands.
+	HeadersOnly bool
 }
 
 func (f DeadLetterFilter) subject() string {
@@ -76,7 +82,7 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFi
 	if pending == 0 {
 		return out, nil
 	}
-	cons, err := js.OrderedConsumer(ctx, StreamDLQ, jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.subject()}})
+	cons, err := js.OrderedConsumer(ctx, StreamDLQ, jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.subject()}, HeadersOnly: f.HeadersOnly})
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
 	}
@@ -94,7 +100,11 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFi
 				return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
 			}
 			pending = md.NumPending
-			if e := newEntry(md.Sequence.Stream, md.Timestamp, m.Subject(), m.Headers(), m.Data()); f.match(e) {
+			data := m.Data()
+			if f.HeadersOnly {
+				data = nil // empty, and Nats-Msg-Size in the headers says how large
+			}
+			if e := newEntry(md.Sequence.Stream, md.Timestamp, m.Subject(), m.Headers(), data); f.match(e) {
 				out = append(out, e)
 			}
 		}

@@ -175,7 +175,9 @@ func parseSeq(s string) (uint64, error) {
 }
 
 func dlqList(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []string, env Env) error {
-	list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason})
+	// The table shows only what the headers say: the messages stay on
+	// the server (--json prints them).
+	list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason, HeadersOnly: !c.JSON})
 	if err != nil {
 		return err
 	}
@@ -318,7 +320,9 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 	var seqs []uint64
 	target := map[uint64]string{} // the account each replay would queue for
 	if c.All {
-		list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason})
+		// Each replay reads its dead letter whole; choosing them takes
+		// only the headers.
+		list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason, HeadersOnly: true})
 		if err != nil {
 			return err
 		}

@@ -293,3 +293,32 @@ func TestDLQPurgeDeletesBodiesAsAdmin(t *testing.T) {
 		t.Fatalf("bodies after the purge: %v (%v), want none", names, err)
 	}
 }
+
+// The table of relay dlq list shows only what the headers say, so it
+// reads only them: after an incident with thousands of large inline
+// dead letters the command held them all in memory (and pulled them all
+// over the network) to print a hundred lines.
+func TestDLQListReadsOnlyHeaders(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	const n = 20
+	pad := strings.Repeat("a", 1<<20)
+	for i := range n {
+		id := fmt.Sprintf("big-%d", i)
+		env.DeadLetter(t, ctx, "alerts", id, []byte(`{"id":"`+id+`","text":"`+pad+`"}`), queue.DeadLetter{ID: id, Account: "alerts", Reason: "r", Class: "invalid"})
+	}
+	sent := func() int64 {
+		v, err := env.Server.Varz(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.OutBytes
+	}
+	before := sent()
+	code, out, errOut := run(t, "dlq", "list", "--nats-url", env.URL)
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("%d dead letters", n)) || !strings.Contains(out, "big-19") {
+		t.Fatalf("list: exit %d\n%s%s", code, out, errOut)
+	}
+	if got := sent() - before; got > 1<<20 {
+		t.Fatalf("relay dlq list read %d bytes for a table of %d dead letters of 1 MiB: their content too", got, n)
+	}
+}
