@@ -130,6 +130,12 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // checkDLQArgs refuses what cannot be meant, before connecting.
 func checkDLQArgs(sub string, c dlqConfig, pos []string) error {
+	if c.Timeout <= 0 {
+		// Not "no limit" (as relay publish refuses it too): every request
+		// would fail at once, a replay --all naming every dead letter
+		// "not tried".
+		return cli.Usagef("--timeout %s: want a duration above 0 such as 10m", c.Timeout)
+	}
 	switch sub {
 	case "list", "purge":
 		if len(pos) > 0 {

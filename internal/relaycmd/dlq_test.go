@@ -179,6 +179,9 @@ func TestDLQUsageErrors(t *testing.T) {
 		{"dlq", "replay", "3", "--account", "alerts"},
 		{"dlq", "list", "extra"},
 		{"dlq", "list", "--account", "Not.An.Alias"},
+		// Not "no timeout": every request would fail at once.
+		{"dlq", "list", "--timeout", "0"},
+		{"dlq", "replay", "--all", "--timeout", "-1s"},
 	} {
 		// No server: a usage error must be found before connecting.
 		if code, _, errOut := run(t, append(args, "--nats-url", "nats://127.0.0.1:1")...); code != 2 || errOut == "" {
