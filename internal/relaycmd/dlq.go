@@ -354,6 +354,15 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 			target[seq] = e.ReplayAccount()
 		}
 	}
+	// How long MAIL recognises a replay's Nats-Msg-Id, and so how long a
+	// dead letter queued again but not removed may be replayed again
+	// without a second copy: MAIL's duplicate window, which a short queue
+	// lifetime makes shorter than the default (queue.DuplicatesFor).
+	// Read now, while the context is fresh.
+	window := queue.DedupeWindow
+	if s, err := js.Stream(ctx, queue.StreamMail); err == nil && s.CachedInfo().Config.Duplicates > 0 {
+		window = s.CachedInfo().Config.Duplicates
+	}
 	// Mail replayed for an account relay serve does not know would only
 	// come back as "no such account": it stays here until the account is
 	// connected. (Unread registry: no check, the replay goes ahead.)
@@ -406,8 +415,8 @@ replay:
 		problems = append(problems, fmt.Sprintf("%d of %d not replayed (kept in %s): %s", len(failed), len(seqs), queue.StreamDLQ, strings.Join(failed, ", ")))
 	}
 	if len(stuck) > 0 {
-		problems = append(problems, fmt.Sprintf("%d queued again but still in %s (replayed again within %.0f hours, each is recognised as a duplicate, not queued twice): %s",
-			len(stuck), queue.StreamDLQ, queue.DedupeWindow.Hours(), strings.Join(stuck, ", ")))
+		problems = append(problems, fmt.Sprintf("%d queued again but still in %s (replayed again within %s, each is recognised as a duplicate, not queued twice): %s",
+			len(stuck), queue.StreamDLQ, span(window), strings.Join(stuck, ", ")))
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
@@ -419,6 +428,14 @@ replay:
 	}
 	fmt.Fprintf(env.Stdout, "replayed %d dead letters; each is a new message with a fresh attempt count\n", replayed)
 	return nil
+}
+
+// span is d for a person: "24 hours", or as Go writes it ("1h24m0s").
+func span(d time.Duration) string {
+	if d >= time.Hour && d%time.Hour == 0 {
+		return fmt.Sprintf("%d hours", d/time.Hour)
+	}
+	return d.String()
 }
 
 func dlqPurge(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []string, env Env) error {

@@ -322,3 +322,21 @@ func TestDLQListReadsOnlyHeaders(t *testing.T) {
 		t.Fatalf("relay dlq list read %d bytes for a table of %d dead letters of 1 MiB: their content too", got, n)
 	}
 }
+
+// A replay queued but not removed tells the operator how long replaying
+// it again is recognised as a duplicate: MAIL's duplicate window, which a
+// short --queue-lifetime cuts below 24 hours (queue.DuplicatesFor). The
+// message said 24 hours whatever the window was.
+func TestDLQReplayQueuedNotRemovedNamesMAILsWindow(t *testing.T) {
+	env, ctx := deadLetters(t)
+	lifetime := time.Hour // MAIL's window: MaxAgeFor(1h), 1h24m
+	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{Lifetime: lifetime}); err != nil {
+		t.Fatal(err)
+	}
+	denyDLQRemoval(t, ctx, env.JS)
+	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
+	want := "replayed again within " + queue.DuplicatesFor(lifetime).String()
+	if code != 1 || !strings.Contains(errOut, "1 queued again but still in MAIL_DLQ") || !strings.Contains(errOut, want) {
+		t.Fatalf("replay with the removal refused: exit %d, want %q\n%s%s", code, want, out, errOut)
+	}
+}
