@@ -106,7 +106,14 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	defer nc.Close()
-	return refusal(ctx, run(ctx, js, c, pos, env), roles.Admin)
+	err = run(ctx, js, c, pos, env)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		// The server answered but has none of the relay's streams: most
+		// often not the relay's NATS at all.
+		err = fmt.Errorf("%w (on %s: is it the relay's NATS? relay serve makes the streams on its own server, relay setup on a cluster)",
+			err, queue.RedactURL(c.NATS.URL))
+	}
+	return refusal(ctx, err, roles.Admin)
 }
 
 // parseInterspersed parses flags before and after positional arguments
@@ -345,10 +352,11 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 		seqs = []uint64{seq}
 		e, err := queue.GetDeadLetter(ctx, js, seq)
 		switch {
-		case errors.Is(err, queue.ErrNoDeadLetter):
+		case errors.Is(err, queue.ErrNoDeadLetter), errors.Is(err, jetstream.ErrStreamNotFound):
 			// Nothing to replay and nothing kept (replayed or purged
-			// already, as by running the same replay twice): the
-			// summary's "not replayed (kept in MAIL_DLQ)" would be false.
+			// already, as by running the same replay twice; or no
+			// MAIL_DLQ at all): the summary's "not replayed (kept in
+			// MAIL_DLQ)" would be false.
 			return err
 		case err == nil:
 			target[seq] = e.ReplayAccount()

@@ -340,3 +340,17 @@ func TestDLQReplayQueuedNotRemovedNamesMAILsWindow(t *testing.T) {
 		t.Fatalf("replay with the removal refused: exit %d, want %q\n%s%s", code, want, out, errOut)
 	}
 }
+
+// relay dlq pointed at a NATS without the relay's streams (another
+// server, a --nats-url typo that reached a fresh one, a cluster before
+// relay setup) must say so, and replay SEQ must not call the dead letter
+// "kept in MAIL_DLQ" when there is no MAIL_DLQ.
+func TestDLQWithoutTheStreams(t *testing.T) {
+	env := queuetest.Start(t)
+	for _, args := range [][]string{{"list"}, {"show", "1"}, {"replay", "1"}, {"replay", "--all"}, {"purge", "--yes"}} {
+		code, out, errOut := run(t, append(append([]string{"dlq"}, args...), "--nats-url", env.URL)...)
+		if code != 1 || strings.Contains(out+errOut, "kept in") || !strings.Contains(errOut, "stream not found (on "+env.URL+": is it the relay's NATS?") {
+			t.Errorf("%v on a NATS without MAIL_DLQ: exit %d\n%s%s", args, code, out, errOut)
+		}
+	}
+}
