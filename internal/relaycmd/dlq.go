@@ -94,9 +94,6 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	if err := checkDLQArgs(sub, c, pos); err != nil {
 		return err
 	}
-	if err := cli.CheckTimeout(c.Timeout); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	ctx, stop, onRefusal := endOnRefusal(ctx)
@@ -137,11 +134,10 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // checkDLQArgs refuses what cannot be meant, before connecting.
 func checkDLQArgs(sub string, c dlqConfig, pos []string) error {
-	if c.Timeout <= 0 {
-		// Not "no limit" (as relay publish refuses it too): every request
-		// would fail at once, a replay --all naming every dead letter
-		// "not tried".
-		return cli.Usagef("--timeout %s: want a duration above 0 such as 10m", c.Timeout)
+	if err := cli.CheckTimeout(c.Timeout); err != nil {
+		// Not "no limit": every request would fail at once, a replay
+		// --all naming every dead letter "not tried".
+		return err
 	}
 	switch sub {
 	case "list", "purge":
