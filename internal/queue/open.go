@@ -108,8 +108,8 @@ func openStream(ctx context.Context, js jetstream.JetStream, c jetstream.StreamC
 }
 
 // keepingDiff is the differs of MAIL and MAIL_DLQ: the settings that
-// decide what the stream keeps and for how long (a MaxBytes or
-// MaxConsumers of 0 in c is not compared).
+// decide what the stream keeps and for how long (a MaxBytes,
+// MaxConsumers or MaxMsgSize of 0 in c is not compared).
 func keepingDiff(c jetstream.StreamConfig) func(have jetstream.StreamConfig) string {
 	return func(have jetstream.StreamConfig) string {
 		var d []string
@@ -126,6 +126,7 @@ func keepingDiff(c jetstream.StreamConfig) func(have jetstream.StreamConfig) str
 		add(have.Discard != c.Discard, "discard", have.Discard, c.Discard)
 		add(c.MaxBytes != 0 && have.MaxBytes != c.MaxBytes, "max bytes", have.MaxBytes, c.MaxBytes)
 		add(c.MaxConsumers != 0 && have.MaxConsumers != c.MaxConsumers, "max consumers", have.MaxConsumers, c.MaxConsumers)
+		add(c.MaxMsgSize != 0 && have.MaxMsgSize != c.MaxMsgSize, "max message size", have.MaxMsgSize, c.MaxMsgSize)
 		add(have.AllowAtomicPublish != c.AllowAtomicPublish, "atomic batch publish", have.AllowAtomicPublish, c.AllowAtomicPublish)
 		return strings.Join(d, "; ")
 	}

@@ -153,6 +153,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Duplicates:   DuplicatesFor(c.Lifetime),
 		Discard:      jetstream.DiscardNew,
 		MaxConsumers: MailMaxConsumers,
+		MaxMsgSize:   MailMaxMsgSize(js.Conn().MaxPayload()),
 		// Producers may hand over many messages in one atomic batch:
 		// one synced write for the batch (batch.go).
 		AllowAtomicPublish: true,
@@ -578,13 +579,35 @@ func setID(h nats.Header, key, id string) { setHeader(h, key, termsafe.Line(id))
 // line break in a value taken from a message or an SMTP reply would end
 // the header or add one of its own (a multi-line SMTP reply, RFC 5321
 // §4.2.1, arrives with line breaks).
+//
+// A value is kept to maxHeaderValue bytes, so that what the relay adds to a
+// copy stays within DeadLetterHeadroom whatever the reason quotes.
 func setHeader(h nats.Header, key, v string) {
-	h.Set(key, strings.TrimSpace(strings.Map(func(r rune) rune {
+	h.Set(key, termsafe.Shorten(strings.TrimSpace(strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' || r == 0 {
 			return ' '
 		}
 		return r
-	}, v)))
+	}, v)), maxHeaderValue))
+}
+
+// maxHeaderValue bounds each header value the relay sets on a copy.
+const maxHeaderValue = 1024
+
+// DeadLetterHeadroom is what MAIL leaves of the server's max_payload for
+// the headers a dead letter or a requeue adds to a copy of a message
+// (deadLetterCopy: ten at most, each kept to maxHeaderValue; JetStream's
+// own headers of the original are dropped). A message that filled
+// max_payload could be queued but never dead-lettered: its copy was
+// refused as too large, and it stayed in MAIL until MaxAge dropped it,
+// unseen. MAIL's MaxMsgSize (MailMaxMsgSize) refuses it at publish
+// instead, where the producer hears why.
+const DeadLetterHeadroom = 16 << 10
+
+// MailMaxMsgSize is MAIL's MaxMsgSize on a server whose max_payload is
+// maxPayload: DeadLetterHeadroom below it.
+func MailMaxMsgSize(maxPayload int64) int32 {
+	return int32(max(maxPayload-DeadLetterHeadroom, DeadLetterHeadroom))
 }
 
 // BodyMaxChunksPerObject is the body stream's MaxMsgsPerSubject. Every

