@@ -354,3 +354,19 @@ func TestDLQWithoutTheStreams(t *testing.T) {
 		}
 	}
 }
+
+// relay producer and relay setup, run with another role's credentials,
+// end at NATS's refusal and say which user they need, as relay dlq does;
+// they waited out --timeout and said "context deadline exceeded".
+func TestAdminCommandsWithAnotherRoleEndAtTheRefusal(t *testing.T) {
+	worker, dir, _, _ := roleNATS(t)
+	for _, args := range [][]string{
+		{"producer", "list"},
+		{"setup"},
+	} {
+		code, out, errOut := run(t, append(args, "--nats-url", worker.URL, "--nats-nkey", roles.SeedFile(dir, roles.Worker), "--timeout", "30s")...)
+		if code != 1 || !strings.Contains(errOut, "Permissions Violation") || !strings.Contains(errOut, "relay-admin") {
+			t.Errorf("%v as the worker: exit %d, want 1 naming the refusal and relay-admin:\n%s%s", args, code, out, errOut)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"relay365/internal/cli"
 	"relay365/internal/ingress"
 	"relay365/internal/message"
@@ -91,11 +93,18 @@ func runProducer(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	nc, js, err := c.NATS.jetStream("relay-producer", roles.Admin)
+	ctx, stop, onRefusal := endOnRefusal(ctx)
+	defer stop()
+	nc, js, err := c.NATS.jetStream("relay-producer", roles.Admin, onRefusal)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	return refusal(ctx, producerCommand(ctx, js, sub, c, pos, password, env), roles.Admin)
+}
+
+// producerCommand runs relay producer SUB on the admin's connection.
+func producerCommand(ctx context.Context, js jetstream.JetStream, sub string, c producerConfig, pos []string, password string, env Env) error {
 	prods, err := ingress.OpenProducers(ctx, js)
 	if err != nil {
 		return err

@@ -41,13 +41,15 @@ func runSetup(ctx context.Context, args []string, env Env) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	nc, js, err := client.jetStream("relay-setup", roles.Admin)
+	ctx, stop, onRefusal := endOnRefusal(ctx)
+	defer stop()
+	nc, js, err := client.jetStream("relay-setup", roles.Admin, onRefusal)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	if err := daemon.Setup(ctx, js, replicas, lifetime); err != nil {
-		return err
+		return refusal(ctx, err, roles.Admin)
 	}
 	fmt.Fprintf(env.Stdout, "streams MAIL and MAIL_DLQ and the relay's KV buckets are in place (%d replicas)\n", replicas)
 	return nil
