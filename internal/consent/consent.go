@@ -164,9 +164,7 @@ func (b Browser) Run(ctx context.Context, open func(authURL string) error) (*oau
 		return nil, res.err
 	}
 	hc := b.HTTPClient
-	if hc == nil {
-		hc = http.DefaultClient
-	}
+	hc = token.NoRedirects(hc) // the code, its verifier and any client secret go in the body
 	tok, err := conf.Exchange(context.WithValue(ctx, oauth2.HTTPClient, hc), res.code, oauth2.VerifierOption(verifier))
 	if err != nil {
 		return nil, fmt.Errorf("exchanging the authorization code: %w", codeRefused("authorization code", token.Classify(err)))

@@ -119,9 +119,7 @@ func deviceError(name string, codes []int) *DeviceError {
 // a *DeviceError, any other refusal an *token.IdentityError.
 func (d Device) Run(ctx context.Context, show func(DeviceCode) error) (*oauth2.Token, error) {
 	hc := d.HTTPClient
-	if hc == nil {
-		hc = http.DefaultClient
-	}
+	hc = token.NoRedirects(hc) // the code, its verifier and any client secret go in the body
 	conf := &oauth2.Config{
 		ClientID: d.ClientID, Scopes: withIdentityScopes(d.Scopes),
 		Endpoint: oauth2.Endpoint{DeviceAuthURL: d.DeviceURL, TokenURL: d.TokenURL, AuthStyle: oauth2.AuthStyleInParams},

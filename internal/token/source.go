@@ -741,6 +741,7 @@ func (s *Source) exchange(ctx context.Context, acct account.Account, rec Record)
 // for Classify. authtool uses it to prove an app's secret and an imported
 // refresh token before anything is stored.
 func Exchange(ctx context.Context, hc *http.Client, acct account.Account, rec Record) (*oauth2.Token, error) {
+	hc = NoRedirects(hc)
 	tokenURL := rec.TokenURL
 	if tokenURL == "" {
 		_, tokenURL, _ = acct.Endpoints()
@@ -798,6 +799,25 @@ func (s *Source) clientFor(alias, proxyURL string) *http.Client {
 	}
 	s.proxies[proxyURL] = c
 	return c
+}
+
+// NoRedirects returns a copy of hc (http.DefaultClient when nil) that
+// follows no redirect. A token request's body holds the refresh token,
+// the client secret or an authorization code with its PKCE verifier, and
+// net/http sends the body again after a 307 or 308 (RFC 9110 §15.4.8),
+// to wherever Location names, http:// included: a token endpoint that
+// answered so (a compromised or misconfigured one, or a proxy in between)
+// would have the secret sent to a host no account names. No identity
+// platform the relay works with redirects its token endpoint; the
+// redirect comes back as the answer, which x/oauth2 reports as an error
+// (Classify: transient), naming the status, never the body.
+func NoRedirects(hc *http.Client) *http.Client {
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	c := *hc
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &c
 }
 
 // NewHTTPClient returns an HTTP client for identity platform calls: a 30s

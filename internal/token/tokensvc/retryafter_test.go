@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -105,5 +107,33 @@ func TestStateTurnsTransientWhenTheTokenExpiresDuringABackoff(t *testing.T) {
 	}
 	if n := f.refreshCalls(); n != 1 {
 		t.Errorf("%d refresh requests, want 1 (the next is after Retry-After)", n)
+	}
+}
+
+// A token endpoint that answers a refresh with a redirect is not
+// followed: net/http sends a 307's body again, refresh token included, to
+// wherever Location says, http:// too. The refresh fails (transient) and
+// the other host gets nothing.
+func TestTokenEndpointRedirectIsNotFollowed(t *testing.T) {
+	e := newEnv(t)
+	f := newAnswerFront(e)
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		http.Error(w, "no", http.StatusTeapot)
+	}))
+	t.Cleanup(other.Close)
+	e.replica("r1")
+	e.consentThrough(f, "alerts")
+	exp := e.record("alerts").Expiry
+	f.answerWithHeader(http.StatusTemporaryRedirect, "", "", "Location", other.URL+"/steal")
+
+	e.clock.Set(exp.Add(-time.Minute)) // past the proactive refresh's due time
+	e.eventually("the redirected refresh to be recorded", func() bool { return e.record("alerts").FailCount == 1 })
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the redirect was followed: %d requests reached the other host", n)
+	}
+	if rec := e.record("alerts"); rec.State.Blocking() {
+		t.Errorf("a redirect answered: state %s, want a transient failure (healthy while the token is valid)", rec.State)
 	}
 }
