@@ -409,30 +409,29 @@ func (p *Producer) store(ctx context.Context, m *Message, limit int64) ([]byte, 
 	if _, err := cw.Write(raw); err != nil {
 		return nil, err
 	}
-	s, err := openBodies(ctx, p.js)
-	if err != nil {
-		return nil, err
-	}
 	env := &Message{ID: m.ID, Account: m.Account, To: m.To, Cc: m.Cc, Bcc: m.Bcc}
 	if len(env.To)+len(env.Cc)+len(env.Bcc) == 0 {
 		env.To = rcpts // a raw message's own To, Cc and Bcc fields
 	}
-	return s.StoreMessage(ctx, env, bytes.NewReader(raw), limit)
+	return storeBody(ctx, body.OpenStoreOnly(p.js), env, raw, limit)
 }
 
-// openBodies opens the body store, retrying while its bucket is not there
-// until ctx ends, on the schedule (queue.AwaitRetry) on which queue.Publish
-// retries a MAIL stream that is not there: relay serve (or relay setup)
-// makes both, and both missing is what a relay not started yet, or a
-// cluster electing a leader, looks like. Failing at once made a large message's publish end with a bucket
-// error no caller treats as temporary (relay sendmail exited 70, not 75,
-// where a small message waited and exited 75), against the package's
-// promise that a missing MAIL stream is retried until ctx ends.
-func openBodies(ctx context.Context, js jetstream.JetStream) (*body.Store, error) {
+// storeBody stores raw as env's body, retrying while its bucket is not
+// there until ctx ends, on the schedule (queue.AwaitRetry) on which
+// queue.Publish retries a MAIL stream that is not there: relay serve (or
+// relay setup) makes both, and both missing is what a relay not started
+// yet, or a cluster electing a leader, looks like. Failing at once made a
+// large message's publish end with a bucket error no caller treats as
+// temporary (relay sendmail exited 70, not 75, where a small message
+// waited and exited 75), against the package's promise that a missing
+// MAIL stream is retried until ctx ends. The producer may not ask for the
+// bucket's stream info (body.OpenStoreOnly): a missing bucket is a chunk
+// no stream answers. Chunks a failed attempt stored are the sweep's.
+func storeBody(ctx context.Context, s *body.Store, env *Message, raw []byte, limit int64) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
-		s, err := body.OpenStoreOnly(ctx, js)
-		if err == nil || !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return s, err
+		data, err := s.StoreMessage(ctx, env, bytes.NewReader(raw), limit)
+		if err == nil || !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) {
+			return data, err
 		}
 		if err := queue.AwaitRetry(ctx, attempt, err); err != nil {
 			return nil, err

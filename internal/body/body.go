@@ -88,18 +88,23 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	return &Store{js: js, obs: obs, stream: st}, nil
 }
 
-// OpenStoreOnly opens the bucket for a role that may store bodies but
+// OpenStoreOnly readies the bucket for a role that may store bodies but
 // never remove one: the producer role (SECURITY.md). A Put that fails
 // then leaves what it stored to the sweep (Sweep, the orphan age) instead
 // of asking for a purge: the server refuses that request without an
 // answer (only an asynchronous permissions error), so the caller waited
 // out the request's whole timeout before it learned of the failure.
-func OpenStoreOnly(ctx context.Context, js jetstream.JetStream) (*Store, error) {
-	s, err := Open(ctx, js)
-	if s != nil {
-		s.storeOnly = true
-	}
-	return s, err
+//
+// It asks the server nothing: the body stream's info is not the
+// producer's to read. A stream info request may ask for the stream's
+// subjects (subjects_filter), and a metadata subject is a body's name:
+// knowing one, a producer could publish a deletion marker as that
+// body's metadata and destroy another's mail
+// (TestProducerCannotListBodyNames). A bucket that is not there shows in
+// Put instead: its chunks get no answer from a stream
+// (jetstream.ErrNoStreamResponse, which Put's error wraps).
+func OpenStoreOnly(js jetstream.JetStream) *Store {
+	return &Store{js: js, storeOnly: true}
 }
 
 // TooLarge is a message over the size limit.

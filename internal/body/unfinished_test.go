@@ -75,10 +75,7 @@ func TestSweepDeletesChunksOfAnUnfinishedPut(t *testing.T) {
 	}
 
 	// A body stored whole and queued: the sweep must keep it.
-	ps, err := body.OpenStoreOnly(ctx, js[roles.Producer])
-	if err != nil {
-		t.Fatal(err)
-	}
+	ps := body.OpenStoreOnly(js[roles.Producer])
 	kept, err := ps.Put(ctx, io.LimitReader(&cancelAfter{n: 1 << 30, cancel: func() {}}, 3*body.ChunkSize), message.MaxSize)
 	if err != nil {
 		t.Fatal(err)

@@ -126,6 +126,8 @@ var attacks = []attack{
 		roles: []roles.Role{roles.Producer, roles.Tokens}},
 	{what: "learn the newest stored body's name (a wildcard as a direct get's key)", subject: "$JS.API.DIRECT.GET.OBJ_relay_bodies.$O.relay_bodies.M.>", body: map[string]any{},
 		roles: []roles.Role{roles.Producer, roles.Tokens}, control: roles.Worker},
+	{what: "list stored bodies' names (a stream info with a subjects filter)", subject: "$JS.API.STREAM.INFO.OBJ_relay_bodies", body: map[string]any{"subjects_filter": ">"},
+		roles: []roles.Role{roles.Producer, roles.Tokens}, control: roles.Worker},
 	{what: "read a body's chunk (stream get)", subject: "$JS.API.STREAM.MSG.GET.OBJ_relay_bodies", body: map[string]any{"seq": 1},
 		roles: []roles.Role{roles.Producer, roles.Tokens}},
 	{what: "delete a stored body's chunk", subject: "$JS.API.STREAM.MSG.DELETE.OBJ_relay_bodies", body: map[string]any{"seq": 1},

@@ -24,7 +24,8 @@ import (
 // random, so a producer that cannot learn another's name cannot touch
 // it; this test tries to learn one the way the bus would let it: a direct
 // get whose subject ends in a wildcard ("…M.>" is the key; nats-server
-// answers the last metadata message of any name), then writes a
+// answers the last metadata message of any name), or a stream info with
+// a subjects filter (the metadata subjects are the names), then writes a
 // deletion marker as that name's metadata (a publish on $O.relay_bodies.M.>,
 // which storing needs) and checks that the body is still there for the
 // worker. Against deploy/nats/auth.conf and the embedded server.
@@ -38,10 +39,7 @@ func TestProducerCannotFindAndDeleteAnotherBody(t *testing.T) {
 	}
 	defer victim.Close()
 	vjs, _ := jetstream.New(victim)
-	vstore, err := body.OpenStoreOnly(ctx, vjs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	vstore := body.OpenStoreOnly(vjs)
 	raw := []byte("Subject: someone else's\r\n\r\n" + strings.Repeat("a large body in the queue\r\n", 100))
 	ref, err := vstore.Put(ctx, bytes.NewReader(raw), message.MaxSize)
 	if err != nil {
@@ -49,29 +47,58 @@ func TestProducerCannotFindAndDeleteAnotherBody(t *testing.T) {
 	}
 
 	p := newProber(t, url, roles.Producer, as[roles.Producer])
-	for _, subject := range []string{
-		"$JS.API.DIRECT.GET." + body.StreamName + ".$O." + body.Bucket + ".M.>",
-		"$JS.API.DIRECT.GET." + body.StreamName + ".$O." + body.Bucket + ".M.*",
+	// names reads the body names an answer gives away: a direct get's
+	// metadata, or a stream info's metadata subjects.
+	metaPrefix := "$O." + body.Bucket + ".M."
+	fromMeta := func(data []byte) []string {
+		var info jetstream.ObjectInfo
+		if json.Unmarshal(data, &info) == nil && info.Name != "" {
+			return []string{info.Name}
+		}
+		return nil
+	}
+	fromSubjects := func(data []byte) (names []string) {
+		var info struct {
+			State struct {
+				Subjects map[string]uint64 `json:"subjects"`
+			} `json:"state"`
+		}
+		_ = json.Unmarshal(data, &info)
+		for subj := range info.State.Subjects {
+			if name, err := base64.URLEncoding.DecodeString(strings.TrimPrefix(subj, metaPrefix)); strings.HasPrefix(subj, metaPrefix) && err == nil {
+				names = append(names, string(name))
+			}
+		}
+		return names
+	}
+	for _, probe := range []struct {
+		subject string
+		req     []byte
+		names   func([]byte) []string
+	}{
+		{"$JS.API.DIRECT.GET." + body.StreamName + "." + metaPrefix + ">", nil, fromMeta},
+		{"$JS.API.DIRECT.GET." + body.StreamName + "." + metaPrefix + "*", nil, fromMeta},
+		// a stream info asked for the stream's subjects lists every
+		// metadata subject, and a metadata subject is a body's name
+		{"$JS.API.STREAM.INFO." + body.StreamName, []byte(`{"subjects_filter":">"}`), fromSubjects},
 	} {
-		m, err := p.nc.Request(subject, nil, time.Second)
+		m, err := p.nc.Request(probe.subject, probe.req, time.Second)
 		if err == nil && m.Header.Get("Status") == "" {
-			var info jetstream.ObjectInfo
-			if json.Unmarshal(m.Data, &info) == nil && info.Name != "" {
-				t.Errorf("a producer learned a stored body's name (%s) from a direct get on %s", info.Name, subject)
+			for _, name := range probe.names(m.Data) {
+				t.Errorf("a producer learned a stored body's name (%s) from %s", name, probe.subject)
 				// and, knowing it, deletes it as nats.go's Object Store does
-				info.Deleted, info.Size, info.Chunks, info.Digest = true, 0, 0, ""
+				info := jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: name}, Bucket: body.Bucket, Deleted: true}
 				data, _ := json.Marshal(&info)
-				mark := base64.URLEncoding.EncodeToString([]byte(info.Name))
-				if err := p.nc.Publish("$O."+body.Bucket+".M."+mark, data); err != nil {
+				if err := p.nc.Publish(metaPrefix+base64.URLEncoding.EncodeToString([]byte(name)), data); err != nil {
 					t.Fatal(err)
 				}
 				_ = p.nc.Flush()
 			}
 		} else if err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, nats.ErrNoResponders) {
-			t.Logf("%s: %v", subject, err)
+			t.Logf("%s: %v", probe.subject, err)
 		}
-		if !p.violated("Publish", subject) {
-			t.Errorf("the server did not refuse a producer's direct get on %s", subject)
+		if !p.violated("Publish", probe.subject) {
+			t.Errorf("the server did not refuse a producer's %s", probe.subject)
 		}
 	}
 	admin, err := body.Open(ctx, adminJS)

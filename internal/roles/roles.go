@@ -130,8 +130,11 @@ func (r Role) Permissions() *server.Permissions {
 				// and answers the newest body's metadata, its random
 				// name included, and knowing a name a producer may
 				// publish a deletion marker as its metadata
-				// (TestProducerCannotFindAndDeleteAnotherBody).
-				"$JS.API.STREAM.INFO." + streamBodies,
+				// (TestProducerCannotFindAndDeleteAnotherBody). No
+				// stream info either: asked with a subjects filter it
+				// lists every metadata subject, each a body's name
+				// (TestProducerCannotListBodyNames); body.OpenStoreOnly
+				// asks nothing.
 				"$O." + bucketBodies + ".C.>", "$O." + bucketBodies + ".M.>",
 				// an account's size limit, asked of the workers: the
 				// answer holds that and the alias, nothing else
