@@ -13,6 +13,7 @@ import (
 	"relay365/internal/roles"
 	"relay365/internal/testutil"
 	"relay365/internal/token"
+	"relay365/internal/token/tokensvc"
 )
 
 // TestPushConsumerCannotDeliverIntoAStream: a role that may create a
@@ -95,5 +96,73 @@ func TestPushConsumerCannotDeliverIntoAStream(t *testing.T) {
 		if after.State.LastSeq != before.State.LastSeq {
 			t.Errorf("a %s wrote into %s through a consumer delivering onto %s", tc.role, tc.target, tc.deliver)
 		}
+	}
+}
+
+// TestWorkerCannotForgeTokenStored: a worker may not publish token
+// events (attacks), but the subject is one workers listen on, so a push
+// consumer of its own (on relay_sent, which it writes) delivering there
+// is delivered, with the stream's subject ($KV.relay_sent.…) as the
+// message's. A worker's token client hears only what was published on
+// relay.events.token.stored itself: the forged event wakes no watcher.
+func TestWorkerCannotForgeTokenStored(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	url, as, adminJS := setUpAsAdmin(t, ctx)
+	victim := newProber(t, url, roles.Worker, as[roles.Worker])
+	client := tokensvc.NewClient(tokensvc.ClientConfig{NC: victim.nc})
+	forged, err := client.WatchStored(ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	genuine, err := client.WatchStored(ctx, "beta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = victim.nc.Flush()
+
+	p := newProber(t, url, roles.Worker, as[roles.Worker])
+	req, _ := json.Marshal(map[string]any{"stream_name": "KV_relay_sent", "config": map[string]any{
+		"durable_name": "forge", "deliver_subject": tokensvc.SubjectStored, "ack_policy": "none", "deliver_policy": "all"}})
+	if _, err := p.nc.Request("$JS.API.CONSUMER.CREATE.KV_relay_sent.forge", req, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(p.nc)
+	sent, err := js.KeyValue(ctx, "relay_sent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := json.Marshal(tokensvc.Event{Account: "alerts"})
+	if _, err := sent.Put(ctx, "forged", ev); err != nil {
+		t.Fatal(err)
+	}
+	st, err := adminJS.Stream(ctx, "KV_relay_sent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := st.PushConsumer(ctx, "forge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, ctx, "the forged event to be delivered", func() bool {
+		info, err := c.Info(ctx)
+		return err == nil && info.Delivered.Stream >= 1
+	})
+	// The token service's own event comes after it on the same
+	// subscription: once it is heard, the forged one was handled.
+	tokens := newProber(t, url, roles.Tokens, as[roles.Tokens])
+	own, _ := json.Marshal(tokensvc.Event{Account: "beta"})
+	if err := tokens.nc.Publish(tokensvc.SubjectStored, own); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-genuine:
+	case <-ctx.Done():
+		t.Fatal("the token service's own token.stored was not heard")
+	}
+	select {
+	case <-forged:
+		t.Fatal("a worker's push consumer forged token.stored: the account's watcher woke")
+	default:
 	}
 }

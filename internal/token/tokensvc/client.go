@@ -187,10 +187,14 @@ func (c *Client) WatchStored(ctx context.Context, alias string) (<-chan struct{}
 	return ch, nil
 }
 
-// onStored hands a token.stored event to the account's watchers.
+// onStored hands a token.stored event to the account's watchers. Only
+// what was published on the subject itself: a worker may not publish
+// there, but a push consumer of its own (on relay_sent, which it writes)
+// may deliver onto it, and such a message keeps the stream's subject
+// (TestWorkerCannotForgeTokenStored).
 func (c *Client) onStored(msg *nats.Msg) {
 	var ev Event
-	if json.Unmarshal(msg.Data, &ev) != nil {
+	if msg.Subject != SubjectStored || json.Unmarshal(msg.Data, &ev) != nil {
 		return
 	}
 	c.watchMu.Lock()
