@@ -100,7 +100,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 // subjects (subjects_filter), and a metadata subject is a body's name:
 // knowing one, a producer could publish a deletion marker as that
 // body's metadata and destroy another's mail
-// (TestProducerCannotListBodyNames). A bucket that is not there shows in
+// (TestProducerCannotFindAndDeleteAnotherBody). A bucket that is not there shows in
 // Put instead: its chunks get no answer from a stream
 // (jetstream.ErrNoStreamResponse, which Put's error wraps).
 func OpenStoreOnly(js jetstream.JetStream) *Store {

@@ -133,7 +133,7 @@ func (r Role) Permissions() *server.Permissions {
 				// (TestProducerCannotFindAndDeleteAnotherBody). No
 				// stream info either: asked with a subjects filter it
 				// lists every metadata subject, each a body's name
-				// (TestProducerCannotListBodyNames); body.OpenStoreOnly
+				// (TestProducerCannotFindAndDeleteAnotherBody); body.OpenStoreOnly
 				// asks nothing.
 				"$O." + bucketBodies + ".C.>", "$O." + bucketBodies + ".M.>",
 				// an account's size limit, asked of the workers: the
