@@ -1,6 +1,7 @@
 package relaycmd
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -119,14 +120,9 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 	if c.Queue {
 		return runQueue(ctx, c, env)
 	}
-	// To the end of the input, but never more than one byte past what
-	// Office 365 takes: that byte says the message is too large.
-	data, err := io.ReadAll(io.LimitReader(env.Stdin, message.MaxSize+1))
+	data, err := readSendmail(env.Stdin, c.IgnoreDots)
 	if err != nil {
 		return cli.ExitError{Code: exSoftware, Err: fmt.Errorf("read the message: %w", err)}
-	}
-	if !c.IgnoreDots {
-		data = endAtDot(data)
 	}
 	if len(data) > message.MaxSize {
 		return cli.ExitError{Code: exDataErr, Err: fmt.Errorf("the message is larger than %d bytes (35 MB), what Office 365 accepts (reading stopped there)", message.MaxSize)}
@@ -456,21 +452,44 @@ func unknownOption(a string, fs *flag.FlagSet) error {
 	return cli.Usagef("unknown option %s", a)
 }
 
-// endAtDot cuts data at its first line of a single dot: without -i that
-// line ends the message, as sendmail(8) reads its input ("-i: Ignore dots
-// alone on lines by themselves in incoming messages").
-func endAtDot(data []byte) []byte {
-	for i := 0; i < len(data); {
-		line, _, found := bytes.Cut(data[i:], []byte("\n"))
-		if string(bytes.TrimSuffix(line, []byte("\r"))) == "." {
-			return data[:i]
-		}
-		if !found {
-			break
-		}
-		i += len(line) + 1
+// readSendmail reads the message: to the end of the input, but never
+// more than one byte past what Office 365 takes (that byte says the
+// message is too large), and without ignoreDots (-i, -oi) only up to the
+// first line of a single dot, which is not read past. sendmail(8) and
+// Postfix's sendmail(1) stop reading there and send: someone typing a
+// message at a terminal ends it with "." and sendmail returns, where
+// reading on to the end of the input would wait for a ^D they were never
+// told to type, and a program that writes the dot and then waits for
+// sendmail before closing the pipe would wait for ever.
+func readSendmail(r io.Reader, ignoreDots bool) ([]byte, error) {
+	r = io.LimitReader(r, message.MaxSize+1)
+	if ignoreDots {
+		return io.ReadAll(r)
 	}
-	return data
+	// bufio reads what each Read returns (a terminal's line, what a pipe
+	// holds) and asks for more only until a line ends, so nothing after
+	// the dot's line is waited for.
+	br := bufio.NewReader(r)
+	var data []byte
+	for mid := false; ; {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			data = append(data, line...) // a long line: not a dot, read on
+			mid = true
+			continue
+		}
+		if !mid && string(bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))) == "." {
+			return data, nil
+		}
+		mid = false
+		data = append(data, line...)
+		if err == io.EOF {
+			return data, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 // buildSendmail turns the bytes read into the message to queue, as the

@@ -10,6 +10,7 @@ import (
 	"net/mail"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -181,8 +182,8 @@ func TestEndAtDot(t *testing.T) {
 		"a.\n.b\n":        "a.\n.b\n",
 		"":                "",
 	} {
-		if got := string(endAtDot([]byte(in))); got != want {
-			t.Errorf("endAtDot(%q) = %q, want %q", in, got, want)
+		if got, err := readSendmail(strings.NewReader(in), false); string(got) != want || err != nil {
+			t.Errorf("readSendmail(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 }
@@ -751,5 +752,76 @@ func TestSendmailLongBodyLine(t *testing.T) {
 		if want := strings.ReplaceAll(body, "\n", "\r\n"); string(got) != want {
 			t.Fatalf("decoded body\n got %q\nwant %q", got, want)
 		}
+	}
+}
+
+// terminal is standard input as a terminal (or a pipe whose writer
+// waits) hands it over: one Read returns one line. Once the lines are
+// read, a Read is what would block until the user types ^D: an error.
+type terminal struct{ lines []string }
+
+var errBlocked = errors.New("read after the last line: a terminal would wait here for ^D")
+
+func (tt *terminal) Read(p []byte) (int, error) {
+	if len(tt.lines) == 0 {
+		return 0, errBlocked
+	}
+	n := copy(p, tt.lines[0])
+	if tt.lines[0] = tt.lines[0][n:]; tt.lines[0] == "" {
+		tt.lines = tt.lines[1:]
+	}
+	return n, nil
+}
+
+// TestReadSendmail: without -i, input ends at a line of a single dot and
+// nothing after it is read (sendmail(8), Postfix sendmail(1)); with -i
+// it ends at EOF.
+func TestReadSendmail(t *testing.T) {
+	long := strings.Repeat("y", 4096) // bufio's buffer: the dot comes in a Read of its own
+	tests := []struct {
+		name       string
+		lines      []string
+		eof        bool // after the lines, EOF; else a Read blocks
+		ignoreDots bool
+		want       string
+	}{
+		{"dot ends", []string{"Subject: x\n", "\n", "hi\n", ".\n"}, false, false, "Subject: x\n\nhi\n"},
+		{"dot CRLF ends", []string{"Subject: x\r\n", "\r\n", ".\r\n"}, false, false, "Subject: x\r\n\r\n"},
+		{"dot at EOF without newline", []string{"a\n", "."}, true, false, "a\n"},
+		{"no dot: EOF", []string{"a\n", "b"}, true, false, "a\nb"},
+		{"dot inside a long line is text", []string{long + ".\n", "b\n"}, true, false, long + ".\nb\n"},
+		{"dot after a long line ends", []string{long + "\n", ".\n"}, false, false, long + "\n"},
+		{"-i: the dot is text", []string{"a\n", ".\n", "b\n"}, true, true, "a\n.\nb\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r io.Reader = &terminal{lines: slices.Clone(tt.lines)}
+			if tt.eof {
+				r = strings.NewReader(strings.Join(tt.lines, ""))
+			}
+			got, err := readSendmail(r, tt.ignoreDots)
+			if err != nil || string(got) != tt.want {
+				t.Fatalf("got %.200q, %v; want %.200q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestSendmailTerminal: someone types a message at a terminal and ends
+// it with a line of a single dot, as sendmail(8) says; sendmail queues
+// it then, without waiting for a ^D nobody told them to type.
+func TestSendmailTerminal(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	var out, errb strings.Builder
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts", "RELAY_SENDMAIL_SPOOL": "off"}
+	code := Run(ctx, []string{"sendmail", "ops@contoso.com"}, Env{
+		Stdin:  &terminal{lines: []string{"Subject: test\n", "\n", "hello\n", ".\n"}},
+		Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return vars[k] },
+	})
+	if code != 0 || out.String() != "" || errb.String() != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+	if _, m := queued(t, ctx, env.JS, 1); string(m.Raw) != "Subject: test\r\n\r\nhello\r\n" {
+		t.Fatalf("raw %q", m.Raw)
 	}
 }
