@@ -66,9 +66,11 @@ type sendmailConfig struct {
 	// (spool.go), "" when off; used only when it exists.
 	Spool string
 	Queue bool // -q: publish what the spool holds, read no message
+	SMTP  bool // -bs: SMTP on standard input and output (sendmail_smtp.go)
 }
 
 const sendmailUsage = `Usage: relay sendmail [-t] [-i] [-f FROM] [-F NAME] [--account A] [RECIPIENT...]
+       relay sendmail -bs [--account A]
        relay sendmail -q
 
 Reads one message on standard input, as /usr/sbin/sendmail does, and queues
@@ -79,6 +81,9 @@ When NATS cannot take the message now and the spool directory exists
 install -d -m 1733 /var/spool/relay365), the message is kept there and the
 exit is 0. The next message queued, or -q, sends what the spool holds.
 
+  -bs       SMTP on standard input and output (SwiftMailer, Symfony Mailer,
+            Laravel): each message answered 250 queued, 451 try again,
+            550 or 554 refused; the exit is 0 when the client quits
   -q        send what the spool holds (each file names its account), oldest
             first; read no message
   -t        recipients from the To, Cc and Bcc fields as well (Bcc is not sent)
@@ -120,6 +125,9 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 	if c.Queue {
 		return runQueue(ctx, c, env)
 	}
+	if c.SMTP {
+		return runSMTPStdio(ctx, c, env)
+	}
 	data, err := readSendmail(env.Stdin, c.IgnoreDots)
 	if err != nil {
 		return cli.ExitError{Code: exSoftware, Err: fmt.Errorf("read the message: %w", err)}
@@ -131,7 +139,13 @@ func runSendmail(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return cli.ExitError{Code: exDataErr, Err: err}
 	}
-	err = publishSendmail(ctx, c, m, env.Stderr)
+	return queueSendmail(ctx, c, m, env.Stderr)
+}
+
+// queueSendmail publishes m (publishSendmail) or, when NATS cannot take
+// it now, keeps it in the spool. Its error is a cli.ExitError.
+func queueSendmail(ctx context.Context, c sendmailConfig, m *message.Message, stderr io.Writer) error {
+	err := publishSendmail(ctx, c, m, stderr)
 	if ee := (cli.ExitError{}); errors.As(err, &ee) && ee.Code == exTempFail {
 		if ctx.Err() != nil {
 			// Interrupted (SIGINT, SIGTERM end Main's context): the
@@ -373,10 +387,17 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 			switch letter {
 			case 'b':
 				// -bm (deliver a message) is what sendmail does by default;
-				// the other modes (-bs SMTP on stdin, -bp the queue, -bi
-				// aliases, -bd a daemon) are not a relay client's to play.
-				if value != "m" {
-					return c, cli.Usagef("-b%s: only -bm (read a message on stdin) is supported; for SMTP use the relay's SMTP front door (relay serve --smtp-listen)", value)
+				// -bs is SMTP on stdin and stdout, which PHP's SwiftMailer,
+				// Symfony Mailer and Laravel use by default
+				// (sendmail_smtp.go). The other modes (-bp the queue, -bi
+				// aliases, -bd a daemon, -bv verify) are not a relay
+				// client's to play.
+				switch value {
+				case "m":
+				case "s":
+					c.SMTP = true
+				default:
+					return c, cli.Usagef("-b%s: only -bm (read a message on stdin) and -bs (SMTP on stdin) are supported", value)
 				}
 			case 'f', 'r': // -r is sendmail's obsolete spelling of -f
 				c.Sender = value
@@ -423,7 +444,11 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 		return c, cli.Usagef("-q sends what the spool holds and takes no recipients")
 	case c.Queue && c.Spool == "":
 		return c, cli.Usagef("-q: the spool is off (--spool, RELAY_SENDMAIL_SPOOL)")
-	case !c.Queue && !c.FromHeader && len(c.Rcpts) == 0:
+	case c.SMTP && c.Queue:
+		return c, cli.Usagef("-bs and -q: give one")
+	case c.SMTP && len(c.Rcpts) > 0:
+		return c, cli.Usagef("-bs takes the recipients from RCPT TO, not as arguments")
+	case !c.Queue && !c.SMTP && !c.FromHeader && len(c.Rcpts) == 0:
 		return c, cli.Usagef("no recipients: give them as arguments, or -t to take them from the To, Cc and Bcc fields")
 	}
 	if c.Spool != "" {

@@ -36,6 +36,7 @@ func FuzzParseSendmail(f *testing.F) {
 		{"--timeout", "alerts"},
 		{"-f", "alerts"},
 		{"-bs", "alerts"},
+		{"-bs\x00-i\x00root", "alerts"},
 		{"-account=x\x00root", "alerts"},
 		{"-h", "alerts"},
 		{"--help", ""},
@@ -90,6 +91,13 @@ func FuzzParseSendmail(f *testing.F) {
 		}
 		if !message.ValidAccount(c.Account) {
 			t.Fatalf("account %q accepted", c.Account)
+		}
+		if c.SMTP {
+			// -bs: the recipients come with RCPT TO.
+			if len(c.Rcpts) != 0 {
+				t.Fatalf("-bs accepted with recipients %q", c.Rcpts)
+			}
+			return
 		}
 		if !c.FromHeader && len(c.Rcpts) == 0 {
 			t.Fatal("no recipients and no -t")

@@ -104,6 +104,8 @@ func TestParseSendmail(t *testing.T) {
 			want(func(c *sendmailConfig) { c.Account, c.Queue, c.IgnoreDots, c.Spool = "", true, true, "/srv/spool" })},
 		{"spool off", base, []string{"--spool", "off", "root"},
 			want(func(c *sendmailConfig) { c.Spool, c.Rcpts = "", []string{"root"} })},
+		{"Laravel: SMTP on stdin", base, []string{"-bs", "-i"},
+			want(func(c *sendmailConfig) { c.SMTP, c.IgnoreDots = true, true })},
 		{"-O IgnoreDots", base, []string{"-O", "IgnoreDots=True", "ops@contoso.com"},
 			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
 	}
@@ -138,7 +140,9 @@ func TestParseSendmailErrors(t *testing.T) {
 		{"-f without a value", base, []string{"-f"}, "-f needs a value"},
 		{"after a recipient an option is an address", base, []string{"root", "-o"}, ""}, // refused later, as an address
 		{"long option without a value", base, []string{"--account"}, "--account needs a value"},
-		{"SMTP on stdin", base, []string{"-bs"}, "-bs: only -bm"},
+		{"-bs with recipients", base, []string{"-bs", "root"}, "-bs takes the recipients from RCPT TO"},
+		{"-bs and -q", base, []string{"-bs", "-q"}, "-bs and -q"},
+		{"addresses", base, []string{"-bv", "root"}, "-bv: only -bm"},
 		{"the queue", base, []string{"-bp"}, "-bp: only -bm"},
 		{"no account", nil, []string{"root"}, "no account: set RELAY_ACCOUNT or give --account"},
 		{"bad account", base, []string{"--account", "Bad.Name", "root"}, `--account "Bad.Name"`},
