@@ -92,7 +92,7 @@ exit is 0. The next message queued, or -q, sends what the spool holds.
             account's mailbox; its From policy decides what becomes of it)
   -F NAME   the display name of that From line
   accepted and ignored: -oem -oee -om -odi -odb and any other -oX, -B TYPE,
-  -N DSN, -R RET, -V ENVID, -O OPT (but -O IgnoreDots), -A X, -C FILE,
+  -N DSN, -R RET, -V ENVID, -O OPT (but -O IgnoreDots), -A X, -C FILE, -h N,
   -L TAG, -X FILE, -v, -m, -U, -G, -bm
   one-letter options may be given together, as getopt takes them: -ti
 
@@ -325,7 +325,10 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 			i++
 			break
 		}
-		if a == "-h" || a == "--help" {
+		// -h alone is help; with more, sendmail(8)'s "-h N" hop count,
+		// which Postfix ignores: taken for help, the message would be
+		// dropped with exit 0.
+		if a == "--help" || a == "-h" && len(args) == 1 {
 			fs.Usage()
 			return c, flag.ErrHelp
 		}
@@ -371,7 +374,7 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 				c.Queue = true
 				opts = ""
 				continue
-			case 'b', 'B', 'f', 'r', 'F', 'N', 'R', 'V', 'o', 'O', 'A', 'C', 'L', 'X':
+			case 'b', 'B', 'f', 'r', 'F', 'h', 'N', 'R', 'V', 'o', 'O', 'A', 'C', 'L', 'X':
 			default:
 				return c, unknownOption(a, fs)
 			}
@@ -422,7 +425,7 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 			// -B (body type), -N, -R, -V (DSN notify, return, envelope id):
 			// accepted and ignored; the relay sends 8BITMIME where Office 365
 			// takes it and asks for no DSNs. -A (submission or relay
-			// configuration), -C (sendmail.cf), -L (log
+			// configuration), -C (sendmail.cf), -h (hop count), -L (log
 			// label), -X (traffic log): ignored, as Postfix ignores them.
 		}
 	}

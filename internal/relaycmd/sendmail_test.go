@@ -106,6 +106,10 @@ func TestParseSendmail(t *testing.T) {
 			want(func(c *sendmailConfig) { c.Spool, c.Rcpts = "", []string{"root"} })},
 		{"Laravel: SMTP on stdin", base, []string{"-bs", "-i"},
 			want(func(c *sendmailConfig) { c.SMTP, c.IgnoreDots = true, true })},
+		{"-h N is a hop count, not help", base, []string{"-h", "17", "-oi", "ops@contoso.com"},
+			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
+		{"-hN", base, []string{"-h17", "ops@contoso.com"},
+			want(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} })},
 		{"-O IgnoreDots", base, []string{"-O", "IgnoreDots=True", "ops@contoso.com"},
 			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
 	}
@@ -138,6 +142,7 @@ func TestParseSendmailErrors(t *testing.T) {
 		{"long option with one dash", base, []string{"-nats-url", "nats://h:4222", "root"}, "long options take two dashes: --nats-url"},
 		{"unknown long option", base, []string{"--frobnicate", "root"}, "unknown option --frobnicate"},
 		{"-f without a value", base, []string{"-f"}, "-f needs a value"},
+		{"-h last, after others: a hop count without a value", base, []string{"-t", "-h"}, "-h needs a value"},
 		{"after a recipient an option is an address", base, []string{"root", "-o"}, ""}, // refused later, as an address
 		{"long option without a value", base, []string{"--account"}, "--account needs a value"},
 		{"-bs with recipients", base, []string{"-bs", "root"}, "-bs takes the recipients from RCPT TO"},
@@ -168,10 +173,12 @@ func TestParseSendmailErrors(t *testing.T) {
 			}
 		})
 	}
-	var out strings.Builder
-	if _, err := parseSendmail([]string{"--help"}, Env{Stderr: &out, Getenv: func(string) string { return "" }}); !errors.Is(err, flag.ErrHelp) ||
-		!strings.Contains(out.String(), "Usage: relay sendmail") || !strings.Contains(out.String(), "  --nats-url string") {
-		t.Fatalf("--help: %v\n%s", err, out.String())
+	for _, help := range []string{"--help", "-h"} {
+		var out strings.Builder
+		if _, err := parseSendmail([]string{help}, Env{Stderr: &out, Getenv: func(string) string { return "" }}); !errors.Is(err, flag.ErrHelp) ||
+			!strings.Contains(out.String(), "Usage: relay sendmail") || !strings.Contains(out.String(), "  --nats-url string") {
+			t.Fatalf("%s: %v\n%s", help, err, out.String())
+		}
 	}
 }
 
