@@ -93,7 +93,7 @@ exit is 0. The next message queued, or -q, sends what the spool holds.
   -F NAME   the display name of that From line
   accepted and ignored: -oem -oee -om -odi -odb and any other -oX, -B TYPE,
   -N DSN, -R RET, -V ENVID, -O OPT (but -O IgnoreDots), -A X, -C FILE, -h N,
-  -L TAG, -X FILE, -v, -m, -U, -G, -bm
+  -L TAG, -X FILE, -v, -m, -n, -U, -G, -bm
   one-letter options may be given together, as getopt takes them: -ti
 
 Exit codes (sysexits.h): 0 queued or kept in the spool, 64 usage, 65 the
@@ -357,10 +357,11 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 		for opts := a[1:]; opts != ""; {
 			letter, value := opts[0], opts[1:]
 			switch letter {
-			case 't', 'i', 'v', 'm', 'U', 'G':
+			case 't', 'i', 'v', 'm', 'n', 'U', 'G':
 				// -v asks for a transcript (there is none to show); -m
-				// (mailx's metoo), -U (initial submission), -G (gateway):
-				// ignored, as Postfix ignores them.
+				// (mailx's metoo), -n (no aliasing), -U (initial
+				// submission), -G (gateway): ignored, as Postfix ignores
+				// them.
 				c.FromHeader = c.FromHeader || letter == 't'
 				c.IgnoreDots = c.IgnoreDots || letter == 'i'
 				opts = value

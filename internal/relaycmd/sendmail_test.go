@@ -108,6 +108,8 @@ func TestParseSendmail(t *testing.T) {
 			want(func(c *sendmailConfig) { c.SMTP, c.IgnoreDots = true, true })},
 		{"-h N is a hop count, not help", base, []string{"-h", "17", "-oi", "ops@contoso.com"},
 			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
+		{"-n (no aliasing), ignored", base, []string{"-n", "-oi", "ops@contoso.com"},
+			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
 		{"-hN", base, []string{"-h17", "ops@contoso.com"},
 			want(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} })},
 		{"-O IgnoreDots", base, []string{"-O", "IgnoreDots=True", "ops@contoso.com"},
