@@ -45,6 +45,10 @@ func runSMTPStdio(ctx context.Context, c sendmailConfig, env Env) error {
 	srv.Domain = domain
 	srv.MaxMessageBytes = message.MaxSize
 	srv.MaxRecipients = message.MaxRecipients
+	// go-smtp's 2000 would end the session at a longer line, where read
+	// on stdin the body is sent quoted-printable (encodeLongLines): a
+	// line may be as long as a message may be.
+	srv.MaxLineLength = message.MaxSize
 	srv.ErrorLog = log.New(env.Stderr, "relay sendmail: ", 0)
 	l := &oneConnListener{conn: conn, closed: make(chan struct{})}
 	served := make(chan error, 1)

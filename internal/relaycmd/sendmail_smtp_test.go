@@ -47,6 +47,9 @@ func TestSendmailSMTP(t *testing.T) {
 				"MAIL FROM:<app@contoso.com>\r\nRCPT TO:<audit@contoso.com>\r\nDATA\r\n" + msg + "QUIT\r\n",
 			[]string{"220", "250", "250", "250", "354", "250", "250", "250", "250", "354", "554", "250", "250", "354", "250", "221"},
 			[][]string{{"ops@contoso.com"}, {"audit@contoso.com"}}},
+		{"a body line longer than 2000 octets", good, []string{"-bs"},
+			"EHLO web-3\r\nMAIL FROM:<app@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\nSubject: report\r\n\r\n" + strings.Repeat("x", 3000) + "\r\n" + strings.TrimPrefix(msg, "From: App <app@contoso.com>\r\nSubject: hi\r\n\r\n") + "QUIT\r\n",
+			[]string{"220", "250", "250", "250", "354", "250", "221"}, [][]string{{"ops@contoso.com"}}},
 		{"no QUIT: the end of the input ends it", good, []string{"-bs"},
 			"HELO web-3\r\nMAIL FROM:<app@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\n" + msg,
 			[]string{"220", "250", "250", "250", "354", "250"}, [][]string{{"ops@contoso.com"}}},
@@ -66,7 +69,7 @@ func TestSendmailSMTP(t *testing.T) {
 			}
 			for i, to := range tt.to {
 				_, m := queued(t, ctx, env.JS, n+uint64(i)+1)
-				if !reflect.DeepEqual(m.To, to) || !strings.HasSuffix(string(m.Raw), "\r\n\r\n.dot-stuffed\r\nbody\r\n") {
+				if !reflect.DeepEqual(m.To, to) || !strings.HasSuffix(string(m.Raw), "\r\n.dot-stuffed\r\nbody\r\n") {
 					t.Fatalf("message %d: To %v, want %v; raw %q", i, m.To, to, m.Raw)
 				}
 			}
