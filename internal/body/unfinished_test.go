@@ -13,6 +13,7 @@ import (
 	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/roles"
 )
 
@@ -47,28 +48,13 @@ func (c *cancelAfter) Read(p []byte) (int, error) {
 // them once older than the orphan age, or they stay for ever
 // (docs/design.md §3.5, "Orphans").
 func TestSweepDeletesChunksOfAnUnfinishedPut(t *testing.T) {
-	dir := t.TempDir()
-	users, err := roles.EnsureSeeds(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Users: users})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	rs := queuetest.StartRoles(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	js := map[roles.Role]jetstream.JetStream{}
 	ncs := map[roles.Role]*nats.Conn{}
 	for _, r := range []roles.Role{roles.Admin, roles.Worker, roles.Producer} {
-		nc, err := queue.ConnectWith(ns.ClientURL(), "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(dir, r), InboxPrefix: r.InboxPrefix()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		ncs[r] = nc
-		js[r], _ = jetstream.New(nc)
+		ncs[r], js[r] = rs.As(t, r)
 	}
 	if err := queue.EnsureStreams(ctx, js[roles.Admin], queue.StreamConfig{}); err != nil {
 		t.Fatal(err)

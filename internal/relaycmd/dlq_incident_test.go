@@ -235,23 +235,9 @@ func TestDLQWrongRoleEndsAtOnce(t *testing.T) {
 // any role.
 func roleNATS(t *testing.T) (worker *queuetest.Env, dir string, as func(roles.Role) jetstream.JetStream, ctx context.Context) {
 	t.Helper()
-	dir = t.TempDir()
-	users, err := roles.EnsureSeeds(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Users: users})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	rs := queuetest.StartRoles(t)
 	as = func(r roles.Role) jetstream.JetStream {
-		nc, err := queue.ConnectWith(ns.ClientURL(), "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(dir, r), InboxPrefix: r.InboxPrefix()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, _ := jetstream.New(nc)
+		_, js := rs.As(t, r)
 		return js
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -259,7 +245,7 @@ func roleNATS(t *testing.T) (worker *queuetest.Env, dir string, as func(roles.Ro
 	if err := queue.EnsureStreams(ctx, as(roles.Admin), queue.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	return &queuetest.Env{Server: ns, JS: as(roles.Worker), URL: ns.ClientURL()}, dir, as, ctx
+	return &queuetest.Env{Server: rs.Server, JS: as(roles.Worker), URL: rs.URL}, rs.Dir, as, ctx
 }
 
 // relay dlq purge as the runbook runs it, as relay-admin against a NATS

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/queue"
+	"relay365/internal/roles"
 )
 
 // Env is one embedded server and a client connected to it.
@@ -49,16 +50,24 @@ func Connect(t testing.TB, url string) jetstream.JetStream {
 
 func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := queue.Connect(url, "test")
-	if err != nil {
-		t.Fatal(err)
+	return opened(t)(queue.Connect(url, "test"))
+}
+
+// opened takes a connection made (or its error) for the test: closed when
+// the test ends, with JetStream on it.
+func opened(t testing.TB) func(*nats.Conn, error) (*nats.Conn, jetstream.JetStream) {
+	return func(nc *nats.Conn, err error) (*nats.Conn, jetstream.JetStream) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nc, js
 	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
 }
 
 // StartMail is Start plus the MAIL and MAIL_DLQ streams, and a context
@@ -107,4 +116,36 @@ func Msgs(t testing.TB, ctx context.Context, js jetstream.JetStream, stream stri
 		t.Fatal(err)
 	}
 	return info.State.Msgs
+}
+
+// RoleServer is an embedded server that admits only the relay's roles
+// (roles.EnsureSeeds, their seeds in Dir as in the relay's data
+// directory), as relay serve's is.
+type RoleServer struct {
+	Server *server.Server
+	URL    string
+	Dir    string
+}
+
+// StartRoles starts a RoleServer, shut down when the test ends.
+func StartRoles(t testing.TB) *RoleServer {
+	t.Helper()
+	dir := t.TempDir()
+	users, err := roles.EnsureSeeds(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return &RoleServer{Server: ns, URL: ns.ClientURL(), Dir: dir}
+}
+
+// As connects as role r (its seed and inbox prefix), as that role's
+// process would; closed when the test ends.
+func (s *RoleServer) As(t testing.TB, r roles.Role) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	return opened(t)(queue.ConnectWith(s.URL, "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(s.Dir, r), InboxPrefix: r.InboxPrefix()}))
 }
