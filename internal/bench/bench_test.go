@@ -266,3 +266,22 @@ func TestIngressDefaults(t *testing.T) {
 		t.Fatalf("ingress defaults replaced given values: conns %v sync %v", c.Conns, c.Sync)
 	}
 }
+
+// TestRunLargeSmoke runs the large-message line small (a few 1 MiB
+// messages through the body store), each part in its own process: the
+// bench stores each body as the producer role may (a body store opened
+// as the admin's would ask for what the producer may not, and wait), and
+// relay serve delivers every message.
+func TestRunLargeSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	cfg := Config{Messages: 4, Conns: []int{2}, Size: 1 << 20, Sync: []string{"always"}, JSON: true, Dir: t.TempDir()}
+	results, err := Run(ctx, cfg, &out)
+	if err != nil {
+		t.Fatalf("Run: %v\noutput:\n%s", err, out.String())
+	}
+	if len(results) != 1 || results[0].RelayMsgsPerS <= 0 || results[0].PeakRSSMB <= 0 || results[0].LatencyMessages != 0 {
+		t.Fatalf("want one line with relay throughput and peak RSS and no latency run:\n%s", out.String())
+	}
+}
