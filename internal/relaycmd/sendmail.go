@@ -734,6 +734,8 @@ var fieldName = regexp.MustCompile(`^[!-9;-~]+$`)
 
 // tidyHeader mends a CRLF message's header the way sendmail does before
 // it queues, and leaves everything else byte for byte:
+//   - a field name followed by white space before its colon (RFC 5322
+//     §4.5.3's obsolete syntax) is written without it;
 //   - a line that is not a header field ends the header (sendmail and
 //     Postfix both read it so): "echo disk full | sendmail root" sends
 //     "disk full" as the body, behind the blank line it lacked;
@@ -761,6 +763,17 @@ func tidyHeader(raw []byte, domain string) []byte {
 		}
 		field := rest[:end]
 		name, value, ok := bytes.Cut(field, []byte(":"))
+		if trimmed := bytes.TrimRight(name, " \t"); ok && len(trimmed) < len(name) && fieldName.Match(trimmed) {
+			// "Subject : x": white space between the name and the colon
+			// is RFC 5322's obsolete syntax (§4.5.3, obs-optional and
+			// the obs- forms of every field), which a receiver must
+			// accept (§4) and Postfix's sendmail does; net/mail, the
+			// worker and Office 365 would not, and the header would end
+			// there. It is written again without the space, as §4 asks
+			// a generator to.
+			name = trimmed
+			field = append(append(append([]byte{}, name...), ':'), value...)
+		}
 		if !ok || !fieldName.Match(name) {
 			out.WriteString("\r\n") // not a field: the body starts here
 			break

@@ -237,6 +237,13 @@ func TestTidyHeader(t *testing.T) {
 		{"starts folded", "", " x: y\r\n", "\r\n x: y\r\n"},
 		{"header only", "", "Subject: x\r\n", "Subject: x\r\n"},
 		{"unparseable even qualified: kept", "contoso.com", "To: <<<\r\n\r\n", "To: <<<\r\n\r\n"},
+		// RFC 5322 §4.5.3's obsolete white space before the colon: the
+		// field is kept (it ended the header) and written without it.
+		{"space before the colon", "contoso.com",
+			"Subject : disk full\r\nTo\t: root\r\nX-Job  :  nightly\r\n\r\nbody\r\n",
+			"Subject: disk full\r\nTo: <root@contoso.com>\r\nX-Job:  nightly\r\n\r\nbody\r\n"},
+		{"a space inside a name is no field", "", "Sub ject: x\r\n\r\n", "\r\nSub ject: x\r\n\r\n"},
+		{"only white space before the colon is no field", "", " : x\r\n", "\r\n : x\r\n"},
 	}
 	for _, tt := range tests {
 		if got := string(tidyHeader([]byte(tt.in), tt.domain)); got != tt.want {
