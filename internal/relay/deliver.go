@@ -36,6 +36,7 @@ type attempt struct {
 	slot      *slot            // the message's claim on the lane's sessions
 	body      *message.BodyRef // the stored content, deleted once acked
 	unclaim   func()           // ends the handler's claim on the stream sequence (Engine.claim); more calls do nothing
+	queued    time.Time        // when the message was first queued (queue.QueuedAt): its expiry, and the Date it lacks
 }
 
 // messageID is the message's idempotency key: the JSON id, else the id a
@@ -87,8 +88,8 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg.Headers(), meta.Sequence.Stream), started: l.e.clock.Now(), unclaim: unclaim}
 	a.first = l.firstAttempt(meta.Sequence.Stream, meta.NumDelivered)
 	a.log = l.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).Str("msg_id", a.id).Logger()
-	if queued := queue.QueuedAt(msg.Headers(), meta.Timestamp); l.e.expired(queued) {
-		l.expire(a, queued)
+	if a.queued = queue.QueuedAt(msg.Headers(), meta.Timestamp); l.e.expired(a.queued) {
+		l.expire(a, a.queued)
 		return
 	}
 	if meta.NumDelivered >= uint64(2*l.e.cfg.MaxDeliver) {
@@ -176,12 +177,11 @@ func (l *lane) deliver(a *attempt) error {
 	// sent), not when it leaves: after a pause or retries the Date would
 	// be hours late, and a message partly sent before would carry another
 	// Date in each batch. The SMTP front door dates its messages itself.
-	dated := queue.QueuedAt(a.msg.Headers(), a.meta.Timestamp)
 	var r *message.Rendered
 	if m.Body != nil {
-		r, err = l.renderStored(m, sender, dated)
+		r, err = l.renderStored(m, sender, a.queued)
 	} else {
-		r, err = message.Render(m, sender, dated)
+		r, err = message.Render(m, sender, a.queued)
 	}
 	if err != nil {
 		return err
