@@ -218,8 +218,8 @@ func (r *refresher) runAccount(ctx context.Context, alias string, poke <-chan st
 				continue
 			case due.After(now):
 				idle, wait = 0, due.Sub(now)
-				if rec.State == token.StateHealthy && rec.FailCount > 0 && rec.Expiry.After(now) && rec.Expiry.Before(due) {
-					wait = rec.Expiry.Sub(now) // to mark it lapsed then
+				if !token.Lapsed(rec, now) && token.Lapsed(rec, due) {
+					wait = rec.Expiry.Sub(now) // it lapses first: to mark it then
 				}
 			case rev != triedRev:
 				triedRev = rev
