@@ -128,9 +128,10 @@ func (c *conn) Close() error {
 // counted address by address it could open connections, or try
 // passwords, without end.
 func Client(a net.Addr) string {
-	ip := net.ParseIP(RemoteIP(a))
+	host := RemoteIP(a)
+	ip := net.ParseIP(host)
 	if ip == nil || ip.To4() != nil {
-		return RemoteIP(a)
+		return host
 	}
 	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }
