@@ -428,7 +428,7 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 	if _, err := publishMsg(ctx, js, out); err != nil {
 		return fmt.Errorf("dead-letter copy not stored, original kept: %w", err)
 	}
-	if err := msg.TermWithReason(truncate(dl.Reason, 200)); err != nil {
+	if err := msg.TermWithReason(termsafe.Shorten(dl.Reason, 200)); err != nil {
 		return fmt.Errorf("dead-letter copy stored, terminating original: %w", err)
 	}
 	return nil
@@ -495,13 +495,6 @@ func deadLetterCopy(subject string, data []byte, hdr nats.Header, seq, delivered
 	out.Header.Set(HdrFirstAttempt, first.UTC().Format(time.RFC3339Nano))
 	out.Header.Set(HdrLastAttempt, now.Format(time.RFC3339Nano))
 	return out
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }
 
 // Requeue puts a fresh copy of msg at the end of its subject (delivery
