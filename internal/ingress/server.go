@@ -24,6 +24,7 @@ import (
 	"relay365/internal/clock"
 	"relay365/internal/connlimit"
 	"relay365/internal/message"
+	"relay365/internal/termsafe"
 )
 
 // Defaults of the SMTP front door, shared with relay serve's flags.
@@ -212,10 +213,10 @@ const maxLineLength = 64 << 10
 var (
 	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"} // RFC 4954 §6
 	errUnparseable  = func(why string) *smtp.SMTPError {
-		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message cannot be parsed: " + oneLine(why)}
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message cannot be parsed: " + ReplyText(why)}
 	}
 	errNotAllowed = func(why string) *smtp.SMTPError {
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneLine(why)}
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: ReplyText(why)}
 	}
 	// errCredentialsChanged: RFC 4954 §6, 454 4.7.0 temporary
 	// authentication failure: the session's producer was removed or
@@ -227,7 +228,7 @@ var (
 	// errTooLarge: RFC 1870 §6.1 (552 at MAIL with SIZE=, or at the end of
 	// DATA), RFC 3463 §3.4 (X.3.4 message too big for system).
 	errTooLarge = func(why string) *smtp.SMTPError {
-		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: oneLine(why)}
+		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: ReplyText(why)}
 	}
 	// errHeaderTooLarge: a header section that does not end within the
 	// part of DATA a session holds is refused as content the relay cannot
@@ -242,17 +243,17 @@ var (
 	// mailbox address syntax. The address is not quoted back.
 	errBadSender = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Sender address contains a control character"}
 	errBadRcpt   = func(why string) *smtp.SMTPError {
-		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: oneLine(why)}
+		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: ReplyText(why)}
 	}
 	// errNonASCII: an address that is not ASCII, from a client that did
 	// not ask for SMTPUTF8 (this server does not offer it): RFC 6531 §3.4
 	// forbids sending one then, and §3.5 names 553 5.6.7 for it.
 	errNonASCII = func(what, addr string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
-			Message: oneLine(fmt.Sprintf("%s %q is not ASCII, and this server does not offer SMTPUTF8", what, addr))}
+			Message: ReplyText(fmt.Sprintf("%s %q is not ASCII, and this server does not offer SMTPUTF8", what, addr))}
 	}
 	errNoAccount = func(why string) *smtp.SMTPError {
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: oneLine(why)}
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: ReplyText(why)}
 	}
 	// errNestedMail: a MAIL while a transaction is open. RFC 5321 §4.1.4:
 	// MAIL "MUST NOT be sent if a mail transaction is already open", and
@@ -266,19 +267,17 @@ var (
 	errNoRecipients = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
 )
 
-// oneLine keeps a reason to one reply line (RFC 5321 §4.2: a reply line
-// ends at CRLF; the reason may quote the client's input).
-func oneLine(s string) string {
-	s = strings.Map(func(r rune) rune {
+// ReplyText keeps a reason to one reply line (RFC 5321 §4.2: a reply line
+// ends at CRLF; the reason may quote the client's input), of about 400
+// octets at most, cut where a UTF-8 sequence starts. relay sendmail -bs
+// answers with it too.
+func ReplyText(s string) string {
+	return termsafe.Shorten(strings.Map(func(r rune) rune {
 		if isControl(r) {
 			return ' '
 		}
 		return r
-	}, s)
-	if len(s) > 400 {
-		s = s[:400] + "…"
-	}
-	return s
+	}, s), 401)
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -362,7 +361,7 @@ func (m malformed) Next(response []byte) ([]byte, bool, error) {
 	challenge, done, err := m.Server.Next(response)
 	var reply *smtp.SMTPError
 	if err != nil && !errors.As(err, &reply) {
-		err = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: oneLine("Malformed AUTH response: " + err.Error())}
+		err = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: ReplyText("Malformed AUTH response: " + err.Error())}
 	}
 	return challenge, done, err
 }

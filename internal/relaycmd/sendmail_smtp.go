@@ -7,13 +7,13 @@ import (
 	"io"
 	"log"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"relay365/internal/cli"
+	"relay365/internal/ingress"
 	"relay365/internal/message"
 )
 
@@ -90,7 +90,7 @@ func (s *stdioSession) Mail(from string, _ *smtp.MailOptions) error {
 
 func (s *stdioSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if _, err := parseAddresses(to, s.c.Domain); err != nil {
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: oneLine(err.Error())}
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: ingress.ReplyText(err.Error())}
 	}
 	s.rcpts = append(s.rcpts, to)
 	return nil
@@ -113,7 +113,7 @@ func (s *stdioSession) Data(r io.Reader) error {
 		return nil
 	}
 	fmt.Fprintf(s.stderr, "relay sendmail: %v\n", err)
-	reply := &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: oneLine(err.Error())}
+	reply := &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: ingress.ReplyText(err.Error())}
 	if ee := (cli.ExitError{}); errors.As(err, &ee) {
 		switch ee.Code {
 		case exDataErr:
@@ -123,11 +123,6 @@ func (s *stdioSession) Data(r io.Reader) error {
 		}
 	}
 	return reply
-}
-
-// oneLine makes an error one reply line.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
 }
 
 // stdioConn is standard input and output as the one connection of an
