@@ -48,11 +48,7 @@ func TestPacingOnCompressedClock(t *testing.T) {
 		<-clk.NewTimer(24 * time.Hour).C() // the consent test mail, as above
 		// 80 recipients at once: four days' budget.
 		const n = 20
-		for i := range n {
-			m := msgFor("daily", fmt.Sprintf("d-%03d", i), fmt.Sprintf("daily %03d", i))
-			m.To = []string{"a@fabrikam.com", "b@fabrikam.com", "c@fabrikam.com", "d@fabrikam.com"}
-			h.publishMsg(m)
-		}
+		queueDaily(h, n)
 		h.waitFor("all delivered", func() bool { return h.queued() == 0 })
 		checkPaced(t, h, n, 24*time.Hour, 5)
 		if h.metric("relay_account_pauses_total", "account", "daily", "class", "quota") < 1 {
@@ -180,4 +176,15 @@ func TestSlowTransactionKeepsCounting(t *testing.T) {
 		t.Fatalf("the fake answered 554 5.2.0 %d times: a message was sent while the slow one, not yet accepted, no longer counted", n)
 	}
 	checkPaced(t, h, 2, time.Minute, 1)
+}
+
+// queueDaily queues n messages of four recipients each for account
+// "daily", subjects "daily 000" on.
+func queueDaily(h *harness, n int) {
+	h.t.Helper()
+	for i := range n {
+		m := msgFor("daily", fmt.Sprintf("d-%03d", i), fmt.Sprintf("daily %03d", i))
+		m.To = []string{"a@fabrikam.com", "b@fabrikam.com", "c@fabrikam.com", "d@fabrikam.com"}
+		h.publishMsg(m)
+	}
 }

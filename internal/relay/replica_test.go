@@ -147,11 +147,7 @@ func TestTwoReplicasShareOneMailboxDayBudget(t *testing.T) {
 	}
 	<-clk.NewTimer(24 * time.Hour).C()
 	const n = 20
-	for i := range n {
-		m := msgFor("daily", fmt.Sprintf("d-%03d", i), fmt.Sprintf("daily %03d", i))
-		m.To = []string{"a@fabrikam.com", "b@fabrikam.com", "c@fabrikam.com", "d@fabrikam.com"}
-		h.publishMsg(m)
-	}
+	queueDaily(h, n)
 	h.waitFor("all delivered", func() bool { return h.queued() == 0 })
 	checkPaced(t, h, n, 24*time.Hour, 5)
 	t.Logf("replica 1 sent %v, replica 2 sent %v", h.outcome("daily", "sent"), r.outcome("daily", "sent"))
