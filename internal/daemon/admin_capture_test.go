@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/roles"
 )
 
@@ -26,11 +26,7 @@ func TestAdminCapturesWorkerRepliesWithAStream(t *testing.T) {
 	defer cancel()
 	url, as, adminJS := setUpAsAdmin(t, ctx)
 	conn := func(r roles.Role) *nats.Conn {
-		nc, err := queue.ConnectWith(url, string(r), as[r])
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
+		nc, _ := queuetest.ConnectAs(t, url, string(r), as[r])
 		return nc
 	}
 	if _, err := adminJS.CreateStream(ctx, jetstream.StreamConfig{Name: "CAPTURE", Storage: jetstream.MemoryStorage,

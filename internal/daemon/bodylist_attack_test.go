@@ -15,7 +15,7 @@ import (
 
 	"relay365/internal/body"
 	"relay365/internal/message"
-	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/roles"
 )
 
@@ -33,12 +33,7 @@ func TestProducerCannotFindAndDeleteAnotherBody(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	url, as, adminJS := setUpAsAdmin(t, ctx)
-	victim, err := queue.ConnectWith(url, "victim", as[roles.Producer])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer victim.Close()
-	vjs, _ := jetstream.New(victim)
+	_, vjs := queuetest.ConnectAs(t, url, "victim", as[roles.Producer])
 	vstore := body.OpenStoreOnly(vjs)
 	raw := []byte("Subject: someone else's\r\n\r\n" + strings.Repeat("a large body in the queue\r\n", 100))
 	ref, err := vstore.Put(ctx, bytes.NewReader(raw), message.MaxSize)

@@ -18,6 +18,7 @@ import (
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay/relaytest"
 	"relay365/internal/roles"
 	"relay365/internal/testutil"
@@ -65,12 +66,7 @@ func startAuthConf(t *testing.T) (string, map[roles.Role]queue.ConnectOptions) {
 func setUpAsAdmin(t *testing.T, ctx context.Context) (string, map[roles.Role]queue.ConnectOptions, jetstream.JetStream) {
 	t.Helper()
 	url, as := startAuthConf(t)
-	admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(admin.Close)
-	adminJS, _ := jetstream.New(admin)
+	_, adminJS := queuetest.ConnectAs(t, url, "admin", as[roles.Admin])
 	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
 		t.Fatalf("relay setup as the admin: %v", err)
 	}
@@ -95,12 +91,7 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 	defer fake.Close()
 	// relay setup and authtool's connection: the streams and buckets,
 	// then the enrolment.
-	admin, err := queue.ConnectWith(url, "admin", as[roles.Admin])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	adminJS, _ := jetstream.New(admin)
+	_, adminJS := queuetest.ConnectAs(t, url, "admin", as[roles.Admin])
 	if err := daemon.Setup(ctx, adminJS, 1, 0); err != nil {
 		t.Fatalf("relay setup as the admin: %v", err)
 	}
@@ -131,11 +122,7 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 	}
 	base := len(fake.Messages())
 
-	pnc, err := queue.ConnectWith(url, "producer", as[roles.Producer])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pnc.Close()
+	pnc, _ := queuetest.ConnectAs(t, url, "producer", as[roles.Producer])
 	p, err := producer.New(pnc)
 	if err != nil {
 		t.Fatal(err)

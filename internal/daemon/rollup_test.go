@@ -33,12 +33,7 @@ func TestRollupCannotPurge(t *testing.T) {
 	url, as, adminJS := setUpAsAdmin(t, ctx)
 	js := map[roles.Role]jetstream.JetStream{}
 	for _, r := range []roles.Role{roles.Producer, roles.Worker} {
-		nc, err := queue.ConnectWith(url, "attacker-"+string(r), as[r])
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		js[r], _ = jetstream.New(nc)
+		_, js[r] = queuetest.ConnectAs(t, url, "attacker-"+string(r), as[r])
 	}
 
 	// What the attacks aim at: a stored body (as a producer stores it),

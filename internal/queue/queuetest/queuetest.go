@@ -147,5 +147,12 @@ func StartRoles(t testing.TB) *RoleServer {
 // process would; closed when the test ends.
 func (s *RoleServer) As(t testing.TB, r roles.Role) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	return opened(t)(queue.ConnectWith(s.URL, "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(s.Dir, r), InboxPrefix: r.InboxPrefix()}))
+	return ConnectAs(t, s.URL, "test-"+string(r), queue.ConnectOptions{NKeyFile: roles.SeedFile(s.Dir, r), InboxPrefix: r.InboxPrefix()})
+}
+
+// ConnectAs connects to url as name with o's credentials, as another
+// process would; closed when the test ends.
+func ConnectAs(t testing.TB, url, name string, o queue.ConnectOptions) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	return opened(t)(queue.ConnectWith(url, name, o))
 }
