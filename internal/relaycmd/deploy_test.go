@@ -52,7 +52,7 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 		}
 		env := Env{Stderr: io.Discard, Getenv: func(k string) string { return map[string]string{name: val}[k] }}
 		fs := serveFlags(env)
-		if err := flagsFromEnv(fs, env); err != nil {
+		if err := flagsFromEnv(fs, env, nil); err != nil {
 			t.Errorf("%s=%s: %v", name, val, err)
 			return
 		}
@@ -67,7 +67,7 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 	// The command line wins over the environment.
 	env := Env{Stderr: io.Discard, Getenv: func(k string) string { return map[string]string{"RELAY_REPLICAS": "3"}[k] }}
 	fs := serveFlags(env)
-	if err := flagsFromEnv(fs, env); err != nil {
+	if err := flagsFromEnv(fs, env, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := parse(fs, []string{"--replicas", "5"}); err != nil || fs.Lookup("replicas").Value.String() != "5" {
@@ -93,8 +93,15 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 			t.Errorf("%s=%s: exit %d, stderr %q", kv[0], kv[1], r.code, r.stderr)
 		}
 	}
+	// A bad variable the command line overrides is not read: serve goes
+	// on to the next check (here the flag's own range).
+	r := run(t, map[string]string{"RELAY_REPLICAS": "three", "RELAY_KEY_FILE": "k"}, "", "serve", "--replicas=3", "--body-orphan-age", "1m")
+	if r.code != ExitUsage || strings.Contains(r.stderr, "RELAY_REPLICAS") || !strings.Contains(r.stderr, "--body-orphan-age 1m0s: want at least") {
+		t.Errorf("RELAY_REPLICAS=three with --replicas=3: exit %d, stderr %q", r.code, r.stderr)
+	}
+
 	// A value that parses but is out of range: refused as the flag would be.
-	r := run(t, map[string]string{"RELAY_BODY_ORPHAN_AGE": "1m", "RELAY_KEY_FILE": "k"}, "", "serve")
+	r = run(t, map[string]string{"RELAY_BODY_ORPHAN_AGE": "1m", "RELAY_KEY_FILE": "k"}, "", "serve")
 	if r.code != ExitUsage || !strings.Contains(r.stderr, "--body-orphan-age 1m0s: want at least") {
 		t.Errorf("RELAY_BODY_ORPHAN_AGE=1m: exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -197,5 +204,36 @@ func TestHealthAgainstServe(t *testing.T) {
 	}
 	if r := run(t, nil, "", "health", "--http-addr", addr, "--timeout", "2s"); r.code != ExitFail || !strings.Contains(r.stderr, "is relay serve running") {
 		t.Errorf("health after stop: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+// TestFlagsIn: the flags a command line sets, read as the flag package
+// reads them (a boolean flag takes no value; "--" ends the flags).
+func TestFlagsIn(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.Bool("dry", false, "")
+	fs.String("to", "", "")
+	fs.Int("n", 0, "")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{nil, ""},
+		{[]string{"--dry", "--to", "x"}, "dry,to"},
+		{[]string{"-to=x", "-n", "3"}, "n,to"},
+		{[]string{"--n", "3", "--", "--to", "x"}, "n"},
+		{[]string{"--to"}, ""},
+		{[]string{"--unknown", "--to", "x"}, ""},
+	} {
+		set := flagsIn(fs, tt.args)
+		var got []string
+		fs.VisitAll(func(f *flag.Flag) {
+			if set[f.Name] {
+				got = append(got, f.Name)
+			}
+		})
+		if g := strings.Join(got, ","); g != tt.want {
+			t.Errorf("flagsIn(%q) = %q, want %q", tt.args, g, tt.want)
+		}
 	}
 }

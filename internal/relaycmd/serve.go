@@ -102,7 +102,7 @@ func runServe(ctx context.Context, args []string, env Env) error {
 	var lf logFlags
 	daemonFlags(fs, env, &cfg)
 	lf.register(fs)
-	if err := flagsFromEnv(fs, env); err != nil {
+	if err := flagsFromEnv(fs, env, args); err != nil {
 		return err
 	}
 	log, err := lf.parse(fs, args, env)
