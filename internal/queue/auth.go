@@ -146,8 +146,8 @@ func (o ConnectOptions) Options() ([]nats.Option, error) {
 	if o.NKeyFile != "" {
 		opt, err := nats.NkeyOptionFromSeed(o.NKeyFile)
 		if err != nil {
-			// nats.go's message names the file, never the seed.
-			return nil, fmt.Errorf("--nats-nkey: %w", err)
+			// nats.go's message names neither the file nor the seed.
+			return nil, fmt.Errorf("--nats-nkey %s: %w", o.NKeyFile, err)
 		}
 		opts = append(opts, opt)
 	}
@@ -195,16 +195,21 @@ func (o ConnectOptions) Options() ([]nats.Option, error) {
 	return opts, nil
 }
 
-// secretValue is value, or the trimmed content of file.
+// secretValue is value, or the content of file, without the line ends
+// that end it: a file written by echo or an editor ends in one, and so
+// does a variable filled from such a file (a Kubernetes secret made with
+// --from-file), while a NATS password may begin or end in spaces. Both
+// sources are read alike, so moving a password from one to the other
+// cannot change it.
 func secretValue(value, file, flagName string) (string, error) {
 	if file == "" {
-		return value, nil
+		return strings.TrimRight(value, "\r\n"), nil
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return "", fmt.Errorf("%s: %v", flagName, err)
 	}
-	v := strings.TrimSpace(string(b))
+	v := strings.TrimRight(string(b), "\r\n")
 	if v == "" {
 		return "", fmt.Errorf("%s: %s is empty", flagName, file)
 	}

@@ -105,6 +105,21 @@ func TestConnectAuthMethods(t *testing.T) {
 			bad:    queue.ConnectOptions{User: "relay", Password: "wrong"},
 		},
 		{
+			// Spaces are the password's; the line end is the file's.
+			name:   "password file with spaces at its ends",
+			server: &server.Options{Users: []*server.User{{Username: "relay", Password: " s3cret pw "}}},
+			good:   queue.ConnectOptions{User: "relay", PasswordFile: testutil.WriteFile(t, "pw", " s3cret pw \r\n")},
+			bad:    queue.ConnectOptions{User: "relay", PasswordFile: testutil.WriteFile(t, "pw", "s3cret pw")},
+		},
+		{
+			// A variable filled from a file (a Kubernetes secret made
+			// with --from-file) keeps the file's line end.
+			name:   "password from the environment ending in a line end",
+			server: &server.Options{Users: []*server.User{{Username: "relay", Password: "s3cret-pw"}}},
+			good:   queue.ConnectOptions{User: "relay", Password: "s3cret-pw\n"},
+			bad:    queue.ConnectOptions{User: "relay", Password: "s3cret-pw "},
+		},
+		{
 			// Passed as it is: not split on the comma as URL lists and
 			// list flags are, nor read as URL syntax.
 			name:   "password with a comma and URL characters, from the environment",
@@ -243,7 +258,7 @@ func TestConnectOptionsValidate(t *testing.T) {
 		{queue.ConnectOptions{TLSCert: pw}, "go together"},
 		{queue.ConnectOptions{CredsFile: missing}, "--nats-creds"},
 		{queue.ConnectOptions{TLSCA: missing}, "--nats-tls-ca"},
-		{queue.ConnectOptions{NKeyFile: pw}, "--nats-nkey"}, // not a seed: found by Options
+		{queue.ConnectOptions{NKeyFile: pw}, "--nats-nkey " + pw + ":"}, // not a seed: found by Options
 		{queue.ConnectOptions{CredsFile: pw}, "--nats-creds " + pw + ": not a NATS credentials file"},
 		{queue.ConnectOptions{TLSCA: pw}, "--nats-tls-ca " + pw + ": no PEM certificate"},
 		{queue.ConnectOptions{TLSCert: pw, TLSKey: pw}, "--nats-tls-cert/--nats-tls-key"},
