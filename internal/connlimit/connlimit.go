@@ -37,6 +37,7 @@ type Config struct {
 type Listener struct {
 	net.Listener
 	*limits
+	refuse func(c net.Conn, reason string)
 }
 
 // limits are the counts a Listener, and those that Share it, hold to.
@@ -50,15 +51,20 @@ type limits struct {
 
 // New wraps ln.
 func New(ln net.Listener, cfg Config) *Listener {
-	return &Listener{Listener: ln, limits: &limits{cfg: cfg, byIP: map[string]int{}}}
+	return &Listener{Listener: ln, limits: &limits{cfg: cfg, byIP: map[string]int{}}, refuse: cfg.Refuse}
 }
 
 // Share wraps ln with l's limits: the connections of both count toward
 // one Max and one PerIP, as a server with two listeners (the SMTP front
 // door's STARTTLS and implicit TLS ports) has one set of limits, not one
-// per listener.
-func (l *Listener) Share(ln net.Listener) *Listener {
-	return &Listener{Listener: ln, limits: l.limits}
+// per listener. refuse answers ln's connections over a limit, as
+// Config.Refuse does (a listener speaking TLS from the first byte must
+// refuse inside TLS); nil keeps l's.
+func (l *Listener) Share(ln net.Listener, refuse func(c net.Conn, reason string)) *Listener {
+	if refuse == nil {
+		refuse = l.refuse
+	}
+	return &Listener{Listener: ln, limits: l.limits, refuse: refuse}
 }
 
 // Accept returns the next connection within the limits.
@@ -84,11 +90,11 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if reason == "" {
 			return &conn{Conn: c, l: l, ip: ip}, nil
 		}
-		if l.cfg.Refuse == nil {
+		if l.refuse == nil {
 			_ = c.Close()
 			continue
 		}
-		go l.cfg.Refuse(c, reason)
+		go l.refuse(c, reason)
 	}
 }
 

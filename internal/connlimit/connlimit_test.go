@@ -127,14 +127,15 @@ func TestNoRefuseCloses(t *testing.T) {
 }
 
 // TestShare: two listeners sharing limits count together, in all and
-// per address, and a slot freed on one is usable on the other.
+// per address, and a slot freed on one is usable on the other; a third
+// refuses with its own function, and a nil one keeps the first's.
 func TestShare(t *testing.T) {
 	l, accepted := serve(t, connlimit.Config{Max: 3, PerIP: 2, Refuse: refuseWithReason})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	other := l.Share(ln)
+	other := l.Share(ln, nil)
 	t.Cleanup(func() { other.Close() })
 	onOther := make(chan net.Conn, 16)
 	go func() {
@@ -160,6 +161,22 @@ func TestShare(t *testing.T) {
 	}
 	if l.Open() != 3 || other.Open() != 3 {
 		t.Fatalf("open %d and %d, want 3 for both", l.Open(), other.Open())
+	}
+	ln3, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	third := l.Share(ln3, func(c net.Conn, reason string) { refuseWithReason(c, "own: "+reason) })
+	t.Cleanup(func() { third.Close() })
+	go func() {
+		for {
+			if _, err := third.Accept(); err != nil {
+				return
+			}
+		}
+	}()
+	if got := refused(t, dialFrom(t, "127.0.0.3", third.Addr().String())); got != "own: "+connlimit.ReasonTotal {
+		t.Fatalf("a connection over the limit on a listener with its own refusal got %q", got)
 	}
 	first.Close()
 	dialFrom(t, "127.0.0.3", other.Addr().String())

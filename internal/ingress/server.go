@@ -163,10 +163,14 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 			return nil, fmt.Errorf("SMTP listener %s: %w", l.addr, err)
 		}
 		s.addrs[i] = ln.Addr()
+		refuse := s.refuse
+		if l.implicit {
+			refuse = s.refuseTLS
+		}
 		if limit == nil {
-			limit = connlimit.New(ln, connlimit.Config{Max: cfg.MaxConns, PerIP: cfg.MaxConnsPerIP, Refuse: s.refuse})
+			limit = connlimit.New(ln, connlimit.Config{Max: cfg.MaxConns, PerIP: cfg.MaxConnsPerIP, Refuse: refuse})
 		} else {
-			limit = limit.Share(ln)
+			limit = limit.Share(ln, refuse)
 		}
 		var lim net.Listener = loginListener{Listener: limit, window: cfg.Timeout}
 		if l.implicit {
@@ -639,10 +643,31 @@ func (z zlogAdapter) Println(v ...any)               { z.log.Debug().Msg(fmt.Spr
 func (s *Server) refuse(c net.Conn, reason string) {
 	s.metrics.refusedConns.Inc()
 	s.log.Warn().Str("reason", reason).Msg("SMTP connection refused")
-	_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(refuseWithin))
 	_, _ = c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
 	_ = c.Close()
 }
+
+// refuseTLS is refuse on the implicit TLS listener, where the client's
+// first bytes are a TLS handshake and every reply comes inside TLS (RFC
+// 8314 §3.3): a plaintext 421 there reached the client as "first record
+// does not look like a TLS handshake", hiding the reason. The handshake
+// and the reply share refuse's deadline, so a client that stalls costs
+// no more than one that does not read.
+func (s *Server) refuseTLS(c net.Conn, reason string) {
+	_ = c.SetDeadline(time.Now().Add(refuseWithin))
+	tc := tls.Server(c, s.smtp.TLSConfig)
+	if err := tc.Handshake(); err != nil {
+		s.metrics.refusedConns.Inc()
+		s.log.Warn().Str("reason", reason).Err(err).Msg("SMTP connection refused (its TLS handshake failed)")
+		_ = c.Close()
+		return
+	}
+	s.refuse(tc, reason)
+}
+
+// refuseWithin bounds the time a refused connection is kept.
+const refuseWithin = 2 * time.Second
 
 // isControl reports whether r is an ASCII control character (C0 or DEL).
 func isControl(r rune) bool { return r < ' ' || r == 0x7f }

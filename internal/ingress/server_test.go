@@ -716,10 +716,11 @@ func TestConnectionLimits(t *testing.T) {
 		t.Fatalf("third connection got %q", buf[:n])
 	}
 	// The limits are the front door's, not each listener's: the implicit
-	// TLS listener refuses the address too (before TLS, as plain text).
-	viaTLS, err := net.Dial("tcp", f.tlsAddr())
+	// TLS listener refuses the address too, inside TLS (RFC 8314 §3.3),
+	// where its client reads every reply.
+	viaTLS, err := tls.Dial("tcp", f.tlsAddr(), f.tlsConfig())
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the implicit TLS listener, over the limit: %v (a refusal must still speak TLS)", err)
 	}
 	defer viaTLS.Close()
 	_ = viaTLS.SetReadDeadline(time.Now().Add(10 * time.Second))
