@@ -102,6 +102,7 @@ type Server struct {
 	prods    *cache[Producer]
 	smtp     *smtp.Server
 	addrs    [2]net.Addr // STARTTLS, implicit TLS; nil when off
+	lns      []net.Listener
 	cancel   context.CancelFunc
 	sessions atomic.Int64
 	done     sync.WaitGroup
@@ -163,6 +164,7 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 			return nil, fmt.Errorf("SMTP listener %s: %w", l.addr, err)
 		}
 		s.addrs[i] = ln.Addr()
+		s.lns = append(s.lns, ln)
 		refuse := s.refuse
 		if l.implicit {
 			refuse = s.refuseTLS
@@ -201,6 +203,14 @@ func (s *Server) Close() error {
 	var err error
 	if s.smtp != nil {
 		err = s.smtp.Close()
+		// go-smtp closes only the listeners its Serve has registered: one
+		// whose goroutine had not run yet (Start failing on the second
+		// listener, its port taken) went on accepting, and Wait below
+		// never returned; the sandbox then hung at start instead of
+		// saying which port was taken.
+		for _, ln := range s.lns {
+			_ = ln.Close()
+		}
 		s.done.Wait()
 	}
 	if errors.Is(err, smtp.ErrServerClosed) {

@@ -691,6 +691,54 @@ func TestUnknownNameCostsAHash(t *testing.T) {
 	}
 }
 
+// TestStartFailsOnATakenPort: a listener whose port is taken stops Start
+// with an error naming it, and the listener already opened is closed.
+// Start used to hang there, in Close, for ever: go-smtp had not yet
+// registered the first listener, so closing the server left it open.
+func TestStartFailsOnATakenPort(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeAddr := free.Addr().String()
+	free.Close()
+	f := startFrontDoor(t, nil)
+	tlsConf, _, err := ingress.LoopbackTLS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ingress.Config{Listen: freeAddr, ListenTLS: taken.Addr().String(), TLS: tlsConf}
+	for i := range 20 { // the hang depended on goroutine scheduling
+		deps := ingress.Deps{JS: f.env.JS, Accounts: f.accounts, Producers: f.prods, Registry: prometheus.NewRegistry(), Log: zerolog.Nop()}
+		done := make(chan error, 1)
+		go func() {
+			srv, err := ingress.Start(f.ctx, cfg, deps)
+			if err == nil {
+				srv.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), taken.Addr().String()) || !strings.Contains(err.Error(), "address already in use") {
+				t.Fatalf("start %d with the implicit TLS port taken: %v", i, err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("start %d with the implicit TLS port taken did not return", i)
+		}
+		ln, err := net.Listen("tcp", freeAddr)
+		if err != nil {
+			t.Fatalf("start %d: the STARTTLS listener was left open: %v", i, err)
+		}
+		ln.Close()
+	}
+}
+
 func TestConnectionLimits(t *testing.T) {
 	f := startFrontDoor(t, func(c *ingress.Config) { c.MaxConnsPerIP = 2 })
 	var held []net.Conn
