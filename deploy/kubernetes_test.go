@@ -9,6 +9,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"relay365/internal/relay"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -251,5 +254,62 @@ func TestKubernetesPrometheusRule(t *testing.T) {
 	}
 	if !reflect.DeepEqual(pr.Spec, spec) {
 		t.Error("deploy/kubernetes/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: go test ./deploy -run TestKubernetesPrometheusRule -args -update")
+	}
+}
+
+// stopBudget is the longest a relay serve with an external NATS server
+// may take to stop after SIGTERM with the default --shutdown-grace: the
+// grace in-flight sends get, then the HTTP server's 5 s shutdown, the 2 s
+// NATS flush, and the front door and token service closing. A container
+// runtime that kills it sooner cuts sends short after Office 365 took
+// them, before their acks reach NATS (the mail is sent again).
+const stopBudget = relay.DefaultShutdownGrace + 15*time.Second
+
+// TestRelayStopsWithinTheGracePeriod: Kubernetes (terminationGracePeriodSeconds,
+// 30 s unless set) and Docker Compose (stop_grace_period, 10 s unless
+// set) let a relay finish its in-flight sends before they SIGKILL it.
+func TestRelayStopsWithinTheGracePeriod(t *testing.T) {
+	objs := manifests(t)
+	for _, name := range []string{"relay-tokens", "relay-worker"} {
+		d, ok := objs["Deployment/"+name].(*appsv1.Deployment)
+		if !ok {
+			t.Fatalf("no Deployment %s", name)
+		}
+		for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+			if e.Name == "RELAY_SHUTDOWN_GRACE" {
+				t.Fatalf("%s sets RELAY_SHUTDOWN_GRACE; this test assumes the default", name)
+			}
+		}
+		got := 30 * time.Second // Kubernetes' default
+		if p := d.Spec.Template.Spec.TerminationGracePeriodSeconds; p != nil {
+			got = time.Duration(*p) * time.Second
+		}
+		if got < stopBudget {
+			t.Errorf("%s: terminationGracePeriodSeconds %s, want at least %s (--shutdown-grace %s and the rest of the stop)", name, got, stopBudget, relay.DefaultShutdownGrace)
+		}
+	}
+	var c struct {
+		Services map[string]struct {
+			StopGracePeriod string `yaml:"stop_grace_period"`
+			Command         any    `yaml:"command"`
+		} `yaml:"services"`
+	}
+	readYAML(t, "docker-compose.yml", &c)
+	for _, name := range []string{"relay-tokens", "relay-worker", "sandbox"} {
+		s, ok := c.Services[name]
+		if !ok {
+			t.Fatalf("no compose service %s", name)
+		}
+		got := 10 * time.Second // Docker's default
+		if s.StopGracePeriod != "" {
+			d, err := time.ParseDuration(s.StopGracePeriod)
+			if err != nil {
+				t.Fatalf("%s: stop_grace_period %q: %v", name, s.StopGracePeriod, err)
+			}
+			got = d
+		}
+		if got < stopBudget {
+			t.Errorf("compose %s: stop_grace_period %s, want at least %s (--shutdown-grace %s and the rest of the stop)", name, got, stopBudget, relay.DefaultShutdownGrace)
+		}
 	}
 }
