@@ -677,3 +677,43 @@ func TestRunbookCommands(t *testing.T) {
 		t.Error("runbook: no docker compose or kubectl command found; this test reads nothing")
 	}
 }
+
+// TestEveryAlertIsTested: prometheus/alerts_test.yml (run by promtool in
+// the integration test) has, for every rule in alerts.yml, a case where
+// it fires and one where it stays silent, so each alert is shown to fire
+// under the condition it claims and not before (a rule without a case
+// could never fire, and nothing would say so).
+func TestEveryAlertIsTested(t *testing.T) {
+	var f struct {
+		RuleFiles []string `yaml:"rule_files"`
+		Tests     []struct {
+			AlertRuleTest []struct {
+				EvalTime  string           `yaml:"eval_time"`
+				AlertName string           `yaml:"alertname"`
+				ExpAlerts []map[string]any `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	readYAML(t, "deploy/prometheus/alerts_test.yml", &f)
+	if !slices.Equal(f.RuleFiles, []string{"alerts.yml"}) {
+		t.Errorf("alerts_test.yml tests %v, want alerts.yml", f.RuleFiles)
+	}
+	fires, silent := map[string]bool{}, map[string]bool{}
+	for _, tc := range f.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.AlertName] = true
+			} else {
+				silent[a.AlertName] = true
+			}
+		}
+	}
+	for _, r := range readRules(t) {
+		if !fires[r.Alert] {
+			t.Errorf("alert %s: no case in alerts_test.yml where it fires", r.Alert)
+		}
+		if !silent[r.Alert] {
+			t.Errorf("alert %s: no case in alerts_test.yml where it stays silent", r.Alert)
+		}
+	}
+}
