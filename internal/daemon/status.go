@@ -40,6 +40,10 @@ type Status struct {
 	QueueDepth    uint64          `json:"queue_depth"`
 	DLQSize       uint64          `json:"dlq_size"`
 	Accounts      []AccountStatus `json:"accounts"`
+	// TokenServiceError: a workers-only relay asked the token service
+	// for the accounts' token states and got no answer (no process with
+	// --roles tokens runs or reaches NATS).
+	TokenServiceError string `json:"token_service_error,omitempty"`
 }
 
 // Snapshot collects the status.
@@ -61,6 +65,9 @@ func (d *Daemon) Snapshot(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	tokens, terr := d.tokenStates(ctx)
+	if terr != nil && d.Store == nil {
+		st.TokenServiceError = terr.Error()
+	}
 	lanes := map[string]relay.LaneStatus{}
 	if d.Engine != nil {
 		for _, l := range d.Engine.Status() {
@@ -237,6 +244,12 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if usable {
 		http.Error(w, "not ready: no account's consumer bound yet", http.StatusServiceUnavailable)
+		return
+	}
+	if st.TokenServiceError != "" {
+		// The states are unknown, not bad: send the operator to the
+		// token service, not to authtool login.
+		http.Error(w, "not ready: the token service does not answer (is a relay with --roles tokens running?): "+st.TokenServiceError, http.StatusServiceUnavailable)
 		return
 	}
 	http.Error(w, "not ready: no account with a usable token (run authtool login)", http.StatusServiceUnavailable)
