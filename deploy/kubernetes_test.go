@@ -2,8 +2,12 @@ package deploy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"reflect"
 	"slices"
@@ -11,8 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"relay365/internal/relay"
-
+	"github.com/nats-io/nats-server/v2/server"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -20,6 +23,9 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
+
+	"relay365/internal/relay"
+	"relay365/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/alerts.yml")
@@ -311,5 +317,63 @@ func TestRelayStopsWithinTheGracePeriod(t *testing.T) {
 		if got < stopBudget {
 			t.Errorf("compose %s: stop_grace_period %s, want at least %s (--shutdown-grace %s and the rest of the stop)", name, got, stopBudget, relay.DefaultShutdownGrace)
 		}
+	}
+}
+
+// TestNATSProbesSpareANodeWithoutQuorum runs a nats-server of the
+// version the manifests pin (go.mod's) as the StatefulSet runs it: in a
+// 3-node JetStream cluster, here with its two peers down (a node lost,
+// a zone outage, a full restart where it comes up first). Such a node has
+// no JetStream meta leader, and nats-server's plain /healthz answers 503
+// until it has one; the process is fine and is what the cluster needs to
+// recover. The liveness probe must not restart it for that (Kubernetes
+// would kill it every 30 s, so it never rejoins); the plain /healthz
+// belongs in a startup probe, as NATS's own Helm chart does.
+func TestNATSProbesSpareANodeWithoutQuorum(t *testing.T) {
+	nats := manifests(t)["StatefulSet/nats"].(*appsv1.StatefulSet)
+	ctr := nats.Spec.Template.Spec.Containers[0]
+	if ctr.LivenessProbe == nil || ctr.LivenessProbe.HTTPGet == nil || ctr.ReadinessProbe == nil || ctr.ReadinessProbe.HTTPGet == nil {
+		t.Fatal("nats: want HTTP liveness and readiness probes")
+	}
+	if p := ctr.StartupProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" {
+		t.Errorf("nats: startup probe %+v, want the full /healthz (JetStream current) before liveness takes over", p)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := server.NewServer(&server.Options{
+		ServerName: "nats-0", Host: "127.0.0.1", Port: -1, HTTPHost: "127.0.0.1", HTTPPort: -1,
+		JetStream: true, StoreDir: t.TempDir(),
+		Cluster: server.ClusterOpts{Name: "relay365", Host: "127.0.0.1", Port: -1},
+		// Its two peers, down: nothing listens on these ports.
+		Routes: server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d,nats://127.0.0.1:%d", testutil.FreePort(t), testutil.FreePort(t))),
+		NoLog:  true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	if !s.ReadyForConnections(20 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	monitor := "http://" + s.MonitorAddr().String()
+	probe := func(path string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, monitor+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	// The condition is real: the full check fails on this node.
+	testutil.Eventually(t, ctx, "/healthz 503 on a node without a meta leader", func() bool {
+		code, _ := probe("/healthz")
+		return code == http.StatusServiceUnavailable
+	})
+	if code, body := probe(ctr.LivenessProbe.HTTPGet.Path); code != http.StatusOK {
+		t.Errorf("nats liveness probe %s on a live node without quorum: %d %s; Kubernetes would restart it", ctr.LivenessProbe.HTTPGet.Path, code, body)
 	}
 }
