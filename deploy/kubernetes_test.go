@@ -22,6 +22,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
 	"relay365/internal/relay"
@@ -375,5 +377,81 @@ func TestNATSProbesSpareANodeWithoutQuorum(t *testing.T) {
 	})
 	if code, body := probe(ctr.LivenessProbe.HTTPGet.Path); code != http.StatusOK {
 		t.Errorf("nats liveness probe %s on a live node without quorum: %d %s; Kubernetes would restart it", ctr.LivenessProbe.HTTPGet.Path, code, body)
+	}
+}
+
+// allows says whether the NetworkPolicy np (in namespace policyNS) lets
+// a pod with labels pod in namespace ns connect to port, by the API's
+// rules: a peer with only a podSelector selects pods of the policy's own
+// namespace; with a namespaceSelector too, pods of the namespaces it
+// selects (every namespace carries kubernetes.io/metadata.name).
+func allows(t *testing.T, np *networkingv1.NetworkPolicy, policyNS string, pod map[string]string, ns string, port int) bool {
+	t.Helper()
+	match := func(sel *metav1.LabelSelector, l map[string]string) bool {
+		s, err := metav1.LabelSelectorAsSelector(sel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Matches(labels.Set(l))
+	}
+	nsLabels := map[string]string{"kubernetes.io/metadata.name": ns}
+	for _, r := range np.Spec.Ingress {
+		portOK := len(r.Ports) == 0
+		for _, p := range r.Ports {
+			portOK = portOK || p.Port.IntValue() == port
+		}
+		if !portOK {
+			continue
+		}
+		if len(r.From) == 0 {
+			return true
+		}
+		for _, f := range r.From {
+			nsOK := ns == policyNS
+			if f.NamespaceSelector != nil {
+				nsOK = match(f.NamespaceSelector, nsLabels)
+			}
+			podOK := f.PodSelector == nil || match(f.PodSelector, pod)
+			if f.IPBlock == nil && nsOK && podOK {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestNetworkPolicyLetsProducersIn: the README tells producers in the
+// cluster to reach NATS at nats.relay365:4222 with their pods labelled
+// relay365/nats-client: "true". Producers run in their own namespaces
+// (Alertmanager in monitoring, an application in its own), so the label
+// must open the client port from any namespace, and nothing else may.
+func TestNetworkPolicyLetsProducersIn(t *testing.T) {
+	objs := manifests(t)
+	nats := objs["NetworkPolicy/nats"].(*networkingv1.NetworkPolicy)
+	relayNP := objs["NetworkPolicy/relay"].(*networkingv1.NetworkPolicy)
+	const home = "relay365" // the kustomization's namespace
+	client := map[string]string{"relay365/nats-client": "true", "app": "producer"}
+	for _, c := range []struct {
+		what string
+		np   *networkingv1.NetworkPolicy
+		pod  map[string]string
+		ns   string
+		port int
+		want bool
+	}{
+		{"a relay to NATS", nats, map[string]string{"app.kubernetes.io/name": "relay-worker", "relay365/nats-client": "true"}, home, 4222, true},
+		{"a labelled producer in its own namespace to NATS", nats, client, "payments", 4222, true},
+		{"a labelled producer in monitoring to NATS", nats, client, "monitoring", 4222, true},
+		{"an unlabelled pod to NATS", nats, map[string]string{"app": "other"}, "payments", 4222, false},
+		{"an unlabelled pod of relay365 to NATS", nats, map[string]string{"app": "other"}, home, 4222, false},
+		{"a labelled producer to NATS's cluster port", nats, client, "payments", 6222, false},
+		{"a NATS peer to the cluster port", nats, map[string]string{"app.kubernetes.io/name": "nats"}, home, 6222, true},
+		{"Prometheus to /metrics", relayNP, map[string]string{"app.kubernetes.io/name": "prometheus"}, "monitoring", 9465, true},
+		{"a producer to /metrics", relayNP, client, "payments", 9465, false},
+		{"a producer to the SMTP front door", relayNP, map[string]string{"app": "printer"}, "payments", 2525, true},
+	} {
+		if got := allows(t, c.np, home, c.pod, c.ns, c.port); got != c.want {
+			t.Errorf("%s (namespace %s, port %d): allowed %v, want %v", c.what, c.ns, c.port, got, c.want)
+		}
 	}
 }
