@@ -240,3 +240,59 @@ func checkFromPolicy(t *testing.T, m fakeo365.Message, sender string) {
 		t.Errorf("%q: Reply-To %q (%v), want %s\n%s", m.Subject, msg.Header.Get("Reply-To"), err, sender, m.Data)
 	}
 }
+
+// TestAlertmanagerRoutesRelayAlertsAroundTheRelay: the shipped
+// alertmanager.yml mails alerts through the relay. The relay's own
+// critical alerts say that mail through it may not arrive (it is down,
+// it sends nothing, it cannot read its queue, the alerts account needs
+// consent), so amtool, routing each as Alertmanager would, must send each
+// of them to a receiver that does not mail through the relay as well;
+// every alert, the relay's own included, still reaches the mail receiver.
+func TestAlertmanagerRoutesRelayAlertsAroundTheRelay(t *testing.T) {
+	amtool := lookPath(t, "amtool")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfgFile := path("deploy/alertmanager/alertmanager.yml")
+	run(t, ctx, amtool, "check-config", cfgFile)
+	var cfg struct {
+		Global struct {
+			Smarthost string `yaml:"smtp_smarthost"`
+		} `yaml:"global"`
+		Receivers []struct {
+			Name         string           `yaml:"name"`
+			EmailConfigs []map[string]any `yaml:"email_configs"`
+		} `yaml:"receivers"`
+	}
+	readYAML(t, "deploy/alertmanager/alertmanager.yml", &cfg)
+	throughRelay := map[string]bool{}
+	for _, r := range cfg.Receivers {
+		for _, e := range r.EmailConfigs {
+			host, _ := e["smarthost"].(string)
+			if host == "" {
+				host = cfg.Global.Smarthost
+			}
+			throughRelay[r.Name] = throughRelay[r.Name] || strings.HasPrefix(host, "relay-worker:")
+		}
+	}
+	route := func(labels ...string) []string {
+		args := append([]string{"config", "routes", "test", "--config.file=" + cfgFile}, labels...)
+		out, err := exec.CommandContext(ctx, amtool, args...).Output()
+		if err != nil {
+			t.Fatalf("amtool %s: %v", strings.Join(args, " "), err)
+		}
+		return strings.Split(strings.TrimSpace(string(out)), ",")
+	}
+	for _, r := range readRules(t) {
+		got := route("alertname="+r.Alert, "severity="+r.Labels["severity"], "account=alerts")
+		around := slices.ContainsFunc(got, func(rc string) bool { return !throughRelay[rc] })
+		if r.Labels["severity"] == "critical" && !around {
+			t.Errorf("%s (critical) goes to %v, all mailed through the relay it reports on", r.Alert, got)
+		}
+		if !slices.ContainsFunc(got, func(rc string) bool { return throughRelay[rc] }) {
+			t.Errorf("%s goes to %v, no longer by mail", r.Alert, got)
+		}
+	}
+	if got := route("alertname=HighLoad", "severity=critical"); len(got) != 1 || !throughRelay[got[0]] {
+		t.Errorf("another alert goes to %v, want only the mail receiver", got)
+	}
+}
