@@ -45,11 +45,12 @@ import (
 // expression is evaluated the same way and must be a valid query; the
 // rules whose condition the exercise makes true (needs consent, paused,
 // refresh failing, DLQ growing, no sends while queued, the front door
-// refusing a producer's mail) must return data, and the five whose
-// condition is false here (relay down, token expiring without a refresh,
-// backlog growing, AUTH failures, binding mismatch: they need a dead
-// scrape target, hours of time, a hundred queued messages, a burst of
-// wrong passwords or a rewritten account record) must return none,
+// refusing a producer's mail) must return data, and those whose
+// condition is false here (relay down or absent, token expiring without
+// a refresh, backlog growing, AUTH failures, binding mismatch, …: they
+// need a dead scrape target, no relay at all, hours of time, a hundred
+// queued messages, a burst of wrong passwords or a rewritten account
+// record) must return none,
 // and each metric selector in them must exist in Prometheus (so they read
 // real series, not typos). Their logic is proven by promtool test rules
 // (prometheus/alerts_test.yml), which this test also runs, with promtool
@@ -116,7 +117,9 @@ func TestObservabilityEndToEnd(t *testing.T) {
 		wantData := map[string]bool{
 			"RelayAccountNeedsConsent": true, "RelayAccountPaused": true, "RelayTokenRefreshFailing": true,
 			"RelayDLQGrowing": true, "RelayNoSendsWhileQueued": true, "RelayIngressRefusingMail": true,
-			"RelayDown": false, "RelayTokenExpiringWithoutRefresh": false, "RelayQueueBacklogGrowing": false,
+			"RelayDown": false, "RelayTokenExpiringWithoutRefresh": false,
+			// The sandbox exports relay_build_info.
+			"RelayAbsent": false, "RelayQueueBacklogGrowing": false,
 			"RelayIngressAuthFailures": false,
 			// No account record is rewritten here; its series exist at 0.
 			"RelayAccountBindingMismatch": false,
