@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -452,6 +453,117 @@ func TestNetworkPolicyLetsProducersIn(t *testing.T) {
 	} {
 		if got := allows(t, c.np, home, c.pod, c.ns, c.port); got != c.want {
 			t.Errorf("%s (namespace %s, port %d): allowed %v, want %v", c.what, c.ns, c.port, got, c.want)
+		}
+	}
+}
+
+// restrictedViolations lists how a pod spec breaks the Kubernetes Pod
+// Security Standard "restricted" (the namespace enforces it), and, with
+// readOnlyRoot (the manifests' long-running pods), a writable root
+// filesystem.
+func restrictedViolations(spec corev1.PodSpec, readOnlyRoot bool) []string {
+	var v []string
+	if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+		v = append(v, "host namespaces")
+	}
+	for _, vol := range spec.Volumes {
+		s := vol.VolumeSource
+		if s.ConfigMap == nil && s.Secret == nil && s.EmptyDir == nil && s.PersistentVolumeClaim == nil &&
+			s.Projected == nil && s.DownwardAPI == nil && s.CSI == nil && s.Ephemeral == nil {
+			v = append(v, "volume "+vol.Name+" of a type restricted forbids")
+		}
+	}
+	psc := spec.SecurityContext
+	if psc == nil {
+		psc = &corev1.PodSecurityContext{}
+	}
+	for _, c := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {
+		sc := c.SecurityContext
+		if sc == nil {
+			sc = &corev1.SecurityContext{}
+		}
+		nonRoot := sc.RunAsNonRoot
+		if nonRoot == nil {
+			nonRoot = psc.RunAsNonRoot
+		}
+		if nonRoot == nil || !*nonRoot {
+			v = append(v, c.Name+": runAsNonRoot not true")
+		}
+		if uid := sc.RunAsUser; (uid != nil && *uid == 0) || (uid == nil && psc.RunAsUser != nil && *psc.RunAsUser == 0) {
+			v = append(v, c.Name+": runs as uid 0")
+		}
+		sp := sc.SeccompProfile
+		if sp == nil {
+			sp = psc.SeccompProfile
+		}
+		if sp == nil || (sp.Type != corev1.SeccompProfileTypeRuntimeDefault && sp.Type != corev1.SeccompProfileTypeLocalhost) {
+			v = append(v, c.Name+": no seccompProfile RuntimeDefault or Localhost")
+		}
+		if sc.Privileged != nil && *sc.Privileged {
+			v = append(v, c.Name+": privileged")
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			v = append(v, c.Name+": allowPrivilegeEscalation not false")
+		}
+		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+			v = append(v, c.Name+": capabilities not dropped (ALL)")
+		} else {
+			for _, a := range sc.Capabilities.Add {
+				if a != "NET_BIND_SERVICE" {
+					v = append(v, c.Name+": adds capability "+string(a))
+				}
+			}
+		}
+		if readOnlyRoot && (sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem) {
+			v = append(v, c.Name+": root filesystem writable")
+		}
+	}
+	return v
+}
+
+// TestPodsMeetRestrictedPodSecurity: the namespace enforces the Pod
+// Security Standard "restricted", and every pod the manifests make (NATS,
+// the relays, the setup Job) and the authtool pod of the README's
+// Kubernetes step 5 meet it, so none is refused at admission, on a
+// cluster that enforces it by default as much as in this namespace.
+func TestPodsMeetRestrictedPodSecurity(t *testing.T) {
+	objs := manifests(t)
+	ns := objs["Namespace/relay365"].(*corev1.Namespace)
+	if got := ns.Labels["pod-security.kubernetes.io/enforce"]; got != "restricted" {
+		t.Errorf("namespace relay365: pod-security.kubernetes.io/enforce %q, want restricted", got)
+	}
+	pods := map[string]corev1.PodSpec{}
+	for key, o := range objs {
+		switch w := o.(type) {
+		case *appsv1.Deployment:
+			pods[key] = w.Spec.Template.Spec
+		case *appsv1.StatefulSet:
+			pods[key] = w.Spec.Template.Spec
+		case *batchv1.Job:
+			pods[key] = w.Spec.Template.Spec
+		}
+	}
+	readme, err := os.ReadFile(path("README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	overrides := regexp.MustCompile(`--overrides='([^']*)'`).FindAllStringSubmatch(string(readme), -1)
+	if len(overrides) == 0 {
+		t.Error("README: no kubectl run --overrides found")
+	}
+	for i, m := range overrides {
+		var p corev1.Pod
+		dec := json.NewDecoder(strings.NewReader(m[1]))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&p); err != nil {
+			t.Errorf("README kubectl run %d: --overrides is not a Pod: %v", i, err)
+			continue
+		}
+		pods[fmt.Sprintf("README kubectl run %d", i)] = p.Spec
+	}
+	for key, spec := range pods {
+		for _, v := range restrictedViolations(spec, !strings.HasPrefix(key, "README")) {
+			t.Errorf("%s: %s", key, v)
 		}
 	}
 }
