@@ -717,3 +717,36 @@ func TestEveryAlertIsTested(t *testing.T) {
 		}
 	}
 }
+
+// TestComposeRelaysAreConfined: the long-running relays in compose get
+// what the Kubernetes manifests give them: a read-only root filesystem
+// (with an external NATS server and a certificate given, relay serve
+// writes nothing locally), no capabilities (uid 65532 binds 2525 and
+// 9465 without any) and no privilege gain through setuid binaries.
+func TestComposeRelaysAreConfined(t *testing.T) {
+	var c struct {
+		Services map[string]struct {
+			ReadOnly    bool     `yaml:"read_only"`
+			CapDrop     []string `yaml:"cap_drop"`
+			CapAdd      []string `yaml:"cap_add"`
+			SecurityOpt []string `yaml:"security_opt"`
+			Privileged  bool     `yaml:"privileged"`
+		} `yaml:"services"`
+	}
+	readYAML(t, "docker-compose.yml", &c)
+	for _, name := range []string{"relay-tokens", "relay-worker"} {
+		s, ok := c.Services[name]
+		if !ok {
+			t.Fatalf("no compose service %s", name)
+		}
+		if !s.ReadOnly {
+			t.Errorf("%s: root filesystem writable (want read_only: true)", name)
+		}
+		if !slices.Contains(s.CapDrop, "ALL") || len(s.CapAdd) > 0 || s.Privileged {
+			t.Errorf("%s: cap_drop %v, cap_add %v, privileged %v; want cap_drop [ALL] and nothing added", name, s.CapDrop, s.CapAdd, s.Privileged)
+		}
+		if !slices.Contains(s.SecurityOpt, "no-new-privileges:true") {
+			t.Errorf("%s: security_opt %v, want no-new-privileges:true", name, s.SecurityOpt)
+		}
+	}
+}
