@@ -567,3 +567,51 @@ func TestPodsMeetRestrictedPodSecurity(t *testing.T) {
 		}
 	}
 }
+
+// evictable says whether the eviction API lets a pod go under pdb, for a
+// workload of replicas pods of which ready are ready, by the rules of
+// policy/v1: a ready pod only within the budget; a pod that runs but is
+// not ready, under the default IfHealthyBudget, only while the
+// application is not disrupted (currentHealthy >= desiredHealthy), under
+// AlwaysAllow, always.
+func evictable(pdb *policyv1.PodDisruptionBudget, replicas, ready int, podReady bool) bool {
+	desired := replicas
+	if mu := pdb.Spec.MaxUnavailable; mu != nil {
+		desired = replicas - mu.IntValue()
+	} else if mn := pdb.Spec.MinAvailable; mn != nil {
+		desired = mn.IntValue()
+	}
+	if !podReady {
+		if p := pdb.Spec.UnhealthyPodEvictionPolicy; p != nil && *p == policyv1.AlwaysAllow {
+			return true
+		}
+		return ready >= desired
+	}
+	return ready-1 >= desired
+}
+
+// TestRelayPodsCanBeDrainedWhileNotReady: a relay is not ready until an
+// account has a usable token (before the first authtool login, or while
+// the only account needs consent). Its PodDisruptionBudget must not then
+// block kubectl drain (a node upgrade would hang on pods that serve
+// nothing anyway), while ready relays keep one replica up. NATS keeps the
+// default: an unready NATS node may be catching up, and evicting it could
+// cost the quorum.
+func TestRelayPodsCanBeDrainedWhileNotReady(t *testing.T) {
+	objs := manifests(t)
+	for _, name := range []string{"relay-tokens", "relay-worker"} {
+		d := objs["Deployment/"+name].(*appsv1.Deployment)
+		pdb := objs["PodDisruptionBudget/"+name].(*policyv1.PodDisruptionBudget)
+		n := int(*d.Spec.Replicas)
+		if !evictable(pdb, n, 0, false) {
+			t.Errorf("%s: with all %d pods not ready (no usable token yet), the PodDisruptionBudget blocks evicting them: drains hang", name, n)
+		}
+		if !evictable(pdb, n, n, true) || evictable(pdb, n, n-1, true) {
+			t.Errorf("%s: ready pods: want one eviction at a time allowed, not more", name)
+		}
+	}
+	nats := objs["PodDisruptionBudget/nats"].(*policyv1.PodDisruptionBudget)
+	if p := nats.Spec.UnhealthyPodEvictionPolicy; p != nil && *p == policyv1.AlwaysAllow {
+		t.Error("nats: unready NATS nodes may be catching up; keep IfHealthyBudget")
+	}
+}
