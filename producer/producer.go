@@ -14,8 +14,9 @@
 //		Text:    "load 17.2",
 //	})
 //
-// Publish validates first, so a bad address or a header with a line break
-// is an error here rather than a dead letter later. PublishBatch takes
+// Publish validates first (Check), so a bad address, a header with a line
+// break or a raw message the relay cannot render is an error here rather
+// than a dead letter later. PublishBatch takes
 // many messages and queues them in atomic batches: on a durable relay,
 // one disk sync per batch of up to 100 instead of one per message. The message id becomes
 // the Nats-Msg-Id, so a retried publish inside the 24 h dedupe window is
@@ -252,7 +253,7 @@ func (p *Producer) lookup(ctx context.Context, account string, now time.Time) ca
 // the 24 h dedupe window); retrying with the same id is safe. Publish is
 // safe for concurrent use.
 func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
-	if err := m.Validate(); err != nil {
+	if err := Check(m); err != nil {
 		return Result{}, err
 	}
 	data, err := p.prepare(ctx, m)
@@ -264,6 +265,29 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 		return Result{}, p.notQueued(err)
 	}
 	return Result{ID: m.ID, Seq: res.Seq, Duplicate: res.Duplicate, UnknownAccount: p.unknown(m.Account)}, nil
+}
+
+// Check is the validation Publish starts with, without publishing: it
+// fills m.ID when empty and returns a *Invalid for a message the relay
+// could never send whatever the account (no recipients, a malformed
+// address, CR or LF in a header field...). A raw message is also
+// rendered as the worker will render it, but for the account's From
+// policy, which only relay serve knows: a raw message with a line before
+// its header section ends that is no header field, two From fields, a
+// From that is not one address, or a line longer than SMTP carries is
+// refused here, not dead-lettered later. The account's size limit is not
+// checked (Publish asks relay serve for it).
+func Check(m *Message) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if len(m.Raw) == 0 {
+		return nil
+	}
+	// The rewrite policy refuses no From: what fails here fails for
+	// every account. (relay sendmail checks its messages the same way.)
+	_, err := message.Render(m, message.Sender{Mailbox: "postmaster@relay365.invalid", Policy: message.PolicyRewrite}, time.Time{})
+	return err
 }
 
 // PublishBatch publishes many messages, in order, and returns one Result
@@ -288,7 +312,7 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 // for concurrent use.
 func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, error) {
 	for i, m := range ms {
-		if err := m.Validate(); err != nil {
+		if err := Check(m); err != nil {
 			return nil, fmt.Errorf("message %d: %w", i, err)
 		}
 	}

@@ -96,7 +96,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 		}
 		m.Attachments = append(m.Attachments, a)
 	}
-	if err := m.Validate(); err != nil {
+	if err := producer.Check(m); err != nil {
 		return cli.UsageError{Err: err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
@@ -134,7 +134,7 @@ func publishProducer(c publishConfig) (*producer.Producer, func(), error) {
 // one invalid message queues none.
 func publishMany(ctx context.Context, c publishConfig, ms []*message.Message, env Env) error {
 	for i, m := range ms {
-		if err := m.Validate(); err != nil {
+		if err := producer.Check(m); err != nil {
 			return cli.Usagef("message %d of %d: %v", i+1, len(ms), err)
 		}
 	}

@@ -3,6 +3,7 @@ package relaycmd
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"maps"
 	"os"
@@ -340,5 +341,22 @@ func TestBenchIngressDefaults(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(lines) != 1 || !strings.Contains(lines[0], `"mode":"ingress","sync":"always","conns":16,"messages":40,`) {
 		t.Fatalf("want one line for 16 connections, sync always:\n%s", out.String())
+	}
+}
+
+// TestPublishRefusesRawTheWorkerCannotRender: relay publish -f with a raw
+// message no account could send (its first line no header field) exits 2
+// with the reason and queues nothing, as it does for a message without
+// recipients, instead of exit 0 and a dead letter a second later.
+func TestPublishRefusesRawTheWorkerCannotRender(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL}
+	raw := base64.StdEncoding.EncodeToString([]byte("this is not a header\r\n\r\nbody\r\n"))
+	r := run(t, vars, `{"to":["ops@contoso.com"],"raw":"`+raw+`"}`, "publish", "-f", "-", "--account", "alerts")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "is not a header field") {
+		t.Errorf("exit %d, stdout %q, stderr %q; want exit 2 naming the line that is no header field", r.code, r.stdout, r.stderr)
+	}
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 0 {
+		t.Fatalf("MAIL holds %d, want nothing queued", n)
 	}
 }
