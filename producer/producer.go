@@ -26,7 +26,10 @@
 //
 // Errors wrap their cause; errors.As and errors.Is find it. Not worth
 // retrying unchanged: a *Invalid (the message can never be sent as it
-// is) and a *TooLarge. Worth retrying later, with the same id:
+// is) and a *TooLarge; nor ErrPermission, the NATS server refusing this
+// connection's user the subject or its reply inbox (it also matches
+// nats.ErrPermissionViolation, and comes as soon as the server refuses,
+// not when ctx ends). Worth retrying later, with the same id:
 // ErrQueueFull (MAIL has no room), and context.DeadlineExceeded or
 // context.Canceled: ctx ended, or a NATS server that is down did not
 // answer within ctx's deadline (without one, JetStream's default
@@ -60,7 +63,7 @@
 // embedded server's producer.nk, may subscribe only under InboxPrefix:
 // connect with nats.CustomInboxPrefix(producer.InboxPrefix). With
 // nats.go's default _INBOX a publish under those permissions gets a
-// permissions violation for its inbox and waits out its context. The
+// permissions violation for its inbox: an ErrPermission that says so. The
 // relay answers limits requests only on a reply subject under _INBOX. or
 // _INBOX_producer.; with another inbox prefix, Publish falls back to
 // 35 MB as above.
@@ -72,6 +75,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -125,6 +129,16 @@ type Producer struct {
 
 	mu     sync.Mutex
 	limits map[string]cachedLimit
+
+	wmu      sync.Mutex
+	watchers map[*watcher]struct{}
+}
+
+// watcher is one call waiting on the server, ended (its context cancelled
+// with the refusal as cause) by a permissions violation of what it sent.
+type watcher struct {
+	match  func(subject string) bool // a publish subject it sent on
+	cancel context.CancelCauseFunc
 }
 
 // How long an account's limit is kept: as relay serve gave it, and as
@@ -161,16 +175,131 @@ type Invalid = message.Invalid
 // relay has delivered some of the backlog.
 var ErrQueueFull = errors.New("the relay's MAIL queue is full")
 
+// ErrPermission is matched (errors.Is) by the error of a publish the NATS
+// server refused this connection's user: no right to publish on
+// mail.send.<account> (or to store a large body in relay_bodies), or to
+// subscribe to the connection's reply inbox. The error matches
+// nats.ErrPermissionViolation too and names what was refused. Retrying
+// cannot help until the user's permissions (or the connection's
+// credentials, or its inbox prefix) change.
+var ErrPermission = errors.New("NATS refused this connection's user")
+
 // New wraps a NATS connection; it fails only when jetstream.New does. The
 // MAIL stream must exist (relay serve creates it); while it does not,
 // Publish retries until its context ends, then fails with an error that
 // asks whether it was created.
+//
+// The server tells of a publish or a subscription it refuses only with an
+// asynchronous error (a permissions violation): New chains a handler of
+// its own before the connection's error handler (nc.ErrorHandler, which
+// still gets every error), so that a Publish the server refused ends at
+// once with ErrPermission instead of waiting out its context. A handler
+// set later with nc.SetErrorHandler replaces it: Publish then waits out
+// its context as it would for a relay that does not answer.
 func New(nc *nats.Conn) (*Producer, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	return &Producer{nc: nc, js: js}, nil
+	p := &Producer{nc: nc, js: js}
+	prev := nc.ErrorHandler()
+	nc.SetErrorHandler(func(c *nats.Conn, s *nats.Subscription, err error) {
+		p.refused(err)
+		if prev != nil {
+			prev(c, s, err)
+		}
+	})
+	return p, nil
+}
+
+var (
+	publishViolation   = regexp.MustCompile(`Publish to "(\S+)"`)
+	subscribeViolation = regexp.MustCompile(`Subscription to "(\S+)"`)
+)
+
+// refused ends the calls waiting on what a permissions violation refused:
+// those that published on its subject, or, when it is the connection's
+// reply inbox, every call (no acknowledgement can arrive).
+func (p *Producer) refused(err error) {
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return
+	}
+	var (
+		match func(*watcher) bool
+		cause error
+	)
+	if m := publishViolation.FindStringSubmatch(err.Error()); m != nil {
+		subject := m[1]
+		match = func(w *watcher) bool { return w.match(subject) }
+		cause = fmt.Errorf("%w: %w (this user may not publish on %s, so nothing was queued: connect with the producer's credentials, or give this user the producer's rights, deploy/nats/auth.conf)",
+			ErrPermission, err, subject)
+	} else if m := subscribeViolation.FindStringSubmatch(err.Error()); m != nil && strings.HasPrefix(m[1], p.inbox()+".") {
+		match = func(*watcher) bool { return true }
+		hint := "connect with nats.CustomInboxPrefix(producer.InboxPrefix), the producer role's"
+		if p.inbox() == InboxPrefix {
+			hint = "this user is not the producer role, which may subscribe there: connect with the producer's credentials"
+		}
+		cause = fmt.Errorf("%w: %w (the NATS server refused this connection's reply inbox %s: %s; the message may have been queued, so publish it again with the same id)",
+			ErrPermission, err, p.inbox(), hint)
+	} else {
+		return
+	}
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	for w := range p.watchers {
+		if match(w) {
+			w.cancel(cause)
+		}
+	}
+}
+
+// watch returns ctx, ended early by a permissions violation of a publish
+// on a subject match takes (or of the reply inbox), and what stops the
+// watch, which the caller defers.
+func (p *Producer) watch(ctx context.Context, match func(subject string) bool) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := &watcher{match: match, cancel: cancel}
+	p.wmu.Lock()
+	if p.watchers == nil {
+		p.watchers = map[*watcher]struct{}{}
+	}
+	p.watchers[w] = struct{}{}
+	p.wmu.Unlock()
+	return ctx, func() {
+		p.wmu.Lock()
+		delete(p.watchers, w)
+		p.wmu.Unlock()
+		cancel(nil)
+	}
+}
+
+// refusal is the permissions violation that ended ctx (watch) in place of
+// err, or err.
+func refusal(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrPermission) {
+		return cause
+	}
+	return err
+}
+
+// mailSubjects matches the subjects the messages are queued on.
+func mailSubjects(ms ...*Message) func(string) bool {
+	return func(subject string) bool {
+		for _, m := range ms {
+			if subject == queue.Subject(m.Account) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// inbox is the connection's reply prefix.
+func (p *Producer) inbox() string {
+	if p.nc.Opts.InboxPrefix == "" {
+		return "_INBOX" // nats.go's default
+	}
+	return p.nc.Opts.InboxPrefix
 }
 
 // Limit is the size limit Publish holds account's messages to: the
@@ -215,6 +344,10 @@ func (p *Producer) unknown(account string) bool {
 func (p *Producer) lookup(ctx context.Context, account string, now time.Time) cachedLimit {
 	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
+	// A user without the right to ask (an auth.conf older than the
+	// limits service) falls back at once, not after lookupTimeout.
+	lctx, stop := p.watch(lctx, func(subject string) bool { return subject == limits.Subject(account) })
+	defer stop()
 	n, err := limits.Lookup(lctx, p.nc, account)
 	if err == nil {
 		return cachedLimit{limit: n, until: now.Add(LimitTTL)}
@@ -245,7 +378,7 @@ func (p *Producer) lookup(ctx context.Context, account string, now time.Time) ca
 //
 // Errors are as the package documentation's Errors section says: a
 // *Invalid or a *TooLarge before anything is stored or queued;
-// ErrQueueFull; the context's error once ctx ends, NATS or MAIL having
+// ErrQueueFull; ErrPermission; the context's error once ctx ends, NATS or MAIL having
 // not answered until then. A large message's body is stored before its
 // message is queued: when the queueing fails, or is a duplicate, that
 // body is named by nothing and stays in the body bucket until relay
@@ -256,13 +389,15 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err := Check(m); err != nil {
 		return Result{}, err
 	}
+	ctx, stop := p.watch(ctx, mailSubjects(m))
+	defer stop()
 	data, err := p.prepare(ctx, m)
 	if err != nil {
-		return Result{}, err
+		return Result{}, refusal(ctx, err)
 	}
 	res, err := queue.Publish(ctx, p.js, m.Account, m.ID, data)
 	if err != nil {
-		return Result{}, p.notQueued(err)
+		return Result{}, p.notQueued(ctx, err)
 	}
 	return Result{ID: m.ID, Seq: res.Seq, Duplicate: res.Duplicate, UnknownAccount: p.unknown(m.Account)}, nil
 }
@@ -316,11 +451,13 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 			return nil, fmt.Errorf("message %d: %w", i, err)
 		}
 	}
+	ctx, stop := p.watch(ctx, mailSubjects(ms...))
+	defer stop()
 	items := make([]queue.BatchItem, len(ms))
 	for i, m := range ms {
 		data, err := p.prepare(ctx, m)
 		if err != nil {
-			return nil, fmt.Errorf("message %d (%s): %w", i, m.ID, err)
+			return nil, fmt.Errorf("message %d (%s): %w", i, m.ID, refusal(ctx, err))
 		}
 		items[i] = queue.BatchItem{Account: m.Account, ID: m.ID, Data: data}
 	}
@@ -330,7 +467,7 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 		res[i] = Result{ID: ms[i].ID, Seq: r.Seq, Duplicate: r.Duplicate, UnknownAccount: p.unknown(ms[i].Account)}
 	}
 	if err != nil {
-		return res, p.notQueued(err)
+		return res, p.notQueued(ctx, err)
 	}
 	return res, nil
 }
@@ -338,17 +475,18 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 // notQueued is the error of a publish into MAIL that failed. A stored
 // body nothing names is the sweeper's (a producer may not delete
 // bodies).
-func (p *Producer) notQueued(err error) error {
+func (p *Producer) notQueued(ctx context.Context, err error) error {
+	if r := refusal(ctx, err); r != err {
+		return r
+	}
 	if queue.IsFull(err) {
 		return fmt.Errorf("%w (try again later): %w", ErrQueueFull, err)
 	}
-	// The server refused the connection's reply inbox: no acknowledgement
-	// could ever arrive, whatever relay serve does. Said instead of the
-	// usual guess, as nats.go reports it only asynchronously.
-	inbox := p.nc.Opts.InboxPrefix
-	if inbox == "" {
-		inbox = "_INBOX" // nats.go's default
-	}
+	// The server refused the connection's reply inbox (and the handler
+	// New chained was replaced): no acknowledgement could ever arrive,
+	// whatever relay serve does. Said instead of the usual guess, as
+	// nats.go reports it only asynchronously.
+	inbox := p.inbox()
 	if le := p.nc.LastError(); errors.Is(le, nats.ErrPermissionViolation) && strings.Contains(le.Error(), "Subscription to \""+inbox+".") {
 		return fmt.Errorf("%w (the NATS server refused this connection's reply inbox %s: connect with nats.CustomInboxPrefix(producer.InboxPrefix); the message may have been queued, so publish it again with the same id): %v",
 			err, inbox, le)
@@ -437,7 +575,10 @@ func (p *Producer) store(ctx context.Context, m *Message, limit int64) ([]byte, 
 	if len(env.To)+len(env.Cc)+len(env.Bcc) == 0 {
 		env.To = rcpts // a raw message's own To, Cc and Bcc fields
 	}
-	return storeBody(ctx, body.OpenStoreOnly(p.js), env, raw, limit)
+	bctx, stop := p.watch(ctx, func(subject string) bool { return strings.HasPrefix(subject, "$O."+body.Bucket+".") })
+	defer stop()
+	data, err := storeBody(bctx, body.OpenStoreOnly(p.js), env, raw, limit)
+	return data, refusal(bctx, err)
 }
 
 // storeBody stores raw as env's body, retrying while its bucket is not

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -108,7 +109,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	defer closeNATS()
 	res, err := p.Publish(ctx, m)
 	if err != nil {
-		return err
+		return publishRefused(err)
 	}
 	warnUnknown(env.Stderr, m.Account, res)
 	return printPublished(env.Stdout, c.JSON, m.Account, res)
@@ -156,9 +157,20 @@ func publishMany(ctx context.Context, c publishConfig, ms []*message.Message, en
 		}
 	}
 	if err != nil {
+		err = publishRefused(err)
 		return fmt.Errorf("%d of %d messages queued (printed above; publishing the file again is safe, ids make copies duplicates): %w", len(res), len(ms), err)
 	}
 	return nil
+}
+
+// publishRefused is err, with what to do named when NATS refused the user
+// (producer.ErrPermission): credentials of another role, most likely.
+func publishRefused(err error) error {
+	if !errors.Is(err, producer.ErrPermission) {
+		return err
+	}
+	return fmt.Errorf("%w; relay publish needs %s, with the rights deploy/nats/auth.conf gives it: the relay's seed nkeys/%s.nk in --data-dir or --nats-nkey, or --nats-user %[2]s with its password",
+		err, roles.Producer.User(), string(roles.Producer))
 }
 
 // warnUnknown says on w, once, that relay serve knows no such account

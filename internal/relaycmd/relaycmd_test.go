@@ -19,6 +19,7 @@ import (
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/roles"
 	"relay365/internal/testutil"
 )
 
@@ -358,5 +359,25 @@ func TestPublishRefusesRawTheWorkerCannotRender(t *testing.T) {
 	}
 	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 0 {
 		t.Fatalf("MAIL holds %d, want nothing queued", n)
+	}
+}
+
+// TestPublishRefusedByNATS: relay publish with credentials that may not
+// publish on mail.send.<account> (the token service's seed, named by
+// mistake) says NATS refused the user, before its --timeout, instead of
+// waiting it out and asking whether relay serve is running.
+func TestPublishRefusedByNATS(t *testing.T) {
+	rs := queuetest.StartRoles(t)
+	_, ajs := rs.As(t, roles.Admin)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := queue.EnsureStreams(ctx, ajs, queue.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, map[string]string{"RELAY_NATS_URL": rs.URL}, "", "publish", "--nats-nkey", roles.SeedFile(rs.Dir, roles.Tokens),
+		"--account", "alerts", "--to", "ops@contoso.com", "--subject", "x", "--timeout", "15s")
+	if r.code != ExitFail || !strings.Contains(r.stderr, "Permissions Violation") || !strings.Contains(r.stderr, "nkeys/producer.nk") ||
+		strings.Contains(r.stderr, "deadline exceeded") || strings.Contains(r.stderr, "is relay serve running") {
+		t.Fatalf("exit %d, stderr %q; want exit 1 naming the refusal and the credentials to use, not a timeout", r.code, r.stderr)
 	}
 }
