@@ -98,9 +98,12 @@ type Attachment = message.Attachment
 
 // Result says where the message went.
 type Result struct {
-	ID        string // the message id (generated when the Message had none)
-	Seq       uint64 // stream sequence in MAIL
-	Duplicate bool   // the id was already published inside the dedupe window
+	ID  string // the message id (generated when the Message had none)
+	Seq uint64 // stream sequence in MAIL
+	// Duplicate: the id was already published inside the dedupe window
+	// (by an earlier call, or by this one's own earlier attempt whose
+	// acknowledgement did not come within AttemptTimeout).
+	Duplicate bool
 	// UnknownAccount says relay serve answered that it knows no account
 	// by that alias: the message is queued, and dead-lettered within
 	// seconds unless the account is added (a typo in the alias, most
@@ -366,7 +369,8 @@ func (p *Producer) lookup(ctx context.Context, account string, now time.Time) ca
 
 // Publish validates m (filling m.ID when empty) and publishes it on
 // mail.send.<account>, retrying with the same id while JetStream is
-// briefly unavailable, until ctx ends.
+// briefly unavailable or an acknowledgement does not come within
+// AttemptTimeout (a connection lost under the publish), until ctx ends.
 //
 // A message whose JSON is larger than message.InlineMax (256 KiB: large
 // attachments, a big raw message) is rendered here and its content stored
@@ -395,7 +399,9 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 	if err != nil {
 		return Result{}, refusal(ctx, err)
 	}
-	res, err := queue.Publish(ctx, p.js, m.Account, m.ID, data)
+	res, err := attempts(ctx, func(ctx context.Context) (queue.PublishResult, error) {
+		return queue.Publish(ctx, p.js, m.Account, m.ID, data)
+	})
 	if err != nil {
 		return Result{}, p.notQueued(ctx, err)
 	}
@@ -461,7 +467,12 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 		}
 		items[i] = queue.BatchItem{Account: m.Account, ID: m.ID, Data: data}
 	}
-	qr, err := queue.PublishBatch(ctx, p.js, items)
+	var qr []queue.PublishResult
+	_, err := attempts(ctx, func(ctx context.Context) (struct{}, error) {
+		r, err := queue.PublishBatch(ctx, p.js, items[len(qr):])
+		qr = append(qr, r...)
+		return struct{}{}, err
+	})
 	res := make([]Result, len(qr))
 	for i, r := range qr {
 		res[i] = Result{ID: ms[i].ID, Seq: r.Seq, Duplicate: r.Duplicate, UnknownAccount: p.unknown(ms[i].Account)}
@@ -470,6 +481,27 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 		return res, p.notQueued(ctx, err)
 	}
 	return res, nil
+}
+
+// AttemptTimeout bounds the wait for one publish's acknowledgement (a
+// batch's: its commit's) within the caller's context. A publish whose
+// connection died under it, before the server read it, is never answered
+// (nats.go sends again only what it buffered while reconnecting), so
+// when no acknowledgement came in time it is published again, under the
+// same id: MAIL keeps one copy, and that copy's Result says Duplicate.
+const AttemptTimeout = 5 * time.Second
+
+// attempts runs publish with a context of at most AttemptTimeout, again
+// while one ends without an answer, until ctx ends.
+func attempts[T any](ctx context.Context, publish func(context.Context) (T, error)) (T, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, AttemptTimeout)
+		r, err := publish(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return r, err
+		}
+	}
 }
 
 // notQueued is the error of a publish into MAIL that failed. A stored

@@ -1,0 +1,162 @@
+package producer_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
+	"relay365/producer"
+)
+
+// dropProxy forwards TCP connections to a NATS server; while drop is on,
+// what clients send is swallowed, as by a connection that died without
+// the client noticing yet (a server killed, a NAT entry gone).
+type dropProxy struct {
+	l       net.Listener
+	target  string
+	mu      sync.Mutex
+	drop    bool
+	dropped int
+	conns   []net.Conn
+	changed chan struct{} // closed and replaced on every swallowed write
+}
+
+func startDropProxy(t *testing.T, target string) *dropProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{l: l, target: target, changed: make(chan struct{})}
+	t.Cleanup(func() { l.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { io.Copy(c, s); c.Close() }()
+			go p.upstream(c, s)
+		}
+	}()
+	return p
+}
+
+func (p *dropProxy) upstream(c, s net.Conn) {
+	defer s.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			drop := p.drop
+			if drop {
+				p.dropped += n
+				close(p.changed)
+				p.changed = make(chan struct{})
+			}
+			p.mu.Unlock()
+			if !drop {
+				if _, err := s.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// cut closes every connection: the client sees its connection die and
+// reconnects (through the proxy, forwarding again).
+func (p *dropProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.drop = false
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// A publish whose connection dies under it, its PUB lost before the
+// server read it, got no acknowledgement ever: nats.go resends only what
+// it buffered while reconnecting. Publish waited out its whole context
+// though the server was back at once. It publishes again (same id, so
+// MAIL keeps one copy) when an acknowledgement does not come, and the
+// message is queued well inside its context.
+func TestPublishLostWithItsConnectionIsSentAgain(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	u, err := url.Parse(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startDropProxy(t, u.Host)
+	nc, err := queue.Connect("nats://"+proxy.l.Addr().String(), "lost-pub", nats.CustomInboxPrefix(producer.InboxPrefix), nats.ReconnectWait(10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	p, err := producer.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Publish(ctx, alert("before")); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.mu.Lock()
+	proxy.drop = true
+	proxy.mu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, 25*time.Second)
+	defer cancel()
+	type outcome struct {
+		res producer.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := p.Publish(pctx, alert("lost-1"))
+		done <- outcome{res, err}
+	}()
+	// Wait until the PUB has been swallowed, then let the connection die.
+	for {
+		proxy.mu.Lock()
+		dropped, changed := proxy.dropped, proxy.changed
+		proxy.mu.Unlock()
+		if dropped > 0 {
+			break
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatal("the publish never reached the proxy")
+		}
+	}
+	proxy.cut()
+
+	o := <-done
+	if o.err != nil || pctx.Err() != nil {
+		t.Fatalf("publish lost with its connection: %+v %v (%s); want it queued before its context ended", o.res, o.err, kind(o.err))
+	}
+	if n := queued(t, ctx, env.JS); n != 2 {
+		t.Fatalf("MAIL holds %d, want 2: the message once", n)
+	}
+}
