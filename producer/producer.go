@@ -76,9 +76,11 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
+	"weak"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -133,8 +135,7 @@ type Producer struct {
 	mu     sync.Mutex
 	limits map[string]cachedLimit
 
-	wmu      sync.Mutex
-	watchers map[*watcher]struct{}
+	cw *connWatch
 }
 
 // watcher is one call waiting on the server, ended (its context cancelled
@@ -195,7 +196,8 @@ var ErrPermission = errors.New("NATS refused this connection's user")
 // The server tells of a publish or a subscription it refuses only with an
 // asynchronous error (a permissions violation): New chains a handler of
 // its own before the connection's error handler (nc.ErrorHandler, which
-// still gets every error), so that a Publish the server refused ends at
+// still gets every error; one for all the Producers on the connection),
+// so that a Publish the server refused ends at
 // once with ErrPermission instead of waiting out its context. A handler
 // set later with nc.SetErrorHandler replaces it: Publish then waits out
 // its context as it would for a relay that does not answer.
@@ -204,15 +206,40 @@ func New(nc *nats.Conn) (*Producer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Producer{nc: nc, js: js}
+	return &Producer{nc: nc, js: js, cw: watchConn(nc)}, nil
+}
+
+// connWatch holds the calls of every Producer on one connection that wait
+// on the server: New installs one error handler per connection (conns),
+// not one per Producer, which would keep every Producer ever made on it
+// reachable.
+type connWatch struct {
+	mu       sync.Mutex
+	watchers map[*watcher]struct{}
+}
+
+// conns maps a connection (weakly: it is not kept open or alive by this)
+// to its connWatch; the entry goes when the connection is collected.
+var conns sync.Map // weak.Pointer[nats.Conn] -> *connWatch
+
+func watchConn(nc *nats.Conn) *connWatch {
+	key := weak.Make(nc)
+	if cw, ok := conns.Load(key); ok {
+		return cw.(*connWatch)
+	}
+	cw := &connWatch{watchers: map[*watcher]struct{}{}}
+	if have, loaded := conns.LoadOrStore(key, cw); loaded {
+		return have.(*connWatch)
+	}
 	prev := nc.ErrorHandler()
 	nc.SetErrorHandler(func(c *nats.Conn, s *nats.Subscription, err error) {
-		p.refused(err)
+		cw.refused(c, err)
 		if prev != nil {
 			prev(c, s, err)
 		}
 	})
-	return p, nil
+	runtime.AddCleanup(nc, func(k weak.Pointer[nats.Conn]) { conns.Delete(k) }, key)
+	return cw
 }
 
 var (
@@ -223,7 +250,7 @@ var (
 // refused ends the calls waiting on what a permissions violation refused:
 // those that published on its subject, or, when it is the connection's
 // reply inbox, every call (no acknowledgement can arrive).
-func (p *Producer) refused(err error) {
+func (cw *connWatch) refused(nc *nats.Conn, err error) {
 	if !errors.Is(err, nats.ErrPermissionViolation) {
 		return
 	}
@@ -231,25 +258,26 @@ func (p *Producer) refused(err error) {
 		match func(*watcher) bool
 		cause error
 	)
+	inbox := inboxOf(nc)
 	if m := publishViolation.FindStringSubmatch(err.Error()); m != nil {
 		subject := m[1]
 		match = func(w *watcher) bool { return w.match(subject) }
 		cause = fmt.Errorf("%w: %w (this user may not publish on %s, so nothing was queued: connect with the producer's credentials, or give this user the producer's rights, deploy/nats/auth.conf)",
 			ErrPermission, err, subject)
-	} else if m := subscribeViolation.FindStringSubmatch(err.Error()); m != nil && strings.HasPrefix(m[1], p.inbox()+".") {
+	} else if m := subscribeViolation.FindStringSubmatch(err.Error()); m != nil && strings.HasPrefix(m[1], inbox+".") {
 		match = func(*watcher) bool { return true }
 		hint := "connect with nats.CustomInboxPrefix(producer.InboxPrefix), the producer role's"
-		if p.inbox() == InboxPrefix {
+		if inbox == InboxPrefix {
 			hint = "this user is not the producer role, which may subscribe there: connect with the producer's credentials"
 		}
 		cause = fmt.Errorf("%w: %w (the NATS server refused this connection's reply inbox %s: %s; the message may have been queued, so publish it again with the same id)",
-			ErrPermission, err, p.inbox(), hint)
+			ErrPermission, err, inbox, hint)
 	} else {
 		return
 	}
-	p.wmu.Lock()
-	defer p.wmu.Unlock()
-	for w := range p.watchers {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	for w := range cw.watchers {
 		if match(w) {
 			w.cancel(cause)
 		}
@@ -262,16 +290,13 @@ func (p *Producer) refused(err error) {
 func (p *Producer) watch(ctx context.Context, match func(subject string) bool) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := &watcher{match: match, cancel: cancel}
-	p.wmu.Lock()
-	if p.watchers == nil {
-		p.watchers = map[*watcher]struct{}{}
-	}
-	p.watchers[w] = struct{}{}
-	p.wmu.Unlock()
+	p.cw.mu.Lock()
+	p.cw.watchers[w] = struct{}{}
+	p.cw.mu.Unlock()
 	return ctx, func() {
-		p.wmu.Lock()
-		delete(p.watchers, w)
-		p.wmu.Unlock()
+		p.cw.mu.Lock()
+		delete(p.cw.watchers, w)
+		p.cw.mu.Unlock()
 		cancel(nil)
 	}
 }
@@ -297,12 +322,12 @@ func mailSubjects(ms ...*Message) func(string) bool {
 	}
 }
 
-// inbox is the connection's reply prefix.
-func (p *Producer) inbox() string {
-	if p.nc.Opts.InboxPrefix == "" {
+// inboxOf is the connection's reply prefix.
+func inboxOf(nc *nats.Conn) string {
+	if nc.Opts.InboxPrefix == "" {
 		return "_INBOX" // nats.go's default
 	}
-	return p.nc.Opts.InboxPrefix
+	return nc.Opts.InboxPrefix
 }
 
 // Limit is the size limit Publish holds account's messages to: the
@@ -518,7 +543,7 @@ func (p *Producer) notQueued(ctx context.Context, err error) error {
 	// New chained was replaced): no acknowledgement could ever arrive,
 	// whatever relay serve does. Said instead of the usual guess, as
 	// nats.go reports it only asynchronously.
-	inbox := p.inbox()
+	inbox := inboxOf(p.nc)
 	if le := p.nc.LastError(); errors.Is(le, nats.ErrPermissionViolation) && strings.Contains(le.Error(), "Subscription to \""+inbox+".") {
 		return fmt.Errorf("%w (the NATS server refused this connection's reply inbox %s: connect with nats.CustomInboxPrefix(producer.InboxPrefix); the message may have been queued, so publish it again with the same id): %v",
 			err, inbox, le)
