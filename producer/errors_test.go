@@ -158,3 +158,29 @@ func TestPublishErrorsTellRetryFromInvalid(t *testing.T) {
 	_, err = p.Publish(dctx, alert("down-1"))
 	check("Publish, server stopped", "timed out", err)
 }
+
+// Publishing on a connection the caller closed fails at once with
+// nats.ErrConnectionClosed and says the connection is closed, not that
+// relay serve may be down or its MAIL stream missing: nothing on the
+// relay's side would help.
+func TestPublishOnClosedConnectionSaysSo(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	nc, err := nats.Connect(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := producer.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	for what, publish := range map[string]func() error{
+		"Publish":      func() error { _, err := p.Publish(ctx, alert("closed-1")); return err },
+		"PublishBatch": func() error { _, err := p.PublishBatch(ctx, []*producer.Message{alert("closed-2")}); return err },
+	} {
+		err := publish()
+		if !errors.Is(err, nats.ErrConnectionClosed) || strings.Contains(err.Error(), "is relay serve running") {
+			t.Errorf("%s on a closed connection: %v; want nats.ErrConnectionClosed, without blaming relay serve", what, err)
+		}
+	}
+}

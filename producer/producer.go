@@ -539,6 +539,10 @@ func (p *Producer) notQueued(ctx context.Context, err error) error {
 	if queue.IsFull(err) {
 		return fmt.Errorf("%w (try again later): %w", ErrQueueFull, err)
 	}
+	if errors.Is(err, nats.ErrConnectionClosed) {
+		// The caller's own doing: relay serve has nothing to do with it.
+		return fmt.Errorf("%w (the NATS connection given to producer.New was closed: connect again and make a new Producer)", err)
+	}
 	// The server refused the connection's reply inbox (and the handler
 	// New chained was replaced): no acknowledgement could ever arrive,
 	// whatever relay serve does. Said instead of the usual guess, as
