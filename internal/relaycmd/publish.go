@@ -246,10 +246,24 @@ func readMessageFile(path string, stdin io.Reader) ([]*message.Message, error) {
 
 // attachment reads path as an attachment, its content type guessed from
 // its extension (mime.TypeByExtension), else application/octet-stream.
+//
+// It reads at most 35 MB and one octet (message.MaxSize): a file larger
+// than that cannot fit in any message once base64-encoded, and a stream
+// that does not end (a FIFO, a device, a log still being written) must
+// not be read into memory until it does.
 func attachment(path string) (message.Attachment, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return message.Attachment{}, cli.Usagef("--attach: %v", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, message.MaxSize+1))
+	if err != nil {
+		return message.Attachment{}, cli.Usagef("--attach: %v", err)
+	}
+	if len(data) > message.MaxSize {
+		return message.Attachment{}, cli.UsageError{Err: fmt.Errorf("--attach %s: %w (reading stopped there)", path,
+			&producer.TooLarge{Size: int64(len(data)), Limit: message.MaxSize, AtLeast: true})}
 	}
 	ct := mime.TypeByExtension(filepath.Ext(path))
 	if ct == "" {

@@ -1,10 +1,12 @@
 package relaycmd_test
 
 import (
+	"context"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"relay365/internal/body"
@@ -15,7 +17,7 @@ import (
 
 // relay publish --attach: a file too large for a NATS message is stored
 // in the body store and the queued message names it; one over 35 MB
-// exits 1 with its size and the limit, and nothing is queued.
+// exits 2 with its size and the limit, and nothing is queued.
 func TestPublishAttachLarge(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
 	dir := t.TempDir()
@@ -62,5 +64,64 @@ func TestPublishAttachLarge(t *testing.T) {
 	}
 	if info, _ := mail.Info(ctx); info.State.Msgs != 1 {
 		t.Errorf("MAIL holds %d messages, want the first only", info.State.Msgs)
+	}
+}
+
+// relay publish --attach reads no more of a file than could fit in a
+// message: a stream that does not end (a FIFO, a device, a log still
+// being written) is refused as too large once it has passed 35 MB,
+// instead of being read into memory until its writer stops, or forever.
+func TestPublishAttachStopsReadingPastTheLimit(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	fifo := filepath.Join(t.TempDir(), "endless.log")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("no FIFO here: %v", err)
+	}
+	// The writer sends 40 MB, past the limit, then holds the FIFO open
+	// without writing more, as a log still being written does.
+	release := make(chan struct{})
+	wrote := make(chan error, 1)
+	go func() {
+		w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			wrote <- err
+			return
+		}
+		defer w.Close()
+		chunk := make([]byte, 1<<20)
+		for range 40 {
+			if _, err := w.Write(chunk); err != nil {
+				break // the reader stopped reading
+			}
+		}
+		<-release
+		wrote <- nil
+	}()
+	type result struct {
+		code        int
+		out, errOut string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errOut := run(t, "publish", "--nats-url", env.URL, "--account", "alerts", "--to", "ops@contoso.com", "--subject", "log", "--attach", fifo)
+		done <- result{code, out, errOut}
+	}()
+	var r result
+	select {
+	case r = <-done:
+		close(release)
+	case <-ctx.Done():
+		t.Errorf("relay publish --attach of a FIFO holding 40 MB was still reading, waiting for its end, when the test's context ended")
+		close(release) // the writer closes: the read ends, to report what it did
+		r = <-done
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if r.code != 2 || !strings.Contains(r.errOut, "over the size limit") {
+		t.Errorf("exit %d, stderr %q; want exit 2, over the size limit", r.code, r.errOut)
+	}
+	if n := queuetest.Msgs(t, context.Background(), env.JS, queue.StreamMail); n != 0 {
+		t.Errorf("MAIL holds %d, want nothing queued", n)
 	}
 }
