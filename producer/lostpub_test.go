@@ -160,3 +160,34 @@ func TestPublishLostWithItsConnectionIsSentAgain(t *testing.T) {
 		t.Fatalf("MAIL holds %d, want 2: the message once", n)
 	}
 }
+
+// Without a deadline on its context, Publish to a server that is gone
+// still ends (JetStream's own default timeout, as the package documents),
+// with context.DeadlineExceeded: the attempts that publish again when an
+// acknowledgement does not come are bounded by the caller's deadline
+// only when there is one.
+func TestPublishWithoutDeadlineToAStoppedServerEnds(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	p, err := producer.New(env.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Publish(ctx, alert("first")); err != nil {
+		t.Fatal(err)
+	}
+	env.Server.Shutdown()
+	env.Server.WaitForShutdown()
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Publish(context.Background(), alert("no-deadline"))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if kind(err) != "timed out" {
+			t.Fatalf("%v (%s), want a timeout", err, kind(err))
+		}
+	case <-ctx.Done():
+		t.Fatal("Publish without a deadline to a stopped server had not returned when the test's context ended")
+	}
+}

@@ -394,8 +394,9 @@ func (p *Producer) lookup(ctx context.Context, account string, now time.Time) ca
 
 // Publish validates m (filling m.ID when empty) and publishes it on
 // mail.send.<account>, retrying with the same id while JetStream is
-// briefly unavailable or an acknowledgement does not come within
-// AttemptTimeout (a connection lost under the publish), until ctx ends.
+// briefly unavailable or (ctx having a deadline) an acknowledgement does
+// not come within AttemptTimeout (a connection lost under the publish),
+// until ctx ends.
 //
 // A message whose JSON is larger than message.InlineMax (256 KiB: large
 // attachments, a big raw message) is rendered here and its content stored
@@ -509,7 +510,8 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 }
 
 // AttemptTimeout bounds the wait for one publish's acknowledgement (a
-// batch's: its commit's) within the caller's context. A publish whose
+// batch's: its commit's) within the caller's context, when that has a
+// deadline. A publish whose
 // connection died under it, before the server read it, is never answered
 // (nats.go sends again only what it buffered while reconnecting), so
 // when no acknowledgement came in time it is published again, under the
@@ -517,8 +519,15 @@ func (p *Producer) PublishBatch(ctx context.Context, ms []*Message) ([]Result, e
 const AttemptTimeout = 5 * time.Second
 
 // attempts runs publish with a context of at most AttemptTimeout, again
-// while one ends without an answer, until ctx ends.
+// while one ends without an answer, until ctx ends. A ctx without a
+// deadline gets one call, as before: JetStream bounds its wait for an
+// acknowledgement by its own default timeout, and the package promises
+// that a NATS server that is down is reported then (retrying until a ctx
+// that never ends ends would never return).
 func attempts[T any](ctx context.Context, publish func(context.Context) (T, error)) (T, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		return publish(ctx)
+	}
 	for {
 		actx, cancel := context.WithTimeout(ctx, AttemptTimeout)
 		r, err := publish(actx)
