@@ -34,7 +34,7 @@
 //
 // Put counts the octets it stores and stops with a *TooLarge past the
 // limit, so a producer learns of an oversized message at once (SMTP 552,
-// relay publish exit 2) and never through a dead letter.
+// exit 1) and never through a dead letter.
 package body
 
 import (

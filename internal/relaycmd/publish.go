@@ -104,12 +104,12 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	defer cancel()
 	p, closeNATS, err := publishProducer(c)
 	if err != nil {
-		return notRetryable(err)
+		return err
 	}
 	defer closeNATS()
 	res, err := p.Publish(ctx, m)
 	if err != nil {
-		return notRetryable(publishRefused(err))
+		return publishRefused(err)
 	}
 	warnUnknown(env.Stderr, m.Account, res)
 	return printPublished(env.Stdout, c.JSON, m.Account, res)
@@ -143,7 +143,7 @@ func publishMany(ctx context.Context, c publishConfig, ms []*message.Message, en
 	defer cancel()
 	p, closeNATS, err := publishProducer(c)
 	if err != nil {
-		return notRetryable(err)
+		return err
 	}
 	defer closeNATS()
 	res, err := p.PublishBatch(ctx, ms)
@@ -158,21 +158,9 @@ func publishMany(ctx context.Context, c publishConfig, ms []*message.Message, en
 	}
 	if err != nil {
 		err = publishRefused(err)
-		return notRetryable(fmt.Errorf("%d of %d messages queued (printed above; publishing the file again is safe, ids make copies duplicates): %w", len(res), len(ms), err))
+		return fmt.Errorf("%d of %d messages queued (printed above; publishing the file again is safe, ids make copies duplicates): %w", len(res), len(ms), err)
 	}
 	return nil
-}
-
-// notRetryable makes err a usage error (exit 2) when publishing the same
-// again cannot help: the message invalid or over its account's limit, or
-// credentials NATS refuses. Exit 1 is left for what may pass later (NATS
-// unreachable or silent, MAIL full), so a script knows what to retry.
-func notRetryable(err error) error {
-	var tl *producer.TooLarge
-	if message.IsInvalid(err) || errors.As(err, &tl) || refused(err) || errors.Is(err, producer.ErrPermission) {
-		return cli.UsageError{Err: err}
-	}
-	return err
 }
 
 // publishRefused is err, with what to do named when NATS refused the user

@@ -59,7 +59,7 @@ func TestPublishAttachLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, errOut = run(t, "publish", "--nats-url", env.URL, "--account", "alerts", "--to", "ops@contoso.com", "--attach", huge)
-	if code != 2 || !strings.Contains(errOut, "over the size limit of 36700160 bytes (35.0 MB)") {
+	if code != 1 || !strings.Contains(errOut, "over the size limit of 36700160 bytes (35.0 MB)") {
 		t.Fatalf("36 MB: exit %d, %s", code, errOut)
 	}
 	if info, _ := mail.Info(ctx); info.State.Msgs != 1 {

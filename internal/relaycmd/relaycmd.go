@@ -90,7 +90,6 @@ Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_AD
 relay serve: every flag also as RELAY_<FLAG> (--smtp-listen: RELAY_SMTP_LISTEN; relay serve -h);
 NATS authentication: ` + queue.ConnectEnv + `.
 Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted;
-relay publish: 2 also for a message or credentials a retry cannot mend, 1 only for what may pass later;
 relay sendmail: sysexits.h (relay sendmail -h).
 `
 

@@ -376,8 +376,8 @@ func TestPublishRefusedByNATS(t *testing.T) {
 	}
 	r := run(t, map[string]string{"RELAY_NATS_URL": rs.URL}, "", "publish", "--nats-nkey", roles.SeedFile(rs.Dir, roles.Tokens),
 		"--account", "alerts", "--to", "ops@contoso.com", "--subject", "x", "--timeout", "15s")
-	if r.code != ExitUsage || !strings.Contains(r.stderr, "Permissions Violation") || !strings.Contains(r.stderr, "nkeys/producer.nk") ||
+	if r.code != ExitFail || !strings.Contains(r.stderr, "Permissions Violation") || !strings.Contains(r.stderr, "nkeys/producer.nk") ||
 		strings.Contains(r.stderr, "deadline exceeded") || strings.Contains(r.stderr, "is relay serve running") {
-		t.Fatalf("exit %d, stderr %q; want exit 2 (retrying cannot help) naming the refusal and the credentials to use, not a timeout", r.code, r.stderr)
+		t.Fatalf("exit %d, stderr %q; want exit 1 naming the refusal and the credentials to use, not a timeout", r.code, r.stderr)
 	}
 }
