@@ -146,7 +146,7 @@ func TestUsageErrors(t *testing.T) {
 		// A file that cannot be used is not a server that is not up yet
 		// (relay serve waited for ever; the others said "is relay serve
 		// running?", exit 1).
-		{"serve nkey file not a seed", []string{"serve", "--roles", "workers", "--nats-url", "nats://127.0.0.1:1", "--nats-nkey", "/dev/null", "--http-addr", "off"}, "--nats-nkey: nkeys: no nkey seed found"},
+		{"serve nkey file not a seed", []string{"serve", "--roles", "workers", "--nats-url", "nats://127.0.0.1:1", "--nats-nkey", "/dev/null", "--http-addr", "off"}, "--nats-nkey /dev/null: nkeys: no nkey seed found"},
 		{"serve creds file not credentials", []string{"serve", "--roles", "workers", "--nats-url", "nats://127.0.0.1:1", "--nats-creds", "/dev/null", "--http-addr", "off"}, "--nats-creds /dev/null: not a NATS credentials file"},
 		{"serve NATS CA file not PEM", []string{"serve", "--roles", "workers", "--nats-url", "nats://127.0.0.1:1", "--nats-tls-ca", "/dev/null", "--http-addr", "off"}, "--nats-tls-ca /dev/null: no PEM certificate in it"},
 		{"publish empty password file", []string{"publish", "--nats-url", "nats://127.0.0.1:1", "--nats-user", "u", "--nats-password-file", "/dev/null", "--account", "alerts", "--to", "a@b.com"}, "--nats-password-file: /dev/null is empty"},
