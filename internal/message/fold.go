@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"mime"
-	"net/url"
 	"strings"
 	"unicode/utf8"
 )
@@ -89,7 +88,7 @@ func attachmentDisposition(filename string) string {
 	if v := mime.FormatMediaType("attachment", map[string]string{"filename": filename}); len("Content-Disposition: ")+len(v) <= lineSoft {
 		return v
 	}
-	enc := strings.ReplaceAll(url.PathEscape(filename), "'", "%27")
+	enc := percentEncode(filename)
 	var parts []string
 	const chunk = 60
 	for i := 0; len(enc) > 0; i++ {
@@ -106,6 +105,28 @@ func attachmentDisposition(filename string) string {
 		enc = enc[n:]
 	}
 	return "attachment;\r\n " + strings.Join(parts, ";\r\n ")
+}
+
+// percentEncode writes s as an RFC 2231 extended value's text: every
+// octet that is not an attribute-char becomes %XX (§4, §7:
+// attribute-char is any US-ASCII CHAR but SPACE, CTLs, "*", "'", "%" and
+// the tspecials of RFC 2045 §5.1). URL escaping is not that: it leaves
+// ':', '=', '@', '+', '$' and '&' as they are, and a bare tspecial ends
+// the parameter, so readers lost the name.
+func percentEncode(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("*'%()<>@,;:\\\"/[]?=", c) >= 0 {
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&0x0f])
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // foldRaw folds a raw header field (name, colon, body, CRLF; possibly

@@ -1,0 +1,334 @@
+package message
+
+import (
+	"bytes"
+	"encoding/base64"
+	"io"
+	"mime"
+	"mime/multipart"
+	"mime/quotedprintable"
+	"net/mail"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The round trip: a JSON message is rendered and the result is read back
+// with independent parsers only (net/mail, mime, mime/multipart, which
+// decodes quoted-printable itself, encoding/base64), never with this
+// package's code. Whatever the producer gave must come back: every
+// recipient with its display name, the subject and every extra header
+// decoded (RFC 2047), the text and HTML (RFC 2045 §6.7; line breaks as
+// CRLF, the canonical form of text, RFC 2046 §4.1.1), every attachment's
+// name (RFC 2231), type and octets (RFC 2045 §6.8). And the rendered
+// message keeps the rules a server holds it to: CRLF line endings only,
+// no line past 998 octets (RFC 5322 §2.1.1), no header line of white
+// space alone (RFC 5322 §3.2.2: a fold never leaves one), no Bcc field
+// (RFC 5322 §3.6.3), 7-bit octets but for non-ASCII addresses (RFC 6532).
+
+var roundTripSender = Sender{Mailbox: "alerts@contoso.com"}
+
+// renderRoundTrip validates and renders m (its From, when given, must be
+// the mailbox: the policy is not what this checks) and compares what the
+// independent parsers read back with m.
+func renderRoundTrip(t *testing.T, m *Message) []byte {
+	t.Helper()
+	if err := m.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	r, err := Render(m, roundTripSender, time.Date(2026, 12, 7, 18, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatalf("Render: %v", err)
+	}
+	checkRoundTrip(t, m, r.Data)
+	return r.Data
+}
+
+func checkRoundTrip(t *testing.T, m *Message, data []byte) {
+	t.Helper()
+	if needsCRLF(data) {
+		t.Fatalf("a bare CR or LF in the rendered message:\n%q", data)
+	}
+	head, _, ok := bytes.Cut(data, []byte("\r\n\r\n"))
+	if !ok {
+		t.Fatalf("no empty line ends the header section:\n%q", data)
+	}
+	for i, l := range strings.Split(string(data), "\r\n") {
+		if len(l) > lineHard {
+			t.Fatalf("line %d is %d octets long (RFC 5322 §2.1.1): %.80q…", i+1, len(l), l)
+		}
+	}
+	asciiAddrs := !slices.ContainsFunc(slices.Concat(m.To, m.Cc, m.ReplyTo, []string{m.From}), func(a string) bool { return !asciiOnly(a) })
+	for i, l := range strings.Split(string(head), "\r\n") {
+		if strings.Trim(l, " \t") == "" {
+			t.Fatalf("header line %d is white space alone (RFC 5322 §3.2.2):\n%s", i+1, head)
+		}
+		if asciiAddrs && !asciiOnly(l) {
+			t.Fatalf("header line %d is not ASCII: %q", i+1, l)
+		}
+	}
+	if asciiAddrs && !asciiOnly(data) {
+		t.Fatalf("8-bit octets in a message that needs none")
+	}
+
+	msg, err := mail.ReadMessage(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("net/mail cannot read the message: %v\n%s", err, data)
+	}
+	if _, ok := msg.Header["Bcc"]; ok {
+		t.Fatalf("a Bcc field in what is sent:\n%s", head)
+	}
+	for _, b := range m.Bcc {
+		a, _ := mail.ParseAddress(b)
+		if !slices.ContainsFunc(slices.Concat(m.To, m.Cc, m.ReplyTo), func(s string) bool { return strings.Contains(s, a.Address) }) &&
+			bytes.Contains(bytes.ToLower(head), []byte(strings.ToLower(a.Address))) {
+			t.Fatalf("the Bcc recipient %s shows in the header section:\n%s", a.Address, head)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		list []string
+	}{{"To", m.To}, {"Cc", m.Cc}, {"Reply-To", m.ReplyTo}} {
+		checkAddressField(t, msg.Header, f.name, f.list)
+	}
+	if m.From != "" {
+		checkAddressField(t, msg.Header, "From", []string{m.From})
+	}
+	dec := new(mime.WordDecoder)
+	checkText := func(field, want string) {
+		t.Helper()
+		if len(msg.Header[field]) != 1 {
+			t.Fatalf("%d %s fields, want 1:\n%s", len(msg.Header[field]), field, head)
+		}
+		got, err := dec.DecodeHeader(msg.Header.Get(field))
+		if err != nil {
+			t.Fatalf("%s %q does not decode: %v", field, msg.Header.Get(field), err)
+		}
+		// A reader drops the white space around a field body (RFC 5322
+		// §3.2.2 makes it FWS); what an encoded-word carries it keeps.
+		if got != want && got != strings.Trim(want, " \t") {
+			t.Fatalf("%s reads back as\n%q\nwant\n%q\nfrom\n%s", field, got, want, head)
+		}
+	}
+	checkText("Subject", m.Subject)
+	for k, v := range m.Headers {
+		checkText(canonical(k), v)
+	}
+
+	ct, params, err := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	if err != nil {
+		t.Fatalf("Content-Type %q: %v", msg.Header.Get("Content-Type"), err)
+	}
+	if len(m.Attachments) == 0 {
+		checkAlternative(t, m, ct, params, msg.Header.Get("Content-Transfer-Encoding"), msg.Body)
+		return
+	}
+	if ct != "multipart/mixed" {
+		t.Fatalf("Content-Type %s with attachments, want multipart/mixed", ct)
+	}
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	first, err := mr.NextPart()
+	if err != nil {
+		t.Fatalf("first part: %v", err)
+	}
+	fct, fparams, err := mime.ParseMediaType(first.Header.Get("Content-Type"))
+	if err != nil {
+		t.Fatalf("first part's Content-Type %q: %v", first.Header.Get("Content-Type"), err)
+	}
+	checkAlternative(t, m, fct, fparams, "", first)
+	for i, a := range m.Attachments {
+		p, err := mr.NextPart()
+		if err != nil {
+			t.Fatalf("attachment %d: %v", i, err)
+		}
+		if got := p.FileName(); got != a.Filename {
+			t.Fatalf("attachment %d's name reads back as %q, want %q\nContent-Disposition: %s", i, got, a.Filename, p.Header.Get("Content-Disposition"))
+		}
+		wantType := "application/octet-stream"
+		if a.ContentType != "" {
+			wantType, _, _ = mime.ParseMediaType(a.ContentType)
+		}
+		if got, _, err := mime.ParseMediaType(p.Header.Get("Content-Type")); err != nil || got != wantType {
+			t.Fatalf("attachment %d's type reads back as %q (%v), want %q", i, got, err, wantType)
+		}
+		if cte := p.Header.Get("Content-Transfer-Encoding"); !strings.EqualFold(cte, "base64") {
+			t.Fatalf("attachment %d's Content-Transfer-Encoding %q", i, cte)
+		}
+		enc, err := io.ReadAll(p)
+		if err != nil {
+			t.Fatalf("attachment %d: %v", i, err)
+		}
+		for _, l := range strings.Split(strings.TrimSuffix(string(enc), "\r\n"), "\r\n") {
+			if len(l) > 76 {
+				t.Fatalf("attachment %d has a base64 line of %d characters (RFC 2045 §6.8)", i, len(l))
+			}
+		}
+		got, err := base64.StdEncoding.DecodeString(strings.ReplaceAll(string(enc), "\r\n", ""))
+		if err != nil || !bytes.Equal(got, a.Data) {
+			t.Fatalf("attachment %d's content reads back as %q (%v), want %q", i, got, err, a.Data)
+		}
+	}
+	if p, err := mr.NextPart(); err != io.EOF {
+		t.Fatalf("a part more than the attachments: %v %v", p, err)
+	}
+}
+
+// checkAddressField: the field holds exactly the addresses of list, with
+// their display names.
+func checkAddressField(t *testing.T, h mail.Header, name string, list []string) {
+	t.Helper()
+	if len(list) == 0 {
+		if _, ok := h[name]; ok && name != "Reply-To" {
+			t.Fatalf("a %s field for no address", name)
+		}
+		return
+	}
+	if len(h[name]) != 1 {
+		t.Fatalf("%d %s fields, want 1", len(h[name]), name)
+	}
+	got, err := h.AddressList(name)
+	if err != nil {
+		t.Fatalf("%s %q does not read back: %v", name, h.Get(name), err)
+	}
+	if len(got) != len(list) {
+		t.Fatalf("%s reads back as %d addresses, want %d", name, len(got), len(list))
+	}
+	for i, s := range list {
+		want, err := mail.ParseAddress(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[i].Address != want.Address || got[i].Name != want.Name {
+			t.Fatalf("%s address %d reads back as %q <%s>, want %q <%s>\n%s: %s", name, i, got[i].Name, got[i].Address, want.Name, want.Address, name, h.Get(name))
+		}
+	}
+}
+
+// checkAlternative reads the text part(s): text/plain, text/html or
+// multipart/alternative of both, as Render writes them.
+func checkAlternative(t *testing.T, m *Message, ct string, params map[string]string, cte string, body io.Reader) {
+	t.Helper()
+	readText := func(what string, r io.Reader) string {
+		t.Helper()
+		b, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return string(b)
+	}
+	switch {
+	case m.Text != "" && m.HTML != "":
+		if ct != "multipart/alternative" {
+			t.Fatalf("Content-Type %s for text and HTML", ct)
+		}
+		mr := multipart.NewReader(body, params["boundary"])
+		for _, want := range []struct{ ct, text string }{{"text/plain", m.Text}, {"text/html", m.HTML}} {
+			p, err := mr.NextPart()
+			if err != nil {
+				t.Fatalf("%s part: %v", want.ct, err)
+			}
+			checkTextPart(t, p.Header.Get("Content-Type"), want.ct)
+			if got := readText(want.ct, p); got != crlfText(want.text) {
+				t.Fatalf("%s reads back as %q, want %q", want.ct, got, crlfText(want.text))
+			}
+		}
+		if _, err := mr.NextPart(); err != io.EOF {
+			t.Fatalf("a third part in multipart/alternative: %v", err)
+		}
+	default:
+		want, text := "text/plain", m.Text
+		if m.HTML != "" {
+			want, text = "text/html", m.HTML
+		}
+		checkTextPart(t, mime.FormatMediaType(ct, params), want)
+		if cte != "" { // the top level: multipart.Reader decodes only parts
+			if !strings.EqualFold(cte, "quoted-printable") {
+				t.Fatalf("Content-Transfer-Encoding %q", cte)
+			}
+			body = quotedprintable.NewReader(body)
+		}
+		if got := readText(want, body); got != crlfText(text) {
+			t.Fatalf("%s reads back as %q, want %q", want, got, crlfText(text))
+		}
+	}
+}
+
+func checkTextPart(t *testing.T, header, want string) {
+	t.Helper()
+	ct, params, err := mime.ParseMediaType(header)
+	if err != nil || ct != want || !strings.EqualFold(params["charset"], "utf-8") {
+		t.Fatalf("Content-Type %q (%v), want %s; charset=utf-8", header, err, want)
+	}
+}
+
+// crlfText is text as a text/* part carries it: every line break CRLF
+// (RFC 2046 §4.1.1), a bare CR or LF included.
+func crlfText(s string) string {
+	s = strings.ReplaceAll(s, "\r\n", "\n")
+	s = strings.ReplaceAll(s, "\r", "\n")
+	return strings.ReplaceAll(s, "\n", "\r\n")
+}
+
+func asciiOnly[T string | []byte](s T) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// roundTripCases are messages a producer may well send: each must come
+// back whole (TestRoundTrip), and each is a seed of FuzzRoundTrip.
+var roundTripCases = []struct {
+	name string
+	m    Message
+}{
+	{"plain", Message{To: []string{"ops@contoso.com"}, Subject: "CPU high on web-3", Text: "load 17.2\n"}},
+	{"display names that need quoting", Message{
+		From:    "Alerts <alerts@contoso.com>",
+		To:      []string{`"Ops, Team" <ops@contoso.com>`, `"Jo \"JJ\" Smith" <jo@contoso.com>`, `"back\\slash" <b@contoso.com>`, `"(paren)" <p@contoso.com>`},
+		Cc:      []string{"Zoë Ünal <zoe@contoso.com>", `"Jörg, Ops (on call)" <j@contoso.com>`, `"東京 \\ 大阪" <t@contoso.com>`},
+		ReplyTo: []string{"oncall@contoso.com"}, Bcc: []string{"boss@contoso.com"},
+		Subject: "s", Text: "t"}},
+	{"emoji and mixed scripts", Message{To: []string{"ops@contoso.com"},
+		Subject: "🔥 Störung: 東京 — Привет مرحبا 🚨🚨", Text: "Grüße 🌍\n", HTML: "<p>東京</p>"}},
+	{"long non-ASCII subject", Message{To: []string{"ops@contoso.com"}, Subject: strings.Repeat("Störung im Rechenzentrum Köln 🔥 ", 40), Text: "x"}},
+	{"Alertmanager's subject", Message{To: []string{"ops@contoso.com"}, Subject: alertmanagerSubject(), Text: "x"}},
+	{"quoted-printable edges", Message{To: []string{"ops@contoso.com"}, Subject: "qp",
+		Text: "trailing space \ntrailing tab\t\n=3D and = signs\n" + strings.Repeat("x", 200) + "\n.\n.leading dot\nFrom here\r\nCRLF\rbare CR\n\n",
+		HTML: "<p style=\"a:b\">" + strings.Repeat("é", 100) + "</p> "}},
+	{"html only", Message{To: []string{"ops@contoso.com"}, Subject: "h", HTML: "<b>x</b>"}},
+	{"no text at all", Message{To: []string{"ops@contoso.com"}, Subject: "empty"}},
+	{"attachments", Message{To: []string{"ops@contoso.com"}, Subject: "graphs", Text: "see graphs",
+		Attachments: []Attachment{
+			{Filename: "graph.png", ContentType: "image/png", Data: bytes.Repeat([]byte{0x89, 'P', 'N', 'G', 0, 1, 2, 255}, 100)},
+			{Filename: "résumé été.pdf", ContentType: "application/pdf", Data: []byte("%PDF-1.7")},
+			{Filename: "a \"quoted\" name;x=y.txt", Data: []byte("q")},
+			{Filename: "empty", Data: nil},
+			{Filename: "東京レポート.csv", ContentType: "text/csv; charset=utf-8", Data: []byte("a,b\r\n")},
+		}}},
+	{"text, html and attachments", Message{To: []string{"ops@contoso.com"}, Subject: "all", Text: "t", HTML: "<p>h</p>",
+		Attachments: []Attachment{{Filename: "x.bin", Data: []byte{0, 1, 2}}}}},
+	// RFC 2231 §7: an extended value is attribute-chars and %XX only; a
+	// ':', '=' or '@' left bare ended the parameter, and the name was lost.
+	// (No '/': readers keep only the last part of a path.)
+	{"long attachment names with specials", Message{To: []string{"ops@contoso.com"}, Subject: "export", Text: "x",
+		Attachments: []Attachment{
+			{Filename: "grafana-export-2026-12-07T18:00:00Z-node=web-3@prod+dashboard$1&2.csv", Data: []byte("a")},
+			{Filename: strings.Repeat("ü=:@,;()<>[]?\"' *%&+$#!~", 4) + ".txt", Data: []byte("b")},
+		}}},
+	{"extra headers", Message{To: []string{"ops@contoso.com"}, Subject: "h", Text: "t",
+		Headers: map[string]string{"X-Alert-Id": "7f3a", "X-Note": "naïve café", "X-Empty": "", "X-Long": strings.Repeat("label=value ", 120)}}},
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, tc := range roundTripCases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := tc.m
+			m.ID, m.Account = "rt", "alerts"
+			renderRoundTrip(t, &m)
+		})
+	}
+}
