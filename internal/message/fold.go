@@ -27,18 +27,47 @@ const (
 // unstructured prepares an unstructured field body (Subject, a producer's
 // header): RFC 2047 encoding where it needs it, and every word that
 // cannot fit a folded line of its own cut into encoded-words.
+//
+// White space between two encoded-words is not part of the text (RFC
+// 2047 §6.2), so a word cut into encoded-words that follows another
+// carries the spaces before it inside its first encoded-word; else two
+// long words read back as one. White space between an encoded-word and
+// plain text is text, and stays as it is.
 func unstructured(s string) string {
-	words := strings.Split(mime.QEncoding.Encode("utf-8", s), " ")
-	for i, w := range words {
-		if len(w) > lineSoft-1 && !isEncodedWord(w) {
-			words[i] = strings.Join(encodedWords(w), " ")
-		}
+	if needsEncoding(s) {
+		// Every word becomes an encoded-word, spaces included ("_").
+		return mime.QEncoding.Encode("utf-8", s)
 	}
-	return strings.Join(words, " ")
+	words := strings.Split(s, " ")
+	out := make([]string, 0, len(words))
+	spaces := 0 // the spaces before the current word, beyond one
+	prevEncoded := false
+	for i, w := range words {
+		if w == "" && i > 0 && i < len(words)-1 {
+			spaces++ // a run of spaces: fold.go keeps it with the next word
+			continue
+		}
+		lead := strings.Repeat(" ", spaces)
+		spaces = 0
+		if len(lead)+len(w) <= lineSoft-1 || w == "" {
+			out = append(out, lead+w)
+			prevEncoded = false
+			continue
+		}
+		if prevEncoded {
+			lead += " " // the separator, which a reader drops between encoded-words
+		}
+		out = append(out, strings.Join(encodedWords(lead+w), " "))
+		prevEncoded = true
+	}
+	return strings.Join(out, " ")
 }
 
-func isEncodedWord(w string) bool {
-	return strings.HasPrefix(w, "=?") && strings.HasSuffix(w, "?=") && len(w) <= maxEncodedLen
+// needsEncoding reports whether s holds an octet an unstructured field
+// cannot carry as it is: a control character but tab, or one above 126
+// (RFC 5322 §3.2.5 text is VCHAR and WSP; RFC 2047 §1).
+func needsEncoding(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return (r < ' ' && r != '\t') || r > '~' }) >= 0
 }
 
 // encodedWords B-encodes s (UTF-8) as encoded-words of at most 75

@@ -319,6 +319,11 @@ var roundTripCases = []struct {
 			{Filename: "grafana-export-2026-12-07T18:00:00Z-node=web-3@prod+dashboard$1&2.csv", Data: []byte("a")},
 			{Filename: strings.Repeat("ü=:@,;()<>[]?\"' *%&+$#!~", 4) + ".txt", Data: []byte("b")},
 		}}},
+	// RFC 2047 §6.2: white space between two encoded-words is not text.
+	// Two long words, each cut into encoded-words, read back as one.
+	{"adjacent long words", Message{To: []string{"ops@contoso.com"}, Text: "x",
+		Subject: strings.Repeat("A", 100) + " " + strings.Repeat("B", 100) + "  " + strings.Repeat("C", 90) + " d " + strings.Repeat("E", 80),
+		Headers: map[string]string{"X-Urls": "https://grafana.contoso.com/d/" + strings.Repeat("x", 80) + " https://prometheus.contoso.com/graph?g0.expr=" + strings.Repeat("y", 80)}}},
 	{"extra headers", Message{To: []string{"ops@contoso.com"}, Subject: "h", Text: "t",
 		Headers: map[string]string{"X-Alert-Id": "7f3a", "X-Note": "naïve café", "X-Empty": "", "X-Long": strings.Repeat("label=value ", 120)}}},
 }
