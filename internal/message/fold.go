@@ -40,25 +40,23 @@ func unstructured(s string) string {
 	}
 	words := strings.Split(s, " ")
 	out := make([]string, 0, len(words))
-	spaces := 0 // the spaces before the current word, beyond one
+	lead := "" // white space before the current word, beyond the space that joins it
 	prevEncoded := false
 	for i, w := range words {
-		if w == "" && i > 0 && i < len(words)-1 {
-			spaces++ // a run of spaces: fold.go keeps it with the next word
+		if strings.Trim(w, "\t") == "" && i < len(words)-1 {
+			lead += w + " " // white space alone: fold.go keeps it with the next word
 			continue
 		}
-		lead := strings.Repeat(" ", spaces)
-		spaces = 0
-		if len(lead)+len(w) <= lineSoft-1 || w == "" {
+		if len(lead)+len(w) <= lineSoft-1 {
 			out = append(out, lead+w)
-			prevEncoded = false
+			prevEncoded, lead = false, ""
 			continue
 		}
 		if prevEncoded {
-			lead += " " // the separator, which a reader drops between encoded-words
+			lead = " " + lead // the separator, which a reader drops between encoded-words
 		}
 		out = append(out, strings.Join(encodedWords(lead+w), " "))
-		prevEncoded = true
+		prevEncoded, lead = true, ""
 	}
 	return strings.Join(out, " ")
 }
@@ -89,22 +87,32 @@ func encodedWords(s string) []string {
 }
 
 // fold writes "name: value" with CRLF, folding at spaces so lines stay
-// within 78 characters where the words allow (RFC 5322 §2.2.3).
+// within 78 characters where the words allow (RFC 5322 §2.2.3). A fold
+// is made only before a word with text in it: white space alone (a run
+// of spaces, tabs) goes with the word after it, or at the end with the
+// one before, so no line is white space alone (RFC 5322 §3.2.2: FWS has
+// one CRLF, and a line of WSP only is the obsolete syntax of §4.2).
 func fold(b *bytes.Buffer, name, value string) {
 	b.WriteString(name)
 	b.WriteByte(':')
 	col := len(name) + 1
+	unit := "" // white space waiting for a word
 	for _, word := range strings.Split(value, " ") {
+		unit += " " + word
+		if strings.Trim(word, " \t") == "" {
+			continue
+		}
 		// Even the first word may go on a line of its own (after the
 		// white space that follows the colon, RFC 5322 §2.2.3).
-		if col+1+len(word) > lineSoft && col > 0 {
+		if col+len(unit) > lineSoft {
 			b.WriteString("\r\n")
 			col = 0
 		}
-		b.WriteByte(' ')
-		b.WriteString(word)
-		col += 1 + len(word)
+		b.WriteString(unit)
+		col += len(unit)
+		unit = ""
 	}
+	b.WriteString(unit)
 	b.WriteString("\r\n")
 }
 

@@ -107,7 +107,7 @@ func checkRoundTrip(t *testing.T, m *Message, data []byte) {
 		}
 		// A reader drops the white space around a field body (RFC 5322
 		// §3.2.2 makes it FWS); what an encoded-word carries it keeps.
-		if got != want && got != strings.Trim(want, " \t") {
+		if got != want && got != strings.Trim(want, " \t") && !sameButFolds(got, want) {
 			t.Fatalf("%s reads back as\n%q\nwant\n%q\nfrom\n%s", field, got, want, head)
 		}
 	}
@@ -174,6 +174,15 @@ func checkRoundTrip(t *testing.T, m *Message, data []byte) {
 	}
 }
 
+// sameButFolds: RFC 5322 §2.2.3 unfolds by removing CRLF alone, but
+// net/textproto (and not only it) makes all the white space around a fold
+// one space; a run of white space where a line was folded may read back
+// as one space.
+func sameButFolds(got, want string) bool {
+	collapse := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	return collapse(got) == collapse(want)
+}
+
 // checkAddressField: the field holds exactly the addresses of list, with
 // their display names.
 func checkAddressField(t *testing.T, h mail.Header, name string, list []string) {
@@ -199,7 +208,7 @@ func checkAddressField(t *testing.T, h mail.Header, name string, list []string) 
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got[i].Address != want.Address || got[i].Name != want.Name {
+		if got[i].Address != want.Address || (got[i].Name != want.Name && !sameButFolds(got[i].Name, want.Name)) {
 			t.Fatalf("%s address %d reads back as %q <%s>, want %q <%s>\n%s: %s", name, i, got[i].Name, got[i].Address, want.Name, want.Address, name, h.Get(name))
 		}
 	}
@@ -324,6 +333,14 @@ var roundTripCases = []struct {
 	{"adjacent long words", Message{To: []string{"ops@contoso.com"}, Text: "x",
 		Subject: strings.Repeat("A", 100) + " " + strings.Repeat("B", 100) + "  " + strings.Repeat("C", 90) + " d " + strings.Repeat("E", 80),
 		Headers: map[string]string{"X-Urls": "https://grafana.contoso.com/d/" + strings.Repeat("x", 80) + " https://prometheus.contoso.com/graph?g0.expr=" + strings.Repeat("y", 80)}}},
+	// RFC 5322 §3.2.2: a fold is CRLF before white space that is
+	// followed by text; two folds in a row (a line of white space alone)
+	// are obsolete syntax (§4.2) that a generator must not write.
+	{"white space only", Message{To: []string{"ops@contoso.com"}, Text: "x", Subject: strings.Repeat(" ", 200),
+		Headers: map[string]string{"X-Tabs": strings.Repeat(" \t", 100), "X-Trailing": "x" + strings.Repeat(" ", 150),
+			"X-Tabs-Long": strings.Repeat(" \t", 600), "X-Tab-Runs": "a" + strings.Repeat(" \t", 600) + "b"}}},
+	{"runs of white space", Message{To: []string{`"a` + strings.Repeat(" ", 200) + `b" <ops@contoso.com>`}, Text: "x",
+		Subject: "a" + strings.Repeat(" ", 300) + "b" + strings.Repeat(" \t ", 60) + "c"}},
 	{"extra headers", Message{To: []string{"ops@contoso.com"}, Subject: "h", Text: "t",
 		Headers: map[string]string{"X-Alert-Id": "7f3a", "X-Note": "naïve café", "X-Empty": "", "X-Long": strings.Repeat("label=value ", 120)}}},
 }
