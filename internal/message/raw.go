@@ -17,8 +17,8 @@ import (
 //     §3.5 allows none);
 //   - the account's From policy applies to the From and Sender fields as
 //     it does to a JSON message's from (docs/office365.md §5);
-//   - Bcc fields are removed (the envelope carries those recipients,
-//     RFC 5322 §3.6.3), as is Return-Path, which only the final delivery
+//   - Bcc and Resent-Bcc fields are removed (the envelope carries those
+//     recipients, RFC 5322 §3.6.3, §3.6.6), as is Return-Path, which only the final delivery
 //     writes (RFC 5321 §4.4);
 //   - Date and Message-ID are added when missing (RFC 5322 §3.6 requires
 //     the one and recommends the other), the Message-ID derived from the
@@ -191,7 +191,7 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 	h := headerWriter{&out}
 	for _, f := range fields {
 		switch canonical(f.name) {
-		case "Bcc", "Return-Path":
+		case "Bcc", "Resent-Bcc", "Return-Path": // RFC 5322 §3.6.3, §3.6.6; RFC 5321 §4.4
 			continue
 		case "From":
 			if rewritten {

@@ -167,3 +167,36 @@ func FuzzRenderRaw(f *testing.F) {
 		}
 	})
 }
+
+// TestRawBlindFieldsRemoved: no blind recipient field reaches what is
+// sent, whatever its case or folding: Bcc (RFC 5322 §3.6.3) and
+// Resent-Bcc, which §3.6.6 says is handled as Bcc is, names recipients
+// the others must not see. The envelope names the recipients.
+func TestRawBlindFieldsRemoved(t *testing.T) {
+	for _, tc := range []struct{ name, field string }{
+		{"Bcc", "Bcc: secret@contoso.com\r\n"},
+		{"lower case, folded", "bcc: a@contoso.com,\r\n secret@contoso.com\r\n"},
+		{"Resent-Bcc", "Resent-Bcc: secret@contoso.com\r\n"},
+		{"RESENT-BCC, folded", "RESENT-BCC:\r\n\tsecret@contoso.com\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := "From: alerts@contoso.com\r\nTo: ops@contoso.com\r\n" +
+				"Resent-From: alerts@contoso.com\r\nResent-Date: Mon, 07 Dec 2026 10:00:00 +0000\r\n" +
+				tc.field + "Subject: s\r\n\r\nbody\r\n"
+			m := &Message{ID: "rb", Account: "alerts", Raw: []byte(raw), To: []string{"ops@contoso.com"}, Bcc: []string{"secret@contoso.com"}}
+			if err := m.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, rawNow)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(bytes.ToLower(r.Data), []byte("bcc")) || bytes.Contains(r.Data, []byte("secret@")) {
+				t.Fatalf("a blind recipient shows in what is sent:\n%s", r.Data)
+			}
+			if !bytes.Contains(r.Data, []byte("Resent-From: alerts@contoso.com\r\n")) {
+				t.Fatalf("another Resent- field was dropped too:\n%s", r.Data)
+			}
+		})
+	}
+}
