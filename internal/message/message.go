@@ -367,16 +367,21 @@ func (m *Message) Recipients() ([]string, error) {
 		if err != nil {
 			return nil, invalid("raw", "not an RFC 5322 message: %v", err)
 		}
+		// Every field of each name, not the first alone (Header.Get):
+		// a second To or Bcc line, or an empty "Bcc:" before a full one,
+		// must not drop recipients.
 		for _, h := range []string{"To", "Cc", "Bcc"} {
-			if msg.Header.Get(h) == "" {
-				continue
-			}
-			list, err := msg.Header.AddressList(h)
-			if err != nil {
-				return nil, invalid("raw", "%s header: %v", h, err)
-			}
-			if err := add("raw", list); err != nil {
-				return nil, err
+			for _, v := range msg.Header[h] {
+				if strings.TrimSpace(v) == "" {
+					continue // "Bcc:" with nobody names no one (RFC 5322 §3.6.3)
+				}
+				list, err := mail.ParseAddressList(v)
+				if err != nil {
+					return nil, invalid("raw", "%s header: %v", h, err)
+				}
+				if err := add("raw", list); err != nil {
+					return nil, err
+				}
 			}
 		}
 		return out, nil

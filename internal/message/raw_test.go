@@ -200,3 +200,25 @@ func TestRawBlindFieldsRemoved(t *testing.T) {
 		})
 	}
 }
+
+// TestRawRecipientsFromEveryField: a raw message whose envelope comes from
+// its header names every recipient of every To, Cc and Bcc field, as
+// relay sendmail -t and sendmail itself read them. RFC 5322 §3.6 allows
+// each once, but a repeated one (two Bcc lines a script appended) is no
+// reason to drop a recipient silently: its Bcc field is removed, so the
+// recipient would not even see it was meant for them.
+func TestRawRecipientsFromEveryField(t *testing.T) {
+	raw := "From: alerts@contoso.com\r\nTo: a@contoso.com\r\nTo: b@contoso.com\r\n" +
+		"Cc: c@contoso.com\r\nCc:\r\n d@contoso.com\r\nBcc:\r\nBcc: e@contoso.com\r\nBCC: f@contoso.com, a@contoso.com\r\nSubject: s\r\n\r\nbody\r\n"
+	m := &Message{ID: "rr", Account: "alerts", Raw: []byte(raw)}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Recipients()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "a@contoso.com b@contoso.com c@contoso.com d@contoso.com e@contoso.com f@contoso.com"; strings.Join(got, " ") != want {
+		t.Fatalf("envelope %q, want %q", got, want)
+	}
+}
