@@ -375,7 +375,7 @@ func (m *Message) Recipients() ([]string, error) {
 				if strings.TrimSpace(v) == "" {
 					continue // "Bcc:" with nobody names no one (RFC 5322 §3.6.3)
 				}
-				list, err := mail.ParseAddressList(v)
+				list, err := parseAddrList(v)
 				if err != nil {
 					return nil, invalid("raw", "%s header: %v", h, err)
 				}
@@ -409,7 +409,7 @@ func ParseAddress(field, s string) (*mail.Address, error) {
 	if err := checkLine(field, s); err != nil {
 		return nil, err
 	}
-	a, err := mail.ParseAddress(s)
+	a, err := parseAddr(s)
 	if err != nil {
 		return nil, invalid(field, "%q is not an address: %v", s, err)
 	}

@@ -222,3 +222,40 @@ func TestRawRecipientsFromEveryField(t *testing.T) {
 		t.Fatalf("envelope %q, want %q", got, want)
 	}
 }
+
+// TestRawLegacyCharsets: mail from Windows tools, NAS boxes and older
+// scripts encodes display names in the charset of its system (RFC 2047
+// §2 allows any registered charset), not UTF-8. Such a name in From, To
+// or Cc must not make the message invalid: the relay reads its address
+// (and, under rewrite, its name) like any other.
+func TestRawLegacyCharsets(t *testing.T) {
+	for _, tc := range []struct{ name, from, to, wantName string }{
+		{"windows-1252", "=?windows-1252?Q?Caf=E9_=80?= <cafe@example.org>", "ops@contoso.com", "Café €"},
+		{"iso-8859-15", "=?ISO-8859-15?Q?J=F6rg_=A4?= <j@example.org>", "=?iso-8859-15?q?S=E9verine?= <s@contoso.com>", "Jörg €"},
+		{"koi8-r", "=?koi8-r?B?8NLJ18XU?= <p@example.org>", "ops@contoso.com", "Привет"},
+		{"iso-2022-jp", "=?ISO-2022-JP?B?GyRCRWw1fhsoQg==?= <t@example.org>", "=?shift_jis?B?k4yLng==?= <tokyo@contoso.com>", "東京"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := "From: " + tc.from + "\r\nTo: " + tc.to + "\r\nSubject: s\r\n\r\nbody\r\n"
+			m := &Message{ID: "cs", Account: "alerts", Raw: []byte(raw)}
+			if err := m.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, rawNow)
+			if err != nil {
+				t.Fatalf("Render: %v", err)
+			}
+			msg, err := mail.ReadMessage(bytes.NewReader(r.Data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			from, err := mail.ParseAddress(msg.Header.Get("From"))
+			if err != nil || from.Name != tc.wantName || from.Address != "alerts@contoso.com" {
+				t.Fatalf("From %q reads back as %v (%v), want %q <alerts@contoso.com>", msg.Header.Get("From"), from, err, tc.wantName)
+			}
+			if len(r.Rcpts) != 1 || !strings.HasSuffix(r.Rcpts[0], "@contoso.com") {
+				t.Fatalf("envelope %q", r.Rcpts)
+			}
+		})
+	}
+}
