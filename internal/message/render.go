@@ -11,6 +11,7 @@ import (
 	"mime/quotedprintable"
 	"net/mail"
 	"net/textproto"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -394,16 +395,33 @@ func joinAddrs(addrs []*mail.Address) string {
 }
 
 // formatAddress writes a as a mailbox (RFC 5322 §3.4). It is
-// mail.Address.String except for one case. String turns a display name
-// that is not all printable ASCII into an encoded-word, and B-encodes it
-// when it holds a character RFC 2047 §5(3) forbids inside an encoded-word
-// in a phrase, but its list of those misses '\'. Q-encoding leaves '\' as
-// it is, and no parser (net/mail included) reads the name back; such a
-// name is B-encoded here, which uses only safe characters.
+// mail.Address.String except for two cases.
+//
+// String turns a display name that is not all printable ASCII into an
+// encoded-word, and B-encodes it when it holds a character RFC 2047 §5(3)
+// forbids inside an encoded-word in a phrase, but its list of those misses
+// '\'. Q-encoding leaves '\' as it is, and no parser (net/mail included)
+// reads the name back; such a name is B-encoded here, which uses only
+// safe characters.
+//
+// String quotes a printable ASCII name whole, and a quoted-string folds
+// only at its spaces: a name with a word too long for a line (a host
+// list, a label set) made a line past 998 (RFC 5322 §2.1.1). Such a name
+// is written as B encoded-words of at most 75 characters instead, which
+// a reader joins back without the spaces between them (RFC 2047 §6.2).
 func formatAddress(a *mail.Address) string {
-	encoded := strings.IndexFunc(a.Name, func(r rune) bool { return (r < ' ' && r != '\t') || r > '~' }) >= 0
-	if !encoded || !strings.ContainsRune(a.Name, '\\') {
-		return a.String()
+	addr := (&mail.Address{Address: a.Address}).String()
+	if a.Name == "" {
+		return addr
 	}
-	return mime.BEncoding.Encode("utf-8", a.Name) + " " + (&mail.Address{Address: a.Address}).String()
+	encoded := strings.IndexFunc(a.Name, func(r rune) bool { return (r < ' ' && r != '\t') || r > '~' }) >= 0
+	s := a.String()
+	if encoded && strings.ContainsRune(a.Name, '\\') {
+		s = mime.BEncoding.Encode("utf-8", a.Name) + " " + addr
+	}
+	name := strings.TrimSuffix(s, " "+addr)
+	if slices.ContainsFunc(strings.Split(name, " "), func(w string) bool { return len(w) > lineSoft-1 }) {
+		return strings.Join(encodedWords(a.Name), " ") + " " + addr
+	}
+	return s
 }

@@ -341,6 +341,11 @@ var roundTripCases = []struct {
 			"X-Tabs-Long": strings.Repeat(" \t", 600), "X-Tab-Runs": "a" + strings.Repeat(" \t", 600) + "b"}}},
 	{"runs of white space", Message{To: []string{`"a` + strings.Repeat(" ", 200) + `b" <ops@contoso.com>`}, Text: "x",
 		Subject: "a" + strings.Repeat(" ", 300) + "b" + strings.Repeat(" \t ", 60) + "c"}},
+	// RFC 5322 §2.1.1: no line past 998. A display name without a space
+	// to fold at (a hostname, a label set) was one quoted word.
+	{"long display names", Message{From: strings.Repeat("N", 1200) + " <alerts@contoso.com>", Text: "x", Subject: "s",
+		To: []string{`"` + strings.Repeat("web-3.prod.contoso.com:9100,", 40) + `" <ops@contoso.com>`, "Short <s@contoso.com>"},
+		Cc: []string{"Ops " + strings.Repeat("é", 600) + " <c@contoso.com>", `"` + strings.Repeat(`\"`, 500) + `" <q@contoso.com>`}}},
 	{"extra headers", Message{To: []string{"ops@contoso.com"}, Subject: "h", Text: "t",
 		Headers: map[string]string{"X-Alert-Id": "7f3a", "X-Note": "naïve café", "X-Empty": "", "X-Long": strings.Repeat("label=value ", 120)}}},
 }
