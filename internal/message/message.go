@@ -423,12 +423,23 @@ func ParseAddress(field, s string) (*mail.Address, error) {
 // envelope (RFC 5321 §4.1.2, MAIL FROM and RCPT TO) has no room for: a
 // quoted local part may hold spaces, angle brackets or line breaks that
 // would end or split the command.
+//
+// An address is also at most 254 octets: a path is at most 256 with its
+// angle brackets (RFC 5321 §4.5.3.1.3), so a longer one can never be
+// sent, and it cannot be folded either (RFC 5322 §2.1.1's 998).
 func deliverable(field, s, addr string) error {
 	if strings.ContainsAny(addr, " <>\"\\\r\n\x00") || !strings.Contains(addr, "@") {
 		return invalid(field, "%q is not a deliverable address", s)
 	}
+	if len(addr) > maxAddress {
+		return invalid(field, "an address of %d octets, longer than SMTP carries (%d, RFC 5321 §4.5.3.1.3): %.40q…", len(addr), maxAddress, addr)
+	}
 	return nil
 }
+
+// maxAddress is the longest address an SMTP path carries: 256 octets
+// with its angle brackets (RFC 5321 §4.5.3.1.3).
+const maxAddress = 254
 
 // CheckID refuses an id that holds a control character (C0, DEL or C1:
 // ESC [ … would drive the terminal of whoever lists dead letters), a

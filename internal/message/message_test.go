@@ -57,6 +57,16 @@ func TestValidate(t *testing.T) {
 			m.Subject, m.Text, m.To = "", "", nil
 			m.Raw = []byte("To: a@b.com\r\nSubject: x\r\n\r\nbody\r\n")
 		}, ""},
+		// RFC 5321 §4.5.3.1.3: a path is at most 256 octets with its
+		// angle brackets; a longer address can be neither sent nor
+		// folded into a header line of 998.
+		{"address longer than SMTP carries", func(m *Message) { m.To = []string{strings.Repeat("a", 1000) + "@contoso.com"} }, "to"},
+		{"long domain in from", func(m *Message) { m.From = "a@" + strings.Repeat("b.", 130) + "com" }, "from"},
+		{"longest address SMTP carries", func(m *Message) { m.To = []string{strings.Repeat("a", 64) + "@" + strings.Repeat("b", 185) + ".com"} }, ""},
+		{"address too long in raw", func(m *Message) {
+			m.Subject, m.Text, m.To = "", "", nil
+			m.Raw = []byte("To: " + strings.Repeat("a", 1000) + "@contoso.com\r\n\r\nbody\r\n")
+		}, "raw"},
 		{"raw without recipients", func(m *Message) {
 			m.Subject, m.Text, m.To = "", "", nil
 			m.Raw = []byte("Subject: x\r\n\r\nbody\r\n")
