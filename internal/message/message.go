@@ -212,6 +212,11 @@ var (
 	headerNameRE = regexp.MustCompile(`^[!-9;-~]+$`)
 )
 
+// maxHeaderName is the longest name of a producer's header field: with
+// ": " it fills a 78-character line (RFC 5322 §2.1.1). A field name
+// cannot be folded, so an unbounded one made a line past 998.
+const maxHeaderName = 76
+
 // reservedHeaders are written by the renderer; a producer may not set them
 // through Headers (they have fields of their own, or must stay ours).
 var reservedHeaders = map[string]bool{
@@ -275,6 +280,9 @@ func (m *Message) Validate() error {
 	for name, value := range m.Headers {
 		if !headerNameRE.MatchString(name) {
 			return invalid("headers", "%q is not a header field name", name)
+		}
+		if len(name) > maxHeaderName {
+			return invalid("headers", "a header field name of %d characters, more than %d: %.40q…", len(name), maxHeaderName, name)
 		}
 		if reservedHeaders[canonical(name)] {
 			return invalid("headers", "%s is set by the relay; use the message field instead", canonical(name))

@@ -67,6 +67,10 @@ func TestValidate(t *testing.T) {
 			m.Subject, m.Text, m.To = "", "", nil
 			m.Raw = []byte("To: " + strings.Repeat("a", 1000) + "@contoso.com\r\n\r\nbody\r\n")
 		}, "raw"},
+		// RFC 5322 §2.1.1: a field name cannot be folded, so a name of
+		// a thousand characters made a line past 998.
+		{"header name too long", func(m *Message) { m.Headers = map[string]string{"X-" + strings.Repeat("n", 1000): "v"} }, "headers"},
+		{"header name as long as a line allows", func(m *Message) { m.Headers = map[string]string{"X-" + strings.Repeat("n", 74): "v"} }, ""},
 		{"raw without recipients", func(m *Message) {
 			m.Subject, m.Text, m.To = "", "", nil
 			m.Raw = []byte("Subject: x\r\n\r\nbody\r\n")
