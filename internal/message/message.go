@@ -19,7 +19,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"net/mail"
 	"net/textproto"
 	"reflect"
@@ -303,7 +302,7 @@ func (m *Message) Validate() error {
 			if err := checkLine(field+".content_type", a.ContentType); err != nil {
 				return err
 			}
-			if _, _, err := mime.ParseMediaType(a.ContentType); err != nil {
+			if _, err := attachmentType(a.ContentType); err != nil {
 				return invalid(field+".content_type", "%v", err)
 			}
 		}

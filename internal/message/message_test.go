@@ -71,6 +71,16 @@ func TestValidate(t *testing.T) {
 		// a thousand characters made a line past 998.
 		{"header name too long", func(m *Message) { m.Headers = map[string]string{"X-" + strings.Repeat("n", 1000): "v"} }, "headers"},
 		{"header name as long as a line allows", func(m *Message) { m.Headers = map[string]string{"X-" + strings.Repeat("n", 74): "v"} }, ""},
+		// An attachment's type is a type/subtype (RFC 2045 §5.1).
+		{"attachment type without a subtype", func(m *Message) {
+			m.Attachments = []Attachment{{Filename: "a", ContentType: "\f0", Data: []byte("x")}}
+		}, "attachments[0].content_type"},
+		{"attachment type with a parameter too long for a line", func(m *Message) {
+			m.Attachments = []Attachment{{Filename: "a", ContentType: "text/plain; x=" + strings.Repeat("y", 1000), Data: []byte("x")}}
+		}, "attachments[0].content_type"},
+		{"attachment type with parameters", func(m *Message) {
+			m.Attachments = []Attachment{{Filename: "a", ContentType: "\tText/CSV ; Charset=\"UTF-8\"; header=present", Data: []byte("x")}}
+		}, ""},
 		{"raw without recipients", func(m *Message) {
 			m.Subject, m.Text, m.To = "", "", nil
 			m.Raw = []byte("Subject: x\r\n\r\nbody\r\n")

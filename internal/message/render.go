@@ -271,12 +271,12 @@ func writeBody(b *bytes.Buffer, m *Message) error {
 	}
 	pw.Write(body)
 	for _, a := range m.Attachments {
-		ct := a.ContentType
-		if ct == "" {
-			ct = "application/octet-stream"
+		ct, err := attachmentType(a.ContentType)
+		if err != nil {
+			return invalid("attachments", "content_type %v", err)
 		}
 		ph := textproto.MIMEHeader{}
-		ph.Set("Content-Type", ct)
+		ph.Set("Content-Type", foldValue("Content-Type", ct))
 		ph.Set("Content-Disposition", attachmentDisposition(a.Filename))
 		ph.Set("Content-Transfer-Encoding", "base64")
 		pw, err := mw.CreatePart(ph)
@@ -286,6 +286,56 @@ func writeBody(b *bytes.Buffer, m *Message) error {
 		writeBase64Lines(pw, a.Data)
 	}
 	return mw.Close()
+}
+
+// attachmentType is the Content-Type an attachment of type ct (a
+// producer's content_type) is sent with: application/octet-stream when
+// ct is empty, else ct written again by mime.FormatMediaType, so what
+// goes into the header is a type/subtype and parameters (RFC 2045 §5.1)
+// with nothing else: ParseMediaType alone passed white space and control
+// characters around them, and a parameter in UTF-8 as 8-bit octets
+// (FormatMediaType writes it as RFC 2231 §4 asks).
+//
+// An attachment is sent base64, which a composite type's body may not be
+// (RFC 2045 §6.4, RFC 2046 §5.2.1: 7bit, 8bit or binary only), and a
+// reader looks inside a multipart or message part for parts and fields
+// it cannot find. Such an attachment (a saved .eml, which relay publish
+// --attach types message/rfc822) goes as application/octet-stream: its
+// name keeps its extension, by which clients open it.
+func attachmentType(ct string) (string, error) {
+	if ct == "" {
+		return "application/octet-stream", nil
+	}
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return "", err
+	}
+	typ, _, ok := strings.Cut(mt, "/")
+	if !ok {
+		return "", fmt.Errorf("%q is not a type/subtype", mt)
+	}
+	if typ == "multipart" || typ == "message" {
+		return "application/octet-stream", nil
+	}
+	out := mime.FormatMediaType(mt, params)
+	if out == "" {
+		return "", fmt.Errorf("%q is not a media type", mt)
+	}
+	for _, l := range strings.Split("Content-Type: "+foldValue("Content-Type", out), "\r\n") {
+		if len(l) > lineHard {
+			return "", fmt.Errorf("a parameter too long for a header line (RFC 5322 §2.1.1)")
+		}
+	}
+	return out, nil
+}
+
+// foldValue is value folded as fold writes it in a field called name,
+// without the name: for a header multipart writes (RFC 5322 §2.2.3).
+func foldValue(name, value string) string {
+	var b bytes.Buffer
+	fold(&b, name, value)
+	v := strings.TrimSuffix(strings.TrimPrefix(b.String(), name+":"), "\r\n")
+	return strings.TrimPrefix(v, " ")
 }
 
 // writeAlternative writes the Content-Type header block and body for the

@@ -142,12 +142,18 @@ func checkRoundTrip(t *testing.T, m *Message, data []byte) {
 		if err != nil {
 			t.Fatalf("attachment %d: %v", i, err)
 		}
-		if got := p.FileName(); got != a.Filename {
-			t.Fatalf("attachment %d's name reads back as %q, want %q\nContent-Disposition: %s", i, got, a.Filename, p.Header.Get("Content-Disposition"))
+		// The parameter itself: Part.FileName keeps only a path's last
+		// element, as a client saving the file would.
+		disp, dparams, err := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+		if err != nil || disp != "attachment" || dparams["filename"] != a.Filename {
+			t.Fatalf("attachment %d's name reads back as %q (%v), want %q\nContent-Disposition: %s", i, dparams["filename"], err, a.Filename, p.Header.Get("Content-Disposition"))
 		}
 		wantType := "application/octet-stream"
 		if a.ContentType != "" {
 			wantType, _, _ = mime.ParseMediaType(a.ContentType)
+		}
+		if strings.HasPrefix(wantType, "multipart/") || strings.HasPrefix(wantType, "message/") {
+			wantType = "application/octet-stream" // sent base64, which a composite type cannot be
 		}
 		if got, _, err := mime.ParseMediaType(p.Header.Get("Content-Type")); err != nil || got != wantType {
 			t.Fatalf("attachment %d's type reads back as %q (%v), want %q", i, got, err, wantType)
@@ -322,7 +328,6 @@ var roundTripCases = []struct {
 		Attachments: []Attachment{{Filename: "x.bin", Data: []byte{0, 1, 2}}}}},
 	// RFC 2231 §7: an extended value is attribute-chars and %XX only; a
 	// ':', '=' or '@' left bare ended the parameter, and the name was lost.
-	// (No '/': readers keep only the last part of a path.)
 	{"long attachment names with specials", Message{To: []string{"ops@contoso.com"}, Subject: "export", Text: "x",
 		Attachments: []Attachment{
 			{Filename: "grafana-export-2026-12-07T18:00:00Z-node=web-3@prod+dashboard$1&2.csv", Data: []byte("a")},
@@ -346,6 +351,18 @@ var roundTripCases = []struct {
 	{"long display names", Message{From: strings.Repeat("N", 1200) + " <alerts@contoso.com>", Text: "x", Subject: "s",
 		To: []string{`"` + strings.Repeat("web-3.prod.contoso.com:9100,", 40) + `" <ops@contoso.com>`, "Short <s@contoso.com>"},
 		Cc: []string{"Ops " + strings.Repeat("é", 600) + " <c@contoso.com>", `"` + strings.Repeat(`\"`, 500) + `" <q@contoso.com>`}}},
+	// RFC 2045 §5.1: the type is written as a header, so it must be one:
+	// no control characters, no 8-bit octets, folded when long.
+	{"attachment types", Message{To: []string{"ops@contoso.com"}, Subject: "types", Text: "x",
+		Attachments: []Attachment{
+			{Filename: "a.csv", ContentType: "\tText/CSV ; Charset=\"UTF-8\"; header=present", Data: []byte("a,b")},
+			{Filename: "b.txt", ContentType: "text/plain; x-note=\"Grüße\"", Data: []byte("b")},
+			{Filename: "c.bin", ContentType: "application/x-thing; a=\"" + strings.Repeat("v ", 60) + "\"; b=" + strings.Repeat("w", 70) + "; c=\"(x)\"", Data: []byte("c")},
+			{Filename: "d.bin", ContentType: "application/octet-stream\f", Data: []byte("d")},
+			// RFC 2045 §6.4: a composite type's body is never base64.
+			{Filename: "saved.eml", ContentType: "message/rfc822", Data: []byte("Subject: x\r\n\r\nhi\r\n")},
+			{Filename: "parts", ContentType: "multipart/mixed; boundary=x", Data: []byte("--x--\r\n")},
+		}}},
 	{"extra headers", Message{To: []string{"ops@contoso.com"}, Subject: "h", Text: "t",
 		Headers: map[string]string{"X-Alert-Id": "7f3a", "X-Note": "naïve café", "X-Empty": "", "X-Long": strings.Repeat("label=value ", 120)}}},
 }
@@ -358,4 +375,54 @@ func TestRoundTrip(t *testing.T) {
 			renderRoundTrip(t, &m)
 		})
 	}
+}
+
+// FuzzRoundTrip: any message that validates renders to one the
+// independent parsers read back whole (checkRoundTrip), for any subject,
+// display name, text, HTML, header value and attachment name, type and
+// content. Seeds: roundTripCases.
+func FuzzRoundTrip(f *testing.F) {
+	for _, tc := range roundTripCases {
+		m := tc.m
+		var hv, fn, ct string
+		var data []byte
+		for _, v := range m.Headers {
+			hv = v
+			break
+		}
+		if len(m.Attachments) > 0 {
+			fn, ct, data = m.Attachments[0].Filename, m.Attachments[0].ContentType, m.Attachments[0].Data
+		}
+		name := ""
+		if len(m.To) > 0 {
+			if a, err := mail.ParseAddress(m.To[0]); err == nil {
+				name = a.Name
+			}
+		}
+		f.Add(m.Subject, name, m.Text, m.HTML, hv, fn, ct, data)
+	}
+	f.Fuzz(func(t *testing.T, subject, name, text, html, header, filename, contentType string, data []byte) {
+		m := &Message{ID: "fz", Account: "alerts", Subject: subject, Text: text, HTML: html,
+			To:      []string{(&mail.Address{Name: name, Address: "ops@contoso.com"}).String()},
+			Cc:      []string{"cc@contoso.com"},
+			Bcc:     []string{"blind@contoso.com"},
+			Headers: map[string]string{"X-Fuzz": header}}
+		if filename != "" {
+			m.Attachments = []Attachment{{Filename: filename, ContentType: contentType, Data: data}}
+		}
+		if err := m.Validate(); err != nil {
+			if !IsInvalid(err) {
+				t.Fatalf("not an *Invalid: %v", err)
+			}
+			return
+		}
+		r, err := Render(m, roundTripSender, time.Unix(0, 0))
+		if err != nil {
+			if !IsInvalid(err) {
+				t.Fatalf("not an *Invalid: %v", err)
+			}
+			return
+		}
+		checkRoundTrip(t, m, r.Data)
+	})
 }
