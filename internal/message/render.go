@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"mime"
 	"mime/multipart"
 	"mime/quotedprintable"
@@ -361,9 +362,7 @@ func writeAlternative(b *bytes.Buffer, m *Message) error {
 			if err != nil {
 				return err
 			}
-			qp := quotedprintable.NewWriter(w)
-			qp.Write([]byte(p.body))
-			qp.Close()
+			writeQP(w, p.body)
 		}
 		return mw.Close()
 	}
@@ -372,8 +371,22 @@ func writeAlternative(b *bytes.Buffer, m *Message) error {
 
 func writeQPPart(b *bytes.Buffer, ct, body string) {
 	fmt.Fprintf(b, "Content-Type: %s\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n", ct)
-	qp := quotedprintable.NewWriter(b)
-	qp.Write([]byte(body))
+	writeQP(b, body)
+}
+
+// writeQP writes text quoted-printable (RFC 2045 §6.7) with every line
+// break CRLF, a bare CR or LF included (RFC 2046 §4.1.1: CRLF is the
+// line break of text). The line breaks are made CRLF before the encoder
+// sees them: quotedprintable.Writer takes an LF after a bare CR for the
+// end of a CRLF when an octet it escapes ("=", 8-bit, a control) comes
+// between them, and drops that line break.
+func writeQP(w io.Writer, text string) {
+	if strings.IndexByte(text, '\r') >= 0 { // without CR, LF alone is a line break the encoder makes CRLF
+		text = strings.ReplaceAll(text, "\r\n", "\n")
+		text = strings.ReplaceAll(text, "\r", "\n")
+	}
+	qp := quotedprintable.NewWriter(w)
+	qp.Write([]byte(text))
 	qp.Close()
 }
 

@@ -314,6 +314,11 @@ var roundTripCases = []struct {
 	{"quoted-printable edges", Message{To: []string{"ops@contoso.com"}, Subject: "qp",
 		Text: "trailing space \ntrailing tab\t\n=3D and = signs\n" + strings.Repeat("x", 200) + "\n.\n.leading dot\nFrom here\r\nCRLF\rbare CR\n\n",
 		HTML: "<p style=\"a:b\">" + strings.Repeat("é", 100) + "</p> "}},
+	// A bare CR ends a line (RFC 2046 §4.1.1 text has CRLF only); a
+	// bare CR, an octet the encoder escapes and then an LF lost the
+	// second line break.
+	{"bare CR before an escaped octet", Message{To: []string{"ops@contoso.com"}, Subject: "cr",
+		Text: "Status:\ré\nnext\r=\nlast\r\x10\n", HTML: "<p>a</p>\r€\n<p>b</p>"}},
 	{"html only", Message{To: []string{"ops@contoso.com"}, Subject: "h", HTML: "<b>x</b>"}},
 	{"no text at all", Message{To: []string{"ops@contoso.com"}, Subject: "empty"}},
 	{"attachments", Message{To: []string{"ops@contoso.com"}, Subject: "graphs", Text: "see graphs",
