@@ -166,10 +166,29 @@ func percentEncode(s string) string {
 	return b.String()
 }
 
+// foldPoint is where a line that begins with line may be folded: the
+// last space or tab that follows text, so the line before the fold holds
+// some (RFC 5322 §3.2.2: a fold is one CRLF before white space; a line of
+// white space alone is the obsolete syntax of §4.2). -1 if there is none.
+func foldPoint(line []byte) int {
+	for i := len(line) - 1; i > 0; i-- {
+		if isWSP(line[i]) && !isWSP(line[i-1]) {
+			if len(bytes.TrimLeft(line[:i], " \t")) == 0 {
+				return -1
+			}
+			return i
+		}
+	}
+	return -1
+}
+
+func isWSP(c byte) bool { return c == ' ' || c == '\t' }
+
 // foldRaw folds a raw header field (name, colon, body, CRLF; possibly
 // already folded) whose physical lines pass 998 characters, at the last
-// space or tab before the limit of each such line. A line without one it
-// cannot fold: false.
+// space or tab before the limit of each such line that follows text
+// (foldPoint), white space past the limit at a line's end dropped. A
+// line without such a place it cannot fold: false.
 func foldRaw(field []byte) ([]byte, bool) {
 	var out []byte
 	rest := field
@@ -180,7 +199,14 @@ func foldRaw(field []byte) ([]byte, bool) {
 			line, next = rest[:i], rest[i+2:]
 		}
 		for len(line) > lineHard {
-			cut := strings.LastIndexAny(string(line[:lineHard]), " \t")
+			if t := bytes.TrimRight(line, " \t"); len(t) <= lineHard {
+				// White space past the limit at the end of a field
+				// carries nothing a reader keeps (RFC 5322 §3.2.2), and
+				// folded it would be a line of white space alone.
+				line = t
+				break
+			}
+			cut := foldPoint(line[:lineHard])
 			if cut <= 0 {
 				return nil, false
 			}

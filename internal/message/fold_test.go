@@ -185,3 +185,50 @@ func TestFoldedInnerHeaderKeepsItsBoundary(t *testing.T) {
 		}
 	}
 }
+
+// TestRawFoldNeverLeavesWhiteSpaceAlone: a raw header line past 998 is
+// folded at white space that text follows and precedes, so neither side
+// of a fold is a line of white space alone (RFC 5322 §3.2.2; §4.2 calls
+// such lines obsolete syntax a generator must not write). White space
+// past the limit at the end of a field carries nothing a reader keeps
+// and goes; a run of white space longer than a line has no fold and
+// the message is refused.
+func TestRawFoldNeverLeavesWhiteSpaceAlone(t *testing.T) {
+	sender := Sender{Mailbox: "alerts@contoso.com"}
+	for _, tc := range []struct {
+		name, value string
+		refused     bool
+	}{
+		{"a long run of spaces inside words", strings.Repeat("w ", 300) + strings.Repeat(" ", 700) + "end", false},
+		{"trailing white space past the limit", "start " + strings.Repeat(" \t", 700), false},
+		{"a run of white space longer than a line", "a" + strings.Repeat(" ", 2000) + "b", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := renderRawString(t, "To: ops@contoso.com\r\nX-Long: "+tc.value+"\r\n\r\nbody\r\n", sender)
+			if tc.refused {
+				if !IsInvalid(err) {
+					t.Fatalf("got %v, want the message refused", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range headerLines(t, []byte(got)) {
+				if len(l) > lineHard {
+					t.Fatalf("a header line of %d octets", len(l))
+				}
+				if strings.Trim(l, " \t") == "" {
+					t.Fatalf("a header line of white space alone (%d octets)", len(l))
+				}
+			}
+			msg, err := mail.ReadMessage(strings.NewReader(got))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v := msg.Header.Get("X-Long"); strings.Join(strings.Fields(v), " ") != strings.Join(strings.Fields(tc.value), " ") {
+				t.Fatalf("X-Long reads back as %.80q…", v)
+			}
+		})
+	}
+}
