@@ -232,3 +232,41 @@ func TestRawFoldNeverLeavesWhiteSpaceAlone(t *testing.T) {
 		})
 	}
 }
+
+// TestStructuredHeadersNeverEncoded: a producer's In-Reply-To and
+// References hold msg-ids, and List-Unsubscribe and the other RFC 2369
+// fields URLs in angle brackets. RFC 2047 §5 allows encoded-words only
+// in text, comments and phrases, never in a msg-id or a URL: a reader
+// takes them as they stand. Office 365's own Message-IDs are about 80
+// characters long, and unsubscribe links longer; they are folded at
+// white space only, never encoded, so threading and one-click
+// unsubscribe keep working.
+func TestStructuredHeadersNeverEncoded(t *testing.T) {
+	exchangeID := "<DM6PR11MB4315F6F1B2B5E8A0C9F3B4A4C8A09A1B@DM6PR11MB4315.namprd11.prod.outlook.com>"
+	headers := map[string]string{
+		"In-Reply-To":      exchangeID,
+		"References":       "<a@contoso.com> " + exchangeID + " " + strings.Replace(exchangeID, "DM6", "BY5", 1),
+		"List-Unsubscribe": "<https://alerts.contoso.com/unsubscribe?list=ops&token=" + strings.Repeat("0123456789abcdef", 5) + ">, <mailto:unsubscribe@contoso.com>",
+		"List-Id":          "Ops alerts <ops-alerts.contoso.com>",
+	}
+	m := &Message{ID: "st", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "s", Text: "x", Headers: headers}
+	data := renderRoundTrip(t, m)
+	msg, err := mail.ReadMessage(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		if got := msg.Header.Get(k); got != v {
+			t.Errorf("%s reads back as\n%q\nwant\n%q", k, got, v)
+		}
+	}
+	for _, bad := range []map[string]string{
+		{"References": "<Störung@contoso.com>"},                               // RFC 2047 §5: no encoded-word in a msg-id
+		{"List-Unsubscribe": "<https://x/" + strings.Repeat("y", 1000) + ">"}, // a word no line holds (RFC 5322 §2.1.1)
+	} {
+		m := &Message{ID: "st", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "s", Text: "x", Headers: bad}
+		if err := m.Validate(); !IsInvalid(err) {
+			t.Errorf("%v: %v, want the header refused", bad, err)
+		}
+	}
+}

@@ -194,7 +194,11 @@ func renderFields(m *Message, from *mail.Address, replyTo []*mail.Address, dated
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		h.field(textproto.CanonicalMIMEHeaderKey(k), unstructured(m.Headers[k]))
+		name, v := textproto.CanonicalMIMEHeaderKey(k), m.Headers[k]
+		if !structuredHeaders[name] {
+			v = unstructured(v)
+		}
+		h.field(name, v)
 	}
 	if err := writeBody(&b, m); err != nil {
 		return nil, err
