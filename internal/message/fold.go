@@ -33,6 +33,10 @@ const (
 // carries the spaces before it inside its first encoded-word; else two
 // long words read back as one. White space between an encoded-word and
 // plain text is text, and stays as it is.
+//
+// A word with "=?" in it is encoded too: a reader decodes text of an
+// encoded-word's form (RFC 2047 §6.1), and "=?utf-8?q?50=25?=" in an
+// alert's subject would have read "50%".
 func unstructured(s string) string {
 	if needsEncoding(s) {
 		// Every word becomes an encoded-word, spaces included ("_").
@@ -47,7 +51,7 @@ func unstructured(s string) string {
 			lead += w + " " // white space alone: fold.go keeps it with the next word
 			continue
 		}
-		if len(lead)+len(w) <= lineSoft-1 {
+		if len(lead)+len(w) <= lineSoft-1 && !strings.Contains(w, "=?") {
 			out = append(out, lead+w)
 			prevEncoded, lead = false, ""
 			continue

@@ -368,6 +368,12 @@ var roundTripCases = []struct {
 			{Filename: "saved.eml", ContentType: "message/rfc822", Data: []byte("Subject: x\r\n\r\nhi\r\n")},
 			{Filename: "parts", ContentType: "multipart/mixed; boundary=x", Data: []byte("--x--\r\n")},
 		}}},
+	// Text that has the form of an encoded-word is read as one (RFC 2047
+	// §6.1); the relay encodes the subject, so such text must come back
+	// as it was written.
+	{"text that looks like encoded-words", Message{To: []string{"ops@contoso.com"}, Text: "x",
+		Subject: "disk at =?utf-8?q?50=25?= =?utf-8?b?Zm9v?= on x=?y?=z",
+		Headers: map[string]string{"X-Expr": "rate(x[5m]) =?iso-8859-1?q?=E9?= > 0"}}},
 	{"extra headers", Message{To: []string{"ops@contoso.com"}, Subject: "h", Text: "t",
 		Headers: map[string]string{"X-Alert-Id": "7f3a", "X-Note": "naïve café", "X-Empty": "", "X-Long": strings.Repeat("label=value ", 120)}}},
 }
