@@ -185,6 +185,13 @@ func renderFields(m *Message, from *mail.Address, replyTo []*mail.Address, dated
 	if err := h.addrList("Cc", m.Cc); err != nil {
 		return nil, err
 	}
+	if len(m.To) == 0 && len(m.Cc) == 0 {
+		// Blind recipients alone: an empty group in To says so (RFC
+		// 5322 §3.6.3 and the group syntax of §3.4), as sendmail and
+		// Postfix write it; a message without any destination field is
+		// what spam filters score (MISSING_HEADERS) into the junk folder.
+		h.field("To", "undisclosed-recipients:;")
+	}
 	h.field("Subject", unstructured(m.Subject))
 	dated(h)
 	h.field("MIME-Version", "1.0")

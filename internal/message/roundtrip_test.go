@@ -194,6 +194,14 @@ func sameButFolds(got, want string) bool {
 func checkAddressField(t *testing.T, h mail.Header, name string, list []string) {
 	t.Helper()
 	if len(list) == 0 {
+		if name == "To" && h.Get("Cc") == "" {
+			// Blind recipients alone: an empty group says so (RFC 5322
+			// §3.6.3, §3.4), and the message is not without a destination.
+			if got, err := h.AddressList("To"); err != nil || len(got) != 0 || !strings.HasSuffix(h.Get("To"), ":;") {
+				t.Fatalf("To %q (%v) for blind recipients alone, want an empty group", h.Get("To"), err)
+			}
+			return
+		}
 		if _, ok := h[name]; ok && name != "Reply-To" {
 			t.Fatalf("a %s field for no address", name)
 		}
@@ -374,6 +382,7 @@ var roundTripCases = []struct {
 	{"text that looks like encoded-words", Message{To: []string{"ops@contoso.com"}, Text: "x",
 		Subject: "disk at =?utf-8?q?50=25?= =?utf-8?b?Zm9v?= on x=?y?=z",
 		Headers: map[string]string{"X-Expr": "rate(x[5m]) =?iso-8859-1?q?=E9?= > 0"}}},
+	{"blind recipients alone", Message{Bcc: []string{"a@contoso.com", "b@contoso.com"}, Subject: "bcc", Text: "x"}},
 	{"extra headers", Message{To: []string{"ops@contoso.com"}, Subject: "h", Text: "t",
 		Headers: map[string]string{"X-Alert-Id": "7f3a", "X-Note": "naïve café", "X-Empty": "", "X-Long": strings.Repeat("label=value ", 120)}}},
 }
