@@ -407,9 +407,10 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.O
 	info := &jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: ChunkSize}}, Bucket: Bucket, NUID: id}
 	h := sha256.New()
 	var acks []jetstream.PubAckFuture
-	// wait waits for every chunk published so far (so that a purge
-	// after a failure comes after them all) and returns the first error.
-	wait := func() error {
+	// waitIn waits (until ctx ends) for every chunk published so far,
+	// so that a purge after a failure comes after them all, and returns
+	// the first error.
+	waitIn := func(ctx context.Context) error {
 		var first error
 		for _, a := range acks {
 			select {
@@ -423,11 +424,17 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.O
 		acks = acks[:0]
 		return first
 	}
+	wait := func() error { return waitIn(ctx) }
 	fail := func(err error) (*jetstream.ObjectInfo, error) {
+		// The chunks in flight land (or fail) before Put returns, even
+		// when ctx has ended: what a failed Put leaves is then all there
+		// when it returns, for the purge below or the sweep.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), failWait)
+		_ = waitIn(wctx)
+		cancel()
 		if s.storeOnly {
 			return nil, err // the sweep removes the chunks
 		}
-		_ = wait()
 		_ = s.stream.Purge(context.WithoutCancel(ctx), jetstream.WithPurgeSubject(subj))
 		return nil, err
 	}
@@ -476,6 +483,9 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.O
 	}
 	return info, nil
 }
+
+// failWait bounds a failed Put's wait for its chunks in flight.
+const failWait = 10 * time.Second
 
 // Names lists the bodies stored before cutoff.
 func (s *Store) Names(ctx context.Context, cutoff time.Time) ([]string, error) {
