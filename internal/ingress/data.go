@@ -309,7 +309,7 @@ func (ss *session) check(helo string, raw []byte) (checked, result, error) {
 	}
 	acct := ss.acct
 	if acct == nil {
-		if from, err := mail.ParseAddress(hdr.Header.Get("From")); err == nil {
+		if from, err := message.ReadAddress(hdr.Header.Get("From")); err == nil {
 			if acct, err = ss.pick(from.Address); err != nil {
 				return checked{}, resultNotAllowed, err
 			}

@@ -459,6 +459,12 @@ func TestReplies(t *testing.T) {
 		c := f.login("alertmanager", alertsPassword)
 		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, "From: billing@contoso.com\r\nTo: ops@contoso.com\r\n\r\nx\r\n"), 550, "5.7.1")
 	})
+	t.Run("the From field, its name in a legacy charset, is an account the producer may not use: 550 5.7.1", func(t *testing.T) {
+		// Read as any RFC 2047 charset: not taken for no From, and sent
+		// through the producer's first account.
+		c := f.login("alertmanager", alertsPassword)
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, "From: =?windows-1252?Q?Caf=E9_=80?= <billing@contoso.com>\r\nTo: ops@contoso.com\r\n\r\nx\r\n"), 550, "5.7.1")
+	})
 	t.Run("the account's From policy refuses the From: 550 5.7.1", func(t *testing.T) {
 		c := f.login("alertmanager", alertsPassword)
 		// The envelope picks account strict (policy reject), whose mailbox is not the From.
@@ -538,7 +544,7 @@ func TestReplies(t *testing.T) {
 	if n := len(f.queued()); n != 0 {
 		t.Fatalf("%d messages queued by refused transactions", n)
 	}
-	for result, want := range map[string]float64{"not_allowed": 3, "too_large": 1, "invalid": 2, "unavailable": 1, "full": 1} {
+	for result, want := range map[string]float64{"not_allowed": 4, "too_large": 1, "invalid": 2, "unavailable": 1, "full": 1} {
 		if n := ingressCount(t, f.reg, "alertmanager", result) + ingressCount(t, f.reg, "ghost", result); n != want {
 			t.Errorf("relay_ingress_messages_total{result=%q} = %v, want %v", result, n, want)
 		}

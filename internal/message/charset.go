@@ -38,3 +38,12 @@ func parseAddr(s string) (*mail.Address, error) { return addressParser.Parse(s) 
 // parseAddrList parses an address list (mail.ParseAddressList) whatever
 // the charsets of its encoded display names.
 func parseAddrList(s string) ([]*mail.Address, error) { return addressParser.ParseList(s) }
+
+// ReadAddress is mail.ParseAddress for a header field as it came (the
+// SMTP front door's From): an encoded display name in any registered
+// charset, and no other rule of this package.
+func ReadAddress(s string) (*mail.Address, error) { return parseAddr(s) }
+
+// ReadAddressList is mail.ParseAddressList as ReadAddress is
+// mail.ParseAddress (relay sendmail's To, Cc, Bcc and -f).
+func ReadAddressList(s string) ([]*mail.Address, error) { return parseAddrList(s) }

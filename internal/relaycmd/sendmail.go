@@ -623,15 +623,15 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 // qualifying addresses without a domain with domain when that is what
 // keeps them from parsing.
 func parseAddresses(s, domain string) ([]*mail.Address, error) {
-	list, err := mail.ParseAddressList(s)
+	list, err := message.ReadAddressList(s)
 	if err == nil {
 		return list, nil
 	}
 	if domain != "" {
-		if list, err := mail.ParseAddressList(qualify(s, domain)); err == nil {
+		if list, err := message.ReadAddressList(qualify(s, domain)); err == nil {
 			return list, nil
 		}
-	} else if _, err := mail.ParseAddressList(qualify(s, "relay365.invalid")); err == nil {
+	} else if _, err := message.ReadAddressList(qualify(s, "relay365.invalid")); err == nil {
 		return nil, fmt.Errorf("%q has no domain: set RELAY_SENDMAIL_DOMAIN or give --domain (root becomes root@DOMAIN), or give a full address", s)
 	}
 	return nil, fmt.Errorf("%q: %v", s, err)
@@ -781,8 +781,8 @@ func tidyHeader(raw []byte, domain string) []byte {
 		rest = rest[end:]
 		if domain != "" && addressFields[textproto.CanonicalMIMEHeaderKey(string(name))] {
 			v := strings.TrimSpace(strings.ReplaceAll(string(value), "\r\n", ""))
-			if _, err := mail.ParseAddressList(v); err != nil {
-				if list, err := mail.ParseAddressList(qualify(v, domain)); err == nil {
+			if _, err := message.ReadAddressList(v); err != nil {
+				if list, err := message.ReadAddressList(qualify(v, domain)); err == nil {
 					writeAddressField(&out, string(name), list)
 					continue
 				}

@@ -276,6 +276,9 @@ func TestBuildSendmail(t *testing.T) {
 		}),
 			in: "To: ops@contoso.com, root\nCc: Audit <audit@fabrikam.com>\nBcc: secret@fabrikam.com\nBcc:\nSubject: x\n\nbody\n",
 			to: []string{"ops@contoso.com", "root@contoso.com", "audit@fabrikam.com", "secret@fabrikam.com", "extra@fabrikam.com"}},
+		{name: "-t with display names in legacy charsets", c: cfg(func(c *sendmailConfig) { c.FromHeader = true }),
+			in: "From: =?windows-1252?Q?Caf=E9_=80?= <cafe@contoso.com>\nTo: =?iso-8859-15?Q?=A4_Ops?= <ops@contoso.com>\nCc: =?koi8-r?B?8NLJ18XU?= <audit@fabrikam.com>\n\nx\n",
+			to: []string{"ops@contoso.com", "audit@fabrikam.com"}, rawHas: "From: =?windows-1252?Q?Caf=E9_=80?= <cafe@contoso.com>\r\n"},
 		{name: "-f and -F add a From line", c: cfg(func(c *sendmailConfig) {
 			c.Sender, c.FullName, c.Rcpts = "smartd", "SMART Daemon", []string{"ops@contoso.com"}
 		}),
