@@ -821,3 +821,23 @@ func TestRefusedRecipientCountsThoseAcceptedBefore(t *testing.T) {
 		})
 	}
 }
+
+// TestParseReplyEnhancedCodeOnAnyLine: RFC 2034 §4 puts the enhanced code
+// on every line of a multiline reply; go-smtp's server writes it on the
+// last line only. Either way the reply has it.
+func TestParseReplyEnhancedCodeOnAnyLine(t *testing.T) {
+	for _, c := range []struct {
+		text, msg string
+		ec        smtp.EnhancedCode
+	}{
+		{"5.2.0 quota\n5.2.0 diagnostic", "quota\ndiagnostic", smtp.EnhancedCode{5, 2, 0}},
+		{"quota\n5.2.0 diagnostic", "quota\ndiagnostic", smtp.EnhancedCode{5, 2, 0}},
+		{"first\nsecond", "first\nsecond", smtp.EnhancedCode{}},
+		{"4.3.2 first\nsecond", "first\nsecond", smtp.EnhancedCode{}}, // the class is not 5: not an enhanced code
+	} {
+		e := ParseReply(554, c.text)
+		if e.EnhancedCode != c.ec || (c.ec != smtp.EnhancedCode{} && e.Message != c.msg) {
+			t.Errorf("ParseReply(554, %q) = %v %q, want %v %q", c.text, e.EnhancedCode, e.Message, c.ec, c.msg)
+		}
+	}
+}

@@ -9,19 +9,36 @@ import (
 // ParseReply turns a reply's code and text (lines joined by "\n", codes
 // removed) into an *smtp.SMTPError, taking the enhanced status code off the
 // front of the text where there is one (RFC 2034 §4: "5.7.3 Authentication
-// unsuccessful"). RFC 2034 puts the code on every line of a multiline
-// reply; the repeats are removed from the message too.
+// unsuccessful"). RFC 2034 §4 puts the code on every line of a multiline
+// reply, but servers differ: go-smtp (and so the fake Office 365) writes it
+// on the last line only. The code is therefore taken from the first line
+// that starts with one, and removed from every line that repeats it.
 func ParseReply(code int, text string) *smtp.SMTPError {
 	e := &smtp.SMTPError{Code: code, Message: text}
-	first, rest, _ := strings.Cut(text, " ")
-	ec, ok := parseEnhanced(first)
-	if !ok || ec[0] != code/100 {
-		// RFC 3463 §2: the class repeats the reply's first digit; a
-		// code that does not is not an enhanced status code.
+	lines := strings.Split(text, "\n")
+	var code3 string
+	for _, l := range lines {
+		first, _, _ := strings.Cut(l, " ")
+		ec, ok := parseEnhanced(first)
+		if ok && ec[0] == code/100 {
+			// RFC 3463 §2: the class repeats the reply's first
+			// digit; a code that does not is not an enhanced
+			// status code.
+			e.EnhancedCode, code3 = ec, first
+			break
+		}
+	}
+	if code3 == "" {
 		return e
 	}
-	e.EnhancedCode = ec
-	e.Message = strings.ReplaceAll(rest, "\n"+first+" ", "\n")
+	for i, l := range lines {
+		if l == code3 {
+			lines[i] = ""
+		} else {
+			lines[i] = strings.TrimPrefix(l, code3+" ")
+		}
+	}
+	e.Message = strings.Join(lines, "\n")
 	return e
 }
 
