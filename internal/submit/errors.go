@@ -9,6 +9,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relay365/internal/smtpclient"
+	"relay365/internal/termsafe"
 )
 
 // Class is what a failed SMTP exchange means for the sender, decided once,
@@ -122,11 +123,15 @@ func Classify(stage string, err error) *SMTPError {
 	if !errors.As(err, &se) {
 		return e // network errors, timeouts, TLS failures: temporary
 	}
-	e.Code, e.Text = se.Code, se.Message
+	e.Code = se.Code
 	if ec := se.EnhancedCode; ec != smtp.NoEnhancedCode && ec != smtp.EnhancedCodeNotSet {
 		e.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
 	}
-	e.Class = ClassifyReply(e.Code, e.Enhanced, e.Text)
+	e.Class = ClassifyReply(e.Code, e.Enhanced, se.Message)
+	// Decided on the whole text; what the error prints (the dead
+	// letter, /status, the logs) is one bounded line the server cannot
+	// use to drive a terminal. Err is still the reply as it came.
+	e.Text = ReplyText(se.Message)
 	beforeMail := stage == "dial" || stage == "tls" || stage == "auth"
 	switch {
 	case e.Code == 530 && !beforeMail:
@@ -161,6 +166,21 @@ func Classify(stage string, err error) *SMTPError {
 		e.Class = ClassConfig
 	}
 	return e
+}
+
+// MaxReplyText is the most of a reply's text an SMTPError keeps, in bytes.
+// A reply line is at most 512 octets (RFC 5321 §4.5.3.1.5), but a
+// multi-line reply has no limit, and the text goes into every log line,
+// the pause reason on /status and dead letters.
+const MaxReplyText = 512
+
+// ReplyText is a reply's text as the relay keeps it: the lines of a
+// multi-line reply (RFC 5321 §4.2.1) joined by spaces, control characters
+// (ESC, BEL, C1, bidirectional overrides) written as visible escapes, and
+// at most MaxReplyText bytes. The text is the server's, and before
+// STARTTLS anyone on the path writes it.
+func ReplyText(s string) string {
+	return termsafe.Shorten(termsafe.Line(strings.ReplaceAll(strings.TrimSpace(s), "\n", " ")), MaxReplyText)
 }
 
 // ClassifyReply maps an SMTP reply to its class (docs/office365.md §4).
