@@ -33,3 +33,27 @@ func TestMultilineQuotaReplyPausesTheAccount(t *testing.T) {
 	}
 	h.waitFor("delivery after the pause", func() bool { return h.delivered()["multi"] == 1 })
 }
+
+// TestQuotaReplyWithAnotherClassDigitPausesTheAccount: an enhanced code
+// whose class (its first digit) disagrees with the basic code still names
+// the condition (RFC 3463 §3: the subject and detail); the basic code
+// decides whether it is permanent (RFC 5321 §4.2.1). "554 4.2.0 ...
+// SubmissionQuotaExceeded" is a spent quota: the account pauses, the mail
+// is not dead-lettered.
+func TestQuotaReplyWithAnotherClassDigitPausesTheAccount(t *testing.T) {
+	h := newHarness(t, setup{})
+	a := h.enroll("digit", "digit@contoso.com", "digit.onmicrosoft.com", nil)
+	h.fake.SetNextDataReply(1, &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{4, 2, 0},
+		Message: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception"})
+	h.publishMsg(msgFor(a.Alias, "id-digit", "digit"))
+	h.waitFor("the pause or a dead letter", func() bool {
+		return h.metric("relay_account_pauses_total", "account", a.Alias) >= 1 || len(h.deadLetters(a.Alias)) > 0
+	})
+	if dls := h.deadLetters(a.Alias); len(dls) > 0 {
+		t.Fatalf("a spent quota dead-lettered the message: class %s, reason %q", dls[0].Class, dls[0].Reason)
+	}
+	if n := h.metric("relay_account_pauses_total", "account", a.Alias, "class", string(submit.ClassQuota)); n != 1 {
+		t.Fatalf("%v quota pauses, want 1 (status %+v)", n, h.lane(a.Alias))
+	}
+	h.waitFor("delivery after the pause", func() bool { return h.delivered()["digit"] == 1 })
+}

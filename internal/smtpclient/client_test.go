@@ -833,7 +833,7 @@ func TestParseReplyEnhancedCodeOnAnyLine(t *testing.T) {
 		{"5.2.0 quota\n5.2.0 diagnostic", "quota\ndiagnostic", smtp.EnhancedCode{5, 2, 0}},
 		{"quota\n5.2.0 diagnostic", "quota\ndiagnostic", smtp.EnhancedCode{5, 2, 0}},
 		{"first\nsecond", "first\nsecond", smtp.EnhancedCode{}},
-		{"4.3.2 first\nsecond", "first\nsecond", smtp.EnhancedCode{}}, // the class is not 5: not an enhanced code
+		{"4.2.0 first\nsecond", "first\nsecond", smtp.EnhancedCode{4, 2, 0}}, // another class digit: kept as written
 	} {
 		e := ParseReply(554, c.text)
 		if e.EnhancedCode != c.ec || (c.ec != smtp.EnhancedCode{} && e.Message != c.msg) {

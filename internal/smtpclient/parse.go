@@ -19,11 +19,12 @@ func ParseReply(code int, text string) *smtp.SMTPError {
 	var code3 string
 	for _, l := range lines {
 		first, _, _ := strings.Cut(l, " ")
-		ec, ok := parseEnhanced(first)
-		if ok && ec[0] == code/100 {
-			// RFC 3463 §2: the class repeats the reply's first
-			// digit; a code that does not is not an enhanced
-			// status code.
+		if ec, ok := parseEnhanced(first); ok {
+			// Kept even when its class (2, 4, 5) is not the basic
+			// code's first digit, as RFC 3463 §2 wants it to be:
+			// the subject and detail still name the condition, and
+			// the caller lets the basic code decide permanence
+			// (RFC 5321 §4.2.1).
 			e.EnhancedCode, code3 = ec, first
 			break
 		}

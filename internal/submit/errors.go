@@ -69,6 +69,18 @@ func (e *SMTPError) Error() string {
 
 func (e *SMTPError) Unwrap() error { return e.Err }
 
+// condition is the enhanced code with its class taken from the basic
+// code: "5.2.0" for "554 4.2.0". RFC 3463 §2 wants the class to repeat
+// the basic code's first digit; where a server's does not, its subject
+// and detail still name the condition (§3), and the basic code decides
+// whether it is permanent (RFC 5321 §4.2.1). "" when there is none.
+func (e *SMTPError) condition() string {
+	if e.Enhanced == "" || e.Code < 400 || e.Code >= 600 {
+		return e.Enhanced
+	}
+	return fmt.Sprint(e.Code/100) + e.Enhanced[1:]
+}
+
 // Reply is the server's reply line as Office 365 wrote it, "" if none.
 func (e *SMTPError) Reply() string {
 	if e.Code == 0 {
@@ -127,7 +139,7 @@ func Classify(stage string, err error) *SMTPError {
 	if ec := se.EnhancedCode; ec != smtp.NoEnhancedCode && ec != smtp.EnhancedCodeNotSet {
 		e.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
 	}
-	e.Class = ClassifyReply(e.Code, e.Enhanced, se.Message)
+	e.Class = ClassifyReply(e.Code, e.condition(), se.Message)
 	// Decided on the whole text; what the error prints (the dead
 	// letter, /status, the logs) is one bounded line the server cannot
 	// use to drive a terminal. Err is still the reply as it came.
@@ -146,7 +158,7 @@ func Classify(stage string, err error) *SMTPError {
 	}
 	if stage == "rcpt" {
 		switch {
-		case e.Code == 552 && e.Enhanced == "5.3.4":
+		case e.Code == 552 && e.condition() == "5.3.4":
 			// Message too big (RFC 3463 §3.4), against the SIZE this
 			// recipient takes: permanent for this message.
 		case e.Code == 552:

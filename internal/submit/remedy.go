@@ -6,29 +6,29 @@ import "fmt"
 // log line, /status and authtool. mailbox is the sending mailbox.
 func Remedy(e *SMTPError, mailbox string) string {
 	switch {
-	case e.Code == 535 && e.Enhanced == "5.7.139":
+	case e.Code == 535 && e.condition() == "5.7.139":
 		return fmt.Sprintf("SMTP AUTH is disabled for the tenant or mailbox. An Exchange admin enables it with: "+
 			"Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false "+
 			"(and, if the tenant default is off: Set-TransportConfig -SmtpClientAuthenticationDisabled $false)", mailbox)
 	case e.Class == ClassAuth:
 		return "the mailbox refused the token: check that the signed-in user is " + mailbox +
 			", that the app has the SMTP.Send delegated permission (SMTP.SendAsApp and a mailbox permission for app-only), and re-run authtool login"
-	case e.Code == 421 && e.Enhanced == "4.7.66":
+	case e.Code == 421 && e.condition() == "4.7.66":
 		return "the server wants TLS 1.2 or newer"
 	case e.Class == ClassConfig && e.Code == 0:
 		return "check the account's SMTP address and CA file"
 	case e.Class == ClassConfig:
 		return "the server refused the XOAUTH2 exchange: check the account's SMTP host (smtp.office365.com:587 for Exchange Online)"
-	case e.Enhanced == "5.7.60" || e.Enhanced == "5.2.252":
+	case e.condition() == "5.7.60" || e.condition() == "5.2.252":
 		return fmt.Sprintf("%s may not send as this From: use from policy rewrite, or grant SendAs with Add-RecipientPermission", mailbox)
 	case e.Class == ClassQuota:
 		return "the mailbox is over its sending limit (10,000 recipients a day, 30 messages a minute); mail waits for the window"
-	case e.Class == ClassAccount && e.Enhanced != "5.2.2":
+	case e.Class == ClassAccount && e.condition() != "5.2.2":
 		return fmt.Sprintf("Microsoft restricted %s from sending (suspected outbound spam): check that the account is not compromised, "+
 			"then an admin releases it on the Microsoft 365 Defender Restricted entities page; its mail waits", mailbox)
 	case e.Class == ClassAccount: // 5.2.2
 		return "the sending mailbox is full: empty its Sent Items or raise its quota"
-	case e.Class == ClassTenant && (e.Enhanced == "5.7.233" || e.Enhanced == "5.7.232"):
+	case e.Class == ClassTenant && (e.condition() == "5.7.233" || e.condition() == "5.7.232"):
 		return "the tenant reached its daily limit of external recipients (tenant external recipient rate limit); the tenant's mail waits for the 24-hour window"
 	case e.Class == ClassTenant:
 		return "Microsoft blocked the tenant or its outbound IP: see the Microsoft 365 Defender restricted entities page, or ask Microsoft support to lift the block"
