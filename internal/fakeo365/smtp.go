@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -85,24 +86,26 @@ type submission struct {
 
 // mailState is the SMTP half of the Server state, guarded by Server.mu.
 type mailState struct {
-	sendAs        map[string]map[string]bool // mailbox → addresses it may send as
-	authDisabled  map[string]bool            // tenant → SMTP AUTH off
-	quotaExceeded map[string]bool            // mailbox → quota switch on
-	failData      int
-	dropData      int
-	nextReply     map[stage]*injected // stage → reply for the next n commands of that stage
-	delayData     int                 // the next n ends of DATA wait delayFor
-	delayFor      time.Duration
-	random        *rand.Rand // SetRandomFaults; nil when off
-	randomFail    float64
-	randomDrop    float64
-	sessions      map[string]int          // mailbox → authenticated connections
-	authed        map[*session]struct{}   // the authenticated sessions themselves
-	history       map[string][]submission // mailbox → accepted in the last 24h
-	messages      []Message
-	accepted      int           // messages accepted, kept or not (Config.CountOnly)
-	msgSignal     chan struct{} // closed and replaced whenever a message is captured
-	replies       map[string]int
+	sendAs          map[string]map[string]bool // mailbox → addresses it may send as
+	authDisabled    map[string]bool            // tenant → SMTP AUTH off
+	quotaExceeded   map[string]bool            // mailbox → quota switch on
+	failData        int
+	dropData        int
+	nextReply       map[stage]*injected // stage → reply for the next n commands of that stage
+	authChallenge   int                 // the next n XOAUTH2 exchanges get the JSON error challenge
+	challengeStatus string              // its "status"
+	delayData       int                 // the next n ends of DATA wait delayFor
+	delayFor        time.Duration
+	random          *rand.Rand // SetRandomFaults; nil when off
+	randomFail      float64
+	randomDrop      float64
+	sessions        map[string]int          // mailbox → authenticated connections
+	authed          map[*session]struct{}   // the authenticated sessions themselves
+	history         map[string][]submission // mailbox → accepted in the last 24h
+	messages        []Message
+	accepted        int           // messages accepted, kept or not (Config.CountOnly)
+	msgSignal       chan struct{} // closed and replaced whenever a message is captured
+	replies         map[string]int
 }
 
 func newMailState() mailState {
@@ -531,11 +534,18 @@ func badText(data []byte) string {
 // xoauth2Server accepts both forms: the response on the AUTH line, or an
 // empty "334 " challenge followed by the response.
 type xoauth2Server struct {
-	sess     *session
-	prompted bool
+	sess       *session
+	prompted   bool
+	challenged bool // sent the JSON error challenge (SetNextAuthChallenge)
 }
 
 func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
+	if x.challenged {
+		// The client's answer to the error challenge (RFC 7628
+		// §3.2.3: a dummy response; Google's XOAUTH2: empty), which
+		// the server does not read: the final reply is the failure.
+		return nil, false, x.sess.srv.reject(x.sess.srv.replyAuthFailed())
+	}
 	if response == nil && !x.prompted {
 		x.prompted = true
 		return []byte{}, false, nil
@@ -547,6 +557,10 @@ func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
 	user, token, err := ParseXOAUTH2(response)
 	if err != nil {
 		return nil, false, x.sess.srv.reject(replyBadXOAUTH2)
+	}
+	if status := x.sess.srv.takeAuthChallenge(); status != "" {
+		x.challenged = true
+		return authChallenge(status), false, nil
 	}
 	if err := x.sess.authenticate(user, token); err != nil {
 		return nil, false, err
@@ -629,6 +643,33 @@ func (s *Server) SetNextMailReply(n int, reply *smtp.SMTPError) { s.inject(stage
 // message was read, before any other policy: for every end-of-DATA reply of
 // docs/office365.md §4 the fake has no switch of its own for.
 func (s *Server) SetNextDataReply(n int, reply *smtp.SMTPError) { s.inject(stageData, n, reply) }
+
+// SetNextAuthChallenge makes the next n AUTH XOAUTH2 exchanges refuse the
+// token the way Gmail and Dovecot do, not Office 365 (docs/office365.md
+// §1.3): a 334 whose text is base64 JSON {"status":status,"schemes":
+// "bearer","scope":...} (RFC 7628 §3.2.2), then, after the client's
+// answer, 535 5.7.3. status is "401" (the token is not valid) or "400"
+// (the request was not); n = 0 clears it.
+func (s *Server) SetNextAuthChallenge(n int, status string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.authChallenge, s.challengeStatus = n, status
+}
+
+func (s *Server) takeAuthChallenge() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !takeOne(&s.authChallenge) {
+		return ""
+	}
+	return s.challengeStatus
+}
+
+// authChallenge is the error challenge of RFC 7628 §3.2.2.
+func authChallenge(status string) []byte {
+	b, _ := json.Marshal(map[string]string{"status": status, "schemes": "bearer", "scope": "https://outlook.office.com/SMTP.Send"})
+	return b
+}
 
 func (s *Server) inject(st stage, n int, reply *smtp.SMTPError) {
 	s.mu.Lock()
