@@ -17,7 +17,8 @@ func TestStatusPageEscapes(t *testing.T) {
 		Alias: "a", Mailbox: "a@contoso.com", SMTP: "smtp.office365.com:587", Auth: "OAuth2 delegated (XOAUTH2)",
 		TokenState: "needs_consent", TokenExpiry: now.Add(-2 * time.Minute),
 		LastError: `<script>alert(1)</script>`, Remedy: `run "authtool login" & <b>retry</b>`,
-		Delivery: &relay.LaneStatus{Account: "a", Bound: true, ConnLimit: 3, RcptLimit: 100},
+		Delivery: &relay.LaneStatus{Account: "a", Bound: true, ConnLimit: 3, RcptLimit: 100,
+			Paused: true, PauseClass: "config", PauseReason: "smtp auth: 535 5.7.139", PauseRemedy: "Set-CASMailbox <x>"},
 	}}}}
 	var b strings.Builder
 	if err := statusPage.Execute(&b, page); err != nil {
@@ -29,7 +30,7 @@ func TestStatusPageEscapes(t *testing.T) {
 			t.Errorf("page contains unescaped %q", bad)
 		}
 	}
-	for _, want := range []string{"&lt;script&gt;alert(1)&lt;/script&gt;", "2m0s ago", "smtp.office365.com:587", "100 recipients a message (452 4.5.3)", `class="state needs_consent"`} {
+	for _, want := range []string{"&lt;script&gt;alert(1)&lt;/script&gt;", "2m0s ago", "smtp.office365.com:587", "100 recipients a message (452 4.5.3)", `class="state needs_consent"`, "Remedy: Set-CASMailbox &lt;x&gt;"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("page lacks %q", want)
 		}

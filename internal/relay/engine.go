@@ -355,6 +355,7 @@ type LaneStatus struct {
 	Paused      bool      `json:"paused"`
 	PauseClass  string    `json:"pause_class,omitempty"`
 	PauseReason string    `json:"pause_reason,omitempty"`
+	PauseRemedy string    `json:"pause_remedy,omitempty"` // what a person does about an SMTP reply that paused it (submit.Remedy)
 	PausedUntil time.Time `json:"next_probe,omitzero"`
 	ConnLimit   int       `json:"connection_limit"`
 	InFlight    int       `json:"in_flight"` // messages fetched and not yet accepted: sending, or prepared and waiting for a session

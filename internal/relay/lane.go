@@ -131,6 +131,7 @@ type pauseState struct {
 	since    time.Time // on the engine's clock
 	class    Class
 	reason   string
+	remedy   string    // what a person does about it (submit.Remedy), "" when the error says nothing of it
 	until    time.Time // on the engine's clock: next probe
 	count    int       // pauses since the last resume, for the probe schedule
 	kind     probe
@@ -699,12 +700,17 @@ func (l *lane) probeSession() error {
 // probe schedule. hint is a wait the condition itself announced.
 func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool) {
 	now := l.e.clock.Now()
+	remedy := ""
+	var se *submit.SMTPError
+	if errors.As(err, &se) {
+		remedy = submit.Remedy(se, l.account().Mailbox) // before l.mu: account takes it
+	}
 	l.mu.Lock()
 	if l.p.on && !fromProbe {
 		l.mu.Unlock()
 		return
 	}
-	p := pauseState{on: true, since: l.p.since, class: class, reason: err.Error(), count: l.p.count + 1, kind: probeFor(class), unwatch: l.p.unwatch}
+	p := pauseState{on: true, since: l.p.since, class: class, reason: err.Error(), remedy: remedy, count: l.p.count + 1, kind: probeFor(class), unwatch: l.p.unwatch}
 	if !l.p.on {
 		p.since = now
 	}
@@ -735,9 +741,8 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 	l.e.metrics.setPaused(l.alias, class) // a probe may find another cause
 	l.e.metrics.pauses.WithLabelValues(l.alias, string(class)).Inc()
 	ev := l.log.Warn().Str("class", string(class)).Err(err).Time("next_probe", p.until)
-	var se *submit.SMTPError
-	if errors.As(err, &se) {
-		ev = ev.Int("smtp_code", se.Code).Str("remedy", submit.Remedy(se, l.account().Mailbox))
+	if se != nil {
+		ev = ev.Int("smtp_code", se.Code).Str("remedy", p.remedy)
 	}
 	ev.Msg("account paused: its mail stays queued")
 }
@@ -938,7 +943,7 @@ func (l *lane) status() LaneStatus {
 		InFlight: l.msgs,
 	}
 	if l.p.on {
-		st.PauseClass, st.PauseReason, st.PausedUntil = string(l.p.class), l.p.reason, l.p.until
+		st.PauseClass, st.PauseReason, st.PauseRemedy, st.PausedUntil = string(l.p.class), l.p.reason, l.p.remedy, l.p.until
 	}
 	l.mu.Unlock()
 	st.Sessions = l.pool.Size()
