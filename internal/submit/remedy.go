@@ -1,11 +1,24 @@
 package submit
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Remedy says what a person does about a failed SMTP exchange, for the
 // log line, /status and authtool. mailbox is the sending mailbox.
 func Remedy(e *SMTPError, mailbox string) string {
 	switch {
+	case e.Code == 535 && e.condition() == "5.7.139" && strings.Contains(e.Text, "did not meet the criteria"):
+		// Exchange Online tells its 5.7.139 refusals apart by the text
+		// only (Microsoft, "Troubleshoot SMTP AUTH client submission").
+		return fmt.Sprintf("a Microsoft Entra conditional access policy refused the sign-in of %s for SMTP AUTH: "+
+			"an admin checks the sign-in logs for the policy and excludes the mailbox or the app from it", mailbox)
+	case e.Code == 535 && e.condition() == "5.7.139" && strings.Contains(e.Text, "security defaults"):
+		return fmt.Sprintf("the tenant's security defaults block SMTP AUTH for %s: an admin turns security defaults off "+
+			"in Microsoft Entra ID (and protects sign-ins with conditional access instead)", mailbox)
+	case e.Code == 535 && e.condition() == "5.7.139" && strings.Contains(e.Text, "locked"):
+		return fmt.Sprintf("the account %s is locked: an admin unlocks it (or lets the lockout expire) in Microsoft Entra ID", mailbox)
 	case e.Code == 535 && e.condition() == "5.7.139":
 		return fmt.Sprintf("SMTP AUTH is disabled for the tenant or mailbox. An Exchange admin enables it with: "+
 			"Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false "+
