@@ -62,7 +62,10 @@ func (e *SMTPError) RecipientLimit() int {
 
 func (e *SMTPError) Error() string {
 	if e.Code == 0 {
-		return fmt.Sprintf("smtp %s: %v", e.Stage, e.Err)
+		// No reply, but the error may quote what came instead
+		// (net/textproto puts an unreadable line in its message):
+		// kept like a reply's text.
+		return fmt.Sprintf("smtp %s: %s", e.Stage, ReplyText(e.Err.Error()))
 	}
 	return fmt.Sprintf("smtp %s: %s", e.Stage, e.Reply())
 }

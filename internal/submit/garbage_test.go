@@ -1,0 +1,56 @@
+package submit_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"relay365/internal/submit"
+	"relay365/internal/termsafe"
+)
+
+// TestUnreadableReplyIsBoundedAndClean: a line that is no SMTP reply (a
+// greeting that does not start with a code, here what someone on the
+// path writes before STARTTLS) is quoted by net/textproto in its error.
+// What the SMTPError prints (the log line, the pause reason on /status,
+// a dead letter) is one bounded line without control characters, as a
+// reply's text is.
+func TestUnreadableReplyIsBoundedAndClean(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte("\x1b]0;owned\x07\x1b[2J" + strings.Repeat("y", 64<<10) + "\r\n"))
+		// Read until the client hangs up.
+		buf := make([]byte, 512)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: ln.Addr().String()}, "alerts@contoso.com", "token")
+	var se *submit.SMTPError
+	if !errors.As(err, &se) || se.Class != submit.ClassTransient {
+		t.Fatalf("want a transient SMTP error, got %v", err)
+	}
+	msg := err.Error()
+	if i := termsafe.Index(msg); i >= 0 {
+		t.Errorf("the error holds a control character at %d: %q", i, msg[max(0, i-20):min(len(msg), i+20)])
+	}
+	if len(msg) > 1024 {
+		t.Errorf("the error is %d bytes long", len(msg))
+	}
+}
