@@ -114,6 +114,7 @@ type Client struct {
 	w      *bufio.Writer
 	cfg    Config
 	ext    map[string]string // EHLO keywords (upper case) → parameters
+	lim    *replyLimit       // bounds what one reply may bring in
 	dirty  bool              // a transaction may be open: RSET first (RFC 5321 §4.1.1.5)
 	broken bool              // closed: out of step with the server, or gone
 }
@@ -193,7 +194,8 @@ func newClient(conn net.Conn, cfg Config) *Client {
 
 func (c *Client) setConn(conn net.Conn) {
 	c.conn = conn
-	c.br = bufio.NewReader(conn)
+	c.lim = &replyLimit{r: conn, n: maxReplyBytes}
+	c.br = bufio.NewReader(c.lim)
 	c.r = textproto.NewReader(c.br)
 	c.w = bufio.NewWriter(conn)
 	c.ext = nil
@@ -588,6 +590,7 @@ func (r reply) err() *smtp.SMTPError { return ParseReply(r.code, r.text) }
 // reply reads one (possibly multiline) reply (RFC 5321 §4.2.1). A
 // malformed reply or a network error is an *Error without a reply.
 func (c *Client) reply(name string) (reply, error) {
+	c.lim.n = maxReplyBytes
 	code, text, err := c.r.ReadResponse(0) // 0: any code; the caller decides
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -598,6 +601,37 @@ func (c *Client) reply(name string) (reply, error) {
 		return reply{}, c.lost(name, err)
 	}
 	return reply{code: code, text: text}, nil
+}
+
+// maxReplyBytes bounds what the connection may bring in while one reply
+// is read. A reply line is at most 512 octets (RFC 5321 §4.5.3.1.5) and
+// Office 365's longest reply, EHLO's, is a few hundred bytes; net/textproto
+// reads a line of any length, so without a bound a server, or someone on
+// the path before STARTTLS, could send one line until the command timeout
+// and have it all held in memory. Bytes read ahead (pipelined replies
+// that follow) count too, which a group of maxGroup short replies is far
+// from filling.
+const maxReplyBytes = 64 << 10
+
+// errReplyTooLong ends a reply past maxReplyBytes.
+var errReplyTooLong = fmt.Errorf("reply longer than %d bytes", maxReplyBytes)
+
+// replyLimit is the connection's reader with a budget that reply renews.
+type replyLimit struct {
+	r io.Reader
+	n int
+}
+
+func (l *replyLimit) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errReplyTooLong
+	}
+	if len(p) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= n
+	return n, err
 }
 
 func durationOr(d, def time.Duration) time.Duration {

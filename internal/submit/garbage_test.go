@@ -54,3 +54,39 @@ func TestUnreadableReplyIsBoundedAndClean(t *testing.T) {
 		t.Errorf("the error is %d bytes long", len(msg))
 	}
 }
+
+// TestEndlessReplyIsRefused: a server (or someone on the path before
+// STARTTLS) that sends a reply line with no end is not read into memory
+// until the command timeout: past a bound the reply is refused and the
+// connection closed. The command timeout here is long, so only the bound
+// ends the exchange before the test's deadline.
+func TestEndlessReplyIsRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("220-")); err != nil {
+			return
+		}
+		chunk := []byte(strings.Repeat("y", 32<<10))
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = (&submit.Transport{CommandTimeout: time.Hour}).Dial(ctx, submit.Endpoint{Addr: ln.Addr().String()}, "alerts@contoso.com", "token")
+	var se *submit.SMTPError
+	if !errors.As(err, &se) || se.Class != submit.ClassTransient || !strings.Contains(err.Error(), "longer than") {
+		t.Fatalf("want a transient error about a reply too long, got %v", err)
+	}
+}
