@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"net"
 	"os"
@@ -191,5 +192,85 @@ func TestNoAuthBelowTLS12(t *testing.T) {
 	_ = send(current) // the recorder's replies are no real SMTP; only what it received matters
 	if lines := current.received(); !authed(lines) {
 		t.Fatalf("control: a TLS 1.2 server with the trusted certificate got no AUTH: %q", lines)
+	}
+}
+
+// TestEchoedTokenIsNotKept: a server that quotes the client's AUTH
+// response in its refusal (some answer an unexpected line with
+// "unrecognized: <line>") must not put the bearer token, or the base64
+// response that carries it, into the error: it goes to the logs, /status
+// and dead letters.
+func TestEchoedTokenIsNotKept(t *testing.T) {
+	ca, err := pki.NewCA("echo CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		var c net.Conn = conn
+		r := bufio.NewReader(c)
+		write := func(l string) { c.Write([]byte(l + "\r\n")) }
+		write("220 echo ESMTP")
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			line = strings.TrimRight(line, "\r\n")
+			switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); {
+			case cmd == "EHLO":
+				write("250-echo")
+				write("250-STARTTLS")
+				write("250 AUTH XOAUTH2")
+			case cmd == "STARTTLS":
+				write("220 go ahead")
+				tc := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+				if tc.Handshake() != nil {
+					return
+				}
+				c, r = tc, bufio.NewReader(tc)
+			case cmd == "AUTH" && len(strings.Fields(line)) == 2:
+				write("334 ")
+			case cmd == "QUIT":
+				write("221 bye")
+				return
+			default:
+				write("535 5.7.3 Authentication unsuccessful, unrecognized response " + line)
+			}
+		}
+	}()
+	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
+	var se *submit.SMTPError
+	if !errors.As(err, &se) || se.Class != submit.ClassAuth {
+		t.Fatalf("want an auth error, got %v", err)
+	}
+	resp := base64.StdEncoding.EncodeToString(submit.XOAUTH2Response("alerts@contoso.com", token))
+	for _, text := range []string{err.Error(), se.Text, se.Reply()} {
+		if strings.Contains(text, resp[:40]) || strings.Contains(text, "c2VjcmV0c2VjcmV0") {
+			t.Fatalf("the error keeps the token: %.200s", text)
+		}
+	}
+	if !strings.Contains(err.Error(), "535 5.7.3 Authentication unsuccessful") {
+		t.Fatalf("the reply itself is lost: %v", err)
 	}
 }

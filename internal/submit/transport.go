@@ -88,7 +88,7 @@ func (t *Transport) Dial(ctx context.Context, ep Endpoint, user, token string) (
 	}
 	if err := c.Auth(ctx, NewXOAUTH2(user, token)); err != nil {
 		c.Close()
-		return nil, Classify("auth", err)
+		return nil, scrubAuth(Classify("auth", err), user, token)
 	}
 	return &Session{c: c, ep: ep, user: user, token: token, lastUsed: time.Now()}, nil
 }

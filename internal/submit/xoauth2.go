@@ -1,6 +1,13 @@
 package submit
 
-import "github.com/emersion/go-sasl"
+import (
+	"encoding/base64"
+	"errors"
+	"strings"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
 
 // XOAUTH2 is the SASL mechanism Office 365 takes for OAuth2 on SMTP
 // (docs/office365.md §1; the format is Google's, which Microsoft adopted).
@@ -36,4 +43,71 @@ func (c *xoauth2Client) Start() (string, []byte, error) {
 // an empty response and then sends the final error reply.
 func (c *xoauth2Client) Next(challenge []byte) ([]byte, error) {
 	return []byte{}, nil
+}
+
+// scrubAuth takes out of a refusal of AUTH whatever the server quoted of
+// the client's response: a server that answers a line it did not expect
+// with "unrecognized: <line>" would otherwise put the bearer token, in
+// base64, into the error, and from there into the logs, /status and dead
+// letters. Any run of token characters that shares minEcho bytes with the
+// response (base64) or the token becomes "[redacted]".
+func scrubAuth(e *SMTPError, user, token string) *SMTPError {
+	if e.Code == 0 || token == "" {
+		return e
+	}
+	secrets := []string{base64.StdEncoding.EncodeToString(XOAUTH2Response(user, token)), token}
+	text := redactEchoes(e.Text, secrets)
+	if text != e.Text {
+		e.Text = text
+		var se *smtp.SMTPError
+		if errors.As(e.Err, &se) {
+			e.Err = &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: text}
+		}
+	}
+	return e
+}
+
+// minEcho is the shortest quote of a secret that is redacted: long
+// enough that a host name in Office 365's reply ("[SN4PR0601CA0003...]")
+// never matches by chance, short enough that a quote cut off anywhere is
+// caught.
+const minEcho = 16
+
+func redactEchoes(text string, secrets []string) string {
+	var b strings.Builder
+	for i := 0; i < len(text); {
+		j := i
+		for j < len(text) && tokenByte(text[j]) {
+			j++
+		}
+		if j == i {
+			b.WriteByte(text[i])
+			i++
+			continue
+		}
+		run := text[i:j]
+		if quotes(run, secrets) {
+			b.WriteString("[redacted]")
+		} else {
+			b.WriteString(run)
+		}
+		i = j
+	}
+	return b.String()
+}
+
+// tokenByte: base64, base64url and a JWT's dots.
+func tokenByte(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("+/=-_.", c) >= 0
+}
+
+func quotes(run string, secrets []string) bool {
+	for k := 0; k+minEcho <= len(run); k++ {
+		for _, s := range secrets {
+			if strings.Contains(s, run[k:k+minEcho]) {
+				return true
+			}
+		}
+	}
+	return false
 }
