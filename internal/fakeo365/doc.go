@@ -49,6 +49,7 @@
 // injected per stage (SetNextAuthReply, SetNextMailReply, SetNextDataReply);
 // SetNextAuthChallenge refuses a token with the JSON error challenge of
 // RFC 7628 §3.2.2 (Gmail's and Dovecot's way, not Office 365's);
+// LoseNextReply accepts a message and closes before the 250;
 // DelayNextData makes a slow server; SetRandomFaults draws 451s and dropped
 // connections from a seeded generator for load tests; RevokeMailbox kills
 // one mailbox's tokens (refresh and, as continuous access evaluation does,

@@ -91,6 +91,7 @@ type mailState struct {
 	quotaExceeded   map[string]bool            // mailbox → quota switch on
 	failData        int
 	dropData        int
+	loseReply       int                 // LoseNextReply
 	nextReply       map[stage]*injected // stage → reply for the next n commands of that stage
 	authChallenge   int                 // the next n XOAUTH2 exchanges get the JSON error challenge
 	challengeStatus string              // its "status"
@@ -342,7 +343,23 @@ func (ss *session) Data(r io.Reader) error {
 		}
 		s.dataHeld.Add(-1)
 	}
-	return s.submit(Message{Mailbox: ss.user, From: ss.from, To: slices.Clone(ss.to), Data: data, Conn: ss.id})
+	if err := s.submit(Message{Mailbox: ss.user, From: ss.from, To: slices.Clone(ss.to), Data: data, Conn: ss.id}); err != nil {
+		return err
+	}
+	if s.takeLoseReply() {
+		// Accepted, and the connection ends before the 250 leaves:
+		// the client cannot know the message went.
+		ss.conn.Conn().Close()
+		s.log.Info().Str("user", ss.user).Msg("SMTP DATA: accepted, reply lost (fault injected)")
+		return errDropped
+	}
+	return nil
+}
+
+func (s *Server) takeLoseReply() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return takeOne(&s.loseReply)
 }
 
 func (s *Server) takeDrop() bool {
@@ -628,6 +645,15 @@ func (s *Server) DropNextData(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dropData = n
+}
+
+// LoseNextReply makes the next n ends of DATA accept the message (it is
+// captured and counted) and then close the connection before the 250 is
+// sent: the one case where a client cannot tell whether its message went.
+func (s *Server) LoseNextReply(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loseReply = n
 }
 
 // SetNextAuthReply makes the next n AUTH XOAUTH2 exchanges answer reply
