@@ -334,6 +334,12 @@ func (e *Engine) hasLane(alias string) bool {
 // pauseTenant pauses every account of tenant: Microsoft blocked the
 // tenant, IP or sender, so its other mailboxes would meet the same reply.
 func (e *Engine) pauseTenant(tenant string, class Class, err error) {
+	if multiTenant(tenant) {
+		// Not a tenant: accounts of unrelated organisations may share
+		// it. The account that met the reply paused itself; the
+		// others find a block of their own with their own mail.
+		return
+	}
 	e.mu.Lock()
 	var same []*lane
 	for _, l := range e.lanes {
@@ -345,6 +351,17 @@ func (e *Engine) pauseTenant(tenant string, class Class, err error) {
 	for _, l := range same {
 		l.pause(class, err, 0, false)
 	}
+}
+
+// multiTenant reports whether an account's tenant names the multi-tenant
+// endpoints of the identity platform (docs/office365.md §2.1) rather than
+// one organisation.
+func multiTenant(tenant string) bool {
+	switch strings.ToLower(tenant) {
+	case "common", "organizations", "consumers":
+		return true
+	}
+	return false
 }
 
 // LaneStatus is one account's delivery state, for /status and tests. It
