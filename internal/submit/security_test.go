@@ -274,3 +274,88 @@ func TestEchoedTokenIsNotKept(t *testing.T) {
 		t.Fatalf("the reply itself is lost: %v", err)
 	}
 }
+
+// TestXOAUTH2SecondChallengeCancels: RFC 7628 §3.2.3 has the server send
+// its error challenge once; the client answers it, and the server ends
+// the exchange with a failure. A server that challenges again gets "*"
+// (RFC 4954 §4), not empty answers until the command timeout.
+func TestXOAUTH2SecondChallengeCancels(t *testing.T) {
+	ca, err := pki.NewCA("loop CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	answers := make(chan int, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		var c net.Conn = conn
+		r := bufio.NewReader(c)
+		write := func(l string) { c.Write([]byte(l + "\r\n")) }
+		challenge := base64.StdEncoding.EncodeToString([]byte(`{"status":"401","schemes":"bearer","scope":"https://outlook.office.com/SMTP.Send"}`))
+		inAuth, empty := false, 0
+		defer func() { answers <- empty }()
+		write("220 loop ESMTP")
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			line = strings.TrimRight(line, "\r\n")
+			switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); {
+			case inAuth && line == "*":
+				write("501 5.0.0 Negotiation cancelled")
+				inAuth = false
+			case inAuth:
+				if line == "" {
+					empty++
+				}
+				write("334 " + challenge) // again, and again
+			case cmd == "EHLO":
+				write("250-loop")
+				write("250-STARTTLS")
+				write("250 AUTH XOAUTH2")
+			case cmd == "STARTTLS":
+				write("220 go ahead")
+				tc := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+				if tc.Handshake() != nil {
+					return
+				}
+				c, r = tc, bufio.NewReader(tc)
+			case cmd == "AUTH":
+				inAuth = true
+				write("334 ")
+			case cmd == "QUIT":
+				write("221 bye")
+				return
+			default:
+				write("500 5.5.1 what")
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = (&submit.Transport{CommandTimeout: time.Hour}).Dial(ctx, submit.Endpoint{Addr: ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", "a-token")
+	var se *submit.SMTPError
+	if !errors.As(err, &se) || se.Code != 501 {
+		t.Fatalf("want the server's 501 to the cancelled exchange, got %v", err)
+	}
+	if n := <-answers; n != 1 {
+		t.Fatalf("the client answered %d challenges with an empty line, want 1", n)
+	}
+}

@@ -17,6 +17,7 @@ const XOAUTH2 = "XOAUTH2"
 // the AUTH line (RFC 4954 §4), so a successful login is one round trip.
 type xoauth2Client struct {
 	user, token string
+	challenged  bool // answered the error challenge
 }
 
 // NewXOAUTH2 returns a sasl.Client that authenticates user with an OAuth2
@@ -41,9 +42,20 @@ func (c *xoauth2Client) Start() (string, []byte, error) {
 // Next answers a server challenge. Office 365 sends none (it replies 535
 // directly); a server that sends an error challenge, as Gmail does, expects
 // an empty response and then sends the final error reply.
+//
+// RFC 7628 §3.2.3 has the server send that challenge once and then fail
+// the exchange; a second one is answered with an error, which makes the
+// client cancel with "*" (RFC 4954 §4) instead of answering empty lines
+// until the command timeout.
 func (c *xoauth2Client) Next(challenge []byte) ([]byte, error) {
+	if c.challenged {
+		return nil, errSecondChallenge
+	}
+	c.challenged = true
 	return []byte{}, nil
 }
+
+var errSecondChallenge = errors.New("XOAUTH2: the server challenged again after its error challenge")
 
 // scrubAuth takes out of a refusal of AUTH whatever the server quoted of
 // the client's response: a server that answers a line it did not expect
