@@ -24,18 +24,27 @@ import (
 type recordingSMTP struct {
 	ln       net.Listener
 	starttls *tls.Config // nil: STARTTLS not offered
-	mu       sync.Mutex
-	lines    []string
-	done     chan struct{}
+	// answer replies to every line but EHLO, HELO, STARTTLS and QUIT;
+	// nil answers 250 to anything, AUTH included.
+	answer func(line string, write func(string))
+	mu     sync.Mutex
+	lines  []string
+	done   chan struct{}
 }
 
 func startRecordingSMTP(t *testing.T, starttls *tls.Config) *recordingSMTP {
+	return startScriptedSMTP(t, starttls, nil)
+}
+
+// startScriptedSMTP is startRecordingSMTP with its replies to commands
+// after the handshake written by answer.
+func startScriptedSMTP(t *testing.T, starttls *tls.Config, answer func(line string, write func(string))) *recordingSMTP {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &recordingSMTP{ln: ln, starttls: starttls, done: make(chan struct{})}
+	s := &recordingSMTP{ln: ln, starttls: starttls, answer: answer, done: make(chan struct{})}
 	go s.serve()
 	t.Cleanup(func() { ln.Close(); <-s.done })
 	return s
@@ -84,6 +93,10 @@ func (s *recordingSMTP) serve() {
 			write("221 bye")
 			return
 		default:
+			if s.answer != nil {
+				s.answer(line, write)
+				continue
+			}
 			write("250 ok") // accept anything, AUTH included
 		}
 	}
@@ -94,6 +107,25 @@ func (s *recordingSMTP) received() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.lines...)
+}
+
+// trustedTLS is a server TLS configuration with a certificate of a new CA,
+// and that CA's file, for an Endpoint's CAFile.
+func trustedTLS(t *testing.T) (*tls.Config, string) {
+	t.Helper()
+	ca, err := pki.NewCA("the account's private CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, caFile
 }
 
 // TestNoPlaintextAuthEver: a server that offers AUTH PLAIN, LOGIN and
@@ -201,65 +233,18 @@ func TestNoAuthBelowTLS12(t *testing.T) {
 // response that carries it, into the error: it goes to the logs, /status
 // and dead letters.
 func TestEchoedTokenIsNotKept(t *testing.T) {
-	ca, err := pki.NewCA("echo CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.Server()
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
+	tlsConf, caFile := trustedTLS(t)
+	srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
+		if f := strings.Fields(line); len(f) == 2 && strings.EqualFold(f[0], "AUTH") {
+			write("334 ")
 			return
 		}
-		defer conn.Close()
-		var c net.Conn = conn
-		r := bufio.NewReader(c)
-		write := func(l string) { c.Write([]byte(l + "\r\n")) }
-		write("220 echo ESMTP")
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			line = strings.TrimRight(line, "\r\n")
-			switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); {
-			case cmd == "EHLO":
-				write("250-echo")
-				write("250-STARTTLS")
-				write("250 AUTH XOAUTH2")
-			case cmd == "STARTTLS":
-				write("220 go ahead")
-				tc := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
-				if tc.Handshake() != nil {
-					return
-				}
-				c, r = tc, bufio.NewReader(tc)
-			case cmd == "AUTH" && len(strings.Fields(line)) == 2:
-				write("334 ")
-			case cmd == "QUIT":
-				write("221 bye")
-				return
-			default:
-				write("535 5.7.3 Authentication unsuccessful, unrecognized response " + line)
-			}
-		}
-	}()
+		write("535 5.7.3 Authentication unsuccessful, unrecognized response " + line)
+	})
 	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err = (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
+	_, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
 	var se *submit.SMTPError
 	if !errors.As(err, &se) || se.Class != submit.ClassAuth {
 		t.Fatalf("want an auth error, got %v", err)
@@ -280,82 +265,37 @@ func TestEchoedTokenIsNotKept(t *testing.T) {
 // the exchange with a failure. A server that challenges again gets "*"
 // (RFC 4954 §4), not empty answers until the command timeout.
 func TestXOAUTH2SecondChallengeCancels(t *testing.T) {
-	ca, err := pki.NewCA("loop CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.Server()
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	answers := make(chan int, 1)
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
+	tlsConf, caFile := trustedTLS(t)
+	challenge := base64.StdEncoding.EncodeToString([]byte(`{"status":"401","schemes":"bearer","scope":"https://outlook.office.com/SMTP.Send"}`))
+	inAuth := false
+	srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
+		switch {
+		case inAuth && line == "*":
+			write("501 5.0.0 Negotiation cancelled")
+			inAuth = false
+		case inAuth:
+			write("334 " + challenge) // again, and again
+		case strings.HasPrefix(strings.ToUpper(line), "AUTH"):
+			inAuth = true
+			write("334 ")
+		default:
+			write("500 5.5.1 what")
 		}
-		defer conn.Close()
-		var c net.Conn = conn
-		r := bufio.NewReader(c)
-		write := func(l string) { c.Write([]byte(l + "\r\n")) }
-		challenge := base64.StdEncoding.EncodeToString([]byte(`{"status":"401","schemes":"bearer","scope":"https://outlook.office.com/SMTP.Send"}`))
-		inAuth, empty := false, 0
-		defer func() { answers <- empty }()
-		write("220 loop ESMTP")
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			line = strings.TrimRight(line, "\r\n")
-			switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); {
-			case inAuth && line == "*":
-				write("501 5.0.0 Negotiation cancelled")
-				inAuth = false
-			case inAuth:
-				if line == "" {
-					empty++
-				}
-				write("334 " + challenge) // again, and again
-			case cmd == "EHLO":
-				write("250-loop")
-				write("250-STARTTLS")
-				write("250 AUTH XOAUTH2")
-			case cmd == "STARTTLS":
-				write("220 go ahead")
-				tc := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
-				if tc.Handshake() != nil {
-					return
-				}
-				c, r = tc, bufio.NewReader(tc)
-			case cmd == "AUTH":
-				inAuth = true
-				write("334 ")
-			case cmd == "QUIT":
-				write("221 bye")
-				return
-			default:
-				write("500 5.5.1 what")
-			}
-		}
-	}()
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err = (&submit.Transport{CommandTimeout: time.Hour}).Dial(ctx, submit.Endpoint{Addr: ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", "a-token")
+	_, err := (&submit.Transport{CommandTimeout: time.Hour}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", "a-token")
 	var se *submit.SMTPError
 	if !errors.As(err, &se) || se.Code != 501 {
 		t.Fatalf("want the server's 501 to the cancelled exchange, got %v", err)
 	}
-	if n := <-answers; n != 1 {
-		t.Fatalf("the client answered %d challenges with an empty line, want 1", n)
+	empty := 0
+	for _, l := range srv.received() {
+		if l == "" {
+			empty++
+		}
+	}
+	if empty != 1 {
+		t.Fatalf("the client answered %d challenges with an empty line, want 1", empty)
 	}
 }
