@@ -19,17 +19,7 @@ import (
 // a dead letter) is one bounded line without control characters, as a
 // reply's text is.
 func TestUnreadableReplyIsBoundedAndClean(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	addr := serveOne(t, func(c net.Conn) {
 		c.Write([]byte("\x1b]0;owned\x07\x1b[2J" + strings.Repeat("y", 64<<10) + "\r\n"))
 		// Read until the client hangs up.
 		buf := make([]byte, 512)
@@ -38,10 +28,10 @@ func TestUnreadableReplyIsBoundedAndClean(t *testing.T) {
 				return
 			}
 		}
-	}()
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err = (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: ln.Addr().String()}, "alerts@contoso.com", "token")
+	_, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: addr}, "alerts@contoso.com", "token")
 	var se *submit.SMTPError
 	if !errors.As(err, &se) || se.Class != submit.ClassTransient {
 		t.Fatalf("want a transient SMTP error, got %v", err)
@@ -61,17 +51,7 @@ func TestUnreadableReplyIsBoundedAndClean(t *testing.T) {
 // connection closed. The command timeout here is long, so only the bound
 // ends the exchange before the test's deadline.
 func TestEndlessReplyIsRefused(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	addr := serveOne(t, func(c net.Conn) {
 		if _, err := c.Write([]byte("220-")); err != nil {
 			return
 		}
@@ -81,12 +61,32 @@ func TestEndlessReplyIsRefused(t *testing.T) {
 				return
 			}
 		}
-	}()
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err = (&submit.Transport{CommandTimeout: time.Hour}).Dial(ctx, submit.Endpoint{Addr: ln.Addr().String()}, "alerts@contoso.com", "token")
+	_, err := (&submit.Transport{CommandTimeout: time.Hour}).Dial(ctx, submit.Endpoint{Addr: addr}, "alerts@contoso.com", "token")
 	var se *submit.SMTPError
 	if !errors.As(err, &se) || se.Class != submit.ClassTransient || !strings.Contains(err.Error(), "longer than") {
 		t.Fatalf("want a transient error about a reply too long, got %v", err)
 	}
+}
+
+// serveOne listens on loopback and gives the first connection to serve,
+// closing it after; it returns the address.
+func serveOne(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		serve(c)
+	}()
+	return ln.Addr().String()
 }
