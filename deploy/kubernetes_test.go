@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"reflect"
@@ -361,16 +360,7 @@ func TestNATSProbesSpareANodeWithoutQuorum(t *testing.T) {
 		t.Fatal("nats-server did not start")
 	}
 	monitor := "http://" + s.MonitorAddr().String()
-	probe := func(path string) (int, string) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, monitor+path, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, strings.TrimSpace(string(b))
-	}
+	probe := func(path string) (int, string) { return testutil.Get(ctx, monitor+path) }
 	// The condition is real: the full check fails on this node.
 	testutil.Eventually(t, ctx, "/healthz 503 on a node without a meta leader", func() bool {
 		code, _ := probe("/healthz")

@@ -2,7 +2,6 @@ package daemon_test
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -51,16 +50,7 @@ func TestReadyzNamesTheTokenServiceWhenItIsGone(t *testing.T) {
 	}
 	t.Cleanup(func() { workers.Close() })
 
-	get := func(path string) (int, string) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+workers.HTTPAddr+path, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, strings.TrimSpace(string(b))
-	}
+	get := func(path string) (int, string) { return testutil.Get(ctx, "http://"+workers.HTTPAddr+path) }
 	testutil.Eventually(t, ctx, "the worker ready", func() bool {
 		code, _ := get("/readyz")
 		return code == http.StatusOK

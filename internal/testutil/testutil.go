@@ -1,16 +1,19 @@
 // Package testutil holds the few helpers tests across packages share:
 // a goroutine-safe buffer for capturing logs, waiting on a condition
-// with a deadline (never a blind sleep), small files for secrets, and
-// free loopback ports for servers a test starts.
+// with a deadline (never a blind sleep), small files for secrets, free
+// loopback ports for servers a test starts, and a GET of a probe.
 package testutil
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,4 +87,21 @@ func FreePort(t testing.TB) int {
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+}
+
+// Get fetches url and returns its status and its body without the white
+// space around it; a request that fails returns 0 and the error's text
+// (a probe polled with Eventually while its server starts or stops).
+func Get(ctx context.Context, url string) (int, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b))
 }
