@@ -296,6 +296,19 @@ func sendmailCode(err error) int {
 	return exSoftware
 }
 
+// helpDefault is " (default X)" for a flag with a default, as
+// flag.PrintDefaults writes it (strings quoted), and "" for one without.
+func helpDefault(f *flag.Flag, typeName string) string {
+	switch f.DefValue {
+	case "", "0", "0s", "false":
+		return ""
+	}
+	if typeName == "string" {
+		return fmt.Sprintf(" (default %q)", f.DefValue)
+	}
+	return fmt.Sprintf(" (default %s)", f.DefValue)
+}
+
 // parseSendmail reads sendmail's command line by hand: the flag package
 // cannot read sendmail's attached values (-fuser@x, -FCronDaemon, -oi,
 // -B8BITMIME). Options end at "--" or at the first recipient, as POSIX
@@ -308,7 +321,7 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 		fmt.Fprint(fs.Output(), sendmailUsage)
 		fs.VisitAll(func(f *flag.Flag) {
 			name, usage := flag.UnquoteUsage(f)
-			fmt.Fprintf(fs.Output(), "  --%s %s\n    \t%s\n", f.Name, name, usage)
+			fmt.Fprintf(fs.Output(), "  --%s %s\n    \t%s%s\n", f.Name, name, usage, helpDefault(f, name))
 		})
 	}
 	fs.StringVar(&c.Account, "account", envOr(env, "RELAY_ACCOUNT", ""), "account alias to send through (env RELAY_ACCOUNT)")

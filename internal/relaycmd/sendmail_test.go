@@ -181,6 +181,21 @@ func TestParseSendmailErrors(t *testing.T) {
 			!strings.Contains(out.String(), "Usage: relay sendmail") || !strings.Contains(out.String(), "  --nats-url string") {
 			t.Fatalf("%s: %v\n%s", help, err, out.String())
 		}
+		// The defaults the README states, as the other commands' help
+		// shows them; flags without one say nothing.
+		for _, want := range []string{
+			"(exit 75) (default 30s)",
+			"(env RELAY_SENDMAIL_SPOOL) (default \"/var/spool/relay365\")",
+			"(env RELAY_NATS_URL) (default \"nats://127.0.0.1:4222\")",
+			"(env RELAY_DATA_DIR) (default \"data\")",
+		} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%s: help lacks %q:\n%s", help, want, out.String())
+			}
+		}
+		if strings.Contains(out.String(), "(env RELAY_ACCOUNT) (default") {
+			t.Errorf("%s: --account has no default, yet the help names one:\n%s", help, out.String())
+		}
 	}
 }
 
