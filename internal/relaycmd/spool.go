@@ -107,7 +107,8 @@ func keepInSpool(c sendmailConfig, m *message.Message, notQueued error) error {
 // writeSpool returns nil: a temporary file of mode 0600 (in a sticky
 // directory, only its owner and root may read or remove it), written and
 // synced, renamed to its name, and the directory synced so that the name
-// is on disk too. On an error nothing is left behind.
+// is on disk too (or, for a user who may not open the directory, its
+// file system). On an error nothing is left behind.
 func writeSpool(dir string, m *message.Message) (err error) {
 	if err := message.CheckID(m.ID); err != nil || strings.ContainsAny(m.ID, `/\`) || strings.HasPrefix(m.ID, ".") {
 		return fmt.Errorf("message id %q cannot name a file", m.ID)
@@ -143,14 +144,23 @@ func writeSpool(dir string, m *message.Message) (err error) {
 	if err = f.Sync(); err != nil {
 		return err
 	}
-	if err = f.Close(); err != nil {
-		return err
-	}
 	if err = os.Rename(tmp, name); err != nil {
 		return err
 	}
 	renamed = true
-	return syncDir(dir)
+	if err = syncDir(dir); errors.Is(err, fs.ErrPermission) {
+		// A user who may write into the spool but not read it (mode
+		// 1733: everyone but its owner and root, cron's users) cannot
+		// open the directory to sync it: sync the file system that
+		// holds the file, which makes its name durable too.
+		if fsErr := syncFS(f); fsErr == nil {
+			err = nil
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // syncDir makes the names in dir (a rename, a removal) durable.
