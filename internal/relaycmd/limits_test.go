@@ -90,11 +90,21 @@ func TestPublishWarnsOfAnUnknownAccount(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stderr, `knows no account "alerst"`) || !strings.Contains(r.stdout, "queued") {
 		t.Fatalf("publish to an unknown account: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
+	if !strings.Contains(r.stderr, "a typo in --account?") {
+		t.Fatalf("publish --account to an unknown account: stderr %q; want it to point at --account", r.stderr)
+	}
 	r = run(t, nil, "", "publish", "--nats-url", env.URL, "--account", "alerts", "--to", "ops@contoso.com", "--subject", "s", "--text", "t")
 	if r.code != 0 || strings.Contains(r.stderr, "warning") {
 		t.Fatalf("publish to a known account: exit %d, stderr %q", r.code, r.stderr)
 	}
-	if n := mailCount(t, ctx, env.JS); n != 2 {
-		t.Fatalf("%d queued, want 2", n)
+	// The account named in the file, as the README's JSON example does:
+	// the hint points at the file's field, not at a flag never given.
+	r = run(t, nil, `{"account":"alerst","to":["ops@contoso.com"],"subject":"s","text":"t"}`, "publish", "--nats-url", env.URL, "-f", "-")
+	if r.code != 0 || !strings.Contains(r.stderr, `knows no account "alerst"`) || strings.Contains(r.stderr, "--account") ||
+		!strings.Contains(r.stderr, `a typo in the message's "account"?`) {
+		t.Fatalf("publish -f to an unknown account: exit %d, stderr %q; want the warning to point at the message's \"account\"", r.code, r.stderr)
+	}
+	if n := mailCount(t, ctx, env.JS); n != 3 {
+		t.Fatalf("%d queued, want 3", n)
 	}
 }

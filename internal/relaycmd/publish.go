@@ -111,7 +111,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return publishRefused(err)
 	}
-	warnUnknown(env.Stderr, m.Account, res)
+	warnUnknown(env.Stderr, m.Account, c.Msg.Account, res)
 	return printPublished(env.Stdout, c.JSON, m.Account, res)
 }
 
@@ -150,7 +150,7 @@ func publishMany(ctx context.Context, c publishConfig, ms []*message.Message, en
 	warned := map[string]bool{}
 	for i, r := range res {
 		if !warned[ms[i].Account] {
-			warned[ms[i].Account] = warnUnknown(env.Stderr, ms[i].Account, r)
+			warned[ms[i].Account] = warnUnknown(env.Stderr, ms[i].Account, c.Msg.Account, r)
 		}
 		if perr := printPublished(env.Stdout, c.JSON, ms[i].Account, r); perr != nil {
 			return perr
@@ -175,10 +175,16 @@ func publishRefused(err error) error {
 
 // warnUnknown says on w, once, that relay serve knows no such account
 // (the message is queued all the same: an account being added keeps its
-// first messages), and reports whether it did.
-func warnUnknown(w io.Writer, account string, res producer.Result) bool {
+// first messages), and reports whether it did. flagAccount is --account:
+// the hint names it when the account came from there, else the
+// message's own "account" field (-f).
+func warnUnknown(w io.Writer, account, flagAccount string, res producer.Result) bool {
 	if res.UnknownAccount {
-		fmt.Fprintf(w, "warning: relay serve knows no account %q: the message is queued, and dead-lettered within seconds unless the account is added (authtool login); a typo in --account?\n", account)
+		where := `the message's "account"`
+		if account == flagAccount {
+			where = "--account"
+		}
+		fmt.Fprintf(w, "warning: relay serve knows no account %q: the message is queued, and dead-lettered within seconds unless the account is added (authtool login); a typo in %s?\n", account, where)
 	}
 	return res.UnknownAccount
 }
