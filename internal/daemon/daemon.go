@@ -386,6 +386,7 @@ type Daemon struct {
 	phase      atomic.Value // string: what Start is doing, for /readyz meanwhile
 	stopWorker context.CancelFunc
 	workerDone chan error
+	unlock     func() // releases <data-dir>/serve.lock (embedded server only)
 	closeOnce  sync.Once
 	// snapshots serves /status and /readyz: one Snapshot at a time for
 	// however many ask, none older than its request (flight.Next).
@@ -440,6 +441,14 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		}
 	}()
 	d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg.NATSURL == "" {
+		// One embedded server per store: a second relay serve on this
+		// data directory stops here, before anything opens the store
+		// (or takes a port the first one might be restarting on).
+		if d.unlock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
 	// HTTP first: while NATS is not reachable yet, /healthz says the
 	// process lives and /readyz says what it waits for.
 	d.phase.Store("starting")
@@ -723,6 +732,9 @@ func (d *Daemon) Close() error {
 			d.ns.Shutdown()
 			d.ns.WaitForShutdown()
 			d.log.Info().Int("consumers", consumers).Dur("took_ms", time.Since(began)).Msg("embedded NATS server stopped")
+		}
+		if d.unlock != nil {
+			d.unlock() // the store is closed: another relay serve may open it
 		}
 	})
 	return err
