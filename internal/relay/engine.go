@@ -272,9 +272,15 @@ func (e *Engine) Run(ctx context.Context) error {
 		cancelSends()
 		<-done
 	}
+	// Every lane's idle sessions at once: each QUIT waits up to 2 s for
+	// a reply that an Office 365 gone dark never sends, and lanes closed
+	// one after another would add that for every account with an idle
+	// session (40 of them outlast a supervisor's 60 s).
+	var closing sync.WaitGroup
 	for _, l := range lanes {
-		l.pool.Close()
+		closing.Go(l.pool.Close)
 	}
+	closing.Wait()
 	return nil
 }
 
