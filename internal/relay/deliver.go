@@ -35,7 +35,8 @@ type attempt struct {
 	duplicate bool             // every transaction was already accepted earlier
 	slot      *slot            // the message's claim on the lane's sessions
 	body      *message.BodyRef // the stored content, deleted once acked
-	unclaim   func()           // ends the handler's claim on the stream sequence (Engine.claim); more calls do nothing
+	unclaim   func()           // ends the handler's claim on the stream sequence (Engine.claim) and on its id (claimID); more calls do nothing
+	idKey     string           // the id this handler claimed (Engine.claimID); "" before
 	queued    time.Time        // when the message was first queued (queue.QueuedAt): its expiry, and the Date it lacks
 }
 
@@ -83,9 +84,14 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 		}
 		return
 	}
-	unclaim := sync.OnceFunc(func() { l.e.unclaim(meta.Sequence.Stream) })
-	defer unclaim()
-	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg.Headers(), meta.Sequence.Stream), started: l.e.clock.Now(), unclaim: unclaim}
+	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg.Headers(), meta.Sequence.Stream), started: l.e.clock.Now()}
+	a.unclaim = sync.OnceFunc(func() {
+		if a.idKey != "" {
+			l.e.unclaimID(a.idKey, meta.Sequence.Stream)
+		}
+		l.e.unclaim(meta.Sequence.Stream)
+	})
+	defer a.unclaim()
 	a.first = l.firstAttempt(meta.Sequence.Stream, meta.NumDelivered)
 	a.log = l.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).Str("msg_id", a.id).Logger()
 	if a.queued = queue.QueuedAt(msg.Headers(), meta.Timestamp); l.e.expired(a.queued) {
@@ -132,6 +138,28 @@ func (e *Engine) unclaim(seq uint64) {
 	e.hmu.Unlock()
 }
 
+// claimID makes stream message seq the one of this process that sends
+// message id of account alias, until unclaimID; false when another stream
+// message with that id has it. It returns the claim's key.
+func (e *Engine) claimID(alias, id string, seq uint64) (string, bool) {
+	key := alias + "\x00" + id
+	e.hmu.Lock()
+	defer e.hmu.Unlock()
+	if held, ok := e.ids[key]; ok && held != seq {
+		return "", false
+	}
+	e.ids[key] = seq
+	return key, true
+}
+
+func (e *Engine) unclaimID(key string, seq uint64) {
+	e.hmu.Lock()
+	if e.ids[key] == seq {
+		delete(e.ids, key)
+	}
+	e.hmu.Unlock()
+}
+
 // nak gives the message back to the stream after delay (0: at once). The
 // handler's claim on the stream sequence ends first: the delivery the nak
 // asks for is the next attempt, not a second one, and may arrive before
@@ -162,6 +190,13 @@ func (l *lane) deliver(a *attempt) error {
 		a.log = a.log.With().Str("msg_id", a.id).Logger()
 	}
 	m.ID = a.id
+	// The markers below are read once, now: another copy of the message
+	// being sent meanwhile would not show in them.
+	key, ok := l.e.claimID(l.alias, a.id, a.meta.Sequence.Stream)
+	if !ok {
+		return errSameID
+	}
+	a.idKey = key
 	if m.Account == "" {
 		m.Account = l.alias
 	}
@@ -706,6 +741,17 @@ func (l *lane) finish(a *attempt, err error) {
 	}
 	if errors.Is(err, errStopping) {
 		a.nak(0) // not started: straight back for the next worker
+		return
+	}
+	if errors.Is(err, errSameID) {
+		// Not tried: back after a retry delay, by when the copy being
+		// sent has written its marker (or failed).
+		delay := l.e.cfg.Retry.Delay(1)
+		a.nak(delay)
+		a.log.Info().Err(err).Dur("retry_in_ms", delay).Msg("message goes back to the stream until the other copy's outcome is known")
+		if a.probe {
+			l.probeDone() // the next message probes
+		}
 		return
 	}
 	last := a.meta.NumDelivered >= uint64(l.e.cfg.MaxDeliver)

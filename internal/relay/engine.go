@@ -171,6 +171,12 @@ type Engine struct {
 	// lanes for a while, the old one finishing its transactions.
 	hmu      sync.Mutex
 	handling map[uint64]struct{}
+	// ids is the message ids (account and id) a handler of this process
+	// is sending, and the stream sequence that has each (claimID): two
+	// stream messages with one id (a requeue or replay beside an original
+	// that was never terminated) must not both read the markers before
+	// either is sent.
+	ids map[string]uint64
 }
 
 // NewEngine builds an engine; Run starts it.
@@ -185,7 +191,7 @@ func NewEngine(d Deps, cfg Config) *Engine {
 	e := &Engine{
 		cfg: cfg, js: d.JS, accounts: d.Accounts, tokens: d.Tokens, events: d.TokenEvents, tr: d.Transport,
 		metrics: NewMetrics(d.Registry), log: d.Log, clock: d.Clock, lanes: map[string]*lane{},
-		ready: make(chan struct{}), changed: make(chan struct{}), handling: map[uint64]struct{}{},
+		ready: make(chan struct{}), changed: make(chan struct{}), handling: map[uint64]struct{}{}, ids: map[string]uint64{},
 		consumer: queue.ConsumerConfig{AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending},
 	}
 	d.Registry.MustRegister(laneCollector{e})

@@ -91,6 +91,13 @@ func (e *PaceError) Error() string {
 // transaction started; it goes back to the stream untouched.
 var errStopping = errors.New("worker stopping before the send started")
 
+// errSameID: another stream message with this message's id (a requeue's
+// copy beside an original whose Term was lost, a replay beside an original
+// a half-done dead-lettering left queued) is being handled by this
+// process. Its markers, read now, could not yet show what that one sends:
+// it goes back to the stream unsent, and its next delivery reads them.
+var errSameID = errors.New("another copy of this message (the same id) is being sent here")
+
 // errPausedAhead: the account paused while this message, fetched ahead,
 // waited for a session; it goes back to the stream unsent.
 var errPausedAhead = errors.New("account paused before the message's turn came")
