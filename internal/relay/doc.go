@@ -197,10 +197,14 @@
 //
 // When Run's context ends, lanes stop pulling at once; a message not yet
 // in its SMTP transaction goes straight back (Nak); sends in flight get
-// ShutdownGrace to finish, write their marker and be acked; whatever is
-// still running after that is cut and redelivered later (the markers catch
-// any that went). Long transactions heartbeat with InProgress at AckWait/3
-// so a slow server does not cause a redelivery under their feet.
+// ShutdownGrace to finish, write their marker and be acked (those of an
+// account removed just before as well: Run waits for its lane too);
+// whatever is still running after that is cut and redelivered later (the
+// markers catch any that went). Then every lane's idle sessions quit, all
+// at once, so an Office 365 that no longer answers costs one QUIT timeout
+// (2 s), not one per account. Long transactions heartbeat with InProgress
+// at AckWait/3 so a slow server does not cause a redelivery under their
+// feet.
 //
 // # Metrics
 //

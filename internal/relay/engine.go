@@ -160,6 +160,10 @@ type Engine struct {
 
 	ready chan struct{} // closed once Run watches the registry
 
+	// retiring is the lanes of removed accounts finishing their
+	// transactions (apply): shutdown waits for them as for the others.
+	retiring sync.WaitGroup
+
 	mu      sync.Mutex
 	lanes   map[string]*lane
 	running bool
@@ -268,6 +272,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		for _, l := range lanes {
 			l.wait()
 		}
+		e.retiring.Wait()
 		bg.Wait()
 		close(done)
 	}()
@@ -303,7 +308,7 @@ func (e *Engine) apply(ctx context.Context, c account.Change) {
 		delete(e.lanes, c.Alias)
 		e.mu.Unlock()
 		l.stop()
-		go func() {
+		e.retiring.Go(func() {
 			l.wait()
 			l.pool.Close()
 			// An account added again while this lane finished has a new
@@ -318,8 +323,10 @@ func (e *Engine) apply(ctx context.Context, c account.Change) {
 				return
 			}
 			e.metrics.forget(c.Alias)
-			e.dropConsumer(context.WithoutCancel(ctx), c.Alias)
-		}()
+			// On the send context: a stop waits for this too, up to the
+			// grace.
+			e.dropConsumer(e.sendCtx, c.Alias)
+		})
 		e.log.Info().Str("account", c.Alias).Msg("account removed: delivery stopped; queued mail is dead-lettered as unknown account")
 		return
 	case c.Deleted:
