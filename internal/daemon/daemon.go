@@ -445,8 +445,12 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Daemon, err 
 		// One embedded server per store: a second relay serve on this
 		// data directory stops here, before anything opens the store
 		// (or takes a port the first one might be restarting on).
-		if d.unlock, err = lockDataDir(cfg.DataDir); err != nil {
+		var warn error
+		if d.unlock, warn, err = lockDataDir(cfg.DataDir); err != nil {
 			return nil, err
+		}
+		if warn != nil {
+			log.Warn().Err(warn).Msg("data directory not locked")
 		}
 	}
 	// HTTP first: while NATS is not reachable yet, /healthz says the
