@@ -196,6 +196,9 @@ func (ss *session) publish(p prepared) (result, error) {
 	switch {
 	case queue.IsFull(err):
 		log.Warn().Err(err).Int("smtp_code", 452).Msg("MAIL stream full; message refused for now")
+		if queue.NotStored(err) {
+			ss.dropBody(p)
+		}
 		return resultFull, errQueueFull
 	case err != nil:
 		log.Warn().Err(err).Int("smtp_code", 451).Msg("message not queued; the client will try again")
@@ -203,6 +206,28 @@ func (ss *session) publish(p prepared) (result, error) {
 	}
 	log.Info().Uint64("stream_seq", pub.Seq).Int("recipients", len(ss.rcpts)).Int64("bytes", p.size).Int("smtp_code", 250).Msg("queued from SMTP")
 	return resultAccepted, nil
+}
+
+// dropBody deletes the body a message refused by a full MAIL named. The
+// client sends it again, and each attempt stores its body anew: left to
+// the sweep (a day), the bodies of a client retrying a large message
+// against a full MAIL filled the disk MAIL shares with them. Only for a
+// publish refused at its first attempt (queue.NotStored): the message id
+// is this transaction's own, so no copy of it can be in MAIL.
+func (ss *session) dropBody(p prepared) {
+	m, err := message.Decode(p.data)
+	if err != nil || m.Body == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
+	defer cancel()
+	store, err := body.Open(ctx, ss.s.deps.JS)
+	if err == nil {
+		err = store.Delete(ctx, m.Body.Object)
+	}
+	if err != nil {
+		p.log.Warn().Err(err).Str("body", m.Body.Object).Msg("body of a message refused by a full MAIL not deleted; the sweep will remove it")
+	}
 }
 
 // prepared is a message ready to publish.

@@ -355,7 +355,11 @@ func publishMsg(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (Pub
 			return PublishResult{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
 		}
 		if !retryable(err) || ctx.Err() != nil {
-			return PublishResult{}, fmt.Errorf("publish to %s: %w", msg.Subject, err)
+			err = fmt.Errorf("publish to %s: %w", msg.Subject, err)
+			if attempt == 0 && IsFull(err) {
+				err = notStored{err}
+			}
+			return PublishResult{}, err
 		}
 		if err := AwaitRetry(ctx, attempt, err); err != nil {
 			return PublishResult{}, fmt.Errorf("publish to %s: %w", msg.Subject, err)
@@ -387,6 +391,22 @@ func IsFull(err error) bool {
 		return true
 	}
 	return false
+}
+
+// notStored is a publish the server refused for want of room at its
+// first attempt (NotStored).
+type notStored struct{ error }
+
+func (e notStored) Unwrap() error { return e.error }
+
+// NotStored reports whether err is a Publish that the stream refused as
+// full at its first attempt. No attempt before it can have landed, so
+// no copy of the message is in the stream: what the caller stored for
+// it (a body) may be deleted at once. A full refusal after a retried
+// attempt is not NotStored: the attempt that timed out may have landed.
+func NotStored(err error) bool {
+	var ns notStored
+	return errors.As(err, &ns)
 }
 
 func retryable(err error) bool {

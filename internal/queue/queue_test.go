@@ -404,6 +404,9 @@ func TestFullStreamIsReportedNotRetried(t *testing.T) {
 	if ctx.Err() != nil {
 		t.Fatal("Publish retried a full stream until its deadline")
 	}
+	if !queue.NotStored(err) {
+		t.Fatalf("a publish refused as full at its first attempt: %v, want NotStored", err)
+	}
 	if queue.IsFull(errors.New("nats: timeout")) {
 		t.Fatal("IsFull took a timeout for a full stream")
 	}
