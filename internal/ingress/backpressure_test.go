@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"testing"
 
+	"relay365/internal/body"
 	"relay365/internal/queue"
 )
 
@@ -51,5 +52,46 @@ func TestFullQueueKeepsNoBody(t *testing.T) {
 	}
 	if n := ingressCount(t, f.reg, "alertmanager", "full"); n != retries {
 		t.Fatalf("full = %v, want %d", n, retries)
+	}
+}
+
+// TestFullBodyStoreIs452: the body store without room for a large
+// message (its stream's limit, or the disk MAIL shares with it) is the
+// queue being full, and the client is told so as for MAIL: 452 4.3.1,
+// counted as full, not 451 4.3.0 "NATS did not answer", counted as
+// unavailable, which sends an operator looking for an outage that is not
+// there. Nothing is left of the refused message; when room comes back it
+// is queued.
+func TestFullBodyStoreIs452(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	att := make([]byte, 1<<20)
+	rand.Read(att)
+	mail := bigMail("alerts@contoso.com", "core dump", att)
+	s, err := f.env.JS.Stream(f.ctx, body.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxBytes = 512 << 10 // room for two chunks of the message's six
+	if _, err := f.env.JS.UpdateStream(f.ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	c := f.login("alertmanager", alertsPassword)
+	wantReply(t, "DATA into a full body store", send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, mail), 452, "4.3.1")
+	if q, b := len(f.queued()), len(f.bodies()); q != 0 || b != 0 {
+		t.Fatalf("%d queued and %d bodies after the 452, want none", q, b)
+	}
+	if n := ingressCount(t, f.reg, "alertmanager", "full"); n != 1 {
+		t.Errorf("full = %v, want 1 (unavailable = %v)", n, ingressCount(t, f.reg, "alertmanager", "unavailable"))
+	}
+	cfg.MaxBytes = -1
+	if _, err := f.env.JS.UpdateStream(f.ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, mail); err != nil {
+		t.Fatalf("DATA once the body store has room: %v", err)
+	}
+	if q, b := len(f.queued()), len(f.bodies()); q != 1 || b != 1 {
+		t.Fatalf("%d queued and %d bodies once there is room, want 1 and 1", q, b)
 	}
 }

@@ -447,6 +447,12 @@ func (ss *session) storeBody(c checked, content io.Reader, in *dataReader) ([]by
 		c.log.Info().Err(in.err).Msg("DATA ended early; message not queued")
 		return nil, resultUnavailable, in.err
 	}
+	if queue.IsFull(err) {
+		// No room in the body store (its limit, or the disk it shares
+		// with MAIL): the queue is full, as a refused publish is.
+		c.log.Warn().Err(err).Int("smtp_code", 452).Msg("body store full; message refused for now")
+		return nil, resultFull, errQueueFull
+	}
 	c.log.Warn().Err(err).Int("smtp_code", 451).Msg("body not stored; message not queued")
 	return nil, resultUnavailable, errQueueDown
 }
