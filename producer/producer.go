@@ -30,7 +30,7 @@
 // connection's user the subject or its reply inbox (it also matches
 // nats.ErrPermissionViolation, and comes as soon as the server refuses,
 // not when ctx ends). Worth retrying later, with the same id:
-// ErrQueueFull (MAIL has no room), and context.DeadlineExceeded or
+// ErrQueueFull (MAIL, or the body store, has no room), and context.DeadlineExceeded or
 // context.Canceled: ctx ended, or a NATS server that is down did not
 // answer within ctx's deadline (without one, JetStream's default
 // timeout). A MAIL stream that does not exist (and, for a large message,
@@ -175,7 +175,8 @@ type Invalid = message.Invalid
 
 // ErrQueueFull is matched (errors.Is) by the error of a publish that the
 // MAIL stream refused for want of room: its MaxMsgs or MaxBytes reached,
-// or the server's storage. Nothing was queued; try again later, once the
+// or the server's storage; or, for a large message, that the body store
+// refused its content so. Nothing was queued; try again later, once the
 // relay has delivered some of the backlog.
 var ErrQueueFull = errors.New("the relay's MAIL queue is full")
 
@@ -573,6 +574,11 @@ func (p *Producer) prepare(ctx context.Context, m *Message) ([]byte, error) {
 	switch {
 	case err == nil && !inline:
 		data, err = p.store(ctx, m, limit)
+		if queue.IsFull(err) {
+			// The body store has no room (its limits, or the disk it
+			// shares with MAIL): the queue is full for this message.
+			err = fmt.Errorf("%w (try again later): %w", ErrQueueFull, err)
+		}
 	case err == nil && limit < message.MaxSize && m.Body == nil:
 		// An inline message (JSON at most 256 KiB) cannot pass 35 MB
 		// whatever its encoding: it is rendered to be counted only for
