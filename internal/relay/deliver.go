@@ -803,6 +803,9 @@ func (l *lane) finish(a *attempt, err error) {
 		if class == submit.ClassThrottle {
 			l.throttle()
 		}
+		if se != nil && (se.Stage == "dial" || se.Stage == "tls" || se.Stage == "auth") {
+			l.sessionRefused(err)
+		}
 		if !last {
 			delay := l.e.cfg.Retry.Delay(int(a.meta.NumDelivered))
 			l.e.metrics.outcome(l.alias, outcomeRetried)

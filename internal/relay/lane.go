@@ -97,6 +97,8 @@ type lane struct {
 	acct      account.Account
 	limit     int           // connections now (≤ acct.MaxConns; lowered after 432)
 	throttled time.Time     // last 432; zero when the limit is back to MaxConns
+	connFails int           // sessions refused in a row before any message was named (sessionRefused)
+	connHold  time.Time     // wall clock: no message takes a session before it (zero: none)
 	inflight  int           // slots taken by an open fetch or a message not yet past its last 250 (≤ limit+Lookahead)
 	sending   int           // of those, the ones that may hold a session (≤ limit)
 	msgs      int           // fetched messages not yet past their last 250 (the status's InFlight)
@@ -150,6 +152,7 @@ func newLane(parent context.Context, e *Engine, a account.Account) *lane {
 	}
 	l.pool = submit.NewPool(e.tr, e.cfg.IdleTimeout, func(s *submit.Session) {
 		e.metrics.connections.WithLabelValues(a.Alias).Inc()
+		l.sessionOpened()
 		l.log.Debug().Bool("pipelining", s.Pipelining()).Msg("SMTP session opened (STARTTLS, AUTH XOAUTH2)")
 	})
 	e.metrics.setPaused(a.Alias, "")
@@ -601,6 +604,15 @@ func (s *slot) acquire(probe bool, gen uint64) error {
 		case l.p.on && !probe:
 			l.mu.Unlock()
 			return errPausedAhead
+		case !probe && time.Now().Before(l.connHold):
+			// Sessions are being refused (sessionRefused): wait out
+			// the hold, heartbeated, instead of dialling again.
+			freed, hold := l.freed, time.Until(l.connHold)
+			l.mu.Unlock()
+			if !sleepOn(l.ctx, wall, hold, freed) {
+				return errStopping
+			}
+			continue
 		case probe || l.sending+slices.Index(l.queue, s) < l.limit:
 			l.sending++
 			s.sending = true
@@ -823,6 +835,39 @@ func (l *lane) probeDone() {
 	l.p.probeOut = false
 	l.mu.Unlock()
 	l.signal()
+}
+
+// sessionRefused: a session could not be opened (a refusal or failure
+// at the connection, STARTTLS or AUTH, before any message was named).
+// Each message is retried on its own schedule, but without a hold the
+// lane took the next queued message at once and dialled again: a backlog
+// of thousands, throttled or refused by Office 365 at every session, was
+// a connection per message, as fast as they failed. No message of the
+// lane takes a session until the hold ends: the retry schedule, by
+// refusals in a row (a refusal during the hold, from a session dialled
+// before it, does not lengthen it). A session opened ends it.
+func (l *lane) sessionRefused(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Before(l.connHold) {
+		return
+	}
+	l.connFails++
+	d := l.e.cfg.Retry.Delay(l.connFails)
+	l.connHold = now.Add(d)
+	l.log.Warn().Err(err).Int("refused_in_a_row", l.connFails).Dur("hold_ms", d).Msg("SMTP session refused: no message of this account takes a session until the hold ends")
+}
+
+// sessionOpened ends a hold (sessionRefused).
+func (l *lane) sessionOpened() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.connFails == 0 {
+		return
+	}
+	l.connFails, l.connHold = 0, time.Time{}
+	l.wakeWaitersLocked()
 }
 
 // throttle lowers the connection limit after 432 4.3.2 (docs/office365.md §4).
