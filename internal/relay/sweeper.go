@@ -14,15 +14,26 @@ import (
 // sweepLoop dead-letters mail published for accounts that do not exist.
 // No lane pulls mail.send.<x> when x is not in the registry, so without it
 // such messages would sit in the stream until MaxAge, unseen.
+//
+// A sweep whose dead letter MAIL_DLQ refused (full, or not answering)
+// stops there, and the next one waits on the retry schedule, by such
+// sweeps in a row, instead of SweepEvery: every sweep tried every such
+// message, a refused copy and a warning each, every second for as long
+// as MAIL_DLQ stayed full.
 func (e *Engine) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(e.cfg.SweepEvery)
-	defer t.Stop()
+	refused := 0
 	for {
-		select {
-		case <-ctx.Done():
+		wait := e.cfg.SweepEvery
+		if refused > 0 {
+			wait = max(wait, e.cfg.Retry.Delay(refused))
+		}
+		if !sleepOn(ctx, wall, wait, nil) {
 			return
-		case <-t.C:
-			e.sweep(ctx)
+		}
+		if e.sweep(ctx) {
+			refused++
+		} else {
+			refused = 0
 		}
 	}
 }
@@ -31,11 +42,12 @@ func (e *Engine) sweepLoop(ctx context.Context) {
 // subject filter lists them) and dead-letters their messages older than
 // UnknownGrace. The grace and a registry read just before keep an account
 // being created from losing its first messages to the race between the
-// registry write and its lane starting.
-func (e *Engine) sweep(ctx context.Context) {
+// registry write and its lane starting. It reports whether MAIL_DLQ
+// refused a dead letter (the sweep stopped there).
+func (e *Engine) sweep(ctx context.Context) (refused bool) {
 	counts, err := queue.CountByAccount(ctx, e.js, queue.StreamMail)
 	if err != nil {
-		return
+		return false
 	}
 	for alias := range counts {
 		subject := queue.Subject(alias)
@@ -47,8 +59,11 @@ func (e *Engine) sweep(ctx context.Context) {
 				continue // registered (its lane is starting) or the registry is unreachable
 			}
 		}
-		e.sweepSubject(ctx, subject, alias)
+		if e.sweepSubject(ctx, subject, alias) {
+			return true
+		}
 	}
+	return false
 }
 
 // sweepSubject reads one subject with a temporary consumer of its own,
@@ -63,14 +78,18 @@ func (e *Engine) sweep(ctx context.Context) {
 // given back, or left by a process that died, after AckWait), so it never
 // dead-letters a message another process is sending. Once the consumer
 // holds nothing it is deleted.
-func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
+//
+// It reports whether MAIL_DLQ refused a dead letter: the rest of the
+// subject is left for a later sweep (returned to the stream with the
+// temporary consumer; through the durable one, after AckWait).
+func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) (refused bool) {
 	durable := account.ValidateAlias(alias) == nil
 	var cons jetstream.Consumer
 	var err error
 	if durable {
 		cons, err = e.js.Consumer(ctx, queue.StreamMail, queue.AccountConsumer(alias))
 		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return
+			return false
 		}
 		durable = err == nil
 	}
@@ -86,7 +105,7 @@ func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
 		})
 		if err != nil {
 			e.log.Debug().Err(err).Str("subject", subject).Msg("sweeper: subject not swept now")
-			return
+			return false
 		}
 		// Deleting the consumer returns every message it did not end to the
 		// stream (the young ones, if any).
@@ -101,11 +120,11 @@ func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
 		if durable && e.accountBack(ctx, alias) {
 			// Added again: the account's lanes bind this consumer, and
 			// what it holds is theirs to send.
-			return
+			return false
 		}
 		batch, err := cons.Fetch(100, jetstream.FetchMaxWait(200*time.Millisecond))
 		if err != nil {
-			return
+			return false
 		}
 		n := 0
 		for msg := range batch.Messages() {
@@ -122,16 +141,18 @@ func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) {
 			id := messageID("", msg.Headers(), md.Sequence.Stream)
 			err = queue.MoveToDLQ(ctx, e.js, msg, queue.DeadLetter{ID: id, Account: dlqAccount, Reason: reason, Class: string(ClassInvalid)})
 			if err != nil {
-				e.log.Warn().Err(err).Str("msg_id", id).Uint64("stream_seq", md.Sequence.Stream).Msg("sweeper: dead-lettering failed; the message stays queued")
-				continue
+				e.log.Warn().Err(err).Str("msg_id", id).Uint64("stream_seq", md.Sequence.Stream).Str("subject", subject).Msg("sweeper: dead-lettering failed; the subject's messages stay queued, swept again later")
+				refused = true
+				break
 			}
 			e.metrics.outcome("unknown", outcomeDeadLettered)
 			e.log.Warn().Str("msg_id", id).Uint64("stream_seq", md.Sequence.Stream).Str("subject", subject).Msg("dead-lettered: no such account")
 		}
-		if n == 0 {
-			return
+		if refused || n == 0 {
+			return refused
 		}
 	}
+	return false
 }
 
 // dropConsumer deletes the durable consumer of a removed account once it
