@@ -855,7 +855,10 @@ func (l *lane) expire(a *attempt, queued time.Time) {
 	reason, last := l.e.expiryReason(l.lastFailure(a.meta.Sequence.Stream), l.pauseReply())
 	if err := l.deadLetter(a, queue.DeadLetter{Reason: reason, Class: classExpired, LastReply: last}, outcomeExpired); err != nil {
 		a.log.Error().Err(err).Msg("expired, but dead-lettering failed; the message stays queued")
-		a.nak(l.e.cfg.Retry.Delay(1))
+		// On the retry schedule by deliveries, as any refused dead
+		// letter: at its first step every time, expired mail behind a
+		// full MAIL_DLQ cycled through the lane at a fixed pace.
+		a.nak(l.e.cfg.Retry.Delay(int(a.meta.NumDelivered)))
 		return
 	}
 	a.log.Warn().Time("queued", queued).Str("reason", reason).Msg("expired: dead-lettered undelivered")

@@ -1,13 +1,16 @@
 package relay_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/relay"
 )
@@ -61,5 +64,66 @@ func TestSweeperBacksOffAFullDLQ(t *testing.T) {
 	h.waitFor("every message dead-lettered once MAIL_DLQ has room", func() bool { return h.queued() == 0 })
 	if dl := h.deadLetters("ghost"); len(dl) != n {
 		t.Fatalf("%d dead letters of ghost, want %d", len(dl), n)
+	}
+}
+
+// TestExpiredBehindAFullDLQBacksOff: 20 messages expired in MAIL while
+// MAIL_DLQ has no room. Each delivery tries the dead letter and, refused,
+// gives the message back; it came back after the first step of the retry
+// schedule every time, so expired mail cycled through the lane at a fixed
+// pace for as long as the DLQ stayed full (thousands of expired messages:
+// hundreds of refused copies a second, each fetched, logged and nak'ed).
+// The wait must grow with the deliveries, as for any other refusal; and
+// with room back every one is dead-lettered, none lost.
+func TestExpiredBehindAFullDLQBacksOff(t *testing.T) {
+	h := newHarness(t, setup{engine: relay.Config{
+		QueueLifetime: time.Hour,
+		Retry:         relay.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2},
+	}})
+	h.enroll("late", "late@contoso.com", "contoso.onmicrosoft.com", nil)
+	nc, err := nats.Connect(h.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var tries atomic.Int64
+	sub, err := nc.Subscribe(queue.DLQPrefix+"late", func(*nats.Msg) { tries.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	restore := refuseStream(t, h, queue.StreamDLQ)
+	const n = 20
+	for i := range n {
+		// Requeued copies first queued two hours ago: expired at their
+		// first delivery.
+		b, err := json.Marshal(&message.Message{ID: fmt.Sprintf("late-%02d", i), Account: "late", To: []string{"ops@fabrikam.com"}, Subject: "too late", Text: "x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &nats.Msg{Subject: queue.Subject("late"), Data: b, Header: nats.Header{}}
+		m.Header.Set(queue.HdrQueued, time.Now().Add(-2*time.Hour).UTC().Format(time.RFC3339Nano))
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("late-%02d:requeue:1", i))
+		if _, err := h.js.PublishMsg(h.ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Four seconds: 40 steps of the schedule's first wait.
+	const perMessage = 10
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) && tries.Load() <= n*perMessage {
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("%d dead letters offered to a full MAIL_DLQ in 4 s for %d expired messages", tries.Load(), n)
+	if got := tries.Load(); got > n*perMessage {
+		t.Fatalf("%d dead letters offered to a full MAIL_DLQ for %d expired messages, want at most %d", got, n, n*perMessage)
+	}
+	restore()
+	h.waitFor("every expired message dead-lettered once MAIL_DLQ has room", func() bool { return h.queued() == 0 })
+	if dl := h.deadLetters("late"); len(dl) != n {
+		t.Fatalf("%d dead letters, want %d", len(dl), n)
 	}
 }
