@@ -73,31 +73,48 @@ func newEntry(seq uint64, stored time.Time, subject string, hdr nats.Header, dat
 
 // ListDeadLetters returns the dead letters matching f, oldest first. It
 // reads MAIL_DLQ with an ordered consumer (no state left on the server).
+// With their content (f.HeadersOnly false) it holds every one in memory:
+// EachDeadLetter holds one pull at a time.
 func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFilter) ([]DeadLetterEntry, error) {
-	pending, err := countDeadLetters(ctx, js, f)
+	out := []DeadLetterEntry{}
+	err := EachDeadLetter(ctx, js, f, func(e DeadLetterEntry) error {
+		out = append(out, e)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	out := []DeadLetterEntry{}
+	return out, nil
+}
+
+// EachDeadLetter calls fn with each dead letter matching f, oldest first,
+// as ListDeadLetters lists them, holding no more of them than one pull
+// (listPullBytes): after an incident there are thousands, each as large
+// as MAIL's inline messages. An error of fn ends it.
+func EachDeadLetter(ctx context.Context, js jetstream.JetStream, f DeadLetterFilter, fn func(DeadLetterEntry) error) error {
+	pending, err := countDeadLetters(ctx, js, f)
+	if err != nil {
+		return err
+	}
 	if pending == 0 {
-		return out, nil
+		return nil
 	}
 	cons, err := js.OrderedConsumer(ctx, StreamDLQ, jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.subject()}, HeadersOnly: f.HeadersOnly})
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
+		return fmt.Errorf("read %s: %w", StreamDLQ, err)
 	}
 	maxBytes := listPullBytes(js.Conn().MaxPayload())
 	for pending > 0 {
 		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxBytes(maxBytes), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
+			return fmt.Errorf("read %s: %w", StreamDLQ, err)
 		}
 		got := 0
 		for m := range batch.Messages() {
 			got++
 			md, err := m.Metadata()
 			if err != nil {
-				return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
+				return fmt.Errorf("read %s: %w", StreamDLQ, err)
 			}
 			pending = md.NumPending
 			data := m.Data()
@@ -105,17 +122,19 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, f DeadLetterFi
 				data = nil // empty, and Nats-Msg-Size in the headers says how large
 			}
 			if e := newEntry(md.Sequence.Stream, md.Timestamp, m.Subject(), m.Headers(), data); f.match(e) {
-				out = append(out, e)
+				if err := fn(e); err != nil {
+					return err
+				}
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return nil, fmt.Errorf("read %s: %w", StreamDLQ, err)
+			return fmt.Errorf("read %s: %w", StreamDLQ, err)
 		}
 		if got == 0 {
-			return nil, fmt.Errorf("read %s: %d dead letters announced, none arrived", StreamDLQ, pending)
+			return fmt.Errorf("read %s: %d dead letters announced, none arrived", StreamDLQ, pending)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // listPullBytes bounds the bytes of one pull of ListDeadLetters. MAIL

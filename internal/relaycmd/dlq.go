@@ -184,19 +184,18 @@ func parseSeq(s string) (uint64, error) {
 }
 
 func dlqList(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []string, env Env) error {
+	if c.JSON {
+		// Printed as they are read: after an incident there are
+		// thousands, each as large as an inline message.
+		return queue.EachDeadLetter(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason}, func(e queue.DeadLetterEntry) error {
+			return writeJSON(env.Stdout, entryJSON(e), false)
+		})
+	}
 	// The table shows only what the headers say: the messages stay on
 	// the server (--json prints them).
-	list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason, HeadersOnly: !c.JSON})
+	list, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account, Reason: c.Reason, HeadersOnly: true})
 	if err != nil {
 		return err
-	}
-	if c.JSON {
-		for _, e := range list {
-			if err := writeJSON(env.Stdout, entryJSON(e), false); err != nil {
-				return err
-			}
-		}
-		return nil
 	}
 	if len(list) == 0 {
 		fmt.Fprintln(env.Stdout, "no dead letters")
@@ -445,17 +444,19 @@ func span(d time.Duration) string {
 func dlqPurge(ctx context.Context, js jetstream.JetStream, c dlqConfig, _ []string, env Env) error {
 	// The bodies of large dead letters go with them: named first, deleted
 	// after the purge (a crash between leaves orphans for the sweeper).
-	entries, err := queue.ListDeadLetters(ctx, js, queue.DeadLetterFilter{Account: c.Account})
-	if err != nil {
-		return err
-	}
+	// Read one pull at a time, keeping only the names: after an incident
+	// there are thousands, each as large as an inline message.
 	var bodies []string
 	var through uint64 // the last dead letter listed: one stored since stays
-	for _, e := range entries {
+	err := queue.EachDeadLetter(ctx, js, queue.DeadLetterFilter{Account: c.Account}, func(e queue.DeadLetterEntry) error {
 		if ref := storedBody(e.Data); ref != nil {
 			bodies = append(bodies, ref.Object)
 		}
 		through = max(through, e.Seq)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	n, kept, err := queue.PurgeDeadLetters(ctx, js, c.Account, through)
 	if err != nil {
