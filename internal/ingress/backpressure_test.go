@@ -2,7 +2,15 @@ package ingress_test
 
 import (
 	"crypto/rand"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"relay365/internal/body"
 	"relay365/internal/queue"
@@ -94,4 +102,93 @@ func TestFullBodyStoreIs452(t *testing.T) {
 	if q, b := len(f.queued()), len(f.bodies()); q != 1 || b != 1 {
 		t.Fatalf("%d queued and %d bodies once there is room, want 1 and 1", q, b)
 	}
+}
+
+// TestAbandonedSubmissionsLeaveNothing: 40 clients, from 4 addresses,
+// each sends 600 kB of a large message (past the session's buffer, so
+// it streams into the body store) and hangs up inside DATA. Once they
+// are gone the front door is back where it started: its goroutines, its
+// sessions, and the body store empty, no chunk of the abandoned bodies
+// left to wait a day for the sweep.
+func TestAbandonedSubmissionsLeaveNothing(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.login("alertmanager", alertsPassword) // one session through, so lazily started parts run
+	if err := send(c, "", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitUntil(t, "the first session to end", func() bool { return gauge(t, f.reg, "relay_ingress_sessions") == 0 })
+	baseline := runtime.NumGoroutine()
+	chunk := []byte("To: ops@contoso.com\r\nSubject: dump\r\n\r\n" + strings.Repeat(strings.Repeat("q", 76)+"\r\n", 600_000/78))
+	var wg sync.WaitGroup
+	for i := range 40 {
+		c := f.dial(fmt.Sprintf("127.0.0.%d", 20+i%4))
+		if err := c.Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword)); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.Mail("alerts@contoso.com", nil); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := c.Rcpt("ops@contoso.com", nil); err != nil {
+				t.Error(err)
+				return
+			}
+			w, err := c.Data()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = w.Write(chunk)
+			c.Close() // hung up inside DATA
+		}()
+	}
+	wg.Wait()
+	waitUntil(t, "every session to end", func() bool { return gauge(t, f.reg, "relay_ingress_sessions") == 0 })
+	waitUntil(t, fmt.Sprintf("goroutines back to %d", baseline), func() bool { return runtime.NumGoroutine() <= baseline+2 })
+	waitUntil(t, "the body store empty", func() bool {
+		s, err := f.env.JS.Stream(f.ctx, body.StreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(f.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs == 0
+	})
+	if n := len(f.queued()); n != 1 {
+		t.Fatalf("%d queued, want only the first message", n)
+	}
+}
+
+// waitUntil polls cond until it holds or 30 s have passed.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	return 0
 }
