@@ -26,7 +26,8 @@ type Config struct {
 	// Refuse answers a connection over a limit in the server's protocol
 	// and closes it. It runs on a goroutine of its own, so a client that
 	// does not read cannot hold up Accept; it should bound its writes with
-	// a deadline. nil closes the connection at once.
+	// a deadline. At most MaxRefusing run at once; past them, and when
+	// nil, the connection is closed at once.
 	Refuse func(c net.Conn, reason string)
 }
 
@@ -40,13 +41,24 @@ type Listener struct {
 	refuse func(c net.Conn, reason string)
 }
 
+// MaxRefusing bounds the refusals running at once (Config.Refuse) on a
+// Listener and those that Share its limits. Each runs on a goroutine of
+// its own and may wait for the client up to its deadline (a TLS
+// handshake first, on an implicit TLS port), so without a bound a flood
+// of connections over the limit cost a goroutine and a file descriptor
+// each for that long: the limit that exists to bound them did not.
+// Past it a connection over the limit is closed at once, unanswered: its
+// client sees a connection lost and tries again later, as after a 421.
+const MaxRefusing = 64
+
 // limits are the counts a Listener, and those that Share it, hold to.
 type limits struct {
 	cfg Config
 
-	mu   sync.Mutex
-	open int
-	byIP map[string]int
+	mu       sync.Mutex
+	open     int
+	byIP     map[string]int
+	refusing int
 }
 
 // New wraps ln.
@@ -86,15 +98,26 @@ func (l *Listener) Accept() (net.Conn, error) {
 			l.open++
 			l.byIP[ip]++
 		}
+		answer := reason != "" && l.refuse != nil && l.refusing < MaxRefusing
+		if answer {
+			l.refusing++
+		}
 		l.mu.Unlock()
 		if reason == "" {
 			return &conn{Conn: c, l: l, ip: ip}, nil
 		}
-		if l.refuse == nil {
+		if !answer {
 			_ = c.Close()
 			continue
 		}
-		go l.refuse(c, reason)
+		go func() {
+			defer func() {
+				l.mu.Lock()
+				l.refusing--
+				l.mu.Unlock()
+			}()
+			l.refuse(c, reason)
+		}()
 	}
 }
 
