@@ -7,13 +7,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"relay365/internal/body"
 	"relay365/internal/queue"
+	rtestutil "relay365/internal/testutil"
 )
 
 // TestFullQueueKeepsNoBody: while MAIL is full a client is answered
@@ -117,7 +117,7 @@ func TestAbandonedSubmissionsLeaveNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	waitUntil(t, "the first session to end", func() bool { return gauge(t, f.reg, "relay_ingress_sessions") == 0 })
+	rtestutil.Eventually(t, f.ctx, "the first session to end", func() bool { return gauge(t, f.reg, "relay_ingress_sessions") == 0 })
 	baseline := runtime.NumGoroutine()
 	chunk := []byte("To: ops@contoso.com\r\nSubject: dump\r\n\r\n" + strings.Repeat(strings.Repeat("q", 76)+"\r\n", 600_000/78))
 	var wg sync.WaitGroup
@@ -147,9 +147,9 @@ func TestAbandonedSubmissionsLeaveNothing(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitUntil(t, "every session to end", func() bool { return gauge(t, f.reg, "relay_ingress_sessions") == 0 })
-	waitUntil(t, fmt.Sprintf("goroutines back to %d", baseline), func() bool { return runtime.NumGoroutine() <= baseline+2 })
-	waitUntil(t, "the body store empty", func() bool {
+	rtestutil.Eventually(t, f.ctx, "every session to end", func() bool { return gauge(t, f.reg, "relay_ingress_sessions") == 0 })
+	rtestutil.Eventually(t, f.ctx, fmt.Sprintf("goroutines back to %d", baseline), func() bool { return runtime.NumGoroutine() <= baseline+2 })
+	rtestutil.Eventually(t, f.ctx, "the body store empty", func() bool {
 		s, err := f.env.JS.Stream(f.ctx, body.StreamName)
 		if err != nil {
 			t.Fatal(err)
@@ -162,18 +162,6 @@ func TestAbandonedSubmissionsLeaveNothing(t *testing.T) {
 	})
 	if n := len(f.queued()); n != 1 {
 		t.Fatalf("%d queued, want only the first message", n)
-	}
-}
-
-// waitUntil polls cond until it holds or 30 s have passed.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
