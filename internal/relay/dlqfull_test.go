@@ -28,20 +28,7 @@ func TestSweeperBacksOffAFullDLQ(t *testing.T) {
 		UnknownGrace: 100 * time.Millisecond,
 		Retry:        relay.Backoff{Base: time.Second, Max: 2 * time.Second, Jitter: 0.2},
 	}})
-	nc, err := nats.Connect(h.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	var tries atomic.Int64 // copies offered to MAIL_DLQ, stored or refused
-	sub, err := nc.Subscribe(queue.DLQPrefix+"ghost", func(*nats.Msg) { tries.Add(1) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	tries := dlqOffers(t, h, "ghost")
 	restore := refuseStream(t, h, queue.StreamDLQ)
 	const n = 100
 	for i := range n {
@@ -81,20 +68,7 @@ func TestExpiredBehindAFullDLQBacksOff(t *testing.T) {
 		Retry:         relay.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2},
 	}})
 	h.enroll("late", "late@contoso.com", "contoso.onmicrosoft.com", nil)
-	nc, err := nats.Connect(h.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	var tries atomic.Int64
-	sub, err := nc.Subscribe(queue.DLQPrefix+"late", func(*nats.Msg) { tries.Add(1) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	tries := dlqOffers(t, h, "late")
 	restore := refuseStream(t, h, queue.StreamDLQ)
 	const n = 20
 	for i := range n {
@@ -126,4 +100,23 @@ func TestExpiredBehindAFullDLQBacksOff(t *testing.T) {
 	if dl := h.deadLetters("late"); len(dl) != n {
 		t.Fatalf("%d dead letters, want %d", len(dl), n)
 	}
+}
+
+// dlqOffers counts the copies offered to MAIL_DLQ for account alias,
+// stored or refused, from now on.
+func dlqOffers(t *testing.T, h *harness, alias string) *atomic.Int64 {
+	t.Helper()
+	nc, err := nats.Connect(h.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	tries := new(atomic.Int64)
+	if _, err := nc.Subscribe(queue.DLQPrefix+alias, func(*nats.Msg) { tries.Add(1) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return tries
 }
