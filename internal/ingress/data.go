@@ -187,7 +187,8 @@ func readUpTo(r io.Reader, n int) (buf []byte, full bool, err error) {
 // publish queues a prepared message: 250 only after JetStream's PubAck.
 // A body stored for a message whose publish fails is the sweeper's (the
 // PubAck may be lost, not the message: deleting the body now could lose
-// a queued message).
+// a queued message), but for a publish MAIL refused as full at its first
+// attempt (queue.NotStored), whose body is deleted at once (dropBody).
 func (ss *session) publish(p prepared) (result, error) {
 	log := p.log
 	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
