@@ -651,9 +651,15 @@ func (z zlogAdapter) Println(v ...any)               { z.log.Debug().Msg(fmt.Spr
 // that cannot serve does (421, then close), never waiting long on a client
 // that does not read.
 func (s *Server) refuse(c net.Conn, reason string) {
+	_ = c.SetDeadline(time.Now().Add(refuseWithin))
+	s.answer421(c, reason)
+}
+
+// answer421 writes refuse's 421 and closes c, within the deadline its
+// caller set.
+func (s *Server) answer421(c net.Conn, reason string) {
 	s.metrics.refusedConns.Inc()
 	s.log.Warn().Str("reason", reason).Msg("SMTP connection refused")
-	_ = c.SetDeadline(time.Now().Add(refuseWithin))
 	_, _ = c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
 	_ = c.Close()
 }
@@ -673,7 +679,7 @@ func (s *Server) refuseTLS(c net.Conn, reason string) {
 		_ = c.Close()
 		return
 	}
-	s.refuse(tc, reason)
+	s.answer421(tc, reason) // within the handshake's deadline, not a new one
 }
 
 // refuseWithin bounds the time a refused connection is kept.
