@@ -256,8 +256,10 @@ func attachment(path string) (message.Attachment, error) {
 		return message.Attachment{}, cli.Usagef("--attach: %v", err)
 	}
 	if len(data) > message.MaxSize {
-		return message.Attachment{}, cli.UsageError{Err: fmt.Errorf("--attach %s: %w (reading stopped there)", path,
-			&producer.TooLarge{Size: int64(len(data)), Limit: message.MaxSize, AtLeast: true})}
+		// Exit 1, as Publish's *TooLarge for a smaller file that
+		// base64 takes past the limit (README; issue 16).
+		return message.Attachment{}, fmt.Errorf("--attach %s: %w (reading stopped there)", path,
+			&producer.TooLarge{Size: int64(len(data)), Limit: message.MaxSize, AtLeast: true})
 	}
 	ct := mime.TypeByExtension(filepath.Ext(path))
 	if ct == "" {
