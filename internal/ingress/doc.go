@@ -55,7 +55,8 @@
 //	250 2.0.0          the message is in the MAIL stream: JetStream's PubAck came
 //	                   (with the embedded server's default, after an fsync)
 //	451 4.3.0          NATS did not answer within the publish timeout: try again
-//	452 4.3.1          the MAIL stream is full: try again later
+//	452 4.3.1          the MAIL stream, or the body store a large message goes
+//	                   to, is full: try again later
 //	451 4.7.1          none of the producer's accounts is registered yet
 //	530 5.7.0          MAIL before AUTH (RFC 4954 §6)
 //	535 5.7.8          wrong name or password
@@ -71,7 +72,10 @@
 //	                   the limit (also at MAIL with SIZE=, RFC 1870 §6.1)
 //	554 5.6.0          the message cannot be parsed, or its header section
 //	                   does not end within the session's buffer
-//	421 4.7.0          too many connections (in all, or from this address)
+//	421 4.7.0          too many connections (in all, or from this address);
+//	                   inside TLS on the implicit TLS port; while
+//	                   connlimit.MaxRefusing refusals are being answered, a
+//	                   further one is closed without a reply
 //	421 4.4.2          the client stopped sending inside DATA for the session
 //	                   timeout (which times each block, not the message), or
 //	                   the connection failed there; the connection closes
