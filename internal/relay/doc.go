@@ -61,7 +61,9 @@
 // under that process put the message back in mid-transaction, to be
 // dead-lettered as unknown although it was sent, or sent again by the
 // lane of the account added again. Through the durable consumer the
-// sweeper gets only what no live process holds.
+// sweeper gets only what no live process holds. A sweep whose dead letter
+// MAIL_DLQ refused stops there, and the next waits on the Retry schedule
+// by such sweeps in a row (at least SweepEvery).
 //
 // # Sessions
 //
@@ -129,10 +131,14 @@
 //     never a plain Nak, which burns MaxDeliver in milliseconds. At the
 //     last delivery (MaxDeliver, counted here: the server's consumer has
 //     no limit, queue.ServerMaxDeliver) a still-failing message is
-//     dead-lettered with the last reply. If the dead letter (or a paused
-//     account's requeue) is refused, the message is nak'ed and delivered
-//     again to try once more; a server limit would have left it in the
-//     WorkQueue stream unseen. From twice MaxDeliver on, a message is
+//     dead-lettered with the last reply. A retry whose session could not
+//     be opened (dial, STARTTLS or AUTH) also holds the lane: no message
+//     of it takes a session until the hold ends (the Retry schedule by
+//     such refusals in a row; a session opened ends it). If the dead
+//     letter (or a paused account's requeue) is refused, the message is
+//     nak'ed and delivered again, on the Retry schedule by deliveries, to
+//     try once more; a server limit would have left it in the WorkQueue
+//     stream unseen. From twice MaxDeliver on, a message is
 //     dead-lettered without being tried (giveUp).
 //   - 535 5.7.3: one forced token refresh and a new session; refused
 //     again, the class is auth and the account pauses.
@@ -147,7 +153,8 @@
 //     service's announcements (TokenEvents: token.stored; workers never
 //     read relay_tokens themselves), so mail flows as soon as the
 //     account is consented again. A tenant block pauses every account of
-//     the tenant. A message whose last delivery meets a pause is requeued
+//     the tenant (not of "common", "organizations" or "consumers", which
+//     name no one tenant: that account pauses alone). A message whose last delivery meets a pause is requeued
 //     as a fresh message, never dead-lettered: waiting for an account is
 //     not a reason to give mail up. The pause is per process; another
 //     worker finds the condition on its own first attempt.
