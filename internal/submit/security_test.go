@@ -299,3 +299,30 @@ func TestXOAUTH2SecondChallengeCancels(t *testing.T) {
 		t.Fatalf("the client answered %d challenges with an empty line, want 1", empty)
 	}
 }
+
+// TestEchoedTokenInAMalformedReplyIsNotKept: the same echo without a reply
+// code ("unrecognized: <line>" alone) is no reply: net/textproto quotes
+// the line in its error, which the SMTPError prints as it is (Code 0).
+// The token must not be kept there either.
+func TestEchoedTokenInAMalformedReplyIsNotKept(t *testing.T) {
+	tlsConf, caFile := trustedTLS(t)
+	srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
+		if f := strings.Fields(line); len(f) == 2 && strings.EqualFold(f[0], "AUTH") {
+			write("334 ")
+			return
+		}
+		write("unrecognized: " + line)
+	})
+	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
+	var se *submit.SMTPError
+	if !errors.As(err, &se) || se.Code != 0 {
+		t.Fatalf("want an error without a reply, got %v", err)
+	}
+	resp := base64.StdEncoding.EncodeToString(submit.XOAUTH2Response("alerts@contoso.com", token))
+	if text := err.Error(); strings.Contains(text, resp[:40]) || strings.Contains(text, "c2VjcmV0c2VjcmV0") {
+		t.Fatalf("the error keeps the token: %.200s", text)
+	}
+}

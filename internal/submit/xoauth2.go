@@ -63,11 +63,22 @@ var errSecondChallenge = errors.New("XOAUTH2: the server challenged again after 
 // base64, into the error, and from there into the logs, /status and dead
 // letters. Any run of token characters that shares minEcho bytes with the
 // response (base64) or the token becomes "[redacted]".
+//
+// A line without a reply code is no reply (Code 0), but net/textproto
+// quotes it in its error, which Error prints: that error is scrubbed too.
 func scrubAuth(e *SMTPError, user, token string) *SMTPError {
-	if e.Code == 0 || token == "" {
+	if token == "" {
 		return e
 	}
 	secrets := []string{base64.StdEncoding.EncodeToString(XOAUTH2Response(user, token)), token}
+	if e.Code == 0 {
+		if e.Err != nil {
+			if text := redactEchoes(e.Err.Error(), secrets); text != e.Err.Error() {
+				e.Err = scrubbedError{text: text, err: e.Err}
+			}
+		}
+		return e
+	}
 	text := redactEchoes(e.Text, secrets)
 	if text != e.Text {
 		e.Text = text
@@ -78,6 +89,16 @@ func scrubAuth(e *SMTPError, user, token string) *SMTPError {
 	}
 	return e
 }
+
+// scrubbedError is err printed as text, err's own text with the secrets
+// it quoted redacted; errors.Is and errors.As still find err.
+type scrubbedError struct {
+	text string
+	err  error
+}
+
+func (e scrubbedError) Error() string { return e.text }
+func (e scrubbedError) Unwrap() error { return e.err }
 
 // minEcho is the shortest quote of a secret that is redacted: long
 // enough that a host name in Office 365's reply ("[SN4PR0601CA0003...]")
