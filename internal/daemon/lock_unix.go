@@ -23,16 +23,25 @@ import (
 // relay runs unlocked.
 func lockDataDir(dir string) (release func(), warn, err error) {
 	path := filepath.Join(dir, "serve.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	// Not through a symbolic link, nor onto anything but a regular
+	// file: the file is truncated and written below, and a link planted
+	// in the data directory would have the relay rewrite the file it
+	// names. O_NONBLOCK: a FIFO planted there must not hang the start.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--data-dir %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("--data-dir %s: %s must be a regular file the relay creates: %w", dir, path, err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("--data-dir %s: %s is not a regular file: remove it", dir, path)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder := ""
-		if b, rerr := os.ReadFile(path); rerr == nil {
-			if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
-				holder = fmt.Sprintf(" (pid %d)", pid)
-			}
+		// From the file locked, not by its name again, and a pid's worth.
+		b := make([]byte, 32)
+		n, _ := f.ReadAt(b, 0)
+		if pid, perr := strconv.Atoi(strings.TrimSpace(string(b[:n]))); perr == nil {
+			holder = fmt.Sprintf(" (pid %d)", pid)
 		}
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
