@@ -326,3 +326,49 @@ func TestEchoedTokenInAMalformedReplyIsNotKept(t *testing.T) {
 		t.Fatalf("the error keeps the token: %.200s", text)
 	}
 }
+
+// TestEchoedTokenInLaterReplyIsNotKept: the AUTH exchange succeeds, and
+// the server quotes the client's AUTH line in its refusal of MAIL (a
+// server that logs the session's commands into its replies). The
+// transaction's error goes into the logs, /status and the message's dead
+// letter: the bearer token must not.
+func TestEchoedTokenInLaterReplyIsNotKept(t *testing.T) {
+	tlsConf, caFile := trustedTLS(t)
+	authLine, inAuth := "", false
+	srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
+		switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); {
+		case inAuth || cmd == "AUTH" && len(strings.Fields(line)) == 3:
+			authLine, inAuth = line, false
+			write("235 2.7.0 Authentication successful")
+		case cmd == "AUTH":
+			inAuth = true
+			write("334 ")
+		case cmd == "MAIL":
+			write("550 5.7.1 refused; session began with " + authLine)
+		default:
+			write("250 ok")
+		}
+	})
+	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	err = s.Send(ctx, "alerts@contoso.com", []string{"ops@fabrikam.com"}, []byte("Subject: x\r\n\r\nbody\r\n"))
+	var se *submit.SMTPError
+	if !errors.As(err, &se) || se.Code != 550 {
+		t.Fatalf("want the 550 refusal of MAIL, got %v", err)
+	}
+	resp := base64.StdEncoding.EncodeToString(submit.XOAUTH2Response("alerts@contoso.com", token))
+	for _, text := range []string{err.Error(), se.Text, se.Reply(), se.Err.Error()} {
+		if strings.Contains(text, resp[:40]) || strings.Contains(text, "c2VjcmV0c2VjcmV0") {
+			t.Fatalf("the error keeps the token: %.200s", text)
+		}
+	}
+	if !strings.Contains(err.Error(), "550 5.7.1 refused") {
+		t.Fatalf("the reply itself is lost: %v", err)
+	}
+}

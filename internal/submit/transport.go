@@ -122,7 +122,8 @@ func (s *Session) SendContent(ctx context.Context, from string, rcpts []string, 
 		s.broken.Store(true)
 		return ce
 	}
-	se := Classify("", err)
+	// The server has had the token: a reply of any stage may quote it.
+	se := scrubAuth(Classify("", err), s.user, s.token)
 	if s.c.Broken() || !keepSession(se) {
 		s.broken.Store(true)
 	}

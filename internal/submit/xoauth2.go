@@ -57,7 +57,8 @@ func (c *xoauth2Client) Next(challenge []byte) ([]byte, error) {
 
 var errSecondChallenge = errors.New("XOAUTH2: the server challenged again after its error challenge")
 
-// scrubAuth takes out of a refusal of AUTH whatever the server quoted of
+// scrubAuth takes out of a refusal of AUTH (or of any later command on
+// the session: the server has had the token by then) whatever the server quoted of
 // the client's response: a server that answers a line it did not expect
 // with "unrecognized: <line>" would otherwise put the bearer token, in
 // base64, into the error, and from there into the logs, /status and dead
