@@ -2,6 +2,9 @@ package relay
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -42,18 +45,37 @@ type attempt struct {
 
 // messageID is the message's idempotency key: the JSON id, else the id a
 // dead letter, replay or requeue carried along, else the Nats-Msg-Id, else
-// (a bare `nats pub`) the stream sequence — stable across redeliveries.
+// (a bare `nats pub`) one derived from the stream message (fallbackID) —
+// stable across redeliveries.
 // An id taken from a header is not trusted more than a JSON one:
 // Validate refuses control characters in it (message.CheckID), so the
 // message is dead-lettered as invalid, and queue.MoveToDLQ stores the id
 // escaped; logs quote it (zerolog escapes control characters).
-func messageID(jsonID string, hdr nats.Header, seq uint64) string {
+func messageID(jsonID string, hdr nats.Header, seq uint64, stored time.Time, data []byte) string {
 	for _, id := range []string{jsonID, hdr.Get(queue.HdrMessageID), hdr.Get(jetstream.MsgIDHeader)} {
 		if id != "" {
 			return id
 		}
 	}
-	return "seq-" + strconv.FormatUint(seq, 10)
+	return fallbackID(seq, stored, data)
+}
+
+// fallbackID is the key of a message that came with no id:
+// "seq-<stream sequence>-<16 hex digits>", the digits a digest of the
+// sequence, the time the server stored it and its content. The sequence
+// alone ("seq-<n>") was a key any producer could name in advance (the
+// sequences are consecutive): a message of its own with that id, sent
+// first, left the id-less one marked as already sent. The digest is the
+// same at every delivery of the stream message; a requeue, dead letter
+// or replay carries the key along in Relay-Message-Id.
+func fallbackID(seq uint64, stored time.Time, data []byte) string {
+	h := sha256.New()
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], seq)
+	binary.BigEndian.PutUint64(b[8:], uint64(stored.UnixNano()))
+	h.Write(b[:])
+	h.Write(data)
+	return "seq-" + strconv.FormatUint(seq, 10) + "-" + hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
@@ -84,7 +106,7 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 		}
 		return
 	}
-	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg.Headers(), meta.Sequence.Stream), started: l.e.clock.Now()}
+	a := &attempt{msg: msg, meta: meta, probe: probe, slot: sl, id: messageID("", msg.Headers(), meta.Sequence.Stream, meta.Timestamp, msg.Data()), started: l.e.clock.Now()}
 	a.unclaim = sync.OnceFunc(func() {
 		if a.idKey != "" {
 			l.e.unclaimID(a.idKey, meta.Sequence.Stream)

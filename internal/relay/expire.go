@@ -116,7 +116,7 @@ func (l *lane) expirePaused(ctx context.Context) {
 		if !l.e.expired(queued) {
 			continue
 		}
-		id := messageID("", m.Header, m.Sequence)
+		id := messageID("", m.Header, m.Sequence, m.Time, m.Data)
 		reason, last := l.e.expiryReason(l.lastFailure(m.Sequence), l.pauseReply())
 		if err := queue.ExpireToDLQ(ctx, l.e.js, m, queue.DeadLetter{ID: id, Account: l.alias, Reason: reason, Class: classExpired, LastReply: last}); err != nil {
 			l.log.Error().Err(err).Uint64("stream_seq", m.Sequence).Msg("expired, but dead-lettering failed; trying at the next round")

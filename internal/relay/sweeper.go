@@ -138,7 +138,7 @@ func (e *Engine) sweepSubject(ctx context.Context, subject, alias string) (refus
 				}
 				continue // young: left for its account, if one appears
 			}
-			id := messageID("", msg.Headers(), md.Sequence.Stream)
+			id := messageID("", msg.Headers(), md.Sequence.Stream, md.Timestamp, msg.Data())
 			err = queue.MoveToDLQ(ctx, e.js, msg, queue.DeadLetter{ID: id, Account: dlqAccount, Reason: reason, Class: string(ClassInvalid)})
 			if err != nil {
 				e.log.Warn().Err(err).Str("msg_id", id).Uint64("stream_seq", md.Sequence.Stream).Str("subject", subject).Msg("sweeper: dead-lettering failed; the subject's messages stay queued, swept again later")
