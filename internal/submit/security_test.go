@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"net"
 	"os"
@@ -370,5 +371,45 @@ func TestEchoedTokenInLaterReplyIsNotKept(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "550 5.7.1 refused") {
 		t.Fatalf("the reply itself is lost: %v", err)
+	}
+}
+
+// TestReencodedTokenIsNotKept: a server that quotes the AUTH response
+// it could not use in another encoding than it came in (the decoded
+// response as hex, or re-encoded base64url) put the bearer token in the
+// refusal as well, in a form the redaction did not look for.
+func TestReencodedTokenIsNotKept(t *testing.T) {
+	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
+	resp := submit.XOAUTH2Response("alerts@contoso.com", token)
+	for name, echo := range map[string]string{
+		"hex":       hex.EncodeToString(resp),
+		"HEX":       strings.ToUpper(hex.EncodeToString([]byte(token))),
+		"base64url": base64.RawURLEncoding.EncodeToString(resp),
+	} {
+		t.Run(name, func(t *testing.T) {
+			tlsConf, caFile := trustedTLS(t)
+			srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
+				if f := strings.Fields(line); len(f) == 2 && strings.EqualFold(f[0], "AUTH") {
+					write("334 ")
+					return
+				}
+				write("535 5.7.3 Authentication unsuccessful, could not use " + echo)
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
+			var se *submit.SMTPError
+			if !errors.As(err, &se) || se.Class != submit.ClassAuth {
+				t.Fatalf("want an auth error, got %v", err)
+			}
+			for _, text := range []string{err.Error(), se.Text, se.Reply(), se.Err.Error()} {
+				if strings.Contains(text, echo[:64]) || strings.Contains(text, echo[200:264]) {
+					t.Fatalf("the error keeps the token (%s): %.200s", name, text)
+				}
+			}
+			if !strings.Contains(err.Error(), "535 5.7.3 Authentication unsuccessful") {
+				t.Fatalf("the reply itself is lost: %v", err)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package submit
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"strings"
 
@@ -63,7 +64,7 @@ var errSecondChallenge = errors.New("XOAUTH2: the server challenged again after 
 // with "unrecognized: <line>" would otherwise put the bearer token, in
 // base64, into the error, and from there into the logs, /status and dead
 // letters. Any run of token characters that shares minEcho bytes with the
-// response (base64) or the token becomes "[redacted]".
+// response or the token, in any of echoForms, becomes "[redacted]".
 //
 // A line without a reply code is no reply (Code 0), but net/textproto
 // quotes it in its error, which Error prints: that error is scrubbed too.
@@ -71,7 +72,7 @@ func scrubAuth(e *SMTPError, user, token string) *SMTPError {
 	if token == "" {
 		return e
 	}
-	secrets := []string{base64.StdEncoding.EncodeToString(XOAUTH2Response(user, token)), token}
+	secrets := echoForms(XOAUTH2Response(user, token), token)
 	if e.Code == 0 {
 		if e.Err != nil {
 			if text := redactEchoes(e.Err.Error(), secrets); text != e.Err.Error() {
@@ -100,6 +101,21 @@ type scrubbedError struct {
 
 func (e scrubbedError) Error() string { return e.text }
 func (e scrubbedError) Unwrap() error { return e.err }
+
+// echoForms are the forms in which a server may quote the response or
+// the token: as sent (base64), re-encoded base64url, or the decoded bytes
+// in hex, either case (a server that logs a line it could not parse as
+// bytes).
+func echoForms(resp []byte, token string) []string {
+	forms := []string{
+		base64.StdEncoding.EncodeToString(resp), base64.URLEncoding.EncodeToString(resp), token,
+		hex.EncodeToString(resp), hex.EncodeToString([]byte(token)),
+	}
+	for _, f := range forms[3:] {
+		forms = append(forms, strings.ToUpper(f))
+	}
+	return forms
+}
 
 // minEcho is the shortest quote of a secret that is redacted: long
 // enough that a host name in Office 365's reply ("[SN4PR0601CA0003...]")
