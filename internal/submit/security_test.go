@@ -129,6 +129,45 @@ func trustedTLS(t *testing.T) (*tls.Config, string) {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, caFile
 }
 
+// echoTestToken is a bearer token long enough that a quote of part of it
+// shows.
+var echoTestToken = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
+
+// dialEchoingAUTH dials, with token, a server that answers AUTH XOAUTH2
+// with an empty challenge and the client's response line with
+// refusal(line): a server quoting what it could not use.
+func dialEchoingAUTH(t *testing.T, token string, refusal func(line string) string) (*submit.SMTPError, error) {
+	t.Helper()
+	tlsConf, caFile := trustedTLS(t)
+	srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
+		if f := strings.Fields(line); len(f) == 2 && strings.EqualFold(f[0], "AUTH") {
+			write("334 ")
+			return
+		}
+		write(refusal(line))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
+	var se *submit.SMTPError
+	if !errors.As(err, &se) {
+		t.Fatalf("want an SMTP error, got %v", err)
+	}
+	return se, err
+}
+
+// keepsNone fails t when any of texts holds any of the secrets' quotes.
+func keepsNone(t *testing.T, what string, texts []string, quotes ...string) {
+	t.Helper()
+	for _, text := range texts {
+		for _, q := range quotes {
+			if strings.Contains(text, q) {
+				t.Fatalf("the error keeps the token%s: %.200s", what, text)
+			}
+		}
+	}
+}
+
 // TestNoPlaintextAuthEver: a server that offers AUTH PLAIN, LOGIN and
 // XOAUTH2 without STARTTLS, or STARTTLS with a certificate the relay does
 // not trust, receives no AUTH command and not one byte of the token, and
@@ -234,28 +273,14 @@ func TestNoAuthBelowTLS12(t *testing.T) {
 // response that carries it, into the error: it goes to the logs, /status
 // and dead letters.
 func TestEchoedTokenIsNotKept(t *testing.T) {
-	tlsConf, caFile := trustedTLS(t)
-	srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
-		if f := strings.Fields(line); len(f) == 2 && strings.EqualFold(f[0], "AUTH") {
-			write("334 ")
-			return
-		}
-		write("535 5.7.3 Authentication unsuccessful, unrecognized response " + line)
+	se, err := dialEchoingAUTH(t, echoTestToken, func(line string) string {
+		return "535 5.7.3 Authentication unsuccessful, unrecognized response " + line
 	})
-	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	_, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
-	var se *submit.SMTPError
-	if !errors.As(err, &se) || se.Class != submit.ClassAuth {
+	if se.Class != submit.ClassAuth {
 		t.Fatalf("want an auth error, got %v", err)
 	}
-	resp := base64.StdEncoding.EncodeToString(submit.XOAUTH2Response("alerts@contoso.com", token))
-	for _, text := range []string{err.Error(), se.Text, se.Reply()} {
-		if strings.Contains(text, resp[:40]) || strings.Contains(text, "c2VjcmV0c2VjcmV0") {
-			t.Fatalf("the error keeps the token: %.200s", text)
-		}
-	}
+	resp := base64.StdEncoding.EncodeToString(submit.XOAUTH2Response("alerts@contoso.com", echoTestToken))
+	keepsNone(t, "", []string{err.Error(), se.Text, se.Reply()}, resp[:40], "c2VjcmV0c2VjcmV0")
 	if !strings.Contains(err.Error(), "535 5.7.3 Authentication unsuccessful") {
 		t.Fatalf("the reply itself is lost: %v", err)
 	}
@@ -306,26 +331,12 @@ func TestXOAUTH2SecondChallengeCancels(t *testing.T) {
 // the line in its error, which the SMTPError prints as it is (Code 0).
 // The token must not be kept there either.
 func TestEchoedTokenInAMalformedReplyIsNotKept(t *testing.T) {
-	tlsConf, caFile := trustedTLS(t)
-	srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
-		if f := strings.Fields(line); len(f) == 2 && strings.EqualFold(f[0], "AUTH") {
-			write("334 ")
-			return
-		}
-		write("unrecognized: " + line)
-	})
-	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	_, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
-	var se *submit.SMTPError
-	if !errors.As(err, &se) || se.Code != 0 {
+	se, err := dialEchoingAUTH(t, echoTestToken, func(line string) string { return "unrecognized: " + line })
+	if se.Code != 0 {
 		t.Fatalf("want an error without a reply, got %v", err)
 	}
-	resp := base64.StdEncoding.EncodeToString(submit.XOAUTH2Response("alerts@contoso.com", token))
-	if text := err.Error(); strings.Contains(text, resp[:40]) || strings.Contains(text, "c2VjcmV0c2VjcmV0") {
-		t.Fatalf("the error keeps the token: %.200s", text)
-	}
+	resp := base64.StdEncoding.EncodeToString(submit.XOAUTH2Response("alerts@contoso.com", echoTestToken))
+	keepsNone(t, "", []string{err.Error()}, resp[:40], "c2VjcmV0c2VjcmV0")
 }
 
 // TestEchoedTokenInLaterReplyIsNotKept: the AUTH exchange succeeds, and
@@ -350,7 +361,7 @@ func TestEchoedTokenInLaterReplyIsNotKept(t *testing.T) {
 			write("250 ok")
 		}
 	})
-	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
+	token := echoTestToken
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
@@ -364,11 +375,7 @@ func TestEchoedTokenInLaterReplyIsNotKept(t *testing.T) {
 		t.Fatalf("want the 550 refusal of MAIL, got %v", err)
 	}
 	resp := base64.StdEncoding.EncodeToString(submit.XOAUTH2Response("alerts@contoso.com", token))
-	for _, text := range []string{err.Error(), se.Text, se.Reply(), se.Err.Error()} {
-		if strings.Contains(text, resp[:40]) || strings.Contains(text, "c2VjcmV0c2VjcmV0") {
-			t.Fatalf("the error keeps the token: %.200s", text)
-		}
-	}
+	keepsNone(t, "", []string{err.Error(), se.Text, se.Reply(), se.Err.Error()}, resp[:40], "c2VjcmV0c2VjcmV0")
 	if !strings.Contains(err.Error(), "550 5.7.1 refused") {
 		t.Fatalf("the reply itself is lost: %v", err)
 	}
@@ -379,7 +386,7 @@ func TestEchoedTokenInLaterReplyIsNotKept(t *testing.T) {
 // response as hex, or re-encoded base64url) put the bearer token in the
 // refusal as well, in a form the redaction did not look for.
 func TestReencodedTokenIsNotKept(t *testing.T) {
-	token := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + strings.Repeat("c2VjcmV0", 300) + ".signature-part-of-the-token"
+	token := echoTestToken
 	resp := submit.XOAUTH2Response("alerts@contoso.com", token)
 	for name, echo := range map[string]string{
 		"hex":       hex.EncodeToString(resp),
@@ -387,26 +394,13 @@ func TestReencodedTokenIsNotKept(t *testing.T) {
 		"base64url": base64.RawURLEncoding.EncodeToString(resp),
 	} {
 		t.Run(name, func(t *testing.T) {
-			tlsConf, caFile := trustedTLS(t)
-			srv := startScriptedSMTP(t, tlsConf, func(line string, write func(string)) {
-				if f := strings.Fields(line); len(f) == 2 && strings.EqualFold(f[0], "AUTH") {
-					write("334 ")
-					return
-				}
-				write("535 5.7.3 Authentication unsuccessful, could not use " + echo)
+			se, err := dialEchoingAUTH(t, token, func(string) string {
+				return "535 5.7.3 Authentication unsuccessful, could not use " + echo
 			})
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			_, err := (&submit.Transport{}).Dial(ctx, submit.Endpoint{Addr: srv.ln.Addr().String(), CAFile: caFile}, "alerts@contoso.com", token)
-			var se *submit.SMTPError
-			if !errors.As(err, &se) || se.Class != submit.ClassAuth {
+			if se.Class != submit.ClassAuth {
 				t.Fatalf("want an auth error, got %v", err)
 			}
-			for _, text := range []string{err.Error(), se.Text, se.Reply(), se.Err.Error()} {
-				if strings.Contains(text, echo[:64]) || strings.Contains(text, echo[200:264]) {
-					t.Fatalf("the error keeps the token (%s): %.200s", name, text)
-				}
-			}
+			keepsNone(t, " ("+name+")", []string{err.Error(), se.Text, se.Reply(), se.Err.Error()}, echo[:64], echo[200:264])
 			if !strings.Contains(err.Error(), "535 5.7.3 Authentication unsuccessful") {
 				t.Fatalf("the reply itself is lost: %v", err)
 			}
