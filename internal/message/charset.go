@@ -31,19 +31,12 @@ func charsetReader(charset string, input io.Reader) (io.Reader, error) {
 	return enc.NewDecoder().Reader(input), nil
 }
 
-// parseAddr parses one address (mail.ParseAddress) whatever the charset
-// of its encoded display name.
-func parseAddr(s string) (*mail.Address, error) { return addressParser.Parse(s) }
+// ReadAddress parses one address (mail.ParseAddress) whatever the charset
+// of its encoded display name, and by no other rule of this package: the
+// worker's raw fields, and the SMTP front door's From.
+func ReadAddress(s string) (*mail.Address, error) { return addressParser.Parse(s) }
 
-// parseAddrList parses an address list (mail.ParseAddressList) whatever
-// the charsets of its encoded display names.
-func parseAddrList(s string) ([]*mail.Address, error) { return addressParser.ParseList(s) }
-
-// ReadAddress is mail.ParseAddress for a header field as it came (the
-// SMTP front door's From): an encoded display name in any registered
-// charset, and no other rule of this package.
-func ReadAddress(s string) (*mail.Address, error) { return parseAddr(s) }
-
-// ReadAddressList is mail.ParseAddressList as ReadAddress is
-// mail.ParseAddress (relay sendmail's To, Cc, Bcc and -f).
-func ReadAddressList(s string) ([]*mail.Address, error) { return parseAddrList(s) }
+// ReadAddressList parses an address list (mail.ParseAddressList) whatever
+// the charsets of its encoded display names (relay sendmail's To, Cc, Bcc
+// and -f too).
+func ReadAddressList(s string) ([]*mail.Address, error) { return addressParser.ParseList(s) }

@@ -406,7 +406,7 @@ func (m *Message) Recipients() ([]string, error) {
 				if strings.TrimSpace(v) == "" {
 					continue // "Bcc:" with nobody names no one (RFC 5322 §3.6.3)
 				}
-				list, err := parseAddrList(v)
+				list, err := ReadAddressList(v)
 				if err != nil {
 					return nil, invalid("raw", "%s header: %v", h, err)
 				}
@@ -440,7 +440,7 @@ func ParseAddress(field, s string) (*mail.Address, error) {
 	if err := checkLine(field, s); err != nil {
 		return nil, err
 	}
-	a, err := parseAddr(s)
+	a, err := ReadAddress(s)
 	if err != nil {
 		return nil, invalid(field, "%q is not an address: %v", s, err)
 	}

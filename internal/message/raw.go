@@ -142,13 +142,13 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 			if from != nil {
 				return nil, invalid("raw", "more than one From field")
 			}
-			list, err := parseAddrList(f.value())
+			list, err := ReadAddressList(f.value())
 			if err != nil || len(list) != 1 {
 				return nil, invalid("raw", "From field %q is not one address", f.value())
 			}
 			from = list[0]
 		case "Sender":
-			a, err := parseAddr(f.value())
+			a, err := ReadAddress(f.value())
 			if err != nil {
 				return nil, invalid("raw", "Sender field %q is not an address", f.value())
 			}
