@@ -445,18 +445,7 @@ func (p *Producer) Publish(ctx context.Context, m *Message) (Result, error) {
 // From that is not one address, or a line longer than SMTP carries is
 // refused here, not dead-lettered later. The account's size limit is not
 // checked (Publish asks relay serve for it).
-func Check(m *Message) error {
-	if err := m.Validate(); err != nil {
-		return err
-	}
-	if len(m.Raw) == 0 {
-		return nil
-	}
-	// The rewrite policy refuses no From: what fails here fails for
-	// every account. (relay sendmail checks its messages the same way.)
-	_, err := message.Render(m, message.Sender{Mailbox: "postmaster@relay365.invalid", Policy: message.PolicyRewrite}, time.Time{})
-	return err
-}
+func Check(m *Message) error { return message.Check(m) }
 
 // PublishBatch publishes many messages, in order, and returns one Result
 // per message. Each is checked and sized as Publish does it (its body

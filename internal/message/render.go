@@ -121,6 +121,26 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 	return r, nil
 }
 
+// Check is what a producer can know before queuing m: Validate, and for
+// a raw message Render as the worker will, but for the account's From
+// policy, which only relay serve knows (the rewrite policy, which
+// refuses no From, stands in: what fails here fails for every account).
+// A raw message with a line before its header section ends that is no
+// header field, two From fields, a From that is not one address, or a
+// line longer than SMTP carries with nowhere to fold is refused then, not
+// dead-lettered later. The producer package's Check and relay sendmail
+// call it.
+func Check(m *Message) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if len(m.Raw) == 0 {
+		return nil
+	}
+	_, err := Render(m, Sender{Mailbox: "postmaster@relay365.invalid", Policy: PolicyRewrite}, time.Time{})
+	return err
+}
+
 // RenderUnsent renders a JSON message as its producer hands it over when
 // its content goes to the body store (body.go): the From and Reply-To as
 // given, for the worker to hold to the account's From policy, and no Date

@@ -618,15 +618,12 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 		return nil, errors.New("no recipients in the To, Cc and Bcc fields (-t)")
 	}
 	m := &message.Message{ID: message.NewID(), Account: c.Account, To: rcpts, Raw: raw}
-	if err := m.Validate(); err != nil {
-		return nil, err
-	}
-	// Render it as the worker will, but for the account's From policy,
-	// which only the worker knows (the registry is not a producer's to
-	// read): what no account could send (a From that is not one address,
-	// too large once rendered) is refused now, to a caller that can still
-	// say so, instead of being dead-lettered later.
-	if _, err := message.Render(m, message.Sender{Mailbox: "postmaster@relay365.invalid", Policy: message.PolicyRewrite}, time.Now()); err != nil {
+	// Validated and rendered as the worker will, but for the account's
+	// From policy (message.Check): what no account could send (a From
+	// that is not one address, too large once rendered) is refused now,
+	// to a caller that can still say so, instead of being dead-lettered
+	// later.
+	if err := message.Check(m); err != nil {
 		return nil, err
 	}
 	return m, nil
