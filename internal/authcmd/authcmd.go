@@ -27,8 +27,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"relay365/internal/buildinfo"
@@ -49,7 +47,7 @@ type Env struct {
 
 // Main runs authtool with the process's environment.
 func Main(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
 	return Run(ctx, args, Env{Env: cli.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}})
 }

@@ -785,7 +785,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	<-ctx.Done()
-	log.Info().Msg("shutting down: finishing sends in flight")
+	log.Info().Msg("shutting down: finishing sends in flight (a second Ctrl-C or SIGTERM quits at once; what is cut short is sent again after a restart)")
 	if err := d.Close(); err != nil {
 		return err // the caller logs why
 	}

@@ -4,7 +4,8 @@
 //
 // Exit codes: 0 success, 1 failure while running (NATS unreachable, a
 // message refused), 2 bad usage or configuration (the message says what to
-// fix), 130 interrupted (internal/cli). relay sendmail alone exits with
+// fix), 130 interrupted (internal/cli; relay serve and relay sandbox, which
+// run until a signal, exit 0 for it). relay sendmail alone exits with
 // sysexits.h's codes, which its callers expect of /usr/sbin/sendmail.
 package relaycmd
 
@@ -15,9 +16,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -42,7 +41,7 @@ type Env = cli.Env
 
 // Main runs the relay command with the process's environment.
 func Main(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
 	return Run(ctx, commandLine(os.Args[0], args), Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
 }
@@ -89,8 +88,8 @@ const usageTail = `
 Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_ADDR;
 relay serve: every flag also as RELAY_<FLAG> (--smtp-listen: RELAY_SMTP_LISTEN; relay serve -h);
 NATS authentication: ` + queue.ConnectEnv + `.
-Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted;
-relay sendmail: sysexits.h (relay sendmail -h).
+Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted
+(relay serve and sandbox: 0, a clean stop; a second Ctrl-C quits at once); relay sendmail: sysexits.h.
 `
 
 func usage(w io.Writer) {
