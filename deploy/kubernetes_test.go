@@ -558,6 +558,33 @@ func TestPodsMeetRestrictedPodSecurity(t *testing.T) {
 	}
 }
 
+// TestEveryContainerHasResources: a namespace with a ResourceQuota on
+// cpu and memory refuses a pod whose containers do not all request both,
+// and a container without a memory limit can take a node's memory. The
+// setup Job had none, so `kubectl apply -k` into such a namespace made
+// every pod but the one that creates the streams.
+func TestEveryContainerHasResources(t *testing.T) {
+	for key, o := range manifests(t) {
+		var spec corev1.PodSpec
+		switch w := o.(type) {
+		case *appsv1.Deployment:
+			spec = w.Spec.Template.Spec
+		case *appsv1.StatefulSet:
+			spec = w.Spec.Template.Spec
+		case *batchv1.Job:
+			spec = w.Spec.Template.Spec
+		default:
+			continue
+		}
+		for _, c := range append(spec.InitContainers, spec.Containers...) {
+			r := c.Resources
+			if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
+				t.Errorf("%s container %s: resources %v, want cpu and memory requests and a memory limit", key, c.Name, r)
+			}
+		}
+	}
+}
+
 // evictable says whether the eviction API lets a pod go under pdb, for a
 // workload of replicas pods of which ready are ready, by the rules of
 // policy/v1: a ready pod only within the budget; a pod that runs but is
