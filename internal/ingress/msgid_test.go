@@ -1,0 +1,86 @@
+package ingress_test
+
+import (
+	"crypto/rand"
+	"strings"
+	"testing"
+
+	"relay365/internal/account"
+	"relay365/internal/message"
+)
+
+// TestMalformedMessageIDIsReplaced: a submitted message whose Message-ID
+// field is not one msg-id (RFC 5322 §3.6.4) leaves with the relay's
+// stable one instead, as RFC 6409 §8.3 says a submission server SHOULD
+// do, and a well-formed one is kept as the client wrote it; the old
+// value is logged. The relay's own message id (the Nats-Msg-Id) is the
+// transaction's, as for every submission. Both ways DATA goes: a message
+// held whole, and one streamed into the body store.
+func TestMalformedMessageIDIsReplaced(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	alerts := account.Account{Alias: "alerts", Mailbox: "alerts@contoso.com"}
+	head := "From: <alerts@contoso.com>\r\nTo: ops@contoso.com\r\nSubject: id\r\nDate: Sat, 05 Dec 2026 09:30:00 +0000\r\n"
+	for _, tc := range []struct {
+		field string // the Message-ID field(s) as sent
+		kept  bool
+	}{
+		{"Message-ID: <am-1@example.org>\r\n", true},
+		{"Message-Id:\r\n <am-2.x@[10.0.0.1]> (a comment)\r\n", true},
+		{"Message-ID: <\"quoted left\"@example.org>\r\n", true},
+		{"Message-ID: am-3@example.org\r\n", false},
+		{"Message-ID: <no-at-sign>\r\n", false},
+		{"Message-ID:\r\n", false},
+		{"Message-ID: <a@b> <c@d>\r\n", false},
+		{"Message-ID: <a b@example.org>\r\n", false},
+		{"Message-ID: <a@example.org>\r\nMessage-ID: <b@example.org>\r\n", false},
+	} {
+		before := len(f.queued())
+		c := f.login("alertmanager", alertsPassword)
+		if err := send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, head+tc.field+"\r\nbody\r\n"); err != nil {
+			t.Fatalf("%q: %v", tc.field, err)
+		}
+		q := f.queued()
+		if len(q) != before+1 {
+			t.Fatalf("%q: %d queued, want %d", tc.field, len(q), before+1)
+		}
+		m, _, _ := f.sent(q[len(q)-1], alerts)
+		r, err := message.Render(m, message.Sender{Mailbox: alerts.Mailbox}, f.clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rendered := string(r.Data)
+		ours := "Message-ID: " + message.MessageID("alerts", m.ID, alerts.Mailbox) + "\r\n"
+		switch {
+		case tc.kept && (!strings.Contains(string(m.Raw), tc.field) || strings.Contains(rendered, ours)):
+			t.Errorf("well-formed %q not kept as sent:\n%s", tc.field, rendered)
+		case !tc.kept && (strings.Count(strings.ToLower(rendered), "\r\nmessage-id:") != 1 || !strings.Contains(rendered, ours)):
+			t.Errorf("malformed %q not replaced by %q:\n%s", tc.field, ours, rendered)
+		}
+	}
+	if !strings.Contains(f.logs.String(), `"replaced_message_id":["am-3@example.org"]`) {
+		t.Errorf("the replaced Message-ID is not logged:\n%s", f.logs.String())
+	}
+
+	// Streamed: the header section is checked alone, and the body store
+	// gets the header section without the field, then the rest as sent.
+	att := make([]byte, 3<<20)
+	rand.Read(att)
+	big := bigMail("alerts@contoso.com", "streamed", att)
+	big = strings.Replace(big, "Subject: streamed\r\n", "Subject: streamed\r\nMessage-ID: broken id\r\n", 1)
+	c := f.login("alertmanager", alertsPassword)
+	if err := send(c, "alerts@contoso.com", []string{"ops@contoso.com"}, big); err != nil {
+		t.Fatal(err)
+	}
+	q := f.queued()
+	m, stored, size := f.sent(q[len(q)-1], alerts)
+	if m.Body == nil {
+		t.Fatal("the large message was not streamed into the body store")
+	}
+	want := strings.Replace(big, "Message-ID: broken id\r\n", "", 1)
+	if s := string(stored); strings.Contains(s, "broken id") || !strings.HasSuffix(s, want) {
+		t.Fatalf("stored content is not the message as sent without its Message-ID field (%d bytes, want a suffix of %d)", len(s), len(want))
+	}
+	if size <= int64(len(want)) {
+		t.Fatalf("rendered size %d, less than the content", size)
+	}
+}
