@@ -66,6 +66,8 @@
 //	454 4.7.0          too many failed logins from this address or for this name
 //	501 5.5.2          an AUTH response the mechanism cannot read (RFC 4954 §4)
 //	501 5.1.7          a sender address with a control character (RFC 5321 §4.1.2)
+//	550 5.1.2          a recipient at an address literal, IPv4 or IPv6 (RFC 5321
+//	                   §4.1.3): Office 365 delivers only to domain names
 //	503 5.5.1          MAIL while a transaction is open (RFC 5321 §4.1.4); the
 //	                   transaction is kept, and its recipients are the envelope's
 //	550 5.7.1          an account or From the producer may not use

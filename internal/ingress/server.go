@@ -266,6 +266,20 @@ var (
 		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
 			Message: ReplyText(fmt.Sprintf("%s %q is not ASCII, and this server does not offer SMTPUTF8", what, addr))}
 	}
+	// errLiteralRcpt: a recipient whose domain is an address literal,
+	// "[192.0.2.1]" or "[IPv6:2001:db8::1]" (RFC 5321 §4.1.3). Both are
+	// refused alike, at RCPT: the relay sends only through Office 365,
+	// which delivers to domain names, so such a message could only be
+	// dead-lettered later. RFC 5321 §4.2.2 550 (not taken, for policy
+	// reasons), RFC 3463 X.1.2 (bad destination system address: not
+	// one that can accept mail from here). (Before, an IPv4 literal was
+	// taken and an IPv6 one refused as "not an address".) A literal as
+	// the envelope sender is taken: it only picks the account (none has
+	// one), as any other address of no account does.
+	errLiteralRcpt = func(addr string) *smtp.SMTPError {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 2},
+			Message: ReplyText(fmt.Sprintf("recipient %q has an address literal for a domain (RFC 5321 §4.1.3): mail goes out through Office 365, which delivers only to domain names", addr))}
+	}
 	errNoAccount = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: ReplyText(why)}
 	}
@@ -540,6 +554,9 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	if !isASCII(to) {
 		return errNonASCII("recipient", to)
+	}
+	if at := strings.LastIndexByte(to, '@'); at >= 0 && strings.HasPrefix(to[at+1:], "[") {
+		return errLiteralRcpt(to)
 	}
 	if _, err := message.ParseAddress("recipient", to); err != nil {
 		return errBadRcpt(err.Error())

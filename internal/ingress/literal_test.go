@@ -1,0 +1,49 @@
+package ingress_test
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestAddressLiteralsAreOneRule: an address literal (RFC 5321 §4.1.3)
+// is treated the same whether it is IPv4 or IPv6. As a recipient both
+// are refused at RCPT with a reply that says why (550 5.1.2: Office 365
+// delivers only to domain names), not an IPv4 literal taken (to be
+// dead-lettered later) while a well-formed IPv6 one was answered "501
+// 5.1.3 ... not an address: mail: missing '@' or angle-addr". As the
+// envelope sender both are taken (it only picks the account), and the
+// transaction goes on with its other recipients.
+func TestAddressLiteralsAreOneRule(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	for _, lit := range []string{"[192.0.2.1]", "[IPv6:2001:db8::1]", "[IPv6:::ffff:192.0.2.1]"} {
+		c := f.login("alertmanager", alertsPassword)
+		if err := c.Mail("alertmanager@"+lit, nil); err != nil {
+			t.Fatalf("MAIL FROM:<alertmanager@%s>: %v", lit, err)
+		}
+		err := c.Rcpt("ops@"+lit, nil)
+		wantReply(t, "RCPT TO:<ops@"+lit+">", err, 550, "5.1.2")
+		if !strings.Contains(err.Error(), "Office 365") {
+			t.Fatalf("RCPT TO:<ops@%s>: the reply does not say why: %v", lit, err)
+		}
+		if err := c.Rcpt("ops@contoso.com", nil); err != nil {
+			t.Fatal(err)
+		}
+		w, err := c.Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write([]byte(alertmanagerMail)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatalf("DATA after a refused literal: %v", err)
+		}
+		if m := f.queued(); len(m) == 0 {
+			t.Fatal("nothing queued")
+		}
+	}
+	m := f.queued()
+	if len(m) != 3 {
+		t.Fatalf("%d queued, want 3", len(m))
+	}
+}
