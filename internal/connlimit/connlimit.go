@@ -29,6 +29,12 @@ type Config struct {
 	// a deadline. At most MaxRefusing run at once; past them, and when
 	// nil, the connection is closed at once.
 	Refuse func(c net.Conn, reason string)
+	// Dropped, when set, is told of each connection over a limit that
+	// was closed at once without Refuse (past MaxRefusing, or Refuse
+	// nil), so a server can count and log those too: otherwise nothing
+	// sees them. It runs on Accept's goroutine, before the close, and
+	// must not block.
+	Dropped func(reason string)
 }
 
 // Listener is a net.Listener whose Accept hands out connections only while
@@ -107,6 +113,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return &conn{Conn: c, l: l, ip: ip}, nil
 		}
 		if !answer {
+			if l.cfg.Dropped != nil {
+				l.cfg.Dropped(reason)
+			}
 			_ = c.Close()
 			continue
 		}

@@ -23,7 +23,7 @@ func TestRefusalsAreBounded(t *testing.T) {
 	// running, or a client that saw its connection closed without one.
 	// all closes when every one of flood is; the test waits for that, not
 	// for a time (go test's -timeout ends a run that never gets there).
-	var dealt, inRefusal, peak atomic.Int64
+	var dealt, inRefusal, peak, dropped atomic.Int64
 	all := make(chan struct{})
 	count := func() {
 		if dealt.Add(1) == flood {
@@ -31,7 +31,11 @@ func TestRefusalsAreBounded(t *testing.T) {
 		}
 	}
 	release := make(chan struct{})
-	l, accepted := serve(t, connlimit.Config{Max: 1, Refuse: func(c net.Conn, reason string) {
+	l, accepted := serve(t, connlimit.Config{Max: 1, Dropped: func(reason string) {
+		if reason == connlimit.ReasonTotal {
+			dropped.Add(1)
+		}
+	}, Refuse: func(c net.Conn, reason string) {
 		n := inRefusal.Add(1)
 		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
 		}
@@ -59,5 +63,12 @@ func TestRefusalsAreBounded(t *testing.T) {
 	<-all
 	if p := peak.Load(); p > connlimit.MaxRefusing {
 		t.Fatalf("%d refusals running at once for %d connections over the limit, want at most %d", p, flood, connlimit.MaxRefusing)
+	}
+	// Every connection closed unanswered was told to Dropped, with its
+	// reason: the refusals still running (the test holds them) plus
+	// those dropped are the flood. Dropped runs before Accept goes on,
+	// and a client sees its close only after it.
+	if got, want := dropped.Load(), flood-inRefusal.Load(); got != want {
+		t.Fatalf("Dropped told of %d connections closed unanswered, want %d", got, want)
 	}
 }

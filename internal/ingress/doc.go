@@ -109,5 +109,10 @@
 //
 // relay_ingress_messages_total{producer,result},
 // relay_ingress_auth_failures_total{reason}, relay_ingress_sessions and
-// relay_ingress_refused_connections_total.
+// relay_ingress_refused_connections_total{limit,reply} (limit total or
+// per_ip; reply 421, or none for a connection closed unanswered: past
+// connlimit.MaxRefusing refusals running, or a failed implicit TLS
+// handshake). Refused connections are logged at most one line per 10
+// seconds, which says how many were not logged before it
+// (not_logged_before); the counter has them all.
 package ingress

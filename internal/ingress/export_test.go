@@ -1,5 +1,7 @@
 package ingress
 
+import "time"
+
 // PasswordHashes is how many argon2id password checks s has run.
 func (s *Server) PasswordHashes() int64 { return s.verify.hashes.Load() }
 
@@ -14,3 +16,11 @@ func (s *Server) ProducerHash(name string) string {
 // ForgetProducer drops name from the front door's copy of the registry, as
 // if its watch had not yet seen the producer being added.
 func (s *Server) ForgetProducer(name string) { s.prods.set(name, Producer{}, false) }
+
+// HoldRefusals makes a refusal wait up to d for its client (refuseWithin)
+// until the test ends, so a test can keep connlimit.MaxRefusing of them
+// running.
+func HoldRefusals(t interface{ Cleanup(func()) }, d time.Duration) {
+	refuseWithinTest.Store(int64(d))
+	t.Cleanup(func() { refuseWithinTest.Store(0) })
+}

@@ -18,7 +18,7 @@ const (
 type metrics struct {
 	messages     *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
-	refusedConns prometheus.Counter
+	refusedConns *prometheus.CounterVec
 	reg          prometheus.Registerer
 }
 
@@ -33,14 +33,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "relay_ingress_auth_failures_total",
 			Help: "Failed SMTP AUTH attempts: bad_credentials (unknown producer or wrong password) or locked_out (refused during the backoff).",
 		}, []string{"reason"}),
-		refusedConns: prometheus.NewCounter(prometheus.CounterOpts{
+		refusedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_ingress_refused_connections_total",
-			Help: "SMTP connections refused with 421 because of the connection limits.",
-		}),
+			Help: "SMTP connections refused by the connection limits, by limit (total or per_ip) and reply (421, or none: closed unanswered while connlimit.MaxRefusing refusals were running, or the client failed the implicit TLS handshake or the write).",
+		}, []string{"limit", "reply"}),
 	}
 	reg.MustRegister(m.messages, m.authFailures, m.refusedConns)
 	for _, r := range []string{"bad_credentials", "locked_out"} {
 		m.authFailures.WithLabelValues(r)
+	}
+	for _, limit := range []string{"total", "per_ip"} {
+		for _, reply := range []string{"421", "none"} {
+			m.refusedConns.WithLabelValues(limit, reply)
+		}
 	}
 	return m
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"relay365/internal/clock"
 	"relay365/internal/pki"
 )
 
@@ -48,6 +49,7 @@ func TestRefuseTLSOneDeadline(t *testing.T) {
 	s := &Server{
 		metrics: newMetrics(prometheus.NewRegistry()),
 		log:     zerolog.Nop(),
+		deps:    Deps{Clock: clock.Real()},
 		smtp:    &smtp.Server{TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}},
 	}
 	server, client := net.Pipe()

@@ -104,6 +104,7 @@ type Server struct {
 	addrs    [2]net.Addr // STARTTLS, implicit TLS; nil when off
 	lns      []net.Listener
 	cancel   context.CancelFunc
+	refusals refusalLog
 	sessions atomic.Int64
 	done     sync.WaitGroup
 }
@@ -170,7 +171,8 @@ func Start(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 			refuse = s.refuseTLS
 		}
 		if limit == nil {
-			limit = connlimit.New(ln, connlimit.Config{Max: cfg.MaxConns, PerIP: cfg.MaxConnsPerIP, Refuse: refuse})
+			limit = connlimit.New(ln, connlimit.Config{Max: cfg.MaxConns, PerIP: cfg.MaxConnsPerIP, Refuse: refuse,
+				Dropped: func(reason string) { s.refused(reason, "none", nil) }})
 		} else {
 			limit = limit.Share(ln, refuse)
 		}
@@ -668,17 +670,66 @@ func (z zlogAdapter) Println(v ...any)               { z.log.Debug().Msg(fmt.Spr
 // that cannot serve does (421, then close), never waiting long on a client
 // that does not read.
 func (s *Server) refuse(c net.Conn, reason string) {
-	_ = c.SetDeadline(time.Now().Add(refuseWithin))
+	_ = c.SetDeadline(refuseDeadline())
 	s.answer421(c, reason)
 }
 
 // answer421 writes refuse's 421 and closes c, within the deadline its
 // caller set.
 func (s *Server) answer421(c net.Conn, reason string) {
-	s.metrics.refusedConns.Inc()
-	s.log.Warn().Str("reason", reason).Msg("SMTP connection refused")
-	_, _ = c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
+	_, err := c.Write([]byte("421 4.7.0 " + reason + ", try again later\r\n"))
+	reply := "421"
+	if err != nil {
+		reply = "none"
+	}
+	s.refused(reason, reply, err)
 	_ = c.Close()
+}
+
+// refused counts a connection refused over a limit (reply "421", or
+// "none": closed unanswered) and logs it, at most one line per
+// refuseLogEvery: a flood of connections over the limit is what the
+// limit is for, and a line for each was a flood of the log as well (the
+// counter has every one).
+func (s *Server) refused(reason, reply string, err error) {
+	limit := "total"
+	if reason == connlimit.ReasonPerIP {
+		limit = "per_ip"
+	}
+	s.metrics.refusedConns.WithLabelValues(limit, reply).Inc()
+	suppressed, ok := s.refusals.take(s.deps.Clock.Now())
+	if !ok {
+		return
+	}
+	ev := s.log.Warn().Str("reason", reason).Str("reply", reply).Int("not_logged_before", suppressed)
+	if err != nil {
+		ev = ev.Err(err)
+	}
+	ev.Msgf("SMTP connection refused (at most one such line per %s; relay_ingress_refused_connections_total counts them all)", refuseLogEvery)
+}
+
+// refuseLogEvery is the least time between two log lines of refused
+// connections.
+const refuseLogEvery = 10 * time.Second
+
+// refusalLog rate-limits the log lines of refused connections.
+type refusalLog struct {
+	mu         sync.Mutex
+	next       time.Time // no line before it
+	suppressed int       // refusals not logged since the last line
+}
+
+// take reports whether a refusal at now gets a log line, and how many
+// were not logged since the last one.
+func (r *refusalLog) take(now time.Time) (suppressed int, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Before(r.next) {
+		r.suppressed++
+		return 0, false
+	}
+	suppressed, r.suppressed, r.next = r.suppressed, 0, now.Add(refuseLogEvery)
+	return suppressed, true
 }
 
 // refuseTLS is refuse on the implicit TLS listener, where the client's
@@ -688,11 +739,10 @@ func (s *Server) answer421(c net.Conn, reason string) {
 // and the reply share refuse's deadline, so a client that stalls costs
 // no more than one that does not read.
 func (s *Server) refuseTLS(c net.Conn, reason string) {
-	_ = c.SetDeadline(time.Now().Add(refuseWithin))
+	_ = c.SetDeadline(refuseDeadline())
 	tc := tls.Server(c, s.smtp.TLSConfig)
 	if err := tc.Handshake(); err != nil {
-		s.metrics.refusedConns.Inc()
-		s.log.Warn().Str("reason", reason).Err(err).Msg("SMTP connection refused (its TLS handshake failed)")
+		s.refused(reason, "none", fmt.Errorf("TLS handshake: %w", err))
 		_ = c.Close()
 		return
 	}
@@ -701,6 +751,19 @@ func (s *Server) refuseTLS(c net.Conn, reason string) {
 
 // refuseWithin bounds the time a refused connection is kept.
 const refuseWithin = 2 * time.Second
+
+// refuseWithinTest, when set, stands for refuseWithin: tests that keep
+// refusals running.
+var refuseWithinTest atomic.Int64
+
+// refuseDeadline is when a refusal starting now gives up on its client.
+func refuseDeadline() time.Time {
+	d := refuseWithin
+	if t := refuseWithinTest.Load(); t > 0 {
+		d = time.Duration(t)
+	}
+	return time.Now().Add(d)
+}
 
 // isControl reports whether r is an ASCII control character (C0 or DEL).
 func isControl(r rune) bool { return r < ' ' || r == 0x7f }
