@@ -44,8 +44,12 @@ const streamBuffer = message.InlineMax + 64<<10
 // read. (The worker allows a stored body message.MaxHeaderSection.)
 const maxHeaderSection = streamBuffer
 
-// MaxReceivedHeader bounds the trace field the front door prepends.
+// MaxReceivedHeader bounds the trace field the front door prepends
+// (with a host name of at most maxDomain octets).
 const MaxReceivedHeader = 1024
+
+// maxDomain is the longest domain, RFC 5321 §4.5.3.1.2.
+const maxDomain = 255
 
 func (ss *session) Data(r io.Reader) error {
 	done := make(chan struct{})
@@ -552,6 +556,13 @@ func (ss *session) received(id, helo string) []byte {
 		}
 		return -1
 	}, helo)
+	// A domain is at most 255 octets (RFC 5321 §4.5.3.1.2), and so is
+	// what is kept of the name: a longer one, whole, made the field a
+	// line past 998 octets that cannot be folded (RFC 5322 §2.1.1), and
+	// every message of the session was refused for it. With the address
+	// literal (at most 45 octets), the host name and the id, the field
+	// stays within MaxReceivedHeader.
+	helo = helo[:min(len(helo), maxDomain)]
 	// The client's address as an address literal (RFC 5321 §4.1.3): an
 	// IPv6 address is tagged "IPv6:". It also stands for a HELO name that
 	// had nothing left: FROM needs a domain or an address literal (§4.4).

@@ -1,0 +1,34 @@
+package ingress_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-sasl"
+)
+
+// TestLongEHLONameKeepsTheReceivedFieldShort: a domain is at most 255
+// octets (RFC 5321 §4.5.3.1.2), and the Received field the front door
+// writes is held to MaxReceivedHeader. An EHLO argument of 1,500 letters
+// went whole into the Received field's FROM clause, a line longer than
+// 998 with nowhere to fold it (RFC 5322 §2.1.1), so every message of the
+// session was refused "554 5.6.0 ... the Received field has a line
+// longer than 998 octets", a field the client never wrote.
+func TestLongEHLONameKeepsTheReceivedFieldShort(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.dial("")
+	if err := c.Hello(strings.Repeat("a", 1500)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", "alertmanager", alertsPassword)); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(c, "", []string{"ops@contoso.com"}, alertmanagerMail); err != nil {
+		t.Fatalf("DATA after a long EHLO name: %v", err)
+	}
+	raw := string(f.onlyQueued().Raw)
+	received := raw[:strings.Index(raw, alertmanagerMail)]
+	if len(received) > 1024 || !strings.HasPrefix(received, "Received: from "+strings.Repeat("a", 255)+" ([127.0.0.1])\r\n") {
+		t.Fatalf("Received field of %d octets:\n%.400s", len(received), received)
+	}
+}
