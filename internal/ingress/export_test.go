@@ -24,3 +24,14 @@ func HoldRefusals(t interface{ Cleanup(func()) }, d time.Duration) {
 	refuseWithinTest.Store(int64(d))
 	t.Cleanup(func() { refuseWithinTest.Store(0) })
 }
+
+// LockoutKeyBytes is the memory the failed-login counts' keys take.
+func (s *Server) LockoutKeyBytes() int {
+	s.lockout.mu.Lock()
+	defer s.lockout.mu.Unlock()
+	n := 0
+	for k := range s.lockout.keys {
+		n += len(k)
+	}
+	return n
+}

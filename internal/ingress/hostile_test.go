@@ -32,3 +32,27 @@ func TestLongEHLONameKeepsTheReceivedFieldShort(t *testing.T) {
 		t.Fatalf("Received field of %d octets:\n%.400s", len(received), received)
 	}
 }
+
+// TestLongAUTHNameCostsLittle: the name of an AUTH is the client's, up to
+// a command line of 64 KiB. One that cannot be a producer's is logged
+// shortened and counted under one key, so a guesser with long names
+// costs neither a log line nor lockout memory of their size (the
+// lockout keeps up to 10,000 keys: of 30 KB names, 300 MB).
+func TestLongAUTHNameCostsLittle(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	for i := range 3 {
+		name := strings.Repeat(string(rune('x'+i)), 30000)
+		c := f.dial("")
+		err := c.Auth(sasl.NewPlainClient("", name, "guess"))
+		wantReply(t, "AUTH with a 30,000 octet name", err, 535, "5.7.8")
+		c.Close()
+	}
+	for _, line := range strings.Split(f.logs.String(), "\n") {
+		if len(line) > 2000 {
+			t.Fatalf("a log line of %d octets: %.200s…", len(line), line)
+		}
+	}
+	if n := f.srv.LockoutKeyBytes(); n > 200 {
+		t.Fatalf("the lockout keeps %d octets of keys for 3 failed logins", n)
+	}
+}

@@ -400,10 +400,19 @@ func (m malformed) Next(response []byte) ([]byte, bool, error) {
 // (auth.go). The password is never logged.
 func (ss *session) login(name, password string) error {
 	s := ss.s
-	keys := []string{"ip:" + ss.client, "name:" + name}
+	// The name is the client's, as long as a command line (64 KiB). One
+	// that cannot name a producer (ValidName, the registry's own rule:
+	// at most 63 octets) is counted under one key for all such names and
+	// logged shortened: kept whole, each guess kept up to 64 KiB in the
+	// lockout (maxTracked keys of it) and wrote it into the log.
+	keyName, logName := name, name
+	if !ValidName(name) {
+		keyName, logName = "\x00not-a-producer-name", termsafe.Shorten(name, 64)
+	}
+	keys := []string{"ip:" + ss.client, "name:" + keyName}
 	if wait := s.lockout.locked(keys...); wait > 0 {
 		s.metrics.authFailures.WithLabelValues("locked_out").Inc()
-		ss.log.Warn().Str("producer", name).Dur("locked_for_ms", wait).Msg("SMTP AUTH refused: too many failures")
+		ss.log.Warn().Str("producer", logName).Dur("locked_for_ms", wait).Msg("SMTP AUTH refused: too many failures")
 		return errLockedOut(wait)
 	}
 	p, ok, _ := s.producer(name) // a bucket that does not answer: as unknown
@@ -420,7 +429,7 @@ func (ss *session) login(name, password string) error {
 	if !good {
 		s.lockout.fail(keys...)
 		s.metrics.authFailures.WithLabelValues("bad_credentials").Inc()
-		ss.log.Warn().Str("producer", name).Msg("SMTP AUTH failed: unknown producer or wrong password")
+		ss.log.Warn().Str("producer", logName).Msg("SMTP AUTH failed: unknown producer or wrong password")
 		return smtp.ErrAuthFailed
 	}
 	s.lockout.succeed(keys...)
