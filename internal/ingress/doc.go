@@ -103,7 +103,9 @@
 // tell which names exist; argon2id runs at most twice at once, and a password
 // that matched is remembered as an HMAC for the life of the process, so a
 // client that connects for every message costs one hash, not one per
-// mail. Passwords are never logged.
+// mail. Passwords are never logged; an AUTH refused during a lockout,
+// which costs no hash and so comes as fast as a client sends, is logged
+// at most once per 10 seconds (the metric counts every one).
 //
 // # Metrics
 //

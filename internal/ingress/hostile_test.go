@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/emersion/go-sasl"
+
+	"relay365/internal/token/tokentest"
 )
 
 // TestLongEHLONameKeepsTheReceivedFieldShort: a domain is at most 255
@@ -54,5 +56,32 @@ func TestLongAUTHNameCostsLittle(t *testing.T) {
 	}
 	if n := f.srv.LockoutKeyBytes(); n > 200 {
 		t.Fatalf("the lockout keeps %d octets of keys for 3 failed logins", n)
+	}
+}
+
+// TestLockedOutAUTHLinesAreBounded: AUTH during a lockout is refused
+// without a hash, so as fast as a client sends it; each refusal wrote a
+// log line. They are counted (relay_ingress_auth_failures_total
+// {reason="locked_out"}) and logged at most once per interval.
+func TestLockedOutAUTHLinesAreBounded(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	// A connection for each: go-smtp's client answers a failed AUTH with
+	// a "*", which the server counts as a protocol error.
+	auth := func() error {
+		c := f.dial("")
+		defer c.Close()
+		return c.Auth(sasl.NewPlainClient("", "alertmanager", "wrong"))
+	}
+	for range 3 {
+		wantReply(t, "AUTH with a wrong password", auth(), 535, "5.7.8")
+	}
+	for range 20 {
+		wantReply(t, "AUTH during the lockout", auth(), 454, "4.7.0")
+	}
+	if n := strings.Count(f.logs.String(), "SMTP AUTH refused: too many failures"); n != 1 {
+		t.Fatalf("%d log lines for 20 AUTH refused within one interval, want 1", n)
+	}
+	if n := tokentest.Metric(t, f.reg, "relay_ingress_auth_failures_total", map[string]string{"reason": "locked_out"}); n != 20 {
+		t.Fatalf("relay_ingress_auth_failures_total{reason=locked_out} = %v, want 20", n)
 	}
 }

@@ -92,21 +92,22 @@ type Deps struct {
 
 // Server is the running SMTP front door.
 type Server struct {
-	cfg      Config
-	deps     Deps
-	log      zerolog.Logger
-	metrics  *metrics
-	lockout  *lockout
-	verify   *verifier
-	accounts *cache[account.Account]
-	prods    *cache[Producer]
-	smtp     *smtp.Server
-	addrs    [2]net.Addr // STARTTLS, implicit TLS; nil when off
-	lns      []net.Listener
-	cancel   context.CancelFunc
-	refusals refusalLog
-	sessions atomic.Int64
-	done     sync.WaitGroup
+	cfg       Config
+	deps      Deps
+	log       zerolog.Logger
+	metrics   *metrics
+	lockout   *lockout
+	verify    *verifier
+	accounts  *cache[account.Account]
+	prods     *cache[Producer]
+	smtp      *smtp.Server
+	addrs     [2]net.Addr // STARTTLS, implicit TLS; nil when off
+	lns       []net.Listener
+	cancel    context.CancelFunc
+	refusals  logLimiter // connections refused over the limits
+	lockedOut logLimiter // AUTH refused during a lockout
+	sessions  atomic.Int64
+	done      sync.WaitGroup
 }
 
 // Start opens the listeners and serves until Close.
@@ -412,7 +413,12 @@ func (ss *session) login(name, password string) error {
 	keys := []string{"ip:" + ss.client, "name:" + keyName}
 	if wait := s.lockout.locked(keys...); wait > 0 {
 		s.metrics.authFailures.WithLabelValues("locked_out").Inc()
-		ss.log.Warn().Str("producer", logName).Dur("locked_for_ms", wait).Msg("SMTP AUTH refused: too many failures")
+		// Refused without a hash, so as fast as the client sends: at
+		// most one line per logEvery (the metric counts them all).
+		if n, ok := s.lockedOut.take(s.deps.Clock.Now()); ok {
+			ss.log.Warn().Str("producer", logName).Dur("locked_for_ms", wait).Int("not_logged_before", n).
+				Msgf("SMTP AUTH refused: too many failures (at most one such line per %s)", logEvery)
+		}
 		return errLockedOut(wait)
 	}
 	p, ok, _ := s.producer(name) // a bucket that does not answer: as unknown
@@ -697,7 +703,7 @@ func (s *Server) answer421(c net.Conn, reason string) {
 
 // refused counts a connection refused over a limit (reply "421", or
 // "none": closed unanswered) and logs it, at most one line per
-// refuseLogEvery: a flood of connections over the limit is what the
+// logEvery: a flood of connections over the limit is what the
 // limit is for, and a line for each was a flood of the log as well (the
 // counter has every one).
 func (s *Server) refused(reason, reply string, err error) {
@@ -714,30 +720,30 @@ func (s *Server) refused(reason, reply string, err error) {
 	if err != nil {
 		ev = ev.Err(err)
 	}
-	ev.Msgf("SMTP connection refused (at most one such line per %s; relay_ingress_refused_connections_total counts them all)", refuseLogEvery)
+	ev.Msgf("SMTP connection refused (at most one such line per %s; relay_ingress_refused_connections_total counts them all)", logEvery)
 }
 
-// refuseLogEvery is the least time between two log lines of refused
-// connections.
-const refuseLogEvery = 10 * time.Second
+// logEvery is the least time between two log lines of one kind that a
+// client can cause as fast as it sends (logLimiter).
+const logEvery = 10 * time.Second
 
-// refusalLog rate-limits the log lines of refused connections.
-type refusalLog struct {
+// logLimiter rate-limits log lines of one kind to one per logEvery.
+type logLimiter struct {
 	mu         sync.Mutex
 	next       time.Time // no line before it
 	suppressed int       // refusals not logged since the last line
 }
 
-// take reports whether a refusal at now gets a log line, and how many
+// take reports whether an event at now gets a log line, and how many
 // were not logged since the last one.
-func (r *refusalLog) take(now time.Time) (suppressed int, ok bool) {
+func (r *logLimiter) take(now time.Time) (suppressed int, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if now.Before(r.next) {
 		r.suppressed++
 		return 0, false
 	}
-	suppressed, r.suppressed, r.next = r.suppressed, 0, now.Add(refuseLogEvery)
+	suppressed, r.suppressed, r.next = r.suppressed, 0, now.Add(logEvery)
 	return suppressed, true
 }
 
