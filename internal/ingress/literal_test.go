@@ -47,3 +47,25 @@ func TestAddressLiteralsAreOneRule(t *testing.T) {
 		t.Fatalf("%d queued, want 3", len(m))
 	}
 }
+
+// TestRecipientDomainSyntax: a recipient's domain must be a Domain of
+// RFC 5321 §4.1.2 (labels of letters, digits and inner hyphens). net/mail,
+// which the address is read with, took "-contoso.com", "contoso-.com",
+// "con_toso.com" and a label of 64 letters, and the message was queued
+// for a recipient no mail can reach; now RCPT is answered 501 5.1.3 at
+// once.
+func TestRecipientDomainSyntax(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	c := f.login("alertmanager", alertsPassword)
+	if err := c.Mail("alerts@contoso.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"ops@-contoso.com", "ops@contoso-.com", "ops@con_toso.com", "ops@contoso.com.", "ops@" + strings.Repeat("a", 64) + ".com"} {
+		wantReply(t, "RCPT TO:<"+bad+">", c.Rcpt(bad, nil), 501, "5.1.3")
+	}
+	for _, good := range []string{"ops@contoso.com", "ops@a-b.c0.example", "ops@localhost", "ops@" + strings.Repeat("a", 63) + ".com"} {
+		if err := c.Rcpt(good, nil); err != nil {
+			t.Fatalf("RCPT TO:<%s>: %v", good, err)
+		}
+	}
+}
