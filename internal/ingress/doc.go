@@ -107,6 +107,18 @@
 // which costs no hash and so comes as fast as a client sends, is logged
 // at most once per 10 seconds (the metric counts every one).
 //
+// What go-smtp decides, and this package cannot change without a fork of
+// it: MaxLineLength is one limit for command lines and DATA lines, so a
+// command line may be 64 KiB where RFC 5321 §4.5.3.1.4 allows 512 (what
+// the session keeps of one is bounded instead: the EHLO name in
+// Received, an AUTH name in logs and the lockout); a quoted local part
+// reaches the session unquoted ("a b"@x as a b@x); an unknown MAIL or
+// RCPT parameter is answered 500 or 504 5.5.4, not §4.1.1.11's 555; a
+// BDAT refused before MAIL and RCPT discards its chunk under the line
+// limit, so a chunk with a line past 64 KiB is read as commands from
+// there; and the rest of a DATA refused early is read to its end
+// without a size limit, within the read deadline last set.
+//
 // # Metrics
 //
 // relay_ingress_messages_total{producer,result},
