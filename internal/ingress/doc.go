@@ -114,6 +114,8 @@
 // Received, an AUTH name in logs and the lockout); a quoted local part
 // reaches the session unquoted ("a b"@x as a b@x); an unknown MAIL or
 // RCPT parameter is answered 500 or 504 5.5.4, not §4.1.1.11's 555; a
+// command out of order (RCPT before MAIL, DATA before RCPT, AUTH before
+// EHLO) 502 5.5.1, not §4.1.4's 503; a
 // BDAT refused before MAIL and RCPT discards its chunk under the line
 // limit, so a chunk with a line past 64 KiB is read as commands from
 // there; and the rest of a DATA refused early is read to its end
