@@ -16,7 +16,8 @@ import (
 //     lines with LF alone; a NUL makes the message invalid (RFC 5322
 //     §3.5 allows none);
 //   - the account's From policy applies to the From and Sender fields as
-//     it does to a JSON message's from (docs/office365.md §5);
+//     it does to a JSON message's from (docs/office365.md §5), and a From
+//     of MailboxPlaceholder is the mailbox with that From's display name;
 //   - Bcc and Resent-Bcc fields are removed (the envelope carries those
 //     recipients, RFC 5322 §3.6.3, §3.6.6), as is Return-Path, which only the final delivery
 //     writes (RFC 5321 §4.4);

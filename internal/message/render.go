@@ -243,6 +243,16 @@ func MessageID(account, id, mailbox string) string {
 	return "<" + hex.EncodeToString(sum[:16]) + "@" + domain + ">"
 }
 
+// MailboxPlaceholder stands for the account's mailbox in a From that
+// only gives a display name: "Backup job <mailbox@relay365.invalid>"
+// renders as "Backup job <the mailbox>" under every From policy, with no
+// Reply-To. relay sendmail writes it for -F NAME on a message with no
+// From field and no -f, as sendmail(8) and Postfix's sendmail(1) make -F
+// the display name of the From they generate; a producer does not know
+// the mailbox. The .invalid top-level domain (RFC 2606 §2) can name no
+// real address.
+const MailboxPlaceholder = "mailbox@relay365.invalid"
+
 func applyPolicy(m *Message, s Sender) (from *mail.Address, replyTo []*mail.Address, err error) {
 	mailbox := &mail.Address{Address: s.Mailbox}
 	for _, a := range m.ReplyTo {
@@ -261,6 +271,9 @@ func applyPolicy(m *Message, s Sender) (from *mail.Address, replyTo []*mail.Addr
 	}
 	if strings.EqualFold(orig.Address, s.Mailbox) {
 		return orig, replyTo, nil
+	}
+	if strings.EqualFold(orig.Address, MailboxPlaceholder) {
+		return &mail.Address{Name: orig.Name, Address: s.Mailbox}, replyTo, nil
 	}
 	switch s.Policy {
 	case PolicyAllow:

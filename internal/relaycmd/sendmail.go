@@ -60,7 +60,7 @@ type sendmailConfig struct {
 	FromHeader bool   // -t: recipients from the To, Cc and Bcc fields, and the arguments
 	IgnoreDots bool   // -i, -oi: a line of a single dot is text, not the end of the message
 	Sender     string // -f, -r: not the envelope sender (always the mailbox), only a From line the message lacks
-	FullName   string // -F: the display name of that From line
+	FullName   string // -F: the display name of that From line, or without -f of the mailbox's
 	Rcpts      []string
 	// Spool is the directory a message NATS cannot take now is kept in
 	// (spool.go), "" when off; used only when it exists.
@@ -90,7 +90,8 @@ exit is 0. The next message queued, or -q, sends what the spool holds.
   -i, -oi   a line of a single "." does not end the message
   -f FROM   a From line for a message that has none (the relay sends as the
             account's mailbox; its From policy decides what becomes of it)
-  -F NAME   the display name of that From line
+  -F NAME   the display name of that From line, or without -f of the
+            account's mailbox, the From of a message that has none
   accepted and ignored: -oem -oee -om -odi -odb and any other -oX, -B TYPE,
   -N DSN, -R RET, -V ENVID, -O OPT (but -O IgnoreDots), -A X, -C FILE, -h N,
   -L TAG, -X FILE, -v, -m, -n, -U, -G, -bm
@@ -559,16 +560,28 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 	// Reply-To) or refuses. The null sender ("<>") gives none; any
 	// other -f that is not one address is refused, as a From field
 	// would be, rather than dropped without a word.
-	if len(msg.Header["From"]) == 0 && c.Sender != "" && c.Sender != "<>" {
-		from, err := parseAddresses(c.Sender, c.Domain)
-		if err == nil && len(from) != 1 {
-			err = fmt.Errorf("%q is %d addresses, want one", c.Sender, len(from))
+	//
+	// -F alone is the display name of the From the worker writes, the
+	// mailbox (message.MailboxPlaceholder stands for it): Postfix's
+	// sendmail(1) uses -F "only with messages that have no From: message
+	// header", as the full name of the From it generates, and so does
+	// sendmail(8).
+	if len(msg.Header["From"]) == 0 {
+		switch {
+		case c.Sender != "" && c.Sender != "<>":
+			from, err := parseAddresses(c.Sender, c.Domain)
+			if err == nil && len(from) != 1 {
+				err = fmt.Errorf("%q is %d addresses, want one", c.Sender, len(from))
+			}
+			if err != nil {
+				return nil, fmt.Errorf("-f: %v", err)
+			}
+			from[0].Name = c.FullName
+			raw = append([]byte("From: "+from[0].String()+"\r\n"), raw...)
+		case c.FullName != "":
+			from := &mail.Address{Name: c.FullName, Address: message.MailboxPlaceholder}
+			raw = append([]byte("From: "+from.String()+"\r\n"), raw...)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("-f: %v", err)
-		}
-		from[0].Name = c.FullName
-		raw = append([]byte("From: "+from[0].String()+"\r\n"), raw...)
 	}
 	// The worker refuses a From or Sender that is not an address; say
 	// now, and say what to do when all it lacks is a domain.

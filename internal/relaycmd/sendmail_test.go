@@ -863,3 +863,32 @@ func TestSendmailTerminal(t *testing.T) {
 		t.Fatalf("raw %q", m.Raw)
 	}
 }
+
+// TestSendmailFullNameWithoutFrom: -F alone (cronie passes -FCronDaemon,
+// scripts "-F 'Backup job'") on a message with no From field and no -f
+// is the display name of the From the relay writes, the mailbox, as
+// Postfix's sendmail(1) uses -F "only with messages that have no From:
+// message header" and Sendmail's sendmail(8) for the From it generates.
+// Under every From policy (the name names no other address: no Reply-To,
+// nothing for reject to refuse).
+func TestSendmailFullNameWithoutFrom(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+	r := run(t, vars, "Subject: disk\n\nfailing\n", "sendmail", "-F", "Backup Jöb", "ops@contoso.com")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	_, m := queued(t, ctx, env.JS, 1)
+	for _, p := range []message.FromPolicy{message.PolicyRewrite, message.PolicyAllow, message.PolicyReject} {
+		rendered, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com", Policy: p}, time.Now())
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		hdr := renderedHeader(t, rendered.Data)
+		from, err := hdr.AddressList("From")
+		if err != nil || len(from) != 1 || from[0].Name != "Backup Jöb" || from[0].Address != "alerts@contoso.com" ||
+			len(hdr["From"]) != 1 || hdr.Get("Reply-To") != "" || strings.Contains(string(rendered.Data), ".invalid") {
+			t.Fatalf("%s: rendered From %v (%v):\n%s", p, from, err, rendered.Data)
+		}
+	}
+}
