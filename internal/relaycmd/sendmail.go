@@ -57,7 +57,7 @@ type sendmailConfig struct {
 	// as sendmail qualifies local names with its own domain: cron,
 	// mdadm and smartd write "root", which Office 365 cannot deliver.
 	Domain     string
-	FromHeader bool   // -t: recipients from the To, Cc and Bcc fields, and the arguments
+	FromHeader bool   // -t: recipients from the To, Cc and Bcc fields (or Resent- ones), and the arguments
 	IgnoreDots bool   // -i, -oi: a line of a single dot is text, not the end of the message
 	Sender     string // -f, -r: not the envelope sender (always the mailbox), only a From line the message lacks
 	FullName   string // -F: the display name of that From line, or without -f of the mailbox's
@@ -86,7 +86,9 @@ exit is 0. The next message queued, or -q, sends what the spool holds.
             550 or 554 refused; the exit is 0 when the client quits
   -q        send what the spool holds (each file names its account), oldest
             first; read no message
-  -t        recipients from the To, Cc and Bcc fields as well (Bcc is not sent)
+  -t        recipients from the To, Cc and Bcc fields as well (Bcc is not sent);
+            from Resent-To, Resent-Cc and Resent-Bcc instead when the message
+            has Resent- fields
   -i, -oi   a line of a single "." does not end the message
   -f FROM   a From line for a message that has none (the relay sends as the
             account's mailbox; its From policy decides what becomes of it)
@@ -607,11 +609,22 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 		}
 		return nil
 	}
+	fields := []string{"To", "Cc", "Bcc"}
+	if resent(msg.Header) {
+		// A message being resent (RFC 5322 §3.6.6: mutt's bounce, a
+		// saved message forwarded as it is) goes to its Resent- fields'
+		// addresses, not back to its original recipients: Postfix's
+		// cleanup(8) extracts "(Resent-) To:, Cc: and Bcc:", the
+		// Resent- ones alone once any Resent- field is present, as
+		// sendmail(8) does.
+		fields = []string{"Resent-To", "Resent-Cc", "Resent-Bcc"}
+	}
 	if c.FromHeader {
-		// -t: the To, Cc and Bcc fields, plus the arguments (as Postfix
-		// does; sendmail 8 would drop the arguments instead). The Bcc
-		// field itself is removed when the worker renders the message.
-		for _, h := range []string{"To", "Cc", "Bcc"} {
+		// -t: the To, Cc and Bcc fields (or Resent- ones), plus the
+		// arguments (as Postfix does; sendmail 8 would drop the
+		// arguments instead). The Bcc and Resent-Bcc fields themselves
+		// are removed when the worker renders the message.
+		for _, h := range fields {
 			for _, v := range msg.Header[h] {
 				if strings.TrimSpace(v) == "" {
 					continue // "Bcc:" with nobody: legal, names no one
@@ -628,7 +641,7 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 		}
 	}
 	if len(rcpts) == 0 {
-		return nil, errors.New("no recipients in the To, Cc and Bcc fields (-t)")
+		return nil, fmt.Errorf("no recipients in the %s, %s and %s fields (-t)", fields[0], fields[1], fields[2])
 	}
 	m := &message.Message{ID: message.NewID(), Account: c.Account, To: rcpts, Raw: raw}
 	// Validated and rendered as the worker will, but for the account's
@@ -640,6 +653,18 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// resent reports whether a header has a Resent- field (RFC 5322
+// §3.6.6), which makes -t take the Resent-To, Resent-Cc and Resent-Bcc
+// fields' recipients.
+func resent(h mail.Header) bool {
+	for k := range h {
+		if strings.HasPrefix(k, "Resent-") {
+			return true
+		}
+	}
+	return false
 }
 
 // parseAddresses parses an address list (an argument, a field's value),
@@ -749,8 +774,9 @@ func hasLongLine(b []byte) bool {
 }
 
 // addressFields are the header fields that hold addresses (RFC 5322
-// §3.6.2, §3.6.3); tidyHeader qualifies them.
-var addressFields = map[string]bool{"From": true, "Sender": true, "Reply-To": true, "To": true, "Cc": true, "Bcc": true}
+// §3.6.2, §3.6.3, §3.6.6); tidyHeader qualifies them.
+var addressFields = map[string]bool{"From": true, "Sender": true, "Reply-To": true, "To": true, "Cc": true, "Bcc": true,
+	"Resent-From": true, "Resent-Sender": true, "Resent-To": true, "Resent-Cc": true, "Resent-Bcc": true}
 
 // fieldName is RFC 5322 §3.6.8's field-name: printable US-ASCII but ':'.
 var fieldName = regexp.MustCompile(`^[!-9;-~]+$`)

@@ -892,3 +892,37 @@ func TestSendmailFullNameWithoutFrom(t *testing.T) {
 		}
 	}
 }
+
+// TestSendmailResentRecipients: with -t, a message being resent (mutt's
+// bounce, a script forwarding a saved message: Resent-From, Resent-To,
+// ... above the original header) goes to its Resent-To, Resent-Cc and
+// Resent-Bcc addresses, not back to its original To, Cc and Bcc, as
+// Postfix's cleanup(8) extracts "(Resent-) To:, Cc: and Bcc:" (any
+// Resent- field present, only those) and sendmail(8) does; the arguments
+// are added as always. The Resent-Bcc field is not sent.
+func TestSendmailResentRecipients(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts", "RELAY_SENDMAIL_DOMAIN": "contoso.com"}
+	in := "Resent-From: ops@contoso.com\nResent-To: oncall@contoso.com, root\nResent-Cc: audit@fabrikam.com\nResent-Bcc: hidden@fabrikam.com\n" +
+		"From: Backup Job <backup@contoso.com>\nTo: original@contoso.com\nCc: also-original@contoso.com\nBcc: secret@fabrikam.com\nSubject: nightly backup\n\nall good\n"
+	r := run(t, vars, in, "sendmail", "-t", "-i", "extra@contoso.com")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	_, m := queued(t, ctx, env.JS, 1)
+	if want := []string{"oncall@contoso.com", "root@contoso.com", "audit@fabrikam.com", "hidden@fabrikam.com", "extra@contoso.com"}; !reflect.DeepEqual(m.To, want) {
+		t.Fatalf("To %v, want %v", m.To, want)
+	}
+	rendered, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com", Policy: message.PolicyRewrite}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(rendered.Data); strings.Contains(s, "hidden@") || strings.Contains(s, "secret@") || !strings.Contains(s, "Resent-To: ") {
+		t.Fatalf("rendered:\n%s", s)
+	}
+	// A Resent- field without Resent- recipients: nobody, as Postfix.
+	r = run(t, vars, "Resent-From: ops@contoso.com\nTo: original@contoso.com\n\nx\n", "sendmail", "-t")
+	if r.code != exDataErr || !strings.Contains(r.stderr, "Resent-To, Resent-Cc and Resent-Bcc") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
