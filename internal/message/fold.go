@@ -226,3 +226,76 @@ func foldRaw(field []byte) ([]byte, bool) {
 	}
 	return out, true
 }
+
+// MendLongField returns a raw header field ("Name: value\r\n", folded
+// or not) that a renderer can send within 998 octets a line (RFC 5322
+// §2.1.1). A field the worker folds (foldRaw) is returned as it is.
+// One with a line it cannot fold, one word past the limit, is written
+// anew where that changes nothing a reader sees:
+//   - References and In-Reply-To with white space between their message
+//     ids, where RFC 5322 §3.6.4 allows CFWS;
+//   - an unstructured field (Subject, Comments, and the optional fields
+//     of §3.6.8: X-Alert-..., any field not named structured below) with
+//     its encoded-words decoded (RFC 2047 §6.2) and the text encoded again
+//     as unstructured does, each long word as encoded-words of at most 75
+//     characters, and folded.
+//
+// Address fields are not its to mend (their addresses are rewritten by
+// whoever parses them), nor other structured fields (MIME's Content-*,
+// Received, DKIM-Signature, List-*: RFC 2047 §5 allows no encoded-word
+// in them), nor text that is not UTF-8 (its charset unknown): false, and
+// the field is refused when rendered, not sent changed.
+func MendLongField(field []byte) ([]byte, bool) {
+	if _, ok := foldRaw(field); ok {
+		return field, true
+	}
+	name, value, ok := bytes.Cut(field, []byte(":"))
+	if !ok {
+		return nil, false
+	}
+	v := strings.TrimSpace(string(bytes.ReplaceAll(value, []byte("\r\n"), nil))) // unfolded, RFC 5322 §2.2.3
+	switch c := canonical(string(name)); {
+	case c == "References" || c == "In-Reply-To":
+		out := []byte(string(name) + ": " + strings.ReplaceAll(v, "><", "> <") + "\r\n")
+		if folded, ok := foldRaw(out); ok {
+			return folded, true
+		}
+		return nil, false
+	case structuredRaw(c):
+		return nil, false
+	}
+	if !utf8.ValidString(v) {
+		return nil, false
+	}
+	text, err := headerDecoder.DecodeHeader(v)
+	if err != nil || !utf8.ValidString(text) {
+		return nil, false
+	}
+	var b bytes.Buffer
+	fold(&b, string(name), unstructured(text))
+	return b.Bytes(), true
+}
+
+// headerDecoder decodes the encoded-words of an unstructured field in any
+// charset IANA names (charset.go).
+var headerDecoder = &mime.WordDecoder{CharsetReader: charsetReader}
+
+// structuredRaw reports whether a canonical field name names a field
+// whose body has a syntax of its own (RFC 5322 §3.6 but Subject and
+// Comments, the trace fields of §3.6.7, MIME's RFC 2045, DKIM's RFC
+// 6376, ARC's RFC 8617, Authentication-Results' RFC 8601, the list
+// fields of RFC 2369), so that MendLongField may not encode it.
+func structuredRaw(c string) bool {
+	for _, p := range []string{"Content-", "Resent-", "List-", "Arc-", "Dkim-"} {
+		if strings.HasPrefix(c, p) {
+			return true
+		}
+	}
+	switch c {
+	case "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Date", "Message-Id", "In-Reply-To", "References",
+		"Keywords", "Return-Path", "Received", "Mime-Version", "Authentication-Results", "Received-Spf",
+		"Archived-At", "Disposition-Notification-To", "Return-Receipt-To", "Errors-To", "Autocrypt":
+		return true
+	}
+	return structuredHeaders[c]
+}

@@ -270,3 +270,51 @@ func TestStructuredHeadersNeverEncoded(t *testing.T) {
 		}
 	}
 }
+
+// TestMendLongField: a field the worker folds is left as it is; one it
+// cannot is written anew only where a reader sees the same text, and
+// structured fields or text of an unknown charset are not.
+func TestMendLongField(t *testing.T) {
+	long := strings.Repeat("a", 1200)
+	tests := []struct {
+		name, field string
+		ok          bool
+		changed     bool
+	}{
+		{"foldable", "Subject: " + strings.Repeat("word ", 300) + "\r\n", true, false},
+		{"short", "Subject: x\r\n", true, false},
+		{"subject, one long word", "Subject: alert " + long + "\r\n", true, true},
+		{"X- field", "X-Payload: " + long + "\r\n", true, true},
+		{"References", "References: " + strings.Repeat("<a@b.example>", 100) + "\r\n", true, true},
+		{"Content-Type", "Content-Type: text/plain; x=" + long + "\r\n", false, false},
+		{"DKIM", "DKIM-Signature: b=" + long + "\r\n", false, false},
+		{"not UTF-8", "Subject: caf\xe9" + long + "\r\n", false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := MendLongField([]byte(tt.field))
+			if ok != tt.ok || (ok && (string(got) != tt.field) != tt.changed) {
+				t.Fatalf("ok %v, changed %v:\n%q", ok, string(got) != tt.field, got)
+			}
+			if !ok {
+				return
+			}
+			if _, folded := foldRaw(got); !folded {
+				t.Fatalf("still not foldable: %q", got)
+			}
+			name, _, _ := strings.Cut(tt.field, ":")
+			h, err := mail.ReadMessage(strings.NewReader(string(got) + "\r\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := new(mime.WordDecoder).DecodeHeader(strings.TrimSpace(strings.SplitN(tt.field, ":", 2)[1]))
+			read, err := new(mime.WordDecoder).DecodeHeader(h.Header.Get(name))
+			if name == "References" {
+				read = strings.ReplaceAll(read, " ", "")
+			}
+			if err != nil || read != want {
+				t.Fatalf("reads %q (%v), want %q", read, err, want)
+			}
+		})
+	}
+}

@@ -793,7 +793,14 @@ var fieldName = regexp.MustCompile(`^[!-9;-~]+$`)
 //     qualified. cronie writes From: "(Cron Daemon)" <root> and To: root,
 //     mdadm From: mdadm monitoring <root>; sendmail appends its own
 //     domain to such local names, and net/mail, the worker and Office 365
-//     accept only full addresses.
+//     accept only full addresses;
+//   - a field with a line longer than SMTP carries (998 octets) that the
+//     worker could not fold, its one word too long, is written again
+//     folded: an address field with a fold after each comma, References
+//     and In-Reply-To with white space between their message ids, an
+//     unstructured field (Subject, X-...) with its long words as RFC 2047
+//     encoded-words (message.MendLongField). Other structured fields are
+//     left for message.Check to refuse.
 func tidyHeader(raw []byte, domain string) []byte {
 	var out bytes.Buffer
 	rest := raw
@@ -828,13 +835,29 @@ func tidyHeader(raw []byte, domain string) []byte {
 			break
 		}
 		rest = rest[end:]
-		if domain != "" && addressFields[textproto.CanonicalMIMEHeaderKey(string(name))] {
-			v := strings.TrimSpace(strings.ReplaceAll(string(value), "\r\n", ""))
+		isAddr := addressFields[textproto.CanonicalMIMEHeaderKey(string(name))]
+		v := strings.TrimSpace(strings.ReplaceAll(string(value), "\r\n", ""))
+		if domain != "" && isAddr {
 			if _, err := message.ReadAddressList(v); err != nil {
 				if list, err := message.ReadAddressList(qualify(v, domain)); err == nil {
 					writeAddressField(&out, string(name), list)
 					continue
 				}
+			}
+		}
+		if hasLongLine(field) {
+			// A line past 998 octets (RFC 5322 §2.1.1) the worker could
+			// not fold, one word too long: Postfix takes it, and an
+			// alert would be lost as exit 65. Written anew where no
+			// reader sees a difference; else left for message.Check to
+			// refuse, the field named.
+			if list, err := message.ReadAddressList(v); isAddr && err == nil && v != "" {
+				writeAddressField(&out, string(name), list) // FWS after each comma, RFC 5322 §3.4
+				continue
+			}
+			if mended, ok := message.MendLongField(field); ok {
+				out.Write(mended)
+				continue
 			}
 		}
 		out.Write(field)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"mime"
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
@@ -923,6 +924,66 @@ func TestSendmailResentRecipients(t *testing.T) {
 	// A Resent- field without Resent- recipients: nobody, as Postfix.
 	r = run(t, vars, "Resent-From: ops@contoso.com\nTo: original@contoso.com\n\nx\n", "sendmail", "-t")
 	if r.code != exDataErr || !strings.Contains(r.stderr, "Resent-To, Resent-Cc and Resent-Bcc") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// TestSendmailLongHeaderLine: a header line longer than SMTP carries
+// (998 octets, RFC 5322 §2.1.1) with no white space to fold it at, as an
+// alerting script writes it (a subject or X- field holding one long
+// token, a To list without spaces, References without spaces), is still
+// sent, as Postfix takes it, instead of exit 65 and the alert lost: the
+// text reads back the same (encoded-words, RFC 2047 §6.2; FWS between
+// addresses and between message ids, RFC 5322 §3.4, §3.6.4), and every
+// rendered line is within 998. A structured field the relay may not
+// rewrite is still refused, loudly.
+func TestSendmailLongHeaderLine(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts", "RELAY_SENDMAIL_DOMAIN": "contoso.com"}
+	token := strings.Repeat("0123456789abcdef", 80) // 1280 octets, no space
+	var to []string
+	for i := range 80 {
+		to = append(to, "ops"+strings.Repeat("x", i%7)+"-"+string(rune('a'+i%26))+"@contoso.com")
+	}
+	to = slices.Compact(to)
+	refs := strings.Repeat("<1234567890.abcdefghij@web-3.contoso.com>", 30)
+	in := "To: " + strings.Join(to, ",") + "\nSubject: disk full " + token + " on web-3\nX-Alert-Payload: " + token + "\nX-Alert-Name: =?utf-8?q?" + strings.Repeat("r=C3=A9sum=C3=A9", 100) + "?=\nReferences: " + refs + "\n\nbody\n"
+	r := run(t, vars, in, "sendmail", "-t", "-i")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	_, m := queued(t, ctx, env.JS, 1)
+	if !reflect.DeepEqual(m.To, to) {
+		t.Fatalf("To %v, want %v", m.To, to)
+	}
+	rendered, err := message.Render(m, message.Sender{Mailbox: "alerts@contoso.com", Policy: message.PolicyRewrite}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range strings.Split(string(rendered.Data), "\r\n") {
+		if len(line) > 998 {
+			t.Fatalf("rendered line %d is %d octets", i+1, len(line))
+		}
+	}
+	hdr := renderedHeader(t, rendered.Data)
+	dec := new(mime.WordDecoder)
+	for name, want := range map[string]string{"Subject": "disk full " + token + " on web-3", "X-Alert-Payload": token, "X-Alert-Name": strings.Repeat("résumé", 100)} {
+		got, err := dec.DecodeHeader(hdr.Get(name))
+		if err != nil || got != want {
+			t.Fatalf("%s reads %q (%v), want %q", name, got, err, want)
+		}
+	}
+	if got := strings.ReplaceAll(hdr.Get("References"), " ", ""); got != refs {
+		t.Fatalf("References %q", hdr.Get("References"))
+	}
+	list, err := hdr.AddressList("To")
+	if err != nil || len(list) != len(to) {
+		t.Fatalf("To field %q: %v", hdr.Get("To"), err)
+	}
+	// A structured field with one word past 998: nothing the relay may
+	// rewrite, refused with the field named.
+	r = run(t, vars, "Content-ID: <"+token+"@contoso.com>\n\nx\n", "sendmail", "ops@contoso.com")
+	if r.code != exDataErr || !strings.Contains(r.stderr, "Content-ID field") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
 }
