@@ -1,6 +1,7 @@
 package relaycmd
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -17,24 +18,7 @@ import (
 // the size, the limit and the account, and nothing is queued; under it,
 // both queue.
 func TestCommandsRefuseOverTheAccountLimit(t *testing.T) {
-	env, ctx := queuetest.StartMail(t)
-	reg, err := account.OpenRegistry(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Put(ctx, account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: 4 << 10}); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	// The service answers before the commands ask (they give it 2 s and
-	// then assume 35 MB, which is not what this test is about).
-	if n, err := limits.Lookup(ctx, env.NC, "small"); err != nil || n != 4<<10 {
-		t.Fatalf("limits service: %d, %v", n, err)
-	}
+	env, ctx := startSmallAccount(t)
 	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "small"}
 	long := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n", 128) // 8 KiB
 	wants := []string{"is over the size limit of 4096 bytes (4.0 KB) of account small", "message of "}
@@ -64,6 +48,32 @@ func TestCommandsRefuseOverTheAccountLimit(t *testing.T) {
 	if n := mailCount(t, ctx, env.JS); n != 2 {
 		t.Fatalf("%d queued, want 2", n)
 	}
+}
+
+// startSmallAccount starts MAIL and relay serve's limits service, which
+// knows one account, "small", whose limit is 4 KiB, and answers before
+// it returns.
+func startSmallAccount(t *testing.T) (*queuetest.Env, context.Context) {
+	t.Helper()
+	env, ctx := queuetest.StartMail(t)
+	reg, err := account.OpenRegistry(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Put(ctx, account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: 4 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	// The service answers before the commands ask (they give it 2 s and
+	// then assume 35 MB, which is not what these tests are about).
+	if n, err := limits.Lookup(ctx, env.NC, "small"); err != nil || n != 4<<10 {
+		t.Fatalf("limits service: %d, %v", n, err)
+	}
+	return env, ctx
 }
 
 // relay publish to an alias relay serve does not know queues the message

@@ -83,7 +83,8 @@ exit is 0. The next message queued, or -q, sends what the spool holds.
 
   -bs       SMTP on standard input and output (SwiftMailer, Symfony Mailer,
             Laravel): each message answered 250 queued, 451 try again,
-            550 or 554 refused; the exit is 0 when the client quits
+            550 or 554 refused, 552 too large; the exit is 0 when the
+            client quits
   -q        send what the spool holds (each file names its account), oldest
             first; read no message
   -t        recipients from the To, Cc and Bcc fields as well (Bcc is not sent);

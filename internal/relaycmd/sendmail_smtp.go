@@ -15,6 +15,7 @@ import (
 	"relay365/internal/cli"
 	"relay365/internal/ingress"
 	"relay365/internal/message"
+	"relay365/producer"
 )
 
 // relay sendmail -bs speaks SMTP on standard input and output, as
@@ -27,7 +28,8 @@ import (
 // standard input would be (buildSendmail, queueSendmail): the
 // recipients are those of RCPT TO, the MAIL FROM address stands where
 // -f does, and the reply says what the exit code would have: 250 queued
-// or kept in the spool, 554 never sendable (65), 550 refused by NATS
+// or kept in the spool, 554 never sendable (65; 552 5.3.4 when over the
+// account's size limit, as past SIZE, RFC 5321 §4.5.3.1.10), 550 refused by NATS
 // (77), 451 try again later (75, 70). The exit is 0 once the client
 // quits or closes its end, whatever became of its messages: they were
 // answered one by one.
@@ -114,10 +116,18 @@ func (s *stdioSession) Data(r io.Reader) error {
 	}
 	fmt.Fprintf(s.stderr, "relay sendmail: %v\n", err)
 	reply := &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: ingress.ReplyText(err.Error())}
+	var tl *producer.TooLarge
 	if ee := (cli.ExitError{}); errors.As(err, &ee) {
 		switch ee.Code {
 		case exDataErr:
 			reply.Code, reply.EnhancedCode = 554, smtp.EnhancedCode{5, 6, 0}
+			if errors.As(err, &tl) {
+				// Over the account's size limit: RFC 5321 §4.5.3.1.10's
+				// 552 and RFC 3463's 5.3.4 "message too big for system",
+				// as go-smtp answers past SIZE, not 5.6.0 (content the
+				// relay cannot read).
+				reply.Code, reply.EnhancedCode = 552, smtp.EnhancedCode{5, 3, 4}
+			}
 		case exNoPerm:
 			reply.Code, reply.EnhancedCode = 550, smtp.EnhancedCode{5, 7, 1}
 		}

@@ -76,3 +76,25 @@ func TestSendmailSMTP(t *testing.T) {
 		})
 	}
 }
+
+// TestSendmailSMTPTooLarge: over -bs, a message over the account's size
+// limit is answered 552 5.3.4, the reply RFC 5321 §4.5.3.1.10 gives for
+// a message too large ("552 ... exceeded storage allocation") with RFC
+// 3463's "message too big for system", not 554 5.6.0 (a message the
+// relay cannot read): a client keeps them apart, and may send it
+// smaller. Nothing is queued, and the session goes on.
+func TestSendmailSMTPTooLarge(t *testing.T) {
+	env, ctx := startSmallAccount(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "small"}
+	long := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 128) // 8 KiB
+	session := "EHLO web-3\r\nMAIL FROM:<app@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\nSubject: big\r\n\r\n" + long + ".\r\n" +
+		"MAIL FROM:<app@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\nSubject: small\r\n\r\nok\r\n.\r\nQUIT\r\n"
+	r := run(t, vars, session, "sendmail", "-bs")
+	want := []string{"220", "250", "250", "250", "354", "552", "250", "250", "354", "250", "221"}
+	if r.code != 0 || !reflect.DeepEqual(replyCodes(r.stdout), want) || !strings.Contains(r.stdout, "552 5.3.4 ") {
+		t.Fatalf("exit %d, replies %v, want 0 and %v\n%s", r.code, replyCodes(r.stdout), want, r.stdout)
+	}
+	if n := mailCount(t, ctx, env.JS); n != 1 {
+		t.Fatalf("%d queued, want 1", n)
+	}
+}
