@@ -1,7 +1,6 @@
 package relaycmd
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,7 +40,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	fs.Var(&replyTo, "reply-to", "Reply-To address (repeatable)")
 	fs.StringVar(&c.Msg.From, "from", "", "From (default: the account's mailbox)")
 	fs.StringVar(&c.Msg.Subject, "subject", "", "subject")
-	fs.StringVar(&c.Msg.Text, "text", "", "plain text body")
+	fs.StringVar(&c.Msg.Text, "text", "", "plain text body; - reads it from stdin (at most 35 MB)")
 	fs.StringVar(&c.HTMLFile, "html-file", "", "HTML body from this file")
 	fs.Var(&attach, "attach", "attach this file (repeatable; content type from its name); large messages go through the body store")
 	fs.StringVar(&c.Msg.ID, "id", "", "message id, the idempotency key (default: generated)")
@@ -54,6 +53,16 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	m := &c.Msg
+	if c.Msg.Text == "-" {
+		if c.File == "-" {
+			return cli.Usagef("-f - and --text - both read stdin: give one")
+		}
+		text, err := readBounded(env.Stdin, "--text -")
+		if err != nil {
+			return err
+		}
+		m.Text = string(text)
+	}
 	if c.File != "" {
 		fromFile, err := readMessageFile(c.File, env.Stdin)
 		if err != nil {
@@ -206,23 +215,33 @@ func printPublished(w io.Writer, asJSON bool, account string, res producer.Resul
 // readMessageFile reads the JSON messages of path (- for stdin): one
 // object, or several one after another (JSON lines, or objects
 // concatenated).
+//
+// Neither a file nor stdin is read past maxMessageJSON octets of one
+// message: a stream that does not end (a FIFO, "yes |", a producer that
+// never closes its end) is refused as too large, exit 1 as --attach
+// refuses one, instead of being read into memory until it ends.
 func readMessageFile(path string, stdin io.Reader) ([]*message.Message, error) {
-	var data []byte
-	var err error
-	if path == "-" {
-		data, err = io.ReadAll(stdin)
-	} else {
-		data, err = os.ReadFile(path)
+	r := stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, cli.Usagef("-f: %v", err)
+		}
+		defer f.Close()
+		r = f
 	}
-	if err != nil {
-		return nil, cli.Usagef("-f: %v", err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
+	br := &boundedJSON{r: r}
+	dec := json.NewDecoder(br)
+	br.dec = dec
 	var ms []*message.Message
 	for {
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err == io.EOF {
 			break
+		} else if errors.Is(err, errJSONTooLong) {
+			// Exit 1, as --attach and Publish's *TooLarge (issue 16).
+			return nil, fmt.Errorf("-f %s: message %d: %w, as JSON (reading stopped there; a message of at most %d bytes takes at most %d as JSON, base64 and all)",
+				path, len(ms)+1, &producer.TooLarge{Size: br.read - dec.InputOffset(), Limit: message.MaxSize, AtLeast: true}, message.MaxSize, maxMessageJSON)
 		} else if err != nil {
 			return nil, cli.Usagef("-f: message %d: %v", len(ms)+1, err)
 		}
@@ -238,6 +257,54 @@ func readMessageFile(path string, stdin io.Reader) ([]*message.Message, error) {
 	return ms, nil
 }
 
+// maxMessageJSON is the most one message of -f may take as JSON: its
+// raw message or attachments, message.MaxSize of them at most, base64
+// (RFC 4648 §4: 4 octets for 3), and 1 MiB for its other fields.
+const maxMessageJSON = (message.MaxSize+2)/3*4 + 1<<20
+
+// errJSONTooLong is boundedJSON's error past maxMessageJSON.
+var errJSONTooLong = errors.New("a message's JSON longer than maxMessageJSON")
+
+// boundedJSON reads for dec, but not more than maxMessageJSON past the
+// start of the value dec is decoding (its InputOffset): one message is
+// bounded, a file of many is not.
+type boundedJSON struct {
+	r    io.Reader
+	dec  *json.Decoder
+	read int64
+}
+
+func (b *boundedJSON) Read(p []byte) (int, error) {
+	// One octet past the bound says the value is longer; the decoder
+	// asks for as much as its doubled buffer holds, so each read is cut
+	// to what is left.
+	left := maxMessageJSON + 1 - (b.read - b.dec.InputOffset())
+	if left <= 0 {
+		return 0, errJSONTooLong
+	}
+	if int64(len(p)) > left {
+		p = p[:left]
+	}
+	n, err := b.r.Read(p)
+	b.read += int64(n)
+	return n, err
+}
+
+// readBounded reads r to its end, but at most message.MaxSize octets and
+// one: more is refused as too large (exit 1, naming the size read and the
+// limit) without reading on, as attachment refuses a file.
+func readBounded(r io.Reader, what string) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, message.MaxSize+1))
+	if err != nil {
+		return nil, cli.Usagef("%s: %v", what, err)
+	}
+	if len(data) > message.MaxSize {
+		return nil, fmt.Errorf("%s: %w (reading stopped there)", what,
+			&producer.TooLarge{Size: int64(len(data)), Limit: message.MaxSize, AtLeast: true})
+	}
+	return data, nil
+}
+
 // attachment reads path as an attachment, its content type guessed from
 // its extension (mime.TypeByExtension), else application/octet-stream.
 //
@@ -251,15 +318,11 @@ func attachment(path string) (message.Attachment, error) {
 		return message.Attachment{}, cli.Usagef("--attach: %v", err)
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, message.MaxSize+1))
+	// Exit 1 past the limit, as Publish's *TooLarge for a smaller file
+	// that base64 takes past it (README; issue 16).
+	data, err := readBounded(f, "--attach "+path)
 	if err != nil {
-		return message.Attachment{}, cli.Usagef("--attach: %v", err)
-	}
-	if len(data) > message.MaxSize {
-		// Exit 1, as Publish's *TooLarge for a smaller file that
-		// base64 takes past the limit (README; issue 16).
-		return message.Attachment{}, fmt.Errorf("--attach %s: %w (reading stopped there)", path,
-			&producer.TooLarge{Size: int64(len(data)), Limit: message.MaxSize, AtLeast: true})
+		return message.Attachment{}, err
 	}
 	ct := mime.TypeByExtension(filepath.Ext(path))
 	if ct == "" {

@@ -1,0 +1,91 @@
+package relaycmd
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"relay365/internal/message"
+	"relay365/internal/queue/queuetest"
+)
+
+// stream is standard input that holds prefix and then 'a's, up to max
+// octets in all (a producer that writes on and on, "yes |"), and counts
+// what was read of it.
+type stream struct {
+	prefix   string
+	max, off int64
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	if s.off >= s.max {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), s.max-s.off))
+	for i := range n {
+		if j := s.off + int64(i); j < int64(len(s.prefix)) {
+			p[i] = s.prefix[j]
+		} else {
+			p[i] = 'a'
+		}
+	}
+	s.off += int64(n)
+	return n, nil
+}
+
+// runStdin runs relay with stdin as standard input.
+func runStdin(t *testing.T, stdin io.Reader, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code := Run(ctx, args, Env{Stdin: stdin, Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
+	return result{code, out.String(), errb.String()}
+}
+
+// TestPublishStdinBounded: relay publish reads standard input, with -f -
+// or --text -, no further than a message can be: past it the message is
+// refused, exit 1 naming the size read and the limit (as --attach and
+// the account's limit are, issue 16), and nothing is queued, instead of
+// stdin being read into memory to its end, if it has one. --text - takes
+// the body from stdin, as a script pipes a report in.
+func TestPublishStdinBounded(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	flags := []string{"publish", "--nats-url", env.URL, "--account", "alerts", "--to", "ops@contoso.com", "--subject", "report"}
+
+	r := run(t, nil, "disk full on web-3\n", append(flags, "--text", "-")...)
+	if r.code != 0 {
+		t.Fatalf("--text -: exit %d, %s", r.code, r.stderr)
+	}
+	if _, m := queued(t, ctx, env.JS, 1); m.Text != "disk full on web-3\n" {
+		t.Errorf("--text - queued text %q", m.Text)
+	}
+
+	const past = 60 << 20 // more than any message, as JSON too
+	for _, tt := range []struct {
+		name  string
+		in    *stream
+		args  []string
+		limit int64 // the most that may be read
+	}{
+		{"--text -", &stream{max: past}, append(flags, "--text", "-"), message.MaxSize + 1<<20},
+		{"-f -", &stream{prefix: `{"account":"alerts","to":["ops@contoso.com"],"text":"`, max: past}, []string{"publish", "--nats-url", env.URL, "-f", "-"}, maxMessageJSON + 1<<20},
+	} {
+		r := runStdin(t, tt.in, tt.args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "or more is over the size limit of 36700160 bytes (35.0 MB)") || !strings.Contains(r.stderr, "reading stopped there") {
+			t.Errorf("%s: exit %d, stderr %q; want 1, the size and the limit", tt.name, r.code, r.stderr)
+		}
+		if tt.in.off > tt.limit {
+			t.Errorf("%s: read %d octets of stdin, want at most %d", tt.name, tt.in.off, tt.limit)
+		}
+	}
+	if n := mailCount(t, ctx, env.JS); n != 1 {
+		t.Fatalf("%d queued, want 1", n)
+	}
+	if r := runStdin(t, strings.NewReader("x"), append(flags, "-f", "-", "--text", "-")...); r.code != 2 {
+		t.Fatalf("-f - and --text -: exit %d, %s", r.code, r.stderr)
+	}
+}
