@@ -90,7 +90,8 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 		}
 		m = fromFile[0]
 	} else {
-		m.To, m.Cc, m.Bcc, m.ReplyTo = to, cc, bcc, replyTo
+		m.To, m.Cc, m.Bcc = dedupeRecipients(to, cc, bcc)
+		m.ReplyTo = replyTo
 		if c.HTMLFile != "" {
 			b, err := os.ReadFile(c.HTMLFile)
 			if err != nil {
@@ -255,6 +256,30 @@ func readMessageFile(path string, stdin io.Reader) ([]*message.Message, error) {
 		return nil, cli.Usagef("-f: no message in %s", path)
 	}
 	return ms, nil
+}
+
+// dedupeRecipients drops each address of --to, --cc and --bcc given
+// before, in that order, as the envelope (message.Recipients) sends to
+// it once: the address compared without regard to case, the display name
+// not at all. Otherwise the count held to message.MaxRecipients counted
+// it twice, and the To or Cc field named it twice. What does not parse
+// stays, for Validate to name.
+func dedupeRecipients(lists ...[]string) (to, cc, bcc []string) {
+	seen := map[string]bool{}
+	out := make([][]string, 3)
+	for i, list := range lists {
+		for _, s := range list {
+			if a, err := message.ReadAddress(s); err == nil {
+				k := strings.ToLower(a.Address)
+				if seen[k] {
+					continue
+				}
+				seen[k] = true
+			}
+			out[i] = append(out[i], s)
+		}
+	}
+	return out[0], out[1], out[2]
 }
 
 // maxMessageJSON is the most one message of -f may take as JSON: its

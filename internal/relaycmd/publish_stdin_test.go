@@ -3,7 +3,9 @@ package relaycmd
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -87,5 +89,32 @@ func TestPublishStdinBounded(t *testing.T) {
 	}
 	if r := runStdin(t, strings.NewReader("x"), append(flags, "-f", "-", "--text", "-")...); r.code != 2 {
 		t.Fatalf("-f - and --text -: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// TestPublishDuplicateRecipients: an address given twice to --to, --cc
+// or --bcc (a script's list with one name in two roles, or in two cases)
+// is one recipient, as the envelope sends to it once: kept where it came
+// first, named once in the header, and counted once against the 10,000
+// recipients a message may have.
+func TestPublishDuplicateRecipients(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	r := run(t, nil, "", "publish", "--nats-url", env.URL, "--account", "alerts", "--subject", "s", "--text", "t",
+		"--to", "ops@contoso.com", "--to", "Ops <OPS@Contoso.com>", "--cc", "dev@contoso.com,ops@contoso.com", "--bcc", "dev@CONTOSO.com", "--bcc", "audit@fabrikam.com")
+	if r.code != 0 {
+		t.Fatalf("exit %d, %s", r.code, r.stderr)
+	}
+	_, m := queued(t, ctx, env.JS, 1)
+	if !reflect.DeepEqual(m.To, []string{"ops@contoso.com"}) || !reflect.DeepEqual(m.Cc, []string{"dev@contoso.com"}) || !reflect.DeepEqual(m.Bcc, []string{"audit@fabrikam.com"}) {
+		t.Fatalf("To %v, Cc %v, Bcc %v", m.To, m.Cc, m.Bcc)
+	}
+	// 10,000 recipients, one of them given twice: 10,000 in the envelope.
+	var to []string
+	for i := range message.MaxRecipients {
+		to = append(to, fmt.Sprintf("user%d@contoso.com", i))
+	}
+	r = run(t, nil, "", "publish", "--nats-url", env.URL, "--account", "alerts", "--subject", "s", "--text", "t", "--to", strings.Join(to, ","), "--cc", to[0])
+	if r.code != 0 {
+		t.Fatalf("10,000 recipients and one again: exit %d, %s", r.code, r.stderr)
 	}
 }
