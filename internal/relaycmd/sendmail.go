@@ -852,12 +852,12 @@ func tidyHeader(raw []byte, domain string) []byte {
 			// alert would be lost as exit 65. Written anew where no
 			// reader sees a difference; else left for message.Check to
 			// refuse, the field named.
-			if list, err := message.ReadAddressList(v); isAddr && err == nil && v != "" {
-				writeAddressField(&out, string(name), list) // FWS after each comma, RFC 5322 §3.4
+			if mended, ok := message.MendLongField(field); ok { // as it is when the worker folds it
+				out.Write(mended)
 				continue
 			}
-			if mended, ok := message.MendLongField(field); ok {
-				out.Write(mended)
+			if list, err := message.ReadAddressList(v); isAddr && err == nil && v != "" {
+				writeAddressField(&out, string(name), list) // FWS after each comma, RFC 5322 §3.4
 				continue
 			}
 		}

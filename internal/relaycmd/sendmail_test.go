@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"mime"
 	"mime/quotedprintable"
@@ -985,5 +986,24 @@ func TestSendmailLongHeaderLine(t *testing.T) {
 	r = run(t, vars, "Content-ID: <"+token+"@contoso.com>\n\nx\n", "sendmail", "ops@contoso.com")
 	if r.code != exDataErr || !strings.Contains(r.stderr, "Content-ID field") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// TestSendmailLongFoldableAddressField: an address field past 998 octets
+// that the worker folds at its spaces is queued byte for byte, not
+// written anew (its display names re-encoded) by the mending of fields
+// it could not fold.
+func TestSendmailLongFoldableAddressField(t *testing.T) {
+	var to []string
+	for i := range 60 {
+		to = append(to, fmt.Sprintf("=?windows-1252?Q?Caf=E9?= <ops%d@contoso.com>", i))
+	}
+	in := "To: " + strings.Join(to, ", ") + "\r\nSubject: x\r\n\r\nbody\r\n"
+	m, err := buildSendmail(sendmailConfig{Account: "alerts", FromHeader: true}, []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(m.Raw) != in || len(m.To) != 60 {
+		t.Fatalf("raw changed:\n got %q\nwant %q", m.Raw, in)
 	}
 }
