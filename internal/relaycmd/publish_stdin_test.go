@@ -1,14 +1,11 @@
 package relaycmd
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"relay365/internal/message"
 	"relay365/internal/queue/queuetest"
@@ -36,16 +33,6 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	s.off += int64(n)
 	return n, nil
-}
-
-// runStdin runs relay with stdin as standard input.
-func runStdin(t *testing.T, stdin io.Reader, args ...string) result {
-	t.Helper()
-	var out, errb bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	code := Run(ctx, args, Env{Stdin: stdin, Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
-	return result{code, out.String(), errb.String()}
 }
 
 // TestPublishStdinBounded: relay publish reads standard input, with -f -
@@ -76,7 +63,7 @@ func TestPublishStdinBounded(t *testing.T) {
 		{"--text -", &stream{max: past}, append(flags, "--text", "-"), message.MaxSize + 1<<20},
 		{"-f -", &stream{prefix: `{"account":"alerts","to":["ops@contoso.com"],"text":"`, max: past}, []string{"publish", "--nats-url", env.URL, "-f", "-"}, maxMessageJSON + 1<<20},
 	} {
-		r := runStdin(t, tt.in, tt.args...)
+		r := runIn(t, nil, tt.in, tt.args...)
 		if r.code != 1 || !strings.Contains(r.stderr, "or more is over the size limit of 36700160 bytes (35.0 MB)") || !strings.Contains(r.stderr, "reading stopped there") {
 			t.Errorf("%s: exit %d, stderr %q; want 1, the size and the limit", tt.name, r.code, r.stderr)
 		}
@@ -87,7 +74,7 @@ func TestPublishStdinBounded(t *testing.T) {
 	if n := mailCount(t, ctx, env.JS); n != 1 {
 		t.Fatalf("%d queued, want 1", n)
 	}
-	if r := runStdin(t, strings.NewReader("x"), append(flags, "-f", "-", "--text", "-")...); r.code != 2 {
+	if r := runIn(t, nil, strings.NewReader("x"), append(flags, "-f", "-", "--text", "-")...); r.code != 2 {
 		t.Fatalf("-f - and --text -: exit %d, %s", r.code, r.stderr)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -30,6 +31,12 @@ type result struct {
 
 func run(t *testing.T, env map[string]string, stdin string, args ...string) result {
 	t.Helper()
+	return runIn(t, env, strings.NewReader(stdin), args...)
+}
+
+// runIn is run with stdin as standard input.
+func runIn(t *testing.T, env map[string]string, stdin io.Reader, args ...string) result {
+	t.Helper()
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -42,7 +49,7 @@ func run(t *testing.T, env map[string]string, stdin string, args ...string) resu
 		env["RELAY_SENDMAIL_SPOOL"] = "off"
 	}
 	code := Run(ctx, args, Env{
-		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb,
+		Stdin: stdin, Stdout: &out, Stderr: &errb,
 		Getenv: func(k string) string { return env[k] },
 	})
 	return result{code, out.String(), errb.String()}
