@@ -41,7 +41,7 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&c.Msg.From, "from", "", "From (default: the account's mailbox)")
 	fs.StringVar(&c.Msg.Subject, "subject", "", "subject")
 	fs.StringVar(&c.Msg.Text, "text", "", "plain text body; - reads it from stdin (at most 35 MB)")
-	fs.StringVar(&c.HTMLFile, "html-file", "", "HTML body from this file")
+	fs.StringVar(&c.HTMLFile, "html-file", "", "HTML body from this file (at most 35 MB)")
 	fs.Var(&attach, "attach", "attach this file (repeatable; content type from its name); large messages go through the body store")
 	fs.StringVar(&c.Msg.ID, "id", "", "message id, the idempotency key (default: generated)")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "give up publishing after this long")
@@ -93,9 +93,16 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 		m.To, m.Cc, m.Bcc = dedupeRecipients(to, cc, bcc)
 		m.ReplyTo = replyTo
 		if c.HTMLFile != "" {
-			b, err := os.ReadFile(c.HTMLFile)
+			// No further than a message can be, as --attach: a FIFO
+			// or a file still being written may not end.
+			f, err := os.Open(c.HTMLFile)
 			if err != nil {
 				return cli.Usagef("--html-file: %v", err)
+			}
+			b, err := readBounded(f, "--html-file "+c.HTMLFile)
+			f.Close()
+			if err != nil {
+				return err
 			}
 			m.HTML = string(b)
 		}

@@ -67,11 +67,18 @@ func TestPublishAttachLarge(t *testing.T) {
 	}
 }
 
-// relay publish --attach reads no more of a file than could fit in a
-// message: a stream that does not end (a FIFO, a device, a log still
-// being written) is refused as too large once it has passed 35 MB,
-// instead of being read into memory until its writer stops, or forever.
-func TestPublishAttachStopsReadingPastTheLimit(t *testing.T) {
+// relay publish --attach and --html-file read no more of a file than
+// could fit in a message: a stream that does not end (a FIFO, a device,
+// a log still being written) is refused as too large once it has passed
+// 35 MB, instead of being read into memory until its writer stops, or
+// forever.
+func TestPublishFilesStopReadingPastTheLimit(t *testing.T) {
+	for _, flag := range []string{"--attach", "--html-file"} {
+		t.Run(flag, func(t *testing.T) { publishStopsReadingPastTheLimit(t, flag) })
+	}
+}
+
+func publishStopsReadingPastTheLimit(t *testing.T, flag string) {
 	env, ctx := queuetest.StartMail(t)
 	fifo := filepath.Join(t.TempDir(), "endless.log")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
@@ -103,7 +110,7 @@ func TestPublishAttachStopsReadingPastTheLimit(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		code, out, errOut := run(t, "publish", "--nats-url", env.URL, "--account", "alerts", "--to", "ops@contoso.com", "--subject", "log", "--attach", fifo)
+		code, out, errOut := run(t, "publish", "--nats-url", env.URL, "--account", "alerts", "--to", "ops@contoso.com", "--subject", "log", flag, fifo)
 		done <- result{code, out, errOut}
 	}()
 	var r result
@@ -111,7 +118,7 @@ func TestPublishAttachStopsReadingPastTheLimit(t *testing.T) {
 	case r = <-done:
 		close(release)
 	case <-ctx.Done():
-		t.Errorf("relay publish --attach of a FIFO holding 40 MB was still reading, waiting for its end, when the test's context ended")
+		t.Errorf("relay publish %s of a FIFO holding 40 MB was still reading, waiting for its end, when the test's context ended", flag)
 		close(release) // the writer closes: the read ends, to report what it did
 		r = <-done
 	}
