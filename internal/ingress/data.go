@@ -301,48 +301,11 @@ func (ss *session) prepareStream(helo string, buf []byte, rest io.Reader) (prepa
 		return prepared{}, res, err
 	}
 	trace := c.m.Raw[:c.trace]
-	content := [][]byte{trace, buf}
-	if len(c.m.Raw)-c.trace != len(head) {
-		// check removed a malformed Message-ID (msgid.go): the header
-		// section goes as checked, the empty line ending it and what
-		// follows as the client sent them (a CR at the end of buf may
-		// still have its LF to come).
-		content = [][]byte{trace, c.m.Raw[c.trace : len(c.m.Raw)-2], buf[emptyLineAt(buf):]}
-	}
-	readers := []io.Reader{}
-	var size int64
-	for _, b := range content {
-		readers = append(readers, bytes.NewReader(b))
-		size += int64(len(b))
-	}
-	data, res, err := ss.storeBody(c, io.MultiReader(append(readers, in)...), in)
+	data, res, err := ss.storeBody(c, io.MultiReader(bytes.NewReader(trace), bytes.NewReader(buf), in), in)
 	if err != nil {
 		return prepared{}, res, err
 	}
-	return prepared{acct: c.acct, id: c.m.ID, data: data, size: size + in.n, log: c.log}, "", nil
-}
-
-// emptyLineAt is the offset of the empty line that ends the header
-// section of b, whose line endings may be CRLF, LF or CR alone (each one
-// line ending, as message.NormalizeRaw reads them); len(b) when there is
-// none.
-func emptyLineAt(b []byte) int {
-	start := true
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if c != '\r' && c != '\n' {
-			start = false
-			continue
-		}
-		if start {
-			return i
-		}
-		if c == '\r' && i+1 < len(b) && b[i+1] == '\n' {
-			i++
-		}
-		start = true
-	}
-	return len(b)
+	return prepared{acct: c.acct, id: c.m.ID, data: data, size: int64(len(trace)+len(buf)) + in.n, log: c.log}, "", nil
 }
 
 // checked is a message that passed the account's rules, before its
@@ -388,7 +351,6 @@ func (ss *session) check(helo string, raw []byte) (checked, result, error) {
 			return checked{}, resultUnavailable, err
 		}
 	}
-	raw, replaced := dropBadMessageID(raw)
 	id := message.NewID()
 	trace := ss.received(id, helo)
 	if _, ok := hdr.Header["Date"]; !ok {
@@ -401,15 +363,15 @@ func (ss *session) check(helo string, raw []byte) (checked, result, error) {
 	}
 	m := &message.Message{ID: id, Account: acct.Alias, To: ss.rcpts, Raw: append(append(make([]byte, 0, len(trace)+len(raw)), trace...), raw...)}
 	log := ss.log.With().Str("account", acct.Alias).Str("msg_id", id).Logger()
-	if replaced != nil {
-		// The old value is in the log, for whoever looks for the
-		// message by it; not in the message, where it would be the
-		// same malformed field under another name.
-		old := make([]string, len(replaced))
-		for i, v := range replaced {
+	if ids := hdr.Header["Message-Id"]; len(ids) > 1 || len(ids) == 1 && !message.ValidMsgID(ids[0]) {
+		// The worker replaces it when it renders the message (RFC 6409
+		// §8.3, message.ValidMsgID); the old value is in the log, for
+		// whoever looks for the message by it.
+		old := make([]string, len(ids))
+		for i, v := range ids {
 			old[i] = ReplyText(v)
 		}
-		log.Info().Strs("replaced_message_id", old).Msg("malformed Message-ID field removed: the message leaves with the relay's (RFC 6409 §8.3)")
+		log.Info().Strs("replaced_message_id", old).Msg("malformed Message-ID field: the message leaves with the relay's (RFC 6409 §8.3)")
 	}
 	if err := m.Validate(); err != nil {
 		log.Info().Err(err).Int("smtp_code", 554).Msg("SMTP message refused")

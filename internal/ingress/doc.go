@@ -23,8 +23,9 @@
 // message is kept as the client sent it — raw RFC 5322 with a Received
 // trace field added (and a Date field of the time of submission when it
 // has none; a Message-ID field that is not one well-formed msg-id is
-// removed, so the message leaves with the relay's stable one, RFC 6409
-// §8.3, msgid.go), recipients from the envelope (so Bcc stays blind) —
+// logged, and replaced by the relay's stable one when the message is
+// rendered, RFC 6409 §8.3, message.ValidMsgID), recipients from the
+// envelope (so Bcc stays blind) —
 // and the account's From policy applies when it is rendered, as for JSON
 // messages. Before anything is queued the message is rendered once as the
 // worker will render it, so a message that could never go (a From the

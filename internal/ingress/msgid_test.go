@@ -1,6 +1,7 @@
 package ingress_test
 
 import (
+	"bytes"
 	"crypto/rand"
 	"strings"
 	"testing"
@@ -15,7 +16,8 @@ import (
 // do, and a well-formed one is kept as the client wrote it; the old
 // value is logged. The relay's own message id (the Nats-Msg-Id) is the
 // transaction's, as for every submission. Both ways DATA goes: a message
-// held whole, and one streamed into the body store.
+// held whole, and one streamed into the body store (the worker's
+// rendering, message.renderRaw, replaces it for both).
 func TestMalformedMessageIDIsReplaced(t *testing.T) {
 	f := startFrontDoor(t, nil)
 	alerts := account.Account{Alias: "alerts", Mailbox: "alerts@contoso.com"}
@@ -61,8 +63,8 @@ func TestMalformedMessageIDIsReplaced(t *testing.T) {
 		t.Errorf("the replaced Message-ID is not logged:\n%s", f.logs.String())
 	}
 
-	// Streamed: the header section is checked alone, and the body store
-	// gets the header section without the field, then the rest as sent.
+	// Streamed: the body store keeps the message as sent; the header
+	// section rendered for it leaves without the malformed field.
 	att := make([]byte, 3<<20)
 	rand.Read(att)
 	big := bigMail("alerts@contoso.com", "streamed", att)
@@ -72,15 +74,23 @@ func TestMalformedMessageIDIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := f.queued()
-	m, stored, size := f.sent(q[len(q)-1], alerts)
+	m, stored, _ := f.sent(q[len(q)-1], alerts)
 	if m.Body == nil {
 		t.Fatal("the large message was not streamed into the body store")
 	}
-	want := strings.Replace(big, "Message-ID: broken id\r\n", "", 1)
-	if s := string(stored); strings.Contains(s, "broken id") || !strings.HasSuffix(s, want) {
-		t.Fatalf("stored content is not the message as sent without its Message-ID field (%d bytes, want a suffix of %d)", len(s), len(want))
+	if !strings.HasSuffix(string(stored), big) {
+		t.Fatalf("stored content is not the message as sent (%d bytes, want a suffix of %d)", len(stored), len(big))
 	}
-	if size <= int64(len(want)) {
-		t.Fatalf("rendered size %d, less than the content", size)
+	section, err := message.ReadHeaderSection(bytes.NewReader(stored))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := message.RenderBody(m, message.Sender{Mailbox: alerts.Mailbox}, f.clock.Now(), section)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := "Message-ID: " + message.MessageID("alerts", m.ID, alerts.Mailbox) + "\r\n"
+	if h := string(r.Data); strings.Contains(h, "broken id") || !strings.Contains(h, ours) {
+		t.Fatalf("the rendered header section keeps the malformed Message-ID or lacks %q:\n%s", ours, h)
 	}
 }

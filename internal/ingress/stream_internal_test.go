@@ -230,22 +230,3 @@ func TestReadUpTo(t *testing.T) {
 		t.Fatalf("past the buffer: %d octets, full %v, %d left, %v", len(buf), full, r.Len(), err)
 	}
 }
-
-// TestEmptyLineAt: the empty line ending a header section, whatever the
-// line endings (each of CRLF, LF and CR is one, as NormalizeRaw reads
-// them).
-func TestEmptyLineAt(t *testing.T) {
-	for in, want := range map[string]int{
-		"A: b\r\n\r\nbody": 6,
-		"A: b\n\nbody":     5,
-		"A: b\r\rbody":     5,
-		"A: b\r\n\nbody":   6,
-		"\r\nbody":         0,
-		"A: b\r\n c\r\n\r": 10,
-		"A: b\r\n":         6,
-	} {
-		if got := emptyLineAt([]byte(in)); got != want {
-			t.Errorf("emptyLineAt(%q) = %d, want %d", in, got, want)
-		}
-	}
-}

@@ -24,7 +24,8 @@ import (
 //   - Date and Message-ID are added when missing (RFC 5322 §3.6 requires
 //     the one and recommends the other), the Message-ID derived from the
 //     account and message id so every delivery of the message carries the
-//     same one.
+//     same one; a Message-ID that is not one well-formed msg-id, or more
+//     than one, is replaced by it (RFC 6409 §8.3, msgid.go).
 
 // NormalizeRaw returns raw with every line ending as CRLF. It fails on a
 // NUL byte. Already canonical input is returned as it is.
@@ -133,9 +134,10 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 		return nil, err
 	}
 	var (
-		out                        bytes.Buffer
-		from, sender               *mail.Address
-		hasReplyTo, hasDate, hasID bool
+		out                 bytes.Buffer
+		from, sender        *mail.Address
+		hasReplyTo, hasDate bool
+		ids                 []string // the Message-ID fields' bodies
 	)
 	for _, f := range fields {
 		switch canonical(f.name) {
@@ -159,7 +161,7 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 		case "Date":
 			hasDate = true
 		case "Message-Id":
-			hasID = true
+			ids = append(ids, f.value())
 		}
 	}
 	// The From policy decides the From (and, for rewrite, a Reply-To
@@ -189,11 +191,16 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 	if n, line := longestLine(body); n > lineHard {
 		return nil, invalid("raw", "line %d of the body is %d octets long, more than SMTP carries (998, RFC 5322 §2.1.1): encode long lines quoted-printable or base64", line, n)
 	}
+	keepID := len(ids) == 1 && ValidMsgID(ids[0])
 	h := headerWriter{&out}
 	for _, f := range fields {
 		switch canonical(f.name) {
 		case "Bcc", "Resent-Bcc", "Return-Path": // RFC 5322 §3.6.3, §3.6.6; RFC 5321 §4.4
 			continue
+		case "Message-Id":
+			if !keepID {
+				continue // malformed, or more than one: replaced below (RFC 6409 §8.3)
+			}
 		case "From":
 			if rewritten {
 				h.field("From", formatAddress(newFrom))
@@ -215,7 +222,7 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 	if !hasDate {
 		h.field("Date", now.Format(time.RFC1123Z))
 	}
-	if !hasID {
+	if !keepID {
 		h.field("Message-ID", MessageID(m.Account, m.ID, s.Mailbox))
 	}
 	out.WriteString("\r\n")

@@ -1,74 +1,18 @@
-package ingress
+package message
 
-import (
-	"bytes"
-	"strings"
-)
+import "strings"
 
-// A submitted message's Message-ID field (RFC 5322 §3.6.4) is kept when
-// it is one well-formed msg-id, and removed when it is not: RFC 6409
-// §8.3 says a submission server SHOULD add a Message-ID that is missing
-// and SHOULD replace one that is malformed. The one the message then
-// leaves with is the one every raw message without a Message-ID gets
-// when the worker renders it (message.MessageID, derived from the account
-// and the relay's message id), so every delivery, replay and requeue of
-// the message carries the same one; the relay's message id (the
-// Nats-Msg-Id, docs/design.md §7.10) is not touched. More than one
-// Message-ID field (RFC 5322 §3.6 allows one) leaves the message without
-// an identifier anyone could rely on, and is replaced the same way.
+// A raw message's Message-ID field (RFC 5322 §3.6.4) is kept when it is
+// one well-formed msg-id, and replaced when it is not: RFC 6409 §8.3 says
+// a submission server SHOULD add a Message-ID that is missing and SHOULD
+// replace one that is malformed, and renderRaw does both for every raw
+// message (the SMTP front door's, relay sendmail's, a producer's), so
+// every delivery, replay and requeue of it carries the same stable one
+// (MessageID). More than one Message-ID field (§3.6 allows one) leaves
+// the message without an identifier anyone could rely on, and is
+// replaced the same way.
 
-// dropBadMessageID returns raw (CRLF line endings: a whole message or its
-// header section) without its Message-ID fields when they are not one
-// well-formed msg-id, and the values removed; raw itself and nil when
-// there is nothing to replace.
-func dropBadMessageID(raw []byte) ([]byte, []string) {
-	type span struct{ start, end int }
-	var (
-		ids    []span
-		values []string
-	)
-	for off, inID := 0, false; off < len(raw); {
-		end := bytes.Index(raw[off:], []byte("\r\n"))
-		if end < 0 {
-			end = len(raw)
-		} else {
-			end += off + 2
-		}
-		line := raw[off:end]
-		switch {
-		case bytes.Equal(line, []byte("\r\n")): // the end of the header section
-			off = len(raw)
-			continue
-		case line[0] == ' ' || line[0] == '\t': // a continuation line (RFC 5322 §2.2.3)
-			if inID {
-				ids[len(ids)-1].end = end
-			}
-		default:
-			name, _, _ := bytes.Cut(line, []byte(":"))
-			inID = strings.EqualFold(string(name), "Message-ID")
-			if inID {
-				ids = append(ids, span{off, end})
-			}
-		}
-		off = end
-	}
-	for _, s := range ids {
-		_, v, _ := bytes.Cut(raw[s.start:s.end], []byte(":"))
-		values = append(values, strings.TrimSpace(string(bytes.ReplaceAll(v, []byte("\r\n"), nil))))
-	}
-	if len(ids) == 0 || len(ids) == 1 && validMsgID(values[0]) {
-		return raw, nil
-	}
-	out := make([]byte, 0, len(raw))
-	prev := 0
-	for _, s := range ids {
-		out = append(out, raw[prev:s.start]...)
-		prev = s.end
-	}
-	return append(out, raw[prev:]...), values
-}
-
-// validMsgID reports whether v, an unfolded field body, is one msg-id of
+// ValidMsgID reports whether v, an unfolded field body, is one msg-id of
 // RFC 5322 §3.6.4:
 //
 //	msg-id   = [CFWS] "<" id-left "@" id-right ">" [CFWS]
@@ -77,7 +21,7 @@ func dropBadMessageID(raw []byte) ([]byte, []string) {
 //
 // ASCII only: the server does not offer SMTPUTF8 (RFC 6532 §3.2 allows
 // UTF-8 in it only with that).
-func validMsgID(v string) bool {
+func ValidMsgID(v string) bool {
 	v, ok := skipCFWS(v)
 	if !ok || !strings.HasPrefix(v, "<") {
 		return false
