@@ -209,6 +209,14 @@ func ReplayDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (
 	if err == nil {
 		err = s.DeleteMsg(ctx, seq)
 	}
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && s != nil {
+		// Removed meanwhile (a purge, another replay): the server says
+		// so with a generic deletion error (10057, "no message found"),
+		// not ErrMsgNotFound, so ask whether it is still there.
+		if _, gerr := s.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			err = nil
+		}
+	}
 	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return res, fmt.Errorf("replay %d: queued as %s sequence %d, but not removed from %s: %w", seq, StreamMail, res.Seq, StreamDLQ, err)
 	}
