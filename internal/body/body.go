@@ -11,8 +11,8 @@
 // into SMTP DATA, checking size and digest before the content's end is
 // sent, and deletes it only after the MAIL message is acked. A dead letter
 // keeps the body (its copy names the same object); `relay dlq replay`
-// republishes the same reference, `relay dlq purge` deletes the bodies of
-// the dead letters it purges.
+// queues a copy naming a copy of the body (Copy), `relay dlq purge`
+// deletes the bodies of the dead letters it purges (DeleteUnnamed).
 //
 // A crash between the two writes of a producer leaves a body no message
 // names; one between the worker's ack and its delete leaves a body whose
@@ -206,6 +206,38 @@ func (s *Store) StoreMessage(ctx context.Context, env *message.Message, r io.Rea
 		return nil, err
 	}
 	return m.Encode()
+}
+
+// Copy stores the body ref names again under a new name and returns the
+// reference to it: same size, digest and 8-bit flag, read and checked as
+// the worker reads it (Open), written as Put writes. relay dlq replay
+// queues a copy that names a body of its own: the dead letter's body is
+// in the list of what a relay dlq purge deletes, and a purge between the
+// replay's read of the dead letter and its publish would otherwise delete
+// the body the queued copy names (TestDLQReplayRacingPurgeKeepsTheBody).
+// A body gone or changed is a *message.Invalid, as for Open; on any error
+// nothing of the copy is left.
+func (s *Store) Copy(ctx context.Context, ref message.BodyRef) (message.BodyRef, error) {
+	rc, err := s.Open(ctx, ref)
+	if err != nil {
+		return message.BodyRef{}, err
+	}
+	defer rc.Close()
+	name := NewName()
+	if _, err := s.put(ctx, name, fullChunks{rc}); err != nil {
+		// put purges its chunks; a failure at the metadata may leave it.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = s.Delete(dctx, name)
+		cancel()
+		var inv *message.Invalid
+		if errors.As(err, &inv) {
+			return message.BodyRef{}, inv
+		}
+		return message.BodyRef{}, fmt.Errorf("copy body %s: %w", ref.Object, err)
+	}
+	out := ref
+	out.Object = name
+	return out, nil
 }
 
 // ChunkSize is the size of a body's chunks, each a message of the

@@ -196,11 +196,27 @@ func GetDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (Dea
 // already queued; replaying the same seq again within the dedupe window is
 // then recognised as a duplicate, not queued twice.
 func ReplayDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (PublishResult, error) {
+	return ReplayDeadLetterWith(ctx, js, seq, nil)
+}
+
+// ReplayDeadLetterWith is ReplayDeadLetter queuing what prepare returns
+// for the dead letter it read instead of its data (nil: the data). relay
+// dlq replay gives a large message's body a name of its own there
+// (body.Store.Copy), so that a purge of the dead letter racing the replay
+// cannot delete the body the queued copy names. An error of prepare
+// keeps the dead letter, and nothing is queued.
+func ReplayDeadLetterWith(ctx context.Context, js jetstream.JetStream, seq uint64, prepare func(DeadLetterEntry) ([]byte, error)) (PublishResult, error) {
 	e, err := GetDeadLetter(ctx, js, seq)
 	if err != nil {
 		return PublishResult{}, err
 	}
-	out := copyForRepublish(e.ReplaySubject(), e.Data, e.Header, e.ID, fmt.Sprintf("%s:replay:%d", e.ID, seq))
+	data := e.Data
+	if prepare != nil {
+		if data, err = prepare(e); err != nil {
+			return PublishResult{}, fmt.Errorf("replay %d: %w (the dead letter is kept)", seq, err)
+		}
+	}
+	out := copyForRepublish(e.ReplaySubject(), data, e.Header, e.ID, fmt.Sprintf("%s:replay:%d", e.ID, seq))
 	res, err := publishMsg(ctx, js, out)
 	if err != nil {
 		return res, fmt.Errorf("replay %d: %w (the dead letter is kept)", seq, err)

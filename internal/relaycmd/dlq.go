@@ -376,6 +376,7 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 	// two, and every one not reached when the run was cut short.
 	var failed, stuck []string
 	gone := 0
+	bodies := &replayBodies{js: js}
 replay:
 	for i, seq := range seqs {
 		if alias, ok := target[seq]; ok && known != nil && !known[alias] {
@@ -384,7 +385,9 @@ replay:
 			failed = append(failed, strconv.FormatUint(seq, 10))
 			continue
 		}
-		res, err := queue.ReplayDeadLetter(ctx, js, seq)
+		bodies.copied = ""
+		res, err := queue.ReplayDeadLetterWith(ctx, js, seq, func(e queue.DeadLetterEntry) ([]byte, error) { return bodies.prepare(ctx, e) })
+		bodies.done(ctx, res)
 		switch {
 		case err == nil:
 			note := ""
@@ -413,6 +416,9 @@ replay:
 			}
 		}
 	}
+	if err := bodies.cleanUp(ctx); err != nil {
+		fmt.Fprintf(env.Stdout, "the replayed dead letters' former bodies were not all deleted (the sweeper deletes the rest within a day): %v\n", err)
+	}
 	var problems []string
 	if len(failed) > 0 {
 		problems = append(problems, fmt.Sprintf("%d of %d not replayed (kept in %s): %s", len(failed), len(seqs), queue.StreamDLQ, strings.Join(failed, ", ")))
@@ -431,6 +437,90 @@ replay:
 	}
 	fmt.Fprintf(env.Stdout, "replayed %d dead letters; each is a new message with a fresh attempt count\n", replayed)
 	return nil
+}
+
+// replayBodies gives the copy a replay queues a body of its own: a
+// dead letter's body is in the list of what relay dlq purge deletes, and
+// a purge between the replay's read of the dead letter and its publish
+// deleted the body the queued copy then named (the worker dead-lettered
+// it again for a missing body, the mail lost). Its own name is in no
+// purge's list until it is dead-lettered itself. The dead letter's body
+// is deleted at the end of the run if nothing names it then
+// (body.Store.DeleteUnnamed, one pass for the whole run).
+type replayBodies struct {
+	js     jetstream.JetStream
+	store  *body.Store // opened at the first dead letter with a stored body
+	copied string      // the copy made for this replay, "" for none
+	former []string    // the bodies of the dead letters replayed
+}
+
+// prepare copies the body of e, if it has one, and returns e's data
+// naming the copy. A body gone from the store (or changed) is not
+// replayed: the copy would only be dead-lettered again.
+func (b *replayBodies) prepare(ctx context.Context, e queue.DeadLetterEntry) ([]byte, error) {
+	ref := storedBody(e.Data)
+	if ref == nil {
+		return e.Data, nil
+	}
+	if b.store == nil {
+		store, err := body.Open(ctx, b.js)
+		if err != nil {
+			return nil, err
+		}
+		b.store = store
+	}
+	cp, err := b.store.Copy(ctx, *ref)
+	if err != nil {
+		return nil, fmt.Errorf("copy its stored body: %w", err)
+	}
+	b.copied = cp.Object
+	// The names are of one length and appear only as the reference's
+	// object: the rest of the message stays as it was, byte for byte.
+	data := bytes.ReplaceAll(e.Data, []byte(ref.Object), []byte(cp.Object))
+	if got := storedBody(data); got == nil || got.Object != cp.Object {
+		// The name written with JSON escapes: decoded and encoded anew.
+		m, err := message.Decode(e.Data)
+		if err == nil {
+			m.Body = &cp
+			data, err = m.Encode()
+		}
+		if err != nil {
+			b.forget(ctx)
+			return nil, fmt.Errorf("name the copy of its stored body: %w", err)
+		}
+	}
+	b.former = append(b.former, ref.Object)
+	return data, nil
+}
+
+// done settles the copy after the replay's publish. A copy queued names
+// it; a duplicate (an earlier replay's copy is queued) does not, and no
+// other message can know its fresh name, so it goes. After a failed
+// publish it stays for the sweeper: the server may have stored the
+// message without its PubAck reaching here.
+func (b *replayBodies) done(ctx context.Context, res queue.PublishResult) {
+	if b.copied != "" && res.Seq != 0 && res.Duplicate { // even if the removal failed after
+		b.forget(ctx)
+	}
+	b.copied = ""
+}
+
+// forget deletes the copy of this replay.
+func (b *replayBodies) forget(ctx context.Context) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_ = b.store.Delete(dctx, b.copied)
+	b.copied = ""
+}
+
+// cleanUp deletes the replayed dead letters' former bodies that nothing
+// names any more (a dead letter not removed still names its own).
+func (b *replayBodies) cleanUp(ctx context.Context) error {
+	if len(b.former) == 0 || ctx.Err() != nil {
+		return nil // cut short: the sweeper deletes them
+	}
+	_, err := b.store.DeleteUnnamed(ctx, b.js, b.former)
+	return err
 }
 
 // span is d for a person: "24 hours", or as Go writes it ("1h24m0s").

@@ -46,14 +46,12 @@ func TestDLQPurgeKeepsBodyOfQueuedReplay(t *testing.T) {
 	if code, out, errOut := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL); code != 0 {
 		t.Fatalf("purge: %d %s%s", code, out, errOut)
 	}
-	rc, err := store.Open(ctx, ref)
-	if err != nil {
-		t.Fatalf("the body of the message queued in MAIL was deleted by the purge: %v", err)
-	}
-	rc.Close()
+	// The copy names a body of its own (relay dlq replay copies it); the
+	// dead letter's goes with the dead letter.
+	queued := queuedBodiesReadable(t, ctx, env, store)
 	names, _ := store.Names(ctx, time.Now().Add(time.Hour))
-	if len(names) != 1 || names[0] != ref.Object {
-		t.Fatalf("bodies after the purge %v, want %s", names, ref.Object)
+	if len(queued) != 1 || queued[0] == ref.Object || len(names) != 1 || names[0] != queued[0] {
+		t.Fatalf("bodies after the purge %v, want only that of the copy queued in MAIL %v", names, queued)
 	}
 }
 

@@ -3,14 +3,119 @@ package relaycmd_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/account"
+	"relay365/internal/body"
+	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 	"relay365/internal/relaycmd"
+	"relay365/internal/roles"
 )
+
+// bigDeadLetter stores a body of about 600 KB and dead-letters a message
+// of account alerts that names it, as the worker would.
+func bigDeadLetter(t *testing.T, ctx context.Context, env *queuetest.Env, store *body.Store, id string) message.BodyRef {
+	t.Helper()
+	ref, err := store.Put(ctx, strings.NewReader("Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", 50000)), message.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &message.Message{ID: id, Account: "alerts", To: []string{"ops@contoso.com"}, Body: &ref}
+	data, _ := m.Encode()
+	env.DeadLetter(t, ctx, "alerts", id, data, queue.DeadLetter{ID: id, Account: "alerts", Reason: "test", Class: "transient"})
+	return ref
+}
+
+// queuedBodiesReadable fails the test unless every message in MAIL that
+// names a stored body can read it whole: a copy whose body is gone is
+// dead-lettered again by the worker, the mail lost. It returns the names
+// of those bodies, in MAIL's order.
+func queuedBodiesReadable(t *testing.T, ctx context.Context, env *queuetest.Env, store *body.Store) []string {
+	t.Helper()
+	s, err := env.JS.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for seq := uint64(1); ; {
+		raw, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(">"))
+		if err != nil {
+			return names
+		}
+		seq = raw.Sequence + 1
+		m, err := message.Decode(raw.Data)
+		if err != nil || m.Body == nil {
+			continue
+		}
+		names = append(names, m.Body.Object)
+		rc, err := store.Open(ctx, *m.Body)
+		if err == nil {
+			_, err = io.Copy(io.Discard, rc)
+			rc.Close()
+		}
+		if err != nil {
+			t.Fatalf("MAIL sequence %d (message %s) names body %s, which cannot be read: %v", raw.Sequence, m.ID, m.Body.Object, err)
+		}
+	}
+}
+
+// An operator replays a large dead letter while another purges the dead
+// letters. The replay reads its dead letter; before it queues the copy
+// (its publish held at a proxy), the purge removes the dead letter and
+// deletes the body that nothing in MAIL or MAIL_DLQ names yet. The copy
+// the replay then queues must still have its body: a replay that says
+// "queued again" for a copy naming a deleted body loses the mail (the
+// worker dead-letters it for a missing body).
+func TestDLQReplayRacingPurgeKeepsTheBody(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigDeadLetter(t, ctx, env, store, "big-1")
+
+	proxy := queuetest.StartHoldProxy(t, env.URL, queue.SubjectPrefix)
+	var out, errOut bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- relaycmd.Run(rctx, []string{"dlq", "replay", "1", "--nats-url", proxy.URL}, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut})
+	}()
+	select {
+	case <-proxy.Held:
+	case code := <-done:
+		t.Fatalf("replay ended (exit %d) before it queued anything\n%s%s", code, out.String(), errOut.String())
+	case <-ctx.Done():
+		t.Fatal("the replay never published its copy")
+	}
+	code, pout, perr := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL)
+	t.Logf("purge while the replay's copy is held: exit %d\n%s%s", code, pout, perr)
+	proxy.Release()
+	var rcode int
+	select {
+	case rcode = <-done:
+	case <-ctx.Done():
+		t.Fatal("the replay did not end")
+	}
+	t.Logf("replay: exit %d\n%s%s", rcode, out.String(), errOut.String())
+	queued := queuedBodiesReadable(t, ctx, env, store)
+	if rcode != 0 || len(queued) != 1 {
+		t.Fatalf("replay: exit %d, MAIL holds %d messages with a body, want its copy queued", rcode, len(queued))
+	}
+	// The copy's body is its own; the dead letter's went with the purge.
+	if names, err := store.Names(ctx, time.Now().Add(time.Hour)); err != nil || len(names) != 1 || names[0] != queued[0] {
+		t.Fatalf("bodies after the replay and the purge: %v (%v), want the copy's %s", names, err, queued[0])
+	}
+}
 
 // A purge that removes a dead letter after the replay queued its copy and
 // before the replay removes it: the dead letter is gone, the copy queued,
@@ -51,5 +156,89 @@ func TestDLQReplayRemovedMeanwhileIsReplayed(t *testing.T) {
 	}
 	if code != 0 || !strings.Contains(out.String(), "dead letter 1 queued again as MAIL sequence") || strings.Contains(out.String()+errOut.String(), "still in") {
 		t.Fatalf("replay of a dead letter purged before its removal: exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+}
+
+// A dead letter whose body is gone from the store (dead-lettered for that,
+// or deleted by hand) is not replayed: its copy could only be
+// dead-lettered again for the missing body. It stays, and the command
+// says why.
+func TestDLQReplayWithoutItsBodyIsKept(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := bigDeadLetter(t, ctx, env, store, "big-1")
+	if err := store.Delete(ctx, ref.Object); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
+	t.Logf("replay: exit %d\n%s%s", code, out, errOut)
+	if code != 1 || !strings.Contains(out, "is not in relay_bodies") || !strings.Contains(errOut, "1 of 1 not replayed (kept in MAIL_DLQ)") {
+		t.Fatalf("replay of a dead letter without its body: exit %d\n%s%s", code, out, errOut)
+	}
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 0 {
+		t.Fatalf("MAIL holds %d messages, want none", n)
+	}
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamDLQ); n != 1 {
+		t.Fatalf("MAIL_DLQ holds %d, want the dead letter kept", n)
+	}
+}
+
+// A replay whose dead letter could not be removed, run again: the second
+// copy is a duplicate of the first, not queued, and the body copied for
+// it is deleted at once; the dead letter's body and the first copy's stay.
+func TestDLQReplayAgainDeletesTheDuplicatesBody(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := bigDeadLetter(t, ctx, env, store, "big-1")
+	denyDLQRemoval(t, ctx, env.JS)
+	for i := range 2 {
+		code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
+		t.Logf("replay %d: exit %d\n%s%s", i+1, code, out, errOut)
+		if code != 1 || !strings.Contains(errOut, "1 queued again but still in MAIL_DLQ") {
+			t.Fatalf("replay %d with the removal refused: exit %d\n%s%s", i+1, code, out, errOut)
+		}
+	}
+	queued := queuedBodiesReadable(t, ctx, env, store)
+	names, _ := store.Names(ctx, time.Now().Add(time.Hour))
+	slices.Sort(names)
+	want := []string{ref.Object, queued[0]}
+	slices.Sort(want)
+	if len(queued) != 1 || !slices.Equal(names, want) {
+		t.Fatalf("after two replays: MAIL names %v, bodies %v; want one copy and bodies %v", queued, names, want)
+	}
+}
+
+// relay dlq replay of a large dead letter as relay-admin against a NATS
+// that enforces the roles: it may copy the body (read it, write the
+// chunks and metadata of a new object) and delete the dead letter's.
+func TestDLQReplayCopiesBodyAsAdmin(t *testing.T) {
+	worker, dir, as, ctx := roleNATS(t)
+	reg, err := account.OpenRegistry(ctx, as(roles.Admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Put(ctx, account.Account{Alias: "alerts", Mailbox: "alerts@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := body.Open(ctx, as(roles.Admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := bigDeadLetter(t, ctx, worker, body.OpenStoreOnly(as(roles.Producer)), "big-1")
+	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", worker.URL, "--data-dir", dir, "--timeout", "15s")
+	t.Logf("replay: exit %d\n%s%s", code, out, errOut)
+	if code != 0 {
+		t.Fatalf("replay as relay-admin: exit %d\n%s%s", code, out, errOut)
+	}
+	queued := queuedBodiesReadable(t, ctx, &queuetest.Env{JS: as(roles.Admin)}, admin)
+	names, err := admin.Names(ctx, time.Now().Add(time.Hour))
+	if err != nil || len(queued) != 1 || queued[0] == ref.Object || len(names) != 1 || names[0] != queued[0] {
+		t.Fatalf("after the replay: MAIL names %v, bodies %v (%v); want one copy of %s, and only its body", queued, names, err, ref.Object)
 	}
 }

@@ -191,8 +191,8 @@ func TestDLQUsageErrors(t *testing.T) {
 }
 
 // A dead letter whose content is in the body store: show prints its size,
-// replay keeps the body (the replayed message names it), purge deletes
-// the bodies of what it purges and no other.
+// replay queues a copy that names a copy of the body (and deletes the
+// dead letter's), purge deletes the bodies of what it purges and no other.
 func TestDLQStoredBodies(t *testing.T) {
 	env, ctx := dlqEnv(t)
 	store, err := body.Open(ctx, env.JS)
@@ -233,7 +233,10 @@ func TestDLQStoredBodies(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(names)
-	want := []string{kept.Object, replayed.Object}
+	want := queuedBodiesReadable(t, ctx, env, store) // kept's, then the replayed copy's
+	if len(want) != 2 || want[0] != kept.Object || want[1] == replayed.Object {
+		t.Fatalf("bodies named in MAIL %v, want %s and a copy of %s", want, kept.Object, replayed.Object)
+	}
 	slices.Sort(want)
 	if !slices.Equal(names, want) {
 		t.Fatalf("bodies after purge %v, want the queued and the replayed one %v", names, want)

@@ -199,8 +199,10 @@ func (r Role) Permissions() *server.Permissions {
 		// key), producers, dead letters and their replay. Only its own
 		// replies, and no token.* request: it never needs a live access
 		// token from the token service. relay dlq purge deletes the
-		// bodies of the dead letters it purges, and a delete writes a
-		// deletion marker as the object's metadata, a publish on
+		// bodies of the dead letters it purges (and relay dlq replay
+		// copies them: the chunks and metadata of a new object), and a
+		// delete writes a deletion marker as the object's metadata, a
+		// publish on
 		// $O.relay_bodies.M.<name> (body.Store.Delete): no right the
 		// JetStream API does not already give it (a purge of the bucket).
 		return &server.Permissions{
