@@ -104,10 +104,21 @@ func EachDeadLetter(ctx context.Context, js jetstream.JetStream, f DeadLetterFil
 		return fmt.Errorf("read %s: %w", StreamDLQ, err)
 	}
 	maxBytes := listPullBytes(js.Conn().MaxPayload())
+	// A pull asks for as many as were pending when last counted, and the
+	// server holds it open until that many came or it expires: dead
+	// letters removed since the count (replayed, purged) cost the whole
+	// expiry, and with none left the read failed. So the read ends where
+	// nothing is pending any more: at a pull whose consumer (an ordered
+	// consumer makes one afresh for each) found nothing, and after the
+	// message that says nothing follows it, without waiting out the rest
+	// of its pull.
 	for pending > 0 {
 		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxBytes(maxBytes), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return fmt.Errorf("read %s: %w", StreamDLQ, err)
+		}
+		if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 {
+			return nil // all gone since they were counted
 		}
 		got := 0
 		for m := range batch.Messages() {
@@ -126,11 +137,19 @@ func EachDeadLetter(ctx context.Context, js jetstream.JetStream, f DeadLetterFil
 					return err
 				}
 			}
+			if pending == 0 {
+				return nil // the last one: the rest of the pull would only wait
+			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("read %s: %w", StreamDLQ, err)
 		}
 		if got == 0 {
+			// Removed after this pull's consumer counted them: nothing
+			// left is no error.
+			if left, err := countDeadLetters(ctx, js, f); err == nil && left == 0 {
+				return nil
+			}
 			return fmt.Errorf("read %s: %d dead letters announced, none arrived", StreamDLQ, pending)
 		}
 	}

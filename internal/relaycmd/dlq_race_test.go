@@ -242,3 +242,66 @@ func TestDLQReplayCopiesBodyAsAdmin(t *testing.T) {
 		t.Fatalf("after the replay: MAIL names %v, bodies %v (%v); want one copy of %s, and only its body", queued, names, err, ref.Object)
 	}
 }
+
+// runHeld runs the relay command line in process against proxy, and
+// returns once proxy holds its first matching publish; wait ends it.
+func runHeld(t *testing.T, ctx context.Context, proxy *queuetest.HoldProxy, args ...string) (wait func() (code int, stdout, stderr string)) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- relaycmd.Run(rctx, append(args, "--nats-url", proxy.URL), relaycmd.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut})
+	}()
+	select {
+	case <-proxy.Held:
+	case code := <-done:
+		t.Fatalf("%v ended (exit %d) before the proxy held it\n%s%s", args, code, out.String(), errOut.String())
+	case <-ctx.Done():
+		t.Fatalf("%v: the proxy never held it", args)
+	}
+	return func() (int, string, string) {
+		proxy.Release()
+		select {
+		case code := <-done:
+			return code, out.String(), errOut.String()
+		case <-ctx.Done():
+			t.Fatalf("%v did not end", args)
+			return 0, "", ""
+		}
+	}
+}
+
+// Dead letters removed (replayed, purged by another operator) between
+// relay dlq list's count and its read: list prints what is there. It
+// asked for as many as it had counted and waited out the pull's 5-second
+// expiry for the missing ones; with none left it failed ("3 dead letters
+// announced, none arrived"). The read is held at a proxy until the
+// removal is done.
+func TestDLQListAfterRemovalsSinceTheCount(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		remove []string // relay dlq commands run while list is held
+		args   []string
+		want   string
+	}{
+		{"table, all gone", []string{"purge", "--yes"}, []string{"dlq", "list"}, "no dead letters\n"},
+		{"json, all gone", []string{"purge", "--yes"}, []string{"dlq", "list", "--json"}, ""},
+		{"table, last gone", []string{"replay", "3"}, []string{"dlq", "list"}, "2 dead letters"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env, ctx := deadLetters(t)
+			proxy := queuetest.StartHoldProxy(t, env.URL, "$JS.API.CONSUMER.CREATE."+queue.StreamDLQ)
+			wait := runHeld(t, ctx, proxy, c.args...)
+			if code, out, errOut := run(t, append(append([]string{"dlq"}, c.remove...), "--nats-url", env.URL)...); code != 0 {
+				t.Fatalf("%v: exit %d\n%s%s", c.remove, code, out, errOut)
+			}
+			code, out, errOut := wait()
+			t.Logf("%v: exit %d\n%s%s", c.args, code, out, errOut)
+			if code != 0 || !strings.Contains(out, c.want) || (c.want == "" && out != "") {
+				t.Fatalf("%v after removals since its count: exit %d\n%s%s", c.args, code, out, errOut)
+			}
+		})
+	}
+}
