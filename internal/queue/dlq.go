@@ -16,7 +16,7 @@ import (
 // decoded.
 type DeadLetterEntry struct {
 	Seq          uint64    // sequence in MAIL_DLQ
-	Stored       time.Time // when it was dead-lettered
+	Stored       time.Time // when it was dead-lettered, UTC
 	Account      string    // from the subject mail.dlq.<account>
 	ID           string    // message id
 	Reason       string
@@ -56,7 +56,10 @@ func (f DeadLetterFilter) match(e DeadLetterEntry) bool {
 
 func newEntry(seq uint64, stored time.Time, subject string, hdr nats.Header, data []byte) DeadLetterEntry {
 	e := DeadLetterEntry{
-		Seq: seq, Stored: stored, Account: strings.TrimPrefix(subject, DLQPrefix),
+		// UTC, as GetDeadLetter's stored time is: a consumer's delivery
+		// metadata gives it in the host's zone, and relay dlq list
+		// --json printed that where show --json printed UTC.
+		Seq: seq, Stored: stored.UTC(), Account: strings.TrimPrefix(subject, DLQPrefix),
 		ID: hdr.Get(HdrMessageID), Reason: hdr.Get(HdrReason), Class: hdr.Get(HdrClass),
 		LastReply: hdr.Get(HdrLastReply), OrigSubject: hdr.Get(HdrOrigSubject),
 		Header: hdr, Data: data,
