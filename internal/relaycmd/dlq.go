@@ -91,6 +91,17 @@ func runDLQ(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
+	// An empty filter selects everything: given so, it is a script's
+	// unset variable (purge --yes --account "$ACCOUNT"), not a wish to
+	// purge or replay the whole DLQ.
+	fs.Visit(func(f *flag.Flag) {
+		if (f.Name == "account" || f.Name == "reason") && f.Value.String() == "" && err == nil {
+			err = cli.Usagef("--%s is empty: name one, or leave --%s out for all", f.Name, f.Name)
+		}
+	})
+	if err != nil {
+		return err
+	}
 	if err := checkDLQArgs(sub, c, pos); err != nil {
 		return err
 	}

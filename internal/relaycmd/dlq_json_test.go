@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"relay365/internal/bench"
+	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 )
 
 // runChild runs the relay command line as a process of its own (the test
@@ -66,5 +68,29 @@ func TestDLQJSONSameInListAndShowInAnyZone(t *testing.T) {
 	}
 	if s, _ := fromList["dead_lettered"].(string); !strings.HasSuffix(s, "Z") {
 		t.Fatalf("dead_lettered %q, want UTC", s)
+	}
+}
+
+// A script runs relay dlq purge --yes --account "$ACCOUNT" with ACCOUNT
+// unset, or replay --all --reason "$REASON" with REASON empty: an empty
+// --account meant every account, an empty --reason every reason, and the
+// command purged (or replayed, sending mail again) the whole DLQ. A
+// filter given empty is refused as a usage error, before connecting.
+func TestDLQEmptyFilterRefused(t *testing.T) {
+	env, ctx := deadLetters(t)
+	for _, args := range [][]string{
+		{"purge", "--yes", "--account", ""},
+		{"purge", "--yes", "--account="},
+		{"replay", "--all", "--reason", ""},
+		{"replay", "--all", "--account", ""},
+		{"list", "--account", ""},
+	} {
+		code, out, errOut := run(t, append(append([]string{"dlq"}, args...), "--nats-url", env.URL)...)
+		if code != 2 || !strings.Contains(errOut, "is empty") {
+			t.Errorf("relay dlq %q: exit %d, want 2 and the filter refused\n%s%s", args, code, out, errOut)
+		}
+	}
+	if d, m := queuetest.Msgs(t, ctx, env.JS, queue.StreamDLQ), queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); d != 3 || m != 0 {
+		t.Fatalf("MAIL_DLQ holds %d, MAIL %d; want the 3 dead letters untouched", d, m)
 	}
 }
