@@ -235,6 +235,12 @@ func ReplayDeadLetterWith(ctx context.Context, js jetstream.JetStream, seq uint6
 	data := e.Data
 	if prepare != nil {
 		if data, err = prepare(e); err != nil {
+			// A purge since the read above takes the body with the dead
+			// letter, and prepare fails for it: the dead letter is then
+			// not kept but gone.
+			if _, gerr := GetDeadLetter(ctx, js, seq); errors.Is(gerr, ErrNoDeadLetter) {
+				return PublishResult{}, gerr
+			}
 			return PublishResult{}, fmt.Errorf("replay %d: %w (the dead letter is kept)", seq, err)
 		}
 	}

@@ -305,3 +305,30 @@ func TestDLQListAfterRemovalsSinceTheCount(t *testing.T) {
 		})
 	}
 }
+
+// A purge that removes a large dead letter and its body while the replay
+// is about to copy that body: the replay must not say the dead letter is
+// "not replayed (kept in MAIL_DLQ)" (it is gone, purged) but that it is
+// gone, as for any dead letter purged before its replay. The replay is
+// held at its first request about the body store.
+func TestDLQReplayOfADeadLetterPurgedBeforeItsCopy(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigDeadLetter(t, ctx, env, store, "big-1")
+	proxy := queuetest.StartHoldProxy(t, env.URL, "$JS.API.STREAM.INFO."+body.StreamName)
+	wait := runHeld(t, ctx, proxy, "dlq", "replay", "1")
+	if code, out, errOut := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL); code != 0 {
+		t.Fatalf("purge: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut := wait()
+	t.Logf("replay: exit %d\n%s%s", code, out, errOut)
+	if code != 1 || strings.Contains(out+errOut, "kept") || !strings.Contains(errOut, "no dead letter with sequence 1 in MAIL_DLQ") {
+		t.Fatalf("replay of a dead letter purged before its copy: exit %d\n%s%s", code, out, errOut)
+	}
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 0 {
+		t.Fatalf("MAIL holds %d, want nothing queued", n)
+	}
+}
