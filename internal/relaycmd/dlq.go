@@ -398,7 +398,7 @@ replay:
 		}
 		bodies.copied = ""
 		res, err := queue.ReplayDeadLetterWith(ctx, js, seq, func(e queue.DeadLetterEntry) ([]byte, error) { return bodies.prepare(ctx, e) })
-		bodies.done(ctx, res)
+		bodies.done(ctx, res, err)
 		switch {
 		case err == nil:
 			note := ""
@@ -506,11 +506,13 @@ func (b *replayBodies) prepare(ctx context.Context, e queue.DeadLetterEntry) ([]
 
 // done settles the copy after the replay's publish. A copy queued names
 // it; a duplicate (an earlier replay's copy is queued) does not, and no
-// other message can know its fresh name, so it goes. After a failed
-// publish it stays for the sweeper: the server may have stored the
-// message without its PubAck reaching here.
-func (b *replayBodies) done(ctx context.Context, res queue.PublishResult) {
-	if b.copied != "" && res.Seq != 0 && res.Duplicate { // even if the removal failed after
+// other message can know its fresh name, so it goes; so does one that
+// MAIL refused as full at the first attempt (queue.NotStored). After
+// another failed publish it stays for the sweeper: the server may have
+// stored the message without its PubAck reaching here.
+func (b *replayBodies) done(ctx context.Context, res queue.PublishResult, err error) {
+	duplicate := res.Seq != 0 && res.Duplicate // even if the removal failed after
+	if b.copied != "" && (duplicate || res.Seq == 0 && queue.NotStored(err)) {
 		b.forget(ctx)
 	}
 	b.copied = ""

@@ -332,3 +332,35 @@ func TestDLQReplayOfADeadLetterPurgedBeforeItsCopy(t *testing.T) {
 		t.Fatalf("MAIL holds %d, want nothing queued", n)
 	}
 }
+
+// A replay that MAIL refuses as full (at the first attempt, so no copy
+// can have been stored) leaves no copied body behind: the dead letter
+// and its own body stay, and nothing else is left for the sweeper.
+func TestDLQReplayRefusedAsFullLeavesNoCopy(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := bigDeadLetter(t, ctx, env, store, "big-1")
+	s, err := env.JS.Stream(ctx, queue.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxMsgs = 1
+	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := queue.Publish(ctx, env.JS, "alerts", "filler", []byte(`{"id":"filler"}`)); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL)
+	t.Logf("replay into a full MAIL: exit %d\n%s%s", code, out, errOut)
+	if code != 1 || !strings.Contains(errOut, "1 of 1 not replayed (kept in MAIL_DLQ)") {
+		t.Fatalf("replay into a full MAIL: exit %d\n%s%s", code, out, errOut)
+	}
+	if names, err := store.Names(ctx, time.Now().Add(time.Hour)); err != nil || len(names) != 1 || names[0] != ref.Object {
+		t.Fatalf("bodies after the refused replay: %v (%v), want only the dead letter's %s", names, err, ref.Object)
+	}
+}
