@@ -84,13 +84,23 @@ func (p *HoldProxy) forward(dst io.Writer, src io.Reader) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			seen := append(tail, buf[:n]...)
-			if bytes.Contains(seen, p.match) {
+			out := buf[:n]
+			if i := bytes.Index(seen, p.match); i >= 0 {
+				var werr error
 				p.holdO.Do(func() {
-					close(p.Held)
-					<-p.release
+					// What came before the publish goes on; it waits.
+					before := max(0, i-len(tail))
+					if _, werr = dst.Write(out[:before]); werr == nil {
+						out = out[before:]
+						close(p.Held)
+						<-p.release
+					}
 				})
+				if werr != nil {
+					return
+				}
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if _, werr := dst.Write(out); werr != nil {
 				return
 			}
 			tail = append(tail[:0], seen[max(0, len(seen)-len(p.match)):]...)
