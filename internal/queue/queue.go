@@ -482,6 +482,18 @@ func deadLetterCopy(subject string, data []byte, hdr nats.Header, seq, delivered
 		account = "unknown"
 	}
 	out := &nats.Msg{Subject: DLQPrefix + account, Data: data, Header: producerHeaders(hdr)}
+	// The Relay-* headers below are the relay's account of the failure
+	// (relay dlq show, list --json). A producer may set any header on its
+	// message: one of these names, in any spelling, is dropped, or a
+	// header this copy has no value for (Relay-Last-Reply without an SMTP
+	// reply) showed the producer's.
+	for k := range out.Header {
+		for _, h := range append(deadLetterHeaders, HdrMessageID) {
+			if strings.EqualFold(k, h) {
+				delete(out.Header, k)
+			}
+		}
+	}
 	id := dl.ID
 	if id == "" {
 		id = "seq-" + strconv.FormatUint(seq, 10)

@@ -544,3 +544,44 @@ func TestListLargeDeadLettersPromptly(t *testing.T) {
 	}
 	t.Logf("listed %d dead letters of 1 MiB in %v", n, took)
 }
+
+// TestProducerCannotForgeDeadLetterHeaders: a producer may set any header
+// on its message (nats pub -H), and a dead letter keeps the producer's
+// headers. The Relay-* headers MoveToDLQ writes are the operator's view of
+// why the mail failed (relay dlq show, list --json): one the dead
+// letter had no value for (Relay-Last-Reply when there was no SMTP reply)
+// kept the producer's, so relay dlq showed a reply the server never gave.
+func TestProducerCannotForgeDeadLetterHeaders(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	forged := &nats.Msg{Subject: queue.Subject("alerts"), Data: []byte(`{"id":"f-1"}`), Header: nats.Header{}}
+	forged.Header.Set(jetstream.MsgIDHeader, "f-1")
+	forged.Header.Set(queue.HdrLastReply, "250 2.0.0 OK queued (relay dlq purge this)")
+	forged.Header.Set(queue.HdrReason, "forged reason")
+	forged.Header["relay-last-reply"] = []string{"250 spelt otherwise"} // NATS header names keep their case
+	forged.Header.Set("X-Producer", "kept")
+	if _, err := env.JS.PublishMsg(ctx, forged); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.MoveToDLQ(ctx, env.JS, next(t, cons), queue.DeadLetter{ID: "f-1", Account: "alerts", Reason: "invalid message: to: no recipients", Class: "invalid"}); err != nil {
+		t.Fatal(err)
+	}
+	e, err := queue.GetDeadLetter(ctx, env.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.LastReply != "" || e.Header.Get(queue.HdrLastReply) != "" || e.Reason != "invalid message: to: no recipients" || len(e.Header.Values(queue.HdrReason)) != 1 {
+		t.Fatalf("dead letter shows the producer's headers: last reply %q, reason %q, headers %v", e.LastReply, e.Reason, e.Header)
+	}
+	for k := range e.Header {
+		if strings.EqualFold(k, queue.HdrLastReply) {
+			t.Fatalf("dead letter keeps the producer's %s: %v", k, e.Header)
+		}
+	}
+	if e.Header.Get("X-Producer") != "kept" {
+		t.Fatalf("the producer's own header was dropped: %v", e.Header)
+	}
+}
