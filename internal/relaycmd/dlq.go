@@ -399,6 +399,11 @@ replay:
 		bodies.copied = ""
 		res, err := queue.ReplayDeadLetterWith(ctx, js, seq, func(e queue.DeadLetterEntry) ([]byte, error) { return bodies.prepare(ctx, e) })
 		bodies.done(ctx, res, err)
+		if bodies.formerBytes >= replayCleanEvery {
+			if err := bodies.cleanUp(ctx); err != nil {
+				fmt.Fprintf(env.Stdout, "the replayed dead letters' former bodies were not all deleted (the sweeper deletes the rest within a day): %v\n", err)
+			}
+		}
 		switch {
 		case err == nil:
 			note := ""
@@ -463,7 +468,16 @@ type replayBodies struct {
 	store  *body.Store // opened at the first dead letter with a stored body
 	copied string      // the copy made for this replay, "" for none
 	former []string    // the bodies of the dead letters replayed
+	// formerBytes is the size of former: cleanUp runs when it reaches
+	// replayCleanEvery, not only at the end of the run.
+	formerBytes int64
 }
+
+// replayCleanEvery bounds what a replay --all keeps twice in the body
+// store (each copy beside the dead letter's own body) before it deletes
+// the former ones: a thousand dead letters of 30 MB held 30 GB more until
+// the run's end. Each clean-up reads MAIL and MAIL_DLQ once.
+var replayCleanEvery int64 = 1 << 30
 
 // prepare copies the body of e, if it has one, and returns e's data
 // naming the copy. A body gone from the store (or changed) is not
@@ -501,6 +515,7 @@ func (b *replayBodies) prepare(ctx context.Context, e queue.DeadLetterEntry) ([]
 		}
 	}
 	b.former = append(b.former, ref.Object)
+	b.formerBytes += ref.Size
 	return data, nil
 }
 
@@ -533,6 +548,7 @@ func (b *replayBodies) cleanUp(ctx context.Context) error {
 		return nil // cut short: the sweeper deletes them
 	}
 	_, err := b.store.DeleteUnnamed(ctx, b.js, b.former)
+	b.former, b.formerBytes = b.former[:0], 0
 	return err
 }
 

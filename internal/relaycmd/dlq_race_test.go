@@ -3,6 +3,7 @@ package relaycmd_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -362,5 +363,52 @@ func TestDLQReplayRefusedAsFullLeavesNoCopy(t *testing.T) {
 	}
 	if names, err := store.Names(ctx, time.Now().Add(time.Hour)); err != nil || len(names) != 1 || names[0] != ref.Object {
 		t.Fatalf("bodies after the refused replay: %v (%v), want only the dead letter's %s", names, err, ref.Object)
+	}
+}
+
+// namesAtProgress records, at each progress line of a replay that says a
+// dead letter was queued again, how many bodies the store holds.
+type namesAtProgress struct {
+	t     *testing.T
+	ctx   context.Context
+	store *body.Store
+	buf   bytes.Buffer
+	seen  []int
+}
+
+func (w *namesAtProgress) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("queued again as")) {
+		names, err := w.store.Names(w.ctx, time.Now().Add(time.Hour))
+		if err != nil {
+			w.t.Error(err)
+		}
+		w.seen = append(w.seen, len(names))
+	}
+	return w.buf.Write(p)
+}
+
+// replay --all of many large dead letters deletes their former bodies as
+// it goes (every replayCleanEvery bytes, here every one), not only at its
+// end: the store held every body twice until then.
+func TestDLQReplayAllCleansUpAsItGoes(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		bigDeadLetter(t, ctx, env, store, fmt.Sprintf("big-%d", i))
+	}
+	relaycmd.SetReplayCleanEvery(t.Cleanup, 1)
+	w := &namesAtProgress{t: t, ctx: ctx, store: store}
+	var errOut bytes.Buffer
+	rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	code := relaycmd.Run(rctx, []string{"dlq", "replay", "--all", "--nats-url", env.URL}, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: w, Stderr: &errOut})
+	t.Logf("replay --all: exit %d\n%s%s", code, w.buf.String(), errOut.String())
+	// After each replay: its copy's body, and the bodies of the dead
+	// letters not replayed yet; none of those replayed.
+	if code != 0 || !slices.Equal(w.seen, []int{3, 3, 3}) {
+		t.Fatalf("replay --all: exit %d, bodies at each dead letter queued %v, want [3 3 3]", code, w.seen)
 	}
 }
