@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -270,34 +271,63 @@ func ReplayDeadLetterWith(ctx context.Context, js jetstream.JetStream, seq uint6
 // PurgeDeadLetters deletes the dead letters of account ("" for all) up to
 // and including sequence through: those the caller listed (and showed),
 // not one dead-lettered since, which stays. It returns how many it purged
-// and how many of the account's stay (counted before and after: a replay
-// racing the purge makes the first an estimate).
+// (the server's count: one a replay removed meanwhile is not among them)
+// and how many of the account's stay.
 func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, account string, through uint64) (purged, kept uint64, err error) {
 	f := DeadLetterFilter{Account: account}
-	before, err := countDeadLetters(ctx, js, f)
-	if err != nil || through == 0 {
-		return 0, before, err
+	if through == 0 {
+		kept, err = countDeadLetters(ctx, js, f)
+		return 0, kept, err
 	}
-	s, err := js.Stream(ctx, StreamDLQ)
-	if err != nil {
-		return 0, before, fmt.Errorf("open %s: %w", StreamDLQ, err)
+	if _, err := js.Stream(ctx, StreamDLQ); err != nil {
+		return 0, 0, fmt.Errorf("open %s: %w", StreamDLQ, err)
 	}
-	// A purge request's sequence purges the messages below it.
-	opts := []jetstream.StreamPurgeOpt{jetstream.WithPurgeSequence(through + 1)}
+	// A purge request's sequence purges the messages below it. The
+	// request is made here, not with jetstream.Stream.Purge, for the
+	// answer's count, which Purge drops: "before minus after" counted a
+	// dead letter a replay removed meanwhile as purged.
+	req := jetstream.StreamPurgeRequest{Sequence: through + 1}
 	if account != "" {
-		opts = append(opts, jetstream.WithPurgeSubject(f.subject()))
+		req.Subject = f.subject()
 	}
-	if err := s.Purge(ctx, opts...); err != nil {
-		return 0, before, fmt.Errorf("purge %s: %w", StreamDLQ, err)
+	if purged, err = purgeRequest(ctx, js, StreamDLQ, req); err != nil {
+		return 0, 0, fmt.Errorf("purge %s: %w", StreamDLQ, err)
 	}
-	after, err := countDeadLetters(ctx, js, f)
+	kept, err = countDeadLetters(ctx, js, f)
 	if err != nil {
-		return 0, 0, fmt.Errorf("purged %s, but cannot count what is left: %w", StreamDLQ, err)
+		return purged, 0, fmt.Errorf("purged %d from %s, but cannot count what is left: %w", purged, StreamDLQ, err)
 	}
-	if after < before {
-		purged = before - after
+	return purged, kept, nil
+}
+
+// purgeRequest sends JetStream's purge request for stream and returns
+// how many messages the server purged.
+func purgeRequest(ctx context.Context, js jetstream.JetStream, stream string, req jetstream.StreamPurgeRequest) (uint64, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return 0, err
 	}
-	return purged, after, nil
+	if _, ok := ctx.Deadline(); !ok {
+		// as jetstream's API calls without a deadline
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, js.Options().DefaultTimeout)
+		defer cancel()
+	}
+	msg, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+stream, body)
+	if err != nil {
+		return 0, err
+	}
+	var resp struct {
+		Error  *jetstream.APIError `json:"error"`
+		Purged uint64              `json:"purged"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return 0, fmt.Errorf("purge answer: %w", err)
+	}
+	if resp.Error != nil {
+		return 0, resp.Error
+	}
+	return resp.Purged, nil
 }
 
 // countDeadLetters counts the dead letters on f's subject (the reason

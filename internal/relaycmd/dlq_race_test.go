@@ -412,3 +412,25 @@ func TestDLQReplayAllCleansUpAsItGoes(t *testing.T) {
 		t.Fatalf("replay --all: exit %d, bodies at each dead letter queued %v, want [3 3 3]", code, w.seen)
 	}
 }
+
+// A replay that removes a dead letter after the purge counted them and
+// before its purge request: the purge must say how many it purged, not
+// count the replayed one (it said "purged 3" of 3 dead letters, one of
+// which the replay had queued again: an operator who reads that believes
+// the mail dropped).
+func TestDLQPurgeCountsOnlyWhatItPurged(t *testing.T) {
+	env, ctx := deadLetters(t)
+	proxy := queuetest.StartHoldProxy(t, env.URL, "$JS.API.STREAM.PURGE."+queue.StreamDLQ)
+	wait := runHeld(t, ctx, proxy, "dlq", "purge", "--yes")
+	if code, out, errOut := run(t, "dlq", "replay", "1", "--nats-url", env.URL); code != 0 {
+		t.Fatalf("replay: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut := wait()
+	t.Logf("purge: exit %d\n%s%s", code, out, errOut)
+	if code != 0 || !strings.Contains(out, "purged 2 dead letters of all accounts") {
+		t.Fatalf("purge beside a replay: exit %d\n%s%s", code, out, errOut)
+	}
+	if d, m := queuetest.Msgs(t, ctx, env.JS, queue.StreamDLQ), queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); d != 0 || m != 1 {
+		t.Fatalf("MAIL_DLQ %d, MAIL %d; want 0 and the replayed copy", d, m)
+	}
+}
