@@ -89,6 +89,7 @@ type mailState struct {
 	sendAs          map[string]map[string]bool // mailbox → addresses it may send as
 	authDisabled    map[string]bool            // tenant → SMTP AUTH off
 	quotaExceeded   map[string]bool            // mailbox → quota switch on
+	refuseRcpt      map[string]*smtp.SMTPError // recipient → the reply to its RCPT (RefuseRecipient)
 	failData        int
 	dropData        int
 	loseReply       int                 // LoseNextReply
@@ -114,6 +115,7 @@ func newMailState() mailState {
 		sendAs:        make(map[string]map[string]bool),
 		authDisabled:  make(map[string]bool),
 		quotaExceeded: make(map[string]bool),
+		refuseRcpt:    make(map[string]*smtp.SMTPError),
 		sessions:      make(map[string]int),
 		authed:        make(map[*session]struct{}),
 		history:       make(map[string][]submission),
@@ -290,6 +292,12 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	if limit := ss.srv.cfg.MaxRecipients; limit > 0 && len(ss.to) >= limit {
 		return ss.srv.reject(replyTooManyRcpts)
+	}
+	ss.srv.mu.Lock()
+	refused := ss.srv.refuseRcpt[key(to)]
+	ss.srv.mu.Unlock()
+	if refused != nil {
+		return ss.srv.reject(refused)
 	}
 	ss.to = append(ss.to, to)
 	return nil
@@ -615,6 +623,18 @@ func (s *Server) SetSendAs(mailbox string, addrs ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sendAs[key(mailbox)] = set
+}
+
+// RefuseRecipient makes every RCPT TO of addr answer reply (nil: accept
+// it again), as Exchange answers a recipient it refuses outright.
+func (s *Server) RefuseRecipient(addr string, reply *smtp.SMTPError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reply == nil {
+		delete(s.refuseRcpt, key(addr))
+		return
+	}
+	s.refuseRcpt[key(addr)] = reply
 }
 
 // DisableSMTPAuth switches SMTP AUTH off (535 5.7.139) for tokens of tenant.

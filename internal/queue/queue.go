@@ -30,6 +30,7 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -81,6 +82,11 @@ const (
 	// HdrMessageID carries the message id on copies whose Nats-Msg-Id is
 	// not the id itself (dead letters, replays, requeues).
 	HdrMessageID = "Relay-Message-Id"
+	// HdrRecipients, on the dead letter of the recipients a server
+	// refused while it took the others (and on its replay), names those
+	// recipients as a JSON array of addresses: a worker sends such a
+	// message to them only (docs/design.md §5.3).
+	HdrRecipients = "Relay-Recipients"
 )
 
 // deadLetterHeaders are the headers MoveToDLQ adds; a replay drops them.
@@ -434,6 +440,12 @@ type DeadLetter struct {
 	Class     string
 	LastReply string
 	First     time.Time // first attempt; zero: the time it was queued
+	// Recipients, when set, makes the copy a dead letter for these of
+	// the message's recipients only (HdrRecipients): the others got it.
+	// Part numbers such copies of one message (RecipientParts) and is in
+	// the copy's Nats-Msg-Id.
+	Recipients []string
+	Part       int
 }
 
 // MoveToDLQ publishes a copy of msg to MAIL_DLQ with the reason in headers,
@@ -452,6 +464,64 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 		return fmt.Errorf("dead-letter copy stored, terminating original: %w", err)
 	}
 	return nil
+}
+
+// CopyToDLQ publishes to MAIL_DLQ the dead letter of the recipients
+// dl.Recipients of msg and waits for its PubAck; the original stays, for
+// the caller to ack: it went to its other recipients. The copy's
+// Nats-Msg-Id is "<copied id>:rcpts:<part>:dlq", so a redelivery of the
+// original that dead-letters the same recipients again (a crash, or a
+// refused ack, before the ack) is deduplicated.
+func CopyToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, dl DeadLetter) error {
+	if len(dl.Recipients) == 0 {
+		return errors.New("dead-letter copy: no recipients")
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		return fmt.Errorf("dead-letter: message metadata: %w", err)
+	}
+	out := deadLetterCopy(msg.Subject(), msg.Data(), msg.Headers(), md.Sequence.Stream, md.NumDelivered, md.Timestamp, dl)
+	if _, err := publishMsg(ctx, js, out); err != nil {
+		return fmt.Errorf("dead-letter copy for %d refused recipients not stored: %w", len(dl.Recipients), err)
+	}
+	return nil
+}
+
+// RecipientParts splits refused recipients into the lists of the dead
+// letters CopyToDLQ writes for them: each list, as the JSON of
+// HdrRecipients, fits one header value (maxHeaderValue), so none is cut
+// short. The split depends only on rcpts.
+func RecipientParts(rcpts []string) [][]string {
+	var parts [][]string
+	var cur []string
+	size := 2 // []
+	for _, r := range rcpts {
+		b, _ := json.Marshal(r)
+		n := len(b) + 1 // and a comma
+		if len(cur) > 0 && size+n > maxHeaderValue {
+			parts = append(parts, cur)
+			cur, size = nil, 2
+		}
+		cur = append(cur, r)
+		size += n
+	}
+	if len(cur) > 0 {
+		parts = append(parts, cur)
+	}
+	return parts
+}
+
+// ParseRecipients reads HdrRecipients: nil and no error when absent.
+func ParseRecipients(hdr nats.Header) ([]string, error) {
+	v := hdr.Get(HdrRecipients)
+	if v == "" {
+		return nil, nil
+	}
+	var rcpts []string
+	if err := json.Unmarshal([]byte(v), &rcpts); err != nil || len(rcpts) == 0 {
+		return nil, fmt.Errorf("header %s is not a JSON array of addresses", HdrRecipients)
+	}
+	return rcpts, nil
 }
 
 // ExpireToDLQ is MoveToDLQ for a message read from the stream rather than
@@ -515,6 +585,11 @@ func deadLetterCopy(subject string, data []byte, hdr nats.Header, seq, delivered
 	// setID escapes what would drive a terminal in the ids (a message is
 	// usually dead-lettered here because Validate refused its id).
 	setID(out.Header, jetstream.MsgIDHeader, dedupe+":dlq")
+	if len(dl.Recipients) > 0 {
+		setID(out.Header, jetstream.MsgIDHeader, dedupe+":rcpts:"+strconv.Itoa(dl.Part)+":dlq")
+		b, _ := json.Marshal(dl.Recipients) // RecipientParts keeps it within a header value
+		out.Header.Set(HdrRecipients, string(b))
+	}
 	setID(out.Header, HdrMessageID, id)
 	setHeader(out.Header, HdrReason, dl.Reason)
 	setHeader(out.Header, HdrClass, dl.Class)
@@ -621,7 +696,7 @@ const maxHeaderValue = 1024
 
 // DeadLetterHeadroom is what MAIL leaves of the server's max_payload for
 // the headers a dead letter or a requeue adds to a copy of a message
-// (deadLetterCopy: ten at most, each kept to maxHeaderValue; JetStream's
+// (deadLetterCopy: eleven at most, each kept to maxHeaderValue; JetStream's
 // own headers of the original are dropped). A message that filled
 // max_payload could be queued but never dead-lettered: its copy was
 // refused as too large, and it stayed in MAIL until MaxAge dropped it,

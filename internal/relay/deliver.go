@@ -8,7 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +44,61 @@ type attempt struct {
 	unclaim   func()           // ends the handler's claim on the stream sequence (Engine.claim) and on its id (claimID); more calls do nothing
 	idKey     string           // the id this handler claimed (Engine.claimID); "" before
 	queued    time.Time        // when the message was first queued (queue.QueuedAt): its expiry, and the Date it lacks
+	// markID keys the idempotency markers: the id, or for a message for
+	// some of its recipients only (queue.HdrRecipients) the id with a
+	// digest of those (recipientsID), so its markers are its own.
+	markID string
+	// refused are, by batch, the recipients the server refused at RCPT
+	// while it took the others of the batch (now, or at an earlier
+	// attempt: the batch's marker); finish dead-letters them.
+	refused map[int][]refusal
+	marked  map[int][]int // refused positions read from the markers (SentMarkers.unsent)
+}
+
+// refusal is a recipient refused at RCPT with a reply about it alone.
+type refusal struct {
+	rcpt  string
+	reply string // "" when read from a marker (replies are not kept there)
+}
+
+// recipientsID is the marker key of a message for some of its recipients
+// only (a dead letter of refused recipients, replayed): the id and a
+// digest of those recipients. Under the plain id the original's markers
+// would say it was sent already; several such copies of one message (a
+// replay refused again for fewer) each get their own.
+func recipientsID(id string, rcpts []string) string {
+	keys := make([]string, len(rcpts))
+	for i, r := range rcpts {
+		keys[i] = strings.ToLower(r)
+	}
+	slices.Sort(keys)
+	h := sha256.New()
+	for _, k := range keys {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+	}
+	return id + ":rcpts:" + hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// onlyTo keeps of r's envelope recipients those named in only
+// (queue.HdrRecipients). A name that is not one of the message's
+// recipients is ignored: the header can narrow a message, never widen it.
+func onlyTo(r *message.Rendered, only []string) error {
+	want := make(map[string]bool, len(only))
+	for _, a := range only {
+		want[strings.ToLower(a)] = true
+	}
+	var keep []string
+	for _, a := range r.Rcpts {
+		if want[strings.ToLower(a)] {
+			keep = append(keep, a)
+		}
+	}
+	if len(keep) == 0 {
+		return &message.Invalid{Field: "to", Reason: "header " + queue.HdrRecipients + " names none of the message's recipients"}
+	}
+	r.Rcpts = keep
+	return nil
 }
 
 // messageID is the message's idempotency key: the JSON id, else the id a
@@ -182,6 +240,25 @@ func (e *Engine) unclaimID(key string, seq uint64) {
 	e.hmu.Unlock()
 }
 
+// refuse records a recipient of batch refused at RCPT.
+func (a *attempt) refuse(batch int, r refusal) {
+	if a.refused == nil {
+		a.refused = make(map[int][]refusal)
+	}
+	a.refused[batch] = append(a.refused[batch], r)
+}
+
+// refusals are the refused recipients in batch order, as the markers
+// would give them again: the dead letters' split, and so their dedupe
+// keys, are the same at a redelivery.
+func (a *attempt) refusals() []refusal {
+	var out []refusal
+	for _, b := range slices.Sorted(maps.Keys(a.refused)) {
+		out = append(out, a.refused[b]...)
+	}
+	return out
+}
+
 // nak gives the message back to the stream after delay (0: at once). The
 // handler's claim on the stream sequence ends first: the delivery the nak
 // asks for is the next attempt, not a second one, and may arrive before
@@ -212,9 +289,17 @@ func (l *lane) deliver(a *attempt) error {
 		a.log = a.log.With().Str("msg_id", a.id).Logger()
 	}
 	m.ID = a.id
+	only, err := queue.ParseRecipients(a.msg.Headers())
+	if err != nil {
+		return &message.Invalid{Field: "to", Reason: err.Error()}
+	}
+	a.markID = a.id
+	if only != nil {
+		a.markID = recipientsID(a.id, only)
+	}
 	// The markers below are read once, now: another copy of the message
 	// being sent meanwhile would not show in them.
-	key, ok := l.e.claimID(l.alias, a.id, a.meta.Sequence.Stream)
+	key, ok := l.e.claimID(l.alias, a.markID, a.meta.Sequence.Stream)
 	if !ok {
 		return errSameID
 	}
@@ -243,6 +328,11 @@ func (l *lane) deliver(a *attempt) error {
 	if err != nil {
 		return err
 	}
+	if only != nil {
+		if err := onlyTo(r, only); err != nil {
+			return err
+		}
+	}
 	if err := checkSize(m, r, acct); err != nil {
 		return err
 	}
@@ -251,6 +341,16 @@ func (l *lane) deliver(a *attempt) error {
 	a.slot.setPrepared()
 	if err != nil {
 		return err
+	}
+	for i, pos := range a.marked {
+		// Sent at an earlier attempt to all but these: their dead
+		// letter is still to be stored (its copy is deduplicated if it
+		// was).
+		for _, p := range pos {
+			if i < len(batches) && p >= 0 && p < len(batches[i]) {
+				a.refuse(i, refusal{rcpt: batches[i][p]})
+			}
+		}
 	}
 	if len(todo) == 0 {
 		a.duplicate = true
@@ -385,8 +485,9 @@ func (l *lane) lookupAndReserve(a *attempt, acct account.Account, r *message.Ren
 // again and again: the message is dead-lettered, saying what to raise; a
 // replay after that sends only the batches not yet sent.
 func (l *lane) unsent(a *attempt, acct account.Account, r *message.Rendered, batches [][]string) ([][]string, []int, error) {
-	todo, resplit, err := l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, batches)
+	todo, marked, resplit, err := l.e.sent.unsent(l.e.sendCtx, l.alias, a.markID, batches)
 	if err != nil || resplit == 0 {
+		a.marked = marked
 		return batches, todo, err
 	}
 	if acct.PerDay > 0 && resplit > acct.PerDay {
@@ -402,7 +503,7 @@ func (l *lane) unsent(a *attempt, acct account.Account, r *message.Rendered, bat
 	a.log.Info().Int("batch_rcpts", resplit).Int("now_rcpts", len(batches[0])).
 		Msg("partly sent with another batch size (per_day or the server's recipient limit changed since): the rest goes as that split")
 	batches = r.Batches(resplit)
-	todo, resplit, err = l.e.sent.Unsent(l.e.sendCtx, l.alias, a.id, batches)
+	todo, a.marked, resplit, err = l.e.sent.unsent(l.e.sendCtx, l.alias, a.markID, batches)
 	if err == nil && resplit != 0 {
 		err = fmt.Errorf("idempotency markers of message %s disagree about its split", a.id)
 	}
@@ -415,7 +516,7 @@ func (l *lane) unsent(a *attempt, acct account.Account, r *message.Rendered, bat
 func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, rcpts []string, t pacing.Ticket) error {
 	ctx := l.e.sendCtx
 	stopKeeping := l.keepCounting(t, a.log)
-	tried, settled, err := l.send(ctx, a.log, r.MailFrom, rcpts, l.content(r))
+	tried, settled, refused, err := l.send(ctx, a.log, r.MailFrom, rcpts, l.content(r))
 	t = stopKeeping()
 	defer settled()
 	var ce *smtpclient.ContentError
@@ -467,9 +568,28 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 	// (and one fsync) instead of two.
 	confirmed := make(chan error, 1)
 	go func() { confirmed <- l.e.pacer.Confirm(ctx, t) }()
+	// Recipients refused at RCPT while the others took the message
+	// (RFC 5321 §3.3): the marker keeps their positions, finish their
+	// dead letter.
+	var positions []int
+	if len(refused) > 0 {
+		at := make(map[string]int, len(rcpts))
+		for i, rc := range rcpts {
+			at[rc] = i
+		}
+		for _, rf := range refused {
+			l.e.metrics.reply(l.alias, rf.Err.Code, rf.Err.Class)
+			a.refuse(batch, refusal{rcpt: rf.Rcpt, reply: rf.Err.Reply()})
+			if i, ok := at[rf.Rcpt]; ok {
+				positions = append(positions, i)
+			}
+		}
+		a.log.Warn().Int("refused", len(refused)).Int("recipients", len(rcpts)).Str("reply", refused[0].Err.Reply()).
+			Msg("recipients refused at RCPT; sent to the others, the refused ones are dead-lettered")
+	}
 	// The crash window: between the 250 above and this write, a crash
 	// means a redelivery sends the batch again (package documentation).
-	if err := l.e.sent.Mark(ctx, l.alias, a.id, batch, batches, len(rcpts), l.e.clock.Now()); err != nil {
+	if err := l.e.sent.mark(ctx, l.alias, a.markID, batch, batches, len(rcpts), l.e.clock.Now(), positions); err != nil {
 		a.log.Error().Err(err).Msg("sent, but the idempotency marker was not written: a redelivery would send it again")
 	}
 	settled() // the session's next transaction may end now
@@ -576,19 +696,23 @@ func (l *lane) release(t pacing.Ticket, log zerolog.Logger) {
 // next transaction holds its final "." until then (holdEnd), so a crash
 // finds at most one accepted message per session without its marker.
 // That is the duplicate window of the package documentation.
-func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, content smtpclient.Content) (tried bool, settled func(), err error) {
+//
+// refused are the recipients the server refused at RCPT for reasons of
+// their own while it took the others (submit.Session.SendSome): with a
+// nil err the message went to all the others.
+func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, content smtpclient.Content) (tried bool, settled func(), refused []submit.RcptRefusal, err error) {
 	for {
 		s, err := l.session(ctx, log)
 		if err != nil {
-			return false, func() {}, err // a failure before, if any, sent nothing either
+			return false, func() {}, nil, err // a failure before, if any, sent nothing either
 		}
 		done := make(chan struct{})
 		prev := s.Follow(done)
-		err = s.SendContent(ctx, from, rcpts, holdEnd(ctx, content, prev))
+		refused, err = s.SendSome(ctx, from, rcpts, holdEnd(ctx, content, prev))
 		again := s.NotStarted(err)
 		l.pool.Put(s)
 		if !again {
-			return true, sync.OnceFunc(func() { close(done) }), err
+			return true, sync.OnceFunc(func() { close(done) }), refused, err
 		}
 		close(done)
 		var se *submit.SMTPError
@@ -741,6 +865,20 @@ func (l *lane) finish(a *attempt, err error) {
 	seq := a.meta.Sequence.Stream
 	// Outcomes are counted before the stream is told, so whoever sees the
 	// message leave the stream also sees it counted.
+	if err == nil && len(a.refused) > 0 {
+		if dlErr := l.deadLetterRefused(a); dlErr != nil {
+			// Sent to the others and marked: the redelivery sends
+			// nothing again and, from the markers, dead-letters these.
+			l.failed(seq, fmt.Sprintf("recipients refused at RCPT; their dead letter was refused: %v", dlErr))
+			delay := l.e.cfg.Retry.Delay(int(a.meta.NumDelivered))
+			l.e.metrics.outcome(l.alias, outcomeRetried)
+			a.nak(delay)
+			a.log.Warn().AnErr("dlq", dlErr).Dur("retry_in_ms", delay).
+				Msg("sent to the accepted recipients, but the dead letter of the refused ones was not stored; the message stays queued for it")
+			l.sent(a.started, a.probe)
+			return
+		}
+	}
 	if err == nil {
 		if a.duplicate {
 			l.e.metrics.outcome(l.alias, outcomeDuplicate)
@@ -753,7 +891,9 @@ func (l *lane) finish(a *attempt, err error) {
 			// The marker is written, so a redelivery is acked as duplicate.
 			// The body stays for it (the sweeper takes it after).
 			a.log.Warn().Err(ackErr).Msg("sent, but the ack failed; a redelivery will be recognised as sent")
-		} else {
+		} else if len(a.refused) == 0 {
+			// (The dead letter of refused recipients names the body
+			// too: it stays for that.)
 			l.deleteBody(a.body, a.log)
 		}
 		l.forget(seq)
@@ -866,6 +1006,46 @@ func (l *lane) deadLetter(a *attempt, dl queue.DeadLetter, outcome string) error
 	}
 	l.forget(a.meta.Sequence.Stream)
 	l.e.metrics.outcome(l.alias, outcome)
+	return nil
+}
+
+// deadLetterRefused stores the dead letters of a's refused recipients
+// (queue.CopyToDLQ, the original left for the ack): a copy of the message
+// for those recipients only (queue.HdrRecipients), so that `relay dlq
+// replay` sends it to them and not again to the others, with a reason
+// that names each refused address and its reply. Recipients that do not
+// fit one header go in several copies (queue.RecipientParts).
+func (l *lane) deadLetterRefused(a *attempt) error {
+	refused := a.refusals()
+	replies := make(map[string]string, len(refused))
+	var rcpts []string
+	for _, r := range refused {
+		rcpts = append(rcpts, r.rcpt)
+		replies[r.rcpt] = r.reply
+	}
+	for part, group := range queue.RecipientParts(rcpts) {
+		var why, last strings.Builder
+		fmt.Fprintf(&why, "%d of the message's recipients refused at RCPT (it went to the others): ", len(group))
+		for i, rc := range group {
+			if i > 0 {
+				why.WriteString("; ")
+			}
+			reply := replies[rc]
+			if reply == "" {
+				reply = "refused at an earlier attempt (its reply is not kept)"
+			} else if last.Len() == 0 {
+				last.WriteString(reply)
+			}
+			fmt.Fprintf(&why, "%s: %s", rc, reply)
+		}
+		dl := queue.DeadLetter{ID: a.id, Account: l.alias, First: a.first, Reason: why.String(),
+			Class: string(submit.ClassMessage), LastReply: last.String(), Recipients: group, Part: part}
+		if err := queue.CopyToDLQ(l.e.sendCtx, l.e.js, a.msg, dl); err != nil {
+			return err
+		}
+		l.e.metrics.outcome(l.alias, outcomeDeadLettered)
+		a.log.Warn().Int("recipients", len(group)).Str("reason", dl.Reason).Msg("refused recipients dead-lettered")
+	}
 	return nil
 }
 

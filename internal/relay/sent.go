@@ -54,6 +54,11 @@ type sentMarker struct {
 	Batches int       `json:"batches"`
 	Rcpts   int       `json:"rcpts"`
 	At      time.Time `json:"at"`
+	// Refused are the positions in the batch of the recipients the
+	// server refused at RCPT while it took the others (no addresses): a
+	// redelivery after a crash or a failed dead letter finds them here
+	// and dead-letters them, instead of taking the batch as sent to all.
+	Refused []int `json:"refused,omitempty"`
 }
 
 func sentKey(alias, id string, batch int) string {
@@ -102,6 +107,13 @@ func (s *SentMarkers) marker(ctx context.Context, alias, id string, batch int) (
 // for the batches of another would skip recipients never sent, or send
 // some twice.)
 func (s *SentMarkers) Unsent(ctx context.Context, alias, id string, batches [][]string) (todo []int, resplit int, err error) {
+	todo, _, resplit, err = s.unsent(ctx, alias, id, batches)
+	return todo, resplit, err
+}
+
+// unsent is Unsent that also returns, by batch, the positions of the
+// recipients refused in batches already sent (sentMarker.Refused).
+func (s *SentMarkers) unsent(ctx context.Context, alias, id string, batches [][]string) (todo []int, refused map[int][]int, resplit int, err error) {
 	marks := make([]*sentMarker, len(batches))
 	errs := make([]error, len(batches))
 	var wg sync.WaitGroup
@@ -115,18 +127,24 @@ func (s *SentMarkers) Unsent(ctx context.Context, alias, id string, batches [][]
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, 0, err
 		}
 	}
 	if m := marks[0]; m != nil && splitOf(m, batches) && (m.Batches != len(batches) || m.Rcpts != len(batches[0])) {
-		return nil, m.Rcpts, nil
+		return nil, nil, m.Rcpts, nil
 	}
 	for i, m := range marks {
-		if m == nil {
+		switch {
+		case m == nil:
 			todo = append(todo, i)
+		case len(m.Refused) > 0:
+			if refused == nil {
+				refused = make(map[int][]int)
+			}
+			refused[i] = m.Refused
 		}
 	}
-	return todo, 0, nil
+	return todo, refused, 0, nil
 }
 
 // splitOf says whether batch 0's marker m can be of this message split
@@ -153,7 +171,12 @@ func splitOf(m *sentMarker, batches [][]string) bool {
 // Mark records that batch (of batches, with rcpts recipients) of message
 // id was accepted at.
 func (s *SentMarkers) Mark(ctx context.Context, alias, id string, batch, batches, rcpts int, at time.Time) error {
-	b, err := json.Marshal(sentMarker{ID: id, Batch: batch, Batches: batches, Rcpts: rcpts, At: at.UTC()})
+	return s.mark(ctx, alias, id, batch, batches, rcpts, at, nil)
+}
+
+// mark is Mark with the positions of the batch's refused recipients.
+func (s *SentMarkers) mark(ctx context.Context, alias, id string, batch, batches, rcpts int, at time.Time, refused []int) error {
+	b, err := json.Marshal(sentMarker{ID: id, Batch: batch, Batches: batches, Rcpts: rcpts, At: at.UTC(), Refused: refused})
 	if err != nil {
 		return err
 	}

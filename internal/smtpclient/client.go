@@ -16,10 +16,12 @@
 //
 // CHUNKING (RFC 3030, BDAT) would save one more round trip, but with BDAT
 // pipelined behind the RCPTs a server that refused one recipient and took
-// another delivers the message to a part of its recipients, and the relay
-// would then retry it for all of them. With DATA the client sees every RCPT
-// reply before any content leaves, so a message goes to all of its
-// recipients or to none.
+// another delivers the message to a part of its recipients whatever the
+// client would have wanted. With DATA the client sees every RCPT reply
+// before any content leaves, and decides: SendContent sends to all of its
+// recipients or to none; SendSome goes on to the accepted recipients past
+// refusals its caller says concern those recipients alone, and returns
+// them.
 //
 // # Failure semantics
 //
@@ -294,7 +296,8 @@ func encode64(b []byte) string {
 // if DATA was accepted (354) after a refused RCPT, the connection is closed
 // instead, since the server discards a transaction whose content never
 // ended (RFC 5321 §3.8), and a message goes to all of its recipients or to
-// none. Without PIPELINING each command waits for its reply.
+// none (SendSome lets it go to part of them). Without PIPELINING each
+// command waits for its reply.
 func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []byte) error {
 	return c.SendContent(ctx, from, rcpts, Bytes(data))
 }
@@ -305,9 +308,49 @@ func (c *Client) Send(ctx context.Context, from string, rcpts []string, data []b
 // connection is then closed without ending the content, so the server
 // discards the transaction (RFC 5321 §3.8): nothing is delivered.
 func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, content Content) error {
+	_, err := c.SendSome(ctx, from, rcpts, content, nil)
+	return err
+}
+
+// Refused is a recipient the server refused at RCPT while the transaction
+// went on to the recipients it accepted (SendSome).
+type Refused struct {
+	Rcpt  string
+	Reply *smtp.SMTPError
+}
+
+// SendSome is SendContent for a transaction that may go to part of its
+// recipients: a RCPT refused with a reply skip accepts (the caller's
+// judgement that the refusal concerns that recipient alone, such as a
+// permanent "no such user") does not end the transaction. If at least
+// one recipient was accepted, the content goes to those (RFC 5321 §3.3:
+// the server delivers to the recipients it accepted) and the skipped ones
+// are returned, in order, with their replies; the caller reports them
+// (RFC 5321 §6.1, §4.2.5). If none was accepted, the first refusal is the
+// error, as with SendContent. A refusal skip does not accept ends the
+// transaction as before: nothing is sent to anyone. skip nil accepts
+// none.
+func (c *Client) SendSome(ctx context.Context, from string, rcpts []string, content Content, skip func(*smtp.SMTPError) bool) ([]Refused, error) {
 	cmds, err := c.transaction(from, rcpts, content)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	var skipped []Refused
+	var firstSkipped error
+	// skipRcpt records a refused RCPT that skip accepts.
+	skipRcpt := func(cmd command, r reply) bool {
+		if cmd.name != "RCPT" || skip == nil || r.code < 500 || r.code >= 600 {
+			return false
+		}
+		se := r.err()
+		if !skip(se) {
+			return false
+		}
+		skipped = append(skipped, Refused{Rcpt: cmd.arg, Reply: se})
+		if firstSkipped == nil {
+			firstSkipped = &Error{Command: "RCPT", Err: se}
+		}
+		return true
 	}
 	err = c.guard(ctx, c.cfg.CommandTimeout, func() error {
 		c.dirty = true
@@ -323,8 +366,23 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 		}
 		if !c.Pipelining() {
 			for _, cmd := range cmds {
-				if err := c.cmd(cmd.name, cmd.want, cmd.line); err != nil {
-					return c.afterRefusal(refusal(cmd, err))
+				if cmd.name == "DATA" && accepted == 0 && firstSkipped != nil {
+					// Every recipient refused: no DATA.
+					return firstSkipped
+				}
+				c.write(cmd.line)
+				if err := c.flush(cmd.name); err != nil {
+					return err
+				}
+				r, err := c.reply(cmd.name)
+				if err != nil {
+					return err
+				}
+				if !accepts(cmd.name, cmd.want, r.code) {
+					if skipRcpt(cmd, r) {
+						continue
+					}
+					return c.afterRefusal(refusal(cmd, &Error{Command: cmd.name, Err: r.err()}))
 				}
 				if cmd.name == "RCPT" {
 					accepted++
@@ -360,7 +418,15 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 				}
 				switch {
 				case refused != nil:
+				case cmd.name == "DATA" && accepted == 0 && firstSkipped != nil:
+					// Every recipient was refused: that, not the
+					// server's answer to DATA (554 "no valid
+					// recipients", RFC 2920 §3.1), is the error.
+					refused = firstSkipped
 				case !accepts(cmd.name, cmd.want, r.code):
+					if skipRcpt(cmd, r) {
+						break
+					}
 					refused = refusal(cmd, &Error{Command: cmd.name, Err: r.err()})
 				case cmd.name == "RCPT":
 					accepted++
@@ -379,11 +445,11 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// The content and the final reply (RFC 5321 §4.1.1.4), which may take
 	// the server a while: DataTimeout.
-	return c.guard(ctx, c.cfg.DataTimeout, func() error {
+	err = c.guard(ctx, c.cfg.DataTimeout, func() error {
 		rc, err := content.Open()
 		if err != nil {
 			return c.lost("message", &ContentError{Err: err})
@@ -407,6 +473,10 @@ func (c *Client) SendContent(ctx context.Context, from string, rcpts []string, c
 		c.dirty = false
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	return skipped, nil
 }
 
 // copyBuffers hold the buffers content is copied through. io.Copy would
@@ -433,6 +503,7 @@ type command struct {
 	name string
 	line string
 	want int
+	arg  string // RCPT: the recipient
 }
 
 // transaction builds the commands of one transaction, refusing locally
@@ -470,13 +541,13 @@ func (c *Client) transaction(from string, rcpts []string, content Content) ([]co
 	cmds := make([]command, 0, len(rcpts)+3)
 	if c.dirty {
 		// RFC 2920 §3.1: RSET may open a pipelined group.
-		cmds = append(cmds, command{"RSET", "RSET", 250})
+		cmds = append(cmds, command{name: "RSET", line: "RSET", want: 250})
 	}
-	cmds = append(cmds, command{"MAIL", mail.String(), 250})
+	cmds = append(cmds, command{name: "MAIL", line: mail.String(), want: 250})
 	for _, r := range rcpts {
-		cmds = append(cmds, command{"RCPT", "RCPT TO:<" + r + ">", 250})
+		cmds = append(cmds, command{name: "RCPT", line: "RCPT TO:<" + r + ">", want: 250, arg: r})
 	}
-	return append(cmds, command{"DATA", "DATA", 354}), nil
+	return append(cmds, command{name: "DATA", line: "DATA", want: 354}), nil
 }
 
 func isASCII[T string | []byte](s T) bool {

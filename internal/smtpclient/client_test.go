@@ -841,3 +841,80 @@ func TestParseReplyEnhancedCodeOnAnyLine(t *testing.T) {
 		}
 	}
 }
+
+// SendSome: a recipient refused with a reply the caller skips does not
+// void the transaction; the content goes to the recipients accepted (RFC
+// 5321 §3.3) and the refused one is returned with its reply. With every
+// recipient refused no content leaves and the first refusal is the error.
+func TestSendSomeGoesToTheAcceptedRecipients(t *testing.T) {
+	skip := func(r *smtp.SMTPError) bool { return r.EnhancedCode == smtp.EnhancedCode{5, 1, 1} }
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			var got string
+			c, err, wait := serve(t, Config{}, func(p *peer) {
+				if !p.handshakePipelining(pipelining) {
+					return
+				}
+				replies := []string{"250 2.1.0 Sender OK", "250 2.1.5 OK", "550 5.1.1 User unknown", "250 2.1.5 OK", "354 go ahead"}
+				if pipelining {
+					p.skip(5)
+					p.send(replies...)
+				} else {
+					for _, r := range replies {
+						p.skip(1)
+						p.send(r)
+					}
+				}
+				got, _ = p.content()
+				p.send("250 2.0.0 OK")
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			refused, err := c.SendSome(context.Background(), "a@fake.test", []string{"b@fake.test", "nobody@fake.test", "c@fake.test"}, Bytes([]byte(body)), skip)
+			wait()
+			if err != nil || got == "" {
+				t.Fatalf("err %v, content %q: want the message sent to the two accepted", err, got)
+			}
+			if len(refused) != 1 || refused[0].Rcpt != "nobody@fake.test" || refused[0].Reply.Code != 550 {
+				t.Fatalf("refused %+v, want nobody@fake.test with its 550", refused)
+			}
+			if c.Broken() {
+				t.Error("connection broken after a partly accepted transaction")
+			}
+		})
+		t.Run(fmt.Sprintf("all refused pipelining=%v", pipelining), func(t *testing.T) {
+			var after []string
+			c, err, wait := serve(t, Config{}, func(p *peer) {
+				if !p.handshakePipelining(pipelining) {
+					return
+				}
+				if pipelining {
+					p.skip(3)
+					p.send("250 2.1.0 Sender OK", "550 5.1.1 User unknown", "554 5.5.1 No valid recipients")
+				} else {
+					p.skip(1)
+					p.send("250 2.1.0 Sender OK")
+					p.skip(1)
+					p.send("550 5.1.1 User unknown")
+				}
+				after = p.rest()
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			refused, err := c.SendSome(context.Background(), "a@fake.test", []string{"nobody@fake.test"}, Bytes([]byte(body)), skip)
+			var e *Error
+			if !errors.As(err, &e) || e.Command != "RCPT" || e.Reply() == nil || e.Reply().Code != 550 || refused != nil {
+				t.Fatalf("err = %v, refused %v: want the RCPT's 550 5.1.1", err, refused)
+			}
+			c.Close()
+			wait()
+			for _, l := range after {
+				if l == "DATA" || strings.HasPrefix(l, "Subject") {
+					t.Errorf("sent %q after every recipient was refused", l)
+				}
+			}
+		})
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"relay365/internal/message"
 	"relay365/internal/smtpclient"
 )
@@ -112,22 +114,56 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 // transaction (nothing was delivered), and what the failure means (a body
 // gone for good, a store that did not answer) is the caller's to say.
 func (s *Session) SendContent(ctx context.Context, from string, rcpts []string, content smtpclient.Content) error {
-	err := s.c.SendContent(ctx, from, rcpts, content)
+	_, err := s.send(ctx, from, rcpts, content, nil)
+	return err
+}
+
+// RcptRefusal is a recipient refused at RCPT with a reply about that
+// recipient alone (class message), while the transaction went to the
+// others (SendSome).
+type RcptRefusal struct {
+	Rcpt string
+	Err  *SMTPError // stage rcpt, class message
+}
+
+// SendSome is SendContent for a transaction that goes to the recipients
+// the server accepted when it refused others permanently for reasons of
+// their own (RFC 5321 §3.3, §4.2.5: a 5xx to RCPT whose class, here at
+// the SMTP boundary, is ClassMessage: 550 5.1.1 and the like). nil error
+// with refusals means the content was accepted for every recipient but
+// those. Any other refusal (a 4xx, or a 5xx about the account, the tenant
+// or the session) ends the transaction with nothing sent, as SendContent
+// does; so does a transaction whose every recipient was refused, with
+// the first refusal as its error.
+func (s *Session) SendSome(ctx context.Context, from string, rcpts []string, content smtpclient.Content) ([]RcptRefusal, error) {
+	return s.send(ctx, from, rcpts, content, func(r *smtp.SMTPError) bool {
+		return Classify("rcpt", &smtpclient.Error{Command: "RCPT", Err: r}).Class == ClassMessage
+	})
+}
+
+func (s *Session) send(ctx context.Context, from string, rcpts []string, content smtpclient.Content, skip func(*smtp.SMTPError) bool) ([]RcptRefusal, error) {
+	skipped, err := s.c.SendSome(ctx, from, rcpts, content, skip)
 	s.lastUsed = time.Now()
 	if err == nil {
-		return nil
+		var out []RcptRefusal
+		for _, r := range skipped {
+			// The server has had the token: a reply may quote it.
+			se := scrubAuth(Classify("rcpt", &smtpclient.Error{Command: "RCPT", Err: r.Reply}), s.user, s.token)
+			out = append(out, RcptRefusal{Rcpt: r.Rcpt, Err: se})
+		}
+		return out, nil
 	}
 	var ce *smtpclient.ContentError
 	if errors.As(err, &ce) {
 		s.broken.Store(true)
-		return ce
+		return nil, ce
 	}
 	// The server has had the token: a reply of any stage may quote it.
 	se := scrubAuth(Classify("", err), s.user, s.token)
 	if s.c.Broken() || !keepSession(se) {
 		s.broken.Store(true)
 	}
-	return se
+	return nil, se
 }
 
 // Reusable reports whether the session may carry another message.

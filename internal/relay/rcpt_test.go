@@ -1,0 +1,109 @@
+package relay_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"relay365/internal/message"
+	"relay365/internal/queue"
+)
+
+// noSuchUser is the reply Exchange gives a recipient it refuses outright.
+var noSuchUser = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "RESOLVER.ADR.RecipNotFound; not found"}
+
+// toOf is the envelope recipients of the captured messages with subject.
+func toOf(h *harness, subject string) [][]string {
+	var out [][]string
+	for _, m := range h.fake.Messages() {
+		if m.Subject == subject {
+			out = append(out, m.To)
+		}
+	}
+	return out
+}
+
+func TestRecipientRefusedAtRcptIsDeadLetteredAlone(t *testing.T) {
+	// RFC 5321 §3.3: a server that refuses one recipient (550 5.1.1) and
+	// accepts the others delivers to those. The message goes to the
+	// accepted recipients and is acked; a dead letter holds it for the
+	// refused one only, naming the address and the reply, and its replay
+	// (once the mailbox exists) goes to that recipient alone.
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.RefuseRecipient("gone@fabrikam.com", noSuchUser)
+	h.publishMsg(&message.Message{ID: "part-1", Account: "alerts", To: []string{"ops@fabrikam.com", "gone@fabrikam.com"},
+		Cc: []string{"dev@fabrikam.com"}, Subject: "partly", Text: "body"})
+	h.waitFor("the message acked and a dead letter", func() bool {
+		return h.queued() == 0 && len(h.deadLetters("alerts")) == 1
+	})
+	if got := toOf(h, "partly"); len(got) != 1 || !slices.Equal(got[0], []string{"ops@fabrikam.com", "dev@fabrikam.com"}) {
+		t.Fatalf("delivered to %v, want once to the two accepted recipients", got)
+	}
+	dl := h.deadLetters("alerts")[0]
+	if !strings.Contains(dl.Reason, "gone@fabrikam.com: 550 5.1.1") || strings.Contains(dl.Reason, "ops@fabrikam.com") {
+		t.Errorf("dead letter reason %q: want the refused address and its reply, and no other", dl.Reason)
+	}
+	if dl.Class != "message" || !strings.HasPrefix(dl.LastReply, "550 5.1.1") || dl.ID != "part-1" {
+		t.Errorf("dead letter %+v", dl)
+	}
+	if rc, err := queue.ParseRecipients(dl.Header); err != nil || !slices.Equal(rc, []string{"gone@fabrikam.com"}) {
+		t.Fatalf("dead letter recipients %v, %v", rc, err)
+	}
+	if n := h.outcome("alerts", "sent"); n != 1 {
+		t.Errorf("sent outcome %v, want 1", n)
+	}
+
+	// The mailbox is made; the operator replays.
+	h.fake.RefuseRecipient("gone@fabrikam.com", nil)
+	if res, err := queue.ReplayDeadLetter(h.ctx, h.js, dl.Seq); err != nil || res.Duplicate {
+		t.Fatal(res, err)
+	}
+	h.waitFor("the replay's delivery", func() bool { return len(toOf(h, "partly")) == 2 && h.queued() == 0 })
+	if got := toOf(h, "partly")[1]; !slices.Equal(got, []string{"gone@fabrikam.com"}) {
+		t.Fatalf("replay delivered to %v, want the refused recipient only", got)
+	}
+	if left := h.deadLetters(""); len(left) != 0 {
+		t.Fatalf("dead letters after the replay: %+v", left)
+	}
+}
+
+func TestEveryRecipientRefusedDeadLettersTheMessage(t *testing.T) {
+	// With no recipient accepted nothing is sent, and the message itself
+	// is dead-lettered, as before: its replay goes to all of them.
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.RefuseRecipient("ops@fabrikam.com", noSuchUser)
+	h.publish("alerts", "all-gone", "nobody")
+	h.waitFor("the dead letter", func() bool { return h.queued() == 0 && len(h.deadLetters("alerts")) == 1 })
+	dl := h.deadLetters("alerts")[0]
+	if rc, _ := queue.ParseRecipients(dl.Header); rc != nil || !strings.HasPrefix(dl.LastReply, "550 5.1.1") {
+		t.Fatalf("dead letter %+v (recipients %v)", dl, rc)
+	}
+	if n := len(toOf(h, "nobody")); n != 0 {
+		t.Fatalf("sent %d times", n)
+	}
+}
+
+func TestRefusedRecipientsDeadLetterRefusedIsStoredAtRedelivery(t *testing.T) {
+	// MAIL_DLQ refuses the dead letter of the refused recipient: the
+	// message, sent to the others and marked, stays queued; its
+	// redelivery sends nothing again and, from the marker, stores the
+	// dead letter once MAIL_DLQ takes it.
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	restore := refuseStream(t, h, queue.StreamDLQ)
+	h.fake.RefuseRecipient("gone@fabrikam.com", noSuchUser)
+	h.publishMsg(&message.Message{ID: "part-2", Account: "alerts", To: []string{"ops@fabrikam.com", "gone@fabrikam.com"}, Subject: "held", Text: "body"})
+	h.waitFor("a redelivery", func() bool { return deliveries(t, h, "alerts") >= 2 })
+	restore()
+	h.waitFor("the dead letter", func() bool { return h.queued() == 0 && len(h.deadLetters("alerts")) == 1 })
+	if got := toOf(h, "held"); len(got) != 1 || !slices.Equal(got[0], []string{"ops@fabrikam.com"}) {
+		t.Fatalf("delivered to %v, want once to the accepted recipient", got)
+	}
+	if rc, _ := queue.ParseRecipients(h.deadLetters("alerts")[0].Header); !slices.Equal(rc, []string{"gone@fabrikam.com"}) {
+		t.Fatalf("dead letter recipients %v", rc)
+	}
+}
