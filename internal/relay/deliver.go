@@ -980,7 +980,13 @@ func (l *lane) finish(a *attempt, err error) {
 		}
 		err = fmt.Errorf("gave up after %d attempts: %w", a.meta.NumDelivered, err)
 	}
-	dl := queue.DeadLetter{Reason: err.Error(), Class: string(class), LastReply: reply}
+	why := err.Error()
+	if se != nil && se.SendAsDenied() {
+		// The one message-class refusal a person can fix for the
+		// account's later mail too: the reason says how (submit.Remedy).
+		why += "; remedy: " + submit.Remedy(se, l.account().Mailbox)
+	}
+	dl := queue.DeadLetter{Reason: why, Class: string(class), LastReply: reply}
 	if dlErr := l.deadLetter(a, dl, outcomeDeadLettered); dlErr != nil {
 		l.failed(seq, fmt.Sprintf("%v (its dead letter was refused: %v)", err, dlErr))
 		ev.AnErr("dlq", dlErr).Msg("dead-lettering failed; the message stays queued")

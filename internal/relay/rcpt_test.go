@@ -7,6 +7,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"relay365/internal/account"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 )
@@ -105,5 +106,40 @@ func TestRefusedRecipientsDeadLetterRefusedIsStoredAtRedelivery(t *testing.T) {
 	}
 	if rc, _ := queue.ParseRecipients(h.deadLetters("alerts")[0].Header); !slices.Equal(rc, []string{"gone@fabrikam.com"}) {
 		t.Fatalf("dead letter recipients %v", rc)
+	}
+}
+
+func TestSendAsRefusalDeadLetterSaysWhatToDo(t *testing.T) {
+	// Exchange refuses a From the mailbox may not send as with 550 5.7.60,
+	// or with 554 5.2.0 STOREDRV's SendAsDeniedException: the dead
+	// letter's reason carries the remedy (grant SendAs, or the rewrite
+	// policy), not only the reply.
+	for _, tt := range []struct {
+		name  string
+		reply *smtp.SMTPError // injected at the end of DATA; nil: the fake's own 550 5.7.60
+	}{
+		{"5.7.60", nil},
+		{"SendAsDeniedException", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0},
+			Message: "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message Cannot submit message."}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, setup{})
+			h.enroll("sendas", "sendas@contoso.com", "contoso.onmicrosoft.com", func(a *account.Account) {
+				a.FromPolicy, a.SendAs = message.PolicyAllow, []string{"noreply@contoso.com"}
+			})
+			if tt.reply != nil {
+				h.fake.SetSendAs("sendas@contoso.com", "noreply@contoso.com")
+				h.fake.SetNextDataReply(1, tt.reply)
+			}
+			m := msgFor("sendas", "sendas-1", "send-as")
+			m.From = "noreply@contoso.com"
+			h.publishMsg(m)
+			h.waitFor("the dead letter", func() bool { return len(h.deadLetters("sendas")) == 1 })
+			dl := h.deadLetters("sendas")[0]
+			if !strings.Contains(dl.Reason, "remedy:") || !strings.Contains(dl.Reason, "Add-RecipientPermission") ||
+				!strings.Contains(dl.Reason, "-Trustee sendas@contoso.com") || !strings.Contains(dl.Reason, "--from-policy rewrite") {
+				t.Fatalf("dead letter reason %q: want the send-as remedy", dl.Reason)
+			}
+		})
 	}
 }

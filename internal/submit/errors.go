@@ -95,6 +95,17 @@ func (e *SMTPError) Reply() string {
 	return fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Text)
 }
 
+// SendAsDenied reports whether the reply refuses the sending mailbox the
+// message's From address: 550 5.7.60 ("Client does not have permissions
+// to send as this sender"), 554 5.2.252 SendAsDenied, or 5.2.0 with
+// STOREDRV's SendAsDeniedException (Exchange reports the same refusal
+// under each, depending on where it is found; 5.2.0 is told apart by the
+// text only, as for the quota and spam refusals, ClassifyReply).
+func (e *SMTPError) SendAsDenied() bool {
+	c := e.condition()
+	return e.Code >= 500 && (c == "5.7.60" || c == "5.2.252" || strings.Contains(e.Text, "SendAsDenied"))
+}
+
 // Temporary reports whether the message may still go later: every class
 // but ClassMessage is about the session, the account or the server.
 func (e *SMTPError) Temporary() bool { return e.Class != ClassMessage }

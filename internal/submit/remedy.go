@@ -32,8 +32,11 @@ func Remedy(e *SMTPError, mailbox string) string {
 		return "check the account's SMTP address and CA file"
 	case e.Class == ClassConfig:
 		return "the server refused the XOAUTH2 exchange: check the account's SMTP host (smtp.office365.com:587 for Exchange Online)"
-	case e.condition() == "5.7.60" || e.condition() == "5.2.252":
-		return fmt.Sprintf("%s may not send as this From: use from policy rewrite, or grant SendAs with Add-RecipientPermission", mailbox)
+	case e.SendAsDenied():
+		return fmt.Sprintf("%s may not send as this message's From: an Exchange admin grants it "+
+			"(Add-RecipientPermission -Identity <the From address> -Trustee %s -AccessRights SendAs), "+
+			"or the account sends as its own mailbox instead (authtool login --from-policy rewrite: the From address becomes the Reply-To); then replay the dead letter",
+			mailbox, mailbox)
 	case e.Class == ClassQuota:
 		return "the mailbox is over its sending limit (10,000 recipients a day, 30 messages a minute); mail waits for the window"
 	case e.Class == ClassAccount && e.condition() != "5.2.2":
