@@ -700,7 +700,18 @@ func (l *lane) release(t pacing.Ticket, log zerolog.Logger) {
 // refused are the recipients the server refused at RCPT for reasons of
 // their own while it took the others (submit.Session.SendSome): with a
 // nil err the message went to all the others.
+//
+// A transaction the session itself failed, with the server's word that
+// nothing was taken, also runs once more at once on another connection,
+// once per transaction (retriedSession): a 530 to MAIL, RCPT or DATA
+// (5.7.57 "client not authenticated", RFC 4954 §6: the session's
+// authentication, not the message), or a 421 to any of them or to the
+// end of the content (the server closes the connection and has not
+// accepted the message, RFC 5321 §3.8, §4.2.3). A second such failure
+// takes the retry schedule as before, so a server answering every
+// session so costs at most one more transaction per message.
 func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts []string, content smtpclient.Content) (tried bool, settled func(), refused []submit.RcptRefusal, err error) {
+	retried := false
 	for {
 		s, err := l.session(ctx, log)
 		if err != nil {
@@ -711,16 +722,37 @@ func (l *lane) send(ctx context.Context, log zerolog.Logger, from string, rcpts 
 		refused, err = s.SendSome(ctx, from, rcpts, holdEnd(ctx, content, prev))
 		again := s.NotStarted(err)
 		l.pool.Put(s)
-		if !again {
+		var se *submit.SMTPError
+		switch {
+		case again:
+			log.Debug().Err(err).Msg("pooled session failed before the message left; sending on the next one")
+		case !retried && errors.As(err, &se) && retriedSession(se):
+			retried = true
+			log.Info().Int("smtp_code", se.Code).Str("reply", se.Reply()).Msg("the server ended the session without taking the message; sending once more at once on another connection")
+		default:
 			return true, sync.OnceFunc(func() { close(done) }), refused, err
 		}
 		close(done)
-		var se *submit.SMTPError
 		if errors.As(err, &se) {
 			l.e.metrics.reply(l.alias, se.Code, se.Class)
 		}
-		log.Debug().Err(err).Msg("pooled session failed before the message left; sending on the next one")
 	}
+}
+
+// retriedSession says whether a failed transaction goes once more at
+// once on another connection (lane.send): a reply, after AUTH, that is
+// about the session and says nothing was accepted. The session that got
+// it is not reused (submit: a 421 and class session discard it).
+func retriedSession(se *submit.SMTPError) bool {
+	switch se.Stage {
+	case "mail", "rcpt", "data":
+		return se.Code == 421 && se.Class != submit.ClassConfig || se.Class == submit.ClassSession
+	case "message":
+		// A reply to the end of the content: 421 refuses it (no 250);
+		// no reply at all leaves it unknown, and is not retried here.
+		return se.Code == 421 && se.Class != submit.ClassConfig
+	}
+	return false
 }
 
 // holdEnd returns content whose reader, at its end, waits for prev (the

@@ -127,6 +127,9 @@
 //   - 250 for every batch: DoubleAck (the server confirmed the ack).
 //   - retry (transient 4xx, network, timeouts, 530 5.7.57 with a new
 //     session, 432 4.3.2 with one connection fewer, anything unknown):
+//     a 530 after AUTH or a 421 to the transaction or its content (the
+//     server has taken nothing) first goes once more at once on another
+//     connection (lane.send), and only a second one is retried so;
 //     NakWithDelay on the Retry schedule (jittered, capped exponential),
 //     never a plain Nak, which burns MaxDeliver in milliseconds. At the
 //     last delivery (MaxDeliver, counted here: the server's consumer has

@@ -28,6 +28,7 @@ const (
 	actRefresh    = "refresh the token once, then retry the session"
 	actRetry      = "retry with backoff"
 	actReconnect  = "reconnect and authenticate, retry"
+	actAgain      = "send once more at once on another connection"
 	actThrottle   = "back off with one connection fewer"
 	actPause      = "pause the account until a probe succeeds"
 	actTenant     = "pause every account of the tenant"
@@ -67,7 +68,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 			clear:  func(a account.Account) { h.fake.DisableSMTPAuth(a.Tenant, false) }},
 		{reply: "504 5.7.4", act: actPause, class: submit.ClassConfig, inject: auth(reply(504, 5, 7, 4, "Unrecognized authentication type"), 1)},
 		{reply: "501 5.5.124", act: actPause, class: submit.ClassConfig, inject: auth(reply(501, 5, 5, 124, "Invalid XOAUTH2 client response."), 1)},
-		{reply: "530 5.7.57", act: actReconnect, class: submit.ClassSession,
+		{reply: "530 5.7.57", act: actAgain, class: submit.ClassSession,
 			inject: func(account.Account) {
 				h.fake.SetNextMailReply(1, reply(530, 5, 7, 57, "Client not authenticated to send mail."))
 			}},
@@ -96,7 +97,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 		{reply: "554 5.2.0 OutboundSpamException", act: actPause, class: submit.ClassAccount, inject: data(reply(554, 5, 2, 0, "STOREDRV.Submission.Exception:OutboundSpamException; Failed to process message due to a permanent exception with message WASCL UserAction verdict is not None."))},
 		{reply: "451 4.7.0", act: actRetry, class: submit.ClassTransient, inject: func(account.Account) { h.fake.FailNextData(1) }},
 		{reply: "451 4.3.111", act: actRetry, class: submit.ClassTransient, inject: data(reply(451, 4, 3, 111, "Temporary server error"))},
-		{reply: "421 (other)", act: actRetry, class: submit.ClassTransient, inject: data(reply(421, 4, 3, 2, "Service not available, closing transmission channel"))},
+		{reply: "421 (other)", act: actAgain, class: submit.ClassTransient, inject: data(reply(421, 4, 3, 2, "Service not available, closing transmission channel"))},
 		{reply: "connection reset", act: actRetry, class: submit.ClassTransient, inject: func(account.Account) { h.fake.DropNextData(1) }},
 		{reply: "timeout", act: actRetry, class: submit.ClassTransient, inject: func(account.Account) { h.fake.DelayNextData(1, 3*time.Second) }},
 		{reply: "552 5.3.4", act: actDeadLetter, class: submit.ClassMessage, inject: data(reply(552, 5, 3, 4, "Message size exceeds fixed maximum message size"))},
@@ -207,6 +208,13 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 				if h.outcome(alias, "paused") < 1 || h.outcome(alias, "retried") != 0 {
 					t.Fatalf("outcomes: paused %v retried %v", h.outcome(alias, "paused"), h.outcome(alias, "retried"))
 				}
+			case actAgain:
+				if pauses != 0 || h.outcome(alias, "retried") != 0 {
+					t.Fatalf("pauses %v retried %v, want none: sent again within the attempt", pauses, h.outcome(alias, "retried"))
+				}
+				if got := h.metric("relay_smtp_replies_total", "account", alias, "class", string(r.class)); got != 1 {
+					t.Fatalf("relay_smtp_replies_total{class=%s} = %v", r.class, got)
+				}
 			case actRetry, actReconnect, actThrottle:
 				if pauses != 0 || h.outcome(alias, "retried") != 1 {
 					t.Fatalf("pauses %v retried %v, want 0 and 1", pauses, h.outcome(alias, "retried"))
@@ -216,7 +224,7 @@ func TestOffice365RepliesEndToEnd(t *testing.T) {
 				}
 			}
 			switch r.act {
-			case actReconnect:
+			case actReconnect, actAgain:
 				if n := h.metric("relay_smtp_connections_total", "account", alias); n != 2 {
 					t.Fatalf("%v sessions opened, want a new one after 530", n)
 				}
