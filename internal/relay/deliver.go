@@ -814,6 +814,31 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session
 			return nil, err
 		}
 		s, err = l.sessionFor(ctx, log, tok)
+		if errors.As(err, &se) && se.Class == submit.ClassAuth {
+			// A token fresh from the identity platform, refused too:
+			// no refresh will help, a person must (the user, the app's
+			// permission, the consent). The token service raises the
+			// alarm it raises for a refresh refused for want of
+			// consent; the account pauses either way.
+			if marked, rerr := l.e.tokens.SMTPRefused(l.e.sendCtx, l.alias, tok); rerr != nil {
+				log.Warn().Err(rerr).Msg("the token service was not told of the refused token; the account pauses all the same")
+			} else if marked {
+				issued := tok.Issued
+				l.smtpRefused.Store(&issued)
+				log.Error().Int("smtp_code", se.Code).Str("reply", se.Reply()).
+					Msg("a freshly refreshed token was refused too: the account needs consent (relay.events.account.consent_required)")
+			}
+		}
+	}
+	if err == nil {
+		if since := l.smtpRefused.Swap(nil); since != nil {
+			// A session authenticated after the refusal reported:
+			// the alarm ends.
+			if _, cerr := l.e.tokens.SMTPAccepted(l.e.sendCtx, l.alias, *since); cerr != nil {
+				l.smtpRefused.CompareAndSwap(nil, since) // told at the next session
+				log.Warn().Err(cerr).Msg("the token service was not told that the SMTP server takes the tokens again")
+			}
+		}
 	}
 	if errors.As(err, &se) { // connect, STARTTLS or AUTH failed
 		l.e.metrics.reply(l.alias, se.Code, se.Class)

@@ -30,6 +30,13 @@ type Tokens interface {
 	// binding (asked when the account record disagrees with a cached
 	// token's binding, which a new consent may have changed).
 	Reload(ctx context.Context, account string) (token.AccessToken, error)
+	// SMTPRefused reports that the SMTP server refused tok although a
+	// forced refresh had just given it (535 5.7.3 twice): the token
+	// service records that the account needs consent, with the alarm
+	// (event, relay_token_state) of a refresh refused for that reason.
+	SMTPRefused(ctx context.Context, account string, tok token.AccessToken) (bool, error)
+	// SMTPAccepted ends that alarm once a session authenticated again.
+	SMTPAccepted(ctx context.Context, account string, since time.Time) (bool, error)
 }
 
 // Accounts is the account registry as the engine uses it.

@@ -93,6 +93,11 @@ type lane struct {
 	done     chan struct{} // closed when the loop has returned
 	wake     chan struct{} // a slot freed, the account changed, a pause ended
 
+	// smtpRefused is the issued time of a token the token service was
+	// told the SMTP server refused after a forced refresh (zero: none);
+	// the next session that authenticates clears the alarm (lane.session).
+	smtpRefused atomic.Pointer[time.Time]
+
 	mu        sync.Mutex
 	acct      account.Account
 	limit     int           // connections now (≤ acct.MaxConns; lowered after 432)

@@ -158,7 +158,7 @@ func (r Role) Permissions() *server.Permissions {
 				"$JS.FC.>",                     // flow control of its watches
 				"mail.send.>",                  // a requeue, and the SMTP front door
 				"mail.dlq.>",                   // dead letters
-				"token.get", "token.refresh", "token.status",
+				"token.get", "token.refresh", "token.status", "token.smtp_refused",
 				// dead letters read by the body sweeper
 				"$JS.API.STREAM.MSG.GET." + streamDLQ,
 				// relay_bodies: stored (the SMTP front door), read,

@@ -265,6 +265,11 @@ func remedy(e *IdentityError, alias string, appOnly bool) string {
 		switch {
 		case e.Err == "no_refresh_token":
 			return "no refresh token is stored (was offline_access consented?): run: " + login
+		case e.Err == ErrSMTPRefused:
+			if appOnly {
+				return "Office 365 refused (535) a freshly issued token for SMTP: check that the app has SMTP.SendAsApp with admin consent and a mailbox permission for the mailbox (Add-MailboxPermission), then run: " + login
+			}
+			return "Office 365 refused (535) a freshly issued token for SMTP: check that the signed-in user is the account's mailbox and the app has the SMTP.Send delegated permission, then run: " + login
 		case has(65001) || e.Err == "consent_required":
 			if appOnly {
 				return "admin consent for SMTP.SendAsApp is missing: grant it in Entra (API permissions), then run: " + login

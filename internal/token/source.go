@@ -99,6 +99,9 @@ type Outcome struct {
 	Forced      bool
 	Rotated     bool // a new refresh token was issued and kept
 	AppOnly     bool
+	// SMTPRefused: no call to the identity platform, but the SMTP
+	// server's refusal of a token it had just issued (MarkSMTPRefused).
+	SMTPRefused bool
 }
 
 // Result is the bounded label of the outcome: "ok" or the failure class.
@@ -427,6 +430,93 @@ func (s *Source) MarkLapsed(ctx context.Context, alias string) (bool, error) {
 	return true, nil
 }
 
+// ErrSMTPRefused is the error name a record carries when the SMTP server
+// refused (535) an access token the identity platform had just issued,
+// after a forced refresh (MarkSMTPRefused).
+const ErrSMTPRefused = "smtp_auth_refused"
+
+// MarkSMTPRefused records that the SMTP server refused the access token
+// issued at since (AccessToken.Issued) although it was fresh from a
+// forced refresh: the identity platform issues tokens Office 365 will not
+// take (the signed-in user is not the mailbox, the app lacks SMTP.Send or
+// the mailbox permission, consent was withdrawn for it, or a permission
+// just granted has not reached Exchange yet), and no refresh changes that
+// (docs/office365.md §4). The record keeps its state and keeps handing
+// out tokens, so the worker's probes (a forced refresh and a session)
+// still resume the account by themselves once Office 365 takes them; but
+// while its current token is the refused one, EffectiveState says
+// needs_consent: relay_token_state, token.status and /status show it,
+// and the account.consent_required event is published, as for a refresh
+// the identity platform refused for want of consent. A record whose
+// token is newer than since (someone refreshed meanwhile), already
+// marked for it, or blocked is left alone. It reports whether it wrote.
+func (s *Source) MarkSMTPRefused(ctx context.Context, alias string, since time.Time) (bool, error) {
+	acct, err := s.accounts.Get(ctx, alias)
+	if err != nil {
+		return false, err
+	}
+	rec, rev, err := s.store.Get(ctx, alias)
+	if err != nil {
+		return false, err
+	}
+	if rec.State.Blocking() || !rec.LastRefresh.Equal(since) || rec.SMTPRefused.Equal(since) {
+		return false, nil
+	}
+	from := rec.EffectiveState()
+	f := rec
+	f.SMTPRefused = since
+	ie := f.Problem(acct, s.now())
+	if _, err := s.store.Update(ctx, f, rev); err != nil {
+		if errors.Is(err, ErrConflict) {
+			return false, nil
+		}
+		return false, err
+	}
+	s.log.Error().Str("account", alias).Str("from", string(from)).Str("to", string(f.EffectiveState())).Str("remedy", ie.Remedy).
+		Msg("token state changed: the SMTP server refused a freshly refreshed access token")
+	s.observe(Outcome{Account: alias, Err: ie, From: from, To: f.EffectiveState(), Expiry: rec.Expiry,
+		FailCount: f.FailCount, AppOnly: acct.AppOnly, SMTPRefused: true})
+	return true, nil
+}
+
+// ClearSMTPRefused ends what MarkSMTPRefused recorded for the token
+// issued at since: a worker's session authenticated again (a permission
+// that reached Exchange, a passing refusal). It reports whether it
+// wrote; a record not marked for since is left alone.
+func (s *Source) ClearSMTPRefused(ctx context.Context, alias string, since time.Time) (bool, error) {
+	rec, rev, err := s.store.Get(ctx, alias)
+	if err != nil {
+		return false, err
+	}
+	if rec.SMTPRefused.IsZero() || !rec.SMTPRefused.Equal(since) {
+		return false, nil
+	}
+	from := rec.EffectiveState()
+	f := rec
+	f.SMTPRefused = time.Time{}
+	if _, err := s.store.Update(ctx, f, rev); err != nil {
+		if errors.Is(err, ErrConflict) {
+			return false, nil
+		}
+		return false, err
+	}
+	if from != f.EffectiveState() {
+		s.log.Info().Str("account", alias).Str("from", string(from)).Str("to", string(f.EffectiveState())).
+			Msg("token state changed: the SMTP server takes the account's tokens again")
+	}
+	return true, nil
+}
+
+// EffectiveState is the record's state as operators see it: needs_consent
+// while its current access token is one the SMTP server refused after a
+// forced refresh (MarkSMTPRefused), else State.
+func (r Record) EffectiveState() State {
+	if !r.State.Blocking() && !r.SMTPRefused.IsZero() && r.SMTPRefused.Equal(r.LastRefresh) {
+		return StateNeedsConsent
+	}
+	return r.State
+}
+
 // Problem is the failure recorded on r as the typed error callers get,
 // with the remedy for acct (for status pages and the token.status
 // endpoint); nil when the last refresh succeeded.
@@ -434,6 +524,10 @@ func (r Record) Problem(acct account.Account, now time.Time) *IdentityError {
 	switch {
 	case r.State.Blocking():
 		return blockedError(r, acct)
+	case r.EffectiveState() == StateNeedsConsent:
+		e := &IdentityError{Err: ErrSMTPRefused, Class: StateNeedsConsent}
+		e.Remedy = remedy(e, acct.Alias, acct.AppOnly)
+		return e
 	case r.FailCount > 0 || r.State == StateTransient:
 		return transientError(r, acct, now)
 	}

@@ -101,6 +101,11 @@ type Record struct {
 	// its credential-free form (account.RedactProxy). Only the token
 	// service uses it.
 	ProxyURL string `json:"proxy_url,omitempty"`
+	// SMTPRefused is the issued time (LastRefresh) of an access token the
+	// SMTP server refused right after a forced refresh (MarkSMTPRefused);
+	// while it equals LastRefresh the record's EffectiveState is
+	// needs_consent.
+	SMTPRefused time.Time `json:"smtp_refused,omitzero"`
 
 	// KeyID is the id of the key the loaded value was sealed with (set by
 	// Get; not stored).

@@ -18,15 +18,31 @@ const (
 	SubjectGet     = "token.get"
 	SubjectRefresh = "token.refresh"
 	SubjectStatus  = "token.status"
+	// SubjectSMTPRefused is a worker's report that the SMTP server
+	// refused the token issued at Since after a forced refresh
+	// (token.Source.MarkSMTPRefused); the reply is SMTPRefusedReply.
+	SubjectSMTPRefused = "token.smtp_refused"
 )
 
-// Request is the body of token.get and token.refresh.
+// SMTPRefusedReply answers token.smtp_refused: Marked is false when the
+// record was left alone (a newer token, already blocked, a refresh under
+// way elsewhere).
+type SMTPRefusedReply struct {
+	Account string `json:"account"`
+	Marked  bool   `json:"marked"`
+}
+
+// Request is the body of token.get, token.refresh and token.smtp_refused.
 type Request struct {
 	Account string `json:"account"`
-	// Since (token.refresh only) is TokenReply.Issued of the token that was
-	// refused: a token refreshed after it is returned without another
-	// refresh. Absent: refresh unless one finished after the request came.
+	// Since (token.refresh, token.smtp_refused) is TokenReply.Issued of
+	// the token that was refused: a token refreshed after it is returned
+	// without another refresh. Absent: refresh unless one finished after
+	// the request came. token.smtp_refused requires it.
 	Since time.Time `json:"since,omitzero"`
+	// Accepted (token.smtp_refused only): the SMTP server took a token
+	// again after the refusal reported for Since; the alarm ends.
+	Accepted bool `json:"accepted,omitempty"`
 }
 
 // TokenReply answers token.get and token.refresh. It carries the access

@@ -113,6 +113,43 @@ func (c *Client) ForceRefresh(ctx context.Context, alias string) (token.AccessTo
 	return c.do(ctx, callKey{alias: alias, force: true}, SubjectRefresh, Request{Account: alias, Since: since})
 }
 
+// SMTPRefused reports that the SMTP server refused tok, which a forced
+// refresh had just given: the token service records the account as
+// needing consent (token.smtp_refused), and the cached token is dropped.
+// It returns whether the record was marked.
+func (c *Client) SMTPRefused(ctx context.Context, alias string, tok token.AccessToken) (bool, error) {
+	c.mu.Lock()
+	if cur, ok := c.cache[alias]; ok && !cur.Issued.After(tok.Issued) {
+		delete(c.cache, alias)
+	}
+	c.mu.Unlock()
+	return c.smtpRefused(ctx, Request{Account: alias, Since: tok.Issued})
+}
+
+// SMTPAccepted reports that the SMTP server took a token again after the
+// refusal SMTPRefused reported for the token issued at since: the alarm
+// ends (needs_consent no longer shown for it). It returns whether the
+// record changed.
+func (c *Client) SMTPAccepted(ctx context.Context, alias string, since time.Time) (bool, error) {
+	return c.smtpRefused(ctx, Request{Account: alias, Since: since, Accepted: true})
+}
+
+func (c *Client) smtpRefused(ctx context.Context, r Request) (bool, error) {
+	alias := r.Account
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	body, _ := json.Marshal(r)
+	msg, err := c.request(ctx, SubjectSMTPRefused, body)
+	if err != nil {
+		return false, err
+	}
+	var rep SMTPRefusedReply
+	if err := json.Unmarshal(msg.Data, &rep); err != nil {
+		return false, fmt.Errorf("token service: %s reply for account %s does not decode", SubjectSMTPRefused, alias)
+	}
+	return rep.Marked, nil
+}
+
 // Status asks one token service replica for every account's token state.
 func (c *Client) Status(ctx context.Context) (StatusReply, error) {
 	return c.status(ctx, StatusRequest{})

@@ -52,7 +52,9 @@
 // Every call to the identity platform made here increments
 // relay_token_refresh_total{account,result} and publishes
 // relay.events.token.refreshed or relay.events.token.refresh_failed (plus
-// relay.events.account.consent_required on entering needs_consent); a
+// relay.events.account.consent_required on entering needs_consent, and
+// when a worker reports, on token.smtp_refused, that Office 365 refused a
+// token fresh from a forced refresh: token.Source.MarkSMTPRefused); a
 // state change is logged with its AADSTS codes and remedy. The gauges
 // relay_token_state{account,state},
 // relay_token_expiry_timestamp_seconds{account} and

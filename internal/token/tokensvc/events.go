@@ -65,6 +65,9 @@ func events(o token.Outcome, instance string, now time.Time) []published {
 	ev.Class, ev.OAuthError, ev.ErrorCodes, ev.HTTPStatus = string(o.Err.Class), o.Err.Err, o.Err.Codes, o.Err.Status
 	ev.FailCount, ev.NextAttempt, ev.Remedy = o.FailCount, o.NextAttempt, o.Err.Remedy
 	out := []published{{SubjectRefreshFailed, ev}}
+	if o.SMTPRefused {
+		out = nil // no refresh failed: the SMTP server refused the token it gave
+	}
 	if o.To == token.StateNeedsConsent && o.From != token.StateNeedsConsent {
 		cr := ev
 		cr.Kind = "account.consent_required"

@@ -55,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) setRecord(rec token.Record) {
 	for _, s := range states {
 		v := 0.0
-		if s == rec.State {
+		if s == rec.EffectiveState() {
 			v = 1
 		}
 		m.state.WithLabelValues(rec.Account, string(s)).Set(v)
@@ -88,5 +88,8 @@ func (m *Metrics) forget(alias string) {
 }
 
 func (m *Metrics) countRefresh(o token.Outcome) {
+	if o.SMTPRefused {
+		return // no refresh was made; relay_token_state shows it
+	}
 	m.refresh.WithLabelValues(o.Account, o.Result()).Inc()
 }

@@ -115,7 +115,7 @@ func Start(cfg Config) (*Service, error) {
 	}
 	s.micro = svc
 	g := svc.AddGroup("token")
-	for name, h := range map[string]func(context.Context, micro.Request){"get": s.get, "refresh": s.refresh, "status": s.status} {
+	for name, h := range map[string]func(context.Context, micro.Request){"get": s.get, "refresh": s.refresh, "status": s.status, "smtp_refused": s.smtpRefused} {
 		if err := g.AddEndpoint(name, s.dispatch(h)); err != nil {
 			_ = svc.Stop()
 			s.src.Close()
@@ -259,6 +259,31 @@ func (s *Service) refresh(ctx context.Context, req micro.Request) {
 		var tok token.AccessToken
 		if tok, err = s.src.ForceRefreshSince(ctx, r.Account, r.Since); err == nil {
 			s.respondToken(req, r.Account, tok)
+			return
+		}
+	}
+	s.respondError(req, err)
+}
+
+// smtpRefused records a worker's report that Office 365 refused a token
+// fresh from a forced refresh (token.Source.MarkSMTPRefused): the record
+// turns needs_consent, with the consent_required event and the state
+// gauge, as a refresh the identity platform refused would.
+func (s *Service) smtpRefused(ctx context.Context, req micro.Request) {
+	r, err := s.parse(req)
+	if err == nil && r.Since.IsZero() {
+		err = fmt.Errorf("%w: token.smtp_refused needs \"since\", the refused token's issued time", errBadRequest)
+	}
+	if err == nil {
+		var marked bool
+		mark := s.src.MarkSMTPRefused
+		if r.Accepted {
+			mark = s.src.ClearSMTPRefused
+		}
+		if marked, err = mark(ctx, r.Account, r.Since); err == nil {
+			if rerr := req.RespondJSON(SMTPRefusedReply{Account: r.Account, Marked: marked}); rerr != nil {
+				s.log.Warn().Str("account", r.Account).Err(rerr).Msg("token.smtp_refused reply failed")
+			}
 			return
 		}
 	}

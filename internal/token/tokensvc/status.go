@@ -67,13 +67,16 @@ func Describe(ctx context.Context, store *token.Store, a account.Account, now ti
 	case err != nil:
 		return st, err
 	default:
-		st.State, st.Expiry, st.LastRefresh = string(rec.State), rec.Expiry, rec.LastRefresh
+		st.State, st.Expiry, st.LastRefresh = string(rec.EffectiveState()), rec.Expiry, rec.LastRefresh
 		st.NextAttempt, st.FailCount, st.LastError, st.KeyID = rec.NextAttempt, rec.FailCount, rec.LastError, rec.KeyID
 		if rec.LeaseUntil.After(now) {
 			st.RefreshingOn = token.LeaseInstance(rec)
 		}
 		if p := rec.Problem(a, now); p != nil {
 			st.ErrorCodes, st.Remedy = p.Codes, p.Remedy
+			if p.Err == token.ErrSMTPRefused {
+				st.LastError = p.Error()
+			}
 		}
 	}
 	return st, nil
