@@ -629,6 +629,32 @@ func Requeue(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, id 
 	return res, nil
 }
 
+// RequeueRecipients publishes a copy of msg for some of its recipients
+// (HdrRecipients: rcpts, within one header, RecipientParts) at the end of
+// its subject with Nats-Msg-Id msgID, the id kept in Relay-Message-Id and
+// the first queue time in Relay-Queued, and waits for the PubAck. The
+// original stays, for the caller to ack: it went to its other
+// recipients. A copy already stored under msgID within the duplicate
+// window comes back as a duplicate.
+func RequeueRecipients(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, id, msgID string, rcpts []string) (PublishResult, error) {
+	if len(rcpts) == 0 {
+		return PublishResult{}, errors.New("requeue: no recipients")
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		return PublishResult{}, fmt.Errorf("requeue: message metadata: %w", err)
+	}
+	out := copyForRepublish(msg.Subject(), msg.Data(), msg.Headers(), id, msgID)
+	out.Header.Set(HdrQueued, QueuedAt(msg.Headers(), md.Timestamp).UTC().Format(time.RFC3339Nano))
+	b, _ := json.Marshal(rcpts) // RecipientParts keeps it within a header value
+	out.Header.Set(HdrRecipients, string(b))
+	res, err := publishMsg(ctx, js, out)
+	if err != nil {
+		return res, fmt.Errorf("copy for %d recipients refused for now not queued: %w", len(rcpts), err)
+	}
+	return res, nil
+}
+
 // copyForRepublish builds a new stream message from a stored one: same
 // subject, data and producer headers, without the dead-letter headers, with
 // its own Nats-Msg-Id and the message id kept in Relay-Message-Id.

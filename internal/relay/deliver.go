@@ -52,7 +52,11 @@ type attempt struct {
 	// while it took the others of the batch (now, or at an earlier
 	// attempt: the batch's marker); finish dead-letters them.
 	refused map[int][]refusal
-	marked  map[int][]int // refused positions read from the markers (SentMarkers.unsent)
+	// deferred are, by batch, the recipients refused for now (a 4xx
+	// about them alone) while the others took the message; finish
+	// queues a copy for them.
+	deferred map[int][]refusal
+	marked   map[int]*sentMarker // markers of sent batches with refusals (SentMarkers.unsent)
 }
 
 // refusal is a recipient refused at RCPT with a reply about it alone.
@@ -248,13 +252,21 @@ func (a *attempt) refuse(batch int, r refusal) {
 	a.refused[batch] = append(a.refused[batch], r)
 }
 
-// refusals are the refused recipients in batch order, as the markers
-// would give them again: the dead letters' split, and so their dedupe
-// keys, are the same at a redelivery.
-func (a *attempt) refusals() []refusal {
+// deferFor records a recipient of batch refused for now at RCPT.
+func (a *attempt) deferFor(batch int, r refusal) {
+	if a.deferred == nil {
+		a.deferred = make(map[int][]refusal)
+	}
+	a.deferred[batch] = append(a.deferred[batch], r)
+}
+
+// inOrder is a map of refusals by batch in batch order, as the markers
+// would give them again: the copies' split, and so their dedupe keys,
+// are the same at a redelivery.
+func inOrder(m map[int][]refusal) []refusal {
 	var out []refusal
-	for _, b := range slices.Sorted(maps.Keys(a.refused)) {
-		out = append(out, a.refused[b]...)
+	for _, b := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[b]...)
 	}
 	return out
 }
@@ -342,13 +354,18 @@ func (l *lane) deliver(a *attempt) error {
 	if err != nil {
 		return err
 	}
-	for i, pos := range a.marked {
+	for i, m := range a.marked {
 		// Sent at an earlier attempt to all but these: their dead
-		// letter is still to be stored (its copy is deduplicated if it
-		// was).
-		for _, p := range pos {
+		// letter, or the copy queued for them, is still to be stored
+		// (deduplicated if it was).
+		for _, p := range m.Refused {
 			if i < len(batches) && p >= 0 && p < len(batches[i]) {
 				a.refuse(i, refusal{rcpt: batches[i][p]})
+			}
+		}
+		for _, p := range m.Deferred {
+			if i < len(batches) && p >= 0 && p < len(batches[i]) {
+				a.deferFor(i, refusal{rcpt: batches[i][p]})
 			}
 		}
 	}
@@ -571,7 +588,7 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 	// Recipients refused at RCPT while the others took the message
 	// (RFC 5321 §3.3): the marker keeps their positions, finish their
 	// dead letter.
-	var positions []int
+	var positions, later []int
 	if len(refused) > 0 {
 		at := make(map[string]int, len(rcpts))
 		for i, rc := range rcpts {
@@ -579,17 +596,25 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 		}
 		for _, rf := range refused {
 			l.e.metrics.reply(l.alias, rf.Err.Code, rf.Err.Class)
+			i, ok := at[rf.Rcpt]
+			if rf.Err.Temporary() {
+				a.deferFor(batch, refusal{rcpt: rf.Rcpt, reply: rf.Err.Reply()})
+				if ok {
+					later = append(later, i)
+				}
+				continue
+			}
 			a.refuse(batch, refusal{rcpt: rf.Rcpt, reply: rf.Err.Reply()})
-			if i, ok := at[rf.Rcpt]; ok {
+			if ok {
 				positions = append(positions, i)
 			}
 		}
-		a.log.Warn().Int("refused", len(refused)).Int("recipients", len(rcpts)).Str("reply", refused[0].Err.Reply()).
-			Msg("recipients refused at RCPT; sent to the others, the refused ones are dead-lettered")
+		a.log.Warn().Int("refused", len(refused)).Int("for_now", len(later)).Int("recipients", len(rcpts)).Str("reply", refused[0].Err.Reply()).
+			Msg("recipients refused at RCPT; sent to the others; those refused for good are dead-lettered, a copy is queued for those refused for now")
 	}
 	// The crash window: between the 250 above and this write, a crash
 	// means a redelivery sends the batch again (package documentation).
-	if err := l.e.sent.mark(ctx, l.alias, a.markID, batch, batches, len(rcpts), l.e.clock.Now(), positions); err != nil {
+	if err := l.e.sent.mark(ctx, l.alias, a.markID, batch, batches, len(rcpts), l.e.clock.Now(), positions, later); err != nil {
 		a.log.Error().Err(err).Msg("sent, but the idempotency marker was not written: a redelivery would send it again")
 	}
 	settled() // the session's next transaction may end now
@@ -922,16 +947,20 @@ func (l *lane) finish(a *attempt, err error) {
 	seq := a.meta.Sequence.Stream
 	// Outcomes are counted before the stream is told, so whoever sees the
 	// message leave the stream also sees it counted.
-	if err == nil && len(a.refused) > 0 {
-		if dlErr := l.deadLetterRefused(a); dlErr != nil {
+	if err == nil && (len(a.refused) > 0 || len(a.deferred) > 0) {
+		dlErr := l.deadLetterRefused(a)
+		if dlErr == nil {
+			dlErr = l.queueDeferred(a)
+		}
+		if dlErr != nil {
 			// Sent to the others and marked: the redelivery sends
 			// nothing again and, from the markers, dead-letters these.
-			l.failed(seq, fmt.Sprintf("recipients refused at RCPT; their dead letter was refused: %v", dlErr))
+			l.failed(seq, fmt.Sprintf("recipients refused at RCPT; their dead letter or copy was refused: %v", dlErr))
 			delay := l.e.cfg.Retry.Delay(int(a.meta.NumDelivered))
 			l.e.metrics.outcome(l.alias, outcomeRetried)
 			a.nak(delay)
 			a.log.Warn().AnErr("dlq", dlErr).Dur("retry_in_ms", delay).
-				Msg("sent to the accepted recipients, but the dead letter of the refused ones was not stored; the message stays queued for it")
+				Msg("sent to the accepted recipients, but the dead letter or the copy for the refused ones was not stored; the message stays queued for it")
 			l.sent(a.started, a.probe)
 			return
 		}
@@ -948,9 +977,9 @@ func (l *lane) finish(a *attempt, err error) {
 			// The marker is written, so a redelivery is acked as duplicate.
 			// The body stays for it (the sweeper takes it after).
 			a.log.Warn().Err(ackErr).Msg("sent, but the ack failed; a redelivery will be recognised as sent")
-		} else if len(a.refused) == 0 {
-			// (The dead letter of refused recipients names the body
-			// too: it stays for that.)
+		} else if len(a.refused) == 0 && len(a.deferred) == 0 {
+			// (The dead letter or copy for refused recipients names
+			// the body too: it stays for that.)
 			l.deleteBody(a.body, a.log)
 		}
 		l.forget(seq)
@@ -1079,7 +1108,7 @@ func (l *lane) deadLetter(a *attempt, dl queue.DeadLetter, outcome string) error
 // that names each refused address and its reply. Recipients that do not
 // fit one header go in several copies (queue.RecipientParts).
 func (l *lane) deadLetterRefused(a *attempt) error {
-	refused := a.refusals()
+	refused := inOrder(a.refused)
 	replies := make(map[string]string, len(refused))
 	var rcpts []string
 	for _, r := range refused {
@@ -1108,6 +1137,37 @@ func (l *lane) deadLetterRefused(a *attempt) error {
 		}
 		l.e.metrics.outcome(l.alias, outcomeDeadLettered)
 		a.log.Warn().Int("recipients", len(group)).Str("reason", dl.Reason).Msg("refused recipients dead-lettered")
+	}
+	return nil
+}
+
+// queueDeferred queues, before the ack, a copy of a's message for the
+// recipients refused for now (a 4xx about them alone) while the others
+// took it: Relay-Recipients names them (queue.RequeueRecipients), so the
+// copy goes to them only and keys its markers by the id and a digest of
+// them (recipientsID): not a duplicate of the original, and never sent
+// again to the recipients that have it. Its Nats-Msg-Id is that key, so
+// a redelivery of the original that queues it again (a crash or a
+// refused publish before the ack; the positions are in the marker) is
+// deduplicated. The copy keeps the original's queue time: the queue
+// lifetime bounds all of its retries. A copy whose recipients are all
+// refused for now again is retried on the schedule like any message.
+func (l *lane) queueDeferred(a *attempt) error {
+	deferred := inOrder(a.deferred)
+	var rcpts []string
+	for _, r := range deferred {
+		rcpts = append(rcpts, r.rcpt)
+	}
+	for _, group := range queue.RecipientParts(rcpts) {
+		res, err := queue.RequeueRecipients(l.e.sendCtx, l.e.js, a.msg, a.id, recipientsID(a.id, group), group)
+		if err != nil {
+			return err
+		}
+		if !res.Duplicate {
+			l.e.metrics.outcome(l.alias, outcomeRequeued)
+		}
+		a.log.Info().Int("recipients", len(group)).Str("reply", deferred[0].reply).Bool("duplicate", res.Duplicate).
+			Msg("recipients refused for now: a copy for them is queued")
 	}
 	return nil
 }

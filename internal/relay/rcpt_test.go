@@ -143,3 +143,51 @@ func TestSendAsRefusalDeadLetterSaysWhatToDo(t *testing.T) {
 		})
 	}
 }
+
+// mailboxBusy is a temporary refusal of one recipient.
+var mailboxBusy = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "The recipient has exceeded their limit, try again later"}
+
+func TestRecipientRefusedForNowGetsACopyOfItsOwn(t *testing.T) {
+	// A 450 to one RCPT while the others are accepted: the message goes to
+	// the accepted ones and is acked, and a copy for the refused one is
+	// queued (its own markers, so not a duplicate of the original) and
+	// retried until the recipient takes it. Nobody gets it twice, and
+	// nothing is dead-lettered.
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.RefuseRecipient("busy@fabrikam.com", mailboxBusy)
+	h.publishMsg(&message.Message{ID: "later-1", Account: "alerts", To: []string{"ops@fabrikam.com", "busy@fabrikam.com"}, Subject: "later", Text: "body"})
+	h.waitFor("the delivery to the accepted recipient", func() bool { return len(toOf(h, "later")) == 1 })
+	if got := toOf(h, "later")[0]; !slices.Equal(got, []string{"ops@fabrikam.com"}) {
+		t.Fatalf("delivered to %v, want the accepted recipient", got)
+	}
+	h.waitFor("the copy retried", func() bool { return h.fake.Replies()["450 4.2.1"] >= 2 })
+	h.fake.RefuseRecipient("busy@fabrikam.com", nil)
+	h.waitFor("the copy's delivery", func() bool { return len(toOf(h, "later")) == 2 && h.queued() == 0 })
+	if got := toOf(h, "later")[1]; !slices.Equal(got, []string{"busy@fabrikam.com"}) {
+		t.Fatalf("the copy went to %v, want the recipient refused for now only", got)
+	}
+	if dl := h.deadLetters(""); len(dl) != 0 {
+		t.Fatalf("dead letters: %+v", dl)
+	}
+}
+
+func TestCopyForRecipientsRefusedForNowIsQueuedAtRedelivery(t *testing.T) {
+	// MAIL refuses the copy for the recipient refused for now: the
+	// original, sent to the other and marked, stays queued; its
+	// redelivery sends nothing again and queues the copy from the marker.
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.RefuseRecipient("busy@fabrikam.com", mailboxBusy)
+	restore := refuseStream(t, h, queue.StreamMail)
+	defer restore()
+	h.publishMsg(&message.Message{ID: "later-2", Account: "alerts", To: []string{"ops@fabrikam.com", "busy@fabrikam.com"}, Subject: "held-later", Text: "body"})
+	h.waitFor("a redelivery", func() bool { return deliveries(t, h, "alerts") >= 2 })
+	h.fake.RefuseRecipient("busy@fabrikam.com", nil)
+	restore()
+	h.waitFor("the copy's delivery", func() bool { return len(toOf(h, "held-later")) == 2 && h.queued() == 0 })
+	got := toOf(h, "held-later")
+	if !slices.Equal(got[0], []string{"ops@fabrikam.com"}) || !slices.Equal(got[1], []string{"busy@fabrikam.com"}) {
+		t.Fatalf("delivered to %v, want the accepted recipient once, then the copy to the other", got)
+	}
+}

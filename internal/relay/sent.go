@@ -59,6 +59,9 @@ type sentMarker struct {
 	// redelivery after a crash or a failed dead letter finds them here
 	// and dead-letters them, instead of taking the batch as sent to all.
 	Refused []int `json:"refused,omitempty"`
+	// Deferred are the positions of the recipients refused for now (a
+	// 4xx about them alone): a copy for them is queued (lane.finish).
+	Deferred []int `json:"deferred,omitempty"`
 }
 
 func sentKey(alias, id string, batch int) string {
@@ -111,9 +114,9 @@ func (s *SentMarkers) Unsent(ctx context.Context, alias, id string, batches [][]
 	return todo, resplit, err
 }
 
-// unsent is Unsent that also returns, by batch, the positions of the
-// recipients refused in batches already sent (sentMarker.Refused).
-func (s *SentMarkers) unsent(ctx context.Context, alias, id string, batches [][]string) (todo []int, refused map[int][]int, resplit int, err error) {
+// unsent is Unsent that also returns, by batch, the markers of batches
+// already sent with recipients refused (sentMarker.Refused, Deferred).
+func (s *SentMarkers) unsent(ctx context.Context, alias, id string, batches [][]string) (todo []int, refused map[int]*sentMarker, resplit int, err error) {
 	marks := make([]*sentMarker, len(batches))
 	errs := make([]error, len(batches))
 	var wg sync.WaitGroup
@@ -137,11 +140,11 @@ func (s *SentMarkers) unsent(ctx context.Context, alias, id string, batches [][]
 		switch {
 		case m == nil:
 			todo = append(todo, i)
-		case len(m.Refused) > 0:
+		case len(m.Refused) > 0 || len(m.Deferred) > 0:
 			if refused == nil {
-				refused = make(map[int][]int)
+				refused = make(map[int]*sentMarker)
 			}
-			refused[i] = m.Refused
+			refused[i] = m
 		}
 	}
 	return todo, refused, 0, nil
@@ -171,12 +174,13 @@ func splitOf(m *sentMarker, batches [][]string) bool {
 // Mark records that batch (of batches, with rcpts recipients) of message
 // id was accepted at.
 func (s *SentMarkers) Mark(ctx context.Context, alias, id string, batch, batches, rcpts int, at time.Time) error {
-	return s.mark(ctx, alias, id, batch, batches, rcpts, at, nil)
+	return s.mark(ctx, alias, id, batch, batches, rcpts, at, nil, nil)
 }
 
-// mark is Mark with the positions of the batch's refused recipients.
-func (s *SentMarkers) mark(ctx context.Context, alias, id string, batch, batches, rcpts int, at time.Time, refused []int) error {
-	b, err := json.Marshal(sentMarker{ID: id, Batch: batch, Batches: batches, Rcpts: rcpts, At: at.UTC(), Refused: refused})
+// mark is Mark with the positions of the batch's recipients refused for
+// good and for now.
+func (s *SentMarkers) mark(ctx context.Context, alias, id string, batch, batches, rcpts int, at time.Time, refused, deferred []int) error {
+	b, err := json.Marshal(sentMarker{ID: id, Batch: batch, Batches: batches, Rcpts: rcpts, At: at.UTC(), Refused: refused, Deferred: deferred})
 	if err != nil {
 		return err
 	}

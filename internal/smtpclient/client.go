@@ -322,12 +322,15 @@ type Refused struct {
 // SendSome is SendContent for a transaction that may go to part of its
 // recipients: a RCPT refused with a reply skip accepts (the caller's
 // judgement that the refusal concerns that recipient alone, such as a
-// permanent "no such user") does not end the transaction. If at least
+// permanent "no such user" or a temporary "mailbox busy") does not end
+// the transaction. A 421 is never skipped: the server closes the
+// connection (RFC 5321 §3.8). If at least
 // one recipient was accepted, the content goes to those (RFC 5321 §3.3:
 // the server delivers to the recipients it accepted) and the skipped ones
 // are returned, in order, with their replies; the caller reports them
 // (RFC 5321 §6.1, §4.2.5). If none was accepted, the first refusal is the
-// error, as with SendContent. A refusal skip does not accept ends the
+// error, as with SendContent (the first temporary one, if any: the
+// transaction may still go later). A refusal skip does not accept ends the
 // transaction as before: nothing is sent to anyone. skip nil accepts
 // none.
 func (c *Client) SendSome(ctx context.Context, from string, rcpts []string, content Content, skip func(*smtp.SMTPError) bool) ([]Refused, error) {
@@ -336,10 +339,11 @@ func (c *Client) SendSome(ctx context.Context, from string, rcpts []string, cont
 		return nil, err
 	}
 	var skipped []Refused
-	var firstSkipped error
+	var firstSkipped error // with none accepted, the error: a temporary refusal if there is one
+	firstCode := 0
 	// skipRcpt records a refused RCPT that skip accepts.
 	skipRcpt := func(cmd command, r reply) bool {
-		if cmd.name != "RCPT" || skip == nil || r.code < 500 || r.code >= 600 {
+		if cmd.name != "RCPT" || skip == nil || r.code < 400 || r.code >= 600 || r.code == 421 {
 			return false
 		}
 		se := r.err()
@@ -347,8 +351,10 @@ func (c *Client) SendSome(ctx context.Context, from string, rcpts []string, cont
 			return false
 		}
 		skipped = append(skipped, Refused{Rcpt: cmd.arg, Reply: se})
-		if firstSkipped == nil {
-			firstSkipped = &Error{Command: "RCPT", Err: se}
+		if firstSkipped == nil || firstCode >= 500 && r.code < 500 {
+			// A recipient refused for now makes the whole
+			// transaction worth trying again later.
+			firstSkipped, firstCode = &Error{Command: "RCPT", Err: se}, r.code
 		}
 		return true
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,26 +120,40 @@ func (s *Session) SendContent(ctx context.Context, from string, rcpts []string, 
 }
 
 // RcptRefusal is a recipient refused at RCPT with a reply about that
-// recipient alone (class message), while the transaction went to the
-// others (SendSome).
+// recipient alone, while the transaction went to the others (SendSome):
+// for good (class message) or for now (class transient: Temporary).
 type RcptRefusal struct {
 	Rcpt string
-	Err  *SMTPError // stage rcpt, class message
+	Err  *SMTPError // stage rcpt, class message or transient
 }
 
 // SendSome is SendContent for a transaction that goes to the recipients
-// the server accepted when it refused others permanently for reasons of
-// their own (RFC 5321 §3.3, §4.2.5: a 5xx to RCPT whose class, here at
-// the SMTP boundary, is ClassMessage: 550 5.1.1 and the like). nil error
-// with refusals means the content was accepted for every recipient but
-// those. Any other refusal (a 4xx, or a 5xx about the account, the tenant
-// or the session) ends the transaction with nothing sent, as SendContent
-// does; so does a transaction whose every recipient was refused, with
-// the first refusal as its error.
+// the server accepted when it refused others for reasons of their own
+// (RFC 5321 §3.3, §4.2.5): a 5xx to RCPT whose class, here at the SMTP
+// boundary, is ClassMessage (550 5.1.1 and the like), or a 450, 451 or
+// 452 of class transient that is not about the number of recipients
+// (X.5.3, the server's recipient limit: RecipientLimit) — rcptOnly. nil
+// error with refusals means the content was accepted for every
+// recipient but those. Any other refusal (a 421, a 4xx or 5xx about the
+// account, the tenant, the session or the recipient count) ends the
+// transaction with nothing sent, as SendContent does; so does a
+// transaction whose every recipient was refused, with the first refusal
+// as its error.
 func (s *Session) SendSome(ctx context.Context, from string, rcpts []string, content smtpclient.Content) ([]RcptRefusal, error) {
 	return s.send(ctx, from, rcpts, content, func(r *smtp.SMTPError) bool {
-		return Classify("rcpt", &smtpclient.Error{Command: "RCPT", Err: r}).Class == ClassMessage
+		return rcptOnly(Classify("rcpt", &smtpclient.Error{Command: "RCPT", Err: r}))
 	})
+}
+
+// rcptOnly says whether a refusal of a RCPT is about that recipient alone.
+func rcptOnly(e *SMTPError) bool {
+	switch {
+	case e.Class == ClassMessage:
+		return true
+	case e.Class != ClassTransient, e.Code != 450 && e.Code != 451 && e.Code != 452:
+		return false
+	}
+	return !strings.HasSuffix(e.Enhanced, ".5.3") // too many recipients: the transaction's, not this one's
 }
 
 func (s *Session) send(ctx context.Context, from string, rcpts []string, content smtpclient.Content, skip func(*smtp.SMTPError) bool) ([]RcptRefusal, error) {
