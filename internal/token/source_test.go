@@ -794,3 +794,60 @@ func TestEffectiveMargin(t *testing.T) {
 		}
 	}
 }
+
+func TestMarkSMTPRefusedShowsNeedsConsentForThatTokenOnly(t *testing.T) {
+	// Office 365 refused the current token after a forced refresh: the
+	// record shows needs_consent (EffectiveState, Problem) while still
+	// handing the token out; a stale report (a newer token exists) and a
+	// second report of the same token change nothing; the next refresh,
+	// or ClearSMTPRefused, ends it.
+	h := newHarness(t)
+	p := h.process()
+	h.consent(p, "alerts", false, h.clock.Now().Add(time.Hour))
+	tok, err := p.src.ForceRefresh(h.ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outcomes []Outcome
+	p.src.observe = func(o Outcome) { outcomes = append(outcomes, o) }
+	if marked, err := p.src.MarkSMTPRefused(h.ctx, "alerts", tok.Issued.Add(-time.Second)); err != nil || marked {
+		t.Fatalf("a stale report marked the record: %v %v", marked, err)
+	}
+	if marked, err := p.src.MarkSMTPRefused(h.ctx, "alerts", tok.Issued); err != nil || !marked {
+		t.Fatalf("MarkSMTPRefused: %v %v", marked, err)
+	}
+	if marked, _ := p.src.MarkSMTPRefused(h.ctx, "alerts", tok.Issued); marked {
+		t.Fatal("the same token marked twice")
+	}
+	rec, _, _ := p.store.Get(h.ctx, "alerts")
+	acct, _ := p.reg.Get(h.ctx, "alerts")
+	if rec.State != StateHealthy || rec.EffectiveState() != StateNeedsConsent {
+		t.Fatalf("state %s, effective %s: want healthy stored, needs_consent shown", rec.State, rec.EffectiveState())
+	}
+	if pr := rec.Problem(acct, h.clock.Now()); pr == nil || pr.Err != ErrSMTPRefused || !strings.Contains(pr.Remedy, "authtool login --account alerts") {
+		t.Fatalf("problem %v", pr)
+	}
+	if len(outcomes) != 1 || !outcomes[0].SMTPRefused || outcomes[0].From != StateHealthy || outcomes[0].To != StateNeedsConsent {
+		t.Fatalf("outcomes %+v", outcomes)
+	}
+	if got, err := p.src.Token(h.ctx, "alerts"); err != nil || got.Token != tok.Token {
+		t.Fatalf("Token while marked: %v %v, want the token still handed out", got, err)
+	}
+	if cleared, err := p.src.ClearSMTPRefused(h.ctx, "alerts", tok.Issued); err != nil || !cleared {
+		t.Fatalf("ClearSMTPRefused: %v %v", cleared, err)
+	}
+	if rec, _, _ := p.store.Get(h.ctx, "alerts"); rec.EffectiveState() != StateHealthy {
+		t.Fatalf("effective state %s after the clear", rec.EffectiveState())
+	}
+	// Marked again, then a refresh: the new token is not the refused one.
+	if marked, _ := p.src.MarkSMTPRefused(h.ctx, "alerts", tok.Issued); !marked {
+		t.Fatal("not marked again")
+	}
+	h.clock.Advance(time.Second)
+	if _, err := p.src.ForceRefresh(h.ctx, "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _, _ := p.store.Get(h.ctx, "alerts"); rec.EffectiveState() != StateHealthy {
+		t.Fatalf("effective state %s after a refresh", rec.EffectiveState())
+	}
+}
