@@ -65,14 +65,27 @@ func (l *lane) content(r *message.Rendered) smtpclient.Content {
 
 // deleteBody removes an acked message's body; a failure leaves an orphan
 // for the sweeper, never a lost message.
-func (l *lane) deleteBody(ref *message.BodyRef, log zerolog.Logger) {
+//
+// shared says the message was a copy for some of its recipients only
+// (queue.HdrRecipients): the dead letter of recipients refused for good
+// at the same RCPT, or another such copy, may name the same body, so it
+// is deleted only when no message in MAIL or MAIL_DLQ names it
+// (body.Store.DeleteUnnamed: it reads both streams, which only these
+// rare copies pay). A plain message's body is its own alone.
+func (l *lane) deleteBody(ref *message.BodyRef, shared bool, log zerolog.Logger) {
 	if ref == nil {
 		return
 	}
 	// Acked, not yet deleted: a crash here leaves a body whose message is
 	// gone (the sweeper's), and nothing to send again.
 	crashpoint.Hit(crashpoint.WorkerAcked)
-	if err := l.e.bodies.Delete(l.e.sendCtx, ref.Object); err != nil {
+	var err error
+	if shared {
+		_, err = l.e.bodies.DeleteUnnamed(l.e.sendCtx, l.e.js, []string{ref.Object})
+	} else {
+		err = l.e.bodies.Delete(l.e.sendCtx, ref.Object)
+	}
+	if err != nil {
 		log.Warn().Err(err).Str("object", ref.Object).Msg("sent, but its body was not deleted; the sweeper will")
 	}
 }

@@ -980,7 +980,7 @@ func (l *lane) finish(a *attempt, err error) {
 		} else if len(a.refused) == 0 && len(a.deferred) == 0 {
 			// (The dead letter or copy for refused recipients names
 			// the body too: it stays for that.)
-			l.deleteBody(a.body, a.log)
+			l.deleteBody(a.body, a.markID != a.id, a.log)
 		}
 		l.forget(seq)
 		l.sent(a.started, a.probe)

@@ -8,6 +8,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relay365/internal/account"
+	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 )
@@ -190,4 +191,35 @@ func TestCopyForRecipientsRefusedForNowIsQueuedAtRedelivery(t *testing.T) {
 	if !slices.Equal(got[0], []string{"ops@fabrikam.com"}) || !slices.Equal(got[1], []string{"busy@fabrikam.com"}) {
 		t.Fatalf("delivered to %v, want the accepted recipient once, then the copy to the other", got)
 	}
+}
+
+func TestSharedBodyOfRefusedRecipientsOutlivesTheCopy(t *testing.T) {
+	// A large message refused for good for one recipient and for now for
+	// another: its dead letter and the copy queued for the other both
+	// name the stored body. The copy's delivery must not delete the body
+	// the dead letter still needs (relay dlq show, replay).
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	store, err := body.Open(h.ctx, h.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := "Subject: shared body\r\nTo: ops@fabrikam.com\r\n\r\n" + strings.Repeat("line of a large body\r\n", 20000)
+	ref, err := store.Put(h.ctx, strings.NewReader(raw), message.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.fake.RefuseRecipient("gone@fabrikam.com", noSuchUser)
+	h.fake.RefuseRecipient("busy@fabrikam.com", mailboxBusy)
+	h.publishMsg(&message.Message{ID: "shared-1", Account: "alerts", To: []string{"ops@fabrikam.com", "gone@fabrikam.com", "busy@fabrikam.com"}, Body: &ref})
+	h.waitFor("the dead letter of the recipient refused for good", func() bool { return len(h.deadLetters("alerts")) == 1 })
+	h.fake.RefuseRecipient("busy@fabrikam.com", nil)
+	h.waitFor("the copy's delivery, done", func() bool {
+		return len(toOf(h, "shared body")) == 2 && h.queued() == 0 && h.lane("alerts").InFlight == 0
+	})
+	rc, err := store.Open(h.ctx, ref)
+	if err != nil {
+		t.Fatalf("the body its dead letter names was deleted when the copy was sent: %v", err)
+	}
+	rc.Close()
 }
