@@ -47,7 +47,13 @@
 // services. If the result write loses its compare-and-set anyway (our
 // lease expired), the record is re-read: a fresh token stored by the other
 // writer is used instead of ours; a newer refresh token (consent) is never
-// overwritten.
+// overwritten. The same holds for a refresh that fails after its lease
+// ran out: a strictly rotating platform answers invalid_grant to the
+// refresh token another replica has just spent, so a failure whose write
+// loses the compare-and-set re-reads the record, and a newer usable token
+// there (or another replica's lease on the same refresh token) means the
+// failure is not raised: not logged as a failure, counted, published or
+// written, and the caller gets the stored token.
 //
 // # Failure semantics
 //

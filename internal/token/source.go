@@ -584,7 +584,11 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 		if err != nil {
 			return AccessToken{}, err
 		}
-		return s.exchangeAndStore(ctx, acct, rec, lrev, force)
+		tok, err := s.exchangeAndStore(ctx, acct, rec, lrev, force)
+		if errors.Is(err, errSuperseded) {
+			continue // our failure was overtaken: decide on the record as it is now
+		}
+		return tok, err
 	}
 	return AccessToken{}, fmt.Errorf("token refresh of account %s did not settle: the record kept changing or another process holds the refresh (transient, retry later)", alias)
 }
@@ -708,6 +712,14 @@ func (s *Source) storeResult(ctx context.Context, log zerolog.Logger, acct accou
 // recordFailure stores the classified failure on the record (CAS on the
 // lease revision, which also releases the lease) and decides what the
 // caller gets.
+//
+// A failure whose write loses the compare-and-set is first checked
+// against the record as it is now (superseded): when our lease ran out
+// (a slow call, a paused process) another replica may have taken over
+// and refreshed with the same refresh token, and a platform that rotates
+// strictly then refuses ours with invalid_grant. That says nothing about
+// the account: a newer token stored by someone else is used and nothing
+// is raised (no failure logged as such, counted, published or written).
 func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Record, lrev uint64, ie *IdentityError, force bool) (AccessToken, error) {
 	now := s.now()
 	f := rec
@@ -730,6 +742,36 @@ func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Re
 	ie.Remedy = remedy(ie, acct.Alias, acct.AppOnly)
 	f.LastError = ie.Error()
 
+	_, werr := s.store.Update(ctx, f, lrev)
+	for conflicts := 0; errors.Is(werr, ErrConflict) && conflicts < 3; conflicts++ {
+		cur, crev, gerr := s.store.Get(ctx, acct.Alias)
+		if gerr != nil {
+			werr = gerr
+			break
+		}
+		if tok, ok := superseded(rec, cur, s.now()); ok {
+			s.log.Info().Str("account", acct.Alias).Str("class", string(ie.Class)).Str("oauth_error", ie.Err).Ints("error_codes", ie.Codes).
+				Int("http_status", ie.Status).Str("lease_owner_instance", LeaseInstance(cur)).
+				Msg("token refresh failed after our lease ran out, but a newer token was stored meanwhile by another refresher; using it, nothing to report")
+			return tokenOf(tok, acct), nil
+		}
+		if cur.RefreshToken != rec.RefreshToken || cur.State.Blocking() || cur.LeaseOwner != "" && now.Before(cur.LeaseUntil) {
+			// A newer refresh token without a usable access token (a
+			// consent), a state recorded by someone else, or another
+			// refresher at work with the same token: ours is not the
+			// word on this account. Let the caller decide again on the
+			// record as it is (errSuperseded), raising nothing.
+			s.log.Info().Str("account", acct.Alias).Str("class", string(ie.Class)).Str("oauth_error", ie.Err).Ints("error_codes", ie.Codes).
+				Str("lease_owner_instance", LeaseInstance(cur)).
+				Msg("token refresh failed after our lease ran out, and the record has changed since; not recording the failure")
+			return AccessToken{}, errSuperseded
+		}
+		// Only other fields changed (the record was bound, or marked
+		// lapsed): our failure is the newest word, at this revision.
+		f.Binding, f.ProxyURL = cur.Binding, cur.ProxyURL
+		_, werr = s.store.Update(ctx, f, crev)
+	}
+
 	ev := s.log.Warn()
 	if ie.Class.Blocking() {
 		ev = s.log.Error()
@@ -739,9 +781,8 @@ func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Re
 		Str("prev_state", string(rec.State)).Dur("retry_in_ms", ie.RetryAfter).Str("trace_id", ie.TraceID).
 		Str("correlation_id", ie.CorrelationID).Str("remedy", ie.Remedy).
 		Str("error", f.LastError).Msg("token refresh failed")
-
-	if _, err := s.store.Update(ctx, f, lrev); err != nil {
-		s.log.Warn().Str("account", acct.Alias).Err(err).Msg("could not record the refresh failure")
+	if werr != nil {
+		s.log.Warn().Str("account", acct.Alias).Err(werr).Msg("could not record the refresh failure")
 	}
 	s.observe(Outcome{Account: acct.Alias, Err: ie, From: rec.State, To: f.State, Expiry: rec.Expiry,
 		FailCount: f.FailCount, NextAttempt: f.NextAttempt, Forced: force, AppOnly: acct.AppOnly})
@@ -749,6 +790,19 @@ func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Re
 		return tokenOf(rec, acct), nil
 	}
 	return AccessToken{}, ie
+}
+
+// errSuperseded is recordFailure's answer when the record changed under a
+// refresh that failed after its lease ran out (another refresher, a
+// consent): the refresh loop reads the record again and decides on it.
+var errSuperseded = errors.New("token refresh superseded by a newer record")
+
+// superseded reports whether cur, read after a refresh of rec failed,
+// holds a newer usable access token than the one that refresh started
+// from (stored by another refresher or a consent), and returns it.
+func superseded(rec, cur Record, now time.Time) (Record, bool) {
+	newer := cur.LastRefresh.After(rec.LastRefresh) || cur.RefreshToken != rec.RefreshToken
+	return cur, newer && !cur.State.Blocking() && stillValid(cur, now)
 }
 
 // backoff is the wait after the n-th consecutive transient failure:
