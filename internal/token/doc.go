@@ -42,7 +42,10 @@
 // token endpoint, and writes the result — with the rotated refresh token —
 // at the lease's revision. A process that finds a lease held elsewhere
 // uses the old access token while it is still valid, or waits (a KV watch,
-// not polling) for the holder's write or the lease's end. A refresh token
+// not polling) for the holder's write or the lease's end, at most
+// SourceConfig.LeaseWait (a third of the lease, at most 20s), after which
+// the caller gets ErrRefreshInProgress, a temporary error: a holder that
+// died keeps its lease until it ends, longer than a worker waits. A refresh token
 // is therefore sent to the identity platform once, even with many token
 // services. If the result write loses its compare-and-set anyway (our
 // lease expired), the record is re-read: a fresh token stored by the other

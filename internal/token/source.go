@@ -73,6 +73,14 @@ type SourceConfig struct {
 	// LeaseTTL bounds how long one refresher may hold an account's refresh
 	// before others take over (default 60s).
 	LeaseTTL time.Duration
+	// LeaseWait bounds how long a caller that needs a token waits for
+	// another process's refresh (its lease) before it gets
+	// ErrRefreshInProgress, a temporary error (default a third of
+	// LeaseTTL, at most 20s). A holder that died leaves its lease for up
+	// to LeaseTTL; without the bound a worker's token.get would wait all
+	// of it and leave its own refresh, once it may take over, too little
+	// of the worker's request timeout.
+	LeaseWait time.Duration
 	// Instance names this process in leases (LeaseOwner is
 	// "<instance>/<random>") and logs; default "relay".
 	Instance string
@@ -120,6 +128,7 @@ const DefaultMargin = 5 * time.Minute
 
 const (
 	defaultLeaseTTL = 60 * time.Second
+	maxLeaseWait    = 20 * time.Second
 	defaultHTTPTime = 30 * time.Second
 	storeTimeout    = 10 * time.Second
 	storeRetryBase  = 50 * time.Millisecond // a refused result write, again after
@@ -133,15 +142,16 @@ const (
 // identity platform when they come within Margin of expiry. See the
 // package documentation for the protocol. It is safe for concurrent use.
 type Source struct {
-	store    *Store
-	accounts *account.Registry
-	margin   time.Duration
-	leaseTTL time.Duration
-	hc       *http.Client
-	now      func() time.Time
-	log      zerolog.Logger
-	instance string
-	observe  func(Outcome)
+	store     *Store
+	accounts  *account.Registry
+	margin    time.Duration
+	leaseTTL  time.Duration
+	leaseWait time.Duration
+	hc        *http.Client
+	now       func() time.Time
+	log       zerolog.Logger
+	instance  string
+	observe   func(Outcome)
 
 	// base bounds every refresh; Close cancels it (a stopping process
 	// abandons its refreshes rather than finishing them unobserved).
@@ -165,16 +175,17 @@ func NewSource(cfg SourceConfig) *Source {
 		panic("token.NewSource: Store and Accounts are required")
 	}
 	s := &Source{
-		store:    cfg.Store,
-		accounts: cfg.Accounts,
-		margin:   cfg.Margin,
-		leaseTTL: cfg.LeaseTTL,
-		hc:       cfg.HTTPClient,
-		now:      cfg.Now,
-		log:      cfg.Log.With().Str("component", "token").Logger(),
-		instance: cfg.Instance,
-		observe:  cfg.OnRefresh,
-		proxies:  map[string]*http.Client{},
+		store:     cfg.Store,
+		accounts:  cfg.Accounts,
+		margin:    cfg.Margin,
+		leaseTTL:  cfg.LeaseTTL,
+		leaseWait: cfg.LeaseWait,
+		hc:        cfg.HTTPClient,
+		now:       cfg.Now,
+		log:       cfg.Log.With().Str("component", "token").Logger(),
+		instance:  cfg.Instance,
+		observe:   cfg.OnRefresh,
+		proxies:   map[string]*http.Client{},
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	if s.instance == "" {
@@ -188,6 +199,9 @@ func NewSource(cfg SourceConfig) *Source {
 	}
 	if s.leaseTTL <= 0 {
 		s.leaseTTL = defaultLeaseTTL
+	}
+	if s.leaseWait <= 0 {
+		s.leaseWait = min(s.leaseTTL/3, maxLeaseWait)
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -542,6 +556,7 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 	if err != nil {
 		return AccessToken{}, err
 	}
+	var waitEnd time.Time // wall time; set at the first wait for another's lease
 	for range maxRounds {
 		rec, rev, err := s.store.Get(ctx, alias)
 		if err != nil {
@@ -561,12 +576,25 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
 			// Another process is refreshing: never spend the same refresh
 			// token twice. Use the old token while valid, else wait for
-			// the holder's write (KV watch) or the lease's end.
+			// the holder's write (KV watch) or the lease's end, but no
+			// longer than leaseWait in all (wall time: the caller's
+			// patience, not token time): a holder that died keeps its
+			// lease until LeaseUntil, and the caller is better served by
+			// a temporary error it can retry than by a reply that comes
+			// after it gave up.
 			if !force && stillValid(rec, now) {
 				return tokenOf(rec, acct), nil
 			}
+			if waitEnd.IsZero() {
+				waitEnd = time.Now().Add(s.leaseWait)
+			}
+			left := time.Until(waitEnd)
+			if left <= 0 {
+				return AccessToken{}, fmt.Errorf("account %s: the token service replica %s holds the refresh (lease until %s): %w",
+					alias, LeaseInstance(rec), rec.LeaseUntil.UTC().Format(time.RFC3339), ErrRefreshInProgress)
+			}
 			s.log.Debug().Str("account", alias).Time("lease_until", rec.LeaseUntil).Msg("refresh in progress elsewhere, waiting")
-			wctx, cancel := context.WithTimeout(ctx, rec.LeaseUntil.Sub(now))
+			wctx, cancel := context.WithTimeout(ctx, min(rec.LeaseUntil.Sub(now), left))
 			_, _, werr := s.store.WaitChange(wctx, alias, rev)
 			cancel()
 			if werr != nil && ctx.Err() != nil {

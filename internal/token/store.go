@@ -58,6 +58,10 @@ var (
 	// ErrConflict is wrapped by Update when the record changed since the
 	// revision given (compare-and-set lost).
 	ErrConflict = errors.New("token record changed concurrently")
+	// ErrRefreshInProgress is wrapped when a caller needing a token waited
+	// SourceConfig.LeaseWait for another process's refresh and its lease
+	// still holds: temporary, try again (the token service answers 503).
+	ErrRefreshInProgress = errors.New("token refresh in progress elsewhere, try again shortly")
 )
 
 // Record is what the token store keeps per account. It is sealed as a whole

@@ -99,7 +99,7 @@ const (
 	CodeBadRequest  = "400" // the request does not parse or names no valid alias
 	CodeNotFound    = "404" // account not registered, or no tokens stored for it
 	CodeIdentity    = "424" // the identity platform refused, or the recorded state does
-	CodeUnavailable = "503" // the service is stopping or its store is unreachable: try again
+	CodeUnavailable = "503" // the service is stopping, its store is unreachable, or another replica's refresh is still running: try again
 )
 
 // Kinds of ErrorBody.

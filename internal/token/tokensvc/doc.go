@@ -27,7 +27,8 @@
 // Nats-Service-Error) whose body is an ErrorBody: 424 carries the identity
 // class (needs_consent, config_error, transient), AADSTS codes and remedy,
 // from which Client rebuilds a *token.IdentityError; 404 an unknown
-// account or missing tokens; 400 a bad request; 503 a temporary failure.
+// account or missing tokens; 400 a bad request; 503 a temporary failure
+// (among them another replica's refresh still running after LeaseWait).
 //
 // # Security
 //

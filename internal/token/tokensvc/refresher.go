@@ -269,8 +269,8 @@ func (r *refresher) refresh(ctx context.Context, alias string) {
 	}
 	ev := r.log.Warn()
 	var ie *token.IdentityError
-	if errors.As(err, &ie) {
-		ev = r.log.Debug()
+	if errors.As(err, &ie) || errors.Is(err, token.ErrRefreshInProgress) {
+		ev = r.log.Debug() // logged by the Source, or another replica's to report
 	}
 	ev.Str("account", alias).Err(err).Msg("proactive refresh did not yield a token")
 }

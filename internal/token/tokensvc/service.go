@@ -32,6 +32,10 @@ type Config struct {
 	// LeaseTTL bounds one refresh before another process may take over;
 	// default 60s, or a third of Margin if that is shorter.
 	LeaseTTL time.Duration
+	// LeaseWait bounds how long a request waits for another replica's
+	// refresh before it is answered 503 (try again); default a third of
+	// LeaseTTL, at most 20s (token.SourceConfig.LeaseWait).
+	LeaseWait time.Duration
 	// HTTPClient for the identity platform (default: 30s timeout,
 	// HTTPS_PROXY/NO_PROXY; an account's proxy_url overrides the proxy).
 	HTTPClient *http.Client
@@ -101,7 +105,7 @@ func Start(cfg Config) (*Service, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.src = token.NewSource(token.SourceConfig{
 		Store: cfg.Store, Accounts: cfg.Accounts, Margin: cfg.Margin, LeaseTTL: cfg.LeaseTTL,
-		HTTPClient: cfg.HTTPClient, Now: cfg.Clock.Now, Log: cfg.Log, Instance: cfg.Instance,
+		LeaseWait: cfg.LeaseWait, HTTPClient: cfg.HTTPClient, Now: cfg.Clock.Now, Log: cfg.Log, Instance: cfg.Instance,
 		OnRefresh: s.observe,
 	})
 	svc, err := micro.AddService(cfg.NC, micro.Config{

@@ -1,6 +1,7 @@
 package tokensvc
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -102,5 +103,58 @@ func TestLateInvalidGrantAfterTakeoverRaisesNothing(t *testing.T) {
 	}
 	if n := e.fake.TokenCalls(fakeo365.GrantRefreshToken); n != 2 {
 		t.Fatalf("%d refresh calls at the fake, want 2 (r1's late one, r2's)", n)
+	}
+}
+
+// TestDeadHolderLeaseGivesWorkersATemporaryErrorInTime: replica r1 takes
+// the refresh lease of an expired token and stops before it stored
+// anything (Close abandons the call, as a crash would): its lease stays
+// until LeaseUntil. A worker's token.get answered by r2 meanwhile must not
+// wait for the whole dead lease (the worker's request would time out
+// first, and the refresh r2 then takes over would have little of it left):
+// after LeaseWait it gets a 503 naming the replica that holds the refresh,
+// and once the dead lease has ended it gets a fresh token, refreshed once.
+func TestDeadHolderLeaseGivesWorkersATemporaryErrorInTime(t *testing.T) {
+	e := newEnv(t)
+	hold := newHoldTransport()
+	r1, _ := e.replicaWith(Config{Instance: "r1", HTTPClient: &http.Client{Transport: hold}})
+	e.consent("alerts")
+	first := e.record("alerts")
+
+	e.eventually("r1 to schedule the refresh", func() bool { return len(e.clock.Pending()) > 0 })
+	e.clock.Set(first.Expiry.Add(time.Second)) // expired: nothing usable left
+	<-hold.entered
+	if err := r1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	leased := e.record("alerts")
+	if token.LeaseInstance(leased) != "r1" || !e.clock.Now().Before(leased.LeaseUntil) {
+		t.Fatalf("r1's lease is gone: %q until %v", leased.LeaseOwner, leased.LeaseUntil)
+	}
+
+	e.replicaWith(Config{Instance: "r2", LeaseWait: 200 * time.Millisecond})
+	// The worker's patience, as its request timeout: far above LeaseWait,
+	// far below the dead lease's wall-time equivalent.
+	c := NewClient(ClientConfig{NC: e.conn("worker"), Now: e.clock.Now, Timeout: 15 * time.Second})
+	_, err := c.Token(e.ctx, "alerts")
+	var se *ServiceError
+	if !errors.As(err, &se) || se.Code != CodeUnavailable || !strings.Contains(se.Description, "r1") {
+		t.Fatalf("token.get during a dead replica's lease: %v, want a 503 naming r1", err)
+	}
+	if !strings.Contains(se.Description, "in progress elsewhere") {
+		t.Fatalf("503 does not say why: %q", se.Description)
+	}
+
+	// The dead lease ends: the next token.get takes over and refreshes.
+	e.clock.Set(leased.LeaseUntil.Add(time.Second))
+	tok, err := c.Token(e.ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.fake.AccessTokenValid(tok.Token); !ok || tok.Token == first.AccessToken {
+		t.Fatalf("token after the takeover: %v", tok)
+	}
+	if n, r := e.fake.TokenCalls(fakeo365.GrantRefreshToken), e.fake.RefreshReuses(); n != 1 || r != 0 {
+		t.Fatalf("%d refresh calls at the fake (%d reused), want 1 (r1's never left)", n, r)
 	}
 }
