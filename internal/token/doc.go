@@ -15,7 +15,11 @@
 // with the header and the caller's additional data authenticated. The
 // store's additional data is "relay_tokens/<account>", so a value copied
 // under another account's key, a flipped bit or a wrong key all fail with
-// ErrOpen instead of yielding another account's tokens. A key id that is
+// ErrOpen instead of yielding another account's tokens. Each record
+// carries a generation, counted up at every write (Record.Generation); a
+// Store refuses an older generation written back at a newer revision, a
+// replay, with ErrReplayed (which wraps ErrOpen), for as long as it
+// remembers the newer one (the process's life). A key id that is
 // not in the key file is named in the error (ErrUnknownKey). Open never
 // panics on any input (fuzzed by FuzzOpen). The key file must be mode
 // 0600; key bytes never appear in errors or logs.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -62,6 +63,11 @@ var (
 	// SourceConfig.LeaseWait for another process's refresh and its lease
 	// still holds: temporary, try again (the token service answers 503).
 	ErrRefreshInProgress = errors.New("token refresh in progress elsewhere, try again shortly")
+	// ErrReplayed (which wraps ErrOpen) is wrapped when a record opens but
+	// carries an older generation, at a newer revision, than one this
+	// Store has already seen for the account: a sealed value captured
+	// earlier and written back (SECURITY.md).
+	ErrReplayed = fmt.Errorf("token record replayed (an older generation written back over a newer one): %w", ErrOpen)
 )
 
 // Record is what the token store keeps per account. It is sealed as a whole
@@ -111,6 +117,13 @@ type Record struct {
 	// needs_consent.
 	SMTPRefused time.Time `json:"smtp_refused,omitzero"`
 
+	// Generation counts the record's writes: every Put and Update stores
+	// one more than the newest generation the writer has seen of the
+	// account, and the sealing authenticates it. A Store that has seen
+	// generation g at revision r refuses a value of an older generation at
+	// a newer revision (ErrReplayed). 0: written by an earlier version.
+	Generation uint64 `json:"generation,omitempty"`
+
 	// KeyID is the id of the key the loaded value was sealed with (set by
 	// Get; not stored).
 	KeyID string `json:"-"`
@@ -150,6 +163,15 @@ func redacted(s string) string {
 type Store struct {
 	kv   jetstream.KeyValue
 	keys *Keyring
+
+	// seen is, per account, the newest generation opened or written by
+	// this Store and its revision: the memory that refuses a replay.
+	seenMu sync.Mutex
+	seen   map[string]seenGen
+}
+
+type seenGen struct {
+	gen, rev uint64
 }
 
 // OpenStore creates the bucket if needed, or brings an existing one to the
@@ -162,7 +184,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keyring) (*Sto
 	if err != nil {
 		return nil, err
 	}
-	return &Store{kv: kv, keys: keys}, nil
+	return &Store{kv: kv, keys: keys, seen: map[string]seenGen{}}, nil
 }
 
 // EnsureBucket makes the bucket (relay setup does, as the admin, for the
@@ -204,12 +226,13 @@ func (s *Store) Get(ctx context.Context, acct string) (Record, uint64, error) {
 	}
 	e, err := s.kv.Get(ctx, acct)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		s.forget(acct)
 		return Record{}, 0, notFound(acct)
 	}
 	if err != nil {
 		return Record{}, 0, fmt.Errorf("read tokens of account %s: %w", acct, err)
 	}
-	rec, err := s.decode(acct, e.Value())
+	rec, err := s.decode(acct, e.Value(), e.Revision())
 	return rec, e.Revision(), err
 }
 
@@ -217,7 +240,9 @@ func notFound(acct string) error {
 	return fmt.Errorf("account %s: %w (run: authtool login --account %s)", acct, ErrNotFound, acct)
 }
 
-func (s *Store) decode(acct string, sealed []byte) (Record, error) {
+// decode opens the value stored for acct at revision rev and checks its
+// generation against the newest this Store has seen (admit).
+func (s *Store) decode(acct string, sealed []byte, rev uint64) (Record, error) {
 	pt, keyID, err := s.keys.Open(aadFor(acct), sealed)
 	if err != nil {
 		return Record{}, fmt.Errorf("cannot open sealed record for account %s: %w", acct, err)
@@ -232,7 +257,54 @@ func (s *Store) decode(acct string, sealed []byte) (Record, error) {
 		return Record{}, fmt.Errorf("cannot open sealed record for account %s: it names account %q: %w", acct, rec.Account, ErrOpen)
 	}
 	rec.KeyID = keyID
+	if err := s.admit(acct, rec.Generation, rev); err != nil {
+		return Record{}, err
+	}
 	return rec, nil
+}
+
+// admit records that acct's record of generation gen was seen at revision
+// rev, or refuses it as replayed: a newer revision with an older
+// generation than one seen means someone wrote back an earlier sealed
+// value (only the admin can write the bucket besides the token services
+// and consent, and they all count generations up). A stale read (an
+// older revision, as a lagging replica's direct get can answer) is not a
+// replay and changes nothing. Generation 0 is a record of an earlier
+// version, written by a replica not yet upgraded: accepted, so rolling
+// upgrades work (and replays of such records are not detected).
+func (s *Store) admit(acct string, gen, rev uint64) error {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	cur := s.seen[acct]
+	switch {
+	case rev <= cur.rev:
+		return nil // stale or the same read
+	case gen != 0 && gen < cur.gen:
+		return fmt.Errorf("cannot use the token record of account %s: generation %d at revision %d, but generation %d was seen at revision %d: %w (run: authtool login --account %s)",
+			acct, gen, rev, cur.gen, cur.rev, ErrReplayed, acct)
+	}
+	s.seen[acct] = seenGen{gen: max(gen, cur.gen), rev: rev}
+	return nil
+}
+
+// forget drops what was seen of acct: its record was deleted, and a new
+// consent starts counting again.
+func (s *Store) forget(acct string) {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	delete(s.seen, acct)
+}
+
+// nextGeneration is the generation of a write replacing rec, stored at
+// revision rev: one more than rec's, the newest seen, and rev. Counting
+// from the revision replaced keeps generations rising along the bucket's
+// history whoever writes, so a consent written over a replayed record by
+// a process that never saw the newer generations (authtool) still
+// outranks every generation written before the replay.
+func (s *Store) nextGeneration(rec Record, rev uint64) uint64 {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	return max(rec.Generation, s.seen[rec.Account].gen, rev) + 1
 }
 
 func (s *Store) encode(rec Record) ([]byte, error) {
@@ -255,22 +327,47 @@ func (s *Store) encode(rec Record) ([]byte, error) {
 }
 
 // Put seals rec under the current key and stores it unconditionally (the
-// consent step). It returns the new revision.
+// consent step). It returns the new revision. Its generation follows the
+// stored record's, whatever rec says, so a token service that has seen
+// that one accepts it.
 func (s *Store) Put(ctx context.Context, rec Record) (uint64, error) {
+	if err := account.ValidateAlias(rec.Account); err != nil {
+		return 0, fmt.Errorf("token record: %w", err)
+	}
+	// The floor: the record replaced, or after a deletion, which leaves no
+	// record to read, the bucket's last revision (the admin's consent may
+	// read the stream's info), above every generation written before.
+	rec.Generation = 0
+	var floor uint64
+	if e, err := s.kv.Get(ctx, rec.Account); err == nil {
+		floor = e.Revision()
+		if cur, err := s.decode(rec.Account, e.Value(), floor); err == nil {
+			rec.Generation = cur.Generation
+		}
+	}
+	if st, err := s.kv.Status(ctx); err == nil {
+		if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
+			floor = max(floor, bs.StreamInfo().State.LastSeq)
+		}
+	}
+	rec.Generation = s.nextGeneration(rec, floor)
 	b, err := s.encode(rec)
 	if err != nil {
 		return 0, err
 	}
-	rev, err := s.kv.Put(ctx, rec.Account, b)
+	nrev, err := s.kv.Put(ctx, rec.Account, b)
 	if err != nil {
 		return 0, fmt.Errorf("store tokens of account %s: %w", rec.Account, err)
 	}
-	return rev, nil
+	s.forget(rec.Account) // consent starts afresh: whatever was seen before
+	_ = s.admit(rec.Account, rec.Generation, nrev)
+	return nrev, nil
 }
 
 // Update seals rec under the current key and stores it only if the stored
 // revision is still rev (compare-and-set). A lost race wraps ErrConflict.
 func (s *Store) Update(ctx context.Context, rec Record, rev uint64) (uint64, error) {
+	rec.Generation = s.nextGeneration(rec, rev)
 	b, err := s.encode(rec)
 	if err != nil {
 		return 0, err
@@ -282,6 +379,7 @@ func (s *Store) Update(ctx context.Context, rec Record, rev uint64) (uint64, err
 		}
 		return 0, fmt.Errorf("update tokens of account %s: %w", rec.Account, err)
 	}
+	_ = s.admit(rec.Account, rec.Generation, nrev)
 	return nrev, nil
 }
 
@@ -294,6 +392,7 @@ func (s *Store) Delete(ctx context.Context, acct string) error {
 	if err := s.kv.Purge(ctx, acct); err != nil {
 		return fmt.Errorf("delete tokens of account %s: %w", acct, err)
 	}
+	s.forget(acct)
 	return nil
 }
 
@@ -366,9 +465,10 @@ func (s *Store) WaitChange(ctx context.Context, acct string, afterRev uint64) (R
 				continue
 			}
 			if e.Operation() != jetstream.KeyValuePut {
+				s.forget(acct)
 				return Record{}, e.Revision(), notFound(acct)
 			}
-			rec, err := s.decode(acct, e.Value())
+			rec, err := s.decode(acct, e.Value(), e.Revision())
 			return rec, e.Revision(), err
 		}
 	}
@@ -390,8 +490,10 @@ type Update struct {
 func (s *Store) Watch(ctx context.Context) (<-chan Update, error) {
 	return kvwatch.Watch(ctx, s.kv, func(e kvwatch.Entry) Update {
 		u := Update{Account: e.Key, Revision: e.Revision, Deleted: e.Deleted, Initial: e.Initial}
-		if !u.Deleted {
-			u.Record, u.Err = s.decode(e.Key, e.Value)
+		if u.Deleted {
+			s.forget(e.Key)
+		} else {
+			u.Record, u.Err = s.decode(e.Key, e.Value, e.Revision)
 		}
 		return u
 	})

@@ -1,0 +1,94 @@
+package token
+
+import (
+	"errors"
+	"testing"
+)
+
+// TestStoreRefusesAReplayedGeneration: a Store that has seen an account's
+// record at some generation refuses an older generation written back at a
+// newer revision (the admin's replay of a captured value), and nothing
+// else: a new consent by another process (authtool) over the replayed
+// value or after a deletion, a stale read, and a record of an earlier
+// version (generation 0) are all accepted.
+func TestStoreRefusesAReplayedGeneration(t *testing.T) {
+	ctx := testCtx(t)
+	url := startServer(t)
+	kr := testKeyring(t, "k1")
+	svc := openTestStore(t, connectJetStream(t, url), kr)        // a token service
+	tool := openTestStore(t, connectJetStream(t, url), kr)       // authtool
+	admin, err := connectJetStream(t, url).KeyValue(ctx, Bucket) // no key, every bucket
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rec := secretRecord("alerts")
+	if _, err := tool.Put(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	captured, err := admin.Get(ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, rev, err := svc.Get(ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := first
+	next.AccessToken = "AT-SECRET-refreshed"
+	if _, err := svc.Update(ctx, next, rev); err != nil {
+		t.Fatal(err)
+	}
+	second, _, err := svc.Get(ctx, "alerts")
+	if err != nil || second.Generation <= first.Generation {
+		t.Fatalf("generation after an update: %d (was %d), %v", second.Generation, first.Generation, err)
+	}
+
+	// The replay: refused by the Store that saw the newer generation.
+	if _, err := admin.Put(ctx, "alerts", captured.Value()); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = svc.Get(ctx, "alerts")
+	if !errors.Is(err, ErrReplayed) || !errors.Is(err, ErrOpen) {
+		t.Fatalf("replayed record: %v, want ErrReplayed (and ErrOpen)", err)
+	}
+	// A stale read (an older revision, as a lagging replica answers) is
+	// not a replay.
+	if err := svc.admit("alerts", first.Generation, rev); err != nil {
+		t.Fatalf("stale read refused: %v", err)
+	}
+
+	// The remedy, a consent by another process, is accepted.
+	rec.AccessToken = "AT-SECRET-consented-again"
+	if _, err := tool.Put(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := svc.Get(ctx, "alerts"); err != nil || got.AccessToken != rec.AccessToken {
+		t.Fatalf("new consent after a replay: %v %v", got, err)
+	}
+
+	// Deleted and consented again while the service did not look.
+	if err := tool.Delete(ctx, "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	rec.AccessToken = "AT-SECRET-after-delete"
+	if _, err := tool.Put(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := svc.Get(ctx, "alerts"); err != nil || got.AccessToken != rec.AccessToken {
+		t.Fatalf("new consent after a deletion: %v %v", got, err)
+	}
+
+	// A record of an earlier version (no generation), written by a
+	// replica not yet upgraded, is accepted.
+	legacy, err := tool.encode(Record{Account: "alerts", AccessToken: "AT-SECRET-legacy", State: StateHealthy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Put(ctx, "alerts", legacy); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := svc.Get(ctx, "alerts"); err != nil || got.AccessToken != "AT-SECRET-legacy" {
+		t.Fatalf("record of an earlier version: %v %v", got, err)
+	}
+}
