@@ -49,10 +49,12 @@
 // not polling) for the holder's write or the lease's end, at most
 // SourceConfig.LeaseWait (a third of the lease, at most 20s), after which
 // the caller gets ErrRefreshInProgress, a temporary error: a holder that
-// died keeps its lease until it ends, longer than a worker waits. A refresh token
-// is therefore sent to the identity platform once, even with many token
-// services. If the result write loses its compare-and-set anyway (our
-// lease expired), the record is re-read: a fresh token stored by the other
+// died keeps its lease until it ends, longer than a worker waits. A
+// refresh token is therefore sent to the identity platform once, even
+// with many token services.
+//
+// If the result write loses its compare-and-set anyway (our lease
+// expired), the record is re-read: a fresh token stored by the other
 // writer is used instead of ours; a newer refresh token (consent) is never
 // overwritten. The same holds for a refresh that fails after its lease
 // ran out: a strictly rotating platform answers invalid_grant to the
@@ -61,6 +63,12 @@
 // there (or another replica's lease on the same refresh token) means the
 // failure is not raised: not logged as a failure, counted, published or
 // written, and the caller gets the stored token.
+//
+// The lease is taken by compare-and-set, but its end is read on each
+// process's own clock (LeaseUntil is the holder's clock plus the TTL):
+// clock skew between token hosts beyond about 20s can let two refresh at
+// once (docs/design.md §9.4, TestLeaseSkewTolerance), so their clocks
+// must be synchronised.
 //
 // # Failure semantics
 //
