@@ -64,11 +64,14 @@
 // failure is not raised: not logged as a failure, counted, published or
 // written, and the caller gets the stored token.
 //
-// The lease is taken by compare-and-set, but its end is read on each
-// process's own clock (LeaseUntil is the holder's clock plus the TTL):
-// clock skew between token hosts beyond about 20s can let two refresh at
-// once (docs/design.md §9.4, TestLeaseSkewTolerance), so their clocks
-// must be synchronised.
+// The lease is taken by compare-and-set on the KV revision. LeaseUntil is
+// the holder's clock plus the TTL, which a process whose clock runs ahead
+// reads as ended early; so a lease also ends for a process no sooner than
+// a TTL after it first read that lease, on its own clock
+// (Source.LeaseEnd), and the holder keeps within the TTL on its own clock
+// (its call is bounded by half of it). Clock skew cannot make two
+// processes refresh at once; a clock behind only refreshes late
+// (docs/design.md §9.4, TestLeaseSkewDoesNotEndALease).
 //
 // # Failure semantics
 //
@@ -99,8 +102,8 @@
 // If the identity platform returned a new refresh token and the process
 // died before the KV write, the store still holds the previous refresh
 // token and an expired lease. Entra does not revoke a refresh token when it
-// issues the next one, so after LeaseUntil another refresher uses the
-// previous token and recovers. A strict server that revokes on rotation
+// issues the next one, so after the lease ends (Source.LeaseEnd) another
+// refresher uses the previous token and recovers. A strict server that revokes on rotation
 // would answer invalid_grant and the account would go to needs_consent:
 // a person has to run authtool login again. The same holds if the store
 // refuses the write for longer than its timeout (10s; a refused write is
@@ -110,7 +113,7 @@
 // still waiting for the identity platform is cancelled and nothing is
 // written, so the refresh token was never spent, the lease simply expires
 // and another token service takes over (internal/token/tokensvc's
-// refresher waits for LeaseUntil). A refresh whose answer has already
+// refresher waits for the lease's end). A refresh whose answer has already
 // arrived is still stored (with its own short deadline), so a graceful
 // stop never loses a rotated refresh token; only a real crash has the
 // window above.

@@ -3,6 +3,7 @@ package token
 import (
 	"errors"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 
 // processAt is process with its own clock, skewed from the harness's by
 // skew, and a short LeaseWait: a replica on another host.
-func (h *harness) processAt(skew time.Duration) *env {
+func (h *harness) processAt(skew time.Duration) (*env, *clock.Fake) {
 	h.t.Helper()
 	js := connectJetStream(h.t, h.url)
 	reg, err := account.OpenRegistry(h.ctx, js)
@@ -31,26 +32,24 @@ func (h *harness) processAt(skew time.Duration) *env {
 		Log:        zerolog.New(h.logs).Level(zerolog.DebugLevel),
 		HTTPClient: &http.Client{Timeout: 10 * time.Second},
 	})
-	return &env{js: js, reg: reg, store: st, src: src}
+	return &env{js: js, reg: reg, store: st, src: src}, c
 }
 
-// TestLeaseSkewTolerance pins down what the refresh lease tolerates of
-// clock skew between replicas (docs/design.md §9.4, "Clocks"). Leases are
-// taken by compare-and-set on the KV revision, but whether a lease has
-// ended is read on each replica's own clock. A holds the lease, its call
-// at the identity platform. B's clock runs 50s ahead of A's, within the
-// 60s lease: B does not take over, it answers ErrRefreshInProgress. C's
-// clock runs 61s ahead, beyond the lease: C takes over while A's call is
-// still at the identity platform, and the same refresh token is
-// presented twice: the documented limit, which is why token hosts must
-// keep their clocks synchronised.
-func TestLeaseSkewTolerance(t *testing.T) {
+// TestLeaseSkewDoesNotEndALease: replicas whose clocks run ahead of the
+// lease holder's read its lease_until (the holder's clock plus the TTL)
+// as ended early; one more than a TTL ahead took the lease over while the
+// holder's call was still at the identity platform, and the refresh
+// token was presented twice. A lease now ends for a replica no sooner
+// than a TTL after it first read it, on its own clock (Source.LeaseEnd),
+// so no skew lets it take over early; once it has seen the lease for a
+// TTL (the holder is gone), it takes over by compare-and-set.
+func TestLeaseSkewDoesNotEndALease(t *testing.T) {
 	h := newHarness(t)
 	a := h.process()
-	b := h.processAt(50 * time.Second)
-	c := h.processAt(defaultLeaseTTL + time.Second)
 	h.consent(a, "alerts", false, h.clock.Now().Add(-time.Second)) // expired
-	entered, release := h.idp.setGate()
+	entered, open := h.idp.setGate()
+	release := sync.OnceFunc(open)
+	defer release()
 
 	resA := make(chan error, 1)
 	go func() {
@@ -63,27 +62,39 @@ func TestLeaseSkewTolerance(t *testing.T) {
 		t.Fatalf("A's lease: %v %v", rec, err)
 	}
 
-	if _, err := b.src.Token(h.ctx, "alerts"); !errors.Is(err, ErrRefreshInProgress) {
-		t.Fatalf("B (50s ahead) during A's lease: %v, want ErrRefreshInProgress", err)
-	}
-	if n := h.idp.calls.Load(); n != 1 {
-		t.Fatalf("identity calls with B 50s ahead: %d, want 1", n)
+	var clocks []*clock.Fake
+	for _, skew := range []time.Duration{50 * time.Second, defaultLeaseTTL + time.Second, time.Hour} {
+		p, c := h.processAt(skew)
+		clocks = append(clocks, c)
+		if _, err := p.src.Token(h.ctx, "alerts"); !errors.Is(err, ErrRefreshInProgress) {
+			t.Fatalf("replica %v ahead during A's lease: %v, want ErrRefreshInProgress", skew, err)
+		}
+		if n := h.idp.calls.Load(); n != 1 {
+			t.Fatalf("identity calls with a replica %v ahead: %d, want 1 (the refresh token presented twice)", skew, n)
+		}
+		// Half a lease later on its own clock: still A's.
+		c.Advance(defaultLeaseTTL / 2)
+		if _, err := p.src.Token(h.ctx, "alerts"); !errors.Is(err, ErrRefreshInProgress) {
+			t.Fatalf("replica %v ahead, half a lease later: %v, want ErrRefreshInProgress", skew, err)
+		}
 	}
 
-	resC := make(chan error, 1)
+	// A whole lease after it first read the lease (A is gone, as far as
+	// anyone can tell), the replica an hour ahead takes over.
+	late, c := h.processAt(time.Hour)
+	if _, err := late.src.Token(h.ctx, "alerts"); !errors.Is(err, ErrRefreshInProgress) {
+		t.Fatalf("new replica: %v", err)
+	}
+	c.Advance(defaultLeaseTTL)
+	resLate := make(chan error, 1)
 	go func() {
-		_, err := c.src.Token(h.ctx, "alerts")
-		resC <- err
+		_, err := late.src.Token(h.ctx, "alerts")
+		resLate <- err
 	}()
-	<-entered // C took the lease over by compare-and-set and calls too
+	<-entered // its call, after a whole lease on its own clock
 	release()
-	if err := <-resC; err != nil {
-		t.Fatalf("C: %v", err)
+	if err := <-resLate; err != nil {
+		t.Fatal(err)
 	}
-	if err := <-resA; err != nil {
-		t.Fatalf("A: %v", err)
-	}
-	if reuse, _ := h.idp.snapshot(); reuse != 1 {
-		t.Fatalf("refresh token presented %d extra times, want 1 (the documented limit of a skew beyond the lease)", reuse)
-	}
+	<-resA
 }

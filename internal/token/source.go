@@ -206,6 +206,7 @@ func NewSource(cfg SourceConfig) *Source {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.store.setClock(s.now)
 	if s.hc == nil {
 		s.hc, _ = NewHTTPClient("") // no proxy URL: cannot fail
 	}
@@ -428,7 +429,7 @@ func (s *Source) MarkLapsed(ctx context.Context, alias string) (bool, error) {
 		return false, err
 	}
 	now := s.now()
-	if !Lapsed(rec, now) || rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+	if !Lapsed(rec, now) || s.leaseHeld(rec, now) {
 		return false, nil
 	}
 	rec.State = StateTransient
@@ -573,7 +574,7 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 		if tok, done, err := s.decide(rec, acct, now, force, since); done {
 			return tok, err
 		}
-		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+		if s.leaseHeld(rec, now) {
 			// Another process is refreshing: never spend the same refresh
 			// token twice. Use the old token while valid, else wait for
 			// the holder's write (KV watch) or the lease's end, but no
@@ -594,7 +595,7 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 					alias, LeaseInstance(rec), rec.LeaseUntil.UTC().Format(time.RFC3339), ErrRefreshInProgress)
 			}
 			s.log.Debug().Str("account", alias).Time("lease_until", rec.LeaseUntil).Msg("refresh in progress elsewhere, waiting")
-			wctx, cancel := context.WithTimeout(ctx, min(rec.LeaseUntil.Sub(now), left))
+			wctx, cancel := context.WithTimeout(ctx, min(s.LeaseEnd(rec).Sub(now), left))
 			_, _, werr := s.store.WaitChange(wctx, alias, rev)
 			cancel()
 			if werr != nil && ctx.Err() != nil {
@@ -621,6 +622,31 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 	return AccessToken{}, fmt.Errorf("token refresh of account %s did not settle: the record kept changing or another process holds the refresh (transient, retry later)", alias)
 }
 
+// LeaseEnd is when this process may take over the refresh lease rec
+// holds: its LeaseUntil, but never before a whole lease TTL after this
+// process first read that lease, on its own clock. LeaseUntil is the
+// holder's clock plus the TTL, and read on ours it ends early by as much
+// as our clock runs ahead; the holder keeps its lease for no longer than
+// the TTL on its own clock (its call is bounded by half of it, the store
+// retries by storeTimeout), and we cannot first read the lease before it
+// was written, so a TTL measured from our first reading ends after the
+// holder's, whatever the clocks say (docs/design.md §9.4, Clocks). The
+// price: a process that first reads a lease after it was written (it
+// started meanwhile) waits up to a TTL more.
+func (s *Source) LeaseEnd(rec Record) time.Time {
+	end := rec.LeaseUntil
+	if at, ok := s.store.leaseSeenAt(rec.Account, rec.LeaseOwner); ok && at.Add(s.leaseTTL).After(end) {
+		end = at.Add(s.leaseTTL)
+	}
+	return end
+}
+
+// leaseHeld reports whether another process's lease on rec still holds
+// for us at now (LeaseEnd).
+func (s *Source) leaseHeld(rec Record, now time.Time) bool {
+	return rec.LeaseOwner != "" && now.Before(s.LeaseEnd(rec))
+}
+
 func (s *Source) newLeaseID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
@@ -639,7 +665,9 @@ func LeaseInstance(rec Record) string {
 func (s *Source) exchangeAndStore(ctx context.Context, acct account.Account, rec Record, lrev uint64, force bool) (AccessToken, error) {
 	log := s.log.With().Str("account", acct.Alias).Logger()
 	start := s.now()
-	ectx, cancel := context.WithTimeout(ctx, max(s.leaseTTL-5*time.Second, s.leaseTTL/2))
+	// Half the lease: with the store's retries the holder is done well
+	// within the TTL that others wait from their first reading (LeaseEnd).
+	ectx, cancel := context.WithTimeout(ctx, s.leaseTTL/2)
 	tok, err := s.exchange(ectx, acct, rec)
 	cancel()
 	if err != nil && ctx.Err() != nil {
@@ -783,7 +811,7 @@ func (s *Source) recordFailure(ctx context.Context, acct account.Account, rec Re
 				Msg("token refresh failed after our lease ran out, but a newer token was stored meanwhile by another refresher; using it, nothing to report")
 			return tokenOf(tok, acct), nil
 		}
-		if cur.RefreshToken != rec.RefreshToken || cur.State.Blocking() || cur.LeaseOwner != "" && now.Before(cur.LeaseUntil) {
+		if cur.RefreshToken != rec.RefreshToken || cur.State.Blocking() || s.leaseHeld(cur, now) {
 			// A newer refresh token without a usable access token (a
 			// consent), a state recorded by someone else, or another
 			// refresher at work with the same token: ours is not the

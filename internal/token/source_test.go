@@ -428,6 +428,12 @@ func TestCASLoserUsesWinnersToken(t *testing.T) {
 		resA <- err
 	}()
 	<-entered // A's request is at the identity platform, lease held
+	// B reads the lease as it is taken (a token service watches every
+	// record): a lease ends for B a TTL after B first read it
+	// (Source.LeaseEnd).
+	if rec, _, err := b.store.Get(h.ctx, "alerts"); err != nil || rec.LeaseOwner == "" {
+		t.Fatalf("A's lease: %v %v", rec, err)
+	}
 	h.idp.mu.Lock()
 	h.idp.gate = nil // let B through at once
 	h.idp.mu.Unlock()

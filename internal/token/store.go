@@ -166,8 +166,17 @@ type Store struct {
 
 	// seen is, per account, the newest generation opened or written by
 	// this Store and its revision: the memory that refuses a replay.
+	// leases is, per account, the lease this Store last read and when it
+	// first read it, on now (LeaseEnd).
 	seenMu sync.Mutex
 	seen   map[string]seenGen
+	leases map[string]leaseSight
+	now    func() time.Time
+}
+
+type leaseSight struct {
+	owner string
+	at    time.Time
 }
 
 type seenGen struct {
@@ -184,7 +193,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keyring) (*Sto
 	if err != nil {
 		return nil, err
 	}
-	return &Store{kv: kv, keys: keys, seen: map[string]seenGen{}}, nil
+	return &Store{kv: kv, keys: keys, seen: map[string]seenGen{}, leases: map[string]leaseSight{}, now: time.Now}, nil
 }
 
 // EnsureBucket makes the bucket (relay setup does, as the admin, for the
@@ -260,7 +269,38 @@ func (s *Store) decode(acct string, sealed []byte, rev uint64) (Record, error) {
 	if err := s.admit(acct, rec.Generation, rev); err != nil {
 		return Record{}, err
 	}
+	s.sawLease(acct, rec.LeaseOwner)
 	return rec, nil
+}
+
+// setClock makes the Store time its lease sightings on now (the Source's
+// clock).
+func (s *Store) setClock(now func() time.Time) {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	s.now = now
+}
+
+// sawLease notes the lease acct's record holds as read now: the first
+// time a lease is read is kept until another (or none) is read.
+func (s *Store) sawLease(acct, owner string) {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	switch cur, ok := s.leases[acct]; {
+	case owner == "":
+		delete(s.leases, acct)
+	case !ok || cur.owner != owner:
+		s.leases[acct] = leaseSight{owner: owner, at: s.now()}
+	}
+}
+
+// leaseSeenAt is when this Store first read the lease owner holds on
+// acct's record; false if the lease it read last is another.
+func (s *Store) leaseSeenAt(acct, owner string) (time.Time, bool) {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	cur, ok := s.leases[acct]
+	return cur.at, ok && cur.owner == owner
 }
 
 // admit records that acct's record of generation gen was seen at revision
@@ -293,6 +333,7 @@ func (s *Store) forget(acct string) {
 	s.seenMu.Lock()
 	defer s.seenMu.Unlock()
 	delete(s.seen, acct)
+	delete(s.leases, acct)
 }
 
 // nextGeneration is the generation of a write replacing rec, stored at

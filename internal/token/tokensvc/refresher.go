@@ -23,9 +23,10 @@ import (
 //     shorter than the configured margin;
 //   - not before NextAttempt (the transient backoff recorded by whoever
 //     failed last, honouring Retry-After);
-//   - not before LeaseUntil while another process holds the refresh lease:
-//     if it dies, we take over when its lease ends (LeaseTTL, well inside
-//     the margin);
+//   - not before the lease's end while another process holds the refresh
+//     lease (token.Source.LeaseEnd: LeaseUntil, and a whole LeaseTTL after
+//     this replica first read that lease): if it dies, we take over then
+//     (well inside the margin);
 //   - a record of an earlier version without a binding is bound first
 //     (token.Source.Bind: trust on first use, logged);
 //   - a token that expires before then after transient failures (the
@@ -251,8 +252,10 @@ func (r *refresher) due(rec token.Record, jitter time.Duration) (time.Time, bool
 	if rec.NextAttempt.After(due) {
 		due = rec.NextAttempt
 	}
-	if rec.LeaseOwner != "" && rec.LeaseUntil.After(due) {
-		due = rec.LeaseUntil
+	if rec.LeaseOwner != "" {
+		if end := r.src.LeaseEnd(rec); end.After(due) {
+			due = end // LeaseUntil, or later on our clock (token.Source.LeaseEnd)
+		}
 	}
 	return due, true
 }
