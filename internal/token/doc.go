@@ -47,8 +47,9 @@
 // at the lease's revision. A process that finds a lease held elsewhere
 // uses the old access token while it is still valid, or waits (a KV watch,
 // not polling) for the holder's write or the lease's end, at most
-// SourceConfig.LeaseWait (a third of the lease, at most 20s), after which
-// the caller gets ErrRefreshInProgress, a temporary error: a holder that
+// SourceConfig.LeaseWait (a third of the lease, at most 20s; a forced
+// refresh waits for the lease's end), after which the caller of Token
+// gets ErrRefreshInProgress, a temporary error: a holder that
 // died keeps its lease until it ends, longer than a worker waits. A
 // refresh token is therefore sent to the identity platform once, even
 // with many token services.

@@ -73,7 +73,8 @@ type SourceConfig struct {
 	// LeaseTTL bounds how long one refresher may hold an account's refresh
 	// before others take over (default 60s).
 	LeaseTTL time.Duration
-	// LeaseWait bounds how long a caller that needs a token waits for
+	// LeaseWait bounds how long a caller that needs a token (Token, not
+	// ForceRefreshSince, which waits for the lease's end) waits for
 	// another process's refresh (its lease) before it gets
 	// ErrRefreshInProgress, a temporary error (default a third of
 	// LeaseTTL, at most 20s). A holder that died leaves its lease for up
@@ -587,7 +588,15 @@ func (s *Source) refresh(ctx context.Context, alias string, force bool, since ti
 				return tokenOf(rec, acct), nil
 			}
 			if waitEnd.IsZero() {
-				waitEnd = time.Now().Add(s.leaseWait)
+				// A forced refresh (token.refresh, after SMTP refused the
+				// token) waits for the lease's end, at most a TTL after we
+				// first read it (LeaseEnd): its caller holds a refused
+				// token and nothing better to do meanwhile.
+				wait := s.leaseWait
+				if force {
+					wait = s.leaseTTL
+				}
+				waitEnd = time.Now().Add(wait)
 			}
 			left := time.Until(waitEnd)
 			if left <= 0 {
