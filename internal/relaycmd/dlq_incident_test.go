@@ -25,10 +25,7 @@ import (
 // the queued copy names: that copy is mail the relay still has to send.
 func TestDLQPurgeKeepsBodyOfQueuedReplay(t *testing.T) {
 	env, ctx := dlqEnv(t)
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	ref, err := store.Put(ctx, strings.NewReader("Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", 50000)), message.MaxSize)
 	if err != nil {
 		t.Fatal(err)

@@ -21,6 +21,16 @@ import (
 	"relay365/internal/roles"
 )
 
+// openBodies opens the body store of env's server.
+func openBodies(t *testing.T, ctx context.Context, env *queuetest.Env) *body.Store {
+	t.Helper()
+	store, err := body.Open(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 // bigDeadLetter stores a body of about 600 KB and dead-letters a message
 // of account alerts that names it, as the worker would.
 func bigDeadLetter(t *testing.T, ctx context.Context, env *queuetest.Env, store *body.Store, id string) message.BodyRef {
@@ -77,10 +87,7 @@ func queuedBodiesReadable(t *testing.T, ctx context.Context, env *queuetest.Env,
 // worker dead-letters it for a missing body).
 func TestDLQReplayRacingPurgeKeepsTheBody(t *testing.T) {
 	env, ctx := dlqEnv(t)
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	bigDeadLetter(t, ctx, env, store, "big-1")
 
 	proxy := queuetest.StartHoldProxy(t, env.URL, queue.SubjectPrefix)
@@ -166,10 +173,7 @@ func TestDLQReplayRemovedMeanwhileIsReplayed(t *testing.T) {
 // says why.
 func TestDLQReplayWithoutItsBodyIsKept(t *testing.T) {
 	env, ctx := dlqEnv(t)
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	ref := bigDeadLetter(t, ctx, env, store, "big-1")
 	if err := store.Delete(ctx, ref.Object); err != nil {
 		t.Fatal(err)
@@ -192,10 +196,7 @@ func TestDLQReplayWithoutItsBodyIsKept(t *testing.T) {
 // it is deleted at once; the dead letter's body and the first copy's stay.
 func TestDLQReplayAgainDeletesTheDuplicatesBody(t *testing.T) {
 	env, ctx := dlqEnv(t)
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	ref := bigDeadLetter(t, ctx, env, store, "big-1")
 	denyDLQRemoval(t, ctx, env.JS)
 	for i := range 2 {
@@ -314,10 +315,7 @@ func TestDLQListAfterRemovalsSinceTheCount(t *testing.T) {
 // held at its first request about the body store.
 func TestDLQReplayOfADeadLetterPurgedBeforeItsCopy(t *testing.T) {
 	env, ctx := dlqEnv(t)
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	bigDeadLetter(t, ctx, env, store, "big-1")
 	proxy := queuetest.StartHoldProxy(t, env.URL, "$JS.API.STREAM.INFO."+body.StreamName)
 	wait := runHeld(t, ctx, proxy, "dlq", "replay", "1")
@@ -339,10 +337,7 @@ func TestDLQReplayOfADeadLetterPurgedBeforeItsCopy(t *testing.T) {
 // and its own body stay, and nothing else is left for the sweeper.
 func TestDLQReplayRefusedAsFullLeavesNoCopy(t *testing.T) {
 	env, ctx := dlqEnv(t)
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	ref := bigDeadLetter(t, ctx, env, store, "big-1")
 	s, err := env.JS.Stream(ctx, queue.StreamMail)
 	if err != nil {
@@ -392,10 +387,7 @@ func (w *namesAtProgress) Write(p []byte) (int, error) {
 // end: the store held every body twice until then.
 func TestDLQReplayAllCleansUpAsItGoes(t *testing.T) {
 	env, ctx := dlqEnv(t)
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	for i := range 3 {
 		bigDeadLetter(t, ctx, env, store, fmt.Sprintf("big-%d", i))
 	}

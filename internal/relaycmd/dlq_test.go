@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/account"
-	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
@@ -195,10 +194,7 @@ func TestDLQUsageErrors(t *testing.T) {
 // dead letter's), purge deletes the bodies of what it purges and no other.
 func TestDLQStoredBodies(t *testing.T) {
 	env, ctx := dlqEnv(t)
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	put := func() message.BodyRef {
 		ref, err := store.Put(ctx, strings.NewReader("Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", 50000)), message.MaxSize)
 		if err != nil {

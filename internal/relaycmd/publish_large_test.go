@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"testing"
 
-	"relay365/internal/body"
 	"relay365/internal/message"
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
@@ -38,10 +37,7 @@ func TestPublishAttachLarge(t *testing.T) {
 	if err != nil || msg.Body == nil || len(m.Data) > 1024 {
 		t.Fatalf("queued %d bytes, body %v (%v): want a reference", len(m.Data), msg, err)
 	}
-	store, err := body.Open(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openBodies(t, ctx, env)
 	rc, err := store.Open(ctx, *msg.Body)
 	if err != nil {
 		t.Fatal(err)
