@@ -26,14 +26,9 @@ func TestMalformedMessageIDIsReplaced(t *testing.T) {
 		field string // the Message-ID field(s) as sent
 		kept  bool
 	}{
-		{"Message-ID: <am-1@example.org>\r\n", true},
+		// The grammar's cases are message.TestMalformedMessageIDReplaced's.
 		{"Message-Id:\r\n <am-2.x@[10.0.0.1]> (a comment)\r\n", true},
-		{"Message-ID: <\"quoted left\"@example.org>\r\n", true},
 		{"Message-ID: am-3@example.org\r\n", false},
-		{"Message-ID: <no-at-sign>\r\n", false},
-		{"Message-ID:\r\n", false},
-		{"Message-ID: <a@b> <c@d>\r\n", false},
-		{"Message-ID: <a b@example.org>\r\n", false},
 		{"Message-ID: <a@example.org>\r\nMessage-ID: <b@example.org>\r\n", false},
 	} {
 		before := len(f.queued())
