@@ -92,3 +92,75 @@ func TestStoreRefusesAReplayedGeneration(t *testing.T) {
 		t.Fatalf("record of an earlier version: %v %v", got, err)
 	}
 }
+
+// TestStoreRefusesAReplayAfterADeletion: the NATS administrator deletes
+// an account's record, waits for the token services to notice (a
+// token.get answers "not found", or their watch delivers the deletion),
+// then writes back a sealed value captured earlier. The deletion must not
+// wipe the memory of the newer generation: a new consent after a deletion
+// is stored above the bucket's last revision (Put's floor), so it needs no
+// reset, and a replay behind a deletion is still a replay.
+func TestStoreRefusesAReplayAfterADeletion(t *testing.T) {
+	ctx := testCtx(t)
+	url := startServer(t)
+	kr := testKeyring(t, "k1")
+	svc := openTestStore(t, connectJetStream(t, url), kr)
+	tool := openTestStore(t, connectJetStream(t, url), kr)
+	admin, err := connectJetStream(t, url).KeyValue(ctx, Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := secretRecord("alerts")
+	if _, err := tool.Put(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	captured, err := admin.Get(ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, rev, err := svc.Get(ctx, "alerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := first
+	next.AccessToken = "AT-SECRET-refreshed"
+	if _, err := svc.Update(ctx, next, rev); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, del := range []struct {
+		name string
+		do   func() error
+	}{
+		{"delete", func() error { return admin.Delete(ctx, "alerts") }},
+		{"purge", func() error { return admin.Purge(ctx, "alerts") }},
+	} {
+		if err := del.do(); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := svc.Get(ctx, "alerts"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s: record after the deletion: %v, want ErrNotFound", del.name, err)
+		}
+		if _, err := admin.Put(ctx, "alerts", captured.Value()); err != nil {
+			t.Fatal(err)
+		}
+		if got, _, err := svc.Get(ctx, "alerts"); !errors.Is(err, ErrReplayed) {
+			t.Fatalf("%s, then the captured value written back: %q %v, want ErrReplayed", del.name, got.AccessToken, err)
+		}
+	}
+
+	// The remedy after a deletion, a new consent, is still accepted.
+	if err := admin.Delete(ctx, "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := svc.Get(ctx, "alerts"); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	rec.AccessToken = "AT-SECRET-after-delete"
+	if _, err := tool.Put(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := svc.Get(ctx, "alerts"); err != nil || got.AccessToken != rec.AccessToken {
+		t.Fatalf("new consent after a deletion: %v %v", got.AccessToken, err)
+	}
+}

@@ -235,7 +235,7 @@ func (s *Store) Get(ctx context.Context, acct string) (Record, uint64, error) {
 	}
 	e, err := s.kv.Get(ctx, acct)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		s.forget(acct)
+		s.sawDeletion(acct)
 		return Record{}, 0, notFound(acct)
 	}
 	if err != nil {
@@ -333,6 +333,20 @@ func (s *Store) forget(acct string) {
 	s.seenMu.Lock()
 	defer s.seenMu.Unlock()
 	delete(s.seen, acct)
+	delete(s.leases, acct)
+}
+
+// sawDeletion notes that acct's record was read deleted or purged: its
+// lease is gone, but the newest generation seen is kept. A deletion seen
+// is not this Store's own (Delete), and may be the first half of a replay:
+// the NATS administrator deletes the record, waits for the token services
+// to see it gone, then writes back a value captured earlier. Forgetting
+// the generation there would admit it. A new consent needs no reset: Put
+// stores it above the bucket's last revision, above every generation
+// written before (TestStoreRefusesAReplayAfterADeletion).
+func (s *Store) sawDeletion(acct string) {
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
 	delete(s.leases, acct)
 }
 
@@ -506,7 +520,7 @@ func (s *Store) WaitChange(ctx context.Context, acct string, afterRev uint64) (R
 				continue
 			}
 			if e.Operation() != jetstream.KeyValuePut {
-				s.forget(acct)
+				s.sawDeletion(acct)
 				return Record{}, e.Revision(), notFound(acct)
 			}
 			rec, err := s.decode(acct, e.Value(), e.Revision())
@@ -532,7 +546,7 @@ func (s *Store) Watch(ctx context.Context) (<-chan Update, error) {
 	return kvwatch.Watch(ctx, s.kv, func(e kvwatch.Entry) Update {
 		u := Update{Account: e.Key, Revision: e.Revision, Deleted: e.Deleted, Initial: e.Initial}
 		if u.Deleted {
-			s.forget(e.Key)
+			s.sawDeletion(e.Key)
 		} else {
 			u.Record, u.Err = s.decode(e.Key, e.Value, e.Revision)
 		}
