@@ -77,7 +77,7 @@ var attacks = []attack{
 	{what: "force a token refresh", subject: "token.refresh", body: map[string]string{"account": "alerts"},
 		roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}},
 	{what: "raise an account's \"SMTP refused its token\" alarm (or end it)", subject: "token.smtp_refused", body: map[string]string{"account": "alerts"},
-		roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}},
+		roles: []roles.Role{roles.Producer, roles.Tokens, roles.Admin}, control: roles.Worker},
 	{what: "mirror relay_tokens into a stream of its own", subject: "$JS.API.STREAM.CREATE.STEAL",
 		body:  map[string]any{"name": "STEAL", "mirror": map[string]string{"name": "KV_relay_tokens"}, "storage": "memory"},
 		roles: []roles.Role{roles.Producer, roles.Worker, roles.Tokens}, control: roles.Admin},
