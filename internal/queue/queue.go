@@ -30,6 +30,8 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -469,7 +471,8 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 // CopyToDLQ publishes to MAIL_DLQ the dead letter of the recipients
 // dl.Recipients of msg and waits for its PubAck; the original stays, for
 // the caller to ack: it went to its other recipients. The copy's
-// Nats-Msg-Id is "<copied id>:rcpts:<part>:dlq", so a redelivery of the
+// Nats-Msg-Id is "<copied id>:rcpts:<part>:dlq" (a long copied id as a
+// digest: dedupeBase), so a redelivery of the
 // original that dead-letters the same recipients again (a crash, or a
 // refused ack, before the ack) is deduplicated.
 func CopyToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, dl DeadLetter) error {
@@ -575,6 +578,7 @@ func deadLetterCopy(subject string, data []byte, hdr nats.Header, seq, delivered
 	if nid := hdr.Get(jetstream.MsgIDHeader); nid != "" {
 		dedupe = nid
 	}
+	dedupe = dedupeBase(dedupe)
 	now := time.Now().UTC()
 	first := dl.First
 	if first.IsZero() {
@@ -602,6 +606,26 @@ func deadLetterCopy(subject string, data []byte, hdr nats.Header, seq, delivered
 	out.Header.Set(HdrFirstAttempt, first.UTC().Format(time.RFC3339Nano))
 	out.Header.Set(HdrLastAttempt, now.Format(time.RFC3339Nano))
 	return out
+}
+
+// maxDedupeBase bounds the key a dead letter's Nats-Msg-Id is made of
+// (dedupeBase), as setID would write it, well within maxHeaderValue.
+const maxDedupeBase = 512
+
+// dedupeBase is the key of the stream message a dead letter copies, for
+// its Nats-Msg-Id "<key>:dlq" or "<key>:rcpts:<part>:dlq": the copied
+// Nats-Msg-Id, or a digest of it when, written as setID writes it, it is
+// longer than maxDedupeBase. A producer's Nats-Msg-Id has no length
+// limit (the message id it sends in its JSON has: message.Validate);
+// cut to one header value's length by setHeader, every part's key of
+// such a message was the same, and MAIL_DLQ dropped all parts but the
+// first as duplicates.
+func dedupeBase(key string) string {
+	if len(termsafe.Line(key)) <= maxDedupeBase {
+		return key
+	}
+	sum := sha256.Sum256([]byte(key))
+	return "sha256-" + hex.EncodeToString(sum[:16])
 }
 
 // Requeue puts a fresh copy of msg at the end of its subject (delivery

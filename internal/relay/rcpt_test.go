@@ -1,6 +1,8 @@
 package relay_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -222,4 +224,42 @@ func TestSharedBodyOfRefusedRecipientsOutlivesTheCopy(t *testing.T) {
 		t.Fatalf("the body its dead letter names was deleted when the copy was sent: %v", err)
 	}
 	rc.Close()
+}
+
+func TestEveryPartOfRefusedRecipientsIsDeadLetteredWhateverTheProducersMsgID(t *testing.T) {
+	// A producer's Nats-Msg-Id is not the message id when the JSON has
+	// one ("short" here, validated), and nothing bounds it: a hostile or
+	// careless producer sends one of 1,100 characters. Recipients refused
+	// at RCPT that do not fit one Relay-Recipients header go in several
+	// dead letters, "<Nats-Msg-Id>:rcpts:<part>:dlq": cut to one header
+	// value's length, every part had the same Nats-Msg-Id, and MAIL_DLQ
+	// dropped all but the first as duplicates, so the other refused
+	// recipients were in no dead letter (nothing to see or replay).
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	to := []string{"ops@fabrikam.com"}
+	for i := range 40 {
+		r := fmt.Sprintf("gone-%02d-mailbox-long-name@fabrikam.com", i)
+		h.fake.RefuseRecipient(r, noSuchUser)
+		to = append(to, r)
+	}
+	b, err := json.Marshal(&message.Message{ID: "short", Account: "alerts", To: to, Subject: "many gone", Text: "body"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := queue.Publish(h.ctx, h.js, "alerts", strings.Repeat("n", 1100), b); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the message acked", func() bool { return h.queued() == 0 && len(toOf(h, "many gone")) == 1 })
+	var got []string
+	for _, dl := range h.deadLetters("alerts") {
+		rc, err := queue.ParseRecipients(dl.Header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, rc...)
+	}
+	if len(got) != 40 {
+		t.Fatalf("%d of the 40 refused recipients are in a dead letter (%d dead letters)", len(got), len(h.deadLetters("alerts")))
+	}
 }
