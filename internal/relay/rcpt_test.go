@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/account"
 	"relay365/internal/body"
@@ -261,5 +263,49 @@ func TestEveryPartOfRefusedRecipientsIsDeadLetteredWhateverTheProducersMsgID(t *
 	}
 	if len(got) != 40 {
 		t.Fatalf("%d of the 40 refused recipients are in a dead letter (%d dead letters)", len(got), len(h.deadLetters("alerts")))
+	}
+}
+
+func TestProducersRelayRecipientsNarrowsNeverWidens(t *testing.T) {
+	// Relay-Recipients is the relay's header (dead letters of refused
+	// recipients, their replays, copies for recipients refused for now),
+	// but a producer may set any header: a name in it that is not one of
+	// the message's recipients is ignored, and a header naming none of
+	// them makes the message invalid, never sent to the names it adds.
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	pub := func(id, subject, rcpts string) {
+		t.Helper()
+		b, err := json.Marshal(&message.Message{ID: id, Account: "alerts", To: []string{"ops@fabrikam.com", "dev@fabrikam.com"}, Subject: subject, Text: "body"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &nats.Msg{Subject: queue.Subject("alerts"), Data: b, Header: nats.Header{}}
+		m.Header.Set(jetstream.MsgIDHeader, id)
+		m.Header.Set(queue.HdrRecipients, rcpts)
+		if _, err := h.js.PublishMsg(h.ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub("widen", "widened", `["DEV@fabrikam.com","thief@evil.example"]`)
+	pub("elsewhere", "elsewhere", `["thief@evil.example"]`)
+	h.waitFor("both handled", func() bool {
+		return h.queued() == 0 && len(toOf(h, "widened")) == 1 && len(h.deadLetters("alerts")) == 1
+	})
+	if got := toOf(h, "widened")[0]; !slices.Equal(got, []string{"dev@fabrikam.com"}) {
+		t.Fatalf("delivered to %v, want the one named recipient of the message only", got)
+	}
+	if got := toOf(h, "elsewhere"); len(got) != 0 {
+		t.Fatalf("a header naming none of the recipients delivered to %v", got)
+	}
+	if dl := h.deadLetters("alerts")[0]; dl.ID != "elsewhere" || dl.Class != "invalid" || !strings.Contains(dl.Reason, "names none of the message's recipients") {
+		t.Fatalf("dead letter %+v", dl)
+	}
+	for _, m := range h.fake.Messages() {
+		for _, r := range m.To {
+			if strings.Contains(r, "evil.example") {
+				t.Fatalf("sent to %s", r)
+			}
+		}
 	}
 }
