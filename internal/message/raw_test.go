@@ -66,6 +66,23 @@ func TestRenderRaw(t *testing.T) {
 		{name: "allow: a From outside the list", raw: "From: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "send-as"},
 		{name: "allow: a Sender outside the list", raw: "From: noreply@contoso.com\r\nSender: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "sender: x@example.org"},
 		{name: "reject: another From", raw: "From: x@example.org\r\nTo: ops@contoso.com\r\n\r\nhi", sender: reject, err: "from policy reject"},
+		{
+			// The placeholder (MailboxPlaceholder) stands for the mailbox
+			// alone: a hostile producer pairing it with a Sender of
+			// someone else gets no send-on-behalf past reject (or allow):
+			// the From is the mailbox, the Sender is dropped, no Reply-To.
+			name:   "reject: the mailbox placeholder as From does not carry another Sender",
+			raw:    "From: Boss <MAILBOX@relay365.invalid>\r\nSender: ceo@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+			sender: reject,
+			want:   "From: \"Boss\" <alerts@contoso.com>\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+		},
+		{
+			name:   "allow: the mailbox placeholder as From does not carry a send-as Sender",
+			raw:    "From: Boss <mailbox@relay365.invalid>\r\nSender: noreply@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+			sender: allow,
+			want:   "From: \"Boss\" <alerts@contoso.com>\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+		},
+		{name: "allow: the mailbox placeholder is no Sender", raw: "From: noreply@contoso.com\r\nSender: mailbox@relay365.invalid\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "sender: mailbox@relay365.invalid"},
 		{name: "NUL", raw: "To: ops@contoso.com\r\n\r\nh\x00i", sender: mailbox, err: "NUL"},
 		{name: "two From fields", raw: "From: a@b.com\r\nFrom: c@d.com\r\nTo: ops@contoso.com\r\n\r\nhi", sender: mailbox, err: "more than one From"},
 		{name: "not a header", raw: "To: ops@contoso.com\r\nthis is not a field\r\n\r\nhi", sender: mailbox, err: "header"},
