@@ -474,20 +474,22 @@ func MoveToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, d
 // Nats-Msg-Id is "<copied id>:rcpts:<part>:dlq" (a long copied id as a
 // digest: dedupeBase), so a redelivery of the
 // original that dead-letters the same recipients again (a crash, or a
-// refused ack, before the ack) is deduplicated.
-func CopyToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, dl DeadLetter) error {
+// refused ack, before the ack) is deduplicated: the result says so
+// (Duplicate), for the caller to count the dead letter once.
+func CopyToDLQ(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, dl DeadLetter) (PublishResult, error) {
 	if len(dl.Recipients) == 0 {
-		return errors.New("dead-letter copy: no recipients")
+		return PublishResult{}, errors.New("dead-letter copy: no recipients")
 	}
 	md, err := msg.Metadata()
 	if err != nil {
-		return fmt.Errorf("dead-letter: message metadata: %w", err)
+		return PublishResult{}, fmt.Errorf("dead-letter: message metadata: %w", err)
 	}
 	out := deadLetterCopy(msg.Subject(), msg.Data(), msg.Headers(), md.Sequence.Stream, md.NumDelivered, md.Timestamp, dl)
-	if _, err := publishMsg(ctx, js, out); err != nil {
-		return fmt.Errorf("dead-letter copy for %d refused recipients not stored: %w", len(dl.Recipients), err)
+	res, err := publishMsg(ctx, js, out)
+	if err != nil {
+		return res, fmt.Errorf("dead-letter copy for %d refused recipients not stored: %w", len(dl.Recipients), err)
 	}
-	return nil
+	return res, nil
 }
 
 // RecipientParts splits refused recipients into the lists of the dead

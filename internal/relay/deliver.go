@@ -1132,11 +1132,16 @@ func (l *lane) deadLetterRefused(a *attempt) error {
 		}
 		dl := queue.DeadLetter{ID: a.id, Account: l.alias, First: a.first, Reason: why.String(),
 			Class: string(submit.ClassMessage), LastReply: last.String(), Recipients: group, Part: part}
-		if err := queue.CopyToDLQ(l.e.sendCtx, l.e.js, a.msg, dl); err != nil {
+		res, err := queue.CopyToDLQ(l.e.sendCtx, l.e.js, a.msg, dl)
+		if err != nil {
 			return err
 		}
-		l.e.metrics.outcome(l.alias, outcomeDeadLettered)
-		a.log.Warn().Int("recipients", len(group)).Str("reason", dl.Reason).Msg("refused recipients dead-lettered")
+		if !res.Duplicate {
+			// Stored at an earlier attempt (a redelivery after a
+			// crash or a refused copy): counted then.
+			l.e.metrics.outcome(l.alias, outcomeDeadLettered)
+		}
+		a.log.Warn().Int("recipients", len(group)).Str("reason", dl.Reason).Bool("duplicate", res.Duplicate).Msg("refused recipients dead-lettered")
 	}
 	return nil
 }

@@ -309,3 +309,28 @@ func TestProducersRelayRecipientsNarrowsNeverWidens(t *testing.T) {
 		}
 	}
 }
+
+func TestRefusedRecipientsDeadLetterCountedOnceAcrossRedeliveries(t *testing.T) {
+	// One recipient refused for good, one for now, and MAIL refuses the
+	// copy for the second: the dead letter of the first is stored at the
+	// first attempt, and each redelivery stores it again, deduplicated
+	// (queue.CopyToDLQ's Nats-Msg-Id). relay_messages_total counts one
+	// dead letter, not one an attempt.
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.RefuseRecipient("gone@fabrikam.com", noSuchUser)
+	h.fake.RefuseRecipient("busy@fabrikam.com", mailboxBusy)
+	restore := refuseStream(t, h, queue.StreamMail)
+	defer restore()
+	h.publishMsg(&message.Message{ID: "count-1", Account: "alerts", To: []string{"ops@fabrikam.com", "gone@fabrikam.com", "busy@fabrikam.com"}, Subject: "counted", Text: "body"})
+	h.waitFor("a second redelivery", func() bool { return deliveries(t, h, "alerts") >= 3 })
+	h.fake.RefuseRecipient("busy@fabrikam.com", nil)
+	restore()
+	h.waitFor("the copy's delivery", func() bool { return len(toOf(h, "counted")) == 2 && h.queued() == 0 })
+	if n := len(h.deadLetters("alerts")); n != 1 {
+		t.Fatalf("%d dead letters, want 1", n)
+	}
+	if n := h.outcome("alerts", "dead_lettered"); n != 1 {
+		t.Fatalf("dead_lettered outcome %v, want 1 (one dead letter stored)", n)
+	}
+}
