@@ -847,16 +847,29 @@ func (l *lane) session(ctx context.Context, log zerolog.Logger) (*submit.Session
 			// consent; the account pauses either way.
 			if marked, rerr := l.e.tokens.SMTPRefused(l.e.sendCtx, l.alias, tok); rerr != nil {
 				log.Warn().Err(rerr).Msg("the token service was not told of the refused token; the account pauses all the same")
-			} else if marked {
+			} else {
+				// Marked by us, or already by another relay for the
+				// same token: either way this lane's next session
+				// that authenticates ends the alarm.
 				issued := tok.Issued
 				l.smtpRefused.Store(&issued)
-				log.Error().Int("smtp_code", se.Code).Str("reply", se.Reply()).
-					Msg("a freshly refreshed token was refused too: the account needs consent (relay.events.account.consent_required)")
+				if marked {
+					log.Error().Int("smtp_code", se.Code).Str("reply", se.Reply()).
+						Msg("a freshly refreshed token was refused too: the account needs consent (relay.events.account.consent_required)")
+				}
 			}
 		}
 	}
 	if err == nil {
-		if since := l.smtpRefused.Swap(nil); since != nil {
+		since := l.smtpRefused.Swap(nil)
+		if since == nil && l.authenticated.CompareAndSwap(false, true) {
+			// The lane's first session: the relay that reported this
+			// token refused may be gone (restarted, another replica),
+			// and none would end the alarm on a healthy account.
+			issued := tok.Issued
+			since = &issued
+		}
+		if since != nil {
 			// A session authenticated after the refusal reported:
 			// the alarm ends.
 			if _, cerr := l.e.tokens.SMTPAccepted(l.e.sendCtx, l.alias, *since); cerr != nil {

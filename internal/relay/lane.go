@@ -97,6 +97,10 @@ type lane struct {
 	// told the SMTP server refused after a forced refresh (zero: none);
 	// the next session that authenticates clears the alarm (lane.session).
 	smtpRefused atomic.Pointer[time.Time]
+	// authenticated is set at the lane's first session that
+	// authenticated: that one tells the token service too, whoever
+	// reported its token refused (lane.session).
+	authenticated atomic.Bool
 
 	mu        sync.Mutex
 	acct      account.Account

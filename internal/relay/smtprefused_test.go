@@ -61,3 +61,28 @@ func TestTokenRefusedAfterForcedRefreshRaisesConsentRequired(t *testing.T) {
 		return err == nil && st.State == string(token.StateHealthy)
 	})
 }
+
+func TestConsentAlarmEndsWhenAnotherRelayAuthenticates(t *testing.T) {
+	// The relay that told the token service of the refused token is gone
+	// (restarted, or another replica): the relay that authenticates next
+	// with that very token ends the alarm, or a healthy account shows
+	// needs_consent until its token is next refreshed.
+	h := newHarness(t, setup{})
+	h.enroll("refused", "refused@contoso.com", "contoso.onmicrosoft.com", nil)
+	h.fake.SetNextAuthReply(1000, &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"})
+	h.publish("refused", "r-2", "refused")
+	h.waitFor("needs_consent", func() bool {
+		st, err := h.tokens.StatusOf(h.ctx, "refused")
+		return err == nil && st.State == string(token.StateNeedsConsent)
+	})
+	h.waitFor("the pause", func() bool { return h.lane("refused").Paused })
+	h.stop()
+
+	h.fake.SetNextAuthReply(0, nil)
+	r := h.replica()
+	h.waitFor("the delivery by the other relay", func() bool { return r.outcome("refused", "sent") == 1 && h.queued() == 0 })
+	st, err := h.tokens.StatusOf(h.ctx, "refused")
+	if err != nil || st.State != string(token.StateHealthy) {
+		t.Fatalf("token.status %+v, %v after a session authenticated with the token: want healthy", st, err)
+	}
+}
