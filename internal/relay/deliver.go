@@ -970,6 +970,11 @@ func (l *lane) finish(a *attempt, err error) {
 			// nothing again and, from the markers, dead-letters these.
 			l.failed(seq, fmt.Sprintf("recipients refused at RCPT; their dead letter or copy was refused: %v", dlErr))
 			delay := l.e.cfg.Retry.Delay(int(a.meta.NumDelivered))
+			if !a.duplicate {
+				// This attempt sent it to the accepted recipients;
+				// the redelivery that stores the rest is a duplicate.
+				l.e.metrics.outcome(l.alias, outcomeSent)
+			}
 			l.e.metrics.outcome(l.alias, outcomeRetried)
 			a.nak(delay)
 			a.log.Warn().AnErr("dlq", dlErr).Dur("retry_in_ms", delay).

@@ -334,3 +334,28 @@ func TestRefusedRecipientsDeadLetterCountedOnceAcrossRedeliveries(t *testing.T) 
 		t.Fatalf("dead_lettered outcome %v, want 1 (one dead letter stored)", n)
 	}
 }
+
+func TestPartlySentMessageCountedSentWhenItsDeadLetterWaits(t *testing.T) {
+	// MAIL_DLQ refuses the refused recipient's dead letter: the message
+	// went to the others at the first attempt, which counts it sent
+	// (design §7.6: outcomes sent and dead_lettered), though it goes back
+	// to the stream for the dead letter; the redelivery that stores it is
+	// a duplicate, not a second sending.
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	restore := refuseStream(t, h, queue.StreamDLQ)
+	h.fake.RefuseRecipient("gone@fabrikam.com", noSuchUser)
+	h.publishMsg(&message.Message{ID: "part-3", Account: "alerts", To: []string{"ops@fabrikam.com", "gone@fabrikam.com"}, Subject: "held-sent", Text: "body"})
+	h.waitFor("a redelivery", func() bool { return deliveries(t, h, "alerts") >= 2 })
+	restore()
+	h.waitFor("the dead letter", func() bool { return h.queued() == 0 && len(h.deadLetters("alerts")) == 1 })
+	if got := toOf(h, "held-sent"); len(got) != 1 {
+		t.Fatalf("delivered %d times, want once", len(got))
+	}
+	if n := h.outcome("alerts", "sent"); n != 1 {
+		t.Fatalf("sent outcome %v, want 1: the message went to its accepted recipient", n)
+	}
+	if n := h.outcome("alerts", "dead_lettered"); n != 1 {
+		t.Fatalf("dead_lettered outcome %v, want 1", n)
+	}
+}
