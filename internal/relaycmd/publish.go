@@ -57,6 +57,11 @@ func runPublish(ctx context.Context, args []string, env Env) error {
 		if c.File == "-" {
 			return cli.Usagef("-f - and --text - both read stdin: give one")
 		}
+		if c.File != "" {
+			// The file's message would be queued and what was piped
+			// in read to its end and dropped.
+			return cli.Usagef("--text - and -f %s: the message's text goes in the file's JSON", c.File)
+		}
 		text, err := readBounded(env.Stdin, "--text -")
 		if err != nil {
 			return err

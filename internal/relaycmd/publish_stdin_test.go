@@ -3,6 +3,7 @@ package relaycmd
 import (
 	"fmt"
 	"io"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -103,5 +104,25 @@ func TestPublishDuplicateRecipients(t *testing.T) {
 	r = run(t, nil, "", "publish", "--nats-url", env.URL, "--account", "alerts", "--subject", "s", "--text", "t", "--to", strings.Join(to, ","), "--cc", to[0])
 	if r.code != 0 {
 		t.Fatalf("10,000 recipients and one again: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// TestPublishTextStdinWithFileRefused: --text - next to -f FILE would read
+// standard input to its end and then drop it, the file's message queued
+// without the text the script piped in: refused, exit 2, nothing read or
+// queued.
+func TestPublishTextStdinWithFileRefused(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	file := t.TempDir() + "/m.json"
+	if err := os.WriteFile(file, []byte(`{"account":"alerts","to":["ops@contoso.com"],"subject":"from file","text":"file text"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in := &stream{prefix: "piped report\n", max: 13}
+	r := runIn(t, nil, in, "publish", "--nats-url", env.URL, "-f", file, "--text", "-")
+	if r.code != 2 || in.off != 0 {
+		t.Fatalf("-f FILE and --text -: exit %d (read %d octets of stdin), stderr %q; want 2 and nothing read", r.code, in.off, r.stderr)
+	}
+	if n := mailCount(t, ctx, env.JS); n != 0 {
+		t.Fatalf("%d queued, want 0", n)
 	}
 }
