@@ -1,8 +1,11 @@
 package token
 
 import (
+	"context"
 	"errors"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestStoreRefusesAReplayedGeneration: a Store that has seen an account's
@@ -12,33 +15,8 @@ import (
 // value or after a deletion, a stale read, and a record of an earlier
 // version (generation 0) are all accepted.
 func TestStoreRefusesAReplayedGeneration(t *testing.T) {
-	ctx := testCtx(t)
-	url := startServer(t)
-	kr := testKeyring(t, "k1")
-	svc := openTestStore(t, connectJetStream(t, url), kr)        // a token service
-	tool := openTestStore(t, connectJetStream(t, url), kr)       // authtool
-	admin, err := connectJetStream(t, url).KeyValue(ctx, Bucket) // no key, every bucket
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	rec := secretRecord("alerts")
-	if _, err := tool.Put(ctx, rec); err != nil {
-		t.Fatal(err)
-	}
-	captured, err := admin.Get(ctx, "alerts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, rev, err := svc.Get(ctx, "alerts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	next := first
-	next.AccessToken = "AT-SECRET-refreshed"
-	if _, err := svc.Update(ctx, next, rev); err != nil {
-		t.Fatal(err)
-	}
+	r := startReplay(t)
+	ctx, svc, tool, admin, rec, captured, first, rev := r.ctx, r.svc, r.tool, r.admin, r.rec, r.captured, r.first, r.rev
 	second, _, err := svc.Get(ctx, "alerts")
 	if err != nil || second.Generation <= first.Generation {
 		t.Fatalf("generation after an update: %d (was %d), %v", second.Generation, first.Generation, err)
@@ -101,32 +79,8 @@ func TestStoreRefusesAReplayedGeneration(t *testing.T) {
 // is stored above the bucket's last revision (Put's floor), so it needs no
 // reset, and a replay behind a deletion is still a replay.
 func TestStoreRefusesAReplayAfterADeletion(t *testing.T) {
-	ctx := testCtx(t)
-	url := startServer(t)
-	kr := testKeyring(t, "k1")
-	svc := openTestStore(t, connectJetStream(t, url), kr)
-	tool := openTestStore(t, connectJetStream(t, url), kr)
-	admin, err := connectJetStream(t, url).KeyValue(ctx, Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := secretRecord("alerts")
-	if _, err := tool.Put(ctx, rec); err != nil {
-		t.Fatal(err)
-	}
-	captured, err := admin.Get(ctx, "alerts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, rev, err := svc.Get(ctx, "alerts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	next := first
-	next.AccessToken = "AT-SECRET-refreshed"
-	if _, err := svc.Update(ctx, next, rev); err != nil {
-		t.Fatal(err)
-	}
+	r := startReplay(t)
+	ctx, svc, tool, admin, rec, captured := r.ctx, r.svc, r.tool, r.admin, r.rec, r.captured
 
 	for _, del := range []struct {
 		name string
@@ -163,4 +117,46 @@ func TestStoreRefusesAReplayAfterADeletion(t *testing.T) {
 	if got, _, err := svc.Get(ctx, "alerts"); err != nil || got.AccessToken != rec.AccessToken {
 		t.Fatalf("new consent after a deletion: %v %v", got.AccessToken, err)
 	}
+}
+
+// replay is the start of an admin's replay: authtool (tool) stored
+// alerts' record (rec), the admin captured its sealed value, and the
+// token service (svc) read it (first, at rev) and wrote a refreshed one
+// over it.
+type replay struct {
+	ctx        context.Context
+	svc, tool  *Store
+	admin      jetstream.KeyValue
+	rec, first Record
+	captured   jetstream.KeyValueEntry
+	rev        uint64
+}
+
+func startReplay(t *testing.T) replay {
+	t.Helper()
+	ctx := testCtx(t)
+	url := startServer(t)
+	kr := testKeyring(t, "k1")
+	r := replay{ctx: ctx, rec: secretRecord("alerts")}
+	r.svc = openTestStore(t, connectJetStream(t, url), kr)  // a token service
+	r.tool = openTestStore(t, connectJetStream(t, url), kr) // authtool
+	var err error
+	if r.admin, err = connectJetStream(t, url).KeyValue(ctx, Bucket); err != nil { // no key, every bucket
+		t.Fatal(err)
+	}
+	if _, err := r.tool.Put(ctx, r.rec); err != nil {
+		t.Fatal(err)
+	}
+	if r.captured, err = r.admin.Get(ctx, "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	if r.first, r.rev, err = r.svc.Get(ctx, "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	next := r.first
+	next.AccessToken = "AT-SECRET-refreshed"
+	if _, err := r.svc.Update(ctx, next, r.rev); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
