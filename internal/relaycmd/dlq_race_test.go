@@ -91,30 +91,11 @@ func TestDLQReplayRacingPurgeKeepsTheBody(t *testing.T) {
 	bigDeadLetter(t, ctx, env, store, "big-1")
 
 	proxy := queuetest.StartHoldProxy(t, env.URL, queue.SubjectPrefix)
-	var out, errOut bytes.Buffer
-	done := make(chan int, 1)
-	go func() {
-		rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		done <- relaycmd.Run(rctx, []string{"dlq", "replay", "1", "--nats-url", proxy.URL}, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut})
-	}()
-	select {
-	case <-proxy.Held:
-	case code := <-done:
-		t.Fatalf("replay ended (exit %d) before it queued anything\n%s%s", code, out.String(), errOut.String())
-	case <-ctx.Done():
-		t.Fatal("the replay never published its copy")
-	}
+	wait := runHeld(t, ctx, proxy, "dlq", "replay", "1")
 	code, pout, perr := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL)
 	t.Logf("purge while the replay's copy is held: exit %d\n%s%s", code, pout, perr)
-	proxy.Release()
-	var rcode int
-	select {
-	case rcode = <-done:
-	case <-ctx.Done():
-		t.Fatal("the replay did not end")
-	}
-	t.Logf("replay: exit %d\n%s%s", rcode, out.String(), errOut.String())
+	rcode, out, errOut := wait()
+	t.Logf("replay: exit %d\n%s%s", rcode, out, errOut)
 	queued := queuedBodiesReadable(t, ctx, env, store)
 	if rcode != 0 || len(queued) != 1 {
 		t.Fatalf("replay: exit %d, MAIL holds %d messages with a body, want its copy queued", rcode, len(queued))
@@ -134,36 +115,17 @@ func TestDLQReplayRacingPurgeKeepsTheBody(t *testing.T) {
 func TestDLQReplayRemovedMeanwhileIsReplayed(t *testing.T) {
 	env, ctx := deadLetters(t)
 	proxy := queuetest.StartHoldProxy(t, env.URL, "$JS.API.STREAM.MSG.DELETE.")
-	var out, errOut bytes.Buffer
-	done := make(chan int, 1)
-	go func() {
-		rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		done <- relaycmd.Run(rctx, []string{"dlq", "replay", "1", "--nats-url", proxy.URL}, relaycmd.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut})
-	}()
-	select {
-	case <-proxy.Held:
-	case code := <-done:
-		t.Fatalf("replay ended (exit %d) before it removed its dead letter\n%s%s", code, out.String(), errOut.String())
-	case <-ctx.Done():
-		t.Fatal("the replay never removed its dead letter")
-	}
+	wait := runHeld(t, ctx, proxy, "dlq", "replay", "1")
 	if code, pout, perr := run(t, "dlq", "purge", "--yes", "--nats-url", env.URL); code != 0 {
 		t.Fatalf("purge: exit %d\n%s%s", code, pout, perr)
 	}
-	proxy.Release()
-	var code int
-	select {
-	case code = <-done:
-	case <-ctx.Done():
-		t.Fatal("the replay did not end")
-	}
-	t.Logf("replay: exit %d\n%s%s", code, out.String(), errOut.String())
+	code, out, errOut := wait()
+	t.Logf("replay: exit %d\n%s%s", code, out, errOut)
 	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 1 {
 		t.Fatalf("MAIL holds %d messages, want the replayed copy", n)
 	}
-	if code != 0 || !strings.Contains(out.String(), "dead letter 1 queued again as MAIL sequence") || strings.Contains(out.String()+errOut.String(), "still in") {
-		t.Fatalf("replay of a dead letter purged before its removal: exit %d\n%s%s", code, out.String(), errOut.String())
+	if code != 0 || !strings.Contains(out, "dead letter 1 queued again as MAIL sequence") || strings.Contains(out+errOut, "still in") {
+		t.Fatalf("replay of a dead letter purged before its removal: exit %d\n%s%s", code, out, errOut)
 	}
 }
 
