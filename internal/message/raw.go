@@ -16,7 +16,8 @@ import (
 //     lines with LF alone; a NUL makes the message invalid (RFC 5322
 //     §3.5 allows none);
 //   - the account's From policy applies to the From and Sender fields as
-//     it does to a JSON message's from (docs/office365.md §5), and a From
+//     it does to a JSON message's from (docs/office365.md §5), and to the
+//     Resent-From and Resent-Sender fields (resentAllowed), and a From
 //     of MailboxPlaceholder is the mailbox with that From's display name;
 //   - Bcc and Resent-Bcc fields are removed (the envelope carries those
 //     recipients, RFC 5322 §3.6.3, §3.6.6), as is Return-Path, which only the final delivery
@@ -156,6 +157,12 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 				return nil, invalid("raw", "Sender field %q is not an address", f.value())
 			}
 			sender = a
+		case "Resent-From", "Resent-Sender":
+			if !resentAllowed(f.value(), s) {
+				if s.Policy != PolicyRewrite && s.Policy != "" {
+					return nil, invalid("raw", "%s field %q names an address that is not the mailbox %s nor in its send-as list (from policy %s)", canonical(f.name), f.value(), s.Mailbox, s.Policy)
+				}
+			}
 		case "Reply-To":
 			hasReplyTo = true
 		case "Date":
@@ -213,6 +220,17 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 			if !keepSender {
 				continue
 			}
+		case "Resent-From":
+			// RFC 5322 §3.6.6: each resent block needs its Resent-From,
+			// so under rewrite it names the mailbox instead of dropping.
+			if !resentAllowed(f.value(), s) {
+				h.field("Resent-From", formatAddress(&mail.Address{Address: s.Mailbox}))
+				continue
+			}
+		case "Resent-Sender":
+			if !resentAllowed(f.value(), s) {
+				continue // optional (RFC 5322 §3.6.6), dropped as Sender is
+			}
 		}
 		out.Write(f.raw)
 	}
@@ -241,6 +259,26 @@ func longestLine(b []byte) (n, line int) {
 		b = rest
 	}
 	return n, line
+}
+
+// resentAllowed says whether a Resent-From or Resent-Sender field may stay
+// as written: every address in it is one a Sender field may name.
+// Office 365 may take the resent originator for its send-as check, so the
+// resent originator fields (RFC 5322 §3.6.6) are held to the From policy
+// as From and Sender are: under rewrite a Resent-From that fails names the
+// mailbox and a Resent-Sender is removed; under allow and reject the
+// message is refused.
+func resentAllowed(v string, s Sender) bool {
+	list, err := ReadAddressList(v)
+	if err != nil || len(list) == 0 {
+		return false
+	}
+	for _, a := range list {
+		if !senderAllowed(a, s) {
+			return false
+		}
+	}
+	return true
 }
 
 // senderAllowed says whether a Sender field may stay: it names the mailbox
