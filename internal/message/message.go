@@ -62,7 +62,9 @@ type Message struct {
 	// but for the rules of raw.go (CRLF line endings, the From policy, no
 	// Bcc field, Date and Message-ID when missing), instead of the fields
 	// above. Envelope recipients come from To, Cc and Bcc when given, else
-	// from the raw message's To, Cc and Bcc fields.
+	// from the raw message's To, Cc and Bcc fields, or its Resent-To,
+	// Resent-Cc and Resent-Bcc fields when it has Resent- fields
+	// (RecipientFields).
 	Raw []byte `json:"raw,omitempty"`
 	// Body names a raw message kept in the body store, for one too large
 	// to travel inside the JSON (body.go). It is set by producers, not
@@ -363,7 +365,7 @@ func (m *Message) validateRaw() error {
 		return err
 	}
 	if len(rcpts) == 0 {
-		return invalid("to", "no recipients (give to/cc/bcc or To/Cc/Bcc fields in raw)")
+		return invalid("to", "no recipients (give to/cc/bcc or To/Cc/Bcc fields in raw, Resent-To/Resent-Cc/Resent-Bcc when it has Resent- fields)")
 	}
 	if len(rcpts) > MaxRecipients {
 		return invalid("to", "%d recipients, more than a mailbox may send to in a day (%d)", len(rcpts), MaxRecipients)
@@ -401,7 +403,7 @@ func (m *Message) Recipients() ([]string, error) {
 		// Every field of each name, not the first alone (Header.Get):
 		// a second To or Bcc line, or an empty "Bcc:" before a full one,
 		// must not drop recipients.
-		for _, h := range []string{"To", "Cc", "Bcc"} {
+		for _, h := range RecipientFields(msg.Header) {
 			for _, v := range msg.Header[h] {
 				if strings.TrimSpace(v) == "" {
 					continue // "Bcc:" with nobody names no one (RFC 5322 §3.6.3)
@@ -432,6 +434,23 @@ func (m *Message) Recipients() ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// RecipientFields names the header fields whose addresses are a raw
+// message's envelope recipients when none are given beside it (a
+// producer's raw without to/cc/bcc, relay sendmail -t): To, Cc and Bcc,
+// or Resent-To, Resent-Cc and Resent-Bcc alone once the message has any
+// Resent- field. A message being resent (RFC 5322 §3.6.6: mutt's bounce,
+// a saved message forwarded as it is) goes to its Resent- fields'
+// addresses, not back to its original recipients, as Postfix's
+// cleanup(8) and sendmail(8) do.
+func RecipientFields(h mail.Header) []string {
+	for k := range h {
+		if strings.HasPrefix(canonical(k), "Resent-") {
+			return []string{"Resent-To", "Resent-Cc", "Resent-Bcc"}
+		}
+	}
+	return []string{"To", "Cc", "Bcc"}
 }
 
 // ParseAddress parses one RFC 5322 address ("Name <a@b>" or "a@b") and

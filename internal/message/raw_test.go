@@ -85,18 +85,18 @@ func TestRenderRaw(t *testing.T) {
 		{name: "allow: the mailbox placeholder is no Sender", raw: "From: noreply@contoso.com\r\nSender: mailbox@relay365.invalid\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "sender: mailbox@relay365.invalid"},
 		{
 			name:   "rewrite: a foreign Resent-From names the mailbox, a foreign Resent-Sender is dropped",
-			raw:    "Resent-From: ceo@example.org\r\nResent-Sender: x@example.org\r\nResent-Date: Fri, 04 Dec 2026 10:00:00 +0000\r\nFrom: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+			raw:    "Resent-From: ceo@example.org\r\nResent-Sender: x@example.org\r\nResent-Date: Fri, 04 Dec 2026 10:00:00 +0000\r\nFrom: alerts@contoso.com\r\nResent-To: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
 			sender: mailbox,
-			want:   "Resent-From: <alerts@contoso.com>\r\nResent-Date: Fri, 04 Dec 2026 10:00:00 +0000\r\nFrom: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+			want:   "Resent-From: <alerts@contoso.com>\r\nResent-Date: Fri, 04 Dec 2026 10:00:00 +0000\r\nFrom: alerts@contoso.com\r\nResent-To: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
 		},
 		{
 			name:   "allow: a send-as Resent-From stays",
-			raw:    "Resent-From: noreply@contoso.com\r\nFrom: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+			raw:    "Resent-From: noreply@contoso.com\r\nFrom: alerts@contoso.com\r\nResent-To: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
 			sender: allow,
-			want:   "Resent-From: noreply@contoso.com\r\nFrom: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+			want:   "Resent-From: noreply@contoso.com\r\nFrom: alerts@contoso.com\r\nResent-To: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
 		},
-		{name: "allow: a Resent-From outside the list", raw: "Resent-From: ceo@example.org\r\nFrom: alerts@contoso.com\r\nTo: ops@contoso.com\r\n\r\nhi", sender: allow, err: "Resent-From field"},
-		{name: "reject: a foreign Resent-Sender", raw: "Resent-Sender: ceo@example.org\r\nFrom: alerts@contoso.com\r\nTo: ops@contoso.com\r\n\r\nhi", sender: reject, err: "Resent-Sender field"},
+		{name: "allow: a Resent-From outside the list", raw: "Resent-From: ceo@example.org\r\nFrom: alerts@contoso.com\r\nResent-To: ops@contoso.com\r\n\r\nhi", sender: allow, err: "Resent-From field"},
+		{name: "reject: a foreign Resent-Sender", raw: "Resent-Sender: ceo@example.org\r\nFrom: alerts@contoso.com\r\nResent-To: ops@contoso.com\r\n\r\nhi", sender: reject, err: "Resent-Sender field"},
 		{name: "NUL", raw: "To: ops@contoso.com\r\n\r\nh\x00i", sender: mailbox, err: "NUL"},
 		{name: "two From fields", raw: "From: a@b.com\r\nFrom: c@d.com\r\nTo: ops@contoso.com\r\n\r\nhi", sender: mailbox, err: "more than one From"},
 		{name: "not a header", raw: "To: ops@contoso.com\r\nthis is not a field\r\n\r\nhi", sender: mailbox, err: "header"},
@@ -250,6 +250,25 @@ func TestRawRecipientsFromEveryField(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := "a@contoso.com b@contoso.com c@contoso.com d@contoso.com e@contoso.com f@contoso.com"; strings.Join(got, " ") != want {
+		t.Fatalf("envelope %q, want %q", got, want)
+	}
+}
+
+// TestRawRecipientsResent: a raw message without to/cc/bcc that is being
+// resent goes to its Resent-To, Resent-Cc and Resent-Bcc fields alone, as
+// relay sendmail -t (and Postfix) send it, not back to its To and Cc.
+func TestRawRecipientsResent(t *testing.T) {
+	raw := "Resent-From: alerts@contoso.com\r\nResent-To: new@contoso.com\r\nresent-bcc: hidden@contoso.com\r\n" +
+		"From: am@example.org\r\nTo: old@contoso.com\r\nCc: older@contoso.com\r\nSubject: s\r\n\r\nbody\r\n"
+	m := &Message{ID: "rr", Account: "alerts", Raw: []byte(raw)}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Recipients()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "new@contoso.com hidden@contoso.com"; strings.Join(got, " ") != want {
 		t.Fatalf("envelope %q, want %q", got, want)
 	}
 }

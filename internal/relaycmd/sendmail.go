@@ -610,16 +610,10 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 		}
 		return nil
 	}
-	fields := []string{"To", "Cc", "Bcc"}
-	if resent(msg.Header) {
-		// A message being resent (RFC 5322 §3.6.6: mutt's bounce, a
-		// saved message forwarded as it is) goes to its Resent- fields'
-		// addresses, not back to its original recipients: Postfix's
-		// cleanup(8) extracts "(Resent-) To:, Cc: and Bcc:", the
-		// Resent- ones alone once any Resent- field is present, as
-		// sendmail(8) does.
-		fields = []string{"Resent-To", "Resent-Cc", "Resent-Bcc"}
-	}
+	// The To, Cc and Bcc fields, or the Resent- ones alone when the
+	// message is being resent (message.RecipientFields, as the worker
+	// reads a producer's raw message without recipients).
+	fields := message.RecipientFields(msg.Header)
 	if c.FromHeader {
 		// -t: the To, Cc and Bcc fields (or Resent- ones), plus the
 		// arguments (as Postfix does; sendmail 8 would drop the
@@ -654,18 +648,6 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 		return nil, err
 	}
 	return m, nil
-}
-
-// resent reports whether a header has a Resent- field (RFC 5322
-// §3.6.6), which makes -t take the Resent-To, Resent-Cc and Resent-Bcc
-// fields' recipients.
-func resent(h mail.Header) bool {
-	for k := range h {
-		if strings.HasPrefix(k, "Resent-") {
-			return true
-		}
-	}
-	return false
 }
 
 // parseAddresses parses an address list (an argument, a field's value),
