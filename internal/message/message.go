@@ -396,6 +396,7 @@ func (m *Message) Recipients() ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
+		raw = DropFromLines(raw) // as Render does
 		msg, err := mail.ReadMessage(bytes.NewReader(raw))
 		if err != nil {
 			return nil, invalid("raw", "not an RFC 5322 message: %v", err)

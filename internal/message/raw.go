@@ -8,9 +8,10 @@ import (
 )
 
 // Raw messages — a complete RFC 5322 message from the SMTP front door,
-// relay sendmail or a producer's "raw" field — are kept as sent, with four
+// relay sendmail or a producer's "raw" field — are kept as sent, with five
 // exceptions, applied when the message is rendered for Office 365:
 //
+//   - mbox "From " lines before the header are removed (DropFromLines);
 //   - line endings are CRLF (RFC 5322 §2.1, RFC 5321 §2.3.8): a bare LF
 //     or a bare CR becomes CRLF, as sendmail's input and many scripts end
 //     lines with LF alone; a NUL makes the message invalid (RFC 5322
@@ -52,6 +53,23 @@ func NormalizeRaw(raw []byte) ([]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// DropFromLines removes the mbox "From " lines (and ">From " ones) that
+// start a CRLF message, as Postfix's and Sendmail's sendmail do: a saved
+// message piped back in (formail, procmail, a script) starts with one,
+// and left in place it is not a header field, so the whole header would
+// become the body. Relay sendmail applies it to what it reads, and the
+// worker (Render, Recipients) to every raw message, so a producer's raw
+// message that starts with one is sent as sendmail would send it.
+func DropFromLines(raw []byte) []byte {
+	for {
+		line, rest, _ := bytes.Cut(raw, []byte("\r\n"))
+		if !bytes.HasPrefix(bytes.TrimLeft(line, ">"), []byte("From ")) {
+			return raw
+		}
+		raw = rest
+	}
 }
 
 // needsCRLF reports whether raw holds a bare CR or a bare LF.
@@ -130,6 +148,7 @@ func renderRaw(m *Message, s Sender, now time.Time) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	raw = DropFromLines(raw)
 	fields, body, err := splitRaw(raw)
 	if err != nil {
 		return nil, err

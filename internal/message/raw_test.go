@@ -97,6 +97,12 @@ func TestRenderRaw(t *testing.T) {
 		},
 		{name: "allow: a Resent-From outside the list", raw: "Resent-From: ceo@example.org\r\nFrom: alerts@contoso.com\r\nResent-To: ops@contoso.com\r\n\r\nhi", sender: allow, err: "Resent-From field"},
 		{name: "reject: a foreign Resent-Sender", raw: "Resent-Sender: ceo@example.org\r\nFrom: alerts@contoso.com\r\nResent-To: ops@contoso.com\r\n\r\nhi", sender: reject, err: "Resent-Sender field"},
+		{
+			name:   "an mbox From line before the header is removed, as relay sendmail does",
+			raw:    "From am@example.org Mon Dec  7 10:00:00 2026\n>From x Mon Dec  7 10:00:00 2026\nFrom: alerts@contoso.com\nTo: ops@contoso.com\nDate: Fri, 04 Dec 2026 10:00:00 +0000\nMessage-ID: <x@y>\n\nhi\n",
+			sender: mailbox,
+			want:   "From: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
+		},
 		{name: "NUL", raw: "To: ops@contoso.com\r\n\r\nh\x00i", sender: mailbox, err: "NUL"},
 		{name: "two From fields", raw: "From: a@b.com\r\nFrom: c@d.com\r\nTo: ops@contoso.com\r\n\r\nhi", sender: mailbox, err: "more than one From"},
 		{name: "not a header", raw: "To: ops@contoso.com\r\nthis is not a field\r\n\r\nhi", sender: mailbox, err: "header"},

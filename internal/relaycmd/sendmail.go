@@ -547,7 +547,7 @@ func buildSendmail(c sendmailConfig, data []byte) (*message.Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw = dropFromLines(raw)
+	raw = message.DropFromLines(raw)
 	if len(raw) == 0 {
 		raw = []byte("\r\n") // an empty message still has an (empty) header and body
 	}
@@ -666,21 +666,6 @@ func parseAddresses(s, domain string) ([]*mail.Address, error) {
 		return nil, fmt.Errorf("%q has no domain: set RELAY_SENDMAIL_DOMAIN or give --domain (root becomes root@DOMAIN), or give a full address", s)
 	}
 	return nil, fmt.Errorf("%q: %v", s, err)
-}
-
-// dropFromLines removes the mbox "From " lines (and ">From " ones) that
-// start a CRLF message, as Postfix's and Sendmail's sendmail do: a saved
-// message piped back in (formail, procmail, a script) starts with one,
-// and left in place it is not a header field, so the whole header would
-// become the body.
-func dropFromLines(raw []byte) []byte {
-	for {
-		line, rest, _ := bytes.Cut(raw, []byte("\r\n"))
-		if !bytes.HasPrefix(bytes.TrimLeft(line, ">"), []byte("From ")) {
-			return raw
-		}
-		raw = rest
-	}
 }
 
 // maxLine is the longest line SMTP carries, CRLF not counted (RFC 5322

@@ -238,7 +238,7 @@ func FuzzBuildSendmail(f *testing.F) {
 		if err != nil {
 			t.Fatalf("NUL input accepted: %q", data)
 		}
-		norm = dropFromLines(norm)
+		norm = message.DropFromLines(norm)
 		if _, body, ok := bytes.Cut(norm, []byte("\r\n\r\n")); ok && !hasLongLine(norm) && !bytes.HasSuffix(raw, body) {
 			t.Fatalf("body %q not kept in %q", body, raw)
 		}
