@@ -224,6 +224,9 @@ var reservedHeaders = map[string]bool{
 	"From": true, "Sender": true, "Reply-To": true, "To": true, "Cc": true, "Bcc": true,
 	"Subject": true, "Date": true, "Message-Id": true, "Mime-Version": true,
 	"Content-Type": true, "Content-Transfer-Encoding": true, "Return-Path": true,
+	// A resent block's originator (RFC 5322 §3.6.6) is held to the From
+	// policy in a raw message (renderRaw); here nothing would hold it.
+	"Resent-From": true, "Resent-Sender": true,
 }
 
 // structuredHeaders are producer header fields whose bodies hold message

@@ -44,6 +44,10 @@ func TestValidate(t *testing.T) {
 		{"CR in from", func(m *Message) { m.From = "A <a@b.com>\rX: y" }, "from"},
 		{"bad header name", func(m *Message) { m.Headers = map[string]string{"X A": "v"} }, "headers"},
 		{"reserved header", func(m *Message) { m.Headers = map[string]string{"bcc": "v"} }, "headers"},
+		// RFC 5322 §3.6.6: Office 365 may take a Resent-From for the
+		// sender; through headers it would pass the From policy by.
+		{"reserved Resent-From", func(m *Message) { m.Headers = map[string]string{"Resent-From": "ceo@example.org"} }, "headers"},
+		{"reserved Resent-Sender", func(m *Message) { m.Headers = map[string]string{"resent-sender": "ceo@example.org"} }, "headers"},
 		{"bad account", func(m *Message) { m.Account = "Alerts.Prod" }, "account"},
 		{"missing account", func(m *Message) { m.Account = "" }, "account"},
 		{"too many recipients", func(m *Message) { m.To = many }, "to"},
