@@ -62,10 +62,14 @@ func NormalizeRaw(raw []byte) ([]byte, error) {
 // become the body. Relay sendmail applies it to what it reads, and the
 // worker (Render, Recipients) to every raw message, so a producer's raw
 // message that starts with one is sent as sendmail would send it.
+//
+// A line "From :" (white space before the colon, RFC 5322 §4.5's obsolete
+// syntax) is a From field, not an mbox line, and stays.
 func DropFromLines(raw []byte) []byte {
 	for {
 		line, rest, _ := bytes.Cut(raw, []byte("\r\n"))
-		if !bytes.HasPrefix(bytes.TrimLeft(line, ">"), []byte("From ")) {
+		after, ok := bytes.CutPrefix(bytes.TrimLeft(line, ">"), []byte("From "))
+		if !ok || line[0] != '>' && bytes.HasPrefix(bytes.TrimLeft(after, " \t"), []byte(":")) {
 			return raw
 		}
 		raw = rest
@@ -125,6 +129,10 @@ func splitRaw(raw []byte) ([]rawField, []byte, error) {
 			f.raw = append(f.raw, full...)
 		} else {
 			name, _, ok := bytes.Cut(line, []byte(":"))
+			// RFC 5322 §4.5: the obsolete syntax allows white space
+			// between a field's name and its colon ("From : a@b"), and a
+			// parser must take it.
+			name = bytes.TrimRight(name, " \t")
 			if !ok || !headerNameRE.Match(name) {
 				return nil, nil, invalid("raw", "line %q is not a header field (no body separator before it?)", truncateLine(line))
 			}

@@ -103,6 +103,14 @@ func TestRenderRaw(t *testing.T) {
 			sender: mailbox,
 			want:   "From: alerts@contoso.com\r\nTo: ops@contoso.com\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n",
 		},
+		{
+			// RFC 5322 §4.5 obsolete syntax: a From field, held to the
+			// policy (reject: not the mailbox), not an mbox line dropped.
+			name:   "From with white space before its colon is a From field",
+			raw:    "From : ceo@example.org\r\nTo: ops@contoso.com\r\n\r\nhi",
+			sender: reject,
+			err:    "from",
+		},
 		{name: "NUL", raw: "To: ops@contoso.com\r\n\r\nh\x00i", sender: mailbox, err: "NUL"},
 		{name: "two From fields", raw: "From: a@b.com\r\nFrom: c@d.com\r\nTo: ops@contoso.com\r\n\r\nhi", sender: mailbox, err: "more than one From"},
 		{name: "not a header", raw: "To: ops@contoso.com\r\nthis is not a field\r\n\r\nhi", sender: mailbox, err: "header"},
