@@ -61,3 +61,43 @@ func TestBDATAfterAnAbortedOneGetsItsOwnReply(t *testing.T) {
 		t.Fatalf("%d queued, want the 3 small messages", n)
 	}
 }
+
+// TestEmptyMessageIsSaidToBeEmpty: an empty DATA, or BDAT 0 LAST as the
+// only chunk, got "554 5.6.0 Message cannot be parsed: EOF" (net/mail's
+// error), which told the producer nothing; it is still 554 5.6.0 (RFC
+// 5321 §4.2.3, RFC 3463 §3.7), saying the message is empty.
+func TestEmptyMessageIsSaidToBeEmpty(t *testing.T) {
+	f := startFrontDoor(t, nil)
+	const want = "The message is empty: it needs at least a header section"
+	// A raw client: go-smtp's own client writes "\r\n.\r\n" for an
+	// empty DATA, a message with an empty header section.
+	for _, tr := range []struct{ name, cmds string }{
+		{"DATA", "DATA\r\n.\r\n"},
+		{"BDAT 0 LAST", "BDAT 0 LAST\r\n"},
+	} {
+		t.Run(tr.name, func(t *testing.T) {
+			tc, _ := rawLogin(t, f)
+			fmt.Fprintf(tc.W, "MAIL FROM:<>\r\nRCPT TO:<ops@contoso.com>\r\n%s", tr.cmds)
+			if err := tc.W.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			for _, cmd := range []string{"MAIL", "RCPT"} {
+				if code, msg, err := tc.ReadResponse(250); err != nil {
+					t.Fatalf("%s: %d %s (%v)", cmd, code, msg, err)
+				}
+			}
+			if tr.name == "DATA" {
+				if code, msg, err := tc.ReadResponse(354); err != nil {
+					t.Fatalf("DATA: %d %s (%v)", code, msg, err)
+				}
+			}
+			code, msg, _ := tc.ReadResponse(250)
+			if code != 554 || !strings.HasPrefix(msg, "5.6.0 "+want) {
+				t.Fatalf("%s: got %d %q, want 554 5.6.0 %q", tr.name, code, msg, want)
+			}
+		})
+	}
+	if n := len(f.queued()); n != 0 {
+		t.Fatalf("%d messages queued, want none", n)
+	}
+}

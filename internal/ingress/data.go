@@ -333,6 +333,11 @@ func (ss *session) check(helo string, raw []byte) (checked, result, error) {
 		// envelope (message.Validate's rule for producers' raw messages).
 		return checked{}, resultInvalid, errNoRecipients
 	}
+	if len(raw) == 0 {
+		// An empty DATA (or BDAT 0 LAST): net/mail's bare "EOF" told the
+		// producer nothing.
+		return checked{}, resultInvalid, errEmptyMessage
+	}
 	hdr, err := mail.ReadMessage(bytes.NewReader(raw))
 	if err != nil {
 		return checked{}, resultInvalid, errUnparseable(err.Error())

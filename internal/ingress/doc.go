@@ -75,7 +75,8 @@
 //	552 5.3.4          larger than the account's max_message_bytes as it would
 //	                   be sent, or than the server's SIZE; says the size and
 //	                   the limit (also at MAIL with SIZE=, RFC 1870 §6.1)
-//	554 5.6.0          the message cannot be parsed, or its header section
+//	554 5.6.0          the message is empty (DATA or BDAT 0 LAST with no
+//	                   content: the reply says so), cannot be parsed, or its header section
 //	                   does not end within the session's buffer
 //	421 4.7.0          too many connections (in all, or from this address);
 //	                   inside TLS on the implicit TLS port; while
