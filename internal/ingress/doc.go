@@ -63,7 +63,8 @@
 //	451 4.7.1          none of the producer's accounts is registered yet
 //	530 5.7.0          MAIL before AUTH (RFC 4954 §6)
 //	535 5.7.8          wrong name or password
-//	538 5.7.11         AUTH before TLS (RFC 4954 §6); the password is not checked
+//	538 5.7.11         AUTH before TLS (RFC 4954 §6); the password is not checked,
+//	                   the attempt is counted (auth failures, reason cleartext)
 //	454 4.7.0          too many failed logins from this address or for this name
 //	501 5.5.2          an AUTH response the mechanism cannot read (RFC 4954 §4)
 //	501 5.1.7          a sender address with a control character (RFC 5321 §4.1.2)

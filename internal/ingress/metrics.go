@@ -31,7 +31,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"producer", "result"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_ingress_auth_failures_total",
-			Help: "Failed SMTP AUTH attempts: bad_credentials (unknown producer or wrong password) or locked_out (refused during the backoff).",
+			Help: "Failed SMTP AUTH attempts: bad_credentials (unknown producer or wrong password), locked_out (refused during the backoff) or cleartext (PLAIN or LOGIN before TLS, answered 538; the password is not checked).",
 		}, []string{"reason"}),
 		refusedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_ingress_refused_connections_total",
@@ -39,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"limit", "reply"}),
 	}
 	reg.MustRegister(m.messages, m.authFailures, m.refusedConns)
-	for _, r := range []string{"bad_credentials", "locked_out"} {
+	for _, r := range []string{"bad_credentials", "locked_out", "cleartext"} {
 		m.authFailures.WithLabelValues(r)
 	}
 	for _, limit := range []string{"total", "per_ip"} {

@@ -373,6 +373,12 @@ var errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.Enhanc
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if (mech == sasl.Plain || mech == sasl.Login) && !ss.encrypted() {
+		// Counted (reason cleartext): a client that sends its password
+		// before TLS (PLAIN's initial response, RFC 4954 §4, may already
+		// be on this line) is misconfigured, and its password may have
+		// been seen on the wire. Not logged: a client repeating AUTH
+		// would write a line each time, as fast as it sends.
+		ss.s.metrics.authFailures.WithLabelValues("cleartext").Inc()
 		return nil, errEncryptionRequired
 	}
 	switch mech {

@@ -25,6 +25,7 @@ import (
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 	rtestutil "relay365/internal/testutil"
+	"relay365/internal/token/tokentest"
 )
 
 const (
@@ -414,6 +415,10 @@ func TestCapabilitiesAndNoAuthBeforeTLS(t *testing.T) {
 	wantReply(t, "AUTH LOGIN before TLS", c.Auth(sasl.NewLoginClient("alertmanager", alertsPassword)), 538, "5.7.11")
 	if n := f.srv.PasswordHashes(); n != 0 {
 		t.Fatalf("%d passwords checked before TLS", n)
+	}
+	// Counted, so a client leaking its password in cleartext is noticed.
+	if n := tokentest.Metric(t, f.reg, "relay_ingress_auth_failures_total", map[string]string{"reason": "cleartext"}); n != 2 {
+		t.Fatalf("relay_ingress_auth_failures_total{reason=cleartext} = %v, want 2", n)
 	}
 	wantReply(t, "MAIL after AUTH before TLS", c.Mail("alerts@contoso.com", nil), 530, "5.7.0")
 	after := f.dial("")
