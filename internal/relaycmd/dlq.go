@@ -30,9 +30,10 @@ const dlqUsage = `Usage: relay dlq <command> [flags]
 Dead letters are messages that could not be sent; MAIL_DLQ keeps each with
 its reason, class, attempts, last reply, original subject and sequence.
 
-  list   [--account A] [--reason TEXT] [--limit N]
-                                              list dead letters, oldest first (the table: 100 unless --limit)
-  show   SEQ                                  headers and body of one dead letter
+  list   [--account A] [--reason TEXT] [--limit N] [--json]
+                                              list dead letters, oldest first (the table: 100 unless --limit;
+                                              --json: one JSON object a line, every match)
+  show   SEQ [--json]                         headers and body of one dead letter
   replay SEQ | --all [--account A] [--reason TEXT]
                                               queue again as new messages (fresh attempt count)
   purge  --yes [--account A]                  delete dead letters for good

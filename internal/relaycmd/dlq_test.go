@@ -238,3 +238,12 @@ func TestDLQStoredBodies(t *testing.T) {
 		t.Fatalf("bodies after purge %v, want the queued and the replayed one %v", names, want)
 	}
 }
+
+// The usage of relay dlq names every flag its commands take: --json was
+// there for list and show, and not in the usage.
+func TestDLQUsageNamesJSON(t *testing.T) {
+	code, out, errOut := run(t, "dlq")
+	if strings.Count(out+errOut, "--json") < 2 {
+		t.Fatalf("relay dlq (exit %d) does not name --json for list and show:\n%s%s", code, out, errOut)
+	}
+}
