@@ -255,6 +255,12 @@ func TestRawBlindFieldsRemoved(t *testing.T) {
 func TestRawRecipientsFromEveryField(t *testing.T) {
 	raw := "From: alerts@contoso.com\r\nTo: a@contoso.com\r\nTo: b@contoso.com\r\n" +
 		"Cc: c@contoso.com\r\nCc:\r\n d@contoso.com\r\nBcc:\r\nBcc: e@contoso.com\r\nBCC: f@contoso.com, a@contoso.com\r\nSubject: s\r\n\r\nbody\r\n"
+	wantEnvelope(t, raw, "a@contoso.com b@contoso.com c@contoso.com d@contoso.com e@contoso.com f@contoso.com")
+}
+
+// wantEnvelope checks the envelope a raw message without to/cc/bcc gets.
+func wantEnvelope(t *testing.T, raw, want string) {
+	t.Helper()
 	m := &Message{ID: "rr", Account: "alerts", Raw: []byte(raw)}
 	if err := m.Validate(); err != nil {
 		t.Fatal(err)
@@ -263,7 +269,7 @@ func TestRawRecipientsFromEveryField(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "a@contoso.com b@contoso.com c@contoso.com d@contoso.com e@contoso.com f@contoso.com"; strings.Join(got, " ") != want {
+	if strings.Join(got, " ") != want {
 		t.Fatalf("envelope %q, want %q", got, want)
 	}
 }
@@ -274,17 +280,7 @@ func TestRawRecipientsFromEveryField(t *testing.T) {
 func TestRawRecipientsResent(t *testing.T) {
 	raw := "Resent-From: alerts@contoso.com\r\nResent-To: new@contoso.com\r\nresent-bcc: hidden@contoso.com\r\n" +
 		"From: am@example.org\r\nTo: old@contoso.com\r\nCc: older@contoso.com\r\nSubject: s\r\n\r\nbody\r\n"
-	m := &Message{ID: "rr", Account: "alerts", Raw: []byte(raw)}
-	if err := m.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	got, err := m.Recipients()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := "new@contoso.com hidden@contoso.com"; strings.Join(got, " ") != want {
-		t.Fatalf("envelope %q, want %q", got, want)
-	}
+	wantEnvelope(t, raw, "new@contoso.com hidden@contoso.com")
 }
 
 // TestRawLegacyCharsets: mail from Windows tools, NAS boxes and older
