@@ -45,11 +45,8 @@ const streamBuffer = message.InlineMax + 64<<10
 const maxHeaderSection = streamBuffer
 
 // MaxReceivedHeader bounds the trace field the front door prepends
-// (with a host name of at most maxDomain octets).
+// (with a host name of at most message.MaxDomain octets).
 const MaxReceivedHeader = 1024
-
-// maxDomain is the longest domain, RFC 5321 §4.5.3.1.2.
-const maxDomain = 255
 
 func (ss *session) Data(r io.Reader) error {
 	done := make(chan struct{})
@@ -529,7 +526,7 @@ func (ss *session) received(id, helo string) []byte {
 	// every message of the session was refused for it. With the address
 	// literal (at most 45 octets), the host name and the id, the field
 	// stays within MaxReceivedHeader.
-	helo = helo[:min(len(helo), maxDomain)]
+	helo = helo[:min(len(helo), message.MaxDomain)]
 	// The client's address as an address literal (RFC 5321 §4.1.3): an
 	// IPv6 address is tagged "IPv6:". It also stands for a HELO name that
 	// had nothing left: FROM needs a domain or an address literal (§4.4).

@@ -586,14 +586,14 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if !isASCII(to) {
 		return errNonASCII("recipient", to)
 	}
-	if at := strings.LastIndexByte(to, '@'); at >= 0 && strings.HasPrefix(to[at+1:], "[") {
+	if at := strings.LastIndexByte(to, '@'); at >= 0 && message.IsAddressLiteral(to[at+1:]) {
 		return errLiteralRcpt(to)
 	}
 	a, err := message.ParseAddress("recipient", to)
 	if err != nil {
 		return errBadRcpt(err.Error())
 	}
-	if d := a.Address[strings.LastIndexByte(a.Address, '@')+1:]; !isDomain(d) {
+	if d := a.Address[strings.LastIndexByte(a.Address, '@')+1:]; !message.IsDomain(d) {
 		return errBadRcpt(fmt.Sprintf("recipient %q: %q is not a domain (RFC 5321 §4.1.2: labels of letters, digits and inner hyphens)", to, d))
 	}
 	ss.rcpts = append(ss.rcpts, to)
@@ -796,35 +796,6 @@ func refuseDeadline() time.Time {
 		d = time.Duration(t)
 	}
 	return time.Now().Add(d)
-}
-
-// isDomain reports whether d is a Domain of RFC 5321 §4.1.2:
-//
-//	Domain     = sub-domain *("." sub-domain)
-//	sub-domain = Let-dig [Ldh-str]
-//	Ldh-str    = *( ALPHA / DIGIT / "-" ) Let-dig
-//
-// with labels of at most 63 octets and at most 255 in all (§4.5.3.1.2,
-// RFC 1035 §2.3.4). net/mail takes more ("-contoso.com", "a_b.com",
-// labels of any length), and the message was queued for a recipient no
-// mail can reach.
-func isDomain(d string) bool {
-	if d == "" || len(d) > maxDomain {
-		return false
-	}
-	for _, label := range strings.Split(d, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			switch c := label[i]; {
-			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-':
-			default:
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // isControl reports whether r is an ASCII control character (C0 or DEL).

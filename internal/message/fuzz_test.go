@@ -39,6 +39,9 @@ func FuzzParseAddress(f *testing.F) {
 		}
 		m := &Message{ID: "x", Account: "a", To: []string{s}, Subject: "s", Text: "t"}
 		if err := m.Validate(); err != nil {
+			if routable("to", a.Address) != nil {
+				return // an address, but no recipient Office 365 can deliver to
+			}
 			t.Fatalf("address accepted alone but message invalid: %v", err)
 		}
 		r, err := Render(m, Sender{Mailbox: "alerts@contoso.com"}, time.Unix(0, 0))

@@ -273,9 +273,15 @@ func (m *Message) Validate() error {
 		name  string
 		addrs []string
 	}{{"reply_to", m.ReplyTo}, {"to", m.To}, {"cc", m.Cc}, {"bcc", m.Bcc}} {
-		for _, a := range list.addrs {
-			if _, err := ParseAddress(list.name, a); err != nil {
+		for _, s := range list.addrs {
+			a, err := ParseAddress(list.name, s)
+			if err != nil {
 				return err
+			}
+			if list.name != "reply_to" {
+				if err := routable(list.name, a.Address); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -384,6 +390,9 @@ func (m *Message) Recipients() ([]string, error) {
 	add := func(field string, addrs []*mail.Address) error {
 		for _, a := range addrs {
 			if err := deliverable(field, a.Address, a.Address); err != nil {
+				return err
+			}
+			if err := routable(field, a.Address); err != nil {
 				return err
 			}
 			k := strings.ToLower(a.Address)

@@ -46,6 +46,13 @@ func TestValidate(t *testing.T) {
 		{"reserved header", func(m *Message) { m.Headers = map[string]string{"bcc": "v"} }, "headers"},
 		// RFC 5322 §3.6.6: Office 365 may take a Resent-From for the
 		// sender; through headers it would pass the From policy by.
+		// Office 365 delivers to domain names: a recipient at an
+		// address literal or at what is no domain is refused before it
+		// is queued, as the SMTP front door refuses it at RCPT.
+		{"address literal recipient", func(m *Message) { m.To = []string{"ops@[192.0.2.1]"} }, "to"},
+		{"recipient domain with a leading hyphen", func(m *Message) { m.Cc = []string{"ops@-contoso.com"} }, "cc"},
+		{"recipient domain with an underscore", func(m *Message) { m.Bcc = []string{"ops@con_toso.com"} }, "bcc"},
+		{"recipient at an internationalised domain", func(m *Message) { m.To = []string{"ops@münchen.de"} }, ""},
 		{"reserved Resent-From", func(m *Message) { m.Headers = map[string]string{"Resent-From": "ceo@example.org"} }, "headers"},
 		{"reserved Resent-Sender", func(m *Message) { m.Headers = map[string]string{"resent-sender": "ceo@example.org"} }, "headers"},
 		{"bad account", func(m *Message) { m.Account = "Alerts.Prod" }, "account"},
@@ -66,7 +73,9 @@ func TestValidate(t *testing.T) {
 		// folded into a header line of 998.
 		{"address longer than SMTP carries", func(m *Message) { m.To = []string{strings.Repeat("a", 1000) + "@contoso.com"} }, "to"},
 		{"long domain in from", func(m *Message) { m.From = "a@" + strings.Repeat("b.", 130) + "com" }, "from"},
-		{"longest address SMTP carries", func(m *Message) { m.To = []string{strings.Repeat("a", 64) + "@" + strings.Repeat("b", 185) + ".com"} }, ""},
+		{"longest address SMTP carries", func(m *Message) {
+			m.To = []string{strings.Repeat("a", 64) + "@" + strings.Repeat("b", 61) + "." + strings.Repeat("b", 61) + "." + strings.Repeat("b", 61) + ".com"}
+		}, ""},
 		{"address too long in raw", func(m *Message) {
 			m.Subject, m.Text, m.To = "", "", nil
 			m.Raw = []byte("To: " + strings.Repeat("a", 1000) + "@contoso.com\r\n\r\nbody\r\n")
