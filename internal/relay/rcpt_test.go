@@ -98,14 +98,7 @@ func TestRefusedRecipientsDeadLetterRefusedIsStoredAtRedelivery(t *testing.T) {
 	// message, sent to the others and marked, stays queued; its
 	// redelivery sends nothing again and, from the marker, stores the
 	// dead letter once MAIL_DLQ takes it.
-	h := newHarness(t, setup{})
-	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
-	restore := refuseStream(t, h, queue.StreamDLQ)
-	h.fake.RefuseRecipient("gone@fabrikam.com", noSuchUser)
-	h.publishMsg(&message.Message{ID: "part-2", Account: "alerts", To: []string{"ops@fabrikam.com", "gone@fabrikam.com"}, Subject: "held", Text: "body"})
-	h.waitFor("a redelivery", func() bool { return deliveries(t, h, "alerts") >= 2 })
-	restore()
-	h.waitFor("the dead letter", func() bool { return h.queued() == 0 && len(h.deadLetters("alerts")) == 1 })
+	h := sentWhileDLQRefused(t, "part-2", "held")
 	if got := toOf(h, "held"); len(got) != 1 || !slices.Equal(got[0], []string{"ops@fabrikam.com"}) {
 		t.Fatalf("delivered to %v, want once to the accepted recipient", got)
 	}
@@ -341,14 +334,7 @@ func TestPartlySentMessageCountedSentWhenItsDeadLetterWaits(t *testing.T) {
 	// (design §7.6: outcomes sent and dead_lettered), though it goes back
 	// to the stream for the dead letter; the redelivery that stores it is
 	// a duplicate, not a second sending.
-	h := newHarness(t, setup{})
-	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
-	restore := refuseStream(t, h, queue.StreamDLQ)
-	h.fake.RefuseRecipient("gone@fabrikam.com", noSuchUser)
-	h.publishMsg(&message.Message{ID: "part-3", Account: "alerts", To: []string{"ops@fabrikam.com", "gone@fabrikam.com"}, Subject: "held-sent", Text: "body"})
-	h.waitFor("a redelivery", func() bool { return deliveries(t, h, "alerts") >= 2 })
-	restore()
-	h.waitFor("the dead letter", func() bool { return h.queued() == 0 && len(h.deadLetters("alerts")) == 1 })
+	h := sentWhileDLQRefused(t, "part-3", "held-sent")
 	if got := toOf(h, "held-sent"); len(got) != 1 {
 		t.Fatalf("delivered %d times, want once", len(got))
 	}
@@ -358,4 +344,22 @@ func TestPartlySentMessageCountedSentWhenItsDeadLetterWaits(t *testing.T) {
 	if n := h.outcome("alerts", "dead_lettered"); n != 1 {
 		t.Fatalf("dead_lettered outcome %v, want 1", n)
 	}
+}
+
+// sentWhileDLQRefused sends a message to two recipients, one refused at
+// RCPT for good, while MAIL_DLQ refuses the refused one's dead letter:
+// the message goes to the other and stays queued; MAIL_DLQ takes new
+// messages again after its redelivery, and the harness is returned once
+// the dead letter is stored and MAIL is empty.
+func sentWhileDLQRefused(t *testing.T, id, subject string) *harness {
+	t.Helper()
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	restore := refuseStream(t, h, queue.StreamDLQ)
+	h.fake.RefuseRecipient("gone@fabrikam.com", noSuchUser)
+	h.publishMsg(&message.Message{ID: id, Account: "alerts", To: []string{"ops@fabrikam.com", "gone@fabrikam.com"}, Subject: subject, Text: "body"})
+	h.waitFor("a redelivery", func() bool { return deliveries(t, h, "alerts") >= 2 })
+	restore()
+	h.waitFor("the dead letter", func() bool { return h.queued() == 0 && len(h.deadLetters("alerts")) == 1 })
+	return h
 }
