@@ -20,25 +20,6 @@ func alert(id string) *producer.Message {
 	return &producer.Message{ID: id, Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "CPU high on web-3", Text: "load 17.2"}
 }
 
-// limitMail changes the MAIL stream's configuration as an operator would
-// (nats stream edit): f edits it.
-func limitMail(t *testing.T, ctx context.Context, js jetstream.JetStream, f func(*jetstream.StreamConfig)) {
-	t.Helper()
-	s, err := js.Stream(ctx, queue.StreamMail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := info.Config
-	f(&cfg)
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // kind is how a caller outside this module classifies a Publish error,
 // with nothing but the producer package's exports and the standard
 // library: an invalid message and one too large are never worth
@@ -122,7 +103,7 @@ func TestPublishErrorsTellRetryFromInvalid(t *testing.T) {
 		t.Errorf("Publish on a closed connection: %v, want nats.ErrConnectionClosed", err)
 	}
 
-	limitMail(t, ctx, env.JS, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
+	queuetest.LimitStream(t, ctx, env.JS, queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
 	if _, err := p.Publish(ctx, alert("first")); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +128,7 @@ func TestPublishErrorsTellRetryFromInvalid(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Room for a few octets more than the one message queued: not for another.
-	limitMail(t, ctx, env.JS, func(c *jetstream.StreamConfig) { c.MaxMsgs = -1; c.MaxBytes = int64(info.State.Bytes) + 16 })
+	queuetest.LimitStream(t, ctx, env.JS, queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxMsgs = -1; c.MaxBytes = int64(info.State.Bytes) + 16 })
 	_, err = p.Publish(ctx, alert("third"))
 	check("Publish, MAIL at MaxBytes", "full", err)
 

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"relay365/internal/body"
+	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 	"relay365/producer"
 )
@@ -50,7 +51,7 @@ func TestLargeBodyNotQueuedIsSwept(t *testing.T) {
 	if err != nil || !res.Duplicate {
 		t.Fatalf("the same id again: %+v %v, want a duplicate", res, err)
 	}
-	limitMail(t, ctx, env.JS, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
+	queuetest.LimitStream(t, ctx, env.JS, queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
 	if _, err := p.Publish(ctx, largeAlert("heap-2")); !errors.Is(err, producer.ErrQueueFull) {
 		t.Fatalf("into a full MAIL: %v, want ErrQueueFull", err)
 	}

@@ -385,19 +385,11 @@ func TestFullStreamIsReportedNotRetried(t *testing.T) {
 	if err := queue.EnsureStreams(ctx, env.JS, queue.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := env.JS.Stream(ctx, queue.StreamMail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	cfg.MaxMsgs = 1
-	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	queuetest.LimitStream(t, ctx, env.JS, queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
 	if _, err := queue.Publish(ctx, env.JS, "alerts", "first", []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
-	_, err = queue.Publish(ctx, env.JS, "alerts", "second", []byte("{}"))
+	_, err := queue.Publish(ctx, env.JS, "alerts", "second", []byte("{}"))
 	if !queue.IsFull(err) {
 		t.Fatalf("second publish into a full stream: %v, want IsFull", err)
 	}

@@ -301,15 +301,7 @@ func TestDLQReplayRefusedAsFullLeavesNoCopy(t *testing.T) {
 	env, ctx := dlqEnv(t)
 	store := openBodies(t, ctx, env)
 	ref := bigDeadLetter(t, ctx, env, store, "big-1")
-	s, err := env.JS.Stream(ctx, queue.StreamMail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	cfg.MaxMsgs = 1
-	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	queuetest.LimitStream(t, ctx, env.JS, queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
 	if _, err := queue.Publish(ctx, env.JS, "alerts", "filler", []byte(`{"id":"filler"}`)); err != nil {
 		t.Fatal(err)
 	}

@@ -118,6 +118,25 @@ func Msgs(t testing.TB, ctx context.Context, js jetstream.JetStream, stream stri
 	return info.State.Msgs
 }
 
+// LimitStream changes stream's configuration with f (a test's full
+// queue: MaxMsgs, MaxBytes) and applies it.
+func LimitStream(t testing.TB, ctx context.Context, js jetstream.JetStream, stream string, f func(*jetstream.StreamConfig)) {
+	t.Helper()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.Config
+	f(&cfg)
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // RoleServer is an embedded server that admits only the relay's roles
 // (roles.EnsureSeeds, their seeds in Dir as in the relay's data
 // directory), as relay serve's is.
