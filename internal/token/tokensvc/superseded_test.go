@@ -2,6 +2,7 @@ package tokensvc
 
 import (
 	"errors"
+	"github.com/nats-io/nats.go"
 	"net/http"
 	"strings"
 	"testing"
@@ -136,7 +137,13 @@ func TestDeadHolderLeaseGivesWorkersATemporaryErrorInTime(t *testing.T) {
 	// The worker's patience, as its request timeout: far above LeaseWait,
 	// far below the dead lease's wall-time equivalent.
 	c := NewClient(ClientConfig{NC: e.conn("worker"), Now: e.clock.Now, Timeout: 15 * time.Second})
-	_, err := c.Token(e.ctx, "alerts")
+	// r2's service subscribes on a connection of its own: until the server
+	// has its interest, a request finds no responder at all.
+	var err error
+	e.eventually("r2 to serve token.get", func() bool {
+		_, err = c.Token(e.ctx, "alerts")
+		return !errors.Is(err, nats.ErrNoResponders)
+	})
 	var se *ServiceError
 	if !errors.As(err, &se) || se.Code != CodeUnavailable || !strings.Contains(se.Description, "r1") {
 		t.Fatalf("token.get during a dead replica's lease: %v, want a 503 naming r1", err)
