@@ -27,7 +27,22 @@ type publishConfig struct {
 	Msg      message.Message
 }
 
+// runPublish is relay publish. It exits 75 (exTempFail) when trying
+// again later may pass (tryAgainLater: NATS unreachable or silent, the MAIL stream full
+// or without a leader, no answer within --timeout): EX_TEMPFAIL of
+// sysexits.h, as relay sendmail returns, so a script can tell "retry"
+// from "this will never be queued" (1) and "fix the command" (2).
+// Publishing again is safe: the message's id makes a second copy a
+// duplicate.
 func runPublish(ctx context.Context, args []string, env Env) error {
+	err := publishCommand(ctx, args, env)
+	if err != nil && !cli.IsUsage(err) && !refused(err) && !errors.Is(err, producer.ErrPermission) && tryAgainLater(err) {
+		return cli.ExitError{Code: exTempFail, Err: err}
+	}
+	return err
+}
+
+func publishCommand(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("publish", env)
 	var c publishConfig
 	var to, cc, bcc, replyTo, attach listFlag

@@ -8,7 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"relay365/internal/message"
+	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
 )
 
@@ -124,5 +127,27 @@ func TestPublishTextStdinWithFileRefused(t *testing.T) {
 	}
 	if n := mailCount(t, ctx, env.JS); n != 0 {
 		t.Fatalf("%d queued, want 0", n)
+	}
+}
+
+// TestPublishExitCodes: relay publish tells a script whether trying again
+// can help. MAIL full (or NATS unreachable: TestPublishNATSUnreachable)
+// exits 75 (EX_TEMPFAIL, as relay sendmail), a message that can never be
+// queued 1, a bad command 2. Before, both of the first exited 1, as a
+// message over the size limit does, so a cron job could not know to try
+// again.
+func TestPublishExitCodes(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	flags := []string{"publish", "--account", "alerts", "--to", "ops@contoso.com", "--subject", "disk", "--timeout", "5s"}
+
+	queuetest.LimitStream(t, ctx, env.JS, queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
+	if r := run(t, nil, "", append(flags, "--nats-url", env.URL, "--id", "first")...); r.code != 0 {
+		t.Fatalf("first: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := run(t, nil, "", append(flags, "--nats-url", env.URL, "--id", "second")...); r.code != 75 || !strings.Contains(r.stderr, "full") {
+		t.Errorf("MAIL full: exit %d, stderr %q; want 75", r.code, r.stderr)
+	}
+	if r := run(t, nil, "", append(flags, "--nats-url", env.URL, "--from", "not an address")...); r.code != 2 {
+		t.Errorf("bad --from: exit %d, stderr %q; want 2", r.code, r.stderr)
 	}
 }

@@ -5,8 +5,10 @@
 // Exit codes: 0 success, 1 failure while running (NATS unreachable, a
 // message refused), 2 bad usage or configuration (the message says what to
 // fix), 130 interrupted (internal/cli; relay serve and relay sandbox, which
-// run until a signal, exit 0 for it). relay sendmail alone exits with
-// sysexits.h's codes, which its callers expect of /usr/sbin/sendmail.
+// run until a signal, exit 0 for it). relay publish exits 75 (sysexits.h's
+// EX_TEMPFAIL) where trying again later may pass, so scripts can tell it
+// from 1. relay sendmail alone exits with sysexits.h's codes throughout,
+// which its callers expect of /usr/sbin/sendmail.
 package relaycmd
 
 import (
@@ -89,7 +91,8 @@ Environment: RELAY_NATS_URL, RELAY_DATA_DIR, RELAY_TOKEN_KEY_FILE, RELAY_HTTP_AD
 relay serve: every flag also as RELAY_<FLAG> (--smtp-listen: RELAY_SMTP_LISTEN; relay serve -h);
 NATS authentication: ` + queue.ConnectEnv + `.
 Exit codes: 0 ok, 1 failed while running, 2 bad usage or configuration, 130 interrupted
-(relay serve and sandbox: 0, a clean stop; a second Ctrl-C quits at once); relay sendmail: sysexits.h.
+(relay serve and sandbox: 0, a clean stop; a second Ctrl-C quits at once); relay publish: 75
+where trying again later may pass (NATS unreachable, the queue full); relay sendmail: sysexits.h.
 `
 
 func usage(w io.Writer) {

@@ -280,24 +280,30 @@ func refused(err error) bool {
 
 // sendmailCode is the exit code for a failed publish.
 func sendmailCode(err error) int {
-	var apiErr *jetstream.APIError
 	switch {
 	case refused(err):
 		return exNoPerm
 	case errors.Is(err, nats.ErrMaxPayload):
 		return exDataErr // larger than the server's max_payload: no retry helps
-	case queue.IsFull(err),
-		// NATS gone or silent, JetStream without a stream or a leader
-		// (queue.Publish retries those until the timeout).
-		errors.Is(err, nats.ErrTimeout),
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
-		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
-		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrDisconnected),
-		errors.Is(err, nats.ErrConnectionReconnecting),
-		errors.As(err, &apiErr) && apiErr.Code == 503:
+	case tryAgainLater(err):
 		return exTempFail
 	}
 	return exSoftware
+}
+
+// tryAgainLater reports whether a failed publish may pass when tried
+// again later: the MAIL stream full, NATS gone or silent, JetStream
+// without a stream or a leader (queue.Publish retries those until the
+// timeout). relay sendmail and relay publish exit EX_TEMPFAIL (75) then.
+func tryAgainLater(err error) bool {
+	var apiErr *jetstream.APIError
+	return queue.IsFull(err) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoServers) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) ||
+		errors.As(err, &apiErr) && apiErr.Code == 503
 }
 
 // helpDefault is " (default X)" for a flag with a default, as
