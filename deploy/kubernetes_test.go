@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"reflect"
@@ -371,13 +372,25 @@ func TestNATSProbesSpareANodeWithoutQuorum(t *testing.T) {
 	}
 }
 
-// allows says whether the NetworkPolicy np (in namespace policyNS) lets
-// a pod with labels pod in namespace ns connect to port, by the API's
-// rules: a peer with only a podSelector selects pods of the policy's own
-// namespace; with a namespaceSelector too, pods of the namespaces it
-// selects (every namespace carries kubernetes.io/metadata.name).
-func allows(t *testing.T, np *networkingv1.NetworkPolicy, policyNS string, pod map[string]string, ns string, port int) bool {
+// peer is one end of a connection as a NetworkPolicy sees it: a pod (its
+// labels and namespace) or, with ip set, an address outside the cluster.
+type peer struct {
+	labels map[string]string
+	ns     string
+	ip     string
+}
+
+// in says whether one of peers (a rule's from or to) selects p, by the
+// API's rules: a peer with only a podSelector selects pods of the
+// policy's own namespace (policyNS); with a namespaceSelector too, pods of
+// the namespaces it selects (every namespace carries
+// kubernetes.io/metadata.name); an ipBlock, addresses outside the
+// cluster. No peers selects everything.
+func (p peer) in(t *testing.T, peers []networkingv1.NetworkPolicyPeer, policyNS string) bool {
 	t.Helper()
+	if len(peers) == 0 {
+		return true
+	}
 	match := func(sel *metav1.LabelSelector, l map[string]string) bool {
 		s, err := metav1.LabelSelectorAsSelector(sel)
 		if err != nil {
@@ -385,30 +398,154 @@ func allows(t *testing.T, np *networkingv1.NetworkPolicy, policyNS string, pod m
 		}
 		return s.Matches(labels.Set(l))
 	}
-	nsLabels := map[string]string{"kubernetes.io/metadata.name": ns}
-	for _, r := range np.Spec.Ingress {
-		portOK := len(r.Ports) == 0
-		for _, p := range r.Ports {
-			portOK = portOK || p.Port.IntValue() == port
-		}
-		if !portOK {
-			continue
-		}
-		if len(r.From) == 0 {
-			return true
-		}
-		for _, f := range r.From {
-			nsOK := ns == policyNS
-			if f.NamespaceSelector != nil {
-				nsOK = match(f.NamespaceSelector, nsLabels)
+	for _, f := range peers {
+		if f.IPBlock != nil {
+			if p.ip == "" {
+				continue
 			}
-			podOK := f.PodSelector == nil || match(f.PodSelector, pod)
-			if f.IPBlock == nil && nsOK && podOK {
+			_, cidr, err := net.ParseCIDR(f.IPBlock.CIDR)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ok := cidr.Contains(net.ParseIP(p.ip))
+			for _, e := range f.IPBlock.Except {
+				if _, ex, err := net.ParseCIDR(e); err == nil && ex.Contains(net.ParseIP(p.ip)) {
+					ok = false
+				}
+			}
+			if ok {
 				return true
 			}
+			continue
+		}
+		if p.ip != "" {
+			continue
+		}
+		nsOK := p.ns == policyNS
+		if f.NamespaceSelector != nil {
+			nsOK = match(f.NamespaceSelector, map[string]string{"kubernetes.io/metadata.name": p.ns})
+		}
+		if nsOK && (f.PodSelector == nil || match(f.PodSelector, p.labels)) {
+			return true
 		}
 	}
 	return false
+}
+
+// portIn says whether ports (a rule's) admit port over proto; none admits
+// every port, and a port without a protocol is TCP.
+func portIn(ports []networkingv1.NetworkPolicyPort, port int, proto corev1.Protocol) bool {
+	for _, p := range ports {
+		pp := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			pp = *p.Protocol
+		}
+		if p.Port.IntValue() == port && pp == proto {
+			return true
+		}
+	}
+	return len(ports) == 0
+}
+
+// allows says whether the NetworkPolicy np (in namespace policyNS) lets
+// a pod with labels pod in namespace ns connect to port (TCP).
+func allows(t *testing.T, np *networkingv1.NetworkPolicy, policyNS string, pod map[string]string, ns string, port int) bool {
+	t.Helper()
+	for _, r := range np.Spec.Ingress {
+		if portIn(r.Ports, port, corev1.ProtocolTCP) && (peer{labels: pod, ns: ns}).in(t, r.From, policyNS) {
+			return true
+		}
+	}
+	return false
+}
+
+// egressPolicies are the policies of objs that restrict where a pod with
+// labels pod may connect to.
+func egressPolicies(t *testing.T, objs map[string]any, pod map[string]string) []*networkingv1.NetworkPolicy {
+	t.Helper()
+	var out []*networkingv1.NetworkPolicy
+	for _, o := range objs {
+		np, ok := o.(*networkingv1.NetworkPolicy)
+		if !ok || !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) {
+			continue
+		}
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sel.Matches(labels.Set(pod)) {
+			out = append(out, np)
+		}
+	}
+	return out
+}
+
+// TestNetworkPolicyLimitsEgress: each pod of the manifests may connect
+// only where its work is (networkpolicy.yaml's Egress policies), so a
+// compromised worker cannot reach the token endpoint or NATS's cluster
+// port, the token service cannot send mail, and NATS reaches nothing
+// outside. Every pod the manifests make is selected by an Egress policy
+// (one left out could connect anywhere), and each attempt below is
+// allowed or refused as the policies are written.
+func TestNetworkPolicyLimitsEgress(t *testing.T) {
+	objs := manifests(t)
+	const home = "relay365"
+	for name, o := range objs {
+		var tmpl map[string]string
+		switch w := o.(type) {
+		case *appsv1.Deployment:
+			tmpl = w.Spec.Template.Labels
+		case *appsv1.StatefulSet:
+			tmpl = w.Spec.Template.Labels
+		case *batchv1.Job:
+			tmpl = w.Spec.Template.Labels
+		default:
+			continue
+		}
+		if len(egressPolicies(t, objs, tmpl)) == 0 {
+			t.Errorf("%s: no Egress NetworkPolicy selects its pods: they may connect anywhere", name)
+		}
+	}
+	app := func(name string) map[string]string { return map[string]string{"app.kubernetes.io/name": name} }
+	dns := peer{labels: map[string]string{"k8s-app": "kube-dns"}, ns: "kube-system"}
+	nats := peer{labels: app("nats"), ns: home}
+	internet := peer{ip: "52.96.0.1"} // an address of Microsoft's, outside the cluster
+	for _, c := range []struct {
+		from  string
+		to    peer
+		port  int
+		proto corev1.Protocol
+		want  bool
+	}{
+		{"nats", dns, 53, corev1.ProtocolUDP, true},
+		{"nats", nats, 6222, corev1.ProtocolTCP, true},
+		{"nats", internet, 443, corev1.ProtocolTCP, false},
+		{"nats", peer{labels: app("relay-worker"), ns: home}, 2525, corev1.ProtocolTCP, false},
+		{"relay-setup", nats, 4222, corev1.ProtocolTCP, true},
+		{"relay-setup", internet, 443, corev1.ProtocolTCP, false},
+		{"relay-tokens", dns, 53, corev1.ProtocolTCP, true},
+		{"relay-tokens", nats, 4222, corev1.ProtocolTCP, true},
+		{"relay-tokens", internet, 443, corev1.ProtocolTCP, true},
+		{"relay-tokens", internet, 587, corev1.ProtocolTCP, false},
+		{"relay-tokens", nats, 6222, corev1.ProtocolTCP, false},
+		{"relay-worker", dns, 53, corev1.ProtocolUDP, true},
+		{"relay-worker", nats, 4222, corev1.ProtocolTCP, true},
+		{"relay-worker", internet, 587, corev1.ProtocolTCP, true},
+		{"relay-worker", internet, 443, corev1.ProtocolTCP, false},
+		{"relay-worker", internet, 25, corev1.ProtocolTCP, false},
+		{"relay-worker", nats, 6222, corev1.ProtocolTCP, false},
+		{"relay-worker", peer{labels: app("relay-tokens"), ns: home}, 9465, corev1.ProtocolTCP, false},
+	} {
+		got := false
+		for _, np := range egressPolicies(t, objs, app(c.from)) {
+			for _, r := range np.Spec.Egress {
+				got = got || portIn(r.Ports, c.port, c.proto) && c.to.in(t, r.To, home)
+			}
+		}
+		if got != c.want {
+			t.Errorf("%s to %+v port %d/%s: allowed %v, want %v", c.from, c.to, c.port, c.proto, got, c.want)
+		}
+	}
 }
 
 // TestNetworkPolicyLetsProducersIn: the README tells producers in the
