@@ -660,16 +660,11 @@ func TestRunbookCommands(t *testing.T) {
 		}
 		for _, m := range labelRE.FindAllStringSubmatch(cmd, -1) {
 			matched := false
-			for _, o := range objs {
-				switch w := o.(type) {
-				case *appsv1.Deployment:
-					matched = matched || w.Spec.Template.Labels[m[1]] == m[2]
-				case *appsv1.StatefulSet:
-					matched = matched || w.Spec.Template.Labels[m[1]] == m[2]
-				}
+			for _, pod := range podTemplates(objs) {
+				matched = matched || pod.Labels[m[1]] == m[2]
 			}
 			if !matched {
-				t.Errorf("runbook: %q selects no pod (no Deployment's or StatefulSet's pods have %s=%s)", cmd, m[1], m[2])
+				t.Errorf("runbook: %q selects no pod (no workload's pods have %s=%s)", cmd, m[1], m[2])
 			}
 		}
 	}

@@ -130,6 +130,23 @@ func manifests(t *testing.T) map[string]any {
 	return objs
 }
 
+// podTemplates are the pod templates of the workloads in objs
+// (Deployments, the StatefulSet, the Job), by the objs key of each.
+func podTemplates(objs map[string]any) map[string]corev1.PodTemplateSpec {
+	pods := map[string]corev1.PodTemplateSpec{}
+	for key, o := range objs {
+		switch w := o.(type) {
+		case *appsv1.Deployment:
+			pods[key] = w.Spec.Template
+		case *appsv1.StatefulSet:
+			pods[key] = w.Spec.Template
+		case *batchv1.Job:
+			pods[key] = w.Spec.Template
+		}
+	}
+	return pods
+}
+
 // TestKubernetesManifests: every manifest decodes strictly into its
 // Kubernetes API type, and they hold what operators need: a 3-node NATS
 // JetStream StatefulSet loading the per-role users (the copy of
@@ -490,19 +507,8 @@ func egressPolicies(t *testing.T, objs map[string]any, pod map[string]string) []
 func TestNetworkPolicyLimitsEgress(t *testing.T) {
 	objs := manifests(t)
 	const home = "relay365"
-	for name, o := range objs {
-		var tmpl map[string]string
-		switch w := o.(type) {
-		case *appsv1.Deployment:
-			tmpl = w.Spec.Template.Labels
-		case *appsv1.StatefulSet:
-			tmpl = w.Spec.Template.Labels
-		case *batchv1.Job:
-			tmpl = w.Spec.Template.Labels
-		default:
-			continue
-		}
-		if len(egressPolicies(t, objs, tmpl)) == 0 {
+	for name, pod := range podTemplates(objs) {
+		if len(egressPolicies(t, objs, pod.Labels)) == 0 {
 			t.Errorf("%s: no Egress NetworkPolicy selects its pods: they may connect anywhere", name)
 		}
 	}
@@ -660,15 +666,8 @@ func TestPodsMeetRestrictedPodSecurity(t *testing.T) {
 		t.Errorf("namespace relay365: pod-security.kubernetes.io/enforce %q, want restricted", got)
 	}
 	pods := map[string]corev1.PodSpec{}
-	for key, o := range objs {
-		switch w := o.(type) {
-		case *appsv1.Deployment:
-			pods[key] = w.Spec.Template.Spec
-		case *appsv1.StatefulSet:
-			pods[key] = w.Spec.Template.Spec
-		case *batchv1.Job:
-			pods[key] = w.Spec.Template.Spec
-		}
+	for key, tmpl := range podTemplates(objs) {
+		pods[key] = tmpl.Spec
 	}
 	readme, err := os.ReadFile(path("README.md"))
 	if err != nil {
@@ -701,18 +700,8 @@ func TestPodsMeetRestrictedPodSecurity(t *testing.T) {
 // setup Job had none, so `kubectl apply -k` into such a namespace made
 // every pod but the one that creates the streams.
 func TestEveryContainerHasResources(t *testing.T) {
-	for key, o := range manifests(t) {
-		var spec corev1.PodSpec
-		switch w := o.(type) {
-		case *appsv1.Deployment:
-			spec = w.Spec.Template.Spec
-		case *appsv1.StatefulSet:
-			spec = w.Spec.Template.Spec
-		case *batchv1.Job:
-			spec = w.Spec.Template.Spec
-		default:
-			continue
-		}
+	for key, tmpl := range podTemplates(manifests(t)) {
+		spec := tmpl.Spec
 		for _, c := range append(spec.InitContainers, spec.Containers...) {
 			r := c.Resources
 			if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
