@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -756,5 +757,77 @@ func TestRelayPodsCanBeDrainedWhileNotReady(t *testing.T) {
 	nats := objs["PodDisruptionBudget/nats"].(*policyv1.PodDisruptionBudget)
 	if p := nats.Spec.UnhealthyPodEvictionPolicy; p != nil && *p == policyv1.AlwaysAllow {
 		t.Error("nats: unready NATS nodes may be catching up; keep IfHealthyBudget")
+	}
+}
+
+// natsK8sOptions parses deploy/kubernetes/nats.conf as nats-server does
+// in the StatefulSet's pods: with auth.conf beside it (the ConfigMap's
+// name for nats-auth.conf) and the pod's environment.
+func natsK8sOptions(t *testing.T) *server.Options {
+	t.Helper()
+	dir := t.TempDir()
+	for from, to := range map[string]string{"deploy/kubernetes/nats.conf": "nats.conf", "deploy/kubernetes/nats-auth.conf": "auth.conf"} {
+		b, err := os.ReadFile(path(from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, to), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("POD_NAME", "nats-0")
+	for _, r := range []string{"PRODUCER", "WORKER", "TOKENS", "ADMIN"} {
+		t.Setenv("RELAY_"+r+"_PASSWORD", "pw-"+r)
+	}
+	opts, err := server.ProcessConfigFile(filepath.Join(dir, "nats.conf"))
+	if err != nil {
+		t.Fatalf("deploy/kubernetes/nats.conf: %v", err)
+	}
+	return opts
+}
+
+// TestNATSStopsInLameDuckMode: a NATS pod's stop is a lame-duck stop, so
+// its stream and consumer leaderships move to the other servers before
+// it goes, and its clients move a few at a time; a plain SIGTERM stops
+// the server at once and leaves the streams it led without a leader until
+// an election. The preStop hook signals the pid file nats.conf names, in
+// a directory the read-only container can write (an emptyDir), and the
+// lame duck and JetStream's stop fit in the grace period. (The integration
+// test TestNATSPreStopSignalsLameDuck runs the hook against a nats-server.)
+func TestNATSStopsInLameDuckMode(t *testing.T) {
+	opts := natsK8sOptions(t)
+	nats := manifests(t)["StatefulSet/nats"].(*appsv1.StatefulSet)
+	spec := nats.Spec.Template.Spec
+	ctr := spec.Containers[0]
+	if opts.PidFile == "" {
+		t.Fatal("nats.conf: no pid_file: the preStop hook cannot find the server")
+	}
+	want := []string{"nats-server", "-sl=ldm=" + opts.PidFile}
+	if l := ctr.Lifecycle; l == nil || l.PreStop == nil || l.PreStop.Exec == nil || !slices.Equal(l.PreStop.Exec.Command, want) {
+		t.Errorf("nats: preStop %+v, want exec %q", ctr.Lifecycle, want)
+	}
+	writable := false
+	for _, m := range ctr.VolumeMounts {
+		if m.MountPath == filepath.Dir(opts.PidFile) && !m.ReadOnly {
+			for _, v := range spec.Volumes {
+				writable = writable || v.Name == m.Name && v.EmptyDir != nil
+			}
+		}
+	}
+	if !writable {
+		t.Errorf("nats: %s is not on a writable emptyDir (the root filesystem is read-only): the server cannot write its pid file", filepath.Dir(opts.PidFile))
+	}
+	if opts.LameDuckDuration <= 0 || opts.LameDuckGracePeriod >= opts.LameDuckDuration {
+		t.Errorf("nats.conf: lame_duck_duration %s, lame_duck_grace_period %s", opts.LameDuckDuration, opts.LameDuckGracePeriod)
+	}
+	// JetStream's stop: about 10.5 ms a consumer (BENCHMARKS.md, "Where
+	// the stop goes"), 21 s at 2,000 accounts; a second for the leaderships.
+	const jsStop = 2000*10500*time.Microsecond + time.Second
+	grace := 30 * time.Second
+	if p := spec.TerminationGracePeriodSeconds; p != nil {
+		grace = time.Duration(*p) * time.Second
+	}
+	if need := opts.LameDuckDuration + jsStop; grace < need {
+		t.Errorf("nats: terminationGracePeriodSeconds %s, want at least %s (lame duck %s and JetStream's stop at 2,000 accounts)", grace, need, opts.LameDuckDuration)
 	}
 }
