@@ -219,7 +219,9 @@
 // # Metrics
 //
 // metrics.go: relay_messages_total{account,outcome},
-// relay_smtp_replies_total{account,code,class}, relay_send_duration_seconds,
+// relay_smtp_replies_total{account,code,class} (code bounded by
+// submit.CodeLabel: a code no RFC defines counts as its class, "4xx"),
+// relay_send_duration_seconds,
 // relay_pacing_wait_seconds{account} (time each transaction waited for the
 // pacer, on the engine's clock), relay_smtp_connections_total{account},
 // relay_account_paused{account,reason} (one series per account: 1 with the

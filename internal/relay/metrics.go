@@ -1,14 +1,15 @@
 package relay
 
 import (
-	"strconv"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"relay365/internal/submit"
 )
 
 // Metrics are the engine's Prometheus series. Labels are bounded: account
 // is a configured alias (or "unknown"), outcome, class and reason are
-// closed sets, code is an SMTP reply code.
+// closed sets, code is an SMTP reply code RFC 5321 or RFC 4954 defines, or
+// its class ("4xx") for any other (submit.CodeLabel).
 type Metrics struct {
 	messages    *prometheus.CounterVec
 	replies     *prometheus.CounterVec
@@ -44,7 +45,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"account", "outcome"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_smtp_replies_total",
-			Help: "Final SMTP replies and network failures per transaction or AUTH, by account, reply code (0: no reply) and class.",
+			Help: "Final SMTP replies and network failures per transaction or AUTH, by account, reply code (0: no reply; a code RFC 5321 and RFC 4954 do not define counts as its class, 2xx to 5xx, or other) and class.",
 		}, []string{"account", "code", "class"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "relay_send_duration_seconds",
@@ -116,8 +117,9 @@ func (m *Metrics) outcome(account, outcome string) {
 	m.messages.WithLabelValues(account, outcome).Inc()
 }
 
+// reply counts a reply; its code label is bounded (submit.CodeLabel).
 func (m *Metrics) reply(account string, code int, class Class) {
-	m.replies.WithLabelValues(account, strconv.Itoa(code), string(class)).Inc()
+	m.replies.WithLabelValues(account, submit.CodeLabel(code), string(class)).Inc()
 }
 
 // sessionsDesc is relay_smtp_sessions, read from the lanes on each scrape.

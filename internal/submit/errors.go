@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/emersion/go-smtp"
@@ -267,5 +268,34 @@ func ClassifyReply(code int, enhanced, text string) Class {
 		return ClassMessage // 5.7.60 send-as, 552 size, and every other permanent reply
 	default:
 		return ClassTransient // 451, 421, other 4xx, anything unexpected
+	}
+}
+
+// replyCodes are the reply codes a metric label keeps as they are: those
+// RFC 5321 §4.2.3 lists, those of AUTH (RFC 4954 §6: 235, 334, 432, 454,
+// 530, 534, 535, 538) and of STARTTLS (RFC 3207 §4: 454), which cover
+// every code ClassifyReply names. Another code is a server's own.
+var replyCodes = map[int]bool{
+	211: true, 214: true, 220: true, 221: true, 235: true, 250: true, 251: true, 252: true,
+	334: true, 354: true,
+	421: true, 432: true, 450: true, 451: true, 452: true, 454: true, 455: true,
+	500: true, 501: true, 502: true, 503: true, 504: true, 530: true, 534: true, 535: true,
+	538: true, 550: true, 551: true, 552: true, 553: true, 554: true, 555: true,
+}
+
+// CodeLabel is a reply code as a metric label: the code for a known one
+// (replyCodes) and "0" for no reply; any other code a server sends
+// becomes its class, "2xx", "3xx", "4xx" or "5xx" (RFC 5321 §4.2.1: the
+// first digit is what the reply means), and a code outside 200-599
+// "other". The label's values are thus a closed set, whatever a server
+// (or anyone on the path before STARTTLS) writes.
+func CodeLabel(code int) string {
+	switch {
+	case code == 0 || replyCodes[code]:
+		return strconv.Itoa(code)
+	case code >= 200 && code < 600:
+		return strconv.Itoa(code/100) + "xx"
+	default:
+		return "other"
 	}
 }

@@ -119,3 +119,14 @@ func TestRecipientLimit(t *testing.T) {
 func classifyReply(stage string, code int, ec smtp.EnhancedCode, accepted int) *SMTPError {
 	return Classify("", &smtpclient.Error{Command: strings.ToUpper(stage), Accepted: accepted, Err: &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: "reply"}})
 }
+
+// TestCodeLabelIsAClosedSet: a metric label made of a reply code keeps the
+// codes the RFCs define and folds every other into its class.
+func TestCodeLabelIsAClosedSet(t *testing.T) {
+	for code, want := range map[int]string{0: "0", 250: "250", 421: "421", 432: "432", 451: "451", 535: "535", 554: "554",
+		299: "2xx", 399: "3xx", 466: "4xx", 599: "5xx", 199: "other", 600: "other", 999: "other", -1: "other"} {
+		if got := CodeLabel(code); got != want {
+			t.Errorf("CodeLabel(%d) = %q, want %q", code, got, want)
+		}
+	}
+}
