@@ -1119,6 +1119,13 @@ func (l *lane) deadLetter(a *attempt, dl queue.DeadLetter, outcome string) error
 	return nil
 }
 
+// maxLoggedRefusals is how many refused recipients, each with its reply
+// (up to submit.MaxReplyText), the log line of their dead letter names;
+// the rest are counted. One dead letter holds as many recipients as fit
+// a header (queue.RecipientParts), and all their replies made a log line
+// of tens of kilobytes; the dead letter itself names every one.
+const maxLoggedRefusals = 3
+
 // deadLetterRefused stores the dead letters of a's refused recipients
 // (queue.CopyToDLQ, the original left for the ack): a copy of the message
 // for those recipients only (queue.HdrRecipients), so that `relay dlq
@@ -1134,7 +1141,7 @@ func (l *lane) deadLetterRefused(a *attempt) error {
 		replies[r.rcpt] = r.reply
 	}
 	for part, group := range queue.RecipientParts(rcpts) {
-		var why, last strings.Builder
+		var why, logged, last strings.Builder
 		fmt.Fprintf(&why, "%d of the message's recipients refused at RCPT (it went to the others): ", len(group))
 		for i, rc := range group {
 			if i > 0 {
@@ -1147,6 +1154,14 @@ func (l *lane) deadLetterRefused(a *attempt) error {
 				last.WriteString(reply)
 			}
 			fmt.Fprintf(&why, "%s: %s", rc, reply)
+			if i == maxLoggedRefusals-1 {
+				logged.WriteString(why.String())
+			}
+		}
+		if logged.Len() == 0 {
+			logged.WriteString(why.String())
+		} else if more := len(group) - maxLoggedRefusals; more > 0 {
+			fmt.Fprintf(&logged, "; and %d more (the dead letter names them all)", more)
 		}
 		dl := queue.DeadLetter{ID: a.id, Account: l.alias, First: a.first, Reason: why.String(),
 			Class: string(submit.ClassMessage), LastReply: last.String(), Recipients: group, Part: part}
@@ -1159,7 +1174,7 @@ func (l *lane) deadLetterRefused(a *attempt) error {
 			// crash or a refused copy): counted then.
 			l.e.metrics.outcome(l.alias, outcomeDeadLettered)
 		}
-		a.log.Warn().Int("recipients", len(group)).Str("reason", dl.Reason).Bool("duplicate", res.Duplicate).Msg("refused recipients dead-lettered")
+		a.log.Warn().Int("recipients", len(group)).Str("reason", logged.String()).Bool("duplicate", res.Duplicate).Msg("refused recipients dead-lettered")
 	}
 	return nil
 }

@@ -363,3 +363,54 @@ func sentWhileDLQRefused(t *testing.T, id, subject string) *harness {
 	h.waitFor("the dead letter", func() bool { return h.queued() == 0 && len(h.deadLetters("alerts")) == 1 })
 	return h
 }
+
+// TestRefusedRecipientsLogLineIsBounded: the log line of a dead letter
+// for recipients refused at RCPT carried every refused address with its
+// reply (up to 512 bytes each), as many as fit the dead letter's
+// Relay-Recipients header: tens of kilobytes in one line. It names the
+// first few and counts the rest; the dead letters still name them all.
+func TestRefusedRecipientsLogLineIsBounded(t *testing.T) {
+	h := newHarness(t, setup{})
+	h.enroll("alerts", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	long := &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "RESOLVER.ADR.RecipNotFound; " + strings.Repeat("not found ", 40)}
+	var gone []string
+	for i := range 40 {
+		r := fmt.Sprintf("gone%02d@fabrikam.com", i)
+		gone = append(gone, r)
+		h.fake.RefuseRecipient(r, long)
+	}
+	h.publishMsg(&message.Message{ID: "many-gone", Account: "alerts", To: append([]string{"ops@fabrikam.com"}, gone...), Subject: "many gone", Text: "body"})
+	h.waitFor("the message acked and its dead letters", func() bool { return h.queued() == 0 && len(h.deadLetters("alerts")) > 0 })
+	var named []string
+	for _, dl := range h.deadLetters("alerts") {
+		rc, err := queue.ParseRecipients(dl.Header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		named = append(named, rc...)
+	}
+	if slices.Sort(named); !slices.Equal(named, gone) {
+		t.Fatalf("the dead letters name %v, want exactly %v", named, gone)
+	}
+	lines := 0
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		var ev struct {
+			Message    string `json:"message"`
+			Recipients int    `json:"recipients"`
+			Reason     string `json:"reason"`
+		}
+		if json.Unmarshal([]byte(line), &ev) != nil || ev.Message != "refused recipients dead-lettered" {
+			continue
+		}
+		lines++
+		if n := strings.Count(ev.Reason, "RecipNotFound"); n > 3 {
+			t.Errorf("the log line of a dead letter for %d recipients holds %d replies (%d bytes), want at most 3", ev.Recipients, n, len(line))
+		}
+		if ev.Recipients > 3 && !strings.Contains(ev.Reason, fmt.Sprintf("and %d more", ev.Recipients-3)) {
+			t.Errorf("the log line does not count the recipients it leaves out: %.300q", ev.Reason)
+		}
+	}
+	if lines == 0 {
+		t.Fatal("no log line for the dead letters")
+	}
+}
