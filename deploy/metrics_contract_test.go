@@ -94,7 +94,7 @@ var targetLabels = map[string]bool{"job": true, "instance": true}
 // refusal by the connection limits); expressions may name them.
 var unexercised = map[string][]string{
 	"relay_ingress_messages_total": {"full", "too_large", "not_allowed", "invalid"},
-	"relay_messages_total":         {"duplicate", "requeued"},
+	"relay_messages_total":         {"duplicate", "requeued", "deferred"},
 	"relay_token_refresh_total":    {"config_error", "transient"},
 	"relay_account_paused":         {"config", "account", "tenant", "quota", "auth"},
 }

@@ -1202,7 +1202,7 @@ func (l *lane) queueDeferred(a *attempt) error {
 			return err
 		}
 		if !res.Duplicate {
-			l.e.metrics.outcome(l.alias, outcomeRequeued)
+			l.e.metrics.outcome(l.alias, outcomeDeferred)
 		}
 		a.log.Info().Int("recipients", len(group)).Str("reply", deferred[0].reply).Bool("duplicate", res.Duplicate).
 			Msg("recipients refused for now: a copy for them is queued")

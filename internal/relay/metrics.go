@@ -32,6 +32,7 @@ const (
 	outcomeRetried      = "retried"       // NakWithDelay on the retry schedule
 	outcomePaused       = "paused"        // the account paused; the message waits
 	outcomeRequeued     = "requeued"      // paused at its last delivery: put back as a fresh message
+	outcomeDeferred     = "deferred"      // sent to the others; a copy queued for the recipients refused for now (4xx at RCPT)
 	outcomeDeadLettered = "dead_lettered" // copied to MAIL_DLQ with the reason
 	outcomeExpired      = "expired"       // older than the queue lifetime: copied to MAIL_DLQ, reason "expired after …"
 )
@@ -41,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_messages_total",
-			Help: "Delivery attempts by account and outcome (sent, duplicate, retried, paused, requeued, dead_lettered, expired).",
+			Help: "Delivery attempts by account and outcome: sent, duplicate, retried, paused, requeued (paused at its last delivery: put back as a fresh message), deferred (a copy queued for recipients refused for now at RCPT), dead_lettered, expired.",
 		}, []string{"account", "outcome"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_smtp_replies_total",

@@ -168,6 +168,12 @@ func TestRecipientRefusedForNowGetsACopyOfItsOwn(t *testing.T) {
 	if dl := h.deadLetters(""); len(dl) != 0 {
 		t.Fatalf("dead letters: %+v", dl)
 	}
+	// The copy is counted as outcome "deferred": "requeued" is a message
+	// put back whole at its last delivery because its account cannot
+	// send, which an operator reads as a pause.
+	if d, r := h.outcome("alerts", "deferred"), h.outcome("alerts", "requeued"); d != 1 || r != 0 {
+		t.Fatalf(`outcome "deferred" %v, "requeued" %v; want 1 and 0 for the copy`, d, r)
+	}
 }
 
 func TestCopyForRecipientsRefusedForNowIsQueuedAtRedelivery(t *testing.T) {
