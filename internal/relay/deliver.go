@@ -1009,18 +1009,27 @@ func (l *lane) finish(a *attempt, err error) {
 		a.nak(0) // not started: straight back for the next worker
 		return
 	}
+	last := a.meta.NumDelivered >= uint64(l.e.cfg.MaxDeliver)
 	if errors.Is(err, errSameID) {
 		// Not tried: back after a retry delay, by when the copy being
-		// sent has written its marker (or failed).
-		delay := l.e.cfg.Retry.Delay(1)
-		a.nak(delay)
-		a.log.Info().Err(err).Dur("retry_in_ms", delay).Msg("message goes back to the stream until the other copy's outcome is known")
+		// sent has written its marker (or failed). Each time costs a
+		// delivery, and the other copy's transaction may outlast them
+		// all (a slow server, a long pacing wait): at its last delivery
+		// a nak would leave it to be dead-lettered, or given up
+		// unsent, for no failure of its own. It is requeued as a fresh
+		// message then, as a paused account's message is.
+		if last {
+			l.keepQueued(a, a.log.Info().Err(err), true, 0)
+		} else {
+			delay := l.e.cfg.Retry.Delay(1)
+			a.nak(delay)
+			a.log.Info().Err(err).Dur("retry_in_ms", delay).Msg("message goes back to the stream until the other copy's outcome is known")
+		}
 		if a.probe {
 			l.probeDone() // the next message probes
 		}
 		return
 	}
-	last := a.meta.NumDelivered >= uint64(l.e.cfg.MaxDeliver)
 	switch {
 	case errors.Is(err, errPausedAhead):
 		l.keepQueued(a, a.log.Info().Err(err), last, l.e.cfg.Retry.Delay(1))

@@ -95,7 +95,8 @@ var errStopping = errors.New("worker stopping before the send started")
 // copy beside an original whose Term was lost, a replay beside an original
 // a half-done dead-lettering left queued) is being handled by this
 // process. Its markers, read now, could not yet show what that one sends:
-// it goes back to the stream unsent, and its next delivery reads them.
+// it goes back to the stream unsent, and its next delivery reads them; at
+// its last delivery it is requeued as a fresh message (lane.finish).
 var errSameID = errors.New("another copy of this message (the same id) is being sent here")
 
 // errPausedAhead: the account paused while this message, fetched ahead,
