@@ -31,7 +31,7 @@ const (
 	outcomeDuplicate    = "duplicate"     // already sent (idempotency marker): acked without sending
 	outcomeRetried      = "retried"       // NakWithDelay on the retry schedule
 	outcomePaused       = "paused"        // the account paused; the message waits
-	outcomeRequeued     = "requeued"      // paused at its last delivery: put back as a fresh message
+	outcomeRequeued     = "requeued"      // not sendable now (paused, a copy with its id being sent) at its last delivery: put back as a fresh message
 	outcomeDeferred     = "deferred"      // sent to the others; a copy queued for the recipients refused for now (4xx at RCPT)
 	outcomeDeadLettered = "dead_lettered" // copied to MAIL_DLQ with the reason
 	outcomeExpired      = "expired"       // older than the queue lifetime: copied to MAIL_DLQ, reason "expired after …"
@@ -42,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_messages_total",
-			Help: "Delivery attempts by account and outcome: sent, duplicate, retried, paused, requeued (paused at its last delivery: put back as a fresh message), deferred (a copy queued for recipients refused for now at RCPT), dead_lettered, expired.",
+			Help: "Delivery attempts by account and outcome: sent, duplicate, retried, paused, requeued (not sendable now at its last delivery, as its account paused: put back as a fresh message), deferred (a copy queued for recipients refused for now at RCPT), dead_lettered, expired.",
 		}, []string{"account", "outcome"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_smtp_replies_total",
