@@ -123,12 +123,43 @@ func DuplicatesFor(lifetime time.Duration) time.Duration {
 }
 
 // QueuedAt is when a message was first queued: its Relay-Queued header
-// (a requeue keeps it), else when the stream stored this copy.
+// on a copy the relay made (relayCopy: a requeue keeps the time), else
+// when the stream stored this copy. The header is the relay's own: on a
+// producer's message (any publisher may set any header) it would move
+// the message's expiry and its Date, so there it is ignored, as is a
+// time after the copy was stored.
 func QueuedAt(hdr nats.Header, stored time.Time) time.Time {
+	if !relayCopy(hdr) {
+		return stored
+	}
 	if t, err := time.Parse(time.RFC3339Nano, hdr.Get(HdrQueued)); err == nil && t.Before(stored) {
 		return t
 	}
 	return stored
+}
+
+// relayCopy reports whether hdr is that of a copy the relay queued with
+// Relay-Queued: its Nats-Msg-Id is Requeue's "<id>:requeue:<stream seq>"
+// or RequeueRecipients' "<id>:rcpts:<16 hex digits>" (the worker's
+// recipientsID), <id> being its Relay-Message-Id. A producer that
+// publishes a message with these three headers on purpose can still
+// shorten its own message's life; one that copied them from a stored
+// message (a dead letter published again by hand) cannot.
+func relayCopy(hdr nats.Header) bool {
+	id := hdr.Get(HdrMessageID)
+	rest, ok := strings.CutPrefix(hdr.Get(jetstream.MsgIDHeader), id+":")
+	if id == "" || !ok {
+		return false
+	}
+	if seq, ok := strings.CutPrefix(rest, "requeue:"); ok {
+		_, err := strconv.ParseUint(seq, 10, 64)
+		return err == nil
+	}
+	if digest, ok := strings.CutPrefix(rest, "rcpts:"); ok {
+		_, err := hex.DecodeString(digest)
+		return len(digest) == 16 && err == nil
+	}
+	return false
 }
 
 // StreamConfig sizes the streams. Zero values take the defaults.

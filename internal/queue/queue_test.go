@@ -218,8 +218,9 @@ func TestRequeueKeepsIDWithFreshDeliveryCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	m = next(t, cons)
-	if md, _ := m.Metadata(); md.NumDelivered != 2 {
-		t.Fatalf("delivered %d times", md.NumDelivered)
+	orig, _ := m.Metadata()
+	if orig.NumDelivered != 2 {
+		t.Fatalf("delivered %d times", orig.NumDelivered)
 	}
 	res, err := queue.Requeue(ctx, env.JS, m, "id-1")
 	if err != nil || res.Duplicate {
@@ -230,6 +231,10 @@ func TestRequeueKeepsIDWithFreshDeliveryCount(t *testing.T) {
 	if md.NumDelivered != 1 || md.Sequence.Stream != res.Seq || m.Headers().Get(queue.HdrMessageID) != "id-1" ||
 		m.Headers().Get(jetstream.MsgIDHeader) != "id-1:requeue:1" || string(m.Data()) != "x" {
 		t.Fatalf("requeued copy: delivered %d seq %d headers %v", md.NumDelivered, md.Sequence.Stream, m.Headers())
+	}
+	// The copy's queue lifetime counts from the original's queueing.
+	if got := queue.QueuedAt(m.Headers(), md.Timestamp); !got.Equal(orig.Timestamp) {
+		t.Fatalf("requeued copy queued at %v, want the original's %v", got, orig.Timestamp)
 	}
 	// Term is not acknowledged by the server: wait for it to land.
 	mail, _ := env.JS.Stream(ctx, queue.StreamMail)
@@ -575,5 +580,40 @@ func TestProducerCannotForgeDeadLetterHeaders(t *testing.T) {
 	}
 	if e.Header.Get("X-Producer") != "kept" {
 		t.Fatalf("the producer's own header was dropped: %v", e.Header)
+	}
+}
+
+// TestQueuedAtTrustsOnlyTheRelaysCopies: Relay-Queued moves a message's
+// expiry and its Date. It counts on the copies the relay queues (Requeue,
+// RequeueRecipients), never on a producer's message, and never when it
+// is later than the copy's own storing.
+func TestQueuedAtTrustsOnlyTheRelaysCopies(t *testing.T) {
+	stored := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	early := stored.Add(-3 * time.Hour)
+	hdr := func(kv ...string) nats.Header {
+		h := nats.Header{queue.HdrQueued: {early.Format(time.RFC3339Nano)}}
+		for i := 0; i+1 < len(kv); i += 2 {
+			h.Set(kv[i], kv[i+1])
+		}
+		return h
+	}
+	for _, tt := range []struct {
+		name string
+		hdr  nats.Header
+		want time.Time
+	}{
+		{"requeue", hdr(jetstream.MsgIDHeader, "id-1:requeue:42", queue.HdrMessageID, "id-1"), early},
+		{"copy for recipients refused for now", hdr(jetstream.MsgIDHeader, "id-1:rcpts:0123456789abcdef", queue.HdrMessageID, "id-1"), early},
+		{"producer's message", hdr(jetstream.MsgIDHeader, "id-1"), stored},
+		{"producer's message without an id", hdr(), stored},
+		{"another message's requeue id", hdr(jetstream.MsgIDHeader, "id-2:requeue:42", queue.HdrMessageID, "id-1"), stored},
+		{"a dead letter published again", hdr(jetstream.MsgIDHeader, "id-1:requeue:42:dlq", queue.HdrMessageID, "id-1"), stored},
+		{"a dead letter of refused recipients", hdr(jetstream.MsgIDHeader, "id-1:rcpts:0:dlq", queue.HdrMessageID, "id-1"), stored},
+		{"in the future", nats.Header{queue.HdrQueued: {stored.Add(time.Hour).Format(time.RFC3339Nano)},
+			jetstream.MsgIDHeader: {"id-1:requeue:42"}, queue.HdrMessageID: {"id-1"}}, stored},
+	} {
+		if got := queue.QueuedAt(tt.hdr, stored); !got.Equal(tt.want) {
+			t.Errorf("%s: QueuedAt = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }

@@ -81,6 +81,7 @@ func TestExpiredBehindAFullDLQBacksOff(t *testing.T) {
 		m := &nats.Msg{Subject: queue.Subject("late"), Data: b, Header: nats.Header{}}
 		m.Header.Set(queue.HdrQueued, time.Now().Add(-2*time.Hour).UTC().Format(time.RFC3339Nano))
 		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("late-%02d:requeue:1", i))
+		m.Header.Set(queue.HdrMessageID, fmt.Sprintf("late-%02d", i))
 		if _, err := h.js.PublishMsg(h.ctx, m); err != nil {
 			t.Fatal(err)
 		}

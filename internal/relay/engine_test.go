@@ -745,8 +745,10 @@ func TestDateIsWhenQueued(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// A requeued copy, as queue.Requeue publishes it.
 		msg := &nats.Msg{Subject: queue.Subject(m.Account), Data: b, Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgIDHeader, m.ID)
+		msg.Header.Set(jetstream.MsgIDHeader, m.ID+":requeue:1")
+		msg.Header.Set(queue.HdrMessageID, m.ID)
 		msg.Header.Set(queue.HdrQueued, queued.UTC().Format(time.RFC3339Nano))
 		if _, err := h.js.PublishMsg(h.ctx, msg); err != nil {
 			t.Fatal(err)

@@ -1,11 +1,19 @@
 package relay_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"net/mail"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"relay365/internal/message"
+	"relay365/internal/queue"
 	"relay365/internal/relay"
 )
 
@@ -79,6 +87,47 @@ func checkExpired(t *testing.T, h *harness, account string, n int, lastFailure s
 	for subj := range h.delivered() {
 		if strings.HasPrefix(subj, "retrying") || strings.HasPrefix(subj, "paused") {
 			t.Fatalf("%q was delivered as well as expired", subj)
+		}
+	}
+}
+
+// TestProducersRelayQueuedIsIgnored: Relay-Queued is the relay's header,
+// set on the copies it queues (a requeue keeps the first queue time). A
+// producer's message that carried one, a day old, was expired at its
+// first delivery without being tried, and a message without a Date was
+// dated a day back. On a producer's message the header is ignored: the
+// lifetime and the Date count from when MAIL stored it.
+func TestProducersRelayQueuedIsIgnored(t *testing.T) {
+	h := newHarness(t, setup{engine: relay.Config{QueueLifetime: time.Hour}})
+	h.enroll("early", "early@contoso.com", "contoso.onmicrosoft.com", nil)
+	m := &message.Message{ID: "early-1", Account: "early", To: []string{"ops@fabrikam.com"}, Subject: "not expired", Text: "x"}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := &nats.Msg{Subject: queue.Subject("early"), Data: b, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, m.ID)
+	msg.Header.Set(queue.HdrQueued, time.Now().Add(-24*time.Hour).UTC().Format(time.RFC3339Nano))
+	before := time.Now().Add(-time.Minute)
+	if _, err := h.js.PublishMsg(h.ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the message sent or dead-lettered", func() bool {
+		return h.delivered()["not expired"] == 1 || len(h.deadLetters("early")) > 0
+	})
+	if dl := h.deadLetters("early"); len(dl) > 0 {
+		t.Fatalf("a producer's Relay-Queued a day back: dead-lettered, %q", dl[0].Reason)
+	}
+	for _, c := range h.fake.Messages() {
+		if c.Subject != "not expired" {
+			continue
+		}
+		pm, err := mail.ReadMessage(bytes.NewReader(c.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, err := pm.Header.Date(); err != nil || d.Before(before) {
+			t.Errorf("Date %q (%v), want when MAIL stored the message", pm.Header.Get("Date"), err)
 		}
 	}
 }
