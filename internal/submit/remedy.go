@@ -28,6 +28,8 @@ func Remedy(e *SMTPError, mailbox string) string {
 			", that the app has the SMTP.Send delegated permission (SMTP.SendAsApp and a mailbox permission for app-only), and re-run authtool login"
 	case e.Code == 421 && e.condition() == "4.7.66":
 		return "the server wants TLS 1.2 or newer"
+	case e.Class == ClassConfig && e.Code == 0 && tlsRemedy(e.Err) != "":
+		return tlsRemedy(e.Err)
 	case e.Class == ClassConfig && e.Code == 0:
 		return "check the account's SMTP address and CA file"
 	case e.Class == ClassConfig:

@@ -28,9 +28,13 @@ type recordingSMTP struct {
 	// answer replies to every line but EHLO, HELO, STARTTLS and QUIT;
 	// nil answers 250 to anything, AUTH included.
 	answer func(line string, write func(string))
-	mu     sync.Mutex
-	lines  []string
-	done   chan struct{}
+	// handshake, when set, takes the connection after the 220 to
+	// STARTTLS in place of a crypto/tls server (a server speaking TLS
+	// wrongly, or not at all), and the session ends when it returns.
+	handshake func(conn net.Conn)
+	mu        sync.Mutex
+	lines     []string
+	done      chan struct{}
 }
 
 func startRecordingSMTP(t *testing.T, starttls *tls.Config) *recordingSMTP {
@@ -41,11 +45,17 @@ func startRecordingSMTP(t *testing.T, starttls *tls.Config) *recordingSMTP {
 // after the handshake written by answer.
 func startScriptedSMTP(t *testing.T, starttls *tls.Config, answer func(line string, write func(string))) *recordingSMTP {
 	t.Helper()
+	return startSMTP(t, &recordingSMTP{starttls: starttls, answer: answer})
+}
+
+// startSMTP starts s (its fields but ln and done set) on a loopback port.
+func startSMTP(t *testing.T, s *recordingSMTP) *recordingSMTP {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &recordingSMTP{ln: ln, starttls: starttls, answer: answer, done: make(chan struct{})}
+	s.ln, s.done = ln, make(chan struct{})
 	go s.serve()
 	t.Cleanup(func() { ln.Close(); <-s.done })
 	return s
@@ -75,11 +85,16 @@ func (s *recordingSMTP) serve() {
 		switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); cmd {
 		case "EHLO", "HELO":
 			write("250-recorder")
-			if s.starttls != nil {
+			if s.starttls != nil || s.handshake != nil {
 				write("250-STARTTLS")
 			}
 			write("250 AUTH PLAIN LOGIN XOAUTH2")
 		case "STARTTLS":
+			if s.handshake != nil {
+				write("220 go ahead")
+				s.handshake(conn)
+				return
+			}
 			if s.starttls == nil {
 				write("502 no")
 				continue
@@ -248,12 +263,12 @@ func TestNoAuthBelowTLS12(t *testing.T) {
 
 	old := startRecordingSMTP(t, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11})
 	err = send(old)
-	if err == nil || !strings.Contains(err.Error(), "version") {
-		t.Errorf("a TLS 1.1 server: %v, want a refusal about the protocol version", err)
+	var se *submit.SMTPError
+	if !errors.As(err, &se) || se.Class != submit.ClassConfig || !strings.Contains(err.Error(), "version") {
+		t.Errorf("a TLS 1.1 server: %v, want a configuration error about the protocol version", err)
 	}
-	// The failed handshake is classed transient (crypto/tls has no typed
-	// error for the version, Classify pauses only on certificates and a
-	// missing STARTTLS): the message is retried, never sent below 1.2.
+	// The failed handshake is a configuration error (the account pauses
+	// and probes: TestTLSHandshakeFailureClasses); never sent below 1.2.
 	if lines := old.received(); authed(lines) {
 		t.Fatalf("a TLS 1.1 server received the AUTH or the token: %q", lines)
 	} else if len(lines) == 0 {
