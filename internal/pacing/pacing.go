@@ -429,6 +429,37 @@ func (p *Pacer) Peek(ctx context.Context, mailbox string, lim Limits) (allow int
 	return max(allow, 0), wait, nil
 }
 
+// MaxDayRoom bounds DayRoom: no slot of the day window counts longer than
+// the window and the slot it ends in.
+const MaxDayRoom = dayWindow + daySlot
+
+// DayRoom says, for a mailbox whose day's budget Office 365 reports spent
+// (the quota reply, docs/office365.md §4), how long until its window has
+// room: until the oldest recipients the record counts have left the
+// rolling 24 hours. The record counts each of the relay's sends at least
+// as long as Office 365 does and at most a slot (ten minutes) longer (see
+// Pacer), so by then the oldest of them has left Office 365's window too;
+// mail sent by other means, which the record does not hold, may have left
+// it sooner, which this cannot see.
+// ok is false when the record counts no recipient (the budget was spent
+// by other means, or the record is gone): there is nothing to compute
+// from. The wait is at most MaxDayRoom, whatever the record says (a slot
+// stamped in the future by a corrupt record or a clock far ahead counts
+// no longer than a day).
+func (p *Pacer) DayRoom(ctx context.Context, mailbox string) (wait time.Duration, ok bool, err error) {
+	r, _, err := p.get(ctx, mailbox)
+	if err != nil {
+		return 0, false, err
+	}
+	now := p.clock.Now()
+	for _, s := range r.Rcpts {
+		if exit := perDay.exit(s); s.N > 0 && exit.After(now) && (!ok || exit.Sub(now) < wait) {
+			wait, ok = exit.Sub(now), true
+		}
+	}
+	return min(wait, MaxDayRoom), ok, nil
+}
+
 // Reserve takes one message and rcpts recipients from the budgets, or, if
 // they do not fit now, reserves nothing and says how long until they do.
 func (p *Pacer) Reserve(ctx context.Context, mailbox string, rcpts int, lim Limits) (Ticket, time.Duration, error) {

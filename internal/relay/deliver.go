@@ -1068,7 +1068,14 @@ func (l *lane) finish(a *attempt, err error) {
 			l.keepQueued(a, ev, last, l.e.cfg.Retry.Delay(1))
 			return
 		}
-		l.pause(class, err, pauseHint(err), a.probe)
+		hint := pauseHint(err)
+		if class == submit.ClassQuota && se != nil && (se.DayQuota() || a.probe) {
+			// The day's recipient limit (a 5.1.90, or a quota reply
+			// to a probe: a minute's rate would have cleared before
+			// it): the probe waits until the day's window has room.
+			hint = l.quotaWait()
+		}
+		l.pause(class, err, hint, a.probe)
 		if class == submit.ClassTenant {
 			l.e.pauseTenant(l.account().Tenant, class, err)
 		}

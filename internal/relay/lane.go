@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -736,10 +737,15 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 		p.since = now
 	}
 	var pe *PaceError
-	if errors.As(err, &pe) {
+	switch {
+	case errors.As(err, &pe):
 		p.kind = probeNone // the pacer's own window: no need to ask Office 365
 		p.until = now.Add(pe.Wait)
-	} else {
+	case class == submit.ClassQuota && se != nil && hint > 0:
+		// Office 365's day quota: the probe goes when the window has
+		// room (quotaWait), sooner or later than the probe schedule.
+		p.until = now.Add(hint)
+	default:
 		p.until = now.Add(max(hint, l.e.cfg.Pause.Delay(p.count)))
 	}
 	watch := p.unwatch == nil && l.e.events != nil && (p.kind == probeToken || p.kind == probeAuth)
@@ -766,6 +772,28 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 		ev = ev.Int("smtp_code", se.Code).Str("remedy", p.remedy)
 	}
 	ev.Msg("account paused: its mail stays queued")
+}
+
+// quotaWait is how long an account that Office 365 refused for its day's
+// recipient limit waits before its probe: until the oldest recipients the
+// pacer counts for the mailbox have left the rolling 24 hours
+// (pacing.Pacer.DayRoom: before then the window Office 365 counts is as
+// full as when it refused, unless mail sent by other means left it),
+// plus a jitter of up to the probe schedule's (Config.Pause: its Jitter
+// of at most its Max), so that accounts refused together do not probe
+// together, and never more than pacing.MaxDayRoom, whatever the record
+// says. 0 when the record counts nothing or cannot be read: the probe
+// schedule decides, as for any pause.
+func (l *lane) quotaWait() time.Duration {
+	d, ok, err := l.e.pacer.DayRoom(l.ctx, l.account().Mailbox)
+	if err != nil || !ok {
+		if err != nil {
+			l.log.Warn().Err(err).Msg("pacing state unreadable; the quota pause probes on the pause schedule")
+		}
+		return 0
+	}
+	jitter := time.Duration(rand.Float64() * l.e.cfg.Pause.Jitter * float64(min(d, l.e.cfg.Pause.Max)))
+	return min(d+jitter, pacing.MaxDayRoom)
 }
 
 // watchTokens ends a token or authentication pause as soon as the token

@@ -107,6 +107,16 @@ func (e *SMTPError) SendAsDenied() bool {
 	return e.Code >= 500 && (c == "5.7.60" || c == "5.2.252" || strings.Contains(e.Text, "SendAsDenied"))
 }
 
+// DayQuota reports whether the reply says the mailbox's rolling 24-hour
+// recipient limit is reached: 550 5.1.90 ("you've reached your daily
+// limit for message recipients"). 554 5.2.0 SubmissionQuotaExceeded, the
+// other quota reply, Office 365 gives for its message rate per minute too
+// ("Message submission rate for this client has exceeded the configured
+// limit"), so it alone does not tell which window is full.
+func (e *SMTPError) DayQuota() bool {
+	return e.Class == ClassQuota && e.condition() == "5.1.90"
+}
+
 // Temporary reports whether the message may still go later: every class
 // but ClassMessage is about the session, the account or the server.
 func (e *SMTPError) Temporary() bool { return e.Class != ClassMessage }
