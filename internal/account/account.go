@@ -43,6 +43,14 @@ type Account struct {
 	Mailbox string `json:"mailbox"`
 	// Tenant is the Entra tenant ID or domain.
 	Tenant string `json:"tenant"`
+	// TenantID is the directory (tenant) ID, a GUID, that the token
+	// endpoint named at sign-in (the tid claim of the ID token or of a
+	// JWT access token): the tenant itself, whichever name Tenant gives
+	// it (its GUID, one of its domains, organizations). Tenant-wide
+	// pauses are keyed by it (TenantKey). Empty when no token named it
+	// (an account connected by an earlier version, a token endpoint
+	// without ID tokens): Tenant, as configured, is the key then.
+	TenantID string `json:"tenant_id,omitempty"`
 	// Authority is the identity platform base URL; default DefaultAuthority.
 	Authority string `json:"authority,omitempty"`
 	// AuthURL, TokenURL and DeviceURL override the endpoints derived from
@@ -104,6 +112,7 @@ func (a *Account) Normalize() {
 	a.Alias = strings.TrimSpace(a.Alias)
 	a.Mailbox = strings.TrimSpace(a.Mailbox)
 	a.Tenant = strings.TrimSpace(a.Tenant)
+	a.TenantID = strings.ToLower(strings.TrimSpace(a.TenantID))
 	a.Authority = strings.TrimRight(strings.TrimSpace(a.Authority), "/")
 	if a.Authority == "" {
 		a.Authority = DefaultAuthority
@@ -181,6 +190,9 @@ func (a Account) Validate() error {
 		add("tenant %q is invalid: use the tenant ID (GUID), a domain, or organizations/common", a.Tenant)
 	case a.AppOnly && (a.Tenant == "common" || a.Tenant == "consumers"):
 		add("tenant %q cannot be used with app_only: client credentials need the tenant ID or domain", a.Tenant)
+	}
+	if a.TenantID != "" && !tenantIDRE.MatchString(a.TenantID) {
+		add("tenant_id %q is invalid: it is the directory (tenant) ID GUID that sign-in learns; leave it unset", a.TenantID)
 	}
 	if a.Authority != "" {
 		if err := validateEndpoint(a.Authority); err != nil {
@@ -297,6 +309,29 @@ func validateAddress(s string) error {
 var tenantRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$`)
 
 func validTenant(t string) bool { return tenantRE.MatchString(t) }
+
+// tenantIDRE matches a directory (tenant) ID, lower case (Normalize).
+var tenantIDRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// TenantKey is what tenant-wide pauses (a tenant blocked, its external
+// recipient limit reached: docs/office365.md §4) compare accounts by, and
+// how it was found: the tenant ID learnt at sign-in (TenantID, byID true),
+// which is the same whichever name an account's Tenant gives the tenant;
+// else Tenant as configured, lower case, under which a tenant given by its
+// GUID on one account and by a domain on another are two tenants. "" for
+// an account without a tenant ID whose Tenant is organizations, common or
+// consumers: those name no one tenant.
+func (a Account) TenantKey() (key string, byID bool) {
+	if a.TenantID != "" {
+		return a.TenantID, true
+	}
+	switch t := strings.ToLower(a.Tenant); t {
+	case "organizations", "common", "consumers":
+		return "", false
+	default:
+		return t, false
+	}
+}
 
 // validateEndpoint accepts https URLs, and http only on loopback hosts (the
 // sandbox and tests).

@@ -354,3 +354,35 @@ func TestRegistryRefusesProxyCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTenantKey: tenant-wide pauses match accounts by the tenant ID learnt
+// at sign-in, whichever name Tenant gives the tenant; without one, by
+// Tenant as configured (lower case), and the multi-tenant names match
+// nothing. A tenant_id that is no GUID is refused.
+func TestTenantKey(t *testing.T) {
+	const id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+	for _, tc := range []struct {
+		tenant, tenantID string
+		key              string
+		byID             bool
+	}{
+		{"contoso.onmicrosoft.com", strings.ToUpper(id), id, true},
+		{"organizations", id, id, true},
+		{strings.ToUpper(id), "", id, false},
+		{"Contoso.onmicrosoft.com", "", "contoso.onmicrosoft.com", false},
+		{"Organizations", "", "", false},
+		{"common", "", "", false},
+	} {
+		a := validAccount()
+		a.Tenant, a.TenantID = tc.tenant, tc.tenantID
+		a.Normalize()
+		if key, byID := a.TenantKey(); key != tc.key || byID != tc.byID {
+			t.Errorf("tenant %q, tenant_id %q: key %q (by id %v), want %q (%v)", tc.tenant, tc.tenantID, key, byID, tc.key, tc.byID)
+		}
+	}
+	a := validAccount()
+	a.TenantID = "contoso.onmicrosoft.com"
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "tenant_id") {
+		t.Errorf("a domain as tenant_id: %v, want it refused", err)
+	}
+}

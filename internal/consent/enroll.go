@@ -79,6 +79,11 @@ func (e Enroller) Enroll(ctx context.Context, acct account.Account, tok *oauth2.
 			return err
 		}
 	}
+	// The tenant itself, whichever name acct.Tenant gives it: tenant-wide
+	// pauses are keyed by it (account.TenantKey).
+	if tid, ok := TenantIDOf(tok); ok {
+		acct.TenantID = tid
+	}
 	// The token's lifetime counts from here, on the relay's clock (the
 	// token service decides expiry on the same clock).
 	expiry := e.now().Add(token.Lifetime(tok))

@@ -48,24 +48,54 @@ func SignedInAs(tok *oauth2.Token) (user string, ok bool) {
 	return "", false
 }
 
-// userClaim reads the sign-in name from a JWT's payload, "" when it is not
-// a JWT or names no one.
-func userClaim(jwt string) string {
+// TenantIDOf returns the directory (tenant) ID the token response names:
+// the tid claim of the ID token, else of the access token when it is a
+// JWT (Entra's are; Microsoft identity platform ID token and access token
+// claims references, "tid"), lower case; ok is false when neither names
+// one as a GUID. Like SignedInAs it checks no signature (the tokens came
+// from the token endpoint over TLS) and reads only the payload's claims:
+// the token itself is never returned, kept or logged.
+func TenantIDOf(tok *oauth2.Token) (tid string, ok bool) {
+	var candidates []string
+	if id, _ := tok.Extra("id_token").(string); id != "" {
+		candidates = append(candidates, id)
+	}
+	candidates = append(candidates, tok.AccessToken)
+	for _, jwt := range candidates {
+		var claims struct {
+			TID string `json:"tid"`
+		}
+		if jwtClaims(jwt, &claims) && guid.MatchString(claims.TID) {
+			return strings.ToLower(claims.TID), true
+		}
+	}
+	return "", false
+}
+
+// jwtClaims decodes a JWT's payload into v; false when jwt is not a JWT
+// (three dot-separated parts, a base64url JSON payload).
+func jwtClaims(jwt string, v any) bool {
 	parts := strings.Split(jwt, ".")
 	if len(parts) != 3 {
-		return ""
+		return false
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
 	if err != nil {
-		return ""
+		return false
 	}
+	return json.Unmarshal(payload, v) == nil
+}
+
+// userClaim reads the sign-in name from a JWT's payload, "" when it is not
+// a JWT or names no one.
+func userClaim(jwt string) string {
 	var claims struct {
 		PreferredUsername string `json:"preferred_username"`
 		UPN               string `json:"upn"`
 		UniqueName        string `json:"unique_name"`
 		Email             string `json:"email"`
 	}
-	if json.Unmarshal(payload, &claims) != nil {
+	if !jwtClaims(jwt, &claims) {
 		return ""
 	}
 	for _, v := range []string{claims.PreferredUsername, claims.UPN, claims.UniqueName, claims.Email} {

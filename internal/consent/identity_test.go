@@ -42,6 +42,29 @@ func TestSignedInAs(t *testing.T) {
 	}
 }
 
+// TestTenantIDOf: the tenant ID is the tid claim, a GUID, of the ID token
+// or else of a JWT access token (Entra's), lower case; anything else names
+// no tenant.
+func TestTenantIDOf(t *testing.T) {
+	const id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+	for name, tc := range map[string]struct {
+		tok *oauth2.Token
+		tid string
+	}{
+		"id token":            {(&oauth2.Token{AccessToken: "opaque"}).WithExtra(map[string]any{"id_token": jwt(map[string]any{"tid": strings.ToUpper(id)})}), id},
+		"access token":        {&oauth2.Token{AccessToken: jwt(map[string]any{"tid": id, "aud": "https://outlook.office.com"})}, id},
+		"id token first":      {(&oauth2.Token{AccessToken: jwt(map[string]any{"tid": "00000000-0000-0000-0000-000000000000"})}).WithExtra(map[string]any{"id_token": jwt(map[string]any{"tid": id})}), id},
+		"a domain is no id":   {&oauth2.Token{AccessToken: jwt(map[string]any{"tid": "contoso.onmicrosoft.com"})}, ""},
+		"opaque tokens":       {&oauth2.Token{AccessToken: "EwBAA.opaque"}, ""},
+		"no tid in the token": {&oauth2.Token{AccessToken: jwt(map[string]any{"upn": "alerts@contoso.com"})}, ""},
+	} {
+		tid, ok := consent.TenantIDOf(tc.tok)
+		if tid != tc.tid || ok != (tc.tid != "") {
+			t.Errorf("%s: %q %v, want %q", name, tid, ok, tc.tid)
+		}
+	}
+}
+
 // TestSignInAsAnotherUserStoresNothing: a person signs in with another
 // account than --mailbox (the browser was already signed in): the error
 // names both, no test mail goes, nothing is stored.

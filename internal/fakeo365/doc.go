@@ -16,7 +16,9 @@
 // tokens are opaque random strings (crypto/rand, base64url) looked up in maps,
 // never JWTs, except the optional id_token (issued when scope has openid),
 // which is an unsigned JWT (alg "none") carrying preferred_username and tid so a
-// client can learn which mailbox consented. Errors are Entra-shaped JSON:
+// client can learn which mailbox consented, and in which tenant: tid is a
+// GUID, as Entra's, the same for a tenant named by its domain or by that
+// GUID (TenantID). Errors are Entra-shaped JSON:
 // error, error_description ("AADSTS<n>: ..."), error_codes, timestamp,
 // trace_id, correlation_id, error_uri and suberror. Sign-in is automatic:
 // authorize redirects straight back with a code for login_hint (or

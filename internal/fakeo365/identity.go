@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -591,10 +592,33 @@ func (s *Server) idToken(p principal, now time.Time) string {
 		"email":              p.mailbox,
 		"oid":                oid,
 		"sub":                oid,
-		"tid":                p.tenant,
+		"tid":                TenantID(p.tenant, p.mailbox),
 		"ver":                "2.0",
 	}
 	return seg(map[string]string{"typ": "JWT", "alg": "none"}) + "." + seg(claims) + "."
+}
+
+// tenantGUID matches a tenant (directory) ID.
+var tenantGUID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// TenantID is the directory ID (a GUID) the fake's id_token names as tid
+// for a sign-in at the tenant path segment tenant by mailbox, as Entra
+// names the signed-in user's tenant whatever name the client used: a GUID
+// is itself; a domain is a GUID derived from it (the same one for every
+// sign-in at that domain, so an account configured with the tenant's
+// domain and another with TenantID(domain) are one tenant); the
+// multi-tenant names (organizations, common, consumers) name no tenant,
+// and the tid is the one of the mailbox's domain (its home tenant).
+func TenantID(tenant, mailbox string) string {
+	switch t := key(tenant); {
+	case tenantGUID.MatchString(t):
+		return t
+	case t == "organizations" || t == "common" || t == "consumers":
+		_, domain, _ := strings.Cut(key(mailbox), "@")
+		tenant = domain
+	}
+	sum := sha256.Sum256([]byte("tenant/" + key(tenant)))
+	return uuidFrom(sum[:16])
 }
 
 // ---- fault switches and observations ----------------------------------------

@@ -111,8 +111,15 @@ func TestIDToken(t *testing.T) {
 	if err := json.Unmarshal(payload, &claims); err != nil {
 		t.Fatal(err)
 	}
-	if claims.PreferredUsername != "ops@contoso.com" || claims.TID != testTenant || claims.Aud != testClientID {
+	if claims.PreferredUsername != "ops@contoso.com" || claims.TID != TenantID(testTenant, "") || claims.Aud != testClientID {
 		t.Errorf("id_token claims %+v", claims)
+	}
+	// One tenant by its domain or its GUID; the multi-tenant names are
+	// the mailbox's home tenant.
+	id := TenantID(testTenant, "")
+	if !tenantGUID.MatchString(id) || TenantID(strings.ToUpper(id), "") != id || TenantID("organizations", "ops@Contoso.onmicrosoft.com") != id ||
+		TenantID("common", "ops@fabrikam.com") == id {
+		t.Errorf("TenantID: %s for %s, %s for its GUID, %s for organizations", id, testTenant, TenantID(id, ""), TenantID("organizations", "ops@contoso.onmicrosoft.com"))
 	}
 }
 

@@ -1077,7 +1077,7 @@ func (l *lane) finish(a *attempt, err error) {
 		}
 		l.pause(class, err, hint, a.probe)
 		if class == submit.ClassTenant {
-			l.e.pauseTenant(l.account().Tenant, class, err)
+			l.e.pauseTenant(l.account(), class, err)
 		}
 		l.keepQueued(a, ev, last, l.e.cfg.Retry.Delay(1))
 		return

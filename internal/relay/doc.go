@@ -156,8 +156,12 @@
 //     service's announcements (TokenEvents: token.stored; workers never
 //     read relay_tokens themselves), so mail flows as soon as the
 //     account is consented again. A tenant block pauses every account of
-//     the tenant (not of "common", "organizations" or "consumers", which
-//     name no one tenant: that account pauses alone). A message whose last delivery meets a pause is requeued
+//     the tenant, matched by the tenant ID learnt at sign-in (the tid
+//     claim: account.Account.TenantKey), whichever name each account's
+//     tenant is configured by; an account without one is matched by its
+//     tenant as configured (not "common", "organizations" or
+//     "consumers", which name no one tenant: that account pauses alone).
+//     The status's pause_tenant says which key matched. A message whose last delivery meets a pause is requeued
 //     as a fresh message, never dead-lettered: waiting for an account is
 //     not a reason to give mail up. The pause is per process; another
 //     worker finds the condition on its own first attempt.

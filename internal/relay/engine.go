@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -357,19 +356,25 @@ func (e *Engine) hasLane(alias string) bool {
 	return ok
 }
 
-// pauseTenant pauses every account of tenant: Microsoft blocked the
-// tenant, IP or sender, so its other mailboxes would meet the same reply.
-func (e *Engine) pauseTenant(tenant string, class Class, err error) {
-	if multiTenant(tenant) {
-		// Not a tenant: accounts of unrelated organisations may share
-		// it. The account that met the reply paused itself; the
-		// others find a block of their own with their own mail.
+// pauseTenant pauses every account of from's tenant: Microsoft blocked
+// the tenant or its outbound IP, or its external recipient limit is
+// reached, so its other mailboxes would meet the same reply. Accounts are
+// matched by account.Account.TenantKey: the tenant ID learnt at sign-in,
+// the same whichever name each account's tenant is configured by; for
+// an account without one, its tenant as configured.
+func (e *Engine) pauseTenant(from account.Account, class Class, err error) {
+	key, _ := from.TenantKey()
+	if key == "" {
+		// organizations, common or consumers and no tenant ID: not a
+		// tenant, accounts of unrelated organisations may share it.
+		// The account that met the reply paused itself; the others
+		// find a block of their own with their own mail.
 		return
 	}
 	e.mu.Lock()
 	var same []*lane
 	for _, l := range e.lanes {
-		if strings.EqualFold(l.account().Tenant, tenant) {
+		if k, _ := l.account().TenantKey(); k == key {
 			same = append(same, l)
 		}
 	}
@@ -379,26 +384,32 @@ func (e *Engine) pauseTenant(tenant string, class Class, err error) {
 	}
 }
 
-// multiTenant reports whether an account's tenant names the multi-tenant
-// endpoints of the identity platform (docs/office365.md §2.1) rather than
-// one organisation.
-func multiTenant(tenant string) bool {
-	switch strings.ToLower(tenant) {
-	case "common", "organizations", "consumers":
-		return true
+// tenantNote says, for the status and the log of a tenant-wide pause, which
+// tenant key the account's pause and its siblings' were matched by
+// (account.Account.TenantKey), and what that leaves out.
+func tenantNote(a account.Account) string {
+	switch key, byID := a.TenantKey(); {
+	case byID:
+		return fmt.Sprintf("tenant ID %s (learnt at sign-in): every account of the tenant pauses, whichever name its tenant is configured by", key)
+	case key != "":
+		return fmt.Sprintf("tenant %q as configured (no tenant ID learnt at sign-in): accounts that name this tenant otherwise (its ID or another domain) do not pause with it; authtool login again learns the ID", key)
+	default:
+		return fmt.Sprintf("none: tenant %q names no one tenant and no tenant ID was learnt at sign-in: this account paused alone", a.Tenant)
 	}
-	return false
 }
 
 // LaneStatus is one account's delivery state, for /status and tests. It
 // holds no secret.
 type LaneStatus struct {
-	Account     string    `json:"account"`
-	Bound       bool      `json:"consumer_bound"`
-	Paused      bool      `json:"paused"`
-	PauseClass  string    `json:"pause_class,omitempty"`
-	PauseReason string    `json:"pause_reason,omitempty"`
-	PauseRemedy string    `json:"pause_remedy,omitempty"` // what a person does about an SMTP reply that paused it (submit.Remedy)
+	Account     string `json:"account"`
+	Bound       bool   `json:"consumer_bound"`
+	Paused      bool   `json:"paused"`
+	PauseClass  string `json:"pause_class,omitempty"`
+	PauseReason string `json:"pause_reason,omitempty"`
+	PauseRemedy string `json:"pause_remedy,omitempty"` // what a person does about an SMTP reply that paused it (submit.Remedy)
+	// PauseTenant is, for a tenant-wide pause (class tenant), the tenant
+	// key its accounts were matched by and how it was found (tenantNote).
+	PauseTenant string    `json:"pause_tenant,omitempty"`
 	PausedUntil time.Time `json:"next_probe,omitzero"`
 	ConnLimit   int       `json:"connection_limit"`
 	InFlight    int       `json:"in_flight"` // messages fetched and not yet accepted: sending, or prepared and waiting for a session

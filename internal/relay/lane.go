@@ -144,6 +144,7 @@ type pauseState struct {
 	class    Class
 	reason   string
 	remedy   string    // what a person does about it (submit.Remedy), "" when the error says nothing of it
+	tenant   string    // class tenant: the tenant key the pause was matched by (tenantNote)
 	until    time.Time // on the engine's clock: next probe
 	count    int       // pauses since the last resume, for the probe schedule
 	kind     probe
@@ -722,17 +723,20 @@ func (l *lane) probeSession() error {
 // probe schedule. hint is a wait the condition itself announced.
 func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool) {
 	now := l.e.clock.Now()
-	remedy := ""
+	remedy, tenant := "", ""
 	var se *submit.SMTPError
 	if errors.As(err, &se) {
 		remedy = submit.Remedy(se, l.account().Mailbox) // before l.mu: account takes it
+	}
+	if class == submit.ClassTenant {
+		tenant = tenantNote(l.account())
 	}
 	l.mu.Lock()
 	if l.p.on && !fromProbe {
 		l.mu.Unlock()
 		return
 	}
-	p := pauseState{on: true, since: l.p.since, class: class, reason: err.Error(), remedy: remedy, count: l.p.count + 1, kind: probeFor(class), unwatch: l.p.unwatch}
+	p := pauseState{on: true, since: l.p.since, class: class, reason: err.Error(), remedy: remedy, tenant: tenant, count: l.p.count + 1, kind: probeFor(class), unwatch: l.p.unwatch}
 	if !l.p.on {
 		p.since = now
 	}
@@ -770,6 +774,9 @@ func (l *lane) pause(class Class, err error, hint time.Duration, fromProbe bool)
 	ev := l.log.Warn().Str("class", string(class)).Err(err).Time("next_probe", p.until)
 	if se != nil {
 		ev = ev.Int("smtp_code", se.Code).Str("remedy", p.remedy)
+	}
+	if p.tenant != "" {
+		ev = ev.Str("tenant_key", p.tenant)
 	}
 	ev.Msg("account paused: its mail stays queued")
 }
@@ -1025,7 +1032,7 @@ func (l *lane) status() LaneStatus {
 		InFlight: l.msgs,
 	}
 	if l.p.on {
-		st.PauseClass, st.PauseReason, st.PauseRemedy, st.PausedUntil = string(l.p.class), l.p.reason, l.p.remedy, l.p.until
+		st.PauseClass, st.PauseReason, st.PauseRemedy, st.PauseTenant, st.PausedUntil = string(l.p.class), l.p.reason, l.p.remedy, l.p.tenant, l.p.until
 	}
 	l.mu.Unlock()
 	st.Sessions = l.pool.Size()

@@ -1,10 +1,12 @@
 package relay_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/emersion/go-smtp"
 
+	"relay365/internal/fakeo365"
 	"relay365/internal/submit"
 )
 
@@ -30,4 +32,37 @@ func TestTenantBlockDoesNotPauseOtherOrganizations(t *testing.T) {
 		t.Fatalf("an account of another organisation, also configured with tenant \"organizations\", paused %v times (status %+v)", n, h.lane(other.Alias))
 	}
 	h.waitFor("the blocked account's delivery after its probe", func() bool { return h.delivered()["orgs-a"] == 1 })
+}
+
+// TestTenantBlockPausesTheTenantByItsID: a tenant configured by its domain
+// on one account and by its tenant ID (GUID) on another is one tenant:
+// Entra names its ID (the tid claim) at either's sign-in, and a block of
+// the tenant (550 5.7.708) pauses both; an account of another tenant
+// sends on. The status says which key matched them.
+func TestTenantBlockPausesTheTenantByItsID(t *testing.T) {
+	h := newHarness(t, setup{})
+	byName := h.enroll("by-name", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	id := fakeo365.TenantID("contoso.onmicrosoft.com", "")
+	byID := h.enroll("by-id", "billing@contoso.com", strings.ToUpper(id), nil)
+	other := h.enroll("other", "alerts@fabrikam.com", "fabrikam.onmicrosoft.com", nil)
+	for _, alias := range []string{byName.Alias, byID.Alias} {
+		if a, err := h.accounts.Get(h.ctx, alias); err != nil || a.TenantID != id {
+			t.Fatalf("account %s: tenant_id %q (%v), want %s, learnt at sign-in", alias, a.TenantID, err, id)
+		}
+	}
+	h.fake.SetNextDataReply(1, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 708},
+		Message: "Service unavailable. Access denied, traffic not accepted from this IP."})
+	h.publishMsg(msgFor(byName.Alias, "id-by-name", "by-name"))
+	h.waitFor("the blocked account's message to wait", func() bool { return h.outcome(byName.Alias, "paused") >= 1 })
+	if n := h.metric("relay_account_pauses_total", "account", byID.Alias, "class", string(submit.ClassTenant)); n != 1 {
+		t.Fatalf("the account configured with the tenant's ID paused %v times for the tenant, want 1 (status %+v)", n, h.lane(byID.Alias))
+	}
+	if st := h.lane(byID.Alias); !strings.Contains(st.PauseTenant, "tenant ID "+id) {
+		t.Fatalf("pause_tenant %q, want it to name the tenant ID", st.PauseTenant)
+	}
+	h.publishMsg(msgFor(other.Alias, "id-other", "other"))
+	h.waitFor("the other tenant's message", func() bool { return h.delivered()["other"] == 1 })
+	if n := h.metric("relay_account_pauses_total", "account", other.Alias); n != 0 {
+		t.Fatalf("an account of another tenant paused %v times", n)
+	}
 }
