@@ -191,7 +191,7 @@ func (a Account) Validate() error {
 	case a.AppOnly && (a.Tenant == "common" || a.Tenant == "consumers"):
 		add("tenant %q cannot be used with app_only: client credentials need the tenant ID or domain", a.Tenant)
 	}
-	if a.TenantID != "" && !tenantIDRE.MatchString(a.TenantID) {
+	if a.TenantID != "" && (!IsTenantID(a.TenantID) || a.TenantID != strings.ToLower(a.TenantID)) {
 		add("tenant_id %q is invalid: it is the directory (tenant) ID GUID that sign-in learns; leave it unset", a.TenantID)
 	}
 	if a.Authority != "" {
@@ -310,8 +310,12 @@ var tenantRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$`)
 
 func validTenant(t string) bool { return tenantRE.MatchString(t) }
 
-// tenantIDRE matches a directory (tenant) ID, lower case (Normalize).
-var tenantIDRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+// tenantIDRE matches a directory (tenant) ID: a GUID, in either case.
+var tenantIDRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// IsTenantID reports whether s is a directory (tenant) ID, a GUID, as
+// opposed to one of the tenant's domains or a multi-tenant name.
+func IsTenantID(s string) bool { return tenantIDRE.MatchString(s) }
 
 // TenantKey is what tenant-wide pauses (a tenant blocked, its external
 // recipient limit reached: docs/office365.md §4) compare accounts by, and

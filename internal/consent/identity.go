@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/oauth2"
+
+	"relay365/internal/account"
 )
 
 // identityScopes are asked for at sign-in on top of the account's scopes
@@ -65,7 +67,7 @@ func TenantIDOf(tok *oauth2.Token) (tid string, ok bool) {
 		var claims struct {
 			TID string `json:"tid"`
 		}
-		if jwtClaims(jwt, &claims) && guid.MatchString(claims.TID) {
+		if jwtClaims(jwt, &claims) && account.IsTenantID(claims.TID) {
 			return strings.ToLower(claims.TID), true
 		}
 	}
@@ -132,9 +134,6 @@ func checkSignedIn(tok *oauth2.Token, mailbox string) error {
 // entraAuthorize matches an Entra authorize endpoint: <authority>/<tenant>/oauth2/v2.0/authorize.
 var entraAuthorize = regexp.MustCompile(`^/([^/]+)/oauth2/v2\.0/authorize$`)
 
-// guid matches a tenant ID.
-var guid = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-
 // IssuerMismatchError: the authorization response says it comes from
 // another authorization server than the one the sign-in went to (RFC
 // 9207 §2.4: the mix-up attack). The code is not redeemed.
@@ -176,7 +175,7 @@ func checkIssuer(iss, authURL string) error {
 		return nil
 	}
 	parts := strings.Split(strings.Trim(got.Path, "/"), "/")
-	if !guid.MatchString(tenant) && len(parts) == 2 && guid.MatchString(parts[0]) && parts[1] == "v2.0" {
+	if !account.IsTenantID(tenant) && len(parts) == 2 && account.IsTenantID(parts[0]) && parts[1] == "v2.0" {
 		return nil
 	}
 	return &IssuerMismatchError{Got: iss, Want: want + wantPath}

@@ -10,10 +10,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
+
+	"relay365/internal/account"
 )
 
 // Grant types accepted by the token endpoint (the keys of TokenCalls).
@@ -598,9 +599,6 @@ func (s *Server) idToken(p principal, now time.Time) string {
 	return seg(map[string]string{"typ": "JWT", "alg": "none"}) + "." + seg(claims) + "."
 }
 
-// tenantGUID matches a tenant (directory) ID.
-var tenantGUID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-
 // TenantID is the directory ID (a GUID) the fake's id_token names as tid
 // for a sign-in at the tenant path segment tenant by mailbox, as Entra
 // names the signed-in user's tenant whatever name the client used: a GUID
@@ -611,7 +609,7 @@ var tenantGUID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 // and the tid is the one of the mailbox's domain (its home tenant).
 func TenantID(tenant, mailbox string) string {
 	switch t := key(tenant); {
-	case tenantGUID.MatchString(t):
+	case account.IsTenantID(t):
 		return t
 	case t == "organizations" || t == "common" || t == "consumers":
 		_, domain, _ := strings.Cut(key(mailbox), "@")

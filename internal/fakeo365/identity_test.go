@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"relay365/internal/account"
 )
 
 func TestAuthCodePKCE(t *testing.T) {
@@ -117,7 +119,7 @@ func TestIDToken(t *testing.T) {
 	// One tenant by its domain or its GUID; the multi-tenant names are
 	// the mailbox's home tenant.
 	id := TenantID(testTenant, "")
-	if !tenantGUID.MatchString(id) || TenantID(strings.ToUpper(id), "") != id || TenantID("organizations", "ops@Contoso.onmicrosoft.com") != id ||
+	if !account.IsTenantID(id) || TenantID(strings.ToUpper(id), "") != id || TenantID("organizations", "ops@Contoso.onmicrosoft.com") != id ||
 		TenantID("common", "ops@fabrikam.com") == id {
 		t.Errorf("TenantID: %s for %s, %s for its GUID, %s for organizations", id, testTenant, TenantID(id, ""), TenantID("organizations", "ops@contoso.onmicrosoft.com"))
 	}
