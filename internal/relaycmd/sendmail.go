@@ -60,8 +60,12 @@ type sendmailConfig struct {
 	FromHeader bool   // -t: recipients from the To, Cc and Bcc fields (or Resent- ones), and the arguments
 	IgnoreDots bool   // -i, -oi: a line of a single dot is text, not the end of the message
 	Sender     string // -f, -r: not the envelope sender (always the mailbox), only a From line the message lacks
-	FullName   string // -F: the display name of that From line, or without -f of the mailbox's
-	Rcpts      []string
+	// FullName is -F, or without it the NAME environment variable (as
+	// Postfix's sendmail(1): "-F full_name ... This overrides the NAME
+	// environment variable"): the display name of that From line, or
+	// without -f of the mailbox's.
+	FullName string
+	Rcpts    []string
 	// Spool is the directory a message NATS cannot take now is kept in
 	// (spool.go), "" when off; used only when it exists.
 	Spool string
@@ -94,7 +98,8 @@ exit is 0. The next message queued, or -q, sends what the spool holds.
   -f FROM   a From line for a message that has none (the relay sends as the
             account's mailbox; its From policy decides what becomes of it)
   -F NAME   the display name of that From line, or without -f of the
-            account's mailbox, the From of a message that has none
+            account's mailbox, the From of a message that has none;
+            without -F, the NAME environment variable (as Postfix's)
   accepted and ignored: -oem -oee -om -odi -odb and any other -oX, -B TYPE,
   -N DSN, -R RET, -V ENVID, -O OPT (but -O IgnoreDots), -A X, -C FILE, -h N,
   -L TAG, -X FILE, -v, -m, -n, -U, -G, -bm
@@ -341,6 +346,7 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 	fs.StringVar(&c.Spool, "spool", envOr(env, "RELAY_SENDMAIL_SPOOL", defaultSpool), "keep a message NATS cannot take now in this directory, if it exists, and exit 0; off: never (env RELAY_SENDMAIL_SPOOL)")
 
 	var long []string
+	fullName := false // -F given, even empty: it overrides NAME
 	i := 0
 	for ; i < len(args); i++ {
 		a := args[i]
@@ -429,7 +435,7 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 			case 'f', 'r': // -r is sendmail's obsolete spelling of -f
 				c.Sender = value
 			case 'F':
-				c.FullName = value
+				c.FullName, fullName = value, true
 			case 'o':
 				// -oi is IgnoreDots; sendmail ignores options it does not
 				// know, and -oem, -oee, -om, -odi, -odb (error reporting,
@@ -459,6 +465,13 @@ func parseSendmail(args []string, env Env) (sendmailConfig, error) {
 	}
 	if c.Spool == "off" {
 		c.Spool = ""
+	}
+	if !fullName {
+		// Postfix's sendmail(1), ENVIRONMENT: "NAME: The sender full
+		// name. This is used only with messages that have no From:
+		// message header." (-F "overrides the NAME environment
+		// variable"); Sendmail's sets its $x from NAME, then from -F.
+		c.FullName = envOr(env, "NAME", "")
 	}
 	switch {
 	case c.Account == "" && !c.Queue: // -q: each spooled message names its account

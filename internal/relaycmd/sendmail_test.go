@@ -114,6 +114,14 @@ func TestParseSendmail(t *testing.T) {
 			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
 		{"-hN", base, []string{"-h17", "ops@contoso.com"},
 			want(func(c *sendmailConfig) { c.Rcpts = []string{"ops@contoso.com"} })},
+		// Postfix's sendmail(1): NAME is the full name, and -F
+		// overrides it (an empty -F too).
+		{"NAME without -F", map[string]string{"RELAY_ACCOUNT": "alerts", "NAME": "Backup Job"}, []string{"root"},
+			want(func(c *sendmailConfig) { c.FullName, c.Rcpts = "Backup Job", []string{"root"} })},
+		{"-F over NAME", map[string]string{"RELAY_ACCOUNT": "alerts", "NAME": "Backup Job"}, []string{"-FCronDaemon", "root"},
+			want(func(c *sendmailConfig) { c.FullName, c.Rcpts = "CronDaemon", []string{"root"} })},
+		{"-F empty over NAME", map[string]string{"RELAY_ACCOUNT": "alerts", "NAME": "Backup Job"}, []string{"-F", "", "root"},
+			want(func(c *sendmailConfig) { c.Rcpts = []string{"root"} })},
 		{"-O IgnoreDots", base, []string{"-O", "IgnoreDots=True", "ops@contoso.com"},
 			want(func(c *sendmailConfig) { c.IgnoreDots, c.Rcpts = true, []string{"ops@contoso.com"} })},
 	}
