@@ -107,34 +107,8 @@ func OpenStoreOnly(js jetstream.JetStream) *Store {
 	return &Store{js: js, storeOnly: true}
 }
 
-// TooLarge is a message over the size limit.
-type TooLarge struct {
-	Size  int64 // its size, or as much as was read of it (AtLeast)
-	Limit int64
-	// AtLeast: reading stopped at Size, so the message is that or more.
-	AtLeast bool
-	// Account, when the limit is the account's own (max_message_bytes).
-	Account string
-}
-
-func (e *TooLarge) Error() string {
-	more, whose := "", ""
-	if e.AtLeast {
-		more = " or more"
-	}
-	if e.Account != "" {
-		whose = " of account " + e.Account
-	}
-	return fmt.Sprintf("message of %d bytes (%s)%s is over the size limit of %d bytes (%s)%s", e.Size, human(e.Size), more, e.Limit, human(e.Limit), whose)
-}
-
-// human is n in MB (1024²), or in KB below one MB.
-func human(n int64) string {
-	if n < 1<<20 {
-		return fmt.Sprintf("%.1f KB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
-}
+// TooLarge is a message over the size limit (message.TooLarge).
+type TooLarge = message.TooLarge
 
 // NewName returns a fresh object name ("b-" and 32 hex digits).
 func NewName() string {

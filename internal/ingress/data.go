@@ -381,12 +381,15 @@ func (ss *session) check(helo string, raw []byte) (checked, result, error) {
 	}
 	r, err := message.Render(m, message.Sender{Mailbox: acct.Mailbox, Policy: acct.FromPolicy, SendAs: acct.SendAs}, ss.s.deps.Clock.Now())
 	if err != nil {
-		var inv *message.Invalid
+		var (
+			inv *message.Invalid
+			tl  *message.TooLarge
+		)
 		switch {
 		case errors.As(err, &inv) && (inv.Field == "from" || inv.Field == "sender"):
 			log.Info().Err(err).Int("smtp_code", 550).Msg("SMTP message refused by the account's From policy")
 			return checked{}, resultNotAllowed, errNotAllowed(err.Error())
-		case strings.Contains(err.Error(), "accepts at most"):
+		case errors.As(err, &tl): // over 35 MB once rendered: RFC 3463 §3.4's 5.3.4
 			log.Info().Err(err).Int("smtp_code", 552).Msg("SMTP message refused: too large")
 			return checked{}, resultTooLarge, errTooLarge(err.Error())
 		}

@@ -76,7 +76,7 @@ func (b *BodyRef) validate() error {
 		return invalid("body.size", "%d is not a size", b.Size)
 	}
 	if b.Size > MaxSize {
-		return invalid("body.size", "%d bytes, Office 365 accepts at most %d", b.Size, MaxSize)
+		return tooBig("body.size", "", b.Size)
 	}
 	if len(b.Digest) < 10 || len(b.Digest) > 100 {
 		return invalid("body.digest", "%q is not a digest", b.Digest)
@@ -135,7 +135,7 @@ func RenderBody(m *Message, s Sender, now time.Time, head []byte) (*Rendered, er
 	}
 	r := &Rendered{MailFrom: s.Mailbox, Rcpts: rcpts, Data: data, Body: m.Body, BodyOffset: int64(len(head))}
 	if size := r.Size(); size > MaxSize {
-		return nil, invalid("body", "%d bytes, Office 365 accepts at most %d", size, MaxSize)
+		return nil, tooBig("body", "", size)
 	}
 	return r, nil
 }

@@ -89,6 +89,11 @@ type Attachment struct {
 type Invalid struct {
 	Field  string
 	Reason string
+	// Err is the typed cause, when there is one: a *TooLarge for a
+	// message over MaxSize (errors.As finds it through Invalid), so that a
+	// front door answers 552 5.3.4 (RFC 3463 §3.4) and not 554 5.6.0
+	// without reading the reason's words.
+	Err error
 }
 
 func (e *Invalid) Error() string {
@@ -98,8 +103,50 @@ func (e *Invalid) Error() string {
 	return fmt.Sprintf("invalid message: %s: %s", e.Field, e.Reason)
 }
 
+func (e *Invalid) Unwrap() error { return e.Err }
+
 func invalid(field, format string, args ...any) error {
 	return &Invalid{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// tooBig is the *Invalid for a message of size octets (what, as the
+// reason words it: "" or " after encoding") over MaxSize, with a
+// *TooLarge as its cause. Its text is what it always was: dead letters'
+// reasons stay as they were.
+func tooBig(field, what string, size int64) error {
+	return &Invalid{Field: field, Reason: fmt.Sprintf("%d bytes%s, Office 365 accepts at most %d", size, what, MaxSize),
+		Err: &TooLarge{Size: size, Limit: MaxSize}}
+}
+
+// TooLarge is a message over the size limit: Office 365's MaxSize, or an
+// account's own (max_message_bytes). body.TooLarge and
+// producer.TooLarge are this type.
+type TooLarge struct {
+	Size  int64 // its size, or as much as was read of it (AtLeast)
+	Limit int64
+	// AtLeast: reading stopped at Size, so the message is that or more.
+	AtLeast bool
+	// Account, when the limit is the account's own (max_message_bytes).
+	Account string
+}
+
+func (e *TooLarge) Error() string {
+	more, whose := "", ""
+	if e.AtLeast {
+		more = " or more"
+	}
+	if e.Account != "" {
+		whose = " of account " + e.Account
+	}
+	return fmt.Sprintf("message of %d bytes (%s)%s is over the size limit of %d bytes (%s)%s", e.Size, human(e.Size), more, e.Limit, human(e.Limit), whose)
+}
+
+// human is n in MB (1024²), or in KB below one MB.
+func human(n int64) string {
+	if n < 1<<20 {
+		return fmt.Sprintf("%.1f KB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
 }
 
 // IsInvalid reports whether err says the input itself is bad.
@@ -367,7 +414,7 @@ func (m *Message) validateRaw() error {
 		return invalid("raw", "raw replaces subject, text, html, headers and attachments; give one or the other")
 	}
 	if len(m.Raw) > MaxSize {
-		return invalid("raw", "%d bytes, Office 365 accepts at most %d", len(m.Raw), MaxSize)
+		return tooBig("raw", "", int64(len(m.Raw)))
 	}
 	rcpts, err := m.Recipients()
 	if err != nil {

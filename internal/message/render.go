@@ -99,7 +99,7 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 			return nil, err
 		}
 		if len(r.Data) > MaxSize {
-			return nil, invalid("raw", "%d bytes, Office 365 accepts at most %d", len(r.Data), MaxSize)
+			return nil, tooBig("raw", "", int64(len(r.Data)))
 		}
 		return r, nil
 	}
@@ -115,7 +115,7 @@ func Render(m *Message, s Sender, now time.Time) (*Rendered, error) {
 		return nil, err
 	}
 	if len(data) > MaxSize {
-		return nil, invalid("", "%d bytes after encoding, Office 365 accepts at most %d", len(data), MaxSize)
+		return nil, tooBig("", " after encoding", int64(len(data)))
 	}
 	r.Data = data
 	return r, nil

@@ -29,7 +29,8 @@ import (
 // recipients are those of RCPT TO, the MAIL FROM address stands where
 // -f does, and the reply says what the exit code would have: 250 queued
 // or kept in the spool, 554 never sendable (65; 552 5.3.4 when over the
-// account's size limit, as past SIZE, RFC 5321 §4.5.3.1.10), 550 refused by NATS
+// account's size limit or, rendered, over 35 MB, as past SIZE, RFC 5321
+// §4.5.3.1.10), 550 refused by NATS
 // (77), 451 try again later (75, 70). The exit is 0 once the client
 // quits or closes its end, whatever became of its messages: they were
 // answered one by one.
@@ -122,9 +123,11 @@ func (s *stdioSession) Data(r io.Reader) error {
 		case exDataErr:
 			reply.Code, reply.EnhancedCode = 554, smtp.EnhancedCode{5, 6, 0}
 			if errors.As(err, &tl) {
-				// Over the account's size limit: RFC 5321 §4.5.3.1.10's
-				// 552 and RFC 3463's 5.3.4 "message too big for system",
-				// as go-smtp answers past SIZE, not 5.6.0 (content the
+				// Over the account's size limit, or over Office 365's
+				// 35 MB once rendered (a *message.TooLarge inside the
+				// *message.Invalid): RFC 5321 §4.5.3.1.10's 552 and RFC
+				// 3463 §3.4's 5.3.4 "message too big for system", as
+				// go-smtp answers past SIZE, not 5.6.0 (content the
 				// relay cannot read).
 				reply.Code, reply.EnhancedCode = 552, smtp.EnhancedCode{5, 3, 4}
 			}

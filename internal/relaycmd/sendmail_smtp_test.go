@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"relay365/internal/message"
 	"relay365/internal/queue/queuetest"
 )
 
@@ -93,6 +94,35 @@ func TestSendmailSMTPTooLarge(t *testing.T) {
 	want := []string{"220", "250", "250", "250", "354", "552", "250", "250", "354", "250", "221"}
 	if r.code != 0 || !reflect.DeepEqual(replyCodes(r.stdout), want) || !strings.Contains(r.stdout, "552 5.3.4 ") {
 		t.Fatalf("exit %d, replies %v, want 0 and %v\n%s", r.code, replyCodes(r.stdout), want, r.stdout)
+	}
+	if n := mailCount(t, ctx, env.JS); n != 1 {
+		t.Fatalf("%d queued, want 1", n)
+	}
+}
+
+// TestSendmailSMTPTooLargeOnceRendered: over -bs, a message that go-smtp
+// takes (up to 35 MB) but that passes Office 365's 35 MB only once the
+// relay adds the Date and Message-ID fields it lacks is too large too:
+// 552 5.3.4 (RFC 3463 §3.4, "message too big for system"), as a message
+// over SIZE or the account's limit, not 554 5.6.0, which says the relay
+// cannot read it. Nothing is queued, and the session goes on.
+func TestSendmailSMTPTooLargeOnceRendered(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	vars := map[string]string{"RELAY_NATS_URL": env.URL, "RELAY_ACCOUNT": "alerts"}
+	head := "From: App <app@contoso.com>\r\nSubject: big\r\n\r\n"
+	line := strings.Repeat("0123456789abcdef", 4) + "\r\n"
+	var b strings.Builder
+	b.WriteString("EHLO web-3\r\nMAIL FROM:<app@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\n" + head)
+	size := len(head)
+	for size+len(line) <= message.MaxSize-50 { // room for none of the fields the relay adds
+		b.WriteString(line)
+		size += len(line)
+	}
+	b.WriteString(".\r\nMAIL FROM:<app@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\nSubject: small\r\n\r\nok\r\n.\r\nQUIT\r\n")
+	r := run(t, vars, b.String(), "sendmail", "-bs")
+	want := []string{"220", "250", "250", "250", "354", "552", "250", "250", "354", "250", "221"}
+	if r.code != 0 || !reflect.DeepEqual(replyCodes(r.stdout), want) || !strings.Contains(r.stdout, "552 5.3.4 ") {
+		t.Fatalf("a message of %d bytes: exit %d, replies %v, want 0 and %v\n%s", size, r.code, replyCodes(r.stdout), want, r.stdout)
 	}
 	if n := mailCount(t, ctx, env.JS); n != 1 {
 		t.Fatalf("%d queued, want 1", n)
