@@ -267,15 +267,9 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 // digest check at the end is one too. Other errors (the store did not
 // answer) are temporary.
 func (s *Store) Open(ctx context.Context, ref message.BodyRef) (io.ReadCloser, error) {
-	info, err := s.obs.GetInfo(ctx, ref.Object)
-	switch {
-	case errors.Is(err, jetstream.ErrObjectNotFound):
-		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is not in %s (deleted, or purged with its dead letter)", ref.Object, Bucket)}
-	case err != nil:
-		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
-	}
-	if int64(info.Size) != ref.Size || info.Digest != ref.Digest {
-		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is not the body the message was queued with (size %d, want %d; digest %s, want %s)", ref.Object, info.Size, ref.Size, info.Digest, ref.Digest)}
+	info, err := s.info(ctx, ref)
+	if err != nil {
+		return nil, err
 	}
 	// The chunks are pulled a few at a time by an ordered consumer of
 	// their own subject, not pushed (nats.go's ObjectStore.Get lets the
@@ -301,6 +295,30 @@ func (s *Store) Open(ctx context.Context, ref message.BodyRef) (io.ReadCloser, e
 	}
 	stop := context.AfterFunc(ctx, it.Stop)
 	return &chunkReader{it: it, stop: stop, name: ref.Object, left: ref.Size, digest: ref.Digest, h: sha256.New()}, nil
+}
+
+// Check says whether the body ref names is in the store as the message
+// was queued with it, without reading it: nil if so, a *message.Invalid
+// (as Open's) when it is gone or changed, which a replay refuses; another
+// error when the store did not answer. relay dlq show says so.
+func (s *Store) Check(ctx context.Context, ref message.BodyRef) error {
+	_, err := s.info(ctx, ref)
+	return err
+}
+
+// info is the object ref names, checked against ref (Open's rules).
+func (s *Store) info(ctx context.Context, ref message.BodyRef) (*jetstream.ObjectInfo, error) {
+	info, err := s.obs.GetInfo(ctx, ref.Object)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is not in %s (deleted, or purged with its dead letter)", ref.Object, Bucket)}
+	case err != nil:
+		return nil, fmt.Errorf("read body %s: %w", ref.Object, err)
+	}
+	if int64(info.Size) != ref.Size || info.Digest != ref.Digest {
+		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is not the body the message was queued with (size %d, want %d; digest %s, want %s)", ref.Object, info.Size, ref.Size, info.Digest, ref.Digest)}
+	}
+	return info, nil
 }
 
 // ChunkWait is how long a reader waits for the store to deliver the next

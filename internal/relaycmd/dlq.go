@@ -33,7 +33,8 @@ its reason, class, attempts, last reply, original subject and sequence.
   list   [--account A] [--reason TEXT] [--limit N] [--json]
                                               list dead letters, oldest first (the table: 100 unless --limit;
                                               --json: one JSON object a line, every match)
-  show   SEQ [--json]                         headers and body of one dead letter
+  show   SEQ [--json]                         headers and body of one dead letter, and whether its
+                                              stored body (large mail) is still in relay_bodies
   replay SEQ | --all [--account A] [--reason TEXT]
                                               queue again as new messages (fresh attempt count)
   purge  --yes [--account A]                  delete dead letters for good
@@ -246,8 +247,18 @@ func dlqShow(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []str
 	if err != nil {
 		return err
 	}
+	// A stored body gone from relay_bodies (deleted, purged with an
+	// earlier copy of this dead letter, changed) is what a replay refuses:
+	// show says so before anyone tries.
+	ref := storedBody(e.Data)
+	var state, problem string
+	if ref != nil {
+		state, problem = checkStoredBody(ctx, js, *ref)
+	}
 	if c.JSON {
-		return writeJSON(env.Stdout, entryJSON(e), true)
+		out := entryJSON(e)
+		out.StoredBody, out.StoredBodyProblem = state, problem
+		return writeJSON(env.Stdout, out, true)
 	}
 	// Headers and body as stored, with what would drive the terminal
 	// escaped (termsafe).
@@ -262,8 +273,15 @@ func dlqShow(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []str
 			fmt.Fprintf(env.Stdout, "%s: %s\n", termsafe.Line(k), termsafe.Line(v))
 		}
 	}
-	if ref := storedBody(e.Data); ref != nil {
-		fmt.Fprintf(env.Stdout, "Stored-Body: %s, %d bytes (%.1f MB)\n", ref.Object, ref.Size, float64(ref.Size)/(1<<20))
+	if ref != nil {
+		fmt.Fprintf(env.Stdout, "Stored-Body: %s, %d bytes (%.1f MB)", ref.Object, ref.Size, float64(ref.Size)/(1<<20))
+		switch state {
+		case bodyGone:
+			fmt.Fprintf(env.Stdout, ", GONE from %s: %s (relay dlq replay refuses it; relay dlq purge removes it)", body.Bucket, termsafe.Line(problem))
+		case bodyUnknown:
+			fmt.Fprintf(env.Stdout, ", not checked: %s", termsafe.Line(problem))
+		}
+		fmt.Fprintln(env.Stdout)
 	}
 	fmt.Fprintln(env.Stdout)
 	writeBody(env.Stdout, e.Data)
@@ -284,6 +302,30 @@ func storedBody(data []byte) *message.BodyRef {
 		return nil
 	}
 	return m.Body
+}
+
+// What show --json's stored_body says of a dead letter's stored body.
+const (
+	bodyPresent = "present" // in relay_bodies as it was queued
+	bodyGone    = "gone"    // deleted or changed: replay refuses it
+	bodyUnknown = "unknown" // the store did not answer
+)
+
+// checkStoredBody is the state of the body ref names (bodyPresent,
+// bodyGone, bodyUnknown) and, unless present, why.
+func checkStoredBody(ctx context.Context, js jetstream.JetStream, ref message.BodyRef) (state, problem string) {
+	store, err := body.Open(ctx, js)
+	if err == nil {
+		err = store.Check(ctx, ref)
+	}
+	var inv *message.Invalid
+	switch {
+	case err == nil:
+		return bodyPresent, ""
+	case errors.As(err, &inv):
+		return bodyGone, inv.Reason
+	}
+	return bodyUnknown, err.Error()
 }
 
 // writeBody prints the message: indented when it is JSON, as text
@@ -622,6 +664,12 @@ type deadLetterJSON struct {
 	Headers      map[string]string `json:"headers,omitempty"`
 	Message      json.RawMessage   `json:"message,omitempty"`
 	Raw          []byte            `json:"raw,omitempty"`
+	// StoredBody, show only, for a message whose content is in the body
+	// store: "present", "gone" (deleted or changed: replay refuses it)
+	// or "unknown" (the store did not answer); StoredBodyProblem says
+	// why when not present.
+	StoredBody        string `json:"stored_body,omitempty"`
+	StoredBodyProblem string `json:"stored_body_problem,omitempty"`
 }
 
 func entryJSON(e queue.DeadLetterEntry) deadLetterJSON {

@@ -3,6 +3,7 @@ package relaycmd_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -150,6 +151,46 @@ func TestDLQReplayWithoutItsBodyIsKept(t *testing.T) {
 	}
 	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamDLQ); n != 1 {
 		t.Fatalf("MAIL_DLQ holds %d, want the dead letter kept", n)
+	}
+}
+
+// relay dlq show of a large dead letter says whether its stored body is
+// still in relay_bodies: one whose body is gone (deleted by hand, purged
+// with an earlier copy) is what replay refuses ("is not in
+// relay_bodies"), and show printed its size as if nothing were amiss.
+// --json carries it as stored_body ("present", "gone").
+func TestDLQShowSaysTheStoredBodyIsGone(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	store := openBodies(t, ctx, env)
+	bigDeadLetter(t, ctx, env, store, "big-1")
+	ref := bigDeadLetter(t, ctx, env, store, "big-2")
+	if err := store.Delete(ctx, ref.Object); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		seq, state string
+		text       []string // in the text form; none for "present"
+	}{
+		{"2", "gone", []string{"GONE from relay_bodies", "is not in relay_bodies", "replay refuses it"}},
+		{"1", "present", nil},
+	} {
+		code, out, errOut := run(t, "dlq", "show", c.seq, "--nats-url", env.URL)
+		if code != 0 || !strings.Contains(out, "Stored-Body: ") || strings.Contains(out, "GONE") != (c.text != nil) {
+			t.Fatalf("show %s (body %s): exit %d\n%s%s", c.seq, c.state, code, out, errOut)
+		}
+		for _, want := range c.text {
+			if !strings.Contains(out, want) {
+				t.Fatalf("show %s lacks %q:\n%s", c.seq, want, out)
+			}
+		}
+		code, out, errOut = run(t, "dlq", "show", c.seq, "--json", "--nats-url", env.URL)
+		var e struct {
+			StoredBody string `json:"stored_body"`
+			Problem    string `json:"stored_body_problem"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &e) != nil || e.StoredBody != c.state || (e.Problem != "") != (c.text != nil) {
+			t.Fatalf("show %s --json: exit %d, stored_body %q (%q), want %q\n%s%s", c.seq, code, e.StoredBody, e.Problem, c.state, out, errOut)
+		}
 	}
 }
 
