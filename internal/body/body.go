@@ -294,7 +294,7 @@ func (s *Store) Open(ctx context.Context, ref message.BodyRef) (io.ReadCloser, e
 		return nil, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s has %d of its %d chunks in %s: changed since it was queued", ref.Object, ci.NumPending, info.Chunks, Bucket)}
 	}
 	stop := context.AfterFunc(ctx, it.Stop)
-	return &chunkReader{it: it, stop: stop, name: ref.Object, left: ref.Size, digest: ref.Digest, h: sha256.New()}, nil
+	return &chunkReader{it: it, stop: stop, ctx: ctx, store: s, ref: ref, left: ref.Size, h: sha256.New()}, nil
 }
 
 // Check says whether the body ref names is in the store as the message
@@ -322,8 +322,15 @@ func (s *Store) info(ctx context.Context, ref message.BodyRef) (*jetstream.Objec
 }
 
 // ChunkWait is how long a reader waits for the store to deliver the next
-// chunk of a body before it fails (temporarily).
-const ChunkWait = 30 * time.Second
+// chunk of a body before it fails (temporarily). A variable for tests.
+var ChunkWait = 30 * time.Second
+
+// chunkPoll is how long a reader waits for a chunk before it asks the
+// store whether the object is still there: a body deleted while it is
+// read (relay dlq purge during a replay's copy, TestDLQReplayRacingPurgeOfItsBody)
+// ends the read within about this long, as gone, instead of after
+// ChunkWait as a store that does not answer.
+const chunkPoll = time.Second
 
 // readAhead is how many chunks (ChunkSize each) a reader buffers.
 const readAhead = 4
@@ -331,34 +338,31 @@ const readAhead = 4
 // chunkReader reads an object's chunks in order, checking its size and
 // digest at the end: a body that does not match is an Invalid.
 type chunkReader struct {
-	it     jetstream.MessagesContext
-	stop   func() bool
-	name   string
-	buf    []byte
-	left   int64
-	digest string
-	h      hash.Hash
+	it    jetstream.MessagesContext
+	stop  func() bool
+	ctx   context.Context // Open's: the object's info is asked within it
+	store *Store
+	ref   message.BodyRef
+	buf   []byte
+	left  int64
+	h     hash.Hash
 }
 
 func (c *chunkReader) Read(p []byte) (int, error) {
 	for len(c.buf) == 0 {
 		if c.left == 0 {
-			if got := jetstream.GetObjectDigestValue(c.h); got != c.digest {
-				return 0, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s does not match its digest: changed since it was queued", c.name)}
+			if got := jetstream.GetObjectDigestValue(c.h); got != c.ref.Digest {
+				return 0, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s does not match its digest: changed since it was queued", c.ref.Object)}
 			}
 			return 0, io.EOF
 		}
-		// A chunk that does not come (the store stopped answering, or
-		// the chunk was removed after Open counted them) is a temporary
-		// error, not a wait for ever; the next attempt's Open tells a
-		// removed chunk apart.
-		m, err := c.it.Next(jetstream.NextMaxWait(ChunkWait))
+		m, err := c.next()
 		if err != nil {
-			return 0, fmt.Errorf("read body %s: %w", c.name, err)
+			return 0, err
 		}
 		c.buf = m.Data()
 		if int64(len(c.buf)) > c.left {
-			return 0, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is longer than its size: changed since it was queued", c.name)}
+			return 0, &message.Invalid{Field: "body", Reason: fmt.Sprintf("object %s is longer than its size: changed since it was queued", c.ref.Object)}
 		}
 		c.left -= int64(len(c.buf))
 		c.h.Write(c.buf)
@@ -366,6 +370,37 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	n := copy(p, c.buf)
 	c.buf = c.buf[n:]
 	return n, nil
+}
+
+// next is the next chunk. One that does not come within ChunkWait (the
+// store stopped answering) is a temporary error, not a wait for ever.
+// Every chunkPoll without one, the object's info is read: an object
+// deleted or changed since Open (its chunks purged with it) is a
+// *message.Invalid at once, as Open would say, where the reader waited
+// out ChunkWait before.
+func (c *chunkReader) next() (jetstream.Msg, error) {
+	deadline := time.Now().Add(ChunkWait)
+	for {
+		wait := min(chunkPoll, time.Until(deadline))
+		if wait <= 0 { // NextMaxWait(0) would wait for ever
+			return nil, fmt.Errorf("read body %s: %w", c.ref.Object, nats.ErrTimeout)
+		}
+		m, err := c.it.Next(jetstream.NextMaxWait(wait))
+		if err == nil {
+			return m, nil
+		}
+		if !errors.Is(err, nats.ErrTimeout) || !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("read body %s: %w", c.ref.Object, err)
+		}
+		// Asked within Open's context, bounded: a store that does not
+		// answer this either leaves the wait to ChunkWait.
+		ictx, cancel := context.WithTimeout(c.ctx, min(ChunkWait, 5*chunkPoll))
+		_, ierr := c.store.info(ictx, c.ref)
+		cancel()
+		if message.IsInvalid(ierr) {
+			return nil, ierr
+		}
+	}
 }
 
 func (c *chunkReader) Close() error {

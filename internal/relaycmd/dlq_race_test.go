@@ -36,7 +36,13 @@ func openBodies(t *testing.T, ctx context.Context, env *queuetest.Env) *body.Sto
 // of account alerts that names it, as the worker would.
 func bigDeadLetter(t *testing.T, ctx context.Context, env *queuetest.Env, store *body.Store, id string) message.BodyRef {
 	t.Helper()
-	ref, err := store.Put(ctx, strings.NewReader("Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", 50000)), message.MaxSize)
+	return bigDeadLetterOf(t, ctx, env, store, id, 50000)
+}
+
+// bigDeadLetterOf is bigDeadLetter with a body of lines lines of 12 octets.
+func bigDeadLetterOf(t *testing.T, ctx context.Context, env *queuetest.Env, store *body.Store, id string, lines int) message.BodyRef {
+	t.Helper()
+	ref, err := store.Put(ctx, strings.NewReader("Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", lines)), message.MaxSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,6 +197,54 @@ func TestDLQShowSaysTheStoredBodyIsGone(t *testing.T) {
 		if code != 0 || json.Unmarshal([]byte(out), &e) != nil || e.StoredBody != c.state || (e.Problem != "") != (c.text != nil) {
 			t.Fatalf("show %s --json: exit %d, stored_body %q (%q), want %q\n%s%s", c.seq, code, e.StoredBody, e.Problem, c.state, out, errOut)
 		}
+	}
+}
+
+// A replay copying a large dead letter's body while the body is deleted
+// (relay dlq purge with the dead letter, or by hand) must say so as soon
+// as the next chunk does not come and the object is gone: it waited out
+// body.ChunkWait (30 s) first, and then failed as if the store had not
+// answered. The copy is held at its first chunk written (a proxy), with
+// the reader's first chunks already in; the body (12 chunks) is deleted
+// meanwhile. ChunkWait is set far beyond the replay's own deadline
+// (runHeld's 20 s): only a read that notices the deletion ends in time.
+func TestDLQReplayRacingPurgeOfItsBody(t *testing.T) {
+	defer func(w time.Duration) { body.ChunkWait = w }(body.ChunkWait)
+	body.ChunkWait = 10 * time.Minute
+	for _, c := range []struct {
+		name   string
+		delete []string // the relay dlq command that deletes the body, or none: by hand
+		want   string   // in the replay's error
+	}{
+		{"purged with its dead letter", []string{"dlq", "purge", "--yes"}, "no dead letter with sequence 1 in MAIL_DLQ"},
+		{"body deleted by hand", nil, "is not in relay_bodies"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env, ctx := dlqEnv(t)
+			store := openBodies(t, ctx, env)
+			ref := bigDeadLetterOf(t, ctx, env, store, "big-1", 250000) // 3 MB, 12 chunks
+			proxy := queuetest.StartHoldProxy(t, env.URL, "$O."+body.Bucket+".C.")
+			wait := runHeld(t, ctx, proxy, "dlq", "replay", "1")
+			if c.delete != nil {
+				if code, out, errOut := run(t, append(c.delete, "--nats-url", env.URL)...); code != 0 {
+					t.Fatalf("%v: exit %d\n%s%s", c.delete, code, out, errOut)
+				}
+			} else if err := store.Delete(ctx, ref.Object); err != nil {
+				t.Fatal(err)
+			}
+			code, out, errOut := wait()
+			t.Logf("replay: exit %d\n%s%s", code, out, errOut)
+			if code != 1 || !strings.Contains(out+errOut, c.want) {
+				t.Fatalf("replay whose body was deleted during its copy: exit %d, want 1 and %q\n%s%s", code, c.want, out, errOut)
+			}
+			if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 0 {
+				t.Fatalf("MAIL holds %d, want nothing queued", n)
+			}
+			// The copy's chunks went with its failed put.
+			if names, err := store.Names(ctx, time.Now().Add(time.Hour)); err != nil || len(names) != 0 {
+				t.Fatalf("bodies left: %v (%v), want none", names, err)
+			}
+		})
 	}
 }
 
