@@ -27,7 +27,13 @@
 // rendered, RFC 6409 §8.3, message.ValidMsgID), recipients from the
 // envelope (so Bcc stays blind) —
 // and the account's From policy applies when it is rendered, as for JSON
-// messages. Before anything is queued the message is rendered once as the
+// messages. A message with no header field at all (an empty header
+// section, as Go's net/smtp sends a bare body) is taken and leaves valid
+// (RFC 5322 §3.6 requires From and Date): the Date above, and at
+// rendering the From every message leaves with under any policy, the
+// mailbox, and a Message-ID (RFC 6409 §8.2, §8.3;
+// TestEmptyHeaderSectionLeavesAsAValidMessage). An entirely empty DATA
+// is refused (below). Before anything is queued the message is rendered once as the
 // worker will render it, so a message that could never go (a From the
 // policy refuses, no parseable header) is refused now, to the client that
 // can still do something about it, instead of being dead-lettered later.
