@@ -235,7 +235,7 @@ func foldRaw(field []byte) ([]byte, bool) {
 //   - References and In-Reply-To with white space between their message
 //     ids, where RFC 5322 §3.6.4 allows CFWS;
 //   - an unstructured field (Subject, Comments, and the optional fields
-//     of §3.6.8: X-Alert-..., any field not named structured below) with
+//     of §3.6.8: X-Alert-..., any field not structured: syntaxOf) with
 //     its encoded-words decoded (RFC 2047 §6.2) and the text encoded again
 //     as unstructured does, each long word as encoded-words of at most 75
 //     characters, and folded.
@@ -261,7 +261,7 @@ func MendLongField(field []byte) ([]byte, bool) {
 			return folded, true
 		}
 		return nil, false
-	case structuredRaw(c):
+	case structured(c):
 		return nil, false
 	}
 	if !utf8.ValidString(v) {
@@ -280,22 +280,62 @@ func MendLongField(field []byte) ([]byte, bool) {
 // charset IANA names (charset.go).
 var headerDecoder = &mime.WordDecoder{CharsetReader: charsetReader}
 
-// structuredRaw reports whether a canonical field name names a field
-// whose body has a syntax of its own (RFC 5322 §3.6 but Subject and
-// Comments, the trace fields of §3.6.7, MIME's RFC 2045, DKIM's RFC
-// 6376, ARC's RFC 8617, Authentication-Results' RFC 8601, the list
-// fields of RFC 2369), so that MendLongField may not encode it.
-func structuredRaw(c string) bool {
-	for _, p := range []string{"Content-", "Resent-", "List-", "Arc-", "Dkim-"} {
+// fieldSyntax is what a header field's body is to RFC 2047: text an
+// encoded-word may stand in (RFC 2047 §5(1)), or a syntax of its own.
+type fieldSyntax uint8
+
+const (
+	// textSyntax: Subject, Comments and the optional fields of RFC 5322
+	// §3.6.8 (X-Alert-..., any field not named in structuredFields).
+	textSyntax fieldSyntax = iota
+	// ownSyntax: RFC 5322 §3.6 but Subject and Comments, the trace
+	// fields of §3.6.7, MIME's RFC 2045, DKIM's RFC 6376, ARC's RFC 8617,
+	// Authentication-Results' RFC 8601, the list fields of RFC 2369.
+	// MendLongField may not encode them.
+	ownSyntax
+	// idsOrURLs: fields of ownSyntax whose bodies hold message ids (RFC
+	// 5322 §3.6.4) or URLs in angle brackets (RFC 2369, RFC 8058, RFC
+	// 5064), which RFC 2047 §5 allows no encoded-word in and a reader
+	// takes as they stand. A producer's Headers may set them; they are
+	// folded at white space only, never encoded, so Validate holds them
+	// to ASCII and no word past a line. Office 365's Message-IDs are
+	// about 80 characters and unsubscribe links longer: encoded as long
+	// words are, they broke threading and unsubscribing.
+	idsOrURLs
+)
+
+// structuredFields is the one list of the fields with a syntax of their
+// own, by canonical name, besides those that start with one of
+// structuredPrefixes (idsOrURLs fields among those are named here).
+var structuredFields = map[string]fieldSyntax{
+	"In-Reply-To": idsOrURLs, "References": idsOrURLs, "Content-Id": idsOrURLs, "Archived-At": idsOrURLs,
+	"List-Unsubscribe": idsOrURLs, "List-Unsubscribe-Post": idsOrURLs, "List-Help": idsOrURLs, "List-Subscribe": idsOrURLs,
+	"List-Post": idsOrURLs, "List-Owner": idsOrURLs, "List-Archive": idsOrURLs,
+
+	"From": ownSyntax, "Sender": ownSyntax, "Reply-To": ownSyntax, "To": ownSyntax, "Cc": ownSyntax, "Bcc": ownSyntax,
+	"Date": ownSyntax, "Message-Id": ownSyntax, "Keywords": ownSyntax, "Return-Path": ownSyntax, "Received": ownSyntax,
+	"Mime-Version": ownSyntax, "Authentication-Results": ownSyntax, "Received-Spf": ownSyntax,
+	"Disposition-Notification-To": ownSyntax, "Return-Receipt-To": ownSyntax, "Errors-To": ownSyntax, "Autocrypt": ownSyntax,
+}
+
+// structuredPrefixes start the names of whole families of fields with a
+// syntax of their own: MIME's, a resent block's (RFC 5322 §3.6.6), the
+// list fields, ARC's and DKIM's.
+var structuredPrefixes = []string{"Content-", "Resent-", "List-", "Arc-", "Dkim-"}
+
+// syntaxOf is the syntax of the field with canonical name c.
+func syntaxOf(c string) fieldSyntax {
+	if s, ok := structuredFields[c]; ok {
+		return s
+	}
+	for _, p := range structuredPrefixes {
 		if strings.HasPrefix(c, p) {
-			return true
+			return ownSyntax
 		}
 	}
-	switch c {
-	case "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Date", "Message-Id", "In-Reply-To", "References",
-		"Keywords", "Return-Path", "Received", "Mime-Version", "Authentication-Results", "Received-Spf",
-		"Archived-At", "Disposition-Notification-To", "Return-Receipt-To", "Errors-To", "Autocrypt":
-		return true
-	}
-	return structuredHeaders[c]
+	return textSyntax
 }
+
+// structured reports whether the field with canonical name c has a
+// syntax of its own, so that no encoded-word may stand in it.
+func structured(c string) bool { return syntaxOf(c) != textSyntax }

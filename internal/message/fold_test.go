@@ -318,3 +318,25 @@ func TestMendLongField(t *testing.T) {
 		})
 	}
 }
+
+// TestSyntaxOf: the one list of structured fields (structuredFields and
+// its prefixes) gives what the two lists it replaced gave: a producer's
+// message ids and URLs taken as they stand, other structured fields
+// (named, or by family) never encoded when mended, and text otherwise.
+func TestSyntaxOf(t *testing.T) {
+	for name, want := range map[string]fieldSyntax{
+		"In-Reply-To": idsOrURLs, "References": idsOrURLs, "Content-Id": idsOrURLs, "Archived-At": idsOrURLs,
+		"List-Unsubscribe": idsOrURLs, "List-Unsubscribe-Post": idsOrURLs, "List-Archive": idsOrURLs,
+		"From": ownSyntax, "Message-Id": ownSyntax, "Keywords": ownSyntax, "Autocrypt": ownSyntax,
+		"Content-Type": ownSyntax, "Content-Description": ownSyntax, "List-Id": ownSyntax, "Resent-To": ownSyntax,
+		"Dkim-Signature": ownSyntax, "Arc-Seal": ownSyntax,
+		"Subject": textSyntax, "Comments": textSyntax, "X-Alert-Name": textSyntax, "Thread-Topic": textSyntax,
+	} {
+		if got := syntaxOf(name); got != want {
+			t.Errorf("syntaxOf(%q) = %d, want %d", name, got, want)
+		}
+		if structured(name) != (want != textSyntax) {
+			t.Errorf("structured(%q) = %v", name, structured(name))
+		}
+	}
+}

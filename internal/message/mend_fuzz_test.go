@@ -35,7 +35,7 @@ func mendOne(t *testing.T, name, value string) {
 	if _, foldable := foldRaw(got); !foldable {
 		t.Fatalf("MendLongField(%q) = %q, still not foldable", field, got)
 	}
-	if string(got) == string(field) || structuredRaw(canonical(name)) {
+	if string(got) == string(field) || structured(canonical(name)) {
 		return
 	}
 	gotName, gotValue, _ := strings.Cut(strings.ReplaceAll(string(got), "\r\n", ""), ":")

@@ -276,20 +276,6 @@ var reservedHeaders = map[string]bool{
 	"Resent-From": true, "Resent-Sender": true,
 }
 
-// structuredHeaders are producer header fields whose bodies hold message
-// ids (RFC 5322 §3.6.4) or URLs in angle brackets (RFC 2369, RFC 8058,
-// RFC 5064): RFC 2047 §5 allows no encoded-word in either, and a reader
-// takes them as they stand. They are folded at white space only, never
-// encoded, so they must be ASCII and no word may pass a line. Office
-// 365's Message-IDs are about 80 characters and unsubscribe links
-// longer: encoded as long words are, they broke threading and
-// unsubscribing.
-var structuredHeaders = map[string]bool{
-	"In-Reply-To": true, "References": true, "Content-Id": true, "Archived-At": true,
-	"List-Unsubscribe": true, "List-Unsubscribe-Post": true, "List-Help": true, "List-Subscribe": true,
-	"List-Post": true, "List-Owner": true, "List-Archive": true,
-}
-
 // ValidAccount reports whether alias can name an account.
 func ValidAccount(alias string) bool { return accountRE.MatchString(alias) }
 
@@ -361,7 +347,7 @@ func (m *Message) Validate() error {
 		if err := checkLine("headers."+name, value); err != nil {
 			return err
 		}
-		if structuredHeaders[canonical(name)] {
+		if syntaxOf(canonical(name)) == idsOrURLs {
 			if needsEncoding(value) {
 				return invalid("headers."+name, "holds message ids or URLs, which cannot be RFC 2047-encoded (RFC 2047 §5): give them in ASCII")
 			}

@@ -222,7 +222,7 @@ func renderFields(m *Message, from *mail.Address, replyTo []*mail.Address, dated
 	sort.Strings(names)
 	for _, k := range names {
 		name, v := textproto.CanonicalMIMEHeaderKey(k), m.Headers[k]
-		if !structuredHeaders[name] {
+		if syntaxOf(name) != idsOrURLs {
 			v = unstructured(v)
 		}
 		h.field(name, v)
