@@ -51,11 +51,11 @@ type attempt struct {
 	// refused are, by batch, the recipients the server refused at RCPT
 	// while it took the others of the batch (now, or at an earlier
 	// attempt: the batch's marker); finish dead-letters them.
-	refused map[int][]refusal
+	refused byBatch
 	// deferred are, by batch, the recipients refused for now (a 4xx
 	// about them alone) while the others took the message; finish
 	// queues a copy for them.
-	deferred map[int][]refusal
+	deferred byBatch
 	marked   map[int]*sentMarker // markers of sent batches with refusals (SentMarkers.unsent)
 }
 
@@ -244,26 +244,33 @@ func (e *Engine) unclaimID(key string, seq uint64) {
 	e.hmu.Unlock()
 }
 
-// refuse records a recipient of batch refused at RCPT.
-func (a *attempt) refuse(batch int, r refusal) {
-	if a.refused == nil {
-		a.refused = make(map[int][]refusal)
+// byBatch are refusals by recipient batch: an attempt's refused and its
+// deferred recipients.
+type byBatch map[int][]refusal
+
+// add records a recipient of batch refused at RCPT.
+func (m *byBatch) add(batch int, r refusal) {
+	if *m == nil {
+		*m = make(byBatch)
 	}
-	a.refused[batch] = append(a.refused[batch], r)
+	(*m)[batch] = append((*m)[batch], r)
 }
 
-// deferFor records a recipient of batch refused for now at RCPT.
-func (a *attempt) deferFor(batch int, r refusal) {
-	if a.deferred == nil {
-		a.deferred = make(map[int][]refusal)
+// addMarked records the recipients of batch at positions, as a sent
+// batch's marker keeps them (sentMarker.Refused, .Deferred); a position
+// batches do not have is passed over.
+func (m *byBatch) addMarked(batches [][]string, batch int, positions []int) {
+	for _, p := range positions {
+		if batch < len(batches) && p >= 0 && p < len(batches[batch]) {
+			m.add(batch, refusal{rcpt: batches[batch][p]})
+		}
 	}
-	a.deferred[batch] = append(a.deferred[batch], r)
 }
 
-// inOrder is a map of refusals by batch in batch order, as the markers
-// would give them again: the copies' split, and so their dedupe keys,
-// are the same at a redelivery.
-func inOrder(m map[int][]refusal) []refusal {
+// inOrder is the refusals in batch order, as the markers would give them
+// again: the copies' split, and so their dedupe keys, are the same at a
+// redelivery.
+func (m byBatch) inOrder() []refusal {
 	var out []refusal
 	for _, b := range slices.Sorted(maps.Keys(m)) {
 		out = append(out, m[b]...)
@@ -358,16 +365,8 @@ func (l *lane) deliver(a *attempt) error {
 		// Sent at an earlier attempt to all but these: their dead
 		// letter, or the copy queued for them, is still to be stored
 		// (deduplicated if it was).
-		for _, p := range m.Refused {
-			if i < len(batches) && p >= 0 && p < len(batches[i]) {
-				a.refuse(i, refusal{rcpt: batches[i][p]})
-			}
-		}
-		for _, p := range m.Deferred {
-			if i < len(batches) && p >= 0 && p < len(batches[i]) {
-				a.deferFor(i, refusal{rcpt: batches[i][p]})
-			}
-		}
+		a.refused.addMarked(batches, i, m.Refused)
+		a.deferred.addMarked(batches, i, m.Deferred)
 	}
 	if len(todo) == 0 {
 		a.duplicate = true
@@ -598,13 +597,13 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 			l.e.metrics.reply(l.alias, rf.Err.Code, rf.Err.Class)
 			i, ok := at[rf.Rcpt]
 			if rf.Err.Temporary() {
-				a.deferFor(batch, refusal{rcpt: rf.Rcpt, reply: rf.Err.Reply()})
+				a.deferred.add(batch, refusal{rcpt: rf.Rcpt, reply: rf.Err.Reply()})
 				if ok {
 					later = append(later, i)
 				}
 				continue
 			}
-			a.refuse(batch, refusal{rcpt: rf.Rcpt, reply: rf.Err.Reply()})
+			a.refused.add(batch, refusal{rcpt: rf.Rcpt, reply: rf.Err.Reply()})
 			if ok {
 				positions = append(positions, i)
 			}
@@ -1149,7 +1148,7 @@ const maxLoggedRefusals = 3
 // that names each refused address and its reply. Recipients that do not
 // fit one header go in several copies (queue.RecipientParts).
 func (l *lane) deadLetterRefused(a *attempt) error {
-	refused := inOrder(a.refused)
+	refused := a.refused.inOrder()
 	replies := make(map[string]string, len(refused))
 	var rcpts []string
 	for _, r := range refused {
@@ -1207,7 +1206,7 @@ func (l *lane) deadLetterRefused(a *attempt) error {
 // lifetime bounds all of its retries. A copy whose recipients are all
 // refused for now again is retried on the schedule like any message.
 func (l *lane) queueDeferred(a *attempt) error {
-	deferred := inOrder(a.deferred)
+	deferred := a.deferred.inOrder()
 	var rcpts []string
 	for _, r := range deferred {
 		rcpts = append(rcpts, r.rcpt)
