@@ -2,14 +2,10 @@ package token
 
 import (
 	"errors"
-	"net/http"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"relay365/internal/account"
 	"relay365/internal/clock"
 )
 
@@ -17,22 +13,8 @@ import (
 // skew, and a short LeaseWait: a replica on another host.
 func (h *harness) processAt(skew time.Duration) (*env, *clock.Fake) {
 	h.t.Helper()
-	js := connectJetStream(h.t, h.url)
-	reg, err := account.OpenRegistry(h.ctx, js)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	st, err := OpenStore(h.ctx, js, h.keys)
-	if err != nil {
-		h.t.Fatal(err)
-	}
 	c := clock.NewFake(h.clock.Now().Add(skew))
-	src := NewSource(SourceConfig{
-		Store: st, Accounts: reg, Now: c.Now, LeaseWait: 100 * time.Millisecond,
-		Log:        zerolog.New(h.logs).Level(zerolog.DebugLevel),
-		HTTPClient: &http.Client{Timeout: 10 * time.Second},
-	})
-	return &env{js: js, reg: reg, store: st, src: src}, c
+	return h.processWith(SourceConfig{Now: c.Now, LeaseWait: 100 * time.Millisecond}), c
 }
 
 // TestLeaseSkewDoesNotEndALease: replicas whose clocks run ahead of the

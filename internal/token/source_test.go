@@ -198,8 +198,16 @@ func (h *harness) assertNoSecretsLogged() {
 	}
 }
 
-// process opens a new NATS connection and a Source on it.
+// process opens a new NATS connection and a Source on it, on the
+// harness's clock.
 func (h *harness) process() *env {
+	h.t.Helper()
+	return h.processWith(SourceConfig{Now: h.clock.Now})
+}
+
+// processWith is process with cfg's clock and lease settings: it opens
+// the connection, the registry and the store, and fills in the rest.
+func (h *harness) processWith(cfg SourceConfig) *env {
 	h.t.Helper()
 	js := connectJetStream(h.t, h.url)
 	reg, err := account.OpenRegistry(h.ctx, js)
@@ -210,12 +218,10 @@ func (h *harness) process() *env {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	src := NewSource(SourceConfig{
-		Store: st, Accounts: reg, Now: h.clock.Now,
-		Log:        zerolog.New(h.logs).Level(zerolog.DebugLevel),
-		HTTPClient: &http.Client{Timeout: 10 * time.Second},
-	})
-	return &env{js: js, reg: reg, store: st, src: src}
+	cfg.Store, cfg.Accounts = st, reg
+	cfg.Log = zerolog.New(h.logs).Level(zerolog.DebugLevel)
+	cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	return &env{js: js, reg: reg, store: st, src: NewSource(cfg)}
 }
 
 // consent registers a delegated (or app-only) account and stores tokens as
