@@ -3,7 +3,6 @@ package producer_test
 import (
 	"context"
 	"io"
-	"net"
 	"net/url"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/testutil"
 	"relay365/producer"
 )
 
@@ -20,49 +20,24 @@ import (
 // what clients send is swallowed, as by a connection that died without
 // the client noticing yet (a server killed, a NAT entry gone).
 type dropProxy struct {
-	l       net.Listener
-	target  string
+	*testutil.TCPProxy
 	mu      sync.Mutex
 	drop    bool
 	dropped int
-	conns   []net.Conn
 	changed chan struct{} // closed and replaced on every swallowed write
 }
 
 func startDropProxy(t *testing.T, target string) *dropProxy {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &dropProxy{l: l, target: target, changed: make(chan struct{})}
-	t.Cleanup(func() { l.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { io.Copy(c, s); c.Close() }()
-			go p.upstream(c, s)
-		}
-	}()
+	p := &dropProxy{changed: make(chan struct{})}
+	p.TCPProxy = testutil.StartTCPProxy(t, target, p.upstream, nil)
 	return p
 }
 
-func (p *dropProxy) upstream(c, s net.Conn) {
-	defer s.Close()
+func (p *dropProxy) upstream(dst io.Writer, src io.Reader) {
 	buf := make([]byte, 32<<10)
 	for {
-		n, err := c.Read(buf)
+		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
 			drop := p.drop
@@ -73,7 +48,7 @@ func (p *dropProxy) upstream(c, s net.Conn) {
 			}
 			p.mu.Unlock()
 			if !drop {
-				if _, err := s.Write(buf[:n]); err != nil {
+				if _, err := dst.Write(buf[:n]); err != nil {
 					return
 				}
 			}
@@ -88,12 +63,9 @@ func (p *dropProxy) upstream(c, s net.Conn) {
 // reconnects (through the proxy, forwarding again).
 func (p *dropProxy) cut() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.drop = false
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
+	p.mu.Unlock()
+	p.CloseConns()
 }
 
 // A publish whose connection dies under it, its PUB lost before the
@@ -109,7 +81,7 @@ func TestPublishLostWithItsConnectionIsSentAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	proxy := startDropProxy(t, u.Host)
-	nc, err := queue.Connect("nats://"+proxy.l.Addr().String(), "lost-pub", nats.CustomInboxPrefix(producer.InboxPrefix), nats.ReconnectWait(10*time.Millisecond))
+	nc, err := queue.Connect("nats://"+proxy.Addr, "lost-pub", nats.CustomInboxPrefix(producer.InboxPrefix), nats.ReconnectWait(10*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,9 @@
 // Package testutil holds the few helpers tests across packages share:
 // a goroutine-safe buffer for capturing logs, waiting on a condition
 // with a deadline (never a blind sleep), small files for secrets, free
-// loopback ports for servers a test starts, and a GET of a probe.
+// loopback ports for servers a test starts, a GET of a probe, an HTTP
+// forward proxy (Proxy) and a TCP proxy that passes a connection's bytes
+// through the test's own functions (TCPProxy).
 package testutil
 
 import (

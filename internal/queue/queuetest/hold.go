@@ -3,10 +3,11 @@ package queuetest
 import (
 	"bytes"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
+
+	"relay365/internal/testutil"
 )
 
 // HoldProxy forwards NATS client connections to a server, as a TCP proxy
@@ -33,41 +34,10 @@ type HoldProxy struct {
 // released and closed when the test ends.
 func StartHoldProxy(t testing.TB, url, prefix string) *HoldProxy {
 	t.Helper()
-	target := strings.TrimPrefix(url, "nats://")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &HoldProxy{URL: "nats://" + ln.Addr().String(), Held: make(chan struct{}), release: make(chan struct{}), match: []byte("PUB " + prefix)}
-	var conns sync.WaitGroup
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		close(done)
-		p.Release()
-		ln.Close()
-		conns.Wait()
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			conns.Add(2)
-			go func() { defer conns.Done(); io.Copy(c, s); c.Close() }()
-			go func() { defer conns.Done(); p.forward(s, c); s.Close() }()
-			go func() {
-				<-done
-				c.Close()
-				s.Close()
-			}()
-		}
-	}()
+	p := &HoldProxy{Held: make(chan struct{}), release: make(chan struct{}), match: []byte("PUB " + prefix)}
+	tp := testutil.StartTCPProxy(t, strings.TrimPrefix(url, "nats://"), p.forward, nil)
+	t.Cleanup(p.Release) // before the proxy's own: a held forward returns
+	p.URL = "nats://" + tp.Addr
 	return p
 }
 
