@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"relay365/internal/clock"
 	"relay365/internal/pacing"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/testutil"
 )
 
 // answerDropper is a TCP proxy in front of a NATS server that can stop
@@ -19,49 +19,31 @@ import (
 // requests: a write the server makes whose answer never arrives, as when
 // a connection is lost or a reply times out.
 type answerDropper struct {
-	ln   net.Listener
-	to   string
+	*testutil.TCPProxy
 	drop atomic.Bool
 }
 
 func startAnswerDropper(t *testing.T, to string) *answerDropper {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &answerDropper{ln: ln, to: to}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	d := &answerDropper{}
+	d.TCPProxy = testutil.StartTCPProxy(t, to, nil, d.answers)
+	return d
+}
+
+// answers passes the server's answers on to the client unless drop.
+func (d *answerDropper) answers(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !d.drop.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
-			s, err := net.Dial("tcp", to)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := s.Read(buf)
-					if n > 0 && !d.drop.Load() {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return d
+		if err != nil {
+			return
+		}
+	}
 }
 
 // TestWriteOfUnknownOutcomeIsReadBack: a reservation the server wrote
@@ -75,7 +57,7 @@ func TestWriteOfUnknownOutcomeIsReadBack(t *testing.T) {
 	defer cancel()
 	clk := clock.NewFake(time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC))
 	proxy := startAnswerDropper(t, env.Server.Addr().String())
-	p, err := pacing.Open(ctx, queuetest.Connect(t, "nats://"+proxy.ln.Addr().String()), clk)
+	p, err := pacing.Open(ctx, queuetest.Connect(t, "nats://"+proxy.Addr), clk)
 	if err != nil {
 		t.Fatal(err)
 	}
