@@ -28,14 +28,7 @@ func TestAddressLiteralsAreOneRule(t *testing.T) {
 		if err := c.Rcpt("ops@contoso.com", nil); err != nil {
 			t.Fatal(err)
 		}
-		w, err := c.Data()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Write([]byte(alertmanagerMail)); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Close(); err != nil {
+		if err := sendData(c, alertmanagerMail); err != nil {
 			t.Fatalf("DATA after a refused literal: %v", err)
 		}
 		if m := f.queued(); len(m) == 0 {

@@ -159,6 +159,12 @@ func send(c *smtp.Client, from string, to []string, data string) error {
 			return err
 		}
 	}
+	return sendData(c, data)
+}
+
+// sendData sends data as the open transaction's DATA and returns the
+// reply to its end (the error of DATA itself, or of writing, before).
+func sendData(c *smtp.Client, data string) error {
 	w, err := c.Data()
 	if err != nil {
 		return err
@@ -577,14 +583,7 @@ func TestRefusedMAILKeepsTheTransaction(t *testing.T) {
 	}
 	wantReply(t, "a second MAIL, not ASCII", c.Mail("jörg@example.org", nil), 553, "5.6.7")
 	wantReply(t, "a second MAIL, another producer's account", c.Mail("billing@contoso.com", nil), 550, "5.7.1")
-	w, err := c.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write([]byte(alertmanagerMail)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
+	if err := sendData(c, alertmanagerMail); err != nil {
 		t.Fatalf("DATA after the refused MAILs: %v", err)
 	}
 	m := f.onlyQueued()
@@ -613,14 +612,7 @@ func TestNestedMAILIsRefused(t *testing.T) {
 	if err := c.Rcpt("second@contoso.com", nil); err != nil {
 		t.Fatal(err)
 	}
-	w, err := c.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write([]byte("To: header-to@contoso.com\r\nBcc: header-bcc@contoso.com\r\nSubject: x\r\n\r\nx\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
+	if err := sendData(c, "To: header-to@contoso.com\r\nBcc: header-bcc@contoso.com\r\nSubject: x\r\n\r\nx\r\n"); err != nil {
 		t.Fatalf("DATA: %v", err)
 	}
 	if m := f.onlyQueued(); strings.Join(m.To, ",") != "first@contoso.com,second@contoso.com" {
