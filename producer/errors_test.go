@@ -119,14 +119,7 @@ func TestPublishErrorsTellRetryFromInvalid(t *testing.T) {
 	_, err = p.PublishBatch(ctx, batch)
 	check("PublishBatch, MAIL at MaxMsgs", "full", err)
 
-	s, err := env.JS.Stream(ctx, queue.StreamMail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := queuetest.StreamInfo(t, ctx, env.JS, queue.StreamMail)
 	// Room for a few octets more than the one message queued: not for another.
 	queuetest.LimitStream(t, ctx, env.JS, queue.StreamMail, func(c *jetstream.StreamConfig) { c.MaxMsgs = -1; c.MaxBytes = int64(info.State.Bytes) + 16 })
 	_, err = p.Publish(ctx, alert("third"))

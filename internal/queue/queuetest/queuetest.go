@@ -106,8 +106,8 @@ func (e *Env) DeadLetter(t testing.TB, ctx context.Context, account, id string, 
 	}
 }
 
-// Msgs is how many messages stream holds now.
-func Msgs(t testing.TB, ctx context.Context, js jetstream.JetStream, stream string) uint64 {
+// StreamInfo is stream's configuration and state now.
+func StreamInfo(t testing.TB, ctx context.Context, js jetstream.JetStream, stream string) *jetstream.StreamInfo {
 	t.Helper()
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
@@ -117,22 +117,20 @@ func Msgs(t testing.TB, ctx context.Context, js jetstream.JetStream, stream stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Msgs
+	return info
+}
+
+// Msgs is how many messages stream holds now.
+func Msgs(t testing.TB, ctx context.Context, js jetstream.JetStream, stream string) uint64 {
+	t.Helper()
+	return StreamInfo(t, ctx, js, stream).State.Msgs
 }
 
 // LimitStream changes stream's configuration with f (a test's full
 // queue: MaxMsgs, MaxBytes) and applies it.
 func LimitStream(t testing.TB, ctx context.Context, js jetstream.JetStream, stream string, f func(*jetstream.StreamConfig)) {
 	t.Helper()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := info.Config
+	cfg := StreamInfo(t, ctx, js, stream).Config
 	f(&cfg)
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
