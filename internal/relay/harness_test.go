@@ -277,15 +277,8 @@ func (h *harness) paced(key string) (msgs, rcpts int) {
 
 // queued is the number of messages in MAIL.
 func (h *harness) queued() uint64 {
-	s, err := h.js.Stream(h.ctx, queue.StreamMail)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	info, err := s.Info(h.ctx)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return info.State.Msgs
+	h.t.Helper()
+	return queuetest.Msgs(h.t, h.ctx, h.js, queue.StreamMail)
 }
 
 func (h *harness) deadLetters(account string) []queue.DeadLetterEntry {

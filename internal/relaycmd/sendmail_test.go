@@ -385,15 +385,7 @@ func queued(t *testing.T, ctx context.Context, js jetstream.JetStream, seq uint6
 // mailCount is the number of messages in MAIL.
 func mailCount(t *testing.T, ctx context.Context, js jetstream.JetStream) uint64 {
 	t.Helper()
-	stream, err := js.Stream(ctx, queue.StreamMail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
+	return queuetest.Msgs(t, ctx, js, queue.StreamMail)
 }
 
 // cronMail is what cronie pipes into sendmail after a job printed

@@ -30,6 +30,7 @@ import (
 	"relay365/internal/daemon"
 	"relay365/internal/fakeo365"
 	"relay365/internal/queue"
+	"relay365/internal/queue/queuetest"
 	"relay365/internal/relay"
 	"relay365/internal/roles"
 	"relay365/internal/sandbox"
@@ -338,15 +339,7 @@ func (c *tokenCluster) watchStates(alias string) func() []token.State {
 
 func (c *tokenCluster) streamMsgs(name string) uint64 {
 	c.t.Helper()
-	s, err := c.js.Stream(c.ctx, name)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	info, err := s.Info(c.ctx)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return info.State.Msgs
+	return queuetest.Msgs(c.t, c.ctx, c.js, name)
 }
 
 func metricOf(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) float64 {
