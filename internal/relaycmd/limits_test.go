@@ -56,11 +56,24 @@ func TestCommandsRefuseOverTheAccountLimit(t *testing.T) {
 func startSmallAccount(t *testing.T) (*queuetest.Env, context.Context) {
 	t.Helper()
 	env, ctx := queuetest.StartMail(t)
+	acct := account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: 4 << 10}
+	if n := startLimits(t, ctx, env, acct); n != 4<<10 {
+		t.Fatalf("limits service: %d, want 4 KiB", n)
+	}
+	return env, ctx
+}
+
+// startLimits registers acct and starts relay serve's limits service,
+// stopped when the test ends. It returns once the service answers for
+// acct (the commands give it 2 s and then assume 35 MB, which is not
+// what these tests are about), with the limit it answered.
+func startLimits(t *testing.T, ctx context.Context, env *queuetest.Env, acct account.Account) int64 {
+	t.Helper()
 	reg, err := account.OpenRegistry(ctx, env.JS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := reg.Put(ctx, account.Account{Alias: "small", Mailbox: "small@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c", MaxMessageBytes: 4 << 10}); err != nil {
+	if err := reg.Put(ctx, acct); err != nil {
 		t.Fatal(err)
 	}
 	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
@@ -68,12 +81,11 @@ func startSmallAccount(t *testing.T) (*queuetest.Env, context.Context) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { svc.Close() })
-	// The service answers before the commands ask (they give it 2 s and
-	// then assume 35 MB, which is not what these tests are about).
-	if n, err := limits.Lookup(ctx, env.NC, "small"); err != nil || n != 4<<10 {
-		t.Fatalf("limits service: %d, %v", n, err)
+	n, err := limits.Lookup(ctx, env.NC, acct.Alias)
+	if err != nil {
+		t.Fatalf("limits service: %v", err)
 	}
-	return env, ctx
+	return n
 }
 
 // relay publish to an alias relay serve does not know queues the message
@@ -81,21 +93,7 @@ func startSmallAccount(t *testing.T) (*queuetest.Env, context.Context) {
 // typo in --account otherwise looked like success.
 func TestPublishWarnsOfAnUnknownAccount(t *testing.T) {
 	env, ctx := queuetest.StartMail(t)
-	reg, err := account.OpenRegistry(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Put(ctx, account.Account{Alias: "alerts", Mailbox: "alerts@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"}); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := limits.Start(env.NC, reg, "test", zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	if _, err := limits.Lookup(ctx, env.NC, "alerts"); err != nil {
-		t.Fatalf("limits service: %v", err)
-	}
+	startLimits(t, ctx, env, account.Account{Alias: "alerts", Mailbox: "alerts@contoso.com", Tenant: "contoso.onmicrosoft.com", ClientID: "c"})
 	r := run(t, nil, "", "publish", "--nats-url", env.URL, "--account", "alerst", "--to", "ops@contoso.com", "--subject", "s", "--text", "t")
 	if r.code != 0 || !strings.Contains(r.stderr, `knows no account "alerst"`) || !strings.Contains(r.stdout, "queued") {
 		t.Fatalf("publish to an unknown account: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
