@@ -2,11 +2,13 @@ package tokensvc
 
 import (
 	"errors"
-	"github.com/nats-io/nats.go"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"relay365/internal/fakeo365"
 	"relay365/internal/token"
@@ -35,6 +37,22 @@ func (h *holdTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return http.DefaultTransport.RoundTrip(r)
 }
 
+// holdRefresh starts replica r1 with its calls to the identity platform
+// held (hold), consents alerts (first: its record then) and sets the
+// clock to that token's expiry plus offset: r1's refresh comes due,
+// takes the lease and is held at the identity platform when it returns.
+func (e *env) holdRefresh(offset time.Duration) (hold *holdTransport, r1 *Service, reg1 *prometheus.Registry, first token.Record) {
+	e.t.Helper()
+	hold = newHoldTransport()
+	r1, reg1 = e.replicaWith(Config{Instance: "r1", HTTPClient: &http.Client{Transport: hold}})
+	e.consent("alerts")
+	first = e.record("alerts")
+	e.eventually("r1 to schedule the refresh", func() bool { return len(e.clock.Pending()) > 0 })
+	e.clock.Set(first.Expiry.Add(offset))
+	<-hold.entered
+	return hold, r1, reg1, first
+}
+
 // TestLateInvalidGrantAfterTakeoverRaisesNothing: replica r1 takes the
 // refresh lease and its call to the identity platform is slow; its lease
 // runs out, r2 takes over and refreshes with the same refresh token, which
@@ -46,16 +64,9 @@ func (h *holdTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // record.
 func TestLateInvalidGrantAfterTakeoverRaisesNothing(t *testing.T) {
 	e := newEnv(t)
-	hold := newHoldTransport()
-	_, reg1 := e.replicaWith(Config{Instance: "r1", HTTPClient: &http.Client{Transport: hold}})
-	e.consent("alerts")
-	first := e.record("alerts")
-
 	// r1's proactive refresh comes due, takes the lease and is held at
 	// the identity platform.
-	e.eventually("r1 to schedule the refresh", func() bool { return len(e.clock.Pending()) > 0 })
-	e.clock.Set(first.Expiry.Add(-time.Minute))
-	<-hold.entered
+	hold, _, reg1, first := e.holdRefresh(-time.Minute)
 	leased := e.record("alerts")
 	if token.LeaseInstance(leased) != "r1" {
 		t.Fatalf("lease holder %q, want r1", token.LeaseInstance(leased))
@@ -117,14 +128,7 @@ func TestLateInvalidGrantAfterTakeoverRaisesNothing(t *testing.T) {
 // and once the dead lease has ended it gets a fresh token, refreshed once.
 func TestDeadHolderLeaseGivesWorkersATemporaryErrorInTime(t *testing.T) {
 	e := newEnv(t)
-	hold := newHoldTransport()
-	r1, _ := e.replicaWith(Config{Instance: "r1", HTTPClient: &http.Client{Transport: hold}})
-	e.consent("alerts")
-	first := e.record("alerts")
-
-	e.eventually("r1 to schedule the refresh", func() bool { return len(e.clock.Pending()) > 0 })
-	e.clock.Set(first.Expiry.Add(time.Second)) // expired: nothing usable left
-	<-hold.entered
+	_, r1, _, first := e.holdRefresh(time.Second) // expired: nothing usable left
 	if err := r1.Close(); err != nil {
 		t.Fatal(err)
 	}
