@@ -10,6 +10,11 @@ package daemon_test
 // refresh in between (fake clock) is stored and used while a server is
 // down.
 //
+// The daemon's log and the servers' notices are kept (clusterLog) and
+// printed only when the test fails; a message delivered other than once
+// is reported with where the fake Office 365 took each copy and every line
+// the relay logged about it (stream sequence, attempt).
+//
 //	go test -tags cluster -run TestCluster -v ./internal/daemon
 
 import (
@@ -38,13 +43,72 @@ import (
 
 type natsCluster struct {
 	t       *testing.T
+	log     *clusterLog
 	opts    []*server.Options
 	servers []*server.Server
 }
 
-// startNATSCluster starts n JetStream servers s1..sn routed to each other.
-func startNATSCluster(t *testing.T, n int) *natsCluster {
-	c := &natsCluster{t: t, servers: make([]*server.Server, n)}
+// clusterLog keeps, in order, the daemon's log (zerolog JSON, with the
+// wall-clock time to the microsecond: the daemon's clock is fake), the servers' notices,
+// warnings and errors, and the test's own steps, for the report of a
+// failure. Nothing is printed while the test passes.
+type clusterLog struct {
+	buf testutil.Buffer
+	zl  zerolog.Logger
+}
+
+func newClusterLog(t *testing.T) *clusterLog {
+	l := &clusterLog{}
+	l.zl = zerolog.New(&l.buf).Hook(zerolog.HookFunc(func(e *zerolog.Event, _ zerolog.Level, _ string) {
+		e.Str("wall", time.Now().UTC().Format("15:04:05.000000"))
+	}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the daemon's and the servers' log:\n%s", l.buf.String())
+		}
+	})
+	return l
+}
+
+// step logs one of the test's steps beside the daemon's lines, and to t.
+func (l *clusterLog) step(t *testing.T, msg string) {
+	t.Helper()
+	t.Log(msg)
+	l.zl.Info().Str("test", "step").Msg(msg)
+}
+
+// about returns the lines that name msg_id id.
+func (l *clusterLog) about(id string) string {
+	var b strings.Builder
+	want := fmt.Sprintf("%q:%q", "msg_id", id)
+	for line := range strings.Lines(l.buf.String()) {
+		if strings.Contains(line, want) {
+			b.WriteString("\t" + line)
+		}
+	}
+	return b.String()
+}
+
+// serverLog is one nats-server's server.Logger into the clusterLog.
+type serverLog struct {
+	l    *clusterLog
+	name string
+}
+
+func (s serverLog) line(level zerolog.Level, format string, v []any) {
+	s.l.zl.WithLevel(level).Str("nats", s.name).Msg(fmt.Sprintf(format, v...))
+}
+func (s serverLog) Noticef(format string, v ...any) { s.line(zerolog.InfoLevel, format, v) }
+func (s serverLog) Warnf(format string, v ...any)   { s.line(zerolog.WarnLevel, format, v) }
+func (s serverLog) Fatalf(format string, v ...any)  { s.line(zerolog.FatalLevel, format, v) }
+func (s serverLog) Errorf(format string, v ...any)  { s.line(zerolog.ErrorLevel, format, v) }
+func (s serverLog) Debugf(format string, v ...any)  {}
+func (s serverLog) Tracef(format string, v ...any)  {}
+
+// startNATSCluster starts n JetStream servers s1..sn routed to each other,
+// logging to log.
+func startNATSCluster(t *testing.T, n int, log *clusterLog) *natsCluster {
+	c := &natsCluster{t: t, log: log, servers: make([]*server.Server, n)}
 	ports := make([]int, n)
 	for i := range ports {
 		ports[i] = testutil.FreePort(t)
@@ -82,6 +146,7 @@ func (c *natsCluster) start(i int) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	s.SetLogger(serverLog{c.log, o.ServerName}, false, false)
 	s.Start()
 	if !s.ReadyForConnections(20 * time.Second) {
 		c.t.Fatalf("%s did not start", o.ServerName)
@@ -124,7 +189,8 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 	const n = 600
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	nc := startNATSCluster(t, 3)
+	log := newClusterLog(t)
+	nc := startNATSCluster(t, 3, log)
 	nc.healthy(ctx)
 
 	clk := clock.NewFake(time.Now())
@@ -142,7 +208,7 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 		AckWait: 5 * time.Second, ShutdownGrace: 10 * time.Second, Clock: clk,
 		Retry: relay.Backoff{Base: 100 * time.Millisecond, Max: time.Second, Jitter: 0.2},
 		Pause: relay.Backoff{Base: 100 * time.Millisecond, Max: time.Second, Jitter: 0.2},
-	}, zerolog.Nop())
+	}, log.zl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +273,7 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 	if _, err := fake.WaitMessages(ctx, base+n/6); err != nil {
 		t.Fatal(err)
 	}
-	t.Log("stopping s1 mid-stream")
+	log.step(t, "stopping s1 mid-stream")
 	nc.stop(0)
 	publish(n/3, 2*n/3)
 
@@ -227,10 +293,10 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	t.Log("starting s1 again")
+	log.step(t, "starting s1 again")
 	nc.start(0)
 	nc.healthy(ctx)
-	t.Log("restarting s3")
+	log.step(t, "restarting s3")
 	nc.stop(2)
 	publish(2*n/3, n)
 	nc.start(2)
@@ -246,13 +312,14 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 		info, err := mail.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	})
-	count := map[string]int{}
-	for _, m := range fake.Messages()[base:] {
-		count[m.Subject]++
+	at := map[string][]string{} // where the fake took each copy
+	for i, m := range fake.Messages()[base:] {
+		at[m.Subject] = append(at[m.Subject], fmt.Sprintf("#%d on connection %d", i+1, m.Conn))
 	}
 	for i := range n {
-		if c := count[fmt.Sprintf("c-%04d", i)]; c != 1 {
-			t.Errorf("c-%04d delivered %d times", i, c)
+		id := fmt.Sprintf("c-%04d", i)
+		if c := len(at[id]); c != 1 {
+			t.Errorf("%s delivered %d times (%s); the relay logged about it:\n%s", id, c, strings.Join(at[id], ", "), log.about(id))
 		}
 	}
 	if refreshes := fake.TokenCalls(fakeo365.GrantRefreshToken); refreshes < 1 {
