@@ -10,6 +10,9 @@ package daemon_test
 // refresh in between (fake clock) is stored and used while a server is
 // down.
 //
+// TestClusterMarkerNotReadFromStaleReplica reads an idempotency marker
+// through a restarted replica held before it caught up.
+//
 // The daemon's log and the servers' notices are kept (clusterLog) and
 // printed only when the test fails; a message delivered other than once
 // is reported with where the fake Office 365 took each copy and every line
@@ -26,6 +29,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"relay365/internal/account"
@@ -325,4 +330,127 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 	if refreshes := fake.TokenCalls(fakeo365.GrantRefreshToken); refreshes < 1 {
 		t.Errorf("%d token refreshes", refreshes)
 	}
+}
+
+// startIsolated starts server i again on its own data but cut off from
+// the others: a replica restarted and not yet in touch with its groups'
+// leaders, held in that state. Its one route leads to a server of its own
+// without JetStream (nats-server's Raft waits for some route before it
+// runs), on a cluster port the others do not know.
+func (c *natsCluster) startIsolated(i int) {
+	c.t.Helper()
+	peer := &server.Options{
+		ServerName: "peer-of-" + c.opts[i].ServerName, Host: "127.0.0.1", Port: testutil.FreePort(c.t),
+		Cluster: server.ClusterOpts{Name: c.opts[i].Cluster.Name, Host: "127.0.0.1", Port: testutil.FreePort(c.t)},
+		NoLog:   true, NoSigs: true,
+	}
+	p, err := server.NewServer(peer)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	p.Start()
+	c.t.Cleanup(func() { p.Shutdown(); p.WaitForShutdown() })
+	if !p.ReadyForConnections(20 * time.Second) {
+		c.t.Fatalf("%s did not start", peer.ServerName)
+	}
+	o := *c.opts[i]
+	o.Routes = server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d", peer.Cluster.Port))
+	o.Cluster.Port = testutil.FreePort(c.t)
+	s, err := server.NewServer(&o)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	s.SetLogger(serverLog{c.log, o.ServerName + "-isolated"}, false, false)
+	s.Start()
+	if !s.ReadyForConnections(20 * time.Second) {
+		c.t.Fatalf("%s did not start", o.ServerName)
+	}
+	c.servers[i] = s
+}
+
+func (c *natsCluster) url(i int) string {
+	return fmt.Sprintf("nats://127.0.0.1:%d", c.opts[i].Port)
+}
+
+// A replica that restarted answers JetStream direct gets as soon as it
+// counts as current, which it does before it has heard from its leader
+// (nats-server enables them once its own log is applied, or 90% of it),
+// and a client connected to its server is answered by it first. An
+// idempotency marker written while it was down then read as "not sent",
+// and a redelivered message went out again: the likely cause of the
+// c-0197 the test above once counted twice (docs/design.md §7.10). Here
+// the restarted replica is held apart from the others, so the stale
+// answer is certain, not a race: a marker read through it must say sent
+// or fail, never "not sent". Once it is back in the cluster, the marker
+// is read through it.
+func TestClusterMarkerNotReadFromStaleReplica(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	log := newClusterLog(t)
+	nc := startNATSCluster(t, 3, log)
+	nc.healthy(ctx)
+
+	open := func(name, urls string) (*nats.Conn, *relay.SentMarkers) {
+		conn, err := queue.Connect(urls, name, nats.IgnoreDiscoveredServers())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(conn.Close)
+		js, err := jetstream.New(conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := relay.OpenSentMarkers(ctx, queue.WithReplicas(js, 3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn, m
+	}
+	// The writer never uses s3; the reader uses nothing else.
+	_, writer := open("writer", nc.url(0)+","+nc.url(1))
+	mark := func(id string) {
+		testutil.Eventually(t, ctx, "marker "+id+" written", func() bool {
+			// A write during a leader election may fail: again.
+			return writer.Mark(ctx, "alerts", id, 0, 1, 1, time.Now()) == nil
+		})
+	}
+	mark("before")
+	rconn, reader := open("reader", nc.url(2))
+	if sent, err := reader.Sent(ctx, "alerts", "before", 0); err != nil || !sent {
+		t.Fatalf("marker written before s3 stopped, read through s3: sent %v, %v", sent, err)
+	}
+
+	log.step(t, "stopping s3")
+	nc.stop(2)
+	mark("during") // on s1 and s2 only
+	log.step(t, "starting s3 apart from s1 and s2")
+	nc.startIsolated(2)
+
+	// Wait until s3's replica of relay_sent answers direct gets again
+	// (its first message, the marker "before", by sequence): from then
+	// on a client of s3 is answered from s3's store, which lacks "during".
+	get := []byte(`{"seq":1}`)
+	testutil.Eventually(t, ctx, "s3's stale replica answering direct gets", func() bool {
+		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		defer rcancel()
+		m, err := rconn.RequestWithContext(rctx, "$JS.API.DIRECT.GET.KV_"+relay.SentBucket, get)
+		return err == nil && m.Header.Get("Nats-Sequence") == "1"
+	})
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	sent, err := reader.Sent(rctx, "alerts", "during", 0)
+	rcancel()
+	if err == nil && !sent {
+		t.Fatal(`a marker written while s3 was down read as "not sent" through s3's stale replica: its message would be sent again`)
+	}
+	t.Logf("read through the stale replica: sent %v, %v", sent, err)
+
+	log.step(t, "restarting s3 in the cluster")
+	nc.stop(2)
+	nc.start(2)
+	testutil.Eventually(t, ctx, `marker "during" read through s3 once it is back in the cluster`, func() bool {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer rcancel()
+		sent, err := reader.Sent(rctx, "alerts", "during", 0)
+		return err == nil && sent
+	})
 }

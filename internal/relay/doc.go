@@ -186,7 +186,10 @@
 // two); when the markers show that batch already sent, the reservation is
 // given back. The message id is the producer's id (kept across dead
 // letter, replay and requeue in Relay-Message-Id), so the Message-ID
-// header, derived from it, is stable too. One window remains: a crash (or
+// header, derived from it, is stable too. Markers are read from the
+// bucket's stream leader, not with a direct get, which a replica restarted
+// and still catching up answers with what it had before its outage
+// (SentMarkers.last). One window remains: a crash (or
 // a failed KV write) between Office 365's 250 and the marker write sends
 // that batch again on redelivery. No protocol closes it — SMTP has no
 // two-phase commit — so it is kept to one KV write per session: the
