@@ -290,9 +290,21 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.Set(due)
+	// The refresh's write may meet relay_tokens' leader election (s1 may
+	// have led it): the refresher then tries again after a pause on its
+	// clock, this fake one (tokensvc idleDelay: 1 s, doubling to a
+	// minute). Step it until the refreshed token is stored, 50 ms at each
+	// check (about five times real time, so an election of seconds meets
+	// several retries), always short of the old token's expiry.
 	testutil.Eventually(t, ctx, "a token refresh with a server down", func() bool {
 		rec, _, err := d.Store.Get(ctx, "alerts")
-		return err == nil && rec.AccessToken != rec0.AccessToken && rec.State == token.StateHealthy
+		if err == nil && rec.AccessToken != rec0.AccessToken && rec.State == token.StateHealthy {
+			return true
+		}
+		if clk.Now().Before(rec0.Expiry.Add(-5 * time.Second)) {
+			clk.Advance(50 * time.Millisecond)
+		}
+		return false
 	})
 	if _, err := fake.WaitMessages(ctx, base+n/2); err != nil {
 		t.Fatal(err)
