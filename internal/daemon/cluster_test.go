@@ -6,9 +6,11 @@ package daemon_test
 // nats-servers clustered on loopback with JetStream, streams and every KV
 // bucket at 3 replicas, and a daemon connected to all three. One server
 // stops mid-stream and comes back; later another restarts. Every message
-// is delivered exactly once (counted by the fake Office 365), and a token
-// refresh in between (fake clock) is stored and used while a server is
-// down.
+// is delivered (counted by the fake Office 365) once, or once more for
+// each idempotency marker write the relay logged as failed: a server's
+// loss can fail one in flight, the window docs/design.md §7.10 leaves
+// open. A token refresh in between (fake clock) is stored and used while
+// a server is down.
 //
 // TestClusterMarkerNotReadFromStaleReplica reads an idempotency marker
 // through a restarted replica held before it caught up.
@@ -333,10 +335,25 @@ func TestClusterNodeLossDeliversOnceAndRefreshes(t *testing.T) {
 	for i, m := range fake.Messages()[base:] {
 		at[m.Subject] = append(at[m.Subject], fmt.Sprintf("#%d on connection %d", i+1, m.Conn))
 	}
+	// Each message once, or once more for each marker write the relay
+	// logged as failed. A server's loss can fail a marker write in flight
+	// to relay_sent's leader on it (no confirmation before the write's
+	// timeout while a new leader is elected) and, in the same loss, the
+	// message's ack (its consumer's leader there too): the redelivery
+	// finds no marker and sends it again. That is the one window
+	// docs/design.md §7.10 leaves open, and the relay logs each such
+	// write; a copy without one (a marker read as missing that was
+	// written) is a defect.
+	const markerFailed = "the idempotency marker was not written"
 	for i := range n {
 		id := fmt.Sprintf("c-%04d", i)
-		if c := len(at[id]); c != 1 {
-			t.Errorf("%s delivered %d times (%s); the relay logged about it:\n%s", id, c, strings.Join(at[id], ", "), log.about(id))
+		c, about := len(at[id]), log.about(id)
+		failed := strings.Count(about, markerFailed)
+		switch {
+		case c == 0 || c > 1+failed:
+			t.Errorf("%s delivered %d times (%s) with %d failed marker writes logged; the relay logged about it:\n%s", id, c, strings.Join(at[id], ", "), failed, about)
+		case c > 1:
+			t.Logf("%s delivered %d times (%s) after %d failed marker writes, the documented window; the relay logged about it:\n%s", id, c, strings.Join(at[id], ", "), failed, about)
 		}
 	}
 	if refreshes := fake.TokenCalls(fakeo365.GrantRefreshToken); refreshes < 1 {
