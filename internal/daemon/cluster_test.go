@@ -429,10 +429,15 @@ func TestClusterMarkerNotReadFromStaleReplica(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := relay.OpenSentMarkers(ctx, queue.WithReplicas(js, 3))
-		if err != nil {
-			t.Fatal(err)
-		}
+		// Just after the cluster formed, the meta leader may not know
+		// every server's JetStream yet and refuses three replicas ("no
+		// suitable peers for placement"): again, until it does.
+		var m *relay.SentMarkers
+		testutil.Eventually(t, ctx, "the bucket opened at 3 replicas", func() bool {
+			var err error
+			m, err = relay.OpenSentMarkers(ctx, queue.WithReplicas(js, 3))
+			return err == nil
+		})
 		return conn, m
 	}
 	// The writer never uses s3; the reader uses nothing else.
