@@ -177,7 +177,7 @@ func (l *lane) handle(msg jetstream.Msg, probe bool, sl *slot) {
 	})
 	defer a.unclaim()
 	a.first = l.firstAttempt(meta.Sequence.Stream, meta.NumDelivered)
-	a.log = l.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("attempt", meta.NumDelivered).Str("msg_id", a.id).Logger()
+	a.log = l.attemptLog(a)
 	if a.queued = queue.QueuedAt(msg.Headers(), meta.Timestamp); l.e.expired(a.queued) {
 		l.expire(a, a.queued)
 		return
@@ -291,6 +291,11 @@ func (a *attempt) nak(delay time.Duration) {
 	_ = a.msg.NakWithDelay(delay)
 }
 
+// attemptLog is the lane's logger with an attempt's fixed keys.
+func (l *lane) attemptLog(a *attempt) zerolog.Logger {
+	return l.log.With().Uint64("stream_seq", a.meta.Sequence.Stream).Uint64("attempt", a.meta.NumDelivered).Str("msg_id", a.id).Logger()
+}
+
 // deliver runs one attempt: decode, validate, render, then one SMTP
 // transaction per recipient batch not yet accepted. nil means every batch
 // is accepted (now or before).
@@ -305,7 +310,7 @@ func (l *lane) deliver(a *attempt) error {
 	}
 	if m.ID != "" && m.ID != a.id {
 		a.id = m.ID
-		a.log = a.log.With().Str("msg_id", a.id).Logger()
+		a.log = l.attemptLog(a) // not With(): that would add a second msg_id
 	}
 	m.ID = a.id
 	only, err := queue.ParseRecipients(a.msg.Headers())
