@@ -618,7 +618,10 @@ func (l *lane) transaction(a *attempt, r *message.Rendered, batch, batches int, 
 	}
 	// The crash window: between the 250 above and this write, a crash
 	// means a redelivery sends the batch again (package documentation).
-	if err := l.e.sent.mark(ctx, l.alias, a.markID, batch, batches, len(rcpts), l.e.clock.Now(), positions, later); err != nil {
+	at := l.e.clock.Now()
+	if err := markBatch(ctx, a.log, func(ctx context.Context) error {
+		return l.e.sent.mark(ctx, l.alias, a.markID, batch, batches, len(rcpts), at, positions, later)
+	}); err != nil {
 		a.log.Error().Err(err).Msg("sent, but the idempotency marker was not written: a redelivery would send it again")
 	}
 	settled() // the session's next transaction may end now

@@ -189,9 +189,11 @@
 // header, derived from it, is stable too. Markers are read from the
 // bucket's stream leader, not with a direct get, which a replica restarted
 // and still catching up answers with what it had before its outage
-// (SentMarkers.last). One window remains: a crash (or
-// a failed KV write) between Office 365's 250 and the marker write sends
-// that batch again on redelivery. No protocol closes it — SMTP has no
+// (SentMarkers.last), and a write that fails is tried again before the
+// ack, for up to 20 s (markRetry), so a leader election of relay_sent's
+// stream does not leave the batch unmarked. One window remains: a crash
+// (or a KV write that fails for longer) between Office 365's 250 and the
+// marker write sends that batch again on redelivery. No protocol closes it — SMTP has no
 // two-phase commit — so it is kept to one KV write per session: the
 // session's next transaction may start while that marker is written, but
 // its content's end (the final ".", after which Office 365 accepts) waits

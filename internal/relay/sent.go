@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 // SentBucket is the KV bucket of idempotency markers (docs/design.md §4).
@@ -251,6 +252,42 @@ func splitOf(m *sentMarker, batches [][]string) bool {
 		return m.Rcpts == total
 	default:
 		return m.Rcpts < total && (total+m.Rcpts-1)/m.Rcpts == m.Batches
+	}
+}
+
+// markRetry is the schedule on which a marker write that failed is tried
+// again, for up to markRetryFor, before the message is acked: a write
+// lost with a server, or refused while relay_sent's stream elects a new
+// leader (nats-server's Raft waits 4 to 9 s before it elects one), left
+// the batch unmarked, and when the message's ack was lost in the same
+// outage its redelivery sent it again (docs/design.md §7.10). The value
+// written is the same each time (a second write of it is harmless). The
+// wait holds the session's next transaction, not other sessions.
+var markRetry = Backoff{Base: 500 * time.Millisecond, Max: 4 * time.Second, Jitter: 0.2}
+
+const markRetryFor = 20 * time.Second
+
+// markBatch runs write (a batch's marker) until it succeeds, on markRetry
+// for up to markRetryFor, or until ctx ends; it returns the last error.
+func markBatch(ctx context.Context, log zerolog.Logger, write func(context.Context) error) error {
+	deadline := time.Now().Add(markRetryFor)
+	for try := 1; ; try++ {
+		err := write(ctx)
+		if err == nil {
+			return nil
+		}
+		wait := markRetry.Delay(try)
+		if ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		log.Warn().Err(err).Int("try", try).Dur("retry_in_ms", wait).Msg("sent, but the idempotency marker is not written yet: trying again before the ack")
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
 	}
 }
 
