@@ -238,9 +238,15 @@ func ReplayDeadLetterWith(ctx context.Context, js jetstream.JetStream, seq uint6
 		if data, err = prepare(e); err != nil {
 			// A purge since the read above takes the body with the dead
 			// letter, and prepare fails for it: the dead letter is then
-			// not kept but gone.
-			if _, gerr := GetDeadLetter(ctx, js, seq); errors.Is(gerr, ErrNoDeadLetter) {
+			// not kept but gone. Asked with a fresh context (checkCtx):
+			// prepare may have failed because ctx ran out.
+			cctx, cancel := checkCtx(ctx)
+			defer cancel()
+			switch _, gerr := GetDeadLetter(cctx, js, seq); {
+			case errors.Is(gerr, ErrNoDeadLetter):
 				return PublishResult{}, gerr
+			case gerr != nil:
+				return PublishResult{}, fmt.Errorf("replay %d: %w (not queued; whether the dead letter is still in %s could not be read: %v)", seq, err, StreamDLQ, gerr)
 			}
 			return PublishResult{}, fmt.Errorf("replay %d: %w (the dead letter is kept)", seq, err)
 		}
@@ -257,8 +263,11 @@ func ReplayDeadLetterWith(ctx context.Context, js jetstream.JetStream, seq uint6
 	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && s != nil {
 		// Removed meanwhile (a purge, another replay): the server says
 		// so with a generic deletion error (10057, "no message found"),
-		// not ErrMsgNotFound, so ask whether it is still there.
-		if _, gerr := s.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+		// not ErrMsgNotFound, so ask whether it is still there, with a
+		// fresh context: the delete may have failed because ctx ran out.
+		cctx, cancel := checkCtx(ctx)
+		defer cancel()
+		if _, gerr := s.GetMsg(cctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
 			err = nil
 		}
 	}
@@ -266,6 +275,19 @@ func ReplayDeadLetterWith(ctx context.Context, js jetstream.JetStream, seq uint6
 		return res, fmt.Errorf("replay %d: queued as %s sequence %d, but not removed from %s: %w", seq, StreamMail, res.Seq, StreamDLQ, err)
 	}
 	return res, nil
+}
+
+// checkTimeout bounds the question, after a replay's step failed,
+// whether its dead letter is still there.
+const checkTimeout = 5 * time.Second
+
+// checkCtx is a context for that question: ctx's values without its
+// cancellation or deadline, for at most checkTimeout. A step that failed
+// because ctx ran out (its --timeout spent on a slow store) would
+// otherwise fail the question too, and the answer "kept" would be a
+// guess: wrong for a dead letter purged meanwhile.
+func checkCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
 }
 
 // PurgeDeadLetters deletes the dead letters of account ("" for all) up to

@@ -617,3 +617,32 @@ func TestQueuedAtTrustsOnlyTheRelaysCopies(t *testing.T) {
 		}
 	}
 }
+
+// A replay whose deadline runs out while it prepares the copy (a slow
+// body store), with the dead letter purged meanwhile: the check whether
+// the dead letter is still there is made with a fresh context, and the
+// replay says it is gone (ErrNoDeadLetter), not "kept". Asked with the
+// expired context, the check failed and the purged dead letter was
+// reported as kept in MAIL_DLQ.
+func TestReplayPastItsDeadlineTellsAPurgedDeadLetterGone(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	if _, err := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	env.DeadLetter(t, ctx, "alerts", "p1", []byte("p1"), queue.DeadLetter{ID: "p1", Account: "alerts", Reason: "smtp data: 451 4.3.0 later", Class: "transient"})
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := queue.ReplayDeadLetterWith(rctx, env.JS, 1, func(queue.DeadLetterEntry) ([]byte, error) {
+		if purged, _, err := queue.PurgeDeadLetters(ctx, env.JS, "", 1); err != nil || purged != 1 {
+			t.Fatalf("purge: %d purged, %v", purged, err)
+		}
+		<-rctx.Done() // the store is slow: the replay's deadline runs out
+		return nil, rctx.Err()
+	})
+	if !errors.Is(err, queue.ErrNoDeadLetter) || strings.Contains(err.Error(), "kept") {
+		t.Fatalf("replay of a dead letter purged while its deadline ran out: %v; want ErrNoDeadLetter", err)
+	}
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 0 {
+		t.Fatalf("MAIL holds %d, want nothing queued", n)
+	}
+}
