@@ -23,7 +23,7 @@ type Class string
 const (
 	ClassTransient Class = "transient" // 451, other 4xx, network: try again later
 	ClassAuth      Class = "auth"      // 535 5.7.3: the token was refused (refresh it once)
-	ClassConfig    Class = "config"    // 535 5.7.139, 504 5.7.4, 501 5.5.124, 421 4.7.66, no STARTTLS, bad certificate, no TLS version or cipher in common
+	ClassConfig    Class = "config"    // 535 5.7.139, 504 5.7.4, 501 5.5.124, 421 4.7.66, no STARTTLS, bad certificate, no TLS version or cipher in common, no TLS after STARTTLS
 	ClassSession   Class = "session"   // 530 5.7.57: reconnect and authenticate
 	ClassThrottle  Class = "throttle"  // 432 4.3.2: too many connections
 	ClassQuota     Class = "quota"     // 554 5.2.0 SubmissionQuotaExceeded, 550 5.1.90: the day's budget is spent
@@ -159,8 +159,9 @@ func Classify(stage string, err error) *SMTPError {
 	var se *smtp.SMTPError
 	if !errors.As(err, &se) {
 		if tlsProblem(err) != "" {
-			// No TLS version or cipher suite in common, or a
-			// certificate that cannot be used: the next handshake
+			// No TLS version or cipher suite in common, a
+			// certificate that cannot be used, or no TLS at all
+			// after the 220 to STARTTLS: the next handshake
 			// meets the same server (tlsProblem).
 			e.Class = ClassConfig
 		}

@@ -73,6 +73,15 @@ func serverHelloTLS10(conn net.Conn) {
 	io.Copy(io.Discard, conn) // until the client's alert and close
 }
 
+// plaintextAfterStartTLS reads the client's hello and answers it in
+// plaintext, as a server that answered 220 to STARTTLS without speaking
+// TLS does (a plaintext proxy, or another protocol on the port).
+func plaintextAfterStartTLS(conn net.Conn) {
+	io.ReadFull(conn, make([]byte, 5))
+	io.WriteString(conn, "250 OK\r\n")
+	io.Copy(io.Discard, conn) // until the client closes
+}
+
 // resetInHandshake reads the client's hello and resets the connection.
 func resetInHandshake(conn net.Conn) {
 	io.ReadFull(conn, make([]byte, 5))
@@ -86,7 +95,8 @@ func resetInHandshake(conn net.Conn) {
 // something on the path) makes fail for good pauses the account with a
 // remedy that says what to fix: a certificate that does not verify
 // (another CA, expired, another name), no TLS 1.2 or newer, no cipher
-// suite in common. Each of those meets the same server at the next
+// suite in common, a server that answers 220 to STARTTLS and then does
+// not speak TLS. Each of those meets the same server at the next
 // handshake, and as transient each queued message was dialled, refused
 // and retried on its own schedule for its 50 deliveries before it was
 // dead-lettered. A reset in the handshake stays transient. In no case
@@ -123,6 +133,7 @@ func TestTLSHandshakeFailureClasses(t *testing.T) {
 		"TLS 1.1 only":     {startSMTP(t, &recordingSMTP{starttls: tls11}), caFile, submit.ClassConfig, "no TLS 1.2 or newer"},
 		"selects TLS 1.0":  {startSMTP(t, &recordingSMTP{handshake: serverHelloTLS10}), caFile, submit.ClassConfig, "no TLS 1.2 or newer"},
 		"no common cipher": {startSMTP(t, &recordingSMTP{starttls: noCipher}), caFile, submit.ClassConfig, "no TLS cipher suite in common"},
+		"plaintext":        {startSMTP(t, &recordingSMTP{handshake: plaintextAfterStartTLS}), caFile, submit.ClassConfig, "did not speak TLS"},
 		"reset":            {startSMTP(t, &recordingSMTP{handshake: resetInHandshake}), caFile, submit.ClassTransient, "temporary"},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -28,6 +28,13 @@ import (
 //   - "cipher": no cipher suite (or group) in common: a handshake_failure
 //     or insufficient_security alert (RFC 8446 §6.2), or the server chose
 //     one the relay did not offer.
+//   - "plaintext": the server answered 220 to STARTTLS (RFC 3207 §4) and
+//     then did not speak TLS: its first record is not a TLS record
+//     (RFC 8446 §5.1: a handshake or alert record with a 3.x version).
+//     The address is not an SMTP server that does STARTTLS (a plaintext
+//     proxy or load balancer, another protocol on the port); crypto/tls
+//     tells this case apart by a RecordHeaderError that carries the
+//     connection (its Conn field is set for this case only).
 //
 // crypto/tls gives the server's alerts no exported type outside QUIC
 // (tls.AlertError is QUIC's): a received alert is a *net.OpError whose Op
@@ -49,6 +56,10 @@ func tlsProblem(err error) string {
 			return "authority"
 		}
 		return "certificate"
+	}
+	var rh tls.RecordHeaderError
+	if errors.As(err, &rh) && rh.Conn != nil {
+		return "plaintext"
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "remote error" && oe.Err != nil {
@@ -109,6 +120,9 @@ func tlsRemedy(err error) string {
 	case "cipher":
 		return "the SMTP server (or a proxy on the path) has no TLS cipher suite in common with the relay (TLS 1.2 with ECDHE and AES-GCM or ChaCha20, or TLS 1.3): " +
 			"check the account's SMTP address, or update the server's TLS configuration"
+	case "plaintext":
+		return "the SMTP server answered 220 to STARTTLS and then did not speak TLS: the account's SMTP address is not an SMTP server with STARTTLS " +
+			"(a plaintext proxy or load balancer on the path, or another protocol's port): check the address (smtp.office365.com:587 for Exchange Online) and any proxy between"
 	}
 	return ""
 }
