@@ -296,9 +296,10 @@ const (
 	// idsOrURLs: fields of ownSyntax whose bodies hold message ids (RFC
 	// 5322 §3.6.4) or URLs in angle brackets (RFC 2369, RFC 8058, RFC
 	// 5064), which RFC 2047 §5 allows no encoded-word in and a reader
-	// takes as they stand. A producer's Headers may set them; they are
-	// folded at white space only, never encoded, so Validate holds them
-	// to ASCII and no word past a line. Office 365's Message-IDs are
+	// takes as they stand. A producer's Headers may set them, as any
+	// field of ownSyntax not reserved; all are folded at white space
+	// only, never encoded, so Validate holds them to ASCII and no word
+	// past a line. Office 365's Message-IDs are
 	// about 80 characters and unsubscribe links longer: encoded as long
 	// words are, they broke threading and unsubscribing.
 	idsOrURLs

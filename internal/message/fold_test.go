@@ -240,7 +240,10 @@ func TestRawFoldNeverLeavesWhiteSpaceAlone(t *testing.T) {
 // takes them as they stand. Office 365's own Message-IDs are about 80
 // characters long, and unsubscribe links longer; they are folded at
 // white space only, never encoded, so threading and one-click
-// unsubscribe keep working.
+// unsubscribe keep working. So is every other structured field a
+// producer may set (DKIM-Signature, Autocrypt, Received, ...): written as
+// given, and refused at publish when not ASCII or with a word no line
+// holds, the producer encoding a phrase or comment itself.
 func TestStructuredHeadersNeverEncoded(t *testing.T) {
 	exchangeID := "<DM6PR11MB4315F6F1B2B5E8A0C9F3B4A4C8A09A1B@DM6PR11MB4315.namprd11.prod.outlook.com>"
 	headers := map[string]string{
@@ -248,6 +251,12 @@ func TestStructuredHeadersNeverEncoded(t *testing.T) {
 		"References":       "<a@contoso.com> " + exchangeID + " " + strings.Replace(exchangeID, "DM6", "BY5", 1),
 		"List-Unsubscribe": "<https://alerts.contoso.com/unsubscribe?list=ops&token=" + strings.Repeat("0123456789abcdef", 5) + ">, <mailto:unsubscribe@contoso.com>",
 		"List-Id":          "Ops alerts <ops-alerts.contoso.com>",
+		// Other structured fields a producer may set are written as
+		// given too (RFC 2047 §5): a long word was encoded, which
+		// corrupted a DKIM signature's b= and Autocrypt's keydata.
+		"Dkim-Signature":              "v=1; a=rsa-sha256; d=contoso.com; s=s1; b=" + strings.Repeat("AbCdEf0123456789+/", 12) + "==",
+		"Autocrypt":                   "addr=alerts@contoso.com; keydata=" + strings.Repeat("mQENBF", 20),
+		"Disposition-Notification-To": "Ops (on call) <ops@contoso.com>",
 	}
 	m := &Message{ID: "st", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "s", Text: "x", Headers: headers}
 	data := renderRoundTrip(t, m)
@@ -263,6 +272,15 @@ func TestStructuredHeadersNeverEncoded(t *testing.T) {
 	for _, bad := range []map[string]string{
 		{"References": "<Störung@contoso.com>"},                               // RFC 2047 §5: no encoded-word in a msg-id
 		{"List-Unsubscribe": "<https://x/" + strings.Repeat("y", 1000) + ">"}, // a word no line holds (RFC 5322 §2.1.1)
+		// Structured fields other than ids and URLs: ASCII only, the
+		// producer encoding a phrase or comment itself.
+		{"Autocrypt": "addr=störung@contoso.com; keydata=mQENBF"},
+		{"Disposition-Notification-To": "Störung <ops@contoso.com>"},
+		{"Received": "from störung.contoso.com by relay; Sat, 05 Dec 2026 09:30:00 +0000"},
+		{"Authentication-Results": "contoso.com; dkim=pass header.d=störung.example"},
+		{"Resent-To": "Störung <ops@contoso.com>"},
+		{"List-Id": "Störungen <ops-alerts.contoso.com>"},
+		{"Dkim-Signature": "v=1; b=" + strings.Repeat("A", 1000)},
 	} {
 		m := &Message{ID: "st", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "s", Text: "x", Headers: bad}
 		if err := m.Validate(); !IsInvalid(err) {

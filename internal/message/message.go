@@ -347,9 +347,22 @@ func (m *Message) Validate() error {
 		if err := checkLine("headers."+name, value); err != nil {
 			return err
 		}
-		if syntaxOf(canonical(name)) == idsOrURLs {
-			if needsEncoding(value) {
+		// A field with a syntax of its own is written as given: RFC 2047
+		// §5 allows encoded-words only in unstructured text, in comments
+		// and in the phrase before an address, which the renderer cannot
+		// find in a field it does not parse, and encoded whole its syntax
+		// was corrupted (Autocrypt's keydata, DKIM-Signature's b=, a
+		// Received trace). So it must be ASCII (RFC 5322 §2.2; UTF-8
+		// header fields, RFC 6532, need SMTPUTF8, which the relay does
+		// not use), a non-ASCII phrase or comment RFC 2047-encoded by the
+		// producer, and no word may be longer than a line.
+		if syn := syntaxOf(canonical(name)); syn != textSyntax {
+			switch {
+			case needsEncoding(value) && syn == idsOrURLs:
 				return invalid("headers."+name, "holds message ids or URLs, which cannot be RFC 2047-encoded (RFC 2047 §5): give them in ASCII")
+			case needsEncoding(value):
+				return invalid("headers."+name, "is a structured field (a syntax of its own), which the relay cannot RFC 2047-encode (RFC 2047 §5): "+
+					"give it in ASCII, with any non-ASCII phrase or comment already encoded")
 			}
 			for _, w := range strings.Split(value, " ") {
 				if len(w) > lineHard-1 {

@@ -222,8 +222,8 @@ func renderFields(m *Message, from *mail.Address, replyTo []*mail.Address, dated
 	sort.Strings(names)
 	for _, k := range names {
 		name, v := textproto.CanonicalMIMEHeaderKey(k), m.Headers[k]
-		if syntaxOf(name) != idsOrURLs {
-			v = unstructured(v)
+		if syntaxOf(name) == textSyntax {
+			v = unstructured(v) // RFC 2047 §5(1); a structured field is written as given (Validate)
 		}
 		h.field(name, v)
 	}
