@@ -251,6 +251,10 @@ func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
 	if err != nil {
 		return prepared{}, resultInvalid, errUnparseable(err.Error())
 	}
+	// A line of the header section that is not a header field starts the
+	// body, and an empty DATA is an empty header section and body, as for
+	// relay sendmail and Postfix (message.StartBody).
+	raw = message.StartBody(raw)
 	c, res, err := ss.check(helo, raw)
 	if err != nil {
 		return prepared{}, res, err
@@ -281,6 +285,13 @@ func (ss *session) prepareStream(helo string, buf []byte, rest io.Reader) (prepa
 	norm, err := message.NormalizeRaw(buf) // a copy of buf only when line endings need it
 	if err != nil {
 		return prepared{}, resultInvalid, errUnparseable(err.Error())
+	}
+	if mended := message.StartBody(norm); len(mended) != len(norm) && bytes.Equal(norm, buf) {
+		// A line of the header section that is not a header field
+		// starts the body (as in prepare). Mended only where buf is
+		// already CRLF (as SMTP sends it): normalized, its last CR
+		// could be the half of a CRLF that rest goes on with.
+		norm, buf = mended, mended
 	}
 	head, err := message.ReadHeaderSection(bytes.NewReader(norm))
 	if err != nil {
@@ -329,11 +340,6 @@ func (ss *session) check(helo string, raw []byte) (checked, result, error) {
 		// message's own To, Cc and Bcc fields from standing in for the
 		// envelope (message.Validate's rule for producers' raw messages).
 		return checked{}, resultInvalid, errNoRecipients
-	}
-	if len(raw) == 0 {
-		// An empty DATA (or BDAT 0 LAST): net/mail's bare "EOF" told the
-		// producer nothing.
-		return checked{}, resultInvalid, errEmptyMessage
 	}
 	hdr, err := mail.ReadMessage(bytes.NewReader(raw))
 	if err != nil {

@@ -32,9 +32,14 @@
 // (RFC 5322 §3.6 requires From and Date): the Date above, and at
 // rendering the From every message leaves with under any policy, the
 // mailbox, and a Message-ID (RFC 6409 §8.2, §8.3;
-// TestEmptyHeaderSectionLeavesAsAValidMessage). An entirely empty DATA
-// is refused (below). Before anything is queued the message is rendered once as the
-// worker will render it, so a message that could never go (a From the
+// TestEmptyHeaderSectionLeavesAsAValidMessage). So does content without
+// the empty line after its header section: a line that is neither a
+// header field nor a continuation starts the body ("hello" alone is a
+// body), and an entirely empty DATA is an empty header section and body,
+// as relay sendmail and Postfix's cleanup read them (RFC 5322 §2.1;
+// message.StartBody; TestContentWithoutAHeaderSectionIsTheBody).
+// Before anything is queued the message is rendered once as the worker
+// will render it, so a message that could never go (a From the
 // policy refuses, no parseable header) is refused now, to the client that
 // can still do something about it, instead of being dead-lettered later.
 //
@@ -82,8 +87,7 @@
 //	552 5.3.4          larger than the account's max_message_bytes as it would
 //	                   be sent, or than the server's SIZE; says the size and
 //	                   the limit (also at MAIL with SIZE=, RFC 1870 §6.1)
-//	554 5.6.0          the message is empty (DATA or BDAT 0 LAST with no
-//	                   content: the reply says so), cannot be parsed, or its header section
+//	554 5.6.0          the message cannot be parsed, or its header section
 //	                   does not end within the session's buffer
 //	421 4.7.0          too many connections (in all, or from this address);
 //	                   inside TLS on the implicit TLS port; while

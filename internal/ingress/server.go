@@ -232,14 +232,6 @@ var (
 	errUnparseable  = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message cannot be parsed: " + ReplyText(why)}
 	}
-	// errEmptyMessage: a DATA (or BDAT 0 LAST) with no content at all.
-	// RFC 5322 §3.5 requires a header section (at least Date and From,
-	// §3.6), so there is nothing to send: RFC 5321 §4.2.3 554 transaction
-	// failed (permanent: the same empty content fails again), RFC 3463
-	// §3.7 X.6.0 other or undefined media error, as for any other content
-	// the relay cannot parse.
-	errEmptyMessage = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-		Message: "The message is empty: it needs at least a header section"}
 	errNotAllowed = func(why string) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: ReplyText(why)}
 	}

@@ -490,9 +490,9 @@ func TestReplies(t *testing.T) {
 		big := "To: ops@contoso.com\r\n\r\n" + strings.Repeat("x", 70) + "\r\n"
 		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, strings.Repeat(big, 80)), 552, "5.3.4")
 	})
-	t.Run("a message that cannot be parsed: 554 5.6.0", func(t *testing.T) {
+	t.Run("a message that cannot be parsed (a NUL byte): 554 5.6.0", func(t *testing.T) {
 		c := f.login("alertmanager", alertsPassword)
-		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, "this is no header\r\n\r\nbody\r\n"), 554, "5.6.0")
+		wantReply(t, "DATA", send(c, "", []string{"ops@contoso.com"}, "To: ops@contoso.com\r\nSubject: a\r\n\r\nbo\x00dy\r\n"), 554, "5.6.0")
 	})
 	t.Run("a body line over 998 octets: 554 5.6.0", func(t *testing.T) {
 		c := f.login("alertmanager", alertsPassword)

@@ -321,3 +321,40 @@ func senderAllowed(a *mail.Address, s Sender) bool {
 	}
 	return false
 }
+
+// StartBody returns raw (CRLF line endings) with its header section ended
+// where its body starts, as a production MSA (Postfix's cleanup) and
+// relay sendmail read a message that lacks the empty line: before the
+// first line that is neither a header field (RFC 5322 §2.2: a field
+// name, printable US-ASCII but ':', and a colon; with §4.5.3's obsolete
+// white space before the colon) nor the continuation of one (§2.2.3), an
+// empty line is inserted, and that line starts the body (§2.1: the header
+// section, an empty line, the body). An empty raw is an empty header
+// section and an empty body ("\r\n"): a message with no header field,
+// which the MSA completes (RFC 6409 §8). Otherwise raw is returned as it
+// is.
+func StartBody(raw []byte) []byte {
+	if len(raw) == 0 {
+		return []byte("\r\n")
+	}
+	for i := 0; i < len(raw); {
+		line := raw[i:]
+		if j := bytes.Index(line, []byte("\r\n")); j >= 0 {
+			line = line[:j]
+		}
+		if len(line) == 0 {
+			return raw // the empty line: the header section ends as it should
+		}
+		field := i > 0 && (line[0] == ' ' || line[0] == '\t')
+		if !field {
+			name, _, ok := bytes.Cut(line, []byte(":"))
+			field = ok && headerNameRE.Match(bytes.TrimRight(name, " \t"))
+		}
+		if !field {
+			out := make([]byte, 0, len(raw)+2)
+			return append(append(append(out, raw[:i]...), '\r', '\n'), raw[i:]...)
+		}
+		i += len(line) + 2
+	}
+	return raw // header fields only: a message without a body
+}

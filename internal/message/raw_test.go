@@ -319,3 +319,25 @@ func TestRawLegacyCharsets(t *testing.T) {
 		})
 	}
 }
+
+// StartBody inserts the empty line before the first line of the header
+// section that is neither a field nor a continuation, and leaves a
+// well-formed message (obsolete white space before the colon included)
+// as it is.
+func TestStartBody(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"", "\r\n"},
+		{"hello\r\n", "\r\nhello\r\n"},
+		{"hello", "\r\nhello"},
+		{" indented\r\n", "\r\n indented\r\n"},
+		{"Subject: a\r\n b\r\nsda1 is full\r\n\r\nmore\r\n", "Subject: a\r\n b\r\n\r\nsda1 is full\r\n\r\nmore\r\n"},
+		{"Subject: a\r\n\r\nno header: here\r\n", "Subject: a\r\n\r\nno header: here\r\n"},
+		{"Subject : obsolete\r\n\r\nbody\r\n", "Subject : obsolete\r\n\r\nbody\r\n"},
+		{"Subject: only\r\n", "Subject: only\r\n"},
+		{"\r\nbody\r\n", "\r\nbody\r\n"},
+	} {
+		if got := string(StartBody([]byte(tc.in))); got != tc.want {
+			t.Errorf("StartBody(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
