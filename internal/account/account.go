@@ -317,6 +317,13 @@ var tenantIDRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 // opposed to one of the tenant's domains or a multi-tenant name.
 func IsTenantID(s string) bool { return tenantIDRE.MatchString(s) }
 
+// ConsumerTenantID is the tenant ID Entra names (the tid claim) for every
+// personal Microsoft account (outlook.com, hotmail.com, ...): a tenant of
+// Microsoft's that unrelated people share, as they share the name
+// consumers, not one organisation (Microsoft identity platform ID token
+// claims reference, "tid").
+const ConsumerTenantID = "9188040d-6c67-4c5b-b112-36a304b66dad"
+
 // TenantKey is what tenant-wide pauses (a tenant blocked, its external
 // recipient limit reached: docs/office365.md §4) compare accounts by, and
 // how it was found: the tenant ID learnt at sign-in (TenantID, byID true),
@@ -324,13 +331,14 @@ func IsTenantID(s string) bool { return tenantIDRE.MatchString(s) }
 // else Tenant as configured, lower case, under which a tenant given by its
 // GUID on one account and by a domain on another are two tenants. "" for
 // an account without a tenant ID whose Tenant is organizations, common or
-// consumers: those name no one tenant.
+// consumers, and for a personal Microsoft account (ConsumerTenantID, as
+// TenantID or as Tenant): those name no one tenant.
 func (a Account) TenantKey() (key string, byID bool) {
-	if a.TenantID != "" {
+	if a.TenantID != "" && a.TenantID != ConsumerTenantID {
 		return a.TenantID, true
 	}
-	switch t := strings.ToLower(a.Tenant); t {
-	case "organizations", "common", "consumers":
+	switch t := strings.ToLower(a.Tenant); {
+	case a.TenantID == ConsumerTenantID, t == "organizations", t == "common", t == "consumers", t == ConsumerTenantID:
 		return "", false
 	default:
 		return t, false

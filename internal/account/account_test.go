@@ -372,6 +372,9 @@ func TestTenantKey(t *testing.T) {
 		{"Contoso.onmicrosoft.com", "", "contoso.onmicrosoft.com", false},
 		{"Organizations", "", "", false},
 		{"common", "", "", false},
+		{"consumers", ConsumerTenantID, "", false},
+		{"common", strings.ToUpper(ConsumerTenantID), "", false},
+		{strings.ToUpper(ConsumerTenantID), "", "", false},
 	} {
 		a := validAccount()
 		a.Tenant, a.TenantID = tc.tenant, tc.tenantID

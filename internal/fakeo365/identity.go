@@ -606,18 +606,27 @@ func (s *Server) idToken(p principal, now time.Time) string {
 // sign-in at that domain, so an account configured with the tenant's
 // domain and another with TenantID(domain) are one tenant); the
 // multi-tenant names (organizations, common, consumers) name no tenant,
-// and the tid is the one of the mailbox's domain (its home tenant).
+// and the tid is the one of the mailbox's home tenant: that of its domain
+// for a work account; for a personal Microsoft account (any at consumers,
+// one at a personal domain such as outlook.com at common) the one tenant
+// all personal accounts share, account.ConsumerTenantID, as Entra names it.
 func TenantID(tenant, mailbox string) string {
+	_, domain, _ := strings.Cut(key(mailbox), "@")
 	switch t := key(tenant); {
 	case account.IsTenantID(t):
 		return t
-	case t == "organizations" || t == "common" || t == "consumers":
-		_, domain, _ := strings.Cut(key(mailbox), "@")
+	case t == "consumers", t == "common" && personalDomains[domain]:
+		return account.ConsumerTenantID
+	case t == "organizations" || t == "common":
 		tenant = domain
 	}
 	sum := sha256.Sum256([]byte("tenant/" + key(tenant)))
 	return uuidFrom(sum[:16])
 }
+
+// personalDomains are domains of personal Microsoft accounts, which sign
+// in at common (and consumers) but not at organizations.
+var personalDomains = map[string]bool{"outlook.com": true, "hotmail.com": true, "live.com": true, "msn.com": true}
 
 // ---- fault switches and observations ----------------------------------------
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -393,6 +394,8 @@ func tenantNote(a account.Account) string {
 		return fmt.Sprintf("tenant ID %s (learnt at sign-in): every account of the tenant pauses, whichever name its tenant is configured by", key)
 	case key != "":
 		return fmt.Sprintf("tenant %q as configured (no tenant ID learnt at sign-in): accounts that name this tenant otherwise (its ID or another domain) do not pause with it; authtool login again learns the ID", key)
+	case a.TenantID == account.ConsumerTenantID || strings.EqualFold(a.Tenant, account.ConsumerTenantID):
+		return fmt.Sprintf("none: tenant ID %s is the one every personal Microsoft account shares, not one organisation's: this account paused alone", account.ConsumerTenantID)
 	default:
 		return fmt.Sprintf("none: tenant %q names no one tenant and no tenant ID was learnt at sign-in: this account paused alone", a.Tenant)
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"relay365/internal/account"
 	"relay365/internal/fakeo365"
 	"relay365/internal/submit"
 )
@@ -65,4 +66,31 @@ func TestTenantBlockPausesTheTenantByItsID(t *testing.T) {
 	if n := h.metric("relay_account_pauses_total", "account", other.Alias); n != 0 {
 		t.Fatalf("an account of another tenant paused %v times", n)
 	}
+}
+
+// TestTenantBlockDoesNotPausePersonalAccounts: Entra names one tenant ID
+// for every personal Microsoft account (account.ConsumerTenantID), at
+// consumers as at common; a block of one person's mailbox must not pause
+// another person's, as "consumers" as configured does not.
+func TestTenantBlockDoesNotPausePersonalAccounts(t *testing.T) {
+	h := newHarness(t, setup{})
+	blocked := h.enroll("msa-a", "alerts@outlook.com", "consumers", nil)
+	other := h.enroll("msa-b", "someone@hotmail.com", "common", nil)
+	for _, alias := range []string{blocked.Alias, other.Alias} {
+		if a, err := h.accounts.Get(h.ctx, alias); err != nil || a.TenantID != account.ConsumerTenantID {
+			t.Fatalf("account %s: tenant_id %q (%v), want the personal accounts' %s: the test proves nothing", alias, a.TenantID, err, account.ConsumerTenantID)
+		}
+	}
+	h.fake.SetNextDataReply(1, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 708},
+		Message: "Service unavailable. Access denied, traffic not accepted from this IP."})
+	h.publishMsg(msgFor(blocked.Alias, "id-msa-a", "msa-a"))
+	h.waitFor("the blocked account's message to wait", func() bool { return h.outcome(blocked.Alias, "paused") >= 1 })
+	if st := h.lane(blocked.Alias); !st.Paused || !strings.Contains(st.PauseTenant, "personal") {
+		t.Fatalf("the blocked account's status %+v, want a pause whose pause_tenant says it paused alone as a personal account", st)
+	}
+	if n := h.metric("relay_account_pauses_total", "account", other.Alias); n != 0 {
+		t.Fatalf("another person's personal account paused %v times (status %+v)", n, h.lane(other.Alias))
+	}
+	h.publishMsg(msgFor(other.Alias, "id-msa-b", "msa-b"))
+	h.waitFor("the other person's message", func() bool { return h.delivered()["msa-b"] == 1 })
 }
