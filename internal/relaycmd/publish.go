@@ -33,10 +33,12 @@ type publishConfig struct {
 // sysexits.h, as relay sendmail returns, so a script can tell "retry"
 // from "this will never be queued" (1) and "fix the command" (2).
 // Publishing again is safe: the message's id makes a second copy a
-// duplicate.
+// duplicate. An interruption (ctx ended: Ctrl-C, SIGTERM) is not one of
+// those: it exits 130, as for any command (cli.Dispatch), and a wrapper
+// that tries again on 75 would send what the person stopped.
 func runPublish(ctx context.Context, args []string, env Env) error {
 	err := publishCommand(ctx, args, env)
-	if err != nil && !cli.IsUsage(err) && !refused(err) && !errors.Is(err, producer.ErrPermission) && tryAgainLater(err) {
+	if err != nil && ctx.Err() == nil && !cli.IsUsage(err) && !refused(err) && !errors.Is(err, producer.ErrPermission) && tryAgainLater(err) {
 		return cli.ExitError{Code: exTempFail, Err: err}
 	}
 	return err

@@ -1,6 +1,8 @@
 package relaycmd
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -149,5 +151,24 @@ func TestPublishExitCodes(t *testing.T) {
 	}
 	if r := run(t, nil, "", append(flags, "--nats-url", env.URL, "--from", "not an address")...); r.code != 2 {
 		t.Errorf("bad --from: exit %d, stderr %q; want 2", r.code, r.stderr)
+	}
+}
+
+// TestPublishInterruptedExits130: relay publish interrupted (Ctrl-C,
+// SIGTERM: Main's context ends) before its message is queued exits 130,
+// as every command but relay sendmail does, not 75: "try again later"
+// would have a wrapper publish again what the person meant to stop.
+func TestPublishInterruptedExits130(t *testing.T) {
+	env, sctx := queuetest.StartMail(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the signal came as the command started
+	var out, errb bytes.Buffer
+	code := Run(ctx, []string{"publish", "--nats-url", env.URL, "--account", "alerts", "--to", "ops@contoso.com", "--subject", "disk", "--timeout", "5s"},
+		Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
+	if code != 130 || !strings.Contains(errb.String(), "interrupted") {
+		t.Errorf("interrupted: exit %d, stderr %q; want 130 saying it was interrupted", code, errb.String())
+	}
+	if n := queuetest.Msgs(t, sctx, env.JS, queue.StreamMail); n != 0 {
+		t.Fatalf("%d queued, want 0", n)
 	}
 }
