@@ -325,7 +325,8 @@ func IsTenantID(s string) bool { return tenantIDRE.MatchString(s) }
 const ConsumerTenantID = "9188040d-6c67-4c5b-b112-36a304b66dad"
 
 // TenantKey is what tenant-wide pauses (a tenant blocked, its external
-// recipient limit reached: docs/office365.md §4) compare accounts by, and
+// recipient limit reached: docs/office365.md §4) compare accounts by
+// (SameTenant), and
 // how it was found: the tenant ID learnt at sign-in (TenantID, byID true),
 // which is the same whichever name an account's Tenant gives the tenant;
 // else Tenant as configured, lower case, under which a tenant given by its
@@ -338,11 +339,44 @@ func (a Account) TenantKey() (key string, byID bool) {
 		return a.TenantID, true
 	}
 	switch t := strings.ToLower(a.Tenant); {
-	case a.TenantID == ConsumerTenantID, t == "organizations", t == "common", t == "consumers", t == ConsumerTenantID:
+	case a.TenantID == ConsumerTenantID, multiTenant(t):
 		return "", false
 	default:
 		return t, false
 	}
+}
+
+// SameTenant reports whether a tenant-wide pause of a extends to b: both
+// know their tenant ID (TenantKey byID) and it is the same; or one does
+// not, and the keys are the same (its tenant as configured is the other's
+// ID), or their tenants as configured are (the same domain or GUID, lower
+// case), as all accounts were matched before the ID was learnt: an account
+// connected again after an upgrade still pauses with those connected by an
+// earlier version. The names that name no one tenant (TenantKey "")
+// match nothing.
+func (a Account) SameTenant(b Account) bool {
+	ka, ida := a.TenantKey()
+	kb, idb := b.TenantKey()
+	switch {
+	case ka == "" || kb == "":
+		return false
+	case ida && idb:
+		return ka == kb
+	case ka == kb:
+		return true
+	}
+	ta, tb := strings.ToLower(a.Tenant), strings.ToLower(b.Tenant)
+	return ta == tb && !multiTenant(ta)
+}
+
+// multiTenant reports whether t (lower case) names no one tenant: the
+// multi-tenant endpoints' names and the personal accounts' tenant.
+func multiTenant(t string) bool {
+	switch t {
+	case "organizations", "common", "consumers", ConsumerTenantID:
+		return true
+	}
+	return false
 }
 
 // validateEndpoint accepts https URLs, and http only on loopback hosts (the

@@ -389,3 +389,35 @@ func TestTenantKey(t *testing.T) {
 		t.Errorf("a domain as tenant_id: %v, want it refused", err)
 	}
 }
+
+// TestSameTenant: accounts that both know their tenant ID match by it;
+// one that does not (connected by an earlier version) matches the other
+// by its ID or by their tenant as configured; the names of no one tenant
+// match nothing.
+func TestSameTenant(t *testing.T) {
+	const id, other = "72f988bf-86f1-41af-91ab-2d7cd011db47", "0b5e1f3a-9c1d-4d8e-a0f2-3c4b5d6e7f80"
+	acct := func(tenant, tenantID string) Account {
+		a := validAccount()
+		a.Tenant, a.TenantID = tenant, tenantID
+		a.Normalize()
+		return a
+	}
+	for _, tc := range []struct {
+		a, b Account
+		same bool
+	}{
+		{acct("contoso.com", id), acct(id, id), true},
+		{acct("contoso.com", id), acct("contoso.com", other), false},
+		{acct("contoso.com", id), acct("Contoso.com", ""), true},
+		{acct("contoso.com", id), acct(strings.ToUpper(id), ""), true},
+		{acct("contoso.com", id), acct("fabrikam.com", ""), false},
+		{acct("contoso.com", ""), acct("contoso.com", ""), true},
+		{acct("organizations", id), acct("organizations", ""), false},
+		{acct("common", ""), acct("common", ""), false},
+		{acct("consumers", ConsumerTenantID), acct("common", ConsumerTenantID), false},
+	} {
+		if got := tc.a.SameTenant(tc.b); got != tc.same || tc.b.SameTenant(tc.a) != tc.same {
+			t.Errorf("%q/%q and %q/%q: same tenant %v, want %v", tc.a.Tenant, tc.a.TenantID, tc.b.Tenant, tc.b.TenantID, got, tc.same)
+		}
+	}
+}

@@ -360,12 +360,11 @@ func (e *Engine) hasLane(alias string) bool {
 // pauseTenant pauses every account of from's tenant: Microsoft blocked
 // the tenant or its outbound IP, or its external recipient limit is
 // reached, so its other mailboxes would meet the same reply. Accounts are
-// matched by account.Account.TenantKey: the tenant ID learnt at sign-in,
+// matched by account.Account.SameTenant: the tenant ID learnt at sign-in,
 // the same whichever name each account's tenant is configured by; for
 // an account without one, its tenant as configured.
 func (e *Engine) pauseTenant(from account.Account, class Class, err error) {
-	key, _ := from.TenantKey()
-	if key == "" {
+	if key, _ := from.TenantKey(); key == "" {
 		// organizations, common or consumers and no tenant ID: not a
 		// tenant, accounts of unrelated organisations may share it.
 		// The account that met the reply paused itself; the others
@@ -375,7 +374,7 @@ func (e *Engine) pauseTenant(from account.Account, class Class, err error) {
 	e.mu.Lock()
 	var same []*lane
 	for _, l := range e.lanes {
-		if k, _ := l.account().TenantKey(); k == key {
+		if from.SameTenant(l.account()) {
 			same = append(same, l)
 		}
 	}
@@ -391,7 +390,7 @@ func (e *Engine) pauseTenant(from account.Account, class Class, err error) {
 func tenantNote(a account.Account) string {
 	switch key, byID := a.TenantKey(); {
 	case byID:
-		return fmt.Sprintf("tenant ID %s (learnt at sign-in): every account of the tenant pauses, whichever name its tenant is configured by", key)
+		return fmt.Sprintf("tenant ID %s (learnt at sign-in): every account of the tenant pauses, whichever name its tenant is configured by, and those without a tenant ID configured with the same tenant %q", key, strings.ToLower(a.Tenant))
 	case key != "":
 		return fmt.Sprintf("tenant %q as configured (no tenant ID learnt at sign-in): accounts that name this tenant otherwise (its ID or another domain) do not pause with it; authtool login again learns the ID", key)
 	case a.TenantID == account.ConsumerTenantID || strings.EqualFold(a.Tenant, account.ConsumerTenantID):

@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -93,4 +94,44 @@ func TestTenantBlockDoesNotPausePersonalAccounts(t *testing.T) {
 	}
 	h.publishMsg(msgFor(other.Alias, "id-msa-b", "msa-b"))
 	h.waitFor("the other person's message", func() bool { return h.delivered()["msa-b"] == 1 })
+}
+
+// TestTenantBlockPausesAccountsNotYetSignedInAgain: after an upgrade,
+// only an account connected again has learnt its tenant ID; one connected
+// by an earlier version (no tenant_id) is still known by its tenant as
+// configured. Two accounts configured with the same domain are one tenant
+// whichever of them knows the ID, as they were before the ID was learnt:
+// a block met by either pauses both.
+func TestTenantBlockPausesAccountsNotYetSignedInAgain(t *testing.T) {
+	h := newHarness(t, setup{})
+	learnt := h.enroll("learnt", "alerts@contoso.com", "contoso.onmicrosoft.com", nil)
+	older := h.enroll("older", "billing@contoso.com", "contoso.onmicrosoft.com", nil)
+	// older's record as an earlier version wrote it: no tenant_id (and,
+	// to see the lane take the record, two connections).
+	rec, err := h.accounts.Get(h.ctx, older.Alias)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.TenantID, rec.MaxConns = "", 2
+	if err := h.accounts.Put(h.ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the older record to reach its lane", func() bool { return h.lane(older.Alias).ConnLimit == 2 })
+
+	for i, blocked := range []account.Account{learnt, older} {
+		other := older
+		if blocked.Alias == older.Alias {
+			other = learnt
+		}
+		before := h.metric("relay_account_pauses_total", "account", other.Alias, "class", string(submit.ClassTenant))
+		h.fake.SetNextDataReply(1, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 708},
+			Message: "Service unavailable. Access denied, traffic not accepted from this IP."})
+		id := fmt.Sprintf("id-%s-%d", blocked.Alias, i)
+		h.publishMsg(msgFor(blocked.Alias, id, id))
+		h.waitFor("the blocked account's message to wait", func() bool { return h.outcome(blocked.Alias, "paused") >= 1 })
+		if n := h.metric("relay_account_pauses_total", "account", other.Alias, "class", string(submit.ClassTenant)); n != before+1 {
+			t.Fatalf("%s blocked: %s, of the same tenant as configured, paused %v times for the tenant, want %v (status %+v)", blocked.Alias, other.Alias, n, before+1, h.lane(other.Alias))
+		}
+		h.waitFor("the blocked account's delivery after its probe", func() bool { return h.delivered()[id] == 1 })
+	}
 }
