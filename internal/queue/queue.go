@@ -38,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -145,9 +146,17 @@ func QueuedAt(hdr nats.Header, stored time.Time) time.Time {
 // publishes a message with these three headers on purpose can still
 // shorten its own message's life; one that copied them from a stored
 // message (a dead letter published again by hand) cannot.
+//
+// Both headers went through setID, which trims white space from the ends
+// of each whole value: an id that ends in white space ("id-1 ", which
+// message.Validate allows) is "id-1" in Relay-Message-Id but keeps its
+// space before ":requeue:" in Nats-Msg-Id, which is skipped here.
 func relayCopy(hdr nats.Header) bool {
 	id := hdr.Get(HdrMessageID)
-	rest, ok := strings.CutPrefix(hdr.Get(jetstream.MsgIDHeader), id+":")
+	rest, ok := strings.CutPrefix(hdr.Get(jetstream.MsgIDHeader), id)
+	if ok {
+		rest, ok = strings.CutPrefix(strings.TrimLeftFunc(rest, unicode.IsSpace), ":")
+	}
 	if id == "" || !ok {
 		return false
 	}

@@ -646,3 +646,31 @@ func TestReplayPastItsDeadlineTellsAPurgedDeadLetterGone(t *testing.T) {
 		t.Fatalf("MAIL holds %d, want nothing queued", n)
 	}
 }
+
+// TestRequeueKeepsQueuedAtOfAnIDEndingInSpace: a message id may end in
+// white space (message.Validate refuses only control characters); the
+// headers the relay sets are trimmed (setHeader), so the requeued copy's
+// Relay-Message-Id is the id without it and its Nats-Msg-Id keeps it
+// before ":requeue:". The copy is still the relay's own: its lifetime
+// counts from the original's queueing, or a paused account's message
+// started a fresh lifetime at every requeue and never expired.
+func TestRequeueKeepsQueuedAtOfAnIDEndingInSpace(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	const id = "id-1 "
+	if _, err := queue.Publish(ctx, env.JS, "alerts", id, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	cons, _ := queue.EnsureAccountConsumer(ctx, env.JS, "alerts", queue.ConsumerConfig{})
+	m := next(t, cons)
+	orig, _ := m.Metadata()
+	for i := range 2 { // a requeue, and a requeue of the copy
+		if _, err := queue.Requeue(ctx, env.JS, m, id); err != nil {
+			t.Fatal(err)
+		}
+		m = next(t, cons)
+		md, _ := m.Metadata()
+		if got := queue.QueuedAt(m.Headers(), md.Timestamp); !got.Equal(orig.Timestamp) {
+			t.Fatalf("requeue %d: copy queued at %v, want the original's %v (headers %v)", i+1, got, orig.Timestamp, m.Headers())
+		}
+	}
+}
