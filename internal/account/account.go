@@ -333,13 +333,19 @@ const ConsumerTenantID = "9188040d-6c67-4c5b-b112-36a304b66dad"
 // GUID on one account and by a domain on another are two tenants. "" for
 // an account without a tenant ID whose Tenant is organizations, common or
 // consumers, and for a personal Microsoft account (ConsumerTenantID, as
-// TenantID or as Tenant): those name no one tenant.
+// TenantID or as Tenant): those name no one tenant. A TenantID that is
+// no GUID was not learnt at sign-in (a record rewritten by hand: workers
+// take records as stored) and counts as none.
 func (a Account) TenantKey() (key string, byID bool) {
-	if a.TenantID != "" && a.TenantID != ConsumerTenantID {
-		return a.TenantID, true
+	id := strings.ToLower(a.TenantID)
+	if !IsTenantID(id) {
+		id = ""
+	}
+	if id != "" && id != ConsumerTenantID {
+		return id, true
 	}
 	switch t := strings.ToLower(a.Tenant); {
-	case a.TenantID == ConsumerTenantID, multiTenant(t):
+	case id == ConsumerTenantID, multiTenant(t):
 		return "", false
 	default:
 		return t, false

@@ -421,3 +421,29 @@ func TestSameTenant(t *testing.T) {
 		}
 	}
 }
+
+// TestTenantKeyIgnoresAHandWrittenTenantID: the relay's lanes take account
+// records as stored, unvalidated (an earlier version's, one rewritten by
+// hand with nats kv put). A tenant_id that is no GUID was not learnt at
+// sign-in: it is no key (nor claimed as "learnt at sign-in" on /status),
+// and the account is matched by its tenant as configured; "organizations"
+// typed there must not join unrelated organisations.
+func TestTenantKeyIgnoresAHandWrittenTenantID(t *testing.T) {
+	for _, tc := range []struct{ tenant, tenantID, key string }{
+		{"contoso.onmicrosoft.com", "contoso.com", "contoso.onmicrosoft.com"},
+		{"organizations", "organizations", ""},
+	} {
+		a := validAccount()
+		a.Tenant, a.TenantID = tc.tenant, tc.tenantID
+		a.Normalize()
+		if key, byID := a.TenantKey(); key != tc.key || byID {
+			t.Errorf("tenant %q, hand-written tenant_id %q: key %q (by id %v), want %q, not by id", tc.tenant, tc.tenantID, key, byID, tc.key)
+		}
+	}
+	a, b := validAccount(), validAccount()
+	a.Tenant, a.TenantID = "organizations", "organizations"
+	b.Tenant, b.TenantID = "common", "organizations"
+	if a.SameTenant(b) {
+		t.Error("two accounts with tenant_id \"organizations\" written by hand are one tenant")
+	}
+}
