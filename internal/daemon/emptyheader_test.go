@@ -15,7 +15,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/ingress"
 )
@@ -47,13 +46,7 @@ func TestEmptyHeaderSectionLeavesAsAValidMessage(t *testing.T) {
 	}
 	t.Cleanup(func() { d.Close() })
 	const mailbox = "apps@contoso.com"
-	a := fake.Account("apps", mailbox, "contoso.onmicrosoft.com")
-	if err := (consent.Enroller{Accounts: d.Accounts, Store: d.Store, SkipTestMail: true}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Engine.WaitBound(ctx, "apps"); err != nil {
-		t.Fatal(err)
-	}
+	connectAccount(t, ctx, d, fake, "apps", mailbox)
 	const password = "a producer password for the go app"
 	if _, err := d.Producers.Put(ctx, "go-app", []string{"apps"}, password); err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/ingress"
 	"relay365/internal/message"
@@ -36,13 +35,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := fake.Account("leak", "leak@contoso.com", "contoso.onmicrosoft.com")
-	if err := (consent.Enroller{Accounts: d.Accounts, Store: d.Store, SkipTestMail: true}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Engine.WaitBound(ctx, "leak"); err != nil {
-		t.Fatal(err)
-	}
+	connectAccount(t, ctx, d, fake, "leak", "leak@contoso.com")
 	b, _ := (&message.Message{ID: "leak-1", Account: "leak", To: []string{"ops@fabrikam.com"}, Subject: "leak", Text: "x"}).Encode()
 	if _, err := queue.Publish(ctx, d.JS, "leak", "leak-1", b); err != nil {
 		t.Fatal(err)

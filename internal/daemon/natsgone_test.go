@@ -7,7 +7,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"relay365/internal/consent"
 	"relay365/internal/daemon"
 	"relay365/internal/ingress"
 	"relay365/internal/message"
@@ -34,13 +33,7 @@ func TestCloseWithNATSGoneEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	a := fake.Account("gone", "gone@contoso.com", "contoso.onmicrosoft.com")
-	if err := (consent.Enroller{Accounts: d.Accounts, Store: d.Store, SkipTestMail: true}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Engine.WaitBound(ctx, "gone"); err != nil {
-		t.Fatal(err)
-	}
+	connectAccount(t, ctx, d, fake, "gone", "gone@contoso.com")
 	fake.DelayNextData(1, time.Hour)
 	b, _ := (&message.Message{ID: "gone-1", Account: "gone", To: []string{"ops@fabrikam.com"}, Subject: "gone", Text: "x"}).Encode()
 	if _, err := queue.Publish(ctx, d.JS, "gone", "gone-1", b); err != nil {

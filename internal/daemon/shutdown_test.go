@@ -62,6 +62,19 @@ func shutdownSetup(t *testing.T) (fake *fakeo365.Server, dir, keyFile string) {
 	return fake, dir, keyFile
 }
 
+// connectAccount signs mailbox in at fake as account alias (no test
+// mail), through the daemon's consent path, and waits for its lane.
+func connectAccount(t *testing.T, ctx context.Context, d *daemon.Daemon, fake *fakeo365.Server, alias, mailbox string) {
+	t.Helper()
+	a := fake.Account(alias, mailbox, "contoso.onmicrosoft.com")
+	if err := (consent.Enroller{Accounts: d.Accounts, Store: d.Store, SkipTestMail: true}).SignIn(ctx, a, consent.FollowURL(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Engine.WaitBound(ctx, alias); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestShutdownMidStreamLosesAndDuplicatesNothing stops the daemon (what
 // SIGTERM does: its context ends, then Close) while sends are in flight to
 // a slow server, starts it again on the same data directory, and checks
