@@ -73,6 +73,8 @@ type Store struct {
 	// storeOnly: the caller's role may store bodies but not remove them
 	// (OpenStoreOnly).
 	storeOnly bool
+	// failWait, when not 0, replaces failWait (tests).
+	failWait time.Duration
 }
 
 // Open opens the bucket, which relay serve (or relay setup) creates.
@@ -144,9 +146,11 @@ func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.Body
 		// the chunks (the metadata write) may leave them: gone too,
 		// unless the caller may not remove bodies (OpenStoreOnly).
 		if !s.storeOnly {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			_ = s.Delete(dctx, name)
-			cancel()
+			s.settle(ctx, func(bg context.Context) {
+				dctx, cancel := context.WithTimeout(bg, s.waitFor())
+				_ = s.Delete(dctx, name)
+				cancel()
+			})
 		}
 		var tl *TooLarge
 		var inv *message.Invalid
@@ -200,9 +204,11 @@ func (s *Store) Copy(ctx context.Context, ref message.BodyRef) (message.BodyRef,
 	name := NewName()
 	if _, err := s.put(ctx, name, fullChunks{rc}); err != nil {
 		// put purges its chunks; a failure at the metadata may leave it.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_ = s.Delete(dctx, name)
-		cancel()
+		s.settle(ctx, func(bg context.Context) {
+			dctx, cancel := context.WithTimeout(bg, s.waitFor())
+			_ = s.Delete(dctx, name)
+			cancel()
+		})
 		var inv *message.Invalid
 		if errors.As(err, &inv) {
 			return message.BodyRef{}, inv
@@ -485,16 +491,20 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.O
 	}
 	wait := func() error { return waitIn(ctx) }
 	fail := func(err error) (*jetstream.ObjectInfo, error) {
-		// The chunks in flight land (or fail) before Put returns, even
-		// when ctx has ended: what a failed Put leaves is then all there
-		// when it returns, for the purge below or the sweep.
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), failWait)
-		_ = waitIn(wctx)
-		cancel()
-		if s.storeOnly {
-			return nil, err // the sweep removes the chunks
-		}
-		_ = s.stream.Purge(context.WithoutCancel(ctx), jetstream.WithPurgeSubject(subj))
+		// The chunks in flight land (or fail) before they are purged, so
+		// that the purge comes after them all: before put returns while
+		// ctx is live, after it once ctx has ended (settle).
+		s.settle(ctx, func(bg context.Context) {
+			wctx, cancel := context.WithTimeout(bg, s.waitFor())
+			_ = waitIn(wctx)
+			cancel()
+			if s.storeOnly {
+				return // the sweep removes the chunks
+			}
+			pctx, cancel := context.WithTimeout(bg, s.waitFor())
+			_ = s.stream.Purge(pctx, jetstream.WithPurgeSubject(subj))
+			cancel()
+		})
 		return nil, err
 	}
 	chunk := make([]byte, ChunkSize)
@@ -543,8 +553,30 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader) (*jetstream.O
 	return info, nil
 }
 
-// failWait bounds a failed Put's wait for its chunks in flight.
+// failWait bounds each step of a failed Put's clean-up: its wait for
+// its chunks in flight, their purge, the delete of what it wrote.
 const failWait = 10 * time.Second
+
+// waitFor is failWait, or the store's own (tests).
+func (s *Store) waitFor() time.Duration { return cmp.Or(s.failWait, failWait) }
+
+// settle runs cleanup, a failed Put's or Copy's removal of what it wrote,
+// with ctx's values but not its cancellation (each step bounded by
+// waitFor). While ctx is live it runs before the error returns, so that
+// nothing of the failed store is left when it does. Once ctx has ended
+// the caller has given up (producer.Publish promises to return then,
+// relay dlq replay's --timeout has run out), and cleanup runs detached:
+// the caller gets its error at once, not after up to a failWait per
+// step (chunks held up at a server that does not answer); what cleanup
+// does not remove in time the sweep does (package doc).
+func (s *Store) settle(ctx context.Context, cleanup func(context.Context)) {
+	bg := context.WithoutCancel(ctx)
+	if ctx.Err() != nil {
+		go cleanup(bg)
+		return
+	}
+	cleanup(bg)
+}
 
 // Names lists the bodies stored before cutoff.
 func (s *Store) Names(ctx context.Context, cutoff time.Time) ([]string, error) {

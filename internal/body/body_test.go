@@ -359,3 +359,48 @@ func TestBodiesAreStoredInSmallBlocks(t *testing.T) {
 		t.Fatalf("read back %d octets (err %v), want the %d stored", len(got), err, len(raw))
 	}
 }
+
+// TestCancelledPutReturnsPromptly: a Put whose caller gives up (a
+// cancelled producer.Publish, relay dlq replay's --timeout) returns once
+// its context has ended, as producer.Publish promises, even when its
+// chunks in flight get no answer. It waited for them (failWait, 10 s)
+// and for the delete of what it wrote (10 s more) whatever the context;
+// that clean-up now runs detached. The store's chunks are held at a
+// proxy, unanswered, and the clean-up's wait made an hour: a Put that
+// waits on it never returns before the test's deadline.
+func TestCancelledPutReturnsPromptly(t *testing.T) {
+	env, ctx := queuetest.StartMail(t)
+	proxy := queuetest.StartHoldProxy(t, env.URL, "$O."+body.Bucket+".C.")
+	s, err := body.Open(ctx, queuetest.Connect(t, proxy.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body.SetFailWait(s, time.Hour)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	raw := bigRaw(t, 300<<10) // two chunks: what the client writes the socket buffers hold
+	go func() {
+		_, err := s.Put(pctx, bytes.NewReader(raw), message.MaxSize)
+		done <- err
+	}()
+	select {
+	case <-proxy.Held:
+	case err := <-done:
+		t.Fatalf("Put ended (%v) before the proxy held its chunks", err)
+	case <-ctx.Done():
+		t.Fatal("the proxy never held the chunks")
+	}
+	cancel()
+	// Much shorter than the clean-up's hour, ample for a Put that returns.
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled Put: %v, want context.Canceled", err)
+		}
+	case <-wctx.Done():
+		t.Fatal("cancelled Put did not return: it waits out its clean-up")
+	}
+}
