@@ -195,6 +195,12 @@ func (e DeadLetterEntry) ReplayAccount() string {
 // since it was listed.
 var ErrNoDeadLetter = errors.New("no dead letter")
 
+// ErrDeadLetterUnknown is in ReplayDeadLetterWith's error when a replay
+// failed before queuing its copy and the question whether the dead
+// letter is still in MAIL_DLQ could not be answered: it may be kept, or
+// gone (a purge meanwhile). Nothing was queued.
+var ErrDeadLetterUnknown = errors.New("whether the dead letter is still in " + StreamDLQ + " could not be read")
+
 // GetDeadLetter returns the dead letter at seq.
 func GetDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (DeadLetterEntry, error) {
 	s, err := js.Stream(ctx, StreamDLQ)
@@ -246,7 +252,7 @@ func ReplayDeadLetterWith(ctx context.Context, js jetstream.JetStream, seq uint6
 			case errors.Is(gerr, ErrNoDeadLetter):
 				return PublishResult{}, gerr
 			case gerr != nil:
-				return PublishResult{}, fmt.Errorf("replay %d: %w (not queued; whether the dead letter is still in %s could not be read: %v)", seq, err, StreamDLQ, gerr)
+				return PublishResult{}, fmt.Errorf("replay %d: %w (not queued; %w: %v)", seq, err, ErrDeadLetterUnknown, gerr)
 			}
 			return PublishResult{}, fmt.Errorf("replay %d: %w (the dead letter is kept)", seq, err)
 		}

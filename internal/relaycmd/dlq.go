@@ -426,9 +426,11 @@ func dlqReplay(ctx context.Context, js jetstream.JetStream, c dlqConfig, pos []s
 	known := configuredAccounts(ctx, js)
 	// Each dead letter ends as one of: queued (and removed), gone before
 	// its turn (another operator's replay or purge: --all only), queued
-	// but not removed, or not queued (kept). The summary names the last
-	// two, and every one not reached when the run was cut short.
-	var failed, stuck []string
+	// but not removed, not queued (kept), or not queued with no answer to
+	// whether it is still there (queue.ErrDeadLetterUnknown). The summary
+	// names the last three, and every one not reached when the run was
+	// cut short.
+	var failed, unknown, stuck []string
 	gone := 0
 	bodies := &replayBodies{js: js}
 replay:
@@ -465,7 +467,12 @@ replay:
 			stuck = append(stuck, strconv.FormatUint(seq, 10))
 		default:
 			fmt.Fprintf(env.Stdout, "[%d/%d] dead letter %d: FAILED: %v\n", i+1, len(seqs), seq, err)
-			failed = append(failed, strconv.FormatUint(seq, 10))
+			if errors.Is(err, queue.ErrDeadLetterUnknown) {
+				// Not queued, and maybe purged meanwhile: not "kept".
+				unknown = append(unknown, strconv.FormatUint(seq, 10))
+			} else {
+				failed = append(failed, strconv.FormatUint(seq, 10))
+			}
 			if ctx.Err() != nil {
 				for _, rest := range seqs[i+1:] {
 					failed = append(failed, strconv.FormatUint(rest, 10))
@@ -481,6 +488,10 @@ replay:
 	var problems []string
 	if len(failed) > 0 {
 		problems = append(problems, fmt.Sprintf("%d of %d not replayed (kept in %s): %s", len(failed), len(seqs), queue.StreamDLQ, strings.Join(failed, ", ")))
+	}
+	if len(unknown) > 0 {
+		problems = append(problems, fmt.Sprintf("%d of %d not replayed, and whether still in %s unknown (see relay dlq list): %s",
+			len(unknown), len(seqs), queue.StreamDLQ, strings.Join(unknown, ", ")))
 	}
 	if len(stuck) > 0 {
 		problems = append(problems, fmt.Sprintf("%d queued again but still in %s (replayed again within %s, each is recognised as a duplicate, not queued twice): %s",

@@ -475,3 +475,31 @@ func TestDLQPurgeCountsOnlyWhatItPurged(t *testing.T) {
 		t.Fatalf("MAIL_DLQ %d, MAIL %d; want 0 and the replayed copy", d, m)
 	}
 }
+
+// A replay whose copy of the stored body fails (its --timeout spent on a
+// store that does not answer) and whose question whether the dead letter
+// is still there cannot be answered either: nothing is queued, and the
+// dead letter may have been purged meanwhile. The per-letter line says
+// so; the summary must too, not count it as "not replayed (kept in
+// MAIL_DLQ)". The proxy holds the copy's first chunk, and everything
+// after it, until the command has ended.
+func TestDLQReplayUnansweredCheckIsNotCountedAsKept(t *testing.T) {
+	env, ctx := dlqEnv(t)
+	store := openBodies(t, ctx, env)
+	bigDeadLetter(t, ctx, env, store, "big-1")
+	proxy := queuetest.StartHoldProxy(t, env.URL, "$O."+body.Bucket+".C.")
+	code, out, errOut := run(t, "dlq", "replay", "1", "--timeout", "1s", "--nats-url", proxy.URL)
+	t.Logf("replay: exit %d\n%s%s", code, out, errOut)
+	select {
+	case <-proxy.Held:
+	default:
+		t.Fatal("the proxy never held the copy of the body")
+	}
+	if code != 1 || !strings.Contains(out, "could not be read") ||
+		!strings.Contains(errOut, "1 of 1 not replayed, and whether still in MAIL_DLQ unknown") || strings.Contains(errOut, "kept in") {
+		t.Fatalf("replay whose check went unanswered: exit %d\n%s%s", code, out, errOut)
+	}
+	if n := queuetest.Msgs(t, ctx, env.JS, queue.StreamMail); n != 0 {
+		t.Fatalf("MAIL holds %d messages, want none", n)
+	}
+}
