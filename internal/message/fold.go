@@ -307,8 +307,18 @@ const (
 
 // structuredFields is the one list of the fields with a syntax of their
 // own, by canonical name, besides those that start with one of
-// structuredPrefixes (idsOrURLs fields among those are named here).
+// structuredPrefixes (idsOrURLs fields among those are named here, and
+// the few fields of those families that are text).
 var structuredFields = map[string]fieldSyntax{
+	// RFC 2045 §8: Content-Description := "Content-Description" ":" *text,
+	// unstructured text, which RFC 2047 §5(1) allows encoded-words in.
+	// The other MIME fields keep a syntax of their own: Content-Type's
+	// and Content-Disposition's parameters (RFC 2045 §5.1, RFC 2183 §2,
+	// encoded by RFC 2231, not RFC 2047), Content-Language's tags (RFC
+	// 3282 §2), Content-ID's msg-id (RFC 2045 §7), a mechanism name in
+	// Content-Transfer-Encoding (RFC 2045 §6.1).
+	"Content-Description": textSyntax,
+
 	"In-Reply-To": idsOrURLs, "References": idsOrURLs, "Content-Id": idsOrURLs, "Archived-At": idsOrURLs,
 	"List-Unsubscribe": idsOrURLs, "List-Unsubscribe-Post": idsOrURLs, "List-Help": idsOrURLs, "List-Subscribe": idsOrURLs,
 	"List-Post": idsOrURLs, "List-Owner": idsOrURLs, "List-Archive": idsOrURLs,

@@ -281,11 +281,37 @@ func TestStructuredHeadersNeverEncoded(t *testing.T) {
 		{"Resent-To": "Störung <ops@contoso.com>"},
 		{"List-Id": "Störungen <ops-alerts.contoso.com>"},
 		{"Dkim-Signature": "v=1; b=" + strings.Repeat("A", 1000)},
+		// MIME fields but Content-Description (RFC 2183 §2 and RFC 2231
+		// for a parameter, RFC 3282 §2 language tags).
+		{"Content-Disposition": "inline; filename=störung.txt"},
+		{"Content-Language": "dé"},
 	} {
 		m := &Message{ID: "st", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "s", Text: "x", Headers: bad}
 		if err := m.Validate(); !IsInvalid(err) {
 			t.Errorf("%v: %v, want the header refused", bad, err)
 		}
+	}
+}
+
+// TestContentDescriptionIsText: Content-Description is unstructured
+// text (RFC 2045 §8, "*text"), which RFC 2047 §5(1) allows encoded-words
+// in; a producer's non-ASCII description is encoded and reads back as
+// given, not refused as a structured field.
+func TestContentDescriptionIsText(t *testing.T) {
+	desc := "Störungsmeldung für web-3"
+	m := &Message{ID: "cd", Account: "alerts", To: []string{"ops@contoso.com"}, Subject: "s", Text: "x",
+		Headers: map[string]string{"Content-Description": desc}}
+	if err := m.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	data := renderRoundTrip(t, m)
+	msg, err := mail.ReadMessage(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := headerDecoder.DecodeHeader(msg.Header.Get("Content-Description"))
+	if err != nil || got != desc {
+		t.Errorf("Content-Description reads back as %q (%v), want %q", got, err, desc)
 	}
 }
 
@@ -346,9 +372,11 @@ func TestSyntaxOf(t *testing.T) {
 		"In-Reply-To": idsOrURLs, "References": idsOrURLs, "Content-Id": idsOrURLs, "Archived-At": idsOrURLs,
 		"List-Unsubscribe": idsOrURLs, "List-Unsubscribe-Post": idsOrURLs, "List-Archive": idsOrURLs,
 		"From": ownSyntax, "Message-Id": ownSyntax, "Keywords": ownSyntax, "Autocrypt": ownSyntax,
-		"Content-Type": ownSyntax, "Content-Description": ownSyntax, "List-Id": ownSyntax, "Resent-To": ownSyntax,
+		"Content-Type": ownSyntax, "Content-Disposition": ownSyntax, "Content-Language": ownSyntax,
+		"Content-Transfer-Encoding": ownSyntax, "List-Id": ownSyntax, "Resent-To": ownSyntax,
 		"Dkim-Signature": ownSyntax, "Arc-Seal": ownSyntax,
 		"Subject": textSyntax, "Comments": textSyntax, "X-Alert-Name": textSyntax, "Thread-Topic": textSyntax,
+		"Content-Description": textSyntax, // RFC 2045 §8: *text
 	} {
 		if got := syntaxOf(name); got != want {
 			t.Errorf("syntaxOf(%q) = %d, want %d", name, got, want)
