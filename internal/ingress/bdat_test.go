@@ -82,6 +82,11 @@ func TestContentWithoutAHeaderSectionIsTheBody(t *testing.T) {
 		{"DATA field then text", "DATA\r\nSubject: disk\r\nsda1 is full\r\n.\r\n", "Subject: disk\r\n", "sda1 is full\r\n"},
 		{"DATA empty", "DATA\r\n.\r\n", "", ""},
 		{"BDAT 0 LAST", "BDAT 0 LAST\r\n", "", ""},
+		// RFC 5322 §4.5.3's obsolete white space before a field's colon
+		// (obs-optional): a field, written without it as relay sendmail
+		// does (554 "malformed MIME header line" before).
+		{"DATA white space before the colon", "DATA\r\nSubject : disk\r\nX-Alert-Name\t : sda1\r\n\r\nfull\r\n.\r\n",
+			"Subject: disk\r\nX-Alert-Name: sda1\r\n", "full\r\n"},
 	} {
 		t.Run(tr.name, func(t *testing.T) {
 			before := len(f.queued())

@@ -253,8 +253,11 @@ func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
 	}
 	// A line of the header section that is not a header field starts the
 	// body, and an empty DATA is an empty header section and body, as for
-	// relay sendmail and Postfix (message.StartBody).
-	raw = message.StartBody(raw)
+	// relay sendmail and Postfix (message.StartBody). A field name
+	// followed by white space before its colon (RFC 5322 §4.5.3's
+	// obsolete syntax, "Subject : x") is written without it, as relay
+	// sendmail does (message.MendFieldNames): net/mail refused it.
+	raw = message.MendFieldNames(message.StartBody(raw))
 	c, res, err := ss.check(helo, raw)
 	if err != nil {
 		return prepared{}, res, err
@@ -286,9 +289,10 @@ func (ss *session) prepareStream(helo string, buf []byte, rest io.Reader) (prepa
 	if err != nil {
 		return prepared{}, resultInvalid, errUnparseable(err.Error())
 	}
-	if mended := message.StartBody(norm); len(mended) != len(norm) && bytes.Equal(norm, buf) {
+	if mended := message.MendFieldNames(message.StartBody(norm)); !bytes.Equal(mended, norm) && bytes.Equal(norm, buf) {
 		// A line of the header section that is not a header field
-		// starts the body (as in prepare). Mended only where buf is
+		// starts the body, and a field name's white space before its
+		// colon goes (as in prepare). Mended only where buf is
 		// already CRLF (as SMTP sends it): normalized, its last CR
 		// could be the half of a CRLF that rest goes on with.
 		norm, buf = mended, mended

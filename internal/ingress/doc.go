@@ -37,7 +37,10 @@
 // header field nor a continuation starts the body ("hello" alone is a
 // body), and an entirely empty DATA is an empty header section and body,
 // as relay sendmail and Postfix's cleanup read them (RFC 5322 §2.1;
-// message.StartBody; TestContentWithoutAHeaderSectionIsTheBody).
+// message.StartBody; TestContentWithoutAHeaderSectionIsTheBody). A field
+// name followed by white space before its colon (RFC 5322 §4.5.3's
+// obsolete syntax, "Subject : x") is written without it, as relay
+// sendmail writes it (message.MendFieldNames).
 // Before anything is queued the message is rendered once as the worker
 // will render it, so a message that could never go (a From the
 // policy refuses, no parseable header) is refused now, to the client that

@@ -322,6 +322,42 @@ func senderAllowed(a *mail.Address, s Sender) bool {
 	return false
 }
 
+// MendFieldNames returns raw (CRLF line endings) with the white space
+// between a header field's name and its colon removed: "Subject : x" is
+// RFC 5322's obsolete syntax (§4.5.3, obs-optional and the obs- forms of
+// every field), which a receiver must accept (§4) but net/mail, the
+// worker and Office 365 do not; written without it, as §4 asks a
+// generator to, it reads as relay sendmail's tidyHeader writes it. Only
+// the header section is looked at (up to its empty line); continuation
+// lines and lines that are not fields are left alone. Otherwise raw is
+// returned as it is.
+func MendFieldNames(raw []byte) []byte {
+	var out []byte // nil until a field is mended
+	done := 0      // raw[:done] is in out
+	for i := 0; i < len(raw); {
+		line := raw[i:]
+		if j := bytes.Index(line, []byte("\r\n")); j >= 0 {
+			line = line[:j]
+		}
+		if len(line) == 0 {
+			break // the empty line: the body follows
+		}
+		if line[0] != ' ' && line[0] != '\t' {
+			if name, _, ok := bytes.Cut(line, []byte(":")); ok {
+				if trimmed := bytes.TrimRight(name, " \t"); len(trimmed) < len(name) && headerNameRE.Match(trimmed) {
+					out = append(append(out, raw[done:i+len(trimmed)]...), ':')
+					done = i + len(name) + 1
+				}
+			}
+		}
+		i += len(line) + 2
+	}
+	if out == nil {
+		return raw
+	}
+	return append(out, raw[done:]...)
+}
+
 // StartBody returns raw (CRLF line endings) with its header section ended
 // where its body starts, as a production MSA (Postfix's cleanup) and
 // relay sendmail read a message that lacks the empty line: before the

@@ -341,3 +341,21 @@ func TestStartBody(t *testing.T) {
 		}
 	}
 }
+
+// TestMendFieldNames: white space before a header field's colon (RFC
+// 5322 §4.5.3, obs-optional) goes, in the header section only;
+// continuation lines, the body and a raw without it stay as they are.
+func TestMendFieldNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"Subject : x\r\n\r\nbody\r\n":                     "Subject: x\r\n\r\nbody\r\n",
+		"To: a@b\r\nX-A \t: y\r\n z : w\r\n\r\nC : d\r\n": "To: a@b\r\nX-A: y\r\n z : w\r\n\r\nC : d\r\n",
+		"Subject: x : y\r\n\r\n":                          "Subject: x : y\r\n\r\n",
+		"not a field : x\r\n\r\n":                         "not a field : x\r\n\r\n",
+		"Subject :":                                       "Subject:",
+		"":                                                "",
+	} {
+		if got := string(MendFieldNames([]byte(in))); got != want {
+			t.Errorf("MendFieldNames(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
