@@ -790,7 +790,12 @@ var fieldName = regexp.MustCompile(`^[!-9;-~]+$`)
 //     left for message.Check to refuse.
 func tidyHeader(raw []byte, domain string) []byte {
 	var out bytes.Buffer
-	rest := raw
+	// "Subject : x": white space between a name and its colon is RFC
+	// 5322's obsolete syntax (§4.5.3), which a receiver must accept (§4)
+	// and Postfix's sendmail does; net/mail, the worker and Office 365
+	// would not, and the header would end there. It is written again
+	// without the space, as §4 asks a generator to (as the front door does).
+	rest := message.MendFieldNames(raw)
 	for len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) {
 		end := len(rest) // the field: its line and the continuation lines after it
 		for i := 0; i < len(rest); {
@@ -806,17 +811,6 @@ func tidyHeader(raw []byte, domain string) []byte {
 		}
 		field := rest[:end]
 		name, value, ok := bytes.Cut(field, []byte(":"))
-		if trimmed := bytes.TrimRight(name, " \t"); ok && len(trimmed) < len(name) && fieldName.Match(trimmed) {
-			// "Subject : x": white space between the name and the colon
-			// is RFC 5322's obsolete syntax (§4.5.3, obs-optional and
-			// the obs- forms of every field), which a receiver must
-			// accept (§4) and Postfix's sendmail does; net/mail, the
-			// worker and Office 365 would not, and the header would end
-			// there. It is written again without the space, as §4 asks
-			// a generator to.
-			name = trimmed
-			field = append(append(append([]byte{}, name...), ':'), value...)
-		}
 		if !ok || !fieldName.Match(name) {
 			out.WriteString("\r\n") // not a field: the body starts here
 			break
