@@ -5,15 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"relay365/internal/queue"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -35,13 +32,8 @@ const SentTTL = 7 * 24 * time.Hour
 // Markers are read from the bucket's stream leader, never by a direct get
 // (see last).
 type SentMarkers struct {
-	kv jetstream.KeyValue
-	nc *nats.Conn
-	// get is the JetStream API subject of the stream leader's message
-	// get for the bucket's stream; timeout bounds a read whose context
-	// has no deadline, as jetstream's own requests are bounded.
-	get     string
-	timeout time.Duration
+	kv     jetstream.KeyValue
+	leader *queue.LeaderReader
 }
 
 // OpenSentMarkers creates the bucket if needed.
@@ -56,20 +48,7 @@ func OpenSentMarkers(ctx context.Context, js jetstream.JetStream) (*SentMarkers,
 	if err != nil {
 		return nil, fmt.Errorf("open idempotency bucket %s: %w", SentBucket, err)
 	}
-	o := js.Options()
-	return &SentMarkers{kv: kv, nc: js.Conn(), get: apiPrefix(o) + "STREAM.MSG.GET.KV_" + SentBucket, timeout: o.DefaultTimeout}, nil
-}
-
-// apiPrefix is the JetStream API prefix js's options name, as
-// jetstream.NewWithAPIPrefix and NewWithDomain derive it.
-func apiPrefix(o jetstream.JetStreamOptions) string {
-	switch {
-	case o.APIPrefix != "":
-		return strings.TrimSuffix(o.APIPrefix, ".") + "."
-	case o.Domain != "":
-		return "$JS." + o.Domain + ".API."
-	}
-	return jetstream.DefaultAPIPrefix
+	return &SentMarkers{kv: kv, leader: queue.NewLeaderReader(js, SentBucket)}, nil
 }
 
 // sentMarker is the stored value; it names no recipient.
@@ -118,64 +97,14 @@ func (s *SentMarkers) marker(ctx context.Context, alias, id string, batch int) (
 	return &m, nil
 }
 
-// last reads key's newest value from the bucket's stream leader
-// (JetStream's STREAM.MSG.GET with last_by_subj); found is false when the
-// key has no value or its newest entry is a deletion or purge (the
-// KV-Operation header, as jetstream.KeyValue.Get reads it).
-//
-// Not kv.Get: with the bucket's AllowDirect, which nats.go's KV sets,
-// Get is a direct get, which any replica that counts itself current may
-// answer, and the one on the client's own server answers first. A
-// replica restarted after a server's outage counts itself current as
-// soon as it has applied its own log (or 90% of what it knows to be
-// committed), before it has caught up with what its group committed
-// while it was down; so a marker written then read as missing, and the
-// message was sent again (docs/design.md §7.10). Only the stream leader
-// answers STREAM.MSG.GET, and a leader has applied everything committed
-// before it answers: a marker whose write was confirmed is found.
+// last reads key's newest value from the bucket's stream leader, never by
+// a direct get (queue.LeaderReader): a replica restarted after a server's
+// outage answers direct gets before it has caught up, and a marker
+// written during the outage read as missing, so the message was sent
+// again (docs/design.md §7.10).
 func (s *SentMarkers) last(ctx context.Context, key string) (value []byte, found bool, err error) {
-	if _, ok := ctx.Deadline(); !ok && s.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.timeout)
-		defer cancel()
-	}
-	req, err := json.Marshal(struct {
-		LastBySubj string `json:"last_by_subj"`
-	}{"$KV." + SentBucket + "." + key})
-	if err != nil {
-		return nil, false, err
-	}
-	reply, err := s.nc.RequestWithContext(ctx, s.get, req)
-	if err != nil {
-		return nil, false, err
-	}
-	var resp struct {
-		Error   *jetstream.APIError `json:"error"`
-		Message *struct {
-			Header []byte `json:"hdrs"`
-			Data   []byte `json:"data"`
-		} `json:"message"`
-	}
-	switch err := json.Unmarshal(reply.Data, &resp); {
-	case err != nil:
-		return nil, false, fmt.Errorf("undecodable answer from JetStream: %w", err)
-	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
-		return nil, false, nil
-	case resp.Error != nil:
-		return nil, false, resp.Error
-	case resp.Message == nil:
-		return nil, false, errors.New("JetStream answered a message get with no message")
-	}
-	if len(resp.Message.Header) > 0 {
-		h, err := nats.DecodeHeadersMsg(resp.Message.Header)
-		if err != nil {
-			return nil, false, fmt.Errorf("undecodable headers from JetStream: %w", err)
-		}
-		if op := h.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
-			return nil, false, nil
-		}
-	}
-	return resp.Message.Data, true, nil
+	value, _, found, err = s.leader.Last(ctx, key)
+	return value, found, err
 }
 
 // Unsent returns the batches of message id, split as batches is, that

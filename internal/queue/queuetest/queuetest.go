@@ -147,12 +147,24 @@ type RoleServer struct {
 }
 
 // StartRoles starts a RoleServer, shut down when the test ends.
-func StartRoles(t testing.TB) *RoleServer {
+func StartRoles(t testing.TB) *RoleServer { return StartRolesWithoutDirectGet(t) }
+
+// StartRolesWithoutDirectGet starts a RoleServer on which no role may
+// make a direct get ($JS.API.DIRECT.GET) of the streams named, so a read
+// of them succeeds only if it asks the stream leader (queue.LeaderReader,
+// docs/design.md §7.10). One server holds the only replica, so a test
+// cannot make a replica stale; it shows where the read goes.
+func StartRolesWithoutDirectGet(t testing.TB, streams ...string) *RoleServer {
 	t.Helper()
 	dir := t.TempDir()
 	users, err := roles.EnsureSeeds(dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, s := range streams {
+		for _, u := range users {
+			u.Permissions.Publish.Deny = append(u.Permissions.Publish.Deny, "$JS.API.DIRECT.GET."+s, "$JS.API.DIRECT.GET."+s+".>")
+		}
 	}
 	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Users: users})
 	if err != nil {
