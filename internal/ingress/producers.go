@@ -108,7 +108,8 @@ func ValidName(name string) bool { return message.ValidAccount(name) }
 
 // Producers is the producer registry on KV relay_producers.
 type Producers struct {
-	kv jetstream.KeyValue
+	kv     jetstream.KeyValue
+	leader *queue.LeaderReader
 }
 
 // OpenProducers creates the bucket if needed.
@@ -122,7 +123,7 @@ func OpenProducers(ctx context.Context, js jetstream.JetStream) (*Producers, err
 	if err != nil {
 		return nil, fmt.Errorf("open producer bucket %s: %w", ProducersBucket, err)
 	}
-	return &Producers{kv: kv}, nil
+	return &Producers{kv: kv, leader: queue.NewLeaderReader(js, ProducersBucket)}, nil
 }
 
 // ErrProducerChanged: another run stored or removed the same producer
@@ -148,12 +149,14 @@ func (p *Producers) Put(ctx context.Context, name string, accounts []string, pas
 			return Producer{}, fmt.Errorf("account %q is not an account alias", a)
 		}
 	}
+	// From the stream leader, as Get: a stale revision would only lose
+	// the compare-and-set (ErrProducerChanged), but need not.
 	var rev uint64 // 0: no producer of that name (Create; a removed one's marker included)
-	switch e, err := p.kv.Get(ctx, name); {
-	case err == nil:
-		rev = e.Revision()
-	case !errors.Is(err, jetstream.ErrKeyNotFound):
+	switch _, r, found, err := p.leader.Last(ctx, name); {
+	case err != nil:
 		return Producer{}, fmt.Errorf("read producer %s: %w", name, err)
+	case found:
+		rev = r
 	}
 	pr := Producer{Name: name, Accounts: firstOfEach(accounts), Hash: HashPassword(password), Created: time.Now().UTC()}
 	b, _ := json.Marshal(pr)
@@ -186,19 +189,26 @@ func firstOfEach(accounts []string) []string {
 	return out
 }
 
-// Get reads one producer.
+// Get reads one producer, from the bucket's stream leader, never by a
+// direct get (queue.LeaderReader): the front door asks here when its copy
+// of the registry does not have name, at AUTH and before each MAIL and
+// DATA of a session (stillValid), so after a producer's removal. A
+// replica restarted after an outage, not yet caught up, would answer a
+// direct get with the record removed while it was down, and the removed
+// producer's password would log in again (SECURITY.md; docs/design.md
+// §7.10).
 func (p *Producers) Get(ctx context.Context, name string) (Producer, error) {
 	if !ValidName(name) {
 		return Producer{}, fmt.Errorf("%w: %q", ErrNoProducer, name)
 	}
-	e, err := p.kv.Get(ctx, name)
+	v, _, found, err := p.leader.Last(ctx, name)
 	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return Producer{}, fmt.Errorf("%w: %s", ErrNoProducer, name)
 	case err != nil:
 		return Producer{}, fmt.Errorf("read producer %s: %w", name, err)
+	case !found:
+		return Producer{}, fmt.Errorf("%w: %s", ErrNoProducer, name)
 	}
-	return decodeProducer(e.Value())
+	return decodeProducer(v)
 }
 
 // List returns every producer, by name.

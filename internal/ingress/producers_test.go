@@ -1,14 +1,18 @@
 package ingress_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"relay365/internal/ingress"
+	"relay365/internal/queue/queuetest"
+	"relay365/internal/roles"
 )
 
 func TestPasswordHash(t *testing.T) {
@@ -134,5 +138,43 @@ func TestConcurrentAddsStoreOnePassword(t *testing.T) {
 				t.Fatalf("the stored hash matches %d of the stored runs' passwords, want 1", works)
 			}
 		})
+	}
+}
+
+// TestProducerIsReadFromTheStreamLeader: the front door reads a producer
+// it has no copy of from relay_producers' stream leader, not by a direct
+// get, which a replica restarted after an outage answers before it has
+// caught up: a producer removed during the outage would log in again
+// (docs/design.md §7.10). With the worker role's real permissions, less
+// its direct gets of the bucket, Get still finds a producer, and not one
+// removed.
+func TestProducerIsReadFromTheStreamLeader(t *testing.T) {
+	srv := queuetest.StartRolesWithoutDirectGet(t, "KV_"+ingress.ProducersBucket)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, admin := srv.As(t, roles.Admin)
+	ap, err := ingress.OpenProducers(ctx, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"cron", "leaked"} {
+		if _, err := ap.Put(ctx, name, []string{"alerts"}, "long enough password"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ap.Remove(ctx, "leaked"); err != nil {
+		t.Fatal(err)
+	}
+
+	_, js := srv.As(t, roles.Worker)
+	wp, err := ingress.OpenProducers(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := wp.Get(ctx, "cron"); err != nil || p.Name != "cron" || !slices.Equal(p.Accounts, []string{"alerts"}) {
+		t.Fatalf("Get(cron) = %+v, %v", p, err)
+	}
+	if p, err := wp.Get(ctx, "leaked"); !errors.Is(err, ingress.ErrNoProducer) {
+		t.Fatalf("Get(leaked) after its removal = %+v, %v; want ErrNoProducer", p, err)
 	}
 }
