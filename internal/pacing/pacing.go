@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -99,9 +98,12 @@ type Limits struct {
 // it is under peekFresh old, without waiting for a commit in flight: Peek
 // only sizes a fetch, Reserve decides.
 type Pacer struct {
-	kv    jetstream.KeyValue
-	clock clock.Clock
-	peeks atomic.Int64 // Peek calls (Peeks)
+	kv jetstream.KeyValue
+	// leader reads the records from the bucket's stream leader, never by
+	// a direct get: see get and landed.
+	leader *queue.LeaderReader
+	clock  clock.Clock
+	peeks  atomic.Int64 // Peek calls (Peeks)
 
 	mu    sync.Mutex
 	boxes map[string]*paceState
@@ -234,7 +236,7 @@ func Open(ctx context.Context, js jetstream.JetStream, clk clock.Clock) (*Pacer,
 	if clk == nil {
 		clk = clock.Real()
 	}
-	return &Pacer{kv: kv, clock: clk, boxes: map[string]*paceState{}}, nil
+	return &Pacer{kv: kv, leader: queue.NewLeaderReader(js, Bucket), clock: clk, boxes: map[string]*paceState{}}, nil
 }
 
 // Ticket is one reservation.
@@ -533,21 +535,31 @@ func (p *Pacer) Release(ctx context.Context, t Ticket) error {
 	})
 }
 
+// get reads mailbox's record and its revision from the bucket's stream
+// leader (queue.LeaderReader), not by a direct get, which a replica
+// restarted after an outage answers before it has caught up. An old
+// record would only lose the compare-and-set of a write, but a refusal
+// writes nothing: read from such a replica, a day window full of
+// reservations given back (or a key deleted) during the outage refused
+// the mailbox, and its account waited, for as long as that old record
+// said (docs/design.md §7.10).
 func (p *Pacer) get(ctx context.Context, mailbox string) (paceRecord, uint64, error) {
 	var r paceRecord
-	e, err := p.kv.Get(ctx, pacingKey(mailbox))
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return r, 0, nil
-	}
+	v, rev, found, err := p.leader.Last(ctx, pacingKey(mailbox))
 	if err != nil {
 		return r, 0, fmt.Errorf("read pacing of %s: %w", mailbox, err)
 	}
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	if !found {
+		// Never written, or deleted: a Create (kv.Create writes over a
+		// deletion marker).
+		return r, 0, nil
+	}
+	if err := json.Unmarshal(v, &r); err != nil {
 		// A record we cannot read is replaced; counting restarts, which
 		// Office 365's own limits then backstop.
-		return paceRecord{}, e.Revision(), nil
+		return paceRecord{}, rev, nil
 	}
-	return r, e.Revision(), nil
+	return r, rev, nil
 }
 
 // peekRecord is the remembered record if it is fresh, else the stored one.
@@ -705,14 +717,22 @@ const landedWait = 5 * time.Second
 // other write makes the same bytes. When another write came after it,
 // or the read fails too, it cannot tell and reports false: the write
 // stays failed, as before.
+//
+// It reads the stream leader (queue.LeaderReader), never a direct get:
+// the answer is often lost because the leader was (a server's loss or
+// restart), and a replica not yet caught up, which a direct get may ask,
+// lacks the write. A reservation so taken as failed counts with no
+// ticket, and a Restamp so taken leaves its ticket in the wrong slot, for
+// a later Release to take another reservation's count: the pacer would
+// count less than Office 365 does and send over its limits (§7.10).
 func (p *Pacer) landed(ctx context.Context, key string, prev uint64, b []byte) (uint64, bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), landedWait)
 	defer cancel()
-	e, err := p.kv.Get(ctx, key)
-	if err != nil || !bytes.Equal(e.Value(), b) || (prev != 0 && e.Revision() != prev+1) {
+	v, rev, found, err := p.leader.Last(ctx, key)
+	if err != nil || !found || !bytes.Equal(v, b) || (prev != 0 && rev != prev+1) {
 		return 0, false
 	}
-	return e.Revision(), true
+	return rev, true
 }
 
 // pacingKey makes a KV key of a mailbox address, readable and unique:

@@ -8,9 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"relay365/internal/clock"
 	"relay365/internal/pacing"
+	"relay365/internal/queue"
 	"relay365/internal/queue/queuetest"
+	"relay365/internal/roles"
 	"relay365/internal/testutil"
 )
 
@@ -53,11 +57,42 @@ func (d *answerDropper) answers(dst io.Writer, src io.Reader) {
 // another reservation's count).
 func TestWriteOfUnknownOutcomeIsReadBack(t *testing.T) {
 	env := queuetest.Start(t)
+	writeOfUnknownOutcome(t, env.Server.Addr().String(), func(url string) jetstream.JetStream { return queuetest.Connect(t, url) }, env.JS)
+}
+
+// TestWriteOfUnknownOutcomeIsReadFromTheLeader: the read that decides
+// whether a write whose answer was lost landed, and every read of a
+// record, asks relay_pacing's stream leader, not a direct get: the answer
+// is often lost with the leader, and a replica restarted after an outage
+// answers direct gets before it has caught up, without the write (or with
+// an older record), so a reservation would be taken as failed and the
+// pacer count less than Office 365 does (docs/design.md §7.10). The same
+// test as above, as the worker role with its real permissions less its
+// direct gets of the bucket.
+func TestWriteOfUnknownOutcomeIsReadFromTheLeader(t *testing.T) {
+	srv := queuetest.StartRolesWithoutDirectGet(t, "KV_"+pacing.Bucket)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, admin := srv.As(t, roles.Admin)
+	if _, err := pacing.Open(ctx, admin, nil); err != nil { // relay setup makes the bucket
+		t.Fatal(err)
+	}
+	_, observer := srv.As(t, roles.Worker)
+	writeOfUnknownOutcome(t, srv.Server.Addr().String(), func(url string) jetstream.JetStream {
+		_, js := queuetest.ConnectAs(t, url, "test-worker", queue.ConnectOptions{NKeyFile: roles.SeedFile(srv.Dir, roles.Worker), InboxPrefix: roles.Worker.InboxPrefix()})
+		return js
+	}, observer)
+}
+
+// writeOfUnknownOutcome reserves through a proxy to the server at addr
+// that drops the answer of one write; connect connects to a URL as the
+// pacer's process, other is another process's connection to the server.
+func writeOfUnknownOutcome(t *testing.T, addr string, connect func(url string) jetstream.JetStream, other jetstream.JetStream) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	clk := clock.NewFake(time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC))
-	proxy := startAnswerDropper(t, env.Server.Addr().String())
-	p, err := pacing.Open(ctx, queuetest.Connect(t, "nats://"+proxy.Addr), clk)
+	proxy := startAnswerDropper(t, addr)
+	p, err := pacing.Open(ctx, connect("nats://"+proxy.Addr), clk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +104,7 @@ func TestWriteOfUnknownOutcomeIsReadBack(t *testing.T) {
 	// What another process sees, read fresh each time.
 	allow := func() int {
 		t.Helper()
-		o, err := pacing.Open(ctx, env.JS, clk)
+		o, err := pacing.Open(ctx, other, clk)
 		if err != nil {
 			t.Fatal(err)
 		}
