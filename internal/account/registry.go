@@ -25,8 +25,9 @@ var ErrNotFound = errors.New("account not found")
 // Registry reads and writes accounts in the relay_accounts bucket. It is
 // safe for concurrent use; it holds no state besides the bucket handle.
 type Registry struct {
-	kv jetstream.KeyValue
-	js jetstream.JetStream
+	kv     jetstream.KeyValue
+	js     jetstream.JetStream
+	leader *queue.LeaderReader
 }
 
 // OpenRegistry creates the bucket if needed (file storage, history 5) and
@@ -41,7 +42,7 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream) (*Registry, error
 	if err != nil {
 		return nil, fmt.Errorf("open account registry (KV bucket %s): %w", Bucket, err)
 	}
-	return &Registry{kv: kv, js: js}, nil
+	return &Registry{kv: kv, js: js, leader: queue.NewLeaderReader(js, Bucket)}, nil
 }
 
 // Put normalises and validates a, then stores it under its alias,
@@ -67,19 +68,24 @@ func (r *Registry) Put(ctx context.Context, a Account) error {
 }
 
 // Get returns the account stored under alias; a missing alias gives an
-// error wrapping ErrNotFound.
+// error wrapping ErrNotFound. It reads the bucket's stream leader, never
+// a direct get (queue.LeaderReader), which a replica restarted after an
+// outage answers before it has caught up: an account registered during
+// the outage read as not registered, and the worker's sweeper
+// dead-lettered its queued mail as an unknown account's; one removed read
+// as still there (docs/design.md §7.10).
 func (r *Registry) Get(ctx context.Context, alias string) (Account, error) {
 	if err := ValidateAlias(alias); err != nil {
 		return Account{}, err
 	}
-	e, err := r.kv.Get(ctx, alias)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			return Account{}, fmt.Errorf("account %s: %w (register it with: authtool login --account %s)", alias, ErrNotFound, alias)
-		}
+	v, _, found, err := r.leader.Last(ctx, alias)
+	switch {
+	case err != nil:
 		return Account{}, fmt.Errorf("read account %s: %w", alias, err)
+	case !found:
+		return Account{}, fmt.Errorf("account %s: %w (register it with: authtool login --account %s)", alias, ErrNotFound, alias)
 	}
-	return decode(alias, e.Value())
+	return decode(alias, v)
 }
 
 // List returns all accounts sorted by alias; an empty bucket gives an
