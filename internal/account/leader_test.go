@@ -13,7 +13,7 @@ import (
 // TestGetReadsTheStreamLeader: Get asks relay_accounts' stream leader,
 // not a direct get, which a replica restarted after an outage answers
 // before it has caught up: an account registered meanwhile read as not
-// registered, and the sweeper dead-lettered its mail (docs/design.md
+// registered, and a sweeper could dead-letter its mail (docs/design.md
 // §7.10). As the worker and token roles, with their real permissions less
 // their direct gets of the bucket.
 func TestGetReadsTheStreamLeader(t *testing.T) {

@@ -71,9 +71,10 @@ func (r *Registry) Put(ctx context.Context, a Account) error {
 // error wrapping ErrNotFound. It reads the bucket's stream leader, never
 // a direct get (queue.LeaderReader), which a replica restarted after an
 // outage answers before it has caught up: an account registered during
-// the outage read as not registered, and the worker's sweeper
-// dead-lettered its queued mail as an unknown account's; one removed read
-// as still there (docs/design.md §7.10).
+// the outage read as not registered, and a worker's sweeper, in which its
+// lane had not started yet, could dead-letter its queued mail as an
+// unknown account's; one removed read as still there (docs/design.md
+// §7.10).
 func (r *Registry) Get(ctx context.Context, alias string) (Account, error) {
 	if err := ValidateAlias(alias); err != nil {
 		return Account{}, err
