@@ -13,7 +13,6 @@ import (
 	"net/mail"
 	"net/textproto"
 	"os"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -765,9 +764,6 @@ func hasLongLine(b []byte) bool {
 var addressFields = map[string]bool{"From": true, "Sender": true, "Reply-To": true, "To": true, "Cc": true, "Bcc": true,
 	"Resent-From": true, "Resent-Sender": true, "Resent-To": true, "Resent-Cc": true, "Resent-Bcc": true}
 
-// fieldName is RFC 5322 §3.6.8's field-name: printable US-ASCII but ':'.
-var fieldName = regexp.MustCompile(`^[!-9;-~]+$`)
-
 // tidyHeader mends a CRLF message's header the way sendmail does before
 // it queues, and leaves everything else byte for byte:
 //   - a field name followed by white space before its colon (RFC 5322
@@ -794,8 +790,9 @@ func tidyHeader(raw []byte, domain string) []byte {
 	// 5322's obsolete syntax (§4.5.3), which a receiver must accept (§4)
 	// and Postfix's sendmail does; net/mail, the worker and Office 365
 	// would not, and the header would end there. It is written again
-	// without the space, as §4 asks a generator to (as the front door does).
-	rest := message.MendFieldNames(raw)
+	// without the space, as §4 asks a generator to; and a line that is not
+	// a field ends the header (message.StartBody). Both as the front door.
+	rest := message.MendFieldNames(message.StartBody(raw))
 	for len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) {
 		end := len(rest) // the field: its line and the continuation lines after it
 		for i := 0; i < len(rest); {
@@ -810,11 +807,7 @@ func tidyHeader(raw []byte, domain string) []byte {
 			}
 		}
 		field := rest[:end]
-		name, value, ok := bytes.Cut(field, []byte(":"))
-		if !ok || !fieldName.Match(name) {
-			out.WriteString("\r\n") // not a field: the body starts here
-			break
-		}
+		name, value, _ := bytes.Cut(field, []byte(":")) // a field: StartBody ended the header before any other line
 		rest = rest[end:]
 		isAddr := addressFields[textproto.CanonicalMIMEHeaderKey(string(name))]
 		v := strings.TrimSpace(strings.ReplaceAll(string(value), "\r\n", ""))
