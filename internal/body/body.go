@@ -146,11 +146,7 @@ func (s *Store) Put(ctx context.Context, r io.Reader, limit int64) (message.Body
 		// the chunks (the metadata write) may leave them: gone too,
 		// unless the caller may not remove bodies (OpenStoreOnly).
 		if !s.storeOnly {
-			s.settle(ctx, func(bg context.Context) {
-				dctx, cancel := context.WithTimeout(bg, s.waitFor())
-				_ = s.Delete(dctx, name)
-				cancel()
-			})
+			s.deleteFailed(ctx, name)
 		}
 		var tl *TooLarge
 		var inv *message.Invalid
@@ -204,11 +200,7 @@ func (s *Store) Copy(ctx context.Context, ref message.BodyRef) (message.BodyRef,
 	name := NewName()
 	if _, err := s.put(ctx, name, fullChunks{rc}); err != nil {
 		// put purges its chunks; a failure at the metadata may leave it.
-		s.settle(ctx, func(bg context.Context) {
-			dctx, cancel := context.WithTimeout(bg, s.waitFor())
-			_ = s.Delete(dctx, name)
-			cancel()
-		})
+		s.deleteFailed(ctx, name)
 		var inv *message.Invalid
 		if errors.As(err, &inv) {
 			return message.BodyRef{}, inv
@@ -576,6 +568,16 @@ func (s *Store) settle(ctx context.Context, cleanup func(context.Context)) {
 		return
 	}
 	cleanup(bg)
+}
+
+// deleteFailed removes what a failed Put or Copy stored under name (its
+// metadata: put purges the chunks), as settle runs a clean-up.
+func (s *Store) deleteFailed(ctx context.Context, name string) {
+	s.settle(ctx, func(bg context.Context) {
+		dctx, cancel := context.WithTimeout(bg, s.waitFor())
+		_ = s.Delete(dctx, name)
+		cancel()
+	})
 }
 
 // Names lists the bodies stored before cutoff.
