@@ -189,7 +189,7 @@
 // header, derived from it, is stable too. Markers are read from the
 // bucket's stream leader, not with a direct get, which a replica restarted
 // and still catching up answers with what it had before its outage
-// (SentMarkers.last), and a write that fails is tried again before the
+// (SentMarkers.marker), and a write that fails is tried again before the
 // ack, for up to 20 s (markRetry), so a leader election of relay_sent's
 // stream does not leave the batch unmarked. One window remains: a crash
 // (or a KV write that fails for longer) between Office 365's 250 and the

@@ -30,7 +30,7 @@ const SentTTL = 7 * 24 * time.Hour
 // sent again either.
 //
 // Markers are read from the bucket's stream leader, never by a direct get
-// (see last).
+// (see marker).
 type SentMarkers struct {
 	kv     jetstream.KeyValue
 	leader *queue.LeaderReader
@@ -82,7 +82,12 @@ func (s *SentMarkers) Sent(ctx context.Context, alias, id string, batch int) (bo
 
 // marker reads one batch's marker; nil when there is none.
 func (s *SentMarkers) marker(ctx context.Context, alias, id string, batch int) (*sentMarker, error) {
-	v, found, err := s.last(ctx, sentKey(alias, id, batch))
+	// From the bucket's stream leader, never by a direct get
+	// (queue.LeaderReader): a replica restarted after a server's outage
+	// answers direct gets before it has caught up, and a marker written
+	// during the outage read as missing, so the message was sent again
+	// (docs/design.md §7.10).
+	v, _, found, err := s.leader.Last(ctx, sentKey(alias, id, batch))
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("read idempotency marker: %w", err)
@@ -95,16 +100,6 @@ func (s *SentMarkers) marker(ctx context.Context, alias, id string, batch int) (
 		return &sentMarker{ID: id, Batch: batch}, nil
 	}
 	return &m, nil
-}
-
-// last reads key's newest value from the bucket's stream leader, never by
-// a direct get (queue.LeaderReader): a replica restarted after a server's
-// outage answers direct gets before it has caught up, and a marker
-// written during the outage read as missing, so the message was sent
-// again (docs/design.md §7.10).
-func (s *SentMarkers) last(ctx context.Context, key string) (value []byte, found bool, err error) {
-	value, _, found, err = s.leader.Last(ctx, key)
-	return value, found, err
 }
 
 // Unsent returns the batches of message id, split as batches is, that
