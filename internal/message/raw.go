@@ -334,14 +334,7 @@ func senderAllowed(a *mail.Address, s Sender) bool {
 func MendFieldNames(raw []byte) []byte {
 	var out []byte // nil until a field is mended
 	done := 0      // raw[:done] is in out
-	for i := 0; i < len(raw); {
-		line := raw[i:]
-		if j := bytes.Index(line, []byte("\r\n")); j >= 0 {
-			line = line[:j]
-		}
-		if len(line) == 0 {
-			break // the empty line: the body follows
-		}
+	eachHeaderLine(raw, func(i int, line []byte) bool {
 		if line[0] != ' ' && line[0] != '\t' {
 			if name, _, ok := bytes.Cut(line, []byte(":")); ok {
 				if trimmed := bytes.TrimRight(name, " \t"); len(trimmed) < len(name) && headerNameRE.Match(trimmed) {
@@ -350,8 +343,8 @@ func MendFieldNames(raw []byte) []byte {
 				}
 			}
 		}
-		i += len(line) + 2
-	}
+		return true
+	})
 	if out == nil {
 		return raw
 	}
@@ -373,24 +366,39 @@ func StartBody(raw []byte) []byte {
 	if len(raw) == 0 {
 		return []byte("\r\n")
 	}
-	for i := 0; i < len(raw); {
-		line := raw[i:]
-		if j := bytes.Index(line, []byte("\r\n")); j >= 0 {
-			line = line[:j]
-		}
-		if len(line) == 0 {
-			return raw // the empty line: the header section ends as it should
-		}
+	body := -1 // where the first line that is not a field starts
+	eachHeaderLine(raw, func(i int, line []byte) bool {
 		field := i > 0 && (line[0] == ' ' || line[0] == '\t')
 		if !field {
 			name, _, ok := bytes.Cut(line, []byte(":"))
 			field = ok && headerNameRE.Match(bytes.TrimRight(name, " \t"))
 		}
 		if !field {
-			out := make([]byte, 0, len(raw)+2)
-			return append(append(append(out, raw[:i]...), '\r', '\n'), raw[i:]...)
+			body = i
+		}
+		return field
+	})
+	if body < 0 {
+		// The empty line ends the header section as it should, or the
+		// message is header fields only, without a body.
+		return raw
+	}
+	out := make([]byte, 0, len(raw)+2)
+	return append(append(append(out, raw[:body]...), '\r', '\n'), raw[body:]...)
+}
+
+// eachHeaderLine calls f with the offset and the text (CRLF not included) of
+// each line of raw's header section, up to its empty line or the end of
+// raw, until f returns false. Every line f sees is non-empty.
+func eachHeaderLine(raw []byte, f func(i int, line []byte) bool) {
+	for i := 0; i < len(raw); {
+		line := raw[i:]
+		if j := bytes.Index(line, []byte("\r\n")); j >= 0 {
+			line = line[:j]
+		}
+		if len(line) == 0 || !f(i, line) {
+			return // the empty line: the body follows
 		}
 		i += len(line) + 2
 	}
-	return raw // header fields only: a message without a body
 }
