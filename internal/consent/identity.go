@@ -37,12 +37,7 @@ func withIdentityScopes(scopes []string) []string {
 // endpoint over TLS, which OpenID Connect Core §3.1.3.7 (6) allows as the
 // proof of their origin. ok is false when neither names anyone.
 func SignedInAs(tok *oauth2.Token) (user string, ok bool) {
-	var candidates []string
-	if id, _ := tok.Extra("id_token").(string); id != "" {
-		candidates = append(candidates, id)
-	}
-	candidates = append(candidates, tok.AccessToken)
-	for _, jwt := range candidates {
+	for _, jwt := range jwts(tok) {
 		if u := userClaim(jwt); u != "" {
 			return u, true
 		}
@@ -58,12 +53,7 @@ func SignedInAs(tok *oauth2.Token) (user string, ok bool) {
 // from the token endpoint over TLS) and reads only the payload's claims:
 // the token itself is never returned, kept or logged.
 func TenantIDOf(tok *oauth2.Token) (tid string, ok bool) {
-	var candidates []string
-	if id, _ := tok.Extra("id_token").(string); id != "" {
-		candidates = append(candidates, id)
-	}
-	candidates = append(candidates, tok.AccessToken)
-	for _, jwt := range candidates {
+	for _, jwt := range jwts(tok) {
 		var claims struct {
 			TID string `json:"tid"`
 		}
@@ -72,6 +62,15 @@ func TenantIDOf(tok *oauth2.Token) (tid string, ok bool) {
 		}
 	}
 	return "", false
+}
+
+// jwts are the token response's tokens that may be JWTs, in the order
+// their claims are trusted: the ID token, then the access token.
+func jwts(tok *oauth2.Token) []string {
+	if id, _ := tok.Extra("id_token").(string); id != "" {
+		return []string{id, tok.AccessToken}
+	}
+	return []string{tok.AccessToken}
 }
 
 // jwtClaims decodes a JWT's payload into v; false when jwt is not a JWT
