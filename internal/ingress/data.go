@@ -257,7 +257,7 @@ func (ss *session) prepare(helo string, raw []byte) (prepared, result, error) {
 	// followed by white space before its colon (RFC 5322 §4.5.3's
 	// obsolete syntax, "Subject : x") is written without it, as relay
 	// sendmail does (message.MendFieldNames): net/mail refused it.
-	raw = message.MendFieldNames(message.StartBody(raw))
+	raw = message.ReadAsSendmail(raw)
 	c, res, err := ss.check(helo, raw)
 	if err != nil {
 		return prepared{}, res, err
@@ -289,7 +289,7 @@ func (ss *session) prepareStream(helo string, buf []byte, rest io.Reader) (prepa
 	if err != nil {
 		return prepared{}, resultInvalid, errUnparseable(err.Error())
 	}
-	if mended := message.MendFieldNames(message.StartBody(norm)); !bytes.Equal(mended, norm) && bytes.Equal(norm, buf) {
+	if mended := message.ReadAsSendmail(norm); !bytes.Equal(mended, norm) && bytes.Equal(norm, buf) {
 		// A line of the header section that is not a header field
 		// starts the body, and a field name's white space before its
 		// colon goes (as in prepare). Mended only where buf is

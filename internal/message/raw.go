@@ -387,6 +387,13 @@ func StartBody(raw []byte) []byte {
 	return append(append(append(out, raw[:body]...), '\r', '\n'), raw[body:]...)
 }
 
+// ReadAsSendmail is raw (CRLF line endings) with its header section read
+// as sendmail and Postfix read one: ended where a line that is not a field
+// starts the body (StartBody), its field names' obsolete white space before
+// the colon removed (MendFieldNames). The SMTP front door and relay
+// sendmail both take a message so.
+func ReadAsSendmail(raw []byte) []byte { return MendFieldNames(StartBody(raw)) }
+
 // eachHeaderLine calls f with the offset and the text (CRLF not included) of
 // each line of raw's header section, up to its empty line or the end of
 // raw, until f returns false. Every line f sees is non-empty.

@@ -792,7 +792,7 @@ func tidyHeader(raw []byte, domain string) []byte {
 	// would not, and the header would end there. It is written again
 	// without the space, as §4 asks a generator to; and a line that is not
 	// a field ends the header (message.StartBody). Both as the front door.
-	rest := message.MendFieldNames(message.StartBody(raw))
+	rest := message.ReadAsSendmail(raw)
 	for len(rest) > 0 && !bytes.HasPrefix(rest, []byte("\r\n")) {
 		end := len(rest) // the field: its line and the continuation lines after it
 		for i := 0; i < len(rest); {
